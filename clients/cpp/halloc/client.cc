@@ -1,0 +1,329 @@
+#include "clients/cpp/halloc/client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <linux/dma-buf.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/statfs.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+#include "service/util/os_error.h"
+#include "service/util/scm.h"
+#include "service/util/status_macros.h"
+
+namespace halloc {
+namespace {
+
+constexpr long kDmaBufMagic = 0x444d4142;  // DMA_BUF_MAGIC, linux/magic.h
+
+std::string SocketPath(const std::string& given, const char* env,
+                       const char* file) {
+  if (!given.empty()) return given;
+  if (const char* v = std::getenv(env); v != nullptr && v[0] != '\0') return v;
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  const std::string dir = (xdg != nullptr && xdg[0] != '\0')
+                              ? absl::StrCat(xdg, "/halloc")
+                              : std::string("/run/halloc");
+  return absl::StrCat(dir, "/", file);
+}
+
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat(method, ": ", s.error_message()));
+}
+
+int SyncIoctl(int fd, uint64_t flags) {
+  dma_buf_sync sync{flags};
+  int r;
+  do {
+    r = ::ioctl(fd, DMA_BUF_IOCTL_SYNC, &sync);
+  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
+  return r;
+}
+
+}  // namespace
+
+// --- Mapping ---------------------------------------------------------------
+
+Mapping::Mapping(Mapping&& other) noexcept { *this = std::move(other); }
+
+Mapping& Mapping::operator=(Mapping&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+    std::swap(sync_fd_, other.sync_fd_);
+    std::swap(sync_flags_, other.sync_flags_);
+  }
+  return *this;
+}
+
+Mapping::~Mapping() { Reset(); }
+
+void Mapping::Reset() {
+  if (data_ == nullptr) return;
+  if (sync_fd_ >= 0) SyncIoctl(sync_fd_, DMA_BUF_SYNC_END | sync_flags_);
+  ::munmap(data_, size_);
+  data_ = nullptr;
+  size_ = 0;
+  sync_fd_ = -1;
+}
+
+// --- Buffer ----------------------------------------------------------------
+
+bool Buffer::is_dmabuf() const {
+  struct statfs fs;
+  return fd_ && ::fstatfs(fd_.get(), &fs) == 0 && fs.f_type == kDmaBufMagic;
+}
+
+absl::StatusOr<Mapping> Buffer::Map(Access access) const {
+  if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
+  const int prot = access == Access::kRead ? PROT_READ : PROT_READ | PROT_WRITE;
+  void* p = ::mmap(nullptr, size(), prot, MAP_SHARED, fd_.get(), 0);
+  if (p == MAP_FAILED) {
+    return ErrnoStatus(errno, absl::StrCat("mmap buffer ", id(), " for ",
+                                           access == Access::kRead ? "read" : "read-write"));
+  }
+  Mapping m;
+  m.data_ = p;
+  m.size_ = size();
+  if (is_dmabuf()) {
+    m.sync_flags_ = access == Access::kRead ? DMA_BUF_SYNC_READ : DMA_BUF_SYNC_RW;
+    if (SyncIoctl(fd_.get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
+      const int err = errno;
+      ::munmap(p, size());
+      m.data_ = nullptr;
+      return ErrnoStatus(err, "DMA_BUF_IOCTL_SYNC(START)");
+    }
+    m.sync_fd_ = fd_.get();
+  }
+  return m;
+}
+
+v1::BufferDescriptor BlobDescriptor(uint64_t size, uint64_t usage,
+                                    absl::string_view name) {
+  v1::BufferDescriptor d;
+  d.set_name(std::string(name));
+  d.set_usage(usage);
+  d.set_size(size);
+  return d;
+}
+
+v1::BufferDescriptor ImageDescriptor(uint32_t width, uint32_t height,
+                                     uint32_t fourcc, uint64_t usage,
+                                     absl::string_view name) {
+  v1::BufferDescriptor d;
+  d.set_name(std::string(name));
+  d.set_usage(usage);
+  d.mutable_image()->set_width(width);
+  d.mutable_image()->set_height(height);
+  d.mutable_image()->set_format(fourcc);
+  return d;
+}
+
+// --- Client ----------------------------------------------------------------
+
+class Client::Impl {
+ public:
+  Impl(UniqueFd broker, v1::Hello hello, std::shared_ptr<grpc::Channel> channel,
+       absl::Duration timeout)
+      : broker_(std::move(broker)), hello_(std::move(hello)),
+        stub_(v1::Allocator::NewStub(channel)), timeout_(timeout) {}
+
+  // A context carrying our session token and the call deadline.
+  std::unique_ptr<grpc::ClientContext> Context() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->AddMetadata("halloc-session", hello_.session_token());
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+    return ctx;
+  }
+
+  // The fd for `buffer_id`: the daemon sent it before replying, so it is
+  // normally queued already. Frames for other buffers (other threads' calls)
+  // are kept for them.
+  absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id) {
+    absl::MutexLock lock(&mu_);
+    for (;;) {
+      if (auto it = pending_.find(buffer_id); it != pending_.end()) {
+        UniqueFd fd = std::move(it->second);
+        pending_.erase(it);
+        return fd;
+      }
+      RETURN_IF_ERROR(WaitReadable(
+          broker_.get(), static_cast<int>(absl::ToInt64Milliseconds(timeout_))));
+      ASSIGN_OR_RETURN(Record rec, ReceiveRecord(broker_.get(), false));
+      v1::BrokerFrame frame;
+      if (!frame.ParseFromString(rec.bytes) || !frame.has_buffer() ||
+          rec.fds.size() != 1) {
+        return absl::DataLossError("malformed frame on the broker socket");
+      }
+      pending_[frame.buffer().buffer_id()] = std::move(rec.fds[0]);
+    }
+  }
+
+  absl::StatusOr<Buffer> Receive(v1::BufferInfo info) {
+    ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id()));
+    return Buffer(std::move(info), std::move(fd));
+  }
+
+  const UniqueFd broker_;
+  const v1::Hello hello_;
+  const std::unique_ptr<v1::Allocator::Stub> stub_;
+  const absl::Duration timeout_;
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, UniqueFd> pending_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
+  const std::string control =
+      SocketPath(options.control_socket, "HALLOC_CONTROL_SOCKET", "control.sock");
+  const std::string broker_path =
+      SocketPath(options.broker_socket, "HALLOC_BROKER_SOCKET", "broker.sock");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (broker_path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("broker socket path too long: ", broker_path));
+  }
+  std::memcpy(addr.sun_path, broker_path.data(), broker_path.size());
+  UniqueFd broker(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!broker) return ErrnoStatus(errno, "socket");
+  if (::connect(broker.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("connect to hallocd broker at ",
+                                           broker_path, " (is hallocd running?)"));
+  }
+  RETURN_IF_ERROR(WaitReadable(
+      broker.get(), static_cast<int>(absl::ToInt64Milliseconds(options.timeout))));
+  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(broker.get(), false));
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(rec.bytes) || !frame.has_hello() ||
+      frame.hello().version() != 1) {
+    return absl::UnavailableError("hallocd broker sent no valid hello");
+  }
+  grpc::ChannelArguments args;
+  auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),
+                                           grpc::InsecureChannelCredentials(), args);
+  return Client(std::make_unique<Impl>(std::move(broker), frame.hello(),
+                                       std::move(channel), options.timeout));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+uint64_t Client::session_id() const { return impl_->hello_.session_id(); }
+uid_t Client::uid() const { return impl_->hello_.uid(); }
+
+absl::StatusOr<Buffer> Client::Allocate(const v1::BufferDescriptor& desc) {
+  ASSIGN_OR_RETURN(std::vector<Buffer> buffers, Allocate(desc, 1));
+  return std::move(buffers.front());
+}
+
+absl::StatusOr<std::vector<Buffer>> Client::Allocate(
+    const v1::BufferDescriptor& desc, uint32_t count) {
+  v1::AllocateRequest req;
+  *req.mutable_desc() = desc;
+  req.set_count(count);
+  v1::AllocateResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Allocate(ctx.get(), req, &resp), "Allocate"));
+  std::vector<Buffer> out;
+  out.reserve(resp.buffers_size());
+  for (v1::BufferInfo& info : *resp.mutable_buffers()) {
+    ASSIGN_OR_RETURN(Buffer b, impl_->Receive(std::move(info)));
+    out.push_back(std::move(b));
+  }
+  return out;
+}
+
+absl::Status Client::Release(uint64_t buffer_id) {
+  return Release(absl::MakeConstSpan(&buffer_id, 1));
+}
+
+absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
+  v1::ReleaseRequest req;
+  for (uint64_t id : buffer_ids) req.add_buffer_ids(id);
+  v1::ReleaseResponse resp;
+  auto ctx = impl_->Context();
+  return FromGrpc(impl_->stub_->Release(ctx.get(), req, &resp), "Release");
+}
+
+absl::StatusOr<v1::BufferInfo> Client::Describe(uint64_t buffer_id) {
+  v1::DescribeRequest req;
+  req.set_buffer_id(buffer_id);
+  v1::DescribeResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Describe(ctx.get(), req, &resp), "Describe"));
+  return resp.buffer();
+}
+
+absl::StatusOr<std::vector<v1::BufferInfo>> Client::List(bool all) {
+  v1::ListRequest req;
+  req.set_all(all);
+  v1::ListResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->List(ctx.get(), req, &resp), "List"));
+  return std::vector<v1::BufferInfo>(resp.buffers().begin(), resp.buffers().end());
+}
+
+absl::StatusOr<v1::StatsResponse> Client::Stats() {
+  v1::StatsResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Stats(ctx.get(), {}, &resp), "Stats"));
+  return resp;
+}
+
+absl::StatusOr<v1::IsSupportedResponse> Client::IsSupported(
+    const v1::BufferDescriptor& desc, uint32_t count) {
+  v1::IsSupportedRequest req;
+  *req.mutable_desc() = desc;
+  req.set_count(count);
+  v1::IsSupportedResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->IsSupported(ctx.get(), req, &resp), "IsSupported"));
+  return resp;
+}
+
+absl::StatusOr<v1::Grant> Client::Share(uint64_t buffer_id, uid_t peer_uid,
+                                        v1::CpuAccess cpu) {
+  v1::ShareRequest req;
+  req.set_buffer_id(buffer_id);
+  req.mutable_peer()->set_uid(peer_uid);
+  req.set_cpu_access(cpu);
+  v1::ShareResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Share(ctx.get(), req, &resp), "Share"));
+  return resp.grant();
+}
+
+absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
+  v1::ImportRequest req;
+  req.set_grant_token(std::string(grant_token));
+  v1::ImportResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Import(ctx.get(), req, &resp), "Import"));
+  return impl_->Receive(std::move(*resp.mutable_buffer()));
+}
+
+absl::Status Client::Revoke(uint64_t grant_id) {
+  v1::RevokeRequest req;
+  req.set_grant_id(grant_id);
+  v1::RevokeResponse resp;
+  auto ctx = impl_->Context();
+  return FromGrpc(impl_->stub_->Revoke(ctx.get(), req, &resp), "Revoke");
+}
+
+}  // namespace halloc

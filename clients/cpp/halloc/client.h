@@ -1,0 +1,144 @@
+// libhalloc: the C++ client of hallocd.
+//
+//   ASSIGN_OR_RETURN(halloc::Client client, halloc::Client::Connect());
+//   ASSIGN_OR_RETURN(halloc::Buffer buf,
+//                    client.Allocate(halloc::BlobDescriptor(1 << 20)));
+//   ASSIGN_OR_RETURN(halloc::Mapping map, buf.Map(halloc::CpuAccess::kReadWrite));
+//   memset(map.data(), 0xff, map.size());
+//
+// A Client is one session: it connects to the broker socket (the daemon
+// learns who we are from the kernel and sends our session token), then makes
+// gRPC calls carrying that token. Buffers' fds arrive on the broker socket.
+// Closing the Client ends the session: the daemon drops every hold it had
+// (fds already in this process stay valid until their Buffer is destroyed).
+//
+// Thread-safety: a Client may be used from several threads at once. Buffer
+// and Mapping are plain move-only values.
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "halloc/v1/allocator.pb.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+
+enum class Access { kRead, kReadWrite };
+
+struct ConnectOptions {
+  // Empty: $HALLOC_CONTROL_SOCKET / $HALLOC_BROKER_SOCKET, else
+  // <dir>/control.sock and <dir>/broker.sock with dir = $XDG_RUNTIME_DIR/halloc
+  // or /run/halloc (hallocd's defaults).
+  std::string control_socket;
+  std::string broker_socket;
+  // Per-call deadline, and the longest wait for the daemon's hello.
+  absl::Duration timeout = absl::Seconds(10);
+};
+
+// A CPU mapping of a buffer. While it lives, CPU access is bracketed with
+// DMA_BUF_IOCTL_SYNC START/END when the buffer is a dma-buf (memfds need no
+// bracket). Unmaps on destruction.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(Mapping&& other) noexcept;
+  Mapping& operator=(Mapping&& other) noexcept;
+  ~Mapping();
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+
+ private:
+  friend class Buffer;
+  void Reset();
+  void* data_ = nullptr;
+  size_t size_ = 0;
+  int sync_fd_ = -1;  // dma-buf fd to END the bracket on, or -1
+  uint64_t sync_flags_ = 0;
+};
+
+// One buffer this process holds an fd for. Destroying it closes the fd;
+// the daemon's hold ends with Client::Release or when the session ends.
+class Buffer {
+ public:
+  Buffer(v1::BufferInfo info, UniqueFd fd) : info_(std::move(info)), fd_(std::move(fd)) {}
+  Buffer(Buffer&&) = default;
+  Buffer& operator=(Buffer&&) = default;
+
+  uint64_t id() const { return info_.id(); }
+  uint64_t size() const { return info_.size(); }
+  const v1::BufferInfo& info() const { return info_; }
+  const v1::BufferLayout& layout() const { return info_.layout(); }
+  int fd() const { return fd_.get(); }
+  // Whether the fd is a dma-buf (else a memfd).
+  bool is_dmabuf() const;
+
+  // Maps the whole buffer. PERMISSION_DENIED if the fd does not carry
+  // `access` (e.g. kReadWrite on a buffer shared read-only).
+  absl::StatusOr<Mapping> Map(Access access) const;
+
+  // Gives up the fd.
+  [[nodiscard]] UniqueFd TakeFd() { return std::move(fd_); }
+
+ private:
+  v1::BufferInfo info_;
+  UniqueFd fd_;
+};
+
+v1::BufferDescriptor BlobDescriptor(uint64_t size, uint64_t usage = 0,
+                                    absl::string_view name = "");
+v1::BufferDescriptor ImageDescriptor(uint32_t width, uint32_t height,
+                                     uint32_t fourcc, uint64_t usage,
+                                     absl::string_view name = "");
+
+class Client {
+ public:
+  static absl::StatusOr<Client> Connect(const ConnectOptions& options = {});
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  // The session as the daemon saw it (kernel-verified).
+  uint64_t session_id() const;
+  uid_t uid() const;
+
+  absl::StatusOr<Buffer> Allocate(const v1::BufferDescriptor& desc);
+  absl::StatusOr<std::vector<Buffer>> Allocate(const v1::BufferDescriptor& desc,
+                                               uint32_t count);
+  absl::Status Release(uint64_t buffer_id);
+  absl::Status Release(absl::Span<const uint64_t> buffer_ids);
+  absl::StatusOr<v1::BufferInfo> Describe(uint64_t buffer_id);
+  absl::StatusOr<std::vector<v1::BufferInfo>> List(bool all = false);
+  absl::StatusOr<v1::StatsResponse> Stats();
+  absl::StatusOr<v1::IsSupportedResponse> IsSupported(
+      const v1::BufferDescriptor& desc, uint32_t count = 1);
+
+  // Grants uid `peer_uid` access to `buffer_id` with CPU rights `cpu`
+  // (UNSPECIFIED: the caller's own). Pass grant.token() to the peer.
+  absl::StatusOr<v1::Grant> Share(uint64_t buffer_id, uid_t peer_uid,
+                                  v1::CpuAccess cpu = v1::CPU_ACCESS_UNSPECIFIED);
+  // Takes a buffer shared with us.
+  absl::StatusOr<Buffer> Import(absl::string_view grant_token);
+  absl::Status Revoke(uint64_t grant_id);
+
+  class Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_

@@ -1,0 +1,539 @@
+#include "service/allocator.h"
+
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <optional>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "service/layout/layout.h"
+#include "service/layout/usage.h"
+#include "service/util/os_error.h"
+#include "service/util/scm.h"
+#include "service/util/status_macros.h"
+
+namespace halloc {
+
+struct Allocator::Buffer {
+  uint64_t id = 0;
+  std::string name;
+  uint64_t size = 0;
+  uint64_t usage = 0;
+  std::optional<v1::BufferLayout> layout;
+  uid_t owner_uid = 0;
+  uint64_t owner_session = 0;
+  // The daemon's read-write fd; views are opened from it.
+  UniqueFd fd;
+  // session id → that session's rights. Guarded by mu_.
+  absl::flat_hash_map<uint64_t, CpuAccess> holders;
+  absl::flat_hash_set<uint64_t> grants;
+};
+
+struct Allocator::Grant {
+  uint64_t id = 0;
+  std::string token;
+  uint64_t buffer_id = 0;
+  uint64_t from_session = 0;
+  uid_t peer_uid = 0;
+  CpuAccess access = CpuAccess::kRead;
+};
+
+struct Allocator::Plan {
+  std::string name;
+  uint64_t usage = 0;
+  uint64_t size = 0;
+  std::optional<v1::BufferLayout> layout;
+  CpuAccess owner_access = CpuAccess::kReadWrite;
+  uint32_t count = 1;
+};
+
+namespace {
+
+constexpr size_t kMaxNameLength = 63;
+
+uint64_t PageSize() {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+absl::Status ValidateName(absl::string_view name) {
+  if (name.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "name is ", name.size(), " bytes; at most ", kMaxNameLength));
+  }
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+                    c == ':' || c == '-';
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "name '", absl::CHexEscape(name),
+          "' has a character outside [A-Za-z0-9_.:-]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access) {
+  switch (access) {
+    case v1::CPU_ACCESS_NONE: return CpuAccess::kNone;
+    case v1::CPU_ACCESS_READ: return CpuAccess::kRead;
+    case v1::CPU_ACCESS_READ_WRITE: return CpuAccess::kReadWrite;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown cpu_access ", static_cast<int>(access)));
+  }
+}
+
+}  // namespace
+
+v1::CpuAccess ToProto(CpuAccess access) {
+  switch (access) {
+    case CpuAccess::kNone: return v1::CPU_ACCESS_NONE;
+    case CpuAccess::kRead: return v1::CPU_ACCESS_READ;
+    case CpuAccess::kReadWrite: return v1::CPU_ACCESS_READ_WRITE;
+  }
+  return v1::CPU_ACCESS_UNSPECIFIED;
+}
+
+Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits)
+    : backend_(std::move(backend)), limits_(limits) {}
+
+Allocator::~Allocator() = default;
+
+std::string Allocator::NewToken() const {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    ssize_t n = ::getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    // getrandom on a booted system with a 16-byte request cannot fail
+    // otherwise; if it does, refuse to mint a guessable token.
+    if (n < 0) abort();
+    got += static_cast<size_t>(n);
+  }
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+}
+
+// --- Sessions --------------------------------------------------------------
+
+absl::StatusOr<std::shared_ptr<Session>> Allocator::OpenSession(
+    Credentials creds, UniqueFd broker) {
+  std::string token = NewToken();
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_id_++;
+  auto session =
+      std::make_shared<Session>(id, token, creds, std::move(broker));
+  sessions_.emplace(id, session);
+  session_tokens_.emplace(std::move(token), id);
+  return session;
+}
+
+void Allocator::CloseSession(uint64_t session_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end()) return;
+  std::shared_ptr<Session> session = it->second;
+  session->closed_ = true;
+  const std::vector<uint64_t> grants(session->grants_.begin(),
+                                     session->grants_.end());
+  for (uint64_t g : grants) DropGrant(g);
+  const std::vector<uint64_t> held(session->buffers_.begin(),
+                                   session->buffers_.end());
+  for (uint64_t b : held) DropHold(*session, b);
+  session_tokens_.erase(session->token());
+  sessions_.erase(it);
+}
+
+absl::StatusOr<std::shared_ptr<Session>> Allocator::Authenticate(
+    absl::string_view token) const {
+  if (token.empty()) {
+    return absl::UnauthenticatedError(
+        "no session: connect to the broker socket first and send its token "
+        "as metadata 'halloc-session'");
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = session_tokens_.find(token);
+  if (it == session_tokens_.end()) {
+    return absl::UnauthenticatedError("unknown or closed session token");
+  }
+  return sessions_.at(it->second);
+}
+
+// --- Allocation ------------------------------------------------------------
+
+absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
+    const v1::BufferDescriptor& desc, uint32_t count) const {
+  Plan plan;
+  plan.count = count == 0 ? 1 : count;
+  if (plan.count > limits_.max_count_per_call) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "count ", count, " exceeds the limit of ", limits_.max_count_per_call,
+        " buffers per call"));
+  }
+  RETURN_IF_ERROR(ValidateName(desc.name()));
+  plan.name = desc.name().empty() ? "buffer" : desc.name();
+  RETURN_IF_ERROR(usage::Validate(desc.usage()));
+  plan.usage = desc.usage();
+  // A client that asks only to read gets a read-only fd.
+  if (usage::WantsCpuRead(desc.usage()) && !usage::WantsCpuWrite(desc.usage())) {
+    plan.owner_access = CpuAccess::kRead;
+  }
+
+  uint64_t bytes = 0;
+  switch (desc.kind_case()) {
+    case v1::BufferDescriptor::kSize:
+      bytes = desc.size();
+      if (bytes == 0) return absl::InvalidArgumentError("size must be > 0");
+      break;
+    case v1::BufferDescriptor::kImage: {
+      ASSIGN_OR_RETURN(v1::BufferLayout layout,
+                       layout::Compute(desc.image(), desc.usage()));
+      bytes = layout.size();
+      plan.layout = std::move(layout);
+      break;
+    }
+    case v1::BufferDescriptor::KIND_NOT_SET:
+      return absl::InvalidArgumentError(
+          "descriptor has neither a size (blob) nor an image");
+  }
+  if (bytes > limits_.max_buffer_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "buffer of ", bytes, " bytes exceeds the limit of ",
+        limits_.max_buffer_bytes));
+  }
+  const uint64_t page = PageSize();
+  plan.size = (bytes + page - 1) / page * page;  // no wrap: bytes ≤ limit
+  if (!backend_->CanEnforce(plan.owner_access)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend ", backend_->name(), " cannot enforce CPU access ",
+        CpuAccessName(plan.owner_access)));
+  }
+  return plan;
+}
+
+v1::IsSupportedResponse Allocator::IsSupported(
+    const v1::IsSupportedRequest& req) const {
+  v1::IsSupportedResponse resp;
+  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count());
+  resp.set_supported(plan.ok());
+  if (!plan.ok()) {
+    resp.set_code(static_cast<int>(plan.status().code()));
+    resp.set_reason(std::string(plan.status().message()));
+    return resp;
+  }
+  if (plan->layout) *resp.mutable_layout() = *plan->layout;
+  resp.set_backend(std::string(backend_->name()));
+  return resp;
+}
+
+absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
+    Session& session, const v1::AllocateRequest& req) {
+  ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count()));
+  {
+    absl::MutexLock lock(&mu_);
+    if (session.buffers_.size() + plan.count >
+        limits_.max_buffers_per_session) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "session holds ", session.buffers_.size(), " buffers; limit is ",
+          limits_.max_buffers_per_session));
+    }
+  }
+  // Memory comes from the backend outside the lock.
+  std::vector<std::shared_ptr<Buffer>> fresh;
+  fresh.reserve(plan.count);
+  for (uint32_t i = 0; i < plan.count; ++i) {
+    ASSIGN_OR_RETURN(UniqueFd fd,
+                     backend_->Allocate({plan.size, plan.name, plan.usage}));
+    auto buffer = std::make_shared<Buffer>();
+    buffer->name = plan.name;
+    buffer->size = plan.size;
+    buffer->usage = plan.usage;
+    buffer->layout = plan.layout;
+    buffer->owner_uid = session.creds().uid;
+    buffer->owner_session = session.id();
+    buffer->fd = std::move(fd);
+    fresh.push_back(std::move(buffer));
+  }
+  v1::AllocateResponse resp;
+  {
+    absl::MutexLock lock(&mu_);
+    if (session.closed_) return absl::UnauthenticatedError("session closed");
+    for (auto& buffer : fresh) {
+      buffer->id = next_id_++;
+      buffer->holders.emplace(session.id(), plan.owner_access);
+      session.buffers_.insert(buffer->id);
+      buffers_.emplace(buffer->id, buffer);
+      live_bytes_ += buffer->size;
+      ++allocations_total_;
+      *resp.add_buffers() = Info(*buffer, session.id(), false);
+    }
+  }
+  // fds go out before the reply, so the client never waits for them.
+  for (const auto& buffer : fresh) {
+    absl::Status sent = Deliver(session, buffer->id, buffer->size,
+                                plan.owner_access, buffer->fd);
+    if (!sent.ok()) {
+      absl::MutexLock lock(&mu_);
+      for (const auto& b : fresh) DropHold(session, b->id);
+      return sent;
+    }
+  }
+  return resp;
+}
+
+absl::Status Allocator::Deliver(const Session& session, uint64_t buffer_id,
+                                uint64_t size, CpuAccess access,
+                                const UniqueFd& fd) {
+  UniqueFd view;
+  int to_send = fd.get();
+  if (access != CpuAccess::kReadWrite) {
+    ASSIGN_OR_RETURN(view, backend_->OpenView(fd, access));
+    to_send = view.get();
+  }
+  v1::BrokerFrame frame;
+  v1::BufferFd* msg = frame.mutable_buffer();
+  msg->set_buffer_id(buffer_id);
+  msg->set_size(size);
+  msg->set_cpu_access(ToProto(access));
+  const int fds[] = {to_send};
+  return SendRecord(session.broker_fd(), frame.SerializeAsString(), fds,
+                    /*nonblocking=*/true);
+}
+
+// --- Release and bookkeeping -----------------------------------------------
+
+void Allocator::DropHold(Session& session, uint64_t buffer_id) {
+  session.buffers_.erase(buffer_id);
+  auto it = buffers_.find(buffer_id);
+  if (it == buffers_.end()) return;
+  Buffer& buffer = *it->second;
+  buffer.holders.erase(session.id());
+  if (!buffer.holders.empty()) return;
+  const std::vector<uint64_t> grants(buffer.grants.begin(),
+                                     buffer.grants.end());
+  for (uint64_t g : grants) DropGrant(g);
+  live_bytes_ -= buffer.size;
+  ++releases_total_;
+  buffers_.erase(it);
+}
+
+void Allocator::DropGrant(uint64_t grant_id) {
+  auto it = grants_.find(grant_id);
+  if (it == grants_.end()) return;
+  const Grant& grant = *it->second;
+  grant_tokens_.erase(grant.token);
+  if (auto b = buffers_.find(grant.buffer_id); b != buffers_.end()) {
+    b->second->grants.erase(grant_id);
+  }
+  if (auto s = sessions_.find(grant.from_session); s != sessions_.end()) {
+    s->second->grants_.erase(grant_id);
+  }
+  grants_.erase(it);
+}
+
+absl::Status Allocator::Release(Session& session,
+                                const v1::ReleaseRequest& req) {
+  absl::MutexLock lock(&mu_);
+  // All or nothing: check every id before dropping any.
+  for (uint64_t id : req.buffer_ids()) {
+    if (!session.buffers_.contains(id)) {
+      return absl::NotFoundError(absl::StrCat("no buffer ", id, " held"));
+    }
+  }
+  for (uint64_t id : req.buffer_ids()) DropHold(session, id);
+  return absl::OkStatus();
+}
+
+// --- Queries ---------------------------------------------------------------
+
+v1::BufferInfo Allocator::Info(const Buffer& buffer, uint64_t session_id,
+                               bool with_holders) const {
+  v1::BufferInfo info;
+  info.set_id(buffer.id);
+  info.set_name(buffer.name);
+  info.set_size(buffer.size);
+  info.set_usage(buffer.usage);
+  if (buffer.layout) *info.mutable_layout() = *buffer.layout;
+  info.set_backend(std::string(backend_->name()));
+  info.set_owner_uid(buffer.owner_uid);
+  info.set_owned(buffer.owner_session == session_id);
+  if (auto h = buffer.holders.find(session_id); h != buffer.holders.end()) {
+    info.set_cpu_access(ToProto(h->second));
+  }
+  if (with_holders) {
+    for (const auto& [sid, access] : buffer.holders) {
+      v1::Holder* holder = info.add_holders();
+      holder->set_session_id(sid);
+      holder->set_owner(sid == buffer.owner_session);
+      if (auto s = sessions_.find(sid); s != sessions_.end()) {
+        holder->set_uid(s->second->creds().uid);
+        holder->set_pid(s->second->creds().pid);
+      }
+    }
+  }
+  return info;
+}
+
+absl::StatusOr<v1::BufferInfo> Allocator::Describe(Session& session,
+                                                   uint64_t id) const {
+  absl::MutexLock lock(&mu_);
+  if (!session.buffers_.contains(id)) {
+    return absl::NotFoundError(absl::StrCat("no buffer ", id, " held"));
+  }
+  return Info(*buffers_.at(id), session.id(), true);
+}
+
+absl::StatusOr<v1::ListResponse> Allocator::List(Session& session,
+                                                 bool all) const {
+  const uid_t uid = session.creds().uid;
+  if (all && uid != 0 && uid != ::getuid()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "List{all} is for root and the daemon's uid; caller is uid ", uid));
+  }
+  absl::MutexLock lock(&mu_);
+  v1::ListResponse resp;
+  if (all) {
+    for (const auto& [id, buffer] : buffers_) {
+      *resp.add_buffers() = Info(*buffer, session.id(), true);
+    }
+  } else {
+    for (uint64_t id : session.buffers_) {
+      *resp.add_buffers() = Info(*buffers_.at(id), session.id(), false);
+    }
+  }
+  return resp;
+}
+
+v1::StatsResponse Allocator::Stats() const {
+  absl::MutexLock lock(&mu_);
+  v1::StatsResponse s;
+  s.set_live_buffers(buffers_.size());
+  s.set_live_bytes(live_bytes_);
+  s.set_sessions(sessions_.size());
+  s.set_grants(grants_.size());
+  s.set_allocations_total(allocations_total_);
+  s.set_releases_total(releases_total_);
+  v1::BackendStats* b = s.add_backends();
+  b->set_name(std::string(backend_->name()));
+  b->set_live_buffers(buffers_.size());
+  b->set_live_bytes(live_bytes_);
+  return s;
+}
+
+// --- Sharing ---------------------------------------------------------------
+
+absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
+                                           const v1::ShareRequest& req) {
+  if (req.peer().kind_case() == v1::Peer::kName) {
+    return absl::UnimplementedError(
+        "sharing by client name needs a policy; share by uid");
+  }
+  if (req.peer().kind_case() != v1::Peer::kUid) {
+    return absl::InvalidArgumentError("share needs a peer (uid)");
+  }
+  const uid_t peer_uid = req.peer().uid();
+  absl::MutexLock lock(&mu_);
+  if (!session.buffers_.contains(req.buffer_id())) {
+    return absl::NotFoundError(
+        absl::StrCat("no buffer ", req.buffer_id(), " held"));
+  }
+  Buffer& buffer = *buffers_.at(req.buffer_id());
+  const CpuAccess mine = buffer.holders.at(session.id());
+  CpuAccess access = mine;
+  if (req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED) {
+    ASSIGN_OR_RETURN(access, FromProto(req.cpu_access()));
+  }
+  if (static_cast<int>(access) > static_cast<int>(mine)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "cannot grant CPU access ", CpuAccessName(access),
+        " on buffer ", buffer.id, ": caller has only ", CpuAccessName(mine)));
+  }
+  if (peer_uid != session.creds().uid) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "rule 'default: share within uid' denies sharing from uid ",
+        session.creds().uid, " to uid ", peer_uid));
+  }
+  if (!backend_->CanEnforce(access)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend ", backend_->name(), " cannot enforce CPU access ",
+        CpuAccessName(access)));
+  }
+  auto grant = std::make_unique<Grant>();
+  grant->id = next_id_++;
+  grant->token = NewToken();
+  grant->buffer_id = buffer.id;
+  grant->from_session = session.id();
+  grant->peer_uid = peer_uid;
+  grant->access = access;
+  v1::Grant out;
+  out.set_id(grant->id);
+  out.set_token(grant->token);
+  out.set_buffer_id(buffer.id);
+  out.mutable_peer()->set_uid(peer_uid);
+  out.set_cpu_access(ToProto(access));
+  buffer.grants.insert(grant->id);
+  session.grants_.insert(grant->id);
+  grant_tokens_.emplace(grant->token, grant->id);
+  grants_.emplace(grant->id, std::move(grant));
+  return out;
+}
+
+absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
+                                                 absl::string_view token) {
+  std::shared_ptr<Buffer> buffer;
+  CpuAccess access;
+  bool newly_held = false;
+  v1::BufferInfo info;
+  {
+    absl::MutexLock lock(&mu_);
+    if (session.closed_) return absl::UnauthenticatedError("session closed");
+    auto t = grant_tokens_.find(token);
+    if (t == grant_tokens_.end()) {
+      return absl::NotFoundError("no such grant (unknown, revoked or expired)");
+    }
+    const Grant& grant = *grants_.at(t->second);
+    if (grant.peer_uid != session.creds().uid) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "grant ", grant.id, " is for uid ", grant.peer_uid,
+          "; caller is uid ", session.creds().uid));
+    }
+    buffer = buffers_.at(grant.buffer_id);
+    access = grant.access;
+    newly_held = !session.buffers_.contains(buffer->id);
+    if (newly_held &&
+        session.buffers_.size() >= limits_.max_buffers_per_session) {
+      return absl::ResourceExhaustedError("session holds too many buffers");
+    }
+    // A session that already holds the buffer keeps the wider of its rights.
+    auto [h, inserted] = buffer->holders.emplace(session.id(), access);
+    if (!inserted && static_cast<int>(access) > static_cast<int>(h->second)) {
+      h->second = access;
+    }
+    session.buffers_.insert(buffer->id);
+    info = Info(*buffer, session.id(), false);
+    info.set_cpu_access(ToProto(access));
+  }
+  absl::Status sent = Deliver(session, buffer->id, buffer->size, access,
+                              buffer->fd);
+  if (!sent.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (newly_held) DropHold(session, buffer->id);
+    return sent;
+  }
+  return info;
+}
+
+absl::Status Allocator::Revoke(Session& session, uint64_t grant_id) {
+  absl::MutexLock lock(&mu_);
+  if (!session.grants_.contains(grant_id)) {
+    return absl::NotFoundError(absl::StrCat("no grant ", grant_id, " made"));
+  }
+  DropGrant(grant_id);
+  return absl::OkStatus();
+}
+
+}  // namespace halloc

@@ -1,0 +1,142 @@
+// The allocator core: sessions, buffers, grants, and fd delivery.
+//
+// This is the transport-independent layer beneath the gRPC adaptor
+// (grpc_service.h) and the broker (broker.h), like AOSP's AllocatorHal
+// beneath AllocatorImpl. Every method is thread-safe. Bookkeeping is O(1) in
+// the number of live buffers: hash maps keyed by id and token.
+//
+// Identity: a Session is created only by the broker from SO_PEERCRED, and
+// found again only by its secret token; no request field can name one.
+#ifndef HALLOC_SERVICE_ALLOCATOR_H_
+#define HALLOC_SERVICE_ALLOCATOR_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "halloc/v1/allocator.pb.h"
+#include "service/backend/backend.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+
+struct Limits {
+  // Largest single buffer.
+  uint64_t max_buffer_bytes = uint64_t{4} << 30;
+  // Most buffers one Allocate call may ask for.
+  uint32_t max_count_per_call = 64;
+  // Most buffers one session may hold at once.
+  uint64_t max_buffers_per_session = 1 << 18;
+};
+
+// Kernel-verified credentials of a broker peer.
+struct Credentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+class Session {
+ public:
+  Session(uint64_t id, std::string token, Credentials creds, UniqueFd broker)
+      : id_(id), token_(std::move(token)), creds_(creds),
+        broker_(std::move(broker)) {}
+  uint64_t id() const { return id_; }
+  const std::string& token() const { return token_; }
+  const Credentials& creds() const { return creds_; }
+  // The daemon's end of the broker connection.
+  int broker_fd() const { return broker_.get(); }
+
+ private:
+  friend class Allocator;
+  const uint64_t id_;
+  const std::string token_;
+  const Credentials creds_;
+  const UniqueFd broker_;
+  // Guarded by Allocator::mu_.
+  absl::flat_hash_set<uint64_t> buffers_;
+  absl::flat_hash_set<uint64_t> grants_;
+  bool closed_ = false;
+};
+
+class Allocator {
+ public:
+  Allocator(std::unique_ptr<Backend> backend, Limits limits);
+  ~Allocator();
+
+  // Called by the broker for each accepted connection.
+  absl::StatusOr<std::shared_ptr<Session>> OpenSession(Credentials creds,
+                                                       UniqueFd broker);
+  // Called by the broker when the connection closes: releases every buffer
+  // and grant the session held.
+  void CloseSession(uint64_t session_id);
+  // The live session with this token; UNAUTHENTICATED otherwise.
+  absl::StatusOr<std::shared_ptr<Session>> Authenticate(
+      absl::string_view token) const;
+
+  absl::StatusOr<v1::AllocateResponse> Allocate(Session& session,
+                                                const v1::AllocateRequest& req);
+  absl::Status Release(Session& session, const v1::ReleaseRequest& req);
+  absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
+  absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;
+  v1::StatsResponse Stats() const;
+  // Same checks as Allocate, through the same code (Plan), no memory.
+  v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req) const;
+  absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
+  absl::StatusOr<v1::BufferInfo> Import(Session& session,
+                                        absl::string_view token);
+  absl::Status Revoke(Session& session, uint64_t grant_id);
+
+  const Backend& backend() const { return *backend_; }
+
+ private:
+  struct Buffer;
+  struct Grant;
+  struct Plan;
+
+  absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc,
+                                uint32_t count) const;
+  // Sends `fd` for `buffer_id` on the session's broker socket.
+  absl::Status Deliver(const Session& session, uint64_t buffer_id,
+                       uint64_t size, CpuAccess access, const UniqueFd& fd);
+  v1::BufferInfo Info(const Buffer& buffer, uint64_t session_id,
+                      bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Drops `session`'s hold on `buffer_id`; frees the buffer when it was the
+  // last holder.
+  void DropHold(Session& session, uint64_t buffer_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string NewToken() const;
+
+  const std::unique_ptr<Backend> backend_;
+  const Limits limits_;
+
+  mutable absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Session>> sessions_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> session_tokens_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Buffer>> buffers_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Grant>> grants_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
+  uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// v1.CpuAccess ↔ CpuAccess.
+v1::CpuAccess ToProto(CpuAccess access);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_ALLOCATOR_H_

@@ -1,0 +1,311 @@
+// Unit tests of the allocator core, with socketpairs standing in for broker
+// connections (so no gRPC and no daemon).
+#include "service/allocator.h"
+
+#include <drm_fourcc.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "gtest/gtest.h"
+#include "service/backend/memfd_backend.h"
+#include "service/util/scm.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+struct Peer {
+  std::shared_ptr<Session> session;
+  UniqueFd client_end;  // what a client would read
+};
+
+class AllocatorTest : public ::testing::Test {
+ protected:
+  AllocatorTest() : core_(std::make_unique<MemfdBackend>(), Limits()) {}
+
+  Peer Open(uid_t uid = 1000) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    Peer p;
+    p.client_end.reset(sv[1]);
+    p.session = *core_.OpenSession({getpid(), uid, uid}, UniqueFd(sv[0]));
+    return p;
+  }
+
+  // Reads one BufferFd frame from the client end.
+  std::pair<v1::BufferFd, UniqueFd> ReadFd(Peer& p) {
+    absl::StatusOr<Record> rec = ReceiveRecord(p.client_end.get(), true);
+    EXPECT_TRUE(rec.ok()) << rec.status();
+    if (!rec.ok()) return {};
+    v1::BrokerFrame frame;
+    EXPECT_TRUE(frame.ParseFromString(rec->bytes));
+    EXPECT_EQ(rec->fds.size(), 1u);
+    return {frame.buffer(), std::move(rec->fds[0])};
+  }
+
+  static v1::AllocateRequest Blob(uint64_t size, uint32_t count = 1) {
+    v1::AllocateRequest req;
+    req.mutable_desc()->set_size(size);
+    req.mutable_desc()->set_name("test");
+    req.set_count(count);
+    return req;
+  }
+
+  Allocator core_;
+};
+
+TEST_F(AllocatorTest, AllocateDeliversFdBeforeReturning) {
+  Peer p = Open();
+  absl::StatusOr<v1::AllocateResponse> r = core_.Allocate(*p.session, Blob(5000, 3));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->buffers_size(), 3);
+  for (const v1::BufferInfo& info : r->buffers()) {
+    EXPECT_EQ(info.size(), 8192u);  // page-rounded
+    EXPECT_TRUE(info.owned());
+    EXPECT_EQ(info.owner_uid(), 1000u);
+    EXPECT_EQ(info.cpu_access(), v1::CPU_ACCESS_READ_WRITE);
+    auto [frame, fd] = ReadFd(p);
+    EXPECT_EQ(frame.buffer_id(), info.id());
+    struct stat st;
+    ASSERT_EQ(fstat(fd.get(), &st), 0);
+    EXPECT_EQ(st.st_size, 8192);
+  }
+  EXPECT_EQ(core_.Stats().live_buffers(), 3u);
+  EXPECT_EQ(core_.Stats().live_bytes(), 3u * 8192);
+}
+
+TEST_F(AllocatorTest, BadDescriptorsAreInvalidArgumentAndAllocateNothing) {
+  Peer p = Open();
+  struct Case {
+    const char* what;
+    v1::AllocateRequest req;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"size 0", Blob(0)});
+  cases.push_back({"too big", Blob(uint64_t{1} << 40)});
+  cases.push_back({"max u64", Blob(~uint64_t{0})});
+  cases.push_back({"count 65", Blob(4096, 65)});
+  v1::AllocateRequest empty;
+  cases.push_back({"no kind", empty});
+  v1::AllocateRequest badname = Blob(4096);
+  badname.mutable_desc()->set_name("../etc/passwd");
+  cases.push_back({"bad name", badname});
+  v1::AllocateRequest longname = Blob(4096);
+  longname.mutable_desc()->set_name(std::string(64, 'a'));
+  cases.push_back({"long name", longname});
+  v1::AllocateRequest reserved = Blob(4096);
+  reserved.mutable_desc()->set_usage(uint64_t{1} << 40);  // reserved bit
+  cases.push_back({"reserved usage", reserved});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    EXPECT_EQ(core_.Allocate(*p.session, c.req).status().code(),
+              StatusCode::kInvalidArgument);
+  }
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  EXPECT_EQ(ReceiveRecord(p.client_end.get(), true).status().code(),
+            StatusCode::kResourceExhausted);  // nothing was sent
+}
+
+TEST_F(AllocatorTest, IsSupportedAgreesWithAllocate) {
+  Peer p = Open();
+  std::vector<v1::BufferDescriptor> descs;
+  for (uint64_t size : {uint64_t{0}, uint64_t{1}, uint64_t{4096},
+                        uint64_t{1} << 33, ~uint64_t{0}}) {
+    v1::BufferDescriptor d;
+    d.set_size(size);
+    descs.push_back(d);
+  }
+  for (uint32_t fourcc : {DRM_FORMAT_NV12, DRM_FORMAT_ARGB8888, 0x12345678u}) {
+    for (uint32_t w : {0u, 1u, 641u, 1920u, 100000u}) {
+      v1::BufferDescriptor d;
+      d.mutable_image()->set_width(w);
+      d.mutable_image()->set_height(w / 2 + 1);
+      d.mutable_image()->set_format(fourcc);
+      descs.push_back(d);
+    }
+  }
+  for (const v1::BufferDescriptor& d : descs) {
+    SCOPED_TRACE(d.ShortDebugString());
+    v1::IsSupportedRequest q;
+    *q.mutable_desc() = d;
+    const v1::IsSupportedResponse s = core_.IsSupported(q);
+    v1::AllocateRequest a;
+    *a.mutable_desc() = d;
+    absl::StatusOr<v1::AllocateResponse> r = core_.Allocate(*p.session, a);
+    EXPECT_EQ(s.supported(), r.ok()) << r.status();
+    if (r.ok()) {
+      EXPECT_EQ(s.layout().SerializeAsString(),
+                r->buffers(0).layout().SerializeAsString());
+      ReadFd(p);
+    } else {
+      EXPECT_EQ(s.code(), static_cast<int>(r.status().code()));
+      EXPECT_EQ(s.reason(), r.status().message());
+    }
+  }
+}
+
+TEST_F(AllocatorTest, ReleaseIsAllOrNothingAndFreesOnLastHolder) {
+  Peer p = Open();
+  auto r = core_.Allocate(*p.session, Blob(4096, 2));
+  ASSERT_TRUE(r.ok());
+  v1::ReleaseRequest bad;
+  bad.add_buffer_ids(r->buffers(0).id());
+  bad.add_buffer_ids(999999);
+  EXPECT_EQ(core_.Release(*p.session, bad).code(), StatusCode::kNotFound);
+  EXPECT_EQ(core_.Stats().live_buffers(), 2u);
+  v1::ReleaseRequest good;
+  good.add_buffer_ids(r->buffers(0).id());
+  EXPECT_TRUE(core_.Release(*p.session, good).ok());
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);
+  EXPECT_EQ(core_.Release(*p.session, good).code(), StatusCode::kNotFound);
+}
+
+TEST_F(AllocatorTest, OtherSessionsBuffersAreNotFound) {
+  Peer a = Open(1000), b = Open(1000);
+  auto r = core_.Allocate(*a.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  const uint64_t id = r->buffers(0).id();
+  EXPECT_EQ(core_.Describe(*b.session, id).status().code(), StatusCode::kNotFound);
+  v1::ReleaseRequest rel;
+  rel.add_buffer_ids(id);
+  EXPECT_EQ(core_.Release(*b.session, rel).code(), StatusCode::kNotFound);
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1000);
+  EXPECT_EQ(core_.Share(*b.session, share).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);
+}
+
+TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
+  Peer owner = Open(1000), peer = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  auto [frame, owner_fd] = ReadFd(owner);
+  void* w = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, owner_fd.get(), 0);
+  ASSERT_NE(w, MAP_FAILED);
+  memcpy(w, "halloc", 6);
+
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  EXPECT_EQ(grant->token().size(), 32u);
+
+  absl::StatusOr<v1::BufferInfo> got = core_.Import(*peer.session, grant->token());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_FALSE(got->owned());
+  EXPECT_EQ(got->cpu_access(), v1::CPU_ACCESS_READ);
+  auto [pframe, peer_fd] = ReadFd(peer);
+  EXPECT_EQ(fcntl(peer_fd.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  EXPECT_EQ(mmap(nullptr, 4096, PROT_WRITE, MAP_SHARED, peer_fd.get(), 0), MAP_FAILED);
+
+  core_.CloseSession(owner.session->id());
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);  // the peer still holds it
+  EXPECT_EQ(core_.Stats().grants(), 0u);        // grants died with the owner
+  EXPECT_EQ(core_.Import(*peer.session, grant->token()).status().code(),
+            StatusCode::kNotFound);
+  void* r2 = mmap(nullptr, 4096, PROT_READ, MAP_SHARED, peer_fd.get(), 0);
+  ASSERT_NE(r2, MAP_FAILED);
+  EXPECT_EQ(memcmp(r2, "halloc", 6), 0);
+  core_.CloseSession(peer.session->id());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  munmap(w, 4096);
+  munmap(r2, 4096);
+}
+
+TEST_F(AllocatorTest, ShareRulesDeny) {
+  Peer owner = Open(1000), other_uid = Open(2000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_uid(2000);
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(),
+            StatusCode::kPermissionDenied);  // default: same uid only
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_NONE);
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(),
+            StatusCode::kFailedPrecondition);  // memfd cannot enforce
+  share.set_cpu_access(static_cast<v1::CpuAccess>(77));
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(),
+            StatusCode::kInvalidArgument);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok());
+  // A session of another uid cannot take a grant made for uid 1000.
+  EXPECT_EQ(core_.Import(*other_uid.session, grant->token()).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.Import(*other_uid.session, "0000").status().code(),
+            StatusCode::kNotFound);
+  // Revoke: no new imports.
+  EXPECT_EQ(core_.Revoke(*other_uid.session, grant->id()).code(), StatusCode::kNotFound);
+  EXPECT_TRUE(core_.Revoke(*owner.session, grant->id()).ok());
+  Peer same = Open(1000);
+  EXPECT_EQ(core_.Import(*same.session, grant->token()).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(AllocatorTest, ReadOnlyHolderCannotShareReadWrite) {
+  Peer owner = Open(1000), reader = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  auto grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(core_.Import(*reader.session, grant->token()).ok());
+  share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
+  EXPECT_EQ(core_.Share(*reader.session, share).status().code(),
+            StatusCode::kPermissionDenied);
+}
+
+TEST_F(AllocatorTest, UnauthenticatedTokens) {
+  EXPECT_EQ(core_.Authenticate("").status().code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(core_.Authenticate("deadbeef").status().code(),
+            StatusCode::kUnauthenticated);
+  Peer p = Open();
+  EXPECT_TRUE(core_.Authenticate(p.session->token()).ok());
+  core_.CloseSession(p.session->id());
+  EXPECT_EQ(core_.Authenticate(p.session->token()).status().code(),
+            StatusCode::kUnauthenticated);
+  EXPECT_EQ(core_.Allocate(*p.session, Blob(4096)).status().code(),
+            StatusCode::kUnauthenticated);
+}
+
+TEST_F(AllocatorTest, FullBrokerQueueRollsBackAllocation) {
+  Peer p = Open();
+  // Never read the client end: eventually the socket queue fills.
+  absl::Status last;
+  int ok = 0;
+  for (int i = 0; i < 100000; ++i) {
+    absl::StatusOr<v1::AllocateResponse> r = core_.Allocate(*p.session, Blob(4096));
+    if (!r.ok()) {
+      last = r.status();
+      break;
+    }
+    ++ok;
+  }
+  ASSERT_EQ(last.code(), StatusCode::kResourceExhausted) << last;
+  EXPECT_EQ(core_.Stats().live_buffers(), static_cast<uint64_t>(ok));
+}
+
+TEST_F(AllocatorTest, ClosingSessionReleasesEverything) {
+  Peer p = Open();
+  ASSERT_TRUE(core_.Allocate(*p.session, Blob(1 << 20, 8)).ok());
+  EXPECT_EQ(core_.Stats().live_buffers(), 8u);
+  core_.CloseSession(p.session->id());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  EXPECT_EQ(core_.Stats().live_bytes(), 0u);
+  EXPECT_EQ(core_.Stats().sessions(), 0u);
+}
+
+}  // namespace
+}  // namespace halloc

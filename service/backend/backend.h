@@ -1,0 +1,62 @@
+// The backend interface: where buffer memory comes from.
+//
+// A backend hands out zero-filled, fixed-size shareable memory as an fd, and
+// opens further fds for the same memory that carry narrower CPU rights.
+// Capabilities are queried (CanEnforce), never assumed: a backend that cannot
+// enforce what policy asks for refuses with FAILED_PRECONDITION rather than
+// grant more. Backends are registered by name (see registry in backend.cc).
+#ifndef HALLOC_SERVICE_BACKEND_BACKEND_H_
+#define HALLOC_SERVICE_BACKEND_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+
+enum class CpuAccess { kNone = 1, kRead = 2, kReadWrite = 3 };
+
+absl::string_view CpuAccessName(CpuAccess access);
+
+struct BackendRequest {
+  // Bytes; a multiple of the page size, > 0.
+  uint64_t size = 0;
+  // Names the memory (visible in /proc/<pid>/fd and maps).
+  std::string name;
+  uint64_t usage = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual absl::string_view name() const = 0;
+
+  // Zero-filled memory of exactly `request.size` bytes, read-write.
+  virtual absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) = 0;
+
+  // Whether fds of this backend can be limited to `access`.
+  virtual bool CanEnforce(CpuAccess access) const = 0;
+
+  // A new fd for the memory behind `buffer` carrying only `access`.
+  // FAILED_PRECONDITION when !CanEnforce(access).
+  virtual absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
+                                            CpuAccess access) = 0;
+};
+
+// Names of the backends this build knows, in probe order.
+std::vector<std::string> KnownBackends();
+
+// Creates the backend called `name`, or the first one in probe order that
+// works on this machine when `name` is "auto". NOT_FOUND for an unknown
+// name; FAILED_PRECONDITION when the named backend cannot run here.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_BACKEND_BACKEND_H_

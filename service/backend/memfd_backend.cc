@@ -1,0 +1,53 @@
+#include "service/backend/memfd_backend.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "service/util/os_error.h"
+
+namespace halloc {
+
+absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
+  if (request.size == 0 ||
+      request.size > static_cast<uint64_t>(INT64_MAX)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("memfd: bad size ", request.size));
+  }
+  const std::string name = absl::StrCat("halloc:", request.name);
+  UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) return ErrnoStatus(errno, "memfd_create");
+  if (::ftruncate(fd.get(), static_cast<off_t>(request.size)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("ftruncate(", request.size, ")"));
+  }
+  if (::fcntl(fd.get(), F_ADD_SEALS,
+              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return ErrnoStatus(errno, "fcntl(F_ADD_SEALS)");
+  }
+  return fd;
+}
+
+absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
+                                                CpuAccess access) {
+  switch (access) {
+    case CpuAccess::kReadWrite:
+      return buffer.Dup();
+    case CpuAccess::kRead: {
+      // A new open file description, read-only: rights travel with it.
+      const std::string path = absl::StrCat("/proc/self/fd/", buffer.get());
+      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) return ErrnoStatus(errno, absl::StrCat("open(", path, ")"));
+      return fd;
+    }
+    case CpuAccess::kNone:
+      break;
+  }
+  return absl::FailedPreconditionError(
+      "memfd backend cannot enforce CPU access NONE (any holder of a memfd "
+      "can map it); use a dma-buf backend");
+}
+
+}  // namespace halloc

@@ -1,0 +1,28 @@
+// memfd backend: sealed memfds. Runs everywhere (no device needed).
+//
+// Each buffer is memfd_create(MFD_CLOEXEC | MFD_ALLOW_SEALING), sized, and
+// sealed against shrinking, growing and further seals. CPU read-only is
+// enforced by handing out a read-only open file description (reopened from
+// /proc/self/fd), so PROT_WRITE shared mappings and mprotect to write fail in
+// every process that holds it. "No CPU access" cannot be enforced on a memfd.
+#ifndef HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_
+#define HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_
+
+#include "service/backend/backend.h"
+
+namespace halloc {
+
+class MemfdBackend : public Backend {
+ public:
+  absl::string_view name() const override { return "memfd"; }
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
+  bool CanEnforce(CpuAccess access) const override {
+    return access != CpuAccess::kNone;
+  }
+  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
+                                    CpuAccess access) override;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_

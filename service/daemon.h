@@ -1,0 +1,63 @@
+// hallocd's pieces wired together: the core, the broker and the gRPC server.
+// Used by hallocd's main and, in-process, by the test fixture.
+#ifndef HALLOC_SERVICE_DAEMON_H_
+#define HALLOC_SERVICE_DAEMON_H_
+
+#include <sys/stat.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "service/allocator.h"
+#include "service/broker.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace halloc {
+
+class AllocatorService;
+
+struct DaemonOptions {
+  // gRPC control-plane socket and broker socket paths.
+  std::string control_socket;
+  std::string broker_socket;
+  // Permissions of both socket files.
+  mode_t socket_mode = 0660;
+  // Backend name or "auto".
+  std::string backend = "auto";
+  Limits limits;
+};
+
+// $XDG_RUNTIME_DIR/halloc when set, else /run/halloc.
+std::string DefaultSocketDir();
+
+class Daemon {
+ public:
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(DaemonOptions options);
+  ~Daemon();
+
+  // Stops accepting, lets in-flight calls finish (up to `grace`), then ends
+  // every session. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+  const DaemonOptions& options() const { return options_; }
+  Allocator& core() { return *core_; }
+
+ private:
+  explicit Daemon(DaemonOptions options) : options_(std::move(options)) {}
+
+  DaemonOptions options_;
+  std::unique_ptr<Allocator> core_;
+  std::unique_ptr<AllocatorService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Broker> broker_;
+  bool shut_down_ = false;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_DAEMON_H_

@@ -1,0 +1,129 @@
+#include "service/grpc_service.h"
+
+#include <glog/logging.h>
+
+namespace halloc {
+namespace {
+
+// Logs a failed call once, with who asked and what was decided.
+grpc::Status Finish(const char* method, const Session* session,
+                    const absl::Status& status) {
+  if (!status.ok()) {
+    const bool denial = status.code() == absl::StatusCode::kPermissionDenied ||
+                        status.code() == absl::StatusCode::kUnauthenticated;
+    LOG_IF(WARNING, denial || status.code() == absl::StatusCode::kInternal)
+        << method << " failed for "
+        << (session ? "session " + std::to_string(session->id()) + " uid " +
+                          std::to_string(session->creds().uid) + " pid " +
+                          std::to_string(session->creds().pid)
+                    : std::string("unauthenticated caller"))
+        << ": " << status;
+  }
+  return ToGrpc(status);
+}
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                      std::string(status.message()));
+}
+
+absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
+    grpc::ServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find(kSessionMetadataKey);
+  absl::string_view token;
+  if (it != md.end()) token = absl::string_view(it->second.data(), it->second.size());
+  return core_->Authenticate(token);
+}
+
+// Runs `body(session)` for a call that needs a session.
+#define HALLOC_WITH_SESSION(method, body)                            \
+  absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx); \
+  if (!session.ok()) return Finish(method, nullptr, session.status()); \
+  return Finish(method, session->get(), [&]() -> absl::Status body())
+
+grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
+                                        const v1::AllocateRequest* req,
+                                        v1::AllocateResponse* resp) {
+  HALLOC_WITH_SESSION("Allocate", {
+    absl::StatusOr<v1::AllocateResponse> r = core_->Allocate(**session, *req);
+    if (!r.ok()) return r.status();
+    *resp = std::move(*r);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status AllocatorService::Release(grpc::ServerContext* ctx,
+                                       const v1::ReleaseRequest* req,
+                                       v1::ReleaseResponse*) {
+  HALLOC_WITH_SESSION("Release", { return core_->Release(**session, *req); });
+}
+
+grpc::Status AllocatorService::Describe(grpc::ServerContext* ctx,
+                                        const v1::DescribeRequest* req,
+                                        v1::DescribeResponse* resp) {
+  HALLOC_WITH_SESSION("Describe", {
+    absl::StatusOr<v1::BufferInfo> r = core_->Describe(**session, req->buffer_id());
+    if (!r.ok()) return r.status();
+    *resp->mutable_buffer() = std::move(*r);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status AllocatorService::List(grpc::ServerContext* ctx,
+                                    const v1::ListRequest* req,
+                                    v1::ListResponse* resp) {
+  HALLOC_WITH_SESSION("List", {
+    absl::StatusOr<v1::ListResponse> r = core_->List(**session, req->all());
+    if (!r.ok()) return r.status();
+    *resp = std::move(*r);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status AllocatorService::Stats(grpc::ServerContext*,
+                                     const v1::StatsRequest*,
+                                     v1::StatsResponse* resp) {
+  *resp = core_->Stats();
+  return grpc::Status::OK;
+}
+
+grpc::Status AllocatorService::IsSupported(grpc::ServerContext*,
+                                           const v1::IsSupportedRequest* req,
+                                           v1::IsSupportedResponse* resp) {
+  *resp = core_->IsSupported(*req);
+  return grpc::Status::OK;
+}
+
+grpc::Status AllocatorService::Share(grpc::ServerContext* ctx,
+                                     const v1::ShareRequest* req,
+                                     v1::ShareResponse* resp) {
+  HALLOC_WITH_SESSION("Share", {
+    absl::StatusOr<v1::Grant> r = core_->Share(**session, *req);
+    if (!r.ok()) return r.status();
+    *resp->mutable_grant() = std::move(*r);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
+                                      const v1::ImportRequest* req,
+                                      v1::ImportResponse* resp) {
+  HALLOC_WITH_SESSION("Import", {
+    absl::StatusOr<v1::BufferInfo> r = core_->Import(**session, req->grant_token());
+    if (!r.ok()) return r.status();
+    *resp->mutable_buffer() = std::move(*r);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status AllocatorService::Revoke(grpc::ServerContext* ctx,
+                                      const v1::RevokeRequest* req,
+                                      v1::RevokeResponse*) {
+  HALLOC_WITH_SESSION("Revoke", { return core_->Revoke(**session, req->grant_id()); });
+}
+
+}  // namespace halloc

@@ -1,0 +1,51 @@
+// The gRPC adaptor: halloc.v1.Allocator on top of the Allocator core.
+//
+// Thin by design: it resolves the caller's session from the
+// `halloc-session` metadata, calls the core, converts absl::Status to
+// grpc::Status, and logs denials and failures with their context.
+#ifndef HALLOC_SERVICE_GRPC_SERVICE_H_
+#define HALLOC_SERVICE_GRPC_SERVICE_H_
+
+#include "halloc/v1/allocator.grpc.pb.h"
+#include "service/allocator.h"
+
+namespace halloc {
+
+// Metadata key carrying the session token.
+inline constexpr char kSessionMetadataKey[] = "halloc-session";
+
+grpc::Status ToGrpc(const absl::Status& status);
+
+class AllocatorService final : public v1::Allocator::Service {
+ public:
+  explicit AllocatorService(Allocator* core) : core_(core) {}
+
+  grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
+                        v1::AllocateResponse* resp) override;
+  grpc::Status Release(grpc::ServerContext* ctx, const v1::ReleaseRequest* req,
+                       v1::ReleaseResponse* resp) override;
+  grpc::Status Describe(grpc::ServerContext* ctx, const v1::DescribeRequest* req,
+                        v1::DescribeResponse* resp) override;
+  grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req,
+                    v1::ListResponse* resp) override;
+  grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
+                     v1::StatsResponse* resp) override;
+  grpc::Status IsSupported(grpc::ServerContext* ctx,
+                           const v1::IsSupportedRequest* req,
+                           v1::IsSupportedResponse* resp) override;
+  grpc::Status Share(grpc::ServerContext* ctx, const v1::ShareRequest* req,
+                     v1::ShareResponse* resp) override;
+  grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
+                      v1::ImportResponse* resp) override;
+  grpc::Status Revoke(grpc::ServerContext* ctx, const v1::RevokeRequest* req,
+                      v1::RevokeResponse* resp) override;
+
+ private:
+  absl::StatusOr<std::shared_ptr<Session>> SessionOf(grpc::ServerContext* ctx);
+
+  Allocator* const core_;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_GRPC_SERVICE_H_

@@ -1,0 +1,109 @@
+// hallocd: the halloc allocator daemon.
+//
+//   hallocd [--control_socket=PATH] [--broker_socket=PATH] [--backend=auto]
+//
+// SIGTERM/SIGINT: stop accepting, finish in-flight calls, exit 0.
+#include <glog/logging.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "service/daemon.h"
+
+ABSL_FLAG(std::string, control_socket, "",
+          "gRPC control socket (default: <socket dir>/control.sock, where the "
+          "socket dir is $XDG_RUNTIME_DIR/halloc or /run/halloc)");
+ABSL_FLAG(std::string, broker_socket, "",
+          "fd broker socket (default: <socket dir>/broker.sock)");
+ABSL_FLAG(std::string, backend, "auto",
+          "backend: auto, memfd (halloc, dmaheap, udmabuf not built yet)");
+ABSL_FLAG(std::string, socket_mode, "0660", "permissions of the sockets (octal)");
+ABSL_FLAG(uint64_t, max_buffer_bytes, uint64_t{4} << 30, "largest buffer");
+ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
+          "most buffers one client session may hold");
+
+namespace {
+
+// Live buffers each hold an fd in the daemon: allow as many as the hard limit.
+void RaiseFdLimit() {
+  rlimit lim;
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) PLOG(WARNING) << "setrlimit";
+  }
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
+    LOG(INFO) << "fd limit: " << lim.rlim_cur;
+  }
+}
+
+bool MakeDir(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) return true;
+  PLOG(ERROR) << "mkdir " << dir;
+  return false;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "halloc allocator daemon: serves halloc.v1.Allocator over gRPC on a "
+      "Unix socket and hands buffer fds out over the broker socket.");
+  absl::ParseCommandLine(argc, argv);
+  FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+
+  // Block the signals we wait for before any thread starts, so they all
+  // inherit the mask and only sigwait below sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  RaiseFdLimit();
+
+  halloc::DaemonOptions options;
+  const std::string dir = halloc::DefaultSocketDir();
+  options.control_socket = absl::GetFlag(FLAGS_control_socket);
+  options.broker_socket = absl::GetFlag(FLAGS_broker_socket);
+  if (options.control_socket.empty() || options.broker_socket.empty()) {
+    if (!MakeDir(dir)) return 1;
+  }
+  if (options.control_socket.empty()) {
+    options.control_socket = absl::StrCat(dir, "/control.sock");
+  }
+  if (options.broker_socket.empty()) {
+    options.broker_socket = absl::StrCat(dir, "/broker.sock");
+  }
+  options.backend = absl::GetFlag(FLAGS_backend);
+  options.socket_mode = static_cast<mode_t>(
+      std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));
+  options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
+  options.limits.max_buffers_per_session =
+      absl::GetFlag(FLAGS_max_buffers_per_session);
+
+  absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
+      halloc::Daemon::Start(options);
+  if (!daemon.ok()) {
+    LOG(ERROR) << "hallocd failed to start: " << daemon.status();
+    return 1;
+  }
+  LOG(INFO) << "hallocd ready (pid " << getpid() << ")";
+
+  int sig = 0;
+  while (sigwait(&signals, &sig) != 0) {
+  }
+  LOG(INFO) << "signal " << sig << ": shutting down";
+  (*daemon)->Shutdown(absl::Seconds(5));
+  daemon->reset();
+  LOG(INFO) << "hallocd stopped";
+  return 0;
+}

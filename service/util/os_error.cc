@@ -1,0 +1,57 @@
+#include "service/util/os_error.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace halloc {
+namespace {
+
+absl::StatusCode CodeFor(int err) {
+  switch (err) {
+    case ENOMEM:
+    case EMFILE:
+    case ENFILE:
+    case ENOSPC:
+    case EAGAIN:
+    case ETOOMANYREFS:
+    case EFBIG:
+      return absl::StatusCode::kResourceExhausted;
+    case EINVAL:
+    case E2BIG:
+    case EOVERFLOW:
+    case EBADF:
+      return absl::StatusCode::kInvalidArgument;
+    case EPERM:
+    case EACCES:
+      return absl::StatusCode::kPermissionDenied;
+    case ENOENT:
+    case ENODEV:
+    case ENXIO:
+      return absl::StatusCode::kNotFound;
+    case ENOTTY:
+    case EOPNOTSUPP:
+    case ENOSYS:
+      return absl::StatusCode::kUnimplemented;
+    case EPIPE:
+    case ECONNRESET:
+    case ECONNREFUSED:
+      return absl::StatusCode::kUnavailable;
+    case ETIMEDOUT:
+      return absl::StatusCode::kDeadlineExceeded;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+}  // namespace
+
+absl::Status ErrnoStatus(int err, absl::string_view what) {
+  char buf[128];
+  // GNU strerror_r returns the message (possibly not in buf).
+  const char* msg = strerror_r(err, buf, sizeof(buf));
+  return absl::Status(CodeFor(err), absl::StrCat(what, ": ", msg));
+}
+
+}  // namespace halloc

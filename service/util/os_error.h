@@ -1,0 +1,21 @@
+// One way to turn an errno into an absl::Status: "what we did: strerror".
+#ifndef HALLOC_SERVICE_UTIL_OS_ERROR_H_
+#define HALLOC_SERVICE_UTIL_OS_ERROR_H_
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace halloc {
+
+// Maps `err` to the status code a caller should act on (see
+// proto/halloc/v1/allocator.proto): ENOMEM/EMFILE/ENFILE/ENOSPC/EAGAIN/
+// ETOOMANYREFS → RESOURCE_EXHAUSTED, EINVAL/E2BIG/EOVERFLOW →
+// INVALID_ARGUMENT, EPERM/EACCES → PERMISSION_DENIED, ENOENT/ENODEV/ENXIO →
+// NOT_FOUND, ENOTTY/EOPNOTSUPP/ENOSYS → UNIMPLEMENTED, EPIPE/ECONNRESET →
+// UNAVAILABLE, anything else → INTERNAL. The message is
+// "<what>: <strerror(err)>".
+absl::Status ErrnoStatus(int err, absl::string_view what);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_OS_ERROR_H_

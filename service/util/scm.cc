@@ -1,0 +1,119 @@
+#include "service/util/scm.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "service/util/os_error.h"
+
+namespace halloc {
+
+absl::Status SendRecord(int sock, absl::string_view bytes,
+                        absl::Span<const int> fds, bool nonblocking) {
+  if (fds.size() > kMaxFdsPerRecord) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("too many fds in one record: ", fds.size()));
+  }
+  if (bytes.size() > kMaxRecordBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("record too large: ", bytes.size(), " bytes"));
+  }
+  iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRecord)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    const size_t fd_bytes = sizeof(int) * fds.size();
+    std::memset(control, 0, sizeof(control));
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(fd_bytes);
+    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(fd_bytes);
+    std::memcpy(CMSG_DATA(cmsg), fds.data(), fd_bytes);
+  }
+  const int flags = MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0);
+  ssize_t n;
+  do {
+    n = ::sendmsg(sock, &msg, flags);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    const int err = errno;
+    if (err == EAGAIN) {
+      return absl::ResourceExhaustedError(
+          "peer's socket queue is full (it is not reading its broker socket)");
+    }
+    return ErrnoStatus(err, "sendmsg");
+  }
+  if (static_cast<size_t>(n) != bytes.size()) {
+    return absl::InternalError(
+        absl::StrCat("sendmsg sent ", n, " of ", bytes.size(), " bytes"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
+  Record record;
+  record.bytes.resize(kMaxRecordBytes);
+  iovec iov{record.bytes.data(), record.bytes.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRecord)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  const int flags = MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0);
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &msg, flags);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    const int err = errno;
+    if (err == EAGAIN) return absl::ResourceExhaustedError("no record queued");
+    return ErrnoStatus(err, "recvmsg");
+  }
+  // Take ownership of every fd first, so that each error below closes them.
+  for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr;
+       cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
+      continue;
+    }
+    const size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+      record.fds.emplace_back(fd);
+    }
+  }
+  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+    return absl::DataLossError(absl::StrCat(
+        "record truncated (", (msg.msg_flags & MSG_CTRUNC) ? "fds" : "bytes",
+        "); dropped it"));
+  }
+  if (n == 0 && record.fds.empty()) {
+    return absl::UnavailableError("peer closed");
+  }
+  record.bytes.resize(n);
+  return record;
+}
+
+absl::Status WaitReadable(int fd, int timeout_ms) {
+  pollfd pfd{fd, POLLIN, 0};
+  int n;
+  do {
+    n = ::poll(&pfd, 1, timeout_ms);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return ErrnoStatus(errno, "poll");
+  if (n == 0) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("nothing to read after ", timeout_ms, " ms"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace halloc

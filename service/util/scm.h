@@ -1,0 +1,47 @@
+// One record with file descriptors over a Unix socket (SCM_RIGHTS).
+//
+// Records are whole messages on SOCK_SEQPACKET. fds travel beside the bytes,
+// are received close-on-exec, and are owned by UniqueFd from the moment they
+// arrive, so every error path (truncation included) closes them.
+#ifndef HALLOC_SERVICE_UTIL_SCM_H_
+#define HALLOC_SERVICE_UTIL_SCM_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+
+// Most fds one record may carry.
+inline constexpr size_t kMaxFdsPerRecord = 16;
+// Largest record payload.
+inline constexpr size_t kMaxRecordBytes = 4096;
+
+// Sends `bytes` and `fds` as one record. Never raises SIGPIPE. With
+// `nonblocking`, a full socket buffer is RESOURCE_EXHAUSTED rather than a
+// wait. EINTR is retried.
+absl::Status SendRecord(int sock, absl::string_view bytes,
+                        absl::Span<const int> fds, bool nonblocking);
+
+struct Record {
+  std::string bytes;
+  std::vector<UniqueFd> fds;
+};
+
+// Receives one record. Peer closed → UNAVAILABLE "peer closed"; a record
+// whose bytes or fds were truncated → DATA_LOSS (any fds that did arrive are
+// closed). With `nonblocking`, no record queued → RESOURCE_EXHAUSTED (EAGAIN).
+absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking);
+
+// Waits until `fd` is readable (or hung up) for at most `timeout_ms`
+// (-1: forever). DEADLINE_EXCEEDED on timeout.
+absl::Status WaitReadable(int fd, int timeout_ms);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_SCM_H_

@@ -1,0 +1,110 @@
+#include "service/util/scm.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+int CountOpenFds() {
+  int n = 0;
+  for (int fd = 0; fd < 1024; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
+  return n;
+}
+
+class ScmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    a_.reset(sv[0]);
+    b_.reset(sv[1]);
+  }
+  UniqueFd a_, b_;
+};
+
+TEST_F(ScmTest, BytesAndFdsArriveTogetherCloexec) {
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  const int fds[] = {r.get(), w.get()};
+  ASSERT_TRUE(SendRecord(a_.get(), "hello", fds, false).ok());
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->bytes, "hello");
+  ASSERT_EQ(rec->fds.size(), 2u);
+  struct stat s1, s2;
+  ASSERT_EQ(::fstat(rec->fds[0].get(), &s1), 0);
+  ASSERT_EQ(::fstat(r.get(), &s2), 0);
+  EXPECT_EQ(s1.st_ino, s2.st_ino);
+  EXPECT_TRUE(::fcntl(rec->fds[0].get(), F_GETFD) & FD_CLOEXEC);
+}
+
+TEST_F(ScmTest, RecordBoundariesArePreserved) {
+  ASSERT_TRUE(SendRecord(a_.get(), "one", {}, false).ok());
+  ASSERT_TRUE(SendRecord(a_.get(), "two", {}, false).ok());
+  EXPECT_EQ(ReceiveRecord(b_.get(), false)->bytes, "one");
+  EXPECT_EQ(ReceiveRecord(b_.get(), false)->bytes, "two");
+}
+
+TEST_F(ScmTest, PeerClosedIsUnavailable) {
+  a_.reset();
+  EXPECT_EQ(ReceiveRecord(b_.get(), false).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ScmTest, SendToClosedPeerFailsWithoutSigpipe) {
+  b_.reset();
+  absl::Status s = SendRecord(a_.get(), "x", {}, false);
+  EXPECT_FALSE(s.ok());
+}
+
+TEST_F(ScmTest, NonblockingEmptyIsResourceExhausted) {
+  EXPECT_EQ(ReceiveRecord(b_.get(), true).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(WaitReadable(b_.get(), 10).code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(ScmTest, TooManyFdsRefusedBeforeSending) {
+  std::vector<int> fds(kMaxFdsPerRecord + 1, 0);
+  EXPECT_EQ(SendRecord(a_.get(), "x", fds, false).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ScmTest, TruncatedControlClosesFdsAndReportsDataLoss) {
+  // Send more fds than the receiver's buffer holds by using raw sendmsg with
+  // a 253-fd control message (the kernel's SCM_MAX_FD limit).
+  const int before = CountOpenFds();
+  std::vector<int> fds(64);
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  for (int& fd : fds) fd = r.get();
+  char byte = 'x';
+  iovec iov{&byte, 1};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  ASSERT_EQ(::sendmsg(a_.get(), &msg, 0), 1);
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false);
+  EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(CountOpenFds(), before + 2);  // only the pipe we made
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,100 @@
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "gtest/gtest.h"
+#include "service/util/os_error.h"
+#include "service/util/status_macros.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+namespace {
+
+bool IsOpen(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
+
+TEST(UniqueFdTest, ClosesOnDestruction) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  { UniqueFd a(fds[0]); UniqueFd b(fds[1]); EXPECT_TRUE(IsOpen(fds[0])); }
+  EXPECT_FALSE(IsOpen(fds[0]));
+  EXPECT_FALSE(IsOpen(fds[1]));
+}
+
+TEST(UniqueFdTest, MoveTransfersOwnership) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  UniqueFd w(fds[1]);
+  UniqueFd a(fds[0]);
+  UniqueFd b(std::move(a));
+  EXPECT_FALSE(a.is_valid());
+  EXPECT_EQ(b.get(), fds[0]);
+  UniqueFd c;
+  c = std::move(b);
+  EXPECT_EQ(c.get(), fds[0]);
+  EXPECT_TRUE(IsOpen(fds[0]));
+}
+
+TEST(UniqueFdTest, ReleaseGivesUpOwnership) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  UniqueFd w(fds[1]);
+  int raw;
+  { UniqueFd a(fds[0]); raw = a.release(); EXPECT_FALSE(a.is_valid()); }
+  EXPECT_TRUE(IsOpen(raw));
+  UniqueFd again(raw);
+}
+
+TEST(UniqueFdTest, DupIsIndependentOwner) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  UniqueFd w(fds[1]);
+  UniqueFd r(fds[0]);
+  absl::StatusOr<UniqueFd> d = r.Dup();
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_NE(d->get(), r.get());
+  r.reset();
+  EXPECT_TRUE(IsOpen(d->get()));
+  EXPECT_TRUE(::fcntl(d->get(), F_GETFD) & FD_CLOEXEC);
+}
+
+TEST(UniqueFdTest, DupOfInvalidFails) {
+  UniqueFd none;
+  EXPECT_EQ(none.Dup().status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(OsErrorTest, MapsCodesAndFormatsMessage) {
+  absl::Status s = ErrnoStatus(ENOMEM, "memfd_create");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.message(), "memfd_create: Cannot allocate memory");
+  EXPECT_EQ(ErrnoStatus(EACCES, "x").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(ErrnoStatus(EINVAL, "x").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ErrnoStatus(ENOENT, "x").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(ErrnoStatus(EIO, "x").code(), absl::StatusCode::kInternal);
+}
+
+absl::StatusOr<int> Half(int v) {
+  if (v % 2) return absl::InvalidArgumentError("odd");
+  return v / 2;
+}
+
+absl::StatusOr<int> Quarter(int v) {
+  ASSIGN_OR_RETURN(int h, Half(v));
+  ASSIGN_OR_RETURN(int q, Half(h));
+  return q;
+}
+
+absl::Status CheckEven(int v) {
+  RETURN_IF_ERROR(Half(v).status());
+  return absl::OkStatus();
+}
+
+TEST(StatusMacrosTest, PropagateErrorsAndValues) {
+  EXPECT_EQ(*Quarter(8), 2);
+  EXPECT_EQ(Quarter(6).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CheckEven(4).ok());
+  EXPECT_FALSE(CheckEven(3).ok());
+}
+
+}  // namespace
+}  // namespace halloc
