@@ -53,6 +53,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   return d;
 }
 
+Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
+
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
 void Daemon::Shutdown(absl::Duration grace) {

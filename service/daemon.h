@@ -48,7 +48,7 @@ class Daemon {
   Allocator& core() { return *core_; }
 
  private:
-  explicit Daemon(DaemonOptions options) : options_(std::move(options)) {}
+  explicit Daemon(DaemonOptions options);
 
   DaemonOptions options_;
   std::unique_ptr<Allocator> core_;

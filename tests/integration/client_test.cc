@@ -1,0 +1,293 @@
+// End to end: libhalloc ↔ gRPC + broker ↔ an in-process hallocd.
+#include <drm_fourcc.h>
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+using testing::HallocTest;
+
+int CountOpenFds() {
+  int n = 0;
+  for (int fd = 0; fd < 4096; ++fd) n += fcntl(fd, F_GETFD) != -1;
+  return n;
+}
+
+// Runs `body` in a forked child (optionally as `uid`); returns its exit code.
+template <typename F>
+int InChild(F body, uid_t uid = 0) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (uid != 0 && (setgid(uid) != 0 || setuid(uid) != 0)) _exit(100);
+    _exit(body());
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Waits (bounded) until the daemon reports `n` live buffers.
+bool WaitForLiveBuffers(Client& c, uint64_t n) {
+  for (int i = 0; i < 200; ++i) {
+    absl::StatusOr<v1::StatsResponse> s = c.Stats();
+    if (s.ok() && s->live_buffers() == n) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
+}
+
+class ClientTest : public HallocTest {};
+
+TEST_F(ClientTest, AllocateMapWriteDescribeListRelease) {
+  for (uint64_t size : {uint64_t{1}, uint64_t{4096}, uint64_t{100000},
+                        uint64_t{8} << 20}) {
+    SCOPED_TRACE(size);
+    absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(size, 0, "blob"));
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_GE(b->size(), size);
+    EXPECT_EQ(b->size() % 4096, 0u);
+    EXPECT_FALSE(b->is_dmabuf());
+    struct stat st;
+    ASSERT_EQ(fstat(b->fd(), &st), 0);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), b->size());
+    absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
+    ASSERT_TRUE(m.ok()) << m.status();
+    for (size_t i = 0; i < m->size(); i += 4096) {
+      ASSERT_EQ(m->as<uint8_t>()[i], 0);  // zero-filled
+      m->as<uint8_t>()[i] = 0xa5;
+    }
+    absl::StatusOr<v1::BufferInfo> info = client().Describe(b->id());
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->name(), "blob");
+    EXPECT_EQ(info->backend(), "memfd");
+    EXPECT_TRUE(info->owned());
+    EXPECT_EQ(info->owner_uid(), getuid());
+    absl::StatusOr<std::vector<v1::BufferInfo>> list = client().List();
+    ASSERT_TRUE(list.ok());
+    ASSERT_EQ(list->size(), 1u);
+    EXPECT_EQ((*list)[0].id(), b->id());
+    ASSERT_TRUE(client().Release(b->id()).ok());
+    EXPECT_EQ(client().Describe(b->id()).status().code(), StatusCode::kNotFound);
+    EXPECT_TRUE(client().List()->empty());
+  }
+}
+
+TEST_F(ClientTest, ImageBufferCarriesLayout) {
+  absl::StatusOr<Buffer> b = client().Allocate(
+      ImageDescriptor(1920, 1080, DRM_FORMAT_NV12, 0x33, "nv12"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->layout().planes_size(), 2);
+  EXPECT_EQ(b->layout().planes(0).stride(), 1920u);
+  EXPECT_EQ(b->layout().planes(1).offset(), 1920u * 1080);
+  EXPECT_EQ(b->layout().size(), 3110400u);
+  EXPECT_GE(b->size(), 3110400u);
+}
+
+TEST_F(ClientTest, CountAllocatesAllAndFdsMatchTheirBuffers) {
+  absl::StatusOr<std::vector<Buffer>> bs =
+      client().Allocate(BlobDescriptor(3 * 4096), 5);
+  ASSERT_TRUE(bs.ok()) << bs.status();
+  ASSERT_EQ(bs->size(), 5u);
+  std::set<ino_t> inodes;
+  for (const Buffer& b : *bs) {
+    struct stat st;
+    ASSERT_EQ(fstat(b.fd(), &st), 0);
+    inodes.insert(st.st_ino);
+  }
+  EXPECT_EQ(inodes.size(), 5u);
+}
+
+TEST_F(ClientTest, ConcurrentCallersGetTheirOwnFds) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 25; ++i) {
+        const uint64_t size = (t + 1) * 4096 * (i % 3 + 1);
+        absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(size));
+        struct stat st;
+        if (!b.ok() || fstat(b->fd(), &st) != 0 ||
+            static_cast<uint64_t>(st.st_size) != size ||
+            !client().Release(b->id()).ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_TRUE(WaitForLiveBuffers(client(), 0));
+}
+
+TEST_F(ClientTest, BadInputsGetTheirCodeAndLeakNothing) {
+  ASSERT_TRUE(client().Stats().ok());  // warm up the channel's own fds
+  const int fds_before = CountOpenFds();
+  EXPECT_EQ(client().Allocate(BlobDescriptor(0)).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(client().Allocate(BlobDescriptor(uint64_t{1} << 50)).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(client().Allocate(BlobDescriptor(4096), 1000).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(client().Allocate(BlobDescriptor(4096, uint64_t{1} << 40)).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(client().Allocate(ImageDescriptor(0, 10, DRM_FORMAT_NV12, 0)).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(client().Allocate(ImageDescriptor(1u << 31, 1u << 31, DRM_FORMAT_ARGB8888, 0))
+                .status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(client().Describe(424242).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(client().Release(424242).code(), StatusCode::kNotFound);
+  EXPECT_EQ(client().Import("not-a-token").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(client().Revoke(5).code(), StatusCode::kNotFound);
+  EXPECT_EQ(client().Share(424242, getuid()).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(CountOpenFds(), fds_before);
+  EXPECT_EQ(client().Stats()->live_buffers(), 0u);
+}
+
+TEST_F(ClientTest, CallsWithoutAValidSessionAreUnauthenticated) {
+  auto channel = grpc::CreateChannel(
+      "unix:" + daemon().daemon().options().control_socket,
+      grpc::InsecureChannelCredentials());
+  auto stub = v1::Allocator::NewStub(channel);
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  for (const char* token : {"", "00000000000000000000000000000000", "garbage"}) {
+    SCOPED_TRACE(token);
+    grpc::ClientContext ctx;
+    if (token[0] != '\0') ctx.AddMetadata("halloc-session", token);
+    v1::AllocateResponse resp;
+    EXPECT_EQ(stub->Allocate(&ctx, req, &resp).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  grpc::ClientContext list_ctx;
+  v1::ListResponse list;
+  EXPECT_EQ(stub->List(&list_ctx, {}, &list).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // Read-only, daemon-wide calls need no session (usable from grpc tools).
+  grpc::ClientContext stats_ctx;
+  v1::StatsResponse stats;
+  EXPECT_TRUE(stub->Stats(&stats_ctx, {}, &stats).ok());
+  EXPECT_EQ(stats.live_buffers(), 0u);
+}
+
+TEST_F(ClientTest, ShareAndImportSeeTheSamePagesWithNarrowedRights) {
+  absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(1 << 20, 0, "shared"));
+  ASSERT_TRUE(b.ok());
+  {
+    absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
+    ASSERT_TRUE(m.ok());
+    for (size_t i = 0; i < m->size(); ++i) m->as<uint8_t>()[i] = i * 7;
+  }
+  absl::StatusOr<v1::Grant> grant =
+      client().Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+
+  absl::StatusOr<Client> peer = daemon().Connect();
+  ASSERT_TRUE(peer.ok());
+  absl::StatusOr<Buffer> got = peer->Import(grant->token());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->id(), b->id());
+  EXPECT_EQ(got->info().cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_FALSE(got->info().owned());
+  struct stat s1, s2;
+  ASSERT_EQ(fstat(b->fd(), &s1), 0);
+  ASSERT_EQ(fstat(got->fd(), &s2), 0);
+  EXPECT_EQ(s1.st_ino, s2.st_ino);  // same memory, no copy
+  absl::StatusOr<Mapping> r = got->Map(Access::kRead);
+  ASSERT_TRUE(r.ok());
+  for (size_t i = 0; i < r->size(); ++i) {
+    ASSERT_EQ(r->as<uint8_t>()[i], static_cast<uint8_t>(i * 7)) << i;
+  }
+  EXPECT_EQ(got->Map(Access::kReadWrite).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_NE(mprotect(r->data(), r->size(), PROT_READ | PROT_WRITE), 0);
+
+  // The read-only rights travel with the fd to any process it is passed to.
+  const int fd = got->fd();
+  const size_t size = got->size();
+  EXPECT_EQ(InChild([fd, size] {
+              void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+              return p == MAP_FAILED && errno == EACCES ? 0 : 1;
+            }),
+            0);
+
+  // Buffer outlives its owner's session while the peer holds it.
+  absl::StatusOr<v1::BufferInfo> d = peer->Describe(b->id());
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->holders_size(), 2);
+}
+
+// Whether a child process can become `uid` (root outside a sandbox).
+bool CanSwitchUid(uid_t uid) {
+  return InChild([uid] { return setgid(uid) == 0 && setuid(uid) == 0 ? 0 : 1; }) == 0;
+}
+
+// Runs the peer binary with `args`; returns its exit code (128+sig if killed).
+int RunPeer(const ConnectOptions& opts, std::vector<std::string> args) {
+  const std::string peer =
+      std::string(getenv("TEST_SRCDIR")) + "/halloc/tests/integration/peer";
+  args.insert(args.begin(), {peer, opts.control_socket, opts.broker_socket});
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(peer.c_str(), argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+TEST_F(ClientTest, SessionEndReleasesHoldingsEvenOnCrash) {
+  EXPECT_EQ(RunPeer(daemon().connect_options(), {"crash"}), 128 + SIGABRT);
+  EXPECT_TRUE(WaitForLiveBuffers(client(), 0));
+  EXPECT_EQ(client().Stats()->sessions(), 1u);
+}
+
+TEST_F(ClientTest, IdentityIsTheKernelsNotTheClients) {
+  if (!CanSwitchUid(65534)) {
+    GTEST_SKIP() << "cannot switch to uid 65534 here (not root, or a user "
+                    "namespace without that uid): identity across uids untested";
+  }
+  EXPECT_EQ(client().uid(), 0u);
+  absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(4096));
+  ASSERT_TRUE(b.ok());
+  absl::StatusOr<v1::Grant> for_root = client().Share(b->id(), 0);
+  ASSERT_TRUE(for_root.ok());
+  // Sharing across uids is refused by the default rule.
+  EXPECT_EQ(client().Share(b->id(), 65534).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(RunPeer(daemon().connect_options(),
+                    {"identity", "65534", for_root->token(),
+                     std::to_string(b->id())}),
+            0);
+  EXPECT_TRUE(client().Describe(b->id()).ok());  // untouched
+  // The peer's own buffer died with its session; ours is intact.
+  EXPECT_TRUE(WaitForLiveBuffers(client(), 1));
+  absl::StatusOr<std::vector<v1::BufferInfo>> all = client().List(true);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 1u);
+  EXPECT_EQ((*all)[0].id(), b->id());
+  ASSERT_EQ((*all)[0].holders_size(), 1);
+  EXPECT_EQ((*all)[0].holders(0).pid(), getpid());
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,121 @@
+// The real hallocd binary: starts, serves, and exits 0 on SIGTERM with its
+// sockets removed.
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/client.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+std::string HallocdPath() {
+  return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/service/hallocd");
+}
+
+class HallocdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/hallocd-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    opts_.control_socket = dir_ + "/control.sock";
+    opts_.broker_socket = dir_ + "/broker.sock";
+  }
+  void TearDown() override {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+  void StartDaemon() {
+    pid_ = fork();
+    if (pid_ == 0) {
+      const std::string c = "--control_socket=" + opts_.control_socket;
+      const std::string b = "--broker_socket=" + opts_.broker_socket;
+      execl(HallocdPath().c_str(), "hallocd", c.c_str(), b.c_str(), nullptr);
+      _exit(127);
+    }
+  }
+  absl::StatusOr<Client> ConnectWithRetry() {
+    absl::StatusOr<Client> c = absl::UnavailableError("not tried");
+    for (int i = 0; i < 500 && !c.ok(); ++i) {
+      c = Client::Connect(opts_);
+      if (!c.ok()) absl::SleepFor(absl::Milliseconds(10));
+    }
+    return c;
+  }
+  int WaitExit() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return status;
+  }
+
+  std::string dir_;
+  ConnectOptions opts_;
+  pid_t pid_ = -1;
+};
+
+TEST_F(HallocdTest, ServesAndExitsCleanlyOnSigterm) {
+  StartDaemon();
+  absl::StatusOr<Client> c = ConnectWithRetry();
+  ASSERT_TRUE(c.ok()) << c.status();
+  struct stat st;
+  ASSERT_EQ(stat(opts_.broker_socket.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  ASSERT_EQ(stat(opts_.control_socket.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  absl::StatusOr<Buffer> b = c->Allocate(BlobDescriptor(1 << 16));
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(kill(pid_, SIGTERM), 0);
+  const int status = WaitExit();
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_NE(stat(opts_.broker_socket.c_str(), &st), 0);
+  EXPECT_NE(stat(opts_.control_socket.c_str(), &st), 0);
+  // The fd we hold stays valid after the daemon is gone.
+  absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
+  ASSERT_TRUE(m.ok());
+  m->as<char>()[0] = 1;
+}
+
+TEST_F(HallocdTest, RefusesToStartOverALiveDaemon) {
+  StartDaemon();
+  ASSERT_TRUE(ConnectWithRetry().ok());
+  const pid_t first = pid_;
+  pid_t second = fork();
+  if (second == 0) {
+    const std::string c = "--control_socket=" + opts_.control_socket;
+    const std::string b = "--broker_socket=" + opts_.broker_socket;
+    execl(HallocdPath().c_str(), "hallocd", c.c_str(), b.c_str(), nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(second, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  EXPECT_TRUE(Client::Connect(opts_).ok());  // the first one is unharmed
+  pid_ = first;
+}
+
+TEST_F(HallocdTest, ReplacesAStaleSocket) {
+  StartDaemon();
+  ASSERT_TRUE(ConnectWithRetry().ok());
+  kill(pid_, SIGKILL);  // leaves its socket files behind
+  WaitExit();
+  StartDaemon();
+  EXPECT_TRUE(ConnectWithRetry().ok());
+}
+
+}  // namespace
+}  // namespace halloc
