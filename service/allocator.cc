@@ -22,6 +22,8 @@ struct Allocator::Buffer {
   uint64_t size = 0;
   uint64_t usage = 0;
   std::optional<v1::BufferLayout> layout;
+  // Guarded by mu_.
+  v1::BufferMetadata metadata;
   uid_t owner_uid = 0;
   uint64_t owner_session = 0;
   // The daemon's read-write fd; views are opened from it.
@@ -85,6 +87,42 @@ absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access) {
       return absl::InvalidArgumentError(
           absl::StrCat("unknown cpu_access ", static_cast<int>(access)));
   }
+}
+
+// Crop defaults to every plane whole; dataspace UNKNOWN, blend mode unset.
+v1::BufferMetadata DefaultMetadata(const std::optional<v1::BufferLayout>& layout) {
+  v1::BufferMetadata m;
+  if (!layout) return m;
+  for (const v1::PlaneLayout& plane : layout->planes()) {
+    v1::Rect* r = m.add_crop();
+    r->set_right(static_cast<int32_t>(plane.width_in_samples()));
+    r->set_bottom(static_cast<int32_t>(plane.height_in_samples()));
+  }
+  return m;
+}
+
+absl::Status ValidateCrop(const v1::BufferMetadata& value,
+                          const std::optional<v1::BufferLayout>& layout) {
+  if (!layout) return absl::InvalidArgumentError("a blob buffer has no crop");
+  if (value.crop_size() != layout->planes_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "crop has ", value.crop_size(), " rectangles; the buffer has ",
+        layout->planes_size(), " planes"));
+  }
+  for (int i = 0; i < value.crop_size(); ++i) {
+    const v1::Rect& r = value.crop(i);
+    const v1::PlaneLayout& p = layout->planes(i);
+    if (r.left() < 0 || r.top() < 0 || r.left() >= r.right() ||
+        r.top() >= r.bottom() ||
+        static_cast<uint32_t>(r.right()) > p.width_in_samples() ||
+        static_cast<uint32_t>(r.bottom()) > p.height_in_samples()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "crop of plane ", i, " [", r.left(), ",", r.top(), ")-[", r.right(),
+          ",", r.bottom(), ") is empty or outside its ", p.width_in_samples(),
+          "x", p.height_in_samples(), " samples"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -207,6 +245,12 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   }
   const uint64_t page = PageSize();
   plan.size = (bytes + page - 1) / page * page;  // no wrap: bytes ≤ limit
+  if ((plan.usage & usage::kProtected) && !backend_->CanProtect()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend ", backend_->name(),
+        " cannot hold protected content (usage PROTECTED): the CPU of any "
+        "holder could read it"));
+  }
   if (!backend_->CanEnforce(plan.owner_access)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend ", backend_->name(), " cannot enforce CPU access ",
@@ -253,6 +297,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     buffer->size = plan.size;
     buffer->usage = plan.usage;
     buffer->layout = plan.layout;
+    buffer->metadata = DefaultMetadata(plan.layout);
     buffer->owner_uid = session.creds().uid;
     buffer->owner_session = session.id();
     buffer->fd = std::move(fd);
@@ -361,6 +406,8 @@ v1::BufferInfo Allocator::Info(const Buffer& buffer, uint64_t session_id,
   info.set_backend(std::string(backend_->name()));
   info.set_owner_uid(buffer.owner_uid);
   info.set_owned(buffer.owner_session == session_id);
+  info.set_protected_content((buffer.usage & usage::kProtected) != 0);
+  *info.mutable_metadata() = buffer.metadata;
   if (auto h = buffer.holders.find(session_id); h != buffer.holders.end()) {
     info.set_cpu_access(ToProto(h->second));
   }
@@ -525,6 +572,53 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     return sent;
   }
   return info;
+}
+
+absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(
+    Session& session, const v1::SetMetadataRequest& req) {
+  absl::MutexLock lock(&mu_);
+  if (!session.buffers_.contains(req.buffer_id())) {
+    return absl::NotFoundError(absl::StrCat("no buffer ", req.buffer_id(), " held"));
+  }
+  Buffer& buffer = *buffers_.at(req.buffer_id());
+  const v1::BufferMetadata& value = req.value();
+  switch (req.type()) {
+    case v1::METADATA_DATASPACE:
+    case v1::METADATA_BLEND_MODE:
+    case v1::METADATA_CROP:
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metadata ", v1::StandardMetadataType_Name(req.type()),
+          " (", static_cast<int>(req.type()),
+          ") is immutable; only DATASPACE, BLEND_MODE and CROP can be set"));
+  }
+  if (buffer.holders.at(session.id()) != CpuAccess::kReadWrite) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "buffer ", buffer.id, " is shared with you read-only; its metadata "
+        "is the owner's to set"));
+  }
+  switch (req.type()) {
+    case v1::METADATA_DATASPACE:
+      if (value.dataspace() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("dataspace ", value.dataspace(), " is negative"));
+      }
+      buffer.metadata.set_dataspace(value.dataspace());
+      break;
+    case v1::METADATA_BLEND_MODE:
+      if (!v1::BlendMode_IsValid(value.blend_mode())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "unknown blend mode ", static_cast<int>(value.blend_mode())));
+      }
+      buffer.metadata.set_blend_mode(value.blend_mode());
+      break;
+    default:  // METADATA_CROP
+      RETURN_IF_ERROR(ValidateCrop(value, buffer.layout));
+      *buffer.metadata.mutable_crop() = value.crop();
+      break;
+  }
+  return Info(buffer, session.id(), false);
 }
 
 absl::Status Allocator::Revoke(Session& session, uint64_t grant_id) {

@@ -94,6 +94,8 @@ class Allocator {
   absl::StatusOr<v1::BufferInfo> Import(Session& session,
                                         absl::string_view token);
   absl::Status Revoke(Session& session, uint64_t grant_id);
+  absl::StatusOr<v1::BufferInfo> SetMetadata(Session& session,
+                                             const v1::SetMetadataRequest& req);
 
   const Backend& backend() const { return *backend_; }
 

@@ -11,6 +11,8 @@
 
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
+#include "service/layout/format.h"
+#include "service/layout/usage.h"
 #include "service/util/scm.h"
 
 namespace halloc {
@@ -146,6 +148,160 @@ TEST_F(AllocatorTest, IsSupportedAgreesWithAllocate) {
       EXPECT_EQ(s.reason(), r.status().message());
     }
   }
+}
+
+// The same sweep over every format in the table, several usages (including
+// refused ones) and sizes (including refused ones): IsSupported and Allocate
+// must agree on the answer, the code, the reason and the layout.
+TEST_F(AllocatorTest, IsSupportedAgreesWithAllocateOverFormatsUsagesSizes) {
+  Peer p = Open();
+  const uint64_t usages[] = {
+      0,
+      usage::kCpuReadOften | usage::kCpuWriteOften,
+      usage::kCpuReadOften,
+      usage::kGpuTexture | usage::kGpuRenderTarget,
+      usage::kCameraOutput | usage::kComposerOverlay,
+      usage::kVideoDecoder,
+      usage::kProtected,     // memfd cannot: FAILED_PRECONDITION
+      uint64_t{1} << 40,     // reserved: INVALID_ARGUMENT
+  };
+  const std::pair<uint32_t, uint32_t> sizes[] = {
+      {0, 16}, {1, 1}, {33, 17}, {1920, 1080}, {16384, 16384}, {16385, 1}};
+  std::vector<uint32_t> fourccs;
+  for (const format::FormatInfo& f : format::All()) fourccs.push_back(f.fourcc);
+  fourccs.push_back(0x20203859);  // 'Y8  ' unknown to halloc
+  int accepted = 0, refused = 0;
+  for (uint32_t fourcc : fourccs) {
+    for (uint64_t u : usages) {
+      for (auto [w, h] : sizes) {
+        v1::BufferDescriptor d;
+        d.set_usage(u);
+        d.mutable_image()->set_width(w);
+        d.mutable_image()->set_height(h);
+        d.mutable_image()->set_format(fourcc);
+        SCOPED_TRACE(d.ShortDebugString());
+        v1::IsSupportedRequest q;
+        *q.mutable_desc() = d;
+        const v1::IsSupportedResponse s = core_.IsSupported(q);
+        v1::AllocateRequest a;
+        *a.mutable_desc() = d;
+        absl::StatusOr<v1::AllocateResponse> r = core_.Allocate(*p.session, a);
+        ASSERT_EQ(s.supported(), r.ok()) << r.status();
+        if (r.ok()) {
+          ++accepted;
+          EXPECT_EQ(s.layout().SerializeAsString(),
+                    r->buffers(0).layout().SerializeAsString());
+          EXPECT_GE(r->buffers(0).size(), r->buffers(0).layout().size());
+          ReadFd(p);
+          v1::ReleaseRequest rel;
+          rel.add_buffer_ids(r->buffers(0).id());
+          ASSERT_TRUE(core_.Release(*p.session, rel).ok());
+        } else {
+          ++refused;
+          EXPECT_EQ(s.code(), static_cast<int>(r.status().code()));
+          EXPECT_EQ(s.reason(), r.status().message());
+        }
+      }
+    }
+  }
+  EXPECT_GT(accepted, 100);
+  EXPECT_GT(refused, 100);
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+TEST_F(AllocatorTest, ProtectedUsageIsRefusedOnMemfd) {
+  Peer p = Open();
+  v1::AllocateRequest req = Blob(4096);
+  req.mutable_desc()->set_usage(usage::kProtected);
+  EXPECT_EQ(core_.Allocate(*p.session, req).status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST_F(AllocatorTest, MetadataDefaultsAndOnlyMutableFieldsCanBeSet) {
+  Peer owner = Open(), reader = Open();
+  v1::AllocateRequest req;
+  req.mutable_desc()->mutable_image()->set_width(1920);
+  req.mutable_desc()->mutable_image()->set_height(1080);
+  req.mutable_desc()->mutable_image()->set_format(DRM_FORMAT_NV12);
+  auto r = core_.Allocate(*owner.session, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const uint64_t id = r->buffers(0).id();
+  const v1::BufferMetadata& m = r->buffers(0).metadata();
+  ASSERT_EQ(m.crop_size(), 2);
+  EXPECT_EQ(m.crop(0).right(), 1920);
+  EXPECT_EQ(m.crop(1).bottom(), 540);
+  EXPECT_EQ(m.blend_mode(), v1::BLEND_MODE_INVALID);
+  EXPECT_FALSE(r->buffers(0).protected_content());
+
+  v1::SetMetadataRequest set;
+  set.set_buffer_id(id);
+  set.set_type(v1::METADATA_DATASPACE);
+  set.mutable_value()->set_dataspace(143261696);  // BT709 | SMPTE170M | LIMITED
+  absl::StatusOr<v1::BufferInfo> info = core_.SetMetadata(*owner.session, set);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->metadata().dataspace(), 143261696);
+
+  set.set_type(v1::METADATA_BLEND_MODE);
+  set.mutable_value()->set_blend_mode(v1::BLEND_MODE_PREMULTIPLIED);
+  ASSERT_TRUE(core_.SetMetadata(*owner.session, set).ok());
+  set.mutable_value()->set_blend_mode(static_cast<v1::BlendMode>(9));
+  EXPECT_EQ(core_.SetMetadata(*owner.session, set).status().code(),
+            StatusCode::kInvalidArgument);
+
+  set.set_type(v1::METADATA_CROP);
+  set.mutable_value()->clear_crop();
+  v1::Rect* y = set.mutable_value()->add_crop();
+  y->set_left(10); y->set_top(10); y->set_right(1910); y->set_bottom(1070);
+  EXPECT_EQ(core_.SetMetadata(*owner.session, set).status().code(),
+            StatusCode::kInvalidArgument);  // one rect for two planes
+  v1::Rect* uv = set.mutable_value()->add_crop();
+  uv->set_left(5); uv->set_top(5); uv->set_right(961); uv->set_bottom(535);
+  EXPECT_EQ(core_.SetMetadata(*owner.session, set).status().code(),
+            StatusCode::kInvalidArgument);  // 961 > 960 samples
+  uv->set_right(955);
+  info = core_.SetMetadata(*owner.session, set);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->metadata().crop(1).right(), 955);
+
+  for (v1::StandardMetadataType immutable :
+       {v1::METADATA_BUFFER_ID, v1::METADATA_NAME, v1::METADATA_WIDTH,
+        v1::METADATA_HEIGHT, v1::METADATA_PIXEL_FORMAT_FOURCC, v1::METADATA_USAGE,
+        v1::METADATA_ALLOCATION_SIZE, v1::METADATA_PLANE_LAYOUTS,
+        v1::METADATA_PROTECTED_CONTENT, v1::METADATA_STRIDE, v1::METADATA_INVALID}) {
+    SCOPED_TRACE(immutable);
+    set.set_type(immutable);
+    EXPECT_EQ(core_.SetMetadata(*owner.session, set).status().code(),
+              StatusCode::kInvalidArgument);
+  }
+
+  // A read-only holder reads the metadata but cannot change it.
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  auto grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok());
+  absl::StatusOr<v1::BufferInfo> got = core_.Import(*reader.session, grant->token());
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->metadata().dataspace(), 143261696);
+  EXPECT_EQ(got->metadata().blend_mode(), v1::BLEND_MODE_PREMULTIPLIED);
+  set.set_type(v1::METADATA_DATASPACE);
+  EXPECT_EQ(core_.SetMetadata(*reader.session, set).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.SetMetadata(*Open().session, set).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(AllocatorTest, BlobHasNoCrop) {
+  Peer p = Open();
+  auto r = core_.Allocate(*p.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  v1::SetMetadataRequest set;
+  set.set_buffer_id(r->buffers(0).id());
+  set.set_type(v1::METADATA_CROP);
+  set.mutable_value()->add_crop()->set_right(1);
+  EXPECT_EQ(core_.SetMetadata(*p.session, set).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST_F(AllocatorTest, ReleaseIsAllOrNothingAndFreesOnLastHolder) {

@@ -30,10 +30,6 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits);
   d->service_ = std::make_unique<AllocatorService>(d->core_.get());
 
-  // The broker first: a client that reaches gRPC can always get a session.
-  ASSIGN_OR_RETURN(d->broker_, Broker::Start(d->options_.broker_socket,
-                                             d->options_.socket_mode,
-                                             d->core_.get()));
   const std::string& control = d->options_.control_socket;
   RETURN_IF_ERROR(RemoveStaleSocket(control));
   grpc::ServerBuilder builder;
@@ -48,6 +44,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   if (::chmod(control.c_str(), d->options_.socket_mode) != 0) {
     return ErrnoStatus(errno, absl::StrCat("chmod(", control, ")"));
   }
+  // The broker last: a client connects to it first, so once it exists the
+  // control plane is ready too.
+  ASSIGN_OR_RETURN(d->broker_, Broker::Start(d->options_.broker_socket,
+                                             d->options_.socket_mode,
+                                             d->core_.get()));
   LOG(INFO) << "listening: control unix:" << control << ", broker "
             << d->options_.broker_socket;
   return d;

@@ -120,6 +120,17 @@ grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
   });
 }
 
+grpc::Status AllocatorService::SetMetadata(grpc::ServerContext* ctx,
+                                           const v1::SetMetadataRequest* req,
+                                           v1::SetMetadataResponse* resp) {
+  HALLOC_WITH_SESSION("SetMetadata", {
+    absl::StatusOr<v1::BufferInfo> r = core_->SetMetadata(**session, *req);
+    if (!r.ok()) return r.status();
+    *resp->mutable_buffer() = std::move(*r);
+    return absl::OkStatus();
+  });
+}
+
 grpc::Status AllocatorService::Revoke(grpc::ServerContext* ctx,
                                       const v1::RevokeRequest* req,
                                       v1::RevokeResponse*) {

@@ -43,6 +43,10 @@ class Backend {
   // Whether fds of this backend can be limited to `access`.
   virtual bool CanEnforce(CpuAccess access) const = 0;
 
+  // Whether it can hold protected content (usage PROTECTED): memory that
+  // the CPU and unprotected devices cannot read.
+  virtual bool CanProtect() const { return false; }
+
   // A new fd for the memory behind `buffer` carrying only `access`.
   // FAILED_PRECONDITION when !CanEnforce(access).
   virtual absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,

@@ -255,6 +255,41 @@ int RunPeer(const ConnectOptions& opts, std::vector<std::string> args) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+TEST_F(ClientTest, Nv12DescribesIdenticallyInAnotherProcess) {
+  absl::StatusOr<Buffer> b = client().Allocate(
+      ImageDescriptor(1920, 1080, DRM_FORMAT_NV12, 0x20000 | 0x800, "camera"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  v1::BufferMetadata ds;
+  ds.set_dataspace(281411584);  // BT2020 | ST2084 | FULL
+  ASSERT_TRUE(client().SetMetadata(b->id(), v1::METADATA_DATASPACE, ds).ok());
+  absl::StatusOr<v1::Grant> grant = client().Share(b->id(), getuid());
+  ASSERT_TRUE(grant.ok());
+  const ConnectOptions o = daemon().connect_options();
+  const std::string cmd =
+      std::string(getenv("TEST_SRCDIR")) + "/halloc/tests/integration/peer " +
+      o.control_socket + " " + o.broker_socket + " import-describe " + grant->token();
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  ASSERT_EQ(pclose(p), 0);
+  v1::BufferInfo theirs;
+  ASSERT_TRUE(theirs.ParseFromString(out));
+  absl::StatusOr<v1::BufferInfo> mine = client().Describe(b->id());
+  ASSERT_TRUE(mine.ok());
+  EXPECT_EQ(theirs.layout().SerializeAsString(), mine->layout().SerializeAsString())
+      << theirs.layout().ShortDebugString() << "\nvs\n" << mine->layout().ShortDebugString();
+  EXPECT_EQ(theirs.metadata().SerializeAsString(), mine->metadata().SerializeAsString());
+  EXPECT_EQ(theirs.id(), mine->id());
+  EXPECT_EQ(theirs.size(), mine->size());
+  EXPECT_EQ(theirs.usage(), mine->usage());
+  EXPECT_EQ(theirs.name(), "camera");
+  EXPECT_EQ(theirs.layout().planes(1).offset(), 2073600u);
+  EXPECT_FALSE(theirs.owned());
+}
+
 TEST_F(ClientTest, SessionEndReleasesHoldingsEvenOnCrash) {
   EXPECT_EQ(RunPeer(daemon().connect_options(), {"crash"}), 128 + SIGABRT);
   EXPECT_TRUE(WaitForLiveBuffers(client(), 0));

@@ -1,6 +1,9 @@
 // A separate client process for the integration tests (gRPC must not be
 // used in a forked child of a gRPC process, so tests exec this instead).
 //
+//   peer CONTROL BROKER import-describe TOKEN
+//                                          import, print its BufferInfo
+//                                          (binary protobuf) on stdout
 //   peer CONTROL BROKER crash              allocate 4 buffers, then abort()
 //   peer CONTROL BROKER identity UID TOKEN BUFFER_ID
 //                                          drop to UID, check the daemon sees
@@ -9,6 +12,7 @@
 // Exit code 0 means every check held; otherwise the number of the failed one.
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -44,6 +48,20 @@ int Identity(const halloc::ConnectOptions& opts, uid_t uid,
   return 0;
 }
 
+// Imports TOKEN and prints the BufferInfo as this process sees it.
+int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token) {
+  absl::StatusOr<halloc::Client> c = halloc::Client::Connect(opts);
+  if (!c.ok()) return 1;
+  absl::StatusOr<halloc::Buffer> b = c->Import(token);
+  if (!b.ok()) return 2;
+  absl::StatusOr<halloc::v1::BufferInfo> info = c->Describe(b->id());
+  if (!info.ok()) return 3;
+  std::string out;
+  info->SerializeToString(&out);
+  fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -53,6 +71,7 @@ int main(int argc, char** argv) {
   opts.broker_socket = argv[2];
   const std::string cmd = argv[3];
   if (cmd == "crash") return Crash(opts);
+  if (cmd == "import-describe" && argc == 5) return ImportDescribe(opts, argv[4]);
   uint32_t uid;
   uint64_t id;
   if (cmd == "identity" && argc == 7 && absl::SimpleAtoi(argv[4], &uid) &&

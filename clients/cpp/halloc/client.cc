@@ -318,6 +318,19 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   return impl_->Receive(std::move(*resp.mutable_buffer()));
 }
 
+absl::StatusOr<v1::BufferInfo> Client::SetMetadata(
+    uint64_t buffer_id, v1::StandardMetadataType type,
+    const v1::BufferMetadata& value) {
+  v1::SetMetadataRequest req;
+  req.set_buffer_id(buffer_id);
+  req.set_type(type);
+  *req.mutable_value() = value;
+  v1::SetMetadataResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->SetMetadata(ctx.get(), req, &resp), "SetMetadata"));
+  return resp.buffer();
+}
+
 absl::Status Client::Revoke(uint64_t grant_id) {
   v1::RevokeRequest req;
   req.set_grant_id(grant_id);

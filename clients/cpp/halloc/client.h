@@ -131,6 +131,10 @@ class Client {
   // Takes a buffer shared with us.
   absl::StatusOr<Buffer> Import(absl::string_view grant_token);
   absl::Status Revoke(uint64_t grant_id);
+  // Sets dataspace, blend mode or crop (`type`) from `value`.
+  absl::StatusOr<v1::BufferInfo> SetMetadata(uint64_t buffer_id,
+                                             v1::StandardMetadataType type,
+                                             const v1::BufferMetadata& value);
 
   class Impl;
 
