@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <optional>
 
 #include "absl/strings/escaping.h"
@@ -26,6 +27,9 @@ struct Allocator::Buffer {
   v1::BufferMetadata metadata;
   uid_t owner_uid = 0;
   uint64_t owner_session = 0;
+  // The owner's client (policy rule) name, and its quota key "rule/uid".
+  std::string owner_client;
+  std::string charged_to;
   // The daemon's read-write fd; views are opened from it.
   UniqueFd fd;
   // session id → that session's rights. Guarded by mu_.
@@ -38,7 +42,12 @@ struct Allocator::Grant {
   std::string token;
   uint64_t buffer_id = 0;
   uint64_t from_session = 0;
+  // Exactly one of: a client name, or a uid.
+  std::string peer_name;
   uid_t peer_uid = 0;
+  // The granter's client name and uid, for the receiver's receive_from.
+  std::string from_client;
+  uid_t from_uid = 0;
   CpuAccess access = CpuAccess::kRead;
 };
 
@@ -49,6 +58,10 @@ struct Allocator::Plan {
   std::optional<v1::BufferLayout> layout;
   CpuAccess owner_access = CpuAccess::kReadWrite;
   uint32_t count = 1;
+  // The deciding rule (nullptr without a session) and its quota key.
+  const Rule* rule = nullptr;
+  std::shared_ptr<const Policy> policy;  // keeps `rule` alive
+  std::string charge_key;
 };
 
 namespace {
@@ -76,6 +89,14 @@ absl::Status ValidateName(absl::string_view name) {
     }
   }
   return absl::OkStatus();
+}
+
+CpuAccess Min(CpuAccess a, CpuAccess b) {
+  return static_cast<int>(a) < static_cast<int>(b) ? a : b;
+}
+
+Identity IdentityOf(const Credentials& c) {
+  return Identity{c.uid, c.gid, c.pid, c.exe};
 }
 
 absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access) {
@@ -136,8 +157,41 @@ v1::CpuAccess ToProto(CpuAccess access) {
   return v1::CPU_ACCESS_UNSPECIFIED;
 }
 
-Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits)
-    : backend_(std::move(backend)), limits_(limits) {}
+Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits,
+                     std::shared_ptr<const Policy> policy)
+    : backend_(std::move(backend)), limits_(limits), policy_(std::move(policy)) {}
+
+void Allocator::SetPolicy(std::shared_ptr<const Policy> policy) {
+  absl::MutexLock lock(&policy_mu_);
+  policy_ = std::move(policy);
+}
+
+std::shared_ptr<const Policy> Allocator::policy() const {
+  absl::MutexLock lock(&policy_mu_);
+  return policy_;
+}
+
+void Allocator::CountPolicyReloadFailure() {
+  absl::MutexLock lock(&policy_mu_);
+  ++reload_failures_;
+}
+
+absl::Status Allocator::Deny(absl::string_view rule, absl::Status status) const {
+  absl::MutexLock lock(&policy_mu_);
+  ++denials_[rule];
+  return status;
+}
+
+absl::StatusOr<const Rule*> Allocator::RuleFor(const Session& session,
+                                               const Policy& policy,
+                                               absl::string_view action) const {
+  const Rule* rule = policy.Match(IdentityOf(session.creds()));
+  if (rule != nullptr) return rule;
+  const Credentials& c = session.creds();
+  return Deny("(no rule)", absl::PermissionDeniedError(absl::StrCat(
+      action, " denied: no rule of policy '", policy.source(), "' matches uid ",
+      c.uid, " gid ", c.gid, " exe '", c.exe, "' (default deny)")));
+}
 
 Allocator::~Allocator() = default;
 
@@ -204,7 +258,8 @@ absl::StatusOr<std::shared_ptr<Session>> Allocator::Authenticate(
 // --- Allocation ------------------------------------------------------------
 
 absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
-    const v1::BufferDescriptor& desc, uint32_t count) const {
+    const v1::BufferDescriptor& desc, uint32_t count,
+    const Session* session) const {
   Plan plan;
   plan.count = count == 0 ? 1 : count;
   if (plan.count > limits_.max_count_per_call) {
@@ -251,18 +306,47 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
         " cannot hold protected content (usage PROTECTED): the CPU of any "
         "holder could read it"));
   }
+  if (session != nullptr) {
+    plan.policy = policy();
+    ASSIGN_OR_RETURN(plan.rule, RuleFor(*session, *plan.policy, "Allocate"));
+    const Rule& rule = *plan.rule;
+    auto deny = [&](const std::string& why) {
+      return Deny(rule.name, absl::PermissionDeniedError(
+                                 absl::StrCat("rule '", rule.name,
+                                              "' denies Allocate: ", why)));
+    };
+    if (const uint64_t extra = plan.usage & ~rule.usage_mask; extra != 0) {
+      return deny(absl::StrCat("usage ", usage::ToString(extra), " not granted"));
+    }
+    if (!rule.AllowsHeap(backend_->name())) {
+      return deny(absl::StrCat("heap '", backend_->name(), "' not granted"));
+    }
+    if (rule.max_buffer_bytes != 0 && plan.size > rule.max_buffer_bytes) {
+      return deny(absl::StrCat(plan.size, " bytes exceeds max_buffer_bytes ",
+                               rule.max_buffer_bytes));
+    }
+    if ((usage::WantsCpuWrite(plan.usage) && rule.max_cpu != CpuAccess::kReadWrite) ||
+        (usage::WantsCpuRead(plan.usage) && rule.max_cpu == CpuAccess::kNone)) {
+      return deny(absl::StrCat("usage asks for CPU access beyond max_cpu_access ",
+                               CpuAccessName(rule.max_cpu)));
+    }
+    plan.owner_access = Min(plan.owner_access, rule.max_cpu);
+    plan.charge_key = absl::StrCat(rule.name, "/", session->creds().uid);
+  }
   if (!backend_->CanEnforce(plan.owner_access)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend ", backend_->name(), " cannot enforce CPU access ",
-        CpuAccessName(plan.owner_access)));
+        CpuAccessName(plan.owner_access),
+        plan.rule ? absl::StrCat(" (max_cpu_access of rule '", plan.rule->name, "')")
+                  : std::string()));
   }
   return plan;
 }
 
 v1::IsSupportedResponse Allocator::IsSupported(
-    const v1::IsSupportedRequest& req) const {
+    const v1::IsSupportedRequest& req, const Session* session) const {
   v1::IsSupportedResponse resp;
-  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count());
+  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count(), session);
   resp.set_supported(plan.ok());
   if (!plan.ok()) {
     resp.set_code(static_cast<int>(plan.status().code()));
@@ -276,15 +360,32 @@ v1::IsSupportedResponse Allocator::IsSupported(
 
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const v1::AllocateRequest& req) {
-  ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count()));
-  {
-    absl::MutexLock lock(&mu_);
-    if (session.buffers_.size() + plan.count >
-        limits_.max_buffers_per_session) {
+  ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &session));
+  // Checked again when committing (other sessions of the client race us).
+  auto check_limits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
+    if (session.buffers_.size() + plan.count > limits_.max_buffers_per_session) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "session holds ", session.buffers_.size(), " buffers; limit is ",
           limits_.max_buffers_per_session));
     }
+    const Rule& rule = *plan.rule;
+    const auto [buffers, bytes] = charged_[plan.charge_key];
+    if (rule.quota_buffers != 0 && buffers + plan.count > rule.quota_buffers) {
+      return Deny(rule.name, absl::ResourceExhaustedError(absl::StrCat(
+          "rule '", rule.name, "' quota_buffers ", rule.quota_buffers, ": uid ",
+          session.creds().uid, " owns ", buffers, ", asked for ", plan.count, " more")));
+    }
+    if (rule.quota_bytes != 0 && bytes + plan.count * plan.size > rule.quota_bytes) {
+      return Deny(rule.name, absl::ResourceExhaustedError(absl::StrCat(
+          "rule '", rule.name, "' quota_bytes ", rule.quota_bytes, ": uid ",
+          session.creds().uid, " owns ", bytes, " bytes, asked for ",
+          plan.count * plan.size, " more")));
+    }
+    return absl::OkStatus();
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(check_limits());
   }
   // Memory comes from the backend outside the lock.
   std::vector<std::shared_ptr<Buffer>> fresh;
@@ -300,6 +401,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     buffer->metadata = DefaultMetadata(plan.layout);
     buffer->owner_uid = session.creds().uid;
     buffer->owner_session = session.id();
+    buffer->owner_client = plan.rule->name;
+    buffer->charged_to = plan.charge_key;
     buffer->fd = std::move(fd);
     fresh.push_back(std::move(buffer));
   }
@@ -307,6 +410,10 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   {
     absl::MutexLock lock(&mu_);
     if (session.closed_) return absl::UnauthenticatedError("session closed");
+    RETURN_IF_ERROR(check_limits());
+    auto& [charged_buffers, charged_bytes] = charged_[plan.charge_key];
+    charged_buffers += plan.count;
+    charged_bytes += plan.count * plan.size;
     for (auto& buffer : fresh) {
       buffer->id = next_id_++;
       buffer->holders.emplace(session.id(), plan.owner_access);
@@ -362,6 +469,11 @@ void Allocator::DropHold(Session& session, uint64_t buffer_id) {
                                      buffer.grants.end());
   for (uint64_t g : grants) DropGrant(g);
   live_bytes_ -= buffer.size;
+  if (auto c = charged_.find(buffer.charged_to); c != charged_.end()) {
+    c->second.first -= 1;
+    c->second.second -= buffer.size;
+    if (c->second.first == 0) charged_.erase(c);
+  }
   ++releases_total_;
   buffers_.erase(it);
 }
@@ -468,59 +580,139 @@ v1::StatsResponse Allocator::Stats() const {
   b->set_name(std::string(backend_->name()));
   b->set_live_buffers(buffers_.size());
   b->set_live_bytes(live_bytes_);
+  absl::MutexLock plock(&policy_mu_);
+  for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;
+  s.set_policy_source(policy_->source());
+  s.set_policy_reload_failures(reload_failures_);
   return s;
+}
+
+absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session) const {
+  const uid_t uid = session.creds().uid;
+  if (uid != 0 && uid != ::getuid()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "Dump is for root and the daemon's uid; caller is uid ", uid));
+  }
+  std::shared_ptr<const Policy> pol = policy();
+  absl::MutexLock lock(&mu_);
+  v1::DumpResponse resp;
+  for (const auto& [id, s] : sessions_) {
+    v1::SessionUsage* u = resp.add_sessions();
+    u->set_session_id(id);
+    u->set_pid(s->creds().pid);
+    u->set_uid(s->creds().uid);
+    u->set_exe(s->creds().exe);
+    if (const Rule* r = pol->Match(IdentityOf(s->creds()))) u->set_client(r->name);
+    for (uint64_t b : s->buffers_) {
+      const Buffer& buffer = *buffers_.at(b);
+      if (buffer.owner_session == id) {
+        u->set_owned_buffers(u->owned_buffers() + 1);
+        u->set_owned_bytes(u->owned_bytes() + buffer.size);
+      } else {
+        u->set_imported_buffers(u->imported_buffers() + 1);
+        u->set_imported_bytes(u->imported_bytes() + buffer.size);
+      }
+    }
+  }
+  for (const auto& [key, use] : charged_) {
+    v1::ClientQuota* q = resp.add_clients();
+    const size_t slash = key.rfind('/');
+    q->set_client(key.substr(0, slash));
+    q->set_uid(static_cast<uint32_t>(std::stoul(key.substr(slash + 1))));
+    q->set_buffers(use.first);
+    q->set_bytes(use.second);
+    if (const Rule* r = pol->Find(q->client())) {
+      q->set_quota_buffers(r->quota_buffers);
+      q->set_quota_bytes(r->quota_bytes);
+    }
+  }
+  return resp;
 }
 
 // --- Sharing ---------------------------------------------------------------
 
 absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
                                            const v1::ShareRequest& req) {
-  if (req.peer().kind_case() == v1::Peer::kName) {
-    return absl::UnimplementedError(
-        "sharing by client name needs a policy; share by uid");
+  const bool by_name = req.peer().kind_case() == v1::Peer::kName;
+  if (!by_name && req.peer().kind_case() != v1::Peer::kUid) {
+    return absl::InvalidArgumentError("share needs a peer: a uid or a client name");
   }
-  if (req.peer().kind_case() != v1::Peer::kUid) {
-    return absl::InvalidArgumentError("share needs a peer (uid)");
+  std::shared_ptr<const Policy> pol = policy();
+  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session, *pol, "Share"));
+  auto deny = [&](const std::string& why) {
+    return Deny(rule->name, absl::PermissionDeniedError(absl::StrCat(
+                                "rule '", rule->name, "' denies Share of buffer ",
+                                req.buffer_id(), ": ", why)));
+  };
+  const Rule* receiver = nullptr;
+  std::string peer_desc;
+  if (by_name) {
+    receiver = pol->Find(req.peer().name());
+    if (receiver == nullptr) {
+      return absl::NotFoundError(absl::StrCat("no client named '", req.peer().name(),
+                                              "' in policy '", pol->source(), "'"));
+    }
+    peer_desc = absl::StrCat("client '", receiver->name, "'");
+    if (!ListAdmits(rule->share_to, receiver->name, ~uid_t{0}, session.creds().uid)) {
+      return deny(absl::StrCat("share_to does not admit ", peer_desc));
+    }
+  } else {
+    const uid_t uid = req.peer().uid();
+    peer_desc = absl::StrCat("uid ", uid);
+    bool admitted = ListAdmits(rule->share_to, "", uid, session.creds().uid);
+    for (const std::string& name : rule->share_to) {
+      const Rule* r = pol->Find(name);
+      admitted |= r != nullptr && std::find(r->uids.begin(), r->uids.end(), uid) != r->uids.end();
+    }
+    if (!admitted) return deny(absl::StrCat("share_to does not admit ", peer_desc));
   }
-  const uid_t peer_uid = req.peer().uid();
+
   absl::MutexLock lock(&mu_);
   if (!session.buffers_.contains(req.buffer_id())) {
-    return absl::NotFoundError(
-        absl::StrCat("no buffer ", req.buffer_id(), " held"));
+    return absl::NotFoundError(absl::StrCat("no buffer ", req.buffer_id(), " held"));
   }
   Buffer& buffer = *buffers_.at(req.buffer_id());
   const CpuAccess mine = buffer.holders.at(session.id());
   CpuAccess access = mine;
-  if (req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED) {
+  const bool explicit_access = req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED;
+  if (explicit_access) {
     ASSIGN_OR_RETURN(access, FromProto(req.cpu_access()));
   }
   if (static_cast<int>(access) > static_cast<int>(mine)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "cannot grant CPU access ", CpuAccessName(access),
-        " on buffer ", buffer.id, ": caller has only ", CpuAccessName(mine)));
+    return deny(absl::StrCat("CPU access ", CpuAccessName(access),
+                             " is more than the caller's own (", CpuAccessName(mine), ")"));
   }
-  if (peer_uid != session.creds().uid) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "rule 'default: share within uid' denies sharing from uid ",
-        session.creds().uid, " to uid ", peer_uid));
+  if (receiver != nullptr) {
+    if (explicit_access && static_cast<int>(access) > static_cast<int>(receiver->max_cpu)) {
+      return deny(absl::StrCat("CPU access ", CpuAccessName(access), " is more than ",
+                               peer_desc, " may hold (", CpuAccessName(receiver->max_cpu), ")"));
+    }
+    access = Min(access, receiver->max_cpu);
   }
   if (!backend_->CanEnforce(access)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend ", backend_->name(), " cannot enforce CPU access ",
-        CpuAccessName(access)));
+        CpuAccessName(access), " for ", peer_desc));
   }
   auto grant = std::make_unique<Grant>();
   grant->id = next_id_++;
   grant->token = NewToken();
   grant->buffer_id = buffer.id;
   grant->from_session = session.id();
-  grant->peer_uid = peer_uid;
+  grant->from_client = rule->name;
+  grant->from_uid = session.creds().uid;
   grant->access = access;
   v1::Grant out;
   out.set_id(grant->id);
   out.set_token(grant->token);
   out.set_buffer_id(buffer.id);
-  out.mutable_peer()->set_uid(peer_uid);
+  if (by_name) {
+    grant->peer_name = receiver->name;
+    out.mutable_peer()->set_name(receiver->name);
+  } else {
+    grant->peer_uid = req.peer().uid();
+    out.mutable_peer()->set_uid(req.peer().uid());
+  }
   out.set_cpu_access(ToProto(access));
   buffer.grants.insert(grant->id);
   session.grants_.insert(grant->id);
@@ -531,6 +723,8 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
 
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
                                                  absl::string_view token) {
+  std::shared_ptr<const Policy> pol = policy();
+  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session, *pol, "Import"));
   std::shared_ptr<Buffer> buffer;
   CpuAccess access;
   bool newly_held = false;
@@ -543,13 +737,31 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
       return absl::NotFoundError("no such grant (unknown, revoked or expired)");
     }
     const Grant& grant = *grants_.at(t->second);
-    if (grant.peer_uid != session.creds().uid) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "grant ", grant.id, " is for uid ", grant.peer_uid,
-          "; caller is uid ", session.creds().uid));
+    auto deny = [&](const std::string& why) {
+      return Deny(rule->name, absl::PermissionDeniedError(absl::StrCat(
+                                  "rule '", rule->name, "' denies Import of grant ",
+                                  grant.id, " (buffer ", grant.buffer_id, "): ", why)));
+    };
+    if (!grant.peer_name.empty() ? grant.peer_name != rule->name
+                                 : grant.peer_uid != session.creds().uid) {
+      return deny(absl::StrCat(
+          "the grant is for ",
+          grant.peer_name.empty() ? absl::StrCat("uid ", grant.peer_uid)
+                                  : absl::StrCat("client '", grant.peer_name, "'"),
+          "; caller is client '", rule->name, "' uid ", session.creds().uid));
+    }
+    if (!ListAdmits(rule->receive_from, grant.from_client, grant.from_uid,
+                    session.creds().uid)) {
+      return deny(absl::StrCat("receive_from does not admit client '",
+                               grant.from_client, "' uid ", grant.from_uid));
+    }
+    access = Min(grant.access, rule->max_cpu);
+    if (!backend_->CanEnforce(access)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "backend ", backend_->name(), " cannot enforce CPU access ",
+          CpuAccessName(access), " (max_cpu_access of rule '", rule->name, "')"));
     }
     buffer = buffers_.at(grant.buffer_id);
-    access = grant.access;
     newly_held = !session.buffers_.contains(buffer->id);
     if (newly_held &&
         session.buffers_.size() >= limits_.max_buffers_per_session) {

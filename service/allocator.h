@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "halloc/v1/allocator.pb.h"
 #include "service/backend/backend.h"
+#include "service/policy/policy.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc {
@@ -42,6 +43,8 @@ struct Credentials {
   pid_t pid = 0;
   uid_t uid = 0;
   gid_t gid = 0;
+  // /proc/<pid>/exe, read through a pidfd where possible; "" if unknown.
+  std::string exe;
 };
 
 class Session {
@@ -69,8 +72,15 @@ class Session {
 
 class Allocator {
  public:
-  Allocator(std::unique_ptr<Backend> backend, Limits limits);
+  Allocator(std::unique_ptr<Backend> backend, Limits limits,
+            std::shared_ptr<const Policy> policy = Policy::Default());
   ~Allocator();
+
+  // Replaces the policy (SIGHUP). Decisions already made stand; every later
+  // one uses the new policy. Sessions are re-matched at each decision.
+  void SetPolicy(std::shared_ptr<const Policy> policy);
+  std::shared_ptr<const Policy> policy() const;
+  void CountPolicyReloadFailure();
 
   // Called by the broker for each accepted connection.
   absl::StatusOr<std::shared_ptr<Session>> OpenSession(Credentials creds,
@@ -88,8 +98,12 @@ class Allocator {
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
   absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;
   v1::StatsResponse Stats() const;
-  // Same checks as Allocate, through the same code (Plan), no memory.
-  v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req) const;
+  absl::StatusOr<v1::DumpResponse> Dump(Session& session) const;
+  // Same checks as Allocate, through the same code (Plan), no memory. With
+  // a session, its policy rule applies as well; without one, only the
+  // descriptor and the backend are judged.
+  v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req,
+                                      const Session* session) const;
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
   absl::StatusOr<v1::BufferInfo> Import(Session& session,
                                         absl::string_view token);
@@ -105,7 +119,14 @@ class Allocator {
   struct Plan;
 
   absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc,
-                                uint32_t count) const;
+                                uint32_t count, const Session* session) const;
+  // The rule deciding for `session` under the current policy, or
+  // PERMISSION_DENIED (counted) when none matches.
+  absl::StatusOr<const Rule*> RuleFor(const Session& session,
+                                      const Policy& policy,
+                                      absl::string_view action) const;
+  // Counts a denial by `rule` and returns `status`.
+  absl::Status Deny(absl::string_view rule, absl::Status status) const;
   // Sends `fd` for `buffer_id` on the session's broker socket.
   absl::Status Deliver(const Session& session, uint64_t buffer_id,
                        uint64_t size, CpuAccess access, const UniqueFd& fd);
@@ -132,8 +153,17 @@ class Allocator {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
   uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Quota use per client: "rule/uid" → (buffers, bytes) owned.
+  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_
+      ABSL_GUARDED_BY(mu_);
   uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
+
+  mutable absl::Mutex policy_mu_;
+  std::shared_ptr<const Policy> policy_ ABSL_GUARDED_BY(policy_mu_);
+  mutable absl::flat_hash_map<std::string, uint64_t> denials_
+      ABSL_GUARDED_BY(policy_mu_);
+  uint64_t reload_failures_ ABSL_GUARDED_BY(policy_mu_) = 0;
 };
 
 // v1.CpuAccess ↔ CpuAccess.

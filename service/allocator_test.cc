@@ -134,7 +134,7 @@ TEST_F(AllocatorTest, IsSupportedAgreesWithAllocate) {
     SCOPED_TRACE(d.ShortDebugString());
     v1::IsSupportedRequest q;
     *q.mutable_desc() = d;
-    const v1::IsSupportedResponse s = core_.IsSupported(q);
+    const v1::IsSupportedResponse s = core_.IsSupported(q, nullptr);
     v1::AllocateRequest a;
     *a.mutable_desc() = d;
     absl::StatusOr<v1::AllocateResponse> r = core_.Allocate(*p.session, a);
@@ -182,7 +182,7 @@ TEST_F(AllocatorTest, IsSupportedAgreesWithAllocateOverFormatsUsagesSizes) {
         SCOPED_TRACE(d.ShortDebugString());
         v1::IsSupportedRequest q;
         *q.mutable_desc() = d;
-        const v1::IsSupportedResponse s = core_.IsSupported(q);
+        const v1::IsSupportedResponse s = core_.IsSupported(q, nullptr);
         v1::AllocateRequest a;
         *a.mutable_desc() = d;
         absl::StatusOr<v1::AllocateResponse> r = core_.Allocate(*p.session, a);

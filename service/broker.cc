@@ -1,6 +1,7 @@
 #include "service/broker.h"
 
 #include <glog/logging.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -17,6 +18,30 @@
 
 namespace halloc {
 namespace {
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77  // Linux 6.5
+#endif
+
+// The peer's executable. With SO_PEERPIDFD, the pidfd pins the process: if
+// it is still alive after we read /proc/<pid>/exe, that pid was not recycled
+// meanwhile. Without it (older kernels) the read races pid reuse; the result
+// is then only as good as SO_PEERCRED's pid.
+std::string PeerExe(int conn, pid_t pid) {
+  int raw = -1;
+  socklen_t len = sizeof(raw);
+  UniqueFd pidfd;
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0) pidfd.reset(raw);
+  char buf[4096];
+  const std::string link = absl::StrCat("/proc/", pid, "/exe");
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
+  if (n <= 0) return "";
+  if (pidfd) {
+    pollfd pfd{pidfd.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, 0) != 0) return "";  // exited: cannot vouch for it
+  }
+  return std::string(buf, static_cast<size_t>(n));
+}
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
@@ -157,8 +182,9 @@ void Broker::Accept() {
     return;
   }
   const int fd = conn.get();
+  std::string exe = PeerExe(fd, cred.pid);
   absl::StatusOr<std::shared_ptr<Session>> session =
-      core_->OpenSession({cred.pid, cred.uid, cred.gid}, std::move(conn));
+      core_->OpenSession({cred.pid, cred.uid, cred.gid, exe}, std::move(conn));
   if (!session.ok()) {
     LOG(WARNING) << "broker: refused pid " << cred.pid << " uid " << cred.uid
                  << ": " << session.status();
@@ -187,7 +213,7 @@ void Broker::Accept() {
   }
   sessions_.emplace(id, *std::move(session));
   LOG(INFO) << "session " << id << " opened: pid " << cred.pid << " uid "
-            << cred.uid << " gid " << cred.gid;
+            << cred.uid << " gid " << cred.gid << " exe " << exe;
 }
 
 void Broker::OnReadable(uint64_t session_id) {

@@ -27,7 +27,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                    CreateBackend(d->options_.backend));
   LOG(INFO) << "backend: " << backend->name();
-  d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits);
+  std::shared_ptr<const Policy> policy = Policy::Default();
+  if (!d->options_.policy_file.empty()) {
+    ASSIGN_OR_RETURN(policy, Policy::Load(d->options_.policy_file));
+  }
+  LOG(INFO) << "policy: " << policy->source() << " (" << policy->rules().size()
+            << " client rules)";
+  d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
+                                         std::move(policy));
   d->service_ = std::make_unique<AllocatorService>(d->core_.get());
 
   const std::string& control = d->options_.control_socket;
@@ -52,6 +59,23 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   LOG(INFO) << "listening: control unix:" << control << ", broker "
             << d->options_.broker_socket;
   return d;
+}
+
+absl::Status Daemon::ReloadPolicy() {
+  if (options_.policy_file.empty()) {
+    LOG(INFO) << "policy reload: no --policy file; keeping the built-in default";
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(options_.policy_file);
+  if (!p.ok()) {
+    core_->CountPolicyReloadFailure();
+    LOG(ERROR) << "policy reload rejected, keeping the old policy:\n" << p.status().message();
+    return p.status();
+  }
+  LOG(INFO) << "policy reloaded from " << (*p)->source() << " ("
+            << (*p)->rules().size() << " client rules)";
+  core_->SetPolicy(*std::move(p));
+  return absl::OkStatus();
 }
 
 Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}

@@ -30,6 +30,9 @@ struct DaemonOptions {
   // Backend name or "auto".
   std::string backend = "auto";
   Limits limits;
+  // Policy file (text format of halloc.v1.Policy); empty: built-in default
+  // (every client may do everything, sharing within its own uid).
+  std::string policy_file;
 };
 
 // $XDG_RUNTIME_DIR/halloc when set, else /run/halloc.
@@ -43,6 +46,10 @@ class Daemon {
   // Stops accepting, lets in-flight calls finish (up to `grace`), then ends
   // every session. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+  // Re-reads options().policy_file. On any error the old policy stays, the
+  // error is logged and returned.
+  absl::Status ReloadPolicy();
 
   const DaemonOptions& options() const { return options_; }
   Allocator& core() { return *core_; }

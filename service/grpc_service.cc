@@ -11,8 +11,9 @@ grpc::Status Finish(const char* method, const Session* session,
   if (!status.ok()) {
     const bool denial = status.code() == absl::StatusCode::kPermissionDenied ||
                         status.code() == absl::StatusCode::kUnauthenticated;
-    LOG_IF(WARNING, denial || status.code() == absl::StatusCode::kInternal)
-        << method << " failed for "
+    const bool quota = status.code() == absl::StatusCode::kResourceExhausted;
+    LOG_IF(WARNING, denial || quota || status.code() == absl::StatusCode::kInternal)
+        << "AUDIT " << method << (denial || quota ? " denied" : " failed") << " for "
         << (session ? "session " + std::to_string(session->id()) + " uid " +
                           std::to_string(session->creds().uid) + " pid " +
                           std::to_string(session->creds().pid)
@@ -91,11 +92,27 @@ grpc::Status AllocatorService::Stats(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status AllocatorService::IsSupported(grpc::ServerContext*,
+grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
                                            const v1::IsSupportedRequest* req,
                                            v1::IsSupportedResponse* resp) {
-  *resp = core_->IsSupported(*req);
+  // The caller's policy applies when it has a session; a bad token is not
+  // silently ignored.
+  const bool has_token = ctx->client_metadata().count(kSessionMetadataKey) > 0;
+  absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);
+  if (has_token && !session.ok()) return Finish("IsSupported", nullptr, session.status());
+  *resp = core_->IsSupported(*req, session.ok() ? session->get() : nullptr);
   return grpc::Status::OK;
+}
+
+grpc::Status AllocatorService::Dump(grpc::ServerContext* ctx,
+                                    const v1::DumpRequest*,
+                                    v1::DumpResponse* resp) {
+  HALLOC_WITH_SESSION("Dump", {
+    absl::StatusOr<v1::DumpResponse> r = core_->Dump(**session);
+    if (!r.ok()) return r.status();
+    *resp = std::move(*r);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status AllocatorService::Share(grpc::ServerContext* ctx,

@@ -37,6 +37,8 @@ class AllocatorService final : public v1::Allocator::Service {
                      v1::ShareResponse* resp) override;
   grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
                       v1::ImportResponse* resp) override;
+  grpc::Status Dump(grpc::ServerContext* ctx, const v1::DumpRequest* req,
+                    v1::DumpResponse* resp) override;
   grpc::Status SetMetadata(grpc::ServerContext* ctx,
                            const v1::SetMetadataRequest* req,
                            v1::SetMetadataResponse* resp) override;

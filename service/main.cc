@@ -3,6 +3,8 @@
 //   hallocd [--control_socket=PATH] [--broker_socket=PATH] [--backend=auto]
 //
 // SIGTERM/SIGINT: stop accepting, finish in-flight calls, exit 0.
+// SIGHUP: re-read --policy; a file that does not parse or validate is
+// rejected with a log line and the old policy stays.
 #include <glog/logging.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -25,6 +27,10 @@ ABSL_FLAG(std::string, broker_socket, "",
           "fd broker socket (default: <socket dir>/broker.sock)");
 ABSL_FLAG(std::string, backend, "auto",
           "backend: auto, memfd (halloc, dmaheap, udmabuf not built yet)");
+ABSL_FLAG(std::string, policy, "",
+          "policy file (text format of halloc.v1.Policy, see "
+          "service/policy/example.textproto); re-read on SIGHUP. Empty: every "
+          "client may do everything, sharing only within its own uid");
 ABSL_FLAG(std::string, socket_mode, "0660", "permissions of the sockets (octal)");
 ABSL_FLAG(uint64_t, max_buffer_bytes, uint64_t{4} << 30, "largest buffer");
 ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
@@ -66,6 +72,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   RaiseFdLimit();
@@ -84,6 +91,7 @@ int main(int argc, char** argv) {
     options.broker_socket = absl::StrCat(dir, "/broker.sock");
   }
   options.backend = absl::GetFlag(FLAGS_backend);
+  options.policy_file = absl::GetFlag(FLAGS_policy);
   options.socket_mode = static_cast<mode_t>(
       std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));
   options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
@@ -99,7 +107,10 @@ int main(int argc, char** argv) {
   LOG(INFO) << "hallocd ready (pid " << getpid() << ")";
 
   int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
+  for (;;) {
+    if (sigwait(&signals, &sig) != 0) continue;
+    if (sig != SIGHUP) break;
+    (void)(*daemon)->ReloadPolicy();  // logs its outcome; old policy kept on error
   }
   LOG(INFO) << "signal " << sig << ": shutting down";
   (*daemon)->Shutdown(absl::Seconds(5));

@@ -19,6 +19,7 @@
 #include "service/layout/format.h"
 #include "service/layout/layout.h"
 #include "service/layout/usage.h"
+#include "service/policy/policy.h"
 
 ABSL_FLAG(std::string, control_socket, "",
           "hallocd's gRPC socket (default: $HALLOC_CONTROL_SOCKET, else "
@@ -59,7 +60,12 @@ Commands:
   list         list this session's buffers (--all: every live buffer, with
                holders; for root and the daemon's uid)
   describe ID  describe one buffer (any live buffer with --all rights)
-  stats        daemon-wide counters
+  stats        daemon-wide counters, denials per policy rule
+  dump         per client: buffers and bytes held, owned vs imported, and
+               quota use (like Android's dmabuf_dump; root or daemon uid)
+  policy check FILE
+               validate a policy file offline (no daemon needed); errors
+               are FILE:LINE:COLUMN: message
   supported    without a descriptor: the format table; with one
                (--size or --format/--width/--height/--usage): whether hallocd
                would allocate it, and the layout it would use
@@ -190,6 +196,44 @@ int Stats(halloc::Client& client) {
     absl::PrintF("backend %-8s %d buffers, %d bytes\n", b.name(),
                  b.live_buffers(), b.live_bytes());
   }
+  absl::PrintF("policy        %s (%d failed reloads)\n", s->policy_source(),
+               s->policy_reload_failures());
+  for (const auto& [rule, n] : s->denials_by_rule()) {
+    absl::PrintF("denials       %d by rule '%s'\n", n, rule);
+  }
+  return 0;
+}
+
+int Dump(halloc::Client& client) {
+  absl::StatusOr<halloc::v1::DumpResponse> d = client.Dump();
+  if (!d.ok()) return Fail(d.status());
+  absl::PrintF("%-8s %-7s %-6s %-12s %14s %14s  %s\n", "session", "pid", "uid",
+               "client", "owned", "imported", "exe");
+  for (const auto& s : d->sessions()) {
+    absl::PrintF("%-8d %-7d %-6d %-12s %4d / %7dK %4d / %7dK  %s\n", s.session_id(),
+                 s.pid(), s.uid(), s.client().empty() ? "-" : s.client(),
+                 s.owned_buffers(), s.owned_bytes() / 1024, s.imported_buffers(),
+                 s.imported_bytes() / 1024, s.exe());
+  }
+  if (d->clients_size() > 0) std::cout << "\nquota use (owned, all sessions):\n";
+  for (const auto& c : d->clients()) {
+    absl::PrintF("  %-12s uid %-6d %d buffers of %s, %d bytes of %s\n", c.client(),
+                 c.uid(), c.buffers(),
+                 c.quota_buffers() ? absl::StrCat(c.quota_buffers()) : "unlimited",
+                 c.bytes(), c.quota_bytes() ? absl::StrCat(c.quota_bytes()) : "unlimited");
+  }
+  return 0;
+}
+
+int PolicyCheck(const std::string& file) {
+  absl::StatusOr<std::shared_ptr<const halloc::Policy>> p = halloc::Policy::Load(file);
+  if (!p.ok()) {
+    std::cerr << p.status().message() << "\n";
+    return 1;
+  }
+  std::cout << file << ": OK, " << (*p)->rules().size() << " client rules:";
+  for (const halloc::Rule& r : (*p)->rules()) std::cout << " " << r.name;
+  std::cout << "\n";
   return 0;
 }
 
@@ -236,8 +280,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string cmd = args[1];
+  if (cmd == "policy") {
+    if (args.size() != 4 || std::string(args[2]) != "check") {
+      std::cerr << "hallocctl: usage: hallocctl policy check FILE\n";
+      return 2;
+    }
+    return PolicyCheck(args[3]);
+  }
   const bool known = cmd == "allocate" || cmd == "list" || cmd == "describe" ||
-                     cmd == "stats" || cmd == "supported";
+                     cmd == "stats" || cmd == "supported" || cmd == "dump";
   if (!known || (cmd == "describe") != (args.size() == 3) ||
       (cmd != "describe" && args.size() != 2)) {
     std::cerr << "hallocctl: bad command line; see hallocctl --help\n";
@@ -257,5 +308,6 @@ int main(int argc, char** argv) {
   if (cmd == "list") return List(*client);
   if (cmd == "describe") return Describe(*client, args[2]);
   if (cmd == "stats") return Stats(*client);
+  if (cmd == "dump") return Dump(*client);
   return Supported(*client);
 }

@@ -309,6 +309,26 @@ absl::StatusOr<v1::Grant> Client::Share(uint64_t buffer_id, uid_t peer_uid,
   return resp.grant();
 }
 
+absl::StatusOr<v1::Grant> Client::ShareWithClient(uint64_t buffer_id,
+                                                  absl::string_view peer_name,
+                                                  v1::CpuAccess cpu) {
+  v1::ShareRequest req;
+  req.set_buffer_id(buffer_id);
+  req.mutable_peer()->set_name(std::string(peer_name));
+  req.set_cpu_access(cpu);
+  v1::ShareResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Share(ctx.get(), req, &resp), "Share"));
+  return resp.grant();
+}
+
+absl::StatusOr<v1::DumpResponse> Client::Dump() {
+  v1::DumpResponse resp;
+  auto ctx = impl_->Context();
+  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Dump(ctx.get(), {}, &resp), "Dump"));
+  return resp;
+}
+
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));

@@ -128,6 +128,12 @@ class Client {
   // (UNSPECIFIED: the caller's own). Pass grant.token() to the peer.
   absl::StatusOr<v1::Grant> Share(uint64_t buffer_id, uid_t peer_uid,
                                   v1::CpuAccess cpu = v1::CPU_ACCESS_UNSPECIFIED);
+  // Grants the client the policy calls `peer_name` access.
+  absl::StatusOr<v1::Grant> ShareWithClient(
+      uint64_t buffer_id, absl::string_view peer_name,
+      v1::CpuAccess cpu = v1::CPU_ACCESS_UNSPECIFIED);
+  // Per-client accounting (root and the daemon's uid).
+  absl::StatusOr<v1::DumpResponse> Dump();
   // Takes a buffer shared with us.
   absl::StatusOr<Buffer> Import(absl::string_view grant_token);
   absl::Status Revoke(uint64_t grant_id);

@@ -1,0 +1,224 @@
+#include "service/policy/policy.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "service/layout/usage.h"
+
+namespace halloc {
+namespace {
+
+using ::google::protobuf::TextFormat;
+
+class Collector : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit Collector(std::string source) : source_(std::move(source)) {}
+  void AddError(int line, int column, const std::string& message) override {
+    errors_.push_back(absl::StrCat(source_, ":", line + 1, ":", column + 1,
+                                   ": ", message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    AddError(line, column, message);
+  }
+  std::vector<std::string>& errors() { return errors_; }
+
+ private:
+  std::string source_;
+  std::vector<std::string> errors_;
+};
+
+bool ValidName(absl::string_view n) {
+  if (n.empty() || n.size() > 63) return false;
+  return std::all_of(n.begin(), n.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+CpuAccess FromProto(v1::CpuAccess a) {
+  switch (a) {
+    case v1::CPU_ACCESS_READ: return CpuAccess::kRead;
+    case v1::CPU_ACCESS_READ_WRITE: return CpuAccess::kReadWrite;
+    default: return CpuAccess::kNone;
+  }
+}
+
+// Checks and compiles rule `i`, appending "source:line:col: message" errors.
+Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tree,
+             const std::string& source, std::vector<std::string>* errors) {
+  const auto* desc = v1::ClientRule::descriptor();
+  auto where = [&](const char* field, int index = -1) {
+    const TextFormat::ParseInfoTree* rule_tree =
+        tree ? tree->GetTreeForNested(v1::Policy::descriptor()->FindFieldByName("clients"), i)
+             : nullptr;
+    google::protobuf::TextFormat::ParseLocation loc;
+    if (rule_tree != nullptr) loc = rule_tree->GetLocation(desc->FindFieldByName(field), index);
+    if (loc.line < 0 && tree != nullptr) {
+      loc = tree->GetLocation(v1::Policy::descriptor()->FindFieldByName("clients"), i);
+    }
+    return loc.line >= 0 ? absl::StrCat(source, ":", loc.line + 1, ":", loc.column + 1)
+                         : absl::StrCat(source, ": clients[", i, "]");
+  };
+  Rule rule;
+  rule.name = r.name();
+  if (!ValidName(r.name())) {
+    errors->push_back(absl::StrCat(where("name"), ": client name '", r.name(),
+                                   "' must be 1-63 characters of [a-z0-9_-]"));
+  }
+  const v1::ClientMatch& m = r.match();
+  rule.uids.assign(m.uids().begin(), m.uids().end());
+  rule.gids.assign(m.gids().begin(), m.gids().end());
+  rule.exe = m.exe();
+  rule.any = m.any();
+  if (!m.any() && m.uids().empty() && m.gids().empty() && m.exe().empty()) {
+    errors->push_back(absl::StrCat(where("match"), ": client '", r.name(),
+                                   "' has no match criteria (uids, gids, exe or any)"));
+  }
+  if (!m.exe().empty() && m.exe()[0] != '/') {
+    errors->push_back(absl::StrCat(where("match"), ": exe '", m.exe(),
+                                   "' must be an absolute path"));
+  }
+  for (int u = 0; u < r.usages_size(); ++u) {
+    if (r.usages(u) == "*") {
+      rule.usage_mask |= ~usage::kReservedMask;
+      continue;
+    }
+    absl::StatusOr<uint64_t> bits = usage::Parse(r.usages(u));
+    if (!bits.ok()) {
+      errors->push_back(absl::StrCat(where("usages", u), ": ", bits.status().message()));
+    } else {
+      rule.usage_mask |= *bits;
+    }
+  }
+  rule.heaps.assign(r.heaps().begin(), r.heaps().end());
+  const std::vector<std::string> known = KnownBackends();
+  for (int h = 0; h < r.heaps_size(); ++h) {
+    if (r.heaps(h) != "*" &&
+        std::find(known.begin(), known.end(), r.heaps(h)) == known.end()) {
+      errors->push_back(absl::StrCat(where("heaps", h), ": unknown heap '", r.heaps(h),
+                                     "'; known: *, ", absl::StrJoin(known, ", ")));
+    }
+  }
+  rule.max_buffer_bytes = r.max_buffer_bytes();
+  rule.quota_bytes = r.quota_bytes();
+  rule.quota_buffers = r.quota_buffers();
+  rule.max_cpu = FromProto(r.max_cpu_access());
+  rule.attach_devices.assign(r.attach_devices().begin(), r.attach_devices().end());
+  rule.share_to.assign(r.share_to().begin(), r.share_to().end());
+  rule.receive_from.assign(r.receive_from().begin(), r.receive_from().end());
+  return rule;
+}
+
+}  // namespace
+
+bool Rule::Matches(const Identity& id) const {
+  if (any) return true;
+  if (!uids.empty() && std::find(uids.begin(), uids.end(), id.uid) == uids.end()) {
+    return false;
+  }
+  if (!gids.empty() && std::find(gids.begin(), gids.end(), id.gid) == gids.end()) {
+    return false;
+  }
+  if (!exe.empty() && exe != id.exe) return false;
+  return !uids.empty() || !gids.empty() || !exe.empty();
+}
+
+bool Rule::AllowsHeap(absl::string_view heap) const {
+  return std::find(heaps.begin(), heaps.end(), "*") != heaps.end() ||
+         std::find(heaps.begin(), heaps.end(), heap) != heaps.end();
+}
+
+bool ListAdmits(const std::vector<std::string>& list, absl::string_view name,
+                uid_t uid, uid_t self_uid) {
+  for (const std::string& entry : list) {
+    if (entry == "*" || entry == name) return true;
+    if (entry == "@same_uid" && uid == self_uid) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
+    absl::string_view text, absl::string_view source) {
+  v1::Policy proto;
+  TextFormat::Parser parser;
+  Collector collector{std::string(source)};
+  TextFormat::ParseInfoTree tree;
+  parser.RecordErrorsTo(&collector);
+  parser.WriteLocationsTo(&tree);
+  if (!parser.ParseFromString(std::string(text), &proto)) {
+    return absl::InvalidArgumentError(absl::StrJoin(collector.errors(), "\n"));
+  }
+  auto policy = std::make_shared<Policy>();
+  policy->source_ = std::string(source);
+  std::vector<std::string> errors;
+  absl::flat_hash_set<std::string> names;
+  for (int i = 0; i < proto.clients_size(); ++i) {
+    Rule rule = Compile(proto.clients(i), i, &tree, policy->source_, &errors);
+    if (!names.insert(rule.name).second) {
+      errors.push_back(absl::StrCat(source, ": clients[", i, "]: duplicate client name '",
+                                    rule.name, "'"));
+    }
+    policy->rules_.push_back(std::move(rule));
+  }
+  // Every name a share list mentions must exist.
+  for (const Rule& rule : policy->rules_) {
+    for (const auto* list : {&rule.share_to, &rule.receive_from}) {
+      for (const std::string& n : *list) {
+        if (n != "*" && n != "@same_uid" && !names.contains(n)) {
+          errors.push_back(absl::StrCat(source, ": client '", rule.name,
+                                        "' names unknown client '", n, "'"));
+        }
+      }
+    }
+  }
+  if (!errors.empty()) return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
+  return std::shared_ptr<const Policy>(std::move(policy));
+}
+
+absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read policy file ", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  return Parse(text.str(), path);
+}
+
+std::shared_ptr<const Policy> Policy::Default() {
+  static const std::shared_ptr<const Policy> policy = [] {
+    auto p = std::make_shared<Policy>();
+    p->source_ = "built-in default";
+    Rule rule;
+    rule.name = "default";
+    rule.any = true;
+    rule.usage_mask = ~usage::kReservedMask;
+    rule.heaps = {"*"};
+    rule.max_cpu = CpuAccess::kReadWrite;
+    rule.share_to = {"@same_uid"};
+    rule.receive_from = {"@same_uid"};
+    p->rules_.push_back(std::move(rule));
+    return std::shared_ptr<const Policy>(std::move(p));
+  }();
+  return policy;
+}
+
+const Rule* Policy::Match(const Identity& id) const {
+  for (const Rule& rule : rules_) {
+    if (rule.Matches(id)) return &rule;
+  }
+  return nullptr;
+}
+
+const Rule* Policy::Find(absl::string_view name) const {
+  for (const Rule& rule : rules_) {
+    if (rule.name == name) return &rule;
+  }
+  return nullptr;
+}
+
+}  // namespace halloc

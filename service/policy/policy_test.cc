@@ -1,0 +1,107 @@
+#include "service/policy/policy.h"
+
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "service/layout/usage.h"
+
+namespace halloc {
+namespace {
+
+std::string Example() {
+  return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/service/policy/example.textproto");
+}
+
+TEST(PolicyTest, ExampleLoadsAndMatchesByUidInOrder) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(Example());
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ((*p)->rules().size(), 4u);
+  EXPECT_EQ((*p)->Match({1001, 1001, 1, ""})->name, "camera");
+  EXPECT_EQ((*p)->Match({1002, 5, 1, ""})->name, "compositor");
+  EXPECT_EQ((*p)->Match({1004, 5, 1, ""})->name, "app");
+  EXPECT_EQ((*p)->Match({0, 0, 1, ""})->name, "admin");
+  EXPECT_EQ((*p)->Match({4242, 4242, 1, ""}), nullptr);  // default deny
+  const Rule* camera = (*p)->Find("camera");
+  EXPECT_EQ(camera->max_cpu, CpuAccess::kReadWrite);
+  EXPECT_EQ(camera->quota_buffers, 32u);
+  EXPECT_TRUE(camera->usage_mask & usage::kCameraOutput);
+  EXPECT_FALSE(camera->usage_mask & usage::kGpuTexture);
+  EXPECT_EQ((*p)->Find("compositor")->max_cpu, CpuAccess::kRead);
+  EXPECT_TRUE((*p)->Find("app")->AllowsHeap("memfd"));
+  EXPECT_FALSE((*p)->Find("app")->AllowsHeap("halloc"));
+  EXPECT_TRUE((*p)->Find("camera")->AllowsHeap("halloc"));
+}
+
+TEST(PolicyTest, MatchCriteriaAllHold) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
+    clients { name: "exact" match { uids: 7 gids: 8 exe: "/usr/bin/cam" } }
+    clients { name: "gid" match { gids: 9 } }
+    clients { name: "rest" match { any: true } }
+  )", "inline");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->Match({7, 8, 1, "/usr/bin/cam"})->name, "exact");
+  EXPECT_EQ((*p)->Match({7, 8, 1, "/usr/bin/other"})->name, "rest");
+  EXPECT_EQ((*p)->Match({7, 9, 1, "/usr/bin/cam"})->name, "gid");
+  EXPECT_EQ((*p)->Match({1, 1, 1, ""})->name, "rest");
+  const Rule* exact = (*p)->Find("exact");
+  EXPECT_EQ(exact->max_cpu, CpuAccess::kNone);  // unset = NONE
+  EXPECT_EQ(exact->usage_mask, 0u);             // nothing granted
+  EXPECT_FALSE(exact->AllowsHeap("memfd"));
+}
+
+TEST(PolicyTest, SyntaxErrorsHaveLineAndColumn) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients {\n  name: \"a\"\n  match { uids: 1 }\n  bogus_field: 3\n}\n", "f.textproto");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "f.textproto:4:")) << p.status();
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "bogus_field")) << p.status();
+}
+
+TEST(PolicyTest, SemanticErrorsAreAllReportedWithLines) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients {\n"
+      "  name: \"Bad Name\"\n"        // 2
+      "  match { uids: 1 }\n"
+      "  usages: \"camera_output\"\n"
+      "  usages: \"warp_drive\"\n"    // 5
+      "  heaps: \"floppy\"\n"         // 6
+      "  share_to: \"nobody\"\n"
+      "}\n"
+      "clients {\n"
+      "  name: \"nomatch\"\n"
+      "  match { }\n"                 // 11
+      "}\n"
+      "clients { name: \"nomatch\" match { any: true } }\n",
+      "p.textproto");
+  ASSERT_FALSE(p.ok());
+  const std::string msg(p.status().message());
+  EXPECT_TRUE(absl::StrContains(msg, "p.textproto:2:")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "p.textproto:5:")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "warp_drive")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "p.textproto:6:")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "unknown client 'nobody'")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "p.textproto:11:")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "duplicate client name 'nomatch'")) << msg;
+}
+
+TEST(PolicyTest, MissingFileIsNotFound) {
+  EXPECT_EQ(Policy::Load("/nonexistent/policy").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST(PolicyTest, DefaultAllowsSameUidSharingOnly) {
+  std::shared_ptr<const Policy> p = Policy::Default();
+  const Rule* r = p->Match({1234, 1234, 1, ""});
+  ASSERT_NE(r, nullptr);
+  EXPECT_TRUE(ListAdmits(r->share_to, "default", 1234, 1234));
+  EXPECT_FALSE(ListAdmits(r->share_to, "default", 99, 1234));
+  EXPECT_TRUE(ListAdmits({"*"}, "x", 1, 2));
+  EXPECT_TRUE(ListAdmits({"cam"}, "cam", 1, 2));
+  EXPECT_FALSE(ListAdmits({}, "cam", 1, 1));
+}
+
+}  // namespace
+}  // namespace halloc
