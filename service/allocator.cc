@@ -331,6 +331,14 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
                                CpuAccessName(rule.max_cpu)));
     }
     plan.owner_access = Min(plan.owner_access, rule.max_cpu);
+    const bool attach_limited =
+        std::find(rule.attach_devices.begin(), rule.attach_devices.end(), "*") ==
+        rule.attach_devices.end();
+    if (attach_limited && !backend_->CanLimitAttach()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "backend ", backend_->name(), " cannot limit which devices attach its "
+          "buffers (rule '", rule.name, "' attach_devices)"));
+    }
     plan.charge_key = absl::StrCat(rule.name, "/", session->creds().uid);
   }
   if (!backend_->CanEnforce(plan.owner_access)) {

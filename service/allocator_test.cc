@@ -34,7 +34,7 @@ class AllocatorTest : public ::testing::Test {
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
     Peer p;
     p.client_end.reset(sv[1]);
-    p.session = *core_.OpenSession({getpid(), uid, uid}, UniqueFd(sv[0]));
+    p.session = *core_.OpenSession({getpid(), uid, uid, ""}, UniqueFd(sv[0]));
     return p;
   }
 
@@ -302,6 +302,32 @@ TEST_F(AllocatorTest, BlobHasNoCrop) {
   set.mutable_value()->add_crop()->set_right(1);
   EXPECT_EQ(core_.SetMetadata(*p.session, set).status().code(),
             StatusCode::kInvalidArgument);
+}
+
+TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "limited" match { uids: 1 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: "vgem" }
+    clients { name: "any" match { uids: 2 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: "*" }
+  )", "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  for (bool udmabuf : {false, true}) {
+    SCOPED_TRACE(udmabuf);
+    Allocator core(std::make_unique<MemfdBackend>(udmabuf ? "/proc/self/exe" : "/nonexistent"),
+                   Limits(), *policy);
+    v1::AllocateRequest req;
+    req.mutable_desc()->set_size(4096);
+    for (uid_t uid : {1u, 2u}) {
+      int sv[2];
+      ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+      UniqueFd client_end(sv[1]);
+      auto session = *core.OpenSession({getpid(), uid, uid, ""}, UniqueFd(sv[0]));
+      const absl::StatusCode code = core.Allocate(*session, req).status().code();
+      EXPECT_EQ(code, udmabuf && uid == 1 ? absl::StatusCode::kFailedPrecondition
+                                          : absl::StatusCode::kOk);
+    }
+  }
 }
 
 TEST_F(AllocatorTest, ReleaseIsAllOrNothingAndFreesOnLastHolder) {

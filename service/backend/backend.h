@@ -47,6 +47,10 @@ class Backend {
   // the CPU and unprotected devices cannot read.
   virtual bool CanProtect() const { return false; }
 
+  // Whether it can keep its buffers from being attached to devices outside
+  // an allow-list (policy attach_devices). Decorators must forward it.
+  virtual bool CanLimitAttach() const { return false; }
+
   // A new fd for the memory behind `buffer` carrying only `access`.
   // FAILED_PRECONDITION when !CanEnforce(access).
   virtual absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,

@@ -11,6 +11,9 @@
 
 namespace halloc {
 
+MemfdBackend::MemfdBackend(std::string udmabuf)
+    : udmabuf_present_(::access(udmabuf.c_str(), F_OK) == 0) {}
+
 absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
   if (request.size == 0 ||
       request.size > static_cast<uint64_t>(INT64_MAX)) {

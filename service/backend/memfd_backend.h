@@ -8,12 +8,19 @@
 #ifndef HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_
 
+#include <string>
+
 #include "service/backend/backend.h"
 
 namespace halloc {
 
 class MemfdBackend : public Backend {
  public:
+  // `udmabuf` is where the kernel's memfd → dma-buf converter would be: if
+  // it exists, any holder can turn a memfd into a dma-buf and attach it to
+  // any device, so attach limits cannot be enforced; if not, no device can
+  // attach a memfd at all (the strictest limit holds trivially).
+  explicit MemfdBackend(std::string udmabuf = "/dev/udmabuf");
   absl::string_view name() const override { return "memfd"; }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
   bool CanEnforce(CpuAccess access) const override {
@@ -21,6 +28,10 @@ class MemfdBackend : public Backend {
   }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     CpuAccess access) override;
+  bool CanLimitAttach() const override { return !udmabuf_present_; }
+
+ private:
+  bool udmabuf_present_;
 };
 
 }  // namespace halloc

@@ -37,12 +37,13 @@ class HallocdTest : public ::testing::Test {
     }
     std::filesystem::remove_all(dir_);
   }
-  void StartDaemon() {
+  void StartDaemon(const std::string& policy = "") {
     pid_ = fork();
     if (pid_ == 0) {
       const std::string c = "--control_socket=" + opts_.control_socket;
       const std::string b = "--broker_socket=" + opts_.broker_socket;
-      execl(HallocdPath().c_str(), "hallocd", c.c_str(), b.c_str(), nullptr);
+      const std::string p = "--policy=" + policy;
+      execl(HallocdPath().c_str(), "hallocd", c.c_str(), b.c_str(), p.c_str(), nullptr);
       _exit(127);
     }
   }
@@ -87,6 +88,42 @@ TEST_F(HallocdTest, ServesAndExitsCleanlyOnSigterm) {
   absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
   ASSERT_TRUE(m.ok());
   m->as<char>()[0] = 1;
+}
+
+TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
+  const std::string file = dir_ + "/policy.textproto";
+  auto write = [&](const std::string& text) {
+    FILE* f = fopen(file.c_str(), "w");
+    fputs(text.c_str(), f);
+    fclose(f);
+  };
+  // Root may only allocate small buffers at first.
+  write("clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "
+        "max_cpu_access: CPU_ACCESS_READ_WRITE max_buffer_bytes: 8192 }\n");
+  StartDaemon(file);
+  absl::StatusOr<Client> c = ConnectWithRetry();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Allocate(BlobDescriptor(1 << 20)).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  write("clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "
+        "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
+  ASSERT_EQ(kill(pid_, SIGHUP), 0);
+  absl::Status s = absl::UnknownError("not tried");
+  for (int i = 0; i < 300 && !s.ok(); ++i) {
+    s = c->Allocate(BlobDescriptor(1 << 20)).status();
+    if (!s.ok()) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(s.ok()) << s;
+  write("this is { not a policy");
+  ASSERT_EQ(kill(pid_, SIGHUP), 0);
+  uint64_t failures = 0;
+  for (int i = 0; i < 300 && failures == 0; ++i) {
+    failures = c->Stats()->policy_reload_failures();
+    if (failures == 0) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(failures, 1u);
+  EXPECT_TRUE(c->Allocate(BlobDescriptor(1 << 20)).ok());  // old policy kept
+  EXPECT_EQ(c->Stats()->policy_source(), file);
 }
 
 TEST_F(HallocdTest, RefusesToStartOverALiveDaemon) {

@@ -1,6 +1,8 @@
 // A separate client process for the integration tests (gRPC must not be
 // used in a forked child of a gRPC process, so tests exec this instead).
 //
+//   peer CONTROL BROKER shell UID          drop to UID, then run commands from
+//                                          stdin (see Shell below)
 //   peer CONTROL BROKER import-describe TOKEN
 //                                          import, print its BufferInfo
 //                                          (binary protobuf) on stdout
@@ -10,13 +12,25 @@
 //                                          UID and that TOKEN/BUFFER_ID, which
 //                                          belong to another uid, give nothing
 // Exit code 0 means every check held; otherwise the number of the failed one.
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <vector>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "service/layout/usage.h"
 #include "clients/cpp/halloc/client.h"
 
 namespace {
@@ -62,6 +76,140 @@ int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token)
   return 0;
 }
 
+// Line-oriented driver for policy tests: one reply line per command line.
+//   alloc SIZE USAGES            → ok ID | err CODE
+//   share ID name:N|uid:N CPU    → ok TOKEN GRANT_ID | err CODE  (CPU: none,
+//                                  read, rw, same)
+//   import TOKEN                 → ok ID CPU | err CODE
+//   write ID BYTE / read ID      → ok [BYTE] | err CODE
+//   mmap-rw ID / mprotect-rw ID / fork-mmap-rw ID
+//                                → ok (a writable mapping was made) | err ERRNO
+//   release ID / revoke GRANT_ID → ok | err CODE
+int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
+  if (uid != 0 && (setgid(uid) != 0 || setuid(uid) != 0)) return 10;
+  absl::StatusOr<halloc::Client> c = halloc::Client::Connect(opts);
+  if (!c.ok()) return 1;
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  std::map<uint64_t, halloc::Buffer> held;
+  auto err = [](const absl::Status& s) {
+    return absl::StrCat("err ", absl::StatusCodeToString(s.code()));
+  };
+  auto find = [&](const std::string& arg) -> halloc::Buffer* {
+    uint64_t id;
+    if (!absl::SimpleAtoi(arg, &id)) return nullptr;
+    auto it = held.find(id);
+    return it == held.end() ? nullptr : &it->second;
+  };
+  char line[512];
+  while (fgets(line, sizeof(line), stdin) != nullptr) {
+    std::vector<std::string> a = absl::StrSplit(absl::StripAsciiWhitespace(line), ' ');
+    std::string out = "err BAD_COMMAND";
+    const std::string& cmd = a[0];
+    if (cmd == "alloc" && a.size() == 3) {
+      uint64_t size;
+      absl::StatusOr<uint64_t> usage = halloc::usage::Parse(a[2]);
+      if (absl::SimpleAtoi(a[1], &size) && usage.ok()) {
+        absl::StatusOr<halloc::Buffer> b = c->Allocate(halloc::BlobDescriptor(size, *usage));
+        if (b.ok()) {
+          out = absl::StrCat("ok ", b->id());
+          held.emplace(b->id(), *std::move(b));
+        } else {
+          out = err(b.status());
+        }
+      }
+    } else if (cmd == "share" && a.size() == 4) {
+      uint64_t id, peer_uid;
+      const halloc::v1::CpuAccess cpu =
+          a[3] == "none" ? halloc::v1::CPU_ACCESS_NONE
+          : a[3] == "read" ? halloc::v1::CPU_ACCESS_READ
+          : a[3] == "rw" ? halloc::v1::CPU_ACCESS_READ_WRITE
+                         : halloc::v1::CPU_ACCESS_UNSPECIFIED;
+      absl::StatusOr<halloc::v1::Grant> g = absl::InvalidArgumentError("bad peer");
+      if (!absl::SimpleAtoi(a[1], &id)) {
+      } else if (absl::StartsWith(a[2], "name:")) {
+        g = c->ShareWithClient(id, a[2].substr(5), cpu);
+      } else if (absl::StartsWith(a[2], "uid:") && absl::SimpleAtoi(a[2].substr(4), &peer_uid)) {
+        g = c->Share(id, static_cast<uid_t>(peer_uid), cpu);
+      }
+      out = g.ok() ? absl::StrCat("ok ", g->token(), " ", g->id()) : err(g.status());
+    } else if (cmd == "import" && a.size() == 2) {
+      absl::StatusOr<halloc::Buffer> b = c->Import(a[1]);
+      if (b.ok()) {
+        out = absl::StrCat("ok ", b->id(), " ",
+                           halloc::v1::CpuAccess_Name(b->info().cpu_access()));
+        held.insert_or_assign(b->id(), *std::move(b));
+      } else {
+        out = err(b.status());
+      }
+    } else if ((cmd == "write" && a.size() == 3) || (cmd == "read" && a.size() == 2)) {
+      halloc::Buffer* b = find(a[1]);
+      int byte = 0;
+      if (b != nullptr && (cmd == "read" || absl::SimpleAtoi(a[2], &byte))) {
+        absl::StatusOr<halloc::Mapping> m =
+            b->Map(cmd == "read" ? halloc::Access::kRead : halloc::Access::kReadWrite);
+        if (!m.ok()) {
+          out = err(m.status());
+        } else if (cmd == "write") {
+          memset(m->data(), byte, m->size());
+          out = "ok";
+        } else {
+          out = absl::StrCat("ok ", static_cast<int>(m->as<uint8_t>()[m->size() - 1]));
+        }
+      }
+    } else if ((cmd == "mmap-rw" || cmd == "mprotect-rw" || cmd == "fork-mmap-rw") &&
+               a.size() == 2) {
+      halloc::Buffer* b = find(a[1]);
+      if (b != nullptr) {
+        const int fd = b->fd();
+        const size_t size = b->size();
+        auto attempt = [fd, size, &cmd]() -> int {
+          void* p = MAP_FAILED;
+          if (cmd == "mprotect-rw") {
+            p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+            if (p == MAP_FAILED) return errno;
+            const int r = mprotect(p, size, PROT_READ | PROT_WRITE);
+            const int e = errno;
+            munmap(p, size);
+            return r == 0 ? 0 : e;
+          }
+          p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+          if (p == MAP_FAILED) return errno;
+          munmap(p, size);
+          return 0;
+        };
+        int e;
+        if (cmd == "fork-mmap-rw") {  // the fd passed on to another process
+          pid_t pid = fork();
+          if (pid == 0) _exit(attempt());
+          int status = 0;
+          waitpid(pid, &status, 0);
+          e = WIFEXITED(status) ? WEXITSTATUS(status) : EIO;
+        } else {
+          e = attempt();
+        }
+        out = e == 0 ? "ok" : absl::StrCat("err ", strerrorname_np(e));
+      }
+    } else if (cmd == "release" && a.size() == 2) {
+      uint64_t id;
+      if (absl::SimpleAtoi(a[1], &id)) {
+        absl::Status s = c->Release(id);
+        out = s.ok() ? "ok" : err(s);
+        held.erase(id);
+      }
+    } else if (cmd == "revoke" && a.size() == 2) {
+      uint64_t id;
+      if (absl::SimpleAtoi(a[1], &id)) {
+        absl::Status s = c->Revoke(id);
+        out = s.ok() ? "ok" : err(s);
+      }
+    } else if (cmd == "quit") {
+      return 0;
+    }
+    printf("%s\n", out.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -71,6 +219,10 @@ int main(int argc, char** argv) {
   opts.broker_socket = argv[2];
   const std::string cmd = argv[3];
   if (cmd == "crash") return Crash(opts);
+  uint32_t shell_uid;
+  if (cmd == "shell" && argc == 5 && absl::SimpleAtoi(argv[4], &shell_uid)) {
+    return Shell(opts, shell_uid);
+  }
   if (cmd == "import-describe" && argc == 5) return ImportDescribe(opts, argv[4]);
   uint32_t uid;
   uint64_t id;
