@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * halloc_heap internals shared by the module's files.
+ *
+ * Object model:
+ *
+ *   struct halloc_buffer  the pages. Reference counted (kref): one reference
+ *                         per dma-buf exported over it.
+ *   struct halloc_view    the priv of one dma-buf: the original buffer fd and
+ *                         every view made with HALLOC_IOCTL_VIEW each have
+ *                         one, carrying that dma-buf's rights.
+ *   struct halloc_attach  one device attachment, with its own sg_table copy.
+ *
+ * Lock order: halloc_buffers_lock -> halloc_buffer.lock. The dma-buf core
+ * may hold dma_buf.lock (vmap) around our callbacks; we never take it.
+ */
+#ifndef HALLOC_H
+#define HALLOC_H
+
+#include <linux/dma-buf.h>
+#include <linux/dma-resv.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/mutex.h>
+#include <linux/scatterlist.h>
+#include <linux/types.h>
+
+#include "uapi/halloc_heap.h"
+
+struct halloc_heap {
+	const char *name;
+	bool contig;
+	struct miscdevice misc;
+};
+
+struct halloc_buffer {
+	struct kref ref;
+	u64 id;
+	const struct halloc_heap *heap;
+	size_t size;
+	pgoff_t nr_pages;
+	/* The fields up to @resv are immutable after halloc_buffer_create(). */
+	struct page **pages;		/* nr_pages order-0 pages */
+	struct sg_table chunks;		/* one entry per allocated chunk */
+	unsigned int segments;		/* physically contiguous runs */
+	bool below_4g;			/* every page below 4 GiB */
+	struct dma_resv resv;		/* shared by every dma-buf of the buffer */
+
+	struct mutex lock;		/* guards the fields below */
+	struct list_head attachments;	/* of halloc_attach.node */
+	void *vaddr;			/* kernel mapping while vmap_cnt > 0 */
+	unsigned int vmap_cnt;
+	unsigned int dmabufs;
+	unsigned int views;
+	unsigned int nr_attach;
+	unsigned int nr_maps;
+
+	atomic_t mmaps;			/* live VMAs */
+	struct list_head node;		/* in halloc_buffers, guarded by
+					 * halloc_buffers_lock */
+};
+
+/* Immutable after export. */
+struct halloc_view {
+	struct halloc_buffer *buf;
+	u32 cpu_access;
+	u32 flags;			/* HALLOC_VIEW_* */
+	bool is_view;
+	u32 num_drivers;
+	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
+};
+
+struct halloc_attach {
+	struct device *dev;
+	struct sg_table sgt;		/* private copy, DMA-mapped while mapped */
+	struct list_head node;		/* in halloc_buffer.attachments */
+	enum dma_data_direction dir;	/* guarded by halloc_buffer.lock */
+	bool mapped;			/* guarded by halloc_buffer.lock */
+};
+
+/* halloc_main.c: module parameters. */
+extern unsigned int halloc_param_pool_max_mb;
+extern bool halloc_param_contig_dma32;
+size_t halloc_max_buffer_bytes(const struct halloc_heap *heap);
+bool halloc_charge(size_t size);		/* false: over max_total_mb */
+void halloc_uncharge(size_t size);
+bool halloc_driver_needs_contig(const char *driver);
+
+/* halloc_pages.c */
+int halloc_pages_alloc(struct halloc_buffer *buf, bool contig);
+void halloc_pages_free(struct halloc_buffer *buf, bool contig);
+int halloc_pool_init(void);
+void halloc_pool_exit(void);
+unsigned long halloc_pool_pages(void);
+
+/* halloc_buffer.c */
+extern struct mutex halloc_buffers_lock;
+extern struct list_head halloc_buffers;	/* guarded by halloc_buffers_lock */
+const char *halloc_dev_driver_name(struct device *dev);
+bool halloc_view_allows_driver(const struct halloc_view *view,
+			       const char *name);
+void halloc_buffer_free(struct kref *ref);
+bool halloc_dmabuf_is_ours(const struct dma_buf *dmabuf);
+struct dma_buf *halloc_export(struct halloc_view *view, u32 flags);
+struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
+				     size_t len, u32 fd_flags);
+
+/* halloc_view.c */
+struct dma_buf *halloc_view_export(const struct halloc_view_data *data);
+int halloc_buffer_info(struct halloc_buffer_info *info);
+
+/* halloc_debugfs.c */
+void halloc_debugfs_init(void);
+void halloc_debugfs_exit(void);
+
+#endif /* HALLOC_H */

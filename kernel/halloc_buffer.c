@@ -1,0 +1,522 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * halloc buffers and the dma-buf ops every one of their dma-bufs uses.
+ *
+ * A buffer (the pages) is shared by the dma-buf returned by the heap and by
+ * every view made from it; each dma-buf's priv is a struct halloc_view that
+ * carries its rights. State that must agree across views (the kernel
+ * mapping, device attachments and the reservation object) lives in the
+ * buffer, so a vmap through one view and a CPU-access bracket through
+ * another see each other.
+ */
+#include <linux/dma-buf.h>
+#include <linux/dma-map-ops.h>
+#include <linux/dma-mapping.h>
+#include <linux/highmem.h>
+#include <linux/iosys-map.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/vmalloc.h>
+
+#include "halloc.h"
+
+DEFINE_MUTEX(halloc_buffers_lock);
+LIST_HEAD(halloc_buffers);
+static atomic64_t halloc_next_id = ATOMIC64_INIT(0);
+
+static struct halloc_buffer *halloc_buf(struct dma_buf *dmabuf)
+{
+	struct halloc_view *view = dmabuf->priv;
+
+	return view->buf;
+}
+
+/*
+ * The name a view's attach allow-list matches: the bound driver's name, or
+ * the device's own name when no driver is bound (vgem registers a bare
+ * platform device called "vgem").
+ */
+const char *halloc_dev_driver_name(struct device *dev)
+{
+	struct device_driver *drv = READ_ONCE(dev->driver);
+
+	return drv ? drv->name : dev_name(dev);
+}
+
+bool halloc_view_allows_driver(const struct halloc_view *view,
+			       const char *name)
+{
+	u32 i;
+
+	if (!(view->flags & HALLOC_VIEW_RESTRICT_ATTACH))
+		return true;
+	for (i = 0; i < view->num_drivers; i++)
+		if (!strcmp(view->drivers[i], name))
+			return true;
+	return false;
+}
+
+/* -EBUSY when the pages, as already allocated, cannot serve @dev. */
+static int halloc_buffer_fits_device(const struct halloc_buffer *buf,
+				     struct device *dev)
+{
+	u64 limit;
+	pgoff_t i;
+
+	if (!dev->dma_mask)
+		return -EBUSY;
+	if (buf->segments > 1 &&
+	    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
+		return -EBUSY;
+	/*
+	 * Only a direct-mapped device sees physical addresses; behind an
+	 * IOMMU (dma_ops) or a bus offset map the mask applies elsewhere.
+	 * Refuse rather than let swiotlb bounce a buffer the CPU may be
+	 * mapping at the same time.
+	 */
+	if (get_dma_ops(dev) || dev->dma_range_map)
+		return 0;
+	limit = min_not_zero(dma_get_mask(dev), dev->bus_dma_limit);
+	for (i = 0; i < buf->nr_pages; i++)
+		if (page_to_phys(buf->pages[i]) + PAGE_SIZE - 1 > limit)
+			return -EBUSY;
+	return 0;
+}
+
+static int halloc_cpu_allowed(const struct halloc_view *view,
+			      enum dma_data_direction dir)
+{
+	if (view->cpu_access == HALLOC_CPU_NONE)
+		return -EPERM;
+	if (view->cpu_access == HALLOC_CPU_READ && dir != DMA_FROM_DEVICE)
+		return -EPERM;
+	return 0;
+}
+
+void halloc_buffer_free(struct kref *ref)
+{
+	struct halloc_buffer *buf = container_of(ref, struct halloc_buffer,
+						 ref);
+
+	mutex_lock(&halloc_buffers_lock);
+	list_del(&buf->node);
+	mutex_unlock(&halloc_buffers_lock);
+
+	WARN_ON_ONCE(buf->vmap_cnt || buf->nr_attach);
+	halloc_pages_free(buf, buf->heap->contig);
+	kvfree(buf->pages);
+	dma_resv_fini(&buf->resv);
+	mutex_destroy(&buf->lock);
+	halloc_uncharge(buf->size);
+	kfree(buf);
+}
+
+static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
+				struct dma_buf_attachment *attachment)
+{
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
+	struct device *dev = attachment->dev;
+	struct halloc_attach *a;
+	unsigned int max_seg;
+	int ret;
+
+	if (!halloc_view_allows_driver(view, halloc_dev_driver_name(dev)))
+		return -EPERM;
+	ret = halloc_buffer_fits_device(buf, dev);
+	if (ret)
+		return ret;
+	max_seg = round_down(dma_get_max_seg_size(dev), PAGE_SIZE);
+	if (!max_seg)
+		return -EBUSY;
+
+	a = kzalloc(sizeof(*a), GFP_KERNEL);
+	if (!a)
+		return -ENOMEM;
+	ret = sg_alloc_table_from_pages_segment(&a->sgt, buf->pages,
+						buf->nr_pages, 0, buf->size,
+						max_seg, GFP_KERNEL);
+	if (ret)
+		goto free_attach;
+	a->dev = dev;
+	attachment->priv = a;
+
+	mutex_lock(&buf->lock);
+	list_add(&a->node, &buf->attachments);
+	buf->nr_attach++;
+	mutex_unlock(&buf->lock);
+	return 0;
+
+free_attach:
+	kfree(a);
+	return ret;
+}
+
+static void halloc_dmabuf_detach(struct dma_buf *dmabuf,
+				 struct dma_buf_attachment *attachment)
+{
+	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	struct halloc_attach *a = attachment->priv;
+
+	mutex_lock(&buf->lock);
+	list_del(&a->node);
+	buf->nr_attach--;
+	if (a->mapped) {
+		/* The importer detached without unmapping; do it for it. */
+		dma_unmap_sgtable(a->dev, &a->sgt, a->dir, 0);
+		buf->nr_maps--;
+	}
+	mutex_unlock(&buf->lock);
+
+	attachment->priv = NULL;
+	sg_free_table(&a->sgt);
+	kfree(a);
+}
+
+static struct sg_table *halloc_dmabuf_map(struct dma_buf_attachment *attachment,
+					  enum dma_data_direction dir)
+{
+	struct halloc_attach *a = attachment->priv;
+	struct halloc_buffer *buf;
+	int ret;
+
+	if (!a)
+		return ERR_PTR(-EINVAL);	/* not attached through us */
+	buf = halloc_buf(attachment->dmabuf);
+
+	mutex_lock(&buf->lock);
+	if (a->mapped) {
+		ret = -EBUSY;
+		goto unlock;
+	}
+	ret = dma_map_sgtable(a->dev, &a->sgt, dir, 0);
+	if (ret)
+		goto unlock;
+	a->mapped = true;
+	a->dir = dir;
+	buf->nr_maps++;
+unlock:
+	mutex_unlock(&buf->lock);
+	return ret ? ERR_PTR(ret) : &a->sgt;
+}
+
+static void halloc_dmabuf_unmap(struct dma_buf_attachment *attachment,
+				struct sg_table *sgt,
+				enum dma_data_direction dir)
+{
+	struct halloc_attach *a = attachment->priv;
+	struct halloc_buffer *buf = halloc_buf(attachment->dmabuf);
+
+	mutex_lock(&buf->lock);
+	if (!WARN_ON_ONCE(!a->mapped || sgt != &a->sgt)) {
+		dma_unmap_sgtable(a->dev, sgt, dir, 0);
+		a->mapped = false;
+		buf->nr_maps--;
+	}
+	mutex_unlock(&buf->lock);
+}
+
+static void halloc_dmabuf_release(struct dma_buf *dmabuf)
+{
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
+
+	mutex_lock(&buf->lock);
+	buf->dmabufs--;
+	if (view->is_view)
+		buf->views--;
+	mutex_unlock(&buf->lock);
+
+	kfree(view);
+	kref_put(&buf->ref, halloc_buffer_free);
+}
+
+/* Hand the buffer to the CPU (@for_cpu) or back to the devices. */
+static void halloc_buffer_sync(struct halloc_buffer *buf,
+			       enum dma_data_direction dir, bool for_cpu)
+{
+	struct halloc_attach *a;
+
+	lockdep_assert_held(&buf->lock);
+	if (buf->vmap_cnt) {
+		if (for_cpu)
+			invalidate_kernel_vmap_range(buf->vaddr, buf->size);
+		else
+			flush_kernel_vmap_range(buf->vaddr, buf->size);
+	}
+	list_for_each_entry(a, &buf->attachments, node) {
+		if (!a->mapped)
+			continue;
+		if (for_cpu)
+			dma_sync_sgtable_for_cpu(a->dev, &a->sgt, dir);
+		else
+			dma_sync_sgtable_for_device(a->dev, &a->sgt, dir);
+	}
+}
+
+static int halloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
+					  enum dma_data_direction dir)
+{
+	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	int ret;
+
+	ret = halloc_cpu_allowed(dmabuf->priv, dir);
+	if (ret)
+		return ret;
+	mutex_lock(&buf->lock);
+	halloc_buffer_sync(buf, dir, true);
+	mutex_unlock(&buf->lock);
+	return 0;
+}
+
+static int halloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
+					enum dma_data_direction dir)
+{
+	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	int ret;
+
+	ret = halloc_cpu_allowed(dmabuf->priv, dir);
+	if (ret)
+		return ret;
+	mutex_lock(&buf->lock);
+	halloc_buffer_sync(buf, dir, false);
+	mutex_unlock(&buf->lock);
+	return 0;
+}
+
+static void halloc_vm_open(struct vm_area_struct *vma)
+{
+	struct halloc_buffer *buf = vma->vm_private_data;
+
+	atomic_inc(&buf->mmaps);
+}
+
+static void halloc_vm_close(struct vm_area_struct *vma)
+{
+	struct halloc_buffer *buf = vma->vm_private_data;
+
+	atomic_dec(&buf->mmaps);
+}
+
+static vm_fault_t halloc_vm_fault(struct vm_fault *vmf)
+{
+	struct halloc_buffer *buf = vmf->vma->vm_private_data;
+
+	if (vmf->pgoff >= buf->nr_pages)
+		return VM_FAULT_SIGBUS;
+	return vmf_insert_pfn(vmf->vma, vmf->address,
+			      page_to_pfn(buf->pages[vmf->pgoff]));
+}
+
+static const struct vm_operations_struct halloc_vm_ops = {
+	.open = halloc_vm_open,
+	.close = halloc_vm_close,
+	.fault = halloc_vm_fault,
+};
+
+static int halloc_dmabuf_mmap(struct dma_buf *dmabuf,
+			      struct vm_area_struct *vma)
+{
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
+
+	/* Private (copy-on-write) mappings of device memory make no sense. */
+	if (!(vma->vm_flags & VM_MAYSHARE))
+		return -EINVAL;
+	if (vma->vm_pgoff > buf->nr_pages ||
+	    vma_pages(vma) > buf->nr_pages - vma->vm_pgoff)
+		return -EINVAL;
+	if (view->cpu_access == HALLOC_CPU_NONE)
+		return -EPERM;
+	if (view->cpu_access == HALLOC_CPU_READ) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EPERM;
+		vma->vm_flags &= ~VM_MAYWRITE;
+	}
+
+	/* Pages are inserted on fault; mremap() may not grow the mapping. */
+	vma->vm_flags |= VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+	vma->vm_ops = &halloc_vm_ops;
+	vma->vm_private_data = buf;
+	halloc_vm_open(vma);
+	return 0;
+}
+
+static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
+{
+	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	int ret = 0;
+
+	/*
+	 * No rights check here: a kernel importer (vb2-vmalloc, or
+	 * vb2-dma-contig filling a frame) maps the buffer on behalf of its
+	 * device, not of the fd holder's CPU, and dma_buf_vmap() treats any
+	 * exporter failure as a bug (WARN_ON_ONCE) while several importers
+	 * go on to use the NULL mapping. The device side is policed at
+	 * attach time, and user CPU access at mmap/begin_cpu_access.
+	 */
+	mutex_lock(&buf->lock);
+	if (!buf->vmap_cnt) {
+		void *vaddr = vmap(buf->pages, buf->nr_pages, VM_MAP,
+				   PAGE_KERNEL);
+
+		if (!vaddr) {
+			ret = -ENOMEM;
+			goto unlock;
+		}
+		buf->vaddr = vaddr;
+	}
+	buf->vmap_cnt++;
+	iosys_map_set_vaddr(map, buf->vaddr);
+unlock:
+	mutex_unlock(&buf->lock);
+	return ret;
+}
+
+static void halloc_dmabuf_vunmap(struct dma_buf *dmabuf,
+				 struct iosys_map *map)
+{
+	struct halloc_buffer *buf = halloc_buf(dmabuf);
+
+	mutex_lock(&buf->lock);
+	if (!WARN_ON_ONCE(!buf->vmap_cnt) && !--buf->vmap_cnt) {
+		vunmap(buf->vaddr);
+		buf->vaddr = NULL;
+	}
+	mutex_unlock(&buf->lock);
+	iosys_map_clear(map);
+}
+
+/*
+ * No pin/unpin: those make an exporter "dynamic" (able to move its
+ * memory); halloc pages never move, so importers get the static contract.
+ */
+static const struct dma_buf_ops halloc_dmabuf_ops = {
+	.attach = halloc_dmabuf_attach,
+	.detach = halloc_dmabuf_detach,
+	.map_dma_buf = halloc_dmabuf_map,
+	.unmap_dma_buf = halloc_dmabuf_unmap,
+	.release = halloc_dmabuf_release,
+	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,
+	.end_cpu_access = halloc_dmabuf_end_cpu_access,
+	.mmap = halloc_dmabuf_mmap,
+	.vmap = halloc_dmabuf_vmap,
+	.vunmap = halloc_dmabuf_vunmap,
+};
+
+/* True if @dmabuf was exported by this module (its priv is a halloc_view). */
+bool halloc_dmabuf_is_ours(const struct dma_buf *dmabuf)
+{
+	return dmabuf->ops == &halloc_dmabuf_ops;
+}
+
+/*
+ * Export a dma-buf for @view, which owns one reference on view->buf.
+ * On failure the caller still owns @view and its reference.
+ */
+struct dma_buf *halloc_export(struct halloc_view *view, u32 flags)
+{
+	struct halloc_buffer *buf = view->buf;
+	DEFINE_DMA_BUF_EXPORT_INFO(exp_info);
+	struct dma_buf *dmabuf;
+
+	exp_info.exp_name = buf->heap->name;
+	exp_info.owner = THIS_MODULE;
+	exp_info.ops = &halloc_dmabuf_ops;
+	exp_info.size = buf->size;
+	exp_info.flags = flags;
+	exp_info.resv = &buf->resv;
+	exp_info.priv = view;
+	dmabuf = dma_buf_export(&exp_info);
+	if (IS_ERR(dmabuf))
+		return dmabuf;
+
+	mutex_lock(&buf->lock);
+	buf->dmabufs++;
+	if (view->is_view)
+		buf->views++;
+	mutex_unlock(&buf->lock);
+	return dmabuf;
+}
+
+static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap,
+						  size_t size)
+{
+	struct halloc_buffer *buf;
+	int ret;
+
+	if (size > halloc_max_buffer_bytes(heap) ||
+	    size >> PAGE_SHIFT > totalram_pages())
+		return ERR_PTR(-ENOMEM);
+	if (!halloc_charge(size))
+		return ERR_PTR(-ENOMEM);
+
+	buf = kzalloc(sizeof(*buf), GFP_KERNEL);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto uncharge;
+	}
+	kref_init(&buf->ref);
+	buf->heap = heap;
+	buf->size = size;
+	buf->nr_pages = size >> PAGE_SHIFT;
+	mutex_init(&buf->lock);
+	INIT_LIST_HEAD(&buf->attachments);
+	atomic_set(&buf->mmaps, 0);
+
+	buf->pages = kvmalloc_array(buf->nr_pages, sizeof(*buf->pages),
+				    GFP_KERNEL);
+	if (!buf->pages) {
+		ret = -ENOMEM;
+		goto free_buf;
+	}
+	ret = halloc_pages_alloc(buf, heap->contig);
+	if (ret)
+		goto free_pages_array;
+
+	dma_resv_init(&buf->resv);
+	buf->id = atomic64_inc_return(&halloc_next_id);
+	mutex_lock(&halloc_buffers_lock);
+	list_add_tail(&buf->node, &halloc_buffers);
+	mutex_unlock(&halloc_buffers_lock);
+	return buf;
+
+free_pages_array:
+	kvfree(buf->pages);
+free_buf:
+	mutex_destroy(&buf->lock);
+	kfree(buf);
+uncharge:
+	halloc_uncharge(size);
+	return ERR_PTR(ret);
+}
+
+/* A new buffer of @size (page aligned, non-zero) and its full-rights dma-buf. */
+struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
+				     size_t size, u32 fd_flags)
+{
+	struct halloc_buffer *buf;
+	struct halloc_view *view;
+	struct dma_buf *dmabuf;
+
+	view = kzalloc(sizeof(*view), GFP_KERNEL);
+	if (!view)
+		return ERR_PTR(-ENOMEM);
+	view->cpu_access = HALLOC_CPU_READ_WRITE;
+
+	buf = halloc_buffer_create(heap, size);
+	if (IS_ERR(buf)) {
+		kfree(view);
+		return ERR_CAST(buf);
+	}
+	view->buf = buf;	/* takes over the initial reference */
+
+	dmabuf = halloc_export(view, fd_flags);
+	if (IS_ERR(dmabuf)) {
+		kfree(view);
+		kref_put(&buf->ref, halloc_buffer_free);
+	}
+	return dmabuf;
+}

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * /sys/kernel/debug/halloc/buffers: every live halloc buffer, its
+ * accounting and its device attachments, then totals and the pool size.
+ */
+#include <linux/debugfs.h>
+#include <linux/device.h>
+#include <linux/dma-mapping.h>
+#include <linux/seq_file.h>
+
+#include "halloc.h"
+
+static struct dentry *halloc_debugfs_root;
+
+static void halloc_show_buffer(struct seq_file *s, struct halloc_buffer *buf)
+{
+	struct halloc_attach *a;
+
+	mutex_lock(&buf->lock);
+	seq_printf(s, "%-6llu %-14s %12zu %5u %5s %5u %5u %6u %5u %5u %5d\n",
+		   buf->id, buf->heap->name, buf->size, buf->segments,
+		   buf->below_4g ? "yes" : "no", buf->dmabufs, buf->views,
+		   buf->nr_attach, buf->nr_maps, buf->vmap_cnt,
+		   atomic_read(&buf->mmaps));
+	list_for_each_entry(a, &buf->attachments, node)
+		seq_printf(s, "       attached: %s (%s) dma_mask=%#llx%s\n",
+			   dev_name(a->dev), halloc_dev_driver_name(a->dev),
+			   dma_get_mask(a->dev), a->mapped ? " mapped" : "");
+	mutex_unlock(&buf->lock);
+}
+
+static int halloc_buffers_show(struct seq_file *s, void *unused)
+{
+	struct halloc_buffer *buf;
+	unsigned long count = 0;
+	size_t bytes = 0;
+
+	seq_printf(s, "%-6s %-14s %12s %5s %5s %5s %5s %6s %5s %5s %5s\n",
+		   "id", "heap", "size", "segs", "<4G", "bufs", "views", "attach",
+		   "maps", "vmaps", "mmaps");
+	mutex_lock(&halloc_buffers_lock);
+	list_for_each_entry(buf, &halloc_buffers, node) {
+		halloc_show_buffer(s, buf);
+		count++;
+		bytes += buf->size;
+	}
+	mutex_unlock(&halloc_buffers_lock);
+	seq_printf(s, "total: %lu buffers, %zu bytes; pool: %lu pages\n",
+		   count, bytes, halloc_pool_pages());
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(halloc_buffers);
+
+void halloc_debugfs_init(void)
+{
+	halloc_debugfs_root = debugfs_create_dir("halloc", NULL);
+	debugfs_create_file("buffers", 0444, halloc_debugfs_root, NULL,
+			    &halloc_buffers_fops);
+}
+
+void halloc_debugfs_exit(void)
+{
+	debugfs_remove_recursive(halloc_debugfs_root);
+}

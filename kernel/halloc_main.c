@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * halloc_heap: dma-buf heaps with per-client views.
+ *
+ * Registers /dev/dma_heap/halloc-system and /dev/dma_heap/halloc-contig
+ * (the upstream dma-heap UAPI, for kernels built without DMABUF_HEAPS as
+ * well as with) and the control node /dev/halloc (see
+ * uapi/halloc_heap.h). Every dma-buf holds a reference on this module, so
+ * it cannot be unloaded while any buffer lives.
+ */
+#include <linux/dma-buf.h>
+#include <linux/fcntl.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+#include <uapi/linux/dma-heap.h>
+
+#include "halloc.h"
+
+static unsigned int max_buffer_mb = 256;
+module_param(max_buffer_mb, uint, 0644);
+MODULE_PARM_DESC(max_buffer_mb, "Largest halloc-system buffer, MiB (default 256)");
+
+static unsigned int contig_max_kb = 4096;
+module_param(contig_max_kb, uint, 0644);
+MODULE_PARM_DESC(contig_max_kb,
+		 "Largest halloc-contig buffer, KiB (default 4096; never more than the page allocator's largest order)");
+
+bool halloc_param_contig_dma32 = true;
+module_param_named(contig_dma32, halloc_param_contig_dma32, bool, 0644);
+MODULE_PARM_DESC(contig_dma32,
+		 "halloc-contig allocates below 4 GiB (ZONE_DMA32), usable by 32-bit DMA devices (default Y)");
+
+static unsigned int max_total_mb;
+module_param(max_total_mb, uint, 0644);
+MODULE_PARM_DESC(max_total_mb, "Cap on all live halloc buffers, MiB (0 = none)");
+
+unsigned int halloc_param_pool_max_mb = 64;
+module_param_named(pool_max_mb, halloc_param_pool_max_mb, uint, 0644);
+MODULE_PARM_DESC(pool_max_mb, "Most memory the page pool keeps, MiB (default 64)");
+
+static char *contig_only_drivers = "vivid";
+module_param(contig_only_drivers, charp, 0444);
+MODULE_PARM_DESC(contig_only_drivers,
+		 "Comma-separated drivers that need one contiguous segment; attach of a scattered buffer answers -EBUSY (default \"vivid\")");
+
+/* Largest size any buffer may have: page counts must fit in unsigned int. */
+#define HALLOC_ABS_MAX_BYTES ((size_t)SZ_2G)
+
+static atomic64_t halloc_total_bytes = ATOMIC64_INIT(0);
+
+size_t halloc_max_buffer_bytes(const struct halloc_heap *heap)
+{
+	size_t max;
+
+	if (heap->contig)
+		max = min_t(size_t, (size_t)READ_ONCE(contig_max_kb) * SZ_1K,
+			    PAGE_SIZE << (MAX_ORDER - 1));
+	else
+		max = (size_t)READ_ONCE(max_buffer_mb) * SZ_1M;
+	return min(max, HALLOC_ABS_MAX_BYTES);
+}
+
+bool halloc_charge(size_t size)
+{
+	u64 cap = (u64)READ_ONCE(max_total_mb) * SZ_1M;
+
+	if (atomic64_add_return(size, &halloc_total_bytes) > cap && cap) {
+		atomic64_sub(size, &halloc_total_bytes);
+		return false;
+	}
+	return true;
+}
+
+void halloc_uncharge(size_t size)
+{
+	atomic64_sub(size, &halloc_total_bytes);
+}
+
+bool halloc_driver_needs_contig(const char *driver)
+{
+	const char *p = contig_only_drivers;
+	size_t len = strlen(driver);
+
+	while (p && *p) {
+		size_t n = strcspn(p, ",");
+
+		if (n == len && !strncmp(p, driver, n))
+			return true;
+		p += n;
+		if (*p == ',')
+			p++;
+	}
+	return false;
+}
+
+/*
+ * Hand @dmabuf to user space: reserve an fd, store it in @fd_field (inside
+ * @kdata), copy @out bytes of @kdata to @uarg, and only then install the fd,
+ * so a failed copy leaks neither an fd nor the buffer.
+ */
+static long halloc_publish(struct dma_buf *dmabuf, u32 fd_flags,
+			   u32 *fd_field, void __user *uarg,
+			   const void *kdata, size_t out)
+{
+	int fd;
+
+	if (IS_ERR(dmabuf))
+		return PTR_ERR(dmabuf);
+	fd = get_unused_fd_flags(fd_flags & O_CLOEXEC);
+	if (fd < 0) {
+		dma_buf_put(dmabuf);
+		return fd;
+	}
+	*fd_field = fd;
+	if (copy_to_user(uarg, kdata, out)) {
+		put_unused_fd(fd);
+		dma_buf_put(dmabuf);
+		return -EFAULT;
+	}
+	fd_install(fd, dmabuf->file);
+	return 0;
+}
+
+/*
+ * DMA_HEAP_IOCTL_ALLOC with the upstream rules: the struct size in the
+ * command may be smaller (zero-extended) or larger (extra bytes ignored)
+ * than ours, but must reach the fd field so the fd can be returned.
+ */
+static long halloc_heap_ioctl(struct file *file, unsigned int cmd,
+			      unsigned long arg)
+{
+	struct miscdevice *misc = file->private_data;
+	struct halloc_heap *heap = container_of(misc, struct halloc_heap, misc);
+	struct dma_heap_allocation_data data = {};
+	void __user *uarg = (void __user *)arg;
+	size_t usize = _IOC_SIZE(cmd), in = 0, out = 0;
+	struct dma_buf *dmabuf;
+
+	if (_IOC_TYPE(cmd) != DMA_HEAP_IOC_MAGIC ||
+	    _IOC_NR(cmd) != _IOC_NR(DMA_HEAP_IOCTL_ALLOC))
+		return -ENOTTY;
+	if (_IOC_DIR(cmd) & _IOC_WRITE)
+		in = min(usize, sizeof(data));
+	if (_IOC_DIR(cmd) & _IOC_READ)
+		out = min(usize, sizeof(data));
+	if (out < offsetofend(struct dma_heap_allocation_data, fd))
+		return -EINVAL;
+	if (copy_from_user(&data, uarg, in))
+		return -EFAULT;
+
+	if (data.fd || data.fd_flags & ~DMA_HEAP_VALID_FD_FLAGS ||
+	    data.heap_flags & ~DMA_HEAP_VALID_HEAP_FLAGS)
+		return -EINVAL;
+	if (!data.len || data.len > ALIGN_DOWN(U64_MAX, PAGE_SIZE))
+		return -EINVAL;
+
+	dmabuf = halloc_buffer_export(heap, PAGE_ALIGN(data.len),
+				      data.fd_flags);
+	return halloc_publish(dmabuf, data.fd_flags, &data.fd, uarg, &data,
+			      out);
+}
+
+static long halloc_ctl_view(void __user *uarg, size_t usize)
+{
+	struct halloc_view_data data;
+	struct dma_buf *dmabuf;
+	int ret;
+
+	if (usize < offsetofend(struct halloc_view_data, cpu_access))
+		return -EINVAL;
+	ret = copy_struct_from_user(&data, sizeof(data), uarg, usize);
+	if (ret)
+		return ret;
+	dmabuf = halloc_view_export(&data);
+	return halloc_publish(dmabuf, data.fd_flags, &data.fd, uarg, &data,
+			      min(usize, sizeof(data)));
+}
+
+static long halloc_ctl_info(void __user *uarg, size_t usize)
+{
+	struct halloc_buffer_info info;
+	int ret;
+
+	if (usize < offsetofend(struct halloc_buffer_info, fd))
+		return -EINVAL;
+	ret = copy_struct_from_user(&info, sizeof(info), uarg, usize);
+	if (ret)
+		return ret;
+	ret = halloc_buffer_info(&info);
+	if (ret)
+		return ret;
+	if (copy_to_user(uarg, &info, min(usize, sizeof(info))))
+		return -EFAULT;
+	return 0;
+}
+
+static long halloc_ctl_ioctl(struct file *file, unsigned int cmd,
+			     unsigned long arg)
+{
+	void __user *uarg = (void __user *)arg;
+
+	if (_IOC_TYPE(cmd) != HALLOC_IOC_MAGIC ||
+	    _IOC_DIR(cmd) != (_IOC_READ | _IOC_WRITE))
+		return -ENOTTY;
+	switch (_IOC_NR(cmd)) {
+	case _IOC_NR(HALLOC_IOCTL_VIEW):
+		return halloc_ctl_view(uarg, _IOC_SIZE(cmd));
+	case _IOC_NR(HALLOC_IOCTL_INFO):
+		return halloc_ctl_info(uarg, _IOC_SIZE(cmd));
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations halloc_heap_fops = {
+	.owner = THIS_MODULE,
+	.open = nonseekable_open,
+	.unlocked_ioctl = halloc_heap_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = no_llseek,
+};
+
+static const struct file_operations halloc_ctl_fops = {
+	.owner = THIS_MODULE,
+	.open = nonseekable_open,
+	.unlocked_ioctl = halloc_ctl_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = no_llseek,
+};
+
+static struct halloc_heap halloc_heaps[] = {
+	{
+		.name = HALLOC_HEAP_SYSTEM,
+		.contig = false,
+		.misc = {
+			.minor = MISC_DYNAMIC_MINOR,
+			.name = HALLOC_HEAP_SYSTEM,
+			.nodename = "dma_heap/" HALLOC_HEAP_SYSTEM,
+			.fops = &halloc_heap_fops,
+		},
+	},
+	{
+		.name = HALLOC_HEAP_CONTIG,
+		.contig = true,
+		.misc = {
+			.minor = MISC_DYNAMIC_MINOR,
+			.name = HALLOC_HEAP_CONTIG,
+			.nodename = "dma_heap/" HALLOC_HEAP_CONTIG,
+			.fops = &halloc_heap_fops,
+		},
+	},
+};
+
+static struct miscdevice halloc_ctl_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "halloc",
+	.fops = &halloc_ctl_fops,
+};
+
+static void halloc_heaps_unregister(unsigned int n)
+{
+	while (n--)
+		misc_deregister(&halloc_heaps[n].misc);
+}
+
+static int __init halloc_init(void)
+{
+	unsigned int i;
+	int ret;
+
+	ret = halloc_pool_init();
+	if (ret)
+		return ret;
+	halloc_debugfs_init();
+
+	for (i = 0; i < ARRAY_SIZE(halloc_heaps); i++) {
+		ret = misc_register(&halloc_heaps[i].misc);
+		if (ret)
+			goto unregister_heaps;
+	}
+	ret = misc_register(&halloc_ctl_misc);
+	if (ret)
+		goto unregister_heaps;
+	return 0;
+
+unregister_heaps:
+	halloc_heaps_unregister(i);
+	halloc_debugfs_exit();
+	halloc_pool_exit();
+	return ret;
+}
+
+static void __exit halloc_exit(void)
+{
+	misc_deregister(&halloc_ctl_misc);
+	halloc_heaps_unregister(ARRAY_SIZE(halloc_heaps));
+	halloc_debugfs_exit();
+	halloc_pool_exit();
+}
+
+module_init(halloc_init);
+module_exit(halloc_exit);
+
+MODULE_DESCRIPTION("halloc dma-buf heaps with per-client views");
+MODULE_LICENSE("GPL");
+MODULE_IMPORT_NS(DMA_BUF);

@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Page allocation for halloc buffers.
+ *
+ * halloc-system takes chunks of order 8, 4 and 0 (1 MiB, 64 KiB, 4 KiB),
+ * largest first and never retrying an order that already failed, like the
+ * kernel's own system heap. Each chunk is split into order-0 pages so that
+ * every page of a buffer is an ordinary, independently refcounted page.
+ * Freed chunks are zeroed and kept in a per-order pool (bounded by the
+ * pool_max_mb module parameter, drained by a shrinker) so that repeated
+ * allocations are fast; fresh chunks come zeroed from the page allocator.
+ *
+ * halloc-contig takes one physically contiguous run with alloc_pages_exact()
+ * (bounded by contig_max_kb and by the page allocator's largest order),
+ * below 4 GiB unless contig_dma32=0, where devices with a 32-bit DMA mask
+ * (cameras, vivid) can reach it.
+ */
+#include <linux/gfp.h>
+#include <linux/highmem.h>
+#include <linux/log2.h>
+#include <linux/mm.h>
+#include <linux/shrinker.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+
+#include "halloc.h"
+
+#define HALLOC_HIGH_ORDER_GFP \
+	((GFP_HIGHUSER | __GFP_ZERO | __GFP_NOWARN | __GFP_NORETRY) & \
+	 ~__GFP_RECLAIM)
+#define HALLOC_LOW_ORDER_GFP (GFP_HIGHUSER | __GFP_ZERO)
+#define HALLOC_CONTIG_GFP \
+	(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
+
+static const unsigned int halloc_orders[] = { 8, 4, 0 };
+#define HALLOC_NR_ORDERS ARRAY_SIZE(halloc_orders)
+
+struct halloc_pool {
+	unsigned int order;
+	spinlock_t lock;		/* guards @chunks */
+	struct list_head chunks;	/* zeroed chunks, linked by first
+					 * page's lru */
+};
+
+static struct halloc_pool halloc_pools[HALLOC_NR_ORDERS];
+static atomic_long_t halloc_pool_nr;	/* pages held by all pools */
+
+unsigned long halloc_pool_pages(void)
+{
+	return atomic_long_read(&halloc_pool_nr);
+}
+
+static void halloc_chunk_free(struct page *page, unsigned int order)
+{
+	unsigned long i;
+
+	for (i = 0; i < (1UL << order); i++)
+		__free_page(page + i);
+}
+
+/* Return a chunk to its pool (zeroing it) or to the page allocator. */
+static void halloc_chunk_put(struct halloc_pool *pool, struct page *page)
+{
+	unsigned long i, nr = 1UL << pool->order;
+
+	if (atomic_long_add_return(nr, &halloc_pool_nr) >
+	    (long)READ_ONCE(halloc_param_pool_max_mb) * (SZ_1M / PAGE_SIZE)) {
+		atomic_long_sub(nr, &halloc_pool_nr);
+		halloc_chunk_free(page, pool->order);
+		return;
+	}
+	for (i = 0; i < nr; i++)
+		clear_highpage(page + i);
+	spin_lock(&pool->lock);
+	list_add(&page->lru, &pool->chunks);
+	spin_unlock(&pool->lock);
+}
+
+static struct page *halloc_chunk_get(struct halloc_pool *pool)
+{
+	struct page *page;
+
+	spin_lock(&pool->lock);
+	page = list_first_entry_or_null(&pool->chunks, struct page, lru);
+	if (page)
+		list_del(&page->lru);
+	spin_unlock(&pool->lock);
+	if (page) {
+		atomic_long_sub(1L << pool->order, &halloc_pool_nr);
+		return page;
+	}
+
+	page = alloc_pages(pool->order ? HALLOC_HIGH_ORDER_GFP :
+					 HALLOC_LOW_ORDER_GFP, pool->order);
+	if (page && pool->order)
+		split_page(page, pool->order);
+	return page;
+}
+
+static struct halloc_pool *halloc_pool_of(struct scatterlist *sg)
+{
+	unsigned int i;
+
+	for (i = 0; i < HALLOC_NR_ORDERS; i++)
+		if (sg->length == PAGE_SIZE << halloc_orders[i])
+			return &halloc_pools[i];
+	return NULL;
+}
+
+/* Fill buf->chunks and buf->pages from a list of chunks (first page lru). */
+static int halloc_chunks_to_table(struct halloc_buffer *buf,
+				  struct list_head *list, unsigned int n)
+{
+	struct scatterlist *sg;
+	struct page *page, *tmp;
+	pgoff_t p = 0;
+	unsigned int i;
+	int ret;
+
+	ret = sg_alloc_table(&buf->chunks, n, GFP_KERNEL);
+	if (ret)
+		return ret;
+	sg = buf->chunks.sgl;
+	list_for_each_entry_safe(page, tmp, list, lru) {
+		unsigned int nr = page_private(page);
+
+		list_del(&page->lru);
+		set_page_private(page, 0);
+		sg_set_page(sg, page, nr * PAGE_SIZE, 0);
+		for (i = 0; i < nr; i++)
+			buf->pages[p++] = page + i;
+		sg = sg_next(sg);
+	}
+	return 0;
+}
+
+static int halloc_system_alloc(struct halloc_buffer *buf)
+{
+	unsigned long remaining = buf->size;
+	unsigned int idx = 0, n = 0;
+	struct page *page, *tmp;
+	LIST_HEAD(list);
+	int ret;
+
+	while (remaining) {
+		struct halloc_pool *pool = NULL;
+
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			goto free_chunks;
+		}
+		page = NULL;
+		for (; idx < HALLOC_NR_ORDERS; idx++) {
+			pool = &halloc_pools[idx];
+			if (remaining < (PAGE_SIZE << pool->order))
+				continue;
+			page = halloc_chunk_get(pool);
+			if (page)
+				break;
+		}
+		if (!page) {
+			ret = -ENOMEM;
+			goto free_chunks;
+		}
+		/* The page count of the chunk rides in the first page. */
+		set_page_private(page, 1U << pool->order);
+		list_add_tail(&page->lru, &list);
+		remaining -= PAGE_SIZE << pool->order;
+		n++;
+	}
+
+	ret = halloc_chunks_to_table(buf, &list, n);
+	if (ret)
+		goto free_chunks;
+	return 0;
+
+free_chunks:
+	list_for_each_entry_safe(page, tmp, &list, lru) {
+		unsigned int nr = page_private(page);
+
+		list_del(&page->lru);
+		set_page_private(page, 0);
+		halloc_chunk_free(page, ilog2(nr));
+	}
+	return ret;
+}
+
+static int halloc_contig_alloc(struct halloc_buffer *buf)
+{
+	struct page *page;
+	void *vaddr;
+	pgoff_t i;
+	int ret;
+
+	vaddr = alloc_pages_exact(buf->size, HALLOC_CONTIG_GFP |
+				  (READ_ONCE(halloc_param_contig_dma32) ?
+				   GFP_DMA32 : 0));
+	if (!vaddr)
+		return -ENOMEM;
+	page = virt_to_page(vaddr);
+
+	ret = sg_alloc_table(&buf->chunks, 1, GFP_KERNEL);
+	if (ret)
+		goto free_run;
+	sg_set_page(buf->chunks.sgl, page, buf->size, 0);
+	for (i = 0; i < buf->nr_pages; i++)
+		buf->pages[i] = page + i;
+	return 0;
+
+free_run:
+	free_pages_exact(vaddr, buf->size);
+	return ret;
+}
+
+/* Count the physically contiguous runs of buf->pages; note their reach. */
+static void halloc_note_layout(struct halloc_buffer *buf)
+{
+	phys_addr_t top = 0;
+	pgoff_t i;
+
+	buf->segments = 1;
+	for (i = 0; i < buf->nr_pages; i++) {
+		unsigned long pfn = page_to_pfn(buf->pages[i]);
+
+		if (i && pfn != page_to_pfn(buf->pages[i - 1]) + 1)
+			buf->segments++;
+		top = max(top, PFN_PHYS(pfn) + PAGE_SIZE - 1);
+	}
+	buf->below_4g = top <= U32_MAX;
+}
+
+/*
+ * Allocate buf->nr_pages zeroed pages into buf->pages and buf->chunks.
+ * buf->pages must already be allocated.
+ */
+int halloc_pages_alloc(struct halloc_buffer *buf, bool contig)
+{
+	int ret;
+
+	ret = contig ? halloc_contig_alloc(buf) : halloc_system_alloc(buf);
+	if (ret)
+		return ret;
+	halloc_note_layout(buf);
+	return 0;
+}
+
+void halloc_pages_free(struct halloc_buffer *buf, bool contig)
+{
+	struct scatterlist *sg;
+	unsigned int i;
+
+	if (contig) {
+		free_pages_exact(page_address(sg_page(buf->chunks.sgl)),
+				 buf->size);
+	} else {
+		for_each_sgtable_sg(&buf->chunks, sg, i) {
+			struct halloc_pool *pool = halloc_pool_of(sg);
+
+			if (WARN_ON_ONCE(!pool))
+				continue;
+			halloc_chunk_put(pool, sg_page(sg));
+		}
+	}
+	sg_free_table(&buf->chunks);
+}
+
+/* Free up to @nr pages from the pools, highest order first. */
+static unsigned long halloc_pool_drain(unsigned long nr)
+{
+	unsigned long freed = 0;
+	unsigned int i;
+
+	for (i = 0; i < HALLOC_NR_ORDERS && freed < nr; i++) {
+		struct halloc_pool *pool = &halloc_pools[i];
+
+		while (freed < nr) {
+			struct page *page;
+
+			spin_lock(&pool->lock);
+			page = list_first_entry_or_null(&pool->chunks,
+							struct page, lru);
+			if (page)
+				list_del(&page->lru);
+			spin_unlock(&pool->lock);
+			if (!page)
+				break;
+			atomic_long_sub(1L << pool->order, &halloc_pool_nr);
+			halloc_chunk_free(page, pool->order);
+			freed += 1UL << pool->order;
+		}
+	}
+	return freed;
+}
+
+static unsigned long halloc_shrink_count(struct shrinker *shrinker,
+					 struct shrink_control *sc)
+{
+	unsigned long nr = halloc_pool_pages();
+
+	return nr ? nr : SHRINK_EMPTY;
+}
+
+static unsigned long halloc_shrink_scan(struct shrinker *shrinker,
+					struct shrink_control *sc)
+{
+	unsigned long freed = halloc_pool_drain(sc->nr_to_scan);
+
+	return freed ? freed : SHRINK_STOP;
+}
+
+static struct shrinker halloc_shrinker = {
+	.count_objects = halloc_shrink_count,
+	.scan_objects = halloc_shrink_scan,
+	.seeks = DEFAULT_SEEKS,
+};
+
+int halloc_pool_init(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < HALLOC_NR_ORDERS; i++) {
+		halloc_pools[i].order = halloc_orders[i];
+		spin_lock_init(&halloc_pools[i].lock);
+		INIT_LIST_HEAD(&halloc_pools[i].chunks);
+	}
+	return register_shrinker(&halloc_shrinker, "halloc-pool");
+}
+
+void halloc_pool_exit(void)
+{
+	unregister_shrinker(&halloc_shrinker);
+	halloc_pool_drain(ULONG_MAX);
+}

@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * halloc_heap.h - user-space API of the halloc_heap kernel module.
+ *
+ * The module exposes three character devices:
+ *
+ *   /dev/dma_heap/halloc-system  scattered pages (high orders first, pooled)
+ *   /dev/dma_heap/halloc-contig  one physically contiguous run of pages,
+ *                                below 4 GiB (module parameter contig_dma32)
+ *   /dev/halloc                  control node: views and accounting
+ *
+ * The two heap nodes speak the upstream dma-heap UAPI unchanged
+ * (DMA_HEAP_IOCTL_ALLOC with struct dma_heap_allocation_data from
+ * <linux/dma-heap.h>), so existing dma-heap users work against them.
+ * Every buffer is zero-filled when it is handed out.
+ *
+ * Views
+ * -----
+ * HALLOC_IOCTL_VIEW turns a halloc dma-buf fd (a buffer or a view) into a
+ * new dma-buf fd over the same pages that carries narrower rights:
+ *
+ *   cpu_access  HALLOC_CPU_NONE:       mmap() and DMA_BUF_IOCTL_SYNC fail
+ *                                      with EPERM.
+ *               HALLOC_CPU_READ:       the view's file is opened O_RDONLY, so
+ *                                      mmap(PROT_WRITE, MAP_SHARED) fails with
+ *                                      EACCES (from the VFS, exactly like a
+ *                                      read-only memfd); mprotect() cannot add
+ *                                      PROT_WRITE later (EACCES);
+ *                                      DMA_BUF_IOCTL_SYNC with
+ *                                      DMA_BUF_SYNC_WRITE fails with EPERM.
+ *               HALLOC_CPU_READ_WRITE: no CPU restriction.
+ *               CPU rights govern user-space CPU access by the fd holder.
+ *               A kernel importer's vmap (dma_buf_vmap, e.g. videobuf2
+ *               filling a frame) is done for its device, is allowed on every
+ *               view and counts in halloc_buffer_info.vmaps: the dma-buf
+ *               core treats a failing vmap as a kernel bug (WARN_ON_ONCE)
+ *               and some importers then use the missing mapping. Devices
+ *               are policed by the attach allow-list below; an importer
+ *               that only vmaps (videobuf2-vmalloc) never attaches, so only
+ *               not handing it the fd keeps it out.
+ *   drivers     with HALLOC_VIEW_RESTRICT_ATTACH, dma_buf_attach() from a
+ *               device fails with EPERM unless the device's driver name is
+ *               listed. The name matched is the bound driver's name
+ *               (dev->driver->name), or the device name for a device with no
+ *               driver bound (vgem's platform device is "vgem"). An empty
+ *               list with the flag set forbids every attach.
+ *   name        shown by DMA_BUF_IOCTL_SET_NAME readers (fdinfo, debugfs).
+ *
+ * Rights only narrow: asking for more than the source fd carries (more CPU
+ * access, dropping the attach restriction, or a driver the source does not
+ * allow) fails with EPERM. A source fd opened without write access counts
+ * as at most HALLOC_CPU_READ. A view keeps the pages alive on its own: it
+ * outlives the fd it was made from.
+ *
+ * Errors common to both ioctls: EBADF (fd is not open), EINVAL (fd is not a
+ * halloc dma-buf, or a field is out of range / a reserved field is not
+ * zero / a string is not NUL-terminated), E2BIG (a newer, larger struct
+ * with non-zero bytes this kernel does not know), EFAULT (bad pointer),
+ * ENOTTY (unknown ioctl).
+ *
+ * Struct sizes are versioned by the size encoded in the ioctl number: a
+ * smaller (older) struct is zero-extended; a larger one is accepted when the
+ * bytes this module does not know are zero.
+ *
+ * Heap allocation errors (DMA_HEAP_IOCTL_ALLOC): EINVAL for len 0 or a len
+ * that wraps when page-aligned, non-zero fd, fd_flags outside
+ * O_CLOEXEC|O_ACCMODE or non-zero heap_flags; ENOMEM when len exceeds the
+ * heap's limit (module parameters max_buffer_mb, contig_max_kb,
+ * max_total_mb) or memory is short.
+ *
+ * dma_buf_attach() also fails with EBUSY when the buffer's pages cannot be
+ * used by the device as allocated: the device is direct-mapped and its DMA
+ * mask cannot reach every page, or its driver is listed in the module
+ * parameter contig_only_drivers (default "vivid": videobuf2-dma-contig needs
+ * one DMA-contiguous segment) and the buffer has more than one physically
+ * contiguous segment (see halloc_buffer_info.segments; HALLOC_INFO_BELOW_4G
+ * tells whether a 32-bit device can reach a buffer).
+ */
+#ifndef _UAPI_HALLOC_HEAP_H
+#define _UAPI_HALLOC_HEAP_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define HALLOC_CONTROL_PATH "/dev/halloc"
+#define HALLOC_HEAP_SYSTEM_PATH "/dev/dma_heap/halloc-system"
+#define HALLOC_HEAP_CONTIG_PATH "/dev/dma_heap/halloc-contig"
+#define HALLOC_HEAP_SYSTEM "halloc-system"
+#define HALLOC_HEAP_CONTIG "halloc-contig"
+
+/* Length of every name field, including the terminating NUL. */
+#define HALLOC_NAME_LEN 32
+/* Most driver names one view can allow. */
+#define HALLOC_MAX_DRIVERS 8
+
+/* CPU access rights, ordered: a larger value is a wider right. */
+#define HALLOC_CPU_NONE 0u
+#define HALLOC_CPU_READ 1u
+#define HALLOC_CPU_READ_WRITE 2u
+
+/* halloc_view_data.flags / halloc_buffer_info.flags */
+#define HALLOC_VIEW_RESTRICT_ATTACH (1u << 0)
+#define HALLOC_VIEW_VALID_FLAGS (HALLOC_VIEW_RESTRICT_ATTACH)
+/* halloc_buffer_info.flags only: this dma-buf is a view, not the original. */
+#define HALLOC_INFO_IS_VIEW (1u << 31)
+/* halloc_buffer_info.flags only: every page lies below 4 GiB. */
+#define HALLOC_INFO_BELOW_4G (1u << 30)
+
+/**
+ * struct halloc_view_data - argument of HALLOC_IOCTL_VIEW
+ * @fd:          out: the new view's dma-buf fd; must be 0 on input
+ * @source_fd:   in: a halloc dma-buf fd (buffer or view) to derive from
+ * @fd_flags:    in: 0 or O_CLOEXEC; the access mode is derived from
+ *               @cpu_access (O_RDWR for READ_WRITE, O_RDONLY otherwise)
+ * @cpu_access:  in: HALLOC_CPU_*
+ * @flags:       in: HALLOC_VIEW_* flags
+ * @num_drivers: in: entries of @drivers in use (<= HALLOC_MAX_DRIVERS);
+ *               must be 0 without HALLOC_VIEW_RESTRICT_ATTACH
+ * @name:        in: NUL-terminated name of the view (may be empty)
+ * @drivers:     in: NUL-terminated, non-empty driver names allowed to attach
+ */
+struct halloc_view_data {
+	__u32 fd;
+	__s32 source_fd;
+	__u32 fd_flags;
+	__u32 cpu_access;
+	__u32 flags;
+	__u32 num_drivers;
+	char name[HALLOC_NAME_LEN];
+	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
+};
+
+/**
+ * struct halloc_buffer_info - argument of HALLOC_IOCTL_INFO
+ * @fd:          in: a halloc dma-buf fd (buffer or view)
+ * @cpu_access:  out: HALLOC_CPU_* right of this dma-buf
+ * @size:        out: size in bytes (page aligned)
+ * @id:          out: buffer id, shared by a buffer and all its views
+ * @flags:       out: HALLOC_VIEW_* flags of this dma-buf, HALLOC_INFO_IS_VIEW,
+ *               HALLOC_INFO_BELOW_4G
+ * @num_drivers: out: entries of @drivers in use
+ * @dmabufs:     out: live dma-bufs over the pages (original + views)
+ * @views:       out: live views over the pages
+ * @attachments: out: live device attachments (all dma-bufs of the buffer)
+ * @maps:        out: attachments currently DMA-mapped
+ * @vmaps:       out: dma-bufs of the buffer currently vmapped by the kernel
+ * @mmaps:       out: live user-space mappings (VMAs)
+ * @segments:    out: physically contiguous runs of pages (1 = contiguous)
+ * @reserved:    must be 0
+ * @heap:        out: heap name, e.g. "halloc-system"
+ * @name:        out: the dma-buf's name (view name or DMA_BUF_SET_NAME)
+ * @drivers:     out: driver names allowed to attach
+ */
+struct halloc_buffer_info {
+	__s32 fd;
+	__u32 cpu_access;
+	__u64 size;
+	__u64 id;
+	__u32 flags;
+	__u32 num_drivers;
+	__u32 dmabufs;
+	__u32 views;
+	__u32 attachments;
+	__u32 maps;
+	__u32 vmaps;
+	__u32 mmaps;
+	__u32 segments;
+	__u32 reserved;
+	char heap[HALLOC_NAME_LEN];
+	char name[HALLOC_NAME_LEN];
+	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
+};
+
+#define HALLOC_IOC_MAGIC 'h'
+
+/* On /dev/halloc: make a restricted view of a halloc dma-buf. */
+#define HALLOC_IOCTL_VIEW _IOWR(HALLOC_IOC_MAGIC, 0x0, struct halloc_view_data)
+/* On /dev/halloc: report a halloc dma-buf's accounting. */
+#define HALLOC_IOCTL_INFO _IOWR(HALLOC_IOC_MAGIC, 0x1, struct halloc_buffer_info)
+
+#endif /* _UAPI_HALLOC_HEAP_H */

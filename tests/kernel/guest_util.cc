@@ -1,0 +1,140 @@
+#include "tests/kernel/guest_util.h"
+
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <xf86drm.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace halloc_test {
+
+Mapping& Mapping::operator=(Mapping&& other) noexcept {
+  if (this != &other) {
+    reset();
+    addr_ = other.addr_;
+    len_ = other.len_;
+    other.addr_ = MAP_FAILED;
+  }
+  return *this;
+}
+
+void Mapping::reset() {
+  if (addr_ != MAP_FAILED) munmap(addr_, len_);
+  addr_ = MAP_FAILED;
+}
+
+Mapping Map(int fd, size_t len, int prot, int flags, off_t offset) {
+  void* p = mmap(nullptr, len, prot, flags, fd, offset);
+  return Mapping(p, len);
+}
+
+int Ioctl(int fd, unsigned long request, void* arg) {
+  int ret;
+  do {
+    ret = ioctl(fd, request, arg);
+  } while (ret < 0 && (errno == EINTR || errno == EAGAIN) &&
+           request != DMA_BUF_IOCTL_SYNC);
+  return ret < 0 ? -errno : ret;
+}
+
+int HeapAlloc(int heap_fd, uint64_t len, uint32_t fd_flags,
+              uint64_t heap_flags) {
+  dma_heap_allocation_data data = {};
+  data.len = len;
+  data.fd_flags = fd_flags;
+  data.heap_flags = heap_flags;
+  int ret = Ioctl(heap_fd, DMA_HEAP_IOCTL_ALLOC, &data);
+  return ret < 0 ? ret : static_cast<int>(data.fd);
+}
+
+int Sync(int dmabuf_fd, uint64_t flags) {
+  dma_buf_sync sync = {};
+  sync.flags = flags;
+  return Ioctl(dmabuf_fd, DMA_BUF_IOCTL_SYNC, &sync);
+}
+
+int MakeView(int ctl_fd, int source_fd, const ViewSpec& spec) {
+  halloc_view_data data = {};
+  data.source_fd = source_fd;
+  data.fd_flags = spec.fd_flags;
+  data.cpu_access = spec.cpu;
+  data.flags = spec.restrict_attach ? HALLOC_VIEW_RESTRICT_ATTACH : 0;
+  data.num_drivers = static_cast<uint32_t>(spec.drivers.size());
+  if (spec.drivers.size() > HALLOC_MAX_DRIVERS ||
+      spec.name.size() >= sizeof(data.name))
+    return -EINVAL;
+  memcpy(data.name, spec.name.c_str(), spec.name.size());
+  for (size_t i = 0; i < spec.drivers.size(); ++i) {
+    if (spec.drivers[i].size() >= HALLOC_NAME_LEN) return -EINVAL;
+    memcpy(data.drivers[i], spec.drivers[i].c_str(), spec.drivers[i].size());
+  }
+  int ret = Ioctl(ctl_fd, HALLOC_IOCTL_VIEW, &data);
+  return ret < 0 ? ret : static_cast<int>(data.fd);
+}
+
+int Info(int ctl_fd, int dmabuf_fd, halloc_buffer_info* info) {
+  *info = {};
+  info->fd = dmabuf_fd;
+  return Ioctl(ctl_fd, HALLOC_IOCTL_INFO, info);
+}
+
+int DeleteModule(const std::string& name) {
+  if (syscall(SYS_delete_module, name.c_str(), O_NONBLOCK) == 0) return 0;
+  return -errno;
+}
+
+int LoadModule(const std::string& path, const std::string& params) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return -errno;
+  if (syscall(SYS_finit_module, fd.get(), params.c_str(), 0) == 0) return 0;
+  return -errno;
+}
+
+bool ModuleLoaded(const std::string& name) {
+  struct stat st;
+  return stat(("/sys/module/" + name + "/initstate").c_str(), &st) == 0;
+}
+
+UniqueFd OpenVgem() {
+  for (int i = 0; i < 16; ++i) {
+    std::string path = "/dev/dri/card" + std::to_string(i);
+    UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) continue;
+    drmVersionPtr v = drmGetVersion(fd.get());
+    bool is_vgem = v && std::string(v->name, v->name_len) == "vgem";
+    drmFreeVersion(v);
+    if (is_vgem) return fd;
+  }
+  return UniqueFd();
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool WriteFile(const std::string& path, const std::string& value) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  return write(fd.get(), value.data(), value.size()) ==
+         static_cast<ssize_t>(value.size());
+}
+
+std::string Env(const char* name) {
+  const char* v = getenv(name);
+  return v ? v : "";
+}
+
+bool AllBytesAre(const uint8_t* p, size_t len, uint8_t v) {
+  return std::all_of(p, p + len, [v](uint8_t b) { return b == v; });
+}
+
+}  // namespace halloc_test

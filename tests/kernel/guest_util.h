@@ -1,0 +1,150 @@
+// Helpers for the in-guest tests of halloc_heap.ko (see tools/kernel-test.sh).
+//
+// Everything returns -errno on failure instead of logging, so that tests can
+// assert on the exact errno.
+#ifndef HALLOC_TESTS_KERNEL_GUEST_UTIL_H_
+#define HALLOC_TESTS_KERNEL_GUEST_UTIL_H_
+
+#include <fcntl.h>
+#include <linux/dma-buf.h>
+#include <linux/dma-heap.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernel/uapi/halloc_heap.h"
+
+namespace halloc_test {
+
+// Owns one file descriptor.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    reset(other.release());
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  [[nodiscard]] int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Owns one mmap()ed range.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(void* addr, size_t len) : addr_(addr), len_(len) {}
+  Mapping(Mapping&& other) noexcept : addr_(other.addr_), len_(other.len_) {
+    other.addr_ = MAP_FAILED;
+  }
+  Mapping& operator=(Mapping&& other) noexcept;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping() { reset(); }
+
+  bool valid() const { return addr_ != MAP_FAILED; }
+  uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
+  size_t size() const { return len_; }
+  void reset();
+
+ private:
+  void* addr_ = MAP_FAILED;
+  size_t len_ = 0;
+};
+
+// mmap(fd) with the given protection and flags; invalid on failure with
+// errno set.
+Mapping Map(int fd, size_t len, int prot = PROT_READ | PROT_WRITE,
+            int flags = MAP_SHARED, off_t offset = 0);
+
+// ioctl() returning 0 or -errno.
+int Ioctl(int fd, unsigned long request, void* arg);
+
+// Allocates from a dma-heap node: the dma-buf fd, or -errno.
+int HeapAlloc(int heap_fd, uint64_t len,
+              uint32_t fd_flags = O_RDWR | O_CLOEXEC, uint64_t heap_flags = 0);
+
+// DMA_BUF_IOCTL_SYNC: 0 or -errno.
+int Sync(int dmabuf_fd, uint64_t flags);
+
+// What a view should carry.
+struct ViewSpec {
+  uint32_t cpu = HALLOC_CPU_READ_WRITE;
+  bool restrict_attach = false;
+  std::vector<std::string> drivers;
+  std::string name;
+  uint32_t fd_flags = O_CLOEXEC;
+};
+
+// HALLOC_IOCTL_VIEW on the control node: the view's fd, or -errno.
+int MakeView(int ctl_fd, int source_fd, const ViewSpec& spec);
+
+// HALLOC_IOCTL_INFO: 0 or -errno.
+int Info(int ctl_fd, int dmabuf_fd, halloc_buffer_info* info);
+
+// Module load/unload through the syscalls: 0 or -errno.
+int DeleteModule(const std::string& name);
+int LoadModule(const std::string& path, const std::string& params);
+bool ModuleLoaded(const std::string& name);
+
+// The vgem DRM node (card*), or an invalid fd if vgem is not loaded.
+UniqueFd OpenVgem();
+
+// Contents of a file, or "" if it cannot be read.
+std::string ReadFile(const std::string& path);
+
+// Writes `value` to an existing file (sysfs, procfs); true on success.
+bool WriteFile(const std::string& path, const std::string& value);
+
+// Environment variable or "".
+std::string Env(const char* name);
+
+// True if every byte of [p, p+len) equals v.
+bool AllBytesAre(const uint8_t* p, size_t len, uint8_t v);
+
+// Runs fn in a forked child; returns the child's wait status.
+template <typename Fn>
+int RunInChild(Fn fn);
+
+}  // namespace halloc_test
+
+#include <sys/wait.h>
+
+namespace halloc_test {
+
+template <typename Fn>
+int RunInChild(Fn fn) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    fn();
+    _exit(0);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+  return status;
+}
+
+}  // namespace halloc_test
+
+#endif  // HALLOC_TESTS_KERNEL_GUEST_UTIL_H_

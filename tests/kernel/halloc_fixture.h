@@ -1,0 +1,82 @@
+// Test fixture: the two halloc heap nodes and the control node.
+#ifndef HALLOC_TESTS_KERNEL_HALLOC_FIXTURE_H_
+#define HALLOC_TESTS_KERNEL_HALLOC_FIXTURE_H_
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+
+#include "tests/kernel/guest_util.h"
+
+namespace halloc_test {
+
+enum class Heap { kSystem, kContig };
+
+inline const char* HeapName(Heap heap) {
+  return heap == Heap::kSystem ? HALLOC_HEAP_SYSTEM : HALLOC_HEAP_CONTIG;
+}
+
+inline size_t PageAlign(size_t len) {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (len + page - 1) / page * page;
+}
+
+// /sys/module/halloc_heap/parameters/<name> as text ("" if absent).
+inline std::string ModuleParamText(const std::string& name) {
+  std::string v = ReadFile("/sys/module/halloc_heap/parameters/" + name);
+  while (!v.empty() && v.back() == '\n') v.pop_back();
+  return v;
+}
+
+// A numeric module parameter (-1 if absent or not a number).
+inline long ModuleParam(const std::string& name) {
+  std::string v = ModuleParamText(name);
+  char* end = nullptr;
+  long n = strtol(v.c_str(), &end, 10);
+  return v.empty() || *end ? -1 : n;
+}
+
+class HallocTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    system_.reset(open(HALLOC_HEAP_SYSTEM_PATH, O_RDWR | O_CLOEXEC));
+    contig_.reset(open(HALLOC_HEAP_CONTIG_PATH, O_RDWR | O_CLOEXEC));
+    ctl_.reset(open(HALLOC_CONTROL_PATH, O_RDWR | O_CLOEXEC));
+    if (!system_.valid() || !contig_.valid() || !ctl_.valid()) {
+      std::string why = std::string("halloc_heap.ko nodes missing: ") +
+                        strerror(errno);
+      // Inside tools/kernel-test.sh the module must be there.
+      if (!Env("HALLOC_KO").empty()) FAIL() << why;
+      GTEST_SKIP() << why;
+    }
+  }
+
+  int heap_fd(Heap heap) const {
+    return heap == Heap::kSystem ? system_.get() : contig_.get();
+  }
+
+  // Allocates or fails the test (check HasFatalFailure / valid()).
+  UniqueFd Alloc(Heap heap, size_t len,
+                 uint32_t fd_flags = O_RDWR | O_CLOEXEC) {
+    int fd = HeapAlloc(heap_fd(heap), len, fd_flags);
+    EXPECT_GE(fd, 0) << "alloc " << len << " from " << HeapName(heap) << ": "
+                     << strerror(-fd);
+    return UniqueFd(fd);
+  }
+
+  halloc_buffer_info InfoOf(int fd) {
+    halloc_buffer_info info;
+    int ret = Info(ctl_.get(), fd, &info);
+    EXPECT_EQ(ret, 0) << strerror(-ret);
+    return info;
+  }
+
+  UniqueFd system_;
+  UniqueFd contig_;
+  UniqueFd ctl_;
+};
+
+}  // namespace halloc_test
+
+#endif  // HALLOC_TESTS_KERNEL_HALLOC_FIXTURE_H_

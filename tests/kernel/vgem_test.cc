@@ -1,0 +1,200 @@
+// PRIME import of halloc buffers into vgem (the stand-in for a GPU or a
+// display) through libdrm.
+#include <dirent.h>
+#include <drm.h>
+#include <errno.h>
+#include <sys/ioctl.h>
+#include <xf86drm.h>
+
+#include <cstring>
+#include <string>
+
+#include "tests/kernel/halloc_fixture.h"
+
+namespace halloc_test {
+
+namespace {
+
+// A GEM handle on a DRM fd, closed on destruction.
+class GemHandle {
+ public:
+  GemHandle(int drm_fd, uint32_t handle) : drm_fd_(drm_fd), handle_(handle) {}
+  GemHandle(const GemHandle&) = delete;
+  GemHandle& operator=(const GemHandle&) = delete;
+  ~GemHandle() {
+    if (handle_) {
+      drm_gem_close close_args = {};
+      close_args.handle = handle_;
+      drmIoctl(drm_fd_, DRM_IOCTL_GEM_CLOSE, &close_args);
+    }
+  }
+  uint32_t get() const { return handle_; }
+
+ private:
+  int drm_fd_;
+  uint32_t handle_;
+};
+
+// drmPrimeFDToHandle: the handle, or -errno.
+int64_t Import(int drm_fd, int dmabuf_fd) {
+  uint32_t handle = 0;
+  if (drmPrimeFDToHandle(drm_fd, dmabuf_fd, &handle) != 0) return -errno;
+  return handle;
+}
+
+class VgemTest : public HallocTest {
+ protected:
+  void SetUp() override {
+    HallocTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    vgem_ = OpenVgem();
+    if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
+  }
+
+  UniqueFd vgem_;
+};
+
+TEST_F(VgemTest, ImportsUnrestrictedBuffer) {
+  for (Heap heap : {Heap::kSystem, Heap::kContig}) {
+    SCOPED_TRACE(HeapName(heap));
+    UniqueFd buf = Alloc(heap, 256 * 1024);
+    ASSERT_TRUE(buf.valid());
+    int64_t h = Import(vgem_.get(), buf.get());
+    ASSERT_GT(h, 0) << strerror(int(-h));
+    {
+      GemHandle handle(vgem_.get(), uint32_t(h));
+      halloc_buffer_info info = InfoOf(buf.get());
+      EXPECT_EQ(info.attachments, 1u);
+      EXPECT_EQ(info.maps, 1u) << "drm maps the attachment at import";
+      std::string dbg = ReadFile("/sys/kernel/debug/halloc/buffers");
+      EXPECT_NE(dbg.find("attached: vgem (vgem)"), std::string::npos) << dbg;
+      EXPECT_NE(dbg.find(" mapped\n"), std::string::npos) << dbg;
+      // Importing again gives the same handle (PRIME caches the import).
+      EXPECT_EQ(Import(vgem_.get(), buf.get()), h);
+    }
+    halloc_buffer_info info = InfoOf(buf.get());
+    EXPECT_EQ(info.attachments, 0u);
+    EXPECT_EQ(info.maps, 0u);
+  }
+}
+
+TEST_F(VgemTest, ViewAllowingVgemImports) {
+  UniqueFd buf = Alloc(Heap::kSystem, 64 * 1024);
+  ASSERT_TRUE(buf.valid());
+  ViewSpec spec;
+  spec.cpu = HALLOC_CPU_NONE;
+  spec.restrict_attach = true;
+  spec.drivers = {"vivid", "vgem"};
+  UniqueFd view(MakeView(ctl_.get(), buf.get(), spec));
+  ASSERT_TRUE(view.valid()) << strerror(-view.get());
+  int64_t h = Import(vgem_.get(), view.get());
+  ASSERT_GT(h, 0) << strerror(int(-h));
+  GemHandle handle(vgem_.get(), uint32_t(h));
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 1u);
+}
+
+TEST_F(VgemTest, ViewNotAllowingVgemIsRefused) {
+  UniqueFd buf = Alloc(Heap::kSystem, 64 * 1024);
+  ASSERT_TRUE(buf.valid());
+  ViewSpec vivid_only;
+  vivid_only.restrict_attach = true;
+  vivid_only.drivers = {"vivid"};
+  ViewSpec nobody;
+  nobody.restrict_attach = true;
+  for (const ViewSpec& spec : {vivid_only, nobody}) {
+    UniqueFd view(MakeView(ctl_.get(), buf.get(), spec));
+    ASSERT_TRUE(view.valid()) << strerror(-view.get());
+    EXPECT_EQ(Import(vgem_.get(), view.get()), -EPERM);
+  }
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 0u);
+}
+
+// Pixels written through the halloc mapping are what vgem sees, and the
+// other way round. vgem cannot hand out a mapping of an imported object
+// itself on this kernel (drm_gem_dumb_map_offset refuses imports), so its
+// side of the check goes through the dma-buf that vgem exports back for the
+// handle: that must be the very same buffer, found through vgem.
+TEST_F(VgemTest, PixelsVisibleThroughBothMappings) {
+  const size_t size = 640 * 480 * 4;
+  UniqueFd buf = Alloc(Heap::kSystem, size);
+  ASSERT_TRUE(buf.valid());
+  Mapping mine = Map(buf.get(), PageAlign(size));
+  ASSERT_TRUE(mine.valid()) << strerror(errno);
+  ASSERT_EQ(Sync(buf.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE), 0);
+  auto* px = reinterpret_cast<uint32_t*>(mine.data());
+  for (size_t i = 0; i < size / 4; ++i) px[i] = 0xff000000u | uint32_t(i * 2654435761u >> 8);
+  ASSERT_EQ(Sync(buf.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE), 0);
+
+  int64_t h = Import(vgem_.get(), buf.get());
+  ASSERT_GT(h, 0) << strerror(int(-h));
+  GemHandle handle(vgem_.get(), uint32_t(h));
+
+  Mapping theirs;
+  drm_mode_map_dumb map_args = {};
+  map_args.handle = handle.get();
+  if (drmIoctl(vgem_.get(), DRM_IOCTL_MODE_MAP_DUMB, &map_args) == 0) {
+    RecordProperty("vgem_side", "DRM_IOCTL_MODE_MAP_DUMB mmap of the handle");
+    theirs = Map(vgem_.get(), PageAlign(size), PROT_READ | PROT_WRITE, MAP_SHARED,
+                 off_t(map_args.offset));
+    ASSERT_TRUE(theirs.valid()) << "mmap of vgem handle: " << strerror(errno);
+  } else {
+    RecordProperty("vgem_side", "dma-buf exported back by vgem for the handle");
+    int exported = -1;
+    ASSERT_EQ(drmPrimeHandleToFD(vgem_.get(), handle.get(), DRM_CLOEXEC | DRM_RDWR,
+                                 &exported), 0) << strerror(errno);
+    UniqueFd back(exported);
+    halloc_buffer_info info = InfoOf(back.get());
+    EXPECT_EQ(info.id, InfoOf(buf.get()).id);
+    theirs = Map(back.get(), PageAlign(size));
+    ASSERT_TRUE(theirs.valid()) << strerror(errno);
+  }
+  auto* other = reinterpret_cast<uint32_t*>(theirs.data());
+  ASSERT_EQ(memcmp(other, px, size), 0);
+  other[12345] = 0x12345678;
+  EXPECT_EQ(px[12345], 0x12345678u);
+}
+
+// What vgem hands back for an imported view is that view, rights and all:
+// a consumer cannot launder a restricted fd through the GPU.
+TEST_F(VgemTest, ReexportKeepsTheViewsRights) {
+  UniqueFd buf = Alloc(Heap::kSystem, 64 * 1024);
+  ASSERT_TRUE(buf.valid());
+  ViewSpec spec;
+  spec.cpu = HALLOC_CPU_NONE;
+  spec.restrict_attach = true;
+  spec.drivers = {"vgem"};
+  UniqueFd view(MakeView(ctl_.get(), buf.get(), spec));
+  ASSERT_TRUE(view.valid());
+  int64_t h = Import(vgem_.get(), view.get());
+  ASSERT_GT(h, 0) << strerror(int(-h));
+  GemHandle handle(vgem_.get(), uint32_t(h));
+  int exported = -1;
+  ASSERT_EQ(drmPrimeHandleToFD(vgem_.get(), handle.get(), DRM_CLOEXEC | DRM_RDWR,
+                               &exported), 0) << strerror(errno);
+  UniqueFd back(exported);
+  halloc_buffer_info info = InfoOf(back.get());
+  EXPECT_TRUE(info.flags & HALLOC_INFO_IS_VIEW);
+  EXPECT_EQ(info.cpu_access, HALLOC_CPU_NONE);
+  EXPECT_FALSE(Map(back.get(), 64 * 1024, PROT_READ).valid());
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(Sync(back.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ), -EPERM);
+}
+
+TEST_F(VgemTest, VgemBuffersAreNotHallocBuffers) {
+  drm_mode_create_dumb create = {};
+  create.width = 64;
+  create.height = 64;
+  create.bpp = 32;
+  ASSERT_EQ(drmIoctl(vgem_.get(), DRM_IOCTL_MODE_CREATE_DUMB, &create), 0)
+      << strerror(errno);
+  GemHandle handle(vgem_.get(), create.handle);
+  int exported = -1;
+  ASSERT_EQ(drmPrimeHandleToFD(vgem_.get(), handle.get(), DRM_CLOEXEC, &exported), 0);
+  UniqueFd foreign(exported);
+  halloc_buffer_info info;
+  EXPECT_EQ(Info(ctl_.get(), foreign.get(), &info), -EINVAL);
+  EXPECT_EQ(MakeView(ctl_.get(), foreign.get(), {}), -EINVAL);
+}
+
+}  // namespace
+}  // namespace halloc_test

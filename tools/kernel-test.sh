@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Build halloc_heap.ko and its in-guest tests, boot Debian's own kernel in
+# qemu (software emulation), load the module together with vgem and vivid,
+# run the tests there, and judge the result on the host.
+#
+#   tools/kernel-test.sh [--keep] [-- gtest args...]
+#
+# Fails when: the module build prints any compiler warning, a test fails or
+# crashes, the guest's kernel log shows a splat (WARNING:, BUG:, Oops,
+# general protection, lockdep, KASAN, refcount_t), or the run times out.
+# The last line printed is always "kernel: N passed, N failed, N skipped".
+#
+# Environment:
+#   HALLOC_KERNEL_CACHE  cache for the kernel image and runs
+#                        (default ~/.cache/halloc/kernel)
+#   HALLOC_QEMU_TIMEOUT  seconds before the guest is killed (default 240)
+#   HALLOC_NO_BAZEL=1    build the guest test with g++ instead of Bazel
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${HALLOC_KERNEL_CACHE:-${XDG_CACHE_HOME:-${HOME:?}/.cache}/halloc/kernel}
+QEMU_TIMEOUT=${HALLOC_QEMU_TIMEOUT:-240}
+TEST_TARGET=//tests/kernel:halloc_heap_guest_test
+KEEP=0
+GTEST_ARGS=()
+START=$(date +%s)
+
+while (($#)); do
+  case "$1" in
+    --keep) KEEP=1 ;;
+    --) shift; GTEST_ARGS=("$@"); break ;;
+    *) echo "usage: $0 [--keep] [-- gtest args...]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf '[kernel-test %3ds] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
+summary() { echo "kernel: $1 passed, $2 failed, $3 skipped"; }
+die() { log "FAIL: $*"; summary 0 1 0; exit 1; }
+
+# --- packages --------------------------------------------------------------
+PKGS=(qemu-system-x86 busybox-static linux-headers-amd64 kmod cpio)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+    missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+    die "cannot install ${missing[*]}"
+fi
+
+# The kernel the headers metapackage points at, e.g. 6.1.0-56-amd64.
+KVER=$(apt-cache depends linux-headers-amd64 |
+  sed -n 's/^ *Depends: linux-headers-\(.*-amd64\)$/\1/p' | head -n1)
+[[ -n $KVER ]] || die "cannot tell the kernel version from linux-headers-amd64"
+[[ -d /usr/src/linux-headers-$KVER ]] || die "linux-headers-$KVER is not installed"
+
+# --- kernel image ------------------------------------------------------------
+IMG=$CACHE/$KVER
+VMLINUZ=$IMG/root/boot/vmlinuz-$KVER
+if [[ ! -f $IMG/.complete ]]; then
+  log "fetching linux-image-$KVER"
+  rm -rf "$IMG" && mkdir -p "$IMG/root"
+  (cd "$IMG" && apt-get download -qq "linux-image-$KVER" 2>/dev/null) ||
+    die "apt-get download linux-image-$KVER failed"
+  dpkg-deb -x "$IMG"/linux-image-*.deb "$IMG/root"
+  depmod -b "$IMG/root" "$KVER"
+  rm -f "$IMG"/linux-image-*.deb
+  touch "$IMG/.complete"
+fi
+MODROOT=$IMG/root/lib/modules/$KVER
+
+# --- module ------------------------------------------------------------------
+log "building halloc_heap.ko for $KVER"
+BUILD_LOG=$(mktemp)
+trap 'rm -f "$BUILD_LOG"' EXIT
+if ! make -s -C "$REPO/kernel" KVER="$KVER" W=1 >"$BUILD_LOG" 2>&1; then
+  cat "$BUILD_LOG" >&2
+  die "module build failed"
+fi
+if grep -E 'warning:|error:' "$BUILD_LOG" | grep -v 'Skipping BTF' >&2; then
+  die "module build printed warnings"
+fi
+KO=$REPO/kernel/halloc_heap.ko
+
+# --- guest test binary -------------------------------------------------------
+RUN=$(mktemp -d "$CACHE/run.XXXXXX")
+RESULTS=$RUN/results
+mkdir -p "$RESULTS" "$RUN/initramfs"
+cleanup() { rm -f "$BUILD_LOG"; ((KEEP)) || rm -rf "$RUN"; }
+trap cleanup EXIT
+
+if [[ ${HALLOC_NO_BAZEL:-0} != 1 ]] && command -v bazel >/dev/null; then
+  log "bazel build $TEST_TARGET"
+  (cd "$REPO" && bazel build -c opt "$TEST_TARGET" >"$RUN/bazel.log" 2>&1) || {
+    tail -n 40 "$RUN/bazel.log" >&2
+    die "bazel build $TEST_TARGET failed"
+  }
+  TEST_BIN=$(cd "$REPO" && readlink -f "bazel-bin/tests/kernel/halloc_heap_guest_test")
+else
+  if [[ ${HALLOC_NO_BAZEL:-0} != 1 ]]; then
+    log "bazel not found: building the guest test with g++ directly"
+  fi
+  TEST_BIN=$RUN/halloc_heap_guest_test
+  g++ -std=c++17 -O2 -Wall -Wextra -I"$REPO" -I/usr/include/libdrm \
+    "$REPO"/tests/kernel/*.cc -o "$TEST_BIN" \
+    -lgtest_main -lgtest -ldrm -pthread || die "g++ build of the guest test failed"
+fi
+[[ -x $TEST_BIN ]] || die "no guest test binary at $TEST_BIN"
+
+# --- initramfs ---------------------------------------------------------------
+# Modules the guest needs, in load order (dependencies first).
+MODULES=(9pnet_virtio 9p virtio_pci vgem vivid)
+declare -A seen=()
+INSMODS=()
+for m in "${MODULES[@]}"; do
+  while read -r _ path _; do
+    [[ -n ${seen[$path]:-} ]] && continue
+    seen[$path]=1
+    cp "$path" "$RUN/initramfs/"
+    INSMODS+=("$(basename "$path")")
+  done < <(modprobe -d "$IMG/root" -S "$KVER" --show-depends "$m" | grep '^insmod ')
+done
+
+VIVID_PARAMS="n_devs=1 node_types=0x1"
+VIVID_KO=$(modprobe -d "$IMG/root" -S "$KVER" --show-depends vivid | awk '/vivid\.ko/ {print $2}')
+IR=$RUN/initramfs
+mkdir -p "$IR"/{bin,dev,proc,sys,host,mods}
+mv "$IR"/*.ko "$IR/mods/"
+cp /bin/busybox "$IR/bin/busybox"
+{
+  echo '#!/bin/busybox sh'
+  echo '/bin/busybox --install -s /bin'
+  echo 'export PATH=/bin'
+  echo 'mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev'
+  echo 'mount -t debugfs debugfs /sys/kernel/debug'
+  echo 'echo 5 > /proc/sys/kernel/printk'
+  for m in "${INSMODS[@]}"; do
+    params=
+    [[ $m == vivid.ko ]] && params=$VIVID_PARAMS
+    echo "insmod /mods/$m $params || echo 'HARNESS: insmod $m failed'"
+  done
+  echo "insmod /mods/halloc_heap.ko || echo 'HARNESS: insmod halloc_heap.ko failed'"
+  q() { printf '%q' "$1"; }
+  GTEST_Q=
+  ((${#GTEST_ARGS[@]})) && GTEST_Q=$(printf ' %q' "${GTEST_ARGS[@]}")
+  cat <<EOF
+H=/host
+R=\$H$(q "$RESULTS")
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot \$H || echo 'HARNESS: 9p mount failed'
+mount -t proc proc \$H/proc
+mount -t sysfs sysfs \$H/sys
+mount -t debugfs debugfs \$H/sys/kernel/debug
+mount -t devtmpfs devtmpfs \$H/dev
+mount -t tmpfs tmpfs \$H/tmp
+mkdir -p "\$R" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 results "\$R" || echo 'HARNESS: results mount failed'
+echo 'HARNESS: running tests'
+chroot \$H /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp \\
+  HALLOC_KO=$(q "$KO") VIVID_KO=$(q "$VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") \\
+  $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q \\
+  >"\$R/test.log" 2>&1
+echo \$? > "\$R/rc"
+cat /sys/kernel/debug/halloc/buffers > "\$R/buffers.txt" 2>&1
+dmesg > "\$R/dmesg.txt"
+sync
+umount "\$R"
+echo 'HARNESS: done'
+poweroff -f
+EOF
+} >"$IR/init"
+chmod +x "$IR/init"
+cp "$KO" "$IR/mods/halloc_heap.ko"
+(cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$RUN/initramfs.cpio.gz"
+
+# --- boot --------------------------------------------------------------------
+ACCEL=(-accel tcg,thread=multi)
+# KVM when this host offers it (falls back to TCG if it cannot start).
+[[ -w /dev/kvm ]] && ACCEL=(-accel kvm "${ACCEL[@]}")
+log "booting $KVER in qemu (${ACCEL[*]}, timeout ${QEMU_TIMEOUT}s)"
+qemu_rc=0
+timeout -k 5 "$QEMU_TIMEOUT" qemu-system-x86_64 \
+  -nodefaults -no-reboot -display none -monitor none \
+  "${ACCEL[@]}" -smp 2 -m 2G -machine pc,max-ram-below-4g=1G \
+  -serial "file:$RUN/console.log" \
+  -kernel "$VMLINUZ" -initrd "$RUN/initramfs.cpio.gz" \
+  -append "console=ttyS0 panic=-1 loglevel=5 rdinit=/init" \
+  -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot" \
+  -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,id=results" \
+  || qemu_rc=$?
+log "guest exited (qemu status $qemu_rc)"
+
+# --- verdict -----------------------------------------------------------------
+failed_why=()
+((qemu_rc == 124 || qemu_rc == 137)) && failed_why+=("guest timed out after ${QEMU_TIMEOUT}s")
+[[ -f $RESULTS/rc ]] || failed_why+=("guest never finished the tests")
+if [[ -f $RESULTS/rc && $(cat "$RESULTS/rc") != 0 ]]; then
+  failed_why+=("test binary exited $(cat "$RESULTS/rc")")
+fi
+# The guest's dmesg when it got that far, and the serial console always
+# (it is all there is when the guest hung or panicked).
+DMESG=$RESULTS/dmesg.txt
+[[ -f $DMESG ]] || DMESG=$RUN/console.log
+SPLAT='WARNING:|BUG:|Oops|general protection|lockdep|possible circular locking|KASAN|refcount_t|Kernel panic'
+if grep -Eq "$SPLAT" "$DMESG" "$RUN/console.log"; then
+  failed_why+=("guest kernel log has a splat")
+fi
+
+# Count gtest test cases from the XML report: one <testcase> per test, with
+# <failure> children when it failed and result="skipped" when skipped.
+read -r passed failed skipped < <(
+  awk '
+    /<testcase / { open_tc = 1; bad = 0; skip = ($0 ~ /result="skipped"/)
+                   if ($0 ~ /\/>[[:space:]]*$/) { open_tc = 0; skip ? s++ : p++ } next }
+    open_tc && /<failure/ { bad = 1 }
+    open_tc && /<\/testcase>/ { open_tc = 0; if (bad) f++; else if (skip) s++; else p++ }
+    END { printf "%d %d %d\n", p, f, s }
+  ' "$RESULTS/gtest.xml" 2>/dev/null || echo "0 0 0"
+)
+
+# Name every failed or skipped test (skips carry their reason in the log).
+if [[ -f $RESULTS/test.log ]]; then
+  grep -E '^\[ +(FAILED|SKIPPED) +\] [A-Za-z]' "$RESULTS/test.log" | sort -u |
+    sed 's/^/  guest: /' >&2 || true
+fi
+if ((failed > 0)); then failed_why+=("$failed test(s) failed"); fi
+
+if ((${#failed_why[@]})); then
+  for w in "${failed_why[@]}"; do log "FAIL: $w"; done
+  if [[ -f $RESULTS/test.log ]]; then
+    log "---- test failures ----"
+    grep -E -A8 ': Failure$|^\[  FAILED  \] [A-Za-z]' "$RESULTS/test.log" | head -n 100 >&2 || true
+    log "---- test log (tail) ----"; tail -n 15 "$RESULTS/test.log" >&2
+  fi
+  log "---- guest kernel log (tail) ----"; tail -n 60 "$DMESG" >&2 || true
+  if grep -Eq "$SPLAT" "$DMESG" "$RUN/console.log"; then
+    log "---- guest kernel splats ----"
+    grep -Eh -B2 -A25 "$SPLAT" "$DMESG" "$RUN/console.log" | head -n 120 >&2 || true
+  fi
+  ((KEEP)) && log "run kept in $RUN"
+  ((failed == 0)) && failed=1
+  summary "$passed" "$failed" "$skipped"
+  exit 1
+fi
+((KEEP)) && log "run kept in $RUN"
+log "done in $(($(date +%s) - START))s"
+summary "$passed" "$failed" "$skipped"
