@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "service/backend/memfd_backend.h"
+#include "service/backend/pool.h"
 
 namespace halloc {
 namespace {
@@ -15,13 +16,22 @@ struct BackendEntry {
 
 std::unique_ptr<Backend> NewMemfd() { return std::make_unique<MemfdBackend>(); }
 
+// memfd behind a pool of pre-created, committed buffers (pool.h), with the
+// default PoolOptions. Creating it cannot fail with a non-null backend.
+std::unique_ptr<Backend> NewPooledMemfd() {
+  return *PooledBackend::Create(std::make_unique<MemfdBackend>(), PoolOptions{});
+}
+
 // Probe order (design.md): the halloc kernel heaps first, memfd last.
 // Entries without a factory are known names this build cannot create yet.
+// Entries after "memfd" (which always works) are never chosen by "auto",
+// only by name.
 constexpr BackendEntry kBackends[] = {
     {"halloc", nullptr},
     {"dmaheap", nullptr},
     {"udmabuf", nullptr},
     {"memfd", &NewMemfd},
+    {"memfd-pool", &NewPooledMemfd},
 };
 
 }  // namespace

@@ -76,6 +76,11 @@ TEST(MemfdBackendTest, NoCpuAccessIsRefusedNotGranted) {
             absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(MemfdBackendTest, AttachLimitsHoldOnlyWithoutUdmabuf) {
+  EXPECT_TRUE(MemfdBackend("/nonexistent/udmabuf").CanLimitAttach());
+  EXPECT_FALSE(MemfdBackend("/proc/self/exe").CanLimitAttach());  // "present"
+}
+
 TEST(BackendRegistryTest, CreatesByNameAndProbes) {
   EXPECT_EQ((*CreateBackend("memfd"))->name(), "memfd");
   EXPECT_EQ((*CreateBackend("auto"))->name(), "memfd");

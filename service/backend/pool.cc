@@ -1,0 +1,216 @@
+#include "service/backend/pool.h"
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "service/util/os_error.h"
+#include "service/util/status_macros.h"
+
+namespace halloc {
+namespace {
+
+// How often an idle refill thread looks for idle classes to trim.
+constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
+// Pause after a failed refill (out of memory or fds) before trying again.
+constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PooledBackend>> PooledBackend::Create(
+    std::unique_ptr<Backend> inner, PoolOptions options) {
+  if (inner == nullptr) return absl::InvalidArgumentError("pool: no backend");
+  if (options.max_per_class == 0 || options.max_classes == 0) {
+    return absl::InvalidArgumentError(
+        "pool: max_per_class and max_classes must be > 0");
+  }
+  std::unique_ptr<PooledBackend> pool(
+      new PooledBackend(std::move(inner), options));
+  if (options.background && options.max_bytes > 0) {
+    pool->thread_ = std::thread([p = pool.get()] { p->Run(); });
+  }
+  return pool;
+}
+
+PooledBackend::PooledBackend(std::unique_ptr<Backend> inner,
+                             PoolOptions options)
+    : inner_(std::move(inner)), options_(options) {}
+
+PooledBackend::~PooledBackend() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    wake_.SignalAll();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<UniqueFd> PooledBackend::Make(
+    const BackendRequest& request) const {
+  ASSIGN_OR_RETURN(UniqueFd fd, inner_->Allocate(request));
+  if (options_.commit) {
+    int r;
+    do {
+      r = ::fallocate(fd.get(), 0, 0, static_cast<off_t>(request.size));
+    } while (r != 0 && errno == EINTR);
+    if (r != 0) {
+      return ErrnoStatus(errno, absl::StrCat("fallocate(", request.size, ")"));
+    }
+  }
+  return fd;
+}
+
+uint64_t PooledBackend::Target(uint64_t size) const {
+  const uint64_t n = options_.class_bytes / std::max<uint64_t>(size, 1);
+  return std::clamp<uint64_t>(n, 1, options_.max_per_class);
+}
+
+absl::StatusOr<UniqueFd> PooledBackend::Allocate(
+    const BackendRequest& request) {
+  {
+    absl::MutexLock lock(&mu_);
+    ClassKey key{request.size, request.name, request.usage};
+    auto it = classes_.find(key);
+    if (it == classes_.end()) {
+      if (classes_.size() >= options_.max_classes) ForgetLeastRecent();
+      it = classes_.emplace(std::move(key), Class{}).first;
+    }
+    Class& c = it->second;
+    ++c.requests;
+    c.last_use = absl::Now();
+    const bool hit = !c.stock.empty();
+    UniqueFd fd;
+    if (hit) {
+      fd = std::move(c.stock.front());
+      c.stock.pop_front();
+      stocked_bytes_ -= request.size;
+      --stocked_buffers_;
+      ++hits_;
+    } else {
+      ++misses_;
+    }
+    if (c.requests >= options_.min_requests && options_.max_bytes > 0) {
+      wake_.Signal();
+    }
+    if (hit) return fd;
+  }
+  return Make(request);
+}
+
+const PooledBackend::ClassKey* PooledBackend::Deficit() const {
+  const ClassKey* best = nullptr;
+  absl::Time best_use = absl::InfinitePast();
+  for (const auto& [key, c] : classes_) {
+    const uint64_t size = std::get<0>(key);
+    if (c.requests < options_.min_requests || c.stock.size() >= Target(size) ||
+        stocked_bytes_ + size > options_.max_bytes) {
+      continue;
+    }
+    if (c.last_use > best_use) {
+      best = &key;
+      best_use = c.last_use;
+    }
+  }
+  return best;
+}
+
+bool PooledBackend::RefillOnce() {
+  BackendRequest request;
+  {
+    absl::MutexLock lock(&mu_);
+    const ClassKey* key = Deficit();
+    if (key == nullptr) return false;
+    request.size = std::get<0>(*key);
+    request.name = std::get<1>(*key);
+    request.usage = std::get<2>(*key);
+  }
+  absl::StatusOr<UniqueFd> fd = Make(request);
+  UniqueFd surplus;  // closed after the lock is dropped
+  absl::MutexLock lock(&mu_);
+  if (!fd.ok()) {
+    ++refill_failures_;
+    // Out of memory or fds: stop pre-creating for a while.
+    wake_.WaitWithTimeout(&mu_, kFailureBackoff);
+    return true;
+  }
+  auto it = classes_.find(ClassKey{request.size, request.name, request.usage});
+  if (it == classes_.end() || it->second.stock.size() >= Target(request.size) ||
+      stocked_bytes_ + request.size > options_.max_bytes) {
+    surplus = *std::move(fd);  // forgotten or filled meanwhile
+    return true;
+  }
+  it->second.stock.push_back(*std::move(fd));
+  stocked_bytes_ += request.size;
+  ++stocked_buffers_;
+  return true;
+}
+
+void PooledBackend::ForgetLeastRecent() {
+  auto oldest = classes_.end();
+  for (auto it = classes_.begin(); it != classes_.end(); ++it) {
+    if (oldest == classes_.end() || it->second.last_use < oldest->second.last_use) {
+      oldest = it;
+    }
+  }
+  if (oldest == classes_.end()) return;
+  stocked_bytes_ -= std::get<0>(oldest->first) * oldest->second.stock.size();
+  stocked_buffers_ -= oldest->second.stock.size();
+  // Closing a few fds under the lock; at most max_per_class of them.
+  classes_.erase(oldest);
+}
+
+void PooledBackend::TrimIdle(absl::Time now, std::deque<UniqueFd>& out) {
+  for (auto it = classes_.begin(); it != classes_.end();) {
+    auto cur = it++;
+    if (now - cur->second.last_use < options_.idle_timeout) continue;
+    stocked_bytes_ -= std::get<0>(cur->first) * cur->second.stock.size();
+    stocked_buffers_ -= cur->second.stock.size();
+    for (UniqueFd& fd : cur->second.stock) out.push_back(std::move(fd));
+    classes_.erase(cur);
+  }
+}
+
+void PooledBackend::Trim() {
+  std::deque<UniqueFd> freed;
+  absl::MutexLock lock(&mu_);
+  for (auto& [key, c] : classes_) {
+    for (UniqueFd& fd : c.stock) freed.push_back(std::move(fd));
+  }
+  classes_.clear();
+  stocked_bytes_ = 0;
+  stocked_buffers_ = 0;
+  // `freed` is destroyed after `lock`: fds close outside the lock.
+}
+
+PoolStats PooledBackend::stats() const {
+  absl::MutexLock lock(&mu_);
+  PoolStats s;
+  s.hits = hits_;
+  s.misses = misses_;
+  s.stocked_buffers = stocked_buffers_;
+  s.stocked_bytes = stocked_bytes_;
+  s.classes = classes_.size();
+  s.refill_failures = refill_failures_;
+  return s;
+}
+
+void PooledBackend::Run() {
+  for (;;) {
+    {
+      std::deque<UniqueFd> freed;
+      absl::MutexLock lock(&mu_);
+      if (stop_) return;
+      TrimIdle(absl::Now(), freed);
+      if (Deficit() == nullptr) {
+        wake_.WaitWithTimeout(&mu_, kTrimPeriod);
+        continue;
+      }
+    }
+    RefillOnce();
+  }
+}
+
+}  // namespace halloc

@@ -1,0 +1,146 @@
+// PooledBackend: a bounded, shrinkable stock of fresh, committed, zero-filled
+// buffers in front of another backend, refilled by a background thread, so
+// that a recurring allocation does not pay for creating and zeroing memory
+// on the request path.
+//
+// What "warm" means here. A buffer handed to a client is never given to
+// anyone else again: the client may keep its fd (and mappings) forever, so
+// recycling it would leak one client's data to the next. Nothing is recycled
+// at the buffer level. "Warm" means the memory was *created ahead of demand*:
+// memfd_create + size + seal + fallocate (which zeroes every page) already ran
+// on the refill thread. What is recycled is only what the kernel recycles
+// anyway: pages freed by released buffers go back to the page allocator and
+// are zeroed again before they can reach a new buffer. The zeroing cost is
+// moved off the request path, not avoided; a client allocating faster than
+// the refill thread can zero (≈ memory bandwidth) sees misses, i.e. cold
+// allocations.
+//
+// Which sizes are stocked. Buffers are pooled per *class*: the exact request
+// (size, name, usage), because a memfd's name is fixed at creation and inner
+// backends may choose memory by usage. A class is stocked only once it has
+// been requested `min_requests` times (a recurring size: a camera or
+// compositor queue), so one-off sizes cost nothing. A miss allocates
+// synchronously through the same code (inner backend + commit) and so
+// returns exactly what a hit would.
+//
+// Bounds. At most `max_bytes` are stocked in all, at most `class_bytes` (but
+// at least one buffer, at most `max_per_class` buffers) per class, and at
+// most `max_classes` classes are remembered (least recently used forgotten).
+// A class unused for `idle_timeout` loses its stock; Trim() drops it all.
+// Each stocked buffer costs one fd in the daemon.
+//
+// Thread-safety: all methods are thread-safe. The inner backend must be
+// thread-safe too (the refill thread and request threads call it at once),
+// which every Backend already is: the allocator calls it without a lock.
+#ifndef HALLOC_SERVICE_BACKEND_POOL_H_
+#define HALLOC_SERVICE_BACKEND_POOL_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <tuple>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "service/backend/backend.h"
+
+namespace halloc {
+
+struct PoolOptions {
+  // Total bytes held in stock, over all classes. 0 disables stocking (every
+  // allocation is a miss, still committed when `commit`).
+  uint64_t max_bytes = uint64_t{256} << 20;
+  // Stock of one class: floor(class_bytes / size) buffers, clamped to
+  // [1, max_per_class].
+  uint64_t class_bytes = uint64_t{64} << 20;
+  uint32_t max_per_class = 32;
+  // Requests of a class (since it was last forgotten) before it is stocked.
+  uint32_t min_requests = 2;
+  size_t max_classes = 64;
+  // A class not requested for this long is forgotten and its stock freed.
+  absl::Duration idle_timeout = absl::Seconds(10);
+  // fallocate() every buffer before handing it out (memfd: reserves and
+  // zeroes the pages now, so a short-of-memory system answers
+  // RESOURCE_EXHAUSTED at Allocate rather than SIGBUS/OOM at first touch).
+  // Off for backends whose memory is committed at allocation (dma-bufs).
+  bool commit = true;
+  // Run the refill thread. Tests turn it off and call RefillOnce().
+  bool background = true;
+};
+
+struct PoolStats {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t stocked_buffers = 0;
+  uint64_t stocked_bytes = 0;
+  uint64_t classes = 0;
+  uint64_t refill_failures = 0;
+};
+
+class PooledBackend : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<PooledBackend>> Create(
+      std::unique_ptr<Backend> inner, PoolOptions options);
+  ~PooledBackend() override;  // stops the refill thread, frees the stock
+
+  // The inner backend's name: the buffers are its buffers.
+  absl::string_view name() const override { return inner_->name(); }
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
+  bool CanEnforce(CpuAccess access) const override {
+    return inner_->CanEnforce(access);
+  }
+  bool CanProtect() const override { return inner_->CanProtect(); }
+  bool CanLimitAttach() const override { return inner_->CanLimitAttach(); }
+  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
+                                    CpuAccess access) override {
+    return inner_->OpenView(buffer, access);
+  }
+
+  PoolStats stats() const;
+  // Frees the whole stock and forgets every class.
+  void Trim();
+  // One refill step on the caller's thread: creates one buffer for the most
+  // recently used class short of stock. false when no class needs one.
+  bool RefillOnce();
+
+ private:
+  using ClassKey = std::tuple<uint64_t, std::string, uint64_t>;
+  struct Class {
+    std::deque<UniqueFd> stock;
+    uint64_t requests = 0;
+    absl::Time last_use;
+  };
+
+  PooledBackend(std::unique_ptr<Backend> inner, PoolOptions options);
+  // Inner allocation + commit: the one way memory is made, hit or miss.
+  absl::StatusOr<UniqueFd> Make(const BackendRequest& request) const;
+  uint64_t Target(uint64_t size) const;
+  // The class to refill next, or nullptr.
+  const ClassKey* Deficit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetLeastRecent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the stock of idle classes into `out` (closed outside the lock).
+  void TrimIdle(absl::Time now, std::deque<UniqueFd>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Run();
+
+  const std::unique_ptr<Backend> inner_;
+  const PoolOptions options_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar wake_;
+  absl::flat_hash_map<ClassKey, Class> classes_ ABSL_GUARDED_BY(mu_);
+  uint64_t stocked_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t stocked_buffers_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t refill_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_BACKEND_POOL_H_

@@ -1,0 +1,178 @@
+#include "service/backend/pool.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "service/backend/memfd_backend.h"
+
+namespace halloc {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+// Counts the inner allocations, to tell hits (no inner call) from misses.
+class CountingBackend : public MemfdBackend {
+ public:
+  explicit CountingBackend(std::atomic<int>* calls) : calls_(calls) {}
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    ++*calls_;
+    return MemfdBackend::Allocate(r);
+  }
+
+ private:
+  std::atomic<int>* calls_;
+};
+
+PoolOptions Manual() {
+  PoolOptions o;
+  o.background = false;
+  return o;
+}
+
+void ExpectZeroedAndCommitted(const UniqueFd& fd, uint64_t size) {
+  struct stat st;
+  ASSERT_EQ(fstat(fd.get(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), size);
+  // fallocate reserved every page: the file has all its blocks.
+  EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, size);
+  void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  const auto* bytes = static_cast<const unsigned char*>(p);
+  for (uint64_t i = 0; i < size; i += 509) ASSERT_EQ(bytes[i], 0) << i;
+  munmap(p, size);
+}
+
+TEST(PooledBackendTest, MissesAndHitsReturnTheSameKindOfMemory) {
+  for (uint64_t size : {kPage, 16 * kPage, uint64_t{1} << 20}) {
+    SCOPED_TRACE(size);
+    std::atomic<int> calls{0};
+    auto pool = PooledBackend::Create(
+        std::make_unique<CountingBackend>(&calls), Manual());
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    const BackendRequest req{size, "t", 0};
+    absl::StatusOr<UniqueFd> miss = (*pool)->Allocate(req);
+    ASSERT_TRUE(miss.ok()) << miss.status();
+    ExpectZeroedAndCommitted(*miss, size);
+    // One request is not a recurring size yet: nothing to stock.
+    EXPECT_FALSE((*pool)->RefillOnce());
+    ASSERT_TRUE((*pool)->Allocate(req).ok());
+    ASSERT_TRUE((*pool)->RefillOnce());
+    const int before = calls.load();
+    absl::StatusOr<UniqueFd> hit = (*pool)->Allocate(req);
+    ASSERT_TRUE(hit.ok()) << hit.status();
+    EXPECT_EQ(calls.load(), before);  // from stock
+    ExpectZeroedAndCommitted(*hit, size);
+    EXPECT_EQ(fcntl(hit->get(), F_GET_SEALS),
+              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    // Writes through one buffer never show in the next one.
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   hit->get(), 0);
+    ASSERT_NE(p, MAP_FAILED);
+    memset(p, 0xab, size);
+    munmap(p, size);
+    while ((*pool)->RefillOnce()) {
+    }
+    absl::StatusOr<UniqueFd> next = (*pool)->Allocate(req);
+    ASSERT_TRUE(next.ok());
+    ExpectZeroedAndCommitted(*next, size);
+    EXPECT_EQ((*pool)->stats().hits, 2u);
+  }
+}
+
+TEST(PooledBackendTest, StockIsBoundedPerClassAndInTotal) {
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  o.class_bytes = 4 * kPage;
+  o.max_bytes = 6 * kPage;
+  auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(pool.ok());
+  ASSERT_TRUE((*pool)->Allocate({kPage, "a", 0}).ok());
+  while ((*pool)->RefillOnce()) {
+  }
+  EXPECT_EQ((*pool)->stats().stocked_buffers, 4u);  // class_bytes / size
+  ASSERT_TRUE((*pool)->Allocate({2 * kPage, "b", 0}).ok());
+  while ((*pool)->RefillOnce()) {
+  }
+  const PoolStats s = (*pool)->stats();
+  EXPECT_EQ(s.stocked_bytes, 6 * kPage);  // max_bytes
+  EXPECT_EQ(s.stocked_buffers, 5u);
+}
+
+TEST(PooledBackendTest, TrimFreesEverythingAndZeroBytesNeverStocks) {
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(pool.ok());
+  ASSERT_TRUE((*pool)->Allocate({kPage, "a", 0}).ok());
+  ASSERT_TRUE((*pool)->RefillOnce());
+  (*pool)->Trim();
+  EXPECT_EQ((*pool)->stats().stocked_buffers, 0u);
+  EXPECT_EQ((*pool)->stats().classes, 0u);
+
+  o.max_bytes = 0;
+  auto off = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(off.ok());
+  absl::StatusOr<UniqueFd> fd = (*off)->Allocate({kPage, "a", 0});
+  ASSERT_TRUE(fd.ok());
+  ExpectZeroedAndCommitted(*fd, kPage);
+  EXPECT_FALSE((*off)->RefillOnce());
+}
+
+TEST(PooledBackendTest, ForgetsTheLeastRecentClassBeyondTheLimit) {
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  o.max_classes = 2;
+  auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(pool.ok());
+  for (const char* name : {"a", "b", "c"}) {
+    ASSERT_TRUE((*pool)->Allocate({kPage, name, 0}).ok());
+  }
+  EXPECT_EQ((*pool)->stats().classes, 2u);
+}
+
+TEST(PooledBackendTest, BackgroundThreadRefillsAndConcurrentUseIsSafe) {
+  PoolOptions o;
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(pool.ok());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) {
+        absl::StatusOr<UniqueFd> fd = (*pool)->Allocate({kPage, "x", 0});
+        ASSERT_TRUE(fd.ok()) << fd.status();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const PoolStats s = (*pool)->stats();
+  EXPECT_EQ(s.hits + s.misses, 800u);
+  EXPECT_EQ(s.refill_failures, 0u);
+}
+
+TEST(PooledBackendTest, DelegatesNameAndRights) {
+  auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), Manual());
+  ASSERT_TRUE(pool.ok());
+  EXPECT_EQ((*pool)->name(), "memfd");
+  EXPECT_FALSE((*pool)->CanEnforce(CpuAccess::kNone));
+  EXPECT_EQ((*pool)->CanProtect(), MemfdBackend().CanProtect());
+  EXPECT_EQ((*pool)->CanLimitAttach(), MemfdBackend().CanLimitAttach());
+  absl::StatusOr<UniqueFd> fd = (*pool)->Allocate({kPage, "t", 0});
+  ASSERT_TRUE(fd.ok());
+  absl::StatusOr<UniqueFd> ro = (*pool)->OpenView(*fd, CpuAccess::kRead);
+  ASSERT_TRUE(ro.ok());
+  EXPECT_EQ(fcntl(ro->get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  EXPECT_EQ(PooledBackend::Create(nullptr, Manual()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*CreateBackend("memfd-pool"))->name(), "memfd");
+}
+
+}  // namespace
+}  // namespace halloc
