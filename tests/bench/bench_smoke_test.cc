@@ -1,0 +1,127 @@
+// Runs the benchmark suite with tiny counts (--smoke) against the real
+// hallocd, so that it never rots. Asserts only that it runs and that every
+// row comes out with a finite value in well-formed JSON: never a timing.
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace {
+
+std::string Runfile(const std::string& path) {
+  return absl::StrCat(std::getenv("TEST_SRCDIR"), "/halloc/", path);
+}
+
+// The rows a --smoke run must produce (the 100k live-buffer level is left
+// out of smoke runs to keep them short).
+std::set<std::string> ExpectedRows() {
+  std::set<std::string> rows;
+  const char* pcts[] = {"p50", "p90", "p99", "p99.9", "max"};
+  for (const char* p : pcts) {
+    rows.insert(absl::StrCat("floor.grpc_echo.", p));
+    rows.insert(absl::StrCat("floor.scm_fd.", p));
+  }
+  for (const char* size : {"4KiB", "1MiB", "8MiB", "32MiB"}) {
+    for (const char* p : {"p50", "p99"}) {
+      rows.insert(absl::StrCat("floor.memfd_commit.", size, ".", p));
+      rows.insert(absl::StrCat("release.", size, ".", p));
+    }
+    for (const char* p : pcts) {
+      rows.insert(absl::StrCat("alloc.warm.", size, ".", p));
+      rows.insert(absl::StrCat("alloc.cold.", size, ".", p));
+    }
+  }
+  rows.insert("alloc.warm.4KiB.p50.vs_scm");
+  rows.insert("share_import.1MiB.p50");
+  rows.insert("share_import.1MiB.p99");
+  rows.insert("floor.memcpy.8MiB");
+  rows.insert("zerocopy.8MiB.consumer_read");
+  rows.insert("zerocopy.8MiB.consumer_first_read");
+  for (int c : {1, 2, 4, 8, 16}) {
+    rows.insert(absl::StrCat("floor.grpc_echo.qps.c", c));
+    rows.insert(absl::StrCat("throughput.alloc_4KiB.c", c));
+  }
+  for (const char* live : {"0", "1k", "10k"}) {
+    rows.insert(absl::StrCat("scale.alloc_4KiB.p50.live_", live));
+  }
+  rows.insert("memory.daemon_rss_per_live_buffer");
+  rows.insert("memory.daemon_fds_per_live_buffer");
+  return rows;
+}
+
+TEST(BenchSmokeTest, EveryRowIsProducedWithAFiniteValue) {
+  const std::string json = absl::StrCat(std::getenv("TEST_TMPDIR"), "/bench.json");
+  const std::string bench = Runfile("tests/bench/halloc_bench");
+  const std::string hallocd = "--hallocd=" + Runfile("service/hallocd");
+  const std::string out = "--json=" + json;
+  std::vector<char*> argv = {
+      const_cast<char*>(bench.c_str()), const_cast<char*>("run"),
+      const_cast<char*>(hallocd.c_str()), const_cast<char*>(out.c_str()),
+      const_cast<char*>("--smoke"), nullptr};
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, bench.c_str(), nullptr, nullptr, argv.data(),
+                        environ), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  ASSERT_EQ(WEXITSTATUS(status), 0) << "the suite failed; see its output above";
+
+  std::ifstream in(json);
+  std::stringstream text;
+  text << in.rdbuf();
+  google::protobuf::ListValue rows;
+  const auto parsed = google::protobuf::util::JsonStringToMessage(text.str(), &rows);
+  ASSERT_TRUE(parsed.ok()) << parsed.ToString() << "\n" << text.str();
+
+  const std::set<std::string> keys = {"name",  "value",  "unit", "floor_name",
+                                      "floor_value", "ratio", "target", "met"};
+  std::set<std::string> seen;
+  for (const google::protobuf::Value& row : rows.values()) {
+    ASSERT_TRUE(row.has_struct_value());
+    const auto& fields = row.struct_value().fields();
+    std::set<std::string> have;
+    for (const auto& [k, v] : fields) {
+      if (k != "note") have.insert(k);  // optional
+    }
+    EXPECT_EQ(have, keys);
+    const std::string name = fields.at("name").string_value();
+    SCOPED_TRACE(name);
+    EXPECT_TRUE(seen.insert(name).second) << "duplicate row";
+    const google::protobuf::Value& value = fields.at("value");
+    // A row the machine cannot run (e.g. more live buffers than hallocd's fd
+    // limit) has no value and says why.
+    if (fields.contains("note") && value.has_null_value()) {
+      EXPECT_FALSE(fields.at("note").string_value().empty());
+      continue;
+    }
+    ASSERT_EQ(value.kind_case(), google::protobuf::Value::kNumberValue);
+    EXPECT_TRUE(std::isfinite(value.number_value()));
+    EXPECT_FALSE(fields.at("unit").string_value().empty());
+    // A judged row has a finite floor and ratio; `met` is set iff `target` is.
+    const bool judged = fields.at("floor_name").has_string_value();
+    if (judged) {
+      EXPECT_TRUE(std::isfinite(fields.at("floor_value").number_value()));
+      EXPECT_EQ(fields.at("ratio").kind_case(), google::protobuf::Value::kNumberValue);
+    }
+    EXPECT_EQ(fields.at("target").has_number_value(),
+              fields.at("met").has_bool_value());
+  }
+  for (const std::string& name : ExpectedRows()) {
+    EXPECT_TRUE(seen.count(name)) << "missing row " << name;
+  }
+}
+
+}  // namespace

@@ -1,0 +1,595 @@
+#include "tests/bench/driver.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "tests/bench/child.h"
+
+namespace halloc::bench {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+const char* const kPcts[] = {"p50", "p90", "p99", "p99.9", "max"};
+
+// How much of everything to run.
+struct Plan {
+  int lat_n;                       // echo / scm samples
+  std::map<uint64_t, int> warm_n;  // per size
+  std::map<uint64_t, int> cold_n;
+  std::map<uint64_t, int> floor_n;
+  int tput_ms;
+  std::vector<int> live_levels;
+  int probe_n;
+  int share_n;
+  int passes;
+};
+
+Plan MakePlan(const Args& a) {
+  constexpr uint64_t K4 = 4096, M1 = 1 << 20, M8 = 8 << 20, M32 = 32 << 20;
+  if (a.Has("smoke")) {
+    return {30, {{K4, 20}, {M1, 20}, {M8, 20}, {M32, 20}},
+            {{K4, 10}, {M1, 10}, {M8, 10}, {M32, 10}},
+            {{K4, 10}, {M1, 10}, {M8, 10}, {M32, 10}},
+            100, {0, 1000, 10000}, 30, 20, 3};
+  }
+  if (a.Has("quick")) {
+    return {400, {{K4, 400}, {M1, 300}, {M8, 200}, {M32, 100}},
+            {{K4, 200}, {M1, 100}, {M8, 60}, {M32, 40}},
+            {{K4, 200}, {M1, 100}, {M8, 50}, {M32, 30}},
+            500, {0, 1000, 10000, 100000}, 300, 200, 10};
+  }
+  return {3000, {{K4, 3000}, {M1, 2000}, {M8, 1500}, {M32, 1000}},
+          {{K4, 1000}, {M1, 1000}, {M8, 400}, {M32, 200}},
+          {{K4, 2000}, {M1, 1000}, {M8, 300}, {M32, 200}},
+          2000, {0, 1000, 10000, 100000}, 1000, 1000, 20};
+}
+
+std::string SizeName(uint64_t size) {
+  if (size >= (1 << 20)) return absl::StrCat(size >> 20, "MiB");
+  return absl::StrCat(size >> 10, "KiB");
+}
+
+std::string LiveName(int n) {
+  if (n >= 1000) return absl::StrCat(n / 1000, "k");
+  return absl::StrCat(n);
+}
+
+struct Row {
+  std::string name;
+  double value = kNaN;
+  std::string unit;
+  std::string floor_name;  // empty: this row is a floor
+  double floor_value = kNaN;
+  std::optional<double> target;
+  bool higher_is_better = false;
+  std::string note;  // why a row has no value, or what bounds it
+
+  double ratio() const {
+    return floor_name.empty() ? kNaN : value / floor_value;
+  }
+  // nullopt: no target.
+  std::optional<bool> met() const {
+    if (!target) return std::nullopt;
+    const double r = ratio();
+    if (!std::isfinite(r)) return false;
+    return higher_is_better ? r >= *target : r <= *target;
+  }
+};
+
+// A floor, shown for context; judged rows name it.
+Row FloorRow(std::string name, double value, std::string unit) {
+  Row r;
+  r.name = std::move(name);
+  r.value = value;
+  r.unit = std::move(unit);
+  return r;
+}
+
+Row Compare(std::string name, double value, std::string unit,
+            std::string floor_name, double floor_value,
+            std::optional<double> target = std::nullopt,
+            bool higher_is_better = false) {
+  Row r = FloorRow(std::move(name), value, std::move(unit));
+  r.floor_name = std::move(floor_name);
+  r.floor_value = floor_value;
+  r.target = target;
+  r.higher_is_better = higher_is_better;
+  return r;
+}
+
+using Values = std::map<std::string, double>;
+
+double Get(const Values& v, const std::string& key) {
+  auto it = v.find(key);
+  return it == v.end() ? kNaN : it->second;
+}
+
+class Suite {
+ public:
+  Suite(const Args& args, std::string self, std::string dir)
+      : args_(args), plan_(MakePlan(args)), self_(std::move(self)),
+        dir_(std::move(dir)) {}
+
+  int Run();
+
+ private:
+  std::string Sock(const std::string& name) const { return dir_ + "/" + name; }
+  std::vector<std::string> Halloc(std::vector<std::string> argv) const {
+    argv.push_back("--control=" + Sock("control.sock"));
+    argv.push_back("--broker=" + Sock("broker.sock"));
+    return argv;
+  }
+  // Runs one worker to completion; its values (empty on failure).
+  Values Work(const std::vector<std::string>& argv);
+  absl::Status StartServers();
+  absl::Status StartDaemon();
+
+  void Floors();
+  void Allocations();
+  void Sharing();
+  void ZeroCopy();
+  void Throughput();
+  void Scale();
+
+  void Add(Row row) { rows_.push_back(std::move(row)); }
+  void Print() const;
+  absl::Status WriteJson(const std::string& path) const;
+
+  const Args& args_;
+  const Plan plan_;
+  const std::string self_;
+  const std::string dir_;
+  std::optional<Child> echo_, scm_, daemon_;
+  Values echo_lat_;
+  double scm_p50_ = kNaN;
+  std::map<uint64_t, Values> memfd_;
+  std::vector<Row> rows_;
+  int failures_ = 0;
+};
+
+Values Suite::Work(const std::vector<std::string>& argv) {
+  std::vector<std::string> full = {self_};
+  full.insert(full.end(), argv.begin(), argv.end());
+  absl::StatusOr<Child> child = Child::Spawn(full);
+  if (!child.ok()) {
+    ++failures_;
+    return {};
+  }
+  child->CloseStdin();
+  Values v = child->ReadValues();
+  const int status = child->Wait();
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::fprintf(stderr, "halloc_bench: worker %s failed (status %d)\n",
+                 argv[0].c_str(), status);
+    ++failures_;
+    return {};
+  }
+  return v;
+}
+
+absl::Status Suite::StartServers() {
+  for (auto [slot, kind] : {std::pair{&echo_, "echo"}, std::pair{&scm_, "scm"}}) {
+    absl::StatusOr<Child> c = Child::Spawn(
+        {self_, absl::StrCat(kind, "_server"),
+         "--socket=" + Sock(absl::StrCat(kind, ".sock"))});
+    if (!c.ok()) return c.status();
+    slot->emplace(*std::move(c));
+    absl::StatusOr<std::string> ready = (*slot)->ReadLine();
+    if (!ready.ok() || *ready != "ready") {
+      return absl::UnavailableError(absl::StrCat(kind, " server did not start"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Suite::StartDaemon() {
+  absl::StatusOr<Child> d = Child::Spawn(
+      {args_.Str("hallocd"), "--control_socket=" + Sock("control.sock"),
+       "--broker_socket=" + Sock("broker.sock"),
+       "--backend=" + args_.Str("backend", "memfd-pool"), "--socket_mode=0600"},
+      Sock("hallocd.log"));
+  if (!d.ok()) return d.status();
+  daemon_.emplace(*std::move(d));
+  // The control socket is bound last (daemon.cc): once it exists, both are up.
+  struct stat st;
+  for (int i = 0; i < 1000; ++i) {
+    if (::stat(Sock("control.sock").c_str(), &st) == 0) return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::UnavailableError("hallocd did not start; see " + Sock("hallocd.log"));
+}
+
+void Suite::Floors() {
+  echo_lat_ = Work({"echo_lat", "--socket=" + Sock("echo.sock"),
+                    absl::StrCat("--n=", plan_.lat_n)});
+  const Values scm = Work({"scm_lat", "--socket=" + Sock("scm.sock"),
+                           absl::StrCat("--n=", plan_.lat_n)});
+  for (const char* p : kPcts) {
+    Add(FloorRow(absl::StrCat("floor.grpc_echo.", p), Get(echo_lat_, absl::StrCat("echo.", p)), "us"));
+  }
+  for (const char* p : kPcts) {
+    Add(FloorRow(absl::StrCat("floor.scm_fd.", p), Get(scm, absl::StrCat("scm.", p)), "us"));
+  }
+  for (const auto& [size, n] : plan_.floor_n) {
+    memfd_[size] = Work({"memfd_floor", absl::StrCat("--size=", size),
+                         absl::StrCat("--n=", n)});
+    for (const char* p : {"p50", "p99"}) {
+      Add(FloorRow(absl::StrCat("floor.memfd_commit.", SizeName(size), ".", p),
+           Get(memfd_[size], absl::StrCat("memfd.", p)), "us"));
+    }
+  }
+  // One more view of the same figure: fd delivery against its raw floor.
+  scm_p50_ = Get(scm, "scm.p50");
+}
+
+// Each halloc worker times an echo call next to every call it measures
+// ("interleaved"): its rows are judged against that echo, which saw the
+// same moment of the machine. The separate floor rows above are context.
+void Suite::Allocations() {
+  for (const auto& [size, n] : plan_.warm_n) {
+    const std::string sz = SizeName(size);
+    // Warm calls are paced so that the refill thread (which zeroes what
+    // we take) keeps up; faster sustained demand is cold by definition.
+    const double commit_us = Get(memfd_[size], "memfd.p50");
+    const int64_t pace = size >= (1 << 20) && std::isfinite(commit_us)
+                             ? static_cast<int64_t>(2 * commit_us + 100) : 0;
+    const std::string echo = "--echo=" + Sock("echo.sock");
+    const Values warm = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
+                                     absl::StrCat("--n=", n), "--mode=warm",
+                                     absl::StrCat("--pace_us=", pace), echo}));
+    const Values cold = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
+                                     absl::StrCat("--n=", plan_.cold_n.at(size)),
+                                     "--mode=cold", echo}));
+    for (const char* p : kPcts) {
+      const std::string pct(p);
+      std::optional<double> target;
+      if (pct == "p50") target = 1.1;
+      if (pct == "p99") target = 1.5;
+      Add(Compare(absl::StrCat("alloc.warm.", sz, ".", p), Get(warm, "alloc." + pct),
+                  "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct),
+                  target));
+    }
+    for (const char* p : kPcts) {
+      const std::string pct(p);
+      std::optional<double> target;
+      if (pct == "p50" && size >= (1 << 20)) target = 1.2;
+      Add(Compare(absl::StrCat("alloc.cold.", sz, ".", p), Get(cold, "alloc." + pct),
+                  "us", absl::StrCat("echo+memfd_commit(interleaved).", pct),
+                  Get(cold, "echo." + pct) + Get(cold, "memfd." + pct), target));
+    }
+    for (const char* p : {"p50", "p99"}) {
+      const std::string pct(p);
+      Add(Compare(absl::StrCat("release.", sz, ".", p), Get(warm, "release." + pct),
+                  "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct)));
+    }
+    if (size == 4096) {
+      Add(Compare("alloc.warm.4KiB.p50.vs_scm", Get(warm, "alloc.p50"), "us",
+                  "scm_fd.p50", scm_p50_));
+    }
+  }
+}
+
+void Suite::Sharing() {
+  const Values v = Work(Halloc({"share_lat", "--size=1048576",
+                                absl::StrCat("--n=", plan_.share_n),
+                                "--echo=" + Sock("echo.sock")}));
+  for (const char* p : {"p50", "p99"}) {
+    const std::string pct(p);
+    Add(Compare("share_import.1MiB." + pct, Get(v, "share." + pct), "us",
+                "2x grpc_echo(interleaved)." + pct, 2 * Get(v, "echo." + pct)));
+  }
+}
+
+void Suite::ZeroCopy() {
+  const Values v = Work(Halloc({"zerocopy", absl::StrCat("--size=", 8 << 20),
+                                absl::StrCat("--passes=", plan_.passes)}));
+  const double memcpy_gbps = Get(v, "memcpy_gbps");
+  Add(FloorRow("floor.memcpy.8MiB", memcpy_gbps, "GB/s"));
+  Add(Compare("zerocopy.8MiB.consumer_read", Get(v, "read_gbps"), "GB/s", "memcpy.8MiB",
+       memcpy_gbps, 0.9, true));
+  Add(Compare("zerocopy.8MiB.consumer_first_read", Get(v, "read_first_gbps"), "GB/s",
+       "memcpy.8MiB", memcpy_gbps, std::nullopt, true));
+}
+
+void Suite::Throughput() {
+  for (int clients : {1, 2, 4, 8, 16}) {
+    double qps[2] = {0, 0};
+    for (int kind = 0; kind < 2; ++kind) {
+      std::vector<Child> workers;
+      bool ok = true;
+      for (int i = 0; i < clients && ok; ++i) {
+        std::vector<std::string> argv = {
+            self_, "tput", kind == 0 ? "--kind=echo" : "--kind=alloc",
+            "--socket=" + Sock("echo.sock"), absl::StrCat("--ms=", plan_.tput_ms)};
+        if (kind == 1) argv = Halloc(argv);
+        absl::StatusOr<Child> c = Child::Spawn(argv);
+        ok = c.ok();
+        if (ok) workers.push_back(*std::move(c));
+      }
+      for (Child& w : workers) ok = ok && w.ReadLine().ok();  // "ready"
+      for (Child& w : workers) w.Say("go");
+      for (Child& w : workers) {
+        const Values v = w.ReadValues();
+        ok = ok && w.Wait() == 0;
+        qps[kind] += Get(v, "count") / Get(v, "elapsed_s");
+      }
+      if (!ok) {
+        ++failures_;
+        qps[kind] = kNaN;
+      }
+    }
+    Add(FloorRow(absl::StrCat("floor.grpc_echo.qps.c", clients), qps[0], "calls/s"));
+    std::optional<double> target;
+    if (clients >= 4) target = 0.8;
+    Add(Compare(absl::StrCat("throughput.alloc_4KiB.c", clients), qps[1], "allocs/s",
+         absl::StrCat("grpc_echo.qps.c", clients), qps[0], target, true));
+  }
+}
+
+// VmRSS in bytes and the number of open fds of `pid`.
+std::pair<double, double> ProcUsage(pid_t pid) {
+  double rss = kNaN, fds = 0;
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) rss = std::stod(line.substr(6)) * 1024;
+  }
+  if (DIR* d = ::opendir(absl::StrCat("/proc/", pid, "/fd").c_str())) {
+    while (dirent* e = ::readdir(d)) fds += e->d_name[0] != '.';
+    ::closedir(d);
+  } else {
+    fds = kNaN;
+  }
+  return {rss, fds};
+}
+
+// hallocd's soft RLIMIT_NOFILE, or 0 when unknown.
+uint64_t FdLimit(pid_t pid) {
+  std::ifstream limits(absl::StrCat("/proc/", pid, "/limits"));
+  std::string line;
+  while (std::getline(limits, line)) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(14));
+    uint64_t soft = 0;
+    if (fields >> soft) return soft;
+  }
+  return 0;
+}
+
+void Suite::Scale() {
+  auto probe = [&] {
+    return Get(Work(Halloc({"alloc_lat", "--size=4096", "--mode=warm",
+                            absl::StrCat("--n=", plan_.probe_n)})),
+               "alloc.p50");
+  };
+  // Every live buffer is one fd in hallocd. Levels its fd limit cannot hold
+  // are reported as not run (with the limit), and the largest level it can
+  // hold is measured instead. Headroom: sockets, the pool's stock.
+  constexpr int kHeadroom = 2000;
+  const uint64_t limit = FdLimit(daemon_->pid());
+  const int reachable =
+      limit > kHeadroom ? static_cast<int>((limit - kHeadroom) / 1000 * 1000) : 0;
+  std::vector<int> levels;
+  std::vector<int> too_many;
+  for (int level : plan_.live_levels) {
+    if (limit != 0 && level > reachable) {
+      too_many.push_back(level);
+    } else {
+      levels.push_back(level);
+    }
+  }
+  if (!too_many.empty() && reachable > levels.back()) levels.push_back(reachable);
+
+  const double base = probe();
+  const auto [rss0, fds0] = ProcUsage(daemon_->pid());
+  std::vector<Child> holders;
+  int held = 0;
+  double rss = kNaN, fds = kNaN;
+  for (int level : levels) {
+    double p50 = base;
+    // Holders take at most kPerHolder buffers each: they have fd limits too.
+    constexpr int kPerHolder = 10000;
+    bool ok = true;
+    while (ok && held < level) {
+      const int count = std::min(kPerHolder, level - held);
+      absl::StatusOr<Child> h =
+          Child::Spawn(Halloc({self_, "hold", absl::StrCat("--count=", count)}));
+      ok = h.ok();
+      if (ok) {
+        holders.push_back(*std::move(h));
+        absl::StatusOr<std::string> ready = holders.back().ReadLine();
+        ok = ready.ok() && *ready == "ready";
+      }
+      if (ok) held += count;
+    }
+    if (!ok) {
+      ++failures_;
+      p50 = kNaN;
+    } else if (level > 0) {
+      absl::SleepFor(absl::Milliseconds(300));  // the pool settles
+      std::tie(rss, fds) = ProcUsage(daemon_->pid());
+      p50 = probe();
+    }
+    std::optional<double> target;
+    if (level == 10000) target = 1.1;
+    Add(Compare("scale.alloc_4KiB.p50.live_" + LiveName(level), p50, "us",
+                "scale.alloc_4KiB.p50.live_0", base, target));
+  }
+  for (int level : too_many) {
+    Row r = Compare("scale.alloc_4KiB.p50.live_" + LiveName(level), kNaN, "us",
+                    "scale.alloc_4KiB.p50.live_0", base);
+    r.note = absl::StrCat("not run: hallocd may open ", limit,
+                          " fds (RLIMIT_NOFILE hard limit here), one per live "
+                          "buffer; measured live_",
+                          LiveName(levels.back()), " instead");
+    Add(std::move(r));
+  }
+  const double n = held;
+  Add(Compare("memory.daemon_rss_per_live_buffer", (rss - rss0) / n, "B",
+       "budget", 2048, 1.0));
+  Add(Compare("memory.daemon_fds_per_live_buffer", (fds - fds0) / n, "fds",
+       "one fd per buffer", 1.0));
+  for (Child& h : holders) {
+    h.CloseStdin();
+    h.Wait();
+  }
+}
+
+// The first three fields of /proc/loadavg.
+std::string LoadAverage() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return absl::StrCat(a, " ", b, " ", c);
+}
+
+std::string Num(double v) {
+  if (!std::isfinite(v)) return "-";
+  if (std::fabs(v) >= 1000) return absl::StrFormat("%.0f", v);
+  if (std::fabs(v) >= 10) return absl::StrFormat("%.1f", v);
+  return absl::StrFormat("%.3g", v);
+}
+
+void Suite::Print() const {
+  std::printf("%-38s %10s %-8s %-40s %10s %6s %6s %s\n", "name", "value", "unit",
+              "floor", "floor_val", "ratio", "target", "met");
+  for (const Row& r : rows_) {
+    const std::optional<bool> met = r.met();
+    std::printf("%-38s %10s %-8s %-40s %10s %6s %6s %s\n", r.name.c_str(),
+                Num(r.value).c_str(), r.unit.c_str(),
+                r.floor_name.empty() ? "-" : r.floor_name.c_str(),
+                Num(r.floor_value).c_str(),
+                r.floor_name.empty() ? "-" : absl::StrFormat("%.2f", r.ratio()).c_str(),
+                r.target ? absl::StrCat(r.higher_is_better ? ">=" : "<=", *r.target).c_str() : "-",
+                met ? (*met ? "yes" : "NO") : "-");
+    if (!r.note.empty()) std::printf("    ^ %s\n", r.note.c_str());
+  }
+}
+
+std::string JsonNumber(double v) {
+  if (!std::isfinite(v)) return "null";
+  return absl::StrFormat("%.6g", v);
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+absl::Status Suite::WriteJson(const std::string& path) const {
+  std::ostringstream j;
+  j << "[\n";
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const Row& r = rows_[i];
+    const std::optional<bool> met = r.met();
+    j << "  {\"name\": " << JsonString(r.name)
+      << ", \"value\": " << JsonNumber(r.value)
+      << ", \"unit\": " << JsonString(r.unit) << ", \"floor_name\": "
+      << (r.floor_name.empty() ? "null" : JsonString(r.floor_name))
+      << ", \"floor_value\": " << JsonNumber(r.floor_value)
+      << ", \"ratio\": " << JsonNumber(r.ratio())
+      << ", \"target\": " << (r.target ? JsonNumber(*r.target) : "null")
+      << ", \"met\": " << (met ? (*met ? "true" : "false") : "null");
+    if (!r.note.empty()) j << ", \"note\": " << JsonString(r.note);
+    j << "}"
+      << (i + 1 < rows_.size() ? ",\n" : "\n");
+  }
+  j << "]\n";
+  std::ofstream out(path);
+  out << j.str();
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + path);
+  return absl::OkStatus();
+}
+
+int Suite::Run() {
+  if (absl::Status s = StartServers(); !s.ok()) {
+    std::fprintf(stderr, "halloc_bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  if (absl::Status s = StartDaemon(); !s.ok()) {
+    std::fprintf(stderr, "halloc_bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  const int64_t t0 = NowNs();
+  Floors();
+  Allocations();
+  Sharing();
+  ZeroCopy();
+  Throughput();
+  Scale();
+  daemon_->Signal(SIGTERM);
+  daemon_->Wait();
+  echo_->CloseStdin();
+  echo_->Wait();
+  scm_->CloseStdin();
+  scm_->Wait();
+  Print();
+  std::printf("# backend %s, %d failures, %.0f s, load %s\n",
+              args_.Str("backend", "memfd-pool").c_str(), failures_,
+              (NowNs() - t0) / 1e9, LoadAverage().c_str());
+  if (args_.Has("json")) {
+    if (absl::Status s = WriteJson(args_.Str("json")); !s.ok()) {
+      std::fprintf(stderr, "halloc_bench: %s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  return failures_ == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int RunDriver(const Args& args) {
+  if (!args.Has("hallocd")) {
+    std::fprintf(stderr, "halloc_bench run: --hallocd=PATH is required\n");
+    return 2;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  // Live buffers are fds in hallocd: let it (and the holders) have as many
+  // as a systemd service gets (LimitNOFILE hard 512Ki) when we may.
+  RaiseFdLimit(true, 1 << 19);
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return 1;
+  self[n] = '\0';
+  char dir[] = "/tmp/halloc-bench-XXXXXX";
+  if (::mkdtemp(dir) == nullptr) {
+    std::perror("mkdtemp");
+    return 1;
+  }
+  int rc;
+  {
+    Suite suite(args, self, dir);
+    rc = suite.Run();
+  }
+  if (rc == 0 || !args.Has("keep")) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  } else {
+    std::fprintf(stderr, "halloc_bench: logs kept in %s\n", dir);
+  }
+  return rc;
+}
+
+}  // namespace halloc::bench

@@ -1,0 +1,548 @@
+#include "tests/bench/workers.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/client.h"
+#include "echo.grpc.pb.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+#include "service/util/os_error.h"
+#include "service/util/scm.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc::bench {
+namespace {
+
+using Micros = std::vector<double>;
+
+double Us(int64_t from_ns, int64_t to_ns) { return (to_ns - from_ns) / 1e3; }
+
+void Say(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+int Fail(const std::string& what, const absl::Status& status) {
+  std::fprintf(stderr, "halloc_bench: %s: %s\n", what.c_str(),
+               status.ToString().c_str());
+  return 1;
+}
+
+// Waits for the driver to close our stdin (or say anything).
+void WaitForDriver() {
+  std::string line;
+  while (ReadStdinLine(&line)) {
+  }
+}
+
+absl::StatusOr<sockaddr_un> Address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError("socket path too long: " + path);
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  return addr;
+}
+
+// --- Floors ----------------------------------------------------------------
+
+class EchoService final : public halloc::bench::Echo::Service {
+  grpc::Status Echo(grpc::ServerContext*, const EchoRequest*,
+                    EchoResponse*) override {
+    return grpc::Status::OK;
+  }
+};
+
+// The same sync server setup as hallocd's (daemon.cc): default builder.
+int EchoServer(const Args& a) {
+  EchoService service;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + a.Str("socket"),
+                           grpc::InsecureServerCredentials());
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) return Fail("echo server", absl::UnavailableError("listen"));
+  Say("ready\n");
+  WaitForDriver();
+  server->Shutdown(std::chrono::system_clock::now());
+  return 0;
+}
+
+// Answers each one-byte request on a SOCK_SEQPACKET connection with one fd
+// (SCM_RIGHTS), through the same SendRecord the broker uses.
+int ScmServer(const Args& a) {
+  absl::StatusOr<sockaddr_un> addr = Address(a.Str("socket"));
+  if (!addr.ok()) return Fail("scm server", addr.status());
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!listener ||
+      ::bind(listener.get(), reinterpret_cast<sockaddr*>(&*addr), sizeof(*addr)) != 0 ||
+      ::listen(listener.get(), 64) != 0) {
+    return Fail("scm server", ErrnoStatus(errno, "bind/listen"));
+  }
+  UniqueFd memfd(::memfd_create("bench-scm", MFD_CLOEXEC));
+  if (!memfd || ::ftruncate(memfd.get(), 4096) != 0) {
+    return Fail("scm server", ErrnoStatus(errno, "memfd"));
+  }
+  std::thread([&] {
+    for (;;) {
+      UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!conn) continue;
+      std::thread([conn = std::move(conn), fd = memfd.get()] {
+        char req[64];
+        const int fds[] = {fd};
+        while (::recv(conn.get(), req, sizeof(req), 0) > 0) {
+          if (!SendRecord(conn.get(), "x", fds, false).ok()) break;
+        }
+      }).detach();
+    }
+  }).detach();
+  Say("ready\n");
+  WaitForDriver();
+  std::fflush(stdout);
+  ::_exit(0);  // the accept thread and connection threads never return
+}
+
+int EchoLatency(const Args& a) {
+  auto stub = halloc::bench::Echo::NewStub(grpc::CreateChannel(
+      "unix:" + a.Str("socket"), grpc::InsecureChannelCredentials()));
+  const int64_t n = a.Int("n", 1000);
+  Micros us;
+  us.reserve(n);
+  for (int64_t i = -a.Int("warmup", 100); i < n; ++i) {
+    const int64_t t0 = NowNs();
+    grpc::ClientContext ctx;
+    // Diagnostics only (the floor uses neither): what libhalloc adds per call.
+    if (a.Has("deadline")) {
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    }
+    if (a.Has("metadata")) ctx.AddMetadata("halloc-session", std::string(32, 'a'));
+    EchoResponse resp;
+    grpc::Status s = stub->Echo(&ctx, EchoRequest(), &resp);
+    const int64_t t1 = NowNs();
+    if (!s.ok()) return Fail("echo", absl::UnavailableError(s.error_message()));
+    if (i >= 0) us.push_back(Us(t0, t1));
+  }
+  Say(FormatSummary("echo", Summarize(us)));
+  return 0;
+}
+
+int ScmLatency(const Args& a) {
+  absl::StatusOr<sockaddr_un> addr = Address(a.Str("socket"));
+  if (!addr.ok()) return Fail("scm", addr.status());
+  UniqueFd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!sock || ::connect(sock.get(), reinterpret_cast<sockaddr*>(&*addr),
+                         sizeof(*addr)) != 0) {
+    return Fail("scm", ErrnoStatus(errno, "connect"));
+  }
+  const int64_t n = a.Int("n", 1000);
+  Micros us;
+  us.reserve(n);
+  for (int64_t i = -a.Int("warmup", 100); i < n; ++i) {
+    const int64_t t0 = NowNs();
+    if (::send(sock.get(), "r", 1, MSG_NOSIGNAL) != 1) {
+      return Fail("scm", ErrnoStatus(errno, "send"));
+    }
+    absl::StatusOr<Record> rec = ReceiveRecord(sock.get(), false);
+    const int64_t t1 = NowNs();
+    if (!rec.ok() || rec->fds.size() != 1) return Fail("scm", rec.status());
+    if (i >= 0) us.push_back(Us(t0, t1));
+  }
+  Say(FormatSummary("scm", Summarize(us)));
+  return 0;
+}
+
+// The cost of the memory itself: a fresh memfd, sized, committed (fallocate
+// zeroes every page) and mapped. Freed outside the timed region.
+int MemfdFloor(const Args& a) {
+  const uint64_t size = a.Int("size");
+  const int64_t n = a.Int("n", 100);
+  Micros us;
+  for (int64_t i = -a.Int("warmup", 3); i < n; ++i) {
+    const int64_t t0 = NowNs();
+    UniqueFd fd(::memfd_create("bench-floor", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd || ::ftruncate(fd.get(), size) != 0 ||
+        ::fallocate(fd.get(), 0, 0, size) != 0) {
+      return Fail("memfd floor", ErrnoStatus(errno, "memfd/ftruncate/fallocate"));
+    }
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    const int64_t t1 = NowNs();
+    if (p == MAP_FAILED) return Fail("memfd floor", ErrnoStatus(errno, "mmap"));
+    ::munmap(p, size);
+    if (i >= 0) us.push_back(Us(t0, t1));
+  }
+  Say(FormatSummary("memfd", Summarize(us)));
+  return 0;
+}
+
+// --- halloc ----------------------------------------------------------------
+
+absl::StatusOr<Client> Connect(const Args& a) {
+  ConnectOptions opts;
+  opts.control_socket = a.Str("control");
+  opts.broker_socket = a.Str("broker");
+  return Client::Connect(opts);
+}
+
+// One empty gRPC echo call: the floor, timed inside the halloc workers
+// too, interleaved call by call with what it is the floor of, so that both
+// see the same machine (other load on a shared 2-core box drifts).
+class EchoProbe {
+ public:
+  explicit EchoProbe(const std::string& socket) {
+    if (socket.empty()) return;
+    stub_ = halloc::bench::Echo::NewStub(grpc::CreateChannel(
+        "unix:" + socket, grpc::InsecureChannelCredentials()));
+  }
+  // Microseconds, or NaN without an echo server.
+  double Call() {
+    if (stub_ == nullptr) return std::nan("");
+    const int64_t t0 = NowNs();
+    grpc::ClientContext ctx;
+    EchoResponse resp;
+    stub_->Echo(&ctx, EchoRequest(), &resp);
+    return Us(t0, NowNs());
+  }
+
+ private:
+  std::unique_ptr<halloc::bench::Echo::Stub> stub_;
+};
+
+// The memfd floor of one buffer (create + size + commit + map), in µs.
+double MemfdOnce(uint64_t size) {
+  const int64_t t0 = NowNs();
+  UniqueFd fd(::memfd_create("bench-floor", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd || ::ftruncate(fd.get(), size) != 0 ||
+      ::fallocate(fd.get(), 0, 0, size) != 0) {
+    return std::nan("");
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  const double us = Us(t0, NowNs());
+  if (p == MAP_FAILED) return std::nan("");
+  ::munmap(p, size);
+  return us;
+}
+
+// Allocate → fd in hand → mapped, then (untimed) unmap + close, then a timed
+// Release; each iteration also times one echo call (and, cold, one local
+// memfd floor). Warm: one name, so the pool (if any) stocks that class,
+// paced so that the refill keeps up. Cold: a new name per call (a class the
+// pool has never seen), so every call creates and commits memory on the
+// request path.
+int AllocLatency(const Args& a) {
+  absl::StatusOr<Client> c = Connect(a);
+  if (!c.ok()) return Fail("connect", c.status());
+  EchoProbe echo(a.Str("echo"));
+  const uint64_t size = a.Int("size");
+  const int64_t n = a.Int("n", 100);
+  const bool cold = a.Str("mode") == "cold";
+  const absl::Duration pace = absl::Microseconds(a.Int("pace_us", 0));
+  Micros alloc, release, echo_us, memfd_us;
+  const int64_t warmup = 5;
+  for (int64_t i = -warmup; i < n; ++i) {
+    const double e = echo.Call();
+    const double f = cold ? MemfdOnce(size) : std::nan("");
+    const std::string name = cold ? absl::StrCat("cold-", i) : "warm";
+    const int64_t t0 = NowNs();
+    absl::StatusOr<Buffer> b = c->Allocate(BlobDescriptor(size, 0, name));
+    if (!b.ok()) return Fail("Allocate", b.status());
+    std::optional<absl::StatusOr<Mapping>> m(b->Map(Access::kReadWrite));
+    const int64_t t1 = NowNs();
+    if (!m->ok()) return Fail("Map", m->status());
+    const uint64_t id = b->id();
+    m.reset();
+    { Buffer gone = std::move(*b); }
+    const int64_t t2 = NowNs();
+    absl::Status r = c->Release(id);
+    const int64_t t3 = NowNs();
+    if (!r.ok()) return Fail("Release", r);
+    if (i >= 0) {
+      alloc.push_back(Us(t0, t1));
+      release.push_back(Us(t2, t3));
+      echo_us.push_back(e);
+      memfd_us.push_back(f);
+    }
+    // Let the pool stock the class before measuring warm calls.
+    if (i == -1 && !cold) absl::SleepFor(absl::Milliseconds(300));
+    if (pace > absl::ZeroDuration()) absl::SleepFor(pace);
+  }
+  Say(FormatSummary("alloc", Summarize(alloc)) +
+      FormatSummary("release", Summarize(release)) +
+      FormatSummary("echo", Summarize(echo_us)) +
+      (cold ? FormatSummary("memfd", Summarize(memfd_us)) : ""));
+  return 0;
+}
+
+// Share (owner session) + Import (peer session) + map on the peer side.
+int ShareLatency(const Args& a) {
+  absl::StatusOr<Client> owner = Connect(a);
+  absl::StatusOr<Client> peer = Connect(a);
+  if (!owner.ok()) return Fail("connect", owner.status());
+  if (!peer.ok()) return Fail("connect", peer.status());
+  absl::StatusOr<Buffer> b = owner->Allocate(BlobDescriptor(a.Int("size"), 0, "shared"));
+  if (!b.ok()) return Fail("Allocate", b.status());
+  const int64_t n = a.Int("n", 100);
+  EchoProbe echo(a.Str("echo"));
+  Micros us, echo_us;
+  for (int64_t i = -10; i < n; ++i) {
+    const double e = echo.Call();
+    const int64_t t0 = NowNs();
+    absl::StatusOr<v1::Grant> g = owner->Share(b->id(), ::getuid());
+    if (!g.ok()) return Fail("Share", g.status());
+    absl::StatusOr<Buffer> got = peer->Import(g->token());
+    if (!got.ok()) return Fail("Import", got.status());
+    std::optional<absl::StatusOr<Mapping>> m(got->Map(Access::kRead));
+    const int64_t t1 = NowNs();
+    if (!m->ok()) return Fail("Map", m->status());
+    m.reset();
+    const uint64_t id = got->id();
+    { Buffer gone = std::move(*got); }
+    if (absl::Status s = peer->Release(id); !s.ok()) return Fail("Release", s);
+    if (absl::Status s = owner->Revoke(g->id()); !s.ok()) return Fail("Revoke", s);
+    if (i >= 0) {
+      us.push_back(Us(t0, t1));
+      echo_us.push_back(e);
+    }
+  }
+  Say(FormatSummary("share", Summarize(us)) +
+      FormatSummary("echo", Summarize(echo_us)));
+  return 0;
+}
+
+// GB/s of `passes` copies of `size` bytes from `src` into `dst`: the median
+// pass and the first one (which, for a fresh mapping, takes the faults).
+std::pair<double, double> CopyBandwidth(const void* src, void* dst,
+                                        uint64_t size, int passes) {
+  std::vector<double> gbps;
+  for (int i = 0; i < passes; ++i) {
+    const int64_t t0 = NowNs();
+    std::memcpy(dst, src, size);
+    asm volatile("" : : "r"(dst) : "memory");
+    const int64_t t1 = NowNs();
+    gbps.push_back(static_cast<double>(size) / (t1 - t0));
+  }
+  const double first = gbps.front();
+  return {Summarize(gbps).p50, first};
+}
+
+// A producer session fills an 8 MiB buffer and shares it read-only; a
+// consumer session imports it, maps it and reads it (copies it out), next to
+// a plain memcpy between two private buffers of the same size.
+int ZeroCopy(const Args& a) {
+  absl::StatusOr<Client> producer = Connect(a);
+  absl::StatusOr<Client> consumer = Connect(a);
+  if (!producer.ok()) return Fail("connect", producer.status());
+  if (!consumer.ok()) return Fail("connect", consumer.status());
+  const uint64_t size = a.Int("size", 8 << 20);
+  const int passes = static_cast<int>(a.Int("passes", 20));
+  absl::StatusOr<Buffer> b = producer->Allocate(BlobDescriptor(size, 0, "frame"));
+  if (!b.ok()) return Fail("Allocate", b.status());
+  {
+    absl::StatusOr<Mapping> w = b->Map(Access::kReadWrite);
+    if (!w.ok()) return Fail("Map", w.status());
+    std::memset(w->data(), 0x5a, size);
+  }
+  absl::StatusOr<v1::Grant> g =
+      producer->Share(b->id(), ::getuid(), v1::CPU_ACCESS_READ);
+  if (!g.ok()) return Fail("Share", g.status());
+  absl::StatusOr<Buffer> in = consumer->Import(g->token());
+  if (!in.ok()) return Fail("Import", in.status());
+  std::vector<char> src(size, 1), dst(size, 2);
+  const auto [memcpy_gbps, memcpy_first] =
+      CopyBandwidth(src.data(), dst.data(), size, passes);
+  absl::StatusOr<Mapping> r = in->Map(Access::kRead);
+  if (!r.ok()) return Fail("Map", r.status());
+  const auto [read_gbps, read_first] =
+      CopyBandwidth(r->data(), dst.data(), size, passes);
+  if (dst[size / 2] != 0x5a) {
+    return Fail("zerocopy", absl::DataLossError("consumer read wrong bytes"));
+  }
+  Say(absl::StrCat("memcpy_gbps ", memcpy_gbps, "\nread_gbps ", read_gbps,
+                   "\nread_first_gbps ", read_first, "\n"));
+  return 0;
+}
+
+// Holds `count` 4 KiB buffers (fds kept) until the driver closes stdin.
+int Hold(const Args& a) {
+  RaiseFdLimit(false);
+  absl::StatusOr<Client> c = Connect(a);
+  if (!c.ok()) return Fail("connect", c.status());
+  std::vector<Buffer> held;
+  const int64_t count = a.Int("count");
+  held.reserve(count);
+  while (static_cast<int64_t>(held.size()) < count) {
+    const uint32_t k = static_cast<uint32_t>(
+        std::min<int64_t>(64, count - static_cast<int64_t>(held.size())));
+    absl::StatusOr<std::vector<Buffer>> got =
+        c->Allocate(BlobDescriptor(4096, 0, "held"), k);
+    if (!got.ok()) return Fail(absl::StrCat("Allocate after ", held.size()), got.status());
+    for (Buffer& b : *got) held.push_back(std::move(b));
+  }
+  Say("ready\n");
+  WaitForDriver();
+  return 0;
+}
+
+// Throughput: waits for "go", then calls in a loop for `seconds`.
+int Throughput(const Args& a) {
+  const bool echo = a.Str("kind") == "echo";
+  std::unique_ptr<halloc::bench::Echo::Stub> stub;
+  std::optional<Client> client;
+  if (echo) {
+    stub = halloc::bench::Echo::NewStub(grpc::CreateChannel(
+        "unix:" + a.Str("socket"), grpc::InsecureChannelCredentials()));
+  } else {
+    absl::StatusOr<Client> c = Connect(a);
+    if (!c.ok()) return Fail("connect", c.status());
+    client.emplace(*std::move(c));
+  }
+  auto once = [&](std::vector<uint64_t>& ids) -> absl::Status {
+    if (echo) {
+      grpc::ClientContext ctx;
+      EchoResponse resp;
+      grpc::Status s = stub->Echo(&ctx, EchoRequest(), &resp);
+      return s.ok() ? absl::OkStatus() : absl::UnavailableError(s.error_message());
+    }
+    absl::StatusOr<Buffer> b = client->Allocate(BlobDescriptor(4096, 0, "tput"));
+    if (!b.ok()) return b.status();
+    if (absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite); !m.ok()) {
+      return m.status();
+    }
+    ids.push_back(b->id());
+    // Releases go in batches, as a client freeing a queue of buffers would.
+    if (ids.size() == 32) {
+      absl::Status s = client->Release(ids);
+      ids.clear();
+      return s;
+    }
+    return absl::OkStatus();
+  };
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 20; ++i) {
+    if (absl::Status s = once(ids); !s.ok()) return Fail("warmup", s);
+  }
+  Say("ready\n");
+  std::string line;
+  if (!ReadStdinLine(&line)) return 1;
+  const int64_t end_after = static_cast<int64_t>(a.Int("ms", 1000)) * 1000000;
+  const int64_t t0 = NowNs();
+  int64_t count = 0, now = t0;
+  while (now - t0 < end_after) {
+    if (absl::Status s = once(ids); !s.ok()) return Fail("call", s);
+    ++count;
+    now = NowNs();
+  }
+  Say(absl::StrCat("count ", count, "\nelapsed_s ", (now - t0) / 1e9, "\n"));
+  return 0;
+}
+
+// Diagnostics: where an Allocate's time goes, speaking the wire protocol
+// directly (allocator.proto) so each step can be timed on its own: the
+// Allocate RPC until its reply, taking the already-queued fd off the broker
+// socket, mmap; next to a session-less Stats RPC on the same daemon.
+int AllocBreakdown(const Args& a) {
+  absl::StatusOr<sockaddr_un> addr = Address(a.Str("broker"));
+  if (!addr.ok()) return Fail("breakdown", addr.status());
+  UniqueFd broker(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!broker || ::connect(broker.get(), reinterpret_cast<sockaddr*>(&*addr),
+                           sizeof(*addr)) != 0) {
+    return Fail("breakdown", ErrnoStatus(errno, "connect"));
+  }
+  absl::StatusOr<Record> hello = ReceiveRecord(broker.get(), false);
+  v1::BrokerFrame frame;
+  if (!hello.ok() || !frame.ParseFromString(hello->bytes)) {
+    return Fail("breakdown", absl::UnavailableError("no hello"));
+  }
+  const std::string token = frame.hello().session_token();
+  auto stub = v1::Allocator::NewStub(grpc::CreateChannel(
+      "unix:" + a.Str("control"), grpc::InsecureChannelCredentials()));
+  const uint64_t size = a.Int("size", 4096);
+  Micros stats, rpc, take, map, release;
+  for (int64_t i = -20; i < a.Int("n", 1000); ++i) {
+    const int64_t t0 = NowNs();
+    {
+      grpc::ClientContext ctx;
+      v1::StatsResponse resp;
+      stub->Stats(&ctx, v1::StatsRequest(), &resp);
+    }
+    const int64_t t1 = NowNs();
+    v1::AllocateRequest req;
+    req.mutable_desc()->set_size(size);
+    req.mutable_desc()->set_name("warm");
+    v1::AllocateResponse resp;
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("halloc-session", token);
+    if (a.Has("deadline")) {
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    }
+    grpc::Status s = stub->Allocate(&ctx, req, &resp);
+    const int64_t t2 = NowNs();
+    if (!s.ok()) return Fail("Allocate", absl::UnavailableError(s.error_message()));
+    absl::StatusOr<Record> rec = ReceiveRecord(broker.get(), false);
+    const int64_t t3 = NowNs();
+    if (!rec.ok() || rec->fds.size() != 1) return Fail("fd", rec.status());
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                     rec->fds[0].get(), 0);
+    const int64_t t4 = NowNs();
+    ::munmap(p, size);
+    rec->fds.clear();
+    const int64_t t5 = NowNs();
+    v1::ReleaseRequest rel;
+    rel.add_buffer_ids(resp.buffers(0).id());
+    v1::ReleaseResponse rr;
+    grpc::ClientContext rctx;
+    rctx.AddMetadata("halloc-session", token);
+    if (a.Has("deadline")) {
+      rctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    }
+    stub->Release(&rctx, rel, &rr);
+    const int64_t t6 = NowNs();
+    absl::SleepFor(absl::Microseconds(a.Int("pace_us", 0)));
+    if (i < 0) continue;
+    stats.push_back(Us(t0, t1));
+    rpc.push_back(Us(t1, t2));
+    take.push_back(Us(t2, t3));
+    map.push_back(Us(t3, t4));
+    release.push_back(Us(t5, t6));
+  }
+  Say(FormatSummary("stats_rpc", Summarize(stats)) +
+      FormatSummary("allocate_rpc", Summarize(rpc)) +
+      FormatSummary("take_fd", Summarize(take)) +
+      FormatSummary("mmap", Summarize(map)) +
+      FormatSummary("release_rpc", Summarize(release)));
+  return 0;
+}
+
+}  // namespace
+
+int RunWorker(const std::string& name, const Args& args) {
+  if (name == "echo_server") return EchoServer(args);
+  if (name == "scm_server") return ScmServer(args);
+  if (name == "echo_lat") return EchoLatency(args);
+  if (name == "scm_lat") return ScmLatency(args);
+  if (name == "memfd_floor") return MemfdFloor(args);
+  if (name == "alloc_lat") return AllocLatency(args);
+  if (name == "share_lat") return ShareLatency(args);
+  if (name == "zerocopy") return ZeroCopy(args);
+  if (name == "hold") return Hold(args);
+  if (name == "tput") return Throughput(args);
+  if (name == "alloc_breakdown") return AllocBreakdown(args);
+  return -1;
+}
+
+}  // namespace halloc::bench
