@@ -483,6 +483,7 @@ void Allocator::DropHold(Session& session, uint64_t buffer_id) {
     if (c->second.first == 0) charged_.erase(c);
   }
   ++releases_total_;
+  reaper_.Add(std::move(it->second));
   buffers_.erase(it);
 }
 

@@ -25,6 +25,7 @@
 #include "halloc/v1/allocator.pb.h"
 #include "service/backend/backend.h"
 #include "service/policy/policy.h"
+#include "service/util/reaper.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc {
@@ -164,6 +165,10 @@ class Allocator {
   mutable absl::flat_hash_map<std::string, uint64_t> denials_
       ABSL_GUARDED_BY(policy_mu_);
   uint64_t reload_failures_ ABSL_GUARDED_BY(policy_mu_) = 0;
+
+  // Dropped buffers are closed here, off the request path and outside mu_
+  // (closing the last fd of a large buffer frees its pages).
+  Reaper reaper_;
 };
 
 // v1.CpuAccess ↔ CpuAccess.
