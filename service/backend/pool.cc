@@ -92,7 +92,11 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     } else {
       ++misses_;
     }
-    if (c.requests >= options_.min_requests && options_.max_bytes > 0) {
+    // Refills come in batches: the refill thread is woken when a class is
+    // down to half its stock (or empty), not after every hit, so that it
+    // competes with request threads for the CPU rarely, not once per call.
+    if (c.requests >= options_.min_requests && options_.max_bytes > 0 &&
+        c.stock.size() <= Target(request.size) / 2) {
       wake_.Signal();
     }
     if (hit) return fd;

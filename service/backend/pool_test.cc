@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
 
@@ -155,6 +156,33 @@ TEST(PooledBackendTest, BackgroundThreadRefillsAndConcurrentUseIsSafe) {
   const PoolStats s = (*pool)->stats();
   EXPECT_EQ(s.hits + s.misses, 800u);
   EXPECT_EQ(s.refill_failures, 0u);
+}
+
+// Waits (up to 10 s) for the background thread to stock `want` buffers.
+bool WaitForStock(PooledBackend& pool, uint64_t want) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (pool.stats().stocked_buffers != want) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
+}
+
+TEST(PooledBackendTest, BackgroundThreadRefillsAClassDrainedBelowHalf) {
+  PoolOptions o;
+  o.min_requests = 1;
+  o.class_bytes = 8 * kPage;  // a stock of 8
+  auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(pool.ok());
+  ASSERT_TRUE((*pool)->Allocate({kPage, "q", 0}).ok());  // a miss; wakes it
+  ASSERT_TRUE(WaitForStock(**pool, 8)) << (*pool)->stats().stocked_buffers;
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<UniqueFd> fd = (*pool)->Allocate({kPage, "q", 0});
+    ASSERT_TRUE(fd.ok());
+    ExpectZeroedAndCommitted(*fd, kPage);
+  }
+  EXPECT_EQ((*pool)->stats().hits, 5u);
+  EXPECT_TRUE(WaitForStock(**pool, 8)) << (*pool)->stats().stocked_buffers;
 }
 
 TEST(PooledBackendTest, DelegatesNameAndRights) {
