@@ -95,10 +95,6 @@ CpuAccess Min(CpuAccess a, CpuAccess b) {
   return static_cast<int>(a) < static_cast<int>(b) ? a : b;
 }
 
-Identity IdentityOf(const Credentials& c) {
-  return Identity{c.uid, c.gid, c.pid, c.exe};
-}
-
 absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access) {
   switch (access) {
     case v1::CPU_ACCESS_NONE: return CpuAccess::kNone;
@@ -185,9 +181,9 @@ absl::Status Allocator::Deny(absl::string_view rule, absl::Status status) const 
 absl::StatusOr<const Rule*> Allocator::RuleFor(const Session& session,
                                                const Policy& policy,
                                                absl::string_view action) const {
-  const Rule* rule = policy.Match(IdentityOf(session.creds()));
+  const Rule* rule = policy.Match(session.creds());
   if (rule != nullptr) return rule;
-  const Credentials& c = session.creds();
+  const Identity& c = session.creds();
   return Deny("(no rule)", absl::PermissionDeniedError(absl::StrCat(
       action, " denied: no rule of policy '", policy.source(), "' matches uid ",
       c.uid, " gid ", c.gid, " exe '", c.exe, "' (default deny)")));
@@ -213,7 +209,7 @@ std::string Allocator::NewToken() const {
 // --- Sessions --------------------------------------------------------------
 
 absl::StatusOr<std::shared_ptr<Session>> Allocator::OpenSession(
-    Credentials creds, UniqueFd broker) {
+    Identity creds, UniqueFd broker) {
   std::string token = NewToken();
   absl::MutexLock lock(&mu_);
   const uint64_t id = next_id_++;
@@ -611,7 +607,7 @@ absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session) const {
     u->set_pid(s->creds().pid);
     u->set_uid(s->creds().uid);
     u->set_exe(s->creds().exe);
-    if (const Rule* r = pol->Match(IdentityOf(s->creds()))) u->set_client(r->name);
+    if (const Rule* r = pol->Match(s->creds())) u->set_client(r->name);
     for (uint64_t b : s->buffers_) {
       const Buffer& buffer = *buffers_.at(b);
       if (buffer.owner_session == id) {

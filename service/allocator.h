@@ -39,23 +39,14 @@ struct Limits {
   uint64_t max_buffers_per_session = 1 << 18;
 };
 
-// Kernel-verified credentials of a broker peer.
-struct Credentials {
-  pid_t pid = 0;
-  uid_t uid = 0;
-  gid_t gid = 0;
-  // /proc/<pid>/exe, read through a pidfd where possible; "" if unknown.
-  std::string exe;
-};
-
 class Session {
  public:
-  Session(uint64_t id, std::string token, Credentials creds, UniqueFd broker)
+  Session(uint64_t id, std::string token, Identity creds, UniqueFd broker)
       : id_(id), token_(std::move(token)), creds_(creds),
         broker_(std::move(broker)) {}
   uint64_t id() const { return id_; }
   const std::string& token() const { return token_; }
-  const Credentials& creds() const { return creds_; }
+  const Identity& creds() const { return creds_; }
   // The daemon's end of the broker connection.
   int broker_fd() const { return broker_.get(); }
 
@@ -63,7 +54,7 @@ class Session {
   friend class Allocator;
   const uint64_t id_;
   const std::string token_;
-  const Credentials creds_;
+  const Identity creds_;
   const UniqueFd broker_;
   // Guarded by Allocator::mu_.
   absl::flat_hash_set<uint64_t> buffers_;
@@ -84,7 +75,7 @@ class Allocator {
   void CountPolicyReloadFailure();
 
   // Called by the broker for each accepted connection.
-  absl::StatusOr<std::shared_ptr<Session>> OpenSession(Credentials creds,
+  absl::StatusOr<std::shared_ptr<Session>> OpenSession(Identity creds,
                                                        UniqueFd broker);
   // Called by the broker when the connection closes: releases every buffer
   // and grant the session held.

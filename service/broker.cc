@@ -184,7 +184,7 @@ void Broker::Accept() {
   const int fd = conn.get();
   std::string exe = PeerExe(fd, cred.pid);
   absl::StatusOr<std::shared_ptr<Session>> session =
-      core_->OpenSession({cred.pid, cred.uid, cred.gid, exe}, std::move(conn));
+      core_->OpenSession({cred.uid, cred.gid, cred.pid, exe}, std::move(conn));
   if (!session.ok()) {
     LOG(WARNING) << "broker: refused pid " << cred.pid << " uid " << cred.uid
                  << ": " << session.status();
@@ -233,7 +233,7 @@ void Broker::EndSession(uint64_t session_id) {
   auto it = sessions_.find(session_id);
   if (it == sessions_.end()) return;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->broker_fd(), nullptr);
-  const Credentials creds = it->second->creds();
+  const Identity creds = it->second->creds();
   sessions_.erase(it);
   core_->CloseSession(session_id);
   LOG(INFO) << "session " << session_id << " closed (pid " << creds.pid
