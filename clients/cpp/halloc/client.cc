@@ -148,6 +148,18 @@ class Client::Impl {
     return ctx;
   }
 
+  // One unary call with our session token and deadline; errors name `rpc`.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(
+      grpc::Status (v1::Allocator::Stub::*method)(grpc::ClientContext*,
+                                                  const Req&, Resp*),
+      const Req& req, absl::string_view rpc) {
+    Resp resp;
+    auto ctx = Context();
+    RETURN_IF_ERROR(FromGrpc((stub_.get()->*method)(ctx.get(), req, &resp), rpc));
+    return resp;
+  }
+
   // The fd for `buffer_id`: the daemon sent it before replying, so it is
   // normally queued already. Frames for other buffers (other threads' calls)
   // are kept for them.
@@ -237,9 +249,8 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
   v1::AllocateRequest req;
   *req.mutable_desc() = desc;
   req.set_count(count);
-  v1::AllocateResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Allocate(ctx.get(), req, &resp), "Allocate"));
+  ASSIGN_OR_RETURN(v1::AllocateResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate"));
   std::vector<Buffer> out;
   out.reserve(resp.buffers_size());
   for (v1::BufferInfo& info : *resp.mutable_buffers()) {
@@ -256,33 +267,28 @@ absl::Status Client::Release(uint64_t buffer_id) {
 absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
   v1::ReleaseRequest req;
   for (uint64_t id : buffer_ids) req.add_buffer_ids(id);
-  v1::ReleaseResponse resp;
-  auto ctx = impl_->Context();
-  return FromGrpc(impl_->stub_->Release(ctx.get(), req, &resp), "Release");
+  return impl_->Call(&v1::Allocator::Stub::Release, req, "Release").status();
 }
 
 absl::StatusOr<v1::BufferInfo> Client::Describe(uint64_t buffer_id) {
   v1::DescribeRequest req;
   req.set_buffer_id(buffer_id);
-  v1::DescribeResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Describe(ctx.get(), req, &resp), "Describe"));
+  ASSIGN_OR_RETURN(v1::DescribeResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Describe, req, "Describe"));
   return resp.buffer();
 }
 
 absl::StatusOr<std::vector<v1::BufferInfo>> Client::List(bool all) {
   v1::ListRequest req;
   req.set_all(all);
-  v1::ListResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->List(ctx.get(), req, &resp), "List"));
+  ASSIGN_OR_RETURN(v1::ListResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::List, req, "List"));
   return std::vector<v1::BufferInfo>(resp.buffers().begin(), resp.buffers().end());
 }
 
 absl::StatusOr<v1::StatsResponse> Client::Stats() {
-  v1::StatsResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Stats(ctx.get(), {}, &resp), "Stats"));
+  ASSIGN_OR_RETURN(v1::StatsResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Stats, v1::StatsRequest(), "Stats"));
   return resp;
 }
 
@@ -291,9 +297,8 @@ absl::StatusOr<v1::IsSupportedResponse> Client::IsSupported(
   v1::IsSupportedRequest req;
   *req.mutable_desc() = desc;
   req.set_count(count);
-  v1::IsSupportedResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->IsSupported(ctx.get(), req, &resp), "IsSupported"));
+  ASSIGN_OR_RETURN(v1::IsSupportedResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::IsSupported, req, "IsSupported"));
   return resp;
 }
 
@@ -303,9 +308,8 @@ absl::StatusOr<v1::Grant> Client::Share(uint64_t buffer_id, uid_t peer_uid,
   req.set_buffer_id(buffer_id);
   req.mutable_peer()->set_uid(peer_uid);
   req.set_cpu_access(cpu);
-  v1::ShareResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Share(ctx.get(), req, &resp), "Share"));
+  ASSIGN_OR_RETURN(v1::ShareResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Share, req, "Share"));
   return resp.grant();
 }
 
@@ -316,25 +320,22 @@ absl::StatusOr<v1::Grant> Client::ShareWithClient(uint64_t buffer_id,
   req.set_buffer_id(buffer_id);
   req.mutable_peer()->set_name(std::string(peer_name));
   req.set_cpu_access(cpu);
-  v1::ShareResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Share(ctx.get(), req, &resp), "Share"));
+  ASSIGN_OR_RETURN(v1::ShareResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Share, req, "Share"));
   return resp.grant();
 }
 
 absl::StatusOr<v1::DumpResponse> Client::Dump() {
-  v1::DumpResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Dump(ctx.get(), {}, &resp), "Dump"));
+  ASSIGN_OR_RETURN(v1::DumpResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Dump, v1::DumpRequest(), "Dump"));
   return resp;
 }
 
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));
-  v1::ImportResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->Import(ctx.get(), req, &resp), "Import"));
+  ASSIGN_OR_RETURN(v1::ImportResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::Import, req, "Import"));
   return impl_->Receive(std::move(*resp.mutable_buffer()));
 }
 
@@ -345,18 +346,15 @@ absl::StatusOr<v1::BufferInfo> Client::SetMetadata(
   req.set_buffer_id(buffer_id);
   req.set_type(type);
   *req.mutable_value() = value;
-  v1::SetMetadataResponse resp;
-  auto ctx = impl_->Context();
-  RETURN_IF_ERROR(FromGrpc(impl_->stub_->SetMetadata(ctx.get(), req, &resp), "SetMetadata"));
+  ASSIGN_OR_RETURN(v1::SetMetadataResponse resp,
+                   impl_->Call(&v1::Allocator::Stub::SetMetadata, req, "SetMetadata"));
   return resp.buffer();
 }
 
 absl::Status Client::Revoke(uint64_t grant_id) {
   v1::RevokeRequest req;
   req.set_grant_id(grant_id);
-  v1::RevokeResponse resp;
-  auto ctx = impl_->Context();
-  return FromGrpc(impl_->stub_->Revoke(ctx.get(), req, &resp), "Revoke");
+  return impl_->Call(&v1::Allocator::Stub::Revoke, req, "Revoke").status();
 }
 
 }  // namespace halloc
