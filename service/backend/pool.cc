@@ -1,6 +1,7 @@
 #include "service/backend/pool.h"
 
 #include <fcntl.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -202,6 +203,13 @@ PoolStats PooledBackend::stats() const {
 }
 
 void PooledBackend::Run() {
+  if (options_.idle_priority) {
+    // For the calling thread only (Linux: pid 0 is this thread). Any thread
+    // may lower itself to SCHED_IDLE; should it be refused, refills simply
+    // run at normal priority.
+    sched_param param{};
+    (void)::sched_setscheduler(0, SCHED_IDLE, &param);
+  }
   for (;;) {
     {
       std::deque<UniqueFd> freed;

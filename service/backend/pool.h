@@ -69,6 +69,10 @@ struct PoolOptions {
   bool commit = true;
   // Run the refill thread. Tests turn it off and call RefillOnce().
   bool background = true;
+  // Run it as SCHED_IDLE: refills use only CPU time no request wants, so
+  // they never delay a request; a class drained faster than idle time
+  // refills it sees misses, which do the same work on the request path.
+  bool idle_priority = true;
 };
 
 struct PoolStats {
