@@ -171,9 +171,14 @@ class Client::Impl {
         pending_.erase(it);
         return fd;
       }
-      RETURN_IF_ERROR(WaitReadable(
-          broker_.get(), static_cast<int>(absl::ToInt64Milliseconds(timeout_))));
-      ASSIGN_OR_RETURN(Record rec, ReceiveRecord(broker_.get(), false));
+      // Normally queued already: try first, wait only when it is not.
+      absl::StatusOr<Record> next = ReceiveRecord(broker_.get(), true);
+      if (absl::IsResourceExhausted(next.status())) {
+        RETURN_IF_ERROR(WaitReadable(
+            broker_.get(), static_cast<int>(absl::ToInt64Milliseconds(timeout_))));
+        continue;
+      }
+      ASSIGN_OR_RETURN(Record rec, std::move(next));
       v1::BrokerFrame frame;
       if (!frame.ParseFromString(rec.bytes) || !frame.has_buffer() ||
           rec.fds.size() != 1) {
