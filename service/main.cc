@@ -18,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "service/daemon.h"
 
 ABSL_FLAG(std::string, control_socket, "",
@@ -35,6 +36,10 @@ ABSL_FLAG(std::string, socket_mode, "0660", "permissions of the sockets (octal)"
 ABSL_FLAG(uint64_t, max_buffer_bytes, uint64_t{4} << 30, "largest buffer");
 ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
           "most buffers one client session may hold");
+
+ABSL_FLAG(bool, mutex_deadlock_detection, false,
+          "check every absl::Mutex acquisition for lock-order cycles (slow; "
+          "Debian's Abseil enables it unless told otherwise)");
 
 namespace {
 
@@ -65,6 +70,12 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  // Debian builds Abseil without NDEBUG, which turns on deadlock detection:
+  // a lock-graph update on every Mutex acquisition of every request. The
+  // test suites keep it (they run the daemon in-process); hallocd need not.
+  if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
 
   // Block the signals we wait for before any thread starts, so they all
   // inherit the mask and only sigwait below sees them.

@@ -7,6 +7,9 @@
 // Reaper instead; accounting has already forgotten them, the memory follows
 // a moment later.
 //
+// Dropped objects are batched (up to 64, or for at most 2 ms) so that a
+// stream of Releases costs one wake-up of the reaper per batch.
+//
 // Thread-safe. Add() never runs a destructor on the caller's thread, so it
 // may be called under the caller's own locks (the Reaper takes only its own,
 // and destructors run with no lock held).
@@ -43,6 +46,7 @@ class Reaper {
   std::vector<std::shared_ptr<const void>> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t added_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  int flushing_ ABSL_GUARDED_BY(mu_) = 0;  // Flush() callers waiting
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
