@@ -420,8 +420,11 @@ int Throughput(const Args& a) {
     }
     absl::StatusOr<Buffer> b = client->Allocate(BlobDescriptor(4096, 0, "tput"));
     if (!b.ok()) return b.status();
-    if (absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite); !m.ok()) {
-      return m.status();
+    // --no_map: diagnostics only (what mapping costs under load).
+    if (!a.Has("no_map")) {
+      if (absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite); !m.ok()) {
+        return m.status();
+      }
     }
     ids.push_back(b->id());
     // Releases go in batches, as a client freeing a queue of buffers would.
