@@ -68,6 +68,16 @@ namespace {
 
 constexpr size_t kMaxNameLength = 63;
 
+// A rule's attach_devices as view rights: absent when it admits any ("*").
+std::optional<std::vector<std::string>> AttachDrivers(const Rule* rule) {
+  if (rule == nullptr ||
+      std::find(rule->attach_devices.begin(), rule->attach_devices.end(), "*") !=
+          rule->attach_devices.end()) {
+    return std::nullopt;
+  }
+  return rule->attach_devices;
+}
+
 uint64_t PageSize() {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   return page;
@@ -327,14 +337,7 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
                                CpuAccessName(rule.max_cpu)));
     }
     plan.owner_access = Min(plan.owner_access, rule.max_cpu);
-    const bool attach_limited =
-        std::find(rule.attach_devices.begin(), rule.attach_devices.end(), "*") ==
-        rule.attach_devices.end();
-    if (attach_limited && !backend_->CanLimitAttach()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "backend ", backend_->name(), " cannot limit which devices attach its "
-          "buffers (rule '", rule.name, "' attach_devices)"));
-    }
+    RETURN_IF_ERROR(CheckAttachLimit(rule));
     plan.charge_key = absl::StrCat(rule.name, "/", session->creds().uid);
   }
   if (!backend_->CanEnforce(plan.owner_access)) {
@@ -430,8 +433,9 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   }
   // fds go out before the reply, so the client never waits for them.
   for (const auto& buffer : fresh) {
-    absl::Status sent = Deliver(session, buffer->id, buffer->size,
-                                plan.owner_access, buffer->fd);
+    absl::Status sent =
+        Deliver(session, buffer->id, buffer->size,
+                {plan.owner_access, AttachDrivers(plan.rule)}, buffer->fd);
     if (!sent.ok()) {
       absl::MutexLock lock(&mu_);
       for (const auto& b : fresh) DropHold(session, b->id);
@@ -441,20 +445,29 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   return resp;
 }
 
+absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
+  if (!AttachDrivers(&rule).has_value() || backend_->CanLimitAttach()) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "backend ", backend_->name(), " cannot limit which devices attach its "
+      "buffers (rule '", rule.name, "' attach_devices)"));
+}
+
 absl::Status Allocator::Deliver(const Session& session, uint64_t buffer_id,
-                                uint64_t size, CpuAccess access,
+                                uint64_t size, const ViewRights& rights,
                                 const UniqueFd& fd) {
   UniqueFd view;
   int to_send = fd.get();
-  if (access != CpuAccess::kReadWrite) {
-    ASSIGN_OR_RETURN(view, backend_->OpenView(fd, access));
+  if (backend_->NeedsView(rights)) {
+    ASSIGN_OR_RETURN(view, backend_->OpenView(fd, rights));
     to_send = view.get();
   }
   v1::BrokerFrame frame;
   v1::BufferFd* msg = frame.mutable_buffer();
   msg->set_buffer_id(buffer_id);
   msg->set_size(size);
-  msg->set_cpu_access(ToProto(access));
+  msg->set_cpu_access(ToProto(rights.cpu));
   const int fds[] = {to_send};
   return SendRecord(session.broker_fd(), frame.SerializeAsString(), fds,
                     /*nonblocking=*/true);
@@ -766,6 +779,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
           "backend ", backend_->name(), " cannot enforce CPU access ",
           CpuAccessName(access), " (max_cpu_access of rule '", rule->name, "')"));
     }
+    RETURN_IF_ERROR(CheckAttachLimit(*rule));
     buffer = buffers_.at(grant.buffer_id);
     newly_held = !session.buffers_.contains(buffer->id);
     if (newly_held &&
@@ -781,8 +795,8 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     info = Info(*buffer, session.id(), false);
     info.set_cpu_access(ToProto(access));
   }
-  absl::Status sent = Deliver(session, buffer->id, buffer->size, access,
-                              buffer->fd);
+  absl::Status sent = Deliver(session, buffer->id, buffer->size,
+                              {access, AttachDrivers(rule)}, buffer->fd);
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);
     if (newly_held) DropHold(session, buffer->id);

@@ -119,9 +119,13 @@ class Allocator {
                                       absl::string_view action) const;
   // Counts a denial by `rule` and returns `status`.
   absl::Status Deny(absl::string_view rule, absl::Status status) const;
-  // Sends `fd` for `buffer_id` on the session's broker socket.
+  // Sends an fd for `buffer_id` carrying `rights` (`fd` itself, or a view
+  // of it where the backend needs one) on the session's broker socket.
   absl::Status Deliver(const Session& session, uint64_t buffer_id,
-                       uint64_t size, CpuAccess access, const UniqueFd& fd);
+                       uint64_t size, const ViewRights& rights,
+                       const UniqueFd& fd);
+  // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
+  absl::Status CheckAttachLimit(const Rule& rule) const;
   v1::BufferInfo Info(const Buffer& buffer, uint64_t session_id,
                       bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Drops `session`'s hold on `buffer_id`; frees the buffer when it was the

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,18 @@ struct BackendRequest {
   // Names the memory (visible in /proc/<pid>/fd and maps).
   std::string name;
   uint64_t usage = 0;
+};
+
+// The rights one fd for a buffer carries.
+struct ViewRights {
+  CpuAccess cpu = CpuAccess::kReadWrite;
+  // Driver names whose devices may attach the fd; absent: any device.
+  std::optional<std::vector<std::string>> attach_drivers;
+
+  // Whether these rights restrict anything.
+  bool Narrows() const {
+    return cpu != CpuAccess::kReadWrite || attach_drivers.has_value();
+  }
 };
 
 class Backend {
@@ -51,10 +64,18 @@ class Backend {
   // an allow-list (policy attach_devices). Decorators must forward it.
   virtual bool CanLimitAttach() const { return false; }
 
-  // A new fd for the memory behind `buffer` carrying only `access`.
-  // FAILED_PRECONDITION when !CanEnforce(access).
+  // A new fd for the memory behind `buffer` carrying only `rights`.
+  // FAILED_PRECONDITION when !CanEnforce(rights.cpu), or when
+  // rights.attach_drivers is set and !CanLimitAttach().
   virtual absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
-                                            CpuAccess access) = 0;
+                                            const ViewRights& rights) = 0;
+
+  // Whether an fd with `rights` must be a view (OpenView) rather than the
+  // buffer's own fd. memfds need one only for narrower CPU rights (no device
+  // can attach a memfd unless udmabuf exists, and then no limit holds).
+  virtual bool NeedsView(const ViewRights& rights) const {
+    return rights.cpu != CpuAccess::kReadWrite;
+  }
 };
 
 // Names of the backends this build knows, in probe order.

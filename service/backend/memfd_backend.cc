@@ -34,8 +34,13 @@ absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
 }
 
 absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
-                                                CpuAccess access) {
-  switch (access) {
+                                                const ViewRights& rights) {
+  if (rights.attach_drivers.has_value() && !CanLimitAttach()) {
+    return absl::FailedPreconditionError(
+        "memfd backend cannot limit which devices attach a buffer while "
+        "/dev/udmabuf exists (any holder can convert a memfd to a dma-buf)");
+  }
+  switch (rights.cpu) {
     case CpuAccess::kReadWrite:
       return buffer.Dup();
     case CpuAccess::kRead: {

@@ -27,7 +27,7 @@ class MemfdBackend : public Backend {
     return access != CpuAccess::kNone;
   }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
-                                    CpuAccess access) override;
+                                    const ViewRights& rights) override;
   bool CanLimitAttach() const override { return !udmabuf_present_; }
 
  private:

@@ -51,7 +51,7 @@ TEST(MemfdBackendTest, ReadViewCannotBeMappedOrProtectedWritable) {
   ASSERT_NE(w, MAP_FAILED);
   std::memcpy(w, "pattern", 7);
 
-  absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, CpuAccess::kRead);
+  absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
   ASSERT_TRUE(ro.ok()) << ro.status();
   EXPECT_EQ(fcntl(ro->get(), F_GETFL) & O_ACCMODE, O_RDONLY);
   EXPECT_EQ(mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, ro->get(), 0),
@@ -72,13 +72,24 @@ TEST(MemfdBackendTest, NoCpuAccessIsRefusedNotGranted) {
   EXPECT_FALSE(backend.CanEnforce(CpuAccess::kNone));
   absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok());
-  EXPECT_EQ(backend.OpenView(*fd, CpuAccess::kNone).status().code(),
+  EXPECT_EQ(backend.OpenView(*fd, ViewRights{CpuAccess::kNone}).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(MemfdBackendTest, AttachLimitsHoldOnlyWithoutUdmabuf) {
-  EXPECT_TRUE(MemfdBackend("/nonexistent/udmabuf").CanLimitAttach());
-  EXPECT_FALSE(MemfdBackend("/proc/self/exe").CanLimitAttach());  // "present"
+  MemfdBackend without("/nonexistent/udmabuf");
+  MemfdBackend with("/proc/self/exe");  // "present"
+  EXPECT_TRUE(without.CanLimitAttach());
+  EXPECT_FALSE(with.CanLimitAttach());
+  absl::StatusOr<UniqueFd> fd = without.Allocate({kPage, "t", 0});
+  ASSERT_TRUE(fd.ok());
+  ViewRights limited{CpuAccess::kRead, std::vector<std::string>{"vgem"}};
+  EXPECT_TRUE(without.OpenView(*fd, limited).ok());
+  EXPECT_EQ(with.OpenView(*fd, limited).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // A memfd needs a view only to narrow CPU rights.
+  EXPECT_FALSE(without.NeedsView({CpuAccess::kReadWrite, std::vector<std::string>{}}));
+  EXPECT_TRUE(without.NeedsView({CpuAccess::kRead, std::nullopt}));
 }
 
 TEST(BackendRegistryTest, CreatesByNameAndProbes) {

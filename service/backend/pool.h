@@ -99,8 +99,11 @@ class PooledBackend : public Backend {
   bool CanProtect() const override { return inner_->CanProtect(); }
   bool CanLimitAttach() const override { return inner_->CanLimitAttach(); }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
-                                    CpuAccess access) override {
-    return inner_->OpenView(buffer, access);
+                                    const ViewRights& rights) override {
+    return inner_->OpenView(buffer, rights);
+  }
+  bool NeedsView(const ViewRights& rights) const override {
+    return inner_->NeedsView(rights);
   }
 
   PoolStats stats() const;

@@ -194,7 +194,7 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   EXPECT_EQ((*pool)->CanLimitAttach(), MemfdBackend().CanLimitAttach());
   absl::StatusOr<UniqueFd> fd = (*pool)->Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok());
-  absl::StatusOr<UniqueFd> ro = (*pool)->OpenView(*fd, CpuAccess::kRead);
+  absl::StatusOr<UniqueFd> ro = (*pool)->OpenView(*fd, ViewRights{CpuAccess::kRead});
   ASSERT_TRUE(ro.ok());
   EXPECT_EQ(fcntl(ro->get(), F_GETFL) & O_ACCMODE, O_RDONLY);
   EXPECT_EQ(PooledBackend::Create(nullptr, Manual()).status().code(),

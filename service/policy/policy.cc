@@ -199,6 +199,7 @@ std::shared_ptr<const Policy> Policy::Default() {
     rule.usage_mask = ~usage::kReservedMask;
     rule.heaps = {"*"};
     rule.max_cpu = CpuAccess::kReadWrite;
+    rule.attach_devices = {"*"};
     rule.share_to = {"@same_uid"};
     rule.receive_from = {"@same_uid"};
     p->rules_.push_back(std::move(rule));
