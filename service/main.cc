@@ -27,9 +27,11 @@ ABSL_FLAG(std::string, control_socket, "",
 ABSL_FLAG(std::string, broker_socket, "",
           "fd broker socket (default: <socket dir>/broker.sock)");
 ABSL_FLAG(std::string, backend, "auto",
-          "backend: auto (= memfd), memfd, or memfd-pool (memfd behind a "
-          "bounded pool of pre-created buffers per recurring request; "
-          "halloc, dmaheap, udmabuf are not built yet)");
+          "backend: auto (halloc when halloc_heap.ko is loaded, else memfd), "
+          "halloc (dma-bufs from the kernel heaps, rights enforced by kernel "
+          "views), memfd, or memfd-pool (memfd behind a bounded pool of "
+          "pre-created buffers per recurring request); dmaheap and udmabuf "
+          "are not built yet");
 ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "

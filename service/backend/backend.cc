@@ -2,24 +2,36 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "service/backend/halloc_backend.h"
 #include "service/backend/memfd_backend.h"
 #include "service/backend/pool.h"
+#include "service/util/status_macros.h"
 
 namespace halloc {
 namespace {
 
+using Created = absl::StatusOr<std::unique_ptr<Backend>>;
+
 struct BackendEntry {
   const char* name;
-  // nullptr when the backend is not built yet.
-  std::unique_ptr<Backend> (*create)();
+  // nullptr when the backend is not built yet. FAILED_PRECONDITION when it
+  // cannot run on this machine (then "auto" tries the next one).
+  Created (*create)();
 };
 
-std::unique_ptr<Backend> NewMemfd() { return std::make_unique<MemfdBackend>(); }
+Created NewHalloc() {
+  ASSIGN_OR_RETURN(std::unique_ptr<HallocBackend> b, HallocBackend::Create());
+  return std::unique_ptr<Backend>(std::move(b));
+}
+
+Created NewMemfd() { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
 
 // memfd behind a pool of pre-created, committed buffers (pool.h), with the
-// default PoolOptions. Creating it cannot fail with a non-null backend.
-std::unique_ptr<Backend> NewPooledMemfd() {
-  return *PooledBackend::Create(std::make_unique<MemfdBackend>(), PoolOptions{});
+// default PoolOptions.
+Created NewPooledMemfd() {
+  ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b,
+                   PooledBackend::Create(std::make_unique<MemfdBackend>(), PoolOptions{}));
+  return std::unique_ptr<Backend>(std::move(b));
 }
 
 // Probe order (design.md): the halloc kernel heaps first, memfd last.
@@ -27,7 +39,7 @@ std::unique_ptr<Backend> NewPooledMemfd() {
 // Entries after "memfd" (which always works) are never chosen by "auto",
 // only by name.
 constexpr BackendEntry kBackends[] = {
-    {"halloc", nullptr},
+    {"halloc", &NewHalloc},
     {"dmaheap", nullptr},
     {"udmabuf", nullptr},
     {"memfd", &NewMemfd},
@@ -54,7 +66,12 @@ std::vector<std::string> KnownBackends() {
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name) {
   for (const BackendEntry& e : kBackends) {
     if (name != "auto" && name != e.name) continue;
-    if (e.create != nullptr) return e.create();
+    if (e.create != nullptr) {
+      Created b = e.create();
+      // "auto" moves on from a backend this machine cannot run.
+      if (name == "auto" && absl::IsFailedPrecondition(b.status())) continue;
+      return b;
+    }
     if (name != "auto") {
       return absl::FailedPreconditionError(absl::StrCat(
           "backend '", name, "' is not available in this build"));

@@ -1,0 +1,116 @@
+#include "service/backend/halloc_backend.h"
+
+#include <fcntl.h>
+#include <linux/dma-buf.h>
+#include <linux/dma-heap.h>
+#include <sys/ioctl.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernel/uapi/halloc_heap.h"
+#include "service/util/os_error.h"
+
+namespace halloc {
+namespace {
+
+int Ioctl(int fd, unsigned long request, void* arg) {
+  int r;
+  do {
+    r = ::ioctl(fd, request, arg);
+  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
+  return r;
+}
+
+// Copies `s` into a NUL-terminated kernel name field, truncating.
+void CopyName(char (&field)[HALLOC_NAME_LEN], absl::string_view s) {
+  const size_t n = std::min(s.size(), sizeof(field) - 1);
+  std::memcpy(field, s.data(), n);
+  field[n] = '\0';
+}
+
+uint32_t ToKernel(CpuAccess access) {
+  switch (access) {
+    case CpuAccess::kNone: return HALLOC_CPU_NONE;
+    case CpuAccess::kRead: return HALLOC_CPU_READ;
+    case CpuAccess::kReadWrite: return HALLOC_CPU_READ_WRITE;
+  }
+  return HALLOC_CPU_NONE;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
+    HallocBackendPaths paths) {
+  UniqueFd heap(::open(paths.heap.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!heap) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "halloc backend: cannot open ", paths.heap, " (", std::strerror(errno),
+        "); is halloc_heap.ko loaded?"));
+  }
+  UniqueFd control(::open(paths.control.c_str(), O_RDWR | O_CLOEXEC));
+  if (!control) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "halloc backend: cannot open ", paths.control, " (",
+        std::strerror(errno), ")"));
+  }
+  return std::unique_ptr<HallocBackend>(
+      new HallocBackend(std::move(heap), std::move(control)));
+}
+
+absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) {
+  if (request.size == 0) {
+    return absl::InvalidArgumentError("halloc: size 0");
+  }
+  dma_heap_allocation_data data{};
+  data.len = request.size;
+  data.fd_flags = O_RDWR | O_CLOEXEC;
+  if (Ioctl(heap_.get(), DMA_HEAP_IOCTL_ALLOC, &data) != 0) {
+    // ENOMEM covers both "larger than the heap's limit" and "short of
+    // memory": RESOURCE_EXHAUSTED either way (the daemon's own size limit
+    // rejects absurd sizes earlier with INVALID_ARGUMENT).
+    return ErrnoStatus(errno, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ")"));
+  }
+  UniqueFd fd(static_cast<int>(data.fd));
+  // The name shows in /proc/<pid>/fdinfo and the module's debugfs. A failure
+  // here loses nothing but the label.
+  char name[DMA_BUF_NAME_LEN];
+  const std::string label = absl::StrCat("halloc:", request.name);
+  const size_t n = std::min(label.size(), sizeof(name) - 1);
+  std::memcpy(name, label.data(), n);
+  name[n] = '\0';
+  (void)Ioctl(fd.get(), DMA_BUF_SET_NAME, name);
+  return fd;
+}
+
+absl::StatusOr<UniqueFd> HallocBackend::OpenView(const UniqueFd& buffer,
+                                                 const ViewRights& rights) {
+  halloc_view_data view{};
+  view.source_fd = buffer.get();
+  view.fd_flags = O_CLOEXEC;
+  view.cpu_access = ToKernel(rights.cpu);
+  if (rights.attach_drivers.has_value()) {
+    if (rights.attach_drivers->size() > HALLOC_MAX_DRIVERS) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "halloc: a view allows at most ", HALLOC_MAX_DRIVERS, " drivers, got ",
+          rights.attach_drivers->size()));
+    }
+    view.flags |= HALLOC_VIEW_RESTRICT_ATTACH;
+    for (const std::string& driver : *rights.attach_drivers) {
+      if (driver.empty() || driver.size() >= HALLOC_NAME_LEN) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("halloc: bad driver name '", driver, "'"));
+      }
+      CopyName(view.drivers[view.num_drivers++], driver);
+    }
+  }
+  CopyName(view.name, "halloc-view");
+  if (Ioctl(control_.get(), HALLOC_IOCTL_VIEW, &view) != 0) {
+    return ErrnoStatus(errno, "HALLOC_IOCTL_VIEW");
+  }
+  return UniqueFd(static_cast<int>(view.fd));
+}
+
+}  // namespace halloc

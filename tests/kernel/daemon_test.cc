@@ -1,0 +1,254 @@
+// hallocd on the kernel heaps: the daemon (in-process, through the test
+// fixture users get) with the "halloc" backend, its clients' fds checked with
+// the module's own accounting ioctl, mmap and vgem. What the memfd backend
+// must refuse (no CPU access at all, device allow-lists), this one grants,
+// and the kernel enforces it for whoever holds the fd.
+#include <drm.h>
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <xf86drm.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
+#include "tests/kernel/halloc_fixture.h"
+
+namespace halloc_test {
+namespace {
+
+using ::halloc::BlobDescriptor;
+using ::halloc::Client;
+using ::halloc::testing::TestDaemon;
+
+constexpr uint64_t kSize = 1 << 20;
+constexpr uint64_t kCpuReadOften = 0x3;
+constexpr uint64_t kCpuWriteOften = 0x3 << 4;
+constexpr uint64_t kGpuTexture = 1 << 8;
+
+// drmPrimeFDToHandle into vgem: 0 (handle closed again) or -errno.
+int ImportIntoVgem(int vgem, int dmabuf) {
+  uint32_t handle = 0;
+  if (drmPrimeFDToHandle(vgem, dmabuf, &handle) != 0) return -errno;
+  drm_gem_close close_args = {};
+  close_args.handle = handle;
+  drmIoctl(vgem, DRM_IOCTL_GEM_CLOSE, &close_args);
+  return 0;
+}
+
+// A policy with one rule for uid 0 (the guest runs the tests as root).
+std::string RootPolicy(const std::string& cpu, const std::string& attach) {
+  return absl::StrCat(R"(
+    clients {
+      name: "root"
+      match { uids: 0 }
+      usages: "cpu_read_often" usages: "cpu_write_often" usages: "gpu_texture"
+      heaps: "halloc"
+      max_cpu_access: )", cpu, "\n", attach, R"(
+      share_to: "@same_uid"
+      receive_from: "@same_uid"
+    })");
+}
+
+class DaemonOnKernelHeapTest : public HallocTest {
+ protected:
+  void SetUp() override {
+    HallocTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    vgem_ = OpenVgem();
+  }
+
+  // Starts hallocd with `backend` and, when not empty, `policy` (text).
+  void StartDaemon(const std::string& policy, const std::string& backend = "halloc") {
+    halloc::DaemonOptions options = TestDaemon::DefaultOptions();
+    options.backend = backend;
+    if (!policy.empty()) {
+      char path[] = "/tmp/halloc-policy-XXXXXX";
+      const int fd = mkstemp(path);
+      ASSERT_GE(fd, 0);
+      ASSERT_EQ(write(fd, policy.data(), policy.size()),
+                static_cast<ssize_t>(policy.size()));
+      close(fd);
+      policy_path_ = path;
+      options.policy_file = path;
+    }
+    absl::StatusOr<std::unique_ptr<TestDaemon>> d = TestDaemon::Start(options);
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = *std::move(d);
+  }
+
+  void TearDown() override {
+    daemon_.reset();  // closes every buffer the daemon held
+    if (!policy_path_.empty()) unlink(policy_path_.c_str());
+  }
+
+  Client Connect() {
+    absl::StatusOr<Client> c = daemon_->Connect();
+    EXPECT_TRUE(c.ok()) << c.status();
+    return *std::move(c);
+  }
+
+  std::unique_ptr<TestDaemon> daemon_;
+  std::string policy_path_;
+  UniqueFd vgem_;
+};
+
+TEST_F(DaemonOnKernelHeapTest, AutoPicksTheKernelHeapAndHandsOutItsDmaBufs) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon("", "auto"));
+  Client client = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      client.Allocate(BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "frame"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(buf->info().backend(), "halloc");
+  EXPECT_TRUE(buf->is_dmabuf());
+  const halloc_buffer_info info = InfoOf(buf->fd());
+  EXPECT_EQ(info.size, kSize);
+  EXPECT_STREQ(info.heap, HALLOC_HEAP_SYSTEM);
+  EXPECT_EQ(info.flags & HALLOC_INFO_IS_VIEW, 0u) << "an unrestricted client gets the buffer itself";
+  EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ_WRITE);
+  EXPECT_STREQ(info.name, "halloc:frame");
+
+  // Zeroed, writable, and the CPU bracket (DMA_BUF_IOCTL_SYNC) works.
+  absl::StatusOr<halloc::Mapping> map = buf->Map(halloc::Access::kReadWrite);
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_TRUE(AllBytesAre(map->as<uint8_t>(), kSize, 0));
+  std::memset(map->data(), 0x5a, kSize);
+  if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
+}
+
+TEST_F(DaemonOnKernelHeapTest, ReadOnlyClientGetsAKernelEnforcedReadOnlyView) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartDaemon(RootPolicy("CPU_ACCESS_READ", "attach_devices: \"vgem\"")));
+  Client client = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      client.Allocate(BlobDescriptor(kSize, kCpuReadOften | kGpuTexture, "ro"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  const halloc_buffer_info info = InfoOf(buf->fd());
+  EXPECT_NE(info.flags & HALLOC_INFO_IS_VIEW, 0u);
+  EXPECT_NE(info.flags & HALLOC_VIEW_RESTRICT_ATTACH, 0u);
+  EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ);
+  ASSERT_EQ(info.num_drivers, 1u);
+  EXPECT_STREQ(info.drivers[0], "vgem");
+
+  EXPECT_TRUE(buf->Map(halloc::Access::kRead).ok());
+  EXPECT_EQ(buf->Map(halloc::Access::kReadWrite).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  errno = 0;
+  Mapping w = halloc_test::Map(buf->fd(), kSize, PROT_READ | PROT_WRITE);
+  EXPECT_FALSE(w.valid());
+  EXPECT_EQ(errno, EACCES);
+  EXPECT_EQ(Sync(buf->fd(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE), -EPERM);
+  if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device for the attach half";
+  EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0) << "vgem is allowed";
+}
+
+TEST_F(DaemonOnKernelHeapTest, NoCpuClientGetsAViewTheCpuCannotMap) {
+  // On memfd this rule is FAILED_PRECONDITION: nothing can stop a memfd
+  // holder from mapping it. A kernel view can.
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(RootPolicy("CPU_ACCESS_NONE", "attach_devices: \"*\"")));
+  Client client = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      client.Allocate(BlobDescriptor(kSize, kGpuTexture, "gpu-only"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(InfoOf(buf->fd()).cpu_access, HALLOC_CPU_NONE);
+  EXPECT_EQ(InfoOf(buf->fd()).flags & HALLOC_VIEW_RESTRICT_ATTACH, 0u);
+  EXPECT_EQ(buf->Map(halloc::Access::kRead).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  errno = 0;
+  EXPECT_FALSE(halloc_test::Map(buf->fd(), kSize, PROT_READ).valid());
+  EXPECT_EQ(errno, EPERM);
+  // A usage asking for the CPU is denied by the rule, not granted.
+  EXPECT_EQ(client.Allocate(BlobDescriptor(kSize, kCpuReadOften, "x")).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device for the attach half";
+  EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0) << "any device may attach";
+}
+
+TEST_F(DaemonOnKernelHeapTest, DeviceOutsideTheAllowListCannotAttach) {
+  if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
+  ASSERT_NO_FATAL_FAILURE(
+      StartDaemon(RootPolicy("CPU_ACCESS_READ_WRITE", "attach_devices: \"vivid\"")));
+  Client client = Connect();
+  absl::StatusOr<halloc::Buffer> buf = client.Allocate(
+      BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "camera-only"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(InfoOf(buf->fd()).cpu_access, HALLOC_CPU_READ_WRITE);
+  EXPECT_TRUE(buf->Map(halloc::Access::kReadWrite).ok());
+  EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), -EPERM);
+}
+
+TEST_F(DaemonOnKernelHeapTest, SharedReadOnlyStaysReadOnlyInEveryProcess) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(""));  // default policy: share within uid
+  Client owner = Connect();
+  Client peer = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      owner.Allocate(BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "shared"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  {
+    absl::StatusOr<halloc::Mapping> map = buf->Map(halloc::Access::kReadWrite);
+    ASSERT_TRUE(map.ok());
+    std::memset(map->data(), 0xc3, kSize);
+  }
+  absl::StatusOr<halloc::v1::Grant> grant =
+      owner.Share(buf->id(), getuid(), halloc::v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<halloc::Buffer> got = peer.Import(grant->token());
+  ASSERT_TRUE(got.ok()) << got.status();
+
+  const halloc_buffer_info info = InfoOf(got->fd());
+  EXPECT_EQ(info.id, InfoOf(buf->fd()).id) << "the same pages";
+  EXPECT_NE(info.flags & HALLOC_INFO_IS_VIEW, 0u);
+  EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ);
+  EXPECT_EQ(info.views, 1u);
+  absl::StatusOr<halloc::Mapping> r = got->Map(halloc::Access::kRead);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(AllBytesAre(r->as<uint8_t>(), kSize, 0xc3));
+
+  // Passed on to another process (no gRPC there: it only maps), the fd
+  // still cannot be mapped for writing, nor mprotect'ed to writable.
+  const int fd = got->fd();
+  const int status = RunInChild([fd] {
+    void* w = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (w != MAP_FAILED) _exit(10);
+    void* p = mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) _exit(11);
+    if (mprotect(p, kSize, PROT_READ | PROT_WRITE) == 0) _exit(12);
+    _exit(0);
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "10: write map, 11: no read map, 12: mprotect";
+}
+
+TEST_F(DaemonOnKernelHeapTest, ReleasedBufferLeavesTheKernel) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(""));
+  Client client = Connect();
+  uint64_t kernel_id = 0;
+  {
+    absl::StatusOr<halloc::Buffer> buf = client.Allocate(BlobDescriptor(kSize, 0, "gone"));
+    ASSERT_TRUE(buf.ok()) << buf.status();
+    kernel_id = InfoOf(buf->fd()).id;
+    ASSERT_TRUE(client.Release(buf->id()).ok());
+  }  // the client's fd closes here; the daemon's goes on its reaper thread
+  const std::string prefix = absl::StrCat(kernel_id, " ");
+  auto listed = [&] {
+    std::ifstream in("/sys/kernel/debug/halloc/buffers");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind(prefix, 0) == 0) return true;
+    }
+    return false;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (listed() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_FALSE(listed()) << "kernel buffer " << kernel_id << " still alive";
+  EXPECT_EQ(client.Stats()->live_buffers(), 0u);
+}
+
+}  // namespace
+}  // namespace halloc_test
