@@ -130,6 +130,13 @@ done
 
 VIVID_PARAMS="n_devs=1 node_types=0x1"
 VIVID_KO=$(modprobe -d "$IMG/root" -S "$KVER" --show-depends vivid | awk '/vivid\.ko/ {print $2}')
+# The tests reload these two. The guest mounts a fresh tmpfs on the host's
+# /tmp (tests need a writable one), which hides a checkout or cache under
+# /tmp; the results share is mounted after it, so they go there.
+mkdir -p "$RESULTS/mods"
+cp "$KO" "$VIVID_KO" "$RESULTS/mods/"
+GUEST_KO=$RESULTS/mods/halloc_heap.ko
+GUEST_VIVID_KO=$RESULTS/mods/$(basename "$VIVID_KO")
 IR=$RUN/initramfs
 mkdir -p "$IR"/{bin,dev,proc,sys,host,mods}
 mv "$IR"/*.ko "$IR/mods/"
@@ -163,7 +170,7 @@ mkdir -p "\$R" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 results "\$R" || echo 'HARNESS: results mount failed'
 echo 'HARNESS: running tests'
 chroot \$H /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp \\
-  HALLOC_KO=$(q "$KO") VIVID_KO=$(q "$VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") \\
+  HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") \\
   $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q \\
   >"\$R/test.log" 2>&1
 echo \$? > "\$R/rc"
