@@ -268,10 +268,12 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     const Session* session) const {
   Plan plan;
   plan.count = count == 0 ? 1 : count;
-  if (plan.count > limits_.max_count_per_call) {
+  // All fds of a call travel in one record (see Deliver).
+  const uint64_t max_count =
+      std::min<uint64_t>(limits_.max_count_per_call, kMaxFdsPerRecord);
+  if (plan.count > max_count) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "count ", count, " exceeds the limit of ", limits_.max_count_per_call,
-        " buffers per call"));
+        "count ", count, " exceeds the limit of ", max_count, " buffers per call"));
   }
   RETURN_IF_ERROR(ValidateName(desc.name()));
   plan.name = desc.name().empty() ? "buffer" : desc.name();
@@ -431,16 +433,19 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
       *resp.add_buffers() = Info(*buffer, session.id(), false);
     }
   }
-  // fds go out before the reply, so the client never waits for them.
+  // fds go out before the reply, so the client never waits for them; all
+  // in one record, so a failure leaves none of them with the client.
+  std::vector<Delivery> items;
+  items.reserve(fresh.size());
   for (const auto& buffer : fresh) {
-    absl::Status sent =
-        Deliver(session, buffer->id, buffer->size,
-                {plan.owner_access, AttachDrivers(plan.rule)}, buffer->fd);
-    if (!sent.ok()) {
-      absl::MutexLock lock(&mu_);
-      for (const auto& b : fresh) DropHold(session, b->id);
-      return sent;
-    }
+    items.push_back({buffer->id, buffer->size, &buffer->fd});
+  }
+  absl::Status sent =
+      Deliver(session, items, {plan.owner_access, AttachDrivers(plan.rule)});
+  if (!sent.ok()) {
+    absl::MutexLock lock(&mu_);
+    for (const auto& b : fresh) DropHold(session, b->id);
+    return sent;
   }
   return resp;
 }
@@ -454,21 +459,30 @@ absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
       "buffers (rule '", rule.name, "' attach_devices)"));
 }
 
-absl::Status Allocator::Deliver(const Session& session, uint64_t buffer_id,
-                                uint64_t size, const ViewRights& rights,
-                                const UniqueFd& fd) {
-  UniqueFd view;
-  int to_send = fd.get();
-  if (backend_->NeedsView(rights)) {
-    ASSIGN_OR_RETURN(view, backend_->OpenView(fd, rights));
-    to_send = view.get();
+absl::Status Allocator::Deliver(const Session& session,
+                                absl::Span<const Delivery> items,
+                                const ViewRights& rights) {
+  if (items.size() > kMaxFdsPerRecord) {
+    return absl::InternalError(absl::StrCat("cannot deliver ", items.size(),
+                                            " fds in one record"));
   }
+  std::vector<UniqueFd> views;
+  std::vector<int> fds;
   v1::BrokerFrame frame;
-  v1::BufferFd* msg = frame.mutable_buffer();
-  msg->set_buffer_id(buffer_id);
-  msg->set_size(size);
-  msg->set_cpu_access(ToProto(rights.cpu));
-  const int fds[] = {to_send};
+  for (const Delivery& d : items) {
+    int fd = d.fd->get();
+    if (backend_->NeedsView(rights)) {
+      ASSIGN_OR_RETURN(UniqueFd view, backend_->OpenView(*d.fd, rights));
+      fd = view.get();
+      views.push_back(std::move(view));
+    }
+    fds.push_back(fd);
+    v1::BufferFd* msg = items.size() == 1 ? frame.mutable_buffer()
+                                          : frame.mutable_buffers()->add_buffers();
+    msg->set_buffer_id(d.buffer_id);
+    msg->set_size(d.size);
+    msg->set_cpu_access(ToProto(rights.cpu));
+  }
   return SendRecord(session.broker_fd(), frame.SerializeAsString(), fds,
                     /*nonblocking=*/true);
 }
@@ -795,8 +809,9 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     info = Info(*buffer, session.id(), false);
     info.set_cpu_access(ToProto(access));
   }
-  absl::Status sent = Deliver(session, buffer->id, buffer->size,
-                              {access, AttachDrivers(rule)}, buffer->fd);
+  const Delivery item{buffer->id, buffer->size, &buffer->fd};
+  absl::Status sent = Deliver(session, absl::MakeConstSpan(&item, 1),
+                              {access, AttachDrivers(rule)});
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);
     if (newly_held) DropHold(session, buffer->id);

@@ -119,11 +119,17 @@ class Allocator {
                                       absl::string_view action) const;
   // Counts a denial by `rule` and returns `status`.
   absl::Status Deny(absl::string_view rule, absl::Status status) const;
-  // Sends an fd for `buffer_id` carrying `rights` (`fd` itself, or a view
-  // of it where the backend needs one) on the session's broker socket.
-  absl::Status Deliver(const Session& session, uint64_t buffer_id,
-                       uint64_t size, const ViewRights& rights,
-                       const UniqueFd& fd);
+  // One buffer to hand out: its fd goes out carrying `rights` (the fd
+  // itself, or a view of it where the backend needs one).
+  struct Delivery {
+    uint64_t buffer_id;
+    uint64_t size;
+    const UniqueFd* fd;
+  };
+  // Sends the fds of `items` in one record on the session's broker socket:
+  // all of them are queued for the client, or none.
+  absl::Status Deliver(const Session& session, absl::Span<const Delivery> items,
+                       const ViewRights& rights);
   // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
   absl::Status CheckAttachLimit(const Rule& rule) const;
   v1::BufferInfo Info(const Buffer& buffer, uint64_t session_id,

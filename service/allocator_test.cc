@@ -70,10 +70,18 @@ TEST_F(AllocatorTest, AllocateDeliversFdBeforeReturning) {
     EXPECT_TRUE(info.owned());
     EXPECT_EQ(info.owner_uid(), 1000u);
     EXPECT_EQ(info.cpu_access(), v1::CPU_ACCESS_READ_WRITE);
-    auto [frame, fd] = ReadFd(p);
-    EXPECT_EQ(frame.buffer_id(), info.id());
+  }
+  // All three fds in one record, in the reply's order.
+  absl::StatusOr<Record> rec = ReceiveRecord(p.client_end.get(), true);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  v1::BrokerFrame frame;
+  ASSERT_TRUE(frame.ParseFromString(rec->bytes));
+  ASSERT_EQ(frame.buffers().buffers_size(), 3);
+  ASSERT_EQ(rec->fds.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(frame.buffers().buffers(i).buffer_id(), r->buffers(i).id());
     struct stat st;
-    ASSERT_EQ(fstat(fd.get(), &st), 0);
+    ASSERT_EQ(fstat(rec->fds[i].get(), &st), 0);
     EXPECT_EQ(st.st_size, 8192);
   }
   EXPECT_EQ(core_.Stats().live_buffers(), 3u);
@@ -477,6 +485,30 @@ TEST_F(AllocatorTest, FullBrokerQueueRollsBackAllocation) {
   }
   ASSERT_EQ(last.code(), StatusCode::kResourceExhausted) << last;
   EXPECT_EQ(core_.Stats().live_buffers(), static_cast<uint64_t>(ok));
+}
+
+TEST_F(AllocatorTest, SeveralBuffersReachTheClientAllOrNothing) {
+  Peer p = Open();
+  int held = 0;
+  while (core_.Allocate(*p.session, Blob(4096)).ok()) ++held;  // queue full
+  // Make room for one small record; then ask for 8 buffers at once.
+  absl::StatusOr<Record> first = ReceiveRecord(p.client_end.get(), true);
+  ASSERT_TRUE(first.ok());
+  absl::StatusOr<v1::AllocateResponse> many = core_.Allocate(*p.session, Blob(4096, 8));
+  const int expected_fds = held + (many.ok() ? 8 : 0);
+  if (!many.ok()) {
+    EXPECT_EQ(many.status().code(), StatusCode::kResourceExhausted);
+  }
+  EXPECT_EQ(core_.Stats().live_buffers(), static_cast<uint64_t>(expected_fds));
+  // What the client can read is exactly what it holds: no fd of a failed
+  // call is left behind for it.
+  int fds = static_cast<int>(first->fds.size());
+  for (;;) {
+    absl::StatusOr<Record> rec = ReceiveRecord(p.client_end.get(), true);
+    if (!rec.ok()) break;
+    fds += static_cast<int>(rec->fds.size());
+  }
+  EXPECT_EQ(fds, expected_fds);
 }
 
 TEST_F(AllocatorTest, ClosingSessionReleasesEverything) {

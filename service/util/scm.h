@@ -18,7 +18,7 @@
 namespace halloc {
 
 // Most fds one record may carry.
-inline constexpr size_t kMaxFdsPerRecord = 16;
+inline constexpr size_t kMaxFdsPerRecord = 64;
 // Largest record payload.
 inline constexpr size_t kMaxRecordBytes = 4096;
 

@@ -79,10 +79,10 @@ TEST_F(ScmTest, TooManyFdsRefusedBeforeSending) {
 }
 
 TEST_F(ScmTest, TruncatedControlClosesFdsAndReportsDataLoss) {
-  // Send more fds than the receiver's buffer holds by using raw sendmsg with
-  // a 253-fd control message (the kernel's SCM_MAX_FD limit).
+  // Send more fds than the receiver's buffer holds, with raw sendmsg (the
+  // kernel allows up to SCM_MAX_FD = 253 in one message).
   const int before = CountOpenFds();
-  std::vector<int> fds(64);
+  std::vector<int> fds(kMaxFdsPerRecord + 8);
   int p[2];
   ASSERT_EQ(::pipe(p), 0);
   UniqueFd r(p[0]), w(p[1]);

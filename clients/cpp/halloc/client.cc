@@ -180,11 +180,19 @@ class Client::Impl {
       }
       ASSIGN_OR_RETURN(Record rec, std::move(next));
       v1::BrokerFrame frame;
-      if (!frame.ParseFromString(rec.bytes) || !frame.has_buffer() ||
-          rec.fds.size() != 1) {
+      if (!frame.ParseFromString(rec.bytes)) {
         return absl::DataLossError("malformed frame on the broker socket");
       }
-      pending_[frame.buffer().buffer_id()] = std::move(rec.fds[0]);
+      if (frame.has_buffer() && rec.fds.size() == 1) {
+        pending_[frame.buffer().buffer_id()] = std::move(rec.fds[0]);
+      } else if (frame.has_buffers() &&
+                 static_cast<size_t>(frame.buffers().buffers_size()) == rec.fds.size()) {
+        for (int i = 0; i < frame.buffers().buffers_size(); ++i) {
+          pending_[frame.buffers().buffers(i).buffer_id()] = std::move(rec.fds[i]);
+        }
+      } else {
+        return absl::DataLossError("malformed frame on the broker socket");
+      }
     }
   }
 
