@@ -401,7 +401,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   fresh.reserve(plan.count);
   for (uint32_t i = 0; i < plan.count; ++i) {
     ASSIGN_OR_RETURN(UniqueFd fd,
-                     backend_->Allocate({plan.size, plan.name, plan.usage}));
+                     backend_->Allocate({plan.size, plan.name, plan.usage,
+                                         AttachDrivers(plan.rule)}));
     auto buffer = std::make_shared<Buffer>();
     buffer->name = plan.name;
     buffer->size = plan.size;

@@ -30,6 +30,10 @@ struct BackendRequest {
   // Names the memory (visible in /proc/<pid>/fd and maps).
   std::string name;
   uint64_t usage = 0;
+  // Drivers whose devices the client may attach this memory to (its policy
+  // rule's allow-list); absent: any device. A backend may choose memory by
+  // it (e.g. physically contiguous for a device that needs it).
+  std::optional<std::vector<std::string>> attach_drivers;
 };
 
 // The rights one fd for a buffer carries.

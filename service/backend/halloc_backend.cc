@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "kernel/uapi/halloc_heap.h"
 #include "service/util/os_error.h"
 
@@ -50,28 +53,59 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
         "halloc backend: cannot open ", paths.heap, " (", std::strerror(errno),
         "); is halloc_heap.ko loaded?"));
   }
+  UniqueFd contig(::open(paths.contig_heap.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!contig) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "halloc backend: cannot open ", paths.contig_heap, " (",
+        std::strerror(errno), ")"));
+  }
   UniqueFd control(::open(paths.control.c_str(), O_RDWR | O_CLOEXEC));
   if (!control) {
     return absl::FailedPreconditionError(absl::StrCat(
         "halloc backend: cannot open ", paths.control, " (",
         std::strerror(errno), ")"));
   }
-  return std::unique_ptr<HallocBackend>(
-      new HallocBackend(std::move(heap), std::move(control)));
+  std::vector<std::string> contig_only;
+  std::ifstream param(paths.contig_only_drivers);
+  std::string list;
+  if (std::getline(param, list)) {
+    for (absl::string_view d : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+      contig_only.emplace_back(absl::StripAsciiWhitespace(d));
+    }
+  }
+  return std::unique_ptr<HallocBackend>(new HallocBackend(
+      std::move(heap), std::move(contig), std::move(control), std::move(contig_only)));
+}
+
+bool HallocBackend::NeedsContig(const BackendRequest& request) const {
+  if (!request.attach_drivers.has_value()) return false;  // any device: unknown
+  for (const std::string& driver : *request.attach_drivers) {
+    if (std::find(contig_only_.begin(), contig_only_.end(), driver) !=
+        contig_only_.end()) {
+      return true;
+    }
+  }
+  return false;
 }
 
 absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) {
   if (request.size == 0) {
     return absl::InvalidArgumentError("halloc: size 0");
   }
+  const bool contig = NeedsContig(request);
   dma_heap_allocation_data data{};
   data.len = request.size;
   data.fd_flags = O_RDWR | O_CLOEXEC;
-  if (Ioctl(heap_.get(), DMA_HEAP_IOCTL_ALLOC, &data) != 0) {
+  if (Ioctl(contig ? contig_heap_.get() : heap_.get(), DMA_HEAP_IOCTL_ALLOC,
+            &data) != 0) {
     // ENOMEM covers both "larger than the heap's limit" and "short of
     // memory": RESOURCE_EXHAUSTED either way (the daemon's own size limit
     // rejects absurd sizes earlier with INVALID_ARGUMENT).
-    return ErrnoStatus(errno, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ")"));
+    return ErrnoStatus(
+        errno, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ",
+                            contig ? "halloc-contig (a device the client may "
+                                     "attach to needs contiguous memory)"
+                                   : "halloc-system"));
   }
   UniqueFd fd(static_cast<int>(data.fd));
   // The name shows in /proc/<pid>/fdinfo and the module's debugfs. A failure

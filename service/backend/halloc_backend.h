@@ -8,11 +8,19 @@
 // DMA_BUF_IOCTL_SYNC and dma_buf_attach for whoever holds the fd, including
 // processes the client passes it on to. Rights only narrow: a view of a view
 // can never widen.
+//
+// Which heap. A client whose rule lets it attach buffers only to devices
+// that need physically contiguous memory (the module's contig_only_drivers,
+// e.g. vivid with videobuf2-dma-contig) gets halloc-contig memory, so that
+// its camera can use the buffer; when that heap cannot supply the size the
+// allocation fails (RESOURCE_EXHAUSTED) rather than hand out pages the
+// device would refuse. Everyone else gets halloc-system.
 #ifndef HALLOC_SERVICE_BACKEND_HALLOC_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_HALLOC_BACKEND_H_
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "service/backend/backend.h"
@@ -21,7 +29,12 @@ namespace halloc {
 
 struct HallocBackendPaths {
   std::string heap = "/dev/dma_heap/halloc-system";
+  std::string contig_heap = "/dev/dma_heap/halloc-contig";
   std::string control = "/dev/halloc";
+  // The module's list of drivers whose devices need one physically
+  // contiguous segment (comma-separated), read once at start.
+  std::string contig_only_drivers =
+      "/sys/module/halloc_heap/parameters/contig_only_drivers";
 };
 
 class HallocBackend : public Backend {
@@ -42,11 +55,19 @@ class HallocBackend : public Backend {
   }
 
  private:
-  HallocBackend(UniqueFd heap, UniqueFd control)
-      : heap_(std::move(heap)), control_(std::move(control)) {}
+  HallocBackend(UniqueFd heap, UniqueFd contig_heap, UniqueFd control,
+                std::vector<std::string> contig_only)
+      : heap_(std::move(heap)),
+        contig_heap_(std::move(contig_heap)),
+        control_(std::move(control)),
+        contig_only_(std::move(contig_only)) {}
+  // Whether `request` must come from the contiguous heap.
+  bool NeedsContig(const BackendRequest& request) const;
 
   const UniqueFd heap_;
+  const UniqueFd contig_heap_;
   const UniqueFd control_;
+  const std::vector<std::string> contig_only_;
 };
 
 }  // namespace halloc

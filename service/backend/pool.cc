@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "service/util/os_error.h"
 #include "service/util/status_macros.h"
 
@@ -18,6 +19,24 @@ namespace {
 constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
 // Pause after a failed refill (out of memory or fds) before trying again.
 constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
+
+// BackendRequest::attach_drivers as part of a class key: "" when absent,
+// else one NUL-terminated entry per driver (so an empty list differs too).
+std::string DriversKey(const std::optional<std::vector<std::string>>& drivers) {
+  if (!drivers.has_value()) return "";
+  std::string key = "=";
+  for (const std::string& d : *drivers) absl::StrAppend(&key, d, std::string(1, '\0'));
+  return key;
+}
+
+std::optional<std::vector<std::string>> DriversFromKey(absl::string_view key) {
+  if (key.empty()) return std::nullopt;
+  std::vector<std::string> drivers;
+  for (absl::string_view d : absl::StrSplit(key.substr(1), '\0', absl::SkipEmpty())) {
+    drivers.emplace_back(d);
+  }
+  return drivers;
+}
 
 }  // namespace
 
@@ -73,7 +92,8 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     const BackendRequest& request) {
   {
     absl::MutexLock lock(&mu_);
-    ClassKey key{request.size, request.name, request.usage};
+    ClassKey key{request.size, request.name, request.usage,
+                 DriversKey(request.attach_drivers)};
     auto it = classes_.find(key);
     if (it == classes_.end()) {
       if (classes_.size() >= options_.max_classes) ForgetLeastRecent();
@@ -131,6 +151,7 @@ bool PooledBackend::RefillOnce() {
     request.size = std::get<0>(*key);
     request.name = std::get<1>(*key);
     request.usage = std::get<2>(*key);
+    request.attach_drivers = DriversFromKey(std::get<3>(*key));
   }
   absl::StatusOr<UniqueFd> fd = Make(request);
   UniqueFd surplus;  // closed after the lock is dropped
@@ -141,7 +162,8 @@ bool PooledBackend::RefillOnce() {
     wake_.WaitWithTimeout(&mu_, kFailureBackoff);
     return true;
   }
-  auto it = classes_.find(ClassKey{request.size, request.name, request.usage});
+  auto it = classes_.find(ClassKey{request.size, request.name, request.usage,
+                                   DriversKey(request.attach_drivers)});
   if (it == classes_.end() || it->second.stock.size() >= Target(request.size) ||
       stocked_bytes_ + request.size > options_.max_bytes) {
     surplus = *std::move(fd);  // forgotten or filled meanwhile

@@ -16,7 +16,7 @@
 // allocations.
 //
 // Which sizes are stocked. Buffers are pooled per *class*: the exact request
-// (size, name, usage), because a memfd's name is fixed at creation and inner
+// (size, name, usage, attach drivers), because a memfd's name is fixed at creation and inner
 // backends may choose memory by usage. A class is stocked only once it has
 // been requested `min_requests` times (a recurring size: a camera or
 // compositor queue), so one-off sizes cost nothing. A miss allocates
@@ -114,7 +114,9 @@ class PooledBackend : public Backend {
   bool RefillOnce();
 
  private:
-  using ClassKey = std::tuple<uint64_t, std::string, uint64_t>;
+  // (size, name, usage, attach drivers): everything a backend may choose
+  // memory by. The drivers are encoded by DriversKey().
+  using ClassKey = std::tuple<uint64_t, std::string, uint64_t, std::string>;
   struct Class {
     std::deque<UniqueFd> stock;
     uint64_t requests = 0;

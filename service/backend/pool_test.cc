@@ -6,9 +6,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
@@ -85,6 +88,50 @@ TEST(PooledBackendTest, MissesAndHitsReturnTheSameKindOfMemory) {
     ExpectZeroedAndCommitted(*next, size);
     EXPECT_EQ((*pool)->stats().hits, 2u);
   }
+}
+
+// Records the attach drivers of every inner allocation.
+class RecordingBackend : public MemfdBackend {
+ public:
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    absl::MutexLock lock(&mu_);
+    seen_.push_back(r.attach_drivers);
+    return MemfdBackend::Allocate(r);
+  }
+  std::vector<std::optional<std::vector<std::string>>> seen() {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::optional<std::vector<std::string>>> seen_;
+};
+
+TEST(PooledBackendTest, AttachDriversAreOneMoreDimensionOfAClass) {
+  auto recording = std::make_unique<RecordingBackend>();
+  RecordingBackend* inner = recording.get();
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::move(recording), o);
+  ASSERT_TRUE(pool.ok());
+  using Drivers = std::optional<std::vector<std::string>>;
+  const BackendRequest vivid{kPage, "c", 0, Drivers(std::vector<std::string>{"vivid"})};
+  const BackendRequest none{kPage, "c", 0, Drivers(std::vector<std::string>{})};
+  const BackendRequest any{kPage, "c", 0, std::nullopt};
+  ASSERT_TRUE((*pool)->Allocate(vivid).ok());  // miss
+  ASSERT_TRUE((*pool)->RefillOnce());           // stocks the vivid class
+  EXPECT_EQ(inner->seen().back(), vivid.attach_drivers) << "refill kept the drivers";
+  while ((*pool)->RefillOnce()) {
+  }
+  const uint64_t hits = (*pool)->stats().hits;
+  ASSERT_TRUE((*pool)->Allocate(vivid).ok());
+  EXPECT_EQ((*pool)->stats().hits, hits + 1);
+  // Same size, name and usage, other drivers: other classes, so misses.
+  ASSERT_TRUE((*pool)->Allocate(none).ok());
+  ASSERT_TRUE((*pool)->Allocate(any).ok());
+  EXPECT_EQ((*pool)->stats().hits, hits + 1);
+  EXPECT_EQ(inner->seen().back(), any.attach_drivers);
 }
 
 TEST(PooledBackendTest, StockIsBoundedPerClassAndInTotal) {

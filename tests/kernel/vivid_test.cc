@@ -9,11 +9,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
 #include "tests/kernel/halloc_fixture.h"
 
 namespace halloc_test {
@@ -127,10 +131,15 @@ class VividTest : public HallocTest {
   // Captures kFrames frames into kBuffers buffers from `heap` and checks
   // that they hold vivid's test pattern. expect_vmap: vb2-vmalloc.
   void CaptureInto(Heap heap, bool expect_vmap) {
+    CaptureIntoBuffers([&] { return Alloc(heap, frame_size_); }, expect_vmap);
+  }
+
+  // The same with buffers from `alloc` (frame_size_ bytes each).
+  void CaptureIntoBuffers(const std::function<UniqueFd()>& alloc, bool expect_vmap) {
     ASSERT_EQ(RequestBuffers(kBuffers), 0);
     std::vector<UniqueFd> bufs;
     for (int i = 0; i < kBuffers; ++i) {
-      bufs.push_back(Alloc(heap, frame_size_));
+      bufs.push_back(alloc());
       ASSERT_TRUE(bufs.back().valid());
       ASSERT_EQ(Queue(i, bufs.back().get(), PageAlign(frame_size_)), 0);
     }
@@ -234,6 +243,53 @@ class VividContigTest : public VividTest {
 
 TEST_F(VividContigTest, CaptureIntoContigHeap) {
   CaptureInto(Heap::kContig, /*expect_vmap=*/false);
+}
+
+// The camera integration end to end: a client whose policy lets it attach
+// buffers only to vivid asks hallocd for camera buffers; hallocd takes them
+// from halloc-contig (vivid needs contiguous memory) and hands out views
+// that only vivid may attach; vivid captures its test pattern into them.
+TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
+  halloc::DaemonOptions options = halloc::testing::TestDaemon::DefaultOptions();
+  options.backend = "halloc";
+  char path[] = "/tmp/halloc-policy-XXXXXX";
+  const int pfd = mkstemp(path);
+  ASSERT_GE(pfd, 0);
+  const std::string policy = R"(
+    clients {
+      name: "camera"
+      match { uids: 0 }
+      usages: "camera_output" usages: "cpu_read_often"
+      heaps: "halloc"
+      max_cpu_access: CPU_ACCESS_READ
+      attach_devices: "vivid"
+    })";
+  ASSERT_EQ(write(pfd, policy.data(), policy.size()), static_cast<ssize_t>(policy.size()));
+  close(pfd);
+  options.policy_file = path;
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
+      halloc::testing::TestDaemon::Start(options);
+  unlink(path);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<halloc::Client> camera = (*daemon)->Connect();
+  ASSERT_TRUE(camera.ok()) << camera.status();
+  constexpr uint64_t kCameraOutput = 1 << 17, kCpuReadOften = 0x3;
+
+  CaptureIntoBuffers(
+      [&]() -> UniqueFd {
+        absl::StatusOr<halloc::Buffer> b = camera->Allocate(halloc::BlobDescriptor(
+            frame_size_, kCameraOutput | kCpuReadOften, "camera-frame"));
+        EXPECT_TRUE(b.ok()) << b.status();
+        if (!b.ok()) return UniqueFd();
+        const halloc_buffer_info info = InfoOf(b->fd());
+        EXPECT_STREQ(info.heap, HALLOC_HEAP_CONTIG);
+        EXPECT_EQ(info.segments, 1u);
+        EXPECT_NE(info.flags & HALLOC_INFO_IS_VIEW, 0u);
+        EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ);
+        EXPECT_NE(info.flags & HALLOC_VIEW_RESTRICT_ATTACH, 0u);
+        return UniqueFd(b->TakeFd().release());
+      },
+      /*expect_vmap=*/false);
 }
 
 TEST_F(VividContigTest, ScatteredBufferRefusedCleanly) {
