@@ -467,12 +467,13 @@ absl::Status Allocator::Deliver(const Session& session,
     return absl::InternalError(absl::StrCat("cannot deliver ", items.size(),
                                             " fds in one record"));
   }
+  const bool needs_view = backend_->NeedsView(rights);
   std::vector<UniqueFd> views;
   std::vector<int> fds;
   v1::BrokerFrame frame;
   for (const Delivery& d : items) {
     int fd = d.fd->get();
-    if (backend_->NeedsView(rights)) {
+    if (needs_view) {
       ASSIGN_OR_RETURN(UniqueFd view, backend_->OpenView(*d.fd, rights));
       fd = view.get();
       views.push_back(std::move(view));

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "kernel/uapi/halloc_heap.h"
 #include "service/util/os_error.h"
+#include "service/util/status_macros.h"
 
 namespace halloc {
 namespace {
@@ -28,10 +29,22 @@ int Ioctl(int fd, unsigned long request, void* arg) {
 }
 
 // Copies `s` into a NUL-terminated kernel name field, truncating.
-void CopyName(char (&field)[HALLOC_NAME_LEN], absl::string_view s) {
-  const size_t n = std::min(s.size(), sizeof(field) - 1);
+template <size_t N>
+void CopyName(char (&field)[N], absl::string_view s) {
+  const size_t n = std::min(s.size(), N - 1);
   std::memcpy(field, s.data(), n);
   field[n] = '\0';
+}
+
+// Opens one of the module's nodes; FAILED_PRECONDITION when it cannot.
+absl::StatusOr<UniqueFd> OpenNode(const std::string& path, int flags) {
+  UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC));
+  if (!fd) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("halloc backend: cannot open ", path, " (",
+                     std::strerror(errno), "); is halloc_heap.ko loaded?"));
+  }
+  return fd;
 }
 
 uint32_t ToKernel(CpuAccess access) {
@@ -47,24 +60,9 @@ uint32_t ToKernel(CpuAccess access) {
 
 absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
     HallocBackendPaths paths) {
-  UniqueFd heap(::open(paths.heap.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!heap) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "halloc backend: cannot open ", paths.heap, " (", std::strerror(errno),
-        "); is halloc_heap.ko loaded?"));
-  }
-  UniqueFd contig(::open(paths.contig_heap.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!contig) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "halloc backend: cannot open ", paths.contig_heap, " (",
-        std::strerror(errno), ")"));
-  }
-  UniqueFd control(::open(paths.control.c_str(), O_RDWR | O_CLOEXEC));
-  if (!control) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "halloc backend: cannot open ", paths.control, " (",
-        std::strerror(errno), ")"));
-  }
+  ASSIGN_OR_RETURN(UniqueFd heap, OpenNode(paths.heap, O_RDONLY));
+  ASSIGN_OR_RETURN(UniqueFd contig, OpenNode(paths.contig_heap, O_RDONLY));
+  ASSIGN_OR_RETURN(UniqueFd control, OpenNode(paths.control, O_RDWR));
   std::vector<std::string> contig_only;
   std::ifstream param(paths.contig_only_drivers);
   std::string list;
@@ -111,10 +109,7 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
   // The name shows in /proc/<pid>/fdinfo and the module's debugfs. A failure
   // here loses nothing but the label.
   char name[DMA_BUF_NAME_LEN];
-  const std::string label = absl::StrCat("halloc:", request.name);
-  const size_t n = std::min(label.size(), sizeof(name) - 1);
-  std::memcpy(name, label.data(), n);
-  name[n] = '\0';
+  CopyName(name, absl::StrCat("halloc:", request.name));
   (void)Ioctl(fd.get(), DMA_BUF_SET_NAME, name);
   return fd;
 }
