@@ -256,8 +256,9 @@ static void halloc_buffer_sync(struct halloc_buffer *buf,
 	}
 }
 
-static int halloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
-					  enum dma_data_direction dir)
+/* Both ends of a CPU access bracket: check the view's right, then sync. */
+static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
+				    enum dma_data_direction dir, bool begin)
 {
 	struct halloc_buffer *buf = halloc_buf(dmabuf);
 	int ret;
@@ -266,24 +267,21 @@ static int halloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
 	if (ret)
 		return ret;
 	mutex_lock(&buf->lock);
-	halloc_buffer_sync(buf, dir, true);
+	halloc_buffer_sync(buf, dir, begin);
 	mutex_unlock(&buf->lock);
 	return 0;
+}
+
+static int halloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
+					  enum dma_data_direction dir)
+{
+	return halloc_dmabuf_cpu_access(dmabuf, dir, true);
 }
 
 static int halloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
 					enum dma_data_direction dir)
 {
-	struct halloc_buffer *buf = halloc_buf(dmabuf);
-	int ret;
-
-	ret = halloc_cpu_allowed(dmabuf->priv, dir);
-	if (ret)
-		return ret;
-	mutex_lock(&buf->lock);
-	halloc_buffer_sync(buf, dir, false);
-	mutex_unlock(&buf->lock);
-	return 0;
+	return halloc_dmabuf_cpu_access(dmabuf, dir, false);
 }
 
 static void halloc_vm_open(struct vm_area_struct *vma)
