@@ -14,7 +14,6 @@
 #   HALLOC_KERNEL_CACHE  cache for the kernel image and runs
 #                        (default ~/.cache/halloc/kernel)
 #   HALLOC_QEMU_TIMEOUT  seconds before the guest is killed (default 240)
-#   HALLOC_NO_BAZEL=1    build the guest test with g++ instead of Bazel
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,20 +38,12 @@ summary() { echo "kernel: $1 passed, $2 failed, $3 skipped"; }
 die() { log "FAIL: $*"; summary 0 1 0; exit 1; }
 
 # --- packages --------------------------------------------------------------
-PKGS=(qemu-system-x86 busybox-static linux-headers-amd64 kmod cpio)
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-    missing+=("$p")
-done
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
-    die "cannot install ${missing[*]}"
-fi
+# shellcheck source=tools/lib/apt.sh
+source "$REPO/tools/lib/apt.sh"
+apt_install qemu-system-x86 busybox-static linux-headers-amd64 kmod cpio ||
+  die "cannot install the kernel test's packages"
+command -v bazel >/dev/null ||
+  die "bazel is not installed: run tools/run kernel-test (it installs it)"
 
 # The kernel the headers metapackage points at, e.g. 6.1.0-56-amd64.
 KVER=$(apt-cache depends linux-headers-amd64 |
@@ -95,23 +86,12 @@ mkdir -p "$RESULTS" "$RUN/initramfs"
 cleanup() { rm -f "$BUILD_LOG"; ((KEEP)) || rm -rf "$RUN"; }
 trap cleanup EXIT
 
-if [[ ${HALLOC_NO_BAZEL:-0} != 1 ]] && command -v bazel >/dev/null; then
-  log "bazel build $TEST_TARGET"
-  (cd "$REPO" && bazel build -c opt "$TEST_TARGET" >"$RUN/bazel.log" 2>&1) || {
-    tail -n 40 "$RUN/bazel.log" >&2
-    die "bazel build $TEST_TARGET failed"
-  }
-  TEST_BIN=$(cd "$REPO" && readlink -f "bazel-bin/tests/kernel/halloc_heap_guest_test")
-else
-  if [[ ${HALLOC_NO_BAZEL:-0} != 1 ]]; then
-    log "bazel not found: building the guest test with g++ directly"
-  fi
-  TEST_BIN=$RUN/halloc_heap_guest_test
-  # Without Bazel there is no daemon to link: the module's own suites only.
-  g++ -std=c++17 -O2 -Wall -Wextra -I"$REPO" -I/usr/include/libdrm \
-    $(ls "$REPO"/tests/kernel/*.cc | grep -v '/daemon_test\.cc$') -o "$TEST_BIN" \
-    -lgtest_main -lgtest -ldrm -pthread || die "g++ build of the guest test failed"
-fi
+log "bazel build $TEST_TARGET"
+(cd "$REPO" && bazel build -c opt "$TEST_TARGET" >"$RUN/bazel.log" 2>&1) || {
+  tail -n 40 "$RUN/bazel.log" >&2
+  die "bazel build $TEST_TARGET failed"
+}
+TEST_BIN=$(cd "$REPO" && readlink -f "bazel-bin/tests/kernel/halloc_heap_guest_test")
 [[ -x $TEST_BIN ]] || die "no guest test binary at $TEST_BIN"
 
 # --- initramfs ---------------------------------------------------------------

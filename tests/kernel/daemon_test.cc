@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
+#include "tests/kernel/daemon_util.h"
 #include "tests/kernel/halloc_fixture.h"
 
 namespace halloc_test {
@@ -66,27 +67,12 @@ class DaemonOnKernelHeapTest : public HallocTest {
 
   // Starts hallocd with `backend` and, when not empty, `policy` (text).
   void StartDaemon(const std::string& policy, const std::string& backend = "halloc") {
-    halloc::DaemonOptions options = TestDaemon::DefaultOptions();
-    options.backend = backend;
-    if (!policy.empty()) {
-      char path[] = "/tmp/halloc-policy-XXXXXX";
-      const int fd = mkstemp(path);
-      ASSERT_GE(fd, 0);
-      ASSERT_EQ(write(fd, policy.data(), policy.size()),
-                static_cast<ssize_t>(policy.size()));
-      close(fd);
-      policy_path_ = path;
-      options.policy_file = path;
-    }
-    absl::StatusOr<std::unique_ptr<TestDaemon>> d = TestDaemon::Start(options);
+    absl::StatusOr<std::unique_ptr<TestDaemon>> d = halloc_test::StartDaemon(backend, policy);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
   }
 
-  void TearDown() override {
-    daemon_.reset();  // closes every buffer the daemon held
-    if (!policy_path_.empty()) unlink(policy_path_.c_str());
-  }
+  void TearDown() override { daemon_.reset(); }  // closes every buffer it held
 
   Client Connect() {
     absl::StatusOr<Client> c = daemon_->Connect();
@@ -95,7 +81,6 @@ class DaemonOnKernelHeapTest : public HallocTest {
   }
 
   std::unique_ptr<TestDaemon> daemon_;
-  std::string policy_path_;
   UniqueFd vgem_;
 };
 

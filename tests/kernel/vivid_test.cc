@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
+#include "tests/kernel/daemon_util.h"
 #include "tests/kernel/halloc_fixture.h"
 
 namespace halloc_test {
@@ -250,12 +251,8 @@ TEST_F(VividContigTest, CaptureIntoContigHeap) {
 // from halloc-contig (vivid needs contiguous memory) and hands out views
 // that only vivid may attach; vivid captures its test pattern into them.
 TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
-  halloc::DaemonOptions options = halloc::testing::TestDaemon::DefaultOptions();
-  options.backend = "halloc";
-  char path[] = "/tmp/halloc-policy-XXXXXX";
-  const int pfd = mkstemp(path);
-  ASSERT_GE(pfd, 0);
-  const std::string policy = R"(
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
+      StartDaemon("halloc", R"(
     clients {
       name: "camera"
       match { uids: 0 }
@@ -263,13 +260,7 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
       heaps: "halloc"
       max_cpu_access: CPU_ACCESS_READ
       attach_devices: "vivid"
-    })";
-  ASSERT_EQ(write(pfd, policy.data(), policy.size()), static_cast<ssize_t>(policy.size()));
-  close(pfd);
-  options.policy_file = path;
-  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
-      halloc::testing::TestDaemon::Start(options);
-  unlink(path);
+    })");
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   absl::StatusOr<halloc::Client> camera = (*daemon)->Connect();
   ASSERT_TRUE(camera.ok()) << camera.status();
