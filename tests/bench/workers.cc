@@ -23,6 +23,7 @@
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/util/os_error.h"
 #include "service/util/scm.h"
+#include "service/util/status_macros.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc::bench {
@@ -58,6 +59,17 @@ absl::StatusOr<sockaddr_un> Address(const std::string& path) {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
+}
+
+// A SOCK_SEQPACKET connection to the Unix socket at `path`.
+absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
+  ASSIGN_OR_RETURN(sockaddr_un addr, Address(path));
+  UniqueFd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!sock || ::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr),
+                         sizeof(addr)) != 0) {
+    return ErrnoStatus(errno, "connect");
+  }
+  return sock;
 }
 
 // --- Floors ----------------------------------------------------------------
@@ -143,13 +155,9 @@ int EchoLatency(const Args& a) {
 }
 
 int ScmLatency(const Args& a) {
-  absl::StatusOr<sockaddr_un> addr = Address(a.Str("socket"));
-  if (!addr.ok()) return Fail("scm", addr.status());
-  UniqueFd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!sock || ::connect(sock.get(), reinterpret_cast<sockaddr*>(&*addr),
-                         sizeof(*addr)) != 0) {
-    return Fail("scm", ErrnoStatus(errno, "connect"));
-  }
+  absl::StatusOr<UniqueFd> connected = ConnectSeqpacket(a.Str("socket"));
+  if (!connected.ok()) return Fail("scm", connected.status());
+  UniqueFd sock = *std::move(connected);
   const int64_t n = a.Int("n", 1000);
   Micros us;
   us.reserve(n);
@@ -459,13 +467,9 @@ int Throughput(const Args& a) {
 // Allocate RPC until its reply, taking the already-queued fd off the broker
 // socket, mmap; next to a session-less Stats RPC on the same daemon.
 int AllocBreakdown(const Args& a) {
-  absl::StatusOr<sockaddr_un> addr = Address(a.Str("broker"));
-  if (!addr.ok()) return Fail("breakdown", addr.status());
-  UniqueFd broker(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!broker || ::connect(broker.get(), reinterpret_cast<sockaddr*>(&*addr),
-                           sizeof(*addr)) != 0) {
-    return Fail("breakdown", ErrnoStatus(errno, "connect"));
-  }
+  absl::StatusOr<UniqueFd> connected = ConnectSeqpacket(a.Str("broker"));
+  if (!connected.ok()) return Fail("breakdown", connected.status());
+  UniqueFd broker = *std::move(connected);
   absl::StatusOr<Record> hello = ReceiveRecord(broker.get(), false);
   v1::BrokerFrame frame;
   if (!hello.ok() || !frame.ParseFromString(hello->bytes)) {
