@@ -91,12 +91,13 @@ uint64_t PooledBackend::Target(uint64_t size) const {
 absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     const BackendRequest& request) {
   {
+    std::deque<UniqueFd> forgotten;  // closed after the lock is dropped
     absl::MutexLock lock(&mu_);
     ClassKey key{request.size, request.name, request.usage,
                  DriversKey(request.attach_drivers)};
     auto it = classes_.find(key);
     if (it == classes_.end()) {
-      if (classes_.size() >= options_.max_classes) ForgetLeastRecent();
+      if (classes_.size() >= options_.max_classes) ForgetLeastRecent(forgotten);
       it = classes_.emplace(std::move(key), Class{}).first;
     }
     Class& c = it->second;
@@ -175,40 +176,34 @@ bool PooledBackend::RefillOnce() {
   return true;
 }
 
-void PooledBackend::ForgetLeastRecent() {
+void PooledBackend::Forget(Classes::iterator it, std::deque<UniqueFd>& out) {
+  stocked_bytes_ -= std::get<0>(it->first) * it->second.stock.size();
+  stocked_buffers_ -= it->second.stock.size();
+  for (UniqueFd& fd : it->second.stock) out.push_back(std::move(fd));
+  classes_.erase(it);
+}
+
+void PooledBackend::ForgetLeastRecent(std::deque<UniqueFd>& out) {
   auto oldest = classes_.end();
   for (auto it = classes_.begin(); it != classes_.end(); ++it) {
     if (oldest == classes_.end() || it->second.last_use < oldest->second.last_use) {
       oldest = it;
     }
   }
-  if (oldest == classes_.end()) return;
-  stocked_bytes_ -= std::get<0>(oldest->first) * oldest->second.stock.size();
-  stocked_buffers_ -= oldest->second.stock.size();
-  // Closing a few fds under the lock; at most max_per_class of them.
-  classes_.erase(oldest);
+  if (oldest != classes_.end()) Forget(oldest, out);
 }
 
 void PooledBackend::TrimIdle(absl::Time now, std::deque<UniqueFd>& out) {
   for (auto it = classes_.begin(); it != classes_.end();) {
     auto cur = it++;
-    if (now - cur->second.last_use < options_.idle_timeout) continue;
-    stocked_bytes_ -= std::get<0>(cur->first) * cur->second.stock.size();
-    stocked_buffers_ -= cur->second.stock.size();
-    for (UniqueFd& fd : cur->second.stock) out.push_back(std::move(fd));
-    classes_.erase(cur);
+    if (now - cur->second.last_use >= options_.idle_timeout) Forget(cur, out);
   }
 }
 
 void PooledBackend::Trim() {
   std::deque<UniqueFd> freed;
   absl::MutexLock lock(&mu_);
-  for (auto& [key, c] : classes_) {
-    for (UniqueFd& fd : c.stock) freed.push_back(std::move(fd));
-  }
-  classes_.clear();
-  stocked_bytes_ = 0;
-  stocked_buffers_ = 0;
+  while (!classes_.empty()) Forget(classes_.begin(), freed);
   // `freed` is destroyed after `lock`: fds close outside the lock.
 }
 

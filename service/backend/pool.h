@@ -129,7 +129,13 @@ class PooledBackend : public Backend {
   uint64_t Target(uint64_t size) const;
   // The class to refill next, or nullptr.
   const ClassKey* Deficit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ForgetLeastRecent() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  using Classes = absl::flat_hash_map<ClassKey, Class>;
+  // Erases a class: its stock moves to `out` (closed by the caller after it
+  // drops the lock), its bytes leave the totals.
+  void Forget(Classes::iterator it, std::deque<UniqueFd>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ForgetLeastRecent(std::deque<UniqueFd>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the stock of idle classes into `out` (closed outside the lock).
   void TrimIdle(absl::Time now, std::deque<UniqueFd>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -140,7 +146,7 @@ class PooledBackend : public Backend {
 
   mutable absl::Mutex mu_;
   absl::CondVar wake_;
-  absl::flat_hash_map<ClassKey, Class> classes_ ABSL_GUARDED_BY(mu_);
+  Classes classes_ ABSL_GUARDED_BY(mu_);
   uint64_t stocked_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stocked_buffers_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
