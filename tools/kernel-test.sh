@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build halloc_heap.ko and its in-guest tests, boot Debian's own kernel in
 # qemu (software emulation), load the module together with vgem and vivid,
-# run the tests there, and judge the result on the host.
+# run the tests there, and judge the result on the host. The accelerator
+# (KVM or TCG) is chosen and logged by tools/lib/qemu.sh.
 #
 #   tools/kernel-test.sh [--keep] [-- gtest args...]
 #
@@ -14,6 +15,8 @@
 #   HALLOC_KERNEL_CACHE  cache for the kernel image and runs
 #                        (default ~/.cache/halloc/kernel)
 #   HALLOC_QEMU_TIMEOUT  seconds before the guest is killed (default 240)
+#   HALLOC_QEMU_ACCEL    auto (default: KVM only after a probe boot shows it
+#                        works, else TCG), kvm or tcg; see tools/lib/qemu.sh
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -167,21 +170,22 @@ cp "$KO" "$IR/mods/halloc_heap.ko"
 (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$RUN/initramfs.cpio.gz"
 
 # --- boot --------------------------------------------------------------------
-ACCEL=(-accel tcg,thread=multi)
-# KVM when this host offers it (falls back to TCG if it cannot start).
-[[ -w /dev/kvm ]] && ACCEL=(-accel kvm "${ACCEL[@]}")
-log "booting $KVER in qemu (${ACCEL[*]}, timeout ${QEMU_TIMEOUT}s)"
+# shellcheck source=tools/lib/qemu.sh
+source "$REPO/tools/lib/qemu.sh"
+qemu_choose_accel "$VMLINUZ" "$CACHE" || die "bad HALLOC_QEMU_ACCEL"
+# What a silent first boot left behind, before booting again.
+reset_results() { rm -f "$RESULTS/rc" "$RESULTS/gtest.xml" "$RESULTS"/*.txt "$RESULTS/test.log"; }
+log "booting $KVER in qemu ($QEMU_ACCEL, timeout ${QEMU_TIMEOUT}s)"
 qemu_rc=0
-timeout -k 5 "$QEMU_TIMEOUT" qemu-system-x86_64 \
+qemu_boot "$RUN/console.log" "$QEMU_TIMEOUT" reset_results \
   -nodefaults -no-reboot -display none -monitor none \
-  "${ACCEL[@]}" -smp 2 -m 2G -machine pc,max-ram-below-4g=1G \
-  -serial "file:$RUN/console.log" \
+  -smp 2 -m 2G -machine pc,max-ram-below-4g=1G \
   -kernel "$VMLINUZ" -initrd "$RUN/initramfs.cpio.gz" \
   -append "console=ttyS0 panic=-1 loglevel=5 rdinit=/init" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot" \
   -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,id=results" \
   || qemu_rc=$?
-log "guest exited (qemu status $qemu_rc)"
+log "guest exited under $QEMU_ACCEL (qemu status $qemu_rc)"
 
 # --- verdict -----------------------------------------------------------------
 failed_why=()

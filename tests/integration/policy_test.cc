@@ -130,6 +130,15 @@ class PolicyTest : public ::testing::Test {
     auto it = s->denials_by_rule().find(rule);
     return it == s->denials_by_rule().end() ? 0 : it->second;
   }
+  // hallocd ends a session when it sees the broker connection close,
+  // asynchronously: these wait (up to 3 s) for what a test expects after.
+  bool WaitSessions(uint64_t n) {
+    for (int i = 0; i < 300; ++i) {
+      if (admin_->Stats()->sessions() == n) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
   bool WaitLive(uint64_t n) {
     for (int i = 0; i < 300; ++i) {
       if (admin_->Stats()->live_buffers() == n) return true;
@@ -174,6 +183,7 @@ TEST_F(PolicyTest, QuotaOfOneClientDoesNotStopAnother) {
   EXPECT_GE(Denials("app"), 2u);
   // Freeing brings the app back under quota.
   app->Quit();
+  ASSERT_TRUE(WaitLive(2));  // app2's and the compositor's stay
   EXPECT_TRUE(absl::StartsWith(app_again->Do("alloc 4096 cpu_write_often"), "ok"));
   absl::StatusOr<v1::DumpResponse> dump = admin_->Dump();
   ASSERT_TRUE(dump.ok()) << dump.status();
@@ -238,6 +248,7 @@ TEST_F(PolicyTest, ReceiverKeepsTheBufferWhenTheOwnerDies) {
   ASSERT_TRUE(absl::StartsWith(compositor->Do("import " + token), "ok"));
   camera->Quit();  // the owner's process exits
   EXPECT_EQ(compositor->Do("read " + frame), "ok 9");
+  ASSERT_TRUE(WaitSessions(2));  // the admin's and the compositor's
   ASSERT_TRUE(WaitLive(1));
   absl::StatusOr<v1::DumpResponse> dump = admin_->Dump();
   ASSERT_TRUE(dump.ok());
