@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "service/util/os_error.h"
 
@@ -59,9 +60,12 @@ absl::Status SendRecord(int sock, absl::string_view bytes,
 
 absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
   Record record;
-  record.bytes.resize(kMaxRecordBytes);
-  iovec iov{record.bytes.data(), record.bytes.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRecord)];
+  // Received into a per-thread buffer, then copied at its real size: no
+  // 64 KiB allocation per record.
+  thread_local std::string buffer(kMaxRecordBytes, '\0');
+  iovec iov{buffer.data(), buffer.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRecord) +
+                                CMSG_SPACE(sizeof(ucred))];
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -80,6 +84,13 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
   // Take ownership of every fd first, so that each error below closes them.
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr;
        cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS &&
+        cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+      ucred c;
+      std::memcpy(&c, CMSG_DATA(cmsg), sizeof(c));
+      record.creds = c;
+      continue;
+    }
     if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
       continue;
     }
@@ -91,14 +102,24 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
     }
   }
   if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
-    return absl::DataLossError(absl::StrCat(
-        "record truncated (", (msg.msg_flags & MSG_CTRUNC) ? "fds" : "bytes",
+    absl::Status status = absl::DataLossError(absl::StrCat(
+        "record truncated (", (msg.msg_flags & MSG_TRUNC) ? "bytes" : "fds",
         "); dropped it"));
+    if (!(msg.msg_flags & MSG_TRUNC)) {
+      status.SetPayload(kTruncatedRecordPayload,
+                        absl::Cord(absl::string_view(buffer.data(), static_cast<size_t>(n))));
+    }
+    return status;
+  }
+  if (record.fds.size() > kMaxFdsPerRecord) {
+    return absl::DataLossError(absl::StrCat("record carries ", record.fds.size(),
+                                            " fds; at most ", kMaxFdsPerRecord,
+                                            "; dropped it"));
   }
   if (n == 0 && record.fds.empty()) {
     return absl::UnavailableError("peer closed");
   }
-  record.bytes.resize(n);
+  record.bytes.assign(buffer.data(), static_cast<size_t>(n));
   return record;
 }
 

@@ -6,6 +6,9 @@
 #ifndef HALLOC_SERVICE_UTIL_SCM_H_
 #define HALLOC_SERVICE_UTIL_SCM_H_
 
+#include <sys/socket.h>
+
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,8 +22,9 @@ namespace halloc {
 
 // Most fds one record may carry.
 inline constexpr size_t kMaxFdsPerRecord = 64;
-// Largest record payload.
-inline constexpr size_t kMaxRecordBytes = 4096;
+// Largest record payload (an Allocate reply of 64 image buffers with their
+// layouts fits).
+inline constexpr size_t kMaxRecordBytes = 64 * 1024;
 
 // Sends `bytes` and `fds` as one record. Never raises SIGPIPE. With
 // `nonblocking`, a full socket buffer is RESOURCE_EXHAUSTED rather than a
@@ -31,12 +35,20 @@ absl::Status SendRecord(int sock, absl::string_view bytes,
 struct Record {
   std::string bytes;
   std::vector<UniqueFd> fds;
+  // The sender as the kernel stamped it (SCM_CREDENTIALS), when the
+  // receiving socket has SO_PASSCRED.
+  std::optional<ucred> creds;
 };
 
 // Receives one record. Peer closed → UNAVAILABLE "peer closed"; a record
 // whose bytes or fds were truncated → DATA_LOSS (any fds that did arrive are
-// closed). With `nonblocking`, no record queued → RESOURCE_EXHAUSTED (EAGAIN).
+// closed). When only the fds were cut (MSG_CTRUNC: the receiver was out of
+// fds, or an RLIMIT_NOFILE too small), the DATA_LOSS status carries the
+// record's intact bytes as payload kTruncatedRecordPayload, so the receiver
+// can tell the sender which fds it lost. With `nonblocking`, no record
+// queued → RESOURCE_EXHAUSTED (EAGAIN).
 absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking);
+inline constexpr absl::string_view kTruncatedRecordPayload = "halloc.dev/truncated-record";
 
 // Waits until `fd` is readable (or hung up) for at most `timeout_ms`
 // (-1: forever). DEADLINE_EXCEEDED on timeout.

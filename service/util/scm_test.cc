@@ -1,10 +1,13 @@
 #include "service/util/scm.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -104,6 +107,48 @@ TEST_F(ScmTest, TruncatedControlClosesFdsAndReportsDataLoss) {
   absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false);
   EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(CountOpenFds(), before + 2);  // only the pipe we made
+}
+
+TEST_F(ScmTest, FdsCutByTheKernelLeaveTheBytesInTheStatus) {
+  // A receiver at its RLIMIT_NOFILE gets MSG_CTRUNC: the fds are lost but
+  // the bytes say what they were, so it can give them back.
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  ASSERT_TRUE(SendRecord(a_.get(), "buffers 7 8", {r.get(), w.get()}, false).ok());
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  const int before = CountOpenFds();
+  // Room for no new fd at all: the lowest free number is over the limit.
+  const int lowest_free = ::dup(0);
+  ASSERT_GE(lowest_free, 0);
+  ::close(lowest_free);
+  rlimit tight = old;
+  tight.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ASSERT_EQ(rec.status().code(), absl::StatusCode::kDataLoss) << rec.status();
+  absl::optional<absl::Cord> bytes = rec.status().GetPayload(kTruncatedRecordPayload);
+  ASSERT_TRUE(bytes.has_value());
+  EXPECT_EQ(std::string(*bytes), "buffers 7 8");
+  EXPECT_EQ(CountOpenFds(), before);
+}
+
+TEST_F(ScmTest, KernelStampsTheSenderWhenAsked) {
+  int on = 1;
+  ASSERT_EQ(setsockopt(b_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
+  ASSERT_TRUE(SendRecord(a_.get(), "hi", {}, false).ok());
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  ASSERT_TRUE(rec->creds.has_value());
+  EXPECT_EQ(rec->creds->pid, getpid());
+  EXPECT_EQ(rec->creds->uid, getuid());
+  // Without SO_PASSCRED, no stamp.
+  ASSERT_TRUE(SendRecord(b_.get(), "hi", {}, false).ok());
+  rec = ReceiveRecord(a_.get(), false);
+  ASSERT_TRUE(rec.ok());
+  EXPECT_FALSE(rec->creds.has_value());
 }
 
 }  // namespace

@@ -1,0 +1,57 @@
+// Rate limits for log lines an outsider can trigger (a refused connection,
+// a denied request, a full fd table): each kind of line gets a budget per
+// second, and the first line after a quiet spell says how many were
+// dropped. A flood then costs a few lines a second, not the disk.
+//
+//   static LogLimiter limiter;
+//   if (uint64_t dropped; limiter.Allow("accept4", &dropped)) {
+//     LOG(WARNING) << "accept4 failed" << LogLimiter::Dropped(dropped);
+//   }
+#ifndef HALLOC_SERVICE_UTIL_LOG_LIMIT_H_
+#define HALLOC_SERVICE_UTIL_LOG_LIMIT_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace halloc {
+
+class LogLimiter {
+ public:
+  // At most `per_window` lines of each kind per `window`.
+  explicit LogLimiter(int per_window = 10, absl::Duration window = absl::Seconds(1))
+      : per_window_(per_window), window_(window) {}
+
+  // Whether a line of `kind` may be logged now. When it may, `*dropped` is
+  // how many of that kind were refused since the last one logged.
+  bool Allow(absl::string_view kind, uint64_t* dropped) { return AllowAt(kind, absl::Now(), dropped); }
+  bool AllowAt(absl::string_view kind, absl::Time now, uint64_t* dropped);
+
+  // " (N similar lines dropped)" or "".
+  static std::string Dropped(uint64_t n);
+
+ private:
+  struct Budget {
+    absl::Time window_start;
+    int used = 0;
+    uint64_t dropped = 0;
+  };
+  const int per_window_;
+  const absl::Duration window_;
+  absl::Mutex mu_;
+  // Kinds are a few fixed strings chosen by the daemon, never client data.
+  absl::flat_hash_map<std::string, Budget> budgets_ ABSL_GUARDED_BY(mu_);
+};
+
+// `s` with control characters, non-ASCII bytes, quotes and backslashes
+// escaped (absl::CHexEscape): safe to put in a log line whatever a client
+// sent (a newline in an executable's path cannot forge a line).
+std::string LogSafe(absl::string_view s);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_LOG_LIMIT_H_
