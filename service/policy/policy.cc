@@ -2,6 +2,8 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -117,6 +119,12 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
 
 }  // namespace
 
+std::optional<FileId> FileIdOf(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileId{st.st_dev, st.st_ino};
+}
+
 bool Rule::Matches(const Identity& id) const {
   if (any) return true;
   if (!uids.empty() && std::find(uids.begin(), uids.end(), id.uid) == uids.end()) {
@@ -125,7 +133,9 @@ bool Rule::Matches(const Identity& id) const {
   if (!gids.empty() && std::find(gids.begin(), gids.end(), id.gid) == gids.end()) {
     return false;
   }
-  if (!exe.empty() && exe != id.exe) return false;
+  // The rule's file is looked up at each decision, so a binary replaced by
+  // an upgrade matches again without a reload.
+  if (!exe.empty() && (!id.exe_file || FileIdOf(exe) != id.exe_file)) return false;
   return !uids.empty() || !gids.empty() || !exe.empty();
 }
 
@@ -177,6 +187,13 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
       }
     }
   }
+  if (proto.clients_size() == 0) {
+    errors.push_back(absl::StrCat(
+        source, ": no client rules: every request would be denied (write one "
+                "rule that grants nothing if that is what you want)"));
+  }
+  policy->max_sessions_per_uid_ = proto.sessions().max_per_uid();
+  policy->max_sessions_ = proto.sessions().max_total();
   if (!errors.empty()) return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
   return std::shared_ptr<const Policy>(std::move(policy));
 }
@@ -199,6 +216,12 @@ std::shared_ptr<const Policy> Policy::Default() {
     rule.usage_mask = ~usage::kReservedMask;
     rule.heaps = {"*"};
     rule.max_cpu = CpuAccess::kReadWrite;
+    // Without a policy file, no one client (uid) may take more than half of
+    // the machine's memory, nor a quarter in one buffer.
+    const uint64_t memory = static_cast<uint64_t>(::sysconf(_SC_PHYS_PAGES)) *
+                            static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    rule.quota_bytes = memory / 2;
+    rule.max_buffer_bytes = memory / 4;
     rule.attach_devices = {"*"};
     rule.share_to = {"@same_uid"};
     rule.receive_from = {"@same_uid"};

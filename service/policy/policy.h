@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,13 +19,31 @@
 
 namespace halloc {
 
+// A file as the kernel knows it: device and inode. Executable rules compare
+// these, not paths, so a bind mount over the rule's path in another mount
+// namespace, a symlink or a rename cannot stand in for the real binary.
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool operator==(const FileId& o) const { return dev == o.dev && ino == o.ino; }
+  bool operator!=(const FileId& o) const { return !(*this == o); }
+};
+
+// The file at `path` as hallocd sees it (its own mount namespace; symlinks
+// followed); nullopt when it cannot be stat'ed.
+std::optional<FileId> FileIdOf(const std::string& path);
+
 // Kernel-verified facts about a client process.
 struct Identity {
   uid_t uid = 0;
   gid_t gid = 0;
   pid_t pid = 0;
-  // /proc/<pid>/exe at connect time; empty if unreadable.
+  // The process's executable as /proc/<pid>/exe reads (for logs and dumps;
+  // may contain any byte: escape it before logging).
   std::string exe;
+  // The executable's file, verified by the broker handshake (see
+  // proto/halloc/v1/broker.proto). Unset: no rule with `exe` matches.
+  std::optional<FileId> exe_file;
 };
 
 struct Rule {
@@ -72,10 +91,15 @@ class Policy {
   const std::vector<Rule>& rules() const { return rules_; }
   // Where it came from ("built-in default" or the file path).
   const std::string& source() const { return source_; }
+  // SessionLimits as written (0: hallocd's default).
+  uint32_t max_sessions_per_uid() const { return max_sessions_per_uid_; }
+  uint32_t max_sessions() const { return max_sessions_; }
 
  private:
   std::vector<Rule> rules_;
   std::string source_;
+  uint32_t max_sessions_per_uid_ = 0;
+  uint32_t max_sessions_ = 0;
 };
 
 }  // namespace halloc

@@ -1,5 +1,8 @@
 #include "service/policy/policy.h"
 
+#include <stdlib.h>
+
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/match.h"
@@ -34,21 +37,63 @@ TEST(PolicyTest, ExampleLoadsAndMatchesByUidInOrder) {
   EXPECT_TRUE((*p)->Find("camera")->AllowsHeap("halloc"));
 }
 
+// Two real files to stand for executables (exe rules compare files, not
+// paths).
+class ExeFiles {
+ public:
+  ExeFiles() {
+    char tmpl[] = "/tmp/halloc-policy-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    for (const char* name : {"cam", "other"}) std::ofstream(dir_ + "/" + name) << name;
+  }
+  ~ExeFiles() { std::filesystem::remove_all(dir_); }
+  std::string Path(const char* name) const { return dir_ + "/" + name; }
+  Identity Runs(uid_t uid, gid_t gid, const char* name) const {
+    return {uid, gid, 1, Path(name), FileIdOf(Path(name))};
+  }
+
+ private:
+  std::string dir_;
+};
+
 TEST(PolicyTest, MatchCriteriaAllHold) {
-  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
-    clients { name: "exact" match { uids: 7 gids: 8 exe: "/usr/bin/cam" } }
+  ExeFiles files;
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(absl::StrCat(R"(
+    clients { name: "exact" match { uids: 7 gids: 8 exe: ")", files.Path("cam"), R"(" } }
     clients { name: "gid" match { gids: 9 } }
     clients { name: "rest" match { any: true } }
-  )", "inline");
+  )"), "inline");
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ((*p)->Match({7, 8, 1, "/usr/bin/cam"})->name, "exact");
-  EXPECT_EQ((*p)->Match({7, 8, 1, "/usr/bin/other"})->name, "rest");
-  EXPECT_EQ((*p)->Match({7, 9, 1, "/usr/bin/cam"})->name, "gid");
+  EXPECT_EQ((*p)->Match(files.Runs(7, 8, "cam"))->name, "exact");
+  EXPECT_EQ((*p)->Match(files.Runs(7, 8, "other"))->name, "rest");
+  EXPECT_EQ((*p)->Match(files.Runs(7, 9, "cam"))->name, "gid");
   EXPECT_EQ((*p)->Match({1, 1, 1, ""})->name, "rest");
   const Rule* exact = (*p)->Find("exact");
   EXPECT_EQ(exact->max_cpu, CpuAccess::kNone);  // unset = NONE
   EXPECT_EQ(exact->usage_mask, 0u);             // nothing granted
   EXPECT_FALSE(exact->AllowsHeap("memfd"));
+}
+
+// What a bind mount over the rule's path in another mount namespace looks
+// like from hallocd: /proc/<pid>/exe names the rule's path, but the file is
+// another one. Only the file counts.
+TEST(PolicyTest, ExeRulesMatchTheFileNotThePath) {
+  ExeFiles files;
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(absl::StrCat(
+      "clients { name: \"cam\" match { exe: \"", files.Path("cam"), "\" } }"), "inline");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_NE((*p)->Match(files.Runs(7, 7, "cam")), nullptr);
+  Identity spoof = files.Runs(7, 7, "other");
+  spoof.exe = files.Path("cam");  // the path string lies
+  EXPECT_EQ((*p)->Match(spoof), nullptr);
+  Identity unverified = files.Runs(7, 7, "cam");
+  unverified.exe_file.reset();  // the handshake did not verify it
+  EXPECT_EQ((*p)->Match(unverified), nullptr);
+  // A binary replaced in place (an upgrade) is the rule's new file.
+  const Identity before = files.Runs(7, 7, "cam");
+  std::filesystem::rename(files.Path("other"), files.Path("cam"));
+  EXPECT_EQ((*p)->Match(before), nullptr);
+  EXPECT_NE((*p)->Match(files.Runs(7, 7, "cam")), nullptr);
 }
 
 TEST(PolicyTest, SyntaxErrorsHaveLineAndColumn) {
@@ -101,6 +146,34 @@ TEST(PolicyTest, DefaultAllowsSameUidSharingOnly) {
   EXPECT_TRUE(ListAdmits({"*"}, "x", 1, 2));
   EXPECT_TRUE(ListAdmits({"cam"}, "cam", 1, 2));
   EXPECT_FALSE(ListAdmits({}, "cam", 1, 1));
+}
+
+TEST(PolicyTest, DefaultBoundsOneClientByTheMachinesMemory) {
+  const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
+                          static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const Rule* r = Policy::Default()->Match({1234, 1234, 1, ""});
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->quota_bytes, memory / 2);
+  EXPECT_EQ(r->max_buffer_bytes, memory / 4);
+  EXPECT_GT(r->quota_bytes, 0u);
+}
+
+TEST(PolicyTest, AnEmptyPolicyIsAnError) {
+  for (const char* text : {"", "# nothing but a comment\n", "sessions { max_per_uid: 4 }"}) {
+    absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(text, "empty.textproto");
+    ASSERT_FALSE(p.ok()) << text;
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(p.status().message(), "no client rules")) << p.status();
+  }
+}
+
+TEST(PolicyTest, SessionLimitsAreRead) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"a\" match { any: true } }\n"
+      "sessions { max_per_uid: 4 max_total: 100 }\n", "limits.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->max_sessions_per_uid(), 4u);
+  EXPECT_EQ((*p)->max_sessions(), 100u);
 }
 
 }  // namespace
