@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "service/layout/layout.h"
 #include "service/layout/usage.h"
+#include "service/util/log_limit.h"
 #include "service/util/os_error.h"
 #include "service/util/scm.h"
 #include "service/util/status_macros.h"
@@ -188,15 +189,15 @@ absl::Status Allocator::Deny(absl::string_view rule, absl::Status status) const 
   return status;
 }
 
-absl::StatusOr<const Rule*> Allocator::RuleFor(const Session& session,
+absl::StatusOr<const Rule*> Allocator::RuleFor(const Identity& c,
                                                const Policy& policy,
                                                absl::string_view action) const {
-  const Rule* rule = policy.Match(session.creds());
+  const Rule* rule = policy.Match(c);
   if (rule != nullptr) return rule;
-  const Identity& c = session.creds();
   return Deny("(no rule)", absl::PermissionDeniedError(absl::StrCat(
       action, " denied: no rule of policy '", policy.source(), "' matches uid ",
-      c.uid, " gid ", c.gid, " exe '", c.exe, "' (default deny)")));
+      c.uid, " gid ", c.gid, " exe '", LogSafe(c.exe), "'",
+      c.exe_file ? "" : " (executable not verified)", " (default deny)")));
 }
 
 Allocator::~Allocator() = default;
@@ -265,7 +266,7 @@ absl::StatusOr<std::shared_ptr<Session>> Allocator::Authenticate(
 
 absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     const v1::BufferDescriptor& desc, uint32_t count,
-    const Session* session) const {
+    const Identity* caller) const {
   Plan plan;
   plan.count = count == 0 ? 1 : count;
   // All fds of a call travel in one record (see Deliver).
@@ -314,9 +315,9 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
         " cannot hold protected content (usage PROTECTED): the CPU of any "
         "holder could read it"));
   }
-  if (session != nullptr) {
+  if (caller != nullptr) {
     plan.policy = policy();
-    ASSIGN_OR_RETURN(plan.rule, RuleFor(*session, *plan.policy, "Allocate"));
+    ASSIGN_OR_RETURN(plan.rule, RuleFor(*caller, *plan.policy, "Allocate"));
     const Rule& rule = *plan.rule;
     auto deny = [&](const std::string& why) {
       return Deny(rule.name, absl::PermissionDeniedError(
@@ -340,7 +341,7 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     }
     plan.owner_access = Min(plan.owner_access, rule.max_cpu);
     RETURN_IF_ERROR(CheckAttachLimit(rule));
-    plan.charge_key = absl::StrCat(rule.name, "/", session->creds().uid);
+    plan.charge_key = absl::StrCat(rule.name, "/", caller->uid);
   }
   if (!backend_->CanEnforce(plan.owner_access)) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -355,7 +356,8 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
 v1::IsSupportedResponse Allocator::IsSupported(
     const v1::IsSupportedRequest& req, const Session* session) const {
   v1::IsSupportedResponse resp;
-  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count(), session);
+  absl::StatusOr<Plan> plan =
+      MakePlan(req.desc(), req.count(), session ? &session->creds() : nullptr);
   resp.set_supported(plan.ok());
   if (!plan.ok()) {
     resp.set_code(static_cast<int>(plan.status().code()));
@@ -369,7 +371,14 @@ v1::IsSupportedResponse Allocator::IsSupported(
 
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const v1::AllocateRequest& req) {
-  ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &session));
+  SessionFdChannel channel(session);
+  return Allocate(session, session.creds(), req, channel);
+}
+
+absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
+    Session& session, const Identity& caller, const v1::AllocateRequest& req,
+    FdChannel& channel) {
+  ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &caller));
   // Checked again when committing (other sessions of the client race us).
   auto check_limits = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) -> absl::Status {
     if (session.buffers_.size() + plan.count > limits_.max_buffers_per_session) {
@@ -382,12 +391,12 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     if (rule.quota_buffers != 0 && buffers + plan.count > rule.quota_buffers) {
       return Deny(rule.name, absl::ResourceExhaustedError(absl::StrCat(
           "rule '", rule.name, "' quota_buffers ", rule.quota_buffers, ": uid ",
-          session.creds().uid, " owns ", buffers, ", asked for ", plan.count, " more")));
+          caller.uid, " owns ", buffers, ", asked for ", plan.count, " more")));
     }
     if (rule.quota_bytes != 0 && bytes + plan.count * plan.size > rule.quota_bytes) {
       return Deny(rule.name, absl::ResourceExhaustedError(absl::StrCat(
           "rule '", rule.name, "' quota_bytes ", rule.quota_bytes, ": uid ",
-          session.creds().uid, " owns ", bytes, " bytes, asked for ",
+          caller.uid, " owns ", bytes, " bytes, asked for ",
           plan.count * plan.size, " more")));
     }
     return absl::OkStatus();
@@ -409,7 +418,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     buffer->usage = plan.usage;
     buffer->layout = plan.layout;
     buffer->metadata = DefaultMetadata(plan.layout);
-    buffer->owner_uid = session.creds().uid;
+    buffer->owner_uid = caller.uid;
     buffer->owner_session = session.id();
     buffer->owner_client = plan.rule->name;
     buffer->charged_to = plan.charge_key;
@@ -441,8 +450,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   for (const auto& buffer : fresh) {
     items.push_back({buffer->id, buffer->size, &buffer->fd});
   }
-  absl::Status sent =
-      Deliver(session, items, {plan.owner_access, AttachDrivers(plan.rule)});
+  absl::Status sent = Deliver(channel, items,
+                              {plan.owner_access, AttachDrivers(plan.rule)}, &resp);
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);
     for (const auto& b : fresh) DropHold(session, b->id);
@@ -460,9 +469,23 @@ absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
       "buffers (rule '", rule.name, "' attach_devices)"));
 }
 
-absl::Status Allocator::Deliver(const Session& session,
+absl::Status SessionFdChannel::Send(const v1::BufferFds& info,
+                                    absl::Span<const int> fds,
+                                    const v1::AllocateResponse*) {
+  v1::BrokerFrame frame;
+  if (info.buffers_size() == 1) {
+    *frame.mutable_buffer() = info.buffers(0);
+  } else {
+    *frame.mutable_buffers() = info;
+  }
+  return SendRecord(session_.broker_fd(), frame.SerializeAsString(), fds,
+                    /*nonblocking=*/true);
+}
+
+absl::Status Allocator::Deliver(FdChannel& channel,
                                 absl::Span<const Delivery> items,
-                                const ViewRights& rights) {
+                                const ViewRights& rights,
+                                const v1::AllocateResponse* reply) {
   if (items.size() > kMaxFdsPerRecord) {
     return absl::InternalError(absl::StrCat("cannot deliver ", items.size(),
                                             " fds in one record"));
@@ -470,7 +493,7 @@ absl::Status Allocator::Deliver(const Session& session,
   const bool needs_view = backend_->NeedsView(rights);
   std::vector<UniqueFd> views;
   std::vector<int> fds;
-  v1::BrokerFrame frame;
+  v1::BufferFds info;
   for (const Delivery& d : items) {
     int fd = d.fd->get();
     if (needs_view) {
@@ -479,14 +502,12 @@ absl::Status Allocator::Deliver(const Session& session,
       views.push_back(std::move(view));
     }
     fds.push_back(fd);
-    v1::BufferFd* msg = items.size() == 1 ? frame.mutable_buffer()
-                                          : frame.mutable_buffers()->add_buffers();
+    v1::BufferFd* msg = info.add_buffers();
     msg->set_buffer_id(d.buffer_id);
     msg->set_size(d.size);
     msg->set_cpu_access(ToProto(rights.cpu));
   }
-  return SendRecord(session.broker_fd(), frame.SerializeAsString(), fds,
-                    /*nonblocking=*/true);
+  return channel.Send(info, fds, reply);
 }
 
 // --- Release and bookkeeping -----------------------------------------------
@@ -672,7 +693,7 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
     return absl::InvalidArgumentError("share needs a peer: a uid or a client name");
   }
   std::shared_ptr<const Policy> pol = policy();
-  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session, *pol, "Share"));
+  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session.creds(), *pol, "Share"));
   auto deny = [&](const std::string& why) {
     return Deny(rule->name, absl::PermissionDeniedError(absl::StrCat(
                                 "rule '", rule->name, "' denies Share of buffer ",
@@ -758,7 +779,7 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
                                                  absl::string_view token) {
   std::shared_ptr<const Policy> pol = policy();
-  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session, *pol, "Import"));
+  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session.creds(), *pol, "Import"));
   std::shared_ptr<Buffer> buffer;
   CpuAccess access;
   bool newly_held = false;
@@ -812,8 +833,9 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     info.set_cpu_access(ToProto(access));
   }
   const Delivery item{buffer->id, buffer->size, &buffer->fd};
-  absl::Status sent = Deliver(session, absl::MakeConstSpan(&item, 1),
-                              {access, AttachDrivers(rule)});
+  SessionFdChannel channel(session);
+  absl::Status sent = Deliver(channel, absl::MakeConstSpan(&item, 1),
+                              {access, AttachDrivers(rule)}, nullptr);
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);
     if (newly_held) DropHold(session, buffer->id);

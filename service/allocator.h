@@ -22,7 +22,9 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
 #include "halloc/v1/allocator.pb.h"
+#include "halloc/v1/broker.pb.h"
 #include "service/backend/backend.h"
 #include "service/policy/policy.h"
 #include "service/util/reaper.h"
@@ -62,6 +64,32 @@ class Session {
   bool closed_ = false;
 };
 
+// Where the fds of one call go: all of them to the client, or none. The
+// gRPC path sends them on the session's broker socket ahead of its reply
+// (SessionFdChannel); the broker fast path sends them in the reply's own
+// record, so the channel also gets the call's reply.
+class FdChannel {
+ public:
+  virtual ~FdChannel() = default;
+  // `info` describes `fds` (one entry each, in order); `reply` is the
+  // answer of the Allocate call that hands them out (null for Import).
+  virtual absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
+                            const v1::AllocateResponse* reply) = 0;
+};
+
+// The gRPC path's channel: BrokerFrame{buffer|buffers} on the session's
+// broker socket, without blocking (a client that does not read its socket
+// gets RESOURCE_EXHAUSTED, not a stuck daemon).
+class SessionFdChannel : public FdChannel {
+ public:
+  explicit SessionFdChannel(const Session& session) : session_(session) {}
+  absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
+                    const v1::AllocateResponse* reply) override;
+
+ private:
+  const Session& session_;
+};
+
 class Allocator {
  public:
   Allocator(std::unique_ptr<Backend> backend, Limits limits,
@@ -84,8 +112,17 @@ class Allocator {
   absl::StatusOr<std::shared_ptr<Session>> Authenticate(
       absl::string_view token) const;
 
+  // Allocates for `session`, judged by the session's own identity, fds sent
+  // through the session's broker socket (the gRPC path).
   absl::StatusOr<v1::AllocateResponse> Allocate(Session& session,
                                                 const v1::AllocateRequest& req);
+  // The same for one request whose sender the kernel stamped: `caller` is
+  // who the policy judges and charges (see proto/halloc/v1/broker.proto);
+  // the buffers are held by `session`; fds go through `channel`.
+  absl::StatusOr<v1::AllocateResponse> Allocate(Session& session,
+                                                const Identity& caller,
+                                                const v1::AllocateRequest& req,
+                                                FdChannel& channel);
   absl::Status Release(Session& session, const v1::ReleaseRequest& req);
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
   absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;
@@ -111,10 +148,10 @@ class Allocator {
   struct Plan;
 
   absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc,
-                                uint32_t count, const Session* session) const;
-  // The rule deciding for `session` under the current policy, or
+                                uint32_t count, const Identity* caller) const;
+  // The rule deciding for `caller` under the current policy, or
   // PERMISSION_DENIED (counted) when none matches.
-  absl::StatusOr<const Rule*> RuleFor(const Session& session,
+  absl::StatusOr<const Rule*> RuleFor(const Identity& caller,
                                       const Policy& policy,
                                       absl::string_view action) const;
   // Counts a denial by `rule` and returns `status`.
@@ -128,8 +165,9 @@ class Allocator {
   };
   // Sends the fds of `items` in one record on the session's broker socket:
   // all of them are queued for the client, or none.
-  absl::Status Deliver(const Session& session, absl::Span<const Delivery> items,
-                       const ViewRights& rights);
+  absl::Status Deliver(FdChannel& channel, absl::Span<const Delivery> items,
+                       const ViewRights& rights,
+                       const v1::AllocateResponse* reply);
   // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
   absl::Status CheckAttachLimit(const Rule& rule) const;
   v1::BufferInfo Info(const Buffer& buffer, uint64_t session_id,

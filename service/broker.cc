@@ -1,10 +1,14 @@
 #include "service/broker.h"
 
+#include <fcntl.h>
 #include <glog/logging.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -12,39 +16,75 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "service/audit.h"
 #include "service/util/os_error.h"
-#include "service/util/scm.h"
 #include "service/util/status_macros.h"
 
 namespace halloc {
+
+absl::Duration Broker::verify_timeout = absl::Seconds(10);
+
 namespace {
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77  // Linux 6.5
 #endif
 
-// The peer's executable. With SO_PEERPIDFD, the pidfd pins the process: if
-// it is still alive after we read /proc/<pid>/exe, that pid was not recycled
-// meanwhile. Without it (older kernels) the read races pid reuse; the result
-// is then only as good as SO_PEERCRED's pid.
-std::string PeerExe(int conn, pid_t pid) {
-  int raw = -1;
-  socklen_t len = sizeof(raw);
-  UniqueFd pidfd;
-  if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0) pidfd.reset(raw);
-  char buf[4096];
-  const std::string link = absl::StrCat("/proc/", pid, "/exe");
-  const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
-  if (n <= 0) return "";
-  if (pidfd) {
-    pollfd pfd{pidfd.get(), POLLIN, 0};
-    if (::poll(&pfd, 1, 0) != 0) return "";  // exited: cannot vouch for it
-  }
-  return std::string(buf, static_cast<size_t>(n));
-}
-
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
+// Records handled per readable event before other connections get a turn.
+constexpr int kRecordsPerTurn = 32;
+// Root and hallocd's own uid may exceed the total limit by this much.
+constexpr uint32_t kAdminReserve = 16;
+constexpr uint32_t kDefaultMaxPerUid = 256;
+constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
+
+// A pidfd pinning the peer: from the socket where the kernel offers it
+// (6.5+: the process that connected, race-free), else by pid (older
+// kernels: races a pid reused between connect and here).
+UniqueFd PeerPidfd(int conn, pid_t pid) {
+  int raw = -1;
+  socklen_t len = sizeof(raw);
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0 && raw >= 0) {
+    return UniqueFd(raw);
+  }
+  return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
+struct ExeSample {
+  std::string path;
+  std::optional<FileId> file;
+};
+
+// Which file `pid` executes: the path for logs, and the file (device and
+// inode of /proc/<pid>/exe, i.e. the binary itself whatever mount namespace
+// or path it was run from). The file is vouched for only when the pidfd
+// shows the process still alive afterwards (so the pid was not reused).
+ExeSample SampleExe(int pidfd, pid_t pid) {
+  ExeSample s;
+  const std::string link = absl::StrCat("/proc/", pid, "/exe");
+  char buf[4096];
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
+  if (n > 0) s.path.assign(buf, static_cast<size_t>(n));
+  std::optional<FileId> file = FileIdOf(link);
+  if (pidfd < 0) return s;
+  pollfd pfd{pidfd, POLLIN, 0};
+  if (::poll(&pfd, 1, 0) != 0) return s;  // exited: cannot vouch for it
+  s.file = file;
+  return s;
+}
+
+std::string Challenge() {
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) abort();  // cannot happen on a booted system; never guessable
+    got += static_cast<size_t>(n);
+  }
+  return std::string(reinterpret_cast<char*>(bytes), sizeof(bytes));
+}
 
 absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
   sockaddr_un addr{};
@@ -56,6 +96,38 @@ absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
+}
+
+v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  r.set_code(static_cast<int>(status.code()));
+  r.set_message(std::string(status.message()));
+  return r;
+}
+
+// The broker path's channel: the Allocate reply and its fds in one record.
+class ReplyChannel : public FdChannel {
+ public:
+  ReplyChannel(int sock, uint64_t request_id) : sock_(sock), request_id_(request_id) {}
+  absl::Status Send(const v1::BufferFds&, absl::Span<const int> fds,
+                    const v1::AllocateResponse* reply) override {
+    v1::BrokerFrame frame;
+    v1::BrokerReply* r = frame.mutable_reply();
+    r->set_request_id(request_id_);
+    if (reply != nullptr) *r->mutable_allocate() = *reply;
+    return SendRecord(sock_, frame.SerializeAsString(), fds, /*nonblocking=*/true);
+  }
+
+ private:
+  const int sock_;
+  const uint64_t request_id_;
+};
+
+uint32_t DefaultMaxTotal() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 4096;
+  return static_cast<uint32_t>(std::max<rlim_t>(lim.rlim_cur / 4, 16));
 }
 
 }  // namespace
@@ -106,10 +178,19 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const std::string& path,
                                                       Allocator* core) {
   ASSIGN_OR_RETURN(UniqueFd listener,
                    BindUnixSocket(path, SOCK_SEQPACKET, mode));
+  // Every record a client sends is stamped with its sender. Set on the
+  // listener so that records sent before accept() are stamped too (and
+  // accepted sockets inherit it).
+  const int on = 1;
+  if (::setsockopt(listener.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
+    return ErrnoStatus(errno, "setsockopt(SO_PASSCRED)");
+  }
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
+  UniqueFd reserve(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!reserve) return ErrnoStatus(errno, "open(/dev/null)");
   for (auto [fd, key] : {std::pair{listener.get(), kListenerKey},
                          std::pair{wake.get(), kWakeKey}}) {
     epoll_event ev{};
@@ -121,15 +202,16 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const std::string& path,
   }
   std::unique_ptr<Broker> broker(new Broker(core, std::move(listener),
                                             std::move(epoll), std::move(wake),
-                                            path));
+                                            std::move(reserve), path));
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
 
 Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
-               UniqueFd wake, std::string path)
+               UniqueFd wake, UniqueFd reserve, std::string path)
     : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
-      wake_(std::move(wake)), path_(std::move(path)) {}
+      wake_(std::move(wake)), reserve_(std::move(reserve)),
+      path_(std::move(path)), log_limit_(10, absl::Seconds(1)) {}
 
 Broker::~Broker() { Stop(); }
 
@@ -141,16 +223,25 @@ void Broker::Stop() {
     PLOG(ERROR) << "broker: cannot wake the broker thread";
   }
   if (thread_.joinable()) thread_.join();
-  std::vector<uint64_t> ids;
-  for (const auto& [id, s] : sessions_) ids.push_back(id);
-  for (uint64_t id : ids) EndSession(id);
+  std::vector<uint64_t> keys;
+  for (const auto& [key, c] : conns_) keys.push_back(key);
+  for (uint64_t key : keys) Close(key);
   ::unlink(path_.c_str());
+}
+
+void Broker::Warn(absl::string_view kind, const std::string& line) {
+  uint64_t dropped = 0;
+  if (log_limit_.Allow(kind, &dropped)) {
+    LOG(WARNING) << "broker: " << line << LogLimiter::Dropped(dropped);
+  }
 }
 
 void Broker::Run() {
   epoll_event events[64];
   for (;;) {
-    const int n = ::epoll_wait(epoll_.get(), events, 64, -1);
+    // Wake up now and then while handshakes may expire or accepting waits.
+    const int timeout = (handshakes_ > 0 || !accepting_) ? 100 : -1;
+    const int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
     if (n < 0) {
       if (errno == EINTR) continue;
       PLOG(ERROR) << "broker: epoll_wait";
@@ -165,79 +256,291 @@ void Broker::Run() {
         OnReadable(key);
       }
     }
+    if (!accepting_ && absl::Now() >= resume_at_) ResumeAccepting();
+    if (handshakes_ > 0) ExpireHandshakes();
   }
+}
+
+void Broker::PauseAccepting() {
+  if (!accepting_) return;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+  accepting_ = false;
+  resume_at_ = absl::Now() + kAcceptPause;
+}
+
+void Broker::ResumeAccepting() {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenerKey;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
+    PLOG(ERROR) << "broker: epoll_ctl(ADD listener)";
+    resume_at_ = absl::Now() + kAcceptPause;
+    return;
+  }
+  accepting_ = true;
+  if (!reserve_) reserve_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
+
+absl::Status Broker::Admit(uid_t uid) const {
+  std::shared_ptr<const Policy> policy = core_->policy();
+  const bool admin = uid == 0 || uid == ::getuid();
+  const uint32_t per_uid = policy->max_sessions_per_uid() != 0
+                               ? policy->max_sessions_per_uid()
+                               : kDefaultMaxPerUid;
+  const uint32_t total =
+      policy->max_sessions() != 0 ? policy->max_sessions() : DefaultMaxTotal();
+  auto it = conns_per_uid_.find(uid);
+  const uint32_t mine = it == conns_per_uid_.end() ? 0 : it->second;
+  if (!admin && mine >= per_uid) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", uid, " holds ", mine, " connections to hallocd; the limit per uid is ",
+        per_uid, " (policy sessions.max_per_uid)"));
+  }
+  if (conns_.size() >= total + (admin ? kAdminReserve : 0)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "hallocd holds ", conns_.size(), " connections; the limit is ", total,
+        " (policy sessions.max_total)"));
+  }
+  return absl::OkStatus();
 }
 
 void Broker::Accept() {
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) {
-    // EMFILE and friends: the client sees its connect fail or hang up.
-    PLOG(WARNING) << "broker: accept4";
+    const int err = errno;
+    if (err == EMFILE || err == ENFILE) {
+      // Out of fds: free the reserve to take the waiting connection and
+      // close it (its client sees the connection end instead of hanging),
+      // then stop accepting for a moment rather than spin.
+      reserve_.reset();
+      UniqueFd drop(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      reserve_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      PauseAccepting();
+      Warn("accept-fds", absl::StrCat("accept4: ", std::strerror(err),
+                                      "; refusing connections for ",
+                                      absl::FormatDuration(kAcceptPause)));
+    } else if (err != EAGAIN && err != ECONNABORTED && err != EINTR) {
+      Warn("accept", absl::StrCat("accept4: ", std::strerror(err)));
+    }
     return;
   }
   ucred cred{};
   socklen_t len = sizeof(cred);
   if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    PLOG(WARNING) << "broker: getsockopt(SO_PEERCRED)";
+    Warn("peercred", absl::StrCat("getsockopt(SO_PEERCRED): ", std::strerror(errno)));
     return;
   }
-  const int fd = conn.get();
-  std::string exe = PeerExe(fd, cred.pid);
-  absl::StatusOr<std::shared_ptr<Session>> session =
-      core_->OpenSession({cred.uid, cred.gid, cred.pid, exe}, std::move(conn));
-  if (!session.ok()) {
-    LOG(WARNING) << "broker: refused pid " << cred.pid << " uid " << cred.uid
-                 << ": " << session.status();
+  if (absl::Status admit = Admit(cred.uid); !admit.ok()) {
+    v1::BrokerFrame frame;
+    *frame.mutable_reply() = ErrorReply(0, admit);
+    (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
+    Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid, ": ",
+                                 admit.message()));
     return;
   }
-  const uint64_t id = (*session)->id();
+  auto c = std::make_unique<Conn>();
+  c->key = next_key_++;
+  c->peer = cred;
+  c->pidfd = PeerPidfd(conn.get(), cred.pid);
+  ExeSample exe = SampleExe(c->pidfd.get(), cred.pid);
+  c->exe = std::move(exe.path);
+  c->exe_file = exe.file;
+  c->challenge = Challenge();
+  c->deadline = absl::Now() + verify_timeout;
+  c->fd = std::move(conn);
+  // The challenge goes out only now, after the executable was read.
   v1::BrokerFrame frame;
   v1::Hello* hello = frame.mutable_hello();
-  hello->set_version(1);
-  hello->set_session_id(id);
-  hello->set_session_token((*session)->token());
+  hello->set_version(kBrokerProtocolVersion);
+  hello->set_challenge(c->challenge);
   hello->set_uid(cred.uid);
   hello->set_gid(cred.gid);
   hello->set_pid(cred.pid);
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP;
-  ev.data.u64 = id;
-  absl::Status status = SendRecord(fd, frame.SerializeAsString(), {}, true);
-  if (status.ok() && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+  ev.data.u64 = c->key;
+  absl::Status status = SendRecord(c->fd.get(), frame.SerializeAsString(), {}, true);
+  if (status.ok() && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->fd.get(), &ev) != 0) {
     status = ErrnoStatus(errno, "epoll_ctl(ADD)");
   }
   if (!status.ok()) {
-    LOG(WARNING) << "broker: session " << id << " failed to start: " << status;
-    core_->CloseSession(id);
+    Warn("hello", absl::StrCat("connection of pid ", cred.pid, " failed to start: ",
+                               status.message()));
     return;
   }
-  sessions_.emplace(id, *std::move(session));
-  LOG(INFO) << "session " << id << " opened: pid " << cred.pid << " uid "
-            << cred.uid << " gid " << cred.gid << " exe " << exe;
+  ++conns_per_uid_[cred.uid];
+  ++handshakes_;
+  conns_.emplace(c->key, std::move(c));
 }
 
-void Broker::OnReadable(uint64_t session_id) {
-  auto it = sessions_.find(session_id);
-  if (it == sessions_.end()) return;
-  // Drain: clients send nothing, so anything but "closed" is discarded.
-  for (;;) {
-    absl::StatusOr<Record> rec = ReceiveRecord(it->second->broker_fd(), true);
-    if (rec.ok() || rec.status().code() == absl::StatusCode::kDataLoss) continue;
-    if (rec.status().code() == absl::StatusCode::kResourceExhausted) return;
-    break;  // peer closed or error
+void Broker::ExpireHandshakes() {
+  const absl::Time now = absl::Now();
+  std::vector<uint64_t> expired;
+  for (const auto& [key, c] : conns_) {
+    if (!c->session && now >= c->deadline) expired.push_back(key);
   }
-  EndSession(session_id);
+  for (uint64_t key : expired) {
+    Conn& c = *conns_.at(key);
+    Warn("unverified", absl::StrCat("closed the connection of pid ", c.peer.pid, " uid ",
+                                    c.peer.uid, ": not verified within ",
+                                    absl::FormatDuration(verify_timeout)));
+    Close(key);
+  }
 }
 
-void Broker::EndSession(uint64_t session_id) {
-  auto it = sessions_.find(session_id);
-  if (it == sessions_.end()) return;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->broker_fd(), nullptr);
-  const Identity creds = it->second->creds();
-  sessions_.erase(it);
-  core_->CloseSession(session_id);
-  LOG(INFO) << "session " << session_id << " closed (pid " << creds.pid
-            << " uid " << creds.uid << ")";
+void Broker::OnReadable(uint64_t key) {
+  for (int i = 0; i < kRecordsPerTurn; ++i) {
+    auto it = conns_.find(key);
+    if (it == conns_.end()) return;  // a record closed it
+    Conn& conn = *it->second;
+    absl::StatusOr<Record> rec = ReceiveRecord(conn.sock(), true);
+    if (rec.ok()) {
+      if (!Handle(conn, *std::move(rec))) return;
+      continue;
+    }
+    if (absl::IsResourceExhausted(rec.status())) return;  // drained
+    if (absl::IsDataLoss(rec.status())) continue;         // dropped; next
+    Close(key);  // peer closed, or an error on its socket
+    return;
+  }
+  // Its turn is over; epoll reports it again while records are queued.
+}
+
+void Broker::Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds) {
+  v1::BrokerFrame frame;
+  *frame.mutable_reply() = std::move(reply);
+  absl::Status s = SendRecord(conn.sock(), frame.SerializeAsString(), fds, true);
+  if (!s.ok()) {
+    Warn("reply", absl::StrCat("cannot reply to pid ", conn.peer.pid, ": ", s.message()));
+  }
+}
+
+bool Broker::Handle(Conn& conn, Record rec) {
+  v1::BrokerRequest req;
+  if (!rec.fds.empty() || !req.ParseFromString(rec.bytes)) {
+    Reply(conn, ErrorReply(0, absl::InvalidArgumentError(
+                                  "malformed broker request (a serialized "
+                                  "halloc.v1.BrokerRequest, no fds)")));
+    return true;
+  }
+  if (!rec.creds) {
+    Reply(conn, ErrorReply(req.request_id(), absl::UnauthenticatedError(
+                                                 "record carries no credentials")));
+    return true;
+  }
+  if (req.has_verify()) return Verify(conn, *rec.creds, req);
+  if (!conn.session) {
+    Reply(conn, ErrorReply(req.request_id(), absl::UnauthenticatedError(
+                                                 "verify the session first (answer the Hello)")));
+    return true;
+  }
+  Session& session = *conn.session;
+  // Who asks: the verified process itself, or another process that holds
+  // the socket (a fork, a receiver of the fd), judged by uid and gid alone.
+  Identity other;
+  const Identity* caller = &session.creds();
+  if (rec.creds->pid != session.creds().pid) {
+    other = {rec.creds->uid, rec.creds->gid, rec.creds->pid, "", std::nullopt};
+    caller = &other;
+  }
+  switch (req.kind_case()) {
+    case v1::BrokerRequest::kAllocate: {
+      ReplyChannel channel(conn.sock(), req.request_id());
+      absl::StatusOr<v1::AllocateResponse> r =
+          core_->Allocate(session, *caller, req.allocate(), channel);
+      if (!r.ok()) {
+        AuditFailure("broker", "Allocate", &session, caller, r.status());
+        Reply(conn, ErrorReply(req.request_id(), r.status()));
+      }
+      return true;
+    }
+    case v1::BrokerRequest::kRelease: {
+      absl::Status s = core_->Release(session, req.release());
+      v1::BrokerReply reply = ErrorReply(req.request_id(), s);
+      if (s.ok()) reply.mutable_release();
+      Reply(conn, std::move(reply));
+      return true;
+    }
+    default:
+      Reply(conn, ErrorReply(req.request_id(),
+                             absl::InvalidArgumentError("unknown broker request kind")));
+      return true;
+  }
+}
+
+bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& req) {
+  if (conn.session) {
+    Reply(conn, ErrorReply(req.request_id(),
+                           absl::FailedPreconditionError("session already verified")));
+    return true;
+  }
+  absl::Status refused;
+  if (req.verify().challenge() != conn.challenge) {
+    refused = absl::PermissionDeniedError("wrong challenge");
+  } else if (sender.pid != conn.peer.pid) {
+    refused = absl::PermissionDeniedError(absl::StrCat(
+        "the session must be verified by the process that connected (pid ",
+        conn.peer.pid, "), not by pid ", sender.pid));
+  }
+  if (!refused.ok()) {
+    Reply(conn, ErrorReply(req.request_id(), refused));
+    Warn("verify", absl::StrCat("closed the connection of pid ", conn.peer.pid,
+                                " uid ", conn.peer.uid, ": ", refused.message()));
+    Close(conn.key);
+    return false;
+  }
+  // Still the same file as before the challenge went out: then the code
+  // that answered is that file's.
+  ExeSample now = SampleExe(conn.pidfd.get(), conn.peer.pid);
+  Identity id{conn.peer.uid, conn.peer.gid, conn.peer.pid, now.path, std::nullopt};
+  if (conn.exe_file && now.file == conn.exe_file) id.exe_file = conn.exe_file;
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      core_->OpenSession(id, std::move(conn.fd));
+  if (!session.ok()) {
+    Warn("open", absl::StrCat("refused pid ", conn.peer.pid, ": ", session.status().message()));
+    Close(conn.key);
+    return false;
+  }
+  conn.session = *std::move(session);
+  --handshakes_;
+  v1::BrokerReply reply;
+  reply.set_request_id(req.request_id());
+  v1::Welcome* welcome = reply.mutable_welcome();
+  welcome->set_session_id(conn.session->id());
+  welcome->set_session_token(conn.session->token());
+  if (id.exe_file) welcome->set_exe(id.exe);
+  Reply(conn, std::move(reply));
+  uint64_t dropped = 0;
+  if (log_limit_.Allow("opened", &dropped)) {
+    LOG(INFO) << "session " << conn.session->id() << " opened: pid " << id.pid
+              << " uid " << id.uid << " gid " << id.gid << " exe '" << LogSafe(id.exe)
+              << "'" << (id.exe_file ? "" : " (not verified)")
+              << LogLimiter::Dropped(dropped);
+  }
+  return true;
+}
+
+void Broker::Close(uint64_t key) {
+  auto it = conns_.find(key);
+  if (it == conns_.end()) return;
+  std::unique_ptr<Conn> c = std::move(it->second);
+  conns_.erase(it);
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->sock(), nullptr);
+  if (auto u = conns_per_uid_.find(c->peer.uid); u != conns_per_uid_.end()) {
+    if (--u->second == 0) conns_per_uid_.erase(u);
+  }
+  if (!c->session) {
+    --handshakes_;
+    return;
+  }
+  const uint64_t id = c->session->id();
+  c->session.reset();
+  core_->CloseSession(id);
+  uint64_t dropped = 0;
+  if (log_limit_.Allow("closed", &dropped)) {
+    LOG(INFO) << "session " << id << " closed (pid " << c->peer.pid << " uid "
+              << c->peer.uid << ")" << LogLimiter::Dropped(dropped);
+  }
 }
 
 }  // namespace halloc

@@ -1,14 +1,25 @@
-// The broker: the SOCK_SEQPACKET Unix socket that carries fds and whose
-// connections are the clients' sessions.
+// The broker: the SOCK_SEQPACKET Unix socket that carries fds, whose
+// connections are the clients' sessions, and which carries the fast-path
+// requests (Allocate, Release). The protocol is documented in
+// proto/halloc/v1/broker.proto.
 //
-// For each accepted connection it reads SO_PEERCRED, opens a Session in the
-// core and sends the Hello frame (with the session token). It then watches
-// the connection; when the peer closes it (or dies), the session ends and
-// everything it held is released. Clients send nothing on this socket; bytes
-// they do send are discarded.
+// One thread runs it. For each accepted connection it reads SO_PEERCRED,
+// pins the peer with a pidfd, notes which file it executes and sends a Hello
+// with a challenge; the session opens only when the connecting process
+// itself answers (the kernel stamps every record with its sender:
+// SO_PASSCRED). When the peer closes the connection (or dies), the session
+// ends and everything it held is released.
+//
+// Abuse it withstands: connections over the policy's per-uid or total limit
+// are refused with a reason; a connection that never verifies is closed
+// after 10 s; when hallocd runs out of fds, a reserve fd lets it accept and
+// close the excess connection instead of spinning, and accepting pauses
+// briefly; every log line an outsider can trigger is rate-limited, and
+// client strings in it are escaped.
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <memory>
@@ -17,14 +28,19 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
+#include "service/util/log_limit.h"
+#include "service/util/protocol.h"
+#include "service/util/scm.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc {
 
 class Broker {
  public:
-  // Binds `path` (mode `mode`) and starts the accept/watch thread.
+  // Binds `path` (mode `mode`) and starts the broker thread.
   static absl::StatusOr<std::unique_ptr<Broker>> Start(const std::string& path,
                                                        mode_t mode,
                                                        Allocator* core);
@@ -33,21 +49,57 @@ class Broker {
   // Stops accepting and ends every session. Idempotent.
   void Stop();
 
+  // How long a connection may take to verify (tests shorten it).
+  static absl::Duration verify_timeout;
+
  private:
+  // One accepted connection: first a handshake, then a session.
+  struct Conn {
+    uint64_t key = 0;
+    UniqueFd fd;  // until the session takes it
+    ucred peer{};
+    UniqueFd pidfd;
+    std::string exe;
+    std::optional<FileId> exe_file;
+    std::string challenge;
+    absl::Time deadline;
+    std::shared_ptr<Session> session;  // set once verified
+    int sock() const { return session ? session->broker_fd() : fd.get(); }
+  };
+
   Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,
-         std::string path);
+         UniqueFd reserve, std::string path);
   void Run();
   void Accept();
-  void OnReadable(uint64_t session_id);
-  void EndSession(uint64_t session_id);
+  // Whether uid may open one more connection; the reason when it may not.
+  absl::Status Admit(uid_t uid) const;
+  void OnReadable(uint64_t key);
+  // Handles one request record; false when the connection must close.
+  bool Handle(Conn& conn, Record rec);
+  bool Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& req);
+  void Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds = {});
+  void Close(uint64_t key);
+  void ExpireHandshakes();
+  void PauseAccepting();
+  void ResumeAccepting();
+  // Rate-limited warning about something an outsider caused.
+  void Warn(absl::string_view kind, const std::string& line);
 
   Allocator* const core_;
   const UniqueFd listener_;
   const UniqueFd epoll_;
   const UniqueFd wake_;  // eventfd that stops Run()
+  // Held open so that at EMFILE one fd can be freed to accept and close.
+  UniqueFd reserve_;
   const std::string path_;
   // Only touched by the broker thread (and Stop after join).
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Session>> sessions_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Conn>> conns_;
+  absl::flat_hash_map<uid_t, uint32_t> conns_per_uid_;
+  uint64_t next_key_ = 1;
+  size_t handshakes_ = 0;
+  bool accepting_ = true;
+  absl::Time resume_at_;
+  LogLimiter log_limit_;
   std::thread thread_;
   bool stopped_ = false;
 };

@@ -2,24 +2,15 @@
 
 #include <glog/logging.h>
 
+#include "service/audit.h"
+
 namespace halloc {
 namespace {
 
 // Logs a failed call once, with who asked and what was decided.
 grpc::Status Finish(const char* method, const Session* session,
                     const absl::Status& status) {
-  if (!status.ok()) {
-    const bool denial = status.code() == absl::StatusCode::kPermissionDenied ||
-                        status.code() == absl::StatusCode::kUnauthenticated;
-    const bool quota = status.code() == absl::StatusCode::kResourceExhausted;
-    LOG_IF(WARNING, denial || quota || status.code() == absl::StatusCode::kInternal)
-        << "AUDIT " << method << (denial || quota ? " denied" : " failed") << " for "
-        << (session ? "session " + std::to_string(session->id()) + " uid " +
-                          std::to_string(session->creds().uid) + " pid " +
-                          std::to_string(session->creds().pid)
-                    : std::string("unauthenticated caller"))
-        << ": " << status;
-  }
+  if (!status.ok()) AuditFailure("grpc", method, session, nullptr, status);
   return ToGrpc(status);
 }
 

@@ -8,11 +8,9 @@
 
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
+#include "service/util/protocol.h"
 
 namespace halloc {
-
-// Metadata key carrying the session token.
-inline constexpr char kSessionMetadataKey[] = "halloc-session";
 
 grpc::Status ToGrpc(const absl::Status& status);
 

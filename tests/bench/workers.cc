@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "echo.grpc.pb.h"
 #include "halloc/v1/allocator.grpc.pb.h"
@@ -61,16 +62,6 @@ absl::StatusOr<sockaddr_un> Address(const std::string& path) {
   return addr;
 }
 
-// A SOCK_SEQPACKET connection to the Unix socket at `path`.
-absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
-  ASSIGN_OR_RETURN(sockaddr_un addr, Address(path));
-  UniqueFd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!sock || ::connect(sock.get(), reinterpret_cast<sockaddr*>(&addr),
-                         sizeof(addr)) != 0) {
-    return ErrnoStatus(errno, "connect");
-  }
-  return sock;
-}
 
 // --- Floors ----------------------------------------------------------------
 
@@ -467,15 +458,11 @@ int Throughput(const Args& a) {
 // Allocate RPC until its reply, taking the already-queued fd off the broker
 // socket, mmap; next to a session-less Stats RPC on the same daemon.
 int AllocBreakdown(const Args& a) {
-  absl::StatusOr<UniqueFd> connected = ConnectSeqpacket(a.Str("broker"));
+  absl::StatusOr<BrokerConnection> connected =
+      ConnectBroker(a.Str("broker"), absl::Seconds(10));
   if (!connected.ok()) return Fail("breakdown", connected.status());
-  UniqueFd broker = *std::move(connected);
-  absl::StatusOr<Record> hello = ReceiveRecord(broker.get(), false);
-  v1::BrokerFrame frame;
-  if (!hello.ok() || !frame.ParseFromString(hello->bytes)) {
-    return Fail("breakdown", absl::UnavailableError("no hello"));
-  }
-  const std::string token = frame.hello().session_token();
+  UniqueFd broker = std::move(connected->fd);
+  const std::string token = connected->welcome.session_token();
   auto stub = v1::Allocator::NewStub(grpc::CreateChannel(
       "unix:" + a.Str("control"), grpc::InsecureChannelCredentials()));
   const uint64_t size = a.Int("size", 4096);
@@ -493,7 +480,7 @@ int AllocBreakdown(const Args& a) {
     req.mutable_desc()->set_name("warm");
     v1::AllocateResponse resp;
     grpc::ClientContext ctx;
-    ctx.AddMetadata("halloc-session", token);
+    ctx.AddMetadata(kSessionMetadataKey, token);
     if (a.Has("deadline")) {
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     }
@@ -513,7 +500,7 @@ int AllocBreakdown(const Args& a) {
     rel.add_buffer_ids(resp.buffers(0).id());
     v1::ReleaseResponse rr;
     grpc::ClientContext rctx;
-    rctx.AddMetadata("halloc-session", token);
+    rctx.AddMetadata(kSessionMetadataKey, token);
     if (a.Has("deadline")) {
       rctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     }

@@ -8,13 +8,17 @@
 #include <sys/statfs.h>
 #include <sys/un.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/broker_conn.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/util/os_error.h"
 #include "service/util/scm.h"
@@ -135,15 +139,17 @@ v1::BufferDescriptor ImageDescriptor(uint32_t width, uint32_t height,
 
 class Client::Impl {
  public:
-  Impl(UniqueFd broker, v1::Hello hello, std::shared_ptr<grpc::Channel> channel,
-       absl::Duration timeout)
-      : broker_(std::move(broker)), hello_(std::move(hello)),
-        stub_(v1::Allocator::NewStub(channel)), timeout_(timeout) {}
+  Impl(BrokerConnection conn, std::shared_ptr<grpc::Channel> channel,
+       const ConnectOptions& options)
+      : broker_(std::move(conn.fd)), hello_(std::move(conn.hello)),
+        welcome_(std::move(conn.welcome)),
+        stub_(v1::Allocator::NewStub(channel)), timeout_(options.timeout),
+        fast_path_(options.broker_fast_path) {}
 
   // A context carrying our session token and the call deadline.
   std::unique_ptr<grpc::ClientContext> Context() const {
     auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->AddMetadata("halloc-session", hello_.session_token());
+    ctx->AddMetadata(kSessionMetadataKey, welcome_.session_token());
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
     return ctx;
   }
@@ -160,39 +166,47 @@ class Client::Impl {
     return resp;
   }
 
-  // The fd for `buffer_id`: the daemon sent it before replying, so it is
-  // normally queued already. Frames for other buffers (other threads' calls)
-  // are kept for them.
+  struct Reply {
+    v1::BrokerReply reply;
+    std::vector<UniqueFd> fds;
+  };
+
+  // One request on the broker socket and its reply (with the fds that came
+  // in the same record). Errors name `rpc`.
+  absl::StatusOr<Reply> BrokerCall(v1::BrokerRequest req, absl::string_view rpc) {
+    const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
+    req.set_request_id(id);
+    RETURN_IF_ERROR(SendRecord(broker_.get(), req.SerializeAsString(), {}, false));
+    absl::MutexLock lock(&mu_);
+    const absl::Time deadline = absl::Now() + timeout_;
+    for (;;) {
+      if (auto it = replies_.find(id); it != replies_.end()) {
+        absl::StatusOr<Reply> r = std::move(it->second);
+        replies_.erase(it);
+        if (!r.ok()) return Prefix(r.status(), rpc);
+        if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefix(s, rpc);
+        return r;
+      }
+      if (absl::Status s = Pump(deadline); !s.ok()) {
+        // Whatever the daemon answers later is given back, not leaked.
+        if (absl::IsDeadlineExceeded(s)) abandoned_.insert(id);
+        return Prefix(s, rpc);
+      }
+    }
+  }
+
+  // The fd for `buffer_id` that a gRPC call had sent ahead of its reply:
+  // normally queued already. Records for others are kept for them.
   absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id) {
     absl::MutexLock lock(&mu_);
+    const absl::Time deadline = absl::Now() + timeout_;
     for (;;) {
       if (auto it = pending_.find(buffer_id); it != pending_.end()) {
-        UniqueFd fd = std::move(it->second);
+        absl::StatusOr<UniqueFd> fd = std::move(it->second);
         pending_.erase(it);
         return fd;
       }
-      // Normally queued already: try first, wait only when it is not.
-      absl::StatusOr<Record> next = ReceiveRecord(broker_.get(), true);
-      if (absl::IsResourceExhausted(next.status())) {
-        RETURN_IF_ERROR(WaitReadable(
-            broker_.get(), static_cast<int>(absl::ToInt64Milliseconds(timeout_))));
-        continue;
-      }
-      ASSIGN_OR_RETURN(Record rec, std::move(next));
-      v1::BrokerFrame frame;
-      if (!frame.ParseFromString(rec.bytes)) {
-        return absl::DataLossError("malformed frame on the broker socket");
-      }
-      if (frame.has_buffer() && rec.fds.size() == 1) {
-        pending_[frame.buffer().buffer_id()] = std::move(rec.fds[0]);
-      } else if (frame.has_buffers() &&
-                 static_cast<size_t>(frame.buffers().buffers_size()) == rec.fds.size()) {
-        for (int i = 0; i < frame.buffers().buffers_size(); ++i) {
-          pending_[frame.buffers().buffers(i).buffer_id()] = std::move(rec.fds[i]);
-        }
-      } else {
-        return absl::DataLossError("malformed frame on the broker socket");
-      }
+      RETURN_IF_ERROR(Pump(deadline));
     }
   }
 
@@ -201,14 +215,106 @@ class Client::Impl {
     return Buffer(std::move(info), std::move(fd));
   }
 
+  // Gives buffers back to the daemon without waiting for its answer (used
+  // when their fds were lost on the way, or their call was abandoned).
+  void GiveBack(const std::vector<uint64_t>& ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (ids.empty()) return;
+    v1::BrokerRequest req;
+    const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
+    req.set_request_id(id);
+    for (uint64_t b : ids) req.mutable_release()->add_buffer_ids(b);
+    if (SendRecord(broker_.get(), req.SerializeAsString(), {}, true).ok()) {
+      abandoned_.insert(id);
+    }
+  }
+
   const UniqueFd broker_;
   const v1::Hello hello_;
+  const v1::Welcome welcome_;
   const std::unique_ptr<v1::Allocator::Stub> stub_;
   const absl::Duration timeout_;
+  const bool fast_path_;
 
  private:
+  static absl::Status Prefix(const absl::Status& s, absl::string_view rpc) {
+    return absl::Status(s.code(), absl::StrCat(rpc, ": ", s.message()));
+  }
+
+  // Takes one record off the broker socket (waiting until `deadline`) and
+  // files it where its waiter looks.
+  absl::Status Pump(absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    absl::StatusOr<Record> next = ReceiveRecord(broker_.get(), true);
+    if (absl::IsResourceExhausted(next.status())) {
+      const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+      if (ms <= 0) return absl::DeadlineExceededError("no answer from hallocd in time");
+      return WaitReadable(broker_.get(), static_cast<int>(ms));
+    }
+    if (absl::IsDataLoss(next.status())) {
+      // The kernel cut the fds (this process is out of fds): say so to
+      // whoever waits for them, and give the buffers back.
+      absl::optional<absl::Cord> bytes = next.status().GetPayload(kTruncatedRecordPayload);
+      v1::BrokerFrame frame;
+      if (bytes && frame.ParseFromString(std::string(*bytes))) File(frame, {}, true);
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(next.status());
+    v1::BrokerFrame frame;
+    if (!frame.ParseFromString(next->bytes)) {
+      return absl::DataLossError("malformed frame on the broker socket");
+    }
+    File(frame, std::move(next->fds), false);
+    return absl::OkStatus();
+  }
+
+  void File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool truncated)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Status lost = absl::ResourceExhaustedError(
+        "the fds hallocd sent were cut on the way (this process is out of fds: "
+        "RLIMIT_NOFILE); the buffers were given back");
+    if (frame.has_reply()) {
+      v1::BrokerReply& reply = *frame.mutable_reply();
+      std::vector<uint64_t> ids;
+      for (const v1::BufferInfo& b : reply.allocate().buffers()) ids.push_back(b.id());
+      const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
+      if (abandoned || truncated ||
+          (reply.has_allocate() && ids.size() != fds.size())) {
+        GiveBack(ids);
+        if (!abandoned) {
+          replies_[reply.request_id()] =
+              truncated ? lost
+                        : absl::DataLossError("reply carries the wrong number of fds");
+        }
+        return;
+      }
+      const uint64_t id = reply.request_id();  // before the move below
+      replies_[id] = Reply{std::move(reply), std::move(fds)};
+      return;
+    }
+    std::vector<v1::BufferFd> described;
+    if (frame.has_buffer()) described.push_back(frame.buffer());
+    for (const v1::BufferFd& b : frame.buffers().buffers()) described.push_back(b);
+    if (truncated || described.size() != fds.size()) {
+      std::vector<uint64_t> ids;
+      for (const v1::BufferFd& b : described) {
+        ids.push_back(b.buffer_id());
+        pending_[b.buffer_id()] =
+            truncated ? lost : absl::DataLossError("malformed frame on the broker socket");
+      }
+      GiveBack(ids);
+      return;
+    }
+    for (size_t i = 0; i < described.size(); ++i) {
+      pending_[described[i].buffer_id()] = std::move(fds[i]);
+    }
+  }
+
+  // 0 was the handshake's Verify.
+  std::atomic<uint64_t> next_request_id_{1};
   absl::Mutex mu_;
-  absl::flat_hash_map<uint64_t, UniqueFd> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, absl::StatusOr<UniqueFd>> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
+  // Requests whose caller stopped waiting (or that nobody waits for).
+  absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
@@ -216,32 +322,11 @@ absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
       SocketPath(options.control_socket, "HALLOC_CONTROL_SOCKET", "control.sock");
   const std::string broker_path =
       SocketPath(options.broker_socket, "HALLOC_BROKER_SOCKET", "broker.sock");
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (broker_path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("broker socket path too long: ", broker_path));
-  }
-  std::memcpy(addr.sun_path, broker_path.data(), broker_path.size());
-  UniqueFd broker(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  if (!broker) return ErrnoStatus(errno, "socket");
-  if (::connect(broker.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("connect to hallocd broker at ",
-                                           broker_path, " (is hallocd running?)"));
-  }
-  RETURN_IF_ERROR(WaitReadable(
-      broker.get(), static_cast<int>(absl::ToInt64Milliseconds(options.timeout))));
-  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(broker.get(), false));
-  v1::BrokerFrame frame;
-  if (!frame.ParseFromString(rec.bytes) || !frame.has_hello() ||
-      frame.hello().version() != 1) {
-    return absl::UnavailableError("hallocd broker sent no valid hello");
-  }
+  ASSIGN_OR_RETURN(BrokerConnection conn, ConnectBroker(broker_path, options.timeout));
   grpc::ChannelArguments args;
   auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),
                                            grpc::InsecureChannelCredentials(), args);
-  return Client(std::make_unique<Impl>(std::move(broker), frame.hello(),
-                                       std::move(channel), options.timeout));
+  return Client(std::make_unique<Impl>(std::move(conn), std::move(channel), options));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -249,7 +334,7 @@ Client::Client(Client&&) noexcept = default;
 Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
-uint64_t Client::session_id() const { return impl_->hello_.session_id(); }
+uint64_t Client::session_id() const { return impl_->welcome_.session_id(); }
 uid_t Client::uid() const { return impl_->hello_.uid(); }
 
 absl::StatusOr<Buffer> Client::Allocate(const v1::BufferDescriptor& desc) {
@@ -262,9 +347,20 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
   v1::AllocateRequest req;
   *req.mutable_desc() = desc;
   req.set_count(count);
+  std::vector<Buffer> out;
+  if (impl_->fast_path_) {
+    v1::BrokerRequest breq;
+    *breq.mutable_allocate() = std::move(req);
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Allocate"));
+    v1::AllocateResponse& resp = *r.reply.mutable_allocate();
+    out.reserve(resp.buffers_size());
+    for (int i = 0; i < resp.buffers_size(); ++i) {
+      out.emplace_back(std::move(*resp.mutable_buffers(i)), std::move(r.fds[i]));
+    }
+    return out;
+  }
   ASSIGN_OR_RETURN(v1::AllocateResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate"));
-  std::vector<Buffer> out;
   out.reserve(resp.buffers_size());
   for (v1::BufferInfo& info : *resp.mutable_buffers()) {
     ASSIGN_OR_RETURN(Buffer b, impl_->Receive(std::move(info)));
@@ -280,6 +376,11 @@ absl::Status Client::Release(uint64_t buffer_id) {
 absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
   v1::ReleaseRequest req;
   for (uint64_t id : buffer_ids) req.add_buffer_ids(id);
+  if (impl_->fast_path_) {
+    v1::BrokerRequest breq;
+    *breq.mutable_release() = std::move(req);
+    return impl_->BrokerCall(std::move(breq), "Release").status();
+  }
   return impl_->Call(&v1::Allocator::Stub::Release, req, "Release").status();
 }
 

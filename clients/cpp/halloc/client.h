@@ -7,8 +7,11 @@
 //   memset(map.data(), 0xff, map.size());
 //
 // A Client is one session: it connects to the broker socket (the daemon
-// learns who we are from the kernel and sends our session token), then makes
-// gRPC calls carrying that token. Buffers' fds arrive on the broker socket.
+// learns who we are from the kernel, and from our answer to its challenge
+// which executable we are; then it sends our session token). Allocate and
+// Release travel on the broker socket, the reply and the fds in one record;
+// the other calls are gRPC calls carrying the token. See
+// proto/halloc/v1/broker.proto.
 // Closing the Client ends the session: the daemon drops every hold it had
 // (fds already in this process stay valid until their Buffer is destroyed).
 //
@@ -42,6 +45,10 @@ struct ConnectOptions {
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.
   absl::Duration timeout = absl::Seconds(10);
+  // Allocate and Release as requests on the broker socket (one record
+  // there and back, fds in the reply's record). false: as gRPC calls, the
+  // way a gRPC-only client makes them.
+  bool broker_fast_path = true;
 };
 
 // A CPU mapping of a buffer. While it lives, CPU access is bracketed with

@@ -1,0 +1,89 @@
+#include "clients/cpp/halloc/broker_conn.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "service/util/os_error.h"
+#include "service/util/scm.h"
+#include "service/util/status_macros.h"
+
+namespace halloc {
+namespace {
+
+absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Duration timeout) {
+  RETURN_IF_ERROR(
+      WaitReadable(fd, static_cast<int>(absl::ToInt64Milliseconds(timeout))));
+  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(fd, false));
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(rec.bytes)) {
+    return absl::UnavailableError("hallocd broker sent a malformed frame");
+  }
+  return frame;
+}
+
+}  // namespace
+
+absl::Status ReplyStatus(const v1::BrokerReply& reply) {
+  if (reply.code() == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(reply.code()), reply.message());
+}
+
+absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path '", path, "' is empty or too long"));
+  }
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (!fd) return ErrnoStatus(errno, "socket");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("connect to hallocd broker at ", path,
+                                           " (is hallocd running?)"));
+  }
+  return fd;
+}
+
+absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) {
+  BrokerConnection conn;
+  ASSIGN_OR_RETURN(v1::BrokerFrame hello, NextFrame(fd.get(), timeout));
+  if (hello.has_reply()) {  // refused before any session
+    RETURN_IF_ERROR(ReplyStatus(hello.reply()));
+  }
+  if (!hello.has_hello()) {
+    return absl::UnavailableError("hallocd broker sent no hello");
+  }
+  if (hello.hello().version() != kBrokerProtocolVersion) {
+    return absl::UnavailableError(absl::StrCat(
+        "hallocd speaks broker protocol ", hello.hello().version(),
+        "; this client speaks ", kBrokerProtocolVersion));
+  }
+  conn.hello = hello.hello();
+  v1::BrokerRequest verify;
+  verify.mutable_verify()->set_challenge(conn.hello.challenge());
+  RETURN_IF_ERROR(SendRecord(fd.get(), verify.SerializeAsString(), {}, false));
+  ASSIGN_OR_RETURN(v1::BrokerFrame welcome, NextFrame(fd.get(), timeout));
+  if (!welcome.has_reply()) {
+    return absl::UnavailableError("hallocd broker sent no reply to Verify");
+  }
+  RETURN_IF_ERROR(ReplyStatus(welcome.reply()));
+  if (!welcome.reply().has_welcome()) {
+    return absl::UnavailableError("hallocd broker's reply to Verify has no welcome");
+  }
+  conn.welcome = welcome.reply().welcome();
+  conn.fd = std::move(fd);
+  return conn;
+}
+
+absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
+                                               absl::Duration timeout) {
+  ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(path));
+  return Handshake(std::move(fd), timeout);
+}
+
+}  // namespace halloc

@@ -1,0 +1,41 @@
+// The client side of hallocd's broker socket (proto/halloc/v1/broker.proto):
+// connect, read the Hello, answer its challenge from this very process, read
+// the Welcome. libhalloc uses it; so can tests and tools that speak the wire
+// protocol themselves.
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BROKER_CONN_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BROKER_CONN_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "halloc/v1/broker.pb.h"
+#include "service/util/protocol.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+
+struct BrokerConnection {
+  UniqueFd fd;
+  v1::Hello hello;
+  v1::Welcome welcome;
+};
+
+// Connects a SOCK_SEQPACKET Unix socket (close-on-exec) to `path`.
+absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path);
+
+// Connects and completes the handshake. A daemon that refuses the
+// connection (e.g. too many connections from this uid) → its status.
+absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
+                                               absl::Duration timeout);
+
+// The handshake on an already-connected socket: reads the Hello, sends
+// Verify (request id 0), reads the Welcome.
+absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout);
+
+// A BrokerReply's status.
+absl::Status ReplyStatus(const v1::BrokerReply& reply);
+
+}  // namespace halloc
+
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BROKER_CONN_H_
