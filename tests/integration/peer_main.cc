@@ -13,6 +13,7 @@
 //                                          belong to another uid, give nothing
 // Exit code 0 means every check held; otherwise the number of the failed one.
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,6 +86,7 @@ int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token)
 //   mmap-rw ID / mprotect-rw ID / fork-mmap-rw ID
 //                                → ok (a writable mapping was made) | err ERRNO
 //   release ID / revoke GRANT_ID → ok | err CODE
+//   nofile                       → ok: RLIMIT_NOFILE leaves room for no new fd
 int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
   if (uid != 0 && (setgid(uid) != 0 || setuid(uid) != 0)) return 10;
   absl::StatusOr<halloc::Client> c = halloc::Client::Connect(opts);
@@ -202,6 +204,14 @@ int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
         absl::Status s = c->Revoke(id);
         out = s.ok() ? "ok" : err(s);
       }
+    } else if (cmd == "nofile" && a.size() == 1) {
+      // No room for one more fd: the next fds hallocd sends are cut.
+      const int lowest_free = dup(0);
+      close(lowest_free);
+      rlimit lim{};
+      getrlimit(RLIMIT_NOFILE, &lim);
+      lim.rlim_cur = static_cast<rlim_t>(lowest_free);
+      out = setrlimit(RLIMIT_NOFILE, &lim) == 0 ? "ok" : "err setrlimit";
     } else if (cmd == "quit") {
       return 0;
     }
