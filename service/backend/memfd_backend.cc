@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,6 +24,15 @@ absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
   const std::string name = absl::StrCat("halloc:", request.name);
   UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) return ErrnoStatus(errno, "memfd_create");
+  // memfd inodes are created mode 0777, and open("/proc/self/fd/N") checks
+  // the inode's mode, not the access mode of the fd it names: any holder of
+  // a read-only view could reopen it O_RDWR and write into the buffer. Owner
+  // read only: the daemon (owner) can still reopen read-only views even when
+  // it is not root; any other uid gets EACCES on every reopen. Open file
+  // descriptions keep the access mode they were opened with. Root holders
+  // (CAP_DAC_OVERRIDE) and holders with the daemon's uid (who may fchmod the
+  // inode back) are not stopped by this.
+  if (::fchmod(fd.get(), kInodeMode) != 0) return ErrnoStatus(errno, "fchmod");
   if (::ftruncate(fd.get(), static_cast<off_t>(request.size)) != 0) {
     return ErrnoStatus(errno, absl::StrCat("ftruncate(", request.size, ")"));
   }
@@ -44,6 +54,11 @@ absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
     case CpuAccess::kReadWrite:
       return buffer.Dup();
     case CpuAccess::kRead: {
+      if (!CanEnforce(CpuAccess::kRead)) {
+        return absl::FailedPreconditionError(
+            "memfd backend cannot keep a buffer read-only while /dev/udmabuf "
+            "exists (a read-only holder could make a writable dma-buf of it)");
+      }
       // A new open file description, read-only: rights travel with it.
       const std::string path = absl::StrCat("/proc/self/fd/", buffer.get());
       UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));

@@ -1,12 +1,15 @@
 #include "service/backend/memfd_backend.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -71,6 +74,153 @@ TEST(MemfdBackendTest, ReadViewCannotBeMappedOrProtectedWritable) {
   munmap(w, kPage);
 }
 
+// An unprivileged uid other than the daemon's, for the reopen tests.
+constexpr uid_t kStranger = 65534;
+// Exit code of a child that could not become kStranger.
+constexpr int kCannotSwitchUid = 255;
+
+// Runs `body` in a forked child as kStranger (uids are per process, so the
+// attacker needs its own process; fds are inherited across fork just as they
+// are passed over SCM_RIGHTS). Returns the child's exit code, or
+// kCannotSwitchUid.
+template <typename F>
+int AsStranger(F body) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(0, nullptr) != 0 || setgid(kStranger) != 0 ||
+        setuid(kStranger) != 0) {
+      _exit(kCannotSwitchUid);
+    }
+    _exit(body());
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// What a holder of a read-only memfd `fd` of another uid could do to the
+// memory behind it, one bit per attempt the kernel did NOT refuse as
+// expected. 0: everything refused.
+enum StrangerEscape {
+  kReopenedReadWrite = 1 << 0,  // open(/proc/self/fd/N, O_RDWR) != EACCES
+  kReopenedWriteOnly = 1 << 1,  // ... O_WRONLY
+  kReopenedReadOnly = 1 << 2,   // ... O_RDONLY (no reason to allow it)
+  kChmodded = 1 << 3,           // fchmod(fd, 0777) != EPERM
+  kAddedSeals = 1 << 4,         // F_ADD_SEALS succeeded
+  kResized = 1 << 5,            // ftruncate or fallocate succeeded
+  kWroteBuffer = 1 << 6,        // wrote "evil" through a writable reopen
+};
+
+int TryToEscapeReadOnly(int fd, size_t size) {
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  int escaped = 0;
+  int rw = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (rw >= 0 || errno != EACCES) escaped |= kReopenedReadWrite;
+  if (rw >= 0) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, rw, 0);
+    if (p != MAP_FAILED) {
+      std::memcpy(p, "evil", 4);
+      escaped |= kWroteBuffer;
+    }
+  }
+  int wo = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (wo >= 0 || errno != EACCES) escaped |= kReopenedWriteOnly;
+  if (wo >= 0 && pwrite(wo, "evil", 4, 0) == 4) escaped |= kWroteBuffer;
+  int ro = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (ro >= 0 || errno != EACCES) escaped |= kReopenedReadOnly;
+  // Making the inode writable again would reopen the first door.
+  if (fchmod(fd, 0777) == 0 || errno != EPERM) escaped |= kChmodded;
+  // F_SEAL_WRITE would break the owner's writable mapping; the memfd is
+  // already F_SEAL_SEAL'ed and the fd is not writable, so both refuse it.
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE) == 0) escaped |= kAddedSeals;
+  if (ftruncate(fd, 0) == 0 || fallocate(fd, 0, 0, size * 2) == 0 ||
+      fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size) == 0) {
+    escaped |= kResized;
+  }
+  return escaped;
+}
+
+TEST(MemfdBackendTest, InodeIsReadableByItsOwnerOnly) {
+  MemfdBackend backend;
+  absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  struct stat st;
+  ASSERT_EQ(fstat(fd->get(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0400u);
+  EXPECT_EQ(st.st_uid, geteuid());
+  // The allocation's own fd and its views keep their access modes.
+  EXPECT_EQ(fcntl(fd->get(), F_GETFL) & O_ACCMODE, O_RDWR);
+  absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  EXPECT_EQ(fcntl(ro->get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+}
+
+// Issue #10: a memfd inode is created mode 0777, so a receiver of a
+// read-only view could open("/proc/self/fd/N", O_RDWR) and write into the
+// owner's buffer.
+TEST(MemfdBackendTest, ReadViewCannotBeReopenedWritableByAnotherUid) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to fork a child as uid " << kStranger
+                 << " (the daemon normally runs as root)";
+  }
+  MemfdBackend backend;
+  absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  void* w = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd->get(), 0);
+  ASSERT_NE(w, MAP_FAILED);
+  std::memcpy(w, "pattern", 7);
+  absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
+  ASSERT_TRUE(ro.ok()) << ro.status();
+
+  const int ro_fd = ro->get();
+  const int escaped = AsStranger([ro_fd] { return TryToEscapeReadOnly(ro_fd, kPage); });
+  if (escaped == kCannotSwitchUid) {
+    munmap(w, kPage);
+    GTEST_SKIP() << "cannot switch to uid " << kStranger
+                 << " here (user namespace without it?)";
+  }
+  EXPECT_EQ(escaped & kReopenedReadWrite, 0) << "reopened O_RDWR";
+  EXPECT_EQ(escaped & kReopenedWriteOnly, 0) << "reopened O_WRONLY";
+  EXPECT_EQ(escaped & kReopenedReadOnly, 0) << "reopened O_RDONLY";
+  EXPECT_EQ(escaped & kChmodded, 0) << "fchmod'ed the inode";
+  EXPECT_EQ(escaped & kAddedSeals, 0) << "added a seal";
+  EXPECT_EQ(escaped & kResized, 0) << "resized or punched the memfd";
+  EXPECT_EQ(escaped & kWroteBuffer, 0) << "wrote into the owner's buffer";
+  EXPECT_EQ(std::memcmp(w, "pattern", 7), 0);
+  struct stat st;
+  ASSERT_EQ(fstat(fd->get(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0400u);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(kPage));
+  munmap(w, kPage);
+}
+
+// The mode must not lock the daemon itself out: a hallocd that is not root
+// still opens read-only views (owner read), and no fd it hands out can be
+// reopened writable without first fchmod'ing the inode (which its own uid
+// can: same-uid holders are not protected).
+TEST(MemfdBackendTest, NonRootDaemonStillOpensReadViews) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to fork a child as uid " << kStranger;
+  }
+  const int result = AsStranger([] {
+    MemfdBackend backend;
+    absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+    if (!fd.ok()) return 1;
+    absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
+    if (!ro.ok() || (fcntl(ro->get(), F_GETFL) & O_ACCMODE) != O_RDONLY) return 2;
+    const std::string path = "/proc/self/fd/" + std::to_string(ro->get());
+    if (open(path.c_str(), O_RDWR | O_CLOEXEC) >= 0 || errno != EACCES) return 3;
+    return 0;
+  });
+  if (result == kCannotSwitchUid) {
+    GTEST_SKIP() << "cannot switch to uid " << kStranger << " here";
+  }
+  EXPECT_NE(result, 1) << "Allocate failed as a non-root daemon";
+  EXPECT_NE(result, 2) << "OpenView(kRead) failed as a non-root daemon";
+  EXPECT_NE(result, 3) << "the daemon's own uid reopened a view O_RDWR";
+  EXPECT_EQ(result, 0);
+}
+
 TEST(MemfdBackendTest, NoCpuAccessIsRefusedNotGranted) {
   MemfdBackend backend;
   EXPECT_FALSE(backend.CanEnforce(CpuAccess::kNone));
@@ -85,8 +235,15 @@ TEST(MemfdBackendTest, AttachLimitsHoldOnlyWithoutUdmabuf) {
   MemfdBackend with("/proc/self/exe");  // "present"
   EXPECT_TRUE(without.CanLimitAttach());
   EXPECT_FALSE(with.CanLimitAttach());
+  // Nor can read-only: a read-only holder could turn the memfd into a
+  // writable dma-buf through udmabuf.
+  EXPECT_TRUE(without.CanEnforce(CpuAccess::kRead));
+  EXPECT_FALSE(with.CanEnforce(CpuAccess::kRead));
+  EXPECT_TRUE(with.CanEnforce(CpuAccess::kReadWrite));
   absl::StatusOr<UniqueFd> fd = without.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok());
+  EXPECT_EQ(with.OpenView(*fd, ViewRights{CpuAccess::kRead}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   ViewRights limited{CpuAccess::kRead, std::vector<std::string>{"vgem"}};
   EXPECT_TRUE(without.OpenView(*fd, limited).ok());
   EXPECT_EQ(with.OpenView(*fd, limited).status().code(),

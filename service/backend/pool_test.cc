@@ -1,8 +1,10 @@
 #include "service/backend/pool.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -247,6 +249,70 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   EXPECT_EQ(PooledBackend::Create(nullptr, Manual()).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*CreateBackend("memfd-pool"))->name(), "memfd");
+}
+
+// Exit code of a child that could not become uid 65534.
+constexpr int kCannotSwitchUid = 255;
+
+// In a forked child as uid 65534 (an unprivileged receiver of `fd`):
+// 0 when reopening `fd` through /proc (O_RDWR, O_WRONLY) fails with EACCES
+// and fchmod fails with EPERM, else which of them did not.
+int StrangerReopenResult(int fd) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) {
+      _exit(kCannotSwitchUid);
+    }
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    int escaped = 0;
+    if (open(path.c_str(), O_RDWR) >= 0 || errno != EACCES) escaped |= 1;
+    if (open(path.c_str(), O_WRONLY) >= 0 || errno != EACCES) escaped |= 2;
+    if (fchmod(fd, 0777) == 0 || errno != EPERM) escaped |= 4;
+    _exit(escaped);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Issue #10 on the memfd-pool path: stocked buffers are made (and
+// fallocate'd) on the refill thread, long before a request, and must be as
+// closed to reopening as a fresh one.
+TEST(PooledBackendTest, ReadViewsOfHitsAndMissesCannotBeReopenedWritable) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to fork a child as uid 65534 (the daemon "
+                    "normally runs as root)";
+  }
+  std::atomic<int> calls{0};
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::make_unique<CountingBackend>(&calls), o);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const BackendRequest req{kPage, "t", 0};
+  absl::StatusOr<UniqueFd> miss = (*pool)->Allocate(req);
+  ASSERT_TRUE(miss.ok()) << miss.status();
+  ASSERT_TRUE((*pool)->RefillOnce());
+  const int before = calls.load();
+  absl::StatusOr<UniqueFd> hit = (*pool)->Allocate(req);
+  ASSERT_TRUE(hit.ok()) << hit.status();
+  ASSERT_EQ(calls.load(), before) << "not from stock";
+  for (const UniqueFd* fd : {&*miss, &*hit}) {
+    SCOPED_TRACE(fd == &*hit ? "hit" : "miss");
+    struct stat st;
+    ASSERT_EQ(fstat(fd->get(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0400u);
+    absl::StatusOr<UniqueFd> ro = (*pool)->OpenView(*fd, ViewRights{CpuAccess::kRead});
+    ASSERT_TRUE(ro.ok()) << ro.status();
+    const int result = StrangerReopenResult(ro->get());
+    if (result == kCannotSwitchUid) {
+      GTEST_SKIP() << "cannot switch to uid 65534 here (user namespace "
+                      "without it?)";
+    }
+    EXPECT_EQ(result & 1, 0) << "reopened O_RDWR";
+    EXPECT_EQ(result & 2, 0) << "reopened O_WRONLY";
+    EXPECT_EQ(result & 4, 0) << "fchmod'ed the inode";
+    EXPECT_EQ(result, 0);
+  }
 }
 
 }  // namespace

@@ -1,10 +1,12 @@
 // Views (HALLOC_IOCTL_VIEW): rights enforced by the kernel, only narrowing,
 // outliving their parent; and the accounting ioctl.
 #include <errno.h>
+#include <grp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
 #include <cstring>
+#include <string>
 
 #include "tests/kernel/halloc_fixture.h"
 
@@ -96,6 +98,61 @@ TEST_F(ViewTest, ReadOnlyViewRefusesWrites) {
   int status = RunInChild([p] { *reinterpret_cast<volatile uint8_t*>(p) = 1; });
   ASSERT_TRUE(WIFSIGNALED(status));
   EXPECT_EQ(WTERMSIG(status), SIGSEGV);
+}
+
+// Exit code of a child that could not switch to the uid it was asked to.
+constexpr int kCannotSwitchUid = 255;
+
+// In a forked child (as `uid` unless 0): 0 when open("/proc/self/fd/<fd>",
+// flags) succeeds, else its errno; kCannotSwitchUid if the uid switch failed.
+int ReopenErrno(int fd, int flags, uid_t uid) {
+  int status = RunInChild([=] {
+    if (uid != 0 && (setgroups(0, nullptr) != 0 || setgid(uid) != 0 ||
+                     setuid(uid) != 0)) {
+      _exit(kCannotSwitchUid);
+    }
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    const int reopened = open(path.c_str(), flags | O_CLOEXEC);
+    _exit(reopened >= 0 ? 0 : errno);
+  });
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Issue #10: a read-only memfd could be reopened O_RDWR through
+// /proc/self/fd because its inode allowed it. A dma-buf's inode is an anon
+// inode (mode 0600, owned by whoever made the dma-buf: here, and in hallocd,
+// root) whose f_op is no_open_fops, so the reopen is refused for everyone: by
+// no_open (ENXIO) for root, by the mode (EACCES) before it for another uid.
+// The rights of a view therefore cannot be widened by reopening it.
+TEST_F(ViewTest, ReadOnlyViewCannotBeReopenedThroughProc) {
+  constexpr uid_t kStranger = 65534;
+  Mapping rw = Map(buf_.get(), size_);
+  ASSERT_TRUE(rw.valid());
+  memset(rw.data(), 0x5a, size_);
+
+  for (uint32_t cpu : {uint32_t(HALLOC_CPU_READ), uint32_t(HALLOC_CPU_NONE)}) {
+    SCOPED_TRACE(cpu == HALLOC_CPU_READ ? "CPU read view" : "CPU none view");
+    UniqueFd view = View(buf_.get(), Cpu(cpu));
+    ASSERT_TRUE(view.valid());
+    for (int flags : {O_RDWR, O_WRONLY, O_RDONLY}) {
+      SCOPED_TRACE(flags == O_RDWR ? "O_RDWR" : flags == O_WRONLY ? "O_WRONLY" : "O_RDONLY");
+      const int as_root = ReopenErrno(view.get(), flags, 0);
+      EXPECT_EQ(as_root, ENXIO) << "as root: " << strerror(as_root);
+      const int as_stranger = ReopenErrno(view.get(), flags, kStranger);
+      ASSERT_NE(as_stranger, kCannotSwitchUid) << "setuid(" << kStranger << ")";
+      EXPECT_EQ(as_stranger, EACCES)
+          << "as uid " << kStranger << ": " << strerror(as_stranger);
+    }
+    // Still what it was: a read-only file, no writable mapping.
+    EXPECT_EQ(fcntl(view.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+    EXPECT_FALSE(Map(view.get(), size_, PROT_READ | PROT_WRITE).valid());
+    EXPECT_EQ(errno, EACCES);
+    EXPECT_EQ(Sync(view.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE), -EPERM);
+    EXPECT_EQ(InfoOf(view.get()).cpu_access, cpu);
+  }
+  // The buffer's own (read-write) fd cannot be reopened either.
+  EXPECT_EQ(ReopenErrno(buf_.get(), O_RDWR, 0), ENXIO);
+  EXPECT_TRUE(AllBytesAre(rw.data(), size_, 0x5a));
 }
 
 TEST_F(ViewTest, ReadWriteViewSharesPages) {
