@@ -50,6 +50,9 @@ struct Allocator::Grant {
   std::string from_client;
   uid_t from_uid = 0;
   CpuAccess access = CpuAccess::kRead;
+  // Whether the sharer asked for `access` explicitly (then a receiver that
+  // may hold less is refused, not narrowed).
+  bool explicit_access = false;
 };
 
 struct Allocator::Plan {
@@ -704,7 +707,7 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
   if (by_name) {
     receiver = pol->Find(req.peer().name());
     if (receiver == nullptr) {
-      return absl::NotFoundError(absl::StrCat("no client named '", req.peer().name(),
+      return absl::NotFoundError(absl::StrCat("no client named '", LogSafe(req.peer().name()),
                                               "' in policy '", pol->source(), "'"));
     }
     peer_desc = absl::StrCat("client '", receiver->name, "'");
@@ -757,6 +760,7 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
   grant->from_client = rule->name;
   grant->from_uid = session.creds().uid;
   grant->access = access;
+  grant->explicit_access = explicit_access;
   v1::Grant out;
   out.set_id(grant->id);
   out.set_token(grant->token);
@@ -809,6 +813,11 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
                     session.creds().uid)) {
       return deny(absl::StrCat("receive_from does not admit client '",
                                grant.from_client, "' uid ", grant.from_uid));
+    }
+    if (grant.explicit_access && static_cast<int>(grant.access) > static_cast<int>(rule->max_cpu)) {
+      return deny(absl::StrCat("the grant's CPU access ", CpuAccessName(grant.access),
+                               " is more than client '", rule->name, "' may hold (",
+                               CpuAccessName(rule->max_cpu), ")"));
     }
     access = Min(grant.access, rule->max_cpu);
     if (!backend_->CanEnforce(access)) {

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
@@ -156,6 +157,37 @@ TEST_F(ClientTest, BadInputsGetTheirCodeAndLeakNothing) {
   EXPECT_EQ(client().Revoke(5).code(), StatusCode::kNotFound);
   EXPECT_EQ(client().Share(424242, getuid()).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(CountOpenFds(), fds_before);
+  EXPECT_EQ(client().Stats()->live_buffers(), 0u);
+}
+
+// Both request paths, as libhalloc makes them: the broker fast path and gRPC.
+TEST_F(ClientTest, BothPathsAgreeOnResultsAndErrors) {
+  ConnectOptions grpc_only = daemon().connect_options();
+  grpc_only.broker_fast_path = false;
+  absl::StatusOr<Client> g = Client::Connect(grpc_only);
+  ASSERT_TRUE(g.ok()) << g.status();
+  for (Client* c : {&client(), &*g}) {
+    SCOPED_TRACE(c == &client() ? "broker" : "grpc");
+    absl::StatusOr<std::vector<Buffer>> bs =
+        c->Allocate(ImageDescriptor(64, 32, DRM_FORMAT_NV12, 0, "frame"), 3);
+    ASSERT_TRUE(bs.ok()) << bs.status();
+    ASSERT_EQ(bs->size(), 3u);
+    for (const Buffer& b : *bs) {
+      EXPECT_EQ(b.info().name(), "frame");
+      EXPECT_EQ(b.layout().planes_size(), 2);
+      EXPECT_GE(static_cast<uint64_t>(lseek(b.fd(), 0, SEEK_END)), b.size());
+    }
+    std::vector<uint64_t> ids;
+    for (const Buffer& b : *bs) ids.push_back(b.id());
+    EXPECT_TRUE(c->Release(ids).ok());
+    EXPECT_EQ(c->Release(ids).code(), StatusCode::kNotFound);
+    EXPECT_EQ(c->Allocate(BlobDescriptor(0)).status().code(), StatusCode::kInvalidArgument);
+    // A name that is not UTF-8 reaches hallocd and is refused with a reason
+    // (it used to fail to parse: INTERNAL with no message).
+    absl::Status bad = c->Allocate(BlobDescriptor(4096, 0, "cam\xff\xfe")).status();
+    EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_TRUE(absl::StrContains(bad.message(), "\\xff")) << bad;
+  }
   EXPECT_EQ(client().Stats()->live_buffers(), 0u);
 }
 

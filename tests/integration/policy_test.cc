@@ -215,6 +215,11 @@ TEST_F(PolicyTest, SharingFollowsShareToReceiveFromAndNeverWidensRights) {
   // A grant for the compositor is useless to anyone else, token or not.
   EXPECT_EQ(app->Do("import " + token), "err PERMISSION_DENIED");
   EXPECT_EQ(app->Do("release " + frame), "err NOT_FOUND");
+  // Shared to the compositor's uid asking read-write: the receiver's rule
+  // is known only at Import, which refuses rather than narrows it.
+  const std::string rw_by_uid = camera->Value("share " + frame + " uid:1002 rw");
+  ASSERT_FALSE(rw_by_uid.empty());
+  EXPECT_EQ(compositor->Do("import " + rw_by_uid), "err PERMISSION_DENIED");
   EXPECT_EQ(compositor->Do("import " + token), "ok " + frame + " CPU_ACCESS_READ");
   EXPECT_EQ(compositor->Do("read " + frame), "ok 77");  // same pages
   // Read-only really is read-only, here and in any process the fd goes to.
