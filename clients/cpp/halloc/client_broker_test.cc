@@ -1,0 +1,212 @@
+// libhalloc's side of the broker protocol against a scripted fake daemon:
+// replies that come after the caller gave up, and replies that carry the
+// wrong fds, must not leave buffers held (the client gives them back).
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/client.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/broker.pb.h"
+#include "service/util/protocol.h"
+#include "service/util/scm.h"
+
+namespace halloc {
+namespace {
+
+// A broker socket that handshakes like hallocd and then answers each
+// request with `answer`, on its own thread.
+class FakeBroker {
+ public:
+  using Answer = std::function<void(int sock, const v1::BrokerRequest&)>;
+  explicit FakeBroker(Answer answer) : answer_(std::move(answer)) {
+    char tmpl[] = "/tmp/halloc-fake-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    path_ = dir_ + "/broker.sock";
+    listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+    ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    ::listen(listener_.get(), 4);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~FakeBroker() {
+    ::shutdown(listener_.get(), SHUT_RDWR);
+    if (conn_) ::shutdown(conn_.get(), SHUT_RDWR);
+    thread_.join();
+    std::filesystem::remove_all(dir_);
+  }
+  ConnectOptions options() const {
+    ConnectOptions o;
+    o.broker_socket = path_;
+    o.control_socket = dir_ + "/control.sock";  // never used here
+    o.timeout = absl::Milliseconds(200);
+    return o;
+  }
+  // Release requests received, in order.
+  std::vector<v1::ReleaseRequest> releases() {
+    absl::MutexLock lock(&mu_);
+    return releases_;
+  }
+
+  static void Reply(int sock, v1::BrokerReply reply, std::vector<int> fds = {}) {
+    v1::BrokerFrame frame;
+    *frame.mutable_reply() = std::move(reply);
+    (void)SendRecord(sock, frame.SerializeAsString(), fds, false);
+  }
+
+ private:
+  void Serve() {
+    conn_.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn_) return;
+    v1::BrokerFrame hello;
+    hello.mutable_hello()->set_version(kBrokerProtocolVersion);
+    hello.mutable_hello()->set_challenge("c");
+    (void)SendRecord(conn_.get(), hello.SerializeAsString(), {}, false);
+    for (;;) {
+      absl::StatusOr<Record> rec = ReceiveRecord(conn_.get(), false);
+      if (!rec.ok()) return;
+      v1::BrokerRequest req;
+      if (!req.ParseFromString(rec->bytes)) return;
+      if (req.has_verify()) {
+        v1::BrokerReply r;
+        r.set_request_id(req.request_id());
+        r.mutable_welcome()->set_session_id(1);
+        r.mutable_welcome()->set_session_token("t");
+        Reply(conn_.get(), r);
+        continue;
+      }
+      if (req.has_release()) {
+        absl::MutexLock lock(&mu_);
+        releases_.push_back(req.release());
+      }
+      answer_(conn_.get(), req);
+    }
+  }
+
+  Answer answer_;
+  std::string dir_, path_;
+  UniqueFd listener_, conn_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::vector<v1::ReleaseRequest> releases_ ABSL_GUARDED_BY(mu_);
+};
+
+UniqueFd Memfd() {
+  UniqueFd fd(::memfd_create("fake", MFD_CLOEXEC));
+  if (fd) (void)::ftruncate(fd.get(), 4096);
+  return fd;
+}
+
+v1::BrokerReply AllocateReply(uint64_t request_id, std::vector<uint64_t> ids) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  for (uint64_t id : ids) {
+    v1::BufferInfo* b = r.mutable_allocate()->add_buffers();
+    b->set_id(id);
+    b->set_size(4096);
+  }
+  return r;
+}
+
+int CountOpenFds() {
+  int n = 0;
+  for (int fd = 0; fd < 4096; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
+  return n;
+}
+
+TEST(ClientBrokerTest, AReplyAfterTheDeadlineIsGivenBack) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_allocate()) {
+      absl::SleepFor(absl::Milliseconds(400));  // longer than the 200 ms deadline
+      UniqueFd fd = Memfd();
+      FakeBroker::Reply(sock, AllocateReply(req.request_id(), {41}), {fd.get()});
+    } else if (req.has_release()) {
+      v1::BrokerReply r;
+      r.set_request_id(req.request_id());
+      r.mutable_release();
+      FakeBroker::Reply(sock, r);
+    }
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const int fds_before = CountOpenFds();
+  EXPECT_EQ(c->Allocate(BlobDescriptor(4096)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  absl::SleepFor(absl::Milliseconds(400));  // the late reply is queued now
+  // The next call takes the late reply off the socket and gives buffer 41
+  // back; its own answer still arrives.
+  EXPECT_TRUE(c->Release(7).ok());
+  for (int i = 0; i < 100 && broker.releases().size() < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::vector<v1::ReleaseRequest> rel = broker.releases();
+  ASSERT_EQ(rel.size(), 2u);
+  std::set<uint64_t> released;
+  for (const v1::ReleaseRequest& r : rel) {
+    ASSERT_EQ(r.buffer_ids_size(), 1);
+    released.insert(r.buffer_ids(0));
+  }
+  // The caller's own, and buffer 41 given back.
+  EXPECT_EQ(released, (std::set<uint64_t>{7, 41}));
+  EXPECT_EQ(CountOpenFds(), fds_before);  // the late fd was closed
+}
+
+TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_allocate()) {
+      UniqueFd fd = Memfd();  // two buffers, one fd
+      FakeBroker::Reply(sock, AllocateReply(req.request_id(), {5, 6}), {fd.get()});
+    }
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Allocate(BlobDescriptor(4096), 2).status().code(),
+            absl::StatusCode::kDataLoss);
+  for (int i = 0; i < 100 && broker.releases().empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(broker.releases().size(), 1u);
+  EXPECT_EQ(broker.releases()[0].buffer_ids_size(), 2);
+}
+
+TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
+  char tmpl[] = "/tmp/halloc-fake-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string path = dir + "/broker.sock";
+  strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(listener.get(), 1), 0);
+  std::thread refuse([&] {
+    UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    v1::BrokerFrame f;
+    f.mutable_reply()->set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+    f.mutable_reply()->set_message("uid 5 holds 3 connections");
+    (void)SendRecord(conn.get(), f.SerializeAsString(), {}, false);
+  });
+  ConnectOptions o;
+  o.broker_socket = path;
+  o.control_socket = dir + "/control.sock";
+  absl::StatusOr<Client> c = Client::Connect(o);
+  refuse.join();
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(c.status().message(), "uid 5 holds 3 connections");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace halloc
