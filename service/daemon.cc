@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -43,6 +44,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   builder.AddListeningPort(absl::StrCat("unix:", control),
                            grpc::InsecureServerCredentials());
   builder.RegisterService(d->service_.get());
+  grpc::ResourceQuota quota("hallocd");
+  quota.SetMaxThreads(d->options_.grpc_max_threads);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             d->options_.grpc_max_streams_per_connection);
   d->server_ = builder.BuildAndStart();
   if (d->server_ == nullptr) {
     return absl::UnavailableError(

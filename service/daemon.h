@@ -33,6 +33,12 @@ struct DaemonOptions {
   // Policy file (text format of halloc.v1.Policy); empty: built-in default
   // (every client may do everything, sharing within its own uid).
   std::string policy_file;
+  // Most threads the gRPC server may run (its resource quota): calls beyond
+  // them wait or get RESOURCE_EXHAUSTED, so thousands of concurrent streams
+  // cannot grow hallocd to thousands of threads.
+  int grpc_max_threads = 32;
+  // Most concurrent calls (streams) on one gRPC connection.
+  int grpc_max_streams_per_connection = 64;
 };
 
 // $XDG_RUNTIME_DIR/halloc when set, else /run/halloc.

@@ -41,6 +41,12 @@ ABSL_FLAG(uint64_t, max_buffer_bytes, uint64_t{4} << 30, "largest buffer");
 ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
           "most buffers one client session may hold");
 
+ABSL_FLAG(int, grpc_max_threads, 32,
+          "most threads the gRPC server may run (calls beyond wait or get "
+          "RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int, grpc_max_streams_per_connection, 64,
+          "most concurrent gRPC calls on one connection");
+
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "check every absl::Mutex acquisition for lock-order cycles (slow; "
           "Debian's Abseil enables it unless told otherwise)");
@@ -112,6 +118,9 @@ int main(int argc, char** argv) {
   options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
   options.limits.max_buffers_per_session =
       absl::GetFlag(FLAGS_max_buffers_per_session);
+  options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);
+  options.grpc_max_streams_per_connection =
+      absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
 
   absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
       halloc::Daemon::Start(options);

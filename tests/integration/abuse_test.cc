@@ -93,7 +93,8 @@ class AbuseTest : public ::testing::Test {
   }
   // Starts hallocd with `policy` (text), its stderr in log_, and at most
   // `nofile` fds when given.
-  void StartDaemon(const std::string& policy, rlim_t nofile = 0) {
+  void StartDaemon(const std::string& policy, rlim_t nofile = 0,
+                   std::vector<std::string> flags = {}) {
     const std::string file = dir_ + "/policy.textproto";
     std::ofstream(file) << policy;
     pid_ = fork();
@@ -109,12 +110,18 @@ class AbuseTest : public ::testing::Test {
       const std::string b = "--broker_socket=" + opts_.broker_socket;
       const std::string p = "--policy=" + file;
       // Other uids connect too (the policy decides what they may do).
-      execl(hallocd.c_str(), "hallocd", c.c_str(), b.c_str(), p.c_str(),
-            "--socket_mode=0666", nullptr);
+      std::vector<std::string> args = {hallocd, c, b, p, "--socket_mode=0666"};
+      args.insert(args.end(), flags.begin(), flags.end());
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(hallocd.c_str(), argv.data());
       _exit(127);
     }
+    // Ready once the broker accepts (it starts last; the file exists from
+    // bind(), before listen()).
     for (int i = 0; i < 500; ++i) {
-      if (std::filesystem::exists(opts_.broker_socket)) return;
+      if (ConnectSeqpacket(opts_.broker_socket).ok()) return;
       absl::SleepFor(absl::Milliseconds(10));
     }
     FAIL() << "hallocd did not start; log:\n" << Log();
@@ -372,6 +379,63 @@ TEST_F(AbuseTest, RunningOutOfFdsNeitherSpinsNorFloodsTheLogNorLocksClientsOut) 
     if (!s.ok()) absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_TRUE(s.ok()) << s;
+}
+
+int Threads(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "Threads:")) return std::stoi(line.substr(8));
+  }
+  return -1;
+}
+
+TEST_F(AbuseTest, ThousandsOfConcurrentCallsCannotGrowHallocdsThreads) {
+  // hallocd's defaults (32 call threads). Without the bound this reached
+  // over 2000 threads.
+  StartDaemon("clients { name: \"all\" match { any: true } }\n");
+  auto stub = v1::Allocator::NewStub(grpc::CreateChannel(
+      "unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::IsSupportedResponse resp;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::IsSupportedResponse>> rpc;
+  };
+  grpc::CompletionQueue cq;
+  v1::IsSupportedRequest req;
+  req.mutable_desc()->mutable_image()->set_width(4096);
+  req.mutable_desc()->mutable_image()->set_height(4096);
+  req.mutable_desc()->mutable_image()->set_format(0x3231564e);  // NV12
+  const int before = Threads(pid_);
+  int peak = before;
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int round = 0; round < 4; ++round) {
+    for (int i = 0; i < 1000; ++i) {
+      auto c = std::make_unique<Call>();
+      c->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+      c->rpc = stub->AsyncIsSupported(&c->ctx, req, &cq);
+      c->rpc->Finish(&c->resp, &c->status, c.get());
+      calls.push_back(std::move(c));
+      if (i % 50 == 0) peak = std::max(peak, Threads(pid_));
+    }
+  }
+  int ok = 0, exhausted = 0;
+  for (size_t done = 0; done < calls.size(); ++done) {
+    void* tag;
+    bool fine;
+    if (!cq.Next(&tag, &fine)) break;
+    const grpc::Status& s = static_cast<Call*>(tag)->status;
+    ok += s.ok();
+    exhausted += s.error_code() == grpc::RESOURCE_EXHAUSTED;
+    if (done % 100 == 0) peak = std::max(peak, Threads(pid_));
+  }
+  EXPECT_EQ(ok + exhausted, 4000) << "calls failed otherwise";
+  EXPECT_GT(ok, 0);
+  // gRPC's own pollers and timers, and at most 32 call threads.
+  EXPECT_LE(peak, before + 40) << "threads before: " << before;
+  absl::StatusOr<Client> c = Client::Connect(opts_);
+  ASSERT_TRUE(c.ok()) << c.status();
 }
 
 TEST_F(AbuseTest, AnExecutablePathCannotForgeALogLine) {
