@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "service/layout/usage.h"
@@ -35,6 +36,10 @@ class Collector : public google::protobuf::io::ErrorCollector {
   std::string source_;
   std::vector<std::string> errors_;
 };
+
+// A string from the policy file inside an error message: escaped, so that
+// one error stays one line ("FILE:LINE:COL: ...") whatever the file holds.
+std::string Quote(absl::string_view s) { return absl::CHexEscape(s); }
 
 bool ValidName(absl::string_view n) {
   if (n.empty() || n.size() > 63) return false;
@@ -70,7 +75,7 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
   Rule rule;
   rule.name = r.name();
   if (!ValidName(r.name())) {
-    errors->push_back(absl::StrCat(where("name"), ": client name '", r.name(),
+    errors->push_back(absl::StrCat(where("name"), ": client name '", Quote(r.name()),
                                    "' must be 1-63 characters of [a-z0-9_-]"));
   }
   const v1::ClientMatch& m = r.match();
@@ -79,11 +84,11 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
   rule.exe = m.exe();
   rule.any = m.any();
   if (!m.any() && m.uids().empty() && m.gids().empty() && m.exe().empty()) {
-    errors->push_back(absl::StrCat(where("match"), ": client '", r.name(),
+    errors->push_back(absl::StrCat(where("match"), ": client '", Quote(r.name()),
                                    "' has no match criteria (uids, gids, exe or any)"));
   }
   if (!m.exe().empty() && m.exe()[0] != '/') {
-    errors->push_back(absl::StrCat(where("match"), ": exe '", m.exe(),
+    errors->push_back(absl::StrCat(where("match"), ": exe '", Quote(m.exe()),
                                    "' must be an absolute path"));
   }
   for (int u = 0; u < r.usages_size(); ++u) {
@@ -93,7 +98,7 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
     }
     absl::StatusOr<uint64_t> bits = usage::Parse(r.usages(u));
     if (!bits.ok()) {
-      errors->push_back(absl::StrCat(where("usages", u), ": ", bits.status().message()));
+      errors->push_back(absl::StrCat(where("usages", u), ": ", Quote(bits.status().message())));
     } else {
       rule.usage_mask |= *bits;
     }
@@ -103,7 +108,7 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
   for (int h = 0; h < r.heaps_size(); ++h) {
     if (r.heaps(h) != "*" &&
         std::find(known.begin(), known.end(), r.heaps(h)) == known.end()) {
-      errors->push_back(absl::StrCat(where("heaps", h), ": unknown heap '", r.heaps(h),
+      errors->push_back(absl::StrCat(where("heaps", h), ": unknown heap '", Quote(r.heaps(h)),
                                      "'; known: *, ", absl::StrJoin(known, ", ")));
     }
   }
@@ -172,7 +177,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
     Rule rule = Compile(proto.clients(i), i, &tree, policy->source_, &errors);
     if (!names.insert(rule.name).second) {
       errors.push_back(absl::StrCat(source, ": clients[", i, "]: duplicate client name '",
-                                    rule.name, "'"));
+                                    Quote(rule.name), "'"));
     }
     policy->rules_.push_back(std::move(rule));
   }
@@ -182,7 +187,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
       for (const std::string& n : *list) {
         if (n != "*" && n != "@same_uid" && !names.contains(n)) {
           errors.push_back(absl::StrCat(source, ": client '", rule.name,
-                                        "' names unknown client '", n, "'"));
+                                        "' names unknown client '", Quote(n), "'"));
         }
       }
     }

@@ -167,6 +167,15 @@ TEST(PolicyTest, AnEmptyPolicyIsAnError) {
   }
 }
 
+TEST(PolicyTest, AnErrorIsOneLineWhateverTheFileHolds) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"x\\nevil.textproto:9:9: forged\" match { any: true } }",
+      "f.textproto");
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(std::string(p.status().message()).find('\n'), std::string::npos) << p.status();
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "x\\nevil")) << p.status();
+}
+
 TEST(PolicyTest, SessionLimitsAreRead) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       "clients { name: \"a\" match { any: true } }\n"
