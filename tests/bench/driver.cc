@@ -159,6 +159,7 @@ class Suite {
   std::optional<Child> echo_, scm_, daemon_;
   Values echo_lat_;
   double scm_p50_ = kNaN;
+  std::map<std::string, double> scm_floor_;  // scm_fd floor by percentile
   std::map<uint64_t, Values> memfd_;
   std::vector<Row> rows_;
   int failures_ = 0;
@@ -237,6 +238,7 @@ void Suite::Floors() {
   }
   // One more view of the same figure: fd delivery against its raw floor.
   scm_p50_ = Get(scm, "scm.p50");
+  for (const char* p : kPcts) scm_floor_[p] = Get(scm, absl::StrCat("scm.", p));
 }
 
 // Each halloc worker times an echo call next to every call it measures
@@ -251,12 +253,19 @@ void Suite::Allocations() {
     const int64_t pace = size >= (1 << 20) && std::isfinite(commit_us)
                              ? static_cast<int64_t>(2 * commit_us + 100) : 0;
     const std::string echo = "--echo=" + Sock("echo.sock");
+    // The gRPC path (what a gRPC-only client gets) and the broker fast path
+    // (libhalloc's default), same sizes, same pacing.
     const Values warm = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
                                      absl::StrCat("--n=", n), "--mode=warm",
-                                     absl::StrCat("--pace_us=", pace), echo}));
+                                     absl::StrCat("--pace_us=", pace), echo,
+                                     "--path=grpc"}));
     const Values cold = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
                                      absl::StrCat("--n=", plan_.cold_n.at(size)),
-                                     "--mode=cold", echo}));
+                                     "--mode=cold", echo, "--path=grpc"}));
+    const Values fast = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
+                                     absl::StrCat("--n=", n), "--mode=warm",
+                                     absl::StrCat("--pace_us=", pace), echo,
+                                     "--path=broker"}));
     for (const char* p : kPcts) {
       const std::string pct(p);
       std::optional<double> target;
@@ -265,6 +274,22 @@ void Suite::Allocations() {
       Add(Compare(absl::StrCat("alloc.warm.", sz, ".", p), Get(warm, "alloc." + pct),
                   "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct),
                   target));
+    }
+    // The gRPC path's physical floor: one gRPC call plus one fd over a
+    // Unix socket.
+    {
+      Add(Compare(absl::StrCat("alloc.warm.", sz, ".p50.vs_echo+scm"),
+                  Get(warm, "alloc.p50"), "us", "grpc_echo(interleaved)+scm_fd.p50",
+                  Get(warm, "echo.p50") + scm_p50_, 1.1));
+    }
+    // The broker path's floor is one Unix-socket round trip carrying an fd.
+    for (const char* p : kPcts) {
+      const std::string pct(p);
+      std::optional<double> target;
+      if (size <= (1 << 20) && pct == "p50") target = 1.5;
+      if (size <= (1 << 20) && pct == "p99") target = 2.0;
+      Add(Compare(absl::StrCat("broker.alloc.warm.", sz, ".", p), Get(fast, "alloc." + pct),
+                  "us", "scm_fd." + pct, scm_floor_[pct], target));
     }
     for (const char* p : kPcts) {
       const std::string pct(p);
@@ -278,6 +303,8 @@ void Suite::Allocations() {
       const std::string pct(p);
       Add(Compare(absl::StrCat("release.", sz, ".", p), Get(warm, "release." + pct),
                   "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct)));
+      Add(Compare(absl::StrCat("broker.release.", sz, ".", p), Get(fast, "release." + pct),
+                  "us", "scm_fd." + pct, scm_floor_[pct]));
     }
     if (size == 4096) {
       Add(Compare("alloc.warm.4KiB.p50.vs_scm", Get(warm, "alloc.p50"), "us",
@@ -309,16 +336,20 @@ void Suite::ZeroCopy() {
 }
 
 void Suite::Throughput() {
+  // kind 0: gRPC echo (the floor); 1: Allocate+map over gRPC; 2: the same
+  // on the broker fast path.
   for (int clients : {1, 2, 4, 8, 16}) {
-    double qps[2] = {0, 0};
-    for (int kind = 0; kind < 2; ++kind) {
+    double qps[3] = {0, 0, 0};
+    for (int kind = 0; kind < 3; ++kind) {
       std::vector<Child> workers;
       bool ok = true;
       for (int i = 0; i < clients && ok; ++i) {
         std::vector<std::string> argv = {
             self_, "tput", kind == 0 ? "--kind=echo" : "--kind=alloc",
             "--socket=" + Sock("echo.sock"), absl::StrCat("--ms=", plan_.tput_ms)};
-        if (kind == 1) argv = Halloc(argv);
+        if (kind >= 1) argv = Halloc(argv);
+        if (kind == 1) argv.push_back("--path=grpc");
+        if (kind == 2) argv.push_back("--path=broker");
         absl::StatusOr<Child> c = Child::Spawn(argv);
         ok = c.ok();
         if (ok) workers.push_back(*std::move(c));
@@ -340,6 +371,10 @@ void Suite::Throughput() {
     if (clients >= 4) target = 0.8;
     Add(Compare(absl::StrCat("throughput.alloc_4KiB.c", clients), qps[1], "allocs/s",
          absl::StrCat("grpc_echo.qps.c", clients), qps[0], target, true));
+    std::optional<double> broker_target;
+    if (clients >= 4) broker_target = 2.0;
+    Add(Compare(absl::StrCat("broker.throughput.alloc_4KiB.c", clients), qps[2], "allocs/s",
+         absl::StrCat("grpc_echo.qps.c", clients), qps[0], broker_target, true));
   }
 }
 

@@ -191,10 +191,13 @@ int MemfdFloor(const Args& a) {
 
 // --- halloc ----------------------------------------------------------------
 
+// --path=grpc makes Allocate and Release gRPC calls; otherwise (broker, the
+// default) they travel on the broker socket.
 absl::StatusOr<Client> Connect(const Args& a) {
   ConnectOptions opts;
   opts.control_socket = a.Str("control");
   opts.broker_socket = a.Str("broker");
+  opts.broker_fast_path = a.Str("path", "broker") != "grpc";
   return Client::Connect(opts);
 }
 
