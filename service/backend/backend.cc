@@ -1,5 +1,7 @@
 #include "service/backend/backend.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "service/backend/halloc_backend.h"
@@ -14,6 +16,9 @@ using Created = absl::StatusOr<std::unique_ptr<Backend>>;
 
 struct BackendEntry {
   const char* name;
+  // The heap its buffers come from (what Backend::name() says and policy
+  // rules name): a wrapper such as the pool serves another backend's heap.
+  const char* heap;
   // nullptr when the backend is not built yet. FAILED_PRECONDITION when it
   // cannot run on this machine (then "auto" tries the next one).
   Created (*create)();
@@ -39,11 +44,11 @@ Created NewPooledMemfd() {
 // Entries after "memfd" (which always works) are never chosen by "auto",
 // only by name.
 constexpr BackendEntry kBackends[] = {
-    {"halloc", &NewHalloc},
-    {"dmaheap", nullptr},
-    {"udmabuf", nullptr},
-    {"memfd", &NewMemfd},
-    {"memfd-pool", &NewPooledMemfd},
+    {"halloc", "halloc", &NewHalloc},
+    {"dmaheap", "dmaheap", nullptr},
+    {"udmabuf", "udmabuf", nullptr},
+    {"memfd", "memfd", &NewMemfd},
+    {"memfd-pool", "memfd", &NewPooledMemfd},
 };
 
 }  // namespace
@@ -55,6 +60,21 @@ absl::string_view CpuAccessName(CpuAccess access) {
     case CpuAccess::kReadWrite: return "read-write";
   }
   return "?";
+}
+
+std::vector<std::string> KnownHeaps() {
+  std::vector<std::string> heaps;
+  for (const BackendEntry& e : kBackends) {
+    if (std::find(heaps.begin(), heaps.end(), e.heap) == heaps.end()) heaps.push_back(e.heap);
+  }
+  return heaps;
+}
+
+std::string HeapOfBackend(absl::string_view backend) {
+  for (const BackendEntry& e : kBackends) {
+    if (backend == e.name) return e.heap;
+  }
+  return "";
 }
 
 std::vector<std::string> KnownBackends() {

@@ -104,10 +104,18 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
     }
   }
   rule.heaps.assign(r.heaps().begin(), r.heaps().end());
-  const std::vector<std::string> known = KnownBackends();
+  const std::vector<std::string> known = KnownHeaps();
   for (int h = 0; h < r.heaps_size(); ++h) {
-    if (r.heaps(h) != "*" &&
-        std::find(known.begin(), known.end(), r.heaps(h)) == known.end()) {
+    if (r.heaps(h) == "*" ||
+        std::find(known.begin(), known.end(), r.heaps(h)) != known.end()) {
+      continue;
+    }
+    const std::string served = HeapOfBackend(r.heaps(h));
+    if (!served.empty()) {  // a backend's name, e.g. memfd-pool
+      errors->push_back(absl::StrCat(where("heaps", h), ": '", r.heaps(h),
+                                     "' is a backend; its buffers come from heap '",
+                                     served, "': name that"));
+    } else {
       errors->push_back(absl::StrCat(where("heaps", h), ": unknown heap '", Quote(r.heaps(h)),
                                      "'; known: *, ", absl::StrJoin(known, ", ")));
     }

@@ -176,6 +176,19 @@ TEST(PolicyTest, AnErrorIsOneLineWhateverTheFileHolds) {
   EXPECT_TRUE(absl::StrContains(p.status().message(), "x\\nevil")) << p.status();
 }
 
+TEST(PolicyTest, HeapsAreHeapsNotBackends) {
+  // memfd-pool is a backend serving heap "memfd": a rule naming it would
+  // validate and then never match, so it is refused with the right name.
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"a\" match { any: true } heaps: \"memfd-pool\" }", "f.textproto");
+  ASSERT_FALSE(p.ok());
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "heap 'memfd'")) << p.status();
+  p = Policy::Parse("clients { name: \"a\" match { any: true } heaps: \"memfd\" }",
+                    "f.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE((*p)->rules()[0].AllowsHeap(HeapOfBackend("memfd-pool")));
+}
+
 TEST(PolicyTest, SessionLimitsAreRead) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       "clients { name: \"a\" match { any: true } }\n"

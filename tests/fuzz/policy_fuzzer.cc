@@ -66,7 +66,7 @@ bool SameRules(const Policy& a, const Policy& b) {
 
 void CheckAccepted(const Policy& p) {
   FUZZ_CHECK(p.source() == kSource);
-  const std::vector<std::string> known = KnownBackends();
+  const std::vector<std::string> known = KnownHeaps();
   std::vector<std::string> names;
   for (const Rule& r : p.rules()) {
     const std::string what = Summary(r);
