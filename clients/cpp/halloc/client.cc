@@ -76,11 +76,11 @@ Mapping::~Mapping() { Reset(); }
 
 void Mapping::Reset() {
   if (data_ == nullptr) return;
-  if (sync_fd_ >= 0) SyncIoctl(sync_fd_, DMA_BUF_SYNC_END | sync_flags_);
+  if (sync_fd_) SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_END | sync_flags_);
   ::munmap(data_, size_);
   data_ = nullptr;
   size_ = 0;
-  sync_fd_ = -1;
+  sync_fd_.reset();
 }
 
 // --- Buffer ----------------------------------------------------------------
@@ -103,13 +103,19 @@ absl::StatusOr<Mapping> Buffer::Map(Access access) const {
   m.size_ = size();
   if (is_dmabuf()) {
     m.sync_flags_ = access == Access::kRead ? DMA_BUF_SYNC_READ : DMA_BUF_SYNC_RW;
-    if (SyncIoctl(fd_.get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
+    absl::StatusOr<UniqueFd> own = fd_.Dup();
+    if (!own.ok()) {
+      ::munmap(p, size());
+      m.data_ = nullptr;
+      return own.status();
+    }
+    if (SyncIoctl(own->get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
       const int err = errno;
       ::munmap(p, size());
       m.data_ = nullptr;
       return ErrnoStatus(err, "DMA_BUF_IOCTL_SYNC(START)");
     }
-    m.sync_fd_ = fd_.get();
+    m.sync_fd_ = *std::move(own);
   }
   return m;
 }

@@ -1,10 +1,17 @@
 // libhalloc: the C++ client of hallocd.
 //
-//   ASSIGN_OR_RETURN(halloc::Client client, halloc::Client::Connect());
-//   ASSIGN_OR_RETURN(halloc::Buffer buf,
-//                    client.Allocate(halloc::BlobDescriptor(1 << 20)));
-//   ASSIGN_OR_RETURN(halloc::Mapping map, buf.Map(halloc::CpuAccess::kReadWrite));
-//   memset(map.data(), 0xff, map.size());
+//   #include "service/util/status_macros.h"  // ASSIGN_OR_RETURN
+//
+//   absl::Status Fill() {
+//     ASSIGN_OR_RETURN(halloc::Client client, halloc::Client::Connect());
+//     ASSIGN_OR_RETURN(halloc::Buffer buf,
+//                      client.Allocate(halloc::BlobDescriptor(1 << 20)));
+//     ASSIGN_OR_RETURN(halloc::Mapping map, buf.Map(halloc::Access::kReadWrite));
+//     memset(map.data(), 0xff, map.size());
+//     return client.Release(buf.id());
+//   }
+//
+// (compiled and run as clients/cpp/halloc/example_test.cc)
 //
 // A Client is one session: it connects to the broker socket (the daemon
 // learns who we are from the kernel, and from our answer to its challenge
@@ -53,7 +60,8 @@ struct ConnectOptions {
 
 // A CPU mapping of a buffer. While it lives, CPU access is bracketed with
 // DMA_BUF_IOCTL_SYNC START/END when the buffer is a dma-buf (memfds need no
-// bracket). Unmaps on destruction.
+// bracket). Unmaps on destruction. It owns what it uses (its own dup of a
+// dma-buf's fd for the END), so it may outlive the Buffer it came from.
 class Mapping {
  public:
   Mapping() = default;
@@ -71,7 +79,7 @@ class Mapping {
   void Reset();
   void* data_ = nullptr;
   size_t size_ = 0;
-  int sync_fd_ = -1;  // dma-buf fd to END the bracket on, or -1
+  UniqueFd sync_fd_;  // dma-buf fd to END the bracket on (its own dup)
   uint64_t sync_flags_ = 0;
 };
 
