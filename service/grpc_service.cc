@@ -43,6 +43,17 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
   HALLOC_WITH_SESSION("Allocate", {
     absl::StatusOr<v1::AllocateResponse> r = core_->Allocate(**session, *req);
     if (!r.ok()) return r.status();
+    // A caller whose deadline passed (or who cancelled) while we allocated
+    // would never learn the ids: give the buffers back now rather than
+    // hold them until its session ends. (libhalloc drops fds that no call
+    // claims within twice its timeout.)
+    if (ctx->IsCancelled()) {
+      v1::ReleaseRequest undo;
+      for (const v1::BufferInfo& b : r->buffers()) undo.add_buffer_ids(b.id());
+      (void)core_->Release(**session, undo);
+      return absl::CancelledError("the call was cancelled or its deadline passed; "
+                                  "the buffers were released");
+    }
     *resp = std::move(*r);
     return absl::OkStatus();
   });

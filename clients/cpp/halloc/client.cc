@@ -208,7 +208,7 @@ class Client::Impl {
     const absl::Time deadline = absl::Now() + timeout_;
     for (;;) {
       if (auto it = pending_.find(buffer_id); it != pending_.end()) {
-        absl::StatusOr<UniqueFd> fd = std::move(it->second);
+        absl::StatusOr<UniqueFd> fd = std::move(it->second.fd);
         pending_.erase(it);
         return fd;
       }
@@ -303,21 +303,30 @@ class Client::Impl {
       std::vector<uint64_t> ids;
       for (const v1::BufferFd& b : described) {
         ids.push_back(b.buffer_id());
-        pending_[b.buffer_id()] =
-            truncated ? lost : absl::DataLossError("malformed frame on the broker socket");
+        pending_[b.buffer_id()] = {
+            truncated ? lost : absl::DataLossError("malformed frame on the broker socket"),
+            absl::Now()};
       }
       GiveBack(ids);
       return;
     }
+    // fds no gRPC call claimed (its deadline passed; hallocd released the
+    // buffers) are dropped after a while instead of piling up.
+    const absl::Time now = absl::Now();
+    absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
     for (size_t i = 0; i < described.size(); ++i) {
-      pending_[described[i].buffer_id()] = std::move(fds[i]);
+      pending_[described[i].buffer_id()] = {std::move(fds[i]), now};
     }
   }
 
   // 0 was the handshake's Verify.
   std::atomic<uint64_t> next_request_id_{1};
   absl::Mutex mu_;
-  absl::flat_hash_map<uint64_t, absl::StatusOr<UniqueFd>> pending_ ABSL_GUARDED_BY(mu_);
+  struct PendingFd {
+    absl::StatusOr<UniqueFd> fd;
+    absl::Time since;
+  };
+  absl::flat_hash_map<uint64_t, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
   // Requests whose caller stopped waiting (or that nobody waits for).
   absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
