@@ -223,12 +223,12 @@ std::string Allocator::NewToken() const {
 // --- Sessions --------------------------------------------------------------
 
 absl::StatusOr<std::shared_ptr<Session>> Allocator::OpenSession(
-    Identity creds, UniqueFd broker) {
+    Identity creds, std::shared_ptr<FdChannel> fds) {
   std::string token = NewToken();
   absl::MutexLock lock(&mu_);
   const uint64_t id = next_id_++;
   auto session =
-      std::make_shared<Session>(id, token, creds, std::move(broker));
+      std::make_shared<Session>(id, token, creds, std::move(fds));
   sessions_.emplace(id, session);
   session_tokens_.emplace(std::move(token), id);
   return session;
@@ -374,8 +374,7 @@ v1::IsSupportedResponse Allocator::IsSupported(
 
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const v1::AllocateRequest& req) {
-  SessionFdChannel channel(session);
-  return Allocate(session, session.creds(), req, channel);
+  return Allocate(session, session.creds(), req, session.fds());
 }
 
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
@@ -470,19 +469,6 @@ absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
   return absl::FailedPreconditionError(absl::StrCat(
       "backend ", backend_->name(), " cannot limit which devices attach its "
       "buffers (rule '", rule.name, "' attach_devices)"));
-}
-
-absl::Status SessionFdChannel::Send(const v1::BufferFds& info,
-                                    absl::Span<const int> fds,
-                                    const v1::AllocateResponse*) {
-  v1::BrokerFrame frame;
-  if (info.buffers_size() == 1) {
-    *frame.mutable_buffer() = info.buffers(0);
-  } else {
-    *frame.mutable_buffers() = info;
-  }
-  return SendRecord(session_.broker_fd(), frame.SerializeAsString(), fds,
-                    /*nonblocking=*/true);
 }
 
 absl::Status Allocator::Deliver(FdChannel& channel,
@@ -842,8 +828,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     info.set_cpu_access(ToProto(access));
   }
   const Delivery item{buffer->id, buffer->size, &buffer->fd};
-  SessionFdChannel channel(session);
-  absl::Status sent = Deliver(channel, absl::MakeConstSpan(&item, 1),
+  absl::Status sent = Deliver(session.fds(), absl::MakeConstSpan(&item, 1),
                               {access, AttachDrivers(rule)}, nullptr);
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);

@@ -26,6 +26,7 @@
 #include "halloc/v1/allocator.pb.h"
 #include "halloc/v1/broker.pb.h"
 #include "service/backend/backend.h"
+#include "service/fd_channel.h"
 #include "service/policy/policy.h"
 #include "service/util/reaper.h"
 #include "service/util/unique_fd.h"
@@ -43,51 +44,25 @@ struct Limits {
 
 class Session {
  public:
-  Session(uint64_t id, std::string token, Identity creds, UniqueFd broker)
-      : id_(id), token_(std::move(token)), creds_(creds),
-        broker_(std::move(broker)) {}
+  Session(uint64_t id, std::string token, Identity creds,
+          std::shared_ptr<FdChannel> fds)
+      : id_(id), token_(std::move(token)), creds_(creds), fds_(std::move(fds)) {}
   uint64_t id() const { return id_; }
   const std::string& token() const { return token_; }
   const Identity& creds() const { return creds_; }
-  // The daemon's end of the broker connection.
-  int broker_fd() const { return broker_.get(); }
+  // Where fds for this session's gRPC calls go (its broker connection).
+  FdChannel& fds() const { return *fds_; }
 
  private:
   friend class Allocator;
   const uint64_t id_;
   const std::string token_;
   const Identity creds_;
-  const UniqueFd broker_;
+  const std::shared_ptr<FdChannel> fds_;
   // Guarded by Allocator::mu_.
   absl::flat_hash_set<uint64_t> buffers_;
   absl::flat_hash_set<uint64_t> grants_;
   bool closed_ = false;
-};
-
-// Where the fds of one call go: all of them to the client, or none. The
-// gRPC path sends them on the session's broker socket ahead of its reply
-// (SessionFdChannel); the broker fast path sends them in the reply's own
-// record, so the channel also gets the call's reply.
-class FdChannel {
- public:
-  virtual ~FdChannel() = default;
-  // `info` describes `fds` (one entry each, in order); `reply` is the
-  // answer of the Allocate call that hands them out (null for Import).
-  virtual absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
-                            const v1::AllocateResponse* reply) = 0;
-};
-
-// The gRPC path's channel: BrokerFrame{buffer|buffers} on the session's
-// broker socket, without blocking (a client that does not read its socket
-// gets RESOURCE_EXHAUSTED, not a stuck daemon).
-class SessionFdChannel : public FdChannel {
- public:
-  explicit SessionFdChannel(const Session& session) : session_(session) {}
-  absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
-                    const v1::AllocateResponse* reply) override;
-
- private:
-  const Session& session_;
 };
 
 class Allocator {
@@ -103,8 +78,8 @@ class Allocator {
   void CountPolicyReloadFailure();
 
   // Called by the broker for each accepted connection.
-  absl::StatusOr<std::shared_ptr<Session>> OpenSession(Identity creds,
-                                                       UniqueFd broker);
+  absl::StatusOr<std::shared_ptr<Session>> OpenSession(
+      Identity creds, std::shared_ptr<FdChannel> fds);
   // Called by the broker when the connection closes: releases every buffer
   // and grant the session held.
   void CloseSession(uint64_t session_id);

@@ -1,5 +1,5 @@
-// Unit tests of the allocator core, with socketpairs standing in for broker
-// connections (so no gRPC and no daemon).
+// Unit tests of the allocator core, with socketpair channels standing in for
+// broker connections (so no gRPC and no daemon).
 #include "service/allocator.h"
 
 #include <drm_fourcc.h>
@@ -34,7 +34,8 @@ class AllocatorTest : public ::testing::Test {
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
     Peer p;
     p.client_end.reset(sv[1]);
-    p.session = *core_.OpenSession({uid, uid, getpid(), ""}, UniqueFd(sv[0]));
+    p.session = *core_.OpenSession({uid, uid, getpid(), ""},
+                                   std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
     return p;
   }
 
@@ -330,7 +331,8 @@ TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
       int sv[2];
       ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
       UniqueFd client_end(sv[1]);
-      auto session = *core.OpenSession({uid, uid, getpid(), ""}, UniqueFd(sv[0]));
+      auto session = *core.OpenSession({uid, uid, getpid(), ""},
+                                       std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
       const absl::StatusCode code = core.Allocate(*session, req).status().code();
       EXPECT_EQ(code, udmabuf && uid == 1 ? absl::StatusCode::kFailedPrecondition
                                           : absl::StatusCode::kOk);

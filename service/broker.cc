@@ -347,7 +347,7 @@ void Broker::Accept() {
   c->exe_file = exe.file;
   c->challenge = Challenge();
   c->deadline = absl::Now() + verify_timeout;
-  c->fd = std::move(conn);
+  c->channel = std::make_shared<SocketFdChannel>(std::move(conn));
   // The challenge goes out only now, after the executable was read.
   v1::BrokerFrame frame;
   v1::Hello* hello = frame.mutable_hello();
@@ -359,8 +359,8 @@ void Broker::Accept() {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP;
   ev.data.u64 = c->key;
-  absl::Status status = SendRecord(c->fd.get(), frame.SerializeAsString(), {}, true);
-  if (status.ok() && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->fd.get(), &ev) != 0) {
+  absl::Status status = SendRecord(c->sock(), frame.SerializeAsString(), {}, true);
+  if (status.ok() && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->sock(), &ev) != 0) {
     status = ErrnoStatus(errno, "epoll_ctl(ADD)");
   }
   if (!status.ok()) {
@@ -495,7 +495,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   Identity id{conn.peer.uid, conn.peer.gid, conn.peer.pid, now.path, std::nullopt};
   if (conn.exe_file && now.file == conn.exe_file) id.exe_file = conn.exe_file;
   absl::StatusOr<std::shared_ptr<Session>> session =
-      core_->OpenSession(id, std::move(conn.fd));
+      core_->OpenSession(id, conn.channel);
   if (!session.ok()) {
     Warn("open", absl::StrCat("refused pid ", conn.peer.pid, ": ", session.status().message()));
     Close(conn.key);

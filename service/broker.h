@@ -56,7 +56,9 @@ class Broker {
   // One accepted connection: first a handshake, then a session.
   struct Conn {
     uint64_t key = 0;
-    UniqueFd fd;  // until the session takes it
+    // The connection; the session's fd channel once verified (it owns the
+    // socket, so the fd lives while any session reference does).
+    std::shared_ptr<SocketFdChannel> channel;
     ucred peer{};
     UniqueFd pidfd;
     std::string exe;
@@ -64,7 +66,7 @@ class Broker {
     std::string challenge;
     absl::Time deadline;
     std::shared_ptr<Session> session;  // set once verified
-    int sock() const { return session ? session->broker_fd() : fd.get(); }
+    int sock() const { return channel->fd(); }
   };
 
   Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,

@@ -53,7 +53,8 @@ std::shared_ptr<Session> Open(Allocator& core, UniqueFd* client_end) {
   client_end->reset(sv[1]);
   const uid_t uid = ::getuid();
   absl::StatusOr<std::shared_ptr<Session>> s =
-      core.OpenSession({uid, ::getgid(), ::getpid(), ""}, UniqueFd(sv[0]));
+      core.OpenSession({uid, ::getgid(), ::getpid(), ""},
+                       std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
   FUZZ_CHECK(s.ok(), s.status().ToString());
   return *s;
 }
