@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "service/layout/layout.h"
 #include "service/layout/usage.h"
+#include "service/policy/decide.h"
 #include "service/util/log_limit.h"
 #include "service/util/os_error.h"
 #include "service/util/scm.h"
@@ -62,25 +63,15 @@ struct Allocator::Plan {
   std::optional<v1::BufferLayout> layout;
   CpuAccess owner_access = CpuAccess::kReadWrite;
   uint32_t count = 1;
-  // The deciding rule (nullptr without a session) and its quota key.
-  const Rule* rule = nullptr;
-  std::shared_ptr<const Policy> policy;  // keeps `rule` alive
-  std::string charge_key;
+  // The policy's decision (absent without a caller: IsSupported without a
+  // session judges only the descriptor and the backend).
+  std::optional<AllocateDecision> decision;
+  std::shared_ptr<const Policy> policy;  // keeps the decision's rule alive
 };
 
 namespace {
 
 constexpr size_t kMaxNameLength = 63;
-
-// A rule's attach_devices as view rights: absent when it admits any ("*").
-std::optional<std::vector<std::string>> AttachDrivers(const Rule* rule) {
-  if (rule == nullptr ||
-      std::find(rule->attach_devices.begin(), rule->attach_devices.end(), "*") !=
-          rule->attach_devices.end()) {
-    return std::nullopt;
-  }
-  return rule->attach_devices;
-}
 
 uint64_t PageSize() {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -103,10 +94,6 @@ absl::Status ValidateName(absl::string_view name) {
     }
   }
   return absl::OkStatus();
-}
-
-CpuAccess Min(CpuAccess a, CpuAccess b) {
-  return static_cast<int>(a) < static_cast<int>(b) ? a : b;
 }
 
 absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access) {
@@ -186,21 +173,12 @@ void Allocator::CountPolicyReloadFailure() {
   ++reload_failures_;
 }
 
-absl::Status Allocator::Deny(absl::string_view rule, absl::Status status) const {
-  absl::MutexLock lock(&policy_mu_);
-  ++denials_[rule];
+absl::Status Allocator::Counted(absl::Status status) const {
+  if (const std::string rule = DecidingRule(status); !rule.empty()) {
+    absl::MutexLock lock(&policy_mu_);
+    ++denials_[rule];
+  }
   return status;
-}
-
-absl::StatusOr<const Rule*> Allocator::RuleFor(const Identity& c,
-                                               const Policy& policy,
-                                               absl::string_view action) const {
-  const Rule* rule = policy.Match(c);
-  if (rule != nullptr) return rule;
-  return Deny("(no rule)", absl::PermissionDeniedError(absl::StrCat(
-      action, " denied: no rule of policy '", policy.source(), "' matches uid ",
-      c.uid, " gid ", c.gid, " exe '", LogSafe(c.exe), "'",
-      c.exe_file ? "" : " (executable not verified)", " (default deny)")));
 }
 
 Allocator::~Allocator() = default;
@@ -320,38 +298,20 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   }
   if (caller != nullptr) {
     plan.policy = policy();
-    ASSIGN_OR_RETURN(plan.rule, RuleFor(*caller, *plan.policy, "Allocate"));
-    const Rule& rule = *plan.rule;
-    auto deny = [&](const std::string& why) {
-      return Deny(rule.name, absl::PermissionDeniedError(
-                                 absl::StrCat("rule '", rule.name,
-                                              "' denies Allocate: ", why)));
-    };
-    if (const uint64_t extra = plan.usage & ~rule.usage_mask; extra != 0) {
-      return deny(absl::StrCat("usage ", usage::ToString(extra), " not granted"));
-    }
-    if (!rule.AllowsHeap(backend_->name())) {
-      return deny(absl::StrCat("heap '", backend_->name(), "' not granted"));
-    }
-    if (rule.max_buffer_bytes != 0 && plan.size > rule.max_buffer_bytes) {
-      return deny(absl::StrCat(plan.size, " bytes exceeds max_buffer_bytes ",
-                               rule.max_buffer_bytes));
-    }
-    if ((usage::WantsCpuWrite(plan.usage) && rule.max_cpu != CpuAccess::kReadWrite) ||
-        (usage::WantsCpuRead(plan.usage) && rule.max_cpu == CpuAccess::kNone)) {
-      return deny(absl::StrCat("usage asks for CPU access beyond max_cpu_access ",
-                               CpuAccessName(rule.max_cpu)));
-    }
-    plan.owner_access = Min(plan.owner_access, rule.max_cpu);
-    RETURN_IF_ERROR(CheckAttachLimit(rule));
-    plan.charge_key = absl::StrCat(rule.name, "/", caller->uid);
+    absl::StatusOr<AllocateDecision> d = DecideAllocate(
+        *plan.policy, *caller,
+        {plan.usage, plan.size, std::string(backend_->name()), plan.owner_access});
+    if (!d.ok()) return Counted(d.status());
+    plan.owner_access = d->owner_access;
+    RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
+    plan.decision = *std::move(d);
   }
   if (!backend_->CanEnforce(plan.owner_access)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend ", backend_->name(), " cannot enforce CPU access ",
         CpuAccessName(plan.owner_access),
-        plan.rule ? absl::StrCat(" (max_cpu_access of rule '", plan.rule->name, "')")
-                  : std::string()));
+        plan.decision ? absl::StrCat(" (max_cpu_access of rule '", plan.decision->rule->name, "')")
+                      : std::string()));
   }
   return plan;
 }
@@ -388,20 +348,9 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
           "session holds ", session.buffers_.size(), " buffers; limit is ",
           limits_.max_buffers_per_session));
     }
-    const Rule& rule = *plan.rule;
-    const auto [buffers, bytes] = charged_[plan.charge_key];
-    if (rule.quota_buffers != 0 && buffers + plan.count > rule.quota_buffers) {
-      return Deny(rule.name, absl::ResourceExhaustedError(absl::StrCat(
-          "rule '", rule.name, "' quota_buffers ", rule.quota_buffers, ": uid ",
-          caller.uid, " owns ", buffers, ", asked for ", plan.count, " more")));
-    }
-    if (rule.quota_bytes != 0 && bytes + plan.count * plan.size > rule.quota_bytes) {
-      return Deny(rule.name, absl::ResourceExhaustedError(absl::StrCat(
-          "rule '", rule.name, "' quota_bytes ", rule.quota_bytes, ": uid ",
-          caller.uid, " owns ", bytes, " bytes, asked for ",
-          plan.count * plan.size, " more")));
-    }
-    return absl::OkStatus();
+    const auto [buffers, bytes] = charged_[plan.decision->quota_key];
+    return Counted(CheckQuota(*plan.decision->rule, caller.uid, buffers, bytes, plan.count,
+                              plan.size));
   };
   {
     absl::MutexLock lock(&mu_);
@@ -413,7 +362,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   for (uint32_t i = 0; i < plan.count; ++i) {
     ASSIGN_OR_RETURN(UniqueFd fd,
                      backend_->Allocate({plan.size, plan.name, plan.usage,
-                                         AttachDrivers(plan.rule)}));
+                                         plan.decision->attach}));
     auto buffer = std::make_shared<Buffer>();
     buffer->name = plan.name;
     buffer->size = plan.size;
@@ -422,8 +371,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     buffer->metadata = DefaultMetadata(plan.layout);
     buffer->owner_uid = caller.uid;
     buffer->owner_session = session.id();
-    buffer->owner_client = plan.rule->name;
-    buffer->charged_to = plan.charge_key;
+    buffer->owner_client = plan.decision->rule->name;
+    buffer->charged_to = plan.decision->quota_key;
     buffer->fd = std::move(fd);
     fresh.push_back(std::move(buffer));
   }
@@ -432,7 +381,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     absl::MutexLock lock(&mu_);
     if (session.closed_) return absl::UnauthenticatedError("session closed");
     RETURN_IF_ERROR(check_limits());
-    auto& [charged_buffers, charged_bytes] = charged_[plan.charge_key];
+    auto& [charged_buffers, charged_bytes] = charged_[plan.decision->quota_key];
     charged_buffers += plan.count;
     charged_bytes += plan.count * plan.size;
     for (auto& buffer : fresh) {
@@ -453,7 +402,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     items.push_back({buffer->id, buffer->size, &buffer->fd});
   }
   absl::Status sent = Deliver(channel, items,
-                              {plan.owner_access, AttachDrivers(plan.rule)}, &resp);
+                              {plan.owner_access, plan.decision->attach}, &resp);
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);
     for (const auto& b : fresh) DropHold(session, b->id);
@@ -463,7 +412,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
 }
 
 absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
-  if (!AttachDrivers(&rule).has_value() || backend_->CanLimitAttach()) {
+  if (!AttachDevices(rule).has_value() || backend_->CanLimitAttach()) {
     return absl::OkStatus();
   }
   return absl::FailedPreconditionError(absl::StrCat(
@@ -682,33 +631,15 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
     return absl::InvalidArgumentError("share needs a peer: a uid or a client name");
   }
   std::shared_ptr<const Policy> pol = policy();
-  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session.creds(), *pol, "Share"));
-  auto deny = [&](const std::string& why) {
-    return Deny(rule->name, absl::PermissionDeniedError(absl::StrCat(
-                                "rule '", rule->name, "' denies Share of buffer ",
-                                req.buffer_id(), ": ", why)));
-  };
-  const Rule* receiver = nullptr;
-  std::string peer_desc;
-  if (by_name) {
-    receiver = pol->Find(req.peer().name());
-    if (receiver == nullptr) {
-      return absl::NotFoundError(absl::StrCat("no client named '", LogSafe(req.peer().name()),
-                                              "' in policy '", pol->source(), "'"));
-    }
-    peer_desc = absl::StrCat("client '", receiver->name, "'");
-    if (!ListAdmits(rule->share_to, receiver->name, ~uid_t{0}, session.creds().uid)) {
-      return deny(absl::StrCat("share_to does not admit ", peer_desc));
-    }
-  } else {
-    const uid_t uid = req.peer().uid();
-    peer_desc = absl::StrCat("uid ", uid);
-    bool admitted = ListAdmits(rule->share_to, "", uid, session.creds().uid);
-    for (const std::string& name : rule->share_to) {
-      const Rule* r = pol->Find(name);
-      admitted |= r != nullptr && std::find(r->uids.begin(), r->uids.end(), uid) != r->uids.end();
-    }
-    if (!admitted) return deny(absl::StrCat("share_to does not admit ", peer_desc));
+  PeerAsk peer;
+  if (by_name) peer.name = req.peer().name();
+  peer.uid = req.peer().uid();
+  absl::StatusOr<SharePeerDecision> to =
+      DecideSharePeer(*pol, session.creds(), peer, req.buffer_id());
+  if (!to.ok()) return Counted(to.status());
+  std::optional<CpuAccess> asked;
+  if (req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED) {
+    ASSIGN_OR_RETURN(asked, FromProto(req.cpu_access()));
   }
 
   absl::MutexLock lock(&mu_);
@@ -716,44 +647,31 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
     return absl::NotFoundError(absl::StrCat("no buffer ", req.buffer_id(), " held"));
   }
   Buffer& buffer = *buffers_.at(req.buffer_id());
-  const CpuAccess mine = buffer.holders.at(session.id());
-  CpuAccess access = mine;
-  const bool explicit_access = req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED;
-  if (explicit_access) {
-    ASSIGN_OR_RETURN(access, FromProto(req.cpu_access()));
-  }
-  if (static_cast<int>(access) > static_cast<int>(mine)) {
-    return deny(absl::StrCat("CPU access ", CpuAccessName(access),
-                             " is more than the caller's own (", CpuAccessName(mine), ")"));
-  }
-  if (receiver != nullptr) {
-    if (explicit_access && static_cast<int>(access) > static_cast<int>(receiver->max_cpu)) {
-      return deny(absl::StrCat("CPU access ", CpuAccessName(access), " is more than ",
-                               peer_desc, " may hold (", CpuAccessName(receiver->max_cpu), ")"));
-    }
-    access = Min(access, receiver->max_cpu);
-  }
+  absl::StatusOr<CpuAccess> rights =
+      DecideShareRights(*to, req.buffer_id(), buffer.holders.at(session.id()), asked);
+  if (!rights.ok()) return Counted(rights.status());
+  const CpuAccess access = *rights;
   if (!backend_->CanEnforce(access)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend ", backend_->name(), " cannot enforce CPU access ",
-        CpuAccessName(access), " for ", peer_desc));
+        CpuAccessName(access), " for ", to->peer));
   }
   auto grant = std::make_unique<Grant>();
   grant->id = next_id_++;
   grant->token = NewToken();
   grant->buffer_id = buffer.id;
   grant->from_session = session.id();
-  grant->from_client = rule->name;
+  grant->from_client = to->rule->name;
   grant->from_uid = session.creds().uid;
   grant->access = access;
-  grant->explicit_access = explicit_access;
+  grant->explicit_access = asked.has_value();
   v1::Grant out;
   out.set_id(grant->id);
   out.set_token(grant->token);
   out.set_buffer_id(buffer.id);
   if (by_name) {
-    grant->peer_name = receiver->name;
-    out.mutable_peer()->set_name(receiver->name);
+    grant->peer_name = to->receiver->name;
+    out.mutable_peer()->set_name(to->receiver->name);
   } else {
     grant->peer_uid = req.peer().uid();
     out.mutable_peer()->set_uid(req.peer().uid());
@@ -769,9 +687,13 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
                                                  absl::string_view token) {
   std::shared_ptr<const Policy> pol = policy();
-  ASSIGN_OR_RETURN(const Rule* rule, RuleFor(session.creds(), *pol, "Import"));
+  // A caller no rule matches is refused before anything else is looked at.
+  if (absl::StatusOr<const Rule*> r = DecideRule(*pol, session.creds(), "Import"); !r.ok()) {
+    return Counted(r.status());
+  }
   std::shared_ptr<Buffer> buffer;
   CpuAccess access;
+  std::optional<std::vector<std::string>> attach;
   bool newly_held = false;
   v1::BufferInfo info;
   {
@@ -782,36 +704,19 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
       return absl::NotFoundError("no such grant (unknown, revoked or expired)");
     }
     const Grant& grant = *grants_.at(t->second);
-    auto deny = [&](const std::string& why) {
-      return Deny(rule->name, absl::PermissionDeniedError(absl::StrCat(
-                                  "rule '", rule->name, "' denies Import of grant ",
-                                  grant.id, " (buffer ", grant.buffer_id, "): ", why)));
-    };
-    if (!grant.peer_name.empty() ? grant.peer_name != rule->name
-                                 : grant.peer_uid != session.creds().uid) {
-      return deny(absl::StrCat(
-          "the grant is for ",
-          grant.peer_name.empty() ? absl::StrCat("uid ", grant.peer_uid)
-                                  : absl::StrCat("client '", grant.peer_name, "'"),
-          "; caller is client '", rule->name, "' uid ", session.creds().uid));
-    }
-    if (!ListAdmits(rule->receive_from, grant.from_client, grant.from_uid,
-                    session.creds().uid)) {
-      return deny(absl::StrCat("receive_from does not admit client '",
-                               grant.from_client, "' uid ", grant.from_uid));
-    }
-    if (grant.explicit_access && static_cast<int>(grant.access) > static_cast<int>(rule->max_cpu)) {
-      return deny(absl::StrCat("the grant's CPU access ", CpuAccessName(grant.access),
-                               " is more than client '", rule->name, "' may hold (",
-                               CpuAccessName(rule->max_cpu), ")"));
-    }
-    access = Min(grant.access, rule->max_cpu);
+    absl::StatusOr<ImportDecision> d = DecideImport(
+        *pol, session.creds(),
+        {grant.id, grant.buffer_id, grant.peer_name, grant.peer_uid, grant.from_client,
+         grant.from_uid, grant.access, grant.explicit_access});
+    if (!d.ok()) return Counted(d.status());
+    access = d->access;
+    attach = d->attach;
     if (!backend_->CanEnforce(access)) {
       return absl::FailedPreconditionError(absl::StrCat(
           "backend ", backend_->name(), " cannot enforce CPU access ",
-          CpuAccessName(access), " (max_cpu_access of rule '", rule->name, "')"));
+          CpuAccessName(access), " (max_cpu_access of rule '", d->rule->name, "')"));
     }
-    RETURN_IF_ERROR(CheckAttachLimit(*rule));
+    RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     buffer = buffers_.at(grant.buffer_id);
     newly_held = !session.buffers_.contains(buffer->id);
     if (newly_held &&
@@ -829,7 +734,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
   }
   const Delivery item{buffer->id, buffer->size, &buffer->fd};
   absl::Status sent = Deliver(session.fds(), absl::MakeConstSpan(&item, 1),
-                              {access, AttachDrivers(rule)}, nullptr);
+                              {access, attach}, nullptr);
   if (!sent.ok()) {
     absl::MutexLock lock(&mu_);
     if (newly_held) DropHold(session, buffer->id);

@@ -124,13 +124,9 @@ class Allocator {
 
   absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc,
                                 uint32_t count, const Identity* caller) const;
-  // The rule deciding for `caller` under the current policy, or
-  // PERMISSION_DENIED (counted) when none matches.
-  absl::StatusOr<const Rule*> RuleFor(const Identity& caller,
-                                      const Policy& policy,
-                                      absl::string_view action) const;
-  // Counts a denial by `rule` and returns `status`.
-  absl::Status Deny(absl::string_view rule, absl::Status status) const;
+  // Counts `status` against the rule that decided it (decide.h), if any,
+  // and returns it.
+  absl::Status Counted(absl::Status status) const;
   // One buffer to hand out: its fd goes out carrying `rights` (the fd
   // itself, or a view of it where the backend needs one).
   struct Delivery {

@@ -34,7 +34,7 @@ class AllocatorTest : public ::testing::Test {
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
     Peer p;
     p.client_end.reset(sv[1]);
-    p.session = *core_.OpenSession({uid, uid, getpid(), ""},
+    p.session = *core_.OpenSession({uid, uid, getpid(), "", std::nullopt},
                                    std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
     return p;
   }
@@ -331,7 +331,7 @@ TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
       int sv[2];
       ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
       UniqueFd client_end(sv[1]);
-      auto session = *core.OpenSession({uid, uid, getpid(), ""},
+      auto session = *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
                                        std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
       const absl::StatusCode code = core.Allocate(*session, req).status().code();
       EXPECT_EQ(code, udmabuf && uid == 1 ? absl::StatusCode::kFailedPrecondition

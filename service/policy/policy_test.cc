@@ -21,11 +21,11 @@ TEST(PolicyTest, ExampleLoadsAndMatchesByUidInOrder) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(Example());
   ASSERT_TRUE(p.ok()) << p.status();
   ASSERT_EQ((*p)->rules().size(), 4u);
-  EXPECT_EQ((*p)->Match({1001, 1001, 1, ""})->name, "camera");
-  EXPECT_EQ((*p)->Match({1002, 5, 1, ""})->name, "compositor");
-  EXPECT_EQ((*p)->Match({1004, 5, 1, ""})->name, "app");
-  EXPECT_EQ((*p)->Match({0, 0, 1, ""})->name, "admin");
-  EXPECT_EQ((*p)->Match({4242, 4242, 1, ""}), nullptr);  // default deny
+  EXPECT_EQ((*p)->Match({1001, 1001, 1, "", std::nullopt})->name, "camera");
+  EXPECT_EQ((*p)->Match({1002, 5, 1, "", std::nullopt})->name, "compositor");
+  EXPECT_EQ((*p)->Match({1004, 5, 1, "", std::nullopt})->name, "app");
+  EXPECT_EQ((*p)->Match({0, 0, 1, "", std::nullopt})->name, "admin");
+  EXPECT_EQ((*p)->Match({4242, 4242, 1, "", std::nullopt}), nullptr);  // default deny
   const Rule* camera = (*p)->Find("camera");
   EXPECT_EQ(camera->max_cpu, CpuAccess::kReadWrite);
   EXPECT_EQ(camera->quota_buffers, 32u);
@@ -67,7 +67,7 @@ TEST(PolicyTest, MatchCriteriaAllHold) {
   EXPECT_EQ((*p)->Match(files.Runs(7, 8, "cam"))->name, "exact");
   EXPECT_EQ((*p)->Match(files.Runs(7, 8, "other"))->name, "rest");
   EXPECT_EQ((*p)->Match(files.Runs(7, 9, "cam"))->name, "gid");
-  EXPECT_EQ((*p)->Match({1, 1, 1, ""})->name, "rest");
+  EXPECT_EQ((*p)->Match({1, 1, 1, "", std::nullopt})->name, "rest");
   const Rule* exact = (*p)->Find("exact");
   EXPECT_EQ(exact->max_cpu, CpuAccess::kNone);  // unset = NONE
   EXPECT_EQ(exact->usage_mask, 0u);             // nothing granted
@@ -139,7 +139,7 @@ TEST(PolicyTest, MissingFileIsNotFound) {
 
 TEST(PolicyTest, DefaultAllowsSameUidSharingOnly) {
   std::shared_ptr<const Policy> p = Policy::Default();
-  const Rule* r = p->Match({1234, 1234, 1, ""});
+  const Rule* r = p->Match({1234, 1234, 1, "", std::nullopt});
   ASSERT_NE(r, nullptr);
   EXPECT_TRUE(ListAdmits(r->share_to, "default", 1234, 1234));
   EXPECT_FALSE(ListAdmits(r->share_to, "default", 99, 1234));
@@ -151,7 +151,7 @@ TEST(PolicyTest, DefaultAllowsSameUidSharingOnly) {
 TEST(PolicyTest, DefaultBoundsOneClientByTheMachinesMemory) {
   const uint64_t memory = static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) *
                           static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  const Rule* r = Policy::Default()->Match({1234, 1234, 1, ""});
+  const Rule* r = Policy::Default()->Match({1234, 1234, 1, "", std::nullopt});
   ASSERT_NE(r, nullptr);
   EXPECT_EQ(r->quota_bytes, memory / 2);
   EXPECT_EQ(r->max_buffer_bytes, memory / 4);

@@ -53,7 +53,7 @@ std::shared_ptr<Session> Open(Allocator& core, UniqueFd* client_end) {
   client_end->reset(sv[1]);
   const uid_t uid = ::getuid();
   absl::StatusOr<std::shared_ptr<Session>> s =
-      core.OpenSession({uid, ::getgid(), ::getpid(), ""},
+      core.OpenSession({uid, ::getgid(), ::getpid(), "", std::nullopt},
                        std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
   FUZZ_CHECK(s.ok(), s.status().ToString());
   return *s;

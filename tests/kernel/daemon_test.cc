@@ -104,7 +104,9 @@ TEST_F(DaemonOnKernelHeapTest, AutoPicksTheKernelHeapAndHandsOutItsDmaBufs) {
   ASSERT_TRUE(map.ok()) << map.status();
   EXPECT_TRUE(AllBytesAre(map->as<uint8_t>(), kSize, 0));
   std::memset(map->data(), 0x5a, kSize);
-  if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
+  if (vgem_.valid()) {
+    EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
+  }
 }
 
 TEST_F(DaemonOnKernelHeapTest, ReadOnlyClientGetsAKernelEnforcedReadOnlyView) {

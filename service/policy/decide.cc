@@ -1,0 +1,186 @@
+#include "service/policy/decide.h"
+
+#include <algorithm>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "service/layout/usage.h"
+
+namespace halloc {
+namespace {
+
+constexpr absl::string_view kRulePayload = "halloc.dev/deciding-rule";
+
+// `status` carrying the name of the rule that decided it.
+absl::Status By(absl::string_view rule, absl::Status status) {
+  status.SetPayload(kRulePayload, absl::Cord(rule));
+  return status;
+}
+
+CpuAccess Min(CpuAccess a, CpuAccess b) {
+  return static_cast<int>(a) < static_cast<int>(b) ? a : b;
+}
+
+bool Exceeds(CpuAccess a, CpuAccess b) { return static_cast<int>(a) > static_cast<int>(b); }
+
+}  // namespace
+
+std::string DecidingRule(const absl::Status& status) {
+  absl::optional<absl::Cord> rule = status.GetPayload(kRulePayload);
+  return rule ? std::string(*rule) : std::string();
+}
+
+absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
+                                       absl::string_view action) {
+  if (const Rule* rule = policy.Match(c)) return rule;
+  return By("(no rule)", absl::PermissionDeniedError(absl::StrCat(
+      action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
+      " gid ", c.gid, " exe '", absl::CHexEscape(c.exe), "'",
+      c.exe_file ? "" : " (executable not verified)", " (default deny)")));
+}
+
+std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {
+  if (std::find(rule.attach_devices.begin(), rule.attach_devices.end(), "*") !=
+      rule.attach_devices.end()) {
+    return std::nullopt;
+  }
+  return rule.attach_devices;
+}
+
+absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Identity& caller,
+                                                const AllocateAsk& ask) {
+  AllocateDecision d;
+  absl::StatusOr<const Rule*> matched = DecideRule(policy, caller, "Allocate");
+  if (!matched.ok()) return matched.status();
+  const Rule& rule = **matched;
+  auto deny = [&](const std::string& why) {
+    return By(rule.name, absl::PermissionDeniedError(
+                             absl::StrCat("rule '", rule.name, "' denies Allocate: ", why)));
+  };
+  if (const uint64_t extra = ask.usage & ~rule.usage_mask; extra != 0) {
+    return deny(absl::StrCat("usage ", usage::ToString(extra), " not granted"));
+  }
+  if (!rule.AllowsHeap(ask.heap)) {
+    return deny(absl::StrCat("heap '", ask.heap, "' not granted"));
+  }
+  if (rule.max_buffer_bytes != 0 && ask.size > rule.max_buffer_bytes) {
+    return deny(absl::StrCat(ask.size, " bytes exceeds max_buffer_bytes ",
+                             rule.max_buffer_bytes));
+  }
+  if ((usage::WantsCpuWrite(ask.usage) && rule.max_cpu != CpuAccess::kReadWrite) ||
+      (usage::WantsCpuRead(ask.usage) && rule.max_cpu == CpuAccess::kNone)) {
+    return deny(absl::StrCat("usage asks for CPU access beyond max_cpu_access ",
+                             CpuAccessName(rule.max_cpu)));
+  }
+  d.rule = &rule;
+  d.owner_access = Min(ask.access, rule.max_cpu);
+  d.attach = AttachDevices(rule);
+  d.quota_key = absl::StrCat(rule.name, "/", caller.uid);
+  return d;
+}
+
+absl::Status CheckQuota(const Rule& rule, uid_t uid, uint64_t owned_buffers,
+                        uint64_t owned_bytes, uint64_t count, uint64_t size) {
+  if (rule.quota_buffers != 0 && owned_buffers + count > rule.quota_buffers) {
+    return By(rule.name, absl::ResourceExhaustedError(absl::StrCat(
+        "rule '", rule.name, "' quota_buffers ", rule.quota_buffers, ": uid ", uid,
+        " owns ", owned_buffers, ", asked for ", count, " more")));
+  }
+  if (rule.quota_bytes != 0 && owned_bytes + count * size > rule.quota_bytes) {
+    return By(rule.name, absl::ResourceExhaustedError(absl::StrCat(
+        "rule '", rule.name, "' quota_bytes ", rule.quota_bytes, ": uid ", uid, " owns ",
+        owned_bytes, " bytes, asked for ", count * size, " more")));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Identity& caller,
+                                                  const PeerAsk& peer, uint64_t buffer_id) {
+  SharePeerDecision d;
+  absl::StatusOr<const Rule*> matched = DecideRule(policy, caller, "Share");
+  if (!matched.ok()) return matched.status();
+  d.rule = *matched;
+  const Rule& rule = *d.rule;
+  auto deny = [&](const std::string& why) {
+    return By(rule.name, absl::PermissionDeniedError(absl::StrCat(
+                             "rule '", rule.name, "' denies Share of buffer ", buffer_id,
+                             ": ", why)));
+  };
+  if (peer.name) {
+    d.receiver = policy.Find(*peer.name);
+    if (d.receiver == nullptr) {
+      return absl::NotFoundError(absl::StrCat("no client named '", absl::CHexEscape(*peer.name),
+                                              "' in policy '", policy.source(), "'"));
+    }
+    d.peer = absl::StrCat("client '", d.receiver->name, "'");
+    if (!ListAdmits(rule.share_to, d.receiver->name, ~uid_t{0}, caller.uid)) {
+      return deny(absl::StrCat("share_to does not admit ", d.peer));
+    }
+    return d;
+  }
+  d.peer = absl::StrCat("uid ", peer.uid);
+  bool admitted = ListAdmits(rule.share_to, "", peer.uid, caller.uid);
+  for (const std::string& name : rule.share_to) {
+    const Rule* r = policy.Find(name);
+    admitted |= r != nullptr && std::find(r->uids.begin(), r->uids.end(), peer.uid) != r->uids.end();
+  }
+  if (!admitted) return deny(absl::StrCat("share_to does not admit ", d.peer));
+  return d;
+}
+
+absl::StatusOr<CpuAccess> DecideShareRights(const SharePeerDecision& peer, uint64_t buffer_id,
+                                            CpuAccess mine, std::optional<CpuAccess> asked) {
+  const Rule& rule = *peer.rule;
+  auto deny = [&](const std::string& why) {
+    return By(rule.name, absl::PermissionDeniedError(absl::StrCat(
+                             "rule '", rule.name, "' denies Share of buffer ", buffer_id,
+                             ": ", why)));
+  };
+  const CpuAccess access = asked.value_or(mine);
+  if (Exceeds(access, mine)) {
+    return deny(absl::StrCat("CPU access ", CpuAccessName(access),
+                             " is more than the caller's own (", CpuAccessName(mine), ")"));
+  }
+  if (peer.receiver == nullptr) return access;
+  if (asked && Exceeds(access, peer.receiver->max_cpu)) {
+    return deny(absl::StrCat("CPU access ", CpuAccessName(access), " is more than ", peer.peer,
+                             " may hold (", CpuAccessName(peer.receiver->max_cpu), ")"));
+  }
+  return Min(access, peer.receiver->max_cpu);
+}
+
+absl::StatusOr<ImportDecision> DecideImport(const Policy& policy, const Identity& caller,
+                                            const GrantView& grant) {
+  ImportDecision d;
+  absl::StatusOr<const Rule*> matched = DecideRule(policy, caller, "Import");
+  if (!matched.ok()) return matched.status();
+  const Rule& rule = **matched;
+  auto deny = [&](const std::string& why) {
+    return By(rule.name, absl::PermissionDeniedError(absl::StrCat(
+                             "rule '", rule.name, "' denies Import of grant ", grant.id,
+                             " (buffer ", grant.buffer_id, "): ", why)));
+  };
+  if (!grant.peer_name.empty() ? grant.peer_name != rule.name : grant.peer_uid != caller.uid) {
+    return deny(absl::StrCat(
+        "the grant is for ",
+        grant.peer_name.empty() ? absl::StrCat("uid ", grant.peer_uid)
+                                : absl::StrCat("client '", grant.peer_name, "'"),
+        "; caller is client '", rule.name, "' uid ", caller.uid));
+  }
+  if (!ListAdmits(rule.receive_from, grant.from_client, grant.from_uid, caller.uid)) {
+    return deny(absl::StrCat("receive_from does not admit client '", grant.from_client,
+                             "' uid ", grant.from_uid));
+  }
+  if (grant.explicit_access && Exceeds(grant.access, rule.max_cpu)) {
+    return deny(absl::StrCat("the grant's CPU access ", CpuAccessName(grant.access),
+                             " is more than client '", rule.name, "' may hold (",
+                             CpuAccessName(rule.max_cpu), ")"));
+  }
+  d.rule = &rule;
+  d.access = Min(grant.access, rule.max_cpu);
+  d.attach = AttachDevices(rule);
+  return d;
+}
+
+}  // namespace halloc

@@ -1,0 +1,111 @@
+// Policy decisions. The policy decides, the core applies: each Decide*
+// takes the compiled policy, the caller's kernel-verified identity and what
+// it asks, and returns either what to grant (the deciding rule, the rights
+// the fds carry, the quota key to charge) or the refusal. A refusal's status
+// names the rule that made it (DecidingRule), so the core can count denials
+// per rule without knowing why. The core keeps what only it knows: which
+// buffers exist and who holds them, the backend's abilities, the live
+// quota use. A new policy field touches only this folder and its tests.
+#ifndef HALLOC_SERVICE_POLICY_DECIDE_H_
+#define HALLOC_SERVICE_POLICY_DECIDE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "service/policy/policy.h"
+
+namespace halloc {
+
+// The rule that refused `status` ("(no rule)" when none matched the
+// caller); "" for a status no rule decided.
+std::string DecidingRule(const absl::Status& status);
+
+// The rule deciding for `caller`, or PERMISSION_DENIED (default deny).
+absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& caller,
+                                       absl::string_view action);
+
+// --- Allocate ----------------------------------------------------------------
+
+struct AllocateAsk {
+  uint64_t usage = 0;
+  uint64_t size = 0;           // of one buffer, page-rounded
+  std::string heap;            // the backend's heap (Backend::name())
+  CpuAccess access = CpuAccess::kReadWrite;  // what the usage implies
+};
+
+struct AllocateDecision {
+  const Rule* rule = nullptr;
+  // The owner's fd rights: the usage's, within the rule's max_cpu_access.
+  CpuAccess owner_access = CpuAccess::kNone;
+  // Devices the buffers may be attached to; nullopt: any.
+  std::optional<std::vector<std::string>> attach;
+  // What the buffers are charged to: "rule/uid".
+  std::string quota_key;
+};
+
+absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Identity& caller,
+                                                const AllocateAsk& ask);
+
+// RESOURCE_EXHAUSTED (naming `rule`) when `count` more buffers of `size`
+// bytes would take `uid` past the rule's quotas, given what it owns.
+absl::Status CheckQuota(const Rule& rule, uid_t uid, uint64_t owned_buffers,
+                        uint64_t owned_bytes, uint64_t count, uint64_t size);
+
+// A rule's attach_devices as fd rights: nullopt when it admits any ("*").
+std::optional<std::vector<std::string>> AttachDevices(const Rule& rule);
+
+// --- Share and Import ----------------------------------------------------------
+
+// Who a grant is for: a client by name, or a uid.
+struct PeerAsk {
+  std::optional<std::string> name;
+  uid_t uid = 0;
+};
+
+struct SharePeerDecision {
+  const Rule* rule = nullptr;      // the sharer's
+  const Rule* receiver = nullptr;  // by name only (a uid's rule is known at Import)
+  std::string peer;                // "client 'x'" or "uid N", for messages
+};
+
+// Whether the caller may share `buffer_id` with `peer` at all (share_to).
+// NOT_FOUND for a client name the policy does not know.
+absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Identity& caller,
+                                                  const PeerAsk& peer, uint64_t buffer_id);
+
+// The rights of the grant: `asked` (nullopt: the caller's own, narrowed to
+// what a named receiver may hold), never more than `mine`; an explicit ask
+// beyond a named receiver's max_cpu_access is refused.
+absl::StatusOr<CpuAccess> DecideShareRights(const SharePeerDecision& peer, uint64_t buffer_id,
+                                            CpuAccess mine, std::optional<CpuAccess> asked);
+
+// A grant as Import sees it.
+struct GrantView {
+  uint64_t id = 0;
+  uint64_t buffer_id = 0;
+  std::string peer_name;  // set: for this client; empty: for peer_uid
+  uid_t peer_uid = 0;
+  std::string from_client;
+  uid_t from_uid = 0;
+  CpuAccess access = CpuAccess::kRead;
+  bool explicit_access = false;
+};
+
+struct ImportDecision {
+  const Rule* rule = nullptr;
+  CpuAccess access = CpuAccess::kNone;  // the importer's fd rights
+  std::optional<std::vector<std::string>> attach;
+};
+
+absl::StatusOr<ImportDecision> DecideImport(const Policy& policy, const Identity& caller,
+                                            const GrantView& grant);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_POLICY_DECIDE_H_

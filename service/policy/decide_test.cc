@@ -1,0 +1,158 @@
+#include "service/policy/decide.h"
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "service/layout/usage.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+// camera (uid 1001) shares with compositor (uid 1002, read at most); app
+// (uid 1003) may share within its uid; nobody else matches.
+std::shared_ptr<const Policy> Example() {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
+    clients {
+      name: "camera" match { uids: 1001 }
+      usages: "camera_output" usages: "cpu_write_often" heaps: "memfd"
+      max_buffer_bytes: 1048576 quota_buffers: 4 quota_bytes: 2097152
+      max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: "vivid"
+      share_to: "compositor" receive_from: "compositor"
+    }
+    clients {
+      name: "compositor" match { uids: 1002 }
+      usages: "gpu_texture" usages: "cpu_read_often" heaps: "*"
+      max_cpu_access: CPU_ACCESS_READ attach_devices: "*"
+      share_to: "camera" receive_from: "camera"
+    }
+    clients {
+      name: "app" match { uids: 1003 }
+      usages: "*" heaps: "*" max_cpu_access: CPU_ACCESS_READ_WRITE
+      share_to: "@same_uid" receive_from: "@same_uid"
+    }
+  )", "decide_test");
+  EXPECT_TRUE(p.ok()) << p.status();
+  return *p;
+}
+
+Identity Uid(uid_t uid) { return {uid, uid, 1, "", std::nullopt}; }
+
+uint64_t Usage(const char* names) { return *usage::Parse(names); }
+
+TEST(DecideAllocateTest, GrantsWithinTheRuleAndSaysWhatToApply) {
+  auto p = Example();
+  absl::StatusOr<AllocateDecision> d = DecideAllocate(
+      *p, Uid(1001), {Usage("camera_output,cpu_write_often"), 65536, "memfd", CpuAccess::kReadWrite});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->rule->name, "camera");
+  EXPECT_EQ(d->owner_access, CpuAccess::kReadWrite);
+  EXPECT_EQ(d->quota_key, "camera/1001");
+  ASSERT_TRUE(d->attach.has_value());
+  EXPECT_EQ(*d->attach, std::vector<std::string>{"vivid"});
+  // "*" admits any device.
+  d = DecideAllocate(*p, Uid(1002), {Usage("gpu_texture"), 4096, "halloc", CpuAccess::kRead});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_FALSE(d->attach.has_value());
+  EXPECT_EQ(d->owner_access, CpuAccess::kRead);
+}
+
+TEST(DecideAllocateTest, EachRefusalNamesItsRule) {
+  auto p = Example();
+  struct Case {
+    uid_t uid;
+    AllocateAsk ask;
+    const char* why;
+    const char* rule;
+  } cases[] = {
+      {1001, {Usage("gpu_texture"), 4096, "memfd"}, "not granted", "camera"},
+      {1001, {Usage("camera_output"), 4096, "halloc"}, "heap 'halloc'", "camera"},
+      {1001, {Usage("camera_output"), 2 << 20, "memfd"}, "max_buffer_bytes", "camera"},
+      {1002, {Usage("gpu_texture,cpu_write_often"), 4096, "memfd"}, "not granted", "compositor"},
+      {4242, {0, 4096, "memfd"}, "default deny", "(no rule)"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<AllocateDecision> d = DecideAllocate(*p, Uid(c.uid), c.ask);
+    ASSERT_FALSE(d.ok()) << c.why;
+    EXPECT_EQ(d.status().code(), StatusCode::kPermissionDenied);
+    EXPECT_TRUE(absl::StrContains(d.status().message(), c.why)) << d.status();
+    EXPECT_EQ(DecidingRule(d.status()), c.rule);
+  }
+  EXPECT_EQ(DecidingRule(absl::InvalidArgumentError("x")), "");
+}
+
+TEST(CheckQuotaTest, CountsBuffersAndBytesOfTheClient) {
+  auto p = Example();
+  const Rule& camera = *p->Find("camera");
+  EXPECT_TRUE(CheckQuota(camera, 1001, 3, 1 << 20, 1, 1 << 20).ok());
+  absl::Status s = CheckQuota(camera, 1001, 4, 0, 1, 4096);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "quota_buffers 4")) << s;
+  EXPECT_EQ(DecidingRule(s), "camera");
+  s = CheckQuota(camera, 1001, 1, 2 << 20, 1, 1);
+  EXPECT_TRUE(absl::StrContains(s.message(), "quota_bytes")) << s;
+  EXPECT_TRUE(CheckQuota(*p->Find("app"), 1003, 1u << 30, 1u << 30, 64, 1u << 30).ok());
+}
+
+TEST(DecideShareTest, PeersByNameAndUidFollowShareTo) {
+  auto p = Example();
+  absl::StatusOr<SharePeerDecision> to =
+      DecideSharePeer(*p, Uid(1001), {std::string("compositor"), 0}, 7);
+  ASSERT_TRUE(to.ok()) << to.status();
+  EXPECT_EQ(to->receiver->name, "compositor");
+  // By uid: admitted through the named rule's uids.
+  to = DecideSharePeer(*p, Uid(1001), {std::nullopt, 1002}, 7);
+  ASSERT_TRUE(to.ok()) << to.status();
+  EXPECT_EQ(to->receiver, nullptr);
+  to = DecideSharePeer(*p, Uid(1001), {std::string("app"), 0}, 7);
+  EXPECT_EQ(to.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(DecidingRule(to.status()), "camera");
+  to = DecideSharePeer(*p, Uid(1001), {std::string("nosuch\nline"), 0}, 7);
+  EXPECT_EQ(to.status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(absl::StrContains(to.status().message(), "\n"));
+  // @same_uid
+  EXPECT_TRUE(DecideSharePeer(*p, Uid(1003), {std::nullopt, 1003}, 7).ok());
+  EXPECT_FALSE(DecideSharePeer(*p, Uid(1003), {std::nullopt, 1004}, 7).ok());
+}
+
+TEST(DecideShareTest, RightsNeverWidenAndExplicitOnesAreNotNarrowedSilently) {
+  auto p = Example();
+  SharePeerDecision to = *DecideSharePeer(*p, Uid(1001), {std::string("compositor"), 0}, 7);
+  // Unspecified: mine, narrowed to what the receiver may hold.
+  EXPECT_EQ(*DecideShareRights(to, 7, CpuAccess::kReadWrite, std::nullopt), CpuAccess::kRead);
+  // Explicit beyond the receiver: refused.
+  absl::StatusOr<CpuAccess> r = DecideShareRights(to, 7, CpuAccess::kReadWrite, CpuAccess::kReadWrite);
+  EXPECT_EQ(r.status().code(), StatusCode::kPermissionDenied);
+  // Beyond the caller's own: refused.
+  r = DecideShareRights(to, 7, CpuAccess::kRead, CpuAccess::kReadWrite);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "caller's own")) << r.status();
+  // A uid peer's rule is judged at Import.
+  SharePeerDecision by_uid = *DecideSharePeer(*p, Uid(1001), {std::nullopt, 1002}, 7);
+  EXPECT_EQ(*DecideShareRights(by_uid, 7, CpuAccess::kReadWrite, CpuAccess::kReadWrite),
+            CpuAccess::kReadWrite);
+}
+
+TEST(DecideImportTest, TheGrantMustBeForTheCallerFromAnAdmittedSender) {
+  auto p = Example();
+  GrantView g{9, 7, "compositor", 0, "camera", 1001, CpuAccess::kRead, false};
+  absl::StatusOr<ImportDecision> d = DecideImport(*p, Uid(1002), g);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->access, CpuAccess::kRead);
+  EXPECT_EQ(DecideImport(*p, Uid(1003), g).status().code(), StatusCode::kPermissionDenied);
+  // From a client the receiver does not receive from.
+  g.from_client = "app";
+  d = DecideImport(*p, Uid(1002), g);
+  EXPECT_TRUE(absl::StrContains(d.status().message(), "receive_from")) << d.status();
+  EXPECT_EQ(DecidingRule(d.status()), "compositor");
+  // By uid, asking read-write explicitly for a receiver capped at read.
+  GrantView by_uid{9, 7, "", 1002, "camera", 1001, CpuAccess::kReadWrite, true};
+  d = DecideImport(*p, Uid(1002), by_uid);
+  EXPECT_EQ(d.status().code(), StatusCode::kPermissionDenied);
+  by_uid.explicit_access = false;  // unspecified: narrowed
+  d = DecideImport(*p, Uid(1002), by_uid);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->access, CpuAccess::kRead);
+}
+
+}  // namespace
+}  // namespace halloc
