@@ -96,17 +96,6 @@ absl::Status ValidateName(absl::string_view name) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access) {
-  switch (access) {
-    case v1::CPU_ACCESS_NONE: return CpuAccess::kNone;
-    case v1::CPU_ACCESS_READ: return CpuAccess::kRead;
-    case v1::CPU_ACCESS_READ_WRITE: return CpuAccess::kReadWrite;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown cpu_access ", static_cast<int>(access)));
-  }
-}
-
 // Crop defaults to every plane whole; dataspace UNKNOWN, blend mode unset.
 v1::BufferMetadata DefaultMetadata(const std::optional<v1::BufferLayout>& layout) {
   v1::BufferMetadata m;
@@ -144,15 +133,6 @@ absl::Status ValidateCrop(const v1::BufferMetadata& value,
 }
 
 }  // namespace
-
-v1::CpuAccess ToProto(CpuAccess access) {
-  switch (access) {
-    case CpuAccess::kNone: return v1::CPU_ACCESS_NONE;
-    case CpuAccess::kRead: return v1::CPU_ACCESS_READ;
-    case CpuAccess::kReadWrite: return v1::CPU_ACCESS_READ_WRITE;
-  }
-  return v1::CPU_ACCESS_UNSPECIFIED;
-}
 
 Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits,
                      std::shared_ptr<const Policy> policy)
@@ -725,7 +705,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     }
     // A session that already holds the buffer keeps the wider of its rights.
     auto [h, inserted] = buffer->holders.emplace(session.id(), access);
-    if (!inserted && static_cast<int>(access) > static_cast<int>(h->second)) {
+    if (!inserted && Wider(access, h->second)) {
       h->second = access;
     }
     session.buffers_.insert(buffer->id);

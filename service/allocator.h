@@ -181,8 +181,6 @@ class Allocator {
   Reaper reaper_;
 };
 
-// v1.CpuAccess ↔ CpuAccess.
-v1::CpuAccess ToProto(CpuAccess access);
 
 }  // namespace halloc
 

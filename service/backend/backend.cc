@@ -53,15 +53,6 @@ constexpr BackendEntry kBackends[] = {
 
 }  // namespace
 
-absl::string_view CpuAccessName(CpuAccess access) {
-  switch (access) {
-    case CpuAccess::kNone: return "none";
-    case CpuAccess::kRead: return "read";
-    case CpuAccess::kReadWrite: return "read-write";
-  }
-  return "?";
-}
-
 std::vector<std::string> KnownHeaps() {
   std::vector<std::string> heaps;
   for (const BackendEntry& e : kBackends) {

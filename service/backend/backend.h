@@ -16,13 +16,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "service/util/rights.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc {
 
-enum class CpuAccess { kNone = 1, kRead = 2, kReadWrite = 3 };
-
-absl::string_view CpuAccessName(CpuAccess access);
 
 struct BackendRequest {
   // Bytes; a multiple of the page size, > 0.

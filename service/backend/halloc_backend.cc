@@ -47,15 +47,6 @@ absl::StatusOr<UniqueFd> OpenNode(const std::string& path, int flags) {
   return fd;
 }
 
-uint32_t ToKernel(CpuAccess access) {
-  switch (access) {
-    case CpuAccess::kNone: return HALLOC_CPU_NONE;
-    case CpuAccess::kRead: return HALLOC_CPU_READ;
-    case CpuAccess::kReadWrite: return HALLOC_CPU_READ_WRITE;
-  }
-  return HALLOC_CPU_NONE;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(

@@ -18,11 +18,6 @@ absl::Status By(absl::string_view rule, absl::Status status) {
   return status;
 }
 
-CpuAccess Min(CpuAccess a, CpuAccess b) {
-  return static_cast<int>(a) < static_cast<int>(b) ? a : b;
-}
-
-bool Exceeds(CpuAccess a, CpuAccess b) { return static_cast<int>(a) > static_cast<int>(b); }
 
 }  // namespace
 
@@ -74,7 +69,7 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Iden
                              CpuAccessName(rule.max_cpu)));
   }
   d.rule = &rule;
-  d.owner_access = Min(ask.access, rule.max_cpu);
+  d.owner_access = Narrower(ask.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
   d.quota_key = absl::StrCat(rule.name, "/", caller.uid);
   return d;
@@ -138,16 +133,16 @@ absl::StatusOr<CpuAccess> DecideShareRights(const SharePeerDecision& peer, uint6
                              ": ", why)));
   };
   const CpuAccess access = asked.value_or(mine);
-  if (Exceeds(access, mine)) {
+  if (Wider(access, mine)) {
     return deny(absl::StrCat("CPU access ", CpuAccessName(access),
                              " is more than the caller's own (", CpuAccessName(mine), ")"));
   }
   if (peer.receiver == nullptr) return access;
-  if (asked && Exceeds(access, peer.receiver->max_cpu)) {
+  if (asked && Wider(access, peer.receiver->max_cpu)) {
     return deny(absl::StrCat("CPU access ", CpuAccessName(access), " is more than ", peer.peer,
                              " may hold (", CpuAccessName(peer.receiver->max_cpu), ")"));
   }
-  return Min(access, peer.receiver->max_cpu);
+  return Narrower(access, peer.receiver->max_cpu);
 }
 
 absl::StatusOr<ImportDecision> DecideImport(const Policy& policy, const Identity& caller,
@@ -172,13 +167,13 @@ absl::StatusOr<ImportDecision> DecideImport(const Policy& policy, const Identity
     return deny(absl::StrCat("receive_from does not admit client '", grant.from_client,
                              "' uid ", grant.from_uid));
   }
-  if (grant.explicit_access && Exceeds(grant.access, rule.max_cpu)) {
+  if (grant.explicit_access && Wider(grant.access, rule.max_cpu)) {
     return deny(absl::StrCat("the grant's CPU access ", CpuAccessName(grant.access),
                              " is more than client '", rule.name, "' may hold (",
                              CpuAccessName(rule.max_cpu), ")"));
   }
   d.rule = &rule;
-  d.access = Min(grant.access, rule.max_cpu);
+  d.access = Narrower(grant.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
   return d;
 }

@@ -48,13 +48,6 @@ bool ValidName(absl::string_view n) {
   });
 }
 
-CpuAccess FromProto(v1::CpuAccess a) {
-  switch (a) {
-    case v1::CPU_ACCESS_READ: return CpuAccess::kRead;
-    case v1::CPU_ACCESS_READ_WRITE: return CpuAccess::kReadWrite;
-    default: return CpuAccess::kNone;
-  }
-}
 
 // Checks and compiles rule `i`, appending "source:line:col: message" errors.
 Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tree,
@@ -123,7 +116,15 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
   rule.max_buffer_bytes = r.max_buffer_bytes();
   rule.quota_bytes = r.quota_bytes();
   rule.quota_buffers = r.quota_buffers();
-  rule.max_cpu = FromProto(r.max_cpu_access());
+  // Unset is NONE (what is not granted is denied); a number no right
+  // has is an error, not some right.
+  if (r.max_cpu_access() == v1::CPU_ACCESS_UNSPECIFIED) {
+    rule.max_cpu = CpuAccess::kNone;
+  } else if (absl::StatusOr<CpuAccess> cpu = FromProto(r.max_cpu_access()); cpu.ok()) {
+    rule.max_cpu = *cpu;
+  } else {
+    errors->push_back(absl::StrCat(where("max_cpu_access"), ": ", cpu.status().message()));
+  }
   rule.attach_devices.assign(r.attach_devices().begin(), r.attach_devices().end());
   rule.share_to.assign(r.share_to().begin(), r.share_to().end());
   rule.receive_from.assign(r.receive_from().begin(), r.receive_from().end());
