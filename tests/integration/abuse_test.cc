@@ -32,13 +32,13 @@
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/util/scm.h"
+#include "tests/integration/hallocd_process.h"
 
 namespace halloc {
 namespace {
 
-std::string Runfile(const std::string& path) {
-  return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/", path);
-}
+using testing::HallocdProcess;
+using testing::Runfile;
 
 std::string RealPath(const std::string& path) {
   return std::filesystem::canonical(path).string();
@@ -80,58 +80,23 @@ class AbuseTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     chmod(tmpl, 0755);  // other uids reach the sockets in it
-    opts_.control_socket = dir_ + "/control.sock";
-    opts_.broker_socket = dir_ + "/broker.sock";
-    log_ = dir_ + "/hallocd.log";
+
   }
   void TearDown() override {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
+    daemon_.reset();
     std::filesystem::remove_all(dir_);
   }
-  // Starts hallocd with `policy` (text), its stderr in log_, and at most
-  // `nofile` fds when given.
+  // Starts hallocd with `policy` (text), at most `nofile` fds when given.
   void StartDaemon(const std::string& policy, rlim_t nofile = 0,
                    std::vector<std::string> flags = {}) {
-    const std::string file = dir_ + "/policy.textproto";
-    std::ofstream(file) << policy;
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int log = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      dup2(log, 2);
-      if (nofile != 0) {
-        rlimit lim{nofile, nofile};
-        if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);
-      }
-      const std::string hallocd = Runfile("service/hallocd");
-      const std::string c = "--control_socket=" + opts_.control_socket;
-      const std::string b = "--broker_socket=" + opts_.broker_socket;
-      const std::string p = "--policy=" + file;
-      // Other uids connect too (the policy decides what they may do).
-      std::vector<std::string> args = {hallocd, c, b, p, "--socket_mode=0666"};
-      args.insert(args.end(), flags.begin(), flags.end());
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(hallocd.c_str(), argv.data());
-      _exit(127);
-    }
-    // Ready once the broker accepts (it starts last; the file exists from
-    // bind(), before listen()).
-    for (int i = 0; i < 500; ++i) {
-      if (ConnectSeqpacket(opts_.broker_socket).ok()) return;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    FAIL() << "hallocd did not start; log:\n" << Log();
+    absl::StatusOr<std::unique_ptr<HallocdProcess>> d =
+        HallocdProcess::Start(dir_, {policy, nofile, std::move(flags)});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = *std::move(d);
+    pid_ = daemon_->pid();
+    opts_ = daemon_->connect_options();
   }
-  std::string Log() const {
-    std::ifstream in(log_);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
+  std::string Log() const { return daemon_->Log(); }
   v1::StatsResponse Stats() {
     auto stub = v1::Allocator::NewStub(grpc::CreateChannel(
         "unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
@@ -155,8 +120,9 @@ class AbuseTest : public ::testing::Test {
                         "clients { name: \"others\" match { any: true } }\n");
   }
 
-  std::string dir_, log_;
+  std::string dir_;
   ConnectOptions opts_;
+  std::unique_ptr<HallocdProcess> daemon_;
   pid_t pid_ = -1;
 };
 
@@ -381,15 +347,6 @@ TEST_F(AbuseTest, RunningOutOfFdsNeitherSpinsNorFloodsTheLogNorLocksClientsOut) 
   EXPECT_TRUE(s.ok()) << s;
 }
 
-int Threads(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (absl::StartsWith(line, "Threads:")) return std::stoi(line.substr(8));
-  }
-  return -1;
-}
-
 TEST_F(AbuseTest, ThousandsOfConcurrentCallsCannotGrowHallocdsThreads) {
   // hallocd's defaults (32 call threads). Without the bound this reached
   // over 2000 threads.
@@ -407,7 +364,7 @@ TEST_F(AbuseTest, ThousandsOfConcurrentCallsCannotGrowHallocdsThreads) {
   req.mutable_desc()->mutable_image()->set_width(4096);
   req.mutable_desc()->mutable_image()->set_height(4096);
   req.mutable_desc()->mutable_image()->set_format(0x3231564e);  // NV12
-  const int before = Threads(pid_);
+  const int before = daemon_->Threads();
   int peak = before;
   std::vector<std::unique_ptr<Call>> calls;
   for (int round = 0; round < 4; ++round) {
@@ -417,7 +374,7 @@ TEST_F(AbuseTest, ThousandsOfConcurrentCallsCannotGrowHallocdsThreads) {
       c->rpc = stub->AsyncIsSupported(&c->ctx, req, &cq);
       c->rpc->Finish(&c->resp, &c->status, c.get());
       calls.push_back(std::move(c));
-      if (i % 50 == 0) peak = std::max(peak, Threads(pid_));
+      if (i % 50 == 0) peak = std::max(peak, daemon_->Threads());
     }
   }
   int ok = 0, exhausted = 0;
@@ -428,7 +385,7 @@ TEST_F(AbuseTest, ThousandsOfConcurrentCallsCannotGrowHallocdsThreads) {
     const grpc::Status& s = static_cast<Call*>(tag)->status;
     ok += s.ok();
     exhausted += s.error_code() == grpc::RESOURCE_EXHAUSTED;
-    if (done % 100 == 0) peak = std::max(peak, Threads(pid_));
+    if (done % 100 == 0) peak = std::max(peak, daemon_->Threads());
   }
   EXPECT_EQ(ok + exhausted, 4000) << "calls failed otherwise";
   EXPECT_GT(ok, 0);

@@ -48,6 +48,7 @@
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/util/scm.h"
+#include "tests/integration/hallocd_process.h"
 
 namespace halloc {
 namespace {
@@ -56,21 +57,8 @@ constexpr char kPermissive[] =
     "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
     "max_cpu_access: CPU_ACCESS_READ_WRITE }\n";
 
-std::string Runfile(const std::string& path) {
-  return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/", path);
-}
-
-// Entries of /proc/<pid>/fd, or -1.
-int FdCount(pid_t pid) {
-  DIR* dir = opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
-  if (dir == nullptr) return -1;
-  int n = 0;
-  while (dirent* e = readdir(dir)) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) ++n;
-  }
-  closedir(dir);
-  return n;
-}
+using testing::HallocdProcess;
+using testing::Runfile;
 
 // What must come back after every fault.
 struct Snapshot {
@@ -188,48 +176,21 @@ class FaultTest : public ::testing::Test {
   // Starts hallocd (another one on the same paths each time: it replaces
   // the stale sockets of the last), its stderr in a new log.
   void StartDaemon(const std::string& policy = kPermissive) {
-    const std::string file = dir_ + "/policy.textproto";
-    std::ofstream(file) << policy;
-    log_ = absl::StrCat(dir_, "/hallocd.", ++starts_, ".log");
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      const int log = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      dup2(log, 2);
-      const std::string hallocd = Runfile("service/hallocd");
-      std::vector<std::string> args = {hallocd, "--control_socket=" + opts_.control_socket,
-                                       "--broker_socket=" + opts_.broker_socket,
-                                       "--policy=" + file, "--socket_mode=0666"};
-      std::vector<char*> argv;
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(hallocd.c_str(), argv.data());
-      _exit(127);
-    }
-    // Ready once the broker accepts (it starts last). That probe is a
-    // connection too; WarmUp waits until hallocd has dropped it.
-    for (int i = 0; i < 500; ++i) {
-      if (ConnectSeqpacket(opts_.broker_socket).ok()) {
-        stub_ = v1::Allocator::NewStub(grpc::CreateChannel(
-            "unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
-        return;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    FAIL() << "hallocd did not start; log:\n" << Log();
+    absl::StatusOr<std::unique_ptr<HallocdProcess>> d =
+        HallocdProcess::Start(dir_, {policy, 0, {}});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = *std::move(d);
+    pid_ = daemon_->pid();
+    // The readiness probe was a connection too; WarmUp waits until hallocd
+    // has dropped it.
+    stub_ = v1::Allocator::NewStub(grpc::CreateChannel(
+        "unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
   }
   void KillDaemon() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
+    if (daemon_) daemon_->Kill();
     pid_ = -1;
   }
-  std::string Log() const {
-    std::ifstream in(log_);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
+  std::string Log() const { return daemon_ ? daemon_->Log() : std::string(); }
 
   v1::StatsResponse Stats() {
     grpc::ClientContext ctx;
@@ -241,7 +202,7 @@ class FaultTest : public ::testing::Test {
   }
   Snapshot Snap() {
     Snapshot s;
-    s.fds = FdCount(pid_);
+    s.fds = daemon_->Fds();
     const v1::StatsResponse st = Stats();
     s.live = st.live_buffers();
     s.sessions = st.sessions();
@@ -340,9 +301,9 @@ class FaultTest : public ::testing::Test {
     }
   }
 
-  std::string dir_, log_;
-  int starts_ = 0;
+  std::string dir_;
   ConnectOptions opts_;
+  std::unique_ptr<HallocdProcess> daemon_;
   pid_t pid_ = -1;
   std::unique_ptr<v1::Allocator::Stub> stub_;
   std::vector<pid_t> children_;

@@ -26,6 +26,7 @@
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
+#include "tests/integration/hallocd_process.h"
 
 namespace halloc {
 namespace {
@@ -42,59 +43,29 @@ struct Sample {
   long rss_kib = 0;
 };
 
-Sample Measure(pid_t pid) {
-  Sample s;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"), ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    ++s.fds;
-  }
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (absl::StartsWith(line, "Threads:")) s.threads = std::stoi(line.substr(8));
-    if (absl::StartsWith(line, "VmRSS:")) s.rss_kib = std::stol(line.substr(6));
-  }
-  return s;
-}
-
 class LoadTest : public ::testing::Test {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/halloc-load-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    opts_.control_socket = dir_ + "/control.sock";
-    opts_.broker_socket = dir_ + "/broker.sock";
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int log = open((dir_ + "/hallocd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-      dup2(log, 2);
-      const std::string hallocd = absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/service/hallocd");
-      const std::string c = "--control_socket=" + opts_.control_socket;
-      const std::string b = "--broker_socket=" + opts_.broker_socket;
-      // The unpooled backend: every fd hallocd holds after the run is a
-      // leak (the pool's stock, by design, would hold some for 10 s).
-      execl(hallocd.c_str(), "hallocd", c.c_str(), b.c_str(), "--backend=memfd", nullptr);
-      _exit(127);
-    }
-    for (int i = 0; i < 500; ++i) {
-      if (ConnectSeqpacket(opts_.broker_socket).ok()) return;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    FAIL() << "hallocd did not start";
+    // The unpooled backend: every fd hallocd holds after the run is a leak
+    // (the pool's stock, by design, would hold some for 10 s).
+    absl::StatusOr<std::unique_ptr<testing::HallocdProcess>> d =
+        testing::HallocdProcess::Start(dir_, {"", 0, {"--backend=memfd"}});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = *std::move(d);
+    opts_ = daemon_->connect_options();
   }
   void TearDown() override {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
+    daemon_.reset();
     std::filesystem::remove_all(dir_);
   }
+  Sample Measure() const { return {daemon_->Fds(), daemon_->Threads(), daemon_->RssKib()}; }
 
   std::string dir_;
   ConnectOptions opts_;
-  pid_t pid_ = -1;
+  std::unique_ptr<testing::HallocdProcess> daemon_;
 };
 
 TEST_F(LoadTest, ManyClientsLeaveNothingBehind) {
@@ -112,7 +83,7 @@ TEST_F(LoadTest, ManyClientsLeaveNothingBehind) {
     ASSERT_TRUE(c->Stats().ok());
   }
   absl::SleepFor(absl::Milliseconds(300));
-  const Sample base = Measure(pid_);
+  const Sample base = Measure();
 
   std::atomic<int> failures{0};
   std::atomic<bool> done{false};
@@ -120,7 +91,7 @@ TEST_F(LoadTest, ManyClientsLeaveNothingBehind) {
   Sample peak = base;
   std::thread sampler([&] {
     while (!done.load()) {
-      const Sample s = Measure(pid_);
+      const Sample s = Measure();
       {
         absl::MutexLock lock(&mu);
         peak.fds = std::max(peak.fds, s.fds);
@@ -183,7 +154,7 @@ TEST_F(LoadTest, ManyClientsLeaveNothingBehind) {
   EXPECT_EQ(sessions, 1u);  // the admin's own
   admin = absl::CancelledError("closed");  // measure as at baseline: no client
   absl::SleepFor(absl::Milliseconds(500));
-  const Sample after = Measure(pid_);
+  const Sample after = Measure();
   const double ops = static_cast<double>(clients) * iterations;
   printf("load: %d clients x %d iterations = %.0f allocate/map/release in %.1f s "
          "(%.0f/s)\n",

@@ -1,0 +1,111 @@
+#include "tests/integration/hallocd_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/broker_conn.h"
+
+namespace halloc::testing {
+namespace {
+
+// A field of /proc/<pid>/status ("Threads:", "VmRSS:"), or -1.
+long StatusField(pid_t pid, absl::string_view field) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, field)) return std::stol(line.substr(field.size()));
+  }
+  return -1;
+}
+
+}  // namespace
+
+std::string Runfile(const std::string& path) {
+  return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/", path);
+}
+
+absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std::string& dir,
+                                                                      Options options) {
+  static std::atomic<int> starts{0};
+  std::unique_ptr<HallocdProcess> d(new HallocdProcess());
+  d->opts_.control_socket = dir + "/control.sock";
+  d->opts_.broker_socket = dir + "/broker.sock";
+  d->log_ = absl::StrCat(dir, "/hallocd.", ++starts, ".log");
+  std::vector<std::string> args = {Runfile("service/hallocd"),
+                                   "--control_socket=" + d->opts_.control_socket,
+                                   "--broker_socket=" + d->opts_.broker_socket,
+                                   "--socket_mode=0666"};
+  if (!options.policy.empty()) {
+    const std::string file = dir + "/policy.textproto";
+    std::ofstream(file) << options.policy;
+    args.push_back("--policy=" + file);
+  }
+  args.insert(args.end(), options.flags.begin(), options.flags.end());
+  d->pid_ = fork();
+  if (d->pid_ < 0) return absl::InternalError("fork failed");
+  if (d->pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const int log = open(d->log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(log, 2);
+    if (options.nofile != 0) {
+      rlimit lim{options.nofile, options.nofile};
+      if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);
+    }
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  // Ready once the broker accepts: it starts last, and its socket file
+  // exists from bind(), before listen().
+  for (int i = 0; i < 500; ++i) {
+    if (ConnectSeqpacket(d->opts_.broker_socket).ok()) return d;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::UnavailableError(absl::StrCat("hallocd did not start; log:\n", d->Log()));
+}
+
+HallocdProcess::~HallocdProcess() { Kill(); }
+
+void HallocdProcess::Kill() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+std::string HallocdProcess::Log() const {
+  std::ifstream in(log_);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int HallocdProcess::Fds() const {
+  std::error_code ec;
+  int n = 0;
+  for (auto it = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid_, "/fd"), ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++n;
+  }
+  return ec ? -1 : n;
+}
+
+int HallocdProcess::Threads() const { return static_cast<int>(StatusField(pid_, "Threads:")); }
+
+long HallocdProcess::RssKib() const { return StatusField(pid_, "VmRSS:"); }
+
+}  // namespace halloc::testing
