@@ -5,6 +5,13 @@
 # (KVM or TCG) is chosen and logged by tools/lib/qemu.sh.
 #
 #   tools/kernel-test.sh [--keep] [-- gtest args...]
+#   tools/kernel-test.sh --bench-scale [--keep]
+#
+# --bench-scale runs the benchmark's live-buffer scale rows in the guest
+# instead of the tests (tests/bench, --only=scale): there root may raise
+# RLIMIT_NOFILE past this host's hard limit, so 100k live buffers (one
+# hallocd fd each) can be measured. Under TCG absolute times are slow; the
+# ratios and the memory per buffer are what it is for.
 #
 # Fails when: the module build prints any compiler warning, a test fails or
 # crashes, the guest's kernel log shows a splat (WARNING:, BUG:, Oops,
@@ -21,15 +28,17 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${HALLOC_KERNEL_CACHE:-${XDG_CACHE_HOME:-${HOME:?}/.cache}/halloc/kernel}
-QEMU_TIMEOUT=${HALLOC_QEMU_TIMEOUT:-240}
+QEMU_TIMEOUT=${HALLOC_QEMU_TIMEOUT:-}
 TEST_TARGET=//tests/kernel:halloc_heap_guest_test
 KEEP=0
+BENCH_SCALE=0
 GTEST_ARGS=()
 START=$(date +%s)
 
 while (($#)); do
   case "$1" in
     --keep) KEEP=1 ;;
+    --bench-scale) BENCH_SCALE=1 ;;
     --) shift; GTEST_ARGS=("$@"); break ;;
     *) echo "usage: $0 [--keep] [-- gtest args...]" >&2; exit 2 ;;
   esac
@@ -39,6 +48,10 @@ done
 log() { printf '[kernel-test %3ds] %s\n' "$(($(date +%s) - START))" "$*" >&2; }
 summary() { echo "kernel: $1 passed, $2 failed, $3 skipped"; }
 die() { log "FAIL: $*"; summary 0 1 0; exit 1; }
+
+# The tests take under a minute under TCG; the scale benchmark longer.
+((BENCH_SCALE)) && QEMU_TIMEOUT=${QEMU_TIMEOUT:-1800}
+QEMU_TIMEOUT=${QEMU_TIMEOUT:-240}
 
 # --- packages --------------------------------------------------------------
 # shellcheck source=tools/lib/apt.sh
@@ -96,6 +109,14 @@ log "bazel build $TEST_TARGET"
 }
 TEST_BIN=$(cd "$REPO" && readlink -f "bazel-bin/tests/kernel/halloc_heap_guest_test")
 [[ -x $TEST_BIN ]] || die "no guest test binary at $TEST_BIN"
+if ((BENCH_SCALE)); then
+  log "bazel build -c opt //tests/bench:halloc_bench //service:hallocd"
+  (cd "$REPO" && bazel build -c opt //tests/bench:halloc_bench //service:hallocd \
+     >"$RUN/bazel.log" 2>&1) || { tail -n 40 "$RUN/bazel.log" >&2; die "bench build failed"; }
+  OPT_BIN=$(cd "$REPO" && bazel info -c opt bazel-bin 2>/dev/null)
+  BENCH_BIN=$OPT_BIN/tests/bench/halloc_bench
+  HALLOCD_BIN=$OPT_BIN/service/hallocd
+fi
 
 # --- initramfs ---------------------------------------------------------------
 # Modules the guest needs, in load order (dependencies first).
@@ -140,6 +161,15 @@ cp /bin/busybox "$IR/bin/busybox"
   q() { printf '%q' "$1"; }
   GTEST_Q=
   ((${#GTEST_ARGS[@]})) && GTEST_Q=$(printf ' %q' "${GTEST_ARGS[@]}")
+  # What the guest runs, with its output in $R/test.log ($H: the host's
+  # root, $R: the results share; expanded in the guest).
+  ENV='/usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp'
+  if ((BENCH_SCALE)); then
+    GUEST_RUN="ulimit -n 1048576 || echo 'HARNESS: ulimit -n failed'
+chroot \$H $ENV $(q "$BENCH_BIN") run --hallocd=$(q "$HALLOCD_BIN") --only=scale >\"\$R/test.log\" 2>&1"
+  else
+    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
+  fi
   cat <<EOF
 H=/host
 R=\$H$(q "$RESULTS")
@@ -152,10 +182,7 @@ mount -t tmpfs tmpfs \$H/tmp
 mkdir -p "\$R" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 results "\$R" || echo 'HARNESS: results mount failed'
 echo 'HARNESS: running tests'
-chroot \$H /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp \\
-  HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") \\
-  $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q \\
-  >"\$R/test.log" 2>&1
+$GUEST_RUN
 echo \$? > "\$R/rc"
 cat /sys/kernel/debug/halloc/buffers > "\$R/buffers.txt" 2>&1
 dmesg > "\$R/dmesg.txt"
@@ -186,6 +213,14 @@ qemu_boot "$RUN/console.log" "$QEMU_TIMEOUT" reset_results \
   -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,id=results" \
   || qemu_rc=$?
 log "guest exited under $QEMU_ACCEL (qemu status $qemu_rc)"
+
+if ((BENCH_SCALE)); then
+  cat "$RESULTS/test.log" 2>/dev/null || tail -n 40 "$RUN/console.log" >&2
+  bench_rc=$(cat "$RESULTS/rc" 2>/dev/null || echo "none (the guest did not finish)")
+  log "the benchmark in the guest exited with $bench_rc"
+  [[ $bench_rc == 0 ]]
+  exit
+fi
 
 # --- verdict -----------------------------------------------------------------
 failed_why=()

@@ -463,7 +463,7 @@ void Suite::Scale() {
       p50 = probe();
     }
     std::optional<double> target;
-    if (level == 10000) target = 1.1;
+    if (level == 10000 || level == 100000) target = 1.1;
     Add(Compare("scale.alloc_4KiB.p50.live_" + LiveName(level), p50, "us",
                 "scale.alloc_4KiB.p50.live_0", base, target));
   }
@@ -478,7 +478,7 @@ void Suite::Scale() {
   }
   const double n = held;
   Add(Compare("memory.daemon_rss_per_live_buffer", (rss - rss0) / n, "B",
-       "budget", 2048, 1.0));
+       "budget", 1024, 1.0));
   Add(Compare("memory.daemon_fds_per_live_buffer", (fds - fds0) / n, "fds",
        "one fd per buffer", 1.0));
   for (Child& h : holders) {
@@ -568,11 +568,16 @@ int Suite::Run() {
     return 1;
   }
   const int64_t t0 = NowNs();
-  Floors();
-  Allocations();
-  Sharing();
-  ZeroCopy();
-  Throughput();
+  // --only=scale: just the live-buffer scale rows (what the qemu guest runs,
+  // where root may raise RLIMIT_NOFILE past this host's hard limit).
+  const bool only_scale = args_.Str("only", "") == "scale";
+  if (!only_scale) {
+    Floors();
+    Allocations();
+    Sharing();
+    ZeroCopy();
+    Throughput();
+  }
   Scale();
   daemon_->Signal(SIGTERM);
   daemon_->Wait();
