@@ -11,6 +11,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "service/backend/registry.h"
 #include "service/grpc_service.h"
 #include "service/util/os_error.h"
 #include "service/util/status_macros.h"

@@ -47,7 +47,33 @@ absl::StatusOr<UniqueFd> OpenNode(const std::string& path, int flags) {
   return fd;
 }
 
+// The module's device nodes.
+class DeviceNodes : public HallocNodes {
+ public:
+  DeviceNodes(UniqueFd heap, UniqueFd contig, UniqueFd control)
+      : heap_(std::move(heap)), contig_(std::move(contig)), control_(std::move(control)) {}
+  int Alloc(bool contig, dma_heap_allocation_data* data) override {
+    return Errno(Ioctl(contig ? contig_.get() : heap_.get(), DMA_HEAP_IOCTL_ALLOC, data));
+  }
+  int View(halloc_view_data* view) override {
+    return Errno(Ioctl(control_.get(), HALLOC_IOCTL_VIEW, view));
+  }
+  int SetName(int dmabuf, const char* name) override {
+    return Errno(Ioctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
+  }
+
+ private:
+  static int Errno(int r) { return r == 0 ? 0 : errno; }
+  const UniqueFd heap_, contig_, control_;
+};
+
 }  // namespace
+
+std::unique_ptr<HallocBackend> HallocBackend::CreateWithNodes(
+    std::unique_ptr<HallocNodes> nodes, std::vector<std::string> contig_only) {
+  return std::unique_ptr<HallocBackend>(
+      new HallocBackend(std::move(nodes), std::move(contig_only)));
+}
 
 absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
     HallocBackendPaths paths) {
@@ -62,8 +88,9 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
       contig_only.emplace_back(absl::StripAsciiWhitespace(d));
     }
   }
-  return std::unique_ptr<HallocBackend>(new HallocBackend(
-      std::move(heap), std::move(contig), std::move(control), std::move(contig_only)));
+  return CreateWithNodes(
+      std::make_unique<DeviceNodes>(std::move(heap), std::move(contig), std::move(control)),
+      std::move(contig_only));
 }
 
 bool HallocBackend::NeedsContig(const BackendRequest& request) const {
@@ -85,13 +112,12 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
   dma_heap_allocation_data data{};
   data.len = request.size;
   data.fd_flags = O_RDWR | O_CLOEXEC;
-  if (Ioctl(contig ? contig_heap_.get() : heap_.get(), DMA_HEAP_IOCTL_ALLOC,
-            &data) != 0) {
+  if (const int err = nodes_->Alloc(contig, &data); err != 0) {
     // ENOMEM covers both "larger than the heap's limit" and "short of
     // memory": RESOURCE_EXHAUSTED either way (the daemon's own size limit
     // rejects absurd sizes earlier with INVALID_ARGUMENT).
     return ErrnoStatus(
-        errno, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ",
+        err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ",
                             contig ? "halloc-contig (a device the client may "
                                      "attach to needs contiguous memory)"
                                    : "halloc-system"));
@@ -101,7 +127,7 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
   // here loses nothing but the label.
   char name[DMA_BUF_NAME_LEN];
   CopyName(name, absl::StrCat("halloc:", request.name));
-  (void)Ioctl(fd.get(), DMA_BUF_SET_NAME, name);
+  (void)nodes_->SetName(fd.get(), name);
   return fd;
 }
 
@@ -127,8 +153,8 @@ absl::StatusOr<UniqueFd> HallocBackend::OpenView(const UniqueFd& buffer,
     }
   }
   CopyName(view.name, "halloc-view");
-  if (Ioctl(control_.get(), HALLOC_IOCTL_VIEW, &view) != 0) {
-    return ErrnoStatus(errno, "HALLOC_IOCTL_VIEW");
+  if (const int err = nodes_->View(&view); err != 0) {
+    return ErrnoStatus(err, "HALLOC_IOCTL_VIEW");
   }
   return UniqueFd(static_cast<int>(view.fd));
 }

@@ -25,7 +25,24 @@
 #include "absl/status/statusor.h"
 #include "service/backend/backend.h"
 
+struct dma_heap_allocation_data;
+struct halloc_view_data;
+
 namespace halloc {
+
+// The module's ioctls, behind an interface so that tests can stand in fake
+// nodes (halloc_backend_test.cc); the real ones act on the module's device
+// nodes. Each returns 0 or an errno.
+class HallocNodes {
+ public:
+  virtual ~HallocNodes() = default;
+  // DMA_HEAP_IOCTL_ALLOC on halloc-contig (`contig`) or halloc-system.
+  virtual int Alloc(bool contig, dma_heap_allocation_data* data) = 0;
+  // HALLOC_IOCTL_VIEW on /dev/halloc.
+  virtual int View(halloc_view_data* view) = 0;
+  // DMA_BUF_SET_NAME on a dma-buf.
+  virtual int SetName(int dmabuf, const char* name) = 0;
+};
 
 struct HallocBackendPaths {
   std::string heap = "/dev/dma_heap/halloc-system";
@@ -43,6 +60,9 @@ class HallocBackend : public Backend {
   // loaded) or cannot be opened.
   static absl::StatusOr<std::unique_ptr<HallocBackend>> Create(
       HallocBackendPaths paths = {});
+  // Over `nodes` (tests), with the module's contig_only_drivers list.
+  static std::unique_ptr<HallocBackend> CreateWithNodes(std::unique_ptr<HallocNodes> nodes,
+                                                        std::vector<std::string> contig_only);
 
   absl::string_view name() const override { return "halloc"; }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
@@ -55,18 +75,12 @@ class HallocBackend : public Backend {
   }
 
  private:
-  HallocBackend(UniqueFd heap, UniqueFd contig_heap, UniqueFd control,
-                std::vector<std::string> contig_only)
-      : heap_(std::move(heap)),
-        contig_heap_(std::move(contig_heap)),
-        control_(std::move(control)),
-        contig_only_(std::move(contig_only)) {}
+  HallocBackend(std::unique_ptr<HallocNodes> nodes, std::vector<std::string> contig_only)
+      : nodes_(std::move(nodes)), contig_only_(std::move(contig_only)) {}
   // Whether `request` must come from the contiguous heap.
   bool NeedsContig(const BackendRequest& request) const;
 
-  const UniqueFd heap_;
-  const UniqueFd contig_heap_;
-  const UniqueFd control_;
+  const std::unique_ptr<HallocNodes> nodes_;
   const std::vector<std::string> contig_only_;
 };
 

@@ -11,11 +11,7 @@
 #include <cstring>
 #include <string>
 
-#include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "service/backend/halloc_backend.h"
-
-using ::testing::HasSubstr;
 
 namespace halloc {
 namespace {
@@ -251,31 +247,6 @@ TEST(MemfdBackendTest, AttachLimitsHoldOnlyWithoutUdmabuf) {
   // A memfd needs a view only to narrow CPU rights.
   EXPECT_FALSE(without.NeedsView({CpuAccess::kReadWrite, std::vector<std::string>{}}));
   EXPECT_TRUE(without.NeedsView({CpuAccess::kRead, std::nullopt}));
-}
-
-TEST(BackendRegistryTest, CreatesByNameAndProbes) {
-  // The kernel heaps come first in probe order when halloc_heap.ko is loaded
-  // (the in-guest suite covers that case); on a host without it, memfd.
-  const bool module = access("/dev/halloc", F_OK) == 0 &&
-                      access("/dev/dma_heap/halloc-system", F_OK) == 0;
-  EXPECT_EQ((*CreateBackend("memfd"))->name(), "memfd");
-  EXPECT_EQ((*CreateBackend("memfd-pool"))->name(), "memfd");
-  EXPECT_EQ((*CreateBackend("auto"))->name(), module ? "halloc" : "memfd");
-  EXPECT_EQ(CreateBackend("nosuch").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(CreateBackend("dmaheap").status().code(),
-            absl::StatusCode::kFailedPrecondition);  // not built yet
-  if (!module) {
-    absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend("halloc");
-    EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_THAT(std::string(b.status().message()), HasSubstr("halloc_heap.ko"));
-  }
-}
-
-TEST(HallocBackendTest, MissingNodesAreFailedPrecondition) {
-  EXPECT_EQ(HallocBackend::Create({"/nonexistent/heap", "/dev/null"}).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(HallocBackend::Create({"/dev/null", "/nonexistent/halloc"}).status().code(),
-            absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

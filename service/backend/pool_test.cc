@@ -248,7 +248,6 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   EXPECT_EQ(fcntl(ro->get(), F_GETFL) & O_ACCMODE, O_RDONLY);
   EXPECT_EQ(PooledBackend::Create(nullptr, Manual()).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ((*CreateBackend("memfd-pool"))->name(), "memfd");
 }
 
 // Exit code of a child that could not become uid 65534.

@@ -13,6 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "service/backend/registry.h"
 #include "service/layout/usage.h"
 
 namespace halloc {

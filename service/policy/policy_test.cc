@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "service/backend/registry.h"
 #include "service/layout/usage.h"
 
 namespace halloc {

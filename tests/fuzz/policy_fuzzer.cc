@@ -26,6 +26,7 @@
 #include "halloc/v1/policy.pb.h"
 #include "service/backend/backend.h"
 #include "service/layout/usage.h"
+#include "service/backend/registry.h"
 #include "service/policy/policy.h"
 #include "tests/fuzz/check.h"
 

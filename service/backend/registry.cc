@@ -1,4 +1,4 @@
-#include "service/backend/backend.h"
+#include "service/backend/registry.h"
 
 #include <algorithm>
 

@@ -1,0 +1,149 @@
+// The halloc backend against fake module nodes: which heap a request goes
+// to, what a view asks the kernel for, how errors map, what Create needs.
+// (The real module is tested in qemu: tests/kernel/.)
+#include "service/backend/halloc_backend.h"
+
+#include <fcntl.h>
+#include <linux/dma-heap.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "kernel/uapi/halloc_heap.h"
+
+namespace halloc {
+namespace {
+
+struct Calls {
+  std::vector<bool> allocs;  // contig?
+  std::vector<halloc_view_data> views;
+  std::vector<std::string> names;
+  int fail_alloc = 0;  // errno to fail Alloc with
+  int fail_view = 0;
+};
+
+class FakeNodes : public HallocNodes {
+ public:
+  explicit FakeNodes(Calls* calls) : calls_(calls) {}
+  int Alloc(bool contig, dma_heap_allocation_data* data) override {
+    calls_->allocs.push_back(contig);
+    if (calls_->fail_alloc != 0) return calls_->fail_alloc;
+    const int fd = memfd_create("fake-dmabuf", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, static_cast<off_t>(data->len)) != 0) return errno;
+    data->fd = static_cast<uint32_t>(fd);
+    return 0;
+  }
+  int View(halloc_view_data* view) override {
+    calls_->views.push_back(*view);
+    if (calls_->fail_view != 0) return calls_->fail_view;
+    view->fd = static_cast<uint32_t>(fcntl(static_cast<int>(view->source_fd), F_DUPFD_CLOEXEC, 0));
+    return 0;
+  }
+  int SetName(int, const char* name) override {
+    calls_->names.emplace_back(name);
+    return 0;
+  }
+
+ private:
+  Calls* calls_;
+};
+
+std::unique_ptr<HallocBackend> Backend(Calls* calls) {
+  return HallocBackend::CreateWithNodes(std::make_unique<FakeNodes>(calls), {"vivid", "imx-isi"});
+}
+
+TEST(HallocBackendTest, DevicesThatNeedContiguousMemoryGetTheContigHeap) {
+  Calls calls;
+  auto b = Backend(&calls);
+  ASSERT_TRUE(b->Allocate({4096, "a", 0, std::nullopt}).ok());                   // any device
+  ASSERT_TRUE(b->Allocate({4096, "b", 0, std::vector<std::string>{"vgem"}}).ok());
+  ASSERT_TRUE(b->Allocate({4096, "c", 0, std::vector<std::string>{"vgem", "vivid"}}).ok());
+  EXPECT_EQ(calls.allocs, (std::vector<bool>{false, false, true}));
+  EXPECT_EQ(calls.names, (std::vector<std::string>{"halloc:a", "halloc:b", "halloc:c"}));
+}
+
+TEST(HallocBackendTest, AViewCarriesTheRightsAndTheAllowList) {
+  Calls calls;
+  auto b = Backend(&calls);
+  absl::StatusOr<UniqueFd> buf = b->Allocate({4096, "a", 0, std::nullopt});
+  ASSERT_TRUE(buf.ok());
+  ASSERT_TRUE(b->OpenView(*buf, {CpuAccess::kRead, std::vector<std::string>{"vgem", "vivid"}}).ok());
+  ASSERT_TRUE(b->OpenView(*buf, {CpuAccess::kNone, std::nullopt}).ok());
+  ASSERT_EQ(calls.views.size(), 2u);
+  const halloc_view_data& v = calls.views[0];
+  EXPECT_EQ(static_cast<int>(v.source_fd), buf->get());
+  EXPECT_EQ(v.cpu_access, HALLOC_CPU_READ);
+  EXPECT_TRUE(v.flags & HALLOC_VIEW_RESTRICT_ATTACH);
+  ASSERT_EQ(v.num_drivers, 2u);
+  EXPECT_STREQ(v.drivers[0], "vgem");
+  EXPECT_STREQ(v.drivers[1], "vivid");
+  EXPECT_EQ(calls.views[1].cpu_access, HALLOC_CPU_NONE);
+  EXPECT_FALSE(calls.views[1].flags & HALLOC_VIEW_RESTRICT_ATTACH);
+  // Only narrower rights need a view.
+  EXPECT_FALSE(b->NeedsView({CpuAccess::kReadWrite, std::nullopt}));
+  EXPECT_TRUE(b->NeedsView({CpuAccess::kReadWrite, std::vector<std::string>{"vgem"}}));
+}
+
+TEST(HallocBackendTest, BadViewsAreRefusedBeforeTheKernel) {
+  Calls calls;
+  auto b = Backend(&calls);
+  absl::StatusOr<UniqueFd> buf = b->Allocate({4096, "a", 0, std::nullopt});
+  ASSERT_TRUE(buf.ok());
+  std::vector<std::string> many(HALLOC_MAX_DRIVERS + 1, "vgem");
+  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, many}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::vector<std::string>{""}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::vector<std::string>{std::string(HALLOC_NAME_LEN, 'x')}})
+                .status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(calls.views.empty());
+}
+
+TEST(HallocBackendTest, KernelErrorsMapToTheirCodes) {
+  Calls calls;
+  auto b = Backend(&calls);
+  calls.fail_alloc = ENOMEM;
+  absl::Status s = b->Allocate({1 << 20, "big", 0, std::vector<std::string>{"vivid"}}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("halloc-contig"), absl::string_view::npos) << s;
+  calls.fail_alloc = 0;
+  absl::StatusOr<UniqueFd> buf = b->Allocate({4096, "a", 0, std::nullopt});
+  ASSERT_TRUE(buf.ok());
+  calls.fail_view = EPERM;  // e.g. a view that would widen
+  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::nullopt}).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(b->Allocate({0, "zero", 0, std::nullopt}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(HallocBackendTest, CreateNeedsTheModulesNodes) {
+  const std::string dir = ::testing::TempDir() + "/halloc-nodes";
+  std::filesystem::create_directories(dir);
+  HallocBackendPaths paths{dir + "/system", dir + "/contig", dir + "/control", dir + "/param"};
+  absl::StatusOr<std::unique_ptr<HallocBackend>> b = HallocBackend::Create(paths);
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(b.status().message().find("is halloc_heap.ko loaded?"), absl::string_view::npos);
+  for (const char* f : {"/system", "/contig", "/control"}) std::ofstream(dir + f) << "";
+  std::ofstream(dir + "/param") << " vivid , imx-isi\n";
+  b = HallocBackend::Create(paths);
+  ASSERT_TRUE(b.ok()) << b.status();
+  // Regular files take no ioctls: the failure is the kernel's ENOTTY.
+  EXPECT_EQ((*b)->Allocate({4096, "a", 0, std::nullopt}).status().code(),
+            absl::StatusCode::kUnimplemented);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(HallocBackendTest, MissingNodesAreFailedPrecondition) {
+  EXPECT_EQ(HallocBackend::Create({"/nonexistent/heap", "/dev/null"}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(HallocBackend::Create({"/dev/null", "/nonexistent/halloc"}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace halloc

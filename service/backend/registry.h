@@ -1,0 +1,32 @@
+// The backend registry: every backend this build knows, by name, in probe
+// order (the halloc kernel heaps first, memfd last), and the heaps they
+// serve. hallocd picks one at start (--backend, "auto" probes).
+#ifndef HALLOC_SERVICE_BACKEND_REGISTRY_H_
+#define HALLOC_SERVICE_BACKEND_REGISTRY_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "service/backend/backend.h"
+
+namespace halloc {
+
+// Names of the backends this build knows, in probe order.
+std::vector<std::string> KnownBackends();
+// Names of the heaps they serve (Backend::name(); what policy `heaps`
+// lists): "memfd-pool" is a backend serving heap "memfd".
+std::vector<std::string> KnownHeaps();
+// The heap backend `backend` serves; "" for an unknown name.
+std::string HeapOfBackend(absl::string_view backend);
+
+// Creates the backend called `name`, or the first one in probe order that
+// works on this machine when `name` is "auto". NOT_FOUND for an unknown
+// name; FAILED_PRECONDITION when the named backend cannot run here.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_BACKEND_REGISTRY_H_
