@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "service/layout/layout.h"
 #include "service/layout/usage.h"
+#include "service/metadata.h"
 #include "service/policy/decide.h"
 #include "service/util/log_limit.h"
 #include "service/util/os_error.h"
@@ -91,42 +92,6 @@ absl::Status ValidateName(absl::string_view name) {
       return absl::InvalidArgumentError(absl::StrCat(
           "name '", absl::CHexEscape(name),
           "' has a character outside [A-Za-z0-9_.:-]"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Crop defaults to every plane whole; dataspace UNKNOWN, blend mode unset.
-v1::BufferMetadata DefaultMetadata(const std::optional<v1::BufferLayout>& layout) {
-  v1::BufferMetadata m;
-  if (!layout) return m;
-  for (const v1::PlaneLayout& plane : layout->planes()) {
-    v1::Rect* r = m.add_crop();
-    r->set_right(static_cast<int32_t>(plane.width_in_samples()));
-    r->set_bottom(static_cast<int32_t>(plane.height_in_samples()));
-  }
-  return m;
-}
-
-absl::Status ValidateCrop(const v1::BufferMetadata& value,
-                          const std::optional<v1::BufferLayout>& layout) {
-  if (!layout) return absl::InvalidArgumentError("a blob buffer has no crop");
-  if (value.crop_size() != layout->planes_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "crop has ", value.crop_size(), " rectangles; the buffer has ",
-        layout->planes_size(), " planes"));
-  }
-  for (int i = 0; i < value.crop_size(); ++i) {
-    const v1::Rect& r = value.crop(i);
-    const v1::PlaneLayout& p = layout->planes(i);
-    if (r.left() < 0 || r.top() < 0 || r.left() >= r.right() ||
-        r.top() >= r.bottom() ||
-        static_cast<uint32_t>(r.right()) > p.width_in_samples() ||
-        static_cast<uint32_t>(r.bottom()) > p.height_in_samples()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "crop of plane ", i, " [", r.left(), ",", r.top(), ")-[", r.right(),
-          ",", r.bottom(), ") is empty or outside its ", p.width_in_samples(),
-          "x", p.height_in_samples(), " samples"));
     }
   }
   return absl::OkStatus();
@@ -730,43 +695,15 @@ absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(
     return absl::NotFoundError(absl::StrCat("no buffer ", req.buffer_id(), " held"));
   }
   Buffer& buffer = *buffers_.at(req.buffer_id());
-  const v1::BufferMetadata& value = req.value();
-  switch (req.type()) {
-    case v1::METADATA_DATASPACE:
-    case v1::METADATA_BLEND_MODE:
-    case v1::METADATA_CROP:
-      break;
-    default:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "metadata ", v1::StandardMetadataType_Name(req.type()),
-          " (", static_cast<int>(req.type()),
-          ") is immutable; only DATASPACE, BLEND_MODE and CROP can be set"));
+  if (req.type() == v1::METADATA_DATASPACE || req.type() == v1::METADATA_BLEND_MODE ||
+      req.type() == v1::METADATA_CROP) {
+    if (buffer.holders.at(session.id()) != CpuAccess::kReadWrite) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "buffer ", buffer.id, " is shared with you read-only; its metadata "
+          "is the owner's to set"));
+    }
   }
-  if (buffer.holders.at(session.id()) != CpuAccess::kReadWrite) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "buffer ", buffer.id, " is shared with you read-only; its metadata "
-        "is the owner's to set"));
-  }
-  switch (req.type()) {
-    case v1::METADATA_DATASPACE:
-      if (value.dataspace() < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("dataspace ", value.dataspace(), " is negative"));
-      }
-      buffer.metadata.set_dataspace(value.dataspace());
-      break;
-    case v1::METADATA_BLEND_MODE:
-      if (!v1::BlendMode_IsValid(value.blend_mode())) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "unknown blend mode ", static_cast<int>(value.blend_mode())));
-      }
-      buffer.metadata.set_blend_mode(value.blend_mode());
-      break;
-    default:  // METADATA_CROP
-      RETURN_IF_ERROR(ValidateCrop(value, buffer.layout));
-      *buffer.metadata.mutable_crop() = value.crop();
-      break;
-  }
+  RETURN_IF_ERROR(SetMetadataField(req.type(), req.value(), buffer.layout, &buffer.metadata));
   return Info(buffer, session.id(), false);
 }
 
