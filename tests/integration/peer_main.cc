@@ -12,6 +12,7 @@
 //                                          UID and that TOKEN/BUFFER_ID, which
 //                                          belong to another uid, give nothing
 // Exit code 0 means every check held; otherwise the number of the failed one.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -83,7 +84,7 @@ int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token)
 //                                  read, rw, same)
 //   import TOKEN                 → ok ID CPU | err CODE
 //   write ID BYTE / read ID      → ok [BYTE] | err CODE
-//   mmap-rw ID / mprotect-rw ID / fork-mmap-rw ID
+//   mmap-rw ID / mprotect-rw ID / fork-mmap-rw ID / reopen-rw ID
 //                                → ok (a writable mapping was made) | err ERRNO
 //   release ID / revoke GRANT_ID → ok | err CODE
 //   nofile                       → ok: RLIMIT_NOFILE leaves room for no new fd
@@ -158,7 +159,8 @@ int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
           out = absl::StrCat("ok ", static_cast<int>(m->as<uint8_t>()[m->size() - 1]));
         }
       }
-    } else if ((cmd == "mmap-rw" || cmd == "mprotect-rw" || cmd == "fork-mmap-rw") &&
+    } else if ((cmd == "mmap-rw" || cmd == "mprotect-rw" || cmd == "fork-mmap-rw" ||
+                cmd == "reopen-rw") &&
                a.size() == 2) {
       halloc::Buffer* b = find(a[1]);
       if (b != nullptr) {
@@ -166,6 +168,12 @@ int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
         const size_t size = b->size();
         auto attempt = [fd, size, &cmd]() -> int {
           void* p = MAP_FAILED;
+          if (cmd == "reopen-rw") {  // a new, writable file description
+            const int w = open(absl::StrCat("/proc/self/fd/", fd).c_str(), O_RDWR | O_CLOEXEC);
+            if (w < 0) return errno;
+            close(w);
+            return 0;
+          }
           if (cmd == "mprotect-rw") {
             p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
             if (p == MAP_FAILED) return errno;

@@ -226,6 +226,10 @@ TEST_F(PolicyTest, SharingFollowsShareToReceiveFromAndNeverWidensRights) {
   EXPECT_EQ(compositor->Do("mmap-rw " + frame), "err EACCES");
   EXPECT_EQ(compositor->Do("mprotect-rw " + frame), "err EACCES");
   EXPECT_EQ(compositor->Do("fork-mmap-rw " + frame), "err EACCES");
+  // ... also through /proc: the compositor (another uid) cannot open its
+  // read-only fd again writable (the memfd's inode is 0400, hallocd's).
+  EXPECT_EQ(compositor->Do("reopen-rw " + frame), "err EACCES");
+  EXPECT_EQ(compositor->Do("read " + frame), "ok 77");
   EXPECT_EQ(compositor->Do("write " + frame + " 1"), "err PERMISSION_DENIED");
   // A read-only holder cannot hand out more than it has.
   EXPECT_EQ(compositor->Do("share " + frame + " name:camera rw"), "err PERMISSION_DENIED");
