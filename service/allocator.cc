@@ -1,6 +1,5 @@
 #include "service/allocator.h"
 
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,7 +12,7 @@
 #include "service/layout/usage.h"
 #include "service/metadata.h"
 #include "service/policy/decide.h"
-#include "service/util/log_limit.h"
+#include "service/util/random.h"
 #include "service/util/os_error.h"
 #include "service/util/scm.h"
 #include "service/util/status_macros.h"
@@ -129,18 +128,7 @@ absl::Status Allocator::Counted(absl::Status status) const {
 Allocator::~Allocator() = default;
 
 std::string Allocator::NewToken() const {
-  unsigned char bytes[16];
-  size_t got = 0;
-  while (got < sizeof(bytes)) {
-    ssize_t n = ::getrandom(bytes + got, sizeof(bytes) - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    // getrandom on a booted system with a 16-byte request cannot fail
-    // otherwise; if it does, refuse to mint a guessable token.
-    if (n < 0) abort();
-    got += static_cast<size_t>(n);
-  }
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(bytes), sizeof(bytes)));
+  return absl::BytesToHexString(RandomBytes(16));
 }
 
 // --- Sessions --------------------------------------------------------------

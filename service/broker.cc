@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -18,6 +17,8 @@
 #include "absl/strings/str_cat.h"
 #include "service/audit.h"
 #include "service/util/os_error.h"
+#include "service/util/random.h"
+#include "service/util/unix_address.h"
 #include "service/util/status_macros.h"
 
 namespace halloc {
@@ -74,29 +75,6 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   return s;
 }
 
-std::string Challenge() {
-  unsigned char bytes[16];
-  size_t got = 0;
-  while (got < sizeof(bytes)) {
-    const ssize_t n = ::getrandom(bytes + got, sizeof(bytes) - got, 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) abort();  // cannot happen on a booted system; never guessable
-    got += static_cast<size_t>(n);
-  }
-  return std::string(reinterpret_cast<char*>(bytes), sizeof(bytes));
-}
-
-absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "socket path '", path, "' is empty or longer than ",
-        sizeof(addr.sun_path) - 1, " bytes"));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
 
 v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status) {
   v1::BrokerReply r;
@@ -345,7 +323,7 @@ void Broker::Accept() {
   ExeSample exe = SampleExe(c->pidfd.get(), cred.pid);
   c->exe = std::move(exe.path);
   c->exe_file = exe.file;
-  c->challenge = Challenge();
+  c->challenge = RandomBytes(16);
   c->deadline = absl::Now() + verify_timeout;
   c->channel = std::make_shared<SocketFdChannel>(std::move(conn));
   // The challenge goes out only now, after the executable was read.

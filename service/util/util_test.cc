@@ -5,6 +5,8 @@
 
 #include "gtest/gtest.h"
 #include "service/util/os_error.h"
+#include "service/util/random.h"
+#include "service/util/unix_address.h"
 #include "service/util/status_macros.h"
 #include "service/util/unique_fd.h"
 
@@ -94,6 +96,25 @@ TEST(StatusMacrosTest, PropagateErrorsAndValues) {
   EXPECT_EQ(Quarter(6).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(CheckEven(4).ok());
   EXPECT_FALSE(CheckEven(3).ok());
+}
+
+TEST(RandomBytesTest, GivesTheLengthAskedAndNeverTheSameTwice) {
+  const std::string a = RandomBytes(16), b = RandomBytes(16);
+  EXPECT_EQ(a.size(), 16u);
+  EXPECT_NE(a, b);
+  EXPECT_NE(a, std::string(16, '\0'));
+  EXPECT_EQ(RandomBytes(0), "");
+}
+
+TEST(UnixAddressTest, FitsThePathOrSaysWhy) {
+  absl::StatusOr<sockaddr_un> a = UnixAddress("/run/halloc/broker.sock");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->sun_family, AF_UNIX);
+  EXPECT_STREQ(a->sun_path, "/run/halloc/broker.sock");
+  EXPECT_EQ(UnixAddress("").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(UnixAddress(std::string(sizeof(a->sun_path), 'x')).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(UnixAddress(std::string(sizeof(a->sun_path) - 1, 'x')).ok());
 }
 
 }  // namespace

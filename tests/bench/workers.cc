@@ -26,6 +26,7 @@
 #include "service/util/scm.h"
 #include "service/util/status_macros.h"
 #include "service/util/unique_fd.h"
+#include "service/util/unix_address.h"
 
 namespace halloc::bench {
 namespace {
@@ -52,15 +53,6 @@ void WaitForDriver() {
   }
 }
 
-absl::StatusOr<sockaddr_un> Address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError("socket path too long: " + path);
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
-  return addr;
-}
 
 
 // --- Floors ----------------------------------------------------------------
@@ -90,7 +82,7 @@ int EchoServer(const Args& a) {
 // Answers each one-byte request on a SOCK_SEQPACKET connection with one fd
 // (SCM_RIGHTS), through the same SendRecord the broker uses.
 int ScmServer(const Args& a) {
-  absl::StatusOr<sockaddr_un> addr = Address(a.Str("socket"));
+  absl::StatusOr<sockaddr_un> addr = UnixAddress(a.Str("socket"));
   if (!addr.ok()) return Fail("scm server", addr.status());
   UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!listener ||

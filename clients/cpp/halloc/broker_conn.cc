@@ -10,6 +10,7 @@
 #include "service/util/os_error.h"
 #include "service/util/scm.h"
 #include "service/util/status_macros.h"
+#include "service/util/unix_address.h"
 
 namespace halloc {
 namespace {
@@ -33,13 +34,7 @@ absl::Status ReplyStatus(const v1::BrokerReply& reply) {
 }
 
 absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("socket path '", path, "' is empty or too long"));
-  }
-  std::memcpy(addr.sun_path, path.data(), path.size());
+  ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return ErrnoStatus(errno, "socket");
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
