@@ -1,12 +1,14 @@
-// The allocator core: sessions, buffers, grants, and fd delivery.
+// The allocator core: judges each request with policy/ (decide.h), takes
+// memory from the backend, records the outcome in the registry
+// (registry.h) and hands fds to the session's FdChannel (fd_channel.h).
 //
 // This is the transport-independent layer beneath the gRPC adaptor
 // (grpc_service.h) and the broker (broker.h), like AOSP's AllocatorHal
-// beneath AllocatorImpl. Every method is thread-safe. Bookkeeping is O(1) in
-// the number of live buffers: hash maps keyed by id and token.
+// beneath AllocatorImpl. Every method is thread-safe.
 //
 // Identity: a Session is created only by the broker from SO_PEERCRED, and
-// found again only by its secret token; no request field can name one.
+// found again only by its secret token (sessions.h); no request field can
+// name one.
 #ifndef HALLOC_SERVICE_ALLOCATOR_H_
 #define HALLOC_SERVICE_ALLOCATOR_H_
 
@@ -19,7 +21,6 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
@@ -28,8 +29,8 @@
 #include "service/backend/backend.h"
 #include "service/fd_channel.h"
 #include "service/policy/policy.h"
-#include "service/util/reaper.h"
-#include "service/util/unique_fd.h"
+#include "service/registry.h"
+#include "service/sessions.h"
 
 namespace halloc {
 
@@ -40,29 +41,6 @@ struct Limits {
   uint32_t max_count_per_call = 64;
   // Most buffers one session may hold at once.
   uint64_t max_buffers_per_session = 1 << 18;
-};
-
-class Session {
- public:
-  Session(uint64_t id, std::string token, Identity creds,
-          std::shared_ptr<FdChannel> fds)
-      : id_(id), token_(std::move(token)), creds_(creds), fds_(std::move(fds)) {}
-  uint64_t id() const { return id_; }
-  const std::string& token() const { return token_; }
-  const Identity& creds() const { return creds_; }
-  // Where fds for this session's gRPC calls go (its broker connection).
-  FdChannel& fds() const { return *fds_; }
-
- private:
-  friend class Allocator;
-  const uint64_t id_;
-  const std::string token_;
-  const Identity creds_;
-  const std::shared_ptr<FdChannel> fds_;
-  // Guarded by Allocator::mu_.
-  absl::flat_hash_set<uint64_t> buffers_;
-  absl::flat_hash_set<uint64_t> grants_;
-  bool closed_ = false;
 };
 
 class Allocator {
@@ -118,8 +96,6 @@ class Allocator {
   const Backend& backend() const { return *backend_; }
 
  private:
-  struct Buffer;
-  struct Grant;
   struct Plan;
 
   absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc,
@@ -127,60 +103,29 @@ class Allocator {
   // Counts `status` against the rule that decided it (decide.h), if any,
   // and returns it.
   absl::Status Counted(absl::Status status) const;
-  // One buffer to hand out: its fd goes out carrying `rights` (the fd
-  // itself, or a view of it where the backend needs one).
-  struct Delivery {
-    uint64_t buffer_id;
-    uint64_t size;
-    const UniqueFd* fd;
-  };
-  // Sends the fds of `items` in one record on the session's broker socket:
-  // all of them are queued for the client, or none.
-  absl::Status Deliver(FdChannel& channel, absl::Span<const Delivery> items,
+  // Sends the fds of `buffers` in one record on `channel`, each carrying
+  // `rights` (the daemon's fd itself, or a view of it where the backend
+  // needs one): all of them are queued for the client, or none.
+  absl::Status Deliver(FdChannel& channel,
+                       absl::Span<const BufferRecord* const> buffers,
                        const ViewRights& rights,
                        const v1::AllocateResponse* reply);
   // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
   absl::Status CheckAttachLimit(const Rule& rule) const;
-  v1::BufferInfo Info(const Buffer& buffer, uint64_t session_id,
-                      bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // Drops `session`'s hold on `buffer_id`; frees the buffer when it was the
-  // last holder.
-  void DropHold(Session& session, uint64_t buffer_id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DropGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::string NewToken() const;
+  // FAILED_PRECONDITION when the backend cannot enforce `access`.
+  absl::Status CheckEnforce(CpuAccess access, absl::string_view why) const;
 
   const std::unique_ptr<Backend> backend_;
   const Limits limits_;
-
-  mutable absl::Mutex mu_;
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Session>> sessions_
-      ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> session_tokens_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, std::shared_ptr<Buffer>> buffers_
-      ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, std::unique_ptr<Grant>> grants_
-      ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
-  uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  // Quota use per client: "rule/uid" → (buffers, bytes) owned.
-  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_
-      ABSL_GUARDED_BY(mu_);
-  uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
+  SessionTable sessions_;
+  Registry registry_;
 
   mutable absl::Mutex policy_mu_;
   std::shared_ptr<const Policy> policy_ ABSL_GUARDED_BY(policy_mu_);
   mutable absl::flat_hash_map<std::string, uint64_t> denials_
       ABSL_GUARDED_BY(policy_mu_);
   uint64_t reload_failures_ ABSL_GUARDED_BY(policy_mu_) = 0;
-
-  // Dropped buffers are closed here, off the request path and outside mu_
-  // (closing the last fd of a large buffer frees its pages).
-  Reaper reaper_;
 };
-
 
 }  // namespace halloc
 

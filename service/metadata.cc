@@ -73,4 +73,9 @@ absl::Status SetMetadataField(v1::StandardMetadataType type, const v1::BufferMet
   }
 }
 
+bool OwnerSetsField(v1::StandardMetadataType type) {
+  return type == v1::METADATA_DATASPACE || type == v1::METADATA_BLEND_MODE ||
+         type == v1::METADATA_CROP;
+}
+
 }  // namespace halloc

@@ -24,6 +24,11 @@ absl::Status SetMetadataField(v1::StandardMetadataType type, const v1::BufferMet
                               const std::optional<v1::BufferLayout>& layout,
                               v1::BufferMetadata* metadata);
 
+// Whether setting `type` takes read-write rights: the fields a producer
+// describes its content with (dataspace, blend mode, crop), which a
+// read-only consumer must not rewrite under it.
+bool OwnerSetsField(v1::StandardMetadataType type);
+
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_METADATA_H_

@@ -1,0 +1,345 @@
+#include "service/registry.h"
+
+#include <unistd.h>
+
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "service/layout/usage.h"
+#include "service/metadata.h"
+#include "service/util/random.h"
+#include "service/util/status_macros.h"
+
+namespace halloc {
+
+namespace {
+
+absl::Status NotHeld(uint64_t id) {
+  return absl::NotFoundError(absl::StrCat("no buffer ", id, " held"));
+}
+
+}  // namespace
+
+Registry::Registry(std::string backend, uint64_t max_buffers_per_session)
+    : backend_(std::move(backend)),
+      max_buffers_per_session_(max_buffers_per_session) {}
+
+// --- Sessions --------------------------------------------------------------
+
+void Registry::Join(uint64_t session_id, const Identity& creds) {
+  absl::MutexLock lock(&mu_);
+  holdings_[session_id].creds = creds;
+}
+
+void Registry::Leave(uint64_t session_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = holdings_.find(session_id);
+  if (it == holdings_.end()) return;
+  Holding& holding = it->second;
+  const std::vector<uint64_t> grants(holding.grants.begin(),
+                                     holding.grants.end());
+  for (uint64_t g : grants) DropGrant(g);
+  const std::vector<uint64_t> held(holding.buffers.begin(),
+                                   holding.buffers.end());
+  for (uint64_t b : held) DropHold(session_id, holding, b);
+  holdings_.erase(it);
+}
+
+// --- Allocation and release ------------------------------------------------
+
+absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
+                                       const std::string& quota_key,
+                                       QuotaJudge quota) const {
+  if (holding.buffers.size() + count > max_buffers_per_session_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session holds ", holding.buffers.size(),
+                     " buffers; limit is ", max_buffers_per_session_));
+  }
+  auto c = charged_.find(quota_key);
+  return c == charged_.end() ? quota(0, 0)
+                             : quota(c->second.first, c->second.second);
+}
+
+absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
+                                 const std::string& quota_key,
+                                 QuotaJudge quota) const {
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  return CheckRoomLocked(h->second, count, quota_key, quota);
+}
+
+absl::Status Registry::Add(uint64_t session_id,
+                           absl::Span<const std::shared_ptr<BufferRecord>> fresh,
+                           CpuAccess access, QuotaJudge quota,
+                           v1::AllocateResponse* reply) {
+  if (fresh.empty()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  Holding& holding = h->second;
+  RETURN_IF_ERROR(CheckRoomLocked(holding, fresh.size(),
+                                  fresh.front()->charged_to, quota));
+  for (const std::shared_ptr<BufferRecord>& buffer : fresh) {
+    buffer->id = next_id_++;
+    buffer->owner_session = session_id;
+    buffer->holders.emplace(session_id, access);
+    auto& [charged_buffers, charged_bytes] = charged_[buffer->charged_to];
+    charged_buffers += 1;
+    charged_bytes += buffer->size;
+    holding.buffers.insert(buffer->id);
+    buffers_.emplace(buffer->id, buffer);
+    live_bytes_ += buffer->size;
+    ++allocations_total_;
+    if (reply != nullptr) *reply->add_buffers() = Info(*buffer, session_id, false);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Registry::Release(uint64_t session_id,
+                               absl::Span<const uint64_t> ids) {
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  // All or nothing: check every id before dropping any.
+  for (uint64_t id : ids) {
+    if (!h->second.buffers.contains(id)) return NotHeld(id);
+  }
+  for (uint64_t id : ids) DropHold(session_id, h->second, id);
+  return absl::OkStatus();
+}
+
+void Registry::DropHold(uint64_t session_id, Holding& holding,
+                        uint64_t buffer_id) {
+  holding.buffers.erase(buffer_id);
+  auto it = buffers_.find(buffer_id);
+  if (it == buffers_.end()) return;
+  BufferRecord& buffer = *it->second;
+  buffer.holders.erase(session_id);
+  if (!buffer.holders.empty()) return;
+  const std::vector<uint64_t> grants(buffer.grants.begin(),
+                                     buffer.grants.end());
+  for (uint64_t g : grants) DropGrant(g);
+  live_bytes_ -= buffer.size;
+  if (auto c = charged_.find(buffer.charged_to); c != charged_.end()) {
+    c->second.first -= 1;
+    c->second.second -= buffer.size;
+    if (c->second.first == 0) charged_.erase(c);
+  }
+  ++releases_total_;
+  reaper_.Add(std::move(it->second));
+  buffers_.erase(it);
+}
+
+void Registry::DropGrant(uint64_t grant_id) {
+  auto it = grants_.find(grant_id);
+  if (it == grants_.end()) return;
+  const GrantRecord& grant = it->second;
+  grant_tokens_.erase(grant.token);
+  if (auto b = buffers_.find(grant.view.buffer_id); b != buffers_.end()) {
+    b->second->grants.erase(grant_id);
+  }
+  if (auto h = holdings_.find(grant.from_session); h != holdings_.end()) {
+    h->second.grants.erase(grant_id);
+  }
+  grants_.erase(it);
+}
+
+absl::StatusOr<BufferRecord*> Registry::Held(const Holding& holding,
+                                             uint64_t id) const {
+  if (!holding.buffers.contains(id)) return NotHeld(id);
+  return buffers_.at(id).get();
+}
+
+// --- Sharing ---------------------------------------------------------------
+
+absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
+                                          uint64_t buffer_id,
+                                          ShareJudge judge) {
+  std::string token = absl::BytesToHexString(RandomBytes(16));
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  ASSIGN_OR_RETURN(BufferRecord * buffer, Held(h->second, buffer_id));
+  ASSIGN_OR_RETURN(GrantView view, judge(buffer->holders.at(session_id)));
+  view.id = next_id_++;
+  view.buffer_id = buffer_id;
+  v1::Grant out;
+  out.set_id(view.id);
+  out.set_token(token);
+  out.set_buffer_id(buffer_id);
+  if (!view.peer_name.empty()) {
+    out.mutable_peer()->set_name(view.peer_name);
+  } else {
+    out.mutable_peer()->set_uid(view.peer_uid);
+  }
+  out.set_cpu_access(ToProto(view.access));
+  const uint64_t grant_id = view.id;
+  buffer->grants.insert(grant_id);
+  h->second.grants.insert(grant_id);
+  grant_tokens_.emplace(token, grant_id);
+  grants_.emplace(grant_id, GrantRecord{std::move(token), session_id, std::move(view)});
+  return out;
+}
+
+absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
+                                                    absl::string_view token,
+                                                    ImportJudge judge) {
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  Holding& holding = h->second;
+  auto t = grant_tokens_.find(token);
+  if (t == grant_tokens_.end()) {
+    return absl::NotFoundError("no such grant (unknown, revoked or expired)");
+  }
+  const GrantView& grant = grants_.at(t->second).view;
+  ASSIGN_OR_RETURN(const CpuAccess access, judge(grant));
+  std::shared_ptr<BufferRecord> buffer = buffers_.at(grant.buffer_id);
+  Imported out;
+  out.newly_held = !holding.buffers.contains(buffer->id);
+  if (out.newly_held && holding.buffers.size() >= max_buffers_per_session_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session holds ", holding.buffers.size(),
+                     " buffers; limit is ", max_buffers_per_session_));
+  }
+  auto [held, inserted] = buffer->holders.emplace(session_id, access);
+  if (!inserted && Wider(access, held->second)) held->second = access;
+  holding.buffers.insert(buffer->id);
+  out.info = Info(*buffer, session_id, false);
+  out.info.set_cpu_access(ToProto(access));
+  out.buffer = std::move(buffer);
+  return out;
+}
+
+absl::Status Registry::Revoke(uint64_t session_id, uint64_t grant_id) {
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end() || !h->second.grants.contains(grant_id)) {
+    return absl::NotFoundError(absl::StrCat("no grant ", grant_id, " made"));
+  }
+  DropGrant(grant_id);
+  return absl::OkStatus();
+}
+
+// --- Metadata and listings ---------------------------------------------------
+
+absl::StatusOr<v1::BufferInfo> Registry::SetMetadata(
+    uint64_t session_id, const v1::SetMetadataRequest& req) {
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return NotHeld(req.buffer_id());
+  ASSIGN_OR_RETURN(BufferRecord * buffer, Held(h->second, req.buffer_id()));
+  if (OwnerSetsField(req.type()) &&
+      buffer->holders.at(session_id) != CpuAccess::kReadWrite) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "buffer ", buffer->id, " is shared with you read-only; its metadata "
+        "is the owner's to set"));
+  }
+  RETURN_IF_ERROR(SetMetadataField(req.type(), req.value(), buffer->layout,
+                                   &buffer->metadata));
+  return Info(*buffer, session_id, false);
+}
+
+v1::BufferInfo Registry::Info(const BufferRecord& buffer, uint64_t session_id,
+                              bool with_holders) const {
+  v1::BufferInfo info;
+  info.set_id(buffer.id);
+  info.set_name(buffer.name);
+  info.set_size(buffer.size);
+  info.set_usage(buffer.usage);
+  if (buffer.layout) *info.mutable_layout() = *buffer.layout;
+  info.set_backend(backend_);
+  info.set_owner_uid(buffer.owner_uid);
+  info.set_owned(buffer.owner_session == session_id);
+  info.set_protected_content((buffer.usage & usage::kProtected) != 0);
+  *info.mutable_metadata() = buffer.metadata;
+  if (auto h = buffer.holders.find(session_id); h != buffer.holders.end()) {
+    info.set_cpu_access(ToProto(h->second));
+  }
+  if (with_holders) {
+    for (const auto& [sid, access] : buffer.holders) {
+      v1::Holder* holder = info.add_holders();
+      holder->set_session_id(sid);
+      holder->set_owner(sid == buffer.owner_session);
+      if (auto s = holdings_.find(sid); s != holdings_.end()) {
+        holder->set_uid(s->second.creds.uid);
+        holder->set_pid(s->second.creds.pid);
+      }
+    }
+  }
+  return info;
+}
+
+absl::StatusOr<v1::BufferInfo> Registry::Describe(uint64_t session_id,
+                                                  uint64_t buffer_id) const {
+  absl::MutexLock lock(&mu_);
+  auto h = holdings_.find(session_id);
+  if (h == holdings_.end()) return NotHeld(buffer_id);
+  ASSIGN_OR_RETURN(const BufferRecord* buffer, Held(h->second, buffer_id));
+  return Info(*buffer, session_id, true);
+}
+
+v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
+  absl::MutexLock lock(&mu_);
+  v1::ListResponse resp;
+  if (all) {
+    for (const auto& [id, buffer] : buffers_) {
+      *resp.add_buffers() = Info(*buffer, session_id, true);
+    }
+  } else if (auto h = holdings_.find(session_id); h != holdings_.end()) {
+    for (uint64_t id : h->second.buffers) {
+      *resp.add_buffers() = Info(*buffers_.at(id), session_id, false);
+    }
+  }
+  return resp;
+}
+
+void Registry::FillStats(v1::StatsResponse* s) const {
+  absl::MutexLock lock(&mu_);
+  s->set_live_buffers(buffers_.size());
+  s->set_live_bytes(live_bytes_);
+  s->set_grants(grants_.size());
+  s->set_allocations_total(allocations_total_);
+  s->set_releases_total(releases_total_);
+  v1::BackendStats* b = s->add_backends();
+  b->set_name(backend_);
+  b->set_live_buffers(buffers_.size());
+  b->set_live_bytes(live_bytes_);
+}
+
+void Registry::FillDump(v1::DumpResponse* dump) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, holding] : holdings_) {
+    v1::SessionUsage* u = dump->add_sessions();
+    u->set_session_id(id);
+    u->set_pid(holding.creds.pid);
+    u->set_uid(holding.creds.uid);
+    u->set_exe(holding.creds.exe);
+    for (uint64_t b : holding.buffers) {
+      const BufferRecord& buffer = *buffers_.at(b);
+      if (buffer.owner_session == id) {
+        u->set_owned_buffers(u->owned_buffers() + 1);
+        u->set_owned_bytes(u->owned_bytes() + buffer.size);
+      } else {
+        u->set_imported_buffers(u->imported_buffers() + 1);
+        u->set_imported_bytes(u->imported_bytes() + buffer.size);
+      }
+    }
+  }
+  for (const auto& [key, use] : charged_) {
+    v1::ClientQuota* q = dump->add_clients();
+    const size_t slash = key.rfind('/');
+    q->set_client(key.substr(0, slash));
+    uint32_t uid = 0;
+    if (absl::SimpleAtoi(absl::string_view(key).substr(slash + 1), &uid)) {
+      q->set_uid(uid);
+    }
+    q->set_buffers(use.first);
+    q->set_bytes(use.second);
+  }
+}
+
+}  // namespace halloc

@@ -1,0 +1,186 @@
+// The registry: which buffers are live, who holds each with which rights,
+// which grants are open, and what each client is charged.
+//
+// Pure bookkeeping: it makes no policy decision and touches no backend or
+// socket. The allocator (allocator.h) decides with policy/ and hands the
+// registry the outcome; where a decision needs the registry's own state
+// (the rights a sharer holds, the grant a token names), the allocator passes
+// a judge that the registry calls under its lock, so check and commit are
+// one step. Every operation is O(1) in the number of live buffers (hash maps
+// keyed by id and token), except the listings.
+//
+// A session is known here from Join (the broker accepted it) until Leave
+// (its connection closed); Leave drops every hold and grant it had. A buffer
+// lives while any session holds it; its daemon fd is then closed on a
+// Reaper thread, outside the lock.
+//
+// Thread-safe.
+#ifndef HALLOC_SERVICE_REGISTRY_H_
+#define HALLOC_SERVICE_REGISTRY_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "halloc/v1/allocator.pb.h"
+#include "service/policy/decide.h"
+#include "service/policy/policy.h"
+#include "service/util/reaper.h"
+#include "service/util/rights.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc {
+
+// One live buffer. Set up by the allocator before Add; after that only the
+// registry writes it (under its lock), and `fd`, `size` and `id` are fixed.
+struct BufferRecord {
+  uint64_t id = 0;  // assigned by Add
+  std::string name;
+  uint64_t size = 0;
+  uint64_t usage = 0;
+  std::optional<v1::BufferLayout> layout;
+  v1::BufferMetadata metadata;
+  uid_t owner_uid = 0;
+  uint64_t owner_session = 0;  // set by Add
+  // The owner's client (policy rule) name, and its quota key "rule/uid".
+  std::string owner_client;
+  std::string charged_to;
+  // The daemon's read-write fd; views are opened from it.
+  UniqueFd fd;
+  // session id → that session's rights.
+  absl::flat_hash_map<uint64_t, CpuAccess> holders;
+  absl::flat_hash_set<uint64_t> grants;
+};
+
+// An open grant. `view` is what the allocator decided at Share (decide.h's
+// GrantView: peer, granter, rights); its id and buffer_id are the registry's.
+struct GrantRecord {
+  std::string token;
+  uint64_t from_session = 0;
+  GrantView view;
+};
+
+class Registry {
+ public:
+  // `backend` names the backend in BufferInfo.
+  Registry(std::string backend, uint64_t max_buffers_per_session);
+
+  // Sessions. Join before the session's first request; Leave drops its
+  // holds (freeing buffers nobody else holds) and its grants.
+  void Join(uint64_t session_id, const Identity& creds);
+  void Leave(uint64_t session_id);
+
+  // Judges the quota key's current charge (buffers, bytes) against a new
+  // allocation; called under the registry's lock.
+  using QuotaJudge =
+      absl::FunctionRef<absl::Status(uint64_t buffers, uint64_t bytes)>;
+  // Whether `session_id` may take `count` more buffers: its own limit,
+  // then `quota` on `quota_key`'s charge. Nothing changes.
+  absl::Status CheckRoom(uint64_t session_id, uint32_t count,
+                         const std::string& quota_key, QuotaJudge quota) const;
+  // Checks room again and adds `fresh` (each charged to its charged_to)
+  // held by `session_id` with `access`, assigning ids; appends each one's
+  // info to `reply`. All or nothing; UNAUTHENTICATED once the session left.
+  absl::Status Add(uint64_t session_id,
+                   absl::Span<const std::shared_ptr<BufferRecord>> fresh,
+                   CpuAccess access, QuotaJudge quota,
+                   v1::AllocateResponse* reply);
+  // Drops `session_id`'s hold on each of `ids`. All or nothing: NOT_FOUND
+  // (and nothing dropped) if one is not held.
+  absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids);
+
+  // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
+  // sharer's own rights and returns the grant's terms (its id and buffer_id
+  // are filled in here), or why not.
+  using ShareJudge =
+      absl::FunctionRef<absl::StatusOr<GrantView>(CpuAccess held)>;
+  absl::StatusOr<v1::Grant> Share(uint64_t session_id, uint64_t buffer_id,
+                                  ShareJudge judge);
+  // Makes `session_id` a holder of the buffer `token` grants, with the
+  // rights `judge` returns for that grant. A session that already holds the
+  // buffer keeps the wider of its two rights.
+  struct Imported {
+    std::shared_ptr<const BufferRecord> buffer;
+    v1::BufferInfo info;  // cpu_access: what this import grants
+    bool newly_held = false;
+  };
+  using ImportJudge =
+      absl::FunctionRef<absl::StatusOr<CpuAccess>(const GrantView& grant)>;
+  absl::StatusOr<Imported> Import(uint64_t session_id, absl::string_view token,
+                                  ImportJudge judge);
+  // NOT_FOUND unless `session_id` opened grant `grant_id`.
+  absl::Status Revoke(uint64_t session_id, uint64_t grant_id);
+
+  // Changes one metadata field; the owner's fields need read-write rights.
+  absl::StatusOr<v1::BufferInfo> SetMetadata(uint64_t session_id,
+                                             const v1::SetMetadataRequest& req);
+
+  // Listings, as `session_id` sees them.
+  absl::StatusOr<v1::BufferInfo> Describe(uint64_t session_id,
+                                          uint64_t buffer_id) const;
+  v1::ListResponse List(uint64_t session_id, bool all) const;
+  // Counters into `stats` (live buffers/bytes, grants, totals, backend row).
+  void FillStats(v1::StatsResponse* stats) const;
+  // Sessions' holdings and clients' charges; client names and quotas are
+  // the policy's, filled in by the caller.
+  void FillDump(v1::DumpResponse* dump) const;
+
+  // Returns once every buffer dropped so far has had its fd closed.
+  void FlushReaper() { reaper_.Flush(); }
+
+ private:
+  struct Holding {
+    Identity creds;
+    absl::flat_hash_set<uint64_t> buffers;
+    absl::flat_hash_set<uint64_t> grants;
+  };
+
+  v1::BufferInfo Info(const BufferRecord& buffer, uint64_t session_id,
+                      bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::Status CheckRoomLocked(const Holding& holding, uint32_t count,
+                               const std::string& quota_key,
+                               QuotaJudge quota) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The holding's buffer `id`, or NOT_FOUND.
+  absl::StatusOr<BufferRecord*> Held(const Holding& holding, uint64_t id) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Drops one hold; frees the buffer when it was the last.
+  void DropHold(uint64_t session_id, Holding& holding, uint64_t buffer_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::string backend_;
+  const uint64_t max_buffers_per_session_;
+
+  mutable absl::Mutex mu_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Holding> holdings_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::shared_ptr<BufferRecord>> buffers_
+      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, GrantRecord> grants_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
+  uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Quota use per client: "rule/uid" → (buffers, bytes) owned.
+  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Dropped buffers are closed here, off the request path and outside mu_
+  // (closing the last fd of a large buffer frees its pages).
+  Reaper reaper_;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_REGISTRY_H_

@@ -1,0 +1,325 @@
+#include "service/registry.h"
+
+#include <sys/mman.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+constexpr uint64_t kPage = 4096;
+
+Identity Uid(uid_t uid) {
+  Identity id;
+  id.uid = uid;
+  id.pid = 100 + uid;
+  id.exe = "/bin/test";
+  return id;
+}
+
+std::shared_ptr<BufferRecord> Fresh(const std::string& key = "app/1",
+                                    uint64_t size = kPage) {
+  auto b = std::make_shared<BufferRecord>();
+  b->name = "t";
+  b->size = size;
+  b->owner_uid = 1;
+  b->owner_client = "app";
+  b->charged_to = key;
+  b->fd = UniqueFd(::memfd_create("registry_test", MFD_CLOEXEC));
+  return b;
+}
+
+absl::Status NoQuota(uint64_t, uint64_t) { return absl::OkStatus(); }
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  RegistryTest() : reg_("memfd", /*max_buffers_per_session=*/4) {
+    reg_.Join(kA, Uid(1));
+    reg_.Join(kB, Uid(2));
+  }
+
+  // Adds `n` one-page buffers held by `session`; returns their ids.
+  std::vector<uint64_t> AddN(uint64_t session, int n,
+                             CpuAccess access = CpuAccess::kReadWrite) {
+    std::vector<std::shared_ptr<BufferRecord>> fresh;
+    for (int i = 0; i < n; ++i) fresh.push_back(Fresh());
+    v1::AllocateResponse reply;
+    absl::Status s = reg_.Add(session, fresh, access, NoQuota, &reply);
+    EXPECT_TRUE(s.ok()) << s;
+    std::vector<uint64_t> ids;
+    for (const auto& b : reply.buffers()) ids.push_back(b.id());
+    return ids;
+  }
+
+  v1::StatsResponse Stats() {
+    v1::StatsResponse s;
+    reg_.FillStats(&s);
+    return s;
+  }
+
+  GrantView ReadGrantForUid(uid_t uid) {
+    GrantView g;
+    g.peer_uid = uid;
+    g.from_client = "app";
+    g.from_uid = 1;
+    g.access = CpuAccess::kRead;
+    return g;
+  }
+
+  static constexpr uint64_t kA = 10, kB = 20;
+  Registry reg_;
+};
+
+TEST_F(RegistryTest, AddAssignsIdsChargesAndReportsTheOwnersRights) {
+  std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh(), Fresh()};
+  v1::AllocateResponse reply;
+  ASSERT_TRUE(reg_.Add(kA, fresh, CpuAccess::kRead, NoQuota, &reply).ok());
+  ASSERT_EQ(reply.buffers_size(), 2);
+  EXPECT_NE(reply.buffers(0).id(), reply.buffers(1).id());
+  EXPECT_EQ(reply.buffers(0).id(), fresh[0]->id);
+  EXPECT_TRUE(reply.buffers(0).owned());
+  EXPECT_EQ(reply.buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_EQ(reply.buffers(0).backend(), "memfd");
+  EXPECT_EQ(Stats().live_buffers(), 2u);
+  EXPECT_EQ(Stats().live_bytes(), 2 * kPage);
+  v1::DumpResponse dump;
+  reg_.FillDump(&dump);
+  ASSERT_EQ(dump.clients_size(), 1);
+  EXPECT_EQ(dump.clients(0).client(), "app");
+  EXPECT_EQ(dump.clients(0).uid(), 1u);
+  EXPECT_EQ(dump.clients(0).buffers(), 2u);
+  EXPECT_EQ(dump.clients(0).bytes(), 2 * kPage);
+}
+
+TEST_F(RegistryTest, QuotaJudgeSeesTheCurrentChargeAndItsRefusalAddsNothing) {
+  AddN(kA, 1);
+  std::vector<std::pair<uint64_t, uint64_t>> seen;
+  auto quota = [&](uint64_t buffers, uint64_t bytes) {
+    seen.emplace_back(buffers, bytes);
+    return absl::ResourceExhaustedError("over quota");
+  };
+  std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh()};
+  v1::AllocateResponse reply;
+  EXPECT_EQ(reg_.Add(kA, fresh, CpuAccess::kReadWrite, quota, &reply).code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", quota).code(),
+            StatusCode::kResourceExhausted);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], std::make_pair(uint64_t{1}, kPage));
+  EXPECT_EQ(reply.buffers_size(), 0);
+  EXPECT_EQ(Stats().live_buffers(), 1u);
+  // Another key starts from nothing.
+  seen.clear();
+  EXPECT_EQ(reg_.CheckRoom(kA, 1, "other/1", quota).code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(seen[0], std::make_pair(uint64_t{0}, uint64_t{0}));
+}
+
+TEST_F(RegistryTest, PerSessionLimitIsResourceExhausted) {
+  AddN(kA, 3);
+  EXPECT_EQ(reg_.CheckRoom(kA, 2, "app/1", NoQuota).code(),
+            StatusCode::kResourceExhausted);
+  std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh(), Fresh()};
+  EXPECT_EQ(reg_.Add(kA, fresh, CpuAccess::kReadWrite, NoQuota, nullptr).code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(Stats().live_buffers(), 3u);
+  // The other session has its own room.
+  EXPECT_TRUE(reg_.CheckRoom(kB, 4, "app/2", NoQuota).ok());
+}
+
+TEST_F(RegistryTest, ReleaseIsAllOrNothingAndGivesTheChargeBack) {
+  std::vector<uint64_t> ids = AddN(kA, 2);
+  EXPECT_EQ(reg_.Release(kA, {ids[0], 999}).code(), StatusCode::kNotFound);
+  EXPECT_EQ(Stats().live_buffers(), 2u);
+  // Another session cannot release what it does not hold.
+  EXPECT_EQ(reg_.Release(kB, {ids[0]}).code(), StatusCode::kNotFound);
+  ASSERT_TRUE(reg_.Release(kA, {ids[0], ids[1]}).ok());
+  EXPECT_EQ(Stats().live_buffers(), 0u);
+  EXPECT_EQ(Stats().releases_total(), 2u);
+  v1::DumpResponse dump;
+  reg_.FillDump(&dump);
+  EXPECT_EQ(dump.clients_size(), 0);  // nothing charged any more
+  EXPECT_EQ(reg_.Release(kA, {ids[0]}).code(), StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, ALeftSessionCannotAddAndItsHoldsAndGrantsGo) {
+  std::vector<uint64_t> ids = AddN(kA, 2);
+  ASSERT_TRUE(reg_.Share(kA, ids[0], [&](CpuAccess) { return ReadGrantForUid(2); }).ok());
+  reg_.Leave(kA);
+  reg_.Leave(kA);  // twice: no-op
+  EXPECT_EQ(Stats().live_buffers(), 0u);
+  EXPECT_EQ(Stats().grants(), 0u);
+  std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh()};
+  EXPECT_EQ(reg_.Add(kA, fresh, CpuAccess::kReadWrite, NoQuota, nullptr).code(),
+            StatusCode::kUnauthenticated);
+  EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", NoQuota).code(),
+            StatusCode::kUnauthenticated);
+  EXPECT_EQ(Stats().live_buffers(), 0u);
+}
+
+TEST_F(RegistryTest, ShareThenImportMakesASecondHolderWithTheJudgedRights) {
+  const uint64_t id = AddN(kA, 1)[0];
+  CpuAccess sharer_rights = CpuAccess::kNone;
+  absl::StatusOr<v1::Grant> grant = reg_.Share(kA, id, [&](CpuAccess held) {
+    sharer_rights = held;
+    return ReadGrantForUid(2);
+  });
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  EXPECT_EQ(sharer_rights, CpuAccess::kReadWrite);
+  EXPECT_EQ(grant->buffer_id(), id);
+  EXPECT_EQ(grant->peer().uid(), 2u);
+  EXPECT_EQ(grant->token().size(), 32u);
+  EXPECT_EQ(Stats().grants(), 1u);
+
+  GrantView judged;
+  absl::StatusOr<Registry::Imported> imported =
+      reg_.Import(kB, grant->token(), [&](const GrantView& g) {
+        judged = g;
+        return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+      });
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  EXPECT_EQ(judged.id, grant->id());
+  EXPECT_EQ(judged.buffer_id, id);
+  EXPECT_EQ(judged.from_uid, 1u);
+  EXPECT_TRUE(imported->newly_held);
+  EXPECT_EQ(imported->info.cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_FALSE(imported->info.owned());
+  EXPECT_EQ(imported->buffer->id, id);
+
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kA, id);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->holders_size(), 2);
+  // The owner leaving does not free a buffer someone else holds; its grant
+  // goes with it.
+  reg_.Leave(kA);
+  EXPECT_EQ(Stats().live_buffers(), 1u);
+  EXPECT_EQ(Stats().grants(), 0u);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  EXPECT_EQ(Stats().live_buffers(), 0u);
+}
+
+TEST_F(RegistryTest, RefusedShareAndImportChangeNothing) {
+  const uint64_t id = AddN(kA, 1)[0];
+  EXPECT_EQ(reg_.Share(kA, id, [](CpuAccess) -> absl::StatusOr<GrantView> {
+                  return absl::PermissionDeniedError("no");
+                }).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); })
+                .status().code(),
+            StatusCode::kNotFound);  // B does not hold it
+  EXPECT_EQ(Stats().grants(), 0u);
+
+  absl::StatusOr<v1::Grant> grant =
+      reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  EXPECT_EQ(reg_.Import(kB, grant->token(), [](const GrantView&) -> absl::StatusOr<CpuAccess> {
+                  return absl::PermissionDeniedError("not for you");
+                }).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kB, "feed", [](const GrantView&) {
+                  return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+                }).status().code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, ImportKeepsTheWiderRightsOfASessionThatAlreadyHolds) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(1); });
+  ASSERT_TRUE(grant.ok());
+  auto imported = reg_.Import(kA, grant->token(), [](const GrantView&) {
+    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+  });
+  ASSERT_TRUE(imported.ok());
+  EXPECT_FALSE(imported->newly_held);
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kA, id);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ_WRITE);
+  EXPECT_EQ(d->holders_size(), 1);
+}
+
+TEST_F(RegistryTest, RevokeIsTheGrantersAndTheTokenDiesWithTheBuffer) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  EXPECT_EQ(reg_.Revoke(kB, grant->id()).code(), StatusCode::kNotFound);
+  ASSERT_TRUE(reg_.Revoke(kA, grant->id()).ok());
+  EXPECT_EQ(reg_.Revoke(kA, grant->id()).code(), StatusCode::kNotFound);
+  auto accept = [](const GrantView&) {
+    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+  };
+  EXPECT_EQ(reg_.Import(kB, grant->token(), accept).status().code(),
+            StatusCode::kNotFound);
+
+  auto again = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  EXPECT_EQ(reg_.Import(kB, again->token(), accept).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(Stats().grants(), 0u);
+}
+
+TEST_F(RegistryTest, ReadOnlyHolderCannotSetTheOwnersMetadata) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), [](const GrantView&) {
+                    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+                  }).ok());
+  v1::SetMetadataRequest req;
+  req.set_buffer_id(id);
+  req.set_type(v1::METADATA_DATASPACE);
+  req.mutable_value()->set_dataspace(142671872);
+  EXPECT_EQ(reg_.SetMetadata(kB, req).status().code(),
+            StatusCode::kPermissionDenied);
+  absl::StatusOr<v1::BufferInfo> set = reg_.SetMetadata(kA, req);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->metadata().dataspace(), 142671872);
+  // The consumer sees it.
+  EXPECT_EQ(reg_.Describe(kB, id)->metadata().dataspace(), 142671872);
+  req.set_buffer_id(999);
+  EXPECT_EQ(reg_.SetMetadata(kA, req).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, ListShowsOwnBuffersOrAllWithHoldersAndDumpCountsThem) {
+  const uint64_t a = AddN(kA, 1)[0];
+  AddN(kB, 2);
+  v1::ListResponse mine = reg_.List(kA, false);
+  ASSERT_EQ(mine.buffers_size(), 1);
+  EXPECT_EQ(mine.buffers(0).id(), a);
+  EXPECT_EQ(mine.buffers(0).holders_size(), 0);
+  v1::ListResponse all = reg_.List(kA, true);
+  EXPECT_EQ(all.buffers_size(), 3);
+  for (const auto& b : all.buffers()) {
+    ASSERT_EQ(b.holders_size(), 1);
+    EXPECT_EQ(b.holders(0).pid(), b.id() == a ? 101u : 102u);
+  }
+  v1::DumpResponse dump;
+  reg_.FillDump(&dump);
+  ASSERT_EQ(dump.sessions_size(), 2);
+  for (const auto& s : dump.sessions()) {
+    EXPECT_EQ(s.owned_buffers(), s.session_id() == kA ? 1u : 2u);
+    EXPECT_EQ(s.exe(), "/bin/test");
+  }
+}
+
+TEST_F(RegistryTest, TheLastHoldersReleaseClosesTheDaemonsFd) {
+  std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh()};
+  std::weak_ptr<BufferRecord> weak = fresh[0];
+  v1::AllocateResponse reply;
+  ASSERT_TRUE(reg_.Add(kA, fresh, CpuAccess::kReadWrite, NoQuota, &reply).ok());
+  fresh.clear();
+  ASSERT_TRUE(reg_.Release(kA, {reply.buffers(0).id()}).ok());
+  reg_.FlushReaper();
+  EXPECT_TRUE(weak.expired());
+}
+
+}  // namespace
+}  // namespace halloc
