@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 #include "service/util/os_error.h"
 #include "service/util/random.h"
+#include "service/util/shared_fd.h"
 #include "service/util/unix_address.h"
 #include "service/util/status_macros.h"
 #include "service/util/unique_fd.h"
@@ -63,6 +64,49 @@ TEST(UniqueFdTest, DupIsIndependentOwner) {
 TEST(UniqueFdTest, DupOfInvalidFails) {
   UniqueFd none;
   EXPECT_EQ(none.Dup().status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SharedFdTest, LastUserClosesTheFd) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  UniqueFd w(fds[1]);
+  {
+    SharedFd a{UniqueFd(fds[0])};
+    {
+      SharedFd b = a;
+      EXPECT_EQ(b.get(), fds[0]);
+      EXPECT_EQ(a.use_count(), 2);
+    }
+    EXPECT_TRUE(IsOpen(fds[0]));
+    EXPECT_EQ(a.use_count(), 1);
+  }
+  EXPECT_FALSE(IsOpen(fds[0]));
+  SharedFd empty{UniqueFd()};
+  EXPECT_FALSE(empty.is_valid());
+  EXPECT_EQ(empty.get(), -1);
+  EXPECT_EQ(empty.Dup().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(SharedFdTest, ReleaseGivesTheLastUserTheFdItselfAndOthersADup) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  UniqueFd w(fds[1]);
+  SharedFd a{UniqueFd(fds[0])};
+  SharedFd b = a;
+  absl::StatusOr<UniqueFd> dup = a.Release();  // b still uses it
+  ASSERT_TRUE(dup.ok());
+  EXPECT_NE(dup->get(), fds[0]);
+  EXPECT_FALSE(a.is_valid());
+  EXPECT_EQ(a.Release().status().code(), absl::StatusCode::kFailedPrecondition);
+  absl::StatusOr<UniqueFd> own = b.Release();  // the last user
+  ASSERT_TRUE(own.ok());
+  EXPECT_EQ(own->get(), fds[0]);
+  EXPECT_TRUE(IsOpen(fds[0]));
+  // The dup reaches the same pipe.
+  ASSERT_EQ(::write(w.get(), "x", 1), 1);
+  char c = 0;
+  EXPECT_EQ(::read(dup->get(), &c, 1), 1);
+  EXPECT_EQ(c, 'x');
 }
 
 TEST(OsErrorTest, MapsCodesAndFormatsMessage) {

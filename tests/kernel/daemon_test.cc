@@ -5,6 +5,7 @@
 // and the kernel enforces it for whoever holds the fd.
 #include <drm.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <xf86drm.h>
@@ -107,6 +108,34 @@ TEST_F(DaemonOnKernelHeapTest, AutoPicksTheKernelHeapAndHandsOutItsDmaBufs) {
   if (vgem_.valid()) {
     EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
   }
+}
+
+// A dma-buf Mapping shares its Buffer's fd (SharedFd) for the END of its
+// CPU bracket: it outlives the Buffer, and TakeFd meanwhile hands out a dup.
+TEST_F(DaemonOnKernelHeapTest, DmaBufMappingSharesTheFdAndOutlivesItsBuffer) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon("", "auto"));
+  Client client = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      client.Allocate(BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "shared"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  ASSERT_TRUE(buf->is_dmabuf());
+  const int fd = buf->fd();
+  absl::StatusOr<halloc::Mapping> map = buf->Map(halloc::Access::kReadWrite);
+  ASSERT_TRUE(map.ok()) << map.status();
+  absl::StatusOr<halloc::UniqueFd> taken = buf->TakeFd();
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_NE(taken->get(), fd) << "a Mapping still uses the fd: TakeFd dups";
+  EXPECT_NE(::fcntl(fd, F_GETFD), -1) << "the Mapping's fd stays open";
+  buf = absl::NotFoundError("gone");  // the Buffer is destroyed
+  std::memset(map->data(), 0x33, kSize);
+  EXPECT_NE(::fcntl(fd, F_GETFD), -1);
+  *map = halloc::Mapping();  // END of the bracket on the shared fd, then close
+  EXPECT_EQ(::fcntl(fd, F_GETFD), -1) << "the last user closed the fd";
+  // The dup TakeFd gave still reaches the buffer, with the bytes written.
+  void* p = ::mmap(nullptr, kSize, PROT_READ, MAP_SHARED, taken->get(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  EXPECT_TRUE(AllBytesAre(static_cast<uint8_t*>(p), kSize, 0x33));
+  ::munmap(p, kSize);
 }
 
 TEST_F(DaemonOnKernelHeapTest, ReadOnlyClientGetsAKernelEnforcedReadOnlyView) {

@@ -278,7 +278,9 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
         EXPECT_NE(info.flags & HALLOC_INFO_IS_VIEW, 0u);
         EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ);
         EXPECT_NE(info.flags & HALLOC_VIEW_RESTRICT_ATTACH, 0u);
-        return UniqueFd(b->TakeFd().release());
+        absl::StatusOr<halloc::UniqueFd> fd = b->TakeFd();
+        EXPECT_TRUE(fd.ok()) << fd.status();
+        return fd.ok() ? UniqueFd(fd->release()) : UniqueFd();
       },
       /*expect_vmap=*/false);
 }

@@ -80,7 +80,7 @@ void Mapping::Reset() {
   ::munmap(data_, size_);
   data_ = nullptr;
   size_ = 0;
-  sync_fd_.reset();
+  sync_fd_ = SharedFd();
 }
 
 // --- Buffer ----------------------------------------------------------------
@@ -103,19 +103,13 @@ absl::StatusOr<Mapping> Buffer::Map(Access access) const {
   m.size_ = size();
   if (is_dmabuf()) {
     m.sync_flags_ = access == Access::kRead ? DMA_BUF_SYNC_READ : DMA_BUF_SYNC_RW;
-    absl::StatusOr<UniqueFd> own = fd_.Dup();
-    if (!own.ok()) {
-      ::munmap(p, size());
-      m.data_ = nullptr;
-      return own.status();
-    }
-    if (SyncIoctl(own->get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
+    if (SyncIoctl(fd_.get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
       const int err = errno;
       ::munmap(p, size());
       m.data_ = nullptr;
       return ErrnoStatus(err, "DMA_BUF_IOCTL_SYNC(START)");
     }
-    m.sync_fd_ = *std::move(own);
+    m.sync_fd_ = fd_;
   }
   return m;
 }

@@ -38,6 +38,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "halloc/v1/allocator.pb.h"
+#include "service/util/shared_fd.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc {
@@ -60,8 +61,8 @@ struct ConnectOptions {
 
 // A CPU mapping of a buffer. While it lives, CPU access is bracketed with
 // DMA_BUF_IOCTL_SYNC START/END when the buffer is a dma-buf (memfds need no
-// bracket). Unmaps on destruction. It owns what it uses (its own dup of a
-// dma-buf's fd for the END), so it may outlive the Buffer it came from.
+// bracket). Unmaps on destruction. It shares the Buffer's fd (for the END),
+// so it may outlive the Buffer it came from.
 class Mapping {
  public:
   Mapping() = default;
@@ -79,7 +80,7 @@ class Mapping {
   void Reset();
   void* data_ = nullptr;
   size_t size_ = 0;
-  UniqueFd sync_fd_;  // dma-buf fd to END the bracket on (its own dup)
+  SharedFd sync_fd_;  // the dma-buf fd to END the bracket on
   uint64_t sync_flags_ = 0;
 };
 
@@ -87,7 +88,8 @@ class Mapping {
 // the daemon's hold ends with Client::Release or when the session ends.
 class Buffer {
  public:
-  Buffer(v1::BufferInfo info, UniqueFd fd) : info_(std::move(info)), fd_(std::move(fd)) {}
+  Buffer(v1::BufferInfo info, UniqueFd fd)
+      : info_(std::move(info)), fd_(std::move(fd)) {}
   Buffer(Buffer&&) = default;
   Buffer& operator=(Buffer&&) = default;
 
@@ -103,12 +105,13 @@ class Buffer {
   // `access` (e.g. kReadWrite on a buffer shared read-only).
   absl::StatusOr<Mapping> Map(Access access) const;
 
-  // Gives up the fd.
-  [[nodiscard]] UniqueFd TakeFd() { return std::move(fd_); }
+  // Gives up the fd: the fd itself, or a dup while a Mapping still shares
+  // it. The Buffer has no fd afterwards.
+  [[nodiscard]] absl::StatusOr<UniqueFd> TakeFd() { return fd_.Release(); }
 
  private:
   v1::BufferInfo info_;
-  UniqueFd fd_;
+  SharedFd fd_;  // shared with this buffer's dma-buf Mappings
 };
 
 v1::BufferDescriptor BlobDescriptor(uint64_t size, uint64_t usage = 0,
