@@ -1,5 +1,8 @@
 #include "service/util/rights.h"
 
+#include <linux/dma-buf.h>
+#include <sys/mman.h>
+
 #include "absl/strings/str_cat.h"
 #include "kernel/uapi/halloc_heap.h"
 
@@ -55,6 +58,17 @@ absl::StatusOr<CpuAccess> FromKernel(uint32_t access) {
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown HALLOC_CPU_ value ", access));
   }
+}
+
+absl::StatusOr<MapFlags> ToMapFlags(CpuAccess access) {
+  switch (access) {
+    case CpuAccess::kRead: return MapFlags{PROT_READ, DMA_BUF_SYNC_READ};
+    case CpuAccess::kReadWrite:
+      return MapFlags{PROT_READ | PROT_WRITE, DMA_BUF_SYNC_RW};
+    case CpuAccess::kNone: break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("cannot map for CPU access ", CpuAccessName(access)));
 }
 
 }  // namespace halloc

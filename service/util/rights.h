@@ -34,6 +34,15 @@ absl::StatusOr<CpuAccess> FromProto(v1::CpuAccess access);
 uint32_t ToKernel(CpuAccess access);
 absl::StatusOr<CpuAccess> FromKernel(uint32_t access);
 
+// What a CPU mapping with `access` asks of the fd (libhalloc's
+// Buffer::Map): mmap's PROT_* and the DMA_BUF_SYNC_* direction of its
+// CPU-access bracket. kNone maps nothing: INVALID_ARGUMENT.
+struct MapFlags {
+  int prot = 0;
+  uint64_t sync = 0;
+};
+absl::StatusOr<MapFlags> ToMapFlags(CpuAccess access);
+
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_UTIL_RIGHTS_H_

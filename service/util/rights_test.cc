@@ -1,5 +1,8 @@
 #include "service/util/rights.h"
 
+#include <linux/dma-buf.h>
+#include <sys/mman.h>
+
 #include "gtest/gtest.h"
 #include "kernel/uapi/halloc_heap.h"
 
@@ -34,6 +37,19 @@ TEST(RightsTest, OrderIsTheSameInEveryVocabulary) {
       EXPECT_EQ(Narrower(a, b), Wider(a, b) ? b : a);
     }
   }
+}
+
+TEST(RightsTest, MapFlagsAskNoMoreThanTheRight) {
+  absl::StatusOr<MapFlags> r = ToMapFlags(CpuAccess::kRead);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->prot, PROT_READ);
+  EXPECT_EQ(r->sync, uint64_t{DMA_BUF_SYNC_READ});
+  absl::StatusOr<MapFlags> rw = ToMapFlags(CpuAccess::kReadWrite);
+  ASSERT_TRUE(rw.ok());
+  EXPECT_EQ(rw->prot, PROT_READ | PROT_WRITE);
+  EXPECT_EQ(rw->sync, uint64_t{DMA_BUF_SYNC_RW});
+  EXPECT_EQ(ToMapFlags(CpuAccess::kNone).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(RightsTest, UnknownValuesAreRefusedNotGuessed) {

@@ -66,6 +66,8 @@ TEST_F(ClientTest, AllocateMapWriteDescribeListRelease) {
     struct stat st;
     ASSERT_EQ(fstat(b->fd(), &st), 0);
     EXPECT_EQ(static_cast<uint64_t>(st.st_size), b->size());
+    EXPECT_EQ(b->Map(Access::kNone).status().code(),
+              absl::StatusCode::kInvalidArgument);
     absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
     ASSERT_TRUE(m.ok()) << m.status();
     for (size_t i = 0; i < m->size(); i += 4096) {

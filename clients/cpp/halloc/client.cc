@@ -92,17 +92,17 @@ bool Buffer::is_dmabuf() const {
 
 absl::StatusOr<Mapping> Buffer::Map(Access access) const {
   if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
-  const int prot = access == Access::kRead ? PROT_READ : PROT_READ | PROT_WRITE;
-  void* p = ::mmap(nullptr, size(), prot, MAP_SHARED, fd_.get(), 0);
+  ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
+  void* p = ::mmap(nullptr, size(), flags.prot, MAP_SHARED, fd_.get(), 0);
   if (p == MAP_FAILED) {
     return ErrnoStatus(errno, absl::StrCat("mmap buffer ", id(), " for ",
-                                           access == Access::kRead ? "read" : "read-write"));
+                                           CpuAccessName(access)));
   }
   Mapping m;
   m.data_ = p;
   m.size_ = size();
   if (is_dmabuf()) {
-    m.sync_flags_ = access == Access::kRead ? DMA_BUF_SYNC_READ : DMA_BUF_SYNC_RW;
+    m.sync_flags_ = flags.sync;
     if (SyncIoctl(fd_.get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
       const int err = errno;
       ::munmap(p, size());

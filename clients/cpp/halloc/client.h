@@ -38,12 +38,15 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "halloc/v1/allocator.pb.h"
+#include "service/util/rights.h"
 #include "service/util/shared_fd.h"
 #include "service/util/unique_fd.h"
 
 namespace halloc {
 
-enum class Access { kRead, kReadWrite };
+// What a Map asks for: the daemon's own rights vocabulary (kRead,
+// kReadWrite; kNone maps nothing). See service/util/rights.h.
+using Access = CpuAccess;
 
 struct ConnectOptions {
   // Empty: $HALLOC_CONTROL_SOCKET / $HALLOC_BROKER_SOCKET, else
