@@ -207,6 +207,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const Identity& caller, const v1::AllocateRequest& req,
     FdChannel& channel) {
+  const absl::Time start = absl::Now();
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &caller));
   const AllocateDecision& decision = *plan.decision;
   // Judged now, and again when committing (other sessions of the client
@@ -255,6 +256,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     registry_.Release(session.id(), ids).IgnoreError();
     return sent;
   }
+  allocate_latency_.Record(absl::Now() - start);
   return resp;
 }
 
@@ -338,6 +340,14 @@ v1::StatsResponse Allocator::Stats() const {
   v1::StatsResponse s;
   registry_.FillStats(&s);
   s.set_sessions(sessions_.size());
+  *s.mutable_allocate_latency() = allocate_latency_.Read();
+  const PoolStats pool = backend_->pool_stats();
+  for (v1::BackendStats& b : *s.mutable_backends()) {
+    b.set_pool_stock_buffers(pool.stocked_buffers);
+    b.set_pool_stock_bytes(pool.stocked_bytes);
+    b.set_pool_hits_total(pool.hits);
+    b.set_pool_misses_total(pool.misses);
+  }
   absl::MutexLock lock(&policy_mu_);
   for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;
   s.set_policy_source(policy_->source());

@@ -28,6 +28,7 @@
 #include "halloc/v1/broker.pb.h"
 #include "service/backend/backend.h"
 #include "service/fd_channel.h"
+#include "service/metrics/histogram.h"
 #include "service/policy/policy.h"
 #include "service/registry.h"
 #include "service/sessions.h"
@@ -119,6 +120,7 @@ class Allocator {
   const Limits limits_;
   SessionTable sessions_;
   Registry registry_;
+  LatencyHistogram allocate_latency_;
 
   mutable absl::Mutex policy_mu_;
   std::shared_ptr<const Policy> policy_ ABSL_GUARDED_BY(policy_mu_);

@@ -16,6 +16,17 @@ namespace halloc {
 
 namespace {
 
+// "rule/uid" (decide.h's quota key) → (rule, uid).
+std::pair<std::string, uint32_t> SplitQuotaKey(absl::string_view key) {
+  const size_t slash = key.rfind('/');
+  uint32_t uid = 0;
+  if (slash == absl::string_view::npos ||
+      !absl::SimpleAtoi(key.substr(slash + 1), &uid)) {
+    return {std::string(key), 0};
+  }
+  return {std::string(key.substr(0, slash)), uid};
+}
+
 absl::Status NotHeld(uint64_t id) {
   return absl::NotFoundError(absl::StrCat("no buffer ", id, " held"));
 }
@@ -93,6 +104,7 @@ absl::Status Registry::Add(uint64_t session_id,
     buffers_.emplace(buffer->id, buffer);
     live_bytes_ += buffer->size;
     ++allocations_total_;
+    ++allocated_[buffer->charged_to];
     if (reply != nullptr) *reply->add_buffers() = Info(*buffer, session_id, false);
   }
   return absl::OkStatus();
@@ -308,6 +320,17 @@ void Registry::FillStats(v1::StatsResponse* s) const {
   b->set_name(backend_);
   b->set_live_buffers(buffers_.size());
   b->set_live_bytes(live_bytes_);
+  for (const auto& [key, allocations] : allocated_) {
+    v1::ClientStats* c = s->add_clients();
+    auto [client, uid] = SplitQuotaKey(key);
+    c->set_client(std::move(client));
+    c->set_uid(uid);
+    c->set_allocations_total(allocations);
+    if (auto use = charged_.find(key); use != charged_.end()) {
+      c->set_buffers(use->second.first);
+      c->set_bytes(use->second.second);
+    }
+  }
 }
 
 void Registry::FillDump(v1::DumpResponse* dump) const {
@@ -331,12 +354,9 @@ void Registry::FillDump(v1::DumpResponse* dump) const {
   }
   for (const auto& [key, use] : charged_) {
     v1::ClientQuota* q = dump->add_clients();
-    const size_t slash = key.rfind('/');
-    q->set_client(key.substr(0, slash));
-    uint32_t uid = 0;
-    if (absl::SimpleAtoi(absl::string_view(key).substr(slash + 1), &uid)) {
-      q->set_uid(uid);
-    }
+    auto [client, uid] = SplitQuotaKey(key);
+    q->set_client(std::move(client));
+    q->set_uid(uid);
     q->set_buffers(use.first);
     q->set_bytes(use.second);
   }

@@ -129,7 +129,8 @@ class Registry {
   absl::StatusOr<v1::BufferInfo> Describe(uint64_t session_id,
                                           uint64_t buffer_id) const;
   v1::ListResponse List(uint64_t session_id, bool all) const;
-  // Counters into `stats` (live buffers/bytes, grants, totals, backend row).
+  // Counters into `stats` (live buffers/bytes, grants, totals, per-client
+  // rows, the backend row).
   void FillStats(v1::StatsResponse* stats) const;
   // Sessions' holdings and clients' charges; client names and quotas are
   // the policy's, filled in by the caller.
@@ -173,6 +174,9 @@ class Registry {
   // Quota use per client: "rule/uid" → (buffers, bytes) owned.
   absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_
       ABSL_GUARDED_BY(mu_);
+  // Allocations since start per "rule/uid" (never shrinks: one entry per
+  // client and uid that ever allocated).
+  absl::flat_hash_map<std::string, uint64_t> allocated_ ABSL_GUARDED_BY(mu_);
   uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
 

@@ -95,6 +95,15 @@ TEST_F(RegistryTest, AddAssignsIdsChargesAndReportsTheOwnersRights) {
   EXPECT_EQ(dump.clients(0).uid(), 1u);
   EXPECT_EQ(dump.clients(0).buffers(), 2u);
   EXPECT_EQ(dump.clients(0).bytes(), 2 * kPage);
+  // Per-client stats: what it owns now and what it ever allocated.
+  ASSERT_TRUE(reg_.Release(kA, {fresh[0]->id}).ok());
+  v1::StatsResponse stats = Stats();
+  ASSERT_EQ(stats.clients_size(), 1);
+  EXPECT_EQ(stats.clients(0).client(), "app");
+  EXPECT_EQ(stats.clients(0).uid(), 1u);
+  EXPECT_EQ(stats.clients(0).buffers(), 1u);
+  EXPECT_EQ(stats.clients(0).bytes(), kPage);
+  EXPECT_EQ(stats.clients(0).allocations_total(), 2u);
 }
 
 TEST_F(RegistryTest, QuotaJudgeSeesTheCurrentChargeAndItsRefusalAddsNothing) {

@@ -46,6 +46,16 @@ struct ViewRights {
   }
 };
 
+// A pooling backend's stock (pool.h) and its hits and misses since start.
+struct PoolStats {
+  uint64_t hits = 0;
+  uint64_t misses = 0;
+  uint64_t stocked_buffers = 0;
+  uint64_t stocked_bytes = 0;
+  uint64_t classes = 0;
+  uint64_t refill_failures = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -78,6 +88,9 @@ class Backend {
   virtual bool NeedsView(const ViewRights& rights) const {
     return rights.cpu != CpuAccess::kReadWrite;
   }
+
+  // Zeros for a backend without a pool.
+  virtual PoolStats pool_stats() const { return {}; }
 };
 
 }  // namespace halloc

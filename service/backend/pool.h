@@ -75,15 +75,6 @@ struct PoolOptions {
   bool idle_priority = true;
 };
 
-struct PoolStats {
-  uint64_t hits = 0;
-  uint64_t misses = 0;
-  uint64_t stocked_buffers = 0;
-  uint64_t stocked_bytes = 0;
-  uint64_t classes = 0;
-  uint64_t refill_failures = 0;
-};
-
 class PooledBackend : public Backend {
  public:
   static absl::StatusOr<std::unique_ptr<PooledBackend>> Create(
@@ -107,6 +98,7 @@ class PooledBackend : public Backend {
   }
 
   PoolStats stats() const;
+  PoolStats pool_stats() const override { return stats(); }
   // Frees the whole stock and forgets every class.
   void Trim();
   // One refill step on the caller's thread: creates one buffer for the most

@@ -1,0 +1,90 @@
+#include "service/metrics/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+// One HTTP/1.0 request to 127.0.0.1:`port`; the whole response.
+std::string Fetch(uint16_t port, const std::string& request) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return "socket failed";
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::write(fd, request.data(), request.size()) ==
+          static_cast<ssize_t>(request.size())) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  } else {
+    out = "connect failed";
+  }
+  ::close(fd);
+  return out;
+}
+
+TEST(MetricsServerTest, ServesTheRenderedTextOnGetMetrics) {
+  std::atomic<int> renders{0};
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
+      MetricsServer::Start("127.0.0.1:0", [&] {
+        ++renders;
+        return absl::StrCat("halloc_live_buffers ", renders.load(), "\n");
+      });
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_NE((*s)->port(), 0);
+  std::string r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_TRUE(absl::StartsWith(r, "HTTP/1.0 200") || absl::StartsWith(r, "HTTP/1.1 200")) << r;
+  EXPECT_TRUE(absl::StrContains(r, "text/plain; version=0.0.4")) << r;
+  EXPECT_TRUE(absl::EndsWith(r, "\r\n\r\nhalloc_live_buffers 1\n")) << r;
+  r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_TRUE(absl::EndsWith(r, "halloc_live_buffers 2\n")) << r;  // rendered per scrape
+}
+
+TEST(MetricsServerTest, OtherPathsAndMethodsAreRefused) {
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
+      MetricsServer::Start("127.0.0.1:0", [] { return std::string("x 1\n"); });
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET / HTTP/1.0\r\n\r\n"), " 404 "));
+  EXPECT_TRUE(absl::StrContains(
+      Fetch((*s)->port(), "GET /metrics/../etc HTTP/1.0\r\n\r\n"), " 404 "));
+  const std::string post = Fetch(
+      (*s)->port(), "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+  EXPECT_TRUE(absl::StrContains(post, " 405 ")) << post;
+  // Garbage is answered (400) or dropped, and the server keeps serving.
+  Fetch((*s)->port(), "\x01\x02 nonsense\r\n\r\n");
+  EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "));
+}
+
+TEST(MetricsServerTest, OnlyLoopbackAddressesAreServed) {
+  auto render = [] { return std::string(); };
+  for (const char* bad : {"0.0.0.0:0", "10.1.2.3:9464", "[::]:0", "localhost:0",
+                          "127.0.0.1", "127.0.0.1:70000", ""}) {
+    SCOPED_TRACE(bad);
+    EXPECT_EQ(MetricsServer::Start(bad, render).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  absl::StatusOr<std::unique_ptr<MetricsServer>> a =
+      MetricsServer::Start("127.0.0.1:0", render);
+  ASSERT_TRUE(a.ok());
+  // The same port twice: UNAVAILABLE, not a crash.
+  EXPECT_EQ(MetricsServer::Start(absl::StrCat("127.0.0.1:", (*a)->port()), render)
+                .status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,153 @@
+#include "service/metrics/prometheus.h"
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace halloc {
+
+namespace {
+
+// One metric family: HELP and TYPE once, then its samples.
+class Family {
+ public:
+  Family(std::string* out, absl::string_view name, absl::string_view type,
+         absl::string_view help)
+      : out_(out), name_(name) {
+    absl::StrAppend(out_, "# HELP ", name, " ", help, "\n# TYPE ", name, " ",
+                    type, "\n");
+  }
+  // `labels`: name/value pairs, values escaped here.
+  void Sample(double value,
+              std::vector<std::pair<absl::string_view, std::string>> labels = {},
+              absl::string_view suffix = "") {
+    absl::StrAppend(out_, name_, suffix);
+    if (!labels.empty()) {
+      out_->push_back('{');
+      for (size_t i = 0; i < labels.size(); ++i) {
+        absl::StrAppend(out_, i ? "," : "", labels[i].first, "=\"",
+                        EscapeLabelValue(labels[i].second), "\"");
+      }
+      out_->push_back('}');
+    }
+    absl::StrAppend(out_, " ", Number(value), "\n");
+  }
+
+  static std::string Number(double v) {
+    // Integers (counts, bytes) exactly; others in shortest round-trip form.
+    if (v >= 0 && v < 9.007199254740992e15 && v == static_cast<double>(
+                                                      static_cast<uint64_t>(v))) {
+      return absl::StrCat(static_cast<uint64_t>(v));
+    }
+    return absl::StrFormat("%.9g", v);
+  }
+
+ private:
+  std::string* out_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::string EscapeLabelValue(absl::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (char c : value) {
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '"': out += "\\\""; break;
+      case '\n': out += "\\n"; break;
+      default: out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::string ToPrometheus(const v1::StatsResponse& s) {
+  std::string out;
+  Family(&out, "halloc_live_buffers", "gauge", "Buffers alive now.")
+      .Sample(s.live_buffers());
+  Family(&out, "halloc_live_bytes", "gauge", "Bytes of the buffers alive now.")
+      .Sample(s.live_bytes());
+  Family(&out, "halloc_sessions", "gauge", "Open client sessions.")
+      .Sample(s.sessions());
+  Family(&out, "halloc_grants", "gauge", "Open share grants.").Sample(s.grants());
+  Family(&out, "halloc_allocations_total", "counter",
+         "Buffers allocated since start.")
+      .Sample(s.allocations_total());
+  Family(&out, "halloc_releases_total", "counter",
+         "Buffers freed since start.")
+      .Sample(s.releases_total());
+
+  Family client_buffers(&out, "halloc_client_buffers", "gauge",
+                        "Buffers a client (policy rule) owns, per uid.");
+  for (const auto& c : s.clients()) {
+    client_buffers.Sample(c.buffers(), {{"client", c.client()},
+                                        {"uid", absl::StrCat(c.uid())}});
+  }
+  Family client_bytes(&out, "halloc_client_bytes", "gauge",
+                      "Bytes a client (policy rule) owns, per uid.");
+  for (const auto& c : s.clients()) {
+    client_bytes.Sample(c.bytes(), {{"client", c.client()},
+                                    {"uid", absl::StrCat(c.uid())}});
+  }
+  Family client_allocs(&out, "halloc_client_allocations_total", "counter",
+                       "Buffers a client (policy rule) allocated since start, per uid.");
+  for (const auto& c : s.clients()) {
+    client_allocs.Sample(c.allocations_total(),
+                         {{"client", c.client()}, {"uid", absl::StrCat(c.uid())}});
+  }
+  Family denials(&out, "halloc_denials_total", "counter",
+                 "Requests refused by policy since start, by deciding rule.");
+  for (const auto& [rule, n] : s.denials_by_rule()) {
+    denials.Sample(n, {{"rule", rule}});
+  }
+
+  Family backend_buffers(&out, "halloc_backend_live_buffers", "gauge",
+                         "Buffers alive now, per backend.");
+  for (const auto& b : s.backends()) backend_buffers.Sample(b.live_buffers(), {{"backend", b.name()}});
+  Family backend_bytes(&out, "halloc_backend_live_bytes", "gauge",
+                       "Bytes alive now, per backend.");
+  for (const auto& b : s.backends()) backend_bytes.Sample(b.live_bytes(), {{"backend", b.name()}});
+  Family stock_buffers(&out, "halloc_pool_stock_buffers", "gauge",
+                       "Fresh buffers a pooling backend holds in stock.");
+  for (const auto& b : s.backends()) stock_buffers.Sample(b.pool_stock_buffers(), {{"backend", b.name()}});
+  Family stock_bytes(&out, "halloc_pool_stock_bytes", "gauge",
+                     "Bytes a pooling backend holds in stock.");
+  for (const auto& b : s.backends()) stock_bytes.Sample(b.pool_stock_bytes(), {{"backend", b.name()}});
+  Family hits(&out, "halloc_pool_hits_total", "counter",
+              "Allocations served from a pool's stock since start.");
+  for (const auto& b : s.backends()) hits.Sample(b.pool_hits_total(), {{"backend", b.name()}});
+  Family misses(&out, "halloc_pool_misses_total", "counter",
+                "Allocations a pool had no stock for since start.");
+  for (const auto& b : s.backends()) misses.Sample(b.pool_misses_total(), {{"backend", b.name()}});
+
+  const v1::Histogram& h = s.allocate_latency();
+  Family latency(&out, "halloc_allocate_latency_seconds", "histogram",
+                 "Time from an Allocate reaching the core to its fds being queued.");
+  uint64_t cumulative = 0;
+  for (int i = 0; i < h.counts_size(); ++i) {
+    cumulative += h.counts(i);
+    const std::string le = i < h.upper_bounds_size()
+                                ? Family::Number(h.upper_bounds(i))
+                                : std::string("+Inf");
+    latency.Sample(cumulative, {{"le", le}}, "_bucket");
+  }
+  if (h.counts_size() == 0) latency.Sample(0, {{"le", "+Inf"}}, "_bucket");
+  latency.Sample(h.sum(), {}, "_sum");
+  latency.Sample(h.count(), {}, "_count");
+
+  Family(&out, "halloc_policy_reload_failures_total", "counter",
+         "Policy reloads (SIGHUP) that failed and left the old policy in force.")
+      .Sample(s.policy_reload_failures());
+  Family(&out, "halloc_policy_info", "gauge",
+         "Where the policy in force came from (always 1).")
+      .Sample(1, {{"source", s.policy_source()}});
+  return out;
+}
+
+}  // namespace halloc

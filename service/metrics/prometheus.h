@@ -1,0 +1,26 @@
+// hallocd's statistics in the Prometheus text exposition format (0.0.4):
+// what `hallocctl stats --prometheus` writes for node_exporter's textfile
+// collector and what hallocd's optional /metrics endpoint serves. One
+// rendering for both, from the Stats reply, so they cannot disagree.
+//
+// Every metric is prefixed halloc_. Label values (client and rule names
+// come from the policy, backend names from the daemon) are escaped as the
+// format requires; nothing a client sends becomes a label.
+#ifndef HALLOC_SERVICE_METRICS_PROMETHEUS_H_
+#define HALLOC_SERVICE_METRICS_PROMETHEUS_H_
+
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "halloc/v1/allocator.pb.h"
+
+namespace halloc {
+
+std::string ToPrometheus(const v1::StatsResponse& stats);
+
+// A label value escaped for the text format: \\, \" and \n.
+std::string EscapeLabelValue(absl::string_view value);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_METRICS_PROMETHEUS_H_
