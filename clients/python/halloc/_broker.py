@@ -1,0 +1,95 @@
+"""The client side of hallocd's broker socket: connect and handshake.
+
+The Python side of clients/cpp/halloc/broker_conn.cc; the protocol is
+proto/halloc/v1/broker.proto (version 2): read Hello{challenge}, answer
+Verify{challenge} from this very process (hallocd checks the kernel's
+SCM_CREDENTIALS stamp on it), read Welcome{session token}.
+"""
+
+import socket
+import time
+
+from . import _scm, errors
+from .v1 import broker_pb2
+
+BROKER_PROTOCOL_VERSION = 2
+SESSION_METADATA_KEY = "halloc-session"
+
+
+class BrokerConnection:
+    """A verified broker socket, the Hello it started with and its Welcome."""
+
+    def __init__(self, sock, hello, welcome):
+        self.sock = sock
+        self.hello = hello
+        self.welcome = welcome
+
+
+def connect_seqpacket(path):
+    """A SOCK_SEQPACKET Unix socket (close-on-exec) connected to `path`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise errors.from_os_error(
+            e, f"connect to hallocd broker at {path} (is hallocd running?)") from None
+    return sock
+
+
+def reply_error(reply):
+    """The HallocError a BrokerReply carries, or None when it is OK."""
+    if reply.code == 0:
+        return None
+    return errors.error_for(reply.code, reply.message)
+
+
+def _next_frame(sock, deadline):
+    _scm.wait_readable(sock, deadline)
+    record = _scm.receive_record(sock)
+    _scm.close_all(record.fds)  # no handshake frame carries fds
+    frame = broker_pb2.BrokerFrame()
+    try:
+        frame.ParseFromString(record.data)
+    except Exception:  # google.protobuf.message.DecodeError
+        raise errors.UnavailableError("hallocd broker sent a malformed frame") from None
+    return frame
+
+
+def handshake(sock, timeout):
+    """Reads the Hello, sends Verify (request id 0), reads the Welcome."""
+    deadline = time.monotonic() + timeout
+    frame = _next_frame(sock, deadline)
+    if frame.WhichOneof("kind") == "reply":  # refused before any session
+        err = reply_error(frame.reply)
+        if err is not None:
+            raise err
+    if frame.WhichOneof("kind") != "hello":
+        raise errors.UnavailableError("hallocd broker sent no hello")
+    hello = frame.hello
+    if hello.version != BROKER_PROTOCOL_VERSION:
+        raise errors.UnavailableError(
+            f"hallocd speaks broker protocol {hello.version}; "
+            f"this client speaks {BROKER_PROTOCOL_VERSION}")
+    verify = broker_pb2.BrokerRequest(request_id=0)
+    verify.verify.challenge = hello.challenge
+    _scm.send_record(sock, verify.SerializeToString())
+    frame = _next_frame(sock, deadline)
+    if frame.WhichOneof("kind") != "reply":
+        raise errors.UnavailableError("hallocd broker sent no reply to Verify")
+    err = reply_error(frame.reply)
+    if err is not None:
+        raise err
+    if frame.reply.WhichOneof("kind") != "welcome":
+        raise errors.UnavailableError("hallocd broker's reply to Verify has no welcome")
+    return BrokerConnection(sock, hello, frame.reply.welcome)
+
+
+def connect_broker(path, timeout):
+    """Connects to `path` and completes the handshake."""
+    sock = connect_seqpacket(path)
+    try:
+        return handshake(sock, timeout)
+    except BaseException:
+        sock.close()
+        raise

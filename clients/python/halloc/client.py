@@ -1,0 +1,460 @@
+"""The Python client of hallocd: Client (one session) and Buffer (one fd).
+
+    import halloc
+
+    with halloc.Client.connect() as client:
+        with client.allocate(halloc.blob(1 << 20)) as buf:   # released on exit
+            with buf.map(halloc.Access.READ_WRITE) as m:    # an mmap.mmap
+                m[:4] = b"halo"
+            grant = client.share(buf, uid=peer_uid,
+                                 cpu_access=halloc.CpuAccess.CPU_ACCESS_READ)
+            send_to_peer(grant.token)  # peer: its_client.import_buffer(token)
+
+A Client is one session, as in libhalloc (clients/cpp/halloc/client.h): it
+connects to the broker socket and answers the daemon's challenge (hallocd
+learns who we are from the kernel), then makes gRPC calls carrying the
+session token. Allocate and Release travel on the broker socket, the reply
+and the fds in one record (the fast path, libhalloc's default); the fds of
+gRPC calls (Import; Allocate with broker_fast_path=False) arrive on the
+broker socket before the gRPC reply. Closing the Client ends the session:
+the daemon drops every hold it had; fds already in this process stay valid
+until their Buffer is closed.
+
+Every failure is a halloc.HallocError carrying a grpc.StatusCode (errors.py).
+A Client may be used from several threads; Buffers are plain objects.
+"""
+
+import itertools
+import os
+import threading
+import time
+
+import grpc
+
+from . import _broker, _scm, errors, mapping
+from .v1 import allocator_pb2, allocator_pb2_grpc, broker_pb2, types_pb2
+
+# The API's value types callers name (halloc.CpuAccess.CPU_ACCESS_READ).
+BufferDescriptor = types_pb2.BufferDescriptor
+CpuAccess = types_pb2.CpuAccess
+
+
+def blob(size, usage=0, name=""):
+    """A descriptor for a blob of `size` bytes."""
+    return types_pb2.BufferDescriptor(
+        name=name.encode() if isinstance(name, str) else name, usage=usage, size=size)
+
+
+def image(width, height, fourcc, usage=0, name=""):
+    """A descriptor for a width x height image in DRM format `fourcc`."""
+    desc = types_pb2.BufferDescriptor(
+        name=name.encode() if isinstance(name, str) else name, usage=usage)
+    desc.image.width = width
+    desc.image.height = height
+    desc.image.format = fourcc
+    return desc
+
+
+def fourcc(code):
+    """The DRM fourcc of a 4-character code: fourcc("NV12")."""
+    a, b, c, d = code.encode()
+    return a | b << 8 | c << 16 | d << 24
+
+
+def _socket_path(given, env, name):
+    if given:
+        return given
+    if os.environ.get(env):
+        return os.environ[env]
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(f"{xdg}/halloc" if xdg else "/run/halloc", name)
+
+
+class Buffer:
+    """One buffer this process holds an fd for.
+
+    close() (or leaving a `with` block) closes the fd; the `with` block also
+    releases the daemon's hold (Client.release). Client.release(buffer)
+    releases the hold and closes the fd.
+    """
+
+    def __init__(self, client, info, fd):
+        self._client = client
+        self.info = info
+        self._fd = fd  # an _scm.OwnedFd
+        self._released = False  # the daemon's hold, by Client.release
+
+    id = property(lambda self: self.info.id)
+    size = property(lambda self: self.info.size)
+    layout = property(lambda self: self.info.layout)
+    cpu_access = property(lambda self: self.info.cpu_access)
+    closed = property(lambda self: self._fd.closed)
+
+    def fileno(self):
+        return self._fd.fileno()
+
+    def is_dmabuf(self):
+        return mapping.is_dmabuf(self.fileno())
+
+    def map(self, access=mapping.Access.READ_WRITE):
+        """The whole buffer, mapped shared: a halloc.Mapping (an mmap.mmap).
+        PermissionDeniedError if the fd does not carry `access` (e.g.
+        READ_WRITE on a buffer shared read-only)."""
+        return mapping.map_fd(self.fileno(), self.size, access, f"buffer {self.id}")
+
+    def detach(self):
+        """Gives the fd up: the caller closes it."""
+        return self._fd.detach()
+
+    def close(self):
+        """Closes the fd (the daemon's hold stays until released)."""
+        self._fd.close()
+
+    def release(self):
+        """Drops the daemon's hold and closes the fd."""
+        self._client.release(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            # A closed session holds nothing any more.
+            if not self._released and not self._client.closed:
+                self._client.release(self)
+        finally:
+            self.close()
+
+    def __repr__(self):
+        return (f"<halloc.Buffer id={self.id} size={self.size} "
+                f"cpu={CpuAccess.Name(self.cpu_access)} fd={self._fd!r}>")
+
+
+class _Pending:
+    """An fd a gRPC call's frame brought (or why it did not come)."""
+
+    __slots__ = ("fd", "error", "since")
+
+    def __init__(self, fd, error, since):
+        self.fd, self.error, self.since = fd, error, since
+
+    def close(self):
+        if self.fd is not None:
+            self.fd.close()
+
+
+class Client:
+    """One session with hallocd. Use Client.connect(); close() ends it."""
+
+    @classmethod
+    def connect(cls, control_socket=None, broker_socket=None, timeout=10.0,
+                broker_fast_path=True):
+        """Connects and opens a session.
+
+        Sockets: the arguments, else $HALLOC_CONTROL_SOCKET and
+        $HALLOC_BROKER_SOCKET, else control.sock and broker.sock in
+        $XDG_RUNTIME_DIR/halloc or /run/halloc (hallocd's defaults).
+        `timeout` (seconds) bounds each call and the wait for the hello.
+        `broker_fast_path=False` makes Allocate and Release gRPC calls, the
+        way a gRPC-only client makes them.
+        """
+        control = _socket_path(control_socket, "HALLOC_CONTROL_SOCKET", "control.sock")
+        broker = _socket_path(broker_socket, "HALLOC_BROKER_SOCKET", "broker.sock")
+        conn = _broker.connect_broker(broker, timeout)
+        return cls(conn, grpc.insecure_channel(f"unix:{control}"), timeout,
+                   broker_fast_path)
+
+    def __init__(self, conn, channel, timeout, broker_fast_path):
+        self._lock = threading.Lock()
+        self._broker = conn.sock
+        self.hello = conn.hello
+        self.welcome = conn.welcome
+        self._channel = channel
+        self._stub = allocator_pb2_grpc.AllocatorStub(channel)
+        self._metadata = ((_broker.SESSION_METADATA_KEY, conn.welcome.session_token),)
+        self._timeout = timeout
+        self._fast_path = broker_fast_path
+        self._request_ids = itertools.count(1)  # 0 was the handshake's Verify
+        self._pending = {}    # buffer id -> _Pending (gRPC calls' fds)
+        self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
+        self._abandoned = set()  # requests whose caller stopped waiting
+
+    # --- the session ---------------------------------------------------------
+
+    session_id = property(lambda self: self.welcome.session_id)
+    uid = property(lambda self: self.hello.uid)
+    exe = property(lambda self: self.welcome.exe)
+
+    @property
+    def closed(self):
+        return self._broker.fileno() < 0
+
+    def close(self):
+        """Ends the session: hallocd drops every hold and grant it had."""
+        with self._lock:
+            if self.closed:
+                return
+            self._channel.close()
+            self._broker.close()
+            for p in self._pending.values():
+                p.close()
+            for r in self._replies.values():
+                if not isinstance(r, errors.HallocError):
+                    _scm.close_all(r[1])
+            self._pending.clear()
+            self._replies.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if hasattr(self, "_broker"):
+            self.close()
+
+    # --- buffers -------------------------------------------------------------
+
+    def allocate(self, desc):
+        """One buffer for `desc` (blob(), image() or a BufferDescriptor)."""
+        return self.allocate_many(desc, 1)[0]
+
+    def allocate_many(self, desc, count):
+        """`count` (1..64) identical buffers: all or none."""
+        req = allocator_pb2.AllocateRequest(desc=desc, count=count)
+        if self._fast_path:
+            breq = broker_pb2.BrokerRequest(allocate=req)
+            reply, fds = self._broker_call(breq, "Allocate")
+            return [Buffer(self, info, fd)
+                    for info, fd in zip(reply.allocate.buffers, fds)]
+        resp = self._call(self._stub.Allocate, req, "Allocate")
+        out = []
+        try:
+            for info in resp.buffers:
+                out.append(Buffer(self, info, self._take_fd(info.id)))
+        except BaseException:
+            for b in out:
+                b.close()
+            raise
+        return out
+
+    def release(self, *buffers):
+        """Drops our holds on buffers (Buffer objects or ids); the Buffer
+        objects' fds are closed too."""
+        ids = [b.id if isinstance(b, Buffer) else int(b) for b in buffers]
+        try:
+            req = allocator_pb2.ReleaseRequest(buffer_ids=ids)
+            if self._fast_path:
+                self._broker_call(broker_pb2.BrokerRequest(release=req), "Release")
+            else:
+                self._call(self._stub.Release, req, "Release")
+            for b in buffers:
+                if isinstance(b, Buffer):
+                    b._released = True  # pylint: disable=protected-access
+        finally:
+            for b in buffers:
+                if isinstance(b, Buffer):
+                    b.close()
+
+    def describe(self, buffer):
+        """The BufferInfo of a buffer we hold (a Buffer or an id)."""
+        req = allocator_pb2.DescribeRequest(buffer_id=_id(buffer))
+        return self._call(self._stub.Describe, req, "Describe").buffer
+
+    def list(self, all=False):  # pylint: disable=redefined-builtin
+        return list(self._call(self._stub.List, allocator_pb2.ListRequest(all=all),
+                               "List").buffers)
+
+    def stats(self):
+        return self._call(self._stub.Stats, allocator_pb2.StatsRequest(), "Stats")
+
+    def is_supported(self, desc, count=1):
+        req = allocator_pb2.IsSupportedRequest(desc=desc, count=count)
+        return self._call(self._stub.IsSupported, req, "IsSupported")
+
+    def share(self, buffer, *, uid=None, client=None,
+              cpu_access=CpuAccess.CPU_ACCESS_UNSPECIFIED):
+        """Grants a peer access to a buffer we hold: the sessions of `uid`,
+        or those the policy names `client`. CPU_ACCESS_UNSPECIFIED: our own
+        rights. Returns the Grant; pass grant.token to the peer."""
+        if (uid is None) == (client is None):
+            raise TypeError("share() takes exactly one of uid= and client=")
+        peer = (types_pb2.Peer(uid=uid) if uid is not None else
+                types_pb2.Peer(name=client.encode() if isinstance(client, str) else client))
+        req = allocator_pb2.ShareRequest(buffer_id=_id(buffer), peer=peer,
+                                         cpu_access=cpu_access)
+        return self._call(self._stub.Share, req, "Share").grant
+
+    def import_buffer(self, token):
+        """Takes a buffer shared with us: a Buffer with its own fd, carrying
+        the grant's rights."""
+        req = allocator_pb2.ImportRequest(
+            grant_token=token.encode() if isinstance(token, str) else token)
+        info = self._call(self._stub.Import, req, "Import").buffer
+        return Buffer(self, info, self._take_fd(info.id))
+
+    import_ = import_buffer
+
+    def revoke(self, grant_id):
+        self._call(self._stub.Revoke, allocator_pb2.RevokeRequest(grant_id=grant_id),
+                   "Revoke")
+
+    def set_metadata(self, buffer, metadata_type, value):
+        req = allocator_pb2.SetMetadataRequest(buffer_id=_id(buffer), type=metadata_type,
+                                               value=value)
+        return self._call(self._stub.SetMetadata, req, "SetMetadata").buffer
+
+    def dump(self):
+        return self._call(self._stub.Dump, allocator_pb2.DumpRequest(), "Dump")
+
+    # --- transport -----------------------------------------------------------
+
+    def _call(self, method, req, name):
+        """One unary gRPC call with our token and deadline."""
+        if self.closed:
+            raise errors.FailedPreconditionError(f"{name}: the client is closed")
+        try:
+            return method(req, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e, name) from None
+
+    def _broker_call(self, req, name):
+        """One request on the broker socket and its reply, with the fds of
+        the reply's record (owned by the caller)."""
+        if self.closed:
+            raise errors.FailedPreconditionError(f"{name}: the client is closed")
+        req.request_id = rid = next(self._request_ids)
+        _prefixed(_scm.send_record, name, self._broker, req.SerializeToString())
+        with self._lock:
+            deadline = time.monotonic() + self._timeout
+            while rid not in self._replies:
+                try:
+                    self._pump(deadline)
+                except errors.HallocError as e:
+                    if isinstance(e, errors.DeadlineExceededError):
+                        # Whatever the daemon answers later is given back.
+                        self._abandoned.add(rid)
+                    raise errors.error_for(e.code, f"{name}: {e.message}") from None
+            r = self._replies.pop(rid)
+        if isinstance(r, errors.HallocError):
+            raise errors.error_for(r.code, f"{name}: {r.message}")
+        reply, fds = r
+        err = _broker.reply_error(reply)
+        if err is not None:
+            _scm.close_all(fds)
+            raise errors.error_for(err.code, f"{name}: {err.message}")
+        return reply, fds
+
+    def _take_fd(self, buffer_id):
+        """The fd a gRPC call's frame brought for `buffer_id` (normally
+        queued before the reply). Frames for others are kept for them."""
+        with self._lock:
+            deadline = time.monotonic() + self._timeout
+            while buffer_id not in self._pending:
+                self._pump(deadline)
+            p = self._pending.pop(buffer_id)
+        if p.error is not None:
+            raise p.error
+        return p.fd
+
+    def _pump(self, deadline):
+        """Takes one record off the broker socket (waiting until `deadline`)
+        and files it where its waiter looks. Holds self._lock."""
+        try:
+            record = _scm.receive_record(self._broker, block=False)
+        except _scm.TruncatedRecordError as e:
+            if e.payload is None:
+                raise
+            # The kernel cut the fds (we are out of fds): tell whoever waits
+            # for them, and give the buffers back.
+            frame = _parse_frame(e.payload)
+            if frame is not None:
+                self._file(frame, [], truncated=True)
+            return
+        if record is None:
+            _scm.wait_readable(self._broker, deadline)
+            return
+        frame = _parse_frame(record.data)
+        if frame is None:
+            _scm.close_all(record.fds)
+            raise errors.DataLossError("malformed frame on the broker socket")
+        self._file(frame, record.fds, truncated=False)
+
+    def _file(self, frame, fds, truncated):
+        lost = errors.ResourceExhaustedError(
+            "the fds hallocd sent were cut on the way (this process is out of "
+            "fds: RLIMIT_NOFILE); the buffers were given back")
+        if frame.WhichOneof("kind") == "reply":
+            reply = frame.reply
+            ids = [b.id for b in reply.allocate.buffers]
+            abandoned = reply.request_id in self._abandoned
+            self._abandoned.discard(reply.request_id)
+            if abandoned or truncated or (reply.WhichOneof("kind") == "allocate" and
+                                          len(ids) != len(fds)):
+                _scm.close_all(fds)
+                self._give_back(ids)
+                if not abandoned:
+                    self._replies[reply.request_id] = lost if truncated else \
+                        errors.DataLossError("reply carries the wrong number of fds")
+                return
+            self._replies[reply.request_id] = (reply, fds)
+            return
+        described = ([frame.buffer] if frame.WhichOneof("kind") == "buffer" else
+                     list(frame.buffers.buffers))
+        now = time.monotonic()
+        if truncated or len(described) != len(fds):
+            _scm.close_all(fds)
+            bad = lost if truncated else errors.DataLossError(
+                "malformed frame on the broker socket")
+            for b in described:
+                self._replace_pending(b.buffer_id, _Pending(None, bad, now))
+            self._give_back([b.buffer_id for b in described])
+            return
+        # fds no gRPC call claimed (its deadline passed; hallocd released
+        # the buffers) are dropped after a while instead of piling up.
+        for bid in [k for k, p in self._pending.items()
+                    if now - p.since > 2 * self._timeout]:
+            self._pending.pop(bid).close()
+        for b, fd in zip(described, fds):
+            self._replace_pending(b.buffer_id, _Pending(fd, None, now))
+
+    def _replace_pending(self, buffer_id, pending):
+        old = self._pending.get(buffer_id)
+        if old is not None:
+            old.close()
+        self._pending[buffer_id] = pending
+
+    def _give_back(self, ids):
+        """Releases buffers without waiting for the answer (their fds were
+        lost on the way, or their call was abandoned). Holds self._lock."""
+        if not ids:
+            return
+        rid = next(self._request_ids)
+        req = broker_pb2.BrokerRequest(
+            request_id=rid, release=allocator_pb2.ReleaseRequest(buffer_ids=ids))
+        try:
+            _scm.send_record(self._broker, req.SerializeToString(), block=False)
+        except errors.HallocError:
+            return  # the session's end will release them
+        self._abandoned.add(rid)
+
+
+def _id(buffer):
+    return buffer.id if isinstance(buffer, Buffer) else int(buffer)
+
+
+def _parse_frame(data):
+    frame = broker_pb2.BrokerFrame()
+    try:
+        frame.ParseFromString(data)
+    except Exception:  # google.protobuf.message.DecodeError
+        return None
+    return frame
+
+
+def _prefixed(fn, name, *args):
+    try:
+        return fn(*args)
+    except errors.HallocError as e:
+        raise errors.error_for(e.code, f"{name}: {e.message}") from None

@@ -1,0 +1,84 @@
+"""CPU mappings of buffers: an mmap.mmap, bracketed on dma-bufs.
+
+Like libhalloc's Mapping: while a mapping of a dma-buf is open, CPU access
+is bracketed with DMA_BUF_IOCTL_SYNC START/END (memfds need no bracket).
+Close it (or use it as a context manager) to unmap; closing ends the
+bracket. CPython's mmap keeps its own dup of the fd, so a mapping may
+outlive the Buffer it came from.
+"""
+
+import enum
+import fcntl
+import mmap
+import os
+import struct
+
+from . import _scm, errors
+
+# linux/dma-buf.h: DMA_BUF_IOCTL_SYNC = _IOW('b', 0, struct dma_buf_sync).
+_DMA_BUF_IOCTL_SYNC = (1 << 30) | (8 << 16) | (ord("b") << 8) | 0
+_DMA_BUF_SYNC_READ = 1 << 0
+_DMA_BUF_SYNC_RW = _DMA_BUF_SYNC_READ | (1 << 1)
+_DMA_BUF_SYNC_START = 0 << 2
+_DMA_BUF_SYNC_END = 1 << 2
+
+
+class Access(enum.Enum):
+    READ = "read"
+    READ_WRITE = "read-write"
+
+
+def is_dmabuf(fd):
+    """Whether `fd` is a dma-buf (else a memfd): only dma-bufs show their
+    exporter in /proc/self/fdinfo."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            return any(line.startswith(b"exp_name:") for line in f)
+    except OSError:
+        return False
+
+
+def _sync(fd, flags):
+    fcntl.ioctl(fd, _DMA_BUF_IOCTL_SYNC, struct.pack("=Q", flags))
+
+
+class Mapping(mmap.mmap):
+    """An mmap.mmap of a whole buffer (shared). Use `with` or close()."""
+
+    def close(self):
+        super().close()  # BufferError while memoryviews of it live: nothing done
+        sync = self.__dict__.pop("_sync_fd", None)
+        if sync is not None:
+            try:
+                _sync(sync.fileno(), _DMA_BUF_SYNC_END | self._sync_flags)
+            finally:
+                sync.close()
+
+    def __del__(self):
+        if "_sync_fd" in self.__dict__:
+            self.close()
+
+
+def map_fd(fd, size, access, what):
+    """Maps `size` bytes of `fd` shared, for `access`; errors name `what`."""
+    if not isinstance(access, Access):
+        raise TypeError(f"access must be a halloc.Access, not {access!r}")
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if access is Access.READ_WRITE else 0)
+    try:
+        m = Mapping(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+    except OSError as e:
+        raise errors.from_os_error(e, f"mmap {what} for {access.value}") from None
+    if is_dmabuf(fd):
+        flags = _DMA_BUF_SYNC_READ if access is Access.READ else _DMA_BUF_SYNC_RW
+        own = None
+        try:
+            own = _scm.OwnedFd(os.dup(fd))  # our own, for the END
+            _sync(own.fileno(), _DMA_BUF_SYNC_START | flags)
+        except OSError as e:
+            if own is not None:
+                own.close()
+            mmap.mmap.close(m)
+            raise errors.from_os_error(e, "dup and DMA_BUF_IOCTL_SYNC(START)") from None
+        m._sync_flags = flags
+        m._sync_fd = own
+    return m

@@ -1,0 +1,292 @@
+"""The Python client against a real hallocd: what libhalloc does, from Python."""
+
+import fcntl
+import mmap
+import os
+import resource
+import time
+
+import grpc
+import pytest
+
+import halloc
+from halloc import _broker
+from halloc.v1 import allocator_pb2, allocator_pb2_grpc, types_pb2
+from conftest import open_fds
+
+PAGE = mmap.PAGESIZE
+READ = halloc.CpuAccess.CPU_ACCESS_READ
+READ_WRITE = halloc.CpuAccess.CPU_ACCESS_READ_WRITE
+PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["broker", "grpc"])
+
+
+def pattern(size):
+    # A prime period: a mapping at the wrong offset cannot match it.
+    return (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_session_is_the_kernel_verified_process(client):
+    assert client.session_id > 0
+    assert client.uid == os.getuid()
+    assert client.hello.pid == os.getpid()
+    assert client.exe == os.readlink("/proc/self/exe")
+
+
+@PATHS
+@pytest.mark.parametrize("size", [1, PAGE + 1, 1 << 20])
+def test_allocate_map_write_read(connect, size, fast_path):
+    client = connect(broker_fast_path=fast_path)
+    buf = client.allocate(halloc.blob(size, name="py.blob"))
+    assert buf.size == -(-size // PAGE) * PAGE  # whole pages
+    assert buf.info.owned and buf.info.owner_uid == os.getuid()
+    assert buf.info.name == "py.blob"
+    assert buf.cpu_access == READ_WRITE
+    data = pattern(buf.size)
+    with buf.map(halloc.Access.READ_WRITE) as m:
+        assert isinstance(m, mmap.mmap) and len(m) == buf.size
+        assert m[:] == bytes(buf.size)  # zero-filled
+        m[:] = data
+    with buf.map(halloc.Access.READ) as m:
+        assert m[:] == data
+        with pytest.raises(TypeError):  # a read-only mmap
+            m[0] = 1
+    client.release(buf)
+    assert buf.closed
+
+
+@PATHS
+def test_allocate_many_gets_one_fd_each(connect, fast_path):
+    client = connect(broker_fast_path=fast_path)
+    bufs = client.allocate_many(halloc.blob(PAGE), 3)
+    assert len({b.id for b in bufs}) == 3
+    assert len({b.fileno() for b in bufs}) == 3
+    for i, b in enumerate(bufs):
+        with b.map() as m:
+            m[0] = i + 1
+    for i, b in enumerate(bufs):
+        with b.map(halloc.Access.READ) as m:
+            assert m[0] == i + 1
+    client.release(*bufs)
+    assert all(b.closed for b in bufs)
+
+
+def test_image_has_the_layout_describe_reports(client):
+    nv12 = halloc.fourcc("NV12")
+    buf = client.allocate(halloc.image(640, 480, nv12, name="frame"))
+    layout = buf.layout
+    assert (layout.width, layout.height, layout.format) == (640, 480, nv12)
+    assert len(layout.planes) == 2  # Y, then CbCr
+    assert layout.planes[0].stride >= 640
+    assert layout.planes[1].offset >= 640 * 480
+    assert layout.planes[1].vertical_subsampling == 2
+    assert buf.size >= layout.size
+    described = client.describe(buf)
+    assert described.id == buf.id
+    assert described.layout == buf.layout
+    assert (described.size, described.name, described.owned) == (buf.size, "frame", True)
+    assert client.describe(buf.id) == described
+    assert [b.id for b in client.list()] == [buf.id]
+
+
+@PATHS
+def test_release_drops_the_hold_and_closes_the_fd(connect, fast_path):
+    client = connect(broker_fast_path=fast_path)
+    buf = client.allocate(halloc.blob(PAGE))
+    client.release(buf)
+    assert buf.closed
+    with pytest.raises(halloc.NotFoundError) as err:
+        client.describe(buf.id)
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(halloc.NotFoundError) as err:
+        client.release(buf.id)
+    assert str(err.value).startswith("NOT_FOUND: Release: ")
+
+
+def test_with_block_releases_and_a_mapping_outlives_its_buffer(client):
+    with client.allocate(halloc.blob(PAGE)) as buf:
+        m = buf.map()
+    assert buf.closed
+    with pytest.raises(halloc.NotFoundError):
+        client.describe(buf.id)
+    m[:4] = b"halo"  # the memory lives while mapped
+    assert m[:4] == b"halo"
+    m.close()
+
+
+def test_closing_the_client_ends_the_session(hallocd, connect):
+    watcher = connect()
+    live = watcher.stats().live_buffers
+    owner = connect()
+    bufs = owner.allocate_many(halloc.blob(PAGE), 2)
+    assert watcher.stats().live_buffers == live + 2
+    owner.close()
+    assert wait_for(lambda: watcher.stats().live_buffers == live)
+    with bufs[0].map() as m:  # fds in this process stay valid
+        m[0] = 1
+    with pytest.raises(halloc.FailedPreconditionError):
+        owner.allocate(halloc.blob(PAGE))
+    for b in bufs:
+        b.close()
+
+
+@PATHS
+@pytest.mark.parametrize("desc,count", [
+    (halloc.blob(0), 1),
+    (halloc.blob(PAGE), 65),
+    (halloc.blob(PAGE, usage=1 << 10), 1),  # a reserved usage bit
+    (halloc.blob(PAGE, name="no spaces"), 1),
+    (halloc.image(0, 480, halloc.fourcc("NV12")), 1),
+], ids=["size0", "count65", "reserved_usage", "bad_name", "width0"])
+def test_bad_descriptors_are_invalid_argument(connect, fast_path, desc, count):
+    client = connect(broker_fast_path=fast_path)
+    verdict = client.is_supported(desc, count)  # the same code path says so
+    assert not verdict.supported
+    assert verdict.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    with pytest.raises(halloc.InvalidArgumentError) as err:
+        client.allocate_many(desc, count)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.message.startswith("Allocate: ")
+    assert client.list() == []
+
+
+def test_set_metadata_and_dump(client):
+    buf = client.allocate(halloc.image(64, 64, halloc.fourcc("XR24")))
+    assert client.is_supported(halloc.image(64, 64, halloc.fourcc("XR24"))).supported
+    # Android JFIF: BT.601 625, SMPTE 170M transfer, full range.
+    value = types_pb2.BufferMetadata(dataspace=0x8C20000)
+    info = client.set_metadata(buf, types_pb2.METADATA_DATASPACE, value)
+    assert info.metadata.dataspace == 0x8C20000
+    assert client.describe(buf).metadata.dataspace == 0x8C20000
+    with pytest.raises(halloc.InvalidArgumentError):  # immutable
+        client.set_metadata(buf, types_pb2.METADATA_WIDTH, value)
+    mine = [s for s in client.dump().sessions if s.session_id == client.session_id]
+    assert len(mine) == 1 and mine[0].pid == os.getpid()
+    assert (mine[0].owned_buffers, mine[0].owned_bytes) == (1, buf.size)
+
+
+def test_unknown_grants_and_buffers_are_not_found(client):
+    for token in ["0" * 32, b"\xff\x00"]:
+        with pytest.raises(halloc.NotFoundError):
+            client.import_buffer(token)
+    with pytest.raises(halloc.NotFoundError):
+        client.describe(1 << 60)
+    with pytest.raises(halloc.NotFoundError):
+        client.share(1 << 60, uid=os.getuid())
+    with pytest.raises(TypeError):
+        client.share(1, uid=os.getuid(), client="compositor")
+
+
+def test_calls_without_a_valid_session_are_unauthenticated(hallocd):
+    with grpc.insecure_channel(f"unix:{hallocd.control}") as channel:
+        stub = allocator_pb2_grpc.AllocatorStub(channel)
+        req = allocator_pb2.DescribeRequest(buffer_id=1)
+        for metadata in [(), ((_broker.SESSION_METADATA_KEY, "0" * 32),)]:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Describe(req, timeout=10, metadata=metadata)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert isinstance(halloc.errors.from_rpc_error(err.value, "Describe"),
+                              halloc.UnauthenticatedError)
+        stub.Stats(allocator_pb2.StatsRequest(), timeout=10)  # needs none
+
+
+def test_share_read_only_reaches_the_peer_read_only(connect):
+    producer, consumer = connect(), connect(broker_fast_path=False)
+    buf = producer.allocate(halloc.blob(2 * PAGE))
+    data = pattern(buf.size)
+    with buf.map() as m:
+        m[:] = data
+    grant = producer.share(buf, uid=os.getuid(), cpu_access=READ)
+    assert len(grant.token) == 32 and grant.buffer_id == buf.id
+    assert grant.cpu_access == READ
+    got = consumer.import_(grant.token)
+    assert (got.id, got.size, got.cpu_access) == (buf.id, buf.size, READ)
+    assert not got.info.owned
+    assert fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    with pytest.raises(halloc.PermissionDeniedError):
+        got.map(halloc.Access.READ_WRITE)
+    with got.map(halloc.Access.READ) as m:
+        assert m[:] == data
+        with buf.map() as w:  # one memory
+            w[:3] = b"new"
+        assert m[:3] == b"new"
+    producer.revoke(grant.id)
+    with pytest.raises(halloc.NotFoundError):
+        consumer.import_buffer(grant.token)
+    consumer.release(got)
+
+
+def test_no_fd_leaks(hallocd):
+    uid = os.getuid()
+
+    def workload():
+        with halloc.Client.connect(hallocd.control, hallocd.broker) as a, \
+                halloc.Client.connect(hallocd.control, hallocd.broker,
+                                      broker_fast_path=False) as b:
+            bufs = a.allocate_many(halloc.blob(PAGE), 4)
+            with bufs[0].map() as m:
+                m[0] = 42
+            grant = a.share(bufs[0], uid=uid, cpu_access=READ)
+            got = b.import_buffer(grant.token)
+            with got.map(halloc.Access.READ) as m:
+                assert m[0] == 42
+            with pytest.raises(halloc.PermissionDeniedError):
+                got.map(halloc.Access.READ_WRITE)
+            for c in (a, b):
+                with pytest.raises(halloc.InvalidArgumentError):
+                    c.allocate(halloc.blob(0))
+                with pytest.raises(halloc.NotFoundError):
+                    c.import_buffer("0" * 32)
+            with b.allocate(halloc.blob(PAGE)):
+                pass
+            a.release(*bufs)
+            got.close()  # its hold ends with b's session
+            a.allocate(halloc.blob(PAGE)).close()  # the session's end releases it
+
+    def settled_daemon_fds():
+        # hallocd closes a session's fds shortly after we close ours.
+        counts = [hallocd.fd_count()]
+        while (len(counts) < 4 or len(set(counts[-4:])) > 1) and len(counts) < 100:
+            time.sleep(0.05)
+            counts.append(hallocd.fd_count())
+        return counts[-1]
+
+    workload()  # first: gRPC's own lasting fds
+    mine, theirs = open_fds(), settled_daemon_fds()
+    for _ in range(3):
+        workload()
+    wait_for(lambda: open_fds() == mine and hallocd.fd_count() == theirs)
+    after = open_fds()
+    assert after == mine, {"leaked": {fd: t for fd, t in after.items() if fd not in mine}}
+    assert hallocd.fd_count() == theirs
+
+
+@PATHS
+def test_fds_cut_on_the_way_are_given_back(connect, fast_path):
+    # With no fd number left, the kernel cuts the fds of the Allocate reply
+    # or frame (MSG_CTRUNC): the client says so and gives the buffer back.
+    client = connect(broker_fast_path=fast_path)
+    assert client.list() == []  # the gRPC connection exists before the limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open("/dev/null", os.O_RDONLY)
+    os.close(lowest_free)
+    before = open_fds()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        with pytest.raises(halloc.ResourceExhaustedError) as err:
+            client.allocate(halloc.blob(PAGE))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "RLIMIT_NOFILE" in err.value.message
+    assert open_fds() == before
+    assert wait_for(lambda: client.list() == [])
+    with client.allocate(halloc.blob(PAGE)) as buf:  # the session still works
+        assert buf.size == PAGE
