@@ -1,0 +1,357 @@
+#include "clients/cli/commands.h"
+
+#include <unistd.h>
+
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "clients/cli/args.h"
+#include "clients/cli/output.h"
+#include "service/metrics/prometheus.h"
+#include "service/policy/policy.h"
+#include "service/util/status_macros.h"
+
+namespace halloc::cli {
+namespace {
+
+constexpr size_t kMany = std::numeric_limits<size_t>::max();
+
+absl::Status Hold(Session& s, const Call& call, size_t n) {
+  call.out << std::flush;  // what the command printed, before the wait
+  // With --json, stdout carries JSON only.
+  std::ostream& note = call.options.json ? std::cerr : call.out;
+  note << "holding " << n << " buffer(s) in session " << s.client().session_id()
+       << "; Ctrl-C to release" << std::endl;
+  WaitForStopSignal(absl::InfiniteDuration());
+  return absl::OkStatus();
+}
+
+absl::Status Allocate(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(v1::BufferDescriptor d, DescriptorFromOptions(call.options));
+  ASSIGN_OR_RETURN(std::vector<Buffer> buffers,
+                   s.client().Allocate(d, call.options.count));
+  v1::AllocateResponse listing;
+  for (Buffer& b : buffers) {
+    if (call.options.json) {
+      *listing.add_buffers() = b.info();
+    } else {
+      PrintBuffer(call.out, b.info(), true);
+    }
+    const uint64_t id = b.id();
+    s.held().insert_or_assign(id, std::move(b));
+  }
+  if (call.options.json) call.out << Json(listing);
+  if (call.options.hold) return Hold(s, call, buffers.size());
+  return absl::OkStatus();
+}
+
+// Maps `b` with the rights its fd should carry and checks that the next
+// wider ones are refused.
+absl::Status MapCheck(const Buffer& b, const Call& call) {
+  const v1::CpuAccess granted = b.info().cpu_access();
+  auto must_refuse = [&](Access a) -> absl::Status {
+    if (!b.Map(a).ok()) return absl::OkStatus();
+    return absl::InternalError(absl::StrCat(
+        "map-check: buffer ", b.id(), " maps ", a == Access::kRead ? "read" : "read-write",
+        " although its cpu access is ", AccessName(granted)));
+  };
+  auto must_map = [&](Access a) -> absl::Status {
+    ASSIGN_OR_RETURN(Mapping m, b.Map(a));
+    const volatile unsigned char* p = m.as<const unsigned char>();
+    (void)p[0];
+    (void)p[m.size() - 1];
+    return absl::OkStatus();
+  };
+  std::string result;
+  switch (granted) {
+    case v1::CPU_ACCESS_READ_WRITE:
+      RETURN_IF_ERROR(must_map(Access::kReadWrite));
+      result = absl::StrCat("mapped ", b.size(), " bytes read-write");
+      break;
+    case v1::CPU_ACCESS_READ:
+      RETURN_IF_ERROR(must_map(Access::kRead));
+      RETURN_IF_ERROR(must_refuse(Access::kReadWrite));
+      result = absl::StrCat("mapped ", b.size(), " bytes read-only; read-write refused");
+      break;
+    case v1::CPU_ACCESS_NONE:
+      RETURN_IF_ERROR(must_refuse(Access::kRead));
+      result = "not mappable (cpu none), as granted";
+      break;
+    default:
+      return absl::FailedPreconditionError("map-check: hallocd named no cpu access");
+  }
+  if (!call.options.json) call.out << "map-check: " << result << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Import(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(Buffer b, s.client().Import(call.args[0]));
+  if (call.options.json) {
+    call.out << Json(b.info());
+  } else {
+    PrintBuffer(call.out, b.info(), true);
+  }
+  const uint64_t id = b.id();
+  const Buffer& held = s.held().insert_or_assign(id, std::move(b)).first->second;
+  if (call.options.map_check) RETURN_IF_ERROR(MapCheck(held, call));
+  if (call.options.hold) return Hold(s, call, 1);
+  return absl::OkStatus();
+}
+
+absl::Status List(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(std::vector<v1::BufferInfo> list, s.client().List(call.options.all));
+  if (call.options.json) {
+    v1::ListResponse r;
+    r.mutable_buffers()->Assign(list.begin(), list.end());
+    call.out << Json(r);
+    return absl::OkStatus();
+  }
+  if (list.empty()) call.out << "no buffers\n";
+  for (const v1::BufferInfo& b : list) PrintBuffer(call.out, b, false);
+  return absl::OkStatus();
+}
+
+absl::Status Describe(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(const uint64_t id, ParseId(call.args[0], "buffer"));
+  absl::StatusOr<v1::BufferInfo> info = s.client().Describe(id);
+  if (absl::IsNotFound(info.status())) {
+    // Not ours: look it up daemon-wide if we may.
+    absl::StatusOr<std::vector<v1::BufferInfo>> all = s.client().List(true);
+    for (size_t i = 0; all.ok() && i < all->size(); ++i) {
+      if ((*all)[i].id() == id) info = (*all)[i];
+    }
+  }
+  RETURN_IF_ERROR(info.status());
+  if (call.options.json) {
+    call.out << Json(*info);
+  } else {
+    PrintBuffer(call.out, *info, true);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Stats(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(v1::StatsResponse r, s.client().Stats());
+  if (call.options.prometheus) {
+    call.out << ToPrometheus(r);
+  } else if (call.options.json) {
+    call.out << Json(r);
+  } else {
+    PrintStats(call.out, r);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Dump(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(v1::DumpResponse r, s.client().Dump());
+  if (call.options.json) {
+    call.out << Json(r);
+  } else {
+    PrintDump(call.out, r);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Supported(Session& s, const Call& call) {
+  const Options& o = call.options;
+  if (o.format.empty() && o.size == 0) {
+    PrintFormats(call.out, o.json);
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(v1::BufferDescriptor d, DescriptorFromOptions(o));
+  ASSIGN_OR_RETURN(v1::IsSupportedResponse r, s.client().IsSupported(d, o.count));
+  if (o.json) {
+    call.out << Json(r);
+  } else if (r.supported()) {
+    PrintSupported(call.out, r);
+  }
+  if (r.supported()) return absl::OkStatus();
+  const auto code = static_cast<absl::StatusCode>(r.code());
+  return absl::Status(code == absl::StatusCode::kOk ? absl::StatusCode::kUnknown : code,
+                      absl::StrCat("not supported: ", r.reason()));
+}
+
+absl::Status Share(Session& s, const Call& call) {
+  const Options& o = call.options;
+  ASSIGN_OR_RETURN(const uint64_t id, ParseId(call.args[0], "buffer"));
+  if (o.uid < -1 || o.uid > std::numeric_limits<uint32_t>::max()) {
+    return UsageError(absl::StrCat("--uid ", o.uid, " is not a uid"));
+  }
+  if ((o.uid >= 0) == !o.client.empty()) {
+    return UsageError("share: name the peer with --uid UID or --client NAME (one of them)");
+  }
+  ASSIGN_OR_RETURN(const v1::CpuAccess cpu, ParseAccess(o.access));
+  ASSIGN_OR_RETURN(v1::Grant g, o.client.empty()
+                                    ? s.client().Share(id, static_cast<uid_t>(o.uid), cpu)
+                                    : s.client().ShareWithClient(id, o.client, cpu));
+  if (o.json) {
+    call.out << Json(g);
+  } else {
+    PrintGrant(call.out, g);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Release(Session& s, const Call& call) {
+  std::vector<uint64_t> ids;
+  for (const std::string& arg : call.args) {
+    ASSIGN_OR_RETURN(const uint64_t id, ParseId(arg, "buffer"));
+    ids.push_back(id);
+  }
+  RETURN_IF_ERROR(s.client().Release(ids));
+  for (uint64_t id : ids) s.held().erase(id);
+  if (!call.options.json) call.out << "released " << absl::StrJoin(call.args, " ") << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Revoke(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(const uint64_t id, ParseId(call.args[0], "grant"));
+  RETURN_IF_ERROR(s.client().Revoke(id));
+  if (!call.options.json) call.out << "revoked grant " << id << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status SetMetadata(Session& s, const Call& call) {
+  ASSIGN_OR_RETURN(const uint64_t id, ParseId(call.args[0], "buffer"));
+  ASSIGN_OR_RETURN(const MetadataValue m, ParseMetadata(call.args[1], call.args.subspan(2)));
+  ASSIGN_OR_RETURN(v1::BufferInfo info, s.client().SetMetadata(id, m.type, m.value));
+  if (call.options.json) {
+    call.out << Json(info);
+  } else {
+    PrintBuffer(call.out, info, true);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Watch(Session& s, const Call& call) {
+  const Options& o = call.options;
+  if (o.interval <= absl::ZeroDuration()) return UsageError("watch: --interval must be positive");
+  // A terminal gets a refreshed screen; a pipe or file, one report after another.
+  const bool clear = !o.json && ::isatty(STDOUT_FILENO) == 1;
+  for (uint32_t n = 1;; ++n) {
+    if (clear) call.out << "\033[H\033[2J";
+    if (!o.json) {
+      call.out << absl::StreamFormat(
+          "--- %s at %s (every %s; Ctrl-C to stop)\n", o.dump ? "dump" : "stats",
+          absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::Now(), absl::LocalTimeZone()),
+          absl::FormatDuration(o.interval));
+    }
+    RETURN_IF_ERROR(o.dump ? Dump(s, call) : Stats(s, call));
+    call.out << std::flush;
+    if (o.iterations != 0 && n >= o.iterations) return absl::OkStatus();
+    if (WaitForStopSignal(o.interval)) return absl::OkStatus();
+  }
+}
+
+absl::Status Help(Session&, const Call& call) {
+  call.out << CommandsHelp();
+  return absl::OkStatus();
+}
+
+using Scope = Command::Scope;
+
+constexpr Command kCommands[] = {
+    {"allocate",
+     "(--size BYTES | --format F --width W --height H [--layers N]) [--usage U] "
+     "[--count N] [--name NAME] [--hold] [--json]",
+     "allocate buffers and print them with their layout", 0, 0, Scope::kAnywhere, Allocate},
+    {"import", "TOKEN [--map-check] [--hold] [--json]",
+     "take the buffer a grant shares with you and print it; --map-check maps it\n"
+     "with the grant's rights and checks that wider ones are refused",
+     1, 1, Scope::kAnywhere, Import},
+    {"list", "[--all] [--json]",
+     "this session's buffers (--all: every live buffer with its holders; root\n"
+     "and the daemon's uid)",
+     0, 0, Scope::kAnywhere, List},
+    {"describe", "ID [--json]",
+     "one buffer: layout and metadata (any live buffer with --all rights)", 1, 1,
+     Scope::kAnywhere, Describe},
+    {"stats", "[--json|--prometheus]", "daemon-wide counters, denials per policy rule", 0, 0,
+     Scope::kAnywhere, Stats},
+    {"dump", "[--json]",
+     "per client: buffers and bytes held, owned vs imported, and quota use\n"
+     "(like Android's dmabuf_dump; root or daemon uid)",
+     0, 0, Scope::kAnywhere, Dump},
+    {"supported", "[descriptor flags] [--json]",
+     "without a descriptor: the format table; with one: whether hallocd would\n"
+     "allocate it, and the layout it would use",
+     0, 0, Scope::kAnywhere, Supported},
+    {"watch", "[--dump] [--interval 1s] [--iterations N] [--json]",
+     "print stats (or dump) again every --interval until Ctrl-C", 0, 0,
+     Scope::kCommandLineOnly, Watch},
+    {"policy", "check FILE",
+     "validate a policy file offline (no daemon needed); errors are\n"
+     "FILE:LINE:COLUMN: message",
+     2, 2, Scope::kCommandLineOnly, nullptr},
+    {"session", "",
+     "run commands read from stdin, one per line, in this one session", 0, 0,
+     Scope::kCommandLineOnly, nullptr},
+    {"share", "ID (--uid UID | --client NAME) [--access none|read|read-write] [--json]",
+     "grant a peer access to a buffer; prints the grant, its token last", 1, 1,
+     Scope::kSessionOnly, Share},
+    {"revoke", "GRANT", "withdraw a grant: no new import of it succeeds", 1, 1,
+     Scope::kSessionOnly, Revoke},
+    {"release", "ID...", "drop this session's hold on buffers", 1, kMany,
+     Scope::kSessionOnly, Release},
+    {"set-metadata",
+     "ID dataspace VALUE | ID blend-mode none|premultiplied|coverage |\n"
+     "               ID crop L,T,R,B... [--json]",
+     "set a buffer's dataspace (decimal or 0x hex), blend mode, or crop (one\n"
+     "rectangle per plane, in that plane's samples)",
+     3, kMany, Scope::kSessionOnly, SetMetadata},
+    {"help", "", "this list", 0, 0, Scope::kSessionOnly, Help},
+};
+
+}  // namespace
+
+const Command* FindCommand(absl::string_view name) {
+  for (const Command& c : kCommands) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+absl::Status CheckCommand(const Command& command, size_t num_args, bool in_session) {
+  if (in_session && command.scope == Scope::kCommandLineOnly) {
+    return UsageError(absl::StrCat(command.name, " cannot run inside a session"));
+  }
+  if (!in_session && command.scope == Scope::kSessionOnly) {
+    return UsageError(absl::StrCat(
+        command.name,
+        " acts on buffers this session holds, and each hallocctl process is its "
+        "own session: run it inside `hallocctl session`"));
+  }
+  if (num_args < command.min_args || num_args > command.max_args) {
+    return UsageError(absl::StrCat("usage: ", command.name, " ", command.synopsis,
+                                   command.synopsis.empty() ? "(no arguments)" : ""));
+  }
+  return absl::OkStatus();
+}
+
+std::string CommandsHelp() {
+  std::string out;
+  for (const Command& c : kCommands) {
+    absl::StrAppend(&out, "  ", c.name, c.synopsis.empty() ? "" : " ", c.synopsis,
+                    c.scope == Scope::kSessionOnly ? "   (in a session)" : "", "\n      ",
+                    absl::StrReplaceAll(c.summary, {{"\n", "\n      "}}), "\n");
+  }
+  return out;
+}
+
+int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(file);
+  if (!p.ok()) {
+    err << p.status().message() << "\n";
+    return kExitRefused;
+  }
+  out << file << ": OK, " << (*p)->rules().size() << " client rules:";
+  for (const Rule& r : (*p)->rules()) out << " " << r.name;
+  out << "\n";
+  return kExitOk;
+}
+
+}  // namespace halloc::cli
