@@ -83,23 +83,28 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
          "Buffers freed since start.")
       .Sample(s.releases_total());
 
-  Family client_buffers(&out, "halloc_client_buffers", "gauge",
-                        "Buffers a client (policy rule) owns, per uid.");
-  for (const auto& c : s.clients()) {
-    client_buffers.Sample(c.buffers(), {{"client", c.client()},
-                                        {"uid", absl::StrCat(c.uid())}});
-  }
-  Family client_bytes(&out, "halloc_client_bytes", "gauge",
-                      "Bytes a client (policy rule) owns, per uid.");
-  for (const auto& c : s.clients()) {
-    client_bytes.Sample(c.bytes(), {{"client", c.client()},
-                                    {"uid", absl::StrCat(c.uid())}});
-  }
-  Family client_allocs(&out, "halloc_client_allocations_total", "counter",
-                       "Buffers a client (policy rule) allocated since start, per uid.");
-  for (const auto& c : s.clients()) {
-    client_allocs.Sample(c.allocations_total(),
-                         {{"client", c.client()}, {"uid", absl::StrCat(c.uid())}});
+  // Per-client rows: one family each, a sample per client and uid.
+  struct ClientFamily {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t (v1::ClientStats::*value)() const;
+  };
+  static constexpr ClientFamily kClientFamilies[] = {
+      {"halloc_client_buffers", "gauge",
+       "Buffers a client (policy rule) owns, per uid.", &v1::ClientStats::buffers},
+      {"halloc_client_bytes", "gauge",
+       "Bytes a client (policy rule) owns, per uid.", &v1::ClientStats::bytes},
+      {"halloc_client_allocations_total", "counter",
+       "Buffers a client (policy rule) allocated since start, per uid.",
+       &v1::ClientStats::allocations_total},
+  };
+  for (const ClientFamily& f : kClientFamilies) {
+    Family family(&out, f.name, f.type, f.help);
+    for (const auto& c : s.clients()) {
+      family.Sample((c.*f.value)(),
+                    {{"client", c.client()}, {"uid", absl::StrCat(c.uid())}});
+    }
   }
   Family denials(&out, "halloc_denials_total", "counter",
                  "Requests refused by policy since start, by deciding rule.");
@@ -107,24 +112,36 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
     denials.Sample(n, {{"rule", rule}});
   }
 
-  Family backend_buffers(&out, "halloc_backend_live_buffers", "gauge",
-                         "Buffers alive now, per backend.");
-  for (const auto& b : s.backends()) backend_buffers.Sample(b.live_buffers(), {{"backend", b.name()}});
-  Family backend_bytes(&out, "halloc_backend_live_bytes", "gauge",
-                       "Bytes alive now, per backend.");
-  for (const auto& b : s.backends()) backend_bytes.Sample(b.live_bytes(), {{"backend", b.name()}});
-  Family stock_buffers(&out, "halloc_pool_stock_buffers", "gauge",
-                       "Fresh buffers a pooling backend holds in stock.");
-  for (const auto& b : s.backends()) stock_buffers.Sample(b.pool_stock_buffers(), {{"backend", b.name()}});
-  Family stock_bytes(&out, "halloc_pool_stock_bytes", "gauge",
-                     "Bytes a pooling backend holds in stock.");
-  for (const auto& b : s.backends()) stock_bytes.Sample(b.pool_stock_bytes(), {{"backend", b.name()}});
-  Family hits(&out, "halloc_pool_hits_total", "counter",
-              "Allocations served from a pool's stock since start.");
-  for (const auto& b : s.backends()) hits.Sample(b.pool_hits_total(), {{"backend", b.name()}});
-  Family misses(&out, "halloc_pool_misses_total", "counter",
-                "Allocations a pool had no stock for since start.");
-  for (const auto& b : s.backends()) misses.Sample(b.pool_misses_total(), {{"backend", b.name()}});
+  // Per-backend rows: one family each, a sample per backend.
+  struct BackendFamily {
+    const char* name;
+    const char* type;
+    const char* help;
+    uint64_t (v1::BackendStats::*value)() const;
+  };
+  static constexpr BackendFamily kBackendFamilies[] = {
+      {"halloc_backend_live_buffers", "gauge", "Buffers alive now, per backend.",
+       &v1::BackendStats::live_buffers},
+      {"halloc_backend_live_bytes", "gauge", "Bytes alive now, per backend.",
+       &v1::BackendStats::live_bytes},
+      {"halloc_pool_stock_buffers", "gauge",
+       "Fresh buffers a pooling backend holds in stock.",
+       &v1::BackendStats::pool_stock_buffers},
+      {"halloc_pool_stock_bytes", "gauge", "Bytes a pooling backend holds in stock.",
+       &v1::BackendStats::pool_stock_bytes},
+      {"halloc_pool_hits_total", "counter",
+       "Allocations served from a pool's stock since start.",
+       &v1::BackendStats::pool_hits_total},
+      {"halloc_pool_misses_total", "counter",
+       "Allocations a pool had no stock for since start.",
+       &v1::BackendStats::pool_misses_total},
+  };
+  for (const BackendFamily& f : kBackendFamilies) {
+    Family family(&out, f.name, f.type, f.help);
+    for (const auto& b : s.backends()) {
+      family.Sample((b.*f.value)(), {{"backend", b.name()}});
+    }
+  }
 
   const v1::Histogram& h = s.allocate_latency();
   Family latency(&out, "halloc_allocate_latency_seconds", "histogram",
