@@ -87,7 +87,7 @@ int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token)
 //   mmap-rw ID / mprotect-rw ID / fork-mmap-rw ID / reopen-rw ID
 //                                → ok (a writable mapping was made) | err ERRNO
 //   release ID / revoke GRANT_ID → ok | err CODE
-//   nofile                       → ok: RLIMIT_NOFILE leaves room for no new fd
+//   nofile                       → ok: RLIMIT_NOFILE 3, room for no new fd
 int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
   if (uid != 0 && (setgid(uid) != 0 || setuid(uid) != 0)) return 10;
   absl::StatusOr<halloc::Client> c = halloc::Client::Connect(opts);
@@ -213,12 +213,14 @@ int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
         out = s.ok() ? "ok" : err(s);
       }
     } else if (cmd == "nofile" && a.size() == 1) {
-      // No room for one more fd: the next fds hallocd sends are cut.
-      const int lowest_free = dup(0);
-      close(lowest_free);
+      // No room for any new fd: the next fds hallocd sends are cut. The
+      // limit is 3, so only stdin, stdout and stderr (which stay open) are
+      // below it; not "the lowest free fd", since a library thread closing
+      // one of its fds later would reopen a slot below that. Not 0 either:
+      // poll() refuses more fds than the limit (EINVAL).
       rlimit lim{};
       getrlimit(RLIMIT_NOFILE, &lim);
-      lim.rlim_cur = static_cast<rlim_t>(lowest_free);
+      lim.rlim_cur = 3;
       out = setrlimit(RLIMIT_NOFILE, &lim) == 0 ? "ok" : "err setrlimit";
     } else if (cmd == "quit") {
       return 0;
