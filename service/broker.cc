@@ -156,6 +156,39 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const std::string& path,
                                                       Allocator* core) {
   ASSIGN_OR_RETURN(UniqueFd listener,
                    BindUnixSocket(path, SOCK_SEQPACKET, mode));
+  return Launch(std::move(listener), path, /*owns_path=*/true, core);
+}
+
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Serve(UniqueFd listener,
+                                                      const std::string& path,
+                                                      Allocator* core) {
+  int type = 0;
+  int listening = 0;
+  socklen_t type_len = sizeof(type);
+  socklen_t listening_len = sizeof(listening);
+  sockaddr_storage addr{};
+  socklen_t addr_len = sizeof(addr);
+  const bool ok =
+      ::getsockopt(listener.get(), SOL_SOCKET, SO_TYPE, &type, &type_len) == 0 &&
+      ::getsockopt(listener.get(), SOL_SOCKET, SO_ACCEPTCONN, &listening,
+                   &listening_len) == 0 &&
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &addr_len) == 0;
+  if (!ok || addr.ss_family != AF_UNIX || type != SOCK_SEQPACKET || !listening) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the broker socket passed for ", path,
+        " is not a listening SOCK_SEQPACKET Unix socket"));
+  }
+  const int flags = ::fcntl(listener.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(listener.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, "fcntl(O_NONBLOCK) on the passed broker socket");
+  }
+  return Launch(std::move(listener), path, /*owns_path=*/false, core);
+}
+
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
+                                                       const std::string& path,
+                                                       bool owns_path,
+                                                       Allocator* core) {
   // Every record a client sends is stamped with its sender. Set on the
   // listener so that records sent before accept() are stamped too (and
   // accepted sockets inherit it).
@@ -180,16 +213,18 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const std::string& path,
   }
   std::unique_ptr<Broker> broker(new Broker(core, std::move(listener),
                                             std::move(epoll), std::move(wake),
-                                            std::move(reserve), path));
+                                            std::move(reserve), path, owns_path));
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
 
 Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
-               UniqueFd wake, UniqueFd reserve, std::string path)
+               UniqueFd wake, UniqueFd reserve, std::string path,
+               bool owns_path)
     : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
       wake_(std::move(wake)), reserve_(std::move(reserve)),
-      path_(std::move(path)), log_limit_(10, absl::Seconds(1)) {}
+      path_(std::move(path)), owns_path_(owns_path),
+      log_limit_(10, absl::Seconds(1)) {}
 
 Broker::~Broker() { Stop(); }
 
@@ -204,7 +239,7 @@ void Broker::Stop() {
   std::vector<uint64_t> keys;
   for (const auto& [key, c] : conns_) keys.push_back(key);
   for (uint64_t key : keys) Close(key);
-  ::unlink(path_.c_str());
+  if (owns_path_) ::unlink(path_.c_str());
 }
 
 void Broker::Warn(absl::string_view kind, const std::string& line) {

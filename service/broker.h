@@ -44,6 +44,13 @@ class Broker {
   static absl::StatusOr<std::unique_ptr<Broker>> Start(const std::string& path,
                                                        mode_t mode,
                                                        Allocator* core);
+  // Serves `listener`, a listening SOCK_SEQPACKET Unix socket someone else
+  // bound to `path` (systemd socket activation): made non-blocking and
+  // SO_PASSCRED here; `path` names it in logs and is left alone at Stop.
+  // FAILED_PRECONDITION when `listener` is not such a socket.
+  static absl::StatusOr<std::unique_ptr<Broker>> Serve(UniqueFd listener,
+                                                       const std::string& path,
+                                                       Allocator* core);
   ~Broker();  // Stops the thread and ends every session.
 
   // Stops accepting and ends every session. Idempotent.
@@ -70,7 +77,12 @@ class Broker {
   };
 
   Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,
-         UniqueFd reserve, std::string path);
+         UniqueFd reserve, std::string path, bool owns_path);
+  // Starts the thread on a bound, listening socket.
+  static absl::StatusOr<std::unique_ptr<Broker>> Launch(UniqueFd listener,
+                                                        const std::string& path,
+                                                        bool owns_path,
+                                                        Allocator* core);
   void Run();
   void Accept();
   // Whether uid may open one more connection; the reason when it may not.
@@ -94,6 +106,7 @@ class Broker {
   // Held open so that at EMFILE one fd can be freed to accept and close.
   UniqueFd reserve_;
   const std::string path_;
+  const bool owns_path_;  // bound by us: unlinked at Stop
   // Only touched by the broker thread (and Stop after join).
   absl::flat_hash_map<uint64_t, std::unique_ptr<Conn>> conns_;
   absl::flat_hash_map<uid_t, uint32_t> conns_per_uid_;

@@ -1,0 +1,98 @@
+// The broker on its own: serving a socket it was handed (systemd socket
+// activation) as well as one it binds.
+#include "service/broker.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/broker_conn.h"
+#include "gtest/gtest.h"
+#include "service/backend/memfd_backend.h"
+#include "service/util/unix_address.h"
+
+namespace halloc {
+namespace {
+
+class BrokerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/halloc-broker-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // A socket of `type` bound to `path`, listening unless `listen` is false.
+  UniqueFd Bound(const std::string& path, int type, bool listen = true) {
+    UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+    EXPECT_TRUE(addr.ok());
+    EXPECT_EQ(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
+    if (listen) EXPECT_EQ(::listen(fd.get(), 16), 0);
+    return fd;
+  }
+
+  std::string dir_;
+  std::unique_ptr<Allocator> core_;
+};
+
+TEST_F(BrokerTest, ServesAPassedSocketAndLeavesItsPathAlone) {
+  const std::string path = dir_ + "/broker.sock";
+  // As systemd makes it: blocking, no SO_PASSCRED (the unit may omit it).
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Serve(Bound(path, SOCK_SEQPACKET), path, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_GT(c->welcome.session_id(), 0u);
+  EXPECT_EQ(c->welcome.session_token().size(), 32u);
+  EXPECT_EQ(core_->Stats().sessions(), 1u);
+  (*broker)->Stop();
+  struct stat st;
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << "the passed socket's path is its owner's";
+}
+
+TEST_F(BrokerTest, ABoundSocketsPathIsRemovedAtStop) {
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_TRUE(ConnectBroker(path, absl::Seconds(5)).ok());
+  (*broker)->Stop();
+  struct stat st;
+  EXPECT_NE(::stat(path.c_str(), &st), 0);
+}
+
+TEST_F(BrokerTest, RefusesAPassedSocketOfTheWrongKind) {
+  const std::string stream = dir_ + "/stream.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> b =
+      Broker::Serve(Bound(stream, SOCK_STREAM), stream, core_.get());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(b.status().message().find("SOCK_SEQPACKET"), std::string::npos);
+
+  const std::string idle = dir_ + "/idle.sock";
+  b = Broker::Serve(Bound(idle, SOCK_SEQPACKET, /*listen=*/false), idle, core_.get());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+  UniqueFd other(pair[1]);
+  b = Broker::Serve(UniqueFd(pair[0]), "socketpair", core_.get());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+
+  b = Broker::Serve(UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)), "/dev/null",
+                    core_.get());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace halloc
