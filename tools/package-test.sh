@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Builds the packages (tools/package.sh), installs them on this machine with
+# apt-get, starts the installed hallocd the way its socket units do (on the
+# first client connection, sockets passed by name), talks to it with the
+# installed hallocctl and with a program built against the installed
+# headers and library, builds the module through DKMS for every kernel with
+# headers here, then purges both packages and checks nothing is left.
+#
+# Needs root (it installs packages). Prints "package: N passed, N failed,
+# N skipped" last.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+passed=0 failed=0 skipped=0
+ok() { echo "PASS: $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL: $1"; failed=$((failed + 1)); }
+skip() { echo "SKIP: $1"; skipped=$((skipped + 1)); }
+check() { local name="$1"; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+finish() { echo "package: $passed passed, $failed failed, $skipped skipped"; exit $((failed > 0)); }
+
+if [[ $(id -u) -ne 0 ]]; then
+  skip "package install needs root"; finish
+fi
+WORK="$(mktemp -d /tmp/halloc-pkgtest-XXXXXX)"
+DAEMON_PID=""
+cleanup() {
+  [[ -n "$DAEMON_PID" ]] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+export DEBIAN_FRONTEND=noninteractive
+APT=(apt-get -y -q --no-install-recommends -o DPkg::Lock::Timeout=600)
+
+purge() { "${APT[@]}" remove --purge halloc halloc-dkms >"$WORK/purge.log" 2>&1; }
+# A run that died half-way may have left them installed.
+if dpkg -s halloc >/dev/null 2>&1 || dpkg -s halloc-dkms >/dev/null 2>&1; then purge; fi
+
+# --- build --------------------------------------------------------------------
+if ! mapfile -t DEBS < <(tools/package.sh "$WORK/dist"); then
+  bad "tools/package.sh builds the packages"; finish
+fi
+DEB="${DEBS[0]}" DKMS_DEB="${DEBS[1]}"
+check "two packages built" test -s "$DEB" -a -s "$DKMS_DEB"
+dpkg-deb -c "$DEB" >"$WORK/contents"
+for f in ./usr/bin/hallocd ./usr/bin/hallocctl ./lib/systemd/system/hallocd.socket \
+         ./lib/systemd/system/hallocd-broker.socket ./lib/systemd/system/hallocd.service \
+         ./usr/lib/sysusers.d/halloc.conf ./etc/halloc/policy.textproto \
+         ./usr/include/halloc/clients/cpp/halloc/client.h; do
+  grep -q " $f\$" "$WORK/contents" || { bad "package holds $f"; }
+done
+ok "package holds the binaries, units, policy and headers"
+
+# --- install ------------------------------------------------------------------
+if "${APT[@]}" install "$DEB" >"$WORK/install.log" 2>&1; then
+  ok "apt-get install ./halloc_*.deb"
+else
+  cat "$WORK/install.log"; bad "apt-get install ./halloc_*.deb"; finish
+fi
+check "group halloc exists" getent group halloc
+check "policy installed as a conffile" grep -q policy.textproto /var/lib/dpkg/info/halloc.conffiles
+check "installed units pass systemd-analyze verify" \
+  systemd-analyze verify /lib/systemd/system/hallocd.socket \
+    /lib/systemd/system/hallocd-broker.socket /lib/systemd/system/hallocd.service
+
+# --- socket activation of the installed hallocd -----------------------------------
+CTL="$WORK/run/control.sock" BRK="$WORK/run/broker.sock"
+mkdir -p "$WORK/run"
+export HALLOC_CONTROL_SOCKET="$CTL" HALLOC_BROKER_SOCKET="$BRK"
+tools/lib/activate.py "$CTL" "$BRK" -- /usr/bin/hallocd \
+  --policy=/etc/halloc/policy.textproto --backend=memfd >"$WORK/hallocd.log" 2>&1 &
+DAEMON_PID=$!
+for _ in $(seq 100); do [[ -S "$BRK" ]] && break; sleep 0.1; done
+sleep 0.3
+check "hallocd is not started before a client connects" \
+  bash -c "! grep -q 'starting' '$WORK/hallocd.log'"
+if /usr/bin/hallocctl allocate --size 65536 >"$WORK/alloc.out" 2>&1; then
+  ok "installed hallocctl allocates through the activated sockets"
+else
+  cat "$WORK/alloc.out" "$WORK/hallocd.log"; bad "installed hallocctl allocates through the activated sockets"
+fi
+check "hallocd started on the first connection, on the passed sockets" \
+  grep -q "a client connected; starting /usr/bin/hallocd" "$WORK/hallocd.log"
+if /usr/bin/hallocctl stats --prometheus >"$WORK/metrics.prom" 2>&1 &&
+   promtool check metrics <"$WORK/metrics.prom" >"$WORK/promtool.out" 2>&1 &&
+   grep -q '^halloc_allocations_total 1$' "$WORK/metrics.prom"; then
+  ok "stats --prometheus of the installed daemon passes promtool"
+else
+  cat "$WORK/metrics.prom" "$WORK/promtool.out"; bad "stats --prometheus of the installed daemon passes promtool"
+fi
+
+# --- a program built against the installed headers and library ---------------------
+cat >"$WORK/user.cc" <<'CC'
+#include <cstring>
+#include <iostream>
+
+#include "clients/cpp/halloc/client.h"
+
+int main() {
+  absl::StatusOr<halloc::Client> c = halloc::Client::Connect();
+  if (!c.ok()) { std::cerr << c.status() << "\n"; return 1; }
+  absl::StatusOr<halloc::Buffer> b = c->Allocate(halloc::BlobDescriptor(1 << 20, 0, "pkg"));
+  if (!b.ok()) { std::cerr << b.status() << "\n"; return 2; }
+  absl::StatusOr<halloc::Mapping> m = b->Map(halloc::Access::kReadWrite);
+  if (!m.ok()) { std::cerr << m.status() << "\n"; return 3; }
+  std::memset(m->data(), 0x5a, m->size());
+  if (m->as<unsigned char>()[12345] != 0x5a) return 4;
+  absl::Status s = c->Release(b->id());
+  if (!s.ok()) { std::cerr << s << "\n"; return 5; }
+  std::cout << "allocated, mapped, wrote and released buffer " << b->id() << "\n";
+  return 0;
+}
+CC
+if g++ -std=c++17 -o "$WORK/user" "$WORK/user.cc" $(pkg-config --cflags --libs halloc) \
+     >"$WORK/cc.log" 2>&1; then
+  ok "a program compiles and links with pkg-config halloc"
+  if "$WORK/user" >"$WORK/user.out" 2>&1; then
+    ok "it allocates, maps and releases through the installed libhalloc.so.0"
+  else
+    cat "$WORK/user.out"; bad "it allocates, maps and releases through the installed libhalloc.so.0"
+  fi
+else
+  cat "$WORK/cc.log"; bad "a program compiles and links with pkg-config halloc"
+fi
+kill "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null; DAEMON_PID=""
+
+# --- DKMS ------------------------------------------------------------------------
+KVERS=()
+for b in /lib/modules/*/build; do [[ -d "$b" ]] && KVERS+=("$(basename "$(dirname "$b")")"); done
+if "${APT[@]}" install "$DKMS_DEB" >"$WORK/dkms.log" 2>&1; then
+  ok "apt-get install ./halloc-dkms_*.deb"
+else
+  tail -30 "$WORK/dkms.log"; bad "apt-get install ./halloc-dkms_*.deb"
+fi
+if [[ ${#KVERS[@]} -eq 0 ]]; then
+  skip "DKMS build: no kernel headers here (tools/kernel-test.sh installs the guest kernel's)"
+else
+  for v in "${KVERS[@]}"; do
+    ko="$(find "/lib/modules/$v/updates/dkms" -name 'halloc_heap.ko*' 2>/dev/null | head -1)"
+    if [[ -n "$ko" ]] && modinfo -F vermagic "$ko" | grep -q "^$v "; then
+      ok "DKMS built and installed halloc_heap.ko for $v"
+    else
+      tail -30 "$WORK/dkms.log"; dkms status halloc || true
+      bad "DKMS built and installed halloc_heap.ko for $v"
+    fi
+  done
+fi
+
+# --- purge -----------------------------------------------------------------------
+if purge; then ok "apt-get remove --purge halloc halloc-dkms"; else cat "$WORK/purge.log"; bad "apt-get remove --purge"; fi
+left=()
+for f in /usr/bin/hallocd /usr/bin/hallocctl /lib/systemd/system/hallocd.service \
+         /etc/halloc/policy.textproto /usr/include/halloc /usr/src/halloc-*; do
+  [[ -e "$f" ]] && left+=("$f")
+done
+for v in "${KVERS[@]}"; do
+  compgen -G "/lib/modules/$v/updates/dkms/halloc_heap.ko*" >/dev/null && left+=("$v/halloc_heap.ko")
+done
+if [[ ${#left[@]} -eq 0 ]] && ! dpkg -s halloc >/dev/null 2>&1; then
+  ok "nothing left after purge"
+else
+  bad "left after purge: ${left[*]}"
+fi
+finish
