@@ -337,6 +337,15 @@ void Broker::Accept() {
     }
     return;
   }
+  // Stamp every record from here on, whatever the listener had when this
+  // connection was made (since Linux 6.16 a connection takes SO_PASSCRED
+  // from the listener at connect(), so a socket passed in without it would
+  // leave its first connection unstamped).
+  const int on = 1;
+  if (::setsockopt(conn.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
+    Warn("passcred", absl::StrCat("setsockopt(SO_PASSCRED): ", std::strerror(errno)));
+    return;
+  }
   ucred cred{};
   socklen_t len = sizeof(cred);
   if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {

@@ -62,6 +62,23 @@ TEST_F(BrokerTest, ServesAPassedSocketAndLeavesItsPathAlone) {
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << "the passed socket's path is its owner's";
 }
 
+// systemd starts hallocd because a client connected: that connection was
+// made before hallocd could set SO_PASSCRED (and since Linux 6.16 a
+// connection takes it from the listener at connect()). Its records must be
+// stamped all the same.
+TEST_F(BrokerTest, AConnectionMadeBeforeServeIsStampedToo) {
+  const std::string path = dir_ + "/broker.sock";
+  UniqueFd listener = Bound(path, SOCK_SEQPACKET);
+  absl::StatusOr<UniqueFd> early = ConnectSeqpacket(path);
+  ASSERT_TRUE(early.ok()) << early.status();
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Serve(std::move(listener), path, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = Handshake(*std::move(early), absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_GT(c->welcome.session_id(), 0u);
+}
+
 TEST_F(BrokerTest, ABoundSocketsPathIsRemovedAtStop) {
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
