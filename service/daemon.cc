@@ -1,7 +1,9 @@
 #include "service/daemon.h"
 
 #include <glog/logging.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -13,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "service/backend/registry.h"
 #include "service/grpc_service.h"
+#include "service/systemd/grpc_listener.h"
 #include "service/util/os_error.h"
 #include "service/util/status_macros.h"
 
@@ -24,7 +27,8 @@ std::string DefaultSocketDir() {
   return "/run/halloc";
 }
 
-absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
+                                                      InheritedListeners inherited) {
   std::unique_ptr<Daemon> d(new Daemon(std::move(options)));
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                    CreateBackend(d->options_.backend));
@@ -38,34 +42,64 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options) {
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->service_ = std::make_unique<AllocatorService>(d->core_.get());
-
-  const std::string& control = d->options_.control_socket;
-  RETURN_IF_ERROR(RemoveStaleSocket(control));
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::StrCat("unix:", control),
-                           grpc::InsecureServerCredentials());
-  builder.RegisterService(d->service_.get());
-  grpc::ResourceQuota quota("hallocd");
-  quota.SetMaxThreads(d->options_.grpc_max_threads);
-  builder.SetResourceQuota(quota);
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
-                             d->options_.grpc_max_streams_per_connection);
-  d->server_ = builder.BuildAndStart();
-  if (d->server_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("gRPC server failed to listen on unix:", control));
-  }
-  if (::chmod(control.c_str(), d->options_.socket_mode) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("chmod(", control, ")"));
-  }
+  const bool broker_inherited = inherited.broker.is_valid();
+  RETURN_IF_ERROR(d->StartControl(std::move(inherited.control)));
   // The broker last: a client connects to it first, so once it exists the
   // control plane is ready too.
-  ASSIGN_OR_RETURN(d->broker_, Broker::Start(d->options_.broker_socket,
-                                             d->options_.socket_mode,
-                                             d->core_.get()));
-  LOG(INFO) << "listening: control unix:" << control << ", broker "
-            << d->options_.broker_socket;
+  RETURN_IF_ERROR(d->StartBroker(std::move(inherited.broker)));
+  LOG(INFO) << "listening: control unix:" << d->options_.control_socket
+            << (d->control_listener_ ? " (from systemd)" : "") << ", broker "
+            << d->options_.broker_socket << (broker_inherited ? " (from systemd)" : "");
   return d;
+}
+
+absl::Status Daemon::StartControl(UniqueFd inherited) {
+  const std::string& control = options_.control_socket;
+  // Process-wide switches, read by every ServerBuilder built after them.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  if (!inherited) {
+    RETURN_IF_ERROR(RemoveStaleSocket(control));
+    builder.AddListeningPort(absl::StrCat("unix:", control),
+                             grpc::InsecureServerCredentials());
+  }
+  builder.RegisterService(service_.get());
+  grpc::ResourceQuota quota("hallocd");
+  quota.SetMaxThreads(options_.grpc_max_threads);
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             options_.grpc_max_streams_per_connection);
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("gRPC server failed to start on unix:", control));
+  }
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(v1::Allocator::service_full_name(), true);
+  }
+  if (inherited) {
+    // systemd's socket: its mode and group are the socket unit's.
+    ASSIGN_OR_RETURN(control_listener_,
+                     GrpcListener::Start(std::move(inherited), server_.get()));
+    return absl::OkStatus();
+  }
+  if (::chmod(control.c_str(), options_.socket_mode) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("chmod(", control, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Daemon::StartBroker(UniqueFd inherited) {
+  if (inherited) {
+    // systemd's socket: its mode and group are the socket unit's.
+    ASSIGN_OR_RETURN(broker_, Broker::Serve(std::move(inherited),
+                                            options_.broker_socket, core_.get()));
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(broker_, Broker::Start(options_.broker_socket,
+                                          options_.socket_mode, core_.get()));
+  return absl::OkStatus();
 }
 
 absl::Status Daemon::ReloadPolicy() {
@@ -92,11 +126,18 @@ Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 void Daemon::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  // No new connections on systemd's socket: they wait there for the next
+  // hallocd instead.
+  const bool inherited = control_listener_ != nullptr;
+  if (control_listener_) control_listener_->Stop();
   if (server_) {
+    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+      health->Shutdown();  // NOT_SERVING from now on
+    }
     server_->Shutdown(std::chrono::system_clock::now() +
                       absl::ToChronoSeconds(grace));
     server_->Wait();
-    ::unlink(options_.control_socket.c_str());
+    if (!inherited) ::unlink(options_.control_socket.c_str());
   }
   if (broker_) broker_->Stop();
 }

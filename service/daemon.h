@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "service/allocator.h"
 #include "service/broker.h"
+#include "service/util/unique_fd.h"
 
 namespace grpc {
 class Server;
@@ -20,6 +21,7 @@ class Server;
 namespace halloc {
 
 class AllocatorService;
+class GrpcListener;
 
 struct DaemonOptions {
   // gRPC control-plane socket and broker socket paths.
@@ -41,12 +43,25 @@ struct DaemonOptions {
   int grpc_max_streams_per_connection = 64;
 };
 
+// Sockets already listening that hallocd was handed (systemd socket
+// activation, see service/systemd/activation.h). A valid one is served
+// instead of binding the option's path; that path is then only a name for
+// logs and probes, and is left alone at shutdown (systemd owns the socket).
+struct InheritedListeners {
+  UniqueFd control;  // a listening SOCK_STREAM Unix socket
+  UniqueFd broker;   // a listening SOCK_SEQPACKET Unix socket
+};
+
 // $XDG_RUNTIME_DIR/halloc when set, else /run/halloc.
 std::string DefaultSocketDir();
 
 class Daemon {
  public:
-  static absl::StatusOr<std::unique_ptr<Daemon>> Start(DaemonOptions options);
+  // Serves halloc.v1.Allocator, the standard health service
+  // (grpc.health.v1.Health: SERVING for "" and "halloc.v1.Allocator" until
+  // Shutdown) and server reflection on the control socket.
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(DaemonOptions options,
+                                                       InheritedListeners inherited = {});
   ~Daemon();
 
   // Stops accepting, lets in-flight calls finish (up to `grace`), then ends
@@ -62,11 +77,15 @@ class Daemon {
 
  private:
   explicit Daemon(DaemonOptions options);
+  absl::Status StartControl(UniqueFd inherited);
+  absl::Status StartBroker(UniqueFd inherited);
 
   DaemonOptions options_;
   std::unique_ptr<Allocator> core_;
   std::unique_ptr<AllocatorService> service_;
   std::unique_ptr<grpc::Server> server_;
+  // Accepts for server_ on an inherited control socket; else gRPC listens.
+  std::unique_ptr<GrpcListener> control_listener_;
   std::unique_ptr<Broker> broker_;
   bool shut_down_ = false;
 };

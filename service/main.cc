@@ -5,6 +5,12 @@
 // SIGTERM/SIGINT: stop accepting, finish in-flight calls, exit 0.
 // SIGHUP: re-read --policy; a file that does not parse or validate is
 // rejected with a log line and the old policy stays.
+//
+// Under systemd (service/systemd/): sockets named "control" and "broker"
+// passed by socket activation are served instead of binding the paths;
+// readiness, reloads and the stop are reported with sd_notify, and with
+// WatchdogSec= a thread pings the watchdog while both sockets answer. Run
+// by hand, none of this happens.
 #include <glog/logging.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -12,6 +18,8 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -20,12 +28,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "service/daemon.h"
+#include "service/systemd/activation.h"
+#include "service/systemd/liveness.h"
+#include "service/systemd/notify.h"
 
 ABSL_FLAG(std::string, control_socket, "",
           "gRPC control socket (default: <socket dir>/control.sock, where the "
-          "socket dir is $XDG_RUNTIME_DIR/halloc or /run/halloc)");
+          "socket dir is $XDG_RUNTIME_DIR/halloc or /run/halloc); under socket "
+          "activation the socket named 'control' is served instead (this flag must "
+          "then be empty or its path)");
 ABSL_FLAG(std::string, broker_socket, "",
-          "fd broker socket (default: <socket dir>/broker.sock)");
+          "fd broker socket (default: <socket dir>/broker.sock); under socket "
+          "activation, the socket named 'broker'");
 ABSL_FLAG(std::string, backend, "auto",
           "backend: auto (halloc when halloc_heap.ko is loaded, else memfd), "
           "halloc (dma-bufs from the kernel heaps, rights enforced by kernel "
@@ -36,7 +50,9 @@ ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "
           "client may do everything, sharing only within its own uid");
-ABSL_FLAG(std::string, socket_mode, "0660", "permissions of the sockets (octal)");
+ABSL_FLAG(std::string, socket_mode, "0660",
+          "permissions of the sockets hallocd binds (octal; systemd's sockets keep "
+          "their unit's SocketMode=)");
 ABSL_FLAG(uint64_t, max_buffer_bytes, uint64_t{4} << 30, "largest buffer");
 ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
           "most buffers one client session may hold");
@@ -65,10 +81,76 @@ void RaiseFdLimit() {
   }
 }
 
-bool MakeDir(const std::string& dir) {
-  if (mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) return true;
-  PLOG(ERROR) << "mkdir " << dir;
-  return false;
+absl::Status MakeDir(const std::string& dir) {
+  if (mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("mkdir ", dir, ": ", std::strerror(errno)));
+}
+
+// The socket path: systemd's when it passed one (a --flag must then agree),
+// else the flag, else <socket dir>/<file>.
+absl::StatusOr<std::string> SocketPath(const std::string& flag_name, const std::string& flag,
+                                       const std::string& inherited, const std::string& file) {
+  if (!inherited.empty()) {
+    if (!flag.empty() && flag != inherited) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--", flag_name, "=", flag, ", but systemd passed that socket bound to ", inherited));
+    }
+    return inherited;
+  }
+  if (!flag.empty()) return flag;
+  const std::string dir = halloc::DefaultSocketDir();
+  if (absl::Status s = MakeDir(dir); !s.ok()) return s;
+  return absl::StrCat(dir, "/", file);
+}
+
+absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSockets& sockets) {
+  halloc::DaemonOptions options;
+  absl::StatusOr<std::string> control =
+      SocketPath("control_socket", absl::GetFlag(FLAGS_control_socket), sockets.control_path,
+                 "control.sock");
+  if (!control.ok()) return control.status();
+  absl::StatusOr<std::string> broker =
+      SocketPath("broker_socket", absl::GetFlag(FLAGS_broker_socket), sockets.broker_path,
+                 "broker.sock");
+  if (!broker.ok()) return broker.status();
+  options.control_socket = *std::move(control);
+  options.broker_socket = *std::move(broker);
+  options.backend = absl::GetFlag(FLAGS_backend);
+  options.policy_file = absl::GetFlag(FLAGS_policy);
+  options.socket_mode = static_cast<mode_t>(
+      std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));
+  options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
+  options.limits.max_buffers_per_session =
+      absl::GetFlag(FLAGS_max_buffers_per_session);
+  options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);
+  options.grpc_max_streams_per_connection =
+      absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
+  return options;
+}
+
+// The daemon on systemd's sockets when it passed any, else on the paths.
+absl::StatusOr<std::unique_ptr<halloc::Daemon>> StartDaemon() {
+  absl::StatusOr<halloc::ActivatedSockets> sockets = halloc::TakeActivatedSockets();
+  if (!sockets.ok()) return sockets.status();
+  absl::StatusOr<halloc::DaemonOptions> options = OptionsFromFlags(*sockets);
+  if (!options.ok()) return options.status();
+  halloc::InheritedListeners inherited;
+  inherited.control = std::move(sockets->control);
+  inherited.broker = std::move(sockets->broker);
+  return halloc::Daemon::Start(*std::move(options), std::move(inherited));
+}
+
+// Watchdog pings while both sockets answer as a client sees them; nullptr
+// without WatchdogSec=.
+std::unique_ptr<halloc::Watchdog> StartWatchdog(const halloc::DaemonOptions& options) {
+  auto probe = std::make_shared<halloc::LivenessProbe>(options.control_socket,
+                                                       options.broker_socket);
+  std::unique_ptr<halloc::Watchdog> watchdog = halloc::Watchdog::StartIfEnabled(
+      [probe](absl::Duration timeout) { return probe->Check(timeout); });
+  if (watchdog) {
+    LOG(INFO) << "watchdog: probing both sockets every " << watchdog->interval();
+  }
+  return watchdog;
 }
 
 }  // namespace
@@ -98,45 +180,32 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   RaiseFdLimit();
 
-  halloc::DaemonOptions options;
-  const std::string dir = halloc::DefaultSocketDir();
-  options.control_socket = absl::GetFlag(FLAGS_control_socket);
-  options.broker_socket = absl::GetFlag(FLAGS_broker_socket);
-  if (options.control_socket.empty() || options.broker_socket.empty()) {
-    if (!MakeDir(dir)) return 1;
-  }
-  if (options.control_socket.empty()) {
-    options.control_socket = absl::StrCat(dir, "/control.sock");
-  }
-  if (options.broker_socket.empty()) {
-    options.broker_socket = absl::StrCat(dir, "/broker.sock");
-  }
-  options.backend = absl::GetFlag(FLAGS_backend);
-  options.policy_file = absl::GetFlag(FLAGS_policy);
-  options.socket_mode = static_cast<mode_t>(
-      std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));
-  options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
-  options.limits.max_buffers_per_session =
-      absl::GetFlag(FLAGS_max_buffers_per_session);
-  options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);
-  options.grpc_max_streams_per_connection =
-      absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
-
-  absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
-      halloc::Daemon::Start(options);
+  absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon = StartDaemon();
   if (!daemon.ok()) {
     LOG(ERROR) << "hallocd failed to start: " << daemon.status();
     return 1;
   }
+  const halloc::DaemonOptions& options = (*daemon)->options();
   LOG(INFO) << "hallocd ready (pid " << getpid() << ")";
+  // Both sockets accept by now (Start returns after the broker listens).
+  halloc::Notify(absl::StrCat("READY=1\nSTATUS=serving: control ", options.control_socket,
+                              ", broker ", options.broker_socket));
+  std::unique_ptr<halloc::Watchdog> watchdog = StartWatchdog(options);
 
   int sig = 0;
   for (;;) {
     if (sigwait(&signals, &sig) != 0) continue;
     if (sig != SIGHUP) break;
-    (void)(*daemon)->ReloadPolicy();  // logs its outcome; old policy kept on error
+    halloc::Notify("RELOADING=1\nSTATUS=reloading the policy");
+    // Logs its outcome; the old policy stays on error.
+    const absl::Status reload = (*daemon)->ReloadPolicy();
+    halloc::Notify(reload.ok() ? "READY=1\nSTATUS=serving; policy reloaded"
+                               : "READY=1\nSTATUS=serving; policy reload rejected, old "
+                                 "policy kept (see the log)");
   }
   LOG(INFO) << "signal " << sig << ": shutting down";
+  halloc::Notify("STOPPING=1\nSTATUS=shutting down");
+  watchdog.reset();
   (*daemon)->Shutdown(absl::Seconds(5));
   daemon->reset();
   LOG(INFO) << "hallocd stopped";

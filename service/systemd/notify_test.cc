@@ -1,0 +1,138 @@
+// hallocd's sd_notify messages, received the way systemd's manager receives
+// them: a datagram socket named by NOTIFY_SOCKET.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "service/systemd/testing.h"
+
+namespace halloc {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using systemd_testing::Child;
+using systemd_testing::NotifySocket;
+using HealthStatus = grpc::health::v1::HealthCheckResponse;
+
+constexpr absl::Duration kTimeout = absl::Seconds(10);
+
+class NotifyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(dir_.path().empty());
+    absl::StatusOr<NotifySocket> n = NotifySocket::Bind(dir_ / "notify.sock");
+    ASSERT_TRUE(n.ok()) << n.status();
+    notify_ = *std::move(n);
+    // A valid policy to start with (and reload).
+    std::ifstream example(systemd_testing::Runfile("service/policy/example.textproto"));
+    std::ofstream(dir_ / "policy.textproto") << example.rdbuf();
+  }
+
+  void Start(std::vector<std::string> env) {
+    env.push_back("NOTIFY_SOCKET=" + (dir_ / "notify.sock"));
+    absl::StatusOr<std::unique_ptr<Child>> c = Child::Start(
+        {systemd_testing::Runfile("service/hallocd"), "--control_socket=" + control_,
+         "--broker_socket=" + broker_, "--policy=" + (dir_ / "policy.textproto")},
+        env, dir_ / "hallocd.log");
+    ASSERT_TRUE(c.ok()) << c.status();
+    hallocd_ = *std::move(c);
+  }
+
+  // The messages up to one with the line `line` into `got`; a fatal
+  // failure without it.
+  void Expect(const std::string& line, std::vector<std::string>* got = nullptr) {
+    std::optional<std::vector<std::string>> m = notify_.Until(line, kTimeout);
+    ASSERT_TRUE(m.has_value()) << "no " << line << "; log:\n" << hallocd_->Log();
+    if (got != nullptr) *got = *std::move(m);
+  }
+
+  systemd_testing::TempDir dir_;
+  const std::string control_ = dir_ / "control.sock";
+  const std::string broker_ = dir_ / "broker.sock";
+  NotifySocket notify_;
+  std::unique_ptr<Child> hallocd_;
+};
+
+// READY=1 comes only once both sockets accept: the moment it arrives, a
+// broker connection is greeted and the control socket answers health
+// checks, with no retry.
+TEST_F(NotifyTest, ReadyOnceBothSocketsServe) {
+  Start({});
+  std::vector<std::string> got;
+  ASSERT_NO_FATAL_FAILURE(Expect("READY=1", &got));
+  EXPECT_THAT(got.back(), HasSubstr(absl::StrCat("STATUS=serving: control ", control_,
+                                                 ", broker ", broker_)));
+  absl::StatusOr<UniqueFd> conn = systemd_testing::ConnectUnix(broker_, SOCK_SEQPACKET);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  char buf[512];
+  EXPECT_GT(::recv(conn->get(), buf, sizeof(buf), 0), 0) << "no hello from the broker";
+  auto stub_status = systemd_testing::CheckHealth(control_, "halloc.v1.Allocator", kTimeout);
+  ASSERT_TRUE(stub_status.ok()) << stub_status.status();
+  EXPECT_EQ(*stub_status, HealthStatus::SERVING);
+}
+
+// SIGHUP (systemctl reload) is bracketed by RELOADING=1 and READY=1, with
+// a status line saying whether the new policy was taken; SIGTERM sends
+// STOPPING=1 before hallocd exits 0.
+TEST_F(NotifyTest, ReloadAndStopAreReported) {
+  Start({});
+  ASSERT_NO_FATAL_FAILURE(Expect("READY=1"));
+  hallocd_->Signal(SIGHUP);
+  std::vector<std::string> got;
+  ASSERT_NO_FATAL_FAILURE(Expect("RELOADING=1"));
+  ASSERT_NO_FATAL_FAILURE(Expect("READY=1", &got));
+  EXPECT_THAT(got, Contains(HasSubstr("STATUS=serving; policy reloaded")));
+
+  std::ofstream(dir_ / "policy.textproto") << "this is not a policy";
+  hallocd_->Signal(SIGHUP);
+  ASSERT_NO_FATAL_FAILURE(Expect("RELOADING=1"));
+  ASSERT_NO_FATAL_FAILURE(Expect("READY=1", &got));
+  EXPECT_THAT(got, Contains(HasSubstr("policy reload rejected, old policy kept")));
+
+  hallocd_->Signal(SIGTERM);
+  ASSERT_NO_FATAL_FAILURE(Expect("STOPPING=1"));
+  std::optional<int> status = hallocd_->Wait(kTimeout);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << hallocd_->Log();
+}
+
+// With WATCHDOG_USEC (WatchdogSec=), WATCHDOG=1 comes every half period
+// while both sockets answer; once the broker cannot be reached (its socket
+// file gone), the pings stop, so systemd would restart hallocd.
+TEST_F(NotifyTest, WatchdogPingsOnlyWhileBothSocketsAnswer) {
+  Start({"WATCHDOG_USEC=200000"});
+  ASSERT_NO_FATAL_FAILURE(Expect("READY=1"));
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(absl::StrCat("ping ", i));
+    ASSERT_NO_FATAL_FAILURE(Expect("WATCHDOG=1"));
+  }
+  ASSERT_EQ(::unlink(broker_.c_str()), 0);
+  // A probe may be under way; after it no ping may come.
+  absl::SleepFor(absl::Milliseconds(300));
+  while (notify_.Next(absl::ZeroDuration())) {
+  }
+  EXPECT_EQ(notify_.Next(absl::Seconds(1)), std::nullopt);
+  EXPECT_THAT(hallocd_->Log(), HasSubstr("watchdog: hallocd does not answer"));
+}
+
+// Without WATCHDOG_USEC there is no watchdog thread and no ping.
+TEST_F(NotifyTest, NoWatchdogUnlessAsked) {
+  Start({});
+  ASSERT_NO_FATAL_FAILURE(Expect("READY=1"));
+  EXPECT_EQ(notify_.Next(absl::Milliseconds(500)), std::nullopt);
+  EXPECT_THAT(hallocd_->Log(), ::testing::Not(HasSubstr("watchdog")));
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,199 @@
+#include "service/systemd/testing.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "service/util/os_error.h"
+#include "service/util/unix_address.h"
+
+namespace halloc::systemd_testing {
+
+std::string Runfile(const std::string& path) {
+  return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/", path);
+}
+
+std::string SystemdTool(const std::string& name) {
+  for (const char* dir : {"/usr/bin/", "/bin/", "/lib/systemd/", "/usr/lib/systemd/"}) {
+    const std::string p = dir + name;
+    if (::access(p.c_str(), X_OK) == 0) return p;
+  }
+  return "";
+}
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/halloc-sd-XXXXXX";
+  if (::mkdtemp(tmpl) != nullptr) path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+}
+
+absl::StatusOr<std::unique_ptr<Child>> Child::Start(const std::vector<std::string>& argv,
+                                                    const std::vector<std::string>& env,
+                                                    const std::string& log) {
+  std::vector<std::string> args = argv;
+  std::vector<std::string> vars = env;
+  const pid_t pid = ::fork();
+  if (pid < 0) return ErrnoStatus(errno, "fork");
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    for (std::string& v : vars) ::putenv(v.data());
+    std::vector<char*> a;
+    for (std::string& s : args) a.push_back(s.data());
+    a.push_back(nullptr);
+    ::execv(a[0], a.data());
+    _exit(127);
+  }
+  return std::unique_ptr<Child>(new Child(pid, log));
+}
+
+Child::~Child() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+}
+
+void Child::Signal(int sig) const {
+  if (pid_ > 0) ::kill(pid_, sig);
+}
+
+std::optional<int> Child::Wait(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return status;
+    }
+    if (absl::Now() >= deadline) return std::nullopt;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+}
+
+std::string Child::Log() const {
+  std::ifstream in(log_);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> LauncherSanitizerEnv() {
+  std::vector<std::string> flags;
+  for (const char* name : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS",
+                           "LD_PRELOAD"}) {
+    if (getenv(name) != nullptr) flags.push_back(absl::StrCat("--setenv=", name));
+  }
+  return flags;
+}
+
+bool Sanitized() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  return true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(undefined_behavior_sanitizer)
+  return true;
+#else
+  return false;
+#endif
+#else
+  return false;
+#endif
+}
+
+bool WaitForPath(const std::string& path, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (::access(path.c_str(), F_OK) != 0) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
+
+absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type) {
+  absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+  if (!addr.ok()) return addr.status();
+  UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!fd) return ErrnoStatus(errno, "socket");
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("connect(", path, ")"));
+  }
+  return fd;
+}
+
+absl::StatusOr<NotifySocket> NotifySocket::Bind(const std::string& path) {
+  absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+  if (!addr.ok()) return addr.status();
+  NotifySocket s;
+  s.fd_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s.fd_) return ErrnoStatus(errno, "socket");
+  if (::bind(s.fd_.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("bind(", path, ")"));
+  }
+  return s;
+}
+
+std::optional<std::string> NotifySocket::Next(absl::Duration timeout) {
+  pollfd pfd{fd_.get(), POLLIN, 0};
+  if (::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout))) != 1) {
+    return std::nullopt;
+  }
+  char buf[4096];
+  const ssize_t n = ::recv(fd_.get(), buf, sizeof(buf), MSG_DONTWAIT);
+  if (n < 0) return std::nullopt;
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::optional<std::vector<std::string>> NotifySocket::Until(const std::string& line,
+                                                            absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::vector<std::string> seen;
+  for (;;) {
+    std::optional<std::string> m = Next(deadline - absl::Now());
+    if (!m) return std::nullopt;
+    seen.push_back(*m);
+    for (absl::string_view l : absl::StrSplit(*m, '\n')) {
+      if (l == line) return seen;
+    }
+  }
+}
+
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth(
+    const std::string& path, const std::string& service, absl::Duration timeout) {
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(absl::StrCat("unix:", path), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  ctx.set_wait_for_ready(true);  // the first call may wake a socket-activated hallocd
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  const grpc::Status s = stub->Check(&ctx, req, &resp);
+  if (!s.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  }
+  return resp.status();
+}
+
+}  // namespace halloc::systemd_testing

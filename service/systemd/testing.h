@@ -1,0 +1,98 @@
+// Helpers for the systemd tests: a real hallocd (or systemd's own tools) in
+// a child process, a stand-in for systemd's notify socket, and a health
+// client.
+#ifndef HALLOC_SERVICE_SYSTEMD_TESTING_H_
+#define HALLOC_SERVICE_SYSTEMD_TESTING_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.pb.h"
+#include "service/util/unique_fd.h"
+
+namespace halloc::systemd_testing {
+
+// `path` in this test's runfiles.
+std::string Runfile(const std::string& path);
+// systemd's tool `name` (/usr/bin, else /lib/systemd), or "" if missing.
+std::string SystemdTool(const std::string& name);
+
+// A new directory under /tmp (socket paths must stay short), removed with
+// everything in it when this goes.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// A child process running argv[0] with `env` ("NAME=value") added to ours,
+// stdout and stderr to `log`. SIGKILLed and reaped when this goes (or when
+// the test dies: PR_SET_PDEATHSIG).
+class Child {
+ public:
+  static absl::StatusOr<std::unique_ptr<Child>> Start(const std::vector<std::string>& argv,
+                                                      const std::vector<std::string>& env,
+                                                      const std::string& log);
+  ~Child();
+
+  pid_t pid() const { return pid_; }
+  void Signal(int sig) const;
+  // Its wait status once it exits within `timeout`; nullopt if it runs on.
+  std::optional<int> Wait(absl::Duration timeout);
+  std::string Log() const;
+
+ private:
+  Child(pid_t pid, std::string log) : pid_(pid), log_(std::move(log)) {}
+  pid_t pid_;
+  std::string log_;
+};
+
+// systemd-socket-activate hands its child only TERM, PATH, USER, HOME and
+// what --setenv names: the flags that pass on the sanitizer settings (and
+// TSan's preloaded shim) this test runs with, so an instrumented hallocd
+// behaves as it would when started directly.
+std::vector<std::string> LauncherSanitizerEnv();
+
+// Whether this test (and so hallocd, built with it) is instrumented.
+bool Sanitized();
+
+// Whether `path` exists within `timeout`.
+bool WaitForPath(const std::string& path, absl::Duration timeout);
+
+// A connection attempt on a Unix socket of `type` (what wakes
+// systemd-socket-activate).
+absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type);
+
+// What systemd's manager is to a Type=notify service: a datagram socket the
+// service's sd_notify() messages arrive on.
+class NotifySocket {
+ public:
+  static absl::StatusOr<NotifySocket> Bind(const std::string& path);
+  // The next message, or nullopt after `timeout`.
+  std::optional<std::string> Next(absl::Duration timeout);
+  // Messages until one holding the line `line` (that one included); nullopt
+  // if none comes within `timeout`.
+  std::optional<std::vector<std::string>> Until(const std::string& line, absl::Duration timeout);
+
+ private:
+  UniqueFd fd_;
+};
+
+// grpc.health.v1.Health/Check for `service` on the control socket at `path`.
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth(
+    const std::string& path, const std::string& service, absl::Duration timeout);
+
+}  // namespace halloc::systemd_testing
+
+#endif  // HALLOC_SERVICE_SYSTEMD_TESTING_H_
