@@ -15,6 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "service/backend/registry.h"
 #include "service/grpc_service.h"
+#include "service/metrics/http_server.h"
+#include "service/metrics/prometheus.h"
 #include "service/systemd/grpc_listener.h"
 #include "service/util/os_error.h"
 #include "service/util/status_macros.h"
@@ -47,6 +49,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   // The broker last: a client connects to it first, so once it exists the
   // control plane is ready too.
   RETURN_IF_ERROR(d->StartBroker(std::move(inherited.broker)));
+  if (!d->options_.metrics_address.empty()) {
+    Allocator* core = d->core_.get();
+    ASSIGN_OR_RETURN(d->metrics_,
+                     MetricsServer::Start(d->options_.metrics_address,
+                                          [core] { return ToPrometheus(core->Stats()); }));
+    LOG(INFO) << "metrics: http://" << d->options_.metrics_address << "/metrics";
+  }
   LOG(INFO) << "listening: control unix:" << d->options_.control_socket
             << (d->control_listener_ ? " (from systemd)" : "") << ", broker "
             << d->options_.broker_socket << (broker_inherited ? " (from systemd)" : "");
@@ -126,6 +135,7 @@ Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 void Daemon::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  metrics_.reset();
   // No new connections on systemd's socket: they wait there for the next
   // hallocd instead.
   const bool inherited = control_listener_ != nullptr;

@@ -22,6 +22,7 @@ namespace halloc {
 
 class AllocatorService;
 class GrpcListener;
+class MetricsServer;
 
 struct DaemonOptions {
   // gRPC control-plane socket and broker socket paths.
@@ -41,6 +42,9 @@ struct DaemonOptions {
   int grpc_max_threads = 32;
   // Most concurrent calls (streams) on one gRPC connection.
   int grpc_max_streams_per_connection = 64;
+  // Where to serve Prometheus metrics (GET /metrics): "127.0.0.1:PORT" or
+  // "[::1]:PORT" (service/metrics/http_server.h); empty: not served.
+  std::string metrics_address;
 };
 
 // Sockets already listening that hallocd was handed (systemd socket
@@ -87,6 +91,7 @@ class Daemon {
   // Accepts for server_ on an inherited control socket; else gRPC listens.
   std::unique_ptr<GrpcListener> control_listener_;
   std::unique_ptr<Broker> broker_;
+  std::unique_ptr<MetricsServer> metrics_;
   bool shut_down_ = false;
 };
 

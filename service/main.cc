@@ -60,6 +60,11 @@ ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
 ABSL_FLAG(int, grpc_max_threads, 32,
           "most threads the gRPC server may run (calls beyond wait or get "
           "RESOURCE_EXHAUSTED)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "serve Prometheus metrics (GET /metrics) on this loopback address, "
+          "e.g. 127.0.0.1:9464 (off when empty; under the shipped unit, which "
+          "has PrivateNetwork=yes, use `hallocctl stats --prometheus` with "
+          "node_exporter's textfile collector instead)");
 ABSL_FLAG(int, grpc_max_streams_per_connection, 64,
           "most concurrent gRPC calls on one connection");
 
@@ -125,6 +130,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);
   options.grpc_max_streams_per_connection =
       absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   return options;
 }
 

@@ -1,6 +1,12 @@
-// hallocd's metrics through Prometheus's own tools: what `hallocctl stats
-// --prometheus` writes (for node_exporter's textfile collector) passes
-// `promtool check metrics` and carries hallocd's figures.
+// hallocd's metrics through Prometheus's own tools: the /metrics endpoint
+// and `hallocctl stats --prometheus` (node_exporter's textfile collector)
+// pass `promtool check metrics`, and a real Prometheus server scrapes the
+// endpoint and answers queries with hallocd's figures.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,12 +17,53 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "tests/integration/hallocd_process.h"
 
 namespace halloc::testing {
 namespace {
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+uint16_t FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  uint16_t port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+// GET `path` from 127.0.0.1:`port`: the body, or "" on any failure.
+std::string HttpGet(uint16_t port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\n\r\n");
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+    char buf[8192];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  }
+  ::close(fd);
+  const size_t body = out.find("\r\n\r\n");
+  if (!absl::StartsWith(out, "HTTP/1.") || !absl::StrContains(out.substr(0, 16), " 200 ") ||
+      body == std::string::npos) {
+    return "";
+  }
+  return out.substr(body + 4);
+}
 
 // Runs `cmd` through the shell; its exit status and output.
 std::pair<int, std::string> Shell(const std::string& cmd) {
@@ -36,11 +83,14 @@ class PrometheusTest : public ::testing::Test {
     char tmpl[] = "/tmp/halloc-prom-XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
+    port_ = FreePort();
+    ASSERT_NE(port_, 0);
     HallocdProcess::Options o;
     // A quota of 2 buffers: the third Allocate is a denial by rule "app".
     o.policy =
         "clients { name: \"app\" match { any: true } usages: \"*\" heaps: \"*\" "
         "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 2 }\n";
+    o.flags = {absl::StrCat("--metrics_address=127.0.0.1:", port_)};
     absl::StatusOr<std::unique_ptr<HallocdProcess>> d = HallocdProcess::Start(dir_, o);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
@@ -62,10 +112,28 @@ class PrometheusTest : public ::testing::Test {
   }
 
   std::string dir_;
+  uint16_t port_ = 0;
   std::unique_ptr<HallocdProcess> daemon_;
   std::optional<Client> client_;
   std::vector<Buffer> buffers_;
 };
+
+TEST_F(PrometheusTest, EndpointServesHallocdsFiguresAndPassesPromtool) {
+  const std::string text = HttpGet(port_, "/metrics");
+  ASSERT_FALSE(text.empty()) << daemon_->Log();
+  EXPECT_TRUE(absl::StrContains(text, "\nhalloc_live_buffers 2\n")) << text;
+  EXPECT_TRUE(absl::StrContains(
+      text, absl::StrCat("halloc_client_buffers{client=\"app\",uid=\"", ::getuid(), "\"} 2\n")))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, "halloc_denials_total{rule=\"app\"} 1\n")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "halloc_allocate_latency_seconds_count 2\n")) << text;
+  const std::string file = dir_ + "/metrics.prom";
+  std::ofstream(file) << text;
+  auto [rc, out] = Shell(absl::StrCat("promtool check metrics < ", file));
+  EXPECT_EQ(rc, 0) << out;
+  // promtool prints lint findings (naming, help text) even when it passes.
+  EXPECT_EQ(out, "") << out;
+}
 
 // node_exporter's textfile collector reads what hallocctl writes.
 TEST_F(PrometheusTest, HallocctlStatsPrometheusPassesPromtoolAndAgrees) {
@@ -83,6 +151,46 @@ TEST_F(PrometheusTest, HallocctlStatsPrometheusPassesPromtoolAndAgrees) {
   auto [prc, pout] = Shell(absl::StrCat("promtool check metrics < ", file));
   EXPECT_EQ(prc, 0) << pout;
   EXPECT_EQ(pout, "") << pout;
+}
+
+TEST_F(PrometheusTest, ARealPrometheusScrapesIt) {
+  const uint16_t web = FreePort();
+  ASSERT_NE(web, 0);
+  const std::string config = dir_ + "/prometheus.yml";
+  std::ofstream(config) << "global:\n  scrape_interval: 1s\n"
+                        << "scrape_configs:\n  - job_name: hallocd\n"
+                        << "    static_configs:\n      - targets: ['127.0.0.1:" << port_
+                        << "']\n";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const std::string log = dir_ + "/prometheus.log";
+    freopen(log.c_str(), "w", stderr);
+    freopen("/dev/null", "w", stdout);
+    const std::string cfg = "--config.file=" + config;
+    const std::string tsdb = "--storage.tsdb.path=" + dir_ + "/tsdb";
+    const std::string listen = absl::StrCat("--web.listen-address=127.0.0.1:", web);
+    execlp("prometheus", "prometheus", cfg.c_str(), tsdb.c_str(), listen.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // The first scrape lands within a few seconds of startup.
+  std::string answer;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    answer = HttpGet(web, "/api/v1/query?query=halloc_live_buffers");
+    if (absl::StrContains(answer, "\"result\":[{")) break;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  std::ifstream log(dir_ + "/prometheus.log");
+  const std::string log_text((std::istreambuf_iterator<char>(log)), {});
+  ASSERT_TRUE(absl::StrContains(answer, "\"result\":[{"))
+      << "no scrape in 60 s: " << answer << "\n" << log_text.substr(0, 4000);
+  EXPECT_TRUE(absl::StrContains(answer, "\"job\":\"hallocd\"")) << answer;
+  EXPECT_TRUE(absl::StrContains(answer, ",\"2\"]")) << answer;
 }
 
 }  // namespace
