@@ -37,19 +37,22 @@ purge() { "${APT[@]}" remove --purge halloc halloc-dkms >"$WORK/purge.log" 2>&1;
 if dpkg -s halloc >/dev/null 2>&1 || dpkg -s halloc-dkms >/dev/null 2>&1; then purge; fi
 
 # --- build --------------------------------------------------------------------
-if ! mapfile -t DEBS < <(tools/package.sh "$WORK/dist"); then
-  bad "tools/package.sh builds the packages"; finish
+if ! tools/package.sh "$WORK/dist" >"$WORK/debs" 2>"$WORK/package.log"; then
+  tail -40 "$WORK/package.log"; bad "tools/package.sh builds the packages"; finish
 fi
+mapfile -t DEBS <"$WORK/debs"
 DEB="${DEBS[0]}" DKMS_DEB="${DEBS[1]}"
 check "two packages built" test -s "$DEB" -a -s "$DKMS_DEB"
 dpkg-deb -c "$DEB" >"$WORK/contents"
+missing=()
 for f in ./usr/bin/hallocd ./usr/bin/hallocctl ./lib/systemd/system/hallocd.socket \
          ./lib/systemd/system/hallocd-broker.socket ./lib/systemd/system/hallocd.service \
          ./usr/lib/sysusers.d/halloc.conf ./etc/halloc/policy.textproto \
          ./usr/include/halloc/clients/cpp/halloc/client.h; do
-  grep -q " $f\$" "$WORK/contents" || { bad "package holds $f"; }
+  grep -q " $f\$" "$WORK/contents" || missing+=("$f")
 done
-ok "package holds the binaries, units, policy and headers"
+check "package holds the binaries, units, policy and headers (missing: ${missing[*]:-none})" \
+  test ${#missing[@]} -eq 0
 
 # --- install ------------------------------------------------------------------
 if "${APT[@]}" install "$DEB" >"$WORK/install.log" 2>&1; then
