@@ -8,13 +8,13 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "service/layout/layout.h"
-#include "service/layout/usage.h"
 #include "service/metadata.h"
 #include "service/policy/decide.h"
-#include "service/util/os_error.h"
-#include "service/util/scm.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
 

@@ -9,11 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
 #include "service/layout/format.h"
-#include "service/layout/usage.h"
-#include "service/util/scm.h"
 
 namespace halloc {
 namespace {

@@ -15,11 +15,11 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "service/audit.h"
-#include "service/util/os_error.h"
 #include "service/util/random.h"
-#include "service/util/unix_address.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
 

@@ -29,12 +29,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
 #include "service/util/log_limit.h"
-#include "service/util/protocol.h"
-#include "service/util/scm.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc {
 

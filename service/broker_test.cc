@@ -14,10 +14,10 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
-#include "service/util/unix_address.h"
 
 namespace halloc {
 namespace {

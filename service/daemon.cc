@@ -13,21 +13,15 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "service/backend/registry.h"
 #include "service/grpc_service.h"
 #include "service/metrics/http_server.h"
 #include "service/metrics/prometheus.h"
 #include "service/systemd/grpc_listener.h"
-#include "service/util/os_error.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
-
-std::string DefaultSocketDir() {
-  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
-  if (xdg != nullptr && xdg[0] != '\0') return absl::StrCat(xdg, "/halloc");
-  return "/run/halloc";
-}
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
                                                       InheritedListeners inherited) {

@@ -10,9 +10,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/allocator.h"
 #include "service/broker.h"
-#include "service/util/unique_fd.h"
 
 namespace grpc {
 class Server;
@@ -55,9 +55,6 @@ struct InheritedListeners {
   UniqueFd control;  // a listening SOCK_STREAM Unix socket
   UniqueFd broker;   // a listening SOCK_SEQPACKET Unix socket
 };
-
-// $XDG_RUNTIME_DIR/halloc when set, else /run/halloc.
-std::string DefaultSocketDir();
 
 class Daemon {
  public:

@@ -1,6 +1,6 @@
 #include "service/fd_channel.h"
 
-#include "service/util/scm.h"
+#include "clients/cpp/halloc/base/scm.h"
 
 namespace halloc {
 

@@ -10,8 +10,8 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc {
 

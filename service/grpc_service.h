@@ -6,9 +6,9 @@
 #ifndef HALLOC_SERVICE_GRPC_SERVICE_H_
 #define HALLOC_SERVICE_GRPC_SERVICE_H_
 
+#include "clients/cpp/halloc/base/protocol.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
-#include "service/util/protocol.h"
 
 namespace halloc {
 

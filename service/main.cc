@@ -27,6 +27,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/protocol.h"
 #include "service/daemon.h"
 #include "service/systemd/activation.h"
 #include "service/systemd/liveness.h"
@@ -112,11 +113,11 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   halloc::DaemonOptions options;
   absl::StatusOr<std::string> control =
       SocketPath("control_socket", absl::GetFlag(FLAGS_control_socket), sockets.control_path,
-                 "control.sock");
+                 halloc::kControlSocketFile);
   if (!control.ok()) return control.status();
   absl::StatusOr<std::string> broker =
       SocketPath("broker_socket", absl::GetFlag(FLAGS_broker_socket), sockets.broker_path,
-                 "broker.sock");
+                 halloc::kBrokerSocketFile);
   if (!broker.ok()) return broker.status();
   options.control_socket = *std::move(control);
   options.broker_socket = *std::move(broker);

@@ -7,10 +7,10 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "service/layout/usage.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "service/metadata.h"
 #include "service/util/random.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
 

@@ -32,12 +32,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "clients/cpp/halloc/base/rights.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/allocator.pb.h"
 #include "service/policy/decide.h"
 #include "service/policy/policy.h"
 #include "service/util/reaper.h"
-#include "service/util/rights.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc {
 

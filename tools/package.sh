@@ -44,10 +44,9 @@ done
 install -D -m 0644 service/systemd/halloc.sysusers.conf "$P/usr/lib/sysusers.d/halloc.conf"
 install -D -m 0644 service/policy/example.textproto "$P/etc/halloc/policy.textproto"
 # Headers as libhalloc's users include them (-I/usr/include/halloc):
-# "clients/cpp/halloc/client.h", and what it includes.
+# "clients/cpp/halloc/client.h", and libhalloc's base it includes.
 INC="$P/usr/include/halloc"
-for h in clients/cpp/halloc/client.h service/util/rights.h service/util/shared_fd.h \
-         service/util/unique_fd.h service/util/status_macros.h; do
+for h in clients/cpp/halloc/client.h clients/cpp/halloc/base/*.h; do
   install -D -m 0644 "$h" "$INC/$h"
 done
 for h in allocator.pb.h allocator.grpc.pb.h types.pb.h; do

@@ -10,10 +10,10 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "clients/cpp/halloc/base/rights.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "service/layout/format.h"
-#include "service/layout/usage.h"
-#include "service/util/rights.h"
-#include "service/util/status_macros.h"
 
 namespace halloc::cli {
 namespace {

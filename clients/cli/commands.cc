@@ -11,9 +11,9 @@
 #include "absl/strings/str_replace.h"
 #include "clients/cli/args.h"
 #include "clients/cli/output.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "service/metrics/prometheus.h"
 #include "service/policy/policy.h"
-#include "service/util/status_macros.h"
 
 namespace halloc::cli {
 namespace {

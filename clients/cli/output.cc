@@ -5,12 +5,12 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "clients/cpp/halloc/base/rights.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "service/layout/format.h"
 #include "service/layout/layout.h"
-#include "service/layout/usage.h"
-#include "service/util/rights.h"
 
 namespace halloc::cli {
 

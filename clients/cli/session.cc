@@ -11,7 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "clients/cli/commands.h"
-#include "service/util/status_macros.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 
 namespace halloc::cli {
 

@@ -29,8 +29,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
-#include "service/layout/usage.h"
 
 ABSL_FLAG(std::string, control_socket, "", "hallocd gRPC socket");
 ABSL_FLAG(std::string, broker_socket, "", "hallocd broker socket");

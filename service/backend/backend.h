@@ -16,8 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "service/util/rights.h"
-#include "service/util/unique_fd.h"
+#include "clients/cpp/halloc/base/rights.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc {
 

@@ -13,9 +13,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "kernel/uapi/halloc_heap.h"
-#include "service/util/os_error.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
 namespace {

@@ -8,7 +8,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
-#include "service/util/os_error.h"
+#include "clients/cpp/halloc/base/os_error.h"
 
 namespace halloc {
 

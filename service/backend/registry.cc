@@ -4,10 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "service/backend/halloc_backend.h"
 #include "service/backend/memfd_backend.h"
 #include "service/backend/pool.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "service/layout/usage.h"
+#include "clients/cpp/halloc/base/usage.h"
 
 namespace halloc::layout {
 namespace {

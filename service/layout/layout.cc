@@ -10,10 +10,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "service/layout/checked.h"
 #include "service/layout/format.h"
-#include "service/layout/usage.h"
-#include "service/util/status_macros.h"
 
 namespace halloc::layout {
 namespace {

@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "clients/cpp/halloc/base/usage.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/layout/format.h"
-#include "service/layout/usage.h"
 
 namespace halloc::layout {
 namespace {

@@ -5,7 +5,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "service/layout/usage.h"
+#include "clients/cpp/halloc/base/usage.h"
 
 namespace halloc {
 namespace {

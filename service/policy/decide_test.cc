@@ -1,8 +1,8 @@
 #include "service/policy/decide.h"
 
 #include "absl/strings/match.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
-#include "service/layout/usage.h"
 
 namespace halloc {
 namespace {

@@ -13,8 +13,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "service/backend/registry.h"
-#include "service/layout/usage.h"
 
 namespace halloc {
 namespace {

@@ -7,9 +7,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/registry.h"
-#include "service/layout/usage.h"
 
 namespace halloc {
 namespace {

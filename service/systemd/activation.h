@@ -15,7 +15,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "service/util/unique_fd.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc {
 

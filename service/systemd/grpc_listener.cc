@@ -12,7 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "service/util/os_error.h"
+#include "clients/cpp/halloc/base/os_error.h"
 
 namespace halloc {
 namespace {

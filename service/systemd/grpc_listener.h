@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "service/util/unique_fd.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace grpc {
 class Server;

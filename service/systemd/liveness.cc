@@ -11,10 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "service/util/os_error.h"
-#include "service/util/status_macros.h"
-#include "service/util/unique_fd.h"
-#include "service/util/unix_address.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 
 namespace halloc {
 namespace {

@@ -18,9 +18,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "service/util/os_error.h"
-#include "service/util/unix_address.h"
 
 namespace halloc::systemd_testing {
 

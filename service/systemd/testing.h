@@ -13,8 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.pb.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc::systemd_testing {
 

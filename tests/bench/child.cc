@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <sstream>
 
-#include "service/util/os_error.h"
+#include "clients/cpp/halloc/base/os_error.h"
 
 namespace halloc::bench {
 

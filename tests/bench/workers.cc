@@ -18,15 +18,15 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "echo.grpc.pb.h"
 #include "halloc/v1/allocator.grpc.pb.h"
-#include "service/util/os_error.h"
-#include "service/util/scm.h"
-#include "service/util/status_macros.h"
-#include "service/util/unique_fd.h"
-#include "service/util/unix_address.h"
 
 namespace halloc::bench {
 namespace {

@@ -1,4 +1,4 @@
-// Broker records (service/util/scm.h) and the messages in them
+// Broker records (clients/cpp/halloc/base/scm.h) and the messages in them
 // (proto/halloc/v1/broker.proto), read the way hallocd and the client
 // library read them.
 //
@@ -50,11 +50,11 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "halloc/v1/broker.pb.h"
-#include "service/util/protocol.h"
-#include "service/util/scm.h"
-#include "service/util/unique_fd.h"
 #include "tests/fuzz/check.h"
 
 namespace halloc {

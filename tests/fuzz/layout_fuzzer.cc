@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "halloc/v1/allocator.pb.h"
 #include "halloc/v1/types.pb.h"
 #include "service/allocator.h"
@@ -40,7 +41,6 @@
 #include "service/layout/alignment.h"
 #include "service/layout/format.h"
 #include "service/layout/layout.h"
-#include "service/layout/usage.h"
 #include "tests/fuzz/check.h"
 
 namespace halloc {

@@ -29,12 +29,12 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/allocator.pb.h"
 #include "halloc/v1/types.pb.h"
 #include "service/allocator.h"
 #include "service/backend/memfd_backend.h"
-#include "service/util/scm.h"
-#include "service/util/unique_fd.h"
 #include "tests/fuzz/check.h"
 
 namespace halloc {

@@ -27,11 +27,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
-#include "service/util/scm.h"
 #include "tests/integration/hallocd_process.h"
 
 namespace halloc {

@@ -20,12 +20,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/testing/test_daemon.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.pb.h"
-#include "service/util/unique_fd.h"
 
 extern char** environ;
 

@@ -32,7 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "service/layout/usage.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
 
 namespace {

@@ -7,10 +7,10 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "service/util/os_error.h"
-#include "service/util/scm.h"
-#include "service/util/status_macros.h"
-#include "service/util/unix_address.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 
 namespace halloc {
 namespace {

@@ -9,9 +9,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
-#include "service/util/protocol.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc {
 

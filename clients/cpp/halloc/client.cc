@@ -18,11 +18,12 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "halloc/v1/allocator.grpc.pb.h"
-#include "service/util/os_error.h"
-#include "service/util/scm.h"
-#include "service/util/status_macros.h"
 
 namespace halloc {
 namespace {
@@ -33,11 +34,7 @@ std::string SocketPath(const std::string& given, const char* env,
                        const char* file) {
   if (!given.empty()) return given;
   if (const char* v = std::getenv(env); v != nullptr && v[0] != '\0') return v;
-  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
-  const std::string dir = (xdg != nullptr && xdg[0] != '\0')
-                              ? absl::StrCat(xdg, "/halloc")
-                              : std::string("/run/halloc");
-  return absl::StrCat(dir, "/", file);
+  return DefaultSocketPath(file);
 }
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
@@ -328,9 +325,9 @@ class Client::Impl {
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
   const std::string control =
-      SocketPath(options.control_socket, "HALLOC_CONTROL_SOCKET", "control.sock");
+      SocketPath(options.control_socket, kControlSocketEnv, kControlSocketFile);
   const std::string broker_path =
-      SocketPath(options.broker_socket, "HALLOC_BROKER_SOCKET", "broker.sock");
+      SocketPath(options.broker_socket, kBrokerSocketEnv, kBrokerSocketFile);
   ASSIGN_OR_RETURN(BrokerConnection conn, ConnectBroker(broker_path, options.timeout));
   grpc::ChannelArguments args;
   auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),

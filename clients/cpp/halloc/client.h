@@ -1,6 +1,6 @@
 // libhalloc: the C++ client of hallocd.
 //
-//   #include "service/util/status_macros.h"  // ASSIGN_OR_RETURN
+//   #include "clients/cpp/halloc/base/status_macros.h"  // ASSIGN_OR_RETURN
 //
 //   absl::Status Fill() {
 //     ASSIGN_OR_RETURN(halloc::Client client, halloc::Client::Connect());
@@ -37,15 +37,15 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/rights.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/allocator.pb.h"
-#include "service/util/rights.h"
-#include "service/util/shared_fd.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc {
 
 // What a Map asks for: the daemon's own rights vocabulary (kRead,
-// kReadWrite; kNone maps nothing). See service/util/rights.h.
+// kReadWrite; kNone maps nothing). See clients/cpp/halloc/base/rights.h.
 using Access = CpuAccess;
 
 struct ConnectOptions {

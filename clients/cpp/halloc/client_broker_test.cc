@@ -15,11 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/broker.pb.h"
-#include "service/util/protocol.h"
-#include "service/util/scm.h"
 
 namespace halloc {
 namespace {

@@ -1,10 +1,10 @@
 // The example at the top of client.h, compiled and run as written.
 #include <cstring>
 
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
 #include "gtest/gtest.h"
-#include "service/util/status_macros.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
 """One record with file descriptors on a SOCK_SEQPACKET Unix socket.
 
-The Python side of service/util/scm.h. fds travel beside the bytes in
+The Python side of clients/cpp/halloc/base/scm.h. fds travel beside the bytes in
 SCM_RIGHTS, are received close-on-exec (MSG_CMSG_CLOEXEC) and are owned by
 an OwnedFd from the moment they arrive, so every error path (a truncated
 record included) closes them.

@@ -4,7 +4,7 @@ Every error the client raises is a HallocError whose ``code`` is a
 grpc.StatusCode, the same code on either path: a gRPC call's status, a
 broker reply's ``code`` (proto/halloc/v1/broker.proto: a google.rpc.Code),
 or an errno from this process's own system calls (mapped as libhalloc maps
-them, service/util/os_error.cc). What each code means and whether a retry
+them, clients/cpp/halloc/base/os_error.cc). What each code means and whether a retry
 can help is documented once, in proto/halloc/v1/allocator.proto.
 """
 

@@ -1,4 +1,4 @@
-#include "service/util/unix_address.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 
 #include <cstring>
 

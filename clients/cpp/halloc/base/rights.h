@@ -3,8 +3,8 @@
 // kernel module's HALLOC_CPU_*, and libhalloc's Access (what a Map asks).
 // Every conversion is here and tested both ways (rights_test.cc); an
 // unknown value is refused, never read as some right.
-#ifndef HALLOC_SERVICE_UTIL_RIGHTS_H_
-#define HALLOC_SERVICE_UTIL_RIGHTS_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_RIGHTS_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_RIGHTS_H_
 
 #include <cstdint>
 
@@ -45,4 +45,4 @@ absl::StatusOr<MapFlags> ToMapFlags(CpuAccess access);
 
 }  // namespace halloc
 
-#endif  // HALLOC_SERVICE_UTIL_RIGHTS_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_RIGHTS_H_

@@ -1,4 +1,4 @@
-#include "service/layout/usage.h"
+#include "clients/cpp/halloc/base/usage.h"
 
 #include <cstdint>
 #include <string>

@@ -1,4 +1,4 @@
-#include "service/util/rights.h"
+#include "clients/cpp/halloc/base/rights.h"
 
 #include <linux/dma-buf.h>
 #include <sys/mman.h>

@@ -1,6 +1,6 @@
 // RETURN_IF_ERROR / ASSIGN_OR_RETURN for absl::Status and absl::StatusOr.
-#ifndef HALLOC_SERVICE_UTIL_STATUS_MACROS_H_
-#define HALLOC_SERVICE_UTIL_STATUS_MACROS_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_STATUS_MACROS_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_STATUS_MACROS_H_
 
 #include <utility>
 
@@ -28,4 +28,4 @@
   if (!statusor.ok()) return std::move(statusor).status(); \
   lhs = std::move(statusor).value()
 
-#endif  // HALLOC_SERVICE_UTIL_STATUS_MACROS_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_STATUS_MACROS_H_

@@ -3,13 +3,12 @@
 
 #include <cerrno>
 
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "gtest/gtest.h"
-#include "service/util/os_error.h"
-#include "service/util/random.h"
-#include "service/util/shared_fd.h"
-#include "service/util/unix_address.h"
-#include "service/util/status_macros.h"
-#include "service/util/unique_fd.h"
 
 namespace halloc {
 namespace {
@@ -140,14 +139,6 @@ TEST(StatusMacrosTest, PropagateErrorsAndValues) {
   EXPECT_EQ(Quarter(6).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(CheckEven(4).ok());
   EXPECT_FALSE(CheckEven(3).ok());
-}
-
-TEST(RandomBytesTest, GivesTheLengthAskedAndNeverTheSameTwice) {
-  const std::string a = RandomBytes(16), b = RandomBytes(16);
-  EXPECT_EQ(a.size(), 16u);
-  EXPECT_NE(a, b);
-  EXPECT_NE(a, std::string(16, '\0'));
-  EXPECT_EQ(RandomBytes(0), "");
 }
 
 TEST(UnixAddressTest, FitsThePathOrSaysWhy) {

@@ -1,4 +1,4 @@
-#include "service/util/scm.h"
+#include "clients/cpp/halloc/base/scm.h"
 
 #include <fcntl.h>
 #include <sys/resource.h>

@@ -1,11 +1,11 @@
-#include "service/util/unique_fd.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 
-#include "service/util/os_error.h"
+#include "clients/cpp/halloc/base/os_error.h"
 
 namespace halloc {
 

@@ -1,4 +1,4 @@
-#include "service/util/os_error.h"
+#include "clients/cpp/halloc/base/os_error.h"
 
 #include <cerrno>
 #include <cstring>

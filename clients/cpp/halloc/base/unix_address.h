@@ -1,7 +1,7 @@
 // The sockaddr_un of a Unix socket path, shared by hallocd (bind) and its
 // clients (connect).
-#ifndef HALLOC_SERVICE_UTIL_UNIX_ADDRESS_H_
-#define HALLOC_SERVICE_UTIL_UNIX_ADDRESS_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_UNIX_ADDRESS_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_UNIX_ADDRESS_H_
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -17,4 +17,4 @@ absl::StatusOr<sockaddr_un> UnixAddress(const std::string& path);
 
 }  // namespace halloc
 
-#endif  // HALLOC_SERVICE_UTIL_UNIX_ADDRESS_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_UNIX_ADDRESS_H_

@@ -6,8 +6,8 @@
 // they are accepted and passed through, but halloc gives them no meaning.
 // Everything else is reserved and refused with INVALID_ARGUMENT, as are the
 // CPU enum values Android does not define (1 and 4-15 in either nibble).
-#ifndef HALLOC_SERVICE_LAYOUT_USAGE_H_
-#define HALLOC_SERVICE_LAYOUT_USAGE_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_USAGE_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_USAGE_H_
 
 #include <cstdint>
 #include <string>
@@ -85,4 +85,4 @@ inline bool WantsCpuWrite(uint64_t usage) { return (usage & kCpuWriteMask) != 0;
 
 }  // namespace halloc::usage
 
-#endif  // HALLOC_SERVICE_LAYOUT_USAGE_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_USAGE_H_

@@ -1,7 +1,7 @@
 // UniqueFd: the one owner of a file descriptor. Nothing outside this class
 // calls close() on an fd it owns.
-#ifndef HALLOC_SERVICE_UTIL_UNIQUE_FD_H_
-#define HALLOC_SERVICE_UTIL_UNIQUE_FD_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_UNIQUE_FD_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_UNIQUE_FD_H_
 
 #include "absl/status/statusor.h"
 
@@ -44,4 +44,4 @@ class UniqueFd {
 
 }  // namespace halloc
 
-#endif  // HALLOC_SERVICE_UTIL_UNIQUE_FD_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_UNIQUE_FD_H_

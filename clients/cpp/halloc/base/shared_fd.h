@@ -6,13 +6,13 @@
 //
 // Copying and destroying SharedFds is thread-safe; the fd's users must still
 // agree on what they do with it.
-#ifndef HALLOC_SERVICE_UTIL_SHARED_FD_H_
-#define HALLOC_SERVICE_UTIL_SHARED_FD_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_SHARED_FD_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_SHARED_FD_H_
 
 #include <memory>
 
 #include "absl/status/statusor.h"
-#include "service/util/unique_fd.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc {
 
@@ -40,4 +40,4 @@ class SharedFd {
 
 }  // namespace halloc
 
-#endif  // HALLOC_SERVICE_UTIL_SHARED_FD_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_SHARED_FD_H_

@@ -1,4 +1,4 @@
-#include "service/util/shared_fd.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
 
 #include <utility>
 

@@ -1,6 +1,6 @@
 // One way to turn an errno into an absl::Status: "what we did: strerror".
-#ifndef HALLOC_SERVICE_UTIL_OS_ERROR_H_
-#define HALLOC_SERVICE_UTIL_OS_ERROR_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -18,4 +18,4 @@ absl::Status ErrnoStatus(int err, absl::string_view what);
 
 }  // namespace halloc
 
-#endif  // HALLOC_SERVICE_UTIL_OS_ERROR_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_

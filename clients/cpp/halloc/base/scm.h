@@ -3,8 +3,8 @@
 // Records are whole messages on SOCK_SEQPACKET. fds travel beside the bytes,
 // are received close-on-exec, and are owned by UniqueFd from the moment they
 // arrive, so every error path (truncation included) closes them.
-#ifndef HALLOC_SERVICE_UTIL_SCM_H_
-#define HALLOC_SERVICE_UTIL_SCM_H_
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_SCM_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_SCM_H_
 
 #include <sys/socket.h>
 
@@ -16,7 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "service/util/unique_fd.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc {
 
@@ -56,4 +56,4 @@ absl::Status WaitReadable(int fd, int timeout_ms);
 
 }  // namespace halloc
 
-#endif  // HALLOC_SERVICE_UTIL_SCM_H_
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_SCM_H_

@@ -1,4 +1,4 @@
-#include "service/util/scm.h"
+#include "clients/cpp/halloc/base/scm.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -8,7 +8,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "service/util/os_error.h"
+#include "clients/cpp/halloc/base/os_error.h"
 
 namespace halloc {
 

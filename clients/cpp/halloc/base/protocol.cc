@@ -1,0 +1,19 @@
+#include "clients/cpp/halloc/base/protocol.h"
+
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+
+namespace halloc {
+
+std::string DefaultSocketDir() {
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  if (xdg != nullptr && xdg[0] != '\0') return absl::StrCat(xdg, "/halloc");
+  return "/run/halloc";
+}
+
+std::string DefaultSocketPath(const char* file) {
+  return absl::StrCat(DefaultSocketDir(), "/", file);
+}
+
+}  // namespace halloc

@@ -1,0 +1,33 @@
+// Protocol constants and default socket paths shared by hallocd and its
+// clients (one definition, so
+// the two sides cannot drift apart). The protocol itself is documented in
+// proto/halloc/v1/allocator.proto and proto/halloc/v1/broker.proto.
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_PROTOCOL_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_BASE_PROTOCOL_H_
+
+#include <cstdint>
+#include <string>
+
+namespace halloc {
+
+// Broker protocol version (Hello.version).
+inline constexpr uint32_t kBrokerProtocolVersion = 2;
+// gRPC metadata key carrying the session token (Welcome.session_token).
+inline constexpr char kSessionMetadataKey[] = "halloc-session";
+
+// Where hallocd's sockets are when nobody says otherwise: these files in
+// DefaultSocketDir(). Clients also honour the environment variables.
+inline constexpr char kControlSocketFile[] = "control.sock";
+inline constexpr char kBrokerSocketFile[] = "broker.sock";
+inline constexpr char kControlSocketEnv[] = "HALLOC_CONTROL_SOCKET";
+inline constexpr char kBrokerSocketEnv[] = "HALLOC_BROKER_SOCKET";
+
+// $XDG_RUNTIME_DIR/halloc when XDG_RUNTIME_DIR is set, else /run/halloc.
+std::string DefaultSocketDir();
+
+// `file` in DefaultSocketDir().
+std::string DefaultSocketPath(const char* file);
+
+}  // namespace halloc
+
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_PROTOCOL_H_
