@@ -159,7 +159,6 @@ class Suite {
   std::optional<Child> echo_, scm_, daemon_;
   Values echo_lat_;
   double scm_p50_ = kNaN;
-  std::map<std::string, double> scm_floor_;  // scm_fd floor by percentile
   std::map<uint64_t, Values> memfd_;
   std::vector<Row> rows_;
   int failures_ = 0;
@@ -238,7 +237,6 @@ void Suite::Floors() {
   }
   // One more view of the same figure: fd delivery against its raw floor.
   scm_p50_ = Get(scm, "scm.p50");
-  for (const char* p : kPcts) scm_floor_[p] = Get(scm, absl::StrCat("scm.", p));
 }
 
 // Each halloc worker times an echo call next to every call it measures
@@ -253,18 +251,19 @@ void Suite::Allocations() {
     const int64_t pace = size >= (1 << 20) && std::isfinite(commit_us)
                              ? static_cast<int64_t>(2 * commit_us + 100) : 0;
     const std::string echo = "--echo=" + Sock("echo.sock");
+    const std::string scm = "--scm=" + Sock("scm.sock");
     // The gRPC path (what a gRPC-only client gets) and the broker fast path
     // (libhalloc's default), same sizes, same pacing.
     const Values warm = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
                                      absl::StrCat("--n=", n), "--mode=warm",
-                                     absl::StrCat("--pace_us=", pace), echo,
+                                     absl::StrCat("--pace_us=", pace), echo, scm,
                                      "--path=grpc"}));
     const Values cold = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
                                      absl::StrCat("--n=", plan_.cold_n.at(size)),
                                      "--mode=cold", echo, "--path=grpc"}));
     const Values fast = Work(Halloc({"alloc_lat", absl::StrCat("--size=", size),
                                      absl::StrCat("--n=", n), "--mode=warm",
-                                     absl::StrCat("--pace_us=", pace), echo,
+                                     absl::StrCat("--pace_us=", pace), echo, scm,
                                      "--path=broker"}));
     for (const char* p : kPcts) {
       const std::string pct(p);
@@ -276,20 +275,22 @@ void Suite::Allocations() {
                   target));
     }
     // The gRPC path's physical floor: one gRPC call plus one fd over a
-    // Unix socket.
+    // Unix socket, both timed interleaved with it.
     {
       Add(Compare(absl::StrCat("alloc.warm.", sz, ".p50.vs_echo+scm"),
-                  Get(warm, "alloc.p50"), "us", "grpc_echo(interleaved)+scm_fd.p50",
-                  Get(warm, "echo.p50") + scm_p50_, 1.1));
+                  Get(warm, "alloc.p50"), "us",
+                  "grpc_echo(interleaved)+scm_fd(interleaved).p50",
+                  Get(warm, "echo.p50") + Get(warm, "scm.p50"), 1.1));
     }
-    // The broker path's floor is one Unix-socket round trip carrying an fd.
+    // The broker path's floor is one Unix-socket round trip carrying an fd,
+    // timed interleaved with it.
     for (const char* p : kPcts) {
       const std::string pct(p);
       std::optional<double> target;
       if (size <= (1 << 20) && pct == "p50") target = 1.5;
       if (size <= (1 << 20) && pct == "p99") target = 2.0;
       Add(Compare(absl::StrCat("broker.alloc.warm.", sz, ".", p), Get(fast, "alloc." + pct),
-                  "us", "scm_fd." + pct, scm_floor_[pct], target));
+                  "us", "scm_fd(interleaved)." + pct, Get(fast, "scm." + pct), target));
     }
     for (const char* p : kPcts) {
       const std::string pct(p);
@@ -304,7 +305,7 @@ void Suite::Allocations() {
       Add(Compare(absl::StrCat("release.", sz, ".", p), Get(warm, "release." + pct),
                   "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct)));
       Add(Compare(absl::StrCat("broker.release.", sz, ".", p), Get(fast, "release." + pct),
-                  "us", "scm_fd." + pct, scm_floor_[pct]));
+                  "us", "scm_fd(interleaved)." + pct, Get(fast, "scm." + pct)));
     }
     if (size == 4096) {
       Add(Compare("alloc.warm.4KiB.p50.vs_scm", Get(warm, "alloc.p50"), "us",

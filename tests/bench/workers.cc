@@ -217,6 +217,29 @@ class EchoProbe {
   std::unique_ptr<halloc::bench::Echo::Stub> stub_;
 };
 
+// One Unix-socket round trip carrying an fd (the scm_fd floor), timed
+// inside the halloc workers too, interleaved call by call like EchoProbe.
+class ScmProbe {
+ public:
+  explicit ScmProbe(const std::string& socket) {
+    if (socket.empty()) return;
+    absl::StatusOr<UniqueFd> s = ConnectSeqpacket(socket);
+    if (s.ok()) sock_ = *std::move(s);
+  }
+  // Microseconds, or NaN without an scm server.
+  double Call() {
+    if (!sock_) return std::nan("");
+    const int64_t t0 = NowNs();
+    if (::send(sock_.get(), "r", 1, MSG_NOSIGNAL) != 1) return std::nan("");
+    absl::StatusOr<Record> rec = ReceiveRecord(sock_.get(), false);
+    const double us = Us(t0, NowNs());
+    return rec.ok() && rec->fds.size() == 1 ? us : std::nan("");
+  }
+
+ private:
+  UniqueFd sock_;
+};
+
 // The memfd floor of one buffer (create + size + commit + map), in µs.
 double MemfdOnce(uint64_t size) {
   const int64_t t0 = NowNs();
@@ -233,8 +256,8 @@ double MemfdOnce(uint64_t size) {
 }
 
 // Allocate → fd in hand → mapped, then (untimed) unmap + close, then a timed
-// Release; each iteration also times one echo call (and, cold, one local
-// memfd floor). Warm: one name, so the pool (if any) stocks that class,
+// Release; each iteration also times one echo call, one scm_fd round trip
+// (and, cold, one local memfd floor). Warm: one name, so the pool (if any) stocks that class,
 // paced so that the refill keeps up. Cold: a new name per call (a class the
 // pool has never seen), so every call creates and commits memory on the
 // request path.
@@ -242,14 +265,16 @@ int AllocLatency(const Args& a) {
   absl::StatusOr<Client> c = Connect(a);
   if (!c.ok()) return Fail("connect", c.status());
   EchoProbe echo(a.Str("echo"));
+  ScmProbe scm(a.Str("scm"));
   const uint64_t size = a.Int("size");
   const int64_t n = a.Int("n", 100);
   const bool cold = a.Str("mode") == "cold";
   const absl::Duration pace = absl::Microseconds(a.Int("pace_us", 0));
-  Micros alloc, release, echo_us, memfd_us;
+  Micros alloc, release, echo_us, scm_us, memfd_us;
   const int64_t warmup = 5;
   for (int64_t i = -warmup; i < n; ++i) {
     const double e = echo.Call();
+    const double sc = scm.Call();
     const double f = cold ? MemfdOnce(size) : std::nan("");
     const std::string name = cold ? absl::StrCat("cold-", i) : "warm";
     const int64_t t0 = NowNs();
@@ -269,6 +294,7 @@ int AllocLatency(const Args& a) {
       alloc.push_back(Us(t0, t1));
       release.push_back(Us(t2, t3));
       echo_us.push_back(e);
+      scm_us.push_back(sc);
       memfd_us.push_back(f);
     }
     // Let the pool stock the class before measuring warm calls.
@@ -278,6 +304,7 @@ int AllocLatency(const Args& a) {
   Say(FormatSummary("alloc", Summarize(alloc)) +
       FormatSummary("release", Summarize(release)) +
       FormatSummary("echo", Summarize(echo_us)) +
+      FormatSummary("scm", Summarize(scm_us)) +
       (cold ? FormatSummary("memfd", Summarize(memfd_us)) : ""));
   return 0;
 }
