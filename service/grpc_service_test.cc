@@ -1,0 +1,145 @@
+// The gRPC adaptor alone, over an in-process channel: sessions come only
+// from the halloc-session metadata, core errors keep their codes, fds go to
+// the session's channel (a fake here), never into the reply.
+#include "service/grpc_service.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <vector>
+
+#include "clients/cpp/halloc/base/usage.h"
+#include "gtest/gtest.h"
+#include "service/backend/memfd_backend.h"
+
+namespace halloc {
+namespace {
+
+// Records what the core would have sent on the broker socket.
+class FakeChannel : public FdChannel {
+ public:
+  absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
+                    const v1::AllocateResponse*) override {
+    sent.push_back(info);
+    fd_counts.push_back(fds.size());
+    return absl::OkStatus();
+  }
+  std::vector<v1::BufferFds> sent;
+  std::vector<size_t> fd_counts;
+};
+
+class GrpcServiceTest : public ::testing::Test {
+ protected:
+  GrpcServiceTest()
+      : core_(std::make_unique<MemfdBackend>(), Limits()), service_(&core_) {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    stub_ = v1::Allocator::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
+    Identity me;
+    me.uid = ::getuid();
+    me.pid = ::getpid();
+    session_ = *core_.OpenSession(me, channel_);
+  }
+  ~GrpcServiceTest() override { server_->Shutdown(); }
+
+  // A context carrying `token` as the session metadata ("" for none).
+  static std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    if (!token.empty()) ctx->AddMetadata(kSessionMetadataKey, token);
+    return ctx;
+  }
+
+  Allocator core_;
+  AllocatorService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::Allocator::Stub> stub_;
+  std::shared_ptr<FakeChannel> channel_ = std::make_shared<FakeChannel>();
+  std::shared_ptr<Session> session_;
+};
+
+TEST_F(GrpcServiceTest, AllocateFindsTheSessionByTokenAndSendsFdsToItsChannel) {
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  req.set_count(2);
+  v1::AllocateResponse resp;
+  grpc::Status s = stub_->Allocate(Ctx(session_->token()).get(), req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.buffers_size(), 2);
+  ASSERT_EQ(channel_->sent.size(), 1u);  // one record for both
+  EXPECT_EQ(channel_->fd_counts[0], 2u);
+  EXPECT_EQ(channel_->sent[0].buffers(0).buffer_id(), resp.buffers(0).id());
+
+  v1::DescribeRequest dreq;
+  dreq.set_buffer_id(resp.buffers(1).id());
+  v1::DescribeResponse dresp;
+  ASSERT_TRUE(stub_->Describe(Ctx(session_->token()).get(), dreq, &dresp).ok());
+  EXPECT_EQ(dresp.buffer().size(), 4096u);
+}
+
+TEST_F(GrpcServiceTest, NoOrAWrongTokenIsUnauthenticatedAndAllocatesNothing) {
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::AllocateResponse resp;
+  for (const std::string& token : {std::string(), std::string("0123"),
+                                   session_->token() + "0"}) {
+    EXPECT_EQ(stub_->Allocate(Ctx(token).get(), req, &resp).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED)
+        << token;
+  }
+  EXPECT_TRUE(channel_->sent.empty());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  // A closed session's token stops working.
+  const std::string token = session_->token();
+  core_.CloseSession(session_->id());
+  EXPECT_EQ(stub_->Allocate(Ctx(token).get(), req, &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(GrpcServiceTest, CoreErrorsKeepTheirCodes) {
+  const std::string t = session_->token();
+  v1::AllocateRequest zero;
+  zero.mutable_desc()->set_size(0);
+  v1::AllocateResponse resp;
+  grpc::Status s = stub_->Allocate(Ctx(t).get(), zero, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("size"), std::string::npos) << s.error_message();
+
+  v1::ReleaseRequest rel;
+  rel.add_buffer_ids(12345);
+  v1::ReleaseResponse rresp;
+  EXPECT_EQ(stub_->Release(Ctx(t).get(), rel, &rresp).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  v1::ImportRequest imp;
+  imp.set_grant_token("no-such-grant");
+  v1::ImportResponse iresp;
+  EXPECT_EQ(stub_->Import(Ctx(t).get(), imp, &iresp).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  v1::AllocateRequest prot;
+  prot.mutable_desc()->set_size(4096);
+  prot.mutable_desc()->set_usage(usage::kProtected);  // memfd cannot hold it
+  EXPECT_EQ(stub_->Allocate(Ctx(t).get(), prot, &resp).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+TEST_F(GrpcServiceTest, IsSupportedAndStatsNeedNoSession) {
+  v1::IsSupportedRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::IsSupportedResponse resp;
+  ASSERT_TRUE(stub_->IsSupported(Ctx("").get(), req, &resp).ok());
+  EXPECT_TRUE(resp.supported());
+  EXPECT_EQ(resp.backend(), "memfd");
+  req.mutable_desc()->set_size(0);
+  ASSERT_TRUE(stub_->IsSupported(Ctx("").get(), req, &resp).ok());
+  EXPECT_FALSE(resp.supported());
+  EXPECT_EQ(resp.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  v1::StatsResponse stats;
+  ASSERT_TRUE(stub_->Stats(Ctx("").get(), v1::StatsRequest(), &stats).ok());
+  EXPECT_EQ(stats.sessions(), 1u);
+}
+
+}  // namespace
+}  // namespace halloc
