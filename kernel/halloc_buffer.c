@@ -348,12 +348,11 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	int ret = 0;
 
 	/*
-	 * No rights check here: a kernel importer (vb2-vmalloc, or
-	 * vb2-dma-contig filling a frame) maps the buffer on behalf of its
-	 * device, not of the fd holder's CPU, and dma_buf_vmap() treats any
-	 * exporter failure as a bug (WARN_ON_ONCE) while several importers
-	 * go on to use the NULL mapping. The device side is policed at
-	 * attach time, and user CPU access at mmap/begin_cpu_access.
+	 * No rights check here: views without CPU access have no vmap op at
+	 * all (halloc_dmabuf_nocpu_ops), so dma_buf_vmap() refuses them in
+	 * the core with -EINVAL before calling us; failing here instead would
+	 * WARN in 6.1's dma_buf_vmap(). Read and read-write views map for
+	 * their kernel importers (vb2-vmalloc, or vivid filling a frame).
 	 */
 	mutex_lock(&buf->lock);
 	if (!buf->vmap_cnt) {
@@ -404,10 +403,28 @@ static const struct dma_buf_ops halloc_dmabuf_ops = {
 	.vunmap = halloc_dmabuf_vunmap,
 };
 
+/*
+ * Views without CPU access: the same ops but vmap/vunmap, so that no CPU,
+ * a kernel importer's included, reads them: dma_buf_vmap() returns -EINVAL
+ * (the core checks for the op) and the importer fails cleanly, where an
+ * exporter vmap failure would WARN. Devices still attach and map.
+ */
+static const struct dma_buf_ops halloc_dmabuf_nocpu_ops = {
+	.attach = halloc_dmabuf_attach,
+	.detach = halloc_dmabuf_detach,
+	.map_dma_buf = halloc_dmabuf_map,
+	.unmap_dma_buf = halloc_dmabuf_unmap,
+	.release = halloc_dmabuf_release,
+	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,
+	.end_cpu_access = halloc_dmabuf_end_cpu_access,
+	.mmap = halloc_dmabuf_mmap,
+};
+
 /* True if @dmabuf was exported by this module (its priv is a halloc_view). */
 bool halloc_dmabuf_is_ours(const struct dma_buf *dmabuf)
 {
-	return dmabuf->ops == &halloc_dmabuf_ops;
+	return dmabuf->ops == &halloc_dmabuf_ops ||
+	       dmabuf->ops == &halloc_dmabuf_nocpu_ops;
 }
 
 /*
@@ -422,7 +439,8 @@ struct dma_buf *halloc_export(struct halloc_view *view, u32 flags)
 
 	exp_info.exp_name = buf->heap->name;
 	exp_info.owner = THIS_MODULE;
-	exp_info.ops = &halloc_dmabuf_ops;
+	exp_info.ops = view->cpu_access == HALLOC_CPU_NONE ?
+			       &halloc_dmabuf_nocpu_ops : &halloc_dmabuf_ops;
 	exp_info.size = buf->size;
 	exp_info.flags = flags;
 	exp_info.resv = &buf->resv;

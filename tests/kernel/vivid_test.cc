@@ -197,9 +197,11 @@ TEST_F(VividTest, VmallocCaptureIntoContigHeap) {
   CaptureInto(Heap::kContig, /*expect_vmap=*/true);
 }
 
-// CPU rights bind the fd holder, not a kernel importer that vmaps for its
-// device: a camera may fill a buffer its client can never map.
-TEST_F(VividTest, VmallocFillsNoCpuView) {
+// A view without CPU access has no vmap: vb2-vmalloc (which reads and
+// writes frames with the CPU) cannot take it. QBUF fails cleanly, with no
+// WARN from the dma-buf core (the harness fails on any splat), and nothing
+// stays mapped or attached; the same buffer through a read-write view works.
+TEST_F(VividTest, VmallocRefusesNoCpuView) {
   ASSERT_EQ(RequestBuffers(1), 0);
   UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
   ASSERT_TRUE(buf.valid());
@@ -209,17 +211,17 @@ TEST_F(VividTest, VmallocFillsNoCpuView) {
   ASSERT_TRUE(view.valid());
   EXPECT_FALSE(Map(view.get(), PageAlign(frame_size_), PROT_READ).valid());
   EXPECT_EQ(errno, EPERM);
-  ASSERT_EQ(Queue(0, view.get(), PageAlign(frame_size_)), 0);
-  EXPECT_EQ(InfoOf(buf.get()).vmaps, 1u);
-  ASSERT_EQ(StreamOn(true), 0);
-  uint32_t used = 0;
-  ASSERT_EQ(Dequeue(&used), 0);
-  ASSERT_EQ(StreamOn(false), 0);
+  const int queued = Queue(0, view.get(), PageAlign(frame_size_));
+  EXPECT_NE(queued, 0) << "vb2-vmalloc vmapped a CPU-none view";
+  RecordProperty("qbuf_errno", std::to_string(-queued));
+  halloc_buffer_info info = InfoOf(buf.get());
+  EXPECT_EQ(info.vmaps, 0u);
+  EXPECT_EQ(info.attachments, 0u);
   ASSERT_EQ(RequestBuffers(0), 0);
-  Mapping m = Map(buf.get(), PageAlign(frame_size_), PROT_READ);
-  ASSERT_TRUE(m.valid());
-  EXPECT_FALSE(AllBytesAre(m.data(), frame_size_, 0)) << "vivid wrote nothing";
-  EXPECT_EQ(InfoOf(buf.get()).vmaps, 0u);
+  ASSERT_EQ(RequestBuffers(1), 0);
+  ASSERT_EQ(Queue(0, buf.get(), PageAlign(frame_size_)), 0);
+  EXPECT_EQ(InfoOf(buf.get()).vmaps, 1u);
+  ASSERT_EQ(RequestBuffers(0), 0);
 }
 
 class VividContigTest : public VividTest {
