@@ -68,6 +68,13 @@ TEST_F(ClientTest, AllocateMapWriteDescribeListRelease) {
     EXPECT_EQ(static_cast<uint64_t>(st.st_size), b->size());
     EXPECT_EQ(b->Map(Access::kNone).status().code(),
               absl::StatusCode::kInvalidArgument);
+    // memfds carry no fences.
+    EXPECT_EQ(b->ExportSyncFile(Access::kRead).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(b->ImportSyncFile(UniqueFd(), Access::kReadWrite).code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(b->ExportSyncFile(Access::kNone).status().code(),
+              absl::StatusCode::kInvalidArgument);
     absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
     ASSERT_TRUE(m.ok()) << m.status();
     for (size_t i = 0; i < m->size(); i += 4096) {

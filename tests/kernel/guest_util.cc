@@ -101,6 +101,20 @@ bool ModuleLoaded(const std::string& name) {
   return stat(("/sys/module/" + name + "/initstate").c_str(), &st) == 0;
 }
 
+GemHandle::~GemHandle() {
+  if (handle_) {
+    drm_gem_close close_args = {};
+    close_args.handle = handle_;
+    drmIoctl(drm_fd_, DRM_IOCTL_GEM_CLOSE, &close_args);
+  }
+}
+
+int64_t Import(int drm_fd, int dmabuf_fd) {
+  uint32_t handle = 0;
+  if (drmPrimeFDToHandle(drm_fd, dmabuf_fd, &handle) != 0) return -errno;
+  return handle;
+}
+
 UniqueFd OpenVgem() {
   for (int i = 0; i < 16; ++i) {
     std::string path = "/dev/dri/card" + std::to_string(i);

@@ -111,6 +111,23 @@ bool ModuleLoaded(const std::string& name);
 // The vgem DRM node (card*), or an invalid fd if vgem is not loaded.
 UniqueFd OpenVgem();
 
+// A GEM handle on a DRM fd, closed on destruction.
+class GemHandle {
+ public:
+  GemHandle(int drm_fd, uint32_t handle) : drm_fd_(drm_fd), handle_(handle) {}
+  GemHandle(const GemHandle&) = delete;
+  GemHandle& operator=(const GemHandle&) = delete;
+  ~GemHandle();
+  uint32_t get() const { return handle_; }
+
+ private:
+  int drm_fd_;
+  uint32_t handle_;
+};
+
+// drmPrimeFDToHandle: the handle, or -errno.
+int64_t Import(int drm_fd, int dmabuf_fd);
+
 // Contents of a file, or "" if it cannot be read.
 std::string ReadFile(const std::string& path);
 

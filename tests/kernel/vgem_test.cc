@@ -15,33 +15,6 @@ namespace halloc_test {
 
 namespace {
 
-// A GEM handle on a DRM fd, closed on destruction.
-class GemHandle {
- public:
-  GemHandle(int drm_fd, uint32_t handle) : drm_fd_(drm_fd), handle_(handle) {}
-  GemHandle(const GemHandle&) = delete;
-  GemHandle& operator=(const GemHandle&) = delete;
-  ~GemHandle() {
-    if (handle_) {
-      drm_gem_close close_args = {};
-      close_args.handle = handle_;
-      drmIoctl(drm_fd_, DRM_IOCTL_GEM_CLOSE, &close_args);
-    }
-  }
-  uint32_t get() const { return handle_; }
-
- private:
-  int drm_fd_;
-  uint32_t handle_;
-};
-
-// drmPrimeFDToHandle: the handle, or -errno.
-int64_t Import(int drm_fd, int dmabuf_fd) {
-  uint32_t handle = 0;
-  if (drmPrimeFDToHandle(drm_fd, dmabuf_fd, &handle) != 0) return -errno;
-  return handle;
-}
-
 class VgemTest : public HallocTest {
  protected:
   void SetUp() override {

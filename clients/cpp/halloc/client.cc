@@ -111,6 +111,51 @@ absl::StatusOr<Mapping> Buffer::Map(Access access) const {
   return m;
 }
 
+namespace {
+
+// What a fence ioctl's failure means to the caller.
+absl::Status FenceError(int err, absl::string_view what) {
+  if (err == ENOTTY) {
+    return absl::UnimplementedError(absl::StrCat(
+        what, ": this kernel has no such ioctl (Linux 6.0+)"));
+  }
+  return ErrnoStatus(err, what);
+}
+
+}  // namespace
+
+absl::StatusOr<UniqueFd> Buffer::ExportSyncFile(Access access) const {
+  if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
+  ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
+  if (!is_dmabuf()) {
+    return absl::FailedPreconditionError(
+        "buffer is a memfd: only dma-bufs carry fences");
+  }
+  dma_buf_export_sync_file arg{};
+  arg.flags = static_cast<uint32_t>(flags.sync);
+  arg.fd = -1;
+  if (::ioctl(fd_.get(), DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &arg) != 0) {
+    return FenceError(errno, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
+  }
+  return UniqueFd(arg.fd);
+}
+
+absl::Status Buffer::ImportSyncFile(const UniqueFd& sync_file, Access access) const {
+  if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
+  ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
+  if (!is_dmabuf()) {
+    return absl::FailedPreconditionError(
+        "buffer is a memfd: only dma-bufs carry fences");
+  }
+  dma_buf_import_sync_file arg{};
+  arg.flags = static_cast<uint32_t>(flags.sync);
+  arg.fd = sync_file.get();
+  if (::ioctl(fd_.get(), DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &arg) != 0) {
+    return FenceError(errno, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
+  }
+  return absl::OkStatus();
+}
+
 v1::BufferDescriptor BlobDescriptor(uint64_t size, uint64_t usage,
                                     absl::string_view name) {
   v1::BufferDescriptor d;

@@ -108,6 +108,16 @@ class Buffer {
   // `access` (e.g. kReadWrite on a buffer shared read-only).
   absl::StatusOr<Mapping> Map(Access access) const;
 
+  // Implicit-sync fences as sync_files (DMA_BUF_IOCTL_EXPORT_SYNC_FILE /
+  // IMPORT_SYNC_FILE, Linux 6.0+), for explicit-sync users (Vulkan, KMS
+  // IN_FENCE_FD) next to implicit-sync ones. ExportSyncFile(kRead): what a
+  // reader waits for (the writers); kReadWrite: what a writer waits for
+  // (every user). ImportSyncFile adds `sync_file` as a read (kRead) or a
+  // write (kReadWrite) fence. FAILED_PRECONDITION on a memfd (no fences),
+  // UNIMPLEMENTED on kernels without the ioctls, INVALID_ARGUMENT for kNone.
+  absl::StatusOr<UniqueFd> ExportSyncFile(Access access) const;
+  absl::Status ImportSyncFile(const UniqueFd& sync_file, Access access) const;
+
   // Gives up the fd: the fd itself, or a dup while a Mapping still shares
   // it. The Buffer has no fd afterwards.
   [[nodiscard]] absl::StatusOr<UniqueFd> TakeFd() { return fd_.Release(); }
