@@ -13,6 +13,9 @@
 # hallocd fd each) can be measured. Under TCG absolute times are slow; the
 # ratios and the memory per buffer are what it is for.
 #
+# Also builds kernel/ through DKMS (kernel/dkms.conf, scratch trees) against
+# the same headers: one more case, counted on the host.
+#
 # Fails when: the module build prints any compiler warning, a test fails or
 # crashes, the guest's kernel log shows a splat (WARNING:, BUG:, Oops,
 # general protection, lockdep, KASAN, refcount_t), or the run times out.
@@ -94,6 +97,35 @@ if grep -E 'warning:|error:' "$BUILD_LOG" | grep -v 'Skipping BTF' >&2; then
   die "module build printed warnings"
 fi
 KO=$REPO/kernel/halloc_heap.ko
+
+# --- DKMS --------------------------------------------------------------------
+# kernel/dkms.conf as a user's `dkms build` reads it (the halloc-dkms package
+# installs the same tree), against the same headers, in scratch trees:
+# nothing is registered with this machine's DKMS. One host-side case.
+dkms_passed=0 dkms_failed=0
+if ! command -v dkms >/dev/null; then
+  die "dkms is not installed (tools/run installs it)"
+fi
+DKMS_DIR=$(mktemp -d)
+DKMS_SRC=$DKMS_DIR/src/halloc-0.0.0
+mkdir -p "$DKMS_SRC/uapi" "$DKMS_DIR/tree"
+cp "$REPO"/kernel/{Kbuild,Makefile,halloc.h} "$REPO"/kernel/halloc_*.c "$DKMS_SRC/"
+rm -f "$DKMS_SRC"/*.mod.c
+cp "$REPO/kernel/uapi/halloc_heap.h" "$DKMS_SRC/uapi/"
+sed 's/@VERSION@/0.0.0/' "$REPO/kernel/dkms.conf" >"$DKMS_SRC/dkms.conf"
+log "dkms build of kernel/ for $KVER (scratch trees)"
+if dkms add -m halloc -v 0.0.0 --sourcetree "$DKMS_DIR/src" --dkmstree "$DKMS_DIR/tree" \
+     >"$DKMS_DIR/log" 2>&1 &&
+   dkms build -m halloc -v 0.0.0 -k "$KVER" --sourcetree "$DKMS_DIR/src" \
+     --dkmstree "$DKMS_DIR/tree" >>"$DKMS_DIR/log" 2>&1 &&
+   compgen -G "$DKMS_DIR/tree/halloc/0.0.0/$KVER/*/module/halloc_heap.ko*" >/dev/null; then
+  dkms_passed=1
+else
+  tail -n 30 "$DKMS_DIR/log" >&2
+  log "FAIL: dkms build of kernel/ for $KVER"
+  dkms_failed=1
+fi
+rm -rf "$DKMS_DIR"
 
 # --- guest test binary -------------------------------------------------------
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
@@ -256,6 +288,9 @@ if [[ -f $RESULTS/test.log ]]; then
     sed 's/^/  guest: /' >&2 || true
 fi
 if ((failed > 0)); then failed_why+=("$failed test(s) failed"); fi
+passed=$((passed + dkms_passed))
+failed=$((failed + dkms_failed))
+((dkms_failed)) && failed_why+=("dkms build failed")
 
 if ((${#failed_why[@]})); then
   for w in "${failed_why[@]}"; do log "FAIL: $w"; done
