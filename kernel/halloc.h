@@ -31,6 +31,7 @@
 struct halloc_heap {
 	const char *name;
 	bool contig;
+	bool protected_content;		/* no CPU access, ever */
 	struct miscdevice misc;
 };
 

@@ -520,7 +520,10 @@ struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
 	view = kzalloc(sizeof(*view), GFP_KERNEL);
 	if (!view)
 		return ERR_PTR(-ENOMEM);
-	view->cpu_access = HALLOC_CPU_READ_WRITE;
+	/* A protected buffer has no CPU access from its first fd on; views
+	 * only narrow, so none of them ever has any. */
+	view->cpu_access = heap->protected_content ? HALLOC_CPU_NONE :
+						     HALLOC_CPU_READ_WRITE;
 
 	buf = halloc_buffer_create(heap, size);
 	if (IS_ERR(buf)) {

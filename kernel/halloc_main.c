@@ -2,7 +2,7 @@
 /*
  * halloc_heap: dma-buf heaps with per-client views.
  *
- * Registers /dev/dma_heap/halloc-system and /dev/dma_heap/halloc-contig
+ * Registers /dev/dma_heap/halloc-system, halloc-contig and halloc-protected
  * (the upstream dma-heap UAPI, for kernels built without DMABUF_HEAPS as
  * well as with) and the control node /dev/halloc (see
  * uapi/halloc_heap.h). Every dma-buf holds a reference on this module, so
@@ -250,6 +250,18 @@ static struct halloc_heap halloc_heaps[] = {
 			.minor = MISC_DYNAMIC_MINOR,
 			.name = HALLOC_HEAP_CONTIG,
 			.nodename = "dma_heap/" HALLOC_HEAP_CONTIG,
+			.fops = &halloc_heap_fops,
+		},
+	},
+	{
+		/* halloc-system's pages, exported without CPU access. */
+		.name = HALLOC_HEAP_PROTECTED,
+		.contig = false,
+		.protected_content = true,
+		.misc = {
+			.minor = MISC_DYNAMIC_MINOR,
+			.name = HALLOC_HEAP_PROTECTED,
+			.nodename = "dma_heap/" HALLOC_HEAP_PROTECTED,
 			.fops = &halloc_heap_fops,
 		},
 	},

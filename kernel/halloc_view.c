@@ -154,6 +154,8 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 		info->flags |= HALLOC_INFO_IS_VIEW;
 	if (buf->below_4g)
 		info->flags |= HALLOC_INFO_BELOW_4G;
+	if (buf->heap->protected_content)
+		info->flags |= HALLOC_INFO_PROTECTED;
 	info->num_drivers = view->num_drivers;
 	memcpy(info->drivers, view->drivers, sizeof(info->drivers));
 	info->segments = buf->segments;

@@ -130,9 +130,18 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   plan.name = desc.name().empty() ? "buffer" : desc.name();
   RETURN_IF_ERROR(usage::Validate(desc.usage()));
   plan.usage = desc.usage();
-  // A client that asks only to read gets a read-only fd.
+  // A client that asks only to read gets a read-only fd; protected content
+  // is for devices only, the owner's CPU included.
   if (usage::WantsCpuRead(desc.usage()) && !usage::WantsCpuWrite(desc.usage())) {
     plan.owner_access = CpuAccess::kRead;
+  }
+  if (desc.usage() & usage::kProtected) {
+    if (usage::WantsCpuRead(desc.usage()) || usage::WantsCpuWrite(desc.usage())) {
+      return absl::InvalidArgumentError(
+          "usage PROTECTED with CPU read or write bits: protected content is "
+          "for devices only");
+    }
+    plan.owner_access = CpuAccess::kNone;
   }
 
   uint64_t bytes = 0;

@@ -2,14 +2,18 @@
 /*
  * halloc_heap.h - user-space API of the halloc_heap kernel module.
  *
- * The module exposes three character devices:
+ * The module exposes four character devices:
  *
- *   /dev/dma_heap/halloc-system  scattered pages (high orders first, pooled)
- *   /dev/dma_heap/halloc-contig  one physically contiguous run of pages,
- *                                below 4 GiB (module parameter contig_dma32)
- *   /dev/halloc                  control node: views and accounting
+ *   /dev/dma_heap/halloc-system     scattered pages (high orders first, pooled)
+ *   /dev/dma_heap/halloc-contig     one physically contiguous run of pages,
+ *                                   below 4 GiB (module parameter contig_dma32)
+ *   /dev/dma_heap/halloc-protected  scattered pages no CPU may touch: every
+ *                                   buffer and view is HALLOC_CPU_NONE
+ *                                   (HALLOC_INFO_PROTECTED); only devices
+ *                                   reach its content
+ *   /dev/halloc                     control node: views and accounting
  *
- * The two heap nodes speak the upstream dma-heap UAPI unchanged
+ * The heap nodes speak the upstream dma-heap UAPI unchanged
  * (DMA_HEAP_IOCTL_ALLOC with struct dma_heap_allocation_data from
  * <linux/dma-heap.h>), so existing dma-heap users work against them.
  * Every buffer is zero-filled when it is handed out.
@@ -29,15 +33,13 @@
  *                                      DMA_BUF_IOCTL_SYNC with
  *                                      DMA_BUF_SYNC_WRITE fails with EPERM.
  *               HALLOC_CPU_READ_WRITE: no CPU restriction.
- *               CPU rights govern user-space CPU access by the fd holder.
- *               A kernel importer's vmap (dma_buf_vmap, e.g. videobuf2
- *               filling a frame) is done for its device, is allowed on every
- *               view and counts in halloc_buffer_info.vmaps: the dma-buf
- *               core treats a failing vmap as a kernel bug (WARN_ON_ONCE)
- *               and some importers then use the missing mapping. Devices
- *               are policed by the attach allow-list below; an importer
- *               that only vmaps (videobuf2-vmalloc) never attaches, so only
- *               not handing it the fd keeps it out.
+ *               CPU rights govern user-space CPU access by the fd holder,
+ *               and HALLOC_CPU_NONE the kernel's too: such a dma-buf has no
+ *               vmap, so a kernel importer's dma_buf_vmap() fails with
+ *               EINVAL (videobuf2-vmalloc cannot queue it). On READ and
+ *               READ_WRITE views a kernel importer's vmap (e.g. videobuf2
+ *               filling a frame) is done for its device, is allowed and
+ *               counts in halloc_buffer_info.vmaps.
  *   drivers     with HALLOC_VIEW_RESTRICT_ATTACH, dma_buf_attach() from a
  *               device fails with EPERM unless the device's driver name is
  *               listed. The name matched is the bound driver's name
@@ -85,8 +87,10 @@
 #define HALLOC_CONTROL_PATH "/dev/halloc"
 #define HALLOC_HEAP_SYSTEM_PATH "/dev/dma_heap/halloc-system"
 #define HALLOC_HEAP_CONTIG_PATH "/dev/dma_heap/halloc-contig"
+#define HALLOC_HEAP_PROTECTED_PATH "/dev/dma_heap/halloc-protected"
 #define HALLOC_HEAP_SYSTEM "halloc-system"
 #define HALLOC_HEAP_CONTIG "halloc-contig"
+#define HALLOC_HEAP_PROTECTED "halloc-protected"
 
 /* Length of every name field, including the terminating NUL. */
 #define HALLOC_NAME_LEN 32
@@ -105,6 +109,8 @@
 #define HALLOC_INFO_IS_VIEW (1u << 31)
 /* halloc_buffer_info.flags only: every page lies below 4 GiB. */
 #define HALLOC_INFO_BELOW_4G (1u << 30)
+/* halloc_buffer_info.flags only: from halloc-protected (no CPU, ever). */
+#define HALLOC_INFO_PROTECTED (1u << 29)
 
 /**
  * struct halloc_view_data - argument of HALLOC_IOCTL_VIEW

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "kernel/uapi/halloc_heap.h"
 
 namespace halloc {
@@ -50,11 +51,19 @@ absl::StatusOr<UniqueFd> OpenNode(const std::string& path, int flags) {
 // The module's device nodes.
 class DeviceNodes : public HallocNodes {
  public:
-  DeviceNodes(UniqueFd heap, UniqueFd contig, UniqueFd control)
-      : heap_(std::move(heap)), contig_(std::move(contig)), control_(std::move(control)) {}
-  int Alloc(bool contig, dma_heap_allocation_data* data) override {
-    return Errno(Ioctl(contig ? contig_.get() : heap_.get(), DMA_HEAP_IOCTL_ALLOC, data));
+  DeviceNodes(UniqueFd heap, UniqueFd contig, UniqueFd protected_heap, UniqueFd control)
+      : heap_(std::move(heap)),
+        contig_(std::move(contig)),
+        protected_(std::move(protected_heap)),
+        control_(std::move(control)) {}
+  int Alloc(HallocHeap heap, dma_heap_allocation_data* data) override {
+    const UniqueFd& node = heap == HallocHeap::kContig      ? contig_
+                           : heap == HallocHeap::kProtected ? protected_
+                                                            : heap_;
+    if (!node) return ENODEV;
+    return Errno(Ioctl(node.get(), DMA_HEAP_IOCTL_ALLOC, data));
   }
+  bool HasProtected() const override { return protected_.is_valid(); }
   int View(halloc_view_data* view) override {
     return Errno(Ioctl(control_.get(), HALLOC_IOCTL_VIEW, view));
   }
@@ -64,7 +73,7 @@ class DeviceNodes : public HallocNodes {
 
  private:
   static int Errno(int r) { return r == 0 ? 0 : errno; }
-  const UniqueFd heap_, contig_, control_;
+  const UniqueFd heap_, contig_, protected_, control_;
 };
 
 }  // namespace
@@ -80,6 +89,8 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
   ASSIGN_OR_RETURN(UniqueFd heap, OpenNode(paths.heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd contig, OpenNode(paths.contig_heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd control, OpenNode(paths.control, O_RDWR));
+  // Optional: a module without it serves everything but PROTECTED.
+  absl::StatusOr<UniqueFd> protected_heap = OpenNode(paths.protected_heap, O_RDONLY);
   std::vector<std::string> contig_only;
   std::ifstream param(paths.contig_only_drivers);
   std::string list;
@@ -89,7 +100,9 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
     }
   }
   return CreateWithNodes(
-      std::make_unique<DeviceNodes>(std::move(heap), std::move(contig), std::move(control)),
+      std::make_unique<DeviceNodes>(std::move(heap), std::move(contig),
+                                    protected_heap.ok() ? *std::move(protected_heap) : UniqueFd(),
+                                    std::move(control)),
       std::move(contig_only));
 }
 
@@ -109,18 +122,29 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
     return absl::InvalidArgumentError("halloc: size 0");
   }
   const bool contig = NeedsContig(request);
+  const bool protect = (request.usage & usage::kProtected) != 0;
+  if (protect && contig) {
+    return absl::FailedPreconditionError(
+        "halloc: protected buffers come from halloc-protected, which is not "
+        "physically contiguous, and a device the client may attach to needs "
+        "contiguous memory");
+  }
+  const HallocHeap heap = protect  ? HallocHeap::kProtected
+                          : contig ? HallocHeap::kContig
+                                   : HallocHeap::kSystem;
   dma_heap_allocation_data data{};
   data.len = request.size;
   data.fd_flags = O_RDWR | O_CLOEXEC;
-  if (const int err = nodes_->Alloc(contig, &data); err != 0) {
+  if (const int err = nodes_->Alloc(heap, &data); err != 0) {
     // ENOMEM covers both "larger than the heap's limit" and "short of
     // memory": RESOURCE_EXHAUSTED either way (the daemon's own size limit
     // rejects absurd sizes earlier with INVALID_ARGUMENT).
     return ErrnoStatus(
         err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ",
-                            contig ? "halloc-contig (a device the client may "
-                                     "attach to needs contiguous memory)"
-                                   : "halloc-system"));
+                            protect  ? "halloc-protected"
+                            : contig ? "halloc-contig (a device the client may "
+                                       "attach to needs contiguous memory)"
+                                     : "halloc-system"));
   }
   UniqueFd fd(static_cast<int>(data.fd));
   // The name shows in /proc/<pid>/fdinfo and the module's debugfs. A failure

@@ -14,7 +14,10 @@
 // e.g. vivid with videobuf2-dma-contig) gets halloc-contig memory, so that
 // its camera can use the buffer; when that heap cannot supply the size the
 // allocation fails (RESOURCE_EXHAUSTED) rather than hand out pages the
-// device would refuse. Everyone else gets halloc-system.
+// device would refuse. Usage PROTECTED gets halloc-protected: pages no CPU
+// may touch, every fd of them CPU-none in the kernel (when the module has
+// that heap; otherwise CanProtect() is false and the core refuses the
+// usage). Everyone else gets halloc-system.
 #ifndef HALLOC_SERVICE_BACKEND_HALLOC_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_HALLOC_BACKEND_H_
 
@@ -33,11 +36,15 @@ namespace halloc {
 // The module's ioctls, behind an interface so that tests can stand in fake
 // nodes (halloc_backend_test.cc); the real ones act on the module's device
 // nodes. Each returns 0 or an errno.
+enum class HallocHeap { kSystem, kContig, kProtected };
+
 class HallocNodes {
  public:
   virtual ~HallocNodes() = default;
-  // DMA_HEAP_IOCTL_ALLOC on halloc-contig (`contig`) or halloc-system.
-  virtual int Alloc(bool contig, dma_heap_allocation_data* data) = 0;
+  // DMA_HEAP_IOCTL_ALLOC on one of the module's heaps.
+  virtual int Alloc(HallocHeap heap, dma_heap_allocation_data* data) = 0;
+  // Whether the module has the halloc-protected heap.
+  virtual bool HasProtected() const = 0;
   // HALLOC_IOCTL_VIEW on /dev/halloc.
   virtual int View(halloc_view_data* view) = 0;
   // DMA_BUF_SET_NAME on a dma-buf.
@@ -47,6 +54,8 @@ class HallocNodes {
 struct HallocBackendPaths {
   std::string heap = "/dev/dma_heap/halloc-system";
   std::string contig_heap = "/dev/dma_heap/halloc-contig";
+  // Optional (modules before it lack it): PROTECTED usage needs it.
+  std::string protected_heap = "/dev/dma_heap/halloc-protected";
   std::string control = "/dev/halloc";
   // The module's list of drivers whose devices need one physically
   // contiguous segment (comma-separated), read once at start.
@@ -68,6 +77,7 @@ class HallocBackend : public Backend {
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
   bool CanEnforce(CpuAccess) const override { return true; }
   bool CanLimitAttach() const override { return true; }
+  bool CanProtect() const override { return nodes_->HasProtected(); }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     const ViewRights& rights) override;
   bool NeedsView(const ViewRights& rights) const override {

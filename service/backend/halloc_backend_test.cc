@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "kernel/uapi/halloc_heap.h"
 
@@ -19,24 +20,26 @@ namespace halloc {
 namespace {
 
 struct Calls {
-  std::vector<bool> allocs;  // contig?
+  std::vector<HallocHeap> allocs;
   std::vector<halloc_view_data> views;
   std::vector<std::string> names;
   int fail_alloc = 0;  // errno to fail Alloc with
   int fail_view = 0;
+  bool has_protected = true;
 };
 
 class FakeNodes : public HallocNodes {
  public:
   explicit FakeNodes(Calls* calls) : calls_(calls) {}
-  int Alloc(bool contig, dma_heap_allocation_data* data) override {
-    calls_->allocs.push_back(contig);
+  int Alloc(HallocHeap heap, dma_heap_allocation_data* data) override {
+    calls_->allocs.push_back(heap);
     if (calls_->fail_alloc != 0) return calls_->fail_alloc;
     const int fd = memfd_create("fake-dmabuf", MFD_CLOEXEC);
     if (fd < 0 || ftruncate(fd, static_cast<off_t>(data->len)) != 0) return errno;
     data->fd = static_cast<uint32_t>(fd);
     return 0;
   }
+  bool HasProtected() const override { return calls_->has_protected; }
   int View(halloc_view_data* view) override {
     calls_->views.push_back(*view);
     if (calls_->fail_view != 0) return calls_->fail_view;
@@ -62,8 +65,27 @@ TEST(HallocBackendTest, DevicesThatNeedContiguousMemoryGetTheContigHeap) {
   ASSERT_TRUE(b->Allocate({4096, "a", 0, std::nullopt}).ok());                   // any device
   ASSERT_TRUE(b->Allocate({4096, "b", 0, std::vector<std::string>{"vgem"}}).ok());
   ASSERT_TRUE(b->Allocate({4096, "c", 0, std::vector<std::string>{"vgem", "vivid"}}).ok());
-  EXPECT_EQ(calls.allocs, (std::vector<bool>{false, false, true}));
+  EXPECT_EQ(calls.allocs, (std::vector<HallocHeap>{HallocHeap::kSystem, HallocHeap::kSystem,
+                                                    HallocHeap::kContig}));
   EXPECT_EQ(calls.names, (std::vector<std::string>{"halloc:a", "halloc:b", "halloc:c"}));
+}
+
+TEST(HallocBackendTest, ProtectedUsageGetsTheProtectedHeapWhenTheModuleHasIt) {
+  Calls calls;
+  auto b = Backend(&calls);
+  EXPECT_TRUE(b->CanProtect());
+  ASSERT_TRUE(b->Allocate({4096, "p", usage::kProtected, std::nullopt}).ok());
+  ASSERT_TRUE(b->Allocate({4096, "p", usage::kProtected | usage::kGpuTexture,
+                           std::vector<std::string>{"vgem"}}).ok());
+  EXPECT_EQ(calls.allocs, (std::vector<HallocHeap>{HallocHeap::kProtected,
+                                                    HallocHeap::kProtected}));
+  // Protected and contiguous cannot both be had: said before the kernel.
+  EXPECT_EQ(b->Allocate({4096, "p", usage::kProtected, std::vector<std::string>{"vivid"}})
+                .status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(calls.allocs.size(), 2u);
+  calls.has_protected = false;
+  EXPECT_FALSE(b->CanProtect());
 }
 
 TEST(HallocBackendTest, AViewCarriesTheRightsAndTheAllowList) {

@@ -33,6 +33,7 @@ constexpr uint64_t kSize = 1 << 20;
 constexpr uint64_t kCpuReadOften = 0x3;
 constexpr uint64_t kCpuWriteOften = 0x3 << 4;
 constexpr uint64_t kGpuTexture = 1 << 8;
+constexpr uint64_t kProtected = 1 << 14;
 
 // drmPrimeFDToHandle into vgem: 0 (handle closed again) or -errno.
 int ImportIntoVgem(int vgem, int dmabuf) {
@@ -184,6 +185,38 @@ TEST_F(DaemonOnKernelHeapTest, NoCpuClientGetsAViewTheCpuCannotMap) {
             absl::StatusCode::kPermissionDenied);
   if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device for the attach half";
   EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0) << "any device may attach";
+}
+
+// Android's PROTECTED usage: the halloc-protected heap, no CPU for anyone,
+// the owner included; devices still attach.
+TEST_F(DaemonOnKernelHeapTest, ProtectedUsageGetsTheProtectedHeap) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(absl::StrCat(R"(
+    clients {
+      name: "drm"
+      match { uids: 0 }
+      usages: "gpu_texture" usages: "protected" usages: "cpu_read_often"
+      heaps: "halloc"
+      max_cpu_access: CPU_ACCESS_READ_WRITE
+      attach_devices: "*"
+    })")));
+  Client client = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      client.Allocate(BlobDescriptor(kSize, kProtected | kGpuTexture, "secure"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(buf->info().cpu_access(), halloc::v1::CPU_ACCESS_NONE);
+  EXPECT_TRUE(buf->info().protected_content());
+  const halloc_buffer_info info = InfoOf(buf->fd());
+  EXPECT_NE(info.flags & HALLOC_INFO_PROTECTED, 0u);
+  EXPECT_STREQ(info.heap, HALLOC_HEAP_PROTECTED);
+  EXPECT_EQ(info.cpu_access, HALLOC_CPU_NONE);
+  EXPECT_EQ(buf->Map(halloc::Access::kRead).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Protected content with CPU bits asks for the impossible.
+  EXPECT_EQ(client.Allocate(BlobDescriptor(kSize, kProtected | kCpuReadOften, "x"))
+                .status().code(),
+            absl::StatusCode::kInvalidArgument);
+  if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device for the attach half";
+  EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0) << "devices still attach";
 }
 
 TEST_F(DaemonOnKernelHeapTest, DeviceOutsideTheAllowListCannotAttach) {

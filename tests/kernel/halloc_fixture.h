@@ -11,10 +11,15 @@
 
 namespace halloc_test {
 
-enum class Heap { kSystem, kContig };
+enum class Heap { kSystem, kContig, kProtected };
 
 inline const char* HeapName(Heap heap) {
-  return heap == Heap::kSystem ? HALLOC_HEAP_SYSTEM : HALLOC_HEAP_CONTIG;
+  switch (heap) {
+    case Heap::kSystem: return HALLOC_HEAP_SYSTEM;
+    case Heap::kContig: return HALLOC_HEAP_CONTIG;
+    case Heap::kProtected: return HALLOC_HEAP_PROTECTED;
+  }
+  return "?";
 }
 
 inline size_t PageAlign(size_t len) {
@@ -42,8 +47,9 @@ class HallocTest : public ::testing::Test {
   void SetUp() override {
     system_.reset(open(HALLOC_HEAP_SYSTEM_PATH, O_RDWR | O_CLOEXEC));
     contig_.reset(open(HALLOC_HEAP_CONTIG_PATH, O_RDWR | O_CLOEXEC));
+    protected_.reset(open(HALLOC_HEAP_PROTECTED_PATH, O_RDWR | O_CLOEXEC));
     ctl_.reset(open(HALLOC_CONTROL_PATH, O_RDWR | O_CLOEXEC));
-    if (!system_.valid() || !contig_.valid() || !ctl_.valid()) {
+    if (!system_.valid() || !contig_.valid() || !protected_.valid() || !ctl_.valid()) {
       std::string why = std::string("halloc_heap.ko nodes missing: ") +
                         strerror(errno);
       // Inside tools/kernel-test.sh the module must be there.
@@ -53,7 +59,12 @@ class HallocTest : public ::testing::Test {
   }
 
   int heap_fd(Heap heap) const {
-    return heap == Heap::kSystem ? system_.get() : contig_.get();
+    switch (heap) {
+      case Heap::kSystem: return system_.get();
+      case Heap::kContig: return contig_.get();
+      case Heap::kProtected: return protected_.get();
+    }
+    return -1;
   }
 
   // Allocates or fails the test (check HasFatalFailure / valid()).
@@ -74,6 +85,7 @@ class HallocTest : public ::testing::Test {
 
   UniqueFd system_;
   UniqueFd contig_;
+  UniqueFd protected_;
   UniqueFd ctl_;
 };
 
