@@ -33,6 +33,6 @@ def halloc_cc_proto(name, srcs, deps = [], grpc = False, visibility = None):
         srcs = cc_srcs,
         hdrs = hdrs,
         includes = ["."],
-        deps = deps + ["@protobuf//:protobuf"] + (["@grpc//:grpc++"] if grpc else []),
+        deps = deps + ["@halloc_protobuf//:protobuf"] + (["@halloc_grpc//:grpc++"] if grpc else []),
         visibility = visibility,
     )
