@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Runs the Python client's pytest suite under Bazel (//clients/python:client_test).
-#   run_pytest.sh HALLOCD PEER TESTDIR [pytest args]
+#   run_pytest.sh HALLOCD PEER CONFTEST [pytest args]
 # HALLOCD and PEER are runfiles paths of //service:hallocd and
-# //tests/integration:peer. The report goes to $XML_OUTPUT_FILE with the
-# totals on <testsuites>, where tools/run's count_cases reads them.
+# //tests/integration:peer, CONFTEST the suite's conftest.py (its directory
+# holds the suite): runfiles paths, right wherever halloc is (this
+# workspace, or another's external @halloc). The report goes to
+# $XML_OUTPUT_FILE with the totals on <testsuites>, where tools/run's
+# count_cases reads them.
 set -uo pipefail
 
 export HALLOC_TEST_HALLOCD="$PWD/$1" HALLOC_TEST_PEER="$PWD/$2"
-tests="$3"
+tests="$(dirname "$3")"
 shift 3
-# The halloc package: sources and generated modules side by side here.
-export PYTHONPATH="$PWD/clients/python" PYTHONDONTWRITEBYTECODE=1
+# The halloc package (clients/python): sources and generated modules side by
+# side there.
+PYTHONPATH="$PWD/$(dirname "$tests")"
+export PYTHONPATH PYTHONDONTWRITEBYTECODE=1
 # A preload meant for our C++ processes (tools/run sanitizers tsan's shim
 # needs a TSan-built program) is theirs, never the interpreter's.
 export HALLOC_TEST_CHILD_LD_PRELOAD="${LD_PRELOAD:-}"
