@@ -135,14 +135,7 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   if (usage::WantsCpuRead(desc.usage()) && !usage::WantsCpuWrite(desc.usage())) {
     plan.owner_access = CpuAccess::kRead;
   }
-  if (desc.usage() & usage::kProtected) {
-    if (usage::WantsCpuRead(desc.usage()) || usage::WantsCpuWrite(desc.usage())) {
-      return absl::InvalidArgumentError(
-          "usage PROTECTED with CPU read or write bits: protected content is "
-          "for devices only");
-    }
-    plan.owner_access = CpuAccess::kNone;
-  }
+  if (desc.usage() & usage::kProtected) plan.owner_access = CpuAccess::kNone;
 
   uint64_t bytes = 0;
   switch (desc.kind_case()) {

@@ -96,6 +96,12 @@ absl::Status Validate(uint64_t usage) {
         "rarely, 0x30 often)",
         usage, usage & kCpuWriteMask));
   }
+  if ((usage & kProtected) && (usage & (kCpuReadMask | kCpuWriteMask))) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "usage 0x%x: PROTECTED with CPU read or write bits (protected content "
+        "is for devices only)",
+        usage));
+  }
   return absl::OkStatus();
 }
 

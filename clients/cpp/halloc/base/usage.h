@@ -64,7 +64,8 @@ inline constexpr uint64_t kKnownMask =
 inline constexpr uint64_t kReservedMask = ~kKnownMask;
 
 // OK, or INVALID_ARGUMENT naming the reserved bits (or the undefined CPU
-// enum value) found in `usage`.
+// enum value) found in `usage`, or PROTECTED together with CPU read or
+// write bits (protected content is for devices only).
 absl::Status Validate(uint64_t usage);
 
 // Parses a list of usage names and/or numbers separated by ',', '|' or

@@ -13,6 +13,13 @@ namespace {
 using ::testing::HasSubstr;
 
 // The values of BufferUsage.aidl, written out independently.
+TEST(UsageTest, ProtectedWithCpuBitsIsAContradiction) {
+  EXPECT_TRUE(Validate(kProtected | kGpuTexture).ok());
+  EXPECT_EQ(Validate(kProtected | kCpuReadOften).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Validate(kProtected | kCpuWriteRarely).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Validate(kCpuReadOften | kGpuTexture).ok());
+}
+
 TEST(Usage, ValuesMatchAndroidBufferUsage) {
   EXPECT_EQ(kCpuReadMask, 0xfu);
   EXPECT_EQ(kCpuReadRarely, 2u);
@@ -127,6 +134,7 @@ TEST(Usage, RandomValidUsagesRoundTrip) {
   for (int i = 0; i < 5000; ++i) {
     uint64_t u = rng() & ~kReservedMask & ~(kCpuReadMask | kCpuWriteMask);
     u |= cpu_values[rng() % 3] | (cpu_values[rng() % 3] << 4);
+    if (u & (kCpuReadMask | kCpuWriteMask)) u &= ~kProtected;  // a contradiction
     ASSERT_TRUE(Validate(u).ok()) << u;
     absl::StatusOr<uint64_t> back = Parse(ToString(u));
     ASSERT_TRUE(back.ok()) << ToString(u) << ": " << back.status();
