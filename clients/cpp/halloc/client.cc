@@ -122,17 +122,23 @@ absl::Status FenceError(int err, absl::string_view what) {
   return ErrnoStatus(err, what);
 }
 
-}  // namespace
-
-absl::StatusOr<UniqueFd> Buffer::ExportSyncFile(Access access) const {
-  if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
+// The DMA_BUF_SYNC_* direction of a fence ioctl on `buffer` for `access`,
+// or why there is none (no fd, kNone, a memfd).
+absl::StatusOr<uint32_t> FenceFlags(const Buffer& buffer, Access access) {
+  if (buffer.fd() < 0) return absl::FailedPreconditionError("buffer has no fd");
   ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
-  if (!is_dmabuf()) {
+  if (!buffer.is_dmabuf()) {
     return absl::FailedPreconditionError(
         "buffer is a memfd: only dma-bufs carry fences");
   }
+  return static_cast<uint32_t>(flags.sync);
+}
+
+}  // namespace
+
+absl::StatusOr<UniqueFd> Buffer::ExportSyncFile(Access access) const {
   dma_buf_export_sync_file arg{};
-  arg.flags = static_cast<uint32_t>(flags.sync);
+  ASSIGN_OR_RETURN(arg.flags, FenceFlags(*this, access));
   arg.fd = -1;
   if (::ioctl(fd_.get(), DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &arg) != 0) {
     return FenceError(errno, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
@@ -141,14 +147,8 @@ absl::StatusOr<UniqueFd> Buffer::ExportSyncFile(Access access) const {
 }
 
 absl::Status Buffer::ImportSyncFile(const UniqueFd& sync_file, Access access) const {
-  if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
-  ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
-  if (!is_dmabuf()) {
-    return absl::FailedPreconditionError(
-        "buffer is a memfd: only dma-bufs carry fences");
-  }
   dma_buf_import_sync_file arg{};
-  arg.flags = static_cast<uint32_t>(flags.sync);
+  ASSIGN_OR_RETURN(arg.flags, FenceFlags(*this, access));
   arg.fd = sync_file.get();
   if (::ioctl(fd_.get(), DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &arg) != 0) {
     return FenceError(errno, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
