@@ -390,15 +390,18 @@ static void halloc_dmabuf_vunmap(struct dma_buf *dmabuf,
  * No pin/unpin: those make an exporter "dynamic" (able to move its
  * memory); halloc pages never move, so importers get the static contract.
  */
+#define HALLOC_DMABUF_OPS_BUT_VMAP				\
+	.attach = halloc_dmabuf_attach,				\
+	.detach = halloc_dmabuf_detach,				\
+	.map_dma_buf = halloc_dmabuf_map,			\
+	.unmap_dma_buf = halloc_dmabuf_unmap,			\
+	.release = halloc_dmabuf_release,			\
+	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,	\
+	.end_cpu_access = halloc_dmabuf_end_cpu_access,		\
+	.mmap = halloc_dmabuf_mmap
+
 static const struct dma_buf_ops halloc_dmabuf_ops = {
-	.attach = halloc_dmabuf_attach,
-	.detach = halloc_dmabuf_detach,
-	.map_dma_buf = halloc_dmabuf_map,
-	.unmap_dma_buf = halloc_dmabuf_unmap,
-	.release = halloc_dmabuf_release,
-	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,
-	.end_cpu_access = halloc_dmabuf_end_cpu_access,
-	.mmap = halloc_dmabuf_mmap,
+	HALLOC_DMABUF_OPS_BUT_VMAP,
 	.vmap = halloc_dmabuf_vmap,
 	.vunmap = halloc_dmabuf_vunmap,
 };
@@ -410,14 +413,7 @@ static const struct dma_buf_ops halloc_dmabuf_ops = {
  * exporter vmap failure would WARN. Devices still attach and map.
  */
 static const struct dma_buf_ops halloc_dmabuf_nocpu_ops = {
-	.attach = halloc_dmabuf_attach,
-	.detach = halloc_dmabuf_detach,
-	.map_dma_buf = halloc_dmabuf_map,
-	.unmap_dma_buf = halloc_dmabuf_unmap,
-	.release = halloc_dmabuf_release,
-	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,
-	.end_cpu_access = halloc_dmabuf_end_cpu_access,
-	.mmap = halloc_dmabuf_mmap,
+	HALLOC_DMABUF_OPS_BUT_VMAP,
 };
 
 /* True if @dmabuf was exported by this module (its priv is a halloc_view). */
