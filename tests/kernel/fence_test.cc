@@ -38,15 +38,8 @@ bool Signalled(int sync_file) {
   return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
 }
 
-class FenceTest : public HallocTest {
+class FenceTest : public VgemTest {
  protected:
-  void SetUp() override {
-    HallocTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    vgem_ = OpenVgem();
-    if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
-  }
-
   // A halloc buffer as libhalloc's Buffer (its own fd).
   halloc::Buffer AsBuffer(size_t size) {
     UniqueFd fd = Alloc(Heap::kSystem, size);
@@ -55,8 +48,6 @@ class FenceTest : public HallocTest {
     info.set_size(size);
     return halloc::Buffer(info, halloc::UniqueFd(fd.release()));
   }
-
-  UniqueFd vgem_;
 };
 
 TEST_F(FenceTest, ReaderWaitsForTheDevicesWriteFence) {

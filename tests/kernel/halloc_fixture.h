@@ -89,6 +89,20 @@ class HallocTest : public ::testing::Test {
   UniqueFd ctl_;
 };
 
+// HallocTest with vgem (the stand-in for a GPU or display) open, skipped
+// where vgem is missing.
+class VgemTest : public HallocTest {
+ protected:
+  void SetUp() override {
+    HallocTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    vgem_ = OpenVgem();
+    if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
+  }
+
+  UniqueFd vgem_;
+};
+
 }  // namespace halloc_test
 
 #endif  // HALLOC_TESTS_KERNEL_HALLOC_FIXTURE_H_

@@ -15,18 +15,6 @@ namespace halloc_test {
 
 namespace {
 
-class VgemTest : public HallocTest {
- protected:
-  void SetUp() override {
-    HallocTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    vgem_ = OpenVgem();
-    if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
-  }
-
-  UniqueFd vgem_;
-};
-
 TEST_F(VgemTest, ImportsUnrestrictedBuffer) {
   for (Heap heap : {Heap::kSystem, Heap::kContig}) {
     SCOPED_TRACE(HeapName(heap));
