@@ -8,11 +8,16 @@
  *                         per dma-buf exported over it.
  *   struct halloc_view    the priv of one dma-buf: the original buffer fd and
  *                         every view made with HALLOC_IOCTL_VIEW each have
- *                         one, carrying that dma-buf's rights.
+ *                         one, carrying that dma-buf's rights. Views form a
+ *                         tree under the original (@lineage), which
+ *                         HALLOC_IOCTL_REVOKE cuts by subtree.
  *   struct halloc_attach  one device attachment, with its own sg_table copy.
  *
  * Lock order: halloc_buffers_lock -> halloc_buffer.lock. The dma-buf core
- * may hold dma_buf.lock (vmap) around our callbacks; we never take it.
+ * may hold dma_buf.lock (vmap) around our callbacks; we never take it. The
+ * CPU fault handler takes halloc_buffer.lock under mmap_lock, and a revoke
+ * zaps mappings (i_mmap_rwsem) under halloc_buffer.lock: mmap_lock ->
+ * halloc_buffer.lock -> i_mmap_rwsem, the mm's own order extended.
  */
 #ifndef HALLOC_H
 #define HALLOC_H
@@ -50,6 +55,7 @@ struct halloc_buffer {
 
 	struct mutex lock;		/* guards the fields below */
 	struct list_head attachments;	/* of halloc_attach.node */
+	struct list_head view_list;	/* of halloc_view.node: every dma-buf */
 	void *vaddr;			/* kernel mapping while vmap_cnt > 0 */
 	unsigned int vmap_cnt;
 	unsigned int dmabufs;
@@ -62,14 +68,24 @@ struct halloc_buffer {
 					 * halloc_buffers_lock */
 };
 
-/* Immutable after export. */
 struct halloc_view {
+	/* Immutable after export. */
 	struct halloc_buffer *buf;
+	u64 id;				/* unique since load; HALLOC_IOCTL_REVOKE */
 	u32 cpu_access;
 	u32 flags;			/* HALLOC_VIEW_* */
 	bool is_view;
+	u32 depth;			/* 0: the original; a view: parent's + 1 */
+	u64 lineage[HALLOC_MAX_VIEW_DEPTH]; /* ids of the ancestors, root first */
 	u32 num_drivers;
 	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
+
+	/* Guarded by buf->lock. */
+	bool revoked;			/* set once, never cleared */
+	struct dma_buf *dmabuf;		/* ours; set at export, NULL at release */
+	struct list_head node;		/* in halloc_buffer.view_list */
+	struct page *scratch;		/* a revoked view's vmap (see uapi) */
+	void *scratch_vaddr;
 };
 
 struct halloc_attach {
@@ -103,13 +119,19 @@ bool halloc_view_allows_driver(const struct halloc_view *view,
 			       const char *name);
 void halloc_buffer_free(struct kref *ref);
 bool halloc_dmabuf_is_ours(const struct dma_buf *dmabuf);
-struct dma_buf *halloc_export(struct halloc_view *view, u32 flags);
+struct dma_buf *halloc_export(struct halloc_view *view,
+			      const struct halloc_view *parent, u32 flags);
 struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
 				     size_t len, u32 fd_flags);
 
 /* halloc_view.c */
 struct dma_buf *halloc_view_export(const struct halloc_view_data *data);
 int halloc_buffer_info(struct halloc_buffer_info *info);
+
+/* halloc_revoke.c */
+int halloc_view_revoke(const struct halloc_revoke_data *data);
+int halloc_revoked_vmap(struct halloc_view *view, struct iosys_map *map);
+bool halloc_revoked_vunmap(struct halloc_view *view, struct iosys_map *map);
 
 /* halloc_debugfs.c */
 void halloc_debugfs_init(void);

@@ -25,6 +25,7 @@
 DEFINE_MUTEX(halloc_buffers_lock);
 LIST_HEAD(halloc_buffers);
 static atomic64_t halloc_next_id = ATOMIC64_INIT(0);
+static atomic64_t halloc_next_view_id = ATOMIC64_INIT(0);
 
 static struct halloc_buffer *halloc_buf(struct dma_buf *dmabuf)
 {
@@ -141,14 +142,21 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	if (ret)
 		goto free_attach;
 	a->dev = dev;
-	attachment->priv = a;
 
 	mutex_lock(&buf->lock);
+	if (view->revoked) {
+		mutex_unlock(&buf->lock);
+		ret = -ENODEV;
+		goto free_table;
+	}
+	attachment->priv = a;
 	list_add(&a->node, &buf->attachments);
 	buf->nr_attach++;
 	mutex_unlock(&buf->lock);
 	return 0;
 
+free_table:
+	sg_free_table(&a->sgt);
 free_attach:
 	kfree(a);
 	return ret;
@@ -179,14 +187,18 @@ static struct sg_table *halloc_dmabuf_map(struct dma_buf_attachment *attachment,
 					  enum dma_data_direction dir)
 {
 	struct halloc_attach *a = attachment->priv;
-	struct halloc_buffer *buf;
+	struct halloc_view *view = attachment->dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
 	int ret;
 
 	if (!a)
 		return ERR_PTR(-EINVAL);	/* not attached through us */
-	buf = halloc_buf(attachment->dmabuf);
 
 	mutex_lock(&buf->lock);
+	if (view->revoked) {
+		ret = -ENODEV;
+		goto unlock;
+	}
 	if (a->mapped) {
 		ret = -EBUSY;
 		goto unlock;
@@ -227,8 +239,11 @@ static void halloc_dmabuf_release(struct dma_buf *dmabuf)
 	buf->dmabufs--;
 	if (view->is_view)
 		buf->views--;
+	list_del(&view->node);
+	view->dmabuf = NULL;
 	mutex_unlock(&buf->lock);
 
+	WARN_ON_ONCE(view->scratch);	/* the core vunmaps before release */
 	kfree(view);
 	kref_put(&buf->ref, halloc_buffer_free);
 }
@@ -260,16 +275,20 @@ static void halloc_buffer_sync(struct halloc_buffer *buf,
 static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 				    enum dma_data_direction dir, bool begin)
 {
-	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
 	int ret;
 
-	ret = halloc_cpu_allowed(dmabuf->priv, dir);
+	ret = halloc_cpu_allowed(view, dir);
 	if (ret)
 		return ret;
 	mutex_lock(&buf->lock);
-	halloc_buffer_sync(buf, dir, begin);
+	if (view->revoked)
+		ret = -ENODEV;
+	else
+		halloc_buffer_sync(buf, dir, begin);
 	mutex_unlock(&buf->lock);
-	return 0;
+	return ret;
 }
 
 static int halloc_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
@@ -284,28 +303,40 @@ static int halloc_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
 	return halloc_dmabuf_cpu_access(dmabuf, dir, false);
 }
 
+/* A VMA's vm_private_data is its view; the VMA's file keeps it alive. */
 static void halloc_vm_open(struct vm_area_struct *vma)
 {
-	struct halloc_buffer *buf = vma->vm_private_data;
+	struct halloc_view *view = vma->vm_private_data;
 
-	atomic_inc(&buf->mmaps);
+	atomic_inc(&view->buf->mmaps);
 }
 
 static void halloc_vm_close(struct vm_area_struct *vma)
 {
-	struct halloc_buffer *buf = vma->vm_private_data;
+	struct halloc_view *view = vma->vm_private_data;
 
-	atomic_dec(&buf->mmaps);
+	atomic_dec(&view->buf->mmaps);
 }
 
+/*
+ * Under buf->lock so that a revoke (which zaps under the same lock) either
+ * sees the PTE we insert or makes us see the view revoked: no PTE survives
+ * a revoke.
+ */
 static vm_fault_t halloc_vm_fault(struct vm_fault *vmf)
 {
-	struct halloc_buffer *buf = vmf->vma->vm_private_data;
+	struct halloc_view *view = vmf->vma->vm_private_data;
+	struct halloc_buffer *buf = view->buf;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
 
 	if (vmf->pgoff >= buf->nr_pages)
 		return VM_FAULT_SIGBUS;
-	return vmf_insert_pfn(vmf->vma, vmf->address,
-			      page_to_pfn(buf->pages[vmf->pgoff]));
+	mutex_lock(&buf->lock);
+	if (!view->revoked)
+		ret = vmf_insert_pfn(vmf->vma, vmf->address,
+				     page_to_pfn(buf->pages[vmf->pgoff]));
+	mutex_unlock(&buf->lock);
+	return ret;
 }
 
 static const struct vm_operations_struct halloc_vm_ops = {
@@ -333,18 +364,22 @@ static int halloc_dmabuf_mmap(struct dma_buf *dmabuf,
 			return -EPERM;
 		vma->vm_flags &= ~VM_MAYWRITE;
 	}
+	/* A revoke racing past this check finds no PTE; faults see it. */
+	if (READ_ONCE(view->revoked))
+		return -ENODEV;
 
 	/* Pages are inserted on fault; mremap() may not grow the mapping. */
 	vma->vm_flags |= VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
 	vma->vm_ops = &halloc_vm_ops;
-	vma->vm_private_data = buf;
+	vma->vm_private_data = view;
 	halloc_vm_open(vma);
 	return 0;
 }
 
 static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 {
-	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
 	int ret = 0;
 
 	/*
@@ -355,6 +390,10 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 * their kernel importers (vb2-vmalloc, or vivid filling a frame).
 	 */
 	mutex_lock(&buf->lock);
+	if (view->revoked) {
+		ret = halloc_revoked_vmap(view, map);
+		goto unlock;
+	}
 	if (!buf->vmap_cnt) {
 		void *vaddr = vmap(buf->pages, buf->nr_pages, VM_MAP,
 				   PAGE_KERNEL);
@@ -375,10 +414,13 @@ unlock:
 static void halloc_dmabuf_vunmap(struct dma_buf *dmabuf,
 				 struct iosys_map *map)
 {
-	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
 
 	mutex_lock(&buf->lock);
-	if (!WARN_ON_ONCE(!buf->vmap_cnt) && !--buf->vmap_cnt) {
+	if (halloc_revoked_vunmap(view, map))
+		;	/* the scratch mapping of a revoked view: freed */
+	else if (!WARN_ON_ONCE(!buf->vmap_cnt) && !--buf->vmap_cnt) {
 		vunmap(buf->vaddr);
 		buf->vaddr = NULL;
 	}
@@ -424,14 +466,25 @@ bool halloc_dmabuf_is_ours(const struct dma_buf *dmabuf)
 }
 
 /*
- * Export a dma-buf for @view, which owns one reference on view->buf.
- * On failure the caller still owns @view and its reference.
+ * Export a dma-buf for @view, which owns one reference on view->buf, as a
+ * child of @parent (NULL for a buffer's original dma-buf; the caller keeps
+ * @parent alive and has checked its depth). On failure the caller still
+ * owns @view and its reference.
  */
-struct dma_buf *halloc_export(struct halloc_view *view, u32 flags)
+struct dma_buf *halloc_export(struct halloc_view *view,
+			      const struct halloc_view *parent, u32 flags)
 {
 	struct halloc_buffer *buf = view->buf;
 	DEFINE_DMA_BUF_EXPORT_INFO(exp_info);
 	struct dma_buf *dmabuf;
+
+	view->id = atomic64_inc_return(&halloc_next_view_id);
+	if (parent) {
+		view->depth = parent->depth + 1;
+		memcpy(view->lineage, parent->lineage,
+		       parent->depth * sizeof(view->lineage[0]));
+		view->lineage[parent->depth] = parent->id;
+	}
 
 	exp_info.exp_name = buf->heap->name;
 	exp_info.owner = THIS_MODULE;
@@ -446,6 +499,11 @@ struct dma_buf *halloc_export(struct halloc_view *view, u32 flags)
 		return dmabuf;
 
 	mutex_lock(&buf->lock);
+	view->dmabuf = dmabuf;
+	list_add_tail(&view->node, &buf->view_list);
+	/* Revoked since the caller looked: born revoked, like the subtree. */
+	if (parent && parent->revoked)
+		view->revoked = true;
 	buf->dmabufs++;
 	if (view->is_view)
 		buf->views++;
@@ -476,6 +534,7 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	buf->nr_pages = size >> PAGE_SHIFT;
 	mutex_init(&buf->lock);
 	INIT_LIST_HEAD(&buf->attachments);
+	INIT_LIST_HEAD(&buf->view_list);
 	atomic_set(&buf->mmaps, 0);
 
 	buf->pages = kvmalloc_array(buf->nr_pages, sizeof(*buf->pages),
@@ -528,7 +587,7 @@ struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
 	}
 	view->buf = buf;	/* takes over the initial reference */
 
-	dmabuf = halloc_export(view, fd_flags);
+	dmabuf = halloc_export(view, NULL, fd_flags);
 	if (IS_ERR(dmabuf)) {
 		kfree(view);
 		kref_put(&buf->ref, halloc_buffer_free);

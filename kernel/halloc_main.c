@@ -176,6 +176,8 @@ static long halloc_ctl_view(void __user *uarg, size_t usize)
 	if (ret)
 		return ret;
 	dmabuf = halloc_view_export(&data);
+	if (!IS_ERR(dmabuf))
+		data.view_id = ((struct halloc_view *)dmabuf->priv)->id;
 	return halloc_publish(dmabuf, data.fd_flags, &data.fd, uarg, &data,
 			      min(usize, sizeof(data)));
 }
@@ -198,19 +200,40 @@ static long halloc_ctl_info(void __user *uarg, size_t usize)
 	return 0;
 }
 
+static long halloc_ctl_revoke(void __user *uarg, size_t usize)
+{
+	struct halloc_revoke_data data;
+	int ret;
+
+	if (usize < offsetofend(struct halloc_revoke_data, view_id))
+		return -EINVAL;
+	ret = copy_struct_from_user(&data, sizeof(data), uarg, usize);
+	if (ret)
+		return ret;
+	return halloc_view_revoke(&data);
+}
+
 static long halloc_ctl_ioctl(struct file *file, unsigned int cmd,
 			     unsigned long arg)
 {
 	void __user *uarg = (void __user *)arg;
+	unsigned int dir = _IOC_DIR(cmd);
 
-	if (_IOC_TYPE(cmd) != HALLOC_IOC_MAGIC ||
-	    _IOC_DIR(cmd) != (_IOC_READ | _IOC_WRITE))
+	if (_IOC_TYPE(cmd) != HALLOC_IOC_MAGIC)
 		return -ENOTTY;
 	switch (_IOC_NR(cmd)) {
 	case _IOC_NR(HALLOC_IOCTL_VIEW):
+		if (dir != (_IOC_READ | _IOC_WRITE))
+			return -ENOTTY;
 		return halloc_ctl_view(uarg, _IOC_SIZE(cmd));
 	case _IOC_NR(HALLOC_IOCTL_INFO):
+		if (dir != (_IOC_READ | _IOC_WRITE))
+			return -ENOTTY;
 		return halloc_ctl_info(uarg, _IOC_SIZE(cmd));
+	case _IOC_NR(HALLOC_IOCTL_REVOKE):
+		if (dir != _IOC_WRITE)
+			return -ENOTTY;
+		return halloc_ctl_revoke(uarg, _IOC_SIZE(cmd));
 	default:
 		return -ENOTTY;
 	}

@@ -82,6 +82,12 @@ struct dma_buf *halloc_view_export(const struct halloc_view_data *data)
 	ret = halloc_view_narrows(parent, source->file->f_mode, data);
 	if (ret)
 		goto put_source;
+	ret = -EMLINK;
+	if (parent->depth >= HALLOC_MAX_VIEW_DEPTH)
+		goto put_source;
+	ret = -ENODEV;
+	if (READ_ONCE(parent->revoked))	/* rechecked under lock at export */
+		goto put_source;
 
 	ret = -ENOMEM;
 	view = kzalloc(sizeof(*view), GFP_KERNEL);
@@ -102,7 +108,7 @@ struct dma_buf *halloc_view_export(const struct halloc_view_data *data)
 
 	flags = data->fd_flags & O_CLOEXEC;
 	flags |= data->cpu_access == HALLOC_CPU_READ_WRITE ? O_RDWR : O_RDONLY;
-	dmabuf = halloc_export(view, flags);
+	dmabuf = halloc_export(view, parent, flags);
 	if (IS_ERR(dmabuf)) {
 		ret = PTR_ERR(dmabuf);
 		goto put_buf;
@@ -156,6 +162,7 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 		info->flags |= HALLOC_INFO_BELOW_4G;
 	if (buf->heap->protected_content)
 		info->flags |= HALLOC_INFO_PROTECTED;
+	info->view_id = view->id;
 	info->num_drivers = view->num_drivers;
 	memcpy(info->drivers, view->drivers, sizeof(info->drivers));
 	info->segments = buf->segments;
@@ -168,6 +175,8 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 	info->attachments = buf->nr_attach;
 	info->maps = buf->nr_maps;
 	info->vmaps = buf->vmap_cnt;
+	if (view->revoked)
+		info->flags |= HALLOC_INFO_REVOKED;
 	mutex_unlock(&buf->lock);
 
 	spin_lock(&dmabuf->name_lock);

@@ -54,7 +54,40 @@
  * as at most HALLOC_CPU_READ. A view keeps the pages alive on its own: it
  * outlives the fd it was made from.
  *
- * Errors common to both ioctls: EBADF (fd is not open), EINVAL (fd is not a
+ * Live revoke
+ * -----------
+ * HALLOC_IOCTL_REVOKE cuts one view off at once, together with every view
+ * derived from it (before or after: a view made from a revoked view is born
+ * revoked). Views form a tree rooted at the buffer's original dma-buf; the
+ * authority to revoke view V is holding V itself, the original, or a view V
+ * was derived from (so hallocd, which keeps every original, can revoke every
+ * view it handed out, and a receiver only what it derived). On a revoked
+ * view, at once:
+ *   - every user-space mapping of it is shot down (its PTEs zapped); the
+ *     next touch of such a mapping gets SIGBUS;
+ *   - mmap() fails with ENODEV, DMA_BUF_IOCTL_SYNC with ENODEV,
+ *     HALLOC_IOCTL_VIEW from it with ENODEV, dma_buf_attach() with ENODEV
+ *     and dma_buf_map_attachment() of an attachment made before the revoke
+ *     with ENODEV (a static importer that already holds its mapping keeps
+ *     it until it unmaps: the exporter cannot tear a static importer's
+ *     mapping down; vgem, for one, maps once at import);
+ *   - a new dma_buf_vmap() succeeds but maps one private zeroed scratch
+ *     page over the whole size, never the buffer (6.1's dma_buf_vmap()
+ *     WARNs when an exporter's vmap fails, so a revoked vmap cannot fail
+ *     cleanly; the kernel importer reads zeros and its writes reach no one).
+ *     A kernel vmap taken before the revoke stays until its vunmap.
+ * The buffer's other views, and the original, are not affected. The fd
+ * itself stays open (close is the holder's), its file operations that do
+ * not reach the memory (fstat, lseek, INFO: HALLOC_INFO_REVOKED) work, and
+ * DMA_BUF_IOCTL_EXPORT/IMPORT_SYNC_FILE still reach the shared reservation
+ * object (the dma-buf core handles them without asking the exporter).
+ * Revoking a revoked view succeeds again.
+ * Errors: EINVAL (flags not 0, view_id 0 or the original's id: an original
+ * cannot be revoked, close it), ENOENT (no live view of that buffer has that
+ * id or descends from it), EPERM (@fd is neither that view nor an ancestor
+ * of it), plus the common errors below.
+ *
+ * Errors common to all ioctls: EBADF (fd is not open), EINVAL (fd is not a
  * halloc dma-buf, or a field is out of range / a reserved field is not
  * zero / a string is not NUL-terminated), E2BIG (a newer, larger struct
  * with non-zero bytes this kernel does not know), EFAULT (bad pointer),
@@ -111,6 +144,11 @@
 #define HALLOC_INFO_BELOW_4G (1u << 30)
 /* halloc_buffer_info.flags only: from halloc-protected (no CPU, ever). */
 #define HALLOC_INFO_PROTECTED (1u << 29)
+/* halloc_buffer_info.flags only: this view was revoked (HALLOC_IOCTL_REVOKE). */
+#define HALLOC_INFO_REVOKED (1u << 27)
+
+/* Deepest view chain: a view of a view of ... at most this many levels. */
+#define HALLOC_MAX_VIEW_DEPTH 8
 
 /**
  * struct halloc_view_data - argument of HALLOC_IOCTL_VIEW
@@ -124,6 +162,8 @@
  *               must be 0 without HALLOC_VIEW_RESTRICT_ATTACH
  * @name:        in: NUL-terminated name of the view (may be empty)
  * @drivers:     in: NUL-terminated, non-empty driver names allowed to attach
+ * @view_id:     out: the new view's id, for HALLOC_IOCTL_REVOKE (absent
+ *               from callers built before it: the struct grew)
  */
 struct halloc_view_data {
 	__u32 fd;
@@ -134,6 +174,7 @@ struct halloc_view_data {
 	__u32 num_drivers;
 	char name[HALLOC_NAME_LEN];
 	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
+	__u64 view_id;
 };
 
 /**
@@ -143,7 +184,8 @@ struct halloc_view_data {
  * @size:        out: size in bytes (page aligned)
  * @id:          out: buffer id, shared by a buffer and all its views
  * @flags:       out: HALLOC_VIEW_* flags of this dma-buf, HALLOC_INFO_IS_VIEW,
- *               HALLOC_INFO_BELOW_4G
+ *               HALLOC_INFO_BELOW_4G, HALLOC_INFO_PROTECTED,
+ *               HALLOC_INFO_REVOKED
  * @num_drivers: out: entries of @drivers in use
  * @dmabufs:     out: live dma-bufs over the pages (original + views)
  * @views:       out: live views over the pages
@@ -156,6 +198,8 @@ struct halloc_view_data {
  * @heap:        out: heap name, e.g. "halloc-system"
  * @name:        out: the dma-buf's name (view name or DMA_BUF_SET_NAME)
  * @drivers:     out: driver names allowed to attach
+ * @view_id:     out: this dma-buf's id (the original's too; unique among
+ *               every dma-buf the module exported since it was loaded)
  */
 struct halloc_buffer_info {
 	__s32 fd;
@@ -175,6 +219,21 @@ struct halloc_buffer_info {
 	char heap[HALLOC_NAME_LEN];
 	char name[HALLOC_NAME_LEN];
 	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
+	__u64 view_id;
+};
+
+/**
+ * struct halloc_revoke_data - argument of HALLOC_IOCTL_REVOKE
+ * @fd:       in: a halloc dma-buf fd giving the authority: the buffer's
+ *            original fd, the target view itself, or any view it was
+ *            derived from
+ * @flags:    in: must be 0
+ * @view_id:  in: the view to revoke (halloc_view_data.view_id)
+ */
+struct halloc_revoke_data {
+	__s32 fd;
+	__u32 flags;
+	__u64 view_id;
 };
 
 #define HALLOC_IOC_MAGIC 'h'
@@ -183,5 +242,7 @@ struct halloc_buffer_info {
 #define HALLOC_IOCTL_VIEW _IOWR(HALLOC_IOC_MAGIC, 0x0, struct halloc_view_data)
 /* On /dev/halloc: report a halloc dma-buf's accounting. */
 #define HALLOC_IOCTL_INFO _IOWR(HALLOC_IOC_MAGIC, 0x1, struct halloc_buffer_info)
+/* On /dev/halloc: cut a view, and every view derived from it, off live. */
+#define HALLOC_IOCTL_REVOKE _IOW(HALLOC_IOC_MAGIC, 0x2, struct halloc_revoke_data)
 
 #endif /* _UAPI_HALLOC_HEAP_H */

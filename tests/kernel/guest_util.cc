@@ -84,6 +84,14 @@ int Info(int ctl_fd, int dmabuf_fd, halloc_buffer_info* info) {
   return Ioctl(ctl_fd, HALLOC_IOCTL_INFO, info);
 }
 
+int Revoke(int ctl_fd, int fd, uint64_t view_id, uint32_t flags) {
+  halloc_revoke_data data = {};
+  data.fd = fd;
+  data.flags = flags;
+  data.view_id = view_id;
+  return Ioctl(ctl_fd, HALLOC_IOCTL_REVOKE, &data);
+}
+
 int DeleteModule(const std::string& name) {
   if (syscall(SYS_delete_module, name.c_str(), O_NONBLOCK) == 0) return 0;
   return -errno;

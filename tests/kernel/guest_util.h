@@ -103,6 +103,10 @@ int MakeView(int ctl_fd, int source_fd, const ViewSpec& spec);
 // HALLOC_IOCTL_INFO: 0 or -errno.
 int Info(int ctl_fd, int dmabuf_fd, halloc_buffer_info* info);
 
+// HALLOC_IOCTL_REVOKE of view `view_id` with the authority of `fd`: 0 or
+// -errno.
+int Revoke(int ctl_fd, int fd, uint64_t view_id, uint32_t flags = 0);
+
 // Module load/unload through the syscalls: 0 or -errno.
 int DeleteModule(const std::string& name);
 int LoadModule(const std::string& path, const std::string& params);

@@ -197,6 +197,34 @@ TEST_F(VividTest, VmallocCaptureIntoContigHeap) {
   CaptureInto(Heap::kContig, /*expect_vmap=*/true);
 }
 
+// A revoked view cannot fail a kernel vmap cleanly (6.1's dma_buf_vmap
+// WARNs), so vb2-vmalloc, which never attaches, gets a private scratch
+// mapping: it captures into that, and the buffer itself is never written.
+// (VmallocCaptureIntoSystemHeap shows the same capture does reach an
+// unrevoked buffer.)
+TEST_F(VividTest, VmallocCapturesRevokedViewIntoScratch) {
+  ASSERT_EQ(RequestBuffers(1), 0);
+  const size_t len = PageAlign(frame_size_);
+  UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
+  ASSERT_TRUE(buf.valid());
+  Mapping owner = Map(buf.get(), len);
+  ASSERT_TRUE(owner.valid());
+  memset(owner.data(), 0x5a, len);
+  UniqueFd view(MakeView(ctl_.get(), buf.get(), ViewSpec{}));
+  ASSERT_TRUE(view.valid());
+  ASSERT_EQ(Revoke(ctl_.get(), buf.get(), InfoOf(view.get()).view_id), 0);
+
+  ASSERT_EQ(Queue(0, view.get(), len), 0) << "vmap of a revoked view";
+  EXPECT_EQ(InfoOf(buf.get()).vmaps, 0u) << "the buffer's pages are not mapped";
+  ASSERT_EQ(StreamOn(true), 0);
+  uint32_t used = 0;
+  ASSERT_EQ(Dequeue(&used), 0);
+  ASSERT_EQ(StreamOn(false), 0);
+  ASSERT_EQ(RequestBuffers(0), 0);
+  EXPECT_TRUE(AllBytesAre(owner.data(), len, 0x5a))
+      << "vivid wrote into the buffer through a revoked view";
+}
+
 // A view without CPU access has no vmap: vb2-vmalloc (which reads and
 // writes frames with the CPU) cannot take it. QBUF fails cleanly, with no
 // WARN from the dma-buf core (the harness fails on any splat), and nothing

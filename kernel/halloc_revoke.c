@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Live revoke (HALLOC_IOCTL_REVOKE): cut a view, and every view derived
+ * from it, off at once; and the scratch kernel mapping a revoked view gets
+ * instead of its buffer. See uapi/halloc_heap.h for the contract.
+ *
+ * Every dma-buf of a buffer is on buf->view_list with its lineage (the ids
+ * of its ancestors, root first), so a subtree is found without parent
+ * pointers that could keep a chain of closed views alive.
+ */
+#include <linux/dma-buf.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/gfp.h>
+#include <linux/iosys-map.h>
+#include <linux/mm.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "halloc.h"
+
+/* Position of @id in @view's lineage, depth if it is @view's own, or -1. */
+static int halloc_lineage_pos(const struct halloc_view *view, u64 id)
+{
+	u32 i;
+
+	for (i = 0; i < view->depth; i++)
+		if (view->lineage[i] == id)
+			return i;
+	return view->id == id ? view->depth : -1;
+}
+
+/*
+ * Mark @view revoked and shoot down its user-space mappings. The dma-buf's
+ * file, and with it the inode whose mapping we zap, lives while the view is
+ * on the list (release takes buf->lock to leave it); a file whose last
+ * reference is already gone has no VMA left to zap.
+ */
+static void halloc_view_cut(struct halloc_view *view)
+{
+	struct halloc_buffer *buf = view->buf;
+	struct file *file;
+
+	lockdep_assert_held(&buf->lock);
+	view->revoked = true;
+	if (!view->dmabuf)
+		return;
+	file = view->dmabuf->file;
+	if (!atomic_long_inc_not_zero(&file->f_count))
+		return;
+	unmap_mapping_range(file->f_mapping, 0, 0, 1);
+	fput(file);
+}
+
+int halloc_view_revoke(const struct halloc_revoke_data *data)
+{
+	struct halloc_view *caller, *view;
+	struct halloc_buffer *buf;
+	struct dma_buf *dmabuf;
+	bool found = false;
+	int ret = 0;
+
+	if (data->flags || !data->view_id)
+		return -EINVAL;
+	dmabuf = dma_buf_get(data->fd);
+	if (IS_ERR(dmabuf))
+		return PTR_ERR(dmabuf);
+	if (!halloc_dmabuf_is_ours(dmabuf)) {
+		ret = -EINVAL;
+		goto put;
+	}
+	caller = dmabuf->priv;
+	buf = caller->buf;
+
+	mutex_lock(&buf->lock);
+	/* First judge every view of the subtree, then cut: all or nothing. */
+	list_for_each_entry(view, &buf->view_list, node) {
+		int target = halloc_lineage_pos(view, data->view_id);
+		int auth = halloc_lineage_pos(view, caller->id);
+
+		if (target < 0)
+			continue;
+		if (!view->is_view && view->id == data->view_id) {
+			ret = -EINVAL;	/* the original: close it instead */
+			goto unlock;
+		}
+		/* The caller must be the target or one of its ancestors. */
+		if (auth < 0 || auth > target) {
+			ret = -EPERM;
+			goto unlock;
+		}
+		found = true;
+	}
+	if (!found) {
+		ret = -ENOENT;
+		goto unlock;
+	}
+	list_for_each_entry(view, &buf->view_list, node)
+		if (halloc_lineage_pos(view, data->view_id) >= 0)
+			halloc_view_cut(view);
+unlock:
+	mutex_unlock(&buf->lock);
+put:
+	dma_buf_put(dmabuf);
+	return ret;
+}
+
+/*
+ * dma_buf_vmap() of a revoked view: 6.1's core WARNs on an exporter vmap
+ * failure, so map one private zeroed page over the whole size instead of
+ * the buffer. The core keeps one mapping per dma-buf, so a view has at
+ * most one scratch mapping at a time.
+ */
+int halloc_revoked_vmap(struct halloc_view *view, struct iosys_map *map)
+{
+	pgoff_t i, nr = view->buf->nr_pages;
+	struct page **pages;
+	int ret = -ENOMEM;
+
+	lockdep_assert_held(&view->buf->lock);
+	if (WARN_ON_ONCE(view->scratch))
+		return -EBUSY;
+	pages = kvmalloc_array(nr, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return -ENOMEM;
+	view->scratch = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!view->scratch)
+		goto free_array;
+	for (i = 0; i < nr; i++)
+		pages[i] = view->scratch;
+	view->scratch_vaddr = vmap(pages, nr, VM_MAP, PAGE_KERNEL);
+	if (!view->scratch_vaddr)
+		goto free_scratch;
+	iosys_map_set_vaddr(map, view->scratch_vaddr);
+	ret = 0;
+	goto free_array;
+
+free_scratch:
+	__free_page(view->scratch);
+	view->scratch = NULL;
+free_array:
+	kvfree(pages);
+	return ret;
+}
+
+/* Undo halloc_revoked_vmap() if @map is its mapping; false otherwise. */
+bool halloc_revoked_vunmap(struct halloc_view *view, struct iosys_map *map)
+{
+	lockdep_assert_held(&view->buf->lock);
+	if (!view->scratch || map->is_iomem || map->vaddr != view->scratch_vaddr)
+		return false;
+	vunmap(view->scratch_vaddr);
+	__free_page(view->scratch);
+	view->scratch = NULL;
+	view->scratch_vaddr = NULL;
+	return true;
+}
