@@ -279,32 +279,42 @@ absl::Status Allocator::CheckEnforce(CpuAccess access,
                    CpuAccessName(access), why));
 }
 
-absl::Status Allocator::Deliver(FdChannel& channel,
-                                absl::Span<const BufferRecord* const> buffers,
-                                const ViewRights& rights,
-                                const v1::AllocateResponse* reply) {
+absl::StatusOr<Allocator::Outgoing> Allocator::Prepare(
+    absl::Span<const BufferRecord* const> buffers, const ViewRights& rights,
+    bool revocable) {
   if (buffers.size() > kMaxFdsPerRecord) {
     return absl::InternalError(absl::StrCat("cannot deliver ", buffers.size(),
                                             " fds in one record"));
   }
-  const bool needs_view = backend_->NeedsView(rights);
-  std::vector<UniqueFd> views;
-  std::vector<int> fds;
-  v1::BufferFds info;
+  const bool needs_view = revocable || backend_->NeedsView(rights);
+  Outgoing out;
   for (const BufferRecord* buffer : buffers) {
     int fd = buffer->fd.get();
-    if (needs_view) {
+    if (revocable) {
+      ASSIGN_OR_RETURN(Backend::RevocableView view,
+                       backend_->OpenRevocableView(buffer->fd, rights));
+      out.view_ids.push_back(view.id);
+      out.views.push_back(std::move(view.fd));
+    } else if (needs_view) {
       ASSIGN_OR_RETURN(UniqueFd view, backend_->OpenView(buffer->fd, rights));
-      fd = view.get();
-      views.push_back(std::move(view));
+      out.views.push_back(std::move(view));
     }
-    fds.push_back(fd);
-    v1::BufferFd* msg = info.add_buffers();
+    if (needs_view) fd = out.views.back().get();
+    out.fds.push_back(fd);
+    v1::BufferFd* msg = out.info.add_buffers();
     msg->set_buffer_id(buffer->id);
     msg->set_size(buffer->size);
     msg->set_cpu_access(ToProto(rights.cpu));
   }
-  return channel.Send(info, fds, reply);
+  return out;
+}
+
+absl::Status Allocator::Deliver(FdChannel& channel,
+                                absl::Span<const BufferRecord* const> buffers,
+                                const ViewRights& rights,
+                                const v1::AllocateResponse* reply) {
+  ASSIGN_OR_RETURN(Outgoing out, Prepare(buffers, rights, /*revocable=*/false));
+  return channel.Send(out.info, out.fds, reply);
 }
 
 absl::Status Allocator::Release(Session& session,
@@ -442,9 +452,24 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
             return decision->access;
           }));
   const BufferRecord* buffer = imported.buffer.get();
-  absl::Status sent =
-      Deliver(session.fds(), absl::MakeConstSpan(&buffer, 1),
-              {decision->access, decision->attach}, nullptr);
+  // On a backend with live revoke every import is its own revocable view,
+  // recorded before it leaves, so that a Revoke racing this import either
+  // sees it or makes us cut it off ourselves.
+  const bool live = backend_->CanRevokeLive();
+  absl::Status sent = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(Outgoing out,
+                     Prepare(absl::MakeConstSpan(&buffer, 1),
+                             {decision->access, decision->attach}, live));
+    if (live) {
+      absl::Status noted =
+          registry_.AddImportView(session.id(), imported.grant_id, buffer->id,
+                                  decision->access, out.view_ids[0]);
+      if (!noted.ok()) return noted;  // its only fd closes with `out`
+    }
+    absl::Status s = session.fds().Send(out.info, out.fds, nullptr);
+    if (!s.ok() && live) backend_->RevokeView(buffer->fd, out.view_ids[0]).IgnoreError();
+    return s;
+  }();
   if (!sent.ok()) {
     if (imported.newly_held) {
       registry_.Release(session.id(), {buffer->id}).IgnoreError();
@@ -460,7 +485,20 @@ absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(
 }
 
 absl::Status Allocator::Revoke(Session& session, uint64_t grant_id) {
-  return registry_.Revoke(session.id(), grant_id);
+  ASSIGN_OR_RETURN(Registry::Revoked revoked,
+                   registry_.Revoke(session.id(), grant_id, backend_->CanRevokeLive()));
+  absl::Status first_error;
+  for (uint64_t view : revoked.views) {
+    absl::Status s = backend_->RevokeView(revoked.buffer->fd, view);
+    // NOT_FOUND: every fd of that view is already closed.
+    if (!s.ok() && !absl::IsNotFound(s) && first_error.ok()) first_error = s;
+  }
+  if (!first_error.ok()) {
+    return absl::InternalError(absl::StrCat(
+        "grant ", grant_id, " withdrawn, but cutting its imports off failed: ",
+        first_error.message()));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace halloc

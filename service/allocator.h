@@ -90,6 +90,8 @@ class Allocator {
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
   absl::StatusOr<v1::BufferInfo> Import(Session& session,
                                         absl::string_view token);
+  // Withdraws a grant; on a backend that can (CanRevokeLive), also cuts
+  // off every fd imported through it, in every process (registry.h).
   absl::Status Revoke(Session& session, uint64_t grant_id);
   absl::StatusOr<v1::BufferInfo> SetMetadata(Session& session,
                                              const v1::SetMetadataRequest& req);
@@ -104,9 +106,19 @@ class Allocator {
   // Counts `status` against the rule that decided it (decide.h), if any,
   // and returns it.
   absl::Status Counted(absl::Status status) const;
-  // Sends the fds of `buffers` in one record on `channel`, each carrying
-  // `rights` (the daemon's fd itself, or a view of it where the backend
-  // needs one): all of them are queued for the client, or none.
+  // The fds of `buffers` each carrying `rights`: the daemon's fd itself,
+  // or a view of it where the backend needs one, or with `revocable`
+  // always a view the backend can revoke (ids in view_ids).
+  struct Outgoing {
+    std::vector<UniqueFd> views;
+    std::vector<uint64_t> view_ids;
+    std::vector<int> fds;
+    v1::BufferFds info;
+  };
+  absl::StatusOr<Outgoing> Prepare(absl::Span<const BufferRecord* const> buffers,
+                                   const ViewRights& rights, bool revocable);
+  // Sends the fds of `buffers` (Prepare) in one record on `channel`: all of
+  // them are queued for the client, or none.
   absl::Status Deliver(FdChannel& channel,
                        absl::Span<const BufferRecord* const> buffers,
                        const ViewRights& rights,

@@ -97,6 +97,8 @@ absl::Status Registry::Add(uint64_t session_id,
     buffer->id = next_id_++;
     buffer->owner_session = session_id;
     buffer->holders.emplace(session_id, access);
+    buffer->owner_access = access;
+    buffer->owner_holds = true;
     auto& [charged_buffers, charged_bytes] = charged_[buffer->charged_to];
     charged_buffers += 1;
     charged_bytes += buffer->size;
@@ -130,6 +132,8 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;
   buffer.holders.erase(session_id);
+  buffer.imports.erase(session_id);
+  if (session_id == buffer.owner_session) buffer.owner_holds = false;
   if (!buffer.holders.empty()) return;
   const std::vector<uint64_t> grants(buffer.grants.begin(),
                                      buffer.grants.end());
@@ -223,17 +227,64 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   out.info = Info(*buffer, session_id, false);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);
+  out.grant_id = t->second;
   return out;
 }
 
-absl::Status Registry::Revoke(uint64_t session_id, uint64_t grant_id) {
+absl::Status Registry::AddImportView(uint64_t session_id, uint64_t grant_id,
+                                     uint64_t buffer_id, CpuAccess access,
+                                     uint64_t view_id) {
+  absl::MutexLock lock(&mu_);
+  auto b = buffers_.find(buffer_id);
+  if (!grants_.contains(grant_id) || b == buffers_.end() ||
+      !b->second->holders.contains(session_id)) {
+    return absl::NotFoundError(
+        absl::StrCat("grant ", grant_id, " was revoked during the import"));
+  }
+  BufferRecord::Route& route = b->second->imports[session_id][grant_id];
+  if (Wider(access, route.access)) route.access = access;
+  route.views.push_back(view_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
+                                                   uint64_t grant_id,
+                                                   bool live) {
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
   if (h == holdings_.end() || !h->second.grants.contains(grant_id)) {
     return absl::NotFoundError(absl::StrCat("no grant ", grant_id, " made"));
   }
+  const uint64_t buffer_id = grants_.at(grant_id).view.buffer_id;
   DropGrant(grant_id);
-  return absl::OkStatus();
+  Revoked out;
+  auto b = buffers_.find(buffer_id);
+  if (!live || b == buffers_.end()) return out;
+  out.buffer = b->second;
+  BufferRecord& buffer = *b->second;
+  std::vector<uint64_t> cut_off;  // sessions left with no route
+  for (auto& [sid, routes] : buffer.imports) {
+    auto r = routes.find(grant_id);
+    if (r == routes.end()) continue;
+    out.views.insert(out.views.end(), r->second.views.begin(), r->second.views.end());
+    routes.erase(r);
+    const bool owns = sid == buffer.owner_session && buffer.owner_holds;
+    if (routes.empty() && !owns) {
+      cut_off.push_back(sid);
+      continue;
+    }
+    CpuAccess widest = owns ? buffer.owner_access : CpuAccess::kNone;
+    for (const auto& [g, route] : routes) {
+      if (Wider(route.access, widest)) widest = route.access;
+    }
+    buffer.holders[sid] = widest;
+  }
+  for (uint64_t sid : cut_off) {
+    if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
+      DropHold(sid, holding->second, buffer_id);
+    }
+  }
+  return out;
 }
 
 // --- Metadata and listings ---------------------------------------------------

@@ -57,9 +57,19 @@ struct BufferRecord {
   std::string charged_to;
   // The daemon's read-write fd; views are opened from it.
   UniqueFd fd;
-  // session id → that session's rights.
+  // session id → that session's rights: the widest of its routes.
   absl::flat_hash_map<uint64_t, CpuAccess> holders;
   absl::flat_hash_set<uint64_t> grants;
+  // Routes by which sessions hold it, on a backend with live revoke (see
+  // Registry::Revoke): the owner's own (while it holds), and per importing
+  // session, per grant imported, its rights and the views delivered.
+  CpuAccess owner_access = CpuAccess::kNone;
+  bool owner_holds = false;
+  struct Route {
+    CpuAccess access = CpuAccess::kNone;
+    std::vector<uint64_t> views;
+  };
+  absl::flat_hash_map<uint64_t, absl::flat_hash_map<uint64_t, Route>> imports;
 };
 
 // An open grant. `view` is what the allocator decided at Share (decide.h's
@@ -113,13 +123,31 @@ class Registry {
     std::shared_ptr<const BufferRecord> buffer;
     v1::BufferInfo info;  // cpu_access: what this import grants
     bool newly_held = false;
+    uint64_t grant_id = 0;
   };
   using ImportJudge =
       absl::FunctionRef<absl::StatusOr<CpuAccess>(const GrantView& grant)>;
   absl::StatusOr<Imported> Import(uint64_t session_id, absl::string_view token,
                                   ImportJudge judge);
-  // NOT_FOUND unless `session_id` opened grant `grant_id`.
-  absl::Status Revoke(uint64_t session_id, uint64_t grant_id);
+  // Records that `session_id`, importing grant `grant_id` with `access`,
+  // is being handed live-revocable view `view_id` of `buffer_id`. NOT_FOUND
+  // when the grant was revoked (or the hold dropped) since Import: the
+  // caller must then cut the view off instead of delivering it.
+  absl::Status AddImportView(uint64_t session_id, uint64_t grant_id,
+                             uint64_t buffer_id, CpuAccess access,
+                             uint64_t view_id);
+  // Withdraws grant `grant_id` (NOT_FOUND unless `session_id` opened it):
+  // no new import of it succeeds. With `live`, every route imported through
+  // it is cut too: the views delivered are returned for the backend to
+  // revoke, and an importing session that held the buffer by no other
+  // route stops holding it (one that still does keeps the widest of the
+  // routes it has left).
+  struct Revoked {
+    std::shared_ptr<const BufferRecord> buffer;  // keeps its fd open
+    std::vector<uint64_t> views;
+  };
+  absl::StatusOr<Revoked> Revoke(uint64_t session_id, uint64_t grant_id,
+                                 bool live);
 
   // Changes one metadata field; the owner's fields need read-write rights.
   absl::StatusOr<v1::BufferInfo> SetMetadata(uint64_t session_id,

@@ -1,5 +1,6 @@
 #include "service/registry.h"
 
+#include <algorithm>
 #include <sys/mman.h>
 
 #include <memory>
@@ -258,9 +259,9 @@ TEST_F(RegistryTest, RevokeIsTheGrantersAndTheTokenDiesWithTheBuffer) {
   const uint64_t id = AddN(kA, 1)[0];
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(grant.ok());
-  EXPECT_EQ(reg_.Revoke(kB, grant->id()).code(), StatusCode::kNotFound);
-  ASSERT_TRUE(reg_.Revoke(kA, grant->id()).ok());
-  EXPECT_EQ(reg_.Revoke(kA, grant->id()).code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Revoke(kB, grant->id(), false).status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(reg_.Revoke(kA, grant->id(), false).ok());
+  EXPECT_EQ(reg_.Revoke(kA, grant->id(), false).status().code(), StatusCode::kNotFound);
   auto accept = [](const GrantView&) {
     return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
   };
@@ -328,6 +329,68 @@ TEST_F(RegistryTest, TheLastHoldersReleaseClosesTheDaemonsFd) {
   ASSERT_TRUE(reg_.Release(kA, {reply.buffers(0).id()}).ok());
   reg_.FlushReaper();
   EXPECT_TRUE(weak.expired());
+}
+
+// Live revoke: an import's views come back to be cut off, and a session
+// that held the buffer only through that grant stops holding it.
+TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto first = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(first.ok());
+  GrantView rw = ReadGrantForUid(2);
+  rw.access = CpuAccess::kReadWrite;
+  auto second = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
+  ASSERT_TRUE(second.ok());
+
+  auto imported = reg_.Import(kB, first->token(), accept);
+  ASSERT_TRUE(imported.ok());
+  EXPECT_EQ(imported->grant_id, first->id());
+  ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 501).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 502).ok());
+  ASSERT_TRUE(reg_.Import(kB, second->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, second->id(), id, CpuAccess::kReadWrite, 503).ok());
+  // The owner imports its own grant too: its own route remains after.
+  ASSERT_TRUE(reg_.Import(kA, first->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kA, first->id(), id, CpuAccess::kRead, 504).ok());
+
+  // Revoking the read-write grant cuts view 503; B keeps the read route.
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, second->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views, std::vector<uint64_t>{503});
+  ASSERT_NE(r->buffer, nullptr);
+  EXPECT_EQ(r->buffer->id, id);
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kB, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ) << "narrowed to what is left";
+
+  // Revoking the other: B had no other route and stops holding it; the
+  // owner keeps its own (read-write) rights.
+  r = reg_.Revoke(kA, first->id(), true);
+  ASSERT_TRUE(r.ok());
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{501, 502, 504}));
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  d = reg_.Describe(kA, id);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ_WRITE);
+  // A view noted after the revoke (an import racing it) is refused.
+  EXPECT_EQ(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 505).code(),
+            StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), [](const GrantView&) {
+                    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+                  }).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), false);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->views.empty());
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
 }
 
 }  // namespace

@@ -14,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "clients/cpp/halloc/base/rights.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -87,6 +89,28 @@ class Backend {
   // can attach a memfd unless udmabuf exists, and then no limit holds).
   virtual bool NeedsView(const ViewRights& rights) const {
     return rights.cpu != CpuAccess::kReadWrite;
+  }
+
+  // Live revoke: whether a view this backend opens can be cut off later,
+  // mappings and all, in every process that holds it (the halloc module's
+  // HALLOC_IOCTL_REVOKE). Decorators must forward it and the two below.
+  virtual bool CanRevokeLive() const { return false; }
+
+  // A view, as OpenView, that RevokeView can cut off by `id`.
+  struct RevocableView {
+    UniqueFd fd;
+    uint64_t id = 0;
+  };
+  virtual absl::StatusOr<RevocableView> OpenRevocableView(
+      const UniqueFd& buffer, const ViewRights& rights) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("backend ", name(), " cannot revoke a view live"));
+  }
+  // Cuts view `id` of `buffer` (and every view made from it) off at once.
+  // NOT_FOUND when no fd of it is left anywhere (nothing to cut).
+  virtual absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("backend ", name(), " cannot revoke a view live"));
   }
 
   // Zeros for a backend without a pool.

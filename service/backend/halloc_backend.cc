@@ -67,6 +67,17 @@ class DeviceNodes : public HallocNodes {
   int View(halloc_view_data* view) override {
     return Errno(Ioctl(control_.get(), HALLOC_IOCTL_VIEW, view));
   }
+  // A module with the ioctl judges the fd (EBADF); one without does not
+  // know the command (ENOTTY).
+  bool HasRevoke() const override {
+    halloc_revoke_data probe{};
+    probe.fd = -1;
+    probe.view_id = 1;
+    return Ioctl(control_.get(), HALLOC_IOCTL_REVOKE, &probe) != 0 && errno == EBADF;
+  }
+  int Revoke(halloc_revoke_data* revoke) override {
+    return Errno(Ioctl(control_.get(), HALLOC_IOCTL_REVOKE, revoke));
+  }
   int SetName(int dmabuf, const char* name) override {
     return Errno(Ioctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
   }
@@ -157,6 +168,26 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
 
 absl::StatusOr<UniqueFd> HallocBackend::OpenView(const UniqueFd& buffer,
                                                  const ViewRights& rights) {
+  ASSIGN_OR_RETURN(RevocableView view, OpenRevocableView(buffer, rights));
+  return std::move(view.fd);
+}
+
+absl::Status HallocBackend::RevokeView(const UniqueFd& buffer, uint64_t id) {
+  halloc_revoke_data revoke{};
+  revoke.fd = buffer.get();
+  revoke.view_id = id;
+  if (const int err = nodes_->Revoke(&revoke); err != 0) {
+    if (err == ENOENT) {
+      return absl::NotFoundError(
+          absl::StrCat("halloc: view ", id, " has no fd left to revoke"));
+    }
+    return ErrnoStatus(err, "HALLOC_IOCTL_REVOKE");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Backend::RevocableView> HallocBackend::OpenRevocableView(
+    const UniqueFd& buffer, const ViewRights& rights) {
   halloc_view_data view{};
   view.source_fd = buffer.get();
   view.fd_flags = O_CLOEXEC;
@@ -180,7 +211,7 @@ absl::StatusOr<UniqueFd> HallocBackend::OpenView(const UniqueFd& buffer,
   if (const int err = nodes_->View(&view); err != 0) {
     return ErrnoStatus(err, "HALLOC_IOCTL_VIEW");
   }
-  return UniqueFd(static_cast<int>(view.fd));
+  return RevocableView{UniqueFd(static_cast<int>(view.fd)), view.view_id};
 }
 
 }  // namespace halloc

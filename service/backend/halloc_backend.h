@@ -18,6 +18,10 @@
 // may touch, every fd of them CPU-none in the kernel (when the module has
 // that heap; otherwise CanProtect() is false and the core refuses the
 // usage). Everyone else gets halloc-system.
+//
+// Live revoke. Every view carries a kernel id; RevokeView cuts it off with
+// the authority of the buffer's original fd (HALLOC_IOCTL_REVOKE): its
+// mappings in every process fault, new maps, syncs and attaches fail.
 #ifndef HALLOC_SERVICE_BACKEND_HALLOC_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_HALLOC_BACKEND_H_
 
@@ -29,6 +33,7 @@
 #include "service/backend/backend.h"
 
 struct dma_heap_allocation_data;
+struct halloc_revoke_data;
 struct halloc_view_data;
 
 namespace halloc {
@@ -47,6 +52,10 @@ class HallocNodes {
   virtual bool HasProtected() const = 0;
   // HALLOC_IOCTL_VIEW on /dev/halloc.
   virtual int View(halloc_view_data* view) = 0;
+  // Whether the module has HALLOC_IOCTL_REVOKE (modules before it lack it).
+  virtual bool HasRevoke() const = 0;
+  // HALLOC_IOCTL_REVOKE on /dev/halloc.
+  virtual int Revoke(halloc_revoke_data* revoke) = 0;
   // DMA_BUF_SET_NAME on a dma-buf.
   virtual int SetName(int dmabuf, const char* name) = 0;
 };
@@ -83,6 +92,10 @@ class HallocBackend : public Backend {
   bool NeedsView(const ViewRights& rights) const override {
     return rights.Narrows();
   }
+  bool CanRevokeLive() const override { return nodes_->HasRevoke(); }
+  absl::StatusOr<RevocableView> OpenRevocableView(
+      const UniqueFd& buffer, const ViewRights& rights) override;
+  absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) override;
 
  private:
   HallocBackend(std::unique_ptr<HallocNodes> nodes, std::vector<std::string> contig_only)

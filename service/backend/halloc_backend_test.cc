@@ -26,6 +26,10 @@ struct Calls {
   int fail_alloc = 0;  // errno to fail Alloc with
   int fail_view = 0;
   bool has_protected = true;
+  bool has_revoke = true;
+  uint64_t next_view_id = 100;
+  std::vector<halloc_revoke_data> revokes;
+  int fail_revoke = 0;
 };
 
 class FakeNodes : public HallocNodes {
@@ -44,7 +48,13 @@ class FakeNodes : public HallocNodes {
     calls_->views.push_back(*view);
     if (calls_->fail_view != 0) return calls_->fail_view;
     view->fd = static_cast<uint32_t>(fcntl(static_cast<int>(view->source_fd), F_DUPFD_CLOEXEC, 0));
+    view->view_id = calls_->next_view_id++;
     return 0;
+  }
+  bool HasRevoke() const override { return calls_->has_revoke; }
+  int Revoke(halloc_revoke_data* revoke) override {
+    calls_->revokes.push_back(*revoke);
+    return calls_->fail_revoke;
   }
   int SetName(int, const char* name) override {
     calls_->names.emplace_back(name);
@@ -165,6 +175,36 @@ TEST(HallocBackendTest, MissingNodesAreFailedPrecondition) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(HallocBackend::Create({"/dev/null", "/nonexistent/halloc"}).status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(HallocBackendTest, RevocableViewsCarryTheKernelIdAndRevokeWithTheBuffer) {
+  Calls calls;
+  auto b = Backend(&calls);
+  EXPECT_TRUE(b->CanRevokeLive());
+  absl::StatusOr<UniqueFd> buffer = b->Allocate({4096, "a", 0, std::nullopt});
+  ASSERT_TRUE(buffer.ok());
+  ViewRights rights;
+  rights.cpu = CpuAccess::kRead;
+  absl::StatusOr<Backend::RevocableView> view = b->OpenRevocableView(*buffer, rights);
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_TRUE(view->fd.is_valid());
+  EXPECT_EQ(view->id, 100u);
+  ASSERT_TRUE(b->RevokeView(*buffer, view->id).ok());
+  ASSERT_EQ(calls.revokes.size(), 1u);
+  EXPECT_EQ(calls.revokes[0].fd, buffer->get()) << "the original's authority";
+  EXPECT_EQ(calls.revokes[0].view_id, 100u);
+  EXPECT_EQ(calls.revokes[0].flags, 0u);
+  // The kernel's answers map to status codes.
+  calls.fail_revoke = ENOENT;
+  EXPECT_EQ(b->RevokeView(*buffer, 7).code(), absl::StatusCode::kNotFound);
+  calls.fail_revoke = EPERM;
+  EXPECT_EQ(b->RevokeView(*buffer, 7).code(), absl::StatusCode::kPermissionDenied);
+}
+
+TEST(HallocBackendTest, AModuleWithoutRevokeCannotRevokeLive) {
+  Calls calls;
+  calls.has_revoke = false;
+  EXPECT_FALSE(Backend(&calls)->CanRevokeLive());
 }
 
 }  // namespace

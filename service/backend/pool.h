@@ -96,6 +96,14 @@ class PooledBackend : public Backend {
   bool NeedsView(const ViewRights& rights) const override {
     return inner_->NeedsView(rights);
   }
+  bool CanRevokeLive() const override { return inner_->CanRevokeLive(); }
+  absl::StatusOr<RevocableView> OpenRevocableView(
+      const UniqueFd& buffer, const ViewRights& rights) override {
+    return inner_->OpenRevocableView(buffer, rights);
+  }
+  absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) override {
+    return inner_->RevokeView(buffer, id);
+  }
 
   PoolStats stats() const;
   PoolStats pool_stats() const override { return stats(); }

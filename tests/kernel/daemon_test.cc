@@ -274,6 +274,69 @@ TEST_F(DaemonOnKernelHeapTest, SharedReadOnlyStaysReadOnlyInEveryProcess) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "10: write map, 11: no read map, 12: mprotect";
 }
 
+// Revoke reaches fds already imported: the receiver's mapping, and one in
+// a process it passed the fd to, fault at once; the receiver can neither
+// map again nor hand the fd to a device, and no longer holds the buffer;
+// the owner never notices.
+TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(""));  // default policy: share within uid
+  Client owner = Connect();
+  Client peer = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      owner.Allocate(BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "revoked"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<halloc::Mapping> mine = buf->Map(halloc::Access::kReadWrite);
+  ASSERT_TRUE(mine.ok());
+  std::memset(mine->data(), 0x6b, kSize);
+  absl::StatusOr<halloc::v1::Grant> grant =
+      owner.Share(buf->id(), getuid(), halloc::v1::CPU_ACCESS_READ_WRITE);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<halloc::Buffer> got = peer.Import(grant->token());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_IS_VIEW, 0u)
+      << "even a full-rights import is its own view, so it can be cut off";
+  absl::StatusOr<halloc::Mapping> theirs = got->Map(halloc::Access::kReadWrite);
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  EXPECT_TRUE(AllBytesAre(theirs->as<uint8_t>(), kSize, 0x6b));
+
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  const int fd = got->fd();
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // a process the fd was passed to
+    close(go[1]);
+    auto* p = static_cast<volatile uint8_t*>(
+        mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0));
+    if (p == MAP_FAILED || p[kSize - 1] != 0x6b) _exit(10);
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(11);
+    (void)p[0];  // after the revoke: SIGBUS
+    _exit(0);
+  }
+  close(go[0]);
+  // Let the child map before the revoke (it reads the last byte first).
+  absl::SleepFor(absl::Milliseconds(200));
+  ASSERT_TRUE(owner.Revoke(grant->id()).ok());
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  close(go[1]);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS)
+      << "child status " << status << " (exit 10: could not map before the revoke)";
+
+  EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u);
+  EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
+  if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), got->fd()), -ENODEV);
+  EXPECT_EQ(peer.Describe(got->id()).status().code(), absl::StatusCode::kNotFound)
+      << "the receiver held it only through the revoked grant";
+  // The owner's buffer and mapping are untouched.
+  EXPECT_EQ(InfoOf(buf->fd()).flags & HALLOC_INFO_REVOKED, 0u);
+  std::memset(mine->data(), 0x21, kSize);
+  EXPECT_TRUE(AllBytesAre(mine->as<uint8_t>(), kSize, 0x21));
+  if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
+}
+
 TEST_F(DaemonOnKernelHeapTest, ReleasedBufferLeavesTheKernel) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon(""));
   Client client = Connect();
