@@ -4,11 +4,13 @@
 // (exercises attach/map, which needs one contiguous segment). Fixtures in
 // vivid_fixture.h.
 #include <errno.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "clients/cpp/halloc/client.h"
@@ -61,8 +63,9 @@ TEST_F(VividContigTest, CaptureIntoContigHeap) {
 
 // The camera integration end to end: a client whose policy lets it attach
 // buffers only to vivid asks hallocd for camera buffers; hallocd takes them
-// from halloc-contig (vivid needs contiguous memory) and hands out views
-// that only vivid may attach; vivid captures its test pattern into them.
+// from halloc-deferred and hands out views that only vivid may attach; the
+// kernel backs them with one contiguous run when vivid (dma-contig) maps
+// them at QBUF, and vivid captures its test pattern into them.
 TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
   absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
       StartDaemon("halloc", R"(
@@ -79,6 +82,7 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
   ASSERT_TRUE(camera.ok()) << camera.status();
   constexpr uint64_t kCameraOutput = 1 << 17, kCpuReadOften = 0x3;
 
+  std::vector<UniqueFd> keep;
   CaptureIntoBuffers(
       [&]() -> UniqueFd {
         absl::StatusOr<halloc::Buffer> b = camera->Allocate(halloc::BlobDescriptor(
@@ -86,9 +90,11 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
         EXPECT_TRUE(b.ok()) << b.status();
         if (!b.ok()) return UniqueFd();
         const halloc_buffer_info info = InfoOf(b->fd());
-        EXPECT_STREQ(info.heap, HALLOC_HEAP_CONTIG);
-        EXPECT_EQ(info.segments, 1u);
+        EXPECT_STREQ(info.heap, HALLOC_HEAP_DEFERRED);
+        EXPECT_NE(info.flags & HALLOC_INFO_NOT_BACKED, 0u);
+        EXPECT_EQ(info.segments, 0u);
         EXPECT_NE(info.flags & HALLOC_INFO_IS_VIEW, 0u);
+        keep.emplace_back(dup(b->fd()));
         EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ);
         EXPECT_NE(info.flags & HALLOC_VIEW_RESTRICT_ATTACH, 0u);
         absl::StatusOr<halloc::UniqueFd> fd = b->TakeFd();
@@ -96,6 +102,11 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
         return fd.ok() ? UniqueFd(fd->release()) : UniqueFd();
       },
       /*expect_vmap=*/false);
+  for (const UniqueFd& fd : keep) {
+    const halloc_buffer_info info = InfoOf(fd.get());
+    EXPECT_EQ(info.segments, 1u) << "backed for vivid: one contiguous run";
+    EXPECT_NE(info.flags & HALLOC_INFO_BELOW_4G, 0u);
+  }
 }
 
 TEST_F(VividContigTest, ScatteredBufferRefusedCleanly) {
