@@ -5,7 +5,10 @@
  * Object model:
  *
  *   struct halloc_buffer  the pages. Reference counted (kref): one reference
- *                         per dma-buf exported over it.
+ *                         per dma-buf exported over it. A halloc-deferred
+ *                         buffer has none until its first use
+ *                         (halloc_backing.c); every other buffer is backed
+ *                         in halloc_buffer_create().
  *   struct halloc_view    the priv of one dma-buf: the original buffer fd and
  *                         every view made with HALLOC_IOCTL_VIEW each have
  *                         one, carrying that dma-buf's rights. Views form a
@@ -14,10 +17,11 @@
  *   struct halloc_attach  one device attachment, with its own sg_table copy.
  *
  * Lock order: halloc_buffers_lock -> halloc_buffer.lock. The dma-buf core
- * may hold dma_buf.lock (vmap) around our callbacks; we never take it. The
- * CPU fault handler takes halloc_buffer.lock under mmap_lock, and a revoke
- * zaps mappings (i_mmap_rwsem) under halloc_buffer.lock: mmap_lock ->
- * halloc_buffer.lock -> i_mmap_rwsem, the mm's own order extended.
+ * may hold dma_buf.lock (vmap) around our callbacks; we never take it. A
+ * CPU fault takes halloc_buffer.lock under mmap_lock (to back a deferred
+ * buffer, and so that no PTE survives a revoke), and a revoke zaps mappings
+ * (i_mmap_rwsem) under halloc_buffer.lock: mmap_lock -> halloc_buffer.lock
+ * -> i_mmap_rwsem, the mm's own order extended.
  */
 #ifndef HALLOC_H
 #define HALLOC_H
@@ -37,6 +41,7 @@ struct halloc_heap {
 	const char *name;
 	bool contig;
 	bool protected_content;		/* no CPU access, ever */
+	bool deferred;			/* backed at first use, not export */
 	struct miscdevice misc;
 };
 
@@ -46,14 +51,24 @@ struct halloc_buffer {
 	const struct halloc_heap *heap;
 	size_t size;
 	pgoff_t nr_pages;
-	/* The fields up to @resv are immutable after halloc_buffer_create(). */
+	struct dma_resv resv;		/* shared by every dma-buf of the buffer */
+	/* The fields above are immutable after halloc_buffer_create(). */
+
+	/*
+	 * The backing. @pages is NULL until the buffer is backed (at create,
+	 * or at first use for halloc-deferred), then never changes until the
+	 * buffer is freed. It is published last, with smp_store_release()
+	 * under @lock, after @chunks, @segments, @below_4g and @contig are
+	 * filled in: read it with halloc_buffer_pages() (acquire) outside
+	 * @lock; once it is non-NULL those fields are immutable too.
+	 */
 	struct page **pages;		/* nr_pages order-0 pages */
 	struct sg_table chunks;		/* one entry per allocated chunk */
 	unsigned int segments;		/* physically contiguous runs */
 	bool below_4g;			/* every page below 4 GiB */
-	struct dma_resv resv;		/* shared by every dma-buf of the buffer */
+	bool contig;			/* one run from the contig allocator */
 
-	struct mutex lock;		/* guards the fields below */
+	struct mutex lock;		/* guards the fields below, and backing */
 	struct list_head attachments;	/* of halloc_attach.node */
 	struct list_head view_list;	/* of halloc_view.node: every dma-buf */
 	void *vaddr;			/* kernel mapping while vmap_cnt > 0 */
@@ -90,7 +105,11 @@ struct halloc_view {
 
 struct halloc_attach {
 	struct device *dev;
-	struct sg_table sgt;		/* private copy, DMA-mapped while mapped */
+	struct sg_table sgt;		/* private copy, DMA-mapped while mapped;
+					 * built at attach, or at first map when
+					 * the buffer was not backed yet (sgl
+					 * NULL until then, guarded by
+					 * halloc_buffer.lock) */
 	struct list_head node;		/* in halloc_buffer.attachments */
 	enum dma_data_direction dir;	/* guarded by halloc_buffer.lock */
 	bool mapped;			/* guarded by halloc_buffer.lock */
@@ -100,16 +119,31 @@ struct halloc_attach {
 extern unsigned int halloc_param_pool_max_mb;
 extern bool halloc_param_contig_dma32;
 size_t halloc_max_buffer_bytes(const struct halloc_heap *heap);
+size_t halloc_max_contig_bytes(void);
 bool halloc_charge(size_t size);		/* false: over max_total_mb */
 void halloc_uncharge(size_t size);
 bool halloc_driver_needs_contig(const char *driver);
 
 /* halloc_pages.c */
-int halloc_pages_alloc(struct halloc_buffer *buf, bool contig);
-void halloc_pages_free(struct halloc_buffer *buf, bool contig);
+int halloc_pages_alloc(struct halloc_buffer *buf, struct page **pages,
+		       bool contig, u64 dma_limit);
+void halloc_pages_free(struct halloc_buffer *buf);
 int halloc_pool_init(void);
 void halloc_pool_exit(void);
 unsigned long halloc_pool_pages(void);
+
+/* halloc_backing.c */
+static inline struct page **halloc_buffer_pages(struct halloc_buffer *buf)
+{
+	/* Pairs with the smp_store_release() in halloc_buffer_back_locked(). */
+	return smp_load_acquire(&buf->pages);
+}
+int halloc_buffer_back_locked(struct halloc_buffer *buf);
+int halloc_buffer_back(struct halloc_buffer *buf);
+void halloc_buffer_unback(struct halloc_buffer *buf);
+int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev);
+int halloc_attach_build_sgt(struct halloc_buffer *buf,
+			    struct halloc_attach *a);
 
 /* halloc_buffer.c */
 extern struct mutex halloc_buffers_lock;

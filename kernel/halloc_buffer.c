@@ -7,7 +7,8 @@
  * carries its rights. State that must agree across views (the kernel
  * mapping, device attachments and the reservation object) lives in the
  * buffer, so a vmap through one view and a CPU-access bracket through
- * another see each other.
+ * another see each other. A halloc-deferred buffer gets its pages at the
+ * first map, begin_cpu_access, vmap or fault (halloc_backing.c).
  */
 #include <linux/dma-buf.h>
 #include <linux/dma-map-ops.h>
@@ -59,33 +60,6 @@ bool halloc_view_allows_driver(const struct halloc_view *view,
 	return false;
 }
 
-/* -EBUSY when the pages, as already allocated, cannot serve @dev. */
-static int halloc_buffer_fits_device(const struct halloc_buffer *buf,
-				     struct device *dev)
-{
-	u64 limit;
-	pgoff_t i;
-
-	if (!dev->dma_mask)
-		return -EBUSY;
-	if (buf->segments > 1 &&
-	    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
-		return -EBUSY;
-	/*
-	 * Only a direct-mapped device sees physical addresses; behind an
-	 * IOMMU (dma_ops) or a bus offset map the mask applies elsewhere.
-	 * Refuse rather than let swiotlb bounce a buffer the CPU may be
-	 * mapping at the same time.
-	 */
-	if (get_dma_ops(dev) || dev->dma_range_map)
-		return 0;
-	limit = min_not_zero(dma_get_mask(dev), dev->bus_dma_limit);
-	for (i = 0; i < buf->nr_pages; i++)
-		if (page_to_phys(buf->pages[i]) + PAGE_SIZE - 1 > limit)
-			return -EBUSY;
-	return 0;
-}
-
 static int halloc_cpu_allowed(const struct halloc_view *view,
 			      enum dma_data_direction dir)
 {
@@ -106,11 +80,9 @@ void halloc_buffer_free(struct kref *ref)
 	mutex_unlock(&halloc_buffers_lock);
 
 	WARN_ON_ONCE(buf->vmap_cnt || buf->nr_attach);
-	halloc_pages_free(buf, buf->heap->contig);
-	kvfree(buf->pages);
+	halloc_buffer_unback(buf);
 	dma_resv_fini(&buf->resv);
 	mutex_destroy(&buf->lock);
-	halloc_uncharge(buf->size);
 	kfree(buf);
 }
 
@@ -121,44 +93,34 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	struct halloc_buffer *buf = view->buf;
 	struct device *dev = attachment->dev;
 	struct halloc_attach *a;
-	unsigned int max_seg;
 	int ret;
 
 	if (!halloc_view_allows_driver(view, halloc_dev_driver_name(dev)))
 		return -EPERM;
-	ret = halloc_buffer_fits_device(buf, dev);
-	if (ret)
-		return ret;
-	max_seg = round_down(dma_get_max_seg_size(dev), PAGE_SIZE);
-	if (!max_seg)
-		return -EBUSY;
-
 	a = kzalloc(sizeof(*a), GFP_KERNEL);
 	if (!a)
 		return -ENOMEM;
-	ret = sg_alloc_table_from_pages_segment(&a->sgt, buf->pages,
-						buf->nr_pages, 0, buf->size,
-						max_seg, GFP_KERNEL);
-	if (ret)
-		goto free_attach;
 	a->dev = dev;
 
+	/*
+	 * Check and join under the lock that backing takes: either the
+	 * buffer is backed and @dev must fit the pages, or it is not and the
+	 * backing will see @dev in the list (its scatterlist is then built
+	 * at map time).
+	 */
 	mutex_lock(&buf->lock);
-	if (view->revoked) {
-		mutex_unlock(&buf->lock);
-		ret = -ENODEV;
-		goto free_table;
-	}
-	attachment->priv = a;
+	ret = view->revoked ? -ENODEV : halloc_buffer_fits_device(buf, dev);
+	if (!ret && buf->pages)
+		ret = halloc_attach_build_sgt(buf, a);
+	if (ret)
+		goto unlock;
 	list_add(&a->node, &buf->attachments);
 	buf->nr_attach++;
+	attachment->priv = a;
+unlock:
 	mutex_unlock(&buf->lock);
-	return 0;
-
-free_table:
-	sg_free_table(&a->sgt);
-free_attach:
-	kfree(a);
+	if (ret)
+		kfree(a);
 	return ret;
 }
 
@@ -203,6 +165,12 @@ static struct sg_table *halloc_dmabuf_map(struct dma_buf_attachment *attachment,
 		ret = -EBUSY;
 		goto unlock;
 	}
+	ret = halloc_buffer_back_locked(buf);
+	if (ret)
+		goto unlock;	/* still unbacked: a later map may succeed */
+	ret = halloc_attach_build_sgt(buf, a);
+	if (ret)
+		goto unlock;
 	ret = dma_map_sgtable(a->dev, &a->sgt, dir, 0);
 	if (ret)
 		goto unlock;
@@ -271,7 +239,11 @@ static void halloc_buffer_sync(struct halloc_buffer *buf,
 	}
 }
 
-/* Both ends of a CPU access bracket: check the view's right, then sync. */
+/*
+ * Both ends of a CPU access bracket: check the view's right, then sync.
+ * The start backs a deferred buffer (its errno is the ioctl's); the end of
+ * a bracket on an unbacked buffer has nothing to sync.
+ */
 static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 				    enum dma_data_direction dir, bool begin)
 {
@@ -286,6 +258,8 @@ static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 	if (view->revoked)
 		ret = -ENODEV;
 	else
+		ret = begin ? halloc_buffer_back_locked(buf) : 0;
+	if (!ret)
 		halloc_buffer_sync(buf, dir, begin);
 	mutex_unlock(&buf->lock);
 	return ret;
@@ -319,9 +293,13 @@ static void halloc_vm_close(struct vm_area_struct *vma)
 }
 
 /*
- * Under buf->lock so that a revoke (which zaps under the same lock) either
- * sees the PTE we insert or makes us see the view revoked: no PTE survives
- * a revoke.
+ * Under mmap_lock (read). A deferred buffer's first fault backs it (see the
+ * lock order in halloc_backing.c); if that fails the fault raises SIGBUS,
+ * not VM_FAULT_OOM, which would retry the fault forever when the cause is
+ * max_total_mb or a device constraint rather than memory pressure.
+ * The PTE is inserted under buf->lock so that a revoke (which zaps under
+ * the same lock) either sees it or makes us see the view revoked: no PTE
+ * survives a revoke.
  */
 static vm_fault_t halloc_vm_fault(struct vm_fault *vmf)
 {
@@ -329,12 +307,13 @@ static vm_fault_t halloc_vm_fault(struct vm_fault *vmf)
 	struct halloc_buffer *buf = view->buf;
 	vm_fault_t ret = VM_FAULT_SIGBUS;
 
-	if (vmf->pgoff >= buf->nr_pages)
+	if (vmf->pgoff >= buf->nr_pages || READ_ONCE(view->revoked) ||
+	    halloc_buffer_back(buf))
 		return VM_FAULT_SIGBUS;
 	mutex_lock(&buf->lock);
 	if (!view->revoked)
 		ret = vmf_insert_pfn(vmf->vma, vmf->address,
-				     page_to_pfn(buf->pages[vmf->pgoff]));
+				     page_to_pfn(halloc_buffer_pages(buf)[vmf->pgoff]));
 	mutex_unlock(&buf->lock);
 	return ret;
 }
@@ -388,6 +367,14 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 * the core with -EINVAL before calling us; failing here instead would
 	 * WARN in 6.1's dma_buf_vmap(). Read and read-write views map for
 	 * their kernel importers (vb2-vmalloc, or vivid filling a frame).
+	 *
+	 * A deferred buffer is backed here if nothing backed it before. That
+	 * can fail like vmap() itself (-ENOMEM: memory short or max_total_mb
+	 * reached), and 6.1's dma_buf_vmap() then WARNs once, as it does for
+	 * any exporter's failed vmap; the buffer stays unbacked and the
+	 * importer gets the errno. We accept that rather than back with
+	 * __GFP_NOFAIL past the accounting cap: there is no way to refuse a
+	 * kernel vmap quietly in 6.1 short of having no vmap op at all.
 	 */
 	mutex_lock(&buf->lock);
 	if (view->revoked) {
@@ -395,9 +382,12 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 		goto unlock;
 	}
 	if (!buf->vmap_cnt) {
-		void *vaddr = vmap(buf->pages, buf->nr_pages, VM_MAP,
-				   PAGE_KERNEL);
+		void *vaddr;
 
+		ret = halloc_buffer_back_locked(buf);
+		if (ret)
+			goto unlock;
+		vaddr = vmap(buf->pages, buf->nr_pages, VM_MAP, PAGE_KERNEL);
 		if (!vaddr) {
 			ret = -ENOMEM;
 			goto unlock;
@@ -520,14 +510,10 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	if (size > halloc_max_buffer_bytes(heap) ||
 	    size >> PAGE_SHIFT > totalram_pages())
 		return ERR_PTR(-ENOMEM);
-	if (!halloc_charge(size))
-		return ERR_PTR(-ENOMEM);
 
 	buf = kzalloc(sizeof(*buf), GFP_KERNEL);
-	if (!buf) {
-		ret = -ENOMEM;
-		goto uncharge;
-	}
+	if (!buf)
+		return ERR_PTR(-ENOMEM);
 	kref_init(&buf->ref);
 	buf->heap = heap;
 	buf->size = size;
@@ -537,15 +523,14 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	INIT_LIST_HEAD(&buf->view_list);
 	atomic_set(&buf->mmaps, 0);
 
-	buf->pages = kvmalloc_array(buf->nr_pages, sizeof(*buf->pages),
-				    GFP_KERNEL);
-	if (!buf->pages) {
-		ret = -ENOMEM;
-		goto free_buf;
+	/* Eager heaps back now, deferred at first use (halloc_backing.c). */
+	if (!heap->deferred) {
+		mutex_lock(&buf->lock);
+		ret = halloc_buffer_back_locked(buf);
+		mutex_unlock(&buf->lock);
+		if (ret)
+			goto free_buf;
 	}
-	ret = halloc_pages_alloc(buf, heap->contig);
-	if (ret)
-		goto free_pages_array;
 
 	dma_resv_init(&buf->resv);
 	buf->id = atomic64_inc_return(&halloc_next_id);
@@ -554,13 +539,9 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	mutex_unlock(&halloc_buffers_lock);
 	return buf;
 
-free_pages_array:
-	kvfree(buf->pages);
 free_buf:
 	mutex_destroy(&buf->lock);
 	kfree(buf);
-uncharge:
-	halloc_uncharge(size);
 	return ERR_PTR(ret);
 }
 

@@ -15,13 +15,17 @@ static struct dentry *halloc_debugfs_root;
 static void halloc_show_buffer(struct seq_file *s, struct halloc_buffer *buf)
 {
 	struct halloc_attach *a;
+	char segs[12] = "-";
 
 	mutex_lock(&buf->lock);
-	seq_printf(s, "%-6llu %-14s %12zu %5u %5s %5u %5u %6u %5u %5u %5d\n",
-		   buf->id, buf->heap->name, buf->size, buf->segments,
-		   buf->below_4g ? "yes" : "no", buf->dmabufs, buf->views,
-		   buf->nr_attach, buf->nr_maps, buf->vmap_cnt,
-		   atomic_read(&buf->mmaps));
+	if (buf->pages)
+		snprintf(segs, sizeof(segs), "%u", buf->segments);
+	seq_printf(s, "%-6llu %-15s %12zu %5s %5s %5u %5u %6u %5u %5u %5d%s\n",
+		   buf->id, buf->heap->name, buf->size, segs,
+		   !buf->pages ? "-" : buf->below_4g ? "yes" : "no",
+		   buf->dmabufs, buf->views, buf->nr_attach, buf->nr_maps,
+		   buf->vmap_cnt, atomic_read(&buf->mmaps),
+		   buf->pages ? "" : "  not backed");
 	list_for_each_entry(a, &buf->attachments, node)
 		seq_printf(s, "       attached: %s (%s) dma_mask=%#llx%s\n",
 			   dev_name(a->dev), halloc_dev_driver_name(a->dev),
@@ -33,9 +37,9 @@ static int halloc_buffers_show(struct seq_file *s, void *unused)
 {
 	struct halloc_buffer *buf;
 	unsigned long count = 0;
-	size_t bytes = 0;
+	size_t bytes = 0, backed = 0;
 
-	seq_printf(s, "%-6s %-14s %12s %5s %5s %5s %5s %6s %5s %5s %5s\n",
+	seq_printf(s, "%-6s %-15s %12s %5s %5s %5s %5s %6s %5s %5s %5s\n",
 		   "id", "heap", "size", "segs", "<4G", "bufs", "views", "attach",
 		   "maps", "vmaps", "mmaps");
 	mutex_lock(&halloc_buffers_lock);
@@ -43,10 +47,12 @@ static int halloc_buffers_show(struct seq_file *s, void *unused)
 		halloc_show_buffer(s, buf);
 		count++;
 		bytes += buf->size;
+		if (halloc_buffer_pages(buf))
+			backed += buf->size;
 	}
 	mutex_unlock(&halloc_buffers_lock);
-	seq_printf(s, "total: %lu buffers, %zu bytes; pool: %lu pages\n",
-		   count, bytes, halloc_pool_pages());
+	seq_printf(s, "total: %lu buffers, %zu bytes, %zu backed; pool: %lu pages\n",
+		   count, bytes, backed, halloc_pool_pages());
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(halloc_buffers);

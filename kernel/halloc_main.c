@@ -2,8 +2,8 @@
 /*
  * halloc_heap: dma-buf heaps with per-client views.
  *
- * Registers /dev/dma_heap/halloc-system, halloc-contig and halloc-protected
- * (the upstream dma-heap UAPI, for kernels built without DMABUF_HEAPS as
+ * Registers /dev/dma_heap/halloc-system, halloc-contig, halloc-protected and
+ * halloc-deferred (the upstream dma-heap UAPI, for kernels built without DMABUF_HEAPS as
  * well as with) and the control node /dev/halloc (see
  * uapi/halloc_heap.h). Every dma-buf holds a reference on this module, so
  * it cannot be unloaded while any buffer lives.
@@ -52,16 +52,19 @@ MODULE_PARM_DESC(contig_only_drivers,
 
 static atomic64_t halloc_total_bytes = ATOMIC64_INIT(0);
 
+/* Largest physically contiguous run: halloc-contig, or a deferred backing. */
+size_t halloc_max_contig_bytes(void)
+{
+	return min3((size_t)READ_ONCE(contig_max_kb) * SZ_1K,
+		    PAGE_SIZE << (MAX_ORDER - 1), HALLOC_ABS_MAX_BYTES);
+}
+
 size_t halloc_max_buffer_bytes(const struct halloc_heap *heap)
 {
-	size_t max;
-
 	if (heap->contig)
-		max = min_t(size_t, (size_t)READ_ONCE(contig_max_kb) * SZ_1K,
-			    PAGE_SIZE << (MAX_ORDER - 1));
-	else
-		max = (size_t)READ_ONCE(max_buffer_mb) * SZ_1M;
-	return min(max, HALLOC_ABS_MAX_BYTES);
+		return halloc_max_contig_bytes();
+	return min((size_t)READ_ONCE(max_buffer_mb) * SZ_1M,
+		   HALLOC_ABS_MAX_BYTES);
 }
 
 bool halloc_charge(size_t size)
@@ -285,6 +288,19 @@ static struct halloc_heap halloc_heaps[] = {
 			.minor = MISC_DYNAMIC_MINOR,
 			.name = HALLOC_HEAP_PROTECTED,
 			.nodename = "dma_heap/" HALLOC_HEAP_PROTECTED,
+			.fops = &halloc_heap_fops,
+		},
+	},
+	{
+		/* No pages until first use; then contig or system pages as
+		 * the devices attached by then need (halloc_backing.c). */
+		.name = HALLOC_HEAP_DEFERRED,
+		.contig = false,
+		.deferred = true,
+		.misc = {
+			.minor = MISC_DYNAMIC_MINOR,
+			.name = HALLOC_HEAP_DEFERRED,
+			.nodename = "dma_heap/" HALLOC_HEAP_DEFERRED,
 			.fops = &halloc_heap_fops,
 		},
 	},

@@ -14,6 +14,12 @@
  * (bounded by contig_max_kb and by the page allocator's largest order),
  * below 4 GiB unless contig_dma32=0, where devices with a 32-bit DMA mask
  * (cameras, vivid) can reach it.
+ *
+ * A halloc-deferred backing is either of the two, with a DMA limit from the
+ * devices attached by then: below 4 GiB, both take ZONE_DMA32 pages (the
+ * system allocator then bypasses the pool, whose chunks may lie anywhere);
+ * a result that still exceeds the limit (a mask below 4 GiB) is freed and
+ * the allocation fails with -ENOMEM.
  */
 #include <linux/gfp.h>
 #include <linux/highmem.h>
@@ -31,6 +37,8 @@
 #define HALLOC_LOW_ORDER_GFP (GFP_HIGHUSER | __GFP_ZERO)
 #define HALLOC_CONTIG_GFP \
 	(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
+/* GFP_HIGHUSER's zone bit cannot be combined with __GFP_DMA32. */
+#define HALLOC_DMA32(gfp) (((gfp) & ~__GFP_HIGHMEM) | __GFP_DMA32)
 
 static const unsigned int halloc_orders[] = { 8, 4, 0 };
 #define HALLOC_NR_ORDERS ARRAY_SIZE(halloc_orders)
@@ -76,10 +84,15 @@ static void halloc_chunk_put(struct halloc_pool *pool, struct page *page)
 	spin_unlock(&pool->lock);
 }
 
-static struct page *halloc_chunk_get(struct halloc_pool *pool)
+static struct page *halloc_chunk_get(struct halloc_pool *pool, bool dma32)
 {
+	gfp_t gfp = pool->order ? HALLOC_HIGH_ORDER_GFP : HALLOC_LOW_ORDER_GFP;
 	struct page *page;
 
+	if (dma32) {
+		page = alloc_pages(HALLOC_DMA32(gfp), pool->order);
+		goto split;
+	}
 	spin_lock(&pool->lock);
 	page = list_first_entry_or_null(&pool->chunks, struct page, lru);
 	if (page)
@@ -90,8 +103,8 @@ static struct page *halloc_chunk_get(struct halloc_pool *pool)
 		return page;
 	}
 
-	page = alloc_pages(pool->order ? HALLOC_HIGH_ORDER_GFP :
-					 HALLOC_LOW_ORDER_GFP, pool->order);
+	page = alloc_pages(gfp, pool->order);
+split:
 	if (page && pool->order)
 		split_page(page, pool->order);
 	return page;
@@ -107,8 +120,9 @@ static struct halloc_pool *halloc_pool_of(struct scatterlist *sg)
 	return NULL;
 }
 
-/* Fill buf->chunks and buf->pages from a list of chunks (first page lru). */
+/* Fill buf->chunks and @pages from a list of chunks (first page lru). */
 static int halloc_chunks_to_table(struct halloc_buffer *buf,
+				  struct page **pages,
 				  struct list_head *list, unsigned int n)
 {
 	struct scatterlist *sg;
@@ -128,13 +142,14 @@ static int halloc_chunks_to_table(struct halloc_buffer *buf,
 		set_page_private(page, 0);
 		sg_set_page(sg, page, nr * PAGE_SIZE, 0);
 		for (i = 0; i < nr; i++)
-			buf->pages[p++] = page + i;
+			pages[p++] = page + i;
 		sg = sg_next(sg);
 	}
 	return 0;
 }
 
-static int halloc_system_alloc(struct halloc_buffer *buf)
+static int halloc_system_alloc(struct halloc_buffer *buf, struct page **pages,
+			       bool dma32)
 {
 	unsigned long remaining = buf->size;
 	unsigned int idx = 0, n = 0;
@@ -154,7 +169,7 @@ static int halloc_system_alloc(struct halloc_buffer *buf)
 			pool = &halloc_pools[idx];
 			if (remaining < (PAGE_SIZE << pool->order))
 				continue;
-			page = halloc_chunk_get(pool);
+			page = halloc_chunk_get(pool, dma32);
 			if (page)
 				break;
 		}
@@ -169,7 +184,7 @@ static int halloc_system_alloc(struct halloc_buffer *buf)
 		n++;
 	}
 
-	ret = halloc_chunks_to_table(buf, &list, n);
+	ret = halloc_chunks_to_table(buf, pages, &list, n);
 	if (ret)
 		goto free_chunks;
 	return 0;
@@ -185,16 +200,18 @@ free_chunks:
 	return ret;
 }
 
-static int halloc_contig_alloc(struct halloc_buffer *buf)
+static int halloc_contig_alloc(struct halloc_buffer *buf, struct page **pages,
+			       bool dma32)
 {
 	struct page *page;
 	void *vaddr;
 	pgoff_t i;
 	int ret;
 
+	if (buf->size > halloc_max_contig_bytes())
+		return -ENOMEM;
 	vaddr = alloc_pages_exact(buf->size, HALLOC_CONTIG_GFP |
-				  (READ_ONCE(halloc_param_contig_dma32) ?
-				   GFP_DMA32 : 0));
+				  (dma32 ? GFP_DMA32 : 0));
 	if (!vaddr)
 		return -ENOMEM;
 	page = virt_to_page(vaddr);
@@ -204,7 +221,7 @@ static int halloc_contig_alloc(struct halloc_buffer *buf)
 		goto free_run;
 	sg_set_page(buf->chunks.sgl, page, buf->size, 0);
 	for (i = 0; i < buf->nr_pages; i++)
-		buf->pages[i] = page + i;
+		pages[i] = page + i;
 	return 0;
 
 free_run:
@@ -212,44 +229,63 @@ free_run:
 	return ret;
 }
 
-/* Count the physically contiguous runs of buf->pages; note their reach. */
-static void halloc_note_layout(struct halloc_buffer *buf)
+/*
+ * Count the physically contiguous runs of @pages into buf->segments, note
+ * their reach; return the highest physical address.
+ */
+static phys_addr_t halloc_note_layout(struct halloc_buffer *buf,
+				      struct page **pages)
 {
 	phys_addr_t top = 0;
 	pgoff_t i;
 
 	buf->segments = 1;
 	for (i = 0; i < buf->nr_pages; i++) {
-		unsigned long pfn = page_to_pfn(buf->pages[i]);
+		unsigned long pfn = page_to_pfn(pages[i]);
 
-		if (i && pfn != page_to_pfn(buf->pages[i - 1]) + 1)
+		if (i && pfn != page_to_pfn(pages[i - 1]) + 1)
 			buf->segments++;
 		top = max(top, PFN_PHYS(pfn) + PAGE_SIZE - 1);
 	}
 	buf->below_4g = top <= U32_MAX;
+	return top;
 }
 
 /*
- * Allocate buf->nr_pages zeroed pages into buf->pages and buf->chunks.
- * buf->pages must already be allocated.
+ * Allocate buf->nr_pages zeroed pages into @pages (an array of nr_pages)
+ * and buf->chunks, every page at or below @dma_limit, one contiguous run if
+ * @contig; set buf->segments, buf->below_4g and buf->contig. On failure
+ * nothing stays allocated and buf->segments is 0.
  */
-int halloc_pages_alloc(struct halloc_buffer *buf, bool contig)
+int halloc_pages_alloc(struct halloc_buffer *buf, struct page **pages,
+		       bool contig, u64 dma_limit)
 {
+	bool dma32 = dma_limit <= U32_MAX;
 	int ret;
 
-	ret = contig ? halloc_contig_alloc(buf) : halloc_system_alloc(buf);
+	if (contig)
+		ret = halloc_contig_alloc(buf, pages, dma32 ||
+					  READ_ONCE(halloc_param_contig_dma32));
+	else
+		ret = halloc_system_alloc(buf, pages, dma32);
 	if (ret)
 		return ret;
-	halloc_note_layout(buf);
+	buf->contig = contig;
+	if (halloc_note_layout(buf, pages) > dma_limit) {
+		halloc_pages_free(buf);
+		buf->segments = 0;
+		buf->below_4g = false;
+		return -ENOMEM;
+	}
 	return 0;
 }
 
-void halloc_pages_free(struct halloc_buffer *buf, bool contig)
+void halloc_pages_free(struct halloc_buffer *buf)
 {
 	struct scatterlist *sg;
 	unsigned int i;
 
-	if (contig) {
+	if (buf->contig) {
 		free_pages_exact(page_address(sg_page(buf->chunks.sgl)),
 				 buf->size);
 	} else {

@@ -158,18 +158,20 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 	info->flags = view->flags;
 	if (view->is_view)
 		info->flags |= HALLOC_INFO_IS_VIEW;
-	if (buf->below_4g)
-		info->flags |= HALLOC_INFO_BELOW_4G;
 	if (buf->heap->protected_content)
 		info->flags |= HALLOC_INFO_PROTECTED;
 	info->view_id = view->id;
 	info->num_drivers = view->num_drivers;
 	memcpy(info->drivers, view->drivers, sizeof(info->drivers));
-	info->segments = buf->segments;
 	info->mmaps = atomic_read(&buf->mmaps);
 	strscpy(info->heap, buf->heap->name, sizeof(info->heap));
 
 	mutex_lock(&buf->lock);
+	if (!buf->pages)
+		info->flags |= HALLOC_INFO_NOT_BACKED;
+	else if (buf->below_4g)
+		info->flags |= HALLOC_INFO_BELOW_4G;
+	info->segments = buf->pages ? buf->segments : 0;
 	info->dmabufs = buf->dmabufs;
 	info->views = buf->views;
 	info->attachments = buf->nr_attach;

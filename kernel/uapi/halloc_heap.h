@@ -2,7 +2,7 @@
 /*
  * halloc_heap.h - user-space API of the halloc_heap kernel module.
  *
- * The module exposes four character devices:
+ * The module exposes five character devices:
  *
  *   /dev/dma_heap/halloc-system     scattered pages (high orders first, pooled)
  *   /dev/dma_heap/halloc-contig     one physically contiguous run of pages,
@@ -11,6 +11,9 @@
  *                                   buffer and view is HALLOC_CPU_NONE
  *                                   (HALLOC_INFO_PROTECTED); only devices
  *                                   reach its content
+ *   /dev/dma_heap/halloc-deferred   no pages until first use; then pages
+ *                                   that suit every device attached by
+ *                                   then (see "Deferred allocation")
  *   /dev/halloc                     control node: views and accounting
  *
  * The heap nodes speak the upstream dma-heap UAPI unchanged
@@ -110,6 +113,44 @@
  * one DMA-contiguous segment) and the buffer has more than one physically
  * contiguous segment (see halloc_buffer_info.segments; HALLOC_INFO_BELOW_4G
  * tells whether a 32-bit device can reach a buffer).
+ *
+ * Deferred allocation (halloc-deferred)
+ * -------------------------------------
+ * DMA_HEAP_IOCTL_ALLOC on halloc-deferred checks the size exactly like
+ * halloc-system (EINVAL, ENOMEM past max_buffer_mb) but allocates no pages
+ * and charges nothing to max_total_mb: HALLOC_IOCTL_INFO reports
+ * HALLOC_INFO_NOT_BACKED and segments 0. mmap() does not allocate either.
+ * The buffer is backed once, by whichever comes first: a device mapping an
+ * attachment (dma_buf_map_attachment, e.g. a vgem PRIME import or a V4L2
+ * QBUF), DMA_BUF_IOCTL_SYNC with DMA_BUF_SYNC_START (begin_cpu_access), a
+ * kernel vmap, or a CPU page fault in a mapping. The pages are chosen from
+ * every device attached at that moment:
+ *   - one physically contiguous run (like halloc-contig, bounded by
+ *     contig_max_kb, below 4 GiB unless contig_dma32=0) if any attached
+ *     device's driver is in contig_only_drivers;
+ *   - below the smallest DMA mask of the attached direct-mapped devices
+ *     (ZONE_DMA32 pages when that mask is below 4 GiB);
+ *   - otherwise halloc-system's pages.
+ * Each device's max segment size shapes its own scatterlist, so it never
+ * constrains the pages. The backing is then charged to max_total_mb.
+ * Concurrent first uses back the buffer exactly once; all see the same
+ * pages, and the pages never change afterwards.
+ *
+ * When the backing cannot be made, the operation that tried fails and the
+ * buffer stays unbacked, for a later try (e.g. once another device has
+ * detached, or memory was freed): ENOMEM (memory is short, max_total_mb is
+ * reached, a contiguous run larger than contig_max_kb is needed, or no pages
+ * below the DMA mask could be found), EINTR (fatal signal). The errno reaches
+ * user space from DMA_BUF_IOCTL_SYNC and from the importer's own call (a
+ * V4L2 QBUF, DRM_IOCTL_PRIME_FD_TO_HANDLE); a failed CPU page fault raises
+ * SIGBUS.
+ *
+ * For a deferred buffer dma_buf_attach() only fails with EBUSY before it is
+ * backed for a device that cannot do DMA at all (no DMA mask). Once it is
+ * backed, EBUSY has the meaning above: the pages already chosen cannot serve
+ * this device (for instance vivid with dma-contig attaching after vgem's
+ * import backed the buffer with scattered pages). Attach devices with
+ * stricter needs first.
  */
 #ifndef _UAPI_HALLOC_HEAP_H
 #define _UAPI_HALLOC_HEAP_H
@@ -121,9 +162,11 @@
 #define HALLOC_HEAP_SYSTEM_PATH "/dev/dma_heap/halloc-system"
 #define HALLOC_HEAP_CONTIG_PATH "/dev/dma_heap/halloc-contig"
 #define HALLOC_HEAP_PROTECTED_PATH "/dev/dma_heap/halloc-protected"
+#define HALLOC_HEAP_DEFERRED_PATH "/dev/dma_heap/halloc-deferred"
 #define HALLOC_HEAP_SYSTEM "halloc-system"
 #define HALLOC_HEAP_CONTIG "halloc-contig"
 #define HALLOC_HEAP_PROTECTED "halloc-protected"
+#define HALLOC_HEAP_DEFERRED "halloc-deferred"
 
 /* Length of every name field, including the terminating NUL. */
 #define HALLOC_NAME_LEN 32
@@ -149,6 +192,12 @@
 
 /* Deepest view chain: a view of a view of ... at most this many levels. */
 #define HALLOC_MAX_VIEW_DEPTH 8
+/*
+ * halloc_buffer_info.flags only: a halloc-deferred buffer that has no pages
+ * yet (segments is 0, HALLOC_INFO_BELOW_4G is clear, nothing is charged to
+ * max_total_mb).
+ */
+#define HALLOC_INFO_NOT_BACKED (1u << 28)
 
 /**
  * struct halloc_view_data - argument of HALLOC_IOCTL_VIEW
@@ -185,7 +234,7 @@ struct halloc_view_data {
  * @id:          out: buffer id, shared by a buffer and all its views
  * @flags:       out: HALLOC_VIEW_* flags of this dma-buf, HALLOC_INFO_IS_VIEW,
  *               HALLOC_INFO_BELOW_4G, HALLOC_INFO_PROTECTED,
- *               HALLOC_INFO_REVOKED
+ *               HALLOC_INFO_REVOKED, HALLOC_INFO_NOT_BACKED
  * @num_drivers: out: entries of @drivers in use
  * @dmabufs:     out: live dma-bufs over the pages (original + views)
  * @views:       out: live views over the pages
@@ -193,7 +242,8 @@ struct halloc_view_data {
  * @maps:        out: attachments currently DMA-mapped
  * @vmaps:       out: dma-bufs of the buffer currently vmapped by the kernel
  * @mmaps:       out: live user-space mappings (VMAs)
- * @segments:    out: physically contiguous runs of pages (1 = contiguous)
+ * @segments:    out: physically contiguous runs of pages (1 = contiguous;
+ *               0 = not backed yet, HALLOC_INFO_NOT_BACKED)
  * @reserved:    must be 0
  * @heap:        out: heap name, e.g. "halloc-system"
  * @name:        out: the dma-buf's name (view name or DMA_BUF_SET_NAME)

@@ -51,19 +51,20 @@ absl::StatusOr<UniqueFd> OpenNode(const std::string& path, int flags) {
 // The module's device nodes.
 class DeviceNodes : public HallocNodes {
  public:
-  DeviceNodes(UniqueFd heap, UniqueFd contig, UniqueFd protected_heap, UniqueFd control)
+  DeviceNodes(UniqueFd heap, UniqueFd contig, UniqueFd protected_heap, UniqueFd deferred,
+              UniqueFd control)
       : heap_(std::move(heap)),
         contig_(std::move(contig)),
         protected_(std::move(protected_heap)),
+        deferred_(std::move(deferred)),
         control_(std::move(control)) {}
   int Alloc(HallocHeap heap, dma_heap_allocation_data* data) override {
-    const UniqueFd& node = heap == HallocHeap::kContig      ? contig_
-                           : heap == HallocHeap::kProtected ? protected_
-                                                            : heap_;
+    const UniqueFd& node = Node(heap);
     if (!node) return ENODEV;
     return Errno(Ioctl(node.get(), DMA_HEAP_IOCTL_ALLOC, data));
   }
   bool HasProtected() const override { return protected_.is_valid(); }
+  bool HasDeferred() const override { return deferred_.is_valid(); }
   int View(halloc_view_data* view) override {
     return Errno(Ioctl(control_.get(), HALLOC_IOCTL_VIEW, view));
   }
@@ -84,8 +85,34 @@ class DeviceNodes : public HallocNodes {
 
  private:
   static int Errno(int r) { return r == 0 ? 0 : errno; }
-  const UniqueFd heap_, contig_, protected_, control_;
+  const UniqueFd& Node(HallocHeap heap) const {
+    switch (heap) {
+      case HallocHeap::kSystem: return heap_;
+      case HallocHeap::kContig: return contig_;
+      case HallocHeap::kProtected: return protected_;
+      case HallocHeap::kDeferred: return deferred_;
+    }
+    return heap_;
+  }
+  const UniqueFd heap_, contig_, protected_, deferred_, control_;
 };
+
+const char* HeapName(HallocHeap heap) {
+  switch (heap) {
+    case HallocHeap::kSystem: return HALLOC_HEAP_SYSTEM;
+    case HallocHeap::kContig:
+      return HALLOC_HEAP_CONTIG " (a device the client may attach to needs contiguous memory)";
+    case HallocHeap::kProtected: return HALLOC_HEAP_PROTECTED;
+    case HallocHeap::kDeferred: return HALLOC_HEAP_DEFERRED;
+  }
+  return "?";
+}
+
+// Optional nodes: a module without them serves less (see the header).
+UniqueFd OpenOptionalNode(const std::string& path) {
+  absl::StatusOr<UniqueFd> fd = OpenNode(path, O_RDONLY);
+  return fd.ok() ? *std::move(fd) : UniqueFd();
+}
 
 }  // namespace
 
@@ -100,8 +127,6 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
   ASSIGN_OR_RETURN(UniqueFd heap, OpenNode(paths.heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd contig, OpenNode(paths.contig_heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd control, OpenNode(paths.control, O_RDWR));
-  // Optional: a module without it serves everything but PROTECTED.
-  absl::StatusOr<UniqueFd> protected_heap = OpenNode(paths.protected_heap, O_RDONLY);
   std::vector<std::string> contig_only;
   std::ifstream param(paths.contig_only_drivers);
   std::string list;
@@ -112,8 +137,8 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
   }
   return CreateWithNodes(
       std::make_unique<DeviceNodes>(std::move(heap), std::move(contig),
-                                    protected_heap.ok() ? *std::move(protected_heap) : UniqueFd(),
-                                    std::move(control)),
+                                    OpenOptionalNode(paths.protected_heap),
+                                    OpenOptionalNode(paths.deferred_heap), std::move(control)),
       std::move(contig_only));
 }
 
@@ -132,17 +157,20 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
   if (request.size == 0) {
     return absl::InvalidArgumentError("halloc: size 0");
   }
-  const bool contig = NeedsContig(request);
   const bool protect = (request.usage & usage::kProtected) != 0;
+  const bool deferred = !protect && nodes_->HasDeferred();
+  const bool contig = !deferred && NeedsContig(request);
   if (protect && contig) {
     return absl::FailedPreconditionError(
         "halloc: protected buffers come from halloc-protected, which is not "
         "physically contiguous, and a device the client may attach to needs "
         "contiguous memory");
   }
-  const HallocHeap heap = protect  ? HallocHeap::kProtected
-                          : contig ? HallocHeap::kContig
-                                   : HallocHeap::kSystem;
+  // halloc-deferred lets the kernel decide from the devices that attach.
+  const HallocHeap heap = protect    ? HallocHeap::kProtected
+                          : deferred ? HallocHeap::kDeferred
+                          : contig   ? HallocHeap::kContig
+                                     : HallocHeap::kSystem;
   dma_heap_allocation_data data{};
   data.len = request.size;
   data.fd_flags = O_RDWR | O_CLOEXEC;
@@ -151,11 +179,7 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
     // memory": RESOURCE_EXHAUSTED either way (the daemon's own size limit
     // rejects absurd sizes earlier with INVALID_ARGUMENT).
     return ErrnoStatus(
-        err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ",
-                            protect  ? "halloc-protected"
-                            : contig ? "halloc-contig (a device the client may "
-                                       "attach to needs contiguous memory)"
-                                     : "halloc-system"));
+        err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ", HeapName(heap)));
   }
   UniqueFd fd(static_cast<int>(data.fd));
   // The name shows in /proc/<pid>/fdinfo and the module's debugfs. A failure

@@ -9,15 +9,23 @@
 // processes the client passes it on to. Rights only narrow: a view of a view
 // can never widen.
 //
-// Which heap. A client whose rule lets it attach buffers only to devices
-// that need physically contiguous memory (the module's contig_only_drivers,
-// e.g. vivid with videobuf2-dma-contig) gets halloc-contig memory, so that
-// its camera can use the buffer; when that heap cannot supply the size the
+// Which heap. hallocd cannot know at allocation time which devices a
+// buffer will meet, so where the module has halloc-deferred every request
+// but PROTECTED goes there: the kernel backs the buffer at its first use,
+// from the devices actually attached by then (one contiguous run if one of
+// them needs it, pages below the strictest DMA mask), and refuses a later
+// device the pages cannot serve (EBUSY at attach). Usage PROTECTED gets
+// halloc-protected: pages no CPU may touch, every fd of them CPU-none in
+// the kernel (when the module has that heap; otherwise CanProtect() is
+// false and the core refuses the usage).
+//
+// Fallback, on a module without halloc-deferred: a guess from the policy.
+// A client whose rule lets it attach buffers only to devices that need
+// physically contiguous memory (the module's contig_only_drivers, e.g.
+// vivid with videobuf2-dma-contig) gets halloc-contig memory, so that its
+// camera can use the buffer; when that heap cannot supply the size the
 // allocation fails (RESOURCE_EXHAUSTED) rather than hand out pages the
-// device would refuse. Usage PROTECTED gets halloc-protected: pages no CPU
-// may touch, every fd of them CPU-none in the kernel (when the module has
-// that heap; otherwise CanProtect() is false and the core refuses the
-// usage). Everyone else gets halloc-system.
+// device would refuse. Everyone else gets halloc-system.
 //
 // Live revoke. Every view carries a kernel id; RevokeView cuts it off with
 // the authority of the buffer's original fd (HALLOC_IOCTL_REVOKE): its
@@ -41,7 +49,7 @@ namespace halloc {
 // The module's ioctls, behind an interface so that tests can stand in fake
 // nodes (halloc_backend_test.cc); the real ones act on the module's device
 // nodes. Each returns 0 or an errno.
-enum class HallocHeap { kSystem, kContig, kProtected };
+enum class HallocHeap { kSystem, kContig, kProtected, kDeferred };
 
 class HallocNodes {
  public:
@@ -50,6 +58,8 @@ class HallocNodes {
   virtual int Alloc(HallocHeap heap, dma_heap_allocation_data* data) = 0;
   // Whether the module has the halloc-protected heap.
   virtual bool HasProtected() const = 0;
+  // Whether the module has the halloc-deferred heap.
+  virtual bool HasDeferred() const = 0;
   // HALLOC_IOCTL_VIEW on /dev/halloc.
   virtual int View(halloc_view_data* view) = 0;
   // Whether the module has HALLOC_IOCTL_REVOKE (modules before it lack it).
@@ -65,6 +75,9 @@ struct HallocBackendPaths {
   std::string contig_heap = "/dev/dma_heap/halloc-contig";
   // Optional (modules before it lack it): PROTECTED usage needs it.
   std::string protected_heap = "/dev/dma_heap/halloc-protected";
+  // Optional (modules before it lack it): without it the heap is guessed
+  // from the policy (see above).
+  std::string deferred_heap = "/dev/dma_heap/halloc-deferred";
   std::string control = "/dev/halloc";
   // The module's list of drivers whose devices need one physically
   // contiguous segment (comma-separated), read once at start.
@@ -100,7 +113,8 @@ class HallocBackend : public Backend {
  private:
   HallocBackend(std::unique_ptr<HallocNodes> nodes, std::vector<std::string> contig_only)
       : nodes_(std::move(nodes)), contig_only_(std::move(contig_only)) {}
-  // Whether `request` must come from the contiguous heap.
+  // Whether `request` must come from the contiguous heap (the guess made
+  // without halloc-deferred, and for PROTECTED).
   bool NeedsContig(const BackendRequest& request) const;
 
   const std::unique_ptr<HallocNodes> nodes_;

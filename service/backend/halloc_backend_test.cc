@@ -30,6 +30,7 @@ struct Calls {
   uint64_t next_view_id = 100;
   std::vector<halloc_revoke_data> revokes;
   int fail_revoke = 0;
+  bool has_deferred = false;
 };
 
 class FakeNodes : public HallocNodes {
@@ -44,6 +45,7 @@ class FakeNodes : public HallocNodes {
     return 0;
   }
   bool HasProtected() const override { return calls_->has_protected; }
+  bool HasDeferred() const override { return calls_->has_deferred; }
   int View(halloc_view_data* view) override {
     calls_->views.push_back(*view);
     if (calls_->fail_view != 0) return calls_->fail_view;
@@ -78,6 +80,30 @@ TEST(HallocBackendTest, DevicesThatNeedContiguousMemoryGetTheContigHeap) {
   EXPECT_EQ(calls.allocs, (std::vector<HallocHeap>{HallocHeap::kSystem, HallocHeap::kSystem,
                                                     HallocHeap::kContig}));
   EXPECT_EQ(calls.names, (std::vector<std::string>{"halloc:a", "halloc:b", "halloc:c"}));
+}
+
+// With halloc-deferred the kernel picks the pages from the devices that
+// attach: every request but PROTECTED goes there, whatever the policy says
+// about the devices.
+TEST(HallocBackendTest, EverythingButProtectedGoesToTheDeferredHeapWhenPresent) {
+  Calls calls;
+  calls.has_deferred = true;
+  auto b = Backend(&calls);
+  ASSERT_TRUE(b->Allocate({4096, "a", 0, std::nullopt}).ok());
+  ASSERT_TRUE(b->Allocate({4096, "b", 0, std::vector<std::string>{"vgem"}}).ok());
+  ASSERT_TRUE(b->Allocate({4096, "c", 0, std::vector<std::string>{"vivid"}}).ok());
+  ASSERT_TRUE(b->Allocate({4096, "p", usage::kProtected, std::nullopt}).ok());
+  EXPECT_EQ(calls.allocs, (std::vector<HallocHeap>{HallocHeap::kDeferred, HallocHeap::kDeferred,
+                                                    HallocHeap::kDeferred,
+                                                    HallocHeap::kProtected}));
+  // PROTECTED keeps the guess: halloc-protected is never contiguous.
+  EXPECT_EQ(b->Allocate({4096, "p", usage::kProtected, std::vector<std::string>{"vivid"}})
+                .status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  calls.fail_alloc = ENOMEM;
+  absl::Status s = b->Allocate({1 << 20, "big", 0, std::vector<std::string>{"vivid"}}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("halloc-deferred"), absl::string_view::npos) << s;
 }
 
 TEST(HallocBackendTest, ProtectedUsageGetsTheProtectedHeapWhenTheModuleHasIt) {
@@ -156,7 +182,13 @@ TEST(HallocBackendTest, KernelErrorsMapToTheirCodes) {
 TEST(HallocBackendTest, CreateNeedsTheModulesNodes) {
   const std::string dir = ::testing::TempDir() + "/halloc-nodes";
   std::filesystem::create_directories(dir);
-  HallocBackendPaths paths{dir + "/system", dir + "/contig", dir + "/control", dir + "/param"};
+  HallocBackendPaths paths;
+  paths.heap = dir + "/system";
+  paths.contig_heap = dir + "/contig";
+  paths.protected_heap = dir + "/protected";
+  paths.deferred_heap = dir + "/deferred";
+  paths.control = dir + "/control";
+  paths.contig_only_drivers = dir + "/param";
   absl::StatusOr<std::unique_ptr<HallocBackend>> b = HallocBackend::Create(paths);
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(b.status().message().find("is halloc_heap.ko loaded?"), absl::string_view::npos);
@@ -165,8 +197,15 @@ TEST(HallocBackendTest, CreateNeedsTheModulesNodes) {
   b = HallocBackend::Create(paths);
   ASSERT_TRUE(b.ok()) << b.status();
   // Regular files take no ioctls: the failure is the kernel's ENOTTY.
-  EXPECT_EQ((*b)->Allocate({4096, "a", 0, std::nullopt}).status().code(),
-            absl::StatusCode::kUnimplemented);
+  absl::Status s = (*b)->Allocate({4096, "a", 0, std::nullopt}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("halloc-system"), absl::string_view::npos) << s;
+  // The optional deferred node, once there, takes the requests.
+  std::ofstream(dir + "/deferred") << "";
+  b = HallocBackend::Create(paths);
+  ASSERT_TRUE(b.ok()) << b.status();
+  s = (*b)->Allocate({4096, "a", 0, std::nullopt}).status();
+  EXPECT_NE(s.message().find("halloc-deferred"), absl::string_view::npos) << s;
   std::filesystem::remove_all(dir);
 }
 

@@ -160,7 +160,9 @@ TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
   EXPECT_THAT(Values(service, "DevicePolicy"), ElementsAre("closed"));
   EXPECT_THAT(Values(service, "DeviceAllow"),
               ::testing::IsSupersetOf({"/dev/halloc rw", "/dev/dma_heap/halloc-system rw",
-                                       "/dev/dma_heap/halloc-contig rw"}));
+                                       "/dev/dma_heap/halloc-contig rw",
+                                       "/dev/dma_heap/halloc-protected rw",
+                                       "/dev/dma_heap/halloc-deferred rw"}));
 }
 
 // The flags ExecStart passes exist (an unknown flag would stop hallocd at

@@ -96,7 +96,8 @@ TEST_F(DaemonOnKernelHeapTest, AutoPicksTheKernelHeapAndHandsOutItsDmaBufs) {
   EXPECT_TRUE(buf->is_dmabuf());
   const halloc_buffer_info info = InfoOf(buf->fd());
   EXPECT_EQ(info.size, kSize);
-  EXPECT_STREQ(info.heap, HALLOC_HEAP_SYSTEM);
+  EXPECT_STREQ(info.heap, HALLOC_HEAP_DEFERRED) << "the kernel picks the pages at first use";
+  EXPECT_NE(info.flags & HALLOC_INFO_NOT_BACKED, 0u);
   EXPECT_EQ(info.flags & HALLOC_INFO_IS_VIEW, 0u) << "an unrestricted client gets the buffer itself";
   EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ_WRITE);
   EXPECT_STREQ(info.name, "halloc:frame");

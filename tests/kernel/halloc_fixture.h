@@ -1,4 +1,4 @@
-// Test fixture: the two halloc heap nodes and the control node.
+// Test fixture: the halloc heap nodes and the control node.
 #ifndef HALLOC_TESTS_KERNEL_HALLOC_FIXTURE_H_
 #define HALLOC_TESTS_KERNEL_HALLOC_FIXTURE_H_
 
@@ -11,13 +11,14 @@
 
 namespace halloc_test {
 
-enum class Heap { kSystem, kContig, kProtected };
+enum class Heap { kSystem, kContig, kProtected, kDeferred };
 
 inline const char* HeapName(Heap heap) {
   switch (heap) {
     case Heap::kSystem: return HALLOC_HEAP_SYSTEM;
     case Heap::kContig: return HALLOC_HEAP_CONTIG;
     case Heap::kProtected: return HALLOC_HEAP_PROTECTED;
+    case Heap::kDeferred: return HALLOC_HEAP_DEFERRED;
   }
   return "?";
 }
@@ -48,8 +49,10 @@ class HallocTest : public ::testing::Test {
     system_.reset(open(HALLOC_HEAP_SYSTEM_PATH, O_RDWR | O_CLOEXEC));
     contig_.reset(open(HALLOC_HEAP_CONTIG_PATH, O_RDWR | O_CLOEXEC));
     protected_.reset(open(HALLOC_HEAP_PROTECTED_PATH, O_RDWR | O_CLOEXEC));
+    deferred_.reset(open(HALLOC_HEAP_DEFERRED_PATH, O_RDWR | O_CLOEXEC));
     ctl_.reset(open(HALLOC_CONTROL_PATH, O_RDWR | O_CLOEXEC));
-    if (!system_.valid() || !contig_.valid() || !protected_.valid() || !ctl_.valid()) {
+    if (!system_.valid() || !contig_.valid() || !protected_.valid() ||
+        !deferred_.valid() || !ctl_.valid()) {
       std::string why = std::string("halloc_heap.ko nodes missing: ") +
                         strerror(errno);
       // Inside tools/kernel-test.sh the module must be there.
@@ -63,6 +66,7 @@ class HallocTest : public ::testing::Test {
       case Heap::kSystem: return system_.get();
       case Heap::kContig: return contig_.get();
       case Heap::kProtected: return protected_.get();
+      case Heap::kDeferred: return deferred_.get();
     }
     return -1;
   }
@@ -86,6 +90,7 @@ class HallocTest : public ::testing::Test {
   UniqueFd system_;
   UniqueFd contig_;
   UniqueFd protected_;
+  UniqueFd deferred_;
   UniqueFd ctl_;
 };
 

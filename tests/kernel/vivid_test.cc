@@ -1,18 +1,15 @@
 // V4L2 capture from vivid (the stand-in for a camera) into halloc buffers
 // with V4L2_MEMORY_DMABUF: once with vivid's default videobuf2-vmalloc
 // (exercises vmap) and once with allocators=1, videobuf2-dma-contig
-// (exercises attach/map, which needs one contiguous segment).
+// (exercises attach/map, which needs one contiguous segment). Fixtures in
+// vivid_fixture.h.
 #include <errno.h>
-#include <linux/videodev2.h>
-#include <poll.h>
-#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <functional>
 #include <cstring>
+#include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,174 +17,10 @@
 #include "clients/testing/test_daemon.h"
 #include "tests/kernel/daemon_util.h"
 #include "tests/kernel/halloc_fixture.h"
+#include "tests/kernel/vivid_fixture.h"
 
 namespace halloc_test {
 namespace {
-
-constexpr int kBuffers = 3;
-constexpr int kFrames = 6;
-
-UniqueFd OpenVividCapture() {
-  for (int i = 0; i < 64; ++i) {
-    std::string path = "/dev/video" + std::to_string(i);
-    UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
-    if (!fd.valid()) continue;
-    v4l2_capability cap = {};
-    if (Ioctl(fd.get(), VIDIOC_QUERYCAP, &cap) != 0) continue;
-    uint32_t caps = (cap.capabilities & V4L2_CAP_DEVICE_CAPS) ? cap.device_caps
-                                                               : cap.capabilities;
-    if (std::string(reinterpret_cast<char*>(cap.driver)) == "vivid" &&
-        (caps & V4L2_CAP_VIDEO_CAPTURE) && (caps & V4L2_CAP_STREAMING))
-      return fd;
-  }
-  return UniqueFd();
-}
-
-// Reloads vivid with the given allocator; true on success.
-bool ReloadVivid(const std::string& allocators, std::string* why) {
-  const std::string ko = Env("VIVID_KO");
-  if (ko.empty()) {
-    *why = "VIVID_KO not set (run through tools/kernel-test.sh)";
-    return false;
-  }
-  int ret = -EAGAIN;
-  for (int i = 0; i < 50 && (ret == -EAGAIN || ret == -EBUSY); ++i) {
-    ret = DeleteModule("vivid");
-    if (ret == -EAGAIN || ret == -EBUSY)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  if (ret != 0 && ret != -ENOENT) {
-    *why = std::string("rmmod vivid: ") + strerror(-ret);
-    return false;
-  }
-  std::string params = Env("VIVID_PARAMS") + " allocators=" + allocators;
-  ret = LoadModule(ko, params);
-  if (ret != 0) {
-    *why = "insmod vivid " + params + ": " + strerror(-ret);
-    return false;
-  }
-  return true;
-}
-
-class VividTest : public HallocTest {
- protected:
-  void SetUp() override {
-    HallocTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    OpenDevice();
-  }
-
-  void OpenDevice() {
-    video_ = OpenVividCapture();
-    if (!video_.valid()) GTEST_SKIP() << "no vivid capture device (modprobe vivid)";
-    v4l2_format fmt = {};
-    fmt.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
-    fmt.fmt.pix.width = 640;
-    fmt.fmt.pix.height = 480;
-    fmt.fmt.pix.pixelformat = V4L2_PIX_FMT_YUYV;
-    fmt.fmt.pix.field = V4L2_FIELD_NONE;
-    ASSERT_EQ(Ioctl(video_.get(), VIDIOC_S_FMT, &fmt), 0);
-    ASSERT_GT(fmt.fmt.pix.sizeimage, 0u);
-    frame_size_ = fmt.fmt.pix.sizeimage;
-  }
-
-  // REQBUFS; 0 or -errno.
-  int RequestBuffers(uint32_t count) {
-    v4l2_requestbuffers req = {};
-    req.count = count;
-    req.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
-    req.memory = V4L2_MEMORY_DMABUF;
-    return Ioctl(video_.get(), VIDIOC_REQBUFS, &req);
-  }
-
-  // QBUF of a dma-buf; 0 or -errno.
-  int Queue(uint32_t index, int dmabuf_fd, size_t len) {
-    v4l2_buffer b = {};
-    b.index = index;
-    b.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
-    b.memory = V4L2_MEMORY_DMABUF;
-    b.m.fd = dmabuf_fd;
-    b.length = static_cast<uint32_t>(len);
-    return Ioctl(video_.get(), VIDIOC_QBUF, &b);
-  }
-
-  // Waits for a frame; its index or -errno.
-  int Dequeue(uint32_t* bytesused) {
-    pollfd p = {video_.get(), POLLIN, 0};
-    if (poll(&p, 1, 10000) != 1) return -ETIMEDOUT;
-    v4l2_buffer b = {};
-    b.type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
-    b.memory = V4L2_MEMORY_DMABUF;
-    int ret = Ioctl(video_.get(), VIDIOC_DQBUF, &b);
-    if (ret) return ret;
-    *bytesused = b.bytesused;
-    return static_cast<int>(b.index);
-  }
-
-  int StreamOn(bool on) {
-    int type = V4L2_BUF_TYPE_VIDEO_CAPTURE;
-    return Ioctl(video_.get(), on ? VIDIOC_STREAMON : VIDIOC_STREAMOFF, &type);
-  }
-
-  // Captures kFrames frames into kBuffers buffers from `heap` and checks
-  // that they hold vivid's test pattern. expect_vmap: vb2-vmalloc.
-  void CaptureInto(Heap heap, bool expect_vmap) {
-    CaptureIntoBuffers([&] { return Alloc(heap, frame_size_); }, expect_vmap);
-  }
-
-  // The same with buffers from `alloc` (frame_size_ bytes each).
-  void CaptureIntoBuffers(const std::function<UniqueFd()>& alloc, bool expect_vmap) {
-    ASSERT_EQ(RequestBuffers(kBuffers), 0);
-    std::vector<UniqueFd> bufs;
-    for (int i = 0; i < kBuffers; ++i) {
-      bufs.push_back(alloc());
-      ASSERT_TRUE(bufs.back().valid());
-      ASSERT_EQ(Queue(i, bufs.back().get(), PageAlign(frame_size_)), 0);
-    }
-    halloc_buffer_info info = InfoOf(bufs[0].get());
-    if (expect_vmap) {
-      EXPECT_EQ(info.vmaps, 1u) << "vb2-vmalloc vmaps a queued dma-buf";
-    } else {
-      EXPECT_EQ(info.attachments, 1u);
-      EXPECT_EQ(info.maps, 1u) << "vb2-dma-contig maps a queued dma-buf";
-    }
-    std::string dbg = ReadFile("/sys/kernel/debug/halloc/buffers");
-    RecordProperty("debugfs", dbg);
-
-    ASSERT_EQ(StreamOn(true), 0);
-    for (int f = 0; f < kFrames; ++f) {
-      SCOPED_TRACE("frame " + std::to_string(f));
-      uint32_t used = 0;
-      int index = Dequeue(&used);
-      ASSERT_GE(index, 0) << strerror(-index);
-      ASSERT_LT(index, kBuffers);
-      EXPECT_EQ(used, frame_size_);
-      const int fd = bufs[index].get();
-      Mapping m = Map(fd, PageAlign(frame_size_), PROT_READ);
-      ASSERT_TRUE(m.valid()) << strerror(errno);
-      ASSERT_EQ(Sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ), 0);
-      size_t nonzero = std::count_if(m.data(), m.data() + frame_size_,
-                                     [](uint8_t b) { return b != 0; });
-      // Colour bars in YUYV: chroma is 0x80-ish, luma mostly non-zero; a
-      // frame of zeros (nothing written) would fail this.
-      EXPECT_GT(nonzero, frame_size_ / 2) << "frame looks empty";
-      std::vector<uint8_t> distinct(m.data(), m.data() + std::min<size_t>(frame_size_, 2560));
-      std::sort(distinct.begin(), distinct.end());
-      EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 4)
-          << "not a test pattern";
-      ASSERT_EQ(Sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ), 0);
-      ASSERT_EQ(Queue(index, fd, PageAlign(frame_size_)), 0);
-    }
-    ASSERT_EQ(StreamOn(false), 0);
-    ASSERT_EQ(RequestBuffers(0), 0);
-    info = InfoOf(bufs[0].get());
-    EXPECT_EQ(info.vmaps + info.attachments + info.maps, 0u)
-        << "vivid released the buffer";
-  }
-
-  UniqueFd video_;
-  uint32_t frame_size_ = 0;
-};
 
 TEST_F(VividTest, VmallocCaptureIntoSystemHeap) {
   CaptureInto(Heap::kSystem, /*expect_vmap=*/true);
@@ -252,34 +85,15 @@ TEST_F(VividTest, VmallocRefusesNoCpuView) {
   ASSERT_EQ(RequestBuffers(0), 0);
 }
 
-class VividContigTest : public VividTest {
- protected:
-  void SetUp() override {
-    HallocTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    std::string why;
-    if (!ReloadVivid("1", &why)) GTEST_SKIP() << why;
-    reloaded_ = true;
-    OpenDevice();
-  }
-  void TearDown() override {
-    video_.reset();
-    std::string why;
-    if (reloaded_) {
-      EXPECT_TRUE(ReloadVivid("0", &why)) << why;
-    }
-  }
-  bool reloaded_ = false;
-};
-
 TEST_F(VividContigTest, CaptureIntoContigHeap) {
   CaptureInto(Heap::kContig, /*expect_vmap=*/false);
 }
 
 // The camera integration end to end: a client whose policy lets it attach
 // buffers only to vivid asks hallocd for camera buffers; hallocd takes them
-// from halloc-contig (vivid needs contiguous memory) and hands out views
-// that only vivid may attach; vivid captures its test pattern into them.
+// from halloc-deferred and hands out views that only vivid may attach; the
+// kernel backs them with one contiguous run when vivid (dma-contig) maps
+// them at QBUF, and vivid captures its test pattern into them.
 TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
   absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
       StartDaemon("halloc", R"(
@@ -296,6 +110,7 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
   ASSERT_TRUE(camera.ok()) << camera.status();
   constexpr uint64_t kCameraOutput = 1 << 17, kCpuReadOften = 0x3;
 
+  std::vector<UniqueFd> keep;
   CaptureIntoBuffers(
       [&]() -> UniqueFd {
         absl::StatusOr<halloc::Buffer> b = camera->Allocate(halloc::BlobDescriptor(
@@ -303,9 +118,11 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
         EXPECT_TRUE(b.ok()) << b.status();
         if (!b.ok()) return UniqueFd();
         const halloc_buffer_info info = InfoOf(b->fd());
-        EXPECT_STREQ(info.heap, HALLOC_HEAP_CONTIG);
-        EXPECT_EQ(info.segments, 1u);
+        EXPECT_STREQ(info.heap, HALLOC_HEAP_DEFERRED);
+        EXPECT_NE(info.flags & HALLOC_INFO_NOT_BACKED, 0u);
+        EXPECT_EQ(info.segments, 0u);
         EXPECT_NE(info.flags & HALLOC_INFO_IS_VIEW, 0u);
+        keep.emplace_back(dup(b->fd()));
         EXPECT_EQ(info.cpu_access, HALLOC_CPU_READ);
         EXPECT_NE(info.flags & HALLOC_VIEW_RESTRICT_ATTACH, 0u);
         absl::StatusOr<halloc::UniqueFd> fd = b->TakeFd();
@@ -313,6 +130,11 @@ TEST_F(VividContigTest, CapturesIntoBuffersFromHallocd) {
         return fd.ok() ? UniqueFd(fd->release()) : UniqueFd();
       },
       /*expect_vmap=*/false);
+  for (const UniqueFd& fd : keep) {
+    const halloc_buffer_info info = InfoOf(fd.get());
+    EXPECT_EQ(info.segments, 1u) << "backed for vivid: one contiguous run";
+    EXPECT_NE(info.flags & HALLOC_INFO_BELOW_4G, 0u);
+  }
 }
 
 TEST_F(VividContigTest, ScatteredBufferRefusedCleanly) {
