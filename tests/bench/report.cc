@@ -74,7 +74,7 @@ void PrintRows(const std::vector<Row>& rows) {
                 Num(r.value).c_str(), r.unit.c_str(),
                 r.floor_name.empty() ? "-" : r.floor_name.c_str(),
                 Num(r.floor_value).c_str(),
-                r.floor_name.empty() ? "-" : absl::StrFormat("%.2f", r.ratio()).c_str(),
+                std::isfinite(r.ratio()) ? absl::StrFormat("%.2f", r.ratio()).c_str() : "-",
                 r.target ? absl::StrCat(r.higher_is_better ? ">=" : "<=", *r.target).c_str() : "-",
                 met ? (*met ? "yes" : "NO") : "-");
     if (!r.note.empty()) std::printf("    ^ %s\n", r.note.c_str());

@@ -9,6 +9,9 @@
 //                             timed call by call interleaved with vgem's
 //                             CREATE_DUMB + PRIME export + close + GEM close
 //                             (target <= 1.0x);
+//   system.first_use.SIZE     the same, but the dma-buf also mmapped, every
+//                             page written, unmapped and closed, so vgem's
+//                             lazily allocated pages count too (same target);
 //   pool.{warm,cold}.8MiB     the allocation ioctl alone, interleaved: with
 //                             the page pool holding the pages (warm) and
 //                             with the pool empty (checked in debugfs before
@@ -64,15 +67,16 @@ constexpr char kPoolMax[] = "/sys/module/halloc_heap/parameters/pool_max_mb";
 struct Plan {
   std::vector<std::pair<uint64_t, int>> vs_vgem;  // size, samples
   int pool_n;
+  std::vector<std::pair<uint64_t, int>> first_use;
   std::vector<std::pair<uint64_t, int>> touch;
   std::string deferred_path = kDeferredHeapPath;
 };
 
 Plan MakePlan(bool quick) {
   if (quick) return {{{4 * kKiB, 50}, {kMiB, 30}, {8 * kMiB, 20}, {32 * kMiB, 10}},
-                     20, {{kMiB, 20}, {8 * kMiB, 10}}};
+                     20, {{kMiB, 20}, {8 * kMiB, 10}}, {{kMiB, 20}, {8 * kMiB, 10}}};
   return {{{4 * kKiB, 5000}, {kMiB, 2000}, {8 * kMiB, 1000}, {32 * kMiB, 400}},
-          1000, {{kMiB, 1000}, {8 * kMiB, 300}}};
+          1000, {{kMiB, 500}, {8 * kMiB, 150}}, {{kMiB, 1000}, {8 * kMiB, 300}}};
 }
 
 std::string SizeName(uint64_t size) {
@@ -131,22 +135,30 @@ int AllocClose(int heap_fd, uint64_t size) {
 }
 
 // vgem's nearest equivalent of an allocation handed out as a dma-buf: a dumb
-// buffer, exported, then the fd and the GEM handle closed.
-int VgemCreateExport(int drm_fd, uint64_t size) {
+// buffer and its PRIME export. The dma-buf fd, or -errno; *handle holds the
+// GEM handle (closed when it goes).
+int VgemExport(int drm_fd, uint64_t size, std::optional<GemHandle>* handle) {
   const int64_t h = CreateDumb(drm_fd, 1024, static_cast<uint32_t>(size / 4096), 32);
   if (h < 0) return static_cast<int>(h);
-  GemHandle handle(drm_fd, static_cast<uint32_t>(h));
+  handle->emplace(drm_fd, static_cast<uint32_t>(h));
   int prime = -1;
-  if (drmPrimeHandleToFD(drm_fd, handle.get(), DRM_CLOEXEC | DRM_RDWR, &prime) != 0)
+  if (drmPrimeHandleToFD(drm_fd, (*handle)->get(), DRM_CLOEXEC | DRM_RDWR, &prime) != 0)
     return -errno;
-  UniqueFd fd(prime);  // closed before the handle
-  return 0;
+  return prime;
 }
 
-// Allocate, map, write one byte per page (the first touch); unmapped and
-// closed after the clock stops, through `keep`.
-int AllocMapTouch(int heap_fd, uint64_t size, UniqueFd* keep_fd, Mapping* keep_map) {
-  UniqueFd fd(HeapAlloc(heap_fd, size));
+// VgemExport, then the fd and the GEM handle closed: 0 or -errno.
+int VgemCreateExport(int drm_fd, uint64_t size) {
+  std::optional<GemHandle> handle;
+  UniqueFd fd(VgemExport(drm_fd, size, &handle));  // closed before the handle
+  return fd.valid() ? 0 : fd.release();
+}
+
+// Map a fresh dma-buf (`fd`, or -errno) and write one byte per page (the
+// first touch). The fd and mapping end up in `keep`, so that the caller
+// decides whether unmapping and closing are timed.
+int MapTouch(int fd_or_err, uint64_t size, UniqueFd* keep_fd, Mapping* keep_map) {
+  UniqueFd fd(fd_or_err);
   if (!fd.valid()) return fd.release();
   Mapping m = Map(fd.get(), size);
   if (!m.valid()) return -errno;
@@ -165,6 +177,7 @@ class Bench {
  private:
   void VersusVgem();
   void Pool();
+  void FirstUse();
   void FirstTouch();
   // p50 and p99 rows of `value` judged against `floor` (already added).
   void Judged(const std::string& name, const Summary& v,
@@ -290,6 +303,33 @@ void Bench::Pool() {
   rows_.back().note = "pool_max_mb=0: the pages go back to the page allocator";
 }
 
+// The whole life of a buffer someone writes: allocate (export), map, touch
+// every page, unmap, close. vgem's pages now count too.
+void Bench::FirstUse() {
+  UniqueFd vgem = OpenVgem();
+  if (!vgem.valid()) return;  // VersusVgem() said why
+  for (const auto& [size, n] : plan_.first_use) {
+    const std::string s = SizeName(size);
+    auto halloc = [&, size = size] {
+      UniqueFd fd;
+      Mapping m;
+      return MapTouch(HeapAlloc(system_.get(), size), size, &fd, &m);
+    };
+    auto vgem_use = [&, size = size] {
+      std::optional<GemHandle> handle;
+      UniqueFd fd;
+      Mapping m;
+      return MapTouch(VgemExport(vgem.get(), size, &handle), size, &fd, &m);
+    };
+    Pair p = Interleave(n, halloc, vgem_use);
+    if (p.err) Failed("first use at " + s, p.err);
+    const Summary h = Summarize(p.a), v = Summarize(p.b);
+    Floors("floor.vgem_first_use." + s, v);
+    Judged("system.first_use." + s, h, "vgem_first_use(interleaved)", v, 1.0, false,
+           "alloc or dumb+PRIME, mmap the dma-buf, write every page, munmap, close");
+  }
+}
+
 void Bench::FirstTouch() {
   UniqueFd deferred(open(plan_.deferred_path.c_str(), O_RDWR | O_CLOEXEC));
   const int open_err = errno;
@@ -307,7 +347,7 @@ void Bench::FirstTouch() {
     UniqueFd keep_fd;
     Mapping keep_map;
     auto touch = [&, size = size](int heap) {
-      return AllocMapTouch(heap, size, &keep_fd, &keep_map);
+      return MapTouch(HeapAlloc(heap, size), size, &keep_fd, &keep_map);
     };
     Pair p = Interleave(n, [&] { return touch(deferred.get()); },
                         [&] { return touch(system_.get()); },
@@ -334,6 +374,7 @@ int Bench::Run() {
               ReadFile("/proc/loadavg").c_str());
   std::fflush(stdout);
   VersusVgem();
+  FirstUse();
   Pool();
   FirstTouch();
   halloc::bench::PrintRows(rows_);
