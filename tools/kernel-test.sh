@@ -6,12 +6,18 @@
 #
 #   tools/kernel-test.sh [--keep] [-- gtest args...]
 #   tools/kernel-test.sh --bench-scale [--keep]
+#   tools/kernel-test.sh --bench-kernel [--keep] [-- --quick]
 #
 # --bench-scale runs the benchmark's live-buffer scale rows in the guest
 # instead of the tests (tests/bench, --only=scale): there root may raise
 # RLIMIT_NOFILE past this host's hard limit, so 100k live buffers (one
 # hallocd fd each) can be measured. Under TCG absolute times are slow; the
 # ratios and the memory per buffer are what it is for.
+#
+# --bench-kernel runs the module's own figures in the guest instead
+# (//tests/kernel:kernel_bench: halloc-system vs vgem, warm vs cold pool,
+# deferred first touch), each beside a floor from the same boot; it fails
+# only when the benchmark reports a failed operation or the guest splats.
 #
 # Also builds kernel/ through DKMS (kernel/dkms.conf, scratch trees) against
 # the same headers: one more case, counted on the host.
@@ -35,6 +41,7 @@ QEMU_TIMEOUT=${HALLOC_QEMU_TIMEOUT:-}
 TEST_TARGET=//tests/kernel:halloc_heap_guest_test
 KEEP=0
 BENCH_SCALE=0
+BENCH_KERNEL=0
 GTEST_ARGS=()
 START=$(date +%s)
 
@@ -42,8 +49,9 @@ while (($#)); do
   case "$1" in
     --keep) KEEP=1 ;;
     --bench-scale) BENCH_SCALE=1 ;;
+    --bench-kernel) BENCH_KERNEL=1 ;;
     --) shift; GTEST_ARGS=("$@"); break ;;
-    *) echo "usage: $0 [--keep] [-- gtest args...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--keep] [--bench-scale|--bench-kernel] [-- args...]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -54,6 +62,7 @@ die() { log "FAIL: $*"; summary 0 1 0; exit 1; }
 
 # The tests take under a minute under TCG; the scale benchmark longer.
 ((BENCH_SCALE)) && QEMU_TIMEOUT=${QEMU_TIMEOUT:-1800}
+((BENCH_KERNEL)) && QEMU_TIMEOUT=${QEMU_TIMEOUT:-600}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-240}
 
 # --- packages --------------------------------------------------------------
@@ -149,6 +158,12 @@ if ((BENCH_SCALE)); then
   BENCH_BIN=$OPT_BIN/tests/bench/halloc_bench
   HALLOCD_BIN=$OPT_BIN/service/hallocd
 fi
+if ((BENCH_KERNEL)); then
+  log "bazel build -c opt //tests/kernel:kernel_bench"
+  (cd "$REPO" && bazel build -c opt //tests/kernel:kernel_bench >"$RUN/bazel.log" 2>&1) ||
+    { tail -n 40 "$RUN/bazel.log" >&2; die "kernel_bench build failed"; }
+  KBENCH_BIN=$(cd "$REPO" && bazel info -c opt bazel-bin 2>/dev/null)/tests/kernel/kernel_bench
+fi
 
 # --- initramfs ---------------------------------------------------------------
 # Modules the guest needs, in load order (dependencies first).
@@ -199,6 +214,8 @@ cp /bin/busybox "$IR/bin/busybox"
   if ((BENCH_SCALE)); then
     GUEST_RUN="ulimit -n 1048576 || echo 'HARNESS: ulimit -n failed'
 chroot \$H $ENV $(q "$BENCH_BIN") run --hallocd=$(q "$HALLOCD_BIN") --only=scale >\"\$R/test.log\" 2>&1"
+  elif ((BENCH_KERNEL)); then
+    GUEST_RUN="chroot \$H $ENV $(q "$KBENCH_BIN")$GTEST_Q >\"\$R/test.log\" 2>&1"
   else
     GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
   fi
@@ -246,10 +263,15 @@ qemu_boot "$RUN/console.log" "$QEMU_TIMEOUT" reset_results \
   || qemu_rc=$?
 log "guest exited under $QEMU_ACCEL (qemu status $qemu_rc)"
 
-if ((BENCH_SCALE)); then
+# What counts as a guest kernel splat (fails the tests and --bench-kernel).
+SPLAT='WARNING:|BUG:|Oops|general protection|lockdep|possible circular locking|KASAN|refcount_t|Kernel panic'
+if ((BENCH_SCALE || BENCH_KERNEL)); then
   cat "$RESULTS/test.log" 2>/dev/null || tail -n 40 "$RUN/console.log" >&2
   bench_rc=$(cat "$RESULTS/rc" 2>/dev/null || echo "none (the guest did not finish)")
   log "the benchmark in the guest exited with $bench_rc"
+  if ((BENCH_KERNEL)) && grep -Eh -B2 -A25 "$SPLAT" "$RESULTS/dmesg.txt" "$RUN/console.log" >&2 2>/dev/null; then
+    log "FAIL: guest kernel log has a splat"; exit 1
+  fi
   [[ $bench_rc == 0 ]]
   exit
 fi
@@ -265,7 +287,6 @@ fi
 # (it is all there is when the guest hung or panicked).
 DMESG=$RESULTS/dmesg.txt
 [[ -f $DMESG ]] || DMESG=$RUN/console.log
-SPLAT='WARNING:|BUG:|Oops|general protection|lockdep|possible circular locking|KASAN|refcount_t|Kernel panic'
 if grep -Eq "$SPLAT" "$DMESG" "$RUN/console.log"; then
   failed_why+=("guest kernel log has a splat")
 fi

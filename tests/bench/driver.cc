@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -18,14 +17,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "tests/bench/child.h"
+#include "tests/bench/report.h"
 
 namespace halloc::bench {
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 const char* const kPcts[] = {"p50", "p90", "p99", "p99.9", "max"};
 
 // How much of everything to run.
@@ -71,49 +69,6 @@ std::string LiveName(int n) {
   return absl::StrCat(n);
 }
 
-struct Row {
-  std::string name;
-  double value = kNaN;
-  std::string unit;
-  std::string floor_name;  // empty: this row is a floor
-  double floor_value = kNaN;
-  std::optional<double> target;
-  bool higher_is_better = false;
-  std::string note;  // why a row has no value, or what bounds it
-
-  double ratio() const {
-    return floor_name.empty() ? kNaN : value / floor_value;
-  }
-  // nullopt: no target.
-  std::optional<bool> met() const {
-    if (!target) return std::nullopt;
-    const double r = ratio();
-    if (!std::isfinite(r)) return false;
-    return higher_is_better ? r >= *target : r <= *target;
-  }
-};
-
-// A floor, shown for context; judged rows name it.
-Row FloorRow(std::string name, double value, std::string unit) {
-  Row r;
-  r.name = std::move(name);
-  r.value = value;
-  r.unit = std::move(unit);
-  return r;
-}
-
-Row Compare(std::string name, double value, std::string unit,
-            std::string floor_name, double floor_value,
-            std::optional<double> target = std::nullopt,
-            bool higher_is_better = false) {
-  Row r = FloorRow(std::move(name), value, std::move(unit));
-  r.floor_name = std::move(floor_name);
-  r.floor_value = floor_value;
-  r.target = target;
-  r.higher_is_better = higher_is_better;
-  return r;
-}
-
 using Values = std::map<std::string, double>;
 
 double Get(const Values& v, const std::string& key) {
@@ -149,8 +104,6 @@ class Suite {
   void Scale();
 
   void Add(Row row) { rows_.push_back(std::move(row)); }
-  void Print() const;
-  absl::Status WriteJson(const std::string& path) const;
 
   const Args& args_;
   const Plan plan_;
@@ -499,69 +452,6 @@ std::string LoadAverage() {
   return absl::StrCat(a, " ", b, " ", c);
 }
 
-std::string Num(double v) {
-  if (!std::isfinite(v)) return "-";
-  if (std::fabs(v) >= 1000) return absl::StrFormat("%.0f", v);
-  if (std::fabs(v) >= 10) return absl::StrFormat("%.1f", v);
-  return absl::StrFormat("%.3g", v);
-}
-
-void Suite::Print() const {
-  std::printf("%-38s %10s %-8s %-40s %10s %6s %6s %s\n", "name", "value", "unit",
-              "floor", "floor_val", "ratio", "target", "met");
-  for (const Row& r : rows_) {
-    const std::optional<bool> met = r.met();
-    std::printf("%-38s %10s %-8s %-40s %10s %6s %6s %s\n", r.name.c_str(),
-                Num(r.value).c_str(), r.unit.c_str(),
-                r.floor_name.empty() ? "-" : r.floor_name.c_str(),
-                Num(r.floor_value).c_str(),
-                r.floor_name.empty() ? "-" : absl::StrFormat("%.2f", r.ratio()).c_str(),
-                r.target ? absl::StrCat(r.higher_is_better ? ">=" : "<=", *r.target).c_str() : "-",
-                met ? (*met ? "yes" : "NO") : "-");
-    if (!r.note.empty()) std::printf("    ^ %s\n", r.note.c_str());
-  }
-}
-
-std::string JsonNumber(double v) {
-  if (!std::isfinite(v)) return "null";
-  return absl::StrFormat("%.6g", v);
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "\"";
-}
-
-absl::Status Suite::WriteJson(const std::string& path) const {
-  std::ostringstream j;
-  j << "[\n";
-  for (size_t i = 0; i < rows_.size(); ++i) {
-    const Row& r = rows_[i];
-    const std::optional<bool> met = r.met();
-    j << "  {\"name\": " << JsonString(r.name)
-      << ", \"value\": " << JsonNumber(r.value)
-      << ", \"unit\": " << JsonString(r.unit) << ", \"floor_name\": "
-      << (r.floor_name.empty() ? "null" : JsonString(r.floor_name))
-      << ", \"floor_value\": " << JsonNumber(r.floor_value)
-      << ", \"ratio\": " << JsonNumber(r.ratio())
-      << ", \"target\": " << (r.target ? JsonNumber(*r.target) : "null")
-      << ", \"met\": " << (met ? (*met ? "true" : "false") : "null");
-    if (!r.note.empty()) j << ", \"note\": " << JsonString(r.note);
-    j << "}"
-      << (i + 1 < rows_.size() ? ",\n" : "\n");
-  }
-  j << "]\n";
-  std::ofstream out(path);
-  out << j.str();
-  out.close();
-  if (!out) return absl::InternalError("cannot write " + path);
-  return absl::OkStatus();
-}
-
 int Suite::Run() {
   if (absl::Status s = StartServers(); !s.ok()) {
     std::fprintf(stderr, "halloc_bench: %s\n", s.ToString().c_str());
@@ -589,12 +479,12 @@ int Suite::Run() {
   echo_->Wait();
   scm_->CloseStdin();
   scm_->Wait();
-  Print();
+  PrintRows(rows_);
   std::printf("# backend %s, %d failures, %.0f s, load %s\n",
               args_.Str("backend", "memfd-pool").c_str(), failures_,
               (NowNs() - t0) / 1e9, LoadAverage().c_str());
   if (args_.Has("json")) {
-    if (absl::Status s = WriteJson(args_.Str("json")); !s.ok()) {
+    if (absl::Status s = WriteRowsJson(rows_, args_.Str("json")); !s.ok()) {
       std::fprintf(stderr, "halloc_bench: %s\n", s.ToString().c_str());
       return 1;
     }

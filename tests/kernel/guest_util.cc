@@ -136,6 +136,15 @@ UniqueFd OpenVgem() {
   return UniqueFd();
 }
 
+int64_t CreateDumb(int drm_fd, uint32_t width, uint32_t height, uint32_t bpp) {
+  drm_mode_create_dumb create = {};
+  create.width = width;
+  create.height = height;
+  create.bpp = bpp;
+  if (drmIoctl(drm_fd, DRM_IOCTL_MODE_CREATE_DUMB, &create) != 0) return -errno;
+  return create.handle;
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
   std::stringstream ss;
@@ -148,6 +157,34 @@ bool WriteFile(const std::string& path, const std::string& value) {
   if (!fd.valid()) return false;
   return write(fd.get(), value.data(), value.size()) ==
          static_cast<ssize_t>(value.size());
+}
+
+std::string ModuleParamText(const std::string& name) {
+  std::string v = ReadFile("/sys/module/halloc_heap/parameters/" + name);
+  while (!v.empty() && v.back() == '\n') v.pop_back();
+  return v;
+}
+
+long ModuleParam(const std::string& name) {
+  std::string v = ModuleParamText(name);
+  char* end = nullptr;
+  long n = strtol(v.c_str(), &end, 10);
+  return v.empty() || *end ? -1 : n;
+}
+
+ScopedParam::ScopedParam(const std::string& name, const std::string& value)
+    : path_("/sys/module/halloc_heap/parameters/" + name),
+      old_(ReadFile(path_)),
+      ok_(WriteFile(path_, value)) {}
+
+ScopedParam::~ScopedParam() {
+  if (ok_) WriteFile(path_, old_);
+}
+
+long PoolPages() {
+  std::string s = ReadFile("/sys/kernel/debug/halloc/buffers");
+  size_t at = s.find("pool: ");
+  return at == std::string::npos ? -1 : strtol(s.c_str() + at + 6, nullptr, 10);
 }
 
 std::string Env(const char* name) {

@@ -132,11 +132,40 @@ class GemHandle {
 // drmPrimeFDToHandle: the handle, or -errno.
 int64_t Import(int drm_fd, int dmabuf_fd);
 
+// DRM_IOCTL_MODE_CREATE_DUMB: the GEM handle (close it, e.g. with a
+// GemHandle), or -errno.
+int64_t CreateDumb(int drm_fd, uint32_t width, uint32_t height, uint32_t bpp);
+
 // Contents of a file, or "" if it cannot be read.
 std::string ReadFile(const std::string& path);
 
 // Writes `value` to an existing file (sysfs, procfs); true on success.
 bool WriteFile(const std::string& path, const std::string& value);
+
+// /sys/module/halloc_heap/parameters/<name> as text ("" if absent).
+std::string ModuleParamText(const std::string& name);
+
+// A numeric module parameter (-1 if absent or not a number).
+long ModuleParam(const std::string& name);
+
+// Sets a halloc_heap module parameter for the lifetime of the object.
+class ScopedParam {
+ public:
+  ScopedParam(const std::string& name, const std::string& value);
+  ~ScopedParam();
+  ScopedParam(const ScopedParam&) = delete;
+  ScopedParam& operator=(const ScopedParam&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  std::string path_;
+  std::string old_;
+  bool ok_;
+};
+
+// "pool: N pages" from /sys/kernel/debug/halloc/buffers (the pages the
+// halloc-system page pool holds), or -1.
+long PoolPages();
 
 // Environment variable or "".
 std::string Env(const char* name);

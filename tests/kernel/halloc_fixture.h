@@ -28,21 +28,6 @@ inline size_t PageAlign(size_t len) {
   return (len + page - 1) / page * page;
 }
 
-// /sys/module/halloc_heap/parameters/<name> as text ("" if absent).
-inline std::string ModuleParamText(const std::string& name) {
-  std::string v = ReadFile("/sys/module/halloc_heap/parameters/" + name);
-  while (!v.empty() && v.back() == '\n') v.pop_back();
-  return v;
-}
-
-// A numeric module parameter (-1 if absent or not a number).
-inline long ModuleParam(const std::string& name) {
-  std::string v = ModuleParamText(name);
-  char* end = nullptr;
-  long n = strtol(v.c_str(), &end, 10);
-  return v.empty() || *end ? -1 : n;
-}
-
 class HallocTest : public ::testing::Test {
  protected:
   void SetUp() override {

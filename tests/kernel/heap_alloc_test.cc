@@ -15,31 +15,6 @@ namespace {
 
 class HeapAllocTest : public HallocTest {};
 
-// "pool: N pages" from the debugfs summary, or -1.
-long PoolPages() {
-  std::string s = ReadFile("/sys/kernel/debug/halloc/buffers");
-  size_t at = s.find("pool: ");
-  return at == std::string::npos ? -1 : std::stol(s.substr(at + 6));
-}
-
-// Sets a module parameter for the lifetime of the object.
-class ScopedParam {
- public:
-  ScopedParam(const std::string& name, const std::string& value)
-      : path_("/sys/module/halloc_heap/parameters/" + name),
-        old_(ReadFile(path_)),
-        ok_(WriteFile(path_, value)) {}
-  ~ScopedParam() {
-    if (ok_) WriteFile(path_, old_);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  std::string path_;
-  std::string old_;
-  bool ok_;
-};
-
 TEST_F(HeapAllocTest, SizesOnBothHeaps) {
   const size_t page = PageAlign(1);
   const std::vector<size_t> sizes = {1,          page - 1,       page,
