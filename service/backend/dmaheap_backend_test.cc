@@ -1,7 +1,7 @@
 // The dmaheap backend against a fake heap node and fake /dev/dma_heap
 // directories: which heap it picks, what it asks the kernel for, how errors
 // map, and that every narrower right is refused. (Real heaps are tested in
-// qemu: tests/kernel/plain_dmabuf_test.cc.)
+// qemu: tests/kernel/stock_backends_test.cc.)
 #include "service/backend/dmaheap_backend.h"
 
 #include <fcntl.h>

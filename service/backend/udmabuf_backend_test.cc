@@ -2,7 +2,7 @@
 // kernel (sealed as udmabuf requires, sized, zero-filled), that the memfd
 // does not outlive Allocate, how errors map, and that every narrower right
 // is refused. (Real udmabuf.ko is tested in qemu:
-// tests/kernel/plain_dmabuf_test.cc.)
+// tests/kernel/stock_backends_test.cc.)
 #include "service/backend/udmabuf_backend.h"
 
 #include <fcntl.h>
