@@ -53,7 +53,7 @@ ABSL_FLAG(std::string, backend, "auto",
 ABSL_FLAG(std::string, dma_heap, "",
           "dmaheap backend: the heap node under /dev/dma_heap, e.g. system or "
           "linux,cma; empty: the first present of system, linux,cma, "
-          "reserved, else the first in name order");
+          "reserved, halloc-system, else the first in name order");
 ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "

@@ -205,11 +205,11 @@ done
 
 VIVID_PARAMS="n_devs=1 node_types=0x1"
 VIVID_KO=$(modprobe -d "$IMG/root" -S "$KVER" --show-depends vivid | awk '/vivid\.ko/ {print $2}')
-# The tests reload these two. The guest mounts a fresh tmpfs on the host's
+# The tests reload these three. The guest mounts a fresh tmpfs on the host's
 # /tmp (tests need a writable one), which hides a checkout or cache under
 # /tmp; the results share is mounted after it, so they go there.
 mkdir -p "$RESULTS/mods"
-cp "$KO" "$VIVID_KO" "$RESULTS/mods/"
+cp "$KO" "$VIVID_KO" "$UDMABUF_KO" "$RESULTS/mods/"
 GUEST_KO=$RESULTS/mods/halloc_heap.ko
 GUEST_VIVID_KO=$RESULTS/mods/$(basename "$VIVID_KO")
 IR=$RUN/initramfs
@@ -240,7 +240,7 @@ cp /bin/busybox "$IR/bin/busybox"
     GUEST_RUN="ulimit -n 1048576 || echo 'HARNESS: ulimit -n failed'
 chroot \$H $ENV $(q "$BENCH_BIN") run --hallocd=$(q "$HALLOCD_BIN") --only=scale >\"\$R/test.log\" 2>&1"
   else
-    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$UDMABUF_KO") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
+    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$RESULTS/mods/udmabuf.ko") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
   fi
   cat <<EOF
 H=/host

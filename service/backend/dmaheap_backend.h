@@ -35,8 +35,11 @@ class DmaHeapNode {
 };
 
 // Heaps tried in this order when none is named: the upstream system heap,
-// then the usual names of the CMA heap.
-inline constexpr const char* kPreferredHeaps[] = {"system", "linux,cma", "reserved"};
+// the usual names of the CMA heap, then halloc_heap.ko's general heap (so
+// that a forced --backend=dmaheap beside the module never lands on its
+// contiguous or protected heap by name order).
+inline constexpr const char* kPreferredHeaps[] = {"system", "linux,cma", "reserved",
+                                                  "halloc-system"};
 
 // The heap to use in `dir` (a /dev/dma_heap): `name` when set and present;
 // else the first present of kPreferredHeaps, else the first entry in name

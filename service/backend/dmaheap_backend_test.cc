@@ -83,7 +83,11 @@ TEST(ChooseDmaHeapTest, PrefersSystemThenCmaThenAnyInNameOrder) {
     EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "linux,cma");
   }
   {
-    FakeHeapDir dir({"zz", "halloc-system", "b"});
+    FakeHeapDir dir({"halloc-contig", "halloc-protected", "halloc-system"});
+    EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "halloc-system");
+  }
+  {
+    FakeHeapDir dir({"zz", "c", "b"});
     EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "b");
   }
 }
