@@ -78,8 +78,8 @@ absl::StatusOr<UniqueFd> UdmabufBackend::Allocate(const BackendRequest& request)
   create.offset = 0;
   create.size = request.size;
   const int fd = node_->Create(&create);
-  // EINVAL: size or offset not page-aligned, or seals wrong; E2BIG (6.1):
-  // more pages than udmabuf's size_limit_mb.
+  // EINVAL (INVALID_ARGUMENT): size or offset not page-aligned, seals
+  // wrong, or more than udmabuf's size_limit_mb (64 MiB by default).
   if (fd < 0) {
     return ErrnoStatus(-fd, absl::StrCat("UDMABUF_CREATE(", request.size, ")"));
   }
