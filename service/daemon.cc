@@ -27,7 +27,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
                                                       InheritedListeners inherited) {
   std::unique_ptr<Daemon> d(new Daemon(std::move(options)));
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                   CreateBackend(d->options_.backend));
+                   CreateBackend(d->options_.backend, {d->options_.dma_heap}));
   LOG(INFO) << "backend: " << backend->name();
   std::shared_ptr<const Policy> policy = Policy::Default();
   if (!d->options_.policy_file.empty()) {

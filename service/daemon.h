@@ -32,6 +32,9 @@ struct DaemonOptions {
   mode_t socket_mode = 0660;
   // Backend name or "auto".
   std::string backend = "auto";
+  // dmaheap backend: the heap under /dev/dma_heap; empty: chosen
+  // (service/backend/registry.h, BackendConfig).
+  std::string dma_heap;
   Limits limits;
   // Policy file (text format of halloc.v1.Policy); empty: built-in default
   // (every client may do everything, sharing within its own uid).

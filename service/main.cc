@@ -1,6 +1,7 @@
 // hallocd: the halloc allocator daemon.
 //
 //   hallocd [--control_socket=PATH] [--broker_socket=PATH] [--backend=auto]
+//           [--dma_heap=NAME]
 //
 // SIGTERM/SIGINT: stop accepting, finish in-flight calls, exit 0.
 // SIGHUP: re-read --policy; a file that does not parse or validate is
@@ -42,11 +43,17 @@ ABSL_FLAG(std::string, broker_socket, "",
           "fd broker socket (default: <socket dir>/broker.sock); under socket "
           "activation, the socket named 'broker'");
 ABSL_FLAG(std::string, backend, "auto",
-          "backend: auto (halloc when halloc_heap.ko is loaded, else memfd), "
-          "halloc (dma-bufs from the kernel heaps, rights enforced by kernel "
-          "views), memfd, or memfd-pool (memfd behind a bounded pool of "
-          "pre-created buffers per recurring request); dmaheap and udmabuf "
-          "are not built yet");
+          "backend: auto (the first that works here of halloc, dmaheap, "
+          "udmabuf, memfd), halloc (dma-bufs from the kernel heaps, rights "
+          "enforced by kernel views), dmaheap (dma-bufs from an upstream "
+          "/dev/dma_heap node, see --dma_heap; read-write only), udmabuf "
+          "(sealed memfds made dma-bufs by /dev/udmabuf; read-write only), "
+          "memfd, or memfd-pool (memfd behind a bounded pool of pre-created "
+          "buffers per recurring request)");
+ABSL_FLAG(std::string, dma_heap, "",
+          "dmaheap backend: the heap node under /dev/dma_heap, e.g. system or "
+          "linux,cma; empty: the first present of system, linux,cma, "
+          "reserved, halloc-system, else the first in name order");
 ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "
@@ -122,6 +129,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.control_socket = *std::move(control);
   options.broker_socket = *std::move(broker);
   options.backend = absl::GetFlag(FLAGS_backend);
+  options.dma_heap = absl::GetFlag(FLAGS_dma_heap);
   options.policy_file = absl::GetFlag(FLAGS_policy);
   options.socket_mode = static_cast<mode_t>(
       std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));

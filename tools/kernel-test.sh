@@ -14,6 +14,11 @@
 # hallocd fd each) can be measured. Under TCG absolute times are slow; the
 # ratios and the memory per buffer are what it is for.
 #
+# Also builds udmabuf.ko out of tree (Debian disables CONFIG_UDMABUF) from
+# linux-source-6.1's drivers/dma-buf/udmabuf.c with the shims in
+# tools/lib/udmabuf-6.1.patch, cached per kernel and source version, and
+# loads it in the guest for the udmabuf backend's tests.
+#
 # --bench-kernel runs the module's own figures in the guest instead
 # (//tests/kernel:kernel_bench: halloc-system vs vgem, warm vs cold pool,
 # deferred first touch), each beside a floor from the same boot; it fails
@@ -68,7 +73,7 @@ QEMU_TIMEOUT=${QEMU_TIMEOUT:-240}
 # --- packages --------------------------------------------------------------
 # shellcheck source=tools/lib/apt.sh
 source "$REPO/tools/lib/apt.sh"
-apt_install qemu-system-x86 busybox-static linux-headers-amd64 kmod cpio ||
+apt_install qemu-system-x86 busybox-static linux-headers-amd64 kmod cpio linux-source-6.1 ||
   die "cannot install the kernel test's packages"
 command -v bazel >/dev/null ||
   die "bazel is not installed: run tools/run kernel-test (it installs it)"
@@ -106,6 +111,40 @@ if grep -E 'warning:|error:' "$BUILD_LOG" | grep -v 'Skipping BTF' >&2; then
   die "module build printed warnings"
 fi
 KO=$REPO/kernel/halloc_heap.ko
+
+# --- udmabuf.ko --------------------------------------------------------------
+# Only drivers/dma-buf/udmabuf.c is taken from the source tarball, patched
+# (not edited) with the shims, and built with kbuild against the same
+# headers; no warning allowed. Cached under the kernel's cache dir, keyed by
+# the source package's version and the patch.
+UDMABUF_PATCH=$REPO/tools/lib/udmabuf-6.1.patch
+UDMABUF_TAR=/usr/src/linux-source-6.1.tar.xz
+[[ -f $UDMABUF_TAR ]] || die "$UDMABUF_TAR is missing (package linux-source-6.1)"
+UDMABUF_SRCVER=$(dpkg-query -W -f='${Version}' linux-source-6.1)
+UDMABUF_DIR=$IMG/udmabuf-$UDMABUF_SRCVER-$(sha256sum "$UDMABUF_PATCH" | cut -c1-12)
+UDMABUF_KO=$UDMABUF_DIR/udmabuf.ko
+if [[ ! -f $UDMABUF_DIR/.complete ]]; then
+  log "building udmabuf.ko from linux-source-6.1 $UDMABUF_SRCVER for $KVER"
+  rm -rf "$UDMABUF_DIR" && mkdir -p "$UDMABUF_DIR"
+  tar -xJf "$UDMABUF_TAR" -C "$UDMABUF_DIR" --strip-components=3 \
+    linux-source-6.1/drivers/dma-buf/udmabuf.c ||
+    die "cannot extract drivers/dma-buf/udmabuf.c from $UDMABUF_TAR"
+  (cd "$UDMABUF_DIR" && patch -s -p3 <"$UDMABUF_PATCH") >"$BUILD_LOG" 2>&1 || {
+    cat "$BUILD_LOG" >&2
+    die "tools/lib/udmabuf-6.1.patch does not apply to udmabuf.c of $UDMABUF_SRCVER"
+  }
+  echo 'obj-m := udmabuf.o' >"$UDMABUF_DIR/Kbuild"
+  if ! make -s -C "/usr/src/linux-headers-$KVER" M="$UDMABUF_DIR" W=1 modules \
+       >"$BUILD_LOG" 2>&1; then
+    cat "$BUILD_LOG" >&2
+    die "udmabuf.ko build failed"
+  fi
+  if grep -E 'warning:|error:' "$BUILD_LOG" | grep -v 'Skipping BTF' >&2; then
+    die "udmabuf.ko build printed warnings"
+  fi
+  touch "$UDMABUF_DIR/.complete"
+fi
+[[ -f $UDMABUF_KO ]] || die "no udmabuf.ko in $UDMABUF_DIR"
 
 # --- DKMS --------------------------------------------------------------------
 # kernel/dkms.conf as a user's `dkms build` reads it (the halloc-dkms package
@@ -181,11 +220,11 @@ done
 
 VIVID_PARAMS="n_devs=1 node_types=0x1"
 VIVID_KO=$(modprobe -d "$IMG/root" -S "$KVER" --show-depends vivid | awk '/vivid\.ko/ {print $2}')
-# The tests reload these two. The guest mounts a fresh tmpfs on the host's
+# The tests reload these three. The guest mounts a fresh tmpfs on the host's
 # /tmp (tests need a writable one), which hides a checkout or cache under
 # /tmp; the results share is mounted after it, so they go there.
 mkdir -p "$RESULTS/mods"
-cp "$KO" "$VIVID_KO" "$RESULTS/mods/"
+cp "$KO" "$VIVID_KO" "$UDMABUF_KO" "$RESULTS/mods/"
 GUEST_KO=$RESULTS/mods/halloc_heap.ko
 GUEST_VIVID_KO=$RESULTS/mods/$(basename "$VIVID_KO")
 IR=$RUN/initramfs
@@ -205,6 +244,7 @@ cp /bin/busybox "$IR/bin/busybox"
     echo "insmod /mods/$m $params || echo 'HARNESS: insmod $m failed'"
   done
   echo "insmod /mods/halloc_heap.ko || echo 'HARNESS: insmod halloc_heap.ko failed'"
+  echo "insmod /mods/udmabuf.ko || echo 'HARNESS: insmod udmabuf.ko failed'"
   q() { printf '%q' "$1"; }
   GTEST_Q=
   ((${#GTEST_ARGS[@]})) && GTEST_Q=$(printf ' %q' "${GTEST_ARGS[@]}")
@@ -217,7 +257,7 @@ chroot \$H $ENV $(q "$BENCH_BIN") run --hallocd=$(q "$HALLOCD_BIN") --only=scale
   elif ((BENCH_KERNEL)); then
     GUEST_RUN="chroot \$H $ENV $(q "$KBENCH_BIN")$GTEST_Q >\"\$R/test.log\" 2>&1"
   else
-    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
+    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$RESULTS/mods/udmabuf.ko") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
   fi
   cat <<EOF
 H=/host
@@ -243,6 +283,7 @@ EOF
 } >"$IR/init"
 chmod +x "$IR/init"
 cp "$KO" "$IR/mods/halloc_heap.ko"
+cp "$UDMABUF_KO" "$IR/mods/udmabuf.ko"
 (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$RUN/initramfs.cpio.gz"
 
 # --- boot --------------------------------------------------------------------

@@ -5,9 +5,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/backend/dmaheap_backend.h"
 #include "service/backend/halloc_backend.h"
 #include "service/backend/memfd_backend.h"
 #include "service/backend/pool.h"
+#include "service/backend/udmabuf_backend.h"
 
 namespace halloc {
 namespace {
@@ -21,32 +23,44 @@ struct BackendEntry {
   const char* heap;
   // nullptr when the backend is not built yet. FAILED_PRECONDITION when it
   // cannot run on this machine (then "auto" tries the next one).
-  Created (*create)();
+  Created (*create)(const BackendConfig& config);
 };
 
-Created NewHalloc() {
+Created NewHalloc(const BackendConfig&) {
   ASSIGN_OR_RETURN(std::unique_ptr<HallocBackend> b, HallocBackend::Create());
   return std::unique_ptr<Backend>(std::move(b));
 }
 
-Created NewMemfd() { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
+Created NewDmaHeap(const BackendConfig& config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<DmaHeapBackend> b,
+                   DmaHeapBackend::Create({"/dev/dma_heap", config.dma_heap}));
+  return std::unique_ptr<Backend>(std::move(b));
+}
+
+Created NewUdmabuf(const BackendConfig&) {
+  ASSIGN_OR_RETURN(std::unique_ptr<UdmabufBackend> b, UdmabufBackend::Create());
+  return std::unique_ptr<Backend>(std::move(b));
+}
+
+Created NewMemfd(const BackendConfig&) { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
 
 // memfd behind a pool of pre-created, committed buffers (pool.h), with the
 // default PoolOptions.
-Created NewPooledMemfd() {
+Created NewPooledMemfd(const BackendConfig&) {
   ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b,
                    PooledBackend::Create(std::make_unique<MemfdBackend>(), PoolOptions{}));
   return std::unique_ptr<Backend>(std::move(b));
 }
 
-// Probe order (design.md): the halloc kernel heaps first, memfd last.
-// Entries without a factory are known names this build cannot create yet.
-// Entries after "memfd" (which always works) are never chosen by "auto",
-// only by name.
+// Probe order (design.md): the halloc kernel heaps first (every right
+// enforced), then real dma-bufs without per-fd rights from an upstream heap
+// or udmabuf, memfd last. Entries without a factory are known names this
+// build cannot create yet. Entries after "memfd" (which always works) are
+// never chosen by "auto", only by name.
 constexpr BackendEntry kBackends[] = {
     {"halloc", "halloc", &NewHalloc},
-    {"dmaheap", "dmaheap", nullptr},
-    {"udmabuf", "udmabuf", nullptr},
+    {"dmaheap", "dmaheap", &NewDmaHeap},
+    {"udmabuf", "udmabuf", &NewUdmabuf},
     {"memfd", "memfd", &NewMemfd},
     {"memfd-pool", "memfd", &NewPooledMemfd},
 };
@@ -74,11 +88,12 @@ std::vector<std::string> KnownBackends() {
   return names;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name) {
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name,
+                                                       const BackendConfig& config) {
   for (const BackendEntry& e : kBackends) {
     if (name != "auto" && name != e.name) continue;
     if (e.create != nullptr) {
-      Created b = e.create();
+      Created b = e.create(config);
       // "auto" moves on from a backend this machine cannot run.
       if (name == "auto" && absl::IsFailedPrecondition(b.status())) continue;
       return b;

@@ -1,5 +1,6 @@
 // The backend registry: every backend this build knows, by name, in probe
-// order (the halloc kernel heaps first, memfd last), and the heaps they
+// order (the halloc kernel heaps first, then upstream dma-heaps, udmabuf,
+// memfd last), and the heaps they
 // serve. hallocd picks one at start (--backend, "auto" probes).
 #ifndef HALLOC_SERVICE_BACKEND_REGISTRY_H_
 #define HALLOC_SERVICE_BACKEND_REGISTRY_H_
@@ -22,10 +23,21 @@ std::vector<std::string> KnownHeaps();
 // The heap backend `backend` serves; "" for an unknown name.
 std::string HeapOfBackend(absl::string_view backend);
 
+// What some backends are told besides their name (hallocd flags).
+struct BackendConfig {
+  // dmaheap: the heap under /dev/dma_heap (--dma_heap); empty: the first
+  // present of kPreferredHeaps (dmaheap_backend.h), else the first in name
+  // order.
+  std::string dma_heap;
+};
+
 // Creates the backend called `name`, or the first one in probe order that
-// works on this machine when `name` is "auto". NOT_FOUND for an unknown
-// name; FAILED_PRECONDITION when the named backend cannot run here.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name);
+// works on this machine when `name` is "auto" (halloc, dmaheap, udmabuf,
+// memfd; each probe opens only its own nodes and closes them when it
+// fails). NOT_FOUND for an unknown name; FAILED_PRECONDITION when the named
+// backend cannot run here.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name,
+                                                       const BackendConfig& config = {});
 
 }  // namespace halloc
 

@@ -10,22 +10,57 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// The lowest free fd number (what the next open gets).
+int LowestFreeFd() {
+  const int fd = dup(0);
+  close(fd);
+  return fd;
+}
+
 TEST(BackendRegistryTest, CreatesByNameAndProbes) {
-  // The kernel heaps come first in probe order when halloc_heap.ko is loaded
-  // (the in-guest suite covers that case); on a host without it, memfd.
+  // Probe order: the kernel heaps when halloc_heap.ko is loaded (the
+  // in-guest suite covers that case), then an upstream dma-heap, udmabuf,
+  // and memfd.
   const bool module = access("/dev/halloc", F_OK) == 0 &&
                       access("/dev/dma_heap/halloc-system", F_OK) == 0;
+  const bool dma_heap = CreateBackend("dmaheap").ok();
+  const bool udmabuf = access("/dev/udmabuf", F_OK) == 0;
+  const char* expected = module     ? "halloc"
+                         : dma_heap ? "dmaheap"
+                         : udmabuf  ? "udmabuf"
+                                    : "memfd";
   EXPECT_EQ((*CreateBackend("memfd"))->name(), "memfd");
   EXPECT_EQ((*CreateBackend("memfd-pool"))->name(), "memfd");
-  EXPECT_EQ((*CreateBackend("auto"))->name(), module ? "halloc" : "memfd");
+  EXPECT_EQ((*CreateBackend("auto"))->name(), expected);
   EXPECT_EQ(CreateBackend("nosuch").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(CreateBackend("dmaheap").status().code(),
-            absl::StatusCode::kFailedPrecondition);  // not built yet
+  if (!dma_heap) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend("dmaheap");
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(b.status().message()), HasSubstr("dma_heap"));
+  }
+  if (!udmabuf) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend("udmabuf");
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(b.status().message()), HasSubstr("/dev/udmabuf"));
+  }
+  // A named heap that is not there is refused, not replaced by another.
+  EXPECT_EQ(CreateBackend("dmaheap", {"no-such-heap"}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
   if (!module) {
     absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend("halloc");
     EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(std::string(b.status().message()), HasSubstr("halloc_heap.ko"));
   }
+}
+
+TEST(BackendRegistryTest, ProbingLeavesNoFdOpen) {
+  const int before = LowestFreeFd();
+  for (const char* name : {"halloc", "dmaheap", "udmabuf"}) {
+    CreateBackend(name).IgnoreError();  // created and destroyed, or refused
+    EXPECT_EQ(LowestFreeFd(), before) << name;
+  }
+  { absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend("auto"); }
+  EXPECT_EQ(LowestFreeFd(), before);
 }
 
 TEST(BackendRegistryTest, HeapsAreWhatBackendsServe) {
@@ -34,6 +69,14 @@ TEST(BackendRegistryTest, HeapsAreWhatBackendsServe) {
   EXPECT_EQ(std::count(heaps.begin(), heaps.end(), "memfd-pool"), 0);
   EXPECT_EQ(HeapOfBackend("memfd-pool"), "memfd");
   EXPECT_EQ(HeapOfBackend("halloc"), "halloc");
+  EXPECT_EQ(HeapOfBackend("dmaheap"), "dmaheap");
+  EXPECT_EQ(HeapOfBackend("udmabuf"), "udmabuf");
+  for (const char* heap : {"halloc", "dmaheap", "udmabuf", "memfd"}) {
+    EXPECT_EQ(std::count(heaps.begin(), heaps.end(), heap), 1) << heap;
+  }
+  const std::vector<std::string> backends = KnownBackends();
+  EXPECT_EQ(backends, (std::vector<std::string>{"halloc", "dmaheap", "udmabuf", "memfd",
+                                                "memfd-pool"}));
   EXPECT_EQ(HeapOfBackend("nosuch"), "");
   for (const std::string& name : KnownBackends()) {
     absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend(name);

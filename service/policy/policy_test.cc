@@ -188,6 +188,14 @@ TEST(PolicyTest, HeapsAreHeapsNotBackends) {
                     "f.textproto");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE((*p)->rules()[0].AllowsHeap(HeapOfBackend("memfd-pool")));
+  // The stock-kernel backends serve heaps of their own names.
+  p = Policy::Parse(
+      "clients { name: \"a\" match { any: true } heaps: \"dmaheap\" heaps: \"udmabuf\" }",
+      "f.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE((*p)->rules()[0].AllowsHeap(HeapOfBackend("dmaheap")));
+  EXPECT_TRUE((*p)->rules()[0].AllowsHeap(HeapOfBackend("udmabuf")));
+  EXPECT_FALSE((*p)->rules()[0].AllowsHeap(HeapOfBackend("memfd")));
 }
 
 TEST(PolicyTest, SessionLimitsAreRead) {

@@ -1,0 +1,92 @@
+#include "service/backend/udmabuf_backend.h"
+
+#include <fcntl.h>
+#include <linux/dma-buf.h>
+#include <linux/udmabuf.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+
+namespace halloc {
+namespace {
+
+int Ioctl(int fd, unsigned long request, void* arg) {
+  int r;
+  do {
+    r = ::ioctl(fd, request, arg);
+  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
+  return r;
+}
+
+class DeviceNode : public UdmabufNode {
+ public:
+  explicit DeviceNode(UniqueFd fd) : fd_(std::move(fd)) {}
+  int Create(const udmabuf_create* create) override {
+    const int r = Ioctl(fd_.get(), UDMABUF_CREATE, const_cast<udmabuf_create*>(create));
+    return r < 0 ? -errno : r;
+  }
+  int SetName(int dmabuf, const char* name) override {
+    return Ioctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)) == 0 ? 0 : errno;
+  }
+
+ private:
+  const UniqueFd fd_;
+};
+
+}  // namespace
+
+std::unique_ptr<UdmabufBackend> UdmabufBackend::CreateWithNode(
+    std::unique_ptr<UdmabufNode> node) {
+  return std::unique_ptr<UdmabufBackend>(new UdmabufBackend(std::move(node)));
+}
+
+absl::StatusOr<std::unique_ptr<UdmabufBackend>> UdmabufBackend::Create(
+    const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "udmabuf backend: cannot open ", path, " (", std::strerror(errno),
+        "); the kernel lacks udmabuf (CONFIG_UDMABUF)"));
+  }
+  return CreateWithNode(std::make_unique<DeviceNode>(std::move(fd)));
+}
+
+absl::StatusOr<UniqueFd> UdmabufBackend::Allocate(const BackendRequest& request) {
+  if (request.size == 0 || request.size > static_cast<uint64_t>(INT64_MAX)) {
+    return absl::InvalidArgumentError(absl::StrCat("udmabuf: bad size ", request.size));
+  }
+  const std::string name = absl::StrCat("halloc:", request.name);
+  UniqueFd memfd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!memfd) return ErrnoStatus(errno, "memfd_create");
+  if (::ftruncate(memfd.get(), static_cast<off_t>(request.size)) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("ftruncate(", request.size, ")"));
+  }
+  // udmabuf wants F_SEAL_SHRINK and refuses F_SEAL_WRITE.
+  if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return ErrnoStatus(errno, "fcntl(F_ADD_SEALS)");
+  }
+  udmabuf_create create{};
+  create.memfd = static_cast<uint32_t>(memfd.get());
+  create.flags = UDMABUF_FLAGS_CLOEXEC;
+  create.offset = 0;
+  create.size = request.size;
+  const int fd = node_->Create(&create);
+  // EINVAL (INVALID_ARGUMENT): size or offset not page-aligned, seals
+  // wrong, or more than udmabuf's size_limit_mb (64 MiB by default).
+  if (fd < 0) {
+    return ErrnoStatus(-fd, absl::StrCat("UDMABUF_CREATE(", request.size, ")"));
+  }
+  UniqueFd dmabuf(fd);
+  // The name shows in /proc/<pid>/fdinfo; a failure loses only the label.
+  (void)node_->SetName(dmabuf.get(), PlainDmabufLabel(request.name).c_str());
+  return dmabuf;  // `memfd` closes here; the dma-buf keeps the pages
+}
+
+}  // namespace halloc
