@@ -9,6 +9,9 @@
 //                             timed call by call interleaved with vgem's
 //                             CREATE_DUMB + PRIME export + close + GEM close
 //                             (target <= 1.0x);
+//   deferred.alloc_close.SIZE the same on halloc-deferred, whose buffers,
+//                             like vgem's, get pages only at first use:
+//                             the like-for-like lazy pair (same target);
 //   system.first_use.SIZE     the same, but the dma-buf also mmapped, every
 //                             page written, unmapped and closed, so vgem's
 //                             lazily allocated pages count too (same target);
@@ -56,8 +59,7 @@ using halloc::bench::Row;
 using halloc::bench::Summarize;
 using halloc::bench::Summary;
 
-// Added by the deferred-allocation work; not in the uapi header yet.
-constexpr char kDeferredHeapPath[] = "/dev/dma_heap/halloc-deferred";
+constexpr char kDeferredHeapPath[] = HALLOC_HEAP_DEFERRED_PATH;
 constexpr uint64_t kKiB = 1024, kMiB = 1024 * 1024;
 constexpr int kWarmup = 3;
 constexpr char kPoolMax[] = "/sys/module/halloc_heap/parameters/pool_max_mb";
@@ -216,6 +218,7 @@ void Bench::Judged(const std::string& name, const Summary& v,
 
 void Bench::VersusVgem() {
   UniqueFd vgem = OpenVgem();
+  UniqueFd deferred(open(plan_.deferred_path.c_str(), O_RDWR | O_CLOEXEC));
   for (const auto& [size, n] : plan_.vs_vgem) {
     const std::string s = SizeName(size);
     if (!vgem.valid()) {
@@ -236,6 +239,15 @@ void Bench::VersusVgem() {
            size > 4 * kKiB ? "vgem's shmem object gets no pages until first "
                              "use; halloc's pages are allocated and zeroed"
                            : "");
+    if (!deferred.valid()) continue;  // the first_touch rows say why
+    Pair d = Interleave(
+        n, [&, size = size] { return AllocClose(deferred.get(), size); },
+        [&, size = size] { return VgemCreateExport(vgem.get(), size); });
+    if (d.err) Failed("halloc-deferred or vgem at " + s, d.err);
+    const Summary dh = Summarize(d.a), dv = Summarize(d.b);
+    Floors("floor.vgem_dumb_prime.lazy." + s, dv);
+    Judged("deferred.alloc_close." + s, dh, "vgem_dumb_prime.lazy(interleaved)", dv, 1.0,
+           false);
   }
 }
 
