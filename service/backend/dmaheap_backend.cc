@@ -21,22 +21,14 @@ namespace {
 
 int Errno(int r) { return r == 0 ? 0 : errno; }
 
-int Ioctl(int fd, unsigned long request, void* arg) {
-  int r;
-  do {
-    r = ::ioctl(fd, request, arg);
-  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
-  return r;
-}
-
 class DeviceNode : public DmaHeapNode {
  public:
   explicit DeviceNode(UniqueFd fd) : fd_(std::move(fd)) {}
   int Alloc(dma_heap_allocation_data* data) override {
-    return Errno(Ioctl(fd_.get(), DMA_HEAP_IOCTL_ALLOC, data));
+    return Errno(RetryIoctl(fd_.get(), DMA_HEAP_IOCTL_ALLOC, data));
   }
   int SetName(int dmabuf, const char* name) override {
-    return Errno(Ioctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
+    return Errno(RetryIoctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
   }
 
  private:

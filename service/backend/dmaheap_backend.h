@@ -52,7 +52,7 @@ struct DmaHeapOptions {
   std::string heap;
 };
 
-class DmaHeapBackend : public Backend {
+class DmaHeapBackend : public PlainDmabufBackend {
  public:
   // FAILED_PRECONDITION when no usable heap node is there or it cannot be
   // opened. Keeps the node open (one fd) for the backend's life.
@@ -65,13 +65,6 @@ class DmaHeapBackend : public Backend {
   // The heap node's name, e.g. "system".
   const std::string& heap() const { return heap_; }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
-  bool CanEnforce(CpuAccess access) const override { return PlainDmabufCanEnforce(access); }
-  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
-                                    const ViewRights& rights) override {
-    return OpenPlainDmabufView(name(), buffer, rights);
-  }
-  // Every narrowing goes to OpenView, which refuses it.
-  bool NeedsView(const ViewRights& rights) const override { return rights.Narrows(); }
 
  private:
   DmaHeapBackend(std::unique_ptr<DmaHeapNode> node, std::string heap)

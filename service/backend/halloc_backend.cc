@@ -21,14 +21,6 @@
 namespace halloc {
 namespace {
 
-int Ioctl(int fd, unsigned long request, void* arg) {
-  int r;
-  do {
-    r = ::ioctl(fd, request, arg);
-  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
-  return r;
-}
-
 // Copies `s` into a NUL-terminated kernel name field, truncating.
 template <size_t N>
 void CopyName(char (&field)[N], absl::string_view s) {
@@ -61,12 +53,12 @@ class DeviceNodes : public HallocNodes {
   int Alloc(HallocHeap heap, dma_heap_allocation_data* data) override {
     const UniqueFd& node = Node(heap);
     if (!node) return ENODEV;
-    return Errno(Ioctl(node.get(), DMA_HEAP_IOCTL_ALLOC, data));
+    return Errno(RetryIoctl(node.get(), DMA_HEAP_IOCTL_ALLOC, data));
   }
   bool HasProtected() const override { return protected_.is_valid(); }
   bool HasDeferred() const override { return deferred_.is_valid(); }
   int View(halloc_view_data* view) override {
-    return Errno(Ioctl(control_.get(), HALLOC_IOCTL_VIEW, view));
+    return Errno(RetryIoctl(control_.get(), HALLOC_IOCTL_VIEW, view));
   }
   // A module with the ioctl judges the fd (EBADF); one without does not
   // know the command (ENOTTY).
@@ -74,13 +66,13 @@ class DeviceNodes : public HallocNodes {
     halloc_revoke_data probe{};
     probe.fd = -1;
     probe.view_id = 1;
-    return Ioctl(control_.get(), HALLOC_IOCTL_REVOKE, &probe) != 0 && errno == EBADF;
+    return RetryIoctl(control_.get(), HALLOC_IOCTL_REVOKE, &probe) != 0 && errno == EBADF;
   }
   int Revoke(halloc_revoke_data* revoke) override {
-    return Errno(Ioctl(control_.get(), HALLOC_IOCTL_REVOKE, revoke));
+    return Errno(RetryIoctl(control_.get(), HALLOC_IOCTL_REVOKE, revoke));
   }
   int SetName(int dmabuf, const char* name) override {
-    return Errno(Ioctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
+    return Errno(RetryIoctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
   }
 
  private:

@@ -47,6 +47,19 @@ inline absl::StatusOr<UniqueFd> OpenPlainDmabufView(absl::string_view backend,
   return buffer.Dup();
 }
 
+// Base of the backends whose buffers are plain dma-bufs (dmaheap, udmabuf):
+// the rights answers above, once.
+class PlainDmabufBackend : public Backend {
+ public:
+  bool CanEnforce(CpuAccess access) const override { return PlainDmabufCanEnforce(access); }
+  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
+                                    const ViewRights& rights) override {
+    return OpenPlainDmabufView(name(), buffer, rights);
+  }
+  // Every narrowing goes to OpenView, which refuses it.
+  bool NeedsView(const ViewRights& rights) const override { return rights.Narrows(); }
+};
+
 // The name a plain dma-buf gets (DMA_BUF_SET_NAME; shown in
 // /proc/<pid>/fdinfo): "halloc:<name>", cut to the kernel's limit.
 inline std::string PlainDmabufLabel(absl::string_view name) {

@@ -17,23 +17,15 @@
 namespace halloc {
 namespace {
 
-int Ioctl(int fd, unsigned long request, void* arg) {
-  int r;
-  do {
-    r = ::ioctl(fd, request, arg);
-  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
-  return r;
-}
-
 class DeviceNode : public UdmabufNode {
  public:
   explicit DeviceNode(UniqueFd fd) : fd_(std::move(fd)) {}
   int Create(const udmabuf_create* create) override {
-    const int r = Ioctl(fd_.get(), UDMABUF_CREATE, const_cast<udmabuf_create*>(create));
+    const int r = RetryIoctl(fd_.get(), UDMABUF_CREATE, const_cast<udmabuf_create*>(create));
     return r < 0 ? -errno : r;
   }
   int SetName(int dmabuf, const char* name) override {
-    return Ioctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)) == 0 ? 0 : errno;
+    return RetryIoctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)) == 0 ? 0 : errno;
   }
 
  private:

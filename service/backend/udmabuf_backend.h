@@ -36,7 +36,7 @@ class UdmabufNode {
   virtual int SetName(int dmabuf, const char* name) = 0;
 };
 
-class UdmabufBackend : public Backend {
+class UdmabufBackend : public PlainDmabufBackend {
  public:
   // FAILED_PRECONDITION when `path` is missing or cannot be opened (the
   // kernel lacks udmabuf: CONFIG_UDMABUF). Keeps it open (one fd).
@@ -47,13 +47,6 @@ class UdmabufBackend : public Backend {
 
   absl::string_view name() const override { return "udmabuf"; }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
-  bool CanEnforce(CpuAccess access) const override { return PlainDmabufCanEnforce(access); }
-  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
-                                    const ViewRights& rights) override {
-    return OpenPlainDmabufView(name(), buffer, rights);
-  }
-  // Every narrowing goes to OpenView, which refuses it.
-  bool NeedsView(const ViewRights& rights) const override { return rights.Narrows(); }
 
  private:
   explicit UdmabufBackend(std::unique_ptr<UdmabufNode> node) : node_(std::move(node)) {}

@@ -45,11 +45,7 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
 
 int SyncIoctl(int fd, uint64_t flags) {
   dma_buf_sync sync{flags};
-  int r;
-  do {
-    r = ::ioctl(fd, DMA_BUF_IOCTL_SYNC, &sync);
-  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
-  return r;
+  return RetryIoctl(fd, DMA_BUF_IOCTL_SYNC, &sync);
 }
 
 }  // namespace

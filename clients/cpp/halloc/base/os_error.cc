@@ -1,5 +1,7 @@
 #include "clients/cpp/halloc/base/os_error.h"
 
+#include <sys/ioctl.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -52,6 +54,14 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   // GNU strerror_r returns the message (possibly not in buf).
   const char* msg = strerror_r(err, buf, sizeof(buf));
   return absl::Status(CodeFor(err), absl::StrCat(what, ": ", msg));
+}
+
+int RetryIoctl(int fd, unsigned long request, void* arg) {
+  int r;
+  do {
+    r = ::ioctl(fd, request, arg);
+  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
+  return r;
 }
 
 }  // namespace halloc

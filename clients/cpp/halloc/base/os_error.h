@@ -16,6 +16,11 @@ namespace halloc {
 // "<what>: <strerror(err)>".
 absl::Status ErrnoStatus(int err, absl::string_view what);
 
+// ioctl(2), retried while it fails with EINTR or EAGAIN (dma-buf and
+// dma-heap ioctls may answer either when a signal or a lock interrupts
+// them): its result, errno set on -1.
+int RetryIoctl(int fd, unsigned long request, void* arg);
+
 }  // namespace halloc
 
 #endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
