@@ -55,13 +55,15 @@
  * access, dropping the attach restriction, or a driver the source does not
  * allow) fails with EPERM. A source fd opened without write access counts
  * as at most HALLOC_CPU_READ. A view keeps the pages alive on its own: it
- * outlives the fd it was made from.
+ * outlives the fd it was made from. Views nest at most
+ * HALLOC_MAX_VIEW_DEPTH levels below the original: a deeper one fails with
+ * EMLINK. A view of a revoked view fails with ENODEV.
  *
  * Live revoke
  * -----------
  * HALLOC_IOCTL_REVOKE cuts one view off at once, together with every view
- * derived from it (before or after: a view made from a revoked view is born
- * revoked). Views form a tree rooted at the buffer's original dma-buf; the
+ * derived from it (a view made from it while the revoke runs is born
+ * revoked; one asked for after it fails with ENODEV). Views form a tree rooted at the buffer's original dma-buf; the
  * authority to revoke view V is holding V itself, the original, or a view V
  * was derived from (so hallocd, which keeps every original, can revoke every
  * view it handed out, and a receiver only what it derived). On a revoked
