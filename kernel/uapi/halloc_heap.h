@@ -75,7 +75,8 @@
  *     and dma_buf_map_attachment() of an attachment made before the revoke
  *     with ENODEV (a static importer that already holds its mapping keeps
  *     it until it unmaps: the exporter cannot tear a static importer's
- *     mapping down; vgem, for one, maps once at import);
+ *     mapping down; vgem maps once at import, videobuf2 at the first
+ *     QBUF until REQBUFS 0);
  *   - a new dma_buf_vmap() succeeds but maps one private zeroed scratch
  *     page over the whole size, never the buffer (6.1's dma_buf_vmap()
  *     WARNs when an exporter's vmap fails, so a revoked vmap cannot fail

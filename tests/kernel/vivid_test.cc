@@ -199,5 +199,37 @@ TEST_F(VividContigTest, AttachRightsEnforced) {
   ASSERT_EQ(RequestBuffers(0), 0);
 }
 
+// A device attachment made before a revoke cannot be torn down under a
+// static importer: videobuf2-dma-contig keeps the mapping it took at the
+// first QBUF for as long as the buffer stays set up (STREAMOFF and a QBUF
+// of the same dma-buf again reuse it; it never maps again). Once vb2 lets
+// it go (REQBUFS 0), queueing the revoked view is refused at attach
+// (ENODEV), while the original still queues.
+TEST_F(VividContigTest, RevokedViewKeepsAStaticMappingUntilDetached) {
+  ASSERT_EQ(RequestBuffers(1), 0);
+  const size_t len = PageAlign(frame_size_);
+  UniqueFd buf = Alloc(Heap::kContig, frame_size_);
+  ASSERT_TRUE(buf.valid());
+  UniqueFd view(MakeView(ctl_.get(), buf.get(), ViewSpec{}));
+  ASSERT_TRUE(view.valid());
+  ASSERT_EQ(Queue(0, view.get(), len), 0);
+  EXPECT_EQ(InfoOf(buf.get()).maps, 1u);
+  ASSERT_EQ(Revoke(ctl_.get(), buf.get(), InfoOf(view.get()).view_id), 0);
+  EXPECT_EQ(InfoOf(buf.get()).maps, 1u) << "the static importer keeps its map";
+
+  ASSERT_EQ(StreamOn(true), 0);
+  uint32_t used = 0;
+  ASSERT_EQ(Dequeue(&used), 0);
+  ASSERT_EQ(StreamOn(false), 0);
+  EXPECT_EQ(Queue(0, view.get(), len), 0) << "vb2 reuses its mapping";
+  ASSERT_EQ(RequestBuffers(0), 0);
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 0u);
+  ASSERT_EQ(RequestBuffers(1), 0);
+  EXPECT_EQ(Queue(0, view.get(), len), -ENODEV);
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 0u);
+  EXPECT_EQ(Queue(0, buf.get(), len), 0) << "the original is untouched";
+  ASSERT_EQ(RequestBuffers(0), 0);
+}
+
 }  // namespace
 }  // namespace halloc_test
