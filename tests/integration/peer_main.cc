@@ -12,8 +12,12 @@
 //                                          UID and that TOKEN/BUFFER_ID, which
 //                                          belong to another uid, give nothing
 // Exit code 0 means every check held; otherwise the number of the failed one.
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/dma-buf.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <xf86drm.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +38,7 @@
 #include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
+#include "kernel/uapi/halloc_heap.h"
 
 namespace {
 
@@ -78,6 +83,35 @@ int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token)
   return 0;
 }
 
+// PRIME import of `fd` into the first DRM card whose driver is `driver`
+// (the handle closed again): 0 or an errno (ENODEV: no such device).
+int ImportInto(const std::string& driver, int fd) {
+  DIR* dir = opendir("/dev/dri");
+  if (dir == nullptr) return ENODEV;
+  int result = ENODEV;
+  while (dirent* e = readdir(dir)) {
+    if (std::string(e->d_name).rfind("card", 0) != 0) continue;
+    const int card = open(absl::StrCat("/dev/dri/", e->d_name).c_str(), O_RDWR | O_CLOEXEC);
+    if (card < 0) continue;
+    drmVersionPtr v = drmGetVersion(card);
+    const bool match = v != nullptr && driver == v->name;
+    drmFreeVersion(v);
+    if (match) {
+      uint32_t handle = 0;
+      result = drmPrimeFDToHandle(card, fd, &handle) == 0 ? 0 : errno;
+      if (result == 0) {
+        drm_gem_close gem_close = {};
+        gem_close.handle = handle;
+        drmIoctl(card, DRM_IOCTL_GEM_CLOSE, &gem_close);
+      }
+    }
+    close(card);
+    if (match) break;
+  }
+  closedir(dir);
+  return result;
+}
+
 // Line-oriented driver for policy tests: one reply line per command line.
 //   alloc SIZE USAGES            → ok ID | err CODE
 //   share ID name:N|uid:N CPU    → ok TOKEN GRANT_ID | err CODE  (CPU: none,
@@ -88,6 +122,11 @@ int ImportDescribe(const halloc::ConnectOptions& opts, const std::string& token)
 //                                → ok (a writable mapping was made) | err ERRNO
 //   release ID / revoke GRANT_ID → ok | err CODE
 //   nofile                       → ok: RLIMIT_NOFILE 3, room for no new fd
+//   sync-write ID                → ok | err ERRNO  (DMA_BUF_IOCTL_SYNC write)
+//   device ID DRIVER             → ok | err ERRNO  (PRIME import into the
+//                                  DRM device of that driver, e.g. vgem)
+//   kinfo ID                     → ok KERNEL_ID CPU | err ERRNO (the halloc
+//                                  module's HALLOC_IOCTL_INFO of the fd)
 int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
   if (uid != 0 && (setgid(uid) != 0 || setuid(uid) != 0)) return 10;
   absl::StatusOr<halloc::Client> c = halloc::Client::Connect(opts);
@@ -222,6 +261,31 @@ int Shell(const halloc::ConnectOptions& opts, uid_t uid) {
       getrlimit(RLIMIT_NOFILE, &lim);
       lim.rlim_cur = 3;
       out = setrlimit(RLIMIT_NOFILE, &lim) == 0 ? "ok" : "err setrlimit";
+    } else if ((cmd == "sync-write" && a.size() == 2) || (cmd == "kinfo" && a.size() == 2) ||
+               (cmd == "device" && a.size() == 3)) {
+      halloc::Buffer* b = find(a[1]);
+      if (b != nullptr) {
+        int e = 0;
+        if (cmd == "sync-write") {
+          dma_buf_sync sync{DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE};
+          e = ioctl(b->fd(), DMA_BUF_IOCTL_SYNC, &sync) == 0 ? 0 : errno;
+          if (e == 0) {
+            sync.flags = DMA_BUF_SYNC_END | DMA_BUF_SYNC_WRITE;
+            ioctl(b->fd(), DMA_BUF_IOCTL_SYNC, &sync);
+          }
+        } else if (cmd == "device") {
+          e = ImportInto(a[2], b->fd());
+        } else {
+          halloc_buffer_info info = {};
+          info.fd = b->fd();
+          const int ctl = open(HALLOC_CONTROL_PATH, O_RDWR | O_CLOEXEC);
+          e = ctl < 0 ? errno : ioctl(ctl, HALLOC_IOCTL_INFO, &info) == 0 ? 0 : errno;
+          if (ctl >= 0) close(ctl);
+          if (e == 0) out = absl::StrCat("ok ", info.id, " ", info.cpu_access);
+        }
+        if (e != 0) out = absl::StrCat("err ", strerrorname_np(e));
+        else if (cmd != "kinfo") out = "ok";
+      }
     } else if (cmd == "quit") {
       return 0;
     }

@@ -17,6 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "clients/testing/test_daemon.h"
+#include "tests/integration/peer_process.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -29,75 +30,10 @@ std::string Runfile(const std::string& path) {
   return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/", path);
 }
 
-// One client process (peer shell) running as `uid`.
-class Peer {
- public:
-  Peer(const ConnectOptions& o, uid_t uid) {
-    int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      const std::string bin = Runfile("tests/integration/peer");
-      const std::string u = std::to_string(uid);
-      execl(bin.c_str(), "peer", o.control_socket.c_str(), o.broker_socket.c_str(),
-            "shell", u.c_str(), nullptr);
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    to_ = fdopen(in[1], "w");
-    from_ = fdopen(out[0], "r");
-  }
-  ~Peer() { Quit(); }
-
-  // Sends one command, returns its reply line.
-  std::string Do(const std::string& cmd) {
-    if (to_ == nullptr) return "dead";
-    fprintf(to_, "%s\n", cmd.c_str());
-    fflush(to_);
-    char line[512];
-    if (fgets(line, sizeof(line), from_) == nullptr) return "dead";
-    std::string s(line);
-    if (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
-  // "ok X ..." → X.
-  std::string Value(const std::string& cmd, int field = 1) {
-    std::vector<std::string> f = absl::StrSplit(Do(cmd), ' ');
-    return f.size() > static_cast<size_t>(field) && f[0] == "ok" ? f[field] : "";
-  }
-  void Quit() {
-    if (to_ != nullptr) {
-      fclose(to_);
-      fclose(from_);
-      to_ = from_ = nullptr;
-    }
-    if (pid_ > 0) {
-      waitpid(pid_, nullptr, 0);
-      pid_ = -1;
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* to_ = nullptr;
-  FILE* from_ = nullptr;
-};
-
-bool CanSwitchUid() {
-  pid_t pid = fork();
-  if (pid == 0) _exit(setgid(kStranger) == 0 && setuid(kStranger) == 0 ? 0 : 1);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
-
 class PolicyTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!CanSwitchUid()) {
+    if (!CanSwitchUid(kStranger)) {
       GTEST_SKIP() << "cannot switch uids here (not root, or a user namespace "
                       "without them): the multi-client policy test needs real uids";
     }
@@ -122,7 +58,7 @@ class PolicyTest : public ::testing::Test {
     if (!policy_dir_.empty()) std::filesystem::remove_all(policy_dir_);
   }
   std::unique_ptr<Peer> Start(uid_t uid) {
-    return std::make_unique<Peer>(daemon_->connect_options(), uid);
+    return std::make_unique<Peer>(Runfile("tests/integration/peer"), daemon_->connect_options(), uid);
   }
   uint64_t Denials(const std::string& rule) {
     absl::StatusOr<v1::StatsResponse> s = admin_->Stats();
