@@ -1,0 +1,88 @@
+// WlBuffer: a halloc::Buffer as a wl_buffer, for any Wayland compositor.
+//
+//   ASSIGN_OR_RETURN(WlBuffer wl, WlBuffer::Create(*display, frame));
+//   wl_surface_attach(surface, wl.get(), 0, 0);
+//
+// Everything comes from the buffer's layout (format, width, height,
+// modifier, each plane's offset and stride) and its fd:
+//  * zwp_linux_dmabuf_v1 when the buffer is a dma-buf and the compositor
+//    takes its format with its modifier: the compositor imports the same
+//    pages (zero copy, devices may scan them out);
+//  * wl_shm otherwise: the buffer's fd is the pool the compositor mmaps
+//    (a memfd, or a dma-buf where the compositor offers no linux-dmabuf).
+//    The fd must be writable: libwayland-server maps every pool read-write
+//    (a read-only fd is refused here with FAILED_PRECONDITION, before it
+//    could cost the connection), so a consumer that shows memfd frames
+//    imports them read-write.
+//    DRM_FORMAT_XRGB8888/ARGB8888 are wl_shm's formats 1/0; every other
+//    wl_shm format is the DRM fourcc itself.
+// The wl_buffer does not own the halloc::Buffer: the compositor holds its
+// own reference to the memory (the fd travelled to it), so the wl_buffer
+// stays valid after the Buffer is gone, and the memory with it.
+//
+// Status codes: INVALID_ARGUMENT — the buffer is not an image (a blob has
+// no layout) or its layout cannot be described to the compositor;
+// FAILED_PRECONDITION — the compositor lacks the global the chosen path
+// needs, or does not take the format (+modifier), or wl_shm was asked to
+// map a read-only fd; INTERNAL — the
+// compositor refused the buffer or closed the connection.
+#ifndef HALLOC_CLIENTS_WAYLAND_BUFFER_H_
+#define HALLOC_CLIENTS_WAYLAND_BUFFER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/wayland/display.h"
+
+struct wl_buffer;
+
+namespace halloc::wayland {
+
+enum class BufferPath {
+  kAuto,    // linux-dmabuf where it works (see above), else wl_shm
+  kShm,     // wl_shm only
+  kDmabuf,  // linux-dmabuf only
+};
+
+// "XR24" for DRM_FORMAT_XRGB8888, as drm_fourcc.h spells them.
+std::string FourccName(uint32_t fourcc);
+
+// The wl_shm format value for a DRM fourcc.
+uint32_t ShmFormatFor(uint32_t drm_fourcc);
+
+class WlBuffer {
+ public:
+  static absl::StatusOr<WlBuffer> Create(Display& display,
+                                         const Buffer& buffer,
+                                         BufferPath path = BufferPath::kAuto);
+  WlBuffer(WlBuffer&& other) noexcept;
+  WlBuffer& operator=(WlBuffer&& other) noexcept;
+  ~WlBuffer();
+
+  wl_buffer* get() const { return buffer_; }
+  // The path taken: kShm or kDmabuf.
+  BufferPath path() const { return path_; }
+  // Between MarkBusy (when attached and committed) and the compositor's
+  // wl_buffer.release: the compositor may still read the memory.
+  bool busy() const { return state_->busy; }
+  void MarkBusy() { state_->busy = true; }
+
+ private:
+  struct State {
+    bool busy = false;
+  };
+  WlBuffer(wl_buffer* buffer, BufferPath path);
+  void Reset();
+
+  wl_buffer* buffer_ = nullptr;
+  BufferPath path_ = BufferPath::kShm;
+  // On the heap: the release listener points at it across moves.
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace halloc::wayland
+
+#endif  // HALLOC_CLIENTS_WAYLAND_BUFFER_H_
