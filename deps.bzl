@@ -61,6 +61,13 @@ cc_library(
 )
 """
 
+_WAYLAND_EXTRA_BUILD = """
+cc_library(
+    name = "wayland_server",
+    linkopts = ["-lwayland-server"],
+)
+"""
+
 def halloc_deps():
     """Declares every repository halloc's targets use (see the module doc)."""
 
@@ -167,6 +174,8 @@ def halloc_deps():
         name = "halloc_wayland",
         modules = ["wayland-client"],
         target = "wayland",
+        # Fake compositors in tests (same -dev package).
+        extra_build = _WAYLAND_EXTRA_BUILD,
     )
     _maybe(
         wayland_protocols_repository,

@@ -103,14 +103,14 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer) {
   return wl;
 }
 
-absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display,
-                                        const Buffer& buffer) {
+absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
+                                        bool check_dmabuf = true) {
   const v1::BufferLayout& l = buffer.layout();
   if (!display.dmabuf()) {
     return absl::FailedPreconditionError(
         "the compositor offers no zwp_linux_dmabuf_v1 (version 3 or later)");
   }
-  if (!buffer.is_dmabuf()) {
+  if (check_dmabuf && !buffer.is_dmabuf()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "buffer %d is not a dma-buf (backend %s): linux-dmabuf cannot import "
         "it; use wl_shm",
@@ -203,6 +203,16 @@ absl::StatusOr<WlBuffer> WlBuffer::Create(Display& display,
                                       : CreateShm(display, buffer);
   if (!wl.ok()) return wl.status();
   return WlBuffer(*wl, path);
+}
+
+absl::StatusOr<WlBuffer> WlBuffer::CreateDmabufForTesting(
+    Display& display, const Buffer& buffer) {
+  absl::Status s = CheckImage(buffer);
+  if (!s.ok()) return s;
+  absl::StatusOr<wl_buffer*> wl =
+      CreateDmabuf(display, buffer, /*check_dmabuf=*/false);
+  if (!wl.ok()) return wl.status();
+  return WlBuffer(*wl, BufferPath::kDmabuf);
 }
 
 WlBuffer::WlBuffer(wl_buffer* buffer, BufferPath path)

@@ -58,6 +58,10 @@ class WlBuffer {
   static absl::StatusOr<WlBuffer> Create(Display& display,
                                          const Buffer& buffer,
                                          BufferPath path = BufferPath::kAuto);
+  // The linux-dmabuf path for any fd, dma-buf or not: for tests of the
+  // request against a fake compositor where no dma-buf exists (the host).
+  static absl::StatusOr<WlBuffer> CreateDmabufForTesting(Display& display,
+                                                         const Buffer& buffer);
   WlBuffer(WlBuffer&& other) noexcept;
   WlBuffer& operator=(WlBuffer&& other) noexcept;
   ~WlBuffer();

@@ -38,6 +38,9 @@ const xdg_surface_listener kSurfaceListener = {
 const xdg_toplevel_listener kToplevelListener = {
     .configure = WindowListeners::ToplevelConfigure,
     .close = WindowListeners::ToplevelClose,
+    // Versions 4 and 5 only (xdg_wm_base is bound at version 1).
+    .configure_bounds = [](void*, xdg_toplevel*, int32_t, int32_t) {},
+    .wm_capabilities = [](void*, xdg_toplevel*, wl_array*) {},
 };
 const wl_callback_listener kFrameListener = {
     .done = WindowListeners::FrameDone,

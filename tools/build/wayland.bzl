@@ -8,13 +8,17 @@ XML file and wraps the client header and glue code in a cc_library `name`:
 
 load("@rules_cc//cc:defs.bzl", "cc_library")
 
-def wayland_client_protocol(name, xml, visibility = None):
+def wayland_client_protocol(name, xml, server_header = None, visibility = None):
     """Client code for one protocol: cc_library `name`.
 
     Args:
       name: the cc_library's name.
       xml: label of the protocol's XML file.
-      visibility: the cc_library's visibility.
+      server_header: if given, also a testonly cc_library of this name with
+        the server header (`<base>-server-protocol.h`), for fake
+        compositors in tests; the glue code is `name`'s (it is the same for
+        both sides).
+      visibility: the cc_libraries' visibility.
     """
     base = Label(xml).name.split("/")[-1][:-len(".xml")]
     header = base + "-client-protocol.h"
@@ -45,3 +49,21 @@ def wayland_client_protocol(name, xml, visibility = None):
         deps = ["@halloc_wayland//:wayland"],
         visibility = visibility,
     )
+    if server_header:
+        server_h = base + "-server-protocol.h"
+        native.genrule(
+            name = server_header + "_scan",
+            srcs = [xml],
+            outs = [server_h],
+            cmd = "$(location {s}) server-header $< $@".format(s = scanner),
+            tools = [scanner],
+            testonly = True,
+        )
+        cc_library(
+            name = server_header,
+            hdrs = [server_h],
+            includes = ["."],
+            testonly = True,
+            deps = [":" + name, "@halloc_wayland//:wayland_server"],
+            visibility = visibility,
+        )
