@@ -3,8 +3,11 @@
 #include <drm_fourcc.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <climits>
+#include <cstring>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -44,7 +47,17 @@ absl::Status CheckImage(const Buffer& buffer) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer) {
+// Whether `fd` is open read-only.
+absl::StatusOr<bool> ReadOnly(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return ErrnoStatus(errno, "fcntl F_GETFL on the buffer's fd");
+  return (flags & O_ACCMODE) == O_RDONLY;
+}
+
+// `buffer` as a wl_shm buffer over `fd`: the buffer's own fd, or a copy's
+// memfd of the same size.
+absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
+                                     int fd) {
   const v1::BufferLayout& l = buffer.layout();
   if (!display.shm()) {
     return absl::FailedPreconditionError("the compositor offers no wl_shm");
@@ -66,24 +79,12 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer) {
           buffer.id(), i, l.planes(i).offset(), prev.offset() + prev.size()));
     }
   }
-  // libwayland-server (1.21, Debian 12's) maps every pool PROT_READ |
-  // PROT_WRITE, MAP_SHARED: a read-only fd would cost the connection
-  // (wl_shm error invalid_fd). Refuse it here, where it can be explained.
-  const int flags = fcntl(buffer.fd(), F_GETFL);
-  if (flags < 0) return ErrnoStatus(errno, "fcntl F_GETFL on the buffer's fd");
-  if ((flags & O_ACCMODE) == O_RDONLY) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "buffer %d's fd is read-only, and wl_shm needs an fd it can map "
-        "read-write (libwayland-server maps every pool PROT_READ|PROT_WRITE): "
-        "import it read-write, or pass a dma-buf through linux-dmabuf",
-        buffer.id()));
-  }
   if (buffer.size() > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "buffer %d is %d bytes, more than a wl_shm pool may be", buffer.id(),
         buffer.size()));
   }
-  wl_shm_pool* pool = wl_shm_create_pool(display.shm(), buffer.fd(),
+  wl_shm_pool* pool = wl_shm_create_pool(display.shm(), fd,
                                          static_cast<int32_t>(buffer.size()));
   wl_buffer* wl = wl_shm_pool_create_buffer(
       pool, static_cast<int32_t>(p0.offset()), static_cast<int32_t>(l.width()),
@@ -166,6 +167,20 @@ absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
 
 }  // namespace
 
+const char* PathName(BufferPath path) {
+  switch (path) {
+    case BufferPath::kAuto:
+      return "auto";
+    case BufferPath::kShm:
+      return "wl_shm";
+    case BufferPath::kShmCopy:
+      return "wl_shm copy";
+    case BufferPath::kDmabuf:
+      return "linux-dmabuf";
+  }
+  return "?";
+}
+
 std::string FourccName(uint32_t fourcc) {
   std::string s(4, ' ');
   for (int i = 0; i < 4; ++i) {
@@ -191,18 +206,80 @@ absl::StatusOr<WlBuffer> WlBuffer::Create(Display& display,
                                           BufferPath path) {
   absl::Status s = CheckImage(buffer);
   if (!s.ok()) return s;
-  if (path == BufferPath::kAuto) {
+  const bool chosen = path != BufferPath::kAuto;
+  if (!chosen) {
     const v1::BufferLayout& l = buffer.layout();
     path = buffer.is_dmabuf() && display.dmabuf() &&
                    display.DmabufSupports(l.format(), l.modifier())
                ? BufferPath::kDmabuf
                : BufferPath::kShm;
   }
-  absl::StatusOr<wl_buffer*> wl = path == BufferPath::kDmabuf
-                                      ? CreateDmabuf(display, buffer)
-                                      : CreateShm(display, buffer);
+  if (path == BufferPath::kDmabuf) {
+    absl::StatusOr<wl_buffer*> wl = CreateDmabuf(display, buffer);
+    if (!wl.ok()) return wl.status();
+    return WlBuffer(*wl, path);
+  }
+  // libwayland-server (1.21, Debian 12's) maps every pool PROT_READ |
+  // PROT_WRITE, MAP_SHARED: a read-only fd would cost the connection
+  // (wl_shm error invalid_fd). kShm refuses it here, where it can be
+  // explained; kAuto copies.
+  absl::StatusOr<bool> read_only = ReadOnly(buffer.fd());
+  if (!read_only.ok()) return read_only.status();
+  if (*read_only && chosen && path == BufferPath::kShm) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "buffer %d's fd is read-only, and wl_shm needs an fd it can map "
+        "read-write (libwayland-server maps every pool PROT_READ|PROT_WRITE): "
+        "import it read-write, pass a dma-buf through linux-dmabuf, or let "
+        "BufferPath::kAuto copy it",
+        buffer.id()));
+  }
+  if (*read_only || path == BufferPath::kShmCopy) {
+    return CreateCopy(display, buffer);
+  }
+  absl::StatusOr<wl_buffer*> wl = CreateShm(display, buffer, buffer.fd());
   if (!wl.ok()) return wl.status();
   return WlBuffer(*wl, path);
+}
+
+// kShmCopy: a memfd of the buffer's size, mapped, shared as the wl_shm
+// pool; the frame copied in.
+absl::StatusOr<WlBuffer> WlBuffer::CreateCopy(Display& display,
+                                              const Buffer& buffer) {
+  auto state = std::make_unique<State>();
+  state->copy_fd.reset(memfd_create("halloc-wayland-copy", MFD_CLOEXEC));
+  if (!state->copy_fd) return ErrnoStatus(errno, "memfd_create");
+  if (ftruncate(state->copy_fd.get(), static_cast<off_t>(buffer.size())) != 0) {
+    return ErrnoStatus(errno, "ftruncate the copy's memfd");
+  }
+  void* map = mmap(nullptr, buffer.size(), PROT_READ | PROT_WRITE,
+                   MAP_SHARED, state->copy_fd.get(), 0);
+  if (map == MAP_FAILED) return ErrnoStatus(errno, "mmap the copy's memfd");
+  state->copy = map;
+  state->copy_size = buffer.size();
+  absl::StatusOr<wl_buffer*> wl =
+      CreateShm(display, buffer, state->copy_fd.get());
+  if (!wl.ok()) return wl.status();
+  WlBuffer out(*wl, BufferPath::kShmCopy, std::move(state));
+  absl::Status s = out.Refresh(buffer);
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status WlBuffer::Refresh(const Buffer& source) {
+  if (path_ != BufferPath::kShmCopy) return absl::OkStatus();
+  if (source.size() != state_->copy_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d is %d bytes, its copy %d", source.id(), source.size(),
+        state_->copy_size));
+  }
+  absl::StatusOr<Mapping> m = source.Map(Access::kRead);
+  if (!m.ok()) return m.status();
+  memcpy(state_->copy, m->data(), state_->copy_size);
+  return absl::OkStatus();
+}
+
+WlBuffer::State::~State() {
+  if (copy) munmap(copy, copy_size);
 }
 
 absl::StatusOr<WlBuffer> WlBuffer::CreateDmabufForTesting(
@@ -215,8 +292,11 @@ absl::StatusOr<WlBuffer> WlBuffer::CreateDmabufForTesting(
   return WlBuffer(*wl, BufferPath::kDmabuf);
 }
 
-WlBuffer::WlBuffer(wl_buffer* buffer, BufferPath path)
-    : buffer_(buffer), path_(path), state_(std::make_unique<State>()) {
+WlBuffer::WlBuffer(wl_buffer* buffer, BufferPath path,
+                   std::unique_ptr<State> state)
+    : buffer_(buffer),
+      path_(path),
+      state_(state ? std::move(state) : std::make_unique<State>()) {
   wl_buffer_add_listener(buffer_, &kBufferListener, &state_->busy);
 }
 

@@ -29,6 +29,8 @@ absl::Status Presenter::Show(const Buffer& buffer) {
   }
   absl::Status s = WaitShown();
   if (!s.ok()) return s;
+  s = it->second.Refresh(buffer);  // kShmCopy only
+  if (!s.ok()) return s;
   last_path_ = it->second.path();
   return window_->Present(it->second);
 }

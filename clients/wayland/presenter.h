@@ -8,7 +8,8 @@
 //
 // Each buffer becomes a wl_buffer once (WlBuffer, keyed by the buffer's id)
 // and is reused whenever it is shown again, so a ring of N frames costs N
-// imports. Not thread-safe.
+// imports. A read-only memfd frame is copied at each Show (see buffer.h:
+// wl_shm cannot map it); last_path() says so. Not thread-safe.
 #ifndef HALLOC_CLIENTS_WAYLAND_PRESENTER_H_
 #define HALLOC_CLIENTS_WAYLAND_PRESENTER_H_
 
@@ -41,7 +42,8 @@ class Presenter {
       const PresenterOptions& options);
 
   // Waits until the compositor has drawn the previous frame (its frame
-  // callback), then attaches and commits `buffer`. Returns once committed:
+  // callback), then attaches and commits `buffer` (copied first on the
+  // kShmCopy path). Returns once committed:
   // the frame is on screen after the next Show or WaitShown.
   absl::Status Show(const Buffer& buffer);
   // Waits for the frame callback of the last Show.

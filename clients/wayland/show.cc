@@ -110,8 +110,7 @@ absl::Status Run() {
   printf("shown %d frames (%dx%d XRGB8888, %zu hallocd buffers, %s) in %.2f s: "
          "%.1f frames/s\n",
          frames, width, height, ring.size(),
-         presenter->last_path() == BufferPath::kDmabuf ? "linux-dmabuf"
-                                                       : "wl_shm",
+         PathName(presenter->last_path()),
          seconds, frames / seconds);
   if (weston) {
     RETURN_IF_ERROR(weston->Screenshot(png));

@@ -196,8 +196,9 @@ TEST_F(WaylandTest, AnImportedFrameIsShown) {
 }
 
 // libwayland-server maps wl_shm pools read-write: a read-only import is
-// refused by the library, with the reason, and the connection lives on.
-TEST_F(WaylandTest, AReadOnlyImportIsRefusedForWlShmWithTheReason) {
+// refused for the zero-copy wl_shm path, with the reason, and the
+// connection lives on.
+TEST_F(WaylandTest, AReadOnlyImportIsRefusedForZeroCopyWlShmWithTheReason) {
   Buffer frame = Frame(kPatterns[2]);
   absl::StatusOr<v1::Grant> grant =
       client_->Share(frame.id(), getuid(), v1::CPU_ACCESS_READ);
@@ -210,12 +211,38 @@ TEST_F(WaylandTest, AReadOnlyImportIsRefusedForWlShmWithTheReason) {
   absl::StatusOr<std::unique_ptr<Display>> d =
       Display::Connect(weston_->socket());
   ASSERT_TRUE(d.ok()) << d.status();
-  absl::StatusOr<WlBuffer> wl = WlBuffer::Create(**d, *imported);
+  absl::StatusOr<WlBuffer> wl =
+      WlBuffer::Create(**d, *imported, BufferPath::kShm);
   EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition)
       << wl.status();
   EXPECT_NE(wl.status().message().find("read-only"), std::string::npos)
       << wl.status();
   EXPECT_TRUE((*d)->Roundtrip().ok());
+}
+
+// ... and shown through a copy on the automatic path, each Show copying the
+// frame's current content.
+TEST_F(WaylandTest, AReadOnlyImportIsShownThroughACopy) {
+  Buffer frame = Frame(kPatterns[0]);
+  absl::StatusOr<v1::Grant> grant =
+      client_->Share(frame.id(), getuid(), v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<Client> consumer = daemon_->Connect();
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  absl::StatusOr<Buffer> imported = consumer->Import(grant->token());
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  ASSERT_EQ(imported->info().cpu_access(), v1::CPU_ACCESS_READ);
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  for (const Pattern& pattern : {kPatterns[0], kPatterns[1]}) {
+    SCOPED_TRACE(absl::StrCat("pattern marker ", pattern.marker));
+    Fill(frame, pattern);  // the producer writes its own buffer
+    absl::Status s = (*p)->Show(*imported);
+    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_TRUE((*p)->WaitShown().ok());
+    EXPECT_EQ((*p)->last_path(), BufferPath::kShmCopy);
+    ExpectOnScreen(pattern);
+  }
 }
 
 // Frames paced by frame callbacks: how fast the loop goes (weston's
