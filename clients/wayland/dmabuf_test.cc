@@ -17,6 +17,8 @@
 #include "clients/wayland/buffer.h"
 #include "clients/wayland/display.h"
 #include "clients/wayland/fake_compositor.h"
+#include "clients/wayland/presenter.h"
+#include "clients/wayland/window.h"
 #include "gtest/gtest.h"
 
 namespace halloc::wayland {
@@ -127,6 +129,23 @@ TEST_F(DmabufTest, AMemfdNeverTakesTheDmabufPath) {
   EXPECT_NE(wl.status().message().find("no wl_shm"), std::string::npos)
       << wl.status();
   EXPECT_TRUE(compositor_->requests().empty());
+}
+
+// A compositor without wl_compositor (or xdg-shell) cannot show a window:
+// said by name.
+TEST_F(DmabufTest, AWindowNeedsTheCompositorsSurfaceGlobals) {
+  ASSERT_EQ(display_->compositor(), nullptr);
+  ASSERT_EQ(display_->wm_base(), nullptr);
+  absl::StatusOr<std::unique_ptr<Window>> w = Window::Create(*display_);
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kFailedPrecondition)
+      << w.status();
+  EXPECT_NE(w.status().message().find("wl_compositor"), std::string::npos)
+      << w.status();
+  PresenterOptions options;
+  options.display = compositor_->socket();
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(options);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition)
+      << p.status();
 }
 
 }  // namespace
