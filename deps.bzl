@@ -17,6 +17,7 @@ halloc_deps() and halloc uses yours.
 """
 
 load("//third_party:pkg_config.bzl", "pkg_config_repository")
+load("//third_party:wayland.bzl", "wayland_protocols_repository")
 
 def _maybe(repo_rule, name, **kwargs):
     if not native.existing_rule(name):
@@ -57,6 +58,13 @@ cc_library(
     name = "gtest_main",
     deps = [":gtest"],
     linkopts = ["-lgtest_main"],
+)
+"""
+
+_WAYLAND_EXTRA_BUILD = """
+cc_library(
+    name = "wayland_server",
+    linkopts = ["-lwayland-server"],
 )
 """
 
@@ -156,4 +164,26 @@ def halloc_deps():
         name = "halloc_libmicrohttpd",
         modules = ["libmicrohttpd"],
         target = "libmicrohttpd",
+    )
+
+    # clients/wayland: libwayland-client (libwayland-dev), the protocol XML
+    # (wayland-protocols) with wayland-scanner, and libpng (libpng-dev) to
+    # read weston's screenshots in the tests.
+    _maybe(
+        pkg_config_repository,
+        name = "halloc_wayland",
+        modules = ["wayland-client"],
+        target = "wayland",
+        # Fake compositors in tests (same -dev package).
+        extra_build = _WAYLAND_EXTRA_BUILD,
+    )
+    _maybe(
+        wayland_protocols_repository,
+        name = "halloc_wayland_protocols",
+    )
+    _maybe(
+        pkg_config_repository,
+        name = "halloc_libpng",
+        modules = ["libpng"],
+        target = "libpng",
     )

@@ -1,0 +1,325 @@
+#include "clients/wayland/buffer.h"
+
+#include <drm_fourcc.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstring>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "linux-dmabuf-unstable-v1-client-protocol.h"
+
+namespace halloc::wayland {
+namespace {
+
+const wl_buffer_listener kBufferListener = {
+    .release = [](void* data, wl_buffer*) { *static_cast<bool*>(data) = false; },
+};
+
+absl::Status CheckImage(const Buffer& buffer) {
+  const v1::BufferLayout& l = buffer.layout();
+  if (l.planes_size() == 0 || l.width() == 0 || l.height() == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d is not an image (a blob has no layout): allocate it from "
+        "an image descriptor",
+        buffer.id()));
+  }
+  if (l.width() > INT32_MAX || l.height() > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d is %dx%d, more than Wayland's int32 sizes", buffer.id(),
+        l.width(), l.height()));
+  }
+  for (const v1::PlaneLayout& p : l.planes()) {
+    if (p.offset() > UINT32_MAX || p.stride() > INT32_MAX) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "buffer %d has a plane at offset %d, stride %d: more than Wayland's "
+          "32-bit offsets and strides",
+          buffer.id(), p.offset(), p.stride()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Whether `fd` is open read-only.
+absl::StatusOr<bool> ReadOnly(int fd) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return ErrnoStatus(errno, "fcntl F_GETFL on the buffer's fd");
+  return (flags & O_ACCMODE) == O_RDONLY;
+}
+
+// `buffer` as a wl_shm buffer over `fd`: the buffer's own fd, or a copy's
+// memfd of the same size.
+absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
+                                     int fd) {
+  const v1::BufferLayout& l = buffer.layout();
+  if (!display.shm()) {
+    return absl::FailedPreconditionError("the compositor offers no wl_shm");
+  }
+  const uint32_t format = ShmFormatFor(l.format());
+  if (!display.ShmSupports(format)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the compositor's wl_shm does not take %s", FourccName(l.format())));
+  }
+  // wl_shm describes one plane; further planes must follow where wl_shm's
+  // implicit layout puts them (right after the previous one, same stride).
+  const v1::PlaneLayout& p0 = l.planes(0);
+  for (int i = 1; i < l.planes_size(); ++i) {
+    const v1::PlaneLayout& prev = l.planes(i - 1);
+    if (l.planes(i).offset() != prev.offset() + prev.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "buffer %d: plane %d is not where wl_shm expects it (offset %d, "
+          "not %d); wl_shm describes only contiguous planes",
+          buffer.id(), i, l.planes(i).offset(), prev.offset() + prev.size()));
+    }
+  }
+  if (buffer.size() > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d is %d bytes, more than a wl_shm pool may be", buffer.id(),
+        buffer.size()));
+  }
+  wl_shm_pool* pool = wl_shm_create_pool(display.shm(), fd,
+                                         static_cast<int32_t>(buffer.size()));
+  wl_buffer* wl = wl_shm_pool_create_buffer(
+      pool, static_cast<int32_t>(p0.offset()), static_cast<int32_t>(l.width()),
+      static_cast<int32_t>(l.height()), static_cast<int32_t>(p0.stride()),
+      format);
+  // The buffer keeps the pool's memory; the pool itself is not needed.
+  wl_shm_pool_destroy(pool);
+  // A refused fd (one the compositor cannot mmap) is a protocol error:
+  // find out now, not at the first attach.
+  absl::Status s = display.Roundtrip();
+  if (!s.ok()) {
+    wl_buffer_destroy(wl);
+    return absl::Status(s.code(),
+                        absl::StrCat("wl_shm refused buffer ", buffer.id(),
+                                     ": ", s.message()));
+  }
+  return wl;
+}
+
+absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
+                                        bool check_dmabuf = true) {
+  const v1::BufferLayout& l = buffer.layout();
+  if (!display.dmabuf()) {
+    return absl::FailedPreconditionError(
+        "the compositor offers no zwp_linux_dmabuf_v1 (version 3 or later)");
+  }
+  if (check_dmabuf && !buffer.is_dmabuf()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "buffer %d is not a dma-buf (backend %s): linux-dmabuf cannot import "
+        "it; use wl_shm",
+        buffer.id(), buffer.info().backend()));
+  }
+  if (!display.DmabufSupports(l.format(), l.modifier())) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the compositor's linux-dmabuf does not take %s with modifier 0x%x",
+        FourccName(l.format()), l.modifier()));
+  }
+  zwp_linux_buffer_params_v1* params =
+      zwp_linux_dmabuf_v1_create_params(display.dmabuf());
+  for (int i = 0; i < l.planes_size(); ++i) {
+    zwp_linux_buffer_params_v1_add(
+        params, buffer.fd(), i, static_cast<uint32_t>(l.planes(i).offset()),
+        static_cast<uint32_t>(l.planes(i).stride()),
+        static_cast<uint32_t>(l.modifier() >> 32),
+        static_cast<uint32_t>(l.modifier() & 0xffffffff));
+  }
+  struct Result {
+    bool done = false;
+    wl_buffer* buffer = nullptr;
+  } result;
+  static const zwp_linux_buffer_params_v1_listener listener = {
+      .created =
+          [](void* data, zwp_linux_buffer_params_v1*, wl_buffer* b) {
+            auto* r = static_cast<Result*>(data);
+            r->done = true;
+            r->buffer = b;
+          },
+      .failed =
+          [](void* data, zwp_linux_buffer_params_v1*) {
+            static_cast<Result*>(data)->done = true;
+          },
+  };
+  zwp_linux_buffer_params_v1_add_listener(params, &listener, &result);
+  zwp_linux_buffer_params_v1_create(params, static_cast<int32_t>(l.width()),
+                                    static_cast<int32_t>(l.height()),
+                                    l.format(), 0);
+  absl::Status s = display.DispatchUntil([&] { return result.done; },
+                                         absl::Seconds(5),
+                                         "zwp_linux_buffer_params_v1.create");
+  zwp_linux_buffer_params_v1_destroy(params);
+  if (!s.ok()) return s;
+  if (!result.buffer) {
+    return absl::InternalError(absl::StrFormat(
+        "the compositor could not import dma-buf %d (%s %dx%d, modifier 0x%x)",
+        buffer.id(), FourccName(l.format()), l.width(), l.height(),
+        l.modifier()));
+  }
+  return result.buffer;
+}
+
+}  // namespace
+
+const char* PathName(BufferPath path) {
+  switch (path) {
+    case BufferPath::kAuto:
+      return "auto";
+    case BufferPath::kShm:
+      return "wl_shm";
+    case BufferPath::kShmCopy:
+      return "wl_shm copy";
+    case BufferPath::kDmabuf:
+      return "linux-dmabuf";
+  }
+  return "?";
+}
+
+std::string FourccName(uint32_t fourcc) {
+  std::string s(4, ' ');
+  for (int i = 0; i < 4; ++i) {
+    const char c = static_cast<char>((fourcc >> (8 * i)) & 0xff);
+    s[i] = (c >= 0x20 && c < 0x7f) ? c : '?';
+  }
+  return s;
+}
+
+uint32_t ShmFormatFor(uint32_t drm_fourcc) {
+  switch (drm_fourcc) {
+    case DRM_FORMAT_ARGB8888:
+      return WL_SHM_FORMAT_ARGB8888;
+    case DRM_FORMAT_XRGB8888:
+      return WL_SHM_FORMAT_XRGB8888;
+    default:
+      return drm_fourcc;  // wl_shm's other values are the fourccs
+  }
+}
+
+absl::StatusOr<WlBuffer> WlBuffer::Create(Display& display,
+                                          const Buffer& buffer,
+                                          BufferPath path) {
+  absl::Status s = CheckImage(buffer);
+  if (!s.ok()) return s;
+  const bool chosen = path != BufferPath::kAuto;
+  if (!chosen) {
+    const v1::BufferLayout& l = buffer.layout();
+    path = buffer.is_dmabuf() && display.dmabuf() &&
+                   display.DmabufSupports(l.format(), l.modifier())
+               ? BufferPath::kDmabuf
+               : BufferPath::kShm;
+  }
+  if (path == BufferPath::kDmabuf) {
+    absl::StatusOr<wl_buffer*> wl = CreateDmabuf(display, buffer);
+    if (!wl.ok()) return wl.status();
+    return WlBuffer(*wl, path);
+  }
+  // libwayland-server (1.21, Debian 12's) maps every pool PROT_READ |
+  // PROT_WRITE, MAP_SHARED: a read-only fd would cost the connection
+  // (wl_shm error invalid_fd). kShm refuses it here, where it can be
+  // explained; kAuto copies.
+  absl::StatusOr<bool> read_only = ReadOnly(buffer.fd());
+  if (!read_only.ok()) return read_only.status();
+  if (*read_only && chosen && path == BufferPath::kShm) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "buffer %d's fd is read-only, and wl_shm needs an fd it can map "
+        "read-write (libwayland-server maps every pool PROT_READ|PROT_WRITE): "
+        "import it read-write, pass a dma-buf through linux-dmabuf, or let "
+        "BufferPath::kAuto copy it",
+        buffer.id()));
+  }
+  if (*read_only || path == BufferPath::kShmCopy) {
+    return CreateCopy(display, buffer);
+  }
+  absl::StatusOr<wl_buffer*> wl = CreateShm(display, buffer, buffer.fd());
+  if (!wl.ok()) return wl.status();
+  return WlBuffer(*wl, path);
+}
+
+// kShmCopy: a memfd of the buffer's size, mapped, shared as the wl_shm
+// pool; the frame copied in.
+absl::StatusOr<WlBuffer> WlBuffer::CreateCopy(Display& display,
+                                              const Buffer& buffer) {
+  auto state = std::make_unique<State>();
+  state->copy_fd.reset(memfd_create("halloc-wayland-copy", MFD_CLOEXEC));
+  if (!state->copy_fd) return ErrnoStatus(errno, "memfd_create");
+  if (ftruncate(state->copy_fd.get(), static_cast<off_t>(buffer.size())) != 0) {
+    return ErrnoStatus(errno, "ftruncate the copy's memfd");
+  }
+  void* map = mmap(nullptr, buffer.size(), PROT_READ | PROT_WRITE,
+                   MAP_SHARED, state->copy_fd.get(), 0);
+  if (map == MAP_FAILED) return ErrnoStatus(errno, "mmap the copy's memfd");
+  state->copy = map;
+  state->copy_size = buffer.size();
+  absl::StatusOr<wl_buffer*> wl =
+      CreateShm(display, buffer, state->copy_fd.get());
+  if (!wl.ok()) return wl.status();
+  WlBuffer out(*wl, BufferPath::kShmCopy, std::move(state));
+  absl::Status s = out.Refresh(buffer);
+  if (!s.ok()) return s;
+  return out;
+}
+
+absl::Status WlBuffer::Refresh(const Buffer& source) {
+  if (path_ != BufferPath::kShmCopy) return absl::OkStatus();
+  if (source.size() != state_->copy_size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d is %d bytes, its copy %d", source.id(), source.size(),
+        state_->copy_size));
+  }
+  absl::StatusOr<Mapping> m = source.Map(Access::kRead);
+  if (!m.ok()) return m.status();
+  memcpy(state_->copy, m->data(), state_->copy_size);
+  return absl::OkStatus();
+}
+
+WlBuffer::State::~State() {
+  if (copy) munmap(copy, copy_size);
+}
+
+absl::StatusOr<WlBuffer> WlBuffer::CreateDmabufForTesting(
+    Display& display, const Buffer& buffer) {
+  absl::Status s = CheckImage(buffer);
+  if (!s.ok()) return s;
+  absl::StatusOr<wl_buffer*> wl =
+      CreateDmabuf(display, buffer, /*check_dmabuf=*/false);
+  if (!wl.ok()) return wl.status();
+  return WlBuffer(*wl, BufferPath::kDmabuf);
+}
+
+WlBuffer::WlBuffer(wl_buffer* buffer, BufferPath path,
+                   std::unique_ptr<State> state)
+    : buffer_(buffer),
+      path_(path),
+      state_(state ? std::move(state) : std::make_unique<State>()) {
+  wl_buffer_add_listener(buffer_, &kBufferListener, &state_->busy);
+}
+
+WlBuffer::WlBuffer(WlBuffer&& other) noexcept
+    : buffer_(std::exchange(other.buffer_, nullptr)),
+      path_(other.path_),
+      state_(std::move(other.state_)) {}
+
+WlBuffer& WlBuffer::operator=(WlBuffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    buffer_ = std::exchange(other.buffer_, nullptr);
+    path_ = other.path_;
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+WlBuffer::~WlBuffer() { Reset(); }
+
+void WlBuffer::Reset() {
+  if (buffer_) wl_buffer_destroy(buffer_);
+  buffer_ = nullptr;
+}
+
+}  // namespace halloc::wayland

@@ -1,0 +1,110 @@
+// WlBuffer: a halloc::Buffer as a wl_buffer, for any Wayland compositor.
+//
+//   ASSIGN_OR_RETURN(WlBuffer wl, WlBuffer::Create(*display, frame));
+//   wl_surface_attach(surface, wl.get(), 0, 0);
+//
+// Everything comes from the buffer's layout (format, width, height,
+// modifier, each plane's offset and stride) and its fd:
+//  * zwp_linux_dmabuf_v1 when the buffer is a dma-buf and the compositor
+//    takes its format with its modifier: the compositor imports the same
+//    pages (zero copy, devices may scan them out);
+//  * wl_shm otherwise: the buffer's fd is the pool the compositor mmaps
+//    (a memfd, or a dma-buf where the compositor offers no linux-dmabuf).
+//    The fd must be writable: libwayland-server maps every pool read-write
+//    (a read-only fd would cost the connection). So a read-only buffer
+//    (a frame shared read-only) takes the kShmCopy path: the WlBuffer owns
+//    a memfd of the same size, and Refresh copies the frame into it
+//    (Presenter does, at each Show). Zero copy on wl_shm needs a
+//    read-write import.
+//    DRM_FORMAT_XRGB8888/ARGB8888 are wl_shm's formats 1/0; every other
+//    wl_shm format is the DRM fourcc itself.
+// The wl_buffer does not own the halloc::Buffer: the compositor holds its
+// own reference to the memory (the fd travelled to it), so the wl_buffer
+// stays valid after the Buffer is gone, and the memory with it.
+//
+// Status codes: INVALID_ARGUMENT — the buffer is not an image (a blob has
+// no layout) or its layout cannot be described to the compositor;
+// FAILED_PRECONDITION — the compositor lacks the global the chosen path
+// needs, or does not take the format (+modifier), or kShm was asked to
+// map a read-only fd; INTERNAL — the
+// compositor refused the buffer or closed the connection.
+#ifndef HALLOC_CLIENTS_WAYLAND_BUFFER_H_
+#define HALLOC_CLIENTS_WAYLAND_BUFFER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/wayland/display.h"
+
+struct wl_buffer;
+
+namespace halloc::wayland {
+
+enum class BufferPath {
+  kAuto,     // linux-dmabuf where it works (see above), else wl_shm, or
+             // kShmCopy for a read-only fd
+  kShm,      // wl_shm only, the buffer's own fd (never a read-only one)
+  kShmCopy,  // wl_shm, a copy (Refresh before each attach)
+  kDmabuf,   // linux-dmabuf only
+};
+
+// "wl_shm", "wl_shm copy", "linux-dmabuf" ("auto" for kAuto).
+const char* PathName(BufferPath path);
+
+// "XR24" for DRM_FORMAT_XRGB8888, as drm_fourcc.h spells them.
+std::string FourccName(uint32_t fourcc);
+
+// The wl_shm format value for a DRM fourcc.
+uint32_t ShmFormatFor(uint32_t drm_fourcc);
+
+class WlBuffer {
+ public:
+  static absl::StatusOr<WlBuffer> Create(Display& display,
+                                         const Buffer& buffer,
+                                         BufferPath path = BufferPath::kAuto);
+  // The linux-dmabuf path for any fd, dma-buf or not: for tests of the
+  // request against a fake compositor where no dma-buf exists (the host).
+  static absl::StatusOr<WlBuffer> CreateDmabufForTesting(Display& display,
+                                                         const Buffer& buffer);
+  WlBuffer(WlBuffer&& other) noexcept;
+  WlBuffer& operator=(WlBuffer&& other) noexcept;
+  ~WlBuffer();
+
+  wl_buffer* get() const { return buffer_; }
+  // The path taken: kShm, kShmCopy or kDmabuf.
+  BufferPath path() const { return path_; }
+  // kShmCopy: copies `source` (the buffer this was created from) into the
+  // wl_buffer's memory; call before each attach. Other paths: nothing to do.
+  absl::Status Refresh(const Buffer& source);
+  // Between MarkBusy (when attached and committed) and the compositor's
+  // wl_buffer.release: the compositor may still read the memory.
+  bool busy() const { return state_->busy; }
+  void MarkBusy() { state_->busy = true; }
+
+ private:
+  struct State {
+    ~State();
+    bool busy = false;
+    UniqueFd copy_fd;  // kShmCopy: the copy's memfd, mapped at `copy`
+    void* copy = nullptr;
+    size_t copy_size = 0;
+  };
+  WlBuffer(wl_buffer* buffer, BufferPath path,
+           std::unique_ptr<State> state = nullptr);
+  static absl::StatusOr<WlBuffer> CreateCopy(Display& display,
+                                             const Buffer& buffer);
+  void Reset();
+
+  wl_buffer* buffer_ = nullptr;
+  BufferPath path_ = BufferPath::kShm;
+  // On the heap: the release listener points at it across moves.
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace halloc::wayland
+
+#endif  // HALLOC_CLIENTS_WAYLAND_BUFFER_H_

@@ -1,0 +1,152 @@
+// The linux-dmabuf path against a fake compositor (fake_compositor.h): what
+// the library tells the compositor about a halloc buffer (each plane's
+// offset and stride, the modifier, the fd), and how it refuses what the
+// compositor does not take. On the host hallocd's buffers are memfds, so
+// CreateDmabufForTesting skips the dma-buf check; the rest is the path
+// WlBuffer::Create takes for a dma-buf.
+#include <drm_fourcc.h>
+#include <sys/stat.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "clients/cpp/halloc/base/usage.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
+#include "clients/wayland/buffer.h"
+#include "clients/wayland/display.h"
+#include "clients/wayland/fake_compositor.h"
+#include "clients/wayland/presenter.h"
+#include "clients/wayland/window.h"
+#include "gtest/gtest.h"
+
+namespace halloc::wayland {
+namespace {
+
+using ::halloc::wayland::testing::DmabufRequest;
+using ::halloc::wayland::testing::FakeCompositor;
+
+class DmabufTest : public halloc::testing::HallocTest {
+ protected:
+  void SetUp() override {
+    HallocTest::SetUp();
+    absl::StatusOr<std::unique_ptr<FakeCompositor>> c = FakeCompositor::Start(
+        {{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_LINEAR},
+         {DRM_FORMAT_NV12, DRM_FORMAT_MOD_LINEAR},
+         {DRM_FORMAT_YUYV, DRM_FORMAT_MOD_LINEAR}},
+        /*refuse_format=*/DRM_FORMAT_YUYV);
+    ASSERT_TRUE(c.ok()) << c.status();
+    compositor_ = *std::move(c);
+    absl::StatusOr<std::unique_ptr<Display>> d =
+        Display::Connect(compositor_->socket());
+    ASSERT_TRUE(d.ok()) << d.status();
+    display_ = *std::move(d);
+  }
+
+  Buffer Image(uint32_t fourcc, uint32_t w = 64, uint32_t h = 48) {
+    absl::StatusOr<Buffer> b = client().Allocate(
+        ImageDescriptor(w, h, fourcc, usage::kComposerOverlay));
+    EXPECT_TRUE(b.ok()) << b.status();
+    return b.ok() ? *std::move(b) : Buffer(v1::BufferInfo(), UniqueFd());
+  }
+
+  std::unique_ptr<FakeCompositor> compositor_;
+  std::unique_ptr<Display> display_;
+};
+
+TEST_F(DmabufTest, TheCompositorsFormatsAndModifiersAreKnown) {
+  ASSERT_NE(display_->dmabuf(), nullptr);
+  EXPECT_TRUE(display_->DmabufSupports(DRM_FORMAT_NV12, DRM_FORMAT_MOD_LINEAR));
+  EXPECT_FALSE(display_->DmabufSupports(DRM_FORMAT_NV12, 1));
+  EXPECT_FALSE(display_->DmabufSupports(DRM_FORMAT_ARGB8888,
+                                        DRM_FORMAT_MOD_LINEAR));
+  EXPECT_EQ(display_->shm(), nullptr);
+}
+
+// Every plane of the layout, with the buffer's own fd, in one params.
+TEST_F(DmabufTest, EveryPlaneReachesTheCompositorAsLaidOut) {
+  for (uint32_t fourcc : {DRM_FORMAT_XRGB8888, DRM_FORMAT_NV12}) {
+    SCOPED_TRACE(FourccName(fourcc));
+    Buffer b = Image(fourcc, 100, 30);
+    absl::StatusOr<WlBuffer> wl =
+        WlBuffer::CreateDmabufForTesting(*display_, b);
+    ASSERT_TRUE(wl.ok()) << wl.status();
+    EXPECT_EQ(wl->path(), BufferPath::kDmabuf);
+    const std::vector<DmabufRequest> reqs = compositor_->requests();
+    ASSERT_FALSE(reqs.empty());
+    const DmabufRequest& r = reqs.back();
+    EXPECT_TRUE(r.created);
+    EXPECT_EQ(r.format, fourcc);
+    EXPECT_EQ(r.width, 100);
+    EXPECT_EQ(r.height, 30);
+    struct stat st = {};
+    ASSERT_EQ(fstat(b.fd(), &st), 0);
+    const v1::BufferLayout& l = b.layout();
+    ASSERT_EQ(r.planes.size(), static_cast<size_t>(l.planes_size()));
+    for (int i = 0; i < l.planes_size(); ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ(r.planes[i].index, static_cast<uint32_t>(i));
+      EXPECT_EQ(r.planes[i].offset, l.planes(i).offset());
+      EXPECT_EQ(r.planes[i].stride, l.planes(i).stride());
+      EXPECT_EQ(r.planes[i].modifier, l.modifier());
+      EXPECT_EQ(r.planes[i].inode, st.st_ino) << "not the buffer's own file";
+    }
+  }
+}
+
+TEST_F(DmabufTest, AFormatNotOfferedIsRefusedBeforeAsking) {
+  Buffer b = Image(DRM_FORMAT_ARGB8888);
+  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(*display_, b);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition)
+      << wl.status();
+  EXPECT_NE(wl.status().message().find("AR24"), std::string::npos);
+  EXPECT_TRUE(compositor_->requests().empty());
+}
+
+TEST_F(DmabufTest, TheCompositorsRefusalIsAnError) {
+  Buffer b = Image(DRM_FORMAT_YUYV);
+  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(*display_, b);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kInternal) << wl.status();
+  ASSERT_EQ(compositor_->requests().size(), 1u);
+  EXPECT_FALSE(compositor_->requests()[0].created);
+  EXPECT_TRUE(display_->Roundtrip().ok()) << "a refusal is not fatal";
+}
+
+// The real entry point: a memfd is not a dma-buf, so linux-dmabuf is not
+// for it: auto falls back to wl_shm (absent here, so refused by name), and
+// an explicit dmabuf request says why.
+TEST_F(DmabufTest, AMemfdNeverTakesTheDmabufPath) {
+  Buffer b = Image(DRM_FORMAT_XRGB8888);
+  ASSERT_FALSE(b.is_dmabuf());
+  absl::StatusOr<WlBuffer> wl =
+      WlBuffer::Create(*display_, b, BufferPath::kDmabuf);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(wl.status().message().find("not a dma-buf"), std::string::npos)
+      << wl.status();
+  wl = WlBuffer::Create(*display_, b);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(wl.status().message().find("no wl_shm"), std::string::npos)
+      << wl.status();
+  EXPECT_TRUE(compositor_->requests().empty());
+}
+
+// A compositor without wl_compositor (or xdg-shell) cannot show a window:
+// said by name.
+TEST_F(DmabufTest, AWindowNeedsTheCompositorsSurfaceGlobals) {
+  ASSERT_EQ(display_->compositor(), nullptr);
+  ASSERT_EQ(display_->wm_base(), nullptr);
+  absl::StatusOr<std::unique_ptr<Window>> w = Window::Create(*display_);
+  EXPECT_EQ(w.status().code(), absl::StatusCode::kFailedPrecondition)
+      << w.status();
+  EXPECT_NE(w.status().message().find("wl_compositor"), std::string::npos)
+      << w.status();
+  PresenterOptions options;
+  options.display = compositor_->socket();
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(options);
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kFailedPrecondition)
+      << p.status();
+}
+
+}  // namespace
+}  // namespace halloc::wayland

@@ -1,0 +1,72 @@
+// Presenter: shows halloc buffers in a window of a Wayland compositor. The
+// one call a tool needs to put frames on screen:
+//
+//   ASSIGN_OR_RETURN(std::unique_ptr<Presenter> p, Presenter::Create({}));
+//   for (const halloc::Buffer& frame : frames) {
+//     RETURN_IF_ERROR(p->Show(frame));  // paced by the compositor
+//   }
+//
+// Each buffer becomes a wl_buffer once (WlBuffer, keyed by the buffer's id)
+// and is reused whenever it is shown again, so a ring of N frames costs N
+// imports. A read-only memfd frame is copied at each Show (see buffer.h:
+// wl_shm cannot map it); last_path() says so. Not thread-safe.
+#ifndef HALLOC_CLIENTS_WAYLAND_PRESENTER_H_
+#define HALLOC_CLIENTS_WAYLAND_PRESENTER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/wayland/buffer.h"
+#include "clients/wayland/display.h"
+#include "clients/wayland/window.h"
+
+namespace halloc::wayland {
+
+struct PresenterOptions {
+  // Socket name or absolute path; empty: $WAYLAND_DISPLAY.
+  std::string display;
+  WindowOptions window;
+  BufferPath path = BufferPath::kAuto;
+  // The longest wait for the compositor to take a frame.
+  absl::Duration frame_timeout = absl::Seconds(2);
+};
+
+class Presenter {
+ public:
+  static absl::StatusOr<std::unique_ptr<Presenter>> Create(
+      const PresenterOptions& options);
+
+  // Waits until the compositor has drawn the previous frame (its frame
+  // callback), then attaches and commits `buffer` (copied first on the
+  // kShmCopy path). Returns once committed:
+  // the frame is on screen after the next Show or WaitShown.
+  absl::Status Show(const Buffer& buffer);
+  // Waits for the frame callback of the last Show.
+  absl::Status WaitShown();
+  // Drops the wl_buffer of `buffer_id` (before releasing that buffer for
+  // good, so the compositor lets go of its memory too).
+  void Forget(uint64_t buffer_id) { buffers_.erase(buffer_id); }
+
+  // How the last shown buffer reached the compositor.
+  BufferPath last_path() const { return last_path_; }
+  Display& display() { return *display_; }
+  Window& window() { return *window_; }
+
+ private:
+  Presenter() = default;
+
+  PresenterOptions options_;
+  std::unique_ptr<Display> display_;
+  std::unique_ptr<Window> window_;  // before buffers_: destroyed after them
+  std::map<uint64_t, WlBuffer> buffers_;
+  BufferPath last_path_ = BufferPath::kAuto;
+};
+
+}  // namespace halloc::wayland
+
+#endif  // HALLOC_CLIENTS_WAYLAND_PRESENTER_H_

@@ -1,0 +1,329 @@
+// halloc buffers through a real Wayland compositor: a real hallocd (memfd
+// backend on the host, so the wl_shm path) and Debian's weston 10 headless
+// (pixman renderer, kiosk shell); weston's own screenshot of its output is
+// decoded and checked pixel by pixel.
+#include <drm_fourcc.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/usage.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
+#include "clients/wayland/buffer.h"
+#include "clients/wayland/display.h"
+#include "clients/wayland/png.h"
+#include "clients/wayland/presenter.h"
+#include "clients/wayland/weston.h"
+#include "gtest/gtest.h"
+
+namespace halloc::wayland {
+namespace {
+
+constexpr int kWidth = 320;
+constexpr int kHeight = 240;
+constexpr uint64_t kUsage = usage::kCpuWriteOften | usage::kCpuReadOften |
+                            usage::kComposerOverlay;
+
+// Four quadrant colours (XRGB8888 words) and a 4x4 marker at (8, 8).
+struct Pattern {
+  uint32_t quadrant[4];  // top-left, top-right, bottom-left, bottom-right
+  uint32_t marker;
+};
+
+constexpr Pattern kPatterns[] = {
+    {{0xff0000, 0x00ff00, 0x0000ff, 0xffffff}, 0x000000},
+    {{0x202020, 0xffff00, 0x00ffff, 0xff00ff}, 0x804020},
+    {{0x123456, 0x654321, 0xabcdef, 0xfedcba}, 0x00ff80},
+};
+
+Rgba ToRgba(uint32_t xrgb) {
+  return {static_cast<uint8_t>(xrgb >> 16), static_cast<uint8_t>(xrgb >> 8),
+          static_cast<uint8_t>(xrgb), 0xff};
+}
+
+std::string Str(Rgba c) {
+  char s[16];
+  snprintf(s, sizeof(s), "#%02x%02x%02x%02x", c.r, c.g, c.b, c.a);
+  return s;
+}
+
+class WaylandTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (access("/usr/bin/weston", X_OK) != 0) {
+      GTEST_SKIP() << "weston is not installed (Debian package weston; "
+                      "tools/run setup installs it)";
+    }
+    absl::StatusOr<std::unique_ptr<testing::TestDaemon>> d =
+        testing::TestDaemon::Start();
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = *std::move(d);
+    absl::StatusOr<Client> c = daemon_->Connect();
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_.emplace(*std::move(c));
+    absl::StatusOr<std::unique_ptr<Weston>> w =
+        Weston::Start({.width = kWidth, .height = kHeight});
+    ASSERT_TRUE(w.ok()) << w.status();
+    weston_ = *std::move(w);
+  }
+
+  PresenterOptions Options() const {
+    PresenterOptions o;
+    o.display = weston_->socket();
+    o.window.fullscreen = true;
+    return o;
+  }
+
+  Buffer Frame(const Pattern& p, uint32_t fourcc = DRM_FORMAT_XRGB8888) {
+    absl::StatusOr<Buffer> b =
+        client_->Allocate(ImageDescriptor(kWidth, kHeight, fourcc, kUsage));
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (!b.ok()) return Buffer(v1::BufferInfo(), UniqueFd());
+    if (fourcc == DRM_FORMAT_XRGB8888) Fill(*b, p);
+    return *std::move(b);
+  }
+
+  static void Fill(const Buffer& b, const Pattern& p) {
+    absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
+    ASSERT_TRUE(m.ok()) << m.status();
+    const v1::PlaneLayout& plane = b.layout().planes(0);
+    for (int y = 0; y < kHeight; ++y) {
+      auto* row = reinterpret_cast<uint32_t*>(m->as<uint8_t>() +
+                                              plane.offset() + y * plane.stride());
+      for (int x = 0; x < kWidth; ++x) {
+        const int q = (y >= kHeight / 2) * 2 + (x >= kWidth / 2);
+        const bool marker = x >= 8 && x < 12 && y >= 8 && y < 12;
+        row[x] = 0xff000000u | (marker ? p.marker : p.quadrant[q]);
+      }
+    }
+  }
+
+  // Takes weston's screenshot and checks the pattern at known pixels.
+  void ExpectOnScreen(const Pattern& p) {
+    const std::string png = absl::StrCat(
+        ::testing::TempDir(), "/shot-", shot_++, ".png");
+    absl::Status s = weston_->Screenshot(png);
+    ASSERT_TRUE(s.ok()) << s;
+    absl::StatusOr<RgbaImage> img = ReadPng(png);
+    ASSERT_TRUE(img.ok()) << img.status();
+    ASSERT_EQ(img->width, static_cast<uint32_t>(kWidth));
+    ASSERT_EQ(img->height, static_cast<uint32_t>(kHeight));
+    struct Probe {
+      uint32_t x, y, xrgb;
+    };
+    const Probe probes[] = {
+        {kWidth / 4, kHeight / 4, p.quadrant[0]},
+        {3 * kWidth / 4, kHeight / 4, p.quadrant[1]},
+        {kWidth / 4, 3 * kHeight / 4, p.quadrant[2]},
+        {3 * kWidth / 4, 3 * kHeight / 4, p.quadrant[3]},
+        {0, 0, p.quadrant[0]},
+        {kWidth - 1, kHeight - 1, p.quadrant[3]},
+        {kWidth / 2 - 1, kHeight / 2, p.quadrant[2]},
+        {kWidth / 2, kHeight / 2 - 1, p.quadrant[1]},
+        {8, 8, p.marker},
+        {11, 11, p.marker},
+        {12, 11, p.quadrant[0]},
+    };
+    for (const Probe& probe : probes) {
+      SCOPED_TRACE(absl::StrCat("pixel (", probe.x, ", ", probe.y, ")"));
+      EXPECT_EQ(Str(img->at(probe.x, probe.y)), Str(ToRgba(probe.xrgb)));
+    }
+  }
+
+  std::unique_ptr<testing::TestDaemon> daemon_;
+  std::optional<Client> client_;
+  std::unique_ptr<Weston> weston_;
+  int shot_ = 0;
+};
+
+TEST_F(WaylandTest, Xrgb8888FramesReachTheScreenPixelForPixel) {
+  absl::StatusOr<std::unique_ptr<Presenter>> p =
+      Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->window().configured_width(), kWidth);
+  EXPECT_EQ((*p)->window().configured_height(), kHeight);
+  for (const Pattern& pattern : kPatterns) {
+    SCOPED_TRACE(absl::StrCat("pattern marker ", pattern.marker));
+    Buffer frame = Frame(pattern);
+    ASSERT_FALSE(frame.is_dmabuf()) << "the host's hallocd gives memfds";
+    ASSERT_TRUE((*p)->Show(frame).ok());
+    ASSERT_TRUE((*p)->WaitShown().ok());
+    EXPECT_EQ((*p)->last_path(), BufferPath::kShm);
+    ExpectOnScreen(pattern);
+  }
+}
+
+// The same buffer, rewritten and shown again, shows its new content: the
+// compositor reads the buffer's own pages (no copy was taken at import).
+TEST_F(WaylandTest, TheCompositorReadsTheBuffersOwnPages) {
+  absl::StatusOr<std::unique_ptr<Presenter>> p =
+      Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  Buffer frame = Frame(kPatterns[0]);
+  ASSERT_TRUE((*p)->Show(frame).ok());
+  ASSERT_TRUE((*p)->WaitShown().ok());
+  ExpectOnScreen(kPatterns[0]);
+  Fill(frame, kPatterns[1]);
+  ASSERT_TRUE((*p)->Show(frame).ok());
+  ASSERT_TRUE((*p)->WaitShown().ok());
+  ExpectOnScreen(kPatterns[1]);
+}
+
+// A consumer shows what the producer shared with it, through Import.
+TEST_F(WaylandTest, AnImportedFrameIsShown) {
+  Buffer frame = Frame(kPatterns[2]);
+  absl::StatusOr<v1::Grant> grant =
+      client_->Share(frame.id(), getuid(), v1::CPU_ACCESS_READ_WRITE);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<Client> consumer = daemon_->Connect();
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  absl::StatusOr<Buffer> imported = consumer->Import(grant->token());
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  absl::Status s = (*p)->Show(*imported);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE((*p)->WaitShown().ok());
+  ExpectOnScreen(kPatterns[2]);
+}
+
+// libwayland-server maps wl_shm pools read-write: a read-only import is
+// refused for the zero-copy wl_shm path, with the reason, and the
+// connection lives on.
+TEST_F(WaylandTest, AReadOnlyImportIsRefusedForZeroCopyWlShmWithTheReason) {
+  Buffer frame = Frame(kPatterns[2]);
+  absl::StatusOr<v1::Grant> grant =
+      client_->Share(frame.id(), getuid(), v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<Client> consumer = daemon_->Connect();
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  absl::StatusOr<Buffer> imported = consumer->Import(grant->token());
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  ASSERT_EQ(imported->info().cpu_access(), v1::CPU_ACCESS_READ);
+  absl::StatusOr<std::unique_ptr<Display>> d =
+      Display::Connect(weston_->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::StatusOr<WlBuffer> wl =
+      WlBuffer::Create(**d, *imported, BufferPath::kShm);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition)
+      << wl.status();
+  EXPECT_NE(wl.status().message().find("read-only"), std::string::npos)
+      << wl.status();
+  EXPECT_TRUE((*d)->Roundtrip().ok());
+}
+
+// ... and shown through a copy on the automatic path, each Show copying the
+// frame's current content.
+TEST_F(WaylandTest, AReadOnlyImportIsShownThroughACopy) {
+  Buffer frame = Frame(kPatterns[0]);
+  absl::StatusOr<v1::Grant> grant =
+      client_->Share(frame.id(), getuid(), v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<Client> consumer = daemon_->Connect();
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  absl::StatusOr<Buffer> imported = consumer->Import(grant->token());
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  ASSERT_EQ(imported->info().cpu_access(), v1::CPU_ACCESS_READ);
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  for (const Pattern& pattern : {kPatterns[0], kPatterns[1]}) {
+    SCOPED_TRACE(absl::StrCat("pattern marker ", pattern.marker));
+    Fill(frame, pattern);  // the producer writes its own buffer
+    absl::Status s = (*p)->Show(*imported);
+    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_TRUE((*p)->WaitShown().ok());
+    EXPECT_EQ((*p)->last_path(), BufferPath::kShmCopy);
+    ExpectOnScreen(pattern);
+  }
+}
+
+// Frames paced by frame callbacks: how fast the loop goes (weston's
+// headless output repaints on its own timer).
+TEST_F(WaylandTest, PresentLoopPacedByFrameCallbacks) {
+  absl::StatusOr<std::unique_ptr<Presenter>> p =
+      Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  std::vector<Buffer> ring;
+  for (const Pattern& pattern : kPatterns) ring.push_back(Frame(pattern));
+  constexpr int kFrames = 90;
+  ASSERT_TRUE((*p)->Show(ring[0]).ok());  // the imports happen once, here
+  ASSERT_TRUE((*p)->Show(ring[1]).ok());
+  ASSERT_TRUE((*p)->Show(ring[2]).ok());
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < kFrames; ++i) {
+    absl::Status s = (*p)->Show(ring[i % ring.size()]);
+    ASSERT_TRUE(s.ok()) << "frame " << i << ": " << s;
+  }
+  ASSERT_TRUE((*p)->WaitShown().ok());
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  const double fps = kFrames / seconds;
+  printf("present loop: %d frames in %.3f s = %.1f frames/s (%dx%d XRGB8888, "
+         "wl_shm, weston headless pixman)\n",
+         kFrames, seconds, fps, kWidth, kHeight);
+  RecordProperty("frames_per_second", absl::StrCat(fps));
+  EXPECT_GT(fps, 5.0);
+  ExpectOnScreen(kPatterns[(kFrames - 1) % 3]);
+}
+
+TEST_F(WaylandTest, ABlobIsNotAnImage) {
+  absl::StatusOr<std::unique_ptr<Display>> d =
+      Display::Connect(weston_->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::StatusOr<Buffer> blob = client_->Allocate(BlobDescriptor(1 << 16));
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  absl::StatusOr<WlBuffer> wl = WlBuffer::Create(**d, *blob);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kInvalidArgument)
+      << wl.status();
+  EXPECT_NE(wl.status().message().find("not an image"), std::string::npos)
+      << wl.status();
+}
+
+TEST_F(WaylandTest, AFormatTheCompositorDoesNotTakeIsRefusedByName) {
+  absl::StatusOr<std::unique_ptr<Display>> d =
+      Display::Connect(weston_->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  // weston's pixman renderer takes RGB formats only.
+  ASSERT_FALSE((*d)->ShmSupports(DRM_FORMAT_NV12));
+  ASSERT_TRUE((*d)->ShmSupports(ShmFormatFor(DRM_FORMAT_XRGB8888)));
+  Buffer nv12 = Frame(kPatterns[0], DRM_FORMAT_NV12);
+  absl::StatusOr<WlBuffer> wl = WlBuffer::Create(**d, nv12);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition)
+      << wl.status();
+  EXPECT_NE(wl.status().message().find("NV12"), std::string::npos)
+      << wl.status();
+  // The connection is still usable: nothing was sent.
+  EXPECT_TRUE((*d)->Roundtrip().ok());
+}
+
+TEST_F(WaylandTest, LinuxDmabufIsRefusedWhereTheCompositorLacksIt) {
+  absl::StatusOr<std::unique_ptr<Display>> d =
+      Display::Connect(weston_->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  // weston 10's pixman renderer offers no zwp_linux_dmabuf_v1.
+  ASSERT_EQ((*d)->dmabuf(), nullptr);
+  Buffer frame = Frame(kPatterns[0]);
+  absl::StatusOr<WlBuffer> wl =
+      WlBuffer::Create(**d, frame, BufferPath::kDmabuf);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kFailedPrecondition)
+      << wl.status();
+  EXPECT_NE(wl.status().message().find("zwp_linux_dmabuf_v1"),
+            std::string::npos)
+      << wl.status();
+}
+
+TEST_F(WaylandTest, NoCompositorIsUnavailable) {
+  absl::StatusOr<std::unique_ptr<Display>> d =
+      Display::Connect(weston_->socket() + ".absent");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable) << d.status();
+}
+
+}  // namespace
+}  // namespace halloc::wayland

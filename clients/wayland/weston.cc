@@ -1,0 +1,232 @@
+#include "clients/wayland/weston.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+
+extern char** environ;
+
+namespace halloc::wayland {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Waits up to `timeout` for `pid` to exit: its wait status, or -1 if it
+// still runs.
+int WaitFor(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) return status;
+    if (r < 0 && errno != EINTR) return 0;  // not our child any more
+    if (absl::Now() >= deadline) return -1;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+// Stops `pid` (SIGTERM, then SIGKILL after `grace`) and reaps it.
+void Stop(pid_t pid, absl::Duration grace) {
+  kill(pid, SIGTERM);
+  if (WaitFor(pid, grace) != -1) return;
+  kill(pid, SIGKILL);
+  while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+  }
+}
+
+bool CanConnect(const std::string& path) {
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  return fd.is_valid() &&
+         connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) ==
+             0;
+}
+
+std::string Tail(const std::string& path, size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  std::string s((std::istreambuf_iterator<char>(in)),
+                std::istreambuf_iterator<char>());
+  return s.size() > max_bytes ? s.substr(s.size() - max_bytes) : s;
+}
+
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exit status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
+  return "stopped";
+}
+
+}  // namespace
+
+absl::StatusOr<pid_t> Weston::Spawn(const std::vector<std::string>& argv,
+                                    const std::vector<std::string>& env,
+                                    const std::string& cwd,
+                                    const std::string& log) {
+  // Everything the child needs is built before fork: the parent may have
+  // threads, so the child calls only async-signal-safe functions.
+  std::vector<std::string> envs = env;
+  for (char** e = environ; *e; ++e) {
+    const absl::string_view kv(*e);
+    if (absl::StartsWith(kv, "WAYLAND_DISPLAY=") ||
+        absl::StartsWith(kv, "WAYLAND_SOCKET=") ||
+        absl::StartsWith(kv, "XDG_RUNTIME_DIR=")) {
+      continue;
+    }
+    envs.emplace_back(kv);
+  }
+  std::vector<char*> cargv, cenv;
+  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+  cargv.push_back(nullptr);
+  for (const std::string& e : envs) cenv.push_back(const_cast<char*>(e.c_str()));
+  cenv.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) return ErrnoStatus(errno, "fork");
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    const int in = open("/dev/null", O_RDONLY);
+    if (out < 0 || in < 0 || chdir(cwd.c_str()) != 0) _exit(127);
+    dup2(in, 0);
+    dup2(out, 1);
+    dup2(out, 2);
+    execve(cargv[0], cargv.data(), cenv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+absl::StatusOr<std::unique_ptr<Weston>> Weston::Start(
+    const WestonOptions& options) {
+  for (const std::string& bin : {options.binary, options.screenshooter}) {
+    if (access(bin.c_str(), X_OK) != 0) {
+      return absl::NotFoundError(absl::StrCat(
+          bin, " is not installed (Debian package weston; tools/run setup)"));
+    }
+  }
+  std::unique_ptr<Weston> w(new Weston());
+  w->options_ = options;
+  char dir[] = "/tmp/halloc-weston-XXXXXX";
+  if (!mkdtemp(dir)) return ErrnoStatus(errno, "mkdtemp /tmp/halloc-weston-*");
+  w->dir_ = dir;
+  w->socket_ = w->dir_ + "/wayland-halloc";
+  w->log_ = w->dir_ + "/weston.log";
+  // desktop-shell without its panel, animations or lock screen, on black:
+  // a fullscreen window is all there is to see. (kiosk-shell would be the
+  // obvious choice, but weston 10's never sends a headless output's
+  // surfaces a frame callback.)
+  const std::string config = w->dir_ + "/weston.ini";
+  {
+    std::ofstream ini(config);
+    ini << "[core]\nidle-time=0\n"
+        << "[shell]\npanel-position=none\nbackground-color=0xff000000\n"
+        << "locking=false\nstartup-animation=none\nanimation=none\n"
+        << "close-animation=none\nfocus-animation=none\n";
+    if (!ini.good()) return ErrnoStatus(errno, "writing " + config);
+  }
+  absl::StatusOr<pid_t> pid = Spawn(
+      {options.binary, "--backend=headless-backend.so", "--use-pixman",
+       "--shell=desktop-shell.so", "--socket=wayland-halloc",
+       "--config=" + config, "--debug",
+       absl::StrCat("--width=", options.width),
+       absl::StrCat("--height=", options.height)},
+      {"XDG_RUNTIME_DIR=" + w->dir_}, w->dir_, w->log_);
+  if (!pid.ok()) return pid.status();
+  w->pid_ = *pid;
+  const absl::Time deadline = absl::Now() + options.start_timeout;
+  while (!CanConnect(w->socket_)) {
+    int status = 0;
+    if (waitpid(w->pid_, &status, WNOHANG) == w->pid_) {
+      w->pid_ = -1;
+      return absl::UnavailableError(
+          absl::StrCat("weston exited (", DescribeExit(status),
+                       ") before it listened; its log:\n", w->LogTail()));
+    }
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          "weston did not listen on ", w->socket_, " within ",
+          absl::FormatDuration(options.start_timeout), "; its log:\n",
+          w->LogTail()));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return w;
+}
+
+Weston::~Weston() {
+  if (pid_ > 0) Stop(pid_, absl::Seconds(1));
+  std::error_code ec;
+  if (!dir_.empty()) fs::remove_all(dir_, ec);
+}
+
+std::string Weston::LogTail(size_t max_bytes) const {
+  return Tail(log_, max_bytes);
+}
+
+absl::Status Weston::Screenshot(const std::string& png_path,
+                                absl::Duration timeout) {
+  // weston-screenshooter writes wayland-screenshot-<time>.png into its
+  // working directory: give each shot its own.
+  const std::string shot_dir = absl::StrCat(dir_, "/shot-", shots_++);
+  std::error_code ec;
+  if (!fs::create_directory(shot_dir, ec)) {
+    return absl::InternalError(
+        absl::StrCat("cannot create ", shot_dir, ": ", ec.message()));
+  }
+  const std::string log = shot_dir + ".log";
+  absl::StatusOr<pid_t> pid =
+      Spawn({options_.screenshooter},
+            {"XDG_RUNTIME_DIR=" + dir_, "WAYLAND_DISPLAY=" + socket_},
+            shot_dir, log);
+  if (!pid.ok()) return pid.status();
+  const int status = WaitFor(*pid, timeout);
+  if (status == -1) {
+    Stop(*pid, absl::ZeroDuration());
+    return absl::DeadlineExceededError(absl::StrCat(
+        "weston-screenshooter did not finish within ",
+        absl::FormatDuration(timeout), ": ", Tail(log, 1000)));
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(absl::StrCat(
+        "weston-screenshooter failed (", DescribeExit(status), "): ",
+        Tail(log, 1000), "\nweston's log:\n", LogTail(1000)));
+  }
+  for (const fs::directory_entry& e : fs::directory_iterator(shot_dir, ec)) {
+    if (e.path().extension() != ".png") continue;
+    fs::copy_file(e.path(), png_path, fs::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return absl::InternalError(absl::StrCat(
+          "cannot copy ", e.path().string(), " to ", png_path, ": ",
+          ec.message()));
+    }
+    fs::remove_all(shot_dir, ec);
+    return absl::OkStatus();
+  }
+  return absl::InternalError(absl::StrCat(
+      "weston-screenshooter exited 0 but wrote no PNG in ", shot_dir, ": ",
+      Tail(log, 1000)));
+}
+
+}  // namespace halloc::wayland
