@@ -25,7 +25,8 @@
 # only when the benchmark reports a failed operation or the guest splats.
 #
 # Also builds vkms.ko out of tree (Debian disables CONFIG_DRM_VKMS) from
-# linux-source-6.1's drivers/gpu/drm/vkms, unchanged, cached the same way,
+# linux-source-6.1's drivers/gpu/drm/vkms with the one fix in
+# tools/lib/vkms-6.1.patch (its writeback connector), cached the same way,
 # and loads it in the guest after drm_kms_helper and drm_shmem_helper with
 # enable_writeback=1 enable_overlay=1 (the compositor tests' display).
 #
@@ -152,11 +153,13 @@ fi
 [[ -f $UDMABUF_KO ]] || die "no udmabuf.ko in $UDMABUF_DIR"
 
 # --- vkms.ko -----------------------------------------------------------------
-# drivers/gpu/drm/vkms as it is in the source tarball, built with its own
-# Makefile (CONFIG_DRM_VKMS=m) against the same headers. Not W=1: that only
-# adds kernel-doc complaints about upstream comments; any compiler warning
-# still fails. Cached under the kernel's cache dir, keyed by source version.
-VKMS_DIR=$IMG/vkms-$UDMABUF_SRCVER
+# drivers/gpu/drm/vkms from the source tarball, patched (not edited) with
+# tools/lib/vkms-6.1.patch, built with its own Makefile (CONFIG_DRM_VKMS=m)
+# against the same headers. Not W=1: that only adds kernel-doc complaints
+# about upstream comments; any compiler warning still fails. Cached under
+# the kernel's cache dir, keyed by the source version and the patch.
+VKMS_PATCH=$REPO/tools/lib/vkms-6.1.patch
+VKMS_DIR=$IMG/vkms-$UDMABUF_SRCVER-$(sha256sum "$VKMS_PATCH" | cut -c1-12)
 VKMS_KO=$VKMS_DIR/vkms.ko
 if [[ ! -f $VKMS_DIR/.complete ]]; then
   log "building vkms.ko from linux-source-6.1 $UDMABUF_SRCVER for $KVER"
@@ -164,6 +167,10 @@ if [[ ! -f $VKMS_DIR/.complete ]]; then
   tar -xJf "$UDMABUF_TAR" -C "$VKMS_DIR" --strip-components=5 \
     linux-source-6.1/drivers/gpu/drm/vkms ||
     die "cannot extract drivers/gpu/drm/vkms from $UDMABUF_TAR"
+  (cd "$VKMS_DIR" && patch -s -p5 <"$VKMS_PATCH") >"$BUILD_LOG" 2>&1 || {
+    cat "$BUILD_LOG" >&2
+    die "tools/lib/vkms-6.1.patch does not apply to vkms of $UDMABUF_SRCVER"
+  }
   if ! make -s -C "/usr/src/linux-headers-$KVER" M="$VKMS_DIR" CONFIG_DRM_VKMS=m modules \
        >"$BUILD_LOG" 2>&1; then
     cat "$BUILD_LOG" >&2
@@ -290,7 +297,7 @@ chroot \$H $ENV $(q "$BENCH_BIN") run --hallocd=$(q "$HALLOCD_BIN") --only=scale
   elif ((BENCH_KERNEL)); then
     GUEST_RUN="chroot \$H $ENV $(q "$KBENCH_BIN")$GTEST_Q >\"\$R/test.log\" 2>&1"
   else
-    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$RESULTS/mods/udmabuf.ko") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
+    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$RESULTS/mods/udmabuf.ko") HALLOC_RESULTS=$(q "$RESULTS") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
   fi
   cat <<EOF
 H=/host
