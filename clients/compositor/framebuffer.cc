@@ -45,8 +45,7 @@ absl::StatusOr<ObjectProps> GetProps(int fd, uint32_t object_id, uint32_t type) 
 absl::StatusOr<uint32_t> ObjectProps::Id(absl::string_view name) const {
   auto it = ids.find(std::string(name));
   if (it == ids.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("KMS object ", object_id, " has no property ", name));
+    return absl::NotFoundError(absl::StrCat("KMS object ", object_id, " has no property ", name));
   }
   return it->second;
 }
@@ -105,14 +104,13 @@ absl::Status CheckScanoutLayout(const halloc::Buffer& buffer) {
     end = std::max<uint64_t>(end, p.offset() + p.size());
   }
   if (end > buffer.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " is ", buffer.size(),
-                                                   " bytes, smaller than its layout (", end,
-                                                   " bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is ", buffer.size(), " bytes, smaller than its layout (", end, " bytes)"));
   }
   if (!buffer.is_dmabuf()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        what, " is not a dma-buf (backend ", buffer.info().backend(),
-        "): KMS imports dma-bufs only"));
+    return absl::FailedPreconditionError(absl::StrCat(what, " is not a dma-buf (backend ",
+                                                      buffer.info().backend(),
+                                                      "): KMS imports dma-bufs only"));
   }
   return absl::OkStatus();
 }

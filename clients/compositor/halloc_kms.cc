@@ -8,6 +8,7 @@
 #include <drm_fourcc.h>
 
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -46,9 +47,9 @@ absl::Status Run() {
   std::optional<Framebuffer> square_fb;
   const Rect square_dst = {int32_t(w / 4), int32_t(h / 4), w / 4, h / 4};
   if (display.has_overlay()) {
-    ASSIGN_OR_RETURN(square, client.Allocate(ImageDescriptor(
-                                 square_dst.width, square_dst.height, DRM_FORMAT_XRGB8888,
-                                 frame_usage, "kms-overlay")));
+    ASSIGN_OR_RETURN(
+        square, client.Allocate(ImageDescriptor(square_dst.width, square_dst.height,
+                                                DRM_FORMAT_XRGB8888, frame_usage, "kms-overlay")));
     RETURN_IF_ERROR(FillSolid(*square, 0xff804020));
     ASSIGN_OR_RETURN(square_fb, display.Import(*square));
   }
@@ -72,10 +73,10 @@ absl::Status Run() {
   if (!display.has_writeback()) {
     return absl::FailedPreconditionError("--png: the display has no writeback connector");
   }
-  ASSIGN_OR_RETURN(Buffer out, client.Allocate(ImageDescriptor(
-                                   w, h, DRM_FORMAT_XRGB8888,
-                                   usage::kCpuReadOften | usage::kComposerClientTarget,
-                                   "kms-writeback")));
+  ASSIGN_OR_RETURN(Buffer out,
+                   client.Allocate(ImageDescriptor(
+                       w, h, DRM_FORMAT_XRGB8888,
+                       usage::kCpuReadOften | usage::kComposerClientTarget, "kms-writeback")));
   ASSIGN_OR_RETURN(Framebuffer out_fb, display.Import(out));
   RETURN_IF_ERROR(display.Present(primary, overlay ? &*overlay : nullptr, &out_fb));
   ASSIGN_OR_RETURN(Mapping map, out.Map(Access::kRead));

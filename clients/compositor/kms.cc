@@ -96,17 +96,18 @@ void OnFlip(int, unsigned, unsigned, unsigned, void* data) {
 absl::StatusOr<PlaneInfo> FindPlane(int fd, uint32_t crtc_index, uint64_t type) {
   drmModePlaneRes* res = drmModeGetPlaneResources(fd);
   if (res == nullptr) return ErrnoStatus(errno, "drmModeGetPlaneResources");
-  absl::StatusOr<PlaneInfo> found =
-      absl::NotFoundError(absl::StrCat("no ", type == DRM_PLANE_TYPE_PRIMARY ? "primary" : "overlay",
-                                       " plane for CRTC index ", crtc_index));
+  absl::StatusOr<PlaneInfo> found = absl::NotFoundError(
+      absl::StrCat("no ", type == DRM_PLANE_TYPE_PRIMARY ? "primary" : "overlay",
+                   " plane for CRTC index ", crtc_index));
   for (uint32_t i = 0; i < res->count_planes && !found.ok(); ++i) {
     drmModePlane* plane = drmModeGetPlane(fd, res->planes[i]);
     if (plane == nullptr) continue;
     if (plane->possible_crtcs & (1u << crtc_index)) {
       absl::StatusOr<ObjectProps> props = GetProps(fd, plane->plane_id, DRM_MODE_OBJECT_PLANE);
       if (props.ok() && props->values["type"] == type) {
-        found = PlaneInfo{*std::move(props),
-                          std::vector<uint32_t>(plane->formats, plane->formats + plane->count_formats)};
+        found =
+            PlaneInfo{*std::move(props),
+                      std::vector<uint32_t>(plane->formats, plane->formats + plane->count_formats)};
       }
     }
     drmModeFreePlane(plane);
@@ -140,9 +141,9 @@ absl::StatusOr<std::shared_ptr<DrmDevice>> OpenByDriver(absl::string_view driver
     if (name == driver) return std::make_shared<DrmDevice>(std::move(fd), std::move(path));
     seen.push_back(absl::StrCat(path, " (", name, ")"));
   }
-  return absl::NotFoundError(absl::StrCat(
-      "no DRM device with driver \"", driver, "\" among /dev/dri/card*: ",
-      seen.empty() ? "none could be opened" : absl::StrJoin(seen, ", ")));
+  return absl::NotFoundError(
+      absl::StrCat("no DRM device with driver \"", driver, "\" among /dev/dri/card*: ",
+                   seen.empty() ? "none could be opened" : absl::StrJoin(seen, ", ")));
 }
 
 }  // namespace
@@ -201,25 +202,27 @@ absl::StatusOr<KmsDisplay> KmsDisplay::Open(absl::string_view driver,
     if (conn == nullptr) continue;
     if (conn->connector_type == DRM_MODE_CONNECTOR_WRITEBACK) {
       if (writeback_id == 0) writeback_id = conn->connector_id;
-    } else if (crtc_index < 0 && conn->connection == DRM_MODE_CONNECTED &&
-               conn->count_modes > 0) {
+    } else if (crtc_index < 0 && conn->connection == DRM_MODE_CONNECTED && conn->count_modes > 0) {
       const drmModeModeInfo* mode = nullptr;
       for (int m = 0; m < conn->count_modes; ++m) {
         const drmModeModeInfo& mi = conn->modes[m];
         const bool want = options.width == 0
                               ? (mi.type & DRM_MODE_TYPE_PREFERRED) != 0
                               : mi.hdisplay == options.width && mi.vdisplay == options.height;
-        if (want) { mode = &mi; break; }
+        if (want) {
+          mode = &mi;
+          break;
+        }
       }
       if (mode == nullptr && options.width == 0) mode = &conn->modes[0];
       crtc_index = mode != nullptr ? CrtcIndexFor(fd, conn, all_crtcs) : -1;
       if (mode == nullptr) {
-        status = absl::NotFoundError(absl::StrCat(path, ": connector ", conn->connector_id,
-                                                  " has no ", options.width, "x",
-                                                  options.height, " mode"));
+        status =
+            absl::NotFoundError(absl::StrCat(path, ": connector ", conn->connector_id, " has no ",
+                                             options.width, "x", options.height, " mode"));
       } else if (crtc_index < 0) {
-        status = absl::NotFoundError(
-            absl::StrCat(path, ": no CRTC for connector ", conn->connector_id));
+        status =
+            absl::NotFoundError(absl::StrCat(path, ": no CRTC for connector ", conn->connector_id));
       } else {
         state->mode = *mode;
         absl::StatusOr<ObjectProps> props =
@@ -274,11 +277,11 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
     modifiers[i] = l.modifier();
   }
   const uint32_t flags = l.modifier() == DRM_FORMAT_MOD_INVALID ? 0 : DRM_MODE_FB_MODIFIERS;
-  if (drmModeAddFB2WithModifiers(state_->fd(), l.width(), l.height(), l.format(), handles,
-                                 pitches, offsets, modifiers, &fb.id_, flags) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("AddFB2 of buffer ", buffer.id(), " (",
-                                           FourccName(l.format()), " ", l.width(), "x",
-                                           l.height(), ", stride ", pitches[0], ")"));
+  if (drmModeAddFB2WithModifiers(state_->fd(), l.width(), l.height(), l.format(), handles, pitches,
+                                 offsets, modifiers, &fb.id_, flags) != 0) {
+    return ErrnoStatus(
+        errno, absl::StrCat("AddFB2 of buffer ", buffer.id(), " (", FourccName(l.format()), " ",
+                            l.width(), "x", l.height(), ", stride ", pitches[0], ")"));
   }
   return fb;
 }
@@ -300,8 +303,8 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
   dumb.fb.format_ = DRM_FORMAT_XRGB8888;
   dumb.stride = create.pitch;
   const uint32_t handles[4] = {create.handle}, pitches[4] = {create.pitch}, offsets[4] = {};
-  if (drmModeAddFB2(fd, width, height, DRM_FORMAT_XRGB8888, handles, pitches, offsets,
-                    &dumb.fb.id_, 0) != 0) {
+  if (drmModeAddFB2(fd, width, height, DRM_FORMAT_XRGB8888, handles, pitches, offsets, &dumb.fb.id_,
+                    0) != 0) {
     return ErrnoStatus(errno, "AddFB2 of a dumb buffer");
   }
   drm_mode_map_dumb map = {};
@@ -337,14 +340,14 @@ absl::Status KmsDisplay::PresentFramebuffers(const Framebuffer& primary, const R
   auto check = [&](const Framebuffer& fb, const Rect& dst, const PlaneInfo& plane,
                    const char* name) -> absl::Status {
     if (std::find(plane.formats.begin(), plane.formats.end(), fb.format()) == plane.formats.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("the ", name, " plane does not take ",
-                                                     FourccName(fb.format())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ", name, " plane does not take ", FourccName(fb.format())));
     }
     if (dst.width == 0 || dst.height == 0 || dst.x < 0 || dst.y < 0 ||
         uint64_t(dst.x) + dst.width > width() || uint64_t(dst.y) + dst.height > height()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the ", name, " plane's rectangle ", dst.width, "x", dst.height, "+", dst.x, "+", dst.y,
-          " is not inside the ", width(), "x", height(), " screen"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the ", name, " plane's rectangle ", dst.width, "x", dst.height, "+", dst.x,
+                       "+", dst.y, " is not inside the ", width(), "x", height(), " screen"));
     }
     return absl::OkStatus();
   };

@@ -27,7 +27,6 @@
 #define HALLOC_CLIENTS_COMPOSITOR_KMS_H_
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,8 +50,11 @@ struct Rect {
   uint32_t height = 0;
 };
 
-// A KMS framebuffer (drmModeAddFB2WithModifiers) and the GEM handles it was
-// made from; removed and closed on destruction.
+// A KMS framebuffer (drmModeAddFB2WithModifiers) and the GEM handle it was
+// made from; removed and closed on destruction. (PRIME gives one handle per
+// dma-buf per device: import a buffer once and keep its Framebuffer, as a
+// second Framebuffer of the same fd shares, and on destruction closes, the
+// same handle; the first Framebuffer stays valid, KMS holds the object.)
 class Framebuffer {
  public:
   Framebuffer() = default;

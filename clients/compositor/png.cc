@@ -13,8 +13,8 @@ namespace halloc::compositor {
 
 // The simplified API (png_image) has no longjmp for us to handle: errors
 // come back as a zero return with the message in image.message.
-absl::Status WritePng(const std::string& path, const void* data, uint32_t width,
-                      uint32_t height, size_t stride) {
+absl::Status WritePng(const std::string& path, const void* data, uint32_t width, uint32_t height,
+                      size_t stride) {
   if (width == 0 || height == 0 || data == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("WritePng ", path, ": empty image (", width, "x", height, ")"));
@@ -46,9 +46,9 @@ absl::Status WritePng(const std::string& path, const void* data, uint32_t width,
   errno = 0;
   if (!png_image_write_to_file(&image, path.c_str(), 0, rgb.data(), 0, nullptr)) {
     const int err = errno;
-    absl::Status status = err != 0 ? ErrnoStatus(err, absl::StrCat("write ", path))
-                                   : absl::InternalError(absl::StrCat(
-                                         "write ", path, ": libpng: ", image.message));
+    absl::Status status =
+        err != 0 ? ErrnoStatus(err, absl::StrCat("write ", path))
+                 : absl::InternalError(absl::StrCat("write ", path, ": libpng: ", image.message));
     png_image_free(&image);
     return status;
   }

@@ -27,8 +27,8 @@ struct Image {
 // starting at `data`, to `path` as an 8-bit RGB PNG (X is dropped).
 // INVALID_ARGUMENT for an empty image or a stride shorter than a row;
 // the file's errno (or libpng's message) otherwise.
-absl::Status WritePng(const std::string& path, const void* data, uint32_t width,
-                      uint32_t height, size_t stride);
+absl::Status WritePng(const std::string& path, const void* data, uint32_t width, uint32_t height,
+                      size_t stride);
 
 // Reads any PNG into 0xffRRGGBB pixels (alpha composed over black).
 // NOT_FOUND when the file is missing, INVALID_ARGUMENT when it is no PNG.

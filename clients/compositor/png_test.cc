@@ -48,10 +48,8 @@ TEST(PngTest, RoundTripsPixelsAtKnownPositions) {
 
 TEST(PngTest, RefusesEmptyImagesAndShortStrides) {
   uint32_t px[4] = {};
-  EXPECT_EQ(WritePng(TempPath("x.png"), px, 0, 1, 4).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(WritePng(TempPath("x.png"), px, 2, 2, 7).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(WritePng(TempPath("x.png"), px, 0, 1, 4).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(WritePng(TempPath("x.png"), px, 2, 2, 7).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(PngTest, WriteToAMissingDirectoryFails) {

@@ -7,6 +7,8 @@
 // and writes it as PNG; the PNG is decoded and checked pixel by pixel. The
 // same run measures a bare loop with vkms's own dumb buffers as the floor
 // (printed, never asserted).
+#include "clients/compositor/kms.h"
+
 #include <drm.h>
 #include <drm_fourcc.h>
 #include <unistd.h>
@@ -18,8 +20,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "clients/compositor/kms.h"
 #include "clients/compositor/pattern.h"
 #include "clients/compositor/png.h"
 #include "clients/cpp/halloc/base/usage.h"
@@ -40,8 +42,7 @@ constexpr uint32_t kWidth = 640, kHeight = 480;
 constexpr hc::Rect kOverlayDst = {96, 64, 160, 120};
 constexpr uint32_t kOverlayColour = 0xff20a040;
 constexpr int kFlips = 30;
-constexpr uint64_t kFrameUsage =
-    halloc::usage::kCpuWriteOften | halloc::usage::kComposerOverlay;
+constexpr uint64_t kFrameUsage = halloc::usage::kCpuWriteOften | halloc::usage::kComposerOverlay;
 constexpr uint64_t kCaptureUsage =
     halloc::usage::kCpuReadOften | halloc::usage::kComposerClientTarget;
 
@@ -130,6 +131,9 @@ class VkmsTest : public HallocTest {
   std::optional<hc::KmsDisplay> display_;
 };
 
+// Pixels as 0xAARRGGBB text, so that a failure reads as colours.
+std::string Hex(uint32_t pixel) { return absl::StrFormat("0x%08x", pixel); }
+
 std::string PngPath() {
   const std::string dir = Env("HALLOC_RESULTS");
   return (dir.empty() ? std::string("/tmp") : dir) + "/vkms-writeback.png";
@@ -153,7 +157,9 @@ TEST_F(VkmsTest, TwoPlanesFlipAndTheWritebackPngShowsTheFrames) {
   ASSERT_TRUE(bars_fb[1].ok()) << bars_fb[1].status();
   ASSERT_TRUE(square_fb.ok()) << square_fb.status();
   const hc::PlaneFrame overlay{*square.got, *square_fb, kOverlayDst};
-  auto primary = [&](int i) { return hc::PlaneFrame{*bars[i].got, *bars_fb[i], display.FullScreen()}; };
+  auto primary = [&](int i) {
+    return hc::PlaneFrame{*bars[i].got, *bars_fb[i], display.FullScreen()};
+  };
 
   ASSERT_TRUE(display.Present(primary(0), &overlay).ok());  // the modeset
   const uint64_t flips_before = display.flips();
@@ -190,26 +196,29 @@ TEST_F(VkmsTest, TwoPlanesFlipAndTheWritebackPngShowsTheFrames) {
     const uint32_t x = (2 * bar + 1) * kWidth / (2 * hc::kBarCount);
     for (uint32_t y : {8u, kHeight / 2 + 100, kHeight - 8}) {
       SCOPED_TRACE(absl::StrCat("bar ", bar, " at ", x, ",", y));
-      EXPECT_EQ(png->at(x, y), hc::kBars[bar]);
+      EXPECT_EQ(Hex(png->at(x, y)), Hex(hc::kBars[bar]));
     }
   }
   // Bar edges land on the expected columns (1 px either side).
   for (int bar = 1; bar < hc::kBarCount; ++bar) {
     const uint32_t edge = bar * kWidth / hc::kBarCount;
-    EXPECT_EQ(png->at(edge - 1, kHeight - 8), hc::kBars[bar - 1]) << "left of edge " << bar;
-    EXPECT_EQ(png->at(edge, kHeight - 8), hc::kBars[bar]) << "right of edge " << bar;
+    EXPECT_EQ(Hex(png->at(edge - 1, kHeight - 8)), Hex(hc::kBars[bar - 1]))
+        << "left of edge " << bar;
+    EXPECT_EQ(Hex(png->at(edge, kHeight - 8)), Hex(hc::kBars[bar])) << "right of edge " << bar;
   }
   // The overlay's colour inside its rectangle (to its corners), the bars
   // just outside it.
   const uint32_t x0 = kOverlayDst.x, y0 = kOverlayDst.y;
   const uint32_t x1 = x0 + kOverlayDst.width - 1, y1 = y0 + kOverlayDst.height - 1;
-  for (auto [x, y] : {std::pair{x0, y0}, {x1, y0}, {x0, y1}, {x1, y1}, {(x0 + x1) / 2, (y0 + y1) / 2}}) {
-    EXPECT_EQ(png->at(x, y), kOverlayColour) << "inside the overlay at " << x << "," << y;
+  for (auto [x, y] :
+       {std::pair{x0, y0}, {x1, y0}, {x0, y1}, {x1, y1}, {(x0 + x1) / 2, (y0 + y1) / 2}}) {
+    EXPECT_EQ(Hex(png->at(x, y)), Hex(kOverlayColour)) << "inside the overlay at " << x << "," << y;
   }
-  EXPECT_EQ(png->at(x0 - 1, y0 + 10), hc::BarAt(x0 - 1, kWidth)) << "left of the overlay";
-  EXPECT_EQ(png->at(x1 + 1, y0 + 10), hc::BarAt(x1 + 1, kWidth)) << "right of the overlay";
-  EXPECT_EQ(png->at(x0 + 10, y0 - 1), hc::BarAt(x0 + 10, kWidth)) << "above the overlay";
-  EXPECT_EQ(png->at(x0 + 10, y1 + 1), hc::BarAt(x0 + 10, kWidth)) << "below the overlay";
+  EXPECT_EQ(Hex(png->at(x0 - 1, y0 + 10)), Hex(hc::BarAt(x0 - 1, kWidth))) << "left of the overlay";
+  EXPECT_EQ(Hex(png->at(x1 + 1, y0 + 10)), Hex(hc::BarAt(x1 + 1, kWidth)))
+      << "right of the overlay";
+  EXPECT_EQ(Hex(png->at(x0 + 10, y0 - 1)), Hex(hc::BarAt(x0 + 10, kWidth))) << "above the overlay";
+  EXPECT_EQ(Hex(png->at(x0 + 10, y1 + 1)), Hex(hc::BarAt(x0 + 10, kWidth))) << "below the overlay";
 
   // The floor: the same flips with vkms's own dumb buffers (no PRIME, no
   // fences), on the same display in the same run.
@@ -229,8 +238,8 @@ TEST_F(VkmsTest, TwoPlanesFlipAndTheWritebackPngShowsTheFrames) {
   }
   start = absl::Now();
   for (int i = 0; i < kFlips; ++i) {
-    s = display.PresentFramebuffers(dumb_bars[i % 2]->fb, display.FullScreen(),
-                                    &dumb_square->fb, kOverlayDst);
+    s = display.PresentFramebuffers(dumb_bars[i % 2]->fb, display.FullScreen(), &dumb_square->fb,
+                                    kOverlayDst);
     ASSERT_TRUE(s.ok()) << "dumb flip " << i << ": " << s;
   }
   const absl::Duration dumb_loop = absl::Now() - start;
