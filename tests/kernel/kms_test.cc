@@ -11,6 +11,8 @@
 
 #include <drm.h>
 #include <drm_fourcc.h>
+#include <limits.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xf86drm.h>
 
@@ -301,6 +303,49 @@ TEST_F(VkmsTest, RefusesFormatsPlanesDoNotTakeAndShortBuffers) {
   const hc::PlaneFrame off{*sq.got, *sq_fb, {int32_t(kWidth) - 10, 0, 160, 120}};
   s = display.Present({*bars.got, *bars_fb, display.FullScreen()}, &off);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+}
+
+// halloc-kms (the tool beside this binary in bazel-bin; a data dependency).
+std::string HallocKmsPath() {
+  char self[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return "";
+  std::string path(self, size_t(n));
+  path.resize(path.rfind("/tests/kernel/"));
+  return path + "/clients/compositor/halloc-kms";
+}
+
+// The tool as a separate process, hallocd's client by its sockets, shows
+// bars and an overlay square and writes the writeback capture.
+TEST_F(VkmsTest, HallocKmsToolShowsFramesAndWritesAPng) {
+  std::string tool = HallocKmsPath();
+  ASSERT_EQ(access(tool.c_str(), X_OK), 0) << tool << ": " << strerror(errno);
+  display_.reset();  // the tool must be the DRM master
+  const halloc::ConnectOptions o = daemon_->connect_options();
+  const std::string png = Env("HALLOC_RESULTS").empty() ? "/tmp/halloc-kms.png"
+                                                        : Env("HALLOC_RESULTS") + "/halloc-kms.png";
+  std::string env_control = "HALLOC_CONTROL_SOCKET=" + o.control_socket;
+  std::string env_broker = "HALLOC_BROKER_SOCKET=" + o.broker_socket;
+  std::string arg_png = "--png=" + png;
+  char* const argv[] = {tool.data(), const_cast<char*>("--frames=10"), arg_png.data(), nullptr};
+  char* const envp[] = {env_control.data(), env_broker.data(), nullptr};
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0) << strerror(errno);
+  if (pid == 0) {
+    execve(tool.c_str(), argv, envp);
+    _exit(127);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "halloc-kms status " << status;
+
+  absl::StatusOr<hc::Image> img = hc::ReadPng(png);
+  ASSERT_TRUE(img.ok()) << img.status();
+  ASSERT_EQ(img->width, kWidth);  // the tool's default mode
+  // Its square: 0xff804020 over [w/4, w/2) x [h/4, h/2).
+  EXPECT_EQ(Hex(img->at(kWidth * 3 / 8, kHeight * 3 / 8)), Hex(0xff804020));
+  EXPECT_EQ(Hex(img->at(kWidth / 4 - 1, kHeight * 3 / 8)), Hex(hc::BarAt(kWidth / 4 - 1, kWidth)));
+  EXPECT_EQ(Hex(img->at(kWidth - 8, kHeight - 8)), Hex(hc::kBars[hc::kBarCount - 1]));
 }
 
 // Present waits for the producer's fence: a frame a device (vgem) is still
