@@ -137,6 +137,13 @@ def halloc_deps():
         modules = ["libdrm"],
         target = "libdrm",
     )
+    # PNG pictures of composed output (clients/compositor:png; libpng-dev).
+    _maybe(
+        pkg_config_repository,
+        name = "halloc_libpng",
+        modules = ["libpng"],
+        target = "libpng",
+    )
     _maybe(
         pkg_config_repository,
         name = "halloc_glog",

@@ -24,6 +24,12 @@
 # deferred first touch), each beside a floor from the same boot; it fails
 # only when the benchmark reports a failed operation or the guest splats.
 #
+# Also builds vkms.ko out of tree (Debian disables CONFIG_DRM_VKMS) from
+# linux-source-6.1's drivers/gpu/drm/vkms with the one fix in
+# tools/lib/vkms-6.1.patch (its writeback connector), cached the same way,
+# and loads it in the guest after drm_kms_helper and drm_shmem_helper with
+# enable_writeback=1 enable_overlay=1 (the compositor tests' display).
+#
 # Also builds kernel/ through DKMS (kernel/dkms.conf, scratch trees) against
 # the same headers: one more case, counted on the host.
 #
@@ -146,6 +152,37 @@ if [[ ! -f $UDMABUF_DIR/.complete ]]; then
 fi
 [[ -f $UDMABUF_KO ]] || die "no udmabuf.ko in $UDMABUF_DIR"
 
+# --- vkms.ko -----------------------------------------------------------------
+# drivers/gpu/drm/vkms from the source tarball, patched (not edited) with
+# tools/lib/vkms-6.1.patch, built with its own Makefile (CONFIG_DRM_VKMS=m)
+# against the same headers. Not W=1: that only adds kernel-doc complaints
+# about upstream comments; any compiler warning still fails. Cached under
+# the kernel's cache dir, keyed by the source version and the patch.
+VKMS_PATCH=$REPO/tools/lib/vkms-6.1.patch
+VKMS_DIR=$IMG/vkms-$UDMABUF_SRCVER-$(sha256sum "$VKMS_PATCH" | cut -c1-12)
+VKMS_KO=$VKMS_DIR/vkms.ko
+if [[ ! -f $VKMS_DIR/.complete ]]; then
+  log "building vkms.ko from linux-source-6.1 $UDMABUF_SRCVER for $KVER"
+  rm -rf "$VKMS_DIR" && mkdir -p "$VKMS_DIR"
+  tar -xJf "$UDMABUF_TAR" -C "$VKMS_DIR" --strip-components=5 \
+    linux-source-6.1/drivers/gpu/drm/vkms ||
+    die "cannot extract drivers/gpu/drm/vkms from $UDMABUF_TAR"
+  (cd "$VKMS_DIR" && patch -s -p5 <"$VKMS_PATCH") >"$BUILD_LOG" 2>&1 || {
+    cat "$BUILD_LOG" >&2
+    die "tools/lib/vkms-6.1.patch does not apply to vkms of $UDMABUF_SRCVER"
+  }
+  if ! make -s -C "/usr/src/linux-headers-$KVER" M="$VKMS_DIR" CONFIG_DRM_VKMS=m modules \
+       >"$BUILD_LOG" 2>&1; then
+    cat "$BUILD_LOG" >&2
+    die "vkms.ko build failed"
+  fi
+  if grep -E 'warning:|error:' "$BUILD_LOG" | grep -v 'Skipping BTF' >&2; then
+    die "vkms.ko build printed warnings"
+  fi
+  touch "$VKMS_DIR/.complete"
+fi
+[[ -f $VKMS_KO ]] || die "no vkms.ko in $VKMS_DIR"
+
 # --- DKMS --------------------------------------------------------------------
 # kernel/dkms.conf as a user's `dkms build` reads it (the halloc-dkms package
 # installs the same tree), against the same headers, in scratch trees:
@@ -206,7 +243,8 @@ fi
 
 # --- initramfs ---------------------------------------------------------------
 # Modules the guest needs, in load order (dependencies first).
-MODULES=(9pnet_virtio 9p virtio_pci vgem vivid)
+# vkms.ko is not in the image's module tree: its dependencies are named here.
+MODULES=(9pnet_virtio 9p virtio_pci vgem vivid drm drm_kms_helper drm_shmem_helper)
 declare -A seen=()
 INSMODS=()
 for m in "${MODULES[@]}"; do
@@ -219,6 +257,7 @@ for m in "${MODULES[@]}"; do
 done
 
 VIVID_PARAMS="n_devs=1 node_types=0x1"
+VKMS_PARAMS="enable_writeback=1 enable_overlay=1"
 VIVID_KO=$(modprobe -d "$IMG/root" -S "$KVER" --show-depends vivid | awk '/vivid\.ko/ {print $2}')
 # The tests reload these three. The guest mounts a fresh tmpfs on the host's
 # /tmp (tests need a writable one), which hides a checkout or cache under
@@ -245,6 +284,7 @@ cp /bin/busybox "$IR/bin/busybox"
   done
   echo "insmod /mods/halloc_heap.ko || echo 'HARNESS: insmod halloc_heap.ko failed'"
   echo "insmod /mods/udmabuf.ko || echo 'HARNESS: insmod udmabuf.ko failed'"
+  echo "insmod /mods/vkms.ko $VKMS_PARAMS || echo 'HARNESS: insmod vkms.ko failed'"
   q() { printf '%q' "$1"; }
   GTEST_Q=
   ((${#GTEST_ARGS[@]})) && GTEST_Q=$(printf ' %q' "${GTEST_ARGS[@]}")
@@ -257,7 +297,7 @@ chroot \$H $ENV $(q "$BENCH_BIN") run --hallocd=$(q "$HALLOCD_BIN") --only=scale
   elif ((BENCH_KERNEL)); then
     GUEST_RUN="chroot \$H $ENV $(q "$KBENCH_BIN")$GTEST_Q >\"\$R/test.log\" 2>&1"
   else
-    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$RESULTS/mods/udmabuf.ko") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
+    GUEST_RUN="chroot \$H $ENV HALLOC_KO=$(q "$GUEST_KO") VIVID_KO=$(q "$GUEST_VIVID_KO") VIVID_PARAMS=$(q "$VIVID_PARAMS") UDMABUF_KO=$(q "$RESULTS/mods/udmabuf.ko") HALLOC_RESULTS=$(q "$RESULTS") $(q "$TEST_BIN") --gtest_output=xml:$(q "$RESULTS/gtest.xml")$GTEST_Q >\"\$R/test.log\" 2>&1"
   fi
   cat <<EOF
 H=/host
@@ -284,6 +324,7 @@ EOF
 chmod +x "$IR/init"
 cp "$KO" "$IR/mods/halloc_heap.ko"
 cp "$UDMABUF_KO" "$IR/mods/udmabuf.ko"
+cp "$VKMS_KO" "$IR/mods/vkms.ko"
 (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$RUN/initramfs.cpio.gz"
 
 # --- boot --------------------------------------------------------------------

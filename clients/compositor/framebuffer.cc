@@ -1,0 +1,135 @@
+// Framebuffers: halloc frames imported with PRIME, and dumb buffers.
+#include <drm.h>
+#include <drm_fourcc.h>
+#include <sys/mman.h>
+#include <xf86drm.h>
+#include <xf86drmMode.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "clients/compositor/drm_device.h"
+#include "clients/compositor/kms.h"
+#include "clients/cpp/halloc/base/os_error.h"
+
+namespace halloc::compositor {
+
+std::string FourccName(uint32_t fourcc) {
+  std::string s(4, ' ');
+  for (int i = 0; i < 4; ++i) {
+    const char c = char((fourcc >> (8 * i)) & 0xff);
+    s[i] = (c >= 0x20 && c < 0x7f) ? c : '?';
+  }
+  return s;
+}
+
+absl::StatusOr<ObjectProps> GetProps(int fd, uint32_t object_id, uint32_t type) {
+  drmModeObjectProperties* props = drmModeObjectGetProperties(fd, object_id, type);
+  if (props == nullptr) {
+    return ErrnoStatus(errno, absl::StrCat("properties of KMS object ", object_id));
+  }
+  ObjectProps out;
+  out.object_id = object_id;
+  for (uint32_t i = 0; i < props->count_props; ++i) {
+    drmModePropertyRes* p = drmModeGetProperty(fd, props->props[i]);
+    if (p == nullptr) continue;
+    out.ids[p->name] = p->prop_id;
+    out.values[p->name] = props->prop_values[i];
+    drmModeFreeProperty(p);
+  }
+  drmModeFreeObjectProperties(props);
+  return out;
+}
+
+absl::StatusOr<uint32_t> ObjectProps::Id(absl::string_view name) const {
+  auto it = ids.find(std::string(name));
+  if (it == ids.end()) {
+    return absl::NotFoundError(absl::StrCat("KMS object ", object_id, " has no property ", name));
+  }
+  return it->second;
+}
+
+Framebuffer::Framebuffer(Framebuffer&& other) noexcept { *this = std::move(other); }
+
+Framebuffer& Framebuffer::operator=(Framebuffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    device_ = std::move(other.device_);
+    id_ = std::exchange(other.id_, 0);
+    width_ = other.width_;
+    height_ = other.height_;
+    format_ = other.format_;
+    handles_ = std::move(other.handles_);
+    other.handles_.clear();
+  }
+  return *this;
+}
+
+Framebuffer::~Framebuffer() { Reset(); }
+
+void Framebuffer::Reset() {
+  if (device_ != nullptr) {
+    // RMFB of a framebuffer on screen turns its plane off; the GEM objects
+    // live until the framebuffer no longer references them.
+    if (id_ != 0) drmModeRmFB(device_->fd(), id_);
+    for (uint32_t h : handles_) {
+      drm_gem_close close_args = {};
+      close_args.handle = h;
+      drmIoctl(device_->fd(), DRM_IOCTL_GEM_CLOSE, &close_args);
+    }
+  }
+  device_.reset();
+  id_ = 0;
+  handles_.clear();
+}
+
+absl::Status CheckScanoutLayout(const halloc::Buffer& buffer) {
+  const v1::BufferLayout& l = buffer.layout();
+  const std::string what = absl::StrCat("buffer ", buffer.id());
+  if (l.planes_size() == 0 || l.format() == 0 || l.width() == 0 || l.height() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has no image layout (a blob buffer): KMS needs a format"));
+  }
+  if (l.planes_size() > 4) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " has ", l.planes_size(), " planes; KMS takes at most 4"));
+  }
+  uint64_t end = l.size();
+  for (const v1::PlaneLayout& p : l.planes()) {
+    if (p.offset() > UINT32_MAX || p.stride() == 0 || p.stride() > UINT32_MAX) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": plane offset ", p.offset(), " or stride ", p.stride(), " does not fit KMS"));
+    }
+    end = std::max<uint64_t>(end, p.offset() + p.size());
+  }
+  if (end > buffer.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is ", buffer.size(), " bytes, smaller than its layout (", end, " bytes)"));
+  }
+  if (!buffer.is_dmabuf()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " is not a dma-buf (backend ",
+                                                      buffer.info().backend(),
+                                                      "): KMS imports dma-bufs only"));
+  }
+  return absl::OkStatus();
+}
+
+DumbFramebuffer::DumbFramebuffer(DumbFramebuffer&& o) noexcept { *this = std::move(o); }
+
+DumbFramebuffer& DumbFramebuffer::operator=(DumbFramebuffer&& o) noexcept {
+  if (this != &o) {
+    if (data != nullptr) ::munmap(data, size);
+    fb = std::move(o.fb);
+    data = std::exchange(o.data, nullptr);
+    size = std::exchange(o.size, 0);
+    stride = o.stride;
+  }
+  return *this;
+}
+
+DumbFramebuffer::~DumbFramebuffer() {
+  if (data != nullptr) ::munmap(data, size);
+}
+
+}  // namespace halloc::compositor

@@ -1,0 +1,76 @@
+// The compositor's errors on the host, where there is no DRM device and
+// hallocd hands out memfds: a missing device, frames KMS cannot take.
+#include "clients/compositor/kms.h"
+
+#include <drm_fourcc.h>
+#include <sys/mman.h>
+
+#include "clients/compositor/pattern.h"
+#include "clients/cpp/halloc/base/usage.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
+#include "gtest/gtest.h"
+
+namespace halloc::compositor {
+namespace {
+
+class KmsHostTest : public halloc::testing::HallocTest {};
+
+TEST_F(KmsHostTest, NoSuchDeviceIsNotFound) {
+  absl::StatusOr<KmsDisplay> d = KmsDisplay::Open("no-such-driver");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kNotFound) << d.status();
+  EXPECT_NE(d.status().message().find("no-such-driver"), absl::string_view::npos);
+}
+
+TEST_F(KmsHostTest, BlobsAndMemfdsCannotBeScannedOut) {
+  absl::StatusOr<Buffer> blob = client().Allocate(BlobDescriptor(4096));
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  EXPECT_EQ(CheckScanoutLayout(*blob).code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<Buffer> image = client().Allocate(
+      ImageDescriptor(64, 32, DRM_FORMAT_XRGB8888, usage::kCpuWriteOften, "frame"));
+  ASSERT_TRUE(image.ok()) << image.status();
+  if (image->is_dmabuf()) GTEST_SKIP() << "hallocd gave a dma-buf here; the guest tests it";
+  absl::Status s = CheckScanoutLayout(*image);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("not a dma-buf"), absl::string_view::npos) << s;
+}
+
+TEST_F(KmsHostTest, ABufferSmallerThanItsLayoutIsRefused) {
+  absl::StatusOr<Buffer> image = client().Allocate(
+      ImageDescriptor(64, 32, DRM_FORMAT_XRGB8888, usage::kCpuWriteOften, "frame"));
+  ASSERT_TRUE(image.ok()) << image.status();
+  v1::BufferInfo info = image->info();
+  info.set_size(info.layout().planes(0).stride() * 16);  // half the rows
+  absl::StatusOr<UniqueFd> fd = image->TakeFd();
+  ASSERT_TRUE(fd.ok());
+  Buffer shrunk(info, *std::move(fd));
+  absl::Status s = CheckScanoutLayout(shrunk);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("smaller than its layout"), absl::string_view::npos) << s;
+}
+
+TEST_F(KmsHostTest, PatternsFillXrgbFramesAndRefuseOthers) {
+  absl::StatusOr<Buffer> image = client().Allocate(
+      ImageDescriptor(64, 4, DRM_FORMAT_XRGB8888, usage::kCpuWriteOften | usage::kCpuReadOften));
+  ASSERT_TRUE(image.ok()) << image.status();
+  ASSERT_TRUE(FillBars(*image).ok());
+  absl::StatusOr<Mapping> map = image->Map(Access::kRead);
+  ASSERT_TRUE(map.ok());
+  const uint64_t stride = image->layout().planes(0).stride();
+  const auto* row3 = reinterpret_cast<const uint32_t*>(map->as<uint8_t>() + 3 * stride);
+  EXPECT_EQ(row3[0], kBars[0]);
+  EXPECT_EQ(row3[8], kBars[1]);
+  EXPECT_EQ(row3[63], kBars[7]);
+  absl::StatusOr<Buffer> blob = client().Allocate(BlobDescriptor(4096, usage::kCpuWriteOften));
+  ASSERT_TRUE(blob.ok());
+  EXPECT_EQ(FillSolid(*blob, 0xff00ff00).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(FourccNameTest, PrintsTheFourCharacters) {
+  EXPECT_EQ(FourccName(DRM_FORMAT_XRGB8888), "XR24");
+  EXPECT_EQ(FourccName(DRM_FORMAT_NV12), "NV12");
+}
+
+}  // namespace
+}  // namespace halloc::compositor

@@ -1,0 +1,42 @@
+#include "clients/compositor/pattern.h"
+
+#include <drm_fourcc.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+
+namespace halloc::compositor {
+namespace {
+
+template <typename PixelFn>
+absl::Status Fill(const halloc::Buffer& frame, PixelFn pixel) {
+  const v1::BufferLayout& l = frame.layout();
+  if (l.format() != DRM_FORMAT_XRGB8888 || l.planes_size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("buffer ", frame.id(), " is not an XRGB8888 image"));
+  }
+  ASSIGN_OR_RETURN(Mapping map, frame.Map(Access::kReadWrite));
+  const v1::PlaneLayout& p = l.planes(0);
+  if (p.offset() + p.stride() * l.height() > map.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("buffer ", frame.id(), " is too small"));
+  }
+  for (uint32_t y = 0; y < l.height(); ++y) {
+    auto* row = reinterpret_cast<uint32_t*>(map.as<uint8_t>() + p.offset() + y * p.stride());
+    for (uint32_t x = 0; x < l.width(); ++x) row[x] = pixel(x, l.width());
+  }
+  return absl::OkStatus();  // the Mapping's end of CPU access flushes
+}
+
+}  // namespace
+
+absl::Status FillBars(const halloc::Buffer& frame) {
+  return Fill(frame, [](uint32_t x, uint32_t w) { return BarAt(x, w); });
+}
+
+absl::Status FillSolid(const halloc::Buffer& frame, uint32_t colour) {
+  return Fill(frame, [colour](uint32_t, uint32_t) { return colour; });
+}
+
+}  // namespace halloc::compositor
