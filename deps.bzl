@@ -137,7 +137,7 @@ def halloc_deps():
         modules = ["libdrm"],
         target = "libdrm",
     )
-    # PNG pictures of composed output (clients/compositor:png; libpng-dev).
+    # PNG pictures (clients/compositor:png, the Wayland tests; libpng-dev).
     _maybe(
         pkg_config_repository,
         name = "halloc_libpng",
@@ -173,9 +173,9 @@ def halloc_deps():
         target = "libmicrohttpd",
     )
 
-    # clients/wayland: libwayland-client (libwayland-dev), the protocol XML
-    # (wayland-protocols) with wayland-scanner, and libpng (libpng-dev) to
-    # read weston's screenshots in the tests.
+    # clients/wayland: libwayland-client (libwayland-dev) and the protocol
+    # XML (wayland-protocols) with wayland-scanner; its tests read weston's
+    # screenshots with halloc_libpng (above).
     _maybe(
         pkg_config_repository,
         name = "halloc_wayland",
@@ -187,10 +187,4 @@ def halloc_deps():
     _maybe(
         wayland_protocols_repository,
         name = "halloc_wayland_protocols",
-    )
-    _maybe(
-        pkg_config_repository,
-        name = "halloc_libpng",
-        modules = ["libpng"],
-        target = "libpng",
     )
