@@ -3,6 +3,7 @@
 #include <drm_fourcc.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -72,6 +73,20 @@ absl::Status CheckLayout(const v1::BufferLayout& layout, size_t size) {
         layout.width(), layout.height(), layout.size(), layout.planes_size(),
         size));
   }
+  for (size_t i = 0; i < planes; ++i) {
+    const v1::PlaneLayout& p = layout.planes(static_cast<int>(i));
+    const uint64_t w = layout.width(), h = layout.height();
+    const uint64_t rows = i == 0 ? h : (h + 1) / 2;
+    const uint64_t row_bytes = layout.format() == DRM_FORMAT_NV12 ? (w + 1) / 2 * 2
+                               : layout.format() == DRM_FORMAT_YUYV ? (w + 1) / 2 * 4
+                                                                    : 4 * w;
+    if (p.stride() < row_bytes || p.offset() > size ||
+        (size - p.offset()) / p.stride() < rows) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "plane %d (offset %u, stride %u) does not hold %u rows of %u bytes in %u",
+          i, p.offset(), p.stride(), rows, row_bytes, size));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -114,10 +129,21 @@ absl::Status Draw(const v1::BufferLayout& layout, uint8_t* data, size_t size,
   if (absl::Status s = CheckLayout(layout, size); !s.ok()) return s;
   const uint32_t w = layout.width(), h = layout.height();
   const v1::PlaneLayout& p0 = layout.planes(0);
+  const bool nv12 = layout.format() == DRM_FORMAT_NV12;
   std::vector<Rgb> row;
   for (uint32_t y = 0; y < h; ++y) {
-    RowColours(w, h, y, sequence, &row);
     uint8_t* line = data + p0.offset() + y * p0.stride();
+    if (y > 0 && !InCounterBox(kBoxX, y, w, h)) {
+      // Rows outside the box are all row 0 (bars do not depend on y).
+      memcpy(line, data + p0.offset(), p0.stride());
+      if (nv12 && y % 2 == 0) {
+        const v1::PlaneLayout& p1 = layout.planes(1);
+        memcpy(data + p1.offset() + (y / 2) * p1.stride(), data + p1.offset(),
+               p1.stride());
+      }
+      continue;
+    }
+    RowColours(w, h, y, sequence, &row);
     switch (layout.format()) {
       case DRM_FORMAT_XRGB8888:
       case DRM_FORMAT_ARGB8888:
