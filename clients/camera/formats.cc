@@ -17,6 +17,7 @@ constexpr FormatPair kFormats[] = {
     {DRM_FORMAT_UYVY, V4L2_PIX_FMT_UYVY, "UYVY"},
     {DRM_FORMAT_NV12, V4L2_PIX_FMT_NV12, "NV12"},
     {DRM_FORMAT_RGB565, V4L2_PIX_FMT_RGB565, "RGB565"},
+    {DRM_FORMAT_P010, V4L2_PIX_FMT_P010, "P010"},
 };
 
 std::string KnownList() {
