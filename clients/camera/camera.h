@@ -77,6 +77,8 @@ struct StreamFormat {
   uint32_t height = 0;
   uint32_t bytesperline = 0;
   uint32_t sizeimage = 0;
+  // V4L2's multi-planar API (one memory plane) rather than single-planar.
+  bool multiplanar_api = false;
 };
 
 // A filled frame, held by the caller until Requeue(index).

@@ -83,8 +83,9 @@ absl::Status Run(const CameraOptions& options, v1::CpuAccess rights) {
   ASSIGN_OR_RETURN(std::unique_ptr<Camera> camera, Camera::Open(client, options));
   const StreamFormat& f = camera->format();
   const v1::BufferLayout& layout = camera->buffers()[0].layout();
-  absl::PrintF("%s: %s %ux%u, bytesperline %u, sizeimage %u, %u buffers of %u bytes (%s)\n",
-               camera->Describe(), format::Name(f.drm_format), f.width, f.height,
+  absl::PrintF("%s%s: %s %ux%u, bytesperline %u, sizeimage %u, %u buffers of %u bytes (%s)\n",
+               camera->Describe(), f.multiplanar_api ? " (multi-planar API)" : "",
+               format::Name(f.drm_format), f.width, f.height,
                f.bytesperline, f.sizeimage, camera->buffers().size(),
                camera->buffers()[0].size(), camera->buffers()[0].info().backend());
   const bool share =

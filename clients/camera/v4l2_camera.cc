@@ -251,6 +251,7 @@ class V4l2Camera : public Camera {
     }
     format_.drm_format = options.format;
     format_.v4l2_format = pixfmt;
+    format_.multiplanar_api = mplane();
     format_.width = mplane() ? fmt.fmt.pix_mp.width : fmt.fmt.pix.width;
     format_.height = mplane() ? fmt.fmt.pix_mp.height : fmt.fmt.pix.height;
     format_.bytesperline = mplane() ? fmt.fmt.pix_mp.plane_fmt[0].bytesperline

@@ -31,7 +31,10 @@ using halloc::camera::CameraOptions;
 using halloc::camera::Frame;
 using halloc::camera::Rgb;
 
+// The issue asks for >= 30 frames; the other formats and APIs take fewer
+// (qemu's TCG makes each vivid frame cost ~0.2 s).
 constexpr int kCaptureFrames = 30;
+constexpr int kShortCapture = 8;
 constexpr uint32_t kWidth = 640, kHeight = 480;
 constexpr uint64_t kCpuReadOften = 0x3;
 
@@ -47,7 +50,7 @@ std::string VividCapturePath() {
                               ? cap.device_caps
                               : cap.capabilities;
     if (std::string(reinterpret_cast<char*>(cap.driver)) == "vivid" &&
-        (caps & V4L2_CAP_VIDEO_CAPTURE))
+        (caps & (V4L2_CAP_VIDEO_CAPTURE | V4L2_CAP_VIDEO_CAPTURE_MPLANE)))
       return path;
   }
   return "";
@@ -109,25 +112,32 @@ class CameraVividTest : public HallocTest {
   // Checks vivid's bars at the centre of each bar, below its text overlay.
   void ExpectColourBars(const halloc::v1::BufferLayout& layout,
                         const uint8_t* data, size_t size) {
+    const uint32_t w = layout.width();
     for (int bar = 0; bar < 8; ++bar) {
-      const uint32_t x = bar * (kWidth / 8) + kWidth / 16;
+      const uint32_t x = bar * w / 8 + w / 16;
       absl::StatusOr<Rgb> c =
-          halloc::camera::PixelAt(layout, data, size, x, kHeight * 3 / 4);
+          halloc::camera::PixelAt(layout, data, size, x, layout.height() * 3 / 4);
       ASSERT_TRUE(c.ok()) << c.status();
       EXPECT_EQ(BarOf(*c), bar) << "column " << x << ": " << int(c->r) << ","
                                 << int(c->g) << "," << int(c->b);
     }
   }
 
-  // Captures kCaptureFrames frames in `format`; shares each read-only with
-  // the display client, which imports the same pages.
-  void CaptureAndShare(uint32_t format) {
-    absl::StatusOr<std::unique_ptr<Camera>> cam =
-        Camera::OpenV4l2(*camera_, Options(format));
+  // Captures `frames` frames in `format`; shares each read-only with the
+  // display client, which imports the same pages.
+  void CaptureAndShare(uint32_t format, int frames, bool multiplanar_api = false) {
+    CaptureAndShareWith(Options(format), frames, multiplanar_api);
+  }
+
+  void CaptureAndShareWith(const CameraOptions& options, int frames,
+                           bool multiplanar_api = false) {
+    const uint32_t format = options.format;
+    absl::StatusOr<std::unique_ptr<Camera>> cam = Camera::OpenV4l2(*camera_, options);
     ASSERT_TRUE(cam.ok()) << cam.status();
     const halloc::camera::StreamFormat& f = (*cam)->format();
-    EXPECT_EQ(f.width, kWidth);
-    EXPECT_EQ(f.height, kHeight);
+    EXPECT_EQ(f.width, options.width);
+    EXPECT_EQ(f.height, options.height);
+    EXPECT_EQ(f.multiplanar_api, multiplanar_api);
     for (const halloc::Buffer& b : (*cam)->buffers()) {
       EXPECT_TRUE(b.is_dmabuf());
       EXPECT_EQ(b.info().backend(), "halloc");
@@ -139,7 +149,7 @@ class CameraVividTest : public HallocTest {
                                      std::to_string(f.sizeimage));
     ASSERT_TRUE((*cam)->Start().ok());
     int64_t last_sequence = -1;
-    for (int n = 0; n < kCaptureFrames; ++n) {
+    for (int n = 0; n < frames; ++n) {
       SCOPED_TRACE("frame " + std::to_string(n));
       absl::StatusOr<Frame> frame = (*cam)->Next(absl::Seconds(10));
       ASSERT_TRUE(frame.ok()) << frame.status();
@@ -179,12 +189,77 @@ class CameraVividTest : public HallocTest {
 };
 
 TEST_F(CameraVividTest, CapturesXrgb8888SharedReadOnly) {
-  CaptureAndShare(DRM_FORMAT_XRGB8888);
+  CaptureAndShare(DRM_FORMAT_XRGB8888, kCaptureFrames);
 }
 
-TEST_F(CameraVividTest, CapturesYuyvSharedReadOnly) { CaptureAndShare(DRM_FORMAT_YUYV); }
+TEST_F(CameraVividTest, CapturesYuyvSharedReadOnly) {
+  CaptureAndShare(DRM_FORMAT_YUYV, kShortCapture);
+}
 
-TEST_F(CameraVividTest, CapturesNv12SharedReadOnly) { CaptureAndShare(DRM_FORMAT_NV12); }
+TEST_F(CameraVividTest, CapturesNv12SharedReadOnly) {
+  CaptureAndShare(DRM_FORMAT_NV12, kShortCapture);
+}
+
+// Selects vivid's first input named `prefix`... for as long as it lives
+// (the input is device state), then input 0 again.
+class VividInput {
+ public:
+  VividInput(const std::string& path, const std::string& prefix) {
+    fd_ = UniqueFd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+    for (uint32_t i = 0; fd_.valid(); ++i) {
+      v4l2_input in = {};
+      in.index = i;
+      if (Ioctl(fd_.get(), VIDIOC_ENUMINPUT, &in) != 0) break;
+      if (std::string(reinterpret_cast<char*>(in.name)).rfind(prefix, 0) != 0) continue;
+      int index = static_cast<int>(i);
+      selected_ = Ioctl(fd_.get(), VIDIOC_S_INPUT, &index) == 0;
+      break;
+    }
+  }
+  ~VividInput() {
+    int zero = 0;
+    if (selected_) Ioctl(fd_.get(), VIDIOC_S_INPUT, &zero);
+  }
+  bool selected() const { return selected_; }
+
+ private:
+  UniqueFd fd_;
+  bool selected_ = false;
+};
+
+// A display wants 64-byte rows (composer_overlay): 600 XR24 pixels are
+// 2400 bytes, hallocd pads to 2432, and the camera has vivid use that
+// pitch (S_FMT's bytesperline) instead of its own tight 2400. (vivid's
+// webcam input has only sizes whose rows are already 64-byte multiples;
+// its HDMI input scales to any size.)
+TEST_F(CameraVividTest, PaddedHallocStrideIsPassedToTheDriver) {
+  VividInput hdmi(path_, "HDMI");
+  if (!hdmi.selected()) GTEST_SKIP() << "vivid has no HDMI input (num_inputs)";
+  CameraOptions o = Options(DRM_FORMAT_XRGB8888);
+  o.width = 600;
+  o.usage |= 1u << 11;  // composer_overlay
+  absl::StatusOr<std::unique_ptr<Camera>> cam = Camera::OpenV4l2(*camera_, o);
+  ASSERT_TRUE(cam.ok()) << cam.status();
+  EXPECT_EQ((*cam)->format().width, 600u);
+  EXPECT_EQ((*cam)->format().bytesperline, 2432u);
+  EXPECT_EQ((*cam)->format().sizeimage, 2432u * kHeight);
+  cam->reset();
+  CaptureAndShareWith(o, kShortCapture);
+}
+
+// hallocd pads an encoder's NV12 to whole 16-row macroblocks (180 → 192
+// rows, chroma at 320 * 192), vivid's single-buffer NV12 puts chroma right
+// after 180 rows: they cannot agree, and the error names both offsets.
+TEST_F(CameraVividTest, DisagreeingPlaneLayoutIsRefused) {
+  CameraOptions o = Options(DRM_FORMAT_NV12);
+  o.width = 320;
+  o.height = 180;
+  o.usage |= 1u << 16;  // video_encoder
+  absl::Status s = Camera::OpenV4l2(*camera_, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("57600"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("61440"), std::string::npos) << s;
+}
 
 // P010 has a V4L2 name, but vivid does not offer it.
 TEST_F(CameraVividTest, FormatTheDriverDoesNotOfferIsRefused) {
@@ -240,7 +315,41 @@ class CameraVividContigTest : public CameraVividTest {
 };
 
 TEST_F(CameraVividContigTest, CapturesXrgb8888SharedReadOnly) {
-  CaptureAndShare(DRM_FORMAT_XRGB8888);
+  CaptureAndShare(DRM_FORMAT_XRGB8888, kCaptureFrames);
+}
+
+// vivid with multiplanar=2 speaks only the multi-planar API; the camera
+// uses it with one memory plane (XR24, and NV12 with both planes in one
+// buffer).
+class CameraVividMplaneTest : public CameraVividTest {
+ protected:
+  void SetUp() override {
+    HallocTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    std::string why;
+    // ReloadVivid appends "allocators=<arg>" to vivid's parameters.
+    if (!ReloadVivid("0 multiplanar=2", &why)) GTEST_SKIP() << why;
+    reloaded_ = true;
+    StartCameraDaemon("");
+  }
+  void TearDown() override {
+    camera_.reset();
+    display_.reset();
+    daemon_.reset();
+    std::string why;
+    if (reloaded_) {
+      EXPECT_TRUE(ReloadVivid("0", &why)) << why;
+    }
+  }
+  bool reloaded_ = false;
+};
+
+TEST_F(CameraVividMplaneTest, CapturesXrgb8888) {
+  CaptureAndShare(DRM_FORMAT_XRGB8888, kShortCapture, /*multiplanar_api=*/true);
+}
+
+TEST_F(CameraVividMplaneTest, CapturesNv12) {
+  CaptureAndShare(DRM_FORMAT_NV12, kShortCapture, /*multiplanar_api=*/true);
 }
 
 }  // namespace
