@@ -6,10 +6,18 @@
 #include <drm_fourcc.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
+
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
+#include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "clients/camera/formats.h"
 #include "clients/camera/pattern.h"
@@ -112,6 +120,49 @@ TEST_F(CameraTest, HeldFramesAreNotReusedUntilRequeued) {
   EXPECT_EQ(again->sequence, 3u);
 }
 
+// A consumer thread gives frames back while the capture thread waits for
+// the next free buffer.
+TEST_F(CameraTest, FramesRequeuedFromAnotherThread) {
+  absl::StatusOr<std::unique_ptr<Camera>> cam = Camera::Open(client(), Synthetic());
+  ASSERT_TRUE(cam.ok()) << cam.status();
+  ASSERT_TRUE((*cam)->Start().ok());
+  struct Shown {
+    absl::Mutex mu;
+    std::deque<uint32_t> frames ABSL_GUARDED_BY(mu);
+    bool done ABSL_GUARDED_BY(mu) = false;
+    static bool Ready(Shown* s) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      return !s->frames.empty() || s->done;
+    }
+  } shown;
+  std::thread consumer([&] {
+    absl::MutexLock lock(&shown.mu);
+    while (true) {
+      shown.mu.Await(absl::Condition(&Shown::Ready, &shown));
+      if (shown.frames.empty()) return;
+      EXPECT_TRUE((*cam)->Requeue(shown.frames.front()).ok());
+      shown.frames.pop_front();
+    }
+  });
+  for (uint32_t n = 0; n < 50; ++n) {
+    absl::StatusOr<Frame> f;
+    do {
+      f = (*cam)->Next();
+    } while (f.status().code() == absl::StatusCode::kFailedPrecondition);
+    if (!f.ok()) {  // not ASSERT: the consumer thread must be joined
+      ADD_FAILURE() << f.status();
+      break;
+    }
+    EXPECT_EQ(f->sequence, n);
+    absl::MutexLock lock(&shown.mu);
+    shown.frames.push_back(f->index);
+  }
+  {
+    absl::MutexLock lock(&shown.mu);
+    shown.done = true;
+  }
+  consumer.join();
+}
+
 TEST_F(CameraTest, PacedAtFps) {
   CameraOptions o = Synthetic();
   o.fps = 100;
@@ -168,6 +219,56 @@ TEST_F(CameraTest, SharedReadOnlyToASecondClientWithTheSameContent) {
   bogus.index = 9;
   EXPECT_EQ((*cam)->ShareWithUid(bogus, getuid(), v1::CPU_ACCESS_READ).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The policy names the consumer: the grant goes to the client called
+// "camera" (here the same uid, so the same client), and to no one else.
+TEST(CameraPolicyTest, ShareWithClientByPolicyName) {
+  char path[] = "/tmp/halloc-camera-policy-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  const std::string policy = absl::StrCat(R"(
+    clients {
+      name: "camera"
+      match { uids: )", getuid(), R"( }
+      usages: "camera_output" usages: "cpu_read_often" usages: "cpu_write_often"
+      heaps: "*"
+      max_cpu_access: CPU_ACCESS_READ_WRITE
+      share_to: "camera" receive_from: "camera"
+    })");
+  ASSERT_EQ(write(fd, policy.data(), policy.size()),
+            static_cast<ssize_t>(policy.size()));
+  close(fd);
+  DaemonOptions options = testing::TestDaemon::DefaultOptions();
+  options.policy_file = path;
+  auto daemon = testing::TestDaemon::Start(options);
+  unlink(path);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<Client> producer = (*daemon)->Connect();
+  ASSERT_TRUE(producer.ok()) << producer.status();
+  absl::StatusOr<Client> consumer = (*daemon)->Connect();
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  CameraOptions o;
+  o.width = 320;
+  o.height = 240;
+  o.fps = 0;
+  o.usage = 0x3;
+  absl::StatusOr<std::unique_ptr<Camera>> cam = Camera::Open(*producer, o);
+  ASSERT_TRUE(cam.ok()) << cam.status();
+  ASSERT_TRUE((*cam)->Start().ok());
+  absl::StatusOr<Frame> f = (*cam)->Next();
+  ASSERT_TRUE(f.ok()) << f.status();
+  absl::StatusOr<v1::Grant> grant =
+      (*cam)->ShareWithClient(*f, "camera", v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<Buffer> got = consumer->Import(grant->token());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->info().cpu_access(), v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> refused =
+      (*cam)->ShareWithClient(*f, "compositor", v1::CPU_ACCESS_READ);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("compositor"), std::string::npos)
+      << refused.status();
 }
 
 TEST_F(CameraTest, BadInputsGiveClearErrors) {
