@@ -34,6 +34,7 @@
 #ifndef HALLOC_CLIENTS_CAMERA_CAMERA_H_
 #define HALLOC_CLIENTS_CAMERA_CAMERA_H_
 
+#include <drm_fourcc.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -56,7 +57,7 @@ struct CameraOptions {
   // A V4L2 capture node (/dev/videoN); empty for the synthetic source.
   std::string device;
   // DRM fourcc (formats.h); XRGB8888 is what every consumer takes.
-  uint32_t format = 0x34325258;  // DRM_FORMAT_XRGB8888
+  uint32_t format = DRM_FORMAT_XRGB8888;
   uint32_t width = 640;
   uint32_t height = 480;
   uint32_t buffer_count = 4;
