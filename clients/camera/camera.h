@@ -65,7 +65,9 @@ struct CameraOptions {
   uint64_t usage = 0;
   // Buffer names in hallocd (shown in listings).
   std::string name = "camera-frame";
-  // Synthetic source: frames per second (0: as fast as it can draw).
+  // Frames per second: the synthetic source's pace (0: as fast as it can
+  // draw); asked of a V4L2 driver that can set it (VIDIOC_S_PARM, which
+  // picks the nearest rate it has; 0: leave the driver's).
   double fps = 30;
 };
 
@@ -80,6 +82,8 @@ struct StreamFormat {
   uint32_t sizeimage = 0;
   // V4L2's multi-planar API (one memory plane) rather than single-planar.
   bool multiplanar_api = false;
+  // Frames per second the source says it runs at (0: it does not say).
+  double fps = 0;
 };
 
 // A filled frame, held by the caller until Requeue(index).

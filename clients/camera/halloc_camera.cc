@@ -40,7 +40,7 @@ ABSL_FLAG(uint32_t, width, 640, "frame width");
 ABSL_FLAG(uint32_t, height, 480, "frame height");
 ABSL_FLAG(uint32_t, buffers, 4, "buffers to allocate");
 ABSL_FLAG(std::string, usage, "", "usage beyond camera_output, e.g. composer_overlay");
-ABSL_FLAG(double, fps, 30, "synthetic source: frames per second (0: unpaced)");
+ABSL_FLAG(double, fps, 30, "frames per second to ask for (synthetic: 0 is unpaced)");
 ABSL_FLAG(std::string, write, "", "write one frame's raw bytes to this file");
 ABSL_FLAG(int, write_frame, -1, "which frame --write saves (default: the last)");
 ABSL_FLAG(std::string, share_to, "", "share each frame with this policy client");
@@ -83,11 +83,14 @@ absl::Status Run(const CameraOptions& options, v1::CpuAccess rights) {
   ASSIGN_OR_RETURN(std::unique_ptr<Camera> camera, Camera::Open(client, options));
   const StreamFormat& f = camera->format();
   const v1::BufferLayout& layout = camera->buffers()[0].layout();
-  absl::PrintF("%s%s: %s %ux%u, bytesperline %u, sizeimage %u, %u buffers of %u bytes (%s)\n",
-               camera->Describe(), f.multiplanar_api ? " (multi-planar API)" : "",
-               format::Name(f.drm_format), f.width, f.height,
-               f.bytesperline, f.sizeimage, camera->buffers().size(),
-               camera->buffers()[0].size(), camera->buffers()[0].info().backend());
+  absl::PrintF(
+      "%s%s: %s %ux%u, bytesperline %u, sizeimage %u, %u buffers of %u bytes "
+      "(%s), %s\n",
+      camera->Describe(), f.multiplanar_api ? " (multi-planar API)" : "",
+      format::Name(f.drm_format), f.width, f.height, f.bytesperline, f.sizeimage,
+      camera->buffers().size(), camera->buffers()[0].size(),
+      camera->buffers()[0].info().backend(),
+      f.fps > 0 ? absl::StrFormat("%.1f fps", f.fps) : "unpaced");
   const bool share =
       !absl::GetFlag(FLAGS_share_to).empty() || absl::GetFlag(FLAGS_share_uid) >= 0;
   const int frames = absl::GetFlag(FLAGS_frames);

@@ -44,6 +44,7 @@ class SyntheticCamera : public Camera {
     format_.height = layout.height();
     format_.bytesperline = static_cast<uint32_t>(layout.planes(0).stride());
     format_.sizeimage = static_cast<uint32_t>(layout.size());
+    format_.fps = options.fps;
     absl::MutexLock lock(&mu_);
     held_.assign(buffers_.size(), false);
     return absl::OkStatus();

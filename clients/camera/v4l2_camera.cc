@@ -85,6 +85,7 @@ class V4l2Camera : public Camera {
     ASSIGN_OR_RETURN(const uint32_t pixfmt, V4l2FromDrm(options.format));
     RETURN_IF_ERROR(CheckOffered(pixfmt));
     RETURN_IF_ERROR(Negotiate(options, pixfmt));
+    SetFrameRate(options.fps);
     RETURN_IF_ERROR(RequestBuffers(options));
     absl::MutexLock lock(&mu_);
     slots_.assign(buffers_.size(), Slot::kIdle);
@@ -264,6 +265,23 @@ class V4l2Camera : public Camera {
           layout.width(), layout.height(), format_.width, format_.height));
     }
     return Reconcile(layout);
+  }
+
+  // Asks for `fps` where the driver can set its frame interval; records
+  // what it runs at. Best effort: a driver without it keeps its own rate.
+  void SetFrameRate(double fps) {
+    v4l2_streamparm parm = {};
+    parm.type = type_;
+    if (Xioctl(fd_.get(), VIDIOC_G_PARM, &parm) != 0) return;
+    v4l2_fract* tpf = &parm.parm.capture.timeperframe;
+    if (fps > 0 && (parm.parm.capture.capability & V4L2_CAP_TIMEPERFRAME)) {
+      tpf->numerator = 1000;
+      tpf->denominator = static_cast<uint32_t>(fps * 1000);
+      if (Xioctl(fd_.get(), VIDIOC_S_PARM, &parm) != 0) return;
+    }
+    if (tpf->numerator != 0 && tpf->denominator != 0) {
+      format_.fps = static_cast<double>(tpf->denominator) / tpf->numerator;
+    }
   }
 
   // FAILED_PRECONDITION naming both sides unless the driver's row pitch,
