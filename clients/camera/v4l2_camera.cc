@@ -1,0 +1,420 @@
+// The V4L2 source: a capture node streaming into hallocd's dma-bufs with
+// V4L2_MEMORY_DMABUF (single-planar API, or the multi-planar API with one
+// memory plane).
+#include <drm_fourcc.h>
+#include <fcntl.h>
+#include <linux/videodev2.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+
+#include <cerrno>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "clients/camera/camera.h"
+#include "clients/camera/formats.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+
+namespace halloc::camera {
+namespace {
+
+// ioctl, retried on EINTR only (EAGAIN from DQBUF means "no frame yet").
+int Xioctl(int fd, unsigned long request, void* arg) {
+  int r;
+  do {
+    r = ioctl(fd, request, arg);
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+absl::Status IoctlError(absl::string_view what, const std::string& device) {
+  return ErrnoStatus(errno, absl::StrCat(what, " on ", device));
+}
+
+std::string CString(const uint8_t* s, size_t n) {
+  const char* c = reinterpret_cast<const char*>(s);
+  return std::string(c, strnlen(c, n));
+}
+
+// One buffer's place: ours, the driver's or the caller's.
+enum class Slot { kIdle, kQueued, kHeld };
+
+class V4l2Camera : public Camera {
+ public:
+  V4l2Camera(Client& client, UniqueFd fd, std::string device, uint32_t type)
+      : Camera(client), fd_(std::move(fd)), device_(std::move(device)), type_(type) {}
+
+  ~V4l2Camera() override {
+    Stop().IgnoreError();
+    v4l2_requestbuffers req = {};
+    req.type = type_;
+    req.memory = V4L2_MEMORY_DMABUF;
+    Xioctl(fd_.get(), VIDIOC_REQBUFS, &req);  // nothing to do if it fails
+  }
+
+  absl::Status Init(const CameraOptions& options) {
+    v4l2_capability cap = {};
+    if (Xioctl(fd_.get(), VIDIOC_QUERYCAP, &cap) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          device_, " is not a V4L2 device (VIDIOC_QUERYCAP: ", strerror(errno), ")"));
+    }
+    driver_ = CString(cap.driver, sizeof(cap.driver));
+    const uint32_t caps = (cap.capabilities & V4L2_CAP_DEVICE_CAPS)
+                              ? cap.device_caps
+                              : cap.capabilities;
+    if (caps & V4L2_CAP_VIDEO_CAPTURE) {
+      type_ = V4L2_BUF_TYPE_VIDEO_CAPTURE;
+    } else if (caps & V4L2_CAP_VIDEO_CAPTURE_MPLANE) {
+      type_ = V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          device_, " (", driver_, ") is not a video capture device"));
+    }
+    if (!(caps & V4L2_CAP_STREAMING)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(device_, " (", driver_, ") cannot stream"));
+    }
+    ASSIGN_OR_RETURN(const uint32_t pixfmt, V4l2FromDrm(options.format));
+    RETURN_IF_ERROR(CheckOffered(pixfmt));
+    RETURN_IF_ERROR(Negotiate(options, pixfmt));
+    SetFrameRate(options.fps);
+    RETURN_IF_ERROR(RequestBuffers(options));
+    absl::MutexLock lock(&mu_);
+    slots_.assign(buffers_.size(), Slot::kIdle);
+    return absl::OkStatus();
+  }
+
+  std::string Describe() const override {
+    return absl::StrCat(driver_, " (", device_, ")");
+  }
+
+  absl::Status Start() override {
+    absl::MutexLock lock(&mu_);
+    if (streaming_) return absl::OkStatus();
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i] == Slot::kIdle) RETURN_IF_ERROR(QueueLocked(i));
+    }
+    int type = static_cast<int>(type_);
+    if (Xioctl(fd_.get(), VIDIOC_STREAMON, &type) != 0) {
+      return IoctlError("VIDIOC_STREAMON", device_);
+    }
+    streaming_ = true;
+    return absl::OkStatus();
+  }
+
+  absl::Status Stop() override {
+    absl::MutexLock lock(&mu_);
+    if (!streaming_) return absl::OkStatus();
+    int type = static_cast<int>(type_);
+    if (Xioctl(fd_.get(), VIDIOC_STREAMOFF, &type) != 0) {
+      return IoctlError("VIDIOC_STREAMOFF", device_);
+    }
+    streaming_ = false;
+    for (Slot& s : slots_) {
+      if (s == Slot::kQueued) s = Slot::kIdle;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Frame> Next(absl::Duration timeout) override {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (true) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (!streaming_) return absl::FailedPreconditionError("not streaming: Start first");
+        bool any_queued = false;
+        for (Slot s : slots_) any_queued |= s == Slot::kQueued;
+        if (!any_queued) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "all ", slots_.size(), " buffers are held by the caller: Requeue one"));
+        }
+        absl::StatusOr<Frame> frame = DequeueLocked();
+        if (!frame.ok() || frame->buffer != nullptr) return frame;
+      }
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "no frame from ", Describe(), " in ", absl::FormatDuration(timeout)));
+      }
+      pollfd p = {fd_.get(), POLLIN, 0};
+      const int ms = static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
+      if (poll(&p, 1, ms) < 0 && errno != EINTR) {
+        return ErrnoStatus(errno, absl::StrCat("poll ", device_));
+      }
+    }
+  }
+
+  absl::Status Requeue(uint32_t index) override {
+    absl::MutexLock lock(&mu_);
+    if (index >= slots_.size() || slots_[index] != Slot::kHeld) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("frame ", index, " is not held by the caller"));
+    }
+    if (!streaming_) {
+      slots_[index] = Slot::kIdle;
+      return absl::OkStatus();
+    }
+    return QueueLocked(index);
+  }
+
+ private:
+  bool mplane() const { return type_ == V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE; }
+
+  absl::Status CheckOffered(uint32_t pixfmt) {
+    std::string offered;
+    for (uint32_t i = 0;; ++i) {
+      v4l2_fmtdesc desc = {};
+      desc.index = i;
+      desc.type = type_;
+      if (Xioctl(fd_.get(), VIDIOC_ENUM_FMT, &desc) != 0) break;
+      if (desc.pixelformat == pixfmt) return absl::OkStatus();
+      absl::StrAppend(&offered, offered.empty() ? "" : ", ",
+                      FourccString(desc.pixelformat));
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(), " does not offer ", FourccString(pixfmt),
+                     "; it offers: ", offered.empty() ? "nothing" : offered));
+  }
+
+  // S_FMT with hallocd's stride for `width`x`height`; what the driver set.
+  absl::StatusOr<struct v4l2_format> SetFormat(uint32_t pixfmt, uint32_t width,
+                                        uint32_t height, uint32_t stride) {
+    struct v4l2_format fmt = {};
+    fmt.type = type_;
+    if (mplane()) {
+      fmt.fmt.pix_mp.width = width;
+      fmt.fmt.pix_mp.height = height;
+      fmt.fmt.pix_mp.pixelformat = pixfmt;
+      fmt.fmt.pix_mp.field = V4L2_FIELD_NONE;
+      fmt.fmt.pix_mp.num_planes = 1;
+      fmt.fmt.pix_mp.plane_fmt[0].bytesperline = stride;
+    } else {
+      fmt.fmt.pix.width = width;
+      fmt.fmt.pix.height = height;
+      fmt.fmt.pix.pixelformat = pixfmt;
+      fmt.fmt.pix.field = V4L2_FIELD_NONE;
+      fmt.fmt.pix.bytesperline = stride;
+    }
+    if (Xioctl(fd_.get(), VIDIOC_S_FMT, &fmt) != 0) {
+      return IoctlError("VIDIOC_S_FMT", device_);
+    }
+    return fmt;
+  }
+
+  // hallocd's layout for the format at `width`x`height`.
+  absl::StatusOr<v1::BufferLayout> HallocLayout(const CameraOptions& options,
+                                                uint32_t width, uint32_t height) {
+    ASSIGN_OR_RETURN(v1::IsSupportedResponse r,
+                     client_->IsSupported(FrameDescriptor(options, width, height),
+                                          options.buffer_count));
+    if (!r.supported()) {
+      return absl::Status(static_cast<absl::StatusCode>(r.code()),
+                          absl::StrCat("hallocd: ", r.reason()));
+    }
+    return r.layout();
+  }
+
+  // Agrees on format, size and row pitch with the driver (format_).
+  absl::Status Negotiate(const CameraOptions& options, uint32_t pixfmt) {
+    uint32_t width = options.width, height = options.height;
+    v1::BufferLayout layout;
+    struct v4l2_format fmt = {};
+    // The driver may change the size; then ask hallocd again (twice at most).
+    for (int round = 0; round < 2; ++round) {
+      ASSIGN_OR_RETURN(layout, HallocLayout(options, width, height));
+      ASSIGN_OR_RETURN(fmt, SetFormat(pixfmt, width, height,
+                                      static_cast<uint32_t>(layout.planes(0).stride())));
+      const uint32_t got_w = mplane() ? fmt.fmt.pix_mp.width : fmt.fmt.pix.width;
+      const uint32_t got_h = mplane() ? fmt.fmt.pix_mp.height : fmt.fmt.pix.height;
+      if (got_w == width && got_h == height) break;
+      width = got_w;
+      height = got_h;
+    }
+    const uint32_t got_format =
+        mplane() ? fmt.fmt.pix_mp.pixelformat : fmt.fmt.pix.pixelformat;
+    if (got_format != pixfmt) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          Describe(), " refused ", FourccString(pixfmt), " (it set ",
+          FourccString(got_format), ")"));
+    }
+    if (mplane() && fmt.fmt.pix_mp.num_planes != 1) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          Describe(), " wants ", fmt.fmt.pix_mp.num_planes, " memory planes for ",
+          FourccString(pixfmt), "; only one-buffer formats are supported"));
+    }
+    format_.drm_format = options.format;
+    format_.v4l2_format = pixfmt;
+    format_.multiplanar_api = mplane();
+    format_.width = mplane() ? fmt.fmt.pix_mp.width : fmt.fmt.pix.width;
+    format_.height = mplane() ? fmt.fmt.pix_mp.height : fmt.fmt.pix.height;
+    format_.bytesperline = mplane() ? fmt.fmt.pix_mp.plane_fmt[0].bytesperline
+                                    : fmt.fmt.pix.bytesperline;
+    format_.sizeimage = mplane() ? fmt.fmt.pix_mp.plane_fmt[0].sizeimage
+                                 : fmt.fmt.pix.sizeimage;
+    if (format_.width != layout.width() || format_.height != layout.height()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s keeps changing the frame size (asked %ux%u, got %ux%u)", Describe(),
+          layout.width(), layout.height(), format_.width, format_.height));
+    }
+    return Reconcile(layout);
+  }
+
+  // Asks for `fps` where the driver can set its frame interval; records
+  // what it runs at. Best effort: a driver without it keeps its own rate.
+  void SetFrameRate(double fps) {
+    v4l2_streamparm parm = {};
+    parm.type = type_;
+    if (Xioctl(fd_.get(), VIDIOC_G_PARM, &parm) != 0) return;
+    v4l2_fract* tpf = &parm.parm.capture.timeperframe;
+    if (fps > 0 && (parm.parm.capture.capability & V4L2_CAP_TIMEPERFRAME)) {
+      tpf->numerator = 1000;
+      tpf->denominator = static_cast<uint32_t>(fps * 1000);
+      if (Xioctl(fd_.get(), VIDIOC_S_PARM, &parm) != 0) return;
+    }
+    if (tpf->numerator != 0 && tpf->denominator != 0) {
+      format_.fps = static_cast<double>(tpf->denominator) / tpf->numerator;
+    }
+  }
+
+  // FAILED_PRECONDITION naming both sides unless the driver's row pitch,
+  // plane placement and frame size fit hallocd's layout.
+  absl::Status Reconcile(const v1::BufferLayout& layout) const {
+    const std::string what = absl::StrFormat(
+        "%s %ux%u on %s", FourccString(format_.v4l2_format), format_.width,
+        format_.height, Describe());
+    for (const v1::PlaneLayout& plane : layout.planes()) {
+      if (plane.stride() != format_.bytesperline) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "%s: the driver's bytesperline %u differs from hallocd's stride %u",
+            what, format_.bytesperline, plane.stride()));
+      }
+    }
+    if (layout.planes_size() > 1) {
+      // One memory plane: the chroma plane follows the luma rows directly.
+      const uint64_t expected = uint64_t{format_.bytesperline} * format_.height;
+      if (layout.planes(1).offset() != expected) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "%s: the driver puts the second plane at byte %u, hallocd at %u",
+            what, expected, layout.planes(1).offset()));
+      }
+    }
+    if (format_.sizeimage > layout.size()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s: the driver's sizeimage %u is larger than hallocd's %u bytes",
+          what, format_.sizeimage, layout.size()));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RequestBuffers(const CameraOptions& options) {
+    v4l2_requestbuffers req = {};
+    req.count = options.buffer_count;
+    req.type = type_;
+    req.memory = V4L2_MEMORY_DMABUF;
+    if (Xioctl(fd_.get(), VIDIOC_REQBUFS, &req) != 0) {
+      if (errno == EINVAL) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(Describe(), " does not take V4L2_MEMORY_DMABUF buffers"));
+      }
+      return IoctlError("VIDIOC_REQBUFS", device_);
+    }
+    if (req.count == 0 || req.count > kMaxBuffers) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(), " offers ", req.count, " buffers"));
+    }
+    RETURN_IF_ERROR(AllocateBuffers(
+        FrameDescriptor(options, format_.width, format_.height), req.count));
+    if (!buffers_[0].is_dmabuf()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "hallocd's ", buffers_[0].info().backend(),
+          " backend gives no dma-bufs, which V4L2 needs; use the synthetic source"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status QueueLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    v4l2_buffer b = {};
+    v4l2_plane plane = {};
+    b.index = index;
+    b.type = type_;
+    b.memory = V4L2_MEMORY_DMABUF;
+    const uint32_t length = static_cast<uint32_t>(buffers_[index].size());
+    if (mplane()) {
+      plane.m.fd = buffers_[index].fd();
+      plane.length = length;
+      b.m.planes = &plane;
+      b.length = 1;
+    } else {
+      b.m.fd = buffers_[index].fd();
+      b.length = length;
+    }
+    if (Xioctl(fd_.get(), VIDIOC_QBUF, &b) != 0) {
+      return IoctlError(absl::StrCat("VIDIOC_QBUF ", index), device_);
+    }
+    slots_[index] = Slot::kQueued;
+    return absl::OkStatus();
+  }
+
+  // A frame, or one with buffer == nullptr when none is ready (EAGAIN).
+  absl::StatusOr<Frame> DequeueLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    v4l2_buffer b = {};
+    v4l2_plane plane = {};
+    b.type = type_;
+    b.memory = V4L2_MEMORY_DMABUF;
+    if (mplane()) {
+      b.m.planes = &plane;
+      b.length = 1;
+    }
+    Frame frame;
+    if (Xioctl(fd_.get(), VIDIOC_DQBUF, &b) != 0) {
+      if (errno == EAGAIN) return frame;
+      return IoctlError("VIDIOC_DQBUF", device_);
+    }
+    if (b.index >= slots_.size()) {
+      return absl::InternalError(absl::StrCat(
+          Describe(), " returned buffer ", b.index, " of ", slots_.size()));
+    }
+    slots_[b.index] = Slot::kHeld;
+    frame.index = b.index;
+    frame.sequence = b.sequence;
+    frame.timestamp = absl::DurationFromTimeval(b.timestamp);
+    frame.bytesused = mplane() ? plane.bytesused : b.bytesused;
+    frame.buffer = &buffers_[b.index];
+    return frame;
+  }
+
+  const UniqueFd fd_;
+  const std::string device_;
+  std::string driver_;
+  uint32_t type_;
+  absl::Mutex mu_;
+  bool streaming_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Camera>> Camera::OpenV4l2(
+    Client& client, const CameraOptions& options) {
+  if (options.device.empty()) {
+    return absl::InvalidArgumentError("no V4L2 device given");
+  }
+  RETURN_IF_ERROR(CheckOptions(options));
+  RETURN_IF_ERROR(V4l2FromDrm(options.format).status());
+  UniqueFd fd(open(options.device.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+  if (!fd.is_valid()) return ErrnoStatus(errno, absl::StrCat("open ", options.device));
+  auto camera = std::make_unique<V4l2Camera>(client, std::move(fd), options.device,
+                                             V4L2_BUF_TYPE_VIDEO_CAPTURE);
+  RETURN_IF_ERROR(camera->Init(options));
+  return std::unique_ptr<Camera>(std::move(camera));
+}
+
+}  // namespace halloc::camera
