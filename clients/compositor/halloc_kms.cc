@@ -17,7 +17,7 @@
 #include "absl/time/clock.h"
 #include "clients/compositor/kms.h"
 #include "clients/compositor/pattern.h"
-#include "clients/compositor/png.h"
+#include "clients/png/png.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
@@ -81,7 +81,7 @@ absl::Status Run() {
   RETURN_IF_ERROR(display.Present(primary, overlay ? &*overlay : nullptr, &out_fb));
   ASSIGN_OR_RETURN(Mapping map, out.Map(Access::kRead));
   const v1::PlaneLayout& p = out.layout().planes(0);
-  RETURN_IF_ERROR(WritePng(png, map.as<uint8_t>() + p.offset(), w, h, p.stride()));
+  RETURN_IF_ERROR(png::WritePng(png, map.as<uint8_t>() + p.offset(), w, h, p.stride()));
   std::printf("writeback capture: %s\n", png.c_str());
   return absl::OkStatus();
 }

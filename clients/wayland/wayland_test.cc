@@ -19,7 +19,7 @@
 #include "clients/testing/test_daemon.h"
 #include "clients/wayland/buffer.h"
 #include "clients/wayland/display.h"
-#include "clients/wayland/png.h"
+#include "clients/png/png.h"
 #include "clients/wayland/presenter.h"
 #include "clients/wayland/weston.h"
 #include "gtest/gtest.h"
@@ -44,14 +44,10 @@ constexpr Pattern kPatterns[] = {
     {{0x123456, 0x654321, 0xabcdef, 0xfedcba}, 0x00ff80},
 };
 
-Rgba ToRgba(uint32_t xrgb) {
-  return {static_cast<uint8_t>(xrgb >> 16), static_cast<uint8_t>(xrgb >> 8),
-          static_cast<uint8_t>(xrgb), 0xff};
-}
-
-std::string Str(Rgba c) {
+// 0xffRRGGBB (what ReadPng gives) as "#aarrggbb".
+std::string Str(uint32_t argb) {
   char s[16];
-  snprintf(s, sizeof(s), "#%02x%02x%02x%02x", c.r, c.g, c.b, c.a);
+  snprintf(s, sizeof(s), "#%08x", argb);
   return s;
 }
 
@@ -112,7 +108,7 @@ class WaylandTest : public ::testing::Test {
         ::testing::TempDir(), "/shot-", shot_++, ".png");
     absl::Status s = weston_->Screenshot(png);
     ASSERT_TRUE(s.ok()) << s;
-    absl::StatusOr<RgbaImage> img = ReadPng(png);
+    absl::StatusOr<png::Image> img = png::ReadPng(png);
     ASSERT_TRUE(img.ok()) << img.status();
     ASSERT_EQ(img->width, static_cast<uint32_t>(kWidth));
     ASSERT_EQ(img->height, static_cast<uint32_t>(kHeight));
@@ -134,7 +130,7 @@ class WaylandTest : public ::testing::Test {
     };
     for (const Probe& probe : probes) {
       SCOPED_TRACE(absl::StrCat("pixel (", probe.x, ", ", probe.y, ")"));
-      EXPECT_EQ(Str(img->at(probe.x, probe.y)), Str(ToRgba(probe.xrgb)));
+      EXPECT_EQ(Str(img->at(probe.x, probe.y)), Str(0xff000000u | probe.xrgb));
     }
   }
 

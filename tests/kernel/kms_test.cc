@@ -25,7 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "clients/compositor/pattern.h"
-#include "clients/compositor/png.h"
+#include "clients/png/png.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
@@ -185,11 +185,11 @@ TEST_F(VkmsTest, TwoPlanesFlipAndTheWritebackPngShowsTheFrames) {
     absl::StatusOr<halloc::Mapping> map = capture->Map(halloc::Access::kRead);
     ASSERT_TRUE(map.ok()) << map.status();
     const halloc::v1::PlaneLayout& p = capture->layout().planes(0);
-    s = hc::WritePng(PngPath(), map->as<uint8_t>() + p.offset(), kWidth, kHeight, p.stride());
+    s = ::halloc::png::WritePng(PngPath(), map->as<uint8_t>() + p.offset(), kWidth, kHeight, p.stride());
     ASSERT_TRUE(s.ok()) << s;
   }
 
-  absl::StatusOr<hc::Image> png = hc::ReadPng(PngPath());
+  absl::StatusOr<::halloc::png::Image> png = ::halloc::png::ReadPng(PngPath());
   ASSERT_TRUE(png.ok()) << png.status();
   ASSERT_EQ(png->width, kWidth);
   ASSERT_EQ(png->height, kHeight);
@@ -339,7 +339,7 @@ TEST_F(VkmsTest, HallocKmsToolShowsFramesAndWritesAPng) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "halloc-kms status " << status;
 
-  absl::StatusOr<hc::Image> img = hc::ReadPng(png);
+  absl::StatusOr<::halloc::png::Image> img = ::halloc::png::ReadPng(png);
   ASSERT_TRUE(img.ok()) << img.status();
   ASSERT_EQ(img->width, kWidth);  // the tool's default mode
   // Its square: 0xff804020 over [w/4, w/2) x [h/4, h/2).

@@ -1,4 +1,4 @@
-#include "clients/compositor/png.h"
+#include "clients/png/png.h"
 
 #include <png.h>
 #include <sys/stat.h>
@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 
-namespace halloc::compositor {
+namespace halloc::png {
 
 // The simplified API (png_image) has no longjmp for us to handle: errors
 // come back as a zero return with the message in image.message.
@@ -83,4 +83,4 @@ absl::StatusOr<Image> ReadPng(const std::string& path) {
   return out;
 }
 
-}  // namespace halloc::compositor
+}  // namespace halloc::png

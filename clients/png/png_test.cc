@@ -1,6 +1,6 @@
 // WritePng / ReadPng round trips, read back with libpng: pixels at known
 // positions, strides wider than a row, and the errors.
-#include "clients/compositor/png.h"
+#include "clients/png/png.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -12,7 +12,7 @@
 
 #include "gtest/gtest.h"
 
-namespace halloc::compositor {
+namespace halloc::png {
 namespace {
 
 std::string TempPath(const char* name) {
@@ -67,4 +67,4 @@ TEST(PngTest, ReadRefusesMissingFilesAndNonPngs) {
 }
 
 }  // namespace
-}  // namespace halloc::compositor
+}  // namespace halloc::png

@@ -1,9 +1,9 @@
 // PNG files of XRGB8888 images (DRM_FORMAT_XRGB8888: one little-endian
 // 32-bit word per pixel, 0xXXRRGGBB), through libpng's simplified API.
-// The composed output of clients/compositor's writeback is written with
-// WritePng; tests read pictures back with ReadPng.
-#ifndef HALLOC_CLIENTS_COMPOSITOR_PNG_H_
-#define HALLOC_CLIENTS_COMPOSITOR_PNG_H_
+// The compositor's writeback pictures are written with WritePng; tests
+// read pictures back (those, weston's screenshots) with ReadPng.
+#ifndef HALLOC_CLIENTS_PNG_PNG_H_
+#define HALLOC_CLIENTS_PNG_PNG_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace halloc::compositor {
+namespace halloc::png {
 
 // An image in memory: rows of `width` pixels, 0xffRRGGBB, no padding.
 struct Image {
@@ -34,6 +34,6 @@ absl::Status WritePng(const std::string& path, const void* data, uint32_t width,
 // NOT_FOUND when the file is missing, INVALID_ARGUMENT when it is no PNG.
 absl::StatusOr<Image> ReadPng(const std::string& path);
 
-}  // namespace halloc::compositor
+}  // namespace halloc::png
 
-#endif  // HALLOC_CLIENTS_COMPOSITOR_PNG_H_
+#endif  // HALLOC_CLIENTS_PNG_PNG_H_
