@@ -83,12 +83,12 @@ absl::StatusOr<bool> Run() {
                   r.same_memory == r.frames && r.write_refused == r.frames;
   absl::PrintF(
       "demo %s: %d frames camera → hallocd → viewer → weston at %.1f frames/s; the screenshot "
-      "shows frame %u (%s, counter %s); every frame read-only in the viewer and the camera's "
-      "own memory (%s there)\n",
+      "shows frame %u (%s, counter %s); the viewer's imports were read-only (%d/%d writes "
+      "refused) over the camera's own pages (%d/%d same inode), shown by %s\n",
       ok ? "OK" : "FAILED", r.frames, r.frames_per_second, r.last_sequence,
       check.bar_mismatches == 0 ? "colour bars where drawn" : "BARS WRONG",
       check.counter.ok() && *check.counter == r.last_sequence ? "matches" : "WRONG",
-      r.path);
+      r.write_refused, r.frames, r.same_memory, r.frames, r.path);
   absl::PrintF("picture: %s\n", png_path);
   return ok;
 }

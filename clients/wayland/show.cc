@@ -1,17 +1,18 @@
 // halloc-wayland-show: shows hallocd buffers in a Wayland window.
 //
-// Allocates --buffers XRGB8888 frames of --width x --height from hallocd,
-// draws a moving test pattern (colour bars scrolling one bar per 8 frames,
-// the frame number in binary along the top) into each in turn and presents
-// it with clients/wayland's Presenter, paced by the compositor's frame
-// callbacks; prints the frame rate it reached.
+// Takes --frames XRGB8888 frames of --width x --height from the camera
+// library's synthetic source (clients/camera: colour bars scrolling left,
+// the frame counter at the top left, in --buffers hallocd buffers) and
+// presents each with clients/wayland's Presenter, paced by the
+// compositor's frame callbacks; prints the frame rate it reached.
 //
 //   halloc-wayland-show                        # on $WAYLAND_DISPLAY
 //   halloc-wayland-show --headless_png=out.png # own weston headless, then
 //                                              # a screenshot of its output
 //
-// Its drawing part is the stand-in for a producer (a camera); Present is
-// all a consumer needs.
+// The camera is the producer; Presenter::Show is all a consumer needs.
+// (tools/run demo runs the two in separate processes, frames shared
+// read-only: clients/demo.)
 #include <drm_fourcc.h>
 
 #include <cstdio>
@@ -25,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "clients/camera/camera.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
@@ -37,7 +39,7 @@ ABSL_FLAG(std::string, display, "", "Wayland socket name or path (default: $WAYL
 ABSL_FLAG(int, width, 640, "frame width");
 ABSL_FLAG(int, height, 480, "frame height");
 ABSL_FLAG(int, frames, 120, "frames to show");
-ABSL_FLAG(int, buffers, 3, "buffers in the ring");
+ABSL_FLAG(int, buffers, 3, "buffers in the ring (at least 2: one stays on screen)");
 ABSL_FLAG(bool, fullscreen, false, "ask for a fullscreen window");
 ABSL_FLAG(std::string, headless_png, "",
           "start a weston headless of the frames' size instead of using "
@@ -46,30 +48,6 @@ ABSL_FLAG(std::string, headless_png, "",
 
 namespace halloc::wayland {
 namespace {
-
-constexpr uint32_t kBars[] = {0xffffff, 0xffff00, 0x00ffff, 0x00ff00,
-                              0xff00ff, 0xff0000, 0x0000ff, 0x000000};
-
-// The producer's part: a moving pattern in an XRGB8888 frame.
-absl::Status Draw(const Buffer& frame, uint32_t n) {
-  ASSIGN_OR_RETURN(Mapping map, frame.Map(Access::kReadWrite));
-  const v1::BufferLayout& l = frame.layout();
-  const v1::PlaneLayout& plane = l.planes(0);
-  const uint32_t bar_width = std::max(1u, l.width() / 8);
-  const uint32_t block = std::max(1u, l.width() / 32);
-  for (uint32_t y = 0; y < l.height(); ++y) {
-    auto* row = reinterpret_cast<uint32_t*>(map.as<uint8_t>() + plane.offset() +
-                                            y * plane.stride());
-    for (uint32_t x = 0; x < l.width(); ++x) {
-      uint32_t c = kBars[(x / bar_width + n / 8) % 8];
-      if (y < block && x / block < 32) {  // frame number, bit 31 first
-        c = (n >> (31 - x / block)) & 1 ? 0xffffff : 0x404040;
-      }
-      row[x] = 0xff000000u | c;
-    }
-  }
-  return absl::OkStatus();
-}
 
 absl::Status Run() {
   const int width = absl::GetFlag(FLAGS_width);
@@ -89,27 +67,34 @@ absl::Status Run() {
   connect.control_socket = absl::GetFlag(FLAGS_control_socket);
   connect.broker_socket = absl::GetFlag(FLAGS_broker_socket);
   ASSIGN_OR_RETURN(Client client, Client::Connect(connect));
-  ASSIGN_OR_RETURN(
-      std::vector<Buffer> ring,
-      client.Allocate(ImageDescriptor(width, height, DRM_FORMAT_XRGB8888,
-                                      usage::kCpuWriteOften |
-                                          usage::kComposerOverlay,
-                                      "wayland-show"),
-                      absl::GetFlag(FLAGS_buffers)));
+  camera::CameraOptions camera_options;
+  camera_options.width = width;
+  camera_options.height = height;
+  camera_options.buffer_count = absl::GetFlag(FLAGS_buffers);
+  camera_options.usage = usage::kComposerOverlay;
+  camera_options.name = "wayland-show";
+  camera_options.fps = 0;  // paced by the compositor
+  ASSIGN_OR_RETURN(std::unique_ptr<camera::Camera> camera,
+                   camera::Camera::OpenSynthetic(client, camera_options));
   ASSIGN_OR_RETURN(std::unique_ptr<Presenter> presenter,
                    Presenter::Create(options));
   const int frames = absl::GetFlag(FLAGS_frames);
+  RETURN_IF_ERROR(camera->Start());
   const absl::Time start = absl::Now();
+  // The frame on screen stays with us until the next one replaces it (the
+  // compositor reads our buffer itself on the wl_shm path).
+  std::optional<camera::Frame> shown;
   for (int n = 0; n < frames && !presenter->window().close_requested(); ++n) {
-    const Buffer& frame = ring[n % ring.size()];
-    RETURN_IF_ERROR(Draw(frame, n));
-    RETURN_IF_ERROR(presenter->Show(frame));
+    ASSIGN_OR_RETURN(camera::Frame frame, camera->Next());
+    RETURN_IF_ERROR(presenter->Show(*frame.buffer));
+    if (shown) RETURN_IF_ERROR(camera->Requeue(shown->index));
+    shown = frame;
   }
   RETURN_IF_ERROR(presenter->WaitShown());
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   printf("shown %d frames (%dx%d XRGB8888, %zu hallocd buffers, %s) in %.2f s: "
          "%.1f frames/s\n",
-         frames, width, height, ring.size(),
+         frames, width, height, camera->buffers().size(),
          PathName(presenter->last_path()),
          seconds, frames / seconds);
   if (weston) {
