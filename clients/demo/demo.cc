@@ -101,8 +101,7 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);
   if (absl::GetFlag(FLAGS_role) == "viewer") {
     absl::Status s = halloc::demo::RunViewer(absl::GetFlag(FLAGS_channel_fd),
-                                             halloc::demo::Hallocd(),
-                                             absl::GetFlag(FLAGS_display));
+                                             halloc::demo::Hallocd(), absl::GetFlag(FLAGS_display));
     if (!s.ok()) absl::FPrintF(stderr, "halloc_demo viewer: %s\n", s.ToString());
     return s.ok() ? 0 : 1;
   }

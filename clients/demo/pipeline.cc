@@ -86,8 +86,7 @@ struct Viewer {
   absl::Status ShowFrame(const std::vector<std::string>& f, int channel) {
     uint32_t index = 0;
     uint64_t inode = 0;
-    if (f.size() != 5 || !absl::SimpleAtoi(f[2], &index) ||
-        !absl::SimpleAtoi(f[3], &inode)) {
+    if (f.size() != 5 || !absl::SimpleAtoi(f[2], &index) || !absl::SimpleAtoi(f[3], &inode)) {
       return absl::InvalidArgumentError("bad frame message");
     }
     ASSIGN_OR_RETURN(Buffer frame, client.Import(f[4]));
@@ -110,9 +109,9 @@ absl::Status ServeViewer(Viewer& v, int channel) {
       RETURN_IF_ERROR(v.ShowFrame(f, channel));
     } else if (f[0] == "end") {
       RETURN_IF_ERROR(v.presenter->WaitShown());
-      RETURN_IF_ERROR(Send(channel, absl::StrCat(
-          "shown ", v.shown, " ", v.same_memory, " ", v.write_refused, " ",
-          wayland::PathName(v.presenter->last_path()))));
+      RETURN_IF_ERROR(
+          Send(channel, absl::StrCat("shown ", v.shown, " ", v.same_memory, " ", v.write_refused,
+                                     " ", wayland::PathName(v.presenter->last_path()))));
     } else if (f[0] == "quit") {
       return absl::OkStatus();
     } else {
@@ -124,8 +123,7 @@ absl::Status ServeViewer(Viewer& v, int channel) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ViewerProcess>> ViewerProcess::Spawn(
-    const std::string& binary, const ConnectOptions& hallocd,
-    const std::string& wayland_display) {
+    const std::string& binary, const ConnectOptions& hallocd, const std::string& wayland_display) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
     return ErrnoStatus(errno, "socketpair");
@@ -135,11 +133,12 @@ absl::StatusOr<std::unique_ptr<ViewerProcess>> ViewerProcess::Spawn(
   UniqueFd theirs(sv[1]);
   // Everything the child needs is built before fork (only async-signal-safe
   // calls between fork and exec: the parent may have threads).
-  const std::vector<std::string> args = {
-      binary, "--role=viewer", absl::StrCat("--channel_fd=", theirs.get()),
-      "--control_socket=" + hallocd.control_socket,
-      "--broker_socket=" + hallocd.broker_socket,
-      "--display=" + wayland_display};
+  const std::vector<std::string> args = {binary,
+                                         "--role=viewer",
+                                         absl::StrCat("--channel_fd=", theirs.get()),
+                                         "--control_socket=" + hallocd.control_socket,
+                                         "--broker_socket=" + hallocd.broker_socket,
+                                         "--display=" + wayland_display};
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -190,13 +189,12 @@ absl::StatusOr<PipelineResult> RunCamera(Client& client, ViewerProcess& viewer,
   co.fps = options.fps;
   co.usage = usage::kComposerOverlay;
   co.name = "demo-camera-frame";
-  ASSIGN_OR_RETURN(std::unique_ptr<camera::Camera> cam,
-                   camera::Camera::OpenSynthetic(client, co));
+  ASSIGN_OR_RETURN(std::unique_ptr<camera::Camera> cam, camera::Camera::OpenSynthetic(client, co));
   PipelineResult result;
   const camera::StreamFormat& sf = cam->format();
-  result.camera = absl::StrFormat("%s: XRGB8888 %ux%u, stride %u, %u buffers (%s)",
-                                  cam->Describe(), sf.width, sf.height, sf.bytesperline,
-                                  cam->buffers().size(), cam->buffers()[0].info().backend());
+  result.camera = absl::StrFormat("%s: XRGB8888 %ux%u, stride %u, %u buffers (%s)", cam->Describe(),
+                                  sf.width, sf.height, sf.bytesperline, cam->buffers().size(),
+                                  cam->buffers()[0].info().backend());
   const int ch = viewer.channel();
   // Every wait on the viewer: its message, or its error as ours.
   auto next = [&](absl::Duration timeout) -> absl::StatusOr<std::vector<std::string>> {
@@ -233,8 +231,7 @@ absl::StatusOr<PipelineResult> RunCamera(Client& client, ViewerProcess& viewer,
     }
     ASSIGN_OR_RETURN(camera::Frame frame, cam->Next());
     ++out;
-    ASSIGN_OR_RETURN(v1::Grant grant,
-                     cam->ShareWithUid(frame, viewer_uid, v1::CPU_ACCESS_READ));
+    ASSIGN_OR_RETURN(v1::Grant grant, cam->ShareWithUid(frame, viewer_uid, v1::CPU_ACCESS_READ));
     result.last_sequence = frame.sequence;
     RETURN_IF_ERROR(Send(ch, absl::StrCat("frame ", frame.sequence, " ", frame.index, " ",
                                           InodeOf(frame.buffer->fd()), " ", grant.token())));
@@ -268,8 +265,7 @@ absl::Status RunViewer(int channel, const ConnectOptions& hallocd,
     po.display = wayland_display;
     po.window.title = "halloc demo viewer";
     po.window.fullscreen = true;
-    ASSIGN_OR_RETURN(std::unique_ptr<wayland::Presenter> presenter,
-                     wayland::Presenter::Create(po));
+    ASSIGN_OR_RETURN(std::unique_ptr<wayland::Presenter> presenter, wayland::Presenter::Create(po));
     Viewer v{std::move(client), std::move(presenter)};
     RETURN_IF_ERROR(Send(channel, absl::StrCat("ready ", v.client.uid())));
     return ServeViewer(v, channel);
@@ -283,8 +279,8 @@ ScreenCheck CheckScreen(const png::Image& shot, uint32_t width, uint32_t height,
   ScreenCheck c;
   if (shot.width != width || shot.height != height) {
     c.bar_mismatches = 1;
-    c.first_mismatch = absl::StrFormat("screenshot is %ux%u, frames %ux%u", shot.width,
-                                       shot.height, width, height);
+    c.first_mismatch = absl::StrFormat("screenshot is %ux%u, frames %ux%u", shot.width, shot.height,
+                                       width, height);
     c.counter = absl::FailedPreconditionError("wrong screenshot size");
     return c;
   }
@@ -302,8 +298,8 @@ ScreenCheck CheckScreen(const png::Image& shot, uint32_t width, uint32_t height,
       ++c.bar_probes;
       if (shot.at(x, y) != want) {
         if (c.bar_mismatches++ == 0) {
-          c.first_mismatch = absl::StrFormat("pixel (%u, %u) #%08x, bar %d #%08x", x, y,
-                                             shot.at(x, y), bar, want);
+          c.first_mismatch =
+              absl::StrFormat("pixel (%u, %u) #%08x, bar %d #%08x", x, y, shot.at(x, y), bar, want);
         }
       }
     }

@@ -50,9 +50,9 @@ struct PipelineOptions {
 // and reaps it if Finish did not.
 class ViewerProcess {
  public:
-  static absl::StatusOr<std::unique_ptr<ViewerProcess>> Spawn(
-      const std::string& binary, const ConnectOptions& hallocd,
-      const std::string& wayland_display);
+  static absl::StatusOr<std::unique_ptr<ViewerProcess>> Spawn(const std::string& binary,
+                                                              const ConnectOptions& hallocd,
+                                                              const std::string& wayland_display);
   ~ViewerProcess();
   ViewerProcess(const ViewerProcess&) = delete;
   ViewerProcess& operator=(const ViewerProcess&) = delete;
@@ -69,14 +69,14 @@ class ViewerProcess {
 };
 
 struct PipelineResult {
-  std::string camera;      // "synthetic: XRGB8888 640x480, ..."
-  int frames = 0;          // shown by the viewer
+  std::string camera;          // "synthetic: XRGB8888 640x480, ..."
+  int frames = 0;              // shown by the viewer
   uint32_t last_sequence = 0;  // the camera's counter of the last frame
-  double seconds = 0;      // first frame taken .. last frame shown
+  double seconds = 0;          // first frame taken .. last frame shown
   double frames_per_second = 0;
-  int same_memory = 0;     // imports whose inode was the camera's buffer's
-  int write_refused = 0;   // imports whose writable mmap failed
-  std::string path;        // how the viewer's frames reached the compositor
+  int same_memory = 0;    // imports whose inode was the camera's buffer's
+  int write_refused = 0;  // imports whose writable mmap failed
+  std::string path;       // how the viewer's frames reached the compositor
 };
 
 // The camera side: opens the synthetic camera on `client`, streams
@@ -100,12 +100,10 @@ struct ScreenCheck {
   std::string first_mismatch;  // "pixel (x, y) #ffrrggbb, bar B #ffrrggbb"
   absl::StatusOr<uint32_t> counter = absl::UnknownError("not read");
   bool ok(uint32_t sequence) const {
-    return bar_probes > 0 && bar_mismatches == 0 && counter.ok() &&
-           *counter == sequence;
+    return bar_probes > 0 && bar_mismatches == 0 && counter.ok() && *counter == sequence;
   }
 };
-ScreenCheck CheckScreen(const png::Image& shot, uint32_t width,
-                        uint32_t height, uint32_t sequence);
+ScreenCheck CheckScreen(const png::Image& shot, uint32_t width, uint32_t height, uint32_t sequence);
 
 }  // namespace halloc::demo
 

@@ -3,6 +3,8 @@
 // --role=viewer, from the runfiles) imports and presents it to weston
 // headless → weston's screenshot shows the last frame's colour bars and
 // counter.
+#include "clients/demo/pipeline.h"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -11,7 +13,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "clients/demo/pipeline.h"
 #include "clients/png/png.h"
 #include "clients/testing/test_daemon.h"
 #include "clients/wayland/weston.h"
@@ -62,8 +63,8 @@ TEST_F(PipelineTest, CameraFramesReachWestonThroughAReadOnlyViewer) {
   EXPECT_EQ(r->write_refused, options.frames) << "writable read-only imports";
   // A read-only memfd cannot be a wl_shm pool (clients/wayland/README.md).
   EXPECT_EQ(r->path, "wl_shm copy");
-  printf("pipeline: %d frames %dx%d in %.3f s = %.1f frames/s (%s)\n", r->frames, kWidth,
-         kHeight, r->seconds, r->frames_per_second, r->camera.c_str());
+  printf("pipeline: %d frames %dx%d in %.3f s = %.1f frames/s (%s)\n", r->frames, kWidth, kHeight,
+         r->seconds, r->frames_per_second, r->camera.c_str());
   RecordProperty("frames_per_second", absl::StrCat(r->frames_per_second));
 
   const std::string png_path = absl::StrCat(::testing::TempDir(), "/pipeline.png");
@@ -90,8 +91,8 @@ TEST_F(PipelineTest, CameraFramesReachWestonThroughAReadOnlyViewer) {
 TEST_F(PipelineTest, AViewerFailureReachesTheCamera) {
   absl::StatusOr<Client> camera = daemon_->Connect();
   ASSERT_TRUE(camera.ok()) << camera.status();
-  absl::StatusOr<std::unique_ptr<ViewerProcess>> viewer = ViewerProcess::Spawn(
-      kViewer, daemon_->connect_options(), weston_->socket() + ".absent");
+  absl::StatusOr<std::unique_ptr<ViewerProcess>> viewer =
+      ViewerProcess::Spawn(kViewer, daemon_->connect_options(), weston_->socket() + ".absent");
   ASSERT_TRUE(viewer.ok()) << viewer.status();
   PipelineOptions options;
   options.width = kWidth;
