@@ -55,16 +55,25 @@ absl::Status AddProp(drmModeAtomicReq* req, const ObjectProps& obj, absl::string
   return absl::OkStatus();
 }
 
+// The part of `fb` a plane shows: `src`, or all of it when src is empty.
+Rect SourceRect(const Framebuffer& fb, const Rect& src) {
+  if (src.width == 0 || src.height == 0) return {0, 0, fb.width(), fb.height()};
+  return src;
+}
+
+// Sets `plane` to show `src` of `fb` (16.16 fixed point) at `dst`, or turns
+// it off (fb == nullptr).
 absl::Status AddPlane(drmModeAtomicReq* req, const ObjectProps& plane, uint32_t crtc_id,
-                      const Framebuffer* fb, const Rect& dst) {
+                      const Framebuffer* fb, const Rect& dst, const Rect& src = {}) {
   const bool on = fb != nullptr;
   RETURN_IF_ERROR(AddProp(req, plane, "FB_ID", on ? fb->id() : 0));
   RETURN_IF_ERROR(AddProp(req, plane, "CRTC_ID", on ? crtc_id : 0));
   if (!on) return absl::OkStatus();
-  RETURN_IF_ERROR(AddProp(req, plane, "SRC_X", 0));
-  RETURN_IF_ERROR(AddProp(req, plane, "SRC_Y", 0));
-  RETURN_IF_ERROR(AddProp(req, plane, "SRC_W", uint64_t(fb->width()) << 16));
-  RETURN_IF_ERROR(AddProp(req, plane, "SRC_H", uint64_t(fb->height()) << 16));
+  const Rect s = SourceRect(*fb, src);
+  RETURN_IF_ERROR(AddProp(req, plane, "SRC_X", uint64_t(s.x) << 16));
+  RETURN_IF_ERROR(AddProp(req, plane, "SRC_Y", uint64_t(s.y) << 16));
+  RETURN_IF_ERROR(AddProp(req, plane, "SRC_W", uint64_t(s.width) << 16));
+  RETURN_IF_ERROR(AddProp(req, plane, "SRC_H", uint64_t(s.height) << 16));
   RETURN_IF_ERROR(AddProp(req, plane, "CRTC_X", uint64_t(int64_t(dst.x))));
   RETURN_IF_ERROR(AddProp(req, plane, "CRTC_Y", uint64_t(int64_t(dst.y))));
   RETURN_IF_ERROR(AddProp(req, plane, "CRTC_W", dst.width));
@@ -329,32 +338,43 @@ absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* ov
     RETURN_IF_ERROR(WaitReadable(fence->get(), state_->options.timeout,
                                  absl::StrCat("producer fence of buffer ", f->buffer.id())));
   }
-  return PresentFramebuffers(primary.fb, primary.dst, overlay ? &overlay->fb : nullptr,
-                             overlay ? overlay->dst : Rect{}, writeback);
+  const PlaneFramebuffer primary_fb{primary.fb, primary.dst, primary.src};
+  if (overlay == nullptr) return PresentFramebuffers(primary_fb, nullptr, writeback);
+  const PlaneFramebuffer overlay_fb{overlay->fb, overlay->dst, overlay->src};
+  return PresentFramebuffers(primary_fb, &overlay_fb, writeback);
 }
 
-absl::Status KmsDisplay::PresentFramebuffers(const Framebuffer& primary, const Rect& primary_dst,
-                                             const Framebuffer* overlay, const Rect& overlay_dst,
+absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
+                                             const PlaneFramebuffer* overlay,
                                              const Framebuffer* writeback) {
   State& s = *state_;
-  auto check = [&](const Framebuffer& fb, const Rect& dst, const PlaneInfo& plane,
+  auto check = [&](const PlaneFramebuffer& p, const PlaneInfo& plane,
                    const char* name) -> absl::Status {
+    const Framebuffer& fb = p.fb;
     if (std::find(plane.formats.begin(), plane.formats.end(), fb.format()) == plane.formats.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("the ", name, " plane does not take ", FourccName(fb.format())));
     }
+    const Rect& dst = p.dst;
     if (dst.width == 0 || dst.height == 0 || dst.x < 0 || dst.y < 0 ||
         uint64_t(dst.x) + dst.width > width() || uint64_t(dst.y) + dst.height > height()) {
       return absl::InvalidArgumentError(
           absl::StrCat("the ", name, " plane's rectangle ", dst.width, "x", dst.height, "+", dst.x,
                        "+", dst.y, " is not inside the ", width(), "x", height(), " screen"));
     }
+    const Rect src = SourceRect(fb, p.src);
+    if (src.x < 0 || src.y < 0 || uint64_t(src.x) + src.width > fb.width() ||
+        uint64_t(src.y) + src.height > fb.height()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", name, " plane's source ", src.width, "x", src.height, "+", src.x, "+", src.y,
+          " is not inside the ", fb.width(), "x", fb.height(), " framebuffer"));
+    }
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(check(primary, primary_dst, s.primary, "primary"));
+  RETURN_IF_ERROR(check(primary, s.primary, "primary"));
   if (overlay != nullptr) {
     if (!has_overlay()) return absl::FailedPreconditionError("the display has no overlay plane");
-    RETURN_IF_ERROR(check(*overlay, overlay_dst, s.overlay, "overlay"));
+    RETURN_IF_ERROR(check(*overlay, s.overlay, "overlay"));
   }
   if (writeback != nullptr && !has_writeback()) {
     return absl::FailedPreconditionError("the display has no writeback connector");
@@ -373,9 +393,13 @@ absl::Status KmsDisplay::PresentFramebuffers(const Framebuffer& primary, const R
   } else {
     flags |= DRM_MODE_ATOMIC_NONBLOCK;
   }
-  RETURN_IF_ERROR(AddPlane(req.get(), s.primary.props, s.crtc.object_id, &primary, primary_dst));
-  if (overlay != nullptr || s.overlay_on) {
-    RETURN_IF_ERROR(AddPlane(req.get(), s.overlay.props, s.crtc.object_id, overlay, overlay_dst));
+  RETURN_IF_ERROR(AddPlane(req.get(), s.primary.props, s.crtc.object_id, &primary.fb, primary.dst,
+                           primary.src));
+  if (overlay != nullptr) {
+    RETURN_IF_ERROR(AddPlane(req.get(), s.overlay.props, s.crtc.object_id, &overlay->fb,
+                             overlay->dst, overlay->src));
+  } else if (s.overlay_on) {
+    RETURN_IF_ERROR(AddPlane(req.get(), s.overlay.props, s.crtc.object_id, nullptr, {}));
   }
   int32_t out_fence = -1;
   if (writeback != nullptr) {
@@ -385,7 +409,12 @@ absl::Status KmsDisplay::PresentFramebuffers(const Framebuffer& primary, const R
   }
   s.flip_done = false;
   if (drmModeAtomicCommit(s.fd(), req.get(), flags, &s) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("atomic commit on ", s.device->path()));
+    const std::string what = absl::StrCat("atomic commit on ", s.device->path());
+    if (errno == ERANGE) {  // drm_atomic_helper_check_plane_state's answer
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": a plane cannot scale its source rectangle to its destination (ERANGE)"));
+    }
+    return ErrnoStatus(errno, what);
   }
   UniqueFd writeback_fence(out_fence);
   s.on = true;

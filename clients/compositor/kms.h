@@ -15,7 +15,8 @@
 // Errors: NOT_FOUND (no such device, no connected connector, no plane),
 // UNIMPLEMENTED (no atomic modesetting), INVALID_ARGUMENT (a layout KMS
 // cannot take, a format the plane does not take, a buffer smaller than its
-// layout, a rectangle outside the screen), FAILED_PRECONDITION (not a
+// layout, a rectangle outside the screen or the framebuffer, a scaling the
+// plane cannot do), FAILED_PRECONDITION (not a
 // dma-buf, no overlay plane or writeback connector for what was asked),
 // DEADLINE_EXCEEDED (no flip event or fence in time), the ioctl's errno
 // otherwise (PERMISSION_DENIED: not DRM master, or a view whose allow-list
@@ -90,12 +91,22 @@ struct DumbFramebuffer {
 };
 
 // One plane's content for a Present: a halloc frame, its framebuffer from
-// Import(buffer), and where on the screen it goes (scaled from the whole
-// framebuffer; vkms does not scale, so dst should match the fb's size).
+// Import(buffer), where on the screen it goes (`dst`) and which part of the
+// framebuffer (`src`; empty: all of it), scaled from src to dst where the
+// plane can scale. vkms cannot: there src must be dst's size (a crop, e.g.
+// part of a camera frame as a picture-in-picture).
 struct PlaneFrame {
   const halloc::Buffer& buffer;
   const Framebuffer& fb;
   Rect dst;
+  Rect src = {};
+};
+
+// The same for a framebuffer KMS already knows is ready (PresentFramebuffers).
+struct PlaneFramebuffer {
+  const Framebuffer& fb;
+  Rect dst;
+  Rect src = {};
 };
 
 struct DisplayOptions {
@@ -142,9 +153,9 @@ class KmsDisplay {
   absl::Status Present(const PlaneFrame& primary, const PlaneFrame* overlay = nullptr,
                        const Framebuffer* writeback = nullptr);
   // The same commit and flip without fences: for framebuffers KMS already
-  // knows are ready (dumb buffers the CPU filled).
-  absl::Status PresentFramebuffers(const Framebuffer& primary, const Rect& primary_dst,
-                                   const Framebuffer* overlay, const Rect& overlay_dst,
+  // knows are ready (dumb buffers the CPU filled, a driver's own buffers).
+  absl::Status PresentFramebuffers(const PlaneFramebuffer& primary,
+                                   const PlaneFramebuffer* overlay = nullptr,
                                    const Framebuffer* writeback = nullptr);
 
   // Page flips completed (flip events received) since Open.

@@ -38,44 +38,6 @@ constexpr int kShortCapture = 8;
 constexpr uint32_t kWidth = 640, kHeight = 480;
 constexpr uint64_t kCpuReadOften = 0x3;
 
-// The first vivid capture node's path, or "".
-std::string VividCapturePath() {
-  for (int i = 0; i < 64; ++i) {
-    const std::string path = "/dev/video" + std::to_string(i);
-    UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
-    if (!fd.valid()) continue;
-    v4l2_capability cap = {};
-    if (Ioctl(fd.get(), VIDIOC_QUERYCAP, &cap) != 0) continue;
-    const uint32_t caps = (cap.capabilities & V4L2_CAP_DEVICE_CAPS)
-                              ? cap.device_caps
-                              : cap.capabilities;
-    if (std::string(reinterpret_cast<char*>(cap.driver)) == "vivid" &&
-        (caps & (V4L2_CAP_VIDEO_CAPTURE | V4L2_CAP_VIDEO_CAPTURE_MPLANE)))
-      return path;
-  }
-  return "";
-}
-
-// vivid's 75% colour bars, classified by which channels are lit: the bar
-// index (0 white ... 7 black, vivid's order), or -1 if a channel is
-// neither clearly on nor clearly off.
-int BarOf(Rgb c) {
-  int bits = 0;
-  for (uint8_t v : {c.r, c.g, c.b}) {
-    if (v > 150) {
-      bits = bits * 2 + 1;
-    } else if (v < 60) {
-      bits = bits * 2;
-    } else {
-      return -1;
-    }
-  }
-  // r g b → bar: 111 white, 110 yellow, 011 cyan, 010 green, 101 magenta,
-  // 100 red, 001 blue, 000 black.
-  constexpr int kBarOfBits[8] = {7, 6, 3, 2, 5, 4, 1, 0};
-  return kBarOfBits[bits];
-}
-
 class CameraVividTest : public HallocTest {
  protected:
   void SetUp() override {
@@ -119,7 +81,7 @@ class CameraVividTest : public HallocTest {
       absl::StatusOr<Rgb> c =
           halloc::camera::PixelAt(layout, data, size, x, layout.height() * 3 / 4);
       ASSERT_TRUE(c.ok()) << c.status();
-      EXPECT_EQ(BarOf(*c), bar) << "column " << x << ": " << int(c->r) << ","
+      EXPECT_EQ(VividBar(c->r, c->g, c->b), bar) << "column " << x << ": " << int(c->r) << ","
                                 << int(c->g) << "," << int(c->b);
     }
   }

@@ -240,8 +240,8 @@ TEST_F(VkmsTest, TwoPlanesFlipAndTheWritebackPngShowsTheFrames) {
   }
   start = absl::Now();
   for (int i = 0; i < kFlips; ++i) {
-    s = display.PresentFramebuffers(dumb_bars[i % 2]->fb, display.FullScreen(), &dumb_square->fb,
-                                    kOverlayDst);
+    const hc::PlaneFramebuffer square_on{dumb_square->fb, kOverlayDst};
+    s = display.PresentFramebuffers({dumb_bars[i % 2]->fb, display.FullScreen()}, &square_on);
     ASSERT_TRUE(s.ok()) << "dumb flip " << i << ": " << s;
   }
   const absl::Duration dumb_loop = absl::Now() - start;
@@ -301,8 +301,20 @@ TEST_F(VkmsTest, RefusesFormatsPlanesDoNotTakeAndShortBuffers) {
   absl::StatusOr<hc::Framebuffer> bars_fb = display.Import(*bars.got);
   ASSERT_TRUE(sq_fb.ok() && bars_fb.ok());
   const hc::PlaneFrame off{*sq.got, *sq_fb, {int32_t(kWidth) - 10, 0, 160, 120}};
-  s = display.Present({*bars.got, *bars_fb, display.FullScreen()}, &off);
+  const hc::PlaneFrame bars_on{*bars.got, *bars_fb, display.FullScreen()};
+  s = display.Present(bars_on, &off);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+
+  // A source rectangle off the framebuffer; one vkms would have to scale
+  // (its planes do not scale: the kernel's ERANGE).
+  const hc::PlaneFrame off_src{*sq.got, *sq_fb, kOverlayDst, {80, 0, 160, 120}};
+  s = display.Present(bars_on, &off_src);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("not inside the 160x120 framebuffer"), absl::string_view::npos) << s;
+  const hc::PlaneFrame scaled{*bars.got, *bars_fb, kOverlayDst, {0, 0, 320, 240}};
+  s = display.Present(bars_on, &scaled);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("cannot scale"), absl::string_view::npos) << s;
 }
 
 // halloc-kms (the tool beside this binary in bazel-bin; a data dependency).

@@ -42,6 +42,51 @@ inline UniqueFd OpenVividCapture() {
   return UniqueFd();
 }
 
+// The first vivid capture node's path (single- or multi-planar API), or "".
+inline std::string VividCapturePath() {
+  for (int i = 0; i < 64; ++i) {
+    const std::string path = "/dev/video" + std::to_string(i);
+    UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK));
+    if (!fd.valid()) continue;
+    v4l2_capability cap = {};
+    if (Ioctl(fd.get(), VIDIOC_QUERYCAP, &cap) != 0) continue;
+    const uint32_t caps = (cap.capabilities & V4L2_CAP_DEVICE_CAPS)
+                              ? cap.device_caps
+                              : cap.capabilities;
+    if (std::string(reinterpret_cast<char*>(cap.driver)) == "vivid" &&
+        (caps & (V4L2_CAP_VIDEO_CAPTURE | V4L2_CAP_VIDEO_CAPTURE_MPLANE)))
+      return path;
+  }
+  return "";
+}
+
+// vivid's default test pattern, 75% colour bars, left to right: white,
+// yellow, cyan, green, magenta, red, blue, black, each 1/8 of the width;
+// in its RGB formats (XR24: full range) exactly these 0xRRGGBB colours.
+inline constexpr int kVividBars = 8;
+inline constexpr uint32_t kVividBarRgb[kVividBars] = {
+    0xbfbfbf, 0xbfbf00, 0x00bfbf, 0x00bf00, 0xbf00bf, 0xbf0000, 0x0000bf, 0x000000};
+
+// A pixel classified by which channels are lit: its bar index (0 white ...
+// 7 black, vivid's order), or -1 if a channel is neither clearly on
+// (> 150) nor clearly off (< 60).
+inline int VividBar(uint8_t r, uint8_t g, uint8_t b) {
+  int bits = 0;
+  for (uint8_t v : {r, g, b}) {
+    if (v > 150) {
+      bits = bits * 2 + 1;
+    } else if (v < 60) {
+      bits = bits * 2;
+    } else {
+      return -1;
+    }
+  }
+  // r g b → bar: 111 white, 110 yellow, 011 cyan, 010 green, 101 magenta,
+  // 100 red, 001 blue, 000 black.
+  constexpr int kBarOfBits[8] = {7, 6, 3, 2, 5, 4, 1, 0};
+  return kBarOfBits[bits];
+}
+
 // Reloads vivid with the given allocator; true on success.
 inline bool ReloadVivid(const std::string& allocators, std::string* why) {
   const std::string ko = Env("VIVID_KO");
