@@ -10,13 +10,12 @@
 #include <xf86drm.h>
 
 #include <climits>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/match.h"
 #include "tests/integration/peer_process.h"
+#include "tests/kernel/example_policy.h"
 #include "tests/kernel/daemon_util.h"
 #include "tests/kernel/halloc_fixture.h"
 
@@ -71,11 +70,7 @@ class LeastPrivilegeTest : public HallocTest {
       }
       closedir(dir);
     }
-    std::ifstream in(Runfile("service/policy/example.textproto"));
-    std::stringstream policy;
-    policy << in.rdbuf();
-    ASSERT_FALSE(policy.str().empty()) << "example.textproto not in the runfiles";
-    auto d = StartDaemon("halloc", policy.str());
+    auto d = StartDaemon("halloc", kExamplePolicy);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
   }
