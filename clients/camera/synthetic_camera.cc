@@ -56,6 +56,7 @@ class SyntheticCamera : public Camera {
     absl::MutexLock lock(&mu_);
     streaming_ = true;
     start_ = absl::Now();
+    start_monotonic_ = Monotonic();
     started_sequence_ = sequence_;
     return absl::OkStatus();
   }
@@ -69,6 +70,7 @@ class SyntheticCamera : public Camera {
   absl::StatusOr<Frame> Next(absl::Duration timeout) override {
     Frame frame;
     absl::Time due;
+    absl::Duration due_monotonic;
     {
       absl::MutexLock lock(&mu_);
       if (!streaming_) return absl::FailedPreconditionError("not streaming: Start first");
@@ -83,7 +85,10 @@ class SyntheticCamera : public Camera {
       next_ = (frame.index + 1) % n;
       held_[frame.index] = true;
       frame.sequence = sequence_++;
-      due = start_ + period_ * static_cast<int64_t>(frame.sequence - started_sequence_);
+      const absl::Duration offset =
+          period_ * static_cast<int64_t>(frame.sequence - started_sequence_);
+      due = start_ + offset;
+      due_monotonic = start_monotonic_ + offset;
     }
     const absl::Duration wait = due - absl::Now();
     if (wait > timeout) {
@@ -98,7 +103,9 @@ class SyntheticCamera : public Camera {
       GiveBack(frame.index);
       return drawn;
     }
-    frame.timestamp = Monotonic();
+    // Paced: the frame's slot on the schedule (a sensor's capture instant,
+    // not when drawing ended), so timestamps are exactly a period apart.
+    frame.timestamp = period_ > absl::ZeroDuration() ? due_monotonic : Monotonic();
     frame.bytesused = format_.sizeimage;
     frame.buffer = &buffer;
     return frame;
@@ -133,6 +140,7 @@ class SyntheticCamera : public Camera {
   uint32_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t started_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time start_ ABSL_GUARDED_BY(mu_);
+  absl::Duration start_monotonic_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace
