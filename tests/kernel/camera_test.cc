@@ -255,26 +255,18 @@ TEST_F(CameraVividTest, MemfdBackendIsRefusedForV4l2) {
   EXPECT_NE(s.message().find("memfd"), std::string::npos) << s;
 }
 
-class CameraVividContigTest : public CameraVividTest {
+// vivid reloaded with other parameters for a fixture's tests (the
+// default, allocators=0, is put back after), and hallocd with `policy`.
+class CameraVividReloadedTest : public CameraVividTest {
  protected:
-  void SetUp() override {
+  void SetUpReloaded(const std::string& allocators, const std::string& policy) {
     HallocTest::SetUp();
     if (IsSkipped() || HasFatalFailure()) return;
     std::string why;
-    if (!ReloadVivid("1", &why)) GTEST_SKIP() << why;
+    // ReloadVivid appends "allocators=<arg>" to vivid's parameters.
+    if (!ReloadVivid(allocators, &why)) GTEST_SKIP() << why;
     reloaded_ = true;
-    // Only vivid may attach the camera's buffers; they come from
-    // halloc-deferred, backed contiguously below 4 GiB at vivid's QBUF.
-    StartCameraDaemon(R"(
-      clients {
-        name: "camera"
-        match { uids: 0 }
-        usages: "camera_output" usages: "cpu_read_often"
-        heaps: "halloc"
-        max_cpu_access: CPU_ACCESS_READ
-        attach_devices: "vivid"
-        share_to: "camera" receive_from: "camera"
-      })");
+    StartCameraDaemon(policy);
   }
   void TearDown() override {
     camera_.reset();
@@ -288,6 +280,24 @@ class CameraVividContigTest : public CameraVividTest {
   bool reloaded_ = false;
 };
 
+class CameraVividContigTest : public CameraVividReloadedTest {
+ protected:
+  void SetUp() override {
+    // Only vivid may attach the camera's buffers; they come from
+    // halloc-deferred, backed contiguously below 4 GiB at vivid's QBUF.
+    SetUpReloaded("1", R"(
+      clients {
+        name: "camera"
+        match { uids: 0 }
+        usages: "camera_output" usages: "cpu_read_often"
+        heaps: "halloc"
+        max_cpu_access: CPU_ACCESS_READ
+        attach_devices: "vivid"
+        share_to: "camera" receive_from: "camera"
+      })");
+  }
+};
+
 TEST_F(CameraVividContigTest, CapturesXrgb8888SharedReadOnly) {
   CaptureAndShare(DRM_FORMAT_XRGB8888, kCaptureFrames);
 }
@@ -295,27 +305,9 @@ TEST_F(CameraVividContigTest, CapturesXrgb8888SharedReadOnly) {
 // vivid with multiplanar=2 speaks only the multi-planar API; the camera
 // uses it with one memory plane (XR24, and NV12 with both planes in one
 // buffer).
-class CameraVividMplaneTest : public CameraVividTest {
+class CameraVividMplaneTest : public CameraVividReloadedTest {
  protected:
-  void SetUp() override {
-    HallocTest::SetUp();
-    if (IsSkipped() || HasFatalFailure()) return;
-    std::string why;
-    // ReloadVivid appends "allocators=<arg>" to vivid's parameters.
-    if (!ReloadVivid("0 multiplanar=2", &why)) GTEST_SKIP() << why;
-    reloaded_ = true;
-    StartCameraDaemon("");
-  }
-  void TearDown() override {
-    camera_.reset();
-    display_.reset();
-    daemon_.reset();
-    std::string why;
-    if (reloaded_) {
-      EXPECT_TRUE(ReloadVivid("0", &why)) << why;
-    }
-  }
-  bool reloaded_ = false;
+  void SetUp() override { SetUpReloaded("0 multiplanar=2", ""); }
 };
 
 TEST_F(CameraVividMplaneTest, CapturesXrgb8888) {

@@ -31,6 +31,7 @@
 #include "clients/testing/test_daemon.h"
 #include "tests/kernel/daemon_util.h"
 #include "tests/kernel/halloc_fixture.h"
+#include "tests/kernel/vkms_util.h"
 
 namespace halloc_test {
 namespace {
@@ -76,21 +77,11 @@ class VkmsTest : public HallocTest {
   }
 
   void OpenDisplay(absl::Duration timeout) {
-    display_.reset();
     hc::DisplayOptions options;
     options.width = kWidth;
     options.height = kHeight;
     options.timeout = timeout;
-    absl::StatusOr<hc::KmsDisplay> display = hc::KmsDisplay::Open("vkms", options);
-    if (display.status().code() == absl::StatusCode::kNotFound) {
-      // tools/kernel-test.sh builds vkms.ko from linux-source-6.1 and loads it.
-      if (!Env("HALLOC_KO").empty()) FAIL() << "vkms should be loaded: " << display.status();
-      GTEST_SKIP() << "no vkms DRM device (Debian's kernel has no CONFIG_DRM_VKMS; "
-                      "tools/kernel-test.sh loads an out-of-tree vkms.ko): "
-                   << display.status();
-    }
-    ASSERT_TRUE(display.ok()) << display.status();
-    display_.emplace(*std::move(display));
+    OpenVkms(options, &display_);
   }
 
   void TearDown() override {

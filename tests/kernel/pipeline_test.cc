@@ -46,6 +46,7 @@
 #include "tests/kernel/halloc_fixture.h"
 #include "tests/kernel/vivid_fixture.h"
 #include "tests/kernel/vivid_mmap.h"
+#include "tests/kernel/vkms_util.h"
 
 namespace halloc_test {
 namespace {
@@ -129,16 +130,8 @@ class PipelineTest : public HallocTest {
     hc::DisplayOptions options;
     options.width = kWidth;
     options.height = kHeight;
-    absl::StatusOr<hc::KmsDisplay> display = hc::KmsDisplay::Open("vkms", options);
-    if (display.status().code() == absl::StatusCode::kNotFound) {
-      // tools/kernel-test.sh builds vkms.ko from linux-source-6.1 and loads it.
-      if (!Env("HALLOC_KO").empty()) FAIL() << "vkms should be loaded: " << display.status();
-      GTEST_SKIP() << "no vkms DRM device (Debian's kernel has no CONFIG_DRM_VKMS; "
-                      "tools/kernel-test.sh loads an out-of-tree vkms.ko): "
-                   << display.status();
-    }
-    ASSERT_TRUE(display.ok()) << display.status();
-    display_.emplace(*std::move(display));
+    OpenVkms(options, &display_);
+    if (IsSkipped() || HasFatalFailure()) return;
     ASSERT_TRUE(display_->has_overlay()) << "vkms was loaded without enable_overlay=1";
     ASSERT_TRUE(display_->has_writeback()) << "vkms was loaded without enable_writeback=1";
     absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d = StartDaemon("halloc");
