@@ -33,8 +33,6 @@ namespace {
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
-// Records handled per readable event before other connections get a turn.
-constexpr int kRecordsPerTurn = 32;
 // Root and hallocd's own uid may exceed the total limit by this much.
 constexpr uint32_t kAdminReserve = 16;
 constexpr uint32_t kDefaultMaxPerUid = 256;
@@ -410,22 +408,23 @@ void Broker::ExpireHandshakes() {
   }
 }
 
+// One record per readable event. epoll (level-triggered) reports the
+// connection again while more are queued, so a busy connection takes turns
+// with the others, and a reply is not followed by a failed recvmsg before
+// the thread sleeps (on a CPU shared with the client, that recvmsg would
+// stand between the reply and the client reading it).
 void Broker::OnReadable(uint64_t key) {
-  for (int i = 0; i < kRecordsPerTurn; ++i) {
-    auto it = conns_.find(key);
-    if (it == conns_.end()) return;  // a record closed it
-    Conn& conn = *it->second;
-    absl::StatusOr<Record> rec = ReceiveRecord(conn.sock(), true);
-    if (rec.ok()) {
-      if (!Handle(conn, *std::move(rec))) return;
-      continue;
-    }
-    if (absl::IsResourceExhausted(rec.status())) return;  // drained
-    if (absl::IsDataLoss(rec.status())) continue;         // dropped; next
-    Close(key);  // peer closed, or an error on its socket
+  auto it = conns_.find(key);
+  if (it == conns_.end()) return;  // an earlier event closed it
+  Conn& conn = *it->second;
+  absl::StatusOr<Record> rec = ReceiveRecord(conn.sock(), true);
+  if (rec.ok()) {
+    Handle(conn, *std::move(rec));
     return;
   }
-  // Its turn is over; epoll reports it again while records are queued.
+  // Nothing queued after all, or a record dropped (truncated): next event.
+  if (absl::IsResourceExhausted(rec.status()) || absl::IsDataLoss(rec.status())) return;
+  Close(key);  // peer closed, or an error on its socket
 }
 
 void Broker::Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds) {
