@@ -1,0 +1,43 @@
+#include "service/util/cpu_follower.h"
+
+#include <utility>
+
+namespace halloc {
+
+CpuFollower CpuFollower::ForThisThread() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+    CPU_ZERO(&allowed);  // unknown: never moves the thread
+  }
+  return CpuFollower(allowed, [](const cpu_set_t& set) {
+    return ::sched_setaffinity(0, sizeof(set), &set);
+  });
+}
+
+CpuFollower::CpuFollower(const cpu_set_t& allowed, SetAffinity set_affinity)
+    : allowed_(allowed),
+      allowed_count_(CPU_COUNT(&allowed)),
+      set_affinity_(std::move(set_affinity)) {}
+
+void CpuFollower::Follow(uint32_t cpu_hint, bool alone) {
+  if (!alone) {
+    LetGo();
+    return;
+  }
+  if (cpu_hint == 0 || cpu_hint > CPU_SETSIZE || allowed_count_ < 2) return;
+  const int cpu = static_cast<int>(cpu_hint - 1);
+  if (cpu == held_ || !CPU_ISSET(cpu, &allowed_)) return;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (set_affinity_(one) == 0) held_ = cpu;
+}
+
+void CpuFollower::LetGo() {
+  if (held_ < 0) return;
+  // Should this fail, the thread stays held; the next call tries again.
+  if (set_affinity_(allowed_) == 0) held_ = -1;
+}
+
+}  // namespace halloc
