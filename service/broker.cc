@@ -24,6 +24,7 @@
 namespace halloc {
 
 absl::Duration Broker::verify_timeout = absl::Seconds(10);
+bool Broker::follow_client_cpu = true;
 
 namespace {
 
@@ -212,6 +213,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
   std::unique_ptr<Broker> broker(new Broker(core, std::move(listener),
                                             std::move(epoll), std::move(wake),
                                             std::move(reserve), path, owns_path));
+  broker->follow_cpu_ = follow_client_cpu;
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
@@ -248,6 +250,7 @@ void Broker::Warn(absl::string_view kind, const std::string& line) {
 }
 
 void Broker::Run() {
+  if (follow_cpu_) follower_.emplace(CpuFollower::ForThisThread());
   epoll_event events[64];
   for (;;) {
     // Wake up now and then while handshakes may expire or accepting waits.
@@ -257,6 +260,15 @@ void Broker::Run() {
       if (errno == EINTR) continue;
       PLOG(ERROR) << "broker: epoll_wait";
       return;
+    }
+    int clients = 0;
+    for (int i = 0; i < n; ++i) {
+      clients += events[i].data.u64 != kListenerKey && events[i].data.u64 != kWakeKey;
+    }
+    one_client_this_turn_ = clients <= 1;
+    if (!one_client_this_turn_ && follower_) {
+      follower_->LetGo();
+      held_cpu_.store(-1, std::memory_order_relaxed);
     }
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
@@ -463,6 +475,11 @@ bool Broker::Handle(Conn& conn, Record rec) {
   if (rec.creds->pid != session.creds().pid) {
     other = {rec.creds->uid, rec.creds->gid, rec.creds->pid, "", std::nullopt};
     caller = &other;
+  }
+  // Reply from the client's CPU (see CpuFollower).
+  if (follower_) {
+    follower_->Follow(req.cpu(), one_client_this_turn_);
+    held_cpu_.store(follower_->held(), std::memory_order_relaxed);
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {

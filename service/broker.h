@@ -3,7 +3,8 @@
 // requests (Allocate, Release). The protocol is documented in
 // proto/halloc/v1/broker.proto.
 //
-// One thread runs it. For each accepted connection it reads SO_PEERCRED,
+// One thread runs it; while it serves one client at a time it moves to that
+// client's CPU (util/cpu_follower.h). For each accepted connection it reads SO_PEERCRED,
 // pins the peer with a pidfd, notes which file it executes and sends a Hello
 // with a challenge; the session opens only when the connecting process
 // itself answers (the kernel stamps every record with its sender:
@@ -22,7 +23,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -34,6 +37,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
+#include "service/util/cpu_follower.h"
 #include "service/util/log_limit.h"
 
 namespace halloc {
@@ -58,6 +62,13 @@ class Broker {
 
   // How long a connection may take to verify (tests shorten it).
   static absl::Duration verify_timeout;
+  // Whether the broker thread follows the CPU of the client it serves
+  // (BrokerRequest.cpu, service/util/cpu_follower.h). Read by Start and
+  // Serve.
+  static bool follow_client_cpu;
+
+  // The CPU the broker thread is held on (following a client), or -1.
+  int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
 
  private:
   // One accepted connection: first a handshake, then a session.
@@ -115,6 +126,12 @@ class Broker {
   bool accepting_ = true;
   absl::Time resume_at_;
   LogLimiter log_limit_;
+  bool follow_cpu_ = false;  // follow_client_cpu when started
+  // Set by Run for the thread it runs on when follow_cpu_.
+  std::optional<CpuFollower> follower_;
+  // Whether the events of this turn of Run come from one connection only.
+  bool one_client_this_turn_ = true;
+  std::atomic<int> held_cpu_{-1};
   std::thread thread_;
   bool stopped_ = false;
 };

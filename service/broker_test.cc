@@ -3,6 +3,7 @@
 #include "service/broker.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -14,6 +15,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
@@ -109,6 +111,61 @@ TEST_F(BrokerTest, RefusesAPassedSocketOfTheWrongKind) {
   b = Broker::Serve(UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)), "/dev/null",
                     core_.get());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// One fast-path request (an empty Release) sent from CPU `cpu_hint` - 1;
+// its reply's status.
+absl::Status ReleaseNothingFrom(int sock, uint32_t cpu_hint) {
+  v1::BrokerRequest req;
+  req.set_request_id(1);
+  req.set_cpu(cpu_hint);
+  req.mutable_release();
+  if (absl::Status s = SendRecord(sock, req.SerializeAsString(), {}, false); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<Record> rec = ReceiveRecord(sock, false);
+  if (!rec.ok()) return rec.status();
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(rec->bytes) || !frame.has_reply()) {
+    return absl::DataLossError("not a reply");
+  }
+  return ReplyStatus(frame.reply());
+}
+
+TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {
+  cpu_set_t ours;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
+  if (CPU_COUNT(&ours) < 2) GTEST_SKIP() << "one CPU only: there is nothing to follow";
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*broker)->held_cpu(), -1);
+  int last = -1;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &ours)) continue;
+    ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), static_cast<uint32_t>(cpu) + 1).ok());
+    EXPECT_EQ((*broker)->held_cpu(), cpu);
+    last = cpu;
+  }
+  // Unknown, or not a CPU hallocd may use: served all the same, not followed.
+  for (uint32_t hint : {0u, static_cast<uint32_t>(CPU_SETSIZE) + 1, 0xffffffffu}) {
+    EXPECT_TRUE(ReleaseNothingFrom(c->fd.get(), hint).ok()) << hint;
+    EXPECT_EQ((*broker)->held_cpu(), last) << hint;
+  }
+}
+
+TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
+  const std::string path = dir_ + "/broker.sock";
+  Broker::follow_client_cpu = false;
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  Broker::follow_client_cpu = true;
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), 1).ok());
+  EXPECT_EQ((*broker)->held_cpu(), -1);
 }
 
 }  // namespace

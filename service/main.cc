@@ -73,6 +73,10 @@ ABSL_FLAG(std::string, metrics_address, "",
           "e.g. 127.0.0.1:9464 (off when empty; under the shipped unit, which "
           "has PrivateNetwork=yes, use `hallocctl stats --prometheus` with "
           "node_exporter's textfile collector instead)");
+ABSL_FLAG(bool, broker_follow_cpu, true,
+          "while the broker serves one client at a time, move its thread to "
+          "the CPU that client sends from (BrokerRequest.cpu), so that replies "
+          "do not wake a second, sleeping CPU");
 ABSL_FLAG(int, grpc_max_streams_per_connection, 64,
           "most concurrent gRPC calls on one connection");
 
@@ -140,6 +144,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.grpc_max_streams_per_connection =
       absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  halloc::Broker::follow_client_cpu = absl::GetFlag(FLAGS_broker_follow_cpu);
   return options;
 }
 

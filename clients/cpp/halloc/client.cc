@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <linux/dma-buf.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -216,6 +217,8 @@ class Client::Impl {
   absl::StatusOr<Reply> BrokerCall(v1::BrokerRequest req, absl::string_view rpc) {
     const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
     req.set_request_id(id);
+    // Where to send the reply from (a hint; see BrokerRequest.cpu).
+    if (const int cpu = ::sched_getcpu(); cpu >= 0) req.set_cpu(static_cast<uint32_t>(cpu) + 1);
     RETURN_IF_ERROR(SendRecord(broker_.get(), req.SerializeAsString(), {}, false));
     absl::MutexLock lock(&mu_);
     const absl::Time deadline = absl::Now() + timeout_;

@@ -3,6 +3,7 @@
 // wrong fds, must not leave buffers held (the client gives them back).
 #include <sys/mman.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -54,6 +55,11 @@ class FakeBroker {
     o.timeout = absl::Milliseconds(200);
     return o;
   }
+  // BrokerRequest.cpu of every fast-path request, in order.
+  std::vector<uint32_t> cpus() {
+    absl::MutexLock lock(&mu_);
+    return cpus_;
+  }
   // Release requests received, in order.
   std::vector<v1::ReleaseRequest> releases() {
     absl::MutexLock lock(&mu_);
@@ -91,6 +97,10 @@ class FakeBroker {
         absl::MutexLock lock(&mu_);
         releases_.push_back(req.release());
       }
+      {
+        absl::MutexLock lock(&mu_);
+        cpus_.push_back(req.cpu());
+      }
       answer_(conn_.get(), req);
     }
   }
@@ -101,6 +111,7 @@ class FakeBroker {
   std::thread thread_;
   absl::Mutex mu_;
   std::vector<v1::ReleaseRequest> releases_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> cpus_ ABSL_GUARDED_BY(mu_);
 };
 
 UniqueFd Memfd() {
@@ -179,6 +190,29 @@ TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
   }
   ASSERT_EQ(broker.releases().size(), 1u);
   EXPECT_EQ(broker.releases()[0].buffer_ids_size(), 2);
+}
+
+// Each request says which CPU it was sent from (a CPU this process may run
+// on, plus one), so that the broker can answer from there.
+TEST(ClientBrokerTest, RequestsSayWhichCpuTheyComeFrom) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    v1::BrokerReply r;
+    r.set_request_id(req.request_id());
+    r.mutable_release();
+    FakeBroker::Reply(sock, r);
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->Release(1).ok());
+  ASSERT_TRUE(c->Release(2).ok());
+  cpu_set_t ours;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
+  std::vector<uint32_t> cpus = broker.cpus();
+  ASSERT_EQ(cpus.size(), 2u);
+  for (uint32_t hint : cpus) {
+    ASSERT_GT(hint, 0u);
+    EXPECT_TRUE(CPU_ISSET(hint - 1, &ours)) << hint;
+  }
 }
 
 TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
