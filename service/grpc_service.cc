@@ -43,11 +43,14 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
   HALLOC_WITH_SESSION("Allocate", {
     absl::StatusOr<v1::AllocateResponse> r = core_->Allocate(**session, *req);
     if (!r.ok()) return r.status();
-    // A caller whose deadline passed (or who cancelled) while we allocated
-    // would never learn the ids: give the buffers back now rather than
-    // hold them until its session ends. (libhalloc drops fds that no call
-    // claims within twice its timeout.)
-    if (ctx->IsCancelled()) {
+    // A caller whose deadline passed while we allocated would never learn
+    // the ids: give the buffers back now rather than hold them until its
+    // session ends. (libhalloc drops fds that no call claims within twice
+    // its timeout.) The deadline, not IsCancelled(): on the sync server
+    // that polls the completion queue, an eighth of this daemon's CPU per
+    // Allocate in a profile. A caller that cancels explicitly still holds
+    // what it asked for: List shows it, Release or session end frees it.
+    if (ctx->deadline() <= std::chrono::system_clock::now()) {
       v1::ReleaseRequest undo;
       for (const v1::BufferInfo& b : r->buffers()) undo.add_buffer_ids(b.id());
       (void)core_->Release(**session, undo);

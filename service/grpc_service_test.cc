@@ -20,12 +20,14 @@ class FakeChannel : public FdChannel {
  public:
   absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
                     const v1::AllocateResponse*) override {
+    absl::SleepFor(delay);
     sent.push_back(info);
     fd_counts.push_back(fds.size());
     return absl::OkStatus();
   }
   std::vector<v1::BufferFds> sent;
   std::vector<size_t> fd_counts;
+  absl::Duration delay;  // a slow delivery
 };
 
 class GrpcServiceTest : public ::testing::Test {
@@ -75,6 +77,26 @@ TEST_F(GrpcServiceTest, AllocateFindsTheSessionByTokenAndSendsFdsToItsChannel) {
   v1::DescribeResponse dresp;
   ASSERT_TRUE(stub_->Describe(Ctx(session_->token()).get(), dreq, &dresp).ok());
   EXPECT_EQ(dresp.buffer().size(), 4096u);
+}
+
+// The caller gave up (its deadline passed) while the buffers were being
+// delivered: it will never learn their ids, so they are not kept for it.
+TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
+  channel_->delay = absl::Milliseconds(300);
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::AllocateResponse resp;
+  auto ctx = Ctx(session_->token());
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+  EXPECT_EQ(stub_->Allocate(ctx.get(), req, &resp).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The daemon side finishes after the caller gave up.
+  absl::Time until = absl::Now() + absl::Seconds(5);
+  while (core_.Stats().releases_total() == 0) {
+    ASSERT_LT(absl::Now(), until) << "the late allocation was never given back";
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
 TEST_F(GrpcServiceTest, NoOrAWrongTokenIsUnauthenticatedAndAllocatesNothing) {
