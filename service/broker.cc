@@ -236,6 +236,7 @@ void Broker::Stop() {
     PLOG(ERROR) << "broker: cannot wake the broker thread";
   }
   if (thread_.joinable()) thread_.join();
+  if (held_cpu_.load(std::memory_order_relaxed) >= 0) ServingCpu().store(-1);
   std::vector<uint64_t> keys;
   for (const auto& [key, c] : conns_) keys.push_back(key);
   for (uint64_t key : keys) Close(key);
@@ -268,7 +269,7 @@ void Broker::Run() {
     one_client_this_turn_ = clients <= 1;
     if (!one_client_this_turn_ && follower_) {
       follower_->LetGo();
-      held_cpu_.store(-1, std::memory_order_relaxed);
+      Publish();
     }
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
@@ -282,6 +283,13 @@ void Broker::Run() {
     if (!accepting_ && absl::Now() >= resume_at_) ResumeAccepting();
     if (handshakes_ > 0) ExpireHandshakes();
   }
+}
+
+void Broker::Publish() {
+  const int held = follower_->held();
+  if (held == held_cpu_.load(std::memory_order_relaxed)) return;
+  held_cpu_.store(held, std::memory_order_relaxed);
+  ServingCpu().store(held, std::memory_order_relaxed);
 }
 
 void Broker::PauseAccepting() {
@@ -479,7 +487,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
   // Reply from the client's CPU (see CpuFollower).
   if (follower_) {
     follower_->Follow(req.cpu(), one_client_this_turn_);
-    held_cpu_.store(follower_->held(), std::memory_order_relaxed);
+    Publish();
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {

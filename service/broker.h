@@ -105,6 +105,8 @@ class Broker {
   void Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds = {});
   void Close(uint64_t key);
   void ExpireHandshakes();
+  // Tells held_cpu() and ServingCpu() where the follower holds the thread.
+  void Publish();
   void PauseAccepting();
   void ResumeAccepting();
   // Rate-limited warning about something an outsider caused.

@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/util/cpu_follower.h"
 
 namespace halloc {
 namespace {
@@ -227,6 +229,8 @@ void PooledBackend::Run() {
     sched_param param{};
     (void)::sched_setscheduler(0, SCHED_IDLE, &param);
   }
+  std::optional<CpuFollower> follower;
+  if (options_.follow_cpu != nullptr) follower.emplace(CpuFollower::ForThisThread());
   for (;;) {
     {
       std::deque<UniqueFd> freed;
@@ -237,6 +241,10 @@ void PooledBackend::Run() {
         wake_.WaitWithTimeout(&mu_, kTrimPeriod);
         continue;
       }
+    }
+    if (follower) {
+      const int cpu = options_.follow_cpu->load(std::memory_order_relaxed);
+      follower->Follow(cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0, cpu >= 0);
     }
     RefillOnce();
   }

@@ -35,6 +35,7 @@
 #ifndef HALLOC_SERVICE_BACKEND_POOL_H_
 #define HALLOC_SERVICE_BACKEND_POOL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -73,6 +74,14 @@ struct PoolOptions {
   // they never delay a request; a class drained faster than idle time
   // refills it sees misses, which do the same work on the request path.
   bool idle_priority = true;
+  // When set: the CPU the refill thread runs on while it is >= 0 (anywhere
+  // while it is -1). hallocd passes ServingCpu() (util/cpu_follower.h): while
+  // one client is served, refills use the idle time of that client's CPU
+  // rather than make another CPU look idle to the scheduler, which would
+  // move the client there, away from the thread serving it. (A busy client
+  // leaves little idle time: a stream longer than the stock then sees
+  // misses, which do the same work on the request path.)
+  const std::atomic<int>* follow_cpu = nullptr;
 };
 
 class PooledBackend : public Backend {

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -11,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -232,6 +234,64 @@ TEST(PooledBackendTest, BackgroundThreadRefillsAClassDrainedBelowHalf) {
   }
   EXPECT_EQ((*pool)->stats().hits, 5u);
   EXPECT_TRUE(WaitForStock(**pool, 8)) << (*pool)->stats().stocked_buffers;
+}
+
+// Records the CPU of every inner allocation made by another thread than
+// the one that created it (i.e. by the refill thread).
+class CpuRecordingBackend : public MemfdBackend {
+ public:
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (::gettid() != creator_) {
+      absl::MutexLock lock(&mu_);
+      cpus_.push_back(::sched_getcpu());
+    }
+    return MemfdBackend::Allocate(r);
+  }
+  std::vector<int> TakeCpus() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(cpus_, {});
+  }
+
+ private:
+  const pid_t creator_ = ::gettid();
+  absl::Mutex mu_;
+  std::vector<int> cpus_ ABSL_GUARDED_BY(mu_);
+};
+
+// While hallocd serves one client (util/cpu_follower.h), refills use that
+// client's CPU; they follow when it changes.
+TEST(PooledBackendTest, RefillsRunOnTheCpuTheyFollow) {
+  cpu_set_t ours;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
+  std::vector<int> allowed;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &ours)) allowed.push_back(c);
+  }
+  if (allowed.size() < 2) GTEST_SKIP() << "one CPU only: there is nothing to follow";
+  std::atomic<int> serving{allowed[0]};
+  PoolOptions o;
+  o.min_requests = 1;
+  o.class_bytes = 4 * kPage;  // a stock of 4
+  o.follow_cpu = &serving;
+  auto owned = std::make_unique<CpuRecordingBackend>();
+  CpuRecordingBackend* inner = owned.get();
+  auto pool = PooledBackend::Create(std::move(owned), o);
+  ASSERT_TRUE(pool.ok());
+  for (int cpu : {allowed[0], allowed[1]}) {
+    SCOPED_TRACE(cpu);
+    serving = cpu;
+    // Take the whole stock (or the first miss), so that all of it is made
+    // again, from here on.
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
+    inner->TakeCpus();
+    ASSERT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
+    const std::vector<int> cpus = inner->TakeCpus();
+    EXPECT_FALSE(cpus.empty());
+    for (int c : cpus) EXPECT_EQ(c, cpu);
+  }
+  serving = -1;  // let go: still refills, wherever
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
+  EXPECT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
 }
 
 TEST(PooledBackendTest, DelegatesNameAndRights) {

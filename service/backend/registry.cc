@@ -10,6 +10,7 @@
 #include "service/backend/memfd_backend.h"
 #include "service/backend/pool.h"
 #include "service/backend/udmabuf_backend.h"
+#include "service/util/cpu_follower.h"
 
 namespace halloc {
 namespace {
@@ -45,10 +46,12 @@ Created NewUdmabuf(const BackendConfig&) {
 Created NewMemfd(const BackendConfig&) { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
 
 // memfd behind a pool of pre-created, committed buffers (pool.h), with the
-// default PoolOptions.
+// default PoolOptions; refills follow the CPU the broker serves from.
 Created NewPooledMemfd(const BackendConfig&) {
+  PoolOptions options;
+  options.follow_cpu = &ServingCpu();
   ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b,
-                   PooledBackend::Create(std::make_unique<MemfdBackend>(), PoolOptions{}));
+                   PooledBackend::Create(std::make_unique<MemfdBackend>(), options));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

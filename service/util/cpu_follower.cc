@@ -4,6 +4,11 @@
 
 namespace halloc {
 
+std::atomic<int>& ServingCpu() {
+  static std::atomic<int> cpu{-1};
+  return cpu;
+}
+
 CpuFollower CpuFollower::ForThisThread() {
   cpu_set_t allowed;
   CPU_ZERO(&allowed);

@@ -25,6 +25,7 @@
 
 #include <sched.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
@@ -56,6 +57,15 @@ class CpuFollower {
   SetAffinity set_affinity_;
   int held_ = -1;
 };
+
+// The CPU hallocd serves a lone client from right now, or -1 (none, or
+// several clients at once). The broker publishes it; background threads
+// (the pool's refills, PoolOptions::follow_cpu) follow it, so that while one
+// client is served the daemon keeps to that one CPU and uses its idle time.
+// A background thread running on another CPU makes that CPU look idle to
+// the scheduler (SCHED_IDLE) or gives it one more thread to balance, and the
+// scheduler then moves the client there, splitting it from the broker again.
+std::atomic<int>& ServingCpu();
 
 }  // namespace halloc
 
