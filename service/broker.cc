@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -38,6 +39,8 @@ constexpr uint64_t kWakeKey = ~uint64_t{0};
 constexpr uint32_t kAdminReserve = 16;
 constexpr uint32_t kDefaultMaxPerUid = 256;
 constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
+// A lone client quiet for this long (ms) is no longer followed.
+constexpr int kLonePause = 50;
 
 // A pidfd pinning the peer: from the socket where the kernel offers it
 // (6.5+: the process that connected, race-free), else by pid (older
@@ -255,19 +258,29 @@ void Broker::Run() {
   epoll_event events[64];
   for (;;) {
     // Wake up now and then while handshakes may expire or accepting waits.
-    const int timeout = (handshakes_ > 0 || !accepting_) ? 100 : -1;
+    int timeout = (handshakes_ > 0 || !accepting_) ? 100 : -1;
+    // Held on a lone client's CPU: let go once it pauses (its CPU is no
+    // longer where hallocd serves from).
+    const bool held = follower_ && follower_->held() >= 0;
+    if (held) timeout = timeout < 0 ? kLonePause : std::min(timeout, kLonePause);
     const int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
     if (n < 0) {
       if (errno == EINTR) continue;
       PLOG(ERROR) << "broker: epoll_wait";
       return;
     }
-    int clients = 0;
-    for (int i = 0; i < n; ++i) {
-      clients += events[i].data.u64 != kListenerKey && events[i].data.u64 != kWakeKey;
+    if (n == 0 && held) {
+      lone_requests_ = 0;
+      follower_->LetGo();
+      Publish();
     }
-    one_client_this_turn_ = clients <= 1;
-    if (!one_client_this_turn_ && follower_) {
+    clients_this_turn_ = 0;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = events[i].data.u64;
+      clients_this_turn_ += key != kListenerKey && key != kWakeKey;
+    }
+    if (clients_this_turn_ > 1 && follower_) {
+      lone_requests_ = 0;
       follower_->LetGo();
       Publish();
     }
@@ -484,9 +497,14 @@ bool Broker::Handle(Conn& conn, Record rec) {
     other = {rec.creds->uid, rec.creds->gid, rec.creds->pid, "", std::nullopt};
     caller = &other;
   }
-  // Reply from the client's CPU (see CpuFollower).
+  // Reply from the client's CPU (see CpuFollower) once it is a lone
+  // client: its request, and only its, in this turn and the one before.
+  // Clients taking turns, even one at a time, do not move the thread.
   if (follower_) {
-    follower_->Follow(req.cpu(), one_client_this_turn_);
+    const bool alone = clients_this_turn_ == 1;
+    lone_requests_ = alone && conn.key == last_client_ ? lone_requests_ + 1 : alone;
+    last_client_ = alone ? conn.key : 0;
+    follower_->Follow(req.cpu(), lone_requests_ >= 2);
     Publish();
   }
   switch (req.kind_case()) {

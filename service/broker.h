@@ -131,8 +131,11 @@ class Broker {
   bool follow_cpu_ = false;  // follow_client_cpu when started
   // Set by Run for the thread it runs on when follow_cpu_.
   std::optional<CpuFollower> follower_;
-  // Whether the events of this turn of Run come from one connection only.
-  bool one_client_this_turn_ = true;
+  // Connections with events in this turn of Run; the connection whose
+  // fast-path requests came alone in their turns, and how many in a row.
+  int clients_this_turn_ = 0;
+  uint64_t last_client_ = 0;
+  int lone_requests_ = 0;
   std::atomic<int> held_cpu_{-1};
   std::thread thread_;
   bool stopped_ = false;

@@ -141,6 +141,8 @@ TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
+  // Its first request: not yet a lone client (nothing before it).
+  ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), 1).ok());
   EXPECT_EQ((*broker)->held_cpu(), -1);
   int last = -1;
   for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
@@ -154,6 +156,37 @@ TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {
     EXPECT_TRUE(ReleaseNothingFrom(c->fd.get(), hint).ok()) << hint;
     EXPECT_EQ((*broker)->held_cpu(), last) << hint;
   }
+  // A client that pauses is let go (after 50 ms).
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while ((*broker)->held_cpu() != -1) {
+    ASSERT_LT(absl::Now(), until) << "still held on cpu " << (*broker)->held_cpu();
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(ServingCpu().load(), -1);
+}
+
+TEST_F(BrokerTest, ClientsTakingTurnsAreNotFollowed) {
+  cpu_set_t ours;
+  ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &ours)) ++cpu;
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> a = ConnectBroker(path, absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> b = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(ReleaseNothingFrom((i % 2 ? a : b)->fd.get(), static_cast<uint32_t>(cpu) + 1).ok());
+    EXPECT_EQ((*broker)->held_cpu(), -1) << i;
+  }
+  // One of them alone for two requests in a row: followed; the other one
+  // next: let go.
+  ASSERT_TRUE(ReleaseNothingFrom(a->fd.get(), static_cast<uint32_t>(cpu) + 1).ok());
+  ASSERT_TRUE(ReleaseNothingFrom(a->fd.get(), static_cast<uint32_t>(cpu) + 1).ok());
+  if (CPU_COUNT(&ours) >= 2) EXPECT_EQ((*broker)->held_cpu(), cpu);
+  ASSERT_TRUE(ReleaseNothingFrom(b->fd.get(), static_cast<uint32_t>(cpu) + 1).ok());
+  EXPECT_EQ((*broker)->held_cpu(), -1);
 }
 
 TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
@@ -164,6 +197,7 @@ TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), 1).ok());
   ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), 1).ok());
   EXPECT_EQ((*broker)->held_cpu(), -1);
 }
