@@ -3,7 +3,6 @@
 #include <glog/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +16,7 @@
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/backend/registry.h"
 #include "service/grpc_service.h"
+#include "service/health.h"
 #include "service/metrics/http_server.h"
 #include "service/metrics/prometheus.h"
 #include "service/systemd/grpc_listener.h"
@@ -58,8 +58,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
 
 absl::Status Daemon::StartControl(UniqueFd inherited) {
   const std::string& control = options_.control_socket;
-  // Process-wide switches, read by every ServerBuilder built after them.
-  grpc::EnableDefaultHealthCheckService(true);
+  // Process-wide switch, read by every ServerBuilder built after it.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   if (!inherited) {
@@ -68,6 +67,10 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
                              grpc::InsecureServerCredentials());
   }
   builder.RegisterService(service_.get());
+  // Ours, not grpc::EnableDefaultHealthCheckService: see health.h.
+  health_ = std::make_unique<HealthService>(
+      std::vector<std::string>{std::string(v1::Allocator::service_full_name())});
+  builder.RegisterService(health_.get());
   grpc::ResourceQuota quota("hallocd");
   quota.SetMaxThreads(options_.grpc_max_threads);
   builder.SetResourceQuota(quota);
@@ -77,9 +80,6 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   if (server_ == nullptr) {
     return absl::UnavailableError(
         absl::StrCat("gRPC server failed to start on unix:", control));
-  }
-  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
-    health->SetServingStatus(v1::Allocator::service_full_name(), true);
   }
   if (inherited) {
     // systemd's socket: its mode and group are the socket unit's.
@@ -135,9 +135,7 @@ void Daemon::Shutdown(absl::Duration grace) {
   const bool inherited = control_listener_ != nullptr;
   if (control_listener_) control_listener_->Stop();
   if (server_) {
-    if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
-      health->Shutdown();  // NOT_SERVING from now on
-    }
+    if (health_) health_->Shutdown();  // NOT_SERVING from now on
     server_->Shutdown(std::chrono::system_clock::now() +
                       absl::ToChronoSeconds(grace));
     server_->Wait();

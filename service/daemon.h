@@ -22,6 +22,7 @@ namespace halloc {
 
 class AllocatorService;
 class GrpcListener;
+class HealthService;
 class MetricsServer;
 
 struct DaemonOptions {
@@ -87,6 +88,7 @@ class Daemon {
   DaemonOptions options_;
   std::unique_ptr<Allocator> core_;
   std::unique_ptr<AllocatorService> service_;
+  std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
   // Accepts for server_ on an inherited control socket; else gRPC listens.
   std::unique_ptr<GrpcListener> control_listener_;

@@ -1,0 +1,87 @@
+#include "service/health.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace halloc {
+
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+namespace {
+
+// How often a Watch looks whether its caller went away (the sync API has
+// no wake-up for that).
+constexpr absl::Duration kWatchPoll = absl::Seconds(1);
+
+}  // namespace
+
+HealthService::HealthService(std::vector<std::string> services)
+    : services_(std::move(services)) {}
+
+void HealthService::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shut_down_ = true;
+}
+
+bool HealthService::Known(const std::string& service) const {
+  return service.empty() ||
+         std::find(services_.begin(), services_.end(), service) != services_.end();
+}
+
+grpc::Status HealthService::Check(grpc::ServerContext*, const HealthCheckRequest* req,
+                                  HealthCheckResponse* resp) {
+  if (!Known(req->service())) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        absl::StrCat("unknown service '", req->service(), "'"));
+  }
+  absl::MutexLock lock(&mu_);
+  resp->set_status(shut_down_ ? HealthCheckResponse::NOT_SERVING
+                              : HealthCheckResponse::SERVING);
+  return grpc::Status::OK;
+}
+
+grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckRequest* req,
+                                  grpc::ServerWriter<HealthCheckResponse>* writer) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (watchers_ >= kMaxWatchers) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("at most ", kMaxWatchers,
+                                       " health watches at a time; use Check"));
+    }
+    ++watchers_;
+  }
+  const bool known = Known(req->service());
+  HealthCheckResponse resp;
+  bool shut_down;
+  {
+    absl::MutexLock lock(&mu_);
+    shut_down = shut_down_;
+  }
+  resp.set_status(!known      ? HealthCheckResponse::SERVICE_UNKNOWN
+                  : shut_down ? HealthCheckResponse::NOT_SERVING
+                              : HealthCheckResponse::SERVING);
+  bool open = writer->Write(resp);
+  // The status changes once at most (Shutdown); wait for that, or for the
+  // caller to go away.
+  while (open && !shut_down) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&shut_down_), kWatchPoll);
+    shut_down = shut_down_;
+    if (!shut_down && ctx->IsCancelled()) open = false;
+  }
+  if (open && known && resp.status() != HealthCheckResponse::NOT_SERVING) {
+    resp.set_status(HealthCheckResponse::NOT_SERVING);
+    writer->Write(resp);
+  }
+  absl::MutexLock lock(&mu_);
+  --watchers_;
+  return open ? grpc::Status::OK
+              : grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away");
+}
+
+}  // namespace halloc
