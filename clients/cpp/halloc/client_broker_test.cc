@@ -120,6 +120,13 @@ UniqueFd Memfd() {
   return fd;
 }
 
+v1::BrokerReply ReleaseReply(uint64_t request_id) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  r.mutable_release();
+  return r;
+}
+
 v1::BrokerReply AllocateReply(uint64_t request_id, std::vector<uint64_t> ids) {
   v1::BrokerReply r;
   r.set_request_id(request_id);
@@ -144,10 +151,7 @@ TEST(ClientBrokerTest, AReplyAfterTheDeadlineIsGivenBack) {
       UniqueFd fd = Memfd();
       FakeBroker::Reply(sock, AllocateReply(req.request_id(), {41}), {fd.get()});
     } else if (req.has_release()) {
-      v1::BrokerReply r;
-      r.set_request_id(req.request_id());
-      r.mutable_release();
-      FakeBroker::Reply(sock, r);
+      FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
     }
   });
   absl::StatusOr<Client> c = Client::Connect(broker.options());
@@ -196,10 +200,7 @@ TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
 // on, plus one), so that the broker can answer from there.
 TEST(ClientBrokerTest, RequestsSayWhichCpuTheyComeFrom) {
   FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
-    v1::BrokerReply r;
-    r.set_request_id(req.request_id());
-    r.mutable_release();
-    FakeBroker::Reply(sock, r);
+    FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
   });
   absl::StatusOr<Client> c = Client::Connect(broker.options());
   ASSERT_TRUE(c.ok()) << c.status();

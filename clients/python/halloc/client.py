@@ -24,6 +24,7 @@ Every failure is a halloc.HallocError carrying a grpc.StatusCode (errors.py).
 A Client may be used from several threads; Buffers are plain objects.
 """
 
+import ctypes
 import itertools
 import os
 import threading
@@ -33,6 +34,16 @@ import grpc
 
 from . import _broker, _scm, errors, mapping
 from .v1 import allocator_pb2, allocator_pb2_grpc, broker_pb2, types_pb2
+
+_libc = ctypes.CDLL(None)
+
+
+def _cpu_hint():
+    """BrokerRequest.cpu: the CPU this thread runs on, plus one (0: unknown).
+    A placement hint only: hallocd answers a lone client from that CPU."""
+    cpu = _libc.sched_getcpu()
+    return cpu + 1 if cpu >= 0 else 0
+
 
 # The API's value types callers name (halloc.CpuAccess.CPU_ACCESS_READ).
 BufferDescriptor = types_pb2.BufferDescriptor
@@ -325,6 +336,7 @@ class Client:
         if self.closed:
             raise errors.FailedPreconditionError(f"{name}: the client is closed")
         req.request_id = rid = next(self._request_ids)
+        req.cpu = _cpu_hint()
         _prefixed(_scm.send_record, name, self._broker, req.SerializeToString())
         with self._lock:
             deadline = time.monotonic() + self._timeout

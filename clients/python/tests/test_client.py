@@ -34,6 +34,13 @@ def wait_for(predicate, timeout=5.0):
     return True
 
 
+def test_requests_carry_a_cpu_of_this_process():
+    from halloc.client import _cpu_hint
+    hint = _cpu_hint()
+    assert hint > 0
+    assert hint - 1 in os.sched_getaffinity(0)
+
+
 def test_session_is_the_kernel_verified_process(client):
     assert client.session_id > 0
     assert client.uid == os.getuid()
