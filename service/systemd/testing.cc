@@ -131,15 +131,23 @@ bool WaitForPath(const std::string& path, absl::Duration timeout) {
   return true;
 }
 
-absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type) {
+absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type,
+                                     absl::Duration timeout) {
   absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
   if (!addr.ok()) return addr.status();
-  UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-  if (!fd) return ErrnoStatus(errno, "socket");
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("connect(", path, ")"));
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+    if (!fd) return ErrnoStatus(errno, "socket");
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) == 0) {
+      return fd;
+    }
+    const int err = errno;
+    if ((err != ECONNREFUSED && err != ENOENT) || absl::Now() >= deadline) {
+      return ErrnoStatus(err, absl::StrCat("connect(", path, ")"));
+    }
+    absl::SleepFor(absl::Milliseconds(10));
   }
-  return fd;
 }
 
 absl::StatusOr<NotifySocket> NotifySocket::Bind(const std::string& path) {

@@ -70,9 +70,12 @@ bool Sanitized();
 // Whether `path` exists within `timeout`.
 bool WaitForPath(const std::string& path, absl::Duration timeout);
 
-// A connection attempt on a Unix socket of `type` (what wakes
-// systemd-socket-activate).
-absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type);
+// A connection on a Unix socket of `type` (what wakes
+// systemd-socket-activate). A launcher binds before it listens, so the path
+// can exist a moment before anyone accepts: ECONNREFUSED (and ENOENT) are
+// retried for up to `timeout`.
+absl::StatusOr<UniqueFd> ConnectUnix(const std::string& path, int type,
+                                     absl::Duration timeout = absl::Seconds(20));
 
 // What systemd's manager is to a Type=notify service: a datagram socket the
 // service's sd_notify() messages arrive on.
