@@ -366,10 +366,22 @@ uint64_t FdLimit(pid_t pid) {
 }
 
 void Suite::Scale() {
+  // The median p50 of three short runs, each a new client: on a small
+  // machine a run's p50 depends on where the scheduler happens to place the
+  // client and the broker thread (README, Performance), which is not what
+  // this row is about.
   auto probe = [&] {
-    return Get(Work(Halloc({"alloc_lat", "--size=4096", "--mode=warm",
-                            absl::StrCat("--n=", plan_.probe_n)})),
-               "alloc.p50");
+    std::vector<double> p50s;
+    for (int i = 0; i < 3; ++i) {
+      p50s.push_back(Get(Work(Halloc({"alloc_lat", "--size=4096", "--mode=warm",
+                                      absl::StrCat("--n=", plan_.probe_n)})),
+                         "alloc.p50"));
+    }
+    if (std::any_of(p50s.begin(), p50s.end(), [](double v) { return std::isnan(v); })) {
+      return kNaN;  // a run failed (counted in failures_)
+    }
+    std::sort(p50s.begin(), p50s.end());
+    return p50s[1];
   };
   // Every live buffer is one fd in hallocd. Levels its fd limit cannot hold
   // are reported as not run (with the limit), and the largest level it can
