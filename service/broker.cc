@@ -502,7 +502,11 @@ bool Broker::Handle(Conn& conn, Record rec) {
   // Clients taking turns, even one at a time, do not move the thread.
   if (follower_) {
     const bool alone = clients_this_turn_ == 1;
-    lone_requests_ = alone && conn.key == last_client_ ? lone_requests_ + 1 : alone;
+    if (!alone) {
+      lone_requests_ = 0;
+    } else {
+      lone_requests_ = conn.key == last_client_ ? lone_requests_ + 1 : 1;
+    }
     last_client_ = alone ? conn.key : 0;
     follower_->Follow(req.cpu(), lone_requests_ >= 2);
     Publish();

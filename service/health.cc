@@ -46,6 +46,7 @@ grpc::Status HealthService::Check(grpc::ServerContext*, const HealthCheckRequest
 
 grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckRequest* req,
                                   grpc::ServerWriter<HealthCheckResponse>* writer) {
+  bool shut_down;
   {
     absl::MutexLock lock(&mu_);
     if (watchers_ >= kMaxWatchers) {
@@ -54,14 +55,10 @@ grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckReq
                                        " health watches at a time; use Check"));
     }
     ++watchers_;
+    shut_down = shut_down_;
   }
   const bool known = Known(req->service());
   HealthCheckResponse resp;
-  bool shut_down;
-  {
-    absl::MutexLock lock(&mu_);
-    shut_down = shut_down_;
-  }
   resp.set_status(!known      ? HealthCheckResponse::SERVICE_UNKNOWN
                   : shut_down ? HealthCheckResponse::NOT_SERVING
                               : HealthCheckResponse::SERVING);
