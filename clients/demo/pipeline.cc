@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -26,6 +25,7 @@
 #include "clients/camera/pattern.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/wayland/presenter.h"
 
@@ -131,53 +131,27 @@ absl::StatusOr<std::unique_ptr<ViewerProcess>> ViewerProcess::Spawn(
   std::unique_ptr<ViewerProcess> v(new ViewerProcess());
   v->channel_ = UniqueFd(sv[0]);
   UniqueFd theirs(sv[1]);
-  // Everything the child needs is built before fork (only async-signal-safe
-  // calls between fork and exec: the parent may have threads).
-  const std::vector<std::string> args = {binary,
-                                         "--role=viewer",
-                                         absl::StrCat("--channel_fd=", theirs.get()),
-                                         "--control_socket=" + hallocd.control_socket,
-                                         "--broker_socket=" + hallocd.broker_socket,
-                                         "--display=" + wayland_display};
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return ErrnoStatus(errno, "fork");
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    fcntl(theirs.get(), F_SETFD, 0);  // keep the channel across exec
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  v->pid_ = pid;
+  SpawnOptions o;
+  o.argv = {binary,
+            "--role=viewer",
+            absl::StrCat("--channel_fd=", theirs.get()),
+            "--control_socket=" + hallocd.control_socket,
+            "--broker_socket=" + hallocd.broker_socket,
+            "--display=" + wayland_display};
+  o.keep_fds = {theirs.get()};
+  ASSIGN_OR_RETURN(v->process_, Subprocess::Spawn(o));
   return v;
 }
 
-ViewerProcess::~ViewerProcess() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGKILL);
-  while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-  }
-}
-
 absl::Status ViewerProcess::Finish(absl::Duration timeout) {
-  if (pid_ <= 0) return absl::FailedPreconditionError("the viewer was reaped");
+  if (!process_.running()) return absl::FailedPreconditionError("the viewer was reaped");
   (void)Send(channel_.get(), "quit");  // it may be gone already
-  const absl::Time deadline = absl::Now() + timeout;
-  int status = 0;
-  pid_t r;
-  while ((r = waitpid(pid_, &status, WNOHANG)) == 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  if (r <= 0) return absl::DeadlineExceededError("the viewer did not quit in time");
-  pid_ = -1;
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return absl::OkStatus();
+  const std::optional<int> status = process_.Wait(timeout);
+  if (!status) return absl::DeadlineExceededError("the viewer did not quit in time");
+  if (WIFEXITED(*status) && WEXITSTATUS(*status) == 0) return absl::OkStatus();
   return absl::InternalError(
-      WIFEXITED(status) ? absl::StrCat("the viewer exited with status ", WEXITSTATUS(status))
-                        : absl::StrCat("the viewer died of signal ", WTERMSIG(status)));
+      WIFEXITED(*status) ? absl::StrCat("the viewer exited with status ", WEXITSTATUS(*status))
+                         : absl::StrCat("the viewer died of signal ", WTERMSIG(*status)));
 }
 
 absl::StatusOr<PipelineResult> RunCamera(Client& client, ViewerProcess& viewer,

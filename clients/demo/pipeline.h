@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/png/png.h"
@@ -53,19 +54,18 @@ class ViewerProcess {
   static absl::StatusOr<std::unique_ptr<ViewerProcess>> Spawn(const std::string& binary,
                                                               const ConnectOptions& hallocd,
                                                               const std::string& wayland_display);
-  ~ViewerProcess();
   ViewerProcess(const ViewerProcess&) = delete;
   ViewerProcess& operator=(const ViewerProcess&) = delete;
 
   int channel() const { return channel_.get(); }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return process_.pid(); }
   // Tells the viewer to quit and reaps it: OK if it exited with 0.
   absl::Status Finish(absl::Duration timeout);
 
  private:
   ViewerProcess() = default;
-  pid_t pid_ = -1;
   UniqueFd channel_;
+  Subprocess process_;
 };
 
 struct PipelineResult {

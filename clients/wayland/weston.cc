@@ -5,7 +5,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -14,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -21,37 +21,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
-
-extern char** environ;
 
 namespace halloc::wayland {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Waits up to `timeout` for `pid` to exit: its wait status, or -1 if it
-// still runs.
-int WaitFor(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    int status = 0;
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (r < 0 && errno != EINTR) return 0;  // not our child any more
-    if (absl::Now() >= deadline) return -1;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-}
-
-// Stops `pid` (SIGTERM, then SIGKILL after `grace`) and reaps it.
-void Stop(pid_t pid, absl::Duration grace) {
-  kill(pid, SIGTERM);
-  if (WaitFor(pid, grace) != -1) return;
-  kill(pid, SIGKILL);
-  while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
-  }
-}
 
 bool CanConnect(const std::string& path) {
   sockaddr_un addr = {};
@@ -79,43 +55,22 @@ std::string DescribeExit(int status) {
 
 }  // namespace
 
-absl::StatusOr<pid_t> Weston::Spawn(const std::vector<std::string>& argv,
-                                    const std::vector<std::string>& env,
-                                    const std::string& cwd,
-                                    const std::string& log) {
-  // Everything the child needs is built before fork: the parent may have
-  // threads, so the child calls only async-signal-safe functions.
-  std::vector<std::string> envs = env;
-  for (char** e = environ; *e; ++e) {
-    const absl::string_view kv(*e);
-    if (absl::StartsWith(kv, "WAYLAND_DISPLAY=") ||
-        absl::StartsWith(kv, "WAYLAND_SOCKET=") ||
-        absl::StartsWith(kv, "XDG_RUNTIME_DIR=")) {
-      continue;
-    }
-    envs.emplace_back(kv);
-  }
-  std::vector<char*> cargv, cenv;
-  for (const std::string& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-  cargv.push_back(nullptr);
-  for (const std::string& e : envs) cenv.push_back(const_cast<char*>(e.c_str()));
-  cenv.push_back(nullptr);
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return ErrnoStatus(errno, "fork");
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
-    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    const int in = open("/dev/null", O_RDONLY);
-    if (out < 0 || in < 0 || chdir(cwd.c_str()) != 0) _exit(127);
-    dup2(in, 0);
-    dup2(out, 1);
-    dup2(out, 2);
-    execve(cargv[0], cargv.data(), cenv.data());
-    _exit(127);
-  }
-  return pid;
+absl::StatusOr<Subprocess> Weston::Spawn(const std::vector<std::string>& argv,
+                                         const std::vector<std::string>& env,
+                                         const std::string& cwd, const std::string& log) {
+  UniqueFd out(open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!out) return ErrnoStatus(errno, "open " + log);
+  UniqueFd in(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!in) return ErrnoStatus(errno, "open /dev/null");
+  SpawnOptions o;
+  o.argv = argv;
+  // Not the Wayland session this process may run in: only the one in `env`.
+  o.env = EnvironmentWith(env, {"WAYLAND_DISPLAY", "WAYLAND_SOCKET", "XDG_RUNTIME_DIR"});
+  o.cwd = cwd;
+  o.stdin_fd = in.get();
+  o.stdout_fd = out.get();
+  o.stderr_fd = out.get();
+  return Subprocess::Spawn(o);
 }
 
 absl::StatusOr<std::unique_ptr<Weston>> Weston::Start(
@@ -146,22 +101,18 @@ absl::StatusOr<std::unique_ptr<Weston>> Weston::Start(
         << "close-animation=none\nfocus-animation=none\n";
     if (!ini.good()) return ErrnoStatus(errno, "writing " + config);
   }
-  absl::StatusOr<pid_t> pid = Spawn(
+  ASSIGN_OR_RETURN(w->process_, Spawn(
       {options.binary, "--backend=headless-backend.so", "--use-pixman",
        "--shell=desktop-shell.so", "--socket=wayland-halloc",
        "--config=" + config, "--debug",
        absl::StrCat("--width=", options.width),
        absl::StrCat("--height=", options.height)},
-      {"XDG_RUNTIME_DIR=" + w->dir_}, w->dir_, w->log_);
-  if (!pid.ok()) return pid.status();
-  w->pid_ = *pid;
+      {"XDG_RUNTIME_DIR=" + w->dir_}, w->dir_, w->log_));
   const absl::Time deadline = absl::Now() + options.start_timeout;
   while (!CanConnect(w->socket_)) {
-    int status = 0;
-    if (waitpid(w->pid_, &status, WNOHANG) == w->pid_) {
-      w->pid_ = -1;
+    if (std::optional<int> status = w->process_.Wait(absl::ZeroDuration())) {
       return absl::UnavailableError(
-          absl::StrCat("weston exited (", DescribeExit(status),
+          absl::StrCat("weston exited (", DescribeExit(*status),
                        ") before it listened; its log:\n", w->LogTail()));
     }
     if (absl::Now() >= deadline) {
@@ -176,7 +127,7 @@ absl::StatusOr<std::unique_ptr<Weston>> Weston::Start(
 }
 
 Weston::~Weston() {
-  if (pid_ > 0) Stop(pid_, absl::Seconds(1));
+  process_.Stop(absl::Seconds(1));
   std::error_code ec;
   if (!dir_.empty()) fs::remove_all(dir_, ec);
 }
@@ -196,19 +147,17 @@ absl::Status Weston::Screenshot(const std::string& png_path,
         absl::StrCat("cannot create ", shot_dir, ": ", ec.message()));
   }
   const std::string log = shot_dir + ".log";
-  absl::StatusOr<pid_t> pid =
-      Spawn({options_.screenshooter},
-            {"XDG_RUNTIME_DIR=" + dir_, "WAYLAND_DISPLAY=" + socket_},
-            shot_dir, log);
-  if (!pid.ok()) return pid.status();
-  const int status = WaitFor(*pid, timeout);
-  if (status == -1) {
-    Stop(*pid, absl::ZeroDuration());
+  ASSIGN_OR_RETURN(Subprocess shooter,
+                   Spawn({options_.screenshooter},
+                         {"XDG_RUNTIME_DIR=" + dir_, "WAYLAND_DISPLAY=" + socket_}, shot_dir, log));
+  const std::optional<int> waited = shooter.Wait(timeout);
+  if (!waited) {
+    shooter.Stop(absl::ZeroDuration());
     return absl::DeadlineExceededError(absl::StrCat(
         "weston-screenshooter did not finish within ",
         absl::FormatDuration(timeout), ": ", Tail(log, 1000)));
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+  if (const int status = *waited; !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     return absl::InternalError(absl::StrCat(
         "weston-screenshooter failed (", DescribeExit(status), "): ",
         Tail(log, 1000), "\nweston's log:\n", LogTail(1000)));

@@ -31,6 +31,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 
 namespace halloc::wayland {
 
@@ -55,7 +56,7 @@ class Weston {
   // The absolute path of the socket: pass it as a Display name or as
   // WAYLAND_DISPLAY.
   const std::string& socket() const { return socket_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return process_.pid(); }
   // The last `max_bytes` of weston's log.
   std::string LogTail(size_t max_bytes = 2000) const;
 
@@ -66,9 +67,9 @@ class Weston {
 
  private:
   Weston() = default;
-  // Fork+exec `argv` with our environment plus `env`; the child's output
-  // goes to `log`, its cwd is `cwd`.
-  static absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
+  // Starts `argv` with our environment (less any Wayland session) plus
+  // `env`, in `cwd`, its output appended to `log`, its stdin /dev/null.
+  static absl::StatusOr<Subprocess> Spawn(const std::vector<std::string>& argv,
                                      const std::vector<std::string>& env,
                                      const std::string& cwd,
                                      const std::string& log);
@@ -77,7 +78,7 @@ class Weston {
   std::string dir_;     // XDG_RUNTIME_DIR
   std::string socket_;  // dir_ + "/wayland-halloc"
   std::string log_;     // dir_ + "/weston.log"
-  pid_t pid_ = -1;
+  Subprocess process_;
   int shots_ = 0;
 };
 

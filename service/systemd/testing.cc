@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
@@ -49,46 +49,15 @@ TempDir::~TempDir() {
 absl::StatusOr<std::unique_ptr<Child>> Child::Start(const std::vector<std::string>& argv,
                                                     const std::vector<std::string>& env,
                                                     const std::string& log) {
-  std::vector<std::string> args = argv;
-  std::vector<std::string> vars = env;
-  const pid_t pid = ::fork();
-  if (pid < 0) return ErrnoStatus(errno, "fork");
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    ::dup2(out, 1);
-    ::dup2(out, 2);
-    for (std::string& v : vars) ::putenv(v.data());
-    std::vector<char*> a;
-    for (std::string& s : args) a.push_back(s.data());
-    a.push_back(nullptr);
-    ::execv(a[0], a.data());
-    _exit(127);
-  }
-  return std::unique_ptr<Child>(new Child(pid, log));
-}
-
-Child::~Child() {
-  if (pid_ <= 0) return;
-  ::kill(pid_, SIGKILL);
-  ::waitpid(pid_, nullptr, 0);
-}
-
-void Child::Signal(int sig) const {
-  if (pid_ > 0) ::kill(pid_, sig);
-}
-
-std::optional<int> Child::Wait(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    int status = 0;
-    if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return status;
-    }
-    if (absl::Now() >= deadline) return std::nullopt;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  UniqueFd out(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  if (!out) return ErrnoStatus(errno, "open " + log);
+  SpawnOptions o;
+  o.argv = argv;
+  o.env = EnvironmentWith(env);
+  o.stdout_fd = out.get();
+  o.stderr_fd = out.get();
+  ASSIGN_OR_RETURN(Subprocess process, Subprocess::Spawn(o));
+  return std::unique_ptr<Child>(new Child(std::move(process), log));
 }
 
 std::string Child::Log() const {

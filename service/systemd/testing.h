@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.pb.h"
 
@@ -44,17 +45,17 @@ class Child {
   static absl::StatusOr<std::unique_ptr<Child>> Start(const std::vector<std::string>& argv,
                                                       const std::vector<std::string>& env,
                                                       const std::string& log);
-  ~Child();
 
-  pid_t pid() const { return pid_; }
-  void Signal(int sig) const;
+  pid_t pid() const { return process_.pid(); }
+  void Signal(int sig) const { process_.Signal(sig); }
   // Its wait status once it exits within `timeout`; nullopt if it runs on.
-  std::optional<int> Wait(absl::Duration timeout);
+  std::optional<int> Wait(absl::Duration timeout) { return process_.Wait(timeout); }
   std::string Log() const;
 
  private:
-  Child(pid_t pid, std::string log) : pid_(pid), log_(std::move(log)) {}
-  pid_t pid_;
+  Child(Subprocess process, std::string log)
+      : process_(std::move(process)), log_(std::move(log)) {}
+  Subprocess process_;
   std::string log_;
 };
 

@@ -1,8 +1,6 @@
 #include "tests/bench/child.h"
 
 #include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +8,7 @@
 #include <sstream>
 
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 
 namespace halloc::bench {
 
@@ -20,37 +19,18 @@ absl::StatusOr<Child> Child::Spawn(const std::vector<std::string>& argv,
   UniqueFd in_r(in[0]), in_w(in[1]);
   if (::pipe2(out, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe2");
   UniqueFd out_r(out[0]), out_w(out[1]);
-  std::vector<char*> args;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) return ErrnoStatus(errno, "fork");
-  if (pid == 0) {
-    // Only async-signal-safe calls until exec.
-    ::dup2(in_r.get(), STDIN_FILENO);
-    ::dup2(out_w.get(), STDOUT_FILENO);
-    if (!stderr_path.empty()) {
-      const int err = ::open(stderr_path.c_str(),
-                             O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (err >= 0) ::dup2(err, STDERR_FILENO);
-    }
-    ::execv(args[0], args.data());
-    ::_exit(127);
+  UniqueFd err;
+  if (!stderr_path.empty()) {
+    err.reset(::open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+    if (!err) return ErrnoStatus(errno, "open " + stderr_path);
   }
-  return Child(pid, std::move(in_w), std::move(out_r));
-}
-
-Child::Child(Child&& other) noexcept
-    : pid_(other.pid_), in_(std::move(other.in_)), out_(std::move(other.out_)),
-      buffered_(std::move(other.buffered_)) {
-  other.pid_ = -1;
-}
-
-Child::~Child() {
-  if (pid_ > 0) {
-    ::kill(pid_, SIGKILL);
-    Wait();
-  }
+  SpawnOptions o;
+  o.argv = argv;
+  o.stdin_fd = in_r.get();
+  o.stdout_fd = out_w.get();
+  o.stderr_fd = err.get();
+  ASSIGN_OR_RETURN(Subprocess process, Subprocess::Spawn(o));
+  return Child(std::move(process), std::move(in_w), std::move(out_r));
 }
 
 absl::StatusOr<std::string> Child::ReadLine() {
@@ -89,17 +69,6 @@ void Child::Say(const std::string& line) {
   }
 }
 
-int Child::Wait() {
-  if (pid_ <= 0) return -1;
-  int status = 0;
-  while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-  }
-  pid_ = -1;
-  return status;
-}
-
-void Child::Signal(int sig) {
-  if (pid_ > 0) ::kill(pid_, sig);
-}
+int Child::Wait() { return *process_.Wait(); }
 
 }  // namespace halloc::bench

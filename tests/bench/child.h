@@ -1,5 +1,6 @@
 // A worker or server process started with fork+exec (never a bare fork: a
-// forked gRPC process hangs), with pipes on its stdin and stdout.
+// forked gRPC process hangs), with pipes on its stdin and stdout. It dies
+// with the driver (Subprocess: PR_SET_PDEATHSIG).
 #ifndef HALLOC_TESTS_BENCH_CHILD_H_
 #define HALLOC_TESTS_BENCH_CHILD_H_
 
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc::bench {
@@ -20,11 +22,11 @@ class Child {
   // given, else it is inherited.
   static absl::StatusOr<Child> Spawn(const std::vector<std::string>& argv,
                                      const std::string& stderr_path = "");
-  Child(Child&& other) noexcept;
+  Child(Child&& other) = default;
   Child& operator=(Child&&) = delete;
-  ~Child();  // SIGKILLs and reaps a child still running
+  // Destroying it SIGKILLs and reaps a child still running.
 
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return process_.pid(); }
   // One line of stdout, without the newline. UNAVAILABLE at EOF.
   absl::StatusOr<std::string> ReadLine();
   // Every remaining "key value" line of stdout, until EOF.
@@ -34,12 +36,12 @@ class Child {
   void CloseStdin() { in_.reset(); }
   // Reaps it; its exit status as waitpid reports it.
   int Wait();
-  void Signal(int sig);
+  void Signal(int sig) { process_.Signal(sig); }
 
  private:
-  Child(pid_t pid, UniqueFd in, UniqueFd out)
-      : pid_(pid), in_(std::move(in)), out_(std::move(out)) {}
-  pid_t pid_;
+  Child(Subprocess process, UniqueFd in, UniqueFd out)
+      : process_(std::move(process)), in_(std::move(in)), out_(std::move(out)) {}
+  Subprocess process_;
   UniqueFd in_, out_;
   std::string buffered_;
 };

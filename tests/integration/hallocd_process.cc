@@ -3,11 +3,11 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <optional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -15,6 +15,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/broker_conn.h"
 
 namespace halloc::testing {
@@ -53,26 +55,21 @@ absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std:
     args.push_back("--policy=" + file);
   }
   args.insert(args.end(), options.flags.begin(), options.flags.end());
-  d->pid_ = fork();
-  if (d->pid_ < 0) return absl::InternalError("fork failed");
-  if (d->pid_ == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const int log = open(d->log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    dup2(log, 2);
-    if (options.nofile != 0) {
-      rlimit lim{options.nofile, options.nofile};
-      if (setrlimit(RLIMIT_NOFILE, &lim) != 0) _exit(126);
-    }
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
+  UniqueFd log(open(d->log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!log) return ErrnoStatus(errno, "open " + d->log_);
+  SpawnOptions o;
+  o.argv = std::move(args);
+  o.stderr_fd = log.get();
+  o.nofile = options.nofile;
+  ASSIGN_OR_RETURN(d->process_, Subprocess::Spawn(o));
   // Ready once the broker accepts: it starts last, and its socket file
   // exists from bind(), before listen().
   for (int i = 0; i < 500; ++i) {
     if (ConnectSeqpacket(d->opts_.broker_socket).ok()) return d;
+    if (std::optional<int> status = d->process_.Wait(absl::ZeroDuration())) {
+      return absl::UnavailableError(absl::StrCat("hallocd exited (wait status ", *status,
+                                                 ") before it listened; log:\n", d->Log()));
+    }
     absl::SleepFor(absl::Milliseconds(10));
   }
   return absl::UnavailableError(absl::StrCat("hallocd did not start; log:\n", d->Log()));
@@ -81,10 +78,8 @@ absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std:
 HallocdProcess::~HallocdProcess() { Kill(); }
 
 void HallocdProcess::Kill() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGKILL);
-  waitpid(pid_, nullptr, 0);
-  pid_ = -1;
+  process_.Signal(SIGKILL);
+  process_.Wait();
 }
 
 std::string HallocdProcess::Log() const {
@@ -97,15 +92,15 @@ std::string HallocdProcess::Log() const {
 int HallocdProcess::Fds() const {
   std::error_code ec;
   int n = 0;
-  for (auto it = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid_, "/fd"), ec);
+  for (auto it = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid(), "/fd"), ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     ++n;
   }
   return ec ? -1 : n;
 }
 
-int HallocdProcess::Threads() const { return static_cast<int>(StatusField(pid_, "Threads:")); }
+int HallocdProcess::Threads() const { return static_cast<int>(StatusField(pid(), "Threads:")); }
 
-long HallocdProcess::RssKib() const { return StatusField(pid_, "VmRSS:"); }
+long HallocdProcess::RssKib() const { return StatusField(pid(), "VmRSS:"); }
 
 }  // namespace halloc::testing

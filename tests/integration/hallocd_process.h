@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/client.h"
 
 namespace halloc::testing {
@@ -39,7 +40,7 @@ class HallocdProcess {
                                                                 Options options);
   ~HallocdProcess();  // Kill()
 
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return process_.pid(); }
   const ConnectOptions& connect_options() const { return opts_; }
   // Everything it logged so far.
   std::string Log() const;
@@ -53,7 +54,7 @@ class HallocdProcess {
 
  private:
   HallocdProcess() = default;
-  pid_t pid_ = -1;
+  Subprocess process_;
   ConnectOptions opts_;
   std::string log_;
 };
