@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
 #include "gtest/gtest.h"
@@ -283,16 +284,9 @@ int RunPeer(const ConnectOptions& opts, std::vector<std::string> args) {
   const std::string peer =
       std::string(getenv("TEST_SRCDIR")) + "/halloc/tests/integration/peer";
   args.insert(args.begin(), {peer, opts.control_socket, opts.broker_socket});
-  pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(peer.c_str(), argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
+  absl::StatusOr<Subprocess> p = Subprocess::Spawn({.argv = std::move(args)});
+  if (!p.ok()) return 127;
+  const int status = *p->Wait();
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 

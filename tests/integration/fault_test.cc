@@ -43,6 +43,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
@@ -549,31 +550,28 @@ class PeerLoop {
  public:
   PeerLoop(const ConnectOptions& opts, int max_cycles) : max_cycles_(max_cycles) {
     int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      alarm(30);
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      const std::string peer = Runfile("tests/integration/peer");
-      execl(peer.c_str(), peer.c_str(), opts.control_socket.c_str(),
-            opts.broker_socket.c_str(), "shell", "0", nullptr);
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
+    if (pipe2(in, O_CLOEXEC) != 0) return;
+    UniqueFd in_r(in[0]);
     in_.reset(in[1]);
+    if (pipe2(out, O_CLOEXEC) != 0) return;
+    UniqueFd out_w(out[1]);
     out_.reset(out[0]);
+    SpawnOptions o;
+    o.argv = {Runfile("tests/integration/peer"), opts.control_socket, opts.broker_socket,
+              "shell", "0"};
+    o.stdin_fd = in_r.get();
+    o.stdout_fd = out_w.get();
+    absl::StatusOr<Subprocess> peer = Subprocess::Spawn(o);
+    if (!peer.ok()) {  // no cycles: the test's wait for them fails
+      failure_ = peer.status().ToString();
+      return;
+    }
+    peer_ = *std::move(peer);
     thread_ = std::thread([this] { Run(); });
   }
   ~PeerLoop() {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
   }
   int cycles() const { return cycles_; }
   bool finished() const { return finished_; }
@@ -581,16 +579,7 @@ class PeerLoop {
   // (bounded); its exit status, or -1.
   int Finish(absl::Duration timeout = absl::Seconds(10)) {
     if (thread_.joinable()) thread_.join();
-    const absl::Time deadline = absl::Now() + timeout;
-    for (;;) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      if (absl::Now() >= deadline) return -1;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    return peer_.Wait(timeout).value_or(-1);
   }
   // The answer that ended the loop ("" if it ran its cycles), and when.
   const std::string& failure() const { return failure_; }
@@ -634,8 +623,8 @@ class PeerLoop {
   }
 
   const int max_cycles_;
-  pid_t pid_ = -1;
   UniqueFd in_, out_;
+  Subprocess peer_;  // after the pipes: killed and reaped before they close
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<int> cycles_{0};

@@ -8,9 +8,11 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 
@@ -31,21 +33,21 @@ class HallocdTest : public ::testing::Test {
     opts_.broker_socket = dir_ + "/broker.sock";
   }
   void TearDown() override {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
+    daemon_ = Subprocess();  // SIGKILLed and reaped
     std::filesystem::remove_all(dir_);
   }
+  // hallocd on this test's sockets, with `more` flags.
+  absl::StatusOr<Subprocess> Spawn(std::vector<std::string> more = {}) {
+    SpawnOptions o;
+    o.argv = {HallocdPath(), "--control_socket=" + opts_.control_socket,
+              "--broker_socket=" + opts_.broker_socket};
+    o.argv.insert(o.argv.end(), more.begin(), more.end());
+    return Subprocess::Spawn(o);
+  }
   void StartDaemon(const std::string& policy = "") {
-    pid_ = fork();
-    if (pid_ == 0) {
-      const std::string c = "--control_socket=" + opts_.control_socket;
-      const std::string b = "--broker_socket=" + opts_.broker_socket;
-      const std::string p = "--policy=" + policy;
-      execl(HallocdPath().c_str(), "hallocd", c.c_str(), b.c_str(), p.c_str(), nullptr);
-      _exit(127);
-    }
+    absl::StatusOr<Subprocess> d = Spawn({"--policy=" + policy});
+    ASSERT_TRUE(d.ok()) << d.status();
+    daemon_ = *std::move(d);
   }
   absl::StatusOr<Client> ConnectWithRetry() {
     absl::StatusOr<Client> c = absl::UnavailableError("not tried");
@@ -55,16 +57,11 @@ class HallocdTest : public ::testing::Test {
     }
     return c;
   }
-  int WaitExit() {
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
-  }
+  int WaitExit() { return *daemon_.Wait(); }
 
   std::string dir_;
   ConnectOptions opts_;
-  pid_t pid_ = -1;
+  Subprocess daemon_;
 };
 
 TEST_F(HallocdTest, ServesAndExitsCleanlyOnSigterm) {
@@ -78,7 +75,7 @@ TEST_F(HallocdTest, ServesAndExitsCleanlyOnSigterm) {
   EXPECT_EQ(st.st_mode & 0777, 0660u);
   absl::StatusOr<Buffer> b = c->Allocate(BlobDescriptor(1 << 16));
   ASSERT_TRUE(b.ok()) << b.status();
-  ASSERT_EQ(kill(pid_, SIGTERM), 0);
+  ASSERT_TRUE(daemon_.Signal(SIGTERM));
   const int status = WaitExit();
   ASSERT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
@@ -107,7 +104,7 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
             absl::StatusCode::kPermissionDenied);
   write("clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "
         "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
-  ASSERT_EQ(kill(pid_, SIGHUP), 0);
+  ASSERT_TRUE(daemon_.Signal(SIGHUP));
   absl::Status s = absl::UnknownError("not tried");
   for (int i = 0; i < 300 && !s.ok(); ++i) {
     s = c->Allocate(BlobDescriptor(1 << 20)).status();
@@ -115,7 +112,7 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
   }
   EXPECT_TRUE(s.ok()) << s;
   write("this is { not a policy");
-  ASSERT_EQ(kill(pid_, SIGHUP), 0);
+  ASSERT_TRUE(daemon_.Signal(SIGHUP));
   uint64_t failures = 0;
   for (int i = 0; i < 300 && failures == 0; ++i) {
     failures = c->Stats()->policy_reload_failures();
@@ -129,26 +126,18 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
 TEST_F(HallocdTest, RefusesToStartOverALiveDaemon) {
   StartDaemon();
   ASSERT_TRUE(ConnectWithRetry().ok());
-  const pid_t first = pid_;
-  pid_t second = fork();
-  if (second == 0) {
-    const std::string c = "--control_socket=" + opts_.control_socket;
-    const std::string b = "--broker_socket=" + opts_.broker_socket;
-    execl(HallocdPath().c_str(), "hallocd", c.c_str(), b.c_str(), nullptr);
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(second, &status, 0);
+  absl::StatusOr<Subprocess> second = Spawn();
+  ASSERT_TRUE(second.ok()) << second.status();
+  const int status = *second->Wait();
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1);
   EXPECT_TRUE(Client::Connect(opts_).ok());  // the first one is unharmed
-  pid_ = first;
 }
 
 TEST_F(HallocdTest, ReplacesAStaleSocket) {
   StartDaemon();
   ASSERT_TRUE(ConnectWithRetry().ok());
-  kill(pid_, SIGKILL);  // leaves its socket files behind
+  daemon_.Signal(SIGKILL);  // leaves its socket files behind
   WaitExit();
   StartDaemon();
   EXPECT_TRUE(ConnectWithRetry().ok());

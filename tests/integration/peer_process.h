@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/client.h"
 
 namespace halloc {
@@ -25,24 +27,18 @@ class Peer {
   Peer(const std::string& peer_bin, const ConnectOptions& o, uid_t uid) {
     int in[2], out[2];
     if (pipe2(in, O_CLOEXEC) != 0) return;
-    if (pipe2(out, O_CLOEXEC) != 0) {
-      close(in[0]);
-      close(in[1]);
-      return;
-    }
-    const std::string u = std::to_string(uid);
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      execl(peer_bin.c_str(), "peer", o.control_socket.c_str(), o.broker_socket.c_str(),
-            "shell", u.c_str(), nullptr);
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    to_ = fdopen(in[1], "w");
-    from_ = fdopen(out[0], "r");
+    UniqueFd in_r(in[0]), in_w(in[1]);
+    if (pipe2(out, O_CLOEXEC) != 0) return;
+    UniqueFd out_r(out[0]), out_w(out[1]);
+    SpawnOptions so;
+    so.argv = {peer_bin, o.control_socket, o.broker_socket, "shell", std::to_string(uid)};
+    so.stdin_fd = in_r.get();
+    so.stdout_fd = out_w.get();
+    absl::StatusOr<Subprocess> p = Subprocess::Spawn(so);
+    if (!p.ok()) return;  // every Do() answers "dead"
+    process_ = *std::move(p);
+    to_ = fdopen(in_w.release(), "w");
+    from_ = fdopen(out_r.release(), "r");
   }
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
@@ -70,14 +66,11 @@ class Peer {
       fclose(from_);
       to_ = from_ = nullptr;
     }
-    if (pid_ > 0) {
-      waitpid(pid_, nullptr, 0);
-      pid_ = -1;
-    }
+    process_.Wait();
   }
 
  private:
-  pid_t pid_ = -1;
+  Subprocess process_;
   FILE* to_ = nullptr;
   FILE* from_ = nullptr;
 };

@@ -4,8 +4,8 @@
 // endpoint and answers queries with hallocd's figures.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +18,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "tests/integration/hallocd_process.h"
@@ -161,20 +163,18 @@ TEST_F(PrometheusTest, ARealPrometheusScrapesIt) {
                         << "scrape_configs:\n  - job_name: hallocd\n"
                         << "    static_configs:\n      - targets: ['127.0.0.1:" << port_
                         << "']\n";
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    const std::string log = dir_ + "/prometheus.log";
-    freopen(log.c_str(), "w", stderr);
-    freopen("/dev/null", "w", stdout);
-    const std::string cfg = "--config.file=" + config;
-    const std::string tsdb = "--storage.tsdb.path=" + dir_ + "/tsdb";
-    const std::string listen = absl::StrCat("--web.listen-address=127.0.0.1:", web);
-    execlp("prometheus", "prometheus", cfg.c_str(), tsdb.c_str(), listen.c_str(),
-           static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  UniqueFd log(::open((dir_ + "/prometheus.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                      0600));
+  UniqueFd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  ASSERT_TRUE(log && null);
+  SpawnOptions o;
+  o.argv = {"/usr/bin/prometheus", "--config.file=" + config,
+            "--storage.tsdb.path=" + dir_ + "/tsdb",
+            absl::StrCat("--web.listen-address=127.0.0.1:", web)};
+  o.stdout_fd = null.get();
+  o.stderr_fd = log.get();
+  absl::StatusOr<Subprocess> prometheus = Subprocess::Spawn(o);
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
   // The first scrape lands within a few seconds of startup.
   std::string answer;
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
@@ -183,10 +183,9 @@ TEST_F(PrometheusTest, ARealPrometheusScrapesIt) {
     if (absl::StrContains(answer, "\"result\":[{")) break;
     absl::SleepFor(absl::Milliseconds(250));
   }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
-  std::ifstream log(dir_ + "/prometheus.log");
-  const std::string log_text((std::istreambuf_iterator<char>(log)), {});
+  prometheus->Stop(absl::ZeroDuration());
+  std::ifstream log_file(dir_ + "/prometheus.log");
+  const std::string log_text((std::istreambuf_iterator<char>(log_file)), {});
   ASSERT_TRUE(absl::StrContains(answer, "\"result\":[{"))
       << "no scrape in 60 s: " << answer << "\n" << log_text.substr(0, 4000);
   EXPECT_TRUE(absl::StrContains(answer, "\"job\":\"hallocd\"")) << answer;

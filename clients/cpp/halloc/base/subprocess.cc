@@ -161,9 +161,7 @@ void Subprocess::Kill() {
   Wait();
 }
 
-void Subprocess::Signal(int sig) const {
-  if (pid_ > 0) ::kill(pid_, sig);
-}
+bool Subprocess::Signal(int sig) const { return pid_ > 0 && ::kill(pid_, sig) == 0; }
 
 std::optional<int> Subprocess::Wait(absl::Duration timeout) {
   if (pid_ <= 0) return -1;

@@ -68,7 +68,8 @@ class Subprocess {
   // -1 once reaped.
   pid_t pid() const { return pid_; }
   bool running() const { return pid_ > 0; }
-  void Signal(int sig) const;
+  // Sends `sig`: false if it cannot (reaped, or kill(2) failed).
+  bool Signal(int sig) const;
 
   // Reaps the child once it exits: its wait status (as waitpid(2) reports
   // it), or nullopt if it still runs after `timeout`. Reaped already: -1.

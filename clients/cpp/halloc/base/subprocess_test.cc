@@ -162,12 +162,13 @@ TEST(SubprocessTest, WaitTimesOutWhileTheChildRuns) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->Wait(absl::Milliseconds(50)), std::nullopt);
   EXPECT_TRUE(p->running());
-  p->Signal(SIGUSR1);
+  EXPECT_TRUE(p->Signal(SIGUSR1));
   std::optional<int> status = p->Wait(absl::Seconds(30));
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFSIGNALED(*status) && WTERMSIG(*status) == SIGUSR1);
   EXPECT_FALSE(p->running());
   EXPECT_EQ(p->Wait(), -1);  // reaped already
+  EXPECT_FALSE(p->Signal(SIGUSR1));
 }
 
 TEST(SubprocessTest, StopEscalatesToSigkillAfterTheGrace) {
