@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "tests/bench/child.h"
 #include "tests/bench/report.h"
@@ -74,6 +75,16 @@ using Values = std::map<std::string, double>;
 double Get(const Values& v, const std::string& key) {
   auto it = v.find(key);
   return it == v.end() ? kNaN : it->second;
+}
+
+// For a warm row: says so when the pool's stock served fewer than 95% of
+// its timed calls (its refills fell behind: the row measured cold calls
+// too); "" otherwise, or when the worker could not tell.
+std::string PoolNote(const Values& v) {
+  const double hits = Get(v, "pool.hits_pct");
+  if (!std::isfinite(hits) || hits >= 95) return "";
+  return absl::StrFormat(
+      "only %.0f%% of these calls came from the pool's stock (its refills fell behind)", hits);
 }
 
 class Suite {
@@ -226,9 +237,11 @@ void Suite::Allocations() {
       std::optional<double> target;
       if (pct == "p50") target = 1.1;
       if (pct == "p99") target = 1.5;
-      Add(Compare(absl::StrCat("alloc.warm.", sz, ".", p), Get(warm, "alloc." + pct),
-                  "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct),
-                  target));
+      Row row = Compare(absl::StrCat("alloc.warm.", sz, ".", p), Get(warm, "alloc." + pct),
+                        "us", "grpc_echo(interleaved)." + pct, Get(warm, "echo." + pct),
+                        target);
+      if (pct == "p50") row.note = PoolNote(warm);
+      Add(std::move(row));
     }
     // The gRPC path's physical floor: one gRPC call plus one fd over a
     // Unix socket, both timed interleaved with it.
@@ -245,8 +258,11 @@ void Suite::Allocations() {
       std::optional<double> target;
       if (size <= (1 << 20) && pct == "p50") target = 1.5;
       if (size <= (1 << 20) && pct == "p99") target = 2.0;
-      Add(Compare(absl::StrCat("broker.alloc.warm.", sz, ".", p), Get(fast, "alloc." + pct),
-                  "us", "scm_fd(interleaved)." + pct, Get(fast, "scm." + pct), target));
+      Row row = Compare(absl::StrCat("broker.alloc.warm.", sz, ".", p),
+                        Get(fast, "alloc." + pct), "us", "scm_fd(interleaved)." + pct,
+                        Get(fast, "scm." + pct), target);
+      if (pct == "p50") row.note = PoolNote(fast);
+      Add(std::move(row));
     }
     for (const char* p : kPcts) {
       const std::string pct(p);

@@ -261,6 +261,19 @@ double MemfdOnce(uint64_t size) {
 // paced so that the refill keeps up. Cold: a new name per call (a class the
 // pool has never seen), so every call creates and commits memory on the
 // request path.
+// The pool's hits and misses so far, over all backends; nullopt if Stats
+// fails (the row then says nothing about them).
+std::optional<std::pair<uint64_t, uint64_t>> PoolCounts(Client& c) {
+  absl::StatusOr<v1::StatsResponse> s = c.Stats();
+  if (!s.ok()) return std::nullopt;
+  uint64_t hits = 0, misses = 0;
+  for (const v1::BackendStats& b : s->backends()) {
+    hits += b.pool_hits_total();
+    misses += b.pool_misses_total();
+  }
+  return std::pair{hits, misses};
+}
+
 int AllocLatency(const Args& a) {
   absl::StatusOr<Client> c = Connect(a);
   if (!c.ok()) return Fail("connect", c.status());
@@ -272,7 +285,9 @@ int AllocLatency(const Args& a) {
   const absl::Duration pace = absl::Microseconds(a.Int("pace_us", 0));
   Micros alloc, release, echo_us, scm_us, memfd_us;
   const int64_t warmup = 5;
+  std::optional<std::pair<uint64_t, uint64_t>> pool_before;
   for (int64_t i = -warmup; i < n; ++i) {
+    if (i == 0) pool_before = PoolCounts(*c);
     const double e = echo.Call();
     const double sc = scm.Call();
     const double f = cold ? MemfdOnce(size) : std::nan("");
@@ -301,11 +316,20 @@ int AllocLatency(const Args& a) {
     if (i == -1 && !cold) absl::SleepFor(absl::Milliseconds(300));
     if (pace > absl::ZeroDuration()) absl::SleepFor(pace);
   }
+  // Which share of the timed calls the pool's stock served (a warm row
+  // whose refills fell behind measured cold calls too).
+  std::string pool;
+  const std::optional<std::pair<uint64_t, uint64_t>> pool_after = PoolCounts(*c);
+  if (pool_before && pool_after) {
+    const uint64_t hits = pool_after->first - pool_before->first;
+    const uint64_t total = hits + pool_after->second - pool_before->second;
+    if (total > 0) pool = absl::StrCat("pool.hits_pct ", 100.0 * hits / total, "\n");
+  }
   Say(FormatSummary("alloc", Summarize(alloc)) +
       FormatSummary("release", Summarize(release)) +
       FormatSummary("echo", Summarize(echo_us)) +
       FormatSummary("scm", Summarize(scm_us)) +
-      (cold ? FormatSummary("memfd", Summarize(memfd_us)) : ""));
+      (cold ? FormatSummary("memfd", Summarize(memfd_us)) : "") + pool);
   return 0;
 }
 
