@@ -255,12 +255,6 @@ double MemfdOnce(uint64_t size) {
   return us;
 }
 
-// Allocate → fd in hand → mapped, then (untimed) unmap + close, then a timed
-// Release; each iteration also times one echo call, one scm_fd round trip
-// (and, cold, one local memfd floor). Warm: one name, so the pool (if any) stocks that class,
-// paced so that the refill keeps up. Cold: a new name per call (a class the
-// pool has never seen), so every call creates and commits memory on the
-// request path.
 // The pool's hits and misses so far, over all backends; nullopt if Stats
 // fails (the row then says nothing about them).
 std::optional<std::pair<uint64_t, uint64_t>> PoolCounts(Client& c) {
@@ -274,6 +268,13 @@ std::optional<std::pair<uint64_t, uint64_t>> PoolCounts(Client& c) {
   return std::pair{hits, misses};
 }
 
+// Allocate → fd in hand → mapped, then (untimed) unmap + close, then a timed
+// Release; each iteration also times one echo call, one scm_fd round trip
+// (and, cold, one local memfd floor). Warm: one name, so the pool (if any)
+// stocks that class, paced so that the refill keeps up ("pool.hits_pct"
+// says which share of the timed calls the stock served). Cold: a new name
+// per call (a class the pool has never seen), so every call creates and
+// commits memory on the request path.
 int AllocLatency(const Args& a) {
   absl::StatusOr<Client> c = Connect(a);
   if (!c.ok()) return Fail("connect", c.status());
