@@ -2,13 +2,10 @@
 
 #include <fcntl.h>
 #include <glog/logging.h>
-#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,9 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
-#include "clients/cpp/halloc/base/unix_address.h"
 #include "service/audit.h"
+#include "service/peer_identity.h"
 #include "service/util/random.h"
+#include "service/util/unix_listener.h"
 
 namespace halloc {
 
@@ -28,10 +26,6 @@ absl::Duration Broker::verify_timeout = absl::Seconds(10);
 bool Broker::follow_client_cpu = true;
 
 namespace {
-
-#ifndef SO_PEERPIDFD
-#define SO_PEERPIDFD 77  // Linux 6.5
-#endif
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
@@ -41,42 +35,6 @@ constexpr uint32_t kDefaultMaxPerUid = 256;
 constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
 // A lone client quiet for this long (ms) is no longer followed.
 constexpr int kLonePause = 50;
-
-// A pidfd pinning the peer: from the socket where the kernel offers it
-// (6.5+: the process that connected, race-free), else by pid (older
-// kernels: races a pid reused between connect and here).
-UniqueFd PeerPidfd(int conn, pid_t pid) {
-  int raw = -1;
-  socklen_t len = sizeof(raw);
-  if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0 && raw >= 0) {
-    return UniqueFd(raw);
-  }
-  return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-}
-
-struct ExeSample {
-  std::string path;
-  std::optional<FileId> file;
-};
-
-// Which file `pid` executes: the path for logs, and the file (device and
-// inode of /proc/<pid>/exe, i.e. the binary itself whatever mount namespace
-// or path it was run from). The file is vouched for only when the pidfd
-// shows the process still alive afterwards (so the pid was not reused).
-ExeSample SampleExe(int pidfd, pid_t pid) {
-  ExeSample s;
-  const std::string link = absl::StrCat("/proc/", pid, "/exe");
-  char buf[4096];
-  const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
-  if (n > 0) s.path.assign(buf, static_cast<size_t>(n));
-  std::optional<FileId> file = FileIdOf(link);
-  if (pidfd < 0) return s;
-  pollfd pfd{pidfd, POLLIN, 0};
-  if (::poll(&pfd, 1, 0) != 0) return s;  // exited: cannot vouch for it
-  s.file = file;
-  return s;
-}
-
 
 v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status) {
   v1::BrokerReply r;
@@ -111,47 +69,6 @@ uint32_t DefaultMaxTotal() {
 }
 
 }  // namespace
-
-absl::Status RemoveStaleSocket(const std::string& path) {
-  ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0) return absl::OkStatus();
-  if (!S_ISSOCK(st.st_mode)) {
-    return absl::AlreadyExistsError(
-        absl::StrCat(path, " exists and is not a socket"));
-  }
-  for (int type : {SOCK_STREAM, SOCK_SEQPACKET}) {
-    UniqueFd probe(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-    if (!probe) return ErrnoStatus(errno, "socket");
-    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr),
-                  sizeof(addr)) == 0) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("a server is already listening on ", path));
-    }
-  }
-  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return ErrnoStatus(errno, absl::StrCat("unlink(", path, ")"));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<UniqueFd> BindUnixSocket(const std::string& path, int type,
-                                        mode_t mode) {
-  ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
-  RETURN_IF_ERROR(RemoveStaleSocket(path));
-  UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-  if (!fd) return ErrnoStatus(errno, "socket(AF_UNIX)");
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("bind(", path, ")"));
-  }
-  if (::chmod(path.c_str(), mode) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("chmod(", path, ")"));
-  }
-  if (::listen(fd.get(), SOMAXCONN) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("listen(", path, ")"));
-  }
-  return fd;
-}
 
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const std::string& path,
                                                       mode_t mode,

@@ -141,14 +141,6 @@ class Broker {
   bool stopped_ = false;
 };
 
-// Binds a Unix socket of `type` at `path` with permissions `mode`, replacing
-// a stale socket file (one nobody listens on). ALREADY_EXISTS when a live
-// server owns the path.
-absl::StatusOr<UniqueFd> BindUnixSocket(const std::string& path, int type,
-                                        mode_t mode);
-// Removes a socket file at `path` if nobody listens on it.
-absl::Status RemoveStaleSocket(const std::string& path);
-
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_BROKER_H_

@@ -20,6 +20,7 @@
 #include "service/metrics/http_server.h"
 #include "service/metrics/prometheus.h"
 #include "service/systemd/grpc_listener.h"
+#include "service/util/unix_listener.h"
 
 namespace halloc {
 

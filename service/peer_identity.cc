@@ -1,0 +1,39 @@
+#include "service/peer_identity.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77  // Linux 6.5
+#endif
+
+namespace halloc {
+
+UniqueFd PeerPidfd(int conn, pid_t pid) {
+  int raw = -1;
+  socklen_t len = sizeof(raw);
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0 && raw >= 0) {
+    return UniqueFd(raw);
+  }
+  return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
+ExeSample SampleExe(int pidfd, pid_t pid) {
+  ExeSample s;
+  const std::string link = absl::StrCat("/proc/", pid, "/exe");
+  char buf[4096];
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf) - 1);
+  if (n > 0) s.path.assign(buf, static_cast<size_t>(n));
+  std::optional<FileId> file = FileIdOf(link);
+  if (pidfd < 0) return s;
+  pollfd pfd{pidfd, POLLIN, 0};
+  if (::poll(&pfd, 1, 0) != 0) return s;  // exited: cannot vouch for it
+  s.file = file;
+  return s;
+}
+
+}  // namespace halloc

@@ -1,0 +1,39 @@
+// What the broker learns about the process at the other end of a
+// connection, from the kernel alone: a pidfd that pins it, and the file it
+// executes (device and inode), vouched for only while that pidfd shows the
+// process alive.
+#ifndef HALLOC_SERVICE_PEER_IDENTITY_H_
+#define HALLOC_SERVICE_PEER_IDENTITY_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/policy/policy.h"
+
+namespace halloc {
+
+// A pidfd pinning the peer of the connected socket `conn`: from the socket
+// where the kernel offers it (Linux 6.5+ SO_PEERPIDFD: the process that
+// connected, race-free), else by `pid` (older kernels: races a pid reused
+// between connect and here). Invalid when neither works.
+UniqueFd PeerPidfd(int conn, pid_t pid);
+
+struct ExeSample {
+  std::string path;            // for logs; "" when unreadable
+  std::optional<FileId> file;  // vouched for: see SampleExe
+};
+
+// Which file `pid` executes: the path for logs, and the file (device and
+// inode of /proc/<pid>/exe, i.e. the binary itself whatever mount namespace
+// or path it was run from). The file is vouched for only when `pidfd` (the
+// same process, pinned earlier) shows it still alive afterwards, so that a
+// pid reused by another process cannot lend its binary; never without a
+// pidfd (-1).
+ExeSample SampleExe(int pidfd, pid_t pid);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_PEER_IDENTITY_H_

@@ -1,0 +1,82 @@
+#include "service/peer_identity.h"
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "clients/cpp/halloc/base/subprocess.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+// The pid a pidfd refers to (its fdinfo's "Pid:" line), or -1.
+pid_t PidOf(int pidfd) {
+  std::ifstream in("/proc/self/fdinfo/" + std::to_string(pidfd));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Pid:", 0) == 0) return std::stoi(line.substr(4));
+  }
+  return -1;
+}
+
+absl::StatusOr<Subprocess> Sleeper() {
+  return Subprocess::Spawn({.argv = {"/bin/sleep", "30"}});
+}
+
+TEST(PeerIdentityTest, PinsThePeerOfAConnection) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  // Both ends are ours: the peer is this process, whichever way it is found.
+  UniqueFd pidfd = PeerPidfd(a.get(), ::getpid());
+  ASSERT_TRUE(pidfd) << "no pidfd (pidfd_open needs Linux 5.3)";
+  EXPECT_EQ(PidOf(pidfd.get()), ::getpid());
+  // Not a socket: found by pid.
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd by_pid = PeerPidfd(-1, child->pid());
+  ASSERT_TRUE(by_pid);
+  EXPECT_EQ(PidOf(by_pid.get()), child->pid());
+}
+
+TEST(PeerIdentityTest, VouchesForTheFileOfALiveProcess) {
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
+  ASSERT_TRUE(pidfd);
+  // Spawn returns once the child has exec'ed sleep.
+  const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
+  ExeSample s = SampleExe(pidfd.get(), child->pid());
+  EXPECT_EQ(s.path, sleep_bin);
+  ASSERT_TRUE(s.file.has_value());
+  EXPECT_EQ(*s.file, *FileIdOf(sleep_bin));
+  // No pidfd to show it alive: the path, not the file.
+  ExeSample unpinned = SampleExe(-1, child->pid());
+  EXPECT_EQ(unpinned.path, sleep_bin);
+  EXPECT_FALSE(unpinned.file.has_value());
+}
+
+// A pid reused by another process: the pidfd (pinned to the first one)
+// shows it exited, so the other's binary is not vouched for.
+TEST(PeerIdentityTest, DoesNotVouchOnceThePinnedProcessExited) {
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
+  ASSERT_TRUE(pidfd);
+  ASSERT_TRUE(child->Signal(SIGKILL));
+  ASSERT_TRUE(child->Wait().has_value());
+  // This process stands in for the one that took the pid over.
+  ExeSample s = SampleExe(pidfd.get(), ::getpid());
+  EXPECT_FALSE(s.path.empty());
+  EXPECT_FALSE(s.file.has_value());
+}
+
+}  // namespace
+}  // namespace halloc
