@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/testing/test_daemon.h"
 #include "google/protobuf/struct.pb.h"
@@ -81,47 +82,33 @@ class Proc {
     // A hallocctl that died must fail the test, not kill it (EPIPE, not
     // SIGPIPE, on the next write).
     ::signal(SIGPIPE, SIG_IGN);
-    // Everything execve needs is built before fork: the child runs only
-    // async-signal-safe calls (the test process has the daemon's threads).
-    std::vector<std::string> strings = {HallocctlPath()};
-    strings.insert(strings.end(), args.begin(), args.end());
+    std::vector<std::string> argv = {HallocctlPath()};
+    argv.insert(argv.end(), args.begin(), args.end());
     std::vector<std::string> env = {
         absl::StrCat("HALLOC_CONTROL_SOCKET=", o.control_socket),
         absl::StrCat("HALLOC_BROKER_SOCKET=", o.broker_socket)};
     for (char** e = environ; *e != nullptr; ++e) {
       if (!absl::StartsWith(*e, "HALLOC_")) env.push_back(*e);
     }
-    std::vector<char*> argv, envp;
-    for (std::string& s : strings) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    for (std::string& s : env) envp.push_back(s.data());
-    envp.push_back(nullptr);
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0) return;
     UniqueFd in_read(in[0]), in_write(in[1]);
     if (::pipe2(out, O_CLOEXEC) != 0) return;
     UniqueFd out_read(out[0]), out_write(out[1]);
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::signal(SIGPIPE, SIG_DFL);  // the test ignores it; hallocctl must not inherit that
-      ::dup2(in_read.get(), 0);
-      ::dup2(out_write.get(), 1);
-      ::dup2(out_write.get(), 2);
-      ::execve(argv[0], argv.data(), envp.data());
-      ::_exit(127);
-    }
+    // The child gets SIGPIPE back at its default (Subprocess resets what
+    // this test ignores).
+    absl::StatusOr<Subprocess> p = Subprocess::Spawn({.argv = std::move(argv),
+                                                      .env = std::move(env),
+                                                      .stdin_fd = in_read.get(),
+                                                      .stdout_fd = out_write.get(),
+                                                      .stderr_fd = out_write.get()});
+    if (!p.ok()) return;  // started() says so
+    process_ = *std::move(p);
     in_ = std::move(in_write);
     out_ = std::move(out_read);
   }
 
-  ~Proc() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      Wait();
-    }
-  }
-
-  bool started() const { return pid_ > 0; }
+  bool started() const { return process_.running(); }
 
   void Send(absl::string_view line) {
     const std::string text = absl::StrCat(line, "\n");
@@ -178,20 +165,18 @@ class Proc {
   }
 
   void CloseStdin() { in_.reset(); }
-  void Signal(int sig) { ::kill(pid_, sig); }
+  void Signal(int sig) { process_.Signal(sig); }
 
   // The exit code; -1 if it died of a signal.
   int Wait() {
-    int status = 0;
-    if (::waitpid(pid_, &status, 0) != pid_) return -1;
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const int status = *process_.Wait();
+    return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
 
  private:
-  pid_t pid_ = -1;
   UniqueFd in_;
   UniqueFd out_;
+  Subprocess process_;  // killed and reaped (if still running) before the pipes close
   std::string buf_;
 };
 

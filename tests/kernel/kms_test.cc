@@ -20,12 +20,14 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "clients/compositor/pattern.h"
 #include "clients/png/png.h"
+#include "clients/cpp/halloc/base/subprocess.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
@@ -327,19 +329,12 @@ TEST_F(VkmsTest, HallocKmsToolShowsFramesAndWritesAPng) {
   const halloc::ConnectOptions o = daemon_->connect_options();
   const std::string png = Env("HALLOC_RESULTS").empty() ? "/tmp/halloc-kms.png"
                                                         : Env("HALLOC_RESULTS") + "/halloc-kms.png";
-  std::string env_control = "HALLOC_CONTROL_SOCKET=" + o.control_socket;
-  std::string env_broker = "HALLOC_BROKER_SOCKET=" + o.broker_socket;
-  std::string arg_png = "--png=" + png;
-  char* const argv[] = {tool.data(), const_cast<char*>("--frames=10"), arg_png.data(), nullptr};
-  char* const envp[] = {env_control.data(), env_broker.data(), nullptr};
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0) << strerror(errno);
-  if (pid == 0) {
-    execve(tool.c_str(), argv, envp);
-    _exit(127);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  absl::StatusOr<halloc::Subprocess> kms = halloc::Subprocess::Spawn(
+      {.argv = {tool, "--frames=10", "--png=" + png},
+       .env = std::vector<std::string>{"HALLOC_CONTROL_SOCKET=" + o.control_socket,
+                                       "HALLOC_BROKER_SOCKET=" + o.broker_socket}});
+  ASSERT_TRUE(kms.ok()) << kms.status();
+  const int status = *kms->Wait();
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "halloc-kms status " << status;
 
   absl::StatusOr<::halloc::png::Image> img = ::halloc::png::ReadPng(png);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <tuple>
 #include <utility>
 
@@ -25,7 +26,7 @@ namespace {
 
 // What the child failed to do before exec, written to the parent over a
 // close-on-exec pipe (an exec that succeeds closes it with nothing written).
-enum Stage : int { kPrctl = 1, kRlimit, kChdir, kDup, kKeep, kExec };
+enum Stage : int { kSignals = 1, kPrctl, kRlimit, kChdir, kDup, kKeep, kExec };
 
 struct ChildError {
   int stage;
@@ -34,6 +35,7 @@ struct ChildError {
 
 const char* StageName(int stage) {
   switch (stage) {
+    case kSignals: return "sigprocmask";
     case kPrctl: return "prctl(PR_SET_PDEATHSIG)";
     case kRlimit: return "setrlimit(RLIMIT_NOFILE)";
     case kChdir: return "chdir";
@@ -114,6 +116,21 @@ absl::StatusOr<Subprocess> Subprocess::Spawn(const SpawnOptions& options) {
   if (pid < 0) return ErrnoStatus(errno, "spawn: fork");
   if (pid == 0) {
     const int w = report_w.get();
+    // Every signal at its default action and none blocked: exec keeps what
+    // this process ignores (a test's SIG_IGN for SIGPIPE) and the spawning
+    // thread's mask (a thread that blocks SIGTERM to sigwait for it), and
+    // the child would inherit both.
+    // The raw system call: glibc's sigaction refuses its own signals (32,
+    // 33), which a parent may have ignored too. All zeros is SIG_DFL, no
+    // flags, an empty mask, in any architecture's struct layout.
+    const uint64_t dfl[8] = {};
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig == SIGKILL || sig == SIGSTOP) continue;
+      ::syscall(SYS_rt_sigaction, sig, dfl, nullptr, sizeof(uint64_t));
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    if (::sigprocmask(SIG_SETMASK, &none, nullptr) != 0) Fail(w, kSignals);
     if (options.die_with_parent) {
       if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) Fail(w, kPrctl);
       // The parent died before prctl took effect: nobody to wait for us.

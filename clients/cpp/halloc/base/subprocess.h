@@ -3,6 +3,9 @@
 // (weston, the demo's viewer, hallocd under test, bench workers,
 // systemd-socket-activate).
 //
+// The child starts with every signal at its default action and none
+// blocked, whatever this process ignores or the spawning thread blocks.
+//
 // Between fork and exec the child makes only async-signal-safe system calls
 // (the parent may have threads: gRPC's, a test's): argv, the environment and
 // every file are prepared before fork. A child that cannot exec (missing or

@@ -1,6 +1,7 @@
 #include "clients/cpp/halloc/base/subprocess.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -155,6 +156,28 @@ TEST(SubprocessTest, SetsTheFileLimit) {
   SpawnOptions o;
   o.nofile = 77;
   EXPECT_EQ(RunSh("ulimit -n", o).first, "77\n");
+}
+
+TEST(SubprocessTest, TheChildStartsWithDefaultSignals) {
+  // Ignored here (as tests and servers do for SIGPIPE), blocked in the
+  // spawning thread (as a thread waiting in sigwait would).
+  struct sigaction ign = {}, old_pipe = {};
+  ign.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGPIPE, &ign, &old_pipe), 0);
+  sigset_t usr2, old_mask;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &usr2, &old_mask), 0);
+  Pipe out;
+  absl::StatusOr<Subprocess> p = Subprocess::Spawn(
+      {.argv = {"/bin/grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"},
+       .stdout_fd = out.w.get()});
+  ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  ::sigaction(SIGPIPE, &old_pipe, nullptr);
+  ASSERT_TRUE(p.ok()) << p.status();
+  out.w.reset();
+  EXPECT_EQ(ReadAll(out.r.get()), "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+  EXPECT_EQ(p->Wait(), 0);
 }
 
 TEST(SubprocessTest, WaitTimesOutWhileTheChildRuns) {
