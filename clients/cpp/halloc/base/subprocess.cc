@@ -119,10 +119,10 @@ absl::StatusOr<Subprocess> Subprocess::Spawn(const SpawnOptions& options) {
     // Every signal at its default action and none blocked: exec keeps what
     // this process ignores (a test's SIG_IGN for SIGPIPE) and the spawning
     // thread's mask (a thread that blocks SIGTERM to sigwait for it), and
-    // the child would inherit both.
-    // The raw system call: glibc's sigaction refuses its own signals (32,
-    // 33), which a parent may have ignored too. All zeros is SIG_DFL, no
-    // flags, an empty mask, in any architecture's struct layout.
+    // the child would inherit both. By the raw system call, because glibc's
+    // sigaction refuses its own signals (32, 33), which a parent may have
+    // ignored too; all zeros is SIG_DFL, no flags and an empty mask in any
+    // architecture's struct layout.
     const uint64_t dfl[8] = {};
     for (int sig = 1; sig < NSIG; ++sig) {
       if (sig == SIGKILL || sig == SIGSTOP) continue;
