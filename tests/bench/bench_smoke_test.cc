@@ -2,7 +2,6 @@
 // hallocd, so that it never rots. Asserts only that it runs and that every
 // row comes out with a finite value in well-formed JSON: never a timing.
 // And that the allocation worker reports the pool's share of its calls.
-#include <fcntl.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 #include <spawn.h>
@@ -14,26 +13,22 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
-#include "absl/time/clock.h"
-#include "clients/cpp/halloc/base/subprocess.h"
-#include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "tests/bench/child.h"
+#include "tests/integration/hallocd_process.h"
 
 extern char** environ;
 
 namespace {
 
-std::string Runfile(const std::string& path) {
-  return absl::StrCat(std::getenv("TEST_SRCDIR"), "/halloc/", path);
-}
+using halloc::testing::Runfile;
 
 // The rows a --smoke run must produce (the 100k live-buffer level is left
 // out of smoke runs to keep them short).
@@ -134,67 +129,48 @@ TEST(BenchSmokeTest, EveryRowIsProducedWithAFiniteValue) {
   }
 }
 
-// The alloc_lat worker's output, run against a hallocd of `backend`: its
-// "key value" lines.
-std::map<std::string, std::string> AllocLatencyIn(const std::string& dir,
-                                                  const std::string& backend) {
-  absl::StatusOr<halloc::Subprocess> daemon = halloc::Subprocess::Spawn(
-      {.argv = {Runfile("service/hallocd"), "--control_socket=" + dir + "/c.sock",
-                "--broker_socket=" + dir + "/b.sock", "--backend=" + backend}});
-  EXPECT_TRUE(daemon.ok()) << daemon.status();
-  if (!daemon.ok()) return {};
-  // The control socket is bound last: once it exists, both are up.
-  for (int i = 0; i < 1000 && ::access((dir + "/c.sock").c_str(), F_OK) != 0; ++i) {
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) return {};
-  halloc::UniqueFd r(p[0]), w(p[1]);
-  halloc::SpawnOptions o;
-  o.argv = {Runfile("tests/bench/halloc_bench"), "alloc_lat", "--size=4096", "--n=20",
-            "--mode=warm", "--path=broker", "--control=" + dir + "/c.sock",
-            "--broker=" + dir + "/b.sock"};
-  o.stdout_fd = w.get();
-  absl::StatusOr<halloc::Subprocess> worker = halloc::Subprocess::Spawn(o);
-  EXPECT_TRUE(worker.ok()) << worker.status();
-  if (!worker.ok()) return {};
-  w.reset();
-  std::string text;
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(r.get(), buf, sizeof(buf))) > 0) text.append(buf, static_cast<size_t>(n));
-  const int status = *worker->Wait();
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << text;
-  std::map<std::string, std::string> values;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(line, ' ');
-    values[kv.first] = kv.second;
-  }
-  return values;
-}
-
-std::map<std::string, std::string> AllocLatency(const std::string& backend) {
+// The alloc_lat worker's "key value" lines, run against a hallocd of
+// `backend` (hallocd and the worker started the way the suite starts them).
+std::map<std::string, double> AllocLatency(const std::string& backend) {
   // Not TEST_TMPDIR: socket paths must stay short.
   char tmpl[] = "/tmp/halloc-bench-smoke-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr) return {};
-  std::map<std::string, std::string> values = AllocLatencyIn(tmpl, backend);
+  std::map<std::string, double> values;
+  {
+    absl::StatusOr<std::unique_ptr<halloc::testing::HallocdProcess>> daemon =
+        halloc::testing::HallocdProcess::Start(tmpl, {.flags = {"--backend=" + backend}});
+    EXPECT_TRUE(daemon.ok()) << daemon.status();
+    if (daemon.ok()) {
+      const halloc::ConnectOptions& o = (*daemon)->connect_options();
+      absl::StatusOr<halloc::bench::Child> worker = halloc::bench::Child::Spawn(
+          {Runfile("tests/bench/halloc_bench"), "alloc_lat", "--size=4096", "--n=20",
+           "--mode=warm", "--path=broker", "--control=" + o.control_socket,
+           "--broker=" + o.broker_socket});
+      EXPECT_TRUE(worker.ok()) << worker.status();
+      if (worker.ok()) {
+        worker->CloseStdin();
+        values = worker->ReadValues();
+        const int status = worker->Wait();
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+      }
+    }
+  }  // hallocd is gone here
   std::error_code ec;
-  std::filesystem::remove_all(tmpl, ec);  // hallocd is gone by now
+  std::filesystem::remove_all(tmpl, ec);
   return values;
 }
 
 // The warm rows say when the pool's stock did not serve their calls: the
 // worker counts the pool's hits and misses over its timed calls.
 TEST(BenchSmokeTest, TheAllocationWorkerSaysWhichShareThePoolServed) {
-  std::map<std::string, std::string> pooled = AllocLatency("memfd-pool");
+  std::map<std::string, double> pooled = AllocLatency("memfd-pool");
   ASSERT_TRUE(pooled.count("alloc.p50"));
   ASSERT_TRUE(pooled.count("pool.hits_pct"));
-  double hits = -1;
-  ASSERT_TRUE(absl::SimpleAtod(pooled["pool.hits_pct"], &hits)) << pooled["pool.hits_pct"];
+  const double hits = pooled["pool.hits_pct"];
   EXPECT_GE(hits, 0);
   EXPECT_LE(hits, 100);
   // No pool: no hits or misses to count, no such line.
-  std::map<std::string, std::string> plain = AllocLatency("memfd");
+  std::map<std::string, double> plain = AllocLatency("memfd");
   ASSERT_TRUE(plain.count("alloc.p50"));
   EXPECT_FALSE(plain.count("pool.hits_pct")) << plain["pool.hits_pct"];
 }
