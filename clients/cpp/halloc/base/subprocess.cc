@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <limits>
 #include <tuple>
 #include <utility>
 
@@ -184,16 +185,16 @@ bool Subprocess::Signal(int sig) const { return pid_ > 0 && ::kill(pid_, sig) ==
 
 std::optional<int> Subprocess::Wait(absl::Duration timeout) {
   if (pid_ <= 0) return -1;
+  const bool forever = timeout == absl::InfiniteDuration();
   const absl::Time deadline = absl::Now() + timeout;
-  // A pidfd becomes readable when the child exits: no polling loop (Linux
-  // 5.3+); without one, look every few milliseconds.
+  // Opened only once there is time to wait (not for a zero-timeout look):
+  // a pidfd becomes readable when the child exits, so no polling loop
+  // (Linux 5.3+); without one, look every few milliseconds.
   UniqueFd pidfd;
-  if (timeout != absl::InfiniteDuration()) {
-    pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-  }
+  bool pidfd_tried = false;
   for (;;) {
     int status = 0;
-    const pid_t r = ::waitpid(pid_, &status, timeout == absl::InfiniteDuration() ? 0 : WNOHANG);
+    const pid_t r = ::waitpid(pid_, &status, forever ? 0 : WNOHANG);
     if (r == pid_) {
       pid_ = -1;
       return status;
@@ -205,9 +206,14 @@ std::optional<int> Subprocess::Wait(absl::Duration timeout) {
     }
     const absl::Duration left = deadline - absl::Now();
     if (left <= absl::ZeroDuration()) return std::nullopt;
+    if (!pidfd_tried) {
+      pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
+      pidfd_tried = true;
+    }
     if (pidfd) {
       pollfd p{pidfd.get(), POLLIN, 0};
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
+      const int ms = static_cast<int>(
+          std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, std::numeric_limits<int>::max()));
       (void)::poll(&p, 1, ms);
     } else {
       absl::SleepFor(std::min(left, absl::Milliseconds(5)));
