@@ -1,6 +1,7 @@
 #include "tests/bench/workers.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -26,6 +27,7 @@
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "echo.grpc.pb.h"
+#include "service/util/cpu_follower.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 
 namespace halloc::bench {
@@ -99,9 +101,17 @@ int ScmServer(const Args& a) {
       UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (!conn) continue;
       std::thread([conn = std::move(conn), fd = memfd.get()] {
-        char req[64];
+        // Each connection's thread replies from its client's CPU, as
+        // hallocd's broker does (cpu_follower.h): the floor is the best
+        // round trip this machine allows, not wherever the scheduler last
+        // left the two threads.
+        CpuFollower follower = CpuFollower::ForThisThread();
+        uint32_t cpu_hint = 0;
         const int fds[] = {fd};
-        while (::recv(conn.get(), req, sizeof(req), 0) > 0) {
+        for (;;) {
+          const ssize_t n = ::recv(conn.get(), &cpu_hint, sizeof(cpu_hint), 0);
+          if (n <= 0) break;
+          follower.Follow(n == sizeof(cpu_hint) ? cpu_hint : 0, /*alone=*/true);
           if (!SendRecord(conn.get(), "x", fds, false).ok()) break;
         }
       }).detach();
@@ -137,6 +147,14 @@ int EchoLatency(const Args& a) {
   return 0;
 }
 
+// One scm_fd request: the CPU the client sends from, plus one (0: unknown),
+// like BrokerRequest.cpu. true once sent.
+bool SendScmRequest(int sock) {
+  const int cpu = ::sched_getcpu();
+  const uint32_t hint = cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0;
+  return ::send(sock, &hint, sizeof(hint), MSG_NOSIGNAL) == sizeof(hint);
+}
+
 int ScmLatency(const Args& a) {
   absl::StatusOr<UniqueFd> connected = ConnectSeqpacket(a.Str("socket"));
   if (!connected.ok()) return Fail("scm", connected.status());
@@ -146,7 +164,7 @@ int ScmLatency(const Args& a) {
   us.reserve(n);
   for (int64_t i = -a.Int("warmup", 100); i < n; ++i) {
     const int64_t t0 = NowNs();
-    if (::send(sock.get(), "r", 1, MSG_NOSIGNAL) != 1) {
+    if (!SendScmRequest(sock.get())) {
       return Fail("scm", ErrnoStatus(errno, "send"));
     }
     absl::StatusOr<Record> rec = ReceiveRecord(sock.get(), false);
@@ -230,7 +248,7 @@ class ScmProbe {
   double Call() {
     if (!sock_) return std::nan("");
     const int64_t t0 = NowNs();
-    if (::send(sock_.get(), "r", 1, MSG_NOSIGNAL) != 1) return std::nan("");
+    if (!SendScmRequest(sock_.get())) return std::nan("");
     absl::StatusOr<Record> rec = ReceiveRecord(sock_.get(), false);
     const double us = Us(t0, NowNs());
     return rec.ok() && rec->fds.size() == 1 ? us : std::nan("");
