@@ -1,7 +1,8 @@
 #include "service/backend/pool.h"
 
 #include <fcntl.h>
-#include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -21,6 +22,8 @@ namespace {
 constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
 // Pause after a failed refill (out of memory or fds) before trying again.
 constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
+// The refill thread's nice value when PoolOptions::low_priority.
+constexpr int kRefillNice = 19;
 
 // BackendRequest::attach_drivers as part of a class key: "" when absent,
 // else one NUL-terminated entry per driver (so an empty list differs too).
@@ -222,15 +225,14 @@ PoolStats PooledBackend::stats() const {
 }
 
 void PooledBackend::Run() {
-  if (options_.idle_priority) {
-    // For the calling thread only (Linux: pid 0 is this thread). Any thread
-    // may lower itself to SCHED_IDLE; should it be refused, refills simply
-    // run at normal priority.
-    sched_param param{};
-    (void)::sched_setscheduler(0, SCHED_IDLE, &param);
+  if (options_.low_priority) {
+    // For the calling thread only (on Linux the nice value is per thread).
+    // Raising it needs no privilege; should it fail, refills simply run at
+    // normal priority.
+    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kRefillNice);
   }
   std::optional<CpuFollower> follower;
-  if (options_.follow_cpu != nullptr) follower.emplace(CpuFollower::ForThisThread());
+  if (options_.serving_cpu != nullptr) follower.emplace(CpuFollower::ForThisThread());
   for (;;) {
     {
       std::deque<UniqueFd> freed;
@@ -243,8 +245,8 @@ void PooledBackend::Run() {
       }
     }
     if (follower) {
-      const int cpu = options_.follow_cpu->load(std::memory_order_relaxed);
-      follower->Follow(cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0, cpu >= 0);
+      const int cpu = options_.serving_cpu->load(std::memory_order_relaxed);
+      follower->Avoid(cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0);
     }
     RefillOnce();
   }

@@ -4,6 +4,7 @@
 #include <grp.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -236,14 +237,17 @@ TEST(PooledBackendTest, BackgroundThreadRefillsAClassDrainedBelowHalf) {
   EXPECT_TRUE(WaitForStock(**pool, 8)) << (*pool)->stats().stocked_buffers;
 }
 
-// Records the CPU of every inner allocation made by another thread than
-// the one that created it (i.e. by the refill thread).
+// Records the CPU and nice value of every inner allocation made by another
+// thread than the one that created it (i.e. by the refill thread).
 class CpuRecordingBackend : public MemfdBackend {
  public:
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
     if (::gettid() != creator_) {
+      errno = 0;
+      const int nice = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
       absl::MutexLock lock(&mu_);
       cpus_.push_back(::sched_getcpu());
+      nices_.push_back(errno == 0 ? nice : -100);
     }
     return MemfdBackend::Allocate(r);
   }
@@ -251,28 +255,33 @@ class CpuRecordingBackend : public MemfdBackend {
     absl::MutexLock lock(&mu_);
     return std::exchange(cpus_, {});
   }
+  std::vector<int> TakeNices() {
+    absl::MutexLock lock(&mu_);
+    return std::exchange(nices_, {});
+  }
 
  private:
   const pid_t creator_ = ::gettid();
   absl::Mutex mu_;
   std::vector<int> cpus_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> nices_ ABSL_GUARDED_BY(mu_);
 };
 
-// While hallocd serves one client (util/cpu_follower.h), refills use that
-// client's CPU; they follow when it changes.
-TEST(PooledBackendTest, RefillsRunOnTheCpuTheyFollow) {
+// While hallocd serves one client (util/cpu_follower.h), refills keep off
+// that client's CPU, and move when it changes; at nice 19 throughout.
+TEST(PooledBackendTest, RefillsKeepOffTheServedCpuAtTheLowestPriority) {
   cpu_set_t ours;
   ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
   std::vector<int> allowed;
   for (int c = 0; c < CPU_SETSIZE; ++c) {
     if (CPU_ISSET(c, &ours)) allowed.push_back(c);
   }
-  if (allowed.size() < 2) GTEST_SKIP() << "one CPU only: there is nothing to follow";
+  if (allowed.size() < 2) GTEST_SKIP() << "one CPU only: there is nothing to keep off";
   std::atomic<int> serving{allowed[0]};
   PoolOptions o;
   o.min_requests = 1;
   o.class_bytes = 4 * kPage;  // a stock of 4
-  o.follow_cpu = &serving;
+  o.serving_cpu = &serving;
   auto owned = std::make_unique<CpuRecordingBackend>();
   CpuRecordingBackend* inner = owned.get();
   auto pool = PooledBackend::Create(std::move(owned), o);
@@ -284,10 +293,15 @@ TEST(PooledBackendTest, RefillsRunOnTheCpuTheyFollow) {
     // again, from here on.
     for (int i = 0; i < 4; ++i) ASSERT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
     inner->TakeCpus();
+    inner->TakeNices();
     ASSERT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
     const std::vector<int> cpus = inner->TakeCpus();
     EXPECT_FALSE(cpus.empty());
-    for (int c : cpus) EXPECT_EQ(c, cpu);
+    for (int c : cpus) {
+      EXPECT_NE(c, cpu);
+      EXPECT_TRUE(CPU_ISSET(c, &ours)) << c;
+    }
+    for (int nice : inner->TakeNices()) EXPECT_EQ(nice, 19);
   }
   serving = -1;  // let go: still refills, wherever
   for (int i = 0; i < 4; ++i) ASSERT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());

@@ -46,10 +46,10 @@ Created NewUdmabuf(const BackendConfig&) {
 Created NewMemfd(const BackendConfig&) { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
 
 // memfd behind a pool of pre-created, committed buffers (pool.h), with the
-// default PoolOptions; refills follow the CPU the broker serves from.
+// default PoolOptions; refills keep off the CPU the broker serves from.
 Created NewPooledMemfd(const BackendConfig&) {
   PoolOptions options;
-  options.follow_cpu = &ServingCpu();
+  options.serving_cpu = &ServingCpu();
   ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b,
                    PooledBackend::Create(std::make_unique<MemfdBackend>(), options));
   return std::unique_ptr<Backend>(std::move(b));

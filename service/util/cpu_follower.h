@@ -1,5 +1,5 @@
 // CpuFollower: keeps a server thread on the CPU of the one client it is
-// serving.
+// serving (Follow), or background work off that CPU (Avoid).
 //
 // A request/reply pair costs least when both threads take turns on one CPU:
 // the reply's wake-up (a sync wake-up) hands that CPU straight to the client.
@@ -45,26 +45,34 @@ class CpuFollower {
   // A request from a client on CPU `cpu_hint` - 1 (0: unknown). `alone`:
   // the only client being served now (else the thread is let go).
   void Follow(uint32_t cpu_hint, bool alone);
+  // The opposite, for background work while a lone client is served on CPU
+  // `cpu_hint` - 1: keeps the thread on the other CPUs of its set (let go
+  // when the hint is unknown, foreign, or the set has no other CPU).
+  void Avoid(uint32_t cpu_hint);
   // Lets the thread run on any CPU of its set again.
   void LetGo();
 
   // The CPU the thread is held on, or -1.
   int held() const { return held_; }
+  // The CPU the thread is kept off, or -1.
+  int avoided() const { return avoided_; }
 
  private:
+  // The allowed CPU `cpu_hint` - 1, or -1 (unknown, foreign or out of range).
+  int Allowed(uint32_t cpu_hint) const;
+
   cpu_set_t allowed_;
   int allowed_count_;
   SetAffinity set_affinity_;
-  int held_ = -1;
+  int held_ = -1;     // the set is {held_}
+  int avoided_ = -1;  // the set is allowed_ without avoided_
 };
 
 // The CPU hallocd serves a lone client from right now, or -1 (none, or
-// several clients at once). The broker publishes it; background threads
-// (the pool's refills, PoolOptions::follow_cpu) follow it, so that while one
-// client is served the daemon keeps to that one CPU and uses its idle time.
-// A background thread running on another CPU makes that CPU look idle to
-// the scheduler (SCHED_IDLE) or gives it one more thread to balance, and the
-// scheduler then moves the client there, splitting it from the broker again.
+// several clients at once). The broker publishes it; background work (the
+// pool's refills, PoolOptions::serving_cpu) avoids it: on that CPU the
+// client and the broker thread take turns and leave it no idle time, so
+// work there would either starve or sit in the client's way.
 std::atomic<int>& ServingCpu();
 
 }  // namespace halloc

@@ -89,6 +89,53 @@ TEST(CpuFollowerTest, AFailedMoveHoldsNothing) {
   EXPECT_EQ(fake.calls.size(), 1u);  // no LetGo for a move that failed
 }
 
+TEST(CpuFollowerTest, AvoidsTheServedCpu) {
+  FakeAffinity fake;
+  const cpu_set_t all = Set({0, 1, 5});
+  CpuFollower f(all, fake.fn());
+  f.Avoid(/*cpu 1*/ 2);
+  ASSERT_EQ(fake.calls.size(), 1u);
+  EXPECT_TRUE(Same(fake.calls[0], Set({0, 5})));
+  EXPECT_EQ(f.avoided(), 1);
+  f.Avoid(2);  // already off it: no syscall
+  EXPECT_EQ(fake.calls.size(), 1u);
+  f.Avoid(6);  // the client moved to cpu 5
+  ASSERT_EQ(fake.calls.size(), 2u);
+  EXPECT_TRUE(Same(fake.calls[1], Set({0, 1})));
+  EXPECT_EQ(f.avoided(), 5);
+  f.Follow(1, true);  // held on cpu 0: avoids nothing any more
+  EXPECT_EQ(f.held(), 0);
+  EXPECT_EQ(f.avoided(), -1);
+  f.Avoid(1);
+  EXPECT_EQ(f.held(), -1);
+  EXPECT_EQ(f.avoided(), 0);
+  f.LetGo();
+  ASSERT_EQ(fake.calls.size(), 5u);
+  EXPECT_TRUE(Same(fake.calls[4], all));
+  EXPECT_EQ(f.avoided(), -1);
+}
+
+TEST(CpuFollowerTest, AvoidLetsGoForUnknownOrForeignCpus) {
+  FakeAffinity fake;
+  const cpu_set_t all = Set({0, 1});
+  CpuFollower f(all, fake.fn());
+  f.Avoid(1);
+  ASSERT_EQ(f.avoided(), 0);
+  for (uint32_t hint : {0u, 3u, static_cast<uint32_t>(CPU_SETSIZE) + 1, UINT32_MAX}) {
+    SCOPED_TRACE(hint);
+    f.Avoid(1);
+    f.Avoid(hint);  // nothing known to avoid: the whole set back
+    EXPECT_EQ(f.avoided(), -1);
+    EXPECT_TRUE(Same(fake.calls.back(), all));
+  }
+  // One CPU: it cannot be avoided, nothing is called.
+  FakeAffinity one;
+  CpuFollower g(Set({3}), one.fn());
+  g.Avoid(4);
+  EXPECT_TRUE(one.calls.empty());
+  EXPECT_EQ(g.avoided(), -1);
+}
+
 // The real thing: the calling thread runs on each CPU it is sent to, and
 // gets its whole set back.
 TEST(CpuFollowerTest, MovesThisThreadForReal) {
