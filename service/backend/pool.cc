@@ -1,6 +1,7 @@
 #include "service/backend/pool.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -22,8 +23,8 @@ namespace {
 constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
 // Pause after a failed refill (out of memory or fds) before trying again.
 constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
-// The refill thread's nice value when PoolOptions::low_priority.
-constexpr int kRefillNice = 19;
+// The nice value of the refill thread that works beside a lone client.
+constexpr int kBesideClientNice = 19;
 
 // BackendRequest::attach_drivers as part of a class key: "" when absent,
 // else one NUL-terminated entry per driver (so an empty list differs too).
@@ -55,7 +56,11 @@ absl::StatusOr<std::unique_ptr<PooledBackend>> PooledBackend::Create(
   std::unique_ptr<PooledBackend> pool(
       new PooledBackend(std::move(inner), options));
   if (options.background && options.max_bytes > 0) {
-    pool->thread_ = std::thread([p = pool.get()] { p->Run(); });
+    PooledBackend* p = pool.get();
+    p->threads_.emplace_back([p] { p->Run(Refiller::kIdle); });
+    if (options.serving_cpu != nullptr) {
+      p->threads_.emplace_back([p] { p->Run(Refiller::kBesideClient); });
+    }
   }
   return pool;
 }
@@ -70,7 +75,7 @@ PooledBackend::~PooledBackend() {
     stop_ = true;
     wake_.SignalAll();
   }
-  if (thread_.joinable()) thread_.join();
+  for (std::thread& t : threads_) t.join();
 }
 
 absl::StatusOr<UniqueFd> PooledBackend::Make(
@@ -124,7 +129,7 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     // competes with request threads for the CPU rarely, not once per call.
     if (c.requests >= options_.min_requests && options_.max_bytes > 0 &&
         c.stock.size() <= Target(request.size) / 2) {
-      wake_.Signal();
+      wake_.SignalAll();  // whichever refill thread is on duty
     }
     if (hit) return fd;
   }
@@ -224,22 +229,31 @@ PoolStats PooledBackend::stats() const {
   return s;
 }
 
-void PooledBackend::Run() {
-  if (options_.low_priority) {
-    // For the calling thread only (on Linux the nice value is per thread).
-    // Raising it needs no privilege; should it fail, refills simply run at
-    // normal priority.
-    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kRefillNice);
+bool PooledBackend::OnDuty(Refiller who) const {
+  if (options_.serving_cpu == nullptr) return true;  // the only one
+  const bool lone_client = options_.serving_cpu->load(std::memory_order_relaxed) >= 0;
+  return lone_client == (who == Refiller::kBesideClient);
+}
+
+void PooledBackend::Run(Refiller who) {
+  // For the calling thread only (Linux: pid 0 is this thread; the nice
+  // value is per thread too). Any thread may lower its priority; should it
+  // be refused, refills simply run at normal priority.
+  if (who == Refiller::kBesideClient) {
+    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), kBesideClientNice);
+  } else if (options_.idle_priority) {
+    sched_param param{};
+    (void)::sched_setscheduler(0, SCHED_IDLE, &param);
   }
   std::optional<CpuFollower> follower;
-  if (options_.serving_cpu != nullptr) follower.emplace(CpuFollower::ForThisThread());
+  if (who == Refiller::kBesideClient) follower.emplace(CpuFollower::ForThisThread());
   for (;;) {
     {
       std::deque<UniqueFd> freed;
       absl::MutexLock lock(&mu_);
       if (stop_) return;
-      TrimIdle(absl::Now(), freed);
-      if (Deficit() == nullptr) {
+      if (who == Refiller::kIdle) TrimIdle(absl::Now(), freed);
+      if (!OnDuty(who) || Deficit() == nullptr) {
         wake_.WaitWithTimeout(&mu_, kTrimPeriod);
         continue;
       }
@@ -249,6 +263,10 @@ void PooledBackend::Run() {
       follower->Avoid(cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0);
     }
     RefillOnce();
+    // Unlike SCHED_IDLE, a nice-19 thread is not preempted at once by a
+    // request thread waking on its CPU (the scheduler may let it finish its
+    // time slice first): give the CPU up between buffers.
+    if (who == Refiller::kBesideClient) ::sched_yield();
   }
 }
 

@@ -42,6 +42,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
@@ -70,20 +71,22 @@ struct PoolOptions {
   bool commit = true;
   // Run the refill thread. Tests turn it off and call RefillOnce().
   bool background = true;
-  // Run it at the lowest priority (nice 19): against a request thread on
-  // the same CPU it gets about 1.5% of that CPU (weight 15 against 1024),
-  // so refills hardly delay a request; a class drained faster than that
-  // refills it sees misses, which do the same work on the request path.
-  // Not SCHED_IDLE: a CPU running only SCHED_IDLE threads counts as idle to
-  // the scheduler's wake-up placement, which then puts the served client's
-  // next wake-up there, away from the broker thread serving it.
-  bool low_priority = true;
+  // Run it as SCHED_IDLE: refills use only CPU time no request wants (a
+  // request thread waking on its CPU preempts it at once), so they never
+  // delay a request; a class drained faster than idle time refills it sees
+  // misses, which do the same work on the request path.
+  bool idle_priority = true;
   // When set: the CPU a lone client is served on while it is >= 0 (-1: none,
   // or several clients). hallocd passes ServingCpu() (util/cpu_follower.h).
-  // Refills then run on the other CPUs: on the served one, the client and
-  // the broker thread take turns and leave no idle time, so refills there
-  // starved (measured: 3.5% of a co-located stream's calls came from stock)
-  // and every call made its memory on the request path.
+  // While a lone client is served, a second refill thread takes over, at
+  // nice 19 on the CPUs other than the served one, and gives up its CPU
+  // after each buffer. On the served CPU the client and the broker thread
+  // take turns and leave no idle time: SCHED_IDLE refills starved there
+  // (measured: 3.5% of a co-located stream's calls came from stock). On
+  // another CPU a SCHED_IDLE thread makes that CPU count as idle to wake-up
+  // placement, which then sends the client there, away from the broker
+  // thread; a nice-19 thread leaves it looking busy, and gets about 1.5% of
+  // a CPU against a request thread.
   const std::atomic<int>* serving_cpu = nullptr;
 };
 
@@ -151,7 +154,12 @@ class PooledBackend : public Backend {
   // Moves the stock of idle classes into `out` (closed outside the lock).
   void TrimIdle(absl::Time now, std::deque<UniqueFd>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Run();
+  // The refill threads: kIdle refills unless a lone client is served,
+  // kBesideClient (only with PoolOptions::serving_cpu) while one is.
+  enum class Refiller { kIdle, kBesideClient };
+  void Run(Refiller who);
+  // Whether `who` is the thread that refills now.
+  bool OnDuty(Refiller who) const;
 
   const std::unique_ptr<Backend> inner_;
   const PoolOptions options_;
@@ -165,7 +173,7 @@ class PooledBackend : public Backend {
   uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t refill_failures_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace halloc

@@ -237,39 +237,40 @@ TEST(PooledBackendTest, BackgroundThreadRefillsAClassDrainedBelowHalf) {
   EXPECT_TRUE(WaitForStock(**pool, 8)) << (*pool)->stats().stocked_buffers;
 }
 
-// Records the CPU and nice value of every inner allocation made by another
-// thread than the one that created it (i.e. by the refill thread).
+// Records where and how every inner allocation made by another thread than
+// the one that created it (i.e. by a refill thread) ran.
 class CpuRecordingBackend : public MemfdBackend {
  public:
+  struct Call {
+    int cpu;
+    int nice;    // -100: unknown
+    int policy;  // SCHED_OTHER, SCHED_IDLE, ...
+  };
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
     if (::gettid() != creator_) {
       errno = 0;
       const int nice = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+      const Call call{::sched_getcpu(), errno == 0 ? nice : -100, ::sched_getscheduler(0)};
       absl::MutexLock lock(&mu_);
-      cpus_.push_back(::sched_getcpu());
-      nices_.push_back(errno == 0 ? nice : -100);
+      calls_.push_back(call);
     }
     return MemfdBackend::Allocate(r);
   }
-  std::vector<int> TakeCpus() {
+  std::vector<Call> Take() {
     absl::MutexLock lock(&mu_);
-    return std::exchange(cpus_, {});
-  }
-  std::vector<int> TakeNices() {
-    absl::MutexLock lock(&mu_);
-    return std::exchange(nices_, {});
+    return std::exchange(calls_, {});
   }
 
  private:
   const pid_t creator_ = ::gettid();
   absl::Mutex mu_;
-  std::vector<int> cpus_ ABSL_GUARDED_BY(mu_);
-  std::vector<int> nices_ ABSL_GUARDED_BY(mu_);
+  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
 };
 
-// While hallocd serves one client (util/cpu_follower.h), refills keep off
-// that client's CPU, and move when it changes; at nice 19 throughout.
-TEST(PooledBackendTest, RefillsKeepOffTheServedCpuAtTheLowestPriority) {
+// While hallocd serves one client (util/cpu_follower.h), refills are made
+// at nice 19 off that client's CPU, and move when it changes; otherwise by
+// a SCHED_IDLE thread, anywhere.
+TEST(PooledBackendTest, RefillsKeepOffTheServedCpuAndAreIdleOtherwise) {
   cpu_set_t ours;
   ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
   std::vector<int> allowed;
@@ -277,7 +278,7 @@ TEST(PooledBackendTest, RefillsKeepOffTheServedCpuAtTheLowestPriority) {
     if (CPU_ISSET(c, &ours)) allowed.push_back(c);
   }
   if (allowed.size() < 2) GTEST_SKIP() << "one CPU only: there is nothing to keep off";
-  std::atomic<int> serving{allowed[0]};
+  std::atomic<int> serving{-1};
   PoolOptions o;
   o.min_requests = 1;
   o.class_bytes = 4 * kPage;  // a stock of 4
@@ -286,26 +287,30 @@ TEST(PooledBackendTest, RefillsKeepOffTheServedCpuAtTheLowestPriority) {
   CpuRecordingBackend* inner = owned.get();
   auto pool = PooledBackend::Create(std::move(owned), o);
   ASSERT_TRUE(pool.ok());
+  // Takes the whole stock (or the first miss), so that all of it is made
+  // again, and returns how it was made.
+  auto drain_and_refill = [&]() -> std::vector<CpuRecordingBackend::Call> {
+    for (int i = 0; i < 4; ++i) EXPECT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
+    inner->Take();
+    EXPECT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
+    return inner->Take();
+  };
   for (int cpu : {allowed[0], allowed[1]}) {
     SCOPED_TRACE(cpu);
     serving = cpu;
-    // Take the whole stock (or the first miss), so that all of it is made
-    // again, from here on.
-    for (int i = 0; i < 4; ++i) ASSERT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
-    inner->TakeCpus();
-    inner->TakeNices();
-    ASSERT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
-    const std::vector<int> cpus = inner->TakeCpus();
-    EXPECT_FALSE(cpus.empty());
-    for (int c : cpus) {
-      EXPECT_NE(c, cpu);
-      EXPECT_TRUE(CPU_ISSET(c, &ours)) << c;
+    const std::vector<CpuRecordingBackend::Call> calls = drain_and_refill();
+    EXPECT_FALSE(calls.empty());
+    for (const CpuRecordingBackend::Call& c : calls) {
+      EXPECT_NE(c.cpu, cpu);
+      EXPECT_TRUE(CPU_ISSET(c.cpu, &ours)) << c.cpu;
+      EXPECT_EQ(c.nice, 19);
+      EXPECT_EQ(c.policy, SCHED_OTHER);
     }
-    for (int nice : inner->TakeNices()) EXPECT_EQ(nice, 19);
   }
-  serving = -1;  // let go: still refills, wherever
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
-  EXPECT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
+  serving = -1;  // no lone client: the idle thread, wherever
+  const std::vector<CpuRecordingBackend::Call> calls = drain_and_refill();
+  EXPECT_FALSE(calls.empty());
+  for (const CpuRecordingBackend::Call& c : calls) EXPECT_EQ(c.policy, SCHED_IDLE);
 }
 
 TEST(PooledBackendTest, DelegatesNameAndRights) {
