@@ -73,7 +73,8 @@ PooledBackend::~PooledBackend() {
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
-    wake_.SignalAll();
+    for (absl::CondVar& cv : wake_) cv.SignalAll();
+    stopping_.SignalAll();
   }
   for (std::thread& t : threads_) t.join();
 }
@@ -129,7 +130,7 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     // competes with request threads for the CPU rarely, not once per call.
     if (c.requests >= options_.min_requests && options_.max_bytes > 0 &&
         c.stock.size() <= Target(request.size) / 2) {
-      wake_.SignalAll();  // whichever refill thread is on duty
+      wake_[static_cast<int>(OnDuty())].Signal();
     }
     if (hit) return fd;
   }
@@ -170,7 +171,7 @@ bool PooledBackend::RefillOnce() {
   if (!fd.ok()) {
     ++refill_failures_;
     // Out of memory or fds: stop pre-creating for a while.
-    wake_.WaitWithTimeout(&mu_, kFailureBackoff);
+    stopping_.WaitWithTimeout(&mu_, kFailureBackoff);
     return true;
   }
   auto it = classes_.find(ClassKey{request.size, request.name, request.usage,
@@ -229,10 +230,10 @@ PoolStats PooledBackend::stats() const {
   return s;
 }
 
-bool PooledBackend::OnDuty(Refiller who) const {
-  if (options_.serving_cpu == nullptr) return true;  // the only one
-  const bool lone_client = options_.serving_cpu->load(std::memory_order_relaxed) >= 0;
-  return lone_client == (who == Refiller::kBesideClient);
+PooledBackend::Refiller PooledBackend::OnDuty() const {
+  const bool lone_client = options_.serving_cpu != nullptr &&
+                           options_.serving_cpu->load(std::memory_order_relaxed) >= 0;
+  return lone_client ? Refiller::kBesideClient : Refiller::kIdle;
 }
 
 void PooledBackend::Run(Refiller who) {
@@ -253,8 +254,14 @@ void PooledBackend::Run(Refiller who) {
       absl::MutexLock lock(&mu_);
       if (stop_) return;
       if (who == Refiller::kIdle) TrimIdle(absl::Now(), freed);
-      if (!OnDuty(who) || Deficit() == nullptr) {
-        wake_.WaitWithTimeout(&mu_, kTrimPeriod);
+      if (Deficit() == nullptr) {
+        wake_[static_cast<int>(who)].WaitWithTimeout(&mu_, kTrimPeriod);
+        continue;
+      }
+      if (const Refiller duty = OnDuty(); duty != who) {
+        // Woken just as the duty changed hands: pass the work on.
+        wake_[static_cast<int>(duty)].Signal();
+        wake_[static_cast<int>(who)].WaitWithTimeout(&mu_, kTrimPeriod);
         continue;
       }
     }

@@ -158,14 +158,17 @@ class PooledBackend : public Backend {
   // kBesideClient (only with PoolOptions::serving_cpu) while one is.
   enum class Refiller { kIdle, kBesideClient };
   void Run(Refiller who);
-  // Whether `who` is the thread that refills now.
-  bool OnDuty(Refiller who) const;
+  // The refill thread on duty now.
+  Refiller OnDuty() const;
 
   const std::unique_ptr<Backend> inner_;
   const PoolOptions options_;
 
   mutable absl::Mutex mu_;
-  absl::CondVar wake_;
+  // Wakes a refill thread (indexed by Refiller): only the one on duty is
+  // signalled, so that the other never wakes just to sleep again.
+  absl::CondVar wake_[2];
+  absl::CondVar stopping_;  // stop_ was set
   Classes classes_ ABSL_GUARDED_BY(mu_);
   uint64_t stocked_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stocked_buffers_ ABSL_GUARDED_BY(mu_) = 0;
