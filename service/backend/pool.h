@@ -1,5 +1,5 @@
 // PooledBackend: a bounded, shrinkable stock of fresh, committed, zero-filled
-// buffers in front of another backend, refilled by a background thread, so
+// buffers in front of another backend, refilled by background threads, so
 // that a recurring allocation does not pay for creating and zeroing memory
 // on the request path.
 //
@@ -8,11 +8,11 @@
 // recycling it would leak one client's data to the next. Nothing is recycled
 // at the buffer level. "Warm" means the memory was *created ahead of demand*:
 // memfd_create + size + seal + fallocate (which zeroes every page) already ran
-// on the refill thread. What is recycled is only what the kernel recycles
+// on a refill thread. What is recycled is only what the kernel recycles
 // anyway: pages freed by released buffers go back to the page allocator and
 // are zeroed again before they can reach a new buffer. The zeroing cost is
 // moved off the request path, not avoided; a client allocating faster than
-// the refill thread can zero (≈ memory bandwidth) sees misses, i.e. cold
+// the refill threads can zero (≈ memory bandwidth) sees misses, i.e. cold
 // allocations.
 //
 // Which sizes are stocked. Buffers are pooled per *class*: the exact request
@@ -30,7 +30,7 @@
 // Each stocked buffer costs one fd in the daemon.
 //
 // Thread-safety: all methods are thread-safe. The inner backend must be
-// thread-safe too (the refill thread and request threads call it at once),
+// thread-safe too (refill threads and request threads call it at once),
 // which every Backend already is: the allocator calls it without a lock.
 #ifndef HALLOC_SERVICE_BACKEND_POOL_H_
 #define HALLOC_SERVICE_BACKEND_POOL_H_
@@ -69,12 +69,12 @@ struct PoolOptions {
   // RESOURCE_EXHAUSTED at Allocate rather than SIGBUS/OOM at first touch).
   // Off for backends whose memory is committed at allocation (dma-bufs).
   bool commit = true;
-  // Run the refill thread. Tests turn it off and call RefillOnce().
+  // Run the refill threads. Tests turn them off and call RefillOnce().
   bool background = true;
-  // Run it as SCHED_IDLE: refills use only CPU time no request wants (a
-  // request thread waking on its CPU preempts it at once), so they never
-  // delay a request; a class drained faster than idle time refills it sees
-  // misses, which do the same work on the request path.
+  // Run the (first) refill thread as SCHED_IDLE: refills use only CPU time
+  // no request wants (a request thread waking on its CPU preempts it at
+  // once), so they never delay a request; a class drained faster than idle
+  // time refills it sees misses, which do the same work on the request path.
   bool idle_priority = true;
   // When set: the CPU a lone client is served on while it is >= 0 (-1: none,
   // or several clients). hallocd passes ServingCpu() (util/cpu_follower.h).
