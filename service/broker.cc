@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
@@ -53,7 +54,16 @@ class ReplyChannel : public FdChannel {
     v1::BrokerFrame frame;
     v1::BrokerReply* r = frame.mutable_reply();
     r->set_request_id(request_id_);
-    if (reply != nullptr) *r->mutable_allocate() = *reply;
+    // The reply is lent to the frame for serializing, not copied (a copy
+    // and its destruction were ~1 µs of a ~30 µs fast-path Allocate), and
+    // taken back before the frame is destroyed. Serializing does not write
+    // to it, hence the const_cast.
+    if (reply != nullptr) {
+      r->unsafe_arena_set_allocated_allocate(const_cast<v1::AllocateResponse*>(reply));
+    }
+    absl::Cleanup take_back = [r, reply] {
+      if (reply != nullptr) r->unsafe_arena_release_allocate();
+    };
     return SendRecord(sock_, frame.SerializeAsString(), fds, /*nonblocking=*/true);
   }
 
