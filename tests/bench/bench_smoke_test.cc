@@ -161,7 +161,8 @@ std::map<std::string, double> AllocLatency(const std::string& backend) {
 }
 
 // The warm rows say when the pool's stock did not serve their calls: the
-// worker counts the pool's hits and misses over its timed calls.
+// worker counts the pool's hits and misses over its timed calls (and the
+// broker rows when the client kept changing CPU).
 TEST(BenchSmokeTest, TheAllocationWorkerSaysWhichShareThePoolServed) {
   std::map<std::string, double> pooled = AllocLatency("memfd-pool");
   ASSERT_TRUE(pooled.count("alloc.p50"));
@@ -169,6 +170,10 @@ TEST(BenchSmokeTest, TheAllocationWorkerSaysWhichShareThePoolServed) {
   const double hits = pooled["pool.hits_pct"];
   EXPECT_GE(hits, 0);
   EXPECT_LE(hits, 100);
+  // And how often the client changed CPU between its calls.
+  ASSERT_TRUE(pooled.count("cpu.changes_pct"));
+  EXPECT_GE(pooled["cpu.changes_pct"], 0);
+  EXPECT_LE(pooled["cpu.changes_pct"], 100);
   // No pool: no hits or misses to count, no such line.
   std::map<std::string, double> plain = AllocLatency("memfd");
   ASSERT_TRUE(plain.count("alloc.p50"));

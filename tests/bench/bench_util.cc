@@ -51,6 +51,16 @@ std::string FormatSummary(const std::string& prefix, const Summary& s) {
                       ".mean ", s.mean, "\n", prefix, ".n ", s.n, "\n");
 }
 
+double CpuChangePct(const std::vector<int>& cpus) {
+  size_t pairs = 0, changes = 0;
+  for (size_t i = 1; i < cpus.size(); ++i) {
+    if (cpus[i - 1] < 0 || cpus[i] < 0) continue;
+    ++pairs;
+    if (cpus[i] != cpus[i - 1]) ++changes;
+  }
+  return pairs == 0 ? std::nan("") : 100.0 * static_cast<double>(changes) / pairs;
+}
+
 void RaiseFdLimit(bool raise_hard, uint64_t hard) {
   rlimit lim;
   if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;

@@ -24,6 +24,12 @@ Summary Summarize(std::vector<double> samples);
 // "<prefix>.p50 <v>\n<prefix>.p90 <v>\n..." for the worker protocol.
 std::string FormatSummary(const std::string& prefix, const Summary& s);
 
+// Of a run of calls, each made on CPU `cpus[i]` (sched_getcpu; -1:
+// unknown), the percentage made on another CPU than the call before it
+// (calls next to an unknown CPU are not counted); NaN with fewer than two
+// known calls.
+double CpuChangePct(const std::vector<int>& cpus);
+
 // Raises RLIMIT_NOFILE's soft limit to the hard limit, and with
 // `raise_hard` (needs CAP_SYS_RESOURCE) the hard limit to `hard` first.
 void RaiseFdLimit(bool raise_hard, uint64_t hard = 1 << 20);

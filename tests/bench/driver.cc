@@ -87,6 +87,20 @@ std::string PoolNote(const Values& v) {
       "only %.0f%% of these calls came from the pool's stock (its refills fell behind)", hits);
 }
 
+// For a broker row: says so when the client was moved to another CPU
+// before at least 10% of its calls (the servers that follow it then move
+// too, and those calls pay for the moves: README, "Performance").
+std::string BrokerNote(const Values& v) {
+  std::string note = PoolNote(v);
+  const double changes = Get(v, "cpu.changes_pct");
+  if (std::isfinite(changes) && changes >= 10) {
+    absl::StrAppend(&note, note.empty() ? "" : "; ",
+                    absl::StrFormat("the client changed CPU before %.0f%% of these calls",
+                                    changes));
+  }
+  return note;
+}
+
 class Suite {
  public:
   Suite(const Args& args, std::string self, std::string dir)
@@ -261,7 +275,7 @@ void Suite::Allocations() {
       Row row = Compare(absl::StrCat("broker.alloc.warm.", sz, ".", p),
                         Get(fast, "alloc." + pct), "us", "scm_fd(interleaved)." + pct,
                         Get(fast, "scm." + pct), target);
-      if (pct == "p50") row.note = PoolNote(fast);
+      if (pct == "p50") row.note = BrokerNote(fast);
       Add(std::move(row));
     }
     for (const char* p : kPcts) {

@@ -303,6 +303,8 @@ int AllocLatency(const Args& a) {
   const bool cold = a.Str("mode") == "cold";
   const absl::Duration pace = absl::Microseconds(a.Int("pace_us", 0));
   Micros alloc, release, echo_us, scm_us, memfd_us;
+  // The CPU before and after each timed Allocate (two entries per call).
+  std::vector<int> cpus;
   const int64_t warmup = 5;
   std::optional<std::pair<uint64_t, uint64_t>> pool_before;
   for (int64_t i = -warmup; i < n; ++i) {
@@ -311,11 +313,13 @@ int AllocLatency(const Args& a) {
     const double sc = scm.Call();
     const double f = cold ? MemfdOnce(size) : std::nan("");
     const std::string name = cold ? absl::StrCat("cold-", i) : "warm";
+    const int cpu_before = ::sched_getcpu();
     const int64_t t0 = NowNs();
     absl::StatusOr<Buffer> b = c->Allocate(BlobDescriptor(size, 0, name));
     if (!b.ok()) return Fail("Allocate", b.status());
     std::optional<absl::StatusOr<Mapping>> m(b->Map(Access::kReadWrite));
     const int64_t t1 = NowNs();
+    const int cpu_after = ::sched_getcpu();
     if (!m->ok()) return Fail("Map", m->status());
     const uint64_t id = b->id();
     m.reset();
@@ -325,6 +329,8 @@ int AllocLatency(const Args& a) {
     const int64_t t3 = NowNs();
     if (!r.ok()) return Fail("Release", r);
     if (i >= 0) {
+      cpus.push_back(cpu_before);
+      cpus.push_back(cpu_after);
       alloc.push_back(Us(t0, t1));
       release.push_back(Us(t2, t3));
       echo_us.push_back(e);
@@ -344,11 +350,16 @@ int AllocLatency(const Args& a) {
     const uint64_t total = hits + pool_after->second - pool_before->second;
     if (total > 0) pool = absl::StrCat("pool.hits_pct ", 100.0 * hits / total, "\n");
   }
+  // How often the client changed CPU, during a call or between two: each
+  // move makes the servers that follow it move too.
+  const double moves = CpuChangePct(cpus);
+  const std::string placement =
+      std::isfinite(moves) ? absl::StrCat("cpu.changes_pct ", moves, "\n") : "";
   Say(FormatSummary("alloc", Summarize(alloc)) +
       FormatSummary("release", Summarize(release)) +
       FormatSummary("echo", Summarize(echo_us)) +
       FormatSummary("scm", Summarize(scm_us)) +
-      (cold ? FormatSummary("memfd", Summarize(memfd_us)) : "") + pool);
+      (cold ? FormatSummary("memfd", Summarize(memfd_us)) : "") + pool + placement);
   return 0;
 }
 
