@@ -51,14 +51,17 @@ std::string FormatSummary(const std::string& prefix, const Summary& s) {
                       ".mean ", s.mean, "\n", prefix, ".n ", s.n, "\n");
 }
 
-double CpuChangePct(const std::vector<int>& cpus) {
-  size_t pairs = 0, changes = 0;
-  for (size_t i = 1; i < cpus.size(); ++i) {
-    if (cpus[i - 1] < 0 || cpus[i] < 0) continue;
-    ++pairs;
-    if (cpus[i] != cpus[i - 1]) ++changes;
+double CpuChangePct(const std::vector<CallCpus>& calls) {
+  if (calls.empty()) return std::nan("");
+  auto moved = [](int from, int to) { return from >= 0 && to >= 0 && from != to; };
+  size_t changed = 0;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    if (moved(calls[i].before, calls[i].after) ||
+        (i > 0 && moved(calls[i - 1].after, calls[i].before))) {
+      ++changed;
+    }
   }
-  return pairs == 0 ? std::nan("") : 100.0 * static_cast<double>(changes) / pairs;
+  return 100.0 * static_cast<double>(changed) / calls.size();
 }
 
 void RaiseFdLimit(bool raise_hard, uint64_t hard) {

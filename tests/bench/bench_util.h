@@ -24,11 +24,15 @@ Summary Summarize(std::vector<double> samples);
 // "<prefix>.p50 <v>\n<prefix>.p90 <v>\n..." for the worker protocol.
 std::string FormatSummary(const std::string& prefix, const Summary& s);
 
-// Of a run of calls, each made on CPU `cpus[i]` (sched_getcpu; -1:
-// unknown), the percentage made on another CPU than the call before it
-// (calls next to an unknown CPU are not counted); NaN with fewer than two
-// known calls.
-double CpuChangePct(const std::vector<int>& cpus);
+// Of a run of calls, each with the CPU it started and ended on
+// (sched_getcpu; -1: unknown), the percentage during which, or since the
+// previous call's end, the caller changed CPU (comparisons with an unknown
+// CPU do not count); NaN without calls.
+struct CallCpus {
+  int before = -1;
+  int after = -1;
+};
+double CpuChangePct(const std::vector<CallCpus>& calls);
 
 // Raises RLIMIT_NOFILE's soft limit to the hard limit, and with
 // `raise_hard` (needs CAP_SYS_RESOURCE) the hard limit to `hard` first.

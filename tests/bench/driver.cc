@@ -87,7 +87,7 @@ std::string PoolNote(const Values& v) {
       "only %.0f%% of these calls came from the pool's stock (its refills fell behind)", hits);
 }
 
-// For a broker row: says so when the client was moved to another CPU
+// For a broker row: says so when the client changed CPU during or just
 // before at least 10% of its calls (the servers that follow it then move
 // too, and those calls pay for the moves: README, "Performance").
 std::string BrokerNote(const Values& v) {
@@ -95,7 +95,8 @@ std::string BrokerNote(const Values& v) {
   const double changes = Get(v, "cpu.changes_pct");
   if (std::isfinite(changes) && changes >= 10) {
     absl::StrAppend(&note, note.empty() ? "" : "; ",
-                    absl::StrFormat("the client changed CPU before %.0f%% of these calls",
+                    absl::StrFormat("the client changed CPU during or just before %.0f%% "
+                                    "of these calls",
                                     changes));
   }
   return note;

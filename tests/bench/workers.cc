@@ -303,8 +303,7 @@ int AllocLatency(const Args& a) {
   const bool cold = a.Str("mode") == "cold";
   const absl::Duration pace = absl::Microseconds(a.Int("pace_us", 0));
   Micros alloc, release, echo_us, scm_us, memfd_us;
-  // The CPU before and after each timed Allocate (two entries per call).
-  std::vector<int> cpus;
+  std::vector<CallCpus> cpus;  // where each timed Allocate began and ended
   const int64_t warmup = 5;
   std::optional<std::pair<uint64_t, uint64_t>> pool_before;
   for (int64_t i = -warmup; i < n; ++i) {
@@ -329,8 +328,7 @@ int AllocLatency(const Args& a) {
     const int64_t t3 = NowNs();
     if (!r.ok()) return Fail("Release", r);
     if (i >= 0) {
-      cpus.push_back(cpu_before);
-      cpus.push_back(cpu_after);
+      cpus.push_back({cpu_before, cpu_after});
       alloc.push_back(Us(t0, t1));
       release.push_back(Us(t2, t3));
       echo_us.push_back(e);
