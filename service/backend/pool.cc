@@ -25,6 +25,9 @@ constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
 constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
 // The nice value of the refill thread that works beside a lone client.
 constexpr int kBesideClientNice = 19;
+// How much of a buffer that thread commits (zeroes) before it yields: about
+// 0.1-0.2 ms of work on the machines measured.
+constexpr uint64_t kYieldingCommitPiece = uint64_t{1} << 20;
 
 // BackendRequest::attach_drivers as part of a class key: "" when absent,
 // else one NUL-terminated entry per driver (so an empty list differs too).
@@ -79,13 +82,17 @@ PooledBackend::~PooledBackend() {
   for (std::thread& t : threads_) t.join();
 }
 
-absl::StatusOr<UniqueFd> PooledBackend::Make(
-    const BackendRequest& request) const {
+absl::StatusOr<UniqueFd> PooledBackend::Make(const BackendRequest& request,
+                                              bool yield) const {
   ASSIGN_OR_RETURN(UniqueFd fd, inner_->Allocate(request));
-  if (options_.commit) {
+  if (!options_.commit) return fd;
+  const uint64_t piece = yield ? kYieldingCommitPiece : request.size;
+  for (uint64_t offset = 0; offset < request.size; offset += piece) {
+    if (offset > 0) ::sched_yield();
+    const uint64_t length = std::min(piece, request.size - offset);
     int r;
     do {
-      r = ::fallocate(fd.get(), 0, 0, static_cast<off_t>(request.size));
+      r = ::fallocate(fd.get(), 0, static_cast<off_t>(offset), static_cast<off_t>(length));
     } while (r != 0 && errno == EINTR);
     if (r != 0) {
       return ErrnoStatus(errno, absl::StrCat("fallocate(", request.size, ")"));
@@ -154,7 +161,7 @@ const PooledBackend::ClassKey* PooledBackend::Deficit() const {
   return best;
 }
 
-bool PooledBackend::RefillOnce() {
+bool PooledBackend::RefillOnce(bool yield) {
   BackendRequest request;
   {
     absl::MutexLock lock(&mu_);
@@ -165,7 +172,7 @@ bool PooledBackend::RefillOnce() {
     request.usage = std::get<2>(*key);
     request.attach_drivers = DriversFromKey(std::get<3>(*key));
   }
-  absl::StatusOr<UniqueFd> fd = Make(request);
+  absl::StatusOr<UniqueFd> fd = Make(request, yield);
   UniqueFd surplus;  // closed after the lock is dropped
   absl::MutexLock lock(&mu_);
   if (!fd.ok()) {
@@ -269,11 +276,13 @@ void PooledBackend::Run(Refiller who) {
       const int cpu = options_.serving_cpu->load(std::memory_order_relaxed);
       follower->Avoid(cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0);
     }
-    RefillOnce();
     // Unlike SCHED_IDLE, a nice-19 thread is not preempted at once by a
     // request thread waking on its CPU (the scheduler may let it finish its
-    // time slice first): give the CPU up between buffers.
-    if (who == Refiller::kBesideClient) ::sched_yield();
+    // time slice first): it gives the CPU up between buffers, and within a
+    // large one between pieces of its commit.
+    const bool beside_client = who == Refiller::kBesideClient;
+    RefillOnce(/*yield=*/beside_client);
+    if (beside_client) ::sched_yield();
   }
 }
 

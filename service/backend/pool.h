@@ -126,7 +126,9 @@ class PooledBackend : public Backend {
   void Trim();
   // One refill step on the caller's thread: creates one buffer for the most
   // recently used class short of stock. false when no class needs one.
-  bool RefillOnce();
+  // `yield`: commit in pieces and give the CPU up between them (the
+  // beside-client refill thread, which is not preempted at once).
+  bool RefillOnce(bool yield = false);
 
  private:
   // (size, name, usage, attach drivers): everything a backend may choose
@@ -140,7 +142,8 @@ class PooledBackend : public Backend {
 
   PooledBackend(std::unique_ptr<Backend> inner, PoolOptions options);
   // Inner allocation + commit: the one way memory is made, hit or miss.
-  absl::StatusOr<UniqueFd> Make(const BackendRequest& request) const;
+  // `yield`: as for RefillOnce.
+  absl::StatusOr<UniqueFd> Make(const BackendRequest& request, bool yield = false) const;
   uint64_t Target(uint64_t size) const;
   // The class to refill next, or nullptr.
   const ClassKey* Deficit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -58,6 +58,26 @@ void ExpectZeroedAndCommitted(const UniqueFd& fd, uint64_t size) {
   munmap(p, size);
 }
 
+// The beside-client refill thread commits large buffers in pieces (and
+// yields between them): every page, the last partial piece included.
+TEST(PooledBackendTest, AYieldingRefillCommitsEveryPiece) {
+  for (uint64_t size : {kPage, (uint64_t{3} << 20) + kPage}) {
+    SCOPED_TRACE(size);
+    std::atomic<int> calls{0};
+    auto pool = PooledBackend::Create(std::make_unique<CountingBackend>(&calls), Manual());
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    const BackendRequest req{size, "y", 0};
+    ASSERT_TRUE((*pool)->Allocate(req).ok());
+    ASSERT_TRUE((*pool)->Allocate(req).ok());  // now a recurring class
+    ASSERT_TRUE((*pool)->RefillOnce(/*yield=*/true));
+    const int before = calls.load();
+    absl::StatusOr<UniqueFd> hit = (*pool)->Allocate(req);
+    ASSERT_TRUE(hit.ok()) << hit.status();
+    EXPECT_EQ(calls.load(), before);  // from stock
+    ExpectZeroedAndCommitted(*hit, size);
+  }
+}
+
 TEST(PooledBackendTest, MissesAndHitsReturnTheSameKindOfMemory) {
   for (uint64_t size : {kPage, 16 * kPage, uint64_t{1} << 20}) {
     SCOPED_TRACE(size);
