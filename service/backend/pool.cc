@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/util/cpu_follower.h"
 
@@ -273,8 +274,7 @@ void PooledBackend::Run(Refiller who) {
       }
     }
     if (follower) {
-      const int cpu = options_.serving_cpu->load(std::memory_order_relaxed);
-      follower->Avoid(cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0);
+      follower->Avoid(CpuHint(options_.serving_cpu->load(std::memory_order_relaxed)));
     }
     // Unlike SCHED_IDLE, a nice-19 thread is not preempted at once by a
     // request thread waking on its CPU (the scheduler may let it finish its

@@ -1,8 +1,8 @@
 #include "tests/bench/workers.h"
 
 #include <fcntl.h>
-#include <sched.h>
 #include <grpcpp/grpcpp.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -27,8 +28,8 @@
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "echo.grpc.pb.h"
-#include "service/util/cpu_follower.h"
 #include "halloc/v1/allocator.grpc.pb.h"
+#include "service/util/cpu_follower.h"
 
 namespace halloc::bench {
 namespace {
@@ -150,8 +151,7 @@ int EchoLatency(const Args& a) {
 // One scm_fd request: the CPU the client sends from, plus one (0: unknown),
 // like BrokerRequest.cpu. true once sent.
 bool SendScmRequest(int sock) {
-  const int cpu = ::sched_getcpu();
-  const uint32_t hint = cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0;
+  const uint32_t hint = CurrentCpuHint();
   return ::send(sock, &hint, sizeof(hint), MSG_NOSIGNAL) == sizeof(hint);
 }
 

@@ -2,7 +2,6 @@
 
 #include <grpcpp/grpcpp.h>
 #include <linux/dma-buf.h>
-#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -218,7 +217,7 @@ class Client::Impl {
     const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
     req.set_request_id(id);
     // Where to send the reply from (a hint; see BrokerRequest.cpu).
-    if (const int cpu = ::sched_getcpu(); cpu >= 0) req.set_cpu(static_cast<uint32_t>(cpu) + 1);
+    req.set_cpu(CurrentCpuHint());
     RETURN_IF_ERROR(SendRecord(broker_.get(), req.SerializeAsString(), {}, false));
     absl::MutexLock lock(&mu_);
     const absl::Time deadline = absl::Now() + timeout_;

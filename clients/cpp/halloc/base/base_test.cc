@@ -1,9 +1,11 @@
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
 
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/shared_fd.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -139,6 +141,15 @@ TEST(StatusMacrosTest, PropagateErrorsAndValues) {
   EXPECT_EQ(Quarter(6).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(CheckEven(4).ok());
   EXPECT_FALSE(CheckEven(3).ok());
+}
+
+TEST(ProtocolTest, CpuHintIsTheCpuPlusOneOrZero) {
+  EXPECT_EQ(CpuHint(-1), 0u);
+  EXPECT_EQ(CpuHint(0), 1u);
+  EXPECT_EQ(CpuHint(5), 6u);
+  const uint32_t now = CurrentCpuHint();
+  EXPECT_GE(now, 1u);  // sched_getcpu works here
+  EXPECT_LE(now, static_cast<uint32_t>(CPU_SETSIZE));
 }
 
 TEST(UnixAddressTest, FitsThePathOrSaysWhy) {

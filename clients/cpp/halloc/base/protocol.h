@@ -22,6 +22,12 @@ inline constexpr char kBrokerSocketFile[] = "broker.sock";
 inline constexpr char kControlSocketEnv[] = "HALLOC_CONTROL_SOCKET";
 inline constexpr char kBrokerSocketEnv[] = "HALLOC_BROKER_SOCKET";
 
+// A CPU as BrokerRequest.cpu carries it: the CPU number plus one, 0 when
+// unknown (`cpu` < 0, as sched_getcpu reports a failure).
+uint32_t CpuHint(int cpu);
+// The hint for the CPU the calling thread runs on now.
+uint32_t CurrentCpuHint();
+
 // $XDG_RUNTIME_DIR/halloc when XDG_RUNTIME_DIR is set, else /run/halloc.
 std::string DefaultSocketDir();
 
