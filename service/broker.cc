@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
@@ -61,10 +61,9 @@ class ReplyChannel : public FdChannel {
     if (reply != nullptr) {
       r->unsafe_arena_set_allocated_allocate(const_cast<v1::AllocateResponse*>(reply));
     }
-    absl::Cleanup take_back = [r, reply] {
-      if (reply != nullptr) r->unsafe_arena_release_allocate();
-    };
-    return SendRecord(sock_, frame.SerializeAsString(), fds, /*nonblocking=*/true);
+    const std::string bytes = frame.SerializeAsString();
+    if (reply != nullptr) r->unsafe_arena_release_allocate();
+    return SendRecord(sock_, bytes, fds, /*nonblocking=*/true);
   }
 
  private:
