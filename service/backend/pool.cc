@@ -256,6 +256,16 @@ void PooledBackend::Run(Refiller who) {
   }
   std::optional<CpuFollower> follower;
   if (who == Refiller::kBesideClient) follower.emplace(CpuFollower::ForThisThread());
+  // Only the idle thread wakes by itself (to trim idle classes, and to hand
+  // on a deficit nobody signalled); the other waits to be signalled.
+  auto sleep = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    absl::CondVar& cv = wake_[static_cast<int>(who)];
+    if (who == Refiller::kIdle) {
+      cv.WaitWithTimeout(&mu_, kTrimPeriod);
+    } else {
+      cv.Wait(&mu_);
+    }
+  };
   for (;;) {
     {
       std::deque<UniqueFd> freed;
@@ -263,13 +273,13 @@ void PooledBackend::Run(Refiller who) {
       if (stop_) return;
       if (who == Refiller::kIdle) TrimIdle(absl::Now(), freed);
       if (Deficit() == nullptr) {
-        wake_[static_cast<int>(who)].WaitWithTimeout(&mu_, kTrimPeriod);
+        sleep();
         continue;
       }
       if (const Refiller duty = OnDuty(); duty != who) {
         // Woken just as the duty changed hands: pass the work on.
         wake_[static_cast<int>(duty)].Signal();
-        wake_[static_cast<int>(who)].WaitWithTimeout(&mu_, kTrimPeriod);
+        sleep();
         continue;
       }
     }
