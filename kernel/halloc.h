@@ -98,6 +98,13 @@ struct halloc_view {
 	/* Guarded by buf->lock. */
 	bool revoked;			/* set once, never cleared */
 	struct dma_buf *dmabuf;		/* ours; set at export, NULL at release */
+	/*
+	 * The dma-buf's inode, held from export to release: revoke zaps its
+	 * mapping. Not reached through dmabuf->file, which is freed when the
+	 * last fd closes while the dma-buf (and this view) lives on as long as
+	 * anything pins its dentry (an O_PATH open of /proc/self/fd/N).
+	 */
+	struct inode *inode;
 	struct list_head node;		/* in halloc_buffer.view_list */
 	struct page *scratch;		/* a revoked view's vmap (see uapi) */
 	void *scratch_vaddr;

@@ -13,6 +13,7 @@
 #include <linux/dma-buf.h>
 #include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
+#include <linux/fs.h>
 #include <linux/highmem.h>
 #include <linux/iosys-map.h>
 #include <linux/mm.h>
@@ -203,14 +204,19 @@ static void halloc_dmabuf_release(struct dma_buf *dmabuf)
 	struct halloc_view *view = dmabuf->priv;
 	struct halloc_buffer *buf = view->buf;
 
+	struct inode *inode;
+
 	mutex_lock(&buf->lock);
 	buf->dmabufs--;
 	if (view->is_view)
 		buf->views--;
 	list_del(&view->node);
 	view->dmabuf = NULL;
+	inode = view->inode;
+	view->inode = NULL;
 	mutex_unlock(&buf->lock);
 
+	iput(inode);
 	WARN_ON_ONCE(view->scratch);	/* the core vunmaps before release */
 	kfree(view);
 	kref_put(&buf->ref, halloc_buffer_free);
@@ -490,6 +496,8 @@ struct dma_buf *halloc_export(struct halloc_view *view,
 
 	mutex_lock(&buf->lock);
 	view->dmabuf = dmabuf;
+	view->inode = file_inode(dmabuf->file);
+	ihold(view->inode);
 	list_add_tail(&view->node, &buf->view_list);
 	/* Revoked since the caller looked: born revoked, like the subtree. */
 	if (parent && parent->revoked)

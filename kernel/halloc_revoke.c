@@ -9,7 +9,6 @@
  * pointers that could keep a chain of closed views alive.
  */
 #include <linux/dma-buf.h>
-#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/gfp.h>
 #include <linux/iosys-map.h>
@@ -31,25 +30,18 @@ static int halloc_lineage_pos(const struct halloc_view *view, u64 id)
 }
 
 /*
- * Mark @view revoked and shoot down its user-space mappings. The dma-buf's
- * file, and with it the inode whose mapping we zap, lives while the view is
- * on the list (release takes buf->lock to leave it); a file whose last
- * reference is already gone has no VMA left to zap.
+ * Mark @view revoked and shoot down its user-space mappings: every VMA of
+ * the dma-buf is on its inode's mapping, and the view holds that inode
+ * while it is on the list. Never through view->dmabuf->file: the last
+ * close frees the file while an O_PATH reference to its dentry can keep
+ * the dma-buf, and the view, alive (the slot may by then be another file).
  */
 static void halloc_view_cut(struct halloc_view *view)
 {
-	struct halloc_buffer *buf = view->buf;
-	struct file *file;
-
-	lockdep_assert_held(&buf->lock);
+	lockdep_assert_held(&view->buf->lock);
 	view->revoked = true;
-	if (!view->dmabuf)
-		return;
-	file = view->dmabuf->file;
-	if (!atomic_long_inc_not_zero(&file->f_count))
-		return;
-	unmap_mapping_range(file->f_mapping, 0, 0, 1);
-	fput(file);
+	if (view->inode)
+		unmap_mapping_range(view->inode->i_mapping, 0, 0, 1);
 }
 
 int halloc_view_revoke(const struct halloc_revoke_data *data)

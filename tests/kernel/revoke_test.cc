@@ -3,11 +3,16 @@
 // the buffer's other views and original do not notice.
 #include <errno.h>
 #include <signal.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <xf86drm.h>
 
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "tests/kernel/halloc_fixture.h"
 
@@ -241,6 +246,51 @@ TEST_F(RevokeTest, VgemImportRefusedAfterRevoke) {
   int64_t fresh = Import(vgem2.get(), buf_.get());
   EXPECT_GT(fresh, 0) << strerror(-fresh);
   if (fresh > 0) GemHandle h(vgem2.get(), static_cast<uint32_t>(fresh));
+}
+
+// A view's dma-buf outlives its file while something pins the dentry (an
+// O_PATH open of /proc/self/fd/N). Revoking it then must not reach the
+// freed file: its slot, reused by another file, would have that file's
+// mappings zapped, private copies included. Here the slot is offered to
+// many opens of one memfd that this process maps privately and writes; a
+// revoke that reached the reused file would drop that private write.
+TEST_F(RevokeTest, RevokeAfterLastCloseTouchesNoOtherFile) {
+  // One CPU, so the freed file goes back to the cache these opens take from.
+  cpu_set_t old_set, one;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(old_set), &old_set), 0);
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu(), &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+
+  UniqueFd victim(memfd_create("victim", MFD_CLOEXEC));
+  ASSERT_TRUE(victim.valid());
+  ASSERT_EQ(ftruncate(victim.get(), 4096), 0);
+  ASSERT_EQ(pwrite(victim.get(), "A", 1, 0), 1);
+  Mapping priv(mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, victim.get(), 0),
+               4096);
+  ASSERT_TRUE(priv.valid());
+  priv.data()[0] = 'B';  // a private copy: only this mapping holds 'B'
+  const std::string victim_path = "/proc/self/fd/" + std::to_string(victim.get());
+
+  for (int round = 0; round < 4; ++round) {
+    SCOPED_TRACE(round);
+    uint64_t id = 0;
+    UniqueFd view = View(buf_.get(), HALLOC_CPU_READ, &id);
+    ASSERT_TRUE(view.valid());
+    const std::string path = "/proc/self/fd/" + std::to_string(view.get());
+    UniqueFd pin(open(path.c_str(), O_PATH | O_CLOEXEC));
+    ASSERT_TRUE(pin.valid()) << strerror(errno);
+    view.reset();  // the file goes (after a grace period); the view stays
+    // membarrier(MEMBARRIER_CMD_GLOBAL) waits for an RCU grace period.
+    syscall(__NR_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0);
+    usleep(20 * 1000);  // and the freeing callbacks run
+    std::vector<UniqueFd> spray;
+    for (int i = 0; i < 256; ++i) spray.emplace_back(open(victim_path.c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(spray.back().valid()) << strerror(errno);
+    EXPECT_EQ(Revoke(ctl_.get(), buf_.get(), id), 0);
+    EXPECT_EQ(priv.data()[0], 'B') << "the revoke zapped another file's private page";
+  }
+  EXPECT_EQ(sched_setaffinity(0, sizeof(old_set), &old_set), 0);
 }
 
 }  // namespace
