@@ -45,7 +45,10 @@ static int halloc_view_narrows(const struct halloc_view *parent,
 	u32 parent_cpu = parent->cpu_access;
 	u32 i;
 
-	if (!(fmode & FMODE_WRITE))
+	/* The fd's access mode caps it too: a write-only fd cannot be mapped. */
+	if (!(fmode & FMODE_READ))
+		parent_cpu = HALLOC_CPU_NONE;
+	else if (!(fmode & FMODE_WRITE))
 		parent_cpu = min_t(u32, parent_cpu, HALLOC_CPU_READ);
 	if (data->cpu_access > parent_cpu)
 		return -EPERM;

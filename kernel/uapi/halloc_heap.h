@@ -54,7 +54,8 @@
  * Rights only narrow: asking for more than the source fd carries (more CPU
  * access, dropping the attach restriction, or a driver the source does not
  * allow) fails with EPERM. A source fd opened without write access counts
- * as at most HALLOC_CPU_READ. A view keeps the pages alive on its own: it
+ * as at most HALLOC_CPU_READ, one opened without read access (O_WRONLY) as
+ * HALLOC_CPU_NONE. A view keeps the pages alive on its own: it
  * outlives the fd it was made from. Views nest at most
  * HALLOC_MAX_VIEW_DEPTH levels below the original: a deeper one fails with
  * EMLINK. A view of a revoked view fails with ENODEV.

@@ -205,6 +205,17 @@ TEST_F(ViewTest, ReadOnlyFileCountsAsReadOnly) {
   EXPECT_TRUE(ro.valid());
 }
 
+// A write-only fd cannot be mapped, so no view of it may be: before, only
+// the write bit was looked at and a write-only fd begot a readable view.
+TEST_F(ViewTest, WriteOnlyFileCountsAsNoCpu) {
+  UniqueFd wo_file = Alloc(Heap::kSystem, 4096, O_WRONLY | O_CLOEXEC);
+  ASSERT_TRUE(wo_file.valid());
+  EXPECT_EQ(MakeView(ctl_.get(), wo_file.get(), Cpu(HALLOC_CPU_READ)), -EPERM);
+  EXPECT_EQ(MakeView(ctl_.get(), wo_file.get(), Cpu(HALLOC_CPU_READ_WRITE)), -EPERM);
+  UniqueFd none = View(wo_file.get(), Cpu(HALLOC_CPU_NONE));
+  EXPECT_TRUE(none.valid());
+}
+
 TEST_F(ViewTest, ViewOutlivesParent) {
   Mapping b = Map(buf_.get(), size_);
   ASSERT_TRUE(b.valid());
