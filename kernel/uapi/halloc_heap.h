@@ -82,7 +82,12 @@
  *     page over the whole size, never the buffer (6.1's dma_buf_vmap()
  *     WARNs when an exporter's vmap fails, so a revoked vmap cannot fail
  *     cleanly; the kernel importer reads zeros and its writes reach no one).
- *     A kernel vmap taken before the revoke stays until its vunmap.
+ *     A kernel vmap taken before the revoke stays until its vunmap, and
+ *     the core shares one vmap per dma-buf among its kernel users: while
+ *     such an earlier vmap of the revoked view is outstanding, a new
+ *     dma_buf_vmap() of it is handed that same mapping of the buffer
+ *     (the exporter is not asked again), so the scratch page only applies
+ *     once every earlier vmap has been undone.
  * The buffer's other views, and the original, are not affected. The fd
  * itself stays open (close is the holder's), its file operations that do
  * not reach the memory (fstat, lseek, INFO: HALLOC_INFO_REVOKED) work, and
