@@ -48,7 +48,12 @@
  *               listed. The name matched is the bound driver's name
  *               (dev->driver->name), or the device name for a device with no
  *               driver bound (vgem's platform device is "vgem"). An empty
- *               list with the flag set forbids every attach.
+ *               list with the flag set forbids every attach. The list
+ *               binds attaching importers only: a kernel importer that
+ *               just vmaps (videobuf2-vmalloc) names no device and is
+ *               governed by cpu_access alone (a HALLOC_CPU_NONE view has
+ *               no vmap); give such a client NONE when a device must not
+ *               reach the memory that way.
  *   name        shown by DMA_BUF_IOCTL_SET_NAME readers (fdinfo, debugfs).
  *
  * Rights only narrow: asking for more than the source fd carries (more CPU
