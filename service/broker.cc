@@ -28,6 +28,9 @@ bool Broker::follow_client_cpu = true;
 
 namespace {
 
+constexpr absl::string_view kMalformedRequest =
+    "malformed broker request (a serialized halloc.v1.BrokerRequest of at most "
+    "64 KiB, no fds)";
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
 // Root and hallocd's own uid may exceed the total limit by this much.
@@ -123,6 +126,15 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
   const int on = 1;
   if (::setsockopt(listener.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
     return ErrnoStatus(errno, "setsockopt(SO_PASSCRED)");
+  }
+  // No request carries fds. Where the kernel can (6.16+), a client's
+  // sendmsg with fds fails (EPERM), also before accept(); elsewhere
+  // OnReadable receives with no room for fds, so they are dropped by the
+  // kernel, never installed and closed by this thread (a FUSE file's flush
+  // at close would wait for its server: a client could hang the broker).
+  if (absl::Status s = RefuseIncomingFds(listener.get());
+      !s.ok() && !absl::IsUnimplemented(s)) {
+    return s;
   }
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
@@ -376,13 +388,17 @@ void Broker::OnReadable(uint64_t key) {
   auto it = conns_.find(key);
   if (it == conns_.end()) return;  // an earlier event closed it
   Conn& conn = *it->second;
-  absl::StatusOr<Record> rec = ReceiveRecord(conn.sock(), true);
+  absl::StatusOr<Record> rec = ReceiveRecord(conn.sock(), true, /*max_fds=*/0);
   if (rec.ok()) {
     Handle(conn, *std::move(rec));
     return;
   }
-  // Nothing queued after all, or a record dropped (truncated): next event.
-  if (absl::IsResourceExhausted(rec.status()) || absl::IsDataLoss(rec.status())) return;
+  // Nothing queued after all: next event.
+  if (absl::IsResourceExhausted(rec.status())) return;
+  if (absl::IsDataLoss(rec.status())) {  // too long, or it carried fds
+    Reply(conn, ErrorReply(0, absl::InvalidArgumentError(kMalformedRequest)));
+    return;
+  }
   Close(key);  // peer closed, or an error on its socket
 }
 
@@ -398,9 +414,7 @@ void Broker::Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds)
 bool Broker::Handle(Conn& conn, Record rec) {
   v1::BrokerRequest req;
   if (!rec.fds.empty() || !req.ParseFromString(rec.bytes)) {
-    Reply(conn, ErrorReply(0, absl::InvalidArgumentError(
-                                  "malformed broker request (a serialized "
-                                  "halloc.v1.BrokerRequest, no fds)")));
+    Reply(conn, ErrorReply(0, absl::InvalidArgumentError(kMalformedRequest)));
     return true;
   }
   if (!rec.creds) {

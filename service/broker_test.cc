@@ -132,6 +132,46 @@ absl::Status ReleaseNothingFrom(int sock, uint32_t cpu_hint) {
   return ReplyStatus(frame.reply());
 }
 
+// No request carries fds, and the broker thread never installs (and so
+// never closes) one a client sends: closing a FUSE file waits for its
+// server, so a client could park the thread. Refused at the sender where
+// the kernel can (SO_PASSRIGHTS, 6.16+), else dropped by the kernel at
+// receive (ScmTest.NoRoomForFdsMeansTheyAreNeverInstalled) and answered.
+TEST_F(BrokerTest, ARecordWithFdsIsRefusedAndNothingIsInstalled) {
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<UniqueFd> raw = ConnectSeqpacket(path);  // no handshake
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  v1::BrokerRequest req;
+  req.set_request_id(7);
+  req.mutable_release();
+  const int fds[] = {raw->get()};
+  absl::Status sent = SendRecord(raw->get(), req.SerializeAsString(), fds, false);
+  if (absl::Status refuse = RefuseIncomingFds(raw->get()); !absl::IsUnimplemented(refuse)) {
+    EXPECT_EQ(sent.code(), absl::StatusCode::kPermissionDenied) << sent;
+  } else {
+    ASSERT_TRUE(sent.ok()) << sent;
+    // The Hello comes first, then the answer to the record.
+    absl::Status answer = absl::DeadlineExceededError("no reply");
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<Record> rec = ReceiveRecord(raw->get(), false);
+      ASSERT_TRUE(rec.ok()) << rec.status();
+      v1::BrokerFrame frame;
+      ASSERT_TRUE(frame.ParseFromString(rec->bytes));
+      if (frame.has_reply()) {
+        answer = ReplyStatus(frame.reply());
+        break;
+      }
+    }
+    EXPECT_EQ(answer.code(), absl::StatusCode::kInvalidArgument) << answer;
+  }
+  // The broker serves on.
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(ReleaseNothingFrom(c->fd.get(), 0).ok());
+}
+
 TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {
   cpu_set_t ours;
   ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -58,7 +59,8 @@ absl::Status SendRecord(int sock, absl::string_view bytes,
   return absl::OkStatus();
 }
 
-absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
+absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking, size_t max_fds) {
+  max_fds = std::min(max_fds, kMaxFdsPerRecord);
   Record record;
   // Received into a per-thread buffer, then copied at its real size: no
   // 64 KiB allocation per record.
@@ -70,7 +72,9 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  // Room for the credentials (which the kernel writes first) and max_fds.
+  msg.msg_controllen = CMSG_SPACE(sizeof(ucred)) +
+                       (max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0);
   const int flags = MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0);
   ssize_t n;
   do {
@@ -111,9 +115,9 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
     }
     return status;
   }
-  if (record.fds.size() > kMaxFdsPerRecord) {
+  if (record.fds.size() > max_fds) {
     return absl::DataLossError(absl::StrCat("record carries ", record.fds.size(),
-                                            " fds; at most ", kMaxFdsPerRecord,
+                                            " fds; at most ", max_fds,
                                             "; dropped it"));
   }
   if (n == 0 && record.fds.empty()) {
@@ -121,6 +125,19 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking) {
   }
   record.bytes.assign(buffer.data(), static_cast<size_t>(n));
   return record;
+}
+
+absl::Status RefuseIncomingFds(int sock) {
+  // From Linux 6.16's <asm-generic/socket.h>; Debian 12's headers predate it.
+  constexpr int kSoPassRights = 83;
+  const int off = 0;
+  if (::setsockopt(sock, SOL_SOCKET, kSoPassRights, &off, sizeof(off)) == 0) {
+    return absl::OkStatus();
+  }
+  if (errno == ENOPROTOOPT) {
+    return absl::UnimplementedError("this kernel has no SO_PASSRIGHTS (Linux 6.16+)");
+  }
+  return ErrnoStatus(errno, "setsockopt(SO_PASSRIGHTS)");
 }
 
 absl::Status WaitReadable(int fd, int timeout_ms) {

@@ -47,8 +47,24 @@ struct Record {
 // record's intact bytes as payload kTruncatedRecordPayload, so the receiver
 // can tell the sender which fds it lost. With `nonblocking`, no record
 // queued → RESOURCE_EXHAUSTED (EAGAIN).
-absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking);
+//
+// `max_fds` below kMaxFdsPerRecord makes room for only that many: a record
+// with more is DATA_LOSS, and the kernel drops the fds that did not fit
+// without ever installing them here. A receiver that takes no fds passes 0
+// on a socket with SO_PASSCRED (the sender's credentials, written first,
+// fill the rest of the room): a closed fd runs its file's flush (a FUSE
+// file's waits for the FUSE server, which a sender controls), a dropped one
+// does not. Without SO_PASSCRED that room would hold a few fds; they are
+// closed here and the record is DATA_LOSS.
+absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking,
+                                     size_t max_fds = kMaxFdsPerRecord);
 inline constexpr absl::string_view kTruncatedRecordPayload = "halloc.dev/truncated-record";
+
+// Makes the kernel refuse, at the sender's sendmsg (EPERM), every record
+// with fds for `sock` and for the connections a listening `sock` accepts
+// from now on (SO_PASSRIGHTS off). UNIMPLEMENTED before Linux 6.16, which
+// has no such option: there pass max_fds 0 to ReceiveRecord instead.
+absl::Status RefuseIncomingFds(int sock);
 
 // Waits until `fd` is readable (or hung up) for at most `timeout_ms`
 // (-1: forever). DEADLINE_EXCEEDED on timeout.

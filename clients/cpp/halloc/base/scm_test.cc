@@ -4,8 +4,10 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +21,23 @@ int CountOpenFds() {
   int n = 0;
   for (int fd = 0; fd < 1024; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
   return n;
+}
+
+// Whether another process sees a write lock of this process on `path`
+// (F_GETLK from a child: a process never sees its own locks that way).
+bool OthersSeeOurLock(const std::string& path) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fd < 0 || ::fcntl(fd, F_GETLK, &fl) != 0) ::_exit(2);
+    ::_exit(fl.l_type == F_UNLCK ? 0 : 1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 1;
 }
 
 class ScmTest : public ::testing::Test {
@@ -149,6 +168,55 @@ TEST_F(ScmTest, KernelStampsTheSenderWhenAsked) {
   rec = ReceiveRecord(a_.get(), false);
   ASSERT_TRUE(rec.ok());
   EXPECT_FALSE(rec->creds.has_value());
+}
+
+// A receiver that takes no fds never installs them: the kernel drops them.
+// Seen through a POSIX lock, which close() of any fd of the file drops for
+// the whole process while a kernel-side drop does not (and which stands in
+// for a flush at close: a FUSE file's would wait for its server).
+TEST_F(ScmTest, NoRoomForFdsMeansTheyAreNeverInstalled) {
+  char tmpl[] = "/tmp/halloc-scm-lock-XXXXXX";
+  UniqueFd file(::mkstemp(tmpl));
+  ASSERT_TRUE(file.is_valid());
+  const std::string path = tmpl;
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  ASSERT_EQ(::fcntl(file.get(), F_SETLK, &fl), 0);
+  ASSERT_TRUE(OthersSeeOurLock(path));
+
+  // As on the broker: the credentials take the room an fd would need.
+  const int on = 1;
+  ASSERT_EQ(::setsockopt(b_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
+  const int fds[] = {file.get()};
+  ASSERT_TRUE(SendRecord(a_.get(), "x", fds, false).ok());
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false, /*max_fds=*/0);
+  EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss) << rec.status();
+  EXPECT_TRUE(OthersSeeOurLock(path)) << "an fd was installed here and closed";
+
+  // The premise: an installed fd, once closed, drops the lock.
+  ASSERT_TRUE(SendRecord(a_.get(), "x", fds, false).ok());
+  rec = ReceiveRecord(b_.get(), false);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  ASSERT_EQ(rec->fds.size(), 1u);
+  rec->fds.clear();
+  EXPECT_FALSE(OthersSeeOurLock(path));
+  ::unlink(tmpl);
+}
+
+// Where the kernel has SO_PASSRIGHTS, a record with fds is refused at the
+// sender; records without fds still pass.
+TEST_F(ScmTest, RefusedFdsFailAtTheSender) {
+  absl::Status s = RefuseIncomingFds(b_.get());
+  if (absl::IsUnimplemented(s)) GTEST_SKIP() << s.message();
+  ASSERT_TRUE(s.ok()) << s;
+  const int fds[] = {a_.get()};
+  EXPECT_EQ(SendRecord(a_.get(), "x", fds, false).code(),
+            absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(SendRecord(a_.get(), "y", {}, false).ok());
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false, 0);
+  ASSERT_TRUE(rec.ok()) << rec.status();
+  EXPECT_EQ(rec->bytes, "y");
 }
 
 }  // namespace
