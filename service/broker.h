@@ -16,7 +16,9 @@
 // after 10 s; when hallocd runs out of fds, a reserve fd lets it accept and
 // close the excess connection instead of spinning, and accepting pauses
 // briefly; every log line an outsider can trigger is rate-limited, and
-// client strings in it are escaped.
+// client strings in it are escaped; fds sent to it are refused at the
+// sender (Linux 6.16+) or dropped by the kernel, never installed here, so
+// no client's file (a FUSE file's flush) runs on the broker thread.
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 
