@@ -30,6 +30,9 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   if (n > 0) s.path.assign(buf, static_cast<size_t>(n));
   std::optional<FileId> file = FileIdOf(link);
   if (pidfd < 0) return s;
+  static const std::optional<FileId> our_pid_ns = FileIdOf("/proc/self/ns/pid");
+  const std::optional<FileId> pid_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/pid"));
+  if (!our_pid_ns || pid_ns != our_pid_ns) return s;
   pollfd pfd{pidfd, POLLIN, 0};
   if (::poll(&pfd, 1, 0) != 0) return s;  // exited: cannot vouch for it
   s.file = file;

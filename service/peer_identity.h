@@ -31,7 +31,11 @@ struct ExeSample {
 // or path it was run from). The file is vouched for only when `pidfd` (the
 // same process, pinned earlier) shows it still alive afterwards, so that a
 // pid reused by another process cannot lend its binary; never without a
-// pidfd (-1).
+// pidfd (-1); and never for a process in another pid namespace than
+// hallocd's: whoever holds CAP_SYS_ADMIN over a pid namespace (anyone, in
+// an unprivileged user namespace) may stamp SCM_CREDENTIALS with any pid
+// of it, so another process there could answer the handshake for one that
+// exec'd a trusted binary. Such peers are judged by uid and gid alone.
 ExeSample SampleExe(int pidfd, pid_t pid);
 
 }  // namespace halloc

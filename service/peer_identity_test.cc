@@ -10,6 +10,8 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/subprocess.h"
 #include "gtest/gtest.h"
 
@@ -76,6 +78,37 @@ TEST(PeerIdentityTest, DoesNotVouchOnceThePinnedProcessExited) {
   ExeSample s = SampleExe(pidfd.get(), ::getpid());
   EXPECT_FALSE(s.path.empty());
   EXPECT_FALSE(s.file.has_value());
+}
+
+// A peer in a pid namespace of its own: a process holding CAP_SYS_ADMIN
+// over that namespace could stamp this peer's pid on its own records, so
+// the peer's binary is not vouched for (uid and gid still are).
+TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherPidNamespace) {
+  absl::StatusOr<Subprocess> outer = Subprocess::Spawn(
+      {.argv = {"/usr/bin/unshare", "--pid", "--fork", "/bin/sleep", "30"}});
+  ASSERT_TRUE(outer.ok()) << outer.status();
+  const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
+  // unshare forks the namespace's first process, which execs sleep.
+  pid_t inner = -1;
+  for (int i = 0; i < 500 && inner < 0; ++i) {
+    if (outer->Wait(absl::ZeroDuration()).has_value()) {
+      GTEST_SKIP() << "unshare --pid failed here (needs CAP_SYS_ADMIN or user namespaces)";
+    }
+    std::ifstream in(absl::StrCat("/proc/", outer->pid(), "/task/", outer->pid(), "/children"));
+    pid_t p = -1;
+    if (in >> p && std::filesystem::exists(absl::StrCat("/proc/", p, "/exe")) &&
+        std::filesystem::read_symlink(absl::StrCat("/proc/", p, "/exe")) == sleep_bin) {
+      inner = p;
+    } else {
+      ::usleep(10 * 1000);
+    }
+  }
+  ASSERT_GT(inner, 0) << "the namespace's process never ran sleep";
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, inner, 0)));
+  ASSERT_TRUE(pidfd);
+  ExeSample s = SampleExe(pidfd.get(), inner);
+  EXPECT_EQ(s.path, sleep_bin);
+  EXPECT_FALSE(s.file.has_value()) << "vouched for a binary in another pid namespace";
 }
 
 }  // namespace
