@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -196,7 +197,12 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   buffer->grants.insert(grant_id);
   h->second.grants.insert(grant_id);
   grant_tokens_.emplace(token, grant_id);
-  grants_.emplace(grant_id, GrantRecord{std::move(token), session_id, std::move(view)});
+  GrantRecord record{std::move(token), session_id, std::move(view)};
+  record.rooted = session_id == buffer->owner_session && buffer->owner_holds;
+  if (auto routes = buffer->imports.find(session_id); routes != buffer->imports.end()) {
+    for (const auto& [g, route] : routes->second) record.via.insert(g);
+  }
+  grants_.emplace(grant_id, std::move(record));
   return out;
 }
 
@@ -260,28 +266,51 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   Revoked out;
   auto b = buffers_.find(buffer_id);
   if (!live || b == buffers_.end()) return out;
-  out.buffer = b->second;
+  out.buffer = b->second;  // keeps the record alive if the last hold goes
   BufferRecord& buffer = *b->second;
-  std::vector<uint64_t> cut_off;  // sessions left with no route
-  for (auto& [sid, routes] : buffer.imports) {
-    auto r = routes.find(grant_id);
-    if (r == routes.end()) continue;
-    out.views.insert(out.views.end(), r->second.views.begin(), r->second.views.end());
-    routes.erase(r);
-    const bool owns = sid == buffer.owner_session && buffer.owner_holds;
-    if (routes.empty() && !owns) {
-      cut_off.push_back(sid);
-      continue;
+  absl::flat_hash_set<uint64_t> revoked = {grant_id};
+  std::vector<uint64_t> pending = {grant_id};
+  while (!pending.empty() && buffers_.contains(buffer_id)) {
+    const uint64_t g = pending.back();
+    pending.pop_back();
+    std::vector<uint64_t> cut_off;  // sessions left with no route
+    for (auto& [sid, routes] : buffer.imports) {
+      auto r = routes.find(g);
+      if (r == routes.end()) continue;
+      out.views.insert(out.views.end(), r->second.views.begin(), r->second.views.end());
+      routes.erase(r);
+      const bool owns = sid == buffer.owner_session && buffer.owner_holds;
+      if (routes.empty() && !owns) {
+        cut_off.push_back(sid);
+        continue;
+      }
+      CpuAccess widest = owns ? buffer.owner_access : CpuAccess::kNone;
+      for (const auto& [other, route] : routes) {
+        if (Wider(route.access, widest)) widest = route.access;
+      }
+      buffer.holders[sid] = widest;
     }
-    CpuAccess widest = owns ? buffer.owner_access : CpuAccess::kNone;
-    for (const auto& [g, route] : routes) {
-      if (Wider(route.access, widest)) widest = route.access;
+    // What was shared on from the cut-off holds goes too: every grant a
+    // cut-off session made of this buffer, and every one whose routes are
+    // all revoked now (its granter may have released the buffer since).
+    const absl::flat_hash_set<uint64_t> cut(cut_off.begin(), cut_off.end());
+    const std::vector<uint64_t> grants(buffer.grants.begin(), buffer.grants.end());
+    for (uint64_t other : grants) {
+      const GrantRecord& rec = grants_.at(other);
+      bool gone = cut.contains(rec.from_session);
+      if (!gone && !rec.rooted && !rec.via.empty()) {
+        gone = std::all_of(rec.via.begin(), rec.via.end(),
+                           [&](uint64_t v) { return revoked.contains(v); });
+      }
+      if (!gone) continue;
+      revoked.insert(other);
+      pending.push_back(other);
+      DropGrant(other);
     }
-    buffer.holders[sid] = widest;
-  }
-  for (uint64_t sid : cut_off) {
-    if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
-      DropHold(sid, holding->second, buffer_id);
+    for (uint64_t sid : cut_off) {
+      if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
+        DropHold(sid, holding->second, buffer_id);
+      }
     }
   }
   return out;

@@ -78,6 +78,12 @@ struct GrantRecord {
   std::string token;
   uint64_t from_session = 0;
   GrantView view;
+  // Where the granter's own hold came from when it shared: its owner's
+  // hold (`rooted`), else the grants it had imported the buffer through
+  // (BufferRecord::imports). A live revoke of all of those revokes this
+  // grant too (Registry::Revoke), whether or not the granter still holds.
+  bool rooted = false;
+  absl::flat_hash_set<uint64_t> via;
 };
 
 class Registry {
@@ -141,7 +147,11 @@ class Registry {
   // it is cut too: the views delivered are returned for the backend to
   // revoke, and an importing session that held the buffer by no other
   // route stops holding it (one that still does keeps the widest of the
-  // routes it has left).
+  // routes it has left). Grants shared on from what the revoke cut off go
+  // the same way, and so on down: those a cut-off session made of the
+  // buffer, and those whose every route (GrantRecord::via) was revoked; so
+  // a session cannot keep a revoked buffer by granting it to itself (or a
+  // friend) first.
   struct Revoked {
     std::shared_ptr<const BufferRecord> buffer;  // keeps its fd open
     std::vector<uint64_t> views;

@@ -380,6 +380,59 @@ TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
             StatusCode::kNotFound);
 }
 
+// A live revoke reaches what was shared on from the holds it cuts: before,
+// B kept a revoked buffer by granting it to itself first and importing
+// that grant afterwards, and C, who imported from B, was never cut off.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto also_to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(to_b.ok() && also_to_b.ok());
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, to_b->id(), id, CpuAccess::kRead, 601).ok());
+  // B shares on: to itself, and to C, who imports.
+  auto b_to_b = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(b_to_b.ok() && b_to_c.ok());
+  ASSERT_TRUE(reg_.Import(kC, b_to_c->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kC, b_to_c->id(), id, CpuAccess::kRead, 602).ok());
+
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{601, 602}));
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kB, b_to_b->token(), accept).status().code(), StatusCode::kNotFound)
+      << "B got the revoked buffer back through its own grant";
+  // The owner's other grant was not derived from the revoked one.
+  EXPECT_TRUE(reg_.Import(kB, also_to_b->token(), accept).ok());
+  EXPECT_TRUE(reg_.Describe(kA, id).ok());
+}
+
+// The granter need not hold any more: a grant made from a route dies with
+// the route even after its granter released the buffer.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, to_b->id(), id, CpuAccess::kRead, 701).ok());
+  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(b_to_c.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), accept).status().code(), StatusCode::kNotFound);
+}
+
 TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
   const uint64_t id = AddN(kA, 1)[0];
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
