@@ -180,6 +180,11 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   ASSIGN_OR_RETURN(BufferRecord * buffer, Held(h->second, buffer_id));
+  if (h->second.grants.size() >= kMaxGrantsPerSession) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "session has ", h->second.grants.size(), " open grants; limit is ",
+        kMaxGrantsPerSession, " (revoke those no longer needed)"));
+  }
   ASSIGN_OR_RETURN(GrantView view, judge(buffer->holders.at(session_id)));
   view.id = next_id_++;
   view.buffer_id = buffer_id;
@@ -220,6 +225,14 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   const GrantView& grant = grants_.at(t->second).view;
   ASSIGN_OR_RETURN(const CpuAccess access, judge(grant));
   std::shared_ptr<BufferRecord> buffer = buffers_.at(grant.buffer_id);
+  if (auto routes = buffer->imports.find(session_id); routes != buffer->imports.end()) {
+    if (auto r = routes->second.find(t->second);
+        r != routes->second.end() && r->second.views.size() >= kMaxImportsPerGrant) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "this session imported grant ", t->second, " ", r->second.views.size(),
+          " times; limit is ", kMaxImportsPerGrant, " (keep the fd it has)"));
+    }
+  }
   Imported out;
   out.newly_held = !holding.buffers.contains(buffer->id);
   if (out.newly_held && holding.buffers.size() >= max_buffers_per_session_) {

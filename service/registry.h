@@ -88,6 +88,15 @@ struct GrantRecord {
 
 class Registry {
  public:
+  // Open grants one session may have made (each ~300 bytes of hallocd's
+  // memory, and Share is cheap to repeat): a compositor or camera shares a
+  // few per buffer it hands on.
+  static constexpr size_t kMaxGrantsPerSession = 1024;
+  // Times one session may import the same grant on a backend with live
+  // revoke (each import is a kernel view whose id the route keeps until
+  // the grant or the hold goes).
+  static constexpr size_t kMaxImportsPerGrant = 256;
+
   // `backend` names the backend in BufferInfo.
   Registry(std::string backend, uint64_t max_buffers_per_session);
 
@@ -117,14 +126,16 @@ class Registry {
 
   // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
   // sharer's own rights and returns the grant's terms (its id and buffer_id
-  // are filled in here), or why not.
+  // are filled in here), or why not. RESOURCE_EXHAUSTED past
+  // kMaxGrantsPerSession open grants.
   using ShareJudge =
       absl::FunctionRef<absl::StatusOr<GrantView>(CpuAccess held)>;
   absl::StatusOr<v1::Grant> Share(uint64_t session_id, uint64_t buffer_id,
                                   ShareJudge judge);
   // Makes `session_id` a holder of the buffer `token` grants, with the
   // rights `judge` returns for that grant. A session that already holds the
-  // buffer keeps the wider of its two rights.
+  // buffer keeps the wider of its two rights. RESOURCE_EXHAUSTED once it
+  // imported this grant kMaxImportsPerGrant times (while it holds).
   struct Imported {
     std::shared_ptr<const BufferRecord> buffer;
     v1::BufferInfo info;  // cpu_access: what this import grants

@@ -433,6 +433,36 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
   EXPECT_EQ(reg_.Import(kC, b_to_c->token(), accept).status().code(), StatusCode::kNotFound);
 }
 
+// Share and Import cost a client nothing, and each leaves state in
+// hallocd: both are bounded per session, with a reason, and the refusal
+// changes nothing.
+TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
+  const uint64_t id = AddN(kA, 1)[0];
+  std::vector<uint64_t> grants;
+  for (size_t i = 0; i < Registry::kMaxGrantsPerSession; ++i) {
+    auto g = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+    ASSERT_TRUE(g.ok()) << i << ": " << g.status();
+    grants.push_back(g->id());
+  }
+  auto over = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(Stats().grants(), Registry::kMaxGrantsPerSession);
+  ASSERT_TRUE(reg_.Revoke(kA, grants.back(), false).ok());
+  EXPECT_TRUE(reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); }).ok());
+
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto token = reg_.Share(kB, AddN(kB, 1)[0], [&](CpuAccess) { return ReadGrantForUid(1); });
+  ASSERT_TRUE(token.ok());
+  for (size_t i = 0; i < Registry::kMaxImportsPerGrant; ++i) {
+    auto imported = reg_.Import(kA, token->token(), accept);
+    ASSERT_TRUE(imported.ok()) << i << ": " << imported.status();
+    ASSERT_TRUE(reg_.AddImportView(kA, token->id(), imported->buffer->id, CpuAccess::kRead,
+                                   1000 + i).ok());
+  }
+  EXPECT_EQ(reg_.Import(kA, token->token(), accept).status().code(),
+            StatusCode::kResourceExhausted);
+}
+
 TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
   const uint64_t id = AddN(kA, 1)[0];
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
