@@ -473,6 +473,10 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
   if (!sent.ok()) {
     if (imported.newly_held) {
       registry_.Release(session.id(), {buffer->id}).IgnoreError();
+    } else if (imported.widened_from) {
+      // It holds on, with the rights it had: none of this import's.
+      registry_.UndoWidening(session.id(), buffer->id, decision->access,
+                             *imported.widened_from);
     }
     return sent;
   }

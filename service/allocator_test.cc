@@ -459,6 +459,32 @@ TEST_F(AllocatorTest, ReadOnlyHolderCannotShareReadWrite) {
             StatusCode::kPermissionDenied);
 }
 
+// An import that widens what a session already holds, but never reaches
+// it, leaves it the rights it had: before, the wider rights stayed (and
+// let it share read-write what it can only read).
+TEST_F(AllocatorTest, AnUndeliveredImportLeavesTheRightsAsTheyWere) {
+  Peer owner = Open(1000), reader = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  const uint64_t id = r->buffers(0).id();
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  auto read = core_.Share(*owner.session, share);
+  share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
+  auto read_write = core_.Share(*owner.session, share);
+  ASSERT_TRUE(read.ok() && read_write.ok());
+  ASSERT_TRUE(core_.Import(*reader.session, read->token()).ok());
+  reader.client_end.reset();  // nothing reaches the reader from here on
+  EXPECT_FALSE(core_.Import(*reader.session, read_write->token()).ok());
+  absl::StatusOr<v1::BufferInfo> d = core_.Describe(*reader.session, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_EQ(core_.Share(*reader.session, share).status().code(),
+            StatusCode::kPermissionDenied);
+}
+
 TEST_F(AllocatorTest, UnauthenticatedTokens) {
   EXPECT_EQ(core_.Authenticate("").status().code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(core_.Authenticate("deadbeef").status().code(),

@@ -241,13 +241,37 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
                      " buffers; limit is ", max_buffers_per_session_));
   }
   auto [held, inserted] = buffer->holders.emplace(session_id, access);
-  if (!inserted && Wider(access, held->second)) held->second = access;
+  if (!inserted && Wider(access, held->second)) {
+    out.widened_from = held->second;
+    held->second = access;
+  }
   holding.buffers.insert(buffer->id);
   out.info = Info(*buffer, session_id, false);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);
   out.grant_id = t->second;
   return out;
+}
+
+void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,
+                            CpuAccess widened_to, CpuAccess widened_from) {
+  absl::MutexLock lock(&mu_);
+  auto b = buffers_.find(buffer_id);
+  if (b == buffers_.end()) return;
+  BufferRecord& buffer = *b->second;
+  auto held = buffer.holders.find(session_id);
+  if (held == buffer.holders.end() || held->second != widened_to) return;
+  CpuAccess justified = widened_from;
+  if (auto routes = buffer.imports.find(session_id); routes != buffer.imports.end()) {
+    // Live revoke: the routes and the own hold are the whole truth.
+    justified = session_id == buffer.owner_session && buffer.owner_holds
+                    ? buffer.owner_access
+                    : CpuAccess::kNone;
+    for (const auto& [g, route] : routes->second) {
+      if (Wider(route.access, justified)) justified = route.access;
+    }
+  }
+  held->second = justified;
 }
 
 absl::Status Registry::AddImportView(uint64_t session_id, uint64_t grant_id,

@@ -141,11 +141,21 @@ class Registry {
     v1::BufferInfo info;  // cpu_access: what this import grants
     bool newly_held = false;
     uint64_t grant_id = 0;
+    // The session's rights before this import widened them (it held the
+    // buffer already, with less): for UndoWidening if delivery fails.
+    std::optional<CpuAccess> widened_from;
   };
   using ImportJudge =
       absl::FunctionRef<absl::StatusOr<CpuAccess>(const GrantView& grant)>;
   absl::StatusOr<Imported> Import(uint64_t session_id, absl::string_view token,
                                   ImportJudge judge);
+  // An import that widened `session_id`'s rights on `buffer_id` to
+  // `widened_to` (from `imported.widened_from`) did not reach the client:
+  // its rights go back to what its holds justify (its routes and own hold
+  // on a backend with live revoke, else what they were), unless something
+  // else changed them meanwhile.
+  void UndoWidening(uint64_t session_id, uint64_t buffer_id, CpuAccess widened_to,
+                    CpuAccess widened_from);
   // Records that `session_id`, importing grant `grant_id` with `access`,
   // is being handed live-revocable view `view_id` of `buffer_id`. NOT_FOUND
   // when the grant was revoked (or the hold dropped) since Import: the
