@@ -232,7 +232,7 @@ void Broker::Run() {
       }
     }
     if (!accepting_ && absl::Now() >= resume_at_) ResumeAccepting();
-    if (handshakes_ > 0) ExpireHandshakes();
+    if (!deadlines_.empty()) ExpireHandshakes();
   }
 }
 
@@ -361,19 +361,22 @@ void Broker::Accept() {
   }
   ++conns_per_uid_[cred.uid];
   ++handshakes_;
+  deadlines_.emplace(c->deadline, c->key);
   conns_.emplace(c->key, std::move(c));
 }
 
+// Looks only at the deadlines that passed (earliest first), not at every
+// connection: one connection that never verifies must not make each turn
+// of Run cost as much as all the sessions.
 void Broker::ExpireHandshakes() {
   const absl::Time now = absl::Now();
-  std::vector<uint64_t> expired;
-  for (const auto& [key, c] : conns_) {
-    if (!c->session && now >= c->deadline) expired.push_back(key);
-  }
-  for (uint64_t key : expired) {
-    Conn& c = *conns_.at(key);
-    Warn("unverified", absl::StrCat("closed the connection of pid ", c.peer.pid, " uid ",
-                                    c.peer.uid, ": not verified within ",
+  while (!deadlines_.empty() && deadlines_.top().first <= now) {
+    const uint64_t key = deadlines_.top().second;
+    deadlines_.pop();
+    auto it = conns_.find(key);
+    if (it == conns_.end() || it->second->session) continue;  // closed, or verified
+    Warn("unverified", absl::StrCat("closed the connection of pid ", it->second->peer.pid,
+                                    " uid ", it->second->peer.uid, ": not verified within ",
                                     absl::FormatDuration(verify_timeout)));
     Close(key);
   }

@@ -27,9 +27,13 @@
 
 #include <atomic>
 #include <memory>
+#include <functional>
 #include <optional>
+#include <queue>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -127,6 +131,12 @@ class Broker {
   absl::flat_hash_map<uid_t, uint32_t> conns_per_uid_;
   uint64_t next_key_ = 1;
   size_t handshakes_ = 0;
+  // Handshake deadlines, earliest on top, with their connection's key
+  // (stale once it verified or closed: skipped when they come up).
+  std::priority_queue<std::pair<absl::Time, uint64_t>,
+                      std::vector<std::pair<absl::Time, uint64_t>>,
+                      std::greater<>>
+      deadlines_;
   bool accepting_ = true;
   absl::Time resume_at_;
   LogLimiter log_limit_;
