@@ -138,6 +138,15 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.socket_mode = static_cast<mode_t>(
       std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));
   options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
+  // Sizes are rounded up to pages and multiplied by counts (at most 64)
+  // in 64 bits: a limit near 2^64 would let them wrap.
+  constexpr uint64_t kMaxBufferBytesCeiling = uint64_t{1} << 48;  // 256 TiB
+  if (options.limits.max_buffer_bytes == 0 ||
+      options.limits.max_buffer_bytes > kMaxBufferBytesCeiling) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_buffer_bytes must be 1..", kMaxBufferBytesCeiling, " (256 TiB), not ",
+        options.limits.max_buffer_bytes));
+  }
   options.limits.max_buffers_per_session =
       absl::GetFlag(FLAGS_max_buffers_per_session);
   options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);

@@ -134,6 +134,22 @@ TEST_F(HallocdTest, RefusesToStartOverALiveDaemon) {
   EXPECT_TRUE(Client::Connect(opts_).ok());  // the first one is unharmed
 }
 
+// A size limit near 2^64 would let page rounding and count × size wrap.
+TEST_F(HallocdTest, RefusesAMaxBufferBytesThatCouldWrap) {
+  for (const char* bad : {"--max_buffer_bytes=0", "--max_buffer_bytes=18446744073709551615"}) {
+    absl::StatusOr<Subprocess> d = Spawn({bad});
+    ASSERT_TRUE(d.ok()) << d.status();
+    const std::optional<int> status = d->Wait(absl::Seconds(10));
+    ASSERT_TRUE(status.has_value()) << "hallocd started with " << bad;
+    ASSERT_TRUE(WIFEXITED(*status)) << bad;
+    EXPECT_NE(WEXITSTATUS(*status), 0) << bad;
+  }
+  absl::StatusOr<Subprocess> d = Spawn({"--max_buffer_bytes=1099511627776"});  // 1 TiB
+  ASSERT_TRUE(d.ok()) << d.status();
+  daemon_ = *std::move(d);
+  EXPECT_TRUE(ConnectWithRetry().ok());
+}
+
 TEST_F(HallocdTest, ReplacesAStaleSocket) {
   StartDaemon();
   ASSERT_TRUE(ConnectWithRetry().ok());
