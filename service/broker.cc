@@ -25,6 +25,7 @@ namespace halloc {
 
 absl::Duration Broker::verify_timeout = absl::Seconds(10);
 bool Broker::follow_client_cpu = true;
+uint64_t Broker::max_unread_fds_per_uid = 0;
 
 namespace {
 
@@ -51,7 +52,8 @@ v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status) {
 // The broker path's channel: the Allocate reply and its fds in one record.
 class ReplyChannel : public FdChannel {
  public:
-  ReplyChannel(int sock, uint64_t request_id) : sock_(sock), request_id_(request_id) {}
+  ReplyChannel(SocketFdChannel& conn, uint64_t request_id)
+      : conn_(conn), request_id_(request_id) {}
   absl::Status Send(const v1::BufferFds&, absl::Span<const int> fds,
                     const v1::AllocateResponse* reply) override {
     v1::BrokerFrame frame;
@@ -66,11 +68,12 @@ class ReplyChannel : public FdChannel {
     }
     const std::string bytes = frame.SerializeAsString();
     if (reply != nullptr) r->unsafe_arena_release_allocate();
-    return SendRecord(sock_, bytes, fds, /*nonblocking=*/true);
+    // Counted like every fd the connection carries (UnreadFds).
+    return conn_.SendCounted(bytes, fds);
   }
 
  private:
-  const int sock_;
+  SocketFdChannel& conn_;
   const uint64_t request_id_;
 };
 
@@ -165,6 +168,9 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
     : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
       wake_(std::move(wake)), reserve_(std::move(reserve)),
       path_(std::move(path)), owns_path_(owns_path),
+      unread_fds_(std::make_shared<UnreadFds>(
+          max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
+          UnreadFds::DefaultTotal())),
       log_limit_(10, absl::Seconds(1)) {}
 
 Broker::~Broker() { Stop(); }
@@ -195,8 +201,9 @@ void Broker::Run() {
   if (follow_cpu_) follower_.emplace(CpuFollower::ForThisThread());
   epoll_event events[64];
   for (;;) {
-    // Wake up now and then while handshakes may expire or accepting waits.
-    int timeout = (handshakes_ > 0 || !accepting_) ? 100 : -1;
+    // Wake up now and then while handshakes may expire, accepting waits or
+    // connections that ended keep fds unread (UnreadFds::Sweep).
+    int timeout = (handshakes_ > 0 || !accepting_ || retired_ > 0) ? 100 : -1;
     // Held on a lone client's CPU: let go once it pauses (its CPU is no
     // longer where hallocd serves from).
     const bool held = follower_ && follower_->held() >= 0;
@@ -233,6 +240,10 @@ void Broker::Run() {
     }
     if (!accepting_ && absl::Now() >= resume_at_) ResumeAccepting();
     if (!deadlines_.empty()) ExpireHandshakes();
+    if (const absl::Time now = absl::Now(); now >= next_sweep_) {
+      retired_ = unread_fds_->Sweep();
+      next_sweep_ = now + absl::Milliseconds(100);
+    }
   }
 }
 
@@ -338,7 +349,7 @@ void Broker::Accept() {
   c->exe_file = exe.file;
   c->challenge = RandomBytes(16);
   c->deadline = absl::Now() + verify_timeout;
-  c->channel = std::make_shared<SocketFdChannel>(std::move(conn));
+  c->channel = std::make_shared<SocketFdChannel>(std::move(conn), cred.uid, unread_fds_);
   // The challenge goes out only now, after the executable was read.
   v1::BrokerFrame frame;
   v1::Hello* hello = frame.mutable_hello();
@@ -456,7 +467,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
-      ReplyChannel channel(conn.sock(), req.request_id());
+      ReplyChannel channel(*conn.channel, req.request_id());
       absl::StatusOr<v1::AllocateResponse> r =
           core_->Allocate(session, *caller, req.allocate(), channel);
       if (!r.ok()) {

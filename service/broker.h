@@ -18,7 +18,9 @@
 // briefly; every log line an outsider can trigger is rate-limited, and
 // client strings in it are escaped; fds sent to it are refused at the
 // sender (Linux 6.16+) or dropped by the kernel, never installed here, so
-// no client's file (a FUSE file's flush) runs on the broker thread.
+// no client's file (a FUSE file's flush) runs on the broker thread; fds
+// sent and not read are counted per uid (unread_fds.h), so a client that
+// does not read cannot use up what the kernel lets hallocd have in flight.
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 
@@ -43,6 +45,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
+#include "service/unread_fds.h"
 #include "service/util/cpu_follower.h"
 #include "service/util/log_limit.h"
 
@@ -72,6 +75,10 @@ class Broker {
   // (BrokerRequest.cpu, service/util/cpu_follower.h). Read by Start and
   // Serve.
   static bool follow_client_cpu;
+
+  // Unread fds one uid may have (0: UnreadFds::DefaultPerUid(), from the
+  // fd limit). Read by Start and Serve.
+  static uint64_t max_unread_fds_per_uid;
 
   // The CPU the broker thread is held on (following a client), or -1.
   int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
@@ -131,6 +138,12 @@ class Broker {
   absl::flat_hash_map<uid_t, uint32_t> conns_per_uid_;
   uint64_t next_key_ = 1;
   size_t handshakes_ = 0;
+  // fds sent on the connections and not read yet, per uid (each session's
+  // channel counts there); connections that ended with some unread, and
+  // when to look at them again.
+  const std::shared_ptr<UnreadFds> unread_fds_;
+  size_t retired_ = 0;
+  absl::Time next_sweep_ = absl::InfinitePast();
   // Handshake deadlines, earliest on top, with their connection's key
   // (stale once it verified or closed: skipped when they come up).
   std::priority_queue<std::pair<absl::Time, uint64_t>,

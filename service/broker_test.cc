@@ -3,7 +3,9 @@
 #include "service/broker.h"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -13,6 +15,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -170,6 +173,67 @@ TEST_F(BrokerTest, ARecordWithFdsIsRefusedAndNothingIsInstalled) {
   absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(ReleaseNothingFrom(c->fd.get(), 0).ok());
+}
+
+// The kernel charges unread fds in flight to hallocd's user and, past its
+// fd limit, refuses all of hallocd's fd sends: a client that asks and does
+// not read is refused itself, once its uid's share is unread, with a
+// reason; served again once it has read.
+TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
+  Broker::max_unread_fds_per_uid = 4;
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  Broker::max_unread_fds_per_uid = 0;
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  // Bytes of the records queued for the client, unread (SEQPACKET: all).
+  auto queued = [&] {
+    int bytes = 0;
+    EXPECT_EQ(::ioctl(c->fd.get(), SIOCINQ, &bytes), 0);
+    return bytes;
+  };
+  // Asks for three buffers, and waits until the answer is there (unread).
+  auto allocate_three = [&](uint64_t id) {
+    const int before = queued();
+    v1::BrokerRequest req;
+    req.set_request_id(id);
+    req.mutable_allocate()->mutable_desc()->set_size(4096);
+    req.mutable_allocate()->mutable_desc()->set_name("unread");
+    req.mutable_allocate()->set_count(3);
+    ASSERT_TRUE(SendRecord(c->fd.get(), req.SerializeAsString(), {}, false).ok());
+    const absl::Time until = absl::Now() + absl::Seconds(5);
+    while (queued() == before) {
+      ASSERT_LT(absl::Now(), until) << "no answer to request " << id;
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+  };
+  auto answer = [&](size_t* fds) -> absl::Status {
+    absl::StatusOr<Record> rec = ReceiveRecord(c->fd.get(), false);
+    if (!rec.ok()) return rec.status();
+    v1::BrokerFrame frame;
+    if (!frame.ParseFromString(rec->bytes) || !frame.has_reply()) {
+      return absl::DataLossError("not a reply");
+    }
+    *fds = rec->fds.size();
+    return ReplyStatus(frame.reply());
+  };
+  allocate_three(1);
+  size_t fds = 0;
+  {
+    // A second answer while the first is unread: 3 + 3 > 4.
+    allocate_three(2);
+    ASSERT_TRUE(answer(&fds).ok());
+    EXPECT_EQ(fds, 3u);
+    absl::Status refused = answer(&fds);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+    EXPECT_NE(refused.message().find("still unread"), std::string::npos) << refused;
+    EXPECT_EQ(fds, 0u);
+  }
+  // Everything read: served again.
+  allocate_three(3);
+  EXPECT_TRUE(answer(&fds).ok());
+  EXPECT_EQ(fds, 3u);
 }
 
 TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {

@@ -1,8 +1,29 @@
 #include "service/fd_channel.h"
 
+#include <utility>
+
 #include "clients/cpp/halloc/base/scm.h"
 
 namespace halloc {
+
+SocketFdChannel::SocketFdChannel(UniqueFd sock, uid_t uid, std::shared_ptr<UnreadFds> unread)
+    : sock_(std::move(sock)), unread_(std::move(unread)) {
+  if (unread_) handle_ = unread_->Open(sock_.get(), uid);
+}
+
+SocketFdChannel::~SocketFdChannel() {
+  if (unread_) unread_->Retire(handle_, std::move(sock_));
+}
+
+absl::Status SocketFdChannel::SendCounted(absl::string_view bytes,
+                                          absl::Span<const int> fds) {
+  if (unread_ && !fds.empty()) {
+    if (absl::Status s = unread_->Reserve(handle_, fds.size()); !s.ok()) return s;
+  }
+  absl::Status sent = SendRecord(sock_.get(), bytes, fds, /*nonblocking=*/true);
+  if (!sent.ok() && unread_ && !fds.empty()) unread_->Unreserve(handle_, fds.size());
+  return sent;
+}
 
 absl::Status SocketFdChannel::Send(const v1::BufferFds& info, absl::Span<const int> fds,
                                    const v1::AllocateResponse*) {
@@ -12,7 +33,7 @@ absl::Status SocketFdChannel::Send(const v1::BufferFds& info, absl::Span<const i
   } else {
     *frame.mutable_buffers() = info;
   }
-  return SendRecord(sock_.get(), frame.SerializeAsString(), fds, /*nonblocking=*/true);
+  return SendCounted(frame.SerializeAsString(), fds);
 }
 
 }  // namespace halloc

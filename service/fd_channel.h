@@ -8,10 +8,16 @@
 #ifndef HALLOC_SERVICE_FD_CHANNEL_H_
 #define HALLOC_SERVICE_FD_CHANNEL_H_
 
+#include <sys/types.h>
+
+#include <memory>
+
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
+#include "service/unread_fds.h"
 
 namespace halloc {
 
@@ -29,16 +35,28 @@ class FdChannel {
 // the socket it owns (proto/halloc/v1/broker.proto), sent without blocking:
 // a client that does not read its socket gets RESOURCE_EXHAUSTED, never a
 // stuck daemon. It owns the socket so that the fd number cannot be reused
-// while any session still refers to it.
+// while any session still refers to it. Given an UnreadFds, every fd it
+// sends counts there (for `uid`) until the peer has read it, and at its end
+// the socket is handed to UnreadFds::Retire.
 class SocketFdChannel : public FdChannel {
  public:
   explicit SocketFdChannel(UniqueFd sock) : sock_(std::move(sock)) {}
+  SocketFdChannel(UniqueFd sock, uid_t uid, std::shared_ptr<UnreadFds> unread);
+  ~SocketFdChannel() override;
+  SocketFdChannel(const SocketFdChannel&) = delete;
+  SocketFdChannel& operator=(const SocketFdChannel&) = delete;
+
   int fd() const { return sock_.get(); }
   absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
                     const v1::AllocateResponse* reply) override;
+  // One record of `bytes` with `fds`, counted like Send's (for a channel
+  // that puts a reply and its fds in one record on this connection).
+  absl::Status SendCounted(absl::string_view bytes, absl::Span<const int> fds);
 
  private:
-  const UniqueFd sock_;
+  UniqueFd sock_;
+  const std::shared_ptr<UnreadFds> unread_;
+  uint64_t handle_ = 0;
 };
 
 }  // namespace halloc

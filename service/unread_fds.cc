@@ -1,0 +1,137 @@
+#include "service/unread_fds.h"
+
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace halloc {
+
+uint64_t UnreadFds::DefaultTotal() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 512;
+  return std::max<uint64_t>(lim.rlim_cur / 2, 128);
+}
+
+uint64_t UnreadFds::DefaultPerUid() { return std::max<uint64_t>(DefaultTotal() / 8, 64); }
+
+uint64_t UnreadFds::Queued(int sock) {
+  int bytes = 0;
+  if (::ioctl(sock, SIOCOUTQ, &bytes) != 0 || bytes < 0) return 0;
+  return static_cast<uint64_t>(bytes);
+}
+
+uint64_t UnreadFds::Open(int sock, uid_t uid) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t handle = next_handle_++;
+  conns_.emplace(handle, Conn{sock, uid});
+  return handle;
+}
+
+bool UnreadFds::Fits(uid_t uid, uint64_t n) const {
+  auto it = by_uid_.find(uid);
+  const uint64_t mine = it == by_uid_.end() ? 0 : it->second;
+  return mine + n <= per_uid_ && total_ + n <= total_limit_;
+}
+
+void UnreadFds::Refresh(std::optional<uid_t> uid) {
+  for (auto& [handle, c] : conns_) {
+    if (c.unread > 0 && (!uid || c.uid == *uid) && Queued(c.sock) == 0) Drop(c);
+  }
+}
+
+absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(handle);
+  if (it == conns_.end() || n == 0) return absl::OkStatus();
+  Conn& c = it->second;
+  if (!Fits(c.uid, n)) Refresh(c.uid);
+  if (!Fits(c.uid, n)) Refresh(std::nullopt);
+  if (!Fits(c.uid, n)) {
+    auto mine = by_uid_.find(c.uid);
+    const uint64_t unread = mine == by_uid_.end() ? 0 : mine->second;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        unread + n > per_uid_
+            ? absl::StrCat(unread, " fds hallocd sent to processes of uid ", c.uid,
+                           " are still unread (limit ", per_uid_, ")")
+            : absl::StrCat(total_, " fds hallocd sent are still unread (limit ",
+                           total_limit_, ")"),
+        ": read the broker socket, or close connections that are not read"));
+  }
+  c.unread += n;
+  by_uid_[c.uid] += n;
+  total_ += n;
+  return absl::OkStatus();
+}
+
+void UnreadFds::Unreserve(uint64_t handle, uint64_t n) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(handle);
+  if (it == conns_.end()) return;
+  Conn& c = it->second;
+  n = std::min(n, c.unread);
+  c.unread -= n;
+  by_uid_[c.uid] -= n;
+  total_ -= n;
+  if (by_uid_[c.uid] == 0) by_uid_.erase(c.uid);
+}
+
+void UnreadFds::Retire(uint64_t handle, UniqueFd sock) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(handle);
+  if (it == conns_.end()) return;
+  Conn& c = it->second;
+  if (c.unread > 0 && Queued(c.sock) == 0) Drop(c);
+  if (c.unread == 0) {
+    conns_.erase(it);  // `sock` closes
+    return;
+  }
+  c.retired = std::move(sock);
+}
+
+size_t UnreadFds::Sweep() {
+  absl::MutexLock lock(&mu_);
+  size_t left = 0;
+  for (auto it = conns_.begin(); it != conns_.end();) {
+    Conn& c = it->second;
+    if (!c.retired.is_valid()) {
+      ++it;
+      continue;
+    }
+    if (Queued(c.sock) == 0) Drop(c);
+    if (c.unread == 0) {
+      conns_.erase(it++);
+    } else {
+      ++left;
+      ++it;
+    }
+  }
+  return left;
+}
+
+uint64_t UnreadFds::unread(uid_t uid) const {
+  absl::MutexLock lock(&mu_);
+  auto it = by_uid_.find(uid);
+  return it == by_uid_.end() ? 0 : it->second;
+}
+
+uint64_t UnreadFds::total() const {
+  absl::MutexLock lock(&mu_);
+  return total_;
+}
+
+void UnreadFds::Drop(Conn& c) {
+  auto it = by_uid_.find(c.uid);
+  if (it != by_uid_.end()) {
+    it->second -= std::min(c.unread, it->second);
+    if (it->second == 0) by_uid_.erase(it);
+  }
+  total_ -= std::min(c.unread, total_);
+  c.unread = 0;
+}
+
+}  // namespace halloc

@@ -1,0 +1,95 @@
+// The fds hallocd has sent that their receivers have not read yet.
+//
+// The kernel charges an fd in flight on a Unix socket to the sending
+// process's user until the receiver takes it, and past RLIMIT_NOFILE of
+// them refuses that user's every further fd send (ETOOMANYREFS) unless it
+// has CAP_SYS_RESOURCE, which hallocd's unit does not grant. So a client
+// that asks for fds and never reads its broker socket (Import of a buffer
+// it holds is free and repeatable) would, with enough connections, stop
+// hallocd handing fds to anyone. UnreadFds keeps each uid (and everyone
+// together) well below that: a send that would go past its uid's share is
+// refused with RESOURCE_EXHAUSTED, for that uid only.
+//
+// What is unread is learnt from the kernel, not guessed: SIOCOUTQ on the
+// daemon's end of a connection counts the bytes of records its peer has
+// not taken yet, so at 0 everything sent on it was read. A connection's
+// count is refreshed that way before each send that would not fit
+// otherwise. A connection that ends while fds sent on it are unread (its
+// peer shut down only its writing side, or hallocd closed it) keeps
+// counting: its socket is retired here, held open until the peer reads or
+// closes, and Sweep() lets it go then.
+//
+// Thread-safe.
+#ifndef HALLOC_SERVICE_UNREAD_FDS_H_
+#define HALLOC_SERVICE_UNREAD_FDS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+
+namespace halloc {
+
+class UnreadFds {
+ public:
+  UnreadFds(uint64_t per_uid, uint64_t total) : per_uid_(per_uid), total_limit_(total) {}
+  // Limits from hallocd's own RLIMIT_NOFILE (what the kernel compares
+  // with): half of it for everyone, an eighth of that per uid (at least 64).
+  static uint64_t DefaultTotal();
+  static uint64_t DefaultPerUid();
+
+  // A connection of `uid` on `sock` (the daemon's end, which the caller
+  // keeps open until Retire): its handle.
+  uint64_t Open(int sock, uid_t uid);
+  // Before sending `n` fds on connection `handle`: reserves them. When they
+  // would not fit, the counts of that uid's connections (all connections,
+  // for the total) are first refreshed from their sockets: one whose peer
+  // took everything counts 0 again. RESOURCE_EXHAUSTED, naming the unread
+  // count and what to do, when they still do not fit.
+  absl::Status Reserve(uint64_t handle, uint64_t n);
+  // The send of `n` reserved fds failed: they are not in flight.
+  void Unreserve(uint64_t handle, uint64_t n);
+  // The connection ends. With fds unread, `sock` (its socket, handed over)
+  // stays open here and keeps counting until its peer has read them or
+  // closed; else it is closed.
+  void Retire(uint64_t handle, UniqueFd sock);
+  // Lets go of retired connections whose fds were all read (or whose peer
+  // closed). Returns how many are still retired.
+  size_t Sweep();
+
+  uint64_t unread(uid_t uid) const;
+  uint64_t total() const;
+
+ private:
+  struct Conn {
+    int sock;
+    uid_t uid;
+    uint64_t unread = 0;
+    UniqueFd retired;  // set once retired: the socket kept open
+  };
+  // Bytes queued on `sock` that its peer has not taken; 0 on error.
+  static uint64_t Queued(int sock);
+  bool Fits(uid_t uid, uint64_t n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Zeroes the count of every connection (of `uid`, or all when nullopt)
+  // whose peer has taken everything.
+  void Refresh(std::optional<uid_t> uid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Drop(Conn& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint64_t per_uid_;
+  const uint64_t total_limit_;
+  mutable absl::Mutex mu_;
+  uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Conn> conns_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uid_t, uint64_t> by_uid_ ABSL_GUARDED_BY(mu_);
+  uint64_t total_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UNREAD_FDS_H_

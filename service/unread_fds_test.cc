@@ -1,0 +1,150 @@
+#include "service/unread_fds.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "clients/cpp/halloc/base/scm.h"
+#include "gtest/gtest.h"
+#include "service/fd_channel.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+// A connected pair: `daemon` is hallocd's end, `client` the peer's.
+struct Pair {
+  UniqueFd daemon, client;
+};
+
+Pair Connected() {
+  int sv[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  return {UniqueFd(sv[0]), UniqueFd(sv[1])};
+}
+
+// A record left unread on `p`'s client end, as a reply with fds would be.
+void SendUnread(Pair& p) { ASSERT_TRUE(SendRecord(p.daemon.get(), "x", {}, false).ok()); }
+
+// The client takes everything queued for it.
+void ReadAll(Pair& p) {
+  while (ReceiveRecord(p.client.get(), /*nonblocking=*/true).ok()) {
+  }
+}
+
+TEST(UnreadFdsTest, AUidPastItsShareIsRefusedUntilItsPeerReads) {
+  UnreadFds u(/*per_uid=*/4, /*total=*/100);
+  Pair p = Connected();
+  const uint64_t h = u.Open(p.daemon.get(), 1000);
+  ASSERT_TRUE(u.Reserve(h, 3).ok());
+  SendUnread(p);
+  absl::Status s = u.Reserve(h, 2);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("3 fds hallocd sent to processes of uid 1000 are still unread"),
+            std::string::npos)
+      << s;
+  EXPECT_EQ(u.unread(1000), 3u) << "a refusal reserves nothing";
+  // Another uid is not held back by this one.
+  Pair q = Connected();
+  EXPECT_TRUE(u.Reserve(u.Open(q.daemon.get(), 2000), 4).ok());
+  // Once everything sent was read, the count starts over.
+  ReadAll(p);
+  EXPECT_TRUE(u.Reserve(h, 2).ok());
+  EXPECT_EQ(u.unread(1000), 2u);
+  u.Unreserve(h, 2);  // a send that failed
+  EXPECT_EQ(u.unread(1000), 0u);
+}
+
+// The count of every connection of the uid is looked at, not only the one
+// sending: a client spread over many connections that read all they got
+// is not refused for what the others once received.
+TEST(UnreadFdsTest, EveryConnectionOfTheUidIsRefreshed) {
+  UnreadFds u(/*per_uid=*/4, /*total=*/100);
+  Pair a = Connected(), b = Connected();
+  const uint64_t ha = u.Open(a.daemon.get(), 1000), hb = u.Open(b.daemon.get(), 1000);
+  ASSERT_TRUE(u.Reserve(ha, 2).ok());
+  ASSERT_TRUE(u.Reserve(hb, 2).ok());
+  SendUnread(a);
+  SendUnread(b);
+  EXPECT_EQ(u.Reserve(hb, 1).code(), StatusCode::kResourceExhausted);
+  ReadAll(a);  // only a's peer reads: b still counts its 2
+  ASSERT_TRUE(u.Reserve(hb, 1).ok());
+  EXPECT_EQ(u.unread(1000), 3u);
+}
+
+TEST(UnreadFdsTest, TheTotalBoundsAllUids) {
+  UnreadFds u(/*per_uid=*/10, /*total=*/12);
+  Pair a = Connected(), b = Connected();
+  const uint64_t ha = u.Open(a.daemon.get(), 1), hb = u.Open(b.daemon.get(), 2);
+  ASSERT_TRUE(u.Reserve(ha, 10).ok());
+  SendUnread(a);
+  absl::Status s = u.Reserve(hb, 3);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("10 fds hallocd sent are still unread (limit 12)"),
+            std::string::npos)
+      << s;
+  EXPECT_TRUE(u.Reserve(hb, 2).ok());
+  EXPECT_EQ(u.total(), 12u);
+}
+
+// A connection that ends with fds unread (its peer shut down only its
+// writing side, so hallocd closed it) keeps counting until they are read;
+// its socket is held open meanwhile, then closed.
+TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
+  UnreadFds u(/*per_uid=*/4, /*total=*/100);
+  for (bool peer_closes : {false, true}) {
+    SCOPED_TRACE(peer_closes ? "peer closes" : "peer reads");
+    Pair p = Connected();
+    const uint64_t h = u.Open(p.daemon.get(), 1000);
+    ASSERT_TRUE(u.Reserve(h, 4).ok());
+    SendUnread(p);
+    u.Retire(h, std::move(p.daemon));
+    EXPECT_EQ(u.unread(1000), 4u);
+    EXPECT_EQ(u.Sweep(), 1u);
+    Pair other = Connected();
+    EXPECT_EQ(u.Reserve(u.Open(other.daemon.get(), 1000), 1).code(),
+              StatusCode::kResourceExhausted);
+    if (peer_closes) {
+      p.client.reset();
+    } else {
+      ReadAll(p);
+    }
+    EXPECT_EQ(u.Sweep(), 0u);
+    EXPECT_EQ(u.unread(1000), 0u);
+  }
+  // Retired with nothing unread: closed at once.
+  Pair p = Connected();
+  const uint64_t h = u.Open(p.daemon.get(), 1000);
+  ASSERT_TRUE(u.Reserve(h, 1).ok());
+  u.Retire(h, std::move(p.daemon));
+  EXPECT_EQ(u.Sweep(), 0u);
+  char c;
+  EXPECT_EQ(::recv(p.client.get(), &c, 1, MSG_DONTWAIT), 0) << "hallocd's end still open";
+}
+
+// Through the channel: a client that never reads is refused with a reason
+// once its share is unread, and served again once it has read.
+TEST(UnreadFdsTest, TheChannelCountsWhatItSends) {
+  auto u = std::make_shared<UnreadFds>(/*per_uid=*/3, /*total=*/100);
+  Pair p = Connected();
+  UniqueFd client = std::move(p.client);
+  SocketFdChannel channel(std::move(p.daemon), 1000, u);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  UniqueFd r(pipe_fds[0]), w(pipe_fds[1]);
+  const int fds[] = {r.get()};
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(channel.SendCounted("x", fds).ok()) << i;
+  EXPECT_EQ(channel.SendCounted("x", fds).code(), StatusCode::kResourceExhausted);
+  EXPECT_TRUE(channel.SendCounted("no fds", {}).ok()) << "records without fds still go";
+  EXPECT_EQ(u->unread(1000), 3u);
+  while (ReceiveRecord(client.get(), true).ok()) {
+  }
+  EXPECT_TRUE(channel.SendCounted("x", fds).ok());
+  EXPECT_EQ(u->unread(1000), 1u);
+}
+
+}  // namespace
+}  // namespace halloc
