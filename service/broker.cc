@@ -29,6 +29,27 @@ uint64_t Broker::max_unread_fds_per_uid = 0;
 
 namespace {
 
+// Fast-path allocations estimated at this many bytes or more (all their
+// buffers) are made on the slow lane: a pool miss commits every page, about
+// 250 µs per MiB here, so 64 MiB inline would hold every other client up
+// ~16 ms, and 4 GiB about a second.
+constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
+// What may wait there, in all and per connection (more: RESOURCE_EXHAUSTED).
+constexpr size_t kSlowLaneQueue = 64;
+constexpr size_t kSlowLanePerConnection = 4;
+
+// A generous estimate of what `req` allocates (an image at 8 bytes a
+// pixel): only which thread makes it depends on it.
+uint64_t EstimatedBytes(const v1::AllocateRequest& req) {
+  const v1::BufferDescriptor& d = req.desc();
+  uint64_t each = d.size();
+  if (d.has_image()) {
+    each = uint64_t{d.image().width()} * d.image().height() *
+           std::max<uint32_t>(d.image().layer_count(), 1) * 8;
+  }
+  return each * std::max<uint32_t>(req.count(), 1);
+}
+
 constexpr absl::string_view kMalformedRequest =
     "malformed broker request (a serialized halloc.v1.BrokerRequest of at most "
     "64 KiB, no fds)";
@@ -171,7 +192,8 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
       unread_fds_(std::make_shared<UnreadFds>(
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
           UnreadFds::DefaultTotal())),
-      log_limit_(10, absl::Seconds(1)) {}
+      log_limit_(10, absl::Seconds(1)),
+      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerConnection)) {}
 
 Broker::~Broker() { Stop(); }
 
@@ -183,6 +205,7 @@ void Broker::Stop() {
     PLOG(ERROR) << "broker: cannot wake the broker thread";
   }
   if (thread_.joinable()) thread_.join();
+  slow_lane_.reset();  // drops what waits; the allocation being made ends first
   if (held_cpu_.load(std::memory_order_relaxed) >= 0) ServingCpu().store(-1);
   std::vector<uint64_t> keys;
   for (const auto& [key, c] : conns_) keys.push_back(key);
@@ -467,13 +490,18 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
-      ReplyChannel channel(*conn.channel, req.request_id());
-      absl::StatusOr<v1::AllocateResponse> r =
-          core_->Allocate(session, *caller, req.allocate(), channel);
-      if (!r.ok()) {
-        AuditFailure("broker", "Allocate", &session, caller, r.status());
-        Reply(conn, ErrorReply(req.request_id(), r.status()));
+      if (EstimatedBytes(req.allocate()) < kSlowLaneBytes) {
+        ServeAllocate(session, *caller, req, *conn.channel);
+        return true;
       }
+      // Large: made on the slow lane's thread, so that committing it does
+      // not keep this thread from everyone else's requests. Its answer may
+      // come after those of later requests (replies carry request ids).
+      const uint64_t id = req.request_id();
+      absl::Status posted = slow_lane_->Post(
+          conn.key, [this, s = conn.session, ch = conn.channel, who = *caller,
+                     req = std::move(req)] { ServeAllocate(*s, who, req, *ch); });
+      if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
       return true;
     }
     case v1::BrokerRequest::kRelease: {
@@ -487,6 +515,20 @@ bool Broker::Handle(Conn& conn, Record rec) {
       Reply(conn, ErrorReply(req.request_id(),
                              absl::InvalidArgumentError("unknown broker request kind")));
       return true;
+  }
+}
+
+void Broker::ServeAllocate(Session& session, const Identity& caller,
+                           const v1::BrokerRequest& req, SocketFdChannel& conn) {
+  ReplyChannel channel(conn, req.request_id());
+  absl::StatusOr<v1::AllocateResponse> r =
+      core_->Allocate(session, caller, req.allocate(), channel);
+  if (r.ok()) return;
+  AuditFailure("broker", "Allocate", &session, &caller, r.status());
+  v1::BrokerFrame frame;
+  *frame.mutable_reply() = ErrorReply(req.request_id(), r.status());
+  if (absl::Status s = conn.SendCounted(frame.SerializeAsString(), {}); !s.ok()) {
+    Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
 }
 

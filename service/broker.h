@@ -4,7 +4,9 @@
 // proto/halloc/v1/broker.proto.
 //
 // One thread runs it; while it serves one client at a time it moves to that
-// client's CPU (util/cpu_follower.h). For each accepted connection it reads SO_PEERCRED,
+// client's CPU (util/cpu_follower.h). Large allocations (64 MiB or more) go
+// to a second thread (util/work_queue.h), so that committing them does not
+// hold up everyone else's requests. For each accepted connection it reads SO_PEERCRED,
 // pins the peer with a pidfd, notes which file it executes and sends a Hello
 // with a challenge; the session opens only when the connecting process
 // itself answers (the kernel stamps every record with its sender:
@@ -48,6 +50,7 @@
 #include "service/unread_fds.h"
 #include "service/util/cpu_follower.h"
 #include "service/util/log_limit.h"
+#include "service/util/work_queue.h"
 
 namespace halloc {
 
@@ -115,6 +118,10 @@ class Broker {
   // Handles one request record; false when the connection must close.
   bool Handle(Conn& conn, Record rec);
   bool Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& req);
+  // A fast-path Allocate and its answer (on the broker thread, or on the
+  // slow lane's for a large one).
+  void ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
+                     SocketFdChannel& conn);
   void Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds = {});
   void Close(uint64_t key);
   void ExpireHandshakes();
@@ -162,6 +169,8 @@ class Broker {
   uint64_t last_client_ = 0;
   int lone_requests_ = 0;
   std::atomic<int> held_cpu_{-1};
+  // Where large allocations are made (see kSlowLaneBytes in broker.cc).
+  std::unique_ptr<WorkQueue> slow_lane_;
   std::thread thread_;
   bool stopped_ = false;
 };

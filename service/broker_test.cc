@@ -15,10 +15,14 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
@@ -234,6 +238,71 @@ TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
   allocate_three(3);
   EXPECT_TRUE(answer(&fds).ok());
   EXPECT_EQ(fds, 3u);
+}
+
+// A memfd backend whose allocations of 64 MiB or more wait for `open`.
+class GatedBackend : public Backend {
+ public:
+  explicit GatedBackend(absl::Notification* open) : open_(open) {}
+  absl::string_view name() const override { return inner_.name(); }
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (r.size >= (uint64_t{64} << 20)) open_->WaitForNotification();
+    return inner_.Allocate(r);
+  }
+  bool CanEnforce(CpuAccess a) const override { return inner_.CanEnforce(a); }
+  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& b, const ViewRights& r) override {
+    return inner_.OpenView(b, r);
+  }
+  bool NeedsView(const ViewRights& r) const override { return inner_.NeedsView(r); }
+
+ private:
+  absl::Notification* const open_;
+  MemfdBackend inner_;
+};
+
+// One fast-path Allocate of `size` bytes; the reply's status and its fds
+// once it came (within 5 s), or DEADLINE_EXCEEDED.
+absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
+  v1::BrokerRequest req;
+  req.set_request_id(1);
+  req.mutable_allocate()->mutable_desc()->set_size(size);
+  req.mutable_allocate()->mutable_desc()->set_name("lane");
+  RETURN_IF_ERROR(SendRecord(sock, req.SerializeAsString(), {}, false));
+  RETURN_IF_ERROR(WaitReadable(sock, 5000));
+  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(rec.bytes) || !frame.has_reply()) {
+    return absl::DataLossError("not a reply");
+  }
+  *fds = rec.fds.size();
+  return ReplyStatus(frame.reply());
+}
+
+// A large allocation is made off the broker thread: while one is being
+// committed (held here), another client's small one is answered at once.
+TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
+  absl::Notification open;
+  absl::Cleanup opened = [&] {
+    if (!open.HasBeenNotified()) open.Notify();
+  };
+  Allocator core(std::make_unique<GatedBackend>(&open), Limits());
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, &core);
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> big = ConnectBroker(path, absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> small = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(big.ok() && small.ok());
+  size_t big_fds = 0, small_fds = 0;
+  std::thread big_client(
+      [&] { EXPECT_TRUE(AllocateOn(big->fd.get(), uint64_t{64} << 20, &big_fds).ok()); });
+  absl::SleepFor(absl::Milliseconds(50));  // its request is in
+  absl::Status s = AllocateOn(small->fd.get(), 4096, &small_fds);
+  EXPECT_TRUE(s.ok()) << s << " (the broker thread waited for the large allocation)";
+  EXPECT_EQ(small_fds, 1u);
+  open.Notify();
+  big_client.join();
+  EXPECT_EQ(big_fds, 1u);
+  (*broker)->Stop();
 }
 
 TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {

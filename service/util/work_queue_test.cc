@@ -1,0 +1,90 @@
+#include "service/util/work_queue.h"
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+TEST(WorkQueueTest, RunsTasksInOrderOnItsOwnThread) {
+  WorkQueue q(8, 8);
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::thread::id ran_on;
+  absl::Notification done;
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(q.Post(1, [&, i] {
+                   absl::MutexLock lock(&mu);
+                   order.push_back(i);
+                   ran_on = std::this_thread::get_id();
+                   if (i == 4) done.Notify();
+                 }).ok());
+  }
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+  EXPECT_NE(ran_on, std::this_thread::get_id());
+}
+
+// One key cannot fill the queue for the others, nor anyone past the total;
+// a key's share frees once its tasks have run.
+TEST(WorkQueueTest, BoundsPerKeyAndInAll) {
+  WorkQueue q(/*max_queued=*/3, /*max_per_key=*/2);
+  absl::Notification release, started;
+  ASSERT_TRUE(q.Post(1, [&] {
+                 started.Notify();
+                 release.WaitForNotification();
+               }).ok());
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // Key 1 has one running: one more may wait.
+  ASSERT_TRUE(q.Post(1, [] {}).ok());
+  absl::Status s = q.Post(1, [] {});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("of this connection"), std::string::npos) << s;
+  ASSERT_TRUE(q.Post(2, [] {}).ok());
+  ASSERT_TRUE(q.Post(3, [] {}).ok());
+  s = q.Post(4, [] {});  // three wait
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("wait already"), std::string::npos) << s;
+  release.Notify();
+  absl::Notification after;
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!q.Post(1, [&] { after.Notify(); }).ok()) {
+    ASSERT_LT(absl::Now(), until);
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_TRUE(after.WaitForNotificationWithTimeout(absl::Seconds(10)));
+}
+
+// Destroyed: what waits is dropped unrun (its captures released), the
+// running task finishes.
+TEST(WorkQueueTest, DestroyingDropsWhatWaits) {
+  auto q = std::make_unique<WorkQueue>(8, 8);
+  absl::Notification started, release;
+  std::atomic<bool> finished{false}, ran_queued{false};
+  auto capture = std::make_shared<int>(0);
+  ASSERT_TRUE(q->Post(1, [&] {
+                 started.Notify();
+                 release.WaitForNotification();
+                 finished = true;
+               }).ok());
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(q->Post(1, [&, capture] { ran_queued = true; }).ok());
+  EXPECT_EQ(capture.use_count(), 2);
+  std::thread destroy([&] { q.reset(); });
+  absl::SleepFor(absl::Milliseconds(20));
+  release.Notify();
+  destroy.join();
+  EXPECT_TRUE(finished);
+  EXPECT_FALSE(ran_queued);
+  EXPECT_EQ(capture.use_count(), 1);
+}
+
+}  // namespace
+}  // namespace halloc
