@@ -120,9 +120,19 @@ class Broker {
   bool Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& req);
   // A fast-path Allocate and its answer (on the broker thread, or on the
   // slow lane's for a large one).
+  //
+  // Fast-path allocations estimated at this many bytes or more (all their
+  // buffers) are made on the slow lane: a pool miss commits every page,
+  // about 250 µs per MiB here, so 64 MiB inline would hold every other
+  // client up ~16 ms, and 4 GiB about a second. What may wait there, in all
+  // and per connection (more: RESOURCE_EXHAUSTED).
+  static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
+  static constexpr size_t kSlowLaneQueue = 64;
+  static constexpr size_t kSlowLanePerConnection = 4;
   void ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                      SocketFdChannel& conn);
   void Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds = {});
+  static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
   void Close(uint64_t key);
   void ExpireHandshakes();
   // Tells held_cpu() and ServingCpu() where the follower holds the thread.
