@@ -295,7 +295,8 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
                                                    bool live) {
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
-  if (h == holdings_.end() || !h->second.grants.contains(grant_id)) {
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  if (!h->second.grants.contains(grant_id)) {
     return absl::NotFoundError(absl::StrCat("no grant ", grant_id, " made"));
   }
   const uint64_t buffer_id = grants_.at(grant_id).view.buffer_id;
@@ -359,7 +360,7 @@ absl::StatusOr<v1::BufferInfo> Registry::SetMetadata(
     uint64_t session_id, const v1::SetMetadataRequest& req) {
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
-  if (h == holdings_.end()) return NotHeld(req.buffer_id());
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   ASSIGN_OR_RETURN(BufferRecord * buffer, Held(h->second, req.buffer_id()));
   if (OwnerSetsField(req.type()) &&
       buffer->holders.at(session_id) != CpuAccess::kReadWrite) {
@@ -406,7 +407,7 @@ absl::StatusOr<v1::BufferInfo> Registry::Describe(uint64_t session_id,
                                                   uint64_t buffer_id) const {
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
-  if (h == holdings_.end()) return NotHeld(buffer_id);
+  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   ASSIGN_OR_RETURN(const BufferRecord* buffer, Held(h->second, buffer_id));
   return Info(*buffer, session_id, true);
 }

@@ -170,6 +170,13 @@ TEST_F(RegistryTest, ALeftSessionCannotAddAndItsHoldsAndGrantsGo) {
             StatusCode::kUnauthenticated);
   EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", NoQuota).code(),
             StatusCode::kUnauthenticated);
+  // Every call of a left session says so alike (a call racing the close).
+  EXPECT_EQ(reg_.Describe(kA, ids[0]).status().code(), StatusCode::kUnauthenticated);
+  v1::SetMetadataRequest set;
+  set.set_buffer_id(ids[0]);
+  EXPECT_EQ(reg_.SetMetadata(kA, set).status().code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(reg_.Revoke(kA, 1, true).status().code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(reg_.Release(kA, {ids[0]}).code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(Stats().live_buffers(), 0u);
 }
 
