@@ -234,7 +234,9 @@ TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
     EXPECT_NE(refused.message().find("still unread"), std::string::npos) << refused;
     EXPECT_EQ(fds, 0u);
   }
-  // Everything read: served again.
+  // Everything read: served again (once its sockets may be looked at
+  // again: UnreadFds::kRefreshEvery).
+  absl::SleepFor(2 * UnreadFds::kRefreshEvery);
   allocate_three(3);
   EXPECT_TRUE(answer(&fds).ok());
   EXPECT_EQ(fds, 3u);

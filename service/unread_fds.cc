@@ -49,8 +49,18 @@ absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n) {
   auto it = conns_.find(handle);
   if (it == conns_.end() || n == 0) return absl::OkStatus();
   Conn& c = it->second;
-  if (!Fits(c.uid, n)) Refresh(c.uid);
-  if (!Fits(c.uid, n)) Refresh(std::nullopt);
+  if (!Fits(c.uid, n)) {
+    const absl::Time now = now_();
+    absl::Time& last = refreshed_.try_emplace(c.uid, absl::InfinitePast()).first->second;
+    if (now - last >= kRefreshEvery) {
+      last = now;
+      Refresh(c.uid);
+    }
+    if (!Fits(c.uid, n) && now - refreshed_all_ >= kRefreshEvery) {
+      refreshed_all_ = now;
+      Refresh(std::nullopt);
+    }
+  }
   if (!Fits(c.uid, n)) {
     auto mine = by_uid_.find(c.uid);
     const uint64_t unread = mine == by_uid_.end() ? 0 : mine->second;

@@ -26,19 +26,31 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc {
 
 class UnreadFds {
  public:
-  UnreadFds(uint64_t per_uid, uint64_t total) : per_uid_(per_uid), total_limit_(total) {}
+  // Looking at sockets costs a syscall each, so a uid over its share has
+  // its connections looked at no more often than every kRefreshEvery (and
+  // all of them for the total likewise): a client at its limit that keeps
+  // asking costs hallocd a refusal, not a scan per request. `now` is the
+  // clock (tests pass their own).
+  static constexpr absl::Duration kRefreshEvery = absl::Milliseconds(10);
+  UnreadFds(uint64_t per_uid, uint64_t total,
+            std::function<absl::Time()> now = [] { return absl::Now(); })
+      : per_uid_(per_uid), total_limit_(total), now_(std::move(now)) {}
   // Limits from hallocd's own RLIMIT_NOFILE (what the kernel compares
   // with): half of it for everyone, an eighth of that per uid (at least 64).
   static uint64_t DefaultTotal();
@@ -49,9 +61,10 @@ class UnreadFds {
   uint64_t Open(int sock, uid_t uid);
   // Before sending `n` fds on connection `handle`: reserves them. When they
   // would not fit, the counts of that uid's connections (all connections,
-  // for the total) are first refreshed from their sockets: one whose peer
-  // took everything counts 0 again. RESOURCE_EXHAUSTED, naming the unread
-  // count and what to do, when they still do not fit.
+  // for the total) are first refreshed from their sockets, unless that was
+  // done less than kRefreshEvery ago: one whose peer took everything
+  // counts 0 again. RESOURCE_EXHAUSTED, naming the unread count and what to
+  // do, when they still do not fit.
   absl::Status Reserve(uint64_t handle, uint64_t n);
   // The send of `n` reserved fds failed: they are not in flight.
   void Unreserve(uint64_t handle, uint64_t n);
@@ -83,11 +96,15 @@ class UnreadFds {
 
   const uint64_t per_uid_;
   const uint64_t total_limit_;
+  const std::function<absl::Time()> now_;
   mutable absl::Mutex mu_;
   uint64_t next_handle_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uid_t, uint64_t> by_uid_ ABSL_GUARDED_BY(mu_);
   uint64_t total_ ABSL_GUARDED_BY(mu_) = 0;
+  // When each uid's connections (and all, for the total) were last looked at.
+  absl::flat_hash_map<uid_t, absl::Time> refreshed_ ABSL_GUARDED_BY(mu_);
+  absl::Time refreshed_all_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 }  // namespace halloc

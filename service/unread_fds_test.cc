@@ -3,9 +3,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "gtest/gtest.h"
 #include "service/fd_channel.h"
@@ -35,8 +37,18 @@ void ReadAll(Pair& p) {
   }
 }
 
+// A clock the test moves.
+struct FakeClock {
+  absl::Time now = absl::UnixEpoch();
+  std::function<absl::Time()> Fn() {
+    return [this] { return now; };
+  }
+  void Pass() { now += UnreadFds::kRefreshEvery; }
+};
+
 TEST(UnreadFdsTest, AUidPastItsShareIsRefusedUntilItsPeerReads) {
-  UnreadFds u(/*per_uid=*/4, /*total=*/100);
+  FakeClock clock;
+  UnreadFds u(/*per_uid=*/4, /*total=*/100, clock.Fn());
   Pair p = Connected();
   const uint64_t h = u.Open(p.daemon.get(), 1000);
   ASSERT_TRUE(u.Reserve(h, 3).ok());
@@ -50,8 +62,11 @@ TEST(UnreadFdsTest, AUidPastItsShareIsRefusedUntilItsPeerReads) {
   // Another uid is not held back by this one.
   Pair q = Connected();
   EXPECT_TRUE(u.Reserve(u.Open(q.daemon.get(), 2000), 4).ok());
-  // Once everything sent was read, the count starts over.
+  // Once everything sent was read, the count starts over; the sockets are
+  // looked at no more than every kRefreshEvery.
   ReadAll(p);
+  EXPECT_EQ(u.Reserve(h, 2).code(), StatusCode::kResourceExhausted) << "looked again at once";
+  clock.Pass();
   EXPECT_TRUE(u.Reserve(h, 2).ok());
   EXPECT_EQ(u.unread(1000), 2u);
   u.Unreserve(h, 2);  // a send that failed
@@ -62,7 +77,8 @@ TEST(UnreadFdsTest, AUidPastItsShareIsRefusedUntilItsPeerReads) {
 // sending: a client spread over many connections that read all they got
 // is not refused for what the others once received.
 TEST(UnreadFdsTest, EveryConnectionOfTheUidIsRefreshed) {
-  UnreadFds u(/*per_uid=*/4, /*total=*/100);
+  FakeClock clock;
+  UnreadFds u(/*per_uid=*/4, /*total=*/100, clock.Fn());
   Pair a = Connected(), b = Connected();
   const uint64_t ha = u.Open(a.daemon.get(), 1000), hb = u.Open(b.daemon.get(), 1000);
   ASSERT_TRUE(u.Reserve(ha, 2).ok());
@@ -71,6 +87,7 @@ TEST(UnreadFdsTest, EveryConnectionOfTheUidIsRefreshed) {
   SendUnread(b);
   EXPECT_EQ(u.Reserve(hb, 1).code(), StatusCode::kResourceExhausted);
   ReadAll(a);  // only a's peer reads: b still counts its 2
+  clock.Pass();
   ASSERT_TRUE(u.Reserve(hb, 1).ok());
   EXPECT_EQ(u.unread(1000), 3u);
 }
@@ -94,7 +111,8 @@ TEST(UnreadFdsTest, TheTotalBoundsAllUids) {
 // writing side, so hallocd closed it) keeps counting until they are read;
 // its socket is held open meanwhile, then closed.
 TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
-  UnreadFds u(/*per_uid=*/4, /*total=*/100);
+  FakeClock clock;
+  UnreadFds u(/*per_uid=*/4, /*total=*/100, clock.Fn());
   for (bool peer_closes : {false, true}) {
     SCOPED_TRACE(peer_closes ? "peer closes" : "peer reads");
     Pair p = Connected();
@@ -128,7 +146,8 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
 // Through the channel: a client that never reads is refused with a reason
 // once its share is unread, and served again once it has read.
 TEST(UnreadFdsTest, TheChannelCountsWhatItSends) {
-  auto u = std::make_shared<UnreadFds>(/*per_uid=*/3, /*total=*/100);
+  FakeClock clock;
+  auto u = std::make_shared<UnreadFds>(/*per_uid=*/3, /*total=*/100, clock.Fn());
   Pair p = Connected();
   UniqueFd client = std::move(p.client);
   SocketFdChannel channel(std::move(p.daemon), 1000, u);
@@ -142,6 +161,7 @@ TEST(UnreadFdsTest, TheChannelCountsWhatItSends) {
   EXPECT_EQ(u->unread(1000), 3u);
   while (ReceiveRecord(client.get(), true).ok()) {
   }
+  clock.Pass();
   EXPECT_TRUE(channel.SendCounted("x", fds).ok());
   EXPECT_EQ(u->unread(1000), 1u);
 }
