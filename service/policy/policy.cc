@@ -2,6 +2,7 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -221,6 +222,12 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
   return Parse(text.str(), path);
 }
 
+uint64_t Policy::DefaultBufferQuota() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 0;
+  return std::max<uint64_t>(lim.rlim_cur / 2, 4096);
+}
+
 std::shared_ptr<const Policy> Policy::Default() {
   static const std::shared_ptr<const Policy> policy = [] {
     auto p = std::make_shared<Policy>();
@@ -237,6 +244,9 @@ std::shared_ptr<const Policy> Policy::Default() {
                             static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     rule.quota_bytes = memory / 2;
     rule.max_buffer_bytes = memory / 4;
+    // Nor, in live buffers, half of hallocd's fds: each is an fd in hallocd,
+    // and one uid filling its table would stop every allocation (EMFILE).
+    rule.quota_buffers = DefaultBufferQuota();
     rule.attach_devices = {"*"};
     rule.share_to = {"@same_uid"};
     rule.receive_from = {"@same_uid"};

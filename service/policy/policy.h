@@ -82,8 +82,15 @@ class Policy {
   static absl::StatusOr<std::shared_ptr<const Policy>> Load(
       const std::string& path);
   // The policy without a file: every session is client "default": any
-  // usage, any heap, read-write CPU, sharing within its own uid.
+  // usage, any heap, read-write CPU, sharing within its own uid; per uid at
+  // most half of the machine's memory (a quarter in one buffer) and
+  // DefaultBufferQuota() live buffers. Made at its first use, after
+  // hallocd raised its fd limit.
   static std::shared_ptr<const Policy> Default();
+  // Half of this process's fd limit (at least 4096; 0, no limit, when the
+  // limit is infinite): no one uid's live buffers, an fd each in hallocd,
+  // may fill its fd table.
+  static uint64_t DefaultBufferQuota();
 
   // The first rule matching `id`, or nullptr.
   const Rule* Match(const Identity& id) const;

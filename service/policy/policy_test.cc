@@ -1,7 +1,10 @@
 #include "service/policy/policy.h"
 
 #include <stdlib.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -157,6 +160,18 @@ TEST(PolicyTest, DefaultBoundsOneClientByTheMachinesMemory) {
   EXPECT_EQ(r->quota_bytes, memory / 2);
   EXPECT_EQ(r->max_buffer_bytes, memory / 4);
   EXPECT_GT(r->quota_bytes, 0u);
+}
+
+// Each live buffer is an fd in hallocd: one uid may not fill its table.
+TEST(PolicyTest, DefaultBoundsOneClientsBuffersByHallocdsFdLimit) {
+  rlimit lim{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur == RLIM_INFINITY) GTEST_SKIP() << "no fd limit here";
+  const Rule* r = Policy::Default()->Match({1234, 1234, 1, "", std::nullopt});
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->quota_buffers, std::max<uint64_t>(lim.rlim_cur / 2, 4096));
+  EXPECT_GT(r->quota_buffers, 0u);
+  if (lim.rlim_cur >= 8192) EXPECT_LT(r->quota_buffers, lim.rlim_cur);
 }
 
 TEST(PolicyTest, AnEmptyPolicyIsAnError) {
