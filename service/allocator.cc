@@ -467,7 +467,10 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
       if (!noted.ok()) return noted;  // its only fd closes with `out`
     }
     absl::Status s = session.fds().Send(out.info, out.fds, nullptr);
-    if (!s.ok() && live) backend_->RevokeView(buffer->fd, out.view_ids[0]).IgnoreError();
+    if (!s.ok() && live) {
+      backend_->RevokeView(buffer->fd, out.view_ids[0]).IgnoreError();
+      registry_.DropImportView(session.id(), imported.grant_id, buffer->id, out.view_ids[0]);
+    }
     return s;
   }();
   if (!sent.ok()) {

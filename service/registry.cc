@@ -274,6 +274,20 @@ void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,
   held->second = justified;
 }
 
+void Registry::DropImportView(uint64_t session_id, uint64_t grant_id, uint64_t buffer_id,
+                              uint64_t view_id) {
+  absl::MutexLock lock(&mu_);
+  auto b = buffers_.find(buffer_id);
+  if (b == buffers_.end()) return;
+  auto routes = b->second->imports.find(session_id);
+  if (routes == b->second->imports.end()) return;
+  auto r = routes->second.find(grant_id);
+  if (r == routes->second.end()) return;
+  std::vector<uint64_t>& views = r->second.views;
+  views.erase(std::remove(views.begin(), views.end(), view_id), views.end());
+  if (views.empty()) routes->second.erase(r);
+}
+
 absl::Status Registry::AddImportView(uint64_t session_id, uint64_t grant_id,
                                      uint64_t buffer_id, CpuAccess access,
                                      uint64_t view_id) {

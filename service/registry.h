@@ -156,6 +156,10 @@ class Registry {
   // else changed them meanwhile.
   void UndoWidening(uint64_t session_id, uint64_t buffer_id, CpuAccess widened_to,
                     CpuAccess widened_from);
+  // View `view_id`, noted by AddImportView, never reached the client: it no
+  // longer counts as a route of `session_id` (one left with no views goes).
+  void DropImportView(uint64_t session_id, uint64_t grant_id, uint64_t buffer_id,
+                      uint64_t view_id);
   // Records that `session_id`, importing grant `grant_id` with `access`,
   // is being handed live-revocable view `view_id` of `buffer_id`. NOT_FOUND
   // when the grant was revoked (or the hold dropped) since Import: the

@@ -470,6 +470,34 @@ TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
             StatusCode::kResourceExhausted);
 }
 
+// On a backend with live revoke, an import whose view never reached the
+// client leaves neither its route nor its wider rights behind.
+TEST_F(RegistryTest, AnUndeliveredLiveImportLeavesNoRouteAndNoWiderRights) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  GrantView rw = ReadGrantForUid(2);
+  rw.access = CpuAccess::kReadWrite;
+  auto read_write = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
+  ASSERT_TRUE(read.ok() && read_write.ok());
+  ASSERT_TRUE(reg_.Import(kB, read->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, read->id(), id, CpuAccess::kRead, 801).ok());
+  auto wider = reg_.Import(kB, read_write->token(), accept);
+  ASSERT_TRUE(wider.ok());
+  ASSERT_EQ(wider->widened_from, CpuAccess::kRead);
+  ASSERT_TRUE(reg_.AddImportView(kB, read_write->id(), id, CpuAccess::kReadWrite, 802).ok());
+  // The send failed: as the allocator undoes it.
+  reg_.DropImportView(kB, read_write->id(), id, 802);
+  reg_.UndoWidening(kB, id, CpuAccess::kReadWrite, *wider->widened_from);
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kB, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
+  // Revoking the read-write grant finds no view of it to cut.
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, read_write->id(), true);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->views.empty());
+}
+
 TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
   const uint64_t id = AddN(kA, 1)[0];
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
