@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -38,9 +39,30 @@ bool UnreadFds::Fits(uid_t uid, uint64_t n) const {
   return mine + n <= per_uid_ && total_ + n <= total_limit_;
 }
 
+void UnreadFds::Take(Conn& c, uint64_t n) {
+  n = std::min(n, c.unread);
+  c.unread -= n;
+  auto it = by_uid_.find(c.uid);
+  if (it != by_uid_.end()) {
+    it->second -= std::min(n, it->second);
+    if (it->second == 0) by_uid_.erase(it);
+  }
+  total_ -= std::min(n, total_);
+}
+
+void UnreadFds::Trim(Conn& c) {
+  if (c.recent.empty()) return;
+  const uint64_t queued = Queued(c.sock);
+  const uint64_t at_most = (queued + kMinRecordBytes - 1) / kMinRecordBytes;
+  while (c.recent.size() > at_most) {
+    Take(c, c.recent.front());
+    c.recent.pop_front();
+  }
+}
+
 void UnreadFds::Refresh(std::optional<uid_t> uid) {
   for (auto& [handle, c] : conns_) {
-    if (c.unread > 0 && (!uid || c.uid == *uid) && Queued(c.sock) == 0) Drop(c);
+    if (!uid || c.uid == *uid) Trim(c);
   }
 }
 
@@ -73,6 +95,7 @@ absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n) {
         ": read the broker socket, or close connections that are not read"));
   }
   c.unread += n;
+  c.recent.push_back(static_cast<uint16_t>(n));
   by_uid_[c.uid] += n;
   total_ += n;
   return absl::OkStatus();
@@ -83,11 +106,12 @@ void UnreadFds::Unreserve(uint64_t handle, uint64_t n) {
   auto it = conns_.find(handle);
   if (it == conns_.end()) return;
   Conn& c = it->second;
-  n = std::min(n, c.unread);
-  c.unread -= n;
-  by_uid_[c.uid] -= n;
-  total_ -= n;
-  if (by_uid_[c.uid] == 0) by_uid_.erase(c.uid);
+  // Its entry is the latest of that size (sends on one connection may
+  // interleave; entries of one size are alike).
+  auto e = std::find(c.recent.rbegin(), c.recent.rend(), static_cast<uint16_t>(n));
+  if (e == c.recent.rend()) return;
+  c.recent.erase(std::next(e).base());
+  Take(c, n);
 }
 
 void UnreadFds::Retire(uint64_t handle, UniqueFd sock) {
@@ -95,7 +119,7 @@ void UnreadFds::Retire(uint64_t handle, UniqueFd sock) {
   auto it = conns_.find(handle);
   if (it == conns_.end()) return;
   Conn& c = it->second;
-  if (c.unread > 0 && Queued(c.sock) == 0) Drop(c);
+  Trim(c);
   if (c.unread == 0) {
     conns_.erase(it);  // `sock` closes
     return;
@@ -112,7 +136,7 @@ size_t UnreadFds::Sweep() {
       ++it;
       continue;
     }
-    if (Queued(c.sock) == 0) Drop(c);
+    Trim(c);
     if (c.unread == 0) {
       conns_.erase(it++);
     } else {
@@ -132,16 +156,6 @@ uint64_t UnreadFds::unread(uid_t uid) const {
 uint64_t UnreadFds::total() const {
   absl::MutexLock lock(&mu_);
   return total_;
-}
-
-void UnreadFds::Drop(Conn& c) {
-  auto it = by_uid_.find(c.uid);
-  if (it != by_uid_.end()) {
-    it->second -= std::min(c.unread, it->second);
-    if (it->second == 0) by_uid_.erase(it);
-  }
-  total_ -= std::min(c.unread, total_);
-  c.unread = 0;
 }
 
 }  // namespace halloc

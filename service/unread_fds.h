@@ -10,11 +10,14 @@
 // together) well below that: a send that would go past its uid's share is
 // refused with RESOURCE_EXHAUSTED, for that uid only.
 //
-// What is unread is learnt from the kernel, not guessed: SIOCOUTQ on the
-// daemon's end of a connection counts the bytes of records its peer has
-// not taken yet, so at 0 everything sent on it was read. A connection's
-// count is refreshed that way before each send that would not fit
-// otherwise. A connection that ends while fds sent on it are unread (its
+// What is unread is bounded from what the kernel says, not guessed:
+// SIOCOUTQ on the daemon's end of a connection counts the memory of the
+// records its peer has not taken yet, at least kMinRecordBytes each, so at
+// most that many of the latest records sent on it (and their fds) can be
+// unread; at 0, none. A connection remembers the fd counts of its recent
+// records, and its count is cut down that way before a send that would
+// not fit otherwise (a busy client always has a reply or two in flight:
+// its count is those, not everything since it was last seen idle). A connection that ends while fds sent on it are unread (its
 // peer shut down only its writing side, or hallocd closed it) keeps
 // counting: its socket is retired here, held open until the peer reads or
 // closes, and Sweep() lets it go then.
@@ -26,6 +29,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <utility>
@@ -80,19 +84,26 @@ class UnreadFds {
   uint64_t total() const;
 
  private:
+  // The least memory the kernel charges for one record on a Unix socket
+  // (an sk_buff with its shared info and the smallest data block is more).
+  static constexpr uint64_t kMinRecordBytes = 512;
   struct Conn {
     int sock;
     uid_t uid;
     uint64_t unread = 0;
+    // The fd counts of the records sent and possibly unread, oldest first
+    // (their sum is `unread`).
+    std::deque<uint16_t> recent;
     UniqueFd retired;  // set once retired: the socket kept open
   };
   // Bytes queued on `sock` that its peer has not taken; 0 on error.
   static uint64_t Queued(int sock);
+  // Forgets the records of `c` its peer must have taken (SIOCOUTQ).
+  void Trim(Conn& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Take(Conn& c, uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Fits(uid_t uid, uint64_t n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Zeroes the count of every connection (of `uid`, or all when nullopt)
-  // whose peer has taken everything.
+  // Trims every connection (of `uid`, or all when nullopt).
   void Refresh(std::optional<uid_t> uid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Drop(Conn& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint64_t per_uid_;
   const uint64_t total_limit_;

@@ -92,6 +92,25 @@ TEST(UnreadFdsTest, EveryConnectionOfTheUidIsRefreshed) {
   EXPECT_EQ(u.unread(1000), 3u);
 }
 
+// A busy client always has an answer or two in flight: what counts is
+// what its queue can still hold, not everything sent since it was last
+// seen with an empty queue.
+TEST(UnreadFdsTest, OnlyWhatTheQueueCanHoldCounts) {
+  FakeClock clock;
+  UnreadFds u(/*per_uid=*/8, /*total=*/100, clock.Fn());
+  Pair p = Connected();
+  const uint64_t h = u.Open(p.daemon.get(), 1000);
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(u.Reserve(h, 1).ok());
+    SendUnread(p);
+  }
+  // The peer takes all but the latest.
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(ReceiveRecord(p.client.get(), true).ok());
+  ASSERT_TRUE(u.Reserve(h, 4).ok()) << "6 counted though 5 were read";
+  EXPECT_LE(u.unread(1000), 7u);
+  EXPECT_GE(u.unread(1000), 5u) << "the one still queued and the 4 just reserved";
+}
+
 TEST(UnreadFdsTest, TheTotalBoundsAllUids) {
   UnreadFds u(/*per_uid=*/10, /*total=*/12);
   Pair a = Connected(), b = Connected();
