@@ -134,6 +134,7 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   BufferRecord& buffer = *it->second;
   buffer.holders.erase(session_id);
   buffer.imports.erase(session_id);
+  buffer.imported_via.erase(session_id);
   if (session_id == buffer.owner_session) buffer.owner_holds = false;
   if (!buffer.holders.empty()) return;
   const std::vector<uint64_t> grants(buffer.grants.begin(),
@@ -204,8 +205,8 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   grant_tokens_.emplace(token, grant_id);
   GrantRecord record{std::move(token), session_id, std::move(view)};
   record.rooted = session_id == buffer->owner_session && buffer->owner_holds;
-  if (auto routes = buffer->imports.find(session_id); routes != buffer->imports.end()) {
-    for (const auto& [g, route] : routes->second) record.via.insert(g);
+  if (auto via = buffer->imported_via.find(session_id); via != buffer->imported_via.end()) {
+    record.via = via->second;
   }
   grants_.emplace(grant_id, std::move(record));
   return out;
@@ -246,6 +247,7 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
     held->second = access;
   }
   holding.buffers.insert(buffer->id);
+  buffer->imported_via[session_id].insert(t->second);
   out.info = Info(*buffer, session_id, false);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);

@@ -70,6 +70,10 @@ struct BufferRecord {
     std::vector<uint64_t> views;
   };
   absl::flat_hash_map<uint64_t, absl::flat_hash_map<uint64_t, Route>> imports;
+  // Per importing session (any backend), the grants it imported this
+  // buffer through, noted at Import itself: a Share racing the import's
+  // delivery already knows where its granter's hold came from.
+  absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> imported_via;
 };
 
 // An open grant. `view` is what the allocator decided at Share (decide.h's

@@ -498,6 +498,24 @@ TEST_F(RegistryTest, AnUndeliveredLiveImportLeavesNoRouteAndNoWiderRights) {
   EXPECT_TRUE(r->views.empty());
 }
 
+// A Share between an import and the noting of its view (another call of
+// the same session, racing) still knows where its granter's hold came
+// from: the revoke reaches it.
+TEST_F(RegistryTest, AShareRacingAnImportIsDerivedFromIt) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), accept).ok());  // no view noted yet
+  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(b_to_c.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());  // its import failed, say
+  ASSERT_TRUE(reg_.Revoke(kA, to_b->id(), true).ok());
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), accept).status().code(), StatusCode::kNotFound);
+}
+
 TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
   const uint64_t id = AddN(kA, 1)[0];
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
