@@ -114,6 +114,11 @@ absl::StatusOr<std::shared_ptr<Session>> Allocator::Authenticate(
 
 // --- Allocation ------------------------------------------------------------
 
+uint64_t Allocator::PlannedBytes(const v1::AllocateRequest& req) const {
+  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count(), nullptr);
+  return plan.ok() ? plan->size * plan->count : 0;
+}
+
 absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     const v1::BufferDescriptor& desc, uint32_t count,
     const Identity* caller) const {

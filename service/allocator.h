@@ -87,6 +87,9 @@ class Allocator {
   // descriptor and the backend are judged.
   v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req,
                                       const Session* session) const;
+  // Bytes `req` would allocate (all its buffers, each rounded to pages),
+  // from the same plan as Allocate; 0 when the descriptor is refused.
+  uint64_t PlannedBytes(const v1::AllocateRequest& req) const;
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
   absl::StatusOr<v1::BufferInfo> Import(Session& session,
                                         absl::string_view token);

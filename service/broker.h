@@ -121,8 +121,8 @@ class Broker {
   // A fast-path Allocate and its answer (on the broker thread, or on the
   // slow lane's for a large one).
   //
-  // Fast-path allocations estimated at this many bytes or more (all their
-  // buffers) are made on the slow lane: a pool miss commits every page,
+  // Fast-path allocations of this many bytes or more (all their buffers;
+  // an image's as its layout has it) are made on the slow lane: a pool miss commits every page,
   // about 250 µs per MiB here, so 64 MiB inline would hold every other
   // client up ~16 ms, and 4 GiB about a second. What may wait there, in all
   // and per connection (more: RESOURCE_EXHAUSTED).

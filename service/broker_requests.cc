@@ -4,6 +4,7 @@
 #include "service/broker.h"
 
 #include <algorithm>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -15,16 +16,16 @@
 namespace halloc {
 namespace {
 
-// A generous estimate of what `req` allocates (an image at 8 bytes a
-// pixel): only which thread makes it depends on it.
-uint64_t EstimatedBytes(const v1::AllocateRequest& req) {
-  const v1::BufferDescriptor& d = req.desc();
-  uint64_t each = d.size();
-  if (d.has_image()) {
-    each = uint64_t{d.image().width()} * d.image().height() *
-           std::max<uint32_t>(d.image().layer_count(), 1) * 8;
-  }
-  return each * std::max<uint32_t>(req.count(), 1);
+// What `req` allocates: a blob's size is its own; an image's is the
+// layout's (strides, plane and row alignment: the core's plan), planned
+// only for images so that the common blob call pays nothing.
+uint64_t BytesOf(const v1::AllocateRequest& req, const Allocator& core) {
+  if (req.desc().has_image()) return core.PlannedBytes(req);
+  const uint64_t count = std::max<uint32_t>(req.count(), 1);
+  const uint64_t size = req.desc().size();
+  return size > std::numeric_limits<uint64_t>::max() / count
+             ? std::numeric_limits<uint64_t>::max()
+             : size * count;
 }
 
 constexpr absl::string_view kMalformedRequest =
@@ -143,7 +144,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
-      if (EstimatedBytes(req.allocate()) < kSlowLaneBytes) {
+      if (BytesOf(req.allocate(), *core_) < kSlowLaneBytes) {
         ServeAllocate(session, *caller, req, *conn.channel);
         return true;
       }

@@ -242,13 +242,18 @@ TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
   EXPECT_EQ(fds, 3u);
 }
 
-// A memfd backend whose allocations of 64 MiB or more wait for `open`.
+// A memfd backend whose allocations of 64 MiB or more say they began
+// (`entered`) and then wait for `open`.
 class GatedBackend : public Backend {
  public:
-  explicit GatedBackend(absl::Notification* open) : open_(open) {}
+  GatedBackend(absl::Notification* entered, absl::Notification* open)
+      : entered_(entered), open_(open) {}
   absl::string_view name() const override { return inner_.name(); }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
-    if (r.size >= (uint64_t{64} << 20)) open_->WaitForNotification();
+    if (r.size >= (uint64_t{64} << 20)) {
+      entered_->Notify();
+      open_->WaitForNotification();
+    }
     return inner_.Allocate(r);
   }
   bool CanEnforce(CpuAccess a) const override { return inner_.CanEnforce(a); }
@@ -258,6 +263,7 @@ class GatedBackend : public Backend {
   bool NeedsView(const ViewRights& r) const override { return inner_.NeedsView(r); }
 
  private:
+  absl::Notification* const entered_;
   absl::Notification* const open_;
   MemfdBackend inner_;
 };
@@ -283,11 +289,11 @@ absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
 // A large allocation is made off the broker thread: while one is being
 // committed (held here), another client's small one is answered at once.
 TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
-  absl::Notification open;
+  absl::Notification entered, open;
   absl::Cleanup opened = [&] {
     if (!open.HasBeenNotified()) open.Notify();
   };
-  Allocator core(std::make_unique<GatedBackend>(&open), Limits());
+  Allocator core(std::make_unique<GatedBackend>(&entered, &open), Limits());
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, &core);
   ASSERT_TRUE(broker.ok()) << broker.status();
@@ -297,7 +303,8 @@ TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
   size_t big_fds = 0, small_fds = 0;
   std::thread big_client(
       [&] { EXPECT_TRUE(AllocateOn(big->fd.get(), uint64_t{64} << 20, &big_fds).ok()); });
-  absl::SleepFor(absl::Milliseconds(50));  // its request is in
+  // The large allocation is being made (and held) before the small one is asked.
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
   absl::Status s = AllocateOn(small->fd.get(), 4096, &small_fds);
   EXPECT_TRUE(s.ok()) << s << " (the broker thread waited for the large allocation)";
   EXPECT_EQ(small_fds, 1u);

@@ -78,7 +78,7 @@ absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n) {
       last = now;
       Refresh(c.uid);
     }
-    if (!Fits(c.uid, n) && now - refreshed_all_ >= kRefreshEvery) {
+    if (total_ + n > total_limit_ && now - refreshed_all_ >= kRefreshEvery) {
       refreshed_all_ = now;
       Refresh(std::nullopt);
     }

@@ -77,8 +77,11 @@ TEST(WorkQueueTest, DestroyingDropsWhatWaits) {
   ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(q->Post(1, [&, capture] { ran_queued = true; }).ok());
   EXPECT_EQ(capture.use_count(), 2);
+  WorkQueue* raw = q.get();
   std::thread destroy([&] { q.reset(); });
-  absl::SleepFor(absl::Milliseconds(20));
+  // Until the destructor has taken the queue (Post says it is shutting
+  // down), the running task holds it up; only then may the task end.
+  while (!absl::IsUnavailable(raw->Post(2, [] {}))) absl::SleepFor(absl::Milliseconds(1));
   release.Notify();
   destroy.join();
   EXPECT_TRUE(finished);
