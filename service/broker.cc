@@ -245,13 +245,17 @@ absl::Status Broker::Admit(uid_t uid) const {
   const uint32_t total =
       policy->max_sessions() != 0 ? policy->max_sessions() : DefaultMaxTotal();
   auto it = conns_per_uid_.find(uid);
-  const uint32_t mine = it == conns_per_uid_.end() ? 0 : it->second;
+  // Ended connections whose peers have not read what was sent on them keep
+  // their socket open in UnreadFds: they count until drained.
+  const uint32_t mine =
+      (it == conns_per_uid_.end() ? 0 : it->second) + unread_fds_->retired(uid);
   if (!admin && mine >= per_uid) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", uid, " holds ", mine, " connections to hallocd; the limit per uid is ",
-        per_uid, " (policy sessions.max_per_uid)"));
+        "uid ", uid, " holds ", mine, " connections to hallocd (ended ones with fds "
+        "unread included); the limit per uid is ", per_uid,
+        " (policy sessions.max_per_uid)"));
   }
-  if (conns_.size() >= total + (admin ? kAdminReserve : 0)) {
+  if (conns_.size() + unread_fds_->retired() >= total + (admin ? kAdminReserve : 0)) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "hallocd holds ", conns_.size(), " connections; the limit is ", total,
         " (policy sessions.max_total)"));

@@ -125,6 +125,8 @@ void UnreadFds::Retire(uint64_t handle, UniqueFd sock) {
     return;
   }
   c.retired = std::move(sock);
+  ++retired_by_uid_[c.uid];
+  ++retired_;
 }
 
 size_t UnreadFds::Sweep() {
@@ -138,6 +140,10 @@ size_t UnreadFds::Sweep() {
     }
     Trim(c);
     if (c.unread == 0) {
+      if (auto r = retired_by_uid_.find(c.uid); r != retired_by_uid_.end() && --r->second == 0) {
+        retired_by_uid_.erase(r);
+      }
+      --retired_;
       conns_.erase(it++);
     } else {
       ++left;
@@ -156,6 +162,17 @@ uint64_t UnreadFds::unread(uid_t uid) const {
 uint64_t UnreadFds::total() const {
   absl::MutexLock lock(&mu_);
   return total_;
+}
+
+uint32_t UnreadFds::retired(uid_t uid) const {
+  absl::MutexLock lock(&mu_);
+  auto it = retired_by_uid_.find(uid);
+  return it == retired_by_uid_.end() ? 0 : it->second;
+}
+
+uint32_t UnreadFds::retired() const {
+  absl::MutexLock lock(&mu_);
+  return retired_;
 }
 
 }  // namespace halloc

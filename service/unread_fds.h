@@ -82,6 +82,9 @@ class UnreadFds {
 
   uint64_t unread(uid_t uid) const;
   uint64_t total() const;
+  // Retired connections still held open: of `uid`, or of everyone.
+  uint32_t retired(uid_t uid) const;
+  uint32_t retired() const;
 
  private:
   // The least memory the kernel charges for one record on a Unix socket
@@ -113,6 +116,8 @@ class UnreadFds {
   absl::flat_hash_map<uint64_t, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uid_t, uint64_t> by_uid_ ABSL_GUARDED_BY(mu_);
   uint64_t total_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uid_t, uint32_t> retired_by_uid_ ABSL_GUARDED_BY(mu_);
+  uint32_t retired_ ABSL_GUARDED_BY(mu_) = 0;
   // When each uid's connections (and all, for the total) were last looked at.
   absl::flat_hash_map<uid_t, absl::Time> refreshed_ ABSL_GUARDED_BY(mu_);
   absl::Time refreshed_all_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -141,6 +141,9 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
     u.Retire(h, std::move(p.daemon));
     EXPECT_EQ(u.unread(1000), 4u);
     EXPECT_EQ(u.Sweep(), 1u);
+    EXPECT_EQ(u.retired(1000), 1u) << "counts as a connection of its uid";
+    EXPECT_EQ(u.retired(2000), 0u);
+    EXPECT_EQ(u.retired(), 1u);
     Pair other = Connected();
     EXPECT_EQ(u.Reserve(u.Open(other.daemon.get(), 1000), 1).code(),
               StatusCode::kResourceExhausted);
@@ -151,6 +154,8 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
     }
     EXPECT_EQ(u.Sweep(), 0u);
     EXPECT_EQ(u.unread(1000), 0u);
+    EXPECT_EQ(u.retired(1000), 0u);
+    EXPECT_EQ(u.retired(), 0u);
   }
   // Retired with nothing unread: closed at once.
   Pair p = Connected();
