@@ -131,7 +131,10 @@ class Broker {
   static constexpr size_t kSlowLanePerConnection = 4;
   void ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                      SocketFdChannel& conn);
-  void Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds = {});
+  // One reply record (no fds) on a connection; SendReply says how it went,
+  // Reply warns (rate-limited) when it did not go.
+  static absl::Status SendReply(SocketFdChannel& channel, v1::BrokerReply reply);
+  void Reply(Conn& conn, v1::BrokerReply reply);
   static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
   void Close(uint64_t key);
   void ExpireHandshakes();

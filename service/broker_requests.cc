@@ -93,11 +93,14 @@ void Broker::OnReadable(uint64_t key) {
   Close(key);  // peer closed, or an error on its socket
 }
 
-void Broker::Reply(Conn& conn, v1::BrokerReply reply, absl::Span<const int> fds) {
+absl::Status Broker::SendReply(SocketFdChannel& channel, v1::BrokerReply reply) {
   v1::BrokerFrame frame;
   *frame.mutable_reply() = std::move(reply);
-  absl::Status s = SendRecord(conn.sock(), frame.SerializeAsString(), fds, true);
-  if (!s.ok()) {
+  return channel.SendCounted(frame.SerializeAsString(), {});
+}
+
+void Broker::Reply(Conn& conn, v1::BrokerReply reply) {
+  if (absl::Status s = SendReply(*conn.channel, std::move(reply)); !s.ok()) {
     Warn("reply", absl::StrCat("cannot reply to pid ", conn.peer.pid, ": ", s.message()));
   }
 }
@@ -179,9 +182,7 @@ void Broker::ServeAllocate(Session& session, const Identity& caller,
       core_->Allocate(session, caller, req.allocate(), channel);
   if (r.ok()) return;
   AuditFailure("broker", "Allocate", &session, &caller, r.status());
-  v1::BrokerFrame frame;
-  *frame.mutable_reply() = ErrorReply(req.request_id(), r.status());
-  if (absl::Status s = conn.SendCounted(frame.SerializeAsString(), {}); !s.ok()) {
+  if (absl::Status s = SendReply(conn, ErrorReply(req.request_id(), r.status())); !s.ok()) {
     Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
 }
