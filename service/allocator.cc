@@ -218,13 +218,16 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &caller));
   const AllocateDecision& decision = *plan.decision;
   // Judged now, and again when committing (other sessions of the client
-  // race us).
+  // race us). The registry may judge twice (after settling released
+  // memory): a refusal is counted once, from what it returns.
   auto quota = [&](uint64_t buffers, uint64_t bytes) {
-    return Counted(CheckQuota(*decision.rule, caller.uid, buffers, bytes,
-                              plan.count, plan.size));
+    return CheckQuota(*decision.rule, caller.uid, buffers, bytes, plan.count,
+                      plan.size);
   };
-  RETURN_IF_ERROR(
-      registry_.CheckRoom(session.id(), plan.count, decision.quota_key, quota));
+  RETURN_IF_ERROR(Counted(
+      registry_.CheckRoom(session.id(), plan.count, decision.quota_key, quota)));
+  const bool charge_until_gone =
+      decision.charge_until_gone && backend_->ObservesLastReference();
   // Memory comes from the backend outside every lock.
   std::vector<std::shared_ptr<BufferRecord>> fresh;
   fresh.reserve(plan.count);
@@ -240,12 +243,13 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     buffer->owner_uid = caller.uid;
     buffer->owner_client = decision.rule->name;
     buffer->charged_to = decision.quota_key;
+    buffer->charge_until_gone = charge_until_gone;
     buffer->fd = std::move(fd);
     fresh.push_back(std::move(buffer));
   }
   v1::AllocateResponse resp;
-  RETURN_IF_ERROR(
-      registry_.Add(session.id(), fresh, plan.owner_access, quota, &resp));
+  RETURN_IF_ERROR(Counted(
+      registry_.Add(session.id(), fresh, plan.owner_access, quota, &resp)));
   // fds go out before the reply, so the client never waits for them; all
   // in one record, so a failure leaves none of them with the client.
   std::vector<const BufferRecord*> items;
@@ -353,7 +357,7 @@ absl::StatusOr<v1::ListResponse> Allocator::List(Session& session,
   return registry_.List(session.id(), all);
 }
 
-v1::StatsResponse Allocator::Stats() const {
+v1::StatsResponse Allocator::Stats() {
   v1::StatsResponse s;
   registry_.FillStats(&s);
   s.set_sessions(sessions_.size());
@@ -372,7 +376,7 @@ v1::StatsResponse Allocator::Stats() const {
   return s;
 }
 
-absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session) const {
+absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session) {
   RETURN_IF_ERROR(CheckOperator(session, "Dump"));
   std::shared_ptr<const Policy> pol = policy();
   v1::DumpResponse resp;

@@ -80,8 +80,8 @@ class Allocator {
   absl::Status Release(Session& session, const v1::ReleaseRequest& req);
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
   absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;
-  v1::StatsResponse Stats() const;
-  absl::StatusOr<v1::DumpResponse> Dump(Session& session) const;
+  v1::StatsResponse Stats();
+  absl::StatusOr<v1::DumpResponse> Dump(Session& session);
   // Same checks as Allocate, through the same code (Plan), no memory. With
   // a session, its policy rule applies as well; without one, only the
   // descriptor and the backend are judged.

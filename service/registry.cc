@@ -34,6 +34,10 @@ absl::Status NotHeld(uint64_t id) {
 
 }  // namespace
 
+BufferRecord::~BufferRecord() {
+  if (gone_watch != nullptr && fd) gone_watch->Follow(fd.get(), id);
+}
+
 Registry::Registry(std::string backend, uint64_t max_buffers_per_session)
     : backend_(std::move(backend)),
       max_buffers_per_session_(max_buffers_per_session) {}
@@ -61,22 +65,54 @@ void Registry::Leave(uint64_t session_id) {
 
 // --- Allocation and release ------------------------------------------------
 
-absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
-                                       const std::string& quota_key,
-                                       QuotaJudge quota) const {
-  if (holding.buffers.size() + count > max_buffers_per_session_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("session holds ", holding.buffers.size(),
-                     " buffers; limit is ", max_buffers_per_session_));
-  }
+absl::Status Registry::JudgeLocked(const std::string& quota_key,
+                                   QuotaJudge quota) const {
   auto c = charged_.find(quota_key);
   return c == charged_.end() ? quota(0, 0)
                              : quota(c->second.first, c->second.second);
 }
 
+absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
+                                       const std::string& quota_key,
+                                       QuotaJudge quota) {
+  if (holding.buffers.size() + count > max_buffers_per_session_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session holds ", holding.buffers.size(),
+                     " buffers; limit is ", max_buffers_per_session_));
+  }
+  absl::Status judged = JudgeLocked(quota_key, quota);
+  if (judged.ok() || lingering_.empty()) return judged;
+  // Some of the released memory charged may be gone by now.
+  SettleLocked();
+  return JudgeLocked(quota_key, quota);
+}
+
+void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
+  auto c = charged_.find(quota_key);
+  if (c == charged_.end()) return;
+  c->second.first -= 1;
+  c->second.second -= bytes;
+  if (c->second.first == 0) charged_.erase(c);
+}
+
+void Registry::SettleLocked() {
+  // Buffers dropped so far have their daemon fd closed (and are followed)
+  // first: a client that closed its fds before its Release is not refused
+  // for memory that goes the moment hallocd's own fd does. The reaper
+  // takes no registry lock, so waiting here cannot deadlock.
+  reaper_.Flush();
+  for (uint64_t id : gone_watch_->TakeGone()) {
+    auto it = lingering_.find(id);
+    if (it == lingering_.end()) continue;
+    UnchargeLocked(it->second.charged_to, it->second.size);
+    lingering_bytes_ -= it->second.size;
+    lingering_.erase(it);
+  }
+}
+
 absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
                                  const std::string& quota_key,
-                                 QuotaJudge quota) const {
+                                 QuotaJudge quota) {
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
@@ -141,10 +177,13 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
                                      buffer.grants.end());
   for (uint64_t g : grants) DropGrant(g);
   live_bytes_ -= buffer.size;
-  if (auto c = charged_.find(buffer.charged_to); c != charged_.end()) {
-    c->second.first -= 1;
-    c->second.second -= buffer.size;
-    if (c->second.first == 0) charged_.erase(c);
+  if (buffer.charge_until_gone) {
+    // Charged until its memory is gone (the reaper has it followed).
+    buffer.gone_watch = gone_watch_;
+    lingering_.emplace(buffer.id, Lingering{buffer.charged_to, buffer.size});
+    lingering_bytes_ += buffer.size;
+  } else {
+    UnchargeLocked(buffer.charged_to, buffer.size);
   }
   ++releases_total_;
   reaper_.Add(std::move(it->second));
@@ -443,13 +482,17 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
   return resp;
 }
 
-void Registry::FillStats(v1::StatsResponse* s) const {
+void Registry::FillStats(v1::StatsResponse* s) {
   absl::MutexLock lock(&mu_);
+  if (!lingering_.empty()) SettleLocked();
   s->set_live_buffers(buffers_.size());
   s->set_live_bytes(live_bytes_);
   s->set_grants(grants_.size());
   s->set_allocations_total(allocations_total_);
   s->set_releases_total(releases_total_);
+  s->set_released_held_buffers(lingering_.size());
+  s->set_released_held_bytes(lingering_bytes_);
+  s->set_released_unwatched_total(gone_watch_->unwatched());
   v1::BackendStats* b = s->add_backends();
   b->set_name(backend_);
   b->set_live_buffers(buffers_.size());
@@ -467,8 +510,9 @@ void Registry::FillStats(v1::StatsResponse* s) const {
   }
 }
 
-void Registry::FillDump(v1::DumpResponse* dump) const {
+void Registry::FillDump(v1::DumpResponse* dump) {
   absl::MutexLock lock(&mu_);
+  if (!lingering_.empty()) SettleLocked();
   for (const auto& [id, holding] : holdings_) {
     v1::SessionUsage* u = dump->add_sessions();
     u->set_session_id(id);

@@ -14,6 +14,14 @@
 // lives while any session holds it; its daemon fd is then closed on a
 // Reaper thread, outside the lock.
 //
+// Released memory. A dropped buffer's charge goes back to its client at
+// once, unless the buffer is `charge_until_gone`: then it stays charged
+// until no fd or mapping of it is left in any process (the client may keep
+// its fd or mapping past Release, or have passed it on). The reaper has a
+// LastReferenceWatch follow it as it closes the daemon's fd; the charge is
+// settled when a quota would refuse (so a refusal never counts memory that
+// is gone), and for Stats and Dump.
+//
 // Thread-safe.
 #ifndef HALLOC_SERVICE_REGISTRY_H_
 #define HALLOC_SERVICE_REGISTRY_H_
@@ -37,6 +45,7 @@
 #include "halloc/v1/allocator.pb.h"
 #include "service/policy/decide.h"
 #include "service/policy/policy.h"
+#include "service/util/last_reference.h"
 #include "service/util/reaper.h"
 
 namespace halloc {
@@ -74,6 +83,18 @@ struct BufferRecord {
   // buffer through, noted at Import itself: a Share racing the import's
   // delivery already knows where its granter's hold came from.
   absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> imported_via;
+  // Set by the allocator (its decision and the backend say so): once
+  // nobody holds it, the buffer stays charged until no fd or mapping of
+  // it is left anywhere (Registry: "Released memory").
+  bool charge_until_gone = false;
+
+  BufferRecord() = default;
+  BufferRecord(const BufferRecord&) = delete;
+  BufferRecord& operator=(const BufferRecord&) = delete;
+  // Closes `fd`; first, when the registry dropped it still charged, has
+  // `gone_watch` follow its memory (token: `id`).
+  ~BufferRecord();
+  std::shared_ptr<LastReferenceWatch> gone_watch;  // set by the registry
 };
 
 // An open grant. `view` is what the allocator decided at Share (decide.h's
@@ -116,7 +137,7 @@ class Registry {
   // Whether `session_id` may take `count` more buffers: its own limit,
   // then `quota` on `quota_key`'s charge. Nothing changes.
   absl::Status CheckRoom(uint64_t session_id, uint32_t count,
-                         const std::string& quota_key, QuotaJudge quota) const;
+                         const std::string& quota_key, QuotaJudge quota);
   // Checks room again and adds `fresh` (each charged to its charged_to)
   // held by `session_id` with `access`, assigning ids; appends each one's
   // info to `reply`. All or nothing; UNAUTHENTICATED once the session left.
@@ -196,12 +217,12 @@ class Registry {
   absl::StatusOr<v1::BufferInfo> Describe(uint64_t session_id,
                                           uint64_t buffer_id) const;
   v1::ListResponse List(uint64_t session_id, bool all) const;
-  // Counters into `stats` (live buffers/bytes, grants, totals, per-client
-  // rows, the backend row).
-  void FillStats(v1::StatsResponse* stats) const;
+  // Counters into `stats` (live buffers/bytes, released memory still
+  // charged, grants, totals, per-client rows, the backend row).
+  void FillStats(v1::StatsResponse* stats);
   // Sessions' holdings and clients' charges; client names and quotas are
   // the policy's, filled in by the caller.
-  void FillDump(v1::DumpResponse* dump) const;
+  void FillDump(v1::DumpResponse* dump);
 
   // Returns once every buffer dropped so far has had its fd closed.
   void FlushReaper() { reaper_.Flush(); }
@@ -215,10 +236,17 @@ class Registry {
 
   v1::BufferInfo Info(const BufferRecord& buffer, uint64_t session_id,
                       bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The session's own limit, then `quota` on `quota_key`'s charge (again
+  // after settling released memory, should it refuse).
   absl::Status CheckRoomLocked(const Holding& holding, uint32_t count,
-                               const std::string& quota_key,
-                               QuotaJudge quota) const
+                               const std::string& quota_key, QuotaJudge quota)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status JudgeLocked(const std::string& quota_key, QuotaJudge quota) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void UnchargeLocked(const std::string& quota_key, uint64_t bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns the charges of released memory that is gone by now.
+  void SettleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The holding's buffer `id`, or NOT_FOUND.
   absl::StatusOr<BufferRecord*> Held(const Holding& holding, uint64_t id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -246,6 +274,15 @@ class Registry {
   absl::flat_hash_map<std::string, uint64_t> allocated_ ABSL_GUARDED_BY(mu_);
   uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
+  // Released memory still charged, by buffer id (the watch's token).
+  struct Lingering {
+    std::string charged_to;
+    uint64_t size = 0;
+  };
+  absl::flat_hash_map<uint64_t, Lingering> lingering_ ABSL_GUARDED_BY(mu_);
+  uint64_t lingering_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  const std::shared_ptr<LastReferenceWatch> gone_watch_ =
+      std::make_shared<LastReferenceWatch>();
 
   // Dropped buffers are closed here, off the request path and outside mu_
   // (closing the last fd of a large buffer frees its pages).

@@ -69,6 +69,13 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
       "releases      %d (since start)\n",
       s.live_buffers(), s.live_bytes(), s.sessions(), s.grants(),
       s.allocations_total(), s.releases_total());
+  if (s.released_held_buffers() != 0 || s.released_unwatched_total() != 0) {
+    out << absl::StreamFormat(
+        "released, still held  %d buffers, %d bytes (charged until gone; "
+        "%d not followed)\n",
+        s.released_held_buffers(), s.released_held_bytes(),
+        s.released_unwatched_total());
+  }
   for (const v1::BackendStats& b : s.backends()) {
     out << absl::StreamFormat("backend %-8s %d buffers, %d bytes\n", b.name(),
                               b.live_buffers(), b.live_bytes());

@@ -91,6 +91,12 @@ class Backend {
     return rights.cpu != CpuAccess::kReadWrite;
   }
 
+  // Whether LastReferenceWatch (service/util/last_reference.h) can tell
+  // when no fd or mapping of a buffer is left anywhere: true for memfds,
+  // whose inode has no link; a dma-buf's has one. hallocd then keeps a
+  // released buffer charged to its owner until then. Decorators forward it.
+  virtual bool ObservesLastReference() const { return false; }
+
   // Live revoke: whether a view this backend opens can be cut off later,
   // mappings and all, in every process that holds it (the halloc module's
   // HALLOC_IOCTL_REVOKE). Decorators must forward it and the two below.

@@ -44,6 +44,10 @@ class MemfdBackend : public Backend {
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     const ViewRights& rights) override;
   bool CanLimitAttach() const override { return !udmabuf_present_; }
+  // A memfd's last fd or mapping is observable. (Where udmabuf exists, a
+  // dma-buf made from the memfd holds its pages without holding its file:
+  // that memory is then followed only as far as fds and mappings go.)
+  bool ObservesLastReference() const override { return true; }
 
  private:
   bool udmabuf_present_;

@@ -112,6 +112,9 @@ class PooledBackend : public Backend {
     return inner_->NeedsView(rights);
   }
   bool CanRevokeLive() const override { return inner_->CanRevokeLive(); }
+  bool ObservesLastReference() const override {
+    return inner_->ObservesLastReference();
+  }
   absl::StatusOr<RevocableView> OpenRevocableView(
       const UniqueFd& buffer, const ViewRights& rights) override {
     return inner_->OpenRevocableView(buffer, rights);

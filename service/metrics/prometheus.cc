@@ -82,6 +82,15 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
   Family(&out, "halloc_releases_total", "counter",
          "Buffers freed since start.")
       .Sample(s.releases_total());
+  Family(&out, "halloc_released_held_buffers", "gauge",
+         "Released buffers whose memory a process still holds, still charged.")
+      .Sample(s.released_held_buffers());
+  Family(&out, "halloc_released_held_bytes", "gauge",
+         "Bytes of released buffers a process still holds, still charged.")
+      .Sample(s.released_held_bytes());
+  Family(&out, "halloc_released_unwatched_total", "counter",
+         "Released buffers that could not be followed (charge returned at once).")
+      .Sample(s.released_unwatched_total());
 
   // Per-client rows: one family each, a sample per client and uid.
   struct ClientFamily {

@@ -72,6 +72,7 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Iden
   d.owner_access = Narrower(ask.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
   d.quota_key = absl::StrCat(rule.name, "/", caller.uid);
+  d.charge_until_gone = rule.quota_buffers != 0 || rule.quota_bytes != 0;
   return d;
 }
 

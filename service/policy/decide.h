@@ -47,6 +47,10 @@ struct AllocateDecision {
   std::optional<std::vector<std::string>> attach;
   // What the buffers are charged to: "rule/uid".
   std::string quota_key;
+  // Whether the rule has a quota: a released buffer then stays charged
+  // while any fd or mapping of it is left (where the backend can tell),
+  // else release, map and repeat would hold memory past any quota.
+  bool charge_until_gone = false;
 };
 
 absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Identity& caller,

@@ -50,11 +50,13 @@ TEST(DecideAllocateTest, GrantsWithinTheRuleAndSaysWhatToApply) {
   EXPECT_EQ(d->quota_key, "camera/1001");
   ASSERT_TRUE(d->attach.has_value());
   EXPECT_EQ(*d->attach, std::vector<std::string>{"vivid"});
+  EXPECT_TRUE(d->charge_until_gone) << "camera has quotas";
   // "*" admits any device.
   d = DecideAllocate(*p, Uid(1002), {Usage("gpu_texture"), 4096, "halloc", CpuAccess::kRead});
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_FALSE(d->attach.has_value());
   EXPECT_EQ(d->owner_access, CpuAccess::kRead);
+  EXPECT_FALSE(d->charge_until_gone) << "compositor has no quota to keep";
 }
 
 TEST(DecideAllocateTest, EachRefusalNamesItsRule) {

@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -423,6 +424,41 @@ TEST_F(AbuseTest, FdsCutByTheClientsFdLimitAreGivenBack) {
   }
   EXPECT_EQ(Stats().live_buffers(), 0u);
   EXPECT_EQ(Stats().allocations_total(), 2u);
+}
+
+TEST_F(AbuseTest, ReleasingWhileKeepingTheMemoryCannotGoPastTheQuota) {
+  // Allocate, keep the fd (or a mapping), Release, repeat: before, each
+  // Release gave the charge back and memory grew without bound.
+  StartDaemon("clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+              "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 2 }\n");
+  absl::StatusOr<Client> c = Client::Connect(opts_);
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::vector<UniqueFd> kept;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Buffer> b = c->Allocate(BlobDescriptor(1 << 16));
+    ASSERT_TRUE(b.ok()) << b.status();
+    absl::StatusOr<UniqueFd> fd = b->TakeFd();
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    kept.push_back(*std::move(fd));
+    ASSERT_TRUE(c->Release(b->id()).ok());
+  }
+  absl::StatusOr<Buffer> more = c->Allocate(BlobDescriptor(1 << 16));
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted) << more.status();
+  v1::StatsResponse s = Stats();
+  EXPECT_EQ(s.live_buffers(), 0u);
+  EXPECT_EQ(s.released_held_buffers(), 2u);
+  EXPECT_EQ(s.released_held_bytes(), 2u << 16);
+  // A mapping is a reference too: closing the fd alone gives nothing back.
+  void* map = mmap(nullptr, 1 << 16, PROT_READ, MAP_SHARED, kept[0].get(), 0);
+  ASSERT_NE(map, MAP_FAILED);
+  kept[0].reset();
+  more = c->Allocate(BlobDescriptor(1 << 16));
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted) << more.status();
+  ASSERT_EQ(munmap(map, 1 << 16), 0);
+  more = c->Allocate(BlobDescriptor(1 << 16));
+  EXPECT_TRUE(more.ok()) << "its memory is gone: " << more.status();
+  kept.clear();
+  EXPECT_EQ(Stats().released_held_buffers(), 0u);
 }
 
 }  // namespace

@@ -1,0 +1,134 @@
+// The registry's released memory: a buffer nobody holds stays charged to
+// its owner while any fd or mapping of it is left (registry.h).
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "service/registry.h"
+
+namespace halloc {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kA = 10;
+
+// At most one buffer per client.
+absl::Status OneBuffer(uint64_t buffers, uint64_t) {
+  if (buffers + 1 > 1) {
+    return absl::ResourceExhaustedError(absl::StrCat("owns ", buffers));
+  }
+  return absl::OkStatus();
+}
+
+class ReleasedMemoryTest : public ::testing::Test {
+ protected:
+  ReleasedMemoryTest() : reg_("memfd", /*max_buffers_per_session=*/8) {
+    Identity id;
+    id.uid = 1;
+    id.pid = 101;
+    reg_.Join(kA, id);
+  }
+
+  // A one-page buffer added for kA under OneBuffer; its id, or 0.
+  uint64_t Add(bool charge_until_gone, UniqueFd* client_copy = nullptr) {
+    auto b = std::make_shared<BufferRecord>();
+    b->name = "t";
+    b->size = kPage;
+    b->owner_client = "app";
+    b->charged_to = "app/1";
+    b->charge_until_gone = charge_until_gone;
+    b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
+    EXPECT_EQ(::ftruncate(b->fd.get(), kPage), 0);
+    // What a client would get: the same open file.
+    if (client_copy != nullptr) *client_copy = UniqueFd(::dup(b->fd.get()));
+    v1::AllocateResponse reply;
+    absl::Status s = reg_.Add(kA, {b}, CpuAccess::kReadWrite, OneBuffer, &reply);
+    last_ = s;
+    return s.ok() ? b->id : 0;
+  }
+
+  v1::StatsResponse Stats() {
+    v1::StatsResponse s;
+    reg_.FillStats(&s);
+    return s;
+  }
+
+  Registry reg_;
+  absl::Status last_;
+};
+
+TEST_F(ReleasedMemoryTest, StaysChargedWhileTheClientKeepsItsFd) {
+  UniqueFd kept;
+  const uint64_t id = Add(true, &kept);
+  ASSERT_NE(id, 0u) << last_;
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  EXPECT_EQ(Add(true), 0u) << "the kept fd still holds a page of the quota";
+  EXPECT_EQ(last_.code(), absl::StatusCode::kResourceExhausted) << last_;
+  v1::StatsResponse s = Stats();
+  EXPECT_EQ(s.live_buffers(), 0u);
+  EXPECT_EQ(s.released_held_buffers(), 1u);
+  EXPECT_EQ(s.released_held_bytes(), kPage);
+  ASSERT_EQ(s.clients_size(), 1);
+  EXPECT_EQ(s.clients(0).buffers(), 1u) << "still charged";
+
+  kept.reset();
+  EXPECT_NE(Add(true), 0u) << "gone with the last fd: " << last_;
+  EXPECT_EQ(Stats().released_held_buffers(), 0u);
+}
+
+TEST_F(ReleasedMemoryTest, AMappingKeepsTheChargeAfterEveryFdIsClosed) {
+  UniqueFd kept;
+  const uint64_t id = Add(true, &kept);
+  ASSERT_NE(id, 0u) << last_;
+  void* map = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED,
+                     kept.get(), 0);
+  ASSERT_NE(map, MAP_FAILED);
+  kept.reset();
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  EXPECT_EQ(Add(true), 0u) << "mapped memory is still memory";
+  ASSERT_EQ(::munmap(map, kPage), 0);
+  EXPECT_NE(Add(true), 0u) << last_;
+}
+
+TEST_F(ReleasedMemoryTest, MemoryNobodyElseHoldsIsNotChargedAfterRelease) {
+  // The client closed its fd first (the usual order): only hallocd's own
+  // fd, closed on the reaper thread a moment later, was left. The next
+  // Allocate right after the Release must fit.
+  for (int round = 0; round < 20; ++round) {
+    const uint64_t id = Add(true);
+    ASSERT_NE(id, 0u) << "round " << round << ": " << last_;
+    ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  }
+  EXPECT_EQ(Stats().released_held_buffers(), 0u);
+}
+
+TEST_F(ReleasedMemoryTest, WithoutChargeUntilGoneTheChargeGoesAtRelease) {
+  UniqueFd kept;
+  const uint64_t id = Add(false, &kept);
+  ASSERT_NE(id, 0u) << last_;
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  EXPECT_NE(Add(false), 0u) << last_;
+  EXPECT_EQ(Stats().released_held_buffers(), 0u);
+}
+
+TEST_F(ReleasedMemoryTest, LeavingReleasesButKeepsTheChargeOfWhatIsKept) {
+  UniqueFd kept;
+  ASSERT_NE(Add(true, &kept), 0u) << last_;
+  reg_.Leave(kA);
+  Identity id;
+  id.uid = 1;
+  reg_.Join(kA + 1, id);
+  v1::StatsResponse s = Stats();
+  EXPECT_EQ(s.released_held_buffers(), 1u);
+  kept.reset();
+  EXPECT_EQ(Stats().released_held_buffers(), 0u);
+  EXPECT_EQ(Stats().clients(0).buffers(), 0u);
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,134 @@
+#include "service/util/last_reference.h"
+
+#include <fcntl.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+#include <glog/logging.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "service/util/log_limit.h"
+
+namespace halloc {
+namespace {
+
+// The kernel's default, should /proc not say.
+constexpr size_t kDefaultQueuedEvents = 16384;
+
+size_t WatchesPerInstance() {
+  size_t queued = 0;
+  std::ifstream in("/proc/sys/fs/inotify/max_queued_events");
+  if (!(in >> queued) || queued < 4) queued = kDefaultQueuedEvents;
+  // Two events per watch, and one slot to spare for IN_Q_OVERFLOW itself.
+  return (queued - 1) / 2;
+}
+
+LogLimiter& Limiter() {
+  static LogLimiter* limiter = new LogLimiter(2);
+  return *limiter;
+}
+
+}  // namespace
+
+LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance)
+    : per_instance_(watches_per_instance != 0 ? watches_per_instance
+                                              : WatchesPerInstance()) {}
+
+LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
+  for (Instance& instance : instances_) {
+    if (instance.watches < per_instance_) return &instance;
+  }
+  if (instances_.size() >= kMaxInstances) return nullptr;
+  UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  if (!fd) return nullptr;
+  instances_.push_back(Instance{std::move(fd)});
+  return &instances_.back();
+}
+
+void LastReferenceWatch::Follow(int fd, uint64_t token) {
+  char path[32];
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  absl::MutexLock lock(&mu_);
+  Instance* instance = RoomLocked();
+  if (instance == nullptr) {
+    // Full: events read now may free watches.
+    DrainLocked();
+    instance = RoomLocked();
+  }
+  int err = ENOSPC;
+  if (instance != nullptr) {
+    const int wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
+    if (wd >= 0) {
+      auto [it, fresh] = instance->tokens.try_emplace(wd);
+      it->second.push_back(token);
+      if (fresh) ++instance->watches;
+      ++following_;
+      return;
+    }
+    err = errno;
+  }
+  ++unwatched_;
+  gone_.push_back(token);
+  if (uint64_t dropped; Limiter().Allow("last_reference", &dropped)) {
+    LOG(WARNING) << "cannot follow released memory (" << std::strerror(err)
+                 << "): its charge is returned at once"
+                 << LogLimiter::Dropped(dropped);
+  }
+}
+
+void LastReferenceWatch::DrainLocked() {
+  alignas(inotify_event) char buf[4096];
+  for (Instance& instance : instances_) {
+    if (instance.watches == 0) continue;
+    for (;;) {
+      const ssize_t n = ::read(instance.fd.get(), buf, sizeof(buf));
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        break;  // EAGAIN: nothing more
+      }
+      for (ssize_t at = 0; at < n;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(buf + at);
+        at += sizeof(inotify_event) + event->len;
+        if (event->mask & IN_Q_OVERFLOW) {
+          // Cannot happen with per_instance_ watches; should it, the
+          // charges stay (safe side) and the log says so.
+          LOG(ERROR) << "inotify queue overflowed: released memory may stay charged";
+          continue;
+        }
+        auto it = instance.tokens.find(event->wd);
+        if (event->mask & (IN_DELETE_SELF | IN_IGNORED)) {
+          if (it != instance.tokens.end()) {
+            following_ -= it->second.size();
+            gone_.insert(gone_.end(), it->second.begin(), it->second.end());
+            instance.tokens.erase(it);
+          }
+        }
+        if (event->mask & IN_IGNORED) --instance.watches;
+      }
+    }
+  }
+}
+
+std::vector<uint64_t> LastReferenceWatch::TakeGone() {
+  absl::MutexLock lock(&mu_);
+  DrainLocked();
+  std::vector<uint64_t> gone;
+  gone.swap(gone_);
+  return gone;
+}
+
+size_t LastReferenceWatch::following() const {
+  absl::MutexLock lock(&mu_);
+  return following_;
+}
+
+uint64_t LastReferenceWatch::unwatched() const {
+  absl::MutexLock lock(&mu_);
+  return unwatched_;
+}
+
+}  // namespace halloc

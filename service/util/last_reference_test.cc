@@ -1,0 +1,143 @@
+#include "service/util/last_reference.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+UniqueFd Memfd(size_t size = 4096) {
+  UniqueFd fd(::memfd_create("last_reference_test", MFD_CLOEXEC));
+  EXPECT_TRUE(fd.is_valid());
+  EXPECT_EQ(::ftruncate(fd.get(), size), 0);
+  return fd;
+}
+
+TEST(LastReferenceWatchTest, ReportsGoneAtTheLastCloseOnly) {
+  LastReferenceWatch watch;
+  UniqueFd fd = Memfd();
+  UniqueFd other(::dup(fd.get()));
+  watch.Follow(fd.get(), 7);
+  fd.reset();
+  EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "a dup still holds it";
+  EXPECT_EQ(watch.following(), 1u);
+  other.reset();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(7u));
+  EXPECT_EQ(watch.following(), 0u);
+  EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "reported once";
+}
+
+TEST(LastReferenceWatchTest, AMappingKeepsItUntilUnmapped) {
+  LastReferenceWatch watch;
+  UniqueFd fd = Memfd();
+  void* map = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  ASSERT_NE(map, MAP_FAILED);
+  watch.Follow(fd.get(), 1);
+  fd.reset();
+  EXPECT_THAT(watch.TakeGone(), IsEmpty());
+  ASSERT_EQ(::munmap(map, 4096), 0);
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(1u));
+}
+
+TEST(LastReferenceWatchTest, AReopenedFileKeepsIt) {
+  // A view (or a client) may reopen the memfd through /proc: a new struct
+  // file for the same memory.
+  LastReferenceWatch watch;
+  UniqueFd fd = Memfd();
+  char path[32];
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd.get());
+  UniqueFd reopened(::open(path, O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(reopened.is_valid());
+  watch.Follow(fd.get(), 3);
+  fd.reset();
+  EXPECT_THAT(watch.TakeGone(), IsEmpty());
+  reopened.reset();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(3u));
+}
+
+TEST(LastReferenceWatchTest, AnotherProcessHoldingItKeepsIt) {
+  LastReferenceWatch watch;
+  UniqueFd fd = Memfd();
+  int go[2];
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Holds its inherited copy until the parent says.
+    char c;
+    ::close(go[1]);
+    (void)!::read(go[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  watch.Follow(fd.get(), 5);
+  fd.reset();
+  EXPECT_THAT(watch.TakeGone(), IsEmpty());
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(5u));
+}
+
+TEST(LastReferenceWatchTest, FullInstancesSpillIntoNewOnesAndReuseFreedRoom) {
+  // Two watches per instance: five followed at once need three instances.
+  LastReferenceWatch watch(2);
+  std::vector<UniqueFd> held;
+  for (uint64_t t = 0; t < 5; ++t) {
+    UniqueFd fd = Memfd();
+    watch.Follow(fd.get(), t);
+    held.push_back(std::move(fd));
+  }
+  EXPECT_EQ(watch.following(), 5u);
+  EXPECT_EQ(watch.unwatched(), 0u);
+  held.clear();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(0u, 1u, 2u, 3u, 4u));
+  // Room freed by the IN_IGNORED events is used again: many more rounds
+  // than kMaxInstances × 2 watches, none refused.
+  for (uint64_t t = 100; t < 200; ++t) {
+    UniqueFd fd = Memfd();
+    watch.Follow(fd.get(), t);
+    fd.reset();
+    EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(t));
+  }
+  EXPECT_EQ(watch.unwatched(), 0u);
+}
+
+TEST(LastReferenceWatchTest, WithNoRoomLeftReportsGoneAtOnceAndCountsIt) {
+  LastReferenceWatch watch(1);
+  std::vector<UniqueFd> held;
+  for (uint64_t t = 0; t < LastReferenceWatch::kMaxInstances; ++t) {
+    UniqueFd fd = Memfd();
+    watch.Follow(fd.get(), t);
+    held.push_back(std::move(fd));
+  }
+  EXPECT_EQ(watch.unwatched(), 0u);
+  UniqueFd extra = Memfd();
+  watch.Follow(extra.get(), 99);
+  EXPECT_EQ(watch.unwatched(), 1u);
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(99u))
+      << "unwatchable memory is given back at once, never charged forever";
+}
+
+TEST(LastReferenceWatchTest, AnFdThatIsNotOpenIsReportedGoneAtOnce) {
+  LastReferenceWatch watch;
+  watch.Follow(-1, 4);
+  EXPECT_EQ(watch.unwatched(), 1u);
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(4u));
+}
+
+}  // namespace
+}  // namespace halloc
