@@ -12,10 +12,12 @@
 // so the kernel reports IN_DELETE_SELF when its dentry dies, which is when
 // the last struct file referring to it goes: the last fd, however it was
 // duplicated, passed or reopened through /proc, and the last mapping (a
-// mapping holds its file). Measured on 6.1 and 6.18: no event while any fd
-// or mapping remains, the event at the last munmap or close. This holds for
-// shmem files (memfd); a dma-buf's inode keeps a link, so it is not watched
-// this way (Backend::ObservesLastReference says which backends qualify).
+// mapping holds its file): no event while any fd or mapping remains, the
+// event at the last munmap or close (last_reference_test on the host's
+// kernel, tests/kernel/last_reference_guest_test.cc on Debian's 6.1). This
+// holds for shmem files (memfd); a dma-buf's inode keeps a link and its end
+// is not reported (the guest test shows it), so only the memfd backends
+// claim Backend::ObservesLastReference.
 //
 // Bounds: one inotify instance queues at most max_queued_events (16384 by
 // default) events before it drops them (IN_Q_OVERFLOW). A watch makes two

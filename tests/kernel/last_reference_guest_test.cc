@@ -1,0 +1,66 @@
+// LastReferenceWatch (service/util/last_reference.h) on the guest's kernel,
+// Debian's 6.1: hallocd keeps a released memfd buffer charged until the
+// watch reports its last file gone, so that has to hold on the oldest
+// kernel we run on too. A dma-buf's end is not reported this way (its
+// inode keeps a link), which is why only the memfd backends claim
+// Backend::ObservesLastReference.
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "gmock/gmock.h"
+#include "service/util/last_reference.h"
+#include "tests/kernel/halloc_fixture.h"
+
+namespace halloc_test {
+namespace {
+
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+TEST(LastReferenceGuestTest, AMemfdIsReportedAtItsLastFileAnywhere) {
+  halloc::LastReferenceWatch watch;
+  int fd = ::memfd_create("last_reference_guest", MFD_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  void* map = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  int go[2];
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // holds its copy of the fd until told
+    char c;
+    ::close(go[1]);
+    (void)!::read(go[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  watch.Follow(fd, 1);
+  ::close(fd);
+  EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "the mapping and the child hold it";
+  ASSERT_EQ(::munmap(map, 4096), 0);
+  EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "the child holds it";
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(1u));
+  EXPECT_EQ(watch.unwatched(), 0u);
+}
+
+class LastReferenceDmaBufTest : public HallocTest {};
+
+TEST_F(LastReferenceDmaBufTest, ADmaBufsEndIsNotReported) {
+  halloc::LastReferenceWatch watch;
+  UniqueFd fd = Alloc(Heap::kSystem, PageAlign(1));
+  ASSERT_TRUE(fd.valid());
+  watch.Follow(fd.get(), 2);
+  ASSERT_EQ(watch.unwatched(), 0u) << "the watch itself is taken";
+  fd.reset();
+  EXPECT_THAT(watch.TakeGone(), IsEmpty())
+      << "if 6.1 reported a dma-buf's end, the dma-buf backends could "
+         "claim ObservesLastReference too";
+}
+
+}  // namespace
+}  // namespace halloc_test
