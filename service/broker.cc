@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/connection_limits.h"
 #include "service/peer_identity.h"
 #include "service/util/random.h"
 #include "service/util/unix_listener.h"
@@ -30,18 +31,9 @@ namespace {
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
-// Root and hallocd's own uid may exceed the total limit by this much.
-constexpr uint32_t kAdminReserve = 16;
-constexpr uint32_t kDefaultMaxPerUid = 256;
 constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
 // A lone client quiet for this long (ms) is no longer followed.
 constexpr int kLonePause = 50;
-
-uint32_t DefaultMaxTotal() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 4096;
-  return static_cast<uint32_t>(std::max<rlim_t>(lim.rlim_cur / 4, 16));
-}
 
 }  // namespace
 
@@ -237,30 +229,14 @@ void Broker::ResumeAccepting() {
 }
 
 absl::Status Broker::Admit(uid_t uid) const {
-  std::shared_ptr<const Policy> policy = core_->policy();
-  const bool admin = uid == 0 || uid == ::getuid();
-  const uint32_t per_uid = policy->max_sessions_per_uid() != 0
-                               ? policy->max_sessions_per_uid()
-                               : kDefaultMaxPerUid;
-  const uint32_t total =
-      policy->max_sessions() != 0 ? policy->max_sessions() : DefaultMaxTotal();
   auto it = conns_per_uid_.find(uid);
   // Ended connections whose peers have not read what was sent on them keep
   // their socket open in UnreadFds: they count until drained.
   const uint32_t mine =
       (it == conns_per_uid_.end() ? 0 : it->second) + unread_fds_->retired(uid);
-  if (!admin && mine >= per_uid) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", uid, " holds ", mine, " connections to hallocd (ended ones with fds "
-        "unread included); the limit per uid is ", per_uid,
-        " (policy sessions.max_per_uid)"));
-  }
-  if (conns_.size() + unread_fds_->retired() >= total + (admin ? kAdminReserve : 0)) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "hallocd holds ", conns_.size(), " connections; the limit is ", total,
-        " (policy sessions.max_total)"));
-  }
-  return absl::OkStatus();
+  const uint32_t all = conns_.size() + unread_fds_->retired();
+  return AdmitConnection(*core_->policy(), uid, {mine, all},
+                         "connections to hallocd (ended ones with fds unread included)");
 }
 
 void Broker::Accept() {

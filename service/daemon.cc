@@ -19,7 +19,8 @@
 #include "service/health.h"
 #include "service/metrics/http_server.h"
 #include "service/metrics/prometheus.h"
-#include "service/systemd/grpc_listener.h"
+#include "service/connection_limits.h"
+#include "service/grpc_listener.h"
 #include "service/util/unix_listener.h"
 
 namespace halloc {
@@ -52,7 +53,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
     LOG(INFO) << "metrics: http://" << d->options_.metrics_address << "/metrics";
   }
   LOG(INFO) << "listening: control unix:" << d->options_.control_socket
-            << (d->control_listener_ ? " (from systemd)" : "") << ", broker "
+            << (d->control_from_systemd_ ? " (from systemd)" : "") << ", broker "
             << d->options_.broker_socket << (broker_inherited ? " (from systemd)" : "");
   return d;
 }
@@ -61,12 +62,15 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   const std::string& control = options_.control_socket;
   // Process-wide switch, read by every ServerBuilder built after it.
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  if (!inherited) {
-    RETURN_IF_ERROR(RemoveStaleSocket(control));
-    builder.AddListeningPort(absl::StrCat("unix:", control),
-                             grpc::InsecureServerCredentials());
+  // hallocd accepts on the control socket itself (systemd's, or one it
+  // binds) and hands gRPC each connection it admits: gRPC would take any
+  // number from anyone (grpc_listener.h).
+  const bool from_systemd = inherited.is_valid();
+  if (!from_systemd) {
+    ASSIGN_OR_RETURN(inherited, BindUnixSocket(control, SOCK_STREAM, options_.socket_mode));
   }
+  control_from_systemd_ = from_systemd;
+  grpc::ServerBuilder builder;
   builder.RegisterService(service_.get());
   // Ours, not grpc::EnableDefaultHealthCheckService: see health.h.
   health_ = std::make_unique<HealthService>(
@@ -82,15 +86,13 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
     return absl::UnavailableError(
         absl::StrCat("gRPC server failed to start on unix:", control));
   }
-  if (inherited) {
-    // systemd's socket: its mode and group are the socket unit's.
-    ASSIGN_OR_RETURN(control_listener_,
-                     GrpcListener::Start(std::move(inherited), server_.get()));
-    return absl::OkStatus();
-  }
-  if (::chmod(control.c_str(), options_.socket_mode) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("chmod(", control, ")"));
-  }
+  Allocator* core = core_.get();
+  ASSIGN_OR_RETURN(control_listener_,
+                   GrpcListener::Start(std::move(inherited), server_.get(),
+                                       [core](uid_t uid, ConnectionCounts held) {
+                                         return AdmitConnection(*core->policy(), uid, held,
+                                                                "control connections");
+                                       }));
   return absl::OkStatus();
 }
 
@@ -133,14 +135,13 @@ void Daemon::Shutdown(absl::Duration grace) {
   metrics_.reset();
   // No new connections on systemd's socket: they wait there for the next
   // hallocd instead.
-  const bool inherited = control_listener_ != nullptr;
   if (control_listener_) control_listener_->Stop();
   if (server_) {
     if (health_) health_->Shutdown();  // NOT_SERVING from now on
     server_->Shutdown(std::chrono::system_clock::now() +
                       absl::ToChronoSeconds(grace));
     server_->Wait();
-    if (!inherited) ::unlink(options_.control_socket.c_str());
+    if (!control_from_systemd_) ::unlink(options_.control_socket.c_str());
   }
   if (broker_) broker_->Stop();
 }

@@ -90,8 +90,9 @@ class Daemon {
   std::unique_ptr<AllocatorService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;
-  // Accepts for server_ on an inherited control socket; else gRPC listens.
+  // Accepts for server_ on the control socket, systemd's or our own.
   std::unique_ptr<GrpcListener> control_listener_;
+  bool control_from_systemd_ = false;
   std::unique_ptr<Broker> broker_;
   std::unique_ptr<MetricsServer> metrics_;
   bool shut_down_ = false;

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <sched.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -302,6 +303,47 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
   absl::StatusOr<Client> root = Client::Connect(opts_);
   ASSERT_TRUE(root.ok()) << root.status();
   EXPECT_TRUE(root->Allocate(BlobDescriptor(4096)).ok());
+}
+
+TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
+  // gRPC itself takes any number of connections from anyone: hallocd
+  // accepts on the control socket and hands gRPC only those it admits.
+  StartDaemon("clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+              "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
+              "sessions { max_per_uid: 3 }\n");
+  const pid_t child = fork();
+  if (child == 0) {
+    if (setgid(1001) != 0 || setuid(1001) != 0) _exit(100);
+    std::vector<int> open_ones;
+    int ended = 0;
+    for (int i = 0; i < 6; ++i) {
+      const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      strncpy(addr.sun_path, opts_.control_socket.c_str(), sizeof(addr.sun_path) - 1);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) _exit(101);
+      // A refused one is closed at once; an admitted one stays open, silent.
+      pollfd p{fd, POLLIN, 0};
+      char c;
+      if (poll(&p, 1, 1000) == 1 && read(fd, &c, 1) == 0) {
+        ++ended;
+        close(fd);
+      } else {
+        open_ones.push_back(fd);
+      }
+    }
+    _exit(static_cast<int>(open_ones.size()) * 10 + ended);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 100) GTEST_SKIP() << "cannot switch uids here (not root)";
+  EXPECT_EQ(WEXITSTATUS(status), 33);  // 3 served, 3 closed at once
+  EXPECT_TRUE(absl::StrContains(Log(), "the limit per uid is 3")) << Log();
+  // The child's exit closed its 3; other uids (root here) were never limited.
+  absl::StatusOr<Client> root = Client::Connect(opts_);
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_TRUE(root->Stats().ok());
 }
 
 // Ticks of CPU time `pid` has used.

@@ -1,0 +1,44 @@
+// How many connections hallocd takes from one uid and in all (the policy's
+// `sessions`), so that no local user can exhaust hallocd's fds (or its
+// memory) and lock every client out. Each socket hallocd serves counts its
+// own connections against these limits: the broker socket's sessions and
+// the control socket's gRPC connections (a client holds one of each).
+#ifndef HALLOC_SERVICE_CONNECTION_LIMITS_H_
+#define HALLOC_SERVICE_CONNECTION_LIMITS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "service/policy/policy.h"
+
+namespace halloc {
+
+// Root and hallocd's own uid may exceed the total limit by this much, so an
+// administrator can still connect to a daemon at its limit; they have no
+// per-uid limit.
+inline constexpr uint32_t kAdminConnectionReserve = 16;
+// sessions.max_per_uid when the policy leaves it 0.
+inline constexpr uint32_t kDefaultMaxConnectionsPerUid = 256;
+
+// sessions.max_total when the policy leaves it 0: a quarter of this
+// process's fd limit (at least 16; 4096 when unlimited).
+uint32_t DefaultMaxConnections();
+
+// Connections of one socket held now.
+struct ConnectionCounts {
+  uint32_t of_uid = 0;  // the connecting uid's
+  uint32_t total = 0;
+};
+
+// Whether `uid` may open one more connection to a socket where `held` are
+// open: OK, or RESOURCE_EXHAUSTED naming the limit and the policy field.
+// `what` names the connections in the message ("broker connections").
+absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,
+                             absl::string_view what);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_CONNECTION_LIMITS_H_

@@ -1,0 +1,52 @@
+#include "service/connection_limits.h"
+
+#include <unistd.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+std::shared_ptr<const Policy> Limits(uint32_t per_uid, uint32_t total) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      absl::StrCat("clients { name: \"none\" match { any: true } }\n"
+                   "sessions { max_per_uid: ", per_uid, " max_total: ", total, " }"),
+      "connection_limits_test");
+  EXPECT_TRUE(p.ok()) << p.status();
+  return *p;
+}
+
+// A uid that is neither root nor this process's.
+uid_t Someone() { return ::getuid() == 1234 ? 1235 : 1234; }
+
+TEST(ConnectionLimitsTest, BoundsEachUidAndTheTotal) {
+  auto p = Limits(2, 5);
+  EXPECT_TRUE(AdmitConnection(*p, Someone(), {1, 1}, "x").ok());
+  absl::Status s = AdmitConnection(*p, Someone(), {2, 2}, "control connections");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "2 control connections; the limit per uid is 2"))
+      << s;
+  s = AdmitConnection(*p, Someone(), {0, 5}, "x");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "sessions.max_total")) << s;
+}
+
+TEST(ConnectionLimitsTest, AdminsHaveNoPerUidLimitAndAReserve) {
+  auto p = Limits(2, 5);
+  EXPECT_TRUE(AdmitConnection(*p, 0, {50, 5}, "x").ok());
+  EXPECT_TRUE(AdmitConnection(*p, ::getuid(), {50, 5 + kAdminConnectionReserve - 1}, "x").ok());
+  EXPECT_FALSE(AdmitConnection(*p, 0, {50, 5 + kAdminConnectionReserve}, "x").ok());
+}
+
+TEST(ConnectionLimitsTest, ZeroMeansTheDefaults) {
+  auto p = Limits(0, 0);
+  EXPECT_TRUE(AdmitConnection(*p, Someone(), {kDefaultMaxConnectionsPerUid - 1, 0}, "x").ok());
+  EXPECT_FALSE(AdmitConnection(*p, Someone(), {kDefaultMaxConnectionsPerUid, 0}, "x").ok());
+  EXPECT_FALSE(AdmitConnection(*p, Someone(), {0, DefaultMaxConnections()}, "x").ok());
+  EXPECT_GE(DefaultMaxConnections(), 16u);
+}
+
+}  // namespace
+}  // namespace halloc

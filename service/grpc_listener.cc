@@ -1,0 +1,186 @@
+#include "service/grpc_listener.h"
+
+#include <fcntl.h>
+#include <glog/logging.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_posix.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "service/util/log_limit.h"
+
+namespace halloc {
+namespace {
+
+constexpr int kAcceptPauseMs = 100;
+
+LogLimiter& Limiter() {
+  static LogLimiter* limiter = new LogLimiter();
+  return *limiter;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd listener,
+                                                                  grpc::Server* server,
+                                                                  Admit admit) {
+  // Non-blocking, so that a connection gone between poll() and accept()
+  // cannot park the thread in accept() where Stop() cannot wake it. (For
+  // systemd's socket the flag is on the open file description it shares;
+  // systemd only polls it, never accepts.)
+  const int flags = ::fcntl(listener.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(listener.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, "fcntl(O_NONBLOCK) on the control socket");
+  }
+  UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake) return ErrnoStatus(errno, "eventfd");
+  UniqueFd ends(::epoll_create1(EPOLL_CLOEXEC));
+  if (!ends) return ErrnoStatus(errno, "epoll_create1");
+  UniqueFd reserve(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!reserve) return ErrnoStatus(errno, "open(/dev/null)");
+  std::unique_ptr<GrpcListener> l(new GrpcListener(std::move(listener), std::move(wake),
+                                                   std::move(ends), std::move(reserve),
+                                                   server, std::move(admit)));
+  l->thread_ = std::thread([p = l.get()] { p->Run(); });
+  return l;
+}
+
+GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
+                           UniqueFd reserve, grpc::Server* server, Admit admit)
+    : listener_(std::move(listener)), wake_(std::move(wake)), ends_(std::move(ends)),
+      reserve_(std::move(reserve)), server_(server), admit_(std::move(admit)) {}
+
+GrpcListener::~GrpcListener() {
+  Stop();
+  absl::MutexLock lock(&mu_);
+  for (const auto& [dup, uid] : conns_) ::close(dup);
+}
+
+void GrpcListener::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  const uint64_t one = 1;
+  if (::write(wake_.get(), &one, sizeof(one)) < 0) {
+    PLOG(ERROR) << "control socket: cannot wake the accepting thread";
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+ConnectionCounts GrpcListener::held(uid_t uid) const {
+  absl::MutexLock lock(&mu_);
+  auto it = per_uid_.find(uid);
+  return {it == per_uid_.end() ? 0 : it->second, static_cast<uint32_t>(conns_.size())};
+}
+
+void GrpcListener::Run() {
+  bool paused = false;
+  absl::Time resume;
+  for (;;) {
+    pollfd fds[3] = {{wake_.get(), POLLIN, 0},
+                     {ends_.get(), POLLIN, 0},
+                     {listener_.get(), POLLIN, 0}};
+    const int timeout =
+        paused ? static_cast<int>(std::max<int64_t>(
+                     0, absl::ToInt64Milliseconds(resume - absl::Now()) + 1))
+               : -1;
+    const int n = ::poll(fds, paused ? 2 : 3, timeout);
+    if (n < 0 && errno != EINTR) {
+      PLOG(ERROR) << "control socket: poll";
+      return;
+    }
+    if (n > 0 && fds[0].revents != 0) return;
+    // Ends first: a uid at its limit that closed one may connect again.
+    if (n > 0 && fds[1].revents != 0) Reap();
+    if (paused) {
+      if (absl::Now() < resume) continue;
+      paused = false;
+      if (!reserve_) reserve_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    }
+    if (n > 0 && fds[2].revents != 0 && !AcceptOne()) {
+      paused = true;
+      resume = absl::Now() + absl::Milliseconds(kAcceptPauseMs);
+    }
+  }
+}
+
+void GrpcListener::Reap() {
+  epoll_event events[64];
+  const int n = ::epoll_wait(ends_.get(), events, 64, 0);
+  absl::MutexLock lock(&mu_);
+  for (int i = 0; i < n; ++i) {
+    const int dup = events[i].data.fd;
+    auto it = conns_.find(dup);
+    if (it == conns_.end()) continue;
+    if (auto u = per_uid_.find(it->second); u != per_uid_.end() && --u->second == 0) {
+      per_uid_.erase(u);
+    }
+    conns_.erase(it);
+    ::close(dup);  // leaves the epoll set with its last fd
+  }
+}
+
+bool GrpcListener::AcceptOne() {
+  // gRPC's endpoints expect non-blocking fds.
+  UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  if (!conn) {
+    const int err = errno;
+    if (err == EMFILE || err == ENFILE) {
+      // Take the waiting connection with the reserve fd and close it, so its
+      // client sees the end instead of hanging; then pause.
+      reserve_.reset();
+      UniqueFd drop(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err)
+                                << "; refusing connections for " << kAcceptPauseMs << " ms";
+      return false;
+    }
+    if (err != EAGAIN && err != ECONNABORTED && err != EINTR) {
+      LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err);
+    }
+    return true;
+  }
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return true;  // closes it: no identity, no service
+  }
+  if (absl::Status admit = admit_(cred.uid, held(cred.uid)); !admit.ok()) {
+    if (uint64_t dropped; Limiter().Allow("control-refused", &dropped)) {
+      LOG(WARNING) << "control socket: refused a connection: " << admit.message()
+                   << LogLimiter::Dropped(dropped);
+    }
+    return true;  // closed: the client sees the connection end
+  }
+  UniqueFd dup(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));
+  if (!dup) {
+    // Uncounted, so not served: the fd table is nearly full anyway.
+    LOG_EVERY_N(WARNING, 100) << "control socket: dup: " << std::strerror(errno);
+    return true;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLRDHUP;  // EPOLLHUP and EPOLLERR are always reported
+  ev.data.fd = dup.get();
+  if (::epoll_ctl(ends_.get(), EPOLL_CTL_ADD, dup.get(), &ev) != 0) {
+    LOG_EVERY_N(WARNING, 100) << "control socket: epoll_ctl: " << std::strerror(errno);
+    return true;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    conns_.emplace(dup.get(), cred.uid);
+    ++per_uid_[cred.uid];
+  }
+  (void)dup.release();  // conns_ owns it now
+  grpc::AddInsecureChannelFromFd(server_, conn.release());  // gRPC owns it now
+  return true;
+}
+
+}  // namespace halloc

@@ -1,0 +1,91 @@
+// Serves a gRPC server on a listening socket hallocd accepts on itself (the
+// control socket it bound, or systemd's), holding each uid to its number of
+// connections.
+//
+// gRPC 1.51 accepts every connection on an address it binds itself: any
+// local user could open connections until hallocd runs out of fds (and
+// every client with it). What it also offers is
+// grpc::AddInsecureChannelFromFd (grpcpp/server_posix.h): serve one
+// already *connected* fd. So one thread accepts, asks `admit`
+// (connection_limits.h) with the peer's kernel-verified uid (SO_PEERCRED)
+// and what that uid and everyone hold, closes a refused connection at once
+// (the client sees the connection end: UNAVAILABLE) and hands an admitted
+// one to the server; from then on it is gRPC's like any other (same channel
+// args, resource quota, shutdown).
+//
+// To see a connection end, the thread keeps a duplicate of its fd in an
+// epoll set: the peer closing it (or shutting down its writing side, after
+// which gRPC closes it too), or gRPC shutting it down (which it does before
+// closing its own fd), shows as EPOLLRDHUP/EPOLLHUP; the duplicate is
+// closed and the count drops. A connection ended otherwise stays counted
+// (and open) until its peer closes: that is still the peer's connection.
+//
+// Out of fds, it accepts-and-closes with a reserve fd and pauses 100 ms
+// instead of spinning, as the broker does.
+#ifndef HALLOC_SERVICE_GRPC_LISTENER_H_
+#define HALLOC_SERVICE_GRPC_LISTENER_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/connection_limits.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace halloc {
+
+class GrpcListener {
+ public:
+  // OK to admit a connection from `uid` while `held` are open.
+  using Admit = std::function<absl::Status(uid_t uid, ConnectionCounts held)>;
+
+  // Starts accepting on `listener` (a listening SOCK_STREAM socket, made
+  // non-blocking here) for `server`, which must outlive Stop().
+  static absl::StatusOr<std::unique_ptr<GrpcListener>> Start(UniqueFd listener,
+                                                             grpc::Server* server,
+                                                             Admit admit);
+  ~GrpcListener();  // Stop()
+
+  // Stops accepting; connections already handed over stay the server's.
+  // Call before the server's Shutdown. Idempotent.
+  void Stop();
+
+  // Connections open now: `uid`'s and all.
+  ConnectionCounts held(uid_t uid) const;
+
+ private:
+  GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, UniqueFd reserve,
+               grpc::Server* server, Admit admit);
+  void Run();
+  // Accepts one connection; false when accepting should pause.
+  bool AcceptOne();
+  // Forgets the connections whose ends `ends_` reports.
+  void Reap();
+
+  const UniqueFd listener_;
+  const UniqueFd wake_;  // eventfd that stops Run()
+  const UniqueFd ends_;  // epoll set of the duplicates
+  UniqueFd reserve_;     // freed at EMFILE to accept and close
+  grpc::Server* const server_;
+  const Admit admit_;
+  std::thread thread_;
+  bool stopped_ = false;
+
+  mutable absl::Mutex mu_;
+  // Duplicate fd → its peer's uid; and per uid, how many.
+  absl::flat_hash_map<int, uid_t> conns_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uid_t, uint32_t> per_uid_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_GRPC_LISTENER_H_

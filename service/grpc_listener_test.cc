@@ -1,0 +1,162 @@
+#include "service/grpc_listener.h"
+
+#include <grpcpp/grpcpp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "service/util/unix_listener.h"
+
+namespace halloc {
+namespace {
+
+using grpc::health::v1::Health;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+class AlwaysServing final : public Health::Service {
+  grpc::Status Check(grpc::ServerContext*, const HealthCheckRequest*,
+                     HealthCheckResponse* resp) override {
+    resp->set_status(HealthCheckResponse::SERVING);
+    return grpc::Status::OK;
+  }
+};
+
+// Waits (bounded) for `done`; the listener's thread catches up on its own.
+template <typename F>
+bool WaitFor(F done) {
+  for (int i = 0; i < 2000; ++i) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return done();
+}
+
+class GrpcListenerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/halloc-grpc-listener-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/control.sock";
+    absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
+    ASSERT_TRUE(listener.ok()) << listener.status();
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    absl::StatusOr<std::unique_ptr<GrpcListener>> l = GrpcListener::Start(
+        *std::move(listener), server_.get(), [this](uid_t uid, ConnectionCounts held) {
+          last_uid_ = uid;
+          return held.of_uid >= limit_ ? absl::ResourceExhaustedError("at the limit")
+                                       : absl::OkStatus();
+        });
+    ASSERT_TRUE(l.ok()) << l.status();
+    listener_ = *std::move(l);
+  }
+  void TearDown() override {
+    if (listener_) listener_->Stop();
+    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+    listener_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  UniqueFd Raw() {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+    EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+        << std::strerror(errno);
+    return fd;
+  }
+  // Whether the server ended `fd`'s connection (EOF within 10 s).
+  static bool Ended(const UniqueFd& fd) {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) return false;
+    char buf[256];
+    ssize_t n;
+    while ((n = ::read(fd.get(), buf, sizeof(buf))) > 0) {}  // a GOAWAY first
+    return n == 0 || (n < 0 && errno == ECONNRESET);
+  }
+  grpc::Status Check() {
+    auto stub = Health::NewStub(
+        grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    HealthCheckResponse resp;
+    return stub->Check(&ctx, HealthCheckRequest(), &resp);
+  }
+  uint32_t Mine() const { return listener_->held(::getuid()).of_uid; }
+
+  std::string dir_, path_;
+  AlwaysServing service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<GrpcListener> listener_;
+  uint32_t limit_ = 2;
+  uid_t last_uid_ = -1;
+};
+
+TEST_F(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
+  {
+    auto stub = Health::NewStub(
+        grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    HealthCheckResponse resp;
+    ASSERT_TRUE(stub->Check(&ctx, HealthCheckRequest(), &resp).ok());
+    EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
+    EXPECT_EQ(last_uid_, ::getuid()) << "the kernel's word for who connected";
+    EXPECT_EQ(Mine(), 1u);
+    EXPECT_EQ(listener_->held(::getuid() + 1).of_uid, 0u);
+    EXPECT_EQ(listener_->held(::getuid() + 1).total, 1u);
+  }
+  EXPECT_TRUE(WaitFor([&] { return Mine() == 0; })) << "the channel closed";
+}
+
+TEST_F(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
+  UniqueFd a = Raw(), b = Raw();
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 2; }));
+  UniqueFd c = Raw();
+  EXPECT_TRUE(Ended(c)) << "refused: closed at once";
+  EXPECT_EQ(Mine(), 2u);
+  EXPECT_FALSE(Check().ok()) << "gRPC clients of the uid are refused too";
+  a.reset();
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 1; })) << "a peer's close is seen";
+  EXPECT_TRUE(Check().ok()) << "room again";
+}
+
+TEST_F(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {
+  // gRPC ends a connection that does not speak HTTP/2; it shuts the socket
+  // down before closing its fd, so the listener's duplicate sees the end
+  // and the peer is not left hanging on a socket hallocd keeps open.
+  UniqueFd raw = Raw();
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 1; }));
+  const char garbage[] = "not http/2 at all\r\n\r\n";
+  ASSERT_GT(::write(raw.get(), garbage, sizeof(garbage)), 0);
+  EXPECT_TRUE(Ended(raw)) << "the peer sees the end";
+  EXPECT_TRUE(WaitFor([&] { return Mine() == 0; }));
+}
+
+TEST_F(GrpcListenerTest, AHalfClosedConnectionIsForgottenAndEnded) {
+  // Shutting down only the writing side must not keep a slot uncounted
+  // while the connection lives on: gRPC ends it too.
+  UniqueFd raw = Raw();
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 1; }));
+  ASSERT_EQ(::shutdown(raw.get(), SHUT_WR), 0);
+  EXPECT_TRUE(WaitFor([&] { return Mine() == 0; }));
+  EXPECT_TRUE(Ended(raw)) << "gRPC closed its side as well";
+}
+
+}  // namespace
+}  // namespace halloc
