@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "service/audit.h"
+#include "service/peer_identity.h"
 
 namespace halloc {
 namespace {
@@ -125,9 +126,14 @@ bool Broker::Handle(Conn& conn, Record rec) {
   Session& session = *conn.session;
   // Who asks: the verified process itself, or another process that holds
   // the socket (a fork, a receiver of the fd), judged by uid and gid alone.
+  // Once the verified process has exited, its pid may come round again to
+  // such a process: the pidfd pins the verified one, so only while it runs
+  // (one poll, for sessions whose executable was vouched for) is its pid
+  // its own.
   Identity other;
   const Identity* caller = &session.creds();
-  if (rec.creds->pid != session.creds().pid) {
+  if (rec.creds->pid != session.creds().pid ||
+      (session.creds().exe_file.has_value() && !StillRunning(conn.pidfd.get()))) {
     other = {rec.creds->uid, rec.creds->gid, rec.creds->pid, "", std::nullopt};
     caller = &other;
   }

@@ -11,7 +11,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <linux/sched.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
 #include <cstdlib>
+#include <functional>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -21,6 +27,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unix_address.h"
@@ -382,6 +389,92 @@ TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
   ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), 1).ok());
   ASSERT_TRUE(ReleaseNothingFrom(c->fd.get(), 1).ok());
   EXPECT_EQ((*broker)->held_cpu(), -1);
+}
+
+// The code a fast-path Allocate of one page on `sock` gets.
+absl::StatusOr<int> AllocateOn(int sock) {
+  v1::BrokerRequest req;
+  req.set_request_id(7);
+  req.mutable_allocate()->mutable_desc()->set_size(4096);
+  RETURN_IF_ERROR(SendRecord(sock, req.SerializeAsString(), {}, false));
+  RETURN_IF_ERROR(WaitReadable(sock, 10000));
+  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(rec.bytes) || !frame.has_reply()) {
+    return absl::InternalError("not a reply");
+  }
+  return frame.reply().code();
+}
+
+// Starts a process with pid `pid` (clone3's set_tid: needs CAP_SYS_ADMIN
+// over the pid namespace) that runs `body` and exits with what it returns.
+// Its pid, or -1 with errno set.
+pid_t SpawnWithPid(pid_t pid, const std::function<int()>& body) {
+  clone_args args{};
+  args.exit_signal = SIGCHLD;
+  args.set_tid = reinterpret_cast<uint64_t>(&pid);
+  args.set_tid_size = 1;
+  const long r = ::syscall(SYS_clone3, &args, sizeof(args));
+  if (r == 0) ::_exit(body());
+  return static_cast<pid_t>(r);
+}
+
+TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
+  // A process holding the socket (a child the verified one forked, or a
+  // receiver of the fd) waits for the verified process to exit and for its
+  // pid to come round again (cycling pids; here at once, with set_tid):
+  // its requests are then stamped with the verified pid, but they are not
+  // the verified executable's.
+  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
+      absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
+                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
+                   "clients { name: \"others\" match { any: true } }\n"),
+      "broker_test");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  core_->SetPolicy(*policy);
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  int pass[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass), 0);
+  UniqueFd ours(pass[0]), theirs(pass[1]);
+  const pid_t verified = ::fork();
+  ASSERT_GE(verified, 0);
+  if (verified == 0) {
+    // Verifies as this executable, is trusted, hands the socket over, exits.
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
+    if (!c.ok()) ::_exit(1);
+    absl::StatusOr<int> code = AllocateOn(c->fd.get());
+    if (!code.ok() || *code != 0) ::_exit(2);
+    const int fd = c->fd.get();
+    ::_exit(SendRecord(theirs.get(), "conn", {&fd, 1}, false).ok() ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(verified, &status, 0), verified);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the verified process itself was trusted: " << status;
+  absl::StatusOr<Record> got = ReceiveRecord(ours.get(), false);
+  ASSERT_TRUE(got.ok() && got->fds.size() == 1) << got.status();
+  const int sock = got->fds[0].get();
+  absl::StatusOr<int> code = AllocateOn(sock);
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, static_cast<int>(absl::StatusCode::kPermissionDenied))
+      << "another process on the socket: judged by uid alone";
+
+  const pid_t again = SpawnWithPid(verified, [&] {
+    absl::StatusOr<int> c = AllocateOn(sock);
+    return c.ok() ? *c : 100;
+  });
+  if (again < 0) {
+    GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
+                 << std::strerror(errno) << ")";
+  }
+  ASSERT_EQ(again, verified);
+  ASSERT_EQ(::waitpid(again, &status, 0), again);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
+      << "the verified pid, reused, vouches for nothing";
 }
 
 }  // namespace

@@ -33,10 +33,15 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   static const std::optional<FileId> our_pid_ns = FileIdOf("/proc/self/ns/pid");
   const std::optional<FileId> pid_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/pid"));
   if (!our_pid_ns || pid_ns != our_pid_ns) return s;
-  pollfd pfd{pidfd, POLLIN, 0};
-  if (::poll(&pfd, 1, 0) != 0) return s;  // exited: cannot vouch for it
+  if (!StillRunning(pidfd)) return s;  // exited: cannot vouch for it
   s.file = file;
   return s;
+}
+
+bool StillRunning(int pidfd) {
+  if (pidfd < 0) return false;
+  pollfd pfd{pidfd, POLLIN, 0};
+  return ::poll(&pfd, 1, 0) == 0;  // a pidfd turns readable at exit
 }
 
 }  // namespace halloc

@@ -38,6 +38,11 @@ struct ExeSample {
 // exec'd a trusted binary. Such peers are judged by uid and gid alone.
 ExeSample SampleExe(int pidfd, pid_t pid);
 
+// Whether the process `pidfd` pins has not exited (false for -1). A
+// verified process's pid is its own only while this holds: after, the pid
+// may be reused by any process, one holding the verified socket included.
+bool StillRunning(int pidfd);
+
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_PEER_IDENTITY_H_

@@ -80,6 +80,18 @@ TEST(PeerIdentityTest, DoesNotVouchOnceThePinnedProcessExited) {
   EXPECT_FALSE(s.file.has_value());
 }
 
+TEST(PeerIdentityTest, StillRunningUntilThePinnedProcessExits) {
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
+  ASSERT_TRUE(pidfd);
+  EXPECT_TRUE(StillRunning(pidfd.get()));
+  ASSERT_TRUE(child->Signal(SIGKILL));
+  ASSERT_TRUE(child->Wait().has_value());
+  EXPECT_FALSE(StillRunning(pidfd.get()));
+  EXPECT_FALSE(StillRunning(-1));
+}
+
 // A peer in a pid namespace of its own: a process holding CAP_SYS_ADMIN
 // over that namespace could stamp this peer's pid on its own records, so
 // the peer's binary is not vouched for (uid and gid still are).
