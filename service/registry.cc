@@ -38,6 +38,17 @@ BufferRecord::~BufferRecord() {
   if (gone_watch != nullptr && fd) gone_watch->Follow(fd.get(), id);
 }
 
+CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {
+  CpuAccess widest = session_id == owner_session && owner_holds ? owner_access
+                                                                : CpuAccess::kNone;
+  if (auto routes = imports.find(session_id); routes != imports.end()) {
+    for (const auto& [grant, route] : routes->second) {
+      if (Wider(route.access, widest)) widest = route.access;
+    }
+  }
+  return widest;
+}
+
 Registry::Registry(std::string backend, uint64_t max_buffers_per_session)
     : backend_(std::move(backend)),
       max_buffers_per_session_(max_buffers_per_session) {}
@@ -302,17 +313,10 @@ void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,
   BufferRecord& buffer = *b->second;
   auto held = buffer.holders.find(session_id);
   if (held == buffer.holders.end() || held->second != widened_to) return;
-  CpuAccess justified = widened_from;
-  if (auto routes = buffer.imports.find(session_id); routes != buffer.imports.end()) {
-    // Live revoke: the routes and the own hold are the whole truth.
-    justified = session_id == buffer.owner_session && buffer.owner_holds
-                    ? buffer.owner_access
-                    : CpuAccess::kNone;
-    for (const auto& [g, route] : routes->second) {
-      if (Wider(route.access, justified)) justified = route.access;
-    }
-  }
-  held->second = justified;
+  // Live revoke: the routes and the own hold are the whole truth.
+  held->second = buffer.imports.contains(session_id)
+                     ? buffer.JustifiedRights(session_id)
+                     : widened_from;
 }
 
 void Registry::DropImportView(uint64_t session_id, uint64_t grant_id, uint64_t buffer_id,
@@ -377,11 +381,7 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
         cut_off.push_back(sid);
         continue;
       }
-      CpuAccess widest = owns ? buffer.owner_access : CpuAccess::kNone;
-      for (const auto& [other, route] : routes) {
-        if (Wider(route.access, widest)) widest = route.access;
-      }
-      buffer.holders[sid] = widest;
+      buffer.holders[sid] = buffer.JustifiedRights(sid);
     }
     // What was shared on from the cut-off holds goes too: every grant a
     // cut-off session made of this buffer, and every one whose routes are

@@ -88,6 +88,10 @@ struct BufferRecord {
   // it is left anywhere (Registry: "Released memory").
   bool charge_until_gone = false;
 
+  // On a backend with live revoke: the rights `session_id`'s holds justify,
+  // the widest of its own hold (as owner) and its import routes.
+  CpuAccess JustifiedRights(uint64_t session_id) const;
+
   BufferRecord() = default;
   BufferRecord(const BufferRecord&) = delete;
   BufferRecord& operator=(const BufferRecord&) = delete;
