@@ -124,7 +124,7 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
           UnreadFds::DefaultTotal())),
       log_limit_(10, absl::Seconds(1)),
-      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerConnection)) {}
+      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid)) {}
 
 Broker::~Broker() { Stop(); }
 

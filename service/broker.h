@@ -83,6 +83,17 @@ class Broker {
   // fd limit). Read by Start and Serve.
   static uint64_t max_unread_fds_per_uid;
 
+  // Fast-path allocations of this many bytes or more (all their buffers;
+  // an image's as its layout has it) are made on the slow lane: a pool
+  // miss commits every page, about 250 µs per MiB here, so 64 MiB inline
+  // would hold every other client up ~16 ms, and 4 GiB about a second.
+  // What may wait there, in all and per uid (more: RESOURCE_EXHAUSTED; per
+  // uid, not per connection, since a uid may hold sessions.max_per_uid
+  // connections).
+  static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
+  static constexpr size_t kSlowLaneQueue = 64;
+  static constexpr size_t kSlowLanePerUid = 4;
+
   // The CPU the broker thread is held on (following a client), or -1.
   int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
 
@@ -119,16 +130,7 @@ class Broker {
   bool Handle(Conn& conn, Record rec);
   bool Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& req);
   // A fast-path Allocate and its answer (on the broker thread, or on the
-  // slow lane's for a large one).
-  //
-  // Fast-path allocations of this many bytes or more (all their buffers;
-  // an image's as its layout has it) are made on the slow lane: a pool miss commits every page,
-  // about 250 µs per MiB here, so 64 MiB inline would hold every other
-  // client up ~16 ms, and 4 GiB about a second. What may wait there, in all
-  // and per connection (more: RESOURCE_EXHAUSTED).
-  static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
-  static constexpr size_t kSlowLaneQueue = 64;
-  static constexpr size_t kSlowLanePerConnection = 4;
+  // slow lane's for a large one: kSlowLaneBytes).
   void ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                      SocketFdChannel& conn);
   // One reply record (no fds) on a connection; SendReply says how it went,

@@ -162,7 +162,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
       // come after those of later requests (replies carry request ids).
       const uint64_t id = req.request_id();
       absl::Status posted = slow_lane_->Post(
-          conn.key, [this, s = conn.session, ch = conn.channel, who = *caller,
+          caller->uid, [this, s = conn.session, ch = conn.channel, who = *caller,
                      req = std::move(req)] { ServeAllocate(*s, who, req, *ch); });
       if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
       return true;

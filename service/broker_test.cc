@@ -258,7 +258,7 @@ class GatedBackend : public Backend {
   absl::string_view name() const override { return inner_.name(); }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
     if (r.size >= (uint64_t{64} << 20)) {
-      entered_->Notify();
+      if (!entered_->HasBeenNotified()) entered_->Notify();  // one thread calls
       open_->WaitForNotification();
     }
     return inner_.Allocate(r);
@@ -318,6 +318,56 @@ TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
   open.Notify();
   big_client.join();
   EXPECT_EQ(big_fds, 1u);
+  (*broker)->Stop();
+}
+
+// The slow lane's share is per uid: more connections of one uid do not
+// buy it more of the queue.
+TEST_F(BrokerTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
+  absl::Notification entered, open;
+  absl::Cleanup opened = [&] {
+    if (!open.HasBeenNotified()) open.Notify();
+  };
+  Allocator core(std::make_unique<GatedBackend>(&entered, &open), Limits());
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, &core);
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  std::vector<BrokerConnection> conns;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+    ASSERT_TRUE(c.ok()) << c.status();
+    conns.push_back(*std::move(c));
+  }
+  constexpr uint64_t kLarge = uint64_t{64} << 20;
+  size_t fds = 0;
+  std::thread first([&] { EXPECT_TRUE(AllocateOn(conns[0].fd.get(), kLarge, &fds).ok()); });
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // One being made, three more waiting, from a second connection.
+  v1::BrokerRequest req;
+  req.mutable_allocate()->mutable_desc()->set_size(kLarge);
+  for (int i = 0; i < static_cast<int>(Broker::kSlowLanePerUid) - 1; ++i) {
+    req.set_request_id(10 + i);
+    ASSERT_TRUE(SendRecord(conns[1].fd.get(), req.SerializeAsString(), {}, false).ok());
+  }
+  // Taken by the broker (its thread posts each one before reading on).
+  for (int i = 0; i < 2000; ++i) {
+    int queued = -1;
+    ASSERT_EQ(::ioctl(conns[1].fd.get(), SIOCOUTQ, &queued), 0);
+    if (queued == 0) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  // A third connection of the same uid finds the uid's share taken.
+  size_t third_fds = 0;
+  absl::Status third = AllocateOn(conns[2].fd.get(), kLarge, &third_fds);
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
+  open.Notify();
+  first.join();
+  for (int i = 0; i < static_cast<int>(Broker::kSlowLanePerUid) - 1; ++i) {
+    ASSERT_TRUE(WaitReadable(conns[1].fd.get(), 10000).ok());
+    absl::StatusOr<Record> rec = ReceiveRecord(conns[1].fd.get(), false);
+    ASSERT_TRUE(rec.ok()) << rec.status();
+    EXPECT_EQ(rec->fds.size(), 1u) << "the waiting ones are made in turn";
+  }
   (*broker)->Stop();
 }
 
@@ -391,19 +441,10 @@ TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
   EXPECT_EQ((*broker)->held_cpu(), -1);
 }
 
-// The code a fast-path Allocate of one page on `sock` gets.
-absl::StatusOr<int> AllocateOn(int sock) {
-  v1::BrokerRequest req;
-  req.set_request_id(7);
-  req.mutable_allocate()->mutable_desc()->set_size(4096);
-  RETURN_IF_ERROR(SendRecord(sock, req.SerializeAsString(), {}, false));
-  RETURN_IF_ERROR(WaitReadable(sock, 10000));
-  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
-  v1::BrokerFrame frame;
-  if (!frame.ParseFromString(rec.bytes) || !frame.has_reply()) {
-    return absl::InternalError("not a reply");
-  }
-  return frame.reply().code();
+// The status code of a fast-path Allocate of one page on `sock`.
+int AllocateCode(int sock) {
+  size_t fds = 0;
+  return static_cast<int>(AllocateOn(sock, 4096, &fds).code());
 }
 
 // Starts a process with pid `pid` (clone3's set_tid: needs CAP_SYS_ADMIN
@@ -445,8 +486,7 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
     // Verifies as this executable, is trusted, hands the socket over, exits.
     absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
     if (!c.ok()) ::_exit(1);
-    absl::StatusOr<int> code = AllocateOn(c->fd.get());
-    if (!code.ok() || *code != 0) ::_exit(2);
+    if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
     const int fd = c->fd.get();
     ::_exit(SendRecord(theirs.get(), "conn", {&fd, 1}, false).ok() ? 0 : 3);
   }
@@ -457,15 +497,10 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   absl::StatusOr<Record> got = ReceiveRecord(ours.get(), false);
   ASSERT_TRUE(got.ok() && got->fds.size() == 1) << got.status();
   const int sock = got->fds[0].get();
-  absl::StatusOr<int> code = AllocateOn(sock);
-  ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, static_cast<int>(absl::StatusCode::kPermissionDenied))
+  EXPECT_EQ(AllocateCode(sock), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "another process on the socket: judged by uid alone";
 
-  const pid_t again = SpawnWithPid(verified, [&] {
-    absl::StatusOr<int> c = AllocateOn(sock);
-    return c.ok() ? *c : 100;
-  });
+  const pid_t again = SpawnWithPid(verified, [&] { return AllocateCode(sock); });
   if (again < 0) {
     GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
                  << std::strerror(errno) << ")";

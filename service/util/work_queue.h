@@ -4,7 +4,7 @@
 // For work an event loop must not do itself (the broker's large
 // allocations: committing gigabytes takes seconds, during which its one
 // thread would answer no one). At most `max_queued` tasks wait, and at
-// most `max_per_key` of them for one key (a connection), so that one
+// most `max_per_key` of them for one key (a uid), so that one
 // caller cannot fill the queue for everyone; Post says RESOURCE_EXHAUSTED
 // past either. Destroying it drops what still waits (unrun), lets the
 // running task finish, and joins the thread.
