@@ -24,7 +24,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
@@ -295,17 +294,31 @@ absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
 
 // A large allocation is made off the broker thread: while one is being
 // committed (held here), another client's small one is answered at once.
-TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
-  absl::Notification entered, open;
-  absl::Cleanup opened = [&] {
+// A broker whose large allocations wait for `open` (GatedBackend).
+struct GatedBroker {
+  explicit GatedBroker(const std::string& dir)
+      : path(dir + "/broker.sock"),
+        core(std::make_unique<GatedBackend>(&entered, &open), Limits()) {}
+  ~GatedBroker() {
     if (!open.HasBeenNotified()) open.Notify();
-  };
-  Allocator core(std::make_unique<GatedBackend>(&entered, &open), Limits());
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, &core);
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  absl::StatusOr<BrokerConnection> big = ConnectBroker(path, absl::Seconds(5));
-  absl::StatusOr<BrokerConnection> small = ConnectBroker(path, absl::Seconds(5));
+    if (broker) broker->Stop();
+  }
+  absl::Status Start() {
+    ASSIGN_OR_RETURN(broker, Broker::Start(path, 0600, &core));
+    return absl::OkStatus();
+  }
+  const std::string path;
+  absl::Notification entered, open;
+  Allocator core;
+  std::unique_ptr<Broker> broker;
+};
+
+TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
+  GatedBroker gated(dir_);
+  ASSERT_TRUE(gated.Start().ok());
+  absl::Notification &entered = gated.entered, &open = gated.open;
+  absl::StatusOr<BrokerConnection> big = ConnectBroker(gated.path, absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> small = ConnectBroker(gated.path, absl::Seconds(5));
   ASSERT_TRUE(big.ok() && small.ok());
   size_t big_fds = 0, small_fds = 0;
   std::thread big_client(
@@ -318,30 +331,23 @@ TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
   open.Notify();
   big_client.join();
   EXPECT_EQ(big_fds, 1u);
-  (*broker)->Stop();
 }
 
 // The slow lane's share is per uid: more connections of one uid do not
 // buy it more of the queue.
 TEST_F(BrokerTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
-  absl::Notification entered, open;
-  absl::Cleanup opened = [&] {
-    if (!open.HasBeenNotified()) open.Notify();
-  };
-  Allocator core(std::make_unique<GatedBackend>(&entered, &open), Limits());
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, &core);
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  GatedBroker gated(dir_);
+  ASSERT_TRUE(gated.Start().ok());
   std::vector<BrokerConnection> conns;
   for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(gated.path, absl::Seconds(5));
     ASSERT_TRUE(c.ok()) << c.status();
     conns.push_back(*std::move(c));
   }
   constexpr uint64_t kLarge = uint64_t{64} << 20;
   size_t fds = 0;
   std::thread first([&] { EXPECT_TRUE(AllocateOn(conns[0].fd.get(), kLarge, &fds).ok()); });
-  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(gated.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
   // One being made, three more waiting, from a second connection.
   v1::BrokerRequest req;
   req.mutable_allocate()->mutable_desc()->set_size(kLarge);
@@ -360,7 +366,7 @@ TEST_F(BrokerTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
   size_t third_fds = 0;
   absl::Status third = AllocateOn(conns[2].fd.get(), kLarge, &third_fds);
   EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
-  open.Notify();
+  gated.open.Notify();
   first.join();
   for (int i = 0; i < static_cast<int>(Broker::kSlowLanePerUid) - 1; ++i) {
     ASSERT_TRUE(WaitReadable(conns[1].fd.get(), 10000).ok());
@@ -368,7 +374,6 @@ TEST_F(BrokerTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
     ASSERT_TRUE(rec.ok()) << rec.status();
     EXPECT_EQ(rec->fds.size(), 1u) << "the waiting ones are made in turn";
   }
-  (*broker)->Stop();
 }
 
 TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -274,13 +275,29 @@ TEST_F(AbuseTest, TheTrustedRuleMatchesTheTrustedFileOnlyNotACopyOrABindMount) {
   EXPECT_EQ(out, "err PERMISSION_DENIED\n") << Log();
 }
 
-TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
-  StartDaemon("clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
-              "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
-              "sessions { max_per_uid: 3 }\n");
+// Everything for anyone, at most 3 connections per uid.
+constexpr char kThreePerUid[] =
+    "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+    "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
+    "sessions { max_per_uid: 3 }\n";
+
+// Runs `body` in a child as uid/gid 1001: its exit code, or -1 when this
+// process cannot switch uids (not root).
+int ExitCodeAsUid1001(const std::function<int()>& body) {
   const pid_t child = fork();
   if (child == 0) {
     if (setgid(1001) != 0 || setuid(1001) != 0) _exit(100);
+    _exit(body());
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  if (!WIFEXITED(status)) return -2;
+  return WEXITSTATUS(status) == 100 ? -1 : WEXITSTATUS(status);
+}
+
+TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
+  StartDaemon(kThreePerUid);
+  const int code = ExitCodeAsUid1001([&] {
     std::vector<BrokerConnection> held;
     int refused = 0;
     for (int i = 0; i < 6; ++i) {
@@ -292,13 +309,10 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
         ++refused;
       }
     }
-    _exit(static_cast<int>(held.size()) * 10 + refused);
-  }
-  int status = 0;
-  waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 100) GTEST_SKIP() << "cannot switch uids here (not root)";
-  EXPECT_EQ(WEXITSTATUS(status), 33);  // 3 served, 3 refused with the reason
+    return static_cast<int>(held.size()) * 10 + refused;
+  });
+  if (code == -1) GTEST_SKIP() << "cannot switch uids here (not root)";
+  EXPECT_EQ(code, 33);  // 3 served, 3 refused with the reason
   // Other uids (root here) are unaffected.
   absl::StatusOr<Client> root = Client::Connect(opts_);
   ASSERT_TRUE(root.ok()) << root.status();
@@ -308,12 +322,8 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
 TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
   // gRPC itself takes any number of connections from anyone: hallocd
   // accepts on the control socket and hands gRPC only those it admits.
-  StartDaemon("clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
-              "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
-              "sessions { max_per_uid: 3 }\n");
-  const pid_t child = fork();
-  if (child == 0) {
-    if (setgid(1001) != 0 || setuid(1001) != 0) _exit(100);
+  StartDaemon(kThreePerUid);
+  const int code = ExitCodeAsUid1001([&] {
     std::vector<int> open_ones;
     int ended = 0;
     for (int i = 0; i < 6; ++i) {
@@ -321,7 +331,7 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
       sockaddr_un addr{};
       addr.sun_family = AF_UNIX;
       strncpy(addr.sun_path, opts_.control_socket.c_str(), sizeof(addr.sun_path) - 1);
-      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) _exit(101);
+      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 101;
       // A refused one is closed at once; an admitted one stays open, silent.
       pollfd p{fd, POLLIN, 0};
       char c;
@@ -332,13 +342,10 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
         open_ones.push_back(fd);
       }
     }
-    _exit(static_cast<int>(open_ones.size()) * 10 + ended);
-  }
-  int status = 0;
-  waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  if (WEXITSTATUS(status) == 100) GTEST_SKIP() << "cannot switch uids here (not root)";
-  EXPECT_EQ(WEXITSTATUS(status), 33);  // 3 served, 3 closed at once
+    return static_cast<int>(open_ones.size()) * 10 + ended;
+  });
+  if (code == -1) GTEST_SKIP() << "cannot switch uids here (not root)";
+  EXPECT_EQ(code, 33);  // 3 served, 3 closed at once
   EXPECT_TRUE(absl::StrContains(Log(), "the limit per uid is 3")) << Log();
   // The child's exit closed its 3; other uids (root here) were never limited.
   absl::StatusOr<Client> root = Client::Connect(opts_);
