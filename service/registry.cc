@@ -94,7 +94,7 @@ absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
   absl::Status judged = JudgeLocked(quota_key, quota);
   if (judged.ok() || lingering_.empty()) return judged;
   // Some of the released memory charged may be gone by now.
-  SettleLocked();
+  SettleLocked(/*flush=*/true);
   return JudgeLocked(quota_key, quota);
 }
 
@@ -106,12 +106,12 @@ void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
   if (c->second.first == 0) charged_.erase(c);
 }
 
-void Registry::SettleLocked() {
+void Registry::SettleLocked(bool flush) {
   // Buffers dropped so far have their daemon fd closed (and are followed)
   // first: a client that closed its fds before its Release is not refused
   // for memory that goes the moment hallocd's own fd does. The reaper
   // takes no registry lock, so waiting here cannot deadlock.
-  reaper_.Flush();
+  if (flush) reaper_.Flush();
   for (uint64_t id : gone_watch_->TakeGone()) {
     auto it = lingering_.find(id);
     if (it == lingering_.end()) continue;
@@ -193,6 +193,13 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
     buffer.gone_watch = gone_watch_;
     lingering_.emplace(buffer.id, Lingering{buffer.charged_to, buffer.size});
     lingering_bytes_ += buffer.size;
+    // Settled now and then on the way too, so that what went is forgotten
+    // without a refusal or a Stats call (each costs a read of the events):
+    // at every doubling of what lingers, at least every kSettleEvery.
+    if (lingering_.size() >= settle_at_) {
+      SettleLocked(/*flush=*/false);
+      settle_at_ = std::max(kSettleEvery, 2 * lingering_.size());
+    }
   } else {
     UnchargeLocked(buffer.charged_to, buffer.size);
   }
@@ -484,7 +491,7 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
 
 void Registry::FillStats(v1::StatsResponse* s) {
   absl::MutexLock lock(&mu_);
-  if (!lingering_.empty()) SettleLocked();
+  if (!lingering_.empty()) SettleLocked(/*flush=*/true);
   s->set_live_buffers(buffers_.size());
   s->set_live_bytes(live_bytes_);
   s->set_grants(grants_.size());
@@ -512,7 +519,7 @@ void Registry::FillStats(v1::StatsResponse* s) {
 
 void Registry::FillDump(v1::DumpResponse* dump) {
   absl::MutexLock lock(&mu_);
-  if (!lingering_.empty()) SettleLocked();
+  if (!lingering_.empty()) SettleLocked(/*flush=*/true);
   for (const auto& [id, holding] : holdings_) {
     v1::SessionUsage* u = dump->add_sessions();
     u->set_session_id(id);

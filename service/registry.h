@@ -249,8 +249,9 @@ class Registry {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void UnchargeLocked(const std::string& quota_key, uint64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Returns the charges of released memory that is gone by now.
-  void SettleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns the charges of released memory that is gone by now; with
+  // `flush`, of what the reaper has queued too.
+  void SettleLocked(bool flush) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The holding's buffer `id`, or NOT_FOUND.
   absl::StatusOr<BufferRecord*> Held(const Holding& holding, uint64_t id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -285,6 +286,9 @@ class Registry {
   };
   absl::flat_hash_map<uint64_t, Lingering> lingering_ ABSL_GUARDED_BY(mu_);
   uint64_t lingering_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // Settle on the way once this many linger (see DropHold).
+  static constexpr size_t kSettleEvery = 256;
+  size_t settle_at_ ABSL_GUARDED_BY(mu_) = kSettleEvery;
   const std::shared_ptr<LastReferenceWatch> gone_watch_ =
       std::make_shared<LastReferenceWatch>();
 

@@ -116,6 +116,30 @@ TEST_F(ReleasedMemoryTest, WithoutChargeUntilGoneTheChargeGoesAtRelease) {
   EXPECT_EQ(Stats().released_held_buffers(), 0u);
 }
 
+TEST_F(ReleasedMemoryTest, WhatWentIsForgottenWithoutARefusalOrStats) {
+  // Released one by one, never refused and never asked for Stats: what
+  // lingers must not grow with every Release (hallocd's memory, and the
+  // charge a later quota decision would start from).
+  auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
+  for (int i = 0; i < 2000; ++i) {
+    auto b = std::make_shared<BufferRecord>();
+    b->size = kPage;
+    b->charged_to = "app/1";
+    b->charge_until_gone = true;
+    b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
+    v1::AllocateResponse reply;
+    ASSERT_TRUE(reg_.Add(kA, {b}, CpuAccess::kReadWrite, no_quota, &reply).ok());
+    ASSERT_TRUE(reg_.Release(kA, {b->id}).ok());
+  }
+  uint64_t charged = 0;
+  ASSERT_TRUE(reg_.CheckRoom(kA, 1, "app/1", [&](uint64_t buffers, uint64_t) {
+    charged = buffers;
+    return absl::OkStatus();
+  }).ok());
+  EXPECT_LT(charged, 1000u) << "2000 released, nobody holds any";
+  EXPECT_EQ(Stats().released_held_buffers(), 0u);
+}
+
 TEST_F(ReleasedMemoryTest, LeavingReleasesButKeepsTheChargeOfWhatIsKept) {
   UniqueFd kept;
   ASSERT_NE(Add(true, &kept), 0u) << last_;

@@ -36,7 +36,14 @@ LogLimiter& Limiter() {
 
 LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance)
     : per_instance_(watches_per_instance != 0 ? watches_per_instance
-                                              : WatchesPerInstance()) {}
+                                              : WatchesPerInstance()) {
+  // The first instance now, so that hallocd's fds do not grow by one at
+  // its first release; more only while a burst needs them (DrainLocked).
+  absl::MutexLock lock(&mu_);
+  if (UniqueFd fd(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC)); fd) {
+    instances_.push_back(Instance{std::move(fd)});
+  }
+}
 
 LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
   for (Instance& instance : instances_) {
@@ -111,6 +118,11 @@ void LastReferenceWatch::DrainLocked() {
       }
     }
   }
+  // Instances past the first go once empty: their fds were for a burst.
+  while (instances_.size() > 1 && instances_.back().watches == 0 &&
+         instances_.back().tokens.empty()) {
+    instances_.pop_back();
+  }
 }
 
 std::vector<uint64_t> LastReferenceWatch::TakeGone() {
@@ -124,6 +136,11 @@ std::vector<uint64_t> LastReferenceWatch::TakeGone() {
 size_t LastReferenceWatch::following() const {
   absl::MutexLock lock(&mu_);
   return following_;
+}
+
+size_t LastReferenceWatch::instances() const {
+  absl::MutexLock lock(&mu_);
+  return instances_.size();
 }
 
 uint64_t LastReferenceWatch::unwatched() const {

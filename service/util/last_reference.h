@@ -23,7 +23,8 @@
 // default) events before it drops them (IN_Q_OVERFLOW). A watch makes two
 // events (IN_DELETE_SELF, IN_IGNORED), so an instance here holds at most
 // half that many watches, and a dropped event is impossible however late
-// the events are read. Instances are made on demand, up to kMaxInstances.
+// the events are read. The first instance is made at construction, more
+// on demand up to kMaxInstances; those go again once empty.
 // Past that, or when the kernel refuses a watch (max_user_watches), the fd
 // is reported gone at once and counted in unwatched(): the caller's old
 // behaviour, never a charge kept forever.
@@ -66,6 +67,8 @@ class LastReferenceWatch {
   size_t following() const;
   // Follow calls that could not watch (reported gone at once) since start.
   uint64_t unwatched() const;
+  // inotify instances (fds) open now.
+  size_t instances() const;
 
  private:
   struct Instance {

@@ -28,6 +28,7 @@ UniqueFd Memfd(size_t size = 4096) {
 
 TEST(LastReferenceWatchTest, ReportsGoneAtTheLastCloseOnly) {
   LastReferenceWatch watch;
+  EXPECT_EQ(watch.instances(), 1u) << "made up front: no fd appears later";
   UniqueFd fd = Memfd();
   UniqueFd other(::dup(fd.get()));
   watch.Follow(fd.get(), 7);
@@ -103,8 +104,10 @@ TEST(LastReferenceWatchTest, FullInstancesSpillIntoNewOnesAndReuseFreedRoom) {
   }
   EXPECT_EQ(watch.following(), 5u);
   EXPECT_EQ(watch.unwatched(), 0u);
+  EXPECT_EQ(watch.instances(), 3u);
   held.clear();
   EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(0u, 1u, 2u, 3u, 4u));
+  EXPECT_EQ(watch.instances(), 1u) << "the burst's extra fds are closed again";
   // Room freed by the IN_IGNORED events is used again: many more rounds
   // than kMaxInstances × 2 watches, none refused.
   for (uint64_t t = 100; t < 200; ++t) {
