@@ -94,7 +94,7 @@ absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
   absl::Status judged = JudgeLocked(quota_key, quota);
   if (judged.ok() || lingering_.empty()) return judged;
   // Some of the released memory charged may be gone by now.
-  SettleLocked(/*flush=*/true);
+  SettleLocked();
   return JudgeLocked(quota_key, quota);
 }
 
@@ -106,12 +106,7 @@ void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
   if (c->second.first == 0) charged_.erase(c);
 }
 
-void Registry::SettleLocked(bool flush) {
-  // Buffers dropped so far have their daemon fd closed (and are followed)
-  // first: a client that closed its fds before its Release is not refused
-  // for memory that goes the moment hallocd's own fd does. The reaper
-  // takes no registry lock, so waiting here cannot deadlock.
-  if (flush) reaper_.Flush();
+void Registry::SettleLocked() {
   for (uint64_t id : gone_watch_->TakeGone()) {
     auto it = lingering_.find(id);
     if (it == lingering_.end()) continue;
@@ -124,10 +119,23 @@ void Registry::SettleLocked(bool flush) {
 absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
                                  const std::string& quota_key,
                                  QuotaJudge quota) {
-  absl::MutexLock lock(&mu_);
-  auto h = holdings_.find(session_id);
-  if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
-  return CheckRoomLocked(h->second, count, quota_key, quota);
+  bool again = false;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto h = holdings_.find(session_id);
+      if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+      absl::Status s = CheckRoomLocked(h->second, count, quota_key, quota);
+      if (s.ok() || again || lingering_.empty() || !absl::IsResourceExhausted(s)) return s;
+    }
+    // Refused with released memory charged: what the reaper still has
+    // queued gets its daemon fd closed (and is followed) first, so a
+    // client that closed its fds before its Release is not refused for
+    // memory that goes the moment hallocd's own fd does. Outside the lock:
+    // closing frees pages, and nobody else should wait for that.
+    reaper_.Flush();
+    again = true;
+  }
 }
 
 absl::Status Registry::Add(uint64_t session_id,
@@ -197,7 +205,7 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
     // without a refusal or a Stats call (each costs a read of the events):
     // at every doubling of what lingers, at least every kSettleEvery.
     if (lingering_.size() >= settle_at_) {
-      SettleLocked(/*flush=*/false);
+      SettleLocked();
       settle_at_ = std::max(kSettleEvery, 2 * lingering_.size());
     }
   } else {
@@ -490,8 +498,9 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
 }
 
 void Registry::FillStats(v1::StatsResponse* s) {
+  reaper_.Flush();  // outside the lock (see CheckRoom)
   absl::MutexLock lock(&mu_);
-  if (!lingering_.empty()) SettleLocked(/*flush=*/true);
+  if (!lingering_.empty()) SettleLocked();
   s->set_live_buffers(buffers_.size());
   s->set_live_bytes(live_bytes_);
   s->set_grants(grants_.size());
@@ -518,8 +527,9 @@ void Registry::FillStats(v1::StatsResponse* s) {
 }
 
 void Registry::FillDump(v1::DumpResponse* dump) {
+  reaper_.Flush();  // outside the lock (see CheckRoom)
   absl::MutexLock lock(&mu_);
-  if (!lingering_.empty()) SettleLocked(/*flush=*/true);
+  if (!lingering_.empty()) SettleLocked();
   for (const auto& [id, holding] : holdings_) {
     v1::SessionUsage* u = dump->add_sessions();
     u->set_session_id(id);

@@ -19,8 +19,8 @@
 // until no fd or mapping of it is left in any process (the client may keep
 // its fd or mapping past Release, or have passed it on). The reaper has a
 // LastReferenceWatch follow it as it closes the daemon's fd; the charge is
-// settled when a quota would refuse (so a refusal never counts memory that
-// is gone), and for Stats and Dump.
+// settled when a quota would refuse in CheckRoom (so a refusal never counts
+// memory that is gone), for Stats and Dump, and on the way now and then.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_REGISTRY_H_
@@ -249,9 +249,9 @@ class Registry {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void UnchargeLocked(const std::string& quota_key, uint64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Returns the charges of released memory that is gone by now; with
-  // `flush`, of what the reaper has queued too.
-  void SettleLocked(bool flush) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Returns the charges of released memory that is gone by now (of what
+  // the reaper has closed so far: callers flush it first, outside mu_).
+  void SettleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The holding's buffer `id`, or NOT_FOUND.
   absl::StatusOr<BufferRecord*> Held(const Holding& holding, uint64_t id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

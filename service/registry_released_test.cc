@@ -46,8 +46,10 @@ class ReleasedMemoryTest : public ::testing::Test {
     EXPECT_EQ(::ftruncate(b->fd.get(), kPage), 0);
     // What a client would get: the same open file.
     if (client_copy != nullptr) *client_copy = UniqueFd(::dup(b->fd.get()));
+    // As the allocator does: room first (which settles), then commit.
+    absl::Status s = reg_.CheckRoom(kA, 1, "app/1", OneBuffer);
     v1::AllocateResponse reply;
-    absl::Status s = reg_.Add(kA, {b}, CpuAccess::kReadWrite, OneBuffer, &reply);
+    if (s.ok()) s = reg_.Add(kA, {b}, CpuAccess::kReadWrite, OneBuffer, &reply);
     last_ = s;
     return s.ok() ? b->id : 0;
   }
