@@ -13,6 +13,7 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
@@ -34,9 +35,16 @@ module_param_named(contig_dma32, halloc_param_contig_dma32, bool, 0644);
 MODULE_PARM_DESC(contig_dma32,
 		 "halloc-contig allocates below 4 GiB (ZONE_DMA32), usable by 32-bit DMA devices (default Y)");
 
-static unsigned int max_total_mb;
+/*
+ * Unset (the default): half of the machine's RAM, set at load, so that a
+ * user allowed on the heaps cannot take all of it (pages are charged to no
+ * memory cgroup). 0 lifts the cap.
+ */
+#define HALLOC_TOTAL_UNSET UINT_MAX
+static unsigned int max_total_mb = HALLOC_TOTAL_UNSET;
 module_param(max_total_mb, uint, 0644);
-MODULE_PARM_DESC(max_total_mb, "Cap on all live halloc buffers, MiB (0 = none)");
+MODULE_PARM_DESC(max_total_mb,
+		 "Cap on all live halloc buffers, MiB (default half of RAM; 0 = none)");
 
 unsigned int halloc_param_pool_max_mb = 64;
 module_param_named(pool_max_mb, halloc_param_pool_max_mb, uint, 0644);
@@ -322,6 +330,10 @@ static int __init halloc_init(void)
 {
 	unsigned int i;
 	int ret;
+
+	if (max_total_mb == HALLOC_TOTAL_UNSET)
+		max_total_mb = (u32)min_t(u64, ((u64)totalram_pages() << PAGE_SHIFT) / 2 / SZ_1M,
+					  HALLOC_TOTAL_UNSET - 1);
 
 	ret = halloc_pool_init();
 	if (ret)

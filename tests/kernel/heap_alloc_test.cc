@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <vector>
 
 #include "tests/kernel/halloc_fixture.h"
@@ -104,6 +106,33 @@ TEST_F(HeapAllocTest, TotalCapFromModuleParameter) {
   a.reset();
   UniqueFd c = Alloc(Heap::kSystem, 4 << 20);
   EXPECT_TRUE(c.valid());
+}
+
+TEST_F(HeapAllocTest, LoadedWithoutACapItTakesHalfOfRam) {
+  // tools/kernel-test.sh loads the module without max_total_mb; the pages
+  // are charged to no memory cgroup, so by default no user allowed on the
+  // heaps may take more than half of the machine.
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  long kib = 0;
+  while (meminfo >> key && key != "MemTotal:") meminfo.ignore(256, '\n');
+  ASSERT_TRUE(meminfo >> kib);
+  EXPECT_EQ(ModuleParamText("max_total_mb"), std::to_string(kib / 2048));
+  // More than that in all is refused (buffers of max_buffer_mb each).
+  const size_t chunk = static_cast<size_t>(std::stoul(ModuleParamText("max_buffer_mb"))) << 20;
+  std::vector<UniqueFd> held;
+  int refused = 0;
+  for (long mib = 0; mib <= kib / 2048 + static_cast<long>(chunk >> 20); mib += chunk >> 20) {
+    const int fd = HeapAlloc(system_.get(), chunk);
+    if (fd < 0) {
+      EXPECT_EQ(fd, -ENOMEM);
+      ++refused;
+      break;
+    }
+    held.emplace_back(fd);
+  }
+  EXPECT_EQ(refused, 1) << held.size() << " buffers of " << (chunk >> 20) << " MiB fit";
+  EXPECT_LE(held.size() * chunk, static_cast<size_t>(kib / 2048) << 20);
 }
 
 TEST_F(HeapAllocTest, FdFlags) {
