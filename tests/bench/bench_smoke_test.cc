@@ -58,7 +58,9 @@ std::set<std::string> ExpectedRows() {
   for (int c : {1, 2, 4, 8, 16}) {
     rows.insert(absl::StrCat("floor.grpc_echo.qps.c", c));
     rows.insert(absl::StrCat("throughput.alloc_4KiB.c", c));
+    rows.insert(absl::StrCat("broker.throughput.alloc_4KiB.c", c));
   }
+  rows.insert("broker.throughput.alloc_4KiB.c16.quota");
   for (const char* live : {"0", "1k", "10k"}) {
     rows.insert(absl::StrCat("scale.alloc_4KiB.p50.live_", live));
   }

@@ -112,15 +112,22 @@ class Suite {
 
  private:
   std::string Sock(const std::string& name) const { return dir_ + "/" + name; }
-  std::vector<std::string> Halloc(std::vector<std::string> argv) const {
-    argv.push_back("--control=" + Sock("control.sock"));
-    argv.push_back("--broker=" + Sock("broker.sock"));
+  std::vector<std::string> Halloc(std::vector<std::string> argv,
+                                  const std::string& prefix = "") const {
+    argv.push_back("--control=" + Sock(prefix + "control.sock"));
+    argv.push_back("--broker=" + Sock(prefix + "broker.sock"));
     return argv;
   }
   // Runs one worker to completion; its values (empty on failure).
   Values Work(const std::vector<std::string>& argv);
   absl::Status StartServers();
+  // A hallocd on sockets named `prefix`control.sock and `prefix`broker.sock,
+  // its rule with `quota` added.
+  absl::StatusOr<Child> SpawnDaemon(const std::string& prefix, const std::string& quota);
   absl::Status StartDaemon();
+  // Broker-path allocations per second of `clients` workers against the
+  // hallocd on sockets `prefix`...; NaN on failure.
+  double BrokerQps(int clients, const std::string& prefix);
 
   void Floors();
   void Allocations();
@@ -140,6 +147,7 @@ class Suite {
   double scm_p50_ = kNaN;
   std::map<uint64_t, Values> memfd_;
   std::vector<Row> rows_;
+  std::map<int, double> broker_qps_;  // per client count
   int failures_ = 0;
 };
 
@@ -178,32 +186,44 @@ absl::Status Suite::StartServers() {
   return absl::OkStatus();
 }
 
-absl::Status Suite::StartDaemon() {
+absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
+                                          const std::string& quota) {
   // The built-in policy's, but without its cap on one uid's live buffers
   // (half of hallocd's fds): the scale rows hold up to 100k in one uid.
-  const std::string policy = Sock("policy.textproto");
+  // `quota` (a rule field) is for the row that measures what a quota adds.
+  const std::string policy = Sock(prefix + "policy.textproto");
   {
     std::ofstream out(policy);
     out << "clients { name: \"bench\" match { any: true } usages: \"*\" heaps: \"*\"\n"
-           "  max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: \"*\"\n"
-           "  share_to: \"@same_uid\" receive_from: \"@same_uid\" }\n";
+           "  max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: \"*\" "
+        << quota << "\n"
+        << "  share_to: \"@same_uid\" receive_from: \"@same_uid\" }\n";
     if (!out) return absl::InternalError("cannot write " + policy);
   }
+  const std::string control = Sock(prefix + "control.sock");
   absl::StatusOr<Child> d = Child::Spawn(
-      {args_.Str("hallocd"), "--control_socket=" + Sock("control.sock"),
-       "--broker_socket=" + Sock("broker.sock"),
+      {args_.Str("hallocd"), "--control_socket=" + control,
+       "--broker_socket=" + Sock(prefix + "broker.sock"),
        "--backend=" + args_.Str("backend", "memfd-pool"), "--socket_mode=0600",
        "--policy=" + policy},
-      Sock("hallocd.log"));
+      Sock(prefix + "hallocd.log"));
   if (!d.ok()) return d.status();
-  daemon_.emplace(*std::move(d));
   // The control socket is bound last (daemon.cc): once it exists, both are up.
   struct stat st;
   for (int i = 0; i < 1000; ++i) {
-    if (::stat(Sock("control.sock").c_str(), &st) == 0) return absl::OkStatus();
+    if (::stat(control.c_str(), &st) == 0) return d;
     absl::SleepFor(absl::Milliseconds(10));
   }
-  return absl::UnavailableError("hallocd did not start; see " + Sock("hallocd.log"));
+  d->Signal(SIGTERM);
+  d->Wait();
+  return absl::UnavailableError("hallocd did not start; see " + Sock(prefix + "hallocd.log"));
+}
+
+absl::Status Suite::StartDaemon() {
+  absl::StatusOr<Child> d = SpawnDaemon("", "");
+  if (!d.ok()) return d.status();
+  daemon_.emplace(*std::move(d));
+  return absl::OkStatus();
 }
 
 void Suite::Floors() {
@@ -374,7 +394,51 @@ void Suite::Throughput() {
     if (clients >= 4) broker_target = 2.0;
     Add(Compare(absl::StrCat("broker.throughput.alloc_4KiB.c", clients), qps[2], "allocs/s",
          absl::StrCat("grpc_echo.qps.c", clients), qps[0], broker_target, true));
+    broker_qps_[clients] = qps[2];
   }
+  // Under a rule with a quota, every released memfd is followed until its
+  // last fd or mapping goes (an inotify watch: README, "Quotas count
+  // memory"): what that costs at saturation, against the row above, with
+  // a hallocd of its own (the same rule plus a quota that is never reached).
+  constexpr int kClients = 16;
+  absl::StatusOr<Child> quota = SpawnDaemon("q-", "quota_bytes: 1000000000000000");
+  double qps = kNaN;
+  if (quota.ok()) {
+    qps = BrokerQps(kClients, "q-");
+    quota->Signal(SIGTERM);
+    quota->Wait();
+  } else {
+    ++failures_;
+  }
+  Add(Compare(absl::StrCat("broker.throughput.alloc_4KiB.c", kClients, ".quota"), qps,
+              "allocs/s", absl::StrCat("broker.throughput.alloc_4KiB.c", kClients),
+              broker_qps_[kClients], std::nullopt, true));
+}
+
+double Suite::BrokerQps(int clients, const std::string& prefix) {
+  std::vector<Child> workers;
+  bool ok = true;
+  for (int i = 0; i < clients && ok; ++i) {
+    absl::StatusOr<Child> c = Child::Spawn(
+        Halloc({self_, "tput", "--kind=alloc", "--path=broker",
+                absl::StrCat("--ms=", plan_.tput_ms)},
+               prefix));
+    ok = c.ok();
+    if (ok) workers.push_back(*std::move(c));
+  }
+  for (Child& w : workers) ok = ok && w.ReadLine().ok();  // "ready"
+  for (Child& w : workers) w.Say("go");
+  double qps = 0;
+  for (Child& w : workers) {
+    const Values v = w.ReadValues();
+    ok = ok && w.Wait() == 0;
+    qps += Get(v, "count") / Get(v, "elapsed_s");
+  }
+  if (!ok) {
+    ++failures_;
+    return kNaN;
+  }
+  return qps;
 }
 
 // VmRSS in bytes and the number of open fds of `pid`.
