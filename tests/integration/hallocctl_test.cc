@@ -316,6 +316,15 @@ TEST_F(HallocctlTest, ListAllShowsOtherSessionsBuffersAndStatsCounts) {
   EXPECT_EQ(desc.code, 0) << desc.out;
   Result stats = Run({"stats"});
   EXPECT_TRUE(absl::StrContains(stats.out, "live buffers  1")) << stats.out;
+  EXPECT_FALSE(absl::StrContains(stats.out, "released, still held")) << stats.out;
+  // Released while this process keeps the fd: still charged, and said so.
+  absl::StatusOr<UniqueFd> kept = b->TakeFd();
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  ASSERT_TRUE(client().Release(b->id()).ok());
+  stats = Run({"stats"});
+  EXPECT_TRUE(absl::StrContains(stats.out, "live buffers  0")) << stats.out;
+  EXPECT_TRUE(absl::StrContains(stats.out, "released, still held  1 buffers, 8192 bytes"))
+      << stats.out;
 }
 
 TEST_F(HallocctlTest, SessionAllocatesSetsMetadataAndReleases) {
