@@ -332,10 +332,11 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
       addr.sun_family = AF_UNIX;
       strncpy(addr.sun_path, opts_.control_socket.c_str(), sizeof(addr.sun_path) - 1);
       if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 101;
-      // A refused one is closed at once; an admitted one stays open, silent.
+      // A refused one is closed at once; an admitted one stays open (gRPC
+      // greets it with its SETTINGS frame).
       pollfd p{fd, POLLIN, 0};
       char c;
-      if (poll(&p, 1, 1000) == 1 && read(fd, &c, 1) == 0) {
+      if (poll(&p, 1, 5000) == 1 && read(fd, &c, 1) == 0) {
         ++ended;
         close(fd);
       } else {
