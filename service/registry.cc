@@ -35,7 +35,8 @@ absl::Status NotHeld(uint64_t id) {
 }  // namespace
 
 BufferRecord::~BufferRecord() {
-  if (gone_watch != nullptr && fd) gone_watch->Follow(fd.get(), id);
+  // (Without an fd there is nothing to follow: Follow reports it gone.)
+  if (gone_watch != nullptr) gone_watch->Follow(fd.get(), id);
 }
 
 CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {
