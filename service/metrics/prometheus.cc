@@ -89,7 +89,7 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
          "Bytes of released buffers a process still holds, still charged.")
       .Sample(s.released_held_bytes());
   Family(&out, "halloc_released_unwatched_total", "counter",
-         "Released buffers that could not be followed (charge returned at once).")
+         "Released buffers that could not be followed at all (charge returned at once).")
       .Sample(s.released_unwatched_total());
 
   // Per-client rows: one family each, a sample per client and uid.

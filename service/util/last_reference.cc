@@ -56,24 +56,41 @@ LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
   return &instances_.back();
 }
 
-void LastReferenceWatch::Follow(int fd, uint64_t token) {
+int LastReferenceWatch::WatchLocked(int fd, uint64_t token) {
+  Instance* instance = RoomLocked();
+  if (instance == nullptr) return ENOSPC;
   char path[32];
   std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  const int wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
+  if (wd < 0) return errno;
+  auto [it, fresh] = instance->tokens.try_emplace(wd);
+  it->second.push_back(token);
+  if (fresh) ++instance->watches;
+  ++following_;
+  return 0;
+}
+
+void LastReferenceWatch::Follow(int fd, uint64_t token) {
   absl::MutexLock lock(&mu_);
-  Instance* instance = RoomLocked();
-  if (instance == nullptr) {
-    // Full: events read now may free watches.
+  int err = waiting_.empty() ? WatchLocked(fd, token) : ENOSPC;
+  if (err == ENOSPC) {
+    // Full: events read now may free room (for those waiting first).
     DrainLocked();
-    instance = RoomLocked();
+    if (waiting_.empty()) err = WatchLocked(fd, token);
   }
-  int err = ENOSPC;
-  if (instance != nullptr) {
-    const int wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
-    if (wd >= 0) {
-      auto [it, fresh] = instance->tokens.try_emplace(wd);
-      it->second.push_back(token);
-      if (fresh) ++instance->watches;
-      ++following_;
+  if (err == 0) return;
+  // Out of room (or of kernel memory for watches): hold the memory with an
+  // fd of our own, so it stays charged, until a watch can be added. Any
+  // other error would never pass (no /proc, no such fd): say it is gone.
+  const bool later = err == ENOSPC || err == ENOMEM || err == EMFILE || err == ENFILE;
+  if (later && fd >= 0) {
+    if (UniqueFd held(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); held) {
+      waiting_.push_back({std::move(held), token});
+      if (uint64_t dropped; Limiter().Allow("last_reference_wait", &dropped)) {
+        LOG(WARNING) << "cannot follow released memory yet (" << std::strerror(err)
+                     << "): held, and charged, until it can be"
+                     << LogLimiter::Dropped(dropped);
+      }
       return;
     }
     err = errno;
@@ -118,6 +135,18 @@ void LastReferenceWatch::DrainLocked() {
       }
     }
   }
+  // Memory held for want of room gets its watch now, oldest first; the
+  // held fd closes (the watch does not keep the memory).
+  while (!waiting_.empty()) {
+    const auto& [held, token] = waiting_.front();
+    const int err = WatchLocked(held.get(), token);
+    if (err == ENOSPC || err == ENOMEM) break;  // still no room
+    if (err != 0) {  // would never pass
+      ++unwatched_;
+      gone_.push_back(token);
+    }
+    waiting_.pop_front();
+  }
   // Instances past the first go once empty: their fds were for a burst.
   while (instances_.size() > 1 && instances_.back().watches == 0 &&
          instances_.back().tokens.empty()) {
@@ -136,6 +165,11 @@ std::vector<uint64_t> LastReferenceWatch::TakeGone() {
 size_t LastReferenceWatch::following() const {
   absl::MutexLock lock(&mu_);
   return following_;
+}
+
+size_t LastReferenceWatch::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return waiting_.size();
 }
 
 size_t LastReferenceWatch::instances() const {

@@ -24,10 +24,13 @@
 // events (IN_DELETE_SELF, IN_IGNORED), so an instance here holds at most
 // half that many watches, and a dropped event is impossible however late
 // the events are read. The first instance is made at construction, more
-// on demand up to kMaxInstances; those go again once empty.
-// Past that, or when the kernel refuses a watch (max_user_watches), the fd
-// is reported gone at once and counted in unwatched(): the caller's old
-// behaviour, never a charge kept forever.
+// on demand up to kMaxInstances; those go again once empty. Past that, or
+// when the kernel refuses a watch for want of room (max_user_watches), the
+// memory is held with an fd of the watch's own (so it stays allocated and
+// charged, as if still live) until a watch can be added: running out of
+// watches never lets memory escape its charge. Only when even that fails
+// (no fd to hold it, or an error no retry would cure, such as no /proc)
+// is it reported gone at once and counted in unwatched().
 //
 // Thread-safe. Adding a watch costs ~5 µs (the /proc path walk); callers
 // keep it off their request path.
@@ -36,6 +39,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -69,6 +74,8 @@ class LastReferenceWatch {
   uint64_t unwatched() const;
   // inotify instances (fds) open now.
   size_t instances() const;
+  // Memory held (an fd each) until there is room to watch it.
+  size_t waiting() const;
 
  private:
   struct Instance {
@@ -78,8 +85,10 @@ class LastReferenceWatch {
     absl::flat_hash_map<int, std::vector<uint64_t>> tokens;
   };
 
-  // Reads every instance's events into gone_.
+  // Reads every instance's events into gone_, then watches what waits.
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Watches `fd` for `token`: 0, or the errno (ENOSPC: no room).
+  int WatchLocked(int fd, uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An instance with room for one more watch, or nullptr.
   Instance* RoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -87,6 +96,7 @@ class LastReferenceWatch {
   mutable absl::Mutex mu_;
   std::vector<Instance> instances_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<UniqueFd, uint64_t>> waiting_ ABSL_GUARDED_BY(mu_);
   size_t following_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t unwatched_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -119,7 +119,9 @@ TEST(LastReferenceWatchTest, FullInstancesSpillIntoNewOnesAndReuseFreedRoom) {
   EXPECT_EQ(watch.unwatched(), 0u);
 }
 
-TEST(LastReferenceWatchTest, WithNoRoomLeftReportsGoneAtOnceAndCountsIt) {
+TEST(LastReferenceWatchTest, WithNoRoomLeftTheMemoryIsHeldUntilThereIs) {
+  // Running out of watches must not let memory escape its charge: what
+  // cannot be watched yet is held (an fd) and watched once room frees.
   LastReferenceWatch watch(1);
   std::vector<UniqueFd> held;
   for (uint64_t t = 0; t < LastReferenceWatch::kMaxInstances; ++t) {
@@ -127,12 +129,17 @@ TEST(LastReferenceWatchTest, WithNoRoomLeftReportsGoneAtOnceAndCountsIt) {
     watch.Follow(fd.get(), t);
     held.push_back(std::move(fd));
   }
-  EXPECT_EQ(watch.unwatched(), 0u);
   UniqueFd extra = Memfd();
   watch.Follow(extra.get(), 99);
-  EXPECT_EQ(watch.unwatched(), 1u);
+  extra.reset();
+  EXPECT_EQ(watch.waiting(), 1u);
+  EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "held by the watch itself, still charged";
+  held[0].reset();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(0u));
+  EXPECT_EQ(watch.waiting(), 0u) << "watched in the room token 0 left";
   EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(99u))
-      << "unwatchable memory is given back at once, never charged forever";
+      << "its only other fd was closed long ago: gone with the held one";
+  EXPECT_EQ(watch.unwatched(), 0u);
 }
 
 TEST(LastReferenceWatchTest, AnFdThatIsNotOpenIsReportedGoneAtOnce) {
