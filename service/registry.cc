@@ -36,7 +36,7 @@ absl::Status NotHeld(uint64_t id) {
 
 BufferRecord::~BufferRecord() {
   // (Without an fd there is nothing to follow: Follow reports it gone.)
-  if (gone_watch != nullptr) gone_watch->Follow(fd.get(), id);
+  if (gone_watch != nullptr) gone_watch->Follow(fd.get(), id, owner_uid);
 }
 
 CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {

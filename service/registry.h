@@ -96,7 +96,7 @@ struct BufferRecord {
   BufferRecord(const BufferRecord&) = delete;
   BufferRecord& operator=(const BufferRecord&) = delete;
   // Closes `fd`; first, when the registry dropped it still charged, has
-  // `gone_watch` follow its memory (token: `id`).
+  // `gone_watch` follow its memory (token: `id`; group: the owner's uid).
   ~BufferRecord();
   std::shared_ptr<LastReferenceWatch> gone_watch;  // set by the registry
 };

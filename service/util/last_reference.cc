@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <glog/logging.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -36,7 +37,8 @@ LogLimiter& Limiter() {
 
 LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance)
     : per_instance_(watches_per_instance != 0 ? watches_per_instance
-                                              : WatchesPerInstance()) {
+                                              : WatchesPerInstance()),
+      group_cap_(std::max<size_t>(1, kMaxInstances * per_instance_ / kGroupShare)) {
   // The first instance now, so that hallocd's fds do not grow by one at
   // its first release; more only while a burst needs them (DrainLocked).
   absl::MutexLock lock(&mu_);
@@ -56,36 +58,45 @@ LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
   return &instances_.back();
 }
 
-int LastReferenceWatch::WatchLocked(int fd, uint64_t token) {
+int LastReferenceWatch::WatchLocked(int fd, const Followed& what) {
+  if (auto g = watched_by_group_.find(what.group);
+      g != watched_by_group_.end() && g->second >= group_cap_) {
+    return ENOSPC;  // the group's share is taken
+  }
   Instance* instance = RoomLocked();
   if (instance == nullptr) return ENOSPC;
   char path[32];
   std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
   const int wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
   if (wd < 0) return errno;
-  auto [it, fresh] = instance->tokens.try_emplace(wd);
-  it->second.push_back(token);
+  auto [it, fresh] = instance->followed.try_emplace(wd);
+  it->second.push_back(what);
   if (fresh) ++instance->watches;
+  ++watched_by_group_[what.group];
   ++following_;
   return 0;
 }
 
-void LastReferenceWatch::Follow(int fd, uint64_t token) {
+void LastReferenceWatch::Follow(int fd, uint64_t token, uint64_t group) {
   absl::MutexLock lock(&mu_);
-  int err = waiting_.empty() ? WatchLocked(fd, token) : ENOSPC;
+  const Followed what{token, group};
+  // A group's memory is watched in the order it came: none before what
+  // already waits.
+  int err = waiting_.contains(group) ? ENOSPC : WatchLocked(fd, what);
   if (err == ENOSPC) {
-    // Full: events read now may free room (for those waiting first).
+    // Full: events read now may free room (for what waits first).
     DrainLocked();
-    if (waiting_.empty()) err = WatchLocked(fd, token);
+    if (!waiting_.contains(group)) err = WatchLocked(fd, what);
   }
   if (err == 0) return;
   // Out of room (or of kernel memory for watches): hold the memory with an
   // fd of our own, so it stays charged, until a watch can be added. Any
   // other error would never pass (no /proc, no such fd): say it is gone.
-  const bool later = err == ENOSPC || err == ENOMEM || err == EMFILE || err == ENFILE;
+  const bool later = err == ENOSPC || err == ENOMEM;
   if (later && fd >= 0) {
     if (UniqueFd held(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); held) {
-      waiting_.push_back({std::move(held), token});
+      waiting_[group].push_back({std::move(held), token});
+      ++waiting_count_;
       if (uint64_t dropped; Limiter().Allow("last_reference_wait", &dropped)) {
         LOG(WARNING) << "cannot follow released memory yet (" << std::strerror(err)
                      << "): held, and charged, until it can be"
@@ -123,33 +134,43 @@ void LastReferenceWatch::DrainLocked() {
           LOG(ERROR) << "inotify queue overflowed: released memory may stay charged";
           continue;
         }
-        auto it = instance.tokens.find(event->wd);
         if (event->mask & (IN_DELETE_SELF | IN_IGNORED)) {
-          if (it != instance.tokens.end()) {
+          if (auto it = instance.followed.find(event->wd); it != instance.followed.end()) {
+            for (const Followed& f : it->second) {
+              gone_.push_back(f.token);
+              if (auto g = watched_by_group_.find(f.group);
+                  g != watched_by_group_.end() && --g->second == 0) {
+                watched_by_group_.erase(g);
+              }
+            }
             following_ -= it->second.size();
-            gone_.insert(gone_.end(), it->second.begin(), it->second.end());
-            instance.tokens.erase(it);
+            instance.followed.erase(it);
           }
         }
         if (event->mask & IN_IGNORED) --instance.watches;
       }
     }
   }
-  // Memory held for want of room gets its watch now, oldest first; the
-  // held fd closes (the watch does not keep the memory).
-  while (!waiting_.empty()) {
-    const auto& [held, token] = waiting_.front();
-    const int err = WatchLocked(held.get(), token);
-    if (err == ENOSPC || err == ENOMEM) break;  // still no room
-    if (err != 0) {  // would never pass
-      ++unwatched_;
-      gone_.push_back(token);
+  // Memory held for want of room gets its watch now, each group's oldest
+  // first; the held fd closes (the watch does not keep the memory).
+  std::vector<uint64_t> emptied;
+  for (auto& [group, queue] : waiting_) {
+    while (!queue.empty()) {
+      const int err = WatchLocked(queue.front().fd.get(), {queue.front().token, group});
+      if (err == ENOSPC || err == ENOMEM) break;  // still no room
+      if (err != 0) {  // would never pass
+        ++unwatched_;
+        gone_.push_back(queue.front().token);
+      }
+      queue.pop_front();
+      --waiting_count_;
     }
-    waiting_.pop_front();
+    if (queue.empty()) emptied.push_back(group);
   }
+  for (uint64_t group : emptied) waiting_.erase(group);
   // Instances past the first go once empty: their fds were for a burst.
   while (instances_.size() > 1 && instances_.back().watches == 0 &&
-         instances_.back().tokens.empty()) {
+         instances_.back().followed.empty()) {
     instances_.pop_back();
   }
 }
@@ -169,7 +190,7 @@ size_t LastReferenceWatch::following() const {
 
 size_t LastReferenceWatch::waiting() const {
   absl::MutexLock lock(&mu_);
-  return waiting_.size();
+  return waiting_count_;
 }
 
 size_t LastReferenceWatch::instances() const {

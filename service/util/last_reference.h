@@ -32,6 +32,12 @@
 // (no fd to hold it, or an error no retry would cure, such as no /proc)
 // is it reported gone at once and counted in unwatched().
 //
+// Fairness: each Follow names a group (hallocd: the owner's uid), and no
+// group may take more than 1/kGroupShare of all the watches there can be;
+// past its share a group's memory waits (held, as above) for its own
+// watches to go. So one uid keeping many released buffers delays only its
+// own, never another uid's release being seen.
+//
 // Thread-safe. Adding a watch costs ~5 µs (the /proc path walk); callers
 // keep it off their request path.
 #ifndef HALLOC_SERVICE_UTIL_LAST_REFERENCE_H_
@@ -52,6 +58,7 @@ namespace halloc {
 class LastReferenceWatch {
  public:
   static constexpr size_t kMaxInstances = 16;
+  static constexpr size_t kGroupShare = 8;
 
   // `watches_per_instance` 0: half of /proc/sys/fs/inotify/max_queued_events
   // (less one). Tests pass a small number.
@@ -59,44 +66,59 @@ class LastReferenceWatch {
   LastReferenceWatch(const LastReferenceWatch&) = delete;
   LastReferenceWatch& operator=(const LastReferenceWatch&) = delete;
 
-  // Follows the memory `fd` refers to; `token` is reported by TakeGone once
-  // it is gone. The caller may close `fd` right after (its own reference
-  // counts like any other until then).
-  void Follow(int fd, uint64_t token);
+  // Follows the memory `fd` refers to for `group`; `token` is reported by
+  // TakeGone once it is gone. The caller may close `fd` right after (its
+  // own reference counts like any other until then).
+  void Follow(int fd, uint64_t token, uint64_t group = 0);
 
   // The tokens whose memory went since the last call, in no set order.
   // Never blocks.
   std::vector<uint64_t> TakeGone();
 
-  // Memory followed and not yet known gone.
+  // Memory watched and not yet known gone.
   size_t following() const;
+  // Memory held (an fd each) until there is room to watch it.
+  size_t waiting() const;
   // Follow calls that could not watch (reported gone at once) since start.
   uint64_t unwatched() const;
   // inotify instances (fds) open now.
   size_t instances() const;
-  // Memory held (an fd each) until there is room to watch it.
-  size_t waiting() const;
+  // Most watches one group may have at once.
+  size_t group_cap() const { return group_cap_; }
 
  private:
+  struct Followed {
+    uint64_t token;
+    uint64_t group;
+  };
   struct Instance {
     UniqueFd fd;
     size_t watches = 0;  // added and not yet IN_IGNORED
-    // wd → tokens (one memory followed twice shares a wd), until gone.
-    absl::flat_hash_map<int, std::vector<uint64_t>> tokens;
+    // wd → what it follows (one memory followed twice shares a wd), until
+    // gone.
+    absl::flat_hash_map<int, std::vector<Followed>> followed;
+  };
+  struct Held {
+    UniqueFd fd;
+    uint64_t token;
   };
 
   // Reads every instance's events into gone_, then watches what waits.
   void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Watches `fd` for `token`: 0, or the errno (ENOSPC: no room).
-  int WatchLocked(int fd, uint64_t token) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An instance with room for one more watch, or nullptr.
   Instance* RoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Watches `fd`: 0, or the errno (ENOSPC: no room, or `group` at its cap).
+  int WatchLocked(int fd, const Followed& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t per_instance_;
+  const size_t group_cap_;
   mutable absl::Mutex mu_;
   std::vector<Instance> instances_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::pair<UniqueFd, uint64_t>> waiting_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, size_t> watched_by_group_ ABSL_GUARDED_BY(mu_);
+  // Per group, what waits for room, oldest first.
+  absl::flat_hash_map<uint64_t, std::deque<Held>> waiting_ ABSL_GUARDED_BY(mu_);
+  size_t waiting_count_ ABSL_GUARDED_BY(mu_) = 0;
   size_t following_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t unwatched_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -94,12 +94,13 @@ TEST(LastReferenceWatchTest, AnotherProcessHoldingItKeepsIt) {
 }
 
 TEST(LastReferenceWatchTest, FullInstancesSpillIntoNewOnesAndReuseFreedRoom) {
-  // Two watches per instance: five followed at once need three instances.
+  // Two watches per instance: five followed at once (of five groups, each
+  // within its share) need three instances.
   LastReferenceWatch watch(2);
   std::vector<UniqueFd> held;
   for (uint64_t t = 0; t < 5; ++t) {
     UniqueFd fd = Memfd();
-    watch.Follow(fd.get(), t);
+    watch.Follow(fd.get(), t, /*group=*/t);
     held.push_back(std::move(fd));
   }
   EXPECT_EQ(watch.following(), 5u);
@@ -126,11 +127,11 @@ TEST(LastReferenceWatchTest, WithNoRoomLeftTheMemoryIsHeldUntilThereIs) {
   std::vector<UniqueFd> held;
   for (uint64_t t = 0; t < LastReferenceWatch::kMaxInstances; ++t) {
     UniqueFd fd = Memfd();
-    watch.Follow(fd.get(), t);
+    watch.Follow(fd.get(), t, /*group=*/t);
     held.push_back(std::move(fd));
   }
   UniqueFd extra = Memfd();
-  watch.Follow(extra.get(), 99);
+  watch.Follow(extra.get(), 99, /*group=*/99);
   extra.reset();
   EXPECT_EQ(watch.waiting(), 1u);
   EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "held by the watch itself, still charged";
@@ -139,6 +140,38 @@ TEST(LastReferenceWatchTest, WithNoRoomLeftTheMemoryIsHeldUntilThereIs) {
   EXPECT_EQ(watch.waiting(), 0u) << "watched in the room token 0 left";
   EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(99u))
       << "its only other fd was closed long ago: gone with the held one";
+  EXPECT_EQ(watch.unwatched(), 0u);
+}
+
+TEST(LastReferenceWatchTest, OneGroupPastItsShareWaitsAloneForItsOwnToGo) {
+  // Sixteen watches in all, two per group: a group keeping many released
+  // buffers cannot take the watches another group's releases need.
+  LastReferenceWatch watch(1);
+  ASSERT_EQ(watch.group_cap(), 2u);
+  std::vector<UniqueFd> greedy;
+  for (uint64_t t = 0; t < 5; ++t) {
+    UniqueFd fd = Memfd();
+    watch.Follow(fd.get(), t, /*group=*/1);
+    greedy.push_back(std::move(fd));
+  }
+  EXPECT_EQ(watch.following(), 2u);
+  EXPECT_EQ(watch.waiting(), 3u) << "past the share: held, still charged";
+  UniqueFd other = Memfd();
+  watch.Follow(other.get(), 100, /*group=*/2);
+  EXPECT_EQ(watch.following(), 3u) << "another group is watched at once";
+  other.reset();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(100u));
+  // The greedy group's first goes: its oldest waiting one takes the room.
+  greedy[0].reset();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(0u));
+  EXPECT_EQ(watch.waiting(), 2u);
+  greedy.clear();
+  std::vector<uint64_t> gone;
+  for (int i = 0; i < 5 && gone.size() < 4; ++i) {
+    for (uint64_t t : watch.TakeGone()) gone.push_back(t);
+  }
+  EXPECT_THAT(gone, UnorderedElementsAre(1u, 2u, 3u, 4u));
+  EXPECT_EQ(watch.waiting(), 0u);
   EXPECT_EQ(watch.unwatched(), 0u);
 }
 
