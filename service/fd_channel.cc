@@ -18,10 +18,14 @@ SocketFdChannel::~SocketFdChannel() {
 absl::Status SocketFdChannel::SendCounted(absl::string_view bytes,
                                           absl::Span<const int> fds) {
   if (unread_ && !fds.empty()) {
-    if (absl::Status s = unread_->Reserve(handle_, fds.size()); !s.ok()) return s;
+    if (absl::Status s = unread_->Reserve(handle_, fds.size(), bytes.size()); !s.ok()) {
+      return s;
+    }
   }
   absl::Status sent = SendRecord(sock_.get(), bytes, fds, /*nonblocking=*/true);
-  if (!sent.ok() && unread_ && !fds.empty()) unread_->Unreserve(handle_, fds.size());
+  if (!sent.ok() && unread_ && !fds.empty()) {
+    unread_->Unreserve(handle_, fds.size(), bytes.size());
+  }
   return sent;
 }
 

@@ -53,9 +53,17 @@ void UnreadFds::Take(Conn& c, uint64_t n) {
 void UnreadFds::Trim(Conn& c) {
   if (c.recent.empty()) return;
   const uint64_t queued = Queued(c.sock);
-  const uint64_t at_most = (queued + kMinRecordBytes - 1) / kMinRecordBytes;
-  while (c.recent.size() > at_most) {
-    Take(c, c.recent.front());
+  // The queue holds the latest records; count back from the newest while
+  // their least footprints fit (one at least, when anything is queued).
+  size_t may_hold = 0;
+  uint64_t least = 0;
+  for (auto it = c.recent.rbegin(); it != c.recent.rend(); ++it) {
+    least += it->bytes + kMinRecordBytes;
+    if (least > queued && !(may_hold == 0 && queued > 0)) break;
+    ++may_hold;
+  }
+  while (c.recent.size() > may_hold) {
+    Take(c, c.recent.front().fds);
     c.recent.pop_front();
   }
 }
@@ -66,11 +74,15 @@ void UnreadFds::Refresh(std::optional<uid_t> uid) {
   }
 }
 
-absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n) {
+absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n, uint64_t bytes) {
   absl::MutexLock lock(&mu_);
   auto it = conns_.find(handle);
   if (it == conns_.end() || n == 0) return absl::OkStatus();
   Conn& c = it->second;
+  // This connection's own count is one syscall to correct: always first
+  // (a client taking 64 buffers a call gets past its share within one
+  // kRefreshEvery, reading each reply).
+  if (!Fits(c.uid, n)) Trim(c);
   if (!Fits(c.uid, n)) {
     const absl::Time now = now_();
     absl::Time& last = refreshed_.try_emplace(c.uid, absl::InfinitePast()).first->second;
@@ -95,20 +107,21 @@ absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n) {
         ": read the broker socket, or close connections that are not read"));
   }
   c.unread += n;
-  c.recent.push_back(static_cast<uint16_t>(n));
+  c.recent.push_back({static_cast<uint16_t>(n), static_cast<uint32_t>(bytes)});
   by_uid_[c.uid] += n;
   total_ += n;
   return absl::OkStatus();
 }
 
-void UnreadFds::Unreserve(uint64_t handle, uint64_t n) {
+void UnreadFds::Unreserve(uint64_t handle, uint64_t n, uint64_t bytes) {
   absl::MutexLock lock(&mu_);
   auto it = conns_.find(handle);
   if (it == conns_.end()) return;
   Conn& c = it->second;
   // Its entry is the latest of that size (sends on one connection may
   // interleave; entries of one size are alike).
-  auto e = std::find(c.recent.rbegin(), c.recent.rend(), static_cast<uint16_t>(n));
+  auto e = std::find(c.recent.rbegin(), c.recent.rend(),
+                     Sent{static_cast<uint16_t>(n), static_cast<uint32_t>(bytes)});
   if (e == c.recent.rend()) return;
   c.recent.erase(std::next(e).base());
   Take(c, n);

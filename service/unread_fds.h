@@ -12,9 +12,11 @@
 //
 // What is unread is bounded from what the kernel says, not guessed:
 // SIOCOUTQ on the daemon's end of a connection counts the memory of the
-// records its peer has not taken yet, at least kMinRecordBytes each, so at
-// most that many of the latest records sent on it (and their fds) can be
-// unread; at 0, none. A connection remembers the fd counts of its recent
+// records its peer has not taken yet, each at least its payload plus
+// kMinRecordBytes, so only the latest records sent on it whose least
+// footprints fit in that (and their fds) can be unread; at 0, none. (A
+// large reply, 64 buffers' worth, counts as the one record it is, not as
+// its size over kMinRecordBytes.) A connection remembers the fd counts of its recent
 // records, and its count is cut down that way before a send that would
 // not fit otherwise (a busy client always has a reply or two in flight:
 // its count is those, not everything since it was last seen idle). A connection that ends while fds sent on it are unread (its
@@ -63,15 +65,17 @@ class UnreadFds {
   // A connection of `uid` on `sock` (the daemon's end, which the caller
   // keeps open until Retire): its handle.
   uint64_t Open(int sock, uid_t uid);
-  // Before sending `n` fds on connection `handle`: reserves them. When they
-  // would not fit, the counts of that uid's connections (all connections,
-  // for the total) are first refreshed from their sockets, unless that was
-  // done less than kRefreshEvery ago: one whose peer took everything
-  // counts 0 again. RESOURCE_EXHAUSTED, naming the unread count and what to
-  // do, when they still do not fit.
-  absl::Status Reserve(uint64_t handle, uint64_t n);
-  // The send of `n` reserved fds failed: they are not in flight.
-  void Unreserve(uint64_t handle, uint64_t n);
+  // Before sending `n` fds in a record of `bytes` payload on connection
+  // `handle`: reserves them. When they would not fit, this connection's
+  // count is first refreshed from its socket, then (if that was not
+  // enough) those of all that uid's connections (all connections, for the
+  // total), unless that was done less than kRefreshEvery ago: one whose
+  // peer took everything counts 0 again. RESOURCE_EXHAUSTED, naming the
+  // unread count and what to do, when they still do not fit.
+  absl::Status Reserve(uint64_t handle, uint64_t n, uint64_t bytes = 0);
+  // The send of `n` reserved fds (`bytes` as reserved) failed: they are not
+  // in flight.
+  void Unreserve(uint64_t handle, uint64_t n, uint64_t bytes = 0);
   // The connection ends. With fds unread, `sock` (its socket, handed over)
   // stays open here and keeps counting until its peer has read them or
   // closed; else it is closed.
@@ -88,15 +92,20 @@ class UnreadFds {
 
  private:
   // The least memory the kernel charges for one record on a Unix socket
-  // (an sk_buff with its shared info and the smallest data block is more).
+  // beyond its payload (an sk_buff and its shared info are more).
   static constexpr uint64_t kMinRecordBytes = 512;
+  struct Sent {
+    uint16_t fds;
+    uint32_t bytes;  // payload
+    bool operator==(const Sent& o) const { return fds == o.fds && bytes == o.bytes; }
+  };
   struct Conn {
     int sock;
     uid_t uid;
     uint64_t unread = 0;
-    // The fd counts of the records sent and possibly unread, oldest first
-    // (their sum is `unread`).
-    std::deque<uint16_t> recent;
+    // The records with fds sent and possibly unread, oldest first (their
+    // fds sum to `unread`).
+    std::deque<Sent> recent;
     UniqueFd retired;  // set once retired: the socket kept open
   };
   // Bytes queued on `sock` that its peer has not taken; 0 on error.
