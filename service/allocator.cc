@@ -213,7 +213,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
 
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const Identity& caller, const v1::AllocateRequest& req,
-    FdChannel& channel) {
+    FdChannel& channel, bool may_wait) {
   const absl::Time start = absl::Now();
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &caller));
   const AllocateDecision& decision = *plan.decision;
@@ -224,8 +224,13 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     return CheckQuota(*decision.rule, caller.uid, buffers, bytes, plan.count,
                       plan.size);
   };
-  RETURN_IF_ERROR(Counted(
-      registry_.CheckRoom(session.id(), plan.count, decision.quota_key, quota)));
+  if (absl::Status room =
+          registry_.CheckRoom(session.id(), plan.count, decision.quota_key, quota, may_wait);
+      !room.ok()) {
+    // One to be asked again is not a denial yet.
+    if (room.GetPayload(Registry::kWaitForReleasedMemory)) return room;
+    return Counted(room);
+  }
   const bool charge_until_gone =
       decision.charge_until_gone && backend_->ObservesLastReference();
   // Memory comes from the backend outside every lock.

@@ -72,11 +72,16 @@ class Allocator {
                                                 const v1::AllocateRequest& req);
   // The same for one request whose sender the kernel stamped: `caller` is
   // who the policy judges and charges (see proto/halloc/v1/broker.proto);
-  // the buffers are held by `session`; fds go through `channel`.
+  // the buffers are held by `session`; fds go through `channel`. Without
+  // `may_wait` (the broker's thread), a quota refusal that waiting for
+  // released memory to be freed might lift comes back, uncounted, with
+  // payload Registry::kWaitForReleasedMemory: ask again where waiting is
+  // allowed.
   absl::StatusOr<v1::AllocateResponse> Allocate(Session& session,
                                                 const Identity& caller,
                                                 const v1::AllocateRequest& req,
-                                                FdChannel& channel);
+                                                FdChannel& channel,
+                                                bool may_wait = true);
   absl::Status Release(Session& session, const v1::ReleaseRequest& req);
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
   absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;

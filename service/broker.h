@@ -130,9 +130,11 @@ class Broker {
   bool Handle(Conn& conn, Record rec);
   bool Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& req);
   // A fast-path Allocate and its answer (on the broker thread, or on the
-  // slow lane's for a large one: kSlowLaneBytes).
-  void ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
-                     SocketFdChannel& conn);
+  // slow lane's for a large one: kSlowLaneBytes). Without `may_wait` (the
+  // broker thread) it answers nothing and returns false when the request
+  // must wait for released memory to be freed: post it to the slow lane.
+  bool ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
+                     SocketFdChannel& conn, bool may_wait = true);
   // One reply record (no fds) on a connection; SendReply says how it went,
   // Reply warns (rate-limited) when it did not go.
   static absl::Status SendReply(SocketFdChannel& channel, v1::BrokerReply reply);

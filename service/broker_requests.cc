@@ -13,6 +13,7 @@
 #include "clients/cpp/halloc/base/scm.h"
 #include "service/audit.h"
 #include "service/peer_identity.h"
+#include "service/registry.h"
 
 namespace halloc {
 namespace {
@@ -153,13 +154,16 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
-      if (BytesOf(req.allocate(), *core_) < kSlowLaneBytes) {
-        ServeAllocate(session, *caller, req, *conn.channel);
+      // Small ones here, unless they could only be made after pages are
+      // freed (released memory still charged: see Registry::CheckRoom).
+      if (BytesOf(req.allocate(), *core_) < kSlowLaneBytes &&
+          ServeAllocate(session, *caller, req, *conn.channel, /*may_wait=*/false)) {
         return true;
       }
-      // Large: made on the slow lane's thread, so that committing it does
-      // not keep this thread from everyone else's requests. Its answer may
-      // come after those of later requests (replies carry request ids).
+      // Large, or waiting: made on the slow lane's thread, so that
+      // committing or freeing memory does not keep this thread from
+      // everyone else's requests. Its answer may come after those of later
+      // requests (replies carry request ids).
       const uint64_t id = req.request_id();
       absl::Status posted = slow_lane_->Post(
           caller->uid, [this, s = conn.session, ch = conn.channel, who = *caller,
@@ -181,16 +185,19 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
 }
 
-void Broker::ServeAllocate(Session& session, const Identity& caller,
-                           const v1::BrokerRequest& req, SocketFdChannel& conn) {
+bool Broker::ServeAllocate(Session& session, const Identity& caller,
+                           const v1::BrokerRequest& req, SocketFdChannel& conn,
+                           bool may_wait) {
   ReplyChannel channel(conn, req.request_id());
   absl::StatusOr<v1::AllocateResponse> r =
-      core_->Allocate(session, caller, req.allocate(), channel);
-  if (r.ok()) return;
+      core_->Allocate(session, caller, req.allocate(), channel, may_wait);
+  if (r.ok()) return true;
+  if (!may_wait && r.status().GetPayload(Registry::kWaitForReleasedMemory)) return false;
   AuditFailure("broker", "Allocate", &session, &caller, r.status());
   if (absl::Status s = SendReply(conn, ErrorReply(req.request_id(), r.status())); !s.ok()) {
     Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
+  return true;
 }
 
 }  // namespace halloc

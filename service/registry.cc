@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -119,21 +120,38 @@ void Registry::SettleLocked() {
 
 absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
                                  const std::string& quota_key,
-                                 QuotaJudge quota) {
+                                 QuotaJudge quota, bool may_wait) {
   bool again = false;
   for (;;) {
     {
       absl::MutexLock lock(&mu_);
       auto h = holdings_.find(session_id);
       if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
-      absl::Status s = CheckRoomLocked(h->second, count, quota_key, quota);
-      if (s.ok() || again || lingering_.empty() || !absl::IsResourceExhausted(s)) return s;
+      const Holding& holding = h->second;
+      if (holding.buffers.size() + count > max_buffers_per_session_) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("session holds ", holding.buffers.size(),
+                         " buffers; limit is ", max_buffers_per_session_));
+      }
+      absl::Status s = JudgeLocked(quota_key, quota);
+      if (s.ok() || lingering_.empty()) return s;
+      // Some of the released memory charged may be gone by now.
+      SettleLocked();
+      s = JudgeLocked(quota_key, quota);
+      if (s.ok() || again || lingering_.empty()) return s;
+      if (!may_wait) {
+        // The caller must not wait for pages to be freed (the broker's
+        // thread): it may ask again where it may.
+        s.SetPayload(kWaitForReleasedMemory, absl::Cord("1"));
+        return s;
+      }
     }
     // Refused with released memory charged: what the reaper still has
     // queued gets its daemon fd closed (and is followed) first, so a
     // client that closed its fds before its Release is not refused for
     // memory that goes the moment hallocd's own fd does. Outside the lock:
-    // closing frees pages, and nobody else should wait for that.
+    // closing frees pages (gigabytes, maybe), and nobody else should wait
+    // for that.
     reaper_.Flush();
     again = true;
   }

@@ -139,9 +139,17 @@ class Registry {
   using QuotaJudge =
       absl::FunctionRef<absl::Status(uint64_t buffers, uint64_t bytes)>;
   // Whether `session_id` may take `count` more buffers: its own limit,
-  // then `quota` on `quota_key`'s charge. Nothing changes.
+  // then `quota` on `quota_key`'s charge. Nothing changes. When the quota
+  // refuses while released memory is charged, that is settled first and,
+  // with `may_wait`, after waiting for the reaper to close what it has
+  // queued (pages being freed: not on a thread others wait for). Without
+  // `may_wait` such a refusal carries payload kWaitForReleasedMemory: the
+  // caller may ask again where it may wait.
+  static constexpr absl::string_view kWaitForReleasedMemory =
+      "halloc.dev/wait-for-released-memory";
   absl::Status CheckRoom(uint64_t session_id, uint32_t count,
-                         const std::string& quota_key, QuotaJudge quota);
+                         const std::string& quota_key, QuotaJudge quota,
+                         bool may_wait = true);
   // Checks room again and adds `fresh` (each charged to its charged_to)
   // held by `session_id` with `access`, assigning ids; appends each one's
   // info to `reply`. All or nothing; UNAUTHENTICATED once the session left.

@@ -109,6 +109,31 @@ TEST_F(ReleasedMemoryTest, MemoryNobodyElseHoldsIsNotChargedAfterRelease) {
   EXPECT_EQ(Stats().released_held_buffers(), 0u);
 }
 
+TEST_F(ReleasedMemoryTest, ACallerThatMayNotWaitIsToldToAskWhereItMay) {
+  // The broker's thread may not wait for the reaper to free pages: the
+  // refusal says that waiting might lift it, and the waiting call does.
+  const uint64_t id = Add(true);
+  ASSERT_NE(id, 0u) << last_;
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  absl::Status quick = reg_.CheckRoom(kA, 1, "app/1", OneBuffer, /*may_wait=*/false);
+  if (quick.ok()) GTEST_SKIP() << "the reaper closed it already (it may, within 2 ms)";
+  EXPECT_EQ(quick.code(), absl::StatusCode::kResourceExhausted) << quick;
+  EXPECT_TRUE(quick.GetPayload(Registry::kWaitForReleasedMemory).has_value()) << quick;
+  EXPECT_TRUE(reg_.CheckRoom(kA, 1, "app/1", OneBuffer, /*may_wait=*/true).ok());
+}
+
+TEST_F(ReleasedMemoryTest, ARefusalOfTheSessionsOwnLimitNeverWaits) {
+  // Only a quota refusal may be lifted by freed memory.
+  const uint64_t id = Add(true);
+  ASSERT_NE(id, 0u) << last_;
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  absl::Status s = reg_.CheckRoom(kA, 100, "app/1", [](uint64_t, uint64_t) {
+    return absl::OkStatus();
+  }, /*may_wait=*/false);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_FALSE(s.GetPayload(Registry::kWaitForReleasedMemory).has_value()) << s;
+}
+
 TEST_F(ReleasedMemoryTest, WithoutChargeUntilGoneTheChargeGoesAtRelease) {
   UniqueFd kept;
   const uint64_t id = Add(false, &kept);
