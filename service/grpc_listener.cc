@@ -63,7 +63,10 @@ GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
 GrpcListener::~GrpcListener() {
   Stop();
   absl::MutexLock lock(&mu_);
-  for (const auto& [dup, uid] : conns_) ::close(dup);
+  for (const auto& [dup, uid] : conns_) {
+    ::epoll_ctl(ends_.get(), EPOLL_CTL_DEL, dup, nullptr);
+    ::close(dup);
+  }
 }
 
 void GrpcListener::Stop() {
@@ -125,7 +128,11 @@ void GrpcListener::Reap() {
       per_uid_.erase(u);
     }
     conns_.erase(it);
-    ::close(dup);  // leaves the epoll set with its last fd
+    // Out of the set first: the entry belongs to the open file, which
+    // gRPC's fd keeps alive, so closing ours alone would leave it there
+    // (reported again and again, under a number the next dup may reuse).
+    ::epoll_ctl(ends_.get(), EPOLL_CTL_DEL, dup, nullptr);
+    ::close(dup);
   }
 }
 
