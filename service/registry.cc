@@ -37,7 +37,7 @@ absl::Status NotHeld(uint64_t id) {
 
 BufferRecord::~BufferRecord() {
   // (Without an fd there is nothing to follow: Follow reports it gone.)
-  if (gone_watch != nullptr) gone_watch->Follow(fd.get(), id, owner_uid);
+  if (gone_watch != nullptr) gone_watch->Follow(std::move(fd), id, owner_uid);
 }
 
 CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {
@@ -109,7 +109,12 @@ void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
 }
 
 void Registry::SettleLocked() {
-  for (uint64_t id : gone_watch_->TakeGone()) {
+  // fds the watch kept (for want of room) and needs no more are closed by
+  // the reaper: each close may free pages, and this runs under mu_.
+  std::vector<UniqueFd> closing;
+  const std::vector<uint64_t> gone = gone_watch_->TakeGone(&closing);
+  for (UniqueFd& fd : closing) reaper_.Add(std::make_shared<UniqueFd>(std::move(fd)));
+  for (uint64_t id : gone) {
     auto it = lingering_.find(id);
     if (it == lingering_.end()) continue;
     UnchargeLocked(it->second.charged_to, it->second.size);

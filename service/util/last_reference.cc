@@ -20,6 +20,13 @@ namespace {
 // The kernel's default, should /proc not say.
 constexpr size_t kDefaultQueuedEvents = 16384;
 
+// What the kernel lets this process's user watch in all, or 0 if unknown.
+size_t MaxUserWatches() {
+  size_t watches = 0;
+  std::ifstream in("/proc/sys/fs/inotify/max_user_watches");
+  return (in >> watches) ? watches : 0;
+}
+
 size_t WatchesPerInstance() {
   size_t queued = 0;
   std::ifstream in("/proc/sys/fs/inotify/max_queued_events");
@@ -35,10 +42,18 @@ LogLimiter& Limiter() {
 
 }  // namespace
 
-LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance)
+LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance, size_t max_watches)
     : per_instance_(watches_per_instance != 0 ? watches_per_instance
                                               : WatchesPerInstance()),
-      group_cap_(std::max<size_t>(1, kMaxInstances * per_instance_ / kGroupShare)) {
+      total_cap_([&] {
+        if (max_watches != 0) return max_watches;
+        const size_t all = kMaxInstances * per_instance_;
+        const size_t user = MaxUserWatches();
+        // Half the user's budget: hallocd shares it (root's, with systemd
+        // and udev).
+        return user == 0 ? all : std::max<size_t>(1, std::min(all, user / 2));
+      }()),
+      group_cap_(std::max<size_t>(1, total_cap_ / kGroupShare)) {
   // The first instance now, so that hallocd's fds do not grow by one at
   // its first release; more only while a burst needs them (DrainLocked).
   absl::MutexLock lock(&mu_);
@@ -48,6 +63,7 @@ LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance)
 }
 
 LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
+  if (watches_ >= total_cap_) return nullptr;
   for (Instance& instance : instances_) {
     if (instance.watches < per_instance_) return &instance;
   }
@@ -71,43 +87,48 @@ int LastReferenceWatch::WatchLocked(int fd, const Followed& what) {
   if (wd < 0) return errno;
   auto [it, fresh] = instance->followed.try_emplace(wd);
   it->second.push_back(what);
-  if (fresh) ++instance->watches;
+  if (fresh) {
+    ++instance->watches;
+    ++watches_;
+  }
   ++watched_by_group_[what.group];
   ++following_;
   return 0;
 }
 
-void LastReferenceWatch::Follow(int fd, uint64_t token, uint64_t group) {
+void LastReferenceWatch::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
+  // Declared before the lock, so destroyed after it: closing may free pages.
+  std::vector<UniqueFd> closing;
   absl::MutexLock lock(&mu_);
   const Followed what{token, group};
   // A group's memory is watched in the order it came: none before what
-  // already waits.
-  int err = waiting_.contains(group) ? ENOSPC : WatchLocked(fd, what);
-  if (err == ENOSPC) {
-    // Full: events read now may free room (for what waits first).
-    DrainLocked();
-    if (!waiting_.contains(group)) err = WatchLocked(fd, what);
+  // already waits. Whatever waits gets its chance first.
+  if (waiting_count_ > 0) DrainLocked(&closing);
+  int err = waiting_.contains(group) ? ENOSPC : WatchLocked(fd.get(), what);
+  if (err == ENOSPC && waiting_count_ == 0) {
+    // Full: events read now may free room.
+    DrainLocked(&closing);
+    err = WatchLocked(fd.get(), what);
   }
-  if (err == 0) return;
-  // Out of room (or of kernel memory for watches): hold the memory with an
-  // fd of our own, so it stays charged, until a watch can be added. Any
-  // other error would never pass (no /proc, no such fd): say it is gone.
-  const bool later = err == ENOSPC || err == ENOMEM;
-  if (later && fd >= 0) {
-    if (UniqueFd held(::fcntl(fd, F_DUPFD_CLOEXEC, 0)); held) {
-      waiting_[group].push_back({std::move(held), token});
-      ++waiting_count_;
-      if (uint64_t dropped; Limiter().Allow("last_reference_wait", &dropped)) {
-        LOG(WARNING) << "cannot follow released memory yet (" << std::strerror(err)
-                     << "): held, and charged, until it can be"
-                     << LogLimiter::Dropped(dropped);
-      }
-      return;
+  if (err == 0) {
+    closing.push_back(std::move(fd));
+    return;
+  }
+  if ((err == ENOSPC || err == ENOMEM) && fd) {
+    // Out of room: kept, with its memory and its charge, until there is.
+    waiting_[group].push_back({std::move(fd), token});
+    ++waiting_count_;
+    if (uint64_t dropped; Limiter().Allow("last_reference_wait", &dropped)) {
+      LOG(WARNING) << "cannot follow released memory yet (" << std::strerror(err)
+                   << "): kept, and charged, until it can be"
+                   << LogLimiter::Dropped(dropped);
     }
-    err = errno;
+    return;
   }
+  // An error no retry would cure (no /proc, no fd).
   ++unwatched_;
   gone_.push_back(token);
+  closing.push_back(std::move(fd));
   if (uint64_t dropped; Limiter().Allow("last_reference", &dropped)) {
     LOG(WARNING) << "cannot follow released memory (" << std::strerror(err)
                  << "): its charge is returned at once"
@@ -115,7 +136,7 @@ void LastReferenceWatch::Follow(int fd, uint64_t token, uint64_t group) {
   }
 }
 
-void LastReferenceWatch::DrainLocked() {
+void LastReferenceWatch::DrainLocked(std::vector<UniqueFd>* closing) {
   alignas(inotify_event) char buf[4096];
   for (Instance& instance : instances_) {
     if (instance.watches == 0) continue;
@@ -147,7 +168,10 @@ void LastReferenceWatch::DrainLocked() {
             instance.followed.erase(it);
           }
         }
-        if (event->mask & IN_IGNORED) --instance.watches;
+        if (event->mask & IN_IGNORED) {
+          --instance.watches;
+          --watches_;
+        }
       }
     }
   }
@@ -162,6 +186,7 @@ void LastReferenceWatch::DrainLocked() {
         ++unwatched_;
         gone_.push_back(queue.front().token);
       }
+      closing->push_back(std::move(queue.front().fd));
       queue.pop_front();
       --waiting_count_;
     }
@@ -175,11 +200,14 @@ void LastReferenceWatch::DrainLocked() {
   }
 }
 
-std::vector<uint64_t> LastReferenceWatch::TakeGone() {
-  absl::MutexLock lock(&mu_);
-  DrainLocked();
+std::vector<uint64_t> LastReferenceWatch::TakeGone(std::vector<UniqueFd>* to_close) {
+  std::vector<UniqueFd> closing;  // closed after the lock unless handed out
   std::vector<uint64_t> gone;
-  gone.swap(gone_);
+  {
+    absl::MutexLock lock(&mu_);
+    DrainLocked(to_close != nullptr ? to_close : &closing);
+    gone.swap(gone_);
+  }
   return gone;
 }
 

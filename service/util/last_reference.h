@@ -24,13 +24,15 @@
 // events (IN_DELETE_SELF, IN_IGNORED), so an instance here holds at most
 // half that many watches, and a dropped event is impossible however late
 // the events are read. The first instance is made at construction, more
-// on demand up to kMaxInstances; those go again once empty. Past that, or
-// when the kernel refuses a watch for want of room (max_user_watches), the
-// memory is held with an fd of the watch's own (so it stays allocated and
-// charged, as if still live) until a watch can be added: running out of
-// watches never lets memory escape its charge. Only when even that fails
-// (no fd to hold it, or an error no retry would cure, such as no /proc)
-// is it reported gone at once and counted in unwatched().
+// on demand up to kMaxInstances; those go again once empty. In all, at
+// most half of max_user_watches (a budget hallocd's user shares with its
+// other daemons: root's, with systemd and udev) or kMaxInstances full
+// instances, whichever is less. Past that, or when the kernel refuses a
+// watch for want of room, the memory is kept with the fd Follow was given
+// (so it stays allocated and charged, as if still live: no fd more than
+// the buffer had) until a watch can be added: running out of watches never
+// lets memory escape its charge. Only an error no retry would cure (no
+// /proc, no fd) reports it gone at once, counted in unwatched().
 //
 // Fairness: each Follow names a group (hallocd: the owner's uid), and no
 // group may take more than 1/kGroupShare of all the watches there can be;
@@ -61,19 +63,22 @@ class LastReferenceWatch {
   static constexpr size_t kGroupShare = 8;
 
   // `watches_per_instance` 0: half of /proc/sys/fs/inotify/max_queued_events
-  // (less one). Tests pass a small number.
-  explicit LastReferenceWatch(size_t watches_per_instance = 0);
+  // (less one); `max_watches` 0: as above. Tests pass small numbers.
+  explicit LastReferenceWatch(size_t watches_per_instance = 0, size_t max_watches = 0);
   LastReferenceWatch(const LastReferenceWatch&) = delete;
   LastReferenceWatch& operator=(const LastReferenceWatch&) = delete;
 
   // Follows the memory `fd` refers to for `group`; `token` is reported by
-  // TakeGone once it is gone. The caller may close `fd` right after (its
-  // own reference counts like any other until then).
-  void Follow(int fd, uint64_t token, uint64_t group = 0);
+  // TakeGone once it is gone. Takes `fd`: it is closed once the memory is
+  // watched (now, outside the lock: closing may free pages), or kept until
+  // it can be.
+  void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0);
 
   // The tokens whose memory went since the last call, in no set order.
-  // Never blocks.
-  std::vector<uint64_t> TakeGone();
+  // Never blocks. Kept fds whose memory is watched now are handed to
+  // `to_close` (a caller holding locks closes them elsewhere: each close
+  // may free pages); without it they are closed here, after the lock.
+  std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr);
 
   // Memory watched and not yet known gone.
   size_t following() const;
@@ -83,7 +88,8 @@ class LastReferenceWatch {
   uint64_t unwatched() const;
   // inotify instances (fds) open now.
   size_t instances() const;
-  // Most watches one group may have at once.
+  // Most watches in all, and for one group, at once.
+  size_t max_watches() const { return total_cap_; }
   size_t group_cap() const { return group_cap_; }
 
  private:
@@ -103,14 +109,16 @@ class LastReferenceWatch {
     uint64_t token;
   };
 
-  // Reads every instance's events into gone_, then watches what waits.
-  void DrainLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads every instance's events into gone_, then watches what waits
+  // (the fds kept for it go to `closing`).
+  void DrainLocked(std::vector<UniqueFd>* closing) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An instance with room for one more watch, or nullptr.
   Instance* RoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Watches `fd`: 0, or the errno (ENOSPC: no room, or `group` at its cap).
   int WatchLocked(int fd, const Followed& what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t per_instance_;
+  const size_t total_cap_;
   const size_t group_cap_;
   mutable absl::Mutex mu_;
   std::vector<Instance> instances_ ABSL_GUARDED_BY(mu_);
@@ -119,6 +127,7 @@ class LastReferenceWatch {
   // Per group, what waits for room, oldest first.
   absl::flat_hash_map<uint64_t, std::deque<Held>> waiting_ ABSL_GUARDED_BY(mu_);
   size_t waiting_count_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t watches_ ABSL_GUARDED_BY(mu_) = 0;  // over all instances
   size_t following_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t unwatched_ ABSL_GUARDED_BY(mu_) = 0;
 };

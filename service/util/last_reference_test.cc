@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <string>
 
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -26,12 +28,16 @@ UniqueFd Memfd(size_t size = 4096) {
   return fd;
 }
 
+// hallocd's own fd for the memory `fd` is (the watch takes it); the test
+// keeps `fd` as a client would.
+UniqueFd Own(const UniqueFd& fd) { return UniqueFd(::dup(fd.get())); }
+
 TEST(LastReferenceWatchTest, ReportsGoneAtTheLastCloseOnly) {
   LastReferenceWatch watch;
   EXPECT_EQ(watch.instances(), 1u) << "made up front: no fd appears later";
   UniqueFd fd = Memfd();
   UniqueFd other(::dup(fd.get()));
-  watch.Follow(fd.get(), 7);
+  watch.Follow(Own(fd), 7);
   fd.reset();
   EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "a dup still holds it";
   EXPECT_EQ(watch.following(), 1u);
@@ -46,7 +52,7 @@ TEST(LastReferenceWatchTest, AMappingKeepsItUntilUnmapped) {
   UniqueFd fd = Memfd();
   void* map = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   ASSERT_NE(map, MAP_FAILED);
-  watch.Follow(fd.get(), 1);
+  watch.Follow(Own(fd), 1);
   fd.reset();
   EXPECT_THAT(watch.TakeGone(), IsEmpty());
   ASSERT_EQ(::munmap(map, 4096), 0);
@@ -62,7 +68,7 @@ TEST(LastReferenceWatchTest, AReopenedFileKeepsIt) {
   std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd.get());
   UniqueFd reopened(::open(path, O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(reopened.is_valid());
-  watch.Follow(fd.get(), 3);
+  watch.Follow(Own(fd), 3);
   fd.reset();
   EXPECT_THAT(watch.TakeGone(), IsEmpty());
   reopened.reset();
@@ -84,7 +90,7 @@ TEST(LastReferenceWatchTest, AnotherProcessHoldingItKeepsIt) {
     ::_exit(0);
   }
   ::close(go[0]);
-  watch.Follow(fd.get(), 5);
+  watch.Follow(Own(fd), 5);
   fd.reset();
   EXPECT_THAT(watch.TakeGone(), IsEmpty());
   ::close(go[1]);
@@ -100,7 +106,7 @@ TEST(LastReferenceWatchTest, FullInstancesSpillIntoNewOnesAndReuseFreedRoom) {
   std::vector<UniqueFd> held;
   for (uint64_t t = 0; t < 5; ++t) {
     UniqueFd fd = Memfd();
-    watch.Follow(fd.get(), t, /*group=*/t);
+    watch.Follow(Own(fd), t, /*group=*/t);
     held.push_back(std::move(fd));
   }
   EXPECT_EQ(watch.following(), 5u);
@@ -113,7 +119,7 @@ TEST(LastReferenceWatchTest, FullInstancesSpillIntoNewOnesAndReuseFreedRoom) {
   // than kMaxInstances × 2 watches, none refused.
   for (uint64_t t = 100; t < 200; ++t) {
     UniqueFd fd = Memfd();
-    watch.Follow(fd.get(), t);
+    watch.Follow(Own(fd), t);
     fd.reset();
     EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(t));
   }
@@ -127,11 +133,11 @@ TEST(LastReferenceWatchTest, WithNoRoomLeftTheMemoryIsHeldUntilThereIs) {
   std::vector<UniqueFd> held;
   for (uint64_t t = 0; t < LastReferenceWatch::kMaxInstances; ++t) {
     UniqueFd fd = Memfd();
-    watch.Follow(fd.get(), t, /*group=*/t);
+    watch.Follow(Own(fd), t, /*group=*/t);
     held.push_back(std::move(fd));
   }
   UniqueFd extra = Memfd();
-  watch.Follow(extra.get(), 99, /*group=*/99);
+  watch.Follow(Own(extra), 99, /*group=*/99);
   extra.reset();
   EXPECT_EQ(watch.waiting(), 1u);
   EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "held by the watch itself, still charged";
@@ -151,13 +157,13 @@ TEST(LastReferenceWatchTest, OneGroupPastItsShareWaitsAloneForItsOwnToGo) {
   std::vector<UniqueFd> greedy;
   for (uint64_t t = 0; t < 5; ++t) {
     UniqueFd fd = Memfd();
-    watch.Follow(fd.get(), t, /*group=*/1);
+    watch.Follow(Own(fd), t, /*group=*/1);
     greedy.push_back(std::move(fd));
   }
   EXPECT_EQ(watch.following(), 2u);
   EXPECT_EQ(watch.waiting(), 3u) << "past the share: held, still charged";
   UniqueFd other = Memfd();
-  watch.Follow(other.get(), 100, /*group=*/2);
+  watch.Follow(Own(other), 100, /*group=*/2);
   EXPECT_EQ(watch.following(), 3u) << "another group is watched at once";
   other.reset();
   EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(100u));
@@ -175,9 +181,40 @@ TEST(LastReferenceWatchTest, OneGroupPastItsShareWaitsAloneForItsOwnToGo) {
   EXPECT_EQ(watch.unwatched(), 0u);
 }
 
+TEST(LastReferenceWatchTest, TakesAtMostHalfOfTheUsersWatches) {
+  // hallocd's user (root) shares max_user_watches with systemd, udev and
+  // the rest: the watch never plans on more than half of it.
+  std::ifstream in("/proc/sys/fs/inotify/max_user_watches");
+  size_t user = 0;
+  ASSERT_TRUE(in >> user) << "no /proc/sys/fs/inotify/max_user_watches";
+  LastReferenceWatch watch;
+  EXPECT_LE(watch.max_watches(), user / 2);
+  EXPECT_LE(watch.max_watches(), LastReferenceWatch::kMaxInstances * 8191);
+  EXPECT_EQ(watch.group_cap(), std::max<size_t>(1, watch.max_watches() / 8));
+}
+
+TEST(LastReferenceWatchTest, PastTheOverallCapMemoryIsKeptNotLetGo) {
+  LastReferenceWatch watch(/*watches_per_instance=*/100, /*max_watches=*/3);
+  std::vector<UniqueFd> held;
+  for (uint64_t t = 0; t < 4; ++t) {
+    UniqueFd fd = Memfd();
+    watch.Follow(Own(fd), t, /*group=*/t);
+    held.push_back(std::move(fd));
+  }
+  EXPECT_EQ(watch.following(), 3u);
+  EXPECT_EQ(watch.waiting(), 1u);
+  held.clear();
+  std::vector<uint64_t> gone;
+  for (int i = 0; i < 4 && gone.size() < 4; ++i) {
+    for (uint64_t t : watch.TakeGone()) gone.push_back(t);
+  }
+  EXPECT_THAT(gone, UnorderedElementsAre(0u, 1u, 2u, 3u));
+  EXPECT_EQ(watch.unwatched(), 0u);
+}
+
 TEST(LastReferenceWatchTest, AnFdThatIsNotOpenIsReportedGoneAtOnce) {
   LastReferenceWatch watch;
-  watch.Follow(-1, 4);
+  watch.Follow(UniqueFd(), 4);
   EXPECT_EQ(watch.unwatched(), 1u);
   EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(4u));
 }

@@ -36,7 +36,7 @@ TEST(LastReferenceGuestTest, AMemfdIsReportedAtItsLastFileAnywhere) {
     ::_exit(0);
   }
   ::close(go[0]);
-  watch.Follow(fd, 1);
+  watch.Follow(halloc::UniqueFd(::dup(fd)), 1);  // hallocd's own fd
   ::close(fd);
   EXPECT_THAT(watch.TakeGone(), IsEmpty()) << "the mapping and the child hold it";
   ASSERT_EQ(::munmap(map, 4096), 0);
@@ -54,7 +54,7 @@ TEST_F(LastReferenceDmaBufTest, ADmaBufsEndIsNotReported) {
   halloc::LastReferenceWatch watch;
   UniqueFd fd = Alloc(Heap::kSystem, PageAlign(1));
   ASSERT_TRUE(fd.valid());
-  watch.Follow(fd.get(), 2);
+  watch.Follow(halloc::UniqueFd(::dup(fd.get())), 2);
   ASSERT_EQ(watch.unwatched(), 0u) << "the watch itself is taken";
   fd.reset();
   EXPECT_THAT(watch.TakeGone(), IsEmpty())
