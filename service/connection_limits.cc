@@ -12,7 +12,7 @@ namespace halloc {
 uint32_t DefaultMaxConnections() {
   rlimit lim{};
   if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 4096;
-  return static_cast<uint32_t>(std::max<rlim_t>(lim.rlim_cur / 4, 16));
+  return static_cast<uint32_t>(std::max<rlim_t>(lim.rlim_cur / 8, 16));
 }
 
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,

@@ -23,8 +23,12 @@ inline constexpr uint32_t kAdminConnectionReserve = 16;
 // sessions.max_per_uid when the policy leaves it 0.
 inline constexpr uint32_t kDefaultMaxConnectionsPerUid = 256;
 
-// sessions.max_total when the policy leaves it 0: a quarter of this
-// process's fd limit (at least 16; 4096 when unlimited).
+// sessions.max_total when the policy leaves it 0: an eighth of this
+// process's fd limit (at least 16; 4096 when unlimited). A connection costs
+// hallocd two fds on either socket (the broker's: the socket and the
+// peer's pidfd; the control socket's: gRPC's and the duplicate that sees
+// its end), so both sockets full take half of the fds, the rest being the
+// buffers'.
 uint32_t DefaultMaxConnections();
 
 // Connections of one socket held now.

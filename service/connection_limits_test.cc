@@ -1,5 +1,6 @@
 #include "service/connection_limits.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "absl/strings/match.h"
@@ -46,6 +47,16 @@ TEST(ConnectionLimitsTest, ZeroMeansTheDefaults) {
   EXPECT_FALSE(AdmitConnection(*p, Someone(), {kDefaultMaxConnectionsPerUid, 0}, "x").ok());
   EXPECT_FALSE(AdmitConnection(*p, Someone(), {0, DefaultMaxConnections()}, "x").ok());
   EXPECT_GE(DefaultMaxConnections(), 16u);
+}
+
+TEST(ConnectionLimitsTest, BothSocketsFullLeaveHalfOfTheFdsToBuffers) {
+  rlimit lim{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur == RLIM_INFINITY || lim.rlim_cur < 256) {
+    GTEST_SKIP() << "fd limit " << lim.rlim_cur << ": the floor of 16 decides";
+  }
+  // Two sockets, two fds per connection on either.
+  EXPECT_LE(2 * 2 * uint64_t{DefaultMaxConnections()}, lim.rlim_cur / 2);
 }
 
 }  // namespace
