@@ -85,19 +85,28 @@ absl::Status Registry::JudgeLocked(const std::string& quota_key,
                              : quota(c->second.first, c->second.second);
 }
 
-absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
-                                       const std::string& quota_key,
-                                       QuotaJudge quota) {
+absl::Status Registry::SessionRoom(const Holding& holding, uint32_t count) const {
   if (holding.buffers.size() + count > max_buffers_per_session_) {
     return absl::ResourceExhaustedError(
         absl::StrCat("session holds ", holding.buffers.size(),
                      " buffers; limit is ", max_buffers_per_session_));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Registry::QuotaRoomLocked(const std::string& quota_key, QuotaJudge quota) {
   absl::Status judged = JudgeLocked(quota_key, quota);
   if (judged.ok() || lingering_.empty()) return judged;
   // Some of the released memory charged may be gone by now.
   SettleLocked();
   return JudgeLocked(quota_key, quota);
+}
+
+absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
+                                       const std::string& quota_key,
+                                       QuotaJudge quota) {
+  RETURN_IF_ERROR(SessionRoom(holding, count));
+  return QuotaRoomLocked(quota_key, quota);
 }
 
 void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
@@ -132,17 +141,9 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
       absl::MutexLock lock(&mu_);
       auto h = holdings_.find(session_id);
       if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
-      const Holding& holding = h->second;
-      if (holding.buffers.size() + count > max_buffers_per_session_) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("session holds ", holding.buffers.size(),
-                         " buffers; limit is ", max_buffers_per_session_));
-      }
-      absl::Status s = JudgeLocked(quota_key, quota);
-      if (s.ok() || lingering_.empty()) return s;
-      // Some of the released memory charged may be gone by now.
-      SettleLocked();
-      s = JudgeLocked(quota_key, quota);
+      // Only a quota refusal may be lifted by memory being freed.
+      RETURN_IF_ERROR(SessionRoom(h->second, count));
+      absl::Status s = QuotaRoomLocked(quota_key, quota);
       if (s.ok() || again || lingering_.empty()) return s;
       if (!may_wait) {
         // The caller must not wait for pages to be freed (the broker's

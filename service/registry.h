@@ -253,6 +253,10 @@ class Registry {
   absl::Status CheckRoomLocked(const Holding& holding, uint32_t count,
                                const std::string& quota_key, QuotaJudge quota)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SessionRoom(const Holding& holding, uint32_t count) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::Status QuotaRoomLocked(const std::string& quota_key, QuotaJudge quota)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status JudgeLocked(const std::string& quota_key, QuotaJudge quota) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void UnchargeLocked(const std::string& quota_key, uint64_t bytes)
