@@ -20,17 +20,16 @@ namespace {
 // The kernel's default, should /proc not say.
 constexpr size_t kDefaultQueuedEvents = 16384;
 
-// What the kernel lets this process's user watch in all, or 0 if unknown.
-size_t MaxUserWatches() {
-  size_t watches = 0;
-  std::ifstream in("/proc/sys/fs/inotify/max_user_watches");
-  return (in >> watches) ? watches : 0;
+// The number in /proc file `path`, or 0 when it cannot be read.
+size_t ProcNumber(const char* path) {
+  size_t n = 0;
+  std::ifstream in(path);
+  return (in >> n) ? n : 0;
 }
 
 size_t WatchesPerInstance() {
-  size_t queued = 0;
-  std::ifstream in("/proc/sys/fs/inotify/max_queued_events");
-  if (!(in >> queued) || queued < 4) queued = kDefaultQueuedEvents;
+  size_t queued = ProcNumber("/proc/sys/fs/inotify/max_queued_events");
+  if (queued < 4) queued = kDefaultQueuedEvents;
   // Two events per watch, and one slot to spare for IN_Q_OVERFLOW itself.
   return (queued - 1) / 2;
 }
@@ -48,7 +47,8 @@ LastReferenceWatch::LastReferenceWatch(size_t watches_per_instance, size_t max_w
       total_cap_([&] {
         if (max_watches != 0) return max_watches;
         const size_t all = kMaxInstances * per_instance_;
-        const size_t user = MaxUserWatches();
+        // What the kernel lets this process's user watch in all.
+        const size_t user = ProcNumber("/proc/sys/fs/inotify/max_user_watches");
         // Half the user's budget: hallocd shares it (root's, with systemd
         // and udev).
         return user == 0 ? all : std::max<size_t>(1, std::min(all, user / 2));
@@ -103,9 +103,10 @@ void LastReferenceWatch::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
   const Followed what{token, group};
   // A group's memory is watched in the order it came: none before what
   // already waits. Whatever waits gets its chance first.
-  if (waiting_count_ > 0) DrainLocked(&closing);
+  const bool drained = waiting_count_ > 0;
+  if (drained) DrainLocked(&closing);
   int err = waiting_.contains(group) ? ENOSPC : WatchLocked(fd.get(), what);
-  if (err == ENOSPC && waiting_count_ == 0) {
+  if (err == ENOSPC && !drained) {
     // Full: events read now may free room.
     DrainLocked(&closing);
     err = WatchLocked(fd.get(), what);
