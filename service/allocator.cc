@@ -12,6 +12,7 @@
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
+#include "service/connection_limits.h"
 #include "service/layout/layout.h"
 #include "service/metadata.h"
 #include "service/policy/decide.h"
@@ -65,10 +66,18 @@ Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits,
     : backend_(std::move(backend)),
       limits_(limits),
       registry_(std::string(backend_->name()), limits.max_buffers_per_session),
-      policy_(std::move(policy)) {}
+      policy_(std::move(policy)) {
+  registry_.SetMaxBuffers(MaxBuffers(*policy_));
+}
+
+uint64_t Allocator::MaxBuffers(const Policy& policy) const {
+  if (limits_.max_buffers != 0) return limits_.max_buffers;
+  return BufferRoom(policy, FdLimit(), backend_->max_stocked_buffers());
+}
 
 void Allocator::SetPolicy(std::shared_ptr<const Policy> policy) {
   absl::MutexLock lock(&policy_mu_);
+  registry_.SetMaxBuffers(MaxBuffers(*policy));
   policy_ = std::move(policy);
 }
 

@@ -42,6 +42,10 @@ struct Limits {
   uint32_t max_count_per_call = 64;
   // Most buffers one session may hold at once.
   uint64_t max_buffers_per_session = 1 << 18;
+  // Most buffers hallocd holds at once, live or released and still in use
+  // (Registry::SetMaxBuffers); 0: what its fd limit leaves after the
+  // policy's connections and the backend's stock (BufferRoom).
+  uint64_t max_buffers = 0;
 };
 
 class Allocator {
@@ -51,7 +55,8 @@ class Allocator {
   ~Allocator();
 
   // Replaces the policy (SIGHUP). Decisions already made stand; every later
-  // one uses the new policy. Sessions are re-matched at each decision.
+  // one uses the new policy. Sessions are re-matched at each decision. Its
+  // connection limits set how many buffers hallocd may hold (Limits).
   void SetPolicy(std::shared_ptr<const Policy> policy);
   std::shared_ptr<const Policy> policy() const;
   void CountPolicyReloadFailure();
@@ -108,6 +113,9 @@ class Allocator {
 
  private:
   struct Plan;
+
+  // How many buffers hallocd may hold under `policy` (Limits::max_buffers).
+  uint64_t MaxBuffers(const Policy& policy) const;
 
   absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc,
                                 uint32_t count, const Identity* caller) const;

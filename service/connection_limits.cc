@@ -4,15 +4,40 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 
 namespace halloc {
 
-uint32_t DefaultMaxConnections() {
+uint64_t FdLimit() {
   rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 4096;
-  return static_cast<uint32_t>(std::max<rlim_t>(lim.rlim_cur / 8, 16));
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 0;
+  return lim.rlim_cur;
+}
+
+namespace {
+
+// sessions.max_total's default under fd limit `fd_limit` (0: infinite).
+uint32_t MaxConnectionsFor(uint64_t fd_limit) {
+  if (fd_limit == 0) return 4096;
+  return static_cast<uint32_t>(
+      std::min<uint64_t>(std::max<uint64_t>(fd_limit / 8, 16), UINT32_MAX));
+}
+
+}  // namespace
+
+uint32_t DefaultMaxConnections() { return MaxConnectionsFor(FdLimit()); }
+
+uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds) {
+  if (fd_limit == 0) return 0;
+  const uint64_t total =
+      policy.max_sessions() != 0 ? policy.max_sessions() : MaxConnectionsFor(fd_limit);
+  // Two sockets, two fds per connection.
+  const uint64_t connections = 2 * 2 * (total + kAdminConnectionReserve);
+  const uint64_t kept = connections + stock_fds + kHallocdOwnFds;
+  const uint64_t least = std::max<uint64_t>(fd_limit / 4, 1);
+  return fd_limit > kept ? std::max(fd_limit - kept, least) : least;
 }
 
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,

@@ -1,8 +1,11 @@
-// How many connections hallocd takes from one uid and in all (the policy's
-// `sessions`), so that no local user can exhaust hallocd's fds (or its
-// memory) and lock every client out. Each socket hallocd serves counts its
-// own connections against these limits: the broker socket's sessions and
-// the control socket's gRPC connections (a client holds one of each).
+// How hallocd's fd table is shared out, so that no local user can exhaust
+// it (or hallocd's memory) and lock every client out: how many connections
+// it takes from one uid and in all (the policy's `sessions`), and how many
+// buffers it holds at once. Each socket hallocd serves counts its own
+// connections against the connection limits: the broker socket's sessions
+// and the control socket's gRPC connections (a client holds one of each).
+// Buffers get what the connections, the backend's stock and hallocd's own
+// work leave.
 #ifndef HALLOC_SERVICE_CONNECTION_LIMITS_H_
 #define HALLOC_SERVICE_CONNECTION_LIMITS_H_
 
@@ -30,6 +33,23 @@ inline constexpr uint32_t kDefaultMaxConnectionsPerUid = 256;
 // its end), so both sockets full take half of the fds, the rest being the
 // buffers'.
 uint32_t DefaultMaxConnections();
+
+// fds hallocd keeps for its own work beyond connections, buffers and the
+// backend's stock: listening sockets, epoll and event fds, gRPC's own, the
+// metrics server's connections (16), the watches of released memory (16),
+// files it reads.
+inline constexpr uint64_t kHallocdOwnFds = 256;
+
+// How many buffers hallocd may hold at once (each is an fd in it), of
+// `fd_limit` (0: infinite, and then no limit, 0): what is left after both
+// sockets' connections at `policy`'s limits (the administrators' reserve
+// included), `stock_fds` (the most the backend stocks) and kHallocdOwnFds;
+// never less than a quarter of `fd_limit`, the share the defaults leave.
+// However many uids fill it, hallocd still accepts connections and
+// releases.
+uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds);
+// This process's fd limit (RLIMIT_NOFILE, soft); 0 when infinite.
+uint64_t FdLimit();
 
 // Connections of one socket held now.
 struct ConnectionCounts {

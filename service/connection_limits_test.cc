@@ -59,5 +59,26 @@ TEST(ConnectionLimitsTest, BothSocketsFullLeaveHalfOfTheFdsToBuffers) {
   EXPECT_LE(2 * 2 * uint64_t{DefaultMaxConnections()}, lim.rlim_cur / 2);
 }
 
+TEST(ConnectionLimitsTest, BuffersGetWhatConnectionsStockAndHallocdLeave) {
+  // 20000 fds, 100 connections per socket (and the admins' 16): 4 * 116
+  // fds for connections, 2048 stocked, kHallocdOwnFds.
+  EXPECT_EQ(BufferRoom(*Limits(0, 100), 20000, 2048),
+            20000 - 4 * (100 + kAdminConnectionReserve) - 2048 - kHallocdOwnFds);
+  // The default total is an eighth of the limit: half of it for connections.
+  EXPECT_EQ(BufferRoom(*Limits(0, 0), 20000, 0),
+            20000 - 4 * (20000 / 8 + kAdminConnectionReserve) - kHallocdOwnFds);
+  // Connections allowed more than the table has: buffers keep a quarter.
+  EXPECT_EQ(BufferRoom(*Limits(0, 100000), 20000, 2048), 5000u);
+  EXPECT_EQ(BufferRoom(*Limits(0, 0), 64, 2048), 16u);
+  // No fd limit, no buffer limit.
+  EXPECT_EQ(BufferRoom(*Limits(0, 0), 0, 2048), 0u);
+}
+
+TEST(ConnectionLimitsTest, FdLimitIsTheSoftLimit) {
+  rlimit lim{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
+  EXPECT_EQ(FdLimit(), lim.rlim_cur == RLIM_INFINITY ? 0 : lim.rlim_cur);
+}
+
 }  // namespace
 }  // namespace halloc

@@ -64,6 +64,10 @@ ABSL_FLAG(std::string, socket_mode, "0660",
 ABSL_FLAG(uint64_t, max_buffer_bytes, uint64_t{4} << 30, "largest buffer");
 ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
           "most buffers one client session may hold");
+ABSL_FLAG(uint64_t, max_buffers, 0,
+          "most buffers hallocd holds at once, all clients together (each is "
+          "an fd in it); 0: its fd limit less what the policy's connection "
+          "limits and the buffer pool may take, and 256");
 
 ABSL_FLAG(int, grpc_max_threads, 32,
           "most threads the gRPC server may run (calls beyond wait or get "
@@ -149,6 +153,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   }
   options.limits.max_buffers_per_session =
       absl::GetFlag(FLAGS_max_buffers_per_session);
+  options.limits.max_buffers = absl::GetFlag(FLAGS_max_buffers);
   options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);
   options.grpc_max_streams_per_connection =
       absl::GetFlag(FLAGS_grpc_max_streams_per_connection);

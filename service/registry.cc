@@ -94,19 +94,36 @@ absl::Status Registry::SessionRoom(const Holding& holding, uint32_t count) const
   return absl::OkStatus();
 }
 
-absl::Status Registry::QuotaRoomLocked(const std::string& quota_key, QuotaJudge quota) {
-  absl::Status judged = JudgeLocked(quota_key, quota);
-  if (judged.ok() || lingering_.empty()) return judged;
-  // Some of the released memory charged may be gone by now.
-  SettleLocked();
-  return JudgeLocked(quota_key, quota);
+void Registry::SetMaxBuffers(uint64_t max_buffers) {
+  absl::MutexLock lock(&mu_);
+  max_buffers_ = max_buffers;
+}
+
+absl::Status Registry::DaemonRoom(uint32_t count) const {
+  const uint64_t held = buffers_.size() + lingering_.size();
+  if (max_buffers_ == 0 || held + count <= max_buffers_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "hallocd holds ", held, " buffers (", lingering_.size(),
+      " released but still open or mapped somewhere); its limit is ", max_buffers_,
+      ", the rest of its fds being kept for connections (--max_buffers)"));
+}
+
+absl::Status Registry::SharedRoomLocked(uint32_t count, const std::string& quota_key,
+                                        QuotaJudge quota) {
+  for (bool settled = false;; settled = true) {
+    absl::Status judged = DaemonRoom(count);
+    if (judged.ok()) judged = JudgeLocked(quota_key, quota);
+    if (judged.ok() || settled || lingering_.empty()) return judged;
+    // Some of the released memory charged may be gone by now.
+    SettleLocked();
+  }
 }
 
 absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
                                        const std::string& quota_key,
                                        QuotaJudge quota) {
   RETURN_IF_ERROR(SessionRoom(holding, count));
-  return QuotaRoomLocked(quota_key, quota);
+  return SharedRoomLocked(count, quota_key, quota);
 }
 
 void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
@@ -141,9 +158,10 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
       absl::MutexLock lock(&mu_);
       auto h = holdings_.find(session_id);
       if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
-      // Only a quota refusal may be lifted by memory being freed.
+      // Only a shared refusal (hallocd's or the quota's) may be lifted by
+      // memory being freed.
       RETURN_IF_ERROR(SessionRoom(h->second, count));
-      absl::Status s = QuotaRoomLocked(quota_key, quota);
+      absl::Status s = SharedRoomLocked(count, quota_key, quota);
       if (s.ok() || again || lingering_.empty()) return s;
       if (!may_wait) {
         // The caller must not wait for pages to be freed (the broker's
@@ -534,6 +552,7 @@ void Registry::FillStats(v1::StatsResponse* s) {
   s->set_released_held_buffers(lingering_.size());
   s->set_released_held_bytes(lingering_bytes_);
   s->set_released_unwatched_total(gone_watch_->unwatched());
+  s->set_max_buffers(max_buffers_);
   v1::BackendStats* b = s->add_backends();
   b->set_name(backend_);
   b->set_live_buffers(buffers_.size());

@@ -134,13 +134,19 @@ class Registry {
   void Join(uint64_t session_id, const Identity& creds);
   void Leave(uint64_t session_id);
 
+  // The most buffers hallocd holds at once, live or released and still
+  // charged (each was an fd in it): past it CheckRoom and Add refuse with
+  // RESOURCE_EXHAUSTED, whoever asks. 0: no limit (the default).
+  void SetMaxBuffers(uint64_t max_buffers);
+
   // Judges the quota key's current charge (buffers, bytes) against a new
   // allocation; called under the registry's lock.
   using QuotaJudge =
       absl::FunctionRef<absl::Status(uint64_t buffers, uint64_t bytes)>;
   // Whether `session_id` may take `count` more buffers: its own limit,
-  // then `quota` on `quota_key`'s charge. Nothing changes. When the quota
-  // refuses while released memory is charged, that is settled first and,
+  // hallocd's (SetMaxBuffers), then `quota` on `quota_key`'s charge.
+  // Nothing changes. When either of the last two refuses while released
+  // memory is charged, that is settled first and,
   // with `may_wait`, after waiting for the reaper to close what it has
   // queued (pages being freed: not on a thread others wait for). Without
   // `may_wait` such a refusal carries payload kWaitForReleasedMemory: the
@@ -248,15 +254,17 @@ class Registry {
 
   v1::BufferInfo Info(const BufferRecord& buffer, uint64_t session_id,
                       bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  // The session's own limit, then `quota` on `quota_key`'s charge (again
-  // after settling released memory, should it refuse).
+  // SessionRoom, then SharedRoomLocked.
   absl::Status CheckRoomLocked(const Holding& holding, uint32_t count,
                                const std::string& quota_key, QuotaJudge quota)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SessionRoom(const Holding& holding, uint32_t count) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  absl::Status QuotaRoomLocked(const std::string& quota_key, QuotaJudge quota)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // hallocd's limit, then `quota`; both again after settling released
+  // memory, should either refuse.
+  absl::Status SharedRoomLocked(uint32_t count, const std::string& quota_key,
+                                QuotaJudge quota) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DaemonRoom(uint32_t count) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status JudgeLocked(const std::string& quota_key, QuotaJudge quota) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void UnchargeLocked(const std::string& quota_key, uint64_t bytes)
@@ -277,6 +285,7 @@ class Registry {
 
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t max_buffers_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uint64_t, Holding> holdings_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<BufferRecord>> buffers_
       ABSL_GUARDED_BY(mu_);

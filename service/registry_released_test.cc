@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/registry.h"
@@ -34,8 +35,9 @@ class ReleasedMemoryTest : public ::testing::Test {
     reg_.Join(kA, id);
   }
 
-  // A one-page buffer added for kA under OneBuffer; its id, or 0.
-  uint64_t Add(bool charge_until_gone, UniqueFd* client_copy = nullptr) {
+  // A one-page buffer added for `session` under `quota`; its id, or 0.
+  uint64_t Add(bool charge_until_gone, UniqueFd* client_copy = nullptr,
+               Registry::QuotaJudge quota = OneBuffer, uint64_t session = kA) {
     auto b = std::make_shared<BufferRecord>();
     b->name = "t";
     b->size = kPage;
@@ -47,9 +49,9 @@ class ReleasedMemoryTest : public ::testing::Test {
     // What a client would get: the same open file.
     if (client_copy != nullptr) *client_copy = UniqueFd(::dup(b->fd.get()));
     // As the allocator does: room first (which settles), then commit.
-    absl::Status s = reg_.CheckRoom(kA, 1, "app/1", OneBuffer);
+    absl::Status s = reg_.CheckRoom(session, 1, "app/1", quota);
     v1::AllocateResponse reply;
-    if (s.ok()) s = reg_.Add(kA, {b}, CpuAccess::kReadWrite, OneBuffer, &reply);
+    if (s.ok()) s = reg_.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply);
     last_ = s;
     return s.ok() ? b->id : 0;
   }
@@ -165,6 +167,34 @@ TEST_F(ReleasedMemoryTest, WhatWentIsForgottenWithoutARefusalOrStats) {
   }).ok());
   EXPECT_LT(charged, 1000u) << "2000 released, nobody holds any";
   EXPECT_EQ(Stats().released_held_buffers(), 0u);
+}
+
+TEST_F(ReleasedMemoryTest, HallocdsOwnLimitBindsEveryoneAndCountsWhatIsKept) {
+  // Each buffer was an fd in hallocd: its limit stops every session, even
+  // without quotas, and released memory still in use counts until gone.
+  auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
+  constexpr uint64_t kB = kA + 1;
+  Identity other;
+  other.uid = 2;
+  reg_.Join(kB, other);
+  reg_.SetMaxBuffers(2);
+  EXPECT_EQ(Stats().max_buffers(), 2u);
+  UniqueFd kept;
+  const uint64_t first = Add(true, &kept, no_quota);
+  ASSERT_NE(first, 0u) << last_;
+  ASSERT_NE(Add(true, nullptr, no_quota), 0u) << last_;
+  EXPECT_EQ(Add(true, nullptr, no_quota, kB), 0u) << "another uid, same hallocd";
+  EXPECT_EQ(last_.code(), absl::StatusCode::kResourceExhausted) << last_;
+  EXPECT_TRUE(absl::StrContains(last_.message(), "--max_buffers")) << last_;
+
+  ASSERT_TRUE(reg_.Release(kA, {first}).ok());
+  EXPECT_EQ(Add(true, nullptr, no_quota, kB), 0u) << "the kept fd still holds one";
+  EXPECT_TRUE(absl::StrContains(last_.message(), "1 released")) << last_;
+  kept.reset();
+  EXPECT_NE(Add(true, nullptr, no_quota, kB), 0u) << "gone with its fd: " << last_;
+
+  reg_.SetMaxBuffers(0);
+  EXPECT_NE(Add(true, nullptr, no_quota, kB), 0u) << "0: no limit: " << last_;
 }
 
 TEST_F(ReleasedMemoryTest, LeavingReleasesButKeepsTheChargeOfWhatIsKept) {

@@ -69,6 +69,9 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
       "releases      %d (since start)\n",
       s.live_buffers(), s.live_bytes(), s.sessions(), s.grants(),
       s.allocations_total(), s.releases_total());
+  if (s.max_buffers() != 0) {
+    out << absl::StreamFormat("buffer limit  %d (hallocd's, all clients)\n", s.max_buffers());
+  }
   if (s.released_held_buffers() != 0 || s.released_unwatched_total() != 0) {
     out << absl::StreamFormat(
         "released, still held  %d buffers, %d bytes (charged until gone; "

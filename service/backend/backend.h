@@ -121,6 +121,8 @@ class Backend {
 
   // Zeros for a backend without a pool.
   virtual PoolStats pool_stats() const { return {}; }
+  // The most buffers (an fd each) the backend keeps stocked at once.
+  virtual uint64_t max_stocked_buffers() const { return 0; }
 };
 
 }  // namespace halloc

@@ -226,6 +226,13 @@ void PooledBackend::Trim() {
   // `freed` is destroyed after `lock`: fds close outside the lock.
 }
 
+uint64_t PooledBackend::max_stocked_buffers() const {
+  // Every class at its most, or every stocked byte in one-page buffers.
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return std::min<uint64_t>(uint64_t{options_.max_per_class} * options_.max_classes,
+                            options_.max_bytes / page);
+}
+
 PoolStats PooledBackend::stats() const {
   absl::MutexLock lock(&mu_);
   PoolStats s;

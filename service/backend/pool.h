@@ -125,6 +125,7 @@ class PooledBackend : public Backend {
 
   PoolStats stats() const;
   PoolStats pool_stats() const override { return stats(); }
+  uint64_t max_stocked_buffers() const override;
   // Frees the whole stock and forgets every class.
   void Trim();
   // One refill step on the caller's thread: creates one buffer for the most

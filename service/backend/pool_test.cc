@@ -176,6 +176,16 @@ TEST(PooledBackendTest, StockIsBoundedPerClassAndInTotal) {
   const PoolStats s = (*pool)->stats();
   EXPECT_EQ(s.stocked_bytes, 6 * kPage);  // max_bytes
   EXPECT_EQ(s.stocked_buffers, 5u);
+  // What hallocd keeps fds for: six one-page buffers at most (max_bytes),
+  // whatever the classes.
+  EXPECT_EQ((*pool)->max_stocked_buffers(), 6u);
+  EXPECT_LE(s.stocked_buffers, (*pool)->max_stocked_buffers());
+  o.max_bytes = uint64_t{1} << 30;
+  o.max_per_class = 3;
+  o.max_classes = 5;
+  auto by_classes = PooledBackend::Create(std::make_unique<MemfdBackend>(), o);
+  ASSERT_TRUE(by_classes.ok());
+  EXPECT_EQ((*by_classes)->max_stocked_buffers(), 15u);
 }
 
 TEST(PooledBackendTest, TrimFreesEverythingAndZeroBytesNeverStocks) {

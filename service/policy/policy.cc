@@ -225,7 +225,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
 uint64_t Policy::DefaultBufferQuota() {
   rlimit lim{};
   if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 0;
-  return std::max<uint64_t>(lim.rlim_cur / 2, 4096);
+  return std::max<uint64_t>(lim.rlim_cur / 4, 1024);
 }
 
 std::shared_ptr<const Policy> Policy::Default() {
@@ -244,8 +244,9 @@ std::shared_ptr<const Policy> Policy::Default() {
                             static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     rule.quota_bytes = memory / 2;
     rule.max_buffer_bytes = memory / 4;
-    // Nor, in live buffers, half of hallocd's fds: each is an fd in hallocd,
-    // and one uid filling its table would stop every allocation (EMFILE).
+    // Nor, in live buffers, a quarter of hallocd's fds (each is an fd in
+    // hallocd): less than the buffers' share of them (BufferRoom), so that
+    // one uid alone cannot keep every other from allocating.
     rule.quota_buffers = DefaultBufferQuota();
     rule.attach_devices = {"*"};
     rule.share_to = {"@same_uid"};

@@ -87,9 +87,9 @@ class Policy {
   // DefaultBufferQuota() live buffers. Made at its first use, after
   // hallocd raised its fd limit.
   static std::shared_ptr<const Policy> Default();
-  // Half of this process's fd limit (at least 4096; 0, no limit, when the
-  // limit is infinite): no one uid's live buffers, an fd each in hallocd,
-  // may fill its fd table.
+  // A quarter of this process's fd limit (at least 1024; 0, no limit, when
+  // the limit is infinite): no one uid's live buffers, an fd each in
+  // hallocd, may take all the fds hallocd leaves to buffers.
   static uint64_t DefaultBufferQuota();
 
   // The first rule matching `id`, or nullptr.

@@ -169,7 +169,7 @@ TEST(PolicyTest, DefaultBoundsOneClientsBuffersByHallocdsFdLimit) {
   if (lim.rlim_cur == RLIM_INFINITY) GTEST_SKIP() << "no fd limit here";
   const Rule* r = Policy::Default()->Match({1234, 1234, 1, "", std::nullopt});
   ASSERT_NE(r, nullptr);
-  EXPECT_EQ(r->quota_buffers, std::max<uint64_t>(lim.rlim_cur / 2, 4096));
+  EXPECT_EQ(r->quota_buffers, std::max<uint64_t>(lim.rlim_cur / 4, 1024));
   EXPECT_GT(r->quota_buffers, 0u);
   if (lim.rlim_cur >= 8192) EXPECT_LT(r->quota_buffers, lim.rlim_cur);
 }

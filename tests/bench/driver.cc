@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +27,10 @@ namespace halloc::bench {
 namespace {
 
 const char* const kPcts[] = {"p50", "p90", "p99", "p99.9", "max"};
+
+// fds of hallocd's the scale rows leave to anything but live buffers
+// (sockets, the pool's stock).
+constexpr int kScaleHeadroom = 2000;
 
 // How much of everything to run.
 struct Plan {
@@ -200,13 +205,22 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
         << "  share_to: \"@same_uid\" receive_from: \"@same_uid\" }\n";
     if (!out) return absl::InternalError("cannot write " + policy);
   }
+  // hallocd raises its fd limit to the hard one, which it inherits: the
+  // bench's few clients leave buffers all of it but the scale rows'
+  // headroom (by default hallocd keeps what its connection limits could
+  // take).
+  rlimit nofile{};
+  std::vector<std::string> argv = {
+      args_.Str("hallocd"), "--control_socket=" + Sock(prefix + "control.sock"),
+      "--broker_socket=" + Sock(prefix + "broker.sock"),
+      "--backend=" + args_.Str("backend", "memfd-pool"), "--socket_mode=0600",
+      "--policy=" + policy};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max != RLIM_INFINITY &&
+      nofile.rlim_max > kScaleHeadroom) {
+    argv.push_back(absl::StrCat("--max_buffers=", nofile.rlim_max - kScaleHeadroom));
+  }
   const std::string control = Sock(prefix + "control.sock");
-  absl::StatusOr<Child> d = Child::Spawn(
-      {args_.Str("hallocd"), "--control_socket=" + control,
-       "--broker_socket=" + Sock(prefix + "broker.sock"),
-       "--backend=" + args_.Str("backend", "memfd-pool"), "--socket_mode=0600",
-       "--policy=" + policy},
-      Sock(prefix + "hallocd.log"));
+  absl::StatusOr<Child> d = Child::Spawn(argv, Sock(prefix + "hallocd.log"));
   if (!d.ok()) return d.status();
   // The control socket is bound last (daemon.cc): once it exists, both are up.
   struct stat st;
@@ -491,11 +505,10 @@ void Suite::Scale() {
   };
   // Every live buffer is one fd in hallocd. Levels its fd limit cannot hold
   // are reported as not run (with the limit), and the largest level it can
-  // hold is measured instead. Headroom: sockets, the pool's stock.
-  constexpr int kHeadroom = 2000;
+  // hold is measured instead.
   const uint64_t limit = FdLimit(daemon_->pid());
   const int reachable =
-      limit > kHeadroom ? static_cast<int>((limit - kHeadroom) / 1000 * 1000) : 0;
+      limit > kScaleHeadroom ? static_cast<int>((limit - kScaleHeadroom) / 1000 * 1000) : 0;
   std::vector<int> levels;
   std::vector<int> too_many;
   for (int level : plan_.live_levels) {

@@ -316,6 +316,7 @@ TEST_F(HallocctlTest, ListAllShowsOtherSessionsBuffersAndStatsCounts) {
   EXPECT_EQ(desc.code, 0) << desc.out;
   Result stats = Run({"stats"});
   EXPECT_TRUE(absl::StrContains(stats.out, "live buffers  1")) << stats.out;
+  EXPECT_TRUE(absl::StrContains(stats.out, "buffer limit  ")) << stats.out;
   EXPECT_FALSE(absl::StrContains(stats.out, "released, still held")) << stats.out;
   // Released while this process keeps the fd: still charged, and said so.
   absl::StatusOr<UniqueFd> kept = b->TakeFd();
