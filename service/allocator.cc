@@ -16,6 +16,7 @@
 #include "service/layout/layout.h"
 #include "service/metadata.h"
 #include "service/policy/decide.h"
+#include "service/util/last_reference_poll.h"
 
 namespace halloc {
 
@@ -59,13 +60,22 @@ absl::Status ValidateName(absl::string_view name) {
   return absl::OkStatus();
 }
 
+// How the registry follows released memory on `backend`: asking it, for
+// dma-bufs; else (memfds) the registry's own inotify watch.
+std::shared_ptr<LastReferenceFollower> ReleasedMemoryFollower(const Backend& backend) {
+  if (backend.last_reference() != Backend::LastReference::kPolled) return nullptr;
+  return std::make_shared<LastReferencePoll>(
+      [&backend](int fd) { return backend.IsLastReference(fd); });
+}
+
 }  // namespace
 
 Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits,
                      std::shared_ptr<const Policy> policy)
     : backend_(std::move(backend)),
       limits_(limits),
-      registry_(std::string(backend_->name()), limits.max_buffers_per_session),
+      registry_(std::string(backend_->name()), limits.max_buffers_per_session,
+                ReleasedMemoryFollower(*backend_)),
       policy_(std::move(policy)) {
   registry_.SetMaxBuffers(MaxBuffers(*policy_));
 }
@@ -241,7 +251,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     return Counted(room);
   }
   const bool charge_until_gone =
-      decision.charge_until_gone && backend_->ObservesLastReference();
+      decision.charge_until_gone &&
+      backend_->last_reference() != Backend::LastReference::kUnseen;
   // Memory comes from the backend outside every lock.
   std::vector<std::shared_ptr<BufferRecord>> fresh;
   fresh.reserve(plan.count);

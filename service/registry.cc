@@ -51,9 +51,12 @@ CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {
   return widest;
 }
 
-Registry::Registry(std::string backend, uint64_t max_buffers_per_session)
+Registry::Registry(std::string backend, uint64_t max_buffers_per_session,
+                   std::shared_ptr<LastReferenceFollower> follower)
     : backend_(std::move(backend)),
-      max_buffers_per_session_(max_buffers_per_session) {}
+      max_buffers_per_session_(max_buffers_per_session),
+      gone_watch_(follower != nullptr ? std::move(follower)
+                                      : std::make_shared<LastReferenceWatch>()) {}
 
 // --- Sessions --------------------------------------------------------------
 
@@ -175,8 +178,10 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
     // client that closed its fds before its Release is not refused for
     // memory that goes the moment hallocd's own fd does. Outside the lock:
     // closing frees pages (gigabytes, maybe), and nobody else should wait
-    // for that.
+    // for that. Then what the refused uid let go of is looked at again,
+    // where that is work (dma-bufs are asked about, not heard of).
     reaper_.Flush();
+    gone_watch_->Refresh(SplitQuotaKey(quota_key).second);
     again = true;
   }
 }

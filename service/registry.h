@@ -17,10 +17,13 @@
 // Released memory. A dropped buffer's charge goes back to its client at
 // once, unless the buffer is `charge_until_gone`: then it stays charged
 // until no fd or mapping of it is left in any process (the client may keep
-// its fd or mapping past Release, or have passed it on). The reaper has a
-// LastReferenceWatch follow it as it closes the daemon's fd; the charge is
-// settled when a quota would refuse in CheckRoom (so a refusal never counts
-// memory that is gone), for Stats and Dump, and on the way now and then.
+// its fd or mapping past Release, or have passed it on). The reaper hands
+// the daemon's fd to a LastReferenceFollower (a LastReferenceWatch for
+// memfds; the allocator gives dma-buf backends a LastReferencePoll); the
+// charge is settled when hallocd's limit or a quota would refuse in
+// CheckRoom (so a refusal never counts memory that is gone: the refused
+// uid's memory is asked about again first, where asking is work), for
+// Stats and Dump, and on the way now and then.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_REGISTRY_H_
@@ -98,7 +101,7 @@ struct BufferRecord {
   // Closes `fd`; first, when the registry dropped it still charged, has
   // `gone_watch` follow its memory (token: `id`; group: the owner's uid).
   ~BufferRecord();
-  std::shared_ptr<LastReferenceWatch> gone_watch;  // set by the registry
+  std::shared_ptr<LastReferenceFollower> gone_watch;  // set by the registry
 };
 
 // An open grant. `view` is what the allocator decided at Share (decide.h's
@@ -126,8 +129,10 @@ class Registry {
   // the grant or the hold goes).
   static constexpr size_t kMaxImportsPerGrant = 256;
 
-  // `backend` names the backend in BufferInfo.
-  Registry(std::string backend, uint64_t max_buffers_per_session);
+  // `backend` names the backend in BufferInfo. `follower` follows released
+  // memory still charged; nullptr: a LastReferenceWatch (memfds).
+  Registry(std::string backend, uint64_t max_buffers_per_session,
+           std::shared_ptr<LastReferenceFollower> follower = nullptr);
 
   // Sessions. Join before the session's first request; Leave drops its
   // holds (freeing buffers nobody else holds) and its grants.
@@ -310,8 +315,7 @@ class Registry {
   // Settle on the way once this many linger (see DropHold).
   static constexpr size_t kSettleEvery = 256;
   size_t settle_at_ ABSL_GUARDED_BY(mu_) = kSettleEvery;
-  const std::shared_ptr<LastReferenceWatch> gone_watch_ =
-      std::make_shared<LastReferenceWatch>();
+  const std::shared_ptr<LastReferenceFollower> gone_watch_;
 
   // Dropped buffers are closed here, off the request path and outside mu_
   // (closing the last fd of a large buffer frees its pages).

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/registry.h"
+#include "service/util/last_reference_poll.h"
 
 namespace halloc {
 namespace {
@@ -195,6 +197,43 @@ TEST_F(ReleasedMemoryTest, HallocdsOwnLimitBindsEveryoneAndCountsWhatIsKept) {
 
   reg_.SetMaxBuffers(0);
   EXPECT_NE(Add(true, nullptr, no_quota, kB), 0u) << "0: no limit: " << last_;
+}
+
+TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
+  // Memory whose end raises no event (a dma-buf): the follower asks. Here
+  // it answers what the test says; a refusal must ask again, at once, and
+  // only about the refused uid's memory.
+  std::atomic<int> last{0};
+  std::atomic<int> asked{0};
+  auto poll = std::make_shared<LastReferencePoll>([&](int) {
+    ++asked;
+    return last.load();
+  });
+  Registry reg("dmabuf", 8, poll);
+  Identity id;
+  id.uid = 1;
+  reg.Join(kA, id);
+  auto add = [&] {
+    auto b = std::make_shared<BufferRecord>();
+    b->size = kPage;
+    b->owner_uid = 1;
+    b->charged_to = "app/1";
+    b->charge_until_gone = true;
+    b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
+    absl::Status s = reg.CheckRoom(kA, 1, "app/1", OneBuffer);
+    v1::AllocateResponse reply;
+    if (s.ok()) s = reg.Add(kA, {b}, CpuAccess::kReadWrite, OneBuffer, &reply);
+    return s.ok() ? b->id : 0;
+  };
+  const uint64_t id1 = add();
+  ASSERT_NE(id1, 0u);
+  ASSERT_TRUE(reg.Release(kA, {id1}).ok());
+  EXPECT_EQ(add(), 0u) << "someone else still has it";
+  const int before = asked.load();
+  EXPECT_GE(before, 2) << "asked at release, and again at the refusal";
+  last = 1;
+  EXPECT_NE(add(), 0u) << "the refusal asked again and saw it go";
+  EXPECT_EQ(poll->following(), 0u);
 }
 
 TEST_F(ReleasedMemoryTest, LeavingReleasesButKeepsTheChargeOfWhatIsKept) {

@@ -8,6 +8,7 @@
 #ifndef HALLOC_SERVICE_BACKEND_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_BACKEND_H_
 
+#include <cerrno>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -91,11 +92,20 @@ class Backend {
     return rights.cpu != CpuAccess::kReadWrite;
   }
 
-  // Whether LastReferenceWatch (service/util/last_reference.h) can tell
-  // when no fd or mapping of a buffer is left anywhere: true for memfds,
-  // whose inode has no link; a dma-buf's has one. hallocd then keeps a
-  // released buffer charged to its owner until then. Decorators forward it.
-  virtual bool ObservesLastReference() const { return false; }
+  // How hallocd can learn that no fd or mapping of a released buffer is
+  // left anywhere, to keep it charged to its owner until then (Registry:
+  // "Released memory"). Decorators forward it and IsLastReference.
+  enum class LastReference {
+    kUnseen,   // it cannot: the charge goes back at Release
+    kWatched,  // an event says so (memfds: LastReferenceWatch, inotify;
+               // their inode has no link)
+    kPolled,   // IsLastReference says so when asked (dma-bufs, whose
+               // inode keeps a link: LastReferencePoll)
+  };
+  virtual LastReference last_reference() const { return LastReference::kUnseen; }
+  // kPolled: whether `fd` (hallocd's own, the buffer's fd) is the last
+  // reference to the buffer's memory: 1 yes, 0 no, -errno cannot tell.
+  virtual int IsLastReference(int fd) const { return -EOPNOTSUPP; }
 
   // Live revoke: whether a view this backend opens can be cut off later,
   // mappings and all, in every process that holds it (the halloc module's

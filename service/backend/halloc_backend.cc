@@ -16,6 +16,7 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
+#include "service/backend/dmabuf_refs.h"
 #include "kernel/uapi/halloc_heap.h"
 
 namespace halloc {
@@ -74,6 +75,10 @@ class DeviceNodes : public HallocNodes {
   int SetName(int dmabuf, const char* name) override {
     return Errno(RetryIoctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)));
   }
+  int Info(halloc_buffer_info* info) override {
+    return Errno(RetryIoctl(control_.get(), HALLOC_IOCTL_INFO, info));
+  }
+  int IsLastFile(int dmabuf) override { return DmaBufIsLastReference(dmabuf); }
 
  private:
   static int Errno(int r) { return r == 0 ? 0 : errno; }
@@ -186,6 +191,16 @@ absl::StatusOr<UniqueFd> HallocBackend::OpenView(const UniqueFd& buffer,
                                                  const ViewRights& rights) {
   ASSIGN_OR_RETURN(RevocableView view, OpenRevocableView(buffer, rights));
   return std::move(view.fd);
+}
+
+int HallocBackend::IsLastReference(int fd) const {
+  const int last = nodes_->IsLastFile(fd);
+  if (last != 1) return last;
+  // Views hold the pages, not the original's file.
+  halloc_buffer_info info{};
+  info.fd = fd;
+  if (const int err = nodes_->Info(&info); err != 0) return -err;
+  return info.dmabufs <= 1 ? 1 : 0;
 }
 
 absl::Status HallocBackend::RevokeView(const UniqueFd& buffer, uint64_t id) {

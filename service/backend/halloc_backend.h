@@ -41,6 +41,7 @@
 #include "service/backend/backend.h"
 
 struct dma_heap_allocation_data;
+struct halloc_buffer_info;
 struct halloc_revoke_data;
 struct halloc_view_data;
 
@@ -68,6 +69,11 @@ class HallocNodes {
   virtual int Revoke(halloc_revoke_data* revoke) = 0;
   // DMA_BUF_SET_NAME on a dma-buf.
   virtual int SetName(int dmabuf, const char* name) = 0;
+  // HALLOC_IOCTL_INFO on /dev/halloc.
+  virtual int Info(halloc_buffer_info* info) = 0;
+  // Whether `dmabuf`'s file has no reference but this fd: 1, 0, -errno
+  // (dmabuf_refs.h).
+  virtual int IsLastFile(int dmabuf) = 0;
 };
 
 struct HallocBackendPaths {
@@ -109,6 +115,11 @@ class HallocBackend : public Backend {
   absl::StatusOr<RevocableView> OpenRevocableView(
       const UniqueFd& buffer, const ViewRights& rights) override;
   absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) override;
+  // Polled: the original's file has no other reference (fds, mappings,
+  // importers) and no view of the buffer is alive (a view is a dma-buf of
+  // its own over the same pages, HALLOC_IOCTL_INFO's `dmabufs`).
+  LastReference last_reference() const override { return LastReference::kPolled; }
+  int IsLastReference(int fd) const override;
 
  private:
   HallocBackend(std::unique_ptr<HallocNodes> nodes, std::vector<std::string> contig_only)

@@ -31,6 +31,10 @@ struct Calls {
   std::vector<halloc_revoke_data> revokes;
   int fail_revoke = 0;
   bool has_deferred = false;
+  int last_file = 1;     // IsLastFile's answer
+  uint32_t dmabufs = 1;  // Info's
+  int fail_info = 0;
+  std::vector<int> infos;  // the fds Info was asked about
 };
 
 class FakeNodes : public HallocNodes {
@@ -62,6 +66,12 @@ class FakeNodes : public HallocNodes {
     calls_->names.emplace_back(name);
     return 0;
   }
+  int Info(halloc_buffer_info* info) override {
+    calls_->infos.push_back(info->fd);
+    info->dmabufs = calls_->dmabufs;
+    return calls_->fail_info;
+  }
+  int IsLastFile(int) override { return calls_->last_file; }
 
  private:
   Calls* calls_;
@@ -244,6 +254,25 @@ TEST(HallocBackendTest, AModuleWithoutRevokeCannotRevokeLive) {
   Calls calls;
   calls.has_revoke = false;
   EXPECT_FALSE(Backend(&calls)->CanRevokeLive());
+}
+
+TEST(HallocBackendTest, TheLastReferenceIsTheOriginalsLastFileWithNoViewAlive) {
+  Calls calls;
+  auto b = Backend(&calls);
+  EXPECT_EQ(b->last_reference(), halloc::Backend::LastReference::kPolled);
+  EXPECT_EQ(b->IsLastReference(7), 1);
+  EXPECT_EQ(calls.infos, std::vector<int>{7});
+  calls.dmabufs = 2;  // a view: its own file, over the same pages
+  EXPECT_EQ(b->IsLastReference(7), 0);
+  calls.last_file = 0;  // another fd, a mapping or an importer
+  calls.infos.clear();
+  EXPECT_EQ(b->IsLastReference(7), 0);
+  EXPECT_TRUE(calls.infos.empty()) << "no need to ask the module";
+  calls.last_file = -ENODATA;
+  EXPECT_EQ(b->IsLastReference(7), -ENODATA);
+  calls.last_file = 1;
+  calls.fail_info = ENOTTY;
+  EXPECT_EQ(b->IsLastReference(7), -ENOTTY);
 }
 
 }  // namespace

@@ -47,7 +47,7 @@ class MemfdBackend : public Backend {
   // A memfd's last fd or mapping is observable. (Where udmabuf exists, a
   // dma-buf made from the memfd holds its pages without holding its file:
   // that memory is then followed only as far as fds and mappings go.)
-  bool ObservesLastReference() const override { return true; }
+  LastReference last_reference() const override { return LastReference::kWatched; }
 
  private:
   bool udmabuf_present_;

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "service/backend/backend.h"
+#include "service/backend/dmabuf_refs.h"
 
 namespace halloc {
 
@@ -58,6 +59,9 @@ class PlainDmabufBackend : public Backend {
   }
   // Every narrowing goes to OpenView, which refuses it.
   bool NeedsView(const ViewRights& rights) const override { return rights.Narrows(); }
+  // A dma-buf's end raises no event; its fdinfo counts its references.
+  LastReference last_reference() const override { return LastReference::kPolled; }
+  int IsLastReference(int fd) const override { return DmaBufIsLastReference(fd); }
 };
 
 // The name a plain dma-buf gets (DMA_BUF_SET_NAME; shown in

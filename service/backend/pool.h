@@ -112,9 +112,8 @@ class PooledBackend : public Backend {
     return inner_->NeedsView(rights);
   }
   bool CanRevokeLive() const override { return inner_->CanRevokeLive(); }
-  bool ObservesLastReference() const override {
-    return inner_->ObservesLastReference();
-  }
+  LastReference last_reference() const override { return inner_->last_reference(); }
+  int IsLastReference(int fd) const override { return inner_->IsLastReference(fd); }
   absl::StatusOr<RevocableView> OpenRevocableView(
       const UniqueFd& buffer, const ViewRights& rights) override {
     return inner_->OpenRevocableView(buffer, rights);

@@ -350,7 +350,8 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   EXPECT_FALSE((*pool)->CanEnforce(CpuAccess::kNone));
   EXPECT_EQ((*pool)->CanProtect(), MemfdBackend().CanProtect());
   EXPECT_EQ((*pool)->CanLimitAttach(), MemfdBackend().CanLimitAttach());
-  EXPECT_TRUE((*pool)->ObservesLastReference()) << "a memfd's last file is seen";
+  EXPECT_EQ((*pool)->last_reference(), Backend::LastReference::kWatched)
+      << "a memfd's last file is seen";
   absl::StatusOr<UniqueFd> fd = (*pool)->Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok());
   absl::StatusOr<UniqueFd> ro = (*pool)->OpenView(*fd, ViewRights{CpuAccess::kRead});

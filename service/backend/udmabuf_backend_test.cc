@@ -124,6 +124,8 @@ TEST(UdmabufBackendTest, EnforcesReadWriteOnlyAndRefusesEveryNarrowing) {
   Calls calls;
   auto b = Backend(&calls);
   EXPECT_TRUE(b->CanEnforce(CpuAccess::kReadWrite));
+  // A dma-buf's end raises no event: released ones are asked about.
+  EXPECT_EQ(b->last_reference(), halloc::Backend::LastReference::kPolled);
   EXPECT_FALSE(b->CanEnforce(CpuAccess::kRead));
   EXPECT_FALSE(b->CanEnforce(CpuAccess::kNone));
   EXPECT_FALSE(b->CanLimitAttach());

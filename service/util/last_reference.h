@@ -1,5 +1,7 @@
-// LastReferenceWatch: learns when the memory behind an fd is gone, i.e. when
-// no fd and no mapping of it is left in any process.
+// Learning when the memory behind an fd is gone, i.e. when no fd and no
+// mapping of it is left in any process: LastReferenceFollower, and
+// LastReferenceWatch, which follows memfds by an event; last_reference_poll.h
+// follows dma-bufs by asking.
 //
 // hallocd charges a buffer to its owner's quota; Release drops hallocd's
 // hold, but the client (or whoever it passed the fd to) may keep the fd or
@@ -17,7 +19,7 @@
 // kernel, tests/kernel/last_reference_guest_test.cc on Debian's 6.1). This
 // holds for shmem files (memfd); a dma-buf's inode keeps a link and its end
 // is not reported (the guest test shows it), so only the memfd backends
-// claim Backend::ObservesLastReference.
+// have Backend::last_reference() kWatched.
 //
 // Bounds: one inotify instance queues at most max_queued_events (16384 by
 // default) events before it drops them (IN_Q_OVERFLOW). A watch makes two
@@ -57,7 +59,31 @@
 
 namespace halloc {
 
-class LastReferenceWatch {
+// Follows released memory until it is gone. Thread-safe.
+class LastReferenceFollower {
+ public:
+  virtual ~LastReferenceFollower() = default;
+
+  // Follows the memory `fd` refers to for `group`; `token` is reported by
+  // TakeGone once it is gone. Takes `fd`, closed (outside any lock:
+  // closing may free pages) once the follower no longer needs it.
+  virtual void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0) = 0;
+  // The tokens whose memory went since the last call, in no set order.
+  // Never blocks on anything but a short lock. fds the follower needs no
+  // more are handed to `to_close` (a caller holding locks closes them
+  // elsewhere: each close may free pages); without it they are closed
+  // here, after the lock.
+  virtual std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) = 0;
+  // Looks again now at what `group` follows, where looking is work (a
+  // poll) rather than an event read by TakeGone: for a caller about to
+  // refuse `group` for memory that may be gone. May take a while; call it
+  // with no lock held.
+  virtual void Refresh(uint64_t group) {}
+  // Follow calls that could not follow (reported gone at once) since start.
+  virtual uint64_t unwatched() const = 0;
+};
+
+class LastReferenceWatch : public LastReferenceFollower {
  public:
   static constexpr size_t kMaxInstances = 16;
   static constexpr size_t kGroupShare = 8;
@@ -68,24 +94,17 @@ class LastReferenceWatch {
   LastReferenceWatch(const LastReferenceWatch&) = delete;
   LastReferenceWatch& operator=(const LastReferenceWatch&) = delete;
 
-  // Follows the memory `fd` refers to for `group`; `token` is reported by
-  // TakeGone once it is gone. Takes `fd`: it is closed once the memory is
-  // watched (now, outside the lock: closing may free pages), or kept until
-  // it can be.
-  void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0);
-
-  // The tokens whose memory went since the last call, in no set order.
-  // Never blocks. Kept fds whose memory is watched now are handed to
-  // `to_close` (a caller holding locks closes them elsewhere: each close
-  // may free pages); without it they are closed here, after the lock.
-  std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr);
+  // `fd` is closed once the memory is watched (now), or kept until it can
+  // be.
+  void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0) override;
+  // Kept fds whose memory is watched now go to `to_close`.
+  std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) override;
 
   // Memory watched and not yet known gone.
   size_t following() const;
   // Memory held (an fd each) until there is room to watch it.
   size_t waiting() const;
-  // Follow calls that could not watch (reported gone at once) since start.
-  uint64_t unwatched() const;
+  uint64_t unwatched() const override;
   // inotify instances (fds) open now.
   size_t instances() const;
   // Most watches in all, and for one group, at once.

@@ -363,5 +363,37 @@ TEST_F(DaemonOnKernelHeapTest, ReleasedBufferLeavesTheKernel) {
   EXPECT_EQ(client.Stats()->live_buffers(), 0u);
 }
 
+// A dma-buf's end raises no event: hallocd asks (its fdinfo's count, and
+// the module for views), and a refusal asks again first.
+TEST_F(DaemonOnKernelHeapTest, MemoryAClientKeepsPastReleaseStaysChargedUntilItsLastReference) {
+  for (const char* cpu : {"CPU_ACCESS_READ_WRITE", "CPU_ACCESS_READ"}) {
+    SCOPED_TRACE(cpu);  // READ: the client's fd is a view, a dma-buf of its own
+    ASSERT_NO_FATAL_FAILURE(
+        StartDaemon(RootPolicy(cpu, "attach_devices: \"*\" quota_buffers: 1")));
+    Client client = Connect();
+    UniqueFd kept;
+    void* map = MAP_FAILED;
+    {
+      absl::StatusOr<halloc::Buffer> buf = client.Allocate(BlobDescriptor(kSize, 0, "kept"));
+      ASSERT_TRUE(buf.ok()) << buf.status();
+      kept = UniqueFd(::dup(buf->fd()));
+      map = ::mmap(nullptr, kSize, PROT_READ, MAP_SHARED, kept.get(), 0);
+      ASSERT_NE(map, MAP_FAILED);
+      ASSERT_TRUE(client.Release(buf->id()).ok());
+    }
+    absl::StatusOr<halloc::Buffer> more = client.Allocate(BlobDescriptor(kSize, 0, "more"));
+    EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted) << more.status();
+    EXPECT_EQ(client.Stats()->released_held_buffers(), 1u);
+    kept.reset();
+    more = client.Allocate(BlobDescriptor(kSize, 0, "more"));
+    EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted)
+        << "the mapping still holds it: " << more.status();
+    ASSERT_EQ(::munmap(map, kSize), 0);
+    more = client.Allocate(BlobDescriptor(kSize, 0, "more"));
+    EXPECT_TRUE(more.ok()) << "gone, and asked about at the refusal: " << more.status();
+    daemon_.reset();
+  }
+}
+
 }  // namespace
 }  // namespace halloc_test

@@ -2,13 +2,15 @@
 // Debian's 6.1: hallocd keeps a released memfd buffer charged until the
 // watch reports its last file gone, so that has to hold on the oldest
 // kernel we run on too. A dma-buf's end is not reported this way (its
-// inode keeps a link), which is why only the memfd backends claim
-// Backend::ObservesLastReference.
+// inode keeps a link), which is why the dma-buf backends are polled
+// instead: their fdinfo's count (dmabuf_refs.h), checked here too.
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "gmock/gmock.h"
+#include "service/backend/dmabuf_refs.h"
 #include "service/util/last_reference.h"
 #include "tests/kernel/halloc_fixture.h"
 
@@ -58,8 +60,45 @@ TEST_F(LastReferenceDmaBufTest, ADmaBufsEndIsNotReported) {
   ASSERT_EQ(watch.unwatched(), 0u) << "the watch itself is taken";
   fd.reset();
   EXPECT_THAT(watch.TakeGone(), IsEmpty())
-      << "if 6.1 reported a dma-buf's end, the dma-buf backends could "
-         "claim ObservesLastReference too";
+      << "if 6.1 reported a dma-buf's end, the dma-buf backends could be "
+         "watched too";
+}
+
+TEST_F(LastReferenceDmaBufTest, ItsFdinfoCountsEveryFdMappingAndHolderElsewhere) {
+  UniqueFd fd = Alloc(Heap::kSystem, PageAlign(1));
+  ASSERT_TRUE(fd.valid());
+  auto refs = [&] {
+    absl::StatusOr<uint64_t> n = halloc::DmaBufReferences(fd.get());
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.value_or(0);
+  };
+  EXPECT_EQ(refs(), 1u);
+  EXPECT_EQ(halloc::DmaBufIsLastReference(fd.get()), 1);
+  int copy = ::dup(fd.get());
+  EXPECT_EQ(refs(), 2u) << "a dup is another reference to the file";
+  void* map = ::mmap(nullptr, PageAlign(1), PROT_READ, MAP_SHARED, copy, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  ::close(copy);
+  EXPECT_EQ(refs(), 2u) << "a mapping holds the file";
+  EXPECT_EQ(halloc::DmaBufIsLastReference(fd.get()), 0);
+  ASSERT_EQ(::munmap(map, PageAlign(1)), 0);
+  EXPECT_EQ(refs(), 1u);
+  int go[2];
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // holds its inherited fd until told
+    char c;
+    ::close(go[1]);
+    (void)!::read(go[0], &c, 1);
+    ::_exit(0);
+  }
+  ::close(go[0]);
+  EXPECT_EQ(refs(), 2u) << "another process's fd";
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_EQ(refs(), 1u);
 }
 
 }  // namespace

@@ -1,0 +1,90 @@
+// LastReferencePoll: learns when the memory behind an fd is gone by asking,
+// now and then, whether the fd it was given is the last reference to that
+// memory. For memory whose end no event reports: a dma-buf's inode keeps a
+// link, so inotify never sees it go (last_reference.h); its fdinfo does
+// count the references to its file (Backend::IsLastReference).
+//
+// It keeps each fd it follows until the answer is yes, then closes it: the
+// memory stays allocated (and, in hallocd, charged) while anyone else has
+// it, and one fd in hallocd per buffer followed, as while the buffer was
+// live (Registry::SetMaxBuffers counts them).
+//
+// When it asks: once at Follow (a client that closed its fd before its
+// Release, the usual order, frees the memory at once), then on a thread of
+// its own at growing intervals per fd (kFirstInterval, doubling up to
+// kMaxInterval: memory kept for long is asked about rarely), and at once
+// for one group on Refresh (hallocd: before refusing that uid for memory).
+// The question is asked with no lock held; asking costs one read of
+// /proc/self/fdinfo (~5 µs).
+//
+// Thread-safe.
+#ifndef HALLOC_SERVICE_UTIL_LAST_REFERENCE_POLL_H_
+#define HALLOC_SERVICE_UTIL_LAST_REFERENCE_POLL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/util/last_reference.h"
+
+namespace halloc {
+
+class LastReferencePoll : public LastReferenceFollower {
+ public:
+  // Whether `fd` is the last reference to its memory: 1 yes, 0 no, or
+  // -errno when it cannot tell (that memory is then reported gone at once,
+  // counted in unwatched(): a retry would not tell either).
+  using IsLast = std::function<int(int fd)>;
+  static constexpr absl::Duration kFirstInterval = absl::Milliseconds(100);
+  static constexpr absl::Duration kMaxInterval = absl::Seconds(10);
+
+  explicit LastReferencePoll(IsLast is_last);
+  // Stops the thread and closes every fd still kept.
+  ~LastReferencePoll() override;
+  LastReferencePoll(const LastReferencePoll&) = delete;
+  LastReferencePoll& operator=(const LastReferencePoll&) = delete;
+
+  // Asks at once (on the caller's thread); keeps `fd` unless it is the last.
+  void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0) override;
+  // What the asking found gone so far (its fds are closed already).
+  std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) override;
+  // Asks now about everything `group` follows.
+  void Refresh(uint64_t group) override;
+  uint64_t unwatched() const override;
+  // Memory followed and not yet known gone.
+  size_t following() const;
+
+ private:
+  struct Kept {
+    UniqueFd fd;
+    uint64_t token = 0;
+    uint64_t group = 0;
+    absl::Time due;
+    absl::Duration interval;
+  };
+
+  // Asks about each of `kept` (taken out of kept_; no lock held), then puts
+  // back what someone else still has, due again after its next interval,
+  // and reports the rest gone (their fds close on the way out).
+  void Ask(std::vector<Kept> kept);
+  void Run();
+
+  const IsLast is_last_;
+  mutable absl::Mutex mu_;
+  absl::CondVar changed_;  // something new to ask about, or stop_
+  std::vector<Kept> kept_ ABSL_GUARDED_BY(mu_);
+  size_t asking_ ABSL_GUARDED_BY(mu_) = 0;  // taken out by Ask, not back yet
+  std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);
+  uint64_t unwatched_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;  // started by the first Follow that keeps an fd
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_LAST_REFERENCE_POLL_H_

@@ -1,0 +1,157 @@
+#include "service/util/last_reference_poll.h"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <filesystem>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+using ::testing::IsEmpty;
+using ::testing::UnorderedElementsAre;
+
+int OpenFds() {
+  return static_cast<int>(std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                        std::filesystem::directory_iterator()));
+}
+
+// The answers IsLast gives, per inode (a test's stand-in for the kernel's
+// count of references), and how often each was asked.
+class Answers {
+ public:
+  void Set(ino_t ino, int answer) {
+    absl::MutexLock lock(&mu_);
+    answer_[ino] = answer;
+  }
+  int Ask(int fd) {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return -errno;
+    absl::MutexLock lock(&mu_);
+    ++asked_[st.st_ino];
+    auto it = answer_.find(st.st_ino);
+    return it == answer_.end() ? 1 : it->second;
+  }
+  int Asked(ino_t ino) {
+    absl::MutexLock lock(&mu_);
+    return asked_[ino];
+  }
+  LastReferencePoll::IsLast Fn() {
+    return [this](int fd) { return Ask(fd); };
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<ino_t, int> answer_;
+  absl::flat_hash_map<ino_t, int> asked_;
+};
+
+// A memfd and its inode.
+std::pair<UniqueFd, ino_t> Memory() {
+  UniqueFd fd(::memfd_create("last_reference_poll_test", MFD_CLOEXEC));
+  struct stat st {};
+  ::fstat(fd.get(), &st);
+  return {std::move(fd), st.st_ino};
+}
+
+// TakeGone until `token` shows up or `within` passes.
+bool GoneWithin(LastReferencePoll& poll, uint64_t token, absl::Duration within) {
+  const absl::Time end = absl::Now() + within;
+  while (absl::Now() < end) {
+    for (uint64_t t : poll.TakeGone()) {
+      if (t == token) return true;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return false;
+}
+
+TEST(LastReferencePollTest, TheLastReferenceIsGoneAtFollowAndItsFdClosed) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn());
+  auto [fd, ino] = Memory();
+  const int before = OpenFds();
+  poll.Follow(std::move(fd), 7, 1);
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(7u));
+  EXPECT_EQ(poll.following(), 0u);
+  EXPECT_EQ(OpenFds(), before - 1) << "its fd is not kept";
+  EXPECT_EQ(answers.Asked(ino), 1);
+}
+
+TEST(LastReferencePollTest, MemoryHeldElsewhereIsKeptUntilARefreshOfItsGroupSeesItGo) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn());
+  auto [a, a_ino] = Memory();
+  auto [b, b_ino] = Memory();
+  answers.Set(a_ino, 0);
+  answers.Set(b_ino, 0);
+  poll.Follow(std::move(a), 1, /*group=*/10);
+  poll.Follow(std::move(b), 2, /*group=*/20);
+  EXPECT_THAT(poll.TakeGone(), IsEmpty());
+  EXPECT_EQ(poll.following(), 2u);
+  answers.Set(a_ino, 1);
+  answers.Set(b_ino, 1);
+  poll.Refresh(10);
+  // Group 20 was not asked (unless the thread's first interval came).
+  EXPECT_THAT(poll.TakeGone(), ::testing::Contains(1u));
+  EXPECT_TRUE(GoneWithin(poll, 2, absl::Seconds(5))) << "the thread asks too";
+  EXPECT_EQ(poll.following(), 0u);
+  EXPECT_EQ(poll.unwatched(), 0u);
+}
+
+TEST(LastReferencePollTest, ItAsksLessOftenTheLongerMemoryIsKept) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn());
+  auto [fd, ino] = Memory();
+  answers.Set(ino, 0);
+  poll.Follow(std::move(fd), 3);
+  absl::SleepFor(absl::Milliseconds(1600));
+  // At Follow, then after 100, 200, 400 and 800 ms (+ up to 50 ms early
+  // each): five at most in 1.6 s, where a fixed 100 ms would ask 16 times.
+  const int asked = answers.Asked(ino);
+  EXPECT_GE(asked, 3);
+  EXPECT_LE(asked, 6);
+  answers.Set(ino, 1);
+  EXPECT_TRUE(GoneWithin(poll, 3, absl::Seconds(5)));
+}
+
+TEST(LastReferencePollTest, WhatCannotBeToldIsReportedGoneAndCounted) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn());
+  auto [fd, ino] = Memory();
+  answers.Set(ino, -ENOTSUP);
+  poll.Follow(std::move(fd), 4);
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(4u));
+  EXPECT_EQ(poll.unwatched(), 1u);
+  poll.Follow(UniqueFd(), 5);  // no fd at all
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(5u));
+  EXPECT_EQ(poll.unwatched(), 2u);
+}
+
+TEST(LastReferencePollTest, DestroyingItClosesWhatItKept) {
+  Answers answers;
+  const int before = OpenFds();
+  {
+    LastReferencePoll poll(answers.Fn());
+    for (uint64_t t = 0; t < 8; ++t) {
+      auto [fd, ino] = Memory();
+      answers.Set(ino, 0);
+      poll.Follow(std::move(fd), t);
+    }
+    EXPECT_EQ(poll.following(), 8u);
+    EXPECT_EQ(OpenFds(), before + 8);
+  }
+  EXPECT_EQ(OpenFds(), before);
+}
+
+}  // namespace
+}  // namespace halloc
