@@ -24,7 +24,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -33,6 +32,7 @@
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
+#include "service/broker_test_util.h"
 
 namespace halloc {
 namespace {
@@ -246,134 +246,6 @@ TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
   allocate_three(3);
   EXPECT_TRUE(answer(&fds).ok());
   EXPECT_EQ(fds, 3u);
-}
-
-// A memfd backend whose allocations of 64 MiB or more say they began
-// (`entered`) and then wait for `open`.
-class GatedBackend : public Backend {
- public:
-  GatedBackend(absl::Notification* entered, absl::Notification* open)
-      : entered_(entered), open_(open) {}
-  absl::string_view name() const override { return inner_.name(); }
-  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
-    if (r.size >= (uint64_t{64} << 20)) {
-      if (!entered_->HasBeenNotified()) entered_->Notify();  // one thread calls
-      open_->WaitForNotification();
-    }
-    return inner_.Allocate(r);
-  }
-  bool CanEnforce(CpuAccess a) const override { return inner_.CanEnforce(a); }
-  absl::StatusOr<UniqueFd> OpenView(const UniqueFd& b, const ViewRights& r) override {
-    return inner_.OpenView(b, r);
-  }
-  bool NeedsView(const ViewRights& r) const override { return inner_.NeedsView(r); }
-
- private:
-  absl::Notification* const entered_;
-  absl::Notification* const open_;
-  MemfdBackend inner_;
-};
-
-// One fast-path Allocate of `size` bytes; the reply's status and its fds
-// once it came (within 5 s), or DEADLINE_EXCEEDED.
-absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
-  v1::BrokerRequest req;
-  req.set_request_id(1);
-  req.mutable_allocate()->mutable_desc()->set_size(size);
-  req.mutable_allocate()->mutable_desc()->set_name("lane");
-  RETURN_IF_ERROR(SendRecord(sock, req.SerializeAsString(), {}, false));
-  RETURN_IF_ERROR(WaitReadable(sock, 5000));
-  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
-  v1::BrokerFrame frame;
-  if (!frame.ParseFromString(rec.bytes) || !frame.has_reply()) {
-    return absl::DataLossError("not a reply");
-  }
-  *fds = rec.fds.size();
-  return ReplyStatus(frame.reply());
-}
-
-// A large allocation is made off the broker thread: while one is being
-// committed (held here), another client's small one is answered at once.
-// A broker whose large allocations wait for `open` (GatedBackend).
-struct GatedBroker {
-  explicit GatedBroker(const std::string& dir)
-      : path(dir + "/broker.sock"),
-        core(std::make_unique<GatedBackend>(&entered, &open), Limits()) {}
-  ~GatedBroker() {
-    if (!open.HasBeenNotified()) open.Notify();
-    if (broker) broker->Stop();
-  }
-  absl::Status Start() {
-    ASSIGN_OR_RETURN(broker, Broker::Start(path, 0600, &core));
-    return absl::OkStatus();
-  }
-  const std::string path;
-  absl::Notification entered, open;
-  Allocator core;
-  std::unique_ptr<Broker> broker;
-};
-
-TEST_F(BrokerTest, ALargeAllocationDoesNotHoldUpOtherClients) {
-  GatedBroker gated(dir_);
-  ASSERT_TRUE(gated.Start().ok());
-  absl::Notification &entered = gated.entered, &open = gated.open;
-  absl::StatusOr<BrokerConnection> big = ConnectBroker(gated.path, absl::Seconds(5));
-  absl::StatusOr<BrokerConnection> small = ConnectBroker(gated.path, absl::Seconds(5));
-  ASSERT_TRUE(big.ok() && small.ok());
-  size_t big_fds = 0, small_fds = 0;
-  std::thread big_client(
-      [&] { EXPECT_TRUE(AllocateOn(big->fd.get(), uint64_t{64} << 20, &big_fds).ok()); });
-  // The large allocation is being made (and held) before the small one is asked.
-  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  absl::Status s = AllocateOn(small->fd.get(), 4096, &small_fds);
-  EXPECT_TRUE(s.ok()) << s << " (the broker thread waited for the large allocation)";
-  EXPECT_EQ(small_fds, 1u);
-  open.Notify();
-  big_client.join();
-  EXPECT_EQ(big_fds, 1u);
-}
-
-// The slow lane's share is per uid: more connections of one uid do not
-// buy it more of the queue.
-TEST_F(BrokerTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
-  GatedBroker gated(dir_);
-  ASSERT_TRUE(gated.Start().ok());
-  std::vector<BrokerConnection> conns;
-  for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<BrokerConnection> c = ConnectBroker(gated.path, absl::Seconds(5));
-    ASSERT_TRUE(c.ok()) << c.status();
-    conns.push_back(*std::move(c));
-  }
-  constexpr uint64_t kLarge = uint64_t{64} << 20;
-  size_t fds = 0;
-  std::thread first([&] { EXPECT_TRUE(AllocateOn(conns[0].fd.get(), kLarge, &fds).ok()); });
-  ASSERT_TRUE(gated.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  // One being made, three more waiting, from a second connection.
-  v1::BrokerRequest req;
-  req.mutable_allocate()->mutable_desc()->set_size(kLarge);
-  for (int i = 0; i < static_cast<int>(Broker::kSlowLanePerUid) - 1; ++i) {
-    req.set_request_id(10 + i);
-    ASSERT_TRUE(SendRecord(conns[1].fd.get(), req.SerializeAsString(), {}, false).ok());
-  }
-  // Taken by the broker (its thread posts each one before reading on).
-  for (int i = 0; i < 2000; ++i) {
-    int queued = -1;
-    ASSERT_EQ(::ioctl(conns[1].fd.get(), SIOCOUTQ, &queued), 0);
-    if (queued == 0) break;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  // A third connection of the same uid finds the uid's share taken.
-  size_t third_fds = 0;
-  absl::Status third = AllocateOn(conns[2].fd.get(), kLarge, &third_fds);
-  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
-  gated.open.Notify();
-  first.join();
-  for (int i = 0; i < static_cast<int>(Broker::kSlowLanePerUid) - 1; ++i) {
-    ASSERT_TRUE(WaitReadable(conns[1].fd.get(), 10000).ok());
-    absl::StatusOr<Record> rec = ReceiveRecord(conns[1].fd.get(), false);
-    ASSERT_TRUE(rec.ok()) << rec.status();
-    EXPECT_EQ(rec->fds.size(), 1u) << "the waiting ones are made in turn";
-  }
 }
 
 TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {

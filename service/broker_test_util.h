@@ -1,0 +1,36 @@
+// Helpers of the broker's tests (broker_test.cc, broker_slow_lane_test.cc).
+#ifndef HALLOC_SERVICE_BROKER_TEST_UTIL_H_
+#define HALLOC_SERVICE_BROKER_TEST_UTIL_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/broker_conn.h"
+#include "halloc/v1/broker.pb.h"
+
+namespace halloc {
+
+// One fast-path Allocate of `size` bytes; the reply's status and its fds
+// once it came (within 5 s), or DEADLINE_EXCEEDED.
+inline absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
+  v1::BrokerRequest req;
+  req.set_request_id(1);
+  req.mutable_allocate()->mutable_desc()->set_size(size);
+  req.mutable_allocate()->mutable_desc()->set_name("lane");
+  RETURN_IF_ERROR(SendRecord(sock, req.SerializeAsString(), {}, false));
+  RETURN_IF_ERROR(WaitReadable(sock, 5000));
+  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(rec.bytes) || !frame.has_reply()) {
+    return absl::DataLossError("not a reply");
+  }
+  *fds = rec.fds.size();
+  return ReplyStatus(frame.reply());
+}
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_BROKER_TEST_UTIL_H_
