@@ -206,9 +206,9 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
     if (!out) return absl::InternalError("cannot write " + policy);
   }
   // hallocd raises its fd limit to the hard one, which it inherits: the
-  // bench's few clients leave buffers all of it but the scale rows'
-  // headroom (by default hallocd keeps what its connection limits could
-  // take).
+  // bench's few clients leave buffers all of it but half the scale rows'
+  // headroom (the other half: the probes' buffers beside the largest
+  // level). By default hallocd keeps what its connection limits could take.
   rlimit nofile{};
   std::vector<std::string> argv = {
       args_.Str("hallocd"), "--control_socket=" + Sock(prefix + "control.sock"),
@@ -217,7 +217,7 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
       "--policy=" + policy};
   if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max != RLIM_INFINITY &&
       nofile.rlim_max > kScaleHeadroom) {
-    argv.push_back(absl::StrCat("--max_buffers=", nofile.rlim_max - kScaleHeadroom));
+    argv.push_back(absl::StrCat("--max_buffers=", nofile.rlim_max - kScaleHeadroom / 2));
   }
   const std::string control = Sock(prefix + "control.sock");
   absl::StatusOr<Child> d = Child::Spawn(argv, Sock(prefix + "hallocd.log"));
