@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
@@ -250,6 +251,11 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     if (room.GetPayload(Registry::kWaitForReleasedMemory)) return room;
     return Counted(room);
   }
+  // The room CheckRoom reserved goes back unless Add takes it.
+  bool reserved = true;
+  absl::Cleanup unreserve = [&] {
+    if (reserved) registry_.Unreserve(plan.count);
+  };
   const bool charge_until_gone =
       decision.charge_until_gone &&
       backend_->last_reference() != Backend::LastReference::kUnseen;
@@ -273,8 +279,9 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     fresh.push_back(std::move(buffer));
   }
   v1::AllocateResponse resp;
-  RETURN_IF_ERROR(Counted(
-      registry_.Add(session.id(), fresh, plan.owner_access, quota, &resp)));
+  reserved = false;
+  RETURN_IF_ERROR(Counted(registry_.Add(session.id(), fresh, plan.owner_access, quota,
+                                        &resp, plan.count)));
   // fds go out before the reply, so the client never waits for them; all
   // in one record, so a failure leaves none of them with the client.
   std::vector<const BufferRecord*> items;

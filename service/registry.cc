@@ -102,8 +102,14 @@ void Registry::SetMaxBuffers(uint64_t max_buffers) {
   max_buffers_ = max_buffers;
 }
 
+void Registry::Unreserve(uint32_t count) {
+  absl::MutexLock lock(&mu_);
+  reserved_ -= std::min<uint64_t>(count, reserved_);
+}
+
 absl::Status Registry::DaemonRoom(uint32_t count) const {
-  const uint64_t held = buffers_.size() + lingering_.size();
+  // Reserved: being allocated now (CheckRoom passed, Add not yet called).
+  const uint64_t held = buffers_.size() + lingering_.size() + reserved_;
   if (max_buffers_ == 0 || held + count <= max_buffers_) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "hallocd holds ", held, " buffers (", lingering_.size(),
@@ -157,6 +163,7 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
                                  QuotaJudge quota, bool may_wait) {
   bool again = false;
   for (;;) {
+    bool daemon_full = false;
     {
       absl::MutexLock lock(&mu_);
       auto h = holdings_.find(session_id);
@@ -165,7 +172,12 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
       // memory being freed.
       RETURN_IF_ERROR(SessionRoom(h->second, count));
       absl::Status s = SharedRoomLocked(count, quota_key, quota);
-      if (s.ok() || again || lingering_.empty()) return s;
+      if (s.ok()) {
+        reserved_ += count;  // until Add takes it, or Unreserve
+        return s;
+      }
+      if (again || lingering_.empty()) return s;
+      daemon_full = !DaemonRoom(count).ok();
       if (!may_wait) {
         // The caller must not wait for pages to be freed (the broker's
         // thread): it may ask again where it may.
@@ -178,10 +190,12 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
     // client that closed its fds before its Release is not refused for
     // memory that goes the moment hallocd's own fd does. Outside the lock:
     // closing frees pages (gigabytes, maybe), and nobody else should wait
-    // for that. Then what the refused uid let go of is looked at again,
-    // where that is work (dma-bufs are asked about, not heard of).
+    // for that. Then what the refused uid (anyone's, when hallocd is full)
+    // let go of is looked at again, where that is work (dma-bufs are asked
+    // about, not heard of).
     reaper_.Flush();
-    gone_watch_->Refresh(SplitQuotaKey(quota_key).second);
+    gone_watch_->Refresh(daemon_full ? std::nullopt
+                                     : std::optional<uint64_t>(SplitQuotaKey(quota_key).second));
     again = true;
   }
 }
@@ -189,9 +203,10 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
 absl::Status Registry::Add(uint64_t session_id,
                            absl::Span<const std::shared_ptr<BufferRecord>> fresh,
                            CpuAccess access, QuotaJudge quota,
-                           v1::AllocateResponse* reply) {
-  if (fresh.empty()) return absl::OkStatus();
+                           v1::AllocateResponse* reply, uint32_t reserved) {
   absl::MutexLock lock(&mu_);
+  reserved_ -= std::min<uint64_t>(reserved, reserved_);
+  if (fresh.empty()) return absl::OkStatus();
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   Holding& holding = h->second;

@@ -158,16 +158,23 @@ class Registry {
   // caller may ask again where it may wait.
   static constexpr absl::string_view kWaitForReleasedMemory =
       "halloc.dev/wait-for-released-memory";
+  //
+  // OK reserves `count` of hallocd's limit for the buffers being made:
+  // the caller hands them to Add (`reserved`) or gives them back with
+  // Unreserve, so that calls racing each other cannot open more fds than
+  // the limit between their check and their Add.
   absl::Status CheckRoom(uint64_t session_id, uint32_t count,
                          const std::string& quota_key, QuotaJudge quota,
                          bool may_wait = true);
-  // Checks room again and adds `fresh` (each charged to its charged_to)
-  // held by `session_id` with `access`, assigning ids; appends each one's
-  // info to `reply`. All or nothing; UNAUTHENTICATED once the session left.
+  void Unreserve(uint32_t count);
+  // Takes back `reserved` (what CheckRoom reserved for these), checks room
+  // again and adds `fresh` (each charged to its charged_to) held by
+  // `session_id` with `access`, assigning ids; appends each one's info to
+  // `reply`. All or nothing; UNAUTHENTICATED once the session left.
   absl::Status Add(uint64_t session_id,
                    absl::Span<const std::shared_ptr<BufferRecord>> fresh,
                    CpuAccess access, QuotaJudge quota,
-                   v1::AllocateResponse* reply);
+                   v1::AllocateResponse* reply, uint32_t reserved = 0);
   // Drops `session_id`'s hold on each of `ids`. All or nothing: NOT_FOUND
   // (and nothing dropped) if one is not held.
   absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids);
@@ -291,6 +298,8 @@ class Registry {
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t max_buffers_ ABSL_GUARDED_BY(mu_) = 0;
+  // Room CheckRoom gave calls that have not reached Add yet.
+  uint64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uint64_t, Holding> holdings_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<BufferRecord>> buffers_
       ABSL_GUARDED_BY(mu_);

@@ -8,7 +8,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/registry.h"
@@ -53,7 +56,7 @@ class ReleasedMemoryTest : public ::testing::Test {
     // As the allocator does: room first (which settles), then commit.
     absl::Status s = reg_.CheckRoom(session, 1, "app/1", quota);
     v1::AllocateResponse reply;
-    if (s.ok()) s = reg_.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply);
+    if (s.ok()) s = reg_.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply, 1);
     last_ = s;
     return s.ok() ? b->id : 0;
   }
@@ -199,41 +202,137 @@ TEST_F(ReleasedMemoryTest, HallocdsOwnLimitBindsEveryoneAndCountsWhatIsKept) {
   EXPECT_NE(Add(true, nullptr, no_quota, kB), 0u) << "0: no limit: " << last_;
 }
 
+TEST_F(ReleasedMemoryTest, RoomCheckedIsReservedUntilAddOrUnreserve) {
+  // Calls that passed CheckRoom and are still making their memory count
+  // too: else each of many racing calls could open its fds past the limit.
+  auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
+  reg_.SetMaxBuffers(3);
+  EXPECT_TRUE(reg_.CheckRoom(kA, 2, "app/1", no_quota).ok());
+  EXPECT_EQ(reg_.CheckRoom(kA, 2, "app/1", no_quota).code(),
+            absl::StatusCode::kResourceExhausted) << "two of three reserved";
+  reg_.Unreserve(2);  // that call failed before Add
+  EXPECT_TRUE(reg_.CheckRoom(kA, 3, "app/1", no_quota).ok());
+  std::vector<std::shared_ptr<BufferRecord>> fresh;
+  for (int i = 0; i < 3; ++i) {
+    fresh.push_back(std::make_shared<BufferRecord>());
+    fresh.back()->size = kPage;
+    fresh.back()->charged_to = "app/1";
+  }
+  v1::AllocateResponse reply;
+  ASSERT_TRUE(reg_.Add(kA, fresh, CpuAccess::kReadWrite, no_quota, &reply, 3).ok())
+      << "its own reservation does not stand in its way";
+  EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", no_quota).code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
 TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
   // Memory whose end raises no event (a dma-buf): the follower asks. Here
-  // it answers what the test says; a refusal must ask again, at once, and
-  // only about the refused uid's memory.
-  std::atomic<int> last{0};
-  std::atomic<int> asked{0};
-  auto poll = std::make_shared<LastReferencePoll>([&](int) {
-    ++asked;
-    return last.load();
-  });
+  // it answers what the test says (per fd); a quota refusal must ask
+  // again, at once, and only about the refused uid's memory; a refusal by
+  // hallocd's own limit about anyone's.
+  absl::Mutex mu;
+  absl::flat_hash_map<int, int> last;   // fd → answer (0 unless set)
+  absl::flat_hash_map<int, int> asked;  // fd → times asked
+  auto poll = std::make_shared<LastReferencePoll>(
+      [&](int fd) {
+        absl::MutexLock lock(&mu);
+        ++asked[fd];
+        return last[fd];
+      },
+      /*on_a_thread=*/false);
   Registry reg("dmabuf", 8, poll);
-  Identity id;
-  id.uid = 1;
-  reg.Join(kA, id);
-  auto add = [&] {
+  constexpr uint64_t kB = kA + 1;
+  Identity one, two;
+  one.uid = 1;
+  two.uid = 2;
+  reg.Join(kA, one);
+  reg.Join(kB, two);
+  // A buffer of `uid`'s in session `session`, released at once; its fd.
+  auto add = [&](uint64_t session, uid_t uid) -> std::pair<uint64_t, int> {
     auto b = std::make_shared<BufferRecord>();
     b->size = kPage;
-    b->owner_uid = 1;
-    b->charged_to = "app/1";
+    b->owner_uid = uid;
+    b->charged_to = absl::StrCat("app/", uid);
     b->charge_until_gone = true;
     b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
-    absl::Status s = reg.CheckRoom(kA, 1, "app/1", OneBuffer);
+    const int fd = b->fd.get();
+    absl::Status s = reg.CheckRoom(session, 1, b->charged_to, OneBuffer);
     v1::AllocateResponse reply;
-    if (s.ok()) s = reg.Add(kA, {b}, CpuAccess::kReadWrite, OneBuffer, &reply);
-    return s.ok() ? b->id : 0;
+    if (s.ok()) s = reg.Add(session, {b}, CpuAccess::kReadWrite, OneBuffer, &reply, 1);
+    return {s.ok() ? b->id : 0, fd};
   };
-  const uint64_t id1 = add();
+  auto times = [&](int fd) {
+    absl::MutexLock lock(&mu);
+    return asked[fd];
+  };
+  const auto [id1, fd1] = add(kA, 1);
+  const auto [id2, fd2] = add(kB, 2);
   ASSERT_NE(id1, 0u);
+  ASSERT_NE(id2, 0u);
   ASSERT_TRUE(reg.Release(kA, {id1}).ok());
-  EXPECT_EQ(add(), 0u) << "someone else still has it";
-  const int before = asked.load();
-  EXPECT_GE(before, 2) << "asked at release, and again at the refusal";
-  last = 1;
-  EXPECT_NE(add(), 0u) << "the refusal asked again and saw it go";
+  ASSERT_TRUE(reg.Release(kB, {id2}).ok());
+  reg.FlushReaper();  // each asked once, at release
+  EXPECT_EQ(times(fd1), 1);
+  EXPECT_EQ(times(fd2), 1);
+  absl::SleepFor(LastReferencePoll::kFirstInterval);  // may be asked again now
+  const int before2 = times(fd2);
+  EXPECT_EQ(add(kA, 1).first, 0u) << "someone else still has uid 1's";
+  EXPECT_EQ(times(fd2), before2) << "uid 2's was not uid 1's refusal's business";
+  {
+    absl::MutexLock lock(&mu);
+    last[fd1] = 1;
+  }
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  EXPECT_NE(add(kA, 1).first, 0u) << "the refusal asked again and saw it go";
+
+  // hallocd full (two live or held, one of them uid 2's released one): a
+  // refusal asks about everyone's.
+  reg.SetMaxBuffers(2);
+  {
+    absl::MutexLock lock(&mu);
+    last[fd2] = 1;
+  }
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  EXPECT_NE(add(kB, 2).first, 0u) << "uid 2's own, gone: asked at uid 2's refusal";
+  EXPECT_EQ(add(kB, 2).first, 0u) << "full: uid 1's live one and uid 2's";
   EXPECT_EQ(poll->following(), 0u);
+}
+
+TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
+  std::atomic<int> last{0};
+  auto poll = std::make_shared<LastReferencePoll>([&](int) { return last.load(); },
+                                                  /*on_a_thread=*/false);
+  Registry reg("dmabuf", 8, poll);
+  constexpr uint64_t kB = kA + 1;
+  Identity one, two;
+  one.uid = 1;
+  two.uid = 2;
+  reg.Join(kA, one);
+  reg.Join(kB, two);
+  reg.SetMaxBuffers(1);
+  auto b = std::make_shared<BufferRecord>();
+  b->size = kPage;
+  b->owner_uid = 1;
+  b->charged_to = "app/1";
+  b->charge_until_gone = true;
+  b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
+  auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
+  ASSERT_TRUE(reg.CheckRoom(kA, 1, "app/1", no_quota).ok());
+  v1::AllocateResponse reply;
+  ASSERT_TRUE(reg.Add(kA, {b}, CpuAccess::kReadWrite, no_quota, &reply, 1).ok());
+  const uint64_t id = b->id;
+  b.reset();  // the registry's alone
+  ASSERT_TRUE(reg.Release(kA, {id}).ok());
+  reg.FlushReaper();
+  EXPECT_EQ(poll->following(), 1u);
+  EXPECT_EQ(reg.CheckRoom(kB, 1, "app/2", no_quota, /*may_wait=*/true).code(),
+            absl::StatusCode::kResourceExhausted)
+      << "uid 1's released buffer, still held somewhere, fills hallocd";
+  last = 1;
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  EXPECT_TRUE(reg.CheckRoom(kB, 1, "app/2", no_quota, /*may_wait=*/true).ok())
+      << "uid 2's refusal by hallocd's limit asked about uid 1's memory";
+  reg.Unreserve(1);
 }
 
 TEST_F(ReleasedMemoryTest, LeavingReleasesButKeepsTheChargeOfWhatIsKept) {

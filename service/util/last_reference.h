@@ -50,6 +50,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -74,11 +75,11 @@ class LastReferenceFollower {
   // elsewhere: each close may free pages); without it they are closed
   // here, after the lock.
   virtual std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) = 0;
-  // Looks again now at what `group` follows, where looking is work (a
-  // poll) rather than an event read by TakeGone: for a caller about to
-  // refuse `group` for memory that may be gone. May take a while; call it
-  // with no lock held.
-  virtual void Refresh(uint64_t group) {}
+  // Looks again now at what `group` (nullopt: anyone) follows, where
+  // looking is work (a poll) rather than an event read by TakeGone: for a
+  // caller about to refuse for memory that may be gone. May take a while;
+  // call it with no lock held.
+  virtual void Refresh(std::optional<uint64_t> group) {}
   // Follow calls that could not follow (reported gone at once) since start.
   virtual uint64_t unwatched() const = 0;
 };

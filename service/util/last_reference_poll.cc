@@ -12,8 +12,15 @@
 namespace halloc {
 namespace {
 
-// What is due this soon is asked about in the same wake-up.
-constexpr absl::Duration kBatch = absl::Milliseconds(50);
+// The thread's passes are at least this far apart (each scans what is
+// kept: at most four scans a second).
+constexpr absl::Duration kBatch = absl::Milliseconds(250);
+
+// Errors a later ask may not meet (hallocd out of fds or memory for a
+// moment): the memory is kept, and charged, until an answer comes.
+bool Passing(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOMEM || err == EAGAIN || err == EINTR;
+}
 
 LogLimiter& Limiter() {
   static LogLimiter* limiter = new LogLimiter(2);
@@ -22,7 +29,8 @@ LogLimiter& Limiter() {
 
 }  // namespace
 
-LastReferencePoll::LastReferencePoll(IsLast is_last) : is_last_(std::move(is_last)) {}
+LastReferencePoll::LastReferencePoll(IsLast is_last, bool on_a_thread)
+    : is_last_(std::move(is_last)), on_a_thread_(on_a_thread) {}
 
 LastReferencePoll::~LastReferencePoll() {
   {
@@ -39,7 +47,8 @@ void LastReferencePoll::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
     ++asking_;
   }
   std::vector<Kept> one;
-  one.push_back(Kept{std::move(fd), token, group, absl::Now(), kFirstInterval});
+  one.push_back(Kept{std::move(fd), token, group, absl::Now(), kFirstInterval,
+                      absl::InfinitePast()});
   Ask(std::move(one));
 }
 
@@ -51,8 +60,9 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
   uint64_t unknown = 0;
   for (Kept& k : kept) {
     const int last = k.fd ? is_last_(k.fd.get()) : -EBADF;
-    if (last == 0) {
-      k.due = absl::Now() + k.interval;
+    if (last == 0 || (last < 0 && Passing(-last))) {
+      k.asked = absl::Now();
+      k.due = k.asked + k.interval;
       k.interval = std::min(2 * k.interval, kMaxInterval);
       still.push_back(std::move(k));
       continue;
@@ -77,27 +87,31 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
   if (still.empty()) return;
   kept_.insert(kept_.end(), std::make_move_iterator(still.begin()),
                std::make_move_iterator(still.end()));
-  if (!thread_.joinable() && !stop_) thread_ = std::thread([this] { Run(); });
+  if (on_a_thread_ && !thread_.joinable() && !stop_) thread_ = std::thread([this] { Run(); });
   changed_.Signal();
 }
 
 void LastReferencePoll::Run() {
+  absl::Time last_pass = absl::InfinitePast();
   for (;;) {
     std::vector<Kept> due;
     {
       absl::MutexLock lock(&mu_);
-      absl::Time until;
+      absl::Time now;
       for (;;) {
         if (stop_) return;
         absl::Time next = absl::InfiniteFuture();
         for (const Kept& k : kept_) next = std::min(next, k.due);
-        until = absl::Now() + kBatch;
-        if (next <= until) break;
+        // The earliest due, but no sooner than kBatch after the last pass.
+        const absl::Time wake = std::max(next, last_pass + kBatch);
+        now = absl::Now();
+        if (wake <= now) break;
         // (A timeout, not a deadline: the TSan shim interposes that one.)
-        changed_.WaitWithTimeout(&mu_, next - absl::Now());
+        changed_.WaitWithTimeout(&mu_, wake - now);
       }
+      last_pass = now;
       auto first_due = std::partition(kept_.begin(), kept_.end(),
-                                      [&](const Kept& k) { return k.due > until; });
+                                      [&](const Kept& k) { return k.due > now; });
       due.assign(std::make_move_iterator(first_due), std::make_move_iterator(kept_.end()));
       kept_.erase(first_due, kept_.end());
       asking_ += due.size();
@@ -106,17 +120,28 @@ void LastReferencePoll::Run() {
   }
 }
 
-void LastReferencePoll::Refresh(uint64_t group) {
-  std::vector<Kept> mine;
+void LastReferencePoll::Refresh(std::optional<uint64_t> group) {
+  std::vector<Kept> asked;
   {
     absl::MutexLock lock(&mu_);
-    auto first = std::partition(kept_.begin(), kept_.end(),
-                                [&](const Kept& k) { return k.group != group; });
-    mine.assign(std::make_move_iterator(first), std::make_move_iterator(kept_.end()));
+    // The group's (or anyone's) not asked about within kFirstInterval,
+    // at most kMaxRefresh of them: a client refused again and again
+    // makes hallocd ask a bounded amount each time, however much it keeps.
+    const absl::Time recent = absl::Now() - kFirstInterval;
+    auto first = std::partition(kept_.begin(), kept_.end(), [&](const Kept& k) {
+      return (group.has_value() && k.group != *group) || k.asked > recent;
+    });
+    if (kept_.end() - first > static_cast<std::ptrdiff_t>(kMaxRefresh)) {
+      // The ones asked about longest ago.
+      std::nth_element(first, kept_.end() - kMaxRefresh, kept_.end(),
+                       [](const Kept& a, const Kept& b) { return a.asked > b.asked; });
+      first = kept_.end() - kMaxRefresh;
+    }
+    asked.assign(std::make_move_iterator(first), std::make_move_iterator(kept_.end()));
     kept_.erase(first, kept_.end());
-    asking_ += mine.size();
+    asking_ += asked.size();
   }
-  if (!mine.empty()) Ask(std::move(mine));
+  if (!asked.empty()) Ask(std::move(asked));
 }
 
 std::vector<uint64_t> LastReferencePoll::TakeGone(std::vector<UniqueFd>*) {

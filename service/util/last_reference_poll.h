@@ -12,8 +12,8 @@
 // When it asks: once at Follow (a client that closed its fd before its
 // Release, the usual order, frees the memory at once), then on a thread of
 // its own at growing intervals per fd (kFirstInterval, doubling up to
-// kMaxInterval: memory kept for long is asked about rarely), and at once
-// for one group on Refresh (hallocd: before refusing that uid for memory).
+// kMaxInterval: memory kept for long is asked about rarely), and at once,
+// a bounded number, on Refresh (hallocd: before refusing a uid for memory).
 // The question is asked with no lock held; asking costs one read of
 // /proc/self/fdinfo (~5 µs).
 //
@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -37,13 +38,17 @@ namespace halloc {
 class LastReferencePoll : public LastReferenceFollower {
  public:
   // Whether `fd` is the last reference to its memory: 1 yes, 0 no, or
-  // -errno when it cannot tell (that memory is then reported gone at once,
-  // counted in unwatched(): a retry would not tell either).
+  // -errno when it cannot tell. A passing error (EMFILE, ENFILE, ENOMEM,
+  // EAGAIN, EINTR) is asked again later, like a no; any other is final:
+  // that memory is reported gone at once, counted in unwatched().
   using IsLast = std::function<int(int fd)>;
   static constexpr absl::Duration kFirstInterval = absl::Milliseconds(100);
-  static constexpr absl::Duration kMaxInterval = absl::Seconds(10);
+  static constexpr absl::Duration kMaxInterval = absl::Seconds(30);
+  // The most Refresh asks about in one call.
+  static constexpr size_t kMaxRefresh = 256;
 
-  explicit LastReferencePoll(IsLast is_last);
+  // `on_a_thread` false (tests): asked only at Follow and Refresh.
+  explicit LastReferencePoll(IsLast is_last, bool on_a_thread = true);
   // Stops the thread and closes every fd still kept.
   ~LastReferencePoll() override;
   LastReferencePoll(const LastReferencePoll&) = delete;
@@ -53,8 +58,10 @@ class LastReferencePoll : public LastReferenceFollower {
   void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0) override;
   // What the asking found gone so far (its fds are closed already).
   std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) override;
-  // Asks now about everything `group` follows.
-  void Refresh(uint64_t group) override;
+  // Asks now about what `group` (nullopt: anyone) follows, but not about
+  // what was asked about within kFirstInterval, and about kMaxRefresh at
+  // most (those asked about longest ago).
+  void Refresh(std::optional<uint64_t> group) override;
   uint64_t unwatched() const override;
   // Memory followed and not yet known gone.
   size_t following() const;
@@ -66,6 +73,7 @@ class LastReferencePoll : public LastReferenceFollower {
     uint64_t group = 0;
     absl::Time due;
     absl::Duration interval;
+    absl::Time asked;  // last asked about (InfinitePast: never)
   };
 
   // Asks about each of `kept` (taken out of kept_; no lock held), then puts
@@ -75,6 +83,7 @@ class LastReferencePoll : public LastReferenceFollower {
   void Run();
 
   const IsLast is_last_;
+  const bool on_a_thread_;
   mutable absl::Mutex mu_;
   absl::CondVar changed_;  // something new to ask about, or stop_
   std::vector<Kept> kept_ ABSL_GUARDED_BY(mu_);

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <optional>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
@@ -89,7 +91,7 @@ TEST(LastReferencePollTest, TheLastReferenceIsGoneAtFollowAndItsFdClosed) {
 
 TEST(LastReferencePollTest, MemoryHeldElsewhereIsKeptUntilARefreshOfItsGroupSeesItGo) {
   Answers answers;
-  LastReferencePoll poll(answers.Fn());
+  LastReferencePoll poll(answers.Fn(), /*on_a_thread=*/false);
   auto [a, a_ino] = Memory();
   auto [b, b_ino] = Memory();
   answers.Set(a_ino, 0);
@@ -101,11 +103,54 @@ TEST(LastReferencePollTest, MemoryHeldElsewhereIsKeptUntilARefreshOfItsGroupSees
   answers.Set(a_ino, 1);
   answers.Set(b_ino, 1);
   poll.Refresh(10);
-  // Group 20 was not asked (unless the thread's first interval came).
-  EXPECT_THAT(poll.TakeGone(), ::testing::Contains(1u));
-  EXPECT_TRUE(GoneWithin(poll, 2, absl::Seconds(5))) << "the thread asks too";
+  EXPECT_EQ(answers.Asked(a_ino), 1) << "asked at Follow just now: not again yet";
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  poll.Refresh(10);
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(1u));
+  EXPECT_EQ(answers.Asked(b_ino), 1) << "group 20 is not group 10's business";
+  poll.Refresh(std::nullopt);
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(2u));
   EXPECT_EQ(poll.following(), 0u);
   EXPECT_EQ(poll.unwatched(), 0u);
+}
+
+TEST(LastReferencePollTest, ARefreshAsksABoundedNumberOldestFirst) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn(), /*on_a_thread=*/false);
+  const size_t n = LastReferencePoll::kMaxRefresh + 10;
+  std::vector<ino_t> inos;
+  for (size_t i = 0; i < n; ++i) {
+    auto [fd, ino] = Memory();
+    answers.Set(ino, 0);
+    inos.push_back(ino);
+    poll.Follow(std::move(fd), i, 1);
+  }
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  poll.Refresh(1);
+  size_t asked_twice = 0;
+  for (ino_t ino : inos) asked_twice += answers.Asked(ino) == 2;
+  EXPECT_EQ(asked_twice, LastReferencePoll::kMaxRefresh);
+  // The next refresh (once they may be asked again) starts with the ten
+  // left out.
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  poll.Refresh(1);
+  size_t never_twice = 0;
+  for (ino_t ino : inos) never_twice += answers.Asked(ino) < 2;
+  EXPECT_EQ(never_twice, 0u) << "the ten left out came first";
+}
+
+TEST(LastReferencePollTest, APassingErrorKeepsTheMemoryAndAsksAgain) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn(), /*on_a_thread=*/false);
+  auto [fd, ino] = Memory();
+  answers.Set(ino, -EMFILE);  // hallocd out of fds for a moment
+  poll.Follow(std::move(fd), 6);
+  EXPECT_THAT(poll.TakeGone(), IsEmpty()) << "no answer is not a yes";
+  EXPECT_EQ(poll.unwatched(), 0u);
+  answers.Set(ino, 1);
+  absl::SleepFor(LastReferencePoll::kFirstInterval);
+  poll.Refresh(std::nullopt);
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(6u));
 }
 
 TEST(LastReferencePollTest, ItAsksLessOftenTheLongerMemoryIsKept) {
@@ -115,8 +160,9 @@ TEST(LastReferencePollTest, ItAsksLessOftenTheLongerMemoryIsKept) {
   answers.Set(ino, 0);
   poll.Follow(std::move(fd), 3);
   absl::SleepFor(absl::Milliseconds(1600));
-  // At Follow, then after 100, 200, 400 and 800 ms (+ up to 50 ms early
-  // each): five at most in 1.6 s, where a fixed 100 ms would ask 16 times.
+  // At Follow, then after 100, 200, 400 and 800 ms (passes at least
+  // 250 ms apart): five at most in 1.6 s, where a fixed 100 ms would ask
+  // 16 times.
   const int asked = answers.Asked(ino);
   EXPECT_GE(asked, 3);
   EXPECT_LE(asked, 6);
