@@ -4,6 +4,7 @@
  * narrower rights (HALLOC_IOCTL_VIEW), and the accounting query
  * (HALLOC_IOCTL_INFO). See uapi/halloc_heap.h for the contract.
  */
+#include <linux/dcache.h>
 #include <linux/dma-buf.h>
 #include <linux/fcntl.h>
 #include <linux/fs.h>
@@ -167,6 +168,9 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 	info->num_drivers = view->num_drivers;
 	memcpy(info->drivers, view->drivers, sizeof(info->drivers));
 	info->mmaps = atomic_read(&buf->mmaps);
+	/* Less dma_buf_get()'s own reference; a dentry's count is its holders. */
+	info->file_refs = file_count(dmabuf->file) - 1;
+	info->path_refs = d_count(dmabuf->file->f_path.dentry);
 	strscpy(info->heap, buf->heap->name, sizeof(info->heap));
 
 	mutex_lock(&buf->lock);

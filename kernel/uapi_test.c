@@ -1,8 +1,9 @@
 /*
  * Compiles the UAPI header as C (it is also used from C++) and pins its ABI:
  * the layouts are part of the contract with user space and must not change,
- * only grow at the end (view_id: 312 -> 320 and 384 -> 392 bytes; the
- * module still takes the old sizes, zero-extended).
+ * only grow at the end (view_id: 312 -> 320 and 384 -> 392 bytes;
+ * file_refs and path_refs: 392 -> 400; the module still takes the old
+ * sizes, zero-extended).
  */
 #include <stddef.h>
 
@@ -18,8 +19,10 @@ ABI(offsetof(struct halloc_view_data, cpu_access) == 12);
 ABI(offsetof(struct halloc_view_data, name) == 24);
 ABI(offsetof(struct halloc_view_data, drivers) == 56);
 
-ABI(sizeof(struct halloc_buffer_info) == 392);
+ABI(sizeof(struct halloc_buffer_info) == 400);
 ABI(offsetof(struct halloc_buffer_info, view_id) == 384);
+ABI(offsetof(struct halloc_buffer_info, file_refs) == 392);
+ABI(offsetof(struct halloc_buffer_info, path_refs) == 396);
 ABI(offsetof(struct halloc_buffer_info, size) == 8);
 ABI(offsetof(struct halloc_buffer_info, id) == 16);
 ABI(offsetof(struct halloc_buffer_info, segments) == 56);

@@ -274,7 +274,6 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
   reg.FlushReaper();  // each asked once, at release
   EXPECT_EQ(times(fd1), 1);
   EXPECT_EQ(times(fd2), 1);
-  absl::SleepFor(LastReferencePoll::kFirstInterval);  // may be asked again now
   const int before2 = times(fd2);
   EXPECT_EQ(add(kA, 1).first, 0u) << "someone else still has uid 1's";
   EXPECT_EQ(times(fd2), before2) << "uid 2's was not uid 1's refusal's business";
@@ -282,7 +281,6 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
     absl::MutexLock lock(&mu);
     last[fd1] = 1;
   }
-  absl::SleepFor(LastReferencePoll::kFirstInterval);
   EXPECT_NE(add(kA, 1).first, 0u) << "the refusal asked again and saw it go";
 
   // hallocd full (two live or held, one of them uid 2's released one): a
@@ -292,7 +290,6 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
     absl::MutexLock lock(&mu);
     last[fd2] = 1;
   }
-  absl::SleepFor(LastReferencePoll::kFirstInterval);
   EXPECT_NE(add(kB, 2).first, 0u) << "uid 2's own, gone: asked at uid 2's refusal";
   EXPECT_EQ(add(kB, 2).first, 0u) << "full: uid 1's live one and uid 2's";
   EXPECT_EQ(poll->following(), 0u);
@@ -329,7 +326,6 @@ TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
             absl::StatusCode::kResourceExhausted)
       << "uid 1's released buffer, still held somewhere, fills hallocd";
   last = 1;
-  absl::SleepFor(LastReferencePoll::kFirstInterval);
   EXPECT_TRUE(reg.CheckRoom(kB, 1, "app/2", no_quota, /*may_wait=*/true).ok())
       << "uid 2's refusal by hallocd's limit asked about uid 1's memory";
   reg.Unreserve(1);

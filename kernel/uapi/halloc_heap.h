@@ -264,6 +264,16 @@ struct halloc_view_data {
  * @drivers:     out: driver names allowed to attach
  * @view_id:     out: this dma-buf's id (the original's too; unique among
  *               every dma-buf the module exported since it was loaded)
+ * @file_refs:   out: references to this dma-buf's file, less the ioctl's
+ *               own: its fds in every process (dups and passed fds share
+ *               one file), its mappings, importers' holds, fds in flight
+ * @path_refs:   out: holders of this dma-buf's dentry: its file (1) plus
+ *               one per O_PATH open of it through /proc/<pid>/fd, which
+ *               keeps the dma-buf (and its pages) alive without a
+ *               reference to the file. A buffer is freed once the
+ *               original and every view have file_refs 0 and path_refs 0.
+ *               Both 0 from modules before them (the struct ends at
+ *               view_id there: 392 bytes).
  */
 struct halloc_buffer_info {
 	__s32 fd;
@@ -284,6 +294,8 @@ struct halloc_buffer_info {
 	char name[HALLOC_NAME_LEN];
 	char drivers[HALLOC_MAX_DRIVERS][HALLOC_NAME_LEN];
 	__u64 view_id;
+	__u32 file_refs;
+	__u32 path_refs;
 };
 
 /**

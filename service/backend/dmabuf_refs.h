@@ -4,8 +4,11 @@
 // V4L2 DMABUF), and fds in flight in a socket. The kernel shows the count
 // in /proc/<pid>/fdinfo/<fd> ("count:", less the read's own reference;
 // dma_buf_show_fdinfo). For hallocd: when its own fd is the only one left,
-// nobody else can reach the memory any more (a dma-buf cannot be reopened
-// through /proc), so closing that fd frees it.
+// nobody else can map or attach the memory any more (a dma-buf cannot be
+// reopened for I/O through /proc). Blind spot: an O_PATH open of
+// /proc/<pid>/fd/N holds the dma-buf's dentry, not its file, and keeps
+// the dma-buf (and its pages) alive unseen here; the halloc module counts
+// those too (HALLOC_IOCTL_INFO path_refs).
 #ifndef HALLOC_SERVICE_BACKEND_DMABUF_REFS_H_
 #define HALLOC_SERVICE_BACKEND_DMABUF_REFS_H_
 

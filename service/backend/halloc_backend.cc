@@ -194,12 +194,20 @@ absl::StatusOr<UniqueFd> HallocBackend::OpenView(const UniqueFd& buffer,
 }
 
 int HallocBackend::IsLastReference(int fd) const {
-  const int last = nodes_->IsLastFile(fd);
-  if (last != 1) return last;
-  // Views hold the pages, not the original's file.
   halloc_buffer_info info{};
   info.fd = fd;
   if (const int err = nodes_->Info(&info); err != 0) return -err;
+  if (info.path_refs != 0) {
+    // The module counts both: fds, mappings and importers hold the file;
+    // an O_PATH open through /proc holds only the dentry, which is what
+    // keeps a dma-buf alive.
+    if (info.file_refs > 1 || info.path_refs > 1) return 0;
+  } else {
+    // A module before them: the file's count from fdinfo (blind to O_PATH).
+    const int last = nodes_->IsLastFile(fd);
+    if (last != 1) return last;
+  }
+  // Views hold the pages through dma-bufs of their own.
   return info.dmabufs <= 1 ? 1 : 0;
 }
 

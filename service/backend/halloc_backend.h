@@ -116,8 +116,10 @@ class HallocBackend : public Backend {
       const UniqueFd& buffer, const ViewRights& rights) override;
   absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) override;
   // Polled: the original's file has no other reference (fds, mappings,
-  // importers) and no view of the buffer is alive (a view is a dma-buf of
-  // its own over the same pages, HALLOC_IOCTL_INFO's `dmabufs`).
+  // importers), nothing else holds its dentry (an O_PATH open through
+  // /proc), and no view of the buffer is alive (a view is a dma-buf of its
+  // own over the same pages): HALLOC_IOCTL_INFO's file_refs, path_refs
+  // and dmabufs (before file_refs and path_refs: fdinfo's count).
   LastReference last_reference() const override { return LastReference::kPolled; }
   int IsLastReference(int fd) const override;
 

@@ -33,6 +33,8 @@ struct Calls {
   bool has_deferred = false;
   int last_file = 1;     // IsLastFile's answer
   uint32_t dmabufs = 1;  // Info's
+  uint32_t file_refs = 0;  // Info's; 0 with path_refs 0: an older module
+  uint32_t path_refs = 0;
   int fail_info = 0;
   std::vector<int> infos;  // the fds Info was asked about
 };
@@ -69,6 +71,8 @@ class FakeNodes : public HallocNodes {
   int Info(halloc_buffer_info* info) override {
     calls_->infos.push_back(info->fd);
     info->dmabufs = calls_->dmabufs;
+    info->file_refs = calls_->file_refs;
+    info->path_refs = calls_->path_refs;
     return calls_->fail_info;
   }
   int IsLastFile(int) override { return calls_->last_file; }
@@ -256,23 +260,40 @@ TEST(HallocBackendTest, AModuleWithoutRevokeCannotRevokeLive) {
   EXPECT_FALSE(Backend(&calls)->CanRevokeLive());
 }
 
-TEST(HallocBackendTest, TheLastReferenceIsTheOriginalsLastFileWithNoViewAlive) {
+TEST(HallocBackendTest, TheLastReferenceIsTheOnlyFileAndPathWithNoViewAlive) {
   Calls calls;
   auto b = Backend(&calls);
   EXPECT_EQ(b->last_reference(), halloc::Backend::LastReference::kPolled);
+  calls.file_refs = 1;
+  calls.path_refs = 1;
+  calls.last_file = 0;  // fdinfo is not asked: the module counts
   EXPECT_EQ(b->IsLastReference(7), 1);
   EXPECT_EQ(calls.infos, std::vector<int>{7});
+  calls.path_refs = 2;  // an O_PATH open through /proc: fdinfo cannot see it
+  EXPECT_EQ(b->IsLastReference(7), 0);
+  calls.path_refs = 1;
+  calls.file_refs = 2;  // another fd, a mapping or an importer
+  EXPECT_EQ(b->IsLastReference(7), 0);
+  calls.file_refs = 1;
   calls.dmabufs = 2;  // a view: its own file, over the same pages
   EXPECT_EQ(b->IsLastReference(7), 0);
-  calls.last_file = 0;  // another fd, a mapping or an importer
-  calls.infos.clear();
+  calls.dmabufs = 1;
+  calls.fail_info = ENOTTY;
+  EXPECT_EQ(b->IsLastReference(7), -ENOTTY);
+}
+
+TEST(HallocBackendTest, AnOlderModuleIsAskedThroughFdinfo) {
+  Calls calls;  // file_refs and path_refs 0: a module before them
+  auto b = Backend(&calls);
+  calls.last_file = 1;
+  EXPECT_EQ(b->IsLastReference(7), 1);
+  calls.last_file = 0;
   EXPECT_EQ(b->IsLastReference(7), 0);
-  EXPECT_TRUE(calls.infos.empty()) << "no need to ask the module";
   calls.last_file = -ENODATA;
   EXPECT_EQ(b->IsLastReference(7), -ENODATA);
   calls.last_file = 1;
-  calls.fail_info = ENOTTY;
-  EXPECT_EQ(b->IsLastReference(7), -ENOTTY);
+  calls.dmabufs = 2;
+  EXPECT_EQ(b->IsLastReference(7), 0);
 }
 
 }  // namespace

@@ -245,8 +245,9 @@ std::shared_ptr<const Policy> Policy::Default() {
     rule.quota_bytes = memory / 2;
     rule.max_buffer_bytes = memory / 4;
     // Nor, in live buffers, a quarter of hallocd's fds (each is an fd in
-    // hallocd): less than the buffers' share of them (BufferRoom), so that
-    // one uid alone cannot keep every other from allocating.
+    // hallocd): less than the buffers' share of them (BufferRoom) at the
+    // usual limits (10k fds and more), so that one uid alone cannot keep
+    // every other from allocating.
     rule.quota_buffers = DefaultBufferQuota();
     rule.attach_devices = {"*"};
     rule.share_to = {"@same_uid"};

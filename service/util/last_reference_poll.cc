@@ -124,12 +124,11 @@ void LastReferencePoll::Refresh(std::optional<uint64_t> group) {
   std::vector<Kept> asked;
   {
     absl::MutexLock lock(&mu_);
-    // The group's (or anyone's) not asked about within kFirstInterval,
-    // at most kMaxRefresh of them: a client refused again and again
-    // makes hallocd ask a bounded amount each time, however much it keeps.
-    const absl::Time recent = absl::Now() - kFirstInterval;
+    // The group's (or anyone's), at most kMaxRefresh of them: a client
+    // refused again and again makes hallocd ask a bounded amount each
+    // time, however much it keeps.
     auto first = std::partition(kept_.begin(), kept_.end(), [&](const Kept& k) {
-      return (group.has_value() && k.group != *group) || k.asked > recent;
+      return group.has_value() && k.group != *group;
     });
     if (kept_.end() - first > static_cast<std::ptrdiff_t>(kMaxRefresh)) {
       // The ones asked about longest ago.

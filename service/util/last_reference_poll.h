@@ -58,9 +58,8 @@ class LastReferencePoll : public LastReferenceFollower {
   void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0) override;
   // What the asking found gone so far (its fds are closed already).
   std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) override;
-  // Asks now about what `group` (nullopt: anyone) follows, but not about
-  // what was asked about within kFirstInterval, and about kMaxRefresh at
-  // most (those asked about longest ago).
+  // Asks now about what `group` (nullopt: anyone) follows: kMaxRefresh at
+  // most, those asked about longest ago.
   void Refresh(std::optional<uint64_t> group) override;
   uint64_t unwatched() const override;
   // Memory followed and not yet known gone.

@@ -348,18 +348,11 @@ TEST_F(DaemonOnKernelHeapTest, ReleasedBufferLeavesTheKernel) {
     kernel_id = InfoOf(buf->fd()).id;
     ASSERT_TRUE(client.Release(buf->id()).ok());
   }  // the client's fd closes here; the daemon's goes on its reaper thread
-  const std::string prefix = absl::StrCat(kernel_id, " ");
-  auto listed = [&] {
-    std::ifstream in("/sys/kernel/debug/halloc/buffers");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(prefix, 0) == 0) return true;
-    }
-    return false;
-  };
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (listed() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
-  EXPECT_FALSE(listed()) << "kernel buffer " << kernel_id << " still alive";
+  while (BufferListed(kernel_id) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_FALSE(BufferListed(kernel_id)) << "kernel buffer " << kernel_id << " still alive";
   EXPECT_EQ(client.Stats()->live_buffers(), 0u);
 }
 
@@ -393,6 +386,33 @@ TEST_F(DaemonOnKernelHeapTest, MemoryAClientKeepsPastReleaseStaysChargedUntilIts
     EXPECT_TRUE(more.ok()) << "gone, and asked about at the refusal: " << more.status();
     daemon_.reset();
   }
+}
+
+// An O_PATH open through /proc keeps a dma-buf alive without a reference
+// to its file (fdinfo cannot see it); the module's count of the dentry's
+// holders does.
+TEST_F(DaemonOnKernelHeapTest, AnOPathOpenKeepsTheChargeAsLongAsTheMemory) {
+  ASSERT_NO_FATAL_FAILURE(
+      StartDaemon(RootPolicy("CPU_ACCESS_READ_WRITE", "attach_devices: \"*\" quota_buffers: 1")));
+  Client client = Connect();
+  UniqueFd pinned;
+  uint64_t kernel_id = 0;
+  {
+    absl::StatusOr<halloc::Buffer> buf = client.Allocate(BlobDescriptor(kSize, 0, "pinned"));
+    ASSERT_TRUE(buf.ok()) << buf.status();
+    kernel_id = InfoOf(buf->fd()).id;
+    pinned = UniqueFd(::open(absl::StrCat("/proc/self/fd/", buf->fd()).c_str(),
+                             O_PATH | O_CLOEXEC));
+    ASSERT_TRUE(pinned.valid()) << std::strerror(errno);
+    ASSERT_TRUE(client.Release(buf->id()).ok());
+  }
+  absl::StatusOr<halloc::Buffer> more = client.Allocate(BlobDescriptor(kSize, 0, "more"));
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted) << more.status();
+  EXPECT_TRUE(BufferListed(kernel_id)) << "its pages are still there";
+  pinned.reset();
+  more = client.Allocate(BlobDescriptor(kSize, 0, "more"));
+  EXPECT_TRUE(more.ok()) << more.status();
+  EXPECT_FALSE(BufferListed(kernel_id));
 }
 
 }  // namespace

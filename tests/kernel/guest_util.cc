@@ -181,6 +181,16 @@ ScopedParam::~ScopedParam() {
   if (ok_) WriteFile(path_, old_);
 }
 
+bool BufferListed(uint64_t id) {
+  const std::string prefix = std::to_string(id) + " ";
+  std::istringstream in(ReadFile("/sys/kernel/debug/halloc/buffers"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
 long PoolPages() {
   std::string s = ReadFile("/sys/kernel/debug/halloc/buffers");
   size_t at = s.find("pool: ");

@@ -137,6 +137,9 @@ int64_t Import(int drm_fd, int dmabuf_fd);
 int64_t CreateDumb(int drm_fd, uint32_t width, uint32_t height, uint32_t bpp);
 
 // Contents of a file, or "" if it cannot be read.
+// Whether the module lists buffer `id` (debugfs halloc/buffers): its
+// pages are still allocated.
+bool BufferListed(uint64_t id);
 std::string ReadFile(const std::string& path);
 
 // Writes `value` to an existing file (sysfs, procfs); true on success.

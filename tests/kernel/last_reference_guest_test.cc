@@ -6,8 +6,15 @@
 // instead: their fdinfo's count (dmabuf_refs.h), checked here too.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "service/backend/dmabuf_refs.h"
@@ -99,6 +106,34 @@ TEST_F(LastReferenceDmaBufTest, ItsFdinfoCountsEveryFdMappingAndHolderElsewhere)
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   EXPECT_EQ(refs(), 1u);
+}
+
+// What fdinfo cannot see: an O_PATH open through /proc holds the dma-buf's
+// dentry, and so the dma-buf and its pages, without a reference to its
+// file. The module counts both (HALLOC_IOCTL_INFO file_refs, path_refs).
+TEST_F(LastReferenceDmaBufTest, AnOPathOpenHoldsTheDmaBufAndOnlyTheModuleSeesIt) {
+  UniqueFd fd = Alloc(Heap::kSystem, PageAlign(1));
+  ASSERT_TRUE(fd.valid());
+  halloc_buffer_info info = InfoOf(fd.get());
+  EXPECT_EQ(info.file_refs, 1u);
+  EXPECT_EQ(info.path_refs, 1u);
+  const int copy = ::dup(fd.get());
+  EXPECT_EQ(InfoOf(fd.get()).file_refs, 2u);
+  ::close(copy);
+  char path[40];
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd.get());
+  const int pinned = ::open(path, O_PATH | O_CLOEXEC);
+  ASSERT_GE(pinned, 0) << std::strerror(errno);
+  info = InfoOf(fd.get());
+  EXPECT_EQ(info.file_refs, 1u) << "an O_PATH file is not a reference to the file";
+  EXPECT_EQ(info.path_refs, 2u);
+  EXPECT_EQ(halloc::DmaBufReferences(fd.get()).value_or(0), 1u)
+      << "fdinfo's count is blind to it";
+  const uint64_t id = info.id;
+  fd.reset();
+  EXPECT_TRUE(BufferListed(id)) << "the O_PATH open alone keeps the buffer";
+  ::close(pinned);
+  EXPECT_FALSE(BufferListed(id));
 }
 
 }  // namespace
