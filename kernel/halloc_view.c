@@ -168,9 +168,12 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 	info->num_drivers = view->num_drivers;
 	memcpy(info->drivers, view->drivers, sizeof(info->drivers));
 	info->mmaps = atomic_read(&buf->mmaps);
-	/* Less dma_buf_get()'s own reference; a dentry's count is its holders. */
+	/*
+	 * Less dma_buf_get()'s own reference; a dentry's count is its holders.
+	 * Read without their locks: a snapshot, as any answer here is.
+	 */
 	info->file_refs = file_count(dmabuf->file) - 1;
-	info->path_refs = d_count(dmabuf->file->f_path.dentry);
+	info->path_refs = READ_ONCE(dmabuf->file->f_path.dentry->d_lockref.count);
 	strscpy(info->heap, buf->heap->name, sizeof(info->heap));
 
 	mutex_lock(&buf->lock);

@@ -1,5 +1,6 @@
 #include "service/registry.h"
 
+#include <glog/logging.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,6 +105,7 @@ void Registry::SetMaxBuffers(uint64_t max_buffers) {
 
 void Registry::Unreserve(uint32_t count) {
   absl::MutexLock lock(&mu_);
+  DCHECK_LE(count, reserved_) << "unreserved more than CheckRoom reserved";
   reserved_ -= std::min<uint64_t>(count, reserved_);
 }
 
@@ -113,7 +115,8 @@ absl::Status Registry::DaemonRoom(uint32_t count) const {
   if (max_buffers_ == 0 || held + count <= max_buffers_) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "hallocd holds ", held, " buffers (", lingering_.size(),
-      " released but still open or mapped somewhere); its limit is ", max_buffers_,
+      " released but still open or mapped somewhere, ", reserved_,
+      " being made); its limit is ", max_buffers_,
       ", the rest of its fds being kept for connections (--max_buffers)"));
 }
 
@@ -194,8 +197,8 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
     // let go of is looked at again, where that is work (dma-bufs are asked
     // about, not heard of).
     reaper_.Flush();
-    gone_watch_->Refresh(daemon_full ? std::nullopt
-                                     : std::optional<uint64_t>(SplitQuotaKey(quota_key).second));
+    gone_watch_->Refresh(SplitQuotaKey(quota_key).second);
+    if (daemon_full) gone_watch_->Refresh(std::nullopt);
     again = true;
   }
 }
@@ -205,6 +208,7 @@ absl::Status Registry::Add(uint64_t session_id,
                            CpuAccess access, QuotaJudge quota,
                            v1::AllocateResponse* reply, uint32_t reserved) {
   absl::MutexLock lock(&mu_);
+  DCHECK_LE(reserved, reserved_) << "added more than CheckRoom reserved";
   reserved_ -= std::min<uint64_t>(reserved, reserved_);
   if (fresh.empty()) return absl::OkStatus();
   auto h = holdings_.find(session_id);

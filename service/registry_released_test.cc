@@ -1,6 +1,7 @@
 // The registry's released memory: a buffer nobody holds stays charged to
 // its owner while any fd or mapping of it is left (registry.h).
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -230,14 +231,20 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
   // it answers what the test says (per fd); a quota refusal must ask
   // again, at once, and only about the refused uid's memory; a refusal by
   // hallocd's own limit about anyone's.
+  // By inode: fd numbers are reused.
   absl::Mutex mu;
-  absl::flat_hash_map<int, int> last;   // fd → answer (0 unless set)
-  absl::flat_hash_map<int, int> asked;  // fd → times asked
+  absl::flat_hash_map<ino_t, int> last;   // answer (0 unless set)
+  absl::flat_hash_map<ino_t, int> asked;  // times asked
+  auto inode = [](int fd) {
+    struct stat st {};
+    ::fstat(fd, &st);
+    return st.st_ino;
+  };
   auto poll = std::make_shared<LastReferencePoll>(
       [&](int fd) {
         absl::MutexLock lock(&mu);
-        ++asked[fd];
-        return last[fd];
+        ++asked[inode(fd)];
+        return last[inode(fd)];
       },
       /*on_a_thread=*/false);
   Registry reg("dmabuf", 8, poll);
@@ -247,48 +254,50 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
   two.uid = 2;
   reg.Join(kA, one);
   reg.Join(kB, two);
-  // A buffer of `uid`'s in session `session`, released at once; its fd.
-  auto add = [&](uint64_t session, uid_t uid) -> std::pair<uint64_t, int> {
+  // A buffer of `uid`'s in session `session`; its id (0: refused) and
+  // its memory's inode.
+  auto add = [&](uint64_t session, uid_t uid) -> std::pair<uint64_t, ino_t> {
     auto b = std::make_shared<BufferRecord>();
     b->size = kPage;
     b->owner_uid = uid;
     b->charged_to = absl::StrCat("app/", uid);
     b->charge_until_gone = true;
     b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
-    const int fd = b->fd.get();
+    const ino_t ino = inode(b->fd.get());
     absl::Status s = reg.CheckRoom(session, 1, b->charged_to, OneBuffer);
     v1::AllocateResponse reply;
     if (s.ok()) s = reg.Add(session, {b}, CpuAccess::kReadWrite, OneBuffer, &reply, 1);
-    return {s.ok() ? b->id : 0, fd};
+    return {s.ok() ? b->id : 0, ino};
   };
-  auto times = [&](int fd) {
+  auto times = [&](ino_t ino) {
     absl::MutexLock lock(&mu);
-    return asked[fd];
+    return asked[ino];
   };
-  const auto [id1, fd1] = add(kA, 1);
-  const auto [id2, fd2] = add(kB, 2);
+  const auto [id1, ino1] = add(kA, 1);
+  const auto [id2, ino2] = add(kB, 2);
   ASSERT_NE(id1, 0u);
   ASSERT_NE(id2, 0u);
   ASSERT_TRUE(reg.Release(kA, {id1}).ok());
   ASSERT_TRUE(reg.Release(kB, {id2}).ok());
   reg.FlushReaper();  // each asked once, at release
-  EXPECT_EQ(times(fd1), 1);
-  EXPECT_EQ(times(fd2), 1);
-  const int before2 = times(fd2);
+  EXPECT_EQ(times(ino1), 1);
+  EXPECT_EQ(times(ino2), 1);
+  const int before2 = times(ino2);
   EXPECT_EQ(add(kA, 1).first, 0u) << "someone else still has uid 1's";
-  EXPECT_EQ(times(fd2), before2) << "uid 2's was not uid 1's refusal's business";
+  EXPECT_EQ(times(ino2), before2) << "uid 2's was not uid 1's refusal's business";
   {
     absl::MutexLock lock(&mu);
-    last[fd1] = 1;
+    last[ino1] = 1;
   }
   EXPECT_NE(add(kA, 1).first, 0u) << "the refusal asked again and saw it go";
 
-  // hallocd full (two live or held, one of them uid 2's released one): a
-  // refusal asks about everyone's.
+  // hallocd full (two live or held, one of them uid 2's released one):
+  // uid 2's refusal asks about its own first (a refusal by hallocd's
+  // limit asking about anyone's: the next test).
   reg.SetMaxBuffers(2);
   {
     absl::MutexLock lock(&mu);
-    last[fd2] = 1;
+    last[ino2] = 1;
   }
   EXPECT_NE(add(kB, 2).first, 0u) << "uid 2's own, gone: asked at uid 2's refusal";
   EXPECT_EQ(add(kB, 2).first, 0u) << "full: uid 1's live one and uid 2's";

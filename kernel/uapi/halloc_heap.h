@@ -270,10 +270,10 @@ struct halloc_view_data {
  * @path_refs:   out: holders of this dma-buf's dentry: its file (1) plus
  *               one per O_PATH open of it through /proc/<pid>/fd, which
  *               keeps the dma-buf (and its pages) alive without a
- *               reference to the file. A buffer is freed once the
- *               original and every view have file_refs 0 and path_refs 0.
- *               Both 0 from modules before them (the struct ends at
- *               view_id there: 392 bytes).
+ *               reference to the file. file_refs 1, path_refs 1 and
+ *               dmabufs 1: the fd asked about is the only holder of the
+ *               buffer; closing it frees the pages. Both 0 from modules
+ *               before them (the struct ends at view_id there: 392 bytes).
  */
 struct halloc_buffer_info {
 	__s32 fd;

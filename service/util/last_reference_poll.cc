@@ -48,12 +48,12 @@ void LastReferencePoll::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
   }
   std::vector<Kept> one;
   one.push_back(Kept{std::move(fd), token, group, absl::Now(), kFirstInterval,
-                      absl::InfinitePast()});
+                      absl::InfinitePast(), 0});
   Ask(std::move(one));
 }
 
 void LastReferencePoll::Ask(std::vector<Kept> kept) {
-  // Gone: closed on the way out, after the lock (closing frees pages).
+  // Gone: closed before the lock (closing frees pages), then reported.
   std::vector<Kept> gone;
   std::vector<Kept> still;
   int cannot_tell = 0;  // an errno, of `unknown` of them
@@ -62,6 +62,7 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
     const int last = k.fd ? is_last_(k.fd.get()) : -EBADF;
     if (last == 0 || (last < 0 && Passing(-last))) {
       k.asked = absl::Now();
+      ++k.asks;
       k.due = k.asked + k.interval;
       k.interval = std::min(2 * k.interval, kMaxInterval);
       still.push_back(std::move(k));
@@ -73,6 +74,9 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
     }
     gone.push_back(std::move(k));
   }
+  // Closed before they are reported: once a settle sees the token, the
+  // charge goes, and the pages must go first (closing frees them).
+  for (Kept& k : gone) k.fd.reset();
   absl::MutexLock lock(&mu_);
   asking_ -= kept.size();
   for (const Kept& k : gone) gone_.push_back(k.token);
@@ -131,9 +135,14 @@ void LastReferencePoll::Refresh(std::optional<uint64_t> group) {
       return group.has_value() && k.group != *group;
     });
     if (kept_.end() - first > static_cast<std::ptrdiff_t>(kMaxRefresh)) {
-      // The ones asked about longest ago.
+      // Those asked about least often first (just released: a client that
+      // closed its fd and asks again at once must be seen), then those
+      // asked about longest ago. Sorted so that the chosen end up last.
       std::nth_element(first, kept_.end() - kMaxRefresh, kept_.end(),
-                       [](const Kept& a, const Kept& b) { return a.asked > b.asked; });
+                       [](const Kept& a, const Kept& b) {
+                         if (a.asks != b.asks) return a.asks > b.asks;
+                         return a.asked > b.asked;
+                       });
       first = kept_.end() - kMaxRefresh;
     }
     asked.assign(std::make_move_iterator(first), std::make_move_iterator(kept_.end()));

@@ -56,10 +56,11 @@ class LastReferencePoll : public LastReferenceFollower {
 
   // Asks at once (on the caller's thread); keeps `fd` unless it is the last.
   void Follow(UniqueFd fd, uint64_t token, uint64_t group = 0) override;
-  // What the asking found gone so far (its fds are closed already).
+  // What the asking found gone so far (its fds were closed before).
   std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) override;
   // Asks now about what `group` (nullopt: anyone) follows: kMaxRefresh at
-  // most, those asked about longest ago.
+  // most, those asked about least often first (the newest), then those
+  // asked about longest ago.
   void Refresh(std::optional<uint64_t> group) override;
   uint64_t unwatched() const override;
   // Memory followed and not yet known gone.
@@ -73,6 +74,7 @@ class LastReferencePoll : public LastReferenceFollower {
     absl::Time due;
     absl::Duration interval;
     absl::Time asked;  // last asked about (InfinitePast: never)
+    uint32_t asks = 0;  // answers so far (a no, or a passing error)
   };
 
   // Asks about each of `kept` (taken out of kept_; no lock held), then puts
