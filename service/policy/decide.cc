@@ -4,6 +4,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/usage.h"
 
@@ -71,9 +72,22 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Iden
   d.rule = &rule;
   d.owner_access = Narrower(ask.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
-  d.quota_key = absl::StrCat(rule.name, "/", caller.uid);
+  d.quota_key = QuotaKey(rule.name, caller.uid);
   d.charge_until_gone = rule.quota_buffers != 0 || rule.quota_bytes != 0;
   return d;
+}
+
+std::string QuotaKey(absl::string_view rule, uid_t uid) {
+  return absl::StrCat(rule, "/", uid);
+}
+
+std::pair<std::string, uint32_t> SplitQuotaKey(absl::string_view key) {
+  const size_t slash = key.rfind('/');
+  uint32_t uid = 0;
+  if (slash == absl::string_view::npos || !absl::SimpleAtoi(key.substr(slash + 1), &uid)) {
+    return {std::string(key), 0};
+  }
+  return {std::string(key.substr(0, slash)), uid};
 }
 
 absl::Status CheckQuota(const Rule& rule, uid_t uid, uint64_t owned_buffers,

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -38,6 +39,11 @@ struct AllocateAsk {
   std::string heap;            // the backend's heap (Backend::name())
   CpuAccess access = CpuAccess::kReadWrite;  // what the usage implies
 };
+
+// What a client's buffers are charged to: "rule/uid".
+std::string QuotaKey(absl::string_view rule, uid_t uid);
+// QuotaKey's parts: (rule, uid); (key, 0) for a key it did not make.
+std::pair<std::string, uint32_t> SplitQuotaKey(absl::string_view key);
 
 struct AllocateDecision {
   const Rule* rule = nullptr;

@@ -156,5 +156,13 @@ TEST(DecideImportTest, TheGrantMustBeForTheCallerFromAnAdmittedSender) {
   EXPECT_EQ(d->access, CpuAccess::kRead);
 }
 
+TEST(QuotaKeyTest, SplitsWhatItMakes) {
+  EXPECT_EQ(QuotaKey("camera", 1000), "camera/1000");
+  EXPECT_EQ(SplitQuotaKey(QuotaKey("camera", 1000)),
+            (std::pair<std::string, uint32_t>{"camera", 1000}));
+  EXPECT_EQ(SplitQuotaKey("no-uid"), (std::pair<std::string, uint32_t>{"no-uid", 0}));
+  EXPECT_EQ(SplitQuotaKey("a/b/7"), (std::pair<std::string, uint32_t>{"a/b", 7}));
+}
+
 }  // namespace
 }  // namespace halloc

@@ -1,0 +1,139 @@
+// The registry's room: whether a session, hallocd and a client's quota
+// have room for more buffers, what is reserved for calls making them, and
+// the charges of released memory that is gone by now (registry.h:
+// "Released memory").
+#include <glog/logging.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "service/policy/decide.h"
+#include "service/registry.h"
+
+namespace halloc {
+
+absl::Status Registry::JudgeLocked(const std::string& quota_key,
+                                   QuotaJudge quota) const {
+  auto c = charged_.find(quota_key);
+  return c == charged_.end() ? quota(0, 0)
+                             : quota(c->second.first, c->second.second);
+}
+
+absl::Status Registry::SessionRoom(const Holding& holding, uint32_t count) const {
+  if (holding.buffers.size() + count > max_buffers_per_session_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session holds ", holding.buffers.size(),
+                     " buffers; limit is ", max_buffers_per_session_));
+  }
+  return absl::OkStatus();
+}
+
+void Registry::SetMaxBuffers(uint64_t max_buffers) {
+  absl::MutexLock lock(&mu_);
+  max_buffers_ = max_buffers;
+}
+
+void Registry::Unreserve(uint32_t count) {
+  absl::MutexLock lock(&mu_);
+  DCHECK_LE(count, reserved_) << "unreserved more than CheckRoom reserved";
+  reserved_ -= std::min<uint64_t>(count, reserved_);
+}
+
+absl::Status Registry::DaemonRoom(uint32_t count) const {
+  // Reserved: being allocated now (CheckRoom passed, Add not yet called).
+  const uint64_t held = buffers_.size() + lingering_.size() + reserved_;
+  if (max_buffers_ == 0 || held + count <= max_buffers_) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "hallocd holds ", held, " buffers (", lingering_.size(),
+      " released but still open or mapped somewhere, ", reserved_,
+      " being made); its limit is ", max_buffers_,
+      ", the rest of its fds being kept for connections (--max_buffers)"));
+}
+
+absl::Status Registry::SharedRoomLocked(uint32_t count, const std::string& quota_key,
+                                        QuotaJudge quota) {
+  for (bool settled = false;; settled = true) {
+    absl::Status judged = DaemonRoom(count);
+    if (judged.ok()) judged = JudgeLocked(quota_key, quota);
+    if (judged.ok() || settled || lingering_.empty()) return judged;
+    // Some of the released memory charged may be gone by now.
+    SettleLocked();
+  }
+}
+
+absl::Status Registry::CheckRoomLocked(const Holding& holding, uint32_t count,
+                                       const std::string& quota_key,
+                                       QuotaJudge quota) {
+  RETURN_IF_ERROR(SessionRoom(holding, count));
+  return SharedRoomLocked(count, quota_key, quota);
+}
+
+void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
+  auto c = charged_.find(quota_key);
+  if (c == charged_.end()) return;
+  c->second.first -= 1;
+  c->second.second -= bytes;
+  if (c->second.first == 0) charged_.erase(c);
+}
+
+void Registry::SettleLocked() {
+  // fds the watch kept (for want of room) and needs no more are closed by
+  // the reaper: each close may free pages, and this runs under mu_.
+  std::vector<UniqueFd> closing;
+  const std::vector<uint64_t> gone = gone_watch_->TakeGone(&closing);
+  for (UniqueFd& fd : closing) reaper_.Add(std::make_shared<UniqueFd>(std::move(fd)));
+  for (uint64_t id : gone) {
+    auto it = lingering_.find(id);
+    if (it == lingering_.end()) continue;
+    UnchargeLocked(it->second.charged_to, it->second.size);
+    lingering_bytes_ -= it->second.size;
+    lingering_.erase(it);
+  }
+}
+
+absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
+                                 const std::string& quota_key,
+                                 QuotaJudge quota, bool may_wait) {
+  bool again = false;
+  for (;;) {
+    bool daemon_full = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto h = holdings_.find(session_id);
+      if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+      // Only a shared refusal (hallocd's or the quota's) may be lifted by
+      // memory being freed.
+      RETURN_IF_ERROR(SessionRoom(h->second, count));
+      absl::Status s = SharedRoomLocked(count, quota_key, quota);
+      if (s.ok()) {
+        reserved_ += count;  // until Add takes it, or Unreserve
+        return s;
+      }
+      if (again || lingering_.empty()) return s;
+      daemon_full = !DaemonRoom(count).ok();
+      if (!may_wait) {
+        // The caller must not wait for pages to be freed (the broker's
+        // thread): it may ask again where it may.
+        s.SetPayload(kWaitForReleasedMemory, absl::Cord("1"));
+        return s;
+      }
+    }
+    // Refused with released memory charged: what the reaper still has
+    // queued gets its daemon fd closed (and is followed) first, so a
+    // client that closed its fds before its Release is not refused for
+    // memory that goes the moment hallocd's own fd does. Outside the lock:
+    // closing frees pages (gigabytes, maybe), and nobody else should wait
+    // for that. Then what the refused uid (anyone's, when hallocd is full)
+    // let go of is looked at again, where that is work (dma-bufs are asked
+    // about, not heard of).
+    reaper_.Flush();
+    gone_watch_->Refresh(SplitQuotaKey(quota_key).second);
+    if (daemon_full) gone_watch_->Refresh(std::nullopt);
+    again = true;
+  }
+}
+
+}  // namespace halloc
