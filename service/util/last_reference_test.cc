@@ -75,6 +75,22 @@ TEST(LastReferenceWatchTest, AReopenedFileKeepsIt) {
   EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(3u));
 }
 
+TEST(LastReferenceWatchTest, AnOPathOpenKeepsIt) {
+  // An O_PATH open holds the dentry, not the file: the memory (and so
+  // the charge) stays while it is open, and the event comes only after.
+  LastReferenceWatch watch;
+  UniqueFd fd = Memfd();
+  char path[32];
+  std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd.get());
+  UniqueFd pinned(::open(path, O_PATH | O_CLOEXEC));
+  ASSERT_TRUE(pinned.is_valid());
+  watch.Follow(Own(fd), 4);
+  fd.reset();
+  EXPECT_THAT(watch.TakeGone(), IsEmpty());
+  pinned.reset();
+  EXPECT_THAT(watch.TakeGone(), UnorderedElementsAre(4u));
+}
+
 TEST(LastReferenceWatchTest, AnotherProcessHoldingItKeepsIt) {
   LastReferenceWatch watch;
   UniqueFd fd = Memfd();
