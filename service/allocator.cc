@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <optional>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
@@ -244,18 +243,16 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     return CheckQuota(*decision.rule, caller.uid, buffers, bytes, plan.count,
                       plan.size);
   };
-  if (absl::Status room =
-          registry_.CheckRoom(session.id(), plan.count, decision.quota_key, quota, may_wait);
+  // Given back unless Add takes it (a failure below destroys it after the
+  // fds made so far are closed).
+  Registry::Reservation reservation;
+  if (absl::Status room = registry_.CheckRoom(session.id(), plan.count, decision.quota_key,
+                                              quota, may_wait, &reservation);
       !room.ok()) {
     // One to be asked again is not a denial yet.
     if (room.GetPayload(Registry::kWaitForReleasedMemory)) return room;
     return Counted(room);
   }
-  // The room CheckRoom reserved goes back unless Add takes it.
-  bool reserved = true;
-  absl::Cleanup unreserve = [&] {
-    if (reserved) registry_.Unreserve(plan.count);
-  };
   const bool charge_until_gone =
       decision.charge_until_gone &&
       backend_->last_reference() != Backend::LastReference::kUnseen;
@@ -279,9 +276,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     fresh.push_back(std::move(buffer));
   }
   v1::AllocateResponse resp;
-  reserved = false;
   RETURN_IF_ERROR(Counted(registry_.Add(session.id(), fresh, plan.owner_access, quota,
-                                        &resp, plan.count)));
+                                        &resp, std::move(reservation))));
   // fds go out before the reply, so the client never waits for them; all
   // in one record, so a failure leaves none of them with the client.
   std::vector<const BufferRecord*> items;

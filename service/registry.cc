@@ -73,10 +73,14 @@ void Registry::Leave(uint64_t session_id) {
 absl::Status Registry::Add(uint64_t session_id,
                            absl::Span<const std::shared_ptr<BufferRecord>> fresh,
                            CpuAccess access, QuotaJudge quota,
-                           v1::AllocateResponse* reply, uint32_t reserved) {
+                           v1::AllocateResponse* reply, Reservation reservation) {
   absl::MutexLock lock(&mu_);
-  DCHECK_LE(reserved, reserved_) << "added more than CheckRoom reserved";
-  reserved_ -= std::min<uint64_t>(reserved, reserved_);
+  if (reservation.registry_ == this) {  // taken: counted as held below
+    DCHECK_LE(reservation.count_, reserved_);
+    reserved_ -= std::min<uint64_t>(reservation.count_, reserved_);
+    reservation.registry_ = nullptr;
+    reservation.count_ = 0;
+  }
   if (fresh.empty()) return absl::OkStatus();
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");

@@ -35,6 +35,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -158,23 +159,44 @@ class Registry {
   // caller may ask again where it may wait.
   static constexpr absl::string_view kWaitForReleasedMemory =
       "halloc.dev/wait-for-released-memory";
-  //
-  // OK reserves `count` of hallocd's limit for the buffers being made:
-  // the caller hands them to Add (`reserved`) or gives them back with
-  // Unreserve, so that calls racing each other cannot open more fds than
-  // the limit between their check and their Add.
+
+  // Room in hallocd's limit set aside by CheckRoom for buffers being made,
+  // so that calls racing each other cannot open more fds than the limit
+  // between their check and their Add: Add takes it; destroyed before
+  // that (the call failed), it is given back. Move-only; must not outlive
+  // its registry.
+  class Reservation {
+   public:
+    // (Members initialized here, not in their declarations: a default
+    // argument of Add's needs this constructor inside Registry.)
+    Reservation() : registry_(nullptr), count_(0) {}
+    Reservation(Reservation&& other) noexcept
+        : registry_(std::exchange(other.registry_, nullptr)),
+          count_(std::exchange(other.count_, 0)) {}
+    Reservation& operator=(Reservation&& other) noexcept;
+    ~Reservation() { GiveBack(); }
+    uint32_t count() const { return count_; }
+
+   private:
+    friend class Registry;
+    Reservation(Registry* registry, uint32_t count) : registry_(registry), count_(count) {}
+    void GiveBack();
+    Registry* registry_;
+    uint32_t count_;
+  };
+  // With `reservation`, OK also sets `count` aside in it (without, this is
+  // a check only).
   absl::Status CheckRoom(uint64_t session_id, uint32_t count,
                          const std::string& quota_key, QuotaJudge quota,
-                         bool may_wait = true);
-  void Unreserve(uint32_t count);
-  // Takes back `reserved` (what CheckRoom reserved for these), checks room
+                         bool may_wait = true, Reservation* reservation = nullptr);
+  // Takes `reservation` (what CheckRoom set aside for these), checks room
   // again and adds `fresh` (each charged to its charged_to) held by
   // `session_id` with `access`, assigning ids; appends each one's info to
   // `reply`. All or nothing; UNAUTHENTICATED once the session left.
   absl::Status Add(uint64_t session_id,
                    absl::Span<const std::shared_ptr<BufferRecord>> fresh,
                    CpuAccess access, QuotaJudge quota,
-                   v1::AllocateResponse* reply, uint32_t reserved = 0);
+                   v1::AllocateResponse* reply, Reservation reservation = Reservation());
   // Drops `session_id`'s hold on each of `ids`. All or nothing: NOT_FOUND
   // (and nothing dropped) if one is not held.
   absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids);
@@ -298,7 +320,7 @@ class Registry {
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t max_buffers_ ABSL_GUARDED_BY(mu_) = 0;
-  // Room CheckRoom gave calls that have not reached Add yet.
+  // Room CheckRoom gave calls that have not reached Add yet (Reservation).
   uint64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uint64_t, Holding> holdings_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<BufferRecord>> buffers_

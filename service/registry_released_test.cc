@@ -55,9 +55,10 @@ class ReleasedMemoryTest : public ::testing::Test {
     // What a client would get: the same open file.
     if (client_copy != nullptr) *client_copy = UniqueFd(::dup(b->fd.get()));
     // As the allocator does: room first (which settles), then commit.
-    absl::Status s = reg_.CheckRoom(session, 1, "app/1", quota);
+    Registry::Reservation room;
+    absl::Status s = reg_.CheckRoom(session, 1, "app/1", quota, true, &room);
     v1::AllocateResponse reply;
-    if (s.ok()) s = reg_.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply, 1);
+    if (s.ok()) s = reg_.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply, std::move(room));
     last_ = s;
     return s.ok() ? b->id : 0;
   }
@@ -203,16 +204,22 @@ TEST_F(ReleasedMemoryTest, HallocdsOwnLimitBindsEveryoneAndCountsWhatIsKept) {
   EXPECT_NE(Add(true, nullptr, no_quota, kB), 0u) << "0: no limit: " << last_;
 }
 
-TEST_F(ReleasedMemoryTest, RoomCheckedIsReservedUntilAddOrUnreserve) {
+TEST_F(ReleasedMemoryTest, RoomCheckedIsReservedUntilAddTakesItOrItIsDropped) {
   // Calls that passed CheckRoom and are still making their memory count
   // too: else each of many racing calls could open its fds past the limit.
   auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
   reg_.SetMaxBuffers(3);
-  EXPECT_TRUE(reg_.CheckRoom(kA, 2, "app/1", no_quota).ok());
-  EXPECT_EQ(reg_.CheckRoom(kA, 2, "app/1", no_quota).code(),
-            absl::StatusCode::kResourceExhausted) << "two of three reserved";
-  reg_.Unreserve(2);  // that call failed before Add
-  EXPECT_TRUE(reg_.CheckRoom(kA, 3, "app/1", no_quota).ok());
+  {
+    Registry::Reservation two;
+    EXPECT_TRUE(reg_.CheckRoom(kA, 2, "app/1", no_quota, true, &two).ok());
+    EXPECT_EQ(two.count(), 2u);
+    Registry::Reservation moved = std::move(two);
+    EXPECT_EQ(reg_.CheckRoom(kA, 2, "app/1", no_quota).code(),
+              absl::StatusCode::kResourceExhausted) << "two of three reserved";
+    EXPECT_TRUE(reg_.CheckRoom(kA, 1, "app/1", no_quota).ok()) << "a check reserves nothing";
+  }  // that call failed before Add: its room comes back
+  Registry::Reservation three;
+  EXPECT_TRUE(reg_.CheckRoom(kA, 3, "app/1", no_quota, true, &three).ok());
   std::vector<std::shared_ptr<BufferRecord>> fresh;
   for (int i = 0; i < 3; ++i) {
     fresh.push_back(std::make_shared<BufferRecord>());
@@ -220,9 +227,14 @@ TEST_F(ReleasedMemoryTest, RoomCheckedIsReservedUntilAddOrUnreserve) {
     fresh.back()->charged_to = "app/1";
   }
   v1::AllocateResponse reply;
-  ASSERT_TRUE(reg_.Add(kA, fresh, CpuAccess::kReadWrite, no_quota, &reply, 3).ok())
+  ASSERT_TRUE(reg_.Add(kA, fresh, CpuAccess::kReadWrite, no_quota, &reply, std::move(three)).ok())
       << "its own reservation does not stand in its way";
   EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", no_quota).code(),
+            absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(reg_.Release(kA, {reply.buffers(0).id()}).ok());
+  EXPECT_TRUE(reg_.CheckRoom(kA, 1, "app/1", no_quota).ok())
+      << "taken by Add, not given back twice: one released, one free";
+  EXPECT_EQ(reg_.CheckRoom(kA, 2, "app/1", no_quota).code(),
             absl::StatusCode::kResourceExhausted);
 }
 
@@ -264,9 +276,12 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
     b->charge_until_gone = true;
     b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
     const ino_t ino = inode(b->fd.get());
-    absl::Status s = reg.CheckRoom(session, 1, b->charged_to, OneBuffer);
+    Registry::Reservation room;
+    absl::Status s = reg.CheckRoom(session, 1, b->charged_to, OneBuffer, true, &room);
     v1::AllocateResponse reply;
-    if (s.ok()) s = reg.Add(session, {b}, CpuAccess::kReadWrite, OneBuffer, &reply, 1);
+    if (s.ok()) {
+      s = reg.Add(session, {b}, CpuAccess::kReadWrite, OneBuffer, &reply, std::move(room));
+    }
     return {s.ok() ? b->id : 0, ino};
   };
   auto times = [&](ino_t ino) {
@@ -323,9 +338,10 @@ TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
   b->charge_until_gone = true;
   b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
   auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
-  ASSERT_TRUE(reg.CheckRoom(kA, 1, "app/1", no_quota).ok());
+  Registry::Reservation room;
+  ASSERT_TRUE(reg.CheckRoom(kA, 1, "app/1", no_quota, true, &room).ok());
   v1::AllocateResponse reply;
-  ASSERT_TRUE(reg.Add(kA, {b}, CpuAccess::kReadWrite, no_quota, &reply, 1).ok());
+  ASSERT_TRUE(reg.Add(kA, {b}, CpuAccess::kReadWrite, no_quota, &reply, std::move(room)).ok());
   const uint64_t id = b->id;
   b.reset();  // the registry's alone
   ASSERT_TRUE(reg.Release(kA, {id}).ok());
@@ -337,7 +353,6 @@ TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
   last = 1;
   EXPECT_TRUE(reg.CheckRoom(kB, 1, "app/2", no_quota, /*may_wait=*/true).ok())
       << "uid 2's refusal by hallocd's limit asked about uid 1's memory";
-  reg.Unreserve(1);
 }
 
 TEST_F(ReleasedMemoryTest, LeavingReleasesButKeepsTheChargeOfWhatIsKept) {

@@ -36,10 +36,23 @@ void Registry::SetMaxBuffers(uint64_t max_buffers) {
   max_buffers_ = max_buffers;
 }
 
-void Registry::Unreserve(uint32_t count) {
-  absl::MutexLock lock(&mu_);
-  DCHECK_LE(count, reserved_) << "unreserved more than CheckRoom reserved";
-  reserved_ -= std::min<uint64_t>(count, reserved_);
+Registry::Reservation& Registry::Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    GiveBack();
+    registry_ = std::exchange(other.registry_, nullptr);
+    count_ = std::exchange(other.count_, 0);
+  }
+  return *this;
+}
+
+void Registry::Reservation::GiveBack() {
+  if (registry_ != nullptr && count_ != 0) {
+    absl::MutexLock lock(&registry_->mu_);
+    DCHECK_LE(count_, registry_->reserved_);
+    registry_->reserved_ -= std::min<uint64_t>(count_, registry_->reserved_);
+  }
+  registry_ = nullptr;
+  count_ = 0;
 }
 
 absl::Status Registry::DaemonRoom(uint32_t count) const {
@@ -95,11 +108,12 @@ void Registry::SettleLocked() {
 }
 
 absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
-                                 const std::string& quota_key,
-                                 QuotaJudge quota, bool may_wait) {
+                                 const std::string& quota_key, QuotaJudge quota,
+                                 bool may_wait, Reservation* reservation) {
   bool again = false;
   for (;;) {
     bool daemon_full = false;
+    bool room = false;
     {
       absl::MutexLock lock(&mu_);
       auto h = holdings_.find(session_id);
@@ -109,17 +123,23 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
       RETURN_IF_ERROR(SessionRoom(h->second, count));
       absl::Status s = SharedRoomLocked(count, quota_key, quota);
       if (s.ok()) {
-        reserved_ += count;  // until Add takes it, or Unreserve
+        if (reservation != nullptr) reserved_ += count;
+        room = true;
+      } else if (again || lingering_.empty()) {
         return s;
       }
-      if (again || lingering_.empty()) return s;
-      daemon_full = !DaemonRoom(count).ok();
-      if (!may_wait) {
+      if (!room) daemon_full = !DaemonRoom(count).ok();
+      if (!room && !may_wait) {
         // The caller must not wait for pages to be freed (the broker's
         // thread): it may ask again where it may.
         s.SetPayload(kWaitForReleasedMemory, absl::Cord("1"));
         return s;
       }
+    }
+    if (room) {
+      // Outside the lock: replacing what `reservation` held gives that back.
+      if (reservation != nullptr) *reservation = Reservation(this, count);
+      return absl::OkStatus();
     }
     // Refused with released memory charged: what the reaper still has
     // queued gets its daemon fd closed (and is followed) first, so a
