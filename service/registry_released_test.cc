@@ -32,6 +32,56 @@ absl::Status OneBuffer(uint64_t buffers, uint64_t) {
   return absl::OkStatus();
 }
 
+// What AddPage made: the buffer's id (0: refused, with why in `status`)
+// and its memory's inode (fd numbers are reused; inodes are not, while
+// the memory lives).
+struct Added {
+  uint64_t id = 0;
+  ino_t ino = 0;
+  absl::Status status;
+};
+
+// A one-page buffer of uid `uid`'s (charged to "app/<uid>") added for
+// `session` under `quota` as the allocator does: room first (which
+// settles), then commit. `client_copy`: what a client would get, the same
+// open file.
+Added AddPage(Registry& reg, uint64_t session, uid_t uid, Registry::QuotaJudge quota,
+              bool charge_until_gone = true, UniqueFd* client_copy = nullptr) {
+  auto b = std::make_shared<BufferRecord>();
+  b->name = "t";
+  b->size = kPage;
+  b->owner_uid = uid;
+  b->owner_client = "app";
+  b->charged_to = absl::StrCat("app/", uid);
+  b->charge_until_gone = charge_until_gone;
+  b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
+  EXPECT_EQ(::ftruncate(b->fd.get(), kPage), 0);
+  if (client_copy != nullptr) *client_copy = UniqueFd(::dup(b->fd.get()));
+  Added added;
+  struct stat st {};
+  ::fstat(b->fd.get(), &st);
+  added.ino = st.st_ino;
+  Registry::Reservation room;
+  added.status = reg.CheckRoom(session, 1, b->charged_to, quota, true, &room);
+  v1::AllocateResponse reply;
+  if (added.status.ok()) {
+    added.status =
+        reg.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply, std::move(room));
+  }
+  if (added.status.ok()) added.id = b->id;
+  return added;
+}
+
+// Sessions kA (uid 1) and kA + 1 (uid 2) in `reg`.
+constexpr uint64_t kB = kA + 1;
+void JoinTwoUids(Registry& reg) {
+  Identity one, two;
+  one.uid = 1;
+  two.uid = 2;
+  reg.Join(kA, one);
+  reg.Join(kB, two);
+}
+
 class ReleasedMemoryTest : public ::testing::Test {
  protected:
   ReleasedMemoryTest() : reg_("memfd", /*max_buffers_per_session=*/8) {
@@ -41,26 +91,13 @@ class ReleasedMemoryTest : public ::testing::Test {
     reg_.Join(kA, id);
   }
 
-  // A one-page buffer added for `session` under `quota`; its id, or 0.
+  // A one-page buffer of uid 1's added for `session` under `quota`; its
+  // id, or 0 (why in last_).
   uint64_t Add(bool charge_until_gone, UniqueFd* client_copy = nullptr,
                Registry::QuotaJudge quota = OneBuffer, uint64_t session = kA) {
-    auto b = std::make_shared<BufferRecord>();
-    b->name = "t";
-    b->size = kPage;
-    b->owner_client = "app";
-    b->charged_to = "app/1";
-    b->charge_until_gone = charge_until_gone;
-    b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
-    EXPECT_EQ(::ftruncate(b->fd.get(), kPage), 0);
-    // What a client would get: the same open file.
-    if (client_copy != nullptr) *client_copy = UniqueFd(::dup(b->fd.get()));
-    // As the allocator does: room first (which settles), then commit.
-    Registry::Reservation room;
-    absl::Status s = reg_.CheckRoom(session, 1, "app/1", quota, true, &room);
-    v1::AllocateResponse reply;
-    if (s.ok()) s = reg_.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply, std::move(room));
-    last_ = s;
-    return s.ok() ? b->id : 0;
+    Added added = AddPage(reg_, session, 1, quota, charge_until_gone, client_copy);
+    last_ = added.status;
+    return added.id;
   }
 
   v1::StatsResponse Stats() {
@@ -180,7 +217,6 @@ TEST_F(ReleasedMemoryTest, HallocdsOwnLimitBindsEveryoneAndCountsWhatIsKept) {
   // Each buffer was an fd in hallocd: its limit stops every session, even
   // without quotas, and released memory still in use counts until gone.
   auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
-  constexpr uint64_t kB = kA + 1;
   Identity other;
   other.uid = 2;
   reg_.Join(kB, other);
@@ -260,51 +296,29 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
       },
       /*on_a_thread=*/false);
   Registry reg("dmabuf", 8, poll);
-  constexpr uint64_t kB = kA + 1;
-  Identity one, two;
-  one.uid = 1;
-  two.uid = 2;
-  reg.Join(kA, one);
-  reg.Join(kB, two);
-  // A buffer of `uid`'s in session `session`; its id (0: refused) and
-  // its memory's inode.
-  auto add = [&](uint64_t session, uid_t uid) -> std::pair<uint64_t, ino_t> {
-    auto b = std::make_shared<BufferRecord>();
-    b->size = kPage;
-    b->owner_uid = uid;
-    b->charged_to = absl::StrCat("app/", uid);
-    b->charge_until_gone = true;
-    b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
-    const ino_t ino = inode(b->fd.get());
-    Registry::Reservation room;
-    absl::Status s = reg.CheckRoom(session, 1, b->charged_to, OneBuffer, true, &room);
-    v1::AllocateResponse reply;
-    if (s.ok()) {
-      s = reg.Add(session, {b}, CpuAccess::kReadWrite, OneBuffer, &reply, std::move(room));
-    }
-    return {s.ok() ? b->id : 0, ino};
-  };
+  JoinTwoUids(reg);
   auto times = [&](ino_t ino) {
     absl::MutexLock lock(&mu);
     return asked[ino];
   };
-  const auto [id1, ino1] = add(kA, 1);
-  const auto [id2, ino2] = add(kB, 2);
-  ASSERT_NE(id1, 0u);
-  ASSERT_NE(id2, 0u);
-  ASSERT_TRUE(reg.Release(kA, {id1}).ok());
-  ASSERT_TRUE(reg.Release(kB, {id2}).ok());
+  const Added one = AddPage(reg, kA, 1, OneBuffer);
+  const Added two = AddPage(reg, kB, 2, OneBuffer);
+  ASSERT_NE(one.id, 0u) << one.status;
+  ASSERT_NE(two.id, 0u) << two.status;
+  const ino_t ino1 = one.ino, ino2 = two.ino;
+  ASSERT_TRUE(reg.Release(kA, {one.id}).ok());
+  ASSERT_TRUE(reg.Release(kB, {two.id}).ok());
   reg.FlushReaper();  // each asked once, at release
   EXPECT_EQ(times(ino1), 1);
   EXPECT_EQ(times(ino2), 1);
   const int before2 = times(ino2);
-  EXPECT_EQ(add(kA, 1).first, 0u) << "someone else still has uid 1's";
+  EXPECT_EQ(AddPage(reg, kA, 1, OneBuffer).id, 0u) << "someone else still has uid 1's";
   EXPECT_EQ(times(ino2), before2) << "uid 2's was not uid 1's refusal's business";
   {
     absl::MutexLock lock(&mu);
     last[ino1] = 1;
   }
-  EXPECT_NE(add(kA, 1).first, 0u) << "the refusal asked again and saw it go";
+  EXPECT_NE(AddPage(reg, kA, 1, OneBuffer).id, 0u) << "the refusal asked again and saw it go";
 
   // hallocd full (two live or held, one of them uid 2's released one):
   // uid 2's refusal asks about its own first (a refusal by hallocd's
@@ -314,8 +328,8 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
     absl::MutexLock lock(&mu);
     last[ino2] = 1;
   }
-  EXPECT_NE(add(kB, 2).first, 0u) << "uid 2's own, gone: asked at uid 2's refusal";
-  EXPECT_EQ(add(kB, 2).first, 0u) << "full: uid 1's live one and uid 2's";
+  EXPECT_NE(AddPage(reg, kB, 2, OneBuffer).id, 0u) << "uid 2's own, gone: asked at uid 2's refusal";
+  EXPECT_EQ(AddPage(reg, kB, 2, OneBuffer).id, 0u) << "full: uid 1's live one and uid 2's";
   EXPECT_EQ(poll->following(), 0u);
 }
 
@@ -324,27 +338,12 @@ TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
   auto poll = std::make_shared<LastReferencePoll>([&](int) { return last.load(); },
                                                   /*on_a_thread=*/false);
   Registry reg("dmabuf", 8, poll);
-  constexpr uint64_t kB = kA + 1;
-  Identity one, two;
-  one.uid = 1;
-  two.uid = 2;
-  reg.Join(kA, one);
-  reg.Join(kB, two);
+  JoinTwoUids(reg);
   reg.SetMaxBuffers(1);
-  auto b = std::make_shared<BufferRecord>();
-  b->size = kPage;
-  b->owner_uid = 1;
-  b->charged_to = "app/1";
-  b->charge_until_gone = true;
-  b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
   auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
-  Registry::Reservation room;
-  ASSERT_TRUE(reg.CheckRoom(kA, 1, "app/1", no_quota, true, &room).ok());
-  v1::AllocateResponse reply;
-  ASSERT_TRUE(reg.Add(kA, {b}, CpuAccess::kReadWrite, no_quota, &reply, std::move(room)).ok());
-  const uint64_t id = b->id;
-  b.reset();  // the registry's alone
-  ASSERT_TRUE(reg.Release(kA, {id}).ok());
+  const Added mine = AddPage(reg, kA, 1, no_quota);
+  ASSERT_NE(mine.id, 0u) << mine.status;
+  ASSERT_TRUE(reg.Release(kA, {mine.id}).ok());
   reg.FlushReaper();
   EXPECT_EQ(poll->following(), 1u);
   EXPECT_EQ(reg.CheckRoom(kB, 1, "app/2", no_quota, /*may_wait=*/true).code(),
