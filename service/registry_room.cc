@@ -125,15 +125,15 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
       if (s.ok()) {
         if (reservation != nullptr) reserved_ += count;
         room = true;
-      } else if (again || lingering_.empty()) {
-        return s;
-      }
-      if (!room) daemon_full = !DaemonRoom(count).ok();
-      if (!room && !may_wait) {
-        // The caller must not wait for pages to be freed (the broker's
-        // thread): it may ask again where it may.
-        s.SetPayload(kWaitForReleasedMemory, absl::Cord("1"));
-        return s;
+      } else {
+        if (again || lingering_.empty()) return s;
+        if (!may_wait) {
+          // The caller must not wait for pages to be freed (the broker's
+          // thread): it may ask again where it may.
+          s.SetPayload(kWaitForReleasedMemory, absl::Cord("1"));
+          return s;
+        }
+        daemon_full = !DaemonRoom(count).ok();
       }
     }
     if (room) {

@@ -22,6 +22,14 @@ bool Passing(int err) {
   return err == EMFILE || err == ENFILE || err == ENOMEM || err == EAGAIN || err == EINTR;
 }
 
+// How long after its `asks`-th answer memory is asked about again:
+// kFirstInterval, doubling, at most kMaxInterval.
+absl::Duration IntervalAfter(uint32_t asks) {
+  absl::Duration d = LastReferencePoll::kFirstInterval;
+  for (uint32_t i = 1; i < asks && d < LastReferencePoll::kMaxInterval; ++i) d *= 2;
+  return std::min(d, LastReferencePoll::kMaxInterval);
+}
+
 LogLimiter& Limiter() {
   static LogLimiter* limiter = new LogLimiter(2);
   return *limiter;
@@ -42,14 +50,21 @@ LastReferencePoll::~LastReferencePoll() {
 }
 
 void LastReferencePoll::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
+  std::vector<Kept> one;
+  one.push_back(Kept{std::move(fd), token, group, absl::InfinitePast(), absl::InfinitePast(), 0});
   {
     absl::MutexLock lock(&mu_);
-    ++asking_;
+    asking_ += one.size();
   }
-  std::vector<Kept> one;
-  one.push_back(Kept{std::move(fd), token, group, absl::Now(), kFirstInterval,
-                      absl::InfinitePast(), 0});
   Ask(std::move(one));
+}
+
+std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeLocked(
+    std::vector<Kept>::iterator first) {
+  std::vector<Kept> taken(std::make_move_iterator(first), std::make_move_iterator(kept_.end()));
+  kept_.erase(first, kept_.end());
+  asking_ += taken.size();
+  return taken;
 }
 
 void LastReferencePoll::Ask(std::vector<Kept> kept) {
@@ -63,8 +78,7 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
     if (last == 0 || (last < 0 && Passing(-last))) {
       k.asked = absl::Now();
       ++k.asks;
-      k.due = k.asked + k.interval;
-      k.interval = std::min(2 * k.interval, kMaxInterval);
+      k.due = k.asked + IntervalAfter(k.asks);
       still.push_back(std::move(k));
       continue;
     }
@@ -114,11 +128,8 @@ void LastReferencePoll::Run() {
         changed_.WaitWithTimeout(&mu_, wake - now);
       }
       last_pass = now;
-      auto first_due = std::partition(kept_.begin(), kept_.end(),
-                                      [&](const Kept& k) { return k.due > now; });
-      due.assign(std::make_move_iterator(first_due), std::make_move_iterator(kept_.end()));
-      kept_.erase(first_due, kept_.end());
-      asking_ += due.size();
+      due = TakeLocked(std::partition(kept_.begin(), kept_.end(),
+                                      [&](const Kept& k) { return k.due > now; }));
     }
     Ask(std::move(due));
   }
@@ -145,9 +156,7 @@ void LastReferencePoll::Refresh(std::optional<uint64_t> group) {
                        });
       first = kept_.end() - kMaxRefresh;
     }
-    asked.assign(std::make_move_iterator(first), std::make_move_iterator(kept_.end()));
-    kept_.erase(first, kept_.end());
-    asking_ += asked.size();
+    asked = TakeLocked(first);
   }
   if (!asked.empty()) Ask(std::move(asked));
 }

@@ -71,11 +71,15 @@ class LastReferencePoll : public LastReferenceFollower {
     UniqueFd fd;
     uint64_t token = 0;
     uint64_t group = 0;
-    absl::Time due;
-    absl::Duration interval;
+    absl::Time due;    // when the thread asks next
     absl::Time asked;  // last asked about (InfinitePast: never)
     uint32_t asks = 0;  // answers so far (a no, or a passing error)
   };
+
+  // Moves kept_ from `first` on out, counted in asking_ until Ask puts
+  // them back or reports them gone.
+  std::vector<Kept> TakeLocked(std::vector<Kept>::iterator first)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Asks about each of `kept` (taken out of kept_; no lock held), then puts
   // back what someone else still has, due again after its next interval,
