@@ -63,10 +63,15 @@ GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
 GrpcListener::~GrpcListener() {
   Stop();
   absl::MutexLock lock(&mu_);
-  for (const auto& [dup, uid] : conns_) {
-    ::epoll_ctl(ends_.get(), EPOLL_CTL_DEL, dup, nullptr);
-    ::close(dup);
-  }
+  for (const auto& [dup, uid] : conns_) CloseDup(dup);
+}
+
+void GrpcListener::CloseDup(int dup) {
+  // Out of the set first: the entry belongs to the open file, which gRPC's
+  // fd keeps alive, so closing ours alone would leave it there (reported
+  // again and again, under a number the next dup may reuse).
+  ::epoll_ctl(ends_.get(), EPOLL_CTL_DEL, dup, nullptr);
+  ::close(dup);
 }
 
 void GrpcListener::Stop() {
@@ -128,11 +133,7 @@ void GrpcListener::Reap() {
       per_uid_.erase(u);
     }
     conns_.erase(it);
-    // Out of the set first: the entry belongs to the open file, which
-    // gRPC's fd keeps alive, so closing ours alone would leave it there
-    // (reported again and again, under a number the next dup may reuse).
-    ::epoll_ctl(ends_.get(), EPOLL_CTL_DEL, dup, nullptr);
-    ::close(dup);
+    CloseDup(dup);
   }
 }
 

@@ -70,6 +70,8 @@ class GrpcListener {
   bool AcceptOne();
   // Forgets the connections whose ends `ends_` reports.
   void Reap();
+  // Takes a connection's duplicate out of `ends_` and closes it.
+  void CloseDup(int dup);
 
   const UniqueFd listener_;
   const UniqueFd wake_;  // eventfd that stops Run()
