@@ -1,6 +1,5 @@
 #include "service/connection_limits.h"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,12 +8,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace halloc {
-
-uint64_t FdLimit() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 0;
-  return lim.rlim_cur;
-}
 
 namespace {
 

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "service/policy/policy.h"
+#include "service/util/fd_limit.h"
 
 namespace halloc {
 
@@ -48,8 +49,6 @@ inline constexpr uint64_t kHallocdOwnFds = 256;
 // However many uids fill it, hallocd still accepts connections and
 // releases.
 uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds);
-// This process's fd limit (RLIMIT_NOFILE, soft); 0 when infinite.
-uint64_t FdLimit();
 
 // Connections of one socket held now.
 struct ConnectionCounts {

@@ -74,11 +74,5 @@ TEST(ConnectionLimitsTest, BuffersGetWhatConnectionsStockAndHallocdLeave) {
   EXPECT_EQ(BufferRoom(*Limits(0, 0), 0, 2048), 0u);
 }
 
-TEST(ConnectionLimitsTest, FdLimitIsTheSoftLimit) {
-  rlimit lim{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
-  EXPECT_EQ(FdLimit(), lim.rlim_cur == RLIM_INFINITY ? 0 : lim.rlim_cur);
-}
-
 }  // namespace
 }  // namespace halloc

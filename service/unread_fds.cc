@@ -2,20 +2,20 @@
 
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "service/util/fd_limit.h"
 
 namespace halloc {
 
 uint64_t UnreadFds::DefaultTotal() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 512;
-  return std::max<uint64_t>(lim.rlim_cur / 2, 128);
+  const uint64_t limit = FdLimit();
+  if (limit == 0) return 512;
+  return std::max<uint64_t>(limit / 2, 128);
 }
 
 uint64_t UnreadFds::DefaultPerUid() { return std::max<uint64_t>(DefaultTotal() / 8, 64); }

@@ -2,7 +2,6 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "service/backend/registry.h"
+#include "service/util/fd_limit.h"
 
 namespace halloc {
 namespace {
@@ -223,9 +223,9 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
 }
 
 uint64_t Policy::DefaultBufferQuota() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return 0;
-  return std::max<uint64_t>(lim.rlim_cur / 4, 1024);
+  const uint64_t limit = FdLimit();
+  if (limit == 0) return 0;
+  return std::max<uint64_t>(limit / 4, 1024);
 }
 
 std::shared_ptr<const Policy> Policy::Default() {
