@@ -74,7 +74,8 @@ Allocator::Allocator(std::unique_ptr<Backend> backend, Limits limits,
                      std::shared_ptr<const Policy> policy)
     : backend_(std::move(backend)),
       limits_(limits),
-      registry_(std::string(backend_->name()), limits.max_buffers_per_session,
+      registry_(std::string(backend_->name()), backend_->MakesDmaBufs(),
+                limits.max_buffers_per_session,
                 ReleasedMemoryFollower(*backend_)),
       policy_(std::move(policy)) {
   registry_.SetMaxBuffers(MaxBuffers(*policy_));

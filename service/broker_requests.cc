@@ -125,19 +125,6 @@ bool Broker::Handle(Conn& conn, Record rec) {
     return true;
   }
   Session& session = *conn.session;
-  // Who asks: the verified process itself, or another process that holds
-  // the socket (a fork, a receiver of the fd), judged by uid and gid alone.
-  // Once the verified process has exited, its pid may come round again to
-  // such a process: the pidfd pins the verified one, so only while it runs
-  // (one poll, for sessions whose executable was vouched for) is its pid
-  // its own.
-  Identity other;
-  const Identity* caller = &session.creds();
-  if (rec.creds->pid != session.creds().pid ||
-      (session.creds().exe_file.has_value() && !StillRunning(conn.pidfd.get()))) {
-    other = {rec.creds->uid, rec.creds->gid, rec.creds->pid, "", std::nullopt};
-    caller = &other;
-  }
   // Reply from the client's CPU (see CpuFollower) once it is a lone
   // client: its request, and only its, in this turn and the one before.
   // Clients taking turns, even one at a time, do not move the thread.
@@ -154,10 +141,16 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
+      // Who asks (Release needs no one: it acts on the session's own
+      // buffers): the verified process itself, or another process holding
+      // the socket, judged by uid and gid alone (RequestIdentity).
+      const Identity caller = RequestIdentity(session.creds(), *rec.creds,
+                                              conn.pidfd.get(),
+                                              core_->policy()->matches_exe());
       // Small ones here, unless they could only be made after pages are
       // freed (released memory still charged: see Registry::CheckRoom).
       if (BytesOf(req.allocate(), *core_) < kSlowLaneBytes &&
-          ServeAllocate(session, *caller, req, *conn.channel, /*may_wait=*/false)) {
+          ServeAllocate(session, caller, req, *conn.channel, /*may_wait=*/false)) {
         return true;
       }
       // Large, or waiting: made on the slow lane's thread, so that
@@ -166,7 +159,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
       // requests (replies carry request ids).
       const uint64_t id = req.request_id();
       absl::Status posted = slow_lane_->Post(
-          caller->uid, [this, s = conn.session, ch = conn.channel, who = *caller,
+          caller.uid, [this, s = conn.session, ch = conn.channel, who = caller,
                      req = std::move(req)] { ServeAllocate(*s, who, req, *ch); });
       if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
       return true;

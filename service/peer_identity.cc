@@ -44,4 +44,19 @@ bool StillRunning(int pidfd) {
   return ::poll(&pfd, 1, 0) == 0;  // a pidfd turns readable at exit
 }
 
+Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd,
+                         bool exe_matters) {
+  if (sender.pid != session.pid) {
+    return {sender.uid, sender.gid, sender.pid, "", std::nullopt};
+  }
+  if (!session.exe_file) return session;
+  if (!exe_matters) {
+    Identity id = session;
+    id.exe_file.reset();
+    return id;
+  }
+  if (StillRunning(pidfd)) return session;
+  return {sender.uid, sender.gid, sender.pid, "", std::nullopt};
+}
+
 }  // namespace halloc

@@ -5,6 +5,7 @@
 #ifndef HALLOC_SERVICE_PEER_IDENTITY_H_
 #define HALLOC_SERVICE_PEER_IDENTITY_H_
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <optional>
@@ -42,6 +43,19 @@ ExeSample SampleExe(int pidfd, pid_t pid);
 // verified process's pid is its own only while this holds: after, the pid
 // may be reused by any process, one holding the verified socket included.
 bool StillRunning(int pidfd);
+
+// Who sent one request on a session's connection. The session's identity
+// (`session`, from the handshake) speaks for a record only from its own
+// pid; anyone else holding the socket (a fork, a receiver of the fd) is
+// judged by the record's uid and gid alone (`sender`, SCM_CREDENTIALS).
+// A verified executable speaks only while `pidfd` shows the verified
+// process running, since once it exits its pid may come round again to a
+// process holding the socket. That takes a poll, made only when
+// `exe_matters` (the policy in force has rules that match executables);
+// otherwise the executable is left unverified for this request, so that a
+// policy reloaded meanwhile cannot match it either.
+Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd,
+                         bool exe_matters);
 
 }  // namespace halloc
 

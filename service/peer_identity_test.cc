@@ -92,6 +92,47 @@ TEST(PeerIdentityTest, StillRunningUntilThePinnedProcessExits) {
   EXPECT_FALSE(StillRunning(-1));
 }
 
+// Who one request on a verified session speaks for.
+TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
+  ASSERT_TRUE(pidfd);
+  const Identity session{7, 8, child->pid(), "/usr/bin/cam", FileId{1, 2}};
+  const ucred same{child->pid(), 7, 8};
+  // From the verified process, while it runs: the session's identity.
+  Identity id = RequestIdentity(session, same, pidfd.get(), /*exe_matters=*/true);
+  EXPECT_EQ(id.uid, 7u);
+  EXPECT_TRUE(id.exe_file == (std::optional<FileId>{FileId{1, 2}}));
+  // From another process holding the socket: its own uid and gid only.
+  id = RequestIdentity(session, ucred{child->pid() + 1, 9, 10}, pidfd.get(), true);
+  EXPECT_EQ(id.pid, child->pid() + 1);
+  EXPECT_EQ(id.uid, 9u);
+  EXPECT_EQ(id.gid, 10u);
+  EXPECT_FALSE(id.exe_file.has_value());
+  EXPECT_TRUE(id.exe.empty());
+  // A policy without exe rules: no poll (an invalid pidfd would fail it),
+  // and the executable is left unverified for the request.
+  id = RequestIdentity(session, same, /*pidfd=*/-1, /*exe_matters=*/false);
+  EXPECT_EQ(id.uid, 7u);
+  EXPECT_EQ(id.pid, child->pid());
+  EXPECT_EQ(id.exe, "/usr/bin/cam");  // for logs, as an unverified session's
+  EXPECT_FALSE(id.exe_file.has_value());
+  // Once the verified process has exited, its pid speaks for whoever
+  // holds it now: uid and gid of the record alone.
+  ASSERT_TRUE(child->Signal(SIGKILL));
+  ASSERT_TRUE(child->Wait().has_value());
+  id = RequestIdentity(session, ucred{session.pid, 9, 10}, pidfd.get(), true);
+  EXPECT_EQ(id.uid, 9u);
+  EXPECT_FALSE(id.exe_file.has_value());
+  // A session never verified keeps its identity without any poll.
+  Identity unverified = session;
+  unverified.exe_file.reset();
+  id = RequestIdentity(unverified, same, -1, true);
+  EXPECT_EQ(id.uid, 7u);
+  EXPECT_EQ(id.exe, "/usr/bin/cam");
+}
+
 // A peer in a pid namespace of its own: a process holding CAP_SYS_ADMIN
 // over that namespace could stamp this peer's pid on its own records, so
 // the peer's binary is not vouched for (uid and gid still are).

@@ -40,9 +40,10 @@ CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {
   return widest;
 }
 
-Registry::Registry(std::string backend, uint64_t max_buffers_per_session,
+Registry::Registry(std::string backend, bool dma_bufs, uint64_t max_buffers_per_session,
                    std::shared_ptr<LastReferenceFollower> follower)
     : backend_(std::move(backend)),
+      fd_kind_(dma_bufs ? v1::FD_KIND_DMA_BUF : v1::FD_KIND_MEMFD),
       max_buffers_per_session_(max_buffers_per_session),
       gone_watch_(follower != nullptr ? std::move(follower)
                                       : std::make_shared<LastReferenceWatch>()) {}
@@ -390,6 +391,7 @@ v1::BufferInfo Registry::Info(const BufferRecord& buffer, uint64_t session_id,
   info.set_usage(buffer.usage);
   if (buffer.layout) *info.mutable_layout() = *buffer.layout;
   info.set_backend(backend_);
+  info.set_fd_kind(fd_kind_);
   info.set_owner_uid(buffer.owner_uid);
   info.set_owned(buffer.owner_session == session_id);
   info.set_protected_content((buffer.usage & usage::kProtected) != 0);

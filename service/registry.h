@@ -130,9 +130,10 @@ class Registry {
   // the grant or the hold goes).
   static constexpr size_t kMaxImportsPerGrant = 256;
 
-  // `backend` names the backend in BufferInfo. `follower` follows released
-  // memory still charged; nullptr: a LastReferenceWatch (memfds).
-  Registry(std::string backend, uint64_t max_buffers_per_session,
+  // `backend` names the backend in BufferInfo, `dma_bufs` says whether its
+  // fds are dma-bufs (else memfds: BufferInfo.fd_kind). `follower` follows
+  // released memory still charged; nullptr: a LastReferenceWatch (memfds).
+  Registry(std::string backend, bool dma_bufs, uint64_t max_buffers_per_session,
            std::shared_ptr<LastReferenceFollower> follower = nullptr);
 
   // Sessions. Join before the session's first request; Leave drops its
@@ -315,6 +316,7 @@ class Registry {
   void DropGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::string backend_;
+  const v1::FdKind fd_kind_;
   const uint64_t max_buffers_per_session_;
 
   mutable absl::Mutex mu_;

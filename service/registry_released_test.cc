@@ -84,7 +84,7 @@ void JoinTwoUids(Registry& reg) {
 
 class ReleasedMemoryTest : public ::testing::Test {
  protected:
-  ReleasedMemoryTest() : reg_("memfd", /*max_buffers_per_session=*/8) {
+  ReleasedMemoryTest() : reg_("memfd", /*dma_bufs=*/false, /*max_buffers_per_session=*/8) {
     Identity id;
     id.uid = 1;
     id.pid = 101;
@@ -295,7 +295,7 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
         return last[inode(fd)];
       },
       /*on_a_thread=*/false);
-  Registry reg("dmabuf", 8, poll);
+  Registry reg("dmabuf", /*dma_bufs=*/true, 8, poll);
   JoinTwoUids(reg);
   auto times = [&](ino_t ino) {
     absl::MutexLock lock(&mu);
@@ -337,7 +337,7 @@ TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
   std::atomic<int> last{0};
   auto poll = std::make_shared<LastReferencePoll>([&](int) { return last.load(); },
                                                   /*on_a_thread=*/false);
-  Registry reg("dmabuf", 8, poll);
+  Registry reg("dmabuf", /*dma_bufs=*/true, 8, poll);
   JoinTwoUids(reg);
   reg.SetMaxBuffers(1);
   auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };

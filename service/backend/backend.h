@@ -64,6 +64,9 @@ class Backend {
   virtual ~Backend() = default;
 
   virtual absl::string_view name() const = 0;
+  // Whether its fds are dma-bufs (CPU access bracketed by
+  // DMA_BUF_IOCTL_SYNC); otherwise memfds. Decorators forward it.
+  virtual bool MakesDmaBufs() const { return true; }
 
   // Zero-filled memory of exactly `request.size` bytes, read-write.
   virtual absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) = 0;

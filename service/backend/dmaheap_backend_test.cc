@@ -111,6 +111,7 @@ TEST(DmaHeapBackendTest, CreateOpensTheChosenNodeAndClosesItWithTheBackend) {
     ASSERT_TRUE(b.ok()) << b.status();
     EXPECT_EQ((*b)->heap(), "system");
     EXPECT_EQ((*b)->name(), "dmaheap");
+    EXPECT_TRUE((*b)->MakesDmaBufs());
   }
   const int after = dup(0);  // the lowest free fd again: nothing leaked
   close(after);

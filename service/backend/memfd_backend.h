@@ -33,6 +33,7 @@ class MemfdBackend : public Backend {
   static constexpr mode_t kInodeMode = 0400;
 
   absl::string_view name() const override { return "memfd"; }
+  bool MakesDmaBufs() const override { return false; }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
   // Read-only holds only without udmabuf: UDMABUF_CREATE checks a memfd's
   // seals, not whether the fd it is given is writable, so a read-only holder

@@ -98,6 +98,7 @@ class PooledBackend : public Backend {
 
   // The inner backend's name: the buffers are its buffers.
   absl::string_view name() const override { return inner_->name(); }
+  bool MakesDmaBufs() const override { return inner_->MakesDmaBufs(); }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
   bool CanEnforce(CpuAccess access) const override {
     return inner_->CanEnforce(access);

@@ -347,6 +347,7 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   auto pool = PooledBackend::Create(std::make_unique<MemfdBackend>(), Manual());
   ASSERT_TRUE(pool.ok());
   EXPECT_EQ((*pool)->name(), "memfd");
+  EXPECT_FALSE((*pool)->MakesDmaBufs());
   EXPECT_FALSE((*pool)->CanEnforce(CpuAccess::kNone));
   EXPECT_EQ((*pool)->CanProtect(), MemfdBackend().CanProtect());
   EXPECT_EQ((*pool)->CanLimitAttach(), MemfdBackend().CanLimitAttach());

@@ -190,6 +190,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
       errors.push_back(absl::StrCat(source, ": clients[", i, "]: duplicate client name '",
                                     Quote(rule.name), "'"));
     }
+    policy->matches_exe_ |= !rule.exe.empty();
     policy->rules_.push_back(std::move(rule));
   }
   // Every name a share list mentions must exist.

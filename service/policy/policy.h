@@ -96,6 +96,9 @@ class Policy {
   const Rule* Match(const Identity& id) const;
   const Rule* Find(absl::string_view name) const;
   const std::vector<Rule>& rules() const { return rules_; }
+  // Whether any rule matches by executable (`exe`): only then does a
+  // request's identity need its executable vouched for (RequestIdentity).
+  bool matches_exe() const { return matches_exe_; }
   // Where it came from ("built-in default" or the file path).
   const std::string& source() const { return source_; }
   // SessionLimits as written (0: hallocd's default).
@@ -107,6 +110,7 @@ class Policy {
   std::string source_;
   uint32_t max_sessions_per_uid_ = 0;
   uint32_t max_sessions_ = 0;
+  bool matches_exe_ = false;
 };
 
 }  // namespace halloc

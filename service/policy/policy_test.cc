@@ -72,10 +72,22 @@ TEST(PolicyTest, MatchCriteriaAllHold) {
   EXPECT_EQ((*p)->Match(files.Runs(7, 8, "other"))->name, "rest");
   EXPECT_EQ((*p)->Match(files.Runs(7, 9, "cam"))->name, "gid");
   EXPECT_EQ((*p)->Match({1, 1, 1, "", std::nullopt})->name, "rest");
+  EXPECT_TRUE((*p)->matches_exe());
   const Rule* exact = (*p)->Find("exact");
   EXPECT_EQ(exact->max_cpu, CpuAccess::kNone);  // unset = NONE
   EXPECT_EQ(exact->usage_mask, 0u);             // nothing granted
   EXPECT_FALSE(exact->AllowsHeap("memfd"));
+}
+
+// Only a policy with an `exe` rule needs requests' executables vouched for.
+TEST(PolicyTest, SaysWhetherAnyRuleMatchesExecutables) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
+    clients { name: "gid" match { gids: 9 } }
+    clients { name: "rest" match { any: true } }
+  )", "inline");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_FALSE((*p)->matches_exe());
+  EXPECT_FALSE(Policy::Default()->matches_exe());
 }
 
 // What a bind mount over the rule's path in another mount namespace looks

@@ -64,6 +64,7 @@ TEST_F(ClientTest, AllocateMapWriteDescribeListRelease) {
     EXPECT_GE(b->size(), size);
     EXPECT_EQ(b->size() % 4096, 0u);
     EXPECT_FALSE(b->is_dmabuf());
+    EXPECT_EQ(b->info().fd_kind(), v1::FD_KIND_MEMFD);
     struct stat st;
     ASSERT_EQ(fstat(b->fd(), &st), 0);
     EXPECT_EQ(static_cast<uint64_t>(st.st_size), b->size());

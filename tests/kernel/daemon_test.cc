@@ -94,6 +94,7 @@ TEST_F(DaemonOnKernelHeapTest, AutoPicksTheKernelHeapAndHandsOutItsDmaBufs) {
   ASSERT_TRUE(buf.ok()) << buf.status();
   EXPECT_EQ(buf->info().backend(), "halloc");
   EXPECT_TRUE(buf->is_dmabuf());
+  EXPECT_EQ(buf->info().fd_kind(), halloc::v1::FD_KIND_DMA_BUF);
   const halloc_buffer_info info = InfoOf(buf->fd());
   EXPECT_EQ(info.size, kSize);
   EXPECT_STREQ(info.heap, HALLOC_HEAP_DEFERRED) << "the kernel picks the pages at first use";

@@ -86,6 +86,7 @@ TEST_P(StockDaemonTest, ServesAllocateWithRealDmaBufs) {
   ASSERT_TRUE(buf.ok()) << buf.status();
   EXPECT_EQ(buf->info().backend(), GetParam().backend);
   EXPECT_TRUE(buf->is_dmabuf());
+  EXPECT_EQ(buf->info().fd_kind(), halloc::v1::FD_KIND_DMA_BUF);
   absl::StatusOr<halloc::Mapping> map = buf->Map(halloc::Access::kReadWrite);
   ASSERT_TRUE(map.ok()) << map.status();
   EXPECT_TRUE(AllBytesAre(map->as<uint8_t>(), kSize, 0));

@@ -79,9 +79,20 @@ void Mapping::Reset() {
 
 // --- Buffer ----------------------------------------------------------------
 
-bool Buffer::is_dmabuf() const {
-  struct statfs fs;
-  return fd_ && ::fstatfs(fd_.get(), &fs) == 0 && fs.f_type == kDmaBufMagic;
+Buffer::Buffer(v1::BufferInfo info, UniqueFd fd)
+    : info_(std::move(info)), fd_(std::move(fd)) {
+  switch (info_.fd_kind()) {
+    case v1::FD_KIND_MEMFD:
+      dmabuf_ = false;
+      break;
+    case v1::FD_KIND_DMA_BUF:
+      dmabuf_ = true;
+      break;
+    default: {
+      struct statfs fs;
+      dmabuf_ = fd_ && ::fstatfs(fd_.get(), &fs) == 0 && fs.f_type == kDmaBufMagic;
+    }
+  }
 }
 
 absl::StatusOr<Mapping> Buffer::Map(Access access) const {

@@ -91,8 +91,9 @@ class Mapping {
 // the daemon's hold ends with Client::Release or when the session ends.
 class Buffer {
  public:
-  Buffer(v1::BufferInfo info, UniqueFd fd)
-      : info_(std::move(info)), fd_(std::move(fd)) {}
+  // `info.fd_kind` says whether `fd` is a dma-buf; unspecified, the fd
+  // itself is asked (fstatfs).
+  Buffer(v1::BufferInfo info, UniqueFd fd);
   Buffer(Buffer&&) = default;
   Buffer& operator=(Buffer&&) = default;
 
@@ -102,7 +103,7 @@ class Buffer {
   const v1::BufferLayout& layout() const { return info_.layout(); }
   int fd() const { return fd_.get(); }
   // Whether the fd is a dma-buf (else a memfd).
-  bool is_dmabuf() const;
+  bool is_dmabuf() const { return fd_ && dmabuf_; }
 
   // Maps the whole buffer. PERMISSION_DENIED if the fd does not carry
   // `access` (e.g. kReadWrite on a buffer shared read-only).
@@ -125,6 +126,7 @@ class Buffer {
  private:
   v1::BufferInfo info_;
   SharedFd fd_;  // shared with this buffer's dma-buf Mappings
+  bool dmabuf_ = false;
 };
 
 v1::BufferDescriptor BlobDescriptor(uint64_t size, uint64_t usage = 0,

@@ -1,0 +1,66 @@
+// Buffer without a daemon: what it takes its fd to be.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "clients/cpp/halloc/client.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+UniqueFd Memfd() {
+  UniqueFd fd(::memfd_create("buffer-test", MFD_CLOEXEC));
+  if (fd && ::ftruncate(fd.get(), 4096) != 0) return UniqueFd();
+  return fd;
+}
+
+v1::BufferInfo Info(v1::FdKind kind) {
+  v1::BufferInfo info;
+  info.set_id(1);
+  info.set_size(4096);
+  info.set_fd_kind(kind);
+  return info;
+}
+
+// hallocd's replies say what the fd is (BufferInfo.fd_kind); a BufferInfo
+// that does not say (made by hand, or from an older hallocd) has the fd
+// asked.
+TEST(BufferTest, AsksTheFdOnlyWhenTheInfoDoesNotSay) {
+  Buffer asked(Info(v1::FD_KIND_UNSPECIFIED), Memfd());
+  ASSERT_GE(asked.fd(), 0);
+  EXPECT_FALSE(asked.is_dmabuf());
+  absl::StatusOr<Mapping> m = asked.Map(Access::kReadWrite);
+  ASSERT_TRUE(m.ok()) << m.status();
+  m->as<char>()[0] = 1;
+
+  Buffer told(Info(v1::FD_KIND_MEMFD), Memfd());
+  EXPECT_FALSE(told.is_dmabuf());
+  EXPECT_TRUE(told.Map(Access::kRead).ok());
+}
+
+// The info is taken at its word (no fstatfs per Map): a memfd said to be a
+// dma-buf gets the sync bracket, which a memfd refuses, and Map says so
+// without leaving a mapping behind.
+TEST(BufferTest, TakesTheInfosWordForWhatTheFdIs) {
+  Buffer b(Info(v1::FD_KIND_DMA_BUF), Memfd());
+  EXPECT_TRUE(b.is_dmabuf());
+  absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("DMA_BUF_IOCTL_SYNC"), std::string::npos)
+      << m.status();
+  // A dma-buf by its info: the fence ioctl is tried (and refused by the
+  // memfd), not turned down as a memfd's would be.
+  EXPECT_NE(b.ExportSyncFile(Access::kRead).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(BufferTest, NoFdIsNoDmaBuf) {
+  Buffer b(Info(v1::FD_KIND_DMA_BUF), Memfd());
+  absl::StatusOr<UniqueFd> fd = b.TakeFd();
+  ASSERT_TRUE(fd.ok());
+  EXPECT_FALSE(b.is_dmabuf());
+  EXPECT_EQ(b.Map(Access::kRead).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace halloc
