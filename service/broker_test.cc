@@ -25,6 +25,8 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
@@ -337,12 +339,8 @@ pid_t SpawnWithPid(pid_t pid, const std::function<int()>& body) {
   return static_cast<pid_t>(r);
 }
 
-TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
-  // A process holding the socket (a child the verified one forked, or a
-  // receiver of the fd) waits for the verified process to exit and for its
-  // pid to come round again (cycling pids; here at once, with set_tid):
-  // its requests are then stamped with the verified pid, but they are not
-  // the verified executable's.
+// Only this test's executable may allocate; anyone else is denied.
+void TrustOnlyThisExecutable(Allocator& core) {
   const std::string self = std::filesystem::canonical("/proc/self/exe").string();
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
       absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
@@ -350,7 +348,16 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
                    "clients { name: \"others\" match { any: true } }\n"),
       "broker_test");
   ASSERT_TRUE(policy.ok()) << policy.status();
-  core_->SetPolicy(*policy);
+  core.SetPolicy(*policy);
+}
+
+TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
+  // A process holding the socket (a child the verified one forked, or a
+  // receiver of the fd) waits for the verified process to exit and for its
+  // pid to come round again (cycling pids; here at once, with set_tid):
+  // its requests are then stamped with the verified pid, but they are not
+  // the verified executable's.
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
@@ -387,6 +394,59 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "the verified pid, reused, vouches for nothing";
+}
+
+// An exec keeps the pid and the pidfd but runs another file: the verified
+// executable no longer speaks for what the process sends afterwards.
+TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
+  constexpr char kPython[] = "/usr/bin/python3";
+  if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  v1::BrokerRequest req;
+  req.set_request_id(7);
+  req.mutable_allocate()->mutable_desc()->set_size(4096);
+  std::string hex;
+  for (unsigned char ch : req.SerializeAsString()) absl::StrAppend(&hex, absl::Hex(ch, absl::kZeroPad2));
+  int out[2];
+  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
+  UniqueFd reply_r(out[0]), reply_w(out[1]);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Verifies as this executable and is trusted, then execs python, which
+    // sends the same request on the verified socket (fd 3) and prints the
+    // reply (hex) before it exits.
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
+    if (!c.ok()) ::_exit(1);
+    if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
+    if (::dup2(c->fd.get(), 3) != 3 || ::fcntl(3, F_SETFD, 0) != 0 ||
+        ::dup2(reply_w.get(), 1) != 1) {
+      ::_exit(3);
+    }
+    ::execl(kPython, kPython, "-c",
+            "import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); "
+            "print(os.read(3, 65536).hex())",
+            hex.c_str(), static_cast<char*>(nullptr));
+    ::_exit(4);
+  }
+  reply_w.reset();
+  std::string printed;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(reply_r.get(), buf, sizeof(buf))) > 0;) printed.append(buf, n);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "the verified process, before its exec, was trusted: " << status;
+  v1::BrokerFrame frame;
+  ASSERT_TRUE(frame.ParseFromString(absl::HexStringToBytes(absl::StripAsciiWhitespace(printed))))
+      << printed;
+  ASSERT_TRUE(frame.has_reply());
+  EXPECT_EQ(frame.reply().request_id(), 7u);
+  EXPECT_EQ(frame.reply().code(), static_cast<int>(absl::StatusCode::kPermissionDenied))
+      << "python, exec'd by the verified process, is not the verified executable";
 }
 
 }  // namespace

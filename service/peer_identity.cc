@@ -55,7 +55,13 @@ Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd
     id.exe_file.reset();
     return id;
   }
-  if (StillRunning(pidfd)) return session;
+  // Still the verified file (an exec keeps the pid and the pidfd, not the
+  // file) and still the verified process: the file first, so that a
+  // process found running after it was the one whose file was read.
+  if (FileIdOf(absl::StrCat("/proc/", session.pid, "/exe")) == session.exe_file &&
+      StillRunning(pidfd)) {
+    return session;
+  }
   return {sender.uid, sender.gid, sender.pid, "", std::nullopt};
 }
 

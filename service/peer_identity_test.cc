@@ -98,12 +98,22 @@ TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   ASSERT_TRUE(child.ok()) << child.status();
   UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
   ASSERT_TRUE(pidfd);
-  const Identity session{7, 8, child->pid(), "/usr/bin/cam", FileId{1, 2}};
+  const std::optional<FileId> sleep_file =
+      FileIdOf(absl::StrCat("/proc/", child->pid(), "/exe"));
+  ASSERT_TRUE(sleep_file.has_value());
+  const Identity session{7, 8, child->pid(), "/usr/bin/cam", sleep_file};
   const ucred same{child->pid(), 7, 8};
   // From the verified process, while it runs: the session's identity.
   Identity id = RequestIdentity(session, same, pidfd.get(), /*exe_matters=*/true);
   EXPECT_EQ(id.uid, 7u);
-  EXPECT_TRUE(id.exe_file == (std::optional<FileId>{FileId{1, 2}}));
+  EXPECT_TRUE(id.exe_file == sleep_file);
+  // The same process running another file than the one verified (it
+  // exec'd since): uid and gid of the record alone.
+  Identity before_exec = session;
+  before_exec.exe_file = FileId{1, 2};
+  id = RequestIdentity(before_exec, ucred{child->pid(), 9, 10}, pidfd.get(), true);
+  EXPECT_EQ(id.uid, 9u);
+  EXPECT_FALSE(id.exe_file.has_value());
   // From another process holding the socket: its own uid and gid only.
   id = RequestIdentity(session, ucred{child->pid() + 1, 9, 10}, pidfd.get(), true);
   EXPECT_EQ(id.pid, child->pid() + 1);
