@@ -3,8 +3,8 @@
 #include <glog/logging.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
-#include <iterator>
 #include <utility>
 
 #include "service/util/log_limit.h"
@@ -28,6 +28,12 @@ absl::Duration IntervalAfter(uint32_t asks) {
   absl::Duration d = LastReferencePoll::kFirstInterval;
   for (uint32_t i = 1; i < asks && d < LastReferencePoll::kMaxInterval; ++i) d *= 2;
   return std::min(d, LastReferencePoll::kMaxInterval);
+}
+
+// The monotonic clock as an absl::Time (only differences mean anything).
+absl::Time MonotonicNow() {
+  return absl::UnixEpoch() +
+         absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
 }
 
 LogLimiter& Limiter() {
@@ -59,11 +65,70 @@ void LastReferencePoll::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
   Ask(std::move(one));
 }
 
-std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeLocked(
-    std::vector<Kept>::iterator first) {
-  std::vector<Kept> taken(std::make_move_iterator(first), std::make_move_iterator(kept_.end()));
-  kept_.erase(first, kept_.end());
-  asking_ += taken.size();
+void LastReferencePoll::PopLocked(Group& g, std::deque<Kept>& q, std::vector<Kept>& out) {
+  out.push_back(std::move(q.front()));
+  q.pop_front();
+  --g.size;
+  --kept_;
+  ++asking_;
+}
+
+void LastReferencePoll::PruneLocked() {
+  absl::erase_if(groups_, [](const auto& entry) { return entry.second.size == 0; });
+}
+
+absl::Time LastReferencePoll::NextDueLocked() const {
+  absl::Time next = absl::InfiniteFuture();
+  for (const auto& [id, g] : groups_) {
+    for (const std::deque<Kept>& q : g.by_asks) {
+      if (!q.empty()) next = std::min(next, q.front().due);
+    }
+  }
+  return next;
+}
+
+std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeDueLocked(absl::Time now) {
+  std::vector<Kept> due;
+  for (auto& [id, g] : groups_) {
+    for (std::deque<Kept>& q : g.by_asks) {
+      while (!q.empty() && q.front().due <= now) PopLocked(g, q, due);
+    }
+  }
+  PruneLocked();
+  return due;
+}
+
+std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeForRefreshLocked(
+    std::optional<uint64_t> group) {
+  // The group's (or anyone's), at most kMaxRefresh of them: a client
+  // refused again and again makes hallocd ask a bounded amount each time,
+  // however much it keeps. Those asked about least often first (just
+  // released: a client that closed its fd and asks again at once must be
+  // seen), then those asked about longest ago: queue by queue from the
+  // fewest answers up, each from its front; across groups, the front asked
+  // about longest ago first.
+  std::vector<Group*> from;
+  if (group.has_value()) {
+    if (auto it = groups_.find(*group); it != groups_.end()) from.push_back(&it->second);
+  } else {
+    for (auto& [id, g] : groups_) from.push_back(&g);
+  }
+  std::vector<Kept> taken;
+  for (uint32_t i = 0; i < kQueues && taken.size() < kMaxRefresh; ++i) {
+    while (taken.size() < kMaxRefresh) {
+      Group* oldest = nullptr;
+      for (Group* g : from) {
+        const std::deque<Kept>& q = g->by_asks[i];
+        if (!q.empty() &&
+            (oldest == nullptr || q.front().asked < oldest->by_asks[i].front().asked)) {
+          oldest = g;
+        }
+      }
+      if (oldest == nullptr) break;
+      PopLocked(*oldest, oldest->by_asks[i], taken);
+    }
+  }
+  PruneLocked();
   return taken;
 }
 
@@ -76,9 +141,7 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
   for (Kept& k : kept) {
     const int last = k.fd ? is_last_(k.fd.get()) : -EBADF;
     if (last == 0 || (last < 0 && Passing(-last))) {
-      k.asked = absl::Now();
       ++k.asks;
-      k.due = k.asked + IntervalAfter(k.asks);
       still.push_back(std::move(k));
       continue;
     }
@@ -103,8 +166,17 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
     }
   }
   if (still.empty()) return;
-  kept_.insert(kept_.end(), std::make_move_iterator(still.begin()),
-               std::make_move_iterator(still.end()));
+  // Stamped as they go back, so that each queue stays in the order of its
+  // stamps (and of its dues) whoever asked.
+  const absl::Time now = MonotonicNow();
+  for (Kept& k : still) {
+    k.asked = now;
+    k.due = now + IntervalAfter(k.asks);
+    Group& g = groups_[k.group];
+    g.by_asks[std::min(k.asks, kQueues) - 1].push_back(std::move(k));
+    ++g.size;
+    ++kept_;
+  }
   if (on_a_thread_ && !thread_.joinable() && !stop_) thread_ = std::thread([this] { Run(); });
   changed_.Signal();
 }
@@ -118,18 +190,15 @@ void LastReferencePoll::Run() {
       absl::Time now;
       for (;;) {
         if (stop_) return;
-        absl::Time next = absl::InfiniteFuture();
-        for (const Kept& k : kept_) next = std::min(next, k.due);
         // The earliest due, but no sooner than kBatch after the last pass.
-        const absl::Time wake = std::max(next, last_pass + kBatch);
-        now = absl::Now();
+        const absl::Time wake = std::max(NextDueLocked(), last_pass + kBatch);
+        now = MonotonicNow();
         if (wake <= now) break;
         // (A timeout, not a deadline: the TSan shim interposes that one.)
         changed_.WaitWithTimeout(&mu_, wake - now);
       }
       last_pass = now;
-      due = TakeLocked(std::partition(kept_.begin(), kept_.end(),
-                                      [&](const Kept& k) { return k.due > now; }));
+      due = TakeDueLocked(now);
     }
     Ask(std::move(due));
   }
@@ -139,24 +208,7 @@ void LastReferencePoll::Refresh(std::optional<uint64_t> group) {
   std::vector<Kept> asked;
   {
     absl::MutexLock lock(&mu_);
-    // The group's (or anyone's), at most kMaxRefresh of them: a client
-    // refused again and again makes hallocd ask a bounded amount each
-    // time, however much it keeps.
-    auto first = std::partition(kept_.begin(), kept_.end(), [&](const Kept& k) {
-      return group.has_value() && k.group != *group;
-    });
-    if (kept_.end() - first > static_cast<std::ptrdiff_t>(kMaxRefresh)) {
-      // Those asked about least often first (just released: a client that
-      // closed its fd and asks again at once must be seen), then those
-      // asked about longest ago. Sorted so that the chosen end up last.
-      std::nth_element(first, kept_.end() - kMaxRefresh, kept_.end(),
-                       [](const Kept& a, const Kept& b) {
-                         if (a.asks != b.asks) return a.asks > b.asks;
-                         return a.asked > b.asked;
-                       });
-      first = kept_.end() - kMaxRefresh;
-    }
-    asked = TakeLocked(first);
+    asked = TakeForRefreshLocked(group);
   }
   if (!asked.empty()) Ask(std::move(asked));
 }
@@ -175,7 +227,7 @@ uint64_t LastReferencePoll::unwatched() const {
 
 size_t LastReferencePoll::following() const {
   absl::MutexLock lock(&mu_);
-  return kept_.size() + asking_;
+  return kept_ + asking_;
 }
 
 }  // namespace halloc

@@ -15,7 +15,10 @@
 // kMaxInterval: memory kept for long is asked about rarely), and at once,
 // a bounded number, on Refresh (hallocd: before refusing a uid for memory).
 // The question is asked with no lock held; asking costs one read of
-// /proc/self/fdinfo (~5 µs).
+// /proc/self/fdinfo (~5 µs). Finding what to ask about costs no scan of
+// what is kept: the thread's passes and a Refresh take only what they
+// ask about. Its times are the monotonic clock's (a wall-clock step
+// neither delays nor hastens a pass).
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_UTIL_LAST_REFERENCE_POLL_H_
@@ -23,11 +26,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -75,15 +80,34 @@ class LastReferencePoll : public LastReferenceFollower {
     absl::Time asked;  // last asked about (InfinitePast: never)
     uint32_t asks = 0;  // answers so far (a no, or a passing error)
   };
+  // One group's memory, by count of answers (the last queue: that many and
+  // more). Each queue holds its entries in the order they were put back,
+  // which is the order they were last asked about and, one interval per
+  // count, the order they fall due: the thread takes from the fronts, and
+  // Refresh from the front of the lowest queue up, neither scanning the
+  // rest. kQueues - 1 answers already reach kMaxInterval.
+  static constexpr uint32_t kQueues = 16;
+  struct Group {
+    std::deque<Kept> by_asks[kQueues];
+    size_t size = 0;
+  };
 
-  // Moves kept_ from `first` on out, counted in asking_ until Ask puts
-  // them back or reports them gone.
-  std::vector<Kept> TakeLocked(std::vector<Kept>::iterator first)
+  // Takes out what is due by `now` / what Refresh(group) asks about,
+  // counted in asking_ until Ask puts it back or reports it gone.
+  std::vector<Kept> TakeDueLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<Kept> TakeForRefreshLocked(std::optional<uint64_t> group)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The earliest due of what is kept (InfiniteFuture: nothing).
+  absl::Time NextDueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pops `q`'s front into `out`, keeping the counts.
+  void PopLocked(Group& g, std::deque<Kept>& q, std::vector<Kept>& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops groups left empty.
+  void PruneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Asks about each of `kept` (taken out of kept_; no lock held), then puts
-  // back what someone else still has, due again after its next interval,
-  // and reports the rest gone (their fds close on the way out).
+  // Asks about each of `kept` (taken out; no lock held), then puts back
+  // what someone else still has, due again after its next interval, and
+  // reports the rest gone (their fds close on the way out).
   void Ask(std::vector<Kept> kept);
   void Run();
 
@@ -91,7 +115,8 @@ class LastReferencePoll : public LastReferenceFollower {
   const bool on_a_thread_;
   mutable absl::Mutex mu_;
   absl::CondVar changed_;  // something new to ask about, or stop_
-  std::vector<Kept> kept_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Group> groups_ ABSL_GUARDED_BY(mu_);
+  size_t kept_ ABSL_GUARDED_BY(mu_) = 0;  // in groups_
   size_t asking_ ABSL_GUARDED_BY(mu_) = 0;  // taken out by Ask, not back yet
   std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);
   uint64_t unwatched_ ABSL_GUARDED_BY(mu_) = 0;

@@ -148,6 +148,30 @@ TEST(LastReferencePollTest, ARefreshAsksABoundedNumberOldestFirst) {
   EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(9999u));
 }
 
+// A refresh for anyone (hallocd full) takes, across groups, what was asked
+// about longest ago first.
+TEST(LastReferencePollTest, ARefreshForAnyoneTakesTheOldestAcrossGroups) {
+  Answers answers;
+  LastReferencePoll poll(answers.Fn(), /*on_a_thread=*/false);
+  const size_t per_group = LastReferencePoll::kMaxRefresh / 2 + 50;
+  std::vector<ino_t> first, second;  // in the order they were followed
+  for (uint64_t group : {1, 2}) {
+    for (size_t i = 0; i < per_group; ++i) {
+      auto [fd, ino] = Memory();
+      answers.Set(ino, 0);
+      (group == 1 ? first : second).push_back(ino);
+      poll.Follow(std::move(fd), group * 1000 + i, group);
+    }
+  }
+  poll.Refresh(std::nullopt);
+  for (ino_t ino : first) EXPECT_EQ(answers.Asked(ino), 2) << "group 1 was followed first";
+  const size_t rest = LastReferencePoll::kMaxRefresh - per_group;
+  for (size_t i = 0; i < second.size(); ++i) {
+    EXPECT_EQ(answers.Asked(second[i]), i < rest ? 2 : 1) << "group 2's #" << i;
+  }
+  EXPECT_EQ(poll.following(), 2 * per_group);
+}
+
 TEST(LastReferencePollTest, APassingErrorKeepsTheMemoryAndAsksAgain) {
   Answers answers;
   LastReferencePoll poll(answers.Fn(), /*on_a_thread=*/false);
