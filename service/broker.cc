@@ -31,7 +31,6 @@ namespace {
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
-constexpr absl::Duration kAcceptPause = absl::Milliseconds(100);
 // A lone client quiet for this long (ms) is no longer followed.
 constexpr int kLonePause = 50;
 
@@ -95,8 +94,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
-  UniqueFd reserve(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (!reserve) return ErrnoStatus(errno, "open(/dev/null)");
+  ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
   for (auto [fd, key] : {std::pair{listener.get(), kListenerKey},
                          std::pair{wake.get(), kWakeKey}}) {
     epoll_event ev{};
@@ -108,17 +106,17 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
   }
   std::unique_ptr<Broker> broker(new Broker(core, std::move(listener),
                                             std::move(epoll), std::move(wake),
-                                            std::move(reserve), path, owns_path));
+                                            std::move(accept_guard), path, owns_path));
   broker->follow_cpu_ = follow_client_cpu;
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
 
 Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
-               UniqueFd wake, UniqueFd reserve, std::string path,
+               UniqueFd wake, AcceptGuard accept_guard, std::string path,
                bool owns_path)
     : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
-      wake_(std::move(wake)), reserve_(std::move(reserve)),
+      wake_(std::move(wake)), accept_guard_(std::move(accept_guard)),
       path_(std::move(path)), owns_path_(owns_path),
       unread_fds_(std::make_shared<UnreadFds>(
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
@@ -192,7 +190,7 @@ void Broker::Run() {
         OnReadable(key);
       }
     }
-    if (!accepting_ && absl::Now() >= resume_at_) ResumeAccepting();
+    if (!accepting_ && !accept_guard_.Paused(absl::Now())) ResumeAccepting();
     if (!deadlines_.empty()) ExpireHandshakes();
     if (const absl::Time now = absl::Now(); now >= next_sweep_) {
       retired_ = unread_fds_->Sweep();
@@ -208,11 +206,10 @@ void Broker::Publish() {
   ServingCpu().store(held, std::memory_order_relaxed);
 }
 
-void Broker::PauseAccepting() {
+void Broker::StopAccepting() {
   if (!accepting_) return;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
   accepting_ = false;
-  resume_at_ = absl::Now() + kAcceptPause;
 }
 
 void Broker::ResumeAccepting() {
@@ -221,11 +218,10 @@ void Broker::ResumeAccepting() {
   ev.data.u64 = kListenerKey;
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
     PLOG(ERROR) << "broker: epoll_ctl(ADD listener)";
-    resume_at_ = absl::Now() + kAcceptPause;
+    accept_guard_.Pause(absl::Now());
     return;
   }
   accepting_ = true;
-  if (!reserve_) reserve_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
 }
 
 absl::Status Broker::Admit(uid_t uid) const {
@@ -243,17 +239,13 @@ void Broker::Accept() {
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) {
     const int err = errno;
-    if (err == EMFILE || err == ENFILE) {
-      // Out of fds: free the reserve to take the waiting connection and
-      // close it (its client sees the connection end instead of hanging),
-      // then stop accepting for a moment rather than spin.
-      reserve_.reset();
-      UniqueFd drop(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      reserve_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-      PauseAccepting();
+    if (accept_guard_.OnAcceptError(listener_.get(), err, absl::Now())) {
+      // Out of fds: the waiting connection was closed (its client sees the
+      // end instead of hanging); stop accepting for a moment, not spin.
+      StopAccepting();
       Warn("accept-fds", absl::StrCat("accept4: ", std::strerror(err),
                                       "; refusing connections for ",
-                                      absl::FormatDuration(kAcceptPause)));
+                                      absl::FormatDuration(AcceptGuard::kPause)));
     } else if (err != EAGAIN && err != ECONNABORTED && err != EINTR) {
       Warn("accept", absl::StrCat("accept4: ", std::strerror(err)));
     }

@@ -50,6 +50,7 @@
 #include "service/unread_fds.h"
 #include "service/util/cpu_follower.h"
 #include "service/util/log_limit.h"
+#include "service/util/unix_listener.h"
 #include "service/util/work_queue.h"
 
 namespace halloc {
@@ -115,7 +116,7 @@ class Broker {
   };
 
   Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,
-         UniqueFd reserve, std::string path, bool owns_path);
+         AcceptGuard accept_guard, std::string path, bool owns_path);
   // Starts the thread on a bound, listening socket.
   static absl::StatusOr<std::unique_ptr<Broker>> Launch(UniqueFd listener,
                                                         const std::string& path,
@@ -144,7 +145,9 @@ class Broker {
   void ExpireHandshakes();
   // Tells held_cpu() and ServingCpu() where the follower holds the thread.
   void Publish();
-  void PauseAccepting();
+  // Takes the listener out of / back into the epoll set (accept_guard_
+  // says when).
+  void StopAccepting();
   void ResumeAccepting();
   // Rate-limited warning about something an outsider caused.
   void Warn(absl::string_view kind, const std::string& line);
@@ -153,8 +156,8 @@ class Broker {
   const UniqueFd listener_;
   const UniqueFd epoll_;
   const UniqueFd wake_;  // eventfd that stops Run()
-  // Held open so that at EMFILE one fd can be freed to accept and close.
-  UniqueFd reserve_;
+  // Out of fds: closes the waiting connection and pauses accepting.
+  AcceptGuard accept_guard_;
   const std::string path_;
   const bool owns_path_;  // bound by us: unlinked at Stop
   // Only touched by the broker thread (and Stop after join).
@@ -175,7 +178,6 @@ class Broker {
                       std::greater<>>
       deadlines_;
   bool accepting_ = true;
-  absl::Time resume_at_;
   LogLimiter log_limit_;
   bool follow_cpu_ = false;  // follow_client_cpu when started
   // Set by Run for the thread it runs on when follow_cpu_.

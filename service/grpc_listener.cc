@@ -17,12 +17,11 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "service/util/log_limit.h"
 
 namespace halloc {
 namespace {
-
-constexpr int kAcceptPauseMs = 100;
 
 LogLimiter& Limiter() {
   static LogLimiter* limiter = new LogLimiter();
@@ -46,19 +45,18 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
   if (!wake) return ErrnoStatus(errno, "eventfd");
   UniqueFd ends(::epoll_create1(EPOLL_CLOEXEC));
   if (!ends) return ErrnoStatus(errno, "epoll_create1");
-  UniqueFd reserve(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (!reserve) return ErrnoStatus(errno, "open(/dev/null)");
+  ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
   std::unique_ptr<GrpcListener> l(new GrpcListener(std::move(listener), std::move(wake),
-                                                   std::move(ends), std::move(reserve),
+                                                   std::move(ends), std::move(accept_guard),
                                                    server, std::move(admit)));
   l->thread_ = std::thread([p = l.get()] { p->Run(); });
   return l;
 }
 
 GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
-                           UniqueFd reserve, grpc::Server* server, Admit admit)
+                           AcceptGuard accept_guard, grpc::Server* server, Admit admit)
     : listener_(std::move(listener)), wake_(std::move(wake)), ends_(std::move(ends)),
-      reserve_(std::move(reserve)), server_(server), admit_(std::move(admit)) {}
+      accept_guard_(std::move(accept_guard)), server_(server), admit_(std::move(admit)) {}
 
 GrpcListener::~GrpcListener() {
   Stop();
@@ -91,15 +89,15 @@ ConnectionCounts GrpcListener::held(uid_t uid) const {
 }
 
 void GrpcListener::Run() {
-  bool paused = false;
-  absl::Time resume;
   for (;;) {
     pollfd fds[3] = {{wake_.get(), POLLIN, 0},
                      {ends_.get(), POLLIN, 0},
                      {listener_.get(), POLLIN, 0}};
+    const absl::Time now = absl::Now();
+    const bool paused = accept_guard_.Paused(now);
     const int timeout =
         paused ? static_cast<int>(std::max<int64_t>(
-                     0, absl::ToInt64Milliseconds(resume - absl::Now()) + 1))
+                     0, absl::ToInt64Milliseconds(accept_guard_.resume_at() - now) + 1))
                : -1;
     const int n = ::poll(fds, paused ? 2 : 3, timeout);
     if (n < 0 && errno != EINTR) {
@@ -109,15 +107,7 @@ void GrpcListener::Run() {
     if (n > 0 && fds[0].revents != 0) return;
     // Ends first: a uid at its limit that closed one may connect again.
     if (n > 0 && fds[1].revents != 0) Reap();
-    if (paused) {
-      if (absl::Now() < resume) continue;
-      paused = false;
-      if (!reserve_) reserve_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    }
-    if (n > 0 && fds[2].revents != 0 && !AcceptOne()) {
-      paused = true;
-      resume = absl::Now() + absl::Milliseconds(kAcceptPauseMs);
-    }
+    if (!paused && n > 0 && fds[2].revents != 0) AcceptOne();
   }
 }
 
@@ -137,49 +127,48 @@ void GrpcListener::Reap() {
   }
 }
 
-bool GrpcListener::AcceptOne() {
+void GrpcListener::AcceptOne() {
   // gRPC's endpoints expect non-blocking fds.
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   if (!conn) {
     const int err = errno;
-    if (err == EMFILE || err == ENFILE) {
-      // Take the waiting connection with the reserve fd and close it, so its
-      // client sees the end instead of hanging; then pause.
-      reserve_.reset();
-      UniqueFd drop(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (accept_guard_.OnAcceptError(listener_.get(), err, absl::Now())) {
+      // The waiting connection was closed (its client sees the end instead
+      // of hanging); accepting pauses.
       LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err)
-                                << "; refusing connections for " << kAcceptPauseMs << " ms";
-      return false;
+                                << "; refusing connections for "
+                                << absl::FormatDuration(AcceptGuard::kPause);
+      return;
     }
     if (err != EAGAIN && err != ECONNABORTED && err != EINTR) {
       LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err);
     }
-    return true;
+    return;
   }
   ucred cred{};
   socklen_t len = sizeof(cred);
   if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return true;  // closes it: no identity, no service
+    return;  // closes it: no identity, no service
   }
   if (absl::Status admit = admit_(cred.uid, held(cred.uid)); !admit.ok()) {
     if (uint64_t dropped; Limiter().Allow("control-refused", &dropped)) {
       LOG(WARNING) << "control socket: refused a connection: " << admit.message()
                    << LogLimiter::Dropped(dropped);
     }
-    return true;  // closed: the client sees the connection end
+    return;  // closed: the client sees the connection end
   }
   UniqueFd dup(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));
   if (!dup) {
     // Uncounted, so not served: the fd table is nearly full anyway.
     LOG_EVERY_N(WARNING, 100) << "control socket: dup: " << std::strerror(errno);
-    return true;
+    return;
   }
   epoll_event ev{};
   ev.events = EPOLLRDHUP;  // EPOLLHUP and EPOLLERR are always reported
   ev.data.fd = dup.get();
   if (::epoll_ctl(ends_.get(), EPOLL_CTL_ADD, dup.get(), &ev) != 0) {
     LOG_EVERY_N(WARNING, 100) << "control socket: epoll_ctl: " << std::strerror(errno);
-    return true;
+    return;
   }
   {
     absl::MutexLock lock(&mu_);
@@ -188,7 +177,6 @@ bool GrpcListener::AcceptOne() {
   }
   (void)dup.release();  // conns_ owns it now
   grpc::AddInsecureChannelFromFd(server_, conn.release());  // gRPC owns it now
-  return true;
 }
 
 }  // namespace halloc

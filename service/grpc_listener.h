@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/connection_limits.h"
+#include "service/util/unix_listener.h"
 
 namespace grpc {
 class Server;
@@ -63,11 +64,11 @@ class GrpcListener {
   ConnectionCounts held(uid_t uid) const;
 
  private:
-  GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, UniqueFd reserve,
+  GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, AcceptGuard accept_guard,
                grpc::Server* server, Admit admit);
   void Run();
-  // Accepts one connection; false when accepting should pause.
-  bool AcceptOne();
+  // Accepts one connection (or, out of fds, pauses: accept_guard_).
+  void AcceptOne();
   // Forgets the connections whose ends `ends_` reports.
   void Reap();
   // Takes a connection's duplicate out of `ends_` and closes it.
@@ -76,7 +77,7 @@ class GrpcListener {
   const UniqueFd listener_;
   const UniqueFd wake_;  // eventfd that stops Run()
   const UniqueFd ends_;  // epoll set of the duplicates
-  UniqueFd reserve_;     // freed at EMFILE to accept and close
+  AcceptGuard accept_guard_;  // out of fds: close the waiting one, pause
   grpc::Server* const server_;
   const Admit admit_;
   std::thread thread_;

@@ -1,5 +1,6 @@
 #include "service/util/unix_listener.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -52,6 +53,33 @@ absl::StatusOr<UniqueFd> BindUnixSocket(const std::string& path, int type,
     return ErrnoStatus(errno, absl::StrCat("listen(", path, ")"));
   }
   return fd;
+}
+
+namespace {
+
+UniqueFd OpenSpare() { return UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+}  // namespace
+
+absl::StatusOr<AcceptGuard> AcceptGuard::Create() {
+  UniqueFd spare = OpenSpare();
+  if (!spare) return ErrnoStatus(errno, "open(/dev/null)");
+  return AcceptGuard(std::move(spare));
+}
+
+bool AcceptGuard::OnAcceptError(int listener, int err, absl::Time now) {
+  if (err != EMFILE && err != ENFILE) return false;
+  spare_.reset();
+  { UniqueFd drop(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)); }
+  spare_ = OpenSpare();
+  Pause(now);
+  return true;
+}
+
+bool AcceptGuard::Paused(absl::Time now) {
+  if (now < resume_at_) return true;
+  if (!spare_) spare_ = OpenSpare();
+  return false;
 }
 
 }  // namespace halloc

@@ -7,9 +7,11 @@
 #include <sys/stat.h>
 
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc {
@@ -24,6 +26,42 @@ absl::StatusOr<UniqueFd> BindUnixSocket(const std::string& path, int type, mode_
 // Removes a socket file at `path` if nobody listens on it (a stream or a
 // seqpacket server); OK when there is nothing at `path`.
 absl::Status RemoveStaleSocket(const std::string& path);
+
+// What an accepting thread does when its process is out of fds. accept4
+// then fails (EMFILE, ENFILE) and the connection stays queued: a
+// level-triggered poll reports it again at once (the thread spins) and its
+// client hangs. The guard holds one spare fd: at EMFILE it frees it, takes
+// the waiting connection with it and closes it (that client sees the
+// connection end), and the thread stops accepting for kPause; the spare is
+// opened again at once, or when the pause ends.
+//
+// Not thread-safe: used by the one accepting thread.
+class AcceptGuard {
+ public:
+  static constexpr absl::Duration kPause = absl::Milliseconds(100);
+
+  static absl::StatusOr<AcceptGuard> Create();
+
+  // accept4 on `listener` failed with `err`: true when accepting should
+  // pause (out of fds: the waiting connection was taken and closed).
+  bool OnAcceptError(int listener, int err, absl::Time now);
+  // Starts a pause without an accept (a listener that could not be
+  // watched again, say).
+  void Pause(absl::Time now) { resume_at_ = now + kPause; }
+  // Whether accepting is paused at `now`. Once it is not, the spare is held
+  // again (where it can be opened).
+  bool Paused(absl::Time now);
+  // When the pause ends (InfinitePast: none begun).
+  absl::Time resume_at() const { return resume_at_; }
+  // Whether the spare fd is held now.
+  bool has_spare() const { return static_cast<bool>(spare_); }
+
+ private:
+  explicit AcceptGuard(UniqueFd spare) : spare_(std::move(spare)) {}
+
+  UniqueFd spare_;
+  absl::Time resume_at_ = absl::InfinitePast();
+};
 
 }  // namespace halloc
 

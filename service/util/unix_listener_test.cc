@@ -1,5 +1,7 @@
 #include "service/util/unix_listener.h"
 
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -89,6 +91,47 @@ TEST_F(UnixListenerTest, RefusesAPathTooLongOrEmpty) {
   EXPECT_EQ(BindUnixSocket("", SOCK_STREAM, 0600).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(RemoveStaleSocket(dir_ + "/nothing-here").ok());
+}
+
+// Out of fds, the waiting client is shown the door rather than left
+// hanging, accepting pauses, and the spare comes back.
+TEST_F(UnixListenerTest, AnAcceptGuardClosesTheWaitingConnectionWhenOutOfFds) {
+  const std::string path = dir_ + "/s.sock";
+  absl::StatusOr<UniqueFd> listener = BindUnixSocket(path, SOCK_SEQPACKET, 0600);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  absl::StatusOr<AcceptGuard> guard = AcceptGuard::Create();
+  ASSERT_TRUE(guard.ok()) << guard.status();
+  absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+  UniqueFd client(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)),
+            0);
+  const absl::Time now = absl::Now();
+  EXPECT_FALSE(guard->OnAcceptError(listener->get(), EAGAIN, now)) << "not out of fds";
+  EXPECT_FALSE(guard->Paused(now));
+
+  // No fd left below the limit but the spare.
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest_free = ::dup(0);
+  ::close(lowest_free);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &tight), 0);
+  const int accepted = ::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC);
+  const int err = errno;
+  const bool paused = guard->OnAcceptError(listener->get(), err, now);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_EQ(accepted, -1);
+  EXPECT_EQ(err, EMFILE);
+  EXPECT_TRUE(paused);
+
+  pollfd p{client.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  char byte;
+  EXPECT_EQ(::recv(client.get(), &byte, 1, MSG_DONTWAIT), 0) << "the client sees the end";
+  EXPECT_TRUE(guard->Paused(now + AcceptGuard::kPause / 2));
+  EXPECT_FALSE(guard->Paused(now + AcceptGuard::kPause));
+  EXPECT_TRUE(guard->has_spare());
 }
 
 }  // namespace
