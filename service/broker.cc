@@ -190,7 +190,7 @@ void Broker::Run() {
         OnReadable(key);
       }
     }
-    if (!accepting_ && !accept_guard_.Paused(absl::Now())) ResumeAccepting();
+    if (!accepting_ && !accept_guard_.Paused(MonotonicNow())) ResumeAccepting();
     if (!deadlines_.empty()) ExpireHandshakes();
     if (const absl::Time now = absl::Now(); now >= next_sweep_) {
       retired_ = unread_fds_->Sweep();
@@ -218,7 +218,7 @@ void Broker::ResumeAccepting() {
   ev.data.u64 = kListenerKey;
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, listener_.get(), &ev) != 0) {
     PLOG(ERROR) << "broker: epoll_ctl(ADD listener)";
-    accept_guard_.Pause(absl::Now());
+    accept_guard_.Pause(MonotonicNow());
     return;
   }
   accepting_ = true;
@@ -239,7 +239,7 @@ void Broker::Accept() {
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) {
     const int err = errno;
-    if (accept_guard_.OnAcceptError(listener_.get(), err, absl::Now())) {
+    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow())) {
       // Out of fds: the waiting connection was closed (its client sees the
       // end instead of hanging); stop accepting for a moment, not spin.
       StopAccepting();

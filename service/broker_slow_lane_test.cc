@@ -42,6 +42,7 @@ class GatedBackend : public Backend {
   GatedBackend(absl::Notification* entered, absl::Notification* open)
       : entered_(entered), open_(open) {}
   absl::string_view name() const override { return inner_.name(); }
+  bool MakesDmaBufs() const override { return inner_.MakesDmaBufs(); }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
     if (r.size >= (uint64_t{64} << 20)) {
       if (!entered_->HasBeenNotified()) entered_->Notify();  // one thread calls

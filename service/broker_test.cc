@@ -422,8 +422,8 @@ TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
     absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
     if (!c.ok()) ::_exit(1);
     if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
-    if (::dup2(c->fd.get(), 3) != 3 || ::fcntl(3, F_SETFD, 0) != 0 ||
-        ::dup2(reply_w.get(), 1) != 1) {
+    if (::dup2(reply_w.get(), 1) != 1 || ::dup2(c->fd.get(), 3) != 3 ||
+        ::fcntl(3, F_SETFD, 0) != 0) {
       ::_exit(3);
     }
     ::execl(kPython, kPython, "-c",

@@ -93,7 +93,7 @@ void GrpcListener::Run() {
     pollfd fds[3] = {{wake_.get(), POLLIN, 0},
                      {ends_.get(), POLLIN, 0},
                      {listener_.get(), POLLIN, 0}};
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     const bool paused = accept_guard_.Paused(now);
     const int timeout =
         paused ? static_cast<int>(std::max<int64_t>(
@@ -132,7 +132,7 @@ void GrpcListener::AcceptOne() {
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   if (!conn) {
     const int err = errno;
-    if (accept_guard_.OnAcceptError(listener_.get(), err, absl::Now())) {
+    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow())) {
       // The waiting connection was closed (its client sees the end instead
       // of hanging); accepting pauses.
       LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err)

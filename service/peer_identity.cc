@@ -46,23 +46,24 @@ bool StillRunning(int pidfd) {
 
 Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd,
                          bool exe_matters) {
-  if (sender.pid != session.pid) {
-    return {sender.uid, sender.gid, sender.pid, "", std::nullopt};
+  const Identity others{sender.uid, sender.gid, sender.pid, "", std::nullopt};
+  if (sender.pid != session.pid) return others;
+  // The session's identity, its executable only where it can matter.
+  Identity id = session;
+  if (!exe_matters) id.exe_file.reset();
+  // From the session's pid: its process, or one that took the pid over
+  // after it exited. The latter gains nothing it does not have when the
+  // stamp's uid and gid are the session's and no executable is claimed;
+  // otherwise the process is looked at. Still the verified file (an exec
+  // keeps the pid and the pidfd, not the file), then still the process
+  // that connected: the file first, so that a process found running after
+  // it was the one whose file was read. (A process that changed its uid
+  // since, a setuid one, keeps the session's.)
+  if (sender.uid == session.uid && sender.gid == session.gid && !id.exe_file) return id;
+  if (id.exe_file && FileIdOf(absl::StrCat("/proc/", session.pid, "/exe")) != id.exe_file) {
+    return others;
   }
-  if (!session.exe_file) return session;
-  if (!exe_matters) {
-    Identity id = session;
-    id.exe_file.reset();
-    return id;
-  }
-  // Still the verified file (an exec keeps the pid and the pidfd, not the
-  // file) and still the verified process: the file first, so that a
-  // process found running after it was the one whose file was read.
-  if (FileIdOf(absl::StrCat("/proc/", session.pid, "/exe")) == session.exe_file &&
-      StillRunning(pidfd)) {
-    return session;
-  }
-  return {sender.uid, sender.gid, sender.pid, "", std::nullopt};
+  return StillRunning(pidfd) ? id : others;
 }
 
 }  // namespace halloc

@@ -46,17 +46,20 @@ bool StillRunning(int pidfd);
 
 // Who sent one request on a session's connection. The session's identity
 // (`session`, from the handshake) speaks for a record only from its own
-// pid; anyone else holding the socket (a fork, a receiver of the fd) is
-// judged by the record's uid and gid alone (`sender`, SCM_CREDENTIALS).
-// A verified executable speaks only while the verified process still runs
-// it: not once the process has exited (its pid may come round again to a
-// process holding the socket: `pidfd` tells), nor after it exec'd another
-// file (same pid, same pidfd: /proc/<pid>/exe tells). That takes a stat
-// and a poll, made only when `exe_matters` (the policy in force has rules
-// that match executables); otherwise the executable is left unverified for
-// this request, so that a policy reloaded meanwhile cannot match it either.
-// Not closed: a process that execs a file of its choosing, sends, and
-// execs the verified file again before hallocd looks.
+// process; anyone else holding the socket (a fork, a receiver of the fd)
+// is judged by the record's uid and gid alone (`sender`, SCM_CREDENTIALS).
+// Once the session's process has exited its pid may come round again to a
+// process holding the socket (`pidfd`, pinning the session's process,
+// tells), so a record stamped with that pid but another uid or gid is the
+// session's only while that process runs (a poll). A verified executable
+// speaks only while the verified process still runs it: not once it has
+// exited, nor after it exec'd another file (same pid, same pidfd:
+// /proc/<pid>/exe tells): a stat and a poll, made only when `exe_matters`
+// (the policy in force has rules that match executables); otherwise the
+// executable is left unverified for this request, so that a policy
+// reloaded meanwhile cannot match it either. Not closed: a process that
+// execs a file of its choosing, sends, and execs the verified file again
+// before hallocd looks.
 Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd,
                          bool exe_matters);
 

@@ -130,14 +130,28 @@ TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   EXPECT_FALSE(id.exe_file.has_value());
   // Once the verified process has exited, its pid speaks for whoever
   // holds it now: uid and gid of the record alone.
-  ASSERT_TRUE(child->Signal(SIGKILL));
-  ASSERT_TRUE(child->Wait().has_value());
-  id = RequestIdentity(session, ucred{session.pid, 9, 10}, pidfd.get(), true);
-  EXPECT_EQ(id.uid, 9u);
-  EXPECT_FALSE(id.exe_file.has_value());
-  // A session never verified keeps its identity without any poll.
   Identity unverified = session;
   unverified.exe_file.reset();
+  const ucred changed{child->pid(), 9, 10};
+  // While it runs, the session's process stamped with another uid (it
+  // changed its own) is still the session.
+  EXPECT_EQ(RequestIdentity(unverified, changed, pidfd.get(), false).uid, 7u);
+  ASSERT_TRUE(child->Signal(SIGKILL));
+  ASSERT_TRUE(child->Wait().has_value());
+  for (bool exe_matters : {true, false}) {
+    SCOPED_TRACE(exe_matters);
+    for (const Identity* s : {&session, static_cast<const Identity*>(&unverified)}) {
+      id = RequestIdentity(*s, changed, pidfd.get(), exe_matters);
+      EXPECT_EQ(id.uid, 9u) << "a pid come round to another uid lends it nothing";
+      EXPECT_EQ(id.gid, 10u);
+      EXPECT_FALSE(id.exe_file.has_value());
+    }
+  }
+  // Nor, with exe rules, the verified executable to the same uid.
+  id = RequestIdentity(session, same, pidfd.get(), true);
+  EXPECT_FALSE(id.exe_file.has_value());
+  // With the session's own uid and gid and no executable to vouch for,
+  // nothing is lent: no poll (an invalid pidfd would fail it).
   id = RequestIdentity(unverified, same, -1, true);
   EXPECT_EQ(id.uid, 7u);
   EXPECT_EQ(id.exe, "/usr/bin/cam");

@@ -65,8 +65,10 @@ class Backend {
 
   virtual absl::string_view name() const = 0;
   // Whether its fds are dma-bufs (CPU access bracketed by
-  // DMA_BUF_IOCTL_SYNC); otherwise memfds. Decorators forward it.
-  virtual bool MakesDmaBufs() const { return true; }
+  // DMA_BUF_IOCTL_SYNC); otherwise memfds (BufferInfo.fd_kind: a wrong
+  // answer makes clients' Map fail or skip the bracket). Decorators
+  // forward it.
+  virtual bool MakesDmaBufs() const = 0;
 
   // Zero-filled memory of exactly `request.size` bytes, read-write.
   virtual absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) = 0;

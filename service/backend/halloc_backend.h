@@ -102,6 +102,7 @@ class HallocBackend : public Backend {
                                                         std::vector<std::string> contig_only);
 
   absl::string_view name() const override { return "halloc"; }
+  bool MakesDmaBufs() const override { return true; }
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& request) override;
   bool CanEnforce(CpuAccess) const override { return true; }
   bool CanLimitAttach() const override { return true; }

@@ -52,6 +52,7 @@ inline absl::StatusOr<UniqueFd> OpenPlainDmabufView(absl::string_view backend,
 // the rights answers above, once.
 class PlainDmabufBackend : public Backend {
  public:
+  bool MakesDmaBufs() const override { return true; }
   bool CanEnforce(CpuAccess access) const override { return PlainDmabufCanEnforce(access); }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     const ViewRights& rights) override {

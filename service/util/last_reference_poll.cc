@@ -3,17 +3,17 @@
 #include <glog/logging.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <utility>
 
+#include "service/util/clock.h"
 #include "service/util/log_limit.h"
 
 namespace halloc {
 namespace {
 
-// The thread's passes are at least this far apart (each scans what is
-// kept: at most four scans a second).
+// The thread's passes are at least this far apart (at most four a second,
+// each asking about all that fell due since the last).
 constexpr absl::Duration kBatch = absl::Milliseconds(250);
 
 // Errors a later ask may not meet (hallocd out of fds or memory for a
@@ -28,12 +28,6 @@ absl::Duration IntervalAfter(uint32_t asks) {
   absl::Duration d = LastReferencePoll::kFirstInterval;
   for (uint32_t i = 1; i < asks && d < LastReferencePoll::kMaxInterval; ++i) d *= 2;
   return std::min(d, LastReferencePoll::kMaxInterval);
-}
-
-// The monotonic clock as an absl::Time (only differences mean anything).
-absl::Time MonotonicNow() {
-  return absl::UnixEpoch() +
-         absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
 }
 
 LogLimiter& Limiter() {
@@ -94,7 +88,6 @@ std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeDueLocked(absl::Time
       while (!q.empty() && q.front().due <= now) PopLocked(g, q, due);
     }
   }
-  PruneLocked();
   return due;
 }
 
@@ -128,7 +121,6 @@ std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeForRefreshLocked(
       PopLocked(*oldest, oldest->by_asks[i], taken);
     }
   }
-  PruneLocked();
   return taken;
 }
 
@@ -165,20 +157,23 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
                    << LogLimiter::Dropped(dropped);
     }
   }
-  if (still.empty()) return;
-  // Stamped as they go back, so that each queue stays in the order of its
-  // stamps (and of its dues) whoever asked.
-  const absl::Time now = MonotonicNow();
-  for (Kept& k : still) {
-    k.asked = now;
-    k.due = now + IntervalAfter(k.asks);
-    Group& g = groups_[k.group];
-    g.by_asks[std::min(k.asks, kQueues) - 1].push_back(std::move(k));
-    ++g.size;
-    ++kept_;
+  if (!still.empty()) {
+    // Stamped as they go back, so that each queue stays in the order of its
+    // stamps (and of its dues) whoever asked.
+    const absl::Time now = MonotonicNow();
+    for (Kept& k : still) {
+      k.asked = now;
+      k.due = now + IntervalAfter(k.asks);
+      Group& g = groups_[k.group];
+      g.by_asks[std::min(k.asks, kQueues) - 1].push_back(std::move(k));
+      ++g.size;
+      ++kept_;
+    }
+    if (on_a_thread_ && !thread_.joinable() && !stop_) thread_ = std::thread([this] { Run(); });
+    changed_.Signal();
   }
-  if (on_a_thread_ && !thread_.joinable() && !stop_) thread_ = std::thread([this] { Run(); });
-  changed_.Signal();
+  // Groups left empty go (not at each take: most come back at once).
+  PruneLocked();
 }
 
 void LastReferencePoll::Run() {

@@ -77,7 +77,7 @@ class LastReferencePoll : public LastReferenceFollower {
     uint64_t token = 0;
     uint64_t group = 0;
     absl::Time due;    // when the thread asks next
-    absl::Time asked;  // last asked about (InfinitePast: never)
+    absl::Time asked;  // last put back after an ask (InfinitePast: never)
     uint32_t asks = 0;  // answers so far (a no, or a passing error)
   };
   // One group's memory, by count of answers (the last queue: that many and
@@ -102,7 +102,8 @@ class LastReferencePoll : public LastReferenceFollower {
   // Pops `q`'s front into `out`, keeping the counts.
   void PopLocked(Group& g, std::deque<Kept>& q, std::vector<Kept>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Drops groups left empty.
+  // Drops groups left empty (after a put-back: a pass or a refresh that
+  // empties a group mostly puts it back at once).
   void PruneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Asks about each of `kept` (taken out; no lock held), then puts back

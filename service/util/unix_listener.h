@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 
@@ -33,7 +34,8 @@ absl::Status RemoveStaleSocket(const std::string& path);
 // client hangs. The guard holds one spare fd: at EMFILE it frees it, takes
 // the waiting connection with it and closes it (that client sees the
 // connection end), and the thread stops accepting for kPause; the spare is
-// opened again at once, or when the pause ends.
+// opened again at once, or when the pause ends. Times are MonotonicNow()'s
+// (clock.h).
 //
 // Not thread-safe: used by the one accepting thread.
 class AcceptGuard {

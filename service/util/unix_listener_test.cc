@@ -105,7 +105,7 @@ TEST_F(UnixListenerTest, AnAcceptGuardClosesTheWaitingConnectionWhenOutOfFds) {
   UniqueFd client(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   ASSERT_EQ(::connect(client.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)),
             0);
-  const absl::Time now = absl::Now();
+  const absl::Time now = MonotonicNow();
   EXPECT_FALSE(guard->OnAcceptError(listener->get(), EAGAIN, now)) << "not out of fds";
   EXPECT_FALSE(guard->Paused(now));
 

@@ -4,6 +4,7 @@
 #ifndef HALLOC_TESTS_INTEGRATION_ABUSE_FIXTURE_H_
 #define HALLOC_TESTS_INTEGRATION_ABUSE_FIXTURE_H_
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <sched.h>
 #include <poll.h>

@@ -2,6 +2,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <string>
+
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 
@@ -12,6 +15,16 @@ UniqueFd Memfd() {
   UniqueFd fd(::memfd_create("buffer-test", MFD_CLOEXEC));
   if (fd && ::ftruncate(fd.get(), 4096) != 0) return UniqueFd();
   return fd;
+}
+
+// Mappings of this test's memfds in this process.
+int Mapped() {
+  std::ifstream maps("/proc/self/maps");
+  int n = 0;
+  for (std::string line; std::getline(maps, line);) {
+    n += line.find("memfd:buffer-test") != std::string::npos;
+  }
+  return n;
 }
 
 v1::BufferInfo Info(v1::FdKind kind) {
@@ -32,6 +45,7 @@ TEST(BufferTest, AsksTheFdOnlyWhenTheInfoDoesNotSay) {
   absl::StatusOr<Mapping> m = asked.Map(Access::kReadWrite);
   ASSERT_TRUE(m.ok()) << m.status();
   m->as<char>()[0] = 1;
+  EXPECT_EQ(Mapped(), 1) << "Mapped() sees this test's mappings";
 
   Buffer told(Info(v1::FD_KIND_MEMFD), Memfd());
   EXPECT_FALSE(told.is_dmabuf());
@@ -48,6 +62,7 @@ TEST(BufferTest, TakesTheInfosWordForWhatTheFdIs) {
   ASSERT_FALSE(m.ok());
   EXPECT_NE(m.status().message().find("DMA_BUF_IOCTL_SYNC"), std::string::npos)
       << m.status();
+  EXPECT_EQ(Mapped(), 0);
   // A dma-buf by its info: the fence ioctl is tried (and refused by the
   // memfd), not turned down as a memfd's would be.
   EXPECT_NE(b.ExportSyncFile(Access::kRead).status().code(),
