@@ -30,6 +30,10 @@ absl::Duration IntervalAfter(uint32_t asks) {
   return std::min(d, LastReferencePoll::kMaxInterval);
 }
 
+// When the thread asks next about memory answered `asks` times, last put
+// back at `asked`: the interval after that many answers.
+absl::Time DueOf(uint32_t asks, absl::Time asked) { return asked + IntervalAfter(asks); }
+
 LogLimiter& Limiter() {
   static LogLimiter* limiter = new LogLimiter(2);
   return *limiter;
@@ -51,7 +55,7 @@ LastReferencePoll::~LastReferencePoll() {
 
 void LastReferencePoll::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
   std::vector<Kept> one;
-  one.push_back(Kept{std::move(fd), token, group, absl::InfinitePast(), absl::InfinitePast(), 0});
+  one.push_back(Kept{std::move(fd), token, group, absl::InfinitePast(), 0});
   {
     absl::MutexLock lock(&mu_);
     asking_ += one.size();
@@ -75,7 +79,7 @@ absl::Time LastReferencePoll::NextDueLocked() const {
   absl::Time next = absl::InfiniteFuture();
   for (const auto& [id, g] : groups_) {
     for (const std::deque<Kept>& q : g.by_asks) {
-      if (!q.empty()) next = std::min(next, q.front().due);
+      if (!q.empty()) next = std::min(next, DueOf(q.front().asks, q.front().asked));
     }
   }
   return next;
@@ -85,7 +89,9 @@ std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeDueLocked(absl::Time
   std::vector<Kept> due;
   for (auto& [id, g] : groups_) {
     for (std::deque<Kept>& q : g.by_asks) {
-      while (!q.empty() && q.front().due <= now) PopLocked(g, q, due);
+      while (!q.empty() && DueOf(q.front().asks, q.front().asked) <= now) {
+        PopLocked(g, q, due);
+      }
     }
   }
   return due;
@@ -163,7 +169,6 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
     const absl::Time now = MonotonicNow();
     for (Kept& k : still) {
       k.asked = now;
-      k.due = now + IntervalAfter(k.asks);
       Group& g = groups_[k.group];
       g.by_asks[std::min(k.asks, kQueues) - 1].push_back(std::move(k));
       ++g.size;

@@ -76,7 +76,6 @@ class LastReferencePoll : public LastReferenceFollower {
     UniqueFd fd;
     uint64_t token = 0;
     uint64_t group = 0;
-    absl::Time due;    // when the thread asks next
     absl::Time asked;  // last put back after an ask (InfinitePast: never)
     uint32_t asks = 0;  // answers so far (a no, or a passing error)
   };
