@@ -351,6 +351,15 @@ void TrustOnlyThisExecutable(Allocator& core) {
   core.SetPolicy(*policy);
 }
 
+// In a forked child: a connection to the broker at `path`, verified as this
+// executable and trusted with one Allocate; the child exits (1, 2) if not.
+BrokerConnection TrustedOrExit(const std::string& path) {
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
+  if (!c.ok()) ::_exit(1);
+  if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
+  return *std::move(c);
+}
+
 TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   // A process holding the socket (a child the verified one forked, or a
   // receiver of the fd) waits for the verified process to exit and for its
@@ -368,10 +377,8 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   ASSERT_GE(verified, 0);
   if (verified == 0) {
     // Verifies as this executable, is trusted, hands the socket over, exits.
-    absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
-    if (!c.ok()) ::_exit(1);
-    if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
-    const int fd = c->fd.get();
+    const BrokerConnection c = TrustedOrExit(path);
+    const int fd = c.fd.get();
     ::_exit(SendRecord(theirs.get(), "conn", {&fd, 1}, false).ok() ? 0 : 3);
   }
   int status = 0;
@@ -408,8 +415,7 @@ TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
   v1::BrokerRequest req;
   req.set_request_id(7);
   req.mutable_allocate()->mutable_desc()->set_size(4096);
-  std::string hex;
-  for (unsigned char ch : req.SerializeAsString()) absl::StrAppend(&hex, absl::Hex(ch, absl::kZeroPad2));
+  const std::string hex = absl::BytesToHexString(req.SerializeAsString());
   int out[2];
   ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
   UniqueFd reply_r(out[0]), reply_w(out[1]);
@@ -419,10 +425,8 @@ TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
     // Verifies as this executable and is trusted, then execs python, which
     // sends the same request on the verified socket (fd 3) and prints the
     // reply (hex) before it exits.
-    absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
-    if (!c.ok()) ::_exit(1);
-    if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
-    if (::dup2(reply_w.get(), 1) != 1 || ::dup2(c->fd.get(), 3) != 3 ||
+    const BrokerConnection c = TrustedOrExit(path);
+    if (::dup2(reply_w.get(), 1) != 1 || ::dup2(c.fd.get(), 3) != 3 ||
         ::fcntl(3, F_SETFD, 0) != 0) {
       ::_exit(3);
     }
