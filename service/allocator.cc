@@ -16,6 +16,7 @@
 #include "service/layout/layout.h"
 #include "service/metadata.h"
 #include "service/policy/decide.h"
+#include "service/util/clock.h"
 #include "service/util/last_reference_poll.h"
 
 namespace halloc {
@@ -234,7 +235,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
 absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const Identity& caller, const v1::AllocateRequest& req,
     FdChannel& channel, bool may_wait) {
-  const absl::Time start = absl::Now();
+  const absl::Time start = MonotonicNow();
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &caller));
   const AllocateDecision& decision = *plan.decision;
   // Judged now, and again when committing (other sessions of the client
@@ -296,7 +297,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     registry_.Release(session.id(), ids).IgnoreError();
     return sent;
   }
-  allocate_latency_.Record(absl::Now() - start);
+  allocate_latency_.Record(MonotonicNow() - start);
   return resp;
 }
 

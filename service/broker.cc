@@ -192,7 +192,7 @@ void Broker::Run() {
     }
     if (!accepting_ && !accept_guard_.Paused(MonotonicNow())) ResumeAccepting();
     if (!deadlines_.empty()) ExpireHandshakes();
-    if (const absl::Time now = absl::Now(); now >= next_sweep_) {
+    if (const absl::Time now = MonotonicNow(); now >= next_sweep_) {
       retired_ = unread_fds_->Sweep();
       next_sweep_ = now + absl::Milliseconds(100);
     }
@@ -282,7 +282,7 @@ void Broker::Accept() {
   c->exe = std::move(exe.path);
   c->exe_file = exe.file;
   c->challenge = RandomBytes(16);
-  c->deadline = absl::Now() + verify_timeout;
+  c->deadline = MonotonicNow() + verify_timeout;
   c->channel = std::make_shared<SocketFdChannel>(std::move(conn), cred.uid, unread_fds_);
   // The challenge goes out only now, after the executable was read.
   v1::BrokerFrame frame;
@@ -314,7 +314,7 @@ void Broker::Accept() {
 // connection: one connection that never verifies must not make each turn
 // of Run cost as much as all the sessions.
 void Broker::ExpireHandshakes() {
-  const absl::Time now = absl::Now();
+  const absl::Time now = MonotonicNow();
   while (!deadlines_.empty() && deadlines_.top().first <= now) {
     const uint64_t key = deadlines_.top().second;
     deadlines_.pop();

@@ -43,6 +43,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 
@@ -55,7 +56,7 @@ class UnreadFds {
   // clock (tests pass their own).
   static constexpr absl::Duration kRefreshEvery = absl::Milliseconds(10);
   UnreadFds(uint64_t per_uid, uint64_t total,
-            std::function<absl::Time()> now = [] { return absl::Now(); })
+            std::function<absl::Time()> now = MonotonicNow)
       : per_uid_(per_uid), total_limit_(total), now_(std::move(now)) {}
   // Limits from hallocd's own RLIMIT_NOFILE (what the kernel compares
   // with): half of it for everyone, an eighth of that per uid (at least 64).

@@ -15,6 +15,7 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/util/clock.h"
 #include "service/util/cpu_follower.h"
 
 namespace halloc {
@@ -121,7 +122,7 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     }
     Class& c = it->second;
     ++c.requests;
-    c.last_use = absl::Now();
+    c.last_use = MonotonicNow();
     const bool hit = !c.stock.empty();
     UniqueFd fd;
     if (hit) {
@@ -278,7 +279,7 @@ void PooledBackend::Run(Refiller who) {
       std::deque<UniqueFd> freed;
       absl::MutexLock lock(&mu_);
       if (stop_) return;
-      if (who == Refiller::kIdle) TrimIdle(absl::Now(), freed);
+      if (who == Refiller::kIdle) TrimIdle(MonotonicNow(), freed);
       if (Deficit() == nullptr) {
         sleep();
         continue;

@@ -17,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 
@@ -28,7 +29,7 @@ class LogLimiter {
 
   // Whether a line of `kind` may be logged now. When it may, `*dropped` is
   // how many of that kind were refused since the last one logged.
-  bool Allow(absl::string_view kind, uint64_t* dropped) { return AllowAt(kind, absl::Now(), dropped); }
+  bool Allow(absl::string_view kind, uint64_t* dropped) { return AllowAt(kind, MonotonicNow(), dropped); }
   bool AllowAt(absl::string_view kind, absl::Time now, uint64_t* dropped);
 
   // " (N similar lines dropped)" or "".
