@@ -105,13 +105,19 @@ class Buffer:
         return self._fd.fileno()
 
     def is_dmabuf(self):
-        return mapping.is_dmabuf(self.fileno())
+        """What hallocd said the fd is (BufferInfo.fd_kind); when it did not
+        say (an older hallocd), the kernel is asked."""
+        kind = self.info.fd_kind
+        if kind == types_pb2.FD_KIND_UNSPECIFIED:
+            return mapping.is_dmabuf(self.fileno())
+        return kind == types_pb2.FD_KIND_DMA_BUF
 
     def map(self, access=mapping.Access.READ_WRITE):
         """The whole buffer, mapped shared: a halloc.Mapping (an mmap.mmap).
         PermissionDeniedError if the fd does not carry `access` (e.g.
         READ_WRITE on a buffer shared read-only)."""
-        return mapping.map_fd(self.fileno(), self.size, access, f"buffer {self.id}")
+        return mapping.map_fd(self.fileno(), self.size, access, f"buffer {self.id}",
+                              dmabuf=self.is_dmabuf())
 
     def detach(self):
         """Gives the fd up: the caller closes it."""

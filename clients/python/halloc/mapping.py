@@ -59,8 +59,10 @@ class Mapping(mmap.mmap):
             self.close()
 
 
-def map_fd(fd, size, access, what):
-    """Maps `size` bytes of `fd` shared, for `access`; errors name `what`."""
+def map_fd(fd, size, access, what, dmabuf=None):
+    """Maps `size` bytes of `fd` shared, for `access`; errors name `what`.
+    `dmabuf`: whether `fd` is a dma-buf, when the caller knows (hallocd's
+    BufferInfo.fd_kind); None: /proc/self/fdinfo is read to tell."""
     if not isinstance(access, Access):
         raise TypeError(f"access must be a halloc.Access, not {access!r}")
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if access is Access.READ_WRITE else 0)
@@ -68,7 +70,7 @@ def map_fd(fd, size, access, what):
         m = Mapping(fd, size, flags=mmap.MAP_SHARED, prot=prot)
     except OSError as e:
         raise errors.from_os_error(e, f"mmap {what} for {access.value}") from None
-    if is_dmabuf(fd):
+    if is_dmabuf(fd) if dmabuf is None else dmabuf:
         flags = _DMA_BUF_SYNC_READ if access is Access.READ else _DMA_BUF_SYNC_RW
         own = None
         try:

@@ -71,6 +71,41 @@ def test_allocate_map_write_read(connect, size, fast_path):
 
 
 @PATHS
+def test_info_says_what_the_fd_is(connect, fast_path):
+    # hallocd's reply says memfd or dma-buf (BufferInfo.fd_kind), so that
+    # map() need not read /proc/self/fdinfo; it agrees with the kernel.
+    client = connect(broker_fast_path=fast_path)
+    buf = client.allocate(halloc.blob(PAGE))
+    assert buf.info.fd_kind != types_pb2.FD_KIND_UNSPECIFIED
+    assert buf.is_dmabuf() == halloc.mapping.is_dmabuf(buf.fileno())
+    assert buf.is_dmabuf() == (buf.info.fd_kind == types_pb2.FD_KIND_DMA_BUF)
+    client.release(buf)
+
+
+def test_map_follows_fd_kind_and_asks_the_fd_when_unsaid(client):
+    # A hand-made Buffer over a memfd: with the kind unsaid it is asked
+    # (no bracket, maps); said to be a dma-buf, the info is believed: the
+    # START ioctl fails on a memfd, a clear error and nothing kept open.
+    fd = os.memfd_create("py.fd_kind", os.MFD_CLOEXEC)
+    os.ftruncate(fd, PAGE)
+    unsaid = halloc.Buffer(client, types_pb2.BufferInfo(id=1, size=PAGE),
+                           halloc._scm.OwnedFd(os.dup(fd)))
+    assert not unsaid.is_dmabuf()
+    with unsaid.map() as m:
+        m[0] = 7
+    unsaid.close()
+    lying = halloc.Buffer(
+        client, types_pb2.BufferInfo(id=2, size=PAGE, fd_kind=types_pb2.FD_KIND_DMA_BUF),
+        halloc._scm.OwnedFd(fd))
+    assert lying.is_dmabuf()
+    before = open_fds()
+    with pytest.raises(halloc.HallocError, match="DMA_BUF_IOCTL_SYNC"):
+        lying.map()
+    assert open_fds() == before
+    lying.close()
+
+
+@PATHS
 def test_allocate_many_gets_one_fd_each(connect, fast_path):
     client = connect(broker_fast_path=fast_path)
     bufs = client.allocate_many(halloc.blob(PAGE), 3)
