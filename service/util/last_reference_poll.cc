@@ -41,8 +41,16 @@ LogLimiter& Limiter() {
 
 }  // namespace
 
-LastReferencePoll::LastReferencePoll(IsLast is_last, bool on_a_thread)
-    : is_last_(std::move(is_last)), on_a_thread_(on_a_thread) {}
+LastReferencePoll::LastReferencePoll(IsLast is_last, bool on_a_thread, Clock now)
+    : is_last_(std::move(is_last)), on_a_thread_(on_a_thread), now_(std::move(now)) {}
+
+size_t LastReferencePoll::Budget::LeftAt(absl::Time now) {
+  if (now - start >= kRefreshWindow) {
+    start = now;
+    used = 0;
+  }
+  return kMaxRefresh - std::min(used, kMaxRefresh);
+}
 
 LastReferencePoll::~LastReferencePoll() {
   {
@@ -98,23 +106,35 @@ std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeDueLocked(absl::Time
 }
 
 std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeForRefreshLocked(
-    std::optional<uint64_t> group) {
+    std::optional<uint64_t> group, absl::Time now) {
   // The group's (or anyone's), at most kMaxRefresh of them: a client
   // refused again and again makes hallocd ask a bounded amount each time,
   // however much it keeps. Those asked about least often first (just
   // released: a client that closed its fd and asks again at once must be
   // seen), then those asked about longest ago: queue by queue from the
   // fewest answers up, each from its front; across groups, the front asked
-  // about longest ago first.
+  // about longest ago first. Those asked only at Follow (queue 0) are each
+  // asked so once; the rest come out of the budget, so that refusals in a
+  // stream cost at most kMaxRefresh asks per kRefreshWindow each.
   std::vector<Group*> from;
+  Budget* budget = &anyones_refresh_;
   if (group.has_value()) {
-    if (auto it = groups_.find(*group); it != groups_.end()) from.push_back(&it->second);
+    auto it = groups_.find(*group);
+    if (it == groups_.end()) return {};
+    from.push_back(&it->second);
+    budget = &it->second.refresh;
   } else {
     for (auto& [id, g] : groups_) from.push_back(&g);
   }
   std::vector<Kept> taken;
-  for (uint32_t i = 0; i < kQueues && taken.size() < kMaxRefresh; ++i) {
-    while (taken.size() < kMaxRefresh) {
+  size_t limit = kMaxRefresh;  // for queue 0: the per-call bound only
+  size_t unbudgeted = kMaxRefresh;  // taken from queue 0, once past it
+  for (uint32_t i = 0; i < kQueues && taken.size() < limit; ++i) {
+    if (i == 1) {
+      unbudgeted = taken.size();
+      limit = std::min(kMaxRefresh, unbudgeted + budget->LeftAt(now));
+    }
+    while (taken.size() < limit) {
       Group* oldest = nullptr;
       for (Group* g : from) {
         const std::deque<Kept>& q = g->by_asks[i];
@@ -127,6 +147,7 @@ std::vector<LastReferencePoll::Kept> LastReferencePoll::TakeForRefreshLocked(
       PopLocked(*oldest, oldest->by_asks[i], taken);
     }
   }
+  if (taken.size() > unbudgeted) budget->used += taken.size() - unbudgeted;
   return taken;
 }
 
@@ -166,7 +187,7 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
   if (!still.empty()) {
     // Stamped as they go back, so that each queue stays in the order of its
     // stamps (and of its dues) whoever asked.
-    const absl::Time now = MonotonicNow();
+    const absl::Time now = now_();
     for (Kept& k : still) {
       k.asked = now;
       Group& g = groups_[k.group];
@@ -192,7 +213,7 @@ void LastReferencePoll::Run() {
         if (stop_) return;
         // The earliest due, but no sooner than kBatch after the last pass.
         const absl::Time wake = std::max(NextDueLocked(), last_pass + kBatch);
-        now = MonotonicNow();
+        now = now_();
         if (wake <= now) break;
         // (A timeout, not a deadline: the TSan shim interposes that one.)
         changed_.WaitWithTimeout(&mu_, wake - now);
@@ -208,7 +229,7 @@ void LastReferencePoll::Refresh(std::optional<uint64_t> group) {
   std::vector<Kept> asked;
   {
     absl::MutexLock lock(&mu_);
-    asked = TakeForRefreshLocked(group);
+    asked = TakeForRefreshLocked(group, now_());
   }
   if (!asked.empty()) Ask(std::move(asked));
 }

@@ -14,6 +14,11 @@
 // its own at growing intervals per fd (kFirstInterval, doubling up to
 // kMaxInterval: memory kept for long is asked about rarely), and at once,
 // a bounded number, on Refresh (hallocd: before refusing a uid for memory).
+// A Refresh asks about all memory not asked about since its Follow (up to
+// kMaxRefresh: each is asked so once, whoever refreshes); the rest it asks
+// about within a budget per group, kMaxRefresh per kRefreshWindow, so that
+// a client refused again and again costs hallocd a bounded amount of asking
+// per second, not per refusal.
 // The question is asked with no lock held; asking costs one read of
 // /proc/self/fdinfo (~5 µs). Finding what to ask about costs no scan of
 // what is kept: the thread's passes and a Refresh take only what they
@@ -36,6 +41,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/util/clock.h"
 #include "service/util/last_reference.h"
 
 namespace halloc {
@@ -49,11 +55,17 @@ class LastReferencePoll : public LastReferenceFollower {
   using IsLast = std::function<int(int fd)>;
   static constexpr absl::Duration kFirstInterval = absl::Milliseconds(100);
   static constexpr absl::Duration kMaxInterval = absl::Seconds(30);
-  // The most Refresh asks about in one call.
+  // The most Refresh asks about in one call; and of memory already asked
+  // about since its Follow, the most per group (and for anyone's) per
+  // kRefreshWindow.
   static constexpr size_t kMaxRefresh = 256;
+  static constexpr absl::Duration kRefreshWindow = absl::Milliseconds(100);
+  using Clock = std::function<absl::Time()>;
 
-  // `on_a_thread` false (tests): asked only at Follow and Refresh.
-  explicit LastReferencePoll(IsLast is_last, bool on_a_thread = true);
+  // `on_a_thread` false (tests): asked only at Follow and Refresh. `now`:
+  // the monotonic clock (tests pass their own).
+  explicit LastReferencePoll(IsLast is_last, bool on_a_thread = true,
+                             Clock now = MonotonicNow);
   // Stops the thread and closes every fd still kept.
   ~LastReferencePoll() override;
   LastReferencePoll(const LastReferencePoll&) = delete;
@@ -65,7 +77,7 @@ class LastReferencePoll : public LastReferenceFollower {
   std::vector<uint64_t> TakeGone(std::vector<UniqueFd>* to_close = nullptr) override;
   // Asks now about what `group` (nullopt: anyone) follows: kMaxRefresh at
   // most, those asked about least often first (the newest), then those
-  // asked about longest ago.
+  // asked about longest ago, these within the group's budget.
   void Refresh(std::optional<uint64_t> group) override;
   uint64_t unwatched() const override;
   // Memory followed and not yet known gone.
@@ -86,15 +98,23 @@ class LastReferencePoll : public LastReferenceFollower {
   // Refresh from the front of the lowest queue up, neither scanning the
   // rest. kQueues - 1 answers already reach kMaxInterval.
   static constexpr uint32_t kQueues = 16;
+  // Asks a Refresh may still spend on memory asked about before, in the
+  // window that began at `start`.
+  struct Budget {
+    absl::Time start = absl::InfinitePast();
+    size_t used = 0;
+    size_t LeftAt(absl::Time now);
+  };
   struct Group {
     std::deque<Kept> by_asks[kQueues];
     size_t size = 0;
+    Budget refresh;
   };
 
   // Takes out what is due by `now` / what Refresh(group) asks about,
   // counted in asking_ until Ask puts it back or reports it gone.
   std::vector<Kept> TakeDueLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<Kept> TakeForRefreshLocked(std::optional<uint64_t> group)
+  std::vector<Kept> TakeForRefreshLocked(std::optional<uint64_t> group, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The earliest due of what is kept (InfiniteFuture: nothing).
   absl::Time NextDueLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -113,6 +133,7 @@ class LastReferencePoll : public LastReferenceFollower {
 
   const IsLast is_last_;
   const bool on_a_thread_;
+  const Clock now_;
   mutable absl::Mutex mu_;
   absl::CondVar changed_;  // something new to ask about, or stop_
   absl::flat_hash_map<uint64_t, Group> groups_ ABSL_GUARDED_BY(mu_);
@@ -120,6 +141,7 @@ class LastReferencePoll : public LastReferenceFollower {
   size_t asking_ ABSL_GUARDED_BY(mu_) = 0;  // taken out by Ask, not back yet
   std::vector<uint64_t> gone_ ABSL_GUARDED_BY(mu_);
   uint64_t unwatched_ ABSL_GUARDED_BY(mu_) = 0;
+  Budget anyones_refresh_ ABSL_GUARDED_BY(mu_);  // Refresh(nullopt)'s
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;  // started by the first Follow that keeps an fd
 };

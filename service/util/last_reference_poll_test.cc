@@ -148,6 +148,60 @@ TEST(LastReferencePollTest, ARefreshAsksABoundedNumberOldestFirst) {
   EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(9999u));
 }
 
+// Refusals in a stream: memory already asked about since its Follow is
+// asked again within a budget per group and window, whatever the number of
+// refusals; what was only asked at its Follow is asked at the next refresh
+// regardless.
+TEST(LastReferencePollTest, RefreshesInAStreamAskWithinABudgetPerWindow) {
+  Answers answers;
+  absl::Time now = absl::UnixEpoch() + absl::Hours(1);
+  LastReferencePoll poll(answers.Fn(), /*on_a_thread=*/false, [&now] { return now; });
+  auto followed = [&](uint64_t group, size_t n) {
+    std::vector<ino_t> inos;
+    for (size_t i = 0; i < n; ++i) {
+      auto [fd, ino] = Memory();
+      answers.Set(ino, 0);
+      inos.push_back(ino);
+      poll.Follow(std::move(fd), group * 1000 + i, group);
+    }
+    return inos;
+  };
+  auto total = [&](const std::vector<ino_t>& inos) {
+    int asked = 0;
+    for (ino_t ino : inos) asked += answers.Asked(ino);
+    return asked;
+  };
+  const std::vector<ino_t> one = followed(1, 2 * LastReferencePoll::kMaxRefresh);
+  const std::vector<ino_t> two = followed(2, LastReferencePoll::kMaxRefresh);
+  poll.Refresh(2);  // all of group 2 asked again: its budget's from now on
+  const int at_follow = total(one);
+  poll.Refresh(1);
+  poll.Refresh(1);  // the second half, still asked only at Follow
+  EXPECT_EQ(total(one), at_follow + 2 * int(LastReferencePoll::kMaxRefresh));
+  now += LastReferencePoll::kRefreshWindow;
+  poll.Refresh(1);
+  const int first = total(one);
+  EXPECT_EQ(first, at_follow + 3 * int(LastReferencePoll::kMaxRefresh));
+  for (int i = 0; i < 50; ++i) poll.Refresh(1);
+  EXPECT_EQ(total(one), first) << "the window's budget was spent";
+  // Just released among them: asked at once all the same.
+  auto [fresh, fresh_ino] = Memory();
+  answers.Set(fresh_ino, 0);
+  poll.Follow(std::move(fresh), 9999, 1);
+  answers.Set(fresh_ino, 1);
+  poll.Refresh(1);
+  EXPECT_THAT(poll.TakeGone(), UnorderedElementsAre(9999u));
+  EXPECT_EQ(total(one), first);
+  // Another group's budget is its own.
+  const int two_before = total(two);
+  poll.Refresh(2);
+  EXPECT_EQ(total(two), two_before + int(LastReferencePoll::kMaxRefresh));
+  // The next window asks again.
+  now += LastReferencePoll::kRefreshWindow;
+  poll.Refresh(1);
+  EXPECT_EQ(total(one), first + int(LastReferencePoll::kMaxRefresh));
+}
+
 // A refresh for anyone (hallocd full) takes, across groups, what was asked
 // about longest ago first.
 TEST(LastReferencePollTest, ARefreshForAnyoneTakesTheOldestAcrossGroups) {
