@@ -79,8 +79,13 @@ void LastReferencePoll::PopLocked(Group& g, std::deque<Kept>& q, std::vector<Kep
   ++asking_;
 }
 
-void LastReferencePoll::PruneLocked() {
-  absl::erase_if(groups_, [](const auto& entry) { return entry.second.size == 0; });
+void LastReferencePoll::PruneLocked(absl::Time now) {
+  // Not while its refresh budget's window is open: a refresh that took all
+  // of a group out leaves it empty until Ask puts it back, and another Ask
+  // finishing meanwhile must not hand the group a fresh budget.
+  absl::erase_if(groups_, [now](const auto& entry) {
+    return entry.second.size == 0 && now - entry.second.refresh.start >= kRefreshWindow;
+  });
 }
 
 absl::Time LastReferencePoll::NextDueLocked() const {
@@ -199,7 +204,7 @@ void LastReferencePoll::Ask(std::vector<Kept> kept) {
     changed_.Signal();
   }
   // Groups left empty go (not at each take: most come back at once).
-  PruneLocked();
+  PruneLocked(now_());
 }
 
 void LastReferencePoll::Run() {

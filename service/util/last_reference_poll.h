@@ -122,8 +122,9 @@ class LastReferencePoll : public LastReferenceFollower {
   void PopLocked(Group& g, std::deque<Kept>& q, std::vector<Kept>& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops groups left empty (after a put-back: a pass or a refresh that
-  // empties a group mostly puts it back at once).
-  void PruneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // empties a group mostly puts it back at once) whose refresh budget's
+  // window is over.
+  void PruneLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Asks about each of `kept` (taken out; no lock held), then puts back
   // what someone else still has, due again after its next interval, and

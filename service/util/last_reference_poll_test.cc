@@ -202,6 +202,46 @@ TEST(LastReferencePollTest, RefreshesInAStreamAskWithinABudgetPerWindow) {
   EXPECT_EQ(total(one), first + int(LastReferencePoll::kMaxRefresh));
 }
 
+// A refresh that takes all of a group out leaves it empty while it asks;
+// another Ask finishing then (a release of anyone's, the thread's pass)
+// must not give the group a fresh budget.
+TEST(LastReferencePollTest, ABudgetOutlivesItsGroupBeingEmptyWhileAsked) {
+  Answers answers;
+  absl::Time now = absl::UnixEpoch() + absl::Hours(1);
+  LastReferencePoll* self = nullptr;
+  bool meddle = false;
+  uint64_t token = 100;
+  int asked_one = 0;
+  LastReferencePoll poll(
+      [&](int fd) {
+        if (meddle) {  // another release, already gone, during the refresh
+          meddle = false;
+          self->Follow(Memory().first, ++token, /*group=*/2);
+          meddle = true;
+        }
+        ++asked_one;
+        return answers.Ask(fd);
+      },
+      /*on_a_thread=*/false, [&now] { return now; });
+  self = &poll;
+  const size_t n = LastReferencePoll::kMaxRefresh - 56;  // all out in one refresh
+  for (size_t i = 0; i < n; ++i) {
+    auto [fd, ino] = Memory();
+    answers.Set(ino, 0);
+    poll.Follow(std::move(fd), i, 1);
+  }
+  poll.Refresh(1);  // past the asks of Follow: the budget's from now on
+  now += LastReferencePoll::kRefreshWindow;
+  asked_one = 0;
+  meddle = true;
+  for (int i = 0; i < 10; ++i) poll.Refresh(1);
+  meddle = false;
+  // Each refresh's meddling Follow was asked once too (and found gone).
+  EXPECT_EQ(asked_one - int(token - 100), int(LastReferencePoll::kMaxRefresh))
+      << "one window's budget, not one per refresh";
+  EXPECT_EQ(poll.following(), n);
+}
+
 // A refresh for anyone (hallocd full) takes, across groups, what was asked
 // about longest ago first.
 TEST(LastReferencePollTest, ARefreshForAnyoneTakesTheOldestAcrossGroups) {
