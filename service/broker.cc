@@ -26,13 +26,12 @@ namespace halloc {
 absl::Duration Broker::verify_timeout = absl::Seconds(10);
 bool Broker::follow_client_cpu = true;
 uint64_t Broker::max_unread_fds_per_uid = 0;
+absl::Duration Broker::lone_pause = absl::Milliseconds(50);
 
 namespace {
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
-// A lone client quiet for this long (ms) is no longer followed.
-constexpr int kLonePause = 50;
 
 }  // namespace
 
@@ -159,7 +158,10 @@ void Broker::Run() {
     // Held on a lone client's CPU: let go once it pauses (its CPU is no
     // longer where hallocd serves from).
     const bool held = follower_ && follower_->held() >= 0;
-    if (held) timeout = timeout < 0 ? kLonePause : std::min(timeout, kLonePause);
+    if (held) {
+      const int pause = static_cast<int>(absl::ToInt64Milliseconds(lone_pause));
+      timeout = timeout < 0 ? pause : std::min(timeout, pause);
+    }
     const int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
     if (n < 0) {
       if (errno == EINTR) continue;

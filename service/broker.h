@@ -79,6 +79,10 @@ class Broker {
   // (BrokerRequest.cpu, service/util/cpu_follower.h). Read by Start and
   // Serve.
   static bool follow_client_cpu;
+  // A lone client quiet for this long is no longer followed (tests that
+  // check the following lengthen it: a starved test thread must not look
+  // like a pause).
+  static absl::Duration lone_pause;
 
   // Unread fds one uid may have (0: UnreadFds::DefaultPerUid(), from the
   // fd limit). Read by Start and Serve.

@@ -124,7 +124,7 @@ TEST_F(AbuseTest, RunningOutOfFdsNeitherSpinsNorFloodsTheLogNorLocksClientsOut) 
   flood.clear();
   // Once the flood lets go, clients get in again.
   absl::Status s = absl::UnavailableError("not tried");
-  for (int i = 0; i < 300 && !s.ok(); ++i) {
+  for (int i = 0; i < 2000 && !s.ok(); ++i) {
     absl::StatusOr<Client> c = Client::Connect(opts_);
     s = c.ok() ? c->Allocate(BlobDescriptor(4096)).status() : c.status();
     if (!s.ok()) absl::SleepFor(absl::Milliseconds(10));
@@ -203,7 +203,7 @@ TEST_F(AbuseTest, FdsCutByTheClientsFdLimitAreGivenBack) {
       Peer(Runfile("tests/integration/peer"), "nofile\nalloc 4096 0\nalloc 4096 0\n");
   EXPECT_EQ(out, "ok\nerr RESOURCE_EXHAUSTED\nerr RESOURCE_EXHAUSTED\n");
   // hallocd reported success, but the client gave the buffers back.
-  for (int i = 0; i < 300 && Stats().live_buffers() != 0; ++i) {
+  for (int i = 0; i < 2000 && Stats().live_buffers() != 0; ++i) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_EQ(Stats().live_buffers(), 0u);

@@ -45,7 +45,7 @@ int InChild(F body, uid_t uid = 0) {
 
 // Waits (bounded) until the daemon reports `n` live buffers.
 bool WaitForLiveBuffers(Client& c, uint64_t n) {
-  for (int i = 0; i < 200; ++i) {
+  for (int i = 0; i < 2000; ++i) {
     absl::StatusOr<v1::StatsResponse> s = c.Stats();
     if (s.ok() && s->live_buffers() == n) return true;
     absl::SleepFor(absl::Milliseconds(10));

@@ -9,7 +9,7 @@ namespace {
 
 // Waits until `pid` executes `exe`.
 bool WaitExec(pid_t pid, const std::string& exe) {
-  for (int i = 0; i < 500; ++i) {
+  for (int i = 0; i < 2000; ++i) {
     std::error_code ec;
     if (std::filesystem::read_symlink(absl::StrCat("/proc/", pid, "/exe"), ec).string() == exe) {
       return true;

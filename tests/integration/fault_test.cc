@@ -211,7 +211,7 @@ class FaultTest : public ::testing::Test {
   }
   // Polls until hallocd is back at `want` (at most `timeout`); the last
   // snapshot seen.
-  Snapshot WaitFor(const Snapshot& want, absl::Duration timeout = absl::Seconds(5)) {
+  Snapshot WaitFor(const Snapshot& want, absl::Duration timeout = absl::Seconds(20)) {
     const absl::Time deadline = absl::Now() + timeout;
     Snapshot now = Snap();
     while (now != want && absl::Now() < deadline) {
@@ -222,7 +222,7 @@ class FaultTest : public ::testing::Test {
   }
   // Polls until `pred(Snap())` (at most `timeout`).
   bool WaitUntil(const std::function<bool(const Snapshot&)>& pred,
-                 absl::Duration timeout = absl::Seconds(5)) {
+                 absl::Duration timeout = absl::Seconds(20)) {
     const absl::Time deadline = absl::Now() + timeout;
     for (;;) {
       if (pred(Snap())) return true;
@@ -242,7 +242,7 @@ class FaultTest : public ::testing::Test {
     if (!m.ok()) return m.status();
     memset(m->data(), 0x5a, m->size());
     if (absl::Status s = c->Release(b->id()); !s.ok()) return s;
-    if (absl::Now() - start > absl::Seconds(2)) {
+    if (absl::Now() - start > absl::Seconds(10)) {
       return absl::DeadlineExceededError(
           absl::StrCat("a client took ", absl::FormatDuration(absl::Now() - start)));
     }
@@ -507,7 +507,7 @@ TEST_F(FaultTest, AClientThatNeverReadsNeitherBlocksOthersNorKeepsBuffers) {
     done = flood.Line(absl::ZeroDuration());
   }
   ASSERT_TRUE(done.has_value()) << "the non-reader did not finish";
-  EXPECT_LT(slowest, absl::Seconds(2)) << "over " << calls << " calls";
+  EXPECT_LT(slowest, absl::Seconds(10)) << "over " << calls << " calls";
   std::vector<std::string> f = absl::StrSplit(*done, ' ');
   ASSERT_EQ(f.size(), 4u) << *done;
   int sent = 0;
@@ -519,7 +519,7 @@ TEST_F(FaultTest, AClientThatNeverReadsNeitherBlocksOthersNorKeepsBuffers) {
     ASSERT_TRUE(b.ok()) << b.status();
     const absl::Status released = normal->Release(b->id());
     ASSERT_TRUE(released.ok()) << released;
-    EXPECT_LT(absl::Now() - t0, absl::Seconds(2));
+    EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
   }
   // It holds only what fits in the non-reader's socket queue (a few hundred
   // replies with their fds), not every buffer it asked for.

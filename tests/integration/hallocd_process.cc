@@ -64,7 +64,7 @@ absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std:
   ASSIGN_OR_RETURN(d->process_, Subprocess::Spawn(o));
   // Ready once the broker accepts: it starts last, and its socket file
   // exists from bind(), before listen().
-  for (int i = 0; i < 500; ++i) {
+  for (int i = 0; i < 2000; ++i) {
     if (ConnectSeqpacket(d->opts_.broker_socket).ok()) return d;
     if (std::optional<int> status = d->process_.Wait(absl::ZeroDuration())) {
       return absl::UnavailableError(absl::StrCat("hallocd exited (wait status ", *status,

@@ -51,7 +51,7 @@ class HallocdTest : public ::testing::Test {
   }
   absl::StatusOr<Client> ConnectWithRetry() {
     absl::StatusOr<Client> c = absl::UnavailableError("not tried");
-    for (int i = 0; i < 500 && !c.ok(); ++i) {
+    for (int i = 0; i < 2000 && !c.ok(); ++i) {
       c = Client::Connect(opts_);
       if (!c.ok()) absl::SleepFor(absl::Milliseconds(10));
     }
@@ -106,7 +106,7 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
         "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
   ASSERT_TRUE(daemon_.Signal(SIGHUP));
   absl::Status s = absl::UnknownError("not tried");
-  for (int i = 0; i < 300 && !s.ok(); ++i) {
+  for (int i = 0; i < 2000 && !s.ok(); ++i) {
     s = c->Allocate(BlobDescriptor(1 << 20)).status();
     if (!s.ok()) absl::SleepFor(absl::Milliseconds(10));
   }
@@ -114,7 +114,7 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
   write("this is { not a policy");
   ASSERT_TRUE(daemon_.Signal(SIGHUP));
   uint64_t failures = 0;
-  for (int i = 0; i < 300 && failures == 0; ++i) {
+  for (int i = 0; i < 2000 && failures == 0; ++i) {
     failures = c->Stats()->policy_reload_failures();
     if (failures == 0) absl::SleepFor(absl::Milliseconds(10));
   }

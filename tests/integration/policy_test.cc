@@ -67,16 +67,16 @@ class PolicyTest : public ::testing::Test {
     return it == s->denials_by_rule().end() ? 0 : it->second;
   }
   // hallocd ends a session when it sees the broker connection close,
-  // asynchronously: these wait (up to 3 s) for what a test expects after.
+  // asynchronously: these wait (up to 20 s) for what a test expects after.
   bool WaitSessions(uint64_t n) {
-    for (int i = 0; i < 300; ++i) {
+    for (int i = 0; i < 2000; ++i) {
       if (admin_->Stats()->sessions() == n) return true;
       absl::SleepFor(absl::Milliseconds(10));
     }
     return false;
   }
   bool WaitLive(uint64_t n) {
-    for (int i = 0; i < 300; ++i) {
+    for (int i = 0; i < 2000; ++i) {
       if (admin_->Stats()->live_buffers() == n) return true;
       absl::SleepFor(absl::Milliseconds(10));
     }

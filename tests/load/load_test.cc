@@ -62,6 +62,29 @@ class LoadTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
   Sample Measure() const { return {daemon_->Fds(), daemon_->Threads(), daemon_->RssKib()}; }
+  // A sample once hallocd's fd count has held still for 300 ms (a session
+  // that just ended may still be closing on a starved machine), 10 s at most.
+  Sample Settled() const {
+    Sample s = Measure();
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    for (int still = 0; still < 3 && absl::Now() < until;) {
+      absl::SleepFor(absl::Milliseconds(100));
+      const Sample next = Measure();
+      still = next.fds == s.fds ? still + 1 : 0;
+      s = next;
+    }
+    return s;
+  }
+  // The first sample with at most `fds` fds, or the last within 30 s.
+  Sample DownTo(int fds) const {
+    Sample s = Measure();
+    const absl::Time until = absl::Now() + absl::Seconds(30);
+    while (s.fds > fds && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(50));
+      s = Measure();
+    }
+    return s;
+  }
 
   std::string dir_;
   ConnectOptions opts_;
@@ -82,8 +105,7 @@ TEST_F(LoadTest, ManyClientsLeaveNothingBehind) {
     }
     ASSERT_TRUE(c->Stats().ok());
   }
-  absl::SleepFor(absl::Milliseconds(300));
-  const Sample base = Measure();
+  const Sample base = Settled();
 
   std::atomic<int> failures{0};
   std::atomic<bool> done{false};
@@ -153,8 +175,8 @@ TEST_F(LoadTest, ManyClientsLeaveNothingBehind) {
   EXPECT_EQ(live, 0u);
   EXPECT_EQ(sessions, 1u);  // the admin's own
   admin = absl::CancelledError("closed");  // measure as at baseline: no client
-  absl::SleepFor(absl::Milliseconds(500));
-  const Sample after = Measure();
+  absl::SleepFor(absl::Milliseconds(500));  // threads wind down too
+  const Sample after = DownTo(base.fds);
   const double ops = static_cast<double>(clients) * iterations;
   printf("load: %d clients x %d iterations = %.0f allocate/map/release in %.1f s "
          "(%.0f/s)\n",

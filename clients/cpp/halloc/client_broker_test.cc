@@ -48,11 +48,12 @@ class FakeBroker {
     thread_.join();
     std::filesystem::remove_all(dir_);
   }
-  ConnectOptions options() const {
+  // `timeout`: long by default, so that a starved machine fails no call.
+  ConnectOptions options(absl::Duration timeout = absl::Seconds(10)) const {
     ConnectOptions o;
     o.broker_socket = path_;
     o.control_socket = dir_ + "/control.sock";  // never used here
-    o.timeout = absl::Milliseconds(200);
+    o.timeout = timeout;
     return o;
   }
   // BrokerRequest.cpu of every fast-path request, in order.
@@ -147,23 +148,23 @@ int CountOpenFds() {
 TEST(ClientBrokerTest, AReplyAfterTheDeadlineIsGivenBack) {
   FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
     if (req.has_allocate()) {
-      absl::SleepFor(absl::Milliseconds(400));  // longer than the 200 ms deadline
+      absl::SleepFor(absl::Seconds(2));  // longer than the 1 s deadline
       UniqueFd fd = Memfd();
       FakeBroker::Reply(sock, AllocateReply(req.request_id(), {41}), {fd.get()});
     } else if (req.has_release()) {
       FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
     }
   });
-  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
   ASSERT_TRUE(c.ok()) << c.status();
   const int fds_before = CountOpenFds();
   EXPECT_EQ(c->Allocate(BlobDescriptor(4096)).status().code(),
             absl::StatusCode::kDeadlineExceeded);
-  absl::SleepFor(absl::Milliseconds(400));  // the late reply is queued now
+  absl::SleepFor(absl::Milliseconds(1500));  // the late reply is (about) queued now
   // The next call takes the late reply off the socket and gives buffer 41
   // back; its own answer still arrives.
   EXPECT_TRUE(c->Release(7).ok());
-  for (int i = 0; i < 100 && broker.releases().size() < 2; ++i) {
+  for (int i = 0; i < 1000 && broker.releases().size() < 2; ++i) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   std::vector<v1::ReleaseRequest> rel = broker.releases();
@@ -189,7 +190,7 @@ TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Allocate(BlobDescriptor(4096), 2).status().code(),
             absl::StatusCode::kDataLoss);
-  for (int i = 0; i < 100 && broker.releases().empty(); ++i) {
+  for (int i = 0; i < 1000 && broker.releases().empty(); ++i) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   ASSERT_EQ(broker.releases().size(), 1u);
