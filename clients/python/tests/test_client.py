@@ -296,7 +296,7 @@ def test_no_fd_leaks(hallocd):
     def settled_daemon_fds():
         # hallocd closes a session's fds shortly after we close ours.
         counts = [hallocd.fd_count()]
-        while (len(counts) < 4 or len(set(counts[-4:])) > 1) and len(counts) < 100:
+        while (len(counts) < 6 or len(set(counts[-6:])) > 1) and len(counts) < 200:
             time.sleep(0.05)
             counts.append(hallocd.fd_count())
         return counts[-1]
@@ -305,7 +305,7 @@ def test_no_fd_leaks(hallocd):
     mine, theirs = open_fds(), settled_daemon_fds()
     for _ in range(3):
         workload()
-    wait_for(lambda: open_fds() == mine and hallocd.fd_count() == theirs)
+    wait_for(lambda: open_fds() == mine and hallocd.fd_count() == theirs, timeout=30)
     after = open_fds()
     assert after == mine, {"leaked": {fd: t for fd, t in after.items() if fd not in mine}}
     assert hallocd.fd_count() == theirs
