@@ -318,10 +318,12 @@ TEST(PooledBackendTest, RefillsKeepOffTheServedCpuAndAreIdleOtherwise) {
   auto pool = PooledBackend::Create(std::move(owned), o);
   ASSERT_TRUE(pool.ok());
   // Takes the whole stock (or the first miss), so that all of it is made
-  // again, and returns how it was made.
+  // again, and returns how it was made: the refills made while it drained
+  // too (the thread is woken at half the stock, and a quick one restocks
+  // during the drain), all after `serving` was set.
   auto drain_and_refill = [&]() -> std::vector<CpuRecordingBackend::Call> {
-    for (int i = 0; i < 4; ++i) EXPECT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
     inner->Take();
+    for (int i = 0; i < 4; ++i) EXPECT_TRUE((*pool)->Allocate({kPage, "f", 0}).ok());
     EXPECT_TRUE(WaitForStock(**pool, 4)) << (*pool)->stats().stocked_buffers;
     return inner->Take();
   };
