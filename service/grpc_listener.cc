@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/util/log_limit.h"
 
@@ -40,6 +41,18 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
   const int flags = ::fcntl(listener.get(), F_GETFL);
   if (flags < 0 || ::fcntl(listener.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return ErrnoStatus(errno, "fcntl(O_NONBLOCK) on the control socket");
+  }
+  // No gRPC call carries fds. A client could still send one with any byte
+  // of its stream; gRPC's read would drop it, and dropping the last
+  // reference releases the file on the reading thread: a TCP socket with
+  // SO_LINGER and unsent data would hold that thread for the linger time
+  // (a few such fds, every gRPC thread). Where the kernel can (6.16+) the
+  // client's sendmsg fails instead (EPERM); accepted sockets inherit this
+  // at connect(), and each is set again below for a socket handed in
+  // (systemd) that was made without it.
+  if (absl::Status s = RefuseIncomingFds(listener.get());
+      !s.ok() && !absl::IsUnimplemented(s)) {
+    return s;
   }
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
@@ -144,6 +157,11 @@ void GrpcListener::AcceptOne() {
       LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err);
     }
     return;
+  }
+  // Again on the connection: one made before Start, on a socket handed
+  // in, did not inherit it from the listener.
+  if (absl::Status s = RefuseIncomingFds(conn.get()); !s.ok() && !absl::IsUnimplemented(s)) {
+    return;  // closes it: it could hold gRPC's threads
   }
   ucred cred{};
   socklen_t len = sizeof(cred);

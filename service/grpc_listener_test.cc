@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -122,6 +124,29 @@ TEST_F(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
     EXPECT_EQ(listener_->held(::getuid() + 1).total, 1u);
   }
   EXPECT_TRUE(WaitFor([&] { return Mine() == 0; })) << "the channel closed";
+}
+
+// No gRPC call carries fds, and none may reach gRPC's reads: dropping one
+// there releases the file on a gRPC thread (a TCP socket lingering with
+// unsent data would hold it for its linger time). Refused at the sender.
+TEST_F(GrpcListenerTest, AnFdSentToTheControlSocketIsRefusedAtTheSender) {
+  {
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (absl::IsUnimplemented(RefuseIncomingFds(probe.get()))) {
+      GTEST_SKIP() << "this kernel has no SO_PASSRIGHTS (Linux 6.16+): gRPC's read drops "
+                      "such an fd (README, threat table)";
+    }
+  }
+  UniqueFd raw = Raw();
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 1; })) << "accepted";
+  UniqueFd passed(::eventfd(0, EFD_CLOEXEC));
+  ASSERT_TRUE(passed);
+  const int fds[] = {passed.get()};
+  absl::Status sent = SendRecord(raw.get(), "P", fds, false);
+  EXPECT_EQ(sent.code(), absl::StatusCode::kPermissionDenied) << sent;
+  // Without the fd the same bytes go, and the server serves on.
+  EXPECT_TRUE(SendRecord(raw.get(), "P", {}, false).ok());
+  EXPECT_TRUE(Check().ok());
 }
 
 TEST_F(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
