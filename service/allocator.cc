@@ -249,7 +249,8 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   // fds made so far are closed).
   Registry::Reservation reservation;
   if (absl::Status room = registry_.CheckRoom(session.id(), plan.count, decision.quota_key,
-                                              quota, may_wait, &reservation);
+                                              quota, may_wait, &reservation,
+                                              plan.count * plan.size);
       !room.ok()) {
     // One to be asked again is not a denial yet.
     if (room.GetPayload(Registry::kWaitForReleasedMemory)) return room;

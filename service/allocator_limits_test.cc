@@ -1,13 +1,17 @@
 // The allocator under hallocd's own limit on buffers (Limits::max_buffers,
 // Registry::SetMaxBuffers): room reserved by a call that then fails comes
-// back; the limit binds every session.
+// back; the limit binds every session. Under a quota, a call being made
+// counts against the next one's.
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <memory>
+#include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
+#include "service/policy/policy.h"
 #include "gtest/gtest.h"
 #include "service/allocator.h"
 #include "service/backend/memfd_backend.h"
@@ -63,6 +67,63 @@ TEST(AllocatorLimitsTest, RoomReservedByACallThatFailsComesBack) {
   absl::StatusOr<v1::AllocateResponse> third = core.Allocate(**session, Blob(4096));
   EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
   EXPECT_TRUE(absl::StrContains(third.status().message(), "--max_buffers")) << third.status();
+}
+
+// A memfd backend whose first allocation waits until `go` (so that its
+// call is in flight), counting the allocations it was asked for.
+class HeldBackend : public MemfdBackend {
+ public:
+  HeldBackend(absl::Notification* entered, absl::Notification* go, std::atomic<int>* calls)
+      : entered_(entered), go_(go), calls_(calls) {}
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (calls_->fetch_add(1) == 0) {
+      entered_->Notify();
+      go_->WaitForNotification();
+    }
+    return MemfdBackend::Allocate(r);
+  }
+
+ private:
+  absl::Notification* const entered_;
+  absl::Notification* const go_;
+  std::atomic<int>* const calls_;
+};
+
+// Two calls of one uid at once under a quota of one buffer's bytes: the
+// second is refused before any memory is made for it (each used to judge
+// only what was added, so each made its memory, and only the later Add
+// refused: N calls at once committed N quotas).
+TEST(AllocatorLimitsTest, ACallInFlightCountsAgainstTheQuotaOfTheNext) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "q" match { any: true } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE quota_bytes: 1048576 }
+  )", "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  absl::Notification entered, go;
+  std::atomic<int> calls{0};
+  Allocator core(std::make_unique<HeldBackend>(&entered, &go, &calls), Limits(), *policy);
+  std::vector<UniqueFd> client_ends;
+  std::vector<std::shared_ptr<Session>> sessions;
+  for (int i = 0; i < 2; ++i) {  // two sessions of one uid
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    client_ends.emplace_back(sv[0]);
+    absl::StatusOr<std::shared_ptr<Session>> s = core.OpenSession(
+        {::getuid(), ::getgid(), ::getpid(), "", std::nullopt},
+        std::make_shared<SocketFdChannel>(UniqueFd(sv[1])));
+    ASSERT_TRUE(s.ok()) << s.status();
+    sessions.push_back(*s);
+  }
+  absl::StatusOr<v1::AllocateResponse> first;
+  std::thread in_flight([&] { first = core.Allocate(*sessions[0], Blob(1 << 20)); });
+  entered.WaitForNotification();
+  absl::StatusOr<v1::AllocateResponse> second = core.Allocate(*sessions[1], Blob(4096));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
+  EXPECT_TRUE(absl::StrContains(second.status().message(), "quota_bytes")) << second.status();
+  EXPECT_EQ(calls.load(), 1) << "memory was made for the refused call";
+  go.Notify();
+  in_flight.join();
+  EXPECT_TRUE(first.ok()) << first.status();
 }
 
 }  // namespace

@@ -76,12 +76,7 @@ absl::Status Registry::Add(uint64_t session_id,
                            CpuAccess access, QuotaJudge quota,
                            v1::AllocateResponse* reply, Reservation reservation) {
   absl::MutexLock lock(&mu_);
-  if (reservation.registry_ == this) {  // taken: counted as held below
-    DCHECK_LE(reservation.count_, reserved_);
-    reserved_ -= std::min<uint64_t>(reservation.count_, reserved_);
-    reservation.registry_ = nullptr;
-    reservation.count_ = 0;
-  }
+  UnreserveLocked(reservation);  // taken: counted as held (and charged) below
   if (fresh.empty()) return absl::OkStatus();
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");

@@ -161,35 +161,47 @@ class Registry {
   static constexpr absl::string_view kWaitForReleasedMemory =
       "halloc.dev/wait-for-released-memory";
 
-  // Room in hallocd's limit set aside by CheckRoom for buffers being made,
-  // so that calls racing each other cannot open more fds than the limit
-  // between their check and their Add: Add takes it; destroyed before
-  // that (the call failed), it is given back. Move-only; must not outlive
-  // its registry.
+  // Room set aside by CheckRoom for buffers being made, in hallocd's limit
+  // and on the quota key's charge (their count and bytes), so that calls
+  // racing each other can neither open more fds than the limit nor commit
+  // more memory than a quota between their check and their Add (each
+  // would otherwise see the others' buffers as not there yet and commit
+  // its own: 32 calls at once, 32 quotas of memory). Add takes it;
+  // destroyed before that (the call failed), it is given back. Move-only;
+  // must not outlive its registry.
   class Reservation {
    public:
     // (Members initialized here, not in their declarations: a default
     // argument of Add's needs this constructor inside Registry.)
-    Reservation() : registry_(nullptr), count_(0) {}
+    Reservation() : registry_(nullptr), count_(0), bytes_(0) {}
     Reservation(Reservation&& other) noexcept
         : registry_(std::exchange(other.registry_, nullptr)),
-          count_(std::exchange(other.count_, 0)) {}
+          count_(std::exchange(other.count_, 0)),
+          quota_key_(std::move(other.quota_key_)),
+          bytes_(std::exchange(other.bytes_, 0)) {}
     Reservation& operator=(Reservation&& other) noexcept;
     ~Reservation() { GiveBack(); }
     uint32_t count() const { return count_; }
+    uint64_t bytes() const { return bytes_; }
 
    private:
     friend class Registry;
-    Reservation(Registry* registry, uint32_t count) : registry_(registry), count_(count) {}
+    Reservation(Registry* registry, uint32_t count, std::string quota_key, uint64_t bytes)
+        : registry_(registry), count_(count), quota_key_(std::move(quota_key)),
+          bytes_(bytes) {}
     void GiveBack();
     Registry* registry_;
     uint32_t count_;
+    std::string quota_key_;
+    uint64_t bytes_;
   };
-  // With `reservation`, OK also sets `count` aside in it (without, this is
-  // a check only).
+  // With `reservation`, OK also sets `count` buffers of `bytes` in all
+  // aside in it (without, this is a check only). Quotas are judged on
+  // what is charged plus what other calls have set aside.
   absl::Status CheckRoom(uint64_t session_id, uint32_t count,
                          const std::string& quota_key, QuotaJudge quota,
-                         bool may_wait = true, Reservation* reservation = nullptr);
+                         bool may_wait = true, Reservation* reservation = nullptr,
+                         uint64_t bytes = 0);
   // Takes `reservation` (what CheckRoom set aside for these), checks room
   // again and adds `fresh` (each charged to its charged_to) held by
   // `session_id` with `access`, assigning ids; appends each one's info to
@@ -304,6 +316,8 @@ class Registry {
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void UnchargeLocked(const std::string& quota_key, uint64_t bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What `r` set aside goes (given back, or taken by Add); `r` is empty.
+  void UnreserveLocked(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns the charges of released memory that is gone by now (of what
   // the reaper has closed so far: callers flush it first, outside mu_).
   void SettleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -322,8 +336,11 @@ class Registry {
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t max_buffers_ ABSL_GUARDED_BY(mu_) = 0;
-  // Room CheckRoom gave calls that have not reached Add yet (Reservation).
+  // Room CheckRoom gave calls that have not reached Add yet (Reservation):
+  // in hallocd's limit, and per quota key (buffers, bytes).
   uint64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> reserved_charge_
+      ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Holding> holdings_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::shared_ptr<BufferRecord>> buffers_
       ABSL_GUARDED_BY(mu_);

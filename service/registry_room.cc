@@ -17,9 +17,14 @@ namespace halloc {
 
 absl::Status Registry::JudgeLocked(const std::string& quota_key,
                                    QuotaJudge quota) const {
-  auto c = charged_.find(quota_key);
-  return c == charged_.end() ? quota(0, 0)
-                             : quota(c->second.first, c->second.second);
+  std::pair<uint64_t, uint64_t> owned{0, 0};
+  for (const auto* by_key : {&charged_, &reserved_charge_}) {
+    if (auto c = by_key->find(quota_key); c != by_key->end()) {
+      owned.first += c->second.first;
+      owned.second += c->second.second;
+    }
+  }
+  return quota(owned.first, owned.second);
 }
 
 absl::Status Registry::SessionRoom(const Holding& holding, uint32_t count) const {
@@ -41,18 +46,38 @@ Registry::Reservation& Registry::Reservation::operator=(Reservation&& other) noe
     GiveBack();
     registry_ = std::exchange(other.registry_, nullptr);
     count_ = std::exchange(other.count_, 0);
+    quota_key_ = std::move(other.quota_key_);
+    bytes_ = std::exchange(other.bytes_, 0);
   }
   return *this;
 }
 
 void Registry::Reservation::GiveBack() {
-  if (registry_ != nullptr && count_ != 0) {
-    absl::MutexLock lock(&registry_->mu_);
-    DCHECK_LE(count_, registry_->reserved_);
-    registry_->reserved_ -= std::min<uint64_t>(count_, registry_->reserved_);
+  if (registry_ != nullptr) {
+    Registry* registry = registry_;
+    absl::MutexLock lock(&registry->mu_);
+    registry->UnreserveLocked(*this);
   }
   registry_ = nullptr;
-  count_ = 0;
+}
+
+void Registry::UnreserveLocked(Reservation& r) {
+  if (r.registry_ == this && r.count_ != 0) {
+    DCHECK_LE(r.count_, reserved_);
+    reserved_ -= std::min<uint64_t>(r.count_, reserved_);
+    auto c = reserved_charge_.find(r.quota_key_);
+    if (c != reserved_charge_.end()) {
+      DCHECK_LE(r.count_, c->second.first);
+      DCHECK_LE(r.bytes_, c->second.second);
+      c->second.first -= std::min<uint64_t>(r.count_, c->second.first);
+      c->second.second -= std::min<uint64_t>(r.bytes_, c->second.second);
+      if (c->second.first == 0) reserved_charge_.erase(c);
+    }
+  }
+  r.registry_ = nullptr;
+  r.count_ = 0;
+  r.bytes_ = 0;
+  r.quota_key_.clear();
 }
 
 absl::Status Registry::DaemonRoom(uint32_t count) const {
@@ -109,7 +134,7 @@ void Registry::SettleLocked() {
 
 absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
                                  const std::string& quota_key, QuotaJudge quota,
-                                 bool may_wait, Reservation* reservation) {
+                                 bool may_wait, Reservation* reservation, uint64_t bytes) {
   bool again = false;
   for (;;) {
     bool daemon_full = false;
@@ -123,7 +148,12 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
       RETURN_IF_ERROR(SessionRoom(h->second, count));
       absl::Status s = SharedRoomLocked(count, quota_key, quota);
       if (s.ok()) {
-        if (reservation != nullptr) reserved_ += count;
+        if (reservation != nullptr && count != 0) {
+          reserved_ += count;
+          auto& [buffers, reserved_bytes] = reserved_charge_[quota_key];
+          buffers += count;
+          reserved_bytes += bytes;
+        }
         room = true;
       } else {
         if (again || lingering_.empty()) return s;
@@ -138,7 +168,9 @@ absl::Status Registry::CheckRoom(uint64_t session_id, uint32_t count,
     }
     if (room) {
       // Outside the lock: replacing what `reservation` held gives that back.
-      if (reservation != nullptr) *reservation = Reservation(this, count);
+      if (reservation != nullptr) {
+        *reservation = count == 0 ? Reservation() : Reservation(this, count, quota_key, bytes);
+      }
       return absl::OkStatus();
     }
     // Refused with released memory charged: what the reaper still has

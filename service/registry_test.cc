@@ -131,6 +131,40 @@ TEST_F(RegistryTest, QuotaJudgeSeesTheCurrentChargeAndItsRefusalAddsNothing) {
   EXPECT_EQ(seen[0], std::make_pair(uint64_t{0}, uint64_t{0}));
 }
 
+// Calls racing each other: what one has been let make counts against the
+// quota of the next until it is added (then as charged, not twice) or
+// given back. Without it each would commit a quota's worth of memory
+// before the first Add refused the rest.
+TEST_F(RegistryTest, ReservationsCountAgainstTheQuotaUntilAddedOrGivenBack) {
+  std::vector<std::pair<uint64_t, uint64_t>> seen;
+  // Two pages per key.
+  auto quota = [&](uint64_t buffers, uint64_t bytes) {
+    seen.emplace_back(buffers, bytes);
+    return bytes + kPage > 2 * kPage ? absl::ResourceExhaustedError("over quota")
+                                     : absl::OkStatus();
+  };
+  Registry::Reservation first, second, third;
+  ASSERT_TRUE(reg_.CheckRoom(kA, 1, "app/1", quota, true, &first, kPage).ok());
+  ASSERT_TRUE(reg_.CheckRoom(kB, 1, "app/1", quota, true, &second, kPage).ok());
+  EXPECT_EQ(seen.back(), std::make_pair(uint64_t{1}, kPage)) << "the first's share";
+  EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", quota, true, &third, kPage).code(),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(third.count(), 0u) << "a refusal sets nothing aside";
+  // A check alone sets nothing aside; another key has its own quota.
+  EXPECT_TRUE(reg_.CheckRoom(kA, 1, "other/1", quota).ok());
+  EXPECT_TRUE(reg_.CheckRoom(kA, 1, "other/1", quota).ok());
+  // Added: charged instead of set aside (judged once, not twice).
+  std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh()};
+  ASSERT_TRUE(reg_.Add(kA, fresh, CpuAccess::kReadWrite, quota, nullptr, std::move(first)).ok());
+  EXPECT_EQ(seen.back(), std::make_pair(uint64_t{1}, kPage)) << "the second's share";
+  EXPECT_EQ(reg_.CheckRoom(kA, 1, "app/1", quota).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(seen.back(), std::make_pair(uint64_t{2}, 2 * kPage));
+  // Given back (its call failed): room again.
+  second = Registry::Reservation();
+  EXPECT_TRUE(reg_.CheckRoom(kA, 1, "app/1", quota).ok());
+  EXPECT_EQ(seen.back(), std::make_pair(uint64_t{1}, kPage));
+}
+
 TEST_F(RegistryTest, PerSessionLimitIsResourceExhausted) {
   AddN(kA, 3);
   EXPECT_EQ(reg_.CheckRoom(kA, 2, "app/1", NoQuota).code(),
