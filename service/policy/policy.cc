@@ -2,7 +2,9 @@
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -136,9 +138,15 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
 }  // namespace
 
 std::optional<FileId> FileIdOf(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
-  return FileId{st.st_dev, st.st_ino};
+  // Device and inode only, as the kernel has them: never asks the file's
+  // filesystem (a client's executable on a FUSE mount it serves would
+  // otherwise hold the broker thread for as long as it left a getattr
+  // unanswered).
+  struct statx stx;
+  if (::statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC, STATX_INO, &stx) != 0) {
+    return std::nullopt;
+  }
+  return FileId{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino};
 }
 
 bool Rule::Matches(const Identity& id) const {

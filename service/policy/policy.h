@@ -30,7 +30,8 @@ struct FileId {
 };
 
 // The file at `path` as hallocd sees it (its own mount namespace; symlinks
-// followed); nullopt when it cannot be stat'ed.
+// followed); nullopt when it cannot be stat'ed. Its filesystem is not
+// asked (AT_STATX_DONT_SYNC): a device and inode number do not go stale.
 std::optional<FileId> FileIdOf(const std::string& path);
 
 // Kernel-verified facts about a client process.

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -110,6 +111,22 @@ TEST(PolicyTest, ExeRulesMatchTheFileNotThePath) {
   std::filesystem::rename(files.Path("other"), files.Path("cam"));
   EXPECT_EQ((*p)->Match(before), nullptr);
   EXPECT_NE((*p)->Match(files.Runs(7, 7, "cam")), nullptr);
+}
+
+// What stat(2) says, through symlinks and /proc's magic links (as the
+// broker reads /proc/P/exe), and nothing for what is not there.
+TEST(PolicyTest, FileIdOfIsTheDeviceAndInodeStatSees) {
+  for (const std::string path : {"/proc/self/exe", "/proc/self/ns/pid", "/dev/null", "/"}) {
+    SCOPED_TRACE(path);
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    const std::optional<FileId> id = FileIdOf(path);
+    ASSERT_TRUE(id.has_value());
+    EXPECT_EQ(id->dev, st.st_dev);
+    EXPECT_EQ(id->ino, st.st_ino);
+  }
+  EXPECT_EQ(FileIdOf("/nonexistent/halloc"), std::nullopt);
+  EXPECT_NE(FileIdOf("/proc/self/exe"), FileIdOf("/dev/null"));
 }
 
 TEST(PolicyTest, SyntaxErrorsHaveLineAndColumn) {
