@@ -122,7 +122,14 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;
   buffer.holders.erase(session_id);
-  buffer.imports.erase(session_id);
+  if (auto routes = buffer.imports.find(session_id); routes != buffer.imports.end()) {
+    for (auto& [grant, route] : routes->second) {
+      if (!grants_.contains(grant) || route.views.empty()) continue;
+      std::vector<uint64_t>& views = buffer.let_go_views[grant];
+      views.insert(views.end(), route.views.begin(), route.views.end());
+    }
+    buffer.imports.erase(routes);
+  }
   buffer.imported_via.erase(session_id);
   if (session_id == buffer.owner_session) buffer.owner_holds = false;
   if (!buffer.holders.empty()) return;
@@ -157,6 +164,8 @@ void Registry::DropGrant(uint64_t grant_id) {
   grant_tokens_.erase(grant.token);
   if (auto b = buffers_.find(grant.view.buffer_id); b != buffers_.end()) {
     b->second->grants.erase(grant_id);
+    // Nothing can revoke them any more (Revoke took them first if it did).
+    b->second->let_go_views.erase(grant_id);
   }
   if (auto h = holdings_.find(grant.from_session); h != holdings_.end()) {
     h->second.grants.erase(grant_id);
@@ -308,13 +317,24 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
     return absl::NotFoundError(absl::StrCat("no grant ", grant_id, " made"));
   }
   const uint64_t buffer_id = grants_.at(grant_id).view.buffer_id;
-  DropGrant(grant_id);
   Revoked out;
   auto b = buffers_.find(buffer_id);
-  if (!live || b == buffers_.end()) return out;
+  if (!live || b == buffers_.end()) {
+    DropGrant(grant_id);
+    return out;
+  }
   out.buffer = b->second;  // keeps the record alive if the last hold goes
   BufferRecord& buffer = *b->second;
-  absl::flat_hash_set<uint64_t> revoked = {grant_id};
+  // A grant goes: the views it delivered to sessions that let go since
+  // are cut off too (their fds may be anywhere), then the grant itself.
+  auto revoke_grant = [&](uint64_t g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (auto let_go = buffer.let_go_views.find(g); let_go != buffer.let_go_views.end()) {
+      out.views.insert(out.views.end(), let_go->second.begin(), let_go->second.end());
+      buffer.let_go_views.erase(let_go);
+    }
+    DropGrant(g);
+  };
+  revoke_grant(grant_id);
   std::vector<uint64_t> pending = {grant_id};
   while (!pending.empty() && buffers_.contains(buffer_id)) {
     const uint64_t g = pending.back();
@@ -332,22 +352,22 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
       }
       buffer.holders[sid] = buffer.JustifiedRights(sid);
     }
+    // A revoked grant is no session's way in any more: grants shared
+    // later do not count it among where they came from.
+    for (auto& [sid, via] : buffer.imported_via) via.erase(g);
     // What was shared on from the cut-off holds goes too: every grant a
     // cut-off session made of this buffer, and every one whose routes are
-    // all revoked now (its granter may have released the buffer since).
+    // all revoked now, by this revoke or earlier ones (its granter may
+    // have released the buffer since).
     const absl::flat_hash_set<uint64_t> cut(cut_off.begin(), cut_off.end());
     const std::vector<uint64_t> grants(buffer.grants.begin(), buffer.grants.end());
     for (uint64_t other : grants) {
-      const GrantRecord& rec = grants_.at(other);
+      GrantRecord& rec = grants_.at(other);
       bool gone = cut.contains(rec.from_session);
-      if (!gone && !rec.rooted && !rec.via.empty()) {
-        gone = std::all_of(rec.via.begin(), rec.via.end(),
-                           [&](uint64_t v) { return revoked.contains(v); });
-      }
+      if (!gone && !rec.rooted && rec.via.erase(g) > 0) gone = rec.via.empty();
       if (!gone) continue;
-      revoked.insert(other);
       pending.push_back(other);
-      DropGrant(other);
+      revoke_grant(other);
     }
     for (uint64_t sid : cut_off) {
       if (auto holding = holdings_.find(sid); holding != holdings_.end()) {

@@ -83,9 +83,14 @@ struct BufferRecord {
     std::vector<uint64_t> views;
   };
   absl::flat_hash_map<uint64_t, absl::flat_hash_map<uint64_t, Route>> imports;
+  // Per grant, the views delivered through it to sessions that have let
+  // go of the buffer since (Release, or their end): their fds may live on
+  // in processes, so a live revoke of the grant still cuts them off.
+  absl::flat_hash_map<uint64_t, std::vector<uint64_t>> let_go_views;
   // Per importing session (any backend), the grants it imported this
   // buffer through, noted at Import itself: a Share racing the import's
-  // delivery already knows where its granter's hold came from.
+  // delivery already knows where its granter's hold came from. A grant
+  // revoked live leaves every such set.
   absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> imported_via;
   // Set by the allocator (its decision and the backend say so): once
   // nobody holds it, the buffer stays charged until no fd or mapping of
@@ -113,8 +118,10 @@ struct GrantRecord {
   GrantView view;
   // Where the granter's own hold came from when it shared: its owner's
   // hold (`rooted`), else the grants it had imported the buffer through
-  // (BufferRecord::imports). A live revoke of all of those revokes this
-  // grant too (Registry::Revoke), whether or not the granter still holds.
+  // (BufferRecord::imports). Each live revoke of one of those takes it out
+  // of `via`; once none is left, this grant is revoked too
+  // (Registry::Revoke), whether or not the granter still holds, and
+  // however many revokes it took.
   bool rooted = false;
   absl::flat_hash_set<uint64_t> via;
 };

@@ -474,6 +474,69 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
   EXPECT_EQ(reg_.Import(kC, b_to_c->token(), accept).status().code(), StatusCode::kNotFound);
 }
 
+// An importer that let go (Release, or its session ended) may still have
+// the fd somewhere: revoking the grant cuts those views off too.
+TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(2));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  for (auto [sid, view] : {std::pair{kB, uint64_t{801}}, std::pair{kC, uint64_t{802}}}) {
+    ASSERT_TRUE(reg_.Import(sid, grant->token(), accept).ok());
+    ASSERT_TRUE(reg_.AddImportView(sid, grant->id(), id, CpuAccess::kRead, view).ok());
+  }
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  reg_.Leave(kC);
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{801, 802}));
+  EXPECT_TRUE(reg_.Describe(kA, id).ok());
+}
+
+// A grant shared on from imports dies once every grant it came through is
+// revoked, one revoke at a time as well as in one; a grant revoked before
+// a later share is not counted among where that share came from.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto g1 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto g2 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto g3 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(g1.ok() && g2.ok() && g3.ok());
+  uint64_t view = 900;
+  for (const auto* g : {&*g1, &*g2, &*g3}) {
+    ASSERT_TRUE(reg_.Import(kB, g->token(), accept).ok());
+    ASSERT_TRUE(reg_.AddImportView(kB, g->id(), id, CpuAccess::kRead, ++view).ok());
+  }
+  // B shares on to C (through g1, g2 and g3), who imports.
+  auto to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(to_c.ok());
+  ASSERT_TRUE(reg_.Import(kC, to_c->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kC, to_c->id(), id, CpuAccess::kRead, 909).ok());
+  // g3 goes; then B shares again (through g1 and g2 only).
+  ASSERT_TRUE(reg_.Revoke(kA, g3->id(), true).ok());
+  auto later = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(later.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  // g1 goes: both of B's grants still have g2.
+  ASSERT_TRUE(reg_.Revoke(kA, g1->id(), true).ok());
+  EXPECT_TRUE(reg_.Describe(kC, id).ok());
+  // g2 goes: nothing of what B shared is left.
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, g2->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(std::find(r->views.begin(), r->views.end(), 909), r->views.end());
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, to_c->token(), accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, later->token(), accept).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(reg_.Describe(kA, id).ok());
+}
+
 // Share and Import cost a client nothing, and each leaves state in
 // hallocd: both are bounded per session, with a reason, and the refusal
 // changes nothing.
