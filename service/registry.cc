@@ -214,7 +214,19 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   GrantRecord record{std::move(token), session_id, std::move(view)};
   record.rooted = session_id == buffer->owner_session && buffer->owner_holds;
   if (auto via = buffer->imported_via.find(session_id); via != buffer->imported_via.end()) {
-    record.via = via->second;
+    const auto routes = buffer->imports.find(session_id);
+    for (uint64_t g : via->second) {
+      // What that route gave: as delivered, else (the import racing this
+      // share) what its grant gives.
+      CpuAccess gave = CpuAccess::kNone;
+      if (routes != buffer->imports.end()) {
+        if (auto r = routes->second.find(g); r != routes->second.end()) gave = r->second.access;
+      }
+      if (gave == CpuAccess::kNone) {
+        if (auto other = grants_.find(g); other != grants_.end()) gave = other->second.view.access;
+      }
+      record.via.emplace(g, gave);
+    }
   }
   grants_.emplace(grant_id, std::move(record));
   return out;
@@ -364,7 +376,16 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
     for (uint64_t other : grants) {
       GrantRecord& rec = grants_.at(other);
       bool gone = cut.contains(rec.from_session);
-      if (!gone && !rec.rooted && rec.via.erase(g) > 0) gone = rec.via.empty();
+      if (!gone && !rec.rooted && rec.via.erase(g) > 0) {
+        // Gone with its last route, or once those left do not give what it
+        // gives (shared read-write through a route revoked since, it would
+        // hand out the revoked write access again).
+        CpuAccess left = CpuAccess::kNone;
+        for (const auto& [v, gave] : rec.via) {
+          if (Wider(gave, left)) left = gave;
+        }
+        gone = rec.via.empty() || Wider(rec.view.access, left);
+      }
       if (!gone) continue;
       pending.push_back(other);
       revoke_grant(other);

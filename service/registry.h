@@ -118,12 +118,13 @@ struct GrantRecord {
   GrantView view;
   // Where the granter's own hold came from when it shared: its owner's
   // hold (`rooted`), else the grants it had imported the buffer through
-  // (BufferRecord::imports). Each live revoke of one of those takes it out
-  // of `via`; once none is left, this grant is revoked too
-  // (Registry::Revoke), whether or not the granter still holds, and
-  // however many revokes it took.
+  // (BufferRecord::imports), each with the rights that route gave. Each
+  // live revoke of one of those takes it out of `via`; once none is left,
+  // or those left do not give the rights this grant gives, this grant is
+  // revoked too (Registry::Revoke), whether or not the granter still
+  // holds, and however many revokes it took.
   bool rooted = false;
-  absl::flat_hash_set<uint64_t> via;
+  absl::flat_hash_map<uint64_t, CpuAccess> via;
 };
 
 class Registry {

@@ -537,6 +537,44 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
   EXPECT_TRUE(reg_.Describe(kA, id).ok());
 }
 
+// A grant shared on read-write through a read-write route does not outlive
+// that route's revoke by resting on a read route: it would hand the
+// revoked write access out again.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  GrantView rw_to_b = ReadGrantForUid(2);
+  rw_to_b.access = CpuAccess::kReadWrite;
+  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto rw = reg_.Share(kA, id, [&](CpuAccess) { return rw_to_b; });
+  ASSERT_TRUE(read.ok() && rw.ok());
+  ASSERT_TRUE(reg_.Import(kB, read->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, read->id(), id, CpuAccess::kRead, 951).ok());
+  ASSERT_TRUE(reg_.Import(kB, rw->token(), accept).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, rw->id(), id, CpuAccess::kReadWrite, 952).ok());
+  // B shares on: read-write to C, and read to C.
+  GrantView rw_to_c = ReadGrantForUid(3);
+  rw_to_c.access = CpuAccess::kReadWrite;
+  auto wide = reg_.Share(kB, id, [&](CpuAccess held) {
+    EXPECT_EQ(held, CpuAccess::kReadWrite);
+    return rw_to_c;
+  });
+  auto narrow = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(wide.ok() && narrow.ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, rw->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_EQ(reg_.Import(kC, wide->token(), accept).status().code(), StatusCode::kNotFound)
+      << "the revoked write access came back through B's read-write grant";
+  absl::StatusOr<Registry::Imported> c = reg_.Import(kC, narrow->token(), accept);
+  ASSERT_TRUE(c.ok()) << c.status() << ": the read grant rests on B's read route";
+  EXPECT_EQ(c->info.cpu_access(), v1::CPU_ACCESS_READ);
+}
+
 // Share and Import cost a client nothing, and each leaves state in
 // hallocd: both are bounded per session, with a reason, and the refusal
 // changes nothing.
