@@ -203,6 +203,8 @@ static long halloc_ctl_info(void __user *uarg, size_t usize)
 	ret = copy_struct_from_user(&info, sizeof(info), uarg, usize);
 	if (ret)
 		return ret;
+	if (info.reserved)
+		return -EINVAL;
 	ret = halloc_buffer_info(&info);
 	if (ret)
 		return ret;

@@ -42,7 +42,13 @@
  *               EINVAL (videobuf2-vmalloc cannot queue it). On READ and
  *               READ_WRITE views a kernel importer's vmap (e.g. videobuf2
  *               filling a frame) is done for its device, is allowed and
- *               counts in halloc_buffer_info.vmaps.
+ *               counts in halloc_buffer_info.vmaps. A NONE dma-buf can
+ *               still be attached and mapped for DMA, so a driver that
+ *               imports it through videobuf2-dma-contig or -dma-sg and
+ *               then touches the frame with the CPU (vb2_plane_vaddr())
+ *               gets NULL there; one that does not check (vivid loaded
+ *               with allocators=1) oopses at STREAMON. Keep such devices
+ *               off the drivers list of NONE (protected) buffers.
  *   drivers     with HALLOC_VIEW_RESTRICT_ATTACH, dma_buf_attach() from a
  *               device fails with EPERM unless the device's driver name is
  *               listed. The name matched is the bound driver's name
@@ -82,7 +88,10 @@
  *     with ENODEV (a static importer that already holds its mapping keeps
  *     it until it unmaps: the exporter cannot tear a static importer's
  *     mapping down; vgem maps once at import, videobuf2 at the first
- *     QBUF until REQBUFS 0);
+ *     QBUF until REQBUFS 0; a dynamic importer, e.g. amdgpu, attaching
+ *     to this static exporter gets its mapping made at attach and cached
+ *     by the core, whose later dma_buf_map_attachment() returns the cache
+ *     without asking the exporter: it keeps mapping until it detaches);
  *   - a new dma_buf_vmap() succeeds but maps one private zeroed scratch
  *     page over the whole size, never the buffer (6.1's dma_buf_vmap()
  *     WARNs when an exporter's vmap fails, so a revoked vmap cannot fail

@@ -248,6 +248,14 @@ TEST_F(HeapAllocTest, ControlNodeErrnos) {
   EXPECT_EQ(Ioctl(ctl_.get(), DMA_HEAP_IOCTL_ALLOC, &info), -ENOTTY);
   EXPECT_EQ(Ioctl(ctl_.get(), HALLOC_IOCTL_INFO, reinterpret_cast<void*>(8)),
             -EFAULT);
+  // A reserved field that is not 0 (uapi: EINVAL), on a real buffer.
+  UniqueFd buf = Alloc(Heap::kSystem, 4096);
+  ASSERT_TRUE(buf.valid());
+  ASSERT_EQ(Info(ctl_.get(), buf.get(), &info), 0);
+  info = {};
+  info.fd = buf.get();
+  info.reserved = 1;
+  EXPECT_EQ(Ioctl(ctl_.get(), HALLOC_IOCTL_INFO, &info), -EINVAL);
   // Heap nodes do not answer control ioctls and vice versa.
   EXPECT_EQ(Ioctl(system_.get(), HALLOC_IOCTL_INFO, &info), -ENOTTY);
 }
