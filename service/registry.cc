@@ -194,6 +194,15 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
         "session has ", h->second.grants.size(), " open grants; limit is ",
         kMaxGrantsPerSession, " (revoke those no longer needed)"));
   }
+  const bool rooted = session_id == buffer->owner_session && buffer->owner_holds;
+  auto via = buffer->imported_via.find(session_id);
+  if (!rooted && (via == buffer->imported_via.end() || via->second.empty())) {
+    // Held only through grants revoked since (one landed while its import
+    // was under way): nothing left to share on, and a grant made from it
+    // would be reached by no revoke.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "buffer ", buffer_id, " was revoked from this session; it cannot be shared on"));
+  }
   ASSIGN_OR_RETURN(GrantView view, judge(buffer->holders.at(session_id)));
   view.id = next_id_++;
   view.buffer_id = buffer_id;
@@ -212,8 +221,8 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   h->second.grants.insert(grant_id);
   grant_tokens_.emplace(token, grant_id);
   GrantRecord record{std::move(token), session_id, std::move(view)};
-  record.rooted = session_id == buffer->owner_session && buffer->owner_holds;
-  if (auto via = buffer->imported_via.find(session_id); via != buffer->imported_via.end()) {
+  record.rooted = rooted;
+  if (via != buffer->imported_via.end()) {
     const auto routes = buffer->imports.find(session_id);
     for (uint64_t g : via->second) {
       // What that route gave: as delivered, else (the import racing this
@@ -246,6 +255,13 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   const GrantView& grant = grants_.at(t->second).view;
   ASSIGN_OR_RETURN(const CpuAccess access, judge(grant));
   std::shared_ptr<BufferRecord> buffer = buffers_.at(grant.buffer_id);
+  if (auto let_go = buffer->let_go_views.find(t->second);
+      let_go != buffer->let_go_views.end() && let_go->second.size() >= kMaxImportsPerGrant) {
+    // Each is kept for a revoke of the grant (its fd may live on).
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "grant ", t->second, " was imported and let go ", let_go->second.size(),
+        " times; limit is ", kMaxImportsPerGrant, " (keep the buffer, or ask for a new grant)"));
+  }
   if (auto routes = buffer->imports.find(session_id); routes != buffer->imports.end()) {
     if (auto r = routes->second.find(t->second);
         r != routes->second.end() && r->second.views.size() >= kMaxImportsPerGrant) {

@@ -135,7 +135,9 @@ class Registry {
   static constexpr size_t kMaxGrantsPerSession = 1024;
   // Times one session may import the same grant on a backend with live
   // revoke (each import is a kernel view whose id the route keeps until
-  // the grant or the hold goes).
+  // the grant or the hold goes), and times a grant's imports may be let go
+  // of (their ids are kept for a revoke of the grant: BufferRecord::
+  // let_go_views).
   static constexpr size_t kMaxImportsPerGrant = 256;
 
   // `backend` names the backend in BufferInfo, `dma_bufs` says whether its
@@ -225,7 +227,8 @@ class Registry {
   // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
   // sharer's own rights and returns the grant's terms (its id and buffer_id
   // are filled in here), or why not. RESOURCE_EXHAUSTED past
-  // kMaxGrantsPerSession open grants.
+  // kMaxGrantsPerSession open grants; FAILED_PRECONDITION for a session
+  // that holds it only through grants revoked since (live revoke).
   using ShareJudge =
       absl::FunctionRef<absl::StatusOr<GrantView>(CpuAccess held)>;
   absl::StatusOr<v1::Grant> Share(uint64_t session_id, uint64_t buffer_id,
@@ -233,7 +236,8 @@ class Registry {
   // Makes `session_id` a holder of the buffer `token` grants, with the
   // rights `judge` returns for that grant. A session that already holds the
   // buffer keeps the wider of its two rights. RESOURCE_EXHAUSTED once it
-  // imported this grant kMaxImportsPerGrant times (while it holds).
+  // imported this grant kMaxImportsPerGrant times (while it holds), or
+  // imports of it were let go of that many times.
   struct Imported {
     std::shared_ptr<const BufferRecord> buffer;
     v1::BufferInfo info;  // cpu_access: what this import grants

@@ -575,6 +575,36 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
   EXPECT_EQ(c->info.cpu_access(), v1::CPU_ACCESS_READ);
 }
 
+// A revoke landing while an import is under way (the route not noted yet):
+// the importer holds nothing it may share on, and each grant's imports
+// let go of are bounded (their view ids are kept for its revoke).
+TEST_F(RegistryTest, WhatARevokeLeftCannotBeSharedOnAndLetGoImportsAreBounded) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), accept).ok());  // not delivered yet
+  ASSERT_TRUE(reg_.Revoke(kA, grant->id(), true).ok());
+  EXPECT_EQ(reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); }).status().code(),
+            StatusCode::kFailedPrecondition);
+  EXPECT_EQ(reg_.AddImportView(kB, grant->id(), id, CpuAccess::kRead, 1).code(),
+            StatusCode::kNotFound);
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+
+  auto kept = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(kept.ok());
+  for (uint64_t view = 1; view <= Registry::kMaxImportsPerGrant; ++view) {
+    ASSERT_TRUE(reg_.Import(kB, kept->token(), accept).ok()) << view;
+    ASSERT_TRUE(reg_.AddImportView(kB, kept->id(), id, CpuAccess::kRead, view).ok());
+    ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  }
+  EXPECT_EQ(reg_.Import(kB, kept->token(), accept).status().code(),
+            StatusCode::kResourceExhausted);
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, kept->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views.size(), Registry::kMaxImportsPerGrant) << "every one let go is cut off";
+}
+
 // Share and Import cost a client nothing, and each leaves state in
 // hallocd: both are bounded per session, with a reason, and the refusal
 // changes nothing.

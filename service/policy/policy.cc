@@ -143,7 +143,7 @@ std::optional<FileId> FileIdOf(const std::string& path) {
   // otherwise hold the broker thread for as long as it left a getattr
   // unanswered).
   struct statx stx;
-  if (::statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC, STATX_INO, &stx) != 0) {
+  if (::statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC | AT_NO_AUTOMOUNT, STATX_INO, &stx) != 0) {
     return std::nullopt;
   }
   return FileId{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino};
