@@ -73,6 +73,24 @@ class RegistryTest : public ::testing::Test {
     return g;
   }
 
+  // What a receiver accepts: the grant's terms as they are.
+  static absl::StatusOr<CpuAccess> Accept(const GrantView& g) { return g.access; }
+  // `session` imports `grant` and its view `view_id` (of `access`) is
+  // noted, as the allocator does once it delivered it.
+  ::testing::AssertionResult ImportView(uint64_t session, const v1::Grant& grant,
+                                        uint64_t buffer_id, CpuAccess access,
+                                        uint64_t view_id) {
+    if (absl::StatusOr<Registry::Imported> i = reg_.Import(session, grant.token(), Accept);
+        !i.ok()) {
+      return ::testing::AssertionFailure() << "Import: " << i.status();
+    }
+    if (absl::Status s = reg_.AddImportView(session, grant.id(), buffer_id, access, view_id);
+        !s.ok()) {
+      return ::testing::AssertionFailure() << "AddImportView: " << s;
+    }
+    return ::testing::AssertionSuccess();
+  }
+
   static constexpr uint64_t kA = 10, kB = 20;
   Registry reg_;
 };
@@ -376,7 +394,6 @@ TEST_F(RegistryTest, TheLastHoldersReleaseClosesTheDaemonsFd) {
 // that held the buffer only through that grant stops holding it.
 TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto first = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(first.ok());
   GrantView rw = ReadGrantForUid(2);
@@ -384,16 +401,14 @@ TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
   auto second = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
   ASSERT_TRUE(second.ok());
 
-  auto imported = reg_.Import(kB, first->token(), accept);
+  auto imported = reg_.Import(kB, first->token(), Accept);
   ASSERT_TRUE(imported.ok());
   EXPECT_EQ(imported->grant_id, first->id());
   ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 501).ok());
   ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 502).ok());
-  ASSERT_TRUE(reg_.Import(kB, second->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kB, second->id(), id, CpuAccess::kReadWrite, 503).ok());
+  ASSERT_TRUE(ImportView(kB, *second, id, CpuAccess::kReadWrite, 503));
   // The owner imports its own grant too: its own route remains after.
-  ASSERT_TRUE(reg_.Import(kA, first->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kA, first->id(), id, CpuAccess::kRead, 504).ok());
+  ASSERT_TRUE(ImportView(kA, *first, id, CpuAccess::kRead, 504));
 
   // Revoking the read-write grant cuts view 503; B keeps the read route.
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, second->id(), true);
@@ -428,18 +443,15 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
   constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   auto also_to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(to_b.ok() && also_to_b.ok());
-  ASSERT_TRUE(reg_.Import(kB, to_b->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kB, to_b->id(), id, CpuAccess::kRead, 601).ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 601));
   // B shares on: to itself, and to C, who imports.
   auto b_to_b = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
   ASSERT_TRUE(b_to_b.ok() && b_to_c.ok());
-  ASSERT_TRUE(reg_.Import(kC, b_to_c->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kC, b_to_c->id(), id, CpuAccess::kRead, 602).ok());
+  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 602));
 
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -448,10 +460,10 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
   EXPECT_EQ(views, (std::vector<uint64_t>{601, 602}));
   EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(reg_.Import(kB, b_to_b->token(), accept).status().code(), StatusCode::kNotFound)
+  EXPECT_EQ(reg_.Import(kB, b_to_b->token(), Accept).status().code(), StatusCode::kNotFound)
       << "B got the revoked buffer back through its own grant";
   // The owner's other grant was not derived from the revoked one.
-  EXPECT_TRUE(reg_.Import(kB, also_to_b->token(), accept).ok());
+  EXPECT_TRUE(reg_.Import(kB, also_to_b->token(), Accept).ok());
   EXPECT_TRUE(reg_.Describe(kA, id).ok());
 }
 
@@ -461,17 +473,15 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
   constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(to_b.ok());
-  ASSERT_TRUE(reg_.Import(kB, to_b->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kB, to_b->id(), id, CpuAccess::kRead, 701).ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
   auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
   ASSERT_TRUE(b_to_c.ok());
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
 }
 
 // An importer that let go (Release, or its session ended) may still have
@@ -480,12 +490,10 @@ TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
   constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(2));
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(grant.ok());
   for (auto [sid, view] : {std::pair{kB, uint64_t{801}}, std::pair{kC, uint64_t{802}}}) {
-    ASSERT_TRUE(reg_.Import(sid, grant->token(), accept).ok());
-    ASSERT_TRUE(reg_.AddImportView(sid, grant->id(), id, CpuAccess::kRead, view).ok());
+    ASSERT_TRUE(ImportView(sid, *grant, id, CpuAccess::kRead, view));
   }
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   reg_.Leave(kC);
@@ -504,21 +512,18 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
   constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto g1 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   auto g2 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   auto g3 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(g1.ok() && g2.ok() && g3.ok());
   uint64_t view = 900;
   for (const auto* g : {&*g1, &*g2, &*g3}) {
-    ASSERT_TRUE(reg_.Import(kB, g->token(), accept).ok());
-    ASSERT_TRUE(reg_.AddImportView(kB, g->id(), id, CpuAccess::kRead, ++view).ok());
+    ASSERT_TRUE(ImportView(kB, *g, id, CpuAccess::kRead, ++view));
   }
   // B shares on to C (through g1, g2 and g3), who imports.
   auto to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
   ASSERT_TRUE(to_c.ok());
-  ASSERT_TRUE(reg_.Import(kC, to_c->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kC, to_c->id(), id, CpuAccess::kRead, 909).ok());
+  ASSERT_TRUE(ImportView(kC, *to_c, id, CpuAccess::kRead, 909));
   // g3 goes; then B shares again (through g1 and g2 only).
   ASSERT_TRUE(reg_.Revoke(kA, g3->id(), true).ok());
   auto later = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
@@ -532,8 +537,8 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_NE(std::find(r->views.begin(), r->views.end(), 909), r->views.end());
   EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(reg_.Import(kC, to_c->token(), accept).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(reg_.Import(kC, later->token(), accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, later->token(), Accept).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(reg_.Describe(kA, id).ok());
 }
 
@@ -544,16 +549,13 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
   constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   GrantView rw_to_b = ReadGrantForUid(2);
   rw_to_b.access = CpuAccess::kReadWrite;
   auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   auto rw = reg_.Share(kA, id, [&](CpuAccess) { return rw_to_b; });
   ASSERT_TRUE(read.ok() && rw.ok());
-  ASSERT_TRUE(reg_.Import(kB, read->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kB, read->id(), id, CpuAccess::kRead, 951).ok());
-  ASSERT_TRUE(reg_.Import(kB, rw->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kB, rw->id(), id, CpuAccess::kReadWrite, 952).ok());
+  ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kRead, 951));
+  ASSERT_TRUE(ImportView(kB, *rw, id, CpuAccess::kReadWrite, 952));
   // B shares on: read-write to C, and read to C.
   GrantView rw_to_c = ReadGrantForUid(3);
   rw_to_c.access = CpuAccess::kReadWrite;
@@ -568,9 +570,9 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
   absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(b->cpu_access(), v1::CPU_ACCESS_READ);
-  EXPECT_EQ(reg_.Import(kC, wide->token(), accept).status().code(), StatusCode::kNotFound)
+  EXPECT_EQ(reg_.Import(kC, wide->token(), Accept).status().code(), StatusCode::kNotFound)
       << "the revoked write access came back through B's read-write grant";
-  absl::StatusOr<Registry::Imported> c = reg_.Import(kC, narrow->token(), accept);
+  absl::StatusOr<Registry::Imported> c = reg_.Import(kC, narrow->token(), Accept);
   ASSERT_TRUE(c.ok()) << c.status() << ": the read grant rests on B's read route";
   EXPECT_EQ(c->info.cpu_access(), v1::CPU_ACCESS_READ);
 }
@@ -580,10 +582,9 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
 // let go of are bounded (their view ids are kept for its revoke).
 TEST_F(RegistryTest, WhatARevokeLeftCannotBeSharedOnAndLetGoImportsAreBounded) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(grant.ok());
-  ASSERT_TRUE(reg_.Import(kB, grant->token(), accept).ok());  // not delivered yet
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), Accept).ok());  // not delivered yet
   ASSERT_TRUE(reg_.Revoke(kA, grant->id(), true).ok());
   EXPECT_EQ(reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); }).status().code(),
             StatusCode::kFailedPrecondition);
@@ -594,11 +595,11 @@ TEST_F(RegistryTest, WhatARevokeLeftCannotBeSharedOnAndLetGoImportsAreBounded) {
   auto kept = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(kept.ok());
   for (uint64_t view = 1; view <= Registry::kMaxImportsPerGrant; ++view) {
-    ASSERT_TRUE(reg_.Import(kB, kept->token(), accept).ok()) << view;
+    ASSERT_TRUE(reg_.Import(kB, kept->token(), Accept).ok()) << view;
     ASSERT_TRUE(reg_.AddImportView(kB, kept->id(), id, CpuAccess::kRead, view).ok());
     ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   }
-  EXPECT_EQ(reg_.Import(kB, kept->token(), accept).status().code(),
+  EXPECT_EQ(reg_.Import(kB, kept->token(), Accept).status().code(),
             StatusCode::kResourceExhausted);
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, kept->id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -622,16 +623,15 @@ TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
   ASSERT_TRUE(reg_.Revoke(kA, grants.back(), false).ok());
   EXPECT_TRUE(reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); }).ok());
 
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto token = reg_.Share(kB, AddN(kB, 1)[0], [&](CpuAccess) { return ReadGrantForUid(1); });
   ASSERT_TRUE(token.ok());
   for (size_t i = 0; i < Registry::kMaxImportsPerGrant; ++i) {
-    auto imported = reg_.Import(kA, token->token(), accept);
+    auto imported = reg_.Import(kA, token->token(), Accept);
     ASSERT_TRUE(imported.ok()) << i << ": " << imported.status();
     ASSERT_TRUE(reg_.AddImportView(kA, token->id(), imported->buffer->id, CpuAccess::kRead,
                                    1000 + i).ok());
   }
-  EXPECT_EQ(reg_.Import(kA, token->token(), accept).status().code(),
+  EXPECT_EQ(reg_.Import(kA, token->token(), Accept).status().code(),
             StatusCode::kResourceExhausted);
 }
 
@@ -639,15 +639,13 @@ TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
 // client leaves neither its route nor its wider rights behind.
 TEST_F(RegistryTest, AnUndeliveredLiveImportLeavesNoRouteAndNoWiderRights) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   GrantView rw = ReadGrantForUid(2);
   rw.access = CpuAccess::kReadWrite;
   auto read_write = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
   ASSERT_TRUE(read.ok() && read_write.ok());
-  ASSERT_TRUE(reg_.Import(kB, read->token(), accept).ok());
-  ASSERT_TRUE(reg_.AddImportView(kB, read->id(), id, CpuAccess::kRead, 801).ok());
-  auto wider = reg_.Import(kB, read_write->token(), accept);
+  ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kRead, 801));
+  auto wider = reg_.Import(kB, read_write->token(), Accept);
   ASSERT_TRUE(wider.ok());
   ASSERT_EQ(wider->widened_from, CpuAccess::kRead);
   ASSERT_TRUE(reg_.AddImportView(kB, read_write->id(), id, CpuAccess::kReadWrite, 802).ok());
@@ -670,15 +668,14 @@ TEST_F(RegistryTest, AShareRacingAnImportIsDerivedFromIt) {
   constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto accept = [](const GrantView& g) { return absl::StatusOr<CpuAccess>(g.access); };
   auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
   ASSERT_TRUE(to_b.ok());
-  ASSERT_TRUE(reg_.Import(kB, to_b->token(), accept).ok());  // no view noted yet
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());  // no view noted yet
   auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
   ASSERT_TRUE(b_to_c.ok());
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());  // its import failed, say
   ASSERT_TRUE(reg_.Revoke(kA, to_b->id(), true).ok());
-  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
 }
 
 TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
