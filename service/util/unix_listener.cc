@@ -67,11 +67,14 @@ absl::StatusOr<AcceptGuard> AcceptGuard::Create() {
   return AcceptGuard(std::move(spare));
 }
 
-bool AcceptGuard::OnAcceptError(int listener, int err, absl::Time now) {
+bool AcceptGuard::OnAcceptError(int listener, int err, absl::Time now, UniqueFd* taken) {
   if (err != EMFILE && err != ENFILE) return false;
   spare_.reset();
-  { UniqueFd drop(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)); }
-  spare_ = OpenSpare();
+  {
+    UniqueFd drop(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    if (taken != nullptr) *taken = std::move(drop);
+  }
+  spare_ = OpenSpare();  // when `taken` holds the slot, once the pause ends
   Pause(now);
   return true;
 }

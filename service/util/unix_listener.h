@@ -45,8 +45,10 @@ class AcceptGuard {
   static absl::StatusOr<AcceptGuard> Create();
 
   // accept4 on `listener` failed with `err`: true when accepting should
-  // pause (out of fds: the waiting connection was taken and closed).
-  bool OnAcceptError(int listener, int err, absl::Time now);
+  // pause (out of fds: the waiting connection was taken and closed, or,
+  // given `taken`, handed over there for the caller to close, as records
+  // with fds queued on it must be: see ForeignFds).
+  bool OnAcceptError(int listener, int err, absl::Time now, UniqueFd* taken = nullptr);
   // Starts a pause without an accept (a listener that could not be
   // watched again, say).
   void Pause(absl::Time now) { resume_at_ = now + kPause; }

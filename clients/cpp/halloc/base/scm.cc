@@ -10,6 +10,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 
 namespace halloc {
 
@@ -59,14 +60,19 @@ absl::Status SendRecord(int sock, absl::string_view bytes,
   return absl::OkStatus();
 }
 
-absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking, size_t max_fds) {
-  max_fds = std::min(max_fds, kMaxFdsPerRecord);
-  Record record;
+namespace {
+
+// One recvmsg with room for the credentials and `max_fds` fds; every fd that
+// arrived is owned by the result, whatever was cut.
+absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
+  max_fds = std::min(max_fds, kKernelMaxFdsPerRecord);
+  RawRecord raw;
+  Record& record = raw.record;
   // Received into a per-thread buffer, then copied at its real size: no
   // 64 KiB allocation per record.
   thread_local std::string buffer(kMaxRecordBytes, '\0');
   iovec iov{buffer.data(), buffer.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerRecord) +
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKernelMaxFdsPerRecord) +
                                 CMSG_SPACE(sizeof(ucred))];
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -85,7 +91,7 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking, size_t max_fds)
     if (err == EAGAIN) return absl::ResourceExhaustedError("no record queued");
     return ErrnoStatus(err, "recvmsg");
   }
-  // Take ownership of every fd first, so that each error below closes them.
+  // Take ownership of every fd first, so that no path leaks them.
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr;
        cmsg = CMSG_NXTHDR(&msg, cmsg)) {
     if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS &&
@@ -105,26 +111,38 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking, size_t max_fds)
       record.fds.emplace_back(fd);
     }
   }
-  if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+  raw.bytes_cut = (msg.msg_flags & MSG_TRUNC) != 0;
+  raw.fds_cut = (msg.msg_flags & MSG_CTRUNC) != 0;
+  if (n == 0 && record.fds.empty() && !raw.fds_cut) {
+    return absl::UnavailableError("peer closed");
+  }
+  record.bytes.assign(buffer.data(), std::min<size_t>(static_cast<size_t>(n), buffer.size()));
+  return raw;
+}
+
+}  // namespace
+
+absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking, size_t max_fds) {
+  max_fds = std::min(max_fds, kMaxFdsPerRecord);
+  ASSIGN_OR_RETURN(RawRecord raw, Receive(sock, nonblocking, max_fds));
+  if (raw.bytes_cut || raw.fds_cut) {
     absl::Status status = absl::DataLossError(absl::StrCat(
-        "record truncated (", (msg.msg_flags & MSG_TRUNC) ? "bytes" : "fds",
-        "); dropped it"));
-    if (!(msg.msg_flags & MSG_TRUNC)) {
-      status.SetPayload(kTruncatedRecordPayload,
-                        absl::Cord(absl::string_view(buffer.data(), static_cast<size_t>(n))));
+        "record truncated (", raw.bytes_cut ? "bytes" : "fds", "); dropped it"));
+    if (!raw.bytes_cut) {
+      status.SetPayload(kTruncatedRecordPayload, absl::Cord(raw.record.bytes));
     }
     return status;
   }
-  if (record.fds.size() > max_fds) {
-    return absl::DataLossError(absl::StrCat("record carries ", record.fds.size(),
+  if (raw.record.fds.size() > max_fds) {
+    return absl::DataLossError(absl::StrCat("record carries ", raw.record.fds.size(),
                                             " fds; at most ", max_fds,
                                             "; dropped it"));
   }
-  if (n == 0 && record.fds.empty()) {
-    return absl::UnavailableError("peer closed");
-  }
-  record.bytes.assign(buffer.data(), static_cast<size_t>(n));
-  return record;
+  return std::move(raw.record);
+}
+
+absl::StatusOr<RawRecord> ReceiveRawRecord(int sock, bool nonblocking) {
+  return Receive(sock, nonblocking, kKernelMaxFdsPerRecord);
 }
 
 absl::Status RefuseIncomingFds(int sock) {

@@ -22,6 +22,8 @@ namespace halloc {
 
 // Most fds one record may carry.
 inline constexpr size_t kMaxFdsPerRecord = 64;
+// The most fds the kernel lets one record carry (SCM_MAX_FD).
+inline constexpr size_t kKernelMaxFdsPerRecord = 253;
 // Largest record payload (an Allocate reply of 64 image buffers with their
 // layouts fits).
 inline constexpr size_t kMaxRecordBytes = 64 * 1024;
@@ -54,16 +56,36 @@ struct Record {
 // on a socket with SO_PASSCRED (the sender's credentials, written first,
 // fill the rest of the room): a closed fd runs its file's flush (a FUSE
 // file's waits for the FUSE server, which a sender controls), a dropped one
-// does not. Without SO_PASSCRED that room would hold a few fds; they are
-// closed here and the record is DATA_LOSS.
+// does not; but a dropped fd's release still runs on this thread when the
+// record held its last reference (see RawRecord): a receiver that a sender
+// must not be able to hold up uses ReceiveRawRecord. Without SO_PASSCRED
+// that room would hold a few fds; they are closed here and the record is
+// DATA_LOSS.
 absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking,
                                      size_t max_fds = kMaxFdsPerRecord);
 inline constexpr absl::string_view kTruncatedRecordPayload = "halloc.dev/truncated-record";
 
+// One record as it came, cut or whole, with room for as many fds as the
+// kernel lets a record carry: for a receiver that must decide itself on
+// which thread fds it never asked for are closed. (Fds that find no room
+// are dropped by the kernel, and when that drop is their last reference,
+// their file's release runs on the receiving thread at its return from
+// recvmsg: a TCP socket's with SO_LINGER waits out its linger time there.)
+// Only when this process is out of fds (fds_cut) may some have been dropped.
+// Peer closed → UNAVAILABLE; nothing queued (`nonblocking`) →
+// RESOURCE_EXHAUSTED.
+struct RawRecord {
+  Record record;  // bytes as far as they fit in kMaxRecordBytes
+  bool bytes_cut = false;  // longer than kMaxRecordBytes (MSG_TRUNC)
+  bool fds_cut = false;    // some fds dropped by the kernel (MSG_CTRUNC)
+};
+absl::StatusOr<RawRecord> ReceiveRawRecord(int sock, bool nonblocking);
+
 // Makes the kernel refuse, at the sender's sendmsg (EPERM), every record
 // with fds for `sock` and for the connections a listening `sock` accepts
 // from now on (SO_PASSRIGHTS off). UNIMPLEMENTED before Linux 6.16, which
-// has no such option: there pass max_fds 0 to ReceiveRecord instead.
+// has no such option: there receive with ReceiveRawRecord and close what
+// comes on a thread that may wait.
 absl::Status RefuseIncomingFds(int sock);
 
 // Waits until `fd` is readable (or hung up) for at most `timeout_ms`

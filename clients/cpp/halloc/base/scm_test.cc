@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "clients/cpp/halloc/base/lock_probe.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -21,23 +23,6 @@ int CountOpenFds() {
   int n = 0;
   for (int fd = 0; fd < 1024; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
   return n;
-}
-
-// Whether another process sees a write lock of this process on `path`
-// (F_GETLK from a child: a process never sees its own locks that way).
-bool OthersSeeOurLock(const std::string& path) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    if (fd < 0 || ::fcntl(fd, F_GETLK, &fl) != 0) ::_exit(2);
-    ::_exit(fl.l_type == F_UNLCK ? 0 : 1);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) && WEXITSTATUS(status) == 1;
 }
 
 class ScmTest : public ::testing::Test {
@@ -202,6 +187,49 @@ TEST_F(ScmTest, NoRoomForFdsMeansTheyAreNeverInstalled) {
   rec->fds.clear();
   EXPECT_FALSE(OthersSeeOurLock(path));
   ::unlink(tmpl);
+}
+
+// A raw receive makes room for every fd a record can carry (the kernel
+// drops those that find none, running a last reference's release on the
+// receiving thread), and hands them over even when the bytes were cut.
+TEST_F(ScmTest, RawReceiveTakesEveryFdARecordCanCarry) {
+  const int on = 1;
+  ASSERT_EQ(::setsockopt(b_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  std::vector<int> fds(kKernelMaxFdsPerRecord, w.get());
+  std::string bytes(kMaxRecordBytes + 100, 'x');
+  iovec iov{bytes.data(), bytes.size()};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  ASSERT_EQ(::sendmsg(a_.get(), &msg, 0), static_cast<ssize_t>(bytes.size()));
+  w.reset();
+
+  absl::StatusOr<RawRecord> raw = ReceiveRawRecord(b_.get(), false);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_TRUE(raw->bytes_cut);
+  EXPECT_FALSE(raw->fds_cut);
+  EXPECT_EQ(raw->record.fds.size(), kKernelMaxFdsPerRecord);
+  EXPECT_EQ(raw->record.bytes.size(), kMaxRecordBytes);
+  ASSERT_TRUE(raw->record.creds.has_value());
+  char c;
+  EXPECT_EQ(::read(r.get(), &c, 1), -1) << "write ends still held";
+  raw->record.fds.clear();
+  EXPECT_EQ(::read(r.get(), &c, 1), 0);
+
+  // Peer closed: UNAVAILABLE, as ReceiveRecord says it.
+  a_.reset();
+  EXPECT_EQ(ReceiveRawRecord(b_.get(), true).status().code(), absl::StatusCode::kUnavailable);
 }
 
 // Where the kernel has SO_PASSRIGHTS, a record with fds is refused at the

@@ -1,0 +1,185 @@
+#include "service/util/foreign_fds.h"
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/scm.h"
+
+namespace halloc {
+namespace {
+
+// Records StopReceiving takes off a queue before it leaves the rest to
+// Drain (the kernel queues at most net.unix.max_dgram_qlen, 10 by default,
+// on a connected socket).
+constexpr int kMaxSkipped = 64;
+
+}  // namespace
+
+bool StopReceiving(int sock) {
+  ::shutdown(sock, SHUT_RD);
+  // With SO_PASSCRED the kernel writes the credentials of every record (the
+  // only room given), and marks one with fds as cut (MSG_CTRUNC) without
+  // installing them; at the end of the queue, nothing.
+  const int on = 1;
+  ::setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
+  for (int i = 0; i < kMaxSkipped; ++i) {
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+    msghdr msg{};
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n;
+    do {
+      n = ::recvmsg(sock, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return errno != EAGAIN;  // EAGAIN: empty; else unknown: drain
+    if (msg.msg_flags & MSG_CTRUNC) return true;
+    if (n == 0 && msg.msg_controllen == 0) return false;  // end of the queue
+    // A record without fds: off the queue (nothing to drop).
+    do {
+      n = ::recv(sock, nullptr, 0, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return errno != EAGAIN;
+  }
+  return true;
+}
+
+struct ForeignFds::State {
+  explicit State(uint64_t max, UniqueFd ready) : max_per_uid(max), ready(std::move(ready)) {}
+
+  struct Item {
+    uint64_t key;
+    uid_t uid;
+    std::vector<UniqueFd> fds;
+    bool drain;
+  };
+
+  void Run() {
+    auto any = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      return stop || !queue.empty();
+    };
+    for (;;) {
+      Item item;
+      {
+        absl::MutexLock lock(&mu);
+        mu.Await(absl::Condition(&any));
+        if (queue.empty()) return;  // stopped, and nothing left
+        item = std::move(queue.front());
+        queue.pop_front();
+      }
+      const uint64_t n = item.fds.size();
+      if (item.drain) {
+        for (;;) {  // each record's fds are closed as it goes
+          absl::StatusOr<RawRecord> rec = ReceiveRawRecord(item.fds.front().get(), true);
+          if (!rec.ok()) break;
+        }
+      }
+      item.fds.clear();  // closes here: what may wait for its sender
+      {
+        absl::MutexLock lock(&mu);
+        Untally(by_key, item.key, 1);
+        Untally(by_uid, item.uid, n);
+      }
+      const uint64_t one = 1;
+      (void)!::write(ready.get(), &one, sizeof(one));
+    }
+  }
+
+  template <typename Map, typename K>
+  static void Untally(Map& map, const K& k, uint64_t n) {
+    auto it = map.find(k);
+    if (it == map.end()) return;
+    if (it->second <= n) {
+      map.erase(it);
+    } else {
+      it->second -= n;
+    }
+  }
+
+  const uint64_t max_per_uid;
+  const UniqueFd ready;
+  mutable absl::Mutex mu;
+  std::deque<Item> queue ABSL_GUARDED_BY(mu);
+  // Items waiting (or being closed) per connection key; fds per uid.
+  absl::flat_hash_map<uint64_t, uint64_t> by_key ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<uid_t, uint64_t> by_uid ABSL_GUARDED_BY(mu);
+  bool stop ABSL_GUARDED_BY(mu) = false;
+  std::thread thread;
+};
+
+absl::StatusOr<std::unique_ptr<ForeignFds>> ForeignFds::Create(uint64_t max_per_uid) {
+  UniqueFd ready(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!ready) return ErrnoStatus(errno, "eventfd");
+  auto state = std::make_shared<State>(max_per_uid, std::move(ready));
+  // The thread holds the state too: it may outlive this object.
+  state->thread = std::thread([s = state] { s->Run(); });
+  return std::unique_ptr<ForeignFds>(new ForeignFds(std::move(state)));
+}
+
+ForeignFds::ForeignFds(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+ForeignFds::~ForeignFds() {
+  bool idle;
+  {
+    absl::MutexLock lock(&state_->mu);
+    state_->stop = true;
+    idle = state_->by_key.empty();
+  }
+  // Idle, it ends at once; held by a sender's file, it is let be.
+  if (idle) {
+    state_->thread.join();
+  } else {
+    state_->thread.detach();
+  }
+}
+
+void ForeignFds::Add(uint64_t key, uid_t uid, std::vector<UniqueFd> fds, bool drain) {
+  if (fds.empty()) return;
+  absl::MutexLock lock(&state_->mu);
+  ++state_->by_key[key];
+  state_->by_uid[uid] += fds.size();
+  state_->queue.push_back(State::Item{key, uid, std::move(fds), drain});
+}
+
+void ForeignFds::Close(uint64_t key, uid_t uid, std::vector<UniqueFd> fds) {
+  Add(key, uid, std::move(fds), /*drain=*/false);
+}
+
+void ForeignFds::Drain(uint64_t key, uid_t uid, UniqueFd sock) {
+  std::vector<UniqueFd> one;
+  one.push_back(std::move(sock));
+  Add(key, uid, std::move(one), /*drain=*/true);
+}
+
+bool ForeignFds::Waiting(uint64_t key) const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->by_key.contains(key);
+}
+
+uint64_t ForeignFds::waiting_of(uid_t uid) const {
+  absl::MutexLock lock(&state_->mu);
+  auto it = state_->by_uid.find(uid);
+  return it == state_->by_uid.end() ? 0 : it->second;
+}
+
+bool ForeignFds::OverLimit(uid_t uid) const {
+  return waiting_of(uid) >= state_->max_per_uid;
+}
+
+int ForeignFds::ready_fd() const { return state_->ready.get(); }
+
+void ForeignFds::Acknowledge() {
+  uint64_t n;
+  (void)!::read(state_->ready.get(), &n, sizeof(n));
+}
+
+}  // namespace halloc
