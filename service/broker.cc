@@ -25,6 +25,7 @@ namespace halloc {
 
 absl::Duration Broker::verify_timeout = absl::Seconds(10);
 bool Broker::follow_client_cpu = true;
+bool Broker::refuse_fds_at_sender = true;
 uint64_t Broker::max_unread_fds_per_uid = 0;
 absl::Duration Broker::lone_pause = absl::Milliseconds(50);
 
@@ -32,6 +33,7 @@ namespace {
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
+constexpr uint64_t kForeignKey = ~uint64_t{0} - 1;
 
 }  // namespace
 
@@ -81,21 +83,27 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
     return ErrnoStatus(errno, "setsockopt(SO_PASSCRED)");
   }
   // No request carries fds. Where the kernel can (6.16+), a client's
-  // sendmsg with fds fails (EPERM), also before accept(); elsewhere
-  // OnReadable receives with no room for fds, so they are dropped by the
-  // kernel, never installed and closed by this thread (a FUSE file's flush
-  // at close would wait for its server: a client could hang the broker).
-  if (absl::Status s = RefuseIncomingFds(listener.get());
-      !s.ok() && !absl::IsUnimplemented(s)) {
-    return s;
+  // sendmsg with fds fails (EPERM), also before accept(). Elsewhere
+  // OnReadable receives them (dropped by the kernel, their last release
+  // would run on this thread: a lingering TCP socket's waits as long as
+  // its sender likes) and foreign_fds_ closes them on its own thread (a
+  // FUSE file's flush at close waits for its server).
+  if (refuse_fds_at_sender) {
+    if (absl::Status s = RefuseIncomingFds(listener.get());
+        !s.ok() && !absl::IsUnimplemented(s)) {
+      return s;
+    }
   }
+  ASSIGN_OR_RETURN(std::unique_ptr<ForeignFds> foreign_fds,
+                   ForeignFds::Create(kMaxForeignFdsPerUid));
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
   ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
   for (auto [fd, key] : {std::pair{listener.get(), kListenerKey},
-                         std::pair{wake.get(), kWakeKey}}) {
+                         std::pair{wake.get(), kWakeKey},
+                         std::pair{foreign_fds->ready_fd(), kForeignKey}}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = key;
@@ -105,14 +113,16 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
   }
   std::unique_ptr<Broker> broker(new Broker(core, std::move(listener),
                                             std::move(epoll), std::move(wake),
-                                            std::move(accept_guard), path, owns_path));
+                                            std::move(accept_guard), std::move(foreign_fds),
+                                            path, owns_path));
   broker->follow_cpu_ = follow_client_cpu;
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
 
 Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
-               UniqueFd wake, AcceptGuard accept_guard, std::string path,
+               UniqueFd wake, AcceptGuard accept_guard,
+               std::unique_ptr<ForeignFds> foreign_fds, std::string path,
                bool owns_path)
     : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
       wake_(std::move(wake)), accept_guard_(std::move(accept_guard)),
@@ -120,6 +130,7 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
       unread_fds_(std::make_shared<UnreadFds>(
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
           UnreadFds::DefaultTotal())),
+      foreign_fds_(std::move(foreign_fds)),
       log_limit_(10, absl::Seconds(1)),
       slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid)) {}
 
@@ -176,7 +187,7 @@ void Broker::Run() {
     clients_this_turn_ = 0;
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
-      clients_this_turn_ += key != kListenerKey && key != kWakeKey;
+      clients_this_turn_ += key != kListenerKey && key != kWakeKey && key != kForeignKey;
     }
     if (clients_this_turn_ > 1 && follower_) {
       lone_requests_ = 0;
@@ -188,6 +199,9 @@ void Broker::Run() {
       if (key == kWakeKey) return;
       if (key == kListenerKey) {
         Accept();
+      } else if (key == kForeignKey) {
+        foreign_fds_->Acknowledge();
+        ResumeCleared();
       } else {
         OnReadable(key);
       }
@@ -241,9 +255,15 @@ void Broker::Accept() {
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) {
     const int err = errno;
-    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow())) {
-      // Out of fds: the waiting connection was closed (its client sees the
+    UniqueFd taken;
+    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow(), &taken)) {
+      // Out of fds: the waiting connection is closed (its client sees the
       // end instead of hanging); stop accepting for a moment, not spin.
+      ucred peer{};
+      peer.uid = static_cast<uid_t>(-1);
+      socklen_t peer_len = sizeof(peer);
+      ::getsockopt(taken.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_len);
+      CloseSocket(0, peer.uid, std::move(taken));
       StopAccepting();
       Warn("accept-fds", absl::StrCat("accept4: ", std::strerror(err),
                                       "; refusing connections for ",
@@ -253,6 +273,14 @@ void Broker::Accept() {
     }
     return;
   }
+  ucred cred{};
+  cred.uid = static_cast<uid_t>(-1);
+  socklen_t len = sizeof(cred);
+  if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    Warn("peercred", absl::StrCat("getsockopt(SO_PEERCRED): ", std::strerror(errno)));
+    CloseSocket(0, cred.uid, std::move(conn));
+    return;
+  }
   // Stamp every record from here on, whatever the listener had when this
   // connection was made (since Linux 6.16 a connection takes SO_PASSCRED
   // from the listener at connect(), so a socket passed in without it would
@@ -260,12 +288,7 @@ void Broker::Accept() {
   const int on = 1;
   if (::setsockopt(conn.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
     Warn("passcred", absl::StrCat("setsockopt(SO_PASSCRED): ", std::strerror(errno)));
-    return;
-  }
-  ucred cred{};
-  socklen_t len = sizeof(cred);
-  if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    Warn("peercred", absl::StrCat("getsockopt(SO_PEERCRED): ", std::strerror(errno)));
+    CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
   if (absl::Status admit = Admit(cred.uid); !admit.ok()) {
@@ -274,6 +297,7 @@ void Broker::Accept() {
     (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
     Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid, ": ",
                                  admit.message()));
+    CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
   auto c = std::make_unique<Conn>();
@@ -298,14 +322,19 @@ void Broker::Accept() {
   ev.events = EPOLLIN | EPOLLRDHUP;
   ev.data.u64 = c->key;
   absl::Status status = SendRecord(c->sock(), frame.SerializeAsString(), {}, true);
-  if (status.ok() && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->sock(), &ev) != 0) {
+  // A uid whose sent fds wait to be closed, over the limit: not read yet.
+  c->paused = foreign_fds_->OverLimit(cred.uid);
+  if (status.ok() && !c->paused &&
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->sock(), &ev) != 0) {
     status = ErrnoStatus(errno, "epoll_ctl(ADD)");
   }
   if (!status.ok()) {
     Warn("hello", absl::StrCat("connection of pid ", cred.pid, " failed to start: ",
                                status.message()));
+    CloseSocket(0, cred.uid, UniqueFd(::dup(c->sock())));
     return;
   }
+  if (c->paused) paused_.insert(c->key);
   ++conns_per_uid_[cred.uid];
   ++handshakes_;
   deadlines_.emplace(c->deadline, c->key);
@@ -386,7 +415,15 @@ void Broker::Close(uint64_t key) {
   if (it == conns_.end()) return;
   std::unique_ptr<Conn> c = std::move(it->second);
   conns_.erase(it);
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->sock(), nullptr);
+  if (c->paused) {
+    paused_.erase(key);
+  } else {
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->sock(), nullptr);
+  }
+  // The channel (its socket) may outlive this in the session's users; what
+  // its peer queued with fds is closed off this thread now, through a
+  // reference of foreign_fds_'s own.
+  CloseSocket(key, c->peer.uid, UniqueFd(::dup(c->sock())));
   if (auto u = conns_per_uid_.find(c->peer.uid); u != conns_per_uid_.end()) {
     if (--u->second == 0) conns_per_uid_.erase(u);
   }
@@ -401,6 +438,60 @@ void Broker::Close(uint64_t key) {
   if (log_limit_.Allow("closed", &dropped)) {
     LOG(INFO) << "session " << id << " closed (pid " << c->peer.pid << " uid "
               << c->peer.uid << ")" << LogLimiter::Dropped(dropped);
+  }
+}
+
+void Broker::CloseSocket(uint64_t key, uid_t uid, UniqueFd sock) {
+  if (!sock) return;  // out of fds for a reference of its own
+  // Its peer sees the end now, even while foreign_fds_ drains it (what was
+  // sent stays readable).
+  ::shutdown(sock.get(), SHUT_WR);
+  if (StopReceiving(sock.get())) foreign_fds_->Drain(key, uid, std::move(sock));
+}
+
+void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
+  const uid_t uid = conn.peer.uid;
+  foreign_fds_->Close(conn.key, uid, std::move(fds));
+  Pause(conn);
+  if (foreign_fds_->OverLimit(uid)) {
+    Warn("foreign", absl::StrCat("uid ", uid, " has ", foreign_fds_->waiting_of(uid),
+                                 " fds it sent waiting to be closed: not reading any "
+                                 "of its connections until they are"));
+    for (auto& [key, c] : conns_) {
+      if (c->peer.uid == uid) Pause(*c);
+    }
+  }
+}
+
+void Broker::Pause(Conn& conn) {
+  if (conn.paused) return;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, conn.sock(), nullptr);
+  conn.paused = true;
+  paused_.insert(conn.key);
+}
+
+void Broker::ResumeCleared() {
+  for (auto it = paused_.begin(); it != paused_.end();) {
+    auto c = conns_.find(*it);
+    if (c == conns_.end()) {
+      paused_.erase(it++);
+      continue;
+    }
+    Conn& conn = *c->second;
+    if (foreign_fds_->Waiting(conn.key) || foreign_fds_->OverLimit(conn.peer.uid)) {
+      ++it;
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = conn.key;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, conn.sock(), &ev) != 0) {
+      Warn("resume", absl::StrCat("epoll_ctl(ADD): ", std::strerror(errno)));
+      ++it;
+      continue;
+    }
+    conn.paused = false;
+    paused_.erase(it++);
   }
 }
 

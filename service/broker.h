@@ -19,10 +19,14 @@
 // close the excess connection instead of spinning, and accepting pauses
 // briefly; every log line an outsider can trigger is rate-limited, and
 // client strings in it are escaped; fds sent to it are refused at the
-// sender (Linux 6.16+) or dropped by the kernel, never installed here, so
-// no client's file (a FUSE file's flush) runs on the broker thread; fds
-// sent and not read are counted per uid (unread_fds.h), so a client that
-// does not read cannot use up what the kernel lets hallocd have in flight.
+// sender (Linux 6.16+), or else received and closed on a thread of their
+// own (util/foreign_fds.h), as are connections that end with some still
+// queued, so no client's file (a FUSE file's flush, a lingering TCP
+// socket's release) runs on the broker thread, and the connection that
+// sent them is not read again until they are closed (nor any of its uid's
+// once too many wait); fds sent and not read are counted per uid
+// (unread_fds.h), so a client that does not read cannot use up what the
+// kernel lets hallocd have in flight.
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 
@@ -40,6 +44,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/protocol.h"
@@ -48,6 +53,7 @@
 #include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
 #include "service/unread_fds.h"
+#include "service/util/foreign_fds.h"
 #include "service/util/cpu_follower.h"
 #include "service/util/log_limit.h"
 #include "service/util/unix_listener.h"
@@ -84,6 +90,15 @@ class Broker {
   // like a pause).
   static absl::Duration lone_pause;
 
+  // Whether fds sent to the broker are refused at the sender where the
+  // kernel can (SO_PASSRIGHTS, 6.16+). Tests turn it off to take the path
+  // of older kernels (received, closed on a thread of their own). Read by
+  // Start and Serve.
+  static bool refuse_fds_at_sender;
+  // Fds sent by one uid that may wait to be closed before none of its
+  // connections is read (util/foreign_fds.h).
+  static constexpr uint64_t kMaxForeignFdsPerUid = 64;
+
   // Unread fds one uid may have (0: UnreadFds::DefaultPerUid(), from the
   // fd limit). Read by Start and Serve.
   static uint64_t max_unread_fds_per_uid;
@@ -116,11 +131,15 @@ class Broker {
     std::string challenge;
     absl::Time deadline;
     std::shared_ptr<Session> session;  // set once verified
+    // Not read from (out of the epoll set) while fds it sent wait to be
+    // closed, or those of its uid are over kMaxForeignFdsPerUid.
+    bool paused = false;
     int sock() const { return channel->fd(); }
   };
 
   Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,
-         AcceptGuard accept_guard, std::string path, bool owns_path);
+         AcceptGuard accept_guard, std::unique_ptr<ForeignFds> foreign_fds,
+         std::string path, bool owns_path);
   // Starts the thread on a bound, listening socket.
   static absl::StatusOr<std::unique_ptr<Broker>> Launch(UniqueFd listener,
                                                         const std::string& path,
@@ -146,6 +165,17 @@ class Broker {
   void Reply(Conn& conn, v1::BrokerReply reply);
   static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
   void Close(uint64_t key);
+  // Closes `sock`, a connection's socket of `uid`, here, unless records
+  // with fds are still queued on it: then they are closed, and it, on
+  // foreign_fds_'s thread (a reference of its own when `sock` is not the
+  // last).
+  void CloseSocket(uint64_t key, uid_t uid, UniqueFd sock);
+  // Fds `conn` sent (a record's): closed off this thread; the connection
+  // (and every one of its uid, once over the limit) not read until they are.
+  void TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds);
+  void Pause(Conn& conn);
+  // Reads again from the paused connections whose fds were all closed.
+  void ResumeCleared();
   void ExpireHandshakes();
   // Tells held_cpu() and ServingCpu() where the follower holds the thread.
   void Publish();
@@ -175,6 +205,10 @@ class Broker {
   const std::shared_ptr<UnreadFds> unread_fds_;
   size_t retired_ = 0;
   absl::Time next_sweep_ = absl::InfinitePast();
+  // Fds clients sent unasked, closed on a thread of their own; the paused
+  // connections' keys.
+  std::unique_ptr<ForeignFds> foreign_fds_;
+  absl::flat_hash_set<uint64_t> paused_;
   // Handshake deadlines, earliest on top, with their connection's key
   // (stale once it verified or closed: skipped when they come up).
   std::priority_queue<std::pair<absl::Time, uint64_t>,

@@ -81,18 +81,22 @@ void Broker::OnReadable(uint64_t key) {
   auto it = conns_.find(key);
   if (it == conns_.end()) return;  // an earlier event closed it
   Conn& conn = *it->second;
-  absl::StatusOr<Record> rec = ReceiveRecord(conn.sock(), true, /*max_fds=*/0);
-  if (rec.ok()) {
-    Handle(conn, *std::move(rec));
+  // With room for every fd a record may carry: none is dropped (and so
+  // released) on this thread; any that came go to foreign_fds_.
+  absl::StatusOr<RawRecord> raw = ReceiveRawRecord(conn.sock(), true);
+  if (!raw.ok()) {
+    // Nothing queued after all: next event.
+    if (absl::IsResourceExhausted(raw.status())) return;
+    Close(key);  // peer closed, or an error on its socket
     return;
   }
-  // Nothing queued after all: next event.
-  if (absl::IsResourceExhausted(rec.status())) return;
-  if (absl::IsDataLoss(rec.status())) {  // too long, or it carried fds
+  const bool malformed = raw->bytes_cut || raw->fds_cut || !raw->record.fds.empty();
+  if (!raw->record.fds.empty()) TakeForeignFds(conn, std::move(raw->record.fds));
+  if (malformed) {  // too long, or it carried fds
     Reply(conn, ErrorReply(0, absl::InvalidArgumentError(kMalformedRequest)));
     return;
   }
-  Close(key);  // peer closed, or an error on its socket
+  Handle(conn, std::move(raw->record));
 }
 
 absl::Status Broker::SendReply(SocketFdChannel& channel, v1::BrokerReply reply) {
@@ -109,7 +113,7 @@ void Broker::Reply(Conn& conn, v1::BrokerReply reply) {
 
 bool Broker::Handle(Conn& conn, Record rec) {
   v1::BrokerRequest req;
-  if (!rec.fds.empty() || !req.ParseFromString(rec.bytes)) {
+  if (!req.ParseFromString(rec.bytes)) {
     Reply(conn, ErrorReply(0, absl::InvalidArgumentError(kMalformedRequest)));
     return true;
   }

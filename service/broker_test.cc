@@ -147,12 +147,11 @@ absl::Status ReleaseNothingFrom(int sock, uint32_t cpu_hint) {
   return ReplyStatus(frame.reply());
 }
 
-// No request carries fds, and the broker thread never installs (and so
-// never closes) one a client sends: closing a FUSE file waits for its
-// server, so a client could park the thread. Refused at the sender where
-// the kernel can (SO_PASSRIGHTS, 6.16+), else dropped by the kernel at
-// receive (ScmTest.NoRoomForFdsMeansTheyAreNeverInstalled) and answered.
-TEST_F(BrokerTest, ARecordWithFdsIsRefusedAndNothingIsInstalled) {
+// No request carries fds. Refused at the sender where the kernel can
+// (SO_PASSRIGHTS, 6.16+), else answered as malformed (and closed off the
+// broker thread, where a client's file could park it:
+// broker_foreign_fds_test.cc).
+TEST_F(BrokerTest, ARecordWithFdsIsRefusedOrAnswered) {
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();

@@ -1,0 +1,190 @@
+// Fds a client sends the broker unasked, where the kernel cannot refuse them
+// at the sender (before Linux 6.16; here by turning the refusal off): they
+// are closed on a thread of their own, never on the broker thread, whose
+// other clients are served meanwhile. The file that would hold a thread is
+// a TCP socket with SO_LINGER and data its peer never takes
+// (util/lingering_socket.h): its release waits out the linger time.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/broker_conn.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/broker.pb.h"
+#include "service/backend/memfd_backend.h"
+#include "service/broker.h"
+#include "service/util/lingering_socket.h"
+#include "service/util/unix_listener.h"
+
+namespace halloc {
+namespace {
+
+constexpr absl::Duration kLinger = absl::Seconds(120);
+
+// Records with fds are queued on connections made before the broker serves
+// its socket (as systemd hands it over): then the record holds the last
+// reference of each fd by the time the broker takes it, so the release of
+// a lingering socket would wait on whichever thread drops it. (Sent to a
+// running broker, the test's own close could come last and wait instead.)
+class BrokerForeignFdsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/halloc-broker-foreign-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/broker.sock";
+    core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
+    absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_SEQPACKET, 0600);
+    ASSERT_TRUE(listener.ok()) << listener.status();
+    listener_ = *std::move(listener);
+  }
+  void TearDown() override {
+    for (LingeringSocket& s : lingering_) s.Release();
+    broker_.reset();
+    Broker::verify_timeout = saved_verify_timeout_;  // read by the broker thread
+    std::filesystem::remove_all(dir_);
+  }
+
+  void Serve() {
+    Broker::refuse_fds_at_sender = false;  // as before Linux 6.16
+    absl::StatusOr<std::unique_ptr<Broker>> broker =
+        Broker::Serve(std::move(listener_), path_, core_.get());
+    Broker::refuse_fds_at_sender = true;
+    ASSERT_TRUE(broker.ok()) << broker.status();
+    broker_ = *std::move(broker);
+  }
+
+  // A lingering socket's fd (the test keeps its listener, to end the wait).
+  UniqueFd Lingering() {
+    absl::StatusOr<LingeringSocket> s = LingeringSocket::Create(kLinger);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return UniqueFd();
+    UniqueFd fd = std::move(s->sock);
+    lingering_.push_back(*std::move(s));
+    return fd;
+  }
+
+  // Sends an empty Release with `fds` on `sock`, then closes the test's
+  // references to them.
+  static void SendRelease(int sock, std::vector<UniqueFd> fds) {
+    v1::BrokerRequest req;
+    req.set_request_id(5);
+    req.mutable_release();
+    std::vector<int> raw;
+    for (const UniqueFd& fd : fds) raw.push_back(fd.get());
+    ASSERT_TRUE(SendRecord(sock, req.SerializeAsString(), raw, false).ok());
+  }
+
+  // The status of the next reply on `sock` within `ms`, skipping a Hello.
+  static absl::Status AnswerWithin(int sock, int ms) {
+    for (;;) {
+      if (absl::Status s = WaitReadable(sock, ms); !s.ok()) return s;
+      absl::StatusOr<Record> rec = ReceiveRecord(sock, true);
+      if (!rec.ok()) return rec.status();
+      v1::BrokerFrame frame;
+      if (!frame.ParseFromString(rec->bytes)) return absl::DataLossError("not a frame");
+      if (frame.has_reply()) return ReplyStatus(frame.reply());
+    }
+  }
+
+  // A connection made now: before Serve, it waits in the listener's queue.
+  UniqueFd Early() {
+    absl::StatusOr<UniqueFd> fd = ConnectSeqpacket(path_);
+    EXPECT_TRUE(fd.ok()) << fd.status();
+    return fd.ok() ? *std::move(fd) : UniqueFd();
+  }
+
+  absl::StatusOr<BrokerConnection> Connect(absl::Duration timeout = absl::Seconds(10)) {
+    return ConnectBroker(path_, timeout);
+  }
+
+  std::string dir_;
+  std::string path_;
+  UniqueFd listener_;
+  std::unique_ptr<Allocator> core_;
+  std::unique_ptr<Broker> broker_;
+  std::vector<LingeringSocket> lingering_;
+  const absl::Duration saved_verify_timeout_ = Broker::verify_timeout;
+};
+
+// The sender is told its record was malformed, and is not read again until
+// its fds are closed; everyone else is served meanwhile.
+TEST_F(BrokerForeignFdsTest, AreClosedOffTheBrokerThread) {
+  UniqueFd sender = Early();
+  std::vector<UniqueFd> fds;
+  fds.push_back(Lingering());
+  SendRelease(sender.get(), std::move(fds));
+  Serve();
+  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kInvalidArgument);
+
+  // Served while the sender's socket lingers (the broker thread would wait
+  // out kLinger releasing it).
+  absl::StatusOr<BrokerConnection> other = Connect();
+  ASSERT_TRUE(other.ok()) << other.status();
+  SendRelease(other->fd.get(), {});
+  EXPECT_TRUE(AnswerWithin(other->fd.get(), 10000).ok());
+
+  // The sender waits for its fds to be closed (then it is told to verify:
+  // it never answered its Hello).
+  SendRelease(sender.get(), {});
+  EXPECT_EQ(AnswerWithin(sender.get(), 300).code(), absl::StatusCode::kDeadlineExceeded);
+  lingering_[0].Release();
+  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kUnauthenticated);
+}
+
+// Once kMaxForeignFdsPerUid of a uid's fds wait, none of its connections
+// is read (new ones included) until they are closed.
+TEST_F(BrokerForeignFdsTest, TooManyWaitingPauseTheWholeUid) {
+  UniqueFd sender = Early();
+  UniqueFd other = Early();
+  std::vector<UniqueFd> fds;
+  fds.push_back(Lingering());
+  while (fds.size() < Broker::kMaxForeignFdsPerUid) fds.emplace_back(::dup(other.get()));
+  SendRelease(sender.get(), std::move(fds));
+  Serve();
+  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kInvalidArgument);
+
+  SendRelease(other.get(), {});
+  EXPECT_EQ(AnswerWithin(other.get(), 300).code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(Connect(absl::Milliseconds(300)).ok()) << "a new one waits too";
+
+  lingering_[0].Release();
+  EXPECT_EQ(AnswerWithin(other.get(), 10000).code(), absl::StatusCode::kUnauthenticated);
+  absl::StatusOr<BrokerConnection> after = Connect();
+  EXPECT_TRUE(after.ok()) << after.status();
+}
+
+// A connection that ends with records with fds still queued (here: one
+// that never verified, closed at its deadline while paused) has them
+// closed off the broker thread too: closing its socket there would drop
+// them there.
+TEST_F(BrokerForeignFdsTest, AConnectionClosedWithFdsQueuedIsDrainedOffTheBrokerThread) {
+  UniqueFd sender = Early();
+  for (int i = 0; i < 2; ++i) {
+    std::vector<UniqueFd> fds;
+    fds.push_back(Lingering());
+    SendRelease(sender.get(), std::move(fds));
+  }
+  Broker::verify_timeout = absl::Milliseconds(300);  // until TearDown
+  Serve();
+  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kInvalidArgument);
+
+  // The deadline passes while the second record waits; the broker serves on.
+  absl::SleepFor(absl::Seconds(1));
+  absl::StatusOr<BrokerConnection> other = Connect();
+  ASSERT_TRUE(other.ok()) << other.status();
+  SendRelease(other->fd.get(), {});
+  EXPECT_TRUE(AnswerWithin(other->fd.get(), 10000).ok());
+  char c;
+  EXPECT_EQ(::recv(sender.get(), &c, 1, MSG_DONTWAIT), 0) << "closed at its deadline";
+}
+
+}  // namespace
+}  // namespace halloc
