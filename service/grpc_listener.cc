@@ -31,6 +31,8 @@ LogLimiter& Limiter() {
 
 }  // namespace
 
+bool GrpcListener::relay_always = false;
+
 absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd listener,
                                                                   grpc::Server* server,
                                                                   Admit admit) {
@@ -49,10 +51,14 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
   // (a few such fds, every gRPC thread). Where the kernel can (6.16+) the
   // client's sendmsg fails instead (EPERM); accepted sockets inherit this
   // at connect(), and each is set again below for a socket handed in
-  // (systemd) that was made without it.
-  if (absl::Status s = RefuseIncomingFds(listener.get());
-      !s.ok() && !absl::IsUnimplemented(s)) {
-    return s;
+  // (systemd) that was made without it. Elsewhere gRPC reads through a
+  // StreamRelay, which takes such fds off its thread.
+  std::unique_ptr<StreamRelay> relay;
+  const absl::Status refuse = relay_always ? absl::UnimplementedError("relay_always")
+                                           : RefuseIncomingFds(listener.get());
+  if (!refuse.ok()) {
+    if (!absl::IsUnimplemented(refuse)) return refuse;
+    ASSIGN_OR_RETURN(relay, StreamRelay::Start());
   }
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
@@ -61,20 +67,28 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
   ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
   std::unique_ptr<GrpcListener> l(new GrpcListener(std::move(listener), std::move(wake),
                                                    std::move(ends), std::move(accept_guard),
-                                                   server, std::move(admit)));
+                                                   server, std::move(admit),
+                                                   std::move(relay)));
   l->thread_ = std::thread([p = l.get()] { p->Run(); });
   return l;
 }
 
 GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
-                           AcceptGuard accept_guard, grpc::Server* server, Admit admit)
+                           AcceptGuard accept_guard, grpc::Server* server, Admit admit,
+                           std::unique_ptr<StreamRelay> relay)
     : listener_(std::move(listener)), wake_(std::move(wake)), ends_(std::move(ends)),
-      accept_guard_(std::move(accept_guard)), server_(server), admit_(std::move(admit)) {}
+      accept_guard_(std::move(accept_guard)), server_(server), admit_(std::move(admit)),
+      relay_(std::move(relay)) {}
 
 GrpcListener::~GrpcListener() {
   Stop();
+  if (relay_) relay_->Stop();  // every relayed connection ends
   absl::MutexLock lock(&mu_);
   for (const auto& [dup, uid] : conns_) CloseDup(dup);
+}
+
+void GrpcListener::Refuse(UniqueFd conn, uid_t uid) {
+  if (relay_ && conn) relay_->Discard(std::move(conn), uid);
 }
 
 void GrpcListener::CloseDup(int dup) {
@@ -145,7 +159,10 @@ void GrpcListener::AcceptOne() {
   UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   if (!conn) {
     const int err = errno;
-    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow())) {
+    UniqueFd taken;
+    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow(),
+                                    relay_ ? &taken : nullptr)) {
+      Refuse(std::move(taken), static_cast<uid_t>(-1));
       // The waiting connection was closed (its client sees the end instead
       // of hanging); accepting pauses.
       LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err)
@@ -160,25 +177,31 @@ void GrpcListener::AcceptOne() {
   }
   // Again on the connection: one made before Start, on a socket handed
   // in, did not inherit it from the listener.
-  if (absl::Status s = RefuseIncomingFds(conn.get()); !s.ok() && !absl::IsUnimplemented(s)) {
-    return;  // closes it: it could hold gRPC's threads
-  }
   ucred cred{};
+  cred.uid = static_cast<uid_t>(-1);
+  if (!relay_) {
+    if (absl::Status s = RefuseIncomingFds(conn.get()); !s.ok()) {
+      return;  // closes it: it could hold gRPC's threads
+    }
+  }
   socklen_t len = sizeof(cred);
   if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    return;  // closes it: no identity, no service
+    Refuse(std::move(conn), cred.uid);
+    return;  // closed: no identity, no service
   }
   if (absl::Status admit = admit_(cred.uid, held(cred.uid)); !admit.ok()) {
     if (uint64_t dropped; Limiter().Allow("control-refused", &dropped)) {
       LOG(WARNING) << "control socket: refused a connection: " << admit.message()
                    << LogLimiter::Dropped(dropped);
     }
+    Refuse(std::move(conn), cred.uid);
     return;  // closed: the client sees the connection end
   }
   UniqueFd dup(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));
   if (!dup) {
     // Uncounted, so not served: the fd table is nearly full anyway.
     LOG_EVERY_N(WARNING, 100) << "control socket: dup: " << std::strerror(errno);
+    Refuse(std::move(conn), cred.uid);
     return;
   }
   epoll_event ev{};
@@ -186,6 +209,7 @@ void GrpcListener::AcceptOne() {
   ev.data.fd = dup.get();
   if (::epoll_ctl(ends_.get(), EPOLL_CTL_ADD, dup.get(), &ev) != 0) {
     LOG_EVERY_N(WARNING, 100) << "control socket: epoll_ctl: " << std::strerror(errno);
+    Refuse(std::move(conn), cred.uid);
     return;
   }
   {
@@ -194,6 +218,15 @@ void GrpcListener::AcceptOne() {
     ++per_uid_[cred.uid];
   }
   (void)dup.release();  // conns_ owns it now
+  if (relay_) {
+    absl::StatusOr<UniqueFd> end = relay_->Add(std::move(conn), cred.uid);
+    if (!end.ok()) {
+      // Shut down: the duplicate sees the end and the count drops.
+      LOG_EVERY_N(WARNING, 100) << "control socket: relay: " << end.status();
+      return;
+    }
+    conn = *std::move(end);
+  }
   grpc::AddInsecureChannelFromFd(server_, conn.release());  // gRPC owns it now
 }
 

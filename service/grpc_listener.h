@@ -22,6 +22,11 @@
 //
 // Out of fds, it accepts-and-closes with a reserve fd and pauses 100 ms
 // instead of spinning, as the broker does.
+//
+// Where the kernel cannot refuse fds at the sender (SO_PASSRIGHTS, 6.16+),
+// gRPC gets each admitted connection through a StreamRelay
+// (stream_relay.h), so that no fd a client attaches to its bytes reaches
+// gRPC's reads, and refused connections are closed there too.
 #ifndef HALLOC_SERVICE_GRPC_LISTENER_H_
 #define HALLOC_SERVICE_GRPC_LISTENER_H_
 
@@ -36,6 +41,7 @@
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/connection_limits.h"
+#include "service/stream_relay.h"
 #include "service/util/unix_listener.h"
 
 namespace grpc {
@@ -63,9 +69,18 @@ class GrpcListener {
   // Connections open now: `uid`'s and all.
   ConnectionCounts held(uid_t uid) const;
 
+  // Relay every connection even where the kernel refuses fds at the sender
+  // (tests, on kernels from 6.16). Read by Start.
+  static bool relay_always;
+  // Whether connections go through a StreamRelay.
+  bool relaying() const { return relay_ != nullptr; }
+
  private:
   GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, AcceptGuard accept_guard,
-               grpc::Server* server, Admit admit);
+               grpc::Server* server, Admit admit, std::unique_ptr<StreamRelay> relay);
+  // Closes a connection it does not serve: on the relay's thread when
+  // relaying (fds may be queued on it), else here.
+  void Refuse(UniqueFd conn, uid_t uid);
   void Run();
   // Accepts one connection (or, out of fds, pauses: accept_guard_).
   void AcceptOne();
@@ -80,6 +95,9 @@ class GrpcListener {
   AcceptGuard accept_guard_;  // out of fds: close the waiting one, pause
   grpc::Server* const server_;
   const Admit admit_;
+  // Set where fds cannot be refused at the sender; outlives Stop(), so that
+  // connections stay served while the server shuts down.
+  std::unique_ptr<StreamRelay> relay_;
   std::thread thread_;
   bool stopped_ = false;
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -18,6 +19,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "service/util/lingering_socket.h"
 #include "service/util/unix_listener.h"
 
 namespace halloc {
@@ -45,7 +47,9 @@ bool WaitFor(F done) {
   return done();
 }
 
-class GrpcListenerTest : public ::testing::Test {
+// Each case runs with connections handed to gRPC directly (where the kernel
+// refuses fds at the sender) and through a StreamRelay (as before 6.16).
+class GrpcListenerTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/halloc-grpc-listener-XXXXXX";
@@ -58,16 +62,22 @@ class GrpcListenerTest : public ::testing::Test {
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
+    StartListener(*std::move(listener));
+  }
+  void StartListener(UniqueFd listener) {
+    GrpcListener::relay_always = GetParam();
     absl::StatusOr<std::unique_ptr<GrpcListener>> l = GrpcListener::Start(
-        *std::move(listener), server_.get(), [this](uid_t uid, ConnectionCounts held) {
+        std::move(listener), server_.get(), [this](uid_t uid, ConnectionCounts held) {
           last_uid_ = uid;
           return held.of_uid >= limit_ ? absl::ResourceExhaustedError("at the limit")
                                        : absl::OkStatus();
         });
+    GrpcListener::relay_always = false;
     ASSERT_TRUE(l.ok()) << l.status();
     listener_ = *std::move(l);
   }
   void TearDown() override {
+    for (LingeringSocket& l : lingering_) l.Release();
     if (listener_) listener_->Stop();
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     listener_.reset();
@@ -108,9 +118,15 @@ class GrpcListenerTest : public ::testing::Test {
   std::unique_ptr<GrpcListener> listener_;
   uint32_t limit_ = 2;
   uid_t last_uid_ = -1;
+  std::vector<LingeringSocket> lingering_;
 };
 
-TEST_F(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
+INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Relayed" : "Direct";
+                         });
+
+TEST_P(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
   {
     auto stub = Health::NewStub(
         grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
@@ -129,13 +145,10 @@ TEST_F(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
 // No gRPC call carries fds, and none may reach gRPC's reads: dropping one
 // there releases the file on a gRPC thread (a TCP socket lingering with
 // unsent data would hold it for its linger time). Refused at the sender.
-TEST_F(GrpcListenerTest, AnFdSentToTheControlSocketIsRefusedAtTheSender) {
-  {
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (absl::IsUnimplemented(RefuseIncomingFds(probe.get()))) {
-      GTEST_SKIP() << "this kernel has no SO_PASSRIGHTS (Linux 6.16+): gRPC's read drops "
-                      "such an fd (README, threat table)";
-    }
+TEST_P(GrpcListenerTest, AnFdSentToTheControlSocketIsRefusedAtTheSender) {
+  if (listener_->relaying()) {
+    GTEST_SKIP() << "relayed: fds are taken off gRPC's way instead "
+                    "(FdsSentWithAnyByteNeverReachGrpc)";
   }
   UniqueFd raw = Raw();
   ASSERT_TRUE(WaitFor([&] { return Mine() == 1; })) << "accepted";
@@ -149,7 +162,7 @@ TEST_F(GrpcListenerTest, AnFdSentToTheControlSocketIsRefusedAtTheSender) {
   EXPECT_TRUE(Check().ok());
 }
 
-TEST_F(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
+TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
   UniqueFd a = Raw(), b = Raw();
   ASSERT_TRUE(WaitFor([&] { return Mine() == 2; }));
   UniqueFd c = Raw();
@@ -161,7 +174,7 @@ TEST_F(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
   EXPECT_TRUE(Check().ok()) << "room again";
 }
 
-TEST_F(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {
+TEST_P(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {
   // gRPC ends a connection that does not speak HTTP/2; it shuts the socket
   // down before closing its fd, so the listener's duplicate sees the end
   // and the peer is not left hanging on a socket hallocd keeps open.
@@ -173,7 +186,7 @@ TEST_F(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {
   EXPECT_TRUE(WaitFor([&] { return Mine() == 0; }));
 }
 
-TEST_F(GrpcListenerTest, AHalfClosedConnectionIsForgottenAndEnded) {
+TEST_P(GrpcListenerTest, AHalfClosedConnectionIsForgottenAndEnded) {
   // Shutting down only the writing side must not keep a slot uncounted
   // while the connection lives on: gRPC ends it too.
   UniqueFd raw = Raw();
@@ -181,6 +194,43 @@ TEST_F(GrpcListenerTest, AHalfClosedConnectionIsForgottenAndEnded) {
   ASSERT_EQ(::shutdown(raw.get(), SHUT_WR), 0);
   EXPECT_TRUE(WaitFor([&] { return Mine() == 0; }));
   EXPECT_TRUE(Ended(raw)) << "gRPC closed its side as well";
+}
+
+// Relayed, an fd sent with any byte of the stream is taken off by the relay
+// and closed on a thread of its own: even lingering sockets, each holding
+// up whatever thread drops it for two minutes, leave gRPC serving. (The
+// records are queued before the listener starts, so that each holds its
+// socket's last reference.)
+TEST_P(GrpcListenerTest, FdsSentWithAnyByteNeverReachGrpc) {
+  if (!GetParam()) GTEST_SKIP() << "direct: refused at the sender (the case above)";
+  listener_->Stop();
+  listener_.reset();
+  const std::string old_path = path_;
+  path_ = dir_ + "/control2.sock";
+  absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  limit_ = 100;
+  std::vector<UniqueFd> senders;
+  for (int i = 0; i < 8; ++i) {
+    senders.push_back(Raw());
+    absl::StatusOr<LingeringSocket> l = LingeringSocket::Create(absl::Seconds(120));
+    ASSERT_TRUE(l.ok()) << l.status();
+    const int fds[] = {l->sock.get()};
+    ASSERT_TRUE(SendRecord(senders.back().get(), "P", fds, false).ok());
+    l->sock.reset();
+    lingering_.push_back(*std::move(l));
+  }
+  StartListener(*std::move(listener));
+  EXPECT_TRUE(Check().ok()) << "gRPC's threads are held";
+  EXPECT_TRUE(Check().ok());
+  for (LingeringSocket& l : lingering_) l.Release();
+  // Read again once their fds are closed: no HTTP/2, so gRPC ends them.
+  const char garbage[] = "not http/2 at all\r\n\r\n";
+  for (const UniqueFd& s : senders) {
+    ASSERT_GT(::write(s.get(), garbage, sizeof(garbage)), 0);
+    EXPECT_TRUE(Ended(s));
+  }
+  path_ = old_path;
 }
 
 }  // namespace

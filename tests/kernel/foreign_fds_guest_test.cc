@@ -16,6 +16,8 @@
 
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/unix_address.h"
+#include "clients/cpp/halloc/client.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/testing/test_daemon.h"
 #include "service/daemon.h"
@@ -32,6 +34,13 @@ using ::halloc::ConnectBroker;
 using ::halloc::LingeringSocket;
 using ::halloc::Record;
 using ::halloc::UniqueFd;
+
+bool HasPassRights() {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return false;
+  UniqueFd a(sv[0]), b(sv[1]);
+  return !absl::IsUnimplemented(halloc::RefuseIncomingFds(a.get()));
+}
 
 // The guest's init leaves the loopback interface down.
 bool LoopbackUp() {
@@ -66,15 +75,7 @@ absl::Status AnswerWithin(int sock, int ms) {
 // its broker socket (as systemd hands it over), so that the record holds
 // the socket's last reference when the broker takes it.
 TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpOnlyItsSender) {
-  {
-    int sv[2];
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-    UniqueFd a(sv[0]), b(sv[1]);
-    absl::Status refuse = halloc::RefuseIncomingFds(a.get());
-    if (!absl::IsUnimplemented(refuse)) {
-      GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS): " << refuse;
-    }
-  }
+  if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
   ASSERT_TRUE(LoopbackUp());
   char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
@@ -111,6 +112,60 @@ TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpOnlyItsSender) {
   lingering->Release();
   // Read again once the socket is closed (and told to verify first).
   EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kUnauthenticated);
+  (*daemon)->Shutdown(absl::ZeroDuration());
+  daemon->reset();
+  std::filesystem::remove_all(dir);
+}
+
+// The control socket: gRPC reads through hallocd's relay there, so lingering
+// sockets attached to a client's bytes (queued before hallocd serves the
+// socket, each record holding its socket's last reference) leave gRPC
+// serving. Without the relay each would hold a gRPC thread for 120 s.
+TEST(ForeignFdsGuestTest, LingeringSocketsSentToTheControlSocketLeaveGrpcServing) {
+  if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
+  ASSERT_TRUE(LoopbackUp());
+  char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  halloc::DaemonOptions options = halloc::testing::TestDaemon::DefaultOptions();
+  options.control_socket = dir + "/control.sock";
+  options.broker_socket = dir + "/broker.sock";
+  halloc::InheritedListeners inherited;
+  absl::StatusOr<UniqueFd> listener =
+      halloc::BindUnixSocket(options.control_socket, SOCK_STREAM, 0600);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  inherited.control = *std::move(listener);
+
+  std::vector<UniqueFd> senders;
+  std::vector<LingeringSocket> lingering;
+  for (int i = 0; i < 8; ++i) {
+    UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    absl::StatusOr<sockaddr_un> addr = halloc::UnixAddress(options.control_socket);
+    ASSERT_TRUE(addr.ok()) << addr.status();
+    ASSERT_EQ(::connect(s.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
+    absl::StatusOr<LingeringSocket> l = LingeringSocket::Create(absl::Seconds(120));
+    ASSERT_TRUE(l.ok()) << l.status();
+    const int fds[] = {l->sock.get()};
+    ASSERT_TRUE(halloc::SendRecord(s.get(), "P", fds, false).ok());
+    l->sock.reset();
+    senders.push_back(std::move(s));
+    lingering.push_back(*std::move(l));
+  }
+
+  absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
+      halloc::Daemon::Start(options, std::move(inherited));
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  halloc::ConnectOptions connect;
+  connect.control_socket = options.control_socket;
+  connect.broker_socket = options.broker_socket;
+  connect.timeout = absl::Seconds(20);
+  connect.broker_fast_path = false;  // Allocate as a gRPC call
+  absl::StatusOr<halloc::Client> client = halloc::Client::Connect(connect);
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_TRUE(client->Stats().ok()) << "gRPC's threads are held";
+  absl::StatusOr<halloc::Buffer> buffer = client->Allocate(halloc::BlobDescriptor(4096));
+  EXPECT_TRUE(buffer.ok()) << buffer.status();
+  for (LingeringSocket& l : lingering) l.Release();
   (*daemon)->Shutdown(absl::ZeroDuration());
   daemon->reset();
   std::filesystem::remove_all(dir);

@@ -1,0 +1,386 @@
+#include "service/stream_relay.h"
+
+#include <glog/logging.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "service/util/log_limit.h"
+
+namespace halloc {
+namespace {
+
+// epoll keys: a pipe's key shifted left, its low bit the side (1: client).
+constexpr uint64_t kWakeKey = 0;
+constexpr uint64_t kForeignKey = 1;
+
+LogLimiter& Limiter() {
+  static LogLimiter* limiter = new LogLimiter();
+  return *limiter;
+}
+
+// One recvmsg of at most StreamRelay::kChunk bytes, with room for every fd
+// a record may carry: bytes read (0: end), or -errno. `fds` gets any.
+ssize_t ReceiveChunk(int fd, std::string& into, std::vector<UniqueFd>& fds) {
+  into.resize(StreamRelay::kChunk);
+  iovec iov{into.data(), into.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKernelMaxFdsPerRecord)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  const int err = errno;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int one;
+      std::memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.emplace_back(one);
+    }
+  }
+  into.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return n < 0 ? -err : n;
+}
+
+// Writes what it can of `from` to `fd` and drops that much: false on an
+// error other than a full socket.
+bool Flush(int fd, std::string& from) {
+  while (!from.empty()) {
+    const ssize_t n = ::send(fd, from.data(), from.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      from.erase(0, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 && errno == EAGAIN;
+  }
+  return true;
+}
+
+}  // namespace
+
+struct StreamRelay::Pipe {
+  uint64_t key;
+  uid_t uid;
+  UniqueFd client;
+  UniqueFd server;  // ours of the pair; gRPC has the other end
+  std::string to_server, to_client;  // read, not yet written
+  bool client_eof = false, server_eof = false;
+  bool client_shut = false, server_shut = false;  // our SHUT_WR sent
+  bool paused = false;  // fds it sent wait to be closed
+  uint32_t client_events = ~0u, server_events = ~0u;  // as watched now
+};
+
+absl::StatusOr<std::unique_ptr<StreamRelay>> StreamRelay::Start() {
+  UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) return ErrnoStatus(errno, "epoll_create1");
+  UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake) return ErrnoStatus(errno, "eventfd");
+  ASSIGN_OR_RETURN(std::unique_ptr<ForeignFds> foreign,
+                   ForeignFds::Create(kMaxForeignFdsPerUid));
+  for (auto [fd, key] : {std::pair{wake.get(), kWakeKey},
+                         std::pair{foreign->ready_fd(), kForeignKey}}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = key;
+    if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return ErrnoStatus(errno, "epoll_ctl(ADD)");
+    }
+  }
+  std::unique_ptr<StreamRelay> r(
+      new StreamRelay(std::move(epoll), std::move(wake), std::move(foreign)));
+  r->thread_ = std::thread([p = r.get()] { p->Run(); });
+  return r;
+}
+
+StreamRelay::StreamRelay(UniqueFd epoll, UniqueFd wake, std::unique_ptr<ForeignFds> foreign)
+    : epoll_(std::move(epoll)), wake_(std::move(wake)), foreign_(std::move(foreign)) {}
+
+StreamRelay::~StreamRelay() { Stop(); }
+
+void StreamRelay::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  const uint64_t one = 1;
+  if (::write(wake_.get(), &one, sizeof(one)) < 0) PLOG(ERROR) << "relay: wake";
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<UniqueFd> StreamRelay::Add(UniqueFd client, uid_t uid) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
+    return ErrnoStatus(errno, "socketpair");
+  }
+  UniqueFd ours(sv[0]), grpc_end(sv[1]);
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("the relay is stopping");
+    incoming_.push_back(Incoming{std::move(client), std::move(ours), uid});
+    ++relayed_;
+  }
+  const uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+  return grpc_end;
+}
+
+void StreamRelay::Discard(UniqueFd client, uid_t uid) {
+  {
+    absl::MutexLock lock(&mu_);
+    incoming_.push_back(Incoming{std::move(client), UniqueFd(), uid});
+  }
+  const uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof(one));
+}
+
+size_t StreamRelay::relayed() const {
+  absl::MutexLock lock(&mu_);
+  return relayed_;
+}
+
+void StreamRelay::Run() {
+  epoll_event events[64];
+  for (;;) {
+    const int n = ::epoll_wait(epoll_.get(), events, 64, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      PLOG(ERROR) << "relay: epoll_wait";
+      break;
+    }
+    bool stop = false;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = events[i].data.u64;
+      if (key == kWakeKey) {
+        uint64_t v;
+        (void)!::read(wake_.get(), &v, sizeof(v));
+        Adopt();
+        absl::MutexLock lock(&mu_);
+        stop = stopping_;
+      } else if (key == kForeignKey) {
+        foreign_->Acknowledge();
+        ResumeCleared();
+      } else {
+        OnEvent(key >> 1, (key & 1) != 0, events[i].events);
+      }
+    }
+    if (stop) break;
+  }
+  std::vector<uint64_t> keys;
+  for (const auto& [key, p] : pipes_) keys.push_back(key);
+  for (uint64_t key : keys) End(key);
+  Adopt();  // discards what came meanwhile (no new pipes once stopping)
+}
+
+void StreamRelay::Adopt() {
+  std::vector<Incoming> in;
+  bool stopping;
+  {
+    absl::MutexLock lock(&mu_);
+    in.swap(incoming_);
+    stopping = stopping_;
+  }
+  for (Incoming& i : in) {
+    const uint64_t key = next_key_++;
+    if (!i.server || stopping) {
+      ::shutdown(i.client.get(), SHUT_RDWR);
+      DrainClient(i.client.get(), key, i.uid);
+      if (i.server) {
+        absl::MutexLock lock(&mu_);
+        --relayed_;
+      }
+      continue;
+    }
+    auto p = std::make_unique<Pipe>();
+    p->key = key;
+    p->uid = i.uid;
+    p->client = std::move(i.client);
+    p->server = std::move(i.server);
+    // A uid with too many fds waiting: not read yet.
+    p->paused = foreign_->OverLimit(i.uid);
+    Pipe& pipe = *p;
+    pipes_.emplace(key, std::move(p));
+    if (Pump(pipe)) Watch(pipe);
+  }
+}
+
+void StreamRelay::OnEvent(uint64_t key, bool client_side, uint32_t events) {
+  auto it = pipes_.find(key);
+  if (it == pipes_.end()) return;
+  Pipe& p = *it->second;
+  if (events & (EPOLLHUP | EPOLLERR)) {
+    // Both directions over on that end: the client gone (nothing more can
+    // reach it), or gRPC done with the connection (what it wrote last is
+    // passed on first).
+    if (!client_side) {
+      std::string rest;
+      std::vector<UniqueFd> none;
+      while (ReceiveChunk(p.server.get(), rest, none) > 0) p.to_client += rest;
+      Flush(p.client.get(), p.to_client);
+    }
+    End(key);
+    return;
+  }
+  if (Pump(p)) Watch(p);
+}
+
+bool StreamRelay::Pump(Pipe& p) {
+  std::string chunk;
+  for (int round = 0; round < 4; ++round) {
+    bool moved = false;
+    // Client to gRPC.
+    if (p.to_server.empty() && !p.client_eof && !p.paused) {
+      std::vector<UniqueFd> fds;
+      const ssize_t n = ReceiveChunk(p.client.get(), chunk, fds);
+      if (!fds.empty()) {
+        const uid_t uid = p.uid;
+        foreign_->Close(p.key, uid, std::move(fds));
+        p.paused = true;
+        if (foreign_->OverLimit(uid)) {
+          if (uint64_t dropped; Limiter().Allow("control-foreign", &dropped)) {
+            LOG(WARNING) << "control socket: uid " << uid << " has "
+                         << foreign_->waiting_of(uid)
+                         << " fds it sent waiting to be closed: not reading any of its "
+                            "connections until they are"
+                         << LogLimiter::Dropped(dropped);
+          }
+          for (auto& [key, other] : pipes_) {
+            if (other->uid == uid) other->paused = true;
+          }
+        }
+      }
+      if (n > 0) {
+        p.to_server.swap(chunk);
+        moved = true;
+      } else if (n == 0) {
+        p.client_eof = moved = true;
+      } else if (n != -EAGAIN) {
+        End(p.key);
+        return false;
+      }
+    }
+    if (!p.to_server.empty()) {
+      const size_t before = p.to_server.size();
+      if (!Flush(p.server.get(), p.to_server)) {
+        End(p.key);
+        return false;
+      }
+      moved |= p.to_server.size() != before;
+    }
+    if (p.client_eof && p.to_server.empty() && !p.server_shut) {
+      ::shutdown(p.server.get(), SHUT_WR);
+      p.server_shut = true;
+    }
+    // gRPC to client.
+    if (p.to_client.empty() && !p.server_eof) {
+      std::vector<UniqueFd> none;  // gRPC sends none
+      const ssize_t n = ReceiveChunk(p.server.get(), chunk, none);
+      if (n > 0) {
+        p.to_client.swap(chunk);
+        moved = true;
+      } else if (n == 0) {
+        p.server_eof = moved = true;
+      } else if (n != -EAGAIN) {
+        End(p.key);
+        return false;
+      }
+    }
+    if (!p.to_client.empty()) {
+      const size_t before = p.to_client.size();
+      if (!Flush(p.client.get(), p.to_client)) {
+        End(p.key);
+        return false;
+      }
+      moved |= p.to_client.size() != before;
+    }
+    if (p.server_eof && p.to_client.empty() && !p.client_shut) {
+      ::shutdown(p.client.get(), SHUT_WR);
+      p.client_shut = true;
+    }
+    if (p.client_eof && p.server_eof && p.to_server.empty() && p.to_client.empty()) {
+      End(p.key);
+      return false;
+    }
+    if (!moved) break;
+  }
+  return true;
+}
+
+void StreamRelay::Watch(Pipe& p) {
+  const uint32_t client = (p.to_server.empty() && !p.client_eof && !p.paused ? EPOLLIN : 0) |
+                          (p.to_client.empty() ? 0 : EPOLLOUT);
+  const uint32_t server = (p.to_client.empty() && !p.server_eof ? EPOLLIN : 0) |
+                          (p.to_server.empty() ? 0 : EPOLLOUT);
+  auto set = [&](int fd, uint32_t want, uint32_t& now, uint64_t side) {
+    if (want == now) return;
+    epoll_event ev{};
+    ev.events = want;  // EPOLLHUP and EPOLLERR come anyway
+    ev.data.u64 = p.key << 1 | side;
+    const int op = now == ~0u ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    if (::epoll_ctl(epoll_.get(), op, fd, &ev) != 0) {
+      PLOG(ERROR) << "relay: epoll_ctl";
+      return;
+    }
+    now = want;
+  };
+  set(p.client.get(), client, p.client_events, 1);
+  set(p.server.get(), server, p.server_events, 0);
+}
+
+void StreamRelay::End(uint64_t key) {
+  auto it = pipes_.find(key);
+  if (it == pipes_.end()) return;
+  std::unique_ptr<Pipe> p = std::move(it->second);
+  pipes_.erase(it);
+  if (p->client_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->client.get(), nullptr);
+  if (p->server_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->server.get(), nullptr);
+  // The client sees the end (and the listener's duplicate of its socket
+  // with it); what it still queued is read off, so closing drops no fd here.
+  ::shutdown(p->client.get(), SHUT_RDWR);
+  DrainClient(p->client.get(), p->key, p->uid);
+  absl::MutexLock lock(&mu_);
+  --relayed_;
+}
+
+void StreamRelay::DrainClient(int fd, uint64_t key, uid_t uid) {
+  std::string chunk;
+  for (;;) {
+    std::vector<UniqueFd> fds;
+    const ssize_t n = ReceiveChunk(fd, chunk, fds);
+    if (!fds.empty()) foreign_->Close(key, uid, std::move(fds));
+    if (n <= 0) break;
+  }
+}
+
+void StreamRelay::ResumeCleared() {
+  std::vector<uint64_t> ready;
+  for (const auto& [key, p] : pipes_) {
+    if (p->paused && !foreign_->Waiting(key) && !foreign_->OverLimit(p->uid)) {
+      ready.push_back(key);
+    }
+  }
+  for (uint64_t key : ready) {
+    auto it = pipes_.find(key);
+    if (it == pipes_.end()) continue;
+    it->second->paused = false;
+    if (Pump(*it->second)) Watch(*it->second);
+  }
+}
+
+}  // namespace halloc

@@ -1,0 +1,111 @@
+// StreamRelay: stands between the control socket's clients and gRPC where
+// the kernel cannot refuse fds at the sender (before Linux 6.16, which has
+// SO_PASSRIGHTS).
+//
+// No gRPC call carries fds, but a client may attach some to any byte of its
+// stream, and gRPC's read would drop them: dropping an fd's last reference
+// releases its file on the dropping thread, and a TCP socket with SO_LINGER
+// and data its peer never takes holds that thread for the linger time (a
+// few such fds held every gRPC thread). So each admitted connection is
+// handed to gRPC as one end of a socket pair; this thread moves the bytes
+// between the client and the other end, receiving the client's with room
+// for every fd a record can carry, and hands any fds to ForeignFds, which
+// closes them on a thread of its own. The connection is not read again
+// until they are closed (nor any of its uid's once kMaxForeignFdsPerUid
+// wait): a lingering socket holds up its sender alone.
+//
+// The bytes are moved as they are: gRPC sees the client's stream whole,
+// ends included (a client's shutdown of its writing side reaches gRPC as
+// one; gRPC ending the pair reaches the client as the connection ending).
+// Each direction holds at most one read (64 KiB) that its destination has
+// not taken yet, and reads no more until it has: the relay buffers nothing
+// a client can grow. A connection that ends has what is still queued on it
+// read off (fds to ForeignFds) before it is closed, so that closing it
+// drops none here.
+//
+// Identity is not affected: gRPC calls are tied to a session by its token
+// (Authenticate), not by the control connection's peer, and admission has
+// already judged the client's own SO_PEERCRED.
+//
+// Thread-safe.
+#ifndef HALLOC_SERVICE_STREAM_RELAY_H_
+#define HALLOC_SERVICE_STREAM_RELAY_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/util/foreign_fds.h"
+
+namespace halloc {
+
+class StreamRelay {
+ public:
+  static constexpr uint64_t kMaxForeignFdsPerUid = 64;
+  static constexpr size_t kChunk = 64 * 1024;
+
+  static absl::StatusOr<std::unique_ptr<StreamRelay>> Start();
+  ~StreamRelay();  // Stop()
+
+  // Relays `client` (a connected SOCK_STREAM Unix socket of `uid`) from now
+  // on; returns the end to hand to gRPC (non-blocking, close-on-exec).
+  absl::StatusOr<UniqueFd> Add(UniqueFd client, uid_t uid);
+  // Ends `client` (refused, say) on the relay's thread: what it queued is
+  // read off first, its fds to ForeignFds.
+  void Discard(UniqueFd client, uid_t uid);
+
+  // Connections being relayed now.
+  size_t relayed() const;
+
+  // Ends every connection and the thread. Idempotent.
+  void Stop();
+
+ private:
+  struct Pipe;
+  StreamRelay(UniqueFd epoll, UniqueFd wake, std::unique_ptr<ForeignFds> foreign);
+  void Run();
+  // Takes what Add and Discard handed over.
+  void Adopt();
+  void OnEvent(uint64_t key, bool client_side, uint32_t events);
+  // Moves what can move now, in both directions; false once it ended.
+  bool Pump(Pipe& p);
+  // Which events each end waits for now.
+  void Watch(Pipe& p);
+  void End(uint64_t key);
+  // Reads off what `fd` still holds (after SHUT_RD), fds to foreign_.
+  void DrainClient(int fd, uint64_t key, uid_t uid);
+  void ResumeCleared();
+
+  const UniqueFd epoll_;
+  const UniqueFd wake_;  // eventfd: Adopt (1) or Stop
+  const std::unique_ptr<ForeignFds> foreign_;
+  std::thread thread_;
+  bool stopped_ = false;
+
+  mutable absl::Mutex mu_;
+  struct Incoming {
+    UniqueFd client;
+    UniqueFd server;  // empty: discard the client
+    uid_t uid;
+  };
+  std::vector<Incoming> incoming_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  size_t relayed_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Only the relay thread's.
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Pipe>> pipes_;
+  uint64_t next_key_ = 1;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_STREAM_RELAY_H_

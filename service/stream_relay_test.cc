@@ -1,0 +1,169 @@
+#include "service/stream_relay.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "gtest/gtest.h"
+#include "service/util/lingering_socket.h"
+
+namespace halloc {
+namespace {
+
+std::pair<UniqueFd, UniqueFd> StreamPair() {
+  int sv[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  return {UniqueFd(sv[0]), UniqueFd(sv[1])};
+}
+
+// Up to `n` bytes from `fd` within `ms` (fewer at its end); "" on timeout.
+std::string ReadSome(int fd, size_t n, int ms) {
+  std::string out;
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(ms);
+  while (out.size() < n) {
+    const int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, left) != 1) break;
+    char buf[65536];
+    const ssize_t got = ::recv(fd, buf, std::min(sizeof(buf), n - out.size()), MSG_DONTWAIT);
+    if (got <= 0) break;
+    out.append(buf, static_cast<size_t>(got));
+  }
+  return out;
+}
+
+// Whether `fd` sees its peer's end (a read of 0) within `ms`.
+bool SeesEnd(int fd, int ms) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(ms);
+  for (;;) {
+    const int left = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
+    pollfd p{fd, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, left) != 1) return false;
+    char buf[4096];
+    const ssize_t got = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (got == 0) return true;
+    if (got < 0 && errno != EAGAIN) return true;
+  }
+}
+
+bool WaitRelayed(const StreamRelay& relay, size_t n) {
+  for (int i = 0; i < 2000 && relay.relayed() != n; ++i) absl::SleepFor(absl::Milliseconds(5));
+  return relay.relayed() == n;
+}
+
+class StreamRelayTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<StreamRelay>> r = StreamRelay::Start();
+    ASSERT_TRUE(r.ok()) << r.status();
+    relay_ = *std::move(r);
+  }
+  // A relayed connection: the client's end and gRPC's end.
+  std::pair<UniqueFd, UniqueFd> Relayed(uid_t uid = 1000) {
+    auto [client, ours] = StreamPair();
+    absl::StatusOr<UniqueFd> grpc_end = relay_->Add(std::move(ours), uid);
+    EXPECT_TRUE(grpc_end.ok()) << grpc_end.status();
+    return {std::move(client), grpc_end.ok() ? *std::move(grpc_end) : UniqueFd()};
+  }
+  std::unique_ptr<StreamRelay> relay_;
+};
+
+TEST_F(StreamRelayTest, MovesBytesBothWaysAndPassesEndsOn) {
+  auto [client, server] = Relayed();
+  ASSERT_EQ(::write(client.get(), "hello", 5), 5);
+  EXPECT_EQ(ReadSome(server.get(), 5, 5000), "hello");
+  ASSERT_EQ(::write(server.get(), "world", 5), 5);
+  EXPECT_EQ(ReadSome(client.get(), 5, 5000), "world");
+
+  // More than the socket buffers and the relay's chunk hold, read while
+  // written: all of it, in order.
+  std::string big(3 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7 + i / 4096);
+  std::thread writer([&, fd = client.get()] {
+    size_t off = 0;
+    while (off < big.size()) {
+      const ssize_t n = ::write(fd, big.data() + off, big.size() - off);
+      if (n <= 0) return;
+      off += static_cast<size_t>(n);
+    }
+  });
+  EXPECT_TRUE(ReadSome(server.get(), big.size(), 30000) == big);
+  writer.join();
+
+  // The client's half-close reaches gRPC; gRPC's last words and end reach
+  // the client.
+  ASSERT_EQ(::shutdown(client.get(), SHUT_WR), 0);
+  EXPECT_TRUE(SeesEnd(server.get(), 5000));
+  ASSERT_EQ(::write(server.get(), "bye", 3), 3);
+  server.reset();
+  EXPECT_EQ(ReadSome(client.get(), 3, 5000), "bye");
+  EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_TRUE(WaitRelayed(*relay_, 0));
+}
+
+TEST_F(StreamRelayTest, GrpcEndingAConnectionEndsItForTheClient) {
+  auto [client, server] = Relayed();
+  EXPECT_TRUE(WaitRelayed(*relay_, 1));
+  ::shutdown(server.get(), SHUT_RDWR);
+  server.reset();
+  EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_TRUE(WaitRelayed(*relay_, 0));
+  // A client gone entirely ends it too.
+  auto [c2, s2] = Relayed();
+  c2.reset();
+  EXPECT_TRUE(SeesEnd(s2.get(), 5000));
+  EXPECT_TRUE(WaitRelayed(*relay_, 0));
+}
+
+// Fds attached to a client's bytes never reach gRPC's end: they are closed
+// on ForeignFds' thread, the bytes go on. Queued before the relay takes the
+// connection, so the record holds the lingering socket's last reference.
+TEST_F(StreamRelayTest, FdsAreTakenOffAndTheirSenderWaitsForTheirClose) {
+  auto [client, ours] = StreamPair();
+  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(lingering.ok()) << lingering.status();
+  const int fds[] = {lingering->sock.get()};
+  ASSERT_TRUE(SendRecord(client.get(), "PRI", fds, false).ok());
+  lingering->sock.reset();
+  absl::StatusOr<UniqueFd> server = relay_->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(ReadSome(server->get(), 3, 5000), "PRI");
+
+  // Others are relayed meanwhile; the sender is not read.
+  auto [other, other_server] = Relayed(1001);
+  ASSERT_EQ(::write(other.get(), "ok", 2), 2);
+  EXPECT_EQ(ReadSome(other_server.get(), 2, 5000), "ok");
+  ASSERT_EQ(::write(client.get(), "more", 4), 4);
+  EXPECT_EQ(ReadSome(server->get(), 4, 300), "");
+
+  lingering->Release();
+  EXPECT_EQ(ReadSome(server->get(), 4, 10000), "more");
+}
+
+TEST_F(StreamRelayTest, ADiscardedConnectionIsReadOffAndEnded) {
+  auto [client, ours] = StreamPair();
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  const int fds[] = {w.get()};
+  ASSERT_TRUE(SendRecord(client.get(), "x", fds, false).ok());
+  w.reset();
+  relay_->Discard(std::move(ours), 1000);
+  EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_TRUE(SeesEnd(r.get(), 5000)) << "its fd closed";
+  EXPECT_EQ(relay_->relayed(), 0u);
+}
+
+}  // namespace
+}  // namespace halloc
