@@ -95,7 +95,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
     }
   }
   ASSIGN_OR_RETURN(std::unique_ptr<ForeignFds> foreign_fds,
-                   ForeignFds::Create(kMaxForeignFdsPerUid));
+                   ForeignFds::Create(kMaxForeignFdsPerUid, kMaxForeignFds));
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -206,7 +206,17 @@ void Broker::Run() {
         OnReadable(key);
       }
     }
-    if (!accepting_ && !accept_guard_.Paused(MonotonicNow())) ResumeAccepting();
+    // Too many foreign fds wait to be closed: no new connections (each could
+    // end with more queued) until some are.
+    if (accepting_ && foreign_fds_->Full()) {
+      StopAccepting();
+      Warn("foreign-full", absl::StrCat(Broker::kMaxForeignFds,
+                                        " fds sent by clients wait to be closed: not "
+                                        "accepting connections until some are"));
+    }
+    if (!accepting_ && !accept_guard_.Paused(MonotonicNow()) && !foreign_fds_->Full()) {
+      ResumeAccepting();
+    }
     if (!deadlines_.empty()) ExpireHandshakes();
     if (const absl::Time now = MonotonicNow(); now >= next_sweep_) {
       retired_ = unread_fds_->Sweep();
@@ -247,6 +257,11 @@ absl::Status Broker::Admit(uid_t uid) const {
   const uint32_t mine =
       (it == conns_per_uid_.end() ? 0 : it->second) + unread_fds_->retired(uid);
   const uint32_t all = conns_.size() + unread_fds_->retired();
+  if (foreign_fds_->OverLimit(uid)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", uid, " has ", foreign_fds_->waiting_of(uid),
+        " fds it sent hallocd waiting to be closed (no request carries fds)"));
+  }
   return AdmitConnection(*core_->policy(), uid, {mine, all},
                          "connections to hallocd (ended ones with fds unread included)");
 }
@@ -331,7 +346,7 @@ void Broker::Accept() {
   if (!status.ok()) {
     Warn("hello", absl::StrCat("connection of pid ", cred.pid, " failed to start: ",
                                status.message()));
-    CloseSocket(0, cred.uid, UniqueFd(::dup(c->sock())));
+    CloseSocket(0, cred.uid, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
     return;
   }
   if (c->paused) paused_.insert(c->key);
@@ -423,7 +438,7 @@ void Broker::Close(uint64_t key) {
   // The channel (its socket) may outlive this in the session's users; what
   // its peer queued with fds is closed off this thread now, through a
   // reference of foreign_fds_'s own.
-  CloseSocket(key, c->peer.uid, UniqueFd(::dup(c->sock())));
+  CloseSocket(key, c->peer.uid, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
   if (auto u = conns_per_uid_.find(c->peer.uid); u != conns_per_uid_.end()) {
     if (--u->second == 0) conns_per_uid_.erase(u);
   }

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/os_error.h"
@@ -60,6 +61,7 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
     if (!absl::IsUnimplemented(refuse)) return refuse;
     ASSIGN_OR_RETURN(relay, StreamRelay::Start());
   }
+  const bool relay_all = relay != nullptr;
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
   UniqueFd ends(::epoll_create1(EPOLL_CLOEXEC));
@@ -68,17 +70,17 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
   std::unique_ptr<GrpcListener> l(new GrpcListener(std::move(listener), std::move(wake),
                                                    std::move(ends), std::move(accept_guard),
                                                    server, std::move(admit),
-                                                   std::move(relay)));
+                                                   std::move(relay), relay_all));
   l->thread_ = std::thread([p = l.get()] { p->Run(); });
   return l;
 }
 
 GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
                            AcceptGuard accept_guard, grpc::Server* server, Admit admit,
-                           std::unique_ptr<StreamRelay> relay)
+                           std::unique_ptr<StreamRelay> relay, bool relay_all)
     : listener_(std::move(listener)), wake_(std::move(wake)), ends_(std::move(ends)),
       accept_guard_(std::move(accept_guard)), server_(server), admit_(std::move(admit)),
-      relay_(std::move(relay)) {}
+      relay_all_(relay_all), relay_(std::move(relay)) {}
 
 GrpcListener::~GrpcListener() {
   Stop();
@@ -87,8 +89,24 @@ GrpcListener::~GrpcListener() {
   for (const auto& [dup, uid] : conns_) CloseDup(dup);
 }
 
+StreamRelay* GrpcListener::RelayFor(int conn) {
+  if (!relay_all_ && !AcceptsIncomingFds(conn)) return nullptr;
+  if (!relay_) {
+    // A connection made before the listener refused fds (6.16+: one that
+    // waited on a socket systemd handed over) keeps what it queued then.
+    absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start();
+    if (!relay.ok()) {
+      LOG_EVERY_N(WARNING, 100) << "control socket: relay: " << relay.status();
+      return nullptr;
+    }
+    relay_ = *std::move(relay);
+  }
+  return relay_.get();
+}
+
 void GrpcListener::Refuse(UniqueFd conn, uid_t uid) {
-  if (relay_ && conn) relay_->Discard(std::move(conn), uid);
+  if (!conn) return;
+  if (StreamRelay* relay = RelayFor(conn.get())) relay->Discard(std::move(conn), uid);
 }
 
 void GrpcListener::CloseDup(int dup) {
@@ -121,11 +139,16 @@ void GrpcListener::Run() {
                      {ends_.get(), POLLIN, 0},
                      {listener_.get(), POLLIN, 0}};
     const absl::Time now = MonotonicNow();
-    const bool paused = accept_guard_.Paused(now);
-    const int timeout =
-        paused ? static_cast<int>(std::max<int64_t>(
-                     0, absl::ToInt64Milliseconds(accept_guard_.resume_at() - now) + 1))
-               : -1;
+    const bool guarded = accept_guard_.Paused(now);
+    // Too many fds clients sent wait to be closed: no new connections (each
+    // could end with more queued) until some are; looked at every 100 ms.
+    const bool full = relay_ && relay_->Full();
+    const bool paused = guarded || full;
+    int timeout =
+        guarded ? static_cast<int>(std::max<int64_t>(
+                      0, absl::ToInt64Milliseconds(accept_guard_.resume_at() - now) + 1))
+                : -1;
+    if (full) timeout = timeout < 0 ? 100 : std::min(timeout, 100);
     const int n = ::poll(fds, paused ? 2 : 3, timeout);
     if (n < 0 && errno != EINTR) {
       PLOG(ERROR) << "control socket: poll";
@@ -160,8 +183,7 @@ void GrpcListener::AcceptOne() {
   if (!conn) {
     const int err = errno;
     UniqueFd taken;
-    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow(),
-                                    relay_ ? &taken : nullptr)) {
+    if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow(), &taken)) {
       Refuse(std::move(taken), static_cast<uid_t>(-1));
       // The waiting connection was closed (its client sees the end instead
       // of hanging); accepting pauses.
@@ -175,21 +197,27 @@ void GrpcListener::AcceptOne() {
     }
     return;
   }
-  // Again on the connection: one made before Start, on a socket handed
-  // in, did not inherit it from the listener.
+  // Through the relay when fds may reach it: before 6.16, or (a connection
+  // made before Start on a socket handed in) queued before the listener
+  // refused them. The option is set again for such a connection all the
+  // same, for what it sends from now on.
+  StreamRelay* const relay = RelayFor(conn.get());
+  (void)RefuseIncomingFds(conn.get());
   ucred cred{};
   cred.uid = static_cast<uid_t>(-1);
-  if (!relay_) {
-    if (absl::Status s = RefuseIncomingFds(conn.get()); !s.ok()) {
-      return;  // closes it: it could hold gRPC's threads
-    }
-  }
   socklen_t len = sizeof(cred);
   if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
     Refuse(std::move(conn), cred.uid);
     return;  // closed: no identity, no service
   }
-  if (absl::Status admit = admit_(cred.uid, held(cred.uid)); !admit.ok()) {
+  absl::Status admit = absl::OkStatus();
+  if (relay_ && relay_->OverLimit(cred.uid)) {
+    admit = absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", cred.uid, " has fds it sent waiting to be closed (no gRPC call carries fds)"));
+  } else {
+    admit = admit_(cred.uid, held(cred.uid));
+  }
+  if (!admit.ok()) {
     if (uint64_t dropped; Limiter().Allow("control-refused", &dropped)) {
       LOG(WARNING) << "control socket: refused a connection: " << admit.message()
                    << LogLimiter::Dropped(dropped);
@@ -218,8 +246,8 @@ void GrpcListener::AcceptOne() {
     ++per_uid_[cred.uid];
   }
   (void)dup.release();  // conns_ owns it now
-  if (relay_) {
-    absl::StatusOr<UniqueFd> end = relay_->Add(std::move(conn), cred.uid);
+  if (relay != nullptr) {
+    absl::StatusOr<UniqueFd> end = relay->Add(std::move(conn), cred.uid);
     if (!end.ok()) {
       // Shut down: the duplicate sees the end and the count drops.
       LOG_EVERY_N(WARNING, 100) << "control socket: relay: " << end.status();

@@ -26,7 +26,11 @@
 // Where the kernel cannot refuse fds at the sender (SO_PASSRIGHTS, 6.16+),
 // gRPC gets each admitted connection through a StreamRelay
 // (stream_relay.h), so that no fd a client attaches to its bytes reaches
-// gRPC's reads, and refused connections are closed there too.
+// gRPC's reads, and refused connections are closed there too; so does a
+// connection made before the listener refused fds (one that waited on a
+// socket systemd handed over), which keeps what it queued then. While
+// too many fds clients sent wait to be closed, no connection is accepted,
+// and none of a uid with too many of its own.
 #ifndef HALLOC_SERVICE_GRPC_LISTENER_H_
 #define HALLOC_SERVICE_GRPC_LISTENER_H_
 
@@ -72,14 +76,18 @@ class GrpcListener {
   // Relay every connection even where the kernel refuses fds at the sender
   // (tests, on kernels from 6.16). Read by Start.
   static bool relay_always;
-  // Whether connections go through a StreamRelay.
-  bool relaying() const { return relay_ != nullptr; }
+  // Whether every connection goes through a StreamRelay.
+  bool relaying() const { return relay_all_; }
 
  private:
   GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, AcceptGuard accept_guard,
-               grpc::Server* server, Admit admit, std::unique_ptr<StreamRelay> relay);
-  // Closes a connection it does not serve: on the relay's thread when
-  // relaying (fds may be queued on it), else here.
+               grpc::Server* server, Admit admit, std::unique_ptr<StreamRelay> relay,
+               bool relay_all);
+  // The relay for `conn` when fds may reach it (made at first need), else
+  // nullptr.
+  StreamRelay* RelayFor(int conn);
+  // Closes a connection it does not serve: through the relay when fds may
+  // be queued on it, else here.
   void Refuse(UniqueFd conn, uid_t uid);
   void Run();
   // Accepts one connection (or, out of fds, pauses: accept_guard_).
@@ -95,8 +103,10 @@ class GrpcListener {
   AcceptGuard accept_guard_;  // out of fds: close the waiting one, pause
   grpc::Server* const server_;
   const Admit admit_;
-  // Set where fds cannot be refused at the sender; outlives Stop(), so that
-  // connections stay served while the server shuts down.
+  // Every connection through the relay (fds cannot be refused at the
+  // sender); else only those that may still carry some. The relay outlives
+  // Stop(), so that connections stay served while the server shuts down.
+  const bool relay_all_;
   std::unique_ptr<StreamRelay> relay_;
   std::thread thread_;
   bool stopped_ = false;

@@ -30,6 +30,7 @@
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "service/daemon.h"
+#include "service/grpc_listener.h"
 #include "service/systemd/activation.h"
 #include "service/systemd/liveness.h"
 #include "service/systemd/notify.h"
@@ -81,6 +82,10 @@ ABSL_FLAG(bool, broker_follow_cpu, true,
           "while the broker serves one client at a time, move its thread to "
           "the CPU that client sends from (BrokerRequest.cpu), so that replies "
           "do not wake a second, sleeping CPU");
+ABSL_FLAG(bool, control_relay, false,
+          "hand gRPC each control connection through hallocd's relay even "
+          "where the kernel refuses fds at the sender (Linux 6.16+); where it "
+          "cannot, the relay is always used (service/stream_relay.h)");
 ABSL_FLAG(int, grpc_max_streams_per_connection, 64,
           "most concurrent gRPC calls on one connection");
 
@@ -159,6 +164,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
       absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   halloc::Broker::follow_client_cpu = absl::GetFlag(FLAGS_broker_follow_cpu);
+  halloc::GrpcListener::relay_always = absl::GetFlag(FLAGS_control_relay);
   return options;
 }
 

@@ -3,6 +3,8 @@
 #include <glog/logging.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -91,7 +93,7 @@ absl::StatusOr<std::unique_ptr<StreamRelay>> StreamRelay::Start() {
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
   ASSIGN_OR_RETURN(std::unique_ptr<ForeignFds> foreign,
-                   ForeignFds::Create(kMaxForeignFdsPerUid));
+                   ForeignFds::Create(kMaxForeignFdsPerUid, kMaxForeignFds));
   for (auto [fd, key] : {std::pair{wake.get(), kWakeKey},
                          std::pair{foreign->ready_fd(), kForeignKey}}) {
     epoll_event ev{};
@@ -127,12 +129,17 @@ void StreamRelay::Stop() {
 absl::StatusOr<UniqueFd> StreamRelay::Add(UniqueFd client, uid_t uid) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
-    return ErrnoStatus(errno, "socketpair");
+    absl::Status s = ErrnoStatus(errno, "socketpair");
+    Discard(std::move(client), uid);  // ended here, queued fds and all
+    return s;
   }
   UniqueFd ours(sv[0]), grpc_end(sv[1]);
   {
     absl::MutexLock lock(&mu_);
-    if (stopping_) return absl::UnavailableError("the relay is stopping");
+    if (stopping_) {
+      incoming_.push_back(Incoming{std::move(client), UniqueFd(), uid});
+      return absl::UnavailableError("the relay is stopping");
+    }
     incoming_.push_back(Incoming{std::move(client), std::move(ours), uid});
     ++relayed_;
   }
@@ -199,8 +206,7 @@ void StreamRelay::Adopt() {
   for (Incoming& i : in) {
     const uint64_t key = next_key_++;
     if (!i.server || stopping) {
-      ::shutdown(i.client.get(), SHUT_RDWR);
-      DrainClient(i.client.get(), key, i.uid);
+      Finish(std::move(i.client), key, i.uid);
       if (i.server) {
         absl::MutexLock lock(&mu_);
         --relayed_;
@@ -212,6 +218,10 @@ void StreamRelay::Adopt() {
     p->uid = i.uid;
     p->client = std::move(i.client);
     p->server = std::move(i.server);
+    // Out-of-band bytes are read with the rest: skipped, the kernel would
+    // drop one with its fds here.
+    const int on = 1;
+    ::setsockopt(p->client.get(), SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
     // A uid with too many fds waiting: not read yet.
     p->paused = foreign_->OverLimit(i.uid);
     Pipe& pipe = *p;
@@ -350,23 +360,25 @@ void StreamRelay::End(uint64_t key) {
   pipes_.erase(it);
   if (p->client_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->client.get(), nullptr);
   if (p->server_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->server.get(), nullptr);
-  // The client sees the end (and the listener's duplicate of its socket
-  // with it); what it still queued is read off, so closing drops no fd here.
-  ::shutdown(p->client.get(), SHUT_RDWR);
-  DrainClient(p->client.get(), p->key, p->uid);
+  Finish(std::move(p->client), p->key, p->uid);
   absl::MutexLock lock(&mu_);
   --relayed_;
 }
 
-void StreamRelay::DrainClient(int fd, uint64_t key, uid_t uid) {
-  std::string chunk;
-  for (;;) {
-    std::vector<UniqueFd> fds;
-    const ssize_t n = ReceiveChunk(fd, chunk, fds);
-    if (!fds.empty()) foreign_->Close(key, uid, std::move(fds));
-    if (n <= 0) break;
+void StreamRelay::Finish(UniqueFd client, uint64_t key, uid_t uid) {
+  // The client sees the end (and the listener's duplicate of its socket
+  // with it), and can send no more. What it still queued, which may carry
+  // fds, is read off on ForeignFds' thread, so closing drops none here.
+  ::shutdown(client.get(), SHUT_RDWR);
+  int queued = 0;
+  if (::ioctl(client.get(), SIOCINQ, &queued) != 0 || queued > 0) {
+    foreign_->Drain(key, uid, std::move(client));
   }
 }
+
+bool StreamRelay::OverLimit(uid_t uid) const { return foreign_->OverLimit(uid); }
+
+bool StreamRelay::Full() const { return foreign_->Full(); }
 
 void StreamRelay::ResumeCleared() {
   std::vector<uint64_t> ready;

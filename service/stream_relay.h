@@ -19,9 +19,11 @@
 // one; gRPC ending the pair reaches the client as the connection ending).
 // Each direction holds at most one read (64 KiB) that its destination has
 // not taken yet, and reads no more until it has: the relay buffers nothing
-// a client can grow. A connection that ends has what is still queued on it
-// read off (fds to ForeignFds) before it is closed, so that closing it
-// drops none here.
+// a client can grow. A client's out-of-band byte is read inline
+// (SO_OOBINLINE): skipped, the kernel would drop its fds on this thread. A
+// connection that ends with anything still queued on it is shut down and
+// handed to ForeignFds, which reads it off and closes it, so that closing
+// it drops nothing here.
 //
 // Identity is not affected: gRPC calls are tied to a session by its token
 // (Authenticate), not by the control connection's peer, and admission has
@@ -51,13 +53,15 @@ namespace halloc {
 class StreamRelay {
  public:
   static constexpr uint64_t kMaxForeignFdsPerUid = 64;
+  static constexpr uint64_t kMaxForeignFds = 4096;
   static constexpr size_t kChunk = 64 * 1024;
 
   static absl::StatusOr<std::unique_ptr<StreamRelay>> Start();
   ~StreamRelay();  // Stop()
 
   // Relays `client` (a connected SOCK_STREAM Unix socket of `uid`) from now
-  // on; returns the end to hand to gRPC (non-blocking, close-on-exec).
+  // on; returns the end to hand to gRPC (non-blocking, close-on-exec). On
+  // an error `client` is ended as Discard ends it.
   absl::StatusOr<UniqueFd> Add(UniqueFd client, uid_t uid);
   // Ends `client` (refused, say) on the relay's thread: what it queued is
   // read off first, its fds to ForeignFds.
@@ -65,6 +69,10 @@ class StreamRelay {
 
   // Connections being relayed now.
   size_t relayed() const;
+  // Whether `uid` has kMaxForeignFdsPerUid fds waiting to be closed (admit
+  // none of its connections), or everyone kMaxForeignFds (accept none).
+  bool OverLimit(uid_t uid) const;
+  bool Full() const;
 
   // Ends every connection and the thread. Idempotent.
   void Stop();
@@ -81,8 +89,9 @@ class StreamRelay {
   // Which events each end waits for now.
   void Watch(Pipe& p);
   void End(uint64_t key);
-  // Reads off what `fd` still holds (after SHUT_RD), fds to foreign_.
-  void DrainClient(int fd, uint64_t key, uid_t uid);
+  // Shuts `client` down and closes it, on foreign_'s thread when anything
+  // is still queued on it (it may carry fds).
+  void Finish(UniqueFd client, uint64_t key, uid_t uid);
   void ResumeCleared();
 
   const UniqueFd epoll_;

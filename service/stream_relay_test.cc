@@ -16,6 +16,7 @@
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "service/util/foreign_fds.h"
 #include "service/util/lingering_socket.h"
 
 namespace halloc {
@@ -64,8 +65,12 @@ bool WaitRelayed(const StreamRelay& relay, size_t n) {
 
 class StreamRelayTest : public ::testing::Test {
  protected:
+  // Sockets sent along keep their linger time here (hallocd closes them
+  // abortively): the one file these tests can hold a thread with.
   void SetUp() override {
+    ForeignFds::disarm_sockets = false;
     absl::StatusOr<std::unique_ptr<StreamRelay>> r = StreamRelay::Start();
+    ForeignFds::disarm_sockets = true;
     ASSERT_TRUE(r.ok()) << r.status();
     relay_ = *std::move(r);
   }
@@ -163,6 +168,50 @@ TEST_F(StreamRelayTest, ADiscardedConnectionIsReadOffAndEnded) {
   EXPECT_TRUE(SeesEnd(client.get(), 5000));
   EXPECT_TRUE(SeesEnd(r.get(), 5000)) << "its fd closed";
   EXPECT_EQ(relay_->relayed(), 0u);
+}
+
+// An out-of-band byte is relayed with the rest, and its fds taken off like
+// any: skipped, the kernel would drop them in the relay's read, and a
+// lingering socket's release would hold the relay (every control
+// connection) for its linger time. As hallocd runs: sockets disarmed.
+TEST_F(StreamRelayTest, AnOutOfBandByteAndItsFdsAreTakenOffToo) {
+  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start();
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  auto [client, ours] = StreamPair();
+  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(lingering.ok()) << lingering.status();
+  ASSERT_EQ(::write(client.get(), "ab", 2), 2);
+  {
+    char x = 'X';
+    iovec iov{&x, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    const int fd = lingering->sock.get();
+    std::memcpy(CMSG_DATA(c), &fd, sizeof(fd));
+    if (::sendmsg(client.get(), &msg, MSG_OOB) != 1) {
+      GTEST_SKIP() << "no out-of-band data on Unix sockets here: " << std::strerror(errno);
+    }
+  }
+  ASSERT_EQ(::write(client.get(), "cd", 2), 2);
+  lingering->sock.reset();  // the record holds its last reference
+  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(ReadSome(server->get(), 5, 10000), "abXcd");
+
+  auto [other, other_ours] = StreamPair();
+  absl::StatusOr<UniqueFd> other_server = (*relay)->Add(std::move(other_ours), 1001);
+  ASSERT_TRUE(other_server.ok()) << other_server.status();
+  ASSERT_EQ(::write(other.get(), "ok", 2), 2);
+  EXPECT_EQ(ReadSome(other_server->get(), 2, 10000), "ok") << "the relay is held";
+  lingering->Release();
 }
 
 }  // namespace

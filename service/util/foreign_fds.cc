@@ -1,6 +1,7 @@
 #include "service/util/foreign_fds.h"
 
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,7 +24,21 @@ namespace {
 // on a connected socket).
 constexpr int kMaxSkipped = 64;
 
+// Before `fds` are closed: a socket among them is made to close at once
+// (SO_LINGER on, 0 s: a TCP socket's unsent data is dropped and its peer
+// reset), so that no linger time its sender chose can hold this thread.
+void Disarm(const std::vector<UniqueFd>& fds) {
+  for (const UniqueFd& fd : fds) {
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    const struct linger now{1, 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &now, sizeof(now));
+  }
+}
+
 }  // namespace
+
+bool ForeignFds::disarm_sockets = true;
 
 bool StopReceiving(int sock) {
   ::shutdown(sock, SHUT_RD);
@@ -54,7 +69,9 @@ bool StopReceiving(int sock) {
 }
 
 struct ForeignFds::State {
-  explicit State(uint64_t max, UniqueFd ready) : max_per_uid(max), ready(std::move(ready)) {}
+  State(uint64_t max, uint64_t max_total, UniqueFd ready)
+      : max_per_uid(max), max_total(max_total), ready(std::move(ready)),
+        disarm(disarm_sockets) {}
 
   struct Item {
     uint64_t key;
@@ -78,16 +95,25 @@ struct ForeignFds::State {
       }
       const uint64_t n = item.fds.size();
       if (item.drain) {
-        for (;;) {  // each record's fds are closed as it goes
-          absl::StatusOr<RawRecord> rec = ReceiveRawRecord(item.fds.front().get(), true);
+        // Out-of-band data (a stream socket's) is read with the rest, not
+        // dropped by the kernel with its fds; each record's fds are closed
+        // as it goes. An empty record (credentials only) is not the end.
+        const int sock = item.fds.front().get();
+        const int on = 1;
+        ::setsockopt(sock, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+        for (;;) {
+          absl::StatusOr<RawRecord> rec = ReceiveRawRecord(sock, true);
           if (!rec.ok()) break;
+          if (disarm) Disarm(rec->record.fds);
         }
       }
+      if (disarm) Disarm(item.fds);
       item.fds.clear();  // closes here: what may wait for its sender
       {
         absl::MutexLock lock(&mu);
         Untally(by_key, item.key, 1);
         Untally(by_uid, item.uid, n);
+        total -= n;
       }
       const uint64_t one = 1;
       (void)!::write(ready.get(), &one, sizeof(one));
@@ -106,20 +132,24 @@ struct ForeignFds::State {
   }
 
   const uint64_t max_per_uid;
+  const uint64_t max_total;
   const UniqueFd ready;
+  const bool disarm;
   mutable absl::Mutex mu;
   std::deque<Item> queue ABSL_GUARDED_BY(mu);
   // Items waiting (or being closed) per connection key; fds per uid.
   absl::flat_hash_map<uint64_t, uint64_t> by_key ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<uid_t, uint64_t> by_uid ABSL_GUARDED_BY(mu);
+  uint64_t total ABSL_GUARDED_BY(mu) = 0;
   bool stop ABSL_GUARDED_BY(mu) = false;
   std::thread thread;
 };
 
-absl::StatusOr<std::unique_ptr<ForeignFds>> ForeignFds::Create(uint64_t max_per_uid) {
+absl::StatusOr<std::unique_ptr<ForeignFds>> ForeignFds::Create(uint64_t max_per_uid,
+                                                               uint64_t max_total) {
   UniqueFd ready(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!ready) return ErrnoStatus(errno, "eventfd");
-  auto state = std::make_shared<State>(max_per_uid, std::move(ready));
+  auto state = std::make_shared<State>(max_per_uid, max_total, std::move(ready));
   // The thread holds the state too: it may outlive this object.
   state->thread = std::thread([s = state] { s->Run(); });
   return std::unique_ptr<ForeignFds>(new ForeignFds(std::move(state)));
@@ -147,6 +177,7 @@ void ForeignFds::Add(uint64_t key, uid_t uid, std::vector<UniqueFd> fds, bool dr
   absl::MutexLock lock(&state_->mu);
   ++state_->by_key[key];
   state_->by_uid[uid] += fds.size();
+  state_->total += fds.size();
   state_->queue.push_back(State::Item{key, uid, std::move(fds), drain});
 }
 
@@ -173,6 +204,11 @@ uint64_t ForeignFds::waiting_of(uid_t uid) const {
 
 bool ForeignFds::OverLimit(uid_t uid) const {
   return waiting_of(uid) >= state_->max_per_uid;
+}
+
+bool ForeignFds::Full() const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->total >= state_->max_total;
 }
 
 int ForeignFds::ready_fd() const { return state_->ready.get(); }

@@ -13,13 +13,19 @@
 // here, and likewise the socket of a connection that ends with such a
 // record still queued (StopReceiving, Drain).
 //
-// The thread may be held for as long as a sender likes. What waits behind
-// it is counted per connection (the broker's key) and per uid: the broker
-// reads nothing more from a connection while its fds wait, nor from any
-// connection of a uid with max_per_uid or more waiting. A sender holds up
-// only itself, and what hallocd keeps open for it stays bounded: per uid,
-// max_per_uid - 1 plus one record's worth (kKernelMaxFdsPerRecord), as the
-// broker reads one record at a time.
+// Sockets among them are closed abortively (SO_LINGER 0 s: a TCP socket's
+// unsent data is dropped, its peer reset), so a linger time cannot hold
+// the thread; a file whose flush waits for its sender (FUSE) still can,
+// for as long as that sender likes. What waits behind it is counted per
+// connection (the broker's key), per uid and in all: the broker and the
+// control relay read nothing more from a connection while its fds wait,
+// nor from any connection of a uid with max_per_uid or more waiting, and
+// admit no new connection of that uid; with max_total waiting in all they
+// accept no connection until some are closed (connections already open
+// are served on). What hallocd keeps open for senders thus stays bounded,
+// by max_total plus what the connections it admitted can end with; one
+// sender holding the thread does hold up everyone else's foreign fds,
+// which only a sender of foreign fds has.
 //
 // Thread-safe. When its thread is held at destruction, the thread outlives
 // the object: it closes what it was given, then ends.
@@ -49,7 +55,12 @@ bool StopReceiving(int sock);
 
 class ForeignFds {
  public:
-  static absl::StatusOr<std::unique_ptr<ForeignFds>> Create(uint64_t max_per_uid);
+  static absl::StatusOr<std::unique_ptr<ForeignFds>> Create(uint64_t max_per_uid,
+                                                           uint64_t max_total);
+  // Whether sockets are closed abortively (read by Create). Tests turn it
+  // off to hold the thread with a lingering TCP socket, the one such file
+  // they can make.
+  static bool disarm_sockets;
   ~ForeignFds();
   ForeignFds(const ForeignFds&) = delete;
   ForeignFds& operator=(const ForeignFds&) = delete;
@@ -58,13 +69,16 @@ class ForeignFds {
   void Close(uint64_t key, uid_t uid, std::vector<UniqueFd> fds);
   // On the thread: receives every record still queued on `sock` (a socket
   // StopReceiving was called on; a reference of its own, a dup say),
-  // closing their fds, then closes it. Counts as one fd of `uid`.
+  // closing their fds, then closes it. Counts as one fd of `uid`. A stream
+  // socket's out-of-band byte is read inline (SO_OOBINLINE), not dropped.
   void Drain(uint64_t key, uid_t uid, UniqueFd sock);
 
   // Whether anything of connection `key` waits to be closed.
   bool Waiting(uint64_t key) const;
   // Whether `uid` has max_per_uid or more fds waiting.
   bool OverLimit(uid_t uid) const;
+  // Whether max_total or more wait in all.
+  bool Full() const;
   uint64_t waiting_of(uid_t uid) const;
   // An eventfd, readable once the thread finished with something since the
   // last Acknowledge(): then ask Waiting and OverLimit again.

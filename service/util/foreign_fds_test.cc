@@ -42,6 +42,14 @@ bool SeesEnd(int fd, int ms) {
   return ::read(fd, &c, 1) == 0;
 }
 
+// Sockets are closed as they would be (lingering) while one lives: the one
+// kind of file whose close these tests can make wait.
+class KeepLinger {
+ public:
+  KeepLinger() { ForeignFds::disarm_sockets = false; }
+  ~KeepLinger() { ForeignFds::disarm_sockets = true; }
+};
+
 // Waits (up to 10 s) until nothing of `key` waits in `fds`.
 bool WaitDone(ForeignFds& fds, uint64_t key) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
@@ -94,7 +102,7 @@ TEST(StopReceivingTest, LeavesARecordWithFdsWithoutInstallingThem) {
 
   // Drained on the thread: the record's fds are closed there (the lock
   // goes with the installed fd's close, the pipe's write end with it).
-  absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16);
+  absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
   ASSERT_TRUE(foreign.ok()) << foreign.status();
   (*foreign)->Drain(3, 1000, UniqueFd(::dup(b.get())));
   ASSERT_TRUE(WaitDone(**foreign, 3));
@@ -109,7 +117,8 @@ TEST(StopReceivingTest, LeavesARecordWithFdsWithoutInstallingThem) {
 // A file whose release waits holds the thread, not the caller; what waits
 // behind it is counted per connection and per uid until it is closed.
 TEST(ForeignFdsTest, ClosesOnItsOwnThreadAndCountsWhatWaits) {
-  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(2);
+  KeepLinger keep;
+  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(2, 3);
   ASSERT_TRUE(created.ok()) << created.status();
   ForeignFds& foreign = **created;
   absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(60));
@@ -129,26 +138,71 @@ TEST(ForeignFdsTest, ClosesOnItsOwnThreadAndCountsWhatWaits) {
   EXPECT_EQ(foreign.waiting_of(1000), 2u);
   EXPECT_TRUE(foreign.OverLimit(1000));
   EXPECT_FALSE(foreign.OverLimit(1001));
-  EXPECT_FALSE(foreign.Waiting(9));
+  EXPECT_FALSE(foreign.Full());
+  auto [r3, w3] = Pipe();
+  std::vector<UniqueFd> third;
+  third.push_back(std::move(w3));
+  foreign.Close(9, 1001, std::move(third));
+  EXPECT_TRUE(foreign.Full()) << "3 wait in all";
   EXPECT_FALSE(SeesEnd(r.get(), 200)) << "queued behind the lingering socket";
 
   lingering->Release();
   EXPECT_TRUE(WaitDone(foreign, 7));
   EXPECT_TRUE(WaitDone(foreign, 8));
   EXPECT_TRUE(SeesEnd(r.get(), 5000));
+  EXPECT_TRUE(WaitDone(foreign, 9));
   EXPECT_EQ(foreign.waiting_of(1000), 0u);
   EXPECT_FALSE(foreign.OverLimit(1000));
+  EXPECT_FALSE(foreign.Full());
+}
+
+// By default a socket is closed abortively: its linger time holds nothing.
+TEST(ForeignFdsTest, ALingeringSocketIsClosedAtOnce) {
+  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(2, 3);
+  ASSERT_TRUE(created.ok()) << created.status();
+  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(lingering.ok()) << lingering.status();
+  std::vector<UniqueFd> fds;
+  fds.push_back(std::move(lingering->sock));
+  (*created)->Close(7, 1000, std::move(fds));
+  EXPECT_TRUE(WaitDone(**created, 7)) << "held by the linger time";
+}
+
+// A drain goes on past an empty record (on a socket with SO_PASSCRED, one
+// that reads as 0 bytes with the sender's credentials) to the end.
+TEST(ForeignFdsTest, DrainGoesPastEmptyRecords) {
+  auto [a, b] = SeqpacketPair();
+  auto [r1, w1] = Pipe();
+  auto [r2, w2] = Pipe();
+  const int first[] = {w1.get()};
+  const int second[] = {w2.get()};
+  ASSERT_TRUE(SendRecord(a.get(), "x", first, false).ok());
+  ASSERT_TRUE(SendRecord(a.get(), "", {}, false).ok());
+  ASSERT_TRUE(SendRecord(a.get(), "", second, false).ok());
+  ASSERT_TRUE(SendRecord(a.get(), "", {}, false).ok());
+  w1.reset();
+  w2.reset();
+  ASSERT_TRUE(StopReceiving(b.get()));
+  absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
+  ASSERT_TRUE(foreign.ok()) << foreign.status();
+  // A reference of its own: `b` stays open here, as the broker's channel
+  // may keep it, so only the drain can close what is queued.
+  (*foreign)->Drain(3, 1000, UniqueFd(::dup(b.get())));
+  ASSERT_TRUE(WaitDone(**foreign, 3));
+  EXPECT_TRUE(SeesEnd(r1.get(), 5000));
+  EXPECT_TRUE(SeesEnd(r2.get(), 5000)) << "stopped at an empty record";
 }
 
 // Destroyed while a sender's file holds its thread: the owner does not wait
 // for it (the thread closes what it has, then ends).
 TEST(ForeignFdsTest, DestructionDoesNotWaitForAHeldThread) {
+  KeepLinger keep;
   absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
   ASSERT_TRUE(lingering.ok()) << lingering.status();
   auto [r, w] = Pipe();
   const absl::Time start = absl::Now();
   {
-    absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16);
+    absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
     ASSERT_TRUE(foreign.ok()) << foreign.status();
     std::vector<UniqueFd> fds;
     fds.push_back(std::move(lingering->sock));

@@ -215,6 +215,8 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
       "--broker_socket=" + Sock(prefix + "broker.sock"),
       "--backend=" + args_.Str("backend", "memfd-pool"), "--socket_mode=0600",
       "--policy=" + policy};
+  // --control_relay: gRPC through hallocd's relay, as on kernels before 6.16.
+  if (args_.Has("control_relay")) argv.push_back("--control_relay");
   if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max != RLIM_INFINITY &&
       nofile.rlim_max > kScaleHeadroom) {
     argv.push_back(absl::StrCat("--max_buffers=", nofile.rlim_max - kScaleHeadroom / 2));

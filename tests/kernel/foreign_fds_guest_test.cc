@@ -74,7 +74,7 @@ absl::Status AnswerWithin(int sock, int ms) {
 // The record with the lingering socket is queued before hallocd serves
 // its broker socket (as systemd hands it over), so that the record holds
 // the socket's last reference when the broker takes it.
-TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpOnlyItsSender) {
+TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpNobody) {
   if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
   ASSERT_TRUE(LoopbackUp());
   char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
@@ -107,11 +107,11 @@ TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpOnlyItsSender) {
   ASSERT_TRUE(SendRelease(other->fd.get(), {}).ok());
   EXPECT_TRUE(AnswerWithin(other->fd.get(), 20000).ok()) << "the broker thread is held";
 
+  // Closed abortively off the broker thread, the socket holds up nobody,
+  // its sender included (told to verify first: it never answered its Hello).
   ASSERT_TRUE(SendRelease(sender->get(), {}).ok());
-  EXPECT_EQ(AnswerWithin(sender->get(), 300).code(), absl::StatusCode::kDeadlineExceeded);
-  lingering->Release();
-  // Read again once the socket is closed (and told to verify first).
   EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kUnauthenticated);
+  lingering->Release();
   (*daemon)->Shutdown(absl::ZeroDuration());
   daemon->reset();
   std::filesystem::remove_all(dir);

@@ -113,7 +113,9 @@ absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
   }
   raw.bytes_cut = (msg.msg_flags & MSG_TRUNC) != 0;
   raw.fds_cut = (msg.msg_flags & MSG_CTRUNC) != 0;
-  if (n == 0 && record.fds.empty() && !raw.fds_cut) {
+  // The end: nothing at all. (An empty record still carries the sender's
+  // credentials where the socket has SO_PASSCRED.)
+  if (n == 0 && msg.msg_controllen == 0 && !raw.fds_cut) {
     return absl::UnavailableError("peer closed");
   }
   record.bytes.assign(buffer.data(), std::min<size_t>(static_cast<size_t>(n), buffer.size()));
@@ -156,6 +158,14 @@ absl::Status RefuseIncomingFds(int sock) {
     return absl::UnimplementedError("this kernel has no SO_PASSRIGHTS (Linux 6.16+)");
   }
   return ErrnoStatus(errno, "setsockopt(SO_PASSRIGHTS)");
+}
+
+bool AcceptsIncomingFds(int sock) {
+  constexpr int kSoPassRights = 83;  // as in RefuseIncomingFds
+  int on = 1;
+  socklen_t len = sizeof(on);
+  if (::getsockopt(sock, SOL_SOCKET, kSoPassRights, &on, &len) != 0) return true;
+  return on != 0;
 }
 
 absl::Status WaitReadable(int fd, int timeout_ms) {

@@ -72,8 +72,9 @@ inline constexpr absl::string_view kTruncatedRecordPayload = "halloc.dev/truncat
 // their file's release runs on the receiving thread at its return from
 // recvmsg: a TCP socket's with SO_LINGER waits out its linger time there.)
 // Only when this process is out of fds (fds_cut) may some have been dropped.
-// Peer closed → UNAVAILABLE; nothing queued (`nonblocking`) →
-// RESOURCE_EXHAUSTED.
+// Peer closed → UNAVAILABLE (an empty record, which on a socket with
+// SO_PASSCRED carries the sender's credentials, is a record); nothing
+// queued (`nonblocking`) → RESOURCE_EXHAUSTED.
 struct RawRecord {
   Record record;  // bytes as far as they fit in kMaxRecordBytes
   bool bytes_cut = false;  // longer than kMaxRecordBytes (MSG_TRUNC)
@@ -87,6 +88,10 @@ absl::StatusOr<RawRecord> ReceiveRawRecord(int sock, bool nonblocking);
 // has no such option: there receive with ReceiveRawRecord and close what
 // comes on a thread that may wait.
 absl::Status RefuseIncomingFds(int sock);
+// Whether records with fds may still reach `sock`: true before Linux 6.16,
+// and for a connection made before its listener refused them (one waiting
+// on a socket systemd handed over, say: it keeps what it had then).
+bool AcceptsIncomingFds(int sock);
 
 // Waits until `fd` is readable (or hung up) for at most `timeout_ms`
 // (-1: forever). DEADLINE_EXCEEDED on timeout.
