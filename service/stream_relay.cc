@@ -250,78 +250,53 @@ void StreamRelay::OnEvent(uint64_t key, bool client_side, uint32_t events) {
   if (Pump(p)) Watch(p);
 }
 
+namespace {
+
+// One direction of a pipe: reads a chunk from `from` into `buf` when `buf`
+// is empty, `from` has not ended and `may_read`; writes what it can of
+// `buf` to `to`; shuts `to`'s writing side once `from` ended and `buf` is
+// empty. Fds that came with the chunk go to `fds`. False on an error (the
+// pipe ends); `moved` is set when anything moved.
+bool Step(int from, int to, std::string& buf, bool& from_eof, bool& to_shut, bool may_read,
+          std::string& chunk, std::vector<UniqueFd>& fds, bool& moved) {
+  if (buf.empty() && !from_eof && may_read) {
+    const ssize_t n = ReceiveChunk(from, chunk, fds);
+    if (n > 0) {
+      buf.swap(chunk);
+      moved = true;
+    } else if (n == 0) {
+      from_eof = moved = true;
+    } else if (n != -EAGAIN) {
+      return false;
+    }
+  }
+  if (!buf.empty()) {
+    const size_t before = buf.size();
+    if (!Flush(to, buf)) return false;
+    moved |= buf.size() != before;
+  }
+  if (from_eof && buf.empty() && !to_shut) {
+    ::shutdown(to, SHUT_WR);
+    to_shut = true;
+  }
+  return true;
+}
+
+}  // namespace
+
 bool StreamRelay::Pump(Pipe& p) {
   std::string chunk;
   for (int round = 0; round < 4; ++round) {
     bool moved = false;
-    // Client to gRPC.
-    if (p.to_server.empty() && !p.client_eof && !p.paused) {
-      std::vector<UniqueFd> fds;
-      const ssize_t n = ReceiveChunk(p.client.get(), chunk, fds);
-      if (!fds.empty()) {
-        const uid_t uid = p.uid;
-        foreign_->Close(p.key, uid, std::move(fds));
-        p.paused = true;
-        if (foreign_->OverLimit(uid)) {
-          if (uint64_t dropped; Limiter().Allow("control-foreign", &dropped)) {
-            LOG(WARNING) << "control socket: uid " << uid << " has "
-                         << foreign_->waiting_of(uid)
-                         << " fds it sent waiting to be closed: not reading any of its "
-                            "connections until they are"
-                         << LogLimiter::Dropped(dropped);
-          }
-          for (auto& [key, other] : pipes_) {
-            if (other->uid == uid) other->paused = true;
-          }
-        }
-      }
-      if (n > 0) {
-        p.to_server.swap(chunk);
-        moved = true;
-      } else if (n == 0) {
-        p.client_eof = moved = true;
-      } else if (n != -EAGAIN) {
-        End(p.key);
-        return false;
-      }
-    }
-    if (!p.to_server.empty()) {
-      const size_t before = p.to_server.size();
-      if (!Flush(p.server.get(), p.to_server)) {
-        End(p.key);
-        return false;
-      }
-      moved |= p.to_server.size() != before;
-    }
-    if (p.client_eof && p.to_server.empty() && !p.server_shut) {
-      ::shutdown(p.server.get(), SHUT_WR);
-      p.server_shut = true;
-    }
-    // gRPC to client.
-    if (p.to_client.empty() && !p.server_eof) {
-      std::vector<UniqueFd> none;  // gRPC sends none
-      const ssize_t n = ReceiveChunk(p.server.get(), chunk, none);
-      if (n > 0) {
-        p.to_client.swap(chunk);
-        moved = true;
-      } else if (n == 0) {
-        p.server_eof = moved = true;
-      } else if (n != -EAGAIN) {
-        End(p.key);
-        return false;
-      }
-    }
-    if (!p.to_client.empty()) {
-      const size_t before = p.to_client.size();
-      if (!Flush(p.client.get(), p.to_client)) {
-        End(p.key);
-        return false;
-      }
-      moved |= p.to_client.size() != before;
-    }
-    if (p.server_eof && p.to_client.empty() && !p.client_shut) {
-      ::shutdown(p.client.get(), SHUT_WR);
-      p.client_shut = true;
+    std::vector<UniqueFd> fds;
+    const bool ok = Step(p.client.get(), p.server.get(), p.to_server, p.client_eof,
+                         p.server_shut, !p.paused, chunk, fds, moved);
+    if (!fds.empty()) TakeForeign(p, std::move(fds));
+    std::vector<UniqueFd> none;  // gRPC sends none
+    if (!ok || !Step(p.server.get(), p.client.get(), p.to_client, p.server_eof, p.client_shut,
+                     true, chunk, none, moved)) {
+      End(p.key);
+      return false;
     }
     if (p.client_eof && p.server_eof && p.to_server.empty() && p.to_client.empty()) {
       End(p.key);
@@ -330,6 +305,22 @@ bool StreamRelay::Pump(Pipe& p) {
     if (!moved) break;
   }
   return true;
+}
+
+void StreamRelay::TakeForeign(Pipe& p, std::vector<UniqueFd> fds) {
+  const uid_t uid = p.uid;
+  foreign_->Close(p.key, uid, std::move(fds));
+  p.paused = true;
+  if (!foreign_->OverLimit(uid)) return;
+  if (uint64_t dropped; Limiter().Allow("control-foreign", &dropped)) {
+    LOG(WARNING) << "control socket: uid " << uid << " has " << foreign_->waiting_of(uid)
+                 << " fds it sent waiting to be closed: not reading any of its "
+                    "connections until they are"
+                 << LogLimiter::Dropped(dropped);
+  }
+  for (auto& [key, other] : pipes_) {
+    if (other->uid == uid) other->paused = true;
+  }
 }
 
 void StreamRelay::Watch(Pipe& p) {

@@ -86,6 +86,9 @@ class StreamRelay {
   void OnEvent(uint64_t key, bool client_side, uint32_t events);
   // Moves what can move now, in both directions; false once it ended.
   bool Pump(Pipe& p);
+  // Fds `p`'s client sent: to foreign_; `p` (and its uid's, past the
+  // limit) not read until they are closed.
+  void TakeForeign(Pipe& p, std::vector<UniqueFd> fds);
   // Which events each end waits for now.
   void Watch(Pipe& p);
   void End(uint64_t key);

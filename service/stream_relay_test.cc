@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/scm_testing.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "service/util/foreign_fds.h"
@@ -181,24 +182,8 @@ TEST_F(StreamRelayTest, AnOutOfBandByteAndItsFdsAreTakenOffToo) {
   absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
   ASSERT_TRUE(lingering.ok()) << lingering.status();
   ASSERT_EQ(::write(client.get(), "ab", 2), 2);
-  {
-    char x = 'X';
-    iovec iov{&x, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    const int fd = lingering->sock.get();
-    std::memcpy(CMSG_DATA(c), &fd, sizeof(fd));
-    if (::sendmsg(client.get(), &msg, MSG_OOB) != 1) {
-      GTEST_SKIP() << "no out-of-band data on Unix sockets here: " << std::strerror(errno);
-    }
+  if (SendRaw(client.get(), "X", {lingering->sock.get()}, MSG_OOB) != 1) {
+    GTEST_SKIP() << "no out-of-band data on Unix sockets here: " << std::strerror(errno);
   }
   ASSERT_EQ(::write(client.get(), "cd", 2), 2);
   lingering->sock.reset();  // the record holds its last reference

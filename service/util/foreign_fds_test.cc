@@ -13,7 +13,7 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "clients/cpp/halloc/base/lock_probe.h"
+#include "clients/cpp/halloc/base/scm_testing.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
@@ -79,14 +79,10 @@ TEST(StopReceivingTest, TakesPlainRecordsOffAndTheSenderCanSendNoMore) {
 // A record with fds is left queued, its fds never installed here: closing
 // an installed one would drop this process's POSIX lock on the file.
 TEST(StopReceivingTest, LeavesARecordWithFdsWithoutInstallingThem) {
-  char tmpl[] = "/tmp/halloc-foreign-lock-XXXXXX";
-  UniqueFd file(::mkstemp(tmpl));
-  ASSERT_TRUE(file.is_valid());
-  const std::string path = tmpl;
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  ASSERT_EQ(::fcntl(file.get(), F_SETLK, &fl), 0);
+  LockedFile locked = LockTempFile();
+  ASSERT_FALSE(locked.path.empty());
+  const UniqueFd& file = locked.fd;
+  const std::string& path = locked.path;
   ASSERT_TRUE(OthersSeeOurLock(path));
 
   auto [a, b] = SeqpacketPair();
@@ -111,7 +107,7 @@ TEST(StopReceivingTest, LeavesARecordWithFdsWithoutInstallingThem) {
   EXPECT_EQ((*foreign)->waiting_of(1000), 0u);
   char c;
   EXPECT_EQ(::recv(b.get(), &c, 1, MSG_DONTWAIT), 0) << "drained to the end";
-  ::unlink(tmpl);
+  ::unlink(path.c_str());
 }
 
 // A file whose release waits holds the thread, not the caller; what waits

@@ -71,38 +71,72 @@ absl::Status AnswerWithin(int sock, int ms) {
   }
 }
 
+// hallocd in this process on sockets bound here before it starts (as
+// systemd hands them over), so that records can be queued on them first.
+class ForeignFdsGuestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
+    ASSERT_TRUE(LoopbackUp());
+    char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    options_ = halloc::testing::TestDaemon::DefaultOptions();
+    options_.control_socket = dir_ + "/control.sock";
+    options_.broker_socket = dir_ + "/broker.sock";
+  }
+  void TearDown() override {
+    for (LingeringSocket& l : lingering_) l.Release();
+    if (daemon_) daemon_->Shutdown(absl::ZeroDuration());
+    daemon_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  // A listening socket of `type` at `path`, for the daemon to be handed.
+  static UniqueFd Bind(const std::string& path, int type) {
+    absl::StatusOr<UniqueFd> listener = halloc::BindUnixSocket(path, type, 0600);
+    EXPECT_TRUE(listener.ok()) << listener.status();
+    return listener.ok() ? *std::move(listener) : UniqueFd();
+  }
+  // A lingering socket's fd (its listener kept here, released at the end).
+  UniqueFd Lingering() {
+    absl::StatusOr<LingeringSocket> l = LingeringSocket::Create(absl::Seconds(120));
+    EXPECT_TRUE(l.ok()) << l.status();
+    if (!l.ok()) return UniqueFd();
+    UniqueFd fd = std::move(l->sock);
+    lingering_.push_back(*std::move(l));
+    return fd;
+  }
+  void Start(halloc::InheritedListeners inherited) {
+    absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
+        halloc::Daemon::Start(options_, std::move(inherited));
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = *std::move(daemon);
+  }
+
+  std::string dir_;
+  halloc::DaemonOptions options_;
+  std::vector<LingeringSocket> lingering_;
+  std::unique_ptr<halloc::Daemon> daemon_;
+};
+
 // The record with the lingering socket is queued before hallocd serves
 // its broker socket (as systemd hands it over), so that the record holds
 // the socket's last reference when the broker takes it.
-TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpNobody) {
-  if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
-  ASSERT_TRUE(LoopbackUp());
-  char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  halloc::DaemonOptions options = halloc::testing::TestDaemon::DefaultOptions();
-  options.control_socket = dir + "/control.sock";
-  options.broker_socket = dir + "/broker.sock";
+TEST_F(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpNobody) {
   halloc::InheritedListeners inherited;
-  absl::StatusOr<UniqueFd> listener =
-      halloc::BindUnixSocket(options.broker_socket, SOCK_SEQPACKET, 0600);
-  ASSERT_TRUE(listener.ok()) << listener.status();
-  inherited.broker = *std::move(listener);
-
-  absl::StatusOr<UniqueFd> sender = halloc::ConnectSeqpacket(options.broker_socket);
+  inherited.broker = Bind(options_.broker_socket, SOCK_SEQPACKET);
+  absl::StatusOr<UniqueFd> sender = halloc::ConnectSeqpacket(options_.broker_socket);
   ASSERT_TRUE(sender.ok()) << sender.status();
-  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
-  ASSERT_TRUE(lingering.ok()) << lingering.status();
-  ASSERT_TRUE(SendRelease(sender->get(), {lingering->sock.get()}).ok());
-  lingering->sock.reset();  // the record holds its last reference
-
-  absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
-      halloc::Daemon::Start(options, std::move(inherited));
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  {
+    UniqueFd lingering = Lingering();
+    ASSERT_TRUE(SendRelease(sender->get(), {lingering.get()}).ok());
+  }  // the record holds its last reference
+  Start(std::move(inherited));
   EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kInvalidArgument);
 
   absl::StatusOr<BrokerConnection> other =
-      ConnectBroker(options.broker_socket, absl::Seconds(20));
+      ConnectBroker(options_.broker_socket, absl::Seconds(20));
   ASSERT_TRUE(other.ok()) << other.status() << " (the broker thread is held)";
   ASSERT_TRUE(SendRelease(other->fd.get(), {}).ok());
   EXPECT_TRUE(AnswerWithin(other->fd.get(), 20000).ok()) << "the broker thread is held";
@@ -111,53 +145,30 @@ TEST(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpNobody) {
   // its sender included (told to verify first: it never answered its Hello).
   ASSERT_TRUE(SendRelease(sender->get(), {}).ok());
   EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kUnauthenticated);
-  lingering->Release();
-  (*daemon)->Shutdown(absl::ZeroDuration());
-  daemon->reset();
-  std::filesystem::remove_all(dir);
 }
 
 // The control socket: gRPC reads through hallocd's relay there, so lingering
 // sockets attached to a client's bytes (queued before hallocd serves the
 // socket, each record holding its socket's last reference) leave gRPC
 // serving. Without the relay each would hold a gRPC thread for 120 s.
-TEST(ForeignFdsGuestTest, LingeringSocketsSentToTheControlSocketLeaveGrpcServing) {
-  if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
-  ASSERT_TRUE(LoopbackUp());
-  char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  halloc::DaemonOptions options = halloc::testing::TestDaemon::DefaultOptions();
-  options.control_socket = dir + "/control.sock";
-  options.broker_socket = dir + "/broker.sock";
+TEST_F(ForeignFdsGuestTest, LingeringSocketsSentToTheControlSocketLeaveGrpcServing) {
   halloc::InheritedListeners inherited;
-  absl::StatusOr<UniqueFd> listener =
-      halloc::BindUnixSocket(options.control_socket, SOCK_STREAM, 0600);
-  ASSERT_TRUE(listener.ok()) << listener.status();
-  inherited.control = *std::move(listener);
-
+  inherited.control = Bind(options_.control_socket, SOCK_STREAM);
   std::vector<UniqueFd> senders;
-  std::vector<LingeringSocket> lingering;
   for (int i = 0; i < 8; ++i) {
     UniqueFd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    absl::StatusOr<sockaddr_un> addr = halloc::UnixAddress(options.control_socket);
+    absl::StatusOr<sockaddr_un> addr = halloc::UnixAddress(options_.control_socket);
     ASSERT_TRUE(addr.ok()) << addr.status();
     ASSERT_EQ(::connect(s.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
-    absl::StatusOr<LingeringSocket> l = LingeringSocket::Create(absl::Seconds(120));
-    ASSERT_TRUE(l.ok()) << l.status();
-    const int fds[] = {l->sock.get()};
+    UniqueFd lingering = Lingering();
+    const int fds[] = {lingering.get()};
     ASSERT_TRUE(halloc::SendRecord(s.get(), "P", fds, false).ok());
-    l->sock.reset();
     senders.push_back(std::move(s));
-    lingering.push_back(*std::move(l));
   }
-
-  absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon =
-      halloc::Daemon::Start(options, std::move(inherited));
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  Start(std::move(inherited));
   halloc::ConnectOptions connect;
-  connect.control_socket = options.control_socket;
-  connect.broker_socket = options.broker_socket;
+  connect.control_socket = options_.control_socket;
+  connect.broker_socket = options_.broker_socket;
   connect.timeout = absl::Seconds(20);
   connect.broker_fast_path = false;  // Allocate as a gRPC call
   absl::StatusOr<halloc::Client> client = halloc::Client::Connect(connect);
@@ -165,10 +176,6 @@ TEST(ForeignFdsGuestTest, LingeringSocketsSentToTheControlSocketLeaveGrpcServing
   EXPECT_TRUE(client->Stats().ok()) << "gRPC's threads are held";
   absl::StatusOr<halloc::Buffer> buffer = client->Allocate(halloc::BlobDescriptor(4096));
   EXPECT_TRUE(buffer.ok()) << buffer.status();
-  for (LingeringSocket& l : lingering) l.Release();
-  (*daemon)->Shutdown(absl::ZeroDuration());
-  daemon->reset();
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "clients/cpp/halloc/base/lock_probe.h"
+#include "clients/cpp/halloc/base/scm_testing.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -94,20 +94,7 @@ TEST_F(ScmTest, TruncatedControlClosesFdsAndReportsDataLoss) {
   ASSERT_EQ(::pipe(p), 0);
   UniqueFd r(p[0]), w(p[1]);
   for (int& fd : fds) fd = r.get();
-  char byte = 'x';
-  iovec iov{&byte, 1};
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  ASSERT_EQ(::sendmsg(a_.get(), &msg, 0), 1);
+  ASSERT_EQ(SendRaw(a_.get(), "x", fds), 1);
   absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false);
   EXPECT_EQ(rec.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(CountOpenFds(), before + 2);  // only the pipe we made
@@ -160,14 +147,10 @@ TEST_F(ScmTest, KernelStampsTheSenderWhenAsked) {
 // the whole process while a kernel-side drop does not (and which stands in
 // for a flush at close: a FUSE file's would wait for its server).
 TEST_F(ScmTest, NoRoomForFdsMeansTheyAreNeverInstalled) {
-  char tmpl[] = "/tmp/halloc-scm-lock-XXXXXX";
-  UniqueFd file(::mkstemp(tmpl));
-  ASSERT_TRUE(file.is_valid());
-  const std::string path = tmpl;
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  ASSERT_EQ(::fcntl(file.get(), F_SETLK, &fl), 0);
+  LockedFile locked = LockTempFile();
+  ASSERT_FALSE(locked.path.empty());
+  const UniqueFd& file = locked.fd;
+  const std::string& path = locked.path;
   ASSERT_TRUE(OthersSeeOurLock(path));
 
   // As on the broker: the credentials take the room an fd would need.
@@ -186,7 +169,7 @@ TEST_F(ScmTest, NoRoomForFdsMeansTheyAreNeverInstalled) {
   ASSERT_EQ(rec->fds.size(), 1u);
   rec->fds.clear();
   EXPECT_FALSE(OthersSeeOurLock(path));
-  ::unlink(tmpl);
+  ::unlink(path.c_str());
 }
 
 // A raw receive makes room for every fd a record can carry (the kernel
@@ -199,20 +182,8 @@ TEST_F(ScmTest, RawReceiveTakesEveryFdARecordCanCarry) {
   ASSERT_EQ(::pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
   UniqueFd r(p[0]), w(p[1]);
   std::vector<int> fds(kKernelMaxFdsPerRecord, w.get());
-  std::string bytes(kMaxRecordBytes + 100, 'x');
-  iovec iov{bytes.data(), bytes.size()};
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
-  ASSERT_EQ(::sendmsg(a_.get(), &msg, 0), static_cast<ssize_t>(bytes.size()));
+  const std::string bytes(kMaxRecordBytes + 100, 'x');
+  ASSERT_EQ(SendRaw(a_.get(), bytes, fds), static_cast<ssize_t>(bytes.size()));
   w.reset();
 
   absl::StatusOr<RawRecord> raw = ReceiveRawRecord(b_.get(), false);
