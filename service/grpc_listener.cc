@@ -104,9 +104,8 @@ StreamRelay* GrpcListener::RelayFor(int conn) {
   return relay_.get();
 }
 
-void GrpcListener::Refuse(UniqueFd conn, uid_t uid) {
-  if (!conn) return;
-  if (StreamRelay* relay = RelayFor(conn.get())) relay->Discard(std::move(conn), uid);
+void GrpcListener::Refuse(UniqueFd conn, uid_t uid, StreamRelay* relay) {
+  if (conn && relay != nullptr) relay->Discard(std::move(conn), uid);
 }
 
 void GrpcListener::CloseDup(int dup) {
@@ -184,7 +183,8 @@ void GrpcListener::AcceptOne() {
     const int err = errno;
     UniqueFd taken;
     if (accept_guard_.OnAcceptError(listener_.get(), err, MonotonicNow(), &taken)) {
-      Refuse(std::move(taken), static_cast<uid_t>(-1));
+      StreamRelay* const relay = taken ? RelayFor(taken.get()) : nullptr;
+      Refuse(std::move(taken), static_cast<uid_t>(-1), relay);
       // The waiting connection was closed (its client sees the end instead
       // of hanging); accepting pauses.
       LOG_EVERY_N(WARNING, 100) << "control socket: accept4: " << std::strerror(err)
@@ -207,7 +207,7 @@ void GrpcListener::AcceptOne() {
   cred.uid = static_cast<uid_t>(-1);
   socklen_t len = sizeof(cred);
   if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-    Refuse(std::move(conn), cred.uid);
+    Refuse(std::move(conn), cred.uid, relay);
     return;  // closed: no identity, no service
   }
   absl::Status admit = absl::OkStatus();
@@ -222,14 +222,14 @@ void GrpcListener::AcceptOne() {
       LOG(WARNING) << "control socket: refused a connection: " << admit.message()
                    << LogLimiter::Dropped(dropped);
     }
-    Refuse(std::move(conn), cred.uid);
+    Refuse(std::move(conn), cred.uid, relay);
     return;  // closed: the client sees the connection end
   }
   UniqueFd dup(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));
   if (!dup) {
     // Uncounted, so not served: the fd table is nearly full anyway.
     LOG_EVERY_N(WARNING, 100) << "control socket: dup: " << std::strerror(errno);
-    Refuse(std::move(conn), cred.uid);
+    Refuse(std::move(conn), cred.uid, relay);
     return;
   }
   epoll_event ev{};
@@ -237,7 +237,7 @@ void GrpcListener::AcceptOne() {
   ev.data.fd = dup.get();
   if (::epoll_ctl(ends_.get(), EPOLL_CTL_ADD, dup.get(), &ev) != 0) {
     LOG_EVERY_N(WARNING, 100) << "control socket: epoll_ctl: " << std::strerror(errno);
-    Refuse(std::move(conn), cred.uid);
+    Refuse(std::move(conn), cred.uid, relay);
     return;
   }
   {

@@ -86,9 +86,10 @@ class GrpcListener {
   // The relay for `conn` when fds may reach it (made at first need), else
   // nullptr.
   StreamRelay* RelayFor(int conn);
-  // Closes a connection it does not serve: through the relay when fds may
-  // be queued on it, else here.
-  void Refuse(UniqueFd conn, uid_t uid);
+  // Closes a connection it does not serve: through `relay` (RelayFor's
+  // answer, asked before the connection's option was set) when fds may be
+  // queued on it, else here.
+  void Refuse(UniqueFd conn, uid_t uid, StreamRelay* relay);
   void Run();
   // Accepts one connection (or, out of fds, pauses: accept_guard_).
   void AcceptOne();

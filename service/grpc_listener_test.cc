@@ -235,5 +235,30 @@ TEST_P(GrpcListenerTest, FdsSentWithAnyByteNeverReachGrpc) {
   path_ = old_path;
 }
 
+// A connection refused at admission with fds queued (made before the
+// listener refused them) is closed off the accepting thread, which serves
+// on: a lingering socket closed there would hold it for two minutes.
+TEST_P(GrpcListenerTest, ARefusedConnectionWithFdsQueuedHoldsNothing) {
+  listener_->Stop();
+  listener_.reset();
+  path_ = dir_ + "/control3.sock";
+  absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  limit_ = 2;
+  UniqueFd a = Raw(), b = Raw(), refused = Raw();
+  absl::StatusOr<LingeringSocket> l = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(l.ok()) << l.status();
+  const int fds[] = {l->sock.get()};
+  ASSERT_TRUE(SendRecord(refused.get(), "P", fds, false).ok());
+  l->sock.reset();
+  lingering_.push_back(*std::move(l));
+  StartListener(*std::move(listener));
+  EXPECT_TRUE(Ended(refused)) << "refused: at the limit";
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 2; }));
+  a.reset();
+  EXPECT_TRUE(WaitFor([&] { return Mine() == 1; })) << "the accepting thread is held";
+  EXPECT_TRUE(Check().ok());
+}
+
 }  // namespace
 }  // namespace halloc

@@ -3,8 +3,6 @@
 #include <glog/logging.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <linux/sockios.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -358,13 +356,26 @@ void StreamRelay::End(uint64_t key) {
 
 void StreamRelay::Finish(UniqueFd client, uint64_t key, uid_t uid) {
   // The client sees the end (and the listener's duplicate of its socket
-  // with it), and can send no more. What it still queued, which may carry
-  // fds, is read off on ForeignFds' thread, so closing drops none here.
+  // with it), and can send no more. What it still queued (a gRPC client's
+  // last frame, say) is read off here so that closing drops nothing here;
+  // once fds come (or past kFinishChunks), the rest is read off on
+  // ForeignFds' thread, record by record, charged to the uid: a sender of
+  // fds cannot make this thread install a queue's worth at once.
   ::shutdown(client.get(), SHUT_RDWR);
-  int queued = 0;
-  if (::ioctl(client.get(), SIOCINQ, &queued) != 0 || queued > 0) {
-    foreign_->Drain(key, uid, std::move(client));
+  const int on = 1;
+  ::setsockopt(client.get(), SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+  std::string chunk;
+  for (int i = 0; i < kFinishChunks; ++i) {
+    std::vector<UniqueFd> fds;
+    const ssize_t n = ReceiveChunk(client.get(), chunk, fds);
+    if (!fds.empty()) {
+      foreign_->Close(key, uid, std::move(fds));
+      break;
+    }
+    if (n == 0 || n == -EAGAIN) return;  // all read: closing drops nothing
+    if (n < 0) break;
   }
+  foreign_->Drain(key, uid, std::move(client));
 }
 
 bool StreamRelay::OverLimit(uid_t uid) const { return foreign_->OverLimit(uid); }

@@ -21,9 +21,9 @@
 // not taken yet, and reads no more until it has: the relay buffers nothing
 // a client can grow. A client's out-of-band byte is read inline
 // (SO_OOBINLINE): skipped, the kernel would drop its fds on this thread. A
-// connection that ends with anything still queued on it is shut down and
-// handed to ForeignFds, which reads it off and closes it, so that closing
-// it drops nothing here.
+// connection that ends is shut down and what it still queued read off (a
+// few chunks here, more on ForeignFds' thread), so that closing it drops
+// nothing here; only what carried fds counts against its uid.
 //
 // Identity is not affected: gRPC calls are tied to a session by its token
 // (Authenticate), not by the control connection's peer, and admission has
@@ -55,6 +55,9 @@ class StreamRelay {
   static constexpr uint64_t kMaxForeignFdsPerUid = 64;
   static constexpr uint64_t kMaxForeignFds = 4096;
   static constexpr size_t kChunk = 64 * 1024;
+  // Chunks read off an ending connection here before the rest is left to
+  // ForeignFds' thread (a client's send buffer holds about 208 KiB).
+  static constexpr int kFinishChunks = 16;
 
   static absl::StatusOr<std::unique_ptr<StreamRelay>> Start();
   ~StreamRelay();  // Stop()
@@ -92,8 +95,8 @@ class StreamRelay {
   // Which events each end waits for now.
   void Watch(Pipe& p);
   void End(uint64_t key);
-  // Shuts `client` down and closes it, on foreign_'s thread when anything
-  // is still queued on it (it may carry fds).
+  // Shuts `client` down, reads off what it still queued and closes it;
+  // the rest on foreign_'s thread once fds come or past kFinishChunks.
   void Finish(UniqueFd client, uint64_t key, uid_t uid);
   void ResumeCleared();
 

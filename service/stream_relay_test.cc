@@ -175,6 +175,32 @@ TEST_F(StreamRelayTest, ADiscardedConnectionIsEndedOffTheRelaysThread) {
   lingering->Release();
 }
 
+// Connections that end with bytes unread but no fds are not charged to
+// their uid, even while ForeignFds' thread is held by someone else's file:
+// only what carried fds counts.
+TEST_F(StreamRelayTest, OrdinaryEndsAreNotChargedToTheirUid) {
+  auto [sender, sender_ours] = StreamPair();
+  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(lingering.ok()) << lingering.status();
+  ASSERT_EQ(SendRaw(sender.get(), "x", {lingering->sock.get()}), 1);
+  lingering->sock.reset();
+  absl::StatusOr<UniqueFd> sender_server = relay_->Add(std::move(sender_ours), 2000);
+  ASSERT_TRUE(sender_server.ok());
+  EXPECT_EQ(ReadSome(sender_server->get(), 1, 5000), "x");  // the thread is held now
+
+  std::vector<UniqueFd> servers;  // gRPC's ends, never read: data stays queued
+  for (uint64_t i = 0; i < StreamRelay::kMaxForeignFdsPerUid + 4; ++i) {
+    auto [client, server] = Relayed(1000);
+    const std::string bytes(256 * 1024, 'y');
+    (void)::send(client.get(), bytes.data(), bytes.size(), MSG_DONTWAIT);
+    client.reset();  // ends with bytes unread
+    servers.push_back(std::move(server));
+  }
+  EXPECT_TRUE(WaitRelayed(*relay_, 1)) << "ended";
+  EXPECT_FALSE(relay_->OverLimit(1000)) << "ordinary ends charged";
+  lingering->Release();
+}
+
 // An out-of-band byte is relayed with the rest, and its fds taken off like
 // any: skipped, the kernel would drop them in the relay's read, and a
 // lingering socket's release would hold the relay (every control

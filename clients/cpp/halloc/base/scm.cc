@@ -113,10 +113,17 @@ absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
   }
   raw.bytes_cut = (msg.msg_flags & MSG_TRUNC) != 0;
   raw.fds_cut = (msg.msg_flags & MSG_CTRUNC) != 0;
-  // The end: nothing at all. (An empty record still carries the sender's
-  // credentials where the socket has SO_PASSCRED.)
-  if (n == 0 && msg.msg_controllen == 0 && !raw.fds_cut) {
-    return absl::UnavailableError("peer closed");
+  // The end: nothing read. An empty record (SOCK_SEQPACKET, SOCK_DGRAM)
+  // still carries the sender's credentials where the socket has
+  // SO_PASSCRED; a stream has no empty records, and with SO_PASSCRED the
+  // kernel writes credentials at its end too.
+  if (n == 0 && record.fds.empty() && !raw.fds_cut) {
+    int type = 0;
+    socklen_t len = sizeof(type);
+    if (msg.msg_controllen == 0 ||
+        (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM)) {
+      return absl::UnavailableError("peer closed");
+    }
   }
   record.bytes.assign(buffer.data(), std::min<size_t>(static_cast<size_t>(n), buffer.size()));
   return raw;

@@ -203,6 +203,34 @@ TEST_F(ScmTest, RawReceiveTakesEveryFdARecordCanCarry) {
   EXPECT_EQ(ReceiveRawRecord(b_.get(), true).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// The end of a stream reads as the end even with SO_PASSCRED, where the
+// kernel writes credentials at the end too; an empty record on a
+// SOCK_SEQPACKET socket with SO_PASSCRED is a record.
+TEST(ScmEndTest, TheEndIsTheEndWithCredentialsOnAndAnEmptyRecordIsNot) {
+  const int on = 1;
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  ASSERT_EQ(::setsockopt(b.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
+  ASSERT_EQ(::write(a.get(), "x", 1), 1);
+  a.reset();
+  absl::StatusOr<RawRecord> first = ReceiveRawRecord(b.get(), true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->record.bytes, "x");
+  EXPECT_EQ(ReceiveRawRecord(b.get(), true).status().code(), absl::StatusCode::kUnavailable);
+
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd c(sv[0]), d(sv[1]);
+  ASSERT_EQ(::setsockopt(d.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
+  ASSERT_TRUE(SendRecord(c.get(), "", {}, false).ok());
+  c.reset();
+  absl::StatusOr<RawRecord> empty = ReceiveRawRecord(d.get(), true);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->record.bytes.empty());
+  EXPECT_TRUE(empty->record.creds.has_value());
+  EXPECT_EQ(ReceiveRawRecord(d.get(), true).status().code(), absl::StatusCode::kUnavailable);
+}
+
 // Where the kernel has SO_PASSRIGHTS, a record with fds is refused at the
 // sender; records without fds still pass.
 TEST_F(ScmTest, RefusedFdsFailAtTheSender) {
