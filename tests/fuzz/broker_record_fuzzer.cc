@@ -18,7 +18,8 @@
 // each fd close-on-exec and the same file; the sender's pid/uid/gid with
 // SO_PASSCRED, none without) or, for an oversized record, DATA_LOSS (whose
 // truncated-record payload, if any, is the intact bytes); an empty record
-// reads as "peer closed" (UNAVAILABLE), as documented; an empty queue is
+// reads as "peer closed" (UNAVAILABLE) without SO_PASSCRED and as an empty
+// record (with the sender's credentials) with it, as documented; an empty queue is
 // RESOURCE_EXHAUSTED (non-blocking) and a closed peer UNAVAILABLE; no fd
 // leaks on any path, including the client's frame handling; a BrokerRequest
 // (daemon side) or BrokerFrame (client side) that parses re-serializes to a
@@ -172,7 +173,7 @@ bool ClientTakes(Record& rec, bool first, std::map<uint64_t, UniqueFd>& pending,
   return true;
 }
 
-void CheckReceived(const absl::StatusOr<Record>& rec, const Sent& sent) {
+void CheckReceived(const absl::StatusOr<Record>& rec, const Sent& sent, bool passcred) {
   const bool oversized =
       sent.bytes.size() > kMaxRecordBytes || sent.fds > kMaxFdsPerRecord;
   if (oversized) {
@@ -189,8 +190,9 @@ void CheckReceived(const absl::StatusOr<Record>& rec, const Sent& sent) {
     }
     return;
   }
-  if (sent.bytes.empty() && sent.fds == 0) {
-    // Documented: a zero-length record cannot be told from the peer's EOF.
+  if (sent.bytes.empty() && sent.fds == 0 && !passcred) {
+    // Documented: without credentials a zero-length record cannot be told
+    // from the peer's EOF (with them, it carries the sender's stamp).
     FUZZ_CHECK(rec.status().code() == absl::StatusCode::kUnavailable,
                rec.status().ToString());
     return;
@@ -329,7 +331,7 @@ void RunOne(const uint8_t* data, size_t size) {
   std::vector<Record> received;
   for (const Sent& s : sent) {
     absl::StatusOr<Record> rec = ReceiveRecord(receiver.get(), nonblocking);
-    CheckReceived(rec, s);
+    CheckReceived(rec, s, passcred);
     if (!rec.ok()) continue;
     if (passcred) {
       FUZZ_CHECK(rec->creds.has_value(), "SO_PASSCRED but no credentials");
