@@ -31,29 +31,12 @@ LogLimiter& Limiter() {
 // a record may carry: bytes read (0: end), or -errno. `fds` gets any.
 ssize_t ReceiveChunk(int fd, std::string& into, std::vector<UniqueFd>& fds) {
   into.resize(StreamRelay::kChunk);
-  iovec iov{into.data(), into.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKernelMaxFdsPerRecord)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  do {
-    n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  const int err = errno;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); n >= 0 && c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int one;
-      std::memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      fds.emplace_back(one);
-    }
-  }
+  Ancillary got;
+  const ssize_t n = ReceiveMessage(fd, absl::MakeSpan(into.data(), into.size()), MSG_DONTWAIT,
+                                   kKernelMaxFdsPerRecord, got);
+  for (UniqueFd& one : got.fds) fds.push_back(std::move(one));
   into.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  return n < 0 ? -err : n;
+  return n;
 }
 
 // Writes what it can of `from` to `fd` and drops that much: false on an

@@ -48,17 +48,11 @@ bool StopReceiving(int sock) {
   const int on = 1;
   ::setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
   for (int i = 0; i < kMaxSkipped; ++i) {
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-    msghdr msg{};
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof(control);
-    ssize_t n;
-    do {
-      n = ::recvmsg(sock, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return errno != EAGAIN;  // EAGAIN: empty; else unknown: drain
-    if (msg.msg_flags & MSG_CTRUNC) return true;
-    if (n == 0 && msg.msg_controllen == 0) return false;  // end of the queue
+    Ancillary peeked;
+    ssize_t n = ReceiveMessage(sock, {}, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC, 0, peeked);
+    if (n < 0) return n != -EAGAIN;  // EAGAIN: empty; else unknown: drain
+    if (peeked.fds_cut) return true;
+    if (n == 0 && !peeked.any) return false;  // end of the queue
     // A record without fds: off the queue (nothing to drop).
     do {
       n = ::recv(sock, nullptr, 0, MSG_DONTWAIT);

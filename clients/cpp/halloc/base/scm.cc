@@ -60,18 +60,10 @@ absl::Status SendRecord(int sock, absl::string_view bytes,
   return absl::OkStatus();
 }
 
-namespace {
-
-// One recvmsg with room for the credentials and `max_fds` fds; every fd that
-// arrived is owned by the result, whatever was cut.
-absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
+ssize_t ReceiveMessage(int sock, absl::Span<char> into, int flags, size_t max_fds,
+                       Ancillary& out) {
   max_fds = std::min(max_fds, kKernelMaxFdsPerRecord);
-  RawRecord raw;
-  Record& record = raw.record;
-  // Received into a per-thread buffer, then copied at its real size: no
-  // 64 KiB allocation per record.
-  thread_local std::string buffer(kMaxRecordBytes, '\0');
-  iovec iov{buffer.data(), buffer.size()};
+  iovec iov{into.data(), into.size()};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kKernelMaxFdsPerRecord) +
                                 CMSG_SPACE(sizeof(ucred))];
   msghdr msg{};
@@ -81,51 +73,65 @@ absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
   // Room for the credentials (which the kernel writes first) and max_fds.
   msg.msg_controllen = CMSG_SPACE(sizeof(ucred)) +
                        (max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0);
-  const int flags = MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0);
   ssize_t n;
   do {
-    n = ::recvmsg(sock, &msg, flags);
+    n = ::recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    const int err = errno;
-    if (err == EAGAIN) return absl::ResourceExhaustedError("no record queued");
-    return ErrnoStatus(err, "recvmsg");
-  }
+  if (n < 0) return -errno;
   // Take ownership of every fd first, so that no path leaks them.
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr;
        cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS &&
-        cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+    if (cmsg->cmsg_level != SOL_SOCKET) continue;
+    if (cmsg->cmsg_type == SCM_CREDENTIALS && cmsg->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
       ucred c;
       std::memcpy(&c, CMSG_DATA(cmsg), sizeof(c));
-      record.creds = c;
-      continue;
-    }
-    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
-      continue;
-    }
-    const size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
-      record.fds.emplace_back(fd);
+      out.creds = c;
+    } else if (cmsg->cmsg_type == SCM_RIGHTS) {
+      const size_t count = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+        out.fds.emplace_back(fd);
+      }
     }
   }
-  raw.bytes_cut = (msg.msg_flags & MSG_TRUNC) != 0;
-  raw.fds_cut = (msg.msg_flags & MSG_CTRUNC) != 0;
+  out.bytes_cut = (msg.msg_flags & MSG_TRUNC) != 0;
+  out.fds_cut = (msg.msg_flags & MSG_CTRUNC) != 0;
+  out.any = msg.msg_controllen != 0;
+  return n;
+}
+
+namespace {
+
+// One record, with room for the credentials and `max_fds` fds; every fd
+// that arrived is owned by the result, whatever was cut.
+absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
+  // Received into a per-thread buffer, then copied at its real size: no
+  // 64 KiB allocation per record.
+  thread_local std::string buffer(kMaxRecordBytes, '\0');
+  Ancillary got;
+  const ssize_t n = ReceiveMessage(sock, absl::MakeSpan(buffer.data(), buffer.size()),
+                                   nonblocking ? MSG_DONTWAIT : 0, max_fds, got);
+  if (n == -EAGAIN) return absl::ResourceExhaustedError("no record queued");
+  if (n < 0) return ErrnoStatus(static_cast<int>(-n), "recvmsg");
+  RawRecord raw;
+  raw.record.fds = std::move(got.fds);
+  raw.record.creds = got.creds;
+  raw.bytes_cut = got.bytes_cut;
+  raw.fds_cut = got.fds_cut;
   // The end: nothing read. An empty record (SOCK_SEQPACKET, SOCK_DGRAM)
   // still carries the sender's credentials where the socket has
   // SO_PASSCRED; a stream has no empty records, and with SO_PASSCRED the
   // kernel writes credentials at its end too.
-  if (n == 0 && record.fds.empty() && !raw.fds_cut) {
+  if (n == 0 && raw.record.fds.empty() && !raw.fds_cut) {
     int type = 0;
     socklen_t len = sizeof(type);
-    if (msg.msg_controllen == 0 ||
+    if (!got.any ||
         (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM)) {
       return absl::UnavailableError("peer closed");
     }
   }
-  record.bytes.assign(buffer.data(), std::min<size_t>(static_cast<size_t>(n), buffer.size()));
+  raw.record.bytes.assign(buffer.data(), std::min<size_t>(static_cast<size_t>(n), buffer.size()));
   return raw;
 }
 

@@ -65,6 +65,26 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking,
                                      size_t max_fds = kMaxFdsPerRecord);
 inline constexpr absl::string_view kTruncatedRecordPayload = "halloc.dev/truncated-record";
 
+// What one recvmsg brought beside its bytes.
+struct Ancillary {
+  std::vector<UniqueFd> fds;  // every fd that arrived, close-on-exec
+  // The sender as the kernel stamped it, where the socket has SO_PASSCRED.
+  std::optional<ucred> creds;
+  bool bytes_cut = false;  // the message was longer than the room (MSG_TRUNC)
+  bool fds_cut = false;    // some fds found no room and were dropped (MSG_CTRUNC)
+  bool any = false;        // the kernel wrote any control data at all
+};
+
+// The one recvmsg beneath every receive here: into `into`, with room for
+// the sender's credentials and `max_fds` fds (at most
+// kKernelMaxFdsPerRecord); `flags` (MSG_DONTWAIT, MSG_PEEK, ...) are added
+// to MSG_CMSG_CLOEXEC, and EINTR is retried. Every fd that arrived is owned
+// by `out` whatever was cut, so no path can leak one. (Without SO_PASSCRED
+// the credentials' room is left free and holds a few fds even at max_fds 0.) Returns the bytes
+// read (0 on a stream: its end) or -errno; `out` is filled only on success.
+ssize_t ReceiveMessage(int sock, absl::Span<char> into, int flags, size_t max_fds,
+                       Ancillary& out);
+
 // One record as it came, cut or whole, with room for as many fds as the
 // kernel lets a record carry: for a receiver that must decide itself on
 // which thread fds it never asked for are closed. (Fds that find no room

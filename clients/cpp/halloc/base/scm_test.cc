@@ -203,6 +203,61 @@ TEST_F(ScmTest, RawReceiveTakesEveryFdARecordCanCarry) {
   EXPECT_EQ(ReceiveRawRecord(b_.get(), true).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// The one recvmsg beneath the rest: a part of a stream's bytes keeps every
+// fd that came with it; with SO_PASSCRED, a peek with no room for fds
+// installs none and says they were cut (without, the credentials' room holds
+// a few); nothing queued is -EAGAIN.
+TEST(ReceiveMessageTest, PartsPeeksAndErrnos) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  char buf[4];
+  Ancillary none;
+  EXPECT_EQ(ReceiveMessage(b.get(), absl::MakeSpan(buf), MSG_DONTWAIT, kKernelMaxFdsPerRecord,
+                           none),
+            -EAGAIN);
+  EXPECT_TRUE(none.fds.empty());
+
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  const std::vector<int> fds(100, w.get());
+  ASSERT_EQ(SendRaw(a.get(), "0123456789", fds), 10);
+  w.reset();
+
+  Ancillary without_creds;
+  EXPECT_EQ(ReceiveMessage(b.get(), {}, MSG_PEEK | MSG_DONTWAIT, 0, without_creds), 0);
+  EXPECT_GT(without_creds.fds.size(), 0u) << "the credentials' room, unused, held fds";
+  EXPECT_TRUE(without_creds.fds_cut);
+  without_creds.fds.clear();
+  const int on = 1;
+  ASSERT_EQ(::setsockopt(b.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
+  Ancillary peeked;
+  EXPECT_EQ(ReceiveMessage(b.get(), {}, MSG_PEEK | MSG_DONTWAIT, 0, peeked), 0);
+  EXPECT_TRUE(peeked.fds.empty());
+  EXPECT_TRUE(peeked.fds_cut);
+  EXPECT_TRUE(peeked.creds.has_value());
+
+  Ancillary got;
+  ASSERT_EQ(ReceiveMessage(b.get(), absl::MakeSpan(buf), 0, kKernelMaxFdsPerRecord, got), 4);
+  EXPECT_EQ(std::string(buf, 4), "0123");
+  EXPECT_EQ(got.fds.size(), fds.size());
+  EXPECT_FALSE(got.fds_cut);
+  EXPECT_TRUE(got.creds.has_value()) << "written (pid 0: the bytes came before SO_PASSCRED)";
+  for (const UniqueFd& fd : got.fds) EXPECT_NE(::fcntl(fd.get(), F_GETFD) & FD_CLOEXEC, 0);
+  char c;
+  EXPECT_EQ(::read(r.get(), &c, 1), -1) << "write ends held by what arrived";
+  got.fds.clear();
+  EXPECT_EQ(::read(r.get(), &c, 1), 0) << "the last write end went with `got`";
+
+  Ancillary rest;
+  EXPECT_EQ(ReceiveMessage(b.get(), absl::MakeSpan(buf), 0, 0, rest), 4);
+  EXPECT_TRUE(rest.fds.empty()) << "the fds came once, with the first part";
+  EXPECT_EQ(::close(b.release()), 0);
+  Ancillary bad;
+  EXPECT_EQ(ReceiveMessage(b.get(), absl::MakeSpan(buf), 0, 0, bad), -EBADF);
+}
+
 // The end of a stream reads as the end even with SO_PASSCRED, where the
 // kernel writes credentials at the end too; an empty record on a
 // SOCK_SEQPACKET socket with SO_PASSCRED is a record.
