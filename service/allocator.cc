@@ -513,10 +513,13 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     }
     return s;
   }();
+  if (imported.arrival != 0) {
+    // A hold this import made goes with it, unless a concurrent import of
+    // the same buffer by this session was delivered.
+    registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok());
+  }
   if (!sent.ok()) {
-    if (imported.newly_held) {
-      registry_.Release(session.id(), {buffer->id}).IgnoreError();
-    } else if (imported.widened_from) {
+    if (imported.widened_from) {
       // It holds on, with the rights it had: none of this import's.
       registry_.UndoWidening(session.id(), buffer->id, decision->access,
                              *imported.widened_from);

@@ -9,6 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
@@ -370,6 +373,81 @@ TEST_F(AllocatorTest, OtherSessionsBuffersAreNotFound) {
   share.mutable_peer()->set_uid(1000);
   EXPECT_EQ(core_.Share(*b.session, share).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(core_.Stats().live_buffers(), 1u);
+}
+
+// A channel whose first Send waits until let go and then fails (as when
+// the client's socket is full or gone); the others go to `next`.
+class FirstSendFails : public FdChannel {
+ public:
+  explicit FirstSendFails(std::shared_ptr<FdChannel> next) : next_(std::move(next)) {}
+  absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
+                    const v1::AllocateResponse* reply) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!first_waiting_) {
+        first_waiting_ = true;
+        mu_.Await(absl::Condition(&let_go_));
+        return absl::UnavailableError("the client went away");
+      }
+    }
+    return next_->Send(info, fds, reply);
+  }
+  void AwaitFirst() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&first_waiting_));
+  }
+  void LetGo() {
+    absl::MutexLock lock(&mu_);
+    let_go_ = true;
+  }
+
+ private:
+  const std::shared_ptr<FdChannel> next_;
+  absl::Mutex mu_;
+  bool first_waiting_ ABSL_GUARDED_BY(mu_) = false;
+  bool let_go_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Two imports of one grant by one session: the first (which made it a
+// holder) fails to deliver after the second delivered. The session keeps
+// the hold its fd stands for.
+TEST_F(AllocatorTest, AFailedImportLeavesTheHoldAConcurrentOneDelivered) {
+  Peer owner = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  const uint64_t id = r->buffers(0).id();
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  Peer peer;
+  peer.client_end.reset(sv[1]);
+  auto channel =
+      std::make_shared<FirstSendFails>(std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  peer.session = *core_.OpenSession({1000, 1000, getpid(), "", std::nullopt}, channel);
+
+  absl::Status first;
+  std::thread importing([&] { first = core_.Import(*peer.session, grant->token()).status(); });
+  channel->AwaitFirst();
+  absl::StatusOr<v1::BufferInfo> second = core_.Import(*peer.session, grant->token());
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto [frame, fd] = ReadFd(peer);
+  EXPECT_EQ(frame.buffer_id(), id);
+  channel->LetGo();
+  importing.join();
+  EXPECT_EQ(first.code(), StatusCode::kUnavailable);
+
+  core_.CloseSession(owner.session->id());
+  EXPECT_TRUE(core_.Describe(*peer.session, id).ok()) << "the session holds what it has an fd of";
+  v1::ReleaseRequest release;
+  release.add_buffer_ids(id);
+  EXPECT_TRUE(core_.Release(*peer.session, release).ok());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
 TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {

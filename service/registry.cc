@@ -118,6 +118,7 @@ absl::Status Registry::Release(uint64_t session_id,
 void Registry::DropHold(uint64_t session_id, Holding& holding,
                         uint64_t buffer_id) {
   holding.buffers.erase(buffer_id);
+  arriving_.erase({session_id, buffer_id});
   auto it = buffers_.find(buffer_id);
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;
@@ -284,11 +285,33 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   }
   holding.buffers.insert(buffer->id);
   buffer->imported_via[session_id].insert(t->second);
+  if (out.newly_held) {
+    out.arrival = next_arrival_++;
+    arriving_[{session_id, buffer->id}] = Arrival{out.arrival, 1, false};
+  } else if (auto a = arriving_.find({session_id, buffer->id}); a != arriving_.end()) {
+    out.arrival = a->second.serial;
+    ++a->second.under_way;
+  }
   out.info = Info(*buffer, session_id, false);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);
   out.grant_id = t->second;
   return out;
+}
+
+void Registry::SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t arrival,
+                            bool delivered) {
+  absl::MutexLock lock(&mu_);
+  auto a = arriving_.find({session_id, buffer_id});
+  if (a == arriving_.end() || a->second.serial != arrival) return;
+  a->second.delivered |= delivered;
+  if (--a->second.under_way > 0) return;
+  const bool drop = !a->second.delivered;
+  arriving_.erase(a);
+  auto h = holdings_.find(session_id);
+  if (drop && h != holdings_.end() && h->second.buffers.contains(buffer_id)) {
+    DropHold(session_id, h->second, buffer_id);
+  }
 }
 
 void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,

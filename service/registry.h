@@ -246,6 +246,10 @@ class Registry {
     // The session's rights before this import widened them (it held the
     // buffer already, with less): for UndoWidening if delivery fails.
     std::optional<CpuAccess> widened_from;
+    // Non-zero: this import made the session a holder, or came while one
+    // that did was still on its way; the caller says how its delivery
+    // went with SettleImport.
+    uint64_t arrival = 0;
   };
   using ImportJudge =
       absl::FunctionRef<absl::StatusOr<CpuAccess>(const GrantView& grant)>;
@@ -258,6 +262,14 @@ class Registry {
   // else changed them meanwhile.
   void UndoWidening(uint64_t session_id, uint64_t buffer_id, CpuAccess widened_to,
                     CpuAccess widened_from);
+  // How the delivery of an import with a non-zero `arrival` went. The hold
+  // it made goes once every import of that arrival (the one that made the
+  // session a holder, and those of the same session and buffer that came
+  // while it was under way) has settled and none was delivered: a failed
+  // import does not take away a hold a concurrent one delivered. Nothing
+  // happens when the hold went meanwhile (a Release, a revoke, the end).
+  void SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t arrival,
+                    bool delivered);
   // View `view_id`, noted by AddImportView, never reached the client: it no
   // longer counts as a route of `session_id` (one left with no views goes).
   void DropImportView(uint64_t session_id, uint64_t grant_id, uint64_t buffer_id,
@@ -358,6 +370,16 @@ class Registry {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, GrantRecord> grants_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
+  // Imports that made a session a holder and whose delivery has not
+  // settled yet, by (session, buffer); see SettleImport.
+  struct Arrival {
+    uint64_t serial = 0;
+    uint32_t under_way = 0;
+    bool delivered = false;
+  };
+  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, Arrival> arriving_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Quota use per client: "rule/uid" → (buffers, bytes) owned.
   absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_

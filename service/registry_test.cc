@@ -314,6 +314,61 @@ TEST_F(RegistryTest, ImportKeepsTheWiderRightsOfASessionThatAlreadyHolds) {
   EXPECT_EQ(d->holders_size(), 1);
 }
 
+// Two imports of one buffer by one session, their deliveries racing: the
+// hold the first made stays while either was delivered, whichever order
+// they settle in, and goes when neither was.
+TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  auto import_once = [&]() { return reg_.Import(kB, grant->token(), Accept); };
+  for (const bool first_fails : {true, false}) {
+    SCOPED_TRACE(first_fails ? "the first fails" : "the second fails");
+    absl::StatusOr<Registry::Imported> first = import_once();
+    absl::StatusOr<Registry::Imported> second = import_once();
+    ASSERT_TRUE(first.ok() && second.ok());
+    EXPECT_TRUE(first->newly_held);
+    EXPECT_FALSE(second->newly_held);
+    ASSERT_NE(first->arrival, 0u);
+    EXPECT_EQ(second->arrival, first->arrival) << "it came while the first was on its way";
+    // The failed one settles first, then the delivered one; then the other
+    // way round.
+    const Registry::Imported& failed = first_fails ? *first : *second;
+    const Registry::Imported& delivered = first_fails ? *second : *first;
+    reg_.SettleImport(kB, id, failed.arrival, false);
+    EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "the other is still on its way";
+    reg_.SettleImport(kB, id, delivered.arrival, true);
+    EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "one reached the client";
+    ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  }
+
+  // Neither delivered: the hold goes with the last.
+  absl::StatusOr<Registry::Imported> a = import_once();
+  absl::StatusOr<Registry::Imported> b = import_once();
+  ASSERT_TRUE(a.ok() && b.ok());
+  reg_.SettleImport(kB, id, a->arrival, false);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  reg_.SettleImport(kB, id, b->arrival, false);
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+
+  // An import that settles after its hold went and a new one came does
+  // not touch the new one's.
+  absl::StatusOr<Registry::Imported> old = import_once();
+  ASSERT_TRUE(old.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  absl::StatusOr<Registry::Imported> fresh = import_once();
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_NE(fresh->arrival, old->arrival);
+  reg_.SettleImport(kB, id, old->arrival, false);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  reg_.SettleImport(kB, id, fresh->arrival, true);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  // A holder that imports again settles nothing.
+  absl::StatusOr<Registry::Imported> again = import_once();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->arrival, 0u);
+}
+
 TEST_F(RegistryTest, RevokeIsTheGrantersAndTheTokenDiesWithTheBuffer) {
   const uint64_t id = AddN(kA, 1)[0];
   auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
