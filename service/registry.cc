@@ -226,16 +226,16 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   if (via != buffer->imported_via.end()) {
     const auto routes = buffer->imports.find(session_id);
     for (uint64_t g : via->second) {
-      // What that route gave: as delivered, else (the import racing this
-      // share) what its grant gives.
-      CpuAccess gave = CpuAccess::kNone;
+      // What that route gave: as delivered (CPU-none included: a device-only
+      // import), else (the import racing this share) what its grant gives.
+      std::optional<CpuAccess> gave;
       if (routes != buffer->imports.end()) {
         if (auto r = routes->second.find(g); r != routes->second.end()) gave = r->second.access;
       }
-      if (gave == CpuAccess::kNone) {
+      if (!gave) {
         if (auto other = grants_.find(g); other != grants_.end()) gave = other->second.view.access;
       }
-      record.via.emplace(g, gave);
+      record.via.emplace(g, gave.value_or(CpuAccess::kNone));
     }
   }
   grants_.emplace(grant_id, std::move(record));

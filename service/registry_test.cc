@@ -632,6 +632,30 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
   EXPECT_EQ(c->info.cpu_access(), v1::CPU_ACCESS_READ);
 }
 
+// A route delivered at CPU-none (the importer's rule allows no CPU access)
+// covers no CPU access of the grants shared on through it, even when its
+// grant gives more: it is taken as delivered, not at its grant's rights.
+TEST_F(RegistryTest, ACpuNoneRouteCoversNoReadGrantAfterARevoke) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  GrantView rw_to_b = ReadGrantForUid(2);
+  rw_to_b.access = CpuAccess::kReadWrite;
+  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto rw = reg_.Share(kA, id, [&](CpuAccess) { return rw_to_b; });
+  ASSERT_TRUE(read.ok() && rw.ok());
+  ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kNone, 961));  // judged down to none
+  ASSERT_TRUE(ImportView(kB, *rw, id, CpuAccess::kReadWrite, 962));
+  auto on = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(on.ok());
+  ASSERT_TRUE(reg_.Revoke(kA, rw->id(), true).ok());
+  absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->cpu_access(), v1::CPU_ACCESS_NONE);
+  EXPECT_EQ(reg_.Import(kC, on->token(), Accept).status().code(), StatusCode::kNotFound)
+      << "B, left with CPU-none, still passed on read access";
+}
+
 // A revoke landing while an import is under way (the route not noted yet):
 // the importer holds nothing it may share on, and each grant's imports
 // let go of are bounded (their view ids are kept for its revoke).
