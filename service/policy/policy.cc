@@ -84,6 +84,13 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
     errors->push_back(absl::StrCat(where("match"), ": client '", Quote(r.name()),
                                    "' has no match criteria (uids, gids, exe or any)"));
   }
+  if (m.any() && (!m.uids().empty() || !m.gids().empty() || !m.exe().empty())) {
+    // Read as "all criteria hold", `any` beside others would be a no-op;
+    // read as a catch-all, the others would be ignored. Neither is meant.
+    errors->push_back(absl::StrCat(where("match"), ": client '", Quote(r.name()),
+                                   "': 'any: true' matches every session; give it alone, "
+                                   "or drop it and let uids, gids and exe decide"));
+  }
   if (!m.exe().empty() && m.exe()[0] != '/') {
     errors->push_back(absl::StrCat(where("match"), ": exe '", Quote(m.exe()),
                                    "' must be an absolute path"));
@@ -150,7 +157,6 @@ std::optional<FileId> FileIdOf(const std::string& path) {
 }
 
 bool Rule::Matches(const Identity& id) const {
-  if (any) return true;
   if (!uids.empty() && std::find(uids.begin(), uids.end(), id.uid) == uids.end()) {
     return false;
   }
@@ -160,7 +166,7 @@ bool Rule::Matches(const Identity& id) const {
   // The rule's file is looked up at each decision, so a binary replaced by
   // an upgrade matches again without a reload.
   if (!exe.empty() && (!id.exe_file || FileIdOf(exe) != id.exe_file)) return false;
-  return !uids.empty() || !gids.empty() || !exe.empty();
+  return any || !uids.empty() || !gids.empty() || !exe.empty();
 }
 
 bool Rule::AllowsHeap(absl::string_view heap) const {
@@ -206,7 +212,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
     for (const auto* list : {&rule.share_to, &rule.receive_from}) {
       for (const std::string& n : *list) {
         if (n != "*" && n != "@same_uid" && !names.contains(n)) {
-          errors.push_back(absl::StrCat(source, ": client '", rule.name,
+          errors.push_back(absl::StrCat(source, ": client '", Quote(rule.name),
                                         "' names unknown client '", Quote(n), "'"));
         }
       }

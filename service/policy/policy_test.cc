@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/registry.h"
@@ -78,6 +79,30 @@ TEST(PolicyTest, MatchCriteriaAllHold) {
   EXPECT_EQ(exact->max_cpu, CpuAccess::kNone);  // unset = NONE
   EXPECT_EQ(exact->usage_mask, 0u);             // nothing granted
   EXPECT_FALSE(exact->AllowsHeap("memfd"));
+}
+
+// `any` is a catch-all alone: beside other criteria it is refused, for it
+// would either do nothing or make them do nothing (a rule meant for root
+// matching every uid).
+TEST(PolicyTest, AnyBesideOtherCriteriaIsAnError) {
+  for (const char* match : {"any: true uids: 0", "gids: 0 any: true", "any: true exe: \"/bin/sh\""}) {
+    absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+        absl::StrCat("clients {\n  name: \"root-only\"\n  match { ", match,
+                     " }\n  usages: \"*\"\n}\n"),
+        "p.textproto");
+    ASSERT_FALSE(p.ok()) << match;
+    EXPECT_TRUE(absl::StrContains(p.status().message(), "p.textproto:3:")) << p.status();
+    EXPECT_TRUE(absl::StrContains(p.status().message(), "'any: true' matches every session"))
+        << p.status();
+  }
+  // Should such a rule be built anyway, every criterion holds.
+  Rule rule;
+  rule.any = true;
+  rule.uids = {0};
+  EXPECT_FALSE(rule.Matches({4242, 4242, 1, "", std::nullopt}));
+  EXPECT_TRUE(rule.Matches({0, 0, 1, "", std::nullopt}));
+  rule.uids.clear();
+  EXPECT_TRUE(rule.Matches({4242, 4242, 1, "", std::nullopt}));
 }
 
 // Only a policy with an `exe` rule needs requests' executables vouched for.
@@ -219,6 +244,19 @@ TEST(PolicyTest, AnErrorIsOneLineWhateverTheFileHolds) {
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(std::string(p.status().message()).find('\n'), std::string::npos) << p.status();
   EXPECT_TRUE(absl::StrContains(p.status().message(), "x\\nevil")) << p.status();
+  // The same name where a share list names an unknown client.
+  p = Policy::Parse(
+      "clients { name: \"x\\nevil.textproto:9:9: forged\" match { any: true } "
+      "share_to: \"zz\" }",
+      "f.textproto");
+  ASSERT_FALSE(p.ok());
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "unknown client 'zz'")) << p.status();
+  // Two errors, a line each, and no line the name wrote.
+  const std::vector<std::string> lines = absl::StrSplit(p.status().message(), '\n');
+  EXPECT_EQ(lines.size(), 2u) << p.status();
+  for (const std::string& line : lines) {
+    EXPECT_TRUE(absl::StartsWith(line, "f.textproto")) << line;
+  }
 }
 
 TEST(PolicyTest, HeapsAreHeapsNotBackends) {
