@@ -1,6 +1,7 @@
 #include "clients/cli/output.h"
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -98,7 +99,10 @@ void PrintDump(std::ostream& out, const v1::DumpResponse& d) {
                               s.session_id(), s.pid(), s.uid(),
                               s.client().empty() ? "-" : s.client(), s.owned_buffers(),
                               s.owned_bytes() / 1024, s.imported_buffers(),
-                              s.imported_bytes() / 1024, s.exe());
+                              s.imported_bytes() / 1024,
+                              // The client chose its file's name: a newline
+                              // in it would forge a row.
+                              absl::CHexEscape(s.exe()));
   }
   if (d.clients_size() > 0) out << "\nquota use (owned, all sessions):\n";
   for (const v1::ClientQuota& c : d.clients()) {

@@ -1,0 +1,33 @@
+#include "clients/cli/output.h"
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+
+namespace halloc::cli {
+namespace {
+
+// What a client controls is printed escaped: an executable whose name
+// holds a newline and a forged row stays on its own session's line.
+TEST(OutputTest, DumpEscapesTheExecutablesPath) {
+  v1::DumpResponse dump;
+  v1::SessionUsage* s = dump.add_sessions();
+  s->set_session_id(7);
+  s->set_pid(1234);
+  s->set_uid(1000);
+  s->set_exe("/tmp/x\n1        1       0      admin           0 / 0K  /usr/bin/weston\x1b[2J");
+  std::ostringstream out;
+  PrintDump(out, dump);
+  const std::vector<std::string> lines =
+      absl::StrSplit(out.str(), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 2u) << out.str();  // the header and one session
+  EXPECT_TRUE(absl::StrContains(lines[1], "/tmp/x\\n1")) << lines[1];
+  EXPECT_FALSE(absl::StrContains(out.str(), "\x1b")) << "a terminal escape went through";
+}
+
+}  // namespace
+}  // namespace halloc::cli
