@@ -198,7 +198,7 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     absl::StatusOr<AllocateDecision> d = DecideAllocate(
         *plan.policy, *caller,
         {plan.usage, plan.size, std::string(backend_->name()), plan.owner_access});
-    if (!d.ok()) return Counted(d.status());
+    if (!d.ok()) return d.status();  // counted by Allocate, not by IsSupported
     plan.owner_access = d->owner_access;
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     plan.decision = *std::move(d);
@@ -236,7 +236,10 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const Identity& caller, const v1::AllocateRequest& req,
     FdChannel& channel, bool may_wait) {
   const absl::Time start = MonotonicNow();
-  ASSIGN_OR_RETURN(Plan plan, MakePlan(req.desc(), req.count(), &caller));
+  absl::StatusOr<Plan> planned = MakePlan(req.desc(), req.count(), &caller);
+  // A refusal is a denial when a call asks; a question (IsSupported) is not.
+  if (!planned.ok()) return Counted(planned.status());
+  Plan& plan = *planned;
   const AllocateDecision& decision = *plan.decision;
   // Judged now, and again when committing (other sessions of the client
   // race us). The registry may judge twice (after settling released

@@ -316,6 +316,38 @@ TEST_F(AllocatorTest, BlobHasNoCrop) {
             StatusCode::kInvalidArgument);
 }
 
+// A question (IsSupported) is no denial: only a refused call counts
+// against the rule that refused it.
+TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "nothing" match { uids: 1 } }
+  )", "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(std::make_unique<MemfdBackend>(), Limits(), *policy);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd client_end(sv[1]);
+  auto session = *core.OpenSession({1, 1, getpid(), "", std::nullopt},
+                                   std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  auto denials = [&] {
+    const auto& by_rule = core.Stats().denials_by_rule();
+    auto it = by_rule.find("nothing");
+    return it == by_rule.end() ? uint64_t{0} : it->second;
+  };
+  v1::IsSupportedRequest q;
+  q.mutable_desc()->set_size(4096);
+  for (int i = 0; i < 3; ++i) {
+    const v1::IsSupportedResponse r = core.IsSupported(q, session.get());
+    EXPECT_FALSE(r.supported());
+    EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kPermissionDenied)) << r.reason();
+  }
+  EXPECT_EQ(denials(), 0u);
+  v1::AllocateRequest req;
+  *req.mutable_desc() = q.desc();
+  EXPECT_EQ(core.Allocate(*session, req).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(denials(), 1u);
+}
+
 TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
     clients { name: "limited" match { uids: 1 } usages: "*" heaps: "*"
