@@ -330,9 +330,9 @@ TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
   auto session = *core.OpenSession({1, 1, getpid(), "", std::nullopt},
                                    std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
   auto denials = [&] {
-    const auto& by_rule = core.Stats().denials_by_rule();
-    auto it = by_rule.find("nothing");
-    return it == by_rule.end() ? uint64_t{0} : it->second;
+    const v1::StatsResponse stats = core.Stats();
+    auto it = stats.denials_by_rule().find("nothing");
+    return it == stats.denials_by_rule().end() ? uint64_t{0} : it->second;
   };
   v1::IsSupportedRequest q;
   q.mutable_desc()->set_size(4096);
