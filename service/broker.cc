@@ -40,9 +40,8 @@ constexpr uint64_t kForeignKey = ~uint64_t{0} - 1;
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const std::string& path,
                                                       mode_t mode,
                                                       Allocator* core) {
-  ASSIGN_OR_RETURN(UniqueFd listener,
-                   BindUnixSocket(path, SOCK_SEQPACKET, mode));
-  return Launch(std::move(listener), path, /*owns_path=*/true, core);
+  ASSIGN_OR_RETURN(BoundSocket bound, BindUnixSocket(path, SOCK_SEQPACKET, mode));
+  return Launch(std::move(bound.fd), std::move(bound.file), core);
 }
 
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Serve(UniqueFd listener,
@@ -68,12 +67,10 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Serve(UniqueFd listener,
   if (flags < 0 || ::fcntl(listener.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
     return ErrnoStatus(errno, "fcntl(O_NONBLOCK) on the passed broker socket");
   }
-  return Launch(std::move(listener), path, /*owns_path=*/false, core);
+  return Launch(std::move(listener), SocketFile(), core);
 }
 
-absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
-                                                       const std::string& path,
-                                                       bool owns_path,
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener, SocketFile file,
                                                        Allocator* core) {
   // Every record a client sends is stamped with its sender. Set on the
   // listener so that records sent before accept() are stamped too (and
@@ -114,7 +111,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
   std::unique_ptr<Broker> broker(new Broker(core, std::move(listener),
                                             std::move(epoll), std::move(wake),
                                             std::move(accept_guard), std::move(foreign_fds),
-                                            path, owns_path));
+                                            std::move(file)));
   broker->follow_cpu_ = follow_client_cpu;
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
@@ -122,11 +119,10 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener,
 
 Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
                UniqueFd wake, AcceptGuard accept_guard,
-               std::unique_ptr<ForeignFds> foreign_fds, std::string path,
-               bool owns_path)
+               std::unique_ptr<ForeignFds> foreign_fds, SocketFile file)
     : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
       wake_(std::move(wake)), accept_guard_(std::move(accept_guard)),
-      path_(std::move(path)), owns_path_(owns_path),
+      file_(std::move(file)),
       unread_fds_(std::make_shared<UnreadFds>(
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
           UnreadFds::DefaultTotal())),
@@ -149,7 +145,7 @@ void Broker::Stop() {
   std::vector<uint64_t> keys;
   for (const auto& [key, c] : conns_) keys.push_back(key);
   for (uint64_t key : keys) Close(key);
-  if (owns_path_) ::unlink(path_.c_str());
+  file_.Remove();
 }
 
 void Broker::Warn(absl::string_view kind, const std::string& line) {

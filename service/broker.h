@@ -141,11 +141,10 @@ class Broker {
 
   Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,
          AcceptGuard accept_guard, std::unique_ptr<ForeignFds> foreign_fds,
-         std::string path, bool owns_path);
+         SocketFile file);
   // Starts the thread on a bound, listening socket.
-  static absl::StatusOr<std::unique_ptr<Broker>> Launch(UniqueFd listener,
-                                                        const std::string& path,
-                                                        bool owns_path,
+  // `file`: the socket file bound here (removed at Stop), or none.
+  static absl::StatusOr<std::unique_ptr<Broker>> Launch(UniqueFd listener, SocketFile file,
                                                         Allocator* core);
   void Run();
   void Accept();
@@ -194,8 +193,7 @@ class Broker {
   const UniqueFd wake_;  // eventfd that stops Run()
   // Out of fds: closes the waiting connection and pauses accepting.
   AcceptGuard accept_guard_;
-  const std::string path_;
-  const bool owns_path_;  // bound by us: unlinked at Stop
+  SocketFile file_;  // bound by us: removed at Stop
   // Only touched by the broker thread (and Stop after join).
   absl::flat_hash_map<uint64_t, std::unique_ptr<Conn>> conns_;
   absl::flat_hash_map<uid_t, uint32_t> conns_per_uid_;

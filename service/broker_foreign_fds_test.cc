@@ -42,9 +42,9 @@ class BrokerForeignFdsTest : public ::testing::Test {
     dir_ = tmpl;
     path_ = dir_ + "/broker.sock";
     core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
-    absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_SEQPACKET, 0600);
+    absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_SEQPACKET, 0600);
     ASSERT_TRUE(listener.ok()) << listener.status();
-    listener_ = *std::move(listener);
+    listener_ = std::move(listener->fd);
   }
   void TearDown() override {
     for (LingeringSocket& s : lingering_) s.Release();

@@ -67,7 +67,10 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   // number from anyone (grpc_listener.h).
   const bool from_systemd = inherited.is_valid();
   if (!from_systemd) {
-    ASSIGN_OR_RETURN(inherited, BindUnixSocket(control, SOCK_STREAM, options_.socket_mode));
+    ASSIGN_OR_RETURN(BoundSocket bound,
+                     BindUnixSocket(control, SOCK_STREAM, options_.socket_mode));
+    inherited = std::move(bound.fd);
+    control_file_ = std::move(bound.file);
   }
   control_from_systemd_ = from_systemd;
   grpc::ServerBuilder builder;
@@ -141,7 +144,7 @@ void Daemon::Shutdown(absl::Duration grace) {
     server_->Shutdown(std::chrono::system_clock::now() +
                       absl::ToChronoSeconds(grace));
     server_->Wait();
-    if (!control_from_systemd_) ::unlink(options_.control_socket.c_str());
+    control_file_.Remove();  // none when systemd's
   }
   if (broker_) broker_->Stop();
 }

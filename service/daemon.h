@@ -13,6 +13,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/allocator.h"
 #include "service/broker.h"
+#include "service/util/unix_listener.h"
 
 namespace grpc {
 class Server;
@@ -93,6 +94,7 @@ class Daemon {
   // Accepts for server_ on the control socket, systemd's or our own.
   std::unique_ptr<GrpcListener> control_listener_;
   bool control_from_systemd_ = false;
+  SocketFile control_file_;  // the control socket's file, when bound here
   std::unique_ptr<Broker> broker_;
   std::unique_ptr<MetricsServer> metrics_;
   bool shut_down_ = false;

@@ -56,13 +56,13 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     path_ = dir_ + "/control.sock";
-    absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
+    absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
     ASSERT_TRUE(listener.ok()) << listener.status();
     grpc::ServerBuilder builder;
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
-    StartListener(*std::move(listener));
+    StartListener(std::move(listener->fd));
   }
   void StartListener(UniqueFd listener) {
     GrpcListener::relay_always = GetParam();
@@ -209,7 +209,7 @@ TEST_P(GrpcListenerTest, FdsSentWithAnyByteNeverReachGrpc) {
   listener_.reset();
   const std::string old_path = path_;
   path_ = dir_ + "/control2.sock";
-  absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
+  absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
   ASSERT_TRUE(listener.ok()) << listener.status();
   limit_ = 100;
   std::vector<UniqueFd> senders;
@@ -222,7 +222,7 @@ TEST_P(GrpcListenerTest, FdsSentWithAnyByteNeverReachGrpc) {
     l->sock.reset();
     lingering_.push_back(*std::move(l));
   }
-  StartListener(*std::move(listener));
+  StartListener(std::move(listener->fd));
   EXPECT_TRUE(Check().ok()) << "gRPC's threads are held";
   EXPECT_TRUE(Check().ok());
   for (LingeringSocket& l : lingering_) l.Release();
@@ -242,7 +242,7 @@ TEST_P(GrpcListenerTest, ARefusedConnectionWithFdsQueuedHoldsNothing) {
   listener_->Stop();
   listener_.reset();
   path_ = dir_ + "/control3.sock";
-  absl::StatusOr<UniqueFd> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
+  absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
   ASSERT_TRUE(listener.ok()) << listener.status();
   limit_ = 2;
   UniqueFd a = Raw(), b = Raw(), refused = Raw();
@@ -252,7 +252,7 @@ TEST_P(GrpcListenerTest, ARefusedConnectionWithFdsQueuedHoldsNothing) {
   ASSERT_TRUE(SendRecord(refused.get(), "P", fds, false).ok());
   l->sock.reset();
   lingering_.push_back(*std::move(l));
-  StartListener(*std::move(listener));
+  StartListener(std::move(listener->fd));
   EXPECT_TRUE(Ended(refused)) << "refused: at the limit";
   ASSERT_TRUE(WaitFor([&] { return Mine() == 2; }));
   a.reset();

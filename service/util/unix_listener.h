@@ -1,6 +1,6 @@
 // The Unix socket files hallocd listens on: bound with their permissions,
 // replacing a stale file that an earlier hallocd left behind, never one a
-// live server still owns.
+// live server still owns; and only in a directory no other user can change.
 #ifndef HALLOC_SERVICE_UTIL_UNIX_LISTENER_H_
 #define HALLOC_SERVICE_UTIL_UNIX_LISTENER_H_
 
@@ -17,12 +17,43 @@
 
 namespace halloc {
 
+// A socket file hallocd bound: its directory, held open as it was checked,
+// and the inode bound there. Everything done to the file afterwards goes
+// through that directory, so no link changed since (in the path's
+// directories, or at the file's name) can point it at another file.
+class SocketFile {
+ public:
+  SocketFile() = default;
+  SocketFile(SocketFile&&) = default;
+  SocketFile& operator=(SocketFile&&) = default;
+
+  // Unlinks the file if it is still the socket bound; then holds nothing.
+  void Remove();
+  const std::string& path() const { return path_; }
+
+ private:
+  friend struct SocketFileAccess;
+  UniqueFd dir_;
+  std::string name_, path_;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+};
+
+struct BoundSocket {
+  UniqueFd fd;      // listening
+  SocketFile file;  // where; Remove() at the end
+};
+
 // Binds and listens on a Unix socket of `type` (SOCK_STREAM, SOCK_SEQPACKET)
 // at `path` with permissions `mode`, replacing a stale socket file (one
 // nobody listens on). ALREADY_EXISTS when a live server owns the path or a
 // file that is not a socket sits there; INVALID_ARGUMENT for a path too long
-// for sockaddr_un.
-absl::StatusOr<UniqueFd> BindUnixSocket(const std::string& path, int type, mode_t mode);
+// for sockaddr_un; FAILED_PRECONDITION for a directory owned by a user
+// other than this process's or root's, or one that others may write to
+// without the sticky bit: anyone who can rename entries there could swap
+// the socket (and so the file hallocd sets the mode of, or unlinks) for
+// another.
+absl::StatusOr<BoundSocket> BindUnixSocket(const std::string& path, int type, mode_t mode);
 
 // Removes a socket file at `path` if nobody listens on it (a stream or a
 // seqpacket server); OK when there is nothing at `path`.

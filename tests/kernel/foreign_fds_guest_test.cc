@@ -94,9 +94,9 @@ class ForeignFdsGuestTest : public ::testing::Test {
 
   // A listening socket of `type` at `path`, for the daemon to be handed.
   static UniqueFd Bind(const std::string& path, int type) {
-    absl::StatusOr<UniqueFd> listener = halloc::BindUnixSocket(path, type, 0600);
+    absl::StatusOr<halloc::BoundSocket> listener = halloc::BindUnixSocket(path, type, 0600);
     EXPECT_TRUE(listener.ok()) << listener.status();
-    return listener.ok() ? *std::move(listener) : UniqueFd();
+    return listener.ok() ? std::move(listener->fd) : UniqueFd();
   }
   // A lingering socket's fd (its listener kept here, released at the end).
   UniqueFd Lingering() {
