@@ -77,8 +77,14 @@ def _socket_path(given, env, name):
         return given
     if os.environ.get(env):
         return os.environ[env]
+    # A hallocd of this user's own where its socket is there, else the
+    # machine's (as libhalloc's DefaultSocketPath).
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(f"{xdg}/halloc" if xdg else "/run/halloc", name)
+    if xdg and os.geteuid() != 0:
+        own = os.path.join(xdg, "halloc", name)
+        if os.path.lexists(own):
+            return own
+    return os.path.join("/run/halloc", name)
 
 
 class Buffer:
@@ -170,7 +176,8 @@ class Client:
 
         Sockets: the arguments, else $HALLOC_CONTROL_SOCKET and
         $HALLOC_BROKER_SOCKET, else control.sock and broker.sock in
-        $XDG_RUNTIME_DIR/halloc or /run/halloc (hallocd's defaults).
+        $XDG_RUNTIME_DIR/halloc where they are there (a hallocd of this
+        user's), else in /run/halloc (the machine's).
         `timeout` (seconds) bounds each call and the wait for the hello.
         `broker_fast_path=False` makes Allocate and Release gRPC calls, the
         way a gRPC-only client makes them.

@@ -41,6 +41,24 @@ def test_requests_carry_a_cpu_of_this_process():
     assert hint - 1 in os.sched_getaffinity(0)
 
 
+def test_default_sockets_are_the_users_hallocds_else_the_machines(tmp_path, monkeypatch):
+    from halloc.client import _socket_path
+    monkeypatch.delenv("HALLOC_BROKER_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "halloc").mkdir()
+    (tmp_path / "halloc" / "broker.sock").write_text("")
+    # Root's clients (and hallocd) take no directory from the environment.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert _socket_path(None, "HALLOC_BROKER_SOCKET", "broker.sock") == "/run/halloc/broker.sock"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert (_socket_path(None, "HALLOC_BROKER_SOCKET", "broker.sock")
+            == str(tmp_path / "halloc" / "broker.sock"))
+    # Nothing of this user's there: the machine's hallocd.
+    assert (_socket_path(None, "HALLOC_CONTROL_SOCKET", "control.sock")
+            == "/run/halloc/control.sock")
+    assert _socket_path("/given", "HALLOC_BROKER_SOCKET", "broker.sock") == "/given"
+
+
 def test_session_is_the_kernel_verified_process(client):
     assert client.session_id > 0
     assert client.uid == os.getuid()

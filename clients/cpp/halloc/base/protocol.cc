@@ -1,6 +1,8 @@
 #include "clients/cpp/halloc/base/protocol.h"
 
 #include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 
@@ -12,14 +14,38 @@ uint32_t CpuHint(int cpu) { return cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0
 
 uint32_t CurrentCpuHint() { return CpuHint(::sched_getcpu()); }
 
-std::string DefaultSocketDir() {
+namespace {
+
+constexpr char kSystemSocketDir[] = "/run/halloc";
+
+// $XDG_RUNTIME_DIR/halloc for a user other than root (a hallocd of its own
+// user's), else nothing: root's hallocd serves the machine, and takes no
+// directory from an environment that `sudo -E` could have carried over
+// from a user.
+std::string UserSocketDir() {
+  if (::geteuid() == 0) return "";
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
-  if (xdg != nullptr && xdg[0] != '\0') return absl::StrCat(xdg, "/halloc");
-  return "/run/halloc";
+  if (xdg == nullptr || xdg[0] == '\0') return "";
+  return absl::StrCat(xdg, "/halloc");
+}
+
+}  // namespace
+
+std::string DefaultSocketDir() {
+  std::string user = UserSocketDir();
+  return user.empty() ? kSystemSocketDir : user;
 }
 
 std::string DefaultSocketPath(const char* file) {
-  return absl::StrCat(DefaultSocketDir(), "/", file);
+  // The user's own hallocd where one has its socket there, else the
+  // machine's (a login session has XDG_RUNTIME_DIR set, and the packaged
+  // hallocd listens in /run/halloc).
+  if (const std::string user = UserSocketDir(); !user.empty()) {
+    std::string path = absl::StrCat(user, "/", file);
+    struct stat st;
+    if (::lstat(path.c_str(), &st) == 0) return path;
+  }
+  return absl::StrCat(kSystemSocketDir, "/", file);
 }
 
 }  // namespace halloc

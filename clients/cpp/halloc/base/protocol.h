@@ -28,10 +28,15 @@ uint32_t CpuHint(int cpu);
 // The hint for the CPU the calling thread runs on now.
 uint32_t CurrentCpuHint();
 
-// $XDG_RUNTIME_DIR/halloc when XDG_RUNTIME_DIR is set, else /run/halloc.
+// Where hallocd binds its sockets by default: $XDG_RUNTIME_DIR/halloc for
+// a user other than root with XDG_RUNTIME_DIR set (a hallocd of its own),
+// else /run/halloc (root's ignores its environment: `sudo -E` could carry
+// a user's directory over).
 std::string DefaultSocketDir();
 
-// `file` in DefaultSocketDir().
+// Where a client looks for `file` by default: in $XDG_RUNTIME_DIR/halloc
+// (as DefaultSocketDir says it) when something is there, else in
+// /run/halloc, where the machine's hallocd listens.
 std::string DefaultSocketPath(const char* file);
 
 }  // namespace halloc
