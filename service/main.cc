@@ -26,6 +26,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/protocol.h"
@@ -107,9 +108,19 @@ void RaiseFdLimit() {
   }
 }
 
+// The default socket directory: made, or a real directory already there
+// (not a link to one: BindUnixSocket then checks who may change it).
 absl::Status MakeDir(const std::string& dir) {
-  if (mkdir(dir.c_str(), 0755) == 0 || errno == EEXIST) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("mkdir ", dir, ": ", std::strerror(errno)));
+  if (mkdir(dir.c_str(), 0755) == 0) return absl::OkStatus();
+  if (errno != EEXIST) {
+    return absl::InternalError(absl::StrCat("mkdir ", dir, ": ", std::strerror(errno)));
+  }
+  struct stat st;
+  if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(dir, " exists and is not a directory (a link?): not binding sockets there"));
+  }
+  return absl::OkStatus();
 }
 
 // The socket path: systemd's when it passed one (a --flag must then agree),
@@ -144,8 +155,15 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.backend = absl::GetFlag(FLAGS_backend);
   options.dma_heap = absl::GetFlag(FLAGS_dma_heap);
   options.policy_file = absl::GetFlag(FLAGS_policy);
-  options.socket_mode = static_cast<mode_t>(
-      std::strtoul(absl::GetFlag(FLAGS_socket_mode).c_str(), nullptr, 8));
+  const std::string mode = absl::GetFlag(FLAGS_socket_mode);
+  if (mode.empty() || mode.size() > 4 ||
+      mode.find_first_not_of("01234567") != std::string::npos ||
+      std::strtoul(mode.c_str(), nullptr, 8) > 0777) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--socket_mode must be permission bits in octal, 0 to 0777 (e.g. 0660), not '",
+        absl::CHexEscape(mode), "'"));
+  }
+  options.socket_mode = static_cast<mode_t>(std::strtoul(mode.c_str(), nullptr, 8));
   options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
   // Sizes are rounded up to pages and multiplied by counts (at most 64)
   // in 64 bits: a limit near 2^64 would let them wrap.
@@ -162,6 +180,20 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.grpc_max_threads = absl::GetFlag(FLAGS_grpc_max_threads);
   options.grpc_max_streams_per_connection =
       absl::GetFlag(FLAGS_grpc_max_streams_per_connection);
+  // gRPC's sync server needs a few threads to poll at all: below that every
+  // call is RESOURCE_EXHAUSTED (1) or it aborts (0).
+  constexpr int kMinGrpcThreads = 4, kMaxGrpcThreads = 4096;
+  if (options.grpc_max_threads < kMinGrpcThreads || options.grpc_max_threads > kMaxGrpcThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("--grpc_max_threads must be ",
+                                                   kMinGrpcThreads, "..", kMaxGrpcThreads,
+                                                   ", not ", options.grpc_max_threads));
+  }
+  if (options.grpc_max_streams_per_connection < 1 ||
+      options.grpc_max_streams_per_connection > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--grpc_max_streams_per_connection must be 1..65536, not ",
+                     options.grpc_max_streams_per_connection));
+  }
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   halloc::Broker::follow_client_cpu = absl::GetFlag(FLAGS_broker_follow_cpu);
   halloc::GrpcListener::relay_always = absl::GetFlag(FLAGS_control_relay);

@@ -150,6 +150,33 @@ TEST_F(HallocdTest, RefusesAMaxBufferBytesThatCouldWrap) {
   EXPECT_TRUE(ConnectWithRetry().ok());
 }
 
+// Flags that would leave hallocd without a usable socket or gRPC server
+// are refused at start with a clear error, not taken as something else.
+TEST_F(HallocdTest, RefusesFlagsItCannotServeWith) {
+  for (const char* bad : {"--socket_mode=rw", "--socket_mode=0o660", "--socket_mode=99",
+                          "--socket_mode=660x", "--socket_mode=4755", "--socket_mode=",
+                          "--grpc_max_threads=0", "--grpc_max_threads=1",
+                          "--grpc_max_threads=-3", "--grpc_max_streams_per_connection=0"}) {
+    absl::StatusOr<Subprocess> d = Spawn({bad});
+    ASSERT_TRUE(d.ok()) << d.status();
+    const std::optional<int> status = d->Wait(absl::Seconds(10));
+    ASSERT_TRUE(status.has_value()) << "hallocd started with " << bad;
+    ASSERT_TRUE(WIFEXITED(*status)) << bad << ": not a clean exit";
+    EXPECT_EQ(WEXITSTATUS(*status), 1) << bad;
+  }
+  // The least it accepts serves.
+  absl::StatusOr<Subprocess> d =
+      Spawn({"--grpc_max_threads=4", "--grpc_max_streams_per_connection=1", "--socket_mode=600"});
+  ASSERT_TRUE(d.ok()) << d.status();
+  daemon_ = *std::move(d);
+  absl::StatusOr<Client> c = ConnectWithRetry();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->Stats().ok()) << "a gRPC call";
+  struct stat st;
+  ASSERT_EQ(::stat(opts_.control_socket.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
 TEST_F(HallocdTest, ReplacesAStaleSocket) {
   StartDaemon();
   ASSERT_TRUE(ConnectWithRetry().ok());
