@@ -5,10 +5,25 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include <cstring>
+#include <fcntl.h>
+#include <glog/logging.h>
 
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/util/clock.h"
+#include "service/util/log_limit.h"
 
 namespace halloc {
 
@@ -30,32 +45,119 @@ MHD_Result Reply(MHD_Connection* connection, unsigned int code,
   return r;
 }
 
-MHD_Result OnRequest(void* cls, MHD_Connection* connection, const char* url,
-                     const char* method, const char* /*version*/,
-                     const char* /*upload_data*/, size_t* upload_data_size,
-                     void** /*con_cls*/) {
-  // A body is neither expected nor read.
-  if (upload_data_size != nullptr && *upload_data_size != 0) {
-    *upload_data_size = 0;
-  }
-  const bool get = std::strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
-                   std::strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-  if (!get) {
-    return Reply(connection, MHD_HTTP_METHOD_NOT_ALLOWED,
-                 "only GET and HEAD\n", "text/plain");
-  }
-  if (std::strcmp(url, "/metrics") != 0) {
-    return Reply(connection, MHD_HTTP_NOT_FOUND, "not found: try /metrics\n",
-                 "text/plain");
-  }
-  const auto& render = *static_cast<const MetricsServer::Render*>(cls);
-  return Reply(connection, MHD_HTTP_OK, render(), kContentType);
+// libmicrohttpd's own lines (a refused or broken connection, say): each
+// is triggered by whoever connects, so they are rate-limited and escaped.
+void LogFromMhd(void* /*cls*/, const char* fmt, va_list ap) {
+  static LogLimiter* limiter = new LogLimiter(5, absl::Seconds(10));
+  uint64_t dropped = 0;
+  if (!limiter->Allow("metrics-http", &dropped)) return;
+  char line[512];
+  std::vsnprintf(line, sizeof(line), fmt, ap);
+  LOG(WARNING) << "metrics endpoint: " << LogSafe(absl::StripTrailingAsciiWhitespace(line))
+               << LogLimiter::Dropped(dropped);
 }
 
 }  // namespace
 
+struct MetricsServer::Deadlines {
+  struct Open {
+    UniqueFd socket;  // a dup of the connection's: cutting it never meets a reused fd
+    absl::Time since;
+    bool cut = false;
+  };
+
+  Deadlines(const Render* render, absl::Duration deadline)
+      : render(render), deadline(deadline) {}
+
+  const Render* const render;
+  const absl::Duration deadline;
+  absl::Mutex mu;
+  absl::flat_hash_map<const MHD_Connection*, Open> open ABSL_GUARDED_BY(mu);
+  bool stopping ABSL_GUARDED_BY(mu) = false;
+  std::thread thread;
+
+  void Start() {
+    thread = std::thread([this] { Run(); });
+  }
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu);
+      stopping = true;
+    }
+    if (thread.joinable()) thread.join();
+  }
+  // Every so often: a connection past its deadline is shut down (both
+  // ways); libmicrohttpd then sees it end and closes it on its thread.
+  void Run() {
+    absl::MutexLock lock(&mu);
+    const absl::Duration tick = std::min(deadline / 4, absl::Milliseconds(500));
+    for (;;) {
+      mu.AwaitWithTimeout(absl::Condition(&stopping), tick);
+      if (stopping) return;
+      const absl::Time now = MonotonicNow();
+      for (auto& [connection, o] : open) {
+        if (o.cut || now - o.since < deadline) continue;
+        ::shutdown(o.socket.get(), SHUT_RDWR);
+        o.cut = true;
+      }
+    }
+  }
+
+  static void Notify(void* cls, MHD_Connection* connection, void** /*socket_context*/,
+                     MHD_ConnectionNotificationCode code) {
+    auto* self = static_cast<Deadlines*>(cls);
+    absl::MutexLock lock(&self->mu);
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+      self->open.erase(connection);
+      return;
+    }
+    const MHD_ConnectionInfo* info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    UniqueFd dup(info != nullptr ? ::fcntl(info->connect_fd, F_DUPFD_CLOEXEC, 0) : -1);
+    if (!dup) return;  // out of fds: the idle timeout still holds
+    self->open[connection] = Open{std::move(dup), MonotonicNow()};
+  }
+
+  // A response went out: the next request has its own deadline.
+  void Answered(const MHD_Connection* connection) {
+    absl::MutexLock lock(&mu);
+    if (auto it = open.find(connection); it != open.end()) it->second.since = MonotonicNow();
+  }
+
+  static MHD_Result OnRequest(void* cls, MHD_Connection* connection, const char* url,
+                              const char* method, const char* /*version*/,
+                              const char* /*upload_data*/, size_t* upload_data_size,
+                              void** /*con_cls*/) {
+    auto* self = static_cast<Deadlines*>(cls);
+    // A body is neither expected nor read.
+    if (upload_data_size != nullptr && *upload_data_size != 0) {
+      *upload_data_size = 0;
+    }
+    self->Answered(connection);
+    const bool get = std::strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+                     std::strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    if (!get) {
+      return Reply(connection, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD\n",
+                   "text/plain");
+    }
+    if (std::strcmp(url, "/metrics") != 0) {
+      return Reply(connection, MHD_HTTP_NOT_FOUND, "not found: try /metrics\n", "text/plain");
+    }
+    return Reply(connection, MHD_HTTP_OK, (*self->render)(), kContentType);
+  }
+};
+
+MetricsServer::MetricsServer(Render render, const Options& options)
+    : render_(std::move(render)),
+      deadlines_(std::make_unique<Deadlines>(&render_, options.request_deadline)) {}
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(absl::string_view address,
+                                                                    Render render) {
+  return Start(address, std::move(render), Options());
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    absl::string_view address, Render render) {
+    absl::string_view address, Render render, const Options& options) {
   const size_t colon = address.rfind(':');
   uint32_t port = 0;
   if (colon == absl::string_view::npos ||
@@ -67,7 +169,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   sockaddr_storage addr{};
   // epoll (MHD_USE_AUTO), never select(): hallocd holds thousands of fds.
   unsigned int flags =
-      MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+      MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;  // to LogFromMhd
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
     auto* in6 = reinterpret_cast<sockaddr_in6*>(&addr);
     in6->sin6_family = AF_INET6;
@@ -89,10 +191,12 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
           "metrics address '", address, "': only loopback (127.0.0.0/8) is served"));
     }
   }
-  std::unique_ptr<MetricsServer> server(new MetricsServer(std::move(render)));
+  std::unique_ptr<MetricsServer> server(new MetricsServer(std::move(render), options));
+  Deadlines* deadlines = server->deadlines_.get();
   server->daemon_ = MHD_start_daemon(
-      flags, static_cast<uint16_t>(port), nullptr, nullptr, &OnRequest,
-      const_cast<Render*>(&server->render_),
+      flags, static_cast<uint16_t>(port), nullptr, nullptr, &Deadlines::OnRequest, deadlines,
+      MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd, nullptr,
+      MHD_OPTION_NOTIFY_CONNECTION, &Deadlines::Notify, deadlines,
       MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
       MHD_OPTION_CONNECTION_LIMIT, 16u,
       MHD_OPTION_PER_IP_CONNECTION_LIMIT, 8u,
@@ -105,11 +209,13 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   const MHD_DaemonInfo* info =
       MHD_get_daemon_info(server->daemon_, MHD_DAEMON_INFO_BIND_PORT);
   server->port_ = info != nullptr ? info->port : static_cast<uint16_t>(port);
+  deadlines->Start();
   return server;
 }
 
 MetricsServer::~MetricsServer() {
-  if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
+  deadlines_->Stop();
+  if (daemon_ != nullptr) MHD_stop_daemon(daemon_);  // its last Notify calls end here
 }
 
 }  // namespace halloc

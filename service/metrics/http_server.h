@@ -1,7 +1,11 @@
 // MetricsServer: hallocd's optional Prometheus endpoint, GET /metrics on a
 // loopback TCP address, served by libmicrohttpd (its own thread, a bounded
-// number of connections, a timeout for idle ones). Off unless hallocd is
-// given --metrics_address.
+// number of connections, a timeout for idle ones, and a deadline for each
+// request: a connection that takes longer than request_deadline to deliver
+// a whole request is cut, so a local user who trickles bytes in cannot hold
+// the connection slots the scraper needs). What libmicrohttpd reports goes
+// to hallocd's log rate-limited and escaped: its lines are triggered by
+// whoever connects. Off unless hallocd is given --metrics_address.
 //
 // Only loopback addresses are accepted: the metrics name clients and uids,
 // which are for the machine's own monitoring, not the network.
@@ -15,8 +19,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 
 struct MHD_Daemon;
+struct MHD_Connection;
 
 namespace halloc {
 
@@ -26,10 +32,19 @@ class MetricsServer {
   // thread).
   using Render = std::function<std::string()>;
 
+  struct Options {
+    // Longest a connection may take from its start, or from the end of its
+    // last response, to a whole request.
+    absl::Duration request_deadline = absl::Seconds(10);
+  };
+
   // `address`: "127.0.0.1:PORT" (any 127.0.0.0/8 address) or "[::1]:PORT";
   // PORT 0 picks a free port. INVALID_ARGUMENT for anything else.
-  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
-      absl::string_view address, Render render);
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(absl::string_view address,
+                                                              Render render);
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(absl::string_view address,
+                                                              Render render,
+                                                              const Options& options);
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
@@ -38,9 +53,11 @@ class MetricsServer {
   uint16_t port() const { return port_; }
 
  private:
-  explicit MetricsServer(Render render) : render_(std::move(render)) {}
+  struct Deadlines;  // the connections open, and the thread that cuts them
+  MetricsServer(Render render, const Options& options);
 
   const Render render_;
+  std::unique_ptr<Deadlines> deadlines_;
   MHD_Daemon* daemon_ = nullptr;
   uint16_t port_ = 0;
 };

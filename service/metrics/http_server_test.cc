@@ -5,11 +5,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <string>
+#include <glog/logging.h>
 
+#include <atomic>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -67,6 +74,82 @@ TEST(MetricsServerTest, OtherPathsAndMethodsAreRefused) {
   // Garbage is answered (400) or dropped, and the server keeps serving.
   Fetch((*s)->port(), "\x01\x02 nonsense\r\n\r\n");
   EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "));
+}
+
+// A connection to 127.0.0.1:`port` that sends `bytes` and then nothing.
+int Trickle(uint16_t port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size())) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// What hallocd logs at WARNING about the metrics endpoint.
+class MetricsLines : public google::LogSink {
+ public:
+  MetricsLines() { google::AddLogSink(this); }
+  ~MetricsLines() override { google::RemoveLogSink(this); }
+  void send(google::LogSeverity, const char*, const char*, int, const std::tm*,
+            const char* message, size_t size) override {
+    const std::string line(message, size);
+    absl::MutexLock lock(&mu_);
+    if (absl::StartsWith(line, "metrics endpoint: ")) lines_.push_back(line);
+  }
+  std::vector<std::string> lines() {
+    absl::MutexLock lock(&mu_);
+    return lines_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
+};
+
+// Connections that never finish their request (a local user trickling
+// bytes) fill the slots 127.0.0.1 may use, where the scraper connects
+// from too: each is cut at its deadline and the scraper gets through.
+// What libmicrohttpd says about the connections it refuses meanwhile
+// reaches the log rate-limited.
+TEST(MetricsServerTest, RequestsThatNeverEndAreCutAtTheirDeadline) {
+  MetricsLines log;
+  MetricsServer::Options options;
+  options.request_deadline = absl::Seconds(1);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
+      MetricsServer::Start("127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<int> slow;
+  for (int i = 0; i < 8; ++i) {  // MHD_OPTION_PER_IP_CONNECTION_LIMIT
+    const int fd = Trickle((*s)->port(), "GET /metr");
+    ASSERT_GE(fd, 0);
+    slow.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_FALSE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "))
+        << "the slow connections did not hold the slots: the test shows nothing";
+  }
+  const absl::Time give_up = absl::Now() + absl::Seconds(8);  // well before the idle timeout
+  bool served = false;
+  while (!served && absl::Now() < give_up) {
+    served = absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 ");
+    if (!served) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(served) << "the scraper never got a slot back";
+  for (int fd : slow) {
+    char c;
+    EXPECT_LE(::read(fd, &c, 1), 0) << "a slow connection was left open";
+    ::close(fd);
+  }
+  const std::vector<std::string> lines = log.lines();
+  EXPECT_GE(lines.size(), 1u) << "libmicrohttpd's lines did not reach hallocd's log";
+  EXPECT_LE(lines.size(), 5u) << "not rate-limited";
 }
 
 TEST(MetricsServerTest, OnlyLoopbackAddressesAreServed) {
