@@ -384,8 +384,8 @@ class Registry {
   // Quota use per client: "rule/uid" → (buffers, bytes) owned.
   absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_
       ABSL_GUARDED_BY(mu_);
-  // Allocations since start per "rule/uid" (never shrinks: one entry per
-  // client and uid that ever allocated).
+  // Allocations per "rule/uid" since it last owned nothing (an entry goes
+  // with its charge: one per client and uid that owns buffers now).
   absl::flat_hash_map<std::string, uint64_t> allocated_ ABSL_GUARDED_BY(mu_);
   uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;

@@ -114,7 +114,12 @@ void Registry::UnchargeLocked(const std::string& quota_key, uint64_t bytes) {
   if (c == charged_.end()) return;
   c->second.first -= 1;
   c->second.second -= bytes;
-  if (c->second.first == 0) charged_.erase(c);
+  if (c->second.first == 0) {
+    // A client and uid that own nothing leave no row behind: uids come and
+    // go (a user namespace has 65,536), each row is a metrics series.
+    charged_.erase(c);
+    allocated_.erase(quota_key);
+  }
 }
 
 void Registry::SettleLocked() {

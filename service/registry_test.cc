@@ -123,6 +123,14 @@ TEST_F(RegistryTest, AddAssignsIdsChargesAndReportsTheOwnersRights) {
   EXPECT_EQ(stats.clients(0).buffers(), 1u);
   EXPECT_EQ(stats.clients(0).bytes(), kPage);
   EXPECT_EQ(stats.clients(0).allocations_total(), 2u);
+  // Owning nothing, it has no row (uids that come and go leave none);
+  // owning again, it counts from there.
+  ASSERT_TRUE(reg_.Release(kA, {fresh[1]->id}).ok());
+  EXPECT_EQ(Stats().clients_size(), 0);
+  AddN(kA, 1);
+  stats = Stats();
+  ASSERT_EQ(stats.clients_size(), 1);
+  EXPECT_EQ(stats.clients(0).allocations_total(), 1u);
 }
 
 TEST_F(RegistryTest, QuotaJudgeSeesTheCurrentChargeAndItsRefusalAddsNothing) {

@@ -105,7 +105,7 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
       {"halloc_client_bytes", "gauge",
        "Bytes a client (policy rule) owns, per uid.", &v1::ClientStats::bytes},
       {"halloc_client_allocations_total", "counter",
-       "Buffers a client (policy rule) allocated since start, per uid.",
+       "Buffers a client (policy rule) allocated, per uid, since that uid last owned none.",
        &v1::ClientStats::allocations_total},
   };
   for (const ClientFamily& f : kClientFamilies) {
