@@ -53,6 +53,16 @@ class AllocatorTest : public ::testing::Test {
     return {frame.buffer(), std::move(rec->fds[0])};
   }
 
+  // `owner` shares buffer `id` with `uid`, with CPU `access`.
+  absl::StatusOr<v1::Grant> Share(Peer& owner, uint64_t id, uid_t uid,
+                                  v1::CpuAccess access = v1::CPU_ACCESS_READ) {
+    v1::ShareRequest share;
+    share.set_buffer_id(id);
+    share.mutable_peer()->set_uid(uid);
+    share.set_cpu_access(access);
+    return core_.Share(*owner.session, share);
+  }
+
   static v1::AllocateRequest Blob(uint64_t size, uint32_t count = 1) {
     v1::AllocateRequest req;
     req.mutable_desc()->set_size(size);
@@ -287,11 +297,7 @@ TEST_F(AllocatorTest, MetadataDefaultsAndOnlyMutableFieldsCanBeSet) {
   }
 
   // A read-only holder reads the metadata but cannot change it.
-  v1::ShareRequest share;
-  share.set_buffer_id(id);
-  share.mutable_peer()->set_uid(1000);
-  share.set_cpu_access(v1::CPU_ACCESS_READ);
-  auto grant = core_.Share(*owner.session, share);
+  auto grant = Share(owner, id, 1000);
   ASSERT_TRUE(grant.ok());
   absl::StatusOr<v1::BufferInfo> got = core_.Import(*reader.session, grant->token());
   ASSERT_TRUE(got.ok());
@@ -448,11 +454,7 @@ TEST_F(AllocatorTest, AFailedImportLeavesTheHoldAConcurrentOneDelivered) {
   auto r = core_.Allocate(*owner.session, Blob(4096));
   ASSERT_TRUE(r.ok());
   const uint64_t id = r->buffers(0).id();
-  v1::ShareRequest share;
-  share.set_buffer_id(id);
-  share.mutable_peer()->set_uid(1000);
-  share.set_cpu_access(v1::CPU_ACCESS_READ);
-  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  absl::StatusOr<v1::Grant> grant = Share(owner, id, 1000);
   ASSERT_TRUE(grant.ok()) << grant.status();
 
   int sv[2];
@@ -491,11 +493,7 @@ TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
   ASSERT_NE(w, MAP_FAILED);
   memcpy(w, "halloc", 6);
 
-  v1::ShareRequest share;
-  share.set_buffer_id(r->buffers(0).id());
-  share.mutable_peer()->set_uid(1000);
-  share.set_cpu_access(v1::CPU_ACCESS_READ);
-  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  absl::StatusOr<v1::Grant> grant = Share(owner, r->buffers(0).id(), 1000);
   ASSERT_TRUE(grant.ok()) << grant.status();
   EXPECT_EQ(grant->token().size(), 32u);
 
@@ -557,15 +555,10 @@ TEST_F(AllocatorTest, ReadOnlyHolderCannotShareReadWrite) {
   Peer owner = Open(1000), reader = Open(1000);
   auto r = core_.Allocate(*owner.session, Blob(4096));
   ASSERT_TRUE(r.ok());
-  v1::ShareRequest share;
-  share.set_buffer_id(r->buffers(0).id());
-  share.mutable_peer()->set_uid(1000);
-  share.set_cpu_access(v1::CPU_ACCESS_READ);
-  auto grant = core_.Share(*owner.session, share);
+  auto grant = Share(owner, r->buffers(0).id(), 1000);
   ASSERT_TRUE(grant.ok());
   ASSERT_TRUE(core_.Import(*reader.session, grant->token()).ok());
-  share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
-  EXPECT_EQ(core_.Share(*reader.session, share).status().code(),
+  EXPECT_EQ(Share(reader, r->buffers(0).id(), 1000, v1::CPU_ACCESS_READ_WRITE).status().code(),
             StatusCode::kPermissionDenied);
 }
 
@@ -577,13 +570,8 @@ TEST_F(AllocatorTest, AnUndeliveredImportLeavesTheRightsAsTheyWere) {
   auto r = core_.Allocate(*owner.session, Blob(4096));
   ASSERT_TRUE(r.ok());
   const uint64_t id = r->buffers(0).id();
-  v1::ShareRequest share;
-  share.set_buffer_id(id);
-  share.mutable_peer()->set_uid(1000);
-  share.set_cpu_access(v1::CPU_ACCESS_READ);
-  auto read = core_.Share(*owner.session, share);
-  share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
-  auto read_write = core_.Share(*owner.session, share);
+  auto read = Share(owner, id, 1000);
+  auto read_write = Share(owner, id, 1000, v1::CPU_ACCESS_READ_WRITE);
   ASSERT_TRUE(read.ok() && read_write.ok());
   ASSERT_TRUE(core_.Import(*reader.session, read->token()).ok());
   reader.client_end.reset();  // nothing reaches the reader from here on
@@ -591,7 +579,7 @@ TEST_F(AllocatorTest, AnUndeliveredImportLeavesTheRightsAsTheyWere) {
   absl::StatusOr<v1::BufferInfo> d = core_.Describe(*reader.session, id);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
-  EXPECT_EQ(core_.Share(*reader.session, share).status().code(),
+  EXPECT_EQ(Share(reader, id, 1000, v1::CPU_ACCESS_READ_WRITE).status().code(),
             StatusCode::kPermissionDenied);
 }
 

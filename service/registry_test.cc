@@ -73,6 +73,37 @@ class RegistryTest : public ::testing::Test {
     return g;
   }
 
+  // `from` shares buffer `id` with `uid`, with CPU `access`.
+  absl::StatusOr<v1::Grant> ShareTo(uint64_t from, uint64_t id, uid_t uid,
+                                    CpuAccess access = CpuAccess::kRead) {
+    GrantView g = ReadGrantForUid(uid);
+    g.access = access;
+    return reg_.Share(from, id, [&](CpuAccess) { return g; });
+  }
+
+  // A's new buffer reaches B by two grants, a read one (imported at
+  // `through_read`, views `view`) and a read-write one (view `view` + 1);
+  // C (session kC, uid 3) joins.
+  static constexpr uint64_t kC = 30;
+  struct TwoRoutes {
+    uint64_t id = 0;
+    v1::Grant read, rw;
+  };
+  TwoRoutes TwoRoutesToB(CpuAccess through_read, uint64_t view) {
+    reg_.Join(kC, Uid(3));
+    TwoRoutes t;
+    t.id = AddN(kA, 1)[0];
+    absl::StatusOr<v1::Grant> read = ShareTo(kA, t.id, 2);
+    absl::StatusOr<v1::Grant> rw = ShareTo(kA, t.id, 2, CpuAccess::kReadWrite);
+    EXPECT_TRUE(read.ok() && rw.ok());
+    if (!read.ok() || !rw.ok()) return t;
+    t.read = *read;
+    t.rw = *rw;
+    EXPECT_TRUE(ImportView(kB, t.read, t.id, through_read, view));
+    EXPECT_TRUE(ImportView(kB, t.rw, t.id, CpuAccess::kReadWrite, view + 1));
+    return t;
+  }
+
   // What a receiver accepts: the grant's terms as they are.
   static absl::StatusOr<CpuAccess> Accept(const GrantView& g) { return g.access; }
   // `session` imports `grant` and its view `view_id` (of `access`) is
@@ -609,16 +640,8 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
 // that route's revoke by resting on a read route: it would hand the
 // revoked write access out again.
 TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
-  constexpr uint64_t kC = 30;
-  reg_.Join(kC, Uid(3));
-  const uint64_t id = AddN(kA, 1)[0];
-  GrantView rw_to_b = ReadGrantForUid(2);
-  rw_to_b.access = CpuAccess::kReadWrite;
-  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  auto rw = reg_.Share(kA, id, [&](CpuAccess) { return rw_to_b; });
-  ASSERT_TRUE(read.ok() && rw.ok());
-  ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kRead, 951));
-  ASSERT_TRUE(ImportView(kB, *rw, id, CpuAccess::kReadWrite, 952));
+  const TwoRoutes t = TwoRoutesToB(CpuAccess::kRead, 951);
+  const uint64_t id = t.id;
   // B shares on: read-write to C, and read to C.
   GrantView rw_to_c = ReadGrantForUid(3);
   rw_to_c.access = CpuAccess::kReadWrite;
@@ -628,7 +651,7 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
   });
   auto narrow = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
   ASSERT_TRUE(wide.ok() && narrow.ok());
-  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, rw->id(), true);
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, t.rw.id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
   absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
   ASSERT_TRUE(b.ok()) << b.status();
@@ -644,19 +667,11 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
 // covers no CPU access of the grants shared on through it, even when its
 // grant gives more: it is taken as delivered, not at its grant's rights.
 TEST_F(RegistryTest, ACpuNoneRouteCoversNoReadGrantAfterARevoke) {
-  constexpr uint64_t kC = 30;
-  reg_.Join(kC, Uid(3));
-  const uint64_t id = AddN(kA, 1)[0];
-  GrantView rw_to_b = ReadGrantForUid(2);
-  rw_to_b.access = CpuAccess::kReadWrite;
-  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  auto rw = reg_.Share(kA, id, [&](CpuAccess) { return rw_to_b; });
-  ASSERT_TRUE(read.ok() && rw.ok());
-  ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kNone, 961));  // judged down to none
-  ASSERT_TRUE(ImportView(kB, *rw, id, CpuAccess::kReadWrite, 962));
-  auto on = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  const TwoRoutes t = TwoRoutesToB(CpuAccess::kNone, 961);  // read judged down to none
+  const uint64_t id = t.id;
+  auto on = ShareTo(kB, id, 3);
   ASSERT_TRUE(on.ok());
-  ASSERT_TRUE(reg_.Revoke(kA, rw->id(), true).ok());
+  ASSERT_TRUE(reg_.Revoke(kA, t.rw.id(), true).ok());
   absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(b->cpu_access(), v1::CPU_ACCESS_NONE);
