@@ -92,7 +92,7 @@ class Backend {
 
   // Whether an fd with `rights` must be a view (OpenView) rather than the
   // buffer's own fd. memfds need one only for narrower CPU rights (no device
-  // can attach a memfd unless udmabuf exists, and then no limit holds).
+  // can attach a memfd unless udmabuf is loaded or loadable, and then no limit holds).
   virtual bool NeedsView(const ViewRights& rights) const {
     return rights.cpu != CpuAccess::kReadWrite;
   }

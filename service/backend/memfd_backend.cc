@@ -3,17 +3,62 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
+#include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 
 namespace halloc {
 
-MemfdBackend::MemfdBackend(std::string udmabuf)
-    : udmabuf_present_(::access(udmabuf.c_str(), F_OK) == 0) {}
+namespace {
+
+bool Exists(const std::string& path) { return !path.empty() && ::access(path.c_str(), F_OK) == 0; }
+
+// Whether the module lists in `dir` name udmabuf (as a module or built in).
+bool Listed(const std::string& dir) {
+  if (dir.empty()) return false;
+  for (const char* list : {"modules.dep", "modules.builtin"}) {
+    std::ifstream in(absl::StrCat(dir, "/", list));
+    std::string line;
+    while (std::getline(in, line)) {
+      // "kernel/drivers/dma-buf/udmabuf.ko[.xz]: deps" or ".../udmabuf.ko"
+      const std::string path = line.substr(0, line.find(':'));
+      const size_t slash = path.rfind('/');
+      if (absl::StartsWith(path.substr(slash == std::string::npos ? 0 : slash + 1),
+                           "udmabuf.ko")) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+UdmabufSources UdmabufSources::ThisKernel() {
+  UdmabufSources s;
+  utsname u{};
+  if (::uname(&u) == 0) s.modules_dir = absl::StrCat("/lib/modules/", u.release);
+  return s;
+}
+
+MemfdBackend::MemfdBackend() : MemfdBackend(UdmabufSources::ThisKernel()) {}
+
+MemfdBackend::MemfdBackend(std::string udmabuf_device)
+    : MemfdBackend(UdmabufSources{std::move(udmabuf_device), "", ""}) {}
+
+MemfdBackend::MemfdBackend(UdmabufSources sources)
+    : sources_(std::move(sources)), loadable_(Listed(sources_.modules_dir)) {}
+
+bool MemfdBackend::UdmabufPossible() const {
+  return loadable_ || Exists(sources_.device) || Exists(sources_.module);
+}
 
 absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
   if (request.size == 0 ||
@@ -47,8 +92,8 @@ absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
                                                 const ViewRights& rights) {
   if (rights.attach_drivers.has_value() && !CanLimitAttach()) {
     return absl::FailedPreconditionError(
-        "memfd backend cannot limit which devices attach a buffer while "
-        "/dev/udmabuf exists (any holder can convert a memfd to a dma-buf)");
+        "memfd backend cannot limit which devices attach a buffer where udmabuf "
+        "is loaded or loadable (any holder could convert a memfd to a dma-buf)");
   }
   switch (rights.cpu) {
     case CpuAccess::kReadWrite:
@@ -56,8 +101,8 @@ absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
     case CpuAccess::kRead: {
       if (!CanEnforce(CpuAccess::kRead)) {
         return absl::FailedPreconditionError(
-            "memfd backend cannot keep a buffer read-only while /dev/udmabuf "
-            "exists (a read-only holder could make a writable dma-buf of it)");
+            "memfd backend cannot keep a buffer read-only where udmabuf is loaded "
+            "or loadable (a read-only holder could make a writable dma-buf of it)");
       }
       // A new open file description, read-only: rights travel with it.
       const std::string path = absl::StrCat("/proc/self/fd/", buffer.get());

@@ -19,13 +19,34 @@
 
 namespace halloc {
 
+// Where the kernel's memfd → dma-buf converter (udmabuf) could come from.
+// Where it can, any holder can turn a memfd into a dma-buf and attach it to
+// any device, and a read-only holder can make a writable one over the same
+// pages (UDMABUF_CREATE checks seals, not the fd's access mode): neither
+// read-only nor attach limits hold, for the buffers handed out before it
+// came too. Where it cannot, no device can attach a memfd at all (the
+// strictest attach limit holds trivially).
+struct UdmabufSources {
+  // The device node, in hallocd's mount namespace.
+  std::string device = "/dev/udmabuf";
+  // The kernel's entry for the module, present once it is loaded (or built
+  // in) whatever /dev hallocd sees (a container, PrivateDevices=).
+  std::string module = "/sys/module/udmabuf";
+  // The running kernel's module lists (modules.dep, modules.builtin): a
+  // udmabuf listed there can be loaded at any time (by an admin, a VMM).
+  // Empty: not looked at.
+  std::string modules_dir;
+  // The running kernel's: /lib/modules/<uname -r>.
+  static UdmabufSources ThisKernel();
+};
+
 class MemfdBackend : public Backend {
  public:
-  // `udmabuf` is where the kernel's memfd → dma-buf converter would be: if
-  // it exists, any holder can turn a memfd into a dma-buf and attach it to
-  // any device, so attach limits cannot be enforced; if not, no device can
-  // attach a memfd at all (the strictest limit holds trivially).
-  explicit MemfdBackend(std::string udmabuf = "/dev/udmabuf");
+  // Looks at this kernel's sources (UdmabufSources::ThisKernel()).
+  MemfdBackend();
+  // Looks only at `udmabuf_device` (tests).
+  explicit MemfdBackend(std::string udmabuf_device);
+  explicit MemfdBackend(UdmabufSources sources);
 
   // Mode of every buffer's inode: owner (the daemon's uid) read only, so
   // read-only views can still be reopened by a non-root daemon, and nobody
@@ -40,18 +61,23 @@ class MemfdBackend : public Backend {
   // could make a writable dma-buf over the same pages.
   bool CanEnforce(CpuAccess access) const override {
     return access == CpuAccess::kReadWrite ||
-           (access == CpuAccess::kRead && !udmabuf_present_);
+           (access == CpuAccess::kRead && !UdmabufPossible());
   }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     const ViewRights& rights) override;
-  bool CanLimitAttach() const override { return !udmabuf_present_; }
+  bool CanLimitAttach() const override { return !UdmabufPossible(); }
   // A memfd's last fd or mapping is observable. (Where udmabuf exists, a
   // dma-buf made from the memfd holds its pages without holding its file:
   // that memory is then followed only as far as fds and mappings go.)
   LastReference last_reference() const override { return LastReference::kWatched; }
 
  private:
-  bool udmabuf_present_;
+  // Whether udmabuf is loadable, loaded or its node visible: asked at each
+  // decision (a module loaded after start counts from then on).
+  bool UdmabufPossible() const;
+
+  const UdmabufSources sources_;
+  const bool loadable_;  // listed for the running kernel, seen once at start
 };
 
 }  // namespace halloc

@@ -9,6 +9,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -247,6 +249,48 @@ TEST(MemfdBackendTest, AttachLimitsHoldOnlyWithoutUdmabuf) {
   // A memfd needs a view only to narrow CPU rights.
   EXPECT_FALSE(without.NeedsView({CpuAccess::kReadWrite, std::vector<std::string>{}}));
   EXPECT_TRUE(without.NeedsView({CpuAccess::kRead, std::nullopt}));
+}
+
+// udmabuf that comes after start counts from then on: a module loaded later
+// (its /sys/module entry, whatever /dev hallocd sees) or its node appearing;
+// and one the running kernel lists can come at any time, so it counts from
+// the start.
+TEST(MemfdBackendTest, UdmabufThatComesLaterOrCanComeCounts) {
+  char tmpl[] = "/tmp/halloc-udmabuf-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  UdmabufSources sources{dir + "/dev-udmabuf", dir + "/sys-module-udmabuf", dir + "/modules"};
+  ASSERT_EQ(::mkdir(sources.modules_dir.c_str(), 0755), 0);
+  std::ofstream(sources.modules_dir + "/modules.dep")
+      << "kernel/drivers/gpu/drm/vgem/vgem.ko.xz: kernel/drivers/gpu/drm/drm.ko.xz\n";
+  std::ofstream(sources.modules_dir + "/modules.builtin") << "kernel/drivers/dma-buf/dma-buf.ko\n";
+  {
+    MemfdBackend backend(sources);
+    EXPECT_TRUE(backend.CanEnforce(CpuAccess::kRead));
+    EXPECT_TRUE(backend.CanLimitAttach());
+    absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+    ASSERT_TRUE(fd.ok());
+    ASSERT_EQ(::mkdir(sources.module.c_str(), 0755), 0);  // loaded after start
+    EXPECT_FALSE(backend.CanEnforce(CpuAccess::kRead));
+    EXPECT_FALSE(backend.CanLimitAttach());
+    EXPECT_EQ(backend.OpenView(*fd, ViewRights{CpuAccess::kRead}).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    ASSERT_EQ(::rmdir(sources.module.c_str()), 0);
+    std::ofstream(sources.device) << "";  // the node only
+    EXPECT_FALSE(backend.CanEnforce(CpuAccess::kRead));
+    ASSERT_EQ(::unlink(sources.device.c_str()), 0);
+    EXPECT_TRUE(backend.CanEnforce(CpuAccess::kRead));
+  }
+  for (const char* listed : {"modules.dep", "modules.builtin"}) {
+    SCOPED_TRACE(listed);
+    std::ofstream(sources.modules_dir + "/" + listed, std::ios::app)
+        << "kernel/drivers/dma-buf/udmabuf.ko" << (listed[8] == 'd' ? ".xz:" : "") << "\n";
+    MemfdBackend backend(sources);
+    EXPECT_FALSE(backend.CanEnforce(CpuAccess::kRead)) << "a loadable udmabuf was ignored";
+    EXPECT_FALSE(backend.CanLimitAttach());
+    std::ofstream(sources.modules_dir + "/" + listed) << "";
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
