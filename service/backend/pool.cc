@@ -40,12 +40,12 @@ std::string DriversKey(const std::optional<std::vector<std::string>>& drivers) {
   return key;
 }
 
+// DriversKey's inverse, for any list (an empty name too: none is dropped,
+// or the class would never be found again).
 std::optional<std::vector<std::string>> DriversFromKey(absl::string_view key) {
   if (key.empty()) return std::nullopt;
-  std::vector<std::string> drivers;
-  for (absl::string_view d : absl::StrSplit(key.substr(1), '\0', absl::SkipEmpty())) {
-    drivers.emplace_back(d);
-  }
+  std::vector<std::string> drivers = absl::StrSplit(key.substr(1), '\0');
+  drivers.pop_back();  // after the last terminator
   return drivers;
 }
 

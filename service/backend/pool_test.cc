@@ -157,6 +157,15 @@ TEST(PooledBackendTest, AttachDriversAreOneMoreDimensionOfAClass) {
   ASSERT_TRUE((*pool)->Allocate(any).ok());
   EXPECT_EQ((*pool)->stats().hits, hits + 1);
   EXPECT_EQ(inner->seen().back(), any.attach_drivers);
+  // Whatever the names, a class's drivers come back as they were: an empty
+  // one too (dropped, the class was never found, its refills made and
+  // threw away buffers for good).
+  const BackendRequest odd{kPage, "c", 0, Drivers(std::vector<std::string>{"a", ""})};
+  ASSERT_TRUE((*pool)->Allocate(odd).ok());
+  const uint64_t stocked = (*pool)->stats().stocked_buffers;
+  ASSERT_TRUE((*pool)->RefillOnce());
+  EXPECT_EQ(inner->seen().back(), odd.attach_drivers);
+  EXPECT_EQ((*pool)->stats().stocked_buffers, stocked + 1) << "the class stocked";
 }
 
 TEST(PooledBackendTest, StockIsBoundedPerClassAndInTotal) {

@@ -12,10 +12,12 @@
 #include <sstream>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "clients/cpp/halloc/base/usage.h"
+#include "kernel/uapi/halloc_heap.h"
 #include "service/backend/registry.h"
 #include "service/util/fd_limit.h"
 
@@ -137,6 +139,31 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
     errors->push_back(absl::StrCat(where("max_cpu_access"), ": ", cpu.status().message()));
   }
   rule.attach_devices.assign(r.attach_devices().begin(), r.attach_devices().end());
+  // Each a driver name as the kernel keeps one in a view (at most
+  // HALLOC_MAX_DRIVERS of them), or "*": anything else would be refused at
+  // every allocation, after its memory was made.
+  int drivers = 0, first_too_many = -1;
+  for (int d = 0; d < r.attach_devices_size(); ++d) {
+    const std::string& name = r.attach_devices(d);
+    if (name == "*") continue;
+    if (++drivers == HALLOC_MAX_DRIVERS + 1) first_too_many = d;
+    const bool valid = !name.empty() && name.size() < HALLOC_NAME_LEN &&
+                       std::all_of(name.begin(), name.end(), [](char c) {
+                         return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' ||
+                                c == '-' || c == '.';
+                       });
+    if (!valid) {
+      errors->push_back(absl::StrCat(where("attach_devices", d), ": driver name '", Quote(name),
+                                     "' must be 1-", HALLOC_NAME_LEN - 1,
+                                     " characters of [A-Za-z0-9_.-] (or \"*\")"));
+    }
+  }
+  if (drivers > HALLOC_MAX_DRIVERS) {
+    errors->push_back(absl::StrCat(where("attach_devices", first_too_many), ": client '",
+                                   Quote(r.name()),
+                                   "' names ", drivers, " drivers; at most ", HALLOC_MAX_DRIVERS,
+                                   " (what a kernel view holds), or \"*\""));
+  }
   rule.share_to.assign(r.share_to().begin(), r.share_to().end());
   rule.receive_from.assign(r.receive_from().begin(), r.receive_from().end());
   return rule;

@@ -259,6 +259,32 @@ TEST(PolicyTest, AnErrorIsOneLineWhateverTheFileHolds) {
   }
 }
 
+// Attach allow-lists name drivers as a kernel view holds them: an entry no
+// view could hold would fail every allocation after its memory was made.
+TEST(PolicyTest, AttachDevicesAreDriverNamesAViewCanHold) {
+  for (const char* bad : {"attach_devices: \"\"", "attach_devices: \"a\\000b\"",
+                          "attach_devices: \"bad name\"",
+                          "attach_devices: \"0123456789abcdef0123456789abcdef\""}) {
+    absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+        absl::StrCat("clients {\n  name: \"cam\"\n  match { uids: 1 }\n  ", bad, "\n}\n"),
+        "p.textproto");
+    ASSERT_FALSE(p.ok()) << bad;
+    EXPECT_TRUE(absl::StrContains(p.status().message(), "p.textproto:4:")) << p.status();
+    EXPECT_TRUE(absl::StrContains(p.status().message(), "driver name")) << p.status();
+  }
+  std::string nine;
+  for (int i = 0; i < 9; ++i) absl::StrAppend(&nine, " attach_devices: \"d", i, "\"");
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      absl::StrCat("clients { name: \"cam\" match { uids: 1 }", nine, " }"), "p.textproto");
+  ASSERT_FALSE(p.ok());
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "names 9 drivers; at most 8")) << p.status();
+  std::string eight = "attach_devices: \"*\"";
+  for (int i = 0; i < 8; ++i) absl::StrAppend(&eight, " attach_devices: \"drv_", i, ".x-y\"");
+  p = Policy::Parse(absl::StrCat("clients { name: \"cam\" match { uids: 1 } ", eight, " }"),
+                    "p.textproto");
+  EXPECT_TRUE(p.ok()) << p.status();
+}
+
 TEST(PolicyTest, HeapsAreHeapsNotBackends) {
   // memfd-pool is a backend serving heap "memfd": a rule naming it would
   // validate and then never match, so it is refused with the right name.
