@@ -57,6 +57,9 @@ struct PoolStats {
   uint64_t stocked_bytes = 0;
   uint64_t classes = 0;
   uint64_t refill_failures = 0;
+  // Of the misses: made because the pool's lock stayed held (by a refill
+  // thread not running) while the stock had one.
+  uint64_t contended = 0;
 };
 
 class Backend {

@@ -110,40 +110,66 @@ uint64_t PooledBackend::Target(uint64_t size) const {
 
 absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     const BackendRequest& request) {
-  {
-    std::deque<UniqueFd> forgotten;  // closed after the lock is dropped
-    absl::MutexLock lock(&mu_);
-    ClassKey key{request.size, request.name, request.usage,
-                 DriversKey(request.attach_drivers)};
-    auto it = classes_.find(key);
-    if (it == classes_.end()) {
-      if (classes_.size() >= options_.max_classes) ForgetLeastRecent(forgotten);
-      it = classes_.emplace(std::move(key), Class{}).first;
-    }
-    Class& c = it->second;
-    ++c.requests;
-    c.last_use = MonotonicNow();
-    const bool hit = !c.stock.empty();
-    UniqueFd fd;
-    if (hit) {
-      fd = std::move(c.stock.front());
-      c.stock.pop_front();
-      stocked_bytes_ -= request.size;
-      --stocked_buffers_;
-      ++hits_;
-    } else {
-      ++misses_;
-    }
-    // Refills come in batches: the refill thread is woken when a class is
-    // down to half its stock (or empty), not after every hit, so that it
-    // competes with request threads for the CPU rarely, not once per call.
-    if (c.requests >= options_.min_requests && options_.max_bytes > 0 &&
-        c.stock.size() <= Target(request.size) / 2) {
-      wake_[static_cast<int>(OnDuty())].Signal();
-    }
-    if (hit) return fd;
+  std::deque<UniqueFd> forgotten;  // closed after the lock is dropped
+  UniqueFd fd;
+  // Never wait for mu_: a refill thread (idle priority, or nice 19) that a
+  // busy CPU preempted while holding it may not run again for as long as
+  // anyone keeps the CPUs busy, and every allocation would wait that long.
+  // A holder that is running lets go within a few tries; otherwise this
+  // request makes its buffer itself, as a miss does.
+  if (TryLockBriefly()) {
+    fd = TakeLocked(request, forgotten);
+    mu_.Unlock();
+  } else {
+    busy_misses_.fetch_add(1, std::memory_order_relaxed);
   }
+  if (fd) return fd;
   return Make(request);
+}
+
+bool PooledBackend::TryLockBriefly() {
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < kLockTries; ++i) {
+      if (mu_.TryLock()) return true;
+    }
+    // The holder may be a refill thread this one preempted on its CPU: let
+    // it finish (a busy CPU bounds this wait by one time slice).
+    if (round == 0) ::sched_yield();
+  }
+  return false;
+}
+
+UniqueFd PooledBackend::TakeLocked(const BackendRequest& request,
+                                   std::deque<UniqueFd>& forgotten) {
+  ClassKey key{request.size, request.name, request.usage,
+               DriversKey(request.attach_drivers)};
+  auto it = classes_.find(key);
+  if (it == classes_.end()) {
+    if (classes_.size() >= options_.max_classes) ForgetLeastRecent(forgotten);
+    it = classes_.emplace(std::move(key), Class{}).first;
+  }
+  Class& c = it->second;
+  ++c.requests;
+  c.last_use = MonotonicNow();
+  const bool hit = !c.stock.empty();
+  UniqueFd fd;
+  if (hit) {
+    fd = std::move(c.stock.front());
+    c.stock.pop_front();
+    stocked_bytes_ -= request.size;
+    --stocked_buffers_;
+    ++hits_;
+  } else {
+    ++misses_;
+  }
+  // Refills come in batches: the refill thread is woken when a class is
+  // down to half its stock (or empty), not after every hit, so that it
+  // competes with request threads for the CPU rarely, not once per call.
+  if (c.requests >= options_.min_requests && options_.max_bytes > 0 &&
+      c.stock.size() <= Target(request.size) / 2) {
+    wake_[static_cast<int>(OnDuty())].Signal();
+  }
+  return fd;
 }
 
 const PooledBackend::ClassKey* PooledBackend::Deficit() const {
@@ -238,7 +264,8 @@ PoolStats PooledBackend::stats() const {
   absl::MutexLock lock(&mu_);
   PoolStats s;
   s.hits = hits_;
-  s.misses = misses_;
+  s.contended = busy_misses_.load(std::memory_order_relaxed);
+  s.misses = misses_ + s.contended;
   s.stocked_buffers = stocked_buffers_;
   s.stocked_bytes = stocked_bytes_;
   s.classes = classes_.size();

@@ -135,6 +135,7 @@ class PooledBackend : public Backend {
   bool RefillOnce(bool yield = false);
 
  private:
+  friend class PooledBackendPeer;  // tests: hold mu_ as a stalled refill would
   // (size, name, usage, attach drivers): everything a backend may choose
   // memory by. The drivers are encoded by DriversKey().
   using ClassKey = std::tuple<uint64_t, std::string, uint64_t, std::string>;
@@ -148,6 +149,15 @@ class PooledBackend : public Backend {
   // Inner allocation + commit: the one way memory is made, hit or miss.
   // `yield`: as for RefillOnce.
   absl::StatusOr<UniqueFd> Make(const BackendRequest& request, bool yield = false) const;
+  // A stocked buffer of `request`'s class, or none (a miss); notes the
+  // request and wakes a refill where the class runs low. Classes forgotten
+  // to make room go to `forgotten` (closed outside the lock).
+  UniqueFd TakeLocked(const BackendRequest& request, std::deque<UniqueFd>& forgotten)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // mu_, if it comes within kLockTries tries, a yield of the CPU and as many
+  // again (Allocate never waits for it).
+  bool TryLockBriefly() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true, mu_) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  static constexpr int kLockTries = 64;
   uint64_t Target(uint64_t size) const;
   // The class to refill next, or nullptr.
   const ClassKey* Deficit() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -179,6 +189,8 @@ class PooledBackend : public Backend {
   Classes classes_ ABSL_GUARDED_BY(mu_);
   uint64_t stocked_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stocked_buffers_ ABSL_GUARDED_BY(mu_) = 0;
+  // Misses because mu_ was held by someone not running (see Allocate).
+  std::atomic<uint64_t> busy_misses_{0};
   uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t refill_failures_ ABSL_GUARDED_BY(mu_) = 0;
