@@ -104,8 +104,11 @@ absl::StatusOr<UniqueFd> PooledBackend::Make(const BackendRequest& request,
 }
 
 uint64_t PooledBackend::Target(uint64_t size) const {
+  // No class holds more than class_bytes: buffers larger than that are not
+  // stocked at all (at one each, a client asking for them now and then
+  // would hold nearly all of max_bytes, uncharged, and starve the rest).
   const uint64_t n = options_.class_bytes / std::max<uint64_t>(size, 1);
-  return std::clamp<uint64_t>(n, 1, options_.max_per_class);
+  return std::min<uint64_t>(n, options_.max_per_class);
 }
 
 absl::StatusOr<UniqueFd> PooledBackend::Allocate(

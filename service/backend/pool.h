@@ -55,8 +55,8 @@ struct PoolOptions {
   // Total bytes held in stock, over all classes. 0 disables stocking (every
   // allocation is a miss, still committed when `commit`).
   uint64_t max_bytes = uint64_t{256} << 20;
-  // Stock of one class: floor(class_bytes / size) buffers, clamped to
-  // [1, max_per_class].
+  // Stock of one class: floor(class_bytes / size) buffers, at most
+  // max_per_class (none for buffers larger than class_bytes).
   uint64_t class_bytes = uint64_t{64} << 20;
   uint32_t max_per_class = 32;
   // Requests of a class (since it was last forgotten) before it is stocked.

@@ -186,6 +186,15 @@ TEST(PooledBackendTest, StockIsBoundedPerClassAndInTotal) {
   const PoolStats s = (*pool)->stats();
   EXPECT_EQ(s.stocked_bytes, 6 * kPage);  // max_bytes
   EXPECT_EQ(s.stocked_buffers, 5u);
+  // A buffer larger than a class may hold is not stocked at all: one of
+  // them would take (nearly) the whole pool from every other class.
+  ASSERT_TRUE((*pool)->Allocate({5 * kPage, "big", 0}).ok());
+  ASSERT_TRUE((*pool)->Allocate({5 * kPage, "big", 0}).ok());
+  (*pool)->Trim();
+  ASSERT_TRUE((*pool)->Allocate({5 * kPage, "big", 0}).ok());
+  ASSERT_TRUE((*pool)->Allocate({5 * kPage, "big", 0}).ok());
+  EXPECT_FALSE((*pool)->RefillOnce());
+  EXPECT_EQ((*pool)->stats().stocked_buffers, 0u);
   // What hallocd keeps fds for: six one-page buffers at most (max_bytes),
   // whatever the classes.
   EXPECT_EQ((*pool)->max_stocked_buffers(), 6u);
