@@ -2,11 +2,14 @@
 
 #include <grpcpp/grpcpp.h>
 #include <linux/dma-buf.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -30,6 +34,18 @@ namespace halloc {
 namespace {
 
 constexpr long kDmaBufMagic = 0x444d4142;  // DMA_BUF_MAGIC, linux/magic.h
+
+// How many times this process has been forked into (in a child: one more
+// than in its parent): a Client made before a fork belongs to the parent.
+std::atomic<uint64_t> fork_generation{0};
+uint64_t ForkGeneration() {
+  static const bool counting = [] {
+    return ::pthread_atfork(nullptr, nullptr,
+                            [] { fork_generation.fetch_add(1, std::memory_order_relaxed); }) == 0;
+  }();
+  (void)counting;
+  return fork_generation.load(std::memory_order_relaxed);
+}
 
 std::string SocketPath(const std::string& given, const char* env,
                        const char* file) {
@@ -211,6 +227,7 @@ class Client::Impl {
       grpc::Status (v1::Allocator::Stub::*method)(grpc::ClientContext*,
                                                   const Req&, Resp*),
       const Req& req, absl::string_view rpc) {
+    RETURN_IF_ERROR(Usable(rpc));
     Resp resp;
     auto ctx = Context();
     RETURN_IF_ERROR(FromGrpc((stub_.get()->*method)(ctx.get(), req, &resp), rpc));
@@ -225,42 +242,54 @@ class Client::Impl {
   // One request on the broker socket and its reply (with the fds that came
   // in the same record). Errors name `rpc`.
   absl::StatusOr<Reply> BrokerCall(v1::BrokerRequest req, absl::string_view rpc) {
+    RETURN_IF_ERROR(Usable(rpc));
+    const absl::Time deadline = absl::Now() + timeout_;
     const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
     req.set_request_id(id);
     // Where to send the reply from (a hint; see BrokerRequest.cpu).
     req.set_cpu(CurrentCpuHint());
-    RETURN_IF_ERROR(SendRecord(broker_.get(), req.SerializeAsString(), {}, false));
-    absl::MutexLock lock(&mu_);
-    const absl::Time deadline = absl::Now() + timeout_;
-    for (;;) {
-      if (auto it = replies_.find(id); it != replies_.end()) {
-        absl::StatusOr<Reply> r = std::move(it->second);
-        replies_.erase(it);
-        if (!r.ok()) return Prefix(r.status(), rpc);
-        if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefix(s, rpc);
-        return r;
-      }
-      if (absl::Status s = Pump(deadline); !s.ok()) {
-        // Whatever the daemon answers later is given back, not leaked.
-        if (absl::IsDeadlineExceeded(s)) abandoned_.insert(id);
-        return Prefix(s, rpc);
-      }
+    if (absl::Status s = Send(req.SerializeAsString(), deadline); !s.ok()) {
+      return Prefix(s, rpc);
     }
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = WaitFor([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                                     mu_) { return replies_.contains(id); },
+                                 deadline);
+        !s.ok()) {
+      // Whatever the daemon answers later is given back, not leaked.
+      abandoned_.insert(id);
+      return Prefix(s, rpc);
+    }
+    auto it = replies_.find(id);
+    absl::StatusOr<Reply> r = std::move(it->second);
+    replies_.erase(it);
+    if (!r.ok()) return Prefix(r.status(), rpc);
+    if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefix(s, rpc);
+    return r;
   }
 
   // The fd for `buffer_id` that a gRPC call had sent ahead of its reply:
   // normally queued already. Records for others are kept for them.
   absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id) {
-    absl::MutexLock lock(&mu_);
     const absl::Time deadline = absl::Now() + timeout_;
-    for (;;) {
-      if (auto it = pending_.find(buffer_id); it != pending_.end()) {
-        absl::StatusOr<UniqueFd> fd = std::move(it->second.fd);
-        pending_.erase(it);
-        return fd;
-      }
-      RETURN_IF_ERROR(Pump(deadline));
-    }
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(WaitFor([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                                mu_) { return pending_.contains(buffer_id); },
+                            deadline));
+    auto it = pending_.find(buffer_id);
+    absl::StatusOr<UniqueFd> fd = std::move(it->second.fd);
+    pending_.erase(it);
+    return fd;
+  }
+
+  // OK while this process is the one that connected: after fork() parent
+  // and child would share the socket and the request ids, and take each
+  // other's replies (buffers of the wrong size, or none).
+  absl::Status Usable(absl::string_view rpc) const {
+    if (ForkGeneration() == fork_generation_) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        rpc, ": this Client was connected by process ", pid_,
+        "; after fork() a child connects a Client of its own"));
   }
 
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info) {
@@ -293,29 +322,71 @@ class Client::Impl {
     return absl::Status(s.code(), absl::StrCat(rpc, ": ", s.message()));
   }
 
-  // Takes one record off the broker socket (waiting until `deadline`) and
-  // files it where its waiter looks. One blocking recvmsg per reply while
-  // the socket's own receive timeout (SO_RCVTIMEO, half the call timeout)
-  // ends before `deadline`: no poll and no failed recvmsg first, the fewest
-  // syscalls between a request and its reply. Closer to the deadline, it
-  // polls for exactly what is left.
-  absl::Status Pump(absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      return absl::DeadlineExceededError("no answer from hallocd in time");
+  // Sends one request, waiting while the socket is full (a daemon not
+  // reading it) until `deadline` at the most.
+  absl::Status Send(const std::string& bytes, absl::Time deadline) {
+    for (;;) {
+      absl::Status s = SendRecord(broker_.get(), bytes, {}, /*nonblocking=*/true);
+      if (!absl::IsResourceExhausted(s)) return s;
+      const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+      pollfd pfd{broker_.get(), POLLOUT, 0};
+      if (ms <= 0 || ::poll(&pfd, 1, static_cast<int>(ms)) == 0) {
+        return absl::DeadlineExceededError(
+            "hallocd takes no requests (its broker socket is full)");
+      }
     }
+  }
+
+  // Waits until `ready()` (asked under mu_) or `deadline`. One waiter at a
+  // time reads the socket, without the lock, and files what comes for
+  // everyone; the others sleep until it has, or until their own deadline:
+  // no call waits for another's reply, nor past its own deadline.
+  absl::Status WaitFor(absl::FunctionRef<bool()> ready, absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    for (;;) {
+      if (ready()) return absl::OkStatus();
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError("no answer from hallocd in time");
+      }
+      if (reading_) {
+        // (WithTimeout: the TSan shim in third_party/sanitizers knows it.)
+        filed_.WaitWithTimeout(&mu_, deadline - absl::Now());
+        continue;
+      }
+      reading_ = true;
+      mu_.Unlock();
+      absl::StatusOr<Record> next = ReceiveNext(deadline);
+      mu_.Lock();
+      reading_ = false;
+      absl::Status filed = FileNext(std::move(next));
+      filed_.SignalAll();
+      RETURN_IF_ERROR(filed);
+    }
+  }
+
+  // Takes one record off the broker socket, waiting until `deadline` at the
+  // most: RESOURCE_EXHAUSTED when none came. One blocking recvmsg per reply
+  // while the socket's own receive timeout (SO_RCVTIMEO, half the call
+  // timeout) ends before `deadline`: no poll and no failed recvmsg first,
+  // the fewest syscalls between a request and its reply. Closer to the
+  // deadline, it polls for exactly what is left.
+  absl::StatusOr<Record> ReceiveNext(absl::Time deadline) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return absl::ResourceExhaustedError("nothing yet");
     const bool blocking = receive_timeout_ > absl::ZeroDuration() && left >= receive_timeout_;
     if (!blocking) {
       const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(left));
       if (absl::Status s = WaitReadable(broker_.get(), static_cast<int>(ms)); !s.ok()) {
-        return absl::IsDeadlineExceeded(s)
-                   ? absl::DeadlineExceededError("no answer from hallocd in time")
-                   : s;
+        return absl::IsDeadlineExceeded(s) ? absl::ResourceExhaustedError("nothing yet") : s;
       }
     }
-    absl::StatusOr<Record> next = ReceiveRecord(broker_.get(), !blocking);
-    // Nothing yet (the receive timeout passed, or another reader took it):
-    // the caller looks again and checks its deadline.
+    return ReceiveRecord(broker_.get(), !blocking);
+  }
+
+  // Files what ReceiveNext got where its waiter looks.
+  absl::Status FileNext(absl::StatusOr<Record> next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // Nothing yet (the receive timeout passed, or nothing was queued): the
+    // caller looks again and checks its deadline.
     if (absl::IsResourceExhausted(next.status())) return absl::OkStatus();
     if (absl::IsDataLoss(next.status())) {
       // The kernel cut the fds (this process is out of fds): say so to
@@ -395,7 +466,11 @@ class Client::Impl {
 
   // 0 was the handshake's Verify.
   std::atomic<uint64_t> next_request_id_{1};
+  const pid_t pid_ = ::getpid();
+  const uint64_t fork_generation_ = ForkGeneration();
   absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;  // a waiter reads the socket now
+  absl::CondVar filed_;                        // it has filed a record
   struct PendingFd {
     absl::StatusOr<UniqueFd> fd;
     absl::Time since;
@@ -446,7 +521,7 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
     for (int i = 0; i < resp.buffers_size(); ++i) {
       out.emplace_back(std::move(*resp.mutable_buffers(i)), std::move(r.fds[i]));
     }
-    return out;
+    return AsAsked(std::move(out), count);
   }
   ASSIGN_OR_RETURN(v1::AllocateResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate"));
@@ -455,7 +530,19 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
     ASSIGN_OR_RETURN(Buffer b, impl_->Receive(std::move(info)));
     out.push_back(std::move(b));
   }
-  return out;
+  return AsAsked(std::move(out), count);
+}
+
+absl::StatusOr<std::vector<Buffer>> Client::AsAsked(std::vector<Buffer> buffers,
+                                                    uint32_t count) {
+  const uint32_t asked = std::max<uint32_t>(count, 1);  // 0 asks for one
+  if (buffers.size() == asked) return buffers;
+  // Not what was asked for: given back, and said so.
+  std::vector<uint64_t> ids;
+  for (const Buffer& b : buffers) ids.push_back(b.id());
+  if (!ids.empty()) Release(ids).IgnoreError();
+  return absl::DataLossError(absl::StrCat("Allocate: hallocd answered ", buffers.size(),
+                                          " buffers for ", asked, " asked"));
 }
 
 absl::Status Client::Release(uint64_t buffer_id) {

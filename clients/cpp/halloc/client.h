@@ -22,8 +22,14 @@
 // Closing the Client ends the session: the daemon drops every hold it had
 // (fds already in this process stay valid until their Buffer is destroyed).
 //
-// Thread-safety: a Client may be used from several threads at once. Buffer
-// and Mapping are plain move-only values.
+// Thread-safety: a Client may be used from several threads at once; each
+// call waits for its own answer only, and at most its timeout. Buffer and
+// Mapping are plain move-only values.
+//
+// fork(): a Client belongs to the process that connected it. In a child
+// every call on an inherited Client is FAILED_PRECONDITION (parent and child
+// would share its socket and take each other's replies); the child connects
+// a Client of its own. Buffers and Mappings, plain fds, stay usable there.
 #ifndef HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
 #define HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
 
@@ -179,6 +185,9 @@ class Client {
 
  private:
   explicit Client(std::unique_ptr<Impl> impl);
+  // `buffers` when they are the `count` asked for (0: one); else they are
+  // released and the answer is DATA_LOSS.
+  absl::StatusOr<std::vector<Buffer>> AsAsked(std::vector<Buffer> buffers, uint32_t count);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -6,8 +6,10 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <set>
@@ -195,6 +197,103 @@ TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
   }
   ASSERT_EQ(broker.releases().size(), 1u);
   EXPECT_EQ(broker.releases()[0].buffer_ids_size(), 2);
+}
+
+// An OK answer without the buffers asked for is DATA_LOSS (and what did
+// come is given back), never a crash.
+TEST(ClientBrokerTest, AnAnswerWithoutTheBuffersAskedForIsDataLoss) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_allocate()) {
+      FakeBroker::Reply(sock, ReleaseReply(req.request_id()));  // no allocate at all
+    } else if (req.has_release()) {
+      FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+    }
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Allocate(BlobDescriptor(4096)).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(c->Allocate(BlobDescriptor(4096), 3).status().code(), absl::StatusCode::kDataLoss);
+}
+
+// In a child, a Client its parent connected refuses every call: the two
+// would share its socket and take each other's replies.
+TEST(ClientBrokerTest, AChildCannotUseItsParentsClient) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const absl::Status release = c->Release(7);
+    const absl::Status allocate = c->Allocate(BlobDescriptor(4096)).status();
+    const absl::Status stats = c->Stats().status();  // the gRPC path
+    ::_exit(absl::IsFailedPrecondition(release) && absl::IsFailedPrecondition(allocate) &&
+                    absl::IsFailedPrecondition(stats)
+                ? 0
+                : 1);
+  }
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "a call in the child was not FAILED_PRECONDITION";
+  EXPECT_TRUE(c->Release(8).ok()) << "the parent's Client works on";
+  EXPECT_EQ(broker.releases().size(), 1u) << "the child sent a request";
+}
+
+// One Client, several threads: a call the daemon answers at once returns at
+// once, while another waits for an answer that never comes (before, it
+// waited behind that call's whole timeout).
+TEST(ClientBrokerTest, ACallWaitsForItsOwnAnswerOnly) {
+  absl::Notification first_sent;
+  FakeBroker broker([&](int sock, const v1::BrokerRequest& req) {
+    if (!req.has_release()) return;
+    if (req.release().buffer_ids(0) == 1) {
+      first_sent.Notify();  // never answered
+      return;
+    }
+    FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(2)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::atomic<bool> first_done{false};
+  absl::Status first;
+  std::thread waiting([&] {
+    first = c->Release(1);
+    first_done = true;
+  });
+  first_sent.WaitForNotification();
+  absl::SleepFor(absl::Milliseconds(50));  // the first thread waits for its answer now
+  EXPECT_TRUE(c->Release(2).ok());
+  EXPECT_FALSE(first_done) << "the answered call returned only after the other's timeout";
+  waiting.join();
+  EXPECT_EQ(first.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+// A daemon that stops reading: calls end at their timeout, never block in
+// their send once its socket is full.
+TEST(ClientBrokerTest, CallsKeepTheirTimeoutWhenTheDaemonStopsReading) {
+  absl::Notification resume;
+  FakeBroker broker([&](int sock, const v1::BrokerRequest& req) {
+    resume.WaitForNotification();  // stops reading at the first request
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Milliseconds(5)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::Notification all_returned;
+  int deadline_exceeded = 0;
+  std::thread calls([&] {
+    for (int i = 0; i < 400; ++i) {  // more than the socket holds
+      deadline_exceeded += absl::IsDeadlineExceeded(c->Release(100 + i));
+    }
+    all_returned.Notify();
+  });
+  const bool returned = all_returned.WaitForNotificationWithTimeout(absl::Seconds(60));
+  resume.Notify();
+  calls.join();
+  EXPECT_TRUE(returned) << "a call blocked past its timeout";
+  EXPECT_EQ(deadline_exceeded, 400);
 }
 
 // Each request says which CPU it was sent from (a CPU this process may run
