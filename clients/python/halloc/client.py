@@ -21,12 +21,17 @@ the daemon drops every hold it had; fds already in this process stay valid
 until their Buffer is closed.
 
 Every failure is a halloc.HallocError carrying a grpc.StatusCode (errors.py).
-A Client may be used from several threads; Buffers are plain objects.
+A Client may be used from several threads (each call waits for its own
+answer only, and at most its timeout); Buffers are plain objects. A Client
+belongs to the process that connected it: in a forked child its calls are
+FAILED_PRECONDITION (the two would take each other's replies); the child
+connects a Client of its own.
 """
 
 import ctypes
 import itertools
 import os
+import select
 import threading
 import time
 
@@ -190,6 +195,10 @@ class Client:
 
     def __init__(self, conn, channel, timeout, broker_fast_path):
         self._lock = threading.Lock()
+        self._filed = threading.Condition(self._lock)  # a reader filed a record
+        self._reading = False  # a waiter reads the broker socket now
+        self._pid = os.getpid()
+        self._fork_generation = _fork_generation
         self._broker = conn.sock
         self.hello = conn.hello
         self.welcome = conn.welcome
@@ -250,17 +259,27 @@ class Client:
         if self._fast_path:
             breq = broker_pb2.BrokerRequest(allocate=req)
             reply, fds = self._broker_call(breq, "Allocate")
-            return [Buffer(self, info, fd)
-                    for info, fd in zip(reply.allocate.buffers, fds)]
-        resp = self._call(self._stub.Allocate, req, "Allocate")
-        out = []
-        try:
-            for info in resp.buffers:
-                out.append(Buffer(self, info, self._take_fd(info.id)))
-        except BaseException:
-            for b in out:
-                b.close()
-            raise
+            out = [Buffer(self, info, fd) for info, fd in zip(reply.allocate.buffers, fds)]
+        else:
+            resp = self._call(self._stub.Allocate, req, "Allocate")
+            out = []
+            try:
+                for info in resp.buffers:
+                    out.append(Buffer(self, info, self._take_fd(info.id)))
+            except BaseException:
+                for b in out:
+                    b.close()
+                raise
+        asked = max(count, 1)  # 0 asks for one
+        if len(out) != asked:
+            # Not what was asked for: given back, and said so.
+            if out:
+                try:
+                    self.release(*out)
+                except errors.HallocError:
+                    pass
+            raise errors.DataLossError(
+                f"Allocate: hallocd answered {len(out)} buffers for {asked} asked")
         return out
 
     def release(self, *buffers):
@@ -334,10 +353,17 @@ class Client:
 
     # --- transport -----------------------------------------------------------
 
-    def _call(self, method, req, name):
-        """One unary gRPC call with our token and deadline."""
+    def _usable(self, name):
         if self.closed:
             raise errors.FailedPreconditionError(f"{name}: the client is closed")
+        if _fork_generation != self._fork_generation:
+            raise errors.FailedPreconditionError(
+                f"{name}: this Client was connected by process {self._pid}; after "
+                "fork() a child connects a Client of its own")
+
+    def _call(self, method, req, name):
+        """One unary gRPC call with our token and deadline."""
+        self._usable(name)
         try:
             return method(req, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as e:
@@ -346,21 +372,18 @@ class Client:
     def _broker_call(self, req, name):
         """One request on the broker socket and its reply, with the fds of
         the reply's record (owned by the caller)."""
-        if self.closed:
-            raise errors.FailedPreconditionError(f"{name}: the client is closed")
+        self._usable(name)
+        deadline = time.monotonic() + self._timeout
         req.request_id = rid = next(self._request_ids)
         req.cpu = _cpu_hint()
-        _prefixed(_scm.send_record, name, self._broker, req.SerializeToString())
+        _prefixed(self._send, name, req.SerializeToString(), deadline)
         with self._lock:
-            deadline = time.monotonic() + self._timeout
-            while rid not in self._replies:
-                try:
-                    self._pump(deadline)
-                except errors.HallocError as e:
-                    if isinstance(e, errors.DeadlineExceededError):
-                        # Whatever the daemon answers later is given back.
-                        self._abandoned.add(rid)
-                    raise errors.error_for(e.code, f"{name}: {e.message}") from None
+            try:
+                self._wait_for(lambda: rid in self._replies, deadline)
+            except errors.HallocError as e:
+                # Whatever the daemon answers later is given back.
+                self._abandoned.add(rid)
+                raise errors.error_for(e.code, f"{name}: {e.message}") from None
             r = self._replies.pop(rid)
         if isinstance(r, errors.HallocError):
             raise errors.error_for(r.code, f"{name}: {r.message}")
@@ -374,37 +397,86 @@ class Client:
     def _take_fd(self, buffer_id):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
         queued before the reply). Frames for others are kept for them."""
+        deadline = time.monotonic() + self._timeout
         with self._lock:
-            deadline = time.monotonic() + self._timeout
-            while buffer_id not in self._pending:
-                self._pump(deadline)
+            self._wait_for(lambda: buffer_id in self._pending, deadline)
             p = self._pending.pop(buffer_id)
         if p.error is not None:
             raise p.error
         return p.fd
 
-    def _pump(self, deadline):
-        """Takes one record off the broker socket (waiting until `deadline`)
-        and files it where its waiter looks. Holds self._lock."""
+    def _send(self, data, deadline):
+        """Sends one request, waiting while the socket is full (a daemon
+        not reading it) until `deadline` at the most."""
+        poller = select.poll()
+        poller.register(self._broker, select.POLLOUT)
+        while True:
+            try:
+                _scm.send_record(self._broker, data, block=False)
+                return
+            except errors.ResourceExhaustedError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    raise errors.DeadlineExceededError(
+                        "hallocd takes no requests (its broker socket is full)") from None
+
+    def _wait_for(self, ready, deadline):
+        """Waits until `ready()` or `deadline`. Holds self._lock, except
+        while reading: one waiter at a time reads the socket, without the
+        lock, and files what comes for everyone; the others sleep until it
+        has, or until their own deadline."""
+        while not ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.DeadlineExceededError("no answer from hallocd in time")
+            if self._reading:
+                self._filed.wait(left)
+                continue
+            self._reading = True
+            self._lock.release()
+            try:
+                got = self._receive(deadline)
+            finally:
+                self._lock.acquire()
+                self._reading = False
+                self._filed.notify_all()
+            self._file_received(got)
+
+    def _receive(self, deadline):
+        """One record off the broker socket (waiting until `deadline` at the
+        most), a TruncatedRecordError the kernel caused, or None."""
         try:
             record = _scm.receive_record(self._broker, block=False)
+            if record is None:
+                try:
+                    _scm.wait_readable(self._broker, deadline)
+                except errors.DeadlineExceededError:
+                    return None
+                record = _scm.receive_record(self._broker, block=False)
+            return record
         except _scm.TruncatedRecordError as e:
             if e.payload is None:
                 raise
+            return e
+
+    def _file_received(self, got):
+        """Files what _receive got where its waiter looks. Holds self._lock."""
+        if got is None:
+            return
+        if isinstance(got, _scm.TruncatedRecordError):
             # The kernel cut the fds (we are out of fds): tell whoever waits
             # for them, and give the buffers back.
-            frame = _parse_frame(e.payload)
+            frame = _parse_frame(got.payload)
             if frame is not None:
                 self._file(frame, [], truncated=True)
+            self._filed.notify_all()
             return
-        if record is None:
-            _scm.wait_readable(self._broker, deadline)
-            return
-        frame = _parse_frame(record.data)
+        frame = _parse_frame(got.data)
         if frame is None:
-            _scm.close_all(record.fds)
+            _scm.close_all(got.fds)
             raise errors.DataLossError("malformed frame on the broker socket")
-        self._file(frame, record.fds, truncated=False)
+        self._file(frame, got.fds, truncated=False)
+        self._filed.notify_all()
 
     def _file(self, frame, fds, truncated):
         lost = errors.ResourceExhaustedError(
@@ -463,6 +535,19 @@ class Client:
         except errors.HallocError:
             return  # the session's end will release them
         self._abandoned.add(rid)
+
+
+# How many times this process has been forked into (a child counts one more
+# than its parent): a Client made before a fork belongs to the parent.
+_fork_generation = 0
+
+
+def _count_fork():
+    global _fork_generation  # pylint: disable=global-statement
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 
 def _id(buffer):

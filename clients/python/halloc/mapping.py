@@ -54,6 +54,12 @@ class Mapping(mmap.mmap):
             finally:
                 sync.close()
 
+    def __exit__(self, *exc):
+        # mmap's own __exit__ closes at the C level, past close() above: the
+        # sync bracket would end (and the fd close) only when collected.
+        self.close()
+        return False
+
     def __del__(self):
         if "_sync_fd" in self.__dict__:
             self.close()

@@ -4,6 +4,7 @@ import fcntl
 import mmap
 import os
 import resource
+import threading
 import time
 
 import grpc
@@ -98,6 +99,137 @@ def test_info_says_what_the_fd_is(connect, fast_path):
     assert buf.is_dmabuf() == halloc.mapping.is_dmabuf(buf.fileno())
     assert buf.is_dmabuf() == (buf.info.fd_kind == types_pb2.FD_KIND_DMA_BUF)
     client.release(buf)
+
+
+def test_a_with_block_ends_the_sync_bracket_of_a_dmabuf_mapping(monkeypatch):
+    # mmap's own __exit__ closes below Mapping.close(): the END ioctl and
+    # the close of the bracket's fd must still come as the block ends.
+    calls = []
+    monkeypatch.setattr(halloc.mapping, "_sync",
+                        lambda fd, flags: calls.append(flags & ~0x3))
+    fd = os.memfd_create("py.bracket", os.MFD_CLOEXEC)
+    os.ftruncate(fd, PAGE)
+    before = len(open_fds())
+    with halloc.mapping.map_fd(fd, PAGE, halloc.Access.READ_WRITE, "test", dmabuf=True) as m:
+        m[:1] = b"x"
+        assert len(calls) == 1  # START
+        assert len(open_fds()) == before + 2  # mmap's own dup, and the bracket's
+    assert len(calls) == 2, "no END at the end of the with block"
+    assert len(open_fds()) == before, "the bracket's fd outlived the block"
+    os.close(fd)
+
+
+def test_a_forked_child_cannot_use_its_parents_client(connect):
+    client = connect()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            client.allocate(halloc.blob(PAGE))
+        except halloc.HallocError as e:
+            code = 0 if e.code == grpc.StatusCode.FAILED_PRECONDITION else 2
+        except BaseException:  # pylint: disable=broad-except
+            code = 3
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    buf = client.allocate(halloc.blob(PAGE))  # the parent's works on
+    client.release(buf)
+
+
+class _ScriptedBroker:
+    """A Client on one end of a socket pair; `answer(sock, request)` on the
+    other, on its own thread."""
+
+    def __init__(self, answer, timeout):
+        import socket
+        from halloc.v1 import broker_pb2
+        self._broker_pb2 = broker_pb2
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = theirs
+        conn = _broker.BrokerConnection(ours, broker_pb2.Hello(),
+                                        broker_pb2.Welcome(session_id=1, session_token="t"))
+        self.client = halloc.Client(conn, grpc.insecure_channel("unix:/nonexistent"),
+                                    timeout, True)
+        self._answer = answer
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:  # closed by the test
+                return
+            if not data:
+                return
+            req = self._broker_pb2.BrokerRequest()
+            req.ParseFromString(data)
+            self._answer(self.sock, req)
+
+    def reply_release(self, req):
+        frame = self._broker_pb2.BrokerFrame()
+        frame.reply.request_id = req.request_id
+        frame.reply.release.SetInParent()
+        self.sock.send(frame.SerializeToString())
+
+    def close(self):
+        self.client.close()
+        self.sock.close()
+
+
+def test_a_call_waits_for_its_own_answer_only():
+    first_sent = threading.Event()
+
+    def answer(sock, req):
+        if req.release.buffer_ids[0] == 1:
+            first_sent.set()  # never answered
+        else:
+            broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    outcome = {}
+
+    def first():
+        try:
+            broker.client.release(1)
+        except halloc.HallocError as e:
+            outcome["code"] = e.code
+        outcome["done"] = True
+
+    waiting = threading.Thread(target=first)
+    waiting.start()
+    first_sent.wait()
+    time.sleep(0.05)  # the first call waits for its answer now
+    broker.client.release(2)
+    assert "done" not in outcome, "the answered call returned only after the other's timeout"
+    waiting.join()
+    assert outcome["code"] == grpc.StatusCode.DEADLINE_EXCEEDED
+    broker.close()
+
+
+def test_calls_keep_their_timeout_when_the_daemon_stops_reading():
+    resume = threading.Event()
+    broker = _ScriptedBroker(lambda sock, req: resume.wait(), timeout=0.005)
+    codes = []
+    done = threading.Event()
+
+    def calls():
+        for i in range(400):  # more than the socket holds
+            try:
+                broker.client.release(100 + i)
+            except halloc.HallocError as e:
+                codes.append(e.code)
+        done.set()
+
+    t = threading.Thread(target=calls, daemon=True)
+    t.start()
+    returned = done.wait(60)
+    resume.set()
+    assert returned, "a call blocked past its timeout"
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 400
+    t.join()
+    broker.close()
 
 
 def test_map_follows_fd_kind_and_asks_the_fd_when_unsaid(client):
