@@ -1,13 +1,9 @@
 #include "clients/cpp/halloc/client.h"
 
 #include <grpcpp/grpcpp.h>
-#include <linux/dma-buf.h>
 #include <poll.h>
 #include <pthread.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/statfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -32,8 +28,6 @@
 
 namespace halloc {
 namespace {
-
-constexpr long kDmaBufMagic = 0x444d4142;  // DMA_BUF_MAGIC, linux/magic.h
 
 // How many times this process has been forked into (in a child: one more
 // than in its parent): a Client made before a fork belongs to the parent.
@@ -60,146 +54,7 @@ absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
                       absl::StrCat(method, ": ", s.error_message()));
 }
 
-int SyncIoctl(int fd, uint64_t flags) {
-  dma_buf_sync sync{flags};
-  return RetryIoctl(fd, DMA_BUF_IOCTL_SYNC, &sync);
-}
-
 }  // namespace
-
-// --- Mapping ---------------------------------------------------------------
-
-Mapping::Mapping(Mapping&& other) noexcept { *this = std::move(other); }
-
-Mapping& Mapping::operator=(Mapping&& other) noexcept {
-  if (this != &other) {
-    Reset();
-    std::swap(data_, other.data_);
-    std::swap(size_, other.size_);
-    std::swap(sync_fd_, other.sync_fd_);
-    std::swap(sync_flags_, other.sync_flags_);
-  }
-  return *this;
-}
-
-Mapping::~Mapping() { Reset(); }
-
-void Mapping::Reset() {
-  if (data_ == nullptr) return;
-  if (sync_fd_) SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_END | sync_flags_);
-  ::munmap(data_, size_);
-  data_ = nullptr;
-  size_ = 0;
-  sync_fd_ = SharedFd();
-}
-
-// --- Buffer ----------------------------------------------------------------
-
-Buffer::Buffer(v1::BufferInfo info, UniqueFd fd)
-    : info_(std::move(info)), fd_(std::move(fd)) {
-  switch (info_.fd_kind()) {
-    case v1::FD_KIND_MEMFD:
-      dmabuf_ = false;
-      break;
-    case v1::FD_KIND_DMA_BUF:
-      dmabuf_ = true;
-      break;
-    default: {
-      struct statfs fs;
-      dmabuf_ = fd_ && ::fstatfs(fd_.get(), &fs) == 0 && fs.f_type == kDmaBufMagic;
-    }
-  }
-}
-
-absl::StatusOr<Mapping> Buffer::Map(Access access) const {
-  if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
-  ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
-  void* p = ::mmap(nullptr, size(), flags.prot, MAP_SHARED, fd_.get(), 0);
-  if (p == MAP_FAILED) {
-    return ErrnoStatus(errno, absl::StrCat("mmap buffer ", id(), " for ",
-                                           CpuAccessName(access)));
-  }
-  Mapping m;
-  m.data_ = p;
-  m.size_ = size();
-  if (is_dmabuf()) {
-    m.sync_flags_ = flags.sync;
-    if (SyncIoctl(fd_.get(), DMA_BUF_SYNC_START | m.sync_flags_) != 0) {
-      const int err = errno;
-      ::munmap(p, size());
-      m.data_ = nullptr;
-      return ErrnoStatus(err, "DMA_BUF_IOCTL_SYNC(START)");
-    }
-    m.sync_fd_ = fd_;
-  }
-  return m;
-}
-
-namespace {
-
-// What a fence ioctl's failure means to the caller.
-absl::Status FenceError(int err, absl::string_view what) {
-  if (err == ENOTTY) {
-    return absl::UnimplementedError(absl::StrCat(
-        what, ": this kernel has no such ioctl (Linux 6.0+)"));
-  }
-  return ErrnoStatus(err, what);
-}
-
-// The DMA_BUF_SYNC_* direction of a fence ioctl on `buffer` for `access`,
-// or why there is none (no fd, kNone, a memfd).
-absl::StatusOr<uint32_t> FenceFlags(const Buffer& buffer, Access access) {
-  if (buffer.fd() < 0) return absl::FailedPreconditionError("buffer has no fd");
-  ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
-  if (!buffer.is_dmabuf()) {
-    return absl::FailedPreconditionError(
-        "buffer is a memfd: only dma-bufs carry fences");
-  }
-  return static_cast<uint32_t>(flags.sync);
-}
-
-}  // namespace
-
-absl::StatusOr<UniqueFd> Buffer::ExportSyncFile(Access access) const {
-  dma_buf_export_sync_file arg{};
-  ASSIGN_OR_RETURN(arg.flags, FenceFlags(*this, access));
-  arg.fd = -1;
-  if (::ioctl(fd_.get(), DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &arg) != 0) {
-    return FenceError(errno, "DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
-  }
-  return UniqueFd(arg.fd);
-}
-
-absl::Status Buffer::ImportSyncFile(const UniqueFd& sync_file, Access access) const {
-  dma_buf_import_sync_file arg{};
-  ASSIGN_OR_RETURN(arg.flags, FenceFlags(*this, access));
-  arg.fd = sync_file.get();
-  if (::ioctl(fd_.get(), DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &arg) != 0) {
-    return FenceError(errno, "DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
-  }
-  return absl::OkStatus();
-}
-
-v1::BufferDescriptor BlobDescriptor(uint64_t size, uint64_t usage,
-                                    absl::string_view name) {
-  v1::BufferDescriptor d;
-  d.set_name(std::string(name));
-  d.set_usage(usage);
-  d.set_size(size);
-  return d;
-}
-
-v1::BufferDescriptor ImageDescriptor(uint32_t width, uint32_t height,
-                                     uint32_t fourcc, uint64_t usage,
-                                     absl::string_view name) {
-  v1::BufferDescriptor d;
-  d.set_name(std::string(name));
-  d.set_usage(usage);
-  d.mutable_image()->set_width(width);
-  d.mutable_image()->set_height(height);
-  d.mutable_image()->set_format(fourcc);
-  return d;
-}
 
 // --- Client ----------------------------------------------------------------
 
