@@ -1,0 +1,325 @@
+// Live revoke in the registry: which views a revoke cuts, which grants it
+// reaches down the routes, and the bounds on what imports leave behind.
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "service/registry.h"
+#include "service/registry_testing.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+// Live revoke: an import's views come back to be cut off, and a session
+// that held the buffer only through that grant stops holding it.
+TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto first = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(first.ok());
+  GrantView rw = ReadGrantForUid(2);
+  rw.access = CpuAccess::kReadWrite;
+  auto second = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
+  ASSERT_TRUE(second.ok());
+
+  auto imported = reg_.Import(kB, first->token(), Accept);
+  ASSERT_TRUE(imported.ok());
+  EXPECT_EQ(imported->grant_id, first->id());
+  ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 501).ok());
+  ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 502).ok());
+  ASSERT_TRUE(ImportView(kB, *second, id, CpuAccess::kReadWrite, 503));
+  // The owner imports its own grant too: its own route remains after.
+  ASSERT_TRUE(ImportView(kA, *first, id, CpuAccess::kRead, 504));
+
+  // Revoking the read-write grant cuts view 503; B keeps the read route.
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, second->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views, std::vector<uint64_t>{503});
+  ASSERT_NE(r->buffer, nullptr);
+  EXPECT_EQ(r->buffer->id, id);
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kB, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ) << "narrowed to what is left";
+
+  // Revoking the other: B had no other route and stops holding it; the
+  // owner keeps its own (read-write) rights.
+  r = reg_.Revoke(kA, first->id(), true);
+  ASSERT_TRUE(r.ok());
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{501, 502, 504}));
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  d = reg_.Describe(kA, id);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ_WRITE);
+  // A view noted after the revoke (an import racing it) is refused.
+  EXPECT_EQ(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 505).code(),
+            StatusCode::kNotFound);
+}
+
+// A live revoke reaches what was shared on from the holds it cuts: before,
+// B kept a revoked buffer by granting it to itself first and importing
+// that grant afterwards, and C, who imported from B, was never cut off.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto also_to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(to_b.ok() && also_to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 601));
+  // B shares on: to itself, and to C, who imports.
+  auto b_to_b = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(b_to_b.ok() && b_to_c.ok());
+  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 602));
+
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{601, 602}));
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kB, b_to_b->token(), Accept).status().code(), StatusCode::kNotFound)
+      << "B got the revoked buffer back through its own grant";
+  // The owner's other grant was not derived from the revoked one.
+  EXPECT_TRUE(reg_.Import(kB, also_to_b->token(), Accept).ok());
+  EXPECT_TRUE(reg_.Describe(kA, id).ok());
+}
+
+// The granter need not hold any more: a grant made from a route dies with
+// the route even after its granter released the buffer.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
+  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(b_to_c.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+}
+
+// An importer that let go (Release, or its session ended) may still have
+// the fd somewhere: revoking the grant cuts those views off too.
+TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(2));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  for (auto [sid, view] : {std::pair{kB, uint64_t{801}}, std::pair{kC, uint64_t{802}}}) {
+    ASSERT_TRUE(ImportView(sid, *grant, id, CpuAccess::kRead, view));
+  }
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  reg_.Leave(kC);
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{801, 802}));
+  EXPECT_TRUE(reg_.Describe(kA, id).ok());
+}
+
+// A grant shared on from imports dies once every grant it came through is
+// revoked, one revoke at a time as well as in one; a grant revoked before
+// a later share is not counted among where that share came from.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto g1 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto g2 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto g3 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(g1.ok() && g2.ok() && g3.ok());
+  uint64_t view = 900;
+  for (const auto* g : {&*g1, &*g2, &*g3}) {
+    ASSERT_TRUE(ImportView(kB, *g, id, CpuAccess::kRead, ++view));
+  }
+  // B shares on to C (through g1, g2 and g3), who imports.
+  auto to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(to_c.ok());
+  ASSERT_TRUE(ImportView(kC, *to_c, id, CpuAccess::kRead, 909));
+  // g3 goes; then B shares again (through g1 and g2 only).
+  ASSERT_TRUE(reg_.Revoke(kA, g3->id(), true).ok());
+  auto later = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(later.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  // g1 goes: both of B's grants still have g2.
+  ASSERT_TRUE(reg_.Revoke(kA, g1->id(), true).ok());
+  EXPECT_TRUE(reg_.Describe(kC, id).ok());
+  // g2 goes: nothing of what B shared is left.
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, g2->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(std::find(r->views.begin(), r->views.end(), 909), r->views.end());
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, later->token(), Accept).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(reg_.Describe(kA, id).ok());
+}
+
+// A grant shared on read-write through a read-write route does not outlive
+// that route's revoke by resting on a read route: it would hand the
+// revoked write access out again.
+TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
+  const TwoRoutes t = TwoRoutesToB(CpuAccess::kRead, 951);
+  const uint64_t id = t.id;
+  // B shares on: read-write to C, and read to C.
+  GrantView rw_to_c = ReadGrantForUid(3);
+  rw_to_c.access = CpuAccess::kReadWrite;
+  auto wide = reg_.Share(kB, id, [&](CpuAccess held) {
+    EXPECT_EQ(held, CpuAccess::kReadWrite);
+    return rw_to_c;
+  });
+  auto narrow = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(wide.ok() && narrow.ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, t.rw.id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_EQ(reg_.Import(kC, wide->token(), Accept).status().code(), StatusCode::kNotFound)
+      << "the revoked write access came back through B's read-write grant";
+  absl::StatusOr<Registry::Imported> c = reg_.Import(kC, narrow->token(), Accept);
+  ASSERT_TRUE(c.ok()) << c.status() << ": the read grant rests on B's read route";
+  EXPECT_EQ(c->info.cpu_access(), v1::CPU_ACCESS_READ);
+}
+
+// A route delivered at CPU-none (the importer's rule allows no CPU access)
+// covers no CPU access of the grants shared on through it, even when its
+// grant gives more: it is taken as delivered, not at its grant's rights.
+TEST_F(RegistryTest, ACpuNoneRouteCoversNoReadGrantAfterARevoke) {
+  const TwoRoutes t = TwoRoutesToB(CpuAccess::kNone, 961);  // read judged down to none
+  const uint64_t id = t.id;
+  auto on = ShareTo(kB, id, 3);
+  ASSERT_TRUE(on.ok());
+  ASSERT_TRUE(reg_.Revoke(kA, t.rw.id(), true).ok());
+  absl::StatusOr<v1::BufferInfo> b = reg_.Describe(kB, id);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->cpu_access(), v1::CPU_ACCESS_NONE);
+  EXPECT_EQ(reg_.Import(kC, on->token(), Accept).status().code(), StatusCode::kNotFound)
+      << "B, left with CPU-none, still passed on read access";
+}
+
+// A revoke landing while an import is under way (the route not noted yet):
+// the importer holds nothing it may share on, and each grant's imports
+// let go of are bounded (their view ids are kept for its revoke).
+TEST_F(RegistryTest, WhatARevokeLeftCannotBeSharedOnAndLetGoImportsAreBounded) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), Accept).ok());  // not delivered yet
+  ASSERT_TRUE(reg_.Revoke(kA, grant->id(), true).ok());
+  EXPECT_EQ(reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); }).status().code(),
+            StatusCode::kFailedPrecondition);
+  EXPECT_EQ(reg_.AddImportView(kB, grant->id(), id, CpuAccess::kRead, 1).code(),
+            StatusCode::kNotFound);
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+
+  auto kept = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(kept.ok());
+  for (uint64_t view = 1; view <= Registry::kMaxImportsPerGrant; ++view) {
+    ASSERT_TRUE(reg_.Import(kB, kept->token(), Accept).ok()) << view;
+    ASSERT_TRUE(reg_.AddImportView(kB, kept->id(), id, CpuAccess::kRead, view).ok());
+    ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  }
+  EXPECT_EQ(reg_.Import(kB, kept->token(), Accept).status().code(),
+            StatusCode::kResourceExhausted);
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, kept->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views.size(), Registry::kMaxImportsPerGrant) << "every one let go is cut off";
+}
+
+// Share and Import cost a client nothing, and each leaves state in
+// hallocd: both are bounded per session, with a reason, and the refusal
+// changes nothing.
+TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
+  const uint64_t id = AddN(kA, 1)[0];
+  std::vector<uint64_t> grants;
+  for (size_t i = 0; i < Registry::kMaxGrantsPerSession; ++i) {
+    auto g = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+    ASSERT_TRUE(g.ok()) << i << ": " << g.status();
+    grants.push_back(g->id());
+  }
+  auto over = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(Stats().grants(), Registry::kMaxGrantsPerSession);
+  ASSERT_TRUE(reg_.Revoke(kA, grants.back(), false).ok());
+  EXPECT_TRUE(reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); }).ok());
+
+  auto token = reg_.Share(kB, AddN(kB, 1)[0], [&](CpuAccess) { return ReadGrantForUid(1); });
+  ASSERT_TRUE(token.ok());
+  for (size_t i = 0; i < Registry::kMaxImportsPerGrant; ++i) {
+    auto imported = reg_.Import(kA, token->token(), Accept);
+    ASSERT_TRUE(imported.ok()) << i << ": " << imported.status();
+    ASSERT_TRUE(reg_.AddImportView(kA, token->id(), imported->buffer->id, CpuAccess::kRead,
+                                   1000 + i).ok());
+  }
+  EXPECT_EQ(reg_.Import(kA, token->token(), Accept).status().code(),
+            StatusCode::kResourceExhausted);
+}
+
+// On a backend with live revoke, an import whose view never reached the
+// client leaves neither its route nor its wider rights behind.
+TEST_F(RegistryTest, AnUndeliveredLiveImportLeavesNoRouteAndNoWiderRights) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  GrantView rw = ReadGrantForUid(2);
+  rw.access = CpuAccess::kReadWrite;
+  auto read_write = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
+  ASSERT_TRUE(read.ok() && read_write.ok());
+  ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kRead, 801));
+  auto wider = reg_.Import(kB, read_write->token(), Accept);
+  ASSERT_TRUE(wider.ok());
+  ASSERT_EQ(wider->widened_from, CpuAccess::kRead);
+  ASSERT_TRUE(reg_.AddImportView(kB, read_write->id(), id, CpuAccess::kReadWrite, 802).ok());
+  // The send failed: as the allocator undoes it.
+  reg_.DropImportView(kB, read_write->id(), id, 802);
+  reg_.UndoWidening(kB, id, CpuAccess::kReadWrite, *wider->widened_from);
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kB, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
+  // Revoking the read-write grant finds no view of it to cut.
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, read_write->id(), true);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->views.empty());
+}
+
+// A Share between an import and the noting of its view (another call of
+// the same session, racing) still knows where its granter's hold came
+// from: the revoke reaches it.
+TEST_F(RegistryTest, AShareRacingAnImportIsDerivedFromIt) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());  // no view noted yet
+  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  ASSERT_TRUE(b_to_c.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());  // its import failed, say
+  ASSERT_TRUE(reg_.Revoke(kA, to_b->id(), true).ok());
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), [](const GrantView&) {
+                    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
+                  }).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), false);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->views.empty());
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,133 @@
+// The registry's tests' fixture: a registry with two sessions (kA, uid 1;
+// kB, uid 2), one-page buffers, grants by uid, and imports noted as the
+// allocator notes them. registry_test.cc and registry_revoke_test.cc.
+#ifndef HALLOC_SERVICE_REGISTRY_TESTING_H_
+#define HALLOC_SERVICE_REGISTRY_TESTING_H_
+
+#include <sys/mman.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "service/registry.h"
+
+namespace halloc {
+
+inline constexpr uint64_t kPage = 4096;
+
+inline Identity Uid(uid_t uid) {
+  Identity id;
+  id.uid = uid;
+  id.pid = 100 + uid;
+  id.exe = "/bin/test";
+  return id;
+}
+
+inline std::shared_ptr<BufferRecord> Fresh(const std::string& key = "app/1",
+                                           uint64_t size = kPage) {
+  auto b = std::make_shared<BufferRecord>();
+  b->name = "t";
+  b->size = size;
+  b->owner_uid = 1;
+  b->owner_client = "app";
+  b->charged_to = key;
+  b->fd = UniqueFd(::memfd_create("registry_test", MFD_CLOEXEC));
+  return b;
+}
+
+inline absl::Status NoQuota(uint64_t, uint64_t) { return absl::OkStatus(); }
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  RegistryTest() : reg_("memfd", /*dma_bufs=*/false, /*max_buffers_per_session=*/4) {
+    reg_.Join(kA, Uid(1));
+    reg_.Join(kB, Uid(2));
+  }
+
+  // Adds `n` one-page buffers held by `session`; returns their ids.
+  std::vector<uint64_t> AddN(uint64_t session, int n,
+                             CpuAccess access = CpuAccess::kReadWrite) {
+    std::vector<std::shared_ptr<BufferRecord>> fresh;
+    for (int i = 0; i < n; ++i) fresh.push_back(Fresh());
+    v1::AllocateResponse reply;
+    absl::Status s = reg_.Add(session, fresh, access, NoQuota, &reply);
+    EXPECT_TRUE(s.ok()) << s;
+    std::vector<uint64_t> ids;
+    for (const auto& b : reply.buffers()) ids.push_back(b.id());
+    return ids;
+  }
+
+  v1::StatsResponse Stats() {
+    v1::StatsResponse s;
+    reg_.FillStats(&s);
+    return s;
+  }
+
+  GrantView ReadGrantForUid(uid_t uid) {
+    GrantView g;
+    g.peer_uid = uid;
+    g.from_client = "app";
+    g.from_uid = 1;
+    g.access = CpuAccess::kRead;
+    return g;
+  }
+
+  // `from` shares buffer `id` with `uid`, with CPU `access`.
+  absl::StatusOr<v1::Grant> ShareTo(uint64_t from, uint64_t id, uid_t uid,
+                                    CpuAccess access = CpuAccess::kRead) {
+    GrantView g = ReadGrantForUid(uid);
+    g.access = access;
+    return reg_.Share(from, id, [&](CpuAccess) { return g; });
+  }
+
+  // A's new buffer reaches B by two grants, a read one (imported at
+  // `through_read`, views `view`) and a read-write one (view `view` + 1);
+  // C (session kC, uid 3) joins.
+  static constexpr uint64_t kC = 30;
+  struct TwoRoutes {
+    uint64_t id = 0;
+    v1::Grant read, rw;
+  };
+  TwoRoutes TwoRoutesToB(CpuAccess through_read, uint64_t view) {
+    reg_.Join(kC, Uid(3));
+    TwoRoutes t;
+    t.id = AddN(kA, 1)[0];
+    absl::StatusOr<v1::Grant> read = ShareTo(kA, t.id, 2);
+    absl::StatusOr<v1::Grant> rw = ShareTo(kA, t.id, 2, CpuAccess::kReadWrite);
+    EXPECT_TRUE(read.ok() && rw.ok());
+    if (!read.ok() || !rw.ok()) return t;
+    t.read = *read;
+    t.rw = *rw;
+    EXPECT_TRUE(ImportView(kB, t.read, t.id, through_read, view));
+    EXPECT_TRUE(ImportView(kB, t.rw, t.id, CpuAccess::kReadWrite, view + 1));
+    return t;
+  }
+
+  // What a receiver accepts: the grant's terms as they are.
+  static absl::StatusOr<CpuAccess> Accept(const GrantView& g) { return g.access; }
+  // `session` imports `grant` and its view `view_id` (of `access`) is
+  // noted, as the allocator does once it delivered it.
+  ::testing::AssertionResult ImportView(uint64_t session, const v1::Grant& grant,
+                                        uint64_t buffer_id, CpuAccess access,
+                                        uint64_t view_id) {
+    if (absl::StatusOr<Registry::Imported> i = reg_.Import(session, grant.token(), Accept);
+        !i.ok()) {
+      return ::testing::AssertionFailure() << "Import: " << i.status();
+    }
+    if (absl::Status s = reg_.AddImportView(session, grant.id(), buffer_id, access, view_id);
+        !s.ok()) {
+      return ::testing::AssertionFailure() << "AddImportView: " << s;
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+  static constexpr uint64_t kA = 10, kB = 20;
+  Registry reg_;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_REGISTRY_TESTING_H_
