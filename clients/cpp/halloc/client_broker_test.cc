@@ -199,6 +199,37 @@ TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
   EXPECT_EQ(broker.releases()[0].buffer_ids_size(), 2);
 }
 
+// A call that fails for another reason than its deadline (here a malformed
+// record ahead of its answer) leaves its answer, when it comes, to be given
+// back like a late one: buffer 51 is released, its fd closed.
+TEST(ClientBrokerTest, TheAnswerOfACallThatFailedIsGivenBack) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_allocate()) {
+      (void)SendRecord(sock, "\xff\xff not a frame", {}, false);
+      absl::SleepFor(absl::Milliseconds(200));  // after the caller gave up
+      UniqueFd fd = Memfd();
+      FakeBroker::Reply(sock, AllocateReply(req.request_id(), {51}), {fd.get()});
+    } else if (req.has_release()) {
+      FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+    }
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const int fds_before = CountOpenFds();
+  EXPECT_EQ(c->Allocate(BlobDescriptor(4096)).status().code(), absl::StatusCode::kDataLoss);
+  absl::SleepFor(absl::Milliseconds(400));  // the answer is queued now
+  EXPECT_TRUE(c->Release(9).ok());  // takes it off the socket on the way
+  for (int i = 0; i < 1000 && broker.releases().size() < 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  std::set<uint64_t> released;
+  for (const v1::ReleaseRequest& r : broker.releases()) {
+    for (uint64_t id : r.buffer_ids()) released.insert(id);
+  }
+  EXPECT_EQ(released, (std::set<uint64_t>{9, 51}));
+  EXPECT_EQ(CountOpenFds(), fds_before) << "the answer's fd was kept";
+}
+
 // An OK answer without the buffers asked for is DATA_LOSS (and what did
 // come is given back), never a crash.
 TEST(ClientBrokerTest, AnAnswerWithoutTheBuffersAskedForIsDataLoss) {

@@ -208,6 +208,13 @@ def test_a_call_waits_for_its_own_answer_only():
     broker.close()
 
 
+def test_an_answer_without_the_buffers_asked_for_is_data_loss():
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=2.0)
+    with pytest.raises(halloc.DataLossError):
+        broker.client.allocate(halloc.blob(PAGE))  # answered with no buffers
+    broker.close()
+
+
 def test_calls_keep_their_timeout_when_the_daemon_stops_reading():
     resume = threading.Event()
     broker = _ScriptedBroker(lambda sock, req: resume.wait(), timeout=0.005)
