@@ -1,7 +1,6 @@
 #include "clients/cpp/halloc/client.h"
 
 #include <grpcpp/grpcpp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -184,11 +183,13 @@ class Client::Impl {
       absl::Status s = SendRecord(broker_.get(), bytes, {}, /*nonblocking=*/true);
       if (!absl::IsResourceExhausted(s)) return s;
       const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-      pollfd pfd{broker_.get(), POLLOUT, 0};
-      if (ms <= 0 || ::poll(&pfd, 1, static_cast<int>(ms)) == 0) {
+      s = ms > 0 ? WaitWritable(broker_.get(), static_cast<int>(ms))
+                 : absl::DeadlineExceededError("");
+      if (absl::IsDeadlineExceeded(s)) {
         return absl::DeadlineExceededError(
             "hallocd takes no requests (its broker socket is full)");
       }
+      RETURN_IF_ERROR(s);
     }
   }
 

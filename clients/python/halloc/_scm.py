@@ -145,11 +145,22 @@ def receive_record(sock, *, block=True):
 def wait_readable(sock, deadline):
     """Waits until `sock` is readable (or hung up) or time.monotonic()
     passes `deadline`: DeadlineExceededError then."""
+    _wait(sock, select.POLLIN, deadline, "no answer from hallocd in time")
+
+
+def wait_writable(sock, deadline):
+    """The same for room to write (a full broker queue: a daemon that does
+    not read it)."""
+    _wait(sock, select.POLLOUT, deadline,
+          "hallocd takes no requests (its broker socket is full)")
+
+
+def _wait(sock, events, deadline, timed_out):
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
+    poller.register(sock, events)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise errors.DeadlineExceededError("no answer from hallocd in time")
+            raise errors.DeadlineExceededError(timed_out)
         if poller.poll(left * 1000):  # EINTR is retried (PEP 475)
             return

@@ -31,7 +31,6 @@ connects a Client of its own.
 import ctypes
 import itertools
 import os
-import select
 import threading
 import time
 
@@ -408,17 +407,12 @@ class Client:
     def _send(self, data, deadline):
         """Sends one request, waiting while the socket is full (a daemon
         not reading it) until `deadline` at the most."""
-        poller = select.poll()
-        poller.register(self._broker, select.POLLOUT)
         while True:
             try:
                 _scm.send_record(self._broker, data, block=False)
                 return
             except errors.ResourceExhaustedError:
-                left = deadline - time.monotonic()
-                if left <= 0 or not poller.poll(left * 1000):
-                    raise errors.DeadlineExceededError(
-                        "hallocd takes no requests (its broker socket is full)") from None
+                _scm.wait_writable(self._broker, deadline)
 
     def _wait_for(self, ready, deadline):
         """Waits until `ready()` or `deadline`. Holds self._lock, except
@@ -439,6 +433,8 @@ class Client:
             finally:
                 self._lock.acquire()
                 self._reading = False
+                # The others wake once the lock is free again: after the
+                # filing below (or at once, should reading have failed).
                 self._filed.notify_all()
             self._file_received(got)
 
@@ -469,14 +465,12 @@ class Client:
             frame = _parse_frame(got.payload)
             if frame is not None:
                 self._file(frame, [], truncated=True)
-            self._filed.notify_all()
             return
         frame = _parse_frame(got.data)
         if frame is None:
             _scm.close_all(got.fds)
             raise errors.DataLossError("malformed frame on the broker socket")
         self._file(frame, got.fds, truncated=False)
-        self._filed.notify_all()
 
     def _file(self, frame, fds, truncated):
         lost = errors.ResourceExhaustedError(

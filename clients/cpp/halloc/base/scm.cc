@@ -181,18 +181,29 @@ bool AcceptsIncomingFds(int sock) {
   return on != 0;
 }
 
-absl::Status WaitReadable(int fd, int timeout_ms) {
-  pollfd pfd{fd, POLLIN, 0};
+namespace {
+
+absl::Status WaitFor(int fd, short events, int timeout_ms, absl::string_view what) {
+  pollfd pfd{fd, events, 0};
   int n;
   do {
     n = ::poll(&pfd, 1, timeout_ms);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return ErrnoStatus(errno, "poll");
   if (n == 0) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("nothing to read after ", timeout_ms, " ms"));
+    return absl::DeadlineExceededError(absl::StrCat(what, " after ", timeout_ms, " ms"));
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WaitReadable(int fd, int timeout_ms) {
+  return WaitFor(fd, POLLIN, timeout_ms, "nothing to read");
+}
+
+absl::Status WaitWritable(int fd, int timeout_ms) {
+  return WaitFor(fd, POLLOUT, timeout_ms, "no room to write");
 }
 
 }  // namespace halloc

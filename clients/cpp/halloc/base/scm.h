@@ -116,6 +116,8 @@ bool AcceptsIncomingFds(int sock);
 // Waits until `fd` is readable (or hung up) for at most `timeout_ms`
 // (-1: forever). DEADLINE_EXCEEDED on timeout.
 absl::Status WaitReadable(int fd, int timeout_ms);
+// The same for room to write (a SOCK_SEQPACKET peer's queue with room).
+absl::Status WaitWritable(int fd, int timeout_ms);
 
 }  // namespace halloc
 
