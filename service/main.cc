@@ -156,14 +156,16 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.dma_heap = absl::GetFlag(FLAGS_dma_heap);
   options.policy_file = absl::GetFlag(FLAGS_policy);
   const std::string mode = absl::GetFlag(FLAGS_socket_mode);
-  if (mode.empty() || mode.size() > 4 ||
-      mode.find_first_not_of("01234567") != std::string::npos ||
-      std::strtoul(mode.c_str(), nullptr, 8) > 0777) {
+  const unsigned long bits =  // octal digits only (at most four): no overflow
+      mode.empty() || mode.size() > 4 || mode.find_first_not_of("01234567") != std::string::npos
+          ? ~0ul
+          : std::strtoul(mode.c_str(), nullptr, 8);
+  if (bits > 0777) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--socket_mode must be permission bits in octal, 0 to 0777 (e.g. 0660), not '",
         absl::CHexEscape(mode), "'"));
   }
-  options.socket_mode = static_cast<mode_t>(std::strtoul(mode.c_str(), nullptr, 8));
+  options.socket_mode = static_cast<mode_t>(bits);
   options.limits.max_buffer_bytes = absl::GetFlag(FLAGS_max_buffer_bytes);
   // Sizes are rounded up to pages and multiplied by counts (at most 64)
   // in 64 bits: a limit near 2^64 would let them wrap.

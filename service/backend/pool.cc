@@ -124,7 +124,7 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     fd = TakeLocked(request, forgotten);
     mu_.Unlock();
   } else {
-    busy_misses_.fetch_add(1, std::memory_order_relaxed);
+    contended_.fetch_add(1, std::memory_order_relaxed);
   }
   if (fd) return fd;
   return Make(request);
@@ -267,7 +267,7 @@ PoolStats PooledBackend::stats() const {
   absl::MutexLock lock(&mu_);
   PoolStats s;
   s.hits = hits_;
-  s.contended = busy_misses_.load(std::memory_order_relaxed);
+  s.contended = contended_.load(std::memory_order_relaxed);
   s.misses = misses_ + s.contended;
   s.stocked_buffers = stocked_buffers_;
   s.stocked_bytes = stocked_bytes_;

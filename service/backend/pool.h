@@ -189,8 +189,8 @@ class PooledBackend : public Backend {
   Classes classes_ ABSL_GUARDED_BY(mu_);
   uint64_t stocked_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stocked_buffers_ ABSL_GUARDED_BY(mu_) = 0;
-  // Misses because mu_ was held by someone not running (see Allocate).
-  std::atomic<uint64_t> busy_misses_{0};
+  // PoolStats::contended: misses because mu_ stayed held (see Allocate).
+  std::atomic<uint64_t> contended_{0};
   uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t refill_failures_ ABSL_GUARDED_BY(mu_) = 0;

@@ -118,7 +118,7 @@ struct MetricsServer::Deadlines {
     self->open[connection] = Open{std::move(dup), MonotonicNow()};
   }
 
-  // A response went out: the next request has its own deadline.
+  // A whole request came: the next one has its own deadline, from now.
   void Answered(const MHD_Connection* connection) {
     absl::MutexLock lock(&mu);
     if (auto it = open.find(connection); it != open.end()) it->second.since = MonotonicNow();

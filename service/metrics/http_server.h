@@ -33,8 +33,8 @@ class MetricsServer {
   using Render = std::function<std::string()>;
 
   struct Options {
-    // Longest a connection may take from its start, or from the end of its
-    // last response, to a whole request.
+    // Longest a connection may take from its start, or from its last whole
+    // request, to a whole request.
     absl::Duration request_deadline = absl::Seconds(10);
   };
 

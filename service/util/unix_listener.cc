@@ -16,19 +16,6 @@
 
 namespace halloc {
 
-struct SocketFileAccess {
-  static SocketFile Make(UniqueFd dir, std::string name, std::string path, dev_t dev,
-                         ino_t ino) {
-    SocketFile f;
-    f.dir_ = std::move(dir);
-    f.name_ = std::move(name);
-    f.path_ = std::move(path);
-    f.dev_ = dev;
-    f.ino_ = ino;
-    return f;
-  }
-};
-
 namespace {
 
 // `path`'s directory, opened (following links as they are now) and held.
@@ -137,8 +124,7 @@ absl::StatusOr<BoundSocket> BindUnixSocket(const std::string& path, int type, mo
   }
   BoundSocket bound;
   bound.fd = std::move(fd);
-  bound.file = SocketFileAccess::Make(std::move(p.dir), std::move(p.name), path, st.st_dev,
-                                      st.st_ino);
+  bound.file = SocketFile(std::move(p.dir), std::move(p.name), path, st.st_dev, st.st_ino);
   return bound;
 }
 

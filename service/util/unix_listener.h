@@ -24,6 +24,11 @@ namespace halloc {
 class SocketFile {
  public:
   SocketFile() = default;
+  // Socket `name` in `dir` (its inode `dev`, `ino`), bound at `path`: as
+  // BindUnixSocket made it.
+  SocketFile(UniqueFd dir, std::string name, std::string path, dev_t dev, ino_t ino)
+      : dir_(std::move(dir)), name_(std::move(name)), path_(std::move(path)), dev_(dev),
+        ino_(ino) {}
   SocketFile(SocketFile&&) = default;
   SocketFile& operator=(SocketFile&&) = default;
 
@@ -32,7 +37,6 @@ class SocketFile {
   const std::string& path() const { return path_; }
 
  private:
-  friend struct SocketFileAccess;
   UniqueFd dir_;
   std::string name_, path_;
   dev_t dev_ = 0;
