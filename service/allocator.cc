@@ -470,7 +470,8 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
 }
 
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
-                                                 absl::string_view token) {
+                                                 absl::string_view token,
+                                                 uint64_t call_id) {
   std::shared_ptr<const Policy> pol = policy();
   // A caller no rule matches is refused before the token is looked at: an
   // unknown caller learns nothing about which tokens exist.
@@ -503,6 +504,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     ASSIGN_OR_RETURN(Outgoing out,
                      Prepare(absl::MakeConstSpan(&buffer, 1),
                              {decision->access, decision->attach}, live));
+    out.info.mutable_buffers(0)->set_call_id(call_id);
     if (live) {
       absl::Status noted =
           registry_.AddImportView(session.id(), imported.grant_id, buffer->id,

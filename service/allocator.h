@@ -101,8 +101,9 @@ class Allocator {
   // from the same plan as Allocate; 0 when the descriptor is refused.
   uint64_t PlannedBytes(const v1::AllocateRequest& req) const;
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
-  absl::StatusOr<v1::BufferInfo> Import(Session& session,
-                                        absl::string_view token);
+  // `call_id` goes back in the fd's BufferFd (ImportRequest.call_id).
+  absl::StatusOr<v1::BufferInfo> Import(Session& session, absl::string_view token,
+                                        uint64_t call_id = 0);
   // Withdraws a grant; on a backend that can (CanRevokeLive), also cuts
   // off every fd imported through it, in every process (registry.h).
   absl::Status Revoke(Session& session, uint64_t grant_id);

@@ -135,7 +135,7 @@ grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
                                       const v1::ImportRequest* req,
                                       v1::ImportResponse* resp) {
   HALLOC_WITH_SESSION("Import", {
-    absl::StatusOr<v1::BufferInfo> r = core_->Import(**session, req->grant_token());
+    absl::StatusOr<v1::BufferInfo> r = core_->Import(**session, req->grant_token(), req->call_id());
     if (!r.ok()) return r.status();
     *resp->mutable_buffer() = std::move(*r);
     return absl::OkStatus();

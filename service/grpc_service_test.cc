@@ -81,6 +81,28 @@ TEST_F(GrpcServiceTest, AllocateFindsTheSessionByTokenAndSendsFdsToItsChannel) {
 
 // The caller gave up (its deadline passed) while the buffers were being
 // delivered: it will never learn their ids, so they are not kept for it.
+TEST_F(GrpcServiceTest, AnImportsFdCarriesItsCallId) {
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::AllocateResponse resp;
+  ASSERT_TRUE(stub_->Allocate(Ctx(session_->token()).get(), req, &resp).ok());
+  v1::ShareRequest share;
+  share.set_buffer_id(resp.buffers(0).id());
+  share.mutable_peer()->set_uid(::getuid());
+  v1::ShareResponse grant;
+  ASSERT_TRUE(stub_->Share(Ctx(session_->token()).get(), share, &grant).ok());
+  EXPECT_EQ(channel_->sent[0].buffers(0).call_id(), 0u);  // Allocate's
+  for (uint64_t call : {uint64_t{77}, uint64_t{78}}) {
+    v1::ImportRequest import;
+    import.set_grant_token(grant.grant().token());
+    import.set_call_id(call);
+    v1::ImportResponse got;
+    ASSERT_TRUE(stub_->Import(Ctx(session_->token()).get(), import, &got).ok());
+    EXPECT_EQ(channel_->sent.back().buffers(0).buffer_id(), resp.buffers(0).id());
+    EXPECT_EQ(channel_->sent.back().buffers(0).call_id(), call);
+  }
+}
+
 TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
   channel_->delay = absl::Milliseconds(300);
   v1::AllocateRequest req;

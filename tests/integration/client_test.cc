@@ -275,6 +275,40 @@ TEST_F(ClientTest, ShareAndImportSeeTheSamePagesWithNarrowedRights) {
   EXPECT_EQ(d->holders_size(), 2);
 }
 
+// Two imports of one buffer in flight at once on one Client, under grants
+// of different rights: each gets the fd of its own import, not the other's
+// (their fds come ahead of the gRPC replies and carry the same buffer id).
+TEST_F(ClientTest, ConcurrentImportsOfOneBufferGetTheirOwnFds) {
+  absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(4096, 0, "twice"));
+  ASSERT_TRUE(b.ok());
+  absl::StatusOr<v1::Grant> ro = client().Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> rw =
+      client().Share(b->id(), getuid(), v1::CPU_ACCESS_READ_WRITE);
+  ASSERT_TRUE(ro.ok() && rw.ok());
+  absl::StatusOr<Client> peer = daemon().Connect();
+  ASSERT_TRUE(peer.ok());
+  std::atomic<int> wrong{0}, failed{0};
+  auto importer = [&](const std::string& token, v1::CpuAccess access, int mode) {
+    for (int i = 0; i < 150; ++i) {
+      absl::StatusOr<Buffer> got = peer->Import(token);
+      if (!got.ok()) {
+        ++failed;
+        continue;
+      }
+      if (got->info().cpu_access() != access ||
+          (fcntl(got->fd(), F_GETFL) & O_ACCMODE) != mode) {
+        ++wrong;
+      }
+    }
+  };
+  std::thread a(importer, ro->token(), v1::CPU_ACCESS_READ, O_RDONLY);
+  std::thread c(importer, rw->token(), v1::CPU_ACCESS_READ_WRITE, O_RDWR);
+  a.join();
+  c.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(failed.load(), 0);
+}
+
 // Whether a child process can become `uid` (root outside a sandbox).
 bool CanSwitchUid(uid_t uid) {
   return InChild([uid] { return setgid(uid) == 0 && setuid(uid) == 0 ? 0 : 1; }) == 0;

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -122,15 +123,21 @@ class Client::Impl {
     return r;
   }
 
-  // The fd for `buffer_id` that a gRPC call had sent ahead of its reply:
-  // normally queued already. Records for others are kept for them.
-  absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id) {
+  // A call id for ImportRequest.call_id: unique on this connection, like
+  // the broker's request ids (it comes from the same counter).
+  uint64_t NextCallId() { return next_request_id_.fetch_add(1, std::memory_order_relaxed); }
+
+  // The fd for `buffer_id` that a gRPC call (`call_id`, 0 for Allocate) had
+  // sent ahead of its reply: normally queued already. Records for others
+  // are kept for them.
+  absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id, uint64_t call_id) {
     const absl::Time deadline = absl::Now() + timeout_;
+    const FdKey key{buffer_id, call_id};
     absl::MutexLock lock(&mu_);
     RETURN_IF_ERROR(WaitFor([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                                mu_) { return pending_.contains(buffer_id); },
+                                mu_) { return pending_.contains(key); },
                             deadline));
-    auto it = pending_.find(buffer_id);
+    auto it = pending_.find(key);
     absl::StatusOr<UniqueFd> fd = std::move(it->second.fd);
     pending_.erase(it);
     return fd;
@@ -146,8 +153,8 @@ class Client::Impl {
         "; after fork() a child connects a Client of its own"));
   }
 
-  absl::StatusOr<Buffer> Receive(v1::BufferInfo info) {
-    ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id()));
+  absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0) {
+    ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id(), call_id));
     return Buffer(std::move(info), std::move(fd));
   }
 
@@ -292,7 +299,7 @@ class Client::Impl {
       std::vector<uint64_t> ids;
       for (const v1::BufferFd& b : described) {
         ids.push_back(b.buffer_id());
-        pending_[b.buffer_id()] = {
+        pending_[FdKey{b.buffer_id(), b.call_id()}] = {
             truncated ? lost : absl::DataLossError("malformed frame on the broker socket"),
             absl::Now()};
       }
@@ -304,7 +311,8 @@ class Client::Impl {
     const absl::Time now = absl::Now();
     absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
     for (size_t i = 0; i < described.size(); ++i) {
-      pending_[described[i].buffer_id()] = {std::move(fds[i]), now};
+      const FdKey key{described[i].buffer_id(), described[i].call_id()};
+      pending_[key] = {std::move(fds[i]), now};
     }
   }
 
@@ -331,7 +339,9 @@ class Client::Impl {
     absl::StatusOr<UniqueFd> fd;
     absl::Time since;
   };
-  absl::flat_hash_map<uint64_t, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
+  // By (buffer id, call id): two imports of one buffer may be in flight.
+  using FdKey = std::pair<uint64_t, uint64_t>;
+  absl::flat_hash_map<FdKey, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
   // Requests whose caller stopped waiting (or that nobody waits for).
   absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
@@ -480,9 +490,10 @@ absl::StatusOr<v1::DumpResponse> Client::Dump() {
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));
+  req.set_call_id(impl_->NextCallId());
   ASSIGN_OR_RETURN(v1::ImportResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Import, req, "Import"));
-  return impl_->Receive(std::move(*resp.mutable_buffer()));
+  return impl_->Receive(std::move(*resp.mutable_buffer()), req.call_id());
 }
 
 absl::StatusOr<v1::BufferInfo> Client::SetMetadata(

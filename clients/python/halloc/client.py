@@ -207,7 +207,9 @@ class Client:
         self._timeout = timeout
         self._fast_path = broker_fast_path
         self._request_ids = itertools.count(1)  # 0 was the handshake's Verify
-        self._pending = {}    # buffer id -> _Pending (gRPC calls' fds)
+        # (buffer id, call id) -> _Pending (gRPC calls' fds; call id 0 for
+        # Allocate's, ImportRequest.call_id for an import's)
+        self._pending = {}
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
         self._abandoned = set()  # requests whose caller stopped waiting
 
@@ -331,10 +333,13 @@ class Client:
     def import_buffer(self, token):
         """Takes a buffer shared with us: a Buffer with its own fd, carrying
         the grant's rights."""
+        # Two imports of one buffer may be in flight: the call id tells
+        # their fds apart (it comes from the request ids' counter).
         req = allocator_pb2.ImportRequest(
-            grant_token=token.encode() if isinstance(token, str) else token)
+            grant_token=token.encode() if isinstance(token, str) else token,
+            call_id=next(self._request_ids))
         info = self._call(self._stub.Import, req, "Import").buffer
-        return Buffer(self, info, self._take_fd(info.id))
+        return Buffer(self, info, self._take_fd(info.id, req.call_id))
 
     import_ = import_buffer
 
@@ -393,13 +398,14 @@ class Client:
             raise errors.error_for(err.code, f"{name}: {err.message}")
         return reply, fds
 
-    def _take_fd(self, buffer_id):
+    def _take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
         queued before the reply). Frames for others are kept for them."""
         deadline = time.monotonic() + self._timeout
+        key = (buffer_id, call_id)
         with self._lock:
-            self._wait_for(lambda: buffer_id in self._pending, deadline)
-            p = self._pending.pop(buffer_id)
+            self._wait_for(lambda: key in self._pending, deadline)
+            p = self._pending.pop(key)
         if p.error is not None:
             raise p.error
         return p.fd
@@ -499,22 +505,22 @@ class Client:
             bad = lost if truncated else errors.DataLossError(
                 "malformed frame on the broker socket")
             for b in described:
-                self._replace_pending(b.buffer_id, _Pending(None, bad, now))
+                self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
             self._give_back([b.buffer_id for b in described])
             return
         # fds no gRPC call claimed (its deadline passed; hallocd released
         # the buffers) are dropped after a while instead of piling up.
-        for bid in [k for k, p in self._pending.items()
+        for key in [k for k, p in self._pending.items()
                     if now - p.since > 2 * self._timeout]:
-            self._pending.pop(bid).close()
+            self._pending.pop(key).close()
         for b, fd in zip(described, fds):
-            self._replace_pending(b.buffer_id, _Pending(fd, None, now))
+            self._replace_pending((b.buffer_id, b.call_id), _Pending(fd, None, now))
 
-    def _replace_pending(self, buffer_id, pending):
-        old = self._pending.get(buffer_id)
+    def _replace_pending(self, key, pending):
+        old = self._pending.get(key)
         if old is not None:
             old.close()
-        self._pending[buffer_id] = pending
+        self._pending[key] = pending
 
     def _give_back(self, ids):
         """Releases buffers without waiting for the answer (their fds were

@@ -423,6 +423,32 @@ def test_share_read_only_reaches_the_peer_read_only(connect):
     consumer.release(got)
 
 
+def test_concurrent_imports_of_one_buffer_get_their_own_fds(connect):
+    # Their fds come ahead of the gRPC replies with the same buffer id.
+    producer, consumer = connect(), connect()
+    buf = producer.allocate(halloc.blob(PAGE))
+    grants = [(producer.share(buf, uid=os.getuid(), cpu_access=access).token, mode)
+              for access, mode in ((READ, os.O_RDONLY), (READ_WRITE, os.O_RDWR))]
+    wrong = []
+
+    def importer(token, mode):
+        try:
+            for _ in range(60):
+                got = consumer.import_buffer(token)
+                if fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE != mode:
+                    wrong.append(got.cpu_access)
+                got.close()
+        except halloc.HallocError as e:  # a call that timed out, say
+            wrong.append(e)
+
+    threads = [threading.Thread(target=importer, args=g) for g in grants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
 def test_no_fd_leaks(hallocd):
     uid = os.getuid()
 
