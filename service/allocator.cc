@@ -402,6 +402,7 @@ v1::StatsResponse Allocator::Stats() {
     b.set_pool_stock_bytes(pool.stocked_bytes);
     b.set_pool_hits_total(pool.hits);
     b.set_pool_misses_total(pool.misses);
+    b.set_pool_contended_misses_total(pool.contended);
   }
   absl::MutexLock lock(&policy_mu_);
   for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;

@@ -47,6 +47,7 @@ v1::StatsResponse Sample() {
   b->set_live_buffers(3);
   b->set_pool_stock_buffers(5);
   b->set_pool_hits_total(6);
+  b->set_pool_contended_misses_total(2);
   LatencyHistogram h;
   h.Record(absl::Microseconds(30));
   h.Record(absl::Microseconds(40));
@@ -63,6 +64,8 @@ TEST(PrometheusTest, RendersGaugesCountersLabelsAndACumulativeHistogram) {
   EXPECT_TRUE(absl::StrContains(text, "halloc_denials_total{rule=\"camera\"} 2\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_stock_buffers{backend=\"memfd\"} 5\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_hits_total{backend=\"memfd\"} 6\n"));
+  EXPECT_TRUE(absl::StrContains(
+      text, "halloc_pool_contended_misses_total{backend=\"memfd\"} 2\n"));
   // Buckets are cumulative, le in seconds, +Inf equals _count.
   EXPECT_TRUE(absl::StrContains(text, "halloc_allocate_latency_seconds_bucket{le=\"2.5e-05\"} 0\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_allocate_latency_seconds_bucket{le=\"5e-05\"} 2\n"));

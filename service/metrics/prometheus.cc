@@ -144,6 +144,9 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
       {"halloc_pool_misses_total", "counter",
        "Allocations a pool had no stock for since start.",
        &v1::BackendStats::pool_misses_total},
+      {"halloc_pool_contended_misses_total", "counter",
+       "Of the misses, those made because the pool's lock stayed held.",
+       &v1::BackendStats::pool_contended_misses_total},
   };
   for (const BackendFamily& f : kBackendFamilies) {
     Family family(&out, f.name, f.type, f.help);
