@@ -1,5 +1,6 @@
 // The real hallocd binary: starts, serves, and exits 0 on SIGTERM with its
 // sockets removed.
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -7,9 +8,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/subprocess.h"
@@ -184,6 +189,67 @@ TEST_F(HallocdTest, ReplacesAStaleSocket) {
   WaitExit();
   StartDaemon();
   EXPECT_TRUE(ConnectWithRetry().ok());
+}
+
+// A user's hallocd binds in $XDG_RUNTIME_DIR/halloc, and only if that is
+// a real directory: a link there (to a directory of anyone's choosing) is
+// refused before anything is bound or chmod-ed through it.
+TEST_F(HallocdTest, RefusesAUserSocketDirThatIsALink) {
+  constexpr uid_t kUser = 65534;
+  const std::string as_user = absl::StrCat("--reuid=", kUser);
+  const std::string as_group = absl::StrCat("--regid=", kUser);
+  const std::vector<std::string> setpriv = {"/usr/bin/setpriv", as_user, as_group,
+                                            "--clear-groups"};
+  {
+    SpawnOptions probe{.argv = setpriv};
+    probe.argv.push_back("/bin/true");
+    absl::StatusOr<Subprocess> p = Subprocess::Spawn(probe);
+    std::optional<int> st = p.ok() ? p->Wait(absl::Seconds(10)) : std::nullopt;
+    if (!st || !WIFEXITED(*st) || WEXITSTATUS(*st) != 0) {
+      GTEST_SKIP() << "cannot run as uid " << kUser
+                   << " here (not root, or a user namespace that maps only one uid)";
+    }
+  }
+  const std::string run = dir_ + "/run", elsewhere = dir_ + "/elsewhere";
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  for (const std::string& d : {run, elsewhere}) {
+    ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
+    ASSERT_EQ(::chown(d.c_str(), kUser, kUser), 0);
+  }
+  ASSERT_EQ(::symlink(elsewhere.c_str(), (run + "/halloc").c_str()), 0);
+  const std::string log = dir_ + "/stderr";
+  auto start = [&]() -> absl::StatusOr<Subprocess> {
+    SpawnOptions o{.argv = setpriv};
+    o.argv.push_back(HallocdPath());
+    o.env = EnvironmentWith({"XDG_RUNTIME_DIR=" + run});
+    const int err = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (err < 0) return absl::InternalError("cannot open the log");
+    o.stderr_fd = err;
+    absl::StatusOr<Subprocess> d = Subprocess::Spawn(o);
+    ::close(err);
+    return d;
+  };
+  absl::StatusOr<Subprocess> refused = start();
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  const std::optional<int> status = refused->Wait(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value()) << "hallocd started over a link";
+  ASSERT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 1);
+  std::ifstream in(log);
+  const std::string said((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_TRUE(absl::StrContains(said, "is not a directory")) << said;
+  EXPECT_TRUE(std::filesystem::is_empty(elsewhere)) << "bound through the link";
+
+  // The same as a real directory serves (what refused was the link).
+  ASSERT_EQ(::unlink((run + "/halloc").c_str()), 0);
+  absl::StatusOr<Subprocess> d = start();
+  ASSERT_TRUE(d.ok()) << d.status();
+  daemon_ = *std::move(d);
+  opts_.control_socket = run + "/halloc/control.sock";
+  opts_.broker_socket = run + "/halloc/broker.sock";
+  absl::StatusOr<Client> c = ConnectWithRetry();
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->Stats().ok());
 }
 
 }  // namespace
