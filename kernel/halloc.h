@@ -106,7 +106,10 @@ struct halloc_view {
 	 */
 	struct inode *inode;
 	struct list_head node;		/* in halloc_buffer.view_list */
-	struct page *scratch;		/* a revoked view's vmap (see uapi) */
+	/* Devices attached through this view (halloc_dmabuf_vmap). */
+	u32 nr_attach;
+	/* A vmap that must not reach the pages (halloc_scratch_vmap). */
+	struct page *scratch;
 	void *scratch_vaddr;
 };
 
@@ -171,8 +174,8 @@ int halloc_buffer_info(struct halloc_buffer_info *info);
 
 /* halloc_revoke.c */
 int halloc_view_revoke(const struct halloc_revoke_data *data);
-int halloc_revoked_vmap(struct halloc_view *view, struct iosys_map *map);
-bool halloc_revoked_vunmap(struct halloc_view *view, struct iosys_map *map);
+int halloc_scratch_vmap(struct halloc_view *view, struct iosys_map *map);
+bool halloc_scratch_vunmap(struct halloc_view *view, struct iosys_map *map);
 
 /* halloc_debugfs.c */
 void halloc_debugfs_init(void);

@@ -32,6 +32,7 @@
 #include <linux/mm.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
+#include <linux/swiotlb.h>
 
 #include "halloc.h"
 
@@ -53,9 +54,12 @@ static unsigned int halloc_dev_max_seg(struct device *dev)
 }
 
 /*
- * -EBUSY when @dev cannot use the buffer: no DMA at all, or (once backed)
- * the pages as allocated cannot serve it. Refuse rather than let swiotlb
- * bounce a buffer the CPU may be mapping at the same time.
+ * -EBUSY when @dev cannot use the buffer: no DMA at all, a device whose
+ * every mapping bounces through swiotlb (swiotlb=force, a confidential
+ * guest), or (once backed) the pages as allocated cannot serve it. Refuse
+ * rather than let swiotlb bounce a buffer the CPU may be mapping at the
+ * same time: a sync for one holder would copy the bounce buffer over what
+ * another wrote since.
  */
 int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 {
@@ -63,7 +67,8 @@ int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 	pgoff_t i;
 
 	lockdep_assert_held(&buf->lock);
-	if (!dev->dma_mask || !halloc_dev_max_seg(dev))
+	if (!dev->dma_mask || !halloc_dev_max_seg(dev) ||
+	    is_swiotlb_force_bounce(dev))
 		return -EBUSY;
 	if (!buf->pages)
 		return 0;	/* backing will take @dev into account */

@@ -13,6 +13,7 @@
 #include <linux/dma-buf.h>
 #include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
+#include <linux/fcntl.h>
 #include <linux/fs.h>
 #include <linux/highmem.h>
 #include <linux/iosys-map.h>
@@ -96,6 +97,9 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	struct halloc_attach *a;
 	int ret;
 
+	/* Revoked outranks the list (rechecked under the lock below). */
+	if (READ_ONCE(view->revoked))
+		return -ENODEV;
 	if (!halloc_view_allows_driver(view, halloc_dev_driver_name(dev)))
 		return -EPERM;
 	a = kzalloc(sizeof(*a), GFP_KERNEL);
@@ -117,6 +121,7 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 		goto unlock;
 	list_add(&a->node, &buf->attachments);
 	buf->nr_attach++;
+	view->nr_attach++;
 	attachment->priv = a;
 unlock:
 	mutex_unlock(&buf->lock);
@@ -128,12 +133,14 @@ unlock:
 static void halloc_dmabuf_detach(struct dma_buf *dmabuf,
 				 struct dma_buf_attachment *attachment)
 {
-	struct halloc_buffer *buf = halloc_buf(dmabuf);
+	struct halloc_view *view = dmabuf->priv;
+	struct halloc_buffer *buf = view->buf;
 	struct halloc_attach *a = attachment->priv;
 
 	mutex_lock(&buf->lock);
 	list_del(&a->node);
 	buf->nr_attach--;
+	view->nr_attach--;
 	if (a->mapped) {
 		/* The importer detached without unmapping; do it for it. */
 		dma_unmap_sgtable(a->dev, &a->sgt, a->dir, 0);
@@ -257,6 +264,9 @@ static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 	struct halloc_buffer *buf = view->buf;
 	int ret;
 
+	/* Revoked outranks the rights (rechecked under the lock below). */
+	if (READ_ONCE(view->revoked))
+		return -ENODEV;
 	ret = halloc_cpu_allowed(view, dir);
 	if (ret)
 		return ret;
@@ -336,20 +346,22 @@ static int halloc_dmabuf_mmap(struct dma_buf *dmabuf,
 	struct halloc_view *view = dmabuf->priv;
 	struct halloc_buffer *buf = view->buf;
 
+	/* Errors in the uapi's order: revoked, then rights, then the shape. */
+	if (READ_ONCE(view->revoked))
+		return -ENODEV;
+	if (view->cpu_access == HALLOC_CPU_NONE)
+		return -EPERM;
+	if (view->cpu_access == HALLOC_CPU_READ && vma->vm_flags & VM_WRITE)
+		return -EPERM;
 	/* Private (copy-on-write) mappings of device memory make no sense. */
 	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	if (vma->vm_pgoff > buf->nr_pages ||
 	    vma_pages(vma) > buf->nr_pages - vma->vm_pgoff)
 		return -EINVAL;
-	if (view->cpu_access == HALLOC_CPU_NONE)
-		return -EPERM;
-	if (view->cpu_access == HALLOC_CPU_READ) {
-		if (vma->vm_flags & VM_WRITE)
-			return -EPERM;
+	if (view->cpu_access == HALLOC_CPU_READ)
 		vma->vm_flags &= ~VM_MAYWRITE;
-	}
-	/* A revoke racing past this check finds no PTE; faults see it. */
+	/* A revoke racing past the first check finds no PTE; faults see it. */
 	if (READ_ONCE(view->revoked))
 		return -ENODEV;
 
@@ -381,10 +393,22 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 * importer gets the errno. We accept that rather than back with
 	 * __GFP_NOFAIL past the accounting cap: there is no way to refuse a
 	 * kernel vmap quietly in 6.1 short of having no vmap op at all.
+	 *
+	 * A view restricted to some drivers maps the pages only while a
+	 * device has attached through it (and so passed the list): vb2
+	 * dma-contig attaches, then vmaps to fill a frame. A kernel importer
+	 * that only vmaps (videobuf2-vmalloc) names no device, so on such a
+	 * view it gets the scratch mapping a revoked view gets: it reads
+	 * zeros and its writes reach no one, where it would otherwise write
+	 * into pages the list kept every unlisted device away from.
 	 */
 	mutex_lock(&buf->lock);
-	if (view->revoked) {
-		ret = halloc_revoked_vmap(view, map);
+	if (view->revoked ||
+	    (view->flags & HALLOC_VIEW_RESTRICT_ATTACH && !view->nr_attach)) {
+		if (!view->revoked)
+			pr_notice_ratelimited("halloc: view %llu: vmap by a kernel importer that did not attach, of a view restricted to some drivers: scratch page\n",
+					      view->id);
+		ret = halloc_scratch_vmap(view, map);
 		goto unlock;
 	}
 	if (!buf->vmap_cnt) {
@@ -414,8 +438,8 @@ static void halloc_dmabuf_vunmap(struct dma_buf *dmabuf,
 	struct halloc_buffer *buf = view->buf;
 
 	mutex_lock(&buf->lock);
-	if (halloc_revoked_vunmap(view, map))
-		;	/* the scratch mapping of a revoked view: freed */
+	if (halloc_scratch_vunmap(view, map))
+		;	/* a scratch mapping (revoked or unattached view): freed */
 	else if (!WARN_ON_ONCE(!buf->vmap_cnt) && !--buf->vmap_cnt) {
 		vunmap(buf->vaddr);
 		buf->vaddr = NULL;
@@ -568,6 +592,15 @@ struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
 	 * only narrow, so none of them ever has any. */
 	view->cpu_access = heap->protected_content ? HALLOC_CPU_NONE :
 						     HALLOC_CPU_READ_WRITE;
+	/*
+	 * The fd's access mode caps the rights, as it caps a view's source
+	 * (halloc_view_narrows): importers that mmap or sync for the holder
+	 * (dma_buf_mmap() through a DRM driver's own fd) see only these.
+	 */
+	if ((fd_flags & O_ACCMODE) == O_WRONLY)
+		view->cpu_access = HALLOC_CPU_NONE;
+	else if ((fd_flags & O_ACCMODE) == O_RDONLY)
+		view->cpu_access = min_t(u32, view->cpu_access, HALLOC_CPU_READ);
 
 	buf = halloc_buffer_create(heap, size);
 	if (IS_ERR(buf)) {

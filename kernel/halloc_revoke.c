@@ -98,12 +98,14 @@ put:
 }
 
 /*
- * dma_buf_vmap() of a revoked view: 6.1's core WARNs on an exporter vmap
- * failure, so map one private zeroed page over the whole size instead of
- * the buffer. The core keeps one mapping per dma-buf, so a view has at
- * most one scratch mapping at a time.
+ * dma_buf_vmap() of a view that may not reach the pages (revoked, or
+ * restricted to devices none of which has attached it: see
+ * halloc_dmabuf_vmap): 6.1's core WARNs on an exporter vmap failure, so
+ * map one private zeroed page over the whole size instead of the buffer.
+ * The core keeps one mapping per dma-buf, so a view has at most one
+ * scratch mapping at a time.
  */
-int halloc_revoked_vmap(struct halloc_view *view, struct iosys_map *map)
+int halloc_scratch_vmap(struct halloc_view *view, struct iosys_map *map)
 {
 	pgoff_t i, nr = view->buf->nr_pages;
 	struct page **pages;
@@ -135,8 +137,8 @@ free_array:
 	return ret;
 }
 
-/* Undo halloc_revoked_vmap() if @map is its mapping; false otherwise. */
-bool halloc_revoked_vunmap(struct halloc_view *view, struct iosys_map *map)
+/* Undo halloc_scratch_vmap() if @map is its mapping; false otherwise. */
+bool halloc_scratch_vunmap(struct halloc_view *view, struct iosys_map *map)
 {
 	lockdep_assert_held(&view->buf->lock);
 	if (!view->scratch || map->is_iomem || map->vaddr != view->scratch_vaddr)

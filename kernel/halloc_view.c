@@ -24,6 +24,12 @@ static int halloc_view_data_valid(const struct halloc_view_data *data)
 {
 	u32 i;
 
+	/* Out fields and unused entries are reserved: zero on input. */
+	if (data->view_id || (data->num_drivers <= HALLOC_MAX_DRIVERS &&
+			      memchr_inv(data->drivers[data->num_drivers], 0,
+					 (HALLOC_MAX_DRIVERS - data->num_drivers) *
+						 HALLOC_NAME_LEN)))
+		return -EINVAL;
 	if (data->fd || data->fd_flags & ~O_CLOEXEC ||
 	    data->cpu_access > HALLOC_CPU_READ_WRITE ||
 	    data->flags & ~HALLOC_VIEW_VALID_FLAGS ||
@@ -69,7 +75,7 @@ struct dma_buf *halloc_view_export(const struct halloc_view_data *data)
 	struct halloc_view *parent, *view;
 	struct dma_buf *source, *dmabuf;
 	char *name = NULL;
-	u32 flags;
+	u32 flags, i;
 	int ret;
 
 	ret = halloc_view_data_valid(data);
@@ -106,7 +112,9 @@ struct dma_buf *halloc_view_export(const struct halloc_view_data *data)
 	view->flags = data->flags;
 	view->is_view = true;
 	view->num_drivers = data->num_drivers;
-	memcpy(view->drivers, data->drivers, sizeof(view->drivers));
+	/* Each name and nothing after its NUL: INFO shows them to holders. */
+	for (i = 0; i < data->num_drivers; i++)
+		strscpy(view->drivers[i], data->drivers[i], HALLOC_NAME_LEN);
 	view->buf = parent->buf;
 	kref_get(&view->buf->ref);
 

@@ -19,7 +19,11 @@
  * The heap nodes speak the upstream dma-heap UAPI unchanged
  * (DMA_HEAP_IOCTL_ALLOC with struct dma_heap_allocation_data from
  * <linux/dma-heap.h>), so existing dma-heap users work against them.
- * Every buffer is zero-filled when it is handed out.
+ * Every buffer is zero-filled when it is handed out. The access mode in
+ * fd_flags sets the first fd's CPU rights as a view's would be set (below):
+ * O_RDWR READ_WRITE, O_RDONLY READ, O_WRONLY NONE (HALLOC_IOCTL_INFO says
+ * which), for every path to the memory, an importer's mmap or
+ * DMA_BUF_IOCTL_SYNC included, not only the VFS's check of mmap(2).
  *
  * Views
  * -----
@@ -55,11 +59,21 @@
  *               (dev->driver->name), or the device name for a device with no
  *               driver bound (vgem's platform device is "vgem"). An empty
  *               list with the flag set forbids every attach. The list
- *               binds attaching importers only: a kernel importer that
- *               just vmaps (videobuf2-vmalloc) names no device and is
- *               governed by cpu_access alone (a HALLOC_CPU_NONE view has
- *               no vmap); give such a client NONE when a device must not
- *               reach the memory that way.
+ *               binds kernel vmaps too: a restricted view's dma_buf_vmap()
+ *               maps the buffer only while a device has attached through
+ *               this view (so passed the list; videobuf2-dma-contig
+ *               attaches, then vmaps to fill a frame). A kernel importer
+ *               that only vmaps (videobuf2-vmalloc: uvcvideo, vivid by
+ *               default) names no device, so on a restricted view it gets
+ *               a private zeroed scratch page over the whole size, as a
+ *               revoked view does: it reads zeros, its writes reach no
+ *               one, and the module logs a notice. The core shares one
+ *               vmap per dma-buf among its kernel users, so while a listed
+ *               device holds a vmap of the view, another kernel user of
+ *               the same dma-buf is handed that mapping without the
+ *               exporter being asked.
+ *               Unused entries (from num_drivers on) are reserved and must
+ *               be zero; what follows each name's NUL is not kept.
  *   name        shown by DMA_BUF_IOCTL_SET_NAME readers (fdinfo, debugfs).
  *
  * Rights only narrow: asking for more than the source fd carries (more CPU
@@ -107,6 +121,13 @@
  * not reach the memory (fstat, lseek, INFO: HALLOC_INFO_REVOKED) work, and
  * DMA_BUF_IOCTL_EXPORT/IMPORT_SYNC_FILE still reach the shared reservation
  * object (the dma-buf core handles them without asking the exporter).
+ * That object is one per buffer, shared by every view: implicit sync is
+ * what makes a consumer wait for a producer's device, so any holder (a
+ * READ or NONE view, a revoked one, or a device import of it) can add a
+ * fence that every implicit-sync user of the buffer then waits for, up to
+ * the fence's own timeout. Holding any fd of a buffer is trust enough to
+ * delay its other users; it is never enough to reach memory it was not
+ * given.
  * Revoking a revoked view succeeds again.
  * Errors: EINVAL (flags not 0, view_id 0 or the original's id: an original
  * cannot be revoked, close it), ENOENT (no live view of that buffer has that
@@ -129,7 +150,14 @@
  * heap's limit (module parameters max_buffer_mb, contig_max_kb,
  * max_total_mb) or memory is short.
  *
- * dma_buf_attach() also fails with EBUSY when the buffer's pages cannot be
+ * Of the errors of mmap(), DMA_BUF_IOCTL_SYNC and dma_buf_attach(), a
+ * revoked view's ENODEV comes first, then the rights' EPERM, then EINVAL
+ * for the request's shape (MAP_PRIVATE, a range past the end).
+ *
+ * dma_buf_attach() also fails with EBUSY when the device bounces every
+ * mapping through swiotlb (swiotlb=force, a confidential guest): a sync for
+ * one holder would copy the bounce buffer over what another wrote since.
+ * It fails with EBUSY too when the buffer's pages cannot be
  * used by the device as allocated: the device is direct-mapped and its DMA
  * mask cannot reach every page, or its driver is listed in the module
  * parameter contig_only_drivers (default "vivid": videobuf2-dma-contig needs
@@ -235,7 +263,8 @@
  * @name:        in: NUL-terminated name of the view (may be empty)
  * @drivers:     in: NUL-terminated, non-empty driver names allowed to attach
  * @view_id:     out: the new view's id, for HALLOC_IOCTL_REVOKE (absent
- *               from callers built before it: the struct grew)
+ *               from callers built before it: the struct grew); must be 0
+ *               on input
  */
 struct halloc_view_data {
 	__u32 fd;

@@ -212,6 +212,31 @@ TEST_F(RevokeTest, ViewDepthIsBounded) {
 
 // A device import made before the revoke keeps its mapping (a static
 // importer cannot be torn down: documented); a new import fails, and
+// ENODEV, whatever else is wrong with the request: a revoked view says so
+// before its rights (a write to a read view, an unlisted device) or the
+// mapping's shape (MAP_PRIVATE) are looked at.
+TEST_F(RevokeTest, RevokedOutranksEveryOtherError) {
+  ViewSpec spec;
+  spec.cpu = HALLOC_CPU_READ;
+  spec.restrict_attach = true;  // no driver at all
+  UniqueFd view(MakeView(ctl_.get(), buf_.get(), spec));
+  ASSERT_TRUE(view.valid());
+  // Unrevoked: the rights speak first (EPERM, not MAP_PRIVATE's EINVAL).
+  spec.cpu = HALLOC_CPU_NONE;
+  UniqueFd none(MakeView(ctl_.get(), buf_.get(), spec));
+  ASSERT_TRUE(none.valid());
+  EXPECT_FALSE(Map(none.get(), size_, PROT_READ, MAP_PRIVATE).valid());
+  EXPECT_EQ(errno, EPERM);
+
+  ASSERT_EQ(Revoke(ctl_.get(), buf_.get(), InfoOf(view.get()).view_id), 0);
+  EXPECT_EQ(Sync(view.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE), -ENODEV);
+  EXPECT_FALSE(Map(view.get(), size_, PROT_READ, MAP_PRIVATE).valid());
+  EXPECT_EQ(errno, ENODEV);
+  if (vgem_.valid()) {
+    EXPECT_EQ(Import(vgem_.get(), view.get()), -ENODEV) << "vgem is not listed";
+  }
+}
+
 // vgem's mmap of the old import (dma_buf_mmap) is refused.
 TEST_F(RevokeTest, VgemImportRefusedAfterRevoke) {
   if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";

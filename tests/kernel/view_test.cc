@@ -5,6 +5,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -216,6 +217,41 @@ TEST_F(ViewTest, WriteOnlyFileCountsAsNoCpu) {
   EXPECT_TRUE(none.valid());
 }
 
+// What follows a driver name's NUL is dropped, not kept and shown to every
+// holder by INFO (a creator's stack bytes, say).
+TEST_F(ViewTest, BytesAfterADriverNameAreNotKept) {
+  halloc_view_data d = {};
+  d.source_fd = buf_.get();
+  d.cpu_access = HALLOC_CPU_READ;
+  d.fd_flags = O_CLOEXEC;
+  d.flags = HALLOC_VIEW_RESTRICT_ATTACH;
+  d.num_drivers = 1;
+  memcpy(d.drivers[0], "vgem\0secret", 11);
+  ASSERT_EQ(Ioctl(ctl_.get(), HALLOC_IOCTL_VIEW, &d), 0);
+  UniqueFd view(static_cast<int>(d.fd));
+  const halloc_buffer_info info = InfoOf(view.get());
+  ASSERT_EQ(info.num_drivers, 1u);
+  EXPECT_STREQ(info.drivers[0], "vgem");
+  EXPECT_EQ(std::count(info.drivers[0], info.drivers[0] + HALLOC_NAME_LEN, '\0'),
+            HALLOC_NAME_LEN - 4);
+}
+
+// An original's rights are its fd's access mode too, for every path that
+// maps or syncs for its holder (an importer's mmap never meets the VFS
+// check): INFO and DMA_BUF_IOCTL_SYNC say so. Before, both said READ_WRITE.
+TEST_F(ViewTest, AnOriginalsRightsFollowItsFdsMode) {
+  UniqueFd ro = Alloc(Heap::kSystem, 4096, O_RDONLY | O_CLOEXEC);
+  UniqueFd wo = Alloc(Heap::kSystem, 4096, O_WRONLY | O_CLOEXEC);
+  ASSERT_TRUE(ro.valid() && wo.valid());
+  EXPECT_EQ(InfoOf(buf_.get()).cpu_access, HALLOC_CPU_READ_WRITE);
+  EXPECT_EQ(InfoOf(ro.get()).cpu_access, HALLOC_CPU_READ);
+  EXPECT_EQ(InfoOf(wo.get()).cpu_access, HALLOC_CPU_NONE);
+  EXPECT_EQ(Sync(ro.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE), -EPERM);
+  EXPECT_EQ(Sync(ro.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ), 0);
+  EXPECT_EQ(Sync(ro.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ), 0);
+  EXPECT_EQ(Sync(wo.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ), -EPERM);
+}
+
 TEST_F(ViewTest, ViewOutlivesParent) {
   Mapping b = Map(buf_.get(), size_);
   ASSERT_TRUE(b.valid());
@@ -322,6 +358,13 @@ TEST_F(ViewTest, InvalidArguments) {
   EXPECT_EQ(view_errno(d), -EINVAL) << "unterminated driver name";
   d = good; memset(d.name, 'n', HALLOC_NAME_LEN);
   EXPECT_EQ(view_errno(d), -EINVAL) << "unterminated name";
+  d = good; d.view_id = 7;
+  EXPECT_EQ(view_errno(d), -EINVAL) << "view_id is an out field";
+  d = good; d.drivers[HALLOC_MAX_DRIVERS - 1][5] = 'x';
+  EXPECT_EQ(view_errno(d), -EINVAL) << "an unused drivers entry is reserved";
+  d = good; d.flags = HALLOC_VIEW_RESTRICT_ATTACH; d.num_drivers = 1;
+  strcpy(d.drivers[0], "vgem"); d.drivers[1][0] = 'x';
+  EXPECT_EQ(view_errno(d), -EINVAL) << "the entry after the last in use";
   d = good; d.source_fd = -1;             EXPECT_EQ(view_errno(d), -EBADF);
   d = good; d.source_fd = ctl_.get();     EXPECT_EQ(view_errno(d), -EINVAL);
 }

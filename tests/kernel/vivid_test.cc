@@ -58,6 +58,39 @@ TEST_F(VividTest, VmallocCapturesRevokedViewIntoScratch) {
       << "vivid wrote into the buffer through a revoked view";
 }
 
+// A view restricted to some drivers reaches a kernel importer's vmap only
+// while a listed device has attached it. vb2-vmalloc never attaches (and
+// names no device), so whatever the list says it gets the scratch page a
+// revoked view gets, and the buffer is never written. Before, it captured
+// into the pages of a view that no unlisted device was to reach.
+// (VividContigTest.CapturesIntoBuffersFromHallocd: vivid's dma-contig,
+// which attaches first, captures into restricted views.)
+TEST_F(VividTest, VmallocCapturesRestrictedViewIntoScratch) {
+  ASSERT_EQ(RequestBuffers(1), 0);
+  const size_t len = PageAlign(frame_size_);
+  UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
+  ASSERT_TRUE(buf.valid());
+  Mapping owner = Map(buf.get(), len);
+  ASSERT_TRUE(owner.valid());
+  memset(owner.data(), 0x5a, len);
+  ViewSpec spec;
+  spec.cpu = HALLOC_CPU_READ;
+  spec.restrict_attach = true;
+  spec.drivers = {"vivid"};
+  UniqueFd view(MakeView(ctl_.get(), buf.get(), spec));
+  ASSERT_TRUE(view.valid());
+
+  ASSERT_EQ(Queue(0, view.get(), len), 0) << "vmap of a restricted view";
+  EXPECT_EQ(InfoOf(buf.get()).vmaps, 0u) << "the buffer's pages are not mapped";
+  ASSERT_EQ(StreamOn(true), 0);
+  uint32_t used = 0;
+  ASSERT_EQ(Dequeue(&used), 0);
+  ASSERT_EQ(StreamOn(false), 0);
+  ASSERT_EQ(RequestBuffers(0), 0);
+  EXPECT_TRUE(AllBytesAre(owner.data(), len, 0x5a))
+      << "vivid (vmalloc, never attached) wrote into a restricted view";
+}
+
 // A view without CPU access has no vmap: vb2-vmalloc (which reads and
 // writes frames with the CPU) cannot take it. QBUF fails cleanly, with no
 // WARN from the dma-buf core (the harness fails on any splat), and nothing
