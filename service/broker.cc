@@ -113,6 +113,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener, Socket
                                             std::move(accept_guard), std::move(foreign_fds),
                                             std::move(file)));
   broker->follow_cpu_ = follow_client_cpu;
+  broker->refuse_fds_ = refuse_fds_at_sender;
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
@@ -292,6 +293,11 @@ void Broker::Accept() {
     CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
+  // A connection made before the listener was set to refuse fds (while
+  // systemd held the socket) took SO_PASSRIGHTS on from it: turn it off
+  // here too (6.16+; before, records with fds are taken and closed off
+  // this thread, TakeForeignFds).
+  if (refuse_fds_) (void)RefuseIncomingFds(conn.get());
   // Stamp every record from here on, whatever the listener had when this
   // connection was made (since Linux 6.16 a connection takes SO_PASSCRED
   // from the listener at connect(), so a socket passed in without it would

@@ -208,6 +208,9 @@ class Broker {
   // Fds clients sent unasked, closed on a thread of their own; the paused
   // connections' keys.
   std::unique_ptr<ForeignFds> foreign_fds_;
+  // refuse_fds_at_sender as Start or Serve read it (each accepted
+  // connection is set to refuse too).
+  bool refuse_fds_ = true;
   absl::flat_hash_set<uint64_t> paused_;
   // Handshake deadlines, earliest on top, with their connection's key
   // (stale once it verified or closed: skipped when they come up).

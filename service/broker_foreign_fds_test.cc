@@ -4,15 +4,19 @@
 // other clients are served meanwhile. The file that would hold a thread is
 // a TCP socket with SO_LINGER and data its peer never takes
 // (util/lingering_socket.h): its release waits out the linger time.
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/broker_conn.h"
@@ -20,6 +24,7 @@
 #include "halloc/v1/broker.pb.h"
 #include "service/backend/memfd_backend.h"
 #include "service/broker.h"
+#include "service/broker_test_util.h"
 #include "service/util/foreign_fds.h"
 #include "service/util/lingering_socket.h"
 #include "service/util/unix_listener.h"
@@ -178,6 +183,65 @@ TEST_F(BrokerForeignFdsTest, TooManyWaitingPauseTheWholeUid) {
   EXPECT_EQ(AnswerWithin(other.get(), 10000).code(), absl::StatusCode::kUnauthenticated);
   absl::StatusOr<BrokerConnection> after = Connect();
   EXPECT_TRUE(after.ok()) << after.status();
+}
+
+// A memfd backend whose allocations, once `hold` is set, say they began
+// and wait for `open`: a small (inline) one holds the broker thread.
+class HeldBackend : public MemfdBackend {
+ public:
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (hold.load()) {
+      entered.Notify();
+      open.WaitForNotification();
+    }
+    return MemfdBackend::Allocate(r);
+  }
+  std::atomic<bool> hold{false};
+  absl::Notification entered, open;
+};
+
+// Records of one uid that become readable together reach the broker in one
+// epoll batch: once the first puts the uid over its share, the others are
+// not read in that batch either (Pause takes a connection out of the epoll
+// set, not out of the events already returned). Before, every one was read
+// and its fds taken: one uid could fill the whole kMaxForeignFds, and then
+// nobody was admitted.
+TEST_F(BrokerForeignFdsTest, AUidPausedInABatchIsNotReadFurtherInIt) {
+  auto backend = std::make_unique<HeldBackend>();
+  HeldBackend* held = backend.get();
+  core_ = std::make_unique<Allocator>(std::move(backend), Limits());
+  Serve();
+  absl::StatusOr<BrokerConnection> asker = Connect();
+  ASSERT_TRUE(asker.ok()) << asker.status();
+  constexpr int kSenders = 6;
+  std::vector<UniqueFd> senders;
+  for (int i = 0; i < kSenders; ++i) {
+    senders.push_back(Early());
+    ASSERT_TRUE(WaitReadable(senders.back().get(), 10000).ok());
+    ASSERT_TRUE(ReceiveRecord(senders.back().get(), false).ok());  // its Hello
+  }
+  // The broker thread is held in an allocation while every record arrives.
+  held->hold = true;
+  std::thread alloc([&] {
+    size_t fds = 0;
+    EXPECT_TRUE(AllocateOn(asker->fd.get(), 4096, &fds).ok());
+  });
+  ASSERT_TRUE(held->entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  held->hold = false;
+  UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  for (const UniqueFd& s : senders) {
+    std::vector<UniqueFd> fds;
+    fds.push_back(Lingering());  // holds ForeignFds' thread: all stay waiting
+    while (fds.size() < Broker::kMaxForeignFdsPerUid) fds.emplace_back(::dup(null.get()));
+    SendRelease(s.get(), std::move(fds));
+  }
+  held->open.Notify();
+  alloc.join();
+  int answered = 0;
+  for (const UniqueFd& s : senders) {
+    answered += AnswerWithin(s.get(), 500).code() == absl::StatusCode::kInvalidArgument;
+  }
+  EXPECT_EQ(answered, 1) << "records read after their uid was paused";
 }
 
 // A connection that ends with records with fds still queued (here: one

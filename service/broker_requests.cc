@@ -81,6 +81,10 @@ void Broker::OnReadable(uint64_t key) {
   auto it = conns_.find(key);
   if (it == conns_.end()) return;  // an earlier event closed it
   Conn& conn = *it->second;
+  // Paused by an earlier event of this batch (its uid went over its share
+  // of waiting foreign fds): Pause() takes it out of the epoll set, but not
+  // out of the events already returned.
+  if (conn.paused) return;
   // With room for every fd a record may carry: none is dropped (and so
   // released) on this thread; any that came go to foreign_fds_.
   absl::StatusOr<RawRecord> raw = ReceiveRawRecord(conn.sock(), true);

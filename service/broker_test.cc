@@ -35,6 +35,7 @@
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
 #include "service/broker_test_util.h"
+#include "service/util/unix_listener.h"
 
 namespace halloc {
 namespace {
@@ -184,6 +185,31 @@ TEST_F(BrokerTest, ARecordWithFdsIsRefusedOrAnswered) {
   absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(ReleaseNothingFrom(c->fd.get(), 0).ok());
+}
+
+// A connection made before hallocd serves its socket (while systemd holds
+// it) took SO_PASSRIGHTS on from the listener, before the broker turned it
+// off there: the broker turns it off on each connection it accepts too.
+TEST_F(BrokerTest, AConnectionMadeBeforeServeRefusesFdsToo) {
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<BoundSocket> listener = BindUnixSocket(path, SOCK_SEQPACKET, 0600);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  absl::StatusOr<UniqueFd> early = ConnectSeqpacket(path);
+  ASSERT_TRUE(early.ok()) << early.status();
+  if (absl::IsUnimplemented(RefuseIncomingFds(listener->fd.get()))) {
+    GTEST_SKIP() << "this kernel has no SO_PASSRIGHTS (Linux 6.16+): records with fds "
+                    "are answered as malformed (ARecordWithFdsIsRefusedOrAnswered)";
+  }
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Serve(std::move(listener->fd), path, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_TRUE(WaitReadable(early->get(), 10000).ok());  // its Hello: accepted
+  ASSERT_TRUE(ReceiveRecord(early->get(), false).ok());
+  v1::BrokerRequest req;
+  req.mutable_release();
+  const int fds[] = {early->get()};
+  EXPECT_EQ(SendRecord(early->get(), req.SerializeAsString(), fds, false).code(),
+            absl::StatusCode::kPermissionDenied);
 }
 
 // The kernel charges unread fds in flight to hallocd's user and, past its
