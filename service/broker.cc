@@ -415,7 +415,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   v1::Welcome* welcome = reply.mutable_welcome();
   welcome->set_session_id(conn.session->id());
   welcome->set_session_token(conn.session->token());
-  if (id.exe_file) welcome->set_exe(id.exe);
+  if (id.exe_file) welcome->set_exe(Utf8OrEscaped(id.exe));
   Reply(conn, std::move(reply));
   uint64_t dropped = 0;
   if (log_limit_.Allow("opened", &dropped)) {

@@ -12,6 +12,7 @@
 #include "clients/cpp/halloc/base/usage.h"
 #include "service/metadata.h"
 #include "service/policy/decide.h"
+#include "service/util/log_limit.h"
 #include "service/util/random.h"
 
 namespace halloc {
@@ -551,7 +552,7 @@ void Registry::FillDump(v1::DumpResponse* dump) {
     u->set_session_id(id);
     u->set_pid(holding.creds.pid);
     u->set_uid(holding.creds.uid);
-    u->set_exe(holding.creds.exe);
+    u->set_exe(Utf8OrEscaped(holding.creds.exe));
     for (uint64_t b : holding.buffers) {
       const BufferRecord& buffer = *buffers_.at(b);
       if (buffer.owner_session == id) {

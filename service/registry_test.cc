@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -360,6 +361,26 @@ TEST_F(RegistryTest, ListShowsOwnBuffersOrAllWithHoldersAndDumpCountsThem) {
     EXPECT_EQ(s.owned_buffers(), s.session_id() == kA ? 1u : 2u);
     EXPECT_EQ(s.exe(), "/bin/test");
   }
+}
+
+// A session's executable path is any bytes its owner chose; Dump's proto3
+// string carries it as it is when it is UTF-8, escaped when not, so that
+// the answer still parses (one such session made Dump unreadable).
+TEST_F(RegistryTest, DumpCarriesAnyExecutablePathAsValidUtf8) {
+  constexpr uint64_t kC = 30, kD = 40;
+  Identity utf8 = Uid(3), raw = Uid(4);
+  utf8.exe = "/opt/caf\xc3\xa9/app";
+  raw.exe = "/tmp/\xff\n";
+  reg_.Join(kC, utf8);
+  reg_.Join(kD, raw);
+  v1::DumpResponse dump;
+  reg_.FillDump(&dump);
+  v1::DumpResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(dump.SerializeAsString()));
+  std::set<std::string> exes;
+  for (const auto& s : parsed.sessions()) exes.insert(s.exe());
+  EXPECT_TRUE(exes.count("/opt/caf\xc3\xa9/app")) << "valid UTF-8 kept as it is";
+  EXPECT_TRUE(exes.count("/tmp/\\xff\\n")) << "the rest escaped";
 }
 
 TEST_F(RegistryTest, TheLastHoldersReleaseClosesTheDaemonsFd) {

@@ -2,6 +2,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/stubs/common.h"
 
 namespace halloc {
 
@@ -27,5 +28,13 @@ std::string LogLimiter::Dropped(uint64_t n) {
 }
 
 std::string LogSafe(absl::string_view s) { return absl::CHexEscape(s); }
+
+std::string Utf8OrEscaped(absl::string_view s) {
+  if (google::protobuf::internal::IsStructurallyValidUTF8(s.data(),
+                                                          static_cast<int>(s.size()))) {
+    return std::string(s);
+  }
+  return LogSafe(s);
+}
 
 }  // namespace halloc

@@ -53,6 +53,13 @@ class LogLimiter {
 // sent (a newline in an executable's path cannot forge a line).
 std::string LogSafe(absl::string_view s);
 
+// `s` itself when it is valid UTF-8, as a proto3 `string` field must be
+// (by protobuf's own check), else LogSafe(s): for client-controlled text
+// put in such a field (an executable's path), which would otherwise make
+// the message fail to parse at its reader and protobuf log a line per
+// message serialized.
+std::string Utf8OrEscaped(absl::string_view s);
+
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_UTIL_LOG_LIMIT_H_

@@ -34,5 +34,12 @@ TEST(LogSafeTest, ANewlineCannotStartAForgedLine) {
   EXPECT_EQ(LogSafe(std::string("\xff\x1b[31m", 6)), "\\xff\\x1b[31m");
 }
 
+TEST(Utf8OrEscapedTest, KeepsUtf8AndEscapesTheRest) {
+  EXPECT_EQ(Utf8OrEscaped("/usr/bin/cam"), "/usr/bin/cam");
+  EXPECT_EQ(Utf8OrEscaped("/opt/caf\xc3\xa9"), "/opt/caf\xc3\xa9");
+  EXPECT_EQ(Utf8OrEscaped("/tmp/\xff"), "/tmp/\\xff");
+  EXPECT_EQ(Utf8OrEscaped("/tmp/caf\xc3"), "/tmp/caf\\xc3") << "a cut sequence";
+}
+
 }  // namespace
 }  // namespace halloc
