@@ -308,25 +308,32 @@ void Broker::Accept() {
     CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
-  if (absl::Status admit = Admit(cred.uid); !admit.ok()) {
+  // Per-uid limits are charged to the uid a user namespace's processes
+  // belong to (their owner's), not to each subordinate uid.
+  UniqueFd pidfd = PeerPidfd(conn.get(), cred.pid);
+  const uid_t charged = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  if (absl::Status admit = Admit(charged); !admit.ok()) {
     v1::BrokerFrame frame;
     *frame.mutable_reply() = ErrorReply(0, admit);
     (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
-    Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid, ": ",
-                                 admit.message()));
-    CloseSocket(0, cred.uid, std::move(conn));
+    Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
+                                 charged != cred.uid ? absl::StrCat(" (of uid ", charged, ")")
+                                                     : std::string(),
+                                 ": ", admit.message()));
+    CloseSocket(0, charged, std::move(conn));
     return;
   }
   auto c = std::make_unique<Conn>();
   c->key = next_key_++;
   c->peer = cred;
-  c->pidfd = PeerPidfd(conn.get(), cred.pid);
+  c->charged_uid = charged;
+  c->pidfd = std::move(pidfd);
   ExeSample exe = SampleExe(c->pidfd.get(), cred.pid);
   c->exe = std::move(exe.path);
   c->exe_file = exe.file;
   c->challenge = RandomBytes(16);
   c->deadline = MonotonicNow() + verify_timeout;
-  c->channel = std::make_shared<SocketFdChannel>(std::move(conn), cred.uid, unread_fds_);
+  c->channel = std::make_shared<SocketFdChannel>(std::move(conn), charged, unread_fds_);
   // The challenge goes out only now, after the executable was read.
   v1::BrokerFrame frame;
   v1::Hello* hello = frame.mutable_hello();
@@ -340,7 +347,7 @@ void Broker::Accept() {
   ev.data.u64 = c->key;
   absl::Status status = SendRecord(c->sock(), frame.SerializeAsString(), {}, true);
   // A uid whose sent fds wait to be closed, over the limit: not read yet.
-  c->paused = foreign_fds_->OverLimit(cred.uid);
+  c->paused = foreign_fds_->OverLimit(charged);
   if (status.ok() && !c->paused &&
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->sock(), &ev) != 0) {
     status = ErrnoStatus(errno, "epoll_ctl(ADD)");
@@ -348,11 +355,11 @@ void Broker::Accept() {
   if (!status.ok()) {
     Warn("hello", absl::StrCat("connection of pid ", cred.pid, " failed to start: ",
                                status.message()));
-    CloseSocket(0, cred.uid, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
+    CloseSocket(0, charged, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
     return;
   }
   if (c->paused) paused_.insert(c->key);
-  ++conns_per_uid_[cred.uid];
+  ++conns_per_uid_[charged];
   ++handshakes_;
   deadlines_.emplace(c->deadline, c->key);
   conns_.emplace(c->key, std::move(c));
@@ -440,8 +447,8 @@ void Broker::Close(uint64_t key) {
   // The channel (its socket) may outlive this in the session's users; what
   // its peer queued with fds is closed off this thread now, through a
   // reference of foreign_fds_'s own.
-  CloseSocket(key, c->peer.uid, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
-  if (auto u = conns_per_uid_.find(c->peer.uid); u != conns_per_uid_.end()) {
+  CloseSocket(key, c->charged_uid, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
+  if (auto u = conns_per_uid_.find(c->charged_uid); u != conns_per_uid_.end()) {
     if (--u->second == 0) conns_per_uid_.erase(u);
   }
   if (!c->session) {
@@ -467,7 +474,7 @@ void Broker::CloseSocket(uint64_t key, uid_t uid, UniqueFd sock) {
 }
 
 void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
-  const uid_t uid = conn.peer.uid;
+  const uid_t uid = conn.charged_uid;
   foreign_fds_->Close(conn.key, uid, std::move(fds));
   Pause(conn);
   if (foreign_fds_->OverLimit(uid)) {
@@ -475,7 +482,7 @@ void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
                                  " fds it sent waiting to be closed: not reading any "
                                  "of its connections until they are"));
     for (auto& [key, c] : conns_) {
-      if (c->peer.uid == uid) Pause(*c);
+      if (c->charged_uid == uid) Pause(*c);
     }
   }
 }
@@ -495,7 +502,7 @@ void Broker::ResumeCleared() {
       continue;
     }
     Conn& conn = *c->second;
-    if (foreign_fds_->Waiting(conn.key) || foreign_fds_->OverLimit(conn.peer.uid)) {
+    if (foreign_fds_->Waiting(conn.key) || foreign_fds_->OverLimit(conn.charged_uid)) {
       ++it;
       continue;
     }

@@ -26,7 +26,9 @@
 // sent them is not read again until they are closed (nor any of its uid's
 // once too many wait); fds sent and not read are counted per uid
 // (unread_fds.h), so a client that does not read cannot use up what the
-// kernel lets hallocd have in flight.
+// kernel lets hallocd have in flight. Every per-uid limit charges the uid a
+// peer belongs to (ChargedUid, peer_identity.h): a user's subordinate uids
+// in a user namespace are that user.
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 
@@ -111,7 +113,7 @@ class Broker {
   // would hold every other client up ~16 ms, and 4 GiB about a second.
   // What may wait there, in all and per uid (more: RESOURCE_EXHAUSTED; per
   // uid, not per connection, since a uid may hold sessions.max_per_uid
-  // connections).
+  // connections; the connection's charged uid, whoever sent the request).
   static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
   static constexpr size_t kSlowLaneQueue = 64;
   static constexpr size_t kSlowLanePerUid = 4;
@@ -127,6 +129,8 @@ class Broker {
     // socket, so the fd lives while any session reference does).
     std::shared_ptr<SocketFdChannel> channel;
     ucred peer{};
+    // Whom per-uid limits charge: ChargedUid (peer_identity.h).
+    uid_t charged_uid = 0;
     UniqueFd pidfd;
     std::string exe;
     std::optional<FileId> exe_file;

@@ -167,7 +167,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
       // requests (replies carry request ids).
       const uint64_t id = req.request_id();
       absl::Status posted = slow_lane_->Post(
-          caller.uid, [this, s = conn.session, ch = conn.channel, who = caller,
+          conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
                      req = std::move(req)] { ServeAllocate(*s, who, req, *ch); });
       if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
       return true;

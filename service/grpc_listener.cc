@@ -20,6 +20,7 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/peer_identity.h"
 #include "service/util/log_limit.h"
 
 namespace halloc {
@@ -210,26 +211,29 @@ void GrpcListener::AcceptOne() {
     Refuse(std::move(conn), cred.uid, relay);
     return;  // closed: no identity, no service
   }
+  // Per-uid limits charge a user namespace's processes to its owner's uid
+  // (ChargedUid), not to each subordinate uid.
+  const uid_t uid = ChargedUid(PeerPidfd(conn.get(), cred.pid).get(), cred.pid, cred.uid);
   absl::Status admit = absl::OkStatus();
-  if (relay_ && relay_->OverLimit(cred.uid)) {
+  if (relay_ && relay_->OverLimit(uid)) {
     admit = absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", cred.uid, " has fds it sent waiting to be closed (no gRPC call carries fds)"));
+        "uid ", uid, " has fds it sent waiting to be closed (no gRPC call carries fds)"));
   } else {
-    admit = admit_(cred.uid, held(cred.uid));
+    admit = admit_(uid, held(uid));
   }
   if (!admit.ok()) {
     if (uint64_t dropped; Limiter().Allow("control-refused", &dropped)) {
       LOG(WARNING) << "control socket: refused a connection: " << admit.message()
                    << LogLimiter::Dropped(dropped);
     }
-    Refuse(std::move(conn), cred.uid, relay);
+    Refuse(std::move(conn), uid, relay);
     return;  // closed: the client sees the connection end
   }
   UniqueFd dup(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));
   if (!dup) {
     // Uncounted, so not served: the fd table is nearly full anyway.
     LOG_EVERY_N(WARNING, 100) << "control socket: dup: " << std::strerror(errno);
-    Refuse(std::move(conn), cred.uid, relay);
+    Refuse(std::move(conn), uid, relay);
     return;
   }
   epoll_event ev{};
@@ -237,17 +241,17 @@ void GrpcListener::AcceptOne() {
   ev.data.fd = dup.get();
   if (::epoll_ctl(ends_.get(), EPOLL_CTL_ADD, dup.get(), &ev) != 0) {
     LOG_EVERY_N(WARNING, 100) << "control socket: epoll_ctl: " << std::strerror(errno);
-    Refuse(std::move(conn), cred.uid, relay);
+    Refuse(std::move(conn), uid, relay);
     return;
   }
   {
     absl::MutexLock lock(&mu_);
-    conns_.emplace(dup.get(), cred.uid);
-    ++per_uid_[cred.uid];
+    conns_.emplace(dup.get(), uid);
+    ++per_uid_[uid];
   }
   (void)dup.release();  // conns_ owns it now
   if (relay != nullptr) {
-    absl::StatusOr<UniqueFd> end = relay->Add(std::move(conn), cred.uid);
+    absl::StatusOr<UniqueFd> end = relay->Add(std::move(conn), uid);
     if (!end.ok()) {
       // Shut down: the duplicate sees the end and the count drops.
       LOG_EVERY_N(WARNING, 100) << "control socket: relay: " << end.status();

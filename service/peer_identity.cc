@@ -1,7 +1,11 @@
 #include "service/peer_identity.h"
 
+#include <fcntl.h>
+#include <linux/nsfs.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -36,6 +40,28 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   if (!StillRunning(pidfd)) return s;  // exited: cannot vouch for it
   s.file = file;
   return s;
+}
+
+uid_t ChargedUid(int pidfd, pid_t pid, uid_t uid) {
+  static const std::optional<FileId> ours = FileIdOf("/proc/self/ns/user");
+  UniqueFd ns(::open(absl::StrCat("/proc/", pid, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+  // Opened while the pinned process ran: its namespace, not a pid reuser's.
+  if (!ns || !ours || !StillRunning(pidfd)) return uid;
+  // Up from the peer's namespace: the owner of the one whose parent is
+  // ours is a uid of ours (user namespaces nest at most 32 deep).
+  for (int depth = 0; depth <= 32; ++depth) {
+    struct stat st;
+    if (::fstat(ns.get(), &st) != 0) return uid;
+    if (FileId{st.st_dev, st.st_ino} == *ours) return uid;  // ours all along
+    UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
+    if (!parent || ::fstat(parent.get(), &st) != 0) return uid;  // not below ours
+    if (FileId{st.st_dev, st.st_ino} == *ours) {
+      uid_t owner = uid;
+      return ::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 ? owner : uid;
+    }
+    ns = std::move(parent);
+  }
+  return uid;
 }
 
 bool StillRunning(int pidfd) {

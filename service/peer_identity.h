@@ -39,6 +39,16 @@ struct ExeSample {
 // exec'd a trusted binary. Such peers are judged by uid and gid alone.
 ExeSample SampleExe(int pidfd, pid_t pid);
 
+// The uid that pays for the connection of `pid` (pinned by `pidfd`), whose
+// SO_PEERCRED uid is `uid`: `uid` itself for a process in hallocd's own
+// user namespace; for one in a namespace below it, the uid (in hallocd's)
+// that owns the topmost namespace between them. Every per-uid limit is
+// charged to it: a user with subordinate uids (newuidmap: 65,536 on a
+// Debian login) would otherwise appear as that many uids and fill every
+// limit meant to share hallocd among users. `uid` when it cannot tell
+// (the process is gone, or its namespace is not below hallocd's).
+uid_t ChargedUid(int pidfd, pid_t pid, uid_t uid);
+
 // Whether the process `pidfd` pins has not exited (false for -1). A
 // verified process's pid is its own only while this holds: after, the pid
 // may be reused by any process, one holding the verified socket included.

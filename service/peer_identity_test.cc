@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -186,6 +187,53 @@ TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherPidNamespace) {
   ExeSample s = SampleExe(pidfd.get(), inner);
   EXPECT_EQ(s.path, sleep_bin);
   EXPECT_FALSE(s.file.has_value()) << "vouched for a binary in another pid namespace";
+}
+
+// The pid of the process that `argv` ends as (it execs along, no fork),
+// once it runs `bin`; -1 if it never does (or exits first).
+pid_t RunningAs(Subprocess& p, const std::string& bin) {
+  for (int i = 0; i < 500; ++i) {
+    if (p.Wait(absl::ZeroDuration()).has_value()) return -1;
+    std::error_code ec;
+    if (std::filesystem::read_symlink(absl::StrCat("/proc/", p.pid(), "/exe"), ec) == bin) {
+      return p.pid();
+    }
+    ::usleep(10 * 1000);
+  }
+  return -1;
+}
+
+// A peer in a user namespace below ours is charged to the uid (of ours)
+// that owns the topmost one between: a user's subordinate uids are that
+// user, however deep. A peer in our own namespace is charged its own uid.
+TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
+  const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
+  constexpr uid_t kSeen = 12345;  // whatever SO_PEERCRED said
+  {
+    absl::StatusOr<Subprocess> plain = Sleeper();
+    ASSERT_TRUE(plain.ok());
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
+    EXPECT_EQ(ChargedUid(pidfd.get(), plain->pid(), kSeen), kSeen);
+  }
+  for (int depth : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat(depth, " user namespaces down"));
+    std::vector<std::string> argv;
+    for (int i = 0; i < depth; ++i) {
+      argv.insert(argv.end(), {"/usr/bin/unshare", "--user", "--map-root-user"});
+    }
+    argv.insert(argv.end(), {sleep_bin, "30"});
+    absl::StatusOr<Subprocess> inner = Subprocess::Spawn({.argv = argv});
+    ASSERT_TRUE(inner.ok()) << inner.status();
+    const pid_t pid = RunningAs(*inner, sleep_bin);
+    if (pid < 0) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    ASSERT_TRUE(pidfd);
+    EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen), ::getuid());
+    // Once the process is gone nothing is vouched for: its own uid.
+    inner->Signal(SIGKILL);
+    (void)inner->Wait();
+    EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen), kSeen);
+  }
 }
 
 }  // namespace

@@ -29,7 +29,7 @@ absl::Status WorkQueue::Post(uint64_t key, absl::AnyInvocable<void() &&> task) {
     const bool own = mine >= max_per_key_;
     if (mine == 0) per_key_.erase(key);
     return absl::ResourceExhaustedError(
-        own ? absl::StrCat(max_per_key_, " large requests of this connection are still "
+        own ? absl::StrCat(max_per_key_, " large requests of this uid are still "
                                          "being served; wait for their answers")
             : absl::StrCat(max_queued_, " large requests wait already; try again"));
   }

@@ -46,7 +46,7 @@ TEST(WorkQueueTest, BoundsPerKeyAndInAll) {
   ASSERT_TRUE(q.Post(1, [] {}).ok());
   absl::Status s = q.Post(1, [] {});
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(s.message().find("of this connection"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("of this uid"), std::string::npos) << s;
   ASSERT_TRUE(q.Post(2, [] {}).ok());
   ASSERT_TRUE(q.Post(3, [] {}).ok());
   s = q.Post(4, [] {});  // three wait
