@@ -53,6 +53,78 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
   EXPECT_TRUE(root->Allocate(BlobDescriptor(4096)).ok());
 }
 
+// A child of uid 1001 in a user namespace of its own that maps 10 uids
+// from `first_outside` (as newuidmap does for a login's subordinate uids;
+// the map written by this root process), connecting to the broker as uid 1
+// of it: outside, uid first_outside + 1. Its exit code: 0 when it held a
+// session until a byte came on `done`, 2 when refused for the per-uid limit, else
+// an error code; `ready` gets a byte once it knows.
+pid_t SubordinateConnect(const std::string& broker, uid_t first_outside, int ready, int done) {
+  int go[2], up[2];
+  if (pipe(go) != 0 || pipe(up) != 0) return -1;
+  const pid_t child = fork();
+  if (child == 0) {
+    char c = 0;
+    if (setgid(1001) != 0 || setuid(1001) != 0 || unshare(CLONE_NEWUSER) != 0) _exit(100);
+    (void)!write(up[1], "u", 1);  // in its namespace: map it
+    if (read(go[0], &c, 1) != 1 || setgid(1) != 0 || setuid(1) != 0) _exit(101);
+    absl::StatusOr<BrokerConnection> conn = ConnectBroker(broker, absl::Seconds(5));
+    const bool limited = absl::IsResourceExhausted(conn.status()) &&
+                         absl::StrContains(conn.status().message(), "limit per uid is 1");
+    (void)!write(ready, conn.ok() ? "c" : "r", 1);
+    if (!conn.ok()) _exit(limited ? 2 : 102);
+    (void)!read(done, &c, 1);  // holds its session until a byte comes
+    _exit(0);
+  }
+  ::close(go[0]);
+  ::close(up[1]);
+  char c = 0;
+  bool mapped = read(up[0], &c, 1) == 1 && c == 'u';
+  ::close(up[0]);
+  for (const char* map : {"uid_map", "gid_map"}) {
+    std::ofstream f(absl::StrCat("/proc/", child, "/", map));
+    f << "0 " << first_outside << " 10\n";
+    f.close();
+    mapped = mapped && f.good();
+  }
+  (void)!write(go[1], mapped ? "g" : "x", 1);
+  ::close(go[1]);
+  return child;
+}
+
+// Subordinate uids are their owner to every per-uid limit: two processes of
+// one user's namespaces, seen by hallocd as uids 300001 and 300011, share
+// that user's (1001's) one session. Before, each uid of a namespace had a
+// limit of its own: a login's 65,536 subordinate uids filled any total.
+TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" }\n"
+      "sessions { max_per_uid: 1 }\n");
+  if (ExitCodeAsUid1001([] { return unshare(CLONE_NEWUSER) == 0 ? 0 : 1; }) != 0) {
+    GTEST_SKIP() << "cannot make a user namespace as uid 1001 here (not root, or "
+                    "unprivileged user namespaces are off)";
+  }
+  int ready[2], done[2];
+  ASSERT_EQ(pipe(ready), 0);
+  ASSERT_EQ(pipe(done), 0);
+  const pid_t first = SubordinateConnect(opts_.broker_socket, 300000, ready[1], done[0]);
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  ASSERT_EQ(c, 'c') << "the first subordinate uid is served";
+  const pid_t second = SubordinateConnect(opts_.broker_socket, 300010, ready[1], done[0]);
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  // Both let go (one byte each: the children hold the pipe's write end too).
+  ASSERT_EQ(write(done[1], "xx", 2), 2);
+  int status = 0;
+  ASSERT_EQ(waitpid(second, &status, 0), second);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2)
+      << "a second subordinate uid of the same user got a session of its own ("
+      << status << ")";
+  ASSERT_EQ(waitpid(first, &status, 0), first);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+}
+
 TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
   // gRPC itself takes any number of connections from anyone: hallocd
   // accepts on the control socket and hands gRPC only those it admits.
