@@ -447,7 +447,15 @@ void Broker::Close(uint64_t key) {
   // The channel (its socket) may outlive this in the session's users; what
   // its peer queued with fds is closed off this thread now, through a
   // reference of foreign_fds_'s own.
-  CloseSocket(key, c->charged_uid, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
+  UniqueFd ref(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0));
+  if (!ref) {
+    // Out of fds for that reference: end the connection in place all the
+    // same (its peer sees the end and can queue nothing more); records
+    // with fds already queued, if any, go with its last reference.
+    ::shutdown(c->sock(), SHUT_WR);
+    (void)StopReceiving(c->sock());
+  }
+  CloseSocket(key, c->charged_uid, std::move(ref));
   if (auto u = conns_per_uid_.find(c->charged_uid); u != conns_per_uid_.end()) {
     if (--u->second == 0) conns_per_uid_.erase(u);
   }
