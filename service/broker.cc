@@ -28,12 +28,15 @@ bool Broker::follow_client_cpu = true;
 bool Broker::refuse_fds_at_sender = true;
 uint64_t Broker::max_unread_fds_per_uid = 0;
 absl::Duration Broker::lone_pause = absl::Milliseconds(50);
+absl::Duration Broker::inline_window = absl::Milliseconds(100);
+absl::Duration Broker::inline_allowed = absl::Milliseconds(25);
 
 namespace {
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
 constexpr uint64_t kForeignKey = ~uint64_t{0} - 1;
+constexpr uint64_t kLaneKey = ~uint64_t{0} - 2;
 
 }  // namespace
 
@@ -114,6 +117,13 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener, Socket
                                             std::move(file)));
   broker->follow_cpu_ = follow_client_cpu;
   broker->refuse_fds_ = refuse_fds_at_sender;
+  epoll_event lane{};
+  lane.events = EPOLLIN;
+  lane.data.u64 = kLaneKey;
+  if (!broker->lane_done_ ||
+      ::epoll_ctl(broker->epoll_.get(), EPOLL_CTL_ADD, broker->lane_done_.get(), &lane) != 0) {
+    return ErrnoStatus(errno, "slow lane eventfd");
+  }
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
@@ -128,8 +138,10 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
           UnreadFds::DefaultTotal())),
       foreign_fds_(std::move(foreign_fds)),
+      inline_budget_(inline_window, inline_allowed),
       log_limit_(10, absl::Seconds(1)),
-      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid)) {}
+      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid)),
+      lane_done_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
 
 Broker::~Broker() { Stop(); }
 
@@ -184,7 +196,8 @@ void Broker::Run() {
     clients_this_turn_ = 0;
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
-      clients_this_turn_ += key != kListenerKey && key != kWakeKey && key != kForeignKey;
+      clients_this_turn_ +=
+          key != kListenerKey && key != kWakeKey && key != kForeignKey && key != kLaneKey;
     }
     if (clients_this_turn_ > 1 && follower_) {
       lone_requests_ = 0;
@@ -199,6 +212,10 @@ void Broker::Run() {
       } else if (key == kForeignKey) {
         foreign_fds_->Acknowledge();
         ResumeCleared();
+      } else if (key == kLaneKey) {
+        uint64_t done = 0;
+        (void)!::read(lane_done_.get(), &done, sizeof(done));
+        RetryHeld();
       } else {
         OnReadable(key);
       }
@@ -479,52 +496,6 @@ void Broker::CloseSocket(uint64_t key, uid_t uid, UniqueFd sock) {
   // sent stays readable).
   ::shutdown(sock.get(), SHUT_WR);
   if (StopReceiving(sock.get())) foreign_fds_->Drain(key, uid, std::move(sock));
-}
-
-void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
-  const uid_t uid = conn.charged_uid;
-  foreign_fds_->Close(conn.key, uid, std::move(fds));
-  Pause(conn);
-  if (foreign_fds_->OverLimit(uid)) {
-    Warn("foreign", absl::StrCat("uid ", uid, " has ", foreign_fds_->waiting_of(uid),
-                                 " fds it sent waiting to be closed: not reading any "
-                                 "of its connections until they are"));
-    for (auto& [key, c] : conns_) {
-      if (c->charged_uid == uid) Pause(*c);
-    }
-  }
-}
-
-void Broker::Pause(Conn& conn) {
-  if (conn.paused) return;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, conn.sock(), nullptr);
-  conn.paused = true;
-  paused_.insert(conn.key);
-}
-
-void Broker::ResumeCleared() {
-  for (auto it = paused_.begin(); it != paused_.end();) {
-    auto c = conns_.find(*it);
-    if (c == conns_.end()) {
-      paused_.erase(it++);
-      continue;
-    }
-    Conn& conn = *c->second;
-    if (foreign_fds_->Waiting(conn.key) || foreign_fds_->OverLimit(conn.charged_uid)) {
-      ++it;
-      continue;
-    }
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u64 = conn.key;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, conn.sock(), &ev) != 0) {
-      Warn("resume", absl::StrCat("epoll_ctl(ADD): ", std::strerror(errno)));
-      ++it;
-      continue;
-    }
-    conn.paused = false;
-    paused_.erase(it++);
-  }
 }
 
 }  // namespace halloc

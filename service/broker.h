@@ -56,6 +56,7 @@
 #include "service/allocator.h"
 #include "service/unread_fds.h"
 #include "service/util/foreign_fds.h"
+#include "service/util/time_budget.h"
 #include "service/util/cpu_follower.h"
 #include "service/util/log_limit.h"
 #include "service/util/unix_listener.h"
@@ -115,6 +116,17 @@ class Broker {
   // uid, not per connection, since a uid may hold sessions.max_per_uid
   // connections; the connection's charged uid, whoever sent the request).
   static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
+  // Below that, allocations of this many bytes or more (a pool miss of 1
+  // MiB commits ~250 µs) are made inline only while their uid has taken
+  // less than inline_allowed of the broker thread's time within
+  // inline_window; past it, on the slow lane too, until the window ends:
+  // one uid sending 63 MiB requests on every connection it may hold would
+  // otherwise take the thread ~16 ms a request, turn after turn. Smaller
+  // requests always stay here (each costs microseconds; epoll takes
+  // connections in turn). Tests may change the two durations before Start.
+  static constexpr uint64_t kBudgetedBytes = uint64_t{1} << 20;
+  static absl::Duration inline_window;
+  static absl::Duration inline_allowed;
   static constexpr size_t kSlowLaneQueue = 64;
   static constexpr size_t kSlowLanePerUid = 4;
 
@@ -138,8 +150,17 @@ class Broker {
     absl::Time deadline;
     std::shared_ptr<Session> session;  // set once verified
     // Not read from (out of the epoll set) while fds it sent wait to be
-    // closed, or those of its uid are over kMaxForeignFdsPerUid.
+    // closed, or those of its uid are over kMaxForeignFdsPerUid, or while
+    // `held` waits.
     bool paused = false;
+    // An Allocate sent to the slow lane for its uid's inline share
+    // (kBudgetedBytes) that found the uid's place there taken: it waits
+    // for room (RetryHeld) instead of failing, its connection unread.
+    struct Held {
+      v1::BrokerRequest req;
+      Identity caller;
+    };
+    std::optional<Held> held;
     int sock() const { return channel->fd(); }
   };
 
@@ -179,6 +200,11 @@ class Broker {
   // (and every one of its uid, once over the limit) not read until they are.
   void TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds);
   void Pause(Conn& conn);
+  // Posts `req` (an Allocate) to the slow lane; an error reply if it is full.
+  void PostAllocate(Conn& conn, const Identity& caller, v1::BrokerRequest req);
+  // Posts held requests whose uid has room on the slow lane now, and reads
+  // their connections again.
+  void RetryHeld();
   // Reads again from the paused connections whose fds were all closed.
   void ResumeCleared();
   void ExpireHandshakes();
@@ -212,6 +238,9 @@ class Broker {
   // Fds clients sent unasked, closed on a thread of their own; the paused
   // connections' keys.
   std::unique_ptr<ForeignFds> foreign_fds_;
+  // The broker thread's time each charged uid took making allocations of
+  // kBudgetedBytes or more.
+  TimeBudget inline_budget_;
   // refuse_fds_at_sender as Start or Serve read it (each accepted
   // connection is set to refuse too).
   bool refuse_fds_ = true;
@@ -235,6 +264,10 @@ class Broker {
   std::atomic<int> held_cpu_{-1};
   // Where large allocations are made (see kSlowLaneBytes in broker.cc).
   std::unique_ptr<WorkQueue> slow_lane_;
+  // An eventfd the slow lane's tasks write once done (room for held
+  // requests), and the connections holding one.
+  UniqueFd lane_done_;
+  absl::flat_hash_set<uint64_t> held_;
   std::thread thread_;
   bool stopped_ = false;
 };

@@ -1,9 +1,15 @@
 // The broker's request path: records off a connection, the fast-path
 // Allocate and Release, and their answers (the handshake and connection
-// life are in broker.cc).
+// life are in broker.cc), and connections paused while fds they sent wait
+// to be closed or a request waits for the slow lane.
 #include "service/broker.h"
 
+#include <sys/epoll.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -13,6 +19,7 @@
 #include "clients/cpp/halloc/base/scm.h"
 #include "service/audit.h"
 #include "service/peer_identity.h"
+#include "service/util/clock.h"
 #include "service/registry.h"
 
 namespace halloc {
@@ -156,20 +163,32 @@ bool Broker::Handle(Conn& conn, Record rec) {
                                               conn.pidfd.get(),
                                               core_->policy()->matches_exe());
       // Small ones here, unless they could only be made after pages are
-      // freed (released memory still charged: see Registry::CheckRoom).
-      if (BytesOf(req.allocate(), *core_) < kSlowLaneBytes &&
-          ServeAllocate(session, caller, req, *conn.channel, /*may_wait=*/false)) {
+      // freed (released memory still charged: see Registry::CheckRoom), or
+      // their uid has had its share of this thread lately (kBudgetedBytes).
+      const uint64_t bytes = BytesOf(req.allocate(), *core_);
+      const bool budgeted = bytes >= kBudgetedBytes && bytes < kSlowLaneBytes;
+      const absl::Time start = budgeted ? MonotonicNow() : absl::Time();
+      const bool over_budget = budgeted && inline_budget_.Over(conn.charged_uid, start);
+      if (bytes < kSlowLaneBytes && !over_budget) {
+        const bool served =
+            ServeAllocate(session, caller, req, *conn.channel, /*may_wait=*/false);
+        if (budgeted) inline_budget_.Charge(conn.charged_uid, MonotonicNow() - start, start);
+        if (served) return true;
+      }
+      // Past its uid's share of this thread, and that uid's place on the
+      // slow lane taken: it waits for room, its connection unread
+      // meanwhile, rather than fail a burst that is merely being slowed.
+      if (over_budget && !slow_lane_->HasRoom(conn.charged_uid)) {
+        conn.held = Conn::Held{std::move(req), caller};
+        Pause(conn);
+        held_.insert(conn.key);
         return true;
       }
-      // Large, or waiting: made on the slow lane's thread, so that
-      // committing or freeing memory does not keep this thread from
-      // everyone else's requests. Its answer may come after those of later
-      // requests (replies carry request ids).
-      const uint64_t id = req.request_id();
-      absl::Status posted = slow_lane_->Post(
-          conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
-                     req = std::move(req)] { ServeAllocate(*s, who, req, *ch); });
-      if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
+      // Large, or waiting, or past its share: made on the slow lane's
+      // thread, so that committing or freeing memory does not keep this
+      // thread from everyone else's requests. Its answer may come after
+      // those of later requests (replies carry request ids).
+      PostAllocate(conn, caller, std::move(req));
       return true;
     }
     case v1::BrokerRequest::kRelease: {
@@ -186,6 +205,18 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
 }
 
+void Broker::PostAllocate(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
+  const uint64_t id = req.request_id();
+  absl::Status posted = slow_lane_->Post(
+      conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
+                         req = std::move(req)] {
+        ServeAllocate(*s, who, req, *ch);
+        const uint64_t one = 1;  // room for a held request, maybe
+        (void)!::write(lane_done_.get(), &one, sizeof(one));
+      });
+  if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
+}
+
 bool Broker::ServeAllocate(Session& session, const Identity& caller,
                            const v1::BrokerRequest& req, SocketFdChannel& conn,
                            bool may_wait) {
@@ -199,6 +230,75 @@ bool Broker::ServeAllocate(Session& session, const Identity& caller,
     Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
   return true;
+}
+
+void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
+  const uid_t uid = conn.charged_uid;
+  foreign_fds_->Close(conn.key, uid, std::move(fds));
+  Pause(conn);
+  if (foreign_fds_->OverLimit(uid)) {
+    Warn("foreign", absl::StrCat("uid ", uid, " has ", foreign_fds_->waiting_of(uid),
+                                 " fds it sent waiting to be closed: not reading any "
+                                 "of its connections until they are"));
+    for (auto& [key, c] : conns_) {
+      if (c->charged_uid == uid) Pause(*c);
+    }
+  }
+}
+
+void Broker::Pause(Conn& conn) {
+  if (conn.paused) return;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, conn.sock(), nullptr);
+  conn.paused = true;
+  paused_.insert(conn.key);
+}
+
+void Broker::RetryHeld() {
+  bool resumed = false;
+  for (auto it = held_.begin(); it != held_.end();) {
+    auto c = conns_.find(*it);
+    if (c == conns_.end() || !c->second->held) {
+      held_.erase(it++);
+      continue;
+    }
+    Conn& conn = *c->second;
+    if (!slow_lane_->HasRoom(conn.charged_uid)) {
+      ++it;
+      continue;
+    }
+    Conn::Held h = *std::move(conn.held);
+    conn.held.reset();
+    held_.erase(it++);
+    PostAllocate(conn, h.caller, std::move(h.req));
+    resumed = true;
+  }
+  if (resumed) ResumeCleared();  // those not paused for foreign fds too
+}
+
+void Broker::ResumeCleared() {
+  for (auto it = paused_.begin(); it != paused_.end();) {
+    auto c = conns_.find(*it);
+    if (c == conns_.end()) {
+      paused_.erase(it++);
+      continue;
+    }
+    Conn& conn = *c->second;
+    if (conn.held || foreign_fds_->Waiting(conn.key) ||
+        foreign_fds_->OverLimit(conn.charged_uid)) {
+      ++it;
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = conn.key;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, conn.sock(), &ev) != 0) {
+      Warn("resume", absl::StrCat("epoll_ctl(ADD): ", std::strerror(errno)));
+      ++it;
+      continue;
+    }
+    conn.paused = false;
+    paused_.erase(it++);
+  }
 }
 
 }  // namespace halloc

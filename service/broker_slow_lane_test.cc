@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -144,6 +145,87 @@ TEST_F(SlowLaneTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
     ASSERT_TRUE(rec.ok()) << rec.status();
     EXPECT_EQ(rec->fds.size(), 1u) << "the waiting ones are made in turn";
   }
+}
+
+// A memfd backend that takes `each` per allocation of 1 MiB or more (a
+// commit stand-in) and notes which thread made each allocation.
+class SlowBackend : public MemfdBackend {
+ public:
+  explicit SlowBackend(absl::Duration each) : each_(each) {}
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (r.size >= Broker::kBudgetedBytes) absl::SleepFor(each_);
+    {
+      absl::MutexLock lock(&mu_);
+      threads_.push_back(std::this_thread::get_id());
+    }
+    return MemfdBackend::Allocate(r);
+  }
+  std::vector<std::thread::id> threads() {
+    absl::MutexLock lock(&mu_);
+    return threads_;
+  }
+
+ private:
+  const absl::Duration each_;
+  absl::Mutex mu_;
+  std::vector<std::thread::id> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+// A uid that has had its share of the broker thread's time lately gets its
+// allocations of 1 MiB or more made on the slow lane (its answers still
+// come), its small ones inline as ever: one uid's stream of requests just
+// under the slow lane's 64 MiB cannot take the broker thread turn after
+// turn. (The window is long here so that a slow machine cannot end it
+// between the calls.)
+TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
+  const absl::Duration saved_window = Broker::inline_window;
+  const absl::Duration saved_allowed = Broker::inline_allowed;
+  Broker::inline_window = absl::Seconds(30);
+  Broker::inline_allowed = absl::Milliseconds(20);
+  auto backend = std::make_unique<SlowBackend>(absl::Milliseconds(40));
+  SlowBackend* slow = backend.get();
+  Allocator core(std::move(backend), Limits());
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Start(dir_ + "/broker.sock", 0600, &core);
+  Broker::inline_window = saved_window;
+  Broker::inline_allowed = saved_allowed;
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  size_t fds = 0;
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 4096, &fds).ok());          // inline
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 1 << 20, &fds).ok());       // inline: 40 ms
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 1 << 20, &fds).ok());       // past its share
+  EXPECT_EQ(fds, 1u);
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 4096, &fds).ok());          // small: inline
+  const std::vector<std::thread::id> t = slow->threads();
+  ASSERT_EQ(t.size(), 4u);
+  EXPECT_EQ(t[1], t[0]) << "the first 1 MiB one was made inline";
+  EXPECT_NE(t[2], t[0]) << "the second 1 MiB one was made on the broker thread";
+  EXPECT_EQ(t[3], t[0]) << "a small one left the broker thread";
+
+  // A burst past the uid's place on the slow lane is slowed, not failed:
+  // what finds the place taken waits for room, its connection unread.
+  constexpr int kBurst = static_cast<int>(Broker::kSlowLanePerUid) + 3;
+  v1::BrokerRequest req;
+  req.mutable_allocate()->mutable_desc()->set_size(1 << 20);
+  for (int i = 0; i < kBurst; ++i) {
+    req.set_request_id(100 + i);
+    ASSERT_TRUE(SendRecord(c->fd.get(), req.SerializeAsString(), {}, false).ok());
+  }
+  for (int i = 0; i < kBurst; ++i) {
+    ASSERT_TRUE(WaitReadable(c->fd.get(), 10000).ok()) << i;
+    absl::StatusOr<Record> rec = ReceiveRecord(c->fd.get(), false);
+    ASSERT_TRUE(rec.ok()) << rec.status();
+    v1::BrokerFrame frame;
+    ASSERT_TRUE(frame.ParseFromString(rec->bytes) && frame.has_reply());
+    EXPECT_TRUE(ReplyStatus(frame.reply()).ok()) << ReplyStatus(frame.reply());
+    EXPECT_EQ(rec->fds.size(), 1u);
+  }
+  const std::vector<std::thread::id> all = slow->threads();
+  ASSERT_EQ(all.size(), 4u + kBurst);
+  for (size_t i = 4; i < all.size(); ++i) EXPECT_NE(all[i], t[0]) << i;
+  (*broker)->Stop();
 }
 
 }  // namespace

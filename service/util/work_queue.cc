@@ -38,6 +38,13 @@ absl::Status WorkQueue::Post(uint64_t key, absl::AnyInvocable<void() &&> task) {
   return absl::OkStatus();
 }
 
+bool WorkQueue::HasRoom(uint64_t key) {
+  absl::MutexLock lock(&mu_);
+  if (stop_ || queue_.size() >= max_queued_) return false;
+  auto it = per_key_.find(key);
+  return it == per_key_.end() || it->second < max_per_key_;
+}
+
 void WorkQueue::Run() {
   for (;;) {
     Task task;

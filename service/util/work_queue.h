@@ -37,6 +37,8 @@ class WorkQueue {
   // the queue, or `key`'s share of it, is full. A task counts against its
   // key until it has run.
   absl::Status Post(uint64_t key, absl::AnyInvocable<void() &&> task);
+  // Whether Post(key, ...) would take a task now.
+  bool HasRoom(uint64_t key);
 
  private:
   void Run();
