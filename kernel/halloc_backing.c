@@ -143,7 +143,13 @@ int halloc_buffer_back(struct halloc_buffer *buf)
 
 	if (halloc_buffer_pages(buf))
 		return 0;
-	mutex_lock(&buf->lock);
+	/*
+	 * Killable: another thread may hold the lock through a whole backing
+	 * (seconds for a large buffer); a fault waiting here must not keep its
+	 * process from dying.
+	 */
+	if (mutex_lock_killable(&buf->lock))
+		return -EINTR;
 	ret = halloc_buffer_back_locked(buf);
 	mutex_unlock(&buf->lock);
 	return ret;

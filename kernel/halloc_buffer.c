@@ -326,7 +326,8 @@ static vm_fault_t halloc_vm_fault(struct vm_fault *vmf)
 	if (vmf->pgoff >= buf->nr_pages || READ_ONCE(view->revoked) ||
 	    halloc_buffer_back(buf))
 		return VM_FAULT_SIGBUS;
-	mutex_lock(&buf->lock);
+	if (mutex_lock_killable(&buf->lock))
+		return VM_FAULT_SIGBUS;	/* dying: nothing to map */
 	if (!view->revoked)
 		ret = vmf_insert_pfn(vmf->vma, vmf->address,
 				     page_to_pfn(halloc_buffer_pages(buf)[vmf->pgoff]));
