@@ -328,7 +328,16 @@ void Broker::Accept() {
   // Per-uid limits are charged to the uid a user namespace's processes
   // belong to (their owner's), not to each subordinate uid.
   UniqueFd pidfd = PeerPidfd(conn.get(), cred.pid);
-  const uid_t charged = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  const std::optional<uid_t> charge = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  if (!charge) {
+    // Gone: nobody to serve, and no uid it could be charged to for sure
+    // (one of a user's subordinate uids, say).
+    Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
+                                 ": it exited before it was accepted"));
+    CloseSocket(0, cred.uid, std::move(conn));
+    return;
+  }
+  const uid_t charged = *charge;
   if (absl::Status admit = Admit(charged); !admit.ok()) {
     v1::BrokerFrame frame;
     *frame.mutable_reply() = ErrorReply(0, admit);

@@ -212,10 +212,16 @@ void GrpcListener::AcceptOne() {
     return;  // closed: no identity, no service
   }
   // Per-uid limits charge a user namespace's processes to its owner's uid
-  // (ChargedUid), not to each subordinate uid.
-  const uid_t uid = ChargedUid(PeerPidfd(conn.get(), cred.pid).get(), cred.pid, cred.uid);
+  // (ChargedUid), not to each subordinate uid; a connection whose process
+  // is gone is charged to no one and not served.
+  const std::optional<uid_t> charged =
+      ChargedUid(PeerPidfd(conn.get(), cred.pid).get(), cred.pid, cred.uid);
+  const uid_t uid = charged.value_or(cred.uid);
   absl::Status admit = absl::OkStatus();
-  if (relay_ && relay_->OverLimit(uid)) {
+  if (!charged) {
+    admit = absl::FailedPreconditionError(
+        absl::StrCat("pid ", cred.pid, " (uid ", cred.uid, ") exited before it was accepted"));
+  } else if (relay_ && relay_->OverLimit(uid)) {
     admit = absl::ResourceExhaustedError(absl::StrCat(
         "uid ", uid, " has fds it sent waiting to be closed (no gRPC call carries fds)"));
   } else {

@@ -42,23 +42,28 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   return s;
 }
 
-uid_t ChargedUid(int pidfd, pid_t pid, uid_t uid) {
+std::optional<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
   static const std::optional<FileId> ours = FileIdOf("/proc/self/ns/user");
+  static const uid_t self = ::getuid();
   UniqueFd ns(::open(absl::StrCat("/proc/", pid, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
   // Opened while the pinned process ran: its namespace, not a pid reuser's.
-  if (!ns || !ours || !StillRunning(pidfd)) return uid;
-  // Up from the peer's namespace: the owner of the one whose parent is
-  // ours is a uid of ours (user namespaces nest at most 32 deep).
+  if (!StillRunning(pidfd)) return std::nullopt;
+  if (!ns || !ours) return uid;  // not ours to look at (another user's)
+  // Up from the peer's namespace to ours (user namespaces nest at most 32
+  // deep), keeping the topmost owner that is neither root nor hallocd's
+  // own uid: a container's namespaces belong to root, and the uids they
+  // map are charged as themselves, not as root's (which limits spare).
+  uid_t charge = uid;
   for (int depth = 0; depth <= 32; ++depth) {
     struct stat st;
     if (::fstat(ns.get(), &st) != 0) return uid;
-    if (FileId{st.st_dev, st.st_ino} == *ours) return uid;  // ours all along
-    UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
-    if (!parent || ::fstat(parent.get(), &st) != 0) return uid;  // not below ours
-    if (FileId{st.st_dev, st.st_ino} == *ours) {
-      uid_t owner = uid;
-      return ::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 ? owner : uid;
+    if (FileId{st.st_dev, st.st_ino} == *ours) return charge;
+    uid_t owner = 0;  // as a uid of ours
+    if (::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
+      charge = owner;
     }
+    UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
+    if (!parent) return uid;  // not below ours
     ns = std::move(parent);
   }
   return uid;

@@ -42,12 +42,17 @@ ExeSample SampleExe(int pidfd, pid_t pid);
 // The uid that pays for the connection of `pid` (pinned by `pidfd`), whose
 // SO_PEERCRED uid is `uid`: `uid` itself for a process in hallocd's own
 // user namespace; for one in a namespace below it, the uid (in hallocd's)
-// that owns the topmost namespace between them. Every per-uid limit is
-// charged to it: a user with subordinate uids (newuidmap: 65,536 on a
-// Debian login) would otherwise appear as that many uids and fill every
-// limit meant to share hallocd among users. `uid` when it cannot tell
-// (the process is gone, or its namespace is not below hallocd's).
-uid_t ChargedUid(int pidfd, pid_t pid, uid_t uid);
+// that owns the topmost namespace between them, unless that is root or
+// hallocd's own uid (a container's namespaces belong to root: the uids
+// they map are charged as themselves). Connection, fd and slow-lane
+// limits are charged to it: a user with subordinate uids (newuidmap:
+// 65,536 on a Debian login) would otherwise appear as that many uids and
+// fill every limit meant to share hallocd among users. `uid` when it
+// cannot look (another user's process, to a hallocd not run as root);
+// nullopt when the process is gone (nothing to serve: a connection left
+// behind by a process that exited must not be charged to a uid of its
+// choosing).
+std::optional<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid);
 
 // Whether the process `pidfd` pins has not exited (false for -1). A
 // verified process's pid is its own only while this holds: after, the pid
