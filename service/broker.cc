@@ -140,8 +140,11 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
       foreign_fds_(std::move(foreign_fds)),
       inline_budget_(inline_window, inline_allowed),
       log_limit_(10, absl::Seconds(1)),
-      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid)),
-      lane_done_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+      lane_done_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid, [this] {
+        const uint64_t one = 1;  // a place is free: room for a held request, maybe
+        (void)!::write(lane_done_.get(), &one, sizeof(one));
+      })) {}
 
 Broker::~Broker() { Stop(); }
 
@@ -448,6 +451,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   v1::Welcome* welcome = reply.mutable_welcome();
   welcome->set_session_id(conn.session->id());
   welcome->set_session_token(conn.session->token());
+  welcome->set_import_call_ids(true);
   if (id.exe_file) welcome->set_exe(Utf8OrEscaped(id.exe));
   Reply(conn, std::move(reply));
   uint64_t dropped = 0;

@@ -6,7 +6,8 @@
 // One thread runs it; while it serves one client at a time it moves to that
 // client's CPU (util/cpu_follower.h). Large allocations (64 MiB or more) go
 // to a second thread (util/work_queue.h), so that committing them does not
-// hold up everyone else's requests. For each accepted connection it reads SO_PEERCRED,
+// hold up everyone else's requests, as do those of 1 MiB or more of a uid
+// past its share of this thread (kBudgetedBytes). For each accepted connection it reads SO_PEERCRED,
 // pins the peer with a pidfd, notes which file it executes and sends a Hello
 // with a challenge; the session opens only when the connecting process
 // itself answers (the kernel stamps every record with its sender:
@@ -26,9 +27,10 @@
 // sent them is not read again until they are closed (nor any of its uid's
 // once too many wait); fds sent and not read are counted per uid
 // (unread_fds.h), so a client that does not read cannot use up what the
-// kernel lets hallocd have in flight. Every per-uid limit charges the uid a
-// peer belongs to (ChargedUid, peer_identity.h): a user's subordinate uids
-// in a user namespace are that user.
+// kernel lets hallocd have in flight. Connection, fd and slow-lane limits
+// charge the uid a peer belongs to (ChargedUid, peer_identity.h): a user's
+// subordinate uids in a user namespace are that user. (Memory quotas are
+// the policy's, per rule and the uid as it is.)
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 
@@ -262,12 +264,13 @@ class Broker {
   uint64_t last_client_ = 0;
   int lone_requests_ = 0;
   std::atomic<int> held_cpu_{-1};
-  // Where large allocations are made (see kSlowLaneBytes in broker.cc).
-  std::unique_ptr<WorkQueue> slow_lane_;
-  // An eventfd the slow lane's tasks write once done (room for held
-  // requests), and the connections holding one.
+  // An eventfd the slow lane writes after each task (room for held
+  // requests), and the connections holding one. Before slow_lane_, which
+  // writes it from its thread (and is destroyed first).
   UniqueFd lane_done_;
   absl::flat_hash_set<uint64_t> held_;
+  // Where large allocations are made (see kSlowLaneBytes in broker.cc).
+  std::unique_ptr<WorkQueue> slow_lane_;
   std::thread thread_;
   bool stopped_ = false;
 };

@@ -211,8 +211,6 @@ void Broker::PostAllocate(Conn& conn, const Identity& caller, v1::BrokerRequest 
       conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
                          req = std::move(req)] {
         ServeAllocate(*s, who, req, *ch);
-        const uint64_t one = 1;  // room for a held request, maybe
-        (void)!::write(lane_done_.get(), &one, sizeof(one));
       });
   if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
 }

@@ -79,8 +79,9 @@ TEST_F(GrpcServiceTest, AllocateFindsTheSessionByTokenAndSendsFdsToItsChannel) {
   EXPECT_EQ(dresp.buffer().size(), 4096u);
 }
 
-// The caller gave up (its deadline passed) while the buffers were being
-// delivered: it will never learn their ids, so they are not kept for it.
+// The fd an import sends ahead of its reply carries the call's id (0 for an
+// Allocate's), so that a client with two imports of one buffer in flight
+// tells them apart.
 TEST_F(GrpcServiceTest, AnImportsFdCarriesItsCallId) {
   v1::AllocateRequest req;
   req.mutable_desc()->set_size(4096);
@@ -103,6 +104,8 @@ TEST_F(GrpcServiceTest, AnImportsFdCarriesItsCallId) {
   }
 }
 
+// The caller gave up (its deadline passed) while the buffers were being
+// delivered: it will never learn their ids, so they are not kept for it.
 TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
   channel_->delay = absl::Milliseconds(300);
   v1::AllocateRequest req;

@@ -59,19 +59,23 @@
  *               (dev->driver->name), or the device name for a device with no
  *               driver bound (vgem's platform device is "vgem"). An empty
  *               list with the flag set forbids every attach. The list
- *               binds kernel vmaps too: a restricted view's dma_buf_vmap()
- *               maps the buffer only while a device has attached through
- *               this view (so passed the list; videobuf2-dma-contig
- *               attaches, then vmaps to fill a frame). A kernel importer
- *               that only vmaps (videobuf2-vmalloc: uvcvideo, vivid by
- *               default) names no device, so on a restricted view it gets
- *               a private zeroed scratch page over the whole size, as a
- *               revoked view does: it reads zeros, its writes reach no
- *               one, and the module logs a notice. The core shares one
- *               vmap per dma-buf among its kernel users, so while a listed
- *               device holds a vmap of the view, another kernel user of
- *               the same dma-buf is handed that mapping without the
- *               exporter being asked.
+ *               reaches kernel vmaps too, as far as 6.1's core lets it: a
+ *               restricted view's first dma_buf_vmap() maps the buffer
+ *               only while some device is attached through this view (so
+ *               passed the list; videobuf2-dma-contig attaches, then
+ *               vmaps to fill a frame); otherwise (videobuf2-vmalloc:
+ *               uvcvideo, vivid by default, which never attach) it maps a
+ *               private zeroed scratch page over the whole size, as for a
+ *               revoked view: reads see zeros, writes reach no one, and
+ *               the module logs a notice. The core then hands that one
+ *               mapping to every kernel user of the dma-buf until the last
+ *               vunmap, without asking the exporter: while a listed device
+ *               is attached (or holds the real vmap), a vmap-only importer
+ *               of the same dma-buf shares the real mapping, and a listed
+ *               device that vmaps after an unattached importer's vmap gets
+ *               the scratch page (its frames are lost) until that ends.
+ *               The list keeps unlisted devices off the pages of a view
+ *               whose holder does not also drive a listed one.
  *               Unused entries (from num_drivers on) are reserved and must
  *               be zero; what follows each name's NUL is not kept.
  *   name        shown by DMA_BUF_IOCTL_SET_NAME readers (fdinfo, debugfs).

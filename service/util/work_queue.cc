@@ -6,8 +6,9 @@
 
 namespace halloc {
 
-WorkQueue::WorkQueue(size_t max_queued, size_t max_per_key)
-    : max_queued_(max_queued), max_per_key_(max_per_key), thread_([this] { Run(); }) {}
+WorkQueue::WorkQueue(size_t max_queued, size_t max_per_key, absl::AnyInvocable<void()> after_each)
+    : max_queued_(max_queued), max_per_key_(max_per_key), after_each_(std::move(after_each)),
+      thread_([this] { Run(); }) {}
 
 WorkQueue::~WorkQueue() {
   std::deque<Task> dropped;
@@ -61,8 +62,11 @@ void WorkQueue::Run() {
     }
     std::move(task.run)();
     task.run = nullptr;  // what it captured goes before its key is freed
-    absl::MutexLock lock(&mu_);
-    if (--per_key_[task.key] == 0) per_key_.erase(task.key);
+    {
+      absl::MutexLock lock(&mu_);
+      if (--per_key_[task.key] == 0) per_key_.erase(task.key);
+    }
+    if (after_each_) after_each_();  // the key's place is free by now
   }
 }
 

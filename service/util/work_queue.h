@@ -28,7 +28,10 @@ namespace halloc {
 
 class WorkQueue {
  public:
-  WorkQueue(size_t max_queued, size_t max_per_key);
+  // `after_each`, if any, runs on the queue's thread after each task, once
+  // the task's place is free (HasRoom sees it).
+  WorkQueue(size_t max_queued, size_t max_per_key,
+            absl::AnyInvocable<void()> after_each = nullptr);
   ~WorkQueue();
   WorkQueue(const WorkQueue&) = delete;
   WorkQueue& operator=(const WorkQueue&) = delete;
@@ -45,6 +48,7 @@ class WorkQueue {
 
   const size_t max_queued_;
   const size_t max_per_key_;
+  absl::AnyInvocable<void()> after_each_;
   absl::Mutex mu_;
   struct Task {
     uint64_t key;

@@ -89,5 +89,22 @@ TEST(WorkQueueTest, DestroyingDropsWhatWaits) {
   EXPECT_EQ(capture.use_count(), 1);
 }
 
+// What runs after each task finds the task's place free already: a caller
+// told "one ended" can post at once (before, the broker's held requests
+// woke to a queue still counting the task and waited for the next).
+TEST(WorkQueueTest, AfterEachRunsOnceTheTasksPlaceIsFree) {
+  WorkQueue* self = nullptr;
+  absl::Notification done;
+  std::atomic<bool> room{false};
+  WorkQueue q(8, 1, [&] {
+    room = self->HasRoom(7);
+    done.Notify();
+  });
+  self = &q;
+  ASSERT_TRUE(q.Post(7, [] {}).ok());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(room.load());
+}
+
 }  // namespace
 }  // namespace halloc

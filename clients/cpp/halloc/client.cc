@@ -490,7 +490,9 @@ absl::StatusOr<v1::DumpResponse> Client::Dump() {
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));
-  req.set_call_id(impl_->NextCallId());
+  // Two imports of one buffer may be in flight: the call id tells their
+  // fds apart, where hallocd echoes it (else 0, as it sends).
+  if (impl_->welcome_.import_call_ids()) req.set_call_id(impl_->NextCallId());
   ASSIGN_OR_RETURN(v1::ImportResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Import, req, "Import"));
   return impl_->Receive(std::move(*resp.mutable_buffer()), req.call_id());

@@ -334,10 +334,11 @@ class Client:
         """Takes a buffer shared with us: a Buffer with its own fd, carrying
         the grant's rights."""
         # Two imports of one buffer may be in flight: the call id tells
-        # their fds apart (it comes from the request ids' counter).
+        # their fds apart (it comes from the request ids' counter), where
+        # hallocd echoes it (Welcome.import_call_ids; else 0, as it sends).
         req = allocator_pb2.ImportRequest(
             grant_token=token.encode() if isinstance(token, str) else token,
-            call_id=next(self._request_ids))
+            call_id=next(self._request_ids) if self.welcome.import_call_ids else 0)
         info = self._call(self._stub.Import, req, "Import").buffer
         return Buffer(self, info, self._take_fd(info.id, req.call_id))
 
