@@ -245,7 +245,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   // race us). The registry may judge twice (after settling released
   // memory): a refusal is counted once, from what it returns.
   auto quota = [&](uint64_t buffers, uint64_t bytes) {
-    return CheckQuota(*decision.rule, caller.uid, buffers, bytes, plan.count,
+    return CheckQuota(*decision.rule, caller.charged_uid(), buffers, bytes, plan.count,
                       plan.size);
   };
   // Given back unless Add takes it (a failure below destroys it after the

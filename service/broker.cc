@@ -436,6 +436,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   // that answered is that file's.
   ExeSample now = SampleExe(conn.pidfd.get(), conn.peer.pid);
   Identity id{conn.peer.uid, conn.peer.gid, conn.peer.pid, now.path, std::nullopt};
+  id.account_uid = conn.charged_uid;  // every request on it pays as it does
   if (conn.exe_file && now.file == conn.exe_file) id.exe_file = conn.exe_file;
   absl::StatusOr<std::shared_ptr<Session>> session =
       core_->OpenSession(id, conn.channel);

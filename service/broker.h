@@ -27,10 +27,10 @@
 // sent them is not read again until they are closed (nor any of its uid's
 // once too many wait); fds sent and not read are counted per uid
 // (unread_fds.h), so a client that does not read cannot use up what the
-// kernel lets hallocd have in flight. Connection, fd and slow-lane limits
-// charge the uid a peer belongs to (ChargedUid, peer_identity.h): a user's
-// subordinate uids in a user namespace are that user. (Memory quotas are
-// the policy's, per rule and the uid as it is.)
+// kernel lets hallocd have in flight. Connection, fd, slow-lane and quota
+// limits charge the uid a peer belongs to (ChargedUid, peer_identity.h;
+// Identity::account_uid for quotas, for every request on the connection):
+// a user's subordinate uids in a user namespace are that user.
 #ifndef HALLOC_SERVICE_BROKER_H_
 #define HALLOC_SERVICE_BROKER_H_
 

@@ -77,7 +77,11 @@ bool StillRunning(int pidfd) {
 
 Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd,
                          bool exe_matters) {
-  const Identity others{sender.uid, sender.gid, sender.pid, "", std::nullopt};
+  // Another process on the session's socket is judged by its own uid and
+  // gid but pays as the connection does (holding the socket is holding the
+  // session): subordinate uids sharing one user's socket are that user.
+  Identity others{sender.uid, sender.gid, sender.pid, "", std::nullopt,
+                  session.account_uid};
   if (sender.pid != session.pid) return others;
   // The session's identity, its executable only where it can matter.
   Identity id = session;

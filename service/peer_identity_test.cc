@@ -158,6 +158,23 @@ TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   EXPECT_EQ(id.exe, "/usr/bin/cam");
 }
 
+// Whoever sends on a session's socket is judged by its own uid and gid
+// but pays (quotas) as the connection does.
+TEST(PeerIdentityTest, EveryRequestOnAConnectionPaysAsTheConnection) {
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
+  Identity session{300001, 300001, child->pid(), "", std::nullopt};
+  session.account_uid = 1001;  // its user namespace's owner
+  for (const ucred& sender : {ucred{child->pid(), 300001, 300001},
+                              ucred{child->pid() + 1, 300011, 300011}}) {
+    const Identity id = RequestIdentity(session, sender, pidfd.get(), false);
+    EXPECT_EQ(id.uid, sender.uid);
+    EXPECT_EQ(id.charged_uid(), 1001u) << "sender uid " << sender.uid;
+  }
+  EXPECT_EQ((Identity{5, 5, 1, "", std::nullopt}).charged_uid(), 5u) << "no account: itself";
+}
+
 // A peer in a pid namespace of its own: a process holding CAP_SYS_ADMIN
 // over that namespace could stamp this peer's pid on its own records, so
 // the peer's binary is not vouched for (uid and gid still are).

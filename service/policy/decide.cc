@@ -72,7 +72,7 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Iden
   d.rule = &rule;
   d.owner_access = Narrower(ask.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
-  d.quota_key = QuotaKey(rule.name, caller.uid);
+  d.quota_key = QuotaKey(rule.name, caller.charged_uid());
   d.charge_until_gone = rule.quota_buffers != 0 || rule.quota_bytes != 0;
   return d;
 }

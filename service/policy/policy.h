@@ -45,6 +45,13 @@ struct Identity {
   // The executable's file, verified by the broker handshake (see
   // proto/halloc/v1/broker.proto). Unset: no rule with `exe` matches.
   std::optional<FileId> exe_file;
+  // Whom quotas charge when set (else `uid`): the uid the broker
+  // connection is charged to (a user namespace's owner: ChargedUid in
+  // service/peer_identity.h), for every request that comes over it,
+  // whichever process sent it.
+  std::optional<uid_t> account_uid;
+
+  uid_t charged_uid() const { return account_uid.value_or(uid); }
 };
 
 struct Rule {

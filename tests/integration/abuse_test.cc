@@ -58,8 +58,11 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
 // the map written by this root process), connecting to the broker as uid 1
 // of it: outside, uid first_outside + 1. Its exit code: 0 when it held a
 // session until a byte came on `done`, 2 when refused for the per-uid limit, else
-// an error code; `ready` gets a byte once it knows.
-pid_t SubordinateConnect(const std::string& broker, uid_t first_outside, int ready, int done) {
+// an error code; `ready` gets a byte once it knows: 'c' connected, 'r'
+// refused, or with `allocate` (one 4 KiB buffer, held too) 'a' allocated,
+// 'q' refused for a quota, 'e' another error.
+pid_t SubordinateConnect(const std::string& broker, uid_t first_outside, int ready, int done,
+                         bool allocate = false) {
   int go[2], up[2];
   if (pipe(go) != 0 || pipe(up) != 0) return -1;
   const pid_t child = fork();
@@ -71,7 +74,26 @@ pid_t SubordinateConnect(const std::string& broker, uid_t first_outside, int rea
     absl::StatusOr<BrokerConnection> conn = ConnectBroker(broker, absl::Seconds(5));
     const bool limited = absl::IsResourceExhausted(conn.status()) &&
                          absl::StrContains(conn.status().message(), "limit per uid is 1");
-    (void)!write(ready, conn.ok() ? "c" : "r", 1);
+    const char* said = conn.ok() ? "c" : "r";
+    if (conn.ok() && allocate) {
+      v1::BrokerRequest req;
+      req.set_request_id(1);
+      req.mutable_allocate()->mutable_desc()->set_size(4096);
+      absl::StatusOr<Record> rec = absl::UnavailableError("not sent");
+      if (SendRecord(conn->fd.get(), req.SerializeAsString(), {}, false).ok() &&
+          WaitReadable(conn->fd.get(), 5000).ok()) {
+        rec = ReceiveRecord(conn->fd.get(), false);
+      }
+      v1::BrokerFrame frame;
+      const absl::Status s = rec.ok() && frame.ParseFromString(rec->bytes) && frame.has_reply()
+                                 ? ReplyStatus(frame.reply())
+                                 : absl::DataLossError("no reply");
+      if (!s.ok()) std::fprintf(stderr, "subordinate allocate: %s\n", s.ToString().c_str());
+      said = s.ok() ? "a"
+             : absl::IsResourceExhausted(s) && absl::StrContains(s.message(), "quota") ? "q"
+                                                                                      : "e";
+    }
+    (void)!write(ready, said, 1);
     if (!conn.ok()) _exit(limited ? 2 : 102);
     (void)!read(done, &c, 1);  // holds its session until a byte comes
     _exit(0);
@@ -122,6 +144,32 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
       << status << ")";
   ASSERT_EQ(waitpid(first, &status, 0), first);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+}
+
+// And to memory quotas: the same two share 1001's quota of one buffer.
+// Before, each subordinate uid had a quota of its own (65,536 quotas).
+TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersQuota) {
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 1 }\n");
+  if (ExitCodeAsUid1001([] { return unshare(CLONE_NEWUSER) == 0 ? 0 : 1; }) != 0) {
+    GTEST_SKIP() << "cannot make a user namespace as uid 1001 here (not root, or "
+                    "unprivileged user namespaces are off)";
+  }
+  int ready[2], done[2];
+  ASSERT_EQ(pipe(ready), 0);
+  ASSERT_EQ(pipe(done), 0);
+  const pid_t first = SubordinateConnect(opts_.broker_socket, 300000, ready[1], done[0], true);
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  EXPECT_EQ(c, 'a') << "the first subordinate uid allocates";
+  const pid_t second = SubordinateConnect(opts_.broker_socket, 300010, ready[1], done[0], true);
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  EXPECT_EQ(c, 'q') << "a second subordinate uid of the same user had a quota of its own";
+  ASSERT_EQ(write(done[1], "xx", 2), 2);
+  int status = 0;
+  for (pid_t p : {first, second}) ASSERT_EQ(waitpid(p, &status, 0), p);
   for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
 }
 

@@ -229,6 +229,31 @@ class VividTest : public HallocTest {
         << "vivid released the buffer";
   }
 
+  // vb2-vmalloc captures one frame through a view of a buffer filled with
+  // 0x5a (`make_view`: the view, from the buffer's fd) and the buffer is
+  // checked untouched: the capture went to a scratch page.
+  void CaptureMissesTheBuffer(const std::function<UniqueFd(int)>& make_view,
+                              const char* what) {
+    ASSERT_EQ(RequestBuffers(1), 0);
+    const size_t len = PageAlign(frame_size_);
+    UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
+    ASSERT_TRUE(buf.valid());
+    Mapping owner = Map(buf.get(), len);
+    ASSERT_TRUE(owner.valid());
+    memset(owner.data(), 0x5a, len);
+    UniqueFd view = make_view(buf.get());
+    ASSERT_TRUE(view.valid());
+    ASSERT_EQ(Queue(0, view.get(), len), 0) << "vmap of " << what;
+    EXPECT_EQ(InfoOf(buf.get()).vmaps, 0u) << "the buffer's pages are not mapped";
+    ASSERT_EQ(StreamOn(true), 0);
+    uint32_t used = 0;
+    ASSERT_EQ(Dequeue(&used), 0);
+    ASSERT_EQ(StreamOn(false), 0);
+    ASSERT_EQ(RequestBuffers(0), 0);
+    EXPECT_TRUE(AllBytesAre(owner.data(), len, 0x5a))
+        << "vivid wrote into the buffer through " << what;
+  }
+
   UniqueFd video_;
   uint32_t frame_size_ = 0;
 };

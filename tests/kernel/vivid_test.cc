@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,26 +37,13 @@ TEST_F(VividTest, VmallocCaptureIntoContigHeap) {
 // (VmallocCaptureIntoSystemHeap shows the same capture does reach an
 // unrevoked buffer.)
 TEST_F(VividTest, VmallocCapturesRevokedViewIntoScratch) {
-  ASSERT_EQ(RequestBuffers(1), 0);
-  const size_t len = PageAlign(frame_size_);
-  UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
-  ASSERT_TRUE(buf.valid());
-  Mapping owner = Map(buf.get(), len);
-  ASSERT_TRUE(owner.valid());
-  memset(owner.data(), 0x5a, len);
-  UniqueFd view(MakeView(ctl_.get(), buf.get(), ViewSpec{}));
-  ASSERT_TRUE(view.valid());
-  ASSERT_EQ(Revoke(ctl_.get(), buf.get(), InfoOf(view.get()).view_id), 0);
-
-  ASSERT_EQ(Queue(0, view.get(), len), 0) << "vmap of a revoked view";
-  EXPECT_EQ(InfoOf(buf.get()).vmaps, 0u) << "the buffer's pages are not mapped";
-  ASSERT_EQ(StreamOn(true), 0);
-  uint32_t used = 0;
-  ASSERT_EQ(Dequeue(&used), 0);
-  ASSERT_EQ(StreamOn(false), 0);
-  ASSERT_EQ(RequestBuffers(0), 0);
-  EXPECT_TRUE(AllBytesAre(owner.data(), len, 0x5a))
-      << "vivid wrote into the buffer through a revoked view";
+  CaptureMissesTheBuffer(
+      [&](int buf) {
+        UniqueFd view(MakeView(ctl_.get(), buf, ViewSpec{}));
+        EXPECT_EQ(Revoke(ctl_.get(), buf, InfoOf(view.get()).view_id), 0);
+        return view;
+      },
+      "a revoked view");
 }
 
 // A view restricted to some drivers reaches a kernel importer's vmap only
@@ -66,29 +54,15 @@ TEST_F(VividTest, VmallocCapturesRevokedViewIntoScratch) {
 // (VividContigTest.CapturesIntoBuffersFromHallocd: vivid's dma-contig,
 // which attaches first, captures into restricted views.)
 TEST_F(VividTest, VmallocCapturesRestrictedViewIntoScratch) {
-  ASSERT_EQ(RequestBuffers(1), 0);
-  const size_t len = PageAlign(frame_size_);
-  UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
-  ASSERT_TRUE(buf.valid());
-  Mapping owner = Map(buf.get(), len);
-  ASSERT_TRUE(owner.valid());
-  memset(owner.data(), 0x5a, len);
-  ViewSpec spec;
-  spec.cpu = HALLOC_CPU_READ;
-  spec.restrict_attach = true;
-  spec.drivers = {"vivid"};
-  UniqueFd view(MakeView(ctl_.get(), buf.get(), spec));
-  ASSERT_TRUE(view.valid());
-
-  ASSERT_EQ(Queue(0, view.get(), len), 0) << "vmap of a restricted view";
-  EXPECT_EQ(InfoOf(buf.get()).vmaps, 0u) << "the buffer's pages are not mapped";
-  ASSERT_EQ(StreamOn(true), 0);
-  uint32_t used = 0;
-  ASSERT_EQ(Dequeue(&used), 0);
-  ASSERT_EQ(StreamOn(false), 0);
-  ASSERT_EQ(RequestBuffers(0), 0);
-  EXPECT_TRUE(AllBytesAre(owner.data(), len, 0x5a))
-      << "vivid (vmalloc, never attached) wrote into a restricted view";
+  CaptureMissesTheBuffer(
+      [&](int buf) {
+        ViewSpec spec;
+        spec.cpu = HALLOC_CPU_READ;
+        spec.restrict_attach = true;
+        spec.drivers = {"vivid"};
+        return UniqueFd(MakeView(ctl_.get(), buf, spec));
+      },
+      "a restricted view no listed device attached");
 }
 
 // A view without CPU access has no vmap: vb2-vmalloc (which reads and
