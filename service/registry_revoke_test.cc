@@ -16,11 +16,9 @@ using ::absl::StatusCode;
 // that held the buffer only through that grant stops holding it.
 TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto first = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto first = ShareTo(kA, id, 2);
   ASSERT_TRUE(first.ok());
-  GrantView rw = ReadGrantForUid(2);
-  rw.access = CpuAccess::kReadWrite;
-  auto second = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
+  auto second = ShareTo(kA, id, 2, CpuAccess::kReadWrite);
   ASSERT_TRUE(second.ok());
 
   auto imported = reg_.Import(kB, first->token(), Accept);
@@ -62,16 +60,15 @@ TEST_F(RegistryTest, LiveRevokeCutsTheImportsOfThatGrantOnly) {
 // B kept a revoked buffer by granting it to itself first and importing
 // that grant afterwards, and C, who imported from B, was never cut off.
 TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
-  constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  auto also_to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto to_b = ShareTo(kA, id, 2);
+  auto also_to_b = ShareTo(kA, id, 2);
   ASSERT_TRUE(to_b.ok() && also_to_b.ok());
   ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 601));
   // B shares on: to itself, and to C, who imports.
-  auto b_to_b = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  auto b_to_b = ShareTo(kB, id, 2);
+  auto b_to_c = ShareTo(kB, id, 3);
   ASSERT_TRUE(b_to_b.ok() && b_to_c.ok());
   ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 602));
 
@@ -92,13 +89,12 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
 // The granter need not hold any more: a grant made from a route dies with
 // the route even after its granter released the buffer.
 TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
-  constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto to_b = ShareTo(kA, id, 2);
   ASSERT_TRUE(to_b.ok());
   ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
-  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  auto b_to_c = ShareTo(kB, id, 3);
   ASSERT_TRUE(b_to_c.ok());
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
@@ -109,10 +105,9 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
 // An importer that let go (Release, or its session ended) may still have
 // the fd somewhere: revoking the grant cuts those views off too.
 TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
-  constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(2));
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto grant = ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
   for (auto [sid, view] : {std::pair{kB, uint64_t{801}}, std::pair{kC, uint64_t{802}}}) {
     ASSERT_TRUE(ImportView(sid, *grant, id, CpuAccess::kRead, view));
@@ -131,24 +126,23 @@ TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
 // revoked, one revoke at a time as well as in one; a grant revoked before
 // a later share is not counted among where that share came from.
 TEST_F(RegistryTest, LiveRevokeReachesGrantsWhoseRoutesWereRevokedOneByOne) {
-  constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto g1 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  auto g2 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  auto g3 = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto g1 = ShareTo(kA, id, 2);
+  auto g2 = ShareTo(kA, id, 2);
+  auto g3 = ShareTo(kA, id, 2);
   ASSERT_TRUE(g1.ok() && g2.ok() && g3.ok());
   uint64_t view = 900;
   for (const auto* g : {&*g1, &*g2, &*g3}) {
     ASSERT_TRUE(ImportView(kB, *g, id, CpuAccess::kRead, ++view));
   }
   // B shares on to C (through g1, g2 and g3), who imports.
-  auto to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  auto to_c = ShareTo(kB, id, 3);
   ASSERT_TRUE(to_c.ok());
   ASSERT_TRUE(ImportView(kC, *to_c, id, CpuAccess::kRead, 909));
   // g3 goes; then B shares again (through g1 and g2 only).
   ASSERT_TRUE(reg_.Revoke(kA, g3->id(), true).ok());
-  auto later = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  auto later = ShareTo(kB, id, 3);
   ASSERT_TRUE(later.ok());
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   // g1 goes: both of B's grants still have g2.
@@ -177,7 +171,7 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsWiderThanTheRoutesLeft) {
     EXPECT_EQ(held, CpuAccess::kReadWrite);
     return rw_to_c;
   });
-  auto narrow = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  auto narrow = ShareTo(kB, id, 3);
   ASSERT_TRUE(wide.ok() && narrow.ok());
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, t.rw.id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
@@ -212,17 +206,17 @@ TEST_F(RegistryTest, ACpuNoneRouteCoversNoReadGrantAfterARevoke) {
 // let go of are bounded (their view ids are kept for its revoke).
 TEST_F(RegistryTest, WhatARevokeLeftCannotBeSharedOnAndLetGoImportsAreBounded) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto grant = ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
   ASSERT_TRUE(reg_.Import(kB, grant->token(), Accept).ok());  // not delivered yet
   ASSERT_TRUE(reg_.Revoke(kA, grant->id(), true).ok());
-  EXPECT_EQ(reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); }).status().code(),
+  EXPECT_EQ(ShareTo(kB, id, 2).status().code(),
             StatusCode::kFailedPrecondition);
   EXPECT_EQ(reg_.AddImportView(kB, grant->id(), id, CpuAccess::kRead, 1).code(),
             StatusCode::kNotFound);
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());
 
-  auto kept = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto kept = ShareTo(kA, id, 2);
   ASSERT_TRUE(kept.ok());
   for (uint64_t view = 1; view <= Registry::kMaxImportsPerGrant; ++view) {
     ASSERT_TRUE(reg_.Import(kB, kept->token(), Accept).ok()) << view;
@@ -243,17 +237,17 @@ TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
   const uint64_t id = AddN(kA, 1)[0];
   std::vector<uint64_t> grants;
   for (size_t i = 0; i < Registry::kMaxGrantsPerSession; ++i) {
-    auto g = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+    auto g = ShareTo(kA, id, 2);
     ASSERT_TRUE(g.ok()) << i << ": " << g.status();
     grants.push_back(g->id());
   }
-  auto over = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto over = ShareTo(kA, id, 2);
   EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(Stats().grants(), Registry::kMaxGrantsPerSession);
   ASSERT_TRUE(reg_.Revoke(kA, grants.back(), false).ok());
-  EXPECT_TRUE(reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); }).ok());
+  EXPECT_TRUE(ShareTo(kA, id, 2).ok());
 
-  auto token = reg_.Share(kB, AddN(kB, 1)[0], [&](CpuAccess) { return ReadGrantForUid(1); });
+  auto token = ShareTo(kB, AddN(kB, 1)[0], 1);
   ASSERT_TRUE(token.ok());
   for (size_t i = 0; i < Registry::kMaxImportsPerGrant; ++i) {
     auto imported = reg_.Import(kA, token->token(), Accept);
@@ -269,10 +263,8 @@ TEST_F(RegistryTest, GrantsAndRepeatedImportsAreBoundedPerSession) {
 // client leaves neither its route nor its wider rights behind.
 TEST_F(RegistryTest, AnUndeliveredLiveImportLeavesNoRouteAndNoWiderRights) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto read = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
-  GrantView rw = ReadGrantForUid(2);
-  rw.access = CpuAccess::kReadWrite;
-  auto read_write = reg_.Share(kA, id, [&](CpuAccess) { return rw; });
+  auto read = ShareTo(kA, id, 2);
+  auto read_write = ShareTo(kA, id, 2, CpuAccess::kReadWrite);
   ASSERT_TRUE(read.ok() && read_write.ok());
   ASSERT_TRUE(ImportView(kB, *read, id, CpuAccess::kRead, 801));
   auto wider = reg_.Import(kB, read_write->token(), Accept);
@@ -295,13 +287,12 @@ TEST_F(RegistryTest, AnUndeliveredLiveImportLeavesNoRouteAndNoWiderRights) {
 // the same session, racing) still knows where its granter's hold came
 // from: the revoke reaches it.
 TEST_F(RegistryTest, AShareRacingAnImportIsDerivedFromIt) {
-  constexpr uint64_t kC = 30;
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto to_b = ShareTo(kA, id, 2);
   ASSERT_TRUE(to_b.ok());
   ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());  // no view noted yet
-  auto b_to_c = reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(3); });
+  auto b_to_c = ShareTo(kB, id, 3);
   ASSERT_TRUE(b_to_c.ok());
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());  // its import failed, say
   ASSERT_TRUE(reg_.Revoke(kA, to_b->id(), true).ok());
@@ -310,11 +301,9 @@ TEST_F(RegistryTest, AShareRacingAnImportIsDerivedFromIt) {
 
 TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto grant = ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
-  ASSERT_TRUE(reg_.Import(kB, grant->token(), [](const GrantView&) {
-                    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
-                  }).ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), Accept).ok());
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), false);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(r->views.empty());

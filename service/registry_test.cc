@@ -141,7 +141,7 @@ TEST_F(RegistryTest, ReleaseIsAllOrNothingAndGivesTheChargeBack) {
 
 TEST_F(RegistryTest, ALeftSessionCannotAddAndItsHoldsAndGrantsGo) {
   std::vector<uint64_t> ids = AddN(kA, 2);
-  ASSERT_TRUE(reg_.Share(kA, ids[0], [&](CpuAccess) { return ReadGrantForUid(2); }).ok());
+  ASSERT_TRUE(ShareTo(kA, ids[0], 2).ok());
   reg_.Leave(kA);
   reg_.Leave(kA);  // twice: no-op
   EXPECT_EQ(Stats().live_buffers(), 0u);
@@ -209,32 +209,28 @@ TEST_F(RegistryTest, RefusedShareAndImportChangeNothing) {
                   return absl::PermissionDeniedError("no");
                 }).status().code(),
             StatusCode::kPermissionDenied);
-  EXPECT_EQ(reg_.Share(kB, id, [&](CpuAccess) { return ReadGrantForUid(2); })
+  EXPECT_EQ(ShareTo(kB, id, 2)
                 .status().code(),
             StatusCode::kNotFound);  // B does not hold it
   EXPECT_EQ(Stats().grants(), 0u);
 
   absl::StatusOr<v1::Grant> grant =
-      reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+      ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
   EXPECT_EQ(reg_.Import(kB, grant->token(), [](const GrantView&) -> absl::StatusOr<CpuAccess> {
                   return absl::PermissionDeniedError("not for you");
                 }).status().code(),
             StatusCode::kPermissionDenied);
   EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(reg_.Import(kB, "feed", [](const GrantView&) {
-                  return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
-                }).status().code(),
+  EXPECT_EQ(reg_.Import(kB, "feed", Accept).status().code(),
             StatusCode::kNotFound);
 }
 
 TEST_F(RegistryTest, ImportKeepsTheWiderRightsOfASessionThatAlreadyHolds) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(1); });
+  auto grant = ShareTo(kA, id, 1);
   ASSERT_TRUE(grant.ok());
-  auto imported = reg_.Import(kA, grant->token(), [](const GrantView&) {
-    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
-  });
+  auto imported = reg_.Import(kA, grant->token(), Accept);
   ASSERT_TRUE(imported.ok());
   EXPECT_FALSE(imported->newly_held);
   absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kA, id);
@@ -248,7 +244,7 @@ TEST_F(RegistryTest, ImportKeepsTheWiderRightsOfASessionThatAlreadyHolds) {
 // they settle in, and goes when neither was.
 TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto grant = ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
   auto import_once = [&]() { return reg_.Import(kB, grant->token(), Accept); };
   for (const bool first_fails : {true, false}) {
@@ -300,18 +296,16 @@ TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
 
 TEST_F(RegistryTest, RevokeIsTheGrantersAndTheTokenDiesWithTheBuffer) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto grant = ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
   EXPECT_EQ(reg_.Revoke(kB, grant->id(), false).status().code(), StatusCode::kNotFound);
   ASSERT_TRUE(reg_.Revoke(kA, grant->id(), false).ok());
   EXPECT_EQ(reg_.Revoke(kA, grant->id(), false).status().code(), StatusCode::kNotFound);
-  auto accept = [](const GrantView&) {
-    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
-  };
+  auto accept = Accept;
   EXPECT_EQ(reg_.Import(kB, grant->token(), accept).status().code(),
             StatusCode::kNotFound);
 
-  auto again = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto again = ShareTo(kA, id, 2);
   ASSERT_TRUE(again.ok());
   ASSERT_TRUE(reg_.Release(kA, {id}).ok());
   EXPECT_EQ(reg_.Import(kB, again->token(), accept).status().code(),
@@ -321,11 +315,9 @@ TEST_F(RegistryTest, RevokeIsTheGrantersAndTheTokenDiesWithTheBuffer) {
 
 TEST_F(RegistryTest, ReadOnlyHolderCannotSetTheOwnersMetadata) {
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = reg_.Share(kA, id, [&](CpuAccess) { return ReadGrantForUid(2); });
+  auto grant = ShareTo(kA, id, 2);
   ASSERT_TRUE(grant.ok());
-  ASSERT_TRUE(reg_.Import(kB, grant->token(), [](const GrantView&) {
-                    return absl::StatusOr<CpuAccess>(CpuAccess::kRead);
-                  }).ok());
+  ASSERT_TRUE(reg_.Import(kB, grant->token(), Accept).ok());
   v1::SetMetadataRequest req;
   req.set_buffer_id(id);
   req.set_type(v1::METADATA_DATASPACE);
