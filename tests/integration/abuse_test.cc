@@ -114,6 +114,38 @@ pid_t SubordinateConnect(const std::string& broker, uid_t first_outside, int rea
   return child;
 }
 
+// Whether uid 1001 may make a user namespace here.
+bool CanMakeUserNamespaceAs1001() {
+  return ExitCodeAsUid1001([] { return unshare(CLONE_NEWUSER) == 0 ? 0 : 1; }) == 0;
+}
+
+// Two processes of uid 1001's user namespaces, seen by hallocd as uids
+// 300001 and 300011, one after the other (SubordinateConnect): what each
+// said, and how each ended once both had let go.
+struct TwoSubordinates {
+  char first = 0, second = 0;
+  int first_status = -1, second_status = -1;
+};
+TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate) {
+  TwoSubordinates t;
+  int ready[2], done[2];
+  if (pipe(ready) != 0 || pipe(done) != 0) return t;
+  const pid_t first = SubordinateConnect(broker, 300000, ready[1], done[0], allocate);
+  if (read(ready[0], &t.first, 1) != 1) t.first = 0;
+  const pid_t second = SubordinateConnect(broker, 300010, ready[1], done[0], allocate);
+  if (read(ready[0], &t.second, 1) != 1) t.second = 0;
+  // Both let go (one byte each: the children hold the pipe's write end too).
+  (void)!write(done[1], "xx", 2);
+  if (waitpid(second, &t.second_status, 0) != second) t.second_status = -1;
+  if (waitpid(first, &t.first_status, 0) != first) t.first_status = -1;
+  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+  return t;
+}
+
+constexpr char kNoUserNamespace[] =
+    "cannot make a user namespace as uid 1001 here (not root, or unprivileged user "
+    "namespaces are off)";
+
 // Subordinate uids are their owner to every per-uid limit: two processes of
 // one user's namespaces, seen by hallocd as uids 300001 and 300011, share
 // that user's (1001's) one session. Before, each uid of a namespace had a
@@ -122,29 +154,14 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
   StartDaemon(
       "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" }\n"
       "sessions { max_per_uid: 1 }\n");
-  if (ExitCodeAsUid1001([] { return unshare(CLONE_NEWUSER) == 0 ? 0 : 1; }) != 0) {
-    GTEST_SKIP() << "cannot make a user namespace as uid 1001 here (not root, or "
-                    "unprivileged user namespaces are off)";
-  }
-  int ready[2], done[2];
-  ASSERT_EQ(pipe(ready), 0);
-  ASSERT_EQ(pipe(done), 0);
-  const pid_t first = SubordinateConnect(opts_.broker_socket, 300000, ready[1], done[0]);
-  char c = 0;
-  ASSERT_EQ(read(ready[0], &c, 1), 1);
-  ASSERT_EQ(c, 'c') << "the first subordinate uid is served";
-  const pid_t second = SubordinateConnect(opts_.broker_socket, 300010, ready[1], done[0]);
-  ASSERT_EQ(read(ready[0], &c, 1), 1);
-  // Both let go (one byte each: the children hold the pipe's write end too).
-  ASSERT_EQ(write(done[1], "xx", 2), 2);
-  int status = 0;
-  ASSERT_EQ(waitpid(second, &status, 0), second);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2)
+  if (!CanMakeUserNamespaceAs1001()) GTEST_SKIP() << kNoUserNamespace;
+  const TwoSubordinates t = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false);
+  ASSERT_EQ(t.first, 'c') << "the first subordinate uid is served";
+  EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 2)
       << "a second subordinate uid of the same user got a session of its own ("
-      << status << ")";
-  ASSERT_EQ(waitpid(first, &status, 0), first);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+      << t.second_status << ")";
+  EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0)
+      << t.first_status;
 }
 
 // And to memory quotas: the same two share 1001's quota of one buffer.
@@ -153,24 +170,10 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersQuota) {
   StartDaemon(
       "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
       "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 1 }\n");
-  if (ExitCodeAsUid1001([] { return unshare(CLONE_NEWUSER) == 0 ? 0 : 1; }) != 0) {
-    GTEST_SKIP() << "cannot make a user namespace as uid 1001 here (not root, or "
-                    "unprivileged user namespaces are off)";
-  }
-  int ready[2], done[2];
-  ASSERT_EQ(pipe(ready), 0);
-  ASSERT_EQ(pipe(done), 0);
-  const pid_t first = SubordinateConnect(opts_.broker_socket, 300000, ready[1], done[0], true);
-  char c = 0;
-  ASSERT_EQ(read(ready[0], &c, 1), 1);
-  EXPECT_EQ(c, 'a') << "the first subordinate uid allocates";
-  const pid_t second = SubordinateConnect(opts_.broker_socket, 300010, ready[1], done[0], true);
-  ASSERT_EQ(read(ready[0], &c, 1), 1);
-  EXPECT_EQ(c, 'q') << "a second subordinate uid of the same user had a quota of its own";
-  ASSERT_EQ(write(done[1], "xx", 2), 2);
-  int status = 0;
-  for (pid_t p : {first, second}) ASSERT_EQ(waitpid(p, &status, 0), p);
-  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+  if (!CanMakeUserNamespaceAs1001()) GTEST_SKIP() << kNoUserNamespace;
+  const TwoSubordinates t = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/true);
+  EXPECT_EQ(t.first, 'a') << "the first subordinate uid allocates";
+  EXPECT_EQ(t.second, 'q') << "a second subordinate uid of the same user had a quota of its own";
 }
 
 TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
