@@ -384,7 +384,7 @@ void Broker::Accept() {
   if (!status.ok()) {
     Warn("hello", absl::StrCat("connection of pid ", cred.pid, " failed to start: ",
                                status.message()));
-    CloseSocket(0, charged, UniqueFd(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0)));
+    EndShared(0, charged, c->sock());
     return;
   }
   if (c->paused) paused_.insert(c->key);
@@ -475,18 +475,8 @@ void Broker::Close(uint64_t key) {
   } else {
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c->sock(), nullptr);
   }
-  // The channel (its socket) may outlive this in the session's users; what
-  // its peer queued with fds is closed off this thread now, through a
-  // reference of foreign_fds_'s own.
-  UniqueFd ref(::fcntl(c->sock(), F_DUPFD_CLOEXEC, 0));
-  if (!ref) {
-    // Out of fds for that reference: end the connection in place all the
-    // same (its peer sees the end and can queue nothing more); records
-    // with fds already queued, if any, go with its last reference.
-    ::shutdown(c->sock(), SHUT_WR);
-    (void)StopReceiving(c->sock());
-  }
-  CloseSocket(key, c->charged_uid, std::move(ref));
+  // The channel (its socket) may outlive this in the session's users.
+  EndShared(key, c->charged_uid, c->sock());
   if (auto u = conns_per_uid_.find(c->charged_uid); u != conns_per_uid_.end()) {
     if (--u->second == 0) conns_per_uid_.erase(u);
   }
@@ -504,12 +494,29 @@ void Broker::Close(uint64_t key) {
   }
 }
 
+namespace {
+
+// Its peer sees the end now, even while foreign_fds_ drains it (what was
+// sent stays readable), and can queue nothing more; true when records with
+// fds are still queued (StopReceiving).
+bool EndConnection(int sock) {
+  ::shutdown(sock, SHUT_WR);
+  return StopReceiving(sock);
+}
+
+}  // namespace
+
 void Broker::CloseSocket(uint64_t key, uid_t uid, UniqueFd sock) {
-  if (!sock) return;  // out of fds for a reference of its own
-  // Its peer sees the end now, even while foreign_fds_ drains it (what was
-  // sent stays readable).
-  ::shutdown(sock.get(), SHUT_WR);
-  if (StopReceiving(sock.get())) foreign_fds_->Drain(key, uid, std::move(sock));
+  if (sock && EndConnection(sock.get())) foreign_fds_->Drain(key, uid, std::move(sock));
+}
+
+void Broker::EndShared(uint64_t key, uid_t uid, int sock) {
+  if (!EndConnection(sock)) return;
+  // Out of fds for that reference: what is queued goes with the socket's
+  // last reference.
+  if (UniqueFd ref(::fcntl(sock, F_DUPFD_CLOEXEC, 0)); ref) {
+    foreign_fds_->Drain(key, uid, std::move(ref));
+  }
 }
 
 }  // namespace halloc

@@ -195,9 +195,12 @@ class Broker {
   void Close(uint64_t key);
   // Closes `sock`, a connection's socket of `uid`, here, unless records
   // with fds are still queued on it: then they are closed, and it, on
-  // foreign_fds_'s thread (a reference of its own when `sock` is not the
-  // last).
+  // foreign_fds_'s thread.
   void CloseSocket(uint64_t key, uid_t uid, UniqueFd sock);
+  // The same for a socket others still reference (a channel's): ended
+  // here, and drained through a reference of foreign_fds_'s own only when
+  // records with fds are queued.
+  void EndShared(uint64_t key, uid_t uid, int sock);
   // Fds `conn` sent (a record's): closed off this thread; the connection
   // (and every one of its uid, once over the limit) not read until they are.
   void TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds);
@@ -265,10 +268,9 @@ class Broker {
   int lone_requests_ = 0;
   std::atomic<int> held_cpu_{-1};
   // An eventfd the slow lane writes after each task (room for held
-  // requests), and the connections holding one. Before slow_lane_, which
-  // writes it from its thread (and is destroyed first).
+  // requests: Conn::held, among the paused connections). Before
+  // slow_lane_, which writes it from its thread (and is destroyed first).
   UniqueFd lane_done_;
-  absl::flat_hash_set<uint64_t> held_;
   // Where large allocations are made (see kSlowLaneBytes in broker.cc).
   std::unique_ptr<WorkQueue> slow_lane_;
   std::thread thread_;

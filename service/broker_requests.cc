@@ -181,7 +181,6 @@ bool Broker::Handle(Conn& conn, Record rec) {
       if (over_budget && !slow_lane_->HasRoom(conn.charged_uid)) {
         conn.held = Conn::Held{std::move(req), caller};
         Pause(conn);
-        held_.insert(conn.key);
         return true;
       }
       // Large, or waiting, or past its share: made on the slow lane's
@@ -252,25 +251,18 @@ void Broker::Pause(Conn& conn) {
 }
 
 void Broker::RetryHeld() {
-  bool resumed = false;
-  for (auto it = held_.begin(); it != held_.end();) {
-    auto c = conns_.find(*it);
-    if (c == conns_.end() || !c->second->held) {
-      held_.erase(it++);
-      continue;
-    }
+  bool posted = false;
+  for (uint64_t key : paused_) {  // a held request's connection is paused
+    auto c = conns_.find(key);
+    if (c == conns_.end() || !c->second->held) continue;
     Conn& conn = *c->second;
-    if (!slow_lane_->HasRoom(conn.charged_uid)) {
-      ++it;
-      continue;
-    }
+    if (!slow_lane_->HasRoom(conn.charged_uid)) continue;
     Conn::Held h = *std::move(conn.held);
     conn.held.reset();
-    held_.erase(it++);
     PostAllocate(conn, h.caller, std::move(h.req));
-    resumed = true;
+    posted = true;
   }
-  if (resumed) ResumeCleared();  // those not paused for foreign fds too
+  if (posted) ResumeCleared();  // those not paused for foreign fds too
 }
 
 void Broker::ResumeCleared() {
