@@ -194,8 +194,8 @@ class Broker {
   static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
   void Close(uint64_t key);
   // Closes `sock`, a connection's socket of `uid`, here, unless records
-  // with fds are still queued on it: then they are closed, and it, on
-  // foreign_fds_'s thread.
+  // with fds are still queued on it: then they are dropped, and it closed,
+  // by a foreign_fds_ drain.
   void CloseSocket(uint64_t key, uid_t uid, UniqueFd sock);
   // The same for a socket others still reference (a channel's): ended
   // here, and drained through a reference of foreign_fds_'s own only when

@@ -5,6 +5,7 @@
 // a TCP socket with SO_LINGER and data its peer never takes
 // (util/lingering_socket.h): its release waits out the linger time.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,15 +59,16 @@ class BrokerForeignFdsTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  // `disarm`: sockets closed abortively, as hallocd does; else their
-  // linger time holds the closing thread (what these tests hold it with).
+  // `disarm`: releases bounded, as hallocd has them; else a socket's
+  // linger time holds the closing thread (what these tests hold it with,
+  // standing in for a FUSE file whose flush waits for its server).
   void Serve(bool disarm = false) {
     Broker::refuse_fds_at_sender = false;  // as before Linux 6.16
-    ForeignFds::disarm_sockets = disarm;
+    ForeignFds::bound_releases = disarm;
     absl::StatusOr<std::unique_ptr<Broker>> broker =
         Broker::Serve(std::move(listener_), path_, core_.get());
     Broker::refuse_fds_at_sender = true;
-    ForeignFds::disarm_sockets = true;
+    ForeignFds::bound_releases = true;
     ASSERT_TRUE(broker.ok()) << broker.status();
     broker_ = *std::move(broker);
   }
@@ -185,6 +187,48 @@ TEST_F(BrokerForeignFdsTest, TooManyWaitingPauseTheWholeUid) {
   EXPECT_TRUE(after.ok()) << after.status();
 }
 
+// A uid refused for its fds waiting (one of them held by its sender's
+// file) keeps connecting with records with fds queued: those are dropped
+// while its held close still waits, on a lane of their own. Before, each
+// refused socket waited behind the held close (+1 fd of hallocd's each,
+// with no bound per uid), until kMaxForeignFds stopped hallocd accepting
+// anyone.
+TEST_F(BrokerForeignFdsTest, ARefusedConnectionsQueuedFdsDoNotWaitForTheUidsHeldClose) {
+  UniqueFd sender = Early();
+  UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  std::vector<UniqueFd> fds;
+  fds.push_back(Lingering());
+  while (fds.size() < Broker::kMaxForeignFdsPerUid) fds.emplace_back(::dup(null.get()));
+  SendRelease(sender.get(), std::move(fds));
+  Serve();
+  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kInvalidArgument);
+
+  // Each connects and queues a record carrying a pipe's only write end
+  // before the broker accepts (and refuses) it. One the broker refused
+  // first (send fails: its socket was shut) proves nothing and is left out.
+  int queued = 0;
+  std::vector<UniqueFd> ends;
+  for (int i = 0; i < 20; ++i) {
+    absl::StatusOr<UniqueFd> conn = ConnectSeqpacket(path_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    UniqueFd r(p[0]), w(p[1]);
+    const int one[] = {w.get()};
+    if (!SendRecord(conn->get(), "x", one, false).ok()) continue;
+    ++queued;
+    ends.push_back(std::move(r));
+  }
+  ASSERT_GT(queued, 0);
+  for (const UniqueFd& r : ends) {
+    pollfd p{r.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 10000), 1) << "a refused socket's fds wait for the held close";
+    char c;
+    EXPECT_EQ(::read(r.get(), &c, 1), 0);
+  }
+  lingering_[0].Release();
+}
+
 // A memfd backend whose allocations, once `hold` is set, say they began
 // and wait for `open`: a small (inline) one holds the broker thread.
 class HeldBackend : public MemfdBackend {
@@ -231,7 +275,7 @@ TEST_F(BrokerForeignFdsTest, AUidPausedInABatchIsNotReadFurtherInIt) {
   UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   for (const UniqueFd& s : senders) {
     std::vector<UniqueFd> fds;
-    fds.push_back(Lingering());  // holds ForeignFds' thread: all stay waiting
+    fds.push_back(Lingering());  // holds the uid's lane: all stay waiting
     while (fds.size() < Broker::kMaxForeignFdsPerUid) fds.emplace_back(::dup(null.get()));
     SendRelease(s.get(), std::move(fds));
   }

@@ -341,9 +341,9 @@ void StreamRelay::Finish(UniqueFd client, uint64_t key, uid_t uid) {
   // The client sees the end (and the listener's duplicate of its socket
   // with it), and can send no more. What it still queued (a gRPC client's
   // last frame, say) is read off here so that closing drops nothing here;
-  // once fds come (or past kFinishChunks), the rest is read off on
-  // ForeignFds' thread, record by record, charged to the uid: a sender of
-  // fds cannot make this thread install a queue's worth at once.
+  // once fds come (or past kFinishChunks), the rest is left to a
+  // ForeignFds drain (fds dropped unopened there), charged to the uid: a
+  // sender of fds cannot make this thread install a queue's worth at once.
   ::shutdown(client.get(), SHUT_RDWR);
   const int on = 1;
   ::setsockopt(client.get(), SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));

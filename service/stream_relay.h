@@ -22,7 +22,8 @@
 // a client can grow. A client's out-of-band byte is read inline
 // (SO_OOBINLINE): skipped, the kernel would drop its fds on this thread. A
 // connection that ends is shut down and what it still queued read off (a
-// few chunks here, more on ForeignFds' thread), so that closing it drops
+// few chunks here, the rest dropped unopened by a ForeignFds drain), so
+// that closing it drops
 // nothing here; only what carried fds counts against its uid.
 //
 // Identity is not affected: gRPC calls are tied to a session by its token
@@ -56,7 +57,7 @@ class StreamRelay {
   static constexpr uint64_t kMaxForeignFds = 4096;
   static constexpr size_t kChunk = 64 * 1024;
   // Chunks read off an ending connection here before the rest is left to
-  // ForeignFds' thread (a client's send buffer holds about 208 KiB).
+  // a ForeignFds drain (a client's send buffer holds about 208 KiB).
   static constexpr int kFinishChunks = 16;
 
   static absl::StatusOr<std::unique_ptr<StreamRelay>> Start();

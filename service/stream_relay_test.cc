@@ -69,9 +69,9 @@ class StreamRelayTest : public ::testing::Test {
   // Sockets sent along keep their linger time here (hallocd closes them
   // abortively): the one file these tests can hold a thread with.
   void SetUp() override {
-    ForeignFds::disarm_sockets = false;
+    ForeignFds::bound_releases = false;
     absl::StatusOr<std::unique_ptr<StreamRelay>> r = StreamRelay::Start();
-    ForeignFds::disarm_sockets = true;
+    ForeignFds::bound_releases = true;
     ASSERT_TRUE(r.ok()) << r.status();
     relay_ = *std::move(r);
   }
@@ -133,7 +133,7 @@ TEST_F(StreamRelayTest, GrpcEndingAConnectionEndsItForTheClient) {
 }
 
 // Fds attached to a client's bytes never reach gRPC's end: they are closed
-// on ForeignFds' thread, the bytes go on. Queued before the relay takes the
+// on a ForeignFds thread, the bytes go on. Queued before the relay takes the
 // connection, so the record holds the lingering socket's last reference.
 TEST_F(StreamRelayTest, FdsAreTakenOffAndTheirSenderWaitsForTheirClose) {
   auto [client, ours] = StreamPair();
@@ -158,7 +158,7 @@ TEST_F(StreamRelayTest, FdsAreTakenOffAndTheirSenderWaitsForTheirClose) {
 }
 
 // A discarded connection (refused, say) is ended, and what it queued is
-// read off and closed on ForeignFds' thread: its lingering socket holds
+// dropped by a ForeignFds drain: its lingering socket holds
 // neither the caller nor the relay (another connection is relayed).
 TEST_F(StreamRelayTest, ADiscardedConnectionIsEndedOffTheRelaysThread) {
   auto [client, ours] = StreamPair();
@@ -176,7 +176,7 @@ TEST_F(StreamRelayTest, ADiscardedConnectionIsEndedOffTheRelaysThread) {
 }
 
 // Connections that end with bytes unread but no fds are not charged to
-// their uid, even while ForeignFds' thread is held by someone else's file:
+// their uid, even while a ForeignFds thread is held by someone else's file:
 // only what carried fds counts.
 TEST_F(StreamRelayTest, OrdinaryEndsAreNotChargedToTheirUid) {
   auto [sender, sender_ours] = StreamPair();

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <deque>
 #include <thread>
 #include <utility>
@@ -13,8 +14,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "service/util/release_ticker.h"
 
 namespace halloc {
 namespace {
@@ -23,6 +27,9 @@ namespace {
 // Drain (the kernel queues at most net.unix.max_dgram_qlen, 10 by default,
 // on a connected socket).
 constexpr int kMaxSkipped = 64;
+
+// How soon a tick ends a release's wait (release_ticker.h) on the threads.
+constexpr absl::Duration kTick = absl::Microseconds(200);
 
 // Before `fds` are closed: a socket among them is made to close at once
 // (SO_LINGER on, 0 s: a TCP socket's unsent data is dropped and its peer
@@ -38,7 +45,7 @@ void Disarm(const std::vector<UniqueFd>& fds) {
 
 }  // namespace
 
-bool ForeignFds::disarm_sockets = true;
+bool ForeignFds::bound_releases = true;
 
 bool StopReceiving(int sock) {
   ::shutdown(sock, SHUT_RD);
@@ -63,9 +70,9 @@ bool StopReceiving(int sock) {
 }
 
 struct ForeignFds::State {
-  State(uint64_t max, uint64_t max_total, UniqueFd ready)
-      : max_per_uid(max), max_total(max_total), ready(std::move(ready)),
-        disarm(disarm_sockets) {}
+  State(uint64_t max, uint64_t max_total, int max_threads, UniqueFd ready)
+      : max_per_uid(max), max_total(max_total), max_threads(max_threads),
+        ready(std::move(ready)), bound(bound_releases) {}
 
   struct Item {
     uint64_t key;
@@ -73,44 +80,91 @@ struct ForeignFds::State {
     std::vector<UniqueFd> fds;
     bool drain;
   };
+  // One uid's closes, or its drains, in order; one thread at a time.
+  struct Lane {
+    std::deque<Item> items;
+    bool busy = false;
+  };
+  static uint64_t LaneOf(uid_t uid, bool drain) {
+    return (static_cast<uint64_t>(uid) << 1) | (drain ? 1 : 0);
+  }
+
+  // Starts a thread when more lanes are ready than threads idle, up to
+  // max_threads: one held by a sender's file never holds another's lane.
+  void MaybeSpawn(const std::shared_ptr<State>& self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (ready_lanes.size() <= static_cast<size_t>(idle) ||
+        static_cast<int>(threads.size()) >= max_threads) {
+      return;
+    }
+    threads.emplace_back([s = self] { s->Run(); });
+  }
 
   void Run() {
+    std::unique_ptr<ReleaseTicker> ticker;
+    if (bound) {
+      absl::StatusOr<std::unique_ptr<ReleaseTicker>> t = ReleaseTicker::ForThisThread(kTick);
+      if (t.ok()) ticker = *std::move(t);  // else: releases wait as they like
+    }
     auto any = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-      return stop || !queue.empty();
+      return stop || !ready_lanes.empty();
     };
     for (;;) {
+      uint64_t lane_id;
       Item item;
       {
         absl::MutexLock lock(&mu);
+        ++idle;
         mu.Await(absl::Condition(&any));
-        if (queue.empty()) return;  // stopped, and nothing left
-        item = std::move(queue.front());
-        queue.pop_front();
+        --idle;
+        if (ready_lanes.empty()) return;  // stopped, and nothing left
+        lane_id = ready_lanes.front();
+        ready_lanes.pop_front();
+        Lane& lane = lanes[lane_id];
+        lane.busy = true;
+        item = std::move(lane.items.front());
+        lane.items.pop_front();
       }
       const uint64_t n = item.fds.size();
-      if (item.drain) {
-        // Out-of-band data (a stream socket's) is read with the rest, not
-        // dropped by the kernel with its fds; each record's fds are closed
-        // as it goes. An empty record (credentials only) is not the end.
-        const int sock = item.fds.front().get();
-        const int on = 1;
-        ::setsockopt(sock, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
-        for (;;) {
-          absl::StatusOr<RawRecord> rec = ReceiveRawRecord(sock, true);
-          if (!rec.ok()) break;
-          if (disarm) Disarm(rec->record.fds);
-        }
+      {
+        ReleaseTicker::Armed armed(ticker.get());
+        if (item.drain) DropQueued(item.fds.front().get());
+        if (bound) Disarm(item.fds);
+        item.fds.clear();  // closes here: a flush may wait for its sender
       }
-      if (disarm) Disarm(item.fds);
-      item.fds.clear();  // closes here: what may wait for its sender
       {
         absl::MutexLock lock(&mu);
         Untally(by_key, item.key, 1);
         Untally(by_uid, item.uid, n);
         total -= n;
+        Lane& lane = lanes[lane_id];
+        lane.busy = false;
+        if (lane.items.empty()) {
+          lanes.erase(lane_id);
+        } else {
+          ready_lanes.push_back(lane_id);  // behind the other lanes: in turn
+        }
       }
       const uint64_t one = 1;
       (void)!::write(ready.get(), &one, sizeof(one));
+    }
+  }
+
+  // Receives every record still queued on `sock` with no room for fds: the
+  // kernel drops them unopened here (their releases run, never a flush).
+  // An empty record (credentials only, SO_PASSCRED) is not the end; a
+  // stream socket's out-of-band byte is read inline, not left behind.
+  static void DropQueued(int sock) {
+    const int on = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
+    ::setsockopt(sock, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+    std::vector<char> sink(64 * 1024);
+    for (;;) {
+      // The credentials fill the room for control data: any fd is dropped
+      // (and were one installed after all, it is closed with `anc`).
+      Ancillary anc;
+      const ssize_t n =
+          ReceiveMessage(sock, absl::MakeSpan(sink), MSG_DONTWAIT, 0, anc);
+      if (n < 0 || (n == 0 && !anc.any)) return;  // the end (or an error)
     }
   }
 
@@ -127,25 +181,28 @@ struct ForeignFds::State {
 
   const uint64_t max_per_uid;
   const uint64_t max_total;
+  const int max_threads;
   const UniqueFd ready;
-  const bool disarm;
+  const bool bound;
   mutable absl::Mutex mu;
-  std::deque<Item> queue ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<uint64_t, Lane> lanes ABSL_GUARDED_BY(mu);
+  std::deque<uint64_t> ready_lanes ABSL_GUARDED_BY(mu);  // not busy, not empty
   // Items waiting (or being closed) per connection key; fds per uid.
   absl::flat_hash_map<uint64_t, uint64_t> by_key ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<uid_t, uint64_t> by_uid ABSL_GUARDED_BY(mu);
   uint64_t total ABSL_GUARDED_BY(mu) = 0;
+  int idle ABSL_GUARDED_BY(mu) = 0;
   bool stop ABSL_GUARDED_BY(mu) = false;
-  std::thread thread;
+  std::vector<std::thread> threads ABSL_GUARDED_BY(mu);
 };
 
 absl::StatusOr<std::unique_ptr<ForeignFds>> ForeignFds::Create(uint64_t max_per_uid,
-                                                               uint64_t max_total) {
+                                                               uint64_t max_total,
+                                                               int max_threads) {
   UniqueFd ready(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!ready) return ErrnoStatus(errno, "eventfd");
-  auto state = std::make_shared<State>(max_per_uid, max_total, std::move(ready));
-  // The thread holds the state too: it may outlive this object.
-  state->thread = std::thread([s = state] { s->Run(); });
+  auto state = std::make_shared<State>(max_per_uid, max_total, std::max(1, max_threads),
+                                       std::move(ready));
   return std::unique_ptr<ForeignFds>(new ForeignFds(std::move(state)));
 }
 
@@ -153,16 +210,21 @@ ForeignFds::ForeignFds(std::shared_ptr<State> state) : state_(std::move(state)) 
 
 ForeignFds::~ForeignFds() {
   bool idle;
+  std::vector<std::thread> threads;
   {
     absl::MutexLock lock(&state_->mu);
     state_->stop = true;
     idle = state_->by_key.empty();
+    threads.swap(state_->threads);
   }
-  // Idle, it ends at once; held by a sender's file, it is let be.
-  if (idle) {
-    state_->thread.join();
-  } else {
-    state_->thread.detach();
+  // Idle, they end at once; held by a sender's file, they are let be (each
+  // holds the state: what it was given is closed, then it ends).
+  for (std::thread& t : threads) {
+    if (idle) {
+      t.join();
+    } else {
+      t.detach();
+    }
   }
 }
 
@@ -172,7 +234,11 @@ void ForeignFds::Add(uint64_t key, uid_t uid, std::vector<UniqueFd> fds, bool dr
   ++state_->by_key[key];
   state_->by_uid[uid] += fds.size();
   state_->total += fds.size();
-  state_->queue.push_back(State::Item{key, uid, std::move(fds), drain});
+  const uint64_t lane_id = State::LaneOf(uid, drain);
+  State::Lane& lane = state_->lanes[lane_id];
+  lane.items.push_back(State::Item{key, uid, std::move(fds), drain});
+  if (!lane.busy && lane.items.size() == 1) state_->ready_lanes.push_back(lane_id);
+  state_->MaybeSpawn(state_);
 }
 
 void ForeignFds::Close(uint64_t key, uid_t uid, std::vector<UniqueFd> fds) {

@@ -42,13 +42,30 @@ bool SeesEnd(int fd, int ms) {
   return ::read(fd, &c, 1) == 0;
 }
 
-// Sockets are closed as they would be (lingering) while one lives: the one
-// kind of file whose close these tests can make wait.
+// Releases are unbounded while one lives (sockets linger, no ticks): a
+// lingering socket then stands in for a FUSE file whose flush waits for its
+// server, the one wait hallocd cannot cut short.
 class KeepLinger {
  public:
-  KeepLinger() { ForeignFds::disarm_sockets = false; }
-  ~KeepLinger() { ForeignFds::disarm_sockets = true; }
+  KeepLinger() { ForeignFds::bound_releases = false; }
+  ~KeepLinger() { ForeignFds::bound_releases = true; }
 };
+
+std::vector<UniqueFd> One(UniqueFd fd) {
+  std::vector<UniqueFd> v;
+  v.push_back(std::move(fd));
+  return v;
+}
+
+// Closes a socket lingering 60 s as connection `key` of `uid`: under
+// KeepLinger it holds a thread and that uid's lane until released.
+LingeringSocket HoldLane(ForeignFds& foreign, uint64_t key, uid_t uid) {
+  absl::StatusOr<LingeringSocket> l = LingeringSocket::Create(absl::Seconds(60));
+  EXPECT_TRUE(l.ok()) << l.status();
+  if (!l.ok()) return {};
+  foreign.Close(key, uid, One(std::move(l->sock)));
+  return *std::move(l);
+}
 
 // Waits (up to 10 s) until nothing of `key` waits in `fds`.
 bool WaitDone(ForeignFds& fds, uint64_t key) {
@@ -96,14 +113,15 @@ TEST(StopReceivingTest, LeavesARecordWithFdsWithoutInstallingThem) {
   EXPECT_TRUE(OthersSeeOurLock(path)) << "an fd was installed here and closed";
   EXPECT_FALSE(SeesEnd(r.get(), 0));
 
-  // Drained on the thread: the record's fds are closed there (the lock
-  // goes with the installed fd's close, the pipe's write end with it).
+  // Drained on a thread: the record's fds are dropped there unopened (the
+  // pipe's write end is released), never installed and closed (which
+  // would have dropped the lock, and run a FUSE file's flush).
   absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
   ASSERT_TRUE(foreign.ok()) << foreign.status();
   (*foreign)->Drain(3, 1000, UniqueFd(::dup(b.get())));
   ASSERT_TRUE(WaitDone(**foreign, 3));
   EXPECT_TRUE(SeesEnd(r.get(), 5000));
-  EXPECT_FALSE(OthersSeeOurLock(path));
+  EXPECT_TRUE(OthersSeeOurLock(path)) << "a drained fd was installed and closed";
   EXPECT_EQ((*foreign)->waiting_of(1000), 0u);
   char c;
   EXPECT_EQ(::recv(b.get(), &c, 1, MSG_DONTWAIT), 0) << "drained to the end";
@@ -138,7 +156,7 @@ TEST(ForeignFdsTest, ClosesOnItsOwnThreadAndCountsWhatWaits) {
   auto [r3, w3] = Pipe();
   std::vector<UniqueFd> third;
   third.push_back(std::move(w3));
-  foreign.Close(9, 1001, std::move(third));
+  foreign.Close(9, 1000, std::move(third));
   EXPECT_TRUE(foreign.Full()) << "3 wait in all";
   EXPECT_FALSE(SeesEnd(r.get(), 200)) << "queued behind the lingering socket";
 
@@ -150,6 +168,87 @@ TEST(ForeignFdsTest, ClosesOnItsOwnThreadAndCountsWhatWaits) {
   EXPECT_EQ(foreign.waiting_of(1000), 0u);
   EXPECT_FALSE(foreign.OverLimit(1000));
   EXPECT_FALSE(foreign.Full());
+}
+
+// One uid's close held by its sender's file holds that uid's lane only:
+// another uid's fds are closed meanwhile, the held uid's next ones wait.
+TEST(ForeignFdsTest, AHeldCloseHoldsOnlyItsUidsLane) {
+  KeepLinger keep;
+  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(16, 1000);
+  ASSERT_TRUE(created.ok()) << created.status();
+  ForeignFds& foreign = **created;
+  LingeringSocket lingering = HoldLane(foreign, 1, 1000);
+  auto [r_same, w_same] = Pipe();
+  foreign.Close(2, 1000, One(std::move(w_same)));
+  auto [r_other, w_other] = Pipe();
+  foreign.Close(3, 1001, One(std::move(w_other)));
+
+  EXPECT_TRUE(SeesEnd(r_other.get(), 5000)) << "held behind another uid's file";
+  EXPECT_TRUE(WaitDone(foreign, 3));
+  EXPECT_FALSE(SeesEnd(r_same.get(), 200)) << "a uid's closes are in order";
+  EXPECT_TRUE(foreign.Waiting(2));
+  lingering.Release();
+  EXPECT_TRUE(SeesEnd(r_same.get(), 5000));
+  EXPECT_TRUE(WaitDone(foreign, 1));
+}
+
+// A uid's drains have a lane of their own: they never flush, so its held
+// close does not keep the sockets of its refused connections open.
+TEST(ForeignFdsTest, AUidsDrainsDoNotWaitBehindItsHeldClose) {
+  KeepLinger keep;
+  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(16, 1000);
+  ASSERT_TRUE(created.ok()) << created.status();
+  ForeignFds& foreign = **created;
+  LingeringSocket lingering = HoldLane(foreign, 1, 1000);
+
+  auto [a, b] = SeqpacketPair();
+  auto [r, w] = Pipe();
+  const int fds[] = {w.get()};
+  ASSERT_TRUE(SendRecord(a.get(), "x", fds, false).ok());
+  w.reset();
+  ASSERT_TRUE(StopReceiving(b.get()));
+  foreign.Drain(2, 1000, std::move(b));
+  EXPECT_TRUE(SeesEnd(r.get(), 5000)) << "the drain waited behind the held close";
+  EXPECT_TRUE(WaitDone(foreign, 2));
+  EXPECT_TRUE(foreign.Waiting(1));
+  lingering.Release();
+  EXPECT_TRUE(WaitDone(foreign, 1));
+}
+
+// No more threads than asked for: with both held, a third uid waits.
+TEST(ForeignFdsTest, HeldThreadsAreBoundedByMaxThreads) {
+  KeepLinger keep;
+  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(16, 1000, 2);
+  ASSERT_TRUE(created.ok()) << created.status();
+  ForeignFds& foreign = **created;
+  std::vector<LingeringSocket> lingering;
+  for (uid_t uid : {1000, 1001}) lingering.push_back(HoldLane(foreign, uid, uid));
+  auto [r, w] = Pipe();
+  foreign.Close(1002, 1002, One(std::move(w)));
+  EXPECT_FALSE(SeesEnd(r.get(), 300)) << "a third thread was started";
+  lingering[0].Release();
+  EXPECT_TRUE(SeesEnd(r.get(), 5000));
+  lingering[1].Release();
+  EXPECT_TRUE(WaitDone(foreign, 1001));
+}
+
+// A socket among the fds whose own queue holds a lingering socket (a file
+// nested in flight, which no SO_LINGER set here reaches): its release is
+// cut short by a tick, not waited out.
+TEST(ForeignFdsTest, ASocketsQueuedLingeringSocketIsReleasedAtOnce) {
+  absl::StatusOr<std::unique_ptr<ForeignFds>> created = ForeignFds::Create(2, 3);
+  ASSERT_TRUE(created.ok()) << created.status();
+  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(lingering.ok()) << lingering.status();
+  auto [a, b] = SeqpacketPair();
+  const int nested[] = {lingering->sock.get()};
+  ASSERT_TRUE(SendRecord(a.get(), "x", nested, false).ok());
+  lingering->sock.reset();
+  a.reset();
+  std::vector<UniqueFd> fds;
+  fds.push_back(std::move(b));
+  (*created)->Close(7, 1000, std::move(fds));
+  EXPECT_TRUE(WaitDone(**created, 7)) << "held by the nested socket's linger time";
 }
 
 // By default a socket is closed abortively: its linger time holds nothing.
