@@ -158,16 +158,23 @@ TEST_F(StreamRelayTest, FdsAreTakenOffAndTheirSenderWaitsForTheirClose) {
 }
 
 // A discarded connection (refused, say) is ended, and what it queued is
-// dropped by a ForeignFds drain: its lingering socket holds
-// neither the caller nor the relay (another connection is relayed).
+// closed (the first record with fds) or dropped by a ForeignFds drain (the
+// rest): its lingering socket holds neither the caller nor the relay
+// (another connection is relayed), nor the drain.
 TEST_F(StreamRelayTest, ADiscardedConnectionIsEndedOffTheRelaysThread) {
   auto [client, ours] = StreamPair();
   absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
   ASSERT_TRUE(lingering.ok()) << lingering.status();
   ASSERT_EQ(SendRaw(client.get(), "x", {lingering->sock.get()}), 1);
   lingering->sock.reset();  // the record holds its last reference
+  // A second record, left to the drain: its fd is dropped there, while the
+  // first one's lingering socket holds the uid's closes.
+  auto [watched, sent] = StreamPair();
+  ASSERT_EQ(SendRaw(client.get(), "y", {sent.get()}), 1);
+  sent.reset();
   relay_->Discard(std::move(ours), 1000);
   EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_TRUE(SeesEnd(watched.get(), 10000)) << "the drain never took the queued record";
   auto [other, other_server] = Relayed(1001);
   ASSERT_EQ(::write(other.get(), "ok", 2), 2);
   EXPECT_EQ(ReadSome(other_server.get(), 2, 10000), "ok") << "the relay is held";

@@ -3,19 +3,23 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <deque>
+#include <system_error>
 #include <thread>
 #include <utility>
 
+#include <glog/logging.h>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "absl/types/span.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "service/util/release_ticker.h"
@@ -96,14 +100,28 @@ struct ForeignFds::State {
         static_cast<int>(threads.size()) >= max_threads) {
       return;
     }
-    threads.emplace_back([s = self] { s->Run(); });
+    // Past a failure to start one (a task limit reached), the running
+    // threads serve every lane, in turn.
+    try {
+      threads.emplace_back([s = self] { s->Run(); });
+    } catch (const std::system_error& e) {
+      LOG_FIRST_N(WARNING, 1) << "foreign fds: cannot start another thread to close "
+                                 "them (" << e.what() << "): " << threads.size()
+                              << " serve every uid's in turn";
+    }
   }
 
   void Run() {
     std::unique_ptr<ReleaseTicker> ticker;
     if (bound) {
       absl::StatusOr<std::unique_ptr<ReleaseTicker>> t = ReleaseTicker::ForThisThread(kTick);
-      if (t.ok()) ticker = *std::move(t);  // else: releases wait as they like
+      if (t.ok()) {
+        ticker = *std::move(t);
+      } else {
+        LOG_FIRST_N(WARNING, 1) << "foreign fds: " << t.status()
+                                << ": a lingering socket sent to hallocd holds the thread "
+                                   "closing it for its linger time";
+      }
     }
     auto any = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
       return stop || !ready_lanes.empty();
@@ -149,22 +167,31 @@ struct ForeignFds::State {
     }
   }
 
-  // Receives every record still queued on `sock` with no room for fds: the
-  // kernel drops them unopened here (their releases run, never a flush).
-  // An empty record (credentials only, SO_PASSCRED) is not the end; a
-  // stream socket's out-of-band byte is read inline, not left behind.
+  // Receives every record still queued on `sock` with no room for control
+  // data at all: the kernel drops their fds unopened (released here, never
+  // installed, never flushed), whatever the socket's options. On a
+  // datagram socket an empty record is not the end: with SO_PASSCRED it
+  // reads as 0 bytes marked cut (its credentials found no room), the end
+  // as 0 bytes unmarked. On a stream socket 0 bytes is the end (marked cut
+  // too: its credentials). A stream's out-of-band byte is read inline, not
+  // left behind.
   static void DropQueued(int sock) {
     const int on = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
     ::setsockopt(sock, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
+    int type = 0;
+    socklen_t len = sizeof(type);
+    ::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len);
     std::vector<char> sink(64 * 1024);
     for (;;) {
-      // The credentials fill the room for control data: any fd is dropped
-      // (and were one installed after all, it is closed with `anc`).
-      Ancillary anc;
-      const ssize_t n =
-          ReceiveMessage(sock, absl::MakeSpan(sink), MSG_DONTWAIT, 0, anc);
-      if (n < 0 || (n == 0 && !anc.any)) return;  // the end (or an error)
+      iovec iov{sink.data(), sink.size()};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      const ssize_t n = ::recvmsg(sock, &msg, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return;  // nothing more queued (or an error)
+      if (n == 0 && (type == SOCK_STREAM || (msg.msg_flags & MSG_CTRUNC) == 0)) return;
     }
   }
 
@@ -203,6 +230,14 @@ absl::StatusOr<std::unique_ptr<ForeignFds>> ForeignFds::Create(uint64_t max_per_
   if (!ready) return ErrnoStatus(errno, "eventfd");
   auto state = std::make_shared<State>(max_per_uid, max_total, std::max(1, max_threads),
                                        std::move(ready));
+  // One thread from the start (more as lanes need them): a process that
+  // cannot start even one fails here, not on a client's record.
+  try {
+    absl::MutexLock lock(&state->mu);
+    state->threads.emplace_back([s = state] { s->Run(); });
+  } catch (const std::system_error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("foreign fds thread: ", e.what()));
+  }
   return std::unique_ptr<ForeignFds>(new ForeignFds(std::move(state)));
 }
 

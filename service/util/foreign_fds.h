@@ -13,13 +13,16 @@
 // here (Close), and likewise the socket of a connection that ends with
 // such a record still queued (StopReceiving, Drain).
 //
-// Releases are bounded: the threads close with a ReleaseTicker armed, so a
-// lingering socket (closed here, or queued on a socket closed here, however
-// deep) costs one tick, not its linger time. A drained socket's queued fds
-// are dropped unopened (received with no room for them), so they are
-// released but never flushed: a drain never waits for its sender. What can
-// still wait as long as its sender likes is the close of an fd the broker
-// received: a FUSE file's flush. So the work runs in lanes, one per uid for
+// The threads close with a ReleaseTicker armed, which cuts short every
+// interruptible wait of a release: a lingering socket (closed here, or
+// queued on a socket closed here, however deep) costs one tick, not its
+// linger time. A drained socket's queued fds are dropped unopened
+// (received with no room for them), so they are released but never
+// flushed: a drain does not wait for its sender (save in a release's
+// uninterruptible wait, which only files that need privilege to make
+// have: a fuseblk or virtiofs mount's). What can still wait as long as
+// its sender likes is the close of an fd the broker received: a FUSE
+// file's flush. So the work runs in lanes, one per uid for
 // its closes and one for its drains, each lane in order on one thread at a
 // time, the lanes in turn on up to max_threads threads (started as lanes
 // are ready and no thread is idle). A sender whose file holds a thread

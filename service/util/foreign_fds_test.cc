@@ -288,6 +288,31 @@ TEST(ForeignFdsTest, DrainGoesPastEmptyRecords) {
   EXPECT_TRUE(SeesEnd(r2.get(), 5000)) << "stopped at an empty record";
 }
 
+// A stream socket's drain ends at the stream's end (where, with
+// SO_PASSCRED, every read of 0 bytes carries credentials, as an empty
+// datagram does): every record's fds dropped, nothing left spinning.
+TEST(ForeignFdsTest, DrainsAStreamSocketToItsEnd) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  auto [r1, w1] = Pipe();
+  auto [r2, w2] = Pipe();
+  const int first[] = {w1.get()};
+  const int second[] = {w2.get()};
+  ASSERT_TRUE(SendRecord(a.get(), "x", first, false).ok());
+  ASSERT_TRUE(SendRecord(a.get(), "plain", {}, false).ok());
+  ASSERT_TRUE(SendRecord(a.get(), "y", second, false).ok());
+  w1.reset();
+  w2.reset();
+  ASSERT_TRUE(StopReceiving(b.get()));
+  absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
+  ASSERT_TRUE(foreign.ok()) << foreign.status();
+  (*foreign)->Drain(3, 1000, UniqueFd(::dup(b.get())));
+  EXPECT_TRUE(WaitDone(**foreign, 3)) << "the drain never ended";
+  EXPECT_TRUE(SeesEnd(r1.get(), 5000));
+  EXPECT_TRUE(SeesEnd(r2.get(), 5000));
+}
+
 // Destroyed while a sender's file holds its thread: the owner does not wait
 // for it (the thread closes what it has, then ends).
 TEST(ForeignFdsTest, DestructionDoesNotWaitForAHeldThread) {
