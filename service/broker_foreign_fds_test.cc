@@ -191,7 +191,7 @@ TEST_F(BrokerForeignFdsTest, TooManyWaitingPauseTheWholeUid) {
 // file) keeps connecting with records with fds queued: those are dropped
 // while its held close still waits, on a lane of their own. Before, each
 // refused socket waited behind the held close (+1 fd of hallocd's each,
-// with no bound per uid), until kMaxForeignFds stopped hallocd accepting
+// with no bound per uid), until the total (ForeignFdsRoom) stopped hallocd accepting
 // anyone.
 TEST_F(BrokerForeignFdsTest, ARefusedConnectionsQueuedFdsDoNotWaitForTheUidsHeldClose) {
   UniqueFd sender = Early();
@@ -200,33 +200,30 @@ TEST_F(BrokerForeignFdsTest, ARefusedConnectionsQueuedFdsDoNotWaitForTheUidsHeld
   fds.push_back(Lingering());
   while (fds.size() < Broker::kMaxForeignFdsPerUid) fds.emplace_back(::dup(null.get()));
   SendRelease(sender.get(), std::move(fds));
-  Serve();
-  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kInvalidArgument);
-
-  // Each connects and queues a record carrying a pipe's only write end
-  // before the broker accepts (and refuses) it. One the broker refused
-  // first (send fails: its socket was shut) proves nothing and is left out.
-  int queued = 0;
-  std::vector<UniqueFd> ends;
+  // Behind it in the listener's queue, each with a record carrying a pipe's
+  // only write end: accepted once the sender's record put the uid over its
+  // share, each is refused with its record still queued (one accepted
+  // before that is paused unread, then closed at its verify deadline; one
+  // read before that has its fds closed before the held one).
+  Broker::verify_timeout = absl::Milliseconds(300);  // until TearDown
+  std::vector<UniqueFd> conns, ends;
   for (int i = 0; i < 20; ++i) {
-    absl::StatusOr<UniqueFd> conn = ConnectSeqpacket(path_);
-    ASSERT_TRUE(conn.ok()) << conn.status();
+    conns.push_back(Early());
     int p[2];
     ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
-    UniqueFd r(p[0]), w(p[1]);
+    UniqueFd w(p[1]);
+    ends.emplace_back(p[0]);
     const int one[] = {w.get()};
-    if (!SendRecord(conn->get(), "x", one, false).ok()) continue;
-    ++queued;
-    ends.push_back(std::move(r));
+    ASSERT_TRUE(SendRecord(conns.back().get(), "x", one, false).ok());
   }
-  ASSERT_GT(queued, 0);
+  Serve();
+  EXPECT_EQ(AnswerWithin(sender.get(), 10000).code(), absl::StatusCode::kInvalidArgument);
   for (const UniqueFd& r : ends) {
     pollfd p{r.get(), POLLIN, 0};
     ASSERT_EQ(::poll(&p, 1, 10000), 1) << "a refused socket's fds wait for the held close";
     char c;
     EXPECT_EQ(::read(r.get(), &c, 1), 0);
   }
-  lingering_[0].Release();
 }
 
 // A memfd backend whose allocations, once `hold` is set, say they began
@@ -248,7 +245,7 @@ class HeldBackend : public MemfdBackend {
 // epoll batch: once the first puts the uid over its share, the others are
 // not read in that batch either (Pause takes a connection out of the epoll
 // set, not out of the events already returned). Before, every one was read
-// and its fds taken: one uid could fill the whole kMaxForeignFds, and then
+// and its fds taken: one uid could fill the whole ForeignFdsRoom, and then
 // nobody was admitted.
 TEST_F(BrokerForeignFdsTest, AUidPausedInABatchIsNotReadFurtherInIt) {
   auto backend = std::make_unique<HeldBackend>();
