@@ -147,6 +147,41 @@ TEST_F(ForeignFdsGuestTest, ALingeringSocketSentToTheBrokerHoldsUpNobody) {
   EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kUnauthenticated);
 }
 
+// A lingering socket nested in flight (queued on a Unix socket that is
+// itself sent), which no SO_LINGER hallocd sets can reach: releasing it is
+// cut short by the closing thread's tick (util/release_ticker.h) on this
+// kernel too, so the sender's next record (read only once its fds are
+// closed) is answered and its fd closed long before the 120 s linger.
+TEST_F(ForeignFdsGuestTest, ANestedLingeringSocketHoldsNotEvenItsSender) {
+  halloc::InheritedListeners inherited;
+  inherited.broker = Bind(options_.broker_socket, SOCK_SEQPACKET);
+  absl::StatusOr<UniqueFd> sender = halloc::ConnectSeqpacket(options_.broker_socket);
+  ASSERT_TRUE(sender.ok()) << sender.status();
+  int nest[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, nest), 0);
+  UniqueFd outer(nest[0]), carrier(nest[1]);
+  {
+    UniqueFd lingering = Lingering();
+    const int fds[] = {lingering.get()};
+    ASSERT_TRUE(halloc::SendRecord(outer.get(), "x", fds, false).ok());
+  }  // queued on `carrier`, its last reference
+  outer.reset();
+  ASSERT_TRUE(SendRelease(sender->get(), {carrier.get()}).ok());
+  carrier.reset();  // the record holds it
+  int watch[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, watch), 0);
+  UniqueFd watched(watch[0]), sent(watch[1]);
+  ASSERT_TRUE(SendRelease(sender->get(), {sent.get()}).ok());
+  sent.reset();
+  Start(std::move(inherited));
+  EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(AnswerWithin(sender->get(), 20000).code(), absl::StatusCode::kInvalidArgument)
+      << "the second record was not read: the first one's fds are still closing";
+  ASSERT_TRUE(halloc::WaitReadable(watched.get(), 20000).ok()) << "its fd is not closed";
+  char c;
+  EXPECT_EQ(::recv(watched.get(), &c, 1, MSG_DONTWAIT), 0);
+}
+
 // The control socket: gRPC reads through hallocd's relay there, so lingering
 // sockets attached to a client's bytes (queued before hallocd serves the
 // socket, each record holding its socket's last reference) leave gRPC
