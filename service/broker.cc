@@ -95,7 +95,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener, Socket
     }
   }
   ASSIGN_OR_RETURN(std::unique_ptr<ForeignFds> foreign_fds,
-                   ForeignFds::Create(kMaxForeignFdsPerUid, ForeignFdsRoom(FdLimit())));
+                   ForeignFds::Create(kMaxForeignFdsPerUid, kMaxForeignFds));
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -227,7 +227,7 @@ void Broker::Run() {
     // end with more queued) until some are.
     if (accepting_ && foreign_fds_->Full()) {
       StopAccepting();
-      Warn("foreign-full", absl::StrCat(ForeignFdsRoom(FdLimit()),
+      Warn("foreign-full", absl::StrCat(Broker::kMaxForeignFds,
                                         " fds sent by clients wait to be closed: not "
                                         "accepting connections until some are"));
     }

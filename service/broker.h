@@ -101,10 +101,10 @@ class Broker {
   // Start and Serve.
   static bool refuse_fds_at_sender;
   // Fds sent by one uid that may wait to be closed before none of its
-  // connections is read nor a new one admitted (util/foreign_fds.h); those
-  // of everyone that may wait before no connection is accepted:
-  // ForeignFdsRoom (connection_limits.h).
+  // connections is read nor a new one admitted; fds of everyone that may
+  // wait before no connection is accepted (util/foreign_fds.h).
   static constexpr uint64_t kMaxForeignFdsPerUid = 64;
+  static constexpr uint64_t kMaxForeignFds = 4096;
 
   // Unread fds one uid may have (0: UnreadFds::DefaultPerUid(), from the
   // fd limit). Read by Start and Serve.

@@ -22,19 +22,13 @@ uint32_t MaxConnectionsFor(uint64_t fd_limit) {
 
 uint32_t DefaultMaxConnections() { return MaxConnectionsFor(FdLimit()); }
 
-uint64_t ForeignFdsRoom(uint64_t fd_limit) {
-  if (fd_limit == 0) return 4096;
-  return std::clamp<uint64_t>(fd_limit / 16, 64, 4096);
-}
-
 uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds) {
   if (fd_limit == 0) return 0;
   const uint64_t total =
       policy.max_sessions() != 0 ? policy.max_sessions() : MaxConnectionsFor(fd_limit);
   // Two sockets, two fds per connection.
   const uint64_t connections = 2 * 2 * (total + kAdminConnectionReserve);
-  const uint64_t kept =
-      connections + 2 * ForeignFdsRoom(fd_limit) + stock_fds + kHallocdOwnFds;
+  const uint64_t kept = connections + stock_fds + kHallocdOwnFds;
   const uint64_t least = std::max<uint64_t>(fd_limit / 4, 1);
   return fd_limit > kept ? std::max(fd_limit - kept, least) : least;
 }

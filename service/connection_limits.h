@@ -35,13 +35,6 @@ inline constexpr uint32_t kDefaultMaxConnectionsPerUid = 256;
 // buffers'.
 uint32_t DefaultMaxConnections();
 
-// fds clients sent unasked (before Linux 6.16) that one socket's
-// ForeignFds (util/foreign_fds.h) may hold waiting to be closed before
-// hallocd stops accepting on that socket: a sixteenth of `fd_limit`, so
-// that both sockets' together take at most an eighth (at least 64, at most
-// 4096; 4096 when unlimited).
-uint64_t ForeignFdsRoom(uint64_t fd_limit);
-
 // fds hallocd keeps for its own work beyond connections, buffers and the
 // backend's stock: listening sockets, epoll and event fds, gRPC's own, the
 // metrics server's connections (16), the watches of released memory (16),
@@ -51,8 +44,7 @@ inline constexpr uint64_t kHallocdOwnFds = 256;
 // How many buffers hallocd may hold at once (each is an fd in it), of
 // `fd_limit` (0: infinite, and then no limit, 0): what is left after both
 // sockets' connections at `policy`'s limits (the administrators' reserve
-// included), both sockets' ForeignFdsRoom, `stock_fds` (the most the
-// backend stocks) and kHallocdOwnFds;
+// included), `stock_fds` (the most the backend stocks) and kHallocdOwnFds;
 // never less than a quarter of `fd_limit`, the share the defaults leave.
 // However many uids fill it, hallocd still accepts connections and
 // releases.

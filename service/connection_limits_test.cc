@@ -62,26 +62,16 @@ TEST(ConnectionLimitsTest, BothSocketsFullLeaveHalfOfTheFdsToBuffers) {
 TEST(ConnectionLimitsTest, BuffersGetWhatConnectionsStockAndHallocdLeave) {
   // 20000 fds, 100 connections per socket (and the admins' 16): 4 * 116
   // fds for connections, 2048 stocked, kHallocdOwnFds.
-  // Both sockets' foreign fds: a sixteenth of the limit each.
   EXPECT_EQ(BufferRoom(*Limits(0, 100), 20000, 2048),
-            20000 - 4 * (100 + kAdminConnectionReserve) - 2 * 1250 - 2048 - kHallocdOwnFds);
+            20000 - 4 * (100 + kAdminConnectionReserve) - 2048 - kHallocdOwnFds);
   // The default total is an eighth of the limit: half of it for connections.
   EXPECT_EQ(BufferRoom(*Limits(0, 0), 20000, 0),
-            20000 - 4 * (20000 / 8 + kAdminConnectionReserve) - 2 * 1250 - kHallocdOwnFds);
+            20000 - 4 * (20000 / 8 + kAdminConnectionReserve) - kHallocdOwnFds);
   // Connections allowed more than the table has: buffers keep a quarter.
   EXPECT_EQ(BufferRoom(*Limits(0, 100000), 20000, 2048), 5000u);
   EXPECT_EQ(BufferRoom(*Limits(0, 0), 64, 2048), 16u);
   // No fd limit, no buffer limit.
   EXPECT_EQ(BufferRoom(*Limits(0, 0), 0, 2048), 0u);
-}
-
-// What waits to be closed may take a sixteenth of the fd table per socket,
-// within 64 and 4096.
-TEST(ConnectionLimitsTest, ForeignFdsRoomFollowsTheFdLimit) {
-  EXPECT_EQ(ForeignFdsRoom(20000), 1250u);
-  EXPECT_EQ(ForeignFdsRoom(262144), 4096u);
-  EXPECT_EQ(ForeignFdsRoom(1024), 64u);
-  EXPECT_EQ(ForeignFdsRoom(0), 4096u);  // unlimited
 }
 
 }  // namespace

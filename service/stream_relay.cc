@@ -13,8 +13,6 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
-#include "service/connection_limits.h"
-#include "service/util/fd_limit.h"
 #include "service/util/log_limit.h"
 
 namespace halloc {
@@ -76,7 +74,7 @@ absl::StatusOr<std::unique_ptr<StreamRelay>> StreamRelay::Start() {
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake) return ErrnoStatus(errno, "eventfd");
   ASSIGN_OR_RETURN(std::unique_ptr<ForeignFds> foreign,
-                   ForeignFds::Create(kMaxForeignFdsPerUid, ForeignFdsRoom(FdLimit())));
+                   ForeignFds::Create(kMaxForeignFdsPerUid, kMaxForeignFds));
   for (auto [fd, key] : {std::pair{wake.get(), kWakeKey},
                          std::pair{foreign->ready_fd(), kForeignKey}}) {
     epoll_event ev{};

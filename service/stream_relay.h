@@ -54,6 +54,7 @@ namespace halloc {
 class StreamRelay {
  public:
   static constexpr uint64_t kMaxForeignFdsPerUid = 64;
+  static constexpr uint64_t kMaxForeignFds = 4096;
   static constexpr size_t kChunk = 64 * 1024;
   // Chunks read off an ending connection here before the rest is left to
   // a ForeignFds drain (a client's send buffer holds about 208 KiB).
@@ -73,7 +74,7 @@ class StreamRelay {
   // Connections being relayed now.
   size_t relayed() const;
   // Whether `uid` has kMaxForeignFdsPerUid fds waiting to be closed (admit
-  // none of its connections), or everyone ForeignFdsRoom's (accept none).
+  // none of its connections), or everyone kMaxForeignFds (accept none).
   bool OverLimit(uid_t uid) const;
   bool Full() const;
 
