@@ -191,7 +191,7 @@ TEST_F(BrokerForeignFdsTest, TooManyWaitingPauseTheWholeUid) {
 // file) keeps connecting with records with fds queued: those are dropped
 // while its held close still waits, on a lane of their own. Before, each
 // refused socket waited behind the held close (+1 fd of hallocd's each,
-// with no bound per uid), until the total (ForeignFdsRoom) stopped hallocd accepting
+// with no bound per uid), until kMaxForeignFds stopped hallocd accepting
 // anyone.
 TEST_F(BrokerForeignFdsTest, ARefusedConnectionsQueuedFdsDoNotWaitForTheUidsHeldClose) {
   UniqueFd sender = Early();
@@ -245,7 +245,7 @@ class HeldBackend : public MemfdBackend {
 // epoll batch: once the first puts the uid over its share, the others are
 // not read in that batch either (Pause takes a connection out of the epoll
 // set, not out of the events already returned). Before, every one was read
-// and its fds taken: one uid could fill the whole ForeignFdsRoom, and then
+// and its fds taken: one uid could fill the whole kMaxForeignFds, and then
 // nobody was admitted.
 TEST_F(BrokerForeignFdsTest, AUidPausedInABatchIsNotReadFurtherInIt) {
   auto backend = std::make_unique<HeldBackend>();

@@ -174,23 +174,26 @@ struct ForeignFds::State {
   // reads as 0 bytes marked cut (its credentials found no room), the end
   // as 0 bytes unmarked. On a stream socket 0 bytes is the end (marked cut
   // too: its credentials). A stream's out-of-band byte is read inline, not
-  // left behind.
+  // left behind. A pending socket error (ECONNRESET, once the peer closed
+  // with our records unread) is reported once, before the queue: read on.
+  // What is left (an unknown type, errors that persist) goes with the
+  // socket's last reference: this one's, here, unless another holds it.
   static void DropQueued(int sock) {
     const int on = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
     ::setsockopt(sock, SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
     int type = 0;
     socklen_t len = sizeof(type);
-    ::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len);
+    if (::getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return;
     std::vector<char> sink(64 * 1024);
-    for (;;) {
+    for (int errors = 0;;) {
       iovec iov{sink.data(), sink.size()};
       msghdr msg{};
       msg.msg_iov = &iov;
       msg.msg_iovlen = 1;
       const ssize_t n = ::recvmsg(sock, &msg, MSG_DONTWAIT);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return;  // nothing more queued (or an error)
+      if (n < 0 && (errno == EINTR || (errno != EAGAIN && ++errors < 4))) continue;
+      if (n < 0) return;  // nothing more queued
       if (n == 0 && (type == SOCK_STREAM || (msg.msg_flags & MSG_CTRUNC) == 0)) return;
     }
   }

@@ -313,6 +313,26 @@ TEST(ForeignFdsTest, DrainsAStreamSocketToItsEnd) {
   EXPECT_TRUE(SeesEnd(r2.get(), 5000));
 }
 
+// A peer that closed with records of ours unread leaves ECONNRESET pending
+// on the socket, which the kernel reports once, before the queue: the
+// drain reads on past it (else what is queued would wait for the socket's
+// last reference, which another holder may drop on any thread).
+TEST(ForeignFdsTest, DrainGoesPastAPendingReset) {
+  auto [a, b] = SeqpacketPair();
+  auto [r, w] = Pipe();
+  const int fds[] = {w.get()};
+  ASSERT_TRUE(SendRecord(a.get(), "x", fds, false).ok());
+  w.reset();
+  ASSERT_TRUE(SendRecord(b.get(), "unread by the peer", {}, false).ok());
+  ASSERT_TRUE(StopReceiving(b.get()));
+  a.reset();  // closes with our record unread: ECONNRESET on `b`
+  absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
+  ASSERT_TRUE(foreign.ok()) << foreign.status();
+  (*foreign)->Drain(3, 1000, UniqueFd(::dup(b.get())));  // `b` stays open here
+  ASSERT_TRUE(WaitDone(**foreign, 3));
+  EXPECT_TRUE(SeesEnd(r.get(), 5000)) << "the drain stopped at the reset";
+}
+
 // Destroyed while a sender's file holds its thread: the owner does not wait
 // for it (the thread closes what it has, then ends).
 TEST(ForeignFdsTest, DestructionDoesNotWaitForAHeldThread) {
