@@ -23,8 +23,8 @@
 // (SO_OOBINLINE): skipped, the kernel would drop its fds on this thread. A
 // connection that ends is shut down and what it still queued read off (a
 // few chunks here, the rest dropped unopened by a ForeignFds drain), so
-// that closing it drops
-// nothing here; only what carried fds counts against its uid.
+// that closing it drops nothing here; only what carried fds counts against
+// its uid.
 //
 // Identity is not affected: gRPC calls are tied to a session by its token
 // (Authenticate), not by the control connection's peer, and admission has

@@ -93,21 +93,28 @@ struct ForeignFds::State {
     return (static_cast<uint64_t>(uid) << 1) | (drain ? 1 : 0);
   }
 
+  // Starts one more thread (holding the state: it may outlive the owner).
+  absl::Status Spawn(const std::shared_ptr<State>& self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    try {
+      threads.emplace_back([s = self] { s->Run(); });
+    } catch (const std::system_error& e) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot start a thread to close foreign fds: ", e.what()));
+    }
+    return absl::OkStatus();
+  }
+
   // Starts a thread when more lanes are ready than threads idle, up to
   // max_threads: one held by a sender's file never holds another's lane.
+  // Past a failure to start one (a task limit reached), the running
+  // threads serve every lane, in turn.
   void MaybeSpawn(const std::shared_ptr<State>& self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     if (ready_lanes.size() <= static_cast<size_t>(idle) ||
         static_cast<int>(threads.size()) >= max_threads) {
       return;
     }
-    // Past a failure to start one (a task limit reached), the running
-    // threads serve every lane, in turn.
-    try {
-      threads.emplace_back([s = self] { s->Run(); });
-    } catch (const std::system_error& e) {
-      LOG_FIRST_N(WARNING, 1) << "foreign fds: cannot start another thread to close "
-                                 "them (" << e.what() << "): " << threads.size()
-                              << " serve every uid's in turn";
+    if (absl::Status s = Spawn(self); !s.ok()) {
+      LOG_FIRST_N(WARNING, 1) << s << ": " << threads.size() << " serve every uid's in turn";
     }
   }
 
@@ -235,11 +242,9 @@ absl::StatusOr<std::unique_ptr<ForeignFds>> ForeignFds::Create(uint64_t max_per_
                                        std::move(ready));
   // One thread from the start (more as lanes need them): a process that
   // cannot start even one fails here, not on a client's record.
-  try {
+  {
     absl::MutexLock lock(&state->mu);
-    state->threads.emplace_back([s = state] { s->Run(); });
-  } catch (const std::system_error& e) {
-    return absl::ResourceExhaustedError(absl::StrCat("foreign fds thread: ", e.what()));
+    if (absl::Status s = state->Spawn(state); !s.ok()) return s;
   }
   return std::unique_ptr<ForeignFds>(new ForeignFds(std::move(state)));
 }

@@ -22,10 +22,10 @@
 // uninterruptible wait, which only files that need privilege to make
 // have: a fuseblk or virtiofs mount's). What can still wait as long as
 // its sender likes is the close of an fd the broker received: a FUSE
-// file's flush. So the work runs in lanes, one per uid for
-// its closes and one for its drains, each lane in order on one thread at a
-// time, the lanes in turn on up to max_threads threads (started as lanes
-// are ready and no thread is idle). A sender whose file holds a thread
+// file's flush. So the work runs in lanes, one per uid for its closes and
+// one for its drains, each lane in order on one thread at a time, the
+// lanes in turn on up to max_threads threads (started as lanes are ready
+// and no thread is idle). A sender whose file holds a thread
 // holds its own lane and that thread; everyone else's lanes go on, until
 // max_threads senders of distinct uids hold them all.
 //

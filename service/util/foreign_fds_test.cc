@@ -57,6 +57,13 @@ std::vector<UniqueFd> One(UniqueFd fd) {
   return v;
 }
 
+// Sends a record of `bytes` carrying `fd` on `sock`, then closes this
+// copy: the queued record holds the file's last reference.
+bool Queue(int sock, const char* bytes, UniqueFd fd) {
+  const int fds[] = {fd.get()};
+  return SendRecord(sock, bytes, fds, false).ok();
+}
+
 // Closes a socket lingering 60 s as connection `key` of `uid`: under
 // KeepLinger it holds a thread and that uid's lane until released.
 LingeringSocket HoldLane(ForeignFds& foreign, uint64_t key, uid_t uid) {
@@ -203,9 +210,7 @@ TEST(ForeignFdsTest, AUidsDrainsDoNotWaitBehindItsHeldClose) {
 
   auto [a, b] = SeqpacketPair();
   auto [r, w] = Pipe();
-  const int fds[] = {w.get()};
-  ASSERT_TRUE(SendRecord(a.get(), "x", fds, false).ok());
-  w.reset();
+  ASSERT_TRUE(Queue(a.get(), "x", std::move(w)));
   ASSERT_TRUE(StopReceiving(b.get()));
   foreign.Drain(2, 1000, std::move(b));
   EXPECT_TRUE(SeesEnd(r.get(), 5000)) << "the drain waited behind the held close";
@@ -241,9 +246,7 @@ TEST(ForeignFdsTest, ASocketsQueuedLingeringSocketIsReleasedAtOnce) {
   absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
   ASSERT_TRUE(lingering.ok()) << lingering.status();
   auto [a, b] = SeqpacketPair();
-  const int nested[] = {lingering->sock.get()};
-  ASSERT_TRUE(SendRecord(a.get(), "x", nested, false).ok());
-  lingering->sock.reset();
+  ASSERT_TRUE(Queue(a.get(), "x", std::move(lingering->sock)));
   a.reset();
   std::vector<UniqueFd> fds;
   fds.push_back(std::move(b));
@@ -269,14 +272,10 @@ TEST(ForeignFdsTest, DrainGoesPastEmptyRecords) {
   auto [a, b] = SeqpacketPair();
   auto [r1, w1] = Pipe();
   auto [r2, w2] = Pipe();
-  const int first[] = {w1.get()};
-  const int second[] = {w2.get()};
-  ASSERT_TRUE(SendRecord(a.get(), "x", first, false).ok());
+  ASSERT_TRUE(Queue(a.get(), "x", std::move(w1)));
   ASSERT_TRUE(SendRecord(a.get(), "", {}, false).ok());
-  ASSERT_TRUE(SendRecord(a.get(), "", second, false).ok());
+  ASSERT_TRUE(Queue(a.get(), "", std::move(w2)));
   ASSERT_TRUE(SendRecord(a.get(), "", {}, false).ok());
-  w1.reset();
-  w2.reset();
   ASSERT_TRUE(StopReceiving(b.get()));
   absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
   ASSERT_TRUE(foreign.ok()) << foreign.status();
@@ -297,13 +296,9 @@ TEST(ForeignFdsTest, DrainsAStreamSocketToItsEnd) {
   UniqueFd a(sv[0]), b(sv[1]);
   auto [r1, w1] = Pipe();
   auto [r2, w2] = Pipe();
-  const int first[] = {w1.get()};
-  const int second[] = {w2.get()};
-  ASSERT_TRUE(SendRecord(a.get(), "x", first, false).ok());
+  ASSERT_TRUE(Queue(a.get(), "x", std::move(w1)));
   ASSERT_TRUE(SendRecord(a.get(), "plain", {}, false).ok());
-  ASSERT_TRUE(SendRecord(a.get(), "y", second, false).ok());
-  w1.reset();
-  w2.reset();
+  ASSERT_TRUE(Queue(a.get(), "y", std::move(w2)));
   ASSERT_TRUE(StopReceiving(b.get()));
   absl::StatusOr<std::unique_ptr<ForeignFds>> foreign = ForeignFds::Create(16, 1000);
   ASSERT_TRUE(foreign.ok()) << foreign.status();
@@ -320,9 +315,7 @@ TEST(ForeignFdsTest, DrainsAStreamSocketToItsEnd) {
 TEST(ForeignFdsTest, DrainGoesPastAPendingReset) {
   auto [a, b] = SeqpacketPair();
   auto [r, w] = Pipe();
-  const int fds[] = {w.get()};
-  ASSERT_TRUE(SendRecord(a.get(), "x", fds, false).ok());
-  w.reset();
+  ASSERT_TRUE(Queue(a.get(), "x", std::move(w)));
   ASSERT_TRUE(SendRecord(b.get(), "unread by the peer", {}, false).ok());
   ASSERT_TRUE(StopReceiving(b.get()));
   a.reset();  // closes with our record unread: ECONNRESET on `b`
