@@ -63,7 +63,18 @@ void Registry::Leave(uint64_t session_id) {
   Holding& holding = it->second;
   const std::vector<uint64_t> grants(holding.grants.begin(),
                                      holding.grants.end());
-  for (uint64_t g : grants) DropGrant(g);
+  for (uint64_t g : grants) {
+    GrantRecord& grant = grants_.at(g);
+    if (grant.rooted || !Reaches(grant)) {
+      DropGrant(g);
+      continue;
+    }
+    // Shared on from imports, and imported: nobody can import it any
+    // more, but a live revoke of a grant it came through must still reach
+    // those who did (Revoke), so it stays until then or its buffer goes.
+    grant_tokens_.erase(grant.token);
+    grant.token.clear();
+  }
   const std::vector<uint64_t> held(holding.buffers.begin(),
                                    holding.buffers.end());
   for (uint64_t b : held) DropHold(session_id, holding, b);
@@ -159,11 +170,28 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   buffers_.erase(it);
 }
 
+bool Registry::Reaches(const GrantRecord& grant) const {
+  auto b = buffers_.find(grant.view.buffer_id);
+  if (b == buffers_.end()) return false;
+  const BufferRecord& buffer = *b->second;
+  if (buffer.let_go_views.contains(grant.view.id)) return true;
+  for (const auto& [sid, routes] : buffer.imports) {
+    if (routes.contains(grant.view.id)) return true;
+  }
+  return false;
+}
+
 void Registry::DropGrant(uint64_t grant_id) {
   auto it = grants_.find(grant_id);
   if (it == grants_.end()) return;
   const GrantRecord& grant = it->second;
-  grant_tokens_.erase(grant.token);
+  if (!grant.rooted) {
+    if (auto n = onward_grants_.find(grant.from_uid);
+        n != onward_grants_.end() && --n->second == 0) {
+      onward_grants_.erase(n);
+    }
+  }
+  if (!grant.token.empty()) grant_tokens_.erase(grant.token);
   if (auto b = buffers_.find(grant.view.buffer_id); b != buffers_.end()) {
     b->second->grants.erase(grant_id);
     // Nothing can revoke them any more (Revoke took them first if it did).
@@ -197,6 +225,17 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
         kMaxGrantsPerSession, " (revoke those no longer needed)"));
   }
   const bool rooted = session_id == buffer->owner_session && buffer->owner_holds;
+  const uid_t uid = h->second.creds.uid;
+  if (!rooted) {
+    if (auto n = onward_grants_.find(uid);
+        n != onward_grants_.end() && n->second >= kMaxOnwardGrantsPerUid) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("uid ", uid, " has ", n->second,
+                       " grants open of buffers it imported (also of "
+                       "its ended sessions, while their imports may be revoked); limit is ",
+                       kMaxOnwardGrantsPerUid));
+    }
+  }
   auto via = buffer->imported_via.find(session_id);
   if (!rooted && (via == buffer->imported_via.end() || via->second.empty())) {
     // Held only through grants revoked since (one landed while its import
@@ -222,8 +261,9 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   buffer->grants.insert(grant_id);
   h->second.grants.insert(grant_id);
   grant_tokens_.emplace(token, grant_id);
-  GrantRecord record{std::move(token), session_id, std::move(view)};
+  GrantRecord record{std::move(token), session_id, uid, std::move(view)};
   record.rooted = rooted;
+  if (!rooted) ++onward_grants_[uid];
   if (via != buffer->imported_via.end()) {
     const auto routes = buffer->imports.find(session_id);
     for (uint64_t g : via->second) {

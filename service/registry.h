@@ -10,7 +10,9 @@
 // keyed by id and token), except the listings.
 //
 // A session is known here from Join (the broker accepted it) until Leave
-// (its connection closed); Leave drops every hold and grant it had. A buffer
+// (its connection closed); Leave drops every hold and grant it had (a
+// grant shared on from an import and imported stays, unusable, for a live
+// revoke upstream to reach its importers: GrantRecord::via). A buffer
 // lives while any session holds it; its daemon fd is then closed on a
 // Reaper thread, outside the lock.
 //
@@ -113,8 +115,9 @@ struct BufferRecord {
 // An open grant. `view` is what the allocator decided at Share (decide.h's
 // GrantView: peer, granter, rights); its id and buffer_id are the registry's.
 struct GrantRecord {
-  std::string token;
+  std::string token;  // empty once its session ended (see `via`)
   uint64_t from_session = 0;
+  uid_t from_uid = 0;  // the granting session's (kernel-verified) uid
   GrantView view;
   // Where the granter's own hold came from when it shared: its owner's
   // hold (`rooted`), else the grants it had imported the buffer through
@@ -122,7 +125,10 @@ struct GrantRecord {
   // live revoke of one of those takes it out of `via`; once none is left,
   // or those left do not give the rights this grant gives, this grant is
   // revoked too (Registry::Revoke), whether or not the granter still
-  // holds, and however many revokes it took.
+  // holds or its session still lives, and however many revokes it took:
+  // such a grant outlives its session (token gone, so never imported
+  // again) while anyone imported through it, until revoked or its buffer
+  // goes.
   bool rooted = false;
   absl::flat_hash_map<uint64_t, CpuAccess> via;
 };
@@ -133,6 +139,11 @@ class Registry {
   // memory, and Share is cheap to repeat): a compositor or camera shares a
   // few per buffer it hands on.
   static constexpr size_t kMaxGrantsPerSession = 1024;
+  // Grants one uid may have open of buffers its sessions imported
+  // (`GrantRecord::rooted` false), its ended sessions' included: those stay
+  // while imported (a revoke upstream must reach them), so a uid could
+  // otherwise pile them up by reconnecting.
+  static constexpr size_t kMaxOnwardGrantsPerUid = 4096;
   // Times one session may import the same grant on a backend with live
   // revoke (each import is a kernel view whose id the route keeps until
   // the grant or the hold goes), and times a grant's imports may be let go
@@ -352,6 +363,9 @@ class Registry {
   void DropHold(uint64_t session_id, Holding& holding, uint64_t buffer_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether anyone imported the buffer through `grant` (live revoke: it
+  // holds by it, or let go of views it delivered).
+  bool Reaches(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const std::string backend_;
   const v1::FdKind fd_kind_;
@@ -370,6 +384,8 @@ class Registry {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, GrantRecord> grants_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
+  // Per uid, its grants that are not `rooted` (kMaxOnwardGrantsPerUid).
+  absl::flat_hash_map<uid_t, uint64_t> onward_grants_ ABSL_GUARDED_BY(mu_);
   // Imports that made a session a holder and whose delivery has not
   // settled yet, by (session, buffer); see SettleImport.
   struct Arrival {

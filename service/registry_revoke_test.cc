@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "service/registry.h"
 #include "service/registry_testing.h"
@@ -100,6 +101,98 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
   absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+}
+
+// A granter whose session ended leaves its onward grants' imports
+// revocable: revoking the grant it imported through still cuts off those
+// who imported from it (they still hold, or let go with the fd kept).
+TEST_F(RegistryTest, LiveRevokeReachesImportsOfAGranterWhoseSessionEnded) {
+  reg_.Join(kC, Uid(3));
+  constexpr uint64_t kD = 40;
+  reg_.Join(kD, Uid(4));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_b = ShareTo(kA, id, 2);
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
+  auto b_to_c = ShareTo(kB, id, 3);
+  auto b_to_d = ShareTo(kB, id, 4);
+  ASSERT_TRUE(b_to_c.ok() && b_to_d.ok());
+  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 702));
+  ASSERT_TRUE(ImportView(kD, *b_to_d, id, CpuAccess::kRead, 703));
+  reg_.Leave(kD);  // let go, its fd possibly kept
+  reg_.Leave(kB);
+  // Its grants can be imported no more.
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(reg_.Describe(kC, id).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{701, 702, 703}));
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Stats().grants(), 0u);
+}
+
+// An ended session's onward grants that reach nobody go with it; those
+// that do stay (for a revoke) until their buffer goes.
+TEST_F(RegistryTest, AnEndedSessionsOnwardGrantsStayOnlyWhileTheyReachSomeone) {
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_b = ShareTo(kA, id, 2);
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
+  auto unused = ShareTo(kB, id, 3);
+  auto b_to_c = ShareTo(kB, id, 3);
+  ASSERT_TRUE(unused.ok() && b_to_c.ok());
+  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 702));
+  EXPECT_EQ(Stats().grants(), 3u);
+  reg_.Leave(kB);
+  EXPECT_EQ(Stats().grants(), 2u);  // A's, and B's that C imported
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  reg_.Leave(kC);  // the buffer's last holder
+  EXPECT_EQ(Stats().grants(), 0u);
+}
+
+// Grants of imported buffers count per uid, across its sessions (they may
+// outlive them): past kMaxOnwardGrantsPerUid that uid shares on nothing
+// more, others and its own buffers unaffected, until some go.
+TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_uid2 = ShareTo(kA, id, 2);
+  auto to_uid3 = ShareTo(kA, id, 3);
+  ASSERT_TRUE(to_uid2.ok() && to_uid3.ok());
+  constexpr size_t kPerSession = Registry::kMaxGrantsPerSession;
+  const size_t sessions = Registry::kMaxOnwardGrantsPerUid / kPerSession + 1;
+  uint64_t view = 1000;
+  for (uint64_t s = 0; s < sessions; ++s) {
+    const uint64_t sid = 100 + s;
+    reg_.Join(sid, Uid(2));
+    ASSERT_TRUE(ImportView(sid, *to_uid2, id, CpuAccess::kRead, view++));
+  }
+  size_t shared = 0;
+  absl::Status refused;
+  for (uint64_t s = 0; s < sessions && refused.ok(); ++s) {
+    for (size_t i = 0; i < kPerSession; ++i) {
+      absl::StatusOr<v1::Grant> g = ShareTo(100 + s, id, 4);
+      if (!g.ok()) {
+        refused = g.status();
+        break;
+      }
+      ++shared;
+    }
+  }
+  EXPECT_EQ(shared, Registry::kMaxOnwardGrantsPerUid);
+  EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "4096")) << refused;
+  // Another uid shares on; uid 2 still shares what it owns.
+  ASSERT_TRUE(ImportView(kC, *to_uid3, id, CpuAccess::kRead, view++));
+  EXPECT_TRUE(ShareTo(kC, id, 4).ok());
+  const uint64_t own = AddN(kB, 1)[0];
+  EXPECT_TRUE(ShareTo(kB, own, 4).ok());
+  // A session of uid 2 ends: its grants reached nobody, so they go.
+  reg_.Leave(100);
+  EXPECT_TRUE(ShareTo(100 + sessions - 1, id, 4).ok());
 }
 
 // An importer that let go (Release, or its session ended) may still have

@@ -339,6 +339,50 @@ TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
   if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
 }
 
+// A client that shared on what it imported, then ended its session: a
+// revoke of the grant it imported through still cuts off those it shared
+// with (its grant outlives its session for that).
+TEST_F(DaemonOnKernelHeapTest, ARevokeReachesOnwardImportsOfAnEndedSession) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon(""));  // default policy: share within uid
+  Client owner = Connect();
+  Client last = Connect();
+  absl::StatusOr<halloc::Buffer> buf =
+      owner.Allocate(BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "onward"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  absl::StatusOr<halloc::v1::Grant> to_middle =
+      owner.Share(buf->id(), getuid(), halloc::v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(to_middle.ok()) << to_middle.status();
+  absl::StatusOr<halloc::Buffer> got;
+  {
+    Client middle = Connect();
+    absl::StatusOr<halloc::Buffer> imported = middle.Import(to_middle->token());
+    ASSERT_TRUE(imported.ok()) << imported.status();
+    absl::StatusOr<halloc::v1::Grant> onward =
+        middle.Share(imported->id(), getuid(), halloc::v1::CPU_ACCESS_READ);
+    ASSERT_TRUE(onward.ok()) << onward.status();
+    got = last.Import(onward->token());
+    ASSERT_TRUE(got.ok()) << got.status();
+  }  // the middle's session ends
+  // Its holds go once hallocd has seen the connection close.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  absl::StatusOr<halloc::v1::BufferInfo> info;
+  do {
+    absl::SleepFor(absl::Milliseconds(10));
+    info = owner.Describe(buf->id());
+    ASSERT_TRUE(info.ok()) << info.status();
+  } while (info->holders_size() > 2 && absl::Now() < deadline);
+  ASSERT_EQ(info->holders_size(), 2) << "the middle's session did not end";
+  absl::StatusOr<halloc::Mapping> before = got->Map(halloc::Access::kRead);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  ASSERT_TRUE(owner.Revoke(to_middle->id()).ok());
+  EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u)
+      << "the onward import outlived the revoke of the grant it came through";
+  EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
+  EXPECT_EQ(last.Describe(got->id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(InfoOf(buf->fd()).flags & HALLOC_INFO_REVOKED, 0u);
+}
+
 TEST_F(DaemonOnKernelHeapTest, ReleasedBufferLeavesTheKernel) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon(""));
   Client client = Connect();
