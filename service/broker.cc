@@ -424,6 +424,13 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
     refused = absl::PermissionDeniedError(absl::StrCat(
         "the session must be verified by the process that connected (pid ",
         conn.peer.pid, "), not by pid ", sender.pid));
+  } else if (!StillRunning(conn.pidfd.get())) {
+    // The pid is the connector's no more: it exited, and whoever holds the
+    // socket now may have been given its pid (cycling pids, within the
+    // verify timeout) to open a session as the connector's uid.
+    refused = absl::PermissionDeniedError(
+        absl::StrCat("the process that connected (pid ", conn.peer.pid,
+                     ") exited before verifying; its pid is another process's now"));
   }
   if (!refused.ok()) {
     Reply(conn, ErrorReply(req.request_id(), refused));

@@ -442,6 +442,59 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
       << "the verified pid, reused, vouches for nothing";
 }
 
+// The handshake must be finished by the process that connected while it
+// runs: one that exited leaves its pid to whoever gets it next, who may
+// hold the unverified socket (a fork, a receiver of the fd) and answer
+// the challenge as the connector's uid.
+TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  int pass[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass), 0);
+  UniqueFd ours(pass[0]), theirs(pass[1]);
+  const pid_t connector = ::fork();
+  ASSERT_GE(connector, 0);
+  if (connector == 0) {
+    // Connects, takes the Hello, hands it and the socket over, exits.
+    absl::StatusOr<UniqueFd> sock = ConnectSeqpacket(path);
+    if (!sock.ok()) ::_exit(1);
+    absl::StatusOr<Record> hello = ReceiveRecord(sock->get(), false);
+    if (!hello.ok()) ::_exit(2);
+    const int fd = sock->get();
+    ::_exit(SendRecord(theirs.get(), hello->bytes, {&fd, 1}, false).ok() ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(connector, &status, 0), connector);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  absl::StatusOr<Record> got = ReceiveRecord(ours.get(), false);
+  ASSERT_TRUE(got.ok() && got->fds.size() == 1) << got.status();
+  v1::BrokerFrame hello;
+  ASSERT_TRUE(hello.ParseFromString(got->bytes) && hello.has_hello());
+  const int sock = got->fds[0].get();
+  const std::string challenge = hello.hello().challenge();
+
+  // The reuser's answer: the reply's status code, or 100+ if none came.
+  const pid_t again = SpawnWithPid(connector, [&] {
+    v1::BrokerRequest verify;
+    verify.mutable_verify()->set_challenge(challenge);
+    if (!SendRecord(sock, verify.SerializeAsString(), {}, false).ok()) return 101;
+    absl::StatusOr<Record> reply = ReceiveRecord(sock, false);
+    v1::BrokerFrame frame;
+    if (!reply.ok() || !frame.ParseFromString(reply->bytes) || !frame.has_reply()) return 102;
+    return frame.reply().code();
+  });
+  if (again < 0) {
+    GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
+                 << std::strerror(errno) << ")";
+  }
+  ASSERT_EQ(again, connector);
+  ASSERT_EQ(::waitpid(again, &status, 0), again);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
+      << "a process given the connector's pid finished its handshake";
+}
+
 // An exec keeps the pid and the pidfd but runs another file: the verified
 // executable no longer speaks for what the process sends afterwards.
 TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
