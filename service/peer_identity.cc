@@ -1,5 +1,6 @@
 #include "service/peer_identity.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/nsfs.h>
 #include <poll.h>
@@ -23,6 +24,11 @@ UniqueFd PeerPidfd(int conn, pid_t pid) {
   if (::getsockopt(conn, SOL_SOCKET, SO_PEERPIDFD, &raw, &len) == 0 && raw >= 0) {
     return UniqueFd(raw);
   }
+  // Only a kernel without the option (before 6.5) is asked by pid. Where
+  // the option is known, a failure means the peer is gone (EINVAL or ESRCH
+  // for one already reaped) or unknown (ENODATA): its pid may be
+  // another process's by now, which pidfd_open would pin instead.
+  if (errno != ENOPROTOOPT) return UniqueFd();
   return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
 }
 

@@ -41,12 +41,12 @@ TEST(PeerIdentityTest, PinsThePeerOfAConnection) {
   UniqueFd pidfd = PeerPidfd(a.get(), ::getpid());
   ASSERT_TRUE(pidfd) << "no pidfd (pidfd_open needs Linux 5.3)";
   EXPECT_EQ(PidOf(pidfd.get()), ::getpid());
-  // Not a socket: found by pid.
+  // The option failing for another reason than being unknown (here: no
+  // socket) is not made up for by pid, which may be another process's by
+  // then (the kernels before 6.5, where it is, run in the guest tests).
   absl::StatusOr<Subprocess> child = Sleeper();
   ASSERT_TRUE(child.ok()) << child.status();
-  UniqueFd by_pid = PeerPidfd(-1, child->pid());
-  ASSERT_TRUE(by_pid);
-  EXPECT_EQ(PidOf(by_pid.get()), child->pid());
+  EXPECT_FALSE(PeerPidfd(-1, child->pid()));
 }
 
 TEST(PeerIdentityTest, VouchesForTheFileOfALiveProcess) {
