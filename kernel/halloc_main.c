@@ -163,7 +163,10 @@ static long halloc_heap_ioctl(struct file *file, unsigned int cmd,
 	if (copy_from_user(&data, uarg, in))
 		return -EFAULT;
 
+	/* O_ACCMODE itself (3) names no access: a file that may neither read
+	 * nor write, yet not CPU_NONE either. */
 	if (data.fd || data.fd_flags & ~DMA_HEAP_VALID_FD_FLAGS ||
+	    (data.fd_flags & O_ACCMODE) == O_ACCMODE ||
 	    data.heap_flags & ~DMA_HEAP_VALID_HEAP_FLAGS)
 		return -EINVAL;
 	if (!data.len || data.len > ALIGN_DOWN(U64_MAX, PAGE_SIZE))

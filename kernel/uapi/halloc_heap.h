@@ -150,7 +150,8 @@
  *
  * Heap allocation errors (DMA_HEAP_IOCTL_ALLOC): EINVAL for len 0 or a len
  * that wraps when page-aligned, non-zero fd, fd_flags outside
- * O_CLOEXEC|O_ACCMODE or non-zero heap_flags; ENOMEM when len exceeds the
+ * O_CLOEXEC|O_ACCMODE or with the access mode O_ACCMODE (3, no access
+ * named), or non-zero heap_flags; ENOMEM when len exceeds the
  * heap's limit (module parameters max_buffer_mb, contig_max_kb,
  * max_total_mb) or memory is short.
  *

@@ -163,6 +163,8 @@ TEST_F(HeapAllocTest, ValidationErrnos) {
     EXPECT_EQ(HeapAlloc(h, UINT64_MAX - 100), -EINVAL) << "len wraps";
     EXPECT_EQ(HeapAlloc(h, 4096, O_RDWR | O_NONBLOCK), -EINVAL) << "fd_flags";
     EXPECT_EQ(HeapAlloc(h, 4096, O_RDWR | O_APPEND), -EINVAL) << "fd_flags";
+    EXPECT_EQ(HeapAlloc(h, 4096, O_ACCMODE), -EINVAL) << "access mode 3";
+    EXPECT_EQ(HeapAlloc(h, 4096, O_ACCMODE | O_CLOEXEC), -EINVAL) << "access mode 3";
     EXPECT_EQ(HeapAlloc(h, 4096, O_RDWR, 1), -EINVAL) << "heap_flags";
     EXPECT_EQ(HeapAlloc(h, 4096, O_RDWR, 1ull << 63), -EINVAL) << "heap_flags";
 
