@@ -56,10 +56,13 @@ static unsigned int halloc_dev_max_seg(struct device *dev)
 /*
  * -EBUSY when @dev cannot use the buffer: no DMA at all, a device whose
  * every mapping bounces through swiotlb (swiotlb=force, a confidential
- * guest), or (once backed) the pages as allocated cannot serve it. Refuse
- * rather than let swiotlb bounce a buffer the CPU may be mapping at the
- * same time: a sync for one holder would copy the bounce buffer over what
- * another wrote since.
+ * guest), or (once backed) the pages as allocated cannot serve it, or
+ * (not yet backed) no backing could: a device that needs one contiguous run
+ * of a buffer larger than any run the heap makes would, attached, fail
+ * every backing for every holder until it detaches. Refuse rather than
+ * let swiotlb bounce a buffer the CPU may be mapping at the same time: a
+ * sync for one holder would copy the bounce buffer over what another
+ * wrote since.
  */
 int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 {
@@ -70,8 +73,13 @@ int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 	if (!dev->dma_mask || !halloc_dev_max_seg(dev) ||
 	    is_swiotlb_force_bounce(dev))
 		return -EBUSY;
-	if (!buf->pages)
-		return 0;	/* backing will take @dev into account */
+	if (!buf->pages) {
+		/* Backing will take @dev into account, if it can. */
+		if (buf->size > halloc_max_contig_bytes() &&
+		    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
+			return -EBUSY;
+		return 0;
+	}
 	if (buf->segments > 1 &&
 	    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
 		return -EBUSY;

@@ -202,7 +202,10 @@
  * SIGBUS.
  *
  * For a deferred buffer dma_buf_attach() only fails with EBUSY before it is
- * backed for a device that cannot do DMA at all (no DMA mask). Once it is
+ * backed for a device that cannot do DMA at all (no DMA mask), and for a
+ * device in contig_only_drivers when the buffer is larger than any
+ * contiguous run the heap makes (contig_max_kb): attached, it would fail
+ * every backing, for every holder, until it detached. Once it is
  * backed, EBUSY has the meaning above: the pages already chosen cannot serve
  * this device (for instance vivid with dma-contig attaching after vgem's
  * import backed the buffer with scattered pages). Attach devices with

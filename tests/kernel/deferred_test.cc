@@ -316,10 +316,11 @@ TEST_F(VividContigTest, DeferredBackedByVgemRefusesVivid) {
 }
 
 // A backing vivid needs but that cannot be made (a contiguous run larger
-// than contig_max_kb) fails vivid's map: videobuf2-dma-contig turns any
-// map error into EINVAL at QBUF and detaches. The buffer stays unbacked,
-// and a later CPU touch backs it with scattered pages.
-TEST_F(VividContigTest, DeferredFailedBackingStaysUnbacked) {
+// than contig_max_kb): vivid is refused at attach with EBUSY, which QBUF
+// reports (attached, it would fail every other holder's backing until it
+// detached). The buffer stays unbacked, and a later CPU touch backs it
+// with scattered pages.
+TEST_F(VividContigTest, DeferredBufferTooLargeForAContiguousRunRefusesVivid) {
   const long contig_kb = ModuleParam("contig_max_kb");
   ASSERT_GT(contig_kb, 0);
   const size_t size =
@@ -328,7 +329,7 @@ TEST_F(VividContigTest, DeferredFailedBackingStaysUnbacked) {
   UniqueFd buf = Alloc(Heap::kDeferred, size);
   ASSERT_TRUE(buf.valid());
   const int queued = Queue(0, buf.get(), size);
-  EXPECT_EQ(queued, -EINVAL) << strerror(-queued);
+  EXPECT_EQ(queued, -EBUSY) << strerror(-queued);
   halloc_buffer_info info = InfoOf(buf.get());
   EXPECT_TRUE(NotBacked(info));
   EXPECT_EQ(info.attachments, 0u);
