@@ -25,7 +25,7 @@ static int halloc_view_data_valid(const struct halloc_view_data *data)
 	u32 i;
 
 	/* Out fields and unused entries are reserved: zero on input. */
-	if (data->view_id || (data->num_drivers <= HALLOC_MAX_DRIVERS &&
+	if (data->view_id || (data->num_drivers < HALLOC_MAX_DRIVERS &&
 			      memchr_inv(data->drivers[data->num_drivers], 0,
 					 (HALLOC_MAX_DRIVERS - data->num_drivers) *
 						 HALLOC_NAME_LEN)))
