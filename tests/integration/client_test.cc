@@ -190,6 +190,12 @@ TEST_F(ClientTest, BothPathsAgreeOnResultsAndErrors) {
     }
     std::vector<uint64_t> ids;
     for (const Buffer& b : *bs) ids.push_back(b.id());
+    // More ids than one broker record holds (64 KiB): one request all the
+    // same, all or nothing (an unknown id among them: nothing released).
+    std::vector<uint64_t> many(ids);
+    for (uint64_t i = 0; i < 40000; ++i) many.push_back((uint64_t{1} << 40) + i);
+    absl::Status too_many = c->Release(many);
+    EXPECT_EQ(too_many.code(), StatusCode::kNotFound) << too_many;
     EXPECT_TRUE(c->Release(ids).ok());
     EXPECT_EQ(c->Release(ids).code(), StatusCode::kNotFound);
     EXPECT_EQ(c->Allocate(BlobDescriptor(0)).status().code(), StatusCode::kInvalidArgument);

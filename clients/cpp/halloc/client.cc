@@ -420,8 +420,14 @@ absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
   for (uint64_t id : buffer_ids) req.add_buffer_ids(id);
   if (impl_->fast_path_) {
     v1::BrokerRequest breq;
-    *breq.mutable_release() = std::move(req);
-    return impl_->BrokerCall(std::move(breq), "Release").status();
+    breq.mutable_release()->Swap(&req);
+    // BrokerCall adds request_id and cpu: at most 17 bytes.
+    if (breq.ByteSizeLong() + 32 <= kMaxRecordBytes) {
+      return impl_->BrokerCall(std::move(breq), "Release").status();
+    }
+    // More ids than a record holds (~10 000): over gRPC, still one
+    // request (all or nothing), not a record the socket refuses.
+    req.Swap(breq.mutable_release());
   }
   return impl_->Call(&v1::Allocator::Stub::Release, req, "Release").status();
 }

@@ -63,8 +63,9 @@ struct ConnectOptions {
   // Per-call deadline, and the longest wait for the daemon's hello.
   absl::Duration timeout = absl::Seconds(10);
   // Allocate and Release as requests on the broker socket (one record
-  // there and back, fds in the reply's record). false: as gRPC calls, the
-  // way a gRPC-only client makes them.
+  // there and back, fds in the reply's record; a Release of more ids than
+  // a record holds, some 10 000, goes as a gRPC call). false: as gRPC
+  // calls, the way a gRPC-only client makes them.
   bool broker_fast_path = true;
 };
 
