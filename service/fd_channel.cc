@@ -23,8 +23,12 @@ absl::Status SocketFdChannel::SendCounted(absl::string_view bytes,
     }
   }
   absl::Status sent = SendRecord(sock_.get(), bytes, fds, /*nonblocking=*/true);
-  if (!sent.ok() && unread_ && !fds.empty()) {
-    unread_->Unreserve(handle_, fds.size(), bytes.size());
+  if (unread_ && !fds.empty()) {
+    if (sent.ok()) {
+      unread_->Sent(handle_, fds.size(), bytes.size());
+    } else {
+      unread_->Unreserve(handle_, fds.size(), bytes.size());
+    }
   }
   return sent;
 }

@@ -53,19 +53,41 @@ void UnreadFds::Take(Conn& c, uint64_t n) {
 void UnreadFds::Trim(Conn& c) {
   if (c.recent.empty()) return;
   const uint64_t queued = Queued(c.sock);
-  // The queue holds the latest records; count back from the newest while
-  // their least footprints fit (one at least, when anything is queued).
-  size_t may_hold = 0;
+  // The queue holds the latest records; count back from the newest sent
+  // while their least footprints fit (one at least, when anything is
+  // queued). Pending ones stay, whatever the queue says.
+  size_t sent = 0, may_hold = 0;
   uint64_t least = 0;
+  bool full = false;
   for (auto it = c.recent.rbegin(); it != c.recent.rend(); ++it) {
+    if (it->pending) continue;
+    ++sent;
+    if (full) continue;
     least += it->bytes + kMinRecordBytes;
-    if (least > queued && !(may_hold == 0 && queued > 0)) break;
+    if (least > queued && !(may_hold == 0 && queued > 0)) {
+      full = true;
+      continue;
+    }
     ++may_hold;
   }
-  while (c.recent.size() > may_hold) {
-    Take(c, c.recent.front().fds);
-    c.recent.pop_front();
+  size_t drop = sent - may_hold;
+  for (auto it = c.recent.begin(); it != c.recent.end() && drop > 0;) {
+    if (it->pending) {
+      ++it;
+      continue;
+    }
+    Take(c, it->fds);
+    it = c.recent.erase(it);
+    --drop;
   }
+}
+
+std::deque<UnreadFds::Entry>::iterator UnreadFds::PendingEntry(Conn& c, uint64_t n,
+                                                               uint64_t bytes) {
+  auto e = std::find_if(c.recent.rbegin(), c.recent.rend(), [&](const Entry& x) {
+    return x.pending && x.fds == n && x.bytes == static_cast<uint32_t>(bytes);
+  });
+  return e == c.recent.rend() ? c.recent.end() : std::next(e).base();
 }
 
 void UnreadFds::Refresh(std::optional<uid_t> uid) {
@@ -107,10 +129,21 @@ absl::Status UnreadFds::Reserve(uint64_t handle, uint64_t n, uint64_t bytes) {
         ": read the broker socket, or close connections that are not read"));
   }
   c.unread += n;
-  c.recent.push_back({static_cast<uint16_t>(n), static_cast<uint32_t>(bytes)});
+  c.recent.push_back({static_cast<uint16_t>(n), static_cast<uint32_t>(bytes), true});
   by_uid_[c.uid] += n;
   total_ += n;
   return absl::OkStatus();
+}
+
+void UnreadFds::Sent(uint64_t handle, uint64_t n, uint64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(handle);
+  if (it == conns_.end()) return;
+  // Sends on one connection may interleave; pending entries of one size
+  // are alike.
+  if (auto e = PendingEntry(it->second, n, bytes); e != it->second.recent.end()) {
+    e->pending = false;
+  }
 }
 
 void UnreadFds::Unreserve(uint64_t handle, uint64_t n, uint64_t bytes) {
@@ -118,12 +151,9 @@ void UnreadFds::Unreserve(uint64_t handle, uint64_t n, uint64_t bytes) {
   auto it = conns_.find(handle);
   if (it == conns_.end()) return;
   Conn& c = it->second;
-  // Its entry is the latest of that size (sends on one connection may
-  // interleave; entries of one size are alike).
-  auto e = std::find(c.recent.rbegin(), c.recent.rend(),
-                     Sent{static_cast<uint16_t>(n), static_cast<uint32_t>(bytes)});
-  if (e == c.recent.rend()) return;
-  c.recent.erase(std::next(e).base());
+  auto e = PendingEntry(c, n, bytes);
+  if (e == c.recent.end()) return;
+  c.recent.erase(e);
   Take(c, n);
 }
 

@@ -73,7 +73,14 @@ class UnreadFds {
   // total), unless that was done less than kRefreshEvery ago: one whose
   // peer took everything counts 0 again. RESOURCE_EXHAUSTED, naming the
   // unread count and what to do, when they still do not fit.
+  // The reservation is pending until Sent or Unreserve says how its send
+  // went: until then the socket's queue says nothing about it, so it stays
+  // counted and is not matched against what is queued (a pending record
+  // would otherwise be taken for read by a refresh racing its send).
   absl::Status Reserve(uint64_t handle, uint64_t n, uint64_t bytes = 0);
+  // The send of `n` reserved fds (`bytes` as reserved) went out: from now
+  // on the socket's queue tells whether they were read.
+  void Sent(uint64_t handle, uint64_t n, uint64_t bytes = 0);
   // The send of `n` reserved fds (`bytes` as reserved) failed: they are not
   // in flight.
   void Unreserve(uint64_t handle, uint64_t n, uint64_t bytes = 0);
@@ -95,24 +102,27 @@ class UnreadFds {
   // The least memory the kernel charges for one record on a Unix socket
   // beyond its payload (an sk_buff and its shared info are more).
   static constexpr uint64_t kMinRecordBytes = 512;
-  struct Sent {
+  struct Entry {
     uint16_t fds;
     uint32_t bytes;  // payload
-    bool operator==(const Sent& o) const { return fds == o.fds && bytes == o.bytes; }
+    bool pending;    // reserved, its send not done yet
   };
   struct Conn {
     int sock;
     uid_t uid;
     uint64_t unread = 0;
-    // The records with fds sent and possibly unread, oldest first (their
-    // fds sum to `unread`).
-    std::deque<Sent> recent;
+    // The records with fds sent (or being sent) and possibly unread,
+    // oldest first (their fds sum to `unread`).
+    std::deque<Entry> recent;
     UniqueFd retired;  // set once retired: the socket kept open
   };
   // Bytes queued on `sock` that its peer has not taken; 0 on error.
   static uint64_t Queued(int sock);
   // Forgets the records of `c` its peer must have taken (SIOCOUTQ).
   void Trim(Conn& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The newest pending entry of `c` for `n` fds and `bytes` (entries of one
+  // size are alike), or end.
+  static std::deque<Entry>::iterator PendingEntry(Conn& c, uint64_t n, uint64_t bytes);
   void Take(Conn& c, uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Fits(uid_t uid, uint64_t n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Trims every connection (of `uid`, or all when nullopt).

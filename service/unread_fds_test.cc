@@ -53,6 +53,7 @@ TEST(UnreadFdsTest, AUidPastItsShareIsRefusedUntilItsPeerReads) {
   const uint64_t h = u.Open(p.daemon.get(), 1000);
   ASSERT_TRUE(u.Reserve(h, 3).ok());
   SendUnread(p);
+  u.Sent(h, 3);
   absl::Status s = u.Reserve(h, 2);
   EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("3 fds hallocd sent to processes of uid 1000 are still unread"),
@@ -86,6 +87,7 @@ TEST(UnreadFdsTest, ALargeRecordCountsAsOneRecord) {
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(u.Reserve(h, 64, reply.size()).ok()) << i;
     ASSERT_TRUE(SendRecord(p.daemon.get(), reply, {}, false).ok());
+    u.Sent(h, 64, reply.size());
     if (i < 2) ReadAll(p);
   }
   EXPECT_EQ(u.unread(1000), 192u) << "not looked at yet";
@@ -108,6 +110,7 @@ TEST(UnreadFdsTest, TheSendingConnectionIsAlwaysLookedAt) {
     absl::Status s = u.Reserve(h, 64, 100);
     ASSERT_TRUE(s.ok()) << "call " << i << ": " << s;
     SendUnread(p);
+    u.Sent(h, 64, 100);
     ReadAll(p);
   }
 }
@@ -124,6 +127,8 @@ TEST(UnreadFdsTest, EveryConnectionOfTheUidIsRefreshed) {
   ASSERT_TRUE(u.Reserve(hb, 2).ok());
   SendUnread(a);
   SendUnread(b);
+  u.Sent(ha, 2);
+  u.Sent(hb, 2);
   EXPECT_EQ(u.Reserve(hb, 1).code(), StatusCode::kResourceExhausted);
   ReadAll(a);  // only a's peer reads: b still counts its 2
   clock.Pass();
@@ -142,6 +147,7 @@ TEST(UnreadFdsTest, OnlyWhatTheQueueCanHoldCounts) {
   for (int i = 0; i < 6; ++i) {
     ASSERT_TRUE(u.Reserve(h, 1).ok());
     SendUnread(p);
+    u.Sent(h, 1);
   }
   // The peer takes all but the latest.
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(ReceiveRecord(p.client.get(), true).ok());
@@ -156,6 +162,7 @@ TEST(UnreadFdsTest, TheTotalBoundsAllUids) {
   const uint64_t ha = u.Open(a.daemon.get(), 1), hb = u.Open(b.daemon.get(), 2);
   ASSERT_TRUE(u.Reserve(ha, 10).ok());
   SendUnread(a);
+  u.Sent(ha, 10);
   absl::Status s = u.Reserve(hb, 3);
   EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("10 fds hallocd sent are still unread (limit 12)"),
@@ -177,6 +184,7 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
     const uint64_t h = u.Open(p.daemon.get(), 1000);
     ASSERT_TRUE(u.Reserve(h, 4).ok());
     SendUnread(p);
+    u.Sent(h, 4);
     u.Retire(h, std::move(p.daemon));
     EXPECT_EQ(u.unread(1000), 4u);
     EXPECT_EQ(u.Sweep(), 1u);
@@ -200,10 +208,37 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
   Pair p = Connected();
   const uint64_t h = u.Open(p.daemon.get(), 1000);
   ASSERT_TRUE(u.Reserve(h, 1).ok());
+  u.Sent(h, 1);
   u.Retire(h, std::move(p.daemon));
   EXPECT_EQ(u.Sweep(), 0u);
   char c;
   EXPECT_EQ(::recv(p.client.get(), &c, 1, MSG_DONTWAIT), 0) << "hallocd's end still open";
+}
+
+// A reservation whose send has not gone out yet is not in the queue: a
+// refresh then (another thread's send on the connection, or another
+// connection's of the uid) must not take it for read. Before, it did, and
+// the record went out uncounted.
+TEST(UnreadFdsTest, AReservationNotSentYetIsNotTakenForRead) {
+  FakeClock clock;
+  UnreadFds u(/*per_uid=*/4, /*total=*/100, clock.Fn());
+  Pair p = Connected();
+  const uint64_t h = u.Open(p.daemon.get(), 1000);
+  ASSERT_TRUE(u.Reserve(h, 3).ok());  // its sendmsg not made yet
+  // Another send on the connection that does not fit looks at the socket,
+  // whose queue is empty.
+  EXPECT_EQ(u.Reserve(h, 2).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(u.unread(1000), 3u);
+  SendUnread(p);
+  u.Sent(h, 3);
+  clock.Pass();
+  EXPECT_EQ(u.Reserve(h, 2).code(), StatusCode::kResourceExhausted) << "the 3 are queued now";
+  ReadAll(p);
+  EXPECT_TRUE(u.Reserve(h, 2).ok());
+  EXPECT_EQ(u.unread(1000), 2u);
+  // A failed send gives its pending reservation back, not a sent one.
+  u.Unreserve(h, 2);
+  EXPECT_EQ(u.unread(1000), 0u);
 }
 
 // Through the channel: a client that never reads is refused with a reason
