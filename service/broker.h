@@ -114,9 +114,10 @@ class Broker {
   // an image's as its layout has it) are made on the slow lane: a pool
   // miss commits every page, about 250 µs per MiB here, so 64 MiB inline
   // would hold every other client up ~16 ms, and 4 GiB about a second.
-  // What may wait there, in all and per uid (more: RESOURCE_EXHAUSTED; per
-  // uid, not per connection, since a uid may hold sessions.max_per_uid
-  // connections; the connection's charged uid, whoever sent the request).
+  // What may wait there, in all and per uid (more: the request waits, its
+  // connection unread, until there is room; per uid, not per connection,
+  // since a uid may hold sessions.max_per_uid connections; the
+  // connection's charged uid, whoever sent the request).
   static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
   // Below that, allocations of this many bytes or more (a pool miss of 1
   // MiB commits ~250 µs) are made inline only while their uid has taken

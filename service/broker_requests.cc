@@ -175,10 +175,11 @@ bool Broker::Handle(Conn& conn, Record rec) {
         if (budgeted) inline_budget_.Charge(conn.charged_uid, MonotonicNow() - start, start);
         if (served) return true;
       }
-      // Past its uid's share of this thread, and that uid's place on the
-      // slow lane taken: it waits for room, its connection unread
-      // meanwhile, rather than fail a burst that is merely being slowed.
-      if (over_budget && !slow_lane_->HasRoom(conn.charged_uid)) {
+      // For the slow lane, whose room (the uid's place, or everyone's) is
+      // taken: it waits for room, its connection unread meanwhile, rather
+      // than fail a burst that is merely being slowed (on the gRPC path the
+      // same call would wait on its own thread).
+      if (!slow_lane_->HasRoom(conn.charged_uid)) {
         conn.held = Conn::Held{std::move(req), caller};
         Pause(conn);
         return true;

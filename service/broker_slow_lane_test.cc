@@ -105,7 +105,9 @@ TEST_F(SlowLaneTest, ALargeAllocationDoesNotHoldUpOtherClients) {
 }
 
 // The slow lane's share is per uid: more connections of one uid do not
-// buy it more of the queue.
+// buy it more of the queue. A request past it waits (its connection
+// unread) and is made once there is room, as the gRPC path would make it
+// on its own thread; it used to be refused.
 TEST_F(SlowLaneTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
   GatedBroker gated(dir_);
   ASSERT_TRUE(gated.Start().ok());
@@ -133,12 +135,20 @@ TEST_F(SlowLaneTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
     if (queued == 0) break;
     absl::SleepFor(absl::Milliseconds(5));
   }
-  // A third connection of the same uid finds the uid's share taken.
-  size_t third_fds = 0;
-  absl::Status third = AllocateOn(conns[2].fd.get(), kLarge, &third_fds);
-  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted) << third;
+  // A third connection of the same uid finds the uid's share taken: not
+  // answered until there is room.
+  req.set_request_id(99);
+  ASSERT_TRUE(SendRecord(conns[2].fd.get(), req.SerializeAsString(), {}, false).ok());
+  EXPECT_FALSE(WaitReadable(conns[2].fd.get(), 200).ok()) << "answered while the lane was full";
   gated.open.Notify();
   first.join();
+  ASSERT_TRUE(WaitReadable(conns[2].fd.get(), 10000).ok());
+  absl::StatusOr<Record> third = ReceiveRecord(conns[2].fd.get(), false);
+  ASSERT_TRUE(third.ok()) << third.status();
+  v1::BrokerFrame frame;
+  ASSERT_TRUE(frame.ParseFromString(third->bytes) && frame.has_reply());
+  EXPECT_EQ(frame.reply().code(), 0) << frame.reply().message();
+  EXPECT_EQ(third->fds.size(), 1u);
   for (int i = 0; i < static_cast<int>(Broker::kSlowLanePerUid) - 1; ++i) {
     ASSERT_TRUE(WaitReadable(conns[1].fd.get(), 10000).ok());
     absl::StatusOr<Record> rec = ReceiveRecord(conns[1].fd.get(), false);
