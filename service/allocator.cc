@@ -88,8 +88,11 @@ uint64_t Allocator::MaxBuffers(const Policy& policy) const {
 }
 
 void Allocator::SetPolicy(std::shared_ptr<const Policy> policy) {
-  absl::MutexLock lock(&policy_mu_);
+  // One reload at a time; the policy's lock is not held into the
+  // registry's (a judge under the registry's lock counts a denial).
+  absl::MutexLock reload(&reload_mu_);
   registry_.SetMaxBuffers(MaxBuffers(*policy));
+  absl::MutexLock lock(&policy_mu_);
   policy_ = std::move(policy);
 }
 
@@ -105,7 +108,7 @@ void Allocator::CountPolicyReloadFailure() {
 
 absl::Status Allocator::Counted(absl::Status status) const {
   if (const std::string rule = DecidingRule(status); !rule.empty()) {
-    absl::MutexLock lock(&policy_mu_);
+    absl::MutexLock lock(&denials_mu_);
     ++denials_[rule];
   }
   return status;
@@ -404,8 +407,11 @@ v1::StatsResponse Allocator::Stats() {
     b.set_pool_misses_total(pool.misses);
     b.set_pool_contended_misses_total(pool.contended);
   }
+  {
+    absl::MutexLock lock(&denials_mu_);
+    for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;
+  }
   absl::MutexLock lock(&policy_mu_);
-  for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;
   s.set_policy_source(policy_->source());
   s.set_policy_reload_failures(reload_failures_);
   return s;
@@ -464,6 +470,7 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
         }
         grant.from_client = to->rule->name;
         grant.from_uid = session.creds().uid;
+        grant.sharer = session.creds();
         grant.access = *rights;
         grant.explicit_access = asked.has_value();
         return grant;
@@ -486,8 +493,19 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
       registry_.Import(
           session.id(), token,
           [&](const GrantView& grant) -> absl::StatusOr<CpuAccess> {
+            // The sharer's side again, under the policy in force now: a
+            // reload since the Share may no longer let it share with us
+            // (receive_from then sees the rule it matches now).
+            PeerAsk peer;
+            if (!grant.peer_name.empty()) peer.name = grant.peer_name;
+            peer.uid = grant.peer_uid;
+            absl::StatusOr<SharePeerDecision> from =
+                DecideSharePeer(*pol, grant.sharer, peer, grant.buffer_id);
+            if (!from.ok()) return Counted(from.status());
+            GrantView now = grant;
+            now.from_client = from->rule->name;
             absl::StatusOr<ImportDecision> d =
-                DecideImport(*pol, session.creds(), grant);
+                DecideImport(*pol, session.creds(), now);
             if (!d.ok()) return Counted(d.status());
             RETURN_IF_ERROR(CheckEnforce(
                 d->access,

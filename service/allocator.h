@@ -55,7 +55,9 @@ class Allocator {
   ~Allocator();
 
   // Replaces the policy (SIGHUP). Decisions already made stand; every later
-  // one uses the new policy. Sessions are re-matched at each decision. Its
+  // one uses the new policy. Sessions are re-matched at each decision; so
+  // are both sides of a grant at each Import of it (a grant the sharer's
+  // rule no longer allows is no longer imported). Its
   // connection limits set how many buffers hallocd may hold (Limits).
   void SetPolicy(std::shared_ptr<const Policy> policy);
   std::shared_ptr<const Policy> policy() const;
@@ -151,11 +153,16 @@ class Allocator {
   Registry registry_;
   LatencyHistogram allocate_latency_;
 
+  // Order: reload_mu_, then the registry's. policy_mu_ and denials_mu_
+  // are leaves: denials are counted from judges the registry calls under
+  // its lock.
+  absl::Mutex reload_mu_ ABSL_ACQUIRED_BEFORE(policy_mu_);
   mutable absl::Mutex policy_mu_;
   std::shared_ptr<const Policy> policy_ ABSL_GUARDED_BY(policy_mu_);
-  mutable absl::flat_hash_map<std::string, uint64_t> denials_
-      ABSL_GUARDED_BY(policy_mu_);
   uint64_t reload_failures_ ABSL_GUARDED_BY(policy_mu_) = 0;
+  mutable absl::Mutex denials_mu_;
+  mutable absl::flat_hash_map<std::string, uint64_t> denials_
+      ABSL_GUARDED_BY(denials_mu_);
 };
 
 }  // namespace halloc

@@ -11,6 +11,8 @@
 
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/usage.h"
@@ -549,6 +551,68 @@ TEST_F(AllocatorTest, ShareRulesDeny) {
   Peer same = Open(1000);
   EXPECT_EQ(core_.Import(*same.session, grant->token()).status().code(),
             StatusCode::kNotFound);
+}
+
+// A reload takes the registry's lock (hallocd's buffer limit) and a judge
+// under that lock counts its denial: the policy's lock must not be held
+// into the registry's. (absl's deadlock detection, on in this build, aborts
+// on the old order.)
+TEST_F(AllocatorTest, AReloadAndADenialUnderTheRegistrysLockDoNotDeadlock) {
+  Peer owner = Open(1000), other = Open(2000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto grant = Share(owner, r->buffers(0).id(), 1000);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  core_.SetPolicy(Policy::Default());
+  // Judged (and refused: a grant for uid 1000) under the registry's lock.
+  EXPECT_EQ(core_.Import(*other.session, grant->token()).status().code(),
+            StatusCode::kPermissionDenied);
+  core_.SetPolicy(Policy::Default());
+  EXPECT_EQ(core_.Stats().denials_by_rule().size(), 1u);
+}
+
+// A grant is judged again at each Import under the policy in force then,
+// the sharer's side too: after a reload that takes the sharer's share_to
+// away, a grant made before is no longer imported.
+TEST(AllocatorPolicyTest, AReloadThatEndsASharersShareToStopsItsGrants) {
+  auto parse = [](const std::string& camera_share_to) {
+    absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+        absl::StrCat("clients { name: \"camera\" match { uids: 1000 } usages: \"*\" heaps: \"*\" "
+                     "max_cpu_access: CPU_ACCESS_READ_WRITE ",
+                     camera_share_to,
+                     " }\n"
+                     "clients { name: \"viewer\" match { uids: 1001 } "
+                     "max_cpu_access: CPU_ACCESS_READ receive_from: \"camera\" }\n"),
+        "test");
+    EXPECT_TRUE(p.ok()) << p.status();
+    return *p;
+  };
+  Allocator core(std::make_unique<MemfdBackend>(), Limits(), parse("share_to: \"viewer\""));
+  std::vector<UniqueFd> client_ends;  // what the clients would read
+  auto open = [&](uid_t uid) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    client_ends.emplace_back(sv[1]);
+    return *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
+                             std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  };
+  std::shared_ptr<Session> camera = open(1000), viewer = open(1001);
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*camera, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_name("viewer");
+  absl::StatusOr<v1::Grant> before = core.Share(*camera, share);
+  absl::StatusOr<v1::Grant> kept = core.Share(*camera, share);
+  ASSERT_TRUE(before.ok() && kept.ok()) << before.status() << kept.status();
+  core.SetPolicy(parse(""));
+  absl::Status s = core.Import(*viewer, before->token()).status();
+  EXPECT_EQ(s.code(), StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "share_to")) << s;
+  core.SetPolicy(parse("share_to: \"viewer\""));
+  EXPECT_TRUE(core.Import(*viewer, kept->token()).ok());
 }
 
 TEST_F(AllocatorTest, ReadOnlyHolderCannotShareReadWrite) {

@@ -105,6 +105,9 @@ struct GrantView {
   uid_t from_uid = 0;
   CpuAccess access = CpuAccess::kRead;
   bool explicit_access = false;
+  // The sharer's identity: at each Import its side is judged again
+  // (share_to, under the policy in force then).
+  Identity sharer;
 };
 
 struct ImportDecision {
