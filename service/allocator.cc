@@ -493,17 +493,13 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
       registry_.Import(
           session.id(), token,
           [&](const GrantView& grant) -> absl::StatusOr<CpuAccess> {
-            // The sharer's side again, under the policy in force now: a
-            // reload since the Share may no longer let it share with us
-            // (receive_from then sees the rule it matches now).
-            PeerAsk peer;
-            if (!grant.peer_name.empty()) peer.name = grant.peer_name;
-            peer.uid = grant.peer_uid;
-            absl::StatusOr<SharePeerDecision> from =
-                DecideSharePeer(*pol, grant.sharer, peer, grant.buffer_id);
-            if (!from.ok()) return Counted(from.status());
+            // The sharer's side again, under the policy in force now (a
+            // reload since the Share may no longer let it share with us);
+            // receive_from then sees the rule it matches now.
+            absl::StatusOr<const Rule*> sharer = DecideGrantSharer(*pol, session.creds(), grant);
+            if (!sharer.ok()) return Counted(sharer.status());
             GrantView now = grant;
-            now.from_client = from->rule->name;
+            now.from_client = (*sharer)->name;
             absl::StatusOr<ImportDecision> d =
                 DecideImport(*pol, session.creds(), now);
             if (!d.ok()) return Counted(d.status());

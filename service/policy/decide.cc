@@ -160,6 +160,28 @@ absl::StatusOr<CpuAccess> DecideShareRights(const SharePeerDecision& peer, uint6
   return Narrower(access, peer.receiver->max_cpu);
 }
 
+absl::StatusOr<const Rule*> DecideGrantSharer(const Policy& policy, const Identity& caller,
+                                              const GrantView& grant) {
+  PeerAsk peer;
+  if (!grant.peer_name.empty()) peer.name = grant.peer_name;
+  peer.uid = grant.peer_uid;
+  absl::StatusOr<SharePeerDecision> to =
+      DecideSharePeer(policy, grant.sharer, peer, grant.buffer_id);
+  if (!to.ok()) return to.status();
+  const Rule& rule = *to->rule;
+  if (peer.name) return &rule;  // DecideImport: the caller must be that client
+  absl::StatusOr<const Rule*> importer = DecideRule(policy, caller, "Import");
+  if (!importer.ok()) return importer.status();
+  if (!ListAdmits(rule.share_to, (*importer)->name, caller.uid, grant.sharer.uid)) {
+    return By(rule.name,
+              absl::PermissionDeniedError(absl::StrCat(
+                  "rule '", rule.name, "' denies Import of grant ", grant.id, " (buffer ",
+                  grant.buffer_id, ") by client '", (*importer)->name, "' uid ", caller.uid,
+                  ": share_to admits uid ", caller.uid, " only as another client")));
+  }
+  return &rule;
+}
+
 absl::StatusOr<ImportDecision> DecideImport(const Policy& policy, const Identity& caller,
                                             const GrantView& grant) {
   ImportDecision d;

@@ -116,6 +116,18 @@ struct ImportDecision {
   std::optional<std::vector<std::string>> attach;
 };
 
+// The sharer's side of `grant` at an Import by `caller`, under the policy
+// in force now: the sharer's rule must still let it share with the grant's
+// peer (share_to), and a grant to a uid reaches only an importer that
+// share_to admits by its rule's name, "*" or "@same_uid" (a named rule
+// listing the uid let the grant be made, not every process of that uid).
+// Returns the sharer's rule (DecideImport's receive_from sees its name).
+absl::StatusOr<const Rule*> DecideGrantSharer(const Policy& policy, const Identity& caller,
+                                              const GrantView& grant);
+
+// The importer's side: the grant is for the caller (its client or uid),
+// from a client its receive_from admits (`grant.from_client`), within its
+// max_cpu_access.
 absl::StatusOr<ImportDecision> DecideImport(const Policy& policy, const Identity& caller,
                                             const GrantView& grant);
 

@@ -156,6 +156,39 @@ TEST(DecideImportTest, TheGrantMustBeForTheCallerFromAnAdmittedSender) {
   EXPECT_EQ(d->access, CpuAccess::kRead);
 }
 
+// The sharer's side, judged at each Import: share_to under the policy in
+// force, and a grant to a uid reaches only the client share_to named.
+TEST(DecideImportTest, TheSharersShareToAdmitsTheImporterNow) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
+    clients { name: "camera" match { uids: 1001 } share_to: "compositor" }
+    clients { name: "compositor" match { uids: 1002 gids: 44 } receive_from: "*" }
+    clients { name: "other" match { uids: 1002 } receive_from: "*" }
+  )", "decide_test");
+  ASSERT_TRUE(p.ok()) << p.status();
+  // Made for uid 1002, admitted at Share through the compositor's uids.
+  ASSERT_TRUE(DecideSharePeer(**p, Uid(1001), {std::nullopt, 1002}, 7).ok());
+  GrantView g{9, 7, "", 1002, "camera", 1001, CpuAccess::kRead, false, Uid(1001)};
+  absl::StatusOr<const Rule*> sharer = DecideGrantSharer(**p, {1002, 44, 1, "", std::nullopt}, g);
+  ASSERT_TRUE(sharer.ok()) << sharer.status();
+  EXPECT_EQ((*sharer)->name, "camera");
+  // Another process of that uid, which is not the compositor.
+  sharer = DecideGrantSharer(**p, Uid(1002), g);
+  EXPECT_EQ(sharer.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(DecidingRule(sharer.status()), "camera");
+  EXPECT_TRUE(absl::StrContains(sharer.status().message(), "client 'other'")) << sharer.status();
+  // A policy whose camera no longer shares with the compositor.
+  absl::StatusOr<std::shared_ptr<const Policy>> later = Policy::Parse(R"(
+    clients { name: "camera" match { uids: 1001 } }
+    clients { name: "compositor" match { uids: 1002 gids: 44 } receive_from: "*" }
+  )", "decide_test");
+  ASSERT_TRUE(later.ok()) << later.status();
+  g.peer_uid = 0;
+  g.peer_name = "compositor";
+  EXPECT_EQ(DecideGrantSharer(**later, {1002, 44, 1, "", std::nullopt}, g).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_TRUE(DecideGrantSharer(**p, {1002, 44, 1, "", std::nullopt}, g).ok());
+}
+
 TEST(QuotaKeyTest, SplitsWhatItMakes) {
   EXPECT_EQ(QuotaKey("camera", 1000), "camera/1000");
   EXPECT_EQ(SplitQuotaKey(QuotaKey("camera", 1000)),
