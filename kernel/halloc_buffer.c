@@ -416,8 +416,18 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 		void *vaddr;
 
 		ret = halloc_buffer_back_locked(buf);
-		if (ret)
+		if (ret) {
+			/*
+			 * 6.1's dma_buf_vmap() WARNs on any failure, and this
+			 * one a user can bring about (max_total_mb reached):
+			 * the importer gets the scratch mapping a revoked view
+			 * gets, and the buffer stays unbacked for a later try.
+			 */
+			pr_warn_ratelimited("halloc: buffer %llu: no backing for a kernel vmap (%d): scratch page\n",
+					    buf->id, ret);
+			ret = halloc_scratch_vmap(view, map);
 			goto unlock;
+		}
 		vaddr = vmap(buf->pages, buf->nr_pages, VM_MAP, PAGE_KERNEL);
 		if (!vaddr) {
 			ret = -ENOMEM;
