@@ -39,7 +39,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
             << " client rules)";
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
-  d->service_ = std::make_unique<AllocatorService>(d->core_.get());
+  d->control_peers_ = std::make_shared<ControlPeers>();
+  d->service_ = std::make_unique<AllocatorService>(d->core_.get(), d->control_peers_);
   const bool broker_inherited = inherited.broker.is_valid();
   RETURN_IF_ERROR(d->StartControl(std::move(inherited.control)));
   // The broker last: a client connects to it first, so once it exists the
@@ -90,12 +91,13 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
         absl::StrCat("gRPC server failed to start on unix:", control));
   }
   Allocator* core = core_.get();
-  ASSIGN_OR_RETURN(control_listener_,
-                   GrpcListener::Start(std::move(inherited), server_.get(),
-                                       [core](uid_t uid, ConnectionCounts held) {
-                                         return AdmitConnection(*core->policy(), uid, held,
-                                                                "control connections");
-                                       }));
+  ASSIGN_OR_RETURN(control_listener_, GrpcListener::Start(
+                                          std::move(inherited), server_.get(),
+                                          [core](uid_t uid, ConnectionCounts held) {
+                                            return AdmitConnection(*core->policy(), uid, held,
+                                                                   "control connections");
+                                          },
+                                          control_peers_));
   return absl::OkStatus();
 }
 

@@ -13,6 +13,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/allocator.h"
 #include "service/broker.h"
+#include "service/control_peers.h"
 #include "service/util/unix_listener.h"
 
 namespace grpc {
@@ -88,6 +89,8 @@ class Daemon {
 
   DaemonOptions options_;
   std::unique_ptr<Allocator> core_;
+  // Each control connection's peer, noted by the listener, read by the service.
+  std::shared_ptr<ControlPeers> control_peers_;
   std::unique_ptr<AllocatorService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<grpc::Server> server_;

@@ -35,9 +35,8 @@ LogLimiter& Limiter() {
 
 bool GrpcListener::relay_always = false;
 
-absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd listener,
-                                                                  grpc::Server* server,
-                                                                  Admit admit) {
+absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
+    UniqueFd listener, grpc::Server* server, Admit admit, std::shared_ptr<ControlPeers> peers) {
   // Non-blocking, so that a connection gone between poll() and accept()
   // cannot park the thread in accept() where Stop() cannot wake it. (For
   // systemd's socket the flag is on the open file description it shares;
@@ -68,20 +67,26 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(UniqueFd liste
   UniqueFd ends(::epoll_create1(EPOLL_CLOEXEC));
   if (!ends) return ErrnoStatus(errno, "epoll_create1");
   ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
-  std::unique_ptr<GrpcListener> l(new GrpcListener(std::move(listener), std::move(wake),
-                                                   std::move(ends), std::move(accept_guard),
-                                                   server, std::move(admit),
-                                                   std::move(relay), relay_all));
+  std::unique_ptr<GrpcListener> l(new GrpcListener(
+      std::move(listener), std::move(wake), std::move(ends), std::move(accept_guard), server,
+      std::move(admit), std::move(relay), relay_all, std::move(peers)));
   l->thread_ = std::thread([p = l.get()] { p->Run(); });
   return l;
 }
 
 GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
                            AcceptGuard accept_guard, grpc::Server* server, Admit admit,
-                           std::unique_ptr<StreamRelay> relay, bool relay_all)
-    : listener_(std::move(listener)), wake_(std::move(wake)), ends_(std::move(ends)),
-      accept_guard_(std::move(accept_guard)), server_(server), admit_(std::move(admit)),
-      relay_all_(relay_all), relay_(std::move(relay)) {}
+                           std::unique_ptr<StreamRelay> relay, bool relay_all,
+                           std::shared_ptr<ControlPeers> peers)
+    : listener_(std::move(listener)),
+      wake_(std::move(wake)),
+      ends_(std::move(ends)),
+      accept_guard_(std::move(accept_guard)),
+      server_(server),
+      admit_(std::move(admit)),
+      peers_(std::move(peers)),
+      relay_all_(relay_all),
+      relay_(std::move(relay)) {}
 
 GrpcListener::~GrpcListener() {
   Stop();
@@ -265,6 +270,9 @@ void GrpcListener::AcceptOne() {
     }
     conn = *std::move(end);
   }
+  // Under the number gRPC names the connection by ("fd:N"), before any
+  // call on it can run.
+  if (peers_) peers_->Set(conn.get(), cred);
   grpc::AddInsecureChannelFromFd(server_, conn.release());  // gRPC owns it now
 }
 

@@ -45,6 +45,7 @@
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/connection_limits.h"
+#include "service/control_peers.h"
 #include "service/stream_relay.h"
 #include "service/util/unix_listener.h"
 
@@ -60,10 +61,12 @@ class GrpcListener {
   using Admit = std::function<absl::Status(uid_t uid, ConnectionCounts held)>;
 
   // Starts accepting on `listener` (a listening SOCK_STREAM socket, made
-  // non-blocking here) for `server`, which must outlive Stop().
-  static absl::StatusOr<std::unique_ptr<GrpcListener>> Start(UniqueFd listener,
-                                                             grpc::Server* server,
-                                                             Admit admit);
+  // non-blocking here) for `server`, which must outlive Stop(). Each
+  // connection handed to the server is noted in `peers` (when given) with
+  // its SO_PEERCRED.
+  static absl::StatusOr<std::unique_ptr<GrpcListener>> Start(
+      UniqueFd listener, grpc::Server* server, Admit admit,
+      std::shared_ptr<ControlPeers> peers = nullptr);
   ~GrpcListener();  // Stop()
 
   // Stops accepting; connections already handed over stay the server's.
@@ -82,7 +85,7 @@ class GrpcListener {
  private:
   GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, AcceptGuard accept_guard,
                grpc::Server* server, Admit admit, std::unique_ptr<StreamRelay> relay,
-               bool relay_all);
+               bool relay_all, std::shared_ptr<ControlPeers> peers);
   // The relay for `conn` when fds may reach it (made at first need), else
   // nullptr.
   StreamRelay* RelayFor(int conn);
@@ -104,6 +107,7 @@ class GrpcListener {
   AcceptGuard accept_guard_;  // out of fds: close the waiting one, pause
   grpc::Server* const server_;
   const Admit admit_;
+  const std::shared_ptr<ControlPeers> peers_;
   // Every connection through the relay (fds cannot be refused at the
   // sender); else only those that may still carry some. The relay outlives
   // Stop(), so that connections stay served while the server shuts down.

@@ -2,6 +2,7 @@
 
 #include <glog/logging.h>
 
+#include "absl/strings/str_cat.h"
 #include "service/audit.h"
 
 namespace halloc {
@@ -28,7 +29,22 @@ absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
   auto it = md.find(kSessionMetadataKey);
   absl::string_view token;
   if (it != md.end()) token = absl::string_view(it->second.data(), it->second.size());
-  return core_->Authenticate(token);
+  absl::StatusOr<std::shared_ptr<Session>> session = core_->Authenticate(token);
+  if (!session.ok() || peers_ == nullptr) return session;
+  // The token is a bearer secret; the connection's uid is the kernel's
+  // word: a token that reached another uid (handed on, kept across a
+  // setuid, sent to the wrong socket) does not make it the session.
+  const std::optional<ucred> peer = peers_->Of(ctx->peer());
+  if (!peer) {
+    return absl::UnauthenticatedError("this call's connection is not one hallocd accepted");
+  }
+  const uid_t uid = (*session)->creds().uid;
+  if (peer->uid != uid) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "session ", (*session)->id(), " is uid ", uid, "'s; this call came on a connection of uid ",
+        peer->uid, " (a session token is good only from its own uid)"));
+  }
+  return session;
 }
 
 // Runs `body(session)` for a call that needs a session.

@@ -1,7 +1,8 @@
 // The gRPC adaptor: halloc.v1.Allocator on top of the Allocator core.
 //
 // Thin by design: it resolves the caller's session from the
-// `halloc-session` metadata, calls the core, converts absl::Status to
+// `halloc-session` metadata (good only on a connection of the session's
+// own uid: control_peers.h), calls the core, converts absl::Status to
 // grpc::Status, and logs denials and failures with their context.
 #ifndef HALLOC_SERVICE_GRPC_SERVICE_H_
 #define HALLOC_SERVICE_GRPC_SERVICE_H_
@@ -9,6 +10,7 @@
 #include "clients/cpp/halloc/base/protocol.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
+#include "service/control_peers.h"
 
 namespace halloc {
 
@@ -16,7 +18,10 @@ grpc::Status ToGrpc(const absl::Status& status);
 
 class AllocatorService final : public v1::Allocator::Service {
  public:
-  explicit AllocatorService(Allocator* core) : core_(core) {}
+  // With `peers` (hallocd's: every connection its listener handed gRPC),
+  // a session's token is good only on a connection of the session's uid.
+  explicit AllocatorService(Allocator* core, std::shared_ptr<const ControlPeers> peers = nullptr)
+      : core_(core), peers_(std::move(peers)) {}
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
                         v1::AllocateResponse* resp) override;
@@ -47,6 +52,7 @@ class AllocatorService final : public v1::Allocator::Service {
   absl::StatusOr<std::shared_ptr<Session>> SessionOf(grpc::ServerContext* ctx);
 
   Allocator* const core_;
+  const std::shared_ptr<const ControlPeers> peers_;
 };
 
 }  // namespace halloc

@@ -1,4 +1,6 @@
 // End to end: libhalloc ↔ gRPC + broker ↔ an in-process hallocd.
+#include "clients/cpp/halloc/client.h"
+
 #include <drm_fourcc.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
@@ -13,7 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/subprocess.h"
-#include "clients/cpp/halloc/client.h"
+#include "clients/cpp/halloc/broker_conn.h"
 #include "clients/testing/test_daemon.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
@@ -329,6 +331,25 @@ int RunPeer(const ConnectOptions& opts, std::vector<std::string> args) {
   if (!p.ok()) return 127;
   const int status = *p->Wait();
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// A session token is a bearer secret, but not one that makes another uid
+// the session: on a gRPC connection of another uid it is refused; another
+// connection of the session's own uid may use it.
+TEST_F(ClientTest, ASessionTokenIsGoodOnlyFromItsOwnUid) {
+  if (!CanSwitchUid(65534)) {
+    GTEST_SKIP() << "cannot switch to uid 65534 here (not root, or a user "
+                    "namespace without that uid): tokens across uids untested";
+  }
+  const ConnectOptions o = daemon().connect_options();
+  absl::StatusOr<BrokerConnection> session = ConnectBroker(o.broker_socket, absl::Seconds(10));
+  ASSERT_TRUE(session.ok()) << session.status();
+  const std::string token = session->welcome.session_token();
+  EXPECT_EQ(RunPeer(o, {"stolen-token", "65534", token}),
+            static_cast<int>(StatusCode::kPermissionDenied));
+  EXPECT_EQ(RunPeer(o, {"stolen-token", std::to_string(getuid()), token}), 0);
+  EXPECT_EQ(RunPeer(o, {"stolen-token", "65534", "not-a-token"}),
+            static_cast<int>(StatusCode::kUnauthenticated));
 }
 
 TEST_F(ClientTest, Nv12DescribesIdenticallyInAnotherProcess) {

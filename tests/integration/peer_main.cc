@@ -17,27 +17,30 @@
 #include <linux/dma-buf.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <xf86drm.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <xf86drm.h>
 
 #include <cerrno>
-#include <cstring>
-#include <map>
-#include <vector>
-
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
+#include "grpcpp/grpcpp.h"
+#include "halloc/v1/allocator.grpc.pb.h"
 #include "kernel/uapi/halloc_heap.h"
 
 namespace {
@@ -67,6 +70,19 @@ int Identity(const halloc::ConnectOptions& opts, uid_t uid,
   absl::StatusOr<halloc::Buffer> own = c->Allocate(halloc::BlobDescriptor(4096));
   if (!own.ok() || own->info().owner_uid() != uid) return 8;
   return 0;
+}
+
+// As `uid`, on a gRPC connection of its own, presents the session token
+// `token` (another process's) to List: the call's status code.
+int StolenToken(const halloc::ConnectOptions& opts, uid_t uid, const std::string& token) {
+  if (uid != getuid() && (setgid(uid) != 0 || setuid(uid) != 0)) return 100;
+  auto stub = halloc::v1::Allocator::NewStub(
+      grpc::CreateChannel("unix:" + opts.control_socket, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(std::string(halloc::kSessionMetadataKey), token);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  halloc::v1::ListResponse resp;
+  return stub->List(&ctx, halloc::v1::ListRequest(), &resp).error_code();
 }
 
 // Imports TOKEN and prints the BufferInfo as this process sees it.
@@ -308,6 +324,9 @@ int main(int argc, char** argv) {
     return Shell(opts, shell_uid);
   }
   if (cmd == "import-describe" && argc == 5) return ImportDescribe(opts, argv[4]);
+  if (cmd == "stolen-token" && argc == 6 && absl::SimpleAtoi(argv[4], &shell_uid)) {
+    return StolenToken(opts, shell_uid, argv[5]);
+  }
   uint32_t uid;
   uint64_t id;
   if (cmd == "identity" && argc == 7 && absl::SimpleAtoi(argv[4], &uid) &&

@@ -1,0 +1,42 @@
+// Who is at the other end of each control connection hallocd handed gRPC,
+// so that a gRPC call's session token is good only from its own uid.
+//
+// gRPC cannot see a Unix socket's peer credentials (grpc/grpc#28755), but
+// hallocd accepts every control connection itself (grpc_listener.h) and
+// reads SO_PEERCRED there; it hands gRPC the connected fd, which gRPC names
+// "fd:N" (ServerContext::peer()). The listener notes each connection's
+// credentials under that fd number as it hands it over; the gRPC adaptor
+// looks a call's connection up. An fd number is reused only after gRPC
+// closed the connection, which it does once no call on it runs; the next
+// connection handed over with that number replaces the entry.
+//
+// Thread-safe.
+#ifndef HALLOC_SERVICE_CONTROL_PEERS_H_
+#define HALLOC_SERVICE_CONTROL_PEERS_H_
+
+#include <sys/socket.h>
+
+#include <optional>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+
+namespace halloc {
+
+class ControlPeers {
+ public:
+  // Connection `fd`, about to be handed to gRPC, has peer `cred`.
+  void Set(int fd, const ucred& cred);
+  // The peer of the connection gRPC calls `peer` ("fd:N"); nullopt for
+  // any other name, or an fd never handed over.
+  std::optional<ucred> Of(absl::string_view peer) const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<int, ucred> by_fd_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_CONTROL_PEERS_H_

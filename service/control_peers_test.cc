@@ -1,0 +1,31 @@
+#include "service/control_peers.h"
+
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+TEST(ControlPeersTest, FindsAConnectionByTheNameGrpcGivesIt) {
+  ControlPeers peers;
+  peers.Set(12, ucred{100, 1000, 1001});
+  std::optional<ucred> p = peers.Of("fd:12");
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->pid, 100);
+  EXPECT_EQ(p->uid, 1000u);
+  EXPECT_EQ(p->gid, 1001u);
+  // The next connection handed over with that number replaces it.
+  peers.Set(12, ucred{200, 2000, 2000});
+  EXPECT_EQ(peers.Of("fd:12")->uid, 2000u);
+}
+
+TEST(ControlPeersTest, KnowsNoOtherName) {
+  ControlPeers peers;
+  peers.Set(12, ucred{100, 1000, 1000});
+  for (const char* name : {"fd:13", "fd:", "fd:-1", "fd:12x", "fd:012a", "unix:/run/x",
+                           "ipv4:127.0.0.1:1", "", "12", "fd:99999999999999999999"}) {
+    EXPECT_FALSE(peers.Of(name).has_value()) << name;
+  }
+}
+
+}  // namespace
+}  // namespace halloc
