@@ -46,13 +46,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   // The broker last: a client connects to it first, so once it exists the
   // control plane is ready too.
   RETURN_IF_ERROR(d->StartBroker(std::move(inherited.broker)));
-  if (!d->options_.metrics_address.empty()) {
-    Allocator* core = d->core_.get();
-    ASSIGN_OR_RETURN(d->metrics_,
-                     MetricsServer::Start(d->options_.metrics_address,
-                                          [core] { return ToPrometheus(core->Stats()); }));
-    LOG(INFO) << "metrics: http://" << d->options_.metrics_address << "/metrics";
-  }
+  if (!d->options_.metrics_address.empty()) RETURN_IF_ERROR(d->StartMetrics());
   LOG(INFO) << "listening: control unix:" << d->options_.control_socket
             << (d->control_from_systemd_ ? " (from systemd)" : "") << ", broker "
             << d->options_.broker_socket << (broker_inherited ? " (from systemd)" : "");
@@ -134,10 +128,43 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
 
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
+absl::Status Daemon::StartMetrics() {
+  Allocator* core = core_.get();
+  auto start = [this, core]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> m = MetricsServer::Start(
+        options_.metrics_address, [core] { return ToPrometheus(core->Stats()); });
+    if (!m.ok()) return m.status();
+    absl::MutexLock lock(&metrics_mu_);
+    metrics_ = *std::move(m);
+    LOG(INFO) << "metrics: http://" << options_.metrics_address << "/metrics";
+    return absl::OkStatus();
+  };
+  const absl::Status first = start();
+  // A wrong address is the configuration's fault: refused at start.
+  if (first.ok() || absl::IsInvalidArgument(first)) return first;
+  // One that is taken (any local user can bind a loopback port first, and
+  // hallocd starts at its first client) must not keep the allocator down:
+  // it serves on without metrics and tries again every kMetricsRetry.
+  LOG(ERROR) << "metrics: " << first.message()
+             << "; hallocd serves on without metrics, trying again every "
+             << absl::FormatDuration(kMetricsRetry);
+  metrics_retry_ = std::thread([this, start] {
+    while (!stop_metrics_retry_.WaitForNotificationWithTimeout(kMetricsRetry)) {
+      if (start().ok()) return;
+    }
+  });
+  return absl::OkStatus();
+}
+
 void Daemon::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  metrics_.reset();
+  stop_metrics_retry_.Notify();
+  if (metrics_retry_.joinable()) metrics_retry_.join();
+  {
+    absl::MutexLock lock(&metrics_mu_);
+    metrics_.reset();
+  }
   // No new connections on systemd's socket: they wait there for the next
   // hallocd instead.
   if (control_listener_) control_listener_->Stop();

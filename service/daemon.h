@@ -7,8 +7,11 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/allocator.h"
@@ -99,7 +102,14 @@ class Daemon {
   bool control_from_systemd_ = false;
   SocketFile control_file_;  // the control socket's file, when bound here
   std::unique_ptr<Broker> broker_;
-  std::unique_ptr<MetricsServer> metrics_;
+  // Metrics: served from Create when the address is free, else from a
+  // thread trying again every kMetricsRetry until it is or hallocd stops.
+  static constexpr absl::Duration kMetricsRetry = absl::Seconds(1);
+  absl::Status StartMetrics();
+  absl::Mutex metrics_mu_;
+  std::unique_ptr<MetricsServer> metrics_ ABSL_GUARDED_BY(metrics_mu_);
+  absl::Notification stop_metrics_retry_;
+  std::thread metrics_retry_;
   bool shut_down_ = false;
 };
 

@@ -120,6 +120,43 @@ class PrometheusTest : public ::testing::Test {
   std::vector<Buffer> buffers_;
 };
 
+// Any local user can bind a loopback port before hallocd (which starts at
+// its first client): the allocator serves all the same, and the metrics
+// once the port is free. Before, hallocd exited.
+TEST(PrometheusPortTest, ATakenPortDoesNotKeepHallocdDown) {
+  char tmpl[] = "/tmp/halloc-prom-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  int squatter = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(squatter, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::bind(squatter, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(squatter, 1), 0);
+  ASSERT_EQ(::getsockname(squatter, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const uint16_t port = ntohs(addr.sin_port);
+  HallocdProcess::Options o;
+  o.flags = {absl::StrCat("--metrics_address=127.0.0.1:", port)};
+  absl::StatusOr<std::unique_ptr<HallocdProcess>> d = HallocdProcess::Start(dir, o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  {
+    absl::StatusOr<Client> c = Client::Connect((*d)->connect_options());
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(c->Allocate(BlobDescriptor(4096)).ok());
+  }
+  ::close(squatter);
+  std::string body;
+  for (int i = 0; i < 100 && body.empty(); ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    body = HttpGet(port, "/metrics");
+  }
+  EXPECT_TRUE(absl::StrContains(body, "halloc_")) << "no metrics once the port was free";
+  d->reset();
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(PrometheusTest, EndpointServesHallocdsFiguresAndPassesPromtool) {
   const std::string text = HttpGet(port_, "/metrics");
   ASSERT_FALSE(text.empty()) << daemon_->Log();
