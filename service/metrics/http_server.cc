@@ -37,6 +37,10 @@ MHD_Result Reply(MHD_Connection* connection, unsigned int code,
       body.size(), const_cast<char*>(body.data()), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;
   MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+  // One request per connection: a local user who keeps connections alive
+  // with a cheap request now and then must not hold the slots the scraper
+  // needs (each connection also ends at its deadline from accept).
+  MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
   if (code == MHD_HTTP_METHOD_NOT_ALLOWED) {
     MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
   }
@@ -118,12 +122,6 @@ struct MetricsServer::Deadlines {
     self->open[connection] = Open{std::move(dup), MonotonicNow()};
   }
 
-  // A whole request came: the next one has its own deadline, from now.
-  void Answered(const MHD_Connection* connection) {
-    absl::MutexLock lock(&mu);
-    if (auto it = open.find(connection); it != open.end()) it->second.since = MonotonicNow();
-  }
-
   static MHD_Result OnRequest(void* cls, MHD_Connection* connection, const char* url,
                               const char* method, const char* /*version*/,
                               const char* /*upload_data*/, size_t* upload_data_size,
@@ -133,7 +131,6 @@ struct MetricsServer::Deadlines {
     if (upload_data_size != nullptr && *upload_data_size != 0) {
       *upload_data_size = 0;
     }
-    self->Answered(connection);
     const bool get = std::strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
                      std::strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
     if (!get) {

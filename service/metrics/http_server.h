@@ -1,9 +1,10 @@
 // MetricsServer: hallocd's optional Prometheus endpoint, GET /metrics on a
 // loopback TCP address, served by libmicrohttpd (its own thread, a bounded
-// number of connections, a timeout for idle ones, and a deadline for each
-// request: a connection that takes longer than request_deadline to deliver
-// a whole request is cut, so a local user who trickles bytes in cannot hold
-// the connection slots the scraper needs). What libmicrohttpd reports goes
+// number of connections, a timeout for idle ones, one request per
+// connection, and a deadline for each connection from its accept: one that
+// takes longer than request_deadline is cut, so a local user who trickles
+// bytes in, or keeps a connection alive with a cheap request now and then,
+// cannot hold the connection slots the scraper needs). What libmicrohttpd reports goes
 // to hallocd's log rate-limited and escaped: its lines are triggered by
 // whoever connects. Off unless hallocd is given --metrics_address.
 //

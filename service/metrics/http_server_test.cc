@@ -1,18 +1,20 @@
 #include "service/metrics/http_server.h"
 
 #include <arpa/inet.h>
+#include <glog/logging.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <glog/logging.h>
-
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
 #include <string>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -74,6 +76,34 @@ TEST(MetricsServerTest, OtherPathsAndMethodsAreRefused) {
   // Garbage is answered (400) or dropped, and the server keeps serving.
   Fetch((*s)->port(), "\x01\x02 nonsense\r\n\r\n");
   EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "));
+}
+
+// A client that would keep its connection (HTTP/1.1 keep-alive, a cheap
+// request now and then) gets one answer and the connection's end: slots
+// are not held by asking.
+TEST(MetricsServerTest, AConnectionServesOneRequest) {
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
+      MetricsServer::Start("127.0.0.1:0", [] { return std::string("x 1\n"); });
+  ASSERT_TRUE(s.ok()) << s.status();
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons((*s)->port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const std::string req = "GET /metrics HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n";
+  ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  const timeval tv{3, 0};
+  ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  EXPECT_EQ(n, 0) << "the connection was kept open (read: " << std::strerror(errno) << ")";
+  EXPECT_TRUE(absl::StrContains(out, " 200 ")) << out;
+  EXPECT_TRUE(absl::StrContains(absl::AsciiStrToLower(out), "connection: close")) << out;
+  ::close(fd);
 }
 
 // A connection to 127.0.0.1:`port` that sends `bytes` and then nothing.
