@@ -392,9 +392,19 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
   ASSIGN_OR_RETURN(v1::AllocateResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate"));
   out.reserve(resp.buffers_size());
+  std::vector<uint64_t> ids;
+  for (const v1::BufferInfo& info : resp.buffers()) ids.push_back(info.id());
   for (v1::BufferInfo& info : *resp.mutable_buffers()) {
-    ASSIGN_OR_RETURN(Buffer b, impl_->Receive(std::move(info)));
-    out.push_back(std::move(b));
+    absl::StatusOr<Buffer> b = impl_->Receive(std::move(info));
+    if (!b.ok()) {
+      // hallocd holds them all (its reply said so): given back now, not
+      // left charged until the session ends (those whose fds were cut on
+      // the way were given back already: then this one is NOT_FOUND).
+      out.clear();
+      Release(ids).IgnoreError();
+      return b.status();
+    }
+    out.push_back(*std::move(b));
   }
   return AsAsked(std::move(out), count);
 }

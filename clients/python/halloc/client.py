@@ -270,6 +270,10 @@ class Client:
             except BaseException:
                 for b in out:
                     b.close()
+                # hallocd holds them all (its reply said so): given back
+                # now, not left charged until the session ends.
+                with self._lock:
+                    self._give_back([info.id for info in resp.buffers])
                 raise
         asked = max(count, 1)  # 0 asks for one
         if len(out) != asked:

@@ -278,6 +278,22 @@ def test_allocate_many_gets_one_fd_each(connect, fast_path):
     assert all(b.closed for b in bufs)
 
 
+def test_a_grpc_allocate_whose_fds_never_come_gives_its_buffers_back(connect, monkeypatch):
+    watcher = connect()
+    live = watcher.stats().live_buffers
+    client = connect(broker_fast_path=False)
+
+    def lost(buffer_id, call_id=0):
+        raise halloc.DeadlineExceededError("no fd for buffer %d" % buffer_id)
+
+    monkeypatch.setattr(client, "_take_fd", lost)
+    with pytest.raises(halloc.DeadlineExceededError):
+        client.allocate_many(halloc.blob(PAGE), 3)
+    assert wait_for(lambda: watcher.stats().live_buffers == live)
+    monkeypatch.undo()
+    assert len(client.allocate_many(halloc.blob(PAGE), 2)) == 2  # the client serves on
+
+
 def test_image_has_the_layout_describe_reports(client):
     nv12 = halloc.fourcc("NV12")
     buf = client.allocate(halloc.image(640, 480, nv12, name="frame"))
