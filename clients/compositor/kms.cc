@@ -285,7 +285,19 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
     offsets[i] = uint32_t(l.planes(i).offset());
     modifiers[i] = l.modifier();
   }
-  const uint32_t flags = l.modifier() == DRM_FORMAT_MOD_INVALID ? 0 : DRM_MODE_FB_MODIFIERS;
+  // A driver without modifier support (radeon, older amdgpu and nouveau)
+  // refuses the flag outright; LINEAR is what it means by none.
+  uint64_t has_modifiers = 0;
+  const bool modifiers_known =
+      drmGetCap(state_->fd(), DRM_CAP_ADDFB2_MODIFIERS, &has_modifiers) == 0 && has_modifiers;
+  const bool implicit = l.modifier() == DRM_FORMAT_MOD_INVALID ||
+                        (l.modifier() == DRM_FORMAT_MOD_LINEAR && !modifiers_known);
+  if (!implicit && !modifiers_known) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        state_->device->path(), " takes no framebuffer modifiers; buffer ", buffer.id(),
+        " has modifier 0x", absl::Hex(l.modifier())));
+  }
+  const uint32_t flags = implicit ? 0 : DRM_MODE_FB_MODIFIERS;
   if (drmModeAddFB2WithModifiers(state_->fd(), l.width(), l.height(), l.format(), handles, pitches,
                                  offsets, modifiers, &fb.id_, flags) != 0) {
     return ErrnoStatus(
