@@ -41,6 +41,9 @@ enum ExitCode : int {
   // No such buffer, grant or grant token, as far as this session can see
   // (NOT_FOUND): it was released or revoked, or was never yours.
   kExitNotFound = 4,
+  // What it printed did not all reach stdout (a full disk, a closed pipe):
+  // whatever was written is not to be trusted.
+  kExitOutput = 5,
 };
 int ExitCodeFor(const absl::Status& status);
 // "NOT_FOUND: Describe: no buffer 9 held"; a usage error's message alone.

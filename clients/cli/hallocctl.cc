@@ -1,6 +1,8 @@
 // hallocctl: command-line client of hallocd. Run `hallocctl --help`.
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -38,7 +40,8 @@ Commands:
 constexpr char kExitCodes[] = R"(
 Exit codes: 0 ok; 1 hallocd refused (the message says why and which rule);
 2 bad command line; 3 cannot reach hallocd (or it is shutting down, or did
-not answer in time); 4 no such buffer, grant or grant token (NOT_FOUND).
+not answer in time); 4 no such buffer, grant or grant token (NOT_FOUND);
+5 the output could not be written (a full disk, a closed pipe).
 
 --json output is protobuf's JSON mapping of the reply (allocator.proto), one
 object per line: field names as in the .proto, zero values included, 64-bit
@@ -65,7 +68,7 @@ bool WantsHelp(const std::vector<std::string>& tokens) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   namespace cli = halloc::cli;
   const std::vector<std::string> tokens(argv + 1, argv + argc);
   if (WantsHelp(tokens)) {
@@ -108,4 +111,17 @@ int main(int argc, char** argv) {
     return session.RunScript(std::cin, std::cout, prompt);
   }
   return Report(session.Run(*command, args, options, std::cout));
+}
+
+int main(int argc, char** argv) {
+  const int code = Main(argc, argv);
+  // Output that did not reach its file (a full disk, a closed pipe) must
+  // not pass for done: `hallocctl stats --prometheus > f.$$ && mv` would
+  // install a cut file.
+  std::cout.flush();
+  if (!std::cout) {
+    std::cerr << "hallocctl: cannot write the output: " << std::strerror(errno) << "\n";
+    return code == halloc::cli::kExitOk ? halloc::cli::kExitOutput : code;
+  }
+  return code;
 }

@@ -241,6 +241,9 @@ TEST_F(HallocctlTest, RefusalsAndBadCommandLinesHaveTheirExitCodes) {
   EXPECT_EQ(refused.code, 1) << refused.out;
   EXPECT_TRUE(absl::StrContains(refused.out, "INVALID_ARGUMENT")) << refused.out;
   EXPECT_EQ(Run({"frobnicate"}).code, 2);
+  // Output that cannot be written is not success (a cut .prom file).
+  EXPECT_EQ(Run({"stats", "--prometheus", ">/dev/full"}).code, 5);
+  EXPECT_EQ(Run({"stats", "--prometheus", ">/dev/null"}).code, 0);
   EXPECT_EQ(Run({"describe"}).code, 2);
   EXPECT_EQ(Run({"describe", "abc"}).code, 2);
   Result unknown = Run({"describe", "12345"});
