@@ -66,6 +66,26 @@ check "installed units pass systemd-analyze verify" \
   systemd-analyze verify /lib/systemd/system/hallocd.socket \
     /lib/systemd/system/hallocd-broker.socket /lib/systemd/system/hallocd.service
 
+check "Depends names adduser (postinst's addgroup)" \
+  sh -c "dpkg-deb -f '$DEB' Depends | grep -qw adduser"
+# postinst under systemd, with systemctl stubbed (it logs its arguments): a
+# first install enables the sockets; an upgrade or reinstall leaves them as
+# the administrator set them (and a running hallocd alone).
+mkdir -p "$WORK/stub"
+printf '#!/bin/sh\necho "$*" >>"%s"\n' "$WORK/systemctl.log" >"$WORK/stub/systemctl"
+chmod 0755 "$WORK/stub/systemctl"
+made_marker=0
+if [ ! -d /run/systemd/system ]; then mkdir -p /run/systemd/system && made_marker=1; fi
+: >"$WORK/systemctl.log"
+PATH="$WORK/stub:$PATH" sh /var/lib/dpkg/info/halloc.postinst configure >/dev/null 2>&1
+check "postinst of a first install enables the sockets" \
+  grep -q "^enable --now hallocd.socket hallocd-broker.socket" "$WORK/systemctl.log"
+: >"$WORK/systemctl.log"
+PATH="$WORK/stub:$PATH" sh /var/lib/dpkg/info/halloc.postinst configure 0.0.0 >/dev/null 2>&1
+check "postinst of an upgrade enables nothing (the administrator's choice stands)" \
+  sh -c "! grep -q enable '$WORK/systemctl.log' && grep -q daemon-reload '$WORK/systemctl.log'"
+if ((made_marker)); then rmdir /run/systemd/system; fi
+
 # --- socket activation of the installed hallocd -----------------------------------
 CTL="$WORK/run/control.sock" BRK="$WORK/run/broker.sock"
 mkdir -p "$WORK/run"

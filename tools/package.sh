@@ -86,7 +86,8 @@ depends() {
   local IFS=','
   echo "${out[*]}" | sed 's/,/, /g'
 }
-DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0")"
+# adduser: postinst's addgroup where systemd-sysusers is not there.
+DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0"), adduser"
 
 install -d "$P/DEBIAN"
 cat >"$P/DEBIAN/control" <<CONTROL
@@ -118,7 +119,13 @@ if [ "$1" = configure ]; then
   getent group halloc >/dev/null || addgroup --system halloc >/dev/null
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
-    systemctl enable --now hallocd.socket hallocd-broker.socket || true
+    if [ -z "$2" ]; then
+      # A first install: socket activation on. An upgrade or reinstall
+      # keeps what the administrator chose, and leaves a running hallocd
+      # alone: restarting it ends every client's session (restart
+      # hallocd.service when convenient to run the new binary).
+      systemctl enable --now hallocd.socket hallocd-broker.socket || true
+    fi
   fi
 fi
 SH
