@@ -340,23 +340,30 @@ void StreamRelay::End(uint64_t key) {
 void StreamRelay::Finish(UniqueFd client, uint64_t key, uid_t uid) {
   // The client sees the end (and the listener's duplicate of its socket
   // with it), and can send no more. What it still queued (a gRPC client's
-  // last frame, say) is read off here so that closing drops nothing here;
-  // once fds come (or past kFinishChunks), the rest is left to a
-  // ForeignFds drain (fds dropped unopened there), charged to the uid: a
-  // sender of fds cannot make this thread install a queue's worth at once.
+  // last frame, say) is read off here, no fd ever installed: each chunk is
+  // peeked first with room for the credentials only (SO_PASSCRED), so
+  // fds show as a cut control message. Once they do (or past
+  // kFinishChunks), the socket goes to a ForeignFds drain, which drops
+  // them unopened: a refused or ended connection costs its uid one fd
+  // there, not a record's worth installed and closed on its lane.
   ::shutdown(client.get(), SHUT_RDWR);
   const int on = 1;
   ::setsockopt(client.get(), SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
-  std::string chunk;
+  ::setsockopt(client.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on));
+  std::string chunk(kChunk, '\0');
   for (int i = 0; i < kFinishChunks; ++i) {
-    std::vector<UniqueFd> fds;
-    const ssize_t n = ReceiveChunk(client.get(), chunk, fds);
-    if (!fds.empty()) {
-      foreign_->Close(key, uid, std::move(fds));
-      break;
-    }
+    Ancillary peeked;
+    const ssize_t n = ReceiveMessage(client.get(), absl::MakeSpan(chunk.data(), chunk.size()),
+                                     MSG_PEEK | MSG_DONTWAIT, 0, peeked);
+    if (n < 0 && n != -EAGAIN) break;
+    if (peeked.fds_cut || !peeked.fds.empty()) break;  // fds queued: the drain's
     if (n == 0 || n == -EAGAIN) return;  // all read: closing drops nothing
-    if (n < 0) break;
+    // Bytes without fds, as peeked: off the queue.
+    ssize_t taken;
+    do {
+      taken = ::recv(client.get(), chunk.data(), static_cast<size_t>(n), MSG_DONTWAIT);
+    } while (taken < 0 && errno == EINTR);
+    if (taken <= 0) break;
   }
   foreign_->Drain(key, uid, std::move(client));
 }

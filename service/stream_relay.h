@@ -97,7 +97,8 @@ class StreamRelay {
   void Watch(Pipe& p);
   void End(uint64_t key);
   // Shuts `client` down, reads off what it still queued and closes it;
-  // the rest on foreign_'s thread once fds come or past kFinishChunks.
+  // the rest on a foreign_ drain (no fd installed here) once fds come or
+  // past kFinishChunks.
   void Finish(UniqueFd client, uint64_t key, uid_t uid);
   void ResumeCleared();
 

@@ -158,27 +158,62 @@ TEST_F(StreamRelayTest, FdsAreTakenOffAndTheirSenderWaitsForTheirClose) {
 }
 
 // A discarded connection (refused, say) is ended, and what it queued is
-// closed (the first record with fds) or dropped by a ForeignFds drain (the
-// rest): its lingering socket holds neither the caller nor the relay
-// (another connection is relayed), nor the drain.
+// dropped unopened by a ForeignFds drain: its lingering socket holds
+// neither the caller nor the relay (another connection is relayed). (The
+// drain's release waits here, with ticks off, until the linger ends.)
 TEST_F(StreamRelayTest, ADiscardedConnectionIsEndedOffTheRelaysThread) {
   auto [client, ours] = StreamPair();
+  ASSERT_EQ(::write(client.get(), "abc", 3), 3);  // bytes first, read off here
   absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
   ASSERT_TRUE(lingering.ok()) << lingering.status();
   ASSERT_EQ(SendRaw(client.get(), "x", {lingering->sock.get()}), 1);
   lingering->sock.reset();  // the record holds its last reference
-  // A second record, left to the drain: its fd is dropped there, while the
-  // first one's lingering socket holds the uid's closes.
   auto [watched, sent] = StreamPair();
   ASSERT_EQ(SendRaw(client.get(), "y", {sent.get()}), 1);
   sent.reset();
   relay_->Discard(std::move(ours), 1000);
   EXPECT_TRUE(SeesEnd(client.get(), 5000));
-  EXPECT_TRUE(SeesEnd(watched.get(), 10000)) << "the drain never took the queued record";
   auto [other, other_server] = Relayed(1001);
   ASSERT_EQ(::write(other.get(), "ok", 2), 2);
   EXPECT_EQ(ReadSome(other_server.get(), 2, 10000), "ok") << "the relay is held";
   EXPECT_EQ(relay_->relayed(), 1u);
+  lingering->Release();
+  EXPECT_TRUE(SeesEnd(watched.get(), 10000)) << "the drain never took the queued record";
+}
+
+// Refused connections' queued fds are never installed in hallocd: each
+// connection goes to a drain (one fd of its uid's, for a moment), so a uid
+// whose closes are held (a file whose flush never ends: here a lingering
+// socket, ticks off) cannot pile a record's worth per refused connection
+// onto what waits. Before, the first record's fds of each were installed
+// and queued for closing behind the held one: over the uid's limit at once,
+// and with a few uids over everyone's, when hallocd stops accepting.
+TEST_F(StreamRelayTest, RefusedConnectionsFdsAreNeverInstalled) {
+  auto [sender, sender_ours] = StreamPair();
+  absl::StatusOr<LingeringSocket> lingering = LingeringSocket::Create(absl::Seconds(120));
+  ASSERT_TRUE(lingering.ok()) << lingering.status();
+  ASSERT_EQ(SendRaw(sender.get(), "x", {lingering->sock.get()}), 1);
+  lingering->sock.reset();
+  absl::StatusOr<UniqueFd> sender_server = relay_->Add(std::move(sender_ours), 1000);
+  ASSERT_TRUE(sender_server.ok());
+  EXPECT_EQ(ReadSome(sender_server->get(), 1, 5000), "x");  // uid 1000's closes are held now
+
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  std::vector<UniqueFd> clients;
+  for (int c = 0; c < 3; ++c) {
+    auto [client, ours] = StreamPair();
+    const std::vector<int> many(100, write_end.get());
+    ASSERT_EQ(SendRaw(client.get(), "z", many), 1);
+    relay_->Discard(std::move(ours), 1000);
+    clients.push_back(std::move(client));
+  }
+  write_end.reset();  // the queued records hold the write end's last references
+  for (UniqueFd& c : clients) EXPECT_TRUE(SeesEnd(c.get(), 5000));
+  // Dropped unopened by the drains: the pipe sees its writers gone.
+  EXPECT_TRUE(SeesEnd(read_end.get(), 10000)) << "the refused connections' fds are held";
+  EXPECT_FALSE(relay_->OverLimit(1000)) << "their fds were charged to the uid";
   lingering->Release();
 }
 
