@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
@@ -11,14 +12,25 @@ namespace halloc {
 
 namespace {
 
+std::atomic<uint32_t> control_connection_fds{2};
+
+// fds one connection on each socket costs together.
+uint64_t PairFds() { return 2 + uint64_t{ControlConnectionFds()}; }
+
 // sessions.max_total's default under fd limit `fd_limit` (0: infinite).
 uint32_t MaxConnectionsFor(uint64_t fd_limit) {
   if (fd_limit == 0) return 4096;
   return static_cast<uint32_t>(
-      std::min<uint64_t>(std::max<uint64_t>(fd_limit / 8, 16), UINT32_MAX));
+      std::min<uint64_t>(std::max<uint64_t>(fd_limit / 2 / PairFds(), 16), UINT32_MAX));
 }
 
 }  // namespace
+
+void SetControlConnectionFds(uint32_t fds) {
+  control_connection_fds.store(fds, std::memory_order_relaxed);
+}
+
+uint32_t ControlConnectionFds() { return control_connection_fds.load(std::memory_order_relaxed); }
 
 uint32_t DefaultMaxConnections() { return MaxConnectionsFor(FdLimit()); }
 
@@ -26,8 +38,8 @@ uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds)
   if (fd_limit == 0) return 0;
   const uint64_t total =
       policy.max_sessions() != 0 ? policy.max_sessions() : MaxConnectionsFor(fd_limit);
-  // Two sockets, two fds per connection.
-  const uint64_t connections = 2 * 2 * (total + kAdminConnectionReserve);
+  // Both sockets full: a connection on each.
+  const uint64_t connections = PairFds() * (total + kAdminConnectionReserve);
   const uint64_t kept = connections + stock_fds + kHallocdOwnFds;
   const uint64_t least = std::max<uint64_t>(fd_limit / 4, 1);
   return fd_limit > kept ? std::max(fd_limit - kept, least) : least;

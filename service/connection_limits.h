@@ -27,12 +27,20 @@ inline constexpr uint32_t kAdminConnectionReserve = 16;
 // sessions.max_per_uid when the policy leaves it 0.
 inline constexpr uint32_t kDefaultMaxConnectionsPerUid = 256;
 
-// sessions.max_total when the policy leaves it 0: an eighth of this
-// process's fd limit (at least 16; 4096 when unlimited). A connection costs
-// hallocd two fds on either socket (the broker's: the socket and the
-// peer's pidfd; the control socket's: gRPC's and the duplicate that sees
-// its end), so both sockets full take half of the fds, the rest being the
-// buffers'.
+// fds one control connection costs hallocd: 2 (gRPC's and the duplicate
+// that sees its end), 4 through the relay (kernels before 6.16: the
+// client's socket and the relay's end of the pair too). hallocd sets it
+// once its listener knows (GrpcListener::relaying()); 2 until then.
+// Read by DefaultMaxConnections and BufferRoom. Thread-safe.
+void SetControlConnectionFds(uint32_t fds);
+uint32_t ControlConnectionFds();
+
+// sessions.max_total when the policy leaves it 0: what makes both sockets
+// full take half of this process's fd limit (at least 16; 4096 when
+// unlimited), the rest being the buffers'. A broker connection costs two
+// fds (the socket and the peer's pidfd), a control connection
+// ControlConnectionFds(): an eighth of the limit, a twelfth through the
+// relay.
 uint32_t DefaultMaxConnections();
 
 // fds hallocd keeps for its own work beyond connections, buffers and the

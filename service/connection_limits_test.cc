@@ -74,5 +74,26 @@ TEST(ConnectionLimitsTest, BuffersGetWhatConnectionsStockAndHallocdLeave) {
   EXPECT_EQ(BufferRoom(*Limits(0, 0), 0, 2048), 0u);
 }
 
+// Through the relay (kernels before 6.16) a control connection costs four
+// fds: the defaults and the buffers' room count them, so that everything
+// hallocd may open still fits its fd limit.
+TEST(ConnectionLimitsTest, RelayedControlConnectionsCountFourFds) {
+  SetControlConnectionFds(4);
+  EXPECT_EQ(BufferRoom(*Limits(0, 100), 20000, 2048),
+            20000 - 6 * (100 + kAdminConnectionReserve) - 2048 - kHallocdOwnFds);
+  const uint64_t total = 20000 / 12;  // the default: a twelfth
+  const uint64_t room = BufferRoom(*Limits(0, 0), 20000, 0);
+  EXPECT_EQ(room, 20000 - 6 * (total + kAdminConnectionReserve) - kHallocdOwnFds);
+  EXPECT_LE(6 * (total + kAdminConnectionReserve) + room + kHallocdOwnFds, 20000u);
+  rlimit lim{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &lim), 0);
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur >= 256) {
+    EXPECT_LE(6 * uint64_t{DefaultMaxConnections()}, lim.rlim_cur / 2);
+  }
+  SetControlConnectionFds(2);
+  EXPECT_EQ(BufferRoom(*Limits(0, 0), 20000, 0),
+            20000 - 4 * (20000 / 8 + kAdminConnectionReserve) - kHallocdOwnFds);
+}
+
 }  // namespace
 }  // namespace halloc

@@ -43,6 +43,10 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   d->service_ = std::make_unique<AllocatorService>(d->core_.get(), d->control_peers_);
   const bool broker_inherited = inherited.broker.is_valid();
   RETURN_IF_ERROR(d->StartControl(std::move(inherited.control)));
+  // What a control connection costs is known now: the connection
+  // defaults and hallocd's buffer room (the policy's limits) follow it.
+  SetControlConnectionFds(d->control_listener_->relaying() ? 4 : 2);
+  d->core_->SetPolicy(d->core_->policy());
   // The broker last: a client connects to it first, so once it exists the
   // control plane is ready too.
   RETURN_IF_ERROR(d->StartBroker(std::move(inherited.broker)));
