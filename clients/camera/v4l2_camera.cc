@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <sys/ioctl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <memory>
 #include <string>
@@ -145,7 +146,11 @@ class V4l2Camera : public Camera {
             "no frame from ", Describe(), " in ", absl::FormatDuration(timeout)));
       }
       pollfd p = {fd_.get(), POLLIN, 0};
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(left)) + 1;
+      // At most a second a wait (the deadline is looked at again): an
+      // infinite timeout's milliseconds would not fit an int (cut to -1,
+      // plus one: 0, a poll that returns at once, in a loop).
+      const int ms = static_cast<int>(
+          std::min<int64_t>(absl::ToInt64Milliseconds(left), int64_t{1000}) + 1);
       if (poll(&p, 1, ms) < 0 && errno != EINTR) {
         return ErrnoStatus(errno, absl::StrCat("poll ", device_));
       }
