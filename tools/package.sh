@@ -86,8 +86,9 @@ depends() {
   local IFS=','
   echo "${out[*]}" | sed 's/,/, /g'
 }
-# adduser: postinst's addgroup where systemd-sysusers is not there.
-DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0"), adduser"
+# adduser: postinst's addgroup where systemd-sysusers is not there;
+# init-system-helpers: deb-systemd-helper and deb-systemd-invoke.
+DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0"), adduser, init-system-helpers"
 
 install -d "$P/DEBIAN"
 cat >"$P/DEBIAN/control" <<CONTROL
@@ -108,24 +109,40 @@ Description: buffer allocator daemon for graphics and camera (like Android's all
  the C++ client library libhalloc with its headers.
 CONTROL
 echo /etc/halloc/policy.textproto >"$P/DEBIAN/conffiles"
+# Socket activation as debhelper's dh_installsystemd sets it up, with
+# deb-systemd-helper: on at a first install and after a remove and
+# reinstall; an upgrade or reinstall keeps what the administrator chose; a
+# running hallocd is left alone (restarting it ends every client's session).
 cat >"$P/DEBIAN/postinst" <<'SH'
 #!/bin/sh
 set -e
+UNITS="hallocd.socket hallocd-broker.socket"
 if [ "$1" = configure ]; then
   # The group that may connect (sysusers.d/halloc.conf says the same).
   if command -v systemd-sysusers >/dev/null 2>&1; then
     systemd-sysusers halloc.conf || true
   fi
   getent group halloc >/dev/null || addgroup --system halloc >/dev/null
-  if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
-    if [ -z "$2" ]; then
-      # A first install: socket activation on. An upgrade or reinstall
-      # keeps what the administrator chose, and leaves a running hallocd
-      # alone: restarting it ends every client's session (restart
-      # hallocd.service when convenient to run the new binary).
-      systemctl enable --now hallocd.socket hallocd-broker.socket || true
+fi
+if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] ||
+   [ "$1" = abort-remove ]; then
+  for unit in $UNITS; do
+    # Only the masks deb-systemd-helper made at removal go.
+    deb-systemd-helper unmask "$unit" >/dev/null || true
+    # was-enabled is true for a unit it never saw: a first install enables.
+    if deb-systemd-helper --quiet was-enabled "$unit"; then
+      deb-systemd-helper enable "$unit" >/dev/null || true
+    else
+      deb-systemd-helper update-state "$unit" >/dev/null || true
     fi
+  done
+  if [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+    for unit in $UNITS; do
+      if systemctl --quiet is-enabled "$unit"; then
+        deb-systemd-invoke start "$unit" >/dev/null || true
+      fi
+    done
   fi
 fi
 SH
@@ -133,13 +150,22 @@ cat >"$P/DEBIAN/prerm" <<'SH'
 #!/bin/sh
 set -e
 if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
-  systemctl disable --now hallocd.socket hallocd-broker.socket hallocd.service || true
+  deb-systemd-invoke stop hallocd.socket hallocd-broker.socket hallocd.service >/dev/null || true
 fi
 SH
 cat >"$P/DEBIAN/postrm" <<'SH'
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+UNITS="hallocd.socket hallocd-broker.socket"
+if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
+if [ -x /usr/bin/deb-systemd-helper ]; then
+  # Removed: its enablement is remembered for a reinstall; purged: forgotten.
+  if [ "$1" = remove ]; then deb-systemd-helper mask $UNITS >/dev/null || true; fi
+  if [ "$1" = purge ]; then
+    deb-systemd-helper purge $UNITS >/dev/null || true
+    deb-systemd-helper unmask $UNITS >/dev/null || true
+  fi
+fi
 # The group stays on purge (files elsewhere may still belong to it), as
 # Debian's policy asks of system groups.
 SH
