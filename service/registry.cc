@@ -63,9 +63,11 @@ void Registry::Leave(uint64_t session_id) {
   Holding& holding = it->second;
   const std::vector<uint64_t> grants(holding.grants.begin(),
                                      holding.grants.end());
+  absl::flat_hash_set<uint64_t> touched;  // buffers whose grants went
   for (uint64_t g : grants) {
     GrantRecord& grant = grants_.at(g);
-    if (grant.rooted || !Reaches(grant)) {
+    touched.insert(grant.view.buffer_id);
+    if (grant.rooted || !Reaches(grant) || !RevocableStill(grant)) {
       DropGrant(g);
       continue;
     }
@@ -79,6 +81,31 @@ void Registry::Leave(uint64_t session_id) {
                                    holding.buffers.end());
   for (uint64_t b : held) DropHold(session_id, holding, b);
   holdings_.erase(it);
+  // Kept grants of ended sessions that no revoke can reach any more (every
+  // grant they came through went with its own session) go too.
+  for (uint64_t b : touched) {
+    auto buffer = buffers_.find(b);
+    if (buffer == buffers_.end()) continue;
+    for (bool dropped = true; dropped;) {
+      dropped = false;
+      const std::vector<uint64_t> on(buffer->second->grants.begin(), buffer->second->grants.end());
+      for (uint64_t g : on) {
+        const GrantRecord& grant = grants_.at(g);
+        if (grant.token.empty() && !RevocableStill(grant)) {
+          DropGrant(g);
+          dropped = true;
+        }
+      }
+    }
+  }
+}
+
+bool Registry::RevocableStill(const GrantRecord& grant) const {
+  if (grant.rooted) return true;
+  for (const auto& [g, gave] : grant.via) {
+    if (grants_.contains(g)) return true;
+  }
+  return false;
 }
 
 // --- Allocation and release ------------------------------------------------

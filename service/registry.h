@@ -366,6 +366,9 @@ class Registry {
   // Whether anyone imported the buffer through `grant` (live revoke: it
   // holds by it, or let go of views it delivered).
   bool Reaches(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Whether a revoke could still reach `grant` (not rooted): some grant it
+  // came through is still open (those of ended sessions are dropped).
+  bool RevocableStill(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const std::string backend_;
   const v1::FdKind fd_kind_;

@@ -195,6 +195,25 @@ TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
   EXPECT_TRUE(ShareTo(100 + sessions - 1, id, 4).ok());
 }
 
+// A kept onward grant stays only while a revoke could reach it: once the
+// grant it came through went with its own (ended) session, it goes too,
+// and stops counting against its uid's bound.
+TEST_F(RegistryTest, KeptOnwardGrantsGoOnceNoRevokeCanReachThem) {
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  auto to_b = ShareTo(kA, id, 2);
+  ASSERT_TRUE(to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
+  auto b_to_c = ShareTo(kB, id, 3);
+  ASSERT_TRUE(b_to_c.ok());
+  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 702));
+  reg_.Leave(kB);
+  EXPECT_EQ(Stats().grants(), 2u) << "A's, and B's kept for a revoke of A's";
+  reg_.Leave(kA);  // A's grant goes with A: nothing can revoke B's now
+  EXPECT_EQ(Stats().grants(), 0u);
+  EXPECT_TRUE(reg_.Describe(kC, id).ok()) << "C still holds what it imported";
+}
+
 // An importer that let go (Release, or its session ended) may still have
 // the fd somewhere: revoking the grant cuts those views off too.
 TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
