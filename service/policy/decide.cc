@@ -167,6 +167,13 @@ absl::StatusOr<const Rule*> DecideGrantSharer(const Policy& policy, const Identi
   peer.uid = grant.peer_uid;
   absl::StatusOr<SharePeerDecision> to =
       DecideSharePeer(policy, grant.sharer, peer, grant.buffer_id);
+  if (absl::IsNotFound(to.status())) {
+    // The client the grant names is gone from the policy: the grant
+    // exists, but no one may import it now.
+    return absl::PermissionDeniedError(
+        absl::StrCat("grant ", grant.id, " is for client '", absl::CHexEscape(grant.peer_name),
+                     "', which policy '", policy.source(), "' no longer has"));
+  }
   if (!to.ok()) return to.status();
   const Rule& rule = *to->rule;
   if (peer.name) return &rule;  // DecideImport: the caller must be that client

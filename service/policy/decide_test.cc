@@ -187,6 +187,15 @@ TEST(DecideImportTest, TheSharersShareToAdmitsTheImporterNow) {
   EXPECT_EQ(DecideGrantSharer(**later, {1002, 44, 1, "", std::nullopt}, g).status().code(),
             StatusCode::kPermissionDenied);
   EXPECT_TRUE(DecideGrantSharer(**p, {1002, 44, 1, "", std::nullopt}, g).ok());
+  // A policy without the client the grant names: refused, not "not found"
+  // (the grant exists).
+  absl::StatusOr<std::shared_ptr<const Policy>> without = Policy::Parse(R"(
+    clients { name: "camera" match { uids: 1001 } share_to: "*" }
+  )",
+                                                                        "decide_test");
+  ASSERT_TRUE(without.ok()) << without.status();
+  EXPECT_EQ(DecideGrantSharer(**without, Uid(1002), g).status().code(),
+            StatusCode::kPermissionDenied);
 }
 
 TEST(QuotaKeyTest, SplitsWhatItMakes) {
