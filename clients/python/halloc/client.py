@@ -293,8 +293,12 @@ class Client:
         ids = [b.id if isinstance(b, Buffer) else int(b) for b in buffers]
         try:
             req = allocator_pb2.ReleaseRequest(buffer_ids=ids)
-            if self._fast_path:
-                self._broker_call(broker_pb2.BrokerRequest(release=req), "Release")
+            breq = broker_pb2.BrokerRequest(release=req)
+            # request_id and cpu, added on the way, take at most 17 bytes;
+            # more ids than a record holds (~10 000) go as one gRPC call,
+            # all or nothing as asked (as libhalloc does).
+            if self._fast_path and breq.ByteSize() + 32 <= _scm.MAX_RECORD_BYTES:
+                self._broker_call(breq, "Release")
             else:
                 self._call(self._stub.Release, req, "Release")
             for b in buffers:

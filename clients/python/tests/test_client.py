@@ -313,6 +313,17 @@ def test_image_has_the_layout_describe_reports(client):
 
 
 @PATHS
+def test_a_release_of_more_ids_than_a_record_holds_is_one_request(connect, fast_path):
+    client = connect(broker_fast_path=fast_path)
+    bufs = client.allocate_many(halloc.blob(PAGE), 2)
+    many = [b.id for b in bufs] + [(1 << 40) + i for i in range(40000)]
+    with pytest.raises(halloc.NotFoundError):  # all or nothing, on both paths
+        client.release(*many)
+    assert client.describe(bufs[0]).id == bufs[0].id
+    client.release(*bufs)
+
+
+@PATHS
 def test_release_drops_the_hold_and_closes_the_fd(connect, fast_path):
     client = connect(broker_fast_path=fast_path)
     buf = client.allocate(halloc.blob(PAGE))
