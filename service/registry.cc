@@ -67,13 +67,14 @@ void Registry::Leave(uint64_t session_id) {
   for (uint64_t g : grants) {
     GrantRecord& grant = grants_.at(g);
     touched.insert(grant.view.buffer_id);
-    if (grant.rooted || !Reaches(grant) || !RevocableStill(grant)) {
+    if (grant.rooted || !Reaches(grant)) {
       DropGrant(g);
       continue;
     }
     // Shared on from imports, and imported: nobody can import it any
     // more, but a live revoke of a grant it came through must still reach
-    // those who did (Revoke), so it stays until then or its buffer goes.
+    // those who did (Revoke), so it stays until then or its buffer goes
+    // (or, below, no revoke can reach it any more).
     grant_tokens_.erase(grant.token);
     grant.token.clear();
   }
