@@ -90,41 +90,32 @@ TEST_F(RegistryTest, LiveRevokeReachesGrantsSharedOnFromWhatItCuts) {
 // The granter need not hold any more: a grant made from a route dies with
 // the route even after its granter released the buffer.
 TEST_F(RegistryTest, LiveRevokeReachesGrantsOfAGranterThatReleased) {
-  reg_.Join(kC, Uid(3));
-  const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = ShareTo(kA, id, 2);
-  ASSERT_TRUE(to_b.ok());
-  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
-  auto b_to_c = ShareTo(kB, id, 3);
-  ASSERT_TRUE(b_to_c.ok());
-  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
-  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  const Onward o = OnwardToC(/*c_imports=*/false);
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(reg_.Release(kB, {o.id}).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, o.to_b.id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, o.b_to_c.token(), Accept).status().code(), StatusCode::kNotFound);
 }
 
 // A granter whose session ended leaves its onward grants' imports
 // revocable: revoking the grant it imported through still cuts off those
 // who imported from it (they still hold, or let go with the fd kept).
 TEST_F(RegistryTest, LiveRevokeReachesImportsOfAGranterWhoseSessionEnded) {
-  reg_.Join(kC, Uid(3));
+  const Onward o = OnwardToC();
+  ASSERT_FALSE(HasFailure());
+  const uint64_t id = o.id;
   constexpr uint64_t kD = 40;
   reg_.Join(kD, Uid(4));
-  const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = ShareTo(kA, id, 2);
-  ASSERT_TRUE(to_b.ok());
-  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
-  auto b_to_c = ShareTo(kB, id, 3);
   auto b_to_d = ShareTo(kB, id, 4);
-  ASSERT_TRUE(b_to_c.ok() && b_to_d.ok());
-  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 702));
+  ASSERT_TRUE(b_to_d.ok());
   ASSERT_TRUE(ImportView(kD, *b_to_d, id, CpuAccess::kRead, 703));
   reg_.Leave(kD);  // let go, its fd possibly kept
   reg_.Leave(kB);
   // Its grants can be imported no more.
-  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(reg_.Import(kC, o.b_to_c.token(), Accept).status().code(), StatusCode::kNotFound);
   ASSERT_TRUE(reg_.Describe(kC, id).ok());
-  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), true);
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, o.to_b.id(), true);
   ASSERT_TRUE(r.ok()) << r.status();
   std::vector<uint64_t> views = r->views;
   std::sort(views.begin(), views.end());
@@ -136,15 +127,10 @@ TEST_F(RegistryTest, LiveRevokeReachesImportsOfAGranterWhoseSessionEnded) {
 // An ended session's onward grants that reach nobody go with it; those
 // that do stay (for a revoke) until their buffer goes.
 TEST_F(RegistryTest, AnEndedSessionsOnwardGrantsStayOnlyWhileTheyReachSomeone) {
-  reg_.Join(kC, Uid(3));
-  const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = ShareTo(kA, id, 2);
-  ASSERT_TRUE(to_b.ok());
-  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
-  auto unused = ShareTo(kB, id, 3);
-  auto b_to_c = ShareTo(kB, id, 3);
-  ASSERT_TRUE(unused.ok() && b_to_c.ok());
-  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 702));
+  const Onward o = OnwardToC();
+  ASSERT_FALSE(HasFailure());
+  const uint64_t id = o.id;
+  ASSERT_TRUE(ShareTo(kB, id, 3).ok());  // never imported
   EXPECT_EQ(Stats().grants(), 3u);
   reg_.Leave(kB);
   EXPECT_EQ(Stats().grants(), 2u);  // A's, and B's that C imported
@@ -199,14 +185,9 @@ TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
 // grant it came through went with its own (ended) session, it goes too,
 // and stops counting against its uid's bound.
 TEST_F(RegistryTest, KeptOnwardGrantsGoOnceNoRevokeCanReachThem) {
-  reg_.Join(kC, Uid(3));
-  const uint64_t id = AddN(kA, 1)[0];
-  auto to_b = ShareTo(kA, id, 2);
-  ASSERT_TRUE(to_b.ok());
-  ASSERT_TRUE(ImportView(kB, *to_b, id, CpuAccess::kRead, 701));
-  auto b_to_c = ShareTo(kB, id, 3);
-  ASSERT_TRUE(b_to_c.ok());
-  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 702));
+  const Onward o = OnwardToC();
+  ASSERT_FALSE(HasFailure());
+  const uint64_t id = o.id;
   reg_.Leave(kB);
   EXPECT_EQ(Stats().grants(), 2u) << "A's, and B's kept for a revoke of A's";
   reg_.Leave(kA);  // A's grant goes with A: nothing can revoke B's now

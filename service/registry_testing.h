@@ -106,6 +106,30 @@ class RegistryTest : public ::testing::Test {
     return t;
   }
 
+  // A's new buffer goes on from B: B imports it through A's grant to uid 2
+  // (view 701) and shares it on to uid 3 (C: session kC, joined here),
+  // which imports it (view 702) when `c_imports`.
+  struct Onward {
+    uint64_t id = 0;
+    v1::Grant to_b, b_to_c;
+  };
+  Onward OnwardToC(bool c_imports = true) {
+    reg_.Join(kC, Uid(3));
+    Onward o;
+    o.id = AddN(kA, 1)[0];
+    absl::StatusOr<v1::Grant> to_b = ShareTo(kA, o.id, 2);
+    EXPECT_TRUE(to_b.ok()) << to_b.status();
+    if (!to_b.ok()) return o;
+    o.to_b = *to_b;
+    EXPECT_TRUE(ImportView(kB, o.to_b, o.id, CpuAccess::kRead, 701));
+    absl::StatusOr<v1::Grant> b_to_c = ShareTo(kB, o.id, 3);
+    EXPECT_TRUE(b_to_c.ok()) << b_to_c.status();
+    if (!b_to_c.ok()) return o;
+    o.b_to_c = *b_to_c;
+    if (c_imports) EXPECT_TRUE(ImportView(kC, o.b_to_c, o.id, CpuAccess::kRead, 702));
+    return o;
+  }
+
   // What a receiver accepts: the grant's terms as they are.
   static absl::StatusOr<CpuAccess> Accept(const GrantView& g) { return g.access; }
   // `session` imports `grant` and its view `view_id` (of `access`) is
