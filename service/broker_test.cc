@@ -3,31 +3,31 @@
 #include "service/broker.h"
 
 #include <fcntl.h>
+#include <linux/sched.h>
 #include <linux/sockios.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-#include <linux/sched.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-
 #include <cstdlib>
-#include <functional>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/time/time.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unix_address.h"
@@ -378,6 +378,36 @@ pid_t SpawnWithPid(pid_t pid, const std::function<int()>& body) {
   return static_cast<pid_t>(r);
 }
 
+// A forked child runs `body` and hands over what it returns (the bytes and
+// one fd, as a record on a socket pair), then exits (`body` may _exit on
+// its own). Once the child is reaped: its pid and that record.
+struct Handed {
+  pid_t pid = -1;
+  Record record;
+};
+absl::StatusOr<Handed> HandedOverByAChild(
+    const std::function<std::pair<std::string, UniqueFd>()>& body) {
+  int pass[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass) != 0) {
+    return ErrnoStatus(errno, "socketpair");
+  }
+  UniqueFd ours(pass[0]), theirs(pass[1]);
+  const pid_t pid = ::fork();
+  if (pid < 0) return ErrnoStatus(errno, "fork");
+  if (pid == 0) {
+    auto [bytes, fd] = body();
+    const int raw = fd.get();
+    ::_exit(SendRecord(theirs.get(), bytes, {&raw, 1}, false).ok() ? 0 : 3);
+  }
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(absl::StrCat("the child ended with status ", status));
+  }
+  ASSIGN_OR_RETURN(Record record, ReceiveRecord(ours.get(), false));
+  if (record.fds.size() != 1) return absl::InternalError("the child handed over no fd");
+  return Handed{pid, std::move(record)};
+}
+
 // Only this test's executable may allocate; anyone else is denied.
 void TrustOnlyThisExecutable(Allocator& core) {
   const std::string self = std::filesystem::canonical("/proc/self/exe").string();
@@ -409,24 +439,15 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
-  int pass[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass), 0);
-  UniqueFd ours(pass[0]), theirs(pass[1]);
-  const pid_t verified = ::fork();
-  ASSERT_GE(verified, 0);
-  if (verified == 0) {
-    // Verifies as this executable, is trusted, hands the socket over, exits.
-    const BrokerConnection c = TrustedOrExit(path);
-    const int fd = c.fd.get();
-    ::_exit(SendRecord(theirs.get(), "conn", {&fd, 1}, false).ok() ? 0 : 3);
-  }
+  // Verifies as this executable, is trusted, hands the socket over, exits.
+  absl::StatusOr<Handed> got = HandedOverByAChild([&] {
+    BrokerConnection c = TrustedOrExit(path);
+    return std::pair{std::string("conn"), std::move(c.fd)};
+  });
+  ASSERT_TRUE(got.ok()) << got.status() << " (the verified process itself was trusted)";
+  const pid_t verified = got->pid;
+  const int sock = got->record.fds[0].get();
   int status = 0;
-  ASSERT_EQ(::waitpid(verified, &status, 0), verified);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "the verified process itself was trusted: " << status;
-  absl::StatusOr<Record> got = ReceiveRecord(ours.get(), false);
-  ASSERT_TRUE(got.ok() && got->fds.size() == 1) << got.status();
-  const int sock = got->fds[0].get();
   EXPECT_EQ(AllocateCode(sock), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "another process on the socket: judged by uid alone";
 
@@ -450,28 +471,20 @@ TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
-  int pass[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass), 0);
-  UniqueFd ours(pass[0]), theirs(pass[1]);
-  const pid_t connector = ::fork();
-  ASSERT_GE(connector, 0);
-  if (connector == 0) {
-    // Connects, takes the Hello, hands it and the socket over, exits.
+  // Connects, takes the Hello, hands it and the socket over, exits.
+  absl::StatusOr<Handed> got = HandedOverByAChild([&] {
     absl::StatusOr<UniqueFd> sock = ConnectSeqpacket(path);
     if (!sock.ok()) ::_exit(1);
     absl::StatusOr<Record> hello = ReceiveRecord(sock->get(), false);
     if (!hello.ok()) ::_exit(2);
-    const int fd = sock->get();
-    ::_exit(SendRecord(theirs.get(), hello->bytes, {&fd, 1}, false).ok() ? 0 : 3);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(connector, &status, 0), connector);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  absl::StatusOr<Record> got = ReceiveRecord(ours.get(), false);
-  ASSERT_TRUE(got.ok() && got->fds.size() == 1) << got.status();
+    return std::pair{hello->bytes, *std::move(sock)};
+  });
+  ASSERT_TRUE(got.ok()) << got.status();
+  const pid_t connector = got->pid;
   v1::BrokerFrame hello;
-  ASSERT_TRUE(hello.ParseFromString(got->bytes) && hello.has_hello());
-  const int sock = got->fds[0].get();
+  ASSERT_TRUE(hello.ParseFromString(got->record.bytes) && hello.has_hello());
+  const int sock = got->record.fds[0].get();
+  int status = 0;
   const std::string challenge = hello.hello().challenge();
 
   // The reuser's answer: the reply's status code, or 100+ if none came.
