@@ -15,10 +15,11 @@
 
 ABSL_FLAG(std::string, control_socket, "",
           "hallocd's gRPC socket (default: $HALLOC_CONTROL_SOCKET, else "
-          "$XDG_RUNTIME_DIR/halloc/control.sock or /run/halloc/control.sock)");
+          "control.sock in $XDG_RUNTIME_DIR/halloc where either socket is "
+          "there, else in /run/halloc)");
 ABSL_FLAG(std::string, broker_socket, "",
-          "hallocd's broker socket (default: $HALLOC_BROKER_SOCKET, else next "
-          "to the control socket's default)");
+          "hallocd's broker socket (default: $HALLOC_BROKER_SOCKET, else "
+          "broker.sock in the control socket's default directory)");
 ABSL_FLAG(uint64_t, size, 0, "allocate/supported: blob size in bytes");
 ABSL_FLAG(std::string, format, "",
           "allocate/supported: DRM format name (NV12, ARGB8888, YV12, P010, "

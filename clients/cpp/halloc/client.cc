@@ -41,11 +41,11 @@ uint64_t ForkGeneration() {
   return fork_generation.load(std::memory_order_relaxed);
 }
 
-std::string SocketPath(const std::string& given, const char* env,
-                       const char* file) {
+// The path named by the caller, else by `env`; empty when neither names one.
+std::string NamedSocketPath(const std::string& given, const char* env) {
   if (!given.empty()) return given;
   if (const char* v = std::getenv(env); v != nullptr && v[0] != '\0') return v;
-  return DefaultSocketPath(file);
+  return "";
 }
 
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
@@ -348,10 +348,14 @@ class Client::Impl {
 };
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
-  const std::string control =
-      SocketPath(options.control_socket, kControlSocketEnv, kControlSocketFile);
-  const std::string broker_path =
-      SocketPath(options.broker_socket, kBrokerSocketEnv, kBrokerSocketFile);
+  std::string control = NamedSocketPath(options.control_socket, kControlSocketEnv);
+  std::string broker_path = NamedSocketPath(options.broker_socket, kBrokerSocketEnv);
+  if (control.empty() || broker_path.empty()) {
+    // Those nobody named come from one directory (ClientSocketDir).
+    const std::string dir = ClientSocketDir();
+    if (control.empty()) control = absl::StrCat(dir, "/", kControlSocketFile);
+    if (broker_path.empty()) broker_path = absl::StrCat(dir, "/", kBrokerSocketFile);
+  }
   ASSIGN_OR_RETURN(BrokerConnection conn, ConnectBroker(broker_path, options.timeout));
   grpc::ChannelArguments args;
   auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),

@@ -56,8 +56,9 @@ using Access = CpuAccess;
 
 struct ConnectOptions {
   // Empty: $HALLOC_CONTROL_SOCKET / $HALLOC_BROKER_SOCKET, else
-  // <dir>/control.sock and <dir>/broker.sock with dir = $XDG_RUNTIME_DIR/halloc
-  // or /run/halloc (hallocd's defaults).
+  // <dir>/control.sock and <dir>/broker.sock with dir = ClientSocketDir():
+  // $XDG_RUNTIME_DIR/halloc where either socket is there, else /run/halloc
+  // (hallocd's defaults; never one socket from each).
   std::string control_socket;
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.

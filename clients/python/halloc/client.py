@@ -76,19 +76,33 @@ def fourcc(code):
     return a | b << 8 | c << 16 | d << 24
 
 
-def _socket_path(given, env, name):
-    if given:
-        return given
-    if os.environ.get(env):
-        return os.environ[env]
-    # A hallocd of this user's own where its socket is there, else the
-    # machine's (as libhalloc's DefaultSocketPath).
+def _socket_dir():
+    """Where the sockets nobody named are (as libhalloc's ClientSocketDir).
+
+    A hallocd of this user's own where either socket is in
+    $XDG_RUNTIME_DIR/halloc, else the machine's in /run/halloc. One
+    directory for both: a session's token never goes to a control socket
+    found elsewhere than the broker socket that gave it.
+    """
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.geteuid() != 0:
-        own = os.path.join(xdg, "halloc", name)
-        if os.path.lexists(own):
+        own = os.path.join(xdg, "halloc")
+        if any(os.path.lexists(os.path.join(own, name))
+               for name in ("control.sock", "broker.sock")):
             return own
-    return os.path.join("/run/halloc", name)
+    return "/run/halloc"
+
+
+def _socket_paths(control, broker):
+    """(control, broker): the arguments, else the environment, else the
+    files in _socket_dir()."""
+    control = control or os.environ.get("HALLOC_CONTROL_SOCKET")
+    broker = broker or os.environ.get("HALLOC_BROKER_SOCKET")
+    if not control or not broker:
+        where = _socket_dir()
+        control = control or os.path.join(where, "control.sock")
+        broker = broker or os.path.join(where, "broker.sock")
+    return control, broker
 
 
 class Buffer:
@@ -180,14 +194,13 @@ class Client:
 
         Sockets: the arguments, else $HALLOC_CONTROL_SOCKET and
         $HALLOC_BROKER_SOCKET, else control.sock and broker.sock in
-        $XDG_RUNTIME_DIR/halloc where they are there (a hallocd of this
-        user's), else in /run/halloc (the machine's).
+        $XDG_RUNTIME_DIR/halloc where either is there (a hallocd of this
+        user's), else in /run/halloc (the machine's); never one from each.
         `timeout` (seconds) bounds each call and the wait for the hello.
         `broker_fast_path=False` makes Allocate and Release gRPC calls, the
         way a gRPC-only client makes them.
         """
-        control = _socket_path(control_socket, "HALLOC_CONTROL_SOCKET", "control.sock")
-        broker = _socket_path(broker_socket, "HALLOC_BROKER_SOCKET", "broker.sock")
+        control, broker = _socket_paths(control_socket, broker_socket)
         conn = _broker.connect_broker(broker, timeout)
         return cls(conn, grpc.insecure_channel(f"unix:{control}"), timeout,
                    broker_fast_path)

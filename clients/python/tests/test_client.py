@@ -43,21 +43,30 @@ def test_requests_carry_a_cpu_of_this_process():
 
 
 def test_default_sockets_are_the_users_hallocds_else_the_machines(tmp_path, monkeypatch):
-    from halloc.client import _socket_path
+    from halloc.client import _socket_paths
+    monkeypatch.delenv("HALLOC_CONTROL_SOCKET", raising=False)
     monkeypatch.delenv("HALLOC_BROKER_SOCKET", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    (tmp_path / "halloc").mkdir()
-    (tmp_path / "halloc" / "broker.sock").write_text("")
+    own = tmp_path / "halloc"
+    own.mkdir()
+    (own / "broker.sock").write_text("")
+    machine = ("/run/halloc/control.sock", "/run/halloc/broker.sock")
     # Root's clients (and hallocd) take no directory from the environment.
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert _socket_path(None, "HALLOC_BROKER_SOCKET", "broker.sock") == "/run/halloc/broker.sock"
+    assert _socket_paths(None, None) == machine
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert (_socket_path(None, "HALLOC_BROKER_SOCKET", "broker.sock")
-            == str(tmp_path / "halloc" / "broker.sock"))
+    # Both from the user's own directory, never one from each.
+    assert _socket_paths(None, None) == (str(own / "control.sock"), str(own / "broker.sock"))
+    (own / "broker.sock").unlink()
+    (own / "control.sock").write_text("")
+    assert _socket_paths(None, None) == (str(own / "control.sock"), str(own / "broker.sock"))
     # Nothing of this user's there: the machine's hallocd.
-    assert (_socket_path(None, "HALLOC_CONTROL_SOCKET", "control.sock")
-            == "/run/halloc/control.sock")
-    assert _socket_path("/given", "HALLOC_BROKER_SOCKET", "broker.sock") == "/given"
+    (own / "control.sock").unlink()
+    assert _socket_paths(None, None) == machine
+    # Named ones stay as named.
+    assert _socket_paths("/c", None) == ("/c", "/run/halloc/broker.sock")
+    monkeypatch.setenv("HALLOC_BROKER_SOCKET", "/b")
+    assert _socket_paths("/c", None) == ("/c", "/b")
 
 
 def test_session_is_the_kernel_verified_process(client):

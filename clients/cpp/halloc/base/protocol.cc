@@ -36,16 +36,17 @@ std::string DefaultSocketDir() {
   return user.empty() ? kSystemSocketDir : user;
 }
 
-std::string DefaultSocketPath(const char* file) {
-  // The user's own hallocd where one has its socket there, else the
-  // machine's (a login session has XDG_RUNTIME_DIR set, and the packaged
-  // hallocd listens in /run/halloc).
-  if (const std::string user = UserSocketDir(); !user.empty()) {
-    std::string path = absl::StrCat(user, "/", file);
-    struct stat st;
-    if (::lstat(path.c_str(), &st) == 0) return path;
+std::string ClientSocketDir() {
+  // The user's own hallocd where it has a socket there, else the machine's
+  // (a login session has XDG_RUNTIME_DIR set, and the packaged hallocd
+  // listens in /run/halloc).
+  if (std::string user = UserSocketDir(); !user.empty()) {
+    for (const char* file : {kControlSocketFile, kBrokerSocketFile}) {
+      struct stat st;
+      if (::lstat(absl::StrCat(user, "/", file).c_str(), &st) == 0) return user;
+    }
   }
-  return absl::StrCat(kSystemSocketDir, "/", file);
+  return kSystemSocketDir;
 }
 
 }  // namespace halloc

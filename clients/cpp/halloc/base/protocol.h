@@ -34,10 +34,12 @@ uint32_t CurrentCpuHint();
 // a user's directory over).
 std::string DefaultSocketDir();
 
-// Where a client looks for `file` by default: in $XDG_RUNTIME_DIR/halloc
-// (as DefaultSocketDir says it) when something is there, else in
-// /run/halloc, where the machine's hallocd listens.
-std::string DefaultSocketPath(const char* file);
+// Where a client looks for the sockets nobody named: $XDG_RUNTIME_DIR/halloc
+// (as DefaultSocketDir says it) when either socket file is there (a hallocd
+// of the user's own), else /run/halloc, where the machine's hallocd
+// listens. One directory for both: a session's token (from the broker
+// socket) never goes to a control socket found somewhere else.
+std::string ClientSocketDir();
 
 }  // namespace halloc
 

@@ -37,7 +37,35 @@ class ProtocolTest : public ::testing::Test {
 TEST_F(ProtocolTest, RootTakesNoDirectoryFromItsEnvironment) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root";
   EXPECT_EQ(DefaultSocketDir(), "/run/halloc");
-  EXPECT_EQ(DefaultSocketPath(kBrokerSocketFile), "/run/halloc/broker.sock");
+  EXPECT_EQ(ClientSocketDir(), "/run/halloc");
+}
+
+// ClientSocketDir() as uid 65534 sees it (a child process), with
+// XDG_RUNTIME_DIR as the test set it or, `unset`, without it.
+std::string ClientSocketDirOfAUser(bool unset = false) {
+  int p[2];
+  if (::pipe(p) != 0) return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(p[0]);
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(10);
+    }
+    if (unset) ::unsetenv("XDG_RUNTIME_DIR");
+    const std::string dir = ClientSocketDir();
+    ::_exit(::write(p[1], dir.data(), dir.size()) == static_cast<ssize_t>(dir.size()) ? 0 : 11);
+  }
+  ::close(p[1]);
+  std::string got;
+  char buf[256];
+  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) got.append(buf, n);
+  ::close(p[0]);
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0) {
+    return "child failed (10: no uid 65534 here)";
+  }
+  return got;
 }
 
 // A user's hallocd binds in $XDG_RUNTIME_DIR/halloc; a user's client looks
@@ -45,25 +73,21 @@ TEST_F(ProtocolTest, RootTakesNoDirectoryFromItsEnvironment) {
 // (a login session always has XDG_RUNTIME_DIR set).
 TEST_F(ProtocolTest, AUsersClientFindsItsOwnHallocdElseTheMachines) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a child as another uid";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
-      ::_exit(10);
-    }
-    if (DefaultSocketDir() != xdg_ + "/halloc") ::_exit(11);
-    if (DefaultSocketPath(kBrokerSocketFile) != xdg_ + "/halloc/broker.sock") ::_exit(12);
-    if (DefaultSocketPath(kControlSocketFile) != "/run/halloc/control.sock") ::_exit(13);
-    ::unsetenv("XDG_RUNTIME_DIR");
-    if (DefaultSocketPath(kBrokerSocketFile) != "/run/halloc/broker.sock") ::_exit(14);
-    ::_exit(0);
-  }
-  ASSERT_GT(pid, 0);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0)
-      << "10: no uid 65534 here; 11: the daemon's directory; 12: its own hallocd's socket "
-         "not found; 13: no fallback to /run/halloc; 14: no fallback without XDG_RUNTIME_DIR";
+  EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ + "/halloc");
+  EXPECT_EQ(ClientSocketDirOfAUser(/*unset=*/true), "/run/halloc");
+  std::filesystem::remove(xdg_ + "/halloc/broker.sock");
+  EXPECT_EQ(ClientSocketDirOfAUser(), "/run/halloc") << "nothing of the user's own there";
+}
+
+// Both sockets come from one directory: a control.sock alone (planted, or a
+// hallocd binding its second socket) takes the broker socket along, so a
+// session's token never reaches a control socket found elsewhere than the
+// broker socket that gave it.
+TEST_F(ProtocolTest, TheTwoSocketsAreNeverFoundInTwoDirectories) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a child as another uid";
+  std::filesystem::remove(xdg_ + "/halloc/broker.sock");
+  std::ofstream(xdg_ + "/halloc/control.sock") << "";
+  EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ + "/halloc");
 }
 
 }  // namespace
