@@ -127,6 +127,10 @@ class Camera {
   // Gives frame `index` back to the source. FAILED_PRECONDITION if the
   // caller does not hold it.
   virtual absl::Status Requeue(uint32_t index) = 0;
+  // Frames the source marked corrupt (V4L2_BUF_FLAG_ERROR: a recoverable
+  // streaming error) that Next passed over: their buffers went straight
+  // back to the source, never to the caller.
+  virtual uint64_t skipped_error_frames() const { return 0; }
 
   // Grants a consumer access to `frame`'s buffer (hallocd's Share): to the
   // client the policy calls `peer_name`, or to any session of `peer_uid`,

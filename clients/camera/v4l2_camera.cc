@@ -157,6 +157,11 @@ class V4l2Camera : public Camera {
     }
   }
 
+  uint64_t skipped_error_frames() const override {
+    absl::MutexLock lock(&mu_);
+    return skipped_error_frames_;
+  }
+
   absl::Status Requeue(uint32_t index) override {
     absl::MutexLock lock(&mu_);
     if (index >= slots_.size() || slots_[index] != Slot::kHeld) {
@@ -368,7 +373,8 @@ class V4l2Camera : public Camera {
     return absl::OkStatus();
   }
 
-  // A frame, or one with buffer == nullptr when none is ready (EAGAIN).
+  // A frame, or one with buffer == nullptr when none is ready (EAGAIN) or
+  // the one that came was flagged corrupt (requeued at once).
   absl::StatusOr<Frame> DequeueLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     v4l2_buffer b = {};
     v4l2_plane plane = {};
@@ -387,6 +393,15 @@ class V4l2Camera : public Camera {
       return absl::InternalError(absl::StrCat(
           Describe(), " returned buffer ", b.index, " of ", slots_.size()));
     }
+    if (b.flags & V4L2_BUF_FLAG_ERROR) {
+      // The data may be corrupt, the buffer is fine: straight back to the
+      // driver, and nothing for the caller yet (a display would drop what
+      // libcamera calls a FrameError anyway).
+      ++skipped_error_frames_;
+      slots_[b.index] = Slot::kIdle;
+      RETURN_IF_ERROR(QueueLocked(b.index));
+      return frame;
+    }
     slots_[b.index] = Slot::kHeld;
     frame.index = b.index;
     frame.sequence = b.sequence;
@@ -400,8 +415,9 @@ class V4l2Camera : public Camera {
   const std::string device_;
   std::string driver_;
   uint32_t type_;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   bool streaming_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t skipped_error_frames_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -174,6 +174,44 @@ TEST_F(CameraVividTest, CapturesNv12SharedReadOnly) {
   CaptureAndShare(DRM_FORMAT_NV12, kShortCapture);
 }
 
+// vivid's "Inject V4L2_BUF_FLAG_ERROR" button (VIVID_CID_DQBUF_ERROR in
+// drivers/media/test-drivers/vivid/vivid-ctrls.c): the next frame it fills
+// comes back flagged as corrupt.
+constexpr uint32_t kVividDqbufError = 0x00f0f000 + 66;
+
+// A frame the driver flags corrupt is not handed out: Next passes over it,
+// its buffer goes straight back to vivid, and the frames after it come as
+// before (every buffer still cycles).
+TEST_F(CameraVividTest, FramesFlaggedCorruptAreSkippedAndTheirBuffersRequeued) {
+  absl::StatusOr<std::unique_ptr<Camera>> cam =
+      Camera::OpenV4l2(*camera_, Options(DRM_FORMAT_XRGB8888));
+  ASSERT_TRUE(cam.ok()) << cam.status();
+  ASSERT_TRUE((*cam)->Start().ok());
+  absl::StatusOr<Frame> first = (*cam)->Next(absl::Seconds(10));
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE((*cam)->Requeue(first->index).ok());
+  // Controls belong to the device: a second open presses the button.
+  UniqueFd node(open(path_.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(node.valid());
+  v4l2_control inject = {};
+  inject.id = kVividDqbufError;
+  if (Ioctl(node.get(), VIDIOC_S_CTRL, &inject) != 0) {
+    GTEST_SKIP() << "vivid takes no error injection (no_error_inj=1?): " << strerror(errno);
+  }
+  int64_t last = first->sequence;
+  const size_t buffers = (*cam)->buffers().size();
+  for (size_t n = 0; n < 2 * buffers; ++n) {
+    SCOPED_TRACE("frame " + std::to_string(n));
+    absl::StatusOr<Frame> frame = (*cam)->Next(absl::Seconds(10));
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    EXPECT_GT(int64_t{frame->sequence}, last);
+    last = frame->sequence;
+    ASSERT_TRUE((*cam)->Requeue(frame->index).ok());
+  }
+  EXPECT_EQ((*cam)->skipped_error_frames(), 1u);
+  ASSERT_TRUE((*cam)->Stop().ok());
+}
+
 // Selects vivid's first input named `prefix`... for as long as it lives
 // (the input is device state), then input 0 again.
 class VividInput {
