@@ -70,11 +70,17 @@ struct MetricsServer::Deadlines {
     bool cut = false;
   };
 
-  Deadlines(const Render* render, absl::Duration deadline)
-      : render(render), deadline(deadline) {}
+  Deadlines(const Render* render, const Options& options)
+      : render(render),
+        deadline(options.request_deadline),
+        render_interval(options.render_interval) {}
 
   const Render* const render;
   const absl::Duration deadline;
+  const absl::Duration render_interval;
+  absl::Mutex render_mu;
+  std::string rendered ABSL_GUARDED_BY(render_mu);
+  absl::Time rendered_at ABSL_GUARDED_BY(render_mu) = absl::InfinitePast();
   absl::Mutex mu;
   absl::flat_hash_map<const MHD_Connection*, Open> open ABSL_GUARDED_BY(mu);
   bool stopping ABSL_GUARDED_BY(mu) = false;
@@ -105,6 +111,18 @@ struct MetricsServer::Deadlines {
         o.cut = true;
       }
     }
+  }
+
+  // The exposition text, rendered anew only once render_interval has
+  // passed since the last render.
+  std::string Text() {
+    absl::MutexLock lock(&render_mu);
+    const absl::Time now = MonotonicNow();
+    if (now - rendered_at >= render_interval) {
+      rendered = (*render)();
+      rendered_at = now;
+    }
+    return rendered;
   }
 
   static void Notify(void* cls, MHD_Connection* connection, void** /*socket_context*/,
@@ -140,13 +158,12 @@ struct MetricsServer::Deadlines {
     if (std::strcmp(url, "/metrics") != 0) {
       return Reply(connection, MHD_HTTP_NOT_FOUND, "not found: try /metrics\n", "text/plain");
     }
-    return Reply(connection, MHD_HTTP_OK, (*self->render)(), kContentType);
+    return Reply(connection, MHD_HTTP_OK, self->Text(), kContentType);
   }
 };
 
 MetricsServer::MetricsServer(Render render, const Options& options)
-    : render_(std::move(render)),
-      deadlines_(std::make_unique<Deadlines>(&render_, options.request_deadline)) {}
+    : render_(std::move(render)), deadlines_(std::make_unique<Deadlines>(&render_, options)) {}
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(absl::string_view address,
                                                                     Render render) {

@@ -6,7 +6,9 @@
 // bytes in, or keeps a connection alive with a cheap request now and then,
 // cannot hold the connection slots the scraper needs). What libmicrohttpd reports goes
 // to hallocd's log rate-limited and escaped: its lines are triggered by
-// whoever connects. Off unless hallocd is given --metrics_address.
+// whoever connects. Any local user may scrape as often as it likes: the
+// text is rendered at most once a second (Options::render_interval). Off
+// unless hallocd is given --metrics_address.
 //
 // Only loopback addresses are accepted: the metrics name clients and uids,
 // which are for the machine's own monitoring, not the network.
@@ -37,6 +39,10 @@ class MetricsServer {
     // Longest a connection may take from its start, or from its last whole
     // request, to a whole request.
     absl::Duration request_deadline = absl::Seconds(10);
+    // A scrape within this long of the last render gets that render's
+    // text: however often anyone scrapes, `render` (hallocd's Stats, a
+    // reaper flush and the registry's lock) runs at most once per interval.
+    absl::Duration render_interval = absl::Seconds(1);
   };
 
   // `address`: "127.0.0.1:PORT" (any 127.0.0.0/8 address) or "[::1]:PORT";

@@ -48,11 +48,15 @@ std::string Fetch(uint16_t port, const std::string& request) {
 
 TEST(MetricsServerTest, ServesTheRenderedTextOnGetMetrics) {
   std::atomic<int> renders{0};
-  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
-      MetricsServer::Start("127.0.0.1:0", [&] {
+  MetricsServer::Options every_scrape;
+  every_scrape.render_interval = absl::ZeroDuration();
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
+      "127.0.0.1:0",
+      [&] {
         ++renders;
         return absl::StrCat("halloc_live_buffers ", renders.load(), "\n");
-      });
+      },
+      every_scrape);
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_NE((*s)->port(), 0);
   std::string r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
@@ -61,6 +65,28 @@ TEST(MetricsServerTest, ServesTheRenderedTextOnGetMetrics) {
   EXPECT_TRUE(absl::EndsWith(r, "\r\n\r\nhalloc_live_buffers 1\n")) << r;
   r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
   EXPECT_TRUE(absl::EndsWith(r, "halloc_live_buffers 2\n")) << r;  // rendered per scrape
+}
+
+// Scrapes closer together than render_interval share one render: a local
+// user who scrapes in a loop does not make hallocd take its Stats (and the
+// registry's lock) for each.
+TEST(MetricsServerTest, ScrapesWithinTheRenderIntervalShareOneRender) {
+  std::atomic<int> renders{0};
+  MetricsServer::Options options;
+  options.render_interval = absl::Hours(1);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
+      "127.0.0.1:0",
+      [&] {
+        ++renders;
+        return absl::StrCat("halloc_live_buffers ", renders.load(), "\n");
+      },
+      options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  for (int i = 0; i < 5; ++i) {
+    const std::string r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
+    EXPECT_TRUE(absl::EndsWith(r, "\r\n\r\nhalloc_live_buffers 1\n")) << r;
+  }
+  EXPECT_EQ(renders.load(), 1);
 }
 
 TEST(MetricsServerTest, OtherPathsAndMethodsAreRefused) {
