@@ -137,7 +137,7 @@ absl::Status Registry::Add(uint64_t session_id,
     live_bytes_ += buffer->size;
     ++allocations_total_;
     ++allocated_[buffer->charged_to];
-    if (reply != nullptr) *reply->add_buffers() = Info(*buffer, session_id, false);
+    if (reply != nullptr) *reply->add_buffers() = Info(*buffer, session_id, Holders::kNone);
   }
   return absl::OkStatus();
 }
@@ -361,7 +361,7 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
     out.arrival = a->second.serial;
     ++a->second.under_way;
   }
-  out.info = Info(*buffer, session_id, false);
+  out.info = Info(*buffer, session_id, Holders::kNone);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);
   out.grant_id = t->second;
@@ -523,11 +523,11 @@ absl::StatusOr<v1::BufferInfo> Registry::SetMetadata(
   }
   RETURN_IF_ERROR(SetMetadataField(req.type(), req.value(), buffer->layout,
                                    &buffer->metadata));
-  return Info(*buffer, session_id, false);
+  return Info(*buffer, session_id, Holders::kNone);
 }
 
 v1::BufferInfo Registry::Info(const BufferRecord& buffer, uint64_t session_id,
-                              bool with_holders) const {
+                              Holders holders) const {
   v1::BufferInfo info;
   info.set_id(buffer.id);
   info.set_name(buffer.name);
@@ -543,15 +543,20 @@ v1::BufferInfo Registry::Info(const BufferRecord& buffer, uint64_t session_id,
   if (auto h = buffer.holders.find(session_id); h != buffer.holders.end()) {
     info.set_cpu_access(ToProto(h->second));
   }
-  if (with_holders) {
-    for (const auto& [sid, access] : buffer.holders) {
-      v1::Holder* holder = info.add_holders();
-      holder->set_session_id(sid);
-      holder->set_owner(sid == buffer.owner_session);
-      if (auto s = holdings_.find(sid); s != holdings_.end()) {
-        holder->set_uid(s->second.creds.uid);
-        holder->set_pid(s->second.creds.pid);
-      }
+  if (holders == Holders::kNone) return info;
+  // An importer learns how many hold the buffer, not who: the other
+  // holders' sessions and pids are the owner's business (it shared them).
+  const bool in_full = holders == Holders::kAll || buffer.owner_session == session_id;
+  for (const auto& [sid, access] : buffer.holders) {
+    v1::Holder* holder = info.add_holders();
+    holder->set_owner(sid == buffer.owner_session);
+    holder->set_caller(sid == session_id);
+    if (holder->owner()) holder->set_uid(buffer.owner_uid);
+    if (!in_full && !holder->caller()) continue;
+    holder->set_session_id(sid);
+    if (auto s = holdings_.find(sid); s != holdings_.end()) {
+      holder->set_uid(s->second.creds.uid);
+      holder->set_pid(s->second.creds.pid);
     }
   }
   return info;
@@ -563,7 +568,7 @@ absl::StatusOr<v1::BufferInfo> Registry::Describe(uint64_t session_id,
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   ASSIGN_OR_RETURN(const BufferRecord* buffer, Held(h->second, buffer_id));
-  return Info(*buffer, session_id, true);
+  return Info(*buffer, session_id, Holders::kAsSeenByCaller);
 }
 
 v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
@@ -571,11 +576,11 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
   v1::ListResponse resp;
   if (all) {
     for (const auto& [id, buffer] : buffers_) {
-      *resp.add_buffers() = Info(*buffer, session_id, true);
+      *resp.add_buffers() = Info(*buffer, session_id, Holders::kAll);
     }
   } else if (auto h = holdings_.find(session_id); h != holdings_.end()) {
     for (uint64_t id : h->second.buffers) {
-      *resp.add_buffers() = Info(*buffers_.at(id), session_id, false);
+      *resp.add_buffers() = Info(*buffers_.at(id), session_id, Holders::kNone);
     }
   }
   return resp;

@@ -334,8 +334,11 @@ class Registry {
     absl::flat_hash_set<uint64_t> grants;
   };
 
-  v1::BufferInfo Info(const BufferRecord& buffer, uint64_t session_id,
-                      bool with_holders) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Which holders an Info lists: none; all, shown as `session_id` may see
+  // them (v1::Holder: an importer sees its own entry only); all, in full.
+  enum class Holders { kNone, kAsSeenByCaller, kAll };
+  v1::BufferInfo Info(const BufferRecord& buffer, uint64_t session_id, Holders holders) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // SessionRoom, then SharedRoomLocked.
   absl::Status CheckRoomLocked(const Holding& holding, uint32_t count,
                                const std::string& quota_key, QuotaJudge quota)

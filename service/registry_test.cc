@@ -1,12 +1,13 @@
 #include "service/registry.h"
 
-#include <algorithm>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <memory>
 #include <set>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "service/registry_testing.h"
@@ -159,6 +160,42 @@ TEST_F(RegistryTest, ALeftSessionCannotAddAndItsHoldsAndGrantsGo) {
   EXPECT_EQ(reg_.Revoke(kA, 1, true).status().code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(reg_.Release(kA, {ids[0]}).code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(Stats().live_buffers(), 0u);
+}
+
+// An importer's Describe counts every holder but names only itself: who
+// else holds the buffer (their sessions and pids) is the owner's business.
+// The owner sees them all.
+TEST_F(RegistryTest, AnImporterSeesHowManyHoldTheBufferNotWho) {
+  const Onward o = OnwardToC();  // A owns, B and C import
+  absl::StatusOr<v1::BufferInfo> by_b = reg_.Describe(kB, o.id);
+  ASSERT_TRUE(by_b.ok()) << by_b.status();
+  ASSERT_EQ(by_b->holders_size(), 3);
+  int callers = 0, owners = 0;
+  for (const v1::Holder& h : by_b->holders()) {
+    if (h.caller()) {
+      ++callers;
+      EXPECT_EQ(h.session_id(), kB);
+      EXPECT_EQ(h.pid(), 102);
+      EXPECT_EQ(h.uid(), 2u);
+    } else {
+      EXPECT_EQ(h.session_id(), 0u) << "another holder's session shown to an importer";
+      EXPECT_EQ(h.pid(), 0) << "another holder's pid shown to an importer";
+      EXPECT_EQ(h.uid(), h.owner() ? 1u : 0u) << "only the owner's uid (owner_uid) shows";
+    }
+    owners += h.owner();
+  }
+  EXPECT_EQ(callers, 1);
+  EXPECT_EQ(owners, 1);
+
+  absl::StatusOr<v1::BufferInfo> by_a = reg_.Describe(kA, o.id);
+  ASSERT_TRUE(by_a.ok()) << by_a.status();
+  ASSERT_EQ(by_a->holders_size(), 3);
+  absl::flat_hash_set<int32_t> pids;
+  for (const v1::Holder& h : by_a->holders()) {
+    EXPECT_NE(h.session_id(), 0u);
+    pids.insert(h.pid());
+  }
+  EXPECT_EQ(pids, (absl::flat_hash_set<int32_t>{101, 102, 103}));
 }
 
 TEST_F(RegistryTest, ShareThenImportMakesASecondHolderWithTheJudgedRights) {

@@ -48,9 +48,14 @@ void PrintBuffer(std::ostream& out, const v1::BufferInfo& b, bool detail) {
       b.name(), b.size(), b.backend(), b.owner_uid(), AccessName(b.cpu_access()),
       usage::ToString(b.usage()));
   for (const v1::Holder& h : b.holders()) {
-    out << absl::StreamFormat("    held by session %d (pid %d, uid %d)%s\n",
-                              h.session_id(), h.pid(), h.uid(),
-                              h.owner() ? " [owner]" : "");
+    if (h.session_id() == 0) {  // not shown to an importer (v1::Holder)
+      out << absl::StreamFormat("    held by another session%s\n",
+                                h.owner() ? absl::StrCat(" (uid ", h.uid(), ") [owner]") : "");
+      continue;
+    }
+    out << absl::StreamFormat("    held by session %d (pid %d, uid %d)%s%s\n", h.session_id(),
+                              h.pid(), h.uid(), h.owner() ? " [owner]" : "",
+                              h.caller() ? " [you]" : "");
   }
   if (!detail) return;
   if (b.layout().planes_size() > 0) out << layout::Describe(b.layout());
