@@ -83,20 +83,17 @@ void Registry::Leave(uint64_t session_id) {
   for (uint64_t b : held) DropHold(session_id, holding, b);
   holdings_.erase(it);
   // Kept grants of ended sessions that no revoke can reach any more (every
-  // grant they came through went with its own session) go too.
+  // grant they came through went with its own session) go too. One pass,
+  // oldest first: a grant came through grants made before it (ids only
+  // grow), so by its turn each of those has gone already if it is to go.
   for (uint64_t b : touched) {
     auto buffer = buffers_.find(b);
     if (buffer == buffers_.end()) continue;
-    for (bool dropped = true; dropped;) {
-      dropped = false;
-      const std::vector<uint64_t> on(buffer->second->grants.begin(), buffer->second->grants.end());
-      for (uint64_t g : on) {
-        const GrantRecord& grant = grants_.at(g);
-        if (grant.token.empty() && !RevocableStill(grant)) {
-          DropGrant(g);
-          dropped = true;
-        }
-      }
+    std::vector<uint64_t> on(buffer->second->grants.begin(), buffer->second->grants.end());
+    std::sort(on.begin(), on.end());
+    for (uint64_t g : on) {
+      const GrantRecord& grant = grants_.at(g);
+      if (grant.token.empty() && !RevocableStill(grant)) DropGrant(g);
     }
   }
 }
@@ -214,7 +211,7 @@ void Registry::DropGrant(uint64_t grant_id) {
   if (it == grants_.end()) return;
   const GrantRecord& grant = it->second;
   if (!grant.rooted) {
-    if (auto n = onward_grants_.find(grant.from_uid);
+    if (auto n = onward_grants_.find(grant.charged_uid);
         n != onward_grants_.end() && --n->second == 0) {
       onward_grants_.erase(n);
     }
@@ -253,7 +250,8 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
         kMaxGrantsPerSession, " (revoke those no longer needed)"));
   }
   const bool rooted = session_id == buffer->owner_session && buffer->owner_holds;
-  const uid_t uid = h->second.creds.uid;
+  // Per the uid it is charged as: a user's sub-uids share one bound.
+  const uid_t uid = h->second.creds.charged_uid();
   if (!rooted) {
     if (auto n = onward_grants_.find(uid);
         n != onward_grants_.end() && n->second >= kMaxOnwardGrantsPerUid) {

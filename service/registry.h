@@ -117,7 +117,9 @@ struct BufferRecord {
 struct GrantRecord {
   std::string token;  // empty once its session ended (see `via`)
   uint64_t from_session = 0;
-  uid_t from_uid = 0;  // the granting session's (kernel-verified) uid
+  // The uid the granting session is charged as (Identity::charged_uid: a
+  // user namespace's owner for any of its uids): onward grants count per it.
+  uid_t charged_uid = 0;
   GrantView view;
   // Where the granter's own hold came from when it shared: its owner's
   // hold (`rooted`), else the grants it had imported the buffer through

@@ -140,8 +140,9 @@ TEST_F(RegistryTest, AnEndedSessionsOnwardGrantsStayOnlyWhileTheyReachSomeone) {
 }
 
 // Grants of imported buffers count per uid, across its sessions (they may
-// outlive them): past kMaxOnwardGrantsPerUid that uid shares on nothing
-// more, others and its own buffers unaffected, until some go.
+// outlive them) and its user namespace's uids (each session here runs as
+// another of uid 2's sub-uids): past kMaxOnwardGrantsPerUid that uid shares
+// on nothing more, others and its own buffers unaffected, until some go.
 TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
@@ -153,7 +154,10 @@ TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
   uint64_t view = 1000;
   for (uint64_t s = 0; s < sessions; ++s) {
     const uint64_t sid = 100 + s;
-    reg_.Join(sid, Uid(2));
+    Identity sub_uid = Uid(2);
+    sub_uid.uid = static_cast<uid_t>(100000 + s);
+    sub_uid.account_uid = 2;
+    reg_.Join(sid, sub_uid);
     ASSERT_TRUE(ImportView(sid, *to_uid2, id, CpuAccess::kRead, view++));
   }
   size_t shared = 0;
@@ -193,6 +197,32 @@ TEST_F(RegistryTest, KeptOnwardGrantsGoOnceNoRevokeCanReachThem) {
   reg_.Leave(kA);  // A's grant goes with A: nothing can revoke B's now
   EXPECT_EQ(Stats().grants(), 0u);
   EXPECT_TRUE(reg_.Describe(kC, id).ok()) << "C still holds what it imported";
+}
+
+// A chain of kept onward grants (each link's session ended after sharing on
+// to the next, which imported) goes in the one Leave that ends its root,
+// however long the chain and in whatever order its grants are stored.
+TEST_F(RegistryTest, AChainOfKeptOnwardGrantsGoesWithItsRoot) {
+  constexpr uint64_t kLinks = 64;
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> prev = ShareTo(kA, id, 2);
+  ASSERT_TRUE(prev.ok()) << prev.status();
+  uint64_t view = 5000;
+  for (uint64_t i = 0; i < kLinks; ++i) {
+    const uint64_t sid = 200 + i;
+    reg_.Join(sid, Uid(2));
+    ASSERT_TRUE(ImportView(sid, *prev, id, CpuAccess::kRead, view++));
+    absl::StatusOr<v1::Grant> next = ShareTo(sid, id, 2);
+    ASSERT_TRUE(next.ok()) << next.status();
+    if (i > 0) reg_.Leave(sid - 1);  // kept: `sid` imported through it
+    prev = next;
+  }
+  ASSERT_TRUE(ImportView(kB, *prev, id, CpuAccess::kRead, view++));
+  reg_.Leave(200 + kLinks - 1);
+  EXPECT_EQ(Stats().grants(), kLinks + 1) << "A's and every link's, kept for a revoke of A's";
+  reg_.Leave(kA);
+  EXPECT_EQ(Stats().grants(), 0u);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "B still holds what it imported";
 }
 
 // An importer that let go (Release, or its session ended) may still have
