@@ -22,6 +22,7 @@ absl::Status SocketFdChannel::SendCounted(absl::string_view bytes,
       return s;
     }
   }
+  absl::MutexLock lock(&send_mu_);
   absl::Status sent = SendRecord(sock_.get(), bytes, fds, /*nonblocking=*/true);
   if (unread_ && !fds.empty()) {
     if (sent.ok()) {

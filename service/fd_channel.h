@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
@@ -57,6 +58,9 @@ class SocketFdChannel : public FdChannel {
   UniqueFd sock_;
   const std::shared_ptr<UnreadFds> unread_;
   uint64_t handle_ = 0;
+  // Each send and its UnreadFds::Sent (or Unreserve) together, so that
+  // UnreadFds learns of the sends in the socket's queue order.
+  absl::Mutex send_mu_;
 };
 
 }  // namespace halloc

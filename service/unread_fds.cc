@@ -140,9 +140,14 @@ void UnreadFds::Sent(uint64_t handle, uint64_t n, uint64_t bytes) {
   auto it = conns_.find(handle);
   if (it == conns_.end()) return;
   // Sends on one connection may interleave; pending entries of one size
-  // are alike.
-  if (auto e = PendingEntry(it->second, n, bytes); e != it->second.recent.end()) {
-    e->pending = false;
+  // are alike. A sent record goes after every other sent one, as in the
+  // socket's queue: a later reservation may have gone out first.
+  Conn& c = it->second;
+  if (auto e = PendingEntry(c, n, bytes); e != c.recent.end()) {
+    Entry sent = *e;
+    sent.pending = false;
+    c.recent.erase(e);
+    c.recent.push_back(sent);
   }
 }
 

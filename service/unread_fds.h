@@ -79,7 +79,10 @@ class UnreadFds {
   // would otherwise be taken for read by a refresh racing its send).
   absl::Status Reserve(uint64_t handle, uint64_t n, uint64_t bytes = 0);
   // The send of `n` reserved fds (`bytes` as reserved) went out: from now
-  // on the socket's queue tells whether they were read.
+  // on the socket's queue tells whether they were read. Sent calls on one
+  // connection must come in the order of its sends (the queue's order,
+  // which Trim counts back in), whatever order they were reserved in:
+  // SocketFdChannel makes each send and its Sent under one lock.
   void Sent(uint64_t handle, uint64_t n, uint64_t bytes = 0);
   // The send of `n` reserved fds (`bytes` as reserved) failed: they are not
   // in flight.

@@ -241,6 +241,28 @@ TEST(UnreadFdsTest, AReservationNotSentYetIsNotTakenForRead) {
   EXPECT_EQ(u.unread(1000), 0u);
 }
 
+// Two sends on one connection whose reservations came in the other order:
+// what is queued is counted by the order they went out. The client reads
+// the 1-fd record that went first; the 64 queued behind it still count.
+TEST(UnreadFdsTest, SendsCountInTheOrderTheyWentOutNotReserved) {
+  FakeClock clock;
+  UnreadFds u(/*per_uid=*/100, /*total=*/1000, clock.Fn());
+  Pair p = Connected();
+  const uint64_t h = u.Open(p.daemon.get(), 1000);
+  ASSERT_TRUE(u.Reserve(h, 64, 10).ok());  // an Allocate of 64
+  ASSERT_TRUE(u.Reserve(h, 1, 10).ok());   // an Import, sent first
+  ASSERT_TRUE(SendRecord(p.daemon.get(), std::string(10, 'i'), {}, false).ok());
+  u.Sent(h, 1, 10);
+  ASSERT_TRUE(SendRecord(p.daemon.get(), std::string(10, 'a'), {}, false).ok());
+  u.Sent(h, 64, 10);
+  absl::StatusOr<Record> first = ReceiveRecord(p.client.get(), /*nonblocking=*/true);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->bytes, std::string(10, 'i'));
+  // 40 more do not fit beside the 64 still queued, however it looks.
+  EXPECT_EQ(u.Reserve(h, 40, 10).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(u.unread(1000), 64u);
+}
+
 // Through the channel: a client that never reads is refused with a reason
 // once its share is unread, and served again once it has read.
 TEST(UnreadFdsTest, TheChannelCountsWhatItSends) {
