@@ -6,14 +6,16 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "linux-dmabuf-unstable-v1-client-protocol.h"
 
 namespace halloc::wayland {
@@ -67,18 +69,8 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
     return absl::FailedPreconditionError(absl::StrFormat(
         "the compositor's wl_shm does not take %s", FourccName(l.format())));
   }
-  // wl_shm describes one plane; further planes must follow where wl_shm's
-  // implicit layout puts them (right after the previous one, same stride).
+  RETURN_IF_ERROR(CheckShmLayout(buffer.id(), l));
   const v1::PlaneLayout& p0 = l.planes(0);
-  for (int i = 1; i < l.planes_size(); ++i) {
-    const v1::PlaneLayout& prev = l.planes(i - 1);
-    if (l.planes(i).offset() != prev.offset() + prev.size()) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "buffer %d: plane %d is not where wl_shm expects it (offset %d, "
-          "not %d); wl_shm describes only contiguous planes",
-          buffer.id(), i, l.planes(i).offset(), prev.offset() + prev.size()));
-    }
-  }
   if (buffer.size() > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "buffer %d is %d bytes, more than a wl_shm pool may be", buffer.id(),
@@ -188,6 +180,31 @@ std::string FourccName(uint32_t fourcc) {
     s[i] = (c >= 0x20 && c < 0x7f) ? c : '?';
   }
   return s;
+}
+
+absl::Status CheckShmLayout(uint64_t buffer_id, const v1::BufferLayout& l) {
+  if (l.planes_size() == 0) return absl::OkStatus();
+  const v1::PlaneLayout& p0 = l.planes(0);
+  const uint64_t bits0 = std::max<uint64_t>(p0.sample_increment_bits(), 1);
+  for (int i = 1; i < l.planes_size(); ++i) {
+    const v1::PlaneLayout& prev = l.planes(i - 1);
+    const v1::PlaneLayout& p = l.planes(i);
+    const uint64_t stride = uint64_t{p0.stride()} * p.sample_increment_bits() / bits0 /
+                            std::max<uint64_t>(p.horizontal_subsampling(), 1);
+    const uint64_t offset =
+        prev.offset() +
+        uint64_t{prev.stride()} * (l.height() / std::max<uint64_t>(prev.vertical_subsampling(), 1));
+    if (p.stride() != stride || p.offset() != offset) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("buffer %d: plane %d is at offset %d with stride %d, where wl_shm "
+                          "(one offset and stride for %s %dx%d) puts it at %d with stride %d; "
+                          "show it through linux-dmabuf, or allocate a layout wl_shm can "
+                          "describe",
+                          buffer_id, i, p.offset(), p.stride(), FourccName(l.format()), l.width(),
+                          l.height(), offset, stride));
+    }
+  }
+  return absl::OkStatus();
 }
 
 uint32_t ShmFormatFor(uint32_t drm_fourcc) {

@@ -17,7 +17,9 @@
 //    (Presenter does, at each Show). Zero copy on wl_shm needs a
 //    read-write import.
 //    DRM_FORMAT_XRGB8888/ARGB8888 are wl_shm's formats 1/0; every other
-//    wl_shm format is the DRM fourcc itself.
+//    wl_shm format is the DRM fourcc itself. wl_shm gives one offset and
+//    one stride: a multi-planar layout it cannot describe (CheckShmLayout)
+//    is refused rather than shown in wrong colours.
 // The wl_buffer does not own the halloc::Buffer: the compositor holds its
 // own reference to the memory (the fd travelled to it), so the wl_buffer
 // stays valid after the Buffer is gone, and the memory with it.
@@ -26,7 +28,7 @@
 // no layout) or its layout cannot be described to the compositor;
 // FAILED_PRECONDITION — the compositor lacks the global the chosen path
 // needs, or does not take the format (+modifier), or kShm was asked to
-// map a read-only fd; INTERNAL — the
+// map a read-only fd, or wl_shm cannot describe the planes; INTERNAL — the
 // compositor refused the buffer or closed the connection.
 #ifndef HALLOC_CLIENTS_WAYLAND_BUFFER_H_
 #define HALLOC_CLIENTS_WAYLAND_BUFFER_H_
@@ -60,6 +62,17 @@ std::string FourccName(uint32_t fourcc);
 
 // The wl_shm format value for a DRM fourcc.
 uint32_t ShmFormatFor(uint32_t drm_fourcc);
+
+// OK when wl_shm's one offset and stride describe every plane of image
+// layout `l` (of buffer `buffer_id`, for the message) as the compositor
+// will read them: each further plane right after the one before, as many
+// rows as the image's height over that plane's vertical subsampling
+// (rounded down, as weston's renderers count them), each row plane 0's
+// stride over its horizontal subsampling, times its bytes per sample over
+// plane 0's. FAILED_PRECONDITION naming the plane otherwise (an Android
+// YV12 whose chroma rows are padded to 16 bytes, an odd height of a
+// three-plane format): the compositor would show wrong colours.
+absl::Status CheckShmLayout(uint64_t buffer_id, const v1::BufferLayout& l);
 
 class WlBuffer {
  public:
