@@ -387,13 +387,13 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 * WARN in 6.1's dma_buf_vmap(). Read and read-write views map for
 	 * their kernel importers (vb2-vmalloc, or vivid filling a frame).
 	 *
-	 * A deferred buffer is backed here if nothing backed it before. That
-	 * can fail like vmap() itself (-ENOMEM: memory short or max_total_mb
-	 * reached), and 6.1's dma_buf_vmap() then WARNs once, as it does for
-	 * any exporter's failed vmap; the buffer stays unbacked and the
-	 * importer gets the errno. We accept that rather than back with
-	 * __GFP_NOFAIL past the accounting cap: there is no way to refuse a
-	 * kernel vmap quietly in 6.1 short of having no vmap op at all.
+	 * A deferred buffer is backed here if nothing backed it before. When
+	 * that fails (-ENOMEM: memory short or max_total_mb reached) the
+	 * importer gets the scratch mapping (below), not the errno: 6.1's
+	 * dma_buf_vmap() WARNs on any failed vmap, and this one a user can
+	 * bring about. The buffer stays unbacked for a later try; we do not
+	 * back with __GFP_NOFAIL past the accounting cap. vmap() itself
+	 * failing is still an errno (and a WARN), as for any exporter.
 	 *
 	 * A view restricted to some drivers maps the pages only while a
 	 * device has attached through it (and so passed the list): vb2
