@@ -284,6 +284,12 @@ absl::StatusOr<WlBuffer> WlBuffer::CreateCopy(Display& display,
 
 absl::Status WlBuffer::Refresh(const Buffer& source) {
   if (path_ != BufferPath::kShmCopy) return absl::OkStatus();
+  if (state_->busy) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("the compositor has not released the copy of buffer %d yet "
+                        "(wl_buffer.release): writing it now could show a torn frame",
+                        source.id()));
+  }
   if (source.size() != state_->copy_size) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "buffer %d is %d bytes, its copy %d", source.id(), source.size(),

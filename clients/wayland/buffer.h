@@ -91,7 +91,10 @@ class WlBuffer {
   // The path taken: kShm, kShmCopy or kDmabuf.
   BufferPath path() const { return path_; }
   // kShmCopy: copies `source` (the buffer this was created from) into the
-  // wl_buffer's memory; call before each attach. Other paths: nothing to do.
+  // wl_buffer's memory; call before each attach. FAILED_PRECONDITION while
+  // busy (the compositor may be reading the copy: writing it now could show
+  // a torn frame); Presenter then takes another copy. Other paths: nothing
+  // to do.
   absl::Status Refresh(const Buffer& source);
   // Between MarkBusy (when attached and committed) and the compositor's
   // wl_buffer.release: the compositor may still read the memory.

@@ -20,19 +20,45 @@ absl::StatusOr<std::unique_ptr<Presenter>> Presenter::Create(
 }
 
 absl::Status Presenter::Show(const Buffer& buffer) {
-  auto it = buffers_.find(buffer.id());
-  if (it == buffers_.end()) {
-    absl::StatusOr<WlBuffer> wl =
-        WlBuffer::Create(*display_, buffer, options_.path);
-    if (!wl.ok()) return wl.status();
-    it = buffers_.emplace(buffer.id(), *std::move(wl)).first;
+  std::vector<WlBuffer>& mine = buffers_[buffer.id()];
+  if (mine.empty()) {
+    absl::StatusOr<WlBuffer> wl = WlBuffer::Create(*display_, buffer, options_.path);
+    if (!wl.ok()) {
+      buffers_.erase(buffer.id());
+      return wl.status();
+    }
+    mine.push_back(*std::move(wl));
   }
   absl::Status s = WaitShown();
   if (!s.ok()) return s;
-  s = it->second.Refresh(buffer);  // kShmCopy only
+  absl::StatusOr<WlBuffer*> wl = Writable(mine, buffer);
+  if (!wl.ok()) return wl.status();
+  s = (*wl)->Refresh(buffer);  // kShmCopy only
   if (!s.ok()) return s;
-  last_path_ = it->second.path();
-  return window_->Present(it->second);
+  last_path_ = (*wl)->path();
+  return window_->Present(**wl);
+}
+
+absl::StatusOr<WlBuffer*> Presenter::Writable(std::vector<WlBuffer>& mine, const Buffer& buffer) {
+  // Zero copy: the client's own pages, attached again as they are.
+  if (mine.front().path() != BufferPath::kShmCopy) return &mine.front();
+  auto free = [&]() -> WlBuffer* {
+    for (WlBuffer& wl : mine) {
+      if (!wl.busy()) return &wl;
+    }
+    return nullptr;
+  };
+  if (WlBuffer* wl = free()) return wl;
+  if (mine.size() < kMaxCopies) {
+    absl::StatusOr<WlBuffer> copy = WlBuffer::Create(*display_, buffer, BufferPath::kShmCopy);
+    if (!copy.ok()) return copy.status();
+    mine.push_back(*std::move(copy));
+    return &mine.back();
+  }
+  absl::Status s = display_->DispatchUntil([&] { return free() != nullptr; },
+                                           options_.frame_timeout, "wl_buffer.release");
+  if (!s.ok()) return s;
+  return free();
 }
 
 absl::Status Presenter::WaitShown() {

@@ -9,7 +9,10 @@
 // Each buffer becomes a wl_buffer once (WlBuffer, keyed by the buffer's id)
 // and is reused whenever it is shown again, so a ring of N frames costs N
 // imports. A read-only memfd frame is copied at each Show (see buffer.h:
-// wl_shm cannot map it); last_path() says so. Not thread-safe.
+// wl_shm cannot map it); last_path() says so. A copy the compositor still
+// holds (no wl_buffer.release yet: it may read it at its next repaint) is
+// never written: the frame goes to another copy, up to kMaxCopies of one
+// buffer, and past that Show waits for a release. Not thread-safe.
 #ifndef HALLOC_CLIENTS_WAYLAND_PRESENTER_H_
 #define HALLOC_CLIENTS_WAYLAND_PRESENTER_H_
 
@@ -17,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -38,6 +42,10 @@ struct PresenterOptions {
 
 class Presenter {
  public:
+  // Copies of one buffer at most (kShmCopy): the one on screen, one the
+  // compositor has not let go of yet, and the one being written.
+  static constexpr size_t kMaxCopies = 3;
+
   static absl::StatusOr<std::unique_ptr<Presenter>> Create(
       const PresenterOptions& options);
 
@@ -51,6 +59,11 @@ class Presenter {
   // Drops the wl_buffer of `buffer_id` (before releasing that buffer for
   // good, so the compositor lets go of its memory too).
   void Forget(uint64_t buffer_id) { buffers_.erase(buffer_id); }
+  // The wl_buffers made for `buffer_id` so far (more than one: copies).
+  size_t wl_buffers_of(uint64_t buffer_id) const {
+    auto it = buffers_.find(buffer_id);
+    return it == buffers_.end() ? 0 : it->second.size();
+  }
 
   // How the last shown buffer reached the compositor.
   BufferPath last_path() const { return last_path_; }
@@ -59,11 +72,15 @@ class Presenter {
 
  private:
   Presenter() = default;
+  // The wl_buffer of `buffer` to write and attach now: its own, or a copy
+  // the compositor is not holding (made, or waited for; see kMaxCopies).
+  absl::StatusOr<WlBuffer*> Writable(std::vector<WlBuffer>& mine, const Buffer& buffer);
 
   PresenterOptions options_;
   std::unique_ptr<Display> display_;
   std::unique_ptr<Window> window_;  // before buffers_: destroyed after them
-  std::map<uint64_t, WlBuffer> buffers_;
+  // Per buffer id: its wl_buffer, or (kShmCopy) its copies.
+  std::map<uint64_t, std::vector<WlBuffer>> buffers_;
   BufferPath last_path_ = BufferPath::kAuto;
 };
 
