@@ -75,14 +75,24 @@ size_t halloc_max_buffer_bytes(const struct halloc_heap *heap)
 		   HALLOC_ABS_MAX_BYTES);
 }
 
+/*
+ * Adds @size to the total only if the result stays within max_total_mb:
+ * never over the cap even for a moment, so a request too large on its own
+ * cannot make a concurrent one that fits fail.
+ */
 bool halloc_charge(size_t size)
 {
 	u64 cap = (u64)READ_ONCE(max_total_mb) * SZ_1M;
+	s64 old = atomic64_read(&halloc_total_bytes);
 
-	if (atomic64_add_return(size, &halloc_total_bytes) > cap && cap) {
-		atomic64_sub(size, &halloc_total_bytes);
-		return false;
+	if (!cap) {
+		atomic64_add(size, &halloc_total_bytes);
+		return true;
 	}
+	do {
+		if ((u64)old > cap || size > cap - (u64)old)
+			return false;
+	} while (!atomic64_try_cmpxchg(&halloc_total_bytes, &old, old + size));
 	return true;
 }
 

@@ -72,8 +72,12 @@ int halloc_view_revoke(const struct halloc_revoke_data *data)
 
 		if (target < 0)
 			continue;
-		if (!view->is_view && view->id == data->view_id) {
-			ret = -EINVAL;	/* the original: close it instead */
+		/*
+		 * The original (the root of every lineage), whether it is
+		 * still open or not: close it instead.
+		 */
+		if (target == 0) {
+			ret = -EINVAL;
 			goto unlock;
 		}
 		/* The caller must be the target or one of its ancestors. */

@@ -89,14 +89,15 @@ struct dma_buf *halloc_view_export(const struct halloc_view_data *data)
 		goto put_source;
 	}
 	parent = source->priv;
+	/* Errors in the uapi's order: revoked, then rights, then the shape. */
+	ret = -ENODEV;
+	if (READ_ONCE(parent->revoked))	/* rechecked under lock at export */
+		goto put_source;
 	ret = halloc_view_narrows(parent, source->file->f_mode, data);
 	if (ret)
 		goto put_source;
 	ret = -EMLINK;
 	if (parent->depth >= HALLOC_MAX_VIEW_DEPTH)
-		goto put_source;
-	ret = -ENODEV;
-	if (READ_ONCE(parent->revoked))	/* rechecked under lock at export */
 		goto put_source;
 
 	ret = -ENOMEM;

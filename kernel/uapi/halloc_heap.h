@@ -31,7 +31,10 @@
  * new dma-buf fd over the same pages that carries narrower rights:
  *
  *   cpu_access  HALLOC_CPU_NONE:       mmap() and DMA_BUF_IOCTL_SYNC fail
- *                                      with EPERM.
+ *                                      with EPERM (a PROT_WRITE mapping,
+ *                                      and any mapping of a view made
+ *                                      from an O_WRONLY fd, with EACCES
+ *                                      from the VFS first).
  *               HALLOC_CPU_READ:       the view's file is opened O_RDONLY, so
  *                                      mmap(PROT_WRITE, MAP_SHARED) fails with
  *                                      EACCES (from the VFS, exactly like a
@@ -87,7 +90,8 @@
  * HALLOC_CPU_NONE. A view keeps the pages alive on its own: it
  * outlives the fd it was made from. Views nest at most
  * HALLOC_MAX_VIEW_DEPTH levels below the original: a deeper one fails with
- * EMLINK. A view of a revoked view fails with ENODEV.
+ * EMLINK. A view of a revoked view fails with ENODEV, before any of the
+ * others.
  *
  * Live revoke
  * -----------
@@ -157,7 +161,10 @@
  *
  * Of the errors of mmap(), DMA_BUF_IOCTL_SYNC and dma_buf_attach(), a
  * revoked view's ENODEV comes first, then the rights' EPERM, then EINVAL
- * for the request's shape (MAP_PRIVATE, a range past the end).
+ * for the request's shape (MAP_PRIVATE), except where the dma-buf core
+ * refuses before asking halloc: EINVAL for a mapping past the end or
+ * unknown sync flags, EACCES from the VFS for a mapping the fd's open
+ * mode forbids.
  *
  * dma_buf_attach() also fails with EBUSY when the device bounces every
  * mapping through swiotlb (swiotlb=force, a confidential guest): a sync for

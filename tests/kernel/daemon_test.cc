@@ -329,14 +329,18 @@ TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
 
   EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u);
   EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
-  if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), got->fd()), -ENODEV);
+  if (vgem_.valid()) {
+    EXPECT_EQ(ImportIntoVgem(vgem_.get(), got->fd()), -ENODEV);
+  }
   EXPECT_EQ(peer.Describe(got->id()).status().code(), absl::StatusCode::kNotFound)
       << "the receiver held it only through the revoked grant";
   // The owner's buffer and mapping are untouched.
   EXPECT_EQ(InfoOf(buf->fd()).flags & HALLOC_INFO_REVOKED, 0u);
   std::memset(mine->data(), 0x21, kSize);
   EXPECT_TRUE(AllBytesAre(mine->as<uint8_t>(), kSize, 0x21));
-  if (vgem_.valid()) EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
+  if (vgem_.valid()) {
+    EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
+  }
 }
 
 // A client that shared on what it imported, then ended its session: a

@@ -39,8 +39,9 @@ bool NotBacked(const halloc_buffer_info& info) {
 class DeferredTest : public HallocTest {
  protected:
   void TearDown() override {
-    if (!saved_cap_.empty())
+    if (!saved_cap_.empty()) {
       EXPECT_TRUE(WriteFile("/sys/module/halloc_heap/parameters/max_total_mb", saved_cap_));
+    }
   }
 
   // Sets max_total_mb for this test; restored in TearDown.

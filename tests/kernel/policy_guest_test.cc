@@ -90,7 +90,9 @@ TEST_F(LeastPrivilegeTest, CameraCompositorAndAppOnTheModule) {
   ASSERT_FALSE(frame.empty());
   ASSERT_EQ(camera->Do("write " + frame + " 90"), "ok");
   // The camera's own frame attaches to its capture device only.
-  if (HasDrmDriver("vgem")) EXPECT_EQ(camera->Do("device " + frame + " vgem"), "err EPERM");
+  if (HasDrmDriver("vgem")) {
+    EXPECT_EQ(camera->Do("device " + frame + " vgem"), "err EPERM");
+  }
   // It shares with the compositor, never with an app.
   EXPECT_EQ(camera->Do("share " + frame + " name:app read"), "err PERMISSION_DENIED");
   const std::string token = camera->Value("share " + frame + " name:compositor read");
@@ -110,7 +112,9 @@ TEST_F(LeastPrivilegeTest, CameraCompositorAndAppOnTheModule) {
   EXPECT_EQ(compositor->Do("sync-write " + frame), "err EPERM");
   EXPECT_EQ(compositor->Do("write " + frame + " 1"), "err PERMISSION_DENIED");
   // Its view attaches to its display only.
-  if (HasDrmDriver("vgem")) EXPECT_EQ(compositor->Do("device " + frame + " vgem"), "err EPERM");
+  if (HasDrmDriver("vgem")) {
+    EXPECT_EQ(compositor->Do("device " + frame + " vgem"), "err EPERM");
+  }
   if (HasDrmDriver("vkms")) {
     EXPECT_EQ(compositor->Do("device " + frame + " vkms"), "ok");
   } else {

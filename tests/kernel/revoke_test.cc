@@ -190,6 +190,14 @@ TEST_F(RevokeTest, OnlyTheViewOrItsAncestorsMayRevoke) {
   EXPECT_EQ(Revoke(ctl_.get(), a_child.get(), a_child_id), 0);
   EXPECT_TRUE(Revoked(a_child.get()));
   EXPECT_FALSE(Revoked(a.get()));
+  // The original's id stays the original's once it is closed (EINVAL, not
+  // EPERM from a view that is not its ancestor).
+  const uint64_t original_id = InfoOf(buf_.get()).view_id;
+  owner_map_ = Mapping();
+  buf_ = UniqueFd();
+  EXPECT_EQ(Revoke(ctl_.get(), b.get(), original_id), -EINVAL)
+      << "the original, closed, cannot be revoked either";
+  EXPECT_FALSE(Revoked(b.get()));
   // Wrong direction in the ioctl number is an unknown ioctl.
   halloc_revoke_data data = {};
   EXPECT_EQ(Ioctl(ctl_.get(), _IOWR(HALLOC_IOC_MAGIC, 0x2, halloc_revoke_data), &data),
@@ -230,6 +238,11 @@ TEST_F(RevokeTest, RevokedOutranksEveryOtherError) {
 
   ASSERT_EQ(Revoke(ctl_.get(), buf_.get(), InfoOf(view.get()).view_id), 0);
   EXPECT_EQ(Sync(view.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_WRITE), -ENODEV);
+  // A view of it asking for more than it has (write access, no attach
+  // restriction): ENODEV too, not the rights' EPERM.
+  ViewSpec wider;
+  wider.cpu = HALLOC_CPU_READ_WRITE;
+  EXPECT_EQ(MakeView(ctl_.get(), view.get(), wider), -ENODEV);
   EXPECT_FALSE(Map(view.get(), size_, PROT_READ, MAP_PRIVATE).valid());
   EXPECT_EQ(errno, ENODEV);
   if (vgem_.valid()) {
