@@ -48,6 +48,12 @@ std::string NamedSocketPath(const std::string& given, const char* env) {
   return "";
 }
 
+// A failed call hallocd may have carried out all the same: its deadline
+// passed, it was cancelled, or the connection went before the reply came.
+bool MayStillDeliver(const absl::Status& s) {
+  return absl::IsDeadlineExceeded(s) || absl::IsCancelled(s) || absl::IsUnavailable(s);
+}
+
 absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
@@ -151,6 +157,15 @@ class Client::Impl {
     return absl::FailedPreconditionError(absl::StrCat(
         rpc, ": this Client was connected by process ", pid_,
         "; after fork() a child connects a Client of its own"));
+  }
+
+  // The Import of `call_id` failed: its fd, should it come (or have come),
+  // is closed at once instead of waiting for a taker.
+  void AbandonImport(uint64_t call_id) {
+    absl::MutexLock lock(&mu_);
+    const size_t before = pending_.size();
+    absl::erase_if(pending_, [&](const auto& p) { return p.first.second == call_id; });
+    if (pending_.size() == before) abandoned_imports_.insert(call_id);
   }
 
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0) {
@@ -270,6 +285,11 @@ class Client::Impl {
 
   void File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool truncated)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // fds no call claimed (its deadline passed before they came, from a
+    // daemon that does not echo call ids) are dropped after a while, looked
+    // at with whatever comes next, not only with the next fds.
+    const absl::Time now = absl::Now();
+    absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
     const absl::Status lost = absl::ResourceExhaustedError(
         "the fds hallocd sent were cut on the way (this process is out of fds: "
         "RLIMIT_NOFILE); the buffers were given back");
@@ -306,12 +326,11 @@ class Client::Impl {
       GiveBack(ids);
       return;
     }
-    // fds no gRPC call claimed (its deadline passed; hallocd released the
-    // buffers) are dropped after a while instead of piling up.
-    const absl::Time now = absl::Now();
-    absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
     for (size_t i = 0; i < described.size(); ++i) {
-      const FdKey key{described[i].buffer_id(), described[i].call_id()};
+      // An Import that gave up: nobody takes this fd (it closes here).
+      const uint64_t call = described[i].call_id();
+      if (call != 0 && abandoned_imports_.erase(call) > 0) continue;
+      const FdKey key{described[i].buffer_id(), call};
       pending_[key] = {std::move(fds[i]), now};
     }
   }
@@ -345,6 +364,8 @@ class Client::Impl {
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
   // Requests whose caller stopped waiting (or that nobody waits for).
   absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
+  // Call ids of Imports that failed before their fd came (closed on arrival).
+  absl::flat_hash_set<uint64_t> abandoned_imports_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
@@ -513,9 +534,17 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   // Two imports of one buffer may be in flight: the call id tells their
   // fds apart, where hallocd echoes it (else 0, as it sends).
   if (impl_->welcome_.import_call_ids()) req.set_call_id(impl_->NextCallId());
-  ASSIGN_OR_RETURN(v1::ImportResponse resp,
-                   impl_->Call(&v1::Allocator::Stub::Import, req, "Import"));
-  return impl_->Receive(std::move(*resp.mutable_buffer()), req.call_id());
+  absl::StatusOr<v1::ImportResponse> resp =
+      impl_->Call(&v1::Allocator::Stub::Import, req, "Import");
+  if (!resp.ok()) {
+    // hallocd may deliver the fd all the same (the call's deadline passed
+    // while it worked): nobody will take it, so it is closed, not kept.
+    if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
+      impl_->AbandonImport(req.call_id());
+    }
+    return resp.status();
+  }
+  return impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
 }
 
 absl::StatusOr<v1::BufferInfo> Client::SetMetadata(

@@ -1,10 +1,12 @@
 // libhalloc's side of the broker protocol against a scripted fake daemon:
 // replies that come after the caller gave up, and replies that carry the
 // wrong fds, must not leave buffers held (the client gives them back).
-#include <sys/mman.h>
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +24,7 @@
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
+#include "halloc/v1/allocator.grpc.pb.h"
 #include "halloc/v1/broker.pb.h"
 
 namespace halloc {
@@ -69,6 +72,13 @@ class FakeBroker {
     return releases_;
   }
 
+  // Sends `frame` (with `fds`) to the client, as hallocd's gRPC side does
+  // with an Import's fd. After the handshake only.
+  void Send(const v1::BrokerFrame& frame, std::vector<int> fds) {
+    (void)SendRecord(conn_.get(), frame.SerializeAsString(), fds, false);
+  }
+  std::string control_socket() const { return dir_ + "/control.sock"; }
+
   static void Reply(int sock, v1::BrokerReply reply, std::vector<int> fds = {}) {
     v1::BrokerFrame frame;
     *frame.mutable_reply() = std::move(reply);
@@ -93,6 +103,7 @@ class FakeBroker {
         r.set_request_id(req.request_id());
         r.mutable_welcome()->set_session_id(1);
         r.mutable_welcome()->set_session_token("t");
+        r.mutable_welcome()->set_import_call_ids(true);
         Reply(conn_.get(), r);
         continue;
       }
@@ -179,6 +190,66 @@ TEST(ClientBrokerTest, AReplyAfterTheDeadlineIsGivenBack) {
   // The caller's own, and buffer 41 given back.
   EXPECT_EQ(released, (std::set<uint64_t>{7, 41}));
   EXPECT_EQ(CountOpenFds(), fds_before);  // the late fd was closed
+}
+
+// A gRPC Allocator whose Import delivers its fd on the broker socket only
+// once the caller's deadline has passed, as a busy hallocd may.
+class LateImport final : public v1::Allocator::Service {
+ public:
+  // Sends `memfd` (and closes it here).
+  LateImport(FakeBroker* broker, UniqueFd memfd) : broker_(broker), memfd_(std::move(memfd)) {}
+  grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
+                      v1::ImportResponse* resp) override {
+    for (int i = 0; i < 500 && !ctx->IsCancelled(); ++i) absl::SleepFor(absl::Milliseconds(10));
+    v1::BrokerFrame frame;
+    frame.mutable_buffer()->set_buffer_id(42);
+    frame.mutable_buffer()->set_call_id(req->call_id());
+    broker_->Send(frame, {memfd_.get()});
+    memfd_ = UniqueFd();
+    resp->mutable_buffer()->set_id(42);
+    return grpc::Status::OK;
+  }
+
+ private:
+  FakeBroker* const broker_;
+  UniqueFd memfd_;
+};
+
+// Whether any fd of this process is open on the file `st` describes.
+bool OpenOn(const struct stat& st) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    struct stat other;
+    if (::stat(e.path().c_str(), &other) == 0 && other.st_dev == st.st_dev &&
+        other.st_ino == st.st_ino) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// An Import that failed (its deadline passed) but whose fd came after all:
+// the fd is closed when it arrives, not kept for a taker that never comes.
+TEST(ClientBrokerTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  struct stat memfd_stat {};
+  UniqueFd memfd = Memfd();
+  ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
+  LateImport service(&broker, std::move(memfd));  // then only the client's copy is left
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + broker.control_socket(), grpc::InsecureServerCredentials());
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
+  absl::SleepFor(absl::Milliseconds(300));  // the late fd is (about) queued now
+  // The next call takes the late fd off the socket first.
+  EXPECT_TRUE(c->Release(7).ok());
+  EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
+  server->Shutdown();
 }
 
 TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
