@@ -225,6 +225,7 @@ class Client:
         self._pending = {}
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
         self._abandoned = set()  # requests whose caller stopped waiting
+        self._abandoned_imports = set()  # call ids of imports that failed
 
     # --- the session ---------------------------------------------------------
 
@@ -360,8 +361,27 @@ class Client:
         req = allocator_pb2.ImportRequest(
             grant_token=token.encode() if isinstance(token, str) else token,
             call_id=next(self._request_ids) if self.welcome.import_call_ids else 0)
-        info = self._call(self._stub.Import, req, "Import").buffer
+        try:
+            info = self._call(self._stub.Import, req, "Import").buffer
+        except errors.HallocError as e:
+            # hallocd may deliver the fd all the same (the deadline passed
+            # while it worked): nobody takes it, so it is closed, not kept.
+            if req.call_id and e.code in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                          grpc.StatusCode.CANCELLED,
+                                          grpc.StatusCode.UNAVAILABLE):
+                self._abandon_import(req.call_id)
+            raise
         return Buffer(self, info, self._take_fd(info.id, req.call_id))
+
+    def _abandon_import(self, call_id):
+        """The import of `call_id` failed: its fd, should it come (or have
+        come), is closed at once instead of waiting for a taker."""
+        with self._lock:
+            came = [k for k in self._pending if k[1] == call_id]
+            for key in came:
+                self._pending.pop(key).close()
+            if not came:
+                self._abandoned_imports.add(call_id)
 
     import_ = import_buffer
 
@@ -501,6 +521,13 @@ class Client:
         self._file(frame, got.fds, truncated=False)
 
     def _file(self, frame, fds, truncated):
+        # fds no call claimed (its deadline passed before they came, from a
+        # daemon that does not echo call ids) are dropped after a while,
+        # looked at with whatever comes next, not only with the next fds.
+        now = time.monotonic()
+        for key in [k for k, p in self._pending.items()
+                    if now - p.since > 2 * self._timeout]:
+            self._pending.pop(key).close()
         lost = errors.ResourceExhaustedError(
             "the fds hallocd sent were cut on the way (this process is out of "
             "fds: RLIMIT_NOFILE); the buffers were given back")
@@ -521,7 +548,6 @@ class Client:
             return
         described = ([frame.buffer] if frame.WhichOneof("kind") == "buffer" else
                      list(frame.buffers.buffers))
-        now = time.monotonic()
         if truncated or len(described) != len(fds):
             _scm.close_all(fds)
             bad = lost if truncated else errors.DataLossError(
@@ -530,12 +556,11 @@ class Client:
                 self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
             self._give_back([b.buffer_id for b in described])
             return
-        # fds no gRPC call claimed (its deadline passed; hallocd released
-        # the buffers) are dropped after a while instead of piling up.
-        for key in [k for k, p in self._pending.items()
-                    if now - p.since > 2 * self._timeout]:
-            self._pending.pop(key).close()
         for b, fd in zip(described, fds):
+            if b.call_id and b.call_id in self._abandoned_imports:
+                self._abandoned_imports.discard(b.call_id)
+                fd.close()  # an import that gave up: nobody takes it
+                continue
             self._replace_pending((b.buffer_id, b.call_id), _Pending(fd, None, now))
 
     def _replace_pending(self, key, pending):

@@ -303,6 +303,41 @@ def test_a_grpc_allocate_whose_fds_never_come_gives_its_buffers_back(connect, mo
     assert len(client.allocate_many(halloc.blob(PAGE), 2)) == 2  # the client serves on
 
 
+def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
+    import socket
+    from halloc.v1 import broker_pb2
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=2.0)
+    broker.client.welcome.import_call_ids = True
+    memfd = os.memfd_create("late-import")
+    inode = os.fstat(memfd).st_ino
+
+    def late(method, req, name):
+        # hallocd sends the fd as the call's deadline passes.
+        frame = broker_pb2.BrokerFrame()
+        frame.buffer.buffer_id = 42
+        frame.buffer.call_id = req.call_id
+        socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
+        raise halloc.DeadlineExceededError("Import: deadline passed")
+
+    monkeypatch.setattr(broker.client, "_call", late)
+    with pytest.raises(halloc.DeadlineExceededError):
+        broker.client.import_buffer("token")
+    os.close(memfd)
+    broker.client.release(7)  # takes the late fd off the socket first
+
+    def open_on_it():
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.stat(f"/proc/self/fd/{fd}").st_ino == inode:
+                    return True
+            except OSError:
+                pass
+        return False
+
+    assert not open_on_it(), "the late import's fd is still open in the client"
+    broker.close()
+
+
 def test_image_has_the_layout_describe_reports(client):
     nv12 = halloc.fourcc("NV12")
     buf = client.allocate(halloc.image(640, 480, nv12, name="frame"))
