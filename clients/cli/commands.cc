@@ -242,6 +242,8 @@ absl::Status Watch(Session& s, const Call& call) {
     }
     RETURN_IF_ERROR(o.dump ? Dump(s, call) : Stats(s, call));
     call.out << std::flush;
+    // Nobody reads any more (a closed pipe, a full disk): main says so.
+    if (!call.out) return absl::OkStatus();
     if (o.iterations != 0 && n >= o.iterations) return absl::OkStatus();
     if (WaitForStopSignal(o.interval)) return absl::OkStatus();
   }

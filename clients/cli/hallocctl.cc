@@ -1,4 +1,5 @@
 // hallocctl: command-line client of hallocd. Run `hallocctl --help`.
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -114,6 +115,10 @@ int Main(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
+  // A closed pipe (`hallocctl watch | head`) is a failed write, exit 5, not
+  // death by SIGPIPE (141) before anything could say so. Before Main: gRPC's
+  // threads are started there.
+  ::signal(SIGPIPE, SIG_IGN);
   const int code = Main(argc, argv);
   // Output that did not reach its file (a full disk, a closed pipe) must
   // not pass for done: `hallocctl stats --prometheus > f.$$ && mv` would

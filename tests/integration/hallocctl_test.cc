@@ -244,6 +244,20 @@ TEST_F(HallocctlTest, RefusalsAndBadCommandLinesHaveTheirExitCodes) {
   // Output that cannot be written is not success (a cut .prom file).
   EXPECT_EQ(Run({"stats", "--prometheus", ">/dev/full"}).code, 5);
   EXPECT_EQ(Run({"stats", "--prometheus", ">/dev/null"}).code, 0);
+  // A reader that went away (`| true`): exit 5 too, not SIGPIPE's 141, and
+  // watch stops instead of writing on forever.
+  const ConnectOptions o = daemon().connect_options();
+  const std::string piped = absl::StrCat(
+      "{ ( HALLOC_CONTROL_SOCKET=", o.control_socket, " HALLOC_BROKER_SOCKET=", o.broker_socket,
+      " ", HallocctlPath(), " watch --interval=10ms --iterations=1000 2>/dev/null;",
+      " echo rc=$? >&3 ) | true; } 3>&1");
+  FILE* p = popen(piped.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::array<char, 256> buf{};
+  std::string said;
+  for (size_t n; (n = fread(buf.data(), 1, buf.size(), p)) > 0;) said.append(buf.data(), n);
+  pclose(p);
+  EXPECT_EQ(said, "rc=5\n");
   EXPECT_EQ(Run({"describe"}).code, 2);
   EXPECT_EQ(Run({"describe", "abc"}).code, 2);
   Result unknown = Run({"describe", "12345"});
