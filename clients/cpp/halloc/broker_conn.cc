@@ -3,8 +3,11 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
@@ -15,9 +18,15 @@
 namespace halloc {
 namespace {
 
-absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Duration timeout) {
-  RETURN_IF_ERROR(
-      WaitReadable(fd, static_cast<int>(absl::ToInt64Milliseconds(timeout))));
+// The next frame, by `deadline` (one for the whole handshake, as the
+// Python client keeps it: not `timeout` for each of its two waits).
+absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
+  // Whole milliseconds that fit poll's int: an infinite or very long
+  // timeout waits INT_MAX ms (~25 days), never a wrapped negative time.
+  const int64_t ms = std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1))), 0,
+      std::numeric_limits<int>::max());
+  RETURN_IF_ERROR(WaitReadable(fd, static_cast<int>(ms)));
   ASSIGN_OR_RETURN(Record rec, ReceiveRecord(fd, false));
   v1::BrokerFrame frame;
   if (!frame.ParseFromString(rec.bytes)) {
@@ -46,7 +55,8 @@ absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
 
 absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) {
   BrokerConnection conn;
-  ASSIGN_OR_RETURN(v1::BrokerFrame hello, NextFrame(fd.get(), timeout));
+  const absl::Time deadline = absl::Now() + timeout;
+  ASSIGN_OR_RETURN(v1::BrokerFrame hello, NextFrame(fd.get(), deadline));
   if (hello.has_reply()) {  // refused before any session
     RETURN_IF_ERROR(ReplyStatus(hello.reply()));
   }
@@ -62,7 +72,7 @@ absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) 
   v1::BrokerRequest verify;
   verify.mutable_verify()->set_challenge(conn.hello.challenge());
   RETURN_IF_ERROR(SendRecord(fd.get(), verify.SerializeAsString(), {}, false));
-  ASSIGN_OR_RETURN(v1::BrokerFrame welcome, NextFrame(fd.get(), timeout));
+  ASSIGN_OR_RETURN(v1::BrokerFrame welcome, NextFrame(fd.get(), deadline));
   if (!welcome.has_reply()) {
     return absl::UnavailableError("hallocd broker sent no reply to Verify");
   }

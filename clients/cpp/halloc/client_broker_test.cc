@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
@@ -250,6 +251,29 @@ TEST(ClientBrokerTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   EXPECT_TRUE(c->Release(7).ok());
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
   server->Shutdown();
+}
+
+// The handshake's timeout bounds the whole handshake, not each of its two
+// waits: a daemon that takes 0.6 s for its hello and 0.6 s more for its
+// welcome is past a 1 s timeout.
+TEST(ClientBrokerTest, TheHandshakeTimeoutBoundsBothWaits) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd ours(sv[0]), theirs(sv[1]);
+  std::thread slow([&] {
+    absl::SleepFor(absl::Milliseconds(600));
+    v1::BrokerFrame hello;
+    hello.mutable_hello()->set_version(kBrokerProtocolVersion);
+    (void)SendRecord(theirs.get(), hello.SerializeAsString(), {}, false);
+    absl::StatusOr<Record> verify = ReceiveRecord(theirs.get(), false);
+    absl::SleepFor(absl::Milliseconds(600));
+    v1::BrokerReply r;
+    r.mutable_welcome()->set_session_token("t");
+    FakeBroker::Reply(theirs.get(), r);
+  });
+  absl::StatusOr<BrokerConnection> conn = Handshake(std::move(ours), absl::Seconds(1));
+  EXPECT_EQ(conn.status().code(), absl::StatusCode::kDeadlineExceeded) << conn.status();
+  slow.join();
 }
 
 TEST(ClientBrokerTest, AReplyWithTheWrongFdsIsRefusedAndGivenBack) {
