@@ -38,6 +38,10 @@ struct KmsDisplay::State {
   bool overlay_on = false;  // the overlay plane shows something
   uint64_t flips = 0;
   bool flip_done = false;
+  // A committed flip whose event has not come: its wait timed out. Its
+  // event is taken before the next commit (which the kernel would refuse
+  // with EBUSY meanwhile), never taken for the next flip's.
+  bool flip_pending = false;
 
   int fd() const { return device->fd(); }
   ~State();
@@ -99,6 +103,7 @@ absl::Status WaitReadable(int fd, absl::Duration timeout, absl::string_view what
 void OnFlip(int, unsigned, unsigned, unsigned, void* data) {
   auto* state = static_cast<KmsDisplay::State*>(data);
   state->flip_done = true;
+  state->flip_pending = false;
   ++state->flips;
 }
 
@@ -419,6 +424,13 @@ absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
     RETURN_IF_ERROR(AddProp(req.get(), s.writeback, "WRITEBACK_OUT_FENCE_PTR",
                             uint64_t(reinterpret_cast<uintptr_t>(&out_fence))));
   }
+  drmEventContext events = {};
+  events.version = 2;
+  events.page_flip_handler = &OnFlip;
+  while (s.flip_pending) {  // the last flip timed out: its event first
+    RETURN_IF_ERROR(WaitReadable(s.fd(), s.options.timeout, "the previous page flip's event"));
+    if (drmHandleEvent(s.fd(), &events) != 0) return ErrnoStatus(errno, "drmHandleEvent");
+  }
   s.flip_done = false;
   if (drmModeAtomicCommit(s.fd(), req.get(), flags, &s) != 0) {
     const std::string what = absl::StrCat("atomic commit on ", s.device->path());
@@ -431,10 +443,7 @@ absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
   UniqueFd writeback_fence(out_fence);
   s.on = true;
   s.overlay_on = overlay != nullptr;
-
-  drmEventContext events = {};
-  events.version = 2;
-  events.page_flip_handler = &OnFlip;
+  s.flip_pending = true;
   while (!s.flip_done) {
     RETURN_IF_ERROR(WaitReadable(s.fd(), s.options.timeout, "page flip event"));
     if (drmHandleEvent(s.fd(), &events) != 0) return ErrnoStatus(errno, "drmHandleEvent");
