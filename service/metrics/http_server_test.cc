@@ -46,17 +46,20 @@ std::string Fetch(uint16_t port, const std::string& request) {
   return out;
 }
 
+// A server whose text counts its renders ("halloc_live_buffers N"), one
+// render at most per `render_interval`.
+absl::StatusOr<std::unique_ptr<MetricsServer>> CountingServer(std::atomic<int>& renders,
+                                                              absl::Duration render_interval) {
+  MetricsServer::Options options;
+  options.render_interval = render_interval;
+  return MetricsServer::Start(
+      "127.0.0.1:0", [&renders] { return absl::StrCat("halloc_live_buffers ", ++renders, "\n"); },
+      options);
+}
+
 TEST(MetricsServerTest, ServesTheRenderedTextOnGetMetrics) {
   std::atomic<int> renders{0};
-  MetricsServer::Options every_scrape;
-  every_scrape.render_interval = absl::ZeroDuration();
-  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
-      "127.0.0.1:0",
-      [&] {
-        ++renders;
-        return absl::StrCat("halloc_live_buffers ", renders.load(), "\n");
-      },
-      every_scrape);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = CountingServer(renders, absl::ZeroDuration());
   ASSERT_TRUE(s.ok()) << s.status();
   ASSERT_NE((*s)->port(), 0);
   std::string r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
@@ -72,15 +75,7 @@ TEST(MetricsServerTest, ServesTheRenderedTextOnGetMetrics) {
 // registry's lock) for each.
 TEST(MetricsServerTest, ScrapesWithinTheRenderIntervalShareOneRender) {
   std::atomic<int> renders{0};
-  MetricsServer::Options options;
-  options.render_interval = absl::Hours(1);
-  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
-      "127.0.0.1:0",
-      [&] {
-        ++renders;
-        return absl::StrCat("halloc_live_buffers ", renders.load(), "\n");
-      },
-      options);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = CountingServer(renders, absl::Hours(1));
   ASSERT_TRUE(s.ok()) << s.status();
   for (int i = 0; i < 5; ++i) {
     const std::string r = Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n");
