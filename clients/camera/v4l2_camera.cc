@@ -393,6 +393,18 @@ class V4l2Camera : public Camera {
       return absl::InternalError(absl::StrCat(
           Describe(), " returned buffer ", b.index, " of ", slots_.size()));
     }
+    if (mplane() && plane.data_offset != 0) {
+      // The frame starts that far into the buffer, after a header of the
+      // driver's: not where hallocd's layout (which consumers read by)
+      // puts it. Refused, not handed out shifted.
+      const uint32_t offset = plane.data_offset;
+      slots_[b.index] = Slot::kIdle;
+      RETURN_IF_ERROR(QueueLocked(b.index));
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(), " puts a ", offset,
+                       "-byte header before each frame (data_offset), "
+                       "which hallocd's layout does not describe"));
+    }
     if (b.flags & V4L2_BUF_FLAG_ERROR) {
       // The data may be corrupt, the buffer is fine: straight back to the
       // driver, and nothing for the caller yet (a display would drop what

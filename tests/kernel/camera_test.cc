@@ -5,6 +5,8 @@
 // Once with vivid's default videobuf2-vmalloc, once reloaded as
 // allocators=1 (videobuf2-dma-contig) under a policy that lets only vivid
 // attach the camera's buffers.
+#include "clients/camera/camera.h"
+
 #include <drm_fourcc.h>
 #include <linux/videodev2.h>
 #include <sys/mman.h>
@@ -15,7 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "clients/camera/camera.h"
+#include "absl/strings/match.h"
 #include "clients/camera/pattern.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
@@ -354,6 +356,18 @@ TEST_F(CameraVividMplaneTest, CapturesXrgb8888) {
 
 TEST_F(CameraVividMplaneTest, CapturesNv12) {
   CaptureAndShare(DRM_FORMAT_NV12, kShortCapture, /*multiplanar_api=*/true);
+}
+
+// vivid puts a 128-byte header before each YUYV frame on the
+// multi-planar API (data_offset): frames that do not start where hallocd's
+// layout says are refused, not handed out shifted. Here at Open (the
+// driver's sizeimage counts the header); a driver whose sizeimage does not
+// would have each frame refused at Next (data_offset checked there too).
+TEST_F(CameraVividMplaneTest, FramesBehindAHeaderAreRefused) {
+  absl::StatusOr<std::unique_ptr<Camera>> cam =
+      Camera::OpenV4l2(*camera_, Options(DRM_FORMAT_YUYV));
+  EXPECT_EQ(cam.status().code(), absl::StatusCode::kFailedPrecondition) << cam.status();
+  EXPECT_TRUE(absl::StrContains(cam.status().message(), "sizeimage 614528")) << cam.status();
 }
 
 }  // namespace
