@@ -169,6 +169,13 @@
  * dma_buf_attach() also fails with EBUSY when the device bounces every
  * mapping through swiotlb (swiotlb=force, a confidential guest): a sync for
  * one holder would copy the bounce buffer over what another wrote since.
+ * Only that case is recognised (is_swiotlb_force_bounce): a device whose
+ * DMA ops bounce some mappings only (xen-swiotlb, a dma_range_map) is
+ * attached, and a CPU sync through any view then syncs its mappings too.
+ * The rights above hold for CPU access through the dma-buf (mmap, vmap,
+ * DMA_BUF_IOCTL_SYNC); an importing driver that reaches the pages of the
+ * sg_table itself (kmap or vmap of sg_page()) is beyond them: only the
+ * drivers list keeps such a driver away from a view's buffer.
  * It fails with EBUSY too when the buffer's pages cannot be
  * used by the device as allocated: the device is direct-mapped and its DMA
  * mask cannot reach every page, or its driver is listed in the module
