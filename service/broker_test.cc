@@ -25,11 +25,13 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/test_child.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
@@ -39,6 +41,9 @@
 
 namespace halloc {
 namespace {
+
+using testing::ChildArgv;
+using testing::TestChild;
 
 class BrokerTest : public ::testing::Test {
  protected:
@@ -365,47 +370,64 @@ int AllocateCode(int sock) {
   return static_cast<int>(AllocateOn(sock, 4096, &fds).code());
 }
 
-// Starts a process with pid `pid` (clone3's set_tid: needs CAP_SYS_ADMIN
-// over the pid namespace) that runs `body` and exits with what it returns.
-// Its pid, or -1 with errno set.
-pid_t SpawnWithPid(pid_t pid, const std::function<int()>& body) {
-  clone_args args{};
-  args.exit_signal = SIGCHLD;
-  args.set_tid = reinterpret_cast<uint64_t>(&pid);
-  args.set_tid_size = 1;
-  const long r = ::syscall(SYS_clone3, &args, sizeof(args));
-  if (r == 0) ::_exit(body());
+// Starts the test child `name` (test_child.h) with `args` as a process
+// with pid `pid` (clone3's set_tid: needs CAP_SYS_ADMIN over the pid
+// namespace), keeping `keep_fd`; it exits with what the child returns. The
+// clone3 child makes only async-signal-safe calls before its exec (this
+// process has threads: the broker's). Its pid, or -1 with errno set.
+pid_t SpawnWithPid(pid_t pid, const std::string& name, std::vector<std::string> args, int keep_fd) {
+  absl::StatusOr<std::vector<std::string>> argv = ChildArgv(name, std::move(args), -1);
+  if (!argv.ok()) {
+    errno = EINVAL;
+    return -1;
+  }
+  std::vector<char*> raw;
+  for (std::string& a : *argv) raw.push_back(a.data());
+  raw.push_back(nullptr);
+  clone_args ca{};
+  ca.exit_signal = SIGCHLD;
+  ca.set_tid = reinterpret_cast<uint64_t>(&pid);
+  ca.set_tid_size = 1;
+  const long r = ::syscall(SYS_clone3, &ca, sizeof(ca));
+  if (r == 0) {
+    if (::fcntl(keep_fd, F_SETFD, 0) == 0) ::execv(raw[0], raw.data());
+    ::_exit(127);
+  }
   return static_cast<pid_t>(r);
 }
 
-// A forked child runs `body` and hands over what it returns (the bytes and
-// one fd, as a record on a socket pair), then exits (`body` may _exit on
-// its own). Once the child is reaped: its pid and that record.
+// A test child (test_child.h) started with `args` and the end of a socket
+// pair hands over one record carrying one fd (its last arg names the fd to
+// send on), then exits. Once the child is reaped: its pid and that record.
 struct Handed {
   pid_t pid = -1;
   Record record;
 };
-absl::StatusOr<Handed> HandedOverByAChild(
-    const std::function<std::pair<std::string, UniqueFd>()>& body) {
+absl::StatusOr<Handed> HandedOverByAChild(const std::string& name, std::vector<std::string> args) {
   int pass[2];
   if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass) != 0) {
     return ErrnoStatus(errno, "socketpair");
   }
   UniqueFd ours(pass[0]), theirs(pass[1]);
-  const pid_t pid = ::fork();
-  if (pid < 0) return ErrnoStatus(errno, "fork");
-  if (pid == 0) {
-    auto [bytes, fd] = body();
-    const int raw = fd.get();
-    ::_exit(SendRecord(theirs.get(), bytes, {&raw, 1}, false).ok() ? 0 : 3);
-  }
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return absl::InternalError(absl::StrCat("the child ended with status ", status));
+  args.push_back(absl::StrCat(theirs.get()));
+  ASSIGN_OR_RETURN(TestChild child, TestChild::Spawn(name, std::move(args), {theirs.get()}));
+  theirs.reset();
+  const pid_t pid = child.pid();
+  const std::optional<int> status = child.Wait(absl::Seconds(30));
+  if (!status || !WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
+    return absl::InternalError(absl::StrCat("the child ended with status ", status.value_or(-1)));
   }
   ASSIGN_OR_RETURN(Record record, ReceiveRecord(ours.get(), false));
   if (record.fds.size() != 1) return absl::InternalError("the child handed over no fd");
   return Handed{pid, std::move(record)};
+}
+
+// Sends `bytes` and `fd` on the fd named by `arg`: a child's exit status.
+int HandOver(const std::string& arg, const std::string& bytes, const UniqueFd& fd) {
+  int to = -1;
+  if (!absl::SimpleAtoi(arg, &to)) return 4;
+  const int raw = fd.get();
+  return SendRecord(to, bytes, {&raw, 1}, false).ok() ? 0 : 3;
 }
 
 // Only this test's executable may allocate; anyone else is denied.
@@ -420,7 +442,9 @@ void TrustOnlyThisExecutable(Allocator& core) {
   core.SetPolicy(*policy);
 }
 
-// In a forked child: a connection to the broker at `path`, verified as this
+constexpr char kPython[] = "/usr/bin/python3";
+
+// In a test child: a connection to the broker at `path`, verified as this
 // executable and trusted with one Allocate; the child exits (1, 2) if not.
 BrokerConnection TrustedOrExit(const std::string& path) {
   absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
@@ -428,6 +452,70 @@ BrokerConnection TrustedOrExit(const std::string& path) {
   if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
   return *std::move(c);
 }
+
+// Child "trusted-handover" (args: broker socket, fd to hand over on):
+// verifies as this executable, is trusted, hands the socket over, exits.
+int TrustedHandover(absl::Span<const std::string> args, int) {
+  if (args.size() != 2) return 5;
+  BrokerConnection c = TrustedOrExit(args[0]);
+  return HandOver(args[1], "conn", c.fd);
+}
+HALLOC_TEST_CHILD("trusted-handover", TrustedHandover);
+
+// Child "allocate-on" (args: a broker socket's fd): exits with the status
+// code of one fast-path Allocate on it.
+int AllocateOnFd(absl::Span<const std::string> args, int) {
+  int sock = -1;
+  if (args.size() != 1 || !absl::SimpleAtoi(args[0], &sock)) return 100;
+  return AllocateCode(sock);
+}
+HALLOC_TEST_CHILD("allocate-on", AllocateOnFd);
+
+// Child "hello-handover" (args: broker socket, fd to hand over on):
+// connects, takes the Hello, hands it and the socket over, exits.
+int HelloHandover(absl::Span<const std::string> args, int) {
+  if (args.size() != 2) return 5;
+  absl::StatusOr<UniqueFd> sock = ConnectSeqpacket(args[0]);
+  if (!sock.ok()) return 1;
+  absl::StatusOr<Record> hello = ReceiveRecord(sock->get(), false);
+  if (!hello.ok()) return 2;
+  return HandOver(args[1], hello->bytes, *sock);
+}
+HALLOC_TEST_CHILD("hello-handover", HelloHandover);
+
+// Child "answer-challenge" (args: a broker socket's fd, the challenge in
+// hex): answers it; exits with the reply's status code, or 100+ if none.
+int AnswerChallenge(absl::Span<const std::string> args, int) {
+  int sock = -1;
+  if (args.size() != 2 || !absl::SimpleAtoi(args[0], &sock)) return 100;
+  v1::BrokerRequest verify;
+  verify.mutable_verify()->set_challenge(absl::HexStringToBytes(args[1]));
+  if (!SendRecord(sock, verify.SerializeAsString(), {}, false).ok()) return 101;
+  absl::StatusOr<Record> reply = ReceiveRecord(sock, false);
+  v1::BrokerFrame frame;
+  if (!reply.ok() || !frame.ParseFromString(reply->bytes) || !frame.has_reply()) return 102;
+  return frame.reply().code();
+}
+HALLOC_TEST_CHILD("answer-challenge", AnswerChallenge);
+
+// Child "trusted-then-python" (args: broker socket, reply fd, request in
+// hex): verifies as this executable and is trusted, then execs python,
+// which sends the request on the verified socket (fd 3) and prints the
+// reply (hex) on the reply fd before it exits.
+int TrustedThenPython(absl::Span<const std::string> args, int) {
+  int reply = -1;
+  if (args.size() != 3 || !absl::SimpleAtoi(args[1], &reply)) return 5;
+  const BrokerConnection c = TrustedOrExit(args[0]);
+  if (::dup2(reply, 1) != 1 || ::dup2(c.fd.get(), 3) != 3 || ::fcntl(3, F_SETFD, 0) != 0) {
+    return 3;
+  }
+  ::execl(kPython, kPython, "-c",
+          "import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); "
+          "print(os.read(3, 65536).hex())",
+          args[2].c_str(), static_cast<char*>(nullptr));
+  return 4;
+}
+HALLOC_TEST_CHILD("trusted-then-python", TrustedThenPython);
 
 TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   // A process holding the socket (a child the verified one forked, or a
@@ -440,10 +528,7 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   // Verifies as this executable, is trusted, hands the socket over, exits.
-  absl::StatusOr<Handed> got = HandedOverByAChild([&] {
-    BrokerConnection c = TrustedOrExit(path);
-    return std::pair{std::string("conn"), std::move(c.fd)};
-  });
+  absl::StatusOr<Handed> got = HandedOverByAChild("trusted-handover", {path});
   ASSERT_TRUE(got.ok()) << got.status() << " (the verified process itself was trusted)";
   const pid_t verified = got->pid;
   const int sock = got->record.fds[0].get();
@@ -451,7 +536,7 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   EXPECT_EQ(AllocateCode(sock), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "another process on the socket: judged by uid alone";
 
-  const pid_t again = SpawnWithPid(verified, [&] { return AllocateCode(sock); });
+  const pid_t again = SpawnWithPid(verified, "allocate-on", {absl::StrCat(sock)}, sock);
   if (again < 0) {
     GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
                  << std::strerror(errno) << ")";
@@ -472,13 +557,7 @@ TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   // Connects, takes the Hello, hands it and the socket over, exits.
-  absl::StatusOr<Handed> got = HandedOverByAChild([&] {
-    absl::StatusOr<UniqueFd> sock = ConnectSeqpacket(path);
-    if (!sock.ok()) ::_exit(1);
-    absl::StatusOr<Record> hello = ReceiveRecord(sock->get(), false);
-    if (!hello.ok()) ::_exit(2);
-    return std::pair{hello->bytes, *std::move(sock)};
-  });
+  absl::StatusOr<Handed> got = HandedOverByAChild("hello-handover", {path});
   ASSERT_TRUE(got.ok()) << got.status();
   const pid_t connector = got->pid;
   v1::BrokerFrame hello;
@@ -488,15 +567,8 @@ TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
   const std::string challenge = hello.hello().challenge();
 
   // The reuser's answer: the reply's status code, or 100+ if none came.
-  const pid_t again = SpawnWithPid(connector, [&] {
-    v1::BrokerRequest verify;
-    verify.mutable_verify()->set_challenge(challenge);
-    if (!SendRecord(sock, verify.SerializeAsString(), {}, false).ok()) return 101;
-    absl::StatusOr<Record> reply = ReceiveRecord(sock, false);
-    v1::BrokerFrame frame;
-    if (!reply.ok() || !frame.ParseFromString(reply->bytes) || !frame.has_reply()) return 102;
-    return frame.reply().code();
-  });
+  const pid_t again = SpawnWithPid(connector, "answer-challenge",
+                                   {absl::StrCat(sock), absl::BytesToHexString(challenge)}, sock);
   if (again < 0) {
     GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
                  << std::strerror(errno) << ")";
@@ -511,7 +583,6 @@ TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
 // An exec keeps the pid and the pidfd but runs another file: the verified
 // executable no longer speaks for what the process sends afterwards.
 TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
-  constexpr char kPython[] = "/usr/bin/python3";
   if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
   ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
   const std::string path = dir_ + "/broker.sock";
@@ -524,31 +595,16 @@ TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
   int out[2];
   ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
   UniqueFd reply_r(out[0]), reply_w(out[1]);
-  const pid_t child = ::fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // Verifies as this executable and is trusted, then execs python, which
-    // sends the same request on the verified socket (fd 3) and prints the
-    // reply (hex) before it exits.
-    const BrokerConnection c = TrustedOrExit(path);
-    if (::dup2(reply_w.get(), 1) != 1 || ::dup2(c.fd.get(), 3) != 3 ||
-        ::fcntl(3, F_SETFD, 0) != 0) {
-      ::_exit(3);
-    }
-    ::execl(kPython, kPython, "-c",
-            "import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); "
-            "print(os.read(3, 65536).hex())",
-            hex.c_str(), static_cast<char*>(nullptr));
-    ::_exit(4);
-  }
+  absl::StatusOr<TestChild> child = TestChild::Spawn(
+      "trusted-then-python", {path, absl::StrCat(reply_w.get()), hex}, {reply_w.get()});
+  ASSERT_TRUE(child.ok()) << child.status();
   reply_w.reset();
   std::string printed;
   char buf[4096];
   for (ssize_t n; (n = ::read(reply_r.get(), buf, sizeof(buf))) > 0;) printed.append(buf, n);
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-      << "the verified process, before its exec, was trusted: " << status;
+  const std::optional<int> status = child->Wait(absl::Seconds(30));
+  ASSERT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+      << "the verified process, before its exec, was trusted: " << status.value_or(-1);
   v1::BrokerFrame frame;
   ASSERT_TRUE(frame.ParseFromString(absl::HexStringToBytes(absl::StripAsciiWhitespace(printed))))
       << printed;

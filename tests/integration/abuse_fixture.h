@@ -6,8 +6,8 @@
 
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
-#include <sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -20,17 +20,19 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/test_child.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
@@ -41,15 +43,22 @@ namespace halloc {
 
 using testing::HallocdProcess;
 using testing::Runfile;
+using testing::TestChild;
+using testing::WriteAll;
 
 inline std::string RealPath(const std::string& path) {
   return std::filesystem::canonical(path).string();
 }
 
 // Runs `argv` with `stdin_text` as its input and returns its output.
+// `in_child` runs between fork and exec: async-signal-safe calls only (this
+// process has threads), no allocation.
 inline std::string RunWithInput(const std::vector<std::string>& argv,
                                 const std::string& input,
                                 const std::function<void()>& in_child = nullptr) {
+  std::vector<char*> args;  // before the fork: the child must not allocate
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   int in[2], out[2];
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) return "pipe failed";
   const pid_t pid = fork();
@@ -57,9 +66,6 @@ inline std::string RunWithInput(const std::vector<std::string>& argv,
     dup2(in[0], 0);
     dup2(out[1], 1);
     if (in_child) in_child();
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     execv(args[0], args.data());
     _exit(127);
   }

@@ -15,36 +15,42 @@ constexpr char kThreePerUid[] =
     "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
     "sessions { max_per_uid: 3 }\n";
 
-// Runs `body` in a child as uid/gid 1001: its exit code, or -1 when this
-// process cannot switch uids (not root).
-int ExitCodeAsUid1001(const std::function<int()>& body) {
-  const pid_t child = fork();
-  if (child == 0) {
-    if (setgid(1001) != 0 || setuid(1001) != 0) _exit(100);
-    _exit(body());
-  }
-  int status = 0;
-  waitpid(child, &status, 0);
-  if (!WIFEXITED(status)) return -2;
-  return WEXITSTATUS(status) == 100 ? -1 : WEXITSTATUS(status);
+// Runs the test child `name` with `args` (its main switches to uid/gid
+// 1001 first, exiting 100 if it cannot): its exit code, -1 when this
+// process cannot switch uids (not root), -2 if it did not exit.
+int ExitCodeAsUid1001(const std::string& name, std::vector<std::string> args = {}) {
+  absl::StatusOr<TestChild> child = TestChild::Spawn(name, std::move(args));
+  if (!child.ok()) return -2;
+  const std::optional<int> status = child->Wait(absl::Seconds(30));
+  if (!status || !WIFEXITED(*status)) return -2;
+  return WEXITSTATUS(*status) == 100 ? -1 : WEXITSTATUS(*status);
 }
+
+bool BecomeUid1001() { return setgid(1001) == 0 && setuid(1001) == 0; }
+
+// Child "held-connections" (args: broker socket), as uid 1001: tries 6
+// broker connections, holds those served; exits with served * 10 + refused
+// (for the per-uid limit of 3).
+int HeldConnections(absl::Span<const std::string> args, int) {
+  if (args.size() != 1 || !BecomeUid1001()) return 100;
+  std::vector<BrokerConnection> held;
+  int refused = 0;
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(args[0], absl::Seconds(5));
+    if (c.ok()) {
+      held.push_back(*std::move(c));
+    } else if (absl::IsResourceExhausted(c.status()) &&
+               absl::StrContains(c.status().message(), "limit per uid is 3")) {
+      ++refused;
+    }
+  }
+  return static_cast<int>(held.size()) * 10 + refused;
+}
+HALLOC_TEST_CHILD("held-connections", HeldConnections);
 
 TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
   StartDaemon(kThreePerUid);
-  const int code = ExitCodeAsUid1001([&] {
-    std::vector<BrokerConnection> held;
-    int refused = 0;
-    for (int i = 0; i < 6; ++i) {
-      absl::StatusOr<BrokerConnection> c = ConnectBroker(opts_.broker_socket, absl::Seconds(5));
-      if (c.ok()) {
-        held.push_back(*std::move(c));
-      } else if (absl::IsResourceExhausted(c.status()) &&
-                 absl::StrContains(c.status().message(), "limit per uid is 3")) {
-        ++refused;
-      }
-    }
-    return static_cast<int>(held.size()) * 10 + refused;
-  });
+  const int code = ExitCodeAsUid1001("held-connections", {opts_.broker_socket});
   if (code == -1) GTEST_SKIP() << "cannot switch uids here (not root)";
   EXPECT_EQ(code, 33);  // 3 served, 3 refused with the reason
   // Other uids (root here) are unaffected.
@@ -52,6 +58,48 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
   ASSERT_TRUE(root.ok()) << root.status();
   EXPECT_TRUE(root->Allocate(BlobDescriptor(4096)).ok());
 }
+
+// Child "subordinate" (args: broker socket, fds go, ready and done,
+// "allocate" or not), see SubordinateConnect.
+int Subordinate(absl::Span<const std::string> args, int report) {
+  int go = -1, ready = -1, done = -1;
+  if (args.size() != 5 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
+      !absl::SimpleAtoi(args[3], &done)) {
+    return 103;
+  }
+  const bool allocate = args[4] == "allocate";
+  char c = 0;
+  if (!BecomeUid1001() || unshare(CLONE_NEWUSER) != 0) return 100;
+  WriteAll(report, "u\n");  // in its namespace: map it
+  if (read(go, &c, 1) != 1 || setgid(1) != 0 || setuid(1) != 0) return 101;
+  absl::StatusOr<BrokerConnection> conn = ConnectBroker(args[0], absl::Seconds(5));
+  const bool limited = absl::IsResourceExhausted(conn.status()) &&
+                       absl::StrContains(conn.status().message(), "limit per uid is 1");
+  const char* said = conn.ok() ? "c" : "r";
+  if (conn.ok() && allocate) {
+    v1::BrokerRequest req;
+    req.set_request_id(1);
+    req.mutable_allocate()->mutable_desc()->set_size(4096);
+    absl::StatusOr<Record> rec = absl::UnavailableError("not sent");
+    if (SendRecord(conn->fd.get(), req.SerializeAsString(), {}, false).ok() &&
+        WaitReadable(conn->fd.get(), 5000).ok()) {
+      rec = ReceiveRecord(conn->fd.get(), false);
+    }
+    v1::BrokerFrame frame;
+    const absl::Status s = rec.ok() && frame.ParseFromString(rec->bytes) && frame.has_reply()
+                               ? ReplyStatus(frame.reply())
+                               : absl::DataLossError("no reply");
+    if (!s.ok()) std::fprintf(stderr, "subordinate allocate: %s\n", s.ToString().c_str());
+    said = s.ok()                                                                    ? "a"
+           : absl::IsResourceExhausted(s) && absl::StrContains(s.message(), "quota") ? "q"
+                                                                                     : "e";
+  }
+  (void)!write(ready, said, 1);
+  if (!conn.ok()) return limited ? 2 : 102;
+  (void)!read(done, &c, 1);  // holds its session until a byte comes
+  return 0;
+}
+HALLOC_TEST_CHILD("subordinate", Subordinate);
 
 // A child of uid 1001 in a user namespace of its own that maps 10 uids
 // from `first_outside` (as newuidmap does for a login's subordinate uids;
@@ -61,63 +109,36 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
 // an error code; `ready` gets a byte once it knows: 'c' connected, 'r'
 // refused, or with `allocate` (one 4 KiB buffer, held too) 'a' allocated,
 // 'q' refused for a quota, 'e' another error.
-pid_t SubordinateConnect(const std::string& broker, uid_t first_outside, int ready, int done,
-                         bool allocate = false) {
-  int go[2], up[2];
-  if (pipe(go) != 0 || pipe(up) != 0) return -1;
-  const pid_t child = fork();
-  if (child == 0) {
-    char c = 0;
-    if (setgid(1001) != 0 || setuid(1001) != 0 || unshare(CLONE_NEWUSER) != 0) _exit(100);
-    (void)!write(up[1], "u", 1);  // in its namespace: map it
-    if (read(go[0], &c, 1) != 1 || setgid(1) != 0 || setuid(1) != 0) _exit(101);
-    absl::StatusOr<BrokerConnection> conn = ConnectBroker(broker, absl::Seconds(5));
-    const bool limited = absl::IsResourceExhausted(conn.status()) &&
-                         absl::StrContains(conn.status().message(), "limit per uid is 1");
-    const char* said = conn.ok() ? "c" : "r";
-    if (conn.ok() && allocate) {
-      v1::BrokerRequest req;
-      req.set_request_id(1);
-      req.mutable_allocate()->mutable_desc()->set_size(4096);
-      absl::StatusOr<Record> rec = absl::UnavailableError("not sent");
-      if (SendRecord(conn->fd.get(), req.SerializeAsString(), {}, false).ok() &&
-          WaitReadable(conn->fd.get(), 5000).ok()) {
-        rec = ReceiveRecord(conn->fd.get(), false);
-      }
-      v1::BrokerFrame frame;
-      const absl::Status s = rec.ok() && frame.ParseFromString(rec->bytes) && frame.has_reply()
-                                 ? ReplyStatus(frame.reply())
-                                 : absl::DataLossError("no reply");
-      if (!s.ok()) std::fprintf(stderr, "subordinate allocate: %s\n", s.ToString().c_str());
-      said = s.ok() ? "a"
-             : absl::IsResourceExhausted(s) && absl::StrContains(s.message(), "quota") ? "q"
-                                                                                      : "e";
-    }
-    (void)!write(ready, said, 1);
-    if (!conn.ok()) _exit(limited ? 2 : 102);
-    (void)!read(done, &c, 1);  // holds its session until a byte comes
-    _exit(0);
-  }
-  ::close(go[0]);
-  ::close(up[1]);
-  char c = 0;
-  bool mapped = read(up[0], &c, 1) == 1 && c == 'u';
-  ::close(up[0]);
+absl::StatusOr<TestChild> SubordinateConnect(const std::string& broker, uid_t first_outside,
+                                             int ready, int done, bool allocate = false) {
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
+  UniqueFd go_r(go[0]), go_w(go[1]);
+  absl::StatusOr<TestChild> child =
+      TestChild::Spawn("subordinate",
+                       {broker, absl::StrCat(go_r.get()), absl::StrCat(ready), absl::StrCat(done),
+                        allocate ? "allocate" : "connect"},
+                       {go_r.get(), ready, done});
+  if (!child.ok()) return child.status();
+  bool mapped = child->Line() == "u";
   for (const char* map : {"uid_map", "gid_map"}) {
-    std::ofstream f(absl::StrCat("/proc/", child, "/", map));
+    std::ofstream f(absl::StrCat("/proc/", child->pid(), "/", map));
     f << "0 " << first_outside << " 10\n";
     f.close();
     mapped = mapped && f.good();
   }
-  (void)!write(go[1], mapped ? "g" : "x", 1);
-  ::close(go[1]);
+  (void)!write(go_w.get(), mapped ? "g" : "x", 1);
   return child;
 }
 
 // Whether uid 1001 may make a user namespace here.
-bool CanMakeUserNamespaceAs1001() {
-  return ExitCodeAsUid1001([] { return unshare(CLONE_NEWUSER) == 0 ? 0 : 1; }) == 0;
+int MakesUserNamespace(absl::Span<const std::string>, int) {
+  if (!BecomeUid1001()) return 100;
+  return unshare(CLONE_NEWUSER) == 0 ? 0 : 1;
 }
+HALLOC_TEST_CHILD("makes-user-namespace", MakesUserNamespace);
+
+bool CanMakeUserNamespaceAs1001() { return ExitCodeAsUid1001("makes-user-namespace") == 0; }
 
 // Two processes of uid 1001's user namespaces, seen by hallocd as uids
 // 300001 and 300011, one after the other (SubordinateConnect): what each
@@ -129,16 +150,18 @@ struct TwoSubordinates {
 TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate) {
   TwoSubordinates t;
   int ready[2], done[2];
-  if (pipe(ready) != 0 || pipe(done) != 0) return t;
-  const pid_t first = SubordinateConnect(broker, 300000, ready[1], done[0], allocate);
-  if (read(ready[0], &t.first, 1) != 1) t.first = 0;
-  const pid_t second = SubordinateConnect(broker, 300010, ready[1], done[0], allocate);
-  if (read(ready[0], &t.second, 1) != 1) t.second = 0;
+  if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(done, O_CLOEXEC) != 0) return t;
+  UniqueFd ready_r(ready[0]), ready_w(ready[1]), done_r(done[0]), done_w(done[1]);
+  absl::StatusOr<TestChild> first =
+      SubordinateConnect(broker, 300000, ready_w.get(), done_r.get(), allocate);
+  if (!first.ok() || read(ready_r.get(), &t.first, 1) != 1) t.first = 0;
+  absl::StatusOr<TestChild> second =
+      SubordinateConnect(broker, 300010, ready_w.get(), done_r.get(), allocate);
+  if (!second.ok() || read(ready_r.get(), &t.second, 1) != 1) t.second = 0;
   // Both let go (one byte each: the children hold the pipe's write end too).
-  (void)!write(done[1], "xx", 2);
-  if (waitpid(second, &t.second_status, 0) != second) t.second_status = -1;
-  if (waitpid(first, &t.first_status, 0) != first) t.first_status = -1;
-  for (int fd : {ready[0], ready[1], done[0], done[1]}) close(fd);
+  (void)!write(done_w.get(), "xx", 2);
+  if (second.ok()) t.second_status = second->Wait(absl::Seconds(30)).value_or(-1);
+  if (first.ok()) t.first_status = first->Wait(absl::Seconds(30)).value_or(-1);
   return t;
 }
 
@@ -176,32 +199,39 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersQuota) {
   EXPECT_EQ(t.second, 'q') << "a second subordinate uid of the same user had a quota of its own";
 }
 
+// Child "held-control-connections" (args: control socket), as uid 1001:
+// opens 6 control connections, holds those gRPC greets; exits with held *
+// 10 + closed at once (for the per-uid limit of 3).
+int HeldControlConnections(absl::Span<const std::string> args, int) {
+  if (args.size() != 1 || !BecomeUid1001()) return 100;
+  std::vector<int> open_ones;
+  int ended = 0;
+  for (int i = 0; i < 6; ++i) {
+    const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, args[0].c_str(), sizeof(addr.sun_path) - 1);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 101;
+    // A refused one is closed at once; an admitted one stays open (gRPC
+    // greets it with its SETTINGS frame).
+    pollfd p{fd, POLLIN, 0};
+    char c;
+    if (poll(&p, 1, 5000) == 1 && read(fd, &c, 1) == 0) {
+      ++ended;
+      close(fd);
+    } else {
+      open_ones.push_back(fd);
+    }
+  }
+  return static_cast<int>(open_ones.size()) * 10 + ended;
+}
+HALLOC_TEST_CHILD("held-control-connections", HeldControlConnections);
+
 TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
   // gRPC itself takes any number of connections from anyone: hallocd
   // accepts on the control socket and hands gRPC only those it admits.
   StartDaemon(kThreePerUid);
-  const int code = ExitCodeAsUid1001([&] {
-    std::vector<int> open_ones;
-    int ended = 0;
-    for (int i = 0; i < 6; ++i) {
-      const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un addr{};
-      addr.sun_family = AF_UNIX;
-      strncpy(addr.sun_path, opts_.control_socket.c_str(), sizeof(addr.sun_path) - 1);
-      if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 101;
-      // A refused one is closed at once; an admitted one stays open (gRPC
-      // greets it with its SETTINGS frame).
-      pollfd p{fd, POLLIN, 0};
-      char c;
-      if (poll(&p, 1, 5000) == 1 && read(fd, &c, 1) == 0) {
-        ++ended;
-        close(fd);
-      } else {
-        open_ones.push_back(fd);
-      }
-    }
-    return static_cast<int>(open_ones.size()) * 10 + ended;
-  });
+  const int code = ExitCodeAsUid1001("held-control-connections", {opts_.control_socket});
   if (code == -1) GTEST_SKIP() << "cannot switch uids here (not root)";
   EXPECT_EQ(code, 33);  // 3 served, 3 closed at once
   EXPECT_TRUE(absl::StrContains(Log(), "the limit per uid is 3")) << Log();

@@ -68,6 +68,29 @@ TEST_F(AbuseTest, ConnectThenExecCannotLendTheTrustedRuleToTheParent) {
   waitpid(child, nullptr, 0);
 }
 
+// Child "verify-then-exec" (args: broker socket path, an unconnected
+// socket's fd, the token pipe's fd, the binary to exec): connects the
+// socket and verifies while still the test binary, hands the token over,
+// then becomes the other binary.
+int VerifyThenExec(absl::Span<const std::string> args, int) {
+  int sock = -1, token_pipe = -1;
+  if (args.size() != 4 || !absl::SimpleAtoi(args[1], &sock) ||
+      !absl::SimpleAtoi(args[2], &token_pipe)) {
+    return 5;
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  strncpy(addr.sun_path, args[0].c_str(), sizeof(addr.sun_path) - 1);
+  if (connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return 1;
+  absl::StatusOr<BrokerConnection> c = Handshake(UniqueFd(dup(sock)), absl::Seconds(5));
+  if (!c.ok()) return 2;
+  const std::string& token = c->welcome.session_token();
+  if (write(token_pipe, token.data(), token.size()) < 0) return 3;
+  execl(args[3].c_str(), "sleep", "30", nullptr);
+  return 127;
+}
+HALLOC_TEST_CHILD("verify-then-exec", VerifyThenExec);
+
 TEST_F(AbuseTest, AVerifyBeforeExecKeepsTheOldExecutable) {
   const std::string sleep_bin = RealPath("/bin/sleep");
   StartDaemon(TrustedOnly(sleep_bin));
@@ -76,26 +99,19 @@ TEST_F(AbuseTest, AVerifyBeforeExecKeepsTheOldExecutable) {
   addr.sun_family = AF_UNIX;
   strncpy(addr.sun_path, opts_.broker_socket.c_str(), sizeof(addr.sun_path) - 1);
   int token_pipe[2];
-  ASSERT_EQ(pipe(token_pipe), 0);
-  const pid_t child = fork();
-  if (child == 0) {
-    // Verifies while still the test binary, hands the token to its parent,
-    // then becomes the trusted binary.
-    if (connect(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) _exit(1);
-    absl::StatusOr<BrokerConnection> c = Handshake(UniqueFd(dup(sock.get())), absl::Seconds(5));
-    if (!c.ok()) _exit(2);
-    const std::string& token = c->welcome.session_token();
-    if (write(token_pipe[1], token.data(), token.size()) < 0) _exit(3);
-    execl(sleep_bin.c_str(), "sleep", "30", nullptr);
-    _exit(127);
-  }
-  close(token_pipe[1]);
+  ASSERT_EQ(pipe2(token_pipe, O_CLOEXEC), 0);
+  UniqueFd token_r(token_pipe[0]), token_w(token_pipe[1]);
+  absl::StatusOr<TestChild> child = TestChild::Spawn(
+      "verify-then-exec",
+      {opts_.broker_socket, absl::StrCat(sock.get()), absl::StrCat(token_w.get()), sleep_bin},
+      {sock.get(), token_w.get()});
+  ASSERT_TRUE(child.ok()) << child.status();
+  token_w.reset();
   char buf[128];
-  const ssize_t n = read(token_pipe[0], buf, sizeof(buf));
-  close(token_pipe[0]);
+  const ssize_t n = read(token_r.get(), buf, sizeof(buf));
   ASSERT_GT(n, 0);
   const std::string token(buf, n);
-  ASSERT_TRUE(WaitExec(child, sleep_bin));
+  ASSERT_TRUE(WaitExec(child->pid(), sleep_bin));
   // gRPC with the token: judged as the executable verified, the test binary.
   auto stub = v1::Allocator::NewStub(grpc::CreateChannel(
       "unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
@@ -120,8 +136,7 @@ TEST_F(AbuseTest, AVerifyBeforeExecKeepsTheOldExecutable) {
   EXPECT_EQ(reply.reply().code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
   EXPECT_TRUE(rec->fds.empty());
   EXPECT_EQ(Stats().live_buffers(), 0u);
-  kill(child, SIGKILL);
-  waitpid(child, nullptr, 0);
+  child->Kill();
 }
 
 TEST_F(AbuseTest, TheTrustedRuleMatchesTheTrustedFileOnlyNotACopyOrABindMount) {

@@ -176,7 +176,9 @@ std::string Env(const char* name);
 // True if every byte of [p, p+len) equals v.
 bool AllBytesAre(const uint8_t* p, size_t len, uint8_t v);
 
-// Runs fn in a forked child; returns the child's wait status.
+// Runs fn in a forked child; returns the child's wait status. This process
+// has threads (gRPC's, the in-process daemon's): fn may make only
+// async-signal-safe calls (no allocation) and should end in _exit.
 template <typename Fn>
 int RunInChild(Fn fn);
 

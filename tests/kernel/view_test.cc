@@ -107,12 +107,14 @@ constexpr int kCannotSwitchUid = 255;
 // In a forked child (as `uid` unless 0): 0 when open("/proc/self/fd/<fd>",
 // flags) succeeds, else its errno; kCannotSwitchUid if the uid switch failed.
 int ReopenErrno(int fd, int flags, uid_t uid) {
-  int status = RunInChild([=] {
+  // Made before the fork: the child of this threaded process (gRPC's) makes
+  // async-signal-safe calls only.
+  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  int status = RunInChild([=, &path] {
     if (uid != 0 && (setgroups(0, nullptr) != 0 || setgid(uid) != 0 ||
                      setuid(uid) != 0)) {
       _exit(kCannotSwitchUid);
     }
-    const std::string path = "/proc/self/fd/" + std::to_string(fd);
     const int reopened = open(path.c_str(), flags | O_CLOEXEC);
     _exit(reopened >= 0 ? 0 : errno);
   });
