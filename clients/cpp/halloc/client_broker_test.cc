@@ -350,6 +350,10 @@ TEST(ClientBrokerTest, AnAnswerWithoutTheBuffersAskedForIsDataLoss) {
 TEST(ClientBrokerTest, AChildCannotUseItsParentsClient) {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
+#endif
 #endif
   FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
     if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));

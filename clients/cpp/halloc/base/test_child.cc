@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
@@ -32,7 +33,12 @@ absl::flat_hash_map<std::string, ChildMain>& Registry() {
 }  // namespace
 
 bool RegisterChildMain(const char* name, ChildMain main) {
-  return Registry().emplace(name, main).second;
+  if (!Registry().emplace(name, main).second) {
+    // Two children of one name: Spawn would run the first for both.
+    std::fprintf(stderr, "two test children are named \"%s\"\n", name);
+    std::abort();
+  }
+  return true;
 }
 
 std::optional<int> RunChildIfAsked(int argc, char** argv) {

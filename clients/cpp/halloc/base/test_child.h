@@ -29,7 +29,7 @@ namespace halloc::testing {
 using ChildMain = int (*)(absl::Span<const std::string> args, int report);
 
 // Registers `main` under `name` (at static initialization, see
-// HALLOC_TEST_CHILD); false if the name was taken.
+// HALLOC_TEST_CHILD); aborts if the name was taken.
 bool RegisterChildMain(const char* name, ChildMain main);
 
 #define HALLOC_TEST_CHILD(name, function)                           \
