@@ -37,6 +37,8 @@ constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
 constexpr uint64_t kForeignKey = ~uint64_t{0} - 1;
 constexpr uint64_t kLaneKey = ~uint64_t{0} - 2;
+// Stale handshake deadlines kept beyond the live handshakes' before a prune.
+constexpr size_t kDeadlineSlack = 64;
 
 }  // namespace
 
@@ -392,6 +394,21 @@ void Broker::Accept() {
   ++handshakes_;
   deadlines_.emplace(c->deadline, c->key);
   conns_.emplace(c->key, std::move(c));
+  if (deadlines_.size() > 2 * handshakes_ + kDeadlineSlack) PruneDeadlines();
+  queued_deadlines_.store(deadlines_.size(), std::memory_order_relaxed);
+}
+
+// Amortized: it runs once the queue holds twice the live handshakes (plus
+// some slack), and leaves it holding only theirs.
+void Broker::PruneDeadlines() {
+  std::vector<std::pair<absl::Time, uint64_t>> live;
+  live.reserve(handshakes_);
+  for (; !deadlines_.empty(); deadlines_.pop()) {
+    const auto& top = deadlines_.top();
+    auto it = conns_.find(top.second);
+    if (it != conns_.end() && !it->second->session) live.push_back(top);
+  }
+  deadlines_ = decltype(deadlines_)(std::greater<>(), std::move(live));
 }
 
 // Looks only at the deadlines that passed (earliest first), not at every

@@ -135,6 +135,9 @@ class Broker {
 
   // The CPU the broker thread is held on (following a client), or -1.
   int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
+  // Handshake deadlines queued (live handshakes' and stale ones not pruned
+  // yet), as of the last accepted connection.
+  size_t queued_deadlines() const { return queued_deadlines_.load(std::memory_order_relaxed); }
 
  private:
   // One accepted connection: first a handshake, then a session.
@@ -214,6 +217,8 @@ class Broker {
   // Reads again from the paused connections whose fds were all closed.
   void ResumeCleared();
   void ExpireHandshakes();
+  // Drops the deadlines of connections that verified or closed.
+  void PruneDeadlines();
   // Tells held_cpu() and ServingCpu() where the follower holds the thread.
   void Publish();
   // Takes the listener out of / back into the epoll set (accept_guard_
@@ -252,7 +257,9 @@ class Broker {
   bool refuse_fds_ = true;
   absl::flat_hash_set<uint64_t> paused_;
   // Handshake deadlines, earliest on top, with their connection's key
-  // (stale once it verified or closed: skipped when they come up).
+  // (stale once it verified or closed: skipped when they come up, and
+  // pruned once they outnumber the live handshakes, so that connections
+  // made and ended quickly cannot pile them up for verify_timeout).
   std::priority_queue<std::pair<absl::Time, uint64_t>,
                       std::vector<std::pair<absl::Time, uint64_t>>,
                       std::greater<>>
@@ -268,6 +275,7 @@ class Broker {
   uint64_t last_client_ = 0;
   int lone_requests_ = 0;
   std::atomic<int> held_cpu_{-1};
+  std::atomic<size_t> queued_deadlines_{0};
   // An eventfd the slow lane writes after each task (room for held
   // requests: Conn::held, among the paused connections). Before
   // slow_lane_, which writes it from its thread (and is destroyed first).

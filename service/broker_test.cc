@@ -364,6 +364,40 @@ TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
   EXPECT_EQ((*broker)->held_cpu(), -1);
 }
 
+// Connections that verify or close within the verify timeout leave no
+// deadline queued behind them for the rest of it (a loop of connect and
+// close would otherwise grow the broker's queue for 10 s at a time); those
+// still in their handshake keep theirs.
+TEST_F(BrokerTest, EndedHandshakesLeaveNoDeadlinesQueued) {
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  for (int i = 0; i < 300; ++i) {
+    if (i % 2 == 0) {
+      absl::StatusOr<UniqueFd> c = ConnectSeqpacket(path);
+      ASSERT_TRUE(c.ok()) << c.status();
+      ASSERT_TRUE(WaitReadable(c->get(), 5000).ok());  // accepted: its Hello came
+    } else {
+      absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+      ASSERT_TRUE(c.ok()) << c.status();
+    }
+  }
+  std::vector<UniqueFd> waiting;
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<UniqueFd> c = ConnectSeqpacket(path);
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE(WaitReadable(c->get(), 5000).ok());
+    waiting.push_back(*std::move(c));
+  }
+  // At most twice the live handshakes (100, or a few more while the
+  // broker has not seen the last closes) and the slack of 64.
+  EXPECT_GE((*broker)->queued_deadlines(), 100u);
+  EXPECT_LE((*broker)->queued_deadlines(), 2 * 110u + 64);
+  // The 100 waiting are still in their handshake: answered once they verify.
+  absl::StatusOr<BrokerConnection> late = Handshake(std::move(waiting.back()), absl::Seconds(5));
+  EXPECT_TRUE(late.ok()) << late.status();
+}
+
 // The status code of a fast-path Allocate of one page on `sock`.
 int AllocateCode(int sock) {
   size_t fds = 0;
