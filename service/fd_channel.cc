@@ -17,14 +17,17 @@ SocketFdChannel::~SocketFdChannel() {
 
 absl::Status SocketFdChannel::SendCounted(absl::string_view bytes,
                                           absl::Span<const int> fds) {
-  if (unread_ && !fds.empty()) {
+  const bool counted = unread_ && !fds.empty();
+  if (counted) {
     if (absl::Status s = unread_->Reserve(handle_, fds.size(), bytes.size()); !s.ok()) {
       return s;
     }
   }
-  absl::MutexLock lock(&send_mu_);
+  // Only counted sends need their Sent in the socket's order; a record
+  // without fds goes out whole, in any order, without the lock.
+  absl::MutexLockMaybe lock(counted ? &send_mu_ : nullptr);
   absl::Status sent = SendRecord(sock_.get(), bytes, fds, /*nonblocking=*/true);
-  if (unread_ && !fds.empty()) {
+  if (counted) {
     if (sent.ok()) {
       unread_->Sent(handle_, fds.size(), bytes.size());
     } else {

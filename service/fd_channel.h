@@ -58,8 +58,8 @@ class SocketFdChannel : public FdChannel {
   UniqueFd sock_;
   const std::shared_ptr<UnreadFds> unread_;
   uint64_t handle_ = 0;
-  // Each send and its UnreadFds::Sent (or Unreserve) together, so that
-  // UnreadFds learns of the sends in the socket's queue order.
+  // Each send with fds and its UnreadFds::Sent (or Unreserve) together, so
+  // that UnreadFds learns of those sends in the socket's queue order.
   absl::Mutex send_mu_;
 };
 

@@ -42,23 +42,23 @@ absl::Status Presenter::Show(const Buffer& buffer) {
 absl::StatusOr<WlBuffer*> Presenter::Writable(std::vector<WlBuffer>& mine, const Buffer& buffer) {
   // Zero copy: the client's own pages, attached again as they are.
   if (mine.front().path() != BufferPath::kShmCopy) return &mine.front();
-  auto free = [&]() -> WlBuffer* {
+  auto released = [&]() -> WlBuffer* {
     for (WlBuffer& wl : mine) {
       if (!wl.busy()) return &wl;
     }
     return nullptr;
   };
-  if (WlBuffer* wl = free()) return wl;
+  if (WlBuffer* wl = released()) return wl;
   if (mine.size() < kMaxCopies) {
     absl::StatusOr<WlBuffer> copy = WlBuffer::Create(*display_, buffer, BufferPath::kShmCopy);
     if (!copy.ok()) return copy.status();
     mine.push_back(*std::move(copy));
     return &mine.back();
   }
-  absl::Status s = display_->DispatchUntil([&] { return free() != nullptr; },
+  absl::Status s = display_->DispatchUntil([&] { return released() != nullptr; },
                                            options_.frame_timeout, "wl_buffer.release");
   if (!s.ok()) return s;
-  return free();
+  return released();
 }
 
 absl::Status Presenter::WaitShown() {
