@@ -404,19 +404,14 @@ int AllocateCode(int sock) {
   return static_cast<int>(AllocateOn(sock, 4096, &fds).code());
 }
 
-// Starts the test child `name` (test_child.h) with `args` as a process
-// with pid `pid` (clone3's set_tid: needs CAP_SYS_ADMIN over the pid
-// namespace), keeping `keep_fd`; it exits with what the child returns. The
-// clone3 child makes only async-signal-safe calls before its exec (this
-// process has threads: the broker's). Its pid, or -1 with errno set.
-pid_t SpawnWithPid(pid_t pid, const std::string& name, std::vector<std::string> args, int keep_fd) {
-  absl::StatusOr<std::vector<std::string>> argv = ChildArgv(name, std::move(args), -1);
-  if (!argv.ok()) {
-    errno = EINVAL;
-    return -1;
-  }
+// Execs `argv` (a test child's: ChildArgv) as a process with pid `pid`
+// (clone3's set_tid: needs CAP_SYS_ADMIN over the pid namespace), keeping
+// `keep_fd`; it exits with what the child returns. The clone3 child makes
+// only async-signal-safe calls before its exec (this process has threads:
+// the broker's). Its pid, or -1 with errno set.
+pid_t SpawnWithPid(pid_t pid, std::vector<std::string> argv, int keep_fd) {
   std::vector<char*> raw;
-  for (std::string& a : *argv) raw.push_back(a.data());
+  for (std::string& a : argv) raw.push_back(a.data());
   raw.push_back(nullptr);
   clone_args ca{};
   ca.exit_signal = SIGCHLD;
@@ -570,7 +565,10 @@ TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
   EXPECT_EQ(AllocateCode(sock), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "another process on the socket: judged by uid alone";
 
-  const pid_t again = SpawnWithPid(verified, "allocate-on", {absl::StrCat(sock)}, sock);
+  absl::StatusOr<std::vector<std::string>> argv =
+      ChildArgv("allocate-on", {absl::StrCat(sock)}, -1);
+  ASSERT_TRUE(argv.ok()) << argv.status();
+  const pid_t again = SpawnWithPid(verified, *std::move(argv), sock);
   if (again < 0) {
     GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
                  << std::strerror(errno) << ")";
@@ -601,8 +599,10 @@ TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
   const std::string challenge = hello.hello().challenge();
 
   // The reuser's answer: the reply's status code, or 100+ if none came.
-  const pid_t again = SpawnWithPid(connector, "answer-challenge",
-                                   {absl::StrCat(sock), absl::BytesToHexString(challenge)}, sock);
+  absl::StatusOr<std::vector<std::string>> argv =
+      ChildArgv("answer-challenge", {absl::StrCat(sock), absl::BytesToHexString(challenge)}, -1);
+  ASSERT_TRUE(argv.ok()) << argv.status();
+  const pid_t again = SpawnWithPid(connector, *std::move(argv), sock);
   if (again < 0) {
     GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
                  << std::strerror(errno) << ")";
