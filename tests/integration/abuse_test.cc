@@ -15,15 +15,18 @@ constexpr char kThreePerUid[] =
     "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
     "sessions { max_per_uid: 3 }\n";
 
+// A uid-1001 child's exit code when it cannot switch uids (not root).
+constexpr int kCannotSwitchUid = 100;
+
 // Runs the test child `name` with `args` (its main switches to uid/gid
-// 1001 first, exiting 100 if it cannot): its exit code, -1 when this
-// process cannot switch uids (not root), -2 if it did not exit.
+// 1001 first, exiting kCannotSwitchUid if it cannot): its exit code, -1
+// when this process cannot switch uids, -2 if it did not exit.
 int ExitCodeAsUid1001(const std::string& name, std::vector<std::string> args = {}) {
   absl::StatusOr<TestChild> child = TestChild::Spawn(name, std::move(args));
   if (!child.ok()) return -2;
   const std::optional<int> status = child->Wait(absl::Seconds(30));
   if (!status || !WIFEXITED(*status)) return -2;
-  return WEXITSTATUS(*status) == 100 ? -1 : WEXITSTATUS(*status);
+  return WEXITSTATUS(*status) == kCannotSwitchUid ? -1 : WEXITSTATUS(*status);
 }
 
 bool BecomeUid1001() { return setgid(1001) == 0 && setuid(1001) == 0; }
@@ -37,7 +40,7 @@ constexpr int kBadArgs = 99;
 // (for the per-uid limit of 3).
 int HeldConnections(absl::Span<const std::string> args, int) {
   if (args.size() != 1) return kBadArgs;
-  if (!BecomeUid1001()) return 100;
+  if (!BecomeUid1001()) return kCannotSwitchUid;
   std::vector<BrokerConnection> held;
   int refused = 0;
   for (int i = 0; i < 6; ++i) {
@@ -74,7 +77,7 @@ int Subordinate(absl::Span<const std::string> args, int report) {
   }
   const bool allocate = args[4] == "allocate";
   char c = 0;
-  if (!BecomeUid1001() || unshare(CLONE_NEWUSER) != 0) return 100;
+  if (!BecomeUid1001() || unshare(CLONE_NEWUSER) != 0) return kCannotSwitchUid;
   WriteAll(report, "u\n");  // in its namespace: map it
   if (read(go, &c, 1) != 1 || setgid(1) != 0 || setuid(1) != 0) return 101;
   absl::StatusOr<BrokerConnection> conn = ConnectBroker(args[0], absl::Seconds(5));
@@ -138,7 +141,7 @@ absl::StatusOr<TestChild> SubordinateConnect(const std::string& broker, uid_t fi
 
 // Whether uid 1001 may make a user namespace here.
 int MakesUserNamespace(absl::Span<const std::string>, int) {
-  if (!BecomeUid1001()) return 100;
+  if (!BecomeUid1001()) return kCannotSwitchUid;
   return unshare(CLONE_NEWUSER) == 0 ? 0 : 1;
 }
 HALLOC_TEST_CHILD("makes-user-namespace", MakesUserNamespace);
@@ -216,7 +219,7 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersQuota) {
 // 10 + closed at once (for the per-uid limit of 3).
 int HeldControlConnections(absl::Span<const std::string> args, int) {
   if (args.size() != 1) return kBadArgs;
-  if (!BecomeUid1001()) return 100;
+  if (!BecomeUid1001()) return kCannotSwitchUid;
   std::vector<int> open_ones;
   int ended = 0;
   for (int i = 0; i < 6; ++i) {

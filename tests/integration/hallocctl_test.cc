@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/test_child.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/testing/test_daemon.h"
 #include "google/protobuf/struct.pb.h"
@@ -119,21 +120,7 @@ class Proc {
   // The next line of output, without its newline; nullopt at EOF or when
   // none comes in time.
   std::optional<std::string> ReadLine(absl::Duration timeout = absl::Seconds(20)) {
-    const absl::Time deadline = absl::Now() + timeout;
-    for (;;) {
-      if (const size_t nl = buf_.find('\n'); nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      pollfd p{out_.get(), POLLIN, 0};
-      const int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-      if (ms <= 0 || ::poll(&p, 1, ms) <= 0) return std::nullopt;
-      std::array<char, 4096> chunk;
-      const ssize_t n = ::read(out_.get(), chunk.data(), chunk.size());
-      if (n <= 0) return std::nullopt;
-      buf_.append(chunk.data(), n);
-    }
+    return testing::ReadLine(out_.get(), &buf_, timeout);
   }
 
   // Reads lines until one contains `text`; all of them, that one included.
