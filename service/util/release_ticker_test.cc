@@ -1,6 +1,7 @@
 #include "service/util/release_ticker.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -85,19 +86,27 @@ TEST(ReleaseTickerTest, AReceiveThatDropsALingeringSocketDoesNotWaitItOut) {
 
 // Only the thread that made the ticker is signalled: this one's blocking
 // read (the main thread, where a signal sent to the process would most
-// likely land) goes on undisturbed while another thread's ticks arrive.
+// likely land) goes on undisturbed while another thread's ticks arrive
+// (they do: they end that thread's own wait).
 TEST(ReleaseTickerTest, OtherThreadsAreNotInterrupted) {
-  int p[2];
+  int p[2], q[2];
   ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
-  UniqueFd r(p[0]), w(p[1]);
+  ASSERT_EQ(::pipe2(q, O_CLOEXEC), 0);
+  UniqueFd r(p[0]), w(p[1]), never_r(q[0]), never_w(q[1]);  // nothing is written to q
   std::atomic<int> ticks_armed{0};
+  std::atomic<int> own_wait{-1};  // how the ticking thread's wait ended: errno, or 0
   std::thread ticking([&] {
     absl::StatusOr<std::unique_ptr<ReleaseTicker>> ticker =
         ReleaseTicker::ForThisThread(absl::Milliseconds(1));
     if (ticker.ok()) {
       ReleaseTicker::Armed armed(ticker->get());
       ticks_armed = 1;
-      absl::SleepFor(absl::Milliseconds(200));  // interrupted at every tick
+      // Nothing comes on q: only a tick ends this wait (poll is never
+      // restarted after a handler), else it times out after 10 s.
+      pollfd pfd{never_r.get(), POLLIN, 0};
+      const int n = ::poll(&pfd, 1, 10000);
+      own_wait = n < 0 ? errno : 0;
+      absl::SleepFor(absl::Milliseconds(200));  // ticks go on meanwhile
     }
     (void)!::write(w.get(), "x", 1);
   });
@@ -106,6 +115,7 @@ TEST(ReleaseTickerTest, OtherThreadsAreNotInterrupted) {
   const int error = got < 0 ? errno : 0;
   ticking.join();
   ASSERT_EQ(ticks_armed.load(), 1) << "no ticker";
+  EXPECT_EQ(own_wait.load(), EINTR) << "the ticking thread's own wait was not interrupted";
   EXPECT_EQ(got, 1) << "read interrupted: errno " << error;
 }
 

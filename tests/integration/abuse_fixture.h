@@ -106,12 +106,16 @@ class AbuseTest : public ::testing::Test {
     opts_ = daemon_->connect_options();
   }
   std::string Log() const { return daemon_->Log(); }
+  // hallocd's Stats; a failed call fails the test (a daemon the attack
+  // killed must not read as "no live buffers").
   v1::StatsResponse Stats() {
     auto stub = v1::Allocator::NewStub(grpc::CreateChannel(
         "unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::StatsResponse resp;
-    stub->Stats(&ctx, v1::StatsRequest(), &resp);
+    const grpc::Status s = stub->Stats(&ctx, v1::StatsRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << "Stats: " << s.error_message();
     return resp;
   }
   // A peer running `exe` (the peer binary or a copy of it) as uid 0.

@@ -146,7 +146,15 @@ int MakesUserNamespace(absl::Span<const std::string>, int) {
 }
 HALLOC_TEST_CHILD("makes-user-namespace", MakesUserNamespace);
 
-bool CanMakeUserNamespaceAs1001() { return ExitCodeAsUid1001("makes-user-namespace") == 0; }
+// Whether it may (a child that did not run, or did not exit, is the
+// harness failing: an error, never taken for "no user namespaces here").
+absl::StatusOr<bool> CanMakeUserNamespaceAs1001() {
+  const int code = ExitCodeAsUid1001("makes-user-namespace");
+  if (code == 0) return true;
+  if (code == -1 || code == 1) return false;  // cannot switch uid; unshare refused
+  if (code == -2) return absl::InternalError("the makes-user-namespace child did not run or exit");
+  return absl::InternalError(absl::StrCat("the makes-user-namespace child exited ", code));
+}
 
 // Two processes of uid 1001's user namespaces, seen by hallocd as uids
 // 300001 and 300011, one after the other (SubordinateConnect): what each
@@ -192,7 +200,9 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
   StartDaemon(
       "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" }\n"
       "sessions { max_per_uid: 1 }\n");
-  if (!CanMakeUserNamespaceAs1001()) GTEST_SKIP() << kNoUserNamespace;
+  const absl::StatusOr<bool> userns = CanMakeUserNamespaceAs1001();
+  ASSERT_TRUE(userns.ok()) << userns.status();
+  if (!*userns) GTEST_SKIP() << kNoUserNamespace;
   const TwoSubordinates t = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false);
   ASSERT_EQ(t.first, 'c') << "the first subordinate uid is served";
   EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 2)
@@ -208,7 +218,9 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersQuota) {
   StartDaemon(
       "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
       "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 1 }\n");
-  if (!CanMakeUserNamespaceAs1001()) GTEST_SKIP() << kNoUserNamespace;
+  const absl::StatusOr<bool> userns = CanMakeUserNamespaceAs1001();
+  ASSERT_TRUE(userns.ok()) << userns.status();
+  if (!*userns) GTEST_SKIP() << kNoUserNamespace;
   const TwoSubordinates t = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/true);
   EXPECT_EQ(t.first, 'a') << "the first subordinate uid allocates";
   EXPECT_EQ(t.second, 'q') << "a second subordinate uid of the same user had a quota of its own";

@@ -237,15 +237,17 @@ TEST_F(ClientTest, CallsWithoutAValidSessionAreUnauthenticated) {
 }
 
 TEST_F(ClientTest, ShareAndImportSeeTheSamePagesWithNarrowedRights) {
-  absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(1 << 20, 0, "shared"));
+  // An owner of its own: its session ends below.
+  absl::StatusOr<Client> owner = daemon().Connect();
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  absl::StatusOr<Buffer> b = owner->Allocate(BlobDescriptor(1 << 20, 0, "shared"));
   ASSERT_TRUE(b.ok());
   {
     absl::StatusOr<Mapping> m = b->Map(Access::kReadWrite);
     ASSERT_TRUE(m.ok());
     for (size_t i = 0; i < m->size(); ++i) m->as<uint8_t>()[i] = i * 7;
   }
-  absl::StatusOr<v1::Grant> grant =
-      client().Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> grant = owner->Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
   ASSERT_TRUE(grant.ok()) << grant.status();
 
   absl::StatusOr<Client> peer = daemon().Connect();
@@ -277,10 +279,24 @@ TEST_F(ClientTest, ShareAndImportSeeTheSamePagesWithNarrowedRights) {
             }),
             0);
 
-  // Buffer outlives its owner's session while the peer holds it.
-  absl::StatusOr<v1::BufferInfo> d = peer->Describe(b->id());
-  ASSERT_TRUE(d.ok());
+  // The buffer outlives its owner's session while the peer holds it.
+  const uint64_t id = b->id();
+  absl::StatusOr<v1::BufferInfo> d = peer->Describe(id);
+  ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->holders_size(), 2);
+  b = absl::CancelledError("dropped");    // the owner's fd closes
+  owner = absl::CancelledError("ended");  // and its session ends
+  for (int i = 0; i < 500; ++i) {
+    d = peer->Describe(id);
+    if (!d.ok() || d->holders_size() != 2) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(d.ok()) << "the import went with its owner's session: " << d.status();
+  EXPECT_EQ(d->holders_size(), 1);
+  for (size_t i = 0; i < r->size(); ++i) {
+    ASSERT_EQ(r->as<uint8_t>()[i], static_cast<uint8_t>(i * 7)) << i;
+  }
+  EXPECT_TRUE(got->Map(Access::kRead).ok());
 }
 
 // Two imports of one buffer in flight at once on one Client, under grants
