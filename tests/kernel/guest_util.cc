@@ -12,6 +12,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "gtest/gtest.h"
+
 namespace halloc_test {
 
 Mapping& Mapping::operator=(Mapping&& other) noexcept {
@@ -132,6 +134,9 @@ UniqueFd OpenVgem() {
     bool is_vgem = v && std::string(v->name, v->name_len) == "vgem";
     drmFreeVersion(v);
     if (is_vgem) return fd;
+  }
+  if (!Env("HALLOC_KO").empty()) {
+    ADD_FAILURE() << "no vgem DRM device, though tools/kernel-test.sh loads vgem";
   }
   return UniqueFd();
 }
