@@ -28,6 +28,11 @@ class BrokerConnection:
 def connect_seqpacket(path):
     """A SOCK_SEQPACKET Unix socket (close-on-exec) connected to `path`."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Blocking, whatever socket.setdefaulttimeout() says: in timeout mode
+    # CPython polls for up to that timeout before every send and receive,
+    # MSG_DONTWAIT ones included, so a call would overrun its own deadline
+    # and fail INTERNAL (a TimeoutError without errno). Waits are ours.
+    sock.settimeout(None)
     try:
         sock.connect(path)
     except OSError as e:

@@ -163,6 +163,8 @@ class Buffer:
             # A closed session holds nothing any more.
             if not self._released and not self._client.closed:
                 self._client.release(self)
+        except errors.NotFoundError:
+            pass  # held no more: its grant was revoked, or released elsewhere
         finally:
             self.close()
 
@@ -428,8 +430,14 @@ class Client:
                 self._wait_for(lambda: rid in self._replies, deadline)
             except errors.HallocError as e:
                 # Whatever the daemon answers later is given back.
-                self._abandoned.add(rid)
+                self._abandon(rid)
                 raise errors.error_for(e.code, f"{name}: {e.message}") from None
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, a signal handler's
+                # exception): the same, or its reply would stay filed, its
+                # fds open and its buffers charged until the session ends.
+                self._abandon(rid)
+                raise
             r = self._replies.pop(rid)
         if isinstance(r, errors.HallocError):
             raise errors.error_for(r.code, f"{name}: {r.message}")
@@ -439,6 +447,17 @@ class Client:
             _scm.close_all(fds)
             raise errors.error_for(err.code, f"{name}: {err.message}")
         return reply, fds
+
+    def _abandon(self, rid):
+        """Gives back what request `rid` got or will get: its call has
+        ended without it. Holds self._lock."""
+        r = self._replies.pop(rid, None)
+        if r is None:
+            self._abandoned.add(rid)  # filed and given back when it comes
+        elif not isinstance(r, errors.HallocError):
+            reply, fds = r
+            _scm.close_all(fds)
+            self._give_back([b.id for b in reply.allocate.buffers])
 
     def _take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally

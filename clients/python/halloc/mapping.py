@@ -51,6 +51,12 @@ class Mapping(mmap.mmap):
         if sync is not None:
             try:
                 _sync(sync.fileno(), _DMA_BUF_SYNC_END | self._sync_flags)
+            except OSError:
+                # Unmapped already: an END the exporter refuses (ENODEV once
+                # the producer revoked the view) leaves nothing to undo, and
+                # must not replace what a with block raised (libhalloc's
+                # Mapping ignores it too).
+                pass
             finally:
                 sync.close()
 

@@ -128,6 +128,32 @@ def test_a_with_block_ends_the_sync_bracket_of_a_dmabuf_mapping(monkeypatch):
     os.close(fd)
 
 
+def test_a_refused_end_does_not_escape_the_with_block(monkeypatch):
+    # A producer's revoke makes END fail (ENODEV) on the consumer's view:
+    # leaving the with block unmaps and closes all the same, and raises
+    # nothing of its own.
+    import errno
+
+    def sync(fd, flags):
+        if flags & halloc.mapping._DMA_BUF_SYNC_END:
+            raise OSError(errno.ENODEV, "revoked")
+
+    monkeypatch.setattr(halloc.mapping, "_sync", sync)
+    fd = os.memfd_create("py.revoked", os.MFD_CLOEXEC)
+    os.ftruncate(fd, PAGE)
+    before = len(open_fds())
+    with halloc.mapping.map_fd(fd, PAGE, halloc.Access.READ, "test", dmabuf=True) as m:
+        assert m[:1] == b"\0"
+    assert len(open_fds()) == before, "the bracket's fd outlived the block"
+    os.close(fd)
+
+
+def test_leaving_a_with_block_of_a_buffer_released_elsewhere_raises_nothing(client):
+    with client.allocate(halloc.blob(PAGE)) as buf:
+        client.release(buf.id)  # by id: the Buffer does not know
+    assert buf.closed, "the block's end closes the fd all the same"
+
+
 def test_a_forked_child_cannot_use_its_parents_client(connect):
     client = connect()
     pid = os.fork()
@@ -336,6 +362,81 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
 
     assert not open_on_it(), "the late import's fd is still open in the client"
     broker.close()
+
+
+def _open_on_inode(inode):
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{fd}").st_ino == inode:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
+    # Ctrl-C (or any exception) while a fast-path Allocate waits: its reply,
+    # when it comes, is given back (fds closed, buffers released), not
+    # filed for nobody until the session ends.
+    import socket
+    from halloc import _scm
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("late-allocate")
+    inode = os.fstat(memfd).st_ino
+    released = []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "allocate":
+            time.sleep(0.3)  # after the caller was interrupted
+            frame = broker_pb2.BrokerFrame()
+            frame.reply.request_id = req.request_id
+            frame.reply.allocate.buffers.add(id=5, size=PAGE)
+            socket.send_fds(sock, [frame.SerializeToString()], [memfd])
+            return
+        released.extend(req.release.buffer_ids)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    real_wait = _scm.wait_readable
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(_scm, "wait_readable", real_wait)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_scm, "wait_readable", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.allocate(halloc.blob(PAGE))
+    time.sleep(0.5)
+    broker.client.release(7)  # takes the late reply off the socket first
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the interrupted Allocate's fd is still open"
+    assert wait_for(lambda: 5 in released), f"buffer 5 was not given back: {released}"
+    broker.close()
+
+
+def test_a_default_socket_timeout_does_not_stretch_a_call(tmp_path):
+    # socket.setdefaulttimeout() puts new sockets in timeout mode, where
+    # CPython waits that long before each send or receive: the broker
+    # socket must stay blocking (the client keeps its own deadlines).
+    import socket
+    from halloc import _scm
+    path = str(tmp_path / "broker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(1)
+    socket.setdefaulttimeout(3.0)
+    try:
+        sock = _broker.connect_seqpacket(path)
+    finally:
+        socket.setdefaulttimeout(None)
+    try:
+        assert sock.gettimeout() is None
+        start = time.monotonic()
+        assert _scm.receive_record(sock, block=False) is None  # nothing queued
+        assert time.monotonic() - start < 1.0, "a non-blocking receive waited"
+    finally:
+        sock.close()
+        listener.close()
 
 
 def test_image_has_the_layout_describe_reports(client):
