@@ -155,6 +155,9 @@ def wait_writable(sock, deadline):
           "hallocd takes no requests (its broker socket is full)")
 
 
+_MAX_POLL_MS = 2**31 - 1
+
+
 def _wait(sock, events, deadline, timed_out):
     poller = select.poll()
     poller.register(sock, events)
@@ -162,5 +165,7 @@ def _wait(sock, events, deadline, timed_out):
         left = deadline - time.monotonic()
         if left <= 0:
             raise errors.DeadlineExceededError(timed_out)
-        if poller.poll(left * 1000):  # EINTR is retried (PEP 475)
+        # At most INT_MAX ms at a time (poll's int; an infinite or very long
+        # timeout would overflow it), as libhalloc clamps.
+        if poller.poll(min(left * 1000, _MAX_POLL_MS)):  # EINTR retried (PEP 475)
             return

@@ -140,6 +140,8 @@ class Buffer:
         """The whole buffer, mapped shared: a halloc.Mapping (an mmap.mmap).
         PermissionDeniedError if the fd does not carry `access` (e.g.
         READ_WRITE on a buffer shared read-only)."""
+        if self.closed:
+            raise errors.FailedPreconditionError(f"buffer {self.id} has no fd (closed)")
         return mapping.map_fd(self.fileno(), self.size, access, f"buffer {self.id}",
                               dmabuf=self.is_dmabuf())
 
@@ -413,7 +415,10 @@ class Client:
         """One unary gRPC call with our token and deadline."""
         self._usable(name)
         try:
-            return method(req, timeout=self._timeout, metadata=self._metadata)
+            # gRPC turns an infinite (or astronomically long) timeout into a
+            # deadline already past: beyond ~3 years, none at all.
+            timeout = self._timeout if self._timeout <= _MAX_GRPC_TIMEOUT else None
+            return method(req, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e, name) from None
 
@@ -491,7 +496,7 @@ class Client:
             if left <= 0:
                 raise errors.DeadlineExceededError("no answer from hallocd in time")
             if self._reading:
-                self._filed.wait(left)
+                self._filed.wait(min(left, threading.TIMEOUT_MAX))
                 continue
             self._reading = True
             self._lock.release()
@@ -601,6 +606,9 @@ class Client:
         except errors.HallocError:
             return  # the session's end will release them
         self._abandoned.add(rid)
+
+
+_MAX_GRPC_TIMEOUT = 1e8  # seconds
 
 
 # How many times this process has been forked into (a child counts one more

@@ -154,6 +154,25 @@ def test_leaving_a_with_block_of_a_buffer_released_elsewhere_raises_nothing(clie
     assert buf.closed, "the block's end closes the fd all the same"
 
 
+@PATHS
+@pytest.mark.parametrize("timeout", [3e6, float("inf")], ids=["35-days", "infinite"])
+def test_a_very_long_timeout_is_a_long_wait_not_an_error(connect, timeout, fast_path):
+    # poll takes an int of milliseconds, gRPC a finite deadline: libhalloc
+    # clamps, and so do we.
+    client = connect(timeout=timeout, broker_fast_path=fast_path)
+    bufs = [client.allocate(halloc.blob(PAGE)) for _ in range(2)]
+    assert client.describe(bufs[0].id).id == bufs[0].id  # a gRPC call with that timeout
+    client.release(*bufs)
+
+
+def test_mapping_a_closed_buffer_is_a_halloc_error(client):
+    buf = client.allocate(halloc.blob(PAGE))
+    buf.close()
+    with pytest.raises(halloc.FailedPreconditionError):
+        buf.map()
+    client.release(buf.id)
+
+
 def test_a_forked_child_cannot_use_its_parents_client(connect):
     client = connect()
     pid = os.fork()
