@@ -536,7 +536,7 @@ struct dma_buf *halloc_export(struct halloc_view *view,
 	list_add_tail(&view->node, &buf->view_list);
 	/* Revoked since the caller looked: born revoked, like the subtree. */
 	if (parent && parent->revoked)
-		view->revoked = true;
+		WRITE_ONCE(view->revoked, true);
 	buf->dmabufs++;
 	if (view->is_view)
 		buf->views++;

@@ -39,7 +39,7 @@ static int halloc_lineage_pos(const struct halloc_view *view, u64 id)
 static void halloc_view_cut(struct halloc_view *view)
 {
 	lockdep_assert_held(&view->buf->lock);
-	view->revoked = true;
+	WRITE_ONCE(view->revoked, true);
 	if (view->inode)
 		unmap_mapping_range(view->inode->i_mapping, 0, 0, 1);
 }

@@ -31,10 +31,12 @@
  * new dma-buf fd over the same pages that carries narrower rights:
  *
  *   cpu_access  HALLOC_CPU_NONE:       mmap() and DMA_BUF_IOCTL_SYNC fail
- *                                      with EPERM (a PROT_WRITE mapping,
- *                                      and any mapping of a view made
- *                                      from an O_WRONLY fd, with EACCES
- *                                      from the VFS first).
+ *                                      with EPERM (a PROT_WRITE mapping
+ *                                      with EACCES from the VFS first: a
+ *                                      view's file is always O_RDONLY; an
+ *                                      original allocated O_WRONLY, which
+ *                                      counts as NONE, fails any mapping
+ *                                      with EACCES).
  *               HALLOC_CPU_READ:       the view's file is opened O_RDONLY, so
  *                                      mmap(PROT_WRITE, MAP_SHARED) fails with
  *                                      EACCES (from the VFS, exactly like a

@@ -217,6 +217,12 @@ TEST_F(ViewTest, WriteOnlyFileCountsAsNoCpu) {
   EXPECT_EQ(MakeView(ctl_.get(), wo_file.get(), Cpu(HALLOC_CPU_READ_WRITE)), -EPERM);
   UniqueFd none = View(wo_file.get(), Cpu(HALLOC_CPU_NONE));
   EXPECT_TRUE(none.valid());
+  // The errnos the uapi names: the O_WRONLY original fails any mapping in
+  // the VFS (EACCES); its NONE view, an O_RDONLY file, in the module (EPERM).
+  EXPECT_FALSE(Map(wo_file.get(), 4096, PROT_READ).valid());
+  EXPECT_EQ(errno, EACCES);
+  EXPECT_FALSE(Map(none.get(), 4096, PROT_READ).valid());
+  EXPECT_EQ(errno, EPERM);
 }
 
 // What follows a driver name's NUL is dropped, not kept and shown to every
