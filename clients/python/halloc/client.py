@@ -162,8 +162,9 @@ class Buffer:
 
     def __exit__(self, *exc):
         try:
-            # A closed session holds nothing any more.
-            if not self._released and not self._client.closed:
+            # A closed session holds nothing any more, and a forked child
+            # holds only its copy of the fd (the hold is its parent's).
+            if not self._released and not self._client.closed and not self._client._forked():
                 self._client.release(self)
         except errors.NotFoundError:
             pass  # held no more: its grant was revoked, or released elsewhere
@@ -242,7 +243,15 @@ class Client:
         return self._broker.fileno() < 0
 
     def close(self):
-        """Ends the session: hallocd drops every hold and grant it had."""
+        """Ends the session: hallocd drops every hold and grant it had.
+        In a forked child it only closes the child's copy of the broker
+        socket: the session is the parent's."""
+        if self._forked():
+            # Not self._lock: a thread of the parent may have held it at the
+            # fork, and no thread of this process would ever let it go. Nor
+            # gRPC's channel, which belongs to the parent's threads.
+            self._broker.close()
+            return
         with self._lock:
             if self.closed:
                 return
@@ -402,6 +411,10 @@ class Client:
         return self._call(self._stub.Dump, allocator_pb2.DumpRequest(), "Dump")
 
     # --- transport -----------------------------------------------------------
+
+    def _forked(self):
+        """Whether this process is a forked child of the one that connected."""
+        return _fork_generation != self._fork_generation
 
     def _usable(self, name):
         if self.closed:

@@ -173,6 +173,26 @@ def test_mapping_a_closed_buffer_is_a_halloc_error(client):
     client.release(buf.id)
 
 
+def test_a_forked_child_leaves_a_with_block_and_closes_quietly(connect):
+    # The hold and the session are the parent's: a child leaving a with
+    # block, or closing the Client, closes its copies and raises nothing.
+    client = connect()
+    with client.allocate(halloc.blob(PAGE)) as buf:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                buf.__exit__(None, None, None)
+                client.close()
+                code = 0 if buf.closed and client.closed else 2
+            except BaseException:  # pylint: disable=broad-except
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert client.describe(buf.id).id == buf.id  # the parent's hold is untouched
+
+
 def test_a_forked_child_cannot_use_its_parents_client(connect):
     client = connect()
     pid = os.fork()
