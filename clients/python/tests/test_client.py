@@ -453,6 +453,24 @@ def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
     broker.close()
 
 
+def test_a_record_with_too_many_fds_does_not_fail_another_call():
+    # Dropped (its fds closed), as libhalloc drops it: the call that reads
+    # the socket gets its own reply, not that record's DATA_LOSS.
+    import socket
+    memfd = os.memfd_create("too-many")
+    inode = os.fstat(memfd).st_ino
+
+    def answer(sock, req):
+        socket.send_fds(sock, [b"x"], [memfd] * 65)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.release(3)
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the dropped record's fds are still open"
+    broker.close()
+
+
 def test_a_default_socket_timeout_does_not_stretch_a_call(tmp_path):
     # socket.setdefaulttimeout() puts new sockets in timeout mode, where
     # CPython waits that long before each send or receive: the broker
