@@ -31,6 +31,7 @@ connects a Client of its own.
 import ctypes
 import itertools
 import os
+import socket
 import threading
 import time
 
@@ -223,6 +224,7 @@ class Client:
         self._stub = allocator_pb2_grpc.AllocatorStub(channel)
         self._metadata = ((_broker.SESSION_METADATA_KEY, conn.welcome.session_token),)
         self._timeout = timeout
+        self._closing = False  # close() has begun (see close)
         self._fast_path = broker_fast_path
         self._request_ids = itertools.count(1)  # 0 was the handshake's Verify
         # (buffer id, call id) -> _Pending (gRPC calls' fds; call id 0 for
@@ -256,7 +258,16 @@ class Client:
             if self.closed:
                 return
             self._channel.close()
+            # Wakes a call of another thread waiting in poll on the socket
+            # (a close alone would leave it waiting out its deadline); what
+            # that reader then sees (the end of the socket) is this close.
+            self._closing = True
+            try:
+                self._broker.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._broker.close()
+            self._filed.notify_all()  # and those waiting for that reader
             for p in self._pending.values():
                 p.close()
             for r in self._replies.values():
@@ -505,6 +516,8 @@ class Client:
         lock, and files what comes for everyone; the others sleep until it
         has, or until their own deadline."""
         while not ready():
+            if self._closing or self.closed:
+                raise errors.FailedPreconditionError("the client was closed")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise errors.DeadlineExceededError("no answer from hallocd in time")
@@ -541,6 +554,10 @@ class Client:
             return e
         except errors.DataLossError:
             return None  # more fds than a record may carry: closed, dropped
+        except (errors.HallocError, OSError, ValueError):
+            if self._closing or self.closed:  # by another thread, under this read
+                raise errors.FailedPreconditionError("the client was closed") from None
+            raise
 
     def _file_received(self, got):
         """Files what _receive got where its waiter looks. Holds self._lock."""

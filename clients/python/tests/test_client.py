@@ -471,6 +471,34 @@ def test_a_record_with_too_many_fds_does_not_fail_another_call():
     broker.close()
 
 
+def test_closing_a_client_ends_its_calls_in_flight():
+    # Another thread's call, reading the socket or waiting for the reader,
+    # ends at once with FAILED_PRECONDITION, not at its deadline.
+    broker = _ScriptedBroker(lambda sock, req: None, timeout=10.0)  # never answers
+    outcomes = []
+
+    def call():
+        start = time.monotonic()
+        try:
+            broker.client.release(1)
+            outcomes.append(("ok", 0))
+        except halloc.HallocError as e:
+            outcomes.append((e.code, time.monotonic() - start))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    broker.client.close()
+    for t in threads:
+        t.join(5)
+    assert len(outcomes) == 2, outcomes
+    for code, took in outcomes:
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, outcomes
+        assert took < 3, outcomes
+    broker.sock.close()
+
+
 def test_a_default_socket_timeout_does_not_stretch_a_call(tmp_path):
     # socket.setdefaulttimeout() puts new sockets in timeout mode, where
     # CPython waits that long before each send or receive: the broker
