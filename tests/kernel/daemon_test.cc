@@ -301,24 +301,35 @@ TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
   ASSERT_TRUE(theirs.ok()) << theirs.status();
   EXPECT_TRUE(AllBytesAre(theirs->as<uint8_t>(), kSize, 0x6b));
 
-  int go[2];
+  int go[2], mapped[2];
   ASSERT_EQ(pipe(go), 0);
+  ASSERT_EQ(pipe(mapped), 0);
   const int fd = got->fd();
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {  // a process the fd was passed to
     close(go[1]);
+    close(mapped[0]);
     auto* p = static_cast<volatile uint8_t*>(
         mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0));
     if (p == MAP_FAILED || p[kSize - 1] != 0x6b) _exit(10);
+    if (write(mapped[1], "m", 1) != 1) _exit(12);
     char c;
     if (read(go[0], &c, 1) != 1) _exit(11);
     (void)p[0];  // after the revoke: SIGBUS
     _exit(0);
   }
   close(go[0]);
-  // Let the child map before the revoke (it reads the last byte first).
-  absl::SleepFor(absl::Milliseconds(200));
+  close(mapped[1]);
+  // The child has mapped (and read the last byte) before the revoke.
+  char m = 0;
+  const ssize_t said = read(mapped[0], &m, 1);
+  close(mapped[0]);
+  if (said != 1) {
+    int early = 0;
+    waitpid(pid, &early, 0);
+    FAIL() << "the child could not map before the revoke (status " << early << ")";
+  }
   ASSERT_TRUE(owner.Revoke(grant->id()).ok());
   ASSERT_EQ(write(go[1], "g", 1), 1);
   close(go[1]);
