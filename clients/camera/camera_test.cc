@@ -185,6 +185,33 @@ TEST_F(CameraTest, PacedAtFps) {
       << "the schedule's slots, a period apart: " << (last - first);
 }
 
+// A consumer polling with a timeout shorter than the frame period (an
+// event loop at 60 Hz on a 20 fps camera) gets every frame in order once
+// it is due: a poll that times out takes nothing.
+TEST_F(CameraTest, PollingShorterThanThePeriodMissesNoFrame) {
+  CameraOptions o = Synthetic();
+  o.fps = 20;
+  absl::StatusOr<std::unique_ptr<Camera>> cam = Camera::Open(client(), o);
+  ASSERT_TRUE(cam.ok()) << cam.status();
+  ASSERT_TRUE((*cam)->Start().ok());
+  int timeouts = 0;
+  for (uint32_t want = 0; want < 4;) {
+    const absl::Time asked = absl::Now();
+    absl::StatusOr<Frame> f = (*cam)->Next(absl::Milliseconds(5));
+    if (absl::IsDeadlineExceeded(f.status())) {
+      ++timeouts;
+      EXPECT_GE(absl::Now() - asked, absl::Milliseconds(5)) << "a poll waits its timeout";
+      ASSERT_LT(timeouts, 400) << "no frame for 2 s of polling at 20 fps";
+      continue;
+    }
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ(f->sequence, want) << "a timed-out poll used a frame up";
+    ASSERT_TRUE((*cam)->Requeue(f->index).ok());
+    ++want;
+  }
+  EXPECT_GT(timeouts, 0) << "polls shorter than the period should have timed out";
+}
+
 TEST_F(CameraTest, SharedReadOnlyToASecondClientWithTheSameContent) {
   absl::StatusOr<std::unique_ptr<Camera>> cam = Camera::Open(client(), Synthetic());
   ASSERT_TRUE(cam.ok()) << cam.status();

@@ -71,6 +71,7 @@ class SyntheticCamera : public Camera {
     Frame frame;
     absl::Time due;
     absl::Duration due_monotonic;
+    absl::Duration wait;
     {
       absl::MutexLock lock(&mu_);
       if (!streaming_) return absl::FailedPreconditionError("not streaming: Start first");
@@ -81,18 +82,22 @@ class SyntheticCamera : public Camera {
         return absl::FailedPreconditionError(absl::StrCat(
             "all ", n, " buffers are held by the caller: Requeue one"));
       }
-      frame.index = (next_ + i) % n;
-      next_ = (frame.index + 1) % n;
-      held_[frame.index] = true;
-      frame.sequence = sequence_++;
-      const absl::Duration offset =
-          period_ * static_cast<int64_t>(frame.sequence - started_sequence_);
+      const absl::Duration offset = period_ * static_cast<int64_t>(sequence_ - started_sequence_);
       due = start_ + offset;
-      due_monotonic = start_monotonic_ + offset;
+      wait = due - absl::Now();
+      // Not due within the timeout: nothing is taken (the frame keeps its
+      // slot and its sequence for a later call, as a V4L2 camera's next
+      // frame does when a DQBUF poll times out).
+      if (wait <= timeout) {
+        frame.index = (next_ + i) % n;
+        next_ = (frame.index + 1) % n;
+        held_[frame.index] = true;
+        frame.sequence = sequence_++;
+        due_monotonic = start_monotonic_ + offset;
+      }
     }
-    const absl::Duration wait = due - absl::Now();
     if (wait > timeout) {
-      GiveBack(frame.index);
+      absl::SleepFor(timeout);  // waited as long as asked, as a poll would
       return absl::DeadlineExceededError(absl::StrFormat(
           "the next synthetic frame is due in %s", absl::FormatDuration(wait)));
     }
