@@ -282,14 +282,6 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
                                            state_->device->path()));
   }
   fb.handles_.push_back(handle);  // closed by fb from here on
-  uint32_t handles[4] = {}, pitches[4] = {}, offsets[4] = {};
-  uint64_t modifiers[4] = {};
-  for (int i = 0; i < l.planes_size(); ++i) {
-    handles[i] = handle;
-    pitches[i] = uint32_t(l.planes(i).stride());
-    offsets[i] = uint32_t(l.planes(i).offset());
-    modifiers[i] = l.modifier();
-  }
   // A driver without modifier support (radeon, older amdgpu and nouveau)
   // refuses the flag outright; LINEAR is what it means by none.
   uint64_t has_modifiers = 0;
@@ -301,6 +293,14 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
     return absl::FailedPreconditionError(absl::StrCat(
         state_->device->path(), " takes no framebuffer modifiers; buffer ", buffer.id(),
         " has modifier 0x", absl::Hex(l.modifier())));
+  }
+  uint32_t handles[4] = {}, pitches[4] = {}, offsets[4] = {};
+  uint64_t modifiers[4] = {};  // zero when implicit: the kernel refuses any other
+  for (int i = 0; i < l.planes_size(); ++i) {
+    handles[i] = handle;
+    pitches[i] = uint32_t(l.planes(i).stride());
+    offsets[i] = uint32_t(l.planes(i).offset());
+    modifiers[i] = implicit ? 0 : l.modifier();
   }
   const uint32_t flags = implicit ? 0 : DRM_MODE_FB_MODIFIERS;
   if (drmModeAddFB2WithModifiers(state_->fd(), l.width(), l.height(), l.format(), handles, pitches,

@@ -286,6 +286,19 @@ TEST_F(VkmsTest, RefusesFormatsPlanesDoNotTakeAndShortBuffers) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("smaller than its layout"), absl::string_view::npos) << s;
 
+  // A layout whose modifier is DRM_FORMAT_MOD_INVALID (implicit): made
+  // without the modifiers flag, and with no modifier (the kernel refuses a
+  // modifier without the flag: "bad fb modifier").
+  Shared implicit = MakeFrame(kWidth, kHeight, 0xff000000);
+  ASSERT_TRUE(implicit.got.has_value());
+  halloc::v1::BufferInfo implicit_info = implicit.got->info();
+  implicit_info.mutable_layout()->set_modifier(DRM_FORMAT_MOD_INVALID);
+  absl::StatusOr<halloc::UniqueFd> implicit_fd = implicit.got->TakeFd();
+  ASSERT_TRUE(implicit_fd.ok());
+  Buffer implicit_buffer(implicit_info, *std::move(implicit_fd));
+  absl::StatusOr<hc::Framebuffer> implicit_fb = display.Import(implicit_buffer);
+  EXPECT_TRUE(implicit_fb.ok()) << implicit_fb.status();
+
   // A rectangle off the screen.
   Shared sq = MakeFrame(kOverlayDst.width, kOverlayDst.height, kOverlayColour);
   Shared bars = MakeFrame(kWidth, kHeight, std::nullopt);
