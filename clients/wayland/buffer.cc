@@ -109,7 +109,8 @@ absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
         "it; use wl_shm",
         buffer.id(), buffer.info().backend()));
   }
-  if (!display.DmabufSupports(l.format(), l.modifier())) {
+  const std::optional<uint64_t> modifier = display.DmabufModifierFor(l.format(), l.modifier());
+  if (!modifier) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "the compositor's linux-dmabuf does not take %s with modifier 0x%x",
         FourccName(l.format()), l.modifier()));
@@ -119,9 +120,8 @@ absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
   for (int i = 0; i < l.planes_size(); ++i) {
     zwp_linux_buffer_params_v1_add(
         params, buffer.fd(), i, static_cast<uint32_t>(l.planes(i).offset()),
-        static_cast<uint32_t>(l.planes(i).stride()),
-        static_cast<uint32_t>(l.modifier() >> 32),
-        static_cast<uint32_t>(l.modifier() & 0xffffffff));
+        static_cast<uint32_t>(l.planes(i).stride()), static_cast<uint32_t>(*modifier >> 32),
+        static_cast<uint32_t>(*modifier & 0xffffffff));
   }
   struct Result {
     bool done = false;
@@ -227,7 +227,7 @@ absl::StatusOr<WlBuffer> WlBuffer::Create(Display& display,
   if (!chosen) {
     const v1::BufferLayout& l = buffer.layout();
     path = buffer.is_dmabuf() && display.dmabuf() &&
-                   display.DmabufSupports(l.format(), l.modifier())
+                   display.DmabufModifierFor(l.format(), l.modifier())
                ? BufferPath::kDmabuf
                : BufferPath::kShm;
   }

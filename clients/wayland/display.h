@@ -15,8 +15,11 @@
 #ifndef HALLOC_CLIENTS_WAYLAND_DISPLAY_H_
 #define HALLOC_CLIENTS_WAYLAND_DISPLAY_H_
 
+#include <drm_fourcc.h>
+
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -61,6 +64,18 @@ class Display {
   // Whether linux-dmabuf takes DRM `fourcc` with `modifier`.
   bool DmabufSupports(uint32_t fourcc, uint64_t modifier) const {
     return dmabuf_formats_.count({fourcc, modifier}) > 0;
+  }
+  // The modifier to send linux-dmabuf for a buffer of `fourcc` laid out
+  // with `modifier`: that one when offered; DRM_FORMAT_MOD_INVALID for a
+  // LINEAR buffer when the compositor offers the format only with implicit
+  // modifiers (one without modifier support: a linear buffer is what it
+  // takes); nullopt when it cannot take the buffer.
+  std::optional<uint64_t> DmabufModifierFor(uint32_t fourcc, uint64_t modifier) const {
+    if (DmabufSupports(fourcc, modifier)) return modifier;
+    if (modifier == DRM_FORMAT_MOD_LINEAR && DmabufSupports(fourcc, DRM_FORMAT_MOD_INVALID)) {
+      return DRM_FORMAT_MOD_INVALID;
+    }
+    return std::nullopt;
   }
 
   // Flushes requests and dispatches events until `done()` holds, the

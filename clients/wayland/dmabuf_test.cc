@@ -95,6 +95,34 @@ TEST_F(DmabufTest, EveryPlaneReachesTheCompositorAsLaidOut) {
   }
 }
 
+// A compositor without modifier support offers formats with the implicit
+// modifier (DRM_FORMAT_MOD_INVALID) only: a LINEAR buffer goes to it as
+// implicit, not refused (nor sent to wl_shm to be read by the CPU).
+TEST(DmabufImplicitTest, ALinearBufferGoesToAnImplicitModifierCompositor) {
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
+      halloc::testing::TestDaemon::Start();
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<Client> client = (*daemon)->Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
+      FakeCompositor::Start({{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_INVALID}});
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect((*c)->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::StatusOr<Buffer> b =
+      client->Allocate(ImageDescriptor(64, 48, DRM_FORMAT_XRGB8888, usage::kComposerOverlay));
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->layout().modifier(), DRM_FORMAT_MOD_LINEAR);
+  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(**d, *b);
+  ASSERT_TRUE(wl.ok()) << wl.status();
+  const std::vector<DmabufRequest> reqs = (*c)->requests();
+  ASSERT_EQ(reqs.size(), 1u);
+  ASSERT_FALSE(reqs[0].planes.empty());
+  for (const auto& plane : reqs[0].planes) EXPECT_EQ(plane.modifier, DRM_FORMAT_MOD_INVALID);
+  // A tiled layout is still refused there (implicit means linear here).
+  EXPECT_FALSE((*d)->DmabufModifierFor(DRM_FORMAT_XRGB8888, I915_FORMAT_MOD_X_TILED));
+}
+
 TEST_F(DmabufTest, AFormatNotOfferedIsRefusedBeforeAsking) {
   Buffer b = Image(DRM_FORMAT_ARGB8888);
   absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(*display_, b);
