@@ -31,7 +31,7 @@ count_reports() {
     t=$(grep -o ' tests="[0-9]*"' <<<"$head" | grep -o '[0-9]*' || echo 0)
     fl=$(grep -o ' failures="[0-9]*"' <<<"$head" | grep -o '[0-9]*' || echo 0)
     er=$(grep -o ' errors="[0-9]*"' <<<"$head" | grep -o '[0-9]*' || echo 0)
-    sk=$(grep -c '<skipped' "$f" || true)
+    sk=$(grep -o '<skipped' "$f" | wc -l || true)
     total=$((total + ${t:-0})); failed=$((failed + ${fl:-0} + ${er:-0}))
     skipped=$((skipped + ${sk:-0}))
   done

@@ -84,25 +84,42 @@ apt_install qemu-system-x86 busybox-static linux-headers-amd64 kmod cpio linux-s
 command -v bazel >/dev/null ||
   die "bazel is not installed: run tools/run kernel-test (it installs it)"
 
-# The kernel the headers metapackage points at, e.g. 6.1.0-56-amd64.
-KVER=$(apt-cache depends linux-headers-amd64 |
-  sed -n 's/^ *Depends: linux-headers-\(.*-amd64\)$/\1/p' | head -n1)
+# The kernel the *installed* headers metapackage points at, e.g.
+# 6.1.0-57-amd64 (not apt's candidate: apt_install never upgrades, so once
+# Debian publishes a newer ABI the candidate's headers are not here).
+installed_kver() {
+  dpkg-query -W -f='${Depends}' linux-headers-amd64 2>/dev/null |
+    grep -o 'linux-headers-[^ ,]*-amd64' | head -n1 | sed 's/^linux-headers-//'
+}
+KVER=$(installed_kver)
 [[ -n $KVER ]] || die "cannot tell the kernel version from linux-headers-amd64"
 [[ -d /usr/src/linux-headers-$KVER ]] || die "linux-headers-$KVER is not installed"
 
 # --- kernel image ------------------------------------------------------------
-IMG=$CACHE/$KVER
-VMLINUZ=$IMG/root/boot/vmlinuz-$KVER
-if [[ ! -f $IMG/.complete ]]; then
+# Fetched once per version and cached. Should the archive no longer serve
+# the installed version's image (Debian moved to a newer ABI), the headers
+# (and the source) are upgraded to apt's candidate, and that one is used.
+fetch_image() {
+  IMG=$CACHE/$KVER
+  [[ -f $IMG/.complete ]] && return 0
   log "fetching linux-image-$KVER"
   rm -rf "$IMG" && mkdir -p "$IMG/root"
-  (cd "$IMG" && apt-get download -qq "linux-image-$KVER" 2>/dev/null) ||
-    die "apt-get download linux-image-$KVER failed"
+  (cd "$IMG" && apt-get download -qq "linux-image-$KVER") || return 1
   dpkg-deb -x "$IMG"/linux-image-*.deb "$IMG/root"
   depmod -b "$IMG/root" "$KVER"
   rm -f "$IMG"/linux-image-*.deb
   touch "$IMG/.complete"
+}
+if ! fetch_image; then
+  log "linux-image-$KVER is not served: upgrading linux-headers-amd64 and linux-source-6.1"
+  { apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -qq install -y \
+      linux-headers-amd64 linux-source-6.1; } >/dev/null ||
+    die "cannot upgrade linux-headers-amd64"
+  KVER=$(installed_kver)
+  [[ -d /usr/src/linux-headers-$KVER ]] || die "linux-headers-$KVER is not installed"
+  fetch_image || die "apt-get download linux-image-$KVER failed"
 fi
+VMLINUZ=$IMG/root/boot/vmlinuz-$KVER
 MODROOT=$IMG/root/lib/modules/$KVER
 
 # --- module ------------------------------------------------------------------
@@ -135,7 +152,7 @@ if [[ ! -f $UDMABUF_DIR/.complete ]]; then
   tar -xJf "$UDMABUF_TAR" -C "$UDMABUF_DIR" --strip-components=3 \
     linux-source-6.1/drivers/dma-buf/udmabuf.c ||
     die "cannot extract drivers/dma-buf/udmabuf.c from $UDMABUF_TAR"
-  (cd "$UDMABUF_DIR" && patch -s -p3 <"$UDMABUF_PATCH") >"$BUILD_LOG" 2>&1 || {
+  (cd "$UDMABUF_DIR" && patch -s --forward --batch -p3 <"$UDMABUF_PATCH") >"$BUILD_LOG" 2>&1 || {
     cat "$BUILD_LOG" >&2
     die "tools/lib/udmabuf-6.1.patch does not apply to udmabuf.c of $UDMABUF_SRCVER"
   }
@@ -167,7 +184,7 @@ if [[ ! -f $VKMS_DIR/.complete ]]; then
   tar -xJf "$UDMABUF_TAR" -C "$VKMS_DIR" --strip-components=5 \
     linux-source-6.1/drivers/gpu/drm/vkms ||
     die "cannot extract drivers/gpu/drm/vkms from $UDMABUF_TAR"
-  (cd "$VKMS_DIR" && patch -s -p5 <"$VKMS_PATCH") >"$BUILD_LOG" 2>&1 || {
+  (cd "$VKMS_DIR" && patch -s --forward --batch -p5 <"$VKMS_PATCH") >"$BUILD_LOG" 2>&1 || {
     cat "$BUILD_LOG" >&2
     die "tools/lib/vkms-6.1.patch does not apply to vkms of $UDMABUF_SRCVER"
   }
@@ -248,12 +265,14 @@ MODULES=(9pnet_virtio 9p virtio_pci vgem vivid drm drm_kms_helper drm_shmem_help
 declare -A seen=()
 INSMODS=()
 for m in "${MODULES[@]}"; do
+  deps=$(modprobe -d "$IMG/root" -S "$KVER" --show-depends "$m") ||
+    die "linux-image-$KVER has no module $m"
   while read -r _ path _; do
     [[ -n ${seen[$path]:-} ]] && continue
     seen[$path]=1
     cp "$path" "$RUN/initramfs/"
     INSMODS+=("$(basename "$path")")
-  done < <(modprobe -d "$IMG/root" -S "$KVER" --show-depends "$m" | grep '^insmod ')
+  done < <(grep '^insmod ' <<<"$deps")
 done
 
 VIVID_PARAMS="n_devs=1 node_types=0x1"
@@ -371,6 +390,11 @@ DMESG=$RESULTS/dmesg.txt
 [[ -f $DMESG ]] || DMESG=$RUN/console.log
 if grep -Eq "$SPLAT" "$DMESG" "$RUN/console.log"; then
   failed_why+=("guest kernel log has a splat")
+fi
+# A module the guest could not load, or a share it could not mount: the
+# tests that need it would only skip.
+if grep -Eq 'HARNESS: .*failed' "$RUN/console.log"; then
+  failed_why+=("$(grep -Eo 'HARNESS: .*failed' "$RUN/console.log" | sort -u | paste -sd ';' -)")
 fi
 
 # Count gtest test cases from the XML report: one <testcase> per test, with

@@ -177,8 +177,13 @@ dpkg-deb --root-owner-group -Zxz --build "$P" "$DEB" >/dev/null
 D="$STAGE/halloc-dkms"
 SRC="$D/usr/src/halloc-$VERSION"
 install -d "$SRC/uapi"
-install -m 0644 kernel/Kbuild kernel/Makefile kernel/*.c kernel/halloc.h "$SRC/"
-rm -f "$SRC/uapi_test.c"
+# The module's sources: kernel/ of a checkout that built the module also
+# holds kbuild's output (halloc_heap.mod.c among it), which must not ship.
+KSRC=()
+for f in kernel/*.c; do
+  [[ $f == *.mod.c || $f == kernel/uapi_test.c ]] || KSRC+=("$f")
+done
+install -m 0644 kernel/Kbuild kernel/Makefile "${KSRC[@]}" kernel/halloc.h "$SRC/"
 install -m 0644 kernel/uapi/halloc_heap.h "$SRC/uapi/"
 sed "s/@VERSION@/$VERSION/" kernel/dkms.conf >"$SRC/dkms.conf"
 install -d "$D/DEBIAN"

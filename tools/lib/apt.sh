@@ -28,6 +28,16 @@ apt_install() {
   if "${apt[@]}" install -y "${missing[@]}" >/dev/null 2>"$err"; then
     rm -f "$err"; return 0
   fi
+  # An install interrupted earlier (a killed session) leaves dpkg asking
+  # for `dpkg --configure -a` before it installs anything else.
+  if grep -q 'dpkg --configure -a' "$err"; then
+    printf '== finishing an interrupted dpkg run first (dpkg --configure -a)\n' >&2
+    "${sudo[@]}" dpkg --configure -a >/dev/null 2>>"$err" &&
+      "${apt[@]}" install -f -y >/dev/null 2>>"$err" &&
+      "${apt[@]}" install -y "${missing[@]}" >/dev/null 2>"$err" && {
+      rm -f "$err"; return 0
+    }
+  fi
   if ! grep -Eq 'Could not get lock|Unable to acquire the dpkg' "$err"; then
     "${apt[@]}" update 2>"$err" >/dev/null &&
       "${apt[@]}" install -y "${missing[@]}" >/dev/null 2>"$err" && {
