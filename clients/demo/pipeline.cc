@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -81,6 +82,7 @@ struct Viewer {
   Client client;
   std::unique_ptr<wayland::Presenter> presenter;
   std::map<uint32_t, Buffer> held;  // by camera buffer index
+  std::optional<uint32_t> on_screen;  // a zero-copy frame the compositor may read
   int shown = 0, same_memory = 0, write_refused = 0;
 
   absl::Status ShowFrame(const std::vector<std::string>& f, int channel) {
@@ -92,12 +94,21 @@ struct Viewer {
     ASSIGN_OR_RETURN(Buffer frame, client.Import(f[4]));
     same_memory += InodeOf(frame.fd()) == inode;
     write_refused += RefusesWrite(frame.fd(), frame.size());
+    const uint64_t id = frame.id();
     RETURN_IF_ERROR(presenter->Show(frame));
     ++shown;
     held.insert_or_assign(index, std::move(frame));
-    // Show copied a read-only memfd frame (kShmCopy): the camera may reuse
-    // it now. A zero-copy path would have to wait for wl_buffer.release.
-    return Send(channel, absl::StrCat("done ", index));
+    // The camera may reuse what the compositor no longer reads: a frame
+    // Show copied (a read-only memfd: kShmCopy) at once, a zero-copy one
+    // once the next frame replaced it and the compositor let go of it.
+    if (on_screen) {
+      RETURN_IF_ERROR(presenter->WaitReleased(held.at(*on_screen).id()));
+      RETURN_IF_ERROR(Send(channel, absl::StrCat("done ", *on_screen)));
+      on_screen.reset();
+    }
+    if (!presenter->busy(id)) return Send(channel, absl::StrCat("done ", index));
+    on_screen = index;
+    return absl::OkStatus();
   }
 };
 

@@ -61,6 +61,19 @@ absl::StatusOr<WlBuffer*> Presenter::Writable(std::vector<WlBuffer>& mine, const
   return released();
 }
 
+bool Presenter::busy(uint64_t buffer_id) const {
+  auto it = buffers_.find(buffer_id);
+  if (it == buffers_.end() || it->second.empty()) return false;
+  const WlBuffer& own = it->second.front();
+  return own.path() != BufferPath::kShmCopy && own.busy();  // copies are ours
+}
+
+absl::Status Presenter::WaitReleased(uint64_t buffer_id) {
+  if (!busy(buffer_id)) return absl::OkStatus();
+  return display_->DispatchUntil([&] { return !busy(buffer_id); }, options_.frame_timeout,
+                                 "wl_buffer.release");
+}
+
 absl::Status Presenter::WaitShown() {
   if (!window_->frame_pending()) return absl::OkStatus();
   return window_->WaitForFrame(options_.frame_timeout);

@@ -52,10 +52,21 @@ class Presenter {
   // Waits until the compositor has drawn the previous frame (its frame
   // callback), then attaches and commits `buffer` (copied first on the
   // kShmCopy path). Returns once committed:
-  // the frame is on screen after the next Show or WaitShown.
+  // the frame is on screen after the next Show or WaitShown. On a zero-copy
+  // path the compositor reads the caller's own pages until it releases
+  // them: WaitReleased before writing the buffer again (before requeueing
+  // it to a camera, say).
   absl::Status Show(const Buffer& buffer);
   // Waits for the frame callback of the last Show.
   absl::Status WaitShown();
+  // Waits until the compositor holds none of the caller's pages of
+  // `buffer_id` (wl_buffer.release of its zero-copy wl_buffer), for up to
+  // frame_timeout: the caller may write them again. At once for a buffer
+  // shown through copies, or never shown.
+  absl::Status WaitReleased(uint64_t buffer_id);
+  // Whether the compositor may still read the caller's pages of
+  // `buffer_id` (a zero-copy wl_buffer not yet released).
+  bool busy(uint64_t buffer_id) const;
   // Drops the wl_buffer of `buffer_id` (before releasing that buffer for
   // good, so the compositor lets go of its memory too).
   void Forget(uint64_t buffer_id) { buffers_.erase(buffer_id); }

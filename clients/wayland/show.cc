@@ -81,13 +81,17 @@ absl::Status Run() {
   const int frames = absl::GetFlag(FLAGS_frames);
   RETURN_IF_ERROR(camera->Start());
   const absl::Time start = absl::Now();
-  // The frame on screen stays with us until the next one replaces it (the
-  // compositor reads our buffer itself on the wl_shm path).
+  // The frame on screen stays with us until the next one replaces it and
+  // the compositor lets go of it (it reads our buffer itself on the
+  // zero-copy paths).
   std::optional<camera::Frame> shown;
   for (int n = 0; n < frames && !presenter->window().close_requested(); ++n) {
     ASSIGN_OR_RETURN(camera::Frame frame, camera->Next());
     RETURN_IF_ERROR(presenter->Show(*frame.buffer));
-    if (shown) RETURN_IF_ERROR(camera->Requeue(shown->index));
+    if (shown) {
+      RETURN_IF_ERROR(presenter->WaitReleased(shown->buffer->id()));
+      RETURN_IF_ERROR(camera->Requeue(shown->index));
+    }
     shown = frame;
   }
   RETURN_IF_ERROR(presenter->WaitShown());

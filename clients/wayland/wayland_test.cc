@@ -245,6 +245,34 @@ TEST_F(WaylandTest, AReadOnlyImportIsShownThroughACopy) {
   EXPECT_LE((*p)->wl_buffers_of(imported->id()), Presenter::kMaxCopies);
 }
 
+// On a zero-copy path (here wl_shm over the producer's own memfd) weston's
+// pixman renderer reads the caller's pages at every repaint until another
+// buffer replaces them: busy() says so, and WaitReleased returns once the
+// compositor let go (wl_buffer.release), after the next Show.
+TEST_F(WaylandTest, AZeroCopyFrameIsBusyUntilTheCompositorLetsGo) {
+  PresenterOptions options = Options();
+  options.frame_timeout = absl::Seconds(1);  // one wait below runs it out
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(options);
+  ASSERT_TRUE(p.ok()) << p.status();
+  Buffer first = Frame(kPatterns[0]);
+  Buffer second = Frame(kPatterns[1]);
+  EXPECT_FALSE((*p)->busy(first.id())) << "never shown";
+  EXPECT_TRUE((*p)->WaitReleased(first.id()).ok());
+  ASSERT_TRUE((*p)->Show(first).ok());
+  ASSERT_EQ((*p)->last_path(), BufferPath::kShm) << "not the zero-copy path";
+  ASSERT_TRUE((*p)->WaitShown().ok());
+  EXPECT_TRUE((*p)->busy(first.id())) << "on screen: the compositor reads it";
+  const absl::Status alone = (*p)->WaitReleased(first.id());
+  EXPECT_EQ(alone.code(), absl::StatusCode::kDeadlineExceeded)
+      << "released while nothing replaced it: " << alone;
+  ASSERT_TRUE((*p)->Show(second).ok());
+  ASSERT_TRUE((*p)->WaitReleased(first.id()).ok());
+  EXPECT_FALSE((*p)->busy(first.id()));
+  EXPECT_TRUE((*p)->busy(second.id()));
+  ASSERT_TRUE((*p)->WaitShown().ok());
+  ExpectOnScreen(kPatterns[1]);
+}
+
 // Frames paced by frame callbacks: how fast the loop goes (weston's
 // headless output repaints on its own timer).
 TEST_F(WaylandTest, PresentLoopPacedByFrameCallbacks) {
