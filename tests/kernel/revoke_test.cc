@@ -35,6 +35,16 @@ class RevokeTest : public VgemTest {
     memset(owner_map_.data(), kFill, size_);
   }
 
+  // A read-write view of buf_ (its id in *id) imported into vgem_: the
+  // import's GEM handle in *handle.
+  void ViewImportedIntoVgem(UniqueFd* view, uint64_t* id, uint32_t* handle) {
+    *view = View(buf_.get(), HALLOC_CPU_READ_WRITE, id);
+    ASSERT_TRUE(view->valid());
+    const int64_t h = Import(vgem_.get(), view->get());
+    ASSERT_GT(h, 0) << strerror(-h);
+    *handle = static_cast<uint32_t>(h);
+  }
+
   // A view of `source` with `cpu` rights, and its id.
   UniqueFd View(int source, uint32_t cpu, uint64_t* id) {
     ViewSpec spec;
@@ -254,12 +264,11 @@ TEST_F(RevokeTest, RevokedOutranksEveryOtherError) {
 // the import made before keeps its map, and the original still imports.
 TEST_F(RevokeTest, VgemImportRefusedAfterRevoke) {
   if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
+  UniqueFd view;
   uint64_t id = 0;
-  UniqueFd view = View(buf_.get(), HALLOC_CPU_READ_WRITE, &id);
-  ASSERT_TRUE(view.valid());
-  int64_t before = Import(vgem_.get(), view.get());
-  ASSERT_GT(before, 0) << strerror(-before);
-  GemHandle old_handle(vgem_.get(), static_cast<uint32_t>(before));
+  uint32_t before = 0;
+  ASSERT_NO_FATAL_FAILURE(ViewImportedIntoVgem(&view, &id, &before));
+  GemHandle old_handle(vgem_.get(), before);
   EXPECT_EQ(InfoOf(buf_.get()).maps, 1u);
 
   ASSERT_EQ(Revoke(ctl_.get(), buf_.get(), id), 0);
@@ -281,12 +290,11 @@ TEST_F(RevokeTest, VgemImportRefusedAfterRevoke) {
 // objects (EINVAL), and vgem has no other way to map one.
 TEST_F(RevokeTest, VgemMmapOfAnOldImportRefusedAfterRevoke) {
   if (!vgem_.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
+  UniqueFd view;
   uint64_t id = 0;
-  UniqueFd view = View(buf_.get(), HALLOC_CPU_READ_WRITE, &id);
-  ASSERT_TRUE(view.valid());
-  int64_t before = Import(vgem_.get(), view.get());
-  ASSERT_GT(before, 0) << strerror(-before);
-  GemHandle old_handle(vgem_.get(), static_cast<uint32_t>(before));
+  uint32_t before = 0;
+  ASSERT_NO_FATAL_FAILURE(ViewImportedIntoVgem(&view, &id, &before));
+  GemHandle old_handle(vgem_.get(), before);
   drm_mode_map_dumb map = {};
   map.handle = old_handle.get();
   if (const int err = Ioctl(vgem_.get(), DRM_IOCTL_MODE_MAP_DUMB, &map); err != 0) {

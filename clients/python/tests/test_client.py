@@ -35,6 +35,17 @@ def wait_for(predicate, timeout=5.0):
     return True
 
 
+def _open_on_inode(inode):
+    """Whether any fd of this process is open on `inode`."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{fd}").st_ino == inode:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def test_requests_carry_a_cpu_of_this_process():
     from halloc.client import _cpu_hint
     hint = _cpu_hint()
@@ -389,28 +400,8 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
         broker.client.import_buffer("token")
     os.close(memfd)
     broker.client.release(7)  # takes the late fd off the socket first
-
-    def open_on_it():
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                if os.stat(f"/proc/self/fd/{fd}").st_ino == inode:
-                    return True
-            except OSError:
-                pass
-        return False
-
-    assert not open_on_it(), "the late import's fd is still open in the client"
+    assert not _open_on_inode(inode), "the late import's fd is still open in the client"
     broker.close()
-
-
-def _open_on_inode(inode):
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.stat(f"/proc/self/fd/{fd}").st_ino == inode:
-                return True
-        except OSError:
-            pass
-    return False
 
 
 def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
