@@ -75,6 +75,8 @@ die() { log "FAIL: $*"; summary 0 1 0; exit 1; }
 ((BENCH_SCALE)) && QEMU_TIMEOUT=${QEMU_TIMEOUT:-1800}
 ((BENCH_KERNEL)) && QEMU_TIMEOUT=${QEMU_TIMEOUT:-600}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-240}
+# When the guest shows its blocked tasks (before the host kills it).
+WATCH_S=$((QEMU_TIMEOUT > 60 ? QEMU_TIMEOUT - 40 : QEMU_TIMEOUT / 2))
 
 # --- packages --------------------------------------------------------------
 # shellcheck source=tools/lib/apt.sh
@@ -329,6 +331,17 @@ mount -t devtmpfs devtmpfs \$H/dev
 mount -t tmpfs tmpfs \$H/tmp
 mkdir -p "\$R" 2>/dev/null
 mount -t 9p -o trans=virtio,version=9p2000.L,rw,msize=262144 results "\$R" || echo 'HARNESS: results mount failed'
+# Shortly before the host gives up on the guest, where each process waits
+# in the kernel goes to the console (a hang then says where it hangs): the
+# kernel stack of every user process, then sysrq-w (tasks in D state).
+( sleep $WATCH_S; echo 'HARNESS: tests still running after ${WATCH_S}s; where each process waits:'
+  for p in /proc/[0-9]*/task/[0-9]*; do
+    [ -e \$p/exe ] || continue
+    echo "-- task \${p#/proc/} \$(cat \$p/comm) \$(grep State: \$p/status)"
+    cat \$p/stack
+  done 2>/dev/null
+  echo 8 > /proc/sys/kernel/printk; echo w > /proc/sysrq-trigger; sleep 1
+  echo 5 > /proc/sys/kernel/printk ) &
 echo 'HARNESS: running tests'
 $GUEST_RUN
 echo \$? > "\$R/rc"
@@ -427,6 +440,10 @@ if ((${#failed_why[@]})); then
     log "---- test log (tail) ----"; tail -n 15 "$RESULTS/test.log" >&2
   fi
   log "---- guest kernel log (tail) ----"; tail -n 60 "$DMESG" >&2 || true
+  if grep -q 'HARNESS: tests still running' "$RUN/console.log"; then
+    log "---- where the guest's tasks waited (kernel stacks, sysrq-w, before the timeout) ----"
+    sed -n '/HARNESS: tests still running/,$p' "$RUN/console.log" | head -n 400 >&2 || true
+  fi
   if grep -Eq "$SPLAT" "$DMESG" "$RUN/console.log"; then
     log "---- guest kernel splats ----"
     grep -Eh -B2 -A25 "$SPLAT" "$DMESG" "$RUN/console.log" | head -n 120 >&2 || true
