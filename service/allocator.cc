@@ -480,11 +480,16 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
                                                  absl::string_view token,
                                                  uint64_t call_id) {
+  return Import(session, session.creds(), token, call_id, session.fds());
+}
+
+absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identity& caller,
+                                                 absl::string_view token, uint64_t call_id,
+                                                 FdChannel& channel) {
   std::shared_ptr<const Policy> pol = policy();
   // A caller no rule matches is refused before the token is looked at: an
   // unknown caller learns nothing about which tokens exist.
-  if (absl::StatusOr<const Rule*> r = DecideRule(*pol, session.creds(), "Import");
-      !r.ok()) {
+  if (absl::StatusOr<const Rule*> r = DecideRule(*pol, caller, "Import"); !r.ok()) {
     return Counted(r.status());
   }
   std::optional<ImportDecision> decision;
@@ -496,12 +501,11 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
             // The sharer's side again, under the policy in force now (a
             // reload since the Share may no longer let it share with us);
             // receive_from then sees the rule it matches now.
-            absl::StatusOr<const Rule*> sharer = DecideGrantSharer(*pol, session.creds(), grant);
+            absl::StatusOr<const Rule*> sharer = DecideGrantSharer(*pol, caller, grant);
             if (!sharer.ok()) return Counted(sharer.status());
             GrantView now = grant;
             now.from_client = (*sharer)->name;
-            absl::StatusOr<ImportDecision> d =
-                DecideImport(*pol, session.creds(), now);
+            absl::StatusOr<ImportDecision> d = DecideImport(*pol, caller, now);
             if (!d.ok()) return Counted(d.status());
             RETURN_IF_ERROR(CheckEnforce(
                 d->access,
@@ -515,6 +519,8 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
   // recorded before it leaves, so that a Revoke racing this import either
   // sees it or makes us cut it off ourselves.
   const bool live = backend_->CanRevokeLive();
+  v1::ImportResponse answer;
+  *answer.mutable_buffer() = std::move(imported.info);
   absl::Status sent = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Outgoing out,
                      Prepare(absl::MakeConstSpan(&buffer, 1),
@@ -526,7 +532,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
                                   decision->access, out.view_ids[0]);
       if (!noted.ok()) return noted;  // its only fd closes with `out`
     }
-    absl::Status s = session.fds().Send(out.info, out.fds, nullptr);
+    absl::Status s = channel.SendImport(out.info, out.fds[0], answer);
     if (!s.ok() && live) {
       backend_->RevokeView(buffer->fd, out.view_ids[0]).IgnoreError();
       registry_.DropImportView(session.id(), imported.grant_id, buffer->id, out.view_ids[0]);
@@ -546,7 +552,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
     }
     return sent;
   }
-  return std::move(imported.info);
+  return std::move(*answer.mutable_buffer());
 }
 
 absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(

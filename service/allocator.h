@@ -103,9 +103,17 @@ class Allocator {
   // from the same plan as Allocate; 0 when the descriptor is refused.
   uint64_t PlannedBytes(const v1::AllocateRequest& req) const;
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
-  // `call_id` goes back in the fd's BufferFd (ImportRequest.call_id).
+  // Imports for `session`, judged by the session's own identity, the fd
+  // sent through the session's broker socket ahead of the answer (the gRPC
+  // path); `call_id` goes back in the fd's BufferFd (ImportRequest.call_id).
   absl::StatusOr<v1::BufferInfo> Import(Session& session, absl::string_view token,
                                         uint64_t call_id = 0);
+  // The same for one request whose sender the kernel stamped (`caller`, as
+  // for Allocate); the fd and the answer go through `channel`
+  // (FdChannel::SendImport).
+  absl::StatusOr<v1::BufferInfo> Import(Session& session, const Identity& caller,
+                                        absl::string_view token, uint64_t call_id,
+                                        FdChannel& channel);
   // Withdraws a grant; on a backend that can (CanRevokeLive), also cuts
   // off every fd imported through it, in every process (registry.h).
   absl::Status Revoke(Session& session, uint64_t grant_id);

@@ -191,6 +191,9 @@ class Broker {
   // must wait for released memory to be freed: post it to the slow lane.
   bool ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                      SocketFdChannel& conn, bool may_wait = true);
+  // A fast-path Import and its answer: the reply and the fd in one record.
+  void ServeImport(Session& session, const Identity& caller, const v1::BrokerRequest& req,
+                   SocketFdChannel& conn);
   // One reply record (no fds) on a connection; SendReply says how it went,
   // Reply warns (rate-limited) when it did not go.
   static absl::Status SendReply(SocketFdChannel& channel, v1::BrokerReply reply);

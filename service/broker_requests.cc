@@ -1,5 +1,5 @@
 // The broker's request path: records off a connection, the fast-path
-// Allocate and Release, and their answers (the handshake and connection
+// Allocate, Import and Release, and their answers (the handshake and connection
 // life are in broker.cc), and connections paused while fds they sent wait
 // to be closed or a request waits for the slow lane.
 #include "service/broker.h"
@@ -41,7 +41,8 @@ constexpr absl::string_view kMalformedRequest =
     "malformed broker request (a serialized halloc.v1.BrokerRequest of at most "
     "64 KiB, no fds)";
 
-// The broker path's channel: the Allocate reply and its fds in one record.
+// The broker path's channel: an Allocate's or an Import's reply and its
+// fds in one record.
 class ReplyChannel : public FdChannel {
  public:
   ReplyChannel(SocketFdChannel& conn, uint64_t request_id)
@@ -62,6 +63,16 @@ class ReplyChannel : public FdChannel {
     if (reply != nullptr) r->unsafe_arena_release_allocate();
     // Counted like every fd the connection carries (UnreadFds).
     return conn_.SendCounted(bytes, fds);
+  }
+  absl::Status SendImport(const v1::BufferFds&, int fd, const v1::ImportResponse& reply) override {
+    v1::BrokerFrame frame;
+    v1::BrokerReply* r = frame.mutable_reply();
+    r->set_request_id(request_id_);
+    // Lent, as above.
+    r->unsafe_arena_set_allocated_import_buffer(const_cast<v1::ImportResponse*>(&reply));
+    const std::string bytes = frame.SerializeAsString();
+    r->unsafe_arena_release_import_buffer();
+    return conn_.SendCounted(bytes, absl::MakeConstSpan(&fd, 1));
   }
 
  private:
@@ -191,6 +202,13 @@ bool Broker::Handle(Conn& conn, Record rec) {
       PostAllocate(conn, caller, std::move(req));
       return true;
     }
+    case v1::BrokerRequest::kImportBuffer: {
+      // Judged by its stamp, as Allocate is.
+      const Identity caller = RequestIdentity(session.creds(), *rec.creds, conn.pidfd.get(),
+                                              core_->policy()->matches_exe());
+      ServeImport(session, caller, req, *conn.channel);
+      return true;
+    }
     case v1::BrokerRequest::kRelease: {
       absl::Status s = core_->Release(session, req.release());
       v1::BrokerReply reply = ErrorReply(req.request_id(), s);
@@ -228,6 +246,18 @@ bool Broker::ServeAllocate(Session& session, const Identity& caller,
     Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
   return true;
+}
+
+void Broker::ServeImport(Session& session, const Identity& caller, const v1::BrokerRequest& req,
+                         SocketFdChannel& conn) {
+  ReplyChannel channel(conn, req.request_id());
+  absl::StatusOr<v1::BufferInfo> r =
+      core_->Import(session, caller, req.import_buffer().grant_token(), 0, channel);
+  if (r.ok()) return;
+  AuditFailure("broker", "Import", &session, &caller, r.status());
+  if (absl::Status s = SendReply(conn, ErrorReply(req.request_id(), r.status())); !s.ok()) {
+    Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
+  }
 }
 
 void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {

@@ -3,15 +3,12 @@
 #include "service/broker.h"
 
 #include <fcntl.h>
-#include <linux/sched.h>
 #include <linux/sockios.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -23,15 +20,10 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/escaping.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
-#include "clients/cpp/halloc/base/test_child.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
@@ -41,9 +33,6 @@
 
 namespace halloc {
 namespace {
-
-using testing::ChildArgv;
-using testing::TestChild;
 
 class BrokerTest : public ::testing::Test {
  protected:
@@ -396,256 +385,6 @@ TEST_F(BrokerTest, EndedHandshakesLeaveNoDeadlinesQueued) {
   // The 100 waiting are still in their handshake: answered once they verify.
   absl::StatusOr<BrokerConnection> late = Handshake(std::move(waiting.back()), absl::Seconds(5));
   EXPECT_TRUE(late.ok()) << late.status();
-}
-
-// The status code of a fast-path Allocate of one page on `sock`.
-int AllocateCode(int sock) {
-  size_t fds = 0;
-  return static_cast<int>(AllocateOn(sock, 4096, &fds).code());
-}
-
-// Execs `argv` (a test child's: ChildArgv) as a process with pid `pid`
-// (clone3's set_tid: needs CAP_SYS_ADMIN over the pid namespace), keeping
-// `keep_fd`; it exits with what the child returns. The clone3 child makes
-// only async-signal-safe calls before its exec (this process has threads:
-// the broker's). Its pid, or -1 with errno set.
-pid_t SpawnWithPid(pid_t pid, std::vector<std::string> argv, int keep_fd) {
-  std::vector<char*> raw;
-  for (std::string& a : argv) raw.push_back(a.data());
-  raw.push_back(nullptr);
-  clone_args ca{};
-  ca.exit_signal = SIGCHLD;
-  ca.set_tid = reinterpret_cast<uint64_t>(&pid);
-  ca.set_tid_size = 1;
-  const long r = ::syscall(SYS_clone3, &ca, sizeof(ca));
-  if (r == 0) {
-    if (::fcntl(keep_fd, F_SETFD, 0) == 0) ::execv(raw[0], raw.data());
-    ::_exit(127);
-  }
-  return static_cast<pid_t>(r);
-}
-
-// A test child (test_child.h) started with `args` and the end of a socket
-// pair hands over one record carrying one fd (its last arg names the fd to
-// send on), then exits. Once the child is reaped: its pid and that record.
-struct Handed {
-  pid_t pid = -1;
-  Record record;
-};
-absl::StatusOr<Handed> HandedOverByAChild(const std::string& name, std::vector<std::string> args) {
-  int pass[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pass) != 0) {
-    return ErrnoStatus(errno, "socketpair");
-  }
-  UniqueFd ours(pass[0]), theirs(pass[1]);
-  args.push_back(absl::StrCat(theirs.get()));
-  ASSIGN_OR_RETURN(TestChild child, TestChild::Spawn(name, std::move(args), {theirs.get()}));
-  theirs.reset();
-  const pid_t pid = child.pid();
-  const std::optional<int> status = child.Wait(absl::Seconds(30));
-  if (!status || !WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
-    return absl::InternalError(absl::StrCat("the child ended with status ", status.value_or(-1)));
-  }
-  ASSIGN_OR_RETURN(Record record, ReceiveRecord(ours.get(), false));
-  if (record.fds.size() != 1) return absl::InternalError("the child handed over no fd");
-  return Handed{pid, std::move(record)};
-}
-
-// Sends `bytes` and `fd` on the fd named by `arg`: a child's exit status.
-int HandOver(const std::string& arg, const std::string& bytes, const UniqueFd& fd) {
-  int to = -1;
-  if (!absl::SimpleAtoi(arg, &to)) return 4;
-  const int raw = fd.get();
-  return SendRecord(to, bytes, {&raw, 1}, false).ok() ? 0 : 3;
-}
-
-// Only this test's executable may allocate; anyone else is denied.
-void TrustOnlyThisExecutable(Allocator& core) {
-  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
-  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
-      absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
-                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
-                   "clients { name: \"others\" match { any: true } }\n"),
-      "broker_test");
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  core.SetPolicy(*policy);
-}
-
-constexpr char kPython[] = "/usr/bin/python3";
-
-// In a test child: a connection to the broker at `path`, verified as this
-// executable and trusted with one Allocate; the child exits (1, 2) if not.
-BrokerConnection TrustedOrExit(const std::string& path) {
-  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(10));
-  if (!c.ok()) ::_exit(1);
-  if (AllocateCode(c->fd.get()) != 0) ::_exit(2);
-  return *std::move(c);
-}
-
-// Child "trusted-handover" (args: broker socket, fd to hand over on):
-// verifies as this executable, is trusted, hands the socket over, exits.
-int TrustedHandover(absl::Span<const std::string> args, int) {
-  if (args.size() != 2) return 5;
-  BrokerConnection c = TrustedOrExit(args[0]);
-  return HandOver(args[1], "conn", c.fd);
-}
-HALLOC_TEST_CHILD("trusted-handover", TrustedHandover);
-
-// Child "allocate-on" (args: a broker socket's fd): exits with the status
-// code of one fast-path Allocate on it.
-int AllocateOnFd(absl::Span<const std::string> args, int) {
-  int sock = -1;
-  if (args.size() != 1 || !absl::SimpleAtoi(args[0], &sock)) return 100;
-  return AllocateCode(sock);
-}
-HALLOC_TEST_CHILD("allocate-on", AllocateOnFd);
-
-// Child "hello-handover" (args: broker socket, fd to hand over on):
-// connects, takes the Hello, hands it and the socket over, exits.
-int HelloHandover(absl::Span<const std::string> args, int) {
-  if (args.size() != 2) return 5;
-  absl::StatusOr<UniqueFd> sock = ConnectSeqpacket(args[0]);
-  if (!sock.ok()) return 1;
-  absl::StatusOr<Record> hello = ReceiveRecord(sock->get(), false);
-  if (!hello.ok()) return 2;
-  return HandOver(args[1], hello->bytes, *sock);
-}
-HALLOC_TEST_CHILD("hello-handover", HelloHandover);
-
-// Child "answer-challenge" (args: a broker socket's fd, the challenge in
-// hex): answers it; exits with the reply's status code, or 100+ if none.
-int AnswerChallenge(absl::Span<const std::string> args, int) {
-  int sock = -1;
-  if (args.size() != 2 || !absl::SimpleAtoi(args[0], &sock)) return 100;
-  v1::BrokerRequest verify;
-  verify.mutable_verify()->set_challenge(absl::HexStringToBytes(args[1]));
-  if (!SendRecord(sock, verify.SerializeAsString(), {}, false).ok()) return 101;
-  absl::StatusOr<Record> reply = ReceiveRecord(sock, false);
-  v1::BrokerFrame frame;
-  if (!reply.ok() || !frame.ParseFromString(reply->bytes) || !frame.has_reply()) return 102;
-  return frame.reply().code();
-}
-HALLOC_TEST_CHILD("answer-challenge", AnswerChallenge);
-
-// Child "trusted-then-python" (args: broker socket, reply fd, request in
-// hex): verifies as this executable and is trusted, then execs python,
-// which sends the request on the verified socket (fd 3) and prints the
-// reply (hex) on the reply fd before it exits.
-int TrustedThenPython(absl::Span<const std::string> args, int) {
-  int reply = -1;
-  if (args.size() != 3 || !absl::SimpleAtoi(args[1], &reply)) return 5;
-  const BrokerConnection c = TrustedOrExit(args[0]);
-  if (::dup2(reply, 1) != 1 || ::dup2(c.fd.get(), 3) != 3 || ::fcntl(3, F_SETFD, 0) != 0) {
-    return 3;
-  }
-  ::execl(kPython, kPython, "-c",
-          "import os, sys; os.write(3, bytes.fromhex(sys.argv[1])); "
-          "print(os.read(3, 65536).hex())",
-          args[2].c_str(), static_cast<char*>(nullptr));
-  return 4;
-}
-HALLOC_TEST_CHILD("trusted-then-python", TrustedThenPython);
-
-TEST_F(BrokerTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReusedPid) {
-  // A process holding the socket (a child the verified one forked, or a
-  // receiver of the fd) waits for the verified process to exit and for its
-  // pid to come round again (cycling pids; here at once, with set_tid):
-  // its requests are then stamped with the verified pid, but they are not
-  // the verified executable's.
-  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  // Verifies as this executable, is trusted, hands the socket over, exits.
-  absl::StatusOr<Handed> got = HandedOverByAChild("trusted-handover", {path});
-  ASSERT_TRUE(got.ok()) << got.status() << " (the verified process itself was trusted)";
-  const pid_t verified = got->pid;
-  const int sock = got->record.fds[0].get();
-  int status = 0;
-  EXPECT_EQ(AllocateCode(sock), static_cast<int>(absl::StatusCode::kPermissionDenied))
-      << "another process on the socket: judged by uid alone";
-
-  absl::StatusOr<std::vector<std::string>> argv =
-      ChildArgv("allocate-on", {absl::StrCat(sock)}, -1);
-  ASSERT_TRUE(argv.ok()) << argv.status();
-  const pid_t again = SpawnWithPid(verified, *std::move(argv), sock);
-  if (again < 0) {
-    GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
-                 << std::strerror(errno) << ")";
-  }
-  ASSERT_EQ(again, verified);
-  ASSERT_EQ(::waitpid(again, &status, 0), again);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
-      << "the verified pid, reused, vouches for nothing";
-}
-
-// The handshake must be finished by the process that connected while it
-// runs: one that exited leaves its pid to whoever gets it next, who may
-// hold the unverified socket (a fork, a receiver of the fd) and answer
-// the challenge as the connector's uid.
-TEST_F(BrokerTest, AConnectorsReusedPidCannotFinishItsHandshake) {
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  // Connects, takes the Hello, hands it and the socket over, exits.
-  absl::StatusOr<Handed> got = HandedOverByAChild("hello-handover", {path});
-  ASSERT_TRUE(got.ok()) << got.status();
-  const pid_t connector = got->pid;
-  v1::BrokerFrame hello;
-  ASSERT_TRUE(hello.ParseFromString(got->record.bytes) && hello.has_hello());
-  const int sock = got->record.fds[0].get();
-  int status = 0;
-  const std::string challenge = hello.hello().challenge();
-
-  // The reuser's answer: the reply's status code, or 100+ if none came.
-  absl::StatusOr<std::vector<std::string>> argv =
-      ChildArgv("answer-challenge", {absl::StrCat(sock), absl::BytesToHexString(challenge)}, -1);
-  ASSERT_TRUE(argv.ok()) << argv.status();
-  const pid_t again = SpawnWithPid(connector, *std::move(argv), sock);
-  if (again < 0) {
-    GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
-                 << std::strerror(errno) << ")";
-  }
-  ASSERT_EQ(again, connector);
-  ASSERT_EQ(::waitpid(again, &status, 0), again);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
-      << "a process given the connector's pid finished its handshake";
-}
-
-// An exec keeps the pid and the pidfd but runs another file: the verified
-// executable no longer speaks for what the process sends afterwards.
-TEST_F(BrokerTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
-  if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
-  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  v1::BrokerRequest req;
-  req.set_request_id(7);
-  req.mutable_allocate()->mutable_desc()->set_size(4096);
-  const std::string hex = absl::BytesToHexString(req.SerializeAsString());
-  int out[2];
-  ASSERT_EQ(::pipe2(out, O_CLOEXEC), 0);
-  UniqueFd reply_r(out[0]), reply_w(out[1]);
-  absl::StatusOr<TestChild> child = TestChild::Spawn(
-      "trusted-then-python", {path, absl::StrCat(reply_w.get()), hex}, {reply_w.get()});
-  ASSERT_TRUE(child.ok()) << child.status();
-  reply_w.reset();
-  std::string printed;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(reply_r.get(), buf, sizeof(buf))) > 0;) printed.append(buf, n);
-  const std::optional<int> status = child->Wait(absl::Seconds(30));
-  ASSERT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
-      << "the verified process, before its exec, was trusted: " << status.value_or(-1);
-  v1::BrokerFrame frame;
-  ASSERT_TRUE(frame.ParseFromString(absl::HexStringToBytes(absl::StripAsciiWhitespace(printed))))
-      << printed;
-  ASSERT_TRUE(frame.has_reply());
-  EXPECT_EQ(frame.reply().request_id(), 7u);
-  EXPECT_EQ(frame.reply().code(), static_cast<int>(absl::StatusCode::kPermissionDenied))
-      << "python, exec'd by the verified process, is not the verified executable";
 }
 
 }  // namespace

@@ -1,9 +1,12 @@
-// Helpers of the broker's tests (broker_test.cc, broker_slow_lane_test.cc).
+// Helpers of the broker's tests (broker_test.cc, broker_identity_test.cc,
+// broker_slow_lane_test.cc).
 #ifndef HALLOC_SERVICE_BROKER_TEST_UTIL_H_
 #define HALLOC_SERVICE_BROKER_TEST_UTIL_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -13,13 +16,12 @@
 
 namespace halloc {
 
-// One fast-path Allocate of `size` bytes; the reply's status and its fds
-// once it came (within 5 s), or DEADLINE_EXCEEDED.
-inline absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
-  v1::BrokerRequest req;
-  req.set_request_id(1);
-  req.mutable_allocate()->mutable_desc()->set_size(size);
-  req.mutable_allocate()->mutable_desc()->set_name("lane");
+// One request on `sock` and the record that answers it (within 5 s).
+struct Answer {
+  v1::BrokerReply reply;
+  std::vector<UniqueFd> fds;
+};
+inline absl::StatusOr<Answer> Ask(int sock, const v1::BrokerRequest& req) {
   RETURN_IF_ERROR(SendRecord(sock, req.SerializeAsString(), {}, false));
   RETURN_IF_ERROR(WaitReadable(sock, 5000));
   ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
@@ -27,8 +29,19 @@ inline absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
   if (!frame.ParseFromString(rec.bytes) || !frame.has_reply()) {
     return absl::DataLossError("not a reply");
   }
-  *fds = rec.fds.size();
-  return ReplyStatus(frame.reply());
+  return Answer{std::move(*frame.mutable_reply()), std::move(rec.fds)};
+}
+
+// One fast-path Allocate of `size` bytes; the reply's status and its fds
+// once it came (within 5 s), or DEADLINE_EXCEEDED.
+inline absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
+  v1::BrokerRequest req;
+  req.set_request_id(1);
+  req.mutable_allocate()->mutable_desc()->set_size(size);
+  req.mutable_allocate()->mutable_desc()->set_name("lane");
+  ASSIGN_OR_RETURN(Answer a, Ask(sock, req));
+  *fds = a.fds.size();
+  return ReplyStatus(a.reply);
 }
 
 }  // namespace halloc

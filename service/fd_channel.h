@@ -30,6 +30,13 @@ class FdChannel {
   // a channel that carries replies too.
   virtual absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
                             const v1::AllocateResponse* reply) = 0;
+  // The fd of one Import (`info`, `fd`) and the call's answer, `reply`. By
+  // default as Send without a reply: the fd goes ahead of the answer, which
+  // its caller returns (the gRPC path).
+  virtual absl::Status SendImport(const v1::BufferFds& info, int fd,
+                                  const v1::ImportResponse& reply) {
+    return Send(info, absl::MakeConstSpan(&fd, 1), nullptr);
+  }
 };
 
 // A broker connection as a channel: BrokerFrame{buffer|buffers} records on

@@ -55,7 +55,16 @@ bool WaitForLiveBuffers(Client& c, uint64_t n) {
   return false;
 }
 
-class ClientTest : public HallocTest {};
+class ClientTest : public HallocTest {
+ protected:
+  // A Client of its own on the broker fast path (`broker`) or, like a
+  // gRPC-only client, on gRPC.
+  absl::StatusOr<Client> ConnectVia(bool broker) {
+    ConnectOptions o = daemon().connect_options();
+    o.broker_fast_path = broker;
+    return Client::Connect(o);
+  }
+};
 
 TEST_F(ClientTest, AllocateMapWriteDescribeListRelease) {
   for (uint64_t size : {uint64_t{1}, uint64_t{4096}, uint64_t{100000},
@@ -175,9 +184,7 @@ TEST_F(ClientTest, BadInputsGetTheirCodeAndLeakNothing) {
 
 // Both request paths, as libhalloc makes them: the broker fast path and gRPC.
 TEST_F(ClientTest, BothPathsAgreeOnResultsAndErrors) {
-  ConnectOptions grpc_only = daemon().connect_options();
-  grpc_only.broker_fast_path = false;
-  absl::StatusOr<Client> g = Client::Connect(grpc_only);
+  absl::StatusOr<Client> g = ConnectVia(false);
   ASSERT_TRUE(g.ok()) << g.status();
   for (Client* c : {&client(), &*g}) {
     SCOPED_TRACE(c == &client() ? "broker" : "grpc");
@@ -299,9 +306,58 @@ TEST_F(ClientTest, ShareAndImportSeeTheSamePagesWithNarrowedRights) {
   EXPECT_TRUE(got->Map(Access::kRead).ok());
 }
 
+// Imports on both paths: the broker's (the reply and the fd in one
+// record) and gRPC's (the fd ahead of the reply), with the same results
+// and the same errors, and no fd left behind by a refused one.
+TEST_F(ClientTest, BothPathsAgreeOnImports) {
+  absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(8192, 0, "both"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<v1::Grant> ro = client().Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  for (bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "broker" : "grpc");
+    absl::StatusOr<Client> peer = ConnectVia(fast);
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    const int fds_before = CountOpenFds();
+    absl::StatusOr<Buffer> got = peer->Import(ro->token());
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->id(), b->id());
+    EXPECT_EQ(got->size(), b->size());
+    EXPECT_EQ(got->info().name(), "both");
+    EXPECT_EQ(got->info().cpu_access(), v1::CPU_ACCESS_READ);
+    EXPECT_FALSE(got->info().owned());
+    EXPECT_EQ(fcntl(got->fd(), F_GETFL) & O_ACCMODE, O_RDONLY);
+    // Twice: a second fd for the same hold.
+    absl::StatusOr<Buffer> again = peer->Import(ro->token());
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->id(), b->id());
+    EXPECT_NE(again->fd(), got->fd());
+    for (const std::string& token : {std::string("no such grant"), std::string()}) {
+      absl::StatusOr<Buffer> bad = peer->Import(token);
+      EXPECT_EQ(bad.status().code(), StatusCode::kNotFound) << bad.status();
+      EXPECT_TRUE(absl::StartsWith(bad.status().message(), "Import: ")) << bad.status();
+    }
+    EXPECT_EQ(CountOpenFds(), fds_before + 2) << "the two imports' fds, nothing else";
+    absl::StatusOr<v1::BufferInfo> d = peer->Describe(b->id());
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_EQ(d->holders_size(), 2);
+    EXPECT_TRUE(peer->Release(b->id()).ok());
+  }
+  // A revoked grant: refused alike.
+  ASSERT_TRUE(client().Revoke(ro->id()).ok());
+  for (bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "broker" : "grpc");
+    absl::StatusOr<Client> peer = ConnectVia(fast);
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    EXPECT_EQ(peer->Import(ro->token()).status().code(), StatusCode::kNotFound);
+  }
+}
+
 // Two imports of one buffer in flight at once on one Client, under grants
 // of different rights: each gets the fd of its own import, not the other's
-// (their fds come ahead of the gRPC replies and carry the same buffer id).
+// (on gRPC their fds come ahead of the replies and carry the same buffer
+// id: the call id tells them apart; on the broker, each comes with its
+// reply).
 TEST_F(ClientTest, ConcurrentImportsOfOneBufferGetTheirOwnFds) {
   absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(4096, 0, "twice"));
   ASSERT_TRUE(b.ok());
@@ -309,28 +365,30 @@ TEST_F(ClientTest, ConcurrentImportsOfOneBufferGetTheirOwnFds) {
   absl::StatusOr<v1::Grant> rw =
       client().Share(b->id(), getuid(), v1::CPU_ACCESS_READ_WRITE);
   ASSERT_TRUE(ro.ok() && rw.ok());
-  absl::StatusOr<Client> peer = daemon().Connect();
-  ASSERT_TRUE(peer.ok());
-  std::atomic<int> wrong{0}, failed{0};
-  auto importer = [&](const std::string& token, v1::CpuAccess access, int mode) {
-    for (int i = 0; i < 150; ++i) {
-      absl::StatusOr<Buffer> got = peer->Import(token);
-      if (!got.ok()) {
-        ++failed;
-        continue;
+  for (bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "broker" : "grpc");
+    absl::StatusOr<Client> peer = ConnectVia(fast);
+    ASSERT_TRUE(peer.ok());
+    std::atomic<int> wrong{0}, failed{0};
+    auto importer = [&](const std::string& token, v1::CpuAccess access, int mode) {
+      for (int i = 0; i < 150; ++i) {
+        absl::StatusOr<Buffer> got = peer->Import(token);
+        if (!got.ok()) {
+          ++failed;
+          continue;
+        }
+        if (got->info().cpu_access() != access || (fcntl(got->fd(), F_GETFL) & O_ACCMODE) != mode) {
+          ++wrong;
+        }
       }
-      if (got->info().cpu_access() != access ||
-          (fcntl(got->fd(), F_GETFL) & O_ACCMODE) != mode) {
-        ++wrong;
-      }
-    }
-  };
-  std::thread a(importer, ro->token(), v1::CPU_ACCESS_READ, O_RDONLY);
-  std::thread c(importer, rw->token(), v1::CPU_ACCESS_READ_WRITE, O_RDWR);
-  a.join();
-  c.join();
-  EXPECT_EQ(wrong.load(), 0);
-  EXPECT_EQ(failed.load(), 0);
+    };
+    std::thread a(importer, ro->token(), v1::CPU_ACCESS_READ, O_RDONLY);
+    std::thread c(importer, rw->token(), v1::CPU_ACCESS_READ_WRITE, O_RDWR);
+    a.join();
+    c.join();
+    EXPECT_EQ(wrong.load(), 0);
+    EXPECT_EQ(failed.load(), 0);
+  }
 }
 
 // Whether a child process can become `uid` (root outside a sandbox).

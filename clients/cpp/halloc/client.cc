@@ -302,8 +302,10 @@ class Client::Impl {
       std::vector<uint64_t> ids;
       for (const v1::BufferInfo& b : reply.allocate().buffers()) ids.push_back(b.id());
       const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
-      if (abandoned || truncated ||
-          (reply.has_allocate() && ids.size() != fds.size())) {
+      // (An import's hold is not given back: the session may have held
+      // the buffer before; its fd, if any came, closes here.)
+      if (abandoned || truncated || (reply.has_allocate() && ids.size() != fds.size()) ||
+          (reply.has_import_buffer() && fds.size() != 1)) {
         GiveBack(ids);
         if (!abandoned) {
           replies_[reply.request_id()] =
@@ -534,6 +536,17 @@ absl::StatusOr<v1::DumpResponse> Client::Dump() {
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));
+  if (impl_->fast_path_ && impl_->welcome_.broker_import()) {
+    // The reply and the fd in one record: both or neither.
+    v1::BrokerRequest breq;
+    breq.mutable_import_buffer()->Swap(&req);
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Import"));
+    if (!r.reply.has_import_buffer() || r.fds.size() != 1) {
+      return absl::DataLossError("Import: hallocd's reply carries no buffer");
+    }
+    return Buffer(std::move(*r.reply.mutable_import_buffer()->mutable_buffer()),
+                  std::move(r.fds[0]));
+  }
   // Two imports of one buffer may be in flight: the call id tells their
   // fds apart, where hallocd echoes it (else 0, as it sends).
   if (impl_->welcome_.import_call_ids()) req.set_call_id(impl_->NextCallId());

@@ -63,10 +63,11 @@ struct ConnectOptions {
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.
   absl::Duration timeout = absl::Seconds(10);
-  // Allocate and Release as requests on the broker socket (one record
-  // there and back, fds in the reply's record; a Release of more ids than
-  // a record holds, some 10 000, goes as a gRPC call). false: as gRPC
-  // calls, the way a gRPC-only client makes them.
+  // Allocate, Import and Release as requests on the broker socket (one
+  // record there and back, fds in the reply's record; a Release of more
+  // ids than a record holds, some 10 000, goes as a gRPC call; Import so
+  // only where hallocd says it serves it, Welcome.broker_import). false:
+  // as gRPC calls, the way a gRPC-only client makes them.
   bool broker_fast_path = true;
 };
 

@@ -36,7 +36,9 @@ namespace {
 class FakeBroker {
  public:
   using Answer = std::function<void(int sock, const v1::BrokerRequest&)>;
-  explicit FakeBroker(Answer answer) : answer_(std::move(answer)) {
+  // `broker_import`: its Welcome says it serves Import on the socket.
+  explicit FakeBroker(Answer answer, bool broker_import = false)
+      : answer_(std::move(answer)), broker_import_(broker_import) {
     char tmpl[] = "/tmp/halloc-fake-XXXXXX";
     dir_ = mkdtemp(tmpl);
     path_ = dir_ + "/broker.sock";
@@ -105,6 +107,7 @@ class FakeBroker {
         r.mutable_welcome()->set_session_id(1);
         r.mutable_welcome()->set_session_token("t");
         r.mutable_welcome()->set_import_call_ids(true);
+        r.mutable_welcome()->set_broker_import(broker_import_);
         Reply(conn_.get(), r);
         continue;
       }
@@ -121,6 +124,7 @@ class FakeBroker {
   }
 
   Answer answer_;
+  const bool broker_import_;
   std::string dir_, path_;
   UniqueFd listener_, conn_;
   std::thread thread_;
@@ -251,6 +255,57 @@ TEST(ClientBrokerTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   EXPECT_TRUE(c->Release(7).ok());
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
   server->Shutdown();
+}
+
+v1::BrokerReply ImportReply(uint64_t request_id, uint64_t buffer_id) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  r.mutable_import_buffer()->mutable_buffer()->set_id(buffer_id);
+  return r;
+}
+
+// On the broker an Import's reply and fd come in one record: one that comes
+// after the caller gave up has its fd closed, and nothing is given back
+// (the session may have held the buffer before this import).
+TEST(ClientBrokerTest, ABrokerImportThatGaveUpClosesItsLateFdAndReleasesNothing) {
+  struct stat memfd_stat {};
+  UniqueFd memfd = Memfd();
+  ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
+  std::atomic<int> imports{0};
+  FakeBroker broker(
+      [&](int sock, const v1::BrokerRequest& req) {
+        if (req.has_import_buffer()) {
+          ++imports;
+          absl::SleepFor(absl::Seconds(2));  // longer than the 1 s deadline
+          FakeBroker::Reply(sock, ImportReply(req.request_id(), 42), {memfd.get()});
+          memfd = UniqueFd();  // then only the client's copy is left
+        } else if (req.has_release()) {
+          FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+        }
+      },
+      /*broker_import=*/true);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
+  absl::SleepFor(absl::Milliseconds(1500));  // the late reply is (about) queued now
+  EXPECT_TRUE(c->Release(7).ok());           // takes it off the socket first
+  EXPECT_EQ(imports.load(), 1) << "the Import went on the broker socket";
+  EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
+  ASSERT_EQ(broker.releases().size(), 1u);
+  EXPECT_EQ(broker.releases()[0].buffer_ids_size(), 1);
+  EXPECT_EQ(broker.releases()[0].buffer_ids(0), 7u) << "only the caller's own Release";
+}
+
+TEST(ClientBrokerTest, ABrokerImportReplyWithoutItsFdIsDataLoss) {
+  FakeBroker broker(
+      [](int sock, const v1::BrokerRequest& req) {
+        if (req.has_import_buffer()) FakeBroker::Reply(sock, ImportReply(req.request_id(), 42));
+      },
+      /*broker_import=*/true);
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(broker.releases().empty());
 }
 
 // The handshake's timeout bounds the whole handshake, not each of its two

@@ -13,10 +13,11 @@
 A Client is one session, as in libhalloc (clients/cpp/halloc/client.h): it
 connects to the broker socket and answers the daemon's challenge (hallocd
 learns who we are from the kernel), then makes gRPC calls carrying the
-session token. Allocate and Release travel on the broker socket, the reply
-and the fds in one record (the fast path, libhalloc's default); the fds of
-gRPC calls (Import; Allocate with broker_fast_path=False) arrive on the
-broker socket before the gRPC reply. Closing the Client ends the session:
+session token. Allocate, Import and Release travel on the broker socket,
+the reply and the fds in one record (the fast path, libhalloc's default;
+Import so where hallocd says it serves it, Welcome.broker_import); the fds
+of gRPC calls (Allocate and Import with broker_fast_path=False) arrive on
+the broker socket before the gRPC reply. Closing the Client ends the session:
 the daemon drops every hold it had; fds already in this process stay valid
 until their Buffer is closed.
 
@@ -203,8 +204,8 @@ class Client:
         $XDG_RUNTIME_DIR/halloc where either is there (a hallocd of this
         user's), else in /run/halloc (the machine's); never one from each.
         `timeout` (seconds) bounds each call and the wait for the hello.
-        `broker_fast_path=False` makes Allocate and Release gRPC calls, the
-        way a gRPC-only client makes them.
+        `broker_fast_path=False` makes Allocate, Import and Release gRPC
+        calls, the way a gRPC-only client makes them.
         """
         control, broker = _socket_paths(control_socket, broker_socket)
         conn = _broker.connect_broker(broker, timeout)
@@ -379,11 +380,21 @@ class Client:
     def import_buffer(self, token):
         """Takes a buffer shared with us: a Buffer with its own fd, carrying
         the grant's rights."""
+        token = token.encode() if isinstance(token, str) else token
+        if self._fast_path and self.welcome.broker_import:
+            # The reply and the fd in one record: both or neither.
+            breq = broker_pb2.BrokerRequest(
+                import_buffer=allocator_pb2.ImportRequest(grant_token=token))
+            reply, fds = self._broker_call(breq, "Import")
+            if reply.WhichOneof("kind") != "import_buffer" or len(fds) != 1:
+                _scm.close_all(fds)
+                raise errors.DataLossError("Import: hallocd's reply carries no buffer")
+            return Buffer(self, reply.import_buffer.buffer, fds[0])
         # Two imports of one buffer may be in flight: the call id tells
         # their fds apart (it comes from the request ids' counter), where
         # hallocd echoes it (Welcome.import_call_ids; else 0, as it sends).
         req = allocator_pb2.ImportRequest(
-            grant_token=token.encode() if isinstance(token, str) else token,
+            grant_token=token,
             call_id=next(self._request_ids) if self.welcome.import_call_ids else 0)
         try:
             info = self._call(self._stub.Import, req, "Import").buffer
@@ -592,8 +603,11 @@ class Client:
             ids = [b.id for b in reply.allocate.buffers]
             abandoned = reply.request_id in self._abandoned
             self._abandoned.discard(reply.request_id)
-            if abandoned or truncated or (reply.WhichOneof("kind") == "allocate" and
-                                          len(ids) != len(fds)):
+            kind = reply.WhichOneof("kind")
+            # (An import's hold is not given back: the session may have
+            # held the buffer before; its fd, if any came, closes here.)
+            if abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
+                    (kind == "import_buffer" and len(fds) != 1):
                 _scm.close_all(fds)
                 self._give_back(ids)
                 if not abandoned:

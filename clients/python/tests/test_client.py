@@ -404,12 +404,24 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     broker.close()
 
 
+def _interrupt_the_next_wait(monkeypatch):
+    """The next wait for the broker socket raises KeyboardInterrupt (as
+    Ctrl-C would), once."""
+    from halloc import _scm
+    real_wait = _scm.wait_readable
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(_scm, "wait_readable", real_wait)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_scm, "wait_readable", interrupted)
+
+
 def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
     # Ctrl-C (or any exception) while a fast-path Allocate waits: its reply,
     # when it comes, is given back (fds closed, buffers released), not
     # filed for nobody until the session ends.
     import socket
-    from halloc import _scm
     from halloc.v1 import broker_pb2
     memfd = os.memfd_create("late-allocate")
     inode = os.fstat(memfd).st_ino
@@ -427,13 +439,7 @@ def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
         broker.reply_release(req)
 
     broker = _ScriptedBroker(answer, timeout=2.0)
-    real_wait = _scm.wait_readable
-
-    def interrupted(*args, **kwargs):
-        monkeypatch.setattr(_scm, "wait_readable", real_wait)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(_scm, "wait_readable", interrupted)
+    _interrupt_the_next_wait(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         broker.client.allocate(halloc.blob(PAGE))
     time.sleep(0.5)
@@ -441,6 +447,58 @@ def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
     os.close(memfd)
     assert not _open_on_inode(inode), "the interrupted Allocate's fd is still open"
     assert wait_for(lambda: 5 in released), f"buffer 5 was not given back: {released}"
+    broker.close()
+
+
+def test_a_broker_import_that_gave_up_closes_its_late_fd_and_releases_nothing(monkeypatch):
+    # Its reply and fd come together after the caller was interrupted: the
+    # fd is closed; the hold is not given back (the session may have held
+    # the buffer before this import).
+    import socket
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("late-import")
+    inode = os.fstat(memfd).st_ino
+    released, imports = [], []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "import_buffer":
+            imports.append(req.import_buffer.grant_token)
+            time.sleep(0.3)  # after the caller was interrupted
+            frame = broker_pb2.BrokerFrame()
+            frame.reply.request_id = req.request_id
+            frame.reply.import_buffer.buffer.id = 5
+            socket.send_fds(sock, [frame.SerializeToString()], [memfd])
+            return
+        released.extend(req.release.buffer_ids)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.welcome.broker_import = True
+    _interrupt_the_next_wait(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.import_buffer("token")
+    time.sleep(0.5)
+    assert imports == [b"token"], "the import went on the broker socket"
+    broker.client.release(7)  # takes the late reply off the socket first
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the interrupted Import's fd is still open"
+    assert released == [7]
+    broker.close()
+
+
+def test_a_broker_import_reply_without_its_fd_is_data_loss():
+    from halloc.v1 import broker_pb2
+
+    def answer(sock, req):
+        frame = broker_pb2.BrokerFrame()
+        frame.reply.request_id = req.request_id
+        frame.reply.import_buffer.buffer.id = 5
+        sock.send(frame.SerializeToString())  # no fd
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.welcome.broker_import = True
+    with pytest.raises(halloc.DataLossError):
+        broker.client.import_buffer("token")
     broker.close()
 
 
@@ -645,8 +703,12 @@ def test_calls_without_a_valid_session_are_unauthenticated(hallocd):
         stub.Stats(allocator_pb2.StatsRequest(), timeout=10)  # needs none
 
 
-def test_share_read_only_reaches_the_peer_read_only(connect):
-    producer, consumer = connect(), connect(broker_fast_path=False)
+@pytest.mark.parametrize("fast", [True, False], ids=["broker", "grpc"])
+def test_share_read_only_reaches_the_peer_read_only(connect, fast):
+    # Import on the broker (the reply and the fd in one record) and on
+    # gRPC (the fd ahead of the reply) alike.
+    producer, consumer = connect(), connect(broker_fast_path=fast)
+    assert consumer.welcome.broker_import
     buf = producer.allocate(halloc.blob(2 * PAGE))
     data = pattern(buf.size)
     with buf.map() as m:
@@ -671,9 +733,11 @@ def test_share_read_only_reaches_the_peer_read_only(connect):
     consumer.release(got)
 
 
-def test_concurrent_imports_of_one_buffer_get_their_own_fds(connect):
-    # Their fds come ahead of the gRPC replies with the same buffer id.
-    producer, consumer = connect(), connect()
+@pytest.mark.parametrize("fast", [True, False], ids=["broker", "grpc"])
+def test_concurrent_imports_of_one_buffer_get_their_own_fds(connect, fast):
+    # On gRPC their fds come ahead of the replies with the same buffer id
+    # (the call id tells them apart); on the broker, each with its reply.
+    producer, consumer = connect(), connect(broker_fast_path=fast)
     buf = producer.allocate(halloc.blob(PAGE))
     grants = [(producer.share(buf, uid=os.getuid(), cpu_access=access).token, mode)
               for access, mode in ((READ, os.O_RDONLY), (READ_WRITE, os.O_RDWR))]
@@ -711,6 +775,7 @@ def test_no_fd_leaks(hallocd):
             got = b.import_buffer(grant.token)
             with got.map(halloc.Access.READ) as m:
                 assert m[0] == 42
+            a.import_buffer(grant.token).close()  # on the broker
             with pytest.raises(halloc.PermissionDeniedError):
                 got.map(halloc.Access.READ_WRITE)
             for c in (a, b):
