@@ -201,8 +201,8 @@ int MemfdFloor(const Args& a) {
 
 // --- halloc ----------------------------------------------------------------
 
-// --path=grpc makes Allocate and Release gRPC calls; otherwise (broker, the
-// default) they travel on the broker socket.
+// --path=grpc makes Allocate, Import and Release gRPC calls; otherwise
+// (broker, the default) they travel on the broker socket.
 absl::StatusOr<Client> Connect(const Args& a) {
   ConnectOptions opts;
   opts.control_socket = a.Str("control");
@@ -361,7 +361,8 @@ int AllocLatency(const Args& a) {
   return 0;
 }
 
-// Share (owner session) + Import (peer session) + map on the peer side.
+// Share (owner session) + Import (peer session) + map on the peer side;
+// the Import alone too (on the broker, or with --path=grpc as a gRPC call).
 int ShareLatency(const Args& a) {
   absl::StatusOr<Client> owner = Connect(a);
   absl::StatusOr<Client> peer = Connect(a);
@@ -371,13 +372,15 @@ int ShareLatency(const Args& a) {
   if (!b.ok()) return Fail("Allocate", b.status());
   const int64_t n = a.Int("n", 100);
   EchoProbe echo(a.Str("echo"));
-  Micros us, echo_us;
+  Micros us, import_us, echo_us;
   for (int64_t i = -10; i < n; ++i) {
     const double e = echo.Call();
     const int64_t t0 = NowNs();
     absl::StatusOr<v1::Grant> g = owner->Share(b->id(), ::getuid());
     if (!g.ok()) return Fail("Share", g.status());
+    const int64_t import_t0 = NowNs();
     absl::StatusOr<Buffer> got = peer->Import(g->token());
+    const int64_t import_t1 = NowNs();
     if (!got.ok()) return Fail("Import", got.status());
     std::optional<absl::StatusOr<Mapping>> m(got->Map(Access::kRead));
     const int64_t t1 = NowNs();
@@ -389,10 +392,11 @@ int ShareLatency(const Args& a) {
     if (absl::Status s = owner->Revoke(g->id()); !s.ok()) return Fail("Revoke", s);
     if (i >= 0) {
       us.push_back(Us(t0, t1));
+      import_us.push_back(Us(import_t0, import_t1));
       echo_us.push_back(e);
     }
   }
-  Say(FormatSummary("share", Summarize(us)) +
+  Say(FormatSummary("share", Summarize(us)) + FormatSummary("import", Summarize(import_us)) +
       FormatSummary("echo", Summarize(echo_us)));
   return 0;
 }
