@@ -292,10 +292,11 @@ class Client::Impl {
     absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
     // Built only for a cut record: every reply would otherwise pay for an
     // error status and its message (~450 instructions of ~10,000).
-    const auto lost = [] {
+    const auto lost = [](bool given_back = true) {
       return absl::ResourceExhaustedError(
-          "the fds hallocd sent were cut on the way (this process is out of fds: "
-          "RLIMIT_NOFILE); the buffers were given back");
+          absl::StrCat("the fds hallocd sent were cut on the way (this process is out of fds: "
+                       "RLIMIT_NOFILE)",
+                       given_back ? "; the buffers were given back" : ""));
     };
     if (frame.has_reply()) {
       v1::BrokerReply& reply = *frame.mutable_reply();
@@ -309,7 +310,8 @@ class Client::Impl {
         GiveBack(ids);
         if (!abandoned) {
           replies_[reply.request_id()] =
-              truncated ? lost() : absl::DataLossError("reply carries the wrong number of fds");
+              truncated ? lost(!reply.has_import_buffer())
+                        : absl::DataLossError("reply carries the wrong number of fds");
         }
         return;
       }

@@ -611,6 +611,10 @@ class Client:
                 _scm.close_all(fds)
                 self._give_back(ids)
                 if not abandoned:
+                    if truncated and kind == "import_buffer":
+                        lost = errors.ResourceExhaustedError(
+                            "the fd hallocd sent was cut on the way (this process is "
+                            "out of fds: RLIMIT_NOFILE)")
                     self._replies[reply.request_id] = lost if truncated else \
                         errors.DataLossError("reply carries the wrong number of fds")
                 return

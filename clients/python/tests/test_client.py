@@ -480,16 +480,22 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_releases_nothing(mo
     time.sleep(0.5)
     assert imports == [b"token"], "the import went on the broker socket"
     broker.client.release(7)  # takes the late reply off the socket first
+    broker.client.release(8)  # after any give-back it would have sent
     os.close(memfd)
     assert not _open_on_inode(inode), "the interrupted Import's fd is still open"
-    assert released == [7]
+    assert released == [7, 8]
     broker.close()
 
 
 def test_a_broker_import_reply_without_its_fd_is_data_loss():
     from halloc.v1 import broker_pb2
+    released = []
 
     def answer(sock, req):
+        if req.WhichOneof("kind") == "release":
+            released.extend(req.release.buffer_ids)
+            broker.reply_release(req)
+            return
         frame = broker_pb2.BrokerFrame()
         frame.reply.request_id = req.request_id
         frame.reply.import_buffer.buffer.id = 5
@@ -499,6 +505,8 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss():
     broker.client.welcome.broker_import = True
     with pytest.raises(halloc.DataLossError):
         broker.client.import_buffer("token")
+    broker.client.release(8)  # after any give-back it would have sent
+    assert released == [8], "buffer 5 was given back"
     broker.close()
 
 
