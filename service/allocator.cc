@@ -440,6 +440,11 @@ absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session) {
 
 absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
                                            const v1::ShareRequest& req) {
+  return Share(session, session.creds(), req);
+}
+
+absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& caller,
+                                           const v1::ShareRequest& req) {
   const bool by_name = req.peer().kind_case() == v1::Peer::kName;
   if (!by_name && req.peer().kind_case() != v1::Peer::kUid) {
     return absl::InvalidArgumentError("share needs a peer: a uid or a client name");
@@ -448,8 +453,7 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
   PeerAsk peer;
   if (by_name) peer.name = req.peer().name();
   peer.uid = req.peer().uid();
-  absl::StatusOr<SharePeerDecision> to =
-      DecideSharePeer(*pol, session.creds(), peer, req.buffer_id());
+  absl::StatusOr<SharePeerDecision> to = DecideSharePeer(*pol, caller, peer, req.buffer_id());
   if (!to.ok()) return Counted(to.status());
   std::optional<CpuAccess> asked;
   if (req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED) {
@@ -469,8 +473,8 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
           grant.peer_uid = req.peer().uid();
         }
         grant.from_client = to->rule->name;
-        grant.from_uid = session.creds().uid;
-        grant.sharer = session.creds();
+        grant.from_uid = caller.uid;
+        grant.sharer = caller;
         grant.access = *rights;
         grant.explicit_access = asked.has_value();
         return grant;

@@ -102,7 +102,13 @@ class Allocator {
   // Bytes `req` would allocate (all its buffers, each rounded to pages),
   // from the same plan as Allocate; 0 when the descriptor is refused.
   uint64_t PlannedBytes(const v1::AllocateRequest& req) const;
+  // Shares a buffer `session` holds, the session's own identity the sharer
+  // (the gRPC path).
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
+  // The same with `caller`, whom the kernel stamped on the request, as the
+  // sharer (judged as for Allocate).
+  absl::StatusOr<v1::Grant> Share(Session& session, const Identity& caller,
+                                  const v1::ShareRequest& req);
   // Imports for `session`, judged by the session's own identity, the fd
   // sent through the session's broker socket ahead of the answer (the gRPC
   // path); `call_id` goes back in the fd's BufferFd (ImportRequest.call_id).

@@ -400,9 +400,10 @@ TEST_F(BrokerIdentityTest, AnImportIsAnsweredWithItsFdInTheSameRecordOrWithNoFd)
   EXPECT_TRUE(revoked->fds.empty());
 }
 
-// Only this test's executable may import what is shared with client
-// "trusted"; anyone else is judged as client "others".
-void TrustOnlyThisExecutableToImport(Allocator& core) {
+// Only this test's executable (client "trusted") may share, or import what
+// is shared with client "trusted"; anyone else is judged as client
+// "others", which shares with no one.
+void TrustOnlyThisExecutableToShareAndImport(Allocator& core) {
   const std::string self = std::filesystem::canonical("/proc/self/exe").string();
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
       absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
@@ -416,7 +417,7 @@ void TrustOnlyThisExecutableToImport(Allocator& core) {
 
 TEST_F(BrokerIdentityTest, AnImportIsJudgedByItsStampLikeAnAllocate) {
   if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
-  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToImport(*core_));
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToShareAndImport(*core_));
   const std::string path = dir_ + "/broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
@@ -442,6 +443,71 @@ TEST_F(BrokerIdentityTest, AnImportIsJudgedByItsStampLikeAnAllocate) {
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(ReplyStatus(got->reply).ok()) << ReplyStatus(got->reply);
   EXPECT_EQ(got->fds.size(), 1u);
+}
+
+v1::BrokerRequest ShareRequest(uint64_t request_id, uint64_t buffer_id, const std::string& peer) {
+  v1::BrokerRequest req;
+  req.set_request_id(request_id);
+  req.mutable_share()->set_buffer_id(buffer_id);
+  req.mutable_share()->mutable_peer()->set_name(peer);
+  return req;
+}
+
+TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
+  if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
+  // Only client "trusted" (this executable) may share, with itself.
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToShareAndImport(*core_));
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  EXPECT_TRUE(owner->welcome.broker_share());
+  v1::BrokerRequest alloc;
+  alloc.set_request_id(1);
+  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
+  absl::StatusOr<Answer> page = Ask(owner->fd.get(), alloc);
+  ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
+  const uint64_t id = page->reply.allocate().buffers(0).id();
+
+  absl::StatusOr<Answer> shared = Ask(owner->fd.get(), ShareRequest(2, id, "trusted"));
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  EXPECT_EQ(shared->reply.request_id(), 2u);
+  ASSERT_TRUE(ReplyStatus(shared->reply).ok()) << ReplyStatus(shared->reply);
+  ASSERT_TRUE(shared->reply.has_share());
+  EXPECT_EQ(shared->reply.share().grant().buffer_id(), id);
+  EXPECT_EQ(shared->reply.share().grant().token().size(), 32u);
+  EXPECT_TRUE(shared->fds.empty());
+  // The grant works: another session of this executable imports it.
+  absl::StatusOr<BrokerConnection> importer = ConnectBroker(path, absl::Seconds(10));
+  ASSERT_TRUE(importer.ok()) << importer.status();
+  absl::StatusOr<Answer> got =
+      Ask(importer->fd.get(), ImportRequest(3, shared->reply.share().grant().token()));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(ReplyStatus(got->reply).ok()) << ReplyStatus(got->reply);
+  EXPECT_EQ(got->fds.size(), 1u);
+
+  // Refused: a buffer the session does not hold, and no peer at all.
+  absl::StatusOr<Answer> unknown =
+      Ask(owner->fd.get(), ShareRequest(4, uint64_t{1} << 40, "trusted"));
+  ASSERT_TRUE(unknown.ok()) << unknown.status();
+  EXPECT_EQ(ReplyStatus(unknown->reply).code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(unknown->reply.has_share());
+  v1::BrokerRequest no_peer;
+  no_peer.set_request_id(5);
+  no_peer.mutable_share()->set_buffer_id(id);
+  absl::StatusOr<Answer> nobody = Ask(owner->fd.get(), no_peer);
+  ASSERT_TRUE(nobody.ok()) << nobody.status();
+  EXPECT_EQ(ReplyStatus(nobody->reply).code(), absl::StatusCode::kInvalidArgument);
+
+  // Python, exec'd by a verified process of this executable, asks on its
+  // socket: client "others", whose rule shares with no one. (Judged as the
+  // session, it would have been told NOT_FOUND: it holds no such buffer.)
+  absl::StatusOr<v1::BrokerReply> reply =
+      AskedAfterExec(path, ShareRequest(7, uint64_t{1} << 40, "trusted"));
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->request_id(), 7u);
+  EXPECT_EQ(reply->code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
 }
 
 }  // namespace

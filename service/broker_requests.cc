@@ -1,7 +1,7 @@
 // The broker's request path: records off a connection, the fast-path
-// Allocate, Import and Release, and their answers (the handshake and connection
-// life are in broker.cc), and connections paused while fds they sent wait
-// to be closed or a request waits for the slow lane.
+// Allocate, Import, Share and Release, and their answers (the handshake and
+// connection life are in broker.cc), and connections paused while fds they
+// sent wait to be closed or a request waits for the slow lane.
 #include "service/broker.h"
 
 #include <sys/epoll.h>
@@ -165,14 +165,16 @@ bool Broker::Handle(Conn& conn, Record rec) {
     follower_->Follow(req.cpu(), lone_requests_ >= 2);
     Publish();
   }
+  // Who asks (Release needs no one: it acts on the session's own buffers):
+  // the verified process itself, or another process holding the socket,
+  // judged by uid and gid alone (RequestIdentity).
+  const auto stamped = [&] {
+    return RequestIdentity(session.creds(), *rec.creds, conn.pidfd.get(),
+                           core_->policy()->matches_exe());
+  };
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
-      // Who asks (Release needs no one: it acts on the session's own
-      // buffers): the verified process itself, or another process holding
-      // the socket, judged by uid and gid alone (RequestIdentity).
-      const Identity caller = RequestIdentity(session.creds(), *rec.creds,
-                                              conn.pidfd.get(),
-                                              core_->policy()->matches_exe());
+      const Identity caller = stamped();
       // Small ones here, unless they could only be made after pages are
       // freed (released memory still charged: see Registry::CheckRoom), or
       // their uid has had its share of this thread lately (kBudgetedBytes).
@@ -203,10 +205,17 @@ bool Broker::Handle(Conn& conn, Record rec) {
       return true;
     }
     case v1::BrokerRequest::kImportBuffer: {
-      // Judged by its stamp, as Allocate is.
-      const Identity caller = RequestIdentity(session.creds(), *rec.creds, conn.pidfd.get(),
-                                              core_->policy()->matches_exe());
+      const Identity caller = stamped();
       ServeImport(session, caller, req, *conn.channel);
+      return true;
+    }
+    case v1::BrokerRequest::kShare: {
+      const Identity caller = stamped();  // the grant's sharer
+      absl::StatusOr<v1::Grant> g = core_->Share(session, caller, req.share());
+      if (!g.ok()) AuditFailure("broker", "Share", &session, &caller, g.status());
+      v1::BrokerReply reply = ErrorReply(req.request_id(), g.status());
+      if (g.ok()) *reply.mutable_share()->mutable_grant() = *std::move(g);
+      Reply(conn, std::move(reply));
       return true;
     }
     case v1::BrokerRequest::kRelease: {

@@ -134,8 +134,8 @@ void CheckRoundTrip(const Message& m) {
 }
 
 // The daemon (service/broker.cc Broker::Handle) reads a client's record as
-// a BrokerRequest (the handshake's Verify, fast-path Allocate, Import and
-// Release)
+// a BrokerRequest (the handshake's Verify, fast-path Allocate, Import,
+// Share and Release)
 // and refuses one that carries fds. Returns whether it would act on it.
 bool DaemonTakes(const Record& rec) {
   v1::BrokerRequest req;

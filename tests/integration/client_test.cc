@@ -363,6 +363,41 @@ TEST_F(ClientTest, BothPathsAgreeOnImports) {
   }
 }
 
+// Share on both paths: the same grants, the same errors (on the broker
+// path the sharer has no control socket: its Share went on the broker).
+TEST_F(ClientTest, BothPathsAgreeOnShares) {
+  std::vector<StatusCode> codes[2];
+  for (bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "broker" : "grpc");
+    ConnectOptions o = daemon().connect_options();
+    o.broker_fast_path = fast;
+    if (fast) o.control_socket += ".absent";
+    absl::StatusOr<Client> sharer = Client::Connect(o);
+    ASSERT_TRUE(sharer.ok()) << sharer.status();
+    absl::StatusOr<Buffer> b = sharer->Allocate(BlobDescriptor(4096, 0, "given"));
+    ASSERT_TRUE(b.ok()) << b.status();
+    absl::StatusOr<v1::Grant> g = sharer->Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->buffer_id(), b->id());
+    EXPECT_EQ(g->cpu_access(), v1::CPU_ACCESS_READ);
+    EXPECT_EQ(g->token().size(), 32u);
+    EXPECT_EQ(g->peer().uid(), getuid());
+    absl::StatusOr<Buffer> got = client().Import(g->token());
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->id(), b->id());
+    for (absl::Status s :
+         {sharer->Share(uint64_t{1} << 40, getuid()).status(),
+          sharer->ShareWithClient(b->id(), "no-such-client").status(),
+          sharer->Share(b->id(), getuid(), static_cast<v1::CpuAccess>(77)).status()}) {
+      EXPECT_FALSE(s.ok());
+      EXPECT_TRUE(absl::StartsWith(s.message(), "Share: ")) << s;
+      codes[fast ? 0 : 1].push_back(s.code());
+    }
+  }
+  EXPECT_EQ(codes[0], codes[1]);
+  EXPECT_EQ(codes[0][0], StatusCode::kNotFound);
+}
+
 // Two imports of one buffer in flight at once on one Client, under grants
 // of different rights: each gets the fd of its own import, not the other's
 // (on gRPC their fds come ahead of the replies and carry the same buffer

@@ -512,9 +512,7 @@ absl::StatusOr<v1::Grant> Client::Share(uint64_t buffer_id, uid_t peer_uid,
   req.set_buffer_id(buffer_id);
   req.mutable_peer()->set_uid(peer_uid);
   req.set_cpu_access(cpu);
-  ASSIGN_OR_RETURN(v1::ShareResponse resp,
-                   impl_->Call(&v1::Allocator::Stub::Share, req, "Share"));
-  return resp.grant();
+  return ShareAs(std::move(req));
 }
 
 absl::StatusOr<v1::Grant> Client::ShareWithClient(uint64_t buffer_id,
@@ -524,9 +522,20 @@ absl::StatusOr<v1::Grant> Client::ShareWithClient(uint64_t buffer_id,
   req.set_buffer_id(buffer_id);
   req.mutable_peer()->set_name(std::string(peer_name));
   req.set_cpu_access(cpu);
+  return ShareAs(std::move(req));
+}
+
+absl::StatusOr<v1::Grant> Client::ShareAs(v1::ShareRequest req) {
+  if (impl_->fast_path_ && impl_->welcome_.broker_share()) {
+    v1::BrokerRequest breq;
+    breq.mutable_share()->Swap(&req);
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Share"));
+    if (!r.reply.has_share()) return absl::DataLossError("Share: hallocd's reply carries no grant");
+    return std::move(*r.reply.mutable_share()->mutable_grant());
+  }
   ASSIGN_OR_RETURN(v1::ShareResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Share, req, "Share"));
-  return resp.grant();
+  return std::move(*resp.mutable_grant());
 }
 
 absl::StatusOr<v1::DumpResponse> Client::Dump() {

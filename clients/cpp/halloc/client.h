@@ -63,11 +63,12 @@ struct ConnectOptions {
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.
   absl::Duration timeout = absl::Seconds(10);
-  // Allocate, Import and Release as requests on the broker socket (one
-  // record there and back, fds in the reply's record; a Release of more
-  // ids than a record holds, some 10 000, goes as a gRPC call; Import so
-  // only where hallocd says it serves it, Welcome.broker_import). false:
-  // as gRPC calls, the way a gRPC-only client makes them.
+  // Allocate, Import, Share and Release as requests on the broker socket
+  // (one record there and back, fds in the reply's record; a Release of
+  // more ids than a record holds, some 10 000, goes as a gRPC call; Import
+  // and Share so only where hallocd says it serves them,
+  // Welcome.broker_import and broker_share). false: as gRPC calls, the way
+  // a gRPC-only client makes them.
   bool broker_fast_path = true;
 };
 
@@ -191,6 +192,8 @@ class Client {
   // `buffers` when they are the `count` asked for (0: one); else they are
   // released and the answer is DATA_LOSS.
   absl::StatusOr<std::vector<Buffer>> AsAsked(std::vector<Buffer> buffers, uint32_t count);
+  // Share and ShareWithClient: on the broker where hallocd serves it.
+  absl::StatusOr<v1::Grant> ShareAs(v1::ShareRequest req);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -13,11 +13,12 @@
 A Client is one session, as in libhalloc (clients/cpp/halloc/client.h): it
 connects to the broker socket and answers the daemon's challenge (hallocd
 learns who we are from the kernel), then makes gRPC calls carrying the
-session token. Allocate, Import and Release travel on the broker socket,
-the reply and the fds in one record (the fast path, libhalloc's default;
-Import so where hallocd says it serves it, Welcome.broker_import); the fds
-of gRPC calls (Allocate and Import with broker_fast_path=False) arrive on
-the broker socket before the gRPC reply. Closing the Client ends the session:
+session token. Allocate, Import, Share and Release travel on the broker
+socket, the reply and the fds in one record (the fast path, libhalloc's
+default; Import and Share so where hallocd says it serves them,
+Welcome.broker_import and broker_share); the fds of gRPC calls (Allocate
+and Import with broker_fast_path=False) arrive on the broker socket before
+the gRPC reply. Closing the Client ends the session:
 the daemon drops every hold it had; fds already in this process stay valid
 until their Buffer is closed.
 
@@ -204,8 +205,8 @@ class Client:
         $XDG_RUNTIME_DIR/halloc where either is there (a hallocd of this
         user's), else in /run/halloc (the machine's); never one from each.
         `timeout` (seconds) bounds each call and the wait for the hello.
-        `broker_fast_path=False` makes Allocate, Import and Release gRPC
-        calls, the way a gRPC-only client makes them.
+        `broker_fast_path=False` makes Allocate, Import, Share and Release
+        gRPC calls, the way a gRPC-only client makes them.
         """
         control, broker = _socket_paths(control_socket, broker_socket)
         conn = _broker.connect_broker(broker, timeout)
@@ -375,6 +376,12 @@ class Client:
                 types_pb2.Peer(name=client.encode() if isinstance(client, str) else client))
         req = allocator_pb2.ShareRequest(buffer_id=_id(buffer), peer=peer,
                                          cpu_access=cpu_access)
+        if self._fast_path and self.welcome.broker_share:
+            reply, fds = self._broker_call(broker_pb2.BrokerRequest(share=req), "Share")
+            _scm.close_all(fds)  # none is sent with a grant
+            if reply.WhichOneof("kind") != "share":
+                raise errors.DataLossError("Share: hallocd's reply carries no grant")
+            return reply.share.grant
         return self._call(self._stub.Share, req, "Share").grant
 
     def import_buffer(self, token):

@@ -715,8 +715,9 @@ def test_calls_without_a_valid_session_are_unauthenticated(hallocd):
 def test_share_read_only_reaches_the_peer_read_only(connect, fast):
     # Import on the broker (the reply and the fd in one record) and on
     # gRPC (the fd ahead of the reply) alike.
-    producer, consumer = connect(), connect(broker_fast_path=fast)
-    assert consumer.welcome.broker_import
+    # Share too, on the broker or on gRPC.
+    producer, consumer = connect(broker_fast_path=fast), connect(broker_fast_path=fast)
+    assert consumer.welcome.broker_import and producer.welcome.broker_share
     buf = producer.allocate(halloc.blob(2 * PAGE))
     data = pattern(buf.size)
     with buf.map() as m:
