@@ -260,6 +260,13 @@ void CheckHandshake(const std::vector<Sent>& records, UniqueFd receiver,
   } else if (conn.ok()) {
     FUZZ_CHECK(absl::IsResourceExhausted(verify.status()), verify.status().ToString());
   } else {  // a failed Handshake closes the socket
+    if (absl::IsResourceExhausted(verify.status())) {
+      // Not yet seen closed: once in ~13,000 runs (Linux 6.18; never on a
+      // replay of that input) the peer still read as open just after the
+      // close. A socket Handshake kept open would still fail here.
+      (void)WaitReadable(sender.get(), 2000);
+      verify = ReceiveRecord(sender.get(), true);
+    }
     FUZZ_CHECK(absl::IsUnavailable(verify.status()), verify.status().ToString());
   }
 }
