@@ -443,8 +443,24 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
   return Share(session, session.creds(), req);
 }
 
+namespace {
+
+// Share passes a session's holds on and Import adds to them: another uid
+// holding the session's broker socket may do neither as the session, as on
+// gRPC, where a token that reached another uid is refused (ControlPeers).
+// (It may Allocate, judged and charged as itself: broker.proto.)
+absl::Status SameUid(const Session& session, const Identity& caller, absl::string_view what) {
+  if (caller.uid == session.creds().uid) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(
+      what, " from uid ", caller.uid, " on the broker socket of session ", session.id(), " (uid ",
+      session.creds().uid, "): another uid may not ", what, " as that session"));
+}
+
+}  // namespace
+
 absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& caller,
                                            const v1::ShareRequest& req) {
+  RETURN_IF_ERROR(SameUid(session, caller, "Share"));
   const bool by_name = req.peer().kind_case() == v1::Peer::kName;
   if (!by_name && req.peer().kind_case() != v1::Peer::kUid) {
     return absl::InvalidArgumentError("share needs a peer: a uid or a client name");
@@ -490,6 +506,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identity& caller,
                                                  absl::string_view token, uint64_t call_id,
                                                  FdChannel& channel) {
+  RETURN_IF_ERROR(SameUid(session, caller, "Import"));
   std::shared_ptr<const Policy> pol = policy();
   // A caller no rule matches is refused before the token is looked at: an
   // unknown caller learns nothing about which tokens exist.

@@ -106,7 +106,8 @@ class Allocator {
   // (the gRPC path).
   absl::StatusOr<v1::Grant> Share(Session& session, const v1::ShareRequest& req);
   // The same with `caller`, whom the kernel stamped on the request, as the
-  // sharer (judged as for Allocate).
+  // sharer (judged as for Allocate; another uid than the session's:
+  // PERMISSION_DENIED, as on gRPC).
   absl::StatusOr<v1::Grant> Share(Session& session, const Identity& caller,
                                   const v1::ShareRequest& req);
   // Imports for `session`, judged by the session's own identity, the fd
@@ -115,7 +116,8 @@ class Allocator {
   absl::StatusOr<v1::BufferInfo> Import(Session& session, absl::string_view token,
                                         uint64_t call_id = 0);
   // The same for one request whose sender the kernel stamped (`caller`, as
-  // for Allocate); the fd and the answer go through `channel`
+  // for Allocate; another uid than the session's: PERMISSION_DENIED, as on
+  // gRPC); the fd and the answer go through `channel`
   // (FdChannel::SendImport).
   absl::StatusOr<v1::BufferInfo> Import(Session& session, const Identity& caller,
                                         absl::string_view token, uint64_t call_id,

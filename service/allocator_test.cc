@@ -521,6 +521,50 @@ TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
   munmap(r2, 4096);
 }
 
+// A process of another uid holding a session's broker socket (the caller
+// the kernel stamped) may neither pass the session's holds on nor add to
+// them; one of the session's uid may, judged as itself.
+TEST_F(AllocatorTest, AnotherUidMayNotShareOrImportAsTheSession) {
+  // Every uid may share with and import from every other: only the
+  // sender's uid against the session's refuses below.
+  absl::StatusOr<std::shared_ptr<const Policy>> open = Policy::Parse(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE share_to: \"*\" receive_from: \"*\" }\n",
+      "test");
+  ASSERT_TRUE(open.ok()) << open.status();
+  core_.SetPolicy(*open);
+  Peer owner = Open(1000), peer = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ReadFd(owner);
+  const uint64_t id = r->buffers(0).id();
+  const Identity other{1001, 1001, getpid() + 1, "", std::nullopt, std::nullopt};
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1001);
+  absl::StatusOr<v1::Grant> refused = core_.Share(*owner.session, other, share);
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_EQ(core_.Stats().grants(), 0u);
+
+  // A grant for uid 1001, made by the owner's own process.
+  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<v1::BufferInfo> in =
+      core_.Import(*peer.session, other, grant->token(), 0, peer.session->fds());
+  EXPECT_EQ(in.status().code(), StatusCode::kPermissionDenied) << in.status();
+  EXPECT_EQ(ReceiveRecord(peer.client_end.get(), true).status().code(),
+            StatusCode::kResourceExhausted)
+      << "no fd was sent";
+  // Another process of the session's uid, judged as itself.
+  const Identity same_uid{1000, 1000, getpid() + 1, "", std::nullopt, std::nullopt};
+  share.mutable_peer()->set_uid(1000);
+  absl::StatusOr<v1::Grant> own = core_.Share(*owner.session, same_uid, share);
+  ASSERT_TRUE(own.ok()) << own.status();
+  in = core_.Import(*peer.session, same_uid, own->token(), 0, peer.session->fds());
+  ASSERT_TRUE(in.ok()) << in.status();
+  ReadFd(peer);
+}
+
 TEST_F(AllocatorTest, ShareRulesDeny) {
   Peer owner = Open(1000), other_uid = Open(2000);
   auto r = core_.Allocate(*owner.session, Blob(4096));

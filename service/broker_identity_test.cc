@@ -323,7 +323,7 @@ v1::BrokerRequest ImportRequest(uint64_t request_id, const std::string& token) {
 }
 
 // A page `conn` allocates on the fast path, shared by its session with
-// `peer` (through the core: Share is a gRPC call): the grant and the page's
+// `peer` (through the core, as the gRPC Share does): the grant and the page's
 // fd, in `grant` and `fd`.
 void AllocateAndShare(Allocator& core, const BrokerConnection& conn, const v1::Peer& peer,
                       v1::Grant* grant, UniqueFd* fd) {
@@ -508,6 +508,46 @@ TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->request_id(), 7u);
   EXPECT_EQ(reply->code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+}
+
+// A grant keeps its sharer, judged again at each Import: one made on the
+// broker under a policy without executable rules keeps the verified
+// executable, so that a policy reloaded with such rules still matches it.
+TEST_F(BrokerIdentityTest, AGrantMadeOnTheBrokerKeepsItsSharersExecutable) {
+  absl::StatusOr<std::shared_ptr<const Policy>> plain = Policy::Parse(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE share_to: \"*\" receive_from: \"*\" }\n",
+      "broker_identity_test");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  core_->SetPolicy(*plain);
+  ASSERT_FALSE(core_->policy()->matches_exe());
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  v1::BrokerRequest alloc;
+  alloc.set_request_id(1);
+  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
+  absl::StatusOr<Answer> page = Ask(owner->fd.get(), alloc);
+  ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
+  v1::BrokerRequest share;
+  share.set_request_id(2);
+  share.mutable_share()->set_buffer_id(page->reply.allocate().buffers(0).id());
+  share.mutable_share()->mutable_peer()->set_uid(::getuid());
+  absl::StatusOr<Answer> shared = Ask(owner->fd.get(), share);
+  ASSERT_TRUE(shared.ok() && ReplyStatus(shared->reply).ok());
+
+  // Now only this executable (client "trusted") shares with anyone.
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToShareAndImport(*core_));
+  absl::StatusOr<BrokerConnection> importer = ConnectBroker(path, absl::Seconds(10));
+  ASSERT_TRUE(importer.ok()) << importer.status();
+  absl::StatusOr<Answer> got =
+      Ask(importer->fd.get(), ImportRequest(3, shared->reply.share().grant().token()));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(ReplyStatus(got->reply).ok())
+      << ReplyStatus(got->reply) << " (the grant's sharer lost its executable)";
+  EXPECT_EQ(got->fds.size(), 1u);
 }
 
 }  // namespace

@@ -168,9 +168,11 @@ bool Broker::Handle(Conn& conn, Record rec) {
   // Who asks (Release needs no one: it acts on the session's own buffers):
   // the verified process itself, or another process holding the socket,
   // judged by uid and gid alone (RequestIdentity).
-  const auto stamped = [&] {
+  // `kept`: the identity is stored (a grant's sharer, judged again at each
+  // Import, maybe under a policy reloaded with rules that match executables).
+  const auto stamped = [&](bool kept = false) {
     return RequestIdentity(session.creds(), *rec.creds, conn.pidfd.get(),
-                           core_->policy()->matches_exe());
+                           kept || core_->policy()->matches_exe());
   };
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {
@@ -210,7 +212,7 @@ bool Broker::Handle(Conn& conn, Record rec) {
       return true;
     }
     case v1::BrokerRequest::kShare: {
-      const Identity caller = stamped();  // the grant's sharer
+      const Identity caller = stamped(/*kept=*/true);  // the grant's sharer
       absl::StatusOr<v1::Grant> g = core_->Share(session, caller, req.share());
       if (!g.ok()) AuditFailure("broker", "Share", &session, &caller, g.status());
       v1::BrokerReply reply = ErrorReply(req.request_id(), g.status());

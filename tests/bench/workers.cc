@@ -201,7 +201,7 @@ int MemfdFloor(const Args& a) {
 
 // --- halloc ----------------------------------------------------------------
 
-// --path=grpc makes Allocate, Import and Release gRPC calls; otherwise
+// --path=grpc makes Allocate, Import, Share and Release gRPC calls; otherwise
 // (broker, the default) they travel on the broker socket.
 absl::StatusOr<Client> Connect(const Args& a) {
   ConnectOptions opts;

@@ -398,6 +398,22 @@ TEST_F(ClientTest, BothPathsAgreeOnShares) {
   EXPECT_EQ(codes[0][0], StatusCode::kNotFound);
 }
 
+// A token or a peer name longer than a broker record holds goes as a gRPC
+// call and gets its answer (before: the broker's "malformed" reply, with
+// no request id, left the call to its deadline).
+TEST_F(ClientTest, TokensAndNamesLongerThanARecordAreAnsweredToo) {
+  absl::StatusOr<Buffer> b = client().Allocate(BlobDescriptor(4096, 0, "long"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  const std::string huge(70000, 'x');
+  absl::StatusOr<Client> grpc_only = ConnectVia(false);
+  ASSERT_TRUE(grpc_only.ok()) << grpc_only.status();
+  EXPECT_EQ(client().Import(huge).status().code(), grpc_only->Import(huge).status().code());
+  EXPECT_EQ(client().Import(huge).status().code(), StatusCode::kNotFound);
+  const absl::Status named = client().ShareWithClient(b->id(), huge).status();
+  EXPECT_FALSE(named.ok());
+  EXPECT_NE(named.code(), StatusCode::kDeadlineExceeded) << named;
+}
+
 // Two imports of one buffer in flight at once on one Client, under grants
 // of different rights: each gets the fd of its own import, not the other's
 // (on gRPC their fds come ahead of the replies and carry the same buffer

@@ -526,7 +526,9 @@ absl::StatusOr<v1::Grant> Client::ShareWithClient(uint64_t buffer_id,
 }
 
 absl::StatusOr<v1::Grant> Client::ShareAs(v1::ShareRequest req) {
-  if (impl_->fast_path_ && impl_->welcome_.broker_share()) {
+  // (A peer name longer than a record holds goes as a gRPC call.)
+  if (impl_->fast_path_ && impl_->welcome_.broker_share() &&
+      req.ByteSizeLong() + 64 <= kMaxRecordBytes) {
     v1::BrokerRequest breq;
     breq.mutable_share()->Swap(&req);
     ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Share"));
@@ -547,7 +549,10 @@ absl::StatusOr<v1::DumpResponse> Client::Dump() {
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));
-  if (impl_->fast_path_ && impl_->welcome_.broker_import()) {
+  // (A token longer than a record holds, never a real one, goes as a gRPC
+  // call, which refuses it.)
+  if (impl_->fast_path_ && impl_->welcome_.broker_import() &&
+      req.ByteSizeLong() + 64 <= kMaxRecordBytes) {
     // The reply and the fd in one record: both or neither.
     v1::BrokerRequest breq;
     breq.mutable_import_buffer()->Swap(&req);

@@ -376,7 +376,9 @@ class Client:
                 types_pb2.Peer(name=client.encode() if isinstance(client, str) else client))
         req = allocator_pb2.ShareRequest(buffer_id=_id(buffer), peer=peer,
                                          cpu_access=cpu_access)
-        if self._fast_path and self.welcome.broker_share:
+        # (A peer name longer than a record holds goes as a gRPC call.)
+        if self._fast_path and self.welcome.broker_share and \
+                req.ByteSize() + 64 <= _scm.MAX_RECORD_BYTES:
             reply, fds = self._broker_call(broker_pb2.BrokerRequest(share=req), "Share")
             _scm.close_all(fds)  # none is sent with a grant
             if reply.WhichOneof("kind") != "share":
@@ -388,7 +390,10 @@ class Client:
         """Takes a buffer shared with us: a Buffer with its own fd, carrying
         the grant's rights."""
         token = token.encode() if isinstance(token, str) else token
-        if self._fast_path and self.welcome.broker_import:
+        # (A token longer than a record holds, never a real one, goes as a
+        # gRPC call, which refuses it.)
+        if self._fast_path and self.welcome.broker_import and \
+                len(token) + 64 <= _scm.MAX_RECORD_BYTES:
             # The reply and the fd in one record: both or neither.
             breq = broker_pb2.BrokerRequest(
                 import_buffer=allocator_pb2.ImportRequest(grant_token=token))

@@ -671,6 +671,17 @@ def test_bad_descriptors_are_invalid_argument(connect, fast_path, desc, count):
     assert client.list() == []
 
 
+def test_tokens_and_names_longer_than_a_record_are_answered_too(client):
+    # As gRPC calls (on the broker they would be refused with no request
+    # id, and the call would wait for its deadline).
+    with pytest.raises(halloc.NotFoundError):
+        client.import_buffer(b"x" * 70000)
+    buf = client.allocate(halloc.blob(PAGE))
+    with pytest.raises(halloc.HallocError) as err:
+        client.share(buf, client="n" * 70000)
+    assert err.value.code != grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def test_set_metadata_and_dump(client):
     buf = client.allocate(halloc.image(64, 64, halloc.fourcc("XR24")))
     assert client.is_supported(halloc.image(64, 64, halloc.fourcc("XR24"))).supported
