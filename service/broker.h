@@ -193,6 +193,10 @@ class Broker {
   // A fast-path Import and its answer: the reply and the fd in one record.
   void ServeImport(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                    SocketFdChannel& conn);
+  // A fast-path request of `caller`'s refused with `status`: audited, and
+  // answered on `conn` (a warning, rate-limited, if that fails).
+  void Refuse(const char* method, Session& session, const Identity& caller, uint64_t request_id,
+              const absl::Status& status, SocketFdChannel& conn);
   // One reply record (no fds) on a connection; SendReply says how it went,
   // Reply warns (rate-limited) when it did not go.
   static absl::Status SendReply(SocketFdChannel& channel, v1::BrokerReply reply);

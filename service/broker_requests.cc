@@ -49,33 +49,34 @@ class ReplyChannel : public FdChannel {
       : conn_(conn), request_id_(request_id) {}
   absl::Status Send(const v1::BufferFds&, absl::Span<const int> fds,
                     const v1::AllocateResponse* reply) override {
-    v1::BrokerFrame frame;
-    v1::BrokerReply* r = frame.mutable_reply();
-    r->set_request_id(request_id_);
-    // The reply is lent to the frame for serializing, not copied (a copy
-    // and its destruction were ~1 µs of a ~30 µs fast-path Allocate), and
-    // taken back before the frame is destroyed. Serializing does not write
-    // to it, hence the const_cast.
-    if (reply != nullptr) {
-      r->unsafe_arena_set_allocated_allocate(const_cast<v1::AllocateResponse*>(reply));
-    }
-    const std::string bytes = frame.SerializeAsString();
-    if (reply != nullptr) r->unsafe_arena_release_allocate();
-    // Counted like every fd the connection carries (UnreadFds).
-    return conn_.SendCounted(bytes, fds);
+    return SendLent(reply, &v1::BrokerReply::unsafe_arena_set_allocated_allocate,
+                    &v1::BrokerReply::unsafe_arena_release_allocate, fds);
   }
   absl::Status SendImport(const v1::BufferFds&, int fd, const v1::ImportResponse& reply) override {
-    v1::BrokerFrame frame;
-    v1::BrokerReply* r = frame.mutable_reply();
-    r->set_request_id(request_id_);
-    // Lent, as above.
-    r->unsafe_arena_set_allocated_import_buffer(const_cast<v1::ImportResponse*>(&reply));
-    const std::string bytes = frame.SerializeAsString();
-    r->unsafe_arena_release_import_buffer();
-    return conn_.SendCounted(bytes, absl::MakeConstSpan(&fd, 1));
+    return SendLent(&reply, &v1::BrokerReply::unsafe_arena_set_allocated_import_buffer,
+                    &v1::BrokerReply::unsafe_arena_release_import_buffer,
+                    absl::MakeConstSpan(&fd, 1));
   }
 
  private:
+  // One record: a BrokerReply carrying `reply` (if any) through `lend` and
+  // `take_back`, and `fds`. The reply is lent to the frame for serializing,
+  // not copied (a copy and its destruction were ~1 µs of a ~30 µs fast-path
+  // Allocate), and taken back before the frame is destroyed. Serializing
+  // does not write to it, hence the const_cast.
+  template <typename Msg>
+  absl::Status SendLent(const Msg* reply, void (v1::BrokerReply::*lend)(Msg*),
+                        Msg* (v1::BrokerReply::*take_back)(), absl::Span<const int> fds) {
+    v1::BrokerFrame frame;
+    v1::BrokerReply* r = frame.mutable_reply();
+    r->set_request_id(request_id_);
+    if (reply != nullptr) (r->*lend)(const_cast<Msg*>(reply));
+    const std::string bytes = frame.SerializeAsString();
+    if (reply != nullptr) (void)(r->*take_back)();
+    // Counted like every fd the connection carries (UnreadFds).
+    return conn_.SendCounted(bytes, fds);
+  }
+
   SocketFdChannel& conn_;
   const uint64_t request_id_;
 };
@@ -214,9 +215,12 @@ bool Broker::Handle(Conn& conn, Record rec) {
     case v1::BrokerRequest::kShare: {
       const Identity caller = stamped(/*kept=*/true);  // the grant's sharer
       absl::StatusOr<v1::Grant> g = core_->Share(session, caller, req.share());
-      if (!g.ok()) AuditFailure("broker", "Share", &session, &caller, g.status());
-      v1::BrokerReply reply = ErrorReply(req.request_id(), g.status());
-      if (g.ok()) *reply.mutable_share()->mutable_grant() = *std::move(g);
+      if (!g.ok()) {
+        Refuse("Share", session, caller, req.request_id(), g.status(), *conn.channel);
+        return true;
+      }
+      v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
+      *reply.mutable_share()->mutable_grant() = *std::move(g);
       Reply(conn, std::move(reply));
       return true;
     }
@@ -252,11 +256,16 @@ bool Broker::ServeAllocate(Session& session, const Identity& caller,
       core_->Allocate(session, caller, req.allocate(), channel, may_wait);
   if (r.ok()) return true;
   if (!may_wait && r.status().GetPayload(Registry::kWaitForReleasedMemory)) return false;
-  AuditFailure("broker", "Allocate", &session, &caller, r.status());
-  if (absl::Status s = SendReply(conn, ErrorReply(req.request_id(), r.status())); !s.ok()) {
+  Refuse("Allocate", session, caller, req.request_id(), r.status(), conn);
+  return true;
+}
+
+void Broker::Refuse(const char* method, Session& session, const Identity& caller,
+                    uint64_t request_id, const absl::Status& status, SocketFdChannel& conn) {
+  AuditFailure("broker", method, &session, &caller, status);
+  if (absl::Status s = SendReply(conn, ErrorReply(request_id, status)); !s.ok()) {
     Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
-  return true;
 }
 
 void Broker::ServeImport(Session& session, const Identity& caller, const v1::BrokerRequest& req,
@@ -264,11 +273,7 @@ void Broker::ServeImport(Session& session, const Identity& caller, const v1::Bro
   ReplyChannel channel(conn, req.request_id());
   absl::StatusOr<v1::BufferInfo> r =
       core_->Import(session, caller, req.import_buffer().grant_token(), 0, channel);
-  if (r.ok()) return;
-  AuditFailure("broker", "Import", &session, &caller, r.status());
-  if (absl::Status s = SendReply(conn, ErrorReply(req.request_id(), r.status())); !s.ok()) {
-    Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
-  }
+  if (!r.ok()) Refuse("Import", session, caller, req.request_id(), r.status(), conn);
 }
 
 void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
