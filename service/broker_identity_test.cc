@@ -45,12 +45,24 @@ class BrokerIdentityTest : public ::testing::Test {
     char tmpl[] = "/tmp/halloc-broker-identity-test-XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
+    path_ = dir_ + "/broker.sock";
     core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override {
+    broker_.reset();
+    std::filesystem::remove_all(dir_);
+  }
 
-  std::string dir_;
+  // Starts the broker on `path_` (in the test's directory).
+  void StartBroker() {
+    absl::StatusOr<std::unique_ptr<Broker>> b = Broker::Start(path_, 0600, core_.get());
+    ASSERT_TRUE(b.ok()) << b.status();
+    broker_ = *std::move(b);
+  }
+
+  std::string dir_, path_;
   std::unique_ptr<Allocator> core_;
+  std::unique_ptr<Broker> broker_;  // gone before core_
 };
 
 // The status code of a fast-path Allocate of one page on `sock`.
@@ -78,6 +90,25 @@ pid_t SpawnWithPid(pid_t pid, std::vector<std::string> argv, int keep_fd) {
     ::_exit(127);
   }
   return static_cast<pid_t>(r);
+}
+
+// The exit code of test child `name` (`args`) run as a process with pid
+// `pid`, keeping `keep_fd`. UNAVAILABLE (say why, then skip) where no
+// process can be started with a chosen pid.
+absl::StatusOr<int> ExitCodeWithPid(pid_t pid, const std::string& name,
+                                    std::vector<std::string> args, int keep_fd) {
+  ASSIGN_OR_RETURN(std::vector<std::string> argv, ChildArgv(name, std::move(args), -1));
+  const pid_t again = SpawnWithPid(pid, std::move(argv), keep_fd);
+  if (again < 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot start a process with a chosen pid here (clone3 set_tid: ", std::strerror(errno),
+        ")"));
+  }
+  int status = 0;
+  if (::waitpid(again, &status, 0) != again) return ErrnoStatus(errno, "waitpid");
+  if (again != pid) return absl::InternalError(absl::StrCat("started as pid ", again));
+  if (!WIFEXITED(status)) return absl::InternalError(absl::StrCat("wait status ", status));
+  return WEXITSTATUS(status);
 }
 
 // A test child (test_child.h) started with `args` and the end of a socket
@@ -114,14 +145,17 @@ int HandOver(const std::string& arg, const std::string& bytes, const UniqueFd& f
   return SendRecord(to, bytes, {&raw, 1}, false).ok() ? 0 : 3;
 }
 
-// Only this test's executable may allocate; anyone else is denied.
+// Only this test's executable (client "trusted") may allocate or share,
+// and it shares with anyone; anyone else is client "others", which may
+// import what is shared with it and do nothing else.
 void TrustOnlyThisExecutable(Allocator& core) {
   const std::string self = std::filesystem::canonical("/proc/self/exe").string();
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
       absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
-                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
-                   "clients { name: \"others\" match { any: true } }\n"),
-      "broker_test");
+                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE "
+                   "share_to: \"*\" receive_from: \"*\" }\n"
+                   "clients { name: \"others\" match { any: true } receive_from: \"*\" }\n"),
+      "broker_identity_test");
   ASSERT_TRUE(policy.ok()) << policy.status();
   core.SetPolicy(*policy);
 }
@@ -208,30 +242,20 @@ TEST_F(BrokerIdentityTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReuse
   // its requests are then stamped with the verified pid, but they are not
   // the verified executable's.
   ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   // Verifies as this executable, is trusted, hands the socket over, exits.
   absl::StatusOr<Handed> got = HandedOverByAChild("trusted-handover", {path});
   ASSERT_TRUE(got.ok()) << got.status() << " (the verified process itself was trusted)";
   const pid_t verified = got->pid;
   const int sock = got->record.fds[0].get();
-  int status = 0;
   EXPECT_EQ(AllocateCode(sock), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "another process on the socket: judged by uid alone";
 
-  absl::StatusOr<std::vector<std::string>> argv =
-      ChildArgv("allocate-on", {absl::StrCat(sock)}, -1);
-  ASSERT_TRUE(argv.ok()) << argv.status();
-  const pid_t again = SpawnWithPid(verified, *std::move(argv), sock);
-  if (again < 0) {
-    GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
-                 << std::strerror(errno) << ")";
-  }
-  ASSERT_EQ(again, verified);
-  ASSERT_EQ(::waitpid(again, &status, 0), again);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
+  absl::StatusOr<int> code = ExitCodeWithPid(verified, "allocate-on", {absl::StrCat(sock)}, sock);
+  if (absl::IsUnavailable(code.status())) GTEST_SKIP() << code.status().message();
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "the verified pid, reused, vouches for nothing";
 }
 
@@ -240,9 +264,8 @@ TEST_F(BrokerIdentityTest, AVerifiedProcessThatExitedVouchesForNothingOnItsReuse
 // hold the unverified socket (a fork, a receiver of the fd) and answer
 // the challenge as the connector's uid.
 TEST_F(BrokerIdentityTest, AConnectorsReusedPidCannotFinishItsHandshake) {
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   // Connects, takes the Hello, hands it and the socket over, exits.
   absl::StatusOr<Handed> got = HandedOverByAChild("hello-handover", {path});
   ASSERT_TRUE(got.ok()) << got.status();
@@ -250,22 +273,14 @@ TEST_F(BrokerIdentityTest, AConnectorsReusedPidCannotFinishItsHandshake) {
   v1::BrokerFrame hello;
   ASSERT_TRUE(hello.ParseFromString(got->record.bytes) && hello.has_hello());
   const int sock = got->record.fds[0].get();
-  int status = 0;
   const std::string challenge = hello.hello().challenge();
 
   // The reuser's answer: the reply's status code, or 100+ if none came.
-  absl::StatusOr<std::vector<std::string>> argv =
-      ChildArgv("answer-challenge", {absl::StrCat(sock), absl::BytesToHexString(challenge)}, -1);
-  ASSERT_TRUE(argv.ok()) << argv.status();
-  const pid_t again = SpawnWithPid(connector, *std::move(argv), sock);
-  if (again < 0) {
-    GTEST_SKIP() << "cannot start a process with a chosen pid here (clone3 set_tid: "
-                 << std::strerror(errno) << ")";
-  }
-  ASSERT_EQ(again, connector);
-  ASSERT_EQ(::waitpid(again, &status, 0), again);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), static_cast<int>(absl::StatusCode::kPermissionDenied))
+  absl::StatusOr<int> code = ExitCodeWithPid(
+      connector, "answer-challenge", {absl::StrCat(sock), absl::BytesToHexString(challenge)}, sock);
+  if (absl::IsUnavailable(code.status())) GTEST_SKIP() << code.status().message();
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "a process given the connector's pid finished its handshake";
 }
 
@@ -302,9 +317,8 @@ absl::StatusOr<v1::BrokerReply> AskedAfterExec(const std::string& path,
 TEST_F(BrokerIdentityTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards) {
   if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
   ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   v1::BrokerRequest req;
   req.set_request_id(7);
   req.mutable_allocate()->mutable_desc()->set_size(4096);
@@ -322,24 +336,32 @@ v1::BrokerRequest ImportRequest(uint64_t request_id, const std::string& token) {
   return req;
 }
 
+// A page allocated on the fast path on `sock`: its id and fd, in `id` and
+// `fd`.
+void AllocatePage(int sock, uint64_t* id, UniqueFd* fd) {
+  v1::BrokerRequest req;
+  req.set_request_id(1);
+  req.mutable_allocate()->mutable_desc()->set_size(4096);
+  absl::StatusOr<Answer> a = Ask(sock, req);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(ReplyStatus(a->reply).ok()) << ReplyStatus(a->reply);
+  ASSERT_EQ(a->fds.size(), 1u);
+  *id = a->reply.allocate().buffers(0).id();
+  *fd = std::move(a->fds[0]);
+}
+
 // A page `conn` allocates on the fast path, shared by its session with
 // `peer` (through the core, as the gRPC Share does): the grant and the page's
 // fd, in `grant` and `fd`.
 void AllocateAndShare(Allocator& core, const BrokerConnection& conn, const v1::Peer& peer,
                       v1::Grant* grant, UniqueFd* fd) {
-  v1::BrokerRequest req;
-  req.set_request_id(1);
-  req.mutable_allocate()->mutable_desc()->set_size(4096);
-  absl::StatusOr<Answer> a = Ask(conn.fd.get(), req);
-  ASSERT_TRUE(a.ok()) << a.status();
-  ASSERT_TRUE(ReplyStatus(a->reply).ok()) << ReplyStatus(a->reply);
-  ASSERT_EQ(a->fds.size(), 1u);
-  *fd = std::move(a->fds[0]);
+  uint64_t id = 0;
+  ASSERT_NO_FATAL_FAILURE(AllocatePage(conn.fd.get(), &id, fd));
   absl::StatusOr<std::shared_ptr<Session>> session =
       core.Authenticate(conn.welcome.session_token());
   ASSERT_TRUE(session.ok()) << session.status();
   v1::ShareRequest share;
-  share.set_buffer_id(a->reply.allocate().buffers(0).id());
+  share.set_buffer_id(id);
   *share.mutable_peer() = peer;
   share.set_cpu_access(v1::CPU_ACCESS_READ);
   absl::StatusOr<v1::Grant> g = core.Share(**session, share);
@@ -348,9 +370,8 @@ void AllocateAndShare(Allocator& core, const BrokerConnection& conn, const v1::P
 }
 
 TEST_F(BrokerIdentityTest, AnImportIsAnsweredWithItsFdInTheSameRecordOrWithNoFd) {
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
   ASSERT_TRUE(owner.ok()) << owner.status();
   EXPECT_TRUE(owner->welcome.broker_import());
@@ -400,27 +421,11 @@ TEST_F(BrokerIdentityTest, AnImportIsAnsweredWithItsFdInTheSameRecordOrWithNoFd)
   EXPECT_TRUE(revoked->fds.empty());
 }
 
-// Only this test's executable (client "trusted") may share, or import what
-// is shared with client "trusted"; anyone else is judged as client
-// "others", which shares with no one.
-void TrustOnlyThisExecutableToShareAndImport(Allocator& core) {
-  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
-  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
-      absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
-                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE "
-                   "share_to: \"*\" receive_from: \"*\" }\n"
-                   "clients { name: \"others\" match { any: true } receive_from: \"*\" }\n"),
-      "broker_identity_test");
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  core.SetPolicy(*policy);
-}
-
 TEST_F(BrokerIdentityTest, AnImportIsJudgedByItsStampLikeAnAllocate) {
   if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
-  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToShareAndImport(*core_));
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
   ASSERT_TRUE(owner.ok()) << owner.status();
   v1::Peer trusted;
@@ -456,19 +461,15 @@ v1::BrokerRequest ShareRequest(uint64_t request_id, uint64_t buffer_id, const st
 TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
   if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
   // Only client "trusted" (this executable) may share, with itself.
-  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToShareAndImport(*core_));
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
   ASSERT_TRUE(owner.ok()) << owner.status();
   EXPECT_TRUE(owner->welcome.broker_share());
-  v1::BrokerRequest alloc;
-  alloc.set_request_id(1);
-  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
-  absl::StatusOr<Answer> page = Ask(owner->fd.get(), alloc);
-  ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
-  const uint64_t id = page->reply.allocate().buffers(0).id();
+  uint64_t id = 0;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
 
   absl::StatusOr<Answer> shared = Ask(owner->fd.get(), ShareRequest(2, id, "trusted"));
   ASSERT_TRUE(shared.ok()) << shared.status();
@@ -521,25 +522,22 @@ TEST_F(BrokerIdentityTest, AGrantMadeOnTheBrokerKeepsItsSharersExecutable) {
   ASSERT_TRUE(plain.ok()) << plain.status();
   core_->SetPolicy(*plain);
   ASSERT_FALSE(core_->policy()->matches_exe());
-  const std::string path = dir_ + "/broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  const std::string& path = path_;
   absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
   ASSERT_TRUE(owner.ok()) << owner.status();
-  v1::BrokerRequest alloc;
-  alloc.set_request_id(1);
-  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
-  absl::StatusOr<Answer> page = Ask(owner->fd.get(), alloc);
-  ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
+  uint64_t id = 0;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
   v1::BrokerRequest share;
   share.set_request_id(2);
-  share.mutable_share()->set_buffer_id(page->reply.allocate().buffers(0).id());
+  share.mutable_share()->set_buffer_id(id);
   share.mutable_share()->mutable_peer()->set_uid(::getuid());
   absl::StatusOr<Answer> shared = Ask(owner->fd.get(), share);
   ASSERT_TRUE(shared.ok() && ReplyStatus(shared->reply).ok());
 
   // Now only this executable (client "trusted") shares with anyone.
-  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutableToShareAndImport(*core_));
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
   absl::StatusOr<BrokerConnection> importer = ConnectBroker(path, absl::Seconds(10));
   ASSERT_TRUE(importer.ok()) << importer.status();
   absl::StatusOr<Answer> got =
