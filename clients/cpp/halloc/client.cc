@@ -29,6 +29,16 @@
 namespace halloc {
 namespace {
 
+// Whether `req`, put in a BrokerRequest (its kind's tag and length, and the
+// request_id and cpu BrokerCall adds: at most 21 bytes more; 64 are kept),
+// fits in one broker record. What does not (a Release of some 10 000 ids, a token or
+// peer name no real one is as long as) goes as a gRPC call instead, still
+// one request, and gets its answer: a record over the limit would be
+// refused with no request id to answer.
+bool FitsInARecord(const google::protobuf::MessageLite& req) {
+  return req.ByteSizeLong() + 64 <= kMaxRecordBytes;
+}
+
 // How many times this process has been forked into (in a child: one more
 // than in its parent): a Client made before a fork belongs to the parent.
 std::atomic<uint64_t> fork_generation{0};
@@ -460,16 +470,10 @@ absl::Status Client::Release(uint64_t buffer_id) {
 absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
   v1::ReleaseRequest req;
   for (uint64_t id : buffer_ids) req.add_buffer_ids(id);
-  if (impl_->fast_path_) {
+  if (impl_->fast_path_ && FitsInARecord(req)) {
     v1::BrokerRequest breq;
     breq.mutable_release()->Swap(&req);
-    // BrokerCall adds request_id and cpu: at most 17 bytes.
-    if (breq.ByteSizeLong() + 32 <= kMaxRecordBytes) {
-      return impl_->BrokerCall(std::move(breq), "Release").status();
-    }
-    // More ids than a record holds (~10 000): over gRPC, still one
-    // request (all or nothing), not a record the socket refuses.
-    req.Swap(breq.mutable_release());
+    return impl_->BrokerCall(std::move(breq), "Release").status();
   }
   return impl_->Call(&v1::Allocator::Stub::Release, req, "Release").status();
 }
@@ -526,9 +530,7 @@ absl::StatusOr<v1::Grant> Client::ShareWithClient(uint64_t buffer_id,
 }
 
 absl::StatusOr<v1::Grant> Client::ShareAs(v1::ShareRequest req) {
-  // (A peer name longer than a record holds goes as a gRPC call.)
-  if (impl_->fast_path_ && impl_->welcome_.broker_share() &&
-      req.ByteSizeLong() + 64 <= kMaxRecordBytes) {
+  if (impl_->fast_path_ && impl_->welcome_.broker_share() && FitsInARecord(req)) {
     v1::BrokerRequest breq;
     breq.mutable_share()->Swap(&req);
     ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Share"));
@@ -549,10 +551,7 @@ absl::StatusOr<v1::DumpResponse> Client::Dump() {
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   v1::ImportRequest req;
   req.set_grant_token(std::string(grant_token));
-  // (A token longer than a record holds, never a real one, goes as a gRPC
-  // call, which refuses it.)
-  if (impl_->fast_path_ && impl_->welcome_.broker_import() &&
-      req.ByteSizeLong() + 64 <= kMaxRecordBytes) {
+  if (impl_->fast_path_ && impl_->welcome_.broker_import() && FitsInARecord(req)) {
     // The reply and the fd in one record: both or neither.
     v1::BrokerRequest breq;
     breq.mutable_import_buffer()->Swap(&req);

@@ -108,6 +108,16 @@ def _socket_paths(control, broker):
     return control, broker
 
 
+def _fits_in_a_record(req):
+    """Whether `req`, put in a BrokerRequest (its kind's tag and length, and
+    the request_id and cpu added on the way: at most 21 bytes more; 64 are
+    kept), fits in one broker record. What does not (a Release of some
+    10 000 ids, a token or peer name no real one is as long as) goes as a
+    gRPC call instead, still one request, and gets its answer (as in
+    libhalloc)."""
+    return req.ByteSize() + 64 <= _scm.MAX_RECORD_BYTES
+
+
 class Buffer:
     """One buffer this process holds an fd for.
 
@@ -333,12 +343,10 @@ class Client:
         ids = [b.id if isinstance(b, Buffer) else int(b) for b in buffers]
         try:
             req = allocator_pb2.ReleaseRequest(buffer_ids=ids)
-            breq = broker_pb2.BrokerRequest(release=req)
-            # request_id and cpu, added on the way, take at most 17 bytes;
-            # more ids than a record holds (~10 000) go as one gRPC call,
+            # More ids than a record holds (~10 000) go as one gRPC call,
             # all or nothing as asked (as libhalloc does).
-            if self._fast_path and breq.ByteSize() + 32 <= _scm.MAX_RECORD_BYTES:
-                self._broker_call(breq, "Release")
+            if self._fast_path and _fits_in_a_record(req):
+                self._broker_call(broker_pb2.BrokerRequest(release=req), "Release")
             else:
                 self._call(self._stub.Release, req, "Release")
             for b in buffers:
@@ -376,9 +384,7 @@ class Client:
                 types_pb2.Peer(name=client.encode() if isinstance(client, str) else client))
         req = allocator_pb2.ShareRequest(buffer_id=_id(buffer), peer=peer,
                                          cpu_access=cpu_access)
-        # (A peer name longer than a record holds goes as a gRPC call.)
-        if self._fast_path and self.welcome.broker_share and \
-                req.ByteSize() + 64 <= _scm.MAX_RECORD_BYTES:
+        if self._fast_path and self.welcome.broker_share and _fits_in_a_record(req):
             reply, fds = self._broker_call(broker_pb2.BrokerRequest(share=req), "Share")
             _scm.close_all(fds)  # none is sent with a grant
             if reply.WhichOneof("kind") != "share":
@@ -389,15 +395,11 @@ class Client:
     def import_buffer(self, token):
         """Takes a buffer shared with us: a Buffer with its own fd, carrying
         the grant's rights."""
-        token = token.encode() if isinstance(token, str) else token
-        # (A token longer than a record holds, never a real one, goes as a
-        # gRPC call, which refuses it.)
-        if self._fast_path and self.welcome.broker_import and \
-                len(token) + 64 <= _scm.MAX_RECORD_BYTES:
+        req = allocator_pb2.ImportRequest(
+            grant_token=token.encode() if isinstance(token, str) else token)
+        if self._fast_path and self.welcome.broker_import and _fits_in_a_record(req):
             # The reply and the fd in one record: both or neither.
-            breq = broker_pb2.BrokerRequest(
-                import_buffer=allocator_pb2.ImportRequest(grant_token=token))
-            reply, fds = self._broker_call(breq, "Import")
+            reply, fds = self._broker_call(broker_pb2.BrokerRequest(import_buffer=req), "Import")
             if reply.WhichOneof("kind") != "import_buffer" or len(fds) != 1:
                 _scm.close_all(fds)
                 raise errors.DataLossError("Import: hallocd's reply carries no buffer")
@@ -405,9 +407,8 @@ class Client:
         # Two imports of one buffer may be in flight: the call id tells
         # their fds apart (it comes from the request ids' counter), where
         # hallocd echoes it (Welcome.import_call_ids; else 0, as it sends).
-        req = allocator_pb2.ImportRequest(
-            grant_token=token,
-            call_id=next(self._request_ids) if self.welcome.import_call_ids else 0)
+        if self.welcome.import_call_ids:
+            req.call_id = next(self._request_ids)
         try:
             info = self._call(self._stub.Import, req, "Import").buffer
         except errors.HallocError as e:
