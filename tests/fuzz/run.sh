@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang-14, ASan + UBSan: the `fuzz` config in
-# .bazelrc, in its own Bazel output base) and runs each for a while.
+# .bazelrc, which links the asan-ubsan build's objects, in that build's
+# output base) and runs each for a while.
 #
 #   tests/fuzz/run.sh [--seconds N] [--jobs J] [--corpus-dir DIR] [FUZZER...]
 #
@@ -18,9 +19,11 @@
 # fuzzer. Reproduce a crash with: BIN/FUZZER CRASH-FILE (with
 # HALLOC_FUZZ_VERBOSE=1, each input's outcome is printed too).
 #
-# Environment: HALLOC_FUZZ_OUTPUT_BASE (default
-# ~/.cache/bazel-halloc-fuzz/<hash of the checkout's path>; never the main
-# output base), HALLOC_FUZZ_BUILD_JOBS (bazel --jobs, default 2).
+# Environment: HALLOC_FUZZ_OUTPUT_BASE (default: the one `tools/run
+# sanitizers asan-ubsan` uses, ~/.cache/bazel-halloc-asan-ubsan/<hash of the
+# checkout's path>, so after the sanitized suites only the fuzzers' links
+# are left to do; never the main output base), HALLOC_FUZZ_BUILD_JOBS
+# (bazel --jobs, default 2).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -36,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --jobs=*) jobs="${1#*=}"; shift ;;
     --corpus-dir) corpus_dir="$2"; shift 2 ;;
     --corpus-dir=*) corpus_dir="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,23p' tests/fuzz/run.sh | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' tests/fuzz/run.sh | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) selected+=("$1"); shift ;;
   esac
@@ -48,9 +51,11 @@ done
 
 log() { printf '== %s\n' "$*" >&2; }
 
-# One per checkout (as Bazel's own default is), so two clones never share one.
-OUTPUT_BASE="${HALLOC_FUZZ_OUTPUT_BASE:-$HOME/.cache/bazel-halloc-fuzz/$(printf %s "$ROOT" | md5sum | cut -c1-12)}"
-# Never the main output base: other flags would throw its cache away.
+# asan-ubsan's (tools/run's sanitizer_output_base): one per checkout (as
+# Bazel's own default is), so two clones never share one. Never the main
+# output base: other flags would throw its cache away.
+SAN_ROOT="${HALLOC_SANITIZER_OUTPUT_BASE_ROOT:-$HOME/.cache/bazel-halloc-asan-ubsan}"
+OUTPUT_BASE="${HALLOC_FUZZ_OUTPUT_BASE:-$SAN_ROOT/$(printf %s "$ROOT" | md5sum | cut -c1-12)}"
 BAZEL=(bazel "--output_base=$OUTPUT_BASE" --max_idle_secs=900)
 targets=()
 for f in "${selected[@]}"; do targets+=("//tests/fuzz:$f"); done

@@ -24,7 +24,7 @@ def wayland_client_protocol(name, xml, server_header = None, visibility = None):
     header = base + "-client-protocol.h"
     code = base + "-protocol.c"
     # public-code, not private-code: private-code's symbols are hidden, and
-    # Bazel links a test's libraries as shared objects in fastbuild.
+    # Bazel links a test's libraries as shared objects (cc_test's default).
     scanner = "@halloc_wayland_protocols//:wayland-scanner"
     native.genrule(
         name = name + "_scan",
