@@ -1,0 +1,313 @@
+// Unit tests of the allocator core's Share and Import (fixture:
+// allocator_testing.h): who may share and import what, with which rights,
+// and what a failed delivery leaves behind.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <memory>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "gtest/gtest.h"
+#include "service/allocator.h"
+#include "service/allocator_testing.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+TEST_F(AllocatorTest, OtherSessionsBuffersAreNotFound) {
+  Peer a = Open(1000), b = Open(1000);
+  auto r = core_.Allocate(*a.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  const uint64_t id = r->buffers(0).id();
+  EXPECT_EQ(core_.Describe(*b.session, id).status().code(), StatusCode::kNotFound);
+  v1::ReleaseRequest rel;
+  rel.add_buffer_ids(id);
+  EXPECT_EQ(core_.Release(*b.session, rel).code(), StatusCode::kNotFound);
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1000);
+  EXPECT_EQ(core_.Share(*b.session, share).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);
+}
+
+// A channel whose first Send waits until let go and then fails (as when
+// the client's socket is full or gone); the others go to `next`.
+class FirstSendFails : public FdChannel {
+ public:
+  explicit FirstSendFails(std::shared_ptr<FdChannel> next) : next_(std::move(next)) {}
+  absl::Status Send(const v1::BufferFds& info, absl::Span<const int> fds,
+                    const v1::AllocateResponse* reply) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!first_waiting_) {
+        first_waiting_ = true;
+        mu_.Await(absl::Condition(&let_go_));
+        return absl::UnavailableError("the client went away");
+      }
+    }
+    return next_->Send(info, fds, reply);
+  }
+  void AwaitFirst() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&first_waiting_));
+  }
+  void LetGo() {
+    absl::MutexLock lock(&mu_);
+    let_go_ = true;
+  }
+
+ private:
+  const std::shared_ptr<FdChannel> next_;
+  absl::Mutex mu_;
+  bool first_waiting_ ABSL_GUARDED_BY(mu_) = false;
+  bool let_go_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Two imports of one grant by one session: the first (which made it a
+// holder) fails to deliver after the second delivered. The session keeps
+// the hold its fd stands for.
+TEST_F(AllocatorTest, AFailedImportLeavesTheHoldAConcurrentOneDelivered) {
+  Peer owner = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  const uint64_t id = r->buffers(0).id();
+  absl::StatusOr<v1::Grant> grant = Share(owner, id, 1000);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  Peer peer;
+  peer.client_end.reset(sv[1]);
+  auto channel =
+      std::make_shared<FirstSendFails>(std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  peer.session = *core_.OpenSession({1000, 1000, getpid(), "", std::nullopt}, channel);
+
+  absl::Status first;
+  std::thread importing([&] { first = core_.Import(*peer.session, grant->token()).status(); });
+  channel->AwaitFirst();
+  absl::StatusOr<v1::BufferInfo> second = core_.Import(*peer.session, grant->token());
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto [frame, fd] = ReadFd(peer);
+  EXPECT_EQ(frame.buffer_id(), id);
+  channel->LetGo();
+  importing.join();
+  EXPECT_EQ(first.code(), StatusCode::kUnavailable);
+
+  core_.CloseSession(owner.session->id());
+  EXPECT_TRUE(core_.Describe(*peer.session, id).ok()) << "the session holds what it has an fd of";
+  v1::ReleaseRequest release;
+  release.add_buffer_ids(id);
+  EXPECT_TRUE(core_.Release(*peer.session, release).ok());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
+  Peer owner = Open(1000), peer = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  auto [frame, owner_fd] = ReadFd(owner);
+  void* w = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, owner_fd.get(), 0);
+  ASSERT_NE(w, MAP_FAILED);
+  memcpy(w, "halloc", 6);
+
+  absl::StatusOr<v1::Grant> grant = Share(owner, r->buffers(0).id(), 1000);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  EXPECT_EQ(grant->token().size(), 32u);
+
+  absl::StatusOr<v1::BufferInfo> got = core_.Import(*peer.session, grant->token());
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_FALSE(got->owned());
+  EXPECT_EQ(got->cpu_access(), v1::CPU_ACCESS_READ);
+  auto [pframe, peer_fd] = ReadFd(peer);
+  EXPECT_EQ(fcntl(peer_fd.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  EXPECT_EQ(mmap(nullptr, 4096, PROT_WRITE, MAP_SHARED, peer_fd.get(), 0), MAP_FAILED);
+
+  core_.CloseSession(owner.session->id());
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);  // the peer still holds it
+  EXPECT_EQ(core_.Stats().grants(), 0u);        // grants died with the owner
+  EXPECT_EQ(core_.Import(*peer.session, grant->token()).status().code(), StatusCode::kNotFound);
+  void* r2 = mmap(nullptr, 4096, PROT_READ, MAP_SHARED, peer_fd.get(), 0);
+  ASSERT_NE(r2, MAP_FAILED);
+  EXPECT_EQ(memcmp(r2, "halloc", 6), 0);
+  core_.CloseSession(peer.session->id());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  munmap(w, 4096);
+  munmap(r2, 4096);
+}
+
+// A process of another uid holding a session's broker socket (the caller
+// the kernel stamped) may neither pass the session's holds on nor add to
+// them; one of the session's uid may, judged as itself.
+TEST_F(AllocatorTest, AnotherUidMayNotShareOrImportAsTheSession) {
+  // Every uid may share with and import from every other: only the
+  // sender's uid against the session's refuses below.
+  absl::StatusOr<std::shared_ptr<const Policy>> open = Policy::Parse(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE share_to: \"*\" receive_from: \"*\" }\n",
+      "test");
+  ASSERT_TRUE(open.ok()) << open.status();
+  core_.SetPolicy(*open);
+  Peer owner = Open(1000), peer = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ReadFd(owner);
+  const uint64_t id = r->buffers(0).id();
+  const Identity other{1001, 1001, getpid() + 1, "", std::nullopt, std::nullopt};
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(1001);
+  absl::StatusOr<v1::Grant> refused = core_.Share(*owner.session, other, share);
+  EXPECT_EQ(refused.status().code(), StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_EQ(core_.Stats().grants(), 0u);
+
+  // A grant for uid 1001, made by the owner's own process.
+  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  absl::StatusOr<v1::BufferInfo> in =
+      core_.Import(*peer.session, other, grant->token(), 0, peer.session->fds());
+  EXPECT_EQ(in.status().code(), StatusCode::kPermissionDenied) << in.status();
+  EXPECT_EQ(ReceiveRecord(peer.client_end.get(), true).status().code(),
+            StatusCode::kResourceExhausted)
+      << "no fd was sent";
+  // Another process of the session's uid, judged as itself.
+  const Identity same_uid{1000, 1000, getpid() + 1, "", std::nullopt, std::nullopt};
+  share.mutable_peer()->set_uid(1000);
+  absl::StatusOr<v1::Grant> own = core_.Share(*owner.session, same_uid, share);
+  ASSERT_TRUE(own.ok()) << own.status();
+  in = core_.Import(*peer.session, same_uid, own->token(), 0, peer.session->fds());
+  ASSERT_TRUE(in.ok()) << in.status();
+  ReadFd(peer);
+}
+
+TEST_F(AllocatorTest, ShareRulesDeny) {
+  Peer owner = Open(1000), other_uid = Open(2000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_uid(2000);
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(),
+            StatusCode::kPermissionDenied);  // default: same uid only
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_NONE);
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(),
+            StatusCode::kFailedPrecondition);  // memfd cannot enforce
+  share.set_cpu_access(static_cast<v1::CpuAccess>(77));
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(), StatusCode::kInvalidArgument);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok());
+  // A session of another uid cannot take a grant made for uid 1000.
+  EXPECT_EQ(core_.Import(*other_uid.session, grant->token()).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.Import(*other_uid.session, "0000").status().code(), StatusCode::kNotFound);
+  // Revoke: no new imports.
+  EXPECT_EQ(core_.Revoke(*other_uid.session, grant->id()).code(), StatusCode::kNotFound);
+  EXPECT_TRUE(core_.Revoke(*owner.session, grant->id()).ok());
+  Peer same = Open(1000);
+  EXPECT_EQ(core_.Import(*same.session, grant->token()).status().code(), StatusCode::kNotFound);
+}
+
+// A reload takes the registry's lock (hallocd's buffer limit) and a judge
+// under that lock counts its denial: the policy's lock must not be held
+// into the registry's. (absl's deadlock detection, on in this build, aborts
+// on the old order.)
+TEST_F(AllocatorTest, AReloadAndADenialUnderTheRegistrysLockDoNotDeadlock) {
+  Peer owner = Open(1000), other = Open(2000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto grant = Share(owner, r->buffers(0).id(), 1000);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  core_.SetPolicy(Policy::Default());
+  // Judged (and refused: a grant for uid 1000) under the registry's lock.
+  EXPECT_EQ(core_.Import(*other.session, grant->token()).status().code(),
+            StatusCode::kPermissionDenied);
+  core_.SetPolicy(Policy::Default());
+  EXPECT_EQ(core_.Stats().denials_by_rule().size(), 1u);
+}
+
+// A grant is judged again at each Import under the policy in force then,
+// the sharer's side too: after a reload that takes the sharer's share_to
+// away, a grant made before is no longer imported.
+TEST(AllocatorPolicyTest, AReloadThatEndsASharersShareToStopsItsGrants) {
+  auto parse = [](const std::string& camera_share_to) {
+    absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+        absl::StrCat("clients { name: \"camera\" match { uids: 1000 } usages: \"*\" heaps: \"*\" "
+                     "max_cpu_access: CPU_ACCESS_READ_WRITE ",
+                     camera_share_to,
+                     " }\n"
+                     "clients { name: \"viewer\" match { uids: 1001 } "
+                     "max_cpu_access: CPU_ACCESS_READ receive_from: \"camera\" }\n"),
+        "test");
+    EXPECT_TRUE(p.ok()) << p.status();
+    return *p;
+  };
+  Allocator core(std::make_unique<MemfdBackend>(), Limits(), parse("share_to: \"viewer\""));
+  std::vector<UniqueFd> client_ends;  // what the clients would read
+  auto open = [&](uid_t uid) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    client_ends.emplace_back(sv[1]);
+    return *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
+                             std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  };
+  std::shared_ptr<Session> camera = open(1000), viewer = open(1001);
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*camera, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_name("viewer");
+  absl::StatusOr<v1::Grant> before = core.Share(*camera, share);
+  absl::StatusOr<v1::Grant> kept = core.Share(*camera, share);
+  ASSERT_TRUE(before.ok() && kept.ok()) << before.status() << kept.status();
+  core.SetPolicy(parse(""));
+  absl::Status s = core.Import(*viewer, before->token()).status();
+  EXPECT_EQ(s.code(), StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "share_to")) << s;
+  core.SetPolicy(parse("share_to: \"viewer\""));
+  EXPECT_TRUE(core.Import(*viewer, kept->token()).ok());
+}
+
+TEST_F(AllocatorTest, ReadOnlyHolderCannotShareReadWrite) {
+  Peer owner = Open(1000), reader = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  auto grant = Share(owner, r->buffers(0).id(), 1000);
+  ASSERT_TRUE(grant.ok());
+  ASSERT_TRUE(core_.Import(*reader.session, grant->token()).ok());
+  EXPECT_EQ(Share(reader, r->buffers(0).id(), 1000, v1::CPU_ACCESS_READ_WRITE).status().code(),
+            StatusCode::kPermissionDenied);
+}
+
+// An import that widens what a session already holds, but never reaches
+// it, leaves it the rights it had: before, the wider rights stayed (and
+// let it share read-write what it can only read).
+TEST_F(AllocatorTest, AnUndeliveredImportLeavesTheRightsAsTheyWere) {
+  Peer owner = Open(1000), reader = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok());
+  const uint64_t id = r->buffers(0).id();
+  auto read = Share(owner, id, 1000);
+  auto read_write = Share(owner, id, 1000, v1::CPU_ACCESS_READ_WRITE);
+  ASSERT_TRUE(read.ok() && read_write.ok());
+  ASSERT_TRUE(core_.Import(*reader.session, read->token()).ok());
+  reader.client_end.reset();  // nothing reaches the reader from here on
+  EXPECT_FALSE(core_.Import(*reader.session, read_write->token()).ok());
+  absl::StatusOr<v1::BufferInfo> d = core_.Describe(*reader.session, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_EQ(Share(reader, id, 1000, v1::CPU_ACCESS_READ_WRITE).status().code(),
+            StatusCode::kPermissionDenied);
+}
+
+}  // namespace
+}  // namespace halloc
