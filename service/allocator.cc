@@ -445,10 +445,11 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session,
 
 namespace {
 
-// Share passes a session's holds on and Import adds to them: another uid
-// holding the session's broker socket may do neither as the session, as on
-// gRPC, where a token that reached another uid is refused (ControlPeers).
-// (It may Allocate, judged and charged as itself: broker.proto.)
+// Share passes a session's holds on, Import adds to them and Revoke cuts
+// other processes' imports off: another uid holding the session's broker
+// socket may do none of them as the session, as on gRPC, where a token that
+// reached another uid is refused (ControlPeers). (It may Allocate, judged
+// and charged as itself, and Release: broker.proto.)
 absl::Status SameUid(const Session& session, const Identity& caller, absl::string_view what) {
   if (caller.uid == session.creds().uid) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(
@@ -579,6 +580,11 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identit
 absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(
     Session& session, const v1::SetMetadataRequest& req) {
   return registry_.SetMetadata(session.id(), req);
+}
+
+absl::Status Allocator::Revoke(Session& session, const Identity& caller, uint64_t grant_id) {
+  RETURN_IF_ERROR(SameUid(session, caller, "Revoke"));
+  return Revoke(session, grant_id);
 }
 
 absl::Status Allocator::Revoke(Session& session, uint64_t grant_id) {

@@ -125,6 +125,9 @@ class Allocator {
   // Withdraws a grant; on a backend that can (CanRevokeLive), also cuts
   // off every fd imported through it, in every process (registry.h).
   absl::Status Revoke(Session& session, uint64_t grant_id);
+  // The same for one request the kernel stamped (`caller`; another uid than
+  // the session's: PERMISSION_DENIED, as on gRPC).
+  absl::Status Revoke(Session& session, const Identity& caller, uint64_t grant_id);
   absl::StatusOr<v1::BufferInfo> SetMetadata(Session& session,
                                              const v1::SetMetadataRequest& req);
 

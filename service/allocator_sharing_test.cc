@@ -145,7 +145,7 @@ TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
 // A process of another uid holding a session's broker socket (the caller
 // the kernel stamped) may neither pass the session's holds on nor add to
 // them; one of the session's uid may, judged as itself.
-TEST_F(AllocatorTest, AnotherUidMayNotShareOrImportAsTheSession) {
+TEST_F(AllocatorTest, AnotherUidMayNotShareImportOrRevokeAsTheSession) {
   // Every uid may share with and import from every other: only the
   // sender's uid against the session's refuses below.
   absl::StatusOr<std::shared_ptr<const Policy>> open = Policy::Parse(
@@ -184,6 +184,13 @@ TEST_F(AllocatorTest, AnotherUidMayNotShareOrImportAsTheSession) {
   in = core_.Import(*peer.session, same_uid, own->token(), 0, peer.session->fds());
   ASSERT_TRUE(in.ok()) << in.status();
   ReadFd(peer);
+
+  // Revoke cuts other processes' imports off: not another uid's to do.
+  const absl::Status not_yours = core_.Revoke(*owner.session, other, own->id());
+  EXPECT_EQ(not_yours.code(), StatusCode::kPermissionDenied) << not_yours;
+  EXPECT_EQ(core_.Stats().grants(), 2u);
+  EXPECT_TRUE(core_.Revoke(*owner.session, same_uid, own->id()).ok());
+  EXPECT_EQ(core_.Stats().grants(), 1u);
 }
 
 TEST_F(AllocatorTest, ShareRulesDeny) {

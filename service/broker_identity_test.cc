@@ -511,6 +511,48 @@ TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
   EXPECT_EQ(reply->code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
 }
 
+TEST_F(BrokerIdentityTest, ARevokeIsAnsweredOnTheBrokerAndEndsTheGrant) {
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  EXPECT_TRUE(owner->welcome.broker_revoke());
+  uint64_t id = 0;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  absl::StatusOr<Answer> shared = Ask(owner->fd.get(), ShareRequest(2, id, "trusted"));
+  ASSERT_TRUE(shared.ok() && ReplyStatus(shared->reply).ok());
+  const v1::Grant grant = shared->reply.share().grant();
+  const auto revoke = [](uint64_t request_id, uint64_t grant_id) {
+    v1::BrokerRequest req;
+    req.set_request_id(request_id);
+    req.mutable_revoke()->set_grant_id(grant_id);
+    return req;
+  };
+  // Another session may not revoke it: to that session it does not exist.
+  absl::StatusOr<BrokerConnection> other = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<Answer> stranger = Ask(other->fd.get(), revoke(3, grant.id()));
+  ASSERT_TRUE(stranger.ok()) << stranger.status();
+  EXPECT_EQ(ReplyStatus(stranger->reply).code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<Answer> revoked = Ask(owner->fd.get(), revoke(4, grant.id()));
+  ASSERT_TRUE(revoked.ok()) << revoked.status();
+  EXPECT_EQ(revoked->reply.request_id(), 4u);
+  EXPECT_TRUE(ReplyStatus(revoked->reply).ok()) << ReplyStatus(revoked->reply);
+  EXPECT_TRUE(revoked->reply.has_revoke());
+  EXPECT_TRUE(revoked->fds.empty());
+  // The token imports no more; the grant cannot be revoked twice.
+  absl::StatusOr<Answer> late = Ask(other->fd.get(), ImportRequest(5, grant.token()));
+  ASSERT_TRUE(late.ok()) << late.status();
+  EXPECT_EQ(ReplyStatus(late->reply).code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(late->fds.empty());
+  absl::StatusOr<Answer> again = Ask(owner->fd.get(), revoke(6, grant.id()));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(ReplyStatus(again->reply).code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(again->reply.has_revoke());
+}
+
 // A grant keeps its sharer, judged again at each Import: one made on the
 // broker under a policy without executable rules keeps the verified
 // executable, so that a policy reloaded with such rules still matches it.

@@ -1,5 +1,5 @@
 // The broker's request path: records off a connection, the fast-path
-// Allocate, Import, Share and Release, and their answers (the handshake and
+// Allocate, Import, Share, Revoke and Release, and their answers (the handshake and
 // connection life are in broker.cc), and connections paused while fds they
 // sent wait to be closed or a request waits for the slow lane.
 #include "service/broker.h"
@@ -221,6 +221,22 @@ bool Broker::Handle(Conn& conn, Record rec) {
       }
       v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
       *reply.mutable_share()->mutable_grant() = *std::move(g);
+      Reply(conn, std::move(reply));
+      return true;
+    }
+    case v1::BrokerRequest::kRevoke: {
+      // On this thread even on a backend that revokes live: one ioctl per
+      // view the grant's imports made (Registry::kMaxImportsPerGrant per
+      // importing session), each marking a view and zapping its mappings,
+      // none waiting for a device.
+      const Identity caller = stamped();
+      absl::Status s = core_->Revoke(session, caller, req.revoke().grant_id());
+      if (!s.ok()) {
+        Refuse("Revoke", session, caller, req.request_id(), s, *conn.channel);
+        return true;
+      }
+      v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
+      reply.mutable_revoke();
       Reply(conn, std::move(reply));
       return true;
     }

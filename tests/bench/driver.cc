@@ -361,11 +361,14 @@ void Suite::Sharing() {
                 "2x grpc_echo(interleaved)." + pct, 2 * Get(v, "echo." + pct)));
   }
   // The Import alone: one broker record with the reply and the fd, against
-  // the gRPC call whose fd comes ahead of its reply (run just before it).
-  for (const char* p : {"p50", "p99"}) {
-    const std::string pct(p);
-    Add(Compare("broker.import.1MiB." + pct, Get(v, "import." + pct), "us", "grpc_import." + pct,
-                Get(g, "import." + pct)));
+  // the gRPC call whose fd comes ahead of its reply (run just after it);
+  // and the Revoke of a grant no one imports any more, on each path.
+  for (const char* call : {"import", "revoke"}) {
+    for (const char* p : {"p50", "p99"}) {
+      const std::string key = absl::StrCat(call, ".", p);
+      Add(Compare(absl::StrCat("broker.", call, ".1MiB.", p), Get(v, key), "us",
+                  absl::StrCat("grpc_", key), Get(g, key)));
+    }
   }
 }
 

@@ -362,7 +362,8 @@ int AllocLatency(const Args& a) {
 }
 
 // Share (owner session) + Import (peer session) + map on the peer side;
-// the Import alone too (on the broker, or with --path=grpc as a gRPC call).
+// the Import alone too, and the owner's Revoke once the peer let go (on the
+// broker, or with --path=grpc as gRPC calls).
 int ShareLatency(const Args& a) {
   absl::StatusOr<Client> owner = Connect(a);
   absl::StatusOr<Client> peer = Connect(a);
@@ -372,7 +373,7 @@ int ShareLatency(const Args& a) {
   if (!b.ok()) return Fail("Allocate", b.status());
   const int64_t n = a.Int("n", 100);
   EchoProbe echo(a.Str("echo"));
-  Micros us, import_us, echo_us;
+  Micros us, import_us, revoke_us, echo_us;
   for (int64_t i = -10; i < n; ++i) {
     const double e = echo.Call();
     const int64_t t0 = NowNs();
@@ -389,15 +390,18 @@ int ShareLatency(const Args& a) {
     const uint64_t id = got->id();
     { Buffer gone = std::move(*got); }
     if (absl::Status s = peer->Release(id); !s.ok()) return Fail("Release", s);
+    const int64_t revoke_t0 = NowNs();
     if (absl::Status s = owner->Revoke(g->id()); !s.ok()) return Fail("Revoke", s);
+    const int64_t revoke_t1 = NowNs();
     if (i >= 0) {
       us.push_back(Us(t0, t1));
       import_us.push_back(Us(import_t0, import_t1));
+      revoke_us.push_back(Us(revoke_t0, revoke_t1));
       echo_us.push_back(e);
     }
   }
   Say(FormatSummary("share", Summarize(us)) + FormatSummary("import", Summarize(import_us)) +
-      FormatSummary("echo", Summarize(echo_us)));
+      FormatSummary("revoke", Summarize(revoke_us)) + FormatSummary("echo", Summarize(echo_us)));
   return 0;
 }
 

@@ -363,9 +363,10 @@ TEST_F(ClientTest, BothPathsAgreeOnImports) {
   }
 }
 
-// Share on both paths: the same grants, the same errors (on the broker
-// path the sharer has no control socket: its Share went on the broker).
-TEST_F(ClientTest, BothPathsAgreeOnShares) {
+// Share and Revoke on both paths: the same grants, the same errors (on the
+// broker path the sharer has no control socket: its calls went on the
+// broker).
+TEST_F(ClientTest, BothPathsAgreeOnSharesAndRevokes) {
   std::vector<StatusCode> codes[2];
   for (bool fast : {true, false}) {
     SCOPED_TRACE(fast ? "broker" : "grpc");
@@ -393,9 +394,21 @@ TEST_F(ClientTest, BothPathsAgreeOnShares) {
       EXPECT_TRUE(absl::StartsWith(s.message(), "Share: ")) << s;
       codes[fast ? 0 : 1].push_back(s.code());
     }
+    // Revoke: the grant goes (its token imports no more); once more, and a
+    // grant this session never made (the other client's), are refused.
+    absl::StatusOr<v1::Grant> others = client().Share(got->id(), getuid());
+    ASSERT_TRUE(others.ok()) << others.status();
+    ASSERT_TRUE(sharer->Revoke(g->id()).ok());
+    EXPECT_EQ(client().Import(g->token()).status().code(), StatusCode::kNotFound);
+    for (absl::Status s : {sharer->Revoke(g->id()), sharer->Revoke(others->id())}) {
+      EXPECT_FALSE(s.ok());
+      EXPECT_TRUE(absl::StartsWith(s.message(), "Revoke: ")) << s;
+      codes[fast ? 0 : 1].push_back(s.code());
+    }
   }
   EXPECT_EQ(codes[0], codes[1]);
   EXPECT_EQ(codes[0][0], StatusCode::kNotFound);
+  EXPECT_EQ(codes[0][3], StatusCode::kNotFound);
 }
 
 // A token or a peer name longer than a broker record holds goes as a gRPC

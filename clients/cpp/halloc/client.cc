@@ -593,6 +593,11 @@ absl::StatusOr<v1::BufferInfo> Client::SetMetadata(
 absl::Status Client::Revoke(uint64_t grant_id) {
   v1::RevokeRequest req;
   req.set_grant_id(grant_id);
+  if (impl_->fast_path_ && impl_->welcome_.broker_revoke()) {
+    v1::BrokerRequest breq;
+    breq.mutable_revoke()->Swap(&req);
+    return impl_->BrokerCall(std::move(breq), "Revoke").status();
+  }
   return impl_->Call(&v1::Allocator::Stub::Revoke, req, "Revoke").status();
 }
 

@@ -63,12 +63,12 @@ struct ConnectOptions {
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.
   absl::Duration timeout = absl::Seconds(10);
-  // Allocate, Import, Share and Release as requests on the broker socket
-  // (one record there and back, fds in the reply's record; a Release of
-  // more ids than a record holds, some 10 000, goes as a gRPC call; Import
-  // and Share so only where hallocd says it serves them,
-  // Welcome.broker_import and broker_share). false: as gRPC calls, the way
-  // a gRPC-only client makes them.
+  // Allocate, Import, Share, Revoke and Release as requests on the broker
+  // socket (one record there and back, fds in the reply's record; a
+  // Release of more ids than a record holds, some 10 000, goes as a gRPC
+  // call; Import, Share and Revoke so only where hallocd says it serves
+  // them, Welcome.broker_import, broker_share and broker_revoke). false: as
+  // gRPC calls, the way a gRPC-only client makes them.
   bool broker_fast_path = true;
 };
 
@@ -179,6 +179,8 @@ class Client {
   absl::StatusOr<v1::DumpResponse> Dump();
   // Takes a buffer shared with us.
   absl::StatusOr<Buffer> Import(absl::string_view grant_token);
+  // Withdraws a grant this session made; on hallocd's halloc backend, every
+  // fd imported through it is cut off, in every process, before it returns.
   absl::Status Revoke(uint64_t grant_id);
   // Sets dataspace, blend mode or crop (`type`) from `value`.
   absl::StatusOr<v1::BufferInfo> SetMetadata(uint64_t buffer_id,

@@ -13,10 +13,11 @@
 A Client is one session, as in libhalloc (clients/cpp/halloc/client.h): it
 connects to the broker socket and answers the daemon's challenge (hallocd
 learns who we are from the kernel), then makes gRPC calls carrying the
-session token. Allocate, Import, Share and Release travel on the broker
-socket, the reply and the fds in one record (the fast path, libhalloc's
-default; Import and Share so where hallocd says it serves them,
-Welcome.broker_import and broker_share); the fds of gRPC calls (Allocate
+session token. Allocate, Import, Share, Revoke and Release travel on the
+broker socket, the reply and the fds in one record (the fast path,
+libhalloc's default; Import, Share and Revoke so where hallocd says it
+serves them, Welcome.broker_import, broker_share and broker_revoke); the
+fds of gRPC calls (Allocate
 and Import with broker_fast_path=False) arrive on the broker socket before
 the gRPC reply. Closing the Client ends the session:
 the daemon drops every hold it had; fds already in this process stay valid
@@ -215,8 +216,8 @@ class Client:
         $XDG_RUNTIME_DIR/halloc where either is there (a hallocd of this
         user's), else in /run/halloc (the machine's); never one from each.
         `timeout` (seconds) bounds each call and the wait for the hello.
-        `broker_fast_path=False` makes Allocate, Import, Share and Release
-        gRPC calls, the way a gRPC-only client makes them.
+        `broker_fast_path=False` makes Allocate, Import, Share, Revoke and
+        Release gRPC calls, the way a gRPC-only client makes them.
         """
         control, broker = _socket_paths(control_socket, broker_socket)
         conn = _broker.connect_broker(broker, timeout)
@@ -434,8 +435,14 @@ class Client:
     import_ = import_buffer
 
     def revoke(self, grant_id):
-        self._call(self._stub.Revoke, allocator_pb2.RevokeRequest(grant_id=grant_id),
-                   "Revoke")
+        """Withdraws a grant this session made; on hallocd's halloc backend,
+        every fd imported through it is cut off, in every process, first."""
+        req = allocator_pb2.RevokeRequest(grant_id=grant_id)
+        if self._fast_path and self.welcome.broker_revoke:
+            _, fds = self._broker_call(broker_pb2.BrokerRequest(revoke=req), "Revoke")
+            _scm.close_all(fds)  # none is sent with a revoke
+            return
+        self._call(self._stub.Revoke, req, "Revoke")
 
     def set_metadata(self, buffer, metadata_type, value):
         req = allocator_pb2.SetMetadataRequest(buffer_id=_id(buffer), type=metadata_type,

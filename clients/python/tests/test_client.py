@@ -729,6 +729,7 @@ def test_share_read_only_reaches_the_peer_read_only(connect, fast):
     # Share too, on the broker or on gRPC.
     producer, consumer = connect(broker_fast_path=fast), connect(broker_fast_path=fast)
     assert consumer.welcome.broker_import and producer.welcome.broker_share
+    assert producer.welcome.broker_revoke
     buf = producer.allocate(halloc.blob(2 * PAGE))
     data = pattern(buf.size)
     with buf.map() as m:
@@ -750,7 +751,33 @@ def test_share_read_only_reaches_the_peer_read_only(connect, fast):
     producer.revoke(grant.id)
     with pytest.raises(halloc.NotFoundError):
         consumer.import_buffer(grant.token)
+    with pytest.raises(halloc.NotFoundError):  # revoked already
+        producer.revoke(grant.id)
     consumer.release(got)
+
+
+def test_share_and_revoke_need_no_control_socket_on_the_broker(hallocd, connect):
+    # The session's gRPC channel leads nowhere: what works went on the
+    # broker socket; what needs gRPC says UNAVAILABLE.
+    c = halloc.Client.connect("/nonexistent/control.sock", hallocd.broker)
+    grpc_only = halloc.Client.connect("/nonexistent/control.sock", hallocd.broker,
+                                      broker_fast_path=False)
+    try:
+        assert c.welcome.broker_revoke
+        buf = c.allocate(halloc.blob(PAGE))
+        grant = c.share(buf, uid=os.getuid(), cpu_access=READ)
+        got = connect().import_buffer(grant.token)
+        c.revoke(grant.id)
+        with pytest.raises(halloc.NotFoundError):
+            c.revoke(grant.id)
+        with pytest.raises(halloc.NotFoundError):
+            connect().import_buffer(grant.token)
+        got.close()
+        with pytest.raises(halloc.UnavailableError):
+            grpc_only.revoke(grant.id)
+    finally:
+        c.close()
+        grpc_only.close()
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["broker", "grpc"])
