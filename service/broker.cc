@@ -37,6 +37,7 @@ constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = ~uint64_t{0};
 constexpr uint64_t kForeignKey = ~uint64_t{0} - 1;
 constexpr uint64_t kLaneKey = ~uint64_t{0} - 2;
+constexpr uint64_t kRetiredKey = ~uint64_t{0} - 3;
 // Stale handshake deadlines kept beyond the live handshakes' before a prune.
 constexpr size_t kDeadlineSlack = 64;
 
@@ -126,19 +127,33 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Launch(UniqueFd listener, Socket
       ::epoll_ctl(broker->epoll_.get(), EPOLL_CTL_ADD, broker->lane_done_.get(), &lane) != 0) {
     return ErrnoStatus(errno, "slow lane eventfd");
   }
+  epoll_event retired{};
+  retired.events = EPOLLIN;
+  retired.data.u64 = kRetiredKey;
+  if (!*broker->retired_wake_ || ::epoll_ctl(broker->epoll_.get(), EPOLL_CTL_ADD,
+                                             broker->retired_wake_->get(), &retired) != 0) {
+    return ErrnoStatus(errno, "retired connections eventfd");
+  }
+  broker->unread_fds_->OnRetire([wake = broker->retired_wake_] {
+    const uint64_t one = 1;
+    (void)!::write(wake->get(), &one, sizeof(one));
+  });
   broker->thread_ = std::thread([b = broker.get()] { b->Run(); });
   return broker;
 }
 
-Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll,
-               UniqueFd wake, AcceptGuard accept_guard,
-               std::unique_ptr<ForeignFds> foreign_fds, SocketFile file)
-    : core_(core), listener_(std::move(listener)), epoll_(std::move(epoll)),
-      wake_(std::move(wake)), accept_guard_(std::move(accept_guard)),
+Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake,
+               AcceptGuard accept_guard, std::unique_ptr<ForeignFds> foreign_fds, SocketFile file)
+    : core_(core),
+      listener_(std::move(listener)),
+      epoll_(std::move(epoll)),
+      wake_(std::move(wake)),
+      accept_guard_(std::move(accept_guard)),
       file_(std::move(file)),
       unread_fds_(std::make_shared<UnreadFds>(
           max_unread_fds_per_uid > 0 ? max_unread_fds_per_uid : UnreadFds::DefaultPerUid(),
           UnreadFds::DefaultTotal())),
+      retired_wake_(std::make_shared<UniqueFd>(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))),
       foreign_fds_(std::move(foreign_fds)),
       inline_budget_(inline_window, inline_allowed),
       log_limit_(10, absl::Seconds(1)),
@@ -179,7 +194,11 @@ void Broker::Run() {
   for (;;) {
     // Wake up now and then while handshakes may expire, accepting waits or
     // connections that ended keep fds unread (UnreadFds::Sweep).
-    int timeout = (handshakes_ > 0 || !accepting_ || retired_ > 0) ? 100 : -1;
+    // Retired connections are counted afresh: a Close in the last turn may
+    // have retired one after that turn's sweep (or without one, within
+    // 100 ms of the last), which a count kept from the sweep would miss,
+    // leaving its socket open until some other event.
+    int timeout = (handshakes_ > 0 || !accepting_ || unread_fds_->retired() > 0) ? 100 : -1;
     // Held on a lone client's CPU: let go once it pauses (its CPU is no
     // longer where hallocd serves from).
     const bool held = follower_ && follower_->held() >= 0;
@@ -201,8 +220,8 @@ void Broker::Run() {
     clients_this_turn_ = 0;
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
-      clients_this_turn_ +=
-          key != kListenerKey && key != kWakeKey && key != kForeignKey && key != kLaneKey;
+      clients_this_turn_ += key != kListenerKey && key != kWakeKey && key != kForeignKey &&
+                            key != kLaneKey && key != kRetiredKey;
     }
     if (clients_this_turn_ > 1 && follower_) {
       lone_requests_ = 0;
@@ -217,6 +236,9 @@ void Broker::Run() {
       } else if (key == kForeignKey) {
         foreign_fds_->Acknowledge();
         ResumeCleared();
+      } else if (key == kRetiredKey) {
+        uint64_t n = 0;
+        (void)!::read(retired_wake_->get(), &n, sizeof(n));  // next turn: swept
       } else if (key == kLaneKey) {
         uint64_t done = 0;
         (void)!::read(lane_done_.get(), &done, sizeof(done));
@@ -238,7 +260,7 @@ void Broker::Run() {
     }
     if (!deadlines_.empty()) ExpireHandshakes();
     if (const absl::Time now = MonotonicNow(); now >= next_sweep_) {
-      retired_ = unread_fds_->Sweep();
+      unread_fds_->Sweep();
       next_sweep_ = now + absl::Milliseconds(100);
     }
   }

@@ -250,8 +250,12 @@ class Broker {
   // channel counts there); connections that ended with some unread, and
   // when to look at them again.
   const std::shared_ptr<UnreadFds> unread_fds_;
-  size_t retired_ = 0;
   absl::Time next_sweep_ = absl::InfinitePast();
+  // An eventfd unread_fds_ writes whenever it keeps a connection's socket
+  // (UnreadFds::OnRetire), from any thread: the loop then sweeps until
+  // none is left. Shared: a channel may retire its socket after this
+  // broker is gone.
+  std::shared_ptr<UniqueFd> retired_wake_;
   // Fds clients sent unasked, closed on a thread of their own; the paused
   // connections' keys.
   std::unique_ptr<ForeignFds> foreign_fds_;

@@ -269,6 +269,43 @@ TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
   EXPECT_EQ(fds, 3u);
 }
 
+// This process's open fds.
+int OpenFds() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// A connection that ends with a reply's fd still unread keeps its socket
+// (UnreadFds::Retire) until its peer closes; then it goes, even when
+// nothing else happens on the broker afterwards. (It stayed open when the
+// connection ended within 100 ms of the broker's last sweep: the loop
+// slept with no timeout, counting no retired socket.)
+TEST_F(BrokerTest, AConnectionEndedWithFdsUnreadIsLetGoOnceItsPeerCloses) {
+  const std::string path = dir_ + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  const int before = OpenFds();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  v1::BrokerRequest req;
+  req.set_request_id(1);
+  req.mutable_allocate()->mutable_desc()->set_size(4096);
+  ASSERT_TRUE(SendRecord(c->fd.get(), req.SerializeAsString(), {}, false).ok());
+  ASSERT_TRUE(WaitReadable(c->fd.get(), 5000).ok());  // the reply, with its fd: unread
+  // The end, seen by the broker while the reply is still queued here.
+  ASSERT_EQ(::shutdown(c->fd.get(), SHUT_WR), 0);
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (core_->Stats().sessions() > 0) {
+    ASSERT_LT(absl::Now(), until) << "the broker never saw the end";
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  c->fd.reset();  // the unread reply goes with it
+  const absl::Time gone = absl::Now() + absl::Seconds(5);
+  while (OpenFds() > before && absl::Now() < gone) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(OpenFds(), before) << "the ended connection's socket is still open";
+}
+
 // Broker::lone_pause for one test: long enough that a test thread starved
 // between two requests is not taken for a client that paused.
 class LonePause {

@@ -163,18 +163,23 @@ void UnreadFds::Unreserve(uint64_t handle, uint64_t n, uint64_t bytes) {
 }
 
 void UnreadFds::Retire(uint64_t handle, UniqueFd sock) {
-  absl::MutexLock lock(&mu_);
-  auto it = conns_.find(handle);
-  if (it == conns_.end()) return;
-  Conn& c = it->second;
-  Trim(c);
-  if (c.unread == 0) {
-    conns_.erase(it);  // `sock` closes
-    return;
+  std::function<void()> kept;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(handle);
+    if (it == conns_.end()) return;
+    Conn& c = it->second;
+    Trim(c);
+    if (c.unread == 0) {
+      conns_.erase(it);  // `sock` closes
+      return;
+    }
+    c.retired = std::move(sock);
+    ++retired_by_uid_[c.uid];
+    ++retired_;
+    kept = on_retire_;
   }
-  c.retired = std::move(sock);
-  ++retired_by_uid_[c.uid];
-  ++retired_;
+  if (kept) kept();
 }
 
 size_t UnreadFds::Sweep() {

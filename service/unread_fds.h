@@ -91,6 +91,13 @@ class UnreadFds {
   // stays open here and keeps counting until its peer has read them or
   // closed; else it is closed.
   void Retire(uint64_t handle, UniqueFd sock);
+  // Called (without the lock) whenever Retire keeps a socket open, on
+  // whichever thread dropped the connection's last user: tells the
+  // sweeper to start looking (Broker: a wake-up of its loop).
+  void OnRetire(std::function<void()> f) {
+    absl::MutexLock lock(&mu_);
+    on_retire_ = std::move(f);
+  }
   // Lets go of retired connections whose fds were all read (or whose peer
   // closed). Returns how many are still retired.
   size_t Sweep();
@@ -141,6 +148,7 @@ class UnreadFds {
   uint64_t total_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uid_t, uint32_t> retired_by_uid_ ABSL_GUARDED_BY(mu_);
   uint32_t retired_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void()> on_retire_ ABSL_GUARDED_BY(mu_);
   // When each uid's connections (and all, for the total) were last looked at.
   absl::flat_hash_map<uid_t, absl::Time> refreshed_ ABSL_GUARDED_BY(mu_);
   absl::Time refreshed_all_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -178,6 +178,8 @@ TEST(UnreadFdsTest, TheTotalBoundsAllUids) {
 TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
   FakeClock clock;
   UnreadFds u(/*per_uid=*/4, /*total=*/100, clock.Fn());
+  int kept = 0;  // the sweeper is told of each socket kept, and only those
+  u.OnRetire([&kept] { ++kept; });
   for (bool peer_closes : {false, true}) {
     SCOPED_TRACE(peer_closes ? "peer closes" : "peer reads");
     Pair p = Connected();
@@ -185,7 +187,9 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
     ASSERT_TRUE(u.Reserve(h, 4).ok());
     SendUnread(p);
     u.Sent(h, 4);
+    const int kept_before = kept;
     u.Retire(h, std::move(p.daemon));
+    EXPECT_EQ(kept, kept_before + 1);
     EXPECT_EQ(u.unread(1000), 4u);
     EXPECT_EQ(u.Sweep(), 1u);
     EXPECT_EQ(u.retired(1000), 1u) << "counts as a connection of its uid";
@@ -210,6 +214,7 @@ TEST(UnreadFdsTest, ARetiredConnectionCountsUntilItsPeerReadsOrCloses) {
   ASSERT_TRUE(u.Reserve(h, 1).ok());
   u.Sent(h, 1);
   u.Retire(h, std::move(p.daemon));
+  EXPECT_EQ(kept, 2) << "nothing kept, nothing to tell";
   EXPECT_EQ(u.Sweep(), 0u);
   char c;
   EXPECT_EQ(::recv(p.client.get(), &c, 1, MSG_DONTWAIT), 0) << "hallocd's end still open";

@@ -406,6 +406,7 @@ HALLOC_TEST_CHILD("non-reader", NonReader);
 TEST_F(FaultTest, AClientThatNeverReadsNeitherBlocksOthersNorKeepsBuffers) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon());
   const Snapshot base = WarmUp();
+  const std::string fds_before = daemon_->FdTable();
   const size_t log_before = Log().size();
   absl::StatusOr<TestChild> flood = TestChild::Spawn("non-reader", {opts_.broker_socket});
   ASSERT_TRUE(flood.ok()) << flood.status();
@@ -450,7 +451,10 @@ TEST_F(FaultTest, AClientThatNeverReadsNeitherBlocksOthersNorKeepsBuffers) {
   EXPECT_LE(during.live - base.live, 2048u) << "sent " << sent << ": " << *done;
   normal = absl::UnavailableError("closed");
   flood->Kill();
-  EXPECT_EQ(WaitFor(base), base) << "after " << *done << "; log:\n" << Log().substr(log_before);
+  EXPECT_EQ(WaitFor(base), base) << "after " << *done << "; fds before:\n"
+                                 << fds_before << "fds now:\n"
+                                 << daemon_->FdTable() << "log:\n"
+                                 << Log().substr(log_before);
   const absl::Duration flood_time = absl::Now() - flood_start;
   const std::string log = Log().substr(log_before);
   const int lines = CountLines(log);

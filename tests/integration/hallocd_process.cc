@@ -7,13 +7,15 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <optional>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
@@ -97,6 +99,34 @@ int HallocdProcess::Fds() const {
     ++n;
   }
   return ec ? -1 : n;
+}
+
+std::string HallocdProcess::FdTable() const {
+  // A Unix socket's type and path (a listener's, for the connections it
+  // accepted), by inode: /proc/net/unix's "Num RefCount Protocol Flags Type
+  // St Inode [Path]".
+  std::map<std::string, std::string> unix_sockets;
+  std::ifstream net("/proc/net/unix");
+  for (std::string line; std::getline(net, line);) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (f.size() < 7) continue;
+    unix_sockets[f[6]] = absl::StrCat(" (unix type ", f[4], " state ", f[5],
+                                      f.size() > 7 ? absl::StrCat(" ", f[7]) : "", ")");
+  }
+  std::error_code ec;
+  std::string table;
+  for (auto it = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid(), "/fd"), ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    std::error_code link_ec;
+    const std::filesystem::path target = std::filesystem::read_symlink(it->path(), link_ec);
+    std::string what = link_ec ? "(gone)" : target.string();
+    if (absl::StartsWith(what, "socket:[")) {
+      auto u = unix_sockets.find(what.substr(8, what.size() - 9));
+      if (u != unix_sockets.end()) what += u->second;
+    }
+    absl::StrAppend(&table, it->path().filename().string(), " -> ", what, "\n");
+  }
+  return table;
 }
 
 int HallocdProcess::Threads() const { return static_cast<int>(StatusField(pid(), "Threads:")); }

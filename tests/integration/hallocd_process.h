@@ -49,6 +49,9 @@ class HallocdProcess {
 
   // Of the running process: open fds, threads, resident KiB (-1: gone).
   int Fds() const;
+  // Its open fds, one "N -> what it is" line each (for a failure message:
+  // which fd is left over).
+  std::string FdTable() const;
   int Threads() const;
   long RssKib() const;
 
