@@ -321,9 +321,9 @@ void Broker::Accept() {
       ::getsockopt(taken.get(), SOL_SOCKET, SO_PEERCRED, &peer, &peer_len);
       CloseSocket(0, peer.uid, std::move(taken));
       StopAccepting();
-      Warn("accept-fds", absl::StrCat("accept4: ", std::strerror(err),
-                                      "; refusing connections for ",
-                                      absl::FormatDuration(AcceptGuard::kPause)));
+      Warn("accept-fds",
+           absl::StrCat("out of fds: accept4: ", std::strerror(err), "; refusing connections for ",
+                        absl::FormatDuration(AcceptGuard::kPause)));
     } else if (err != EAGAIN && err != ECONNABORTED && err != EINTR) {
       Warn("accept", absl::StrCat("accept4: ", std::strerror(err)));
     }
@@ -355,6 +355,18 @@ void Broker::Accept() {
   // Per-uid limits are charged to the uid a user namespace's processes
   // belong to (their owner's), not to each subordinate uid.
   UniqueFd pidfd = PeerPidfd(conn.get(), cred.pid);
+  if (const int err = errno; !pidfd && (err == EMFILE || err == ENFILE)) {
+    // The connection took the last fd: out of fds as an accept4 would have
+    // been (not a peer that exited), so the same pause, not a turn per
+    // queued connection.
+    CloseSocket(0, cred.uid, std::move(conn));
+    accept_guard_.Pause(MonotonicNow());
+    StopAccepting();
+    Warn("accept-fds",
+         absl::StrCat("out of fds: the pidfd of pid ", cred.pid, ": ", std::strerror(err),
+                      "; refusing connections for ", absl::FormatDuration(AcceptGuard::kPause)));
+    return;
+  }
   const std::optional<uid_t> charge = ChargedUid(pidfd.get(), cred.pid, cred.uid);
   if (!charge) {
     // Gone: nobody to serve, and no uid it could be charged to for sure

@@ -19,8 +19,9 @@ namespace halloc {
 // A pidfd pinning the peer of the connected socket `conn`: from the socket
 // where the kernel offers it (Linux 6.5+ SO_PEERPIDFD: the process that
 // connected, race-free), else by `pid` (only kernels without the option:
-// races a pid reused between connect and here). Invalid when neither
-// works, and when the option says the peer is gone.
+// races a pid reused between connect and here). Invalid, errno saying why,
+// when neither works (EMFILE: this process is out of fds), and when the
+// option says the peer is gone.
 UniqueFd PeerPidfd(int conn, pid_t pid);
 
 struct ExeSample {
