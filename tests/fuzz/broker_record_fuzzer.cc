@@ -354,6 +354,14 @@ void RunOne(const uint8_t* data, size_t size) {
   // Then the queue is empty, or the peer is gone.
   {
     absl::StatusOr<Record> rec = ReceiveRecord(receiver.get(), true);
+    if (close_sender && absl::IsResourceExhausted(rec.status())) {
+      // Not yet seen closed: as after a failed Handshake (above), the
+      // peer now and then still reads as open just after the close
+      // (fresh58: once in some 36,000 runs on Linux 6.18; never on 200
+      // replays of that input). One kept open would still fail here.
+      (void)WaitReadable(receiver.get(), 2000);
+      rec = ReceiveRecord(receiver.get(), true);
+    }
     if (close_sender) {
       FUZZ_CHECK(rec.status().code() == absl::StatusCode::kUnavailable,
                  rec.status().ToString());
