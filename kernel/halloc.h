@@ -34,6 +34,7 @@
 #include <linux/mutex.h>
 #include <linux/scatterlist.h>
 #include <linux/types.h>
+#include <linux/wait.h>
 
 #include "uapi/halloc_heap.h"
 
@@ -60,7 +61,9 @@ struct halloc_buffer {
 	 * buffer is freed. It is published last, with smp_store_release()
 	 * under @lock, after @chunks, @segments, @below_4g and @contig are
 	 * filled in: read it with halloc_buffer_pages() (acquire) outside
-	 * @lock; once it is non-NULL those fields are immutable too.
+	 * @lock; once it is non-NULL those fields are immutable too. The one
+	 * thread that set @backing writes those fields without @lock while
+	 * it allocates (halloc_backing.c); nobody reads them before @pages.
 	 */
 	struct page **pages;		/* nr_pages order-0 pages */
 	struct sg_table chunks;		/* one entry per allocated chunk */
@@ -68,7 +71,11 @@ struct halloc_buffer {
 	bool below_4g;			/* every page below 4 GiB */
 	bool contig;			/* one run from the contig allocator */
 
-	struct mutex lock;		/* guards the fields below, and backing */
+	struct mutex lock;		/* guards the fields below */
+	bool backing;			/* a first use is allocating the pages,
+					 * without @lock; @backing_wq wakes
+					 * when it ends, backed or not */
+	wait_queue_head_t backing_wq;
 	struct list_head attachments;	/* of halloc_attach.node */
 	struct list_head view_list;	/* of halloc_view.node: every dma-buf */
 	void *vaddr;			/* kernel mapping while vmap_cnt > 0 */
@@ -145,11 +152,11 @@ unsigned long halloc_pool_pages(void);
 /* halloc_backing.c */
 static inline struct page **halloc_buffer_pages(struct halloc_buffer *buf)
 {
-	/* Pairs with the smp_store_release() in halloc_buffer_back_locked(). */
+	/* Pairs with the smp_store_release() in halloc_buffer_back(). */
 	return smp_load_acquire(&buf->pages);
 }
-int halloc_buffer_back_locked(struct halloc_buffer *buf);
 int halloc_buffer_back(struct halloc_buffer *buf);
+int halloc_buffer_lock_settled(struct halloc_buffer *buf);
 void halloc_buffer_unback(struct halloc_buffer *buf);
 int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev);
 int halloc_attach_build_sgt(struct halloc_buffer *buf,

@@ -9,23 +9,34 @@
  * "allocate backing storage (if not yet done)"; attach "might return -EBUSY
  * to signal that backing storage is already allocated and incompatible").
  *
- * Exactly once: halloc_buffer.lock serializes backing with itself and with
- * attach (an attach either happens before the backing, and its device is
- * taken into account, or after, and is checked against the pages). The
- * pages pointer is published last with a release store, so the fault path
- * can test it without the lock (acquire load) and take the lock only while
- * the buffer is unbacked.
+ * Exactly once, and without holding halloc_buffer.lock across the page
+ * allocation (seconds for a large buffer): the first user takes the lock,
+ * reads the limits of the devices attached by then, sets @backing and drops
+ * the lock; it allocates; it takes the lock again to publish the pages (a
+ * release store, so the fault path can test them without the lock) and
+ * clear @backing, and wakes @backing_wq. Meanwhile the lock stays free for
+ * what needs no pages: HALLOC_IOCTL_VIEW, HALLOC_IOCTL_REVOKE, INFO,
+ * detach, debugfs (hallocd makes views and revokes on one thread for every
+ * client, so none of them may wait for one client's backing). What needs
+ * the pages waits on @backing_wq, killably, and then finds them (or, if
+ * that backing failed, tries its own). Attach waits too
+ * (halloc_buffer_lock_settled): a device either joined before the backing
+ * began, and its limits were taken into account, or is checked against the
+ * pages once they exist; it never joins a backing already under way.
  *
  * Lock order: a CPU fault runs under mmap_lock (read) and takes
- * halloc_buffer.lock to back the buffer, so mmap_lock -> buffer lock. No
- * path takes mmap_lock under the buffer lock: with it held we only allocate
- * pages and tables (GFP_KERNEL, as any fault handler does under mmap_lock),
- * vmap() and DMA-map; we never copy to or from user space, nor take
- * dma_buf.lock or a reservation lock there. The dma-buf core calls
- * map_dma_buf (6.1, static importer) and begin_cpu_access without its locks
- * and vmap under dma_buf.lock, which no path takes under ours. Debian's
- * kernel (the test guest's) is built without lockdep (CONFIG_PROVE_LOCKING
- * is off), so this order is argued here, not machine-checked.
+ * halloc_buffer.lock, or waits on @backing_wq, to back the buffer, so
+ * mmap_lock -> buffer lock, and no backer may wait for what a fault holds:
+ * between setting and clearing @backing a backer holds none of our locks
+ * and only allocates pages and tables (GFP_KERNEL, as any fault handler
+ * does under mmap_lock); nobody waits on @backing_wq with halloc_buffer.lock
+ * held. With the lock held we vmap() and DMA-map; we never copy to or from
+ * user space, nor take dma_buf.lock or a reservation lock there. The dma-buf
+ * core calls map_dma_buf (6.1, static importer) and begin_cpu_access without
+ * its locks and vmap under dma_buf.lock, which no path takes under ours.
+ * Debian's kernel (the test guest's) is built without lockdep
+ * (CONFIG_PROVE_LOCKING is off), so this order is argued here, not
+ * machine-checked.
  */
 #include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
@@ -75,6 +86,7 @@ int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 		return -EBUSY;
 	if (!buf->pages) {
 		/* Backing will take @dev into account, if it can. */
+		WARN_ON_ONCE(buf->backing);	/* attach waits for it */
 		if (buf->size > halloc_max_contig_bytes() &&
 		    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
 			return -EBUSY;
@@ -103,25 +115,29 @@ int halloc_attach_build_sgt(struct halloc_buffer *buf, struct halloc_attach *a)
 }
 
 /*
- * Back @buf if it is not yet: pages that suit every attached device.
- * 0 if backed (now or before), or -ENOMEM / -EINTR with @buf unchanged.
+ * Take @buf's lock once no backing is under way: 0 with the lock held and
+ * @backing clear, or -EINTR (a fatal signal) without it.
  */
-int halloc_buffer_back_locked(struct halloc_buffer *buf)
+int halloc_buffer_lock_settled(struct halloc_buffer *buf)
 {
-	bool contig = buf->heap->contig;
-	u64 limit = U64_MAX;
-	struct halloc_attach *a;
+	for (;;) {
+		if (mutex_lock_killable(&buf->lock))
+			return -EINTR;
+		if (!buf->backing)
+			return 0;
+		mutex_unlock(&buf->lock);
+		if (wait_event_killable(buf->backing_wq,
+					!READ_ONCE(buf->backing)))
+			return -EINTR;
+	}
+}
+
+/* Allocate @buf's pages for the devices read at the start; no lock held. */
+static int halloc_buffer_alloc_backing(struct halloc_buffer *buf, bool contig,
+				       u64 limit, struct page ***pagesp)
+{
 	struct page **pages;
 	int ret;
-
-	lockdep_assert_held(&buf->lock);
-	if (buf->pages)
-		return 0;
-	list_for_each_entry(a, &buf->attachments, node) {
-		if (halloc_driver_needs_contig(halloc_dev_driver_name(a->dev)))
-			contig = true;
-		limit = min(limit, halloc_dev_dma_limit(a->dev));
-	}
 
 	if (!halloc_charge(buf->size))
 		return -ENOMEM;
@@ -133,8 +149,7 @@ int halloc_buffer_back_locked(struct halloc_buffer *buf)
 	ret = halloc_pages_alloc(buf, pages, contig, limit);
 	if (ret)
 		goto free_array;
-	/* Pairs with halloc_buffer_pages(): the layout fields are set. */
-	smp_store_release(&buf->pages, pages);
+	*pagesp = pages;
 	return 0;
 
 free_array:
@@ -144,22 +159,48 @@ uncharge:
 	return ret;
 }
 
-/* halloc_buffer_back_locked() for callers without the lock (CPU fault). */
+/*
+ * Back @buf if it is not yet: pages that suit every device attached when
+ * the backing begins. Called without @buf's lock. 0 if backed (now, before,
+ * or by another thread while we waited), or -ENOMEM / -EINTR with @buf
+ * unbacked (a later use tries again). Killable: the wait may be as long as
+ * another thread's whole backing.
+ */
 int halloc_buffer_back(struct halloc_buffer *buf)
 {
+	bool contig = buf->heap->contig;
+	u64 limit = U64_MAX;
+	struct halloc_attach *a;
+	struct page **pages = NULL;
 	int ret;
 
 	if (halloc_buffer_pages(buf))
 		return 0;
-	/*
-	 * Killable: another thread may hold the lock through a whole backing
-	 * (seconds for a large buffer); a fault waiting here must not keep its
-	 * process from dying.
-	 */
-	if (mutex_lock_killable(&buf->lock))
-		return -EINTR;
-	ret = halloc_buffer_back_locked(buf);
+	ret = halloc_buffer_lock_settled(buf);
+	if (ret)
+		return ret;
+	if (buf->pages) {
+		mutex_unlock(&buf->lock);
+		return 0;
+	}
+	list_for_each_entry(a, &buf->attachments, node) {
+		if (halloc_driver_needs_contig(halloc_dev_driver_name(a->dev)))
+			contig = true;
+		limit = min(limit, halloc_dev_dma_limit(a->dev));
+	}
+	WRITE_ONCE(buf->backing, true);
 	mutex_unlock(&buf->lock);
+
+	ret = halloc_buffer_alloc_backing(buf, contig, limit, &pages);
+
+	/* Not killable: @backing must be cleared, and the lock is brief now. */
+	mutex_lock(&buf->lock);
+	/* Pairs with halloc_buffer_pages(): the layout fields are set. */
+	if (!ret)
+		smp_store_release(&buf->pages, pages);
+	WRITE_ONCE(buf->backing, false);
+	mutex_unlock(&buf->lock);
+	wake_up_all(&buf->backing_wq);
 	return ret;
 }
 

@@ -108,12 +108,16 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	a->dev = dev;
 
 	/*
-	 * Check and join under the lock that backing takes: either the
-	 * buffer is backed and @dev must fit the pages, or it is not and the
-	 * backing will see @dev in the list (its scatterlist is then built
-	 * at map time).
+	 * Check and join with no backing under way: either the buffer is
+	 * backed and @dev must fit the pages, or it is not and the backing
+	 * will see @dev in the list (its scatterlist is then built at map
+	 * time). A backing that began without @dev is waited for.
 	 */
-	mutex_lock(&buf->lock);
+	ret = halloc_buffer_lock_settled(buf);
+	if (ret) {
+		kfree(a);
+		return ret;
+	}
 	ret = view->revoked ? -ENODEV : halloc_buffer_fits_device(buf, dev);
 	if (!ret && buf->pages)
 		ret = halloc_attach_build_sgt(buf, a);
@@ -163,6 +167,12 @@ static struct sg_table *halloc_dmabuf_map(struct dma_buf_attachment *attachment,
 
 	if (!a)
 		return ERR_PTR(-EINVAL);	/* not attached through us */
+	if (READ_ONCE(view->revoked))
+		return ERR_PTR(-ENODEV);
+	/* Backed without the lock; a failure leaves it for a later map. */
+	ret = halloc_buffer_back(buf);
+	if (ret)
+		return ERR_PTR(ret);
 
 	mutex_lock(&buf->lock);
 	if (view->revoked) {
@@ -173,9 +183,6 @@ static struct sg_table *halloc_dmabuf_map(struct dma_buf_attachment *attachment,
 		ret = -EBUSY;
 		goto unlock;
 	}
-	ret = halloc_buffer_back_locked(buf);
-	if (ret)
-		goto unlock;	/* still unbacked: a later map may succeed */
 	ret = halloc_attach_build_sgt(buf, a);
 	if (ret)
 		goto unlock;
@@ -270,12 +277,15 @@ static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 	ret = halloc_cpu_allowed(view, dir);
 	if (ret)
 		return ret;
+	if (begin) {
+		ret = halloc_buffer_back(buf);	/* without the lock */
+		if (ret)
+			return ret;
+	}
 	mutex_lock(&buf->lock);
 	if (view->revoked)
 		ret = -ENODEV;
 	else
-		ret = begin ? halloc_buffer_back_locked(buf) : 0;
-	if (!ret)
 		halloc_buffer_sync(buf, dir, begin);
 	mutex_unlock(&buf->lock);
 	return ret;
@@ -378,6 +388,8 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 {
 	struct halloc_view *view = dmabuf->priv;
 	struct halloc_buffer *buf = view->buf;
+	bool tried = false;
+	int backed = 0;
 	int ret = 0;
 
 	/*
@@ -403,6 +415,7 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 * zeros and its writes reach no one, where it would otherwise write
 	 * into pages the list kept every unlisted device away from.
 	 */
+again:
 	mutex_lock(&buf->lock);
 	if (view->revoked ||
 	    (view->flags & HALLOC_VIEW_RESTRICT_ATTACH && !view->nr_attach)) {
@@ -412,11 +425,17 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 		ret = halloc_scratch_vmap(view, map);
 		goto unlock;
 	}
+	if (!buf->pages && !tried) {
+		/* Back without the lock (it may take seconds), then recheck. */
+		mutex_unlock(&buf->lock);
+		backed = halloc_buffer_back(buf);
+		tried = true;
+		goto again;
+	}
 	if (!buf->vmap_cnt) {
 		void *vaddr;
 
-		ret = halloc_buffer_back_locked(buf);
-		if (ret) {
+		if (!buf->pages) {
 			/*
 			 * 6.1's dma_buf_vmap() WARNs on any failure, and this
 			 * one a user can bring about (max_total_mb reached):
@@ -424,7 +443,7 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 			 * gets, and the buffer stays unbacked for a later try.
 			 */
 			pr_warn_ratelimited("halloc: buffer %llu: no backing for a kernel vmap (%d): scratch page\n",
-					    buf->id, ret);
+					    buf->id, backed);
 			ret = halloc_scratch_vmap(view, map);
 			goto unlock;
 		}
@@ -562,15 +581,14 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	buf->size = size;
 	buf->nr_pages = size >> PAGE_SHIFT;
 	mutex_init(&buf->lock);
+	init_waitqueue_head(&buf->backing_wq);
 	INIT_LIST_HEAD(&buf->attachments);
 	INIT_LIST_HEAD(&buf->view_list);
 	atomic_set(&buf->mmaps, 0);
 
 	/* Eager heaps back now, deferred at first use (halloc_backing.c). */
 	if (!heap->deferred) {
-		mutex_lock(&buf->lock);
-		ret = halloc_buffer_back_locked(buf);
-		mutex_unlock(&buf->lock);
+		ret = halloc_buffer_back(buf);
 		if (ret)
 			goto free_buf;
 	}

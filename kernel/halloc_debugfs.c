@@ -25,7 +25,8 @@ static void halloc_show_buffer(struct seq_file *s, struct halloc_buffer *buf)
 		   !buf->pages ? "-" : buf->below_4g ? "yes" : "no",
 		   buf->dmabufs, buf->views, buf->nr_attach, buf->nr_maps,
 		   buf->vmap_cnt, atomic_read(&buf->mmaps),
-		   buf->pages ? "" : "  not backed");
+		   buf->pages ? "" : buf->backing ? "  not backed (backing)" :
+						    "  not backed");
 	list_for_each_entry(a, &buf->attachments, node)
 		seq_printf(s, "       attached: %s (%s) dma_mask=%#llx%s\n",
 			   dev_name(a->dev), halloc_dev_driver_name(a->dev),

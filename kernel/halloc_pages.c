@@ -160,6 +160,14 @@ static int halloc_system_alloc(struct halloc_buffer *buf, struct page **pages,
 	while (remaining) {
 		struct halloc_pool *pool = NULL;
 
+		/*
+		 * A chunk's allocation without reclaim (high orders) never
+		 * sleeps, and zeroing 1 MiB under a slow CPU takes a while:
+		 * without this, backing a large buffer could keep everything
+		 * else off this CPU for its whole duration on a kernel without
+		 * full preemption (Debian's: voluntary).
+		 */
+		cond_resched();
 		if (fatal_signal_pending(current)) {
 			ret = -EINTR;
 			goto free_chunks;
@@ -294,7 +302,8 @@ void halloc_pages_free(struct halloc_buffer *buf)
 
 			if (WARN_ON_ONCE(!pool))
 				continue;
-			halloc_chunk_put(pool, sg_page(sg));
+			halloc_chunk_put(pool, sg_page(sg));	/* zeroes it */
+			cond_resched();
 		}
 	}
 	sg_free_table(&buf->chunks);

@@ -228,9 +228,10 @@ bool Broker::Handle(Conn& conn, Record rec) {
       // On this thread even on a backend that revokes live: one ioctl per
       // view the grant's imports made (Registry::kMaxImportsPerGrant per
       // importing session), each marking a view and zapping its mappings,
-      // none waiting for a device. Each takes the buffer's lock, as an
-      // Import's new view does, which the first use of a deferred buffer
-      // holds while it backs it (not yet budgeted: see the README).
+      // none waiting for a device. Each takes the buffer's lock briefly, as
+      // an Import's new view does; the module backs a deferred buffer
+      // without it (kernel/halloc_backing.c), so no client's first use of a
+      // large buffer holds this thread up.
       const Identity caller = stamped();
       absl::Status s = core_->Revoke(session, caller, req.revoke().grant_id());
       if (!s.ok()) {

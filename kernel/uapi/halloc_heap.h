@@ -206,7 +206,11 @@
  * Each device's max segment size shapes its own scatterlist, so it never
  * constrains the pages. The backing is then charged to max_total_mb.
  * Concurrent first uses back the buffer exactly once; all see the same
- * pages, and the pages never change afterwards.
+ * pages, and the pages never change afterwards. While a backing runs
+ * (HALLOC_INFO_BACKING), the other first uses and device attaches wait for
+ * it (killably: EINTR); views, revokes and INFO on the buffer do not (the
+ * backing holds no lock they take), so one holder backing a large buffer
+ * does not stall another process making views of it, such as hallocd.
  *
  * When the backing cannot be made, the operation that tried fails and the
  * buffer stays unbacked, for a later try (e.g. once another device has
@@ -273,6 +277,14 @@
  * max_total_mb).
  */
 #define HALLOC_INFO_NOT_BACKED (1u << 28)
+/*
+ * halloc_buffer_info.flags only, with HALLOC_INFO_NOT_BACKED: a first use
+ * is allocating the buffer's pages now. Uses that need the pages (mapping
+ * a device, DMA_BUF_SYNC_START, a fault, a vmap) and device attaches wait
+ * for it; the rest (HALLOC_IOCTL_VIEW, HALLOC_IOCTL_REVOKE, INFO, munmap,
+ * detach) do not.
+ */
+#define HALLOC_INFO_BACKING (1u << 26)
 
 /**
  * struct halloc_view_data - argument of HALLOC_IOCTL_VIEW
@@ -310,7 +322,8 @@ struct halloc_view_data {
  * @id:          out: buffer id, shared by a buffer and all its views
  * @flags:       out: HALLOC_VIEW_* flags of this dma-buf, HALLOC_INFO_IS_VIEW,
  *               HALLOC_INFO_BELOW_4G, HALLOC_INFO_PROTECTED,
- *               HALLOC_INFO_REVOKED, HALLOC_INFO_NOT_BACKED
+ *               HALLOC_INFO_REVOKED, HALLOC_INFO_NOT_BACKED,
+ *               HALLOC_INFO_BACKING
  * @num_drivers: out: entries of @drivers in use
  * @dmabufs:     out: live dma-bufs over the pages (original + views)
  * @views:       out: live views over the pages

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -265,6 +266,65 @@ TEST_F(DeferredTest, RacingFirstTouchesBackOnce) {
         EXPECT_EQ(maps[j].data()[i * 4096 + 1], uint8_t(0x10 + i));
     }
   }
+}
+
+// A first use allocates the pages without the buffer's lock: views, their
+// revokes and INFO are answered while a large buffer is being backed
+// (hallocd makes views and revokes for every client on its broker's one
+// thread, which one client backing a buffer of its own must not stall),
+// and another first use waits for that backing and finds its pages.
+TEST_F(DeferredTest, ViewsAndRevokesDoNotWaitForABacking) {
+  const long max_mb = ModuleParam("max_buffer_mb");
+  ASSERT_GT(max_mb, 0);
+  const size_t size = size_t(std::min(max_mb, 256L)) << 20;
+  const long long before = BackedBytes();
+  ASSERT_GE(before, 0);
+  UniqueFd buf = Alloc(Heap::kDeferred, size);
+  ASSERT_TRUE(buf.valid());
+  UniqueFd second(MakeView(ctl_.get(), buf.get(), {}));
+  ASSERT_TRUE(second.valid()) << strerror(-second.get());
+
+  std::atomic<bool> first_done{false};
+  int first = -1;
+  const auto start = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::duration took{};
+  std::thread backer([&] {
+    first = Sync(buf.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW);
+    took = std::chrono::steady_clock::now() - start;
+    first_done = true;
+  });
+  // INFO sees the backing under way (were the lock held through it, INFO
+  // would wait it out and never see it).
+  bool seen = false;
+  while (!seen && !first_done.load()) seen = (InfoOf(buf.get()).flags & HALLOC_INFO_BACKING) != 0;
+  EXPECT_TRUE(seen) << "the backing of " << size << " bytes ended before INFO saw it under way";
+
+  bool answered_during = false;
+  if (seen) {
+    UniqueFd view(MakeView(ctl_.get(), buf.get(), {}));
+    EXPECT_TRUE(view.valid()) << strerror(-view.get());
+    if (view.valid()) {
+      EXPECT_EQ(Revoke(ctl_.get(), buf.get(), InfoOf(view.get()).view_id), 0);
+      EXPECT_NE(InfoOf(view.get()).flags & HALLOC_INFO_REVOKED, 0u);
+    }
+    const bool still_backing = (InfoOf(buf.get()).flags & HALLOC_INFO_BACKING) != 0;
+    answered_during = still_backing && !first_done.load();
+    EXPECT_TRUE(answered_during) << "a view, its revoke and INFO waited for the backing";
+  }
+
+  // The second first use waits for the backing, then syncs its pages.
+  EXPECT_EQ(Sync(second.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW), 0);
+  halloc_buffer_info info = InfoOf(second.get());
+  EXPECT_FALSE(NotBacked(info));
+  EXPECT_EQ(info.flags & HALLOC_INFO_BACKING, 0u);
+  EXPECT_EQ(Sync(second.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW), 0);
+  backer.join();
+  EXPECT_EQ(first, 0) << strerror(-first);
+  EXPECT_EQ(Sync(buf.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW), 0);
+  EXPECT_EQ(BackedBytes(), before + static_cast<long long>(size)) << "backed more than once";
+  RecordProperty(
+      "backing_ms",
+      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
 }
 
 // vivid with videobuf2-vmalloc vmaps the buffer at QBUF: that backs it.
