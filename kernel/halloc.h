@@ -18,10 +18,13 @@
  *
  * Lock order: halloc_buffers_lock -> halloc_buffer.lock. The dma-buf core
  * may hold dma_buf.lock (vmap) around our callbacks; we never take it. A
- * CPU fault takes halloc_buffer.lock under mmap_lock (to back a deferred
- * buffer, and so that no PTE survives a revoke), and a revoke zaps mappings
- * (i_mmap_rwsem) under halloc_buffer.lock: mmap_lock -> halloc_buffer.lock
- * -> i_mmap_rwsem, the mm's own order extended.
+ * CPU fault takes halloc_buffer.lock under mmap_lock (so that no PTE
+ * survives a revoke) and, to back a deferred buffer, may sleep on
+ * halloc_buffer.backing_wq there until another thread's backing ends (a
+ * backer holds none of our locks and waits for nothing while it
+ * allocates: halloc_backing.c); a revoke zaps mappings (i_mmap_rwsem) under
+ * halloc_buffer.lock: mmap_lock -> halloc_buffer.lock -> i_mmap_rwsem, the
+ * mm's own order extended.
  */
 #ifndef HALLOC_H
 #define HALLOC_H
@@ -71,11 +74,15 @@ struct halloc_buffer {
 	bool below_4g;			/* every page below 4 GiB */
 	bool contig;			/* one run from the contig allocator */
 
-	struct mutex lock;		/* guards the fields below */
+	struct mutex lock;		/* guards the fields below, but
+					 * @backing_wq, @mmaps and @node */
 	bool backing;			/* a first use is allocating the pages,
-					 * without @lock; @backing_wq wakes
-					 * when it ends, backed or not */
-	wait_queue_head_t backing_wq;
+					 * without @lock; written under @lock,
+					 * read without it by the waiters'
+					 * wake-up test */
+	wait_queue_head_t backing_wq;	/* woken when a backing ends, backed
+					 * or not; every sleeper holds a
+					 * reference on the buffer */
 	struct list_head attachments;	/* of halloc_attach.node */
 	struct list_head view_list;	/* of halloc_view.node: every dma-buf */
 	void *vaddr;			/* kernel mapping while vmap_cnt > 0 */

@@ -82,6 +82,8 @@ void halloc_buffer_free(struct kref *ref)
 	mutex_unlock(&halloc_buffers_lock);
 
 	WARN_ON_ONCE(buf->vmap_cnt || buf->nr_attach);
+	/* Backers and their waiters hold a reference (a dma-buf's or VMA's). */
+	WARN_ON_ONCE(buf->backing || wq_has_sleeper(&buf->backing_wq));
 	halloc_buffer_unback(buf);
 	dma_resv_fini(&buf->resv);
 	mutex_destroy(&buf->lock);
@@ -400,7 +402,8 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 * their kernel importers (vb2-vmalloc, or vivid filling a frame).
 	 *
 	 * A deferred buffer is backed here if nothing backed it before. When
-	 * that fails (-ENOMEM: memory short or max_total_mb reached) the
+	 * that fails (-ENOMEM: memory short or max_total_mb reached; -EINTR:
+	 * the caller was killed while another thread's backing ran) the
 	 * importer gets the scratch mapping (below), not the errno: 6.1's
 	 * dma_buf_vmap() WARNs on any failed vmap, and this one a user can
 	 * bring about. The buffer stays unbacked for a later try; we do not

@@ -186,12 +186,13 @@ int halloc_buffer_info(struct halloc_buffer_info *info)
 	strscpy(info->heap, buf->heap->name, sizeof(info->heap));
 
 	mutex_lock(&buf->lock);
-	if (!buf->pages)
+	if (!buf->pages) {
 		info->flags |= HALLOC_INFO_NOT_BACKED;
-	if (buf->backing)
-		info->flags |= HALLOC_INFO_BACKING;
-	else if (buf->below_4g)
+		if (buf->backing)
+			info->flags |= HALLOC_INFO_BACKING;
+	} else if (buf->below_4g) {
 		info->flags |= HALLOC_INFO_BELOW_4G;
+	}
 	info->segments = buf->pages ? buf->segments : 0;
 	info->dmabufs = buf->dmabufs;
 	info->views = buf->views;
