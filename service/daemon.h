@@ -51,11 +51,6 @@ struct DaemonOptions {
   int grpc_max_threads = 32;
   // Most concurrent calls (streams) on one gRPC connection.
   int grpc_max_streams_per_connection = 64;
-  // Largest gRPC request hallocd reads, in bytes: a longer one is refused
-  // with RESOURCE_EXHAUSTED before it is parsed (gRPC's default: 4 MiB, a
-  // Release of half a million ids walked under the core's lock). The
-  // broker's record limit (kMaxRecordBytes), far above any real request.
-  int grpc_max_message_bytes = 64 * 1024;
   // Where to serve Prometheus metrics (GET /metrics): "127.0.0.1:PORT" or
   // "[::1]:PORT" (service/metrics/http_server.h); empty: not served.
   std::string metrics_address;

@@ -362,42 +362,6 @@ TEST_F(AbuseTest, ThousandsOfConcurrentCallsCannotGrowHallocdsThreads) {
   ASSERT_TRUE(c.ok()) << c.status();
 }
 
-// hallocd reads at most 64 KiB of a gRPC request (--grpc_max_message_bytes,
-// the broker's record limit; gRPC's default is 4 MiB): a longer one is
-// RESOURCE_EXHAUSTED before it is parsed, so no client has hallocd parse
-// megabytes of protobuf, nor its core walk a Release of half a million ids
-// under its lock. Under the limit the request is read and judged as before.
-TEST_F(AbuseTest, OversizedRequestsAreRefusedUnread) {
-  StartDaemon(
-      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
-      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
-  auto stub = v1::Allocator::NewStub(
-      grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
-  // IsSupported needs no session; its descriptor's name is read and judged.
-  auto ask_named = [&stub](size_t name_bytes, v1::IsSupportedResponse* resp) {
-    v1::IsSupportedRequest req;
-    req.mutable_desc()->set_size(4096);
-    req.mutable_desc()->set_name(std::string(name_bytes, 'n'));
-    grpc::ClientContext ctx;
-    return stub->IsSupported(&ctx, req, resp);
-  };
-  v1::IsSupportedResponse resp;
-  grpc::Status s = ask_named(60 << 10, &resp);
-  EXPECT_TRUE(s.ok()) << s.error_message();
-  EXPECT_FALSE(resp.supported()) << "a 60 KiB name";
-  for (const size_t bytes : {size_t{65} << 10, size_t{4000} << 10}) {
-    s = ask_named(bytes, &resp);
-    EXPECT_EQ(s.error_code(), grpc::RESOURCE_EXHAUSTED) << bytes << ": " << s.error_message();
-  }
-  // The connection and hallocd go on serving.
-  s = ask_named(16, &resp);
-  EXPECT_TRUE(s.ok() && resp.supported()) << s.error_message() << " " << resp.reason();
-  absl::StatusOr<Client> c = Client::Connect(opts_);
-  ASSERT_TRUE(c.ok()) << c.status();
-  const absl::Status after = c->Allocate(BlobDescriptor(4096)).status();
-  EXPECT_TRUE(after.ok()) << after;
-}
-
 TEST_F(AbuseTest, AnExecutablePathCannotForgeALogLine) {
   StartDaemon("clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
               "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
