@@ -543,6 +543,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identit
   const bool live = backend_->CanRevokeLive();
   v1::ImportResponse answer;
   *answer.mutable_buffer() = std::move(imported.info);
+  answer.set_newly_held(imported.newly_held);
   absl::Status sent = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Outgoing out,
                      Prepare(absl::MakeConstSpan(&buffer, 1),

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,55 @@ TEST_F(AllocatorTest, OtherSessionsBuffersAreNotFound) {
   share.mutable_peer()->set_uid(1000);
   EXPECT_EQ(core_.Share(*b.session, share).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(core_.Stats().live_buffers(), 1u);
+}
+
+// A channel that keeps each Import's answer (as the broker's reply record
+// carries it) and closes nothing but its own dups of the fds.
+class AnswerKeeper : public FdChannel {
+ public:
+  absl::Status Send(const v1::BufferFds&, absl::Span<const int>,
+                    const v1::AllocateResponse*) override {
+    return absl::OkStatus();
+  }
+  absl::Status SendImport(const v1::BufferFds&, int, const v1::ImportResponse& reply) override {
+    answers.push_back(reply);
+    return absl::OkStatus();
+  }
+  std::vector<v1::ImportResponse> answers;
+};
+
+// An Import's answer says whether it made the session a holder
+// (ImportResponse.newly_held): a client that gave the call up gives such a
+// hold back, and only such a one (broker.proto).
+TEST_F(AllocatorTest, AnImportSaysWhetherItMadeTheSessionAHolder) {
+  Peer owner = Open(1000), peer = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ReadFd(owner);
+  const uint64_t id = r->buffers(0).id();
+  absl::StatusOr<v1::Grant> first = Share(owner, id, 1000);
+  absl::StatusOr<v1::Grant> second = Share(owner, id, 1000);
+  ASSERT_TRUE(first.ok() && second.ok());
+  AnswerKeeper channel;
+  const Identity& me = peer.session->creds();
+  ASSERT_TRUE(core_.Import(*peer.session, me, first->token(), 0, channel).ok());
+  ASSERT_TRUE(core_.Import(*peer.session, me, second->token(), 0, channel).ok());
+  ASSERT_TRUE(core_.Import(*peer.session, me, first->token(), 0, channel).ok());
+  ASSERT_EQ(channel.answers.size(), 3u);
+  EXPECT_TRUE(channel.answers[0].newly_held());
+  EXPECT_FALSE(channel.answers[1].newly_held()) << "it held the buffer already";
+  EXPECT_FALSE(channel.answers[2].newly_held());
+  for (const v1::ImportResponse& a : channel.answers) EXPECT_EQ(a.buffer().id(), id);
+  // The owner's own grant back to itself makes no new holder either.
+  ASSERT_TRUE(
+      core_.Import(*owner.session, owner.session->creds(), first->token(), 0, channel).ok());
+  EXPECT_FALSE(channel.answers.back().newly_held()) << "the owner holds what it allocated";
+  // Once let go, the next import makes it a holder again.
+  v1::ReleaseRequest release;
+  release.add_buffer_ids(id);
+  ASSERT_TRUE(core_.Release(*peer.session, release).ok());
+  ASSERT_TRUE(core_.Import(*peer.session, me, second->token(), 0, channel).ok());
+  EXPECT_TRUE(channel.answers.back().newly_held());
 }
 
 // A channel whose first Send waits until let go and then fails (as when

@@ -119,7 +119,17 @@ class Client::Impl {
     req.set_request_id(id);
     // Where to send the reply from (a hint; see BrokerRequest.cpu).
     req.set_cpu(CurrentCpuHint());
+    const bool import = req.has_import_buffer();
+    if (import) {
+      absl::MutexLock lock(&mu_);
+      imports_in_flight_.insert(id);
+    }
     if (absl::Status s = Send(req.SerializeAsString(), deadline); !s.ok()) {
+      if (import) {
+        absl::MutexLock lock(&mu_);
+        imports_in_flight_.erase(id);
+        GiveBackUnclaimedHolds();
+      }
       return Prefix(s, rpc);
     }
     absl::MutexLock lock(&mu_);
@@ -181,6 +191,14 @@ class Client::Impl {
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0) {
     ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id(), call_id));
     return Buffer(std::move(info), std::move(fd));
+  }
+
+  // Gives back the holds that only imports nobody received made, once no
+  // import is in flight.
+  void GiveBackUnclaimedHolds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!imports_in_flight_.empty() || unclaimed_holds_.empty()) return;
+    GiveBack(std::vector<uint64_t>(unclaimed_holds_.begin(), unclaimed_holds_.end()));
+    unclaimed_holds_.clear();
   }
 
   // Gives buffers back to the daemon without waiting for its answer (used
@@ -313,14 +331,30 @@ class Client::Impl {
       std::vector<uint64_t> ids;
       for (const v1::BufferInfo& b : reply.allocate().buffers()) ids.push_back(b.id());
       const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
-      // (An import's hold is not given back: the session may have held
-      // the buffer before; its fd, if any came, closes here.)
-      if (abandoned || truncated || (reply.has_allocate() && ids.size() != fds.size()) ||
-          (reply.has_import_buffer() && fds.size() != 1)) {
+      const bool bad = abandoned || truncated ||
+                       (reply.has_allocate() && ids.size() != fds.size()) ||
+                       (reply.has_import_buffer() && fds.size() != 1);
+      if (imports_in_flight_.erase(reply.request_id()) > 0) {
+        // An import's fd, if any came, closes here when nobody takes it.
+        // Its hold goes back only if this import made it
+        // (ImportResponse.newly_held: the session held the buffer by nothing
+        // else), and only once no other import is in flight: one may bring
+        // the same buffer, held by that same hold.
+        const uint64_t buffer = reply.import_buffer().buffer().id();
+        if (!reply.has_import_buffer()) {
+          // Refused: no hold was made.
+        } else if (bad) {
+          if (reply.import_buffer().newly_held()) unclaimed_holds_.insert(buffer);
+        } else {
+          unclaimed_holds_.erase(buffer);  // a caller holds it now
+        }
+        GiveBackUnclaimedHolds();
+      }
+      if (bad) {
         GiveBack(ids);
         if (!abandoned) {
           replies_[reply.request_id()] =
-              truncated ? lost(!reply.has_import_buffer())
+              truncated ? lost(!reply.has_import_buffer() || reply.import_buffer().newly_held())
                         : absl::DataLossError("reply carries the wrong number of fds");
         }
         return;
@@ -383,6 +417,11 @@ class Client::Impl {
   absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
   // Call ids of Imports that failed before their fd came (closed on arrival).
   absl::flat_hash_set<uint64_t> abandoned_imports_ ABSL_GUARDED_BY(mu_);
+  // Request ids of broker Imports sent and not answered yet (given up or
+  // not), and the buffers whose hold only an Import nobody received made
+  // (given back once none is in flight: GiveBackUnclaimedHolds).
+  absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> unclaimed_holds_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {

@@ -246,6 +246,11 @@ class Client:
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
         self._abandoned = set()  # requests whose caller stopped waiting
         self._abandoned_imports = set()  # call ids of imports that failed
+        # Request ids of broker Imports sent and not answered yet, and the
+        # buffers whose hold only an Import nobody received made (given back
+        # once none is in flight: _give_back_unclaimed_holds).
+        self._imports_in_flight = set()
+        self._unclaimed_holds = set()
 
     # --- the session ---------------------------------------------------------
 
@@ -484,7 +489,18 @@ class Client:
         deadline = time.monotonic() + self._timeout
         req.request_id = rid = next(self._request_ids)
         req.cpu = _cpu_hint()
-        _prefixed(self._send, name, req.SerializeToString(), deadline)
+        is_import = req.HasField("import_buffer")
+        if is_import:
+            with self._lock:
+                self._imports_in_flight.add(rid)
+        try:
+            _prefixed(self._send, name, req.SerializeToString(), deadline)
+        except BaseException:
+            if is_import:
+                with self._lock:
+                    self._imports_in_flight.discard(rid)
+                    self._give_back_unclaimed_holds()
+            raise
         with self._lock:
             try:
                 self._wait_for(lambda: rid in self._replies, deadline)
@@ -518,6 +534,9 @@ class Client:
             reply, fds = r
             _scm.close_all(fds)
             self._give_back([b.id for b in reply.allocate.buffers])
+            if reply.WhichOneof("kind") == "import_buffer" and reply.import_buffer.newly_held:
+                self._unclaimed_holds.add(reply.import_buffer.buffer.id)
+                self._give_back_unclaimed_holds()
 
     def _take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
@@ -624,10 +643,23 @@ class Client:
             abandoned = reply.request_id in self._abandoned
             self._abandoned.discard(reply.request_id)
             kind = reply.WhichOneof("kind")
-            # (An import's hold is not given back: the session may have
-            # held the buffer before; its fd, if any came, closes here.)
-            if abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
-                    (kind == "import_buffer" and len(fds) != 1):
+            bad = abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
+                (kind == "import_buffer" and len(fds) != 1)
+            if reply.request_id in self._imports_in_flight:
+                # An import's fd, if any came, closes here when nobody takes
+                # it. Its hold goes back only if this import made it
+                # (ImportResponse.newly_held), and only once no other import
+                # is in flight: one may bring the same buffer, held by that
+                # same hold.
+                self._imports_in_flight.discard(reply.request_id)
+                if kind == "import_buffer":
+                    buffer = reply.import_buffer.buffer.id
+                    if not bad:
+                        self._unclaimed_holds.discard(buffer)  # a caller holds it
+                    elif reply.import_buffer.newly_held:
+                        self._unclaimed_holds.add(buffer)
+                self._give_back_unclaimed_holds()
+            if bad:
                 _scm.close_all(fds)
                 self._give_back(ids)
                 if not abandoned:
@@ -662,6 +694,14 @@ class Client:
         if old is not None:
             old.close()
         self._pending[key] = pending
+
+    def _give_back_unclaimed_holds(self):
+        """Gives back the holds only imports nobody received made, once no
+        import is in flight. Holds self._lock."""
+        if self._imports_in_flight or not self._unclaimed_holds:
+            return
+        self._give_back(sorted(self._unclaimed_holds))
+        self._unclaimed_holds.clear()
 
     def _give_back(self, ids):
         """Releases buffers without waiting for the answer (their fds were

@@ -450,10 +450,13 @@ def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
     broker.close()
 
 
-def test_a_broker_import_that_gave_up_closes_its_late_fd_and_releases_nothing(monkeypatch):
+@pytest.mark.parametrize("newly_held", [False, True])
+def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_only_its_own_hold(
+        monkeypatch, newly_held):
     # Its reply and fd come together after the caller was interrupted: the
-    # fd is closed; the hold is not given back (the session may have held
-    # the buffer before this import).
+    # fd is closed; the hold is given back only if this import made it
+    # (ImportResponse.newly_held; otherwise the session held the buffer
+    # before it).
     import socket
     from halloc.v1 import broker_pb2
     memfd = os.memfd_create("late-import")
@@ -467,6 +470,7 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_releases_nothing(mo
             frame = broker_pb2.BrokerFrame()
             frame.reply.request_id = req.request_id
             frame.reply.import_buffer.buffer.id = 5
+            frame.reply.import_buffer.newly_held = newly_held
             socket.send_fds(sock, [frame.SerializeToString()], [memfd])
             return
         released.extend(req.release.buffer_ids)
@@ -483,11 +487,12 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_releases_nothing(mo
     broker.client.release(8)  # after any give-back it would have sent
     os.close(memfd)
     assert not _open_on_inode(inode), "the interrupted Import's fd is still open"
-    assert released == [7, 8]
+    assert released == ([7, 5, 8] if newly_held else [7, 8])
     broker.close()
 
 
-def test_a_broker_import_reply_without_its_fd_is_data_loss():
+@pytest.mark.parametrize("newly_held", [False, True])
+def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
     from halloc.v1 import broker_pb2
     released = []
 
@@ -499,6 +504,7 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss():
         frame = broker_pb2.BrokerFrame()
         frame.reply.request_id = req.request_id
         frame.reply.import_buffer.buffer.id = 5
+        frame.reply.import_buffer.newly_held = newly_held
         sock.send(frame.SerializeToString())  # no fd
 
     broker = _ScriptedBroker(answer, timeout=2.0)
@@ -506,7 +512,8 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss():
     with pytest.raises(halloc.DataLossError):
         broker.client.import_buffer("token")
     broker.client.release(8)  # after any give-back it would have sent
-    assert released == [8], "buffer 5 was given back"
+    # The hold this import made (if it made one) reached nobody: given back.
+    assert released == ([5, 8] if newly_held else [8])
     broker.close()
 
 

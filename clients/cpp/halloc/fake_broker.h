@@ -1,0 +1,190 @@
+// A scripted fake of hallocd's broker socket for libhalloc's tests
+// (client_broker_test.cc, client_import_test.cc): it handshakes like
+// hallocd, then answers each request as the test says, and the helpers the
+// tests build their replies and checks with.
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_FAKE_BROKER_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_FAKE_BROKER_H_
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/client.h"
+#include "halloc/v1/broker.pb.h"
+
+namespace halloc {
+namespace testing {
+
+// A broker socket that handshakes like hallocd and then answers each
+// request with `answer`, on its own thread.
+class FakeBroker {
+ public:
+  using Answer = std::function<void(int sock, const v1::BrokerRequest&)>;
+  // `broker_import`: its Welcome says it serves Import on the socket.
+  explicit FakeBroker(Answer answer, bool broker_import = false)
+      : answer_(std::move(answer)), broker_import_(broker_import) {
+    char tmpl[] = "/tmp/halloc-fake-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    path_ = dir_ + "/broker.sock";
+    listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+    ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    ::listen(listener_.get(), 4);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~FakeBroker() {
+    ::shutdown(listener_.get(), SHUT_RDWR);
+    if (conn_) ::shutdown(conn_.get(), SHUT_RDWR);
+    thread_.join();
+    std::filesystem::remove_all(dir_);
+  }
+  // `timeout`: long by default, so that a starved machine fails no call.
+  ConnectOptions options(absl::Duration timeout = absl::Seconds(10)) const {
+    ConnectOptions o;
+    o.broker_socket = path_;
+    o.control_socket = dir_ + "/control.sock";  // never used here
+    o.timeout = timeout;
+    return o;
+  }
+  // BrokerRequest.cpu of every fast-path request, in order.
+  std::vector<uint32_t> cpus() {
+    absl::MutexLock lock(&mu_);
+    return cpus_;
+  }
+  // Release requests received, in order.
+  std::vector<v1::ReleaseRequest> releases() {
+    absl::MutexLock lock(&mu_);
+    return releases_;
+  }
+
+  // Sends `frame` (with `fds`) to the client, as hallocd's gRPC side does
+  // with an Import's fd. After the handshake only.
+  void Send(const v1::BrokerFrame& frame, std::vector<int> fds) {
+    (void)SendRecord(conn_.get(), frame.SerializeAsString(), fds, false);
+  }
+  std::string control_socket() const { return dir_ + "/control.sock"; }
+
+  static void Reply(int sock, v1::BrokerReply reply, std::vector<int> fds = {}) {
+    v1::BrokerFrame frame;
+    *frame.mutable_reply() = std::move(reply);
+    (void)SendRecord(sock, frame.SerializeAsString(), fds, false);
+  }
+
+ private:
+  void Serve() {
+    conn_.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!conn_) return;
+    v1::BrokerFrame hello;
+    hello.mutable_hello()->set_version(kBrokerProtocolVersion);
+    hello.mutable_hello()->set_challenge("c");
+    (void)SendRecord(conn_.get(), hello.SerializeAsString(), {}, false);
+    for (;;) {
+      absl::StatusOr<Record> rec = ReceiveRecord(conn_.get(), false);
+      if (!rec.ok()) return;
+      v1::BrokerRequest req;
+      if (!req.ParseFromString(rec->bytes)) return;
+      if (req.has_verify()) {
+        v1::BrokerReply r;
+        r.set_request_id(req.request_id());
+        r.mutable_welcome()->set_session_id(1);
+        r.mutable_welcome()->set_session_token("t");
+        r.mutable_welcome()->set_import_call_ids(true);
+        r.mutable_welcome()->set_broker_import(broker_import_);
+        Reply(conn_.get(), r);
+        continue;
+      }
+      if (req.has_release()) {
+        absl::MutexLock lock(&mu_);
+        releases_.push_back(req.release());
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        cpus_.push_back(req.cpu());
+      }
+      answer_(conn_.get(), req);
+    }
+  }
+
+  Answer answer_;
+  const bool broker_import_;
+  std::string dir_, path_;
+  UniqueFd listener_, conn_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::vector<v1::ReleaseRequest> releases_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> cpus_ ABSL_GUARDED_BY(mu_);
+};
+
+inline UniqueFd Memfd() {
+  UniqueFd fd(::memfd_create("fake", MFD_CLOEXEC));
+  if (fd) (void)::ftruncate(fd.get(), 4096);
+  return fd;
+}
+
+inline v1::BrokerReply ReleaseReply(uint64_t request_id) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  r.mutable_release();
+  return r;
+}
+
+inline v1::BrokerReply AllocateReply(uint64_t request_id, std::vector<uint64_t> ids) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  for (uint64_t id : ids) {
+    v1::BufferInfo* b = r.mutable_allocate()->add_buffers();
+    b->set_id(id);
+    b->set_size(4096);
+  }
+  return r;
+}
+
+inline int CountOpenFds() {
+  int n = 0;
+  for (int fd = 0; fd < 4096; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
+  return n;
+}
+
+// Whether any fd of this process is open on the file `st` describes.
+inline bool OpenOn(const struct stat& st) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    struct stat other;
+    if (::stat(e.path().c_str(), &other) == 0 && other.st_dev == st.st_dev &&
+        other.st_ino == st.st_ino) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// A broker Import's answer (`newly_held`: ImportResponse.newly_held).
+inline v1::BrokerReply ImportReply(uint64_t request_id, uint64_t buffer_id,
+                                   bool newly_held = false) {
+  v1::BrokerReply r;
+  r.set_request_id(request_id);
+  r.mutable_import_buffer()->mutable_buffer()->set_id(buffer_id);
+  r.mutable_import_buffer()->set_newly_held(newly_held);
+  return r;
+}
+
+}  // namespace testing
+}  // namespace halloc
+
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_FAKE_BROKER_H_
