@@ -583,6 +583,12 @@ absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(
   return registry_.SetMetadata(session.id(), req);
 }
 
+absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(Session& session, const Identity& caller,
+                                                      const v1::SetMetadataRequest& req) {
+  RETURN_IF_ERROR(SameUid(session, caller, "SetMetadata"));
+  return SetMetadata(session, req);
+}
+
 absl::Status Allocator::Revoke(Session& session, const Identity& caller, uint64_t grant_id) {
   RETURN_IF_ERROR(SameUid(session, caller, "Revoke"));
   return Revoke(session, grant_id);

@@ -130,6 +130,11 @@ class Allocator {
   absl::Status Revoke(Session& session, const Identity& caller, uint64_t grant_id);
   absl::StatusOr<v1::BufferInfo> SetMetadata(Session& session,
                                              const v1::SetMetadataRequest& req);
+  // The same for one request the kernel stamped (`caller`; another uid than
+  // the session's: PERMISSION_DENIED, as on gRPC: every holder reads what
+  // it sets).
+  absl::StatusOr<v1::BufferInfo> SetMetadata(Session& session, const Identity& caller,
+                                             const v1::SetMetadataRequest& req);
 
   const Backend& backend() const { return *backend_; }
 

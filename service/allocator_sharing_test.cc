@@ -195,7 +195,7 @@ TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
 // A process of another uid holding a session's broker socket (the caller
 // the kernel stamped) may neither pass the session's holds on nor add to
 // them; one of the session's uid may, judged as itself.
-TEST_F(AllocatorTest, AnotherUidMayNotShareImportOrRevokeAsTheSession) {
+TEST_F(AllocatorTest, AnotherUidMayNotShareImportRevokeOrSetMetadataAsTheSession) {
   // Every uid may share with and import from every other: only the
   // sender's uid against the session's refuses below.
   absl::StatusOr<std::shared_ptr<const Policy>> open = Policy::Parse(
@@ -241,6 +241,18 @@ TEST_F(AllocatorTest, AnotherUidMayNotShareImportOrRevokeAsTheSession) {
   EXPECT_EQ(core_.Stats().grants(), 2u);
   EXPECT_TRUE(core_.Revoke(*owner.session, same_uid, own->id()).ok());
   EXPECT_EQ(core_.Stats().grants(), 1u);
+
+  // SetMetadata changes what every holder reads: the session's uid only.
+  v1::SetMetadataRequest meta;
+  meta.set_buffer_id(id);
+  meta.set_type(v1::METADATA_DATASPACE);
+  meta.mutable_value()->set_dataspace(281411584);
+  absl::StatusOr<v1::BufferInfo> set = core_.SetMetadata(*owner.session, other, meta);
+  EXPECT_EQ(set.status().code(), StatusCode::kPermissionDenied) << set.status();
+  EXPECT_EQ(core_.Describe(*owner.session, id)->metadata().dataspace(), 0);
+  set = core_.SetMetadata(*owner.session, same_uid, meta);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->metadata().dataspace(), 281411584);
 }
 
 TEST_F(AllocatorTest, ShareRulesDeny) {

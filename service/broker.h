@@ -1,6 +1,7 @@
 // The broker: the SOCK_SEQPACKET Unix socket that carries fds, whose
 // connections are the clients' sessions, and which carries the fast-path
-// requests (Allocate, Import, Share, Revoke, Release). The protocol is documented in
+// requests (Allocate, Import, Share, Revoke, Release, Describe, SetMetadata). The protocol
+// is documented in
 // proto/halloc/v1/broker.proto.
 //
 // One thread runs it; while it serves one client at a time it moves to that

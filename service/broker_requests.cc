@@ -1,7 +1,7 @@
 // The broker's request path: records off a connection, the fast-path
-// Allocate, Import, Share, Revoke and Release, and their answers (the handshake and
-// connection life are in broker.cc), and connections paused while fds they
-// sent wait to be closed or a request waits for the slow lane.
+// Allocate, Import, Share, Revoke, Release, Describe and SetMetadata, and their answers (the
+// handshake and connection life are in broker.cc), and connections paused while fds they sent wait
+// to be closed or a request waits for the slow lane.
 #include "service/broker.h"
 
 #include <sys/epoll.h>
@@ -240,6 +240,27 @@ bool Broker::Handle(Conn& conn, Record rec) {
       }
       v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
       reply.mutable_revoke();
+      Reply(conn, std::move(reply));
+      return true;
+    }
+    case v1::BrokerRequest::kDescribe: {
+      // The session's own view of a buffer it holds, like Release: whoever
+      // holds its socket may ask.
+      absl::StatusOr<v1::BufferInfo> info = core_->Describe(session, req.describe().buffer_id());
+      v1::BrokerReply reply = ErrorReply(req.request_id(), info.status());
+      if (info.ok()) *reply.mutable_describe()->mutable_buffer() = *std::move(info);
+      Reply(conn, std::move(reply));
+      return true;
+    }
+    case v1::BrokerRequest::kSetMetadata: {
+      const Identity caller = stamped();
+      absl::StatusOr<v1::BufferInfo> info = core_->SetMetadata(session, caller, req.set_metadata());
+      if (!info.ok()) {
+        Refuse("SetMetadata", session, caller, req.request_id(), info.status(), *conn.channel);
+        return true;
+      }
+      v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
+      *reply.mutable_set_metadata()->mutable_buffer() = *std::move(info);
       Reply(conn, std::move(reply));
       return true;
     }

@@ -520,6 +520,12 @@ absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
 absl::StatusOr<v1::BufferInfo> Client::Describe(uint64_t buffer_id) {
   v1::DescribeRequest req;
   req.set_buffer_id(buffer_id);
+  if (impl_->fast_path_ && impl_->welcome_.broker_metadata()) {
+    v1::BrokerRequest breq;
+    breq.mutable_describe()->Swap(&req);
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Describe"));
+    return std::move(*r.reply.mutable_describe()->mutable_buffer());
+  }
   ASSIGN_OR_RETURN(v1::DescribeResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Describe, req, "Describe"));
   return resp.buffer();
@@ -624,6 +630,12 @@ absl::StatusOr<v1::BufferInfo> Client::SetMetadata(
   req.set_buffer_id(buffer_id);
   req.set_type(type);
   *req.mutable_value() = value;
+  if (impl_->fast_path_ && impl_->welcome_.broker_metadata()) {
+    v1::BrokerRequest breq;
+    breq.mutable_set_metadata()->Swap(&req);
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "SetMetadata"));
+    return std::move(*r.reply.mutable_set_metadata()->mutable_buffer());
+  }
   ASSIGN_OR_RETURN(v1::SetMetadataResponse resp,
                    impl_->Call(&v1::Allocator::Stub::SetMetadata, req, "SetMetadata"));
   return resp.buffer();

@@ -63,12 +63,13 @@ struct ConnectOptions {
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.
   absl::Duration timeout = absl::Seconds(10);
-  // Allocate, Import, Share, Revoke and Release as requests on the broker
-  // socket (one record there and back, fds in the reply's record; a
-  // Release of more ids than a record holds, some 10 000, goes as a gRPC
-  // call; Import, Share and Revoke so only where hallocd says it serves
-  // them, Welcome.broker_import, broker_share and broker_revoke). false: as
-  // gRPC calls, the way a gRPC-only client makes them.
+  // Allocate, Import, Share, Revoke, Release, Describe and SetMetadata as
+  // requests on the broker socket (one record there and back, fds in the
+  // reply's record; a Release of more ids than a record holds, some 10 000,
+  // goes as a gRPC call; all but Allocate and Release so only where hallocd
+  // says it serves them, Welcome.broker_import, broker_share, broker_revoke
+  // and broker_metadata). false: as gRPC calls, the way a gRPC-only client
+  // makes them.
   bool broker_fast_path = true;
 };
 

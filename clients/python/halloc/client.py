@@ -13,10 +13,11 @@
 A Client is one session, as in libhalloc (clients/cpp/halloc/client.h): it
 connects to the broker socket and answers the daemon's challenge (hallocd
 learns who we are from the kernel), then makes gRPC calls carrying the
-session token. Allocate, Import, Share, Revoke and Release travel on the
-broker socket, the reply and the fds in one record (the fast path,
-libhalloc's default; Import, Share and Revoke so where hallocd says it
-serves them, Welcome.broker_import, broker_share and broker_revoke); the
+session token. Allocate, Import, Share, Revoke, Release, Describe and
+SetMetadata travel on the broker socket, the reply and the fds in one
+record (the fast path, libhalloc's default; all but Allocate and Release so
+where hallocd says it serves them, Welcome.broker_import, broker_share,
+broker_revoke and broker_metadata); the
 fds of gRPC calls (Allocate
 and Import with broker_fast_path=False) arrive on the broker socket before
 the gRPC reply. Closing the Client ends the session:
@@ -366,6 +367,10 @@ class Client:
     def describe(self, buffer):
         """The BufferInfo of a buffer we hold (a Buffer or an id)."""
         req = allocator_pb2.DescribeRequest(buffer_id=_id(buffer))
+        if self._fast_path and self.welcome.broker_metadata:
+            reply, fds = self._broker_call(broker_pb2.BrokerRequest(describe=req), "Describe")
+            _scm.close_all(fds)  # none is sent with a description
+            return reply.describe.buffer
         return self._call(self._stub.Describe, req, "Describe").buffer
 
     def list(self, all=False):  # pylint: disable=redefined-builtin
@@ -452,6 +457,11 @@ class Client:
     def set_metadata(self, buffer, metadata_type, value):
         req = allocator_pb2.SetMetadataRequest(buffer_id=_id(buffer), type=metadata_type,
                                                value=value)
+        if self._fast_path and self.welcome.broker_metadata:
+            reply, fds = self._broker_call(broker_pb2.BrokerRequest(set_metadata=req),
+                                           "SetMetadata")
+            _scm.close_all(fds)  # none is sent with metadata
+            return reply.set_metadata.buffer
         return self._call(self._stub.SetMetadata, req, "SetMetadata").buffer
 
     def dump(self):

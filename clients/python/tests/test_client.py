@@ -763,7 +763,7 @@ def test_share_read_only_reaches_the_peer_read_only(connect, fast):
     consumer.release(got)
 
 
-def test_share_and_revoke_need_no_control_socket_on_the_broker(hallocd, connect):
+def test_share_revoke_and_metadata_need_no_control_socket_on_the_broker(hallocd, connect):
     # The session's gRPC channel leads nowhere: what works went on the
     # broker socket; what needs gRPC says UNAVAILABLE.
     c = halloc.Client.connect("/nonexistent/control.sock", hallocd.broker)
@@ -782,6 +782,17 @@ def test_share_and_revoke_need_no_control_socket_on_the_broker(hallocd, connect)
         got.close()
         with pytest.raises(halloc.UnavailableError):
             grpc_only.revoke(grant.id)
+        # Describe and SetMetadata too (Welcome.broker_metadata).
+        assert c.welcome.broker_metadata
+        value = types_pb2.BufferMetadata(dataspace=0x8C20000)
+        assert c.set_metadata(buf, types_pb2.METADATA_DATASPACE, value).metadata == value
+        assert c.describe(buf).metadata.dataspace == 0x8C20000
+        with pytest.raises(halloc.InvalidArgumentError):
+            c.set_metadata(buf, types_pb2.METADATA_WIDTH, value)
+        with pytest.raises(halloc.NotFoundError):
+            c.describe(1 << 40)
+        with pytest.raises(halloc.UnavailableError):
+            grpc_only.describe(buf.id)
     finally:
         c.close()
         grpc_only.close()

@@ -1,0 +1,96 @@
+// Describe and SetMetadata through libhalloc on both paths against a real
+// hallocd: the broker fast path (with no control socket at all) and gRPC
+// give the same answers and the same codes.
+#include <drm_fourcc.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/testing/test_daemon.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+using ::absl::StatusCode;
+
+class ClientMetadataTest : public testing::HallocTest {};
+
+constexpr int32_t kBt2020Pq = 281411584;  // BT2020 | ST2084 | FULL
+
+TEST_F(ClientMetadataTest, BothPathsAgreeOnDescriptionsAndMetadata) {
+  std::vector<StatusCode> codes[2];
+  for (bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "broker" : "grpc");
+    ConnectOptions o = daemon().connect_options();
+    o.broker_fast_path = fast;
+    if (fast) o.control_socket += ".absent";  // every call below on the broker
+    absl::StatusOr<Client> producer = Client::Connect(o);
+    absl::StatusOr<Client> consumer = Client::Connect(o);
+    ASSERT_TRUE(producer.ok() && consumer.ok()) << producer.status() << consumer.status();
+    absl::StatusOr<Buffer> b =
+        producer->Allocate(ImageDescriptor(64, 32, DRM_FORMAT_NV12, 0, "frame"));
+    ASSERT_TRUE(b.ok()) << b.status();
+
+    v1::BufferMetadata ds;
+    ds.set_dataspace(kBt2020Pq);
+    absl::StatusOr<v1::BufferInfo> set = producer->SetMetadata(b->id(), v1::METADATA_DATASPACE, ds);
+    ASSERT_TRUE(set.ok()) << set.status();
+    EXPECT_EQ(set->metadata().dataspace(), kBt2020Pq);
+    v1::BufferMetadata crop;
+    for (int plane = 0; plane < 2; ++plane) {
+      v1::Rect* r = crop.add_crop();
+      r->set_left(2);
+      r->set_top(2);
+      r->set_right(plane == 0 ? 62 : 30);
+      r->set_bottom(plane == 0 ? 30 : 14);
+    }
+    ASSERT_TRUE(producer->SetMetadata(b->id(), v1::METADATA_CROP, crop).ok());
+
+    // A read-only importer reads what the producer set.
+    absl::StatusOr<v1::Grant> g = producer->Share(b->id(), getuid(), v1::CPU_ACCESS_READ);
+    ASSERT_TRUE(g.ok()) << g.status();
+    absl::StatusOr<Buffer> got = consumer->Import(g->token());
+    ASSERT_TRUE(got.ok()) << got.status();
+    absl::StatusOr<v1::BufferInfo> seen = consumer->Describe(got->id());
+    ASSERT_TRUE(seen.ok()) << seen.status();
+    EXPECT_EQ(seen->name(), "frame");
+    EXPECT_EQ(seen->metadata().dataspace(), kBt2020Pq);
+    ASSERT_EQ(seen->metadata().crop_size(), 2);
+    EXPECT_EQ(seen->metadata().crop(1).right(), 30);
+    EXPECT_EQ(seen->cpu_access(), v1::CPU_ACCESS_READ);
+
+    // Refused alike on both paths: an unknown buffer, a bad value, a field
+    // that never changes, and the producer's fields from a read-only holder.
+    v1::BufferMetadata negative;
+    negative.set_dataspace(-1);
+    for (absl::Status s : {producer->Describe(uint64_t{1} << 40).status()}) {
+      EXPECT_TRUE(absl::StartsWith(s.message(), "Describe: ")) << s;
+      codes[fast ? 0 : 1].push_back(s.code());
+    }
+    for (absl::Status s :
+         {producer->SetMetadata(uint64_t{1} << 40, v1::METADATA_DATASPACE, ds).status(),
+          producer->SetMetadata(b->id(), v1::METADATA_DATASPACE, negative).status(),
+          producer->SetMetadata(b->id(), v1::METADATA_WIDTH, ds).status(),
+          consumer->SetMetadata(got->id(), v1::METADATA_DATASPACE, ds).status()}) {
+      EXPECT_FALSE(s.ok());
+      EXPECT_TRUE(absl::StartsWith(s.message(), "SetMetadata: ")) << s;
+      codes[fast ? 0 : 1].push_back(s.code());
+    }
+    // Nothing refused changed anything.
+    absl::StatusOr<v1::BufferInfo> after = producer->Describe(b->id());
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_EQ(after->metadata().dataspace(), kBt2020Pq);
+  }
+  EXPECT_EQ(codes[0], codes[1]);
+  EXPECT_EQ(codes[0],
+            (std::vector<StatusCode>{StatusCode::kNotFound, StatusCode::kNotFound,
+                                     StatusCode::kInvalidArgument, StatusCode::kInvalidArgument,
+                                     StatusCode::kPermissionDenied}));
+}
+
+}  // namespace
+}  // namespace halloc
