@@ -52,7 +52,7 @@ std::set<std::string> ExpectedRows() {
   rows.insert("alloc.warm.4KiB.p50.vs_scm");
   rows.insert("share_import.1MiB.p50");
   rows.insert("share_import.1MiB.p99");
-  for (const char* call : {"import", "revoke"}) {
+  for (const char* call : {"import", "revoke", "set_metadata"}) {
     for (const char* p : {"p50", "p99"}) rows.insert(absl::StrCat("broker.", call, ".1MiB.", p));
   }
   rows.insert("floor.memcpy.8MiB");

@@ -362,8 +362,9 @@ void Suite::Sharing() {
   }
   // The Import alone: one broker record with the reply and the fd, against
   // the gRPC call whose fd comes ahead of its reply (run just after it);
-  // and the Revoke of a grant no one imports any more, on each path.
-  for (const char* call : {"import", "revoke"}) {
+  // the Revoke of a grant no one imports any more, and a producer's
+  // per-frame SetMetadata, on each path.
+  for (const char* call : {"import", "revoke", "set_metadata"}) {
     for (const char* p : {"p50", "p99"}) {
       const std::string key = absl::StrCat(call, ".", p);
       Add(Compare(absl::StrCat("broker.", call, ".1MiB.", p), Get(v, key), "us",

@@ -362,8 +362,9 @@ int AllocLatency(const Args& a) {
 }
 
 // Share (owner session) + Import (peer session) + map on the peer side;
-// the Import alone too, and the owner's Revoke once the peer let go (on the
-// broker, or with --path=grpc as gRPC calls).
+// the Import alone too, the owner's Revoke once the peer let go, and the
+// owner's per-frame SetMetadata (a dataspace) (on the broker, or with
+// --path=grpc as gRPC calls).
 int ShareLatency(const Args& a) {
   absl::StatusOr<Client> owner = Connect(a);
   absl::StatusOr<Client> peer = Connect(a);
@@ -373,7 +374,8 @@ int ShareLatency(const Args& a) {
   if (!b.ok()) return Fail("Allocate", b.status());
   const int64_t n = a.Int("n", 100);
   EchoProbe echo(a.Str("echo"));
-  Micros us, import_us, revoke_us, echo_us;
+  Micros us, import_us, revoke_us, set_metadata_us, echo_us;
+  v1::BufferMetadata frame_meta;
   for (int64_t i = -10; i < n; ++i) {
     const double e = echo.Call();
     const int64_t t0 = NowNs();
@@ -393,15 +395,24 @@ int ShareLatency(const Args& a) {
     const int64_t revoke_t0 = NowNs();
     if (absl::Status s = owner->Revoke(g->id()); !s.ok()) return Fail("Revoke", s);
     const int64_t revoke_t1 = NowNs();
+    frame_meta.set_dataspace(static_cast<int32_t>(i & 0xffff));
+    const int64_t meta_t0 = NowNs();
+    absl::StatusOr<v1::BufferInfo> set =
+        owner->SetMetadata(b->id(), v1::METADATA_DATASPACE, frame_meta);
+    const int64_t meta_t1 = NowNs();
+    if (!set.ok()) return Fail("SetMetadata", set.status());
     if (i >= 0) {
       us.push_back(Us(t0, t1));
       import_us.push_back(Us(import_t0, import_t1));
       revoke_us.push_back(Us(revoke_t0, revoke_t1));
+      set_metadata_us.push_back(Us(meta_t0, meta_t1));
       echo_us.push_back(e);
     }
   }
   Say(FormatSummary("share", Summarize(us)) + FormatSummary("import", Summarize(import_us)) +
-      FormatSummary("revoke", Summarize(revoke_us)) + FormatSummary("echo", Summarize(echo_us)));
+      FormatSummary("revoke", Summarize(revoke_us)) +
+      FormatSummary("set_metadata", Summarize(set_metadata_us)) +
+      FormatSummary("echo", Summarize(echo_us)));
   return 0;
 }
 
