@@ -7,11 +7,9 @@
 #include <linux/dma-buf.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
@@ -26,8 +24,6 @@ using ::halloc::Client;
 
 constexpr uint64_t kCpuReadOften = 0x3;
 constexpr uint64_t kCpuWriteOften = 0x3 << 4;
-
-bool Backing(const halloc_buffer_info& info) { return (info.flags & HALLOC_INFO_BACKING) != 0; }
 
 class DaemonBackingTest : public HallocTest {
  protected:
@@ -56,15 +52,9 @@ TEST_F(DaemonBackingTest, ImportAndRevokeOnTheBrokerDoNotWaitForABacking) {
   ASSERT_TRUE(grant.ok()) << grant.status();
 
   // The owner's first CPU bracket backs the buffer.
-  std::atomic<bool> first_done{false};
-  int first = -1;
   const int fd = buf->fd();
-  std::thread backer([&] {
-    first = Sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW);
-    first_done = true;
-  });
-  bool seen = false;
-  while (!seen && !first_done.load()) seen = Backing(InfoOf(fd));
+  FirstUseThread first(fd);
+  const bool seen = SawBacking(fd, first);
   EXPECT_TRUE(seen) << "the backing of " << size << " bytes ended before INFO saw it under way";
 
   if (seen) {
@@ -72,15 +62,16 @@ TEST_F(DaemonBackingTest, ImportAndRevokeOnTheBrokerDoNotWaitForABacking) {
     // the broker, are answered while the backing runs.
     absl::StatusOr<halloc::Buffer> got = peer->Import(grant->token());
     ASSERT_TRUE(got.ok()) << got.status();
-    const bool imported_during = Backing(InfoOf(fd)) && !first_done.load();
+    const bool imported_during = Backing(fd) && !first.done();
     EXPECT_TRUE(imported_during) << "the Import waited for the owner's backing";
     EXPECT_TRUE(owner->Revoke(grant->id()).ok());
-    const bool revoked_during = Backing(InfoOf(fd)) && !first_done.load();
+    const bool revoked_during = Backing(fd) && !first.done();
     EXPECT_TRUE(revoked_during) << "the Revoke waited for the owner's backing";
     EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u);
   }
-  backer.join();
-  EXPECT_EQ(first, 0) << strerror(-first);
+  const int first_result = first.Join();
+  EXPECT_EQ(first_result, 0) << strerror(-first_result);
+  RecordProperty("backing_ms", std::to_string(first.took_ms()));
   EXPECT_EQ(Sync(fd, DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW), 0);
   EXPECT_EQ(InfoOf(fd).flags & (HALLOC_INFO_NOT_BACKED | HALLOC_INFO_BACKING), 0u);
 }

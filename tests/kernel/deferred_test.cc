@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -284,22 +283,10 @@ TEST_F(DeferredTest, ViewsAndRevokesDoNotWaitForABacking) {
   UniqueFd second(MakeView(ctl_.get(), buf.get(), {}));
   ASSERT_TRUE(second.valid()) << strerror(-second.get());
 
-  std::atomic<bool> first_done{false};
-  int first = -1;
-  const auto start = std::chrono::steady_clock::now();
-  std::chrono::steady_clock::duration took{};
-  std::thread backer([&] {
-    first = Sync(buf.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW);
-    took = std::chrono::steady_clock::now() - start;
-    first_done = true;
-  });
-  // INFO sees the backing under way (were the lock held through it, INFO
-  // would wait it out and never see it).
-  bool seen = false;
-  while (!seen && !first_done.load()) seen = (InfoOf(buf.get()).flags & HALLOC_INFO_BACKING) != 0;
+  FirstUseThread first(buf.get());
+  const bool seen = SawBacking(buf.get(), first);
   EXPECT_TRUE(seen) << "the backing of " << size << " bytes ended before INFO saw it under way";
 
-  bool answered_during = false;
   if (seen) {
     UniqueFd view(MakeView(ctl_.get(), buf.get(), {}));
     EXPECT_TRUE(view.valid()) << strerror(-view.get());
@@ -307,8 +294,7 @@ TEST_F(DeferredTest, ViewsAndRevokesDoNotWaitForABacking) {
       EXPECT_EQ(Revoke(ctl_.get(), buf.get(), InfoOf(view.get()).view_id), 0);
       EXPECT_NE(InfoOf(view.get()).flags & HALLOC_INFO_REVOKED, 0u);
     }
-    const bool still_backing = (InfoOf(buf.get()).flags & HALLOC_INFO_BACKING) != 0;
-    answered_during = still_backing && !first_done.load();
+    const bool answered_during = Backing(buf.get()) && !first.done();
     EXPECT_TRUE(answered_during) << "a view, its revoke and INFO waited for the backing";
   }
 
@@ -318,13 +304,11 @@ TEST_F(DeferredTest, ViewsAndRevokesDoNotWaitForABacking) {
   EXPECT_FALSE(NotBacked(info));
   EXPECT_EQ(info.flags & HALLOC_INFO_BACKING, 0u);
   EXPECT_EQ(Sync(second.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW), 0);
-  backer.join();
-  EXPECT_EQ(first, 0) << strerror(-first);
+  const int first_result = first.Join();
+  EXPECT_EQ(first_result, 0) << strerror(-first_result);
   EXPECT_EQ(Sync(buf.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW), 0);
   EXPECT_EQ(BackedBytes(), before + static_cast<long long>(size)) << "backed more than once";
-  RecordProperty(
-      "backing_ms",
-      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()));
+  RecordProperty("backing_ms", std::to_string(first.took_ms()));
 }
 
 // vivid with videobuf2-vmalloc vmaps the buffer at QBUF: that backs it.

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "tests/kernel/guest_util.h"
 
@@ -27,6 +30,42 @@ inline size_t PageAlign(size_t len) {
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return (len + page - 1) / page * page;
 }
+
+// A halloc-deferred buffer's first use on a thread of its own: the start of
+// a read-write CPU bracket (DMA_BUF_SYNC_START), which backs it. Started at
+// construction; joined by Join() or at destruction, so that an ASSERT that
+// returns early leaves no thread running.
+class FirstUseThread {
+ public:
+  explicit FirstUseThread(int fd)
+      : start_(std::chrono::steady_clock::now()), thread_([this, fd] {
+          result_ = Sync(fd, DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW);
+          took_ = std::chrono::steady_clock::now() - start_;
+          done_ = true;
+        }) {}
+  FirstUseThread(const FirstUseThread&) = delete;
+  FirstUseThread& operator=(const FirstUseThread&) = delete;
+  ~FirstUseThread() { Join(); }
+
+  // Whether the first use has returned.
+  bool done() const { return done_.load(); }
+  // Waits for it: its 0 or -errno.
+  int Join() {
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+  // How long it took (once joined).
+  long long took_ms() const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(took_).count();
+  }
+
+ private:
+  const std::chrono::steady_clock::time_point start_;
+  std::atomic<bool> done_{false};
+  int result_ = -1;
+  std::chrono::steady_clock::duration took_{};
+  std::thread thread_;  // last: it starts once the rest is set
+};
 
 class HallocTest : public ::testing::Test {
  protected:
@@ -70,6 +109,19 @@ class HallocTest : public ::testing::Test {
     int ret = Info(ctl_.get(), fd, &info);
     EXPECT_EQ(ret, 0) << strerror(-ret);
     return info;
+  }
+
+  // Whether INFO says `fd`'s buffer is being backed now (HALLOC_INFO_BACKING).
+  bool Backing(int fd) { return (InfoOf(fd).flags & HALLOC_INFO_BACKING) != 0; }
+
+  // Polls INFO until it reports the backing `first_use` of `fd` makes under
+  // way (true), or that first use returned first (false; were the buffer's
+  // lock held through the backing, INFO would wait it out and never see it).
+  bool SawBacking(int fd, const FirstUseThread& first_use) {
+    while (!first_use.done()) {
+      if (Backing(fd)) return true;
+    }
+    return false;
   }
 
   UniqueFd system_;
