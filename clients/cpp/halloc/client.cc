@@ -340,13 +340,14 @@ class Client::Impl {
         // (ImportResponse.newly_held: the session held the buffer by nothing
         // else), and only once no other import is in flight: one may bring
         // the same buffer, held by that same hold.
-        const uint64_t buffer = reply.import_buffer().buffer().id();
-        if (!reply.has_import_buffer()) {
-          // Refused: no hold was made.
-        } else if (bad) {
-          if (reply.import_buffer().newly_held()) unclaimed_holds_.insert(buffer);
-        } else {
-          unclaimed_holds_.erase(buffer);  // a caller holds it now
+        // (A refused import carries no import_buffer: it made no hold.)
+        if (reply.has_import_buffer()) {
+          const uint64_t buffer = reply.import_buffer().buffer().id();
+          if (!bad) {
+            unclaimed_holds_.erase(buffer);  // a caller holds it now
+          } else if (reply.import_buffer().newly_held()) {
+            unclaimed_holds_.insert(buffer);
+          }
         }
         GiveBackUnclaimedHolds();
       }

@@ -103,11 +103,8 @@ TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndReleasesNothing)
   EXPECT_TRUE(c->Release(8).ok());
   EXPECT_EQ(imports.load(), 1) << "the Import went on the broker socket";
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
-  std::vector<uint64_t> released;
-  for (const v1::ReleaseRequest& r : broker.releases()) {
-    released.insert(released.end(), r.buffer_ids().begin(), r.buffer_ids().end());
-  }
-  EXPECT_EQ(released, (std::vector<uint64_t>{7, 8})) << "only the caller's own Releases";
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8}))
+      << "only the caller's own Releases";
 }
 
 // An answer without its fd is DATA_LOSS; the hold it made, if it made one,
@@ -127,21 +124,9 @@ TEST(ClientImportTest, ABrokerImportReplyWithoutItsFdIsDataLoss) {
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDataLoss);
     EXPECT_TRUE(c->Release(8).ok());  // after any give-back it would have sent
-    std::vector<uint64_t> released;
-    for (const v1::ReleaseRequest& r : broker.releases()) {
-      released.insert(released.end(), r.buffer_ids().begin(), r.buffer_ids().end());
-    }
-    EXPECT_EQ(released, newly_held ? (std::vector<uint64_t>{42, 8}) : (std::vector<uint64_t>{8}));
+    EXPECT_EQ(broker.released_ids(),
+              newly_held ? (std::vector<uint64_t>{42, 8}) : (std::vector<uint64_t>{8}));
   }
-}
-
-// The releases `broker` received, every id in order.
-std::vector<uint64_t> Released(FakeBroker& broker) {
-  std::vector<uint64_t> released;
-  for (const v1::ReleaseRequest& r : broker.releases()) {
-    released.insert(released.end(), r.buffer_ids().begin(), r.buffer_ids().end());
-  }
-  return released;
 }
 
 // A fake whose first Import is answered `late` after it came (the caller's
@@ -182,7 +167,7 @@ TEST(ClientImportTest, ABrokerImportThatGaveUpGivesBackTheHoldItMade) {
   absl::SleepFor(absl::Milliseconds(1500));  // the late reply is (about) queued now
   EXPECT_TRUE(c->Release(7).ok());           // takes it off the socket first
   EXPECT_TRUE(c->Release(8).ok());           // after the give-back
-  EXPECT_EQ(Released(broker), (std::vector<uint64_t>{7, 42, 8}));
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 42, 8}));
   EXPECT_EQ(testing::CountOpenFds(), fds_before) << "the late fd was closed";
 }
 
@@ -202,7 +187,7 @@ TEST(ClientImportTest, AHoldAnImportInFlightBringsIsNotGivenBack) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->id(), 42u);
   EXPECT_TRUE(c->Release(8).ok());
-  EXPECT_EQ(Released(broker), (std::vector<uint64_t>{8})) << "buffer 42 is the caller's";
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{8})) << "buffer 42 is the caller's";
 }
 
 // ... but given back once no Import is in flight when the one in flight
@@ -218,7 +203,7 @@ TEST(ClientImportTest, AHoldIsGivenBackOnceNoImportIsInFlight) {
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_EQ(other->id(), 43u);
   EXPECT_TRUE(c->Release(8).ok());
-  EXPECT_EQ(Released(broker), (std::vector<uint64_t>{42, 8}));
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{42, 8}));
 }
 
 }  // namespace

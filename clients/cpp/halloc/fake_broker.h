@@ -73,6 +73,14 @@ class FakeBroker {
     absl::MutexLock lock(&mu_);
     return releases_;
   }
+  // Every buffer id those releases named, in order.
+  std::vector<uint64_t> released_ids() {
+    std::vector<uint64_t> ids;
+    for (const v1::ReleaseRequest& r : releases()) {
+      ids.insert(ids.end(), r.buffer_ids().begin(), r.buffer_ids().end());
+    }
+    return ids;
+  }
 
   // Sends `frame` (with `fds`) to the client, as hallocd's gRPC side does
   // with an Import's fd. After the handshake only.
