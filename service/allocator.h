@@ -89,7 +89,11 @@ class Allocator {
                                                 const v1::AllocateRequest& req,
                                                 FdChannel& channel,
                                                 bool may_wait = true);
+  // All or nothing: NOT_FOUND (nothing released) if the session does not
+  // hold one of the ids; INVALID_ARGUMENT past max_release_ids().
   absl::Status Release(Session& session, const v1::ReleaseRequest& req);
+  // The most ids one Release names: the most buffers a session may hold.
+  uint64_t max_release_ids() const { return limits_.max_buffers_per_session; }
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
   absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;
   v1::StatsResponse Stats();

@@ -81,6 +81,7 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   grpc::ResourceQuota quota("hallocd");
   quota.SetMaxThreads(options_.grpc_max_threads);
   builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(options_.grpc_max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                              options_.grpc_max_streams_per_connection);
   server_ = builder.BuildAndStart();

@@ -84,6 +84,32 @@ grpc::Status AllocatorService::Release(grpc::ServerContext* ctx,
   HALLOC_WITH_SESSION("Release", { return core_->Release(**session, *req); });
 }
 
+grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
+                                           grpc::ServerReader<v1::ReleaseRequest>* reader,
+                                           v1::ReleaseResponse*) {
+  HALLOC_WITH_SESSION("ReleaseMany", {
+    // Gathered (no further than a Release may name), then released as one.
+    v1::ReleaseRequest all;
+    v1::ReleaseRequest part;
+    bool last = false;
+    while (!last && reader->Read(&part)) {
+      if (static_cast<uint64_t>(all.buffer_ids_size()) + part.buffer_ids_size() >
+          core_->max_release_ids()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("a Release names at most ", core_->max_release_ids(),
+                         " ids (the most a session may hold); this stream named more"));
+      }
+      all.mutable_buffer_ids()->MergeFrom(part.buffer_ids());
+      last = part.last();
+    }
+    // Cut or cancelled before its end: which ids it meant is not known.
+    if (!last) {
+      return absl::CancelledError("the stream ended before its last request: nothing released");
+    }
+    return core_->Release(**session, all);
+  });
+}
+
 grpc::Status AllocatorService::Describe(grpc::ServerContext* ctx,
                                         const v1::DescribeRequest* req,
                                         v1::DescribeResponse* resp) {

@@ -27,6 +27,8 @@ class AllocatorService final : public v1::Allocator::Service {
                         v1::AllocateResponse* resp) override;
   grpc::Status Release(grpc::ServerContext* ctx, const v1::ReleaseRequest* req,
                        v1::ReleaseResponse* resp) override;
+  grpc::Status ReleaseMany(grpc::ServerContext* ctx, grpc::ServerReader<v1::ReleaseRequest>* reader,
+                           v1::ReleaseResponse* resp) override;
   grpc::Status Describe(grpc::ServerContext* ctx, const v1::DescribeRequest* req,
                         v1::DescribeResponse* resp) override;
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req,

@@ -52,6 +52,35 @@ class GrpcServiceTest : public ::testing::Test {
     return ctx;
   }
 
+  // Allocates `n` 4 KiB buffers in the session; their ids.
+  std::vector<uint64_t> AllocateIds(uint32_t n) {
+    v1::AllocateRequest req;
+    req.mutable_desc()->set_size(4096);
+    req.set_count(n);
+    v1::AllocateResponse resp;
+    grpc::Status s = stub_->Allocate(Ctx(session_->token()).get(), req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    std::vector<uint64_t> ids;
+    for (const v1::BufferInfo& b : resp.buffers()) ids.push_back(b.id());
+    return ids;
+  }
+
+  // One ReleaseMany stream of `parts`, the final one marked `last` if
+  // `ends`; its status.
+  grpc::Status ReleaseMany(const std::vector<std::vector<uint64_t>>& parts, bool ends = true) {
+    auto ctx = Ctx(session_->token());
+    v1::ReleaseResponse resp;
+    auto writer = stub_->ReleaseMany(ctx.get(), &resp);
+    for (size_t i = 0; i < parts.size(); ++i) {
+      v1::ReleaseRequest req;
+      for (uint64_t id : parts[i]) req.add_buffer_ids(id);
+      req.set_last(ends && i + 1 == parts.size());
+      if (!writer->Write(req)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  }
+
   Allocator core_;
   AllocatorService service_;
   std::unique_ptr<grpc::Server> server_;
@@ -186,6 +215,56 @@ TEST_F(GrpcServiceTest, IsSupportedAndStatsNeedNoSession) {
   v1::StatsResponse stats;
   ASSERT_TRUE(stub_->Stats(Ctx("").get(), v1::StatsRequest(), &stats).ok());
   EXPECT_EQ(stats.sessions(), 1u);
+}
+
+// A ReleaseMany stream is one Release: its parts are gathered and released
+// together, all or nothing, only once its `last` part came.
+TEST_F(GrpcServiceTest, ReleaseManyReleasesItsPartsTogetherAllOrNothing) {
+  const std::vector<uint64_t> ids = AllocateIds(4);
+  ASSERT_EQ(ids.size(), 4u);
+  const uint64_t unknown = ids.back() + 1000;
+  // An id the session does not hold in the final part: none released
+  // (the first parts' ids are still held).
+  grpc::Status s = ReleaseMany({{ids[0], ids[1]}, {ids[2]}, {ids[3], unknown}});
+  EXPECT_EQ(s.error_code(), grpc::NOT_FOUND) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 4u);
+  // A stream that ends without its `last` part (cut, or cancelled) means
+  // nothing: its ids are not all known.
+  s = ReleaseMany({{ids[0]}, {ids[1]}}, /*ends=*/false);
+  EXPECT_EQ(s.error_code(), grpc::CANCELLED) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 4u);
+  // Parts after `last` are not read.
+  s = ReleaseMany({{ids[0], ids[1]}, {ids[2], ids[3]}});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  // Without a session: refused before anything is read.
+  auto ctx = Ctx("");
+  v1::ReleaseResponse resp;
+  auto writer = stub_->ReleaseMany(ctx.get(), &resp);
+  v1::ReleaseRequest req;
+  req.set_last(true);
+  writer->Write(req);
+  writer->WritesDone();
+  EXPECT_EQ(writer->Finish().error_code(), grpc::UNAUTHENTICATED);
+}
+
+// No Release names more ids than a session may hold, on a stream or not:
+// the stream stops being read at the part that goes past it.
+TEST_F(GrpcServiceTest, AReleaseNamesAtMostAsManyIdsAsASessionMayHold) {
+  const uint64_t most = core_.max_release_ids();
+  const std::vector<uint64_t> ids = AllocateIds(1);
+  ASSERT_EQ(ids.size(), 1u);
+  std::vector<uint64_t> half(most / 2, ids[0]);  // a held id, named many times
+  grpc::Status s = ReleaseMany({half, half, {ids[0]}});
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT) << s.error_message();
+  v1::ReleaseRequest req;
+  for (uint64_t i = 0; i <= most; ++i) req.add_buffer_ids(ids[0]);
+  EXPECT_EQ(core_.Release(*session_, req).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);
+  // Exactly as many: released.
+  s = ReleaseMany({half, half});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
 }  // namespace

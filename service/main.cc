@@ -89,6 +89,9 @@ ABSL_FLAG(bool, control_relay, false,
           "cannot, the relay is always used (service/stream_relay.h)");
 ABSL_FLAG(int, grpc_max_streams_per_connection, 64,
           "most concurrent gRPC calls on one connection");
+ABSL_FLAG(int, grpc_max_message_bytes, halloc::kMaxRequestBytes,
+          "largest gRPC request read, in bytes (RESOURCE_EXHAUSTED past it; "
+          "the broker's record limit by default)");
 
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "check every absl::Mutex acquisition for lock-order cycles (slow; "
@@ -195,6 +198,15 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
     return absl::InvalidArgumentError(
         absl::StrCat("--grpc_max_streams_per_connection must be 1..65536, not ",
                      options.grpc_max_streams_per_connection));
+  }
+  options.grpc_max_message_bytes = absl::GetFlag(FLAGS_grpc_max_message_bytes);
+  // Below a few KiB no real request fits (an Allocate with a layout).
+  constexpr int kMinGrpcMessage = 4096, kMaxGrpcMessage = 64 << 20;
+  if (options.grpc_max_message_bytes < kMinGrpcMessage ||
+      options.grpc_max_message_bytes > kMaxGrpcMessage) {
+    return absl::InvalidArgumentError(absl::StrCat("--grpc_max_message_bytes must be ",
+                                                   kMinGrpcMessage, "..", kMaxGrpcMessage, ", not ",
+                                                   options.grpc_max_message_bytes));
   }
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   halloc::Broker::follow_client_cpu = absl::GetFlag(FLAGS_broker_follow_cpu);

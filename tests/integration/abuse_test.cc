@@ -3,7 +3,7 @@
 // through an executable's path, fds cut by a client's fd limit, and memory
 // kept past a quota. Each test asserts the attack fails and that the daemon
 // is left serving. (Borrowing or spoofing an executable rule:
-// exe_rules_test.cc.)
+// exe_rules_test.cc; requests too large to read: request_size_test.cc.)
 #include "tests/integration/abuse_fixture.h"
 
 namespace halloc {

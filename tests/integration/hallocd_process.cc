@@ -133,4 +133,6 @@ int HallocdProcess::Threads() const { return static_cast<int>(StatusField(pid(),
 
 long HallocdProcess::RssKib() const { return StatusField(pid(), "VmRSS:"); }
 
+long HallocdProcess::PeakRssKib() const { return StatusField(pid(), "VmHWM:"); }
+
 }  // namespace halloc::testing

@@ -54,6 +54,8 @@ class HallocdProcess {
   std::string FdTable() const;
   int Threads() const;
   long RssKib() const;
+  // The most hallocd's resident set has been so far (VmHWM), in KiB.
+  long PeakRssKib() const;
 
  private:
   HallocdProcess() = default;

@@ -158,10 +158,11 @@ TEST_F(HallocdTest, RefusesAMaxBufferBytesThatCouldWrap) {
 // Flags that would leave hallocd without a usable socket or gRPC server
 // are refused at start with a clear error, not taken as something else.
 TEST_F(HallocdTest, RefusesFlagsItCannotServeWith) {
-  for (const char* bad : {"--socket_mode=rw", "--socket_mode=0o660", "--socket_mode=99",
-                          "--socket_mode=660x", "--socket_mode=4755", "--socket_mode=",
-                          "--grpc_max_threads=0", "--grpc_max_threads=1",
-                          "--grpc_max_threads=-3", "--grpc_max_streams_per_connection=0"}) {
+  for (const char* bad :
+       {"--socket_mode=rw", "--socket_mode=0o660", "--socket_mode=99", "--socket_mode=660x",
+        "--socket_mode=4755", "--socket_mode=", "--grpc_max_threads=0", "--grpc_max_threads=1",
+        "--grpc_max_threads=-3", "--grpc_max_streams_per_connection=0",
+        "--grpc_max_message_bytes=100", "--grpc_max_message_bytes=-1"}) {
     absl::StatusOr<Subprocess> d = Spawn({bad});
     ASSERT_TRUE(d.ok()) << d.status();
     const std::optional<int> status = d->Wait(absl::Seconds(10));
@@ -171,7 +172,8 @@ TEST_F(HallocdTest, RefusesFlagsItCannotServeWith) {
   }
   // The least it accepts serves.
   absl::StatusOr<Subprocess> d =
-      Spawn({"--grpc_max_threads=4", "--grpc_max_streams_per_connection=1", "--socket_mode=600"});
+      Spawn({"--grpc_max_threads=4", "--grpc_max_streams_per_connection=1", "--socket_mode=600",
+             "--grpc_max_message_bytes=4096"});
   ASSERT_TRUE(d.ok()) << d.status();
   daemon_ = *std::move(d);
   absl::StatusOr<Client> c = ConnectWithRetry();

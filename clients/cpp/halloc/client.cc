@@ -31,12 +31,14 @@ namespace {
 
 // Whether `req`, put in a BrokerRequest (its kind's tag and length, and the
 // request_id and cpu BrokerCall adds: at most 21 bytes more; 64 are kept),
-// fits in one broker record. What does not (a Release of some 10 000 ids, a token or
-// peer name no real one is as long as) goes as a gRPC call instead, still
-// one request, and gets its answer: a record over the limit would be
-// refused with no request id to answer.
+// fits in one broker record. What does not (a token or peer name no real
+// one is as long as) goes as a gRPC call instead, still one request, and
+// gets its answer (RESOURCE_EXHAUSTED past kMaxRequestBytes there too): a
+// record over the limit would be refused with no request id to answer. A
+// Release of more ids than fit goes as a ReleaseMany stream.
 bool FitsInARecord(const google::protobuf::MessageLite& req) {
-  return req.ByteSizeLong() + 64 <= kMaxRecordBytes;
+  static_assert(kMaxRequestBytes <= kMaxRecordBytes);
+  return req.ByteSizeLong() + 64 <= kMaxRequestBytes;
 }
 
 // How many times this process has been forked into (in a child: one more
@@ -109,6 +111,26 @@ class Client::Impl {
     v1::BrokerReply reply;
     std::vector<UniqueFd> fds;
   };
+
+  // More ids than one request carries, released all or nothing as one
+  // Release: a ReleaseMany stream of kReleaseIdsPerRequest at a time, the
+  // final request marked `last` (errors name Release).
+  absl::Status ReleaseMany(absl::Span<const uint64_t> ids) {
+    RETURN_IF_ERROR(Usable("Release"));
+    auto ctx = Context();
+    v1::ReleaseResponse resp;
+    std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer =
+        stub_->ReleaseMany(ctx.get(), &resp);
+    for (size_t i = 0; i < ids.size(); i += kReleaseIdsPerRequest) {
+      const absl::Span<const uint64_t> part = ids.subspan(i, kReleaseIdsPerRequest);
+      v1::ReleaseRequest req;
+      req.mutable_buffer_ids()->Add(part.begin(), part.end());
+      req.set_last(i + part.size() == ids.size());
+      if (!writer->Write(req)) break;  // hallocd ended the call: Finish says why
+    }
+    writer->WritesDone();
+    return FromGrpc(writer->Finish(), "Release");
+  }
 
   // One request on the broker socket and its reply (with the fds that came
   // in the same record). Errors name `rpc`.
@@ -510,7 +532,8 @@ absl::Status Client::Release(uint64_t buffer_id) {
 absl::Status Client::Release(absl::Span<const uint64_t> buffer_ids) {
   v1::ReleaseRequest req;
   for (uint64_t id : buffer_ids) req.add_buffer_ids(id);
-  if (impl_->fast_path_ && FitsInARecord(req)) {
+  if (!FitsInARecord(req)) return impl_->ReleaseMany(buffer_ids);
+  if (impl_->fast_path_) {
     v1::BrokerRequest breq;
     breq.mutable_release()->Swap(&req);
     return impl_->BrokerCall(std::move(breq), "Release").status();

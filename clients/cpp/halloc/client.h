@@ -65,8 +65,9 @@ struct ConnectOptions {
   absl::Duration timeout = absl::Seconds(10);
   // Allocate, Import, Share, Revoke, Release, Describe and SetMetadata as
   // requests on the broker socket (one record there and back, fds in the
-  // reply's record; a Release of more ids than a record holds, some 10 000,
-  // goes as a gRPC call; all but Allocate and Release so only where hallocd
+  // reply's record; a Release of more ids than a request holds (64 KiB,
+  // some 6 000 to 13 000) goes as a gRPC ReleaseMany stream, all or
+  // nothing as one Release; all but Allocate and Release so only where hallocd
   // says it serves them, Welcome.broker_import, broker_share, broker_revoke
   // and broker_metadata). false: as gRPC calls, the way a gRPC-only client
   // makes them.

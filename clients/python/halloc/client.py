@@ -110,14 +110,30 @@ def _socket_paths(control, broker):
     return control, broker
 
 
+# Largest request hallocd reads on either path (protocol.h), and the ids
+# per ReleaseRequest of a ReleaseMany stream (10 bytes each at most).
+MAX_REQUEST_BYTES = 64 * 1024
+RELEASE_IDS_PER_REQUEST = 6000
+
+
+def _release_parts(ids):
+    """The ReleaseRequests of a ReleaseMany stream for `ids`, the final
+    one marked `last`."""
+    for i in range(0, len(ids), RELEASE_IDS_PER_REQUEST):
+        part = ids[i:i + RELEASE_IDS_PER_REQUEST]
+        yield allocator_pb2.ReleaseRequest(
+            buffer_ids=part, last=i + RELEASE_IDS_PER_REQUEST >= len(ids))
+
+
 def _fits_in_a_record(req):
     """Whether `req`, put in a BrokerRequest (its kind's tag and length, and
     the request_id and cpu added on the way: at most 21 bytes more; 64 are
-    kept), fits in one broker record. What does not (a Release of some
-    10 000 ids, a token or peer name no real one is as long as) goes as a
-    gRPC call instead, still one request, and gets its answer (as in
-    libhalloc)."""
-    return req.ByteSize() + 64 <= _scm.MAX_RECORD_BYTES
+    kept), fits in one broker record. What does not (a token or peer name
+    no real one is as long as) goes as a gRPC call instead, still one
+    request, and gets its answer (RESOURCE_EXHAUSTED past
+    MAX_REQUEST_BYTES there too); a Release of more ids than fit goes as a
+    ReleaseMany stream (as in libhalloc)."""
+    return req.ByteSize() + 64 <= MAX_REQUEST_BYTES
 
 
 class Buffer:
@@ -350,9 +366,11 @@ class Client:
         ids = [b.id if isinstance(b, Buffer) else int(b) for b in buffers]
         try:
             req = allocator_pb2.ReleaseRequest(buffer_ids=ids)
-            # More ids than a record holds (~10 000) go as one gRPC call,
-            # all or nothing as asked (as libhalloc does).
-            if self._fast_path and _fits_in_a_record(req):
+            if not _fits_in_a_record(req):
+                # More ids than a request carries: a ReleaseMany stream,
+                # released as one, all or nothing (as libhalloc does).
+                self._call(self._stub.ReleaseMany, _release_parts(ids), "Release")
+            elif self._fast_path:
                 self._broker_call(broker_pb2.BrokerRequest(release=req), "Release")
             else:
                 self._call(self._stub.Release, req, "Release")
@@ -482,7 +500,8 @@ class Client:
                 "fork() a child connects a Client of its own")
 
     def _call(self, method, req, name):
-        """One unary gRPC call with our token and deadline."""
+        """One gRPC call with our token and deadline (`req`: a request, or
+        an iterator of them for a client stream)."""
         self._usable(name)
         try:
             # gRPC turns an infinite (or astronomically long) timeout into a

@@ -5,6 +5,7 @@
 #ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_PROTOCOL_H_
 #define HALLOC_CLIENTS_CPP_HALLOC_BASE_PROTOCOL_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -14,6 +15,14 @@ namespace halloc {
 inline constexpr uint32_t kBrokerProtocolVersion = 2;
 // gRPC metadata key carrying the session token (Welcome.session_token).
 inline constexpr char kSessionMetadataKey[] = "halloc-session";
+
+// Largest request hallocd reads on either path: a broker record, and a
+// gRPC message (hallocd's --grpc_max_message_bytes default; gRPC's own is
+// 4 MiB). Far above any real request but a Release of thousands of ids.
+inline constexpr size_t kMaxRequestBytes = 64 * 1024;
+// Ids per ReleaseRequest of a ReleaseMany stream: 10 bytes each at most
+// (a varint), well within kMaxRequestBytes.
+inline constexpr size_t kReleaseIdsPerRequest = 6000;
 
 // Where hallocd's sockets are when nobody says otherwise: these files in
 // DefaultSocketDir(). Clients also honour the environment variables.
