@@ -7,6 +7,7 @@
 #ifndef HALLOC_SERVICE_GRPC_SERVICE_H_
 #define HALLOC_SERVICE_GRPC_SERVICE_H_
 
+#include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
@@ -18,6 +19,11 @@ grpc::Status ToGrpc(const absl::Status& status);
 
 class AllocatorService final : public v1::Allocator::Service {
  public:
+  // ReleaseMany streams served at once: each holds a server thread until
+  // its last part comes (a client may send them as slowly as it likes),
+  // so that they can never take every thread. Beyond: RESOURCE_EXHAUSTED.
+  static constexpr int kMaxReleaseStreams = 4;
+
   // With `peers` (hallocd's: every connection its listener handed gRPC),
   // a session's token is good only on a connection of the session's uid.
   explicit AllocatorService(Allocator* core, std::shared_ptr<const ControlPeers> peers = nullptr)
@@ -55,6 +61,8 @@ class AllocatorService final : public v1::Allocator::Service {
 
   Allocator* const core_;
   const std::shared_ptr<const ControlPeers> peers_;
+  absl::Mutex mu_;
+  int release_streams_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace halloc

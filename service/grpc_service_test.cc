@@ -267,5 +267,38 @@ TEST_F(GrpcServiceTest, AReleaseNamesAtMostAsManyIdsAsASessionMayHold) {
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
+// A ReleaseMany stream holds a server thread until its last part comes:
+// at most kMaxReleaseStreams at once, so that slow (or idle) ones cannot
+// take every thread; others meanwhile are RESOURCE_EXHAUSTED.
+TEST_F(GrpcServiceTest, ReleaseManyStreamsAreFewAtATime) {
+  struct Idle {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    v1::ReleaseResponse resp;
+    std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer;
+  };
+  std::vector<Idle> idle(AllocatorService::kMaxReleaseStreams);
+  for (Idle& i : idle) {
+    i.ctx = Ctx(session_->token());
+    i.writer = stub_->ReleaseMany(i.ctx.get(), &i.resp);
+  }
+  // The idle ones are served on their own threads, not necessarily yet:
+  // one more is refused once they are.
+  grpc::Status s;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  do {
+    s = ReleaseMany({{}});
+  } while (s.ok() && absl::Now() < deadline);
+  EXPECT_EQ(s.error_code(), grpc::RESOURCE_EXHAUSTED) << s.error_message();
+  // Other calls go on.
+  EXPECT_EQ(AllocateIds(1).size(), 1u);
+  // Ended, they make room.
+  for (Idle& i : idle) {
+    i.writer->WritesDone();
+    EXPECT_EQ(i.writer->Finish().error_code(), grpc::CANCELLED);
+  }
+  s = ReleaseMany({{}});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
 }  // namespace
 }  // namespace halloc
