@@ -1,7 +1,6 @@
 #include "service/daemon.h"
 
 #include <glog/logging.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
 #include <sys/socket.h>
@@ -15,12 +14,13 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/backend/registry.h"
+#include "service/connection_limits.h"
+#include "service/grpc_listener.h"
 #include "service/grpc_service.h"
 #include "service/health.h"
 #include "service/metrics/http_server.h"
 #include "service/metrics/prometheus.h"
-#include "service/connection_limits.h"
-#include "service/grpc_listener.h"
+#include "service/reflection.h"
 #include "service/util/unix_listener.h"
 
 namespace halloc {
@@ -59,8 +59,6 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
 
 absl::Status Daemon::StartControl(UniqueFd inherited) {
   const std::string& control = options_.control_socket;
-  // Process-wide switch, read by every ServerBuilder built after it.
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   // hallocd accepts on the control socket itself (systemd's, or one it
   // binds) and hands gRPC each connection it admits: gRPC would take any
   // number from anyone (grpc_listener.h).
@@ -78,6 +76,11 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   health_ = std::make_unique<HealthService>(
       std::vector<std::string>{std::string(v1::Allocator::service_full_name())});
   builder.RegisterService(health_.get());
+  reflection_ = std::make_unique<ReflectionService>(std::vector<std::string>{
+      std::string(v1::Allocator::service_full_name()),
+      std::string(grpc::health::v1::Health::service_full_name()),
+      std::string(grpc::reflection::v1alpha::ServerReflection::service_full_name())});
+  builder.RegisterService(reflection_.get());
   grpc::ResourceQuota quota("hallocd");
   quota.SetMaxThreads(options_.grpc_max_threads);
   builder.SetResourceQuota(quota);

@@ -29,6 +29,7 @@ namespace halloc {
 class AllocatorService;
 class GrpcListener;
 class HealthService;
+class ReflectionService;
 class MetricsServer;
 
 struct DaemonOptions {
@@ -105,6 +106,7 @@ class Daemon {
   std::shared_ptr<ControlPeers> control_peers_;
   std::unique_ptr<AllocatorService> service_;
   std::unique_ptr<HealthService> health_;
+  std::unique_ptr<ReflectionService> reflection_;
   std::unique_ptr<grpc::Server> server_;
   // Accepts for server_ on the control socket, systemd's or our own.
   std::unique_ptr<GrpcListener> control_listener_;

@@ -1,0 +1,50 @@
+// grpc.reflection.v1alpha.ServerReflection for hallocd, so that generic
+// gRPC tools (grpcurl, grpc_cli) can list and call its services.
+//
+// gRPC's own (the grpc++_reflection plugin) serves any number of streams,
+// each holding a thread of the sync server for as long as its client keeps
+// it open: 40 idle ones from one unprivileged client took all 32 of
+// hallocd's, and every other gRPC call got "Server Threadpool Exhausted".
+// This one answers the same requests from the generated descriptor pool,
+// at most kMaxStreams streams at a time (RESOURCE_EXHAUSTED beyond), like
+// HealthService's watches.
+#ifndef HALLOC_SERVICE_REFLECTION_H_
+#define HALLOC_SERVICE_REFLECTION_H_
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+
+namespace halloc {
+
+class ReflectionService final : public grpc::reflection::v1alpha::ServerReflection::Service {
+ public:
+  static constexpr int kMaxStreams = 4;
+
+  // `services`: the full names list_services answers (the server's).
+  explicit ReflectionService(std::vector<std::string> services);
+
+  grpc::Status ServerReflectionInfo(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<grpc::reflection::v1alpha::ServerReflectionResponse,
+                               grpc::reflection::v1alpha::ServerReflectionRequest>* stream)
+      override;
+
+  // The answer to one request; `sent`: the files this stream has already
+  // sent (a file's dependencies go once per stream).
+  grpc::reflection::v1alpha::ServerReflectionResponse Answer(
+      const grpc::reflection::v1alpha::ServerReflectionRequest& req,
+      std::set<std::string>* sent) const;
+
+ private:
+  const std::vector<std::string> services_;
+  absl::Mutex mu_;
+  int streams_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_REFLECTION_H_

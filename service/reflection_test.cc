@@ -1,0 +1,158 @@
+// The reflection service alone, over an in-process channel: what generic
+// gRPC tools ask, answered from the generated descriptor pool, and at most
+// kMaxStreams streams at a time. (On a real hallocd: systemd/health_test.)
+#include "service/reflection.h"
+
+#include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+
+namespace halloc {
+namespace {
+
+namespace v1alpha = grpc::reflection::v1alpha;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+class ReflectionTest : public ::testing::Test {
+ protected:
+  ReflectionTest() : service_({"halloc.v1.Allocator", "grpc.reflection.v1alpha.ServerReflection"}) {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    stub_ = v1alpha::ServerReflection::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
+  }
+  ~ReflectionTest() override { server_->Shutdown(); }
+
+  // The answers to `reqs`, asked in turn on one stream.
+  std::vector<v1alpha::ServerReflectionResponse> Ask(
+      const std::vector<v1alpha::ServerReflectionRequest>& reqs) {
+    grpc::ClientContext ctx;
+    auto stream = stub_->ServerReflectionInfo(&ctx);
+    std::vector<v1alpha::ServerReflectionResponse> out;
+    for (const auto& req : reqs) {
+      v1alpha::ServerReflectionResponse resp;
+      if (!stream->Write(req) || !stream->Read(&resp)) break;
+      out.push_back(resp);
+    }
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+    return out;
+  }
+
+  // The names of the files in `resp`.
+  static std::vector<std::string> FileNames(const v1alpha::ServerReflectionResponse& resp) {
+    std::vector<std::string> names;
+    for (const std::string& bytes : resp.file_descriptor_response().file_descriptor_proto()) {
+      google::protobuf::FileDescriptorProto file;
+      EXPECT_TRUE(file.ParseFromString(bytes));
+      names.push_back(file.name());
+    }
+    return names;
+  }
+
+  ReflectionService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1alpha::ServerReflection::Stub> stub_;
+};
+
+TEST_F(ReflectionTest, ListsItsServicesAndHandsOutTheirFilesWithTheirDependenciesOnce) {
+  v1alpha::ServerReflectionRequest list, symbol, again, method, by_name;
+  list.set_list_services("*");
+  list.set_host("localhost");
+  symbol.set_file_containing_symbol("halloc.v1.Allocator");
+  again.set_file_containing_symbol("halloc.v1.Allocator");
+  method.set_file_containing_symbol("halloc.v1.Allocator.ReleaseMany");
+  by_name.set_file_by_filename("halloc/v1/types.proto");
+  const auto got = Ask({list, symbol, again, method, by_name});
+  ASSERT_EQ(got.size(), 5u);
+  std::vector<std::string> services;
+  for (const auto& s : got[0].list_services_response().service()) services.push_back(s.name());
+  EXPECT_THAT(services,
+              ElementsAre("halloc.v1.Allocator", "grpc.reflection.v1alpha.ServerReflection"));
+  EXPECT_EQ(got[0].valid_host(), "localhost");
+  EXPECT_EQ(got[0].original_request().list_services(), "*");
+  // The service's file, then what it imports; asked again on the same
+  // stream, the file alone (its dependencies were sent).
+  EXPECT_THAT(FileNames(got[1]), ElementsAre("halloc/v1/allocator.proto", "halloc/v1/types.proto"));
+  EXPECT_THAT(FileNames(got[2]), ElementsAre("halloc/v1/allocator.proto"));
+  EXPECT_THAT(FileNames(got[3]), ElementsAre("halloc/v1/allocator.proto"));
+  EXPECT_THAT(FileNames(got[4]), ElementsAre("halloc/v1/types.proto"));
+  google::protobuf::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(got[1].file_descriptor_response().file_descriptor_proto(0)));
+  ASSERT_EQ(file.service_size(), 1);
+  EXPECT_EQ(file.service(0).name(), "Allocator");
+}
+
+TEST_F(ReflectionTest, WhatIsNotThereIsNotFound) {
+  v1alpha::ServerReflectionRequest symbol, name, type, ext, none;
+  symbol.set_file_containing_symbol("halloc.v1.Nothing");
+  name.set_file_by_filename("halloc/v1/nothing.proto");
+  type.set_all_extension_numbers_of_type("halloc.v1.Nothing");
+  ext.mutable_file_containing_extension()->set_containing_type("halloc.v1.BufferInfo");
+  ext.mutable_file_containing_extension()->set_extension_number(1000);
+  const auto got = Ask({symbol, name, type, ext, none});
+  ASSERT_EQ(got.size(), 5u);
+  for (int i = 0; i < 4; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(got[i].error_response().error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  EXPECT_THAT(got[0].error_response().error_message(), HasSubstr("halloc.v1.Nothing"));
+  EXPECT_EQ(got[4].error_response().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  // A type that exists has no extensions (proto3).
+  v1alpha::ServerReflectionRequest info;
+  info.set_all_extension_numbers_of_type("halloc.v1.BufferInfo");
+  const auto exts = Ask({info});
+  ASSERT_EQ(exts.size(), 1u);
+  EXPECT_EQ(exts[0].all_extension_numbers_response().base_type_name(), "halloc.v1.BufferInfo");
+  EXPECT_EQ(exts[0].all_extension_numbers_response().extension_number_size(), 0);
+}
+
+// Each stream holds a server thread for as long as its client keeps it
+// open: at most kMaxStreams at once; others meanwhile are refused.
+TEST_F(ReflectionTest, StreamsAreFewAtATime) {
+  struct Open {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1alpha::ServerReflectionRequest,
+                                             v1alpha::ServerReflectionResponse>>
+        stream;
+  };
+  std::vector<std::unique_ptr<Open>> open;
+  v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  for (int i = 0; i < ReflectionService::kMaxStreams; ++i) {
+    auto o = std::make_unique<Open>();
+    o->stream = stub_->ServerReflectionInfo(&o->ctx);
+    // Answered: served (holding its thread) from here on.
+    v1alpha::ServerReflectionResponse resp;
+    ASSERT_TRUE(o->stream->Write(list) && o->stream->Read(&resp));
+    open.push_back(std::move(o));
+  }
+  {
+    grpc::ClientContext ctx;
+    auto stream = stub_->ServerReflectionInfo(&ctx);
+    stream->Write(list);
+    stream->WritesDone();
+    v1alpha::ServerReflectionResponse resp;
+    EXPECT_FALSE(stream->Read(&resp));
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  }
+  open.back()->stream->WritesDone();
+  EXPECT_TRUE(open.back()->stream->Finish().ok());
+  open.pop_back();
+  EXPECT_EQ(Ask({list}).size(), 1u);  // room again
+  for (auto& o : open) {
+    o->stream->WritesDone();
+    EXPECT_TRUE(o->stream->Finish().ok());
+  }
+}
+
+}  // namespace
+}  // namespace halloc
