@@ -43,16 +43,6 @@ _local_stand_in = repository_rule(
     local = True,
 )
 
-# Debian ships no .pc file for the reflection library (the server side of
-# grpc.reflection.v1alpha, in libgrpc++-dev); it links beside grpc++.
-_GRPC_EXTRA_BUILD = """
-cc_library(
-    name = "grpc++_reflection",
-    deps = [":grpc++"],
-    linkopts = ["-lgrpc++_reflection"],
-)
-"""
-
 _GTEST_EXTRA_BUILD = """
 cc_library(
     name = "gtest_main",
@@ -95,7 +85,6 @@ def halloc_deps():
     _maybe(
         pkg_config_repository,
         name = "halloc_grpc",
-        extra_build = _GRPC_EXTRA_BUILD,
         modules = ["grpc++"],
         target = "grpc++",
     )
