@@ -2,11 +2,12 @@
 
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <optional>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -394,9 +395,16 @@ absl::StatusOr<v1::BufferInfo> Allocator::Describe(Session& session,
 }
 
 absl::StatusOr<v1::ListResponse> Allocator::List(Session& session,
-                                                 bool all) const {
-  if (all) RETURN_IF_ERROR(CheckOperator(session, "List{all}"));
-  return registry_.List(session.id(), all);
+                                                 const v1::ListRequest& req) const {
+  if (req.all()) RETURN_IF_ERROR(CheckOperator(session, "List{all}"));
+  uint64_t after = 0;
+  if (!req.page_token().empty() && !absl::SimpleAtoi(req.page_token(), &after)) {
+    return absl::InvalidArgumentError(
+        "List: page_token is not one hallocd gave (a ListResponse's next_page_token)");
+  }
+  const uint32_t page =
+      req.page_size() == 0 ? kMaxListPage : std::min(req.page_size(), kMaxListPage);
+  return registry_.List(session.id(), req.all(), after, page);
 }
 
 v1::StatsResponse Allocator::Stats() {

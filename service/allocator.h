@@ -95,7 +95,9 @@ class Allocator {
   // The most ids one Release names: the most buffers a session may hold.
   uint64_t max_release_ids() const { return limits_.max_buffers_per_session; }
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
-  absl::StatusOr<v1::ListResponse> List(Session& session, bool all) const;
+  // One page of ListRequest's (at most kMaxListPage buffers).
+  absl::StatusOr<v1::ListResponse> List(Session& session, const v1::ListRequest& req) const;
+  static constexpr uint32_t kMaxListPage = 1000;
   v1::StatsResponse Stats();
   absl::StatusOr<v1::DumpResponse> Dump(Session& session);
   // Same checks as Allocate, through the same code (Plan), no memory. With

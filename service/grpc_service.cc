@@ -140,7 +140,7 @@ grpc::Status AllocatorService::List(grpc::ServerContext* ctx,
                                     const v1::ListRequest* req,
                                     v1::ListResponse* resp) {
   HALLOC_WITH_SESSION("List", {
-    absl::StatusOr<v1::ListResponse> r = core_->List(**session, req->all());
+    absl::StatusOr<v1::ListResponse> r = core_->List(**session, *req);
     if (!r.ok()) return r.status();
     *resp = std::move(*r);
     return absl::OkStatus();

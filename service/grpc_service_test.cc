@@ -300,5 +300,38 @@ TEST_F(GrpcServiceTest, ReleaseManyStreamsAreFewAtATime) {
   EXPECT_TRUE(s.ok()) << s.error_message();
 }
 
+// List pages: page_size (0 or past kMaxListPage: kMaxListPage) buffers at
+// most, next_page_token to ask for the rest; a token hallocd did not give
+// is INVALID_ARGUMENT.
+TEST_F(GrpcServiceTest, ListComesInPages) {
+  const std::vector<uint64_t> ids = AllocateIds(3);
+  ASSERT_EQ(ids.size(), 3u);
+  v1::ListRequest req;
+  req.set_page_size(2);
+  v1::ListResponse first, second;
+  ASSERT_TRUE(stub_->List(Ctx(session_->token()).get(), req, &first).ok());
+  ASSERT_EQ(first.buffers_size(), 2);
+  ASSERT_FALSE(first.next_page_token().empty());
+  req.set_page_token(first.next_page_token());
+  ASSERT_TRUE(stub_->List(Ctx(session_->token()).get(), req, &second).ok());
+  ASSERT_EQ(second.buffers_size(), 1);
+  EXPECT_EQ(second.next_page_token(), "");
+  EXPECT_EQ(
+      std::vector<uint64_t>({first.buffers(0).id(), first.buffers(1).id(), second.buffers(0).id()}),
+      ids);
+  req.set_page_size(0);  // the most a page holds
+  req.clear_page_token();
+  v1::ListResponse whole;
+  ASSERT_TRUE(stub_->List(Ctx(session_->token()).get(), req, &whole).ok());
+  EXPECT_EQ(whole.buffers_size(), 3);
+  for (const char* bad : {"x", "-1", "12abc", "99999999999999999999999"}) {
+    req.set_page_token(bad);
+    v1::ListResponse resp;
+    EXPECT_EQ(stub_->List(Ctx(session_->token()).get(), req, &resp).error_code(),
+              grpc::INVALID_ARGUMENT)
+        << bad;
+  }
+}
+
 }  // namespace
 }  // namespace halloc

@@ -569,18 +569,31 @@ absl::StatusOr<v1::BufferInfo> Registry::Describe(uint64_t session_id,
   return Info(*buffer, session_id, Holders::kAsSeenByCaller);
 }
 
-v1::ListResponse Registry::List(uint64_t session_id, bool all) const {
+v1::ListResponse Registry::List(uint64_t session_id, bool all, uint64_t after,
+                                size_t page_size) const {
   absl::MutexLock lock(&mu_);
-  v1::ListResponse resp;
+  // The ids past `after`, the page's smallest first.
+  std::vector<uint64_t> ids;
   if (all) {
     for (const auto& [id, buffer] : buffers_) {
-      *resp.add_buffers() = Info(*buffer, session_id, Holders::kAll);
+      if (id > after) ids.push_back(id);
     }
   } else if (auto h = holdings_.find(session_id); h != holdings_.end()) {
     for (uint64_t id : h->second.buffers) {
-      *resp.add_buffers() = Info(*buffers_.at(id), session_id, Holders::kNone);
+      if (id > after) ids.push_back(id);
     }
   }
+  v1::ListResponse resp;
+  const bool more = ids.size() > page_size;
+  if (more) {
+    std::nth_element(ids.begin(), ids.begin() + page_size, ids.end());
+    ids.resize(page_size);
+  }
+  std::sort(ids.begin(), ids.end());
+  for (uint64_t id : ids) {
+    *resp.add_buffers() = Info(*buffers_.at(id), session_id, all ? Holders::kAll : Holders::kNone);
+  }
+  if (more && !ids.empty()) resp.set_next_page_token(absl::StrCat(ids.back()));
   return resp;
 }
 

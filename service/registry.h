@@ -34,6 +34,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -318,7 +319,10 @@ class Registry {
   // Listings, as `session_id` sees them.
   absl::StatusOr<v1::BufferInfo> Describe(uint64_t session_id,
                                           uint64_t buffer_id) const;
-  v1::ListResponse List(uint64_t session_id, bool all) const;
+  // One page: at most `page_size` buffers with ids above `after`, by id;
+  // next_page_token is set when more follow.
+  v1::ListResponse List(uint64_t session_id, bool all, uint64_t after = 0,
+                        size_t page_size = std::numeric_limits<size_t>::max()) const;
   // Counters into `stats` (live buffers/bytes, released memory still
   // charged, grants, totals, per-client rows, the backend row).
   void FillStats(v1::StatsResponse* stats);

@@ -9,6 +9,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/registry_testing.h"
 
@@ -390,6 +391,38 @@ TEST_F(RegistryTest, ListShowsOwnBuffersOrAllWithHoldersAndDumpCountsThem) {
     EXPECT_EQ(s.owned_buffers(), s.session_id() == kA ? 1u : 2u);
     EXPECT_EQ(s.exe(), "/bin/test");
   }
+}
+
+// Listings come in pages by id: each one the smallest ids past the last
+// page's, next_page_token set while more follow; the pages together are
+// the whole listing, each buffer once.
+TEST_F(RegistryTest, ListsComePageByPageInOrderOfId) {
+  std::vector<uint64_t> mine = AddN(kA, 4);  // the fixture's most per session
+  AddN(kB, 3);
+  std::sort(mine.begin(), mine.end());
+  for (const bool all : {false, true}) {
+    SCOPED_TRACE(all ? "all" : "mine");
+    std::vector<uint64_t> seen;
+    uint64_t after = 0;
+    int pages = 0;
+    for (;;) {
+      const v1::ListResponse page = reg_.List(kA, all, after, 3);
+      ++pages;
+      ASSERT_LE(page.buffers_size(), 3);
+      for (const auto& b : page.buffers()) seen.push_back(b.id());
+      if (page.next_page_token().empty()) break;
+      ASSERT_EQ(page.next_page_token(), absl::StrCat(seen.back()));
+      after = seen.back();
+      ASSERT_LT(pages, 10);
+    }
+    EXPECT_EQ(pages, all ? 3 : 2);  // 3+1 of 4, 3+3+1 of 7
+    EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
+    if (!all) EXPECT_EQ(seen, mine);
+    EXPECT_EQ(seen.size(), all ? 7u : 4u);
+  }
+  // A page that holds exactly what is left says nothing follows.
+  EXPECT_EQ(reg_.List(kA, false, mine[0], 3).buffers_size(), 3);
+  EXPECT_EQ(reg_.List(kA, false, mine[0], 3).next_page_token(), "");
 }
 
 // A session's executable path is any bytes its owner chose; Dump's proto3

@@ -1,9 +1,10 @@
 // Describe and SetMetadata through libhalloc on both paths against a real
 // hallocd: the broker fast path (with no control socket at all) and gRPC
-// give the same answers and the same codes.
+// give the same answers and the same codes; and List, page by page.
 #include <drm_fourcc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,27 @@ TEST_F(ClientMetadataTest, BothPathsAgreeOnDescriptionsAndMetadata) {
             (std::vector<StatusCode>{StatusCode::kNotFound, StatusCode::kNotFound,
                                      StatusCode::kInvalidArgument, StatusCode::kInvalidArgument,
                                      StatusCode::kPermissionDenied}));
+}
+
+// hallocd lists at most 1000 buffers a reply (ListRequest.page_size):
+// libhalloc asks page after page, and hands back the whole listing, by id.
+TEST_F(ClientMetadataTest, AListingOfMoreBuffersThanAPageHoldsComesWhole) {
+  std::vector<uint64_t> ids;
+  for (int call = 0; call < 17; ++call) {  // 1088 buffers, their fds closed
+    absl::StatusOr<std::vector<Buffer>> bs = client().Allocate(BlobDescriptor(4096), 64);
+    ASSERT_TRUE(bs.ok()) << bs.status();
+    for (const Buffer& b : *bs) ids.push_back(b.id());
+  }
+  absl::StatusOr<std::vector<v1::BufferInfo>> mine = client().List();
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  std::vector<uint64_t> listed;
+  for (const v1::BufferInfo& b : *mine) listed.push_back(b.id());
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(listed, ids);
+  EXPECT_TRUE(client().Release(ids).ok());
+  mine = client().List();
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_TRUE(mine->empty());
 }
 
 }  // namespace

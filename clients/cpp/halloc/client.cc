@@ -558,9 +558,13 @@ absl::StatusOr<v1::BufferInfo> Client::Describe(uint64_t buffer_id) {
 absl::StatusOr<std::vector<v1::BufferInfo>> Client::List(bool all) {
   v1::ListRequest req;
   req.set_all(all);
-  ASSIGN_OR_RETURN(v1::ListResponse resp,
-                   impl_->Call(&v1::Allocator::Stub::List, req, "List"));
-  return std::vector<v1::BufferInfo>(resp.buffers().begin(), resp.buffers().end());
+  std::vector<v1::BufferInfo> out;
+  do {  // page by page (ListRequest.page_token)
+    ASSIGN_OR_RETURN(v1::ListResponse resp, impl_->Call(&v1::Allocator::Stub::List, req, "List"));
+    for (v1::BufferInfo& b : *resp.mutable_buffers()) out.push_back(std::move(b));
+    req.set_page_token(std::move(*resp.mutable_next_page_token()));
+  } while (!req.page_token().empty());
+  return out;
 }
 
 absl::StatusOr<v1::StatsResponse> Client::Stats() {

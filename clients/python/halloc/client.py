@@ -392,8 +392,16 @@ class Client:
         return self._call(self._stub.Describe, req, "Describe").buffer
 
     def list(self, all=False):  # pylint: disable=redefined-builtin
-        return list(self._call(self._stub.List, allocator_pb2.ListRequest(all=all),
-                               "List").buffers)
+        """Our buffers' BufferInfos (`all`: every live buffer's, for root
+        and hallocd's uid), by id, asked page by page."""
+        out, token = [], ""
+        while True:
+            req = allocator_pb2.ListRequest(all=all, page_token=token)
+            resp = self._call(self._stub.List, req, "List")
+            out.extend(resp.buffers)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def stats(self):
         return self._call(self._stub.Stats, allocator_pb2.StatsRequest(), "Stats")

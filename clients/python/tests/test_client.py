@@ -622,6 +622,19 @@ def test_a_release_of_more_ids_than_a_request_holds_is_one_release(connect, fast
         client.describe(bufs[0])
 
 
+def test_a_listing_of_more_buffers_than_a_page_holds_comes_whole(client):
+    # hallocd lists at most 1000 buffers a reply; list() asks page by page.
+    ids = []
+    for _ in range(17):
+        bufs = client.allocate_many(halloc.blob(PAGE), 64)
+        ids += [b.id for b in bufs]
+        for b in bufs:
+            b.close()
+    assert [b.id for b in client.list()] == sorted(ids)
+    client.release(*ids)
+    assert client.list() == []
+
+
 @PATHS
 def test_release_drops_the_hold_and_closes_the_fd(connect, fast_path):
     client = connect(broker_fast_path=fast_path)
