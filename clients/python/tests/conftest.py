@@ -129,3 +129,13 @@ def open_fds():
 def fds():
     """fds() -> {fd: target} of this process, for leak checks."""
     return open_fds
+
+
+def wait_for(predicate, timeout=5.0):
+    """Whether `predicate()` came true within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -1,0 +1,340 @@
+"""The Python client against a scripted broker (a socket pair whose other
+end answers as a test says) or a hallocd it is made to lose calls with:
+waiting for its own answer, answers without what was asked, late replies
+and fds after a call gave up (given back or closed), timeouts, interrupts
+and closing mid-call."""
+
+import os
+import threading
+import time
+
+import grpc
+import pytest
+
+import halloc
+from halloc import _broker
+from conftest import wait_for
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _open_on_inode(inode):
+    """Whether any fd of this process is open on `inode`."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.stat(f"/proc/self/fd/{fd}").st_ino == inode:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+class _ScriptedBroker:
+    """A Client on one end of a socket pair; `answer(sock, request)` on the
+    other, on its own thread."""
+
+    def __init__(self, answer, timeout):
+        import socket
+        from halloc.v1 import broker_pb2
+        self._broker_pb2 = broker_pb2
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = theirs
+        conn = _broker.BrokerConnection(ours, broker_pb2.Hello(),
+                                        broker_pb2.Welcome(session_id=1, session_token="t"))
+        self.client = halloc.Client(conn, grpc.insecure_channel("unix:/nonexistent"),
+                                    timeout, True)
+        self._answer = answer
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:  # closed by the test
+                return
+            if not data:
+                return
+            req = self._broker_pb2.BrokerRequest()
+            req.ParseFromString(data)
+            self._answer(self.sock, req)
+
+    def reply_release(self, req):
+        frame = self._broker_pb2.BrokerFrame()
+        frame.reply.request_id = req.request_id
+        frame.reply.release.SetInParent()
+        self.sock.send(frame.SerializeToString())
+
+    def close(self):
+        self.client.close()
+        self.sock.close()
+
+
+def test_a_call_waits_for_its_own_answer_only():
+    first_sent = threading.Event()
+
+    def answer(sock, req):
+        if req.release.buffer_ids[0] == 1:
+            first_sent.set()  # never answered
+        else:
+            broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    outcome = {}
+
+    def first():
+        try:
+            broker.client.release(1)
+        except halloc.HallocError as e:
+            outcome["code"] = e.code
+        outcome["done"] = True
+
+    waiting = threading.Thread(target=first)
+    waiting.start()
+    first_sent.wait()
+    time.sleep(0.05)  # the first call waits for its answer now
+    broker.client.release(2)
+    assert "done" not in outcome, "the answered call returned only after the other's timeout"
+    waiting.join()
+    assert outcome["code"] == grpc.StatusCode.DEADLINE_EXCEEDED
+    broker.close()
+
+
+def test_an_answer_without_the_buffers_asked_for_is_data_loss():
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=2.0)
+    with pytest.raises(halloc.DataLossError):
+        broker.client.allocate(halloc.blob(PAGE))  # answered with no buffers
+    broker.close()
+
+
+def test_calls_keep_their_timeout_when_the_daemon_stops_reading():
+    resume = threading.Event()
+    broker = _ScriptedBroker(lambda sock, req: resume.wait(), timeout=0.005)
+    codes = []
+    done = threading.Event()
+
+    def calls():
+        for i in range(400):  # more than the socket holds
+            try:
+                broker.client.release(100 + i)
+            except halloc.HallocError as e:
+                codes.append(e.code)
+        done.set()
+
+    t = threading.Thread(target=calls, daemon=True)
+    t.start()
+    returned = done.wait(60)
+    resume.set()
+    assert returned, "a call blocked past its timeout"
+    assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 400
+    t.join()
+    broker.close()
+
+
+def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
+    import socket
+    from halloc.v1 import broker_pb2
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=2.0)
+    broker.client.welcome.import_call_ids = True
+    memfd = os.memfd_create("late-import")
+    inode = os.fstat(memfd).st_ino
+
+    def late(method, req, name):
+        # hallocd sends the fd as the call's deadline passes.
+        frame = broker_pb2.BrokerFrame()
+        frame.buffer.buffer_id = 42
+        frame.buffer.call_id = req.call_id
+        socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
+        raise halloc.DeadlineExceededError("Import: deadline passed")
+
+    monkeypatch.setattr(broker.client, "_call", late)
+    with pytest.raises(halloc.DeadlineExceededError):
+        broker.client.import_buffer("token")
+    os.close(memfd)
+    broker.client.release(7)  # takes the late fd off the socket first
+    assert not _open_on_inode(inode), "the late import's fd is still open in the client"
+    broker.close()
+
+
+def _interrupt_the_next_wait(monkeypatch):
+    """The next wait for the broker socket raises KeyboardInterrupt (as
+    Ctrl-C would), once."""
+    from halloc import _scm
+    real_wait = _scm.wait_readable
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(_scm, "wait_readable", real_wait)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_scm, "wait_readable", interrupted)
+
+
+def test_an_interrupted_allocate_gives_its_late_reply_back(monkeypatch):
+    # Ctrl-C (or any exception) while a fast-path Allocate waits: its reply,
+    # when it comes, is given back (fds closed, buffers released), not
+    # filed for nobody until the session ends.
+    import socket
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("late-allocate")
+    inode = os.fstat(memfd).st_ino
+    released = []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "allocate":
+            time.sleep(0.3)  # after the caller was interrupted
+            frame = broker_pb2.BrokerFrame()
+            frame.reply.request_id = req.request_id
+            frame.reply.allocate.buffers.add(id=5, size=PAGE)
+            socket.send_fds(sock, [frame.SerializeToString()], [memfd])
+            return
+        released.extend(req.release.buffer_ids)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    _interrupt_the_next_wait(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.allocate(halloc.blob(PAGE))
+    time.sleep(0.5)
+    broker.client.release(7)  # takes the late reply off the socket first
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the interrupted Allocate's fd is still open"
+    assert wait_for(lambda: 5 in released), f"buffer 5 was not given back: {released}"
+    broker.close()
+
+
+@pytest.mark.parametrize("newly_held", [False, True])
+def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_only_its_own_hold(
+        monkeypatch, newly_held):
+    # Its reply and fd come together after the caller was interrupted: the
+    # fd is closed; the hold is given back only if this import made it
+    # (ImportResponse.newly_held; otherwise the session held the buffer
+    # before it).
+    import socket
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("late-import")
+    inode = os.fstat(memfd).st_ino
+    released, imports = [], []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "import_buffer":
+            imports.append(req.import_buffer.grant_token)
+            time.sleep(0.3)  # after the caller was interrupted
+            frame = broker_pb2.BrokerFrame()
+            frame.reply.request_id = req.request_id
+            frame.reply.import_buffer.buffer.id = 5
+            frame.reply.import_buffer.newly_held = newly_held
+            socket.send_fds(sock, [frame.SerializeToString()], [memfd])
+            return
+        released.extend(req.release.buffer_ids)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.welcome.broker_import = True
+    _interrupt_the_next_wait(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.import_buffer("token")
+    time.sleep(0.5)
+    assert imports == [b"token"], "the import went on the broker socket"
+    broker.client.release(7)  # takes the late reply off the socket first
+    broker.client.release(8)  # after any give-back it would have sent
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the interrupted Import's fd is still open"
+    assert released == ([7, 5, 8] if newly_held else [7, 8])
+    broker.close()
+
+
+@pytest.mark.parametrize("newly_held", [False, True])
+def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
+    from halloc.v1 import broker_pb2
+    released = []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "release":
+            released.extend(req.release.buffer_ids)
+            broker.reply_release(req)
+            return
+        frame = broker_pb2.BrokerFrame()
+        frame.reply.request_id = req.request_id
+        frame.reply.import_buffer.buffer.id = 5
+        frame.reply.import_buffer.newly_held = newly_held
+        sock.send(frame.SerializeToString())  # no fd
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.welcome.broker_import = True
+    with pytest.raises(halloc.DataLossError):
+        broker.client.import_buffer("token")
+    broker.client.release(8)  # after any give-back it would have sent
+    # The hold this import made (if it made one) reached nobody: given back.
+    assert released == ([5, 8] if newly_held else [8])
+    broker.close()
+
+
+def test_a_record_with_too_many_fds_does_not_fail_another_call():
+    # Dropped (its fds closed), as libhalloc drops it: the call that reads
+    # the socket gets its own reply, not that record's DATA_LOSS.
+    import socket
+    memfd = os.memfd_create("too-many")
+    inode = os.fstat(memfd).st_ino
+
+    def answer(sock, req):
+        socket.send_fds(sock, [b"x"], [memfd] * 65)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.release(3)
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the dropped record's fds are still open"
+    broker.close()
+
+
+def test_closing_a_client_ends_its_calls_in_flight():
+    # Another thread's call, reading the socket or waiting for the reader,
+    # ends at once with FAILED_PRECONDITION, not at its deadline.
+    broker = _ScriptedBroker(lambda sock, req: None, timeout=10.0)  # never answers
+    outcomes = []
+
+    def call():
+        start = time.monotonic()
+        try:
+            broker.client.release(1)
+            outcomes.append(("ok", 0))
+        except halloc.HallocError as e:
+            outcomes.append((e.code, time.monotonic() - start))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    broker.client.close()
+    for t in threads:
+        t.join(5)
+    assert len(outcomes) == 2, outcomes
+    for code, took in outcomes:
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, outcomes
+        assert took < 3, outcomes
+    broker.sock.close()
+
+
+def test_a_default_socket_timeout_does_not_stretch_a_call(tmp_path):
+    # socket.setdefaulttimeout() puts new sockets in timeout mode, where
+    # CPython waits that long before each send or receive: the broker
+    # socket must stay blocking (the client keeps its own deadlines).
+    import socket
+    from halloc import _scm
+    path = str(tmp_path / "broker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(1)
+    socket.setdefaulttimeout(3.0)
+    try:
+        sock = _broker.connect_seqpacket(path)
+    finally:
+        socket.setdefaulttimeout(None)
+    try:
+        assert sock.gettimeout() is None
+        start = time.monotonic()
+        assert _scm.receive_record(sock, block=False) is None  # nothing queued
+        assert time.monotonic() - start < 1.0, "a non-blocking receive waited"
+    finally:
+        sock.close()
+        listener.close()
