@@ -5,12 +5,12 @@
 
 namespace halloc {
 
-void ControlPeers::Set(int fd, const ucred& cred) {
+void ControlPeers::Set(int fd, const ucred& cred, std::optional<uid_t> charged) {
   absl::MutexLock lock(&mu_);
-  by_fd_[fd] = cred;
+  by_fd_[fd] = Peer{cred, charged.value_or(cred.uid)};
 }
 
-std::optional<ucred> ControlPeers::Of(absl::string_view peer) const {
+std::optional<ControlPeers::Peer> ControlPeers::Find(absl::string_view peer) const {
   int fd = -1;
   if (!absl::ConsumePrefix(&peer, "fd:") || !absl::SimpleAtoi(peer, &fd) || fd < 0) {
     return std::nullopt;
@@ -19,6 +19,23 @@ std::optional<ucred> ControlPeers::Of(absl::string_view peer) const {
   auto it = by_fd_.find(fd);
   if (it == by_fd_.end()) return std::nullopt;
   return it->second;
+}
+
+std::optional<ucred> ControlPeers::Of(absl::string_view peer) const {
+  std::optional<Peer> p = Find(peer);
+  if (!p) return std::nullopt;
+  return p->cred;
+}
+
+std::optional<uid_t> ControlPeers::ChargedUidOf(absl::string_view peer) const {
+  std::optional<Peer> p = Find(peer);
+  if (!p) return std::nullopt;
+  return p->charged;
+}
+
+std::optional<uid_t> ControlPeers::LimitUid(const ControlPeers* peers, absl::string_view peer) {
+  if (peers == nullptr) return std::nullopt;
+  return peers->ChargedUidOf(peer).value_or(static_cast<uid_t>(-1));
 }
 
 }  // namespace halloc

@@ -26,15 +26,32 @@ namespace halloc {
 
 class ControlPeers {
  public:
-  // Connection `fd`, about to be handed to gRPC, has peer `cred`.
-  void Set(int fd, const ucred& cred);
+  // Connection `fd`, about to be handed to gRPC, has peer `cred`, whose
+  // per-uid limits are charged to `charged` (its user namespace owner's
+  // uid: ChargedUid in peer_identity.h; nullopt: cred.uid).
+  void Set(int fd, const ucred& cred, std::optional<uid_t> charged = std::nullopt);
   // The peer of the connection gRPC calls `peer` ("fd:N"); nullopt for
   // any other name, or an fd never handed over.
   std::optional<ucred> Of(absl::string_view peer) const;
+  // The uid that connection's per-uid limits are charged to; nullopt as
+  // for Of().
+  std::optional<uid_t> ChargedUidOf(absl::string_view peer) const;
+
+  // The uid a call on connection `peer` counts against in per-uid limits
+  // (StreamSlots): its charged uid; one shared uid (-1) for a connection
+  // `peers` does not know; nullopt without `peers` (an in-process server,
+  // held to its totals alone).
+  static std::optional<uid_t> LimitUid(const ControlPeers* peers, absl::string_view peer);
 
  private:
+  struct Peer {
+    ucred cred;
+    uid_t charged;
+  };
+  std::optional<Peer> Find(absl::string_view peer) const;
+
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<int, ucred> by_fd_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<int, Peer> by_fd_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace halloc

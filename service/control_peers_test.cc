@@ -13,9 +13,12 @@ TEST(ControlPeersTest, FindsAConnectionByTheNameGrpcGivesIt) {
   EXPECT_EQ(p->pid, 100);
   EXPECT_EQ(p->uid, 1000u);
   EXPECT_EQ(p->gid, 1001u);
+  EXPECT_EQ(peers.ChargedUidOf("fd:12"), 1000u);  // its own, unless said
   // The next connection handed over with that number replaces it.
-  peers.Set(12, ucred{200, 2000, 2000});
+  peers.Set(12, ucred{200, 2000, 2000}, /*charged=*/1500);
   EXPECT_EQ(peers.Of("fd:12")->uid, 2000u);
+  EXPECT_EQ(peers.ChargedUidOf("fd:12"), 1500u);
+  EXPECT_FALSE(peers.ChargedUidOf("fd:13").has_value());
 }
 
 TEST(ControlPeersTest, KnowsNoOtherName) {

@@ -74,12 +74,14 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   builder.RegisterService(service_.get());
   // Ours, not grpc::EnableDefaultHealthCheckService: see health.h.
   health_ = std::make_unique<HealthService>(
-      std::vector<std::string>{std::string(v1::Allocator::service_full_name())});
+      std::vector<std::string>{std::string(v1::Allocator::service_full_name())}, control_peers_);
   builder.RegisterService(health_.get());
-  reflection_ = std::make_unique<ReflectionService>(std::vector<std::string>{
-      std::string(v1::Allocator::service_full_name()),
-      std::string(grpc::health::v1::Health::service_full_name()),
-      std::string(grpc::reflection::v1alpha::ServerReflection::service_full_name())});
+  reflection_ = std::make_unique<ReflectionService>(
+      std::vector<std::string>{
+          std::string(v1::Allocator::service_full_name()),
+          std::string(grpc::health::v1::Health::service_full_name()),
+          std::string(grpc::reflection::v1alpha::ServerReflection::service_full_name())},
+      control_peers_);
   builder.RegisterService(reflection_.get());
   grpc::ResourceQuota quota("hallocd");
   quota.SetMaxThreads(options_.grpc_max_threads);

@@ -2,7 +2,6 @@
 
 #include <glog/logging.h>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "service/audit.h"
 
@@ -89,20 +88,12 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
                                            grpc::ServerReader<v1::ReleaseRequest>* reader,
                                            v1::ReleaseResponse*) {
   HALLOC_WITH_SESSION("ReleaseMany", {
-    {
-      absl::MutexLock lock(&mu_);
-      if (release_streams_ >= kMaxReleaseStreams) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("at most ", kMaxReleaseStreams,
-                         " ReleaseMany streams at a time; try again, or release fewer ids "
-                         "(a Release of up to 64 KiB of ids)"));
-      }
-      ++release_streams_;
+    absl::StatusOr<StreamSlots::Slot> slot =
+        release_streams_.Take(ControlPeers::LimitUid(peers_.get(), ctx->peer()));
+    if (!slot.ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          slot.status().message(), "; or release fewer ids (a Release of up to 64 KiB of ids)"));
     }
-    absl::Cleanup done = [this] {
-      absl::MutexLock lock(&mu_);
-      --release_streams_;
-    };
     // Gathered (no further than a Release may name), then released as one.
     v1::ReleaseRequest all;
     v1::ReleaseRequest part;

@@ -7,11 +7,11 @@
 #ifndef HALLOC_SERVICE_GRPC_SERVICE_H_
 #define HALLOC_SERVICE_GRPC_SERVICE_H_
 
-#include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
 #include "service/control_peers.h"
+#include "service/util/stream_slots.h"
 
 namespace halloc {
 
@@ -19,10 +19,12 @@ grpc::Status ToGrpc(const absl::Status& status);
 
 class AllocatorService final : public v1::Allocator::Service {
  public:
-  // ReleaseMany streams served at once: each holds a server thread until
-  // its last part comes (a client may send them as slowly as it likes),
-  // so that they can never take every thread. Beyond: RESOURCE_EXHAUSTED.
+  // ReleaseMany streams served at once, and for one uid: each holds a
+  // server thread until its last part comes (a client may send them as
+  // slowly as it likes), so that they can never take every thread, nor
+  // one user all of them. Beyond: RESOURCE_EXHAUSTED.
   static constexpr int kMaxReleaseStreams = 4;
+  static constexpr int kMaxReleaseStreamsPerUid = 2;
 
   // With `peers` (hallocd's: every connection its listener handed gRPC),
   // a session's token is good only on a connection of the session's uid.
@@ -61,8 +63,7 @@ class AllocatorService final : public v1::Allocator::Service {
 
   Allocator* const core_;
   const std::shared_ptr<const ControlPeers> peers_;
-  absl::Mutex mu_;
-  int release_streams_ ABSL_GUARDED_BY(mu_) = 0;
+  StreamSlots release_streams_{"ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid};
 };
 
 }  // namespace halloc

@@ -19,8 +19,9 @@ constexpr absl::Duration kWatchPoll = absl::Seconds(1);
 
 }  // namespace
 
-HealthService::HealthService(std::vector<std::string> services)
-    : services_(std::move(services)) {}
+HealthService::HealthService(std::vector<std::string> services,
+                             std::shared_ptr<const ControlPeers> peers)
+    : services_(std::move(services)), peers_(std::move(peers)) {}
 
 void HealthService::Shutdown() {
   absl::MutexLock lock(&mu_);
@@ -46,15 +47,15 @@ grpc::Status HealthService::Check(grpc::ServerContext*, const HealthCheckRequest
 
 grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckRequest* req,
                                   grpc::ServerWriter<HealthCheckResponse>* writer) {
+  absl::StatusOr<StreamSlots::Slot> slot =
+      watchers_.Take(ControlPeers::LimitUid(peers_.get(), ctx->peer()));
+  if (!slot.ok()) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat(slot.status().message(), " (use Check)"));
+  }
   bool shut_down;
   {
     absl::MutexLock lock(&mu_);
-    if (watchers_ >= kMaxWatchers) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("at most ", kMaxWatchers,
-                                       " health watches at a time; use Check"));
-    }
-    ++watchers_;
     shut_down = shut_down_;
   }
   const bool known = Known(req->service());
@@ -75,8 +76,6 @@ grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckReq
     resp.set_status(HealthCheckResponse::NOT_SERVING);
     writer->Write(resp);
   }
-  absl::MutexLock lock(&mu_);
-  --watchers_;
   return open ? grpc::Status::OK
               : grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away");
 }

@@ -6,8 +6,9 @@
 // for a second completion queue and its pollers: hallocd's empty RPCs took
 // 150-165 µs with it and 105-125 µs without (interleaved runs, this
 // project's 2-vCPU machine). This one answers Check inline and serves Watch
-// on a server thread, at most kMaxWatchers at a time (a watcher holds a
-// thread for as long as it watches; beyond the limit: RESOURCE_EXHAUSTED).
+// on a server thread, at most kMaxWatchers at a time and kMaxWatchersPerUid
+// of them for one uid (a watcher holds a thread for as long as it watches;
+// beyond either limit: RESOURCE_EXHAUSTED; service/util/stream_slots.h).
 //
 // Status: SERVING for the server ("") and for the services it was given,
 // from construction until Shutdown(), NOT_SERVING after; NOT_FOUND (Check)
@@ -17,19 +18,25 @@
 #ifndef HALLOC_SERVICE_HEALTH_H_
 #define HALLOC_SERVICE_HEALTH_H_
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "service/control_peers.h"
+#include "service/util/stream_slots.h"
 
 namespace halloc {
 
 class HealthService final : public grpc::health::v1::Health::Service {
  public:
   static constexpr int kMaxWatchers = 4;
+  static constexpr int kMaxWatchersPerUid = 2;
 
-  explicit HealthService(std::vector<std::string> services);
+  // With `peers` (hallocd's), watchers are counted per uid too.
+  explicit HealthService(std::vector<std::string> services,
+                         std::shared_ptr<const ControlPeers> peers = nullptr);
 
   // NOT_SERVING from now on; ends every Watch. Idempotent.
   void Shutdown();
@@ -45,9 +52,10 @@ class HealthService final : public grpc::health::v1::Health::Service {
   bool Known(const std::string& service) const;
 
   const std::vector<std::string> services_;
+  const std::shared_ptr<const ControlPeers> peers_;
+  StreamSlots watchers_{"health watches", kMaxWatchers, kMaxWatchersPerUid};
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
-  int watchers_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace halloc

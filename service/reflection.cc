@@ -5,7 +5,6 @@
 
 #include <utility>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 
 namespace halloc {
@@ -36,8 +35,9 @@ void SetError(v1alpha::ServerReflectionResponse* resp, grpc::StatusCode code, st
 
 }  // namespace
 
-ReflectionService::ReflectionService(std::vector<std::string> services)
-    : services_(std::move(services)) {}
+ReflectionService::ReflectionService(std::vector<std::string> services,
+                                     std::shared_ptr<const ControlPeers> peers)
+    : services_(std::move(services)), peers_(std::move(peers)) {}
 
 v1alpha::ServerReflectionResponse ReflectionService::Answer(
     const v1alpha::ServerReflectionRequest& req, std::set<std::string>* sent) const {
@@ -98,21 +98,14 @@ v1alpha::ServerReflectionResponse ReflectionService::Answer(
 }
 
 grpc::Status ReflectionService::ServerReflectionInfo(
-    grpc::ServerContext*,
+    grpc::ServerContext* ctx,
     grpc::ServerReaderWriter<v1alpha::ServerReflectionResponse, v1alpha::ServerReflectionRequest>*
         stream) {
-  {
-    absl::MutexLock lock(&mu_);
-    if (streams_ >= kMaxStreams) {
-      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("at most ", kMaxStreams, " reflection streams at a time"));
-    }
-    ++streams_;
+  absl::StatusOr<StreamSlots::Slot> slot =
+      streams_.Take(ControlPeers::LimitUid(peers_.get(), ctx->peer()));
+  if (!slot.ok()) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(slot.status().message()));
   }
-  absl::Cleanup done = [this] {
-    absl::MutexLock lock(&mu_);
-    --streams_;
-  };
   std::set<std::string> sent;
   v1alpha::ServerReflectionRequest req;
   while (stream->Read(&req)) {

@@ -6,26 +6,32 @@
 // it open: 40 idle ones from one unprivileged client took all 32 of
 // hallocd's, and every other gRPC call got "Server Threadpool Exhausted".
 // This one answers the same requests from the generated descriptor pool,
-// at most kMaxStreams streams at a time (RESOURCE_EXHAUSTED beyond), like
+// at most kMaxStreams streams at a time and kMaxStreamsPerUid for one uid
+// (RESOURCE_EXHAUSTED beyond; service/util/stream_slots.h), like
 // HealthService's watches.
 #ifndef HALLOC_SERVICE_REFLECTION_H_
 #define HALLOC_SERVICE_REFLECTION_H_
 
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "service/control_peers.h"
+#include "service/util/stream_slots.h"
 
 namespace halloc {
 
 class ReflectionService final : public grpc::reflection::v1alpha::ServerReflection::Service {
  public:
   static constexpr int kMaxStreams = 4;
+  static constexpr int kMaxStreamsPerUid = 2;
 
-  // `services`: the full names list_services answers (the server's).
-  explicit ReflectionService(std::vector<std::string> services);
+  // `services`: the full names list_services answers (the server's). With
+  // `peers` (hallocd's), streams are counted per uid too.
+  explicit ReflectionService(std::vector<std::string> services,
+                             std::shared_ptr<const ControlPeers> peers = nullptr);
 
   grpc::Status ServerReflectionInfo(
       grpc::ServerContext* ctx,
@@ -41,8 +47,8 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
 
  private:
   const std::vector<std::string> services_;
-  absl::Mutex mu_;
-  int streams_ ABSL_GUARDED_BY(mu_) = 0;
+  const std::shared_ptr<const ControlPeers> peers_;
+  StreamSlots streams_{"reflection streams", kMaxStreams, kMaxStreamsPerUid};
 };
 
 }  // namespace halloc

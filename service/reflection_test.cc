@@ -23,7 +23,9 @@ using ::testing::HasSubstr;
 
 class ReflectionTest : public ::testing::Test {
  protected:
-  ReflectionTest() : service_({"halloc.v1.Allocator", "grpc.reflection.v1alpha.ServerReflection"}) {
+  explicit ReflectionTest(std::shared_ptr<const ControlPeers> peers = nullptr)
+      : service_({"halloc.v1.Allocator", "grpc.reflection.v1alpha.ServerReflection"},
+                 std::move(peers)) {
     grpc::ServerBuilder builder;
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
@@ -56,6 +58,49 @@ class ReflectionTest : public ::testing::Test {
       names.push_back(file.name());
     }
     return names;
+  }
+
+  struct Open {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1alpha::ServerReflectionRequest,
+                                             v1alpha::ServerReflectionResponse>>
+        stream;
+  };
+
+  static v1alpha::ServerReflectionRequest List() {
+    v1alpha::ServerReflectionRequest list;
+    list.set_list_services("");
+    return list;
+  }
+
+  // `n` streams, each answered once: served (holding its thread) from
+  // then on. Fewer if one was not answered.
+  std::vector<std::unique_ptr<Open>> OpenStreams(int n) {
+    std::vector<std::unique_ptr<Open>> open;
+    for (int i = 0; i < n; ++i) {
+      auto o = std::make_unique<Open>();
+      o->stream = stub_->ServerReflectionInfo(&o->ctx);
+      v1alpha::ServerReflectionResponse resp;
+      if (!o->stream->Write(List()) || !o->stream->Read(&resp)) break;
+      open.push_back(std::move(o));
+    }
+    return open;
+  }
+
+  static void Close(std::unique_ptr<Open>& o) {
+    o->stream->WritesDone();
+    EXPECT_TRUE(o->stream->Finish().ok());
+  }
+
+  // How one more stream ends.
+  grpc::Status OneMore() {
+    grpc::ClientContext ctx;
+    auto stream = stub_->ServerReflectionInfo(&ctx);
+    stream->Write(List());
+    stream->WritesDone();
+    v1alpha::ServerReflectionResponse resp;
+    EXPECT_FALSE(stream->Read(&resp));
+    return stream->Finish();
   }
 
   ReflectionService service_;
@@ -118,40 +163,30 @@ TEST_F(ReflectionTest, WhatIsNotThereIsNotFound) {
 // Each stream holds a server thread for as long as its client keeps it
 // open: at most kMaxStreams at once; others meanwhile are refused.
 TEST_F(ReflectionTest, StreamsAreFewAtATime) {
-  struct Open {
-    grpc::ClientContext ctx;
-    std::unique_ptr<grpc::ClientReaderWriter<v1alpha::ServerReflectionRequest,
-                                             v1alpha::ServerReflectionResponse>>
-        stream;
-  };
-  std::vector<std::unique_ptr<Open>> open;
-  v1alpha::ServerReflectionRequest list;
-  list.set_list_services("");
-  for (int i = 0; i < ReflectionService::kMaxStreams; ++i) {
-    auto o = std::make_unique<Open>();
-    o->stream = stub_->ServerReflectionInfo(&o->ctx);
-    // Answered: served (holding its thread) from here on.
-    v1alpha::ServerReflectionResponse resp;
-    ASSERT_TRUE(o->stream->Write(list) && o->stream->Read(&resp));
-    open.push_back(std::move(o));
-  }
-  {
-    grpc::ClientContext ctx;
-    auto stream = stub_->ServerReflectionInfo(&ctx);
-    stream->Write(list);
-    stream->WritesDone();
-    v1alpha::ServerReflectionResponse resp;
-    EXPECT_FALSE(stream->Read(&resp));
-    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  }
-  open.back()->stream->WritesDone();
-  EXPECT_TRUE(open.back()->stream->Finish().ok());
+  std::vector<std::unique_ptr<Open>> open = OpenStreams(ReflectionService::kMaxStreams);
+  ASSERT_EQ(open.size(), static_cast<size_t>(ReflectionService::kMaxStreams));
+  EXPECT_EQ(OneMore().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  Close(open.back());
   open.pop_back();
-  EXPECT_EQ(Ask({list}).size(), 1u);  // room again
-  for (auto& o : open) {
-    o->stream->WritesDone();
-    EXPECT_TRUE(o->stream->Finish().ok());
-  }
+  EXPECT_EQ(Ask({List()}).size(), 1u);  // room again
+  for (auto& o : open) Close(o);
+}
+
+// With hallocd's ControlPeers, streams count per uid too: one uid gets
+// kMaxStreamsPerUid of them. (An in-process call is no connection hallocd
+// handed over: all of them count as one unknown uid.)
+class ReflectionPerUidTest : public ReflectionTest {
+ protected:
+  ReflectionPerUidTest() : ReflectionTest(std::make_shared<ControlPeers>()) {}
+};
+
+TEST_F(ReflectionPerUidTest, OneUidGetsItsShare) {
+  std::vector<std::unique_ptr<Open>> open = OpenStreams(ReflectionService::kMaxStreamsPerUid);
+  ASSERT_EQ(open.size(), static_cast<size_t>(ReflectionService::kMaxStreamsPerUid));
+  const grpc::Status s = OneMore();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(s.error_message(), HasSubstr("for one uid"));
+  for (auto& o : open) Close(o);
 }
 
 }  // namespace

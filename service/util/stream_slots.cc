@@ -1,0 +1,60 @@
+#include "service/util/stream_slots.h"
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace halloc {
+
+StreamSlots::Slot::Slot(Slot&& other) noexcept
+    : owner_(std::exchange(other.owner_, nullptr)), uid_(other.uid_) {}
+
+StreamSlots::Slot& StreamSlots::Slot::operator=(Slot&& other) noexcept {
+  if (this != &other) {
+    if (owner_ != nullptr) owner_->Give(uid_);
+    owner_ = std::exchange(other.owner_, nullptr);
+    uid_ = other.uid_;
+  }
+  return *this;
+}
+
+StreamSlots::Slot::~Slot() {
+  if (owner_ != nullptr) owner_->Give(uid_);
+}
+
+StreamSlots::StreamSlots(std::string what, int total, int per_uid)
+    : what_(std::move(what)), total_(total), per_uid_(per_uid) {}
+
+absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
+  absl::MutexLock lock(&mu_);
+  if (taken_ >= total_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("at most ", total_, " ", what_, " at a time; try again later"));
+  }
+  if (uid) {
+    int& mine = by_uid_[*uid];
+    if (mine >= per_uid_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("at most ", per_uid_, " ", what_, " at a time for one uid (", *uid, ")"));
+    }
+    ++mine;
+  }
+  ++taken_;
+  return Slot(this, uid);
+}
+
+int StreamSlots::taken() const {
+  absl::MutexLock lock(&mu_);
+  return taken_;
+}
+
+void StreamSlots::Give(std::optional<uid_t> uid) {
+  absl::MutexLock lock(&mu_);
+  --taken_;
+  if (!uid) return;
+  auto it = by_uid_.find(*uid);
+  if (it != by_uid_.end() && --it->second == 0) by_uid_.erase(it);
+}
+
+}  // namespace halloc

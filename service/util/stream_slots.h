@@ -1,0 +1,62 @@
+// Places for long-lived gRPC calls. On hallocd's sync server a stream (a
+// health watch, a reflection stream, a ReleaseMany) holds one of its 32
+// threads for as long as its client keeps it open, however slowly that
+// client speaks: each kind gets at most `total` at once, at most
+// `per_uid` of them for one uid, so that neither one client nor one user
+// can take a service, or the threads, from everyone else.
+//
+// Thread-safe.
+#ifndef HALLOC_SERVICE_UTIL_STREAM_SLOTS_H_
+#define HALLOC_SERVICE_UTIL_STREAM_SLOTS_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+
+namespace halloc {
+
+class StreamSlots {
+ public:
+  // A place taken; given back when destroyed.
+  class Slot {
+   public:
+    Slot(Slot&& other) noexcept;
+    Slot& operator=(Slot&& other) noexcept;
+    ~Slot();
+
+   private:
+    friend class StreamSlots;
+    Slot(StreamSlots* owner, std::optional<uid_t> uid) : owner_(owner), uid_(uid) {}
+    StreamSlots* owner_;
+    std::optional<uid_t> uid_;
+  };
+
+  // `what` names the streams in refusals ("reflection streams").
+  StreamSlots(std::string what, int total, int per_uid);
+
+  // A place for a stream of `uid` (nullopt: a caller whose uid is not
+  // known, held to `total` alone: in-process channels), or
+  // RESOURCE_EXHAUSTED saying which limit was reached.
+  absl::StatusOr<Slot> Take(std::optional<uid_t> uid);
+
+  int taken() const;
+
+ private:
+  void Give(std::optional<uid_t> uid);
+
+  const std::string what_;
+  const int total_;
+  const int per_uid_;
+  mutable absl::Mutex mu_;
+  int taken_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uid_t, int> by_uid_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_STREAM_SLOTS_H_
