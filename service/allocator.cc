@@ -366,12 +366,15 @@ absl::Status Allocator::Deliver(FdChannel& channel,
 
 absl::Status Allocator::Release(Session& session,
                                 const v1::ReleaseRequest& req) {
-  if (static_cast<uint64_t>(req.buffer_ids_size()) > max_release_ids()) {
-    return absl::InvalidArgumentError(absl::StrCat("a Release names at most ", max_release_ids(),
-                                                   " ids (the most a session may hold), not ",
-                                                   req.buffer_ids_size()));
-  }
+  RETURN_IF_ERROR(CheckReleaseIds(req.buffer_ids_size()));
   return registry_.Release(session.id(), req.buffer_ids());
+}
+
+absl::Status Allocator::CheckReleaseIds(uint64_t count) const {
+  if (count <= max_release_ids()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("a Release names at most ", max_release_ids(),
+                                                 " ids (the most a session may hold), not ",
+                                                 count));
 }
 
 // --- Queries ---------------------------------------------------------------

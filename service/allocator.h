@@ -94,6 +94,9 @@ class Allocator {
   absl::Status Release(Session& session, const v1::ReleaseRequest& req);
   // The most ids one Release names: the most buffers a session may hold.
   uint64_t max_release_ids() const { return limits_.max_buffers_per_session; }
+  // INVALID_ARGUMENT when a Release names `count` ids, past max_release_ids()
+  // (a ReleaseMany stream asks as its parts come, to stop reading early).
+  absl::Status CheckReleaseIds(uint64_t count) const;
   absl::StatusOr<v1::BufferInfo> Describe(Session& session, uint64_t id) const;
   // One page of ListRequest's (at most kMaxListPage buffers).
   absl::StatusOr<v1::ListResponse> List(Session& session, const v1::ListRequest& req) const;

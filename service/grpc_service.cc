@@ -3,6 +3,7 @@
 #include <glog/logging.h>
 
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "service/audit.h"
 
 namespace halloc {
@@ -99,12 +100,8 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
     v1::ReleaseRequest part;
     bool last = false;
     while (!last && reader->Read(&part)) {
-      if (static_cast<uint64_t>(all.buffer_ids_size()) + part.buffer_ids_size() >
-          core_->max_release_ids()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("a Release names at most ", core_->max_release_ids(),
-                         " ids (the most a session may hold); this stream named more"));
-      }
+      RETURN_IF_ERROR(core_->CheckReleaseIds(static_cast<uint64_t>(all.buffer_ids_size()) +
+                                             part.buffer_ids_size()));
       all.mutable_buffer_ids()->MergeFrom(part.buffer_ids());
       last = part.last();
     }
