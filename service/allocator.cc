@@ -385,12 +385,14 @@ namespace {
 // daemon's own uid only.
 absl::Status CheckOperator(const Session& session, absl::string_view what) {
   const uid_t uid = session.creds().uid;
-  if (uid == 0 || uid == ::getuid()) return absl::OkStatus();
+  if (Allocator::IsOperator(uid)) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(
       what, " is for root and the daemon's uid; caller is uid ", uid));
 }
 
 }  // namespace
+
+bool Allocator::IsOperator(uid_t uid) { return uid == 0 || uid == ::getuid(); }
 
 absl::StatusOr<v1::BufferInfo> Allocator::Describe(Session& session,
                                                    uint64_t id) const {
@@ -410,9 +412,10 @@ absl::StatusOr<v1::ListResponse> Allocator::List(Session& session,
   return registry_.List(session.id(), req.all(), after, page);
 }
 
-v1::StatsResponse Allocator::Stats() {
+v1::StatsResponse Allocator::Stats(std::optional<uid_t> only_uid) {
   v1::StatsResponse s;
-  registry_.FillStats(&s);
+  registry_.FillStats(&s, only_uid);
+  s.set_only_callers_uid(only_uid.has_value());
   s.set_sessions(sessions_.size());
   *s.mutable_allocate_latency() = allocate_latency_.Read();
   const PoolStats pool = backend_->pool_stats();
@@ -423,7 +426,7 @@ v1::StatsResponse Allocator::Stats() {
     b.set_pool_misses_total(pool.misses);
     b.set_pool_contended_misses_total(pool.contended);
   }
-  {
+  if (!only_uid) {  // counted per rule, not per uid: other users' refusals
     absl::MutexLock lock(&denials_mu_);
     for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;
   }

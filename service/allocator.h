@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,7 +102,13 @@ class Allocator {
   // One page of ListRequest's (at most kMaxListPage buffers).
   absl::StatusOr<v1::ListResponse> List(Session& session, const v1::ListRequest& req) const;
   static constexpr uint32_t kMaxListPage = 1000;
-  v1::StatsResponse Stats();
+  // Daemon-wide counters. `only_uid`: a caller who is no operator (see
+  // IsOperator), shown only its own uid's per-client rows and no denials;
+  // nullopt: everything (operators, the metrics endpoint).
+  v1::StatsResponse Stats(std::optional<uid_t> only_uid = std::nullopt);
+  // Root and hallocd's own uid: they may see every client's buffers and
+  // counters (List{all}, Dump, the whole of Stats).
+  static bool IsOperator(uid_t uid);
   absl::StatusOr<v1::DumpResponse> Dump(Session& session);
   // Same checks as Allocate, through the same code (Plan), no memory. With
   // a session, its policy rule applies as well; without one, only the

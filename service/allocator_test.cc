@@ -298,6 +298,18 @@ TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
   *req.mutable_desc() = q.desc();
   EXPECT_EQ(core.Allocate(*session, req).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(denials(), 1u);
+  EXPECT_FALSE(core.Stats().only_callers_uid());
+  // Denials are counted per rule, whoever was refused: a user who is no
+  // operator does not see them.
+  const v1::StatsResponse as_user = core.Stats(/*only_uid=*/1);
+  EXPECT_TRUE(as_user.only_callers_uid());
+  EXPECT_TRUE(as_user.denials_by_rule().empty());
+}
+
+TEST(AllocatorPolicyTest, OperatorsAreRootAndTheDaemonsUid) {
+  EXPECT_TRUE(Allocator::IsOperator(0));
+  EXPECT_TRUE(Allocator::IsOperator(getuid()));
+  EXPECT_FALSE(Allocator::IsOperator(getuid() == 1001 ? 1002 : 1001));
 }
 
 TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {

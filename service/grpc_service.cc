@@ -16,6 +16,12 @@ grpc::Status Finish(const char* method, const Session* session,
   return ToGrpc(status);
 }
 
+// A call on a connection ControlPeers does not know (hallocd hands gRPC
+// only connections it accepted, so: never, short of a bug).
+absl::Status UnknownConnection() {
+  return absl::UnauthenticatedError("this call's connection is not one hallocd accepted");
+}
+
 }  // namespace
 
 grpc::Status ToGrpc(const absl::Status& status) {
@@ -36,9 +42,7 @@ absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
   // word: a token that reached another uid (handed on, kept across a
   // setuid, sent to the wrong socket) does not make it the session.
   const std::optional<ucred> peer = peers_->Of(ctx->peer());
-  if (!peer) {
-    return absl::UnauthenticatedError("this call's connection is not one hallocd accepted");
-  }
+  if (!peer) return UnknownConnection();
   const uid_t uid = (*session)->creds().uid;
   if (peer->uid != uid) {
     return absl::PermissionDeniedError(absl::StrCat(
@@ -135,10 +139,16 @@ grpc::Status AllocatorService::List(grpc::ServerContext* ctx,
   });
 }
 
-grpc::Status AllocatorService::Stats(grpc::ServerContext*,
-                                     const v1::StatsRequest*,
+grpc::Status AllocatorService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
                                      v1::StatsResponse* resp) {
-  *resp = core_->Stats();
+  std::optional<uid_t> only_uid;  // an in-process server (no peers): everything
+  if (peers_ != nullptr) {
+    const std::optional<ucred> peer = peers_->Of(ctx->peer());
+    const std::optional<uid_t> charged = peers_->ChargedUidOf(ctx->peer());
+    if (!peer || !charged) return Finish("Stats", nullptr, UnknownConnection());
+    if (!Allocator::IsOperator(peer->uid)) only_uid = *charged;
+  }
+  *resp = core_->Stats(only_uid);
   return grpc::Status::OK;
 }
 

@@ -597,7 +597,7 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all, uint64_t after,
   return resp;
 }
 
-void Registry::FillStats(v1::StatsResponse* s) {
+void Registry::FillStats(v1::StatsResponse* s, std::optional<uid_t> only_uid) {
   reaper_.Flush();  // outside the lock (see CheckRoom)
   absl::MutexLock lock(&mu_);
   if (!lingering_.empty()) SettleLocked();
@@ -615,8 +615,9 @@ void Registry::FillStats(v1::StatsResponse* s) {
   b->set_live_buffers(buffers_.size());
   b->set_live_bytes(live_bytes_);
   for (const auto& [key, allocations] : allocated_) {
-    v1::ClientStats* c = s->add_clients();
     auto [client, uid] = SplitQuotaKey(key);
+    if (only_uid && uid != *only_uid) continue;
+    v1::ClientStats* c = s->add_clients();
     c->set_client(std::move(client));
     c->set_uid(uid);
     c->set_allocations_total(allocations);

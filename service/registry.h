@@ -324,8 +324,9 @@ class Registry {
   v1::ListResponse List(uint64_t session_id, bool all, uint64_t after = 0,
                         size_t page_size = std::numeric_limits<size_t>::max()) const;
   // Counters into `stats` (live buffers/bytes, released memory still
-  // charged, grants, totals, per-client rows, the backend row).
-  void FillStats(v1::StatsResponse* stats);
+  // charged, grants, totals, per-client rows, the backend row); with
+  // `only_uid`, the per-client rows of that uid alone.
+  void FillStats(v1::StatsResponse* stats, std::optional<uid_t> only_uid = std::nullopt);
   // Sessions' holdings and clients' charges; client names and quotas are
   // the policy's, filled in by the caller.
   void FillDump(v1::DumpResponse* dump);

@@ -56,6 +56,27 @@ TEST_F(RegistryTest, AddAssignsIdsChargesAndReportsTheOwnersRights) {
   EXPECT_EQ(stats.clients(0).allocations_total(), 1u);
 }
 
+// A user who is no operator reads Stats with its own uid's rows alone;
+// the totals stay everyone's.
+TEST_F(RegistryTest, StatsForOneUidHoldOnlyThatUidsRows) {
+  AddN(kA, 2);  // charged to app/1
+  std::vector<std::shared_ptr<BufferRecord>> bs = {Fresh("app/2")};
+  v1::AllocateResponse reply;
+  ASSERT_TRUE(reg_.Add(kB, bs, CpuAccess::kReadWrite, NoQuota, &reply).ok());
+  v1::StatsResponse all = Stats();
+  EXPECT_EQ(all.clients_size(), 2);
+  v1::StatsResponse mine;
+  reg_.FillStats(&mine, /*only_uid=*/2);
+  ASSERT_EQ(mine.clients_size(), 1);
+  EXPECT_EQ(mine.clients(0).uid(), 2u);
+  EXPECT_EQ(mine.clients(0).buffers(), 1u);
+  EXPECT_EQ(mine.live_buffers(), 3u);
+  v1::StatsResponse none;
+  reg_.FillStats(&none, /*only_uid=*/7);
+  EXPECT_EQ(none.clients_size(), 0);
+  EXPECT_EQ(none.live_buffers(), 3u);
+}
+
 TEST_F(RegistryTest, QuotaJudgeSeesTheCurrentChargeAndItsRefusalAddsNothing) {
   AddN(kA, 1);
   std::vector<std::pair<uint64_t, uint64_t>> seen;

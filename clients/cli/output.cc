@@ -94,6 +94,9 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
   for (const auto& [rule, n] : s.denials_by_rule()) {
     out << absl::StreamFormat("denials       %d by rule '%s'\n", n, rule);
   }
+  if (s.only_callers_uid()) {
+    out << "(as one user sees them: other users' per-client rows and the denials are for root)\n";
+  }
 }
 
 void PrintDump(std::ostream& out, const v1::DumpResponse& d) {

@@ -29,5 +29,18 @@ TEST(OutputTest, DumpEscapesTheExecutablesPath) {
   EXPECT_FALSE(absl::StrContains(out.str(), "\x1b")) << "a terminal escape went through";
 }
 
+// A user's Stats lack other users' rows and the denials: the text says so,
+// rather than reading as "no denials".
+TEST(OutputTest, StatsSayWhenTheyAreOneUsersView) {
+  v1::StatsResponse s;
+  std::ostringstream all;
+  PrintStats(all, s);
+  EXPECT_FALSE(absl::StrContains(all.str(), "for root")) << all.str();
+  s.set_only_callers_uid(true);
+  std::ostringstream mine;
+  PrintStats(mine, s);
+  EXPECT_TRUE(absl::StrContains(mine.str(), "the denials are for root")) << mine.str();
+}
+
 }  // namespace
 }  // namespace halloc::cli

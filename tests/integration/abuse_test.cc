@@ -269,6 +269,55 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreControlConnectionsThanItsLimit) {
   EXPECT_TRUE(root->Stats().ok());
 }
 
+// Child "stats-as-user" (args: control socket, broker socket), as uid
+// 1001: allocates one buffer, then reads Stats. Exits 0 when it saw the
+// totals (2 live buffers) and only its own row; 10 + what went wrong.
+int StatsAsUser(absl::Span<const std::string> args, int) {
+  if (args.size() != 2) return kBadArgs;
+  if (!BecomeUid1001()) return kCannotSwitchUid;
+  ConnectOptions opts;
+  opts.control_socket = args[0];
+  opts.broker_socket = args[1];
+  absl::StatusOr<Client> c = Client::Connect(opts);
+  if (!c.ok()) return 10;
+  absl::StatusOr<Buffer> held = c->Allocate(BlobDescriptor(4096));
+  if (!held.ok()) return 11;
+  absl::StatusOr<v1::StatsResponse> s = c->Stats();
+  if (!s.ok()) return 12;
+  if (!s->only_callers_uid()) return 13;
+  if (s->live_buffers() != 2) return 14;
+  if (!s->denials_by_rule().empty()) return 15;  // root's refusal
+  if (s->clients_size() != 1 || s->clients(0).uid() != 1001 || s->clients(0).buffers() != 1) {
+    return 16;
+  }
+  return 0;
+}
+HALLOC_TEST_CHILD("stats-as-user", StatsAsUser);
+
+// Stats needs no session, so any local process may read it: what other
+// users own and were refused is for root and hallocd's uid alone.
+TEST_F(AbuseTest, StatsShowAUserOnlyItsOwnRows) {
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 1 }\n");
+  absl::StatusOr<Client> root = Client::Connect(opts_);
+  ASSERT_TRUE(root.ok()) << root.status();
+  absl::StatusOr<Buffer> held = root->Allocate(BlobDescriptor(4096));
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_TRUE(absl::IsResourceExhausted(root->Allocate(BlobDescriptor(4096)).status()));
+  const int code = ExitCodeAsUid1001("stats-as-user", {opts_.control_socket, opts_.broker_socket});
+  if (code == -1) GTEST_SKIP() << "cannot switch uids here (not root)";
+  EXPECT_EQ(code, 0);
+  // Root sees everything: both uids' rows and the refusal.
+  absl::StatusOr<v1::StatsResponse> all = root->Stats();
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_FALSE(all->only_callers_uid());
+  EXPECT_EQ(all->denials_by_rule().at("all"), 1u);
+  std::set<uint32_t> uids;
+  for (const v1::ClientStats& c : all->clients()) uids.insert(c.uid());
+  EXPECT_TRUE(uids.count(0)) << all->DebugString();
+}
+
 // Ticks of CPU time `pid` has used.
 long CpuTicks(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
