@@ -47,8 +47,11 @@ ConnectOptions TestDaemon::connect_options() const {
   return o;
 }
 
-absl::StatusOr<Client> TestDaemon::Connect() const {
-  return Client::Connect(connect_options());
+absl::StatusOr<Client> TestDaemon::Connect(Via via) const {
+  ConnectOptions o = connect_options();
+  o.broker_fast_path = via != Via::kGrpc;
+  if (via == Via::kBrokerOnly) o.control_socket += ".absent";
+  return Client::Connect(o);
 }
 
 void HallocTest::SetUp() {

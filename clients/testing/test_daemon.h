@@ -37,7 +37,13 @@ class TestDaemon {
 
   // Connect options for this daemon (also usable from forked children).
   ConnectOptions connect_options() const;
-  absl::StatusOr<Client> Connect() const;
+  // The ways a test's own Client may speak to hallocd.
+  enum class Via {
+    kBroker,      // libhalloc's default: the broker fast path, gRPC beside
+    kBrokerOnly,  // no control socket at all: what works came on the broker
+    kGrpc,        // a gRPC-only client
+  };
+  absl::StatusOr<Client> Connect(Via via = Via::kBroker) const;
 
   const std::string& dir() const { return dir_; }
   Daemon& daemon() { return *daemon_; }

@@ -26,11 +26,10 @@ TEST_F(ClientMetadataTest, BothPathsAgreeOnDescriptionsAndMetadata) {
   std::vector<StatusCode> codes[2];
   for (bool fast : {true, false}) {
     SCOPED_TRACE(fast ? "broker" : "grpc");
-    ConnectOptions o = daemon().connect_options();
-    o.broker_fast_path = fast;
-    if (fast) o.control_socket += ".absent";  // every call below on the broker
-    absl::StatusOr<Client> producer = Client::Connect(o);
-    absl::StatusOr<Client> consumer = Client::Connect(o);
+    // On the broker path, every call below goes on the broker.
+    const auto via = fast ? testing::TestDaemon::Via::kBrokerOnly : testing::TestDaemon::Via::kGrpc;
+    absl::StatusOr<Client> producer = daemon().Connect(via);
+    absl::StatusOr<Client> consumer = daemon().Connect(via);
     ASSERT_TRUE(producer.ok() && consumer.ok()) << producer.status() << consumer.status();
     absl::StatusOr<Buffer> b =
         producer->Allocate(ImageDescriptor(64, 32, DRM_FORMAT_NV12, 0, "frame"));

@@ -21,6 +21,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/open_fds.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -162,24 +163,6 @@ inline v1::BrokerReply AllocateReply(uint64_t request_id, std::vector<uint64_t> 
     b->set_size(4096);
   }
   return r;
-}
-
-inline int CountOpenFds() {
-  int n = 0;
-  for (int fd = 0; fd < 4096; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
-  return n;
-}
-
-// Whether any fd of this process is open on the file `st` describes.
-inline bool OpenOn(const struct stat& st) {
-  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-    struct stat other;
-    if (::stat(e.path().c_str(), &other) == 0 && other.st_dev == st.st_dev &&
-        other.st_ino == st.st_ino) {
-      return true;
-    }
-  }
-  return false;
 }
 
 // A broker Import's answer (`newly_held`: ImportResponse.newly_held).

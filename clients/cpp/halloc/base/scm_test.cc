@@ -13,17 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "clients/cpp/halloc/base/open_fds.h"
 #include "clients/cpp/halloc/base/scm_testing.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
 namespace {
 
-int CountOpenFds() {
-  int n = 0;
-  for (int fd = 0; fd < 1024; ++fd) n += ::fcntl(fd, F_GETFD) != -1;
-  return n;
-}
+using testing::CountOpenFds;
 
 class ScmTest : public ::testing::Test {
  protected:
