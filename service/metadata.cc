@@ -63,7 +63,17 @@ absl::Status SetMetadataField(v1::StandardMetadataType type, const v1::BufferMet
     case v1::METADATA_CROP: {
       absl::Status s = ValidateCrop(value, layout);
       if (!s.ok()) return s;
-      *metadata->mutable_crop() = value.crop();
+      // Field by field: a Rect's unknown fields, which protobuf keeps
+      // (each 2-byte one an object of its own), must not be stored and
+      // sent back with every description of the buffer.
+      metadata->clear_crop();
+      for (const v1::Rect& r : value.crop()) {
+        v1::Rect* kept = metadata->add_crop();
+        kept->set_left(r.left());
+        kept->set_top(r.top());
+        kept->set_right(r.right());
+        kept->set_bottom(r.bottom());
+      }
       return absl::OkStatus();
     }
     default:

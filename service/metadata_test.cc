@@ -74,6 +74,31 @@ TEST(MetadataTest, MutableFieldsAreSetAndCheckedAndBadValuesChangeNothing) {
   EXPECT_EQ(m.crop(1).bottom(), 15);
 }
 
+// A client may pad each rectangle with unknown fields (protobuf keeps them,
+// each 2-byte one an object of its own): hallocd keeps the four numbers
+// alone, or ~60 KB per buffer would be stored, uncharged, and sent back
+// with every Describe, List and Import.
+TEST(MetadataTest, ACropKeepsItsNumbersAndNothingElse) {
+  const std::optional<v1::BufferLayout> layout = Nv12(64, 32);
+  v1::BufferMetadata m = DefaultMetadata(layout);
+  v1::BufferMetadata value;
+  *value.add_crop() = Rect(2, 2, 62, 30);
+  *value.add_crop() = Rect(1, 1, 31, 15);
+  const size_t plain = value.crop(0).ByteSizeLong();
+  for (int i = 0; i < 1000; ++i) {
+    value.mutable_crop(0)
+        ->GetReflection()
+        ->MutableUnknownFields(value.mutable_crop(0))
+        ->AddVarint(5, 0);
+  }
+  ASSERT_GT(value.crop(0).ByteSizeLong(), plain + 1000);
+  ASSERT_TRUE(SetMetadataField(v1::METADATA_CROP, value, layout, &m).ok());
+  EXPECT_EQ(m.crop(0).ByteSizeLong(), plain);
+  EXPECT_TRUE(m.crop(0).GetReflection()->GetUnknownFields(m.crop(0)).empty());
+  EXPECT_EQ(m.crop(0).right(), 62);
+  EXPECT_EQ(m.crop(1).left(), 1);
+}
+
 TEST(MetadataTest, OtherTypesAreImmutable) {
   v1::BufferMetadata m;
   const absl::Status s = SetMetadataField(static_cast<v1::StandardMetadataType>(1),
