@@ -210,11 +210,9 @@ void Registry::DropGrant(uint64_t grant_id) {
   auto it = grants_.find(grant_id);
   if (it == grants_.end()) return;
   const GrantRecord& grant = it->second;
-  if (!grant.rooted) {
-    if (auto n = onward_grants_.find(grant.charged_uid);
-        n != onward_grants_.end() && --n->second == 0) {
-      onward_grants_.erase(n);
-    }
+  if (auto n = uid_grants_.find(grant.charged_uid); n != uid_grants_.end()) {
+    if (!grant.rooted) --n->second.onward;
+    if (--n->second.open == 0) uid_grants_.erase(n);
   }
   if (!grant.token.empty()) grant_tokens_.erase(grant.token);
   if (auto b = buffers_.find(grant.view.buffer_id); b != buffers_.end()) {
@@ -252,11 +250,16 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   const bool rooted = session_id == buffer->owner_session && buffer->owner_holds;
   // Per the uid it is charged as: a user's sub-uids share one bound.
   const uid_t uid = h->second.creds.charged_uid();
-  if (!rooted) {
-    if (auto n = onward_grants_.find(uid);
-        n != onward_grants_.end() && n->second >= kMaxOnwardGrantsPerUid) {
+  if (auto n = uid_grants_.find(uid); n != uid_grants_.end()) {
+    if (n->second.open >= kMaxGrantsPerUid) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("uid ", uid, " has ", n->second,
+          absl::StrCat("uid ", uid, " has ", n->second.open,
+                       " grants open, all its sessions together; limit is ", kMaxGrantsPerUid,
+                       " (revoke those no longer needed)"));
+    }
+    if (!rooted && n->second.onward >= kMaxOnwardGrantsPerUid) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("uid ", uid, " has ", n->second.onward,
                        " grants open of buffers it imported (also of "
                        "its ended sessions, while their imports may be revoked); limit is ",
                        kMaxOnwardGrantsPerUid));
@@ -289,7 +292,9 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   grant_tokens_.emplace(token, grant_id);
   GrantRecord record{std::move(token), session_id, uid, std::move(view)};
   record.rooted = rooted;
-  if (!rooted) ++onward_grants_[uid];
+  UidGrants& counted = uid_grants_[uid];
+  ++counted.open;
+  if (!rooted) ++counted.onward;
   if (via != buffer->imported_via.end()) {
     const auto routes = buffer->imports.find(session_id);
     for (uint64_t g : via->second) {

@@ -119,7 +119,7 @@ struct GrantRecord {
   std::string token;  // empty once its session ended (see `via`)
   uint64_t from_session = 0;
   // The uid the granting session is charged as (Identity::charged_uid: a
-  // user namespace's owner for any of its uids): onward grants count per it.
+  // user namespace's owner for any of its uids): grants count per it.
   uid_t charged_uid = 0;
   GrantView view;
   // Where the granter's own hold came from when it shared: its owner's
@@ -138,7 +138,7 @@ struct GrantRecord {
 
 class Registry {
  public:
-  // Open grants one session may have made (each ~300 bytes of hallocd's
+  // Open grants one session may have made (each ~800 bytes of hallocd's
   // memory, and Share is cheap to repeat): a compositor or camera shares a
   // few per buffer it hands on.
   static constexpr size_t kMaxGrantsPerSession = 1024;
@@ -147,6 +147,11 @@ class Registry {
   // while imported (a revoke upstream must reach them), so a uid could
   // otherwise pile them up by reconnecting.
   static constexpr size_t kMaxOnwardGrantsPerUid = 4096;
+  // Grants one uid may have open in all (its sessions' and the onward ones
+  // above): without it, the bound was kMaxGrantsPerSession times the
+  // sessions a uid may open (256 by default), some 262,000 grants and
+  // 220 MiB of hallocd's memory charged to nobody.
+  static constexpr size_t kMaxGrantsPerUid = 16384;
   // Times one session may import the same grant on a backend with live
   // revoke (each import is a kernel view whose id the route keeps until
   // the grant or the hold goes), and times a grant's imports may be let go
@@ -397,8 +402,13 @@ class Registry {
       ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, GrantRecord> grants_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> grant_tokens_ ABSL_GUARDED_BY(mu_);
-  // Per uid, its grants that are not `rooted` (kMaxOnwardGrantsPerUid).
-  absl::flat_hash_map<uid_t, uint64_t> onward_grants_ ABSL_GUARDED_BY(mu_);
+  // Per uid, its open grants (kMaxGrantsPerUid) and of them those that are
+  // not `rooted` (kMaxOnwardGrantsPerUid).
+  struct UidGrants {
+    uint64_t open = 0;
+    uint64_t onward = 0;
+  };
+  absl::flat_hash_map<uid_t, UidGrants> uid_grants_ ABSL_GUARDED_BY(mu_);
   // Imports that made a session a holder and whose delivery has not
   // settled yet, by (session, buffer); see SettleImport.
   struct Arrival {

@@ -185,6 +185,38 @@ TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
   EXPECT_TRUE(ShareTo(100 + sessions - 1, id, 4).ok());
 }
 
+// All of a uid's grants count together too, its own buffers' included:
+// sessions are cheap to open (256 per uid), so kMaxGrantsPerSession alone
+// let one uid hold some 262,000 grants of hallocd's memory.
+TEST_F(RegistryTest, GrantsAreBoundedPerUidOverAllItsSessions) {
+  constexpr size_t kPerSession = Registry::kMaxGrantsPerSession;
+  const size_t sessions = Registry::kMaxGrantsPerUid / kPerSession + 1;
+  size_t shared = 0;
+  absl::Status refused;
+  for (uint64_t s = 0; s < sessions && refused.ok(); ++s) {
+    const uint64_t sid = 100 + s;
+    reg_.Join(sid, Uid(5));
+    const uint64_t id = AddN(sid, 1)[0];
+    for (size_t i = 0; i < kPerSession; ++i) {
+      absl::StatusOr<v1::Grant> g = ShareTo(sid, id, 4);
+      if (!g.ok()) {
+        refused = g.status();
+        break;
+      }
+      ++shared;
+    }
+  }
+  EXPECT_EQ(shared, Registry::kMaxGrantsPerUid);
+  EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "all its sessions together")) << refused;
+  // Another uid shares on; once a session of uid 5 ends, its grants go
+  // and the uid shares again.
+  EXPECT_TRUE(ShareTo(kA, AddN(kA, 1)[0], 4).ok());
+  reg_.Leave(100);
+  EXPECT_TRUE(ShareTo(100 + sessions - 1, AddN(100 + sessions - 1, 1)[0], 4).ok());
+  EXPECT_EQ(Stats().grants(), Registry::kMaxGrantsPerUid - kPerSession + 2);
+}
+
 // A kept onward grant stays only while a revoke could reach it: once the
 // grant it came through went with its own (ended) session, it goes too,
 // and stops counting against its uid's bound.

@@ -30,10 +30,13 @@ std::string DecidingRule(const absl::Status& status) {
 absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
                                        absl::string_view action) {
   if (const Rule* rule = policy.Match(c)) return rule;
-  return By("(no rule)", absl::PermissionDeniedError(absl::StrCat(
-      action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
-      " gid ", c.gid, " exe '", absl::CHexEscape(c.exe), "'",
-      c.exe_file ? "" : " (executable not verified)", " (default deny)")));
+  return By("(no rule)",
+            absl::PermissionDeniedError(absl::StrCat(
+                action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
+                " gid ", c.gid,
+                // A grant's sharer is kept without its path (see Allocator::Share).
+                c.exe.empty() ? "" : absl::StrCat(" exe '", absl::CHexEscape(c.exe), "'"),
+                c.exe_file ? "" : " (executable not verified)", " (default deny)")));
 }
 
 std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {

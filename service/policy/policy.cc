@@ -171,6 +171,11 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
 
 }  // namespace
 
+const std::string& ExePath::str() const {
+  static const std::string* const kEmpty = new std::string();
+  return path_ ? *path_ : *kEmpty;
+}
+
 std::optional<FileId> FileIdOf(const std::string& path) {
   // Device and inode only, as the kernel has them: never asks the file's
   // filesystem (a client's executable on a FUSE mount it serves would

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,26 @@ struct FileId {
 // asked (AT_STATX_DONT_SYNC): a device and inode number do not go stale.
 std::optional<FileId> FileIdOf(const std::string& path);
 
+// An executable's path as /proc/<pid>/exe read it, shared, not copied:
+// it is up to 4 KiB of the client's choosing and rides in every request's
+// Identity (a copy per request left ~4 KB of hallocd's heap behind per
+// grant made: the freed copies' holes filled with what the grants keep).
+class ExePath {
+ public:
+  ExePath() = default;
+  ExePath(std::string path)  // NOLINT: implicit, as the string it holds
+      : path_(path.empty() ? nullptr : std::make_shared<const std::string>(std::move(path))) {}
+  ExePath(const char* path) : ExePath(std::string(path)) {}  // NOLINT
+  const std::string& str() const;
+  operator absl::string_view() const { return str(); }  // NOLINT
+  bool empty() const { return path_ == nullptr; }
+  friend bool operator==(const ExePath& a, absl::string_view b) { return a.str() == b; }
+  friend std::ostream& operator<<(std::ostream& os, const ExePath& p) { return os << p.str(); }
+
+ private:
+  std::shared_ptr<const std::string> path_;
+};
+
 // Kernel-verified facts about a client process.
 struct Identity {
   uid_t uid = 0;
@@ -41,7 +62,7 @@ struct Identity {
   pid_t pid = 0;
   // The process's executable as /proc/<pid>/exe reads (for logs and dumps;
   // may contain any byte: escape it before logging).
-  std::string exe;
+  ExePath exe;
   // The executable's file, verified by the broker handshake (see
   // proto/halloc/v1/broker.proto). Unset: no rule with `exe` matches.
   std::optional<FileId> exe_file;
