@@ -325,9 +325,9 @@ static void halloc_vm_close(struct vm_area_struct *vma)
  * lock order in halloc_backing.c); if that fails the fault raises SIGBUS,
  * not VM_FAULT_OOM, which would retry the fault forever when the cause is
  * max_total_mb or a device constraint rather than memory pressure.
- * The PTE is inserted under buf->lock so that a revoke (which zaps under
- * the same lock) either sees it or makes us see the view revoked: no PTE
- * survives a revoke.
+ * The PTE is inserted under buf->lock so that a revoke (which marks the
+ * view under the same lock and zaps after it) either zaps it or makes us
+ * see the view revoked: no PTE survives a revoke.
  */
 static vm_fault_t halloc_vm_fault(struct vm_fault *vmf)
 {

@@ -30,26 +30,42 @@ static int halloc_lineage_pos(const struct halloc_view *view, u64 id)
 }
 
 /*
- * Mark @view revoked and shoot down its user-space mappings: every VMA of
- * the dma-buf is on its inode's mapping, and the view holds that inode
- * while it is on the list. Never through view->dmabuf->file: the last
- * close frees the file while an O_PATH reference to its dentry can keep
- * the dma-buf, and the view, alive (the slot may by then be another file).
+ * Mark @view revoked; its user-space mappings are shot down by the caller
+ * once buf->lock is dropped. Every VMA of the dma-buf is on its inode's
+ * mapping, and the view holds that inode while it is on the list: take a
+ * reference of our own into @inodes (the view may be released as soon as
+ * the lock goes). Never through view->dmabuf->file: the last close frees
+ * the file while an O_PATH reference to its dentry can keep the dma-buf,
+ * and the view, alive (the slot may by then be another file).
  */
-static void halloc_view_cut(struct halloc_view *view)
+static void halloc_view_cut(struct halloc_view *view, struct inode **inodes,
+			    unsigned int *n)
 {
 	lockdep_assert_held(&view->buf->lock);
 	WRITE_ONCE(view->revoked, true);
-	if (view->inode)
-		unmap_mapping_range(view->inode->i_mapping, 0, 0, 1);
+	if (view->inode) {
+		ihold(view->inode);
+		inodes[(*n)++] = view->inode;
+	}
 }
 
+/*
+ * The zap runs without buf->lock: its cost is one VMA walk per mapping of
+ * the views cut, and a holder chooses how many it has (tens of thousands
+ * of small mappings, multiplied by fork). Under the lock it stalled every
+ * other holder's page fault on the buffer and hallocd's views and INFO of
+ * it for as long as the caller liked. No PTE outlives the revoke anyway: a
+ * fault inserts one only under buf->lock after seeing the view not
+ * revoked, so one inserted before the flag was set is zapped here and none
+ * is inserted after; and the ioctl returns only once the zap is done.
+ */
 int halloc_view_revoke(const struct halloc_revoke_data *data)
 {
 	struct halloc_view *caller, *view;
 	struct halloc_buffer *buf;
 	struct dma_buf *dmabuf;
-	bool found = false;
+	struct inode **inodes = NULL;
+	unsigned int n = 0, cut = 0, i;
 	int ret = 0;
 
 	if (data->flags || !data->view_id)
@@ -85,17 +101,27 @@ int halloc_view_revoke(const struct halloc_revoke_data *data)
 			ret = -EPERM;
 			goto unlock;
 		}
-		found = true;
+		n++;
 	}
-	if (!found) {
+	if (!n) {
 		ret = -ENOENT;
+		goto unlock;
+	}
+	inodes = kmalloc_array(n, sizeof(*inodes), GFP_KERNEL);
+	if (!inodes) {
+		ret = -ENOMEM;
 		goto unlock;
 	}
 	list_for_each_entry(view, &buf->view_list, node)
 		if (halloc_lineage_pos(view, data->view_id) >= 0)
-			halloc_view_cut(view);
+			halloc_view_cut(view, inodes, &cut);
 unlock:
 	mutex_unlock(&buf->lock);
+	for (i = 0; i < cut; i++) {
+		unmap_mapping_range(inodes[i]->i_mapping, 0, 0, 1);
+		iput(inodes[i]);
+	}
+	kfree(inodes);
 put:
 	dma_buf_put(dmabuf);
 	return ret;
