@@ -167,8 +167,9 @@ static struct sg_table *halloc_dmabuf_map(struct dma_buf_attachment *attachment,
 	struct halloc_buffer *buf = view->buf;
 	int ret;
 
-	if (!a)
-		return ERR_PTR(-EINVAL);	/* not attached through us */
+	/* DMA_NONE would reach the DMA API's BUG_ON: an importer's bug. */
+	if (!a || !valid_dma_direction(dir))
+		return ERR_PTR(-EINVAL);	/* or not attached through us */
 	if (READ_ONCE(view->revoked))
 		return ERR_PTR(-ENODEV);
 	/* Backed without the lock; a failure leaves it for a later map. */
@@ -208,7 +209,7 @@ static void halloc_dmabuf_unmap(struct dma_buf_attachment *attachment,
 
 	mutex_lock(&buf->lock);
 	if (!WARN_ON_ONCE(!a->mapped || sgt != &a->sgt)) {
-		dma_unmap_sgtable(a->dev, sgt, dir, 0);
+		dma_unmap_sgtable(a->dev, sgt, a->dir, 0);	/* as mapped */
 		a->mapped = false;
 		buf->nr_maps--;
 	}

@@ -179,7 +179,8 @@ static long halloc_heap_ioctl(struct file *file, unsigned int cmd,
 	    (data.fd_flags & O_ACCMODE) == O_ACCMODE ||
 	    data.heap_flags & ~DMA_HEAP_VALID_HEAP_FLAGS)
 		return -EINVAL;
-	if (!data.len || data.len > ALIGN_DOWN(U64_MAX, PAGE_SIZE))
+	/* SIZE_MAX: on 32-bit builds a u64 length would truncate. */
+	if (!data.len || data.len > ALIGN_DOWN(SIZE_MAX, PAGE_SIZE))
 		return -EINVAL;
 
 	dmabuf = halloc_buffer_export(heap, PAGE_ALIGN(data.len),
