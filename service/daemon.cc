@@ -85,10 +85,18 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   builder.RegisterService(reflection_.get());
   grpc::ResourceQuota quota("hallocd");
   quota.SetMaxThreads(options_.grpc_max_threads);
-  builder.SetResourceQuota(quota);
   builder.SetMaxReceiveMessageSize(options_.grpc_max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                              options_.grpc_max_streams_per_connection);
+  // What gRPC holds of requests not yet complete (see
+  // DaemonOptions::grpc_max_memory_bytes): each call's window one request
+  // (and a frame's header, and slack), not grown by BDP probing; all of
+  // them together the quota's memory.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                             options_.grpc_max_message_bytes + 1024);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  quota.Resize(static_cast<size_t>(options_.grpc_max_memory_bytes));
+  builder.SetResourceQuota(quota);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr) {
     return absl::UnavailableError(

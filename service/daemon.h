@@ -5,6 +5,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -61,6 +62,17 @@ struct DaemonOptions {
   // limit (kMaxRequestBytes), far above any real request; a Release of
   // more ids is a ReleaseMany stream.
   int grpc_max_message_bytes = kMaxRequestBytes;
+  // Most memory gRPC's transport may hold (its resource quota), in bytes.
+  // What a client sends is held until its message is complete, and a
+  // client need never complete it: at gRPC's defaults (each call's window
+  // 4 MiB and growing), 4 connections of 64 unfinished calls took hallocd
+  // to 1 GB, with no session needed. Each call's window is therefore kept
+  // to one request (grpc_max_message_bytes), and past this total gRPC
+  // reclaims: it ends a connection's calls ("Buffers full") rather than
+  // grow. It does so a connection at a time, behind a flood: 200
+  // connections of such calls took hallocd's peak RSS up by ~227 MiB at
+  // 64 MiB (~382 MiB at 128 MiB, ~924 MiB unbounded).
+  int64_t grpc_max_memory_bytes = int64_t{64} << 20;
   // Where to serve Prometheus metrics (GET /metrics): "127.0.0.1:PORT" or
   // "[::1]:PORT" (service/metrics/http_server.h); empty: not served.
   std::string metrics_address;

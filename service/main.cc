@@ -93,6 +93,11 @@ ABSL_FLAG(int, grpc_max_message_bytes, halloc::kMaxRequestBytes,
           "largest gRPC request read, in bytes (RESOURCE_EXHAUSTED past it; "
           "the broker's record limit by default)");
 
+ABSL_FLAG(int64_t, grpc_max_memory_bytes, int64_t{64} << 20,
+          "most memory gRPC's transport may hold, in bytes (past it, it ends "
+          "connections' calls rather than grow: requests a client never "
+          "finishes are held until then)");
+
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "check every absl::Mutex acquisition for lock-order cycles (slow; "
           "Debian's Abseil enables it unless told otherwise)");
@@ -207,6 +212,14 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
     return absl::InvalidArgumentError(absl::StrCat("--grpc_max_message_bytes must be ",
                                                    kMinGrpcMessage, "..", kMaxGrpcMessage, ", not ",
                                                    options.grpc_max_message_bytes));
+  }
+  options.grpc_max_memory_bytes = absl::GetFlag(FLAGS_grpc_max_memory_bytes);
+  // Room for the calls of a few connections at least.
+  constexpr int64_t kMinGrpcMemory = int64_t{16} << 20;
+  if (options.grpc_max_memory_bytes < kMinGrpcMemory) {
+    return absl::InvalidArgumentError(absl::StrCat("--grpc_max_memory_bytes must be at least ",
+                                                   kMinGrpcMemory, ", not ",
+                                                   options.grpc_max_memory_bytes));
   }
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   halloc::Broker::follow_client_cpu = absl::GetFlag(FLAGS_broker_follow_cpu);
