@@ -343,6 +343,14 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
           " times; limit is ", kMaxImportsPerGrant, " (keep the fd it has)"));
     }
   }
+  if (auto via = buffer->imported_via.find(session_id); via != buffer->imported_via.end() &&
+                                                        via->second.size() >= kMaxGrantsPerImport &&
+                                                        !via->second.contains(t->second)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this session holds buffer ", buffer->id, " through ", via->second.size(),
+                     " grants already; limit is ", kMaxGrantsPerImport,
+                     " (import through one of those, or release the buffer first)"));
+  }
   Imported out;
   out.newly_held = !holding.buffers.contains(buffer->id);
   if (out.newly_held && holding.buffers.size() >= max_buffers_per_session_) {

@@ -217,6 +217,33 @@ TEST_F(RegistryTest, GrantsAreBoundedPerUidOverAllItsSessions) {
   EXPECT_EQ(Stats().grants(), Registry::kMaxGrantsPerUid - kPerSession + 2);
 }
 
+// Each grant a session shares a buffer on with keeps every grant the
+// session holds it through (a revoke of any must reach it): those are
+// few, or a few sessions importing a thousand grants each and sharing on
+// had hallocd keep millions of entries. Past kMaxGrantsPerImport a new
+// grant of the same buffer is refused; the ones it holds it through still
+// import, and once it lets go it may import anew.
+TEST_F(RegistryTest, ASessionHoldsABufferThroughFewGrants) {
+  const uint64_t id = AddN(kA, 1)[0];
+  std::vector<v1::Grant> grants;
+  for (size_t i = 0; i <= Registry::kMaxGrantsPerImport; ++i) {
+    absl::StatusOr<v1::Grant> g = ShareTo(kA, id, 2);
+    ASSERT_TRUE(g.ok()) << g.status();
+    grants.push_back(*g);
+  }
+  uint64_t view = 100;
+  for (size_t i = 0; i < Registry::kMaxGrantsPerImport; ++i) {
+    ASSERT_TRUE(ImportView(kB, grants[i], id, CpuAccess::kRead, view++));
+  }
+  absl::StatusOr<Registry::Imported> past = reg_.Import(kB, grants.back().token(), Accept);
+  EXPECT_EQ(past.status().code(), StatusCode::kResourceExhausted) << past.status();
+  EXPECT_TRUE(ImportView(kB, grants[0], id, CpuAccess::kRead, view++)) << "one it holds it through";
+  absl::StatusOr<v1::Grant> onward = ShareTo(kB, id, 3);
+  ASSERT_TRUE(onward.ok()) << onward.status();
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  EXPECT_TRUE(reg_.Import(kB, grants.back().token(), Accept).ok()) << "after letting go";
+}
+
 // A kept onward grant stays only while a revoke could reach it: once the
 // grant it came through went with its own (ended) session, it goes too,
 // and stops counting against its uid's bound.
