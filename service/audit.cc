@@ -6,6 +6,12 @@
 #include "service/util/log_limit.h"
 
 namespace halloc {
+namespace {
+
+// Callers without an identity (no session) share one budget.
+constexpr uint32_t kNoUid = UINT32_MAX;
+
+}  // namespace
 
 void AuditFailure(absl::string_view path, absl::string_view method,
                   const Session* session, const Identity* caller,
@@ -15,17 +21,20 @@ void AuditFailure(absl::string_view path, absl::string_view method,
                       code == absl::StatusCode::kUnauthenticated;
   const bool quota = code == absl::StatusCode::kResourceExhausted;
   if (!denial && !quota && code != absl::StatusCode::kInternal) return;
-  static LogLimiter* const limiter = new LogLimiter(20, absl::Seconds(1));
+  // 20 lines a second of each kind, at most 4 of them for one uid: one
+  // user's flood of refusals leaves room for another's to be seen.
+  static LogLimiter* const limiter = new LogLimiter(20, absl::Seconds(1), 4);
+  if (caller == nullptr && session != nullptr) caller = &session->creds();
   uint64_t dropped = 0;
-  if (!limiter->Allow(absl::StrCat(method, "/", static_cast<int>(code)), &dropped)) {
+  if (!limiter->AllowFor(absl::StrCat(method, "/", static_cast<int>(code)),
+                         caller != nullptr ? caller->uid : kNoUid, &dropped)) {
     return;
   }
-  if (caller == nullptr && session != nullptr) caller = &session->creds();
   std::string who = "unauthenticated caller";
   if (caller != nullptr) {
-    who = absl::StrCat(session ? absl::StrCat("session ", session->id(), " ") : "",
-                       "uid ", caller->uid, " pid ", caller->pid, " exe '",
-                       LogSafe(caller->exe), "'");
+    who = absl::StrCat(session ? absl::StrCat("session ", session->id(), " ") : "", "uid ",
+                       caller->uid, " pid ", caller->pid, " exe '",
+                       LogSafe(caller->exe, kLoggedPathBytes), "'");
   }
   LOG(WARNING) << "AUDIT " << method << (denial || quota ? " denied" : " failed")
                << " (" << path << ") for " << who << ": "

@@ -156,7 +156,7 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake
       retired_wake_(std::make_shared<UniqueFd>(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))),
       foreign_fds_(std::move(foreign_fds)),
       inline_budget_(inline_window, inline_allowed),
-      log_limit_(10, absl::Seconds(1)),
+      log_limit_(10, absl::Seconds(1), /*per_uid=*/3),
       lane_done_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid, [this] {
         const uint64_t one = 1;  // a place is free: room for a held request, maybe
@@ -184,6 +184,13 @@ void Broker::Stop() {
 void Broker::Warn(absl::string_view kind, const std::string& line) {
   uint64_t dropped = 0;
   if (log_limit_.Allow(kind, &dropped)) {
+    LOG(WARNING) << "broker: " << line << LogLimiter::Dropped(dropped);
+  }
+}
+
+void Broker::Warn(absl::string_view kind, uid_t uid, const std::string& line) {
+  uint64_t dropped = 0;
+  if (log_limit_.AllowFor(kind, uid, &dropped)) {
     LOG(WARNING) << "broker: " << line << LogLimiter::Dropped(dropped);
   }
 }
@@ -371,8 +378,9 @@ void Broker::Accept() {
   if (!charge) {
     // Gone: nobody to serve, and no uid it could be charged to for sure
     // (one of a user's subordinate uids, say).
-    Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
-                                 ": it exited before it was accepted"));
+    Warn("refused", cred.uid,
+         absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
+                      ": it exited before it was accepted"));
     CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
@@ -381,10 +389,10 @@ void Broker::Accept() {
     v1::BrokerFrame frame;
     *frame.mutable_reply() = ErrorReply(0, admit);
     (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
-    Warn("refused", absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
-                                 charged != cred.uid ? absl::StrCat(" (of uid ", charged, ")")
-                                                     : std::string(),
-                                 ": ", admit.message()));
+    Warn("refused", charged,
+         absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
+                      charged != cred.uid ? absl::StrCat(" (of uid ", charged, ")") : std::string(),
+                      ": ", admit.message()));
     CloseSocket(0, charged, std::move(conn));
     return;
   }
@@ -418,8 +426,8 @@ void Broker::Accept() {
     status = ErrnoStatus(errno, "epoll_ctl(ADD)");
   }
   if (!status.ok()) {
-    Warn("hello", absl::StrCat("connection of pid ", cred.pid, " failed to start: ",
-                               status.message()));
+    Warn("hello", charged,
+         absl::StrCat("connection of pid ", cred.pid, " failed to start: ", status.message()));
     EndShared(0, charged, c->sock());
     return;
   }
@@ -455,9 +463,10 @@ void Broker::ExpireHandshakes() {
     deadlines_.pop();
     auto it = conns_.find(key);
     if (it == conns_.end() || it->second->session) continue;  // closed, or verified
-    Warn("unverified", absl::StrCat("closed the connection of pid ", it->second->peer.pid,
-                                    " uid ", it->second->peer.uid, ": not verified within ",
-                                    absl::FormatDuration(verify_timeout)));
+    Warn("unverified", it->second->charged_uid,
+         absl::StrCat("closed the connection of pid ", it->second->peer.pid, " uid ",
+                      it->second->peer.uid, ": not verified within ",
+                      absl::FormatDuration(verify_timeout)));
     Close(key);
   }
 }
@@ -485,8 +494,9 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   }
   if (!refused.ok()) {
     Reply(conn, ErrorReply(req.request_id(), refused));
-    Warn("verify", absl::StrCat("closed the connection of pid ", conn.peer.pid,
-                                " uid ", conn.peer.uid, ": ", refused.message()));
+    Warn("verify", conn.charged_uid,
+         absl::StrCat("closed the connection of pid ", conn.peer.pid, " uid ", conn.peer.uid, ": ",
+                      refused.message()));
     Close(conn.key);
     return false;
   }
@@ -499,7 +509,8 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   absl::StatusOr<std::shared_ptr<Session>> session =
       core_->OpenSession(id, conn.channel);
   if (!session.ok()) {
-    Warn("open", absl::StrCat("refused pid ", conn.peer.pid, ": ", session.status().message()));
+    Warn("open", conn.charged_uid,
+         absl::StrCat("refused pid ", conn.peer.pid, ": ", session.status().message()));
     Close(conn.key);
     return false;
   }
@@ -518,11 +529,10 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   if (id.exe_file) welcome->set_exe(Utf8OrEscaped(id.exe));
   Reply(conn, std::move(reply));
   uint64_t dropped = 0;
-  if (log_limit_.Allow("opened", &dropped)) {
-    LOG(INFO) << "session " << conn.session->id() << " opened: pid " << id.pid
-              << " uid " << id.uid << " gid " << id.gid << " exe '" << LogSafe(id.exe)
-              << "'" << (id.exe_file ? "" : " (not verified)")
-              << LogLimiter::Dropped(dropped);
+  if (log_limit_.AllowFor("opened", conn.charged_uid, &dropped)) {
+    LOG(INFO) << "session " << conn.session->id() << " opened: pid " << id.pid << " uid " << id.uid
+              << " gid " << id.gid << " exe '" << LogSafe(id.exe, kLoggedPathBytes) << "'"
+              << (id.exe_file ? "" : " (not verified)") << LogLimiter::Dropped(dropped);
   }
   return true;
 }
@@ -550,7 +560,7 @@ void Broker::Close(uint64_t key) {
   c->session.reset();
   core_->CloseSession(id);
   uint64_t dropped = 0;
-  if (log_limit_.Allow("closed", &dropped)) {
+  if (log_limit_.AllowFor("closed", c->charged_uid, &dropped)) {
     LOG(INFO) << "session " << id << " closed (pid " << c->peer.pid << " uid "
               << c->peer.uid << ")" << LogLimiter::Dropped(dropped);
   }

@@ -234,6 +234,9 @@ class Broker {
   void ResumeAccepting();
   // Rate-limited warning about something an outsider caused.
   void Warn(absl::string_view kind, const std::string& line);
+  // The same for a line a uid's doing brought about: it takes that uid's
+  // share of the kind's budget (LogLimiter::AllowFor), not all of it.
+  void Warn(absl::string_view kind, uid_t uid, const std::string& line);
 
   Allocator* const core_;
   const UniqueFd listener_;

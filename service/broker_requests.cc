@@ -130,7 +130,8 @@ absl::Status Broker::SendReply(SocketFdChannel& channel, v1::BrokerReply reply) 
 
 void Broker::Reply(Conn& conn, v1::BrokerReply reply) {
   if (absl::Status s = SendReply(*conn.channel, std::move(reply)); !s.ok()) {
-    Warn("reply", absl::StrCat("cannot reply to pid ", conn.peer.pid, ": ", s.message()));
+    Warn("reply", conn.charged_uid,
+         absl::StrCat("cannot reply to pid ", conn.peer.pid, ": ", s.message()));
   }
 }
 
@@ -304,7 +305,8 @@ void Broker::Refuse(const char* method, Session& session, const Identity& caller
                     uint64_t request_id, const absl::Status& status, SocketFdChannel& conn) {
   AuditFailure("broker", method, &session, &caller, status);
   if (absl::Status s = SendReply(conn, ErrorReply(request_id, status)); !s.ok()) {
-    Warn("reply", absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
+    Warn("reply", session.creds().charged_uid(),
+         absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
 }
 

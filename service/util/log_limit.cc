@@ -6,13 +6,44 @@
 
 namespace halloc {
 
-bool LogLimiter::AllowAt(absl::string_view kind, absl::Time now, uint64_t* dropped) {
-  absl::MutexLock lock(&mu_);
-  Budget& b = budgets_[kind];
+void LogLimiter::Renew(Budget& b, absl::Time now) const {
   if (now - b.window_start >= window_) {
     b.window_start = now;
     b.used = 0;
   }
+}
+
+bool LogLimiter::AllowForAt(absl::string_view kind, uint32_t uid, absl::Time now,
+                            uint64_t* dropped) {
+  if (per_uid_ <= 0) return AllowAt(kind, now, dropped);
+  absl::MutexLock lock(&mu_);
+  Budget& b = budgets_[kind];
+  Renew(b, now);
+  if (b.used >= per_window_) {
+    ++b.dropped;
+    return false;
+  }
+  if (uid_budgets_.size() >= size_t{4} * static_cast<size_t>(per_window_)) {
+    absl::erase_if(uid_budgets_,
+                   [&](const auto& e) { return now - e.second.window_start >= window_; });
+  }
+  Budget& mine = uid_budgets_[{std::string(kind), uid}];
+  Renew(mine, now);
+  if (mine.used >= per_uid_) {
+    ++b.dropped;
+    return false;
+  }
+  ++mine.used;
+  ++b.used;
+  *dropped = b.dropped;
+  b.dropped = 0;
+  return true;
+}
+
+bool LogLimiter::AllowAt(absl::string_view kind, absl::Time now, uint64_t* dropped) {
+  absl::MutexLock lock(&mu_);
+  Budget& b = budgets_[kind];
+  Renew(b, now);
   if (b.used >= per_window_) {
     ++b.dropped;
     return false;
@@ -28,6 +59,11 @@ std::string LogLimiter::Dropped(uint64_t n) {
 }
 
 std::string LogSafe(absl::string_view s) { return absl::CHexEscape(s); }
+
+std::string LogSafe(absl::string_view s, size_t max_bytes) {
+  if (s.size() <= max_bytes) return LogSafe(s);
+  return absl::StrCat(LogSafe(s.substr(0, max_bytes)), "...(", s.size(), " bytes)");
+}
 
 std::string Utf8OrEscaped(absl::string_view s) {
   if (google::protobuf::internal::IsStructurallyValidUTF8(s.data(),

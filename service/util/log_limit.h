@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
@@ -23,14 +24,28 @@ namespace halloc {
 
 class LogLimiter {
  public:
-  // At most `per_window` lines of each kind per `window`.
-  explicit LogLimiter(int per_window = 10, absl::Duration window = absl::Seconds(1))
-      : per_window_(per_window), window_(window) {}
+  // At most `per_window` lines of each kind per `window`, and of those at
+  // most `per_uid` for one uid (AllowFor; 0: no share per uid).
+  explicit LogLimiter(int per_window = 10, absl::Duration window = absl::Seconds(1),
+                      int per_uid = 0)
+      : per_window_(per_window), per_uid_(per_uid), window_(window) {}
 
   // Whether a line of `kind` may be logged now. When it may, `*dropped` is
   // how many of that kind were refused since the last one logged.
   bool Allow(absl::string_view kind, uint64_t* dropped) { return AllowAt(kind, MonotonicNow(), dropped); }
   bool AllowAt(absl::string_view kind, absl::Time now, uint64_t* dropped);
+  // The same for a line about `uid` (who asked): a uid that floods a kind
+  // of line takes its share of the budget, not all of it, so others' lines
+  // of that kind still come through.
+  bool AllowFor(absl::string_view kind, uint32_t uid, uint64_t* dropped) {
+    return AllowForAt(kind, uid, MonotonicNow(), dropped);
+  }
+  bool AllowForAt(absl::string_view kind, uint32_t uid, absl::Time now, uint64_t* dropped);
+  // Per-uid budgets kept now (a few windows' worth at most).
+  size_t uids_tracked() {
+    absl::MutexLock lock(&mu_);
+    return uid_budgets_.size();
+  }
 
   // " (N similar lines dropped)" or "".
   static std::string Dropped(uint64_t n);
@@ -41,17 +56,30 @@ class LogLimiter {
     int used = 0;
     uint64_t dropped = 0;
   };
+  // Budget `b` renewed for the window `now` falls in.
+  void Renew(Budget& b, absl::Time now) const;
+
   const int per_window_;
+  const int per_uid_;
   const absl::Duration window_;
   absl::Mutex mu_;
   // Kinds are a few fixed strings chosen by the daemon, never client data.
   absl::flat_hash_map<std::string, Budget> budgets_ ABSL_GUARDED_BY(mu_);
+  // Per kind and uid, made only while the kind had room (so at most
+  // per_window_ a window), and dropped once their window is over.
+  absl::flat_hash_map<std::pair<std::string, uint32_t>, Budget> uid_budgets_ ABSL_GUARDED_BY(mu_);
 };
 
 // `s` with control characters, non-ASCII bytes, quotes and backslashes
 // escaped (absl::CHexEscape): safe to put in a log line whatever a client
 // sent (a newline in an executable's path cannot forge a line).
 std::string LogSafe(absl::string_view s);
+// The same for at most the first `max_bytes` of `s`, then how long it was:
+// for text a client may make long (an executable's path, up to 4 KiB, each
+// byte escaped to 4).
+std::string LogSafe(absl::string_view s, size_t max_bytes);
+// What of an executable's path a log line shows.
+inline constexpr size_t kLoggedPathBytes = 256;
 
 // `s` itself when it is valid UTF-8, as a proto3 `string` field must be
 // (by protobuf's own check), else LogSafe(s): for client-controlled text

@@ -25,6 +25,44 @@ TEST(LogLimiterTest, AllowsABudgetPerWindowAndCountsWhatItDropped) {
   EXPECT_EQ(LogLimiter::Dropped(1000), " (1000 similar lines dropped)");
 }
 
+// One uid's flood of a kind of line takes its share of the kind's budget,
+// not all of it: another uid's line of that kind still comes through (it
+// used to be dropped with the flood's). What was dropped is counted for
+// the kind, whoever's it was; the per-uid budgets do not pile up.
+TEST(LogLimiterTest, AUidTakesItsShareOfAKindNotAll) {
+  LogLimiter limiter(6, absl::Seconds(1), /*per_uid=*/2);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  uint64_t dropped = 0;
+  int flood = 0;
+  for (int i = 0; i < 1000; ++i) flood += limiter.AllowForAt("Dump/7", 1000, t0, &dropped);
+  EXPECT_EQ(flood, 2);
+  EXPECT_TRUE(limiter.AllowForAt("Dump/7", 1001, t0, &dropped));
+  EXPECT_EQ(dropped, 998u);
+  EXPECT_TRUE(limiter.AllowForAt("Dump/7", 1002, t0, &dropped));
+  // The kind's budget still bounds them all together.
+  int others = 0;
+  for (uint32_t uid = 2000; uid < 3000; ++uid)
+    others += limiter.AllowForAt("Dump/7", uid, t0, &dropped);
+  EXPECT_EQ(others, 2);
+  // A new window renews every budget; thousands of uids over many windows
+  // leave no more than a few windows' worth behind.
+  for (int w = 1; w <= 100; ++w) {
+    for (uint32_t uid = 0; uid < 50; ++uid) {
+      limiter.AllowForAt("Dump/7", uid + 100 * w, t0 + absl::Seconds(w), &dropped);
+    }
+  }
+  EXPECT_TRUE(limiter.AllowForAt("Dump/7", 1000, t0 + absl::Seconds(101), &dropped));
+  EXPECT_LE(limiter.uids_tracked(), 4u * 6 + 6);
+}
+
+TEST(LogSafeTest, ALongTextIsCutAndSaysHowLongItWas) {
+  const std::string exe = "/" + std::string(4000, '\n');
+  std::string expected = "/";
+  for (int i = 0; i < 15; ++i) expected += "\\n";
+  EXPECT_EQ(LogSafe(exe, 16), expected + "...(4001 bytes)");
+  EXPECT_EQ(LogSafe("/usr/bin/cam", 16), "/usr/bin/cam");
+}
+
 TEST(LogSafeTest, ANewlineCannotStartAForgedLine) {
   const std::string exe = "/tmp/x\nW1201 12:00:00.000000 1 grpc_service.cc:15] AUDIT ok";
   const std::string safe = LogSafe(exe);
