@@ -215,13 +215,17 @@ TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
   EXPECT_EQ(t[3], t[0]) << "a small one left the broker thread";
 
   // A burst past the uid's place on the slow lane is slowed, not failed:
-  // what finds the place taken waits for room, its connection unread.
+  // what finds the place taken waits for room, its connection unread. (The
+  // requests carry unknown fields, which a waiting one is kept without.)
   constexpr int kBurst = static_cast<int>(Broker::kSlowLanePerUid) + 3;
   v1::BrokerRequest req;
   req.mutable_allocate()->mutable_desc()->set_size(1 << 20);
+  std::string padding;
+  for (int i = 0; i < 4000; ++i) padding += "\xc0\x3e";  // field 1000, varint 0
+  for (int i = 0; i < 4000; ++i) padding.insert(i * 3 + 2, 1, '\0');
   for (int i = 0; i < kBurst; ++i) {
     req.set_request_id(100 + i);
-    ASSERT_TRUE(SendRecord(c->fd.get(), req.SerializeAsString(), {}, false).ok());
+    ASSERT_TRUE(SendRecord(c->fd.get(), req.SerializeAsString() + padding, {}, false).ok());
   }
   for (int i = 0; i < kBurst; ++i) {
     ASSERT_TRUE(WaitReadable(c->fd.get(), 10000).ok()) << i;
