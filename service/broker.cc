@@ -30,6 +30,8 @@ uint64_t Broker::max_unread_fds_per_uid = 0;
 absl::Duration Broker::lone_pause = absl::Milliseconds(50);
 absl::Duration Broker::inline_window = absl::Milliseconds(100);
 absl::Duration Broker::inline_allowed = absl::Milliseconds(25);
+absl::Duration Broker::parse_window = absl::Milliseconds(100);
+absl::Duration Broker::parse_allowed = absl::Milliseconds(5);
 
 namespace {
 
@@ -156,6 +158,7 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake
       retired_wake_(std::make_shared<UniqueFd>(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK))),
       foreign_fds_(std::move(foreign_fds)),
       inline_budget_(inline_window, inline_allowed),
+      parse_budget_(parse_window, parse_allowed),
       log_limit_(10, absl::Seconds(1), /*per_uid=*/3),
       lane_done_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid, [this] {
@@ -212,6 +215,10 @@ void Broker::Run() {
     if (held) {
       const int pause = static_cast<int>(absl::ToInt64Milliseconds(lone_pause));
       timeout = timeout < 0 ? pause : std::min(timeout, pause);
+    }
+    if (!parse_paused_.empty()) {
+      const int resume = ResumeParsed(MonotonicNow());
+      if (resume >= 0) timeout = timeout < 0 ? resume : std::min(timeout, resume);
     }
     const int n = ::epoll_wait(epoll_.get(), events, 64, timeout);
     if (n < 0) {
@@ -419,8 +426,9 @@ void Broker::Accept() {
   ev.events = EPOLLIN | EPOLLRDHUP;
   ev.data.u64 = c->key;
   absl::Status status = SendRecord(c->sock(), frame.SerializeAsString(), {}, true);
-  // A uid whose sent fds wait to be closed, over the limit: not read yet.
-  c->paused = foreign_fds_->OverLimit(charged);
+  // A uid whose sent fds wait to be closed, over the limit, or past its
+  // parse share: not read yet.
+  c->paused = foreign_fds_->OverLimit(charged) || ParsePaused(charged);
   if (status.ok() && !c->paused &&
       ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->sock(), &ev) != 0) {
     status = ErrnoStatus(errno, "epoll_ctl(ADD)");

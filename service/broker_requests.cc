@@ -137,7 +137,17 @@ void Broker::Reply(Conn& conn, v1::BrokerReply reply) {
 
 bool Broker::Handle(Conn& conn, Record rec) {
   v1::BrokerRequest req;
-  if (!req.ParseFromString(rec.bytes)) {
+  const bool timed = rec.bytes.size() > kTimedParseBytes;  // never a real request's
+  const absl::Time start = timed ? MonotonicNow() : absl::Time();
+  const bool parsed = req.ParseFromString(rec.bytes);
+  if (timed) {
+    const absl::Time now = MonotonicNow();
+    parse_budget_.Charge(conn.charged_uid, now - start, start);
+    if (parse_budget_.Over(conn.charged_uid, now)) {
+      PauseForParsing(conn.charged_uid, parse_budget_.WindowEnd(conn.charged_uid));
+    }
+  }
+  if (!parsed) {
     Reply(conn, ErrorReply(0, absl::InvalidArgumentError(kMalformedRequest)));
     return true;
   }
@@ -344,6 +354,35 @@ void Broker::Pause(Conn& conn) {
   paused_.insert(conn.key);
 }
 
+void Broker::PauseForParsing(uid_t uid, absl::Time until) {
+  if (!parse_paused_.emplace(uid, until).second) return;
+  for (auto& [key, c] : conns_) {
+    if (c->charged_uid == uid) Pause(*c);
+  }
+  Warn("parse", uid,
+       absl::StrCat("uid ", uid, " took ", absl::FormatDuration(parse_allowed),
+                    " of the broker thread parsing long records within ",
+                    absl::FormatDuration(parse_window),
+                    ": not reading its connections until that window ends"));
+}
+
+int Broker::ResumeParsed(absl::Time now) {
+  absl::Time next = absl::InfiniteFuture();
+  bool ended = false;
+  for (auto it = parse_paused_.begin(); it != parse_paused_.end();) {
+    if (it->second <= now) {
+      parse_paused_.erase(it++);
+      ended = true;
+    } else {
+      next = std::min(next, it->second);
+      ++it;
+    }
+  }
+  if (ended) ResumeCleared();
+  if (next == absl::InfiniteFuture()) return -1;
+  return static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))));
+}
+
 void Broker::RetryHeld() {
   bool posted = false;
   for (uint64_t key : paused_) {  // a held request's connection is paused
@@ -367,8 +406,8 @@ void Broker::ResumeCleared() {
       continue;
     }
     Conn& conn = *c->second;
-    if (conn.held || foreign_fds_->Waiting(conn.key) ||
-        foreign_fds_->OverLimit(conn.charged_uid)) {
+    if (conn.held || foreign_fds_->Waiting(conn.key) || foreign_fds_->OverLimit(conn.charged_uid) ||
+        ParsePaused(conn.charged_uid)) {
       ++it;
       continue;
     }

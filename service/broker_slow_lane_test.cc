@@ -242,5 +242,49 @@ TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
   (*broker)->Stop();
 }
 
+// A record's parse cost is its sender's to choose up to the record limit
+// (64 KiB of empty unknown fields: ~250 µs of the broker thread, against
+// ~1 µs for a real request): a uid whose long records took parse_allowed
+// within parse_window is not read, on any of its connections, until that
+// window ends; then it is served again.
+TEST_F(SlowLaneTest, AUidPastItsParseShareIsNotReadUntilItsWindowEnds) {
+  const absl::Duration saved_window = Broker::parse_window;
+  const absl::Duration saved_allowed = Broker::parse_allowed;
+  Broker::parse_window = absl::Seconds(3);
+  Broker::parse_allowed = absl::Milliseconds(1);
+  Allocator core(std::make_unique<MemfdBackend>(), Limits());
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Start(dir_ + "/broker.sock", 0600, &core);
+  Broker::parse_window = saved_window;
+  Broker::parse_allowed = saved_allowed;
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> a = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> b = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  v1::BrokerRequest describe;
+  describe.set_request_id(7);
+  describe.mutable_describe()->set_buffer_id(999);
+  std::string padded = describe.SerializeAsString();
+  for (int i = 0; i < 20000; ++i) padded += std::string("\xc0\x3e\x00", 3);  // field 1000: 0
+  auto answered = [](int fd, int ms) {
+    if (!WaitReadable(fd, ms).ok()) return false;
+    absl::StatusOr<Record> rec = ReceiveRecord(fd, false);
+    return rec.ok();
+  };
+  int served = 0;
+  for (; served < 2000; ++served) {
+    ASSERT_TRUE(SendRecord(a->fd.get(), padded, {}, false).ok());
+    if (!answered(a->fd.get(), 300)) break;  // its uid is not read any more
+  }
+  EXPECT_LT(served, 2000) << "long records were read on and on";
+  // Another connection of that uid is not read either, until the window
+  // ends; then both are answered.
+  ASSERT_TRUE(SendRecord(b->fd.get(), describe.SerializeAsString(), {}, false).ok());
+  EXPECT_FALSE(answered(b->fd.get(), 300)) << "read while its uid was past its share";
+  EXPECT_TRUE(answered(b->fd.get(), 10000)) << "still not read after the window";
+  EXPECT_TRUE(answered(a->fd.get(), 10000)) << "the last long record was never answered";
+  (*broker)->Stop();
+}
+
 }  // namespace
 }  // namespace halloc

@@ -15,6 +15,11 @@ bool TimeBudget::Over(uint64_t key, absl::Time now) const {
          it->second.spent >= allowed_;
 }
 
+absl::Time TimeBudget::WindowEnd(uint64_t key) const {
+  auto it = uses_.find(key);
+  return it == uses_.end() ? absl::InfinitePast() : it->second.start + window_;
+}
+
 void TimeBudget::Charge(uint64_t key, absl::Duration spent, absl::Time now) {
   if (uses_.size() >= kSweepAt) {
     absl::erase_if(uses_, [&](const auto& u) { return now - u.second.start >= window_; });

@@ -21,6 +21,8 @@ class TimeBudget {
   bool Over(uint64_t key, absl::Time now) const;
   // `key` took `spent` of the thread's time, starting at `now`.
   void Charge(uint64_t key, absl::Duration spent, absl::Time now);
+  // When the window `key` has open ends (InfinitePast: none open).
+  absl::Time WindowEnd(uint64_t key) const;
   // Keys with a window open (ended ones are dropped as the map grows).
   size_t size() const { return uses_.size(); }
 

@@ -30,5 +30,16 @@ TEST(TimeBudgetTest, EndedWindowsDoNotPileUp) {
   EXPECT_LE(b.size(), 1025u);
 }
 
+TEST(TimeBudgetTest, WindowEndIsWhenTheOpenWindowCloses) {
+  TimeBudget budget(absl::Milliseconds(100), absl::Milliseconds(5));
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  EXPECT_EQ(budget.WindowEnd(7), absl::InfinitePast()) << "nothing charged";
+  budget.Charge(7, absl::Milliseconds(1), t0);
+  budget.Charge(7, absl::Milliseconds(1), t0 + absl::Milliseconds(50));
+  EXPECT_EQ(budget.WindowEnd(7), t0 + absl::Milliseconds(100));
+  budget.Charge(7, absl::Milliseconds(1), t0 + absl::Milliseconds(120));  // a new window
+  EXPECT_EQ(budget.WindowEnd(7), t0 + absl::Milliseconds(220));
+}
+
 }  // namespace
 }  // namespace halloc
