@@ -198,6 +198,8 @@ TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
     s = stub->Stats(&ctx, v1::StatsRequest(), &stats);
   } while (!s.ok() && absl::Now() < end && (absl::SleepFor(absl::Milliseconds(50)), true));
   EXPECT_TRUE(s.ok()) << "gRPC calls still refused 10 s after: " << s.error_message();
+  std::printf("gRPC calls answered again %.0f ms after the connections closed\n",
+              absl::ToDoubleMilliseconds(absl::Seconds(10) - (end - absl::Now())));
   absl::StatusOr<Client> c = Client::Connect(opts_);
   ASSERT_TRUE(c.ok()) << c.status();
   const absl::Status allocated = c->Allocate(BlobDescriptor(4096)).status();
