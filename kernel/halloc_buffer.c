@@ -65,6 +65,9 @@ bool halloc_view_allows_driver(const struct halloc_view *view,
 static int halloc_cpu_allowed(const struct halloc_view *view,
 			      enum dma_data_direction dir)
 {
+	/* DMA_NONE would reach the DMA API's BUG_ON in the sync: a bug. */
+	if (!valid_dma_direction(dir))
+		return -EINVAL;
 	if (view->cpu_access == HALLOC_CPU_NONE)
 		return -EPERM;
 	if (view->cpu_access == HALLOC_CPU_READ && dir != DMA_FROM_DEVICE)

@@ -43,10 +43,14 @@ static void halloc_view_cut(struct halloc_view *view, struct inode **inodes,
 {
 	lockdep_assert_held(&view->buf->lock);
 	WRITE_ONCE(view->revoked, true);
-	if (view->inode) {
-		ihold(view->inode);
-		inodes[(*n)++] = view->inode;
+	if (!view->inode)
+		return;
+	if (!inodes) {	/* no room to defer it: zap here, as before */
+		unmap_mapping_range(view->inode->i_mapping, 0, 0, 1);
+		return;
 	}
+	ihold(view->inode);
+	inodes[(*n)++] = view->inode;
 }
 
 /*
@@ -107,11 +111,12 @@ int halloc_view_revoke(const struct halloc_revoke_data *data)
 		ret = -ENOENT;
 		goto unlock;
 	}
-	inodes = kmalloc_array(n, sizeof(*inodes), GFP_KERNEL);
-	if (!inodes) {
-		ret = -ENOMEM;
-		goto unlock;
-	}
+	/*
+	 * Judged: it must not fail from here on (hallocd forgets the grant's
+	 * views once it asked). Without room for the list, the zap is done
+	 * under the lock, as it used to be.
+	 */
+	inodes = kmalloc_array(n, sizeof(*inodes), GFP_KERNEL | __GFP_NOWARN);
 	list_for_each_entry(view, &buf->view_list, node)
 		if (halloc_lineage_pos(view, data->view_id) >= 0)
 			halloc_view_cut(view, inodes, &cut);

@@ -132,7 +132,7 @@ class Broker {
   static absl::Duration inline_allowed;
   // What a record costs this thread to parse is the sender's to choose up
   // to the record limit: 64 KiB of empty unknown fields (or of empty crop
-  // rectangles) take ~250 µs, a plain request ~1 µs. Records longer than
+  // rectangles) take ~250 µs, a whole plain request ~10 µs. Records longer than
   // kTimedParseBytes are timed as they are parsed; a uid whose parsing took
   // parse_allowed within parse_window (counted as TimeBudget does) is not
   // read, on any of its connections, until that window ends. Real requests

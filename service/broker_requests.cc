@@ -360,10 +360,10 @@ void Broker::PauseForParsing(uid_t uid, absl::Time until) {
     if (c->charged_uid == uid) Pause(*c);
   }
   Warn("parse", uid,
-       absl::StrCat("uid ", uid, " took ", absl::FormatDuration(parse_allowed),
-                    " of the broker thread parsing long records within ",
-                    absl::FormatDuration(parse_window),
-                    ": not reading its connections until that window ends"));
+       absl::StrCat("uid ", uid,
+                    " took its share of the broker thread parsing long records: not reading its "
+                    "connections for ",
+                    absl::FormatDuration(until - MonotonicNow())));
 }
 
 int Broker::ResumeParsed(absl::Time now) {

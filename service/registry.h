@@ -158,8 +158,10 @@ class Registry {
   // of (their ids are kept for a revoke of the grant: BufferRecord::
   // let_go_views).
   static constexpr size_t kMaxImportsPerGrant = 256;
-  // Grants one session may hold one buffer through at once (imported, not
-  // revoked): each grant it shares the buffer on with keeps them all (for
+  // Grants one session may hold one buffer through at once (imported and
+  // not revoked live; on a backend without live revoke a revoked grant
+  // still counts, its hold being still there, until the session lets the
+  // buffer go): each grant it shares the buffer on with keeps them all (for
   // a revoke of any: GrantRecord::via), so without a bound a few sessions
   // importing a thousand grants each and sharing on made hallocd keep
   // millions of entries (330 MB, measured), charged to nobody.

@@ -34,7 +34,7 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
             absl::PermissionDeniedError(absl::StrCat(
                 action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
                 " gid ", c.gid,
-                // A grant's sharer is kept without its path (see Allocator::Share).
+                // None for another process on a session's socket.
                 c.exe.empty() ? "" : absl::StrCat(" exe '", absl::CHexEscape(c.exe), "'"),
                 c.exe_file ? "" : " (executable not verified)", " (default deny)")));
 }

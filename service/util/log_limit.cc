@@ -1,5 +1,7 @@
 #include "service/util/log_limit.h"
 
+#include <algorithm>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/stubs/common.h"
@@ -23,9 +25,10 @@ bool LogLimiter::AllowForAt(absl::string_view kind, uint32_t uid, absl::Time now
     ++b.dropped;
     return false;
   }
-  if (uid_budgets_.size() >= size_t{4} * static_cast<size_t>(per_window_)) {
+  if (uid_budgets_.size() >= std::max(sweep_at_, size_t{4} * static_cast<size_t>(per_window_))) {
     absl::erase_if(uid_budgets_,
                    [&](const auto& e) { return now - e.second.window_start >= window_; });
+    sweep_at_ = 2 * uid_budgets_.size();
   }
   Budget& mine = uid_budgets_[{std::string(kind), uid}];
   Renew(mine, now);

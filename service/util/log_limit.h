@@ -68,6 +68,8 @@ class LogLimiter {
   // Per kind and uid, made only while the kind had room (so at most
   // per_window_ a window), and dropped once their window is over.
   absl::flat_hash_map<std::pair<std::string, uint32_t>, Budget> uid_budgets_ ABSL_GUARDED_BY(mu_);
+  // Swept again once it holds this many (twice what the last sweep left).
+  size_t sweep_at_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // `s` with control characters, non-ASCII bytes, quotes and backslashes
