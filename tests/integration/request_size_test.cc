@@ -14,6 +14,21 @@ namespace {
 
 using RequestSizeTest = AbuseTest;
 
+// Built with a sanitizer (hallocd too, in that configuration): its
+// allocator keeps freed memory in quarantine (256 MiB by default) and
+// pads every block, so a peak RSS says little about hallocd's own use.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
 // A raw HTTP/2 client of hallocd's control socket that starts gRPC calls
 // and never finishes their messages (no END_STREAM): gRPC holds what came
 // of each until it is complete. Frames as RFC 9113 has them; the headers
@@ -174,7 +189,10 @@ TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
   std::string why;
   // At most 768 MiB sent: all of it held (the test failing) stays within
   // what the machine has.
-  for (int i = 0; i < 200 && sent < (size_t{768} << 20); ++i) {
+  // Fewer under a sanitizer (each call is slow there; the bound is not
+  // checked, only that nothing breaks and hallocd serves after).
+  const int connections = kSanitized ? 40 : 200;
+  for (int i = 0; i < connections && sent < (size_t{768} << 20); ++i) {
     conns.push_back(std::make_unique<UnfinishedCalls>(opts_.control_socket));
     sent += conns.back()->Start(64, size_t{1} << 20);
     for (const auto& c : conns) {
@@ -185,7 +203,9 @@ TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
   const long grown = daemon_->PeakRssKib() - before;
   std::printf("%zu connections sent %zu MiB unfinished; %d ended ('%s'); peak RSS +%ld MiB\n",
               conns.size(), sent >> 20, ended, why.c_str(), grown >> 10);
-  EXPECT_LT(grown, 384 * 1024) << "hallocd's peak RSS grew by " << grown << " KiB";
+  if (!kSanitized) {
+    EXPECT_LT(grown, 384 * 1024) << "hallocd's peak RSS grew by " << grown << " KiB";
+  }
   conns.clear();
   auto stub = v1::Allocator::NewStub(
       grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
