@@ -228,6 +228,8 @@ class Broker {
   // (and every one of its uid, once over the limit) not read until they are.
   void TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds);
   void Pause(Conn& conn);
+  // Pause() for every connection `uid` is charged for.
+  void PauseUid(uid_t uid);
   // Posts `req` (an Allocate) to the slow lane; an error reply if it is full.
   void PostAllocate(Conn& conn, const Identity& caller, v1::BrokerRequest req);
   // Posts held requests whose uid has room on the slow lane now, and reads

@@ -341,9 +341,7 @@ void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
     Warn("foreign", absl::StrCat("uid ", uid, " has ", foreign_fds_->waiting_of(uid),
                                  " fds it sent waiting to be closed: not reading any "
                                  "of its connections until they are"));
-    for (auto& [key, c] : conns_) {
-      if (c->charged_uid == uid) Pause(*c);
-    }
+    PauseUid(uid);
   }
 }
 
@@ -356,9 +354,7 @@ void Broker::Pause(Conn& conn) {
 
 void Broker::PauseForParsing(uid_t uid, absl::Time until) {
   if (!parse_paused_.emplace(uid, until).second) return;
-  for (auto& [key, c] : conns_) {
-    if (c->charged_uid == uid) Pause(*c);
-  }
+  PauseUid(uid);
   Warn("parse", uid,
        absl::StrCat("uid ", uid,
                     " took its share of the broker thread parsing long records: not reading its "
@@ -381,6 +377,12 @@ int Broker::ResumeParsed(absl::Time now) {
   if (ended) ResumeCleared();
   if (next == absl::InfiniteFuture()) return -1;
   return static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))));
+}
+
+void Broker::PauseUid(uid_t uid) {
+  for (auto& [key, c] : conns_) {
+    if (c->charged_uid == uid) Pause(*c);
+  }
 }
 
 void Broker::RetryHeld() {

@@ -163,14 +163,7 @@ TEST_F(RegistryTest, OnwardGrantsAreBoundedPerUid) {
   size_t shared = 0;
   absl::Status refused;
   for (uint64_t s = 0; s < sessions && refused.ok(); ++s) {
-    for (size_t i = 0; i < kPerSession; ++i) {
-      absl::StatusOr<v1::Grant> g = ShareTo(100 + s, id, 4);
-      if (!g.ok()) {
-        refused = g.status();
-        break;
-      }
-      ++shared;
-    }
+    shared += ShareUntilRefused(100 + s, id, 4, kPerSession, &refused);
   }
   EXPECT_EQ(shared, Registry::kMaxOnwardGrantsPerUid);
   EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused;
@@ -196,15 +189,7 @@ TEST_F(RegistryTest, GrantsAreBoundedPerUidOverAllItsSessions) {
   for (uint64_t s = 0; s < sessions && refused.ok(); ++s) {
     const uint64_t sid = 100 + s;
     reg_.Join(sid, Uid(5));
-    const uint64_t id = AddN(sid, 1)[0];
-    for (size_t i = 0; i < kPerSession; ++i) {
-      absl::StatusOr<v1::Grant> g = ShareTo(sid, id, 4);
-      if (!g.ok()) {
-        refused = g.status();
-        break;
-      }
-      ++shared;
-    }
+    shared += ShareUntilRefused(sid, AddN(sid, 1)[0], 4, kPerSession, &refused);
   }
   EXPECT_EQ(shared, Registry::kMaxGrantsPerUid);
   EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused;

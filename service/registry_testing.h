@@ -83,6 +83,20 @@ class RegistryTest : public ::testing::Test {
     return reg_.Share(from, id, [&](CpuAccess) { return g; });
   }
 
+  // `from` shares buffer `id` with `uid` until refused or `most` times:
+  // how many it made, and the refusal (OK if none).
+  size_t ShareUntilRefused(uint64_t from, uint64_t id, uid_t uid, size_t most,
+                           absl::Status* refused) {
+    for (size_t made = 0; made < most; ++made) {
+      absl::StatusOr<v1::Grant> g = ShareTo(from, id, uid);
+      if (!g.ok()) {
+        *refused = g.status();
+        return made;
+      }
+    }
+    return most;
+  }
+
   // A's new buffer reaches B by two grants, a read one (imported at
   // `through_read`, views `view`) and a read-write one (view `view` + 1);
   // C (session kC, uid 3) joins.

@@ -17,39 +17,35 @@ void LogLimiter::Renew(Budget& b, absl::Time now) const {
 
 bool LogLimiter::AllowForAt(absl::string_view kind, uint32_t uid, absl::Time now,
                             uint64_t* dropped) {
-  if (per_uid_ <= 0) return AllowAt(kind, now, dropped);
-  absl::MutexLock lock(&mu_);
-  Budget& b = budgets_[kind];
-  Renew(b, now);
-  if (b.used >= per_window_) {
-    ++b.dropped;
-    return false;
-  }
-  if (uid_budgets_.size() >= std::max(sweep_at_, size_t{4} * static_cast<size_t>(per_window_))) {
-    absl::erase_if(uid_budgets_,
-                   [&](const auto& e) { return now - e.second.window_start >= window_; });
-    sweep_at_ = 2 * uid_budgets_.size();
-  }
-  Budget& mine = uid_budgets_[{std::string(kind), uid}];
-  Renew(mine, now);
-  if (mine.used >= per_uid_) {
-    ++b.dropped;
-    return false;
-  }
-  ++mine.used;
-  ++b.used;
-  *dropped = b.dropped;
-  b.dropped = 0;
-  return true;
+  return Decide(kind, per_uid_ > 0 ? std::optional<uint32_t>(uid) : std::nullopt, now, dropped);
 }
 
 bool LogLimiter::AllowAt(absl::string_view kind, absl::Time now, uint64_t* dropped) {
+  return Decide(kind, std::nullopt, now, dropped);
+}
+
+bool LogLimiter::Decide(absl::string_view kind, std::optional<uint32_t> uid, absl::Time now,
+                        uint64_t* dropped) {
   absl::MutexLock lock(&mu_);
   Budget& b = budgets_[kind];
   Renew(b, now);
   if (b.used >= per_window_) {
     ++b.dropped;
     return false;
+  }
+  if (uid) {
+    if (uid_budgets_.size() >= std::max(sweep_at_, size_t{4} * static_cast<size_t>(per_window_))) {
+      absl::erase_if(uid_budgets_,
+                     [&](const auto& e) { return now - e.second.window_start >= window_; });
+      sweep_at_ = 2 * uid_budgets_.size();
+    }
+    Budget& mine = uid_budgets_[{std::string(kind), *uid}];
+    Renew(mine, now);
+    if (mine.used >= per_uid_) {
+      ++b.dropped;
+      return false;
+    }
+    ++mine.used;
   }
   ++b.used;
   *dropped = b.dropped;

@@ -11,6 +11,7 @@
 #define HALLOC_SERVICE_UTIL_LOG_LIMIT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -58,6 +59,10 @@ class LogLimiter {
   };
   // Budget `b` renewed for the window `now` falls in.
   void Renew(Budget& b, absl::Time now) const;
+  // A line of `kind` against its budget, and with `uid` against that uid's
+  // share of it too.
+  bool Decide(absl::string_view kind, std::optional<uint32_t> uid, absl::Time now,
+              uint64_t* dropped);
 
   const int per_window_;
   const int per_uid_;
