@@ -161,10 +161,15 @@ Broker::Broker(Allocator* core, UniqueFd listener, UniqueFd epoll, UniqueFd wake
       parse_budget_(parse_window, parse_allowed),
       log_limit_(10, absl::Seconds(1), /*per_uid=*/3),
       lane_done_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      slow_lane_(std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid, [this] {
-        const uint64_t one = 1;  // a place is free: room for a held request, maybe
-        (void)!::write(lane_done_.get(), &one, sizeof(one));
-      })) {}
+      slow_lane_(
+          std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid, [this] { LaneDone(); })),
+      revoke_lane_(
+          std::make_unique<WorkQueue>(kSlowLaneQueue, kSlowLanePerUid, [this] { LaneDone(); })) {}
+
+void Broker::LaneDone() {
+  const uint64_t one = 1;  // a place is free: room for a held request, maybe
+  (void)!::write(lane_done_.get(), &one, sizeof(one));
+}
 
 Broker::~Broker() { Stop(); }
 
@@ -177,6 +182,7 @@ void Broker::Stop() {
   }
   if (thread_.joinable()) thread_.join();
   slow_lane_.reset();  // drops what waits; the allocation being made ends first
+  revoke_lane_.reset();
   if (held_cpu_.load(std::memory_order_relaxed) >= 0) ServingCpu().store(-1);
   std::vector<uint64_t> keys;
   for (const auto& [key, c] : conns_) keys.push_back(key);

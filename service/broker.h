@@ -144,6 +144,16 @@ class Broker {
   static absl::Duration parse_allowed;
   static constexpr size_t kSlowLaneQueue = 64;
   static constexpr size_t kSlowLanePerUid = 4;
+  // A Revoke on a backend that revokes live (Backend::CanRevokeLive) cuts
+  // off every view its grant's imports made, and the kernel zaps each
+  // view's mappings before it answers: as many as the importers chose to
+  // make, and the importer may be the revoker itself (20,000 mappings of
+  // one view took the guest ~17 ms to zap). Those revokes run on a lane of
+  // their own, shared as the slow lane is (kSlowLaneQueue in all,
+  // kSlowLanePerUid per uid; past that the request waits, its connection
+  // unread), so that no revoke holds this thread, and no allocation being
+  // committed on the slow lane holds up a revoke. On other backends a
+  // Revoke only forgets the grant, here.
 
   // The CPU the broker thread is held on (following a client), or -1.
   int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
@@ -171,9 +181,10 @@ class Broker {
     // closed, or those of its uid are over kMaxForeignFdsPerUid, or while
     // `held` waits.
     bool paused = false;
-    // An Allocate sent to the slow lane for its uid's inline share
-    // (kBudgetedBytes) that found the uid's place there taken: it waits
-    // for room (RetryHeld) instead of failing, its connection unread.
+    // A request sent to a lane (an Allocate to the slow lane, a live
+    // Revoke to the revoke lane) that found its uid's place there taken:
+    // it waits for room (RetryHeld) instead of failing, its connection
+    // unread.
     struct Held {
       v1::BrokerRequest req;
       Identity caller;
@@ -203,6 +214,10 @@ class Broker {
   // must wait for released memory to be freed: post it to the slow lane.
   bool ServeAllocate(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                      SocketFdChannel& conn, bool may_wait = true);
+  // A fast-path Revoke and its answer (on the revoke lane's thread when
+  // the backend revokes live).
+  void ServeRevoke(Session& session, const Identity& caller, const v1::BrokerRequest& req,
+                   SocketFdChannel& conn);
   // A fast-path Import and its answer: the reply and the fd in one record.
   void ServeImport(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                    SocketFdChannel& conn);
@@ -230,11 +245,20 @@ class Broker {
   void Pause(Conn& conn);
   // Pause() for every connection `uid` is charged for.
   void PauseUid(uid_t uid);
-  // Posts `req` (an Allocate) to the slow lane; an error reply if it is full.
-  void PostAllocate(Conn& conn, const Identity& caller, v1::BrokerRequest req);
-  // Posts held requests whose uid has room on the slow lane now, and reads
+  // Where `req` (an Allocate or a Revoke) is served off this thread.
+  WorkQueue& LaneOf(const v1::BrokerRequest& req) {
+    return req.has_revoke() ? *revoke_lane_ : *slow_lane_;
+  }
+  // Sends `req` to its lane: posted there, or held (its connection
+  // paused) while its uid's places there are taken.
+  void ToLane(Conn& conn, const Identity& caller, v1::BrokerRequest req);
+  // Posts `req` to its lane; an error reply if it is full.
+  void Post(Conn& conn, const Identity& caller, v1::BrokerRequest req);
+  // Posts held requests whose uid has room on their lane now, and reads
   // their connections again.
   void RetryHeld();
+  // A lane finished a task (written to lane_done_, from the lane's thread).
+  void LaneDone();
   // Reads again from the paused connections whose fds were all closed.
   void ResumeCleared();
   // `uid` went past its parse share (parse_budget_): none of its
@@ -316,12 +340,13 @@ class Broker {
   int lone_requests_ = 0;
   std::atomic<int> held_cpu_{-1};
   std::atomic<size_t> queued_deadlines_{0};
-  // An eventfd the slow lane writes after each task (room for held
-  // requests: Conn::held, among the paused connections). Before
-  // slow_lane_, which writes it from its thread (and is destroyed first).
+  // An eventfd the lanes write after each task (room for held requests:
+  // Conn::held, among the paused connections). Before the lanes, which
+  // write it from their threads (and are destroyed first).
   UniqueFd lane_done_;
-  // Where large allocations are made (see kSlowLaneBytes in broker.cc).
+  // Where large allocations are made (kSlowLaneBytes), and live revokes.
   std::unique_ptr<WorkQueue> slow_lane_;
+  std::unique_ptr<WorkQueue> revoke_lane_;
   std::thread thread_;
   bool stopped_ = false;
 };

@@ -202,25 +202,11 @@ bool Broker::Handle(Conn& conn, Record rec) {
         if (budgeted) inline_budget_.Charge(conn.charged_uid, MonotonicNow() - start, start);
         if (served) return true;
       }
-      // Kept past this record from here on (held or queued): without the
-      // unknown fields protobuf kept, each 2-byte one an object of its own
-      // (a 64 KiB record of them parses to ~2 MB; one may wait on each of
-      // a uid's connections).
-      req.DiscardUnknownFields();
-      // For the slow lane, whose room (the uid's place, or everyone's) is
-      // taken: it waits for room, its connection unread meanwhile, rather
-      // than fail a burst that is merely being slowed (on the gRPC path the
-      // same call would wait on its own thread).
-      if (!slow_lane_->HasRoom(conn.charged_uid)) {
-        conn.held = Conn::Held{std::move(req), caller};
-        Pause(conn);
-        return true;
-      }
       // Large, or waiting, or past its share: made on the slow lane's
       // thread, so that committing or freeing memory does not keep this
       // thread from everyone else's requests. Its answer may come after
       // those of later requests (replies carry request ids).
-      PostAllocate(conn, caller, std::move(req));
+      ToLane(conn, caller, std::move(req));
       return true;
     }
     case v1::BrokerRequest::kImportBuffer: {
@@ -241,22 +227,17 @@ bool Broker::Handle(Conn& conn, Record rec) {
       return true;
     }
     case v1::BrokerRequest::kRevoke: {
-      // On this thread even on a backend that revokes live: one ioctl per
-      // view the grant's imports made (Registry::kMaxImportsPerGrant per
-      // importing session), each marking a view and zapping its mappings,
-      // none waiting for a device. Each takes the buffer's lock briefly, as
-      // an Import's new view does; the module backs a deferred buffer
-      // without it (kernel/halloc_backing.c), so no client's first use of a
-      // large buffer holds this thread up.
+      // On a backend that revokes live, one ioctl per view the grant's
+      // imports made (Registry::kMaxImportsPerGrant per importing session),
+      // each zapping as many mappings as the view's holders made: on the
+      // revoke lane (revoke_lane_ in broker.h). Elsewhere it only forgets
+      // the grant: here.
       const Identity caller = stamped();
-      absl::Status s = core_->Revoke(session, caller, req.revoke().grant_id());
-      if (!s.ok()) {
-        Refuse("Revoke", session, caller, req.request_id(), s, *conn.channel);
-        return true;
+      if (core_->backend().CanRevokeLive()) {
+        ToLane(conn, caller, std::move(req));
+      } else {
+        ServeRevoke(session, caller, req, *conn.channel);
       }
-      v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
-      reply.mutable_revoke();
-      Reply(conn, std::move(reply));
       return true;
     }
     case v1::BrokerRequest::kDescribe: {
@@ -294,14 +275,51 @@ bool Broker::Handle(Conn& conn, Record rec) {
   }
 }
 
-void Broker::PostAllocate(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
+void Broker::ToLane(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
+  // Kept past this record from here on (held or queued): without the
+  // unknown fields protobuf kept, each 2-byte one an object of its own
+  // (a 64 KiB record of them parses to ~2 MB; one may wait on each of
+  // a uid's connections).
+  req.DiscardUnknownFields();
+  // Its lane's room (the uid's places, or everyone's) is taken: it waits
+  // for room, its connection unread meanwhile, rather than fail a burst
+  // that is merely being slowed (on the gRPC path the same call would wait
+  // on its own thread).
+  if (!LaneOf(req).HasRoom(conn.charged_uid)) {
+    conn.held = Conn::Held{std::move(req), caller};
+    Pause(conn);
+    return;
+  }
+  Post(conn, caller, std::move(req));
+}
+
+void Broker::Post(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
   const uint64_t id = req.request_id();
-  absl::Status posted = slow_lane_->Post(
-      conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
-                         req = std::move(req)] {
-        ServeAllocate(*s, who, req, *ch);
-      });
+  WorkQueue& lane = LaneOf(req);
+  absl::Status posted = lane.Post(conn.charged_uid, [this, s = conn.session, ch = conn.channel,
+                                                     who = caller, req = std::move(req)] {
+    if (req.has_revoke()) {
+      ServeRevoke(*s, who, req, *ch);
+    } else {
+      ServeAllocate(*s, who, req, *ch);
+    }
+  });
   if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
+}
+
+void Broker::ServeRevoke(Session& session, const Identity& caller, const v1::BrokerRequest& req,
+                         SocketFdChannel& conn) {
+  absl::Status s = core_->Revoke(session, caller, req.revoke().grant_id());
+  if (!s.ok()) {
+    Refuse("Revoke", session, caller, req.request_id(), s, conn);
+    return;
+  }
+  v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
+  reply.mutable_revoke();
+  if (absl::Status sent = SendReply(conn, std::move(reply)); !sent.ok()) {
+    Warn("reply", session.creds().charged_uid(),
+         absl::StrCat("cannot reply to session ", session.id(), ": ", sent.message()));
+  }
 }
 
 bool Broker::ServeAllocate(Session& session, const Identity& caller,
@@ -391,10 +409,10 @@ void Broker::RetryHeld() {
     auto c = conns_.find(key);
     if (c == conns_.end() || !c->second->held) continue;
     Conn& conn = *c->second;
-    if (!slow_lane_->HasRoom(conn.charged_uid)) continue;
+    if (!LaneOf(conn.held->req).HasRoom(conn.charged_uid)) continue;
     Conn::Held h = *std::move(conn.held);
     conn.held.reset();
-    PostAllocate(conn, h.caller, std::move(h.req));
+    Post(conn, h.caller, std::move(h.req));
     posted = true;
   }
   if (posted) ResumeCleared();  // those not paused for foreign fds too

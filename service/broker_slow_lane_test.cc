@@ -1,16 +1,19 @@
 // The broker's slow lane: large fast-path allocations are made on a thread
 // of their own, a bounded share per uid, so that no client's commit holds
 // up the broker thread (broker.h).
-#include <sys/ioctl.h>
 #include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -284,6 +287,124 @@ TEST_F(SlowLaneTest, AUidPastItsParseShareIsNotReadUntilItsWindowEnds) {
   EXPECT_TRUE(answered(b->fd.get(), 10000)) << "still not read after the window";
   EXPECT_TRUE(answered(a->fd.get(), 10000)) << "the last long record was never answered";
   (*broker)->Stop();
+}
+
+// A memfd backend that says it revokes live: every view has an id, and
+// cutting the first one off says it began (`entered`) and waits for `open`
+// (a kernel zapping an importer's many mappings).
+class RevokingBackend : public MemfdBackend {
+ public:
+  RevokingBackend(absl::Notification* entered, absl::Notification* open)
+      : entered_(entered), open_(open) {}
+  bool CanRevokeLive() const override { return true; }
+  absl::StatusOr<RevocableView> OpenRevocableView(const UniqueFd& buffer,
+                                                  const ViewRights& rights) override {
+    ASSIGN_OR_RETURN(UniqueFd fd, OpenView(buffer, rights));
+    return RevocableView{std::move(fd), next_id_.fetch_add(1)};
+  }
+  absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) override {
+    if (!entered_->HasBeenNotified()) entered_->Notify();  // one thread calls
+    open_->WaitForNotification();
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Notification* const entered_;
+  absl::Notification* const open_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+v1::BrokerRequest RevokeRequest(uint64_t request_id, uint64_t grant_id) {
+  v1::BrokerRequest req;
+  req.set_request_id(request_id);
+  req.mutable_revoke()->set_grant_id(grant_id);
+  return req;
+}
+
+// A revoke on a backend that revokes live waits for the kernel to zap
+// every mapping the grant's importers made, as many as they chose: it is
+// made on a lane of its own, so that meanwhile the broker thread answers
+// everyone else; a uid's revokes past its places there wait, unanswered,
+// and are all made once there is room.
+TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
+  absl::Notification entered, open;
+  Allocator core(std::make_unique<RevokingBackend>(&entered, &open), Limits());
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Start(dir_ + "/broker.sock", 0600, &core);
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::Cleanup stop = [&] {
+    if (!open.HasBeenNotified()) open.Notify();
+    (*broker)->Stop();
+  };
+  std::vector<BrokerConnection> conns;  // owner, importer, a bystander
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+    ASSERT_TRUE(c.ok()) << c.status();
+    conns.push_back(*std::move(c));
+  }
+  const int owner = conns[0].fd.get();
+  // The owner's page, shared (through the core) kSlowLanePerUid + 2 times;
+  // the importer imports the first grant (a view to cut off).
+  v1::BrokerRequest alloc;
+  alloc.set_request_id(1);
+  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
+  absl::StatusOr<Answer> page = Ask(owner, alloc);
+  ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      core.Authenticate(conns[0].welcome.session_token());
+  ASSERT_TRUE(session.ok()) << session.status();
+  constexpr int kRevokes = static_cast<int>(Broker::kSlowLanePerUid) + 2;
+  std::vector<v1::Grant> grants;
+  for (int i = 0; i < kRevokes; ++i) {
+    v1::ShareRequest share;
+    share.set_buffer_id(page->reply.allocate().buffers(0).id());
+    share.mutable_peer()->set_uid(::getuid());
+    share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
+    absl::StatusOr<v1::Grant> g = core.Share(**session, share);
+    ASSERT_TRUE(g.ok()) << g.status();
+    grants.push_back(*std::move(g));
+  }
+  v1::BrokerRequest import;
+  import.set_request_id(2);
+  import.mutable_import_buffer()->set_grant_token(grants[0].token());
+  absl::StatusOr<Answer> imported = Ask(conns[1].fd.get(), import);
+  ASSERT_TRUE(imported.ok() && ReplyStatus(imported->reply).ok());
+
+  // The first revoke is cutting its view off (held here); the next three
+  // wait on the lane, the last two find the uid's places taken.
+  ASSERT_TRUE(
+      SendRecord(owner, RevokeRequest(10, grants[0].id()).SerializeAsString(), {}, false).ok());
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  for (int i = 1; i < kRevokes; ++i) {
+    ASSERT_TRUE(
+        SendRecord(owner, RevokeRequest(10 + i, grants[i].id()).SerializeAsString(), {}, false)
+            .ok());
+  }
+  size_t fds = 0;
+  absl::Status s = AllocateOn(conns[2].fd.get(), 4096, &fds);
+  EXPECT_TRUE(s.ok()) << s << " (the broker thread waited for the revoke)";
+  EXPECT_EQ(fds, 1u);
+  EXPECT_FALSE(WaitReadable(owner, 100).ok()) << "a revoke answered before it was made";
+
+  open.Notify();
+  std::set<uint64_t> answered;
+  for (int i = 0; i < kRevokes; ++i) {
+    ASSERT_TRUE(WaitReadable(owner, 10000).ok()) << i;
+    absl::StatusOr<Record> rec = ReceiveRecord(owner, false);
+    ASSERT_TRUE(rec.ok()) << rec.status();
+    v1::BrokerFrame frame;
+    ASSERT_TRUE(frame.ParseFromString(rec->bytes) && frame.has_reply());
+    EXPECT_TRUE(ReplyStatus(frame.reply()).ok()) << ReplyStatus(frame.reply());
+    EXPECT_TRUE(frame.reply().has_revoke());
+    answered.insert(frame.reply().request_id());
+  }
+  EXPECT_EQ(answered.size(), static_cast<size_t>(kRevokes));
+  // Each grant is gone: its token imports no more.
+  import.set_request_id(3);
+  import.mutable_import_buffer()->set_grant_token(grants[kRevokes - 1].token());
+  absl::StatusOr<Answer> again = Ask(conns[1].fd.get(), import);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(ReplyStatus(again->reply).code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace
