@@ -39,6 +39,21 @@ class SlowLaneTest : public ::testing::Test {
   std::string dir_;
 };
 
+// Sets one of Broker's static durations (read at Start) for its scope.
+class Override {
+ public:
+  Override(absl::Duration& value, absl::Duration set) : value_(value), saved_(value) {
+    value_ = set;
+  }
+  ~Override() { value_ = saved_; }
+  Override(const Override&) = delete;
+  Override& operator=(const Override&) = delete;
+
+ private:
+  absl::Duration& value_;
+  const absl::Duration saved_;
+};
+
 // A memfd backend whose allocations of 64 MiB or more say they began
 // (`entered`) and then wait for `open`.
 class GatedBackend : public Backend {
@@ -191,17 +206,15 @@ class SlowBackend : public MemfdBackend {
 // turn. (The window is long here so that a slow machine cannot end it
 // between the calls.)
 TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
-  const absl::Duration saved_window = Broker::inline_window;
-  const absl::Duration saved_allowed = Broker::inline_allowed;
-  Broker::inline_window = absl::Seconds(30);
-  Broker::inline_allowed = absl::Milliseconds(20);
   auto backend = std::make_unique<SlowBackend>(absl::Milliseconds(40));
   SlowBackend* slow = backend.get();
   Allocator core(std::move(backend), Limits());
-  absl::StatusOr<std::unique_ptr<Broker>> broker =
-      Broker::Start(dir_ + "/broker.sock", 0600, &core);
-  Broker::inline_window = saved_window;
-  Broker::inline_allowed = saved_allowed;
+  absl::StatusOr<std::unique_ptr<Broker>> broker;
+  {
+    Override window(Broker::inline_window, absl::Seconds(30));
+    Override allowed(Broker::inline_allowed, absl::Milliseconds(20));
+    broker = Broker::Start(dir_ + "/broker.sock", 0600, &core);
+  }
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
@@ -251,15 +264,13 @@ TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
 // within parse_window is not read, on any of its connections, until that
 // window ends; then it is served again.
 TEST_F(SlowLaneTest, AUidPastItsParseShareIsNotReadUntilItsWindowEnds) {
-  const absl::Duration saved_window = Broker::parse_window;
-  const absl::Duration saved_allowed = Broker::parse_allowed;
-  Broker::parse_window = absl::Seconds(3);
-  Broker::parse_allowed = absl::Milliseconds(1);
   Allocator core(std::make_unique<MemfdBackend>(), Limits());
-  absl::StatusOr<std::unique_ptr<Broker>> broker =
-      Broker::Start(dir_ + "/broker.sock", 0600, &core);
-  Broker::parse_window = saved_window;
-  Broker::parse_allowed = saved_allowed;
+  absl::StatusOr<std::unique_ptr<Broker>> broker;
+  {
+    Override window(Broker::parse_window, absl::Seconds(3));
+    Override allowed(Broker::parse_allowed, absl::Milliseconds(1));
+    broker = Broker::Start(dir_ + "/broker.sock", 0600, &core);
+  }
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> a = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
   absl::StatusOr<BrokerConnection> b = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
