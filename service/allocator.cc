@@ -215,11 +215,10 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   return plan;
 }
 
-v1::IsSupportedResponse Allocator::IsSupported(
-    const v1::IsSupportedRequest& req, const Session* session) const {
+v1::IsSupportedResponse Allocator::IsSupported(const v1::IsSupportedRequest& req,
+                                               const Identity* caller) const {
   v1::IsSupportedResponse resp;
-  absl::StatusOr<Plan> plan =
-      MakePlan(req.desc(), req.count(), session ? &session->creds() : nullptr);
+  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count(), caller);
   resp.set_supported(plan.ok());
   if (!plan.ok()) {
     resp.set_code(static_cast<int>(plan.status().code()));

@@ -111,10 +111,11 @@ class Allocator {
   static bool IsOperator(uid_t uid);
   absl::StatusOr<v1::DumpResponse> Dump(Session& session);
   // Same checks as Allocate, through the same code (Plan), no memory. With
-  // a session, its policy rule applies as well; without one, only the
-  // descriptor and the backend are judged.
+  // a caller (a session's, or a broker request's sender), its policy rule
+  // applies as well; without one, only the descriptor and the backend are
+  // judged.
   v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req,
-                                      const Session* session) const;
+                                      const Identity* caller) const;
   // Bytes `req` would allocate (all its buffers, each rounded to pages),
   // from the same plan as Allocate; 0 when the descriptor is refused.
   uint64_t PlannedBytes(const v1::AllocateRequest& req) const;

@@ -289,7 +289,7 @@ TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
   v1::IsSupportedRequest q;
   q.mutable_desc()->set_size(4096);
   for (int i = 0; i < 3; ++i) {
-    const v1::IsSupportedResponse r = core.IsSupported(q, session.get());
+    const v1::IsSupportedResponse r = core.IsSupported(q, &session->creds());
     EXPECT_FALSE(r.supported());
     EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kPermissionDenied)) << r.reason();
   }

@@ -540,6 +540,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   welcome->set_broker_share(true);
   welcome->set_broker_revoke(true);
   welcome->set_broker_metadata(true);
+  welcome->set_broker_is_supported(true);
   if (id.exe_file) welcome->set_exe(Utf8OrEscaped(id.exe));
   Reply(conn, std::move(reply));
   uint64_t dropped = 0;

@@ -1,14 +1,14 @@
 // The broker: the SOCK_SEQPACKET Unix socket that carries fds, whose
 // connections are the clients' sessions, and which carries the fast-path
-// requests (Allocate, Import, Share, Revoke, Release, Describe, SetMetadata). The protocol
-// is documented in
-// proto/halloc/v1/broker.proto.
+// requests (Allocate, Import, Share, Revoke, Release, Describe, SetMetadata,
+// IsSupported). The protocol is documented in proto/halloc/v1/broker.proto.
 //
 // One thread runs it; while it serves one client at a time it moves to that
 // client's CPU (util/cpu_follower.h). Large allocations (64 MiB or more) go
 // to a second thread (util/work_queue.h), so that committing them does not
 // hold up everyone else's requests, as do those of 1 MiB or more of a uid
-// past its share of this thread (kBudgetedBytes). For each accepted connection it reads
+// past its share of this thread (kBudgetedBytes); live revokes go to a
+// third (revoke_lane_). For each accepted connection it reads
 // SO_PEERCRED, pins the peer with a pidfd, notes which file it executes and sends a Hello with a
 // challenge; the session opens only when the connecting process itself answers (the kernel stamps
 // every record with its sender: SO_PASSCRED). When the peer closes the connection (or dies), the

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
@@ -218,6 +219,37 @@ TEST_F(BrokerIdentityTest, AVerifiedProcessThatExecsVouchesForNothingAfterwards)
   EXPECT_EQ(reply->request_id(), 7u);
   EXPECT_EQ(reply->code(), static_cast<int>(absl::StatusCode::kPermissionDenied))
       << "python, exec'd by the verified process, is not the verified executable";
+}
+
+// IsSupported on the broker is judged for whoever sends it, as its
+// Allocate would be: yes for the verified executable's rule, no (the
+// reason and code its Allocate would get) once the process exec'd python.
+TEST_F(BrokerIdentityTest, AnIsSupportedIsJudgedForWhoeverSendsIt) {
+  if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
+  ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  v1::BrokerRequest req;
+  req.set_request_id(8);
+  req.mutable_is_supported()->mutable_desc()->set_size(4096);
+  absl::StatusOr<BrokerConnection> trusted = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(trusted.ok()) << trusted.status();
+  EXPECT_TRUE(trusted->welcome.broker_is_supported());
+  absl::StatusOr<Answer> yes = Ask(trusted->fd.get(), req);
+  ASSERT_TRUE(yes.ok()) << yes.status();
+  EXPECT_EQ(yes->reply.request_id(), 8u);
+  EXPECT_EQ(yes->reply.code(), 0);
+  ASSERT_TRUE(yes->reply.has_is_supported());
+  EXPECT_TRUE(yes->reply.is_supported().supported()) << yes->reply.is_supported().reason();
+  EXPECT_TRUE(yes->fds.empty());
+
+  absl::StatusOr<v1::BrokerReply> no = AskedAfterExec(path_, req);
+  ASSERT_TRUE(no.ok()) << no.status();
+  EXPECT_EQ(no->code(), 0) << "IsSupported answers no in its reply, not as an error";
+  ASSERT_TRUE(no->has_is_supported());
+  EXPECT_FALSE(no->is_supported().supported());
+  EXPECT_EQ(no->is_supported().code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+  EXPECT_TRUE(absl::StrContains(no->is_supported().reason(), "others"))
+      << no->is_supported().reason();
 }
 
 }  // namespace

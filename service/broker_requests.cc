@@ -1,7 +1,8 @@
 // The broker's request path: records off a connection, the fast-path
-// Allocate, Import, Share, Revoke, Release, Describe and SetMetadata, and their answers (the
-// handshake and connection life are in broker.cc), and connections paused while fds they sent wait
-// to be closed or a request waits for the slow lane.
+// Allocate, Import, Share, Revoke, Release, Describe, SetMetadata and
+// IsSupported, and their answers (the handshake and connection life are in
+// broker.cc), and connections paused while fds they sent wait to be closed
+// or a request waits for its lane.
 #include "service/broker.h"
 
 #include <sys/epoll.h>
@@ -258,6 +259,14 @@ bool Broker::Handle(Conn& conn, Record rec) {
       }
       v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
       *reply.mutable_set_metadata()->mutable_buffer() = *std::move(info);
+      Reply(conn, std::move(reply));
+      return true;
+    }
+    case v1::BrokerRequest::kIsSupported: {
+      // Judged for whoever sent it, as its Allocate would be.
+      const Identity caller = stamped();
+      v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
+      *reply.mutable_is_supported() = core_->IsSupported(req.is_supported(), &caller);
       Reply(conn, std::move(reply));
       return true;
     }

@@ -160,7 +160,7 @@ grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
   const bool has_token = ctx->client_metadata().count(kSessionMetadataKey) > 0;
   absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);
   if (has_token && !session.ok()) return Finish("IsSupported", nullptr, session.status());
-  *resp = core_->IsSupported(*req, session.ok() ? session->get() : nullptr);
+  *resp = core_->IsSupported(*req, session.ok() ? &(*session)->creds() : nullptr);
   return grpc::Status::OK;
 }
 

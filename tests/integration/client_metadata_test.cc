@@ -1,17 +1,22 @@
 // Describe and SetMetadata through libhalloc on both paths against a real
 // hallocd: the broker fast path (with no control socket at all) and gRPC
-// give the same answers and the same codes; and List, page by page.
+// give the same answers and the same codes (IsSupported too); and List,
+// page by page.
 #include <drm_fourcc.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
 #include "gtest/gtest.h"
+#include "service/daemon.h"
 
 namespace halloc {
 namespace {
@@ -90,6 +95,61 @@ TEST_F(ClientMetadataTest, BothPathsAgreeOnDescriptionsAndMetadata) {
             (std::vector<StatusCode>{StatusCode::kNotFound, StatusCode::kNotFound,
                                      StatusCode::kInvalidArgument, StatusCode::kInvalidArgument,
                                      StatusCode::kPermissionDenied}));
+}
+
+// IsSupported on the broker (a client with no control socket at all) and
+// over gRPC: the same answers, field by field, yes or no, judged by the
+// same plan and the caller's policy rule (here one whose max_buffer_bytes
+// is 64 KiB).
+TEST_F(ClientMetadataTest, BothPathsAgreeOnIsSupported) {
+  const std::string policy = daemon().dir() + "/small.textproto";
+  {
+    std::ofstream out(policy);
+    out << "clients { name: \"small-buffers\" match { any: true } usages: \"*\" heaps: \"*\"\n"
+           "  max_cpu_access: CPU_ACCESS_READ_WRITE max_buffer_bytes: 65536 }\n";
+    ASSERT_TRUE(out.good());
+  }
+  DaemonOptions options = testing::TestDaemon::DefaultOptions();
+  options.policy_file = policy;
+  absl::StatusOr<std::unique_ptr<testing::TestDaemon>> small = testing::TestDaemon::Start(options);
+  ASSERT_TRUE(small.ok()) << small.status();
+  const std::vector<std::pair<v1::BufferDescriptor, uint32_t>> asked = {
+      {BlobDescriptor(4096, 0, "blob"), 1},
+      {ImageDescriptor(64, 32, DRM_FORMAT_NV12, 0, "frame"), 2},
+      {ImageDescriptor(64, 32, 0x12345678, 0, "no-such-format"), 1},
+      {BlobDescriptor(0), 1},
+      {BlobDescriptor(1 << 20, 0, "past-the-rule"), 1},
+      {BlobDescriptor(4096), 100000},
+  };
+  std::vector<v1::IsSupportedResponse> answers[2];
+  for (bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "broker" : "grpc");
+    absl::StatusOr<Client> c = (*small)->Connect(fast ? testing::TestDaemon::Via::kBrokerOnly
+                                                      : testing::TestDaemon::Via::kGrpc);
+    ASSERT_TRUE(c.ok()) << c.status();
+    for (const auto& [desc, count] : asked) {
+      absl::StatusOr<v1::IsSupportedResponse> r = c->IsSupported(desc, count);
+      ASSERT_TRUE(r.ok()) << r.status();
+      answers[fast ? 0 : 1].push_back(*std::move(r));
+    }
+  }
+  ASSERT_EQ(answers[0].size(), asked.size());
+  ASSERT_EQ(answers[1].size(), asked.size());
+  for (size_t i = 0; i < asked.size(); ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(answers[0][i].DebugString(), answers[1][i].DebugString());
+  }
+  const std::vector<v1::IsSupportedResponse>& a = answers[0];
+  EXPECT_TRUE(a[0].supported());
+  EXPECT_EQ(a[0].backend(), "memfd");
+  EXPECT_TRUE(a[1].supported());
+  EXPECT_EQ(a[1].layout().planes_size(), 2);
+  for (size_t i = 2; i < asked.size(); ++i) {
+    EXPECT_FALSE(a[i].supported()) << i;
+    EXPECT_NE(a[i].code(), 0) << i;
+    EXPECT_FALSE(a[i].reason().empty()) << i;
+  }
+  EXPECT_TRUE(absl::StrContains(a[4].reason(), "small-buffers")) << a[4].reason();
 }
 
 // hallocd lists at most 1000 buffers a reply (ListRequest.page_size):

@@ -578,6 +578,12 @@ absl::StatusOr<v1::IsSupportedResponse> Client::IsSupported(
   v1::IsSupportedRequest req;
   *req.mutable_desc() = desc;
   req.set_count(count);
+  if (impl_->fast_path_ && impl_->welcome_.broker_is_supported()) {
+    v1::BrokerRequest breq;
+    breq.mutable_is_supported()->Swap(&req);
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "IsSupported"));
+    return std::move(*r.reply.mutable_is_supported());
+  }
   ASSIGN_OR_RETURN(v1::IsSupportedResponse resp,
                    impl_->Call(&v1::Allocator::Stub::IsSupported, req, "IsSupported"));
   return resp;

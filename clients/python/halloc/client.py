@@ -13,11 +13,11 @@
 A Client is one session, as in libhalloc (clients/cpp/halloc/client.h): it
 connects to the broker socket and answers the daemon's challenge (hallocd
 learns who we are from the kernel), then makes gRPC calls carrying the
-session token. Allocate, Import, Share, Revoke, Release, Describe and
-SetMetadata travel on the broker socket, the reply and the fds in one
-record (the fast path, libhalloc's default; all but Allocate and Release so
-where hallocd says it serves them, Welcome.broker_import, broker_share,
-broker_revoke and broker_metadata); the
+session token. Allocate, Import, Share, Revoke, Release, Describe,
+SetMetadata and IsSupported travel on the broker socket, the reply and the
+fds in one record (the fast path, libhalloc's default; all but Allocate and
+Release so where hallocd says it serves them, Welcome.broker_import,
+broker_share, broker_revoke, broker_metadata and broker_is_supported); the
 fds of gRPC calls (Allocate
 and Import with broker_fast_path=False) arrive on the broker socket before
 the gRPC reply. Closing the Client ends the session:
@@ -408,6 +408,11 @@ class Client:
 
     def is_supported(self, desc, count=1):
         req = allocator_pb2.IsSupportedRequest(desc=desc, count=count)
+        if self._fast_path and self.welcome.broker_is_supported:
+            reply, fds = self._broker_call(broker_pb2.BrokerRequest(is_supported=req),
+                                           "IsSupported")
+            _scm.close_all(fds)  # none is sent with an answer
+            return reply.is_supported
         return self._call(self._stub.IsSupported, req, "IsSupported")
 
     def share(self, buffer, *, uid=None, client=None,

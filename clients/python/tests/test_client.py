@@ -480,6 +480,13 @@ def test_share_revoke_and_metadata_need_no_control_socket_on_the_broker(hallocd,
             c.describe(1 << 40)
         with pytest.raises(halloc.UnavailableError):
             grpc_only.describe(buf.id)
+        # IsSupported too (Welcome.broker_is_supported), yes and no.
+        assert c.welcome.broker_is_supported
+        assert c.is_supported(halloc.blob(PAGE)).supported
+        refused = c.is_supported(halloc.blob(0))
+        assert not refused.supported and refused.code != 0 and refused.reason
+        with pytest.raises(halloc.UnavailableError):
+            grpc_only.is_supported(halloc.blob(PAGE))
     finally:
         c.close()
         grpc_only.close()
