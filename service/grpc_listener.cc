@@ -27,7 +27,8 @@ namespace halloc {
 namespace {
 
 LogLimiter& Limiter() {
-  static LogLimiter* limiter = new LogLimiter();
+  // A kind's 10 lines a second, at most 3 of them for one uid's doing.
+  static LogLimiter* limiter = new LogLimiter(10, absl::Seconds(1), /*per_uid=*/3);
   return *limiter;
 }
 
@@ -233,7 +234,9 @@ void GrpcListener::AcceptOne() {
     admit = admit_(uid, held(uid));
   }
   if (!admit.ok()) {
-    if (uint64_t dropped; Limiter().Allow("control-refused", &dropped)) {
+    // A share per uid: one refused on and on (tens of thousands of
+    // connections a second) leaves others' refusals their lines.
+    if (uint64_t dropped; Limiter().AllowFor("control-refused", uid, &dropped)) {
       LOG(WARNING) << "control socket: refused a connection: " << admit.message()
                    << LogLimiter::Dropped(dropped);
     }

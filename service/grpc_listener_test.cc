@@ -1,19 +1,25 @@
 #include "service/grpc_listener.h"
 
+#include <glog/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -69,8 +75,9 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
     absl::StatusOr<std::unique_ptr<GrpcListener>> l = GrpcListener::Start(
         std::move(listener), server_.get(), [this](uid_t uid, ConnectionCounts held) {
           last_uid_ = uid;
-          return held.of_uid >= limit_ ? absl::ResourceExhaustedError("at the limit")
-                                       : absl::OkStatus();
+          return held.of_uid >= limit_
+                     ? absl::ResourceExhaustedError(absl::StrCat("uid ", uid, " at the limit"))
+                     : absl::OkStatus();
         });
     GrpcListener::relay_always = false;
     ASSERT_TRUE(l.ok()) << l.status();
@@ -172,6 +179,72 @@ TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
   a.reset();
   ASSERT_TRUE(WaitFor([&] { return Mine() == 1; })) << "a peer's close is seen";
   EXPECT_TRUE(Check().ok()) << "room again";
+}
+
+// The refusal lines the listener logs, by the uid its admit names.
+class RefusalLines : public google::LogSink {
+ public:
+  RefusalLines() { google::AddLogSink(this); }
+  ~RefusalLines() override { google::RemoveLogSink(this); }
+  void send(google::LogSeverity, const char*, const char*, int, const struct ::tm*,
+            const char* message, size_t length) override {
+    const absl::string_view line(message, length);
+    if (!absl::StrContains(line, "refused a connection")) return;
+    absl::MutexLock lock(&mu_);
+    for (uid_t uid : {uid_t{0}, uid_t{65534}}) {
+      if (absl::StrContains(line, absl::StrCat("uid ", uid, " at the limit"))) ++of_[uid];
+    }
+  }
+  int Of(uid_t uid) {
+    absl::MutexLock lock(&mu_);
+    return of_[uid];
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<uid_t, int> of_ ABSL_GUARDED_BY(mu_);
+};
+
+// Refusals are logged with a share per uid: one uid refused on and on does
+// not keep another's refusals out of the log (uid 65534's 200 refused
+// connections used to take the whole second's budget).
+TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
+  if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
+  limit_ = 0;  // every connection refused
+  // The budget is the process's: let the lines earlier cases logged (root's
+  // refusals among them) age out of its one-second window first.
+  absl::SleepFor(absl::Milliseconds(1100));
+  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  RefusalLines lines;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // syscalls only
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(1);
+    }
+    for (int i = 0; i < 200; ++i) {
+      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ::_exit(2);
+      }
+      ::close(fd);
+    }
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  if (WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot switch to uid 65534 here";
+  ASSERT_EQ(WEXITSTATUS(status), 0) << "uid 65534 could not connect";
+  ASSERT_TRUE(WaitFor([&] { return lines.Of(65534) > 0; }));
+  UniqueFd mine = Raw();
+  EXPECT_TRUE(Ended(mine));
+  EXPECT_TRUE(WaitFor([&] { return lines.Of(0) == 1; })) << "root's refusal was not logged";
+  EXPECT_LE(lines.Of(65534), 3) << "one uid took more than its share of the lines";
 }
 
 TEST_P(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {
