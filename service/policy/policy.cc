@@ -29,9 +29,13 @@ using ::google::protobuf::TextFormat;
 class Collector : public google::protobuf::io::ErrorCollector {
  public:
   explicit Collector(std::string source) : source_(std::move(source)) {}
+  // Protobuf's messages quote the file's own text (`got: "..."`), which
+  // may hold escape sequences or newlines: escaped, as the rest of this
+  // file's errors quote what the file says (Quote), since they reach the
+  // log on a reload and the terminal of whoever checks the file.
   void AddError(int line, int column, const std::string& message) override {
-    errors_.push_back(absl::StrCat(source_, ":", line + 1, ":", column + 1,
-                                   ": ", message));
+    errors_.push_back(
+        absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", absl::CHexEscape(message)));
   }
   void AddWarning(int line, int column, const std::string& message) override {
     AddError(line, column, message);

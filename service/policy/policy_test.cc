@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -256,6 +257,24 @@ TEST(PolicyTest, AnErrorIsOneLineWhateverTheFileHolds) {
   EXPECT_EQ(lines.size(), 2u) << p.status();
   for (const std::string& line : lines) {
     EXPECT_TRUE(absl::StartsWith(line, "f.textproto")) << line;
+  }
+}
+
+// A syntax error's message quotes the file's text: escaped, so that a
+// file's escape sequences (a terminal title, a cleared screen) or a raw
+// newline reach neither the log nor the terminal of whoever checks it.
+TEST(PolicyTest, ASyntaxErrorQuotesTheFileEscaped) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"x\" max_cpu_access: \"\x1b]0;owned\x07\x1b[2J\r"
+      "daemon.cc:139] policy reloaded\n",
+      "f.textproto");
+  ASSERT_FALSE(p.ok());
+  const std::string msg(p.status().message());
+  EXPECT_EQ(msg.find('\x1b'), std::string::npos) << absl::CHexEscape(msg);
+  EXPECT_EQ(msg.find('\x07'), std::string::npos) << absl::CHexEscape(msg);
+  EXPECT_EQ(msg.find('\r'), std::string::npos) << absl::CHexEscape(msg);
+  for (absl::string_view line : absl::StrSplit(msg, '\n')) {
+    EXPECT_TRUE(absl::StartsWith(line, "f.textproto:")) << absl::CHexEscape(msg);
   }
 }
 
