@@ -37,7 +37,8 @@ purge() { "${APT[@]}" remove --purge halloc halloc-dkms >"$WORK/purge.log" 2>&1;
 if dpkg -s halloc >/dev/null 2>&1 || dpkg -s halloc-dkms >/dev/null 2>&1; then purge; fi
 
 # --- build --------------------------------------------------------------------
-if ! tools/package.sh "$WORK/dist" >"$WORK/debs" 2>"$WORK/package.log"; then
+# Under the most permissive umask: the packages' modes must not follow it.
+if ! (umask 0000; tools/package.sh "$WORK/dist" >"$WORK/debs" 2>"$WORK/package.log"); then
   tail -40 "$WORK/package.log"; bad "tools/package.sh builds the packages"; finish
 fi
 mapfile -t DEBS <"$WORK/debs"
@@ -53,6 +54,12 @@ for f in ./usr/bin/hallocd ./usr/bin/hallocctl ./lib/systemd/system/hallocd.sock
 done
 check "package holds the binaries, units, policy and headers (missing: ${missing[*]:-none})" \
   test ${#missing[@]} -eq 0
+# Nothing in either package is writable by group or others (symlinks
+# aside): dkms sources dkms.conf as root.
+writable="$(for d in "$DEB" "$DKMS_DEB"; do dpkg-deb -c "$d"; done |
+  awk '$1 !~ /^l/ && (substr($1, 6, 1) == "w" || substr($1, 9, 1) == "w") { print $1, $NF }')"
+check "no file group- or world-writable in the packages, built under umask 0000 (${writable:-none})" \
+  test -z "$writable"
 
 # --- install ------------------------------------------------------------------
 if "${APT[@]}" install "$DEB" >"$WORK/install.log" 2>&1; then

@@ -12,6 +12,10 @@
 # Prints the two paths. Depends: are the Debian packages that own the shared
 # libraries the binaries load (as installed here, at least that version).
 set -euo pipefail
+# dpkg-deb keeps the staged files' modes: under a builder's umask 0000 the
+# generated dkms.conf (which dkms sources as root) and halloc.pc would ship
+# world-writable.
+umask 022
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${1:-$ROOT/dist}"
