@@ -450,7 +450,7 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   const uint64_t buffer_id = grants_.at(grant_id).view.buffer_id;
   Revoked out;
   auto b = buffers_.find(buffer_id);
-  if (!live || b == buffers_.end()) {
+  if (b == buffers_.end()) {
     DropGrant(grant_id);
     return out;
   }
@@ -471,17 +471,41 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
     const uint64_t g = pending.back();
     pending.pop_back();
     std::vector<uint64_t> cut_off;  // sessions left with no route
-    for (auto& [sid, routes] : buffer.imports) {
-      auto r = routes.find(g);
-      if (r == routes.end()) continue;
-      out.views.insert(out.views.end(), r->second.views.begin(), r->second.views.end());
-      routes.erase(r);
-      const bool owns = sid == buffer.owner_session && buffer.owner_holds;
-      if (routes.empty() && !owns) {
-        cut_off.push_back(sid);
-        continue;
+    if (live) {
+      for (auto& [sid, routes] : buffer.imports) {
+        auto r = routes.find(g);
+        if (r == routes.end()) continue;
+        out.views.insert(out.views.end(), r->second.views.begin(), r->second.views.end());
+        routes.erase(r);
+        const bool owns = sid == buffer.owner_session && buffer.owner_holds;
+        if (routes.empty() && !owns) {
+          cut_off.push_back(sid);
+          continue;
+        }
+        buffer.holders[sid] = buffer.JustifiedRights(sid);
       }
-      buffer.holders[sid] = buffer.JustifiedRights(sid);
+    } else {
+      // No fd can be cut off (a memfd's stay valid), but what hallocd
+      // granted goes all the same: a session that held the buffer through
+      // this grant alone holds it no more, so it can neither share it on
+      // nor keep it, and its owner's charge, alive by a hold (an fd it
+      // kept is followed as released memory, under a quota); one left
+      // with other grants keeps the widest rights those give.
+      for (auto& [sid, via] : buffer.imported_via) {
+        if (!via.contains(g) || (sid == buffer.owner_session && buffer.owner_holds)) continue;
+        if (via.size() == 1) {
+          cut_off.push_back(sid);
+          continue;
+        }
+        CpuAccess left = CpuAccess::kNone;
+        for (uint64_t other : via) {
+          auto rec = grants_.find(other);
+          if (other != g && rec != grants_.end() && Wider(rec->second.view.access, left)) {
+            left = rec->second.view.access;
+          }
+        }
+        buffer.holders[sid] = left;
+      }
     }
     // A revoked grant is no session's way in any more: grants shared
     // later do not count it among where they came from.

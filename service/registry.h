@@ -309,15 +309,18 @@ class Registry {
                              uint64_t buffer_id, CpuAccess access,
                              uint64_t view_id);
   // Withdraws grant `grant_id` (NOT_FOUND unless `session_id` opened it):
-  // no new import of it succeeds. With `live`, every route imported through
-  // it is cut too: the views delivered are returned for the backend to
-  // revoke, and an importing session that held the buffer by no other
-  // route stops holding it (one that still does keeps the widest of the
-  // routes it has left). Grants shared on from what the revoke cut off go
-  // the same way, and so on down: those a cut-off session made of the
-  // buffer, and those whose every route (GrantRecord::via) was revoked; so
-  // a session cannot keep a revoked buffer by granting it to itself (or a
-  // friend) first.
+  // no new import of it succeeds, and an importing session that held the
+  // buffer by no other grant stops holding it (one that still does keeps
+  // the widest rights of those left). With `live`, every route imported
+  // through it is cut too: the views delivered are returned for the
+  // backend to revoke. Without, the fds stay valid in their processes but
+  // hallocd's holds go all the same: a revoked importer can no longer
+  // share the buffer on, nor keep its owner's charge up by a hold (an fd
+  // it kept is followed as released memory, under a quota). Grants shared
+  // on from what the revoke cut off go the same way, and so on down: those
+  // a cut-off session made of the buffer, and those whose every route
+  // (GrantRecord::via) was revoked; so a session cannot keep a revoked
+  // buffer by granting it to itself (or a friend) first.
   struct Revoked {
     std::shared_ptr<const BufferRecord> buffer;  // keeps its fd open
     std::vector<uint64_t> views;

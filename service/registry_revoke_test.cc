@@ -1,5 +1,6 @@
-// Live revoke in the registry: which views a revoke cuts, which grants it
-// reaches down the routes, and the bounds on what imports leave behind.
+// Revoke in the registry: which views a live revoke cuts, which grants and
+// holds a revoke (live or not) reaches down the routes, and the bounds on
+// what imports leave behind.
 #include <vector>
 
 #include "absl/status/status.h"
@@ -466,15 +467,46 @@ TEST_F(RegistryTest, AShareRacingAnImportIsDerivedFromIt) {
   EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound);
 }
 
-TEST_F(RegistryTest, RevokeWithoutLiveLeavesImportersHolding) {
+// Without live revoke the importers' fds stay valid, but hallocd's holds
+// go: an importer kept the buffer held (and its owner charged) for as long
+// as its session lived, even with every fd closed, and could share it on
+// to a third session after the revoke.
+TEST_F(RegistryTest, RevokeWithoutLiveEndsTheHoldsItGaveAndWhatWasSharedOn) {
+  reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  auto grant = ShareTo(kA, id, 2);
-  ASSERT_TRUE(grant.ok());
-  ASSERT_TRUE(reg_.Import(kB, grant->token(), Accept).ok());
-  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), false);
+  auto to_b = ShareTo(kA, id, 2);
+  auto to_c = ShareTo(kA, id, 3, CpuAccess::kReadWrite);
+  auto also_to_c = ShareTo(kA, id, 3);
+  ASSERT_TRUE(to_b.ok() && to_c.ok() && also_to_c.ok());
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());
+  ASSERT_TRUE(reg_.Import(kC, to_c->token(), Accept).ok());
+  ASSERT_TRUE(reg_.Import(kC, also_to_c->token(), Accept).ok());
+  auto b_to_c = ShareTo(kB, id, 3);  // shared on before the revoke
+  ASSERT_TRUE(b_to_c.ok());
+
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), false);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(r->views.empty());
-  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ShareTo(kB, id, 3).status().code(), StatusCode::kNotFound) << "shared on after";
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound)
+      << "what it shared on before";
+
+  // C holds it through two grants: revoking the read-write one leaves it
+  // the read one's rights.
+  ASSERT_TRUE(reg_.Revoke(kA, to_c->id(), false).ok());
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kC, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
+
+  // Once the owner lets go and the last grant is revoked, nobody holds it:
+  // the buffer is gone from hallocd (its charge with it, or followed as
+  // released memory under a quota).
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  EXPECT_EQ(Stats().live_buffers(), 1u) << "C still holds it";
+  ASSERT_TRUE(reg_.Revoke(kA, also_to_c->id(), false).ok());
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Stats().live_buffers(), 0u);
 }
 
 }  // namespace
