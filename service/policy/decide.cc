@@ -121,14 +121,17 @@ absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Id
                              ": ", why)));
   };
   if (peer.name) {
+    // A name the caller's share_to does not admit is refused alike whether
+    // a rule has it or not: the answers would otherwise list the policy's
+    // client names to any client that asks.
+    d.peer = absl::StrCat("client '", absl::CHexEscape(*peer.name), "'");
+    if (!ListAdmits(rule.share_to, *peer.name, ~uid_t{0}, caller.uid)) {
+      return deny(absl::StrCat("share_to does not admit ", d.peer));
+    }
     d.receiver = policy.Find(*peer.name);
     if (d.receiver == nullptr) {
-      return absl::NotFoundError(absl::StrCat("no client named '", absl::CHexEscape(*peer.name),
-                                              "' in policy '", policy.source(), "'"));
-    }
-    d.peer = absl::StrCat("client '", d.receiver->name, "'");
-    if (!ListAdmits(rule.share_to, d.receiver->name, ~uid_t{0}, caller.uid)) {
-      return deny(absl::StrCat("share_to does not admit ", d.peer));
+      return absl::NotFoundError(
+          absl::StrCat("no client named '", absl::CHexEscape(*peer.name), "' in the policy"));
     }
     return d;
   }

@@ -1,6 +1,7 @@
 #include "service/policy/decide.h"
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_replace.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 
@@ -109,9 +110,15 @@ TEST(DecideShareTest, PeersByNameAndUidFollowShareTo) {
   to = DecideSharePeer(*p, Uid(1001), {std::string("app"), 0}, 7);
   EXPECT_EQ(to.status().code(), StatusCode::kPermissionDenied);
   EXPECT_EQ(DecidingRule(to.status()), "camera");
+  // A name share_to does not admit is refused the same whether a rule has
+  // it ("app") or not: the answer does not list the policy's clients.
+  const absl::Status app = to.status();
   to = DecideSharePeer(*p, Uid(1001), {std::string("nosuch\nline"), 0}, 7);
-  EXPECT_EQ(to.status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(to.status().code(), StatusCode::kPermissionDenied);
   EXPECT_FALSE(absl::StrContains(to.status().message(), "\n"));
+  EXPECT_EQ(std::string(to.status().message()),
+            absl::StrReplaceAll(app.message(), {{"'app'", "'nosuch\\nline'"}}));
+  EXPECT_FALSE(absl::StrContains(to.status().message(), p->source())) << to.status();
   // @same_uid
   EXPECT_TRUE(DecideSharePeer(*p, Uid(1003), {std::nullopt, 1003}, 7).ok());
   EXPECT_FALSE(DecideSharePeer(*p, Uid(1003), {std::nullopt, 1004}, 7).ok());
