@@ -13,12 +13,15 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unix_address.h"
+#include "service/util/trusted_path.h"
 
 namespace halloc {
 
 namespace {
 
-// `path`'s directory, opened (following links as they are now) and held.
+// `path`'s directory, opened and held: reached through no directory or
+// link another user could swap (OpenTrusted), so that the path clients
+// connect by leads where hallocd bound for as long as it serves.
 struct Place {
   UniqueFd dir;
   std::string name;
@@ -36,8 +39,12 @@ absl::StatusOr<Place> Open(const std::string& path) {
   if (p.name.empty() || p.name == "." || p.name == "..") {
     return absl::InvalidArgumentError(absl::StrCat("no file name in socket path ", path));
   }
-  p.dir.reset(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!p.dir) return ErrnoStatus(errno, absl::StrCat("open(", dir, ")"));
+  absl::StatusOr<UniqueFd> opened = OpenTrusted(dir, O_PATH | O_DIRECTORY);
+  if (!opened.ok()) {
+    return absl::Status(opened.status().code(), absl::StrCat("socket directory of ", path, ": ",
+                                                             opened.status().message()));
+  }
+  p.dir = *std::move(opened);
   p.via_dir = absl::StrCat("/proc/self/fd/", p.dir.get(), "/", p.name);
   return p;
 }

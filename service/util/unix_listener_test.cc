@@ -121,6 +121,29 @@ TEST_F(UnixListenerTest, RefusesADirectoryAnotherUserCouldChange) {
   EXPECT_TRUE(sticky.ok()) << sticky.status();
 }
 
+// The path clients connect by must lead where hallocd bound for as long as
+// it serves: a link another user made in a sticky directory (/tmp) to a
+// root directory passed the directory's own check, hallocd bound there,
+// and the user pointed the link at a directory of its own with its own
+// socket in it (a review helper's attack: root's hallocctl reached it).
+TEST_F(UnixListenerTest, RefusesAPathThroughALinkAnotherUserCouldRepoint) {
+  const std::string sticky = dir_ + "/sticky";
+  ASSERT_EQ(::mkdir(sticky.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(sticky.c_str(), 01777), 0);
+  const std::string root_dir = dir_ + "/root-dir";
+  ASSERT_EQ(::mkdir(root_dir.c_str(), 0755), 0);
+  const std::string link = sticky + "/hsock";
+  ASSERT_EQ(::symlink(root_dir.c_str(), link.c_str()), 0);
+  if (::lchown(link.c_str(), 65534, 65534) != 0) {
+    GTEST_SKIP() << "cannot give a link to another uid here: " << std::strerror(errno);
+  }
+  absl::StatusOr<BoundSocket> bound = BindUnixSocket(link + "/broker.sock", SOCK_STREAM, 0600);
+  EXPECT_EQ(bound.status().code(), absl::StatusCode::kFailedPrecondition) << bound.status();
+  EXPECT_TRUE(absl::StrContains(bound.status().message(), "belongs to uid 65534"))
+      << bound.status();
+  EXPECT_FALSE(std::filesystem::exists(root_dir + "/broker.sock"));
+}
+
 // What was bound is what is changed and removed, through the directory as
 // it was when bound: a link in the path swapped since points elsewhere in
 // vain.

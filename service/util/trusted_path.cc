@@ -1,0 +1,145 @@
+#include "service/util/trusted_path.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/os_error.h"
+
+namespace halloc {
+namespace {
+
+constexpr int kMaxLinks = 40;
+
+// Whose entries this process may trust: root's and its own user's.
+bool Trusted(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
+
+// The walk so far, for messages (escaped: a path may hold anything).
+class Walked {
+ public:
+  std::string Path() const { return absl::CHexEscape(absl::StrCat("/", absl::StrJoin(names_, "/"))); }
+  std::string With(const std::string& name) const {
+    return absl::CHexEscape(absl::StrCat("/", absl::StrJoin(names_, "/"), names_.empty() ? "" : "/",
+                                         name));
+  }
+  void Enter(const std::string& name) {
+    if (name == "..") {
+      if (!names_.empty()) names_.pop_back();
+    } else if (name != ".") {
+      names_.push_back(name);
+    }
+  }
+  void Root() { names_.clear(); }
+
+ private:
+  std::vector<std::string> names_;
+};
+
+void PushFront(std::deque<std::string>& todo, const std::string& path) {
+  std::vector<std::string> parts = absl::StrSplit(path, '/', absl::SkipEmpty());
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_front(*it);
+}
+
+}  // namespace
+
+absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
+  if (path.empty()) return absl::InvalidArgumentError("empty path");
+  std::string full = path;
+  if (path[0] != '/') {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof(cwd)) == nullptr) return ErrnoStatus(errno, "getcwd");
+    full = absl::StrCat(cwd, "/", path);
+  }
+  std::deque<std::string> todo;
+  PushFront(todo, full);
+  if (todo.empty()) todo.push_back(".");  // "/" itself
+  UniqueFd cur(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!cur) return ErrnoStatus(errno, "open(/)");
+  Walked walked;
+  int links = 0;
+  while (!todo.empty()) {
+    const std::string name = std::move(todo.front());
+    todo.pop_front();
+    const bool last = todo.empty();
+    const int open_flags = (last ? flags : O_PATH | O_DIRECTORY) | O_NOFOLLOW | O_CLOEXEC;
+    if (name == "." || name == "..") {
+      // Into the directory itself or one already walked on the way here.
+      UniqueFd next(::openat(cur.get(), name.c_str(), open_flags));
+      if (!next) return ErrnoStatus(errno, absl::StrCat("open(", walked.With(name), ")"));
+      if (last) return next;
+      cur = std::move(next);
+      walked.Enter(name);
+      continue;
+    }
+    struct stat dir;
+    if (::fstat(cur.get(), &dir) != 0) return ErrnoStatus(errno, "fstat");
+    if (!Trusted(dir.st_uid)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          walked.Path(), " belongs to uid ", dir.st_uid, ", who could swap ",
+          walked.With(name), " for another file"));
+    }
+    struct stat st;
+    if (::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      const int e = errno;
+      if (e == ENOENT) return absl::NotFoundError(absl::StrCat(walked.With(name), " does not exist"));
+      return ErrnoStatus(e, absl::StrCat("stat(", walked.With(name), ")"));
+    }
+    if ((dir.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+      if ((dir.st_mode & S_ISVTX) == 0) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            walked.Path(), " is writable by other users without the sticky bit: they could swap ",
+            walked.With(name), " for another file"));
+      }
+      if (!Trusted(st.st_uid)) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            walked.With(name), " belongs to uid ", st.st_uid, " in ", walked.Path(),
+            ", a directory others may write to: it could be swapped for another file"));
+      }
+    }
+    if (S_ISLNK(st.st_mode)) {
+      if (++links > kMaxLinks) {
+        return ErrnoStatus(ELOOP, absl::StrCat("following ", absl::CHexEscape(path)));
+      }
+      std::string target(PATH_MAX, '\0');
+      const ssize_t n = ::readlinkat(cur.get(), name.c_str(), target.data(), target.size());
+      if (n < 0) return ErrnoStatus(errno, absl::StrCat("readlink(", walked.With(name), ")"));
+      target.resize(static_cast<size_t>(n));
+      if (!target.empty() && target[0] == '/') {
+        cur.reset(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+        if (!cur) return ErrnoStatus(errno, "open(/)");
+        walked.Root();
+      }
+      PushFront(todo, target);
+      if (todo.empty()) todo.push_back(".");  // a link to "/" ended the path
+      continue;
+    }
+    if (!last && !S_ISDIR(st.st_mode)) {
+      return ErrnoStatus(ENOTDIR, absl::StrCat("open(", walked.With(name), ")"));
+    }
+    UniqueFd next(::openat(cur.get(), name.c_str(), open_flags));
+    if (!next) return ErrnoStatus(errno, absl::StrCat("open(", walked.With(name), ")"));
+    // What was opened is what was judged (nobody else could have swapped
+    // it; this process could have).
+    struct stat got;
+    if (::fstat(next.get(), &got) != 0) return ErrnoStatus(errno, "fstat");
+    if (got.st_dev != st.st_dev || got.st_ino != st.st_ino) {
+      return absl::AbortedError(absl::StrCat(walked.With(name), " changed while it was opened"));
+    }
+    if (last) return next;
+    cur = std::move(next);
+    walked.Enter(name);
+  }
+  return absl::InternalError("unreachable");
+}
+
+}  // namespace halloc

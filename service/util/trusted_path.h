@@ -1,0 +1,40 @@
+// OpenTrusted: opens a path the way a privileged daemon must open what it
+// trusts by name (its socket directories, its policy file).
+//
+// open(2) follows the path as it is at that moment; what matters to hallocd
+// is also who could change it afterwards. A user who may rename entries in
+// any directory on the way (or owns a link there) can point the path
+// elsewhere once hallocd has looked: a link in /tmp that named a root
+// directory while hallocd bound its socket there, and the user's own
+// directory once clients connect by that path. So the path is walked from
+// "/" one component at a time, never following a link blindly, and refused
+// where another user could swap a component:
+//   - every directory on the way belongs to root or to this process's
+//     user (the owner of a directory may rename anything in it);
+//   - a directory others may write to must have the sticky bit, and the
+//     entry taken from it must belong to root or to this process's user
+//     (the sticky bit keeps others from renaming entries they do not own);
+//   - a symbolic link that passes is followed, its target walked the same
+//     way (at most 40 links, then ELOOP).
+// Like systemd's chase() with CHASE_SAFE, or OpenSSH's safe_path().
+#ifndef HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_
+#define HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+
+namespace halloc {
+
+// Opens `path` (relative ones from the working directory, as getcwd names
+// it) with openat(2) `flags` (O_NOFOLLOW and O_CLOEXEC are added): e.g.
+// O_PATH | O_DIRECTORY for a directory, O_RDONLY | O_NONBLOCK for a file.
+// NOT_FOUND when a component does not exist, FAILED_PRECONDITION (naming the
+// component and why) when another user could swap one, the errno's status
+// for anything else.
+absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_

@@ -1,0 +1,136 @@
+#include "service/util/trusted_path.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+constexpr uid_t kOther = 65534;
+
+class TrustedPathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/halloc-trusted-path-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string Mkdir(const std::string& name, mode_t mode) {
+    const std::string p = dir_ + "/" + name;
+    EXPECT_EQ(::mkdir(p.c_str(), 0700), 0) << p;
+    EXPECT_EQ(::chmod(p.c_str(), mode), 0) << p;
+    return p;
+  }
+  // Whether this process may give files away (root, with the uid mapped).
+  bool CanChown() {
+    const std::string p = dir_ + "/probe";
+    if (::mkdir(p.c_str(), 0700) != 0) return false;
+    const bool ok = ::chown(p.c_str(), kOther, kOther) == 0;
+    ::rmdir(p.c_str());
+    return ok;
+  }
+  static ino_t Inode(int fd) {
+    struct stat st;
+    return ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+  }
+  static ino_t Inode(const std::string& path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(TrustedPathTest, OpensWhatOpenWouldThroughLinksOfItsOwn) {
+  const std::string a = Mkdir("a", 0755);
+  ASSERT_EQ(::symlink("a", (dir_ + "/rel").c_str()), 0);
+  ASSERT_EQ(::symlink(a.c_str(), (dir_ + "/abs").c_str()), 0);
+  ASSERT_EQ(::symlink("../a/.", (a + "/up").c_str()), 0);
+  for (const std::string& p : {a, dir_ + "/rel", dir_ + "/abs/", dir_ + "/a/up/up/./../a"}) {
+    SCOPED_TRACE(p);
+    absl::StatusOr<UniqueFd> fd = OpenTrusted(p, O_PATH | O_DIRECTORY);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    EXPECT_EQ(Inode(fd->get()), Inode(a));
+  }
+  // A file, and relative to the working directory.
+  { std::FILE* f = std::fopen((a + "/file").c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  const std::string cwd = std::filesystem::current_path();
+  std::filesystem::current_path(dir_);
+  absl::StatusOr<UniqueFd> file = OpenTrusted("rel/file", O_RDONLY);
+  std::filesystem::current_path(cwd);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(Inode(file->get()), Inode(a + "/file"));
+  EXPECT_TRUE(OpenTrusted("/", O_PATH | O_DIRECTORY).ok());
+}
+
+TEST_F(TrustedPathTest, MissingLoopingAndNotADirectory) {
+  EXPECT_EQ(OpenTrusted(dir_ + "/none/x", O_PATH).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_EQ(::symlink("loop", (dir_ + "/loop").c_str()), 0);
+  absl::Status loop = OpenTrusted(dir_ + "/loop", O_PATH).status();
+  EXPECT_FALSE(loop.ok());
+  EXPECT_TRUE(absl::StrContains(loop.message(), std::strerror(ELOOP))) << loop;
+  { std::FILE* f = std::fopen((dir_ + "/file").c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
+  EXPECT_FALSE(OpenTrusted(dir_ + "/file/x", O_PATH).ok());
+}
+
+// A directory others may write to, without the sticky bit: anything in it
+// can be renamed away and replaced.
+TEST_F(TrustedPathTest, RefusesAPathThroughADirectoryOthersMayWriteTo) {
+  const std::string open = Mkdir("open", 0777);
+  Mkdir("open/inner", 0755);
+  absl::Status s = OpenTrusted(open + "/inner", O_PATH | O_DIRECTORY).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "without the sticky bit")) << s;
+  // The directory itself may be reached (what may be put in it is its
+  // user's business: unix_listener checks its socket directory itself).
+  EXPECT_TRUE(OpenTrusted(open, O_PATH | O_DIRECTORY).ok());
+}
+
+// The review helper's attack: in a sticky directory anyone may write to
+// (/tmp), a user's link to a root directory, repointed once hallocd had
+// bound its socket through it. Root's own link there is followed.
+TEST_F(TrustedPathTest, RefusesAnotherUsersLinkOrDirectoryInAStickyDirectory) {
+  if (!CanChown()) GTEST_SKIP() << "cannot give a file to uid " << kOther << " here";
+  const std::string sticky = Mkdir("sticky", 01777);
+  const std::string target = Mkdir("target", 0755);
+  const std::string theirs = sticky + "/theirs";
+  ASSERT_EQ(::symlink(target.c_str(), theirs.c_str()), 0);
+  ASSERT_EQ(::lchown(theirs.c_str(), kOther, kOther), 0);
+  absl::Status s = OpenTrusted(theirs, O_PATH | O_DIRECTORY).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "belongs to uid 65534")) << s;
+  const std::string mine = sticky + "/mine";
+  ASSERT_EQ(::symlink(target.c_str(), mine.c_str()), 0);
+  absl::StatusOr<UniqueFd> fd = OpenTrusted(mine, O_PATH | O_DIRECTORY);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  EXPECT_EQ(Inode(fd->get()), Inode(target));
+  // Nor another user's directory there, nor anything in a directory of
+  // another user's (its owner may rename what is in it).
+  const std::string their_dir = Mkdir("sticky/their-dir", 0755);
+  ASSERT_EQ(::chown(their_dir.c_str(), kOther, kOther), 0);
+  EXPECT_EQ(OpenTrusted(their_dir, O_PATH | O_DIRECTORY).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  const std::string owned = Mkdir("owned", 0755);
+  Mkdir("owned/inner", 0755);
+  ASSERT_EQ(::chown(owned.c_str(), kOther, kOther), 0);
+  s = OpenTrusted(owned + "/inner", O_PATH | O_DIRECTORY).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "who could swap")) << s;
+  // Also when a link of one's own leads there.
+  ASSERT_EQ(::symlink((owned + "/inner").c_str(), (dir_ + "/via").c_str()), 0);
+  EXPECT_EQ(OpenTrusted(dir_ + "/via", O_PATH | O_DIRECTORY).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace halloc
