@@ -226,12 +226,19 @@ TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
     if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
       ::_exit(1);
     }
-    for (int i = 0; i < 200; ++i) {
-      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // Each connection is held until the listener ended it (refused), so
+    // that this process is alive while each is judged.
+    int fds[200];
+    for (int& fd : fds) {
+      fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
       if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
         ::_exit(2);
       }
-      ::close(fd);
+    }
+    for (int fd : fds) {
+      pollfd p{fd, POLLIN, 0};
+      char byte;
+      if (::poll(&p, 1, 10000) != 1 || ::read(fd, &byte, 1) > 0) ::_exit(3);
     }
     ::_exit(0);
   }
