@@ -345,7 +345,7 @@ std::string CommandsHelp() {
 }
 
 int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
-  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(file);
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(file, Policy::Writer::kAnyone);
   if (!p.ok()) {
     err << p.status().message() << "\n";
     return kExitRefused;

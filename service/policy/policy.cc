@@ -1,25 +1,27 @@
 #include "service/policy/policy.h"
 
+#include <fcntl.h>
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "kernel/uapi/halloc_heap.h"
 #include "service/backend/registry.h"
 #include "service/util/fd_limit.h"
+#include "service/util/trusted_path.h"
 
 namespace halloc {
 namespace {
@@ -265,12 +267,61 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   return std::shared_ptr<const Policy>(std::move(policy));
 }
 
-absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read policy file ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return Parse(text.str(), path);
+absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path, Writer writer) {
+  const std::string shown = Quote(path);
+  constexpr int kFlags = O_RDONLY | O_NONBLOCK | O_NOCTTY;  // a FIFO must not block
+  UniqueFd fd;
+  if (writer == Writer::kTrusted) {
+    absl::StatusOr<UniqueFd> opened = OpenTrusted(path, kFlags);
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("policy file ", shown, ": ", opened.status().message()));
+    }
+    fd = *std::move(opened);
+  } else {
+    fd.reset(::open(path.c_str(), kFlags | O_CLOEXEC));
+    if (!fd) {
+      return errno == ENOENT ? absl::NotFoundError(absl::StrCat("no policy file ", shown))
+                             : ErrnoStatus(errno, absl::StrCat("open(", shown, ")"));
+    }
+  }
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "fstat");
+  if (!S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("policy file ", shown, " is not a regular file"));
+  }
+  if (writer == Writer::kTrusted) {
+    if (st.st_uid != 0 && st.st_uid != ::geteuid()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("policy file ", shown, " belongs to uid ", st.st_uid,
+                       ": hallocd takes its policy only from root or its own user"));
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("policy file ", shown, " is writable by ",
+                       (st.st_mode & S_IWOTH) != 0 ? "every user" : "its group", " (mode ",
+                       absl::StrFormat("%04o", st.st_mode & 07777), "): chmod go-w it"));
+    }
+  }
+  if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy file ", shown, " is ", st.st_size, " bytes; at most ", kMaxFileBytes));
+  }
+  std::string text;
+  char buf[65536];
+  for (ssize_t n; (n = ::read(fd.get(), buf, sizeof(buf))) != 0;) {
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("read(", shown, ")"));
+    }
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxFileBytes) {  // it grew while read
+      return absl::InvalidArgumentError(
+          absl::StrCat("policy file ", shown, " is over ", kMaxFileBytes, " bytes"));
+    }
+  }
+  return Parse(text, path);
 }
 
 uint64_t Policy::DefaultBufferQuota() {

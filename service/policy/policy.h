@@ -108,8 +108,23 @@ class Policy {
   // (syntax and semantics alike), all of them, one per line.
   static absl::StatusOr<std::shared_ptr<const Policy>> Parse(
       absl::string_view text, absl::string_view source);
-  static absl::StatusOr<std::shared_ptr<const Policy>> Load(
-      const std::string& path);
+  // Who may have written the file Load reads.
+  enum class Writer {
+    // hallocd's policy: only root or this process's user. The file must be
+    // reached through no directory or link another user could swap
+    // (util/trusted_path.h), belong to one of them and be writable by no
+    // group or other (PERMISSION_DENIED otherwise): whoever may change it
+    // decides what every client may do.
+    kTrusted,
+    // A draft anyone may have written (hallocctl policy check): only read.
+    kAnyone,
+  };
+  // Reads and parses `path`, a regular file (FAILED_PRECONDITION for a
+  // FIFO, a device or a directory: none may hang or flood the reader) of
+  // at most kMaxFileBytes; NOT_FOUND when it does not exist.
+  static absl::StatusOr<std::shared_ptr<const Policy>> Load(const std::string& path,
+                                                            Writer writer = Writer::kTrusted);
+  static constexpr size_t kMaxFileBytes = size_t{1} << 20;
   // The policy without a file: every session is client "default": any
   // usage, any heap, read-write CPU, sharing within its own uid; per uid at
   // most half of the machine's memory (a quarter in one buffer) and

@@ -1,0 +1,92 @@
+// Policy::Load: what hallocd takes its policy from (a file only root or its
+// own user could have written, reached through nothing another user could
+// swap) and what no reader may be handed (a FIFO, a device, a huge file).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "service/policy/policy.h"
+
+namespace halloc {
+namespace {
+
+constexpr char kRule[] =
+    "clients { name: \"a\" match { any: true } usages: \"*\" heaps: \"*\" }\n";
+
+class PolicyLoadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/halloc-policy-load-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string Write(const std::string& name, const std::string& text, mode_t mode) {
+    const std::string p = dir_ + "/" + name;
+    std::ofstream(p) << text;
+    EXPECT_EQ(::chmod(p.c_str(), mode), 0);
+    return p;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(PolicyLoadTest, HallocdsPolicyIsRootsOrItsOwnAndWritableByNoOneElse) {
+  EXPECT_TRUE(Policy::Load(Write("ok.textproto", kRule, 0644)).ok());
+  for (mode_t mode : {0664, 0646, 0666}) {
+    SCOPED_TRACE(mode);
+    const std::string p = Write("open.textproto", kRule, mode);
+    absl::Status s = Policy::Load(p).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "writable by")) << s;
+    // A draft anyone wrote is only read (hallocctl policy check).
+    EXPECT_TRUE(Policy::Load(p, Policy::Writer::kAnyone).ok());
+  }
+  const std::string theirs = Write("theirs.textproto", kRule, 0644);
+  if (::chown(theirs.c_str(), 65534, 65534) != 0) {
+    GTEST_SKIP() << "cannot give a file to uid 65534 here: " << std::strerror(errno);
+  }
+  absl::Status s = Policy::Load(theirs).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "belongs to uid 65534")) << s;
+  // Nor through a directory another user could change.
+  const std::string sub = dir_ + "/theirs-dir";
+  ASSERT_EQ(::mkdir(sub.c_str(), 0755), 0);
+  std::ofstream(sub + "/p.textproto") << kRule;
+  ASSERT_EQ(::chown(sub.c_str(), 65534, 65534), 0);
+  s = Policy::Load(sub + "/p.textproto").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+}
+
+// A FIFO (whose open and read would wait for a writer: hallocd's reload,
+// on its main thread, ignored SIGTERM meanwhile), a device without end, a
+// directory, a file past the bound: refused at once.
+TEST_F(PolicyLoadTest, OnlyABoundedRegularFileIsRead) {
+  const std::string fifo = dir_ + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string zero = dir_ + "/zero";
+  ASSERT_EQ(::symlink("/dev/zero", zero.c_str()), 0);
+  for (Policy::Writer w : {Policy::Writer::kTrusted, Policy::Writer::kAnyone}) {
+    for (const std::string& p : {fifo, zero, dir_}) {
+      SCOPED_TRACE(p);
+      EXPECT_EQ(Policy::Load(p, w).status().code(), absl::StatusCode::kFailedPrecondition)
+          << Policy::Load(p, w).status();
+    }
+  }
+  const std::string big =
+      Write("big.textproto", std::string(Policy::kMaxFileBytes + 1, '#'), 0644);
+  EXPECT_EQ(Policy::Load(big).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Policy::Load(dir_ + "/none").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Policy::Load(dir_ + "/none", Policy::Writer::kAnyone).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace halloc
