@@ -10,6 +10,7 @@
 
 #include "clients/cli/commands.h"
 #include "clients/cli/flags.h"
+#include "clients/cli/safe_output.h"
 #include "clients/cpp/halloc/client.h"
 
 namespace {
@@ -119,6 +120,9 @@ int main(int argc, char** argv) {
   // death by SIGPIPE (141) before anything could say so. Before Main: gRPC's
   // threads are started there.
   ::signal(SIGPIPE, SIG_IGN);
+  // Whatever the daemon that answered sent, printed without its control
+  // characters (safe_output.h).
+  halloc::cli::SafeOutput safe_out(std::cout), safe_err(std::cerr);
   const int code = Main(argc, argv);
   // Output that did not reach its file (a full disk, a closed pipe) must
   // not pass for done: `hallocctl stats --prometheus > f.$$ && mv` would

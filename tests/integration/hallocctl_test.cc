@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -228,6 +229,13 @@ TEST_F(HallocctlTest, RefusalsAndBadCommandLinesHaveTheirExitCodes) {
   EXPECT_EQ(refused.code, 1) << refused.out;
   EXPECT_TRUE(absl::StrContains(refused.out, "INVALID_ARGUMENT")) << refused.out;
   EXPECT_EQ(Run({"frobnicate"}).code, 2);
+  // What hallocctl prints goes out with its control characters escaped,
+  // whoever wrote it: here the command line (unknown command '...'), as
+  // the replies of whatever daemon answered (clients/cli/safe_output.h).
+  Result forged = Run({"\"$(printf 'x\\033]0;owned\\007\\033[2J')\""});
+  EXPECT_EQ(forged.code, 2) << forged.out;
+  EXPECT_EQ(forged.out.find('\x1b'), std::string::npos) << absl::CHexEscape(forged.out);
+  EXPECT_TRUE(absl::StrContains(forged.out, "x\\x1b]0;owned\\x07\\x1b[2J")) << forged.out;
   // Output that cannot be written is not success (a cut .prom file).
   EXPECT_EQ(Run({"stats", "--prometheus", ">/dev/full"}).code, 5);
   EXPECT_EQ(Run({"stats", "--prometheus", ">/dev/null"}).code, 0);
