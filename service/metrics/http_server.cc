@@ -1,17 +1,17 @@
 #include "service/metrics/http_server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <glog/logging.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-
-#include <fcntl.h>
-#include <glog/logging.h>
 
 #include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
+#include "service/metrics/loopback_peer.h"
 #include "service/util/clock.h"
 #include "service/util/log_limit.h"
 
@@ -49,12 +50,18 @@ MHD_Result Reply(MHD_Connection* connection, unsigned int code,
   return r;
 }
 
+// The endpoint's log lines, libmicrohttpd's and its own: 5 in 10 s, at
+// most 2 of them for one uid's doing.
+LogLimiter& Limiter() {
+  static LogLimiter* limiter = new LogLimiter(5, absl::Seconds(10), /*per_uid=*/2);
+  return *limiter;
+}
+
 // libmicrohttpd's own lines (a refused or broken connection, say): each
 // is triggered by whoever connects, so they are rate-limited and escaped.
 void LogFromMhd(void* /*cls*/, const char* fmt, va_list ap) {
-  static LogLimiter* limiter = new LogLimiter(5, absl::Seconds(10));
   uint64_t dropped = 0;
-  if (!limiter->Allow("metrics-http", &dropped)) return;
+  if (!Limiter().Allow("metrics-http", &dropped)) return;
   char line[512];
   std::vsnprintf(line, sizeof(line), fmt, ap);
   LOG(WARNING) << "metrics endpoint: " << LogSafe(absl::StripTrailingAsciiWhitespace(line))
@@ -68,7 +75,14 @@ struct MetricsServer::Deadlines {
     UniqueFd socket;  // a dup of the connection's: cutting it never meets a reused fd
     absl::Time since;
     bool cut = false;
+    std::optional<uid_t> counted;  // the uid whose share it takes
   };
+  // Connections at once per uid of the process at the other end
+  // (LoopbackPeerUid): every local user may connect from any of
+  // 127.0.0.0/8, so a limit per address bounds no one (five addresses'
+  // worth of held connections kept every scrape out). One whose uid cannot
+  // be told (its peer already closed) is let through uncounted, to end.
+  static constexpr int kPerUid = 4;
 
   Deadlines(const Render* render, const Options& options)
       : render(render),
@@ -83,6 +97,7 @@ struct MetricsServer::Deadlines {
   absl::Time rendered_at ABSL_GUARDED_BY(render_mu) = absl::InfinitePast();
   absl::Mutex mu;
   absl::flat_hash_map<const MHD_Connection*, Open> open ABSL_GUARDED_BY(mu);
+  absl::flat_hash_map<uid_t, int> per_uid ABSL_GUARDED_BY(mu);
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::thread thread;
 
@@ -130,14 +145,41 @@ struct MetricsServer::Deadlines {
     auto* self = static_cast<Deadlines*>(cls);
     absl::MutexLock lock(&self->mu);
     if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
-      self->open.erase(connection);
+      auto it = self->open.find(connection);
+      if (it == self->open.end()) return;
+      if (it->second.counted && --self->per_uid[*it->second.counted] == 0) {
+        self->per_uid.erase(*it->second.counted);
+      }
+      self->open.erase(it);
       return;
     }
     const MHD_ConnectionInfo* info =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
     UniqueFd dup(info != nullptr ? ::fcntl(info->connect_fd, F_DUPFD_CLOEXEC, 0) : -1);
     if (!dup) return;  // out of fds: the idle timeout still holds
-    self->open[connection] = Open{std::move(dup), MonotonicNow()};
+    Open o{std::move(dup), MonotonicNow()};
+    if (absl::StatusOr<uid_t> uid = LoopbackPeerUid(o.socket.get()); uid.ok()) {
+      int& held = self->per_uid[*uid];
+      if (held >= kPerUid) {
+        // Ended at once: libmicrohttpd sees it close and forgets it.
+        ::shutdown(o.socket.get(), SHUT_RDWR);
+        o.cut = true;
+        if (uint64_t dropped; Limiter().AllowFor("metrics-http", *uid, &dropped)) {
+          LOG(WARNING) << "metrics endpoint: uid " << *uid << " has " << held
+                       << " connections open; ended another" << LogLimiter::Dropped(dropped);
+        }
+      } else {
+        ++held;
+        o.counted = *uid;
+      }
+    } else if (!absl::IsNotFound(uid.status())) {
+      if (uint64_t dropped; Limiter().Allow("metrics-http", &dropped)) {
+        LOG(WARNING) << "metrics endpoint: cannot tell whose a connection is ("
+                     << LogSafe(uid.status().message()) << "); not counted per uid"
+                     << LogLimiter::Dropped(dropped);
+      }
+    }
+    self->open[connection] = std::move(o);
   }
 
   static MHD_Result OnRequest(void* cls, MHD_Connection* connection, const char* url,

@@ -4,7 +4,10 @@
 // connection, and a deadline for each connection from its accept: one that
 // takes longer than request_deadline is cut, so a local user who trickles
 // bytes in, or keeps a connection alive with a cheap request now and then,
-// cannot hold the connection slots the scraper needs). What libmicrohttpd reports goes
+// cannot hold the connection slots the scraper needs), at most 4 at once
+// per uid of the process at the other end (asked of the kernel:
+// loopback_peer.h; any local user may connect from any 127.0.0.0/8
+// address, so a limit per address bounds no one). What libmicrohttpd reports goes
 // to hallocd's log rate-limited and escaped: its lines are triggered by
 // whoever connects. Any local user may scrape as often as it likes: the
 // text is rendered at most once a second (Options::render_interval). Off

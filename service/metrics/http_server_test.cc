@@ -3,7 +3,9 @@
 #include <arpa/inet.h>
 #include <glog/logging.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -176,7 +178,7 @@ TEST(MetricsServerTest, RequestsThatNeverEndAreCutAtTheirDeadline) {
       MetricsServer::Start("127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
   ASSERT_TRUE(s.ok()) << s.status();
   std::vector<int> slow;
-  for (int i = 0; i < 8; ++i) {  // MHD_OPTION_PER_IP_CONNECTION_LIMIT
+  for (int i = 0; i < 8; ++i) {  // past the per-uid (4) and per-address (8) limits
     const int fd = Trickle((*s)->port(), "GET /metr");
     ASSERT_GE(fd, 0);
     slow.push_back(fd);
@@ -201,6 +203,76 @@ TEST(MetricsServerTest, RequestsThatNeverEndAreCutAtTheirDeadline) {
   const std::vector<std::string> lines = log.lines();
   EXPECT_GE(lines.size(), 1u) << "libmicrohttpd's lines did not reach hallocd's log";
   EXPECT_LE(lines.size(), 5u) << "not rate-limited";
+}
+
+// Any local user may connect from any of 127.0.0.0/8, so the per-address
+// limit bounds no one: uid 65534 holding connections that never finish a
+// request from five addresses kept every scrape out until their deadline
+// (a review helper's attack: 0 of 4 scrapes within Prometheus's 10 s).
+// Connections count per uid of the process at the other end: past 4, the
+// uid's next are ended at once, and the scraper (another uid) is served.
+TEST(MetricsServerTest, OneUidCannotHoldTheScrapersSlots) {
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
+      MetricsServer::Start("127.0.0.1:0", [] { return std::string("x 1\n"); });
+  ASSERT_TRUE(s.ok()) << s.status();
+  const uint16_t port = (*s)->port();
+  int report[2], done[2];
+  ASSERT_EQ(::pipe(report), 0);
+  ASSERT_EQ(::pipe(done), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // syscalls only
+    ::close(report[0]);
+    ::close(done[1]);
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(1);
+    }
+    // 16 connections, from 127.0.0.2-.6 in turn, each a request begun.
+    int fds[16];
+    char ended = 0;  // how many the server ended at once
+    for (int i = 0; i < 16; ++i) {
+      fds[i] = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in from{}, to{};
+      from.sin_family = to.sin_family = AF_INET;
+      from.sin_addr.s_addr = htonl(0x7f000002 + i % 5);
+      to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      to.sin_port = htons(port);
+      if (fds[i] < 0 || ::bind(fds[i], reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0 ||
+          ::connect(fds[i], reinterpret_cast<sockaddr*>(&to), sizeof(to)) != 0 ||
+          ::write(fds[i], "GET /metr", 9) != 9) {
+        ::_exit(2);
+      }
+    }
+    for (int fd : fds) {
+      pollfd p{fd, POLLIN, 0};
+      char c;
+      if (::poll(&p, 1, 1000) == 1 && ::read(fd, &c, 1) <= 0) ++ended;
+    }
+    (void)!::write(report[1], &ended, 1);
+    char c;
+    (void)!::read(done[0], &c, 1);  // holds the rest until the parent scraped
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  ::close(done[0]);
+  char ended = -1;
+  const bool reported = ::read(report[0], &ended, 1) == 1;
+  ::close(report[0]);
+  if (!reported) {
+    ::close(done[1]);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot become uid 65534";
+    FAIL() << "uid 65534 could not connect: " << status;
+  }
+  EXPECT_EQ(ended, 12) << "uid 65534 kept more than 4 connections (or fewer)";
+  // Scrapes go through meanwhile (well within the 10 s the held ones have).
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(absl::StrContains(Fetch(port, "GET /metrics HTTP/1.0\r\n\r\n"), " 200 ")) << i;
+  }
+  ::close(done[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
 }
 
 TEST(MetricsServerTest, OnlyLoopbackAddressesAreServed) {

@@ -1,0 +1,91 @@
+#include "service/metrics/loopback_peer.h"
+
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+
+namespace halloc {
+
+absl::StatusOr<uid_t> LoopbackPeerUid(int fd) {
+  sockaddr_storage local{}, peer{};
+  socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) {
+    return ErrnoStatus(errno, "getsockname");
+  }
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+    return ErrnoStatus(errno, "getpeername");
+  }
+  if (local.ss_family != peer.ss_family ||
+      (local.ss_family != AF_INET && local.ss_family != AF_INET6)) {
+    return absl::InvalidArgumentError("not a TCP connection over IPv4 or IPv6");
+  }
+  // The peer's socket: source its address and port, destination ours.
+  struct {
+    nlmsghdr header;
+    inet_diag_req_v2 req;
+  } ask{};
+  ask.header.nlmsg_len = sizeof(ask);
+  ask.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  ask.header.nlmsg_flags = NLM_F_REQUEST;
+  ask.req.sdiag_family = local.ss_family;
+  ask.req.sdiag_protocol = IPPROTO_TCP;
+  ask.req.idiag_states = ~0u;
+  ask.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+  ask.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+  if (local.ss_family == AF_INET) {
+    const auto& l = reinterpret_cast<const sockaddr_in&>(local);
+    const auto& p = reinterpret_cast<const sockaddr_in&>(peer);
+    ask.req.id.idiag_sport = p.sin_port;
+    ask.req.id.idiag_dport = l.sin_port;
+    std::memcpy(ask.req.id.idiag_src, &p.sin_addr, sizeof(p.sin_addr));
+    std::memcpy(ask.req.id.idiag_dst, &l.sin_addr, sizeof(l.sin_addr));
+  } else {
+    const auto& l = reinterpret_cast<const sockaddr_in6&>(local);
+    const auto& p = reinterpret_cast<const sockaddr_in6&>(peer);
+    ask.req.id.idiag_sport = p.sin6_port;
+    ask.req.id.idiag_dport = l.sin6_port;
+    std::memcpy(ask.req.id.idiag_src, &p.sin6_addr, sizeof(p.sin6_addr));
+    std::memcpy(ask.req.id.idiag_dst, &l.sin6_addr, sizeof(l.sin6_addr));
+    ask.req.id.idiag_if = p.sin6_scope_id;
+  }
+  UniqueFd nl(::socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) return ErrnoStatus(errno, "socket(NETLINK_SOCK_DIAG)");
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (::sendto(nl.get(), &ask, sizeof(ask), 0, reinterpret_cast<sockaddr*>(&kernel),
+               sizeof(kernel)) != static_cast<ssize_t>(sizeof(ask))) {
+    return ErrnoStatus(errno, "sock_diag request");
+  }
+  alignas(nlmsghdr) char buf[8192];
+  const ssize_t n = ::recv(nl.get(), buf, sizeof(buf), 0);
+  if (n < 0) return ErrnoStatus(errno, "sock_diag reply");
+  int len = static_cast<int>(n);
+  for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+    if (h->nlmsg_type == NLMSG_ERROR) {
+      const int error = -reinterpret_cast<const nlmsgerr*>(NLMSG_DATA(h))->error;
+      if (error == ENOENT) return absl::NotFoundError("the peer's socket is gone");
+      return ErrnoStatus(error, "sock_diag");
+    }
+    if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY &&
+        h->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg))) {
+      const auto* msg = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+      // A socket in TIME_WAIT is a closed one: no process, no owner.
+      if (msg->idiag_state == TCP_TIME_WAIT) return absl::NotFoundError("the peer closed");
+      return static_cast<uid_t>(msg->idiag_uid);
+    }
+  }
+  return absl::InternalError("sock_diag: no answer");
+}
+
+}  // namespace halloc

@@ -1,0 +1,25 @@
+// LoopbackPeerUid: whose process is at the other end of a loopback TCP
+// connection, asked of the kernel (NETLINK_SOCK_DIAG, as `ss -e` shows it).
+//
+// A Unix socket says who its peer is (SO_PEERCRED); TCP does not, and on
+// loopback the peer's address says nothing either: every local user may
+// connect from any of 127.0.0.0/8. The kernel still knows which socket
+// holds the other end (the same four-tuple, reversed) and whose it is.
+#ifndef HALLOC_SERVICE_METRICS_LOOPBACK_PEER_H_
+#define HALLOC_SERVICE_METRICS_LOOPBACK_PEER_H_
+
+#include <sys/types.h>
+
+#include "absl/status/statusor.h"
+
+namespace halloc {
+
+// The uid owning the socket at the other end of `fd`, a connected TCP
+// socket over loopback in this network namespace. NOT_FOUND when that
+// socket is gone (the peer closed it; a socket in TIME_WAIT has no owner),
+// the errno's status when the kernel cannot be asked.
+absl::StatusOr<uid_t> LoopbackPeerUid(int fd);
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_METRICS_LOOPBACK_PEER_H_
