@@ -179,8 +179,16 @@ class Broker {
     std::shared_ptr<Session> session;  // set once verified
     // Not read from (out of the epoll set) while fds it sent wait to be
     // closed, or those of its uid are over kMaxForeignFdsPerUid, or while
-    // `held` waits.
+    // `held` waits, or while a Revoke of its is on the revoke lane.
     bool paused = false;
+    // Its Revokes posted to the revoke lane and not yet made (the lane's
+    // thread counts them down). Until they are, nothing more is read from
+    // it: its later requests are served after the revoke, as they would
+    // be inline (a Release of the revoked buffer first would leave the
+    // views of importers that let go uncut), and its end is seen after it
+    // (a session closed first would leave the revoke undone: "session
+    // closed").
+    std::shared_ptr<std::atomic<int>> revoking = std::make_shared<std::atomic<int>>(0);
     // A request sent to a lane (an Allocate to the slow lane, a live
     // Revoke to the revoke lane) that found its uid's place there taken:
     // it waits for room (RetryHeld) instead of failing, its connection
@@ -254,8 +262,9 @@ class Broker {
   void ToLane(Conn& conn, const Identity& caller, v1::BrokerRequest req);
   // Posts `req` to its lane; an error reply if it is full.
   void Post(Conn& conn, const Identity& caller, v1::BrokerRequest req);
-  // Posts held requests whose uid has room on their lane now, and reads
-  // their connections again.
+  // After a lane's task: posts held requests whose uid has room on their
+  // lane now, and reads again from the connections nothing keeps paused
+  // any more (those, and those whose Revoke was made).
   void RetryHeld();
   // A lane finished a task (written to lane_done_, from the lane's thread).
   void LaneDone();

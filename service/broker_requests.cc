@@ -304,16 +304,26 @@ void Broker::ToLane(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
 
 void Broker::Post(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
   const uint64_t id = req.request_id();
+  const bool revoke = req.has_revoke();
   WorkQueue& lane = LaneOf(req);
-  absl::Status posted = lane.Post(conn.charged_uid, [this, s = conn.session, ch = conn.channel,
-                                                     who = caller, req = std::move(req)] {
-    if (req.has_revoke()) {
-      ServeRevoke(*s, who, req, *ch);
-    } else {
-      ServeAllocate(*s, who, req, *ch);
-    }
-  });
-  if (!posted.ok()) Reply(conn, ErrorReply(id, posted));
+  // A Revoke keeps its connection unread until it is made (Conn::revoking).
+  if (revoke) ++*conn.revoking;
+  absl::Status posted =
+      lane.Post(conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
+                                   req = std::move(req), revoking = conn.revoking] {
+        if (req.has_revoke()) {
+          ServeRevoke(*s, who, req, *ch);
+          --*revoking;  // before the lane says it is done (LaneDone)
+        } else {
+          ServeAllocate(*s, who, req, *ch);
+        }
+      });
+  if (!posted.ok()) {
+    if (revoke) --*conn.revoking;
+    Reply(conn, ErrorReply(id, posted));
+    return;
+  }
+  if (revoke) Pause(conn);
 }
 
 void Broker::ServeRevoke(Session& session, const Identity& caller, const v1::BrokerRequest& req,
@@ -413,7 +423,6 @@ void Broker::PauseUid(uid_t uid) {
 }
 
 void Broker::RetryHeld() {
-  bool posted = false;
   for (uint64_t key : paused_) {  // a held request's connection is paused
     auto c = conns_.find(key);
     if (c == conns_.end() || !c->second->held) continue;
@@ -422,9 +431,10 @@ void Broker::RetryHeld() {
     Conn::Held h = *std::move(conn.held);
     conn.held.reset();
     Post(conn, h.caller, std::move(h.req));
-    posted = true;
   }
-  if (posted) ResumeCleared();  // those not paused for foreign fds too
+  // Those whose held request went, or whose Revoke was made, unless
+  // something else keeps them paused.
+  ResumeCleared();
 }
 
 void Broker::ResumeCleared() {
@@ -435,8 +445,8 @@ void Broker::ResumeCleared() {
       continue;
     }
     Conn& conn = *c->second;
-    if (conn.held || foreign_fds_->Waiting(conn.key) || foreign_fds_->OverLimit(conn.charged_uid) ||
-        ParsePaused(conn.charged_uid)) {
+    if (conn.held || *conn.revoking > 0 || foreign_fds_->Waiting(conn.key) ||
+        foreign_fds_->OverLimit(conn.charged_uid) || ParsePaused(conn.charged_uid)) {
       ++it;
       continue;
     }

@@ -5,6 +5,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <memory>
@@ -316,10 +317,18 @@ class RevokingBackend : public MemfdBackend {
   absl::Status RevokeView(const UniqueFd& buffer, uint64_t id) override {
     if (!entered_->HasBeenNotified()) entered_->Notify();  // one thread calls
     open_->WaitForNotification();
+    absl::MutexLock lock(&mu_);
+    revoked_.push_back(id);
     return absl::OkStatus();
+  }
+  std::vector<uint64_t> revoked() {
+    absl::MutexLock lock(&mu_);
+    return revoked_;
   }
 
  private:
+  absl::Mutex mu_;
+  std::vector<uint64_t> revoked_ ABSL_GUARDED_BY(mu_);
   absl::Notification* const entered_;
   absl::Notification* const open_;
   std::atomic<uint64_t> next_id_{1};
@@ -416,6 +425,81 @@ TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
   absl::StatusOr<Answer> again = Ask(conns[1].fd.get(), import);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(ReplyStatus(again->reply).code(), absl::StatusCode::kNotFound);
+}
+
+// A connection whose Revoke is on the lane is not read until it is made:
+// its later requests are answered after it, as inline, and its end is seen
+// after it. A review found the session closed first (the client gone, or
+// timed out) and the queued revoke then refused ("session closed"), the
+// importer's view never cut.
+TEST_F(SlowLaneTest, ARevokeIsMadeBeforeItsConnectionsLaterRequestsAndItsEnd) {
+  absl::Notification entered, open;
+  auto backend = std::make_unique<RevokingBackend>(&entered, &open);
+  RevokingBackend* revoking = backend.get();
+  Allocator core(std::move(backend), Limits());
+  absl::StatusOr<std::unique_ptr<Broker>> broker =
+      Broker::Start(dir_ + "/broker.sock", 0600, &core);
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::Cleanup stop = [&] {
+    if (!open.HasBeenNotified()) open.Notify();
+    (*broker)->Stop();
+  };
+  std::vector<BrokerConnection> conns;  // first owner, second owner, importer
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+    ASSERT_TRUE(c.ok()) << c.status();
+    conns.push_back(*std::move(c));
+  }
+  // Each owner's page, shared and imported: view 1 (the first), view 2.
+  std::vector<v1::Grant> grants;
+  std::vector<uint64_t> pages;
+  for (int owner = 0; owner < 2; ++owner) {
+    v1::BrokerRequest alloc;
+    alloc.set_request_id(1);
+    alloc.mutable_allocate()->mutable_desc()->set_size(4096);
+    absl::StatusOr<Answer> page = Ask(conns[owner].fd.get(), alloc);
+    ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
+    pages.push_back(page->reply.allocate().buffers(0).id());
+    absl::StatusOr<std::shared_ptr<Session>> session =
+        core.Authenticate(conns[owner].welcome.session_token());
+    ASSERT_TRUE(session.ok()) << session.status();
+    v1::ShareRequest share;
+    share.set_buffer_id(pages.back());
+    share.mutable_peer()->set_uid(::getuid());
+    share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
+    absl::StatusOr<v1::Grant> g = core.Share(**session, share);
+    ASSERT_TRUE(g.ok()) << g.status();
+    grants.push_back(*g);
+    v1::BrokerRequest import;
+    import.set_request_id(2);
+    import.mutable_import_buffer()->set_grant_token(g->token());
+    absl::StatusOr<Answer> imported = Ask(conns[2].fd.get(), import);
+    ASSERT_TRUE(imported.ok() && ReplyStatus(imported->reply).ok());
+  }
+  // The first owner's revoke holds the lane; the second's waits behind it,
+  // then that owner asks on and goes away.
+  const int second = conns[1].fd.get();
+  ASSERT_TRUE(SendRecord(conns[0].fd.get(), RevokeRequest(10, grants[0].id()).SerializeAsString(),
+                         {}, false)
+                  .ok());
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(
+      SendRecord(second, RevokeRequest(11, grants[1].id()).SerializeAsString(), {}, false).ok());
+  v1::BrokerRequest describe;
+  describe.set_request_id(12);
+  describe.mutable_describe()->set_buffer_id(pages[1]);
+  ASSERT_TRUE(SendRecord(second, describe.SerializeAsString(), {}, false).ok());
+  EXPECT_FALSE(WaitReadable(second, 200).ok()) << "answered before the revoke ahead of it";
+  conns[1].fd.reset();
+  absl::SleepFor(absl::Milliseconds(100));  // time to see the end, were it read
+  open.Notify();
+  bool cut = false;
+  for (int i = 0; i < 1000 && !cut; ++i) {
+    const std::vector<uint64_t> r = revoking->revoked();
+    cut = std::find(r.begin(), r.end(), uint64_t{2}) != r.end();
+    if (!cut) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(cut) << "the revoke of the connection that went was not made";
 }
 
 }  // namespace

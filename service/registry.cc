@@ -297,17 +297,14 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   if (!rooted) ++counted.onward;
   if (via != buffer->imported_via.end()) {
     const auto routes = buffer->imports.find(session_id);
-    for (uint64_t g : via->second) {
+    for (const auto& [g, judged] : via->second) {
       // What that route gave: as delivered (CPU-none included: a device-only
-      // import), else (the import racing this share) what its grant gives.
-      std::optional<CpuAccess> gave;
+      // import), else (the import racing this share) as judged at Import.
+      CpuAccess gave = judged;
       if (routes != buffer->imports.end()) {
         if (auto r = routes->second.find(g); r != routes->second.end()) gave = r->second.access;
       }
-      if (!gave) {
-        if (auto other = grants_.find(g); other != grants_.end()) gave = other->second.view.access;
-      }
-      record.via.emplace(g, gave.value_or(CpuAccess::kNone));
+      record.via.emplace(g, gave);
     }
   }
   grants_.emplace(grant_id, std::move(record));
@@ -364,7 +361,8 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
     held->second = access;
   }
   holding.buffers.insert(buffer->id);
-  buffer->imported_via[session_id].insert(t->second);
+  CpuAccess& judged = buffer->imported_via[session_id][t->second];
+  if (Wider(access, judged)) judged = access;
   if (out.newly_held) {
     out.arrival = next_arrival_++;
     arriving_[{session_id, buffer->id}] = Arrival{out.arrival, 1, false};
@@ -454,7 +452,10 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
     DropGrant(grant_id);
     return out;
   }
-  out.buffer = b->second;  // keeps the record alive if the last hold goes
+  // Keeps the record (its fd) alive for the views to be cut, if the last
+  // hold goes; without views there is nothing to keep it for (and its last
+  // reference should drop on the reaper, not the caller's thread).
+  if (live) out.buffer = b->second;
   BufferRecord& buffer = *b->second;
   // A grant goes: the views it delivered to sessions that let go since
   // are cut off too (their fds may be anywhere), then the grant itself.
@@ -497,12 +498,12 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
           cut_off.push_back(sid);
           continue;
         }
+        // As judged at each import (the importer's rule may cap what a
+        // grant gives), not as the grants give: a read importer of two
+        // read-write grants stays read.
         CpuAccess left = CpuAccess::kNone;
-        for (uint64_t other : via) {
-          auto rec = grants_.find(other);
-          if (other != g && rec != grants_.end() && Wider(rec->second.view.access, left)) {
-            left = rec->second.view.access;
-          }
+        for (const auto& [other, judged] : via) {
+          if (other != g && Wider(judged, left)) left = judged;
         }
         buffer.holders[sid] = left;
       }

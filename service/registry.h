@@ -91,10 +91,12 @@ struct BufferRecord {
   // in processes, so a live revoke of the grant still cuts them off.
   absl::flat_hash_map<uint64_t, std::vector<uint64_t>> let_go_views;
   // Per importing session (any backend), the grants it imported this
-  // buffer through, noted at Import itself: a Share racing the import's
-  // delivery already knows where its granter's hold came from. A grant
-  // revoked live leaves every such set.
-  absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> imported_via;
+  // buffer through and the rights each import was judged to give (the
+  // widest, if several), noted at Import itself: a Share racing the
+  // import's delivery already knows where its granter's hold came from,
+  // and a revoke without live revoke knows what the others still give. A
+  // revoked grant leaves every such map.
+  absl::flat_hash_map<uint64_t, absl::flat_hash_map<uint64_t, CpuAccess>> imported_via;
   // Set by the allocator (its decision and the backend say so): once
   // nobody holds it, the buffer stays charged until no fd or mapping of
   // it is left anywhere (Registry: "Released memory").
@@ -124,8 +126,8 @@ struct GrantRecord {
   GrantView view;
   // Where the granter's own hold came from when it shared: its owner's
   // hold (`rooted`), else the grants it had imported the buffer through
-  // (BufferRecord::imports), each with the rights that route gave. Each
-  // live revoke of one of those takes it out of `via`; once none is left,
+  // (BufferRecord::imported_via), each with the rights that route gave. Each
+  // revoke (live or not) of one of those takes it out of `via`; once none is left,
   // or those left do not give the rights this grant gives, this grant is
   // revoked too (Registry::Revoke), whether or not the granter still
   // holds or its session still lives, and however many revokes it took:
@@ -159,9 +161,7 @@ class Registry {
   // let_go_views).
   static constexpr size_t kMaxImportsPerGrant = 256;
   // Grants one session may hold one buffer through at once (imported and
-  // not revoked live; on a backend without live revoke a revoked grant
-  // still counts, its hold being still there, until the session lets the
-  // buffer go): each grant it shares the buffer on with keeps them all (for
+  // not revoked yet): each grant it shares the buffer on with keeps them all (for
   // a revoke of any: GrantRecord::via), so without a bound a few sessions
   // importing a thousand grants each and sharing on made hallocd keep
   // millions of entries (330 MB, measured), charged to nobody.

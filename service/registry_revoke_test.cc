@@ -509,5 +509,26 @@ TEST_F(RegistryTest, RevokeWithoutLiveEndsTheHoldsItGaveAndWhatWasSharedOn) {
   EXPECT_EQ(Stats().live_buffers(), 0u);
 }
 
+// The rights left after a revoke without live revoke are what the other
+// imports were judged to give, not what their grants give: an importer
+// whose rule caps it at read, holding through two read-write grants, was
+// widened to read-write when one was revoked (a review's finding), and
+// could then set the owner's metadata and share on read-write.
+TEST_F(RegistryTest, RevokeWithoutLiveLeavesTheRightsTheOtherImportsWereJudgedToGive) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto first = ShareTo(kA, id, 2, CpuAccess::kReadWrite);
+  auto second = ShareTo(kA, id, 2, CpuAccess::kReadWrite);
+  ASSERT_TRUE(first.ok() && second.ok());
+  const auto read_only = [](const GrantView&) -> absl::StatusOr<CpuAccess> {
+    return CpuAccess::kRead;  // B's rule: read at most
+  };
+  ASSERT_TRUE(reg_.Import(kB, first->token(), read_only).ok());
+  ASSERT_TRUE(reg_.Import(kB, second->token(), read_only).ok());
+  ASSERT_TRUE(reg_.Revoke(kA, first->id(), false).ok());
+  absl::StatusOr<v1::BufferInfo> d = reg_.Describe(kB, id);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
+}
+
 }  // namespace
 }  // namespace halloc
