@@ -353,6 +353,12 @@ int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
   out << file << ": OK, " << (*p)->rules().size() << " client rules:";
   for (const Rule& r : (*p)->rules()) out << " " << r.name;
   out << "\n";
+  // A draft passes whoever wrote it; hallocd takes only a file root or its
+  // own user could have written (Policy::Writer::kTrusted).
+  if (absl::Status trusted = Policy::Load(file).status(); !trusted.ok()) {
+    err << "note: hallocd running as this user would not read it where it is: " << trusted.message()
+        << "\n";
+  }
   return kExitOk;
 }
 

@@ -297,11 +297,12 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
           absl::StrCat("policy file ", shown, " belongs to uid ", st.st_uid,
                        ": hallocd takes its policy only from root or its own user"));
     }
-    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("policy file ", shown, " is writable by ",
-                       (st.st_mode & S_IWOTH) != 0 ? "every user" : "its group", " (mode ",
-                       absl::StrFormat("%04o", st.st_mode & 07777), "): chmod go-w it"));
+    // Group root's members may write it (they are root's to choose).
+    if ((st.st_mode & S_IWOTH) != 0 || ((st.st_mode & S_IWGRP) != 0 && st.st_gid != 0)) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "policy file ", shown, " is writable by ",
+          (st.st_mode & S_IWOTH) != 0 ? "every user" : absl::StrCat("group ", st.st_gid), " (mode ",
+          absl::StrFormat("%04o", st.st_mode & 07777), "): chmod go-w it"));
     }
   }
   if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {

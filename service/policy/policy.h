@@ -113,8 +113,8 @@ class Policy {
     // hallocd's policy: only root or this process's user. The file must be
     // reached through no directory or link another user could swap
     // (util/trusted_path.h), belong to one of them and be writable by no
-    // group or other (PERMISSION_DENIED otherwise): whoever may change it
-    // decides what every client may do.
+    // other user nor group but root's (PERMISSION_DENIED otherwise):
+    // whoever may change it decides what every client may do.
     kTrusted,
     // A draft anyone may have written (hallocctl policy check): only read.
     kAnyone,

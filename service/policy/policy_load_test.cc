@@ -40,9 +40,14 @@ class PolicyLoadTest : public ::testing::Test {
 
 TEST_F(PolicyLoadTest, HallocdsPolicyIsRootsOrItsOwnAndWritableByNoOneElse) {
   EXPECT_TRUE(Policy::Load(Write("ok.textproto", kRule, 0644)).ok());
+  // Group-writable: refused unless the group is root's.
+  const std::string group_root = Write("group-root.textproto", kRule, 0664);
+  ASSERT_EQ(::chown(group_root.c_str(), -1, 0), 0);
+  EXPECT_TRUE(Policy::Load(group_root).ok()) << Policy::Load(group_root).status();
   for (mode_t mode : {0664, 0646, 0666}) {
     SCOPED_TRACE(mode);
     const std::string p = Write("open.textproto", kRule, mode);
+    if (::chown(p.c_str(), -1, 65534) != 0 && (mode & S_IWOTH) == 0) continue;  // no other gid
     absl::Status s = Policy::Load(p).status();
     EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
     EXPECT_TRUE(absl::StrContains(s.message(), "writable by")) << s;

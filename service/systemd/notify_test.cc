@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -37,6 +38,8 @@ class NotifyTest : public ::testing::Test {
     // A valid policy to start with (and reload).
     std::ifstream example(systemd_testing::Runfile("service/policy/example.textproto"));
     std::ofstream(dir_ / "policy.textproto") << example.rdbuf();
+    // hallocd reads no group-writable policy (umask 002).
+    std::filesystem::permissions(dir_ / "policy.textproto", std::filesystem::perms(0644));
   }
 
   void Start(std::vector<std::string> env) {

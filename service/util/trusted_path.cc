@@ -94,7 +94,9 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
       if (e == ENOENT) return absl::NotFoundError(absl::StrCat(walked.With(name), " does not exist"));
       return ErrnoStatus(e, absl::StrCat("stat(", walked.With(name), ")"));
     }
-    if ((dir.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    // Others may write to it: every user, or a group other than root's
+    // (whose members are root's to choose).
+    if ((dir.st_mode & S_IWOTH) != 0 || ((dir.st_mode & S_IWGRP) != 0 && dir.st_gid != 0)) {
       if ((dir.st_mode & S_ISVTX) == 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             walked.Path(), " is writable by other users without the sticky bit: they could swap ",

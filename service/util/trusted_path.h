@@ -11,7 +11,8 @@
 // where another user could swap a component:
 //   - every directory on the way belongs to root or to this process's
 //     user (the owner of a directory may rename anything in it);
-//   - a directory others may write to must have the sticky bit, and the
+//   - a directory others may write to (every user, or a group but root's)
+//     must have the sticky bit, and the
 //     entry taken from it must belong to root or to this process's user
 //     (the sticky bit keeps others from renaming entries they do not own);
 //   - a symbolic link that passes is followed, its target walked the same

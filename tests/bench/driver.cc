@@ -205,6 +205,7 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
         << "  share_to: \"@same_uid\" receive_from: \"@same_uid\" }\n";
     if (!out) return absl::InternalError("cannot write " + policy);
   }
+  ::chmod(policy.c_str(), 0644);  // hallocd reads no group-writable policy (umask 002)
   // hallocd raises its fd limit to the hard one, which it inherits: the
   // bench's few clients leave buffers all of it but half the scale rows'
   // headroom (the other half: the probes' buffers beside the largest

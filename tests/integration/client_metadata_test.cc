@@ -3,6 +3,7 @@
 // give the same answers and the same codes (IsSupported too); and List,
 // page by page.
 #include <drm_fourcc.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -109,6 +110,7 @@ TEST_F(ClientMetadataTest, BothPathsAgreeOnIsSupported) {
            "  max_cpu_access: CPU_ACCESS_READ_WRITE max_buffer_bytes: 65536 }\n";
     ASSERT_TRUE(out.good());
   }
+  ASSERT_EQ(::chmod(policy.c_str(), 0644), 0);  // not group-writable under umask 002
   DaemonOptions options = testing::TestDaemon::DefaultOptions();
   options.policy_file = policy;
   absl::StatusOr<std::unique_ptr<testing::TestDaemon>> small = testing::TestDaemon::Start(options);

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,6 +55,7 @@ absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std:
   if (!options.policy.empty()) {
     const std::string file = dir + "/policy.textproto";
     std::ofstream(file) << options.policy;
+    ::chmod(file.c_str(), 0644);  // hallocd reads no group-writable policy (umask 002)
     args.push_back("--policy=" + file);
   }
   args.insert(args.end(), options.flags.begin(), options.flags.end());

@@ -98,6 +98,7 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
     FILE* f = fopen(file.c_str(), "w");
     fputs(text.c_str(), f);
     fclose(f);
+    chmod(file.c_str(), 0644);  // hallocd reads no group-writable policy (umask 002)
   };
   // Root may only allocate small buffers at first.
   write("clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "

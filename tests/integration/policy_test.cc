@@ -42,6 +42,8 @@ class PolicyTest : public ::testing::Test {
     policy_dir_ = tmpl;
     policy_file_ = policy_dir_ + "/policy.textproto";
     std::filesystem::copy_file(Runfile("service/policy/example.textproto"), policy_file_);
+    // hallocd reads no group-writable policy (a checkout made under umask 002).
+    std::filesystem::permissions(policy_file_, std::filesystem::perms(0644));
     DaemonOptions options = testing::TestDaemon::DefaultOptions();
     options.policy_file = policy_file_;
     absl::StatusOr<std::unique_ptr<testing::TestDaemon>> d =
