@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "clients/cli/safe_output.h"
 #include "clients/cpp/halloc/base/rights.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "google/protobuf/struct.pb.h"
@@ -26,7 +27,7 @@ std::string Json(const google::protobuf::Message& message) {
     out = R"({"error":"not representable as JSON"})";
   }
   out += '\n';
-  return out;
+  return JsonTerminalSafe(out);
 }
 
 absl::string_view AccessName(v1::CpuAccess access) {

@@ -11,45 +11,67 @@ void Escape(std::string& out, absl::string_view bytes) {
   for (unsigned char c : bytes) absl::StrAppendFormat(&out, "\\x%02x", c);
 }
 
-// How many bytes the UTF-8 sequence led by `lead` has (1 for anything that
-// does not lead one: it is judged on its own).
+// How many bytes the UTF-8 sequence led by `lead` has; 0 for a byte that
+// leads none (a continuation byte on its own, 0xc0, 0xc1, 0xf5-0xff).
 size_t SequenceLength(unsigned char lead) {
+  if (lead < 0x80) return 1;
   if (lead >= 0xc2 && lead <= 0xdf) return 2;
   if (lead >= 0xe0 && lead <= 0xef) return 3;
   if (lead >= 0xf0 && lead <= 0xf4) return 4;
-  return 1;
+  return 0;
 }
 
-bool Dangerous(absl::string_view seq) {
-  const auto b = [&](size_t i) { return static_cast<unsigned char>(seq[i]); };
-  if (seq.size() == 1) return (b(0) < 0x20 && b(0) != '\n' && b(0) != '\t') || b(0) == 0x7f;
-  if (seq.size() == 2) return b(0) == 0xc2 && b(1) >= 0x80 && b(1) <= 0x9f;  // C1
-  if (seq.size() == 3 && b(0) == 0xe2) {
-    const uint32_t cp = ((b(0) & 0x0fu) << 12) | ((b(1) & 0x3fu) << 6) | (b(2) & 0x3fu);
-    return (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+bool Continues(char c) { return (static_cast<unsigned char>(c) & 0xc0) == 0x80; }
+
+// The code point of a whole, valid-looking sequence.
+uint32_t CodePoint(absl::string_view seq) {
+  const auto b = [&](size_t i) {
+    return static_cast<uint32_t>(static_cast<unsigned char>(seq[i]));
+  };
+  switch (seq.size()) {
+    case 1:
+      return b(0);
+    case 2:
+      return ((b(0) & 0x1f) << 6) | (b(1) & 0x3f);
+    case 3:
+      return ((b(0) & 0x0f) << 12) | ((b(1) & 0x3f) << 6) | (b(2) & 0x3f);
+    default:
+      return ((b(0) & 0x07) << 18) | ((b(1) & 0x3f) << 12) | ((b(2) & 0x3f) << 6) | (b(3) & 0x3f);
   }
-  return false;
 }
 
-// Appends the safe form of `text`'s whole characters; returns how many
-// bytes it took (all but an unfinished sequence at the end, unless `all`).
+// Whether code point `cp` drives a terminal rather than shows: C0 but
+// newline and tab, DEL, C1, the bidirectional overrides and isolates.
+bool IsTerminalControl(uint32_t cp) {
+  return (cp < 0x20 && cp != '\n' && cp != '\t') || (cp >= 0x7f && cp <= 0x9f) ||
+         (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+}
+
+// Appends the safe form of `text`; returns how many bytes it took: all of
+// them with `all`, else all but a sequence its end may yet complete. A
+// byte that is not part of a whole UTF-8 sequence is escaped on its own
+// (a raw 8-bit C1 control among them).
 size_t Convert(absl::string_view text, bool all, std::string& out) {
   size_t i = 0;
   while (i < text.size()) {
     const size_t want = SequenceLength(static_cast<unsigned char>(text[i]));
-    if (i + want > text.size() && !all) break;
-    size_t n = 1;  // the sequence, cut short where a byte does not continue it
-    while (n < want && i + n < text.size() &&
-           (static_cast<unsigned char>(text[i + n]) & 0xc0) == 0x80) {
-      ++n;
+    size_t have = want == 0 ? 0 : 1;
+    while (have > 0 && have < want && i + have < text.size() && Continues(text[i + have])) {
+      ++have;
     }
-    const absl::string_view seq = text.substr(i, n);
-    if (Dangerous(seq)) {
+    if (want > 0 && have < want && i + have == text.size() && !all) break;  // may yet come
+    if (want == 0 || have < want) {
+      Escape(out, text.substr(i, 1));
+      ++i;
+      continue;
+    }
+    const absl::string_view seq = text.substr(i, want);
+    if (IsTerminalControl(CodePoint(seq))) {
       Escape(out, seq);
     } else {
       out.append(seq.data(), seq.size());
     }
-    i += n;
+    i += want;
   }
   return i;
 }
@@ -59,6 +81,29 @@ size_t Convert(absl::string_view text, bool all, std::string& out) {
 std::string TerminalSafe(absl::string_view text) {
   std::string out;
   Convert(text, /*all=*/true, out);
+  return out;
+}
+
+std::string JsonTerminalSafe(absl::string_view json) {
+  std::string out;
+  size_t i = 0;
+  while (i < json.size()) {
+    const size_t want = SequenceLength(static_cast<unsigned char>(json[i]));
+    if (want > 1 && i + want <= json.size()) {
+      const absl::string_view seq = json.substr(i, want);
+      if (IsTerminalControl(CodePoint(seq))) {
+        absl::StrAppendFormat(&out, "\\u%04x", CodePoint(seq));
+        i += want;
+        continue;
+      }
+    } else if (want == 1 && json[i] == 0x7f) {
+      out += "\\u007f";
+      ++i;
+      continue;
+    }
+    out += json[i];
+    ++i;
+  }
   return out;
 }
 

@@ -9,8 +9,11 @@
 // itself, but hallocctl does not rely on who answers: every byte below
 // 0x20 but newline and tab, DEL, the C1 controls (U+0080-U+009F, UTF-8
 // C2 80-9F: ESC's 8-bit forms) and the bidirectional overrides and
-// isolates (U+202A-U+202E, U+2066-U+2069) it prints as \xNN escapes.
-// hallocctl's own text holds none of them; --json output is already escaped.
+// isolates (U+202A-U+202E, U+2066-U+2069) it prints as \xNN escapes, and so
+// every byte that is not part of a whole UTF-8 character (a raw 8-bit C1
+// control, a sequence cut short even by a flush). hallocctl's own text
+// holds none of them; --json output escapes them itself (JsonTerminalSafe),
+// as JSON can.
 #ifndef HALLOC_CLIENTS_CLI_SAFE_OUTPUT_H_
 #define HALLOC_CLIENTS_CLI_SAFE_OUTPUT_H_
 
@@ -24,6 +27,11 @@ namespace halloc::cli {
 
 // `text` as SafeOutput would print it.
 std::string TerminalSafe(absl::string_view text);
+// `json` (valid UTF-8, as protobuf's JSON printer writes it) with the
+// characters SafeOutput would escape written as JSON's \uXXXX instead
+// (they occur only inside strings there), so that it stays valid JSON
+// through SafeOutput: protobuf leaves U+2066 and the like as they are.
+std::string JsonTerminalSafe(absl::string_view json);
 
 // For its lifetime, what `stream` prints goes through TerminalSafe (held
 // back at most until a character's last byte).

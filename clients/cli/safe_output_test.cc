@@ -19,8 +19,23 @@ TEST(TerminalSafeTest, EscapesControlsAndKeepsText) {
   EXPECT_EQ(TerminalSafe("x\xc2\x9b" "2Jy"), "x\\xc2\\x9b2Jy");
   EXPECT_EQ(TerminalSafe("\xe2\x80\xaetxt.exe"), "\\xe2\\x80\\xaetxt.exe");
   EXPECT_EQ(TerminalSafe("\xe2\x81\xa6"), "\\xe2\\x81\\xa6");
-  // Bytes that do not make a character pass as they are, one by one.
-  EXPECT_EQ(TerminalSafe("\xc2" "A\xff"), "\xc2" "A\xff");
+  // Bytes that are not part of a whole character are escaped one by one:
+  // a lead cut short, a stray continuation, an invalid byte, a raw 8-bit
+  // C1 control (CSI).
+  EXPECT_EQ(TerminalSafe("\xc2"
+                         "A\xff\x80\x9b"
+                         "2J"),
+            "\\xc2A\\xff\\x80\\x9b2J");
+  EXPECT_EQ(TerminalSafe("\xe2\x80"), "\\xe2\\x80");
+}
+
+TEST(JsonTerminalSafeTest, WritesWhatATerminalWouldObeyAsJsonEscapes) {
+  EXPECT_EQ(JsonTerminalSafe(R"({"exe":"/tmp/a\u001b","n":"cafÃ©"})"),
+            R"({"exe":"/tmp/a\u001b","n":"cafÃ©"})");
+  EXPECT_EQ(JsonTerminalSafe("{\"exe\":\"\xe2\x81\xa6x\xc2\x9b\x7f\"}"),
+            R"({"exe":"\u2066x\u009b\u007f"})");
+  // And through SafeOutput it passes unchanged.
+  EXPECT_EQ(TerminalSafe(JsonTerminalSafe("{\"a\":\"\xe2\x80\xae\"}")), R"({"a":"\u202e"})");
 }
 
 TEST(SafeOutputTest, FiltersAStreamEvenAcrossWritesAndRestoresIt) {
@@ -30,9 +45,14 @@ TEST(SafeOutputTest, FiltersAStreamEvenAcrossWritesAndRestoresIt) {
     out << "name: " << "\xc2";  // a C1 control cut between two writes
     out << "\x9b" "2J" << '\x1b' << "end" << std::endl;
     EXPECT_EQ(out.str(), "name: \\xc2\\x9b2J\\x1bend\n");
-    out << "\xe2\x80";  // unfinished when the guard goes: written as is
+    // Cut by a flush (std::cerr flushes after every <<): escaped then, and
+    // what would have completed it on its own.
+    out << "\xe2" << std::flush << "\x80\xae"
+        << "ok\n";
+    EXPECT_EQ(out.str(), "name: \\xc2\\x9b2J\\x1bend\n\\xe2\\x80\\xaeok\n");
+    out << "\xe2\x80";  // unfinished when the guard goes: escaped
   }
-  EXPECT_EQ(out.str(), "name: \\xc2\\x9b2J\\x1bend\n\xe2\x80");
+  EXPECT_EQ(out.str(), "name: \\xc2\\x9b2J\\x1bend\n\\xe2\\x80\\xaeok\n\\xe2\\x80");
   out << "\x1b";
   EXPECT_EQ(out.str().back(), '\x1b') << "the stream is its own again";
 }
