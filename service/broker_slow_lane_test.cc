@@ -14,7 +14,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -341,54 +340,86 @@ v1::BrokerRequest RevokeRequest(uint64_t request_id, uint64_t grant_id) {
   return req;
 }
 
+// A broker in front of a RevokingBackend (cutting the first view off waits
+// for `open`), with `n` connections of this uid.
+struct RevokingBroker {
+  explicit RevokingBroker(const std::string& dir) : path(dir + "/broker.sock") {
+    auto b = std::make_unique<RevokingBackend>(&entered, &open);
+    backend = b.get();
+    core = std::make_unique<Allocator>(std::move(b), Limits());
+  }
+  ~RevokingBroker() {
+    if (!open.HasBeenNotified()) open.Notify();
+    if (broker) broker->Stop();
+  }
+  absl::Status Start(int n) {
+    ASSIGN_OR_RETURN(broker, Broker::Start(path, 0600, core.get()));
+    for (int i = 0; i < n; ++i) {
+      ASSIGN_OR_RETURN(BrokerConnection c, ConnectBroker(path, absl::Seconds(5)));
+      conns.push_back(std::move(c));
+    }
+    return absl::OkStatus();
+  }
+  // A page connection `owner` allocates on the broker: its id.
+  absl::StatusOr<uint64_t> Page(int owner) {
+    v1::BrokerRequest alloc;
+    alloc.set_request_id(1);
+    alloc.mutable_allocate()->mutable_desc()->set_size(4096);
+    ASSIGN_OR_RETURN(Answer a, Ask(conns[owner].fd.get(), alloc));
+    RETURN_IF_ERROR(ReplyStatus(a.reply));
+    return a.reply.allocate().buffers(0).id();
+  }
+  // A read-write grant of `page` to this uid by `owner`'s session (through
+  // the core, as the gRPC Share does).
+  absl::StatusOr<v1::Grant> Share(int owner, uint64_t page) {
+    ASSIGN_OR_RETURN(std::shared_ptr<Session> session,
+                     core->Authenticate(conns[owner].welcome.session_token()));
+    v1::ShareRequest share;
+    share.set_buffer_id(page);
+    share.mutable_peer()->set_uid(::getuid());
+    share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
+    return core->Share(*session, share);
+  }
+  // `grant` imported on the broker by connection `importer` (a view).
+  absl::Status Import(int importer, const v1::Grant& grant) {
+    v1::BrokerRequest import;
+    import.set_request_id(2);
+    import.mutable_import_buffer()->set_grant_token(grant.token());
+    ASSIGN_OR_RETURN(Answer a, Ask(conns[importer].fd.get(), import));
+    return ReplyStatus(a.reply);
+  }
+
+  const std::string path;
+  absl::Notification entered, open;
+  RevokingBackend* backend = nullptr;
+  std::unique_ptr<Allocator> core;
+  std::unique_ptr<Broker> broker;
+  std::vector<BrokerConnection> conns;
+};
+
 // A revoke on a backend that revokes live waits for the kernel to zap
 // every mapping the grant's importers made, as many as they chose: it is
 // made on a lane of its own, so that meanwhile the broker thread answers
 // everyone else; a uid's revokes past its places there wait, unanswered,
 // and are all made once there is room.
 TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
-  absl::Notification entered, open;
-  Allocator core(std::make_unique<RevokingBackend>(&entered, &open), Limits());
-  absl::StatusOr<std::unique_ptr<Broker>> broker =
-      Broker::Start(dir_ + "/broker.sock", 0600, &core);
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  absl::Cleanup stop = [&] {
-    if (!open.HasBeenNotified()) open.Notify();
-    (*broker)->Stop();
-  };
-  std::vector<BrokerConnection> conns;  // owner, importer, a bystander
-  for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
-    ASSERT_TRUE(c.ok()) << c.status();
-    conns.push_back(*std::move(c));
-  }
-  const int owner = conns[0].fd.get();
-  // The owner's page, shared (through the core) kSlowLanePerUid + 2 times;
-  // the importer imports the first grant (a view to cut off).
-  v1::BrokerRequest alloc;
-  alloc.set_request_id(1);
-  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
-  absl::StatusOr<Answer> page = Ask(owner, alloc);
-  ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
-  absl::StatusOr<std::shared_ptr<Session>> session =
-      core.Authenticate(conns[0].welcome.session_token());
-  ASSERT_TRUE(session.ok()) << session.status();
+  RevokingBroker rb(dir_);
+  ASSERT_TRUE(rb.Start(3).ok());  // owner, importer, a bystander
+  absl::Notification& entered = rb.entered;
+  absl::Notification& open = rb.open;
+  const int owner = rb.conns[0].fd.get();
+  // The owner's page, shared kSlowLanePerUid + 2 times; the importer
+  // imports the first grant (a view to cut off).
+  absl::StatusOr<uint64_t> page = rb.Page(0);
+  ASSERT_TRUE(page.ok()) << page.status();
   constexpr int kRevokes = static_cast<int>(Broker::kSlowLanePerUid) + 2;
   std::vector<v1::Grant> grants;
   for (int i = 0; i < kRevokes; ++i) {
-    v1::ShareRequest share;
-    share.set_buffer_id(page->reply.allocate().buffers(0).id());
-    share.mutable_peer()->set_uid(::getuid());
-    share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
-    absl::StatusOr<v1::Grant> g = core.Share(**session, share);
+    absl::StatusOr<v1::Grant> g = rb.Share(0, *page);
     ASSERT_TRUE(g.ok()) << g.status();
     grants.push_back(*std::move(g));
   }
-  v1::BrokerRequest import;
-  import.set_request_id(2);
-  import.mutable_import_buffer()->set_grant_token(grants[0].token());
-  absl::StatusOr<Answer> imported = Ask(conns[1].fd.get(), import);
-  ASSERT_TRUE(imported.ok() && ReplyStatus(imported->reply).ok());
+  ASSERT_TRUE(rb.Import(1, grants[0]).ok());
 
   // The first revoke is cutting its view off (held here); the next three
   // wait on the lane, the last two find the uid's places taken.
@@ -401,7 +432,7 @@ TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
             .ok());
   }
   size_t fds = 0;
-  absl::Status s = AllocateOn(conns[2].fd.get(), 4096, &fds);
+  absl::Status s = AllocateOn(rb.conns[2].fd.get(), 4096, &fds);
   EXPECT_TRUE(s.ok()) << s << " (the broker thread waited for the revoke)";
   EXPECT_EQ(fds, 1u);
   EXPECT_FALSE(WaitReadable(owner, 100).ok()) << "a revoke answered before it was made";
@@ -420,11 +451,7 @@ TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
   }
   EXPECT_EQ(answered.size(), static_cast<size_t>(kRevokes));
   // Each grant is gone: its token imports no more.
-  import.set_request_id(3);
-  import.mutable_import_buffer()->set_grant_token(grants[kRevokes - 1].token());
-  absl::StatusOr<Answer> again = Ask(conns[1].fd.get(), import);
-  ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(ReplyStatus(again->reply).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(rb.Import(1, grants[kRevokes - 1]).code(), absl::StatusCode::kNotFound);
 }
 
 // A connection whose Revoke is on the lane is not read until it is made:
@@ -433,48 +460,20 @@ TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
 // timed out) and the queued revoke then refused ("session closed"), the
 // importer's view never cut.
 TEST_F(SlowLaneTest, ARevokeIsMadeBeforeItsConnectionsLaterRequestsAndItsEnd) {
-  absl::Notification entered, open;
-  auto backend = std::make_unique<RevokingBackend>(&entered, &open);
-  RevokingBackend* revoking = backend.get();
-  Allocator core(std::move(backend), Limits());
-  absl::StatusOr<std::unique_ptr<Broker>> broker =
-      Broker::Start(dir_ + "/broker.sock", 0600, &core);
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  absl::Cleanup stop = [&] {
-    if (!open.HasBeenNotified()) open.Notify();
-    (*broker)->Stop();
-  };
-  std::vector<BrokerConnection> conns;  // first owner, second owner, importer
-  for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
-    ASSERT_TRUE(c.ok()) << c.status();
-    conns.push_back(*std::move(c));
-  }
+  RevokingBroker rb(dir_);
+  ASSERT_TRUE(rb.Start(3).ok());  // first owner, second owner, importer
+  std::vector<BrokerConnection>& conns = rb.conns;
   // Each owner's page, shared and imported: view 1 (the first), view 2.
   std::vector<v1::Grant> grants;
   std::vector<uint64_t> pages;
   for (int owner = 0; owner < 2; ++owner) {
-    v1::BrokerRequest alloc;
-    alloc.set_request_id(1);
-    alloc.mutable_allocate()->mutable_desc()->set_size(4096);
-    absl::StatusOr<Answer> page = Ask(conns[owner].fd.get(), alloc);
-    ASSERT_TRUE(page.ok() && ReplyStatus(page->reply).ok());
-    pages.push_back(page->reply.allocate().buffers(0).id());
-    absl::StatusOr<std::shared_ptr<Session>> session =
-        core.Authenticate(conns[owner].welcome.session_token());
-    ASSERT_TRUE(session.ok()) << session.status();
-    v1::ShareRequest share;
-    share.set_buffer_id(pages.back());
-    share.mutable_peer()->set_uid(::getuid());
-    share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
-    absl::StatusOr<v1::Grant> g = core.Share(**session, share);
+    absl::StatusOr<uint64_t> page = rb.Page(owner);
+    ASSERT_TRUE(page.ok()) << page.status();
+    pages.push_back(*page);
+    absl::StatusOr<v1::Grant> g = rb.Share(owner, *page);
     ASSERT_TRUE(g.ok()) << g.status();
     grants.push_back(*g);
-    v1::BrokerRequest import;
-    import.set_request_id(2);
-    import.mutable_import_buffer()->set_grant_token(g->token());
-    absl::StatusOr<Answer> imported = Ask(conns[2].fd.get(), import);
-    ASSERT_TRUE(imported.ok() && ReplyStatus(imported->reply).ok());
+    ASSERT_TRUE(rb.Import(2, *g).ok());
   }
   // The first owner's revoke holds the lane; the second's waits behind it,
   // then that owner asks on and goes away.
@@ -482,7 +481,7 @@ TEST_F(SlowLaneTest, ARevokeIsMadeBeforeItsConnectionsLaterRequestsAndItsEnd) {
   ASSERT_TRUE(SendRecord(conns[0].fd.get(), RevokeRequest(10, grants[0].id()).SerializeAsString(),
                          {}, false)
                   .ok());
-  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(rb.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(
       SendRecord(second, RevokeRequest(11, grants[1].id()).SerializeAsString(), {}, false).ok());
   v1::BrokerRequest describe;
@@ -492,10 +491,10 @@ TEST_F(SlowLaneTest, ARevokeIsMadeBeforeItsConnectionsLaterRequestsAndItsEnd) {
   EXPECT_FALSE(WaitReadable(second, 200).ok()) << "answered before the revoke ahead of it";
   conns[1].fd.reset();
   absl::SleepFor(absl::Milliseconds(100));  // time to see the end, were it read
-  open.Notify();
+  rb.open.Notify();
   bool cut = false;
   for (int i = 0; i < 1000 && !cut; ++i) {
-    const std::vector<uint64_t> r = revoking->revoked();
+    const std::vector<uint64_t> r = rb.backend->revoked();
     cut = std::find(r.begin(), r.end(), uint64_t{2}) != r.end();
     if (!cut) absl::SleepFor(absl::Milliseconds(10));
   }
