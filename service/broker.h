@@ -144,16 +144,6 @@ class Broker {
   static absl::Duration parse_allowed;
   static constexpr size_t kSlowLaneQueue = 64;
   static constexpr size_t kSlowLanePerUid = 4;
-  // A Revoke on a backend that revokes live (Backend::CanRevokeLive) cuts
-  // off every view its grant's imports made, and the kernel zaps each
-  // view's mappings before it answers: as many as the importers chose to
-  // make, and the importer may be the revoker itself (20,000 mappings of
-  // one view took the guest ~17 ms to zap). Those revokes run on a lane of
-  // their own, shared as the slow lane is (kSlowLaneQueue in all,
-  // kSlowLanePerUid per uid; past that the request waits, its connection
-  // unread), so that no revoke holds this thread, and no allocation being
-  // committed on the slow lane holds up a revoke. On other backends a
-  // Revoke only forgets the grant, here.
 
   // The CPU the broker thread is held on (following a client), or -1.
   int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
@@ -234,9 +224,11 @@ class Broker {
   void Refuse(const char* method, Session& session, const Identity& caller, uint64_t request_id,
               const absl::Status& status, SocketFdChannel& conn);
   // One reply record (no fds) on a connection; SendReply says how it went,
-  // Reply warns (rate-limited) when it did not go.
+  // Reply and ReplyTo (a session's channel, from any thread) warn
+  // (rate-limited) when it did not go.
   static absl::Status SendReply(SocketFdChannel& channel, v1::BrokerReply reply);
   void Reply(Conn& conn, v1::BrokerReply reply);
+  void ReplyTo(Session& session, SocketFdChannel& conn, v1::BrokerReply reply);
   static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
   void Close(uint64_t key);
   // Closes `sock`, a connection's socket of `uid`, here, unless records
@@ -353,8 +345,18 @@ class Broker {
   // Conn::held, among the paused connections). Before the lanes, which
   // write it from their threads (and are destroyed first).
   UniqueFd lane_done_;
-  // Where large allocations are made (kSlowLaneBytes), and live revokes.
+  // Where large allocations are made (kSlowLaneBytes).
   std::unique_ptr<WorkQueue> slow_lane_;
+  // A Revoke on a backend that revokes live (Backend::CanRevokeLive) cuts
+  // off every view its grant's imports made, and the kernel zaps each
+  // view's mappings before it answers: as many as the importers chose to
+  // make, and the importer may be the revoker itself (20,000 mappings of
+  // one view took the guest ~17 ms to zap). Those revokes run on a lane of
+  // their own, shared as the slow lane is (kSlowLaneQueue in all,
+  // kSlowLanePerUid per uid; past that the request waits, its connection
+  // unread), so that no revoke holds this thread, and no allocation being
+  // committed on the slow lane holds up a revoke. On other backends a
+  // Revoke only forgets the grant, here.
   std::unique_ptr<WorkQueue> revoke_lane_;
   std::thread thread_;
   bool stopped_ = false;

@@ -310,8 +310,8 @@ void Broker::Post(Conn& conn, const Identity& caller, v1::BrokerRequest req) {
   if (revoke) ++*conn.revoking;
   absl::Status posted =
       lane.Post(conn.charged_uid, [this, s = conn.session, ch = conn.channel, who = caller,
-                                   req = std::move(req), revoking = conn.revoking] {
-        if (req.has_revoke()) {
+                                   req = std::move(req), revoking = conn.revoking, revoke] {
+        if (revoke) {
           ServeRevoke(*s, who, req, *ch);
           --*revoking;  // before the lane says it is done (LaneDone)
         } else {
@@ -335,10 +335,7 @@ void Broker::ServeRevoke(Session& session, const Identity& caller, const v1::Bro
   }
   v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
   reply.mutable_revoke();
-  if (absl::Status sent = SendReply(conn, std::move(reply)); !sent.ok()) {
-    Warn("reply", session.creds().charged_uid(),
-         absl::StrCat("cannot reply to session ", session.id(), ": ", sent.message()));
-  }
+  ReplyTo(session, conn, std::move(reply));
 }
 
 bool Broker::ServeAllocate(Session& session, const Identity& caller,
@@ -356,7 +353,11 @@ bool Broker::ServeAllocate(Session& session, const Identity& caller,
 void Broker::Refuse(const char* method, Session& session, const Identity& caller,
                     uint64_t request_id, const absl::Status& status, SocketFdChannel& conn) {
   AuditFailure("broker", method, &session, &caller, status);
-  if (absl::Status s = SendReply(conn, ErrorReply(request_id, status)); !s.ok()) {
+  ReplyTo(session, conn, ErrorReply(request_id, status));
+}
+
+void Broker::ReplyTo(Session& session, SocketFdChannel& conn, v1::BrokerReply reply) {
+  if (absl::Status s = SendReply(conn, std::move(reply)); !s.ok()) {
     Warn("reply", session.creds().charged_uid(),
          absl::StrCat("cannot reply to session ", session.id(), ": ", s.message()));
   }
