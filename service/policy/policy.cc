@@ -292,13 +292,12 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
         absl::StrCat("policy file ", shown, " is not a regular file"));
   }
   if (writer == Writer::kTrusted) {
-    if (st.st_uid != 0 && st.st_uid != ::geteuid()) {
+    if (!TrustedOwner(st.st_uid)) {
       return absl::PermissionDeniedError(
           absl::StrCat("policy file ", shown, " belongs to uid ", st.st_uid,
                        ": hallocd takes its policy only from root or its own user"));
     }
-    // Group root's members may write it (they are root's to choose).
-    if ((st.st_mode & S_IWOTH) != 0 || ((st.st_mode & S_IWGRP) != 0 && st.st_gid != 0)) {
+    if (OthersMayWrite(st)) {
       return absl::PermissionDeniedError(absl::StrCat(
           "policy file ", shown, " is writable by ",
           (st.st_mode & S_IWOTH) != 0 ? "every user" : absl::StrCat("group ", st.st_gid), " (mode ",

@@ -21,16 +21,17 @@ namespace {
 
 constexpr int kMaxLinks = 40;
 
-// Whose entries this process may trust: root's and its own user's.
-bool Trusted(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
-
 // The walk so far, for messages (escaped: a path may hold anything).
 class Walked {
  public:
-  std::string Path() const { return absl::CHexEscape(absl::StrCat("/", absl::StrJoin(names_, "/"))); }
+  std::string Path() const {
+    return absl::CHexEscape(absl::StrCat("/", absl::StrJoin(names_, "/")));
+  }
+  // The walk so far and then `name`.
   std::string With(const std::string& name) const {
-    return absl::CHexEscape(absl::StrCat("/", absl::StrJoin(names_, "/"), names_.empty() ? "" : "/",
-                                         name));
+    Walked next = *this;
+    next.names_.push_back(name);
+    return next.Path();
   }
   void Enter(const std::string& name) {
     if (name == "..") {
@@ -51,6 +52,13 @@ void PushFront(std::deque<std::string>& todo, const std::string& path) {
 }
 
 }  // namespace
+
+bool TrustedOwner(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
+
+bool OthersMayWrite(const struct stat& st) {
+  // Group root's members are root's to choose.
+  return (st.st_mode & S_IWOTH) != 0 || ((st.st_mode & S_IWGRP) != 0 && st.st_gid != 0);
+}
 
 absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
   if (path.empty()) return absl::InvalidArgumentError("empty path");
@@ -83,7 +91,7 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
     }
     struct stat dir;
     if (::fstat(cur.get(), &dir) != 0) return ErrnoStatus(errno, "fstat");
-    if (!Trusted(dir.st_uid)) {
+    if (!TrustedOwner(dir.st_uid)) {
       return absl::FailedPreconditionError(absl::StrCat(
           walked.Path(), " belongs to uid ", dir.st_uid, ", who could swap ",
           walked.With(name), " for another file"));
@@ -94,15 +102,13 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
       if (e == ENOENT) return absl::NotFoundError(absl::StrCat(walked.With(name), " does not exist"));
       return ErrnoStatus(e, absl::StrCat("stat(", walked.With(name), ")"));
     }
-    // Others may write to it: every user, or a group other than root's
-    // (whose members are root's to choose).
-    if ((dir.st_mode & S_IWOTH) != 0 || ((dir.st_mode & S_IWGRP) != 0 && dir.st_gid != 0)) {
+    if (OthersMayWrite(dir)) {
       if ((dir.st_mode & S_ISVTX) == 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             walked.Path(), " is writable by other users without the sticky bit: they could swap ",
             walked.With(name), " for another file"));
       }
-      if (!Trusted(st.st_uid)) {
+      if (!TrustedOwner(st.st_uid)) {
         return absl::FailedPreconditionError(absl::StrCat(
             walked.With(name), " belongs to uid ", st.st_uid, " in ", walked.Path(),
             ", a directory others may write to: it could be swapped for another file"));

@@ -21,6 +21,9 @@
 #ifndef HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_
 #define HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_
 
+#include <sys/stat.h>
+#include <sys/types.h>
+
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -35,6 +38,13 @@ namespace halloc {
 // component and why) when another user could swap one, the errno's status
 // for anything else.
 absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags);
+
+// The two judgements the walk makes, for what it opens (a file's own
+// owner and mode): whether this process may trust what `uid` owns (root's
+// and its own user's), and whether users other than its owner and root's
+// may write to what `st` describes (every user, or a group but root's).
+bool TrustedOwner(uid_t uid);
+bool OthersMayWrite(const struct stat& st);
 
 }  // namespace halloc
 

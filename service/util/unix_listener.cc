@@ -53,7 +53,7 @@ absl::StatusOr<Place> Open(const std::string& path) {
 absl::Status CheckOwnedDir(const Place& p, const std::string& path) {
   struct stat st;
   if (::fstat(p.dir.get(), &st) != 0) return ErrnoStatus(errno, "fstat");
-  if (st.st_uid != ::geteuid() && st.st_uid != 0) {
+  if (!TrustedOwner(st.st_uid)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the directory of ", path, " belongs to uid ", st.st_uid,
         ", who could swap hallocd's socket there for another file: use a directory of "
