@@ -47,11 +47,15 @@ bool IsTerminalControl(uint32_t cp) {
          (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
 }
 
+// How a character that drives a terminal is written: its bytes as \xNN,
+// or (inside JSON strings) its code point as \uXXXX.
+enum class Style { kText, kJson };
+
 // Appends the safe form of `text`; returns how many bytes it took: all of
 // them with `all`, else all but a sequence its end may yet complete. A
 // byte that is not part of a whole UTF-8 sequence is escaped on its own
-// (a raw 8-bit C1 control among them).
-size_t Convert(absl::string_view text, bool all, std::string& out) {
+// as \xNN (a raw 8-bit C1 control among them).
+size_t Convert(absl::string_view text, bool all, Style style, std::string& out) {
   size_t i = 0;
   while (i < text.size()) {
     const size_t want = SequenceLength(static_cast<unsigned char>(text[i]));
@@ -66,10 +70,12 @@ size_t Convert(absl::string_view text, bool all, std::string& out) {
       continue;
     }
     const absl::string_view seq = text.substr(i, want);
-    if (IsTerminalControl(CodePoint(seq))) {
-      Escape(out, seq);
-    } else {
+    if (!IsTerminalControl(CodePoint(seq))) {
       out.append(seq.data(), seq.size());
+    } else if (style == Style::kJson) {
+      absl::StrAppendFormat(&out, "\\u%04x", CodePoint(seq));
+    } else {
+      Escape(out, seq);
     }
     i += want;
   }
@@ -80,30 +86,13 @@ size_t Convert(absl::string_view text, bool all, std::string& out) {
 
 std::string TerminalSafe(absl::string_view text) {
   std::string out;
-  Convert(text, /*all=*/true, out);
+  Convert(text, /*all=*/true, Style::kText, out);
   return out;
 }
 
 std::string JsonTerminalSafe(absl::string_view json) {
   std::string out;
-  size_t i = 0;
-  while (i < json.size()) {
-    const size_t want = SequenceLength(static_cast<unsigned char>(json[i]));
-    if (want > 1 && i + want <= json.size()) {
-      const absl::string_view seq = json.substr(i, want);
-      if (IsTerminalControl(CodePoint(seq))) {
-        absl::StrAppendFormat(&out, "\\u%04x", CodePoint(seq));
-        i += want;
-        continue;
-      }
-    } else if (want == 1 && json[i] == 0x7f) {
-      out += "\\u007f";
-      ++i;
-      continue;
-    }
-    out += json[i];
-    ++i;
-  }
+  Convert(json, /*all=*/true, Style::kJson, out);
   return out;
 }
 
@@ -130,7 +119,7 @@ int SafeOutput::sync() { return Drain(true) && target_->pubsync() == 0 ? 0 : -1;
 
 bool SafeOutput::Drain(bool flush) {
   std::string out;
-  const size_t taken = Convert(pending_, flush, out);
+  const size_t taken = Convert(pending_, flush, Style::kText, out);
   pending_.erase(0, taken);
   const auto size = static_cast<std::streamsize>(out.size());
   return target_->sputn(out.data(), size) == size;
