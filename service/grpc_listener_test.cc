@@ -1,6 +1,5 @@
 #include "service/grpc_listener.h"
 
-#include <glog/logging.h>
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -13,19 +12,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <map>
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "service/util/lingering_socket.h"
+#include "service/util/log_lines_testing.h"
 #include "service/util/unix_listener.h"
 
 namespace halloc {
@@ -181,30 +178,6 @@ TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
   EXPECT_TRUE(Check().ok()) << "room again";
 }
 
-// The refusal lines the listener logs, by the uid its admit names.
-class RefusalLines : public google::LogSink {
- public:
-  RefusalLines() { google::AddLogSink(this); }
-  ~RefusalLines() override { google::RemoveLogSink(this); }
-  void send(google::LogSeverity, const char*, const char*, int, const struct ::tm*,
-            const char* message, size_t length) override {
-    const absl::string_view line(message, length);
-    if (!absl::StrContains(line, "refused a connection")) return;
-    absl::MutexLock lock(&mu_);
-    for (uid_t uid : {uid_t{0}, uid_t{65534}}) {
-      if (absl::StrContains(line, absl::StrCat("uid ", uid, " at the limit"))) ++of_[uid];
-    }
-  }
-  int Of(uid_t uid) {
-    absl::MutexLock lock(&mu_);
-    return of_[uid];
-  }
-
- private:
-  absl::Mutex mu_;
-  std::map<uid_t, int> of_ ABSL_GUARDED_BY(mu_);
-};
-
 // Refusals are logged with a share per uid: one uid refused on and on does
 // not keep another's refusals out of the log (uid 65534's 200 refused
 // connections used to take the whole second's budget).
@@ -216,7 +189,11 @@ TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
   absl::SleepFor(absl::Milliseconds(1100));
   ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
   ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
-  RefusalLines lines;
+  LogLines lines("control socket: refused a connection: ");
+  // The refusal lines of `uid`'s connections (the test's admit names it).
+  const auto of = [&lines](uid_t uid) {
+    return lines.Count(absl::StrCat("uid ", uid, " at the limit"));
+  };
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
@@ -247,11 +224,11 @@ TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
   ASSERT_TRUE(WIFEXITED(status)) << status;
   if (WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot switch to uid 65534 here";
   ASSERT_EQ(WEXITSTATUS(status), 0) << "uid 65534 could not connect";
-  ASSERT_TRUE(WaitFor([&] { return lines.Of(65534) > 0; }));
+  ASSERT_TRUE(WaitFor([&] { return of(65534) > 0; }));
   UniqueFd mine = Raw();
   EXPECT_TRUE(Ended(mine));
-  EXPECT_TRUE(WaitFor([&] { return lines.Of(0) == 1; })) << "root's refusal was not logged";
-  EXPECT_LE(lines.Of(65534), 3) << "one uid took more than its share of the lines";
+  EXPECT_TRUE(WaitFor([&] { return of(0) == 1; })) << "root's refusal was not logged";
+  EXPECT_LE(of(65534), 3) << "one uid took more than its share of the lines";
 }
 
 TEST_P(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {

@@ -1,7 +1,6 @@
 #include "service/metrics/http_server.h"
 
 #include <arpa/inet.h>
-#include <glog/logging.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -11,17 +10,15 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <ctime>
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "service/util/log_lines_testing.h"
 
 namespace halloc {
 namespace {
@@ -144,34 +141,13 @@ int Trickle(uint16_t port, const std::string& bytes) {
   return fd;
 }
 
-// What hallocd logs at WARNING about the metrics endpoint.
-class MetricsLines : public google::LogSink {
- public:
-  MetricsLines() { google::AddLogSink(this); }
-  ~MetricsLines() override { google::RemoveLogSink(this); }
-  void send(google::LogSeverity, const char*, const char*, int, const std::tm*,
-            const char* message, size_t size) override {
-    const std::string line(message, size);
-    absl::MutexLock lock(&mu_);
-    if (absl::StartsWith(line, "metrics endpoint: ")) lines_.push_back(line);
-  }
-  std::vector<std::string> lines() {
-    absl::MutexLock lock(&mu_);
-    return lines_;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
-};
-
 // Connections that never finish their request (a local user trickling
 // bytes) fill the slots 127.0.0.1 may use, where the scraper connects
 // from too: each is cut at its deadline and the scraper gets through.
 // What libmicrohttpd says about the connections it refuses meanwhile
 // reaches the log rate-limited.
 TEST(MetricsServerTest, RequestsThatNeverEndAreCutAtTheirDeadline) {
-  MetricsLines log;
+  LogLines log("metrics endpoint: ");  // what hallocd logs about the endpoint
   MetricsServer::Options options;
   options.request_deadline = absl::Seconds(1);
   absl::StatusOr<std::unique_ptr<MetricsServer>> s =
