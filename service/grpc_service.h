@@ -25,6 +25,8 @@ class AllocatorService final : public v1::Allocator::Service {
   // one user all of them. Beyond: RESOURCE_EXHAUSTED.
   static constexpr int kMaxReleaseStreams = 4;
   static constexpr int kMaxReleaseStreamsPerUid = 2;
+  // ReleaseMany streams being served now.
+  int release_streams() const { return release_streams_.taken(); }
 
   // With `peers` (hallocd's: every connection its listener handed gRPC),
   // a session's token is good only on a connection of the session's uid.

@@ -282,12 +282,16 @@ TEST_F(GrpcServiceTest, ReleaseManyStreamsAreFewAtATime) {
     i.writer = stub_->ReleaseMany(i.ctx.get(), &i.resp);
   }
   // The idle ones are served on their own threads, not necessarily yet:
-  // one more is refused once they are.
-  grpc::Status s;
+  // one more is refused once they are. (Asked before they all were, a
+  // probe could take the last place for a moment and have an idle one
+  // refused instead, and the probes then pass on: a fresh run saw it.)
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  do {
-    s = ReleaseMany({{}});
-  } while (s.ok() && absl::Now() < deadline);
+  while (service_.release_streams() < AllocatorService::kMaxReleaseStreams &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(service_.release_streams(), AllocatorService::kMaxReleaseStreams);
+  grpc::Status s = ReleaseMany({{}});
   EXPECT_EQ(s.error_code(), grpc::RESOURCE_EXHAUSTED) << s.error_message();
   // Other calls go on.
   EXPECT_EQ(AllocateIds(1).size(), 1u);
