@@ -63,11 +63,13 @@ void Registry::Leave(uint64_t session_id) {
   Holding& holding = it->second;
   const std::vector<uint64_t> grants(holding.grants.begin(),
                                      holding.grants.end());
-  absl::flat_hash_set<uint64_t> touched;  // buffers whose grants went
+  // Grants to look at once the holds are gone: those kept here, and those
+  // shared on through grants that went (DropUnrevocable).
+  std::vector<uint64_t> check;
   for (uint64_t g : grants) {
     GrantRecord& grant = grants_.at(g);
-    touched.insert(grant.view.buffer_id);
     if (grant.rooted || !Reaches(grant)) {
+      check.insert(check.end(), grant.onward.begin(), grant.onward.end());
       DropGrant(g);
       continue;
     }
@@ -77,24 +79,25 @@ void Registry::Leave(uint64_t session_id) {
     // (or, below, no revoke can reach it any more).
     grant_tokens_.erase(grant.token);
     grant.token.clear();
+    check.push_back(g);
   }
   const std::vector<uint64_t> held(holding.buffers.begin(),
                                    holding.buffers.end());
   for (uint64_t b : held) DropHold(session_id, holding, b);
   holdings_.erase(it);
-  // Kept grants of ended sessions that no revoke can reach any more (every
-  // grant they came through went with its own session) go too. One pass,
-  // oldest first: a grant came through grants made before it (ids only
-  // grow), so by its turn each of those has gone already if it is to go.
-  for (uint64_t b : touched) {
-    auto buffer = buffers_.find(b);
-    if (buffer == buffers_.end()) continue;
-    std::vector<uint64_t> on(buffer->second->grants.begin(), buffer->second->grants.end());
-    std::sort(on.begin(), on.end());
-    for (uint64_t g : on) {
-      const GrantRecord& grant = grants_.at(g);
-      if (grant.token.empty() && !RevocableStill(grant)) DropGrant(g);
+  DropUnrevocable(std::move(check));
+}
+
+void Registry::DropUnrevocable(std::vector<uint64_t> grants) {
+  while (!grants.empty()) {
+    const uint64_t g = grants.back();
+    grants.pop_back();
+    auto it = grants_.find(g);
+    if (it == grants_.end() || !it->second.token.empty() || RevocableStill(it->second)) {
+      continue;
     }
+    grants.insert(grants.end(), it->second.onward.begin(), it->second.onward.end());
+    DropGrant(g);
   }
 }
 
@@ -160,15 +163,22 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;
   buffer.holders.erase(session_id);
+  auto no_longer_through = [&](uint64_t grant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (auto g = grants_.find(grant); g != grants_.end()) g->second.importers.erase(session_id);
+  };
   if (auto routes = buffer.imports.find(session_id); routes != buffer.imports.end()) {
     for (auto& [grant, route] : routes->second) {
+      no_longer_through(grant);
       if (!grants_.contains(grant) || route.views.empty()) continue;
       std::vector<uint64_t>& views = buffer.let_go_views[grant];
       views.insert(views.end(), route.views.begin(), route.views.end());
     }
     buffer.imports.erase(routes);
   }
-  buffer.imported_via.erase(session_id);
+  if (auto via = buffer.imported_via.find(session_id); via != buffer.imported_via.end()) {
+    for (const auto& [grant, judged] : via->second) no_longer_through(grant);
+    buffer.imported_via.erase(via);
+  }
   if (session_id == buffer.owner_session) buffer.owner_holds = false;
   if (!buffer.holders.empty()) return;
   const std::vector<uint64_t> grants(buffer.grants.begin(),
@@ -200,8 +210,9 @@ bool Registry::Reaches(const GrantRecord& grant) const {
   if (b == buffers_.end()) return false;
   const BufferRecord& buffer = *b->second;
   if (buffer.let_go_views.contains(grant.view.id)) return true;
-  for (const auto& [sid, routes] : buffer.imports) {
-    if (routes.contains(grant.view.id)) return true;
+  for (uint64_t sid : grant.importers) {
+    auto routes = buffer.imports.find(sid);
+    if (routes != buffer.imports.end() && routes->second.contains(grant.view.id)) return true;
   }
   return false;
 }
@@ -222,6 +233,16 @@ void Registry::DropGrant(uint64_t grant_id) {
   }
   if (auto h = holdings_.find(grant.from_session); h != holdings_.end()) {
     h->second.grants.erase(grant_id);
+    if (auto of = h->second.grants_by_buffer.find(grant.view.buffer_id);
+        of != h->second.grants_by_buffer.end()) {
+      of->second.erase(grant_id);
+      if (of->second.empty()) h->second.grants_by_buffer.erase(of);
+    }
+  }
+  for (const auto& [g, gave] : grant.via) {
+    if (auto through = grants_.find(g); through != grants_.end()) {
+      through->second.onward.erase(grant_id);
+    }
   }
   grants_.erase(it);
 }
@@ -289,6 +310,7 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   const uint64_t grant_id = view.id;
   buffer->grants.insert(grant_id);
   h->second.grants.insert(grant_id);
+  h->second.grants_by_buffer[buffer_id].insert(grant_id);
   grant_tokens_.emplace(token, grant_id);
   GrantRecord record{std::move(token), session_id, uid, std::move(view)};
   record.rooted = rooted;
@@ -305,6 +327,9 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
         if (auto r = routes->second.find(g); r != routes->second.end()) gave = r->second.access;
       }
       record.via.emplace(g, gave);
+      if (auto through = grants_.find(g); through != grants_.end()) {
+        through->second.onward.insert(grant_id);
+      }
     }
   }
   grants_.emplace(grant_id, std::move(record));
@@ -363,6 +388,7 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   holding.buffers.insert(buffer->id);
   CpuAccess& judged = buffer->imported_via[session_id][t->second];
   if (Wider(access, judged)) judged = access;
+  grants_.at(t->second).importers.insert(session_id);
   if (out.newly_held) {
     out.arrival = next_arrival_++;
     arriving_[{session_id, buffer->id}] = Arrival{out.arrival, 1, false};
@@ -430,6 +456,7 @@ absl::Status Registry::AddImportView(uint64_t session_id, uint64_t grant_id,
     return absl::NotFoundError(
         absl::StrCat("grant ", grant_id, " was revoked during the import"));
   }
+  grants_.at(grant_id).importers.insert(session_id);
   BufferRecord::Route& route = b->second->imports[session_id][grant_id];
   if (Wider(access, route.access)) route.access = access;
   route.views.push_back(view_id);
@@ -458,8 +485,18 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   if (live) out.buffer = b->second;
   BufferRecord& buffer = *b->second;
   // A grant goes: the views it delivered to sessions that let go since
-  // are cut off too (their fds may be anywhere), then the grant itself.
+  // are cut off too (their fds may be anywhere), then the grant itself,
+  // its reverse links (who imported through it, what was shared on
+  // through it) kept for the walk below.
+  struct Taken {
+    uint64_t id;
+    absl::flat_hash_set<uint64_t> importers;
+    absl::flat_hash_set<uint64_t> onward;
+  };
+  std::vector<Taken> pending;
   auto revoke_grant = [&](uint64_t g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    GrantRecord& rec = grants_.at(g);
+    pending.push_back({g, std::move(rec.importers), std::move(rec.onward)});
     if (auto let_go = buffer.let_go_views.find(g); let_go != buffer.let_go_views.end()) {
       out.views.insert(out.views.end(), let_go->second.begin(), let_go->second.end());
       buffer.let_go_views.erase(let_go);
@@ -467,58 +504,74 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
     DropGrant(g);
   };
   revoke_grant(grant_id);
-  std::vector<uint64_t> pending = {grant_id};
+  std::vector<uint64_t> survivors;  // of the grants looked at (DropUnrevocable)
   while (!pending.empty() && buffers_.contains(buffer_id)) {
-    const uint64_t g = pending.back();
+    Taken taken = std::move(pending.back());
     pending.pop_back();
+    const uint64_t g = taken.id;
     std::vector<uint64_t> cut_off;  // sessions left with no route
-    if (live) {
-      for (auto& [sid, routes] : buffer.imports) {
-        auto r = routes.find(g);
-        if (r == routes.end()) continue;
+    for (uint64_t sid : taken.importers) {
+      const bool owns = sid == buffer.owner_session && buffer.owner_holds;
+      if (live) {
+        auto routes = buffer.imports.find(sid);
+        if (routes == buffer.imports.end()) continue;
+        auto r = routes->second.find(g);
+        if (r == routes->second.end()) continue;
         out.views.insert(out.views.end(), r->second.views.begin(), r->second.views.end());
-        routes.erase(r);
-        const bool owns = sid == buffer.owner_session && buffer.owner_holds;
-        if (routes.empty() && !owns) {
+        routes->second.erase(r);
+        if (routes->second.empty() && !owns) {
           cut_off.push_back(sid);
           continue;
         }
         buffer.holders[sid] = buffer.JustifiedRights(sid);
+        continue;
       }
-    } else {
       // No fd can be cut off (a memfd's stay valid), but what hallocd
       // granted goes all the same: a session that held the buffer through
       // this grant alone holds it no more, so it can neither share it on
       // nor keep it, and its owner's charge, alive by a hold (an fd it
       // kept is followed as released memory, under a quota); one left
       // with other grants keeps the widest rights those give.
-      for (auto& [sid, via] : buffer.imported_via) {
-        if (!via.contains(g) || (sid == buffer.owner_session && buffer.owner_holds)) continue;
-        if (via.size() == 1) {
-          cut_off.push_back(sid);
-          continue;
-        }
-        // As judged at each import (the importer's rule may cap what a
-        // grant gives), not as the grants give: a read importer of two
-        // read-write grants stays read.
-        CpuAccess left = CpuAccess::kNone;
-        for (const auto& [other, judged] : via) {
-          if (other != g && Wider(judged, left)) left = judged;
-        }
-        buffer.holders[sid] = left;
+      auto via = buffer.imported_via.find(sid);
+      if (via == buffer.imported_via.end() || !via->second.contains(g) || owns) continue;
+      if (via->second.size() == 1) {
+        cut_off.push_back(sid);
+        continue;
       }
+      // As judged at each import (the importer's rule may cap what a
+      // grant gives), not as the grants give: a read importer of two
+      // read-write grants stays read.
+      CpuAccess left = CpuAccess::kNone;
+      for (const auto& [other, judged] : via->second) {
+        if (other != g && Wider(judged, left)) left = judged;
+      }
+      buffer.holders[sid] = left;
     }
     // A revoked grant is no session's way in any more: grants shared
     // later do not count it among where they came from.
-    for (auto& [sid, via] : buffer.imported_via) via.erase(g);
+    for (uint64_t sid : taken.importers) {
+      if (auto via = buffer.imported_via.find(sid); via != buffer.imported_via.end()) {
+        via->second.erase(g);
+      }
+    }
     // What was shared on from the cut-off holds goes too: every grant a
     // cut-off session made of this buffer, and every one whose routes are
     // all revoked now, by this revoke or earlier ones (its granter may
     // have released the buffer since).
     const absl::flat_hash_set<uint64_t> cut(cut_off.begin(), cut_off.end());
-    const std::vector<uint64_t> grants(buffer.grants.begin(), buffer.grants.end());
-    for (uint64_t other : grants) {
-      GrantRecord& rec = grants_.at(other);
+    absl::flat_hash_set<uint64_t> reached = std::move(taken.onward);
+    for (uint64_t sid : cut_off) {
+      auto holding = holdings_.find(sid);
+      if (holding == holdings_.end()) continue;
+      if (auto made = holding->second.grants_by_buffer.find(buffer_id);
+          made != holding->second.grants_by_buffer.end()) {
+        reached.insert(made->second.begin(), made->second.end());
+      }
+    }
+    for (uint64_t other : reached) {
+      auto it = grants_.find(other);
+      if (it == grants_.end()) continue;  // revoked already
+      GrantRecord& rec = it->second;
       bool gone = cut.contains(rec.from_session);
       if (!gone && !rec.rooted && rec.via.erase(g) > 0) {
         // Gone with its last route, or once those left do not give what it
@@ -530,9 +583,11 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
         }
         gone = rec.via.empty() || Wider(rec.view.access, left);
       }
-      if (!gone) continue;
-      pending.push_back(other);
-      revoke_grant(other);
+      if (gone) {
+        revoke_grant(other);
+      } else {
+        survivors.push_back(other);
+      }
     }
     for (uint64_t sid : cut_off) {
       if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
@@ -540,6 +595,10 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
       }
     }
   }
+  // A grant an ended session kept, whose last open route this revoke
+  // took (those left name grants gone with their sessions), can be reached
+  // by no revoke any more.
+  DropUnrevocable(std::move(survivors));
   return out;
 }
 

@@ -136,6 +136,15 @@ struct GrantRecord {
   // goes.
   bool rooted = false;
   absl::flat_hash_map<uint64_t, CpuAccess> via;
+  // The other way, so that a revoke (or an end) walks only what it reaches
+  // (it used to rescan the buffer's grants and importers for each grant
+  // it took, under the lock: 4,096 onward grants took 81 ms): the
+  // sessions that imported the buffer through this grant (those whose
+  // BufferRecord::imports or ::imported_via name it, and perhaps some that
+  // no longer do; each leaves at its DropHold), and the grants shared on
+  // whose `via` names this one.
+  absl::flat_hash_set<uint64_t> importers;
+  absl::flat_hash_set<uint64_t> onward;
 };
 
 class Registry {
@@ -355,6 +364,9 @@ class Registry {
     Identity creds;
     absl::flat_hash_set<uint64_t> buffers;
     absl::flat_hash_set<uint64_t> grants;
+    // The same grants by buffer: a revoke that cuts this session off a
+    // buffer revokes those it made of that buffer.
+    absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> grants_by_buffer;
   };
 
   // Which holders an Info lists: none; all, shown as `session_id` may see
@@ -389,6 +401,10 @@ class Registry {
   void DropHold(uint64_t session_id, Holding& holding, uint64_t buffer_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropGrant(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops those of `grants` that an ended session kept and no revoke can
+  // reach any more (RevocableStill), then those shared on through them
+  // that this leaves unreachable, and so on.
+  void DropUnrevocable(std::vector<uint64_t> grants) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether anyone imported the buffer through `grant` (live revoke: it
   // holds by it, or let go of views it delivered).
   bool Reaches(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

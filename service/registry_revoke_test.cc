@@ -270,6 +270,77 @@ TEST_F(RegistryTest, AChainOfKeptOnwardGrantsGoesWithItsRoot) {
   EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "B still holds what it imported";
 }
 
+// A grant an ended session kept, left by a revoke with routes only through
+// grants gone with their own sessions, can be reached by no revoke any
+// more: it goes then (its importers keep what they hold), not at some
+// later end, and no longer counts against its uid.
+TEST_F(RegistryTest, ARevokeDropsTheKeptGrantsItLeavesUnrevocable) {
+  constexpr uint64_t kD = 40, kE = 50;
+  reg_.Join(kC, Uid(3));
+  reg_.Join(kD, Uid(4));
+  reg_.Join(kE, Uid(5));
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> a_to_e = ShareTo(kA, id, 5), a_to_c = ShareTo(kA, id, 3);
+  ASSERT_TRUE(a_to_e.ok() && a_to_c.ok());
+  ASSERT_TRUE(ImportView(kE, *a_to_e, id, CpuAccess::kRead, 801));
+  ASSERT_TRUE(ImportView(kC, *a_to_c, id, CpuAccess::kRead, 802));
+  absl::StatusOr<v1::Grant> e_to_b = ShareTo(kE, id, 2), c_to_b = ShareTo(kC, id, 2);
+  ASSERT_TRUE(e_to_b.ok() && c_to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *e_to_b, id, CpuAccess::kRead, 803));
+  ASSERT_TRUE(ImportView(kB, *c_to_b, id, CpuAccess::kRead, 804));
+  absl::StatusOr<v1::Grant> b_to_d = ShareTo(kB, id, 4);  // through both
+  ASSERT_TRUE(b_to_d.ok());
+  ASSERT_TRUE(ImportView(kD, *b_to_d, id, CpuAccess::kRead, 805));
+  reg_.Leave(kB);  // B's grant stays: D imported through it
+  reg_.Leave(kC);  // so does C's: B let go of a view of it
+  reg_.Leave(kA);  // A's go, and with them C's (nothing can revoke it now)
+  EXPECT_EQ(Stats().grants(), 2u) << "E's, and B's: a revoke of E's reaches it";
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kE, e_to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views, (std::vector<uint64_t>{803}));
+  EXPECT_EQ(Stats().grants(), 0u) << "B's is left with C's route, gone with C";
+  EXPECT_TRUE(reg_.Describe(kD, id).ok()) << "D keeps what C's route justifies";
+}
+
+// A session cut off by a revoke loses every grant it made of the buffer,
+// also one made through an earlier hold of it (let go since, so that the
+// grant's routes name other grants than the one revoked).
+TEST_F(RegistryTest, LiveRevokeReachesGrantsMadeThroughAnEarlierHold) {
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> first = ShareTo(kA, id, 2), second = ShareTo(kA, id, 2);
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(ImportView(kB, *first, id, CpuAccess::kRead, 901));
+  absl::StatusOr<v1::Grant> b_to_c = ShareTo(kB, id, 3);
+  ASSERT_TRUE(b_to_c.ok());
+  ASSERT_TRUE(ImportView(kC, *b_to_c, id, CpuAccess::kRead, 902));
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  ASSERT_TRUE(ImportView(kB, *second, id, CpuAccess::kRead, 903));
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, second->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{902, 903}));
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Stats().grants(), 1u) << "A's first grant stays";
+}
+
+// A view noted after its session's hold went and came back (a Release and
+// another import raced the delivery) is still the grant's to cut.
+TEST_F(RegistryTest, LiveRevokeCutsAViewNotedAfterItsHoldWasRenewed) {
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> first = ShareTo(kA, id, 2), second = ShareTo(kA, id, 2);
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(reg_.Import(kB, first->token(), Accept).ok());
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  ASSERT_TRUE(ImportView(kB, *second, id, CpuAccess::kRead, 911));
+  ASSERT_TRUE(reg_.AddImportView(kB, first->id(), id, CpuAccess::kRead, 912).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, first->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views, (std::vector<uint64_t>{912}));
+  EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "B still holds through the second grant";
+}
+
 // An importer that let go (Release, or its session ended) may still have
 // the fd somewhere: revoking the grant cuts those views off too.
 TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
