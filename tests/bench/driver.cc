@@ -43,26 +43,29 @@ struct Plan {
   int probe_n;
   int share_n;
   int passes;
+  int fanout_n;  // revokes per onward level
 };
 
 Plan MakePlan(const Args& a) {
   constexpr uint64_t K4 = 4096, M1 = 1 << 20, M8 = 8 << 20, M32 = 32 << 20;
+  // clang-format off
   if (a.Has("smoke")) {
     return {30, {{K4, 20}, {M1, 20}, {M8, 20}, {M32, 20}},
             {{K4, 10}, {M1, 10}, {M8, 10}, {M32, 10}},
             {{K4, 10}, {M1, 10}, {M8, 10}, {M32, 10}},
-            100, {0, 1000, 10000}, 30, 20, 3};
+            100, {0, 1000, 10000}, 30, 20, 3, 3};
   }
   if (a.Has("quick")) {
     return {400, {{K4, 400}, {M1, 300}, {M8, 200}, {M32, 100}},
             {{K4, 200}, {M1, 100}, {M8, 60}, {M32, 40}},
             {{K4, 200}, {M1, 100}, {M8, 50}, {M32, 30}},
-            500, {0, 1000, 10000, 100000}, 300, 200, 10};
+            500, {0, 1000, 10000, 100000}, 300, 200, 10, 8};
   }
   return {3000, {{K4, 3000}, {M1, 2000}, {M8, 1500}, {M32, 1000}},
           {{K4, 1000}, {M1, 1000}, {M8, 400}, {M32, 200}},
           {{K4, 2000}, {M1, 1000}, {M8, 300}, {M32, 200}},
-          2000, {0, 1000, 10000, 100000}, 1000, 1000, 20};
+          2000, {0, 1000, 10000, 100000}, 1000, 1000, 20, 20};
+  // clang-format on
 }
 
 std::string SizeName(uint64_t size) {
@@ -137,6 +140,7 @@ class Suite {
   void Floors();
   void Allocations();
   void Sharing();
+  void RevokeFanout();
   void ZeroCopy();
   void Throughput();
   void Scale();
@@ -372,6 +376,23 @@ void Suite::Sharing() {
                   absl::StrCat("grpc_", key), Get(g, key)));
     }
   }
+}
+
+void Suite::RevokeFanout() {
+  // A revoke takes the grants shared on from what it cuts off, each in
+  // time of its own (linear): the cost per onward grant at 1000 (one
+  // session's limit) against that at 250, each over the revoke of a grant
+  // nobody shared on, in the same run.
+  std::map<int, double> p50;
+  for (int onward : {0, 250, 1000}) {
+    const Values v = Work(Halloc({"revoke_fanout", absl::StrCat("--onward=", onward),
+                                  absl::StrCat("--n=", plan_.fanout_n)}));
+    p50[onward] = Get(v, "revoke.p50");
+    Add(FloorRow(absl::StrCat("revoke.onward_", onward, ".p50"), p50[onward], "us"));
+  }
+  auto per_grant = [&](int onward) { return (p50[onward] - p50[0]) / onward; };
+  Add(Compare("revoke.onward_1000.per_grant", per_grant(1000), "us", "revoke.onward_250.per_grant",
+              per_grant(250), 1.5));
 }
 
 void Suite::ZeroCopy() {
@@ -617,6 +638,7 @@ int Suite::Run() {
     Floors();
     Allocations();
     Sharing();
+    RevokeFanout();
     ZeroCopy();
     Throughput();
   }

@@ -416,6 +416,36 @@ int ShareLatency(const Args& a) {
   return 0;
 }
 
+// The owner's Revoke of a grant the peer imported and shared on `onward`
+// times (to its own uid): the revoke takes those too, one by one.
+int RevokeFanout(const Args& a) {
+  absl::StatusOr<Client> owner = Connect(a);
+  absl::StatusOr<Client> peer = Connect(a);
+  if (!owner.ok()) return Fail("connect", owner.status());
+  if (!peer.ok()) return Fail("connect", peer.status());
+  absl::StatusOr<Buffer> b = owner->Allocate(BlobDescriptor(4096, 0, "fanout"));
+  if (!b.ok()) return Fail("Allocate", b.status());
+  const int64_t onward = a.Int("onward"), n = a.Int("n", 10);
+  Micros revoke_us;
+  for (int64_t i = -2; i < n; ++i) {
+    absl::StatusOr<v1::Grant> g = owner->Share(b->id(), ::getuid());
+    if (!g.ok()) return Fail("Share", g.status());
+    absl::StatusOr<Buffer> got = peer->Import(g->token());
+    if (!got.ok()) return Fail("Import", got.status());
+    for (int64_t k = 0; k < onward; ++k) {
+      if (absl::StatusOr<v1::Grant> on = peer->Share(got->id(), ::getuid()); !on.ok()) {
+        return Fail("Share onward", on.status());
+      }
+    }
+    const int64_t t0 = NowNs();
+    if (absl::Status s = owner->Revoke(g->id()); !s.ok()) return Fail("Revoke", s);
+    const int64_t t1 = NowNs();
+    if (i >= 0) revoke_us.push_back(Us(t0, t1));
+  }
+  Say(FormatSummary("revoke", Summarize(revoke_us)));
+  return 0;
+}
+
 // GB/s of `passes` copies of `size` bytes from `src` into `dst`: the median
 // pass and the first one (which, for a fresh mapping, takes the faults).
 std::pair<double, double> CopyBandwidth(const void* src, void* dst,
@@ -625,6 +655,7 @@ int RunWorker(const std::string& name, const Args& args) {
   if (name == "memfd_floor") return MemfdFloor(args);
   if (name == "alloc_lat") return AllocLatency(args);
   if (name == "share_lat") return ShareLatency(args);
+  if (name == "revoke_fanout") return RevokeFanout(args);
   if (name == "zerocopy") return ZeroCopy(args);
   if (name == "hold") return Hold(args);
   if (name == "tput") return Throughput(args);
