@@ -53,13 +53,6 @@ uint64_t ForkGeneration() {
   return fork_generation.load(std::memory_order_relaxed);
 }
 
-// The path named by the caller, else by `env`; empty when neither names one.
-std::string NamedSocketPath(const std::string& given, const char* env) {
-  if (!given.empty()) return given;
-  if (const char* v = std::getenv(env); v != nullptr && v[0] != '\0') return v;
-  return "";
-}
-
 // A failed call hallocd may have carried out all the same: its deadline
 // passed, it was cancelled, or the connection went before the reply came.
 bool MayStillDeliver(const absl::Status& s) {

@@ -58,7 +58,9 @@ struct ConnectOptions {
   // Empty: $HALLOC_CONTROL_SOCKET / $HALLOC_BROKER_SOCKET, else
   // <dir>/control.sock and <dir>/broker.sock with dir = ClientSocketDir():
   // $XDG_RUNTIME_DIR/halloc where either socket is there, else /run/halloc
-  // (hallocd's defaults; never one socket from each).
+  // (hallocd's defaults; never one socket from each). A set-user-ID or
+  // set-group-ID program reads none of these variables (NamedSocketPath in
+  // base/protocol.h).
   std::string control_socket;
   std::string broker_socket;
   // Per-call deadline, and the longest wait for the daemon's hello.

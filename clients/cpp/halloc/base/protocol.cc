@@ -24,12 +24,18 @@ constexpr char kSystemSocketDir[] = "/run/halloc";
 // from a user.
 std::string UserSocketDir() {
   if (::geteuid() == 0) return "";
-  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  const char* xdg = ::secure_getenv("XDG_RUNTIME_DIR");
   if (xdg == nullptr || xdg[0] == '\0') return "";
   return absl::StrCat(xdg, "/halloc");
 }
 
 }  // namespace
+
+std::string NamedSocketPath(const std::string& given, const char* env) {
+  if (!given.empty()) return given;
+  if (const char* v = ::secure_getenv(env); v != nullptr && v[0] != '\0') return v;
+  return "";
+}
 
 std::string DefaultSocketDir() {
   std::string user = UserSocketDir();

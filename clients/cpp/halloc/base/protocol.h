@@ -31,6 +31,13 @@ inline constexpr char kBrokerSocketFile[] = "broker.sock";
 inline constexpr char kControlSocketEnv[] = "HALLOC_CONTROL_SOCKET";
 inline constexpr char kBrokerSocketEnv[] = "HALLOC_BROKER_SOCKET";
 
+// `given` when not empty, else the socket path environment variable `env`
+// names (kControlSocketEnv, kBrokerSocketEnv), else "". The environment is
+// not read in a program that runs set-user-ID, set-group-ID or with file
+// capabilities (AT_SECURE, secure_getenv(3)): it is its caller's, who
+// could point it at a socket of theirs. So too for XDG_RUNTIME_DIR below.
+std::string NamedSocketPath(const std::string& given, const char* env);
+
 // A CPU as BrokerRequest.cpu carries it: the CPU number plus one, 0 when
 // unknown (`cpu` < 0, as sched_getcpu reports a failure).
 uint32_t CpuHint(int cpu);

@@ -1,5 +1,6 @@
 #include "clients/cpp/halloc/base/protocol.h"
 
+#include <grp.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -88,6 +89,65 @@ TEST_F(ProtocolTest, TheTwoSocketsAreNeverFoundInTwoDirectories) {
   std::filesystem::remove(xdg_ + "/halloc/broker.sock");
   std::ofstream(xdg_ + "/halloc/control.sock") << "";
   EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ + "/halloc");
+}
+
+// What the probe (protocol_env_probe) says, run as uid 65534 from a copy of
+// mode `mode` (root's, group root) in the test's directory, with
+// HALLOC_BROKER_SOCKET and XDG_RUNTIME_DIR pointing at a user's files.
+std::string ProbeAsAUser(const std::string& dir, mode_t mode) {
+  const std::string probe = dir + "/probe";
+  std::error_code ec;
+  std::filesystem::copy_file(std::string(std::getenv("TEST_SRCDIR")) +
+                                 "/halloc/clients/cpp/halloc/base/protocol_env_probe",
+                             probe, std::filesystem::copy_options::overwrite_existing, ec);
+  if (ec) return "copy failed: " + ec.message();
+  // (chown first: it clears the set-group-ID bit.)
+  if (::chown(probe.c_str(), 0, 0) != 0 || ::chmod(probe.c_str(), mode) != 0) {
+    return "chown/chmod failed";
+  }
+  int p[2];
+  if (::pipe(p) != 0) return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(p[0]);
+    if (::dup2(p[1], STDOUT_FILENO) < 0) ::_exit(12);
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setgroups(0, nullptr) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(10);
+    }
+    ::setenv(kBrokerSocketEnv, (dir + "/users.sock").c_str(), 1);
+    ::execl(probe.c_str(), probe.c_str(), nullptr);
+    ::_exit(11);
+  }
+  ::close(p[1]);
+  std::string got;
+  char buf[256];
+  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) got.append(buf, n);
+  ::close(p[0]);
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+      WEXITSTATUS(status) != 0) {
+    return "probe failed (10: no uid 65534 here; 11: exec)";
+  }
+  return got;
+}
+
+// A program that runs set-group-ID (or set-user-ID, or with file
+// capabilities) and links libhalloc takes no socket from its caller's
+// environment: neither the path HALLOC_BROKER_SOCKET names nor the user's
+// XDG_RUNTIME_DIR, where a user could have a socket of theirs answer as
+// hallocd. The same binary without the bit does honour both.
+TEST_F(ProtocolTest, APrivilegedProgramTakesNoSocketFromItsCallersEnvironment) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a set-group-ID probe as another uid";
+  const std::string plain = ProbeAsAUser(xdg_, 0755);
+  EXPECT_EQ(plain, "secure=0\nbroker=" + xdg_ + "/users.sock\ndir=" + xdg_ + "/halloc\n");
+  const std::string setgid = ProbeAsAUser(xdg_, 02755);
+  if (setgid.rfind("secure=0", 0) == 0) {
+    GTEST_SKIP() << "exec of a set-group-ID file gave no AT_SECURE here (nosuid mount or "
+                    "no_new_privs?): "
+                 << setgid;
+  }
+  EXPECT_EQ(setgid, "secure=1\nbroker=\ndir=/run/halloc\n");
 }
 
 }  // namespace
