@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 
 namespace halloc {
 namespace {
@@ -51,6 +54,22 @@ void PushFront(std::deque<std::string>& todo, const std::string& path) {
   for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_front(*it);
 }
 
+// FUSE: a file system whose owners and modes are whatever its server says.
+// A user's, mounted with allow_other (/etc/fuse.conf user_allow_other), can
+// say root owns a directory its user swaps at will. No way to tell whose
+// server answers, so no FUSE mount is trusted, root's neither.
+absl::Status NotOnFuse(int fd, const std::string& what) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) != 0) return ErrnoStatus(errno, absl::StrCat("statfs(", what, ")"));
+  if (fs.f_type == FUSE_SUPER_MAGIC) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what,
+                     " is on a FUSE file system, whose owners and modes are what its server says "
+                     "(a user's could say root's): hallocd trusts no path through one"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 bool TrustedOwner(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
@@ -84,11 +103,15 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
       // Into the directory itself or one already walked on the way here.
       UniqueFd next(::openat(cur.get(), name.c_str(), open_flags));
       if (!next) return ErrnoStatus(errno, absl::StrCat("open(", walked.With(name), ")"));
-      if (last) return next;
+      if (last) {
+        RETURN_IF_ERROR(NotOnFuse(next.get(), walked.With(name)));
+        return next;
+      }
       cur = std::move(next);
       walked.Enter(name);
       continue;
     }
+    RETURN_IF_ERROR(NotOnFuse(cur.get(), walked.Path()));
     struct stat dir;
     if (::fstat(cur.get(), &dir) != 0) return ErrnoStatus(errno, "fstat");
     if (!TrustedOwner(dir.st_uid)) {
@@ -143,7 +166,10 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
     if (got.st_dev != st.st_dev || got.st_ino != st.st_ino) {
       return absl::AbortedError(absl::StrCat(walked.With(name), " changed while it was opened"));
     }
-    if (last) return next;
+    if (last) {
+      RETURN_IF_ERROR(NotOnFuse(next.get(), walked.With(name)));
+      return next;
+    }
     cur = std::move(next);
     walked.Enter(name);
   }

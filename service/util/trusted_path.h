@@ -16,7 +16,10 @@
 //     entry taken from it must belong to root or to this process's user
 //     (the sticky bit keeps others from renaming entries they do not own);
 //   - a symbolic link that passes is followed, its target walked the same
-//     way (at most 40 links, then ELOOP).
+//     way (at most 40 links, then ELOOP);
+//   - nothing on the way, nor what is opened, may be on a FUSE file system
+//     (its server says who owns what: a user's, mounted with allow_other,
+//     may say root).
 // Like systemd's chase() with CHASE_SAFE, or OpenSSH's safe_path().
 #ifndef HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_
 #define HALLOC_SERVICE_UTIL_TRUSTED_PATH_H_

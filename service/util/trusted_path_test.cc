@@ -5,10 +5,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "service/util/fake_fuse_testing.h"
 
 namespace halloc {
 namespace {
@@ -129,6 +132,31 @@ TEST_F(TrustedPathTest, RefusesAnotherUsersLinkOrDirectoryInAStickyDirectory) {
   // Also when a link of one's own leads there.
   ASSERT_EQ(::symlink((owned + "/inner").c_str(), (dir_ + "/via").c_str()), 0);
   EXPECT_EQ(OpenTrusted(dir_ + "/via", O_PATH | O_DIRECTORY).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// A FUSE server says who owns what: a user's, mounted with allow_other, may
+// say root owns the directory it swaps at will. Nothing on FUSE is trusted:
+// not a directory on the way, not the mount's root, not a file opened.
+TEST_F(TrustedPathTest, RefusesAnythingOnFuse) {
+  const std::string at = Mkdir("fuse", 0755);
+  absl::StatusOr<std::unique_ptr<testing::FakeFuse>> fuse = testing::FakeFuse::Mount(at);
+  if (!fuse.ok()) GTEST_SKIP() << "no FUSE mount here: " << fuse.status();
+  struct stat st;
+  ASSERT_EQ(::stat((at + "/d").c_str(), &st), 0) << "the fake server answers";
+  ASSERT_EQ(st.st_uid, 0u);
+  for (const auto& [path, flags] :
+       {std::pair{at, O_PATH | O_DIRECTORY}, std::pair{at + "/d", O_PATH | O_DIRECTORY},
+        std::pair{at + "/d/..", O_PATH | O_DIRECTORY},
+        std::pair{at + "/f", O_RDONLY | O_NONBLOCK}}) {
+    SCOPED_TRACE(path);
+    absl::Status s = OpenTrusted(path, flags).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), "FUSE")) << s;
+  }
+  // A link of root's own leading there neither.
+  ASSERT_EQ(::symlink((at + "/d").c_str(), (dir_ + "/to-fuse").c_str()), 0);
+  EXPECT_EQ(OpenTrusted(dir_ + "/to-fuse", O_PATH | O_DIRECTORY).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 
