@@ -147,11 +147,15 @@ absl::Status Registry::Release(uint64_t session_id,
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
+  Holding& holding = h->second;
   // All or nothing: check every id before dropping any.
   for (uint64_t id : ids) {
-    if (!h->second.buffers.contains(id)) return NotHeld(id);
+    if (!holding.buffers.contains(id) && !holding.revoked.contains(id)) return NotHeld(id);
   }
-  for (uint64_t id : ids) DropHold(session_id, h->second, id);
+  for (uint64_t id : ids) {
+    holding.revoked.erase(id);
+    if (holding.buffers.contains(id)) DropHold(session_id, holding, id);
+  }
   return absl::OkStatus();
 }
 
@@ -249,7 +253,14 @@ void Registry::DropGrant(uint64_t grant_id) {
 
 absl::StatusOr<BufferRecord*> Registry::Held(const Holding& holding,
                                              uint64_t id) const {
-  if (!holding.buffers.contains(id)) return NotHeld(id);
+  if (!holding.buffers.contains(id)) {
+    if (holding.revoked.contains(id)) {
+      return absl::NotFoundError(
+          absl::StrCat("buffer ", id,
+                       " was taken back: the grant this session imported it through was revoked"));
+    }
+    return NotHeld(id);
+  }
   return buffers_.at(id).get();
 }
 
@@ -592,6 +603,9 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
     for (uint64_t sid : cut_off) {
       if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
         DropHold(sid, holding->second, buffer_id);
+        absl::btree_set<uint64_t>& revoked = holding->second.revoked;
+        revoked.insert(buffer_id);
+        if (revoked.size() > max_buffers_per_session_) revoked.erase(revoked.begin());
       }
     }
   }

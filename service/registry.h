@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
@@ -257,7 +258,9 @@ class Registry {
                    CpuAccess access, QuotaJudge quota,
                    v1::AllocateResponse* reply, Reservation reservation = Reservation());
   // Drops `session_id`'s hold on each of `ids`. All or nothing: NOT_FOUND
-  // (and nothing dropped) if one is not held.
+  // (and nothing dropped) if one is not held. One a revoke took from the
+  // session counts as released already (the client could not have known),
+  // once: so a batch that names it releases the others.
   absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids);
 
   // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
@@ -367,6 +370,11 @@ class Registry {
     // The same grants by buffer: a revoke that cuts this session off a
     // buffer revokes those it made of that buffer.
     absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> grants_by_buffer;
+    // Buffers a revoke took from this session (held through revoked grants
+    // only) that it has not released since: a Release naming one is done
+    // already (Release), and Describe and the like say why it is not held.
+    // The newest max_buffers_per_session_ are remembered.
+    absl::btree_set<uint64_t> revoked;
   };
 
   // Which holders an Info lists: none; all, shown as `session_id` may see

@@ -580,6 +580,43 @@ TEST_F(RegistryTest, RevokeWithoutLiveEndsTheHoldsItGaveAndWhatWasSharedOn) {
   EXPECT_EQ(Stats().live_buffers(), 0u);
 }
 
+// A buffer a revoke took from a session counts as released already: a
+// Release that names it among others releases those (it used to be refused
+// whole, and a client that released its buffers in one batch kept them all
+// until its end), once; Describe says why it is not held. A session
+// remembers as many such buffers as it may hold.
+TEST_F(RegistryTest, AReleaseNamingABufferARevokeTookReleasesTheOthers) {
+  const uint64_t shared = AddN(kA, 1)[0];
+  const uint64_t own = AddN(kB, 1)[0];
+  absl::StatusOr<v1::Grant> g = ShareTo(kA, shared, 2);
+  ASSERT_TRUE(g.ok());
+  ASSERT_TRUE(reg_.Import(kB, g->token(), Accept).ok());
+  ASSERT_TRUE(reg_.Revoke(kA, g->id(), false).ok());
+  absl::Status d = reg_.Describe(kB, shared).status();
+  EXPECT_EQ(d.code(), StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(d.message(), "revoked")) << d;
+  EXPECT_EQ(Stats().live_buffers(), 2u);
+  EXPECT_TRUE(reg_.Release(kB, {shared, own}).ok());
+  EXPECT_EQ(Stats().live_buffers(), 1u) << "B's own went";
+  EXPECT_EQ(reg_.Release(kB, {shared}).code(), StatusCode::kNotFound) << "released once";
+  EXPECT_TRUE(reg_.Describe(kA, shared).ok()) << "the owner's hold is its own";
+
+  // Bounded: of five buffers taken, the newest four are remembered.
+  ASSERT_TRUE(reg_.Release(kA, {shared}).ok());
+  std::vector<uint64_t> taken;
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t id = AddN(kA, 1)[0];
+    absl::StatusOr<v1::Grant> gi = ShareTo(kA, id, 2);
+    ASSERT_TRUE(gi.ok());
+    ASSERT_TRUE(reg_.Import(kB, gi->token(), Accept).ok());
+    ASSERT_TRUE(reg_.Revoke(kA, gi->id(), false).ok());
+    ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+    taken.push_back(id);
+  }
+  EXPECT_EQ(reg_.Release(kB, {taken[0]}).code(), StatusCode::kNotFound) << "forgotten";
+  EXPECT_TRUE(reg_.Release(kB, {taken[1], taken[2], taken[3], taken[4]}).ok());
+}
+
 // The rights left after a revoke without live revoke are what the other
 // imports were judged to give, not what their grants give: an importer
 // whose rule caps it at read, holding through two read-write grants, was
