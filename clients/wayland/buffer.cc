@@ -89,9 +89,7 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
   absl::Status s = display.Roundtrip();
   if (!s.ok()) {
     wl_buffer_destroy(wl);
-    return absl::Status(s.code(),
-                        absl::StrCat("wl_shm refused buffer ", buffer.id(),
-                                     ": ", s.message()));
+    return Prefixed(s, absl::StrCat("wl_shm refused buffer ", buffer.id()));
   }
   return wl;
 }

@@ -274,8 +274,7 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
   if (writer == Writer::kTrusted) {
     absl::StatusOr<UniqueFd> opened = OpenTrusted(path, kFlags);
     if (!opened.ok()) {
-      return absl::Status(opened.status().code(),
-                          absl::StrCat("policy file ", shown, ": ", opened.status().message()));
+      return Prefixed(opened.status(), absl::StrCat("policy file ", shown));
     }
     fd = *std::move(opened);
   } else {

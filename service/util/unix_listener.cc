@@ -41,8 +41,7 @@ absl::StatusOr<Place> Open(const std::string& path) {
   }
   absl::StatusOr<UniqueFd> opened = OpenTrusted(dir, O_PATH | O_DIRECTORY);
   if (!opened.ok()) {
-    return absl::Status(opened.status().code(), absl::StrCat("socket directory of ", path, ": ",
-                                                             opened.status().message()));
+    return Prefixed(opened.status(), absl::StrCat("socket directory of ", path));
   }
   p.dir = *std::move(opened);
   p.via_dir = absl::StrCat("/proc/self/fd/", p.dir.get(), "/", p.name);

@@ -145,7 +145,7 @@ class Client::Impl {
         imports_in_flight_.erase(id);
         GiveBackUnclaimedHolds();
       }
-      return Prefix(s, rpc);
+      return Prefixed(s, rpc);
     }
     absl::MutexLock lock(&mu_);
     if (absl::Status s = WaitFor([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
@@ -154,13 +154,13 @@ class Client::Impl {
         !s.ok()) {
       // Whatever the daemon answers later is given back, not leaked.
       abandoned_.insert(id);
-      return Prefix(s, rpc);
+      return Prefixed(s, rpc);
     }
     auto it = replies_.find(id);
     absl::StatusOr<Reply> r = std::move(it->second);
     replies_.erase(it);
-    if (!r.ok()) return Prefix(r.status(), rpc);
-    if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefix(s, rpc);
+    if (!r.ok()) return Prefixed(r.status(), rpc);
+    if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefixed(s, rpc);
     return r;
   }
 
@@ -237,10 +237,6 @@ class Client::Impl {
   const bool fast_path_;
 
  private:
-  static absl::Status Prefix(const absl::Status& s, absl::string_view rpc) {
-    return absl::Status(s.code(), absl::StrCat(rpc, ": ", s.message()));
-  }
-
   // Sends one request, waiting while the socket is full (a daemon not
   // reading it) until `deadline` at the most.
   absl::Status Send(const std::string& bytes, absl::Time deadline) {

@@ -110,6 +110,17 @@ TEST(SharedFdTest, ReleaseGivesTheLastUserTheFdItselfAndOthersADup) {
   EXPECT_EQ(c, 'x');
 }
 
+TEST(OsErrorTest, PrefixedKeepsCodeAndPayloads) {
+  absl::Status s = absl::ResourceExhaustedError("quota");
+  s.SetPayload("halloc.dev/x", absl::Cord("y"));
+  const absl::Status p = Prefixed(s, "Allocate");
+  EXPECT_EQ(p.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(p.message(), "Allocate: quota");
+  ASSERT_TRUE(p.GetPayload("halloc.dev/x").has_value());
+  EXPECT_EQ(*p.GetPayload("halloc.dev/x"), "y");
+  EXPECT_TRUE(Prefixed(absl::OkStatus(), "Allocate").ok());
+}
+
 TEST(OsErrorTest, MapsCodesAndFormatsMessage) {
   absl::Status s = ErrnoStatus(ENOMEM, "memfd_create");
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);

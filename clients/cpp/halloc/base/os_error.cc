@@ -56,6 +56,14 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   return absl::Status(CodeFor(err), absl::StrCat(what, ": ", msg));
 }
 
+absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
+  if (s.ok()) return s;
+  absl::Status out(s.code(), absl::StrCat(prefix, ": ", s.message()));
+  s.ForEachPayload(
+      [&](absl::string_view url, const absl::Cord& payload) { out.SetPayload(url, payload); });
+  return out;
+}
+
 int RetryIoctl(int fd, unsigned long request, void* arg) {
   int r;
   do {

@@ -1,4 +1,5 @@
-// One way to turn an errno into an absl::Status: "what we did: strerror".
+// One way to turn an errno into an absl::Status ("what we did: strerror"),
+// and one way to say where a status came from.
 #ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
 #define HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
 
@@ -15,6 +16,10 @@ namespace halloc {
 // UNAVAILABLE, anything else → INTERNAL. The message is
 // "<what>: <strerror(err)>".
 absl::Status ErrnoStatus(int err, absl::string_view what);
+
+// `s` with "<prefix>: " before its message, its code and payloads kept
+// (absl::Status(s.code(), ...) drops the payloads); OK stays OK.
+absl::Status Prefixed(const absl::Status& s, absl::string_view prefix);
 
 // ioctl(2), retried while it fails with EINTR or EAGAIN (dma-buf and
 // dma-heap ioctls may answer either when a signal or a lock interrupts
