@@ -454,7 +454,14 @@ void Registry::DropImportView(uint64_t session_id, uint64_t grant_id, uint64_t b
   if (r == routes->second.end()) return;
   std::vector<uint64_t>& views = r->second.views;
   views.erase(std::remove(views.begin(), views.end(), view_id), views.end());
-  if (views.empty()) routes->second.erase(r);
+  if (!views.empty()) return;
+  routes->second.erase(r);
+  // Nor is the grant its way in any more, unless it imported through it
+  // since (DropHold, which forgets the rest, need not know of this one).
+  auto via = b->second->imported_via.find(session_id);
+  if (via == b->second->imported_via.end() || !via->second.contains(grant_id)) {
+    if (auto g = grants_.find(grant_id); g != grants_.end()) g->second.importers.erase(session_id);
+  }
 }
 
 absl::Status Registry::AddImportView(uint64_t session_id, uint64_t grant_id,
@@ -516,7 +523,12 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   };
   revoke_grant(grant_id);
   std::vector<uint64_t> survivors;  // of the grants looked at (DropUnrevocable)
-  while (!pending.empty() && buffers_.contains(buffer_id)) {
+  // Sessions left with no route. Their holds go once the walk is done: the
+  // last of them going frees the buffer and drops its grants, and the
+  // views of those still to be walked (of importers that let go) must be
+  // found first.
+  std::vector<uint64_t> all_cut_off;
+  while (!pending.empty()) {
     Taken taken = std::move(pending.back());
     pending.pop_back();
     const uint64_t g = taken.id;
@@ -600,13 +612,14 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
         survivors.push_back(other);
       }
     }
-    for (uint64_t sid : cut_off) {
-      if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
-        DropHold(sid, holding->second, buffer_id);
-        absl::btree_set<uint64_t>& revoked = holding->second.revoked;
-        revoked.insert(buffer_id);
-        if (revoked.size() > max_buffers_per_session_) revoked.erase(revoked.begin());
-      }
+    all_cut_off.insert(all_cut_off.end(), cut_off.begin(), cut_off.end());
+  }
+  for (uint64_t sid : all_cut_off) {
+    if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
+      DropHold(sid, holding->second, buffer_id);
+      absl::btree_set<uint64_t>& revoked = holding->second.revoked;
+      revoked.insert(buffer_id);
+      if (revoked.size() > max_buffers_per_session_) revoked.erase(revoked.begin());
     }
   }
   // A grant an ended session kept, whose last open route this revoke
@@ -614,6 +627,12 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   // by no revoke any more.
   DropUnrevocable(std::move(survivors));
   return out;
+}
+
+size_t Registry::ImporterLinksForTesting(uint64_t grant_id) const {
+  absl::MutexLock lock(&mu_);
+  auto g = grants_.find(grant_id);
+  return g == grants_.end() ? 0 : g->second.importers.size();
 }
 
 // --- Metadata and listings ---------------------------------------------------

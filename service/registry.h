@@ -362,6 +362,10 @@ class Registry {
   // Returns once every buffer dropped so far has had its fd closed.
   void FlushReaper() { reaper_.Flush(); }
 
+  // How many sessions grant `grant_id`'s reverse link names as having
+  // imported through it (GrantRecord::importers); 0 for no such grant.
+  size_t ImporterLinksForTesting(uint64_t grant_id) const;
+
  private:
   struct Holding {
     Identity creds;

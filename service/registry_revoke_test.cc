@@ -341,6 +341,64 @@ TEST_F(RegistryTest, LiveRevokeCutsAViewNotedAfterItsHoldWasRenewed) {
   EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "B still holds through the second grant";
 }
 
+// A revoke that cuts off the buffer's last holder still reaches the views
+// of everyone down the chain who let go (their fds may live on): the holds
+// go once the whole chain is walked (a review found the walk stopped when
+// the buffer went, and which views it missed depended on hash order).
+TEST_F(RegistryTest, LiveRevokeThatFreesTheBufferStillCutsTheViewsDownTheChain) {
+  constexpr uint64_t kD = 40, kE = 50;
+  reg_.Join(kD, Uid(4));
+  reg_.Join(kE, Uid(5));
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> a_to_b = ShareTo(kA, id, 2);
+  ASSERT_TRUE(a_to_b.ok());
+  ASSERT_TRUE(ImportView(kB, *a_to_b, id, CpuAccess::kRead, 1001));
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  absl::StatusOr<v1::Grant> b_to_d = ShareTo(kB, id, 4);
+  ASSERT_TRUE(b_to_d.ok());
+  ASSERT_TRUE(ImportView(kD, *b_to_d, id, CpuAccess::kRead, 1002));
+  absl::StatusOr<v1::Grant> d_to_e = ShareTo(kD, id, 5);
+  ASSERT_TRUE(d_to_e.ok());
+  ASSERT_TRUE(ImportView(kE, *d_to_e, id, CpuAccess::kRead, 1003));
+  ASSERT_TRUE(reg_.Release(kE, {id}).ok());
+  ASSERT_TRUE(reg_.Release(kD, {id}).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, a_to_b->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<uint64_t> views = r->views;
+  std::sort(views.begin(), views.end());
+  EXPECT_EQ(views, (std::vector<uint64_t>{1001, 1002, 1003}));
+  EXPECT_EQ(Stats().live_buffers(), 0u);
+  EXPECT_EQ(Stats().grants(), 0u);
+}
+
+// A session whose late view of a grant was dropped (its send failed) after
+// its hold went and came back through another grant is no longer linked
+// to the first: reconnecting clients left one link each behind, for as
+// long as the grant lived (a review's finding).
+TEST_F(RegistryTest, ADroppedLateViewLeavesNoLinkToItsGrant) {
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> first = ShareTo(kA, id, 2), second = ShareTo(kA, id, 2);
+  ASSERT_TRUE(first.ok() && second.ok());
+  uint64_t view = 1100;
+  for (uint64_t s = 1000; s < 1010; ++s) {
+    SCOPED_TRACE(s);
+    reg_.Join(s, Uid(2));
+    absl::StatusOr<Registry::Imported> early = reg_.Import(s, first->token(), Accept);
+    ASSERT_TRUE(early.ok()) << early.status();
+    ASSERT_TRUE(reg_.Release(s, {id}).ok());  // while that import is on its way
+    absl::StatusOr<Registry::Imported> late = reg_.Import(s, second->token(), Accept);
+    ASSERT_TRUE(late.ok()) << late.status();
+    ASSERT_TRUE(reg_.AddImportView(s, second->id(), id, CpuAccess::kRead, view++).ok());
+    reg_.SettleImport(s, id, late->arrival, true);
+    ASSERT_TRUE(reg_.AddImportView(s, first->id(), id, CpuAccess::kRead, view).ok());
+    reg_.DropImportView(s, first->id(), id, view++);  // its send failed
+    reg_.SettleImport(s, id, early->arrival, false);
+    reg_.Leave(s);
+  }
+  EXPECT_EQ(reg_.ImporterLinksForTesting(first->id()), 0u);
+  EXPECT_EQ(reg_.ImporterLinksForTesting(second->id()), 0u);
+}
+
 // An importer that let go (Release, or its session ended) may still have
 // the fd somewhere: revoking the grant cuts those views off too.
 TEST_F(RegistryTest, LiveRevokeCutsTheViewsOfImportersThatLetGo) {
