@@ -130,10 +130,28 @@ absl::Status Registry::Release(uint64_t session_id,
     if (!holding.buffers.contains(id) && !holding.revoked.contains(id)) return NotHeld(id);
   }
   for (uint64_t id : ids) {
-    holding.revoked.erase(id);
+    holding.ForgetRevoked(id);
     if (holding.buffers.contains(id)) DropHold(session_id, holding, id);
   }
   return absl::OkStatus();
+}
+
+void Registry::Holding::RememberRevoked(uint64_t buffer_id, uint64_t serial, size_t most) {
+  ForgetRevoked(buffer_id);
+  revoked.emplace(buffer_id, serial);
+  revoked_in_order.emplace(serial, buffer_id);
+  if (revoked.size() <= most) return;
+  auto oldest = revoked_in_order.begin();
+  revoked.erase(oldest->second);
+  revoked_in_order.erase(oldest);
+}
+
+bool Registry::Holding::ForgetRevoked(uint64_t buffer_id) {
+  auto it = revoked.find(buffer_id);
+  if (it == revoked.end()) return false;
+  revoked_in_order.erase(it->second);
+  revoked.erase(it);
+  return true;
 }
 
 void Registry::DropHold(uint64_t session_id, Holding& holding,

@@ -41,7 +41,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/container/btree_set.h"
+#include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
@@ -377,8 +377,13 @@ class Registry {
     // Buffers a revoke took from this session (held through revoked grants
     // only) that it has not released since: a Release naming one is done
     // already (Release), and Describe and the like say why it is not held.
-    // The newest max_buffers_per_session_ are remembered.
-    absl::btree_set<uint64_t> revoked;
+    // The last max_buffers_per_session_ taken are remembered: by buffer,
+    // the serial of the revoke that took it, and by serial, oldest first.
+    absl::flat_hash_map<uint64_t, uint64_t> revoked;
+    absl::btree_map<uint64_t, uint64_t> revoked_in_order;
+    void RememberRevoked(uint64_t buffer_id, uint64_t serial, size_t most);
+    // Whether `buffer_id` was remembered (it is forgotten now).
+    bool ForgetRevoked(uint64_t buffer_id);
   };
 
   // Which holders an Info lists: none; all, shown as `session_id` may see
@@ -458,6 +463,7 @@ class Registry {
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, Arrival> arriving_
       ABSL_GUARDED_BY(mu_);
   uint64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_revoke_ ABSL_GUARDED_BY(mu_) = 1;  // Holding::revoked's serials
   uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Quota use per client: "rule/uid" → (buffers, bytes) owned.
   absl::flat_hash_map<std::string, std::pair<uint64_t, uint64_t>> charged_

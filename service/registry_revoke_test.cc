@@ -675,6 +675,31 @@ TEST_F(RegistryTest, AReleaseNamingABufferARevokeTookReleasesTheOthers) {
   EXPECT_TRUE(reg_.Release(kB, {taken[1], taken[2], taken[3], taken[4]}).ok());
 }
 
+// What is remembered is the last taken, not the newest buffers: an older
+// buffer a revoke takes once four newer ones were taken is the one kept (a
+// review found it forgotten at once, its batch Release refused whole).
+TEST_F(RegistryTest, TheBufferARevokeTookLastIsRemembered) {
+  const uint64_t old = AddN(kA, 1)[0];
+  auto take_from_b = [&](uint64_t id) {
+    absl::StatusOr<v1::Grant> g = ShareTo(kA, id, 2);
+    ASSERT_TRUE(g.ok());
+    ASSERT_TRUE(reg_.Import(kB, g->token(), Accept).ok());
+    ASSERT_TRUE(reg_.Revoke(kA, g->id(), false).ok());
+  };
+  std::vector<uint64_t> newer;
+  for (int i = 0; i < 4; ++i) {
+    const uint64_t id = AddN(kA, 1)[0];
+    take_from_b(id);
+    ASSERT_TRUE(reg_.Release(kA, {id}).ok());  // B keeps its fd, releases nothing
+    newer.push_back(id);
+  }
+  take_from_b(old);
+  const uint64_t own = AddN(kB, 1)[0];
+  EXPECT_TRUE(reg_.Release(kB, {old, own}).ok());
+  EXPECT_EQ(reg_.Release(kB, {newer[0]}).code(), StatusCode::kNotFound) << "the first taken";
+  EXPECT_TRUE(reg_.Release(kB, {newer[1], newer[2], newer[3]}).ok());
+}
+
 // The rights left after a revoke without live revoke are what the other
 // imports were judged to give, not what their grants give: an importer
 // whose rule caps it at read, holding through two read-write grants, was

@@ -366,9 +366,7 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   for (uint64_t sid : all_cut_off) {
     if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
       DropHold(sid, holding->second, buffer_id);
-      absl::btree_set<uint64_t>& revoked = holding->second.revoked;
-      revoked.insert(buffer_id);
-      if (revoked.size() > max_buffers_per_session_) revoked.erase(revoked.begin());
+      holding->second.RememberRevoked(buffer_id, next_revoke_++, max_buffers_per_session_);
     }
   }
   // A grant an ended session kept, whose last open route this revoke
