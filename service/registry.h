@@ -365,6 +365,11 @@ class Registry {
   // How many sessions grant `grant_id`'s reverse link names as having
   // imported through it (GrantRecord::importers); 0 for no such grant.
   size_t ImporterLinksForTesting(uint64_t grant_id) const;
+  // Whether the links a revoke and an end follow agree with what they link
+  // (GrantRecord::importers, ::onward and ::via, Holding::grants_by_buffer
+  // and ::revoked) and no grant an ended session kept is out of any
+  // revoke's reach; INTERNAL naming the first that does not.
+  absl::Status CheckLinksForTesting() const;
 
  private:
   struct Holding {

@@ -382,6 +382,73 @@ size_t Registry::ImporterLinksForTesting(uint64_t grant_id) const {
   return g == grants_.end() ? 0 : g->second.importers.size();
 }
 
+absl::Status Registry::CheckLinksForTesting() const {
+  absl::MutexLock lock(&mu_);
+  auto bad = [](auto&&... what) { return absl::InternalError(absl::StrCat(what...)); };
+  // Who imported each buffer through each open grant, as the buffers say.
+  absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> through;
+  for (const auto& [id, buffer] : buffers_) {
+    for (const auto& [sid, routes] : buffer->imports) {
+      for (const auto& [g, route] : routes) {
+        if (grants_.contains(g)) through[g].insert(sid);
+      }
+    }
+    for (const auto& [sid, via] : buffer->imported_via) {
+      for (const auto& [g, judged] : via) {
+        if (grants_.contains(g)) through[g].insert(sid);
+      }
+    }
+  }
+  for (const auto& [id, grant] : grants_) {
+    const absl::flat_hash_set<uint64_t> none;
+    auto t = through.find(id);
+    if (grant.importers != (t == through.end() ? none : t->second)) {
+      return bad("grant ", id, ": its importers are not those who imported through it");
+    }
+    for (const auto& [v, gave] : grant.via) {
+      if (auto g = grants_.find(v); g != grants_.end() && !g->second.onward.contains(id)) {
+        return bad("grant ", id, " came through ", v, ", whose onward does not name it");
+      }
+    }
+    for (uint64_t on : grant.onward) {
+      auto g = grants_.find(on);
+      if (g == grants_.end() || !g->second.via.contains(id)) {
+        return bad("grant ", id, "'s onward names ", on, ", which did not come through it");
+      }
+    }
+    if (grant.token.empty() && !RevocableStill(grant)) {
+      return bad("grant ", id, " is kept, but no revoke can reach it");
+    }
+  }
+  for (const auto& [sid, holding] : holdings_) {
+    size_t by_buffer = 0;
+    for (const auto& [b, made] : holding.grants_by_buffer) {
+      if (made.empty()) return bad("session ", sid, ": an empty grants_by_buffer entry");
+      for (uint64_t g : made) {
+        auto it = grants_.find(g);
+        if (!holding.grants.contains(g) || it == grants_.end() || it->second.view.buffer_id != b) {
+          return bad("session ", sid, ": grants_by_buffer names grant ", g, " wrongly");
+        }
+      }
+      by_buffer += made.size();
+    }
+    if (by_buffer != holding.grants.size()) {
+      return bad("session ", sid, ": grants_by_buffer misses some of its grants");
+    }
+    if (holding.revoked.size() != holding.revoked_in_order.size() ||
+        holding.revoked.size() > max_buffers_per_session_) {
+      return bad("session ", sid, ": ", holding.revoked.size(), " revoked buffers remembered");
+    }
+    for (const auto& [serial, b] : holding.revoked_in_order) {
+      auto it = holding.revoked.find(b);
+      if (it == holding.revoked.end() || it->second != serial) {
+        return bad("session ", sid, ": revoked buffer ", b, " out of order");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 // --- The links a revoke and an end follow -----------------------------------
 
 void Registry::DropUnrevocable(std::vector<uint64_t> grants) {
