@@ -318,6 +318,7 @@ void Registry::FillStats(v1::StatsResponse* s, std::optional<uid_t> only_uid) {
   s->set_grants(grants_.size());
   s->set_allocations_total(allocations_total_);
   s->set_releases_total(releases_total_);
+  s->set_grants_revoked_total(grants_revoked_total_);
   s->set_released_held_buffers(lingering_.size());
   s->set_released_held_bytes(lingering_bytes_);
   s->set_released_unwatched_total(gone_watch_->unwatched());

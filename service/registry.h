@@ -478,6 +478,7 @@ class Registry {
   absl::flat_hash_map<std::string, uint64_t> allocated_ ABSL_GUARDED_BY(mu_);
   uint64_t allocations_total_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t releases_total_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t grants_revoked_total_ ABSL_GUARDED_BY(mu_) = 0;
   // Released memory still charged, by buffer id (the watch's token).
   struct Lingering {
     std::string charged_to;

@@ -369,6 +369,7 @@ TEST_F(RegistryTest, LiveRevokeThatFreesTheBufferStillCutsTheViewsDownTheChain) 
   EXPECT_EQ(views, (std::vector<uint64_t>{1001, 1002, 1003}));
   EXPECT_EQ(Stats().live_buffers(), 0u);
   EXPECT_EQ(Stats().grants(), 0u);
+  EXPECT_EQ(Stats().grants_revoked_total(), 3u) << "the one revoked and the two down the chain";
 }
 
 // A session whose late view of a grant was dropped (its send failed) after

@@ -264,6 +264,7 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   auto revoke_grant = [&](uint64_t g) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     GrantRecord& rec = grants_.at(g);
     pending.push_back({g, std::move(rec.importers), std::move(rec.onward)});
+    ++grants_revoked_total_;
     if (auto let_go = buffer.let_go_views.find(g); let_go != buffer.let_go_views.end()) {
       out.views.insert(out.views.end(), let_go->second.begin(), let_go->second.end());
       buffer.let_go_views.erase(let_go);

@@ -72,9 +72,9 @@ void PrintBuffer(std::ostream& out, const v1::BufferInfo& b, bool detail) {
 void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
   out << absl::StreamFormat(
       "live buffers  %d\nlive bytes    %d\nsessions      %d\n"
-      "grants        %d\nallocations   %d (since start)\n"
+      "grants        %d (%d revoked since start)\nallocations   %d (since start)\n"
       "releases      %d (since start)\n",
-      s.live_buffers(), s.live_bytes(), s.sessions(), s.grants(),
+      s.live_buffers(), s.live_bytes(), s.sessions(), s.grants(), s.grants_revoked_total(),
       s.allocations_total(), s.releases_total());
   if (s.max_buffers() != 0) {
     out << absl::StreamFormat("buffer limit  %d (hallocd's, all clients)\n", s.max_buffers());

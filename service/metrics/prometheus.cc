@@ -82,6 +82,9 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
   Family(&out, "halloc_releases_total", "counter",
          "Buffers freed since start.")
       .Sample(s.releases_total());
+  Family(&out, "halloc_grants_revoked_total", "counter",
+         "Grants withdrawn by revokes since start, those taken down the chain included.")
+      .Sample(s.grants_revoked_total());
   Family(&out, "halloc_released_held_buffers", "gauge",
          "Released buffers whose memory a process still holds, still charged.")
       .Sample(s.released_held_buffers());
