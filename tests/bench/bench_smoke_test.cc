@@ -55,10 +55,10 @@ std::set<std::string> ExpectedRows() {
   for (const char* call : {"import", "revoke", "set_metadata"}) {
     for (const char* p : {"p50", "p99"}) rows.insert(absl::StrCat("broker.", call, ".1MiB.", p));
   }
-  for (const char* onward : {"0", "250", "1000"}) {
+  for (const char* onward : {"0", "250", "4000"}) {
     rows.insert(absl::StrCat("revoke.onward_", onward, ".p50"));
   }
-  rows.insert("revoke.onward_1000.per_grant");
+  rows.insert("revoke.onward_4000.per_grant");
   rows.insert("floor.memcpy.8MiB");
   rows.insert("zerocopy.8MiB.consumer_read");
   rows.insert("zerocopy.8MiB.consumer_first_read");

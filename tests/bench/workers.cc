@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -416,24 +417,36 @@ int ShareLatency(const Args& a) {
   return 0;
 }
 
-// The owner's Revoke of a grant the peer imported and shared on `onward`
-// times (to its own uid): the revoke takes those too, one by one.
+// The owner's Revoke of a grant its peers imported and shared on `onward`
+// times in all (to their own uid; 1000 per peer session, under a session's
+// limit): the revoke takes those too, one by one.
 int RevokeFanout(const Args& a) {
+  constexpr int64_t kPerPeer = 1000;
+  const int64_t onward = a.Int("onward"), n = a.Int("n", 10);
   absl::StatusOr<Client> owner = Connect(a);
-  absl::StatusOr<Client> peer = Connect(a);
   if (!owner.ok()) return Fail("connect", owner.status());
-  if (!peer.ok()) return Fail("connect", peer.status());
+  std::vector<Client> peers;
+  for (int64_t k = 0; k < std::max<int64_t>(1, (onward + kPerPeer - 1) / kPerPeer); ++k) {
+    absl::StatusOr<Client> peer = Connect(a);
+    if (!peer.ok()) return Fail("connect", peer.status());
+    peers.push_back(*std::move(peer));
+  }
   absl::StatusOr<Buffer> b = owner->Allocate(BlobDescriptor(4096, 0, "fanout"));
   if (!b.ok()) return Fail("Allocate", b.status());
-  const int64_t onward = a.Int("onward"), n = a.Int("n", 10);
   Micros revoke_us;
   for (int64_t i = -2; i < n; ++i) {
     absl::StatusOr<v1::Grant> g = owner->Share(b->id(), ::getuid());
     if (!g.ok()) return Fail("Share", g.status());
-    absl::StatusOr<Buffer> got = peer->Import(g->token());
-    if (!got.ok()) return Fail("Import", got.status());
-    for (int64_t k = 0; k < onward; ++k) {
-      if (absl::StatusOr<v1::Grant> on = peer->Share(got->id(), ::getuid()); !on.ok()) {
+    std::vector<Buffer> got;
+    for (int64_t k = 0; k < onward || got.empty(); ++k) {
+      if (k % kPerPeer == 0) {
+        absl::StatusOr<Buffer> imported = peers[k / kPerPeer].Import(g->token());
+        if (!imported.ok()) return Fail("Import", imported.status());
+        got.push_back(*std::move(imported));
+      }
+      if (k >= onward) break;
+      if (absl::StatusOr<v1::Grant> on = peers[k / kPerPeer].Share(got.back().id(), ::getuid());
+          !on.ok()) {
         return Fail("Share onward", on.status());
       }
     }
