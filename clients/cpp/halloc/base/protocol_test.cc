@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -41,20 +42,22 @@ TEST_F(ProtocolTest, RootTakesNoDirectoryFromItsEnvironment) {
   EXPECT_EQ(ClientSocketDir(), "/run/halloc");
 }
 
-// ClientSocketDir() as uid 65534 sees it (a child process), with
-// XDG_RUNTIME_DIR as the test set it or, `unset`, without it.
-std::string ClientSocketDirOfAUser(bool unset = false) {
+// What a child process running as uid 65534 writes to its stdout while
+// `body` runs there (the child exits 0 after it, unless it execs), or why
+// it failed.
+std::string OutputOfAUser(absl::FunctionRef<void()> body) {
   int p[2];
   if (::pipe(p) != 0) return "pipe failed";
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::close(p[0]);
-    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+    if (::dup2(p[1], STDOUT_FILENO) < 0) ::_exit(12);
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setgroups(0, nullptr) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
       ::_exit(10);
     }
-    if (unset) ::unsetenv("XDG_RUNTIME_DIR");
-    const std::string dir = ClientSocketDir();
-    ::_exit(::write(p[1], dir.data(), dir.size()) == static_cast<ssize_t>(dir.size()) ? 0 : 11);
+    body();
+    ::_exit(0);
   }
   ::close(p[1]);
   std::string got;
@@ -64,9 +67,21 @@ std::string ClientSocketDirOfAUser(bool unset = false) {
   int status = 0;
   if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
       WEXITSTATUS(status) != 0) {
-    return "child failed (10: no uid 65534 here)";
+    return "child failed (10: no uid 65534 here; 11: exec or write)";
   }
   return got;
+}
+
+// ClientSocketDir() as uid 65534 sees it (a child process), with
+// XDG_RUNTIME_DIR as the test set it or, `unset`, without it.
+std::string ClientSocketDirOfAUser(bool unset = false) {
+  return OutputOfAUser([unset] {
+    if (unset) ::unsetenv("XDG_RUNTIME_DIR");
+    const std::string dir = ClientSocketDir();
+    if (::write(STDOUT_FILENO, dir.data(), dir.size()) != static_cast<ssize_t>(dir.size())) {
+      ::_exit(11);
+    }
+  });
 }
 
 // A user's hallocd binds in $XDG_RUNTIME_DIR/halloc; a user's client looks
@@ -105,31 +120,11 @@ std::string ProbeAsAUser(const std::string& dir, mode_t mode) {
   if (::chown(probe.c_str(), 0, 0) != 0 || ::chmod(probe.c_str(), mode) != 0) {
     return "chown/chmod failed";
   }
-  int p[2];
-  if (::pipe(p) != 0) return "pipe failed";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(p[0]);
-    if (::dup2(p[1], STDOUT_FILENO) < 0) ::_exit(12);
-    if (::setresgid(65534, 65534, 65534) != 0 || ::setgroups(0, nullptr) != 0 ||
-        ::setresuid(65534, 65534, 65534) != 0) {
-      ::_exit(10);
-    }
+  return OutputOfAUser([&] {
     ::setenv(kBrokerSocketEnv, (dir + "/users.sock").c_str(), 1);
     ::execl(probe.c_str(), probe.c_str(), nullptr);
     ::_exit(11);
-  }
-  ::close(p[1]);
-  std::string got;
-  char buf[256];
-  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) got.append(buf, n);
-  ::close(p[0]);
-  int status = 0;
-  if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
-      WEXITSTATUS(status) != 0) {
-    return "probe failed (10: no uid 65534 here; 11: exec)";
-  }
-  return got;
+  });
 }
 
 // A program that runs set-group-ID (or set-user-ID, or with file
