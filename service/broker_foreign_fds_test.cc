@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -20,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/broker.pb.h"
@@ -43,10 +43,7 @@ constexpr absl::Duration kLinger = absl::Seconds(120);
 class BrokerForeignFdsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-broker-foreign-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/broker.sock";
+    path_ = dir_ / "broker.sock";
     core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
     absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_SEQPACKET, 0600);
     ASSERT_TRUE(listener.ok()) << listener.status();
@@ -56,7 +53,6 @@ class BrokerForeignFdsTest : public ::testing::Test {
     for (LingeringSocket& s : lingering_) s.Release();
     broker_.reset();
     Broker::verify_timeout = saved_verify_timeout_;  // read by the broker thread
-    std::filesystem::remove_all(dir_);
   }
 
   // `disarm`: releases bounded, as hallocd has them; else a socket's
@@ -117,7 +113,7 @@ class BrokerForeignFdsTest : public ::testing::Test {
     return ConnectBroker(path_, timeout);
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"broker-foreign"};
   std::string path_;
   UniqueFd listener_;
   std::unique_ptr<Allocator> core_;

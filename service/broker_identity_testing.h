@@ -7,11 +7,11 @@
 #ifndef HALLOC_SERVICE_BROKER_IDENTITY_TESTING_H_
 #define HALLOC_SERVICE_BROKER_IDENTITY_TESTING_H_
 
-#include <filesystem>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/broker.pb.h"
@@ -24,16 +24,10 @@ namespace halloc {
 class BrokerIdentityTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-broker-identity-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/broker.sock";
+    path_ = dir_ / "broker.sock";
     core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
   }
-  void TearDown() override {
-    broker_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { broker_.reset(); }
 
   // Starts the broker on `path_` (in the test's directory).
   void StartBroker() {
@@ -42,7 +36,8 @@ class BrokerIdentityTest : public ::testing::Test {
     broker_ = *std::move(b);
   }
 
-  std::string dir_, path_;
+  testing::TempDir dir_{"broker-identity-test"};
+  std::string path_;
   std::unique_ptr<Allocator> core_;
   std::unique_ptr<Broker> broker_;  // gone before core_
 };

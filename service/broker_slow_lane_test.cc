@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <filesystem>
 #include <memory>
 #include <set>
 #include <string>
@@ -18,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
@@ -29,14 +29,7 @@ namespace {
 
 class SlowLaneTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/halloc-slow-lane-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string dir_;
+  testing::TempDir dir_{"slow-lane-test"};
 };
 
 // Sets one of Broker's static durations (read at Start) for its scope.
@@ -103,7 +96,7 @@ struct GatedBroker {
 };
 
 TEST_F(SlowLaneTest, ALargeAllocationDoesNotHoldUpOtherClients) {
-  GatedBroker gated(dir_);
+  GatedBroker gated(dir_.path());
   ASSERT_TRUE(gated.Start().ok());
   absl::Notification &entered = gated.entered, &open = gated.open;
   absl::StatusOr<BrokerConnection> big = ConnectBroker(gated.path, absl::Seconds(5));
@@ -127,7 +120,7 @@ TEST_F(SlowLaneTest, ALargeAllocationDoesNotHoldUpOtherClients) {
 // unread) and is made once there is room, as the gRPC path would make it
 // on its own thread; it used to be refused.
 TEST_F(SlowLaneTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
-  GatedBroker gated(dir_);
+  GatedBroker gated(dir_.path());
   ASSERT_TRUE(gated.Start().ok());
   std::vector<BrokerConnection> conns;
   for (int i = 0; i < 3; ++i) {
@@ -213,10 +206,10 @@ TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
   {
     Override window(Broker::inline_window, absl::Seconds(30));
     Override allowed(Broker::inline_allowed, absl::Milliseconds(20));
-    broker = Broker::Start(dir_ + "/broker.sock", 0600, &core);
+    broker = Broker::Start(dir_ / "broker.sock", 0600, &core);
   }
   ASSERT_TRUE(broker.ok()) << broker.status();
-  absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ / "broker.sock", absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
   size_t fds = 0;
   ASSERT_TRUE(AllocateOn(c->fd.get(), 4096, &fds).ok());          // inline
@@ -269,11 +262,11 @@ TEST_F(SlowLaneTest, AUidPastItsParseShareIsNotReadUntilItsWindowEnds) {
   {
     Override window(Broker::parse_window, absl::Seconds(3));
     Override allowed(Broker::parse_allowed, absl::Milliseconds(1));
-    broker = Broker::Start(dir_ + "/broker.sock", 0600, &core);
+    broker = Broker::Start(dir_ / "broker.sock", 0600, &core);
   }
   ASSERT_TRUE(broker.ok()) << broker.status();
-  absl::StatusOr<BrokerConnection> a = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
-  absl::StatusOr<BrokerConnection> b = ConnectBroker(dir_ + "/broker.sock", absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> a = ConnectBroker(dir_ / "broker.sock", absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> b = ConnectBroker(dir_ / "broker.sock", absl::Seconds(5));
   ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
   v1::BrokerRequest describe;
   describe.set_request_id(7);
@@ -403,7 +396,7 @@ struct RevokingBroker {
 // everyone else; a uid's revokes past its places there wait, unanswered,
 // and are all made once there is room.
 TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
-  RevokingBroker rb(dir_);
+  RevokingBroker rb(dir_.path());
   ASSERT_TRUE(rb.Start(3).ok());  // owner, importer, a bystander
   absl::Notification& entered = rb.entered;
   absl::Notification& open = rb.open;
@@ -460,7 +453,7 @@ TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
 // timed out) and the queued revoke then refused ("session closed"), the
 // importer's view never cut.
 TEST_F(SlowLaneTest, ARevokeIsMadeBeforeItsConnectionsLaterRequestsAndItsEnd) {
-  RevokingBroker rb(dir_);
+  RevokingBroker rb(dir_.path());
   ASSERT_TRUE(rb.Start(3).ok());  // first owner, second owner, importer
   std::vector<BrokerConnection>& conns = rb.conns;
   // Each owner's page, shared and imported: view 1 (the first), view 2.

@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
@@ -37,12 +38,8 @@ namespace {
 class BrokerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-broker-test-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   // A socket of `type` bound to `path`, listening unless `listen` is false.
   UniqueFd Bound(const std::string& path, int type, bool listen = true) {
@@ -54,12 +51,12 @@ class BrokerTest : public ::testing::Test {
     return fd;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"broker-test"};
   std::unique_ptr<Allocator> core_;
 };
 
 TEST_F(BrokerTest, ServesAPassedSocketAndLeavesItsPathAlone) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   // As systemd makes it: blocking, no SO_PASSCRED (the unit may omit it).
   absl::StatusOr<std::unique_ptr<Broker>> broker =
       Broker::Serve(Bound(path, SOCK_SEQPACKET), path, core_.get());
@@ -79,7 +76,7 @@ TEST_F(BrokerTest, ServesAPassedSocketAndLeavesItsPathAlone) {
 // connection takes it from the listener at connect()). Its records must be
 // stamped all the same.
 TEST_F(BrokerTest, AConnectionMadeBeforeServeIsStampedToo) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   UniqueFd listener = Bound(path, SOCK_SEQPACKET);
   absl::StatusOr<UniqueFd> early = ConnectSeqpacket(path);
   ASSERT_TRUE(early.ok()) << early.status();
@@ -92,7 +89,7 @@ TEST_F(BrokerTest, AConnectionMadeBeforeServeIsStampedToo) {
 }
 
 TEST_F(BrokerTest, ABoundSocketsPathIsRemovedAtStop) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   ASSERT_TRUE(ConnectBroker(path, absl::Seconds(5)).ok());
@@ -102,13 +99,13 @@ TEST_F(BrokerTest, ABoundSocketsPathIsRemovedAtStop) {
 }
 
 TEST_F(BrokerTest, RefusesAPassedSocketOfTheWrongKind) {
-  const std::string stream = dir_ + "/stream.sock";
+  const std::string stream = dir_ / "stream.sock";
   absl::StatusOr<std::unique_ptr<Broker>> b =
       Broker::Serve(Bound(stream, SOCK_STREAM), stream, core_.get());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(b.status().message().find("SOCK_SEQPACKET"), std::string::npos);
 
-  const std::string idle = dir_ + "/idle.sock";
+  const std::string idle = dir_ / "idle.sock";
   b = Broker::Serve(Bound(idle, SOCK_SEQPACKET, /*listen=*/false), idle, core_.get());
   EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition);
 
@@ -147,7 +144,7 @@ absl::Status ReleaseNothingFrom(int sock, uint32_t cpu_hint) {
 // broker thread, where a client's file could park it:
 // broker_foreign_fds_test.cc).
 TEST_F(BrokerTest, ARecordWithFdsIsRefusedOrAnswered) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<UniqueFd> raw = ConnectSeqpacket(path);  // no handshake
@@ -185,7 +182,7 @@ TEST_F(BrokerTest, ARecordWithFdsIsRefusedOrAnswered) {
 // it) took SO_PASSRIGHTS on from the listener, before the broker turned it
 // off there: the broker turns it off on each connection it accepts too.
 TEST_F(BrokerTest, AConnectionMadeBeforeServeRefusesFdsToo) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<BoundSocket> listener = BindUnixSocket(path, SOCK_SEQPACKET, 0600);
   ASSERT_TRUE(listener.ok()) << listener.status();
   absl::StatusOr<UniqueFd> early = ConnectSeqpacket(path);
@@ -212,7 +209,7 @@ TEST_F(BrokerTest, AConnectionMadeBeforeServeRefusesFdsToo) {
 // reason; served again once it has read.
 TEST_F(BrokerTest, AClientThatDoesNotReadItsFdsIsRefusedMore) {
   Broker::max_unread_fds_per_uid = 4;
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   Broker::max_unread_fds_per_uid = 0;
   ASSERT_TRUE(broker.ok()) << broker.status();
@@ -282,7 +279,7 @@ int OpenFds() {
 // connection ended within 100 ms of the broker's last sweep: the loop
 // slept with no timeout, counting no retired socket.)
 TEST_F(BrokerTest, AConnectionEndedWithFdsUnreadIsLetGoOnceItsPeerCloses) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   const int before = OpenFds();
@@ -322,7 +319,7 @@ TEST_F(BrokerTest, ALoneClientIsAnsweredFromItsOwnCpu) {
   ASSERT_EQ(::sched_getaffinity(0, sizeof(ours), &ours), 0);
   if (CPU_COUNT(&ours) < 2) GTEST_SKIP() << "one CPU only: there is nothing to follow";
   LonePause pause(absl::Seconds(2));
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> c = ConnectBroker(path, absl::Seconds(5));
@@ -358,7 +355,7 @@ TEST_F(BrokerTest, ClientsTakingTurnsAreNotFollowed) {
   int cpu = 0;
   while (!CPU_ISSET(cpu, &ours)) ++cpu;
   LonePause pause(absl::Seconds(2));
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> a = ConnectBroker(path, absl::Seconds(5));
@@ -378,7 +375,7 @@ TEST_F(BrokerTest, ClientsTakingTurnsAreNotFollowed) {
 }
 
 TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   Broker::follow_client_cpu = false;
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   Broker::follow_client_cpu = true;
@@ -395,7 +392,7 @@ TEST_F(BrokerTest, FollowingCanBeTurnedOff) {
 // close would otherwise grow the broker's queue for 10 s at a time); those
 // still in their handshake keep theirs.
 TEST_F(BrokerTest, EndedHandshakesLeaveNoDeadlinesQueued) {
-  const std::string path = dir_ + "/broker.sock";
+  const std::string path = dir_ / "broker.sock";
   absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0600, core_.get());
   ASSERT_TRUE(broker.ok()) << broker.status();
   for (int i = 0; i < 300; ++i) {

@@ -11,13 +11,13 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
@@ -55,10 +55,7 @@ bool WaitFor(F done) {
 class GrpcListenerTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-grpc-listener-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/control.sock";
+    path_ = dir_ / "control.sock";
     absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
     ASSERT_TRUE(listener.ok()) << listener.status();
     grpc::ServerBuilder builder;
@@ -85,7 +82,6 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
     if (listener_) listener_->Stop();
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     listener_.reset();
-    std::filesystem::remove_all(dir_);
   }
 
   UniqueFd Raw() {
@@ -116,7 +112,8 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
   }
   uint32_t Mine() const { return listener_->held(::getuid()).of_uid; }
 
-  std::string dir_, path_;
+  testing::TempDir dir_{"grpc-listener"};
+  std::string path_;
   AlwaysServing service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<GrpcListener> listener_;
@@ -187,7 +184,7 @@ TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
   // The budget is the process's: let the lines earlier cases logged (root's
   // refusals among them) age out of its one-second window first.
   absl::SleepFor(absl::Milliseconds(1100));
-  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
   ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
   LogLines lines("control socket: refused a connection: ");
   // The refusal lines of `uid`'s connections (the test's admit names it).
@@ -265,7 +262,7 @@ TEST_P(GrpcListenerTest, FdsSentWithAnyByteNeverReachGrpc) {
   listener_->Stop();
   listener_.reset();
   const std::string old_path = path_;
-  path_ = dir_ + "/control2.sock";
+  path_ = dir_ / "control2.sock";
   absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
   ASSERT_TRUE(listener.ok()) << listener.status();
   limit_ = 100;
@@ -298,7 +295,7 @@ TEST_P(GrpcListenerTest, FdsSentWithAnyByteNeverReachGrpc) {
 TEST_P(GrpcListenerTest, ARefusedConnectionWithFdsQueuedHoldsNothing) {
   listener_->Stop();
   listener_.reset();
-  path_ = dir_ + "/control3.sock";
+  path_ = dir_ / "control3.sock";
   absl::StatusOr<BoundSocket> listener = BindUnixSocket(path_, SOCK_STREAM, 0600);
   ASSERT_TRUE(listener.ok()) << listener.status();
   limit_ = 2;

@@ -11,10 +11,10 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <vector>
 
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -54,15 +54,12 @@ class FakeNode : public DmaHeapNode {
 class FakeHeapDir {
  public:
   explicit FakeHeapDir(const std::vector<std::string>& heaps) {
-    char tmpl[] = "/tmp/dmaheap-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
-    for (const std::string& h : heaps) std::ofstream(path_ + "/" + h).put('\n');
+    for (const std::string& h : heaps) std::ofstream(dir_ / h).put('\n');
   }
-  ~FakeHeapDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
+  const std::string& path() const { return dir_.path(); }
 
  private:
-  std::string path_;
+  testing::TempDir dir_{"dmaheap-test"};
 };
 
 TEST(ChooseDmaHeapTest, NamedHeapMustExist) {

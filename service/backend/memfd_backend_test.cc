@@ -9,10 +9,10 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -256,10 +256,8 @@ TEST(MemfdBackendTest, AttachLimitsHoldOnlyWithoutUdmabuf) {
 // and one the running kernel lists can come at any time, so it counts from
 // the start.
 TEST(MemfdBackendTest, UdmabufThatComesLaterOrCanComeCounts) {
-  char tmpl[] = "/tmp/halloc-udmabuf-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
-  UdmabufSources sources{dir + "/dev-udmabuf", dir + "/sys-module-udmabuf", dir + "/modules"};
+  testing::TempDir dir("udmabuf");
+  UdmabufSources sources{dir / "dev-udmabuf", dir / "sys-module-udmabuf", dir / "modules"};
   ASSERT_EQ(::mkdir(sources.modules_dir.c_str(), 0755), 0);
   std::ofstream(sources.modules_dir + "/modules.dep")
       << "kernel/drivers/gpu/drm/vgem/vgem.ko.xz: kernel/drivers/gpu/drm/drm.ko.xz\n";
@@ -290,7 +288,6 @@ TEST(MemfdBackendTest, UdmabufThatComesLaterOrCanComeCounts) {
     EXPECT_FALSE(backend.CanLimitAttach());
     std::ofstream(sources.modules_dir + "/" + listed) << "";
   }
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -6,11 +6,11 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "absl/strings/match.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 #include "service/policy/policy.h"
 
@@ -22,20 +22,14 @@ constexpr char kRule[] =
 
 class PolicyLoadTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/halloc-policy-load-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
   std::string Write(const std::string& name, const std::string& text, mode_t mode) {
-    const std::string p = dir_ + "/" + name;
+    const std::string p = dir_ / name;
     std::ofstream(p) << text;
     EXPECT_EQ(::chmod(p.c_str(), mode), 0);
     return p;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"policy-load"};
 };
 
 TEST_F(PolicyLoadTest, HallocdsPolicyIsRootsOrItsOwnAndWritableByNoOneElse) {
@@ -62,7 +56,7 @@ TEST_F(PolicyLoadTest, HallocdsPolicyIsRootsOrItsOwnAndWritableByNoOneElse) {
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "belongs to uid 65534")) << s;
   // Nor through a directory another user could change.
-  const std::string sub = dir_ + "/theirs-dir";
+  const std::string sub = dir_ / "theirs-dir";
   ASSERT_EQ(::mkdir(sub.c_str(), 0755), 0);
   std::ofstream(sub + "/p.textproto") << kRule;
   ASSERT_EQ(::chown(sub.c_str(), 65534, 65534), 0);
@@ -74,12 +68,12 @@ TEST_F(PolicyLoadTest, HallocdsPolicyIsRootsOrItsOwnAndWritableByNoOneElse) {
 // on its main thread, ignored SIGTERM meanwhile), a device without end, a
 // directory, a file past the bound: refused at once.
 TEST_F(PolicyLoadTest, OnlyABoundedRegularFileIsRead) {
-  const std::string fifo = dir_ + "/fifo";
+  const std::string fifo = dir_ / "fifo";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
-  const std::string zero = dir_ + "/zero";
+  const std::string zero = dir_ / "zero";
   ASSERT_EQ(::symlink("/dev/zero", zero.c_str()), 0);
   for (Policy::Writer w : {Policy::Writer::kTrusted, Policy::Writer::kAnyone}) {
-    for (const std::string& p : {fifo, zero, dir_}) {
+    for (const std::string& p : {fifo, zero, dir_.path()}) {
       SCOPED_TRACE(p);
       EXPECT_EQ(Policy::Load(p, w).status().code(), absl::StatusCode::kFailedPrecondition)
           << Policy::Load(p, w).status();
@@ -88,8 +82,8 @@ TEST_F(PolicyLoadTest, OnlyABoundedRegularFileIsRead) {
   const std::string big =
       Write("big.textproto", std::string(Policy::kMaxFileBytes + 1, '#'), 0644);
   EXPECT_EQ(Policy::Load(big).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Policy::Load(dir_ + "/none").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(Policy::Load(dir_ + "/none", Policy::Writer::kAnyone).status().code(),
+  EXPECT_EQ(Policy::Load(dir_ / "none").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Policy::Load(dir_ / "none", Policy::Writer::kAnyone).status().code(),
             absl::StatusCode::kNotFound);
 }
 

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/registry.h"
@@ -49,18 +50,15 @@ TEST(PolicyTest, ExampleLoadsAndMatchesByUidInOrder) {
 class ExeFiles {
  public:
   ExeFiles() {
-    char tmpl[] = "/tmp/halloc-policy-test-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    for (const char* name : {"cam", "other"}) std::ofstream(dir_ + "/" + name) << name;
+    for (const char* name : {"cam", "other"}) std::ofstream(dir_ / name) << name;
   }
-  ~ExeFiles() { std::filesystem::remove_all(dir_); }
-  std::string Path(const char* name) const { return dir_ + "/" + name; }
+  std::string Path(const char* name) const { return dir_ / name; }
   Identity Runs(uid_t uid, gid_t gid, const char* name) const {
     return {uid, gid, 1, Path(name), FileIdOf(Path(name))};
   }
 
  private:
-  std::string dir_;
+  testing::TempDir dir_{"policy-test"};
 };
 
 TEST(PolicyTest, MatchCriteriaAllHold) {

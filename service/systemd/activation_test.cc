@@ -83,7 +83,7 @@ class ActivationTest : public ::testing::Test {
   }
 
   std::string activate_;
-  systemd_testing::TempDir dir_;
+  testing::TempDir dir_{"sd"};
   std::unique_ptr<Child> child_;
 };
 

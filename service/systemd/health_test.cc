@@ -68,7 +68,7 @@ class HealthTest : public ::testing::Test {
     return files;
   }
 
-  systemd_testing::TempDir dir_;
+  testing::TempDir dir_{"sd"};
   const std::string control_ = dir_ / "control.sock";
   std::unique_ptr<Child> hallocd_;
 };

@@ -60,7 +60,7 @@ class NotifyTest : public ::testing::Test {
     if (got != nullptr) *got = *std::move(m);
   }
 
-  systemd_testing::TempDir dir_;
+  testing::TempDir dir_{"sd"};
   const std::string control_ = dir_ / "control.sock";
   const std::string broker_ = dir_ / "broker.sock";
   NotifySocket notify_;

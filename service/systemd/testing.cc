@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -34,16 +33,6 @@ std::string SystemdTool(const std::string& name) {
     if (::access(p.c_str(), X_OK) == 0) return p;
   }
   return "";
-}
-
-TempDir::TempDir() {
-  char tmpl[] = "/tmp/halloc-sd-XXXXXX";
-  if (::mkdtemp(tmpl) != nullptr) path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  if (!path_.empty()) std::filesystem::remove_all(path_, ec);
 }
 
 absl::StatusOr<std::unique_ptr<Child>> Child::Start(const std::vector<std::string>& argv,

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"  // the tests' directories
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.pb.h"
 
@@ -23,19 +24,6 @@ namespace halloc::systemd_testing {
 std::string Runfile(const std::string& path);
 // systemd's tool `name` (/usr/bin, else /lib/systemd), or "" if missing.
 std::string SystemdTool(const std::string& name);
-
-// A new directory under /tmp (socket paths must stay short), removed with
-// everything in it when this goes.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 // A child process running argv[0] with `env` ("NAME=value") added to ours,
 // stdout and stderr to `log`. SIGKILLed and reaped when this goes (or when

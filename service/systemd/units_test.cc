@@ -104,7 +104,7 @@ class UnitsTest : public ::testing::Test {
   }
 
   std::string analyze_;
-  systemd_testing::TempDir dir_;
+  testing::TempDir dir_{"sd"};
   int runs_ = 0;
 };
 

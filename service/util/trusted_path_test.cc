@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 #include "service/util/fake_fuse_testing.h"
 
@@ -20,23 +21,15 @@ constexpr uid_t kOther = 65534;
 
 class TrustedPathTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/halloc-trusted-path-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   std::string Mkdir(const std::string& name, mode_t mode) {
-    const std::string p = dir_ + "/" + name;
+    const std::string p = dir_ / name;
     EXPECT_EQ(::mkdir(p.c_str(), 0700), 0) << p;
     EXPECT_EQ(::chmod(p.c_str(), mode), 0) << p;
     return p;
   }
   // Whether this process may give files away (root, with the uid mapped).
   bool CanChown() {
-    const std::string p = dir_ + "/probe";
+    const std::string p = dir_ / "probe";
     if (::mkdir(p.c_str(), 0700) != 0) return false;
     const bool ok = ::chown(p.c_str(), kOther, kOther) == 0;
     ::rmdir(p.c_str());
@@ -51,15 +44,15 @@ class TrustedPathTest : public ::testing::Test {
     return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"trusted-path", 0755};
 };
 
 TEST_F(TrustedPathTest, OpensWhatOpenWouldThroughLinksOfItsOwn) {
   const std::string a = Mkdir("a", 0755);
-  ASSERT_EQ(::symlink("a", (dir_ + "/rel").c_str()), 0);
-  ASSERT_EQ(::symlink(a.c_str(), (dir_ + "/abs").c_str()), 0);
+  ASSERT_EQ(::symlink("a", (dir_ / "rel").c_str()), 0);
+  ASSERT_EQ(::symlink(a.c_str(), (dir_ / "abs").c_str()), 0);
   ASSERT_EQ(::symlink("../a/.", (a + "/up").c_str()), 0);
-  for (const std::string& p : {a, dir_ + "/rel", dir_ + "/abs/", dir_ + "/a/up/up/./../a"}) {
+  for (const std::string& p : {a, dir_ / "rel", dir_ / "abs/", dir_ / "a/up/up/./../a"}) {
     SCOPED_TRACE(p);
     absl::StatusOr<UniqueFd> fd = OpenTrusted(p, O_PATH | O_DIRECTORY);
     ASSERT_TRUE(fd.ok()) << fd.status();
@@ -68,7 +61,7 @@ TEST_F(TrustedPathTest, OpensWhatOpenWouldThroughLinksOfItsOwn) {
   // A file, and relative to the working directory.
   { std::FILE* f = std::fopen((a + "/file").c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
   const std::string cwd = std::filesystem::current_path();
-  std::filesystem::current_path(dir_);
+  std::filesystem::current_path(dir_.path());
   absl::StatusOr<UniqueFd> file = OpenTrusted("rel/file", O_RDONLY);
   std::filesystem::current_path(cwd);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -77,13 +70,17 @@ TEST_F(TrustedPathTest, OpensWhatOpenWouldThroughLinksOfItsOwn) {
 }
 
 TEST_F(TrustedPathTest, MissingLoopingAndNotADirectory) {
-  EXPECT_EQ(OpenTrusted(dir_ + "/none/x", O_PATH).status().code(), absl::StatusCode::kNotFound);
-  ASSERT_EQ(::symlink("loop", (dir_ + "/loop").c_str()), 0);
-  absl::Status loop = OpenTrusted(dir_ + "/loop", O_PATH).status();
+  EXPECT_EQ(OpenTrusted(dir_ / "none/x", O_PATH).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_EQ(::symlink("loop", (dir_ / "loop").c_str()), 0);
+  absl::Status loop = OpenTrusted(dir_ / "loop", O_PATH).status();
   EXPECT_FALSE(loop.ok());
   EXPECT_TRUE(absl::StrContains(loop.message(), std::strerror(ELOOP))) << loop;
-  { std::FILE* f = std::fopen((dir_ + "/file").c_str(), "w"); ASSERT_NE(f, nullptr); std::fclose(f); }
-  EXPECT_FALSE(OpenTrusted(dir_ + "/file/x", O_PATH).ok());
+  {
+    std::FILE* f = std::fopen((dir_ / "file").c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fclose(f);
+  }
+  EXPECT_FALSE(OpenTrusted(dir_ / "file/x", O_PATH).ok());
 }
 
 // A directory others may write to, without the sticky bit: anything in it
@@ -130,8 +127,8 @@ TEST_F(TrustedPathTest, RefusesAnotherUsersLinkOrDirectoryInAStickyDirectory) {
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "who could swap")) << s;
   // Also when a link of one's own leads there.
-  ASSERT_EQ(::symlink((owned + "/inner").c_str(), (dir_ + "/via").c_str()), 0);
-  EXPECT_EQ(OpenTrusted(dir_ + "/via", O_PATH | O_DIRECTORY).status().code(),
+  ASSERT_EQ(::symlink((owned + "/inner").c_str(), (dir_ / "via").c_str()), 0);
+  EXPECT_EQ(OpenTrusted(dir_ / "via", O_PATH | O_DIRECTORY).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 
@@ -155,8 +152,8 @@ TEST_F(TrustedPathTest, RefusesAnythingOnFuse) {
     EXPECT_TRUE(absl::StrContains(s.message(), "FUSE")) << s;
   }
   // A link of root's own leading there neither.
-  ASSERT_EQ(::symlink((at + "/d").c_str(), (dir_ + "/to-fuse").c_str()), 0);
-  EXPECT_EQ(OpenTrusted(dir_ + "/to-fuse", O_PATH | O_DIRECTORY).status().code(),
+  ASSERT_EQ(::symlink((at + "/d").c_str(), (dir_ / "to-fuse").c_str()), 0);
+  EXPECT_EQ(OpenTrusted(dir_ / "to-fuse", O_PATH | O_DIRECTORY).status().code(),
             absl::StatusCode::kFailedPrecondition);
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unix_address.h"
 #include "gtest/gtest.h"
 
@@ -23,13 +24,6 @@ namespace {
 
 class UnixListenerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/halloc-listener-XXXXXX";  // short: sun_path is 108 bytes
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   // Whether a client of `type` can connect to `path`.
   static bool Connects(const std::string& path, int type) {
     absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
@@ -38,11 +32,11 @@ class UnixListenerTest : public ::testing::Test {
            ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) == 0;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"listener"};
 };
 
 TEST_F(UnixListenerTest, ListensWithTheModeGiven) {
-  const std::string path = dir_ + "/s.sock";
+  const std::string path = dir_ / "s.sock";
   absl::StatusOr<BoundSocket> fd = BindUnixSocket(path, SOCK_SEQPACKET, 0640);
   ASSERT_TRUE(fd.ok()) << fd.status();
   struct stat st;
@@ -53,7 +47,7 @@ TEST_F(UnixListenerTest, ListensWithTheModeGiven) {
 }
 
 TEST_F(UnixListenerTest, ReplacesAStaleSocketFile) {
-  const std::string path = dir_ + "/s.sock";
+  const std::string path = dir_ / "s.sock";
   { ASSERT_TRUE(BindUnixSocket(path, SOCK_STREAM, 0600).ok()); }  // closed: stale now
   ASSERT_TRUE(std::filesystem::exists(path));
   ASSERT_FALSE(Connects(path, SOCK_STREAM));
@@ -63,7 +57,7 @@ TEST_F(UnixListenerTest, ReplacesAStaleSocketFile) {
 }
 
 TEST_F(UnixListenerTest, NeverTakesOverALiveServersPath) {
-  const std::string path = dir_ + "/s.sock";
+  const std::string path = dir_ / "s.sock";
   for (int live_type : {SOCK_STREAM, SOCK_SEQPACKET}) {
     absl::StatusOr<BoundSocket> live = BindUnixSocket(path, live_type, 0600);
     ASSERT_TRUE(live.ok()) << live.status();
@@ -78,7 +72,7 @@ TEST_F(UnixListenerTest, NeverTakesOverALiveServersPath) {
 }
 
 TEST_F(UnixListenerTest, LeavesAFileThatIsNotASocketAlone) {
-  const std::string path = dir_ + "/not-a-socket";
+  const std::string path = dir_ / "not-a-socket";
   std::ofstream(path) << "keep me";
   EXPECT_EQ(BindUnixSocket(path, SOCK_STREAM, 0600).status().code(),
             absl::StatusCode::kAlreadyExists);
@@ -89,18 +83,18 @@ TEST_F(UnixListenerTest, LeavesAFileThatIsNotASocketAlone) {
 }
 
 TEST_F(UnixListenerTest, RefusesAPathTooLongOrEmpty) {
-  EXPECT_EQ(BindUnixSocket(dir_ + "/" + std::string(200, 'x'), SOCK_STREAM, 0600).status().code(),
+  EXPECT_EQ(BindUnixSocket(dir_ / std::string(200, 'x'), SOCK_STREAM, 0600).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(BindUnixSocket("", SOCK_STREAM, 0600).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(RemoveStaleSocket(dir_ + "/nothing-here").ok());
+  EXPECT_TRUE(RemoveStaleSocket(dir_ / "nothing-here").ok());
 }
 
 // Only a directory no other user can change: one owned by another uid, or
 // writable by others without the sticky bit, is refused before anything is
 // bound there.
 TEST_F(UnixListenerTest, RefusesADirectoryAnotherUserCouldChange) {
-  const std::string theirs = dir_ + "/theirs";
+  const std::string theirs = dir_ / "theirs";
   ASSERT_EQ(::mkdir(theirs.c_str(), 0755), 0);
   if (::chown(theirs.c_str(), 65534, 65534) != 0) {
     GTEST_SKIP() << "cannot give a directory to another uid here: " << std::strerror(errno);
@@ -109,7 +103,7 @@ TEST_F(UnixListenerTest, RefusesADirectoryAnotherUserCouldChange) {
   EXPECT_EQ(in_theirs.status().code(), absl::StatusCode::kFailedPrecondition) << in_theirs.status();
   EXPECT_FALSE(std::filesystem::exists(theirs + "/s.sock"));
 
-  const std::string open_dir = dir_ + "/open";
+  const std::string open_dir = dir_ / "open";
   ASSERT_EQ(::mkdir(open_dir.c_str(), 0755), 0);
   ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);
   absl::StatusOr<BoundSocket> in_open = BindUnixSocket(open_dir + "/s.sock", SOCK_STREAM, 0600);
@@ -127,10 +121,10 @@ TEST_F(UnixListenerTest, RefusesADirectoryAnotherUserCouldChange) {
 // and the user pointed the link at a directory of its own with its own
 // socket in it (a review helper's attack: root's hallocctl reached it).
 TEST_F(UnixListenerTest, RefusesAPathThroughALinkAnotherUserCouldRepoint) {
-  const std::string sticky = dir_ + "/sticky";
+  const std::string sticky = dir_ / "sticky";
   ASSERT_EQ(::mkdir(sticky.c_str(), 0755), 0);
   ASSERT_EQ(::chmod(sticky.c_str(), 01777), 0);
-  const std::string root_dir = dir_ + "/root-dir";
+  const std::string root_dir = dir_ / "root-dir";
   ASSERT_EQ(::mkdir(root_dir.c_str(), 0755), 0);
   const std::string link = sticky + "/hsock";
   ASSERT_EQ(::symlink(root_dir.c_str(), link.c_str()), 0);
@@ -148,7 +142,7 @@ TEST_F(UnixListenerTest, RefusesAPathThroughALinkAnotherUserCouldRepoint) {
 // it was when bound: a link in the path swapped since points elsewhere in
 // vain.
 TEST_F(UnixListenerTest, RemovesOnlyTheSocketItBound) {
-  const std::string real = dir_ + "/real", other = dir_ + "/other", link = dir_ + "/link";
+  const std::string real = dir_ / "real", other = dir_ / "other", link = dir_ / "link";
   ASSERT_EQ(::mkdir(real.c_str(), 0755), 0);
   ASSERT_EQ(::mkdir(other.c_str(), 0755), 0);
   ASSERT_EQ(::symlink(real.c_str(), link.c_str()), 0);
@@ -180,7 +174,7 @@ TEST_F(UnixListenerTest, RemovesOnlyTheSocketItBound) {
 // Out of fds, the waiting client is shown the door rather than left
 // hanging, accepting pauses, and the spare comes back.
 TEST_F(UnixListenerTest, AnAcceptGuardClosesTheWaitingConnectionWhenOutOfFds) {
-  const std::string path = dir_ + "/s.sock";
+  const std::string path = dir_ / "s.sock";
   absl::StatusOr<BoundSocket> listener = BindUnixSocket(path, SOCK_SEQPACKET, 0600);
   ASSERT_TRUE(listener.ok()) << listener.status();
   absl::StatusOr<AcceptGuard> guard = AcceptGuard::Create();

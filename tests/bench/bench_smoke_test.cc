@@ -10,7 +10,6 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 #include "tests/bench/child.h"
 #include "tests/integration/hallocd_process.h"
@@ -141,13 +141,11 @@ TEST(BenchSmokeTest, EveryRowIsProducedWithAFiniteValue) {
 // The alloc_lat worker's "key value" lines, run against a hallocd of
 // `backend` (hallocd and the worker started the way the suite starts them).
 std::map<std::string, double> AllocLatency(const std::string& backend) {
-  // Not TEST_TMPDIR: socket paths must stay short.
-  char tmpl[] = "/tmp/halloc-bench-smoke-XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) return {};
+  halloc::testing::TempDir dir("bench-smoke");
   std::map<std::string, double> values;
   {
     absl::StatusOr<std::unique_ptr<halloc::testing::HallocdProcess>> daemon =
-        halloc::testing::HallocdProcess::Start(tmpl, {.flags = {"--backend=" + backend}});
+        halloc::testing::HallocdProcess::Start(dir.path(), {.flags = {"--backend=" + backend}});
     EXPECT_TRUE(daemon.ok()) << daemon.status();
     if (daemon.ok()) {
       const halloc::ConnectOptions& o = (*daemon)->connect_options();
@@ -164,8 +162,6 @@ std::map<std::string, double> AllocLatency(const std::string& backend) {
       }
     }
   }  // hallocd is gone here
-  std::error_code ec;
-  std::filesystem::remove_all(tmpl, ec);
   return values;
 }
 

@@ -33,6 +33,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/test_child.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
@@ -85,22 +86,13 @@ inline std::string RunWithInput(const std::vector<std::string>& argv,
 
 class AbuseTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/halloc-abuse-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(tmpl, 0755);  // other uids reach the sockets in it
-
-  }
-  void TearDown() override {
-    daemon_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void SetUp() override {}
+  void TearDown() override { daemon_.reset(); }
   // Starts hallocd with `policy` (text), at most `nofile` fds when given.
   void StartDaemon(const std::string& policy, rlim_t nofile = 0,
                    std::vector<std::string> flags = {}) {
     absl::StatusOr<std::unique_ptr<HallocdProcess>> d =
-        HallocdProcess::Start(dir_, {policy, nofile, std::move(flags)});
+        HallocdProcess::Start(dir_.path(), {policy, nofile, std::move(flags)});
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
     pid_ = daemon_->pid();
@@ -134,7 +126,7 @@ class AbuseTest : public ::testing::Test {
                         "clients { name: \"others\" match { any: true } }\n");
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"abuse", 0755};
   ConnectOptions opts_;
   std::unique_ptr<HallocdProcess> daemon_;
   pid_t pid_ = -1;

@@ -415,7 +415,7 @@ TEST_F(AbuseTest, AnExecutablePathCannotForgeALogLine) {
   StartDaemon("clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
               "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
   const std::string forged = "W1201 00:00:00.000000 1 forged.cc:1] AUDIT forged";
-  const std::string evil = dir_ + "/evil\n" + forged;
+  const std::string evil = (dir_ / "evil\n") + forged;
   std::filesystem::copy_file(RealPath(Runfile("tests/integration/peer")), evil);
   std::filesystem::permissions(evil, std::filesystem::perms::owner_all);
   EXPECT_TRUE(absl::StartsWith(Peer(evil, "alloc 4096 0\n"), "ok "));

@@ -144,7 +144,7 @@ TEST_F(AbuseTest, TheTrustedRuleMatchesTheTrustedFileOnlyNotACopyOrABindMount) {
   StartDaemon(TrustedOnly(peer));
   EXPECT_TRUE(absl::StartsWith(Peer(peer, "alloc 4096 0\n"), "ok ")) << Log();
   // A copy is another file.
-  const std::string copy = dir_ + "/peer-copy";
+  const std::string copy = dir_ / "peer-copy";
   std::filesystem::copy_file(peer, copy);
   std::filesystem::permissions(copy, std::filesystem::perms::owner_all);
   EXPECT_EQ(Peer(copy, "alloc 4096 0\n"), "err PERMISSION_DENIED\n");

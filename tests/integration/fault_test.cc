@@ -27,7 +27,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -44,6 +43,7 @@
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/test_child.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
@@ -110,24 +110,17 @@ class FaultTest : public ::testing::Test {
  protected:
   void SetUp() override {
     signal(SIGPIPE, SIG_IGN);  // writes to peers that died fail instead
-    char tmpl[] = "/tmp/halloc-fault-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    chmod(tmpl, 0755);  // other uids reach the sockets in it
-    opts_.control_socket = dir_ + "/control.sock";
-    opts_.broker_socket = dir_ + "/broker.sock";
+    opts_.control_socket = dir_ / "control.sock";
+    opts_.broker_socket = dir_ / "broker.sock";
     opts_.timeout = absl::Seconds(5);
   }
-  void TearDown() override {
-    KillDaemon();
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { KillDaemon(); }
 
   // Starts hallocd (another one on the same paths each time: it replaces
   // the stale sockets of the last), its stderr in a new log.
   void StartDaemon(const std::string& policy = kPermissive) {
     absl::StatusOr<std::unique_ptr<HallocdProcess>> d =
-        HallocdProcess::Start(dir_, {policy, 0, {}});
+        HallocdProcess::Start(dir_.path(), {policy, 0, {}});
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
     pid_ = daemon_->pid();
@@ -214,7 +207,7 @@ class FaultTest : public ::testing::Test {
     return last;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"fault", 0755};
   ConnectOptions opts_;
   std::unique_ptr<HallocdProcess> daemon_;
   pid_t pid_ = -1;

@@ -3,12 +3,12 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "tests/integration/hallocd_process.h"
@@ -20,17 +20,9 @@ using testing::HallocdProcess;
 
 class FdTableTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/halloc-fdtable-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    daemon_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { daemon_.reset(); }
 
-  std::string dir_;
+  testing::TempDir dir_{"fdtable"};
   std::unique_ptr<HallocdProcess> daemon_;
 };
 
@@ -42,7 +34,7 @@ TEST_F(FdTableTest, EveryonesBuffersStopAtTheRoomAndHallocdStillServes) {
   // uid would fill the table and hallocd would accept nobody.
   constexpr rlim_t kFds = 512;
   absl::StatusOr<std::unique_ptr<HallocdProcess>> d =
-      HallocdProcess::Start(dir_, {"", kFds, {"--backend=memfd-pool"}});
+      HallocdProcess::Start(dir_.path(), {"", kFds, {"--backend=memfd-pool"}});
   ASSERT_TRUE(d.ok()) << d.status();
   daemon_ = *std::move(d);
   absl::StatusOr<Client> c = Client::Connect(daemon_->connect_options());

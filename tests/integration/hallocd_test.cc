@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 
@@ -31,16 +32,10 @@ std::string HallocdPath() {
 class HallocdTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/hallocd-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    opts_.control_socket = dir_ + "/control.sock";
-    opts_.broker_socket = dir_ + "/broker.sock";
+    opts_.control_socket = dir_ / "control.sock";
+    opts_.broker_socket = dir_ / "broker.sock";
   }
-  void TearDown() override {
-    daemon_ = Subprocess();  // SIGKILLed and reaped
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { daemon_ = Subprocess(); }  // SIGKILLed and reaped
   // hallocd on this test's sockets, with `more` flags.
   absl::StatusOr<Subprocess> Spawn(std::vector<std::string> more = {}) {
     SpawnOptions o;
@@ -64,7 +59,7 @@ class HallocdTest : public ::testing::Test {
   }
   int WaitExit() { return *daemon_.Wait(); }
 
-  std::string dir_;
+  testing::TempDir dir_{"hallocd-test"};
   ConnectOptions opts_;
   Subprocess daemon_;
 };
@@ -93,7 +88,7 @@ TEST_F(HallocdTest, ServesAndExitsCleanlyOnSigterm) {
 }
 
 TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
-  const std::string file = dir_ + "/policy.textproto";
+  const std::string file = dir_ / "policy.textproto";
   auto write = [&](const std::string& text) {
     FILE* f = fopen(file.c_str(), "w");
     fputs(text.c_str(), f);
@@ -213,14 +208,14 @@ TEST_F(HallocdTest, RefusesAUserSocketDirThatIsALink) {
                    << " here (not root, or a user namespace that maps only one uid)";
     }
   }
-  const std::string run = dir_ + "/run", elsewhere = dir_ + "/elsewhere";
-  ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+  const std::string run = dir_ / "run", elsewhere = dir_ / "elsewhere";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
   for (const std::string& d : {run, elsewhere}) {
     ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
     ASSERT_EQ(::chown(d.c_str(), kUser, kUser), 0);
   }
   ASSERT_EQ(::symlink(elsewhere.c_str(), (run + "/halloc").c_str()), 0);
-  const std::string log = dir_ + "/stderr";
+  const std::string log = dir_ / "stderr";
   auto start = [&]() -> absl::StatusOr<Subprocess> {
     SpawnOptions o{.argv = setpriv};
     o.argv.push_back(HallocdPath());

@@ -16,9 +16,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/testing/test_daemon.h"
-#include "tests/integration/peer_process.h"
 #include "gtest/gtest.h"
+#include "tests/integration/peer_process.h"
 
 namespace halloc {
 namespace {
@@ -37,10 +38,7 @@ class PolicyTest : public ::testing::Test {
       GTEST_SKIP() << "cannot switch uids here (not root, or a user namespace "
                       "without them): the multi-client policy test needs real uids";
     }
-    char tmpl[] = "/tmp/halloc-policy-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    policy_dir_ = tmpl;
-    policy_file_ = policy_dir_ + "/policy.textproto";
+    policy_file_ = policy_dir_ / "policy.textproto";
     std::filesystem::copy_file(Runfile("service/policy/example.textproto"), policy_file_);
     // hallocd reads no group-writable policy (a checkout made under umask 002).
     std::filesystem::permissions(policy_file_, std::filesystem::perms(0644));
@@ -57,7 +55,6 @@ class PolicyTest : public ::testing::Test {
   void TearDown() override {
     admin_.reset();
     daemon_.reset();
-    if (!policy_dir_.empty()) std::filesystem::remove_all(policy_dir_);
   }
   std::unique_ptr<Peer> Start(uid_t uid) {
     return std::make_unique<Peer>(Runfile("tests/integration/peer"), daemon_->connect_options(), uid);
@@ -85,7 +82,8 @@ class PolicyTest : public ::testing::Test {
     return false;
   }
 
-  std::string policy_dir_, policy_file_;
+  testing::TempDir policy_dir_{"policy"};
+  std::string policy_file_;
   std::unique_ptr<testing::TestDaemon> daemon_;
   std::optional<Client> admin_;
 };

@@ -3,15 +3,14 @@
 // pass `promtool check metrics`, and a real Prometheus server scrapes the
 // endpoint and answers queries with hallocd's figures.
 #include <arpa/inet.h>
-#include <netinet/in.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -19,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
@@ -82,9 +82,6 @@ std::pair<int, std::string> Shell(const std::string& cmd) {
 class PrometheusTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-prom-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     port_ = FreePort();
     ASSERT_NE(port_, 0);
     HallocdProcess::Options o;
@@ -93,7 +90,7 @@ class PrometheusTest : public ::testing::Test {
         "clients { name: \"app\" match { any: true } usages: \"*\" heaps: \"*\" "
         "max_cpu_access: CPU_ACCESS_READ_WRITE quota_buffers: 2 }\n";
     o.flags = {absl::StrCat("--metrics_address=127.0.0.1:", port_)};
-    absl::StatusOr<std::unique_ptr<HallocdProcess>> d = HallocdProcess::Start(dir_, o);
+    absl::StatusOr<std::unique_ptr<HallocdProcess>> d = HallocdProcess::Start(dir_.path(), o);
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
     absl::StatusOr<Client> c = Client::Connect(daemon_->connect_options());
@@ -110,10 +107,9 @@ class PrometheusTest : public ::testing::Test {
   void TearDown() override {
     client_.reset();
     daemon_.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  std::string dir_;
+  TempDir dir_{"prom"};
   uint16_t port_ = 0;
   std::unique_ptr<HallocdProcess> daemon_;
   std::optional<Client> client_;
@@ -124,9 +120,7 @@ class PrometheusTest : public ::testing::Test {
 // its first client): the allocator serves all the same, and the metrics
 // once the port is free. Before, hallocd exited.
 TEST(PrometheusPortTest, ATakenPortDoesNotKeepHallocdDown) {
-  char tmpl[] = "/tmp/halloc-prom-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
+  TempDir dir("prom");
   int squatter = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_GE(squatter, 0);
   sockaddr_in addr{};
@@ -139,7 +133,7 @@ TEST(PrometheusPortTest, ATakenPortDoesNotKeepHallocdDown) {
   const uint16_t port = ntohs(addr.sin_port);
   HallocdProcess::Options o;
   o.flags = {absl::StrCat("--metrics_address=127.0.0.1:", port)};
-  absl::StatusOr<std::unique_ptr<HallocdProcess>> d = HallocdProcess::Start(dir, o);
+  absl::StatusOr<std::unique_ptr<HallocdProcess>> d = HallocdProcess::Start(dir.path(), o);
   ASSERT_TRUE(d.ok()) << d.status();
   {
     absl::StatusOr<Client> c = Client::Connect((*d)->connect_options());
@@ -154,7 +148,6 @@ TEST(PrometheusPortTest, ATakenPortDoesNotKeepHallocdDown) {
   }
   EXPECT_TRUE(absl::StrContains(body, "halloc_")) << "no metrics once the port was free";
   d->reset();
-  std::filesystem::remove_all(dir);
 }
 
 TEST_F(PrometheusTest, EndpointServesHallocdsFiguresAndPassesPromtool) {
@@ -166,7 +159,7 @@ TEST_F(PrometheusTest, EndpointServesHallocdsFiguresAndPassesPromtool) {
       << text;
   EXPECT_TRUE(absl::StrContains(text, "halloc_denials_total{rule=\"app\"} 1\n")) << text;
   EXPECT_TRUE(absl::StrContains(text, "halloc_allocate_latency_seconds_count 2\n")) << text;
-  const std::string file = dir_ + "/metrics.prom";
+  const std::string file = dir_ / "metrics.prom";
   std::ofstream(file) << text;
   auto [rc, out] = Shell(absl::StrCat("promtool check metrics < ", file));
   EXPECT_EQ(rc, 0) << out;
@@ -177,7 +170,7 @@ TEST_F(PrometheusTest, EndpointServesHallocdsFiguresAndPassesPromtool) {
 // node_exporter's textfile collector reads what hallocctl writes.
 TEST_F(PrometheusTest, HallocctlStatsPrometheusPassesPromtoolAndAgrees) {
   const ConnectOptions& c = daemon_->connect_options();
-  const std::string file = dir_ + "/halloc.prom";
+  const std::string file = dir_ / "halloc.prom";
   auto [rc, out] = Shell(absl::StrCat(Runfile("clients/cli/hallocctl"),
                                     " --control_socket=", c.control_socket,
                                     " --broker_socket=", c.broker_socket,
@@ -195,18 +188,18 @@ TEST_F(PrometheusTest, HallocctlStatsPrometheusPassesPromtoolAndAgrees) {
 TEST_F(PrometheusTest, ARealPrometheusScrapesIt) {
   const uint16_t web = FreePort();
   ASSERT_NE(web, 0);
-  const std::string config = dir_ + "/prometheus.yml";
+  const std::string config = dir_ / "prometheus.yml";
   std::ofstream(config) << "global:\n  scrape_interval: 1s\n"
                         << "scrape_configs:\n  - job_name: hallocd\n"
                         << "    static_configs:\n      - targets: ['127.0.0.1:" << port_
                         << "']\n";
-  UniqueFd log(::open((dir_ + "/prometheus.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                      0600));
+  UniqueFd log(
+      ::open((dir_ / "prometheus.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   UniqueFd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
   ASSERT_TRUE(log && null);
   SpawnOptions o;
   o.argv = {"/usr/bin/prometheus", "--config.file=" + config,
-            "--storage.tsdb.path=" + dir_ + "/tsdb",
+            "--storage.tsdb.path=" + (dir_ / "tsdb"),
             absl::StrCat("--web.listen-address=127.0.0.1:", web)};
   o.stdout_fd = null.get();
   o.stderr_fd = log.get();
@@ -221,7 +214,7 @@ TEST_F(PrometheusTest, ARealPrometheusScrapesIt) {
     absl::SleepFor(absl::Milliseconds(250));
   }
   prometheus->Stop(absl::ZeroDuration());
-  std::ifstream log_file(dir_ + "/prometheus.log");
+  std::ifstream log_file(dir_ / "prometheus.log");
   const std::string log_text((std::istreambuf_iterator<char>(log_file)), {});
   ASSERT_TRUE(absl::StrContains(answer, "\"result\":[{"))
       << "no scrape in 60 s: " << answer << "\n" << log_text.substr(0, 4000);

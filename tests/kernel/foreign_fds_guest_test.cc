@@ -9,22 +9,22 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unix_address.h"
-#include "clients/cpp/halloc/client.h"
 #include "clients/cpp/halloc/broker_conn.h"
+#include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
-#include "service/daemon.h"
-#include "service/util/unix_listener.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/broker.pb.h"
+#include "service/daemon.h"
 #include "service/util/lingering_socket.h"
+#include "service/util/unix_listener.h"
 
 namespace halloc_test {
 namespace {
@@ -78,18 +78,14 @@ class ForeignFdsGuestTest : public ::testing::Test {
   void SetUp() override {
     if (HasPassRights()) GTEST_SKIP() << "this kernel refuses fds at the sender (SO_PASSRIGHTS)";
     ASSERT_TRUE(LoopbackUp());
-    char tmpl[] = "/tmp/halloc-foreign-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     options_ = halloc::testing::TestDaemon::DefaultOptions();
-    options_.control_socket = dir_ + "/control.sock";
-    options_.broker_socket = dir_ + "/broker.sock";
+    options_.control_socket = dir_ / "control.sock";
+    options_.broker_socket = dir_ / "broker.sock";
   }
   void TearDown() override {
     for (LingeringSocket& l : lingering_) l.Release();
     if (daemon_) daemon_->Shutdown(absl::ZeroDuration());
     daemon_.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // A listening socket of `type` at `path`, for the daemon to be handed.
@@ -114,7 +110,7 @@ class ForeignFdsGuestTest : public ::testing::Test {
     daemon_ = *std::move(daemon);
   }
 
-  std::string dir_;
+  halloc::testing::TempDir dir_{"foreign"};
   halloc::DaemonOptions options_;
   std::vector<LingeringSocket> lingering_;
   std::unique_ptr<halloc::Daemon> daemon_;

@@ -13,7 +13,6 @@
 
 #include <atomic>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -24,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
@@ -47,21 +47,15 @@ struct Sample {
 class LoadTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-load-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
     // The unpooled backend: every fd hallocd holds after the run is a leak
     // (the pool's stock, by design, would hold some for 10 s).
     absl::StatusOr<std::unique_ptr<testing::HallocdProcess>> d =
-        testing::HallocdProcess::Start(dir_, {"", 0, {"--backend=memfd"}});
+        testing::HallocdProcess::Start(dir_.path(), {"", 0, {"--backend=memfd"}});
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = *std::move(d);
     opts_ = daemon_->connect_options();
   }
-  void TearDown() override {
-    daemon_.reset();
-    std::filesystem::remove_all(dir_);
-  }
+  void TearDown() override { daemon_.reset(); }
   Sample Measure() const { return {daemon_->Fds(), daemon_->Threads(), daemon_->RssKib()}; }
   // A sample once hallocd's fd count has held still for 300 ms (a session
   // that just ended may still be closing on a starved machine), 10 s at most.
@@ -87,7 +81,7 @@ class LoadTest : public ::testing::Test {
     return s;
   }
 
-  std::string dir_;
+  testing::TempDir dir_{"load"};
   ConnectOptions opts_;
   std::unique_ptr<testing::HallocdProcess> daemon_;
 };

@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <filesystem>
 #include <functional>
 #include <set>
 #include <thread>
@@ -22,6 +21,8 @@
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/cpp/halloc/fake_broker.h"
@@ -273,14 +274,12 @@ TEST(ClientBrokerTest, RequestsSayWhichCpuTheyComeFrom) {
 }
 
 TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
-  char tmpl[] = "/tmp/halloc-fake-XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
+  testing::TempDir dir("fake");
   UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string path = dir + "/broker.sock";
-  strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string path = dir / "broker.sock";
+  const absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
   ASSERT_EQ(::listen(listener.get(), 1), 0);
   std::thread refuse([&] {
     UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -291,12 +290,11 @@ TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
   });
   ConnectOptions o;
   o.broker_socket = path;
-  o.control_socket = dir + "/control.sock";
+  o.control_socket = dir / "control.sock";
   absl::StatusOr<Client> c = Client::Connect(o);
   refuse.join();
   EXPECT_EQ(c.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(c.status().message(), "uid 5 holds 3 connections");
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

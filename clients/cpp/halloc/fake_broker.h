@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <functional>
 #include <string>
 #include <thread>
@@ -24,8 +23,11 @@
 #include "clients/cpp/halloc/base/open_fds.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/base/unix_address.h"
 #include "clients/cpp/halloc/client.h"
+#include "gtest/gtest.h"
 #include "halloc/v1/broker.pb.h"
 
 namespace halloc {
@@ -39,28 +41,26 @@ class FakeBroker {
   // `broker_import`: its Welcome says it serves Import on the socket.
   explicit FakeBroker(Answer answer, bool broker_import = false)
       : answer_(std::move(answer)), broker_import_(broker_import) {
-    char tmpl[] = "/tmp/halloc-fake-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    path_ = dir_ + "/broker.sock";
+    path_ = dir_ / "broker.sock";
     listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
-    ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-    ::listen(listener_.get(), 4);
+    const absl::StatusOr<sockaddr_un> addr = UnixAddress(path_);
+    if (!addr.ok() ||
+        ::bind(listener_.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0 ||
+        ::listen(listener_.get(), 4) != 0) {
+      ADD_FAILURE() << "FakeBroker cannot listen on " << path_;
+    }
     thread_ = std::thread([this] { Serve(); });
   }
   ~FakeBroker() {
     ::shutdown(listener_.get(), SHUT_RDWR);
     if (conn_) ::shutdown(conn_.get(), SHUT_RDWR);
     thread_.join();
-    std::filesystem::remove_all(dir_);
   }
   // `timeout`: long by default, so that a starved machine fails no call.
   ConnectOptions options(absl::Duration timeout = absl::Seconds(10)) const {
     ConnectOptions o;
     o.broker_socket = path_;
-    o.control_socket = dir_ + "/control.sock";  // never used here
+    o.control_socket = dir_ / "control.sock";  // never used here
     o.timeout = timeout;
     return o;
   }
@@ -88,7 +88,7 @@ class FakeBroker {
   void Send(const v1::BrokerFrame& frame, std::vector<int> fds) {
     (void)SendRecord(conn_.get(), frame.SerializeAsString(), fds, false);
   }
-  std::string control_socket() const { return dir_ + "/control.sock"; }
+  std::string control_socket() const { return dir_ / "control.sock"; }
 
   static void Reply(int sock, v1::BrokerReply reply, std::vector<int> fds = {}) {
     v1::BrokerFrame frame;
@@ -133,7 +133,8 @@ class FakeBroker {
 
   Answer answer_;
   const bool broker_import_;
-  std::string dir_, path_;
+  TempDir dir_{"fake"};
+  std::string path_;
   UniqueFd listener_, conn_;
   std::thread thread_;
   absl::Mutex mu_;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/functional/function_ref.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -19,19 +20,12 @@ namespace {
 class ProtocolTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/halloc-protocol-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    xdg_ = tmpl;
-    ASSERT_EQ(::chmod(xdg_.c_str(), 0755), 0);
-    ASSERT_EQ(::mkdir((xdg_ + "/halloc").c_str(), 0755), 0);
-    std::ofstream(xdg_ + "/halloc/broker.sock") << "";  // a user's own hallocd's
-    ::setenv("XDG_RUNTIME_DIR", xdg_.c_str(), 1);
+    ASSERT_EQ(::mkdir((xdg_ / "halloc").c_str(), 0755), 0);
+    std::ofstream(xdg_ / "halloc/broker.sock") << "";  // a user's own hallocd's
+    ::setenv("XDG_RUNTIME_DIR", xdg_.path().c_str(), 1);
   }
-  void TearDown() override {
-    ::unsetenv("XDG_RUNTIME_DIR");
-    std::filesystem::remove_all(xdg_);
-  }
-  std::string xdg_;
+  void TearDown() override { ::unsetenv("XDG_RUNTIME_DIR"); }
+  testing::TempDir xdg_{"protocol", 0755};
 };
 
 // Root's hallocd serves the machine from /run/halloc: an XDG_RUNTIME_DIR
@@ -89,9 +83,9 @@ std::string ClientSocketDirOfAUser(bool unset = false) {
 // (a login session always has XDG_RUNTIME_DIR set).
 TEST_F(ProtocolTest, AUsersClientFindsItsOwnHallocdElseTheMachines) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a child as another uid";
-  EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ + "/halloc");
+  EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ / "halloc");
   EXPECT_EQ(ClientSocketDirOfAUser(/*unset=*/true), "/run/halloc");
-  std::filesystem::remove(xdg_ + "/halloc/broker.sock");
+  std::filesystem::remove(xdg_ / "halloc/broker.sock");
   EXPECT_EQ(ClientSocketDirOfAUser(), "/run/halloc") << "nothing of the user's own there";
 }
 
@@ -101,9 +95,9 @@ TEST_F(ProtocolTest, AUsersClientFindsItsOwnHallocdElseTheMachines) {
 // broker socket that gave it.
 TEST_F(ProtocolTest, TheTwoSocketsAreNeverFoundInTwoDirectories) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a child as another uid";
-  std::filesystem::remove(xdg_ + "/halloc/broker.sock");
-  std::ofstream(xdg_ + "/halloc/control.sock") << "";
-  EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ + "/halloc");
+  std::filesystem::remove(xdg_ / "halloc/broker.sock");
+  std::ofstream(xdg_ / "halloc/control.sock") << "";
+  EXPECT_EQ(ClientSocketDirOfAUser(), xdg_ / "halloc");
 }
 
 // What the probe (protocol_env_probe) says, run as uid 65534 from a copy of
@@ -134,9 +128,10 @@ std::string ProbeAsAUser(const std::string& dir, mode_t mode) {
 // hallocd. The same binary without the bit does honour both.
 TEST_F(ProtocolTest, APrivilegedProgramTakesNoSocketFromItsCallersEnvironment) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a set-group-ID probe as another uid";
-  const std::string plain = ProbeAsAUser(xdg_, 0755);
-  EXPECT_EQ(plain, "secure=0\nbroker=" + xdg_ + "/users.sock\ndir=" + xdg_ + "/halloc\n");
-  const std::string setgid = ProbeAsAUser(xdg_, 02755);
+  const std::string plain = ProbeAsAUser(xdg_.path(), 0755);
+  EXPECT_EQ(plain,
+            "secure=0\nbroker=" + (xdg_ / "users.sock") + "\ndir=" + (xdg_ / "halloc") + "\n");
+  const std::string setgid = ProbeAsAUser(xdg_.path(), 02755);
   if (setgid.rfind("secure=0", 0) == 0) {
     GTEST_SKIP() << "exec of a set-group-ID file gave no AT_SECURE here (nosuid mount or "
                     "no_new_privs?): "
