@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
@@ -57,6 +58,27 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   return d;
 }
 
+void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch,
+                     grpc::ServerBuilder& builder) {
+  grpc::ResourceQuota quota("hallocd");
+  quota.SetMaxThreads(options.grpc_max_threads);
+  builder.SetMaxReceiveMessageSize(options.grpc_max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             options.grpc_max_streams_per_connection);
+  // What gRPC holds of requests not yet complete (see
+  // DaemonOptions::grpc_max_memory_bytes): each call's window one request
+  // (and a frame's header, and slack), not grown by BDP probing; all of
+  // them together the quota's memory.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                             options.grpc_max_message_bytes + 1024);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  quota.Resize(static_cast<size_t>(options.grpc_max_memory_bytes));
+  builder.SetResourceQuota(quota);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> watchers;
+  watchers.push_back(watch->NewFactory());
+  builder.experimental().SetInterceptorCreators(std::move(watchers));
+}
+
 absl::Status Daemon::StartControl(UniqueFd inherited) {
   const std::string& control = options_.control_socket;
   // hallocd accepts on the control socket itself (systemd's, or one it
@@ -83,20 +105,8 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
           std::string(grpc::reflection::v1alpha::ServerReflection::service_full_name())},
       control_peers_);
   builder.RegisterService(reflection_.get());
-  grpc::ResourceQuota quota("hallocd");
-  quota.SetMaxThreads(options_.grpc_max_threads);
-  builder.SetMaxReceiveMessageSize(options_.grpc_max_message_bytes);
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
-                             options_.grpc_max_streams_per_connection);
-  // What gRPC holds of requests not yet complete (see
-  // DaemonOptions::grpc_max_memory_bytes): each call's window one request
-  // (and a frame's header, and slack), not grown by BDP probing; all of
-  // them together the quota's memory.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
-                             options_.grpc_max_message_bytes + 1024);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  quota.Resize(static_cast<size_t>(options_.grpc_max_memory_bytes));
-  builder.SetResourceQuota(quota);
+  reply_watch_ = std::make_unique<ReplyWatch>(options_.grpc_replies, control_peers_);
+  ApplyGrpcLimits(options_, reply_watch_.get(), builder);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr) {
     return absl::UnavailableError(

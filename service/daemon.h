@@ -19,10 +19,12 @@
 #include "service/allocator.h"
 #include "service/broker.h"
 #include "service/control_peers.h"
+#include "service/reply_watch.h"
 #include "service/util/unix_listener.h"
 
 namespace grpc {
 class Server;
+class ServerBuilder;
 }
 
 namespace halloc {
@@ -73,10 +75,18 @@ struct DaemonOptions {
   // connections of such calls took hallocd's peak RSS up by ~227 MiB at
   // 64 MiB (~382 MiB at 128 MiB, ~924 MiB unbounded).
   int64_t grpc_max_memory_bytes = int64_t{64} << 20;
+  // How long a gRPC reply may wait for its client to read it, and how many
+  // of one uid's may wait long (service/reply_watch.h).
+  ReplyWatch::Options grpc_replies;
   // Where to serve Prometheus metrics (GET /metrics): "127.0.0.1:PORT" or
   // "[::1]:PORT" (service/metrics/http_server.h); empty: not served.
   std::string metrics_address;
 };
+
+// The gRPC server's limits from `options` (threads, streams, message
+// size, transport memory) and `watch` on its replies: hallocd's control
+// server, and tests that stand in for it.
+void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch, grpc::ServerBuilder& builder);
 
 // Sockets already listening that hallocd was handed (systemd socket
 // activation, see service/systemd/activation.h). A valid one is served
@@ -119,6 +129,8 @@ class Daemon {
   std::unique_ptr<AllocatorService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<ReflectionService> reflection_;
+  // Outlives server_, whose calls it watches.
+  std::unique_ptr<ReplyWatch> reply_watch_;
   std::unique_ptr<grpc::Server> server_;
   // Accepts for server_ on the control socket, systemd's or our own.
   std::unique_ptr<GrpcListener> control_listener_;

@@ -1,0 +1,155 @@
+#include "service/reply_watch.h"
+
+#include <glog/logging.h>
+#include <grpcpp/server_context.h>
+
+#include <algorithm>
+#include <utility>
+
+namespace halloc {
+
+using grpc::experimental::InterceptionHookPoints;
+
+// One per call. gRPC runs a call's hooks one at a time, on the thread that
+// serves it; its post-send hook runs on that thread, which waits for the
+// send, before the call (and its context) can end. So a reply noted as
+// waiting is always ended here while its context lives, and the watch's
+// thread, which cancels under the watch's lock, never reaches a context
+// that is going away.
+class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
+ public:
+  Interceptor(ReplyWatch* watch, grpc::ServerContextBase* call) : watch_(watch), call_(call) {}
+  ~Interceptor() override {
+    if (waiting_) watch_->End(call_);  // never, short of a gRPC change
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
+    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE) && !waiting_) {
+      if (!uid_looked_up_) {
+        uid_ = ControlPeers::LimitUid(watch_->peers_.get(), call_->peer());
+        uid_looked_up_ = true;
+      }
+      waiting_ = true;
+      watch_->Begin(call_, uid_);
+    }
+    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_SEND_MESSAGE) && waiting_) {
+      waiting_ = false;
+      watch_->End(call_);
+    }
+    m->Proceed();
+  }
+
+ private:
+  ReplyWatch* const watch_;
+  grpc::ServerContextBase* const call_;
+  bool waiting_ = false;
+  bool uid_looked_up_ = false;
+  std::optional<uid_t> uid_;
+};
+
+class ReplyWatch::Factory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit Factory(ReplyWatch* watch) : watch_(watch) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new Interceptor(watch_, info->server_context());
+  }
+
+ private:
+  ReplyWatch* const watch_;
+};
+
+ReplyWatch::ReplyWatch(Options options, std::shared_ptr<const ControlPeers> peers)
+    : options_(options), peers_(std::move(peers)), thread_([this] { Run(); }) {}
+
+ReplyWatch::~ReplyWatch() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  thread_.join();
+}
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> ReplyWatch::NewFactory() {
+  return std::make_unique<Factory>(this);
+}
+
+void ReplyWatch::Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  waiting_[call] = Waiting{uid, now};
+  next_ = std::min(next_, now + options_.stuck_after);
+}
+
+void ReplyWatch::Forget(const Waiting& w) {
+  if (!w.counted) return;
+  if (--by_uid_[w.uid] == 0) by_uid_.erase(w.uid);
+}
+
+void ReplyWatch::End(grpc::ServerContextBase* call) {
+  absl::MutexLock lock(&mu_);
+  auto it = waiting_.find(call);
+  if (it == waiting_.end()) return;  // cancelled by the watch already
+  Forget(it->second);
+  waiting_.erase(it);
+}
+
+absl::Time ReplyWatch::Sweep(absl::Time now) {
+  absl::Time next = absl::InfiniteFuture();
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    Waiting& w = it->second;
+    bool cancel = now - w.since >= options_.timeout;
+    if (!cancel && !w.counted && now - w.since >= options_.stuck_after) {
+      int& n = by_uid_[w.uid];
+      if (n < options_.per_uid) {
+        ++n;
+        w.counted = true;
+      } else {
+        cancel = true;
+      }
+    }
+    if (!cancel) {
+      next = std::min(next, w.since + (w.counted ? options_.timeout : options_.stuck_after));
+      ++it;
+      continue;
+    }
+    // Its thread waits in gRPC for the send; cancelling ends that wait
+    // (and runs no hook of ours on this thread).
+    it->first->TryCancel();
+    ++cancelled_;
+    LOG_EVERY_N(WARNING, 100) << "gRPC: cancelled a call whose client did not read its reply ("
+                              << (w.counted ? "waited too long" : "its uid's limit of waiting replies")
+                              << "; " << google::COUNTER << " such so far)";
+    Forget(w);
+    waiting_.erase(it++);
+  }
+  return next;
+}
+
+void ReplyWatch::Run() {
+  absl::MutexLock lock(&mu_);
+  while (!stop_) {
+    // Asleep until the earliest time a reply is due to be counted or
+    // cancelled, or a Begin brings that forward.
+    const absl::Time deadline = next_;
+    auto changed = [this, deadline]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stop_ || next_ < deadline;
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&changed), deadline);
+    if (stop_) break;
+    const absl::Time now = absl::Now();
+    if (now >= next_) next_ = Sweep(now);
+  }
+}
+
+int ReplyWatch::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(waiting_.size());
+}
+
+uint64_t ReplyWatch::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+}  // namespace halloc

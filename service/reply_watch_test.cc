@@ -1,0 +1,224 @@
+// ReplyWatch on a server built as hallocd builds its control server
+// (ApplyGrpcLimits), with raw HTTP/2 clients that never read a reply.
+#include "service/reply_watch.h"
+
+#include <fcntl.h>
+#include <grpcpp/create_channel_posix.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/server_posix.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+#include "service/backend/memfd_backend.h"
+#include "service/daemon.h"
+#include "service/grpc_service.h"
+
+namespace halloc {
+namespace {
+
+// One HTTP/2 frame (RFC 9113 §4.1).
+std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
+  std::string f;
+  const uint32_t n = payload.size();
+  for (int shift : {16, 8, 0}) f.push_back(static_cast<char>((n >> shift) & 0xff));
+  f.push_back(static_cast<char>(type));
+  f.push_back(static_cast<char>(flags));
+  for (int shift : {24, 16, 8, 0}) f.push_back(static_cast<char>((stream >> shift) & 0xff));
+  return f + payload;
+}
+
+// HPACK: a literal header field without indexing, new name, no Huffman.
+std::string Literal(const std::string& name, const std::string& value) {
+  return std::string(1, '\0') + static_cast<char>(name.size()) + name +
+         static_cast<char>(value.size()) + value;
+}
+
+bool WriteAll(int fd, const std::string& bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::send(fd, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    done += n;
+  }
+  return true;
+}
+
+constexpr uint8_t kData = 0x0, kHeaders = 0x1, kRstStream = 0x3, kSettings = 0x4, kPing = 0x6;
+constexpr uint8_t kEndStream = 0x1, kAck = 0x1, kEndHeaders = 0x4;
+
+// A client that opens no window for replies (SETTINGS_INITIAL_WINDOW_SIZE
+// 0), sends `calls` Stats calls (no session needed) and reads only to
+// answer the server and to see which of its calls the server ended.
+class NonReader {
+ public:
+  NonReader(grpc::Server* server, ControlPeers& peers, uid_t uid, int calls) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    ours_.reset(sv[1]);
+    EXPECT_EQ(::fcntl(ours_.get(), F_SETFL, 0), 0);
+    peers.Set(sv[0], ucred{1, uid, uid});
+    grpc::AddInsecureChannelFromFd(server, sv[0]);  // as GrpcListener hands them over
+    reader_ = std::thread([this] { Read(); });
+    std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    out += Frame(kSettings, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));
+    const std::string headers =
+        Literal(":method", "POST") + Literal(":scheme", "http") +
+        Literal(":path", "/halloc.v1.Allocator/Stats") + Literal(":authority", "hallocd") +
+        Literal("content-type", "application/grpc") + Literal("te", "trailers");
+    for (int i = 0; i < calls; ++i) {
+      const uint32_t stream = 1 + 2 * i;
+      out += Frame(kHeaders, kEndHeaders, stream, headers);
+      out += Frame(kData, kEndStream, stream, std::string(5, '\0'));  // a StatsRequest{}
+    }
+    EXPECT_TRUE(WriteAll(ours_.get(), out)) << std::strerror(errno);
+  }
+  ~NonReader() {
+    ::shutdown(ours_.get(), SHUT_RDWR);
+    reader_.join();
+  }
+  // Calls the server ended (reset, or trailers without a reply).
+  int ended() const {
+    absl::MutexLock lock(&mu_);
+    return static_cast<int>(ended_.size());
+  }
+  bool WaitEnded(int n, absl::Duration within) const {
+    absl::MutexLock lock(&mu_);
+    auto done = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return static_cast<int>(ended_.size()) >= n;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&done), within);
+  }
+
+ private:
+  void Read() {
+    std::string buf;
+    char chunk[4096];
+    for (;;) {
+      const ssize_t n = ::read(ours_.get(), chunk, sizeof(chunk));
+      if (n <= 0) return;
+      buf.append(chunk, n);
+      while (buf.size() >= 9) {
+        const uint32_t len = (uint8_t(buf[0]) << 16) | (uint8_t(buf[1]) << 8) | uint8_t(buf[2]);
+        if (buf.size() < 9 + len) break;
+        const uint8_t type = buf[3], flags = buf[4];
+        const uint32_t stream = ((uint8_t(buf[5]) & 0x7f) << 24) | (uint8_t(buf[6]) << 16) |
+                                (uint8_t(buf[7]) << 8) | uint8_t(buf[8]);
+        if (type == kSettings && !(flags & kAck)) WriteAll(ours_.get(), Frame(kSettings, kAck, 0, ""));
+        if (type == kPing && !(flags & kAck)) {
+          WriteAll(ours_.get(), Frame(kPing, kAck, 0, buf.substr(9, 8)));
+        }
+        if (type == kRstStream || (type == kHeaders && (flags & kEndStream))) {
+          absl::MutexLock lock(&mu_);
+          ended_.insert(stream);
+        }
+        buf.erase(0, 9 + len);
+      }
+    }
+  }
+
+  UniqueFd ours_;
+  std::thread reader_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_set<uint32_t> ended_ ABSL_GUARDED_BY(mu_);
+};
+
+class ReplyWatchTest : public ::testing::Test {
+ protected:
+  void Start(ReplyWatch::Options replies) {
+    options_.grpc_replies = replies;
+    watch_ = std::make_unique<ReplyWatch>(replies, peers_);
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    ApplyGrpcLimits(options_, watch_.get(), builder);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+
+  // A Stats call from `uid` on a connection of its own.
+  grpc::Status Stats(uid_t uid) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    peers_->Set(sv[0], ucred{1, uid, uid});
+    grpc::AddInsecureChannelFromFd(server_.get(), sv[0]);
+    auto stub = v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::StatsResponse stats;
+    return stub->Stats(&ctx, v1::StatsRequest(), &stats);
+  }
+
+  Allocator core_{std::make_unique<MemfdBackend>(), Limits()};
+  std::shared_ptr<ControlPeers> peers_ = std::make_shared<ControlPeers>();
+  AllocatorService service_{&core_, peers_};
+  DaemonOptions options_;  // hallocd's own gRPC limits: 32 threads
+  std::unique_ptr<ReplyWatch> watch_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// Before, the 32 calls held all 32 threads for as long as the connection
+// stayed open, and the other user's call was refused ("Server Threadpool
+// Exhausted").
+TEST_F(ReplyWatchTest, UnreadRepliesHoldFewThreadsAndThoseNotForLong) {
+  ReplyWatch::Options replies;
+  replies.timeout = absl::Seconds(2);
+  replies.per_uid = 8;
+  Start(replies);
+  const int calls = options_.grpc_max_threads;
+  NonReader attacker(server_.get(), *peers_, 1001, calls);
+  // Past the uid's 8, each is cancelled once it has waited stuck_after.
+  EXPECT_TRUE(attacker.WaitEnded(calls - replies.per_uid, absl::Seconds(1)))
+      << attacker.ended() << " of " << calls << " unread calls ended";
+  EXPECT_LE(attacker.ended(), calls - replies.per_uid) << "the uid's own 8 were cut short";
+  const grpc::Status honest = Stats(1002);
+  EXPECT_TRUE(honest.ok()) << "another user's call while uid 1001 has " << calls
+                           << " unread replies: " << honest.error_code() << " "
+                           << honest.error_message();
+  // And the 8 go once they have waited `timeout`.
+  EXPECT_TRUE(attacker.WaitEnded(calls, absl::Seconds(4)))
+      << attacker.ended() << " of " << calls << " unread calls ended";
+  // All but those gRPC refused itself ("Server Threadpool Exhausted": the
+  // 32 threads include its pollers), which hold no thread.
+  EXPECT_GE(watch_->cancelled(), static_cast<uint64_t>(calls - 2));
+  EXPECT_LE(watch_->cancelled(), static_cast<uint64_t>(calls));
+  EXPECT_EQ(watch_->waiting(), 0);
+}
+
+// Honest clients read their replies at once: sixteen of one uid, calling
+// as fast as they can, never count against it, so none is cancelled.
+TEST_F(ReplyWatchTest, ManyCallsOfOneUidThatAreReadAreNeverCancelled) {
+  ReplyWatch::Options replies;
+  replies.per_uid = 1;
+  Start(replies);
+  std::atomic<int> failed{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 16; ++c) {
+    clients.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        if (!Stats(1003).ok()) ++failed;
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(watch_->cancelled(), 0u);
+}
+
+}  // namespace
+}  // namespace halloc
