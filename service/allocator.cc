@@ -516,15 +516,16 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& cal
       });
 }
 
-absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session,
-                                                 absl::string_view token,
-                                                 uint64_t call_id) {
-  return Import(session, session.creds(), token, call_id, session.fds());
+absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, absl::string_view token,
+                                                 uint64_t call_id,
+                                                 absl::FunctionRef<bool()> gave_up) {
+  return Import(session, session.creds(), token, call_id, session.fds(), gave_up);
 }
 
 absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identity& caller,
                                                  absl::string_view token, uint64_t call_id,
-                                                 FdChannel& channel) {
+                                                 FdChannel& channel,
+                                                 absl::FunctionRef<bool()> gave_up) {
   RETURN_IF_ERROR(SameUid(session, caller, "Import"));
   std::shared_ptr<const Policy> pol = policy();
   // A caller no rule matches is refused before the token is looked at: an
@@ -583,7 +584,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identit
   if (imported.arrival != 0) {
     // A hold this import made goes with it, unless a concurrent import of
     // the same buffer by this session was delivered.
-    registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok());
+    registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok() && !gave_up());
   }
   if (!sent.ok()) {
     if (imported.widened_from) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
@@ -130,15 +131,20 @@ class Allocator {
   // Imports for `session`, judged by the session's own identity, the fd
   // sent through the session's broker socket ahead of the answer (the gRPC
   // path); `call_id` goes back in the fd's BufferFd (ImportRequest.call_id).
-  absl::StatusOr<v1::BufferInfo> Import(Session& session, absl::string_view token,
-                                        uint64_t call_id = 0);
+  // `gave_up`, asked once the fd went: true when the caller will never see
+  // the answer (its gRPC deadline passed; libhalloc then drops the fd,
+  // AbandonImport), so a hold this import made goes as if the fd had not
+  // arrived, rather than pin the buffer until the session ends.
+  absl::StatusOr<v1::BufferInfo> Import(
+      Session& session, absl::string_view token, uint64_t call_id = 0,
+      absl::FunctionRef<bool()> gave_up = [] { return false; });
   // The same for one request whose sender the kernel stamped (`caller`, as
   // for Allocate; another uid than the session's: PERMISSION_DENIED, as on
   // gRPC); the fd and the answer go through `channel`
   // (FdChannel::SendImport).
-  absl::StatusOr<v1::BufferInfo> Import(Session& session, const Identity& caller,
-                                        absl::string_view token, uint64_t call_id,
-                                        FdChannel& channel);
+  absl::StatusOr<v1::BufferInfo> Import(
+      Session& session, const Identity& caller, absl::string_view token, uint64_t call_id,
+      FdChannel& channel, absl::FunctionRef<bool()> gave_up = [] { return false; });
   // Withdraws a grant; on a backend that can (CanRevokeLive), also cuts
   // off every fd imported through it, in every process (registry.h).
   absl::Status Revoke(Session& session, uint64_t grant_id);

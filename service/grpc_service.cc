@@ -30,6 +30,15 @@ grpc::Status ToGrpc(const absl::Status& status) {
                       std::string(status.message()));
 }
 
+grpc::Status AllocatorService::FinishUnauthenticated(const char* method, grpc::ServerContext* ctx,
+                                                     const absl::Status& status) {
+  Identity peer;
+  peer.uid = static_cast<uid_t>(-1);
+  if (std::optional<uid_t> u = ControlPeers::LimitUid(peers_.get(), ctx->peer())) peer.uid = *u;
+  if (!status.ok()) AuditFailure("grpc", method, nullptr, peers_ ? &peer : nullptr, status);
+  return ToGrpc(status);
+}
+
 absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
     grpc::ServerContext* ctx) {
   const auto& md = ctx->client_metadata();
@@ -53,9 +62,9 @@ absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
 }
 
 // Runs `body(session)` for a call that needs a session.
-#define HALLOC_WITH_SESSION(method, body)                            \
-  absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx); \
-  if (!session.ok()) return Finish(method, nullptr, session.status()); \
+#define HALLOC_WITH_SESSION(method, body)                                         \
+  absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);              \
+  if (!session.ok()) return FinishUnauthenticated(method, ctx, session.status()); \
   return Finish(method, session->get(), [&]() -> absl::Status body())
 
 grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
@@ -190,7 +199,9 @@ grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
                                       const v1::ImportRequest* req,
                                       v1::ImportResponse* resp) {
   HALLOC_WITH_SESSION("Import", {
-    absl::StatusOr<v1::BufferInfo> r = core_->Import(**session, req->grant_token(), req->call_id());
+    absl::StatusOr<v1::BufferInfo> r =
+        core_->Import(**session, req->grant_token(), req->call_id(),
+                      [&] { return ctx->deadline() <= std::chrono::system_clock::now(); });
     if (!r.ok()) return r.status();
     *resp->mutable_buffer() = std::move(*r);
     return absl::OkStatus();

@@ -62,6 +62,11 @@ class AllocatorService final : public v1::Allocator::Service {
 
  private:
   absl::StatusOr<std::shared_ptr<Session>> SessionOf(grpc::ServerContext* ctx);
+  // Finish() for a call refused before its session was known: its audit
+  // line is limited under its connection's uid (ControlPeers), not one
+  // budget shared by every such caller, which one user's flood took.
+  grpc::Status FinishUnauthenticated(const char* method, grpc::ServerContext* ctx,
+                                     const absl::Status& status);
 
   Allocator* const core_;
   const std::shared_ptr<const ControlPeers> peers_;

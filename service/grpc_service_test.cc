@@ -3,7 +3,10 @@
 // the session's channel (a fake here), never into the reply.
 #include "service/grpc_service.h"
 
+#include <grpcpp/create_channel_posix.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/server_posix.h>
+#include <sys/socket.h>
 
 #include <memory>
 #include <vector>
@@ -11,6 +14,7 @@
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
+#include "service/util/log_lines_testing.h"
 
 namespace halloc {
 namespace {
@@ -150,6 +154,59 @@ TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
     ASSERT_LT(absl::Now(), until) << "the late allocation was never given back";
     absl::SleepFor(absl::Milliseconds(10));
   }
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+// The same for an Import. Its caller gave up (deadline) while the fd was
+// on its way: libhalloc drops the fd (AbandonImport) and never sees
+// ImportResponse.newly_held, so only hallocd can give back the hold that
+// import made. Before, the importer pinned the sharer's buffer (and the
+// sharer's quota) until its session ended.
+TEST_F(GrpcServiceTest, AnImportPastItsDeadlineGivesBackTheHoldItMade) {
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::AllocateResponse resp;
+  ASSERT_TRUE(stub_->Allocate(Ctx(session_->token()).get(), req, &resp).ok());
+  const uint64_t id = resp.buffers(0).id();
+  v1::ShareRequest share;
+  share.set_buffer_id(id);
+  share.mutable_peer()->set_uid(::getuid());
+  v1::ShareResponse grant;
+  ASSERT_TRUE(stub_->Share(Ctx(session_->token()).get(), share, &grant).ok());
+
+  auto slow = std::make_shared<FakeChannel>();
+  slow->delay = absl::Milliseconds(300);
+  Identity me;
+  me.uid = ::getuid();
+  me.pid = ::getpid();
+  std::shared_ptr<Session> importer = *core_.OpenSession(me, slow);
+  auto held_by_importer = [&] {
+    absl::StatusOr<v1::ListResponse> l = core_.List(*importer, v1::ListRequest());
+    return l.ok() && l->buffers_size() == 1;
+  };
+  v1::ImportRequest import;
+  import.set_grant_token(grant.grant().token());
+  import.set_call_id(9);
+  v1::ImportResponse got;
+  auto ctx = Ctx(importer->token());
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+  EXPECT_EQ(stub_->Import(ctx.get(), import, &got).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  absl::Time until = absl::Now() + absl::Seconds(3);
+  while (!held_by_importer() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  // The daemon side finishes after the caller gave up; then the hold goes.
+  until = absl::Now() + absl::Seconds(3);
+  while (held_by_importer()) {
+    ASSERT_LT(absl::Now(), until) << "the abandoned gRPC Import still holds buffer " << id
+                                  << " for session " << importer->id()
+                                  << " (kept until that session ends)";
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  // The sharer lets go: nothing is left holding it.
+  v1::ReleaseRequest rel;
+  rel.add_buffer_ids(id);
+  v1::ReleaseResponse rresp;
+  ASSERT_TRUE(stub_->Release(Ctx(session_->token()).get(), rel, &rresp).ok());
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
@@ -335,6 +392,56 @@ TEST_F(GrpcServiceTest, ListComesInPages) {
               grpc::INVALID_ARGUMENT)
         << bad;
   }
+}
+
+// AUDIT lines of calls refused before a session is found (no token, a
+// wrong one, or a token used from another uid) are limited per uid of the
+// connection (ControlPeers), as other lines are. Before, they all shared
+// one budget: one local user's flood of them silenced every other user's,
+// here uid 1002's use of another uid's token.
+TEST(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
+  Allocator core(std::make_unique<MemfdBackend>(), Limits());
+  auto peers = std::make_shared<ControlPeers>();
+  AllocatorService service(&core, peers);
+  grpc::ServerBuilder builder;
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  Identity me;
+  me.uid = ::getuid();
+  me.pid = ::getpid();
+  std::shared_ptr<Session> session = *core.OpenSession(me, std::make_shared<FakeChannel>());
+  // A control connection of `uid` (as GrpcListener notes it).
+  auto connect = [&](uid_t uid) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    ucred cred{};
+    cred.pid = ::getpid();
+    cred.uid = uid;
+    cred.gid = uid;
+    peers->Set(sv[0], cred, uid);
+    grpc::AddInsecureChannelFromFd(server.get(), sv[0]);
+    return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
+  };
+  auto flooder = connect(1001);
+  auto other = connect(1002);
+  LogLines audit("AUDIT");
+  absl::SleepFor(absl::Milliseconds(1100));  // a fresh budget window
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::AllocateResponse resp;
+  for (int i = 0; i < 40; ++i) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kSessionMetadataKey, session->token());
+    EXPECT_EQ(flooder->Allocate(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
+  }
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kSessionMetadataKey, session->token());
+  EXPECT_EQ(other->Allocate(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
+  EXPECT_GE(audit.Count("connection of uid 1001"), 1);
+  EXPECT_EQ(audit.Count("connection of uid 1002"), 1)
+      << "uid 1002's refusal was dropped: uid 1001 took the budget of every caller without "
+         "a session";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 }  // namespace
