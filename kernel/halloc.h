@@ -20,10 +20,11 @@
  * may hold dma_buf.lock (vmap) around our callbacks; we never take it. A
  * CPU fault takes halloc_buffer.lock under mmap_lock (so that no PTE
  * survives a revoke) and, to back a deferred buffer, may sleep on
- * halloc_buffer.backing_wq there until another thread's backing ends (a
- * backer holds none of our locks and waits for nothing while it
- * allocates: halloc_backing.c); a revoke zaps mappings (i_mmap_rwsem) under
- * halloc_buffer.lock: mmap_lock -> halloc_buffer.lock -> i_mmap_rwsem, the
+ * halloc_buffer.backing_wq there until the backing (on halloc's own
+ * workqueue) ends (a backer holds none of our locks and waits for nothing
+ * while it allocates: halloc_backing.c); a revoke zaps mappings
+ * (i_mmap_rwsem) after halloc_buffer.lock, or under it only when it has no
+ * room for its list: mmap_lock -> halloc_buffer.lock -> i_mmap_rwsem, the
  * mm's own order extended.
  */
 #ifndef HALLOC_H
@@ -38,6 +39,7 @@
 #include <linux/scatterlist.h>
 #include <linux/types.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "uapi/halloc_heap.h"
 
@@ -83,6 +85,12 @@ struct halloc_buffer {
 	wait_queue_head_t backing_wq;	/* woken when a backing ends, backed
 					 * or not; every sleeper holds a
 					 * reference on the buffer */
+	/* halloc-deferred: a backing runs on halloc_back_wq, not on the CPU
+	 * share of whichever holder came first (halloc_backing.c). */
+	struct work_struct back_work;
+	bool back_contig;		/* the devices' needs, read under @lock */
+	u64 back_limit;			/* when the backing was queued */
+	int back_ret;			/* the last backing's result */
 	struct list_head attachments;	/* of halloc_attach.node */
 	struct list_head view_list;	/* of halloc_view.node: every dma-buf */
 	void *vaddr;			/* kernel mapping while vmap_cnt > 0 */
@@ -163,6 +171,9 @@ static inline struct page **halloc_buffer_pages(struct halloc_buffer *buf)
 	return smp_load_acquire(&buf->pages);
 }
 int halloc_buffer_back(struct halloc_buffer *buf);
+void halloc_back_work(struct work_struct *work);
+int halloc_back_wq_init(void);
+void halloc_back_wq_exit(void);
 int halloc_buffer_lock_settled(struct halloc_buffer *buf);
 void halloc_buffer_unback(struct halloc_buffer *buf);
 int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev);

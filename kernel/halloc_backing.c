@@ -11,10 +11,11 @@
  *
  * Exactly once, and without holding halloc_buffer.lock across the page
  * allocation (seconds for a large buffer): the first user takes the lock,
- * reads the limits of the devices attached by then, sets @backing and drops
- * the lock; it allocates; it takes the lock again to publish the pages (a
- * release store, so the fault path can test them without the lock) and
- * clear @backing, and wakes @backing_wq. Meanwhile the lock stays free for
+ * reads the limits of the devices attached by then, sets @backing, queues
+ * the backing on halloc's own workqueue (deferred heaps; an eager one backs
+ * in its creator) and drops the lock; the worker allocates; it takes the
+ * lock again to publish the pages (a release store, so the fault path can
+ * test them without the lock) and clear @backing, and wakes @backing_wq. Meanwhile the lock stays free for
  * what needs no pages: HALLOC_IOCTL_VIEW, HALLOC_IOCTL_REVOKE, INFO,
  * detach, debugfs (hallocd makes views and revokes on one thread for every
  * client, so none of them may wait for one client's backing). What needs
@@ -159,19 +160,66 @@ uncharge:
 	return ret;
 }
 
+/* Where deferred buffers are backed (see halloc_buffer_back()). */
+static struct workqueue_struct *halloc_back_wq;
+
+int halloc_back_wq_init(void)
+{
+	halloc_back_wq = alloc_workqueue("halloc_back", WQ_UNBOUND, 0);
+	return halloc_back_wq ? 0 : -ENOMEM;
+}
+
+void halloc_back_wq_exit(void)
+{
+	destroy_workqueue(halloc_back_wq);	/* drains running backings */
+}
+
+/* Allocate, publish, clear @backing, wake; then @pages is set or not. */
+static int halloc_buffer_finish_back(struct halloc_buffer *buf, bool contig,
+				     u64 limit)
+{
+	struct page **pages = NULL;
+	int ret;
+
+	ret = halloc_buffer_alloc_backing(buf, contig, limit, &pages);
+
+	/* Not killable: @backing must be cleared, and the lock is brief now. */
+	mutex_lock(&buf->lock);
+	/* Pairs with halloc_buffer_pages(): the layout fields are set. */
+	if (!ret)
+		smp_store_release(&buf->pages, pages);
+	buf->back_ret = ret;
+	WRITE_ONCE(buf->backing, false);
+	mutex_unlock(&buf->lock);
+	wake_up_all(&buf->backing_wq);
+	return ret;
+}
+
+void halloc_back_work(struct work_struct *work)
+{
+	struct halloc_buffer *buf = container_of(work, struct halloc_buffer,
+						 back_work);
+
+	halloc_buffer_finish_back(buf, buf->back_contig, buf->back_limit);
+	kref_put(&buf->ref, halloc_buffer_free);	/* the queue's */
+}
+
 /*
  * Back @buf if it is not yet: pages that suit every device attached when
  * the backing begins. Called without @buf's lock. 0 if backed (now, before,
  * or by another thread while we waited), or -ENOMEM / -EINTR with @buf
  * unbacked (a later use tries again). Killable: the wait may be as long as
- * another thread's whole backing.
+ * a whole backing. A deferred buffer is backed on halloc_back_wq, not by
+ * its first user: any holder may be first, a read-only one included, and
+ * on its own CPU share (SCHED_IDLE, cpu.max) it kept every other holder's
+ * first use waiting, a fault with its mmap_lock held, for as long as it
+ * liked. A first user killed while it waits leaves; the backing goes on.
  */
 int halloc_buffer_back(struct halloc_buffer *buf)
 {
 	bool contig = buf->heap->contig;
 	u64 limit = U64_MAX;
 	struct halloc_attach *a;
-	struct page **pages = NULL;
 	int ret;
 
 	if (halloc_buffer_pages(buf))
@@ -189,19 +237,20 @@ int halloc_buffer_back(struct halloc_buffer *buf)
 		limit = min(limit, halloc_dev_dma_limit(a->dev));
 	}
 	WRITE_ONCE(buf->backing, true);
+	if (!buf->heap->deferred) {
+		/* An eager buffer, not exported yet: nobody else waits. */
+		mutex_unlock(&buf->lock);
+		return halloc_buffer_finish_back(buf, contig, limit);
+	}
+	/* Everyone, this caller included, waits for the queue's backing. */
+	buf->back_contig = contig;
+	buf->back_limit = limit;
+	kref_get(&buf->ref);
+	queue_work(halloc_back_wq, &buf->back_work);
 	mutex_unlock(&buf->lock);
-
-	ret = halloc_buffer_alloc_backing(buf, contig, limit, &pages);
-
-	/* Not killable: @backing must be cleared, and the lock is brief now. */
-	mutex_lock(&buf->lock);
-	/* Pairs with halloc_buffer_pages(): the layout fields are set. */
-	if (!ret)
-		smp_store_release(&buf->pages, pages);
-	WRITE_ONCE(buf->backing, false);
-	mutex_unlock(&buf->lock);
-	wake_up_all(&buf->backing_wq);
-	return ret;
+	if (wait_event_killable(buf->backing_wq, !READ_ONCE(buf->backing)))
+		return -EINTR;
+	return halloc_buffer_pages(buf) ? 0 : READ_ONCE(buf->back_ret);
 }
 
 /* Free the backing, if any, of a buffer nobody references any more. */

@@ -243,8 +243,7 @@ static void halloc_dmabuf_release(struct dma_buf *dmabuf)
 }
 
 /* Hand the buffer to the CPU (@for_cpu) or back to the devices. */
-static void halloc_buffer_sync(struct halloc_buffer *buf,
-			       enum dma_data_direction dir, bool for_cpu)
+static void halloc_buffer_sync(struct halloc_buffer *buf, bool for_cpu)
 {
 	struct halloc_attach *a;
 
@@ -255,13 +254,20 @@ static void halloc_buffer_sync(struct halloc_buffer *buf,
 		else
 			flush_kernel_vmap_range(buf->vaddr, buf->size);
 	}
+	/*
+	 * Each attachment in the direction it was mapped with, as the DMA API
+	 * asks, not the caller's: a read-only holder's START|READ must not,
+	 * on a bouncing or non-coherent device, copy a bounce buffer or
+	 * invalidate lines over what another holder wrote for a device that
+	 * only reads (DMA_TO_DEVICE: nothing comes back to the CPU).
+	 */
 	list_for_each_entry(a, &buf->attachments, node) {
 		if (!a->mapped)
 			continue;
-		if (for_cpu)
-			dma_sync_sgtable_for_cpu(a->dev, &a->sgt, dir);
-		else
-			dma_sync_sgtable_for_device(a->dev, &a->sgt, dir);
+		if (for_cpu && a->dir != DMA_TO_DEVICE)
+			dma_sync_sgtable_for_cpu(a->dev, &a->sgt, a->dir);
+		else if (!for_cpu)
+			dma_sync_sgtable_for_device(a->dev, &a->sgt, a->dir);
 	}
 }
 
@@ -292,7 +298,7 @@ static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 	if (view->revoked)
 		ret = -ENODEV;
 	else
-		halloc_buffer_sync(buf, dir, begin);
+		halloc_buffer_sync(buf, begin);
 	mutex_unlock(&buf->lock);
 	return ret;
 }
@@ -589,6 +595,7 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	buf->nr_pages = size >> PAGE_SHIFT;
 	mutex_init(&buf->lock);
 	init_waitqueue_head(&buf->backing_wq);
+	INIT_WORK(&buf->back_work, halloc_back_work);
 	INIT_LIST_HEAD(&buf->attachments);
 	INIT_LIST_HEAD(&buf->view_list);
 	atomic_set(&buf->mmaps, 0);

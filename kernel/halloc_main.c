@@ -351,9 +351,14 @@ static int __init halloc_init(void)
 		max_total_mb = (u32)min_t(u64, ((u64)totalram_pages() << PAGE_SHIFT) / 2 / SZ_1M,
 					  HALLOC_TOTAL_UNSET - 1);
 
-	ret = halloc_pool_init();
+	ret = halloc_back_wq_init();
 	if (ret)
 		return ret;
+	ret = halloc_pool_init();
+	if (ret) {
+		halloc_back_wq_exit();
+		return ret;
+	}
 	halloc_debugfs_init();
 
 	for (i = 0; i < ARRAY_SIZE(halloc_heaps); i++) {
@@ -370,6 +375,7 @@ unregister_heaps:
 	halloc_heaps_unregister(i);
 	halloc_debugfs_exit();
 	halloc_pool_exit();
+	halloc_back_wq_exit();
 	return ret;
 }
 
@@ -379,6 +385,7 @@ static void __exit halloc_exit(void)
 	halloc_heaps_unregister(ARRAY_SIZE(halloc_heaps));
 	halloc_debugfs_exit();
 	halloc_pool_exit();
+	halloc_back_wq_exit();
 }
 
 module_init(halloc_init);

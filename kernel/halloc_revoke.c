@@ -116,7 +116,8 @@ int halloc_view_revoke(const struct halloc_revoke_data *data)
 	 * views once it asked). Without room for the list, the zap is done
 	 * under the lock, as it used to be.
 	 */
-	inodes = kmalloc_array(n, sizeof(*inodes), GFP_KERNEL | __GFP_NOWARN);
+	/* vmalloc past a few pages: the count is the holders' to grow. */
+	inodes = kvmalloc_array(n, sizeof(*inodes), GFP_KERNEL | __GFP_NOWARN);
 	list_for_each_entry(view, &buf->view_list, node)
 		if (halloc_lineage_pos(view, data->view_id) >= 0)
 			halloc_view_cut(view, inodes, &cut);
@@ -126,7 +127,7 @@ unlock:
 		unmap_mapping_range(inodes[i]->i_mapping, 0, 0, 1);
 		iput(inodes[i]);
 	}
-	kfree(inodes);
+	kvfree(inodes);
 put:
 	dma_buf_put(dmabuf);
 	return ret;
