@@ -298,7 +298,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     ids.push_back(buffer->id);
   }
   absl::Status sent =
-      Deliver(channel, items, {plan.owner_access, decision.attach}, &resp);
+      Deliver(channel, items, {plan.owner_access, decision.attach}, req.call_id(), &resp);
   if (!sent.ok()) {
     // Ours alone so far: nobody else can hold or share them yet.
     registry_.Release(session.id(), ids).IgnoreError();
@@ -355,11 +355,11 @@ absl::StatusOr<Allocator::Outgoing> Allocator::Prepare(
   return out;
 }
 
-absl::Status Allocator::Deliver(FdChannel& channel,
-                                absl::Span<const BufferRecord* const> buffers,
-                                const ViewRights& rights,
+absl::Status Allocator::Deliver(FdChannel& channel, absl::Span<const BufferRecord* const> buffers,
+                                const ViewRights& rights, uint64_t call_id,
                                 const v1::AllocateResponse* reply) {
   ASSIGN_OR_RETURN(Outgoing out, Prepare(buffers, rights, /*revocable=*/false));
+  for (v1::BufferFd& b : *out.info.mutable_buffers()) b.set_call_id(call_id);
   return channel.Send(out.info, out.fds, reply);
 }
 

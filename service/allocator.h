@@ -184,10 +184,10 @@ class Allocator {
   absl::StatusOr<Outgoing> Prepare(absl::Span<const BufferRecord* const> buffers,
                                    const ViewRights& rights, bool revocable);
   // Sends the fds of `buffers` (Prepare) in one record on `channel`: all of
-  // them are queued for the client, or none.
-  absl::Status Deliver(FdChannel& channel,
-                       absl::Span<const BufferRecord* const> buffers,
-                       const ViewRights& rights,
+  // them are queued for the client, or none. Each BufferFd carries
+  // `call_id` (AllocateRequest.call_id).
+  absl::Status Deliver(FdChannel& channel, absl::Span<const BufferRecord* const> buffers,
+                       const ViewRights& rights, uint64_t call_id,
                        const v1::AllocateResponse* reply);
   // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
   absl::Status CheckAttachLimit(const Rule& rule) const;

@@ -75,8 +75,9 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
     if (!r.ok()) return r.status();
     // A caller whose deadline passed while we allocated would never learn
     // the ids: give the buffers back now rather than hold them until its
-    // session ends. (libhalloc drops fds that no call claims within twice
-    // its timeout.) The deadline, not IsCancelled(): on the sync server
+    // session ends. (libhalloc closes the fds of a call that gave up as
+    // they come, by AllocateRequest.call_id, and gives back what this
+    // check missed.) The deadline, not IsCancelled(): on the sync server
     // that polls the completion queue, an eighth of this daemon's CPU per
     // Allocate in a profile. A caller that cancels explicitly still holds
     // what it asked for: List shows it, Release or session end frees it.

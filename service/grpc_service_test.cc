@@ -137,6 +137,19 @@ TEST_F(GrpcServiceTest, AnImportsFdCarriesItsCallId) {
   }
 }
 
+// A gRPC Allocate's fds carry its call id too, so that a client whose call
+// gave up closes them as they come (Welcome.allocate_call_ids).
+TEST_F(GrpcServiceTest, AnAllocatesFdsCarryItsCallId) {
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  req.set_count(2);
+  req.set_call_id(91);
+  v1::AllocateResponse resp;
+  ASSERT_TRUE(stub_->Allocate(Ctx(session_->token()).get(), req, &resp).ok());
+  ASSERT_EQ(channel_->sent.back().buffers_size(), 2);
+  for (const v1::BufferFd& b : channel_->sent.back().buffers()) EXPECT_EQ(b.call_id(), 91u);
+}
+
 // The caller gave up (its deadline passed) while the buffers were being
 // delivered: it will never learn their ids, so they are not kept for it.
 TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {

@@ -164,8 +164,9 @@ class Client::Impl {
     return r;
   }
 
-  // A call id for ImportRequest.call_id: unique on this connection, like
-  // the broker's request ids (it comes from the same counter).
+  // A call id for ImportRequest.call_id and AllocateRequest.call_id: unique
+  // on this connection, like the broker's request ids (it comes from the
+  // same counter).
   uint64_t NextCallId() { return next_request_id_.fetch_add(1, std::memory_order_relaxed); }
 
   // The fd for `buffer_id` that a gRPC call (`call_id`, 0 for Allocate) had
@@ -194,13 +195,23 @@ class Client::Impl {
         "; after fork() a child connects a Client of its own"));
   }
 
-  // The Import of `call_id` failed: its fd, should it come (or have come),
-  // is closed at once instead of waiting for a taker.
-  void AbandonImport(uint64_t call_id) {
+  // The gRPC call `call_id` gave up: its fds, should they come (or have
+  // come), are closed at once instead of waiting for a taker; an
+  // Allocate's buffers (`give_back`) go back to hallocd too (an Import's
+  // hold hallocd gives back itself: ImportResponse.newly_held).
+  void AbandonCall(uint64_t call_id, bool give_back) {
     absl::MutexLock lock(&mu_);
-    const size_t before = pending_.size();
-    absl::erase_if(pending_, [&](const auto& p) { return p.first.second == call_id; });
-    if (pending_.size() == before) abandoned_imports_.insert(call_id);
+    std::vector<uint64_t> ids;
+    absl::erase_if(pending_, [&](const auto& p) {
+      if (p.first.second != call_id) return false;
+      ids.push_back(p.first.first);
+      return true;
+    });
+    if (ids.empty()) {
+      abandoned_calls_[call_id] = give_back;  // they come later
+    } else if (give_back) {
+      GiveBack(ids);
+    }
   }
 
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0) {
@@ -389,11 +400,19 @@ class Client::Impl {
       GiveBack(ids);
       return;
     }
+    // A call's fds come in one record; those of a call that gave up
+    // close here (nobody takes them).
+    const uint64_t call = described.empty() ? 0 : described.front().call_id();
+    auto abandoned = call == 0 ? abandoned_calls_.end() : abandoned_calls_.find(call);
+    if (abandoned != abandoned_calls_.end()) {
+      std::vector<uint64_t> ids;
+      for (const v1::BufferFd& b : described) ids.push_back(b.buffer_id());
+      if (abandoned->second) GiveBack(ids);
+      abandoned_calls_.erase(abandoned);
+      return;
+    }
     for (size_t i = 0; i < described.size(); ++i) {
-      // An Import that gave up: nobody takes this fd (it closes here).
-      const uint64_t call = described[i].call_id();
-      if (call != 0 && abandoned_imports_.erase(call) > 0) continue;
-      const FdKey key{described[i].buffer_id(), call};
+      const FdKey key{described[i].buffer_id(), described[i].call_id()};
       pending_[key] = {std::move(fds[i]), now};
     }
   }
@@ -428,7 +447,9 @@ class Client::Impl {
   // Requests whose caller stopped waiting (or that nobody waits for).
   absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
   // Call ids of Imports that failed before their fd came (closed on arrival).
-  absl::flat_hash_set<uint64_t> abandoned_imports_ ABSL_GUARDED_BY(mu_);
+  // Calls that gave up before their fds came, and whether to give their
+  // buffers back (AbandonCall).
+  absl::flat_hash_map<uint64_t, bool> abandoned_calls_ ABSL_GUARDED_BY(mu_);
   // Request ids of broker Imports sent and not answered yet (given up or
   // not), and the buffers whose hold only an Import nobody received made
   // (given back once none is in flight: GiveBackUnclaimedHolds).
@@ -482,13 +503,23 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
     }
     return AsAsked(std::move(out), count);
   }
-  ASSIGN_OR_RETURN(v1::AllocateResponse resp,
-                   impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate"));
-  out.reserve(resp.buffers_size());
+  // Where hallocd echoes it, the call id marks this call's fds, so that
+  // those of a call that gave up are closed as they come (else 0, as it
+  // sends; they are dropped after twice the timeout).
+  if (impl_->welcome_.allocate_call_ids()) req.set_call_id(impl_->NextCallId());
+  absl::StatusOr<v1::AllocateResponse> resp =
+      impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate");
+  if (!resp.ok()) {
+    if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
+      impl_->AbandonCall(req.call_id(), /*give_back=*/true);
+    }
+    return resp.status();
+  }
+  out.reserve(resp->buffers_size());
   std::vector<uint64_t> ids;
-  for (const v1::BufferInfo& info : resp.buffers()) ids.push_back(info.id());
-  for (v1::BufferInfo& info : *resp.mutable_buffers()) {
-    absl::StatusOr<Buffer> b = impl_->Receive(std::move(info));
+  for (const v1::BufferInfo& info : resp->buffers()) ids.push_back(info.id());
+  for (v1::BufferInfo& info : *resp->mutable_buffers()) {
+    absl::StatusOr<Buffer> b = impl_->Receive(std::move(info), req.call_id());
     if (!b.ok()) {
       // hallocd holds them all (its reply said so): given back now, not
       // left charged until the session ends (those whose fds were cut on
@@ -639,7 +670,7 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
     // hallocd may deliver the fd all the same (the call's deadline passed
     // while it worked): nobody will take it, so it is closed, not kept.
     if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
-      impl_->AbandonImport(req.call_id());
+      impl_->AbandonCall(req.call_id(), /*give_back=*/false);
     }
     return resp.status();
   }

@@ -115,6 +115,7 @@ class FakeBroker {
         r.mutable_welcome()->set_session_id(1);
         r.mutable_welcome()->set_session_token("t");
         r.mutable_welcome()->set_import_call_ids(true);
+        r.mutable_welcome()->set_allocate_call_ids(true);
         r.mutable_welcome()->set_broker_import(broker_import_);
         Reply(conn_.get(), r);
         continue;
