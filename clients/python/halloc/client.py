@@ -262,7 +262,7 @@ class Client:
         self._pending = {}
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
         self._abandoned = set()  # requests whose caller stopped waiting
-        self._abandoned_imports = set()  # call ids of imports that failed
+        self._abandoned_calls = {}  # gRPC calls that gave up: give back?
         # Request ids of broker Imports sent and not answered yet, and the
         # buffers whose hold only an Import nobody received made (given back
         # once none is in flight: _give_back_unclaimed_holds).
@@ -335,11 +335,21 @@ class Client:
             reply, fds = self._broker_call(breq, "Allocate")
             out = [Buffer(self, info, fd) for info, fd in zip(reply.allocate.buffers, fds)]
         else:
-            resp = self._call(self._stub.Allocate, req, "Allocate")
+            # The call id marks this call's fds, where hallocd echoes it
+            # (Welcome.allocate_call_ids): those of a call that gave up are
+            # closed as they come and the buffers given back.
+            if self.welcome.allocate_call_ids:
+                req.call_id = next(self._request_ids)
+            try:
+                resp = self._call(self._stub.Allocate, req, "Allocate")
+            except errors.HallocError as e:
+                if req.call_id and e.code in _MAY_STILL_DELIVER:
+                    self._abandon_call(req.call_id, give_back=True)
+                raise
             out = []
             try:
                 for info in resp.buffers:
-                    out.append(Buffer(self, info, self._take_fd(info.id)))
+                    out.append(Buffer(self, info, self._take_fd(info.id, req.call_id)))
             except BaseException:
                 for b in out:
                     b.close()
@@ -456,22 +466,24 @@ class Client:
         except errors.HallocError as e:
             # hallocd may deliver the fd all the same (the deadline passed
             # while it worked): nobody takes it, so it is closed, not kept.
-            if req.call_id and e.code in (grpc.StatusCode.DEADLINE_EXCEEDED,
-                                          grpc.StatusCode.CANCELLED,
-                                          grpc.StatusCode.UNAVAILABLE):
-                self._abandon_import(req.call_id)
+            if req.call_id and e.code in _MAY_STILL_DELIVER:
+                self._abandon_call(req.call_id, give_back=False)
             raise
         return Buffer(self, info, self._take_fd(info.id, req.call_id))
 
-    def _abandon_import(self, call_id):
-        """The import of `call_id` failed: its fd, should it come (or have
-        come), is closed at once instead of waiting for a taker."""
+    def _abandon_call(self, call_id, give_back):
+        """The gRPC call `call_id` gave up: its fds, should they come (or
+        have come), are closed at once instead of waiting for a taker; an
+        Allocate's buffers (`give_back`) go back to hallocd too (an Import's
+        hold hallocd gives back itself)."""
         with self._lock:
             came = [k for k in self._pending if k[1] == call_id]
             for key in came:
                 self._pending.pop(key).close()
             if not came:
-                self._abandoned_imports.add(call_id)
+                self._abandoned_calls[call_id] = give_back  # they come later
+            elif give_back:
+                self._give_back([k[0] for k in came])
 
     import_ = import_buffer
 
@@ -724,11 +736,15 @@ class Client:
                 self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
             self._give_back([b.buffer_id for b in described])
             return
+        # A call's fds come in one record; those of a call that gave up
+        # close here (nobody takes them).
+        call = described[0].call_id if described else 0
+        if call and call in self._abandoned_calls:
+            _scm.close_all(fds)
+            if self._abandoned_calls.pop(call):
+                self._give_back([b.buffer_id for b in described])
+            return
         for b, fd in zip(described, fds):
-            if b.call_id and b.call_id in self._abandoned_imports:
-                self._abandoned_imports.discard(b.call_id)
-                fd.close()  # an import that gave up: nobody takes it
-                continue
             self._replace_pending((b.buffer_id, b.call_id), _Pending(fd, None, now))
 
     def _replace_pending(self, key, pending):
@@ -761,6 +777,11 @@ class Client:
 
 
 _MAX_GRPC_TIMEOUT = 1e8  # seconds
+
+# A gRPC call that failed so may have sent its fds all the same (its
+# deadline passed while hallocd worked).
+_MAY_STILL_DELIVER = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                      grpc.StatusCode.UNAVAILABLE)
 
 
 # How many times this process has been forked into (a child counts one more

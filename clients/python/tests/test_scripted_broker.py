@@ -156,6 +156,51 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     broker.close()
 
 
+def test_the_fds_of_a_grpc_allocate_that_gave_up_are_closed_and_given_back(monkeypatch):
+    import socket
+    from halloc.v1 import allocator_pb2, broker_pb2, types_pb2
+    released = []
+
+    def answer(sock, req):
+        released.extend(req.release.buffer_ids)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.welcome.allocate_call_ids = True
+    monkeypatch.setattr(broker.client, "_fast_path", False)  # gRPC Allocate
+    late = os.memfd_create("late-allocate")
+    inode = os.fstat(late).st_ino
+    call_ids = []
+
+    def grpc_allocate(method, req, name):
+        # The first call's fd comes as its deadline passes; the next one's
+        # at once, with its reply.
+        buffer_id = 42 + len(call_ids)
+        call_ids.append(req.call_id)
+        frame = broker_pb2.BrokerFrame()
+        frame.buffer.buffer_id = buffer_id
+        frame.buffer.call_id = req.call_id
+        fd = late if buffer_id == 42 else os.memfd_create("next")
+        socket.send_fds(broker.sock, [frame.SerializeToString()], [fd])
+        os.close(fd)
+        if buffer_id == 42:
+            raise halloc.DeadlineExceededError("Allocate: deadline passed")
+        return allocator_pb2.AllocateResponse(
+            buffers=[types_pb2.BufferInfo(id=buffer_id, size=PAGE)])
+
+    monkeypatch.setattr(broker.client, "_call", grpc_allocate)
+    with pytest.raises(halloc.DeadlineExceededError):
+        broker.client.allocate(halloc.blob(PAGE))
+    assert call_ids[0] != 0, "the call carried no call id"
+    # The next Allocate reads the late record off the socket before its own.
+    b = broker.client.allocate(halloc.blob(PAGE))
+    assert b.id == 43
+    b.close()
+    assert not _open_on_inode(inode), "the late Allocate's fd is still open in the client"
+    assert wait_for(lambda: 42 in released), f"buffer 42 was not given back: {released}"
+    broker.close()
+
+
 def _interrupt_the_next_wait(monkeypatch):
     """The next wait for the broker socket raises KeyboardInterrupt (as
     Ctrl-C would), once."""
