@@ -66,10 +66,7 @@ TEST(ClientAllocateTest, TheFdsOfAGrpcAllocateThatGaveUpAreClosedAndGivenBack) {
   UniqueFd memfd = Memfd();
   ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
   LateAllocate service(&broker, std::move(memfd));  // then only the client's copy is left
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + broker.control_socket(), grpc::InsecureServerCredentials());
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
   ASSERT_NE(server, nullptr);
   ConnectOptions options = broker.options(absl::Seconds(1));
   options.broker_fast_path = false;

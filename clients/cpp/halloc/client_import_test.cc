@@ -57,10 +57,7 @@ TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   UniqueFd memfd = Memfd();
   ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
   LateImport service(&broker, std::move(memfd));  // then only the client's copy is left
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + broker.control_socket(), grpc::InsecureServerCredentials());
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
   ASSERT_NE(server, nullptr);
   absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
   ASSERT_TRUE(c.ok()) << c.status();

@@ -6,6 +6,7 @@
 #define HALLOC_CLIENTS_CPP_HALLOC_FAKE_BROKER_H_
 
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -89,6 +90,16 @@ class FakeBroker {
     (void)SendRecord(conn_.get(), frame.SerializeAsString(), fds, false);
   }
   std::string control_socket() const { return dir_ / "control.sock"; }
+  // `service` served by gRPC on control_socket(): the rest of a fake
+  // hallocd, for what a test's client asks there.
+  std::unique_ptr<grpc::Server> ServeGrpc(grpc::Service* service) const {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("unix:" + control_socket(), grpc::InsecureServerCredentials());
+    builder.RegisterService(service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (server == nullptr) ADD_FAILURE() << "no gRPC server on " << control_socket();
+    return server;
+  }
 
   static void Reply(int sock, v1::BrokerReply reply, std::vector<int> fds = {}) {
     v1::BrokerFrame frame;
