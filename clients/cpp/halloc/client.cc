@@ -240,6 +240,18 @@ class Client::Impl {
     }
   }
 
+  // Revokes a grant without waiting for the answer (its call was
+  // abandoned).
+  void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    v1::BrokerRequest req;
+    const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
+    req.set_request_id(id);
+    req.mutable_revoke()->set_grant_id(grant_id);
+    if (SendRecord(broker_.get(), req.SerializeAsString(), {}, true).ok()) {
+      abandoned_.insert(id);
+    }
+  }
+
   const UniqueFd broker_;
   const v1::Hello hello_;
   const v1::Welcome welcome_;
@@ -375,6 +387,10 @@ class Client::Impl {
       }
       if (bad) {
         GiveBack(ids);
+        // A grant its caller never learned of (it gave up): nobody has its
+        // token, and it would count against the session's grants, and keep
+        // the buffer importable, until the session's end.
+        if (abandoned && reply.has_share()) Withdraw(reply.share().grant().id());
         if (!abandoned) {
           replies_[reply.request_id()] =
               truncated ? lost(!reply.has_import_buffer() || reply.import_buffer().newly_held())

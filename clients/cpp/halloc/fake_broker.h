@@ -39,9 +39,10 @@ namespace testing {
 class FakeBroker {
  public:
   using Answer = std::function<void(int sock, const v1::BrokerRequest&)>;
-  // `broker_import`: its Welcome says it serves Import on the socket.
-  explicit FakeBroker(Answer answer, bool broker_import = false)
-      : answer_(std::move(answer)), broker_import_(broker_import) {
+  // `broker_import`: its Welcome says it serves Import on the socket;
+  // `broker_share`, Share and Revoke.
+  explicit FakeBroker(Answer answer, bool broker_import = false, bool broker_share = false)
+      : answer_(std::move(answer)), broker_import_(broker_import), broker_share_(broker_share) {
     path_ = dir_ / "broker.sock";
     listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     const absl::StatusOr<sockaddr_un> addr = UnixAddress(path_);
@@ -74,6 +75,11 @@ class FakeBroker {
   std::vector<v1::ReleaseRequest> releases() {
     absl::MutexLock lock(&mu_);
     return releases_;
+  }
+  // The grant ids of the Revokes it was sent, in order.
+  std::vector<uint64_t> revoked() {
+    absl::MutexLock lock(&mu_);
+    return revoked_;
   }
   // Every buffer id those releases named, in order.
   std::vector<uint64_t> released_ids() {
@@ -128,12 +134,18 @@ class FakeBroker {
         r.mutable_welcome()->set_import_call_ids(true);
         r.mutable_welcome()->set_allocate_call_ids(true);
         r.mutable_welcome()->set_broker_import(broker_import_);
+        r.mutable_welcome()->set_broker_share(broker_share_);
+        r.mutable_welcome()->set_broker_revoke(broker_share_);
         Reply(conn_.get(), r);
         continue;
       }
       if (req.has_release()) {
         absl::MutexLock lock(&mu_);
         releases_.push_back(req.release());
+      }
+      if (req.has_revoke()) {
+        absl::MutexLock lock(&mu_);
+        revoked_.push_back(req.revoke().grant_id());
       }
       {
         absl::MutexLock lock(&mu_);
@@ -145,12 +157,14 @@ class FakeBroker {
 
   Answer answer_;
   const bool broker_import_;
+  const bool broker_share_;
   TempDir dir_{"fake"};
   std::string path_;
   UniqueFd listener_, conn_;
   std::thread thread_;
   absl::Mutex mu_;
   std::vector<v1::ReleaseRequest> releases_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> revoked_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> cpus_ ABSL_GUARDED_BY(mu_);
 };
 
