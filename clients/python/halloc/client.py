@@ -716,6 +716,11 @@ class Client:
             if bad:
                 _scm.close_all(fds)
                 self._give_back(ids)
+                # A grant its caller never learned of (it gave up): nobody
+                # has its token, and it would count against the session's
+                # grants, and keep the buffer importable, until the end.
+                if abandoned and kind == "share":
+                    self._withdraw(reply.share.grant.id)
                 if not abandoned:
                     if truncated and kind == "import_buffer":
                         lost = errors.ResourceExhaustedError(
@@ -773,6 +778,18 @@ class Client:
             _scm.send_record(self._broker, req.SerializeToString(), block=False)
         except errors.HallocError:
             return  # the session's end will release them
+        self._abandoned.add(rid)
+
+    def _withdraw(self, grant_id):
+        """Revokes a grant without waiting for the answer (its call was
+        abandoned). Holds self._lock."""
+        rid = next(self._request_ids)
+        req = broker_pb2.BrokerRequest(
+            request_id=rid, revoke=allocator_pb2.RevokeRequest(grant_id=grant_id))
+        try:
+            _scm.send_record(self._broker, req.SerializeToString(), block=False)
+        except errors.HallocError:
+            return  # the session's end will withdraw it
         self._abandoned.add(rid)
 
 

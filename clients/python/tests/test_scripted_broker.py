@@ -201,6 +201,34 @@ def test_the_fds_of_a_grpc_allocate_that_gave_up_are_closed_and_given_back(monke
     broker.close()
 
 
+def test_a_grant_made_after_its_caller_gave_up_is_withdrawn(monkeypatch):
+    from halloc.v1 import broker_pb2
+    revoked = []
+
+    def answer(sock, req):
+        kind = req.WhichOneof("kind")
+        if kind == "share":
+            time.sleep(0.3)  # after the caller was interrupted
+            frame = broker_pb2.BrokerFrame()
+            frame.reply.request_id = req.request_id
+            frame.reply.share.grant.id = 5
+            sock.send(frame.SerializeToString())
+        elif kind == "revoke":
+            revoked.append(req.revoke.grant_id)
+        else:
+            broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    broker.client.welcome.broker_share = True
+    _interrupt_the_next_wait(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.share(41, uid=1000)
+    time.sleep(0.5)
+    broker.client.release(7)  # takes the late reply off the socket first
+    assert wait_for(lambda: revoked == [5]), f"grant 5 was not withdrawn: {revoked}"
+    broker.close()
+
+
 def _interrupt_the_next_wait(monkeypatch):
     """The next wait for the broker socket raises KeyboardInterrupt (as
     Ctrl-C would), once."""
