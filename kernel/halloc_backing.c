@@ -246,7 +246,8 @@ int halloc_buffer_back(struct halloc_buffer *buf)
 	buf->back_contig = contig;
 	buf->back_limit = limit;
 	kref_get(&buf->ref);
-	queue_work(halloc_back_wq, &buf->back_work);
+	/* Never pending here: @backing was clear, and the work clears it last. */
+	WARN_ON_ONCE(!queue_work(halloc_back_wq, &buf->back_work));
 	mutex_unlock(&buf->lock);
 	if (wait_event_killable(buf->backing_wq, !READ_ONCE(buf->backing)))
 		return -EINTR;

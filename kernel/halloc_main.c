@@ -373,9 +373,9 @@ static int __init halloc_init(void)
 
 unregister_heaps:
 	halloc_heaps_unregister(i);
+	halloc_back_wq_exit();
 	halloc_debugfs_exit();
 	halloc_pool_exit();
-	halloc_back_wq_exit();
 	return ret;
 }
 
@@ -383,9 +383,10 @@ static void __exit halloc_exit(void)
 {
 	misc_deregister(&halloc_ctl_misc);
 	halloc_heaps_unregister(ARRAY_SIZE(halloc_heaps));
+	/* First: a queued backing holds a buffer but not the module. */
+	halloc_back_wq_exit();
 	halloc_debugfs_exit();
 	halloc_pool_exit();
-	halloc_back_wq_exit();
 }
 
 module_init(halloc_init);
