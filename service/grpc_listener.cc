@@ -4,9 +4,11 @@
 #include <glog/logging.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_posix.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,6 +37,8 @@ LogLimiter& Limiter() {
 }  // namespace
 
 bool GrpcListener::relay_always = false;
+absl::Duration GrpcListener::unread_limit = absl::Seconds(3);
+absl::Duration GrpcListener::cut_penalty = absl::Seconds(10);
 
 absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
     UniqueFd listener, grpc::Server* server, Admit admit, std::shared_ptr<ControlPeers> peers) {
@@ -93,7 +97,7 @@ GrpcListener::~GrpcListener() {
   Stop();
   if (relay_) relay_->Stop();  // every relayed connection ends
   absl::MutexLock lock(&mu_);
-  for (const auto& [dup, uid] : conns_) CloseDup(dup);
+  for (const auto& [dup, conn] : conns_) CloseDup(dup);
 }
 
 StreamRelay* GrpcListener::RelayFor(int conn) {
@@ -155,6 +159,10 @@ void GrpcListener::Run() {
                       0, absl::ToInt64Milliseconds(accept_guard_.resume_at() - now) + 1))
                 : -1;
     if (full) timeout = timeout < 0 ? 100 : std::min(timeout, 100);
+    {
+      absl::MutexLock lock(&mu_);
+      if (!conns_.empty()) timeout = timeout < 0 ? 500 : std::min(timeout, 500);
+    }
     const int n = ::poll(fds, paused ? 2 : 3, timeout);
     if (n < 0 && errno != EINTR) {
       PLOG(ERROR) << "control socket: poll";
@@ -164,7 +172,43 @@ void GrpcListener::Run() {
     // Ends first: a uid at its limit that closed one may connect again.
     if (n > 0 && fds[1].revents != 0) Reap();
     if (!paused && n > 0 && fds[2].revents != 0) AcceptOne();
+    if (const absl::Time t = MonotonicNow(); t >= next_unread_check_) {
+      CutUnread(t);
+      next_unread_check_ = t + absl::Milliseconds(500);
+    }
   }
+}
+
+absl::Time GrpcListener::CutUntil(uid_t uid) const {
+  absl::MutexLock lock(&mu_);
+  auto it = cut_until_.find(uid);
+  return it == cut_until_.end() ? absl::InfinitePast() : it->second;
+}
+
+void GrpcListener::CutUnread(absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [dup, conn] : conns_) {
+    int queued = 0;
+    if (conn.cut || ::ioctl(dup, SIOCOUTQ, &queued) != 0) continue;
+    if (queued < kUnreadBytes) {
+      conn.unread_since = absl::InfiniteFuture();
+      continue;
+    }
+    if (conn.unread_since == absl::InfiniteFuture()) conn.unread_since = now;
+    if (now - conn.unread_since < unread_limit) continue;
+    // gRPC sees the connection end and lets its calls go; the duplicate
+    // sees it too, and the count drops (Reap).
+    ::shutdown(dup, SHUT_RDWR);
+    conn.cut = true;
+    cut_until_[conn.uid] = now + cut_penalty;
+    if (uint64_t dropped; Limiter().AllowFor("control-unread", conn.uid, &dropped)) {
+      LOG(WARNING) << "control socket: cut a connection of uid " << conn.uid << ": " << queued
+                   << " bytes sent it went unread for " << absl::FormatDuration(unread_limit)
+                   << "; its connections are refused for " << absl::FormatDuration(cut_penalty)
+                   << LogLimiter::Dropped(dropped);
+    }
+  }
+  absl::erase_if(cut_until_, [now](const auto& c) { return c.second <= now; });
 }
 
 void GrpcListener::Reap() {
@@ -175,7 +219,7 @@ void GrpcListener::Reap() {
     const int dup = events[i].data.fd;
     auto it = conns_.find(dup);
     if (it == conns_.end()) continue;
-    if (auto u = per_uid_.find(it->second); u != per_uid_.end() && --u->second == 0) {
+    if (auto u = per_uid_.find(it->second.uid); u != per_uid_.end() && --u->second == 0) {
       per_uid_.erase(u);
     }
     conns_.erase(it);
@@ -227,6 +271,12 @@ void GrpcListener::AcceptOne() {
   if (!charged) {
     admit = absl::FailedPreconditionError(
         absl::StrCat("pid ", cred.pid, " (uid ", cred.uid, ") exited before it was accepted"));
+  } else if (absl::Time until = CutUntil(uid); until > MonotonicNow()) {
+    admit = absl::ResourceExhaustedError(
+        absl::StrCat("a control connection of uid ", uid,
+                     " was cut for leaving what hallocd sent it unread; "
+                     "its connections are refused for ",
+                     absl::FormatDuration(until - MonotonicNow())));
   } else if (relay_ && relay_->OverLimit(uid)) {
     admit = absl::ResourceExhaustedError(absl::StrCat(
         "uid ", uid, " has fds it sent waiting to be closed (no gRPC call carries fds)"));
@@ -260,7 +310,7 @@ void GrpcListener::AcceptOne() {
   }
   {
     absl::MutexLock lock(&mu_);
-    conns_.emplace(dup.get(), uid);
+    conns_.emplace(dup.get(), Conn{uid});
     ++per_uid_[uid];
   }
   (void)dup.release();  // conns_ owns it now

@@ -23,6 +23,19 @@
 // Out of fds, it accepts-and-closes with a reserve fd and pauses 100 ms
 // instead of spinning, as the broker does.
 //
+// A client that reads nothing of what gRPC sends it holds gRPC's threads:
+// once its socket's buffer is full, each further reply's status cannot go
+// out, and the sync server's thread waits for the call to close (no cancel
+// ends that wait: the bytes are the transport's already). So every half
+// second the thread looks at what each connection has queued for its peer
+// (SIOCOUTQ on the duplicate); one that has kept kUnreadBytes or more
+// queued for `unread_limit` is shut down (gRPC sees it end and lets its
+// calls go; a client's socket buffer holds ~208 KiB, so nothing is stuck
+// below that), and
+// its uid's connections are refused for `cut_penalty`, so that reconnecting
+// and filling the socket again cannot keep the threads. An honest client's
+// gRPC library reads as bytes come; only a stopped process leaves them.
+//
 // Where the kernel cannot refuse fds at the sender (SO_PASSRIGHTS, 6.16+),
 // gRPC gets each admitted connection through a StreamRelay
 // (stream_relay.h), so that no fd a client attaches to its bytes reaches
@@ -43,6 +56,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/connection_limits.h"
 #include "service/control_peers.h"
@@ -79,6 +93,11 @@ class GrpcListener {
   // Relay every connection even where the kernel refuses fds at the sender
   // (tests, on kernels from 6.16). Read by Start.
   static bool relay_always;
+  // How long a connection's queue to its peer may stay non-empty, and how
+  // long its uid is refused afterwards (tests shorten them; read by Run).
+  static absl::Duration unread_limit;
+  static absl::Duration cut_penalty;
+  static constexpr int kUnreadBytes = 64 * 1024;
   // Whether every connection goes through a StreamRelay.
   bool relaying() const { return relay_all_; }
 
@@ -100,6 +119,11 @@ class GrpcListener {
   void Reap();
   // Takes a connection's duplicate out of `ends_` and closes it.
   void CloseDup(int dup);
+  // Shuts down the connections whose peers left what was sent them unread
+  // for unread_limit.
+  void CutUnread(absl::Time now);
+  // Until when `uid`'s connections are refused (InfinitePast: not).
+  absl::Time CutUntil(uid_t uid) const;
 
   const UniqueFd listener_;
   const UniqueFd wake_;  // eventfd that stops Run()
@@ -117,9 +141,18 @@ class GrpcListener {
   bool stopped_ = false;
 
   mutable absl::Mutex mu_;
-  // Duplicate fd → its peer's uid; and per uid, how many.
-  absl::flat_hash_map<int, uid_t> conns_ ABSL_GUARDED_BY(mu_);
+  struct Conn {
+    uid_t uid;
+    // Since when its queue to its peer has held kUnreadBytes or more.
+    absl::Time unread_since = absl::InfiniteFuture();
+    bool cut = false;
+  };
+  // Duplicate fd → its connection; and per uid, how many.
+  absl::flat_hash_map<int, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uid_t, uint32_t> per_uid_ ABSL_GUARDED_BY(mu_);
+  // Uids refused until then: one of their connections was cut.
+  absl::flat_hash_map<uid_t, absl::Time> cut_until_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_unread_check_ = absl::InfinitePast();  // Run's thread only
 };
 
 }  // namespace halloc

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "service/http2_testing.h"
 #include "service/util/lingering_socket.h"
 #include "service/util/log_lines_testing.h"
 #include "service/util/unix_listener.h"
@@ -52,6 +54,12 @@ bool WaitFor(F done) {
 
 // Each case runs with connections handed to gRPC directly (where the kernel
 // refuses fds at the sender) and through a StreamRelay (as before 6.16).
+using http2_testing::EmptyCall;
+using http2_testing::Frame;
+using http2_testing::kPreface;
+using http2_testing::kSettings;
+using http2_testing::kWindowUpdate;
+
 class GrpcListenerTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
@@ -173,6 +181,45 @@ TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
   a.reset();
   ASSERT_TRUE(WaitFor([&] { return Mine() == 1; })) << "a peer's close is seen";
   EXPECT_TRUE(Check().ok()) << "room again";
+}
+
+// A client that reads nothing of what it is sent. Once its socket's buffer
+// is full, each further reply's status cannot go out and gRPC's thread
+// waits for the call to close (helper-72's review: 100 Stats calls held
+// every thread until the client went away). The connection is cut once
+// 64 KiB or more have stayed unread for unread_limit, and its uid waits
+// cut_penalty before it may connect again.
+TEST_P(GrpcListenerTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
+  const absl::Duration limit = GrpcListener::unread_limit, penalty = GrpcListener::cut_penalty;
+  GrpcListener::unread_limit = absl::Seconds(1);
+  GrpcListener::cut_penalty = absl::Seconds(2);
+  UniqueFd raw = Raw();  // never read
+  ASSERT_TRUE(WaitFor([&] { return Mine() == 1; }));
+  // Windows wide open (each stream's 2^30, the connection's +2^30), then
+  // health checks, far more replies than the socket holds.
+  std::string out = kPreface;
+  out += Frame(kSettings, 0, 0, std::string("\x00\x04\x40\x00\x00\x00", 6));
+  out += Frame(kWindowUpdate, 0, 0, std::string("\x40\x00\x00\x00", 4));
+  for (uint32_t stream = 1; stream < 2 * 6000; stream += 2) {
+    out += EmptyCall("/grpc.health.v1.Health/Check", stream);
+  }
+  std::thread writer([&] {  // it blocks once the server stops reading
+    (void)::send(raw.get(), out.data(), out.size(), MSG_NOSIGNAL);
+  });
+  pollfd p{raw.get(), POLLRDHUP, 0};
+  const bool cut = ::poll(&p, 1, 15000) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+  ::shutdown(raw.get(), SHUT_RDWR);
+  writer.join();
+  EXPECT_TRUE(cut) << "the connection that left what it was sent unread was not cut";
+  EXPECT_TRUE(WaitFor([&] { return Mine() == 0; }));
+  if (cut) {
+    UniqueFd again = Raw();
+    EXPECT_TRUE(Ended(again)) << "its uid connected again at once";
+    absl::SleepFor(GrpcListener::cut_penalty);
+    EXPECT_TRUE(Check().ok()) << "refused past the penalty";
+  }
+  GrpcListener::unread_limit = limit;
+  GrpcListener::cut_penalty = penalty;
 }
 
 // Refusals are logged with a share per uid: one uid refused on and on does

@@ -26,26 +26,10 @@
 #include "service/backend/memfd_backend.h"
 #include "service/daemon.h"
 #include "service/grpc_service.h"
+#include "service/http2_testing.h"
 
 namespace halloc {
 namespace {
-
-// One HTTP/2 frame (RFC 9113 §4.1).
-std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
-  std::string f;
-  const uint32_t n = payload.size();
-  for (int shift : {16, 8, 0}) f.push_back(static_cast<char>((n >> shift) & 0xff));
-  f.push_back(static_cast<char>(type));
-  f.push_back(static_cast<char>(flags));
-  for (int shift : {24, 16, 8, 0}) f.push_back(static_cast<char>((stream >> shift) & 0xff));
-  return f + payload;
-}
-
-// HPACK: a literal header field without indexing, new name, no Huffman.
-std::string Literal(const std::string& name, const std::string& value) {
-  return std::string(1, '\0') + static_cast<char>(name.size()) + name +
-         static_cast<char>(value.size()) + value;
-}
 
 bool WriteAll(int fd, const std::string& bytes) {
   size_t done = 0;
@@ -57,8 +41,15 @@ bool WriteAll(int fd, const std::string& bytes) {
   return true;
 }
 
-constexpr uint8_t kData = 0x0, kHeaders = 0x1, kRstStream = 0x3, kSettings = 0x4, kPing = 0x6;
-constexpr uint8_t kEndStream = 0x1, kAck = 0x1, kEndHeaders = 0x4;
+using http2_testing::EmptyCall;
+using http2_testing::Frame;
+using http2_testing::kAck;
+using http2_testing::kEndStream;
+using http2_testing::kHeaders;
+using http2_testing::kPing;
+using http2_testing::kPreface;
+using http2_testing::kRstStream;
+using http2_testing::kSettings;
 
 // A client that opens no window for replies (SETTINGS_INITIAL_WINDOW_SIZE
 // 0), sends `calls` Stats calls (no session needed) and reads only to
@@ -73,17 +64,9 @@ class NonReader {
     peers.Set(sv[0], ucred{1, uid, uid});
     grpc::AddInsecureChannelFromFd(server, sv[0]);  // as GrpcListener hands them over
     reader_ = std::thread([this] { Read(); });
-    std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    std::string out = kPreface;
     out += Frame(kSettings, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));
-    const std::string headers =
-        Literal(":method", "POST") + Literal(":scheme", "http") +
-        Literal(":path", "/halloc.v1.Allocator/Stats") + Literal(":authority", "hallocd") +
-        Literal("content-type", "application/grpc") + Literal("te", "trailers");
-    for (int i = 0; i < calls; ++i) {
-      const uint32_t stream = 1 + 2 * i;
-      out += Frame(kHeaders, kEndHeaders, stream, headers);
-      out += Frame(kData, kEndStream, stream, std::string(5, '\0'));  // a StatsRequest{}
-    }
+    for (int i = 0; i < calls; ++i) out += EmptyCall("/halloc.v1.Allocator/Stats", 1 + 2 * i);
     EXPECT_TRUE(WriteAll(ours_.get(), out)) << std::strerror(errno);
   }
   ~NonReader() {
