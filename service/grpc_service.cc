@@ -32,9 +32,18 @@ grpc::Status ToGrpc(const absl::Status& status) {
 
 grpc::Status AllocatorService::FinishUnauthenticated(const char* method, grpc::ServerContext* ctx,
                                                      const absl::Status& status) {
+  // The connection's peer as the kernel said when it connected (no exe:
+  // none was verified), limited under the uid it is charged to.
   Identity peer;
   peer.uid = static_cast<uid_t>(-1);
-  if (std::optional<uid_t> u = ControlPeers::LimitUid(peers_.get(), ctx->peer())) peer.uid = *u;
+  if (peers_ != nullptr) {
+    if (std::optional<ucred> cred = peers_->Of(ctx->peer())) {
+      peer.uid = cred->uid;
+      peer.gid = cred->gid;
+      peer.pid = cred->pid;
+    }
+    peer.account_uid = ControlPeers::LimitUid(peers_.get(), ctx->peer());
+  }
   if (!status.ok()) AuditFailure("grpc", method, nullptr, peers_ ? &peer : nullptr, status);
   return ToGrpc(status);
 }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
@@ -451,6 +452,8 @@ TEST(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
   ctx.AddMetadata(kSessionMetadataKey, session->token());
   EXPECT_EQ(other->Allocate(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
   EXPECT_GE(audit.Count("connection of uid 1001"), 1);
+  // Who: the connection's peer as the kernel said, pid included.
+  EXPECT_EQ(audit.Count(absl::StrCat("for uid 1002 pid ", ::getpid(), " ")), 1);
   EXPECT_EQ(audit.Count("connection of uid 1002"), 1)
       << "uid 1002's refusal was dropped: uid 1001 took the budget of every caller without "
          "a session";
