@@ -4,6 +4,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <xf86drm.h>
 
 #include <algorithm>
@@ -209,6 +210,12 @@ std::string Env(const char* name) {
 
 bool AllBytesAre(const uint8_t* p, size_t len, uint8_t v) {
   return std::all_of(p, p + len, [v](uint8_t b) { return b == v; });
+}
+
+long long NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
 }  // namespace halloc_test

@@ -107,6 +107,9 @@ int Info(int ctl_fd, int dmabuf_fd, halloc_buffer_info* info);
 // -errno.
 int Revoke(int ctl_fd, int fd, uint64_t view_id, uint32_t flags = 0);
 
+// CLOCK_MONOTONIC in milliseconds (for tests that wait, and say how long).
+long long NowMs();
+
 // Module load/unload through the syscalls: 0 or -errno.
 int DeleteModule(const std::string& name);
 int LoadModule(const std::string& path, const std::string& params);

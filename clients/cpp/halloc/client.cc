@@ -232,21 +232,23 @@ class Client::Impl {
   void GiveBack(const std::vector<uint64_t>& ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (ids.empty()) return;
     v1::BrokerRequest req;
-    const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
-    req.set_request_id(id);
     for (uint64_t b : ids) req.mutable_release()->add_buffer_ids(b);
-    if (SendRecord(broker_.get(), req.SerializeAsString(), {}, true).ok()) {
-      abandoned_.insert(id);
-    }
+    SendUnanswered(std::move(req));
   }
 
   // Revokes a grant without waiting for the answer (its call was
   // abandoned).
   void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     v1::BrokerRequest req;
+    req.mutable_revoke()->set_grant_id(grant_id);
+    SendUnanswered(std::move(req));
+  }
+
+  // Sends `req` under a new id whose answer is dropped when it comes; if it
+  // cannot be sent, the session's end does the same.
+  void SendUnanswered(v1::BrokerRequest req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
     req.set_request_id(id);
-    req.mutable_revoke()->set_grant_id(grant_id);
     if (SendRecord(broker_.get(), req.SerializeAsString(), {}, true).ok()) {
       abandoned_.insert(id);
     }

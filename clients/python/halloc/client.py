@@ -769,27 +769,24 @@ class Client:
     def _give_back(self, ids):
         """Releases buffers without waiting for the answer (their fds were
         lost on the way, or their call was abandoned). Holds self._lock."""
-        if not ids:
-            return
-        rid = next(self._request_ids)
-        req = broker_pb2.BrokerRequest(
-            request_id=rid, release=allocator_pb2.ReleaseRequest(buffer_ids=ids))
-        try:
-            _scm.send_record(self._broker, req.SerializeToString(), block=False)
-        except errors.HallocError:
-            return  # the session's end will release them
-        self._abandoned.add(rid)
+        if ids:
+            self._send_unanswered(release=allocator_pb2.ReleaseRequest(buffer_ids=ids))
 
     def _withdraw(self, grant_id):
         """Revokes a grant without waiting for the answer (its call was
         abandoned). Holds self._lock."""
+        self._send_unanswered(revoke=allocator_pb2.RevokeRequest(grant_id=grant_id))
+
+    def _send_unanswered(self, **kind):
+        """Sends a broker request whose answer is dropped when it comes; if
+        it cannot be sent, the session's end does the same. Holds
+        self._lock."""
         rid = next(self._request_ids)
-        req = broker_pb2.BrokerRequest(
-            request_id=rid, revoke=allocator_pb2.RevokeRequest(grant_id=grant_id))
+        req = broker_pb2.BrokerRequest(request_id=rid, **kind)
         try:
             _scm.send_record(self._broker, req.SerializeToString(), block=False)
         except errors.HallocError:
-            return  # the session's end will withdraw it
+            return
         self._abandoned.add(rid)
 
 
