@@ -391,7 +391,7 @@ absl::Status CheckOperator(const Session& session, absl::string_view what) {
 
 }  // namespace
 
-bool Allocator::IsOperator(uid_t uid) { return uid == 0 || uid == ::getuid(); }
+bool Allocator::IsOperator(uid_t uid) { return IsOperatorUid(uid); }
 
 absl::StatusOr<v1::BufferInfo> Allocator::Describe(Session& session,
                                                    uint64_t id) const {

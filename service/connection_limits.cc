@@ -45,9 +45,11 @@ uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds)
   return fd_limit > kept ? std::max(fd_limit - kept, least) : least;
 }
 
+bool IsOperatorUid(uid_t uid) { return uid == 0 || uid == ::getuid(); }
+
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,
                              absl::string_view what) {
-  const bool admin = uid == 0 || uid == ::getuid();
+  const bool admin = IsOperatorUid(uid);
   const uint32_t per_uid = policy.max_sessions_per_uid() != 0
                                ? policy.max_sessions_per_uid()
                                : kDefaultMaxConnectionsPerUid;

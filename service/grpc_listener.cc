@@ -200,11 +200,15 @@ void GrpcListener::CutUnread(absl::Time now) {
     // sees it too, and the count drops (Reap).
     ::shutdown(dup, SHUT_RDWR);
     conn.cut = true;
-    cut_until_[conn.uid] = now + cut_penalty;
+    // Not the operators (root's tools, hallocd's own uid), held to no
+    // per-uid limit either: their other connections go on.
+    if (!IsOperatorUid(conn.uid)) cut_until_[conn.uid] = now + cut_penalty;
     if (uint64_t dropped; Limiter().AllowFor("control-unread", conn.uid, &dropped)) {
       LOG(WARNING) << "control socket: cut a connection of uid " << conn.uid << ": " << queued
                    << " bytes sent it went unread for " << absl::FormatDuration(unread_limit)
-                   << "; its connections are refused for " << absl::FormatDuration(cut_penalty)
+                   << (IsOperatorUid(conn.uid) ? std::string()
+                                               : absl::StrCat("; its connections are refused for ",
+                                                              absl::FormatDuration(cut_penalty)))
                    << LogLimiter::Dropped(dropped);
     }
   }

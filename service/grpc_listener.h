@@ -32,7 +32,8 @@
 // queued for `unread_limit` is shut down (gRPC sees it end and lets its
 // calls go; a client's socket buffer holds ~208 KiB, so nothing is stuck
 // below that), and
-// its uid's connections are refused for `cut_penalty`, so that reconnecting
+// its uid's connections (not the operators': root's, hallocd's own) are
+// refused for `cut_penalty`, so that reconnecting
 // and filling the socket again cannot keep the threads. An honest client's
 // gRPC library reads as bytes come; only a stopped process leaves them.
 //

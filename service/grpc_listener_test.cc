@@ -190,36 +190,66 @@ TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
 // 64 KiB or more have stayed unread for unread_limit, and its uid waits
 // cut_penalty before it may connect again.
 TEST_P(GrpcListenerTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
+  if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
   const absl::Duration limit = GrpcListener::unread_limit, penalty = GrpcListener::cut_penalty;
   GrpcListener::unread_limit = absl::Seconds(1);
   GrpcListener::cut_penalty = absl::Seconds(2);
-  UniqueFd raw = Raw();  // never read
-  ASSERT_TRUE(WaitFor([&] { return Mine() == 1; }));
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
   // Windows wide open (each stream's 2^30, the connection's +2^30), then
-  // health checks, far more replies than the socket holds.
+  // health checks, far more replies than the socket holds. Built before
+  // the fork: the child makes syscalls only.
   std::string out = kPreface;
   out += Frame(kSettings, 0, 0, std::string("\x00\x04\x40\x00\x00\x00", 6));
   out += Frame(kWindowUpdate, 0, 0, std::string("\x40\x00\x00\x00", 4));
   for (uint32_t stream = 1; stream < 2 * 6000; stream += 2) {
     out += EmptyCall("/grpc.health.v1.Health/Check", stream);
   }
-  std::thread writer([&] {  // it blocks once the server stops reading
-    (void)::send(raw.get(), out.data(), out.size(), MSG_NOSIGNAL);
-  });
-  pollfd p{raw.get(), POLLRDHUP, 0};
-  const bool cut = ::poll(&p, 1, 15000) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
-  ::shutdown(raw.get(), SHUT_RDWR);
-  writer.join();
-  EXPECT_TRUE(cut) << "the connection that left what it was sent unread was not cut";
-  EXPECT_TRUE(WaitFor([&] { return Mine() == 0; }));
-  if (cut) {
-    UniqueFd again = Raw();
-    EXPECT_TRUE(Ended(again)) << "its uid connected again at once";
-    absl::SleepFor(GrpcListener::cut_penalty);
-    EXPECT_TRUE(Check().ok()) << "refused past the penalty";
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  const int64_t penalty_ms = absl::ToInt64Milliseconds(GrpcListener::cut_penalty);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // uid 65534, syscalls only
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(1);
+    }
+    auto connect = [&addr] {
+      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ::_exit(2);
+      }
+      return fd;
+    };
+    // Whether the server ends `fd` within `ms` (RDHUP: it shut its side).
+    auto ended = [](int fd, int ms) {
+      pollfd p{fd, POLLRDHUP, 0};
+      return ::poll(&p, 1, ms) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+    };
+    const int raw = connect();  // never read
+    if (::send(raw, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) {
+      ::_exit(3);
+    }
+    if (!ended(raw, 15000)) ::_exit(4);        // not cut
+    if (!ended(connect(), 10000)) ::_exit(5);  // admitted at once after the cut
+    ::usleep(penalty_ms * 1000);
+    if (ended(connect(), 1000)) ::_exit(6);  // refused past the penalty
+    ::_exit(0);
   }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
   GrpcListener::unread_limit = limit;
   GrpcListener::cut_penalty = penalty;
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  if (WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot switch to uid 65534 here";
+  EXPECT_NE(WEXITSTATUS(status), 4)
+      << "the connection that left what it was sent unread was not cut";
+  EXPECT_NE(WEXITSTATUS(status), 5) << "its uid connected again at once";
+  EXPECT_NE(WEXITSTATUS(status), 6) << "its uid was refused past the penalty";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(WaitFor([&] { return listener_->held(65534).of_uid == 0; }));
+  EXPECT_TRUE(Check().ok()) << "root's connections: no penalty (an operator's)";
 }
 
 // Refusals are logged with a share per uid: one uid refused on and on does
