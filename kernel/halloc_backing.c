@@ -15,10 +15,11 @@
  * the backing on halloc's own workqueue (deferred heaps; an eager one backs
  * in its creator) and drops the lock; the worker allocates; it takes the
  * lock again to publish the pages (a release store, so the fault path can
- * test them without the lock) and clear @backing, and wakes @backing_wq. Meanwhile the lock stays free for
- * what needs no pages: HALLOC_IOCTL_VIEW, HALLOC_IOCTL_REVOKE, INFO,
- * detach, debugfs (hallocd makes views and revokes on one thread for every
- * client, so none of them may wait for one client's backing). What needs
+ * test them without the lock) and clear @backing, and wakes @backing_wq.
+ * Meanwhile the lock stays free for what needs no pages: HALLOC_IOCTL_VIEW,
+ * HALLOC_IOCTL_REVOKE, INFO, detach, debugfs (hallocd makes views and
+ * revokes on one thread for every client, so none of them may wait for one
+ * client's backing). What needs
  * the pages waits on @backing_wq, killably, and then finds them (or, if
  * that backing failed, tries its own). Attach waits too
  * (halloc_buffer_lock_settled): a device either joined before the backing

@@ -133,7 +133,7 @@ class Allocator {
   // path); `call_id` goes back in the fd's BufferFd (ImportRequest.call_id).
   // `gave_up`, asked once the fd went: true when the caller will never see
   // the answer (its gRPC deadline passed; libhalloc then drops the fd,
-  // AbandonImport), so a hold this import made goes as if the fd had not
+  // AbandonCall), so a hold this import made goes as if the fd had not
   // arrived, rather than pin the buffer until the session ends.
   absl::StatusOr<v1::BufferInfo> Import(
       Session& session, absl::string_view token, uint64_t call_id = 0,

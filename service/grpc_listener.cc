@@ -275,12 +275,13 @@ void GrpcListener::AcceptOne() {
   if (!charged) {
     admit = absl::FailedPreconditionError(
         absl::StrCat("pid ", cred.pid, " (uid ", cred.uid, ") exited before it was accepted"));
-  } else if (absl::Time until = CutUntil(uid); until > MonotonicNow()) {
+  } else if (const absl::Duration left = CutUntil(uid) - MonotonicNow();
+             left > absl::ZeroDuration()) {
     admit = absl::ResourceExhaustedError(
         absl::StrCat("a control connection of uid ", uid,
                      " was cut for leaving what hallocd sent it unread; "
                      "its connections are refused for ",
-                     absl::FormatDuration(until - MonotonicNow())));
+                     absl::FormatDuration(left)));
   } else if (relay_ && relay_->OverLimit(uid)) {
     admit = absl::ResourceExhaustedError(absl::StrCat(
         "uid ", uid, " has fds it sent waiting to be closed (no gRPC call carries fds)"));

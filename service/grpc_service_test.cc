@@ -114,7 +114,7 @@ TEST_F(GrpcServiceTest, AllocateFindsTheSessionByTokenAndSendsFdsToItsChannel) {
 }
 
 // The fd an import sends ahead of its reply carries the call's id (0 for an
-// Allocate's), so that a client with two imports of one buffer in flight
+// Allocate that gave none), so that a client with two imports of one buffer in flight
 // tells them apart.
 TEST_F(GrpcServiceTest, AnImportsFdCarriesItsCallId) {
   v1::AllocateRequest req;
@@ -172,7 +172,7 @@ TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
 }
 
 // The same for an Import. Its caller gave up (deadline) while the fd was
-// on its way: libhalloc drops the fd (AbandonImport) and never sees
+// on its way: libhalloc drops the fd (AbandonCall) and never sees
 // ImportResponse.newly_held, so only hallocd can give back the hold that
 // import made. Before, the importer pinned the sharer's buffer (and the
 // sharer's quota) until its session ended.

@@ -113,8 +113,9 @@ absl::Time ReplyWatch::Sweep(absl::Time now) {
       ++it;
       continue;
     }
-    // Its thread waits in gRPC for the send; cancelling ends that wait
-    // (and runs no hook of ours on this thread).
+    // Its thread waits in gRPC for the send; cancelling ends that wait.
+    // TryCancel runs the call's cancel hook here, which touches nothing of
+    // the interceptor's (it asks only for the send hooks, and proceeds).
     it->first->TryCancel();
     ++cancelled_;
     LOG_EVERY_N(WARNING, 100) << "gRPC: cancelled a call whose client did not read its reply ("

@@ -169,7 +169,8 @@ class Client::Impl {
   // same counter).
   uint64_t NextCallId() { return next_request_id_.fetch_add(1, std::memory_order_relaxed); }
 
-  // The fd for `buffer_id` that a gRPC call (`call_id`, 0 for Allocate) had
+  // The fd for `buffer_id` that a gRPC call (`call_id`, 0 where hallocd
+  // echoes none) had
   // sent ahead of its reply: normally queued already. Records for others
   // are kept for them.
   absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id, uint64_t call_id) {
@@ -464,7 +465,6 @@ class Client::Impl {
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
   // Requests whose caller stopped waiting (or that nobody waits for).
   absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
-  // Call ids of Imports that failed before their fd came (closed on arrival).
   // Calls that gave up before their fds came, and whether to give their
   // buffers back (AbandonCall).
   absl::flat_hash_map<uint64_t, bool> abandoned_calls_ ABSL_GUARDED_BY(mu_);

@@ -257,8 +257,8 @@ class Client:
         self._closing = False  # close() has begun (see close)
         self._fast_path = broker_fast_path
         self._request_ids = itertools.count(1)  # 0 was the handshake's Verify
-        # (buffer id, call id) -> _Pending (gRPC calls' fds; call id 0 for
-        # Allocate's, ImportRequest.call_id for an import's)
+        # (buffer id, call id) -> _Pending (gRPC calls' fds; the call id
+        # the request carried, 0 where hallocd echoes none)
         self._pending = {}
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
         self._abandoned = set()  # requests whose caller stopped waiting
