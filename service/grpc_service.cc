@@ -200,6 +200,15 @@ grpc::Status AllocatorService::Share(grpc::ServerContext* ctx,
   HALLOC_WITH_SESSION("Share", {
     absl::StatusOr<v1::Grant> r = core_->Share(**session, *req);
     if (!r.ok()) return r.status();
+    // A caller past its deadline never learns the grant: nobody could hand
+    // it on or revoke it, and it would count against the buffer's grants
+    // until the session ends. Withdrawn, as libhalloc withdraws a late
+    // broker grant (the deadline, not IsCancelled(): see Allocate).
+    if (ctx->deadline() <= std::chrono::system_clock::now()) {
+      (void)core_->Revoke(**session, r->id());
+      return absl::CancelledError(
+          "the call was cancelled or its deadline passed; the grant was withdrawn");
+    }
     *resp->mutable_grant() = std::move(*r);
     return absl::OkStatus();
   });

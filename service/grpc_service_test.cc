@@ -35,12 +35,45 @@ class FakeChannel : public FdChannel {
   absl::Duration delay;  // a slow delivery
 };
 
+// Holds every Share call for `delay` before its handler runs: the server
+// side of a call whose caller gives up meanwhile.
+class SlowShares : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit SlowShares(absl::Duration delay) : delay_(delay) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new Hold(absl::string_view(info->method()) == "/halloc.v1.Allocator/Share"
+                        ? delay_
+                        : absl::ZeroDuration());
+  }
+
+ private:
+  class Hold : public grpc::experimental::Interceptor {
+   public:
+    explicit Hold(absl::Duration delay) : delay_(delay) {}
+    void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
+      if (m->QueryInterceptionHookPoint(
+              grpc::experimental::InterceptionHookPoints::POST_RECV_MESSAGE)) {
+        absl::SleepFor(delay_);
+      }
+      m->Proceed();
+    }
+
+   private:
+    absl::Duration delay_;
+  };
+  absl::Duration delay_;
+};
+
 class GrpcServiceTest : public ::testing::Test {
  protected:
-  GrpcServiceTest()
+  explicit GrpcServiceTest(absl::Duration share_delay = absl::ZeroDuration())
       : core_(std::make_unique<MemfdBackend>(), Limits()), service_(&core_) {
     grpc::ServerBuilder builder;
     builder.RegisterService(&service_);
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> slow;
+    slow.push_back(std::make_unique<SlowShares>(share_delay));
+    builder.experimental().SetInterceptorCreators(std::move(slow));
     server_ = builder.BuildAndStart();
     stub_ = v1::Allocator::NewStub(server_->InProcessChannel(grpc::ChannelArguments()));
     Identity me;
@@ -222,6 +255,40 @@ TEST_F(GrpcServiceTest, AnImportPastItsDeadlineGivesBackTheHoldItMade) {
   v1::ReleaseResponse rresp;
   ASSERT_TRUE(stub_->Release(Ctx(session_->token()).get(), rel, &rresp).ok());
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+// The same for a Share: its caller gave up before the grant was made, so
+// it never learns the grant's token or id. Before, that grant stayed (one of
+// the buffer's grants) until the session ended, with nobody able to hand it
+// on or revoke it.
+class SlowShareTest : public GrpcServiceTest {
+ protected:
+  SlowShareTest() : GrpcServiceTest(absl::Milliseconds(300)) {}
+};
+
+TEST_F(SlowShareTest, AShareItsCallerGaveUpOnIsWithdrawn) {
+  const std::vector<uint64_t> ids = AllocateIds(1);
+  ASSERT_EQ(ids.size(), 1u);
+  v1::ShareRequest share;
+  share.set_buffer_id(ids[0]);
+  share.mutable_peer()->set_uid(::getuid());
+  v1::ShareResponse grant;
+  auto ctx = Ctx(session_->token());
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+  EXPECT_EQ(stub_->Share(ctx.get(), share, &grant).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The daemon side makes the grant after the caller gave up, then takes
+  // it back.
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (core_.Stats().grants_revoked_total() == 0) {
+    ASSERT_LT(absl::Now(), until) << "the grant of a Share whose caller gave up is still there ("
+                                  << core_.Stats().grants() << " live)";
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(core_.Stats().grants(), 0u);
+  // A Share in time still makes its grant.
+  ASSERT_TRUE(stub_->Share(Ctx(session_->token()).get(), share, &grant).ok());
+  EXPECT_EQ(core_.Stats().grants(), 1u);
 }
 
 TEST_F(GrpcServiceTest, NoOrAWrongTokenIsUnauthenticatedAndAllocatesNothing) {
