@@ -41,12 +41,18 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->control_peers_ = std::make_shared<ControlPeers>();
-  d->service_ = std::make_unique<AllocatorService>(d->core_.get(), d->control_peers_);
+  Daemon* self = d.get();
+  d->service_ = std::make_unique<AllocatorService>(
+      d->core_.get(), d->control_peers_,
+      [self](std::optional<uid_t> only_uid) { return self->Stats(only_uid); });
   const bool broker_inherited = inherited.broker.is_valid();
   RETURN_IF_ERROR(d->StartControl(std::move(inherited.control)));
   // What a control connection costs is known now: the connection
   // defaults and hallocd's buffer room (the policy's limits) follow it.
-  SetControlConnectionFds(d->control_listener_->relaying() ? 4 : 2);
+  {
+    absl::MutexLock lock(&d->listener_mu_);
+    SetControlConnectionFds(d->control_listener_->relaying() ? 4 : 2);
+  }
   d->core_->SetPolicy(d->core_->policy());
   // The broker last: a client connects to it first, so once it exists the
   // control plane is ready too.
@@ -113,14 +119,24 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
         absl::StrCat("gRPC server failed to start on unix:", control));
   }
   Allocator* core = core_.get();
-  ASSIGN_OR_RETURN(control_listener_, GrpcListener::Start(
-                                          std::move(inherited), server_.get(),
-                                          [core](uid_t uid, ConnectionCounts held) {
-                                            return AdmitConnection(*core->policy(), uid, held,
-                                                                   "control connections");
-                                          },
-                                          control_peers_));
+  ASSIGN_OR_RETURN(std::unique_ptr<GrpcListener> listener,
+                   GrpcListener::Start(
+                       std::move(inherited), server_.get(),
+                       [core](uid_t uid, ConnectionCounts held) {
+                         return AdmitConnection(*core->policy(), uid, held, "control connections");
+                       },
+                       control_peers_));
+  absl::MutexLock lock(&listener_mu_);
+  control_listener_ = std::move(listener);
   return absl::OkStatus();
+}
+
+v1::StatsResponse Daemon::Stats(std::optional<uid_t> only_uid) {
+  v1::StatsResponse s = core_->Stats(only_uid);
+  if (reply_watch_) s.set_grpc_replies_cancelled_total(reply_watch_->cancelled());
+  absl::MutexLock lock(&listener_mu_);
+  if (control_listener_) s.set_grpc_connections_cut_total(control_listener_->cut_total());
+  return s;
 }
 
 absl::Status Daemon::StartBroker(UniqueFd inherited) {
@@ -157,10 +173,9 @@ Daemon::Daemon(DaemonOptions options) : options_(std::move(options)) {}
 Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Daemon::StartMetrics() {
-  Allocator* core = core_.get();
-  auto start = [this, core]() -> absl::Status {
-    absl::StatusOr<std::unique_ptr<MetricsServer>> m = MetricsServer::Start(
-        options_.metrics_address, [core] { return ToPrometheus(core->Stats()); });
+  auto start = [this]() -> absl::Status {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> m =
+        MetricsServer::Start(options_.metrics_address, [this] { return ToPrometheus(Stats()); });
     if (!m.ok()) return m.status();
     absl::MutexLock lock(&metrics_mu_);
     metrics_ = *std::move(m);
@@ -195,7 +210,10 @@ void Daemon::Shutdown(absl::Duration grace) {
   }
   // No new connections on systemd's socket: they wait there for the next
   // hallocd instead.
-  if (control_listener_) control_listener_->Stop();
+  {
+    absl::MutexLock lock(&listener_mu_);
+    if (control_listener_) control_listener_->Stop();
+  }
   if (server_) {
     if (health_) health_->Shutdown();  // NOT_SERVING from now on
     server_->Shutdown(std::chrono::system_clock::now() +

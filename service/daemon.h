@@ -120,6 +120,8 @@ class Daemon {
  private:
   explicit Daemon(DaemonOptions options);
   absl::Status StartControl(UniqueFd inherited);
+  // The core's statistics and the control socket's guards' counters.
+  v1::StatsResponse Stats(std::optional<uid_t> only_uid = std::nullopt);
   absl::Status StartBroker(UniqueFd inherited);
 
   DaemonOptions options_;
@@ -132,8 +134,10 @@ class Daemon {
   // Outlives server_, whose calls it watches.
   std::unique_ptr<ReplyWatch> reply_watch_;
   std::unique_ptr<grpc::Server> server_;
-  // Accepts for server_ on the control socket, systemd's or our own.
-  std::unique_ptr<GrpcListener> control_listener_;
+  // Accepts for server_ on the control socket, systemd's or our own. Set
+  // once server_ serves (Stats may read it from then on).
+  absl::Mutex listener_mu_;
+  std::unique_ptr<GrpcListener> control_listener_ ABSL_GUARDED_BY(listener_mu_);
   bool control_from_systemd_ = false;
   SocketFile control_file_;  // the control socket's file, when bound here
   std::unique_ptr<Broker> broker_;

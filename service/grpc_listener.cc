@@ -137,6 +137,11 @@ void GrpcListener::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+uint64_t GrpcListener::cut_total() const {
+  absl::MutexLock lock(&mu_);
+  return cut_total_;
+}
+
 ConnectionCounts GrpcListener::held(uid_t uid) const {
   absl::MutexLock lock(&mu_);
   auto it = per_uid_.find(uid);
@@ -200,6 +205,7 @@ void GrpcListener::CutUnread(absl::Time now) {
     // sees it too, and the count drops (Reap).
     ::shutdown(dup, SHUT_RDWR);
     conn.cut = true;
+    ++cut_total_;
     // Not the operators (root's tools, hallocd's own uid), held to no
     // per-uid limit either: their other connections go on.
     if (!IsOperatorUid(conn.uid)) cut_until_[conn.uid] = now + cut_penalty;

@@ -90,6 +90,9 @@ class GrpcListener {
 
   // Connections open now: `uid`'s and all.
   ConnectionCounts held(uid_t uid) const;
+  // Connections shut down since start for leaving what was sent them
+  // unread (unread_limit).
+  uint64_t cut_total() const;
 
   // Relay every connection even where the kernel refuses fds at the sender
   // (tests, on kernels from 6.16). Read by Start.
@@ -153,6 +156,7 @@ class GrpcListener {
   absl::flat_hash_map<uid_t, uint32_t> per_uid_ ABSL_GUARDED_BY(mu_);
   // Uids refused until then: one of their connections was cut.
   absl::flat_hash_map<uid_t, absl::Time> cut_until_ ABSL_GUARDED_BY(mu_);
+  uint64_t cut_total_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time next_unread_check_ = absl::InfinitePast();  // Run's thread only
 };
 

@@ -248,6 +248,7 @@ TEST_P(GrpcListenerTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
   EXPECT_NE(WEXITSTATUS(status), 5) << "its uid connected again at once";
   EXPECT_NE(WEXITSTATUS(status), 6) << "its uid was refused past the penalty";
   EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(listener_->cut_total(), 1u);  // what Stats and the metrics say
   EXPECT_TRUE(WaitFor([&] { return listener_->held(65534).of_uid == 0; }));
   EXPECT_TRUE(Check().ok()) << "root's connections: no penalty (an operator's)";
 }

@@ -167,7 +167,7 @@ grpc::Status AllocatorService::Stats(grpc::ServerContext* ctx, const v1::StatsRe
     if (!peer || !charged) return Finish("Stats", nullptr, UnknownConnection());
     if (!Allocator::IsOperator(peer->uid)) only_uid = *charged;
   }
-  *resp = core_->Stats(only_uid);
+  *resp = stats_ ? stats_(only_uid) : core_->Stats(only_uid);
   return grpc::Status::OK;
 }
 

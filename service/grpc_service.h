@@ -7,6 +7,11 @@
 #ifndef HALLOC_SERVICE_GRPC_SERVICE_H_
 #define HALLOC_SERVICE_GRPC_SERVICE_H_
 
+#include <sys/types.h>
+
+#include <functional>
+#include <optional>
+
 #include "clients/cpp/halloc/base/protocol.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
@@ -28,10 +33,17 @@ class AllocatorService final : public v1::Allocator::Service {
   // ReleaseMany streams being served now.
   int release_streams() const { return release_streams_.taken(); }
 
+  // What Stats answers (all uids, or only one's rows); by default the
+  // core's alone.
+  using StatsSource = std::function<v1::StatsResponse(std::optional<uid_t> only_uid)>;
+
   // With `peers` (hallocd's: every connection its listener handed gRPC),
   // a session's token is good only on a connection of the session's uid.
-  explicit AllocatorService(Allocator* core, std::shared_ptr<const ControlPeers> peers = nullptr)
-      : core_(core), peers_(std::move(peers)) {}
+  // `stats` (hallocd's adds its transport's counters to the core's) may be
+  // null.
+  explicit AllocatorService(Allocator* core, std::shared_ptr<const ControlPeers> peers = nullptr,
+                            StatsSource stats = nullptr)
+      : core_(core), peers_(std::move(peers)), stats_(std::move(stats)) {}
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
                         v1::AllocateResponse* resp) override;
@@ -70,6 +82,7 @@ class AllocatorService final : public v1::Allocator::Service {
 
   Allocator* const core_;
   const std::shared_ptr<const ControlPeers> peers_;
+  const StatsSource stats_;
   StreamSlots release_streams_{"ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid};
 };
 

@@ -76,6 +76,12 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
       "releases      %d (since start)\n",
       s.live_buffers(), s.live_bytes(), s.sessions(), s.grants(), s.grants_revoked_total(),
       s.allocations_total(), s.releases_total());
+  if (s.grpc_replies_cancelled_total() != 0 || s.grpc_connections_cut_total() != 0) {
+    out << absl::StreamFormat(
+        "control guards  %d replies cancelled, %d connections cut (unread by their "
+        "clients; since start)\n",
+        s.grpc_replies_cancelled_total(), s.grpc_connections_cut_total());
+  }
   if (s.max_buffers() != 0) {
     out << absl::StreamFormat("buffer limit  %d (hallocd's, all clients)\n", s.max_buffers());
   }

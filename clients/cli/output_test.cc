@@ -42,5 +42,20 @@ TEST(OutputTest, StatsSayWhenTheyAreOneUsersView) {
   EXPECT_TRUE(absl::StrContains(mine.str(), "the denials are for root")) << mine.str();
 }
 
+// The control socket's guards show only once they acted: a count there is
+// a client holding hallocd's threads.
+TEST(OutputTest, StatsShowTheControlGuardsOnceTheyActed) {
+  v1::StatsResponse s;
+  std::ostringstream quiet;
+  PrintStats(quiet, s);
+  EXPECT_FALSE(absl::StrContains(quiet.str(), "control guards")) << quiet.str();
+  s.set_grpc_replies_cancelled_total(12);
+  s.set_grpc_connections_cut_total(1);
+  std::ostringstream acted;
+  PrintStats(acted, s);
+  EXPECT_TRUE(absl::StrContains(acted.str(), "12 replies cancelled, 1 connections cut"))
+      << acted.str();
+}
+
 }  // namespace
 }  // namespace halloc::cli

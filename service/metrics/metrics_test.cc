@@ -36,6 +36,8 @@ v1::StatsResponse Sample() {
   s.set_allocations_total(7);
   s.set_releases_total(4);
   s.set_grants_revoked_total(9);
+  s.set_grpc_replies_cancelled_total(4);
+  s.set_grpc_connections_cut_total(1);
   (*s.mutable_denials_by_rule())["camera"] = 2;
   v1::ClientStats* c = s.add_clients();
   c->set_client("cam\"era\\x\ny");
@@ -65,6 +67,8 @@ TEST(PrometheusTest, RendersGaugesCountersLabelsAndACumulativeHistogram) {
   EXPECT_TRUE(absl::StrContains(text, "halloc_denials_total{rule=\"camera\"} 2\n"));
   EXPECT_TRUE(absl::StrContains(
       text, "# TYPE halloc_grants_revoked_total counter\nhalloc_grants_revoked_total 9\n"));
+  EXPECT_TRUE(absl::StrContains(text, "halloc_grpc_replies_cancelled_total 4\n"));
+  EXPECT_TRUE(absl::StrContains(text, "halloc_grpc_connections_cut_total 1\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_stock_buffers{backend=\"memfd\"} 5\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_hits_total{backend=\"memfd\"} 6\n"));
   EXPECT_TRUE(absl::StrContains(

@@ -85,6 +85,12 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
   Family(&out, "halloc_grants_revoked_total", "counter",
          "Grants withdrawn by revokes since start, those taken down the chain included.")
       .Sample(s.grants_revoked_total());
+  Family(&out, "halloc_grpc_replies_cancelled_total", "counter",
+         "gRPC calls cancelled since start: their reply waited too long for its client.")
+      .Sample(s.grpc_replies_cancelled_total());
+  Family(&out, "halloc_grpc_connections_cut_total", "counter",
+         "Control connections shut down since start: their peer left what was sent it unread.")
+      .Sample(s.grpc_connections_cut_total());
   Family(&out, "halloc_released_held_buffers", "gauge",
          "Released buffers whose memory a process still holds, still charged.")
       .Sample(s.released_held_buffers());

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "tests/integration/abuse_fixture.h"
 
@@ -35,7 +36,9 @@ constexpr bool kSanitized = false;
 // as HPACK literals without indexing.
 class UnfinishedCalls {
  public:
-  explicit UnfinishedCalls(const std::string& socket) {
+  // `window`: the client's INITIAL_WINDOW_SIZE for replies (0: it takes
+  // none; absent: HTTP/2's default).
+  explicit UnfinishedCalls(const std::string& socket, std::optional<uint32_t> window = {}) {
     fd_ = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
@@ -44,7 +47,12 @@ class UnfinishedCalls {
       ended_ = true;
       return;
     }
-    Send(std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + Frame(kSettings, 0, 0, ""));
+    std::string settings;
+    if (window) {
+      const uint32_t v = htonl(*window);
+      settings = std::string("\0\4", 2) + std::string(reinterpret_cast<const char*>(&v), 4);
+    }
+    Send(std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + Frame(kSettings, 0, 0, settings));
     // The server's settings come first: its window per call among them.
     for (int i = 0; i < 50 && !settled_ && !ended_; ++i) Pump(100);
   }
@@ -82,13 +90,27 @@ class UnfinishedCalls {
     return sent;
   }
 
+  // Makes `calls` whole Stats calls (no session needed), whose replies
+  // wait for a window this client never opens if it took none.
+  void StartStats(int calls) {
+    static const std::string kHeaders =
+        Literal(":method", "POST") + Literal(":scheme", "http") +
+        Literal(":path", "/halloc.v1.Allocator/Stats") + Literal(":authority", "hallocd") +
+        Literal("content-type", "application/grpc") + Literal("te", "trailers");
+    for (int c = 0; c < calls && !ended_; ++c, next_stream_ += 2) {
+      Send(Frame(kHeaders_, kEndHeaders, next_stream_, kHeaders));
+      Send(Frame(kData, kEndStream, next_stream_, std::string(5, '\0')));  // an empty message
+    }
+    Pump(0);
+  }
+
   bool ended() const { return ended_; }
   const std::string& goaway() const { return goaway_; }
 
  private:
   static constexpr uint8_t kData = 0, kHeaders_ = 1, kSettings = 4, kPing = 6, kGoaway = 7,
                            kWindowUpdate = 8;
-  static constexpr uint8_t kEndHeaders = 4, kAck = 1;
+  static constexpr uint8_t kEndHeaders = 4, kAck = 1, kEndStream = 1;
 
   static std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& p) {
     std::string f(9, '\0');
@@ -224,6 +246,35 @@ TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
   ASSERT_TRUE(c.ok()) << c.status();
   const absl::Status allocated = c->Allocate(BlobDescriptor(4096)).status();
   EXPECT_TRUE(allocated.ok()) << allocated;
+}
+
+// A client that takes no window for its replies holds a server thread per
+// call until the reply watch cancels it (service/reply_watch.h); how many
+// it cancelled is in Stats, and so in the metrics, for an operator to see.
+TEST_F(RequestSizeTest, RepliesCancelledForWantOfAWindowAreCounted) {
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
+  auto stub = v1::Allocator::NewStub(
+      grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  auto cancelled = [&]() -> uint64_t {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::StatsResponse stats;
+    grpc::Status s = stub->Stats(&ctx, v1::StatsRequest(), &stats);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return stats.grpc_replies_cancelled_total();
+  };
+  ASSERT_EQ(cancelled(), 0u);
+  // Past the uid's 8 stuck replies, each is cancelled within ~100 ms; the
+  // 8 within the watch's 5 s.
+  UnfinishedCalls shut(opts_.control_socket, /*window=*/0);
+  ASSERT_FALSE(shut.ended());
+  shut.StartStats(12);
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  uint64_t n = 0;
+  while ((n = cancelled()) < 12 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_EQ(n, 12u) << "replies waiting on a window never opened, cancelled and counted";
 }
 
 // hallocd reads at most 64 KiB of a gRPC request (--grpc_max_message_bytes,
