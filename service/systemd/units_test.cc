@@ -162,7 +162,8 @@ TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
               ::testing::IsSupersetOf({"/dev/halloc rw", "/dev/dma_heap/halloc-system rw",
                                        "/dev/dma_heap/halloc-contig rw",
                                        "/dev/dma_heap/halloc-protected rw",
-                                       "/dev/dma_heap/halloc-deferred rw"}));
+                                       "/dev/dma_heap/halloc-deferred rw", "char-dma_heap rw",
+                                       "/dev/udmabuf rw"}));
 }
 
 // The flags ExecStart passes exist (an unknown flag would stop hallocd at
