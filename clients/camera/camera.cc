@@ -1,9 +1,12 @@
 #include "clients/camera/camera.h"
 
+#include <google/protobuf/util/message_differencer.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "clients/camera/formats.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
 
@@ -47,7 +50,45 @@ absl::StatusOr<v1::Grant> Camera::ShareWithUid(const Frame& frame,
 absl::Status Camera::AllocateBuffers(const v1::BufferDescriptor& desc,
                                      uint32_t count) {
   ASSIGN_OR_RETURN(std::vector<Buffer> buffers, client_->Allocate(desc, count));
-  buffers_ = std::move(buffers);
+  buffers_ = std::move(buffers);  // released by ~Camera if refused below
+  // Every buffer is written by one layout (the driver's, or the pattern's):
+  // each must have it, whole.
+  for (size_t i = 0; i < buffers_.size(); ++i) {
+    const Buffer& b = buffers_[i];
+    RETURN_IF_ERROR(CheckFrameLayout(b.layout(), desc, b.size()));
+    if (!google::protobuf::util::MessageDifferencer::Equals(b.layout(), buffers_[0].layout())) {
+      return absl::DataLossError(
+          absl::StrCat("hallocd laid buffer ", i, " of ", buffers_.size(), " out unlike buffer 0"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckFrameLayout(const v1::BufferLayout& layout, const v1::BufferDescriptor& desc,
+                              uint64_t buffer_size) {
+  const v1::ImageDescriptor& want = desc.image();
+  auto bad = [&](absl::string_view why) {
+    return absl::DataLossError(absl::StrFormat("hallocd's layout for a %ux%u %s frame %s",
+                                               want.width(), want.height(),
+                                               FourccString(want.format()), why));
+  };
+  if (layout.planes_size() == 0) return bad("has no plane");
+  if (layout.format() != want.format() || layout.width() != want.width() ||
+      layout.height() != want.height()) {
+    return bad(absl::StrFormat("is for a %ux%u %s", layout.width(), layout.height(),
+                               FourccString(layout.format())));
+  }
+  if (layout.size() > buffer_size) {
+    return bad(absl::StrCat("needs ", layout.size(), " bytes; the buffer has ", buffer_size));
+  }
+  for (int i = 0; i < layout.planes_size(); ++i) {
+    const v1::PlaneLayout& p = layout.planes(i);
+    if (p.stride() == 0 || p.offset() > layout.size() || p.size() > layout.size() - p.offset()) {
+      return bad(absl::StrCat("has plane ", i, " (offset ", p.offset(), ", ", p.size(),
+                              " bytes, stride ", p.stride(), ") outside its ", layout.size(),
+                              " bytes"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -60,6 +101,10 @@ absl::Status CheckOptions(const CameraOptions& options) {
   if (options.buffer_count == 0 || options.buffer_count > kMaxBuffers) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%u buffers: a camera takes 1 to %u", options.buffer_count, kMaxBuffers));
+  }
+  if (!(options.fps >= 0 && options.fps <= kMaxFps)) {  // NaN fails both
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%g frames/s: a camera runs at 0 (as fast as it can) to %g", options.fps, kMaxFps));
   }
   return absl::OkStatus();
 }

@@ -152,9 +152,18 @@ class Camera {
   std::vector<Buffer> buffers_;  // set before streaming, then read-only
 };
 
-// OK, or INVALID_ARGUMENT for a zero width or height or a buffer count
-// outside 1..kMaxBuffers (both sources check this first).
+// OK, or INVALID_ARGUMENT for a zero width or height, a buffer count
+// outside 1..kMaxBuffers, or a frame rate that is not a number in
+// 0..kMaxFps (both sources check this first).
 absl::Status CheckOptions(const CameraOptions& options);
+inline constexpr double kMaxFps = 1000;
+
+// hallocd's layout for a frame of `desc` (an image descriptor), checked
+// before the driver or the pattern writes by it: DATA_LOSS unless it has a
+// plane, is the format and size asked for, fits in `buffer_size` bytes,
+// and has every plane within its own size.
+absl::Status CheckFrameLayout(const v1::BufferLayout& layout, const v1::BufferDescriptor& desc,
+                              uint64_t buffer_size = UINT64_MAX);
 
 // The descriptor a camera asks hallocd for: an image of `options.format`,
 // width x height, usage camera_output | options.usage | extra_usage.

@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
-
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "clients/camera/formats.h"
 #include "clients/camera/pattern.h"
+#include "clients/cpp/halloc/fake_broker.h"
 #include "clients/testing/test_daemon.h"
 #include "gtest/gtest.h"
 
@@ -327,6 +328,15 @@ TEST_F(CameraTest, BadInputsGiveClearErrors) {
   EXPECT_EQ(Camera::Open(client(), o).status().code(),
             absl::StatusCode::kInvalidArgument);
 
+  // A rate V4L2's frame interval (in ms) cannot hold, or no number at all.
+  for (double fps : {-1.0, kMaxFps + 1, 1e12, std::nan("")}) {
+    o = Synthetic();
+    o.fps = fps;
+    s = Camera::Open(client(), o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << fps << ": " << s;
+    EXPECT_NE(s.message().find("frames/s"), std::string::npos) << s;
+  }
+
   o = Synthetic();
   o.device = "/dev/null";
   s = Camera::Open(client(), o).status();
@@ -337,6 +347,104 @@ TEST_F(CameraTest, BadInputsGiveClearErrors) {
   s = Camera::Open(client(), o).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kNotFound) << s;
   EXPECT_NE(s.message().find("/nonexistent/video9"), std::string::npos) << s;
+}
+
+// What hallocd lays a frame out as is checked before anything writes by
+// it: a reply from a buggy or foreign daemon is DATA_LOSS, not a write past
+// a mapping (or, with no plane, an abort on planes(0)).
+TEST_F(CameraTest, AFrameLayoutIsCheckedBeforeAnythingWritesByIt) {
+  const v1::BufferDescriptor desc = FrameDescriptor(Synthetic(), 320, 240);
+  absl::StatusOr<v1::IsSupportedResponse> r = client().IsSupported(desc);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(SupportStatus(*r).ok()) << SupportStatus(*r);
+  const v1::BufferLayout good = r->layout();
+  EXPECT_TRUE(CheckFrameLayout(good, desc, good.size()).ok());
+
+  auto refused = [&](const v1::BufferLayout& l, uint64_t size, const std::string& why) {
+    const absl::Status s = CheckFrameLayout(l, desc, size);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << why << ": " << s;
+    EXPECT_NE(s.message().find(why), std::string::npos) << s;
+  };
+  v1::BufferLayout l = good;
+  l.clear_planes();
+  refused(l, good.size(), "has no plane");
+  l = good;
+  l.set_width(640);
+  refused(l, UINT64_MAX, "is for a 640x240");
+  refused(good, good.size() - 1, "the buffer has");
+  l = good;
+  l.mutable_planes(0)->set_offset(good.size());
+  refused(l, UINT64_MAX, "outside its");
+  l = good;
+  l.mutable_planes(0)->set_size(UINT64_MAX);  // offset + size would wrap
+  l.mutable_planes(0)->set_offset(1);
+  refused(l, UINT64_MAX, "outside its");
+  l = good;
+  l.mutable_planes(0)->set_stride(0);
+  refused(l, UINT64_MAX, "outside its");
+}
+
+// A refusal is never read as success, whatever code the reply carries.
+TEST(SupportStatusTest, ARefusalIsAnErrorEvenWithoutACode) {
+  v1::IsSupportedResponse r;
+  r.set_supported(true);
+  EXPECT_TRUE(SupportStatus(r).ok());
+  r.set_supported(false);
+  r.set_reason("no such heap");
+  EXPECT_EQ(SupportStatus(r).code(), absl::StatusCode::kUnknown);  // code 0 (OK)
+  r.set_code(99);
+  EXPECT_EQ(SupportStatus(r).code(), absl::StatusCode::kUnknown);
+  r.set_code(static_cast<int>(absl::StatusCode::kPermissionDenied));
+  EXPECT_EQ(SupportStatus(r).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(SupportStatus(r).message().find("no such heap"), std::string::npos);
+}
+
+// A daemon whose buffers come without the layout asked for (none at all,
+// or unlike each other): the camera refuses them (and gives them back)
+// rather than draw by a layout it never checked.
+TEST(CameraDaemonTest, BuffersLaidOutUnlikeWhatWasAskedAreRefused) {
+  for (const bool one_unlike : {false, true}) {
+    ::halloc::testing::FakeBroker broker([&](int sock, const v1::BrokerRequest& req) {
+      if (req.has_release()) {
+        ::halloc::testing::FakeBroker::Reply(sock,
+                                             ::halloc::testing::ReleaseReply(req.request_id()));
+      }
+      if (!req.has_allocate()) return;
+      const v1::ImageDescriptor& want = req.allocate().desc().image();
+      v1::BrokerReply reply = ::halloc::testing::AllocateReply(req.request_id(), {1, 2});
+      std::vector<::halloc::UniqueFd> fds;
+      std::vector<int> raw;
+      for (v1::BufferInfo& b : *reply.mutable_allocate()->mutable_buffers()) {
+        fds.push_back(::halloc::testing::Memfd());
+        raw.push_back(fds.back().get());
+        if (!one_unlike) continue;  // no layout at all
+        v1::BufferLayout* l = b.mutable_layout();
+        l->set_format(want.format());
+        l->set_width(want.width());
+        l->set_height(want.height());
+        l->set_size(4096);
+        v1::PlaneLayout* p = l->add_planes();
+        p->set_stride(b.id() == 1 ? 64 : 128);  // the second unlike the first
+        p->set_size(4096);
+      }
+      ::halloc::testing::FakeBroker::Reply(sock, reply, raw);
+    });
+    absl::StatusOr<Client> c = Client::Connect(broker.options());
+    ASSERT_TRUE(c.ok()) << c.status();
+    CameraOptions o;
+    o.width = 16;
+    o.height = 16;
+    o.buffer_count = 2;
+    o.fps = 0;
+    const absl::Status s = Camera::OpenSynthetic(*c, o).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+    EXPECT_NE(s.message().find(one_unlike ? "unlike buffer 0" : "has no plane"), std::string::npos)
+        << s;
+    for (int i = 0; i < 500 && broker.released_ids().size() < 2; ++i) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    EXPECT_EQ(broker.released_ids().size(), 2u) << "the refused buffers were kept";
+  }
 }
 
 TEST(Formats, V4l2AndDrmNamesOfOneLayout) {

@@ -21,6 +21,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "clients/camera/camera.h"
@@ -142,6 +143,12 @@ absl::StatusOr<CameraOptions> OptionsFromFlags(v1::CpuAccess* rights) {
   o.fps = absl::GetFlag(FLAGS_fps);
   if (absl::GetFlag(FLAGS_frames) < 1) {
     return absl::InvalidArgumentError("--frames must be at least 1");
+  }
+  // A frame the run never reaches would write nothing, and say nothing.
+  if (absl::GetFlag(FLAGS_write_frame) >= absl::GetFlag(FLAGS_frames)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--write_frame=", absl::GetFlag(FLAGS_write_frame),
+                     " is past the last of --frames=", absl::GetFlag(FLAGS_frames), " (0-based)"));
   }
   const std::string r = absl::GetFlag(FLAGS_share_rights);
   if (r == "read") {

@@ -90,6 +90,9 @@ TEST(HallocCameraTool, ExitCodes) {
   EXPECT_NE(r.out.find("--device or --synthetic"), std::string::npos) << r.out;
   r = RunTool({"--synthetic", "--format=NOPE"});
   EXPECT_EQ(r.exit_code, 2) << r.out;
+  r = RunTool({"--synthetic", "--frames=3", "--write_frame=3", "--write=/dev/null"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("past the last of --frames=3"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -222,13 +222,10 @@ class V4l2Camera : public Camera {
   // hallocd's layout for the format at `width`x`height`.
   absl::StatusOr<v1::BufferLayout> HallocLayout(const CameraOptions& options,
                                                 uint32_t width, uint32_t height) {
-    ASSIGN_OR_RETURN(v1::IsSupportedResponse r,
-                     client_->IsSupported(FrameDescriptor(options, width, height),
-                                          options.buffer_count));
-    if (!r.supported()) {
-      return absl::Status(static_cast<absl::StatusCode>(r.code()),
-                          absl::StrCat("hallocd: ", r.reason()));
-    }
+    const v1::BufferDescriptor desc = FrameDescriptor(options, width, height);
+    ASSIGN_OR_RETURN(v1::IsSupportedResponse r, client_->IsSupported(desc, options.buffer_count));
+    RETURN_IF_ERROR(SupportStatus(r));
+    RETURN_IF_ERROR(CheckFrameLayout(r.layout(), desc));
     return r.layout();
   }
 
@@ -259,6 +256,14 @@ class V4l2Camera : public Camera {
       return absl::FailedPreconditionError(absl::StrCat(
           Describe(), " wants ", fmt.fmt.pix_mp.num_planes, " memory planes for ",
           FourccString(pixfmt), "; only one-buffer formats are supported"));
+    }
+    // Fields (ALTERNATE: half a frame per buffer; INTERLACED: two woven)
+    // would not be what the layout and every consumer take a frame to be.
+    const uint32_t field = mplane() ? fmt.fmt.pix_mp.field : fmt.fmt.pix.field;
+    if (field != V4L2_FIELD_NONE) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Describe(), " gives interlaced video (field order ", field,
+                       "); only progressive frames are supported"));
     }
     format_.drm_format = options.format;
     format_.v4l2_format = pixfmt;
@@ -342,10 +347,15 @@ class V4l2Camera : public Camera {
     }
     RETURN_IF_ERROR(AllocateBuffers(
         FrameDescriptor(options, format_.width, format_.height), req.count));
-    if (!buffers_[0].is_dmabuf()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "hallocd's ", buffers_[0].info().backend(),
-          " backend gives no dma-bufs, which V4L2 needs; use the synthetic source"));
+    // Laid out as IsSupported said for options.buffer_count, which the
+    // driver may have raised (AllocateBuffers: all alike), and dma-bufs.
+    RETURN_IF_ERROR(Reconcile(buffers_[0].layout()));
+    for (const Buffer& b : buffers_) {
+      if (!b.is_dmabuf()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("hallocd's ", b.info().backend(),
+                         " backend gives no dma-bufs, which V4L2 needs; use the synthetic source"));
+      }
     }
     return absl::OkStatus();
   }

@@ -169,10 +169,7 @@ absl::Status Supported(Session& s, const Call& call) {
   } else if (r.supported()) {
     PrintSupported(call.out, r);
   }
-  if (r.supported()) return absl::OkStatus();
-  const auto code = static_cast<absl::StatusCode>(r.code());
-  return absl::Status(code == absl::StatusCode::kOk ? absl::StatusCode::kUnknown : code,
-                      absl::StrCat("not supported: ", r.reason()));
+  return SupportStatus(r);
 }
 
 absl::Status Share(Session& s, const Call& call) {

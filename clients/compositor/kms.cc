@@ -206,7 +206,10 @@ absl::StatusOr<KmsDisplay> KmsDisplay::Open(absl::string_view driver,
 
   drmModeRes* res = drmModeGetResources(fd);
   if (res == nullptr) return ErrnoStatus(errno, absl::StrCat("drmModeGetResources ", path));
-  const uint32_t all_crtcs = (1u << res->count_crtcs) - 1;
+  // possible_crtcs is a 32-bit mask: 32 CRTCs fill it (a shift by 32 is
+  // undefined).
+  const uint32_t all_crtcs =
+      res->count_crtcs >= 32 ? ~0u : (1u << std::max(res->count_crtcs, 0)) - 1;
   int crtc_index = -1;
   uint32_t writeback_id = 0;
   absl::Status status = absl::NotFoundError(

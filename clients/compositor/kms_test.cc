@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 
 #include "clients/compositor/pattern.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
@@ -65,6 +66,35 @@ TEST_F(KmsHostTest, PatternsFillXrgbFramesAndRefuseOthers) {
   absl::StatusOr<Buffer> blob = client().Allocate(BlobDescriptor(4096, usage::kCpuWriteOften));
   ASSERT_TRUE(blob.ok());
   EXPECT_EQ(FillSolid(*blob, 0xff00ff00).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A layout whose rows do not fit its buffer is refused, not filled past
+// the mapping: a stride narrower than a row (its last row overran a
+// 4 KiB buffer by 640 bytes), an offset past the end, or a stride so
+// large that stride * height wraps to a small number.
+TEST_F(KmsHostTest, PatternsRefuseLayoutsWhoseRowsDoNotFit) {
+  absl::StatusOr<Buffer> image = client().Allocate(
+      ImageDescriptor(64, 4, DRM_FORMAT_XRGB8888, usage::kCpuWriteOften | usage::kCpuReadOften));
+  ASSERT_TRUE(image.ok()) << image.status();
+  const v1::BufferInfo good = image->info();
+  absl::StatusOr<UniqueFd> fd = image->TakeFd();
+  ASSERT_TRUE(fd.ok());
+  const SharedFd shared(*std::move(fd));
+  auto refused = [&](uint32_t width, uint64_t offset, uint64_t stride) {
+    v1::BufferInfo info = good;
+    info.mutable_layout()->set_width(width);
+    info.mutable_layout()->mutable_planes(0)->set_offset(offset);
+    info.mutable_layout()->mutable_planes(0)->set_stride(stride);
+    absl::StatusOr<UniqueFd> dup = shared.Dup();
+    if (!dup.ok()) return absl::Status(dup.status());
+    return FillSolid(Buffer(info, *std::move(dup)), 0xff00ff00);
+  };
+  const uint64_t size = good.size();
+  EXPECT_EQ(refused(static_cast<uint32_t>(size / 4), 0, 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused(64, size, 256).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused(64, 0, (uint64_t{1} << 62) + 256).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(refused(64, 0, 256).ok());  // the real layout still fills
 }
 
 TEST(FourccNameTest, PrintsTheFourCharacters) {

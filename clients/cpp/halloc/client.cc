@@ -724,4 +724,13 @@ absl::Status Client::Revoke(uint64_t grant_id) {
   return impl_->Call(&v1::Allocator::Stub::Revoke, req, "Revoke").status();
 }
 
+absl::Status SupportStatus(const v1::IsSupportedResponse& reply) {
+  if (reply.supported()) return absl::OkStatus();
+  const int code = reply.code();
+  const bool known = code > static_cast<int>(absl::StatusCode::kOk) &&
+                     code <= static_cast<int>(absl::StatusCode::kUnauthenticated);
+  return absl::Status(known ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown,
+                      absl::StrCat("not supported: ", reply.reason()));
+}
+
 }  // namespace halloc

@@ -203,6 +203,12 @@ class Client {
   std::unique_ptr<Impl> impl_;
 };
 
+// An IsSupported reply as a status: OK when supported; otherwise the
+// refusal's code and reason, UNKNOWN when the reply names no refusal code
+// (OK, or one this client does not know) so that a refusal never reads
+// as success.
+absl::Status SupportStatus(const v1::IsSupportedResponse& reply);
+
 }  // namespace halloc
 
 #endif  // HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
