@@ -76,6 +76,17 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
         "buffer %d is %d bytes, more than a wl_shm pool may be", buffer.id(),
         buffer.size()));
   }
+  // What libwayland-server checks of a pool buffer (shm_pool_create_buffer),
+  // checked here first: there a failure is a protocol error, which ends
+  // the whole connection (every window and buffer on it), not this buffer.
+  const uint64_t stride = p0.stride(), height = l.height();
+  if (stride < l.width() || INT32_MAX / stride <= height || p0.offset() > buffer.size() ||
+      stride * height > buffer.size() - p0.offset()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d: %d rows of stride %d at offset %d do not fit its %d bytes as wl_shm wants "
+        "them (stride at least the width, all of it in the pool)",
+        buffer.id(), height, stride, p0.offset(), buffer.size()));
+  }
   wl_shm_pool* pool = wl_shm_create_pool(display.shm(), fd,
                                          static_cast<int32_t>(buffer.size()));
   wl_buffer* wl = wl_shm_pool_create_buffer(

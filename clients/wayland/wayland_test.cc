@@ -10,16 +10,18 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
+#include "clients/png/png.h"
 #include "clients/testing/test_daemon.h"
 #include "clients/wayland/buffer.h"
 #include "clients/wayland/display.h"
-#include "clients/png/png.h"
 #include "clients/wayland/presenter.h"
 #include "clients/wayland/weston.h"
 #include "gtest/gtest.h"
@@ -329,6 +331,37 @@ TEST_F(WaylandTest, AFormatTheCompositorDoesNotTakeIsRefusedByName) {
       << wl.status();
   // The connection is still usable: nothing was sent.
   EXPECT_TRUE((*d)->Roundtrip().ok());
+}
+
+// A layout wl_shm would refuse is refused here, by name, and the
+// connection lives on: libwayland-server answers one with a protocol error
+// (invalid_stride), which ended the Display and everything on it.
+TEST_F(WaylandTest, ALayoutWlShmWouldRefuseIsRefusedBeforeItIsSent) {
+  absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect(weston_->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  Buffer frame = Frame(kPatterns[0]);
+  const v1::BufferInfo good = frame.info();
+  absl::StatusOr<UniqueFd> fd = frame.TakeFd();
+  ASSERT_TRUE(fd.ok());
+  const SharedFd shared(*std::move(fd));
+  auto create = [&](uint64_t offset, uint64_t stride) {
+    v1::BufferInfo info = good;
+    info.mutable_layout()->mutable_planes(0)->set_offset(offset);
+    info.mutable_layout()->mutable_planes(0)->set_stride(stride);
+    absl::StatusOr<UniqueFd> dup = shared.Dup();
+    if (!dup.ok()) return dup.status();
+    return WlBuffer::Create(**d, Buffer(info, *std::move(dup)), BufferPath::kShm).status();
+  };
+  const uint64_t stride = good.layout().planes(0).stride();
+  for (const auto& [offset, s] : {std::pair<uint64_t, uint64_t>{4096, stride},  // past the end
+                                  {0, 2},                                       // under the width
+                                  {good.size(), stride}}) {
+    const absl::Status refused = create(offset, s);
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+    EXPECT_NE(refused.message().find("as wl_shm wants"), std::string::npos) << refused;
+  }
+  EXPECT_TRUE((*d)->Roundtrip().ok()) << "the connection did not survive";
+  EXPECT_TRUE(create(0, stride).ok());  // the real layout is still shown
 }
 
 TEST_F(WaylandTest, LinuxDmabufIsRefusedWhereTheCompositorLacksIt) {
