@@ -102,9 +102,11 @@ absl::Status CheckOptions(const CameraOptions& options) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%u buffers: a camera takes 1 to %u", options.buffer_count, kMaxBuffers));
   }
-  if (!(options.fps >= 0 && options.fps <= kMaxFps)) {  // NaN fails both
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%g frames/s: a camera runs at 0 (as fast as it can) to %g", options.fps, kMaxFps));
+  // NaN fails the range too.
+  if (options.fps != 0 && !(options.fps >= kMinFps && options.fps <= kMaxFps)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%g frames/s: a camera runs at 0 (as fast as it can) or %g to %g",
+                        options.fps, kMinFps, kMaxFps));
   }
   return absl::OkStatus();
 }

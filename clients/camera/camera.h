@@ -153,9 +153,10 @@ class Camera {
 };
 
 // OK, or INVALID_ARGUMENT for a zero width or height, a buffer count
-// outside 1..kMaxBuffers, or a frame rate that is not a number in
-// 0..kMaxFps (both sources check this first).
+// outside 1..kMaxBuffers, or a frame rate that is neither 0 nor a number
+// in kMinFps..kMaxFps (both sources check this first).
 absl::Status CheckOptions(const CameraOptions& options);
+inline constexpr double kMinFps = 0.001;  // V4L2's interval is in ms
 inline constexpr double kMaxFps = 1000;
 
 // hallocd's layout for a frame of `desc` (an image descriptor), checked

@@ -329,7 +329,7 @@ TEST_F(CameraTest, BadInputsGiveClearErrors) {
             absl::StatusCode::kInvalidArgument);
 
   // A rate V4L2's frame interval (in ms) cannot hold, or no number at all.
-  for (double fps : {-1.0, kMaxFps + 1, 1e12, std::nan("")}) {
+  for (double fps : {-1.0, kMinFps / 2, kMaxFps + 1, 1e12, std::nan("")}) {
     o = Synthetic();
     o.fps = fps;
     s = Camera::Open(client(), o).status();

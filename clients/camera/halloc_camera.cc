@@ -145,7 +145,8 @@ absl::StatusOr<CameraOptions> OptionsFromFlags(v1::CpuAccess* rights) {
     return absl::InvalidArgumentError("--frames must be at least 1");
   }
   // A frame the run never reaches would write nothing, and say nothing.
-  if (absl::GetFlag(FLAGS_write_frame) >= absl::GetFlag(FLAGS_frames)) {
+  if (!absl::GetFlag(FLAGS_write).empty() &&
+      absl::GetFlag(FLAGS_write_frame) >= absl::GetFlag(FLAGS_frames)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--write_frame=", absl::GetFlag(FLAGS_write_frame),
                      " is past the last of --frames=", absl::GetFlag(FLAGS_frames), " (0-based)"));

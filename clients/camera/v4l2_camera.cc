@@ -257,13 +257,17 @@ class V4l2Camera : public Camera {
           Describe(), " wants ", fmt.fmt.pix_mp.num_planes, " memory planes for ",
           FourccString(pixfmt), "; only one-buffer formats are supported"));
     }
-    // Fields (ALTERNATE: half a frame per buffer; INTERLACED: two woven)
-    // would not be what the layout and every consumer take a frame to be.
+    // A buffer holding one field (ALTERNATE, TOP, BOTTOM: half the rows)
+    // or two fields one after the other (SEQ_TB, SEQ_BT) is not a frame
+    // as the layout and every consumer read one. Woven fields
+    // (INTERLACED*) are laid out as a frame is; ANY (which S_FMT should
+    // never give back) is taken as progressive.
     const uint32_t field = mplane() ? fmt.fmt.pix_mp.field : fmt.fmt.pix.field;
-    if (field != V4L2_FIELD_NONE) {
+    if (field == V4L2_FIELD_ALTERNATE || field == V4L2_FIELD_TOP || field == V4L2_FIELD_BOTTOM ||
+        field == V4L2_FIELD_SEQ_TB || field == V4L2_FIELD_SEQ_BT) {
       return absl::FailedPreconditionError(
-          absl::StrCat(Describe(), " gives interlaced video (field order ", field,
-                       "); only progressive frames are supported"));
+          absl::StrCat(Describe(), " gives fields, not frames, in its buffers (field order ", field,
+                       "); only progressive or woven interlaced frames are supported"));
     }
     format_.drm_format = options.format;
     format_.v4l2_format = pixfmt;

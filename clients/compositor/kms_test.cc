@@ -94,6 +94,7 @@ TEST_F(KmsHostTest, PatternsRefuseLayoutsWhoseRowsDoNotFit) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(refused(64, size, 256).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(refused(64, 0, (uint64_t{1} << 62) + 256).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused(0, 0, 0).code(), absl::StatusCode::kInvalidArgument);  // not a division by 0
   EXPECT_TRUE(refused(64, 0, 256).ok());  // the real layout still fills
 }
 

@@ -24,8 +24,9 @@ absl::Status Fill(const halloc::Buffer& frame, PixelFn pixel) {
   // wrap: the layout is the daemon's word).
   const uint64_t row = uint64_t{4} * l.width();
   const uint64_t size = map.size();
-  if (l.height() > 0 && (p.stride() < row || p.offset() > size || row > size - p.offset() ||
-                         (size - p.offset() - row) / p.stride() < l.height() - 1)) {
+  if (l.height() > 0 &&
+      (p.stride() == 0 || p.stride() < row || p.offset() > size || row > size - p.offset() ||
+       (size - p.offset() - row) / p.stride() < l.height() - 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("buffer ", frame.id(), " (", size, " bytes) does not hold ", l.height(),
                      " rows of ", row, " bytes at offset ", p.offset(), ", stride ", p.stride()));

@@ -353,9 +353,10 @@ TEST_F(WaylandTest, ALayoutWlShmWouldRefuseIsRefusedBeforeItIsSent) {
     return WlBuffer::Create(**d, Buffer(info, *std::move(dup)), BufferPath::kShm).status();
   };
   const uint64_t stride = good.layout().planes(0).stride();
-  for (const auto& [offset, s] : {std::pair<uint64_t, uint64_t>{4096, stride},  // past the end
-                                  {0, 2},                                       // under the width
-                                  {good.size(), stride}}) {
+  for (const auto& [offset, s] :
+       {std::pair<uint64_t, uint64_t>{good.size() - stride + 1, stride},  // past the end
+        {0, 2},                                                           // under the width
+        {good.size(), stride}}) {
     const absl::Status refused = create(offset, s);
     EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
     EXPECT_NE(refused.message().find("as wl_shm wants"), std::string::npos) << refused;

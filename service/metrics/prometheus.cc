@@ -83,7 +83,8 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
          "Buffers freed since start.")
       .Sample(s.releases_total());
   Family(&out, "halloc_grants_revoked_total", "counter",
-         "Grants withdrawn by revokes since start, those taken down the chain included.")
+         "Grants withdrawn since start: by revokes (those taken down the chain included), "
+         "and by hallocd for Shares whose callers gave up.")
       .Sample(s.grants_revoked_total());
   Family(&out, "halloc_grpc_replies_cancelled_total", "counter",
          "gRPC calls cancelled since start: their reply waited too long for its client.")

@@ -257,11 +257,18 @@ TEST_F(RequestSizeTest, RepliesCancelledForWantOfAWindowAreCounted) {
       "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
   auto stub = v1::Allocator::NewStub(
       grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  // This client is the raw one's uid: while that uid has its 8 stuck
+  // replies, one of these whose reply waits 100 ms (a loaded machine) is
+  // cancelled too, and counted; asked again.
   auto cancelled = [&]() -> uint64_t {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    grpc::Status s;
     v1::StatsResponse stats;
-    grpc::Status s = stub->Stats(&ctx, v1::StatsRequest(), &stats);
+    for (int i = 0; i < 20; ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      s = stub->Stats(&ctx, v1::StatsRequest(), &stats);
+      if (s.error_code() != grpc::StatusCode::CANCELLED) break;
+    }
     EXPECT_TRUE(s.ok()) << s.error_message();
     return stats.grpc_replies_cancelled_total();
   };
@@ -274,7 +281,7 @@ TEST_F(RequestSizeTest, RepliesCancelledForWantOfAWindowAreCounted) {
   const absl::Time until = absl::Now() + absl::Seconds(20);
   uint64_t n = 0;
   while ((n = cancelled()) < 12 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(100));
-  EXPECT_EQ(n, 12u) << "replies waiting on a window never opened, cancelled and counted";
+  EXPECT_GE(n, 12u) << "replies waiting on a window never opened, cancelled and counted";
 }
 
 // hallocd reads at most 64 KiB of a gRPC request (--grpc_max_message_bytes,
