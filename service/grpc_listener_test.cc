@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -125,8 +126,9 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
   AlwaysServing service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<GrpcListener> listener_;
-  uint32_t limit_ = 2;
-  uid_t last_uid_ = -1;
+  // Read and written by the listener's thread too.
+  std::atomic<uint32_t> limit_{2};
+  std::atomic<uid_t> last_uid_{static_cast<uid_t>(-1)};
   std::vector<LingeringSocket> lingering_;
 };
 
@@ -143,7 +145,7 @@ TEST_P(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
     HealthCheckResponse resp;
     ASSERT_TRUE(stub->Check(&ctx, HealthCheckRequest(), &resp).ok());
     EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
-    EXPECT_EQ(last_uid_, ::getuid()) << "the kernel's word for who connected";
+    EXPECT_EQ(last_uid_.load(), ::getuid()) << "the kernel's word for who connected";
     EXPECT_EQ(Mine(), 1u);
     EXPECT_EQ(listener_->held(::getuid() + 1).of_uid, 0u);
     EXPECT_EQ(listener_->held(::getuid() + 1).total, 1u);
@@ -189,11 +191,31 @@ TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
 // every thread until the client went away). The connection is cut once
 // 64 KiB or more have stayed unread for unread_limit, and its uid waits
 // cut_penalty before it may connect again.
-TEST_P(GrpcListenerTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
+//
+// The two durations are shortened before the listener's thread starts (it
+// reads them), and put back once it has stopped.
+class GrpcListenerCutTest : public GrpcListenerTest {
+ protected:
+  void SetUp() override {
+    GrpcListener::unread_limit = absl::Seconds(1);
+    GrpcListener::cut_penalty = absl::Seconds(2);
+    GrpcListenerTest::SetUp();
+  }
+  void TearDown() override {
+    GrpcListenerTest::TearDown();
+    GrpcListener::unread_limit = limit_before_;
+    GrpcListener::cut_penalty = penalty_before_;
+  }
+  const absl::Duration limit_before_ = GrpcListener::unread_limit;
+  const absl::Duration penalty_before_ = GrpcListener::cut_penalty;
+};
+INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerCutTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "Relayed" : "Direct";
+                         });
+
+TEST_P(GrpcListenerCutTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
   if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
-  const absl::Duration limit = GrpcListener::unread_limit, penalty = GrpcListener::cut_penalty;
-  GrpcListener::unread_limit = absl::Seconds(1);
-  GrpcListener::cut_penalty = absl::Seconds(2);
   ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
   ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
   // Windows wide open (each stream's 2^30, the connection's +2^30), then
@@ -239,8 +261,6 @@ TEST_P(GrpcListenerTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
   }
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
-  GrpcListener::unread_limit = limit;
-  GrpcListener::cut_penalty = penalty;
   ASSERT_TRUE(WIFEXITED(status)) << status;
   if (WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot switch to uid 65534 here";
   EXPECT_NE(WEXITSTATUS(status), 4)

@@ -30,6 +30,8 @@ struct Duration {
   int64_t hi;
   uint32_t lo;
 };
+// absl::Time is one Duration (its offset from the epoch): the same layout.
+using Time = Duration;
 struct Condition;
 
 // The next definition of `name` (the real one in libabsl_synchronization).
@@ -118,6 +120,40 @@ bool _ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE(
   return r;
 }
 
+HALLOC_FORWARD(bool, _ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE,
+               (void*, const Condition&, Time))
+bool _ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE(void* m,
+                                                                           const Condition& c,
+                                                                           Time t) {
+  Release(m);
+  const bool r =
+      real__ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE()(m, c, t);
+  Acquire(m);
+  return r;
+}
+
+// Mutex::LockWhenWith{Timeout,Deadline}: held after, whatever they return.
+HALLOC_FORWARD(bool, _ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE,
+               (void*, const Condition&, Duration))
+bool _ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE(void* m,
+                                                                                 const Condition& c,
+                                                                                 Duration d) {
+  const bool r =
+      real__ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE()(m, c, d);
+  Acquire(m);
+  return r;
+}
+HALLOC_FORWARD(bool, _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE,
+               (void*, const Condition&, Time))
+bool _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE(void* m,
+                                                                              const Condition& c,
+                                                                              Time t) {
+  const bool r =
+      real__ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE()(m, c, t);
+  Acquire(m);
+  return r;
+}
+
 // CondVar::Wait*: releases `m` while waiting, holds it again after.
 HALLOC_FORWARD(void, _ZN4absl7debian37CondVar4WaitEPNS0_5MutexE, (void*, void*))
 void _ZN4absl7debian37CondVar4WaitEPNS0_5MutexE(void* cv, void* m) {
@@ -132,6 +168,15 @@ bool _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE(void* 
   Release(m);
   const bool r =
       real__ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE()(cv, m, d);
+  Acquire(m);
+  return r;
+}
+
+HALLOC_FORWARD(bool, _ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE,
+               (void*, void*, Time))
+bool _ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE(void* cv, void* m, Time t) {
+  Release(m);
+  const bool r = real__ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE()(cv, m, t);
   Acquire(m);
   return r;
 }
