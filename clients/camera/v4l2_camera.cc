@@ -6,6 +6,7 @@
 #include <linux/videodev2.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -431,7 +432,16 @@ class V4l2Camera : public Camera {
     slots_[b.index] = Slot::kHeld;
     frame.index = b.index;
     frame.sequence = b.sequence;
-    frame.timestamp = absl::DurationFromTimeval(b.timestamp);
+    // CLOCK_MONOTONIC, as Frame promises: the driver's stamp when it says
+    // it is one (capture drivers' rule), else the time it was dequeued
+    // (a COPY or UNKNOWN stamp is on no clock a consumer can compare).
+    if ((b.flags & V4L2_BUF_FLAG_TIMESTAMP_MASK) == V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC) {
+      frame.timestamp = absl::DurationFromTimeval(b.timestamp);
+    } else {
+      timespec now = {};
+      ::clock_gettime(CLOCK_MONOTONIC, &now);
+      frame.timestamp = absl::DurationFromTimespec(now);
+    }
     frame.bytesused = mplane() ? plane.bytesused : b.bytesused;
     frame.buffer = &buffers_[b.index];
     return frame;

@@ -10,6 +10,7 @@
 #include <drm_fourcc.h>
 #include <linux/videodev2.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -120,6 +121,14 @@ class CameraVividTest : public HallocTest {
       SCOPED_TRACE("frame " + std::to_string(n));
       absl::StatusOr<Frame> frame = (*cam)->Next(absl::Seconds(10));
       ASSERT_TRUE(frame.ok()) << frame.status();
+      // On CLOCK_MONOTONIC (Frame's promise): near now. (vivid computes
+      // its stamps from its frame schedule: up to a frame period ahead of
+      // the dequeue, so not "before now".)
+      timespec now_ts = {};
+      ::clock_gettime(CLOCK_MONOTONIC, &now_ts);
+      const absl::Duration now = absl::DurationFromTimespec(now_ts);
+      EXPECT_LT(absl::AbsDuration(frame->timestamp - now), absl::Seconds(10))
+          << frame->timestamp << " against CLOCK_MONOTONIC's " << now;
       EXPECT_GT(int64_t{frame->sequence}, last_sequence);
       last_sequence = frame->sequence;
       if (n == 0) first_timestamp = frame->timestamp;
