@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
 
 #include "tests/integration/abuse_fixture.h"
@@ -13,7 +14,20 @@
 namespace halloc {
 namespace {
 
-using RequestSizeTest = AbuseTest;
+class RequestSizeTest : public AbuseTest {
+ protected:
+  // hallocd under a rule that lets any client allocate anything.
+  void StartOpenDaemon() {
+    StartDaemon(
+        "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+        "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
+  }
+  // A gRPC client of its control socket.
+  std::unique_ptr<v1::Allocator::Stub> ControlStub() const {
+    return v1::Allocator::NewStub(
+        grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  }
+};
 
 // Built with a sanitizer (hallocd too, in that configuration): its
 // allocator keeps freed memory in quarantine (256 MiB by default) and
@@ -200,9 +214,7 @@ class UnfinishedCalls {
 // sending at most 768 MiB). hallocd then goes on serving (gRPC's threads
 // are busy for a moment with the calls of the connections that close).
 TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
-  StartDaemon(
-      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
-      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
+  StartOpenDaemon();
   const long before = daemon_->PeakRssKib();
   ASSERT_GT(before, 0);
   std::vector<std::unique_ptr<UnfinishedCalls>> conns;
@@ -229,8 +241,7 @@ TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
     EXPECT_LT(grown, 384 * 1024) << "hallocd's peak RSS grew by " << grown << " KiB";
   }
   conns.clear();
-  auto stub = v1::Allocator::NewStub(
-      grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  auto stub = ControlStub();
   grpc::Status s;
   const absl::Time end = absl::Now() + absl::Seconds(10);
   do {
@@ -252,11 +263,8 @@ TEST_F(RequestSizeTest, UnfinishedRequestsCannotPileUpInHallocdsMemory) {
 // call until the reply watch cancels it (service/reply_watch.h); how many
 // it cancelled is in Stats, and so in the metrics, for an operator to see.
 TEST_F(RequestSizeTest, RepliesCancelledForWantOfAWindowAreCounted) {
-  StartDaemon(
-      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
-      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
-  auto stub = v1::Allocator::NewStub(
-      grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  StartOpenDaemon();
+  auto stub = ControlStub();
   // This client is the raw one's uid: while that uid has its 8 stuck
   // replies, one of these whose reply waits 100 ms (a loaded machine) is
   // cancelled too, and counted; asked again.
@@ -289,11 +297,8 @@ TEST_F(RequestSizeTest, RepliesCancelledForWantOfAWindowAreCounted) {
 // RESOURCE_EXHAUSTED before it is parsed. Under the limit the request is
 // read and judged as before.
 TEST_F(RequestSizeTest, OversizedRequestsAreRefusedUnread) {
-  StartDaemon(
-      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
-      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
-  auto stub = v1::Allocator::NewStub(
-      grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  StartOpenDaemon();
+  auto stub = ControlStub();
   // IsSupported needs no session; its descriptor's name is read and judged.
   auto ask_named = [&stub](size_t name_bytes, v1::IsSupportedResponse* resp) {
     v1::IsSupportedRequest req;
@@ -327,8 +332,7 @@ TEST_F(RequestSizeTest, OversizedRequestsAreRefusedUnread) {
 // about as it was.
 TEST_F(RequestSizeTest, ParsingCannotMultiplyRequestsInHallocdsMemory) {
   StartDaemon("clients { name: \"all\" match { any: true } }\n");
-  auto stub = v1::Allocator::NewStub(
-      grpc::CreateChannel("unix:" + opts_.control_socket, grpc::InsecureChannelCredentials()));
+  auto stub = ControlStub();
   v1::SetMetadataRequest req;
   req.set_buffer_id(1);
   req.set_type(v1::METADATA_CROP);
