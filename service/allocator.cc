@@ -384,14 +384,12 @@ namespace {
 // daemon's own uid only.
 absl::Status CheckOperator(const Session& session, absl::string_view what) {
   const uid_t uid = session.creds().uid;
-  if (Allocator::IsOperator(uid)) return absl::OkStatus();
+  if (IsOperatorUid(uid)) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(
       what, " is for root and the daemon's uid; caller is uid ", uid));
 }
 
 }  // namespace
-
-bool Allocator::IsOperator(uid_t uid) { return IsOperatorUid(uid); }
 
 absl::StatusOr<v1::BufferInfo> Allocator::Describe(Session& session,
                                                    uint64_t id) const {

@@ -104,12 +104,9 @@ class Allocator {
   absl::StatusOr<v1::ListResponse> List(Session& session, const v1::ListRequest& req) const;
   static constexpr uint32_t kMaxListPage = 1000;
   // Daemon-wide counters. `only_uid`: a caller who is no operator (see
-  // IsOperator), shown only its own uid's per-client rows and no denials;
+  // IsOperatorUid in connection_limits.h), shown only its own uid's per-client rows and no denials;
   // nullopt: everything (operators, the metrics endpoint).
   v1::StatsResponse Stats(std::optional<uid_t> only_uid = std::nullopt);
-  // Root and hallocd's own uid: they may see every client's buffers and
-  // counters (List{all}, Dump, the whole of Stats).
-  static bool IsOperator(uid_t uid);
   absl::StatusOr<v1::DumpResponse> Dump(Session& session);
   // Same checks as Allocate, through the same code (Plan), no memory. With
   // a caller (a session's, or a broker request's sender), its policy rule

@@ -306,12 +306,6 @@ TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
   EXPECT_TRUE(as_user.denials_by_rule().empty());
 }
 
-TEST(AllocatorPolicyTest, OperatorsAreRootAndTheDaemonsUid) {
-  EXPECT_TRUE(Allocator::IsOperator(0));
-  EXPECT_TRUE(Allocator::IsOperator(getuid()));
-  EXPECT_FALSE(Allocator::IsOperator(getuid() == 1001 ? 1002 : 1001));
-}
-
 TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
     clients { name: "limited" match { uids: 1 } usages: "*" heaps: "*"

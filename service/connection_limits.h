@@ -67,7 +67,9 @@ struct ConnectionCounts {
 // Whether `uid` may open one more connection to a socket where `held` are
 // open: OK, or RESOURCE_EXHAUSTED naming the limit and the policy field.
 // `what` names the connections in the message ("broker connections").
-// Root and hallocd's own uid: the operators, held to no per-uid limit.
+// Root and hallocd's own uid: the operators, held to no per-uid limit,
+// never refused after a cut connection, and shown every client's buffers
+// and counters (List{all}, Dump, the whole of Stats).
 bool IsOperatorUid(uid_t uid);
 
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,

@@ -22,6 +22,12 @@ std::shared_ptr<const Policy> Limits(uint32_t per_uid, uint32_t total) {
 // A uid that is neither root nor this process's.
 uid_t Someone() { return ::getuid() == 1234 ? 1235 : 1234; }
 
+TEST(ConnectionLimitsTest, OperatorsAreRootAndTheDaemonsUid) {
+  EXPECT_TRUE(IsOperatorUid(0));
+  EXPECT_TRUE(IsOperatorUid(getuid()));
+  EXPECT_FALSE(IsOperatorUid(getuid() == 1001 ? 1002 : 1001));
+}
+
 TEST(ConnectionLimitsTest, BoundsEachUidAndTheTotal) {
   auto p = Limits(2, 5);
   EXPECT_TRUE(AdmitConnection(*p, Someone(), {1, 1}, "x").ok());

@@ -208,13 +208,14 @@ void GrpcListener::CutUnread(absl::Time now) {
     ++cut_total_;
     // Not the operators (root's tools, hallocd's own uid), held to no
     // per-uid limit either: their other connections go on.
-    if (!IsOperatorUid(conn.uid)) cut_until_[conn.uid] = now + cut_penalty;
+    const bool penalised = !IsOperatorUid(conn.uid);
+    if (penalised) cut_until_[conn.uid] = now + cut_penalty;
     if (uint64_t dropped; Limiter().AllowFor("control-unread", conn.uid, &dropped)) {
       LOG(WARNING) << "control socket: cut a connection of uid " << conn.uid << ": " << queued
                    << " bytes sent it went unread for " << absl::FormatDuration(unread_limit)
-                   << (IsOperatorUid(conn.uid) ? std::string()
-                                               : absl::StrCat("; its connections are refused for ",
-                                                              absl::FormatDuration(cut_penalty)))
+                   << (penalised ? absl::StrCat("; its connections are refused for ",
+                                                absl::FormatDuration(cut_penalty))
+                                 : std::string())
                    << LogLimiter::Dropped(dropped);
     }
   }

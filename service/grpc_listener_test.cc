@@ -61,6 +61,11 @@ using http2_testing::kPreface;
 using http2_testing::kSettings;
 using http2_testing::kWindowUpdate;
 
+// Each parameterized case's name: how its connections reach gRPC.
+std::string DirectOrRelayed(const ::testing::TestParamInfo<bool>& info) {
+  return info.param ? "Relayed" : "Direct";
+}
+
 class GrpcListenerTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
@@ -132,10 +137,7 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
   std::vector<LingeringSocket> lingering_;
 };
 
-INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& info) {
-                           return info.param ? "Relayed" : "Direct";
-                         });
+INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerTest, ::testing::Bool(), DirectOrRelayed);
 
 TEST_P(GrpcListenerTest, ServesAndCountsAConnectionUntilItsPeerCloses) {
   {
@@ -209,10 +211,7 @@ class GrpcListenerCutTest : public GrpcListenerTest {
   const absl::Duration limit_before_ = GrpcListener::unread_limit;
   const absl::Duration penalty_before_ = GrpcListener::cut_penalty;
 };
-INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerCutTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& info) {
-                           return info.param ? "Relayed" : "Direct";
-                         });
+INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerCutTest, ::testing::Bool(), DirectOrRelayed);
 
 TEST_P(GrpcListenerCutTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
   if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";

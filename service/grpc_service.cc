@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/audit.h"
+#include "service/connection_limits.h"
 
 namespace halloc {
 namespace {
@@ -20,6 +21,14 @@ grpc::Status Finish(const char* method, const Session* session,
 // only connections it accepted, so: never, short of a bug).
 absl::Status UnknownConnection() {
   return absl::UnauthenticatedError("this call's connection is not one hallocd accepted");
+}
+
+// Whether the caller has given up: its deadline passed, so it will never
+// see this call's answer. The deadline, not IsCancelled(): on the sync
+// server that polls the completion queue, an eighth of this daemon's CPU
+// per Allocate in a profile.
+bool PastDeadline(const grpc::ServerContext* ctx) {
+  return ctx->deadline() <= std::chrono::system_clock::now();
 }
 
 }  // namespace
@@ -86,11 +95,9 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
     // the ids: give the buffers back now rather than hold them until its
     // session ends. (libhalloc closes the fds of a call that gave up as
     // they come, by AllocateRequest.call_id, and gives back what this
-    // check missed.) The deadline, not IsCancelled(): on the sync server
-    // that polls the completion queue, an eighth of this daemon's CPU per
-    // Allocate in a profile. A caller that cancels explicitly still holds
-    // what it asked for: List shows it, Release or session end frees it.
-    if (ctx->deadline() <= std::chrono::system_clock::now()) {
+    // check missed.) A caller that cancels explicitly still holds what it
+    // asked for: List shows it, Release or session end frees it.
+    if (PastDeadline(ctx)) {
       v1::ReleaseRequest undo;
       for (const v1::BufferInfo& b : r->buffers()) undo.add_buffer_ids(b.id());
       (void)core_->Release(**session, undo);
@@ -165,7 +172,7 @@ grpc::Status AllocatorService::Stats(grpc::ServerContext* ctx, const v1::StatsRe
     const std::optional<ucred> peer = peers_->Of(ctx->peer());
     const std::optional<uid_t> charged = peers_->ChargedUidOf(ctx->peer());
     if (!peer || !charged) return Finish("Stats", nullptr, UnknownConnection());
-    if (!Allocator::IsOperator(peer->uid)) only_uid = *charged;
+    if (!IsOperatorUid(peer->uid)) only_uid = *charged;
   }
   *resp = stats_ ? stats_(only_uid) : core_->Stats(only_uid);
   return grpc::Status::OK;
@@ -203,8 +210,8 @@ grpc::Status AllocatorService::Share(grpc::ServerContext* ctx,
     // A caller past its deadline never learns the grant: nobody could hand
     // it on or revoke it, and it would count against the buffer's grants
     // until the session ends. Withdrawn, as libhalloc withdraws a late
-    // broker grant (the deadline, not IsCancelled(): see Allocate).
-    if (ctx->deadline() <= std::chrono::system_clock::now()) {
+    // broker grant.
+    if (PastDeadline(ctx)) {
       (void)core_->Revoke(**session, r->id());
       return absl::CancelledError(
           "the call was cancelled or its deadline passed; the grant was withdrawn");
@@ -218,9 +225,8 @@ grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
                                       const v1::ImportRequest* req,
                                       v1::ImportResponse* resp) {
   HALLOC_WITH_SESSION("Import", {
-    absl::StatusOr<v1::BufferInfo> r =
-        core_->Import(**session, req->grant_token(), req->call_id(),
-                      [&] { return ctx->deadline() <= std::chrono::system_clock::now(); });
+    absl::StatusOr<v1::BufferInfo> r = core_->Import(**session, req->grant_token(), req->call_id(),
+                                                     [&] { return PastDeadline(ctx); });
     if (!r.ok()) return r.status();
     *resp->mutable_buffer() = std::move(*r);
     return absl::OkStatus();
