@@ -9,6 +9,7 @@
 #include "clients/cli/safe_output.h"
 #include "clients/cpp/halloc/base/rights.h"
 #include "clients/cpp/halloc/base/usage.h"
+#include "clients/cpp/halloc/client.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "service/layout/format.h"
@@ -166,7 +167,9 @@ void PrintFormats(std::ostream& out, bool json) {
 
 void PrintSupported(std::ostream& out, const v1::IsSupportedResponse& r) {
   if (!r.supported()) {
-    const absl::Status why(static_cast<absl::StatusCode>(r.code()), r.reason());
+    // The refusal's code as libhalloc reads it (never OK), with hallocd's
+    // reason as it gave it.
+    const absl::Status why(SupportStatus(r).code(), r.reason());
     out << "not supported: " << why << "\n";
     return;
   }
