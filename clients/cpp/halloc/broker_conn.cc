@@ -39,7 +39,7 @@ absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
 
 absl::Status ReplyStatus(const v1::BrokerReply& reply) {
   if (reply.code() == 0) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(reply.code()), reply.message());
+  return absl::Status(StatusCodeFromWire(reply.code()), reply.message());
 }
 
 absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {

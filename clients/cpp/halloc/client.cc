@@ -726,10 +726,9 @@ absl::Status Client::Revoke(uint64_t grant_id) {
 
 absl::Status SupportStatus(const v1::IsSupportedResponse& reply) {
   if (reply.supported()) return absl::OkStatus();
-  const int code = reply.code();
-  const bool known = code > static_cast<int>(absl::StatusCode::kOk) &&
-                     code <= static_cast<int>(absl::StatusCode::kUnauthenticated);
-  return absl::Status(known ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown,
+  const absl::StatusCode code = StatusCodeFromWire(reply.code());
+  // A refusal is never OK, whatever code it carries.
+  return absl::Status(code == absl::StatusCode::kOk ? absl::StatusCode::kUnknown : code,
                       absl::StrCat("not supported: ", reply.reason()));
 }
 

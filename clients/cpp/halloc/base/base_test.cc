@@ -131,6 +131,15 @@ TEST(OsErrorTest, MapsCodesAndFormatsMessage) {
   EXPECT_EQ(ErrnoStatus(EIO, "x").code(), absl::StatusCode::kInternal);
 }
 
+TEST(OsErrorTest, WireCodesOutsideAbslsAreUnknown) {
+  EXPECT_EQ(StatusCodeFromWire(0), absl::StatusCode::kOk);
+  EXPECT_EQ(StatusCodeFromWire(8), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(StatusCodeFromWire(16), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(StatusCodeFromWire(17), absl::StatusCode::kUnknown);
+  EXPECT_EQ(StatusCodeFromWire(-1), absl::StatusCode::kUnknown);
+  EXPECT_EQ(StatusCodeFromWire(int64_t{1} << 40), absl::StatusCode::kUnknown);
+}
+
 absl::StatusOr<int> Half(int v) {
   if (v % 2) return absl::InvalidArgumentError("odd");
   return v / 2;

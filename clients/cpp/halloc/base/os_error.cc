@@ -64,6 +64,12 @@ absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
   return out;
 }
 
+absl::StatusCode StatusCodeFromWire(int64_t code) {
+  const bool known = code >= static_cast<int>(absl::StatusCode::kOk) &&
+                     code <= static_cast<int>(absl::StatusCode::kUnauthenticated);
+  return known ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown;
+}
+
 int RetryIoctl(int fd, unsigned long request, void* arg) {
   int r;
   do {

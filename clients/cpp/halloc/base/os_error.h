@@ -3,6 +3,8 @@
 #ifndef HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
 #define HALLOC_CLIENTS_CPP_HALLOC_BASE_OS_ERROR_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
@@ -20,6 +22,11 @@ absl::Status ErrnoStatus(int err, absl::string_view what);
 // `s` with "<prefix>: " before its message, its code and payloads kept
 // (absl::Status(s.code(), ...) drops the payloads); OK stays OK.
 absl::Status Prefixed(const absl::Status& s, absl::string_view prefix);
+
+// A status code as a peer sent it on the wire (BrokerReply.code,
+// IsSupportedResponse.code): itself when it is one of absl's (0..16), else
+// UNKNOWN, so that no caller switches on a code absl does not define.
+absl::StatusCode StatusCodeFromWire(int64_t code);
 
 // ioctl(2), retried while it fails with EINTR or EAGAIN (dma-buf and
 // dma-heap ioctls may answer either when a signal or a lock interrupts
