@@ -105,8 +105,31 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
   return wl;
 }
 
+// What a zwp_linux_buffer_params_v1's answer goes to. On the heap: a
+// caller that stopped waiting leaves it (abandoned) to the listener, which
+// destroys the wl_buffer a late `created` brings (else the compositor would
+// keep it, and a reference to the dma-buf, for the connection's life), then
+// the params, then itself.
+struct DmabufAnswer {
+  bool done = false;
+  bool abandoned = false;
+  wl_buffer* buffer = nullptr;
+};
+
+void AnswerArrived(DmabufAnswer* a, zwp_linux_buffer_params_v1* params, wl_buffer* b) {
+  a->done = true;
+  if (!a->abandoned) {
+    a->buffer = b;
+    return;
+  }
+  if (b != nullptr) wl_buffer_destroy(b);
+  zwp_linux_buffer_params_v1_destroy(params);
+  delete a;
+}
+
 absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
-                                        bool check_dmabuf = true) {
+                                        bool check_dmabuf = true,
+                                        absl::Duration timeout = absl::Seconds(5)) {
   const v1::BufferLayout& l = buffer.layout();
   if (!display.dmabuf()) {
     return absl::FailedPreconditionError(
@@ -132,31 +155,35 @@ absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
         static_cast<uint32_t>(l.planes(i).stride()), static_cast<uint32_t>(*modifier >> 32),
         static_cast<uint32_t>(*modifier & 0xffffffff));
   }
-  struct Result {
-    bool done = false;
-    wl_buffer* buffer = nullptr;
-  } result;
   static const zwp_linux_buffer_params_v1_listener listener = {
-      .created =
-          [](void* data, zwp_linux_buffer_params_v1*, wl_buffer* b) {
-            auto* r = static_cast<Result*>(data);
-            r->done = true;
-            r->buffer = b;
-          },
+      .created = [](void* data, zwp_linux_buffer_params_v1* p,
+                    wl_buffer* b) { AnswerArrived(static_cast<DmabufAnswer*>(data), p, b); },
       .failed =
-          [](void* data, zwp_linux_buffer_params_v1*) {
-            static_cast<Result*>(data)->done = true;
+          [](void* data, zwp_linux_buffer_params_v1* p) {
+            AnswerArrived(static_cast<DmabufAnswer*>(data), p, nullptr);
           },
   };
-  zwp_linux_buffer_params_v1_add_listener(params, &listener, &result);
+  auto* answer = new DmabufAnswer;
+  zwp_linux_buffer_params_v1_add_listener(params, &listener, answer);
   zwp_linux_buffer_params_v1_create(params, static_cast<int32_t>(l.width()),
                                     static_cast<int32_t>(l.height()),
                                     l.format(), 0);
-  absl::Status s = display.DispatchUntil([&] { return result.done; },
-                                         absl::Seconds(5),
+  absl::Status s = display.DispatchUntil([&] { return answer->done; }, timeout,
                                          "zwp_linux_buffer_params_v1.create");
+  if (!answer->done) {
+    // The answer may still come, with a wl_buffer in it: the listener
+    // gives it back then (whoever dispatches this display next). If the
+    // connection ends first, the compositor frees it with the connection.
+    answer->abandoned = true;
+    return s.ok() ? absl::InternalError("no answer to zwp_linux_buffer_params_v1.create") : s;
+  }
   zwp_linux_buffer_params_v1_destroy(params);
-  if (!s.ok()) return s;
+  const DmabufAnswer result = *answer;
+  delete answer;
+  if (!s.ok()) {
+    if (result.buffer) wl_buffer_destroy(result.buffer);
+    return s;
+  }
   if (!result.buffer) {
     return absl::InternalError(absl::StrFormat(
         "the compositor could not import dma-buf %d (%s %dx%d, modifier 0x%x)",
@@ -314,12 +341,11 @@ WlBuffer::State::~State() {
   if (copy) munmap(copy, copy_size);
 }
 
-absl::StatusOr<WlBuffer> WlBuffer::CreateDmabufForTesting(
-    Display& display, const Buffer& buffer) {
+absl::StatusOr<WlBuffer> WlBuffer::CreateDmabufForTesting(Display& display, const Buffer& buffer,
+                                                          absl::Duration timeout) {
   absl::Status s = CheckImage(buffer);
   if (!s.ok()) return s;
-  absl::StatusOr<wl_buffer*> wl =
-      CreateDmabuf(display, buffer, /*check_dmabuf=*/false);
+  absl::StatusOr<wl_buffer*> wl = CreateDmabuf(display, buffer, /*check_dmabuf=*/false, timeout);
   if (!wl.ok()) return wl.status();
   return WlBuffer(*wl, BufferPath::kDmabuf);
 }

@@ -38,6 +38,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/wayland/display.h"
@@ -81,8 +82,10 @@ class WlBuffer {
                                          BufferPath path = BufferPath::kAuto);
   // The linux-dmabuf path for any fd, dma-buf or not: for tests of the
   // request against a fake compositor where no dma-buf exists (the host).
-  static absl::StatusOr<WlBuffer> CreateDmabufForTesting(Display& display,
-                                                         const Buffer& buffer);
+  // `timeout`: how long to wait for the compositor's answer (Create waits
+  // 5 s).
+  static absl::StatusOr<WlBuffer> CreateDmabufForTesting(Display& display, const Buffer& buffer,
+                                                         absl::Duration timeout = absl::Seconds(5));
   WlBuffer(WlBuffer&& other) noexcept;
   WlBuffer& operator=(WlBuffer&& other) noexcept;
   ~WlBuffer();

@@ -141,6 +141,41 @@ TEST_F(DmabufTest, TheCompositorsRefusalIsAnError) {
   EXPECT_TRUE(display_->Roundtrip().ok()) << "a refusal is not fatal";
 }
 
+// A compositor slower than the caller's wait: the call fails, and the
+// wl_buffer the compositor creates after all is destroyed when its answer
+// arrives (else it would hold the dma-buf for the connection's life). Also
+// kept: one destroyed as soon as it is made.
+TEST(DmabufSlowTest, AnAnswerAfterTheWaitIsGivenBack) {
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
+      halloc::testing::TestDaemon::Start();
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<Client> client = (*daemon)->Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
+      FakeCompositor::Start({{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_LINEAR}}, 0, absl::Seconds(1));
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect((*c)->socket());
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::StatusOr<Buffer> b =
+      client->Allocate(ImageDescriptor(64, 48, DRM_FORMAT_XRGB8888, usage::kComposerOverlay));
+  ASSERT_TRUE(b.ok()) << b.status();
+  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(**d, *b, absl::Milliseconds(50));
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kDeadlineExceeded) << wl.status();
+  // Each roundtrip waits out the compositor's sleep, then reads the late
+  // answer (the library destroys its wl_buffer); the next one has the
+  // compositor read that destroy.
+  for (int i = 0; i < 3 && ((*c)->requests().empty() || (*c)->live_buffers() != 0); ++i) {
+    ASSERT_TRUE((*d)->Roundtrip(absl::Seconds(10)).ok());
+  }
+  ASSERT_EQ((*c)->requests().size(), 1u);
+  EXPECT_TRUE((*c)->requests()[0].created) << "the compositor did make it";
+  EXPECT_EQ((*c)->live_buffers(), 0) << "the late wl_buffer was kept";
+  // The connection still works: a wait long enough gets a buffer.
+  wl = WlBuffer::CreateDmabufForTesting(**d, *b, absl::Seconds(10));
+  ASSERT_TRUE(wl.ok()) << wl.status();
+  EXPECT_EQ((*c)->live_buffers(), 1);
+}
+
 // The real entry point: a memfd is not a dma-buf, so linux-dmabuf is not
 // for it: auto falls back to wl_shm (absent here, so refused by name), and
 // an explicit dmabuf request says why.

@@ -22,8 +22,10 @@ struct FakeCompositor::State {
   std::thread thread;
   std::vector<std::pair<uint32_t, uint64_t>> formats;
   uint32_t refuse_format = 0;
+  absl::Duration answer_delay;
   mutable absl::Mutex mu;
   std::vector<DmabufRequest> requests ABSL_GUARDED_BY(mu);
+  int live_buffers ABSL_GUARDED_BY(mu) = 0;
 };
 
 namespace {
@@ -53,17 +55,24 @@ void ParamsAdd(wl_client*, wl_resource* r, int32_t fd, uint32_t plane,
 void ParamsCreate(wl_client* client, wl_resource* r, int32_t width,
                   int32_t height, uint32_t format, uint32_t) {
   auto* p = static_cast<Params*>(wl_resource_get_user_data(r));
+  State* state = p->state;
+  absl::SleepFor(state->answer_delay);
   DmabufRequest req{width, height, format, p->planes, false};
-  if (format == p->state->refuse_format) {
+  if (format == state->refuse_format) {
     zwp_linux_buffer_params_v1_send_failed(r);
   } else {
     wl_resource* buffer = wl_resource_create(client, &wl_buffer_interface, 1, 0);
-    wl_resource_set_implementation(buffer, &kBufferImpl, nullptr, nullptr);
+    wl_resource_set_implementation(buffer, &kBufferImpl, state, [](wl_resource* res) {
+      auto* st = static_cast<State*>(wl_resource_get_user_data(res));
+      absl::MutexLock lock(&st->mu);
+      --st->live_buffers;
+    });
     zwp_linux_buffer_params_v1_send_created(r, buffer);
     req.created = true;
   }
-  absl::MutexLock lock(&p->state->mu);
-  p->state->requests.push_back(std::move(req));
+  absl::MutexLock lock(&state->mu);
+  if (req.created) ++state->live_buffers;
+  state->requests.push_back(std::move(req));
 }
 
 void ParamsCreateImmed(wl_client*, wl_resource* r, uint32_t, int32_t, int32_t,
@@ -111,12 +120,13 @@ void BindDmabuf(wl_client* client, void* data, uint32_t version, uint32_t id) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<FakeCompositor>> FakeCompositor::Start(
-    std::vector<std::pair<uint32_t, uint64_t>> formats,
-    uint32_t refuse_format) {
+    std::vector<std::pair<uint32_t, uint64_t>> formats, uint32_t refuse_format,
+    absl::Duration answer_delay) {
   std::unique_ptr<FakeCompositor> c(new FakeCompositor());
   c->state_ = std::make_unique<State>();
   c->state_->formats = std::move(formats);
   c->state_->refuse_format = refuse_format;
+  c->state_->answer_delay = answer_delay;
   char dir[] = "/tmp/halloc-fake-wl-XXXXXX";
   if (!mkdtemp(dir)) return ErrnoStatus(errno, "mkdtemp");
   c->dir_ = dir;
@@ -157,6 +167,11 @@ FakeCompositor::~FakeCompositor() {
 std::vector<DmabufRequest> FakeCompositor::requests() const {
   absl::MutexLock lock(&state_->mu);
   return state_->requests;
+}
+
+int FakeCompositor::live_buffers() const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->live_buffers;
 }
 
 }  // namespace halloc::wayland::testing

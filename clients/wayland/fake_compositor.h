@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace halloc::wayland::testing {
 
@@ -38,14 +39,17 @@ struct DmabufRequest {
 class FakeCompositor {
  public:
   // Offers `formats` (fourcc, modifier); answers `failed` to a create of
-  // `refuse_format`.
+  // `refuse_format`; takes `answer_delay` to answer each create (a slow
+  // compositor: its one thread sleeps).
   static absl::StatusOr<std::unique_ptr<FakeCompositor>> Start(
-      std::vector<std::pair<uint32_t, uint64_t>> formats,
-      uint32_t refuse_format = 0);
+      std::vector<std::pair<uint32_t, uint64_t>> formats, uint32_t refuse_format = 0,
+      absl::Duration answer_delay = absl::ZeroDuration());
   ~FakeCompositor();
 
   const std::string& socket() const { return socket_; }
   std::vector<DmabufRequest> requests() const;
+  // The wl_buffers it created that the client has not destroyed.
+  int live_buffers() const;
 
   struct State;
 
