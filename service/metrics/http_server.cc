@@ -18,8 +18,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/metrics/loopback_peer.h"
@@ -50,10 +52,53 @@ MHD_Result Reply(MHD_Connection* connection, unsigned int code,
   return r;
 }
 
-// The endpoint's log lines, libmicrohttpd's and its own: 5 in 10 s, at
-// most 2 of them for one uid's doing.
+// Whether a request's Host header (nullptr: none) names this machine's
+// loopback: localhost, 127.x.y.z or [::1], with or without a port. A
+// script of a web page in a local browser reaches 127.0.0.1 only through
+// a name its site controls (DNS rebinding), and its requests carry that
+// name; a request without Host (HTTP/1.0) came from no browser.
+bool HostIsLoopback(const char* host) {
+  if (host == nullptr) return true;
+  absl::string_view h(host);
+  absl::string_view name = h;
+  absl::string_view port;
+  if (absl::StartsWith(h, "[")) {
+    const size_t close = h.find(']');
+    if (close == absl::string_view::npos) return false;
+    name = h.substr(1, close - 1);
+    port = h.substr(close + 1);
+    if (!port.empty() && !absl::ConsumePrefix(&port, ":")) return false;
+    in6_addr a6{};
+    if (inet_pton(AF_INET6, std::string(name).c_str(), &a6) != 1 || !IN6_IS_ADDR_LOOPBACK(&a6)) {
+      return false;
+    }
+  } else {
+    const size_t colon = h.find(':');
+    if (colon != absl::string_view::npos) {
+      name = h.substr(0, colon);
+      port = h.substr(colon + 1);
+      if (port.empty()) return false;
+    }
+    in_addr a4{};
+    const bool loopback4 =
+        inet_pton(AF_INET, std::string(name).c_str(), &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
+    if (!loopback4 && !absl::EqualsIgnoreCase(name, "localhost")) return false;
+  }
+  return std::all_of(port.begin(), port.end(), absl::ascii_isdigit) && port.size() <= 5;
+}
+
+// The endpoint's own log lines: 5 in 10 s, at most 2 of them for one
+// uid's doing.
 LogLimiter& Limiter() {
   static LogLimiter* limiter = new LogLimiter(5, absl::Seconds(10), /*per_uid=*/2);
+  return *limiter;
+}
+
+// libmicrohttpd's lines: 2 in 10 s, a budget of their own. They name no
+// uid, so one user's broken requests would otherwise take every line of
+// the endpoint's, and those naming uids would be dropped.
+LogLimiter& MhdLimiter() {
+  static LogLimiter* limiter = new LogLimiter(2, absl::Seconds(10));
   return *limiter;
 }
 
@@ -61,7 +106,7 @@ LogLimiter& Limiter() {
 // is triggered by whoever connects, so they are rate-limited and escaped.
 void LogFromMhd(void* /*cls*/, const char* fmt, va_list ap) {
   uint64_t dropped = 0;
-  if (!Limiter().Allow("metrics-http", &dropped)) return;
+  if (!MhdLimiter().Allow("metrics-http", &dropped)) return;
   char line[512];
   std::vsnprintf(line, sizeof(line), fmt, ap);
   LOG(WARNING) << "metrics endpoint: " << LogSafe(absl::StripTrailingAsciiWhitespace(line))
@@ -199,6 +244,12 @@ struct MetricsServer::Deadlines {
     }
     if (std::strcmp(url, "/metrics") != 0) {
       return Reply(connection, MHD_HTTP_NOT_FOUND, "not found: try /metrics\n", "text/plain");
+    }
+    if (!HostIsLoopback(
+            MHD_lookup_connection_value(connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST))) {
+      return Reply(connection, MHD_HTTP_FORBIDDEN,
+                   "Host must name a loopback address (localhost, 127.0.0.1, [::1])\n",
+                   "text/plain");
     }
     return Reply(connection, MHD_HTTP_OK, self->Text(), kContentType);
   }

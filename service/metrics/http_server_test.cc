@@ -98,6 +98,31 @@ TEST(MetricsServerTest, OtherPathsAndMethodsAreRefused) {
   EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "));
 }
 
+// A web page in a local browser reaches 127.0.0.1 through a name of its
+// site's (DNS rebinding), and says that name in Host: refused. Loopback
+// names, with or without a port, and requests without Host are served.
+TEST(MetricsServerTest, OnlyLoopbackHostsAreServed) {
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s =
+      MetricsServer::Start("127.0.0.1:0", [] { return std::string("x 1\n"); });
+  ASSERT_TRUE(s.ok()) << s.status();
+  auto get = [&](const std::string& host) {
+    return Fetch((*s)->port(), absl::StrCat("GET /metrics HTTP/1.1\r\nHost: ", host,
+                                            "\r\nConnection: close\r\n\r\n"));
+  };
+  for (const char* host : {"127.0.0.1", "127.0.0.1:9464", "127.1.2.3:1", "localhost",
+                           "LocalHost:80", "[::1]", "[::1]:9464"}) {
+    EXPECT_TRUE(absl::StrContains(get(host), " 200 ")) << host;
+  }
+  for (const char* host : {"evil.example", "evil.example:9464", "localhost.evil.example",
+                           "128.0.0.1", "10.0.0.1:80", "[::2]:80", "[::1", "127.0.0.1:",
+                           "127.0.0.1:80:80", "127.0.0.1:x", "[::1]x", "0x7f.0.0.1"}) {
+    const std::string r = get(host);
+    EXPECT_TRUE(absl::StrContains(r, " 403 ")) << host << ": " << r;
+    EXPECT_FALSE(absl::StrContains(r, "x 1")) << host;
+  }
+  EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "));
+}
+
 // A client that would keep its connection (HTTP/1.1 keep-alive, a cheap
 // request now and then) gets one answer and the connection's end: slots
 // are not held by asking.
@@ -112,7 +137,8 @@ TEST(MetricsServerTest, AConnectionServesOneRequest) {
   a.sin_port = htons((*s)->port());
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  const std::string req = "GET /metrics HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n";
+  const std::string req =
+      "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n";
   ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
   const timeval tv{3, 0};
   ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
