@@ -230,7 +230,13 @@ absl::Status Watch(Session& s, const Call& call) {
   // A terminal gets a refreshed screen; a pipe or file, one report after another.
   const bool clear = !o.json && ::isatty(STDOUT_FILENO) == 1;
   for (uint32_t n = 1;; ++n) {
-    if (clear) call.out << "\033[H\033[2J";
+    if (clear) {
+      // hallocctl's own sequence, past SafeOutput (which would print it
+      // as text): what came before is flushed through it first.
+      static constexpr char kHomeAndClear[] = "\033[H\033[2J";
+      call.out << std::flush;
+      (void)!::write(STDOUT_FILENO, kHomeAndClear, sizeof(kHomeAndClear) - 1);
+    }
     if (!o.json) {
       call.out << absl::StreamFormat(
           "--- %s at %s (every %s; Ctrl-C to stop)\n", o.dump ? "dump" : "stats",

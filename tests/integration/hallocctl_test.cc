@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -609,6 +611,36 @@ TEST_F(HallocctlTest, WatchPrintsOneReportPerIterationUntilCtrlC) {
   EXPECT_TRUE(absl::StrContains(w->ReadUntil("live buffers"), "live buffers  0"));
   w->Signal(SIGINT);
   EXPECT_EQ(w->Wait(), 0);
+}
+
+// On a terminal each report begins by clearing the screen: hallocctl's own
+// escape sequence reaches the terminal as it is, while what the daemon's
+// replies hold stays escaped (SafeOutput).
+TEST_F(HallocctlTest, WatchClearsATerminalWithARealEscapeSequence) {
+  UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!master || ::grantpt(master.get()) != 0 || ::unlockpt(master.get()) != 0) {
+    GTEST_SKIP() << "no pseudo-terminal here: " << std::strerror(errno);
+  }
+  const char* slave = ::ptsname(master.get());
+  ASSERT_NE(slave, nullptr);
+  // The slave stays open here too, so the master never reads EIO between
+  // the child's writes.
+  UniqueFd keep(::open(slave, O_RDWR | O_NOCTTY | O_CLOEXEC));
+  ASSERT_TRUE(keep) << std::strerror(errno);
+  Result r = Run({"watch", "--iterations=2", "--interval=10ms", absl::StrCat(">", slave)});
+  EXPECT_EQ(r.code, 0) << r.out;
+  std::string out;
+  std::array<char, 4096> buf;
+  pollfd p{master.get(), POLLIN, 0};
+  while (::poll(&p, 1, 500) == 1) {
+    const ssize_t n = ::read(master.get(), buf.data(), buf.size());
+    if (n <= 0) break;
+    out.append(buf.data(), n);
+  }
+  EXPECT_TRUE(absl::StartsWith(out, "\033[H\033[2J")) << absl::CHexEscape(out.substr(0, 80));
+  EXPECT_EQ(Count(out, "\033[H\033[2J"), 2) << absl::CHexEscape(out);
+  EXPECT_FALSE(absl::StrContains(out, "\\x1b")) << absl::CHexEscape(out);
+  EXPECT_EQ(Count(out, "live buffers  "), 2) << absl::CHexEscape(out);
 }
 
 }  // namespace
