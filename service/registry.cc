@@ -350,7 +350,11 @@ void Registry::FillDump(v1::DumpResponse* dump) {
     u->set_session_id(id);
     u->set_pid(holding.creds.pid);
     u->set_uid(holding.creds.uid);
-    u->set_exe(Utf8OrEscaped(holding.creds.exe));
+    // Cut like a log line's past kLoggedPathBytes: 4 KiB paths, each byte
+    // escaped to 4, in every session would make Dump too large to read.
+    const absl::string_view exe = holding.creds.exe;
+    u->set_exe(exe.size() <= kLoggedPathBytes ? Utf8OrEscaped(exe)
+                                              : LogSafe(exe, kLoggedPathBytes));
     for (uint64_t b : holding.buffers) {
       const BufferRecord& buffer = *buffers_.at(b);
       if (buffer.owner_session == id) {

@@ -9,9 +9,11 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/registry_testing.h"
+#include "service/util/log_limit.h"
 
 namespace halloc {
 namespace {
@@ -464,6 +466,28 @@ TEST_F(RegistryTest, DumpCarriesAnyExecutablePathAsValidUtf8) {
   for (const auto& s : parsed.sessions()) exes.insert(s.exe());
   EXPECT_TRUE(exes.count("/opt/caf\xc3\xa9/app")) << "valid UTF-8 kept as it is";
   EXPECT_TRUE(exes.count("/tmp/\\xff\\n")) << "the rest escaped";
+}
+
+// A path may be 4 KiB, each byte escaped to 4: 256 sessions of one user
+// made Dump larger than a gRPC client takes (4 MiB), and every operator's
+// `hallocctl dump` failed (a review helper's attack). Past kLoggedPathBytes
+// Dump shows the path's beginning and its length, as the log does.
+TEST_F(RegistryTest, DumpCutsLongExecutablePaths) {
+  constexpr uint64_t kC = 30;
+  Identity long_path = Uid(3);
+  long_path.exe = "/" + std::string(4000, '\xff');
+  reg_.Join(kC, long_path);
+  v1::DumpResponse dump;
+  reg_.FillDump(&dump);
+  std::string exe;
+  for (const auto& u : dump.sessions()) {
+    if (u.session_id() == kC) exe = u.exe();
+  }
+  ASSERT_FALSE(exe.empty());
+  EXPECT_LE(exe.size(), 4 * kLoggedPathBytes + 64) << exe.size();
+  EXPECT_TRUE(absl::StartsWith(exe, "/\\xff\\xff")) << exe.substr(0, 40);
+  EXPECT_TRUE(absl::StrContains(exe, "4001"))
+      << "its length is said: " << exe.substr(exe.size() - 40);
 }
 
 TEST_F(RegistryTest, TheLastHoldersReleaseClosesTheDaemonsFd) {
