@@ -95,32 +95,53 @@ TEST_F(DmabufTest, EveryPlaneReachesTheCompositorAsLaidOut) {
   }
 }
 
+// Tests that need a compositor unlike the fixture's: a daemon and client
+// of their own, a fake compositor offering XRGB8888 with one modifier (and
+// answering after a delay), a display on it and one 64x48 XRGB8888 buffer.
+class OwnCompositorTest : public ::testing::Test {
+ protected:
+  void Start(uint64_t modifier, absl::Duration answer_delay = absl::ZeroDuration()) {
+    absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
+        halloc::testing::TestDaemon::Start();
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    daemon_ = *std::move(daemon);
+    absl::StatusOr<Client> client = daemon_->Connect();
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_.emplace(*std::move(client));
+    absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
+        FakeCompositor::Start({{DRM_FORMAT_XRGB8888, modifier}}, 0, answer_delay);
+    ASSERT_TRUE(c.ok()) << c.status();
+    compositor_ = *std::move(c);
+    absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect(compositor_->socket());
+    ASSERT_TRUE(d.ok()) << d.status();
+    display_ = *std::move(d);
+    absl::StatusOr<Buffer> b =
+        client_->Allocate(ImageDescriptor(64, 48, DRM_FORMAT_XRGB8888, usage::kComposerOverlay));
+    ASSERT_TRUE(b.ok()) << b.status();
+    buffer_.emplace(*std::move(b));
+  }
+
+  std::unique_ptr<halloc::testing::TestDaemon> daemon_;
+  std::optional<Client> client_;
+  std::unique_ptr<FakeCompositor> compositor_;
+  std::unique_ptr<Display> display_;
+  std::optional<Buffer> buffer_;
+};
+
 // A compositor without modifier support offers formats with the implicit
 // modifier (DRM_FORMAT_MOD_INVALID) only: a LINEAR buffer goes to it as
 // implicit, not refused (nor sent to wl_shm to be read by the CPU).
-TEST(DmabufImplicitTest, ALinearBufferGoesToAnImplicitModifierCompositor) {
-  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
-      halloc::testing::TestDaemon::Start();
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  absl::StatusOr<Client> client = (*daemon)->Connect();
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
-      FakeCompositor::Start({{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_INVALID}});
-  ASSERT_TRUE(c.ok()) << c.status();
-  absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect((*c)->socket());
-  ASSERT_TRUE(d.ok()) << d.status();
-  absl::StatusOr<Buffer> b =
-      client->Allocate(ImageDescriptor(64, 48, DRM_FORMAT_XRGB8888, usage::kComposerOverlay));
-  ASSERT_TRUE(b.ok()) << b.status();
-  ASSERT_EQ(b->layout().modifier(), DRM_FORMAT_MOD_LINEAR);
-  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(**d, *b);
+TEST_F(OwnCompositorTest, ALinearBufferGoesToAnImplicitModifierCompositor) {
+  ASSERT_NO_FATAL_FAILURE(Start(DRM_FORMAT_MOD_INVALID));
+  ASSERT_EQ(buffer_->layout().modifier(), DRM_FORMAT_MOD_LINEAR);
+  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(*display_, *buffer_);
   ASSERT_TRUE(wl.ok()) << wl.status();
-  const std::vector<DmabufRequest> reqs = (*c)->requests();
+  const std::vector<DmabufRequest> reqs = compositor_->requests();
   ASSERT_EQ(reqs.size(), 1u);
   ASSERT_FALSE(reqs[0].planes.empty());
   for (const auto& plane : reqs[0].planes) EXPECT_EQ(plane.modifier, DRM_FORMAT_MOD_INVALID);
   // A tiled layout is still refused there (implicit means linear here).
-  EXPECT_FALSE((*d)->DmabufModifierFor(DRM_FORMAT_XRGB8888, I915_FORMAT_MOD_X_TILED));
+  EXPECT_FALSE(display_->DmabufModifierFor(DRM_FORMAT_XRGB8888, I915_FORMAT_MOD_X_TILED));
 }
 
 TEST_F(DmabufTest, AFormatNotOfferedIsRefusedBeforeAsking) {
@@ -143,37 +164,26 @@ TEST_F(DmabufTest, TheCompositorsRefusalIsAnError) {
 
 // A compositor slower than the caller's wait: the call fails, and the
 // wl_buffer the compositor creates after all is destroyed when its answer
-// arrives (else it would hold the dma-buf for the connection's life). Also
-// kept: one destroyed as soon as it is made.
-TEST(DmabufSlowTest, AnAnswerAfterTheWaitIsGivenBack) {
-  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> daemon =
-      halloc::testing::TestDaemon::Start();
-  ASSERT_TRUE(daemon.ok()) << daemon.status();
-  absl::StatusOr<Client> client = (*daemon)->Connect();
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
-      FakeCompositor::Start({{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_LINEAR}}, 0, absl::Seconds(1));
-  ASSERT_TRUE(c.ok()) << c.status();
-  absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect((*c)->socket());
-  ASSERT_TRUE(d.ok()) << d.status();
-  absl::StatusOr<Buffer> b =
-      client->Allocate(ImageDescriptor(64, 48, DRM_FORMAT_XRGB8888, usage::kComposerOverlay));
-  ASSERT_TRUE(b.ok()) << b.status();
-  absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(**d, *b, absl::Milliseconds(50));
+// arrives (else it would hold the dma-buf for the connection's life).
+TEST_F(OwnCompositorTest, AnAnswerAfterTheWaitIsGivenBack) {
+  ASSERT_NO_FATAL_FAILURE(Start(DRM_FORMAT_MOD_LINEAR, absl::Seconds(1)));
+  absl::StatusOr<WlBuffer> wl =
+      WlBuffer::CreateDmabufForTesting(*display_, *buffer_, absl::Milliseconds(50));
   EXPECT_EQ(wl.status().code(), absl::StatusCode::kDeadlineExceeded) << wl.status();
   // Each roundtrip waits out the compositor's sleep, then reads the late
   // answer (the library destroys its wl_buffer); the next one has the
   // compositor read that destroy.
-  for (int i = 0; i < 3 && ((*c)->requests().empty() || (*c)->live_buffers() != 0); ++i) {
-    ASSERT_TRUE((*d)->Roundtrip(absl::Seconds(10)).ok());
+  for (int i = 0; i < 3 && (compositor_->requests().empty() || compositor_->live_buffers() != 0);
+       ++i) {
+    ASSERT_TRUE(display_->Roundtrip(absl::Seconds(10)).ok());
   }
-  ASSERT_EQ((*c)->requests().size(), 1u);
-  EXPECT_TRUE((*c)->requests()[0].created) << "the compositor did make it";
-  EXPECT_EQ((*c)->live_buffers(), 0) << "the late wl_buffer was kept";
+  ASSERT_EQ(compositor_->requests().size(), 1u);
+  EXPECT_TRUE(compositor_->requests()[0].created) << "the compositor did make it";
+  EXPECT_EQ(compositor_->live_buffers(), 0) << "the late wl_buffer was kept";
   // The connection still works: a wait long enough gets a buffer.
-  wl = WlBuffer::CreateDmabufForTesting(**d, *b, absl::Seconds(10));
+  wl = WlBuffer::CreateDmabufForTesting(*display_, *buffer_, absl::Seconds(10));
   ASSERT_TRUE(wl.ok()) << wl.status();
-  EXPECT_EQ((*c)->live_buffers(), 1);
+  EXPECT_EQ(compositor_->live_buffers(), 1);
 }
 
 // The real entry point: a memfd is not a dma-buf, so linux-dmabuf is not
