@@ -174,8 +174,10 @@ Daemon::~Daemon() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Daemon::StartMetrics() {
   auto start = [this]() -> absl::Status {
-    absl::StatusOr<std::unique_ptr<MetricsServer>> m =
-        MetricsServer::Start(options_.metrics_address, [this] { return ToPrometheus(Stats()); });
+    MetricsServer::Options metrics_options;
+    metrics_options.scraper_uids = options_.metrics_scraper_uids;
+    absl::StatusOr<std::unique_ptr<MetricsServer>> m = MetricsServer::Start(
+        options_.metrics_address, [this] { return ToPrometheus(Stats()); }, metrics_options);
     if (!m.ok()) return m.status();
     absl::MutexLock lock(&metrics_mu_);
     metrics_ = *std::move(m);

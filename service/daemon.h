@@ -4,11 +4,13 @@
 #define HALLOC_SERVICE_DAEMON_H_
 
 #include <sys/stat.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -81,6 +83,9 @@ struct DaemonOptions {
   // Where to serve Prometheus metrics (GET /metrics): "127.0.0.1:PORT" or
   // "[::1]:PORT" (service/metrics/http_server.h); empty: not served.
   std::string metrics_address;
+  // The uids that scrape it (MetricsServer::Options::scraper_uids): when
+  // given, all other uids share half its connection slots.
+  std::vector<uid_t> metrics_scraper_uids;
 };
 
 // The gRPC server's limits from `options` (threads, streams, message

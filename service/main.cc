@@ -22,11 +22,13 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/protocol.h"
@@ -79,6 +81,10 @@ ABSL_FLAG(std::string, metrics_address, "",
           "e.g. 127.0.0.1:9464 (off when empty; under the shipped unit, which "
           "has PrivateNetwork=yes, use `hallocctl stats --prometheus` with "
           "node_exporter's textfile collector instead)");
+ABSL_FLAG(std::vector<std::string>, metrics_scraper_uids, {},
+          "uids that scrape --metrics_address (e.g. `id -u prometheus`), comma "
+          "separated: all other uids then share half its connection slots, so "
+          "that no user (with its subordinate uids) can hold every slot");
 ABSL_FLAG(bool, broker_follow_cpu, true,
           "while the broker serves one client at a time, move its thread to "
           "the CPU that client sends from (BrokerRequest.cpu), so that replies "
@@ -222,6 +228,14 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
                                                    options.grpc_max_memory_bytes));
   }
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  for (const std::string& u : absl::GetFlag(FLAGS_metrics_scraper_uids)) {
+    uid_t uid = 0;
+    if (!absl::SimpleAtoi(u, &uid)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics_scraper_uids: '", absl::CHexEscape(u), "' is not a uid (a number)"));
+    }
+    options.metrics_scraper_uids.push_back(uid);
+  }
   halloc::Broker::follow_client_cpu = absl::GetFlag(FLAGS_broker_follow_cpu);
   halloc::GrpcListener::relay_always = absl::GetFlag(FLAGS_control_relay);
   return options;

@@ -17,6 +17,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -132,17 +133,28 @@ struct MetricsServer::Deadlines {
   Deadlines(const Render* render, const Options& options)
       : render(render),
         deadline(options.request_deadline),
-        render_interval(options.render_interval) {}
+        render_interval(options.render_interval),
+        scrapers(options.scraper_uids.begin(), options.scraper_uids.end()) {}
+
+  // Whether a connection of `uid` may take another slot: 4 per uid, and
+  // when the scraper's uids are known, kOthers for all the other uids.
+  bool RoomFor(uid_t uid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    const auto held = per_uid.find(uid);
+    if (held != per_uid.end() && held->second >= kPerUid) return false;
+    return scrapers.empty() || scrapers.contains(uid) || others < kOthers;
+  }
 
   const Render* const render;
   const absl::Duration deadline;
   const absl::Duration render_interval;
+  const absl::flat_hash_set<uid_t> scrapers;
   absl::Mutex render_mu;
   std::string rendered ABSL_GUARDED_BY(render_mu);
   absl::Time rendered_at ABSL_GUARDED_BY(render_mu) = absl::InfinitePast();
   absl::Mutex mu;
   absl::flat_hash_map<const MHD_Connection*, Open> open ABSL_GUARDED_BY(mu);
   absl::flat_hash_map<uid_t, int> per_uid ABSL_GUARDED_BY(mu);
+  int others ABSL_GUARDED_BY(mu) = 0;  // counted connections of non-scraper uids
   bool stopping ABSL_GUARDED_BY(mu) = false;
   std::thread thread;
 
@@ -192,8 +204,9 @@ struct MetricsServer::Deadlines {
     if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
       auto it = self->open.find(connection);
       if (it == self->open.end()) return;
-      if (it->second.counted && --self->per_uid[*it->second.counted] == 0) {
-        self->per_uid.erase(*it->second.counted);
+      if (const std::optional<uid_t> uid = it->second.counted) {
+        if (--self->per_uid[*uid] == 0) self->per_uid.erase(*uid);
+        if (!self->scrapers.empty() && !self->scrapers.contains(*uid)) --self->others;
       }
       self->open.erase(it);
       return;
@@ -204,17 +217,22 @@ struct MetricsServer::Deadlines {
     if (!dup) return;  // out of fds: the idle timeout still holds
     Open o{std::move(dup), MonotonicNow()};
     if (absl::StatusOr<uid_t> uid = LoopbackPeerUid(o.socket.get()); uid.ok()) {
-      int& held = self->per_uid[*uid];
-      if (held >= kPerUid) {
+      if (!self->RoomFor(*uid)) {
         // Ended at once: libmicrohttpd sees it close and forgets it.
         ::shutdown(o.socket.get(), SHUT_RDWR);
         o.cut = true;
         if (uint64_t dropped; Limiter().AllowFor("metrics-http", *uid, &dropped)) {
-          LOG(WARNING) << "metrics endpoint: uid " << *uid << " has " << held
-                       << " connections open; ended another" << LogLimiter::Dropped(dropped);
+          const auto held = self->per_uid.find(*uid);
+          LOG(WARNING) << "metrics endpoint: uid " << *uid << " has "
+                       << (held == self->per_uid.end() ? 0 : held->second) << " connections open"
+                       << (self->scrapers.empty()
+                               ? ""
+                               : absl::StrCat(", uids not the scraper's ", self->others))
+                       << "; ended another" << LogLimiter::Dropped(dropped);
         }
       } else {
-        ++held;
+        ++self->per_uid[*uid];
+        if (!self->scrapers.empty() && !self->scrapers.contains(*uid)) ++self->others;
         o.counted = *uid;
       }
     } else if (!absl::IsNotFound(uid.status())) {

@@ -18,10 +18,13 @@
 #ifndef HALLOC_SERVICE_METRICS_HTTP_SERVER_H_
 #define HALLOC_SERVICE_METRICS_HTTP_SERVER_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -46,7 +49,16 @@ class MetricsServer {
     // text: however often anyone scrapes, `render` (hallocd's Stats, a
     // reaper flush and the registry's lock) runs at most once per interval.
     absl::Duration render_interval = absl::Seconds(1);
+    // The scraper's uids (hallocd's --metrics_scraper_uids). When given,
+    // connections from every other uid share half the slots (kOthers),
+    // so that the scraper always has the other half: a user with
+    // subordinate uids (newuidmap: 65,536 on a Debian login) connects as
+    // that many uids, and 4 each from five of them held every slot.
+    std::vector<uid_t> scraper_uids;
   };
+  // Slots (of libmicrohttpd's 16) that connections from uids other than
+  // Options::scraper_uids share, when those are given.
+  static constexpr int kOthers = 8;
 
   // `address`: "127.0.0.1:PORT" (any 127.0.0.0/8 address) or "[::1]:PORT";
   // PORT 0 picks a free port. INVALID_ARGUMENT for anything else.

@@ -158,7 +158,8 @@ TEST_F(HallocdTest, RefusesFlagsItCannotServeWith) {
        {"--socket_mode=rw", "--socket_mode=0o660", "--socket_mode=99", "--socket_mode=660x",
         "--socket_mode=4755", "--socket_mode=", "--grpc_max_threads=0", "--grpc_max_threads=1",
         "--grpc_max_threads=-3", "--grpc_max_streams_per_connection=0",
-        "--grpc_max_message_bytes=100", "--grpc_max_message_bytes=-1"}) {
+        "--grpc_max_message_bytes=100", "--grpc_max_message_bytes=-1",
+        "--metrics_scraper_uids=prometheus", "--metrics_scraper_uids=0,-1"}) {
     absl::StatusOr<Subprocess> d = Spawn({bad});
     ASSERT_TRUE(d.ok()) << d.status();
     const std::optional<int> status = d->Wait(absl::Seconds(10));
