@@ -175,7 +175,7 @@ absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
     // gives it back then (whoever dispatches this display next). If the
     // connection ends first, the compositor frees it with the connection.
     answer->abandoned = true;
-    return s.ok() ? absl::InternalError("no answer to zwp_linux_buffer_params_v1.create") : s;
+    return s;  // DispatchUntil is OK only once the answer is in
   }
   zwp_linux_buffer_params_v1_destroy(params);
   const DmabufAnswer result = *answer;

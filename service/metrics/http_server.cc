@@ -141,8 +141,11 @@ struct MetricsServer::Deadlines {
   bool RoomFor(uid_t uid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     const auto held = per_uid.find(uid);
     if (held != per_uid.end() && held->second >= kPerUid) return false;
-    return scrapers.empty() || scrapers.contains(uid) || others < kOthers;
+    return !IsOther(uid) || others < kOthers;
   }
+  // Whether `uid` shares the kOthers slots: not a scraper's, when those
+  // are known.
+  bool IsOther(uid_t uid) const { return !scrapers.empty() && !scrapers.contains(uid); }
 
   const Render* const render;
   const absl::Duration deadline;
@@ -206,7 +209,7 @@ struct MetricsServer::Deadlines {
       if (it == self->open.end()) return;
       if (const std::optional<uid_t> uid = it->second.counted) {
         if (--self->per_uid[*uid] == 0) self->per_uid.erase(*uid);
-        if (!self->scrapers.empty() && !self->scrapers.contains(*uid)) --self->others;
+        if (self->IsOther(*uid)) --self->others;
       }
       self->open.erase(it);
       return;
@@ -232,7 +235,7 @@ struct MetricsServer::Deadlines {
         }
       } else {
         ++self->per_uid[*uid];
-        if (!self->scrapers.empty() && !self->scrapers.contains(*uid)) ++self->others;
+        if (self->IsOther(*uid)) ++self->others;
         o.counted = *uid;
       }
     } else if (!absl::IsNotFound(uid.status())) {
