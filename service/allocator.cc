@@ -433,11 +433,13 @@ v1::StatsResponse Allocator::Stats(std::optional<uid_t> only_uid) {
   return s;
 }
 
-absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session) {
+absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session, const v1::DumpRequest& req) {
   RETURN_IF_ERROR(CheckOperator(session, "Dump"));
   std::shared_ptr<const Policy> pol = policy();
   v1::DumpResponse resp;
-  registry_.FillDump(&resp);
+  const uint32_t page =
+      req.page_size() == 0 ? kMaxDumpPage : std::min(req.page_size(), kMaxDumpPage);
+  RETURN_IF_ERROR(registry_.FillDump(&resp, req.page_token(), page));
   for (v1::SessionUsage& u : *resp.mutable_sessions()) {
     std::shared_ptr<Session> s = sessions_.Find(u.session_id());
     if (s == nullptr) continue;  // closed meanwhile

@@ -107,7 +107,9 @@ class Allocator {
   // IsOperatorUid in connection_limits.h), shown only its own uid's per-client rows and no denials;
   // nullopt: everything (operators, the metrics endpoint).
   v1::StatsResponse Stats(std::optional<uid_t> only_uid = std::nullopt);
-  absl::StatusOr<v1::DumpResponse> Dump(Session& session);
+  // One page of DumpRequest's (at most kMaxDumpPage rows).
+  static constexpr uint32_t kMaxDumpPage = 1000;
+  absl::StatusOr<v1::DumpResponse> Dump(Session& session, const v1::DumpRequest& req);
   // Same checks as Allocate, through the same code (Plan), no memory. With
   // a caller (a session's, or a broker request's sender), its policy rule
   // applies as well; without one, only the descriptor and the backend are

@@ -190,11 +190,10 @@ grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
-grpc::Status AllocatorService::Dump(grpc::ServerContext* ctx,
-                                    const v1::DumpRequest*,
+grpc::Status AllocatorService::Dump(grpc::ServerContext* ctx, const v1::DumpRequest* req,
                                     v1::DumpResponse* resp) {
   HALLOC_WITH_SESSION("Dump", {
-    absl::StatusOr<v1::DumpResponse> r = core_->Dump(**session);
+    absl::StatusOr<v1::DumpResponse> r = core_->Dump(**session, *req);
     if (!r.ok()) return r.status();
     *resp = std::move(*r);
     return absl::OkStatus();

@@ -475,6 +475,31 @@ TEST_F(GrpcServiceTest, ListComesInPages) {
   }
 }
 
+// Dump pages as List does: page_size rows at most, the rest behind
+// next_page_token; a token hallocd did not give is INVALID_ARGUMENT.
+TEST_F(GrpcServiceTest, DumpComesInPages) {
+  ASSERT_EQ(AllocateIds(1).size(), 1u);  // one session, one client charged
+  v1::DumpRequest req;
+  req.set_page_size(1);
+  v1::DumpResponse first, second;
+  ASSERT_TRUE(stub_->Dump(Ctx(session_->token()).get(), req, &first).ok());
+  ASSERT_EQ(first.sessions_size(), 1);
+  EXPECT_EQ(first.clients_size(), 0);
+  ASSERT_FALSE(first.next_page_token().empty());
+  req.set_page_token(first.next_page_token());
+  ASSERT_TRUE(stub_->Dump(Ctx(session_->token()).get(), req, &second).ok());
+  EXPECT_EQ(second.sessions_size(), 0);
+  EXPECT_EQ(second.clients_size(), 1);
+  EXPECT_EQ(second.next_page_token(), "");
+  for (const char* bad : {"x", "s-1", "c!"}) {
+    req.set_page_token(bad);
+    v1::DumpResponse resp;
+    EXPECT_EQ(stub_->Dump(Ctx(session_->token()).get(), req, &resp).error_code(),
+              grpc::INVALID_ARGUMENT)
+        << bad;
+  }
+}
+
 // AUDIT lines of calls refused before a session is found (no token, a
 // wrong one, or a token used from another uid) are limited per uid of the
 // connection (ControlPeers), as other lines are. Before, they all shared

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
@@ -341,32 +343,90 @@ void Registry::FillStats(v1::StatsResponse* s, std::optional<uid_t> only_uid) {
   }
 }
 
-void Registry::FillDump(v1::DumpResponse* dump) {
+namespace {
+
+// The first `room` of `rows` in order; true if some were left out.
+template <typename T>
+bool FirstOfPage(std::vector<T>& rows, size_t room) {
+  const bool more = rows.size() > room;
+  if (more) {
+    std::nth_element(rows.begin(), rows.begin() + room, rows.end());
+    rows.resize(room);
+  }
+  std::sort(rows.begin(), rows.end());
+  return more;
+}
+
+}  // namespace
+
+absl::Status Registry::FillDump(v1::DumpResponse* dump, absl::string_view page_token,
+                                size_t page_size) {
+  // A page token says where the last page stopped: "s<session id>" in the
+  // sessions, or "c<quota key, web-safe base64>" in the clients (sessions
+  // done).
+  bool in_clients = false;
+  uint64_t after_session = 0;
+  std::string after_key;
+  if (!page_token.empty()) {
+    const absl::string_view rest = page_token.substr(1);
+    const bool ok = page_token[0] == 's'   ? absl::SimpleAtoi(rest, &after_session)
+                    : page_token[0] == 'c' ? absl::WebSafeBase64Unescape(rest, &after_key)
+                                           : false;
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          "Dump: page_token is not one hallocd gave (a DumpResponse's next_page_token)");
+    }
+    in_clients = page_token[0] == 'c';
+  }
   reaper_.Flush();  // outside the lock (see CheckRoom)
   absl::MutexLock lock(&mu_);
   if (!lingering_.empty()) SettleLocked();
-  for (const auto& [id, holding] : holdings_) {
-    v1::SessionUsage* u = dump->add_sessions();
-    u->set_session_id(id);
-    u->set_pid(holding.creds.pid);
-    u->set_uid(holding.creds.uid);
-    // Cut like a log line's past kLoggedPathBytes: 4 KiB paths, each byte
-    // escaped to 4, in every session would make Dump too large to read.
-    const absl::string_view exe = holding.creds.exe;
-    u->set_exe(exe.size() <= kLoggedPathBytes ? Utf8OrEscaped(exe)
-                                              : LogSafe(exe, kLoggedPathBytes));
-    for (uint64_t b : holding.buffers) {
-      const BufferRecord& buffer = *buffers_.at(b);
-      if (buffer.owner_session == id) {
-        u->set_owned_buffers(u->owned_buffers() + 1);
-        u->set_owned_bytes(u->owned_bytes() + buffer.size);
-      } else {
-        u->set_imported_buffers(u->imported_buffers() + 1);
-        u->set_imported_bytes(u->imported_bytes() + buffer.size);
+  size_t room = page_size;
+  if (!in_clients) {
+    std::vector<uint64_t> ids;
+    for (const auto& [id, holding] : holdings_) {
+      if (id > after_session) ids.push_back(id);
+    }
+    const bool more = FirstOfPage(ids, room);
+    for (uint64_t id : ids) {
+      const Holding& holding = holdings_.at(id);
+      v1::SessionUsage* u = dump->add_sessions();
+      u->set_session_id(id);
+      u->set_pid(holding.creds.pid);
+      u->set_uid(holding.creds.uid);
+      // Cut like a log line's past kLoggedPathBytes: 4 KiB paths, each byte
+      // escaped to 4, in every session would make a page too large to read.
+      const absl::string_view exe = holding.creds.exe;
+      u->set_exe(exe.size() <= kLoggedPathBytes ? Utf8OrEscaped(exe)
+                                                : LogSafe(exe, kLoggedPathBytes));
+      for (uint64_t b : holding.buffers) {
+        const BufferRecord& buffer = *buffers_.at(b);
+        if (buffer.owner_session == id) {
+          u->set_owned_buffers(u->owned_buffers() + 1);
+          u->set_owned_bytes(u->owned_bytes() + buffer.size);
+        } else {
+          u->set_imported_buffers(u->imported_buffers() + 1);
+          u->set_imported_bytes(u->imported_bytes() + buffer.size);
+        }
       }
     }
+    if (more) {
+      dump->set_next_page_token(absl::StrCat("s", ids.back()));
+      return absl::OkStatus();
+    }
+    room -= ids.size();
   }
+  std::vector<absl::string_view> keys;
   for (const auto& [key, use] : charged_) {
+    if (!in_clients || key > after_key) keys.push_back(key);
+  }
+  if (FirstOfPage(keys, room)) {
+    // (room 0: the sessions filled this page; the clients all follow.)
+    dump->set_next_page_token(
+        absl::StrCat("c", absl::WebSafeBase64Escape(keys.empty() ? after_key : keys.back())));
+  }
+  for (absl::string_view key : keys) {
+    const std::pair<uint64_t, uint64_t>& use = charged_.find(key)->second;
     v1::ClientQuota* q = dump->add_clients();
     auto [client, uid] = SplitQuotaKey(key);
     q->set_client(std::move(client));
@@ -374,6 +434,7 @@ void Registry::FillDump(v1::DumpResponse* dump) {
     q->set_buffers(use.first);
     q->set_bytes(use.second);
   }
+  return absl::OkStatus();
 }
 
 }  // namespace halloc

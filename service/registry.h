@@ -355,9 +355,12 @@ class Registry {
   // charged, grants, totals, per-client rows, the backend row); with
   // `only_uid`, the per-client rows of that uid alone.
   void FillStats(v1::StatsResponse* stats, std::optional<uid_t> only_uid = std::nullopt);
-  // Sessions' holdings and clients' charges; client names and quotas are
-  // the policy's, filled in by the caller.
-  void FillDump(v1::DumpResponse* dump);
+  // One page of sessions' holdings, then clients' charges: at most
+  // `page_size` rows past `page_token` (a DumpResponse's next_page_token,
+  // or "" for the first page; one not from here is INVALID_ARGUMENT).
+  // Client names and quotas are the policy's, filled in by the caller.
+  absl::Status FillDump(v1::DumpResponse* dump, absl::string_view page_token = "",
+                        size_t page_size = std::numeric_limits<size_t>::max());
 
   // Returns once every buffer dropped so far has had its fd closed.
   void FlushReaper() { reaper_.Flush(); }

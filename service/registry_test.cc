@@ -33,7 +33,7 @@ TEST_F(RegistryTest, AddAssignsIdsChargesAndReportsTheOwnersRights) {
   EXPECT_EQ(Stats().live_buffers(), 2u);
   EXPECT_EQ(Stats().live_bytes(), 2 * kPage);
   v1::DumpResponse dump;
-  reg_.FillDump(&dump);
+  ASSERT_TRUE(reg_.FillDump(&dump).ok());
   ASSERT_EQ(dump.clients_size(), 1);
   EXPECT_EQ(dump.clients(0).client(), "app");
   EXPECT_EQ(dump.clients(0).uid(), 1u);
@@ -159,7 +159,7 @@ TEST_F(RegistryTest, ReleaseIsAllOrNothingAndGivesTheChargeBack) {
   EXPECT_EQ(Stats().live_buffers(), 0u);
   EXPECT_EQ(Stats().releases_total(), 2u);
   v1::DumpResponse dump;
-  reg_.FillDump(&dump);
+  ASSERT_TRUE(reg_.FillDump(&dump).ok());
   EXPECT_EQ(dump.clients_size(), 0);  // nothing charged any more
   EXPECT_EQ(reg_.Release(kA, {ids[0]}).code(), StatusCode::kNotFound);
 }
@@ -408,7 +408,7 @@ TEST_F(RegistryTest, ListShowsOwnBuffersOrAllWithHoldersAndDumpCountsThem) {
     EXPECT_EQ(b.holders(0).pid(), b.id() == a ? 101u : 102u);
   }
   v1::DumpResponse dump;
-  reg_.FillDump(&dump);
+  ASSERT_TRUE(reg_.FillDump(&dump).ok());
   ASSERT_EQ(dump.sessions_size(), 2);
   for (const auto& s : dump.sessions()) {
     EXPECT_EQ(s.owned_buffers(), s.session_id() == kA ? 1u : 2u);
@@ -459,7 +459,7 @@ TEST_F(RegistryTest, DumpCarriesAnyExecutablePathAsValidUtf8) {
   reg_.Join(kC, utf8);
   reg_.Join(kD, raw);
   v1::DumpResponse dump;
-  reg_.FillDump(&dump);
+  ASSERT_TRUE(reg_.FillDump(&dump).ok());
   v1::DumpResponse parsed;
   ASSERT_TRUE(parsed.ParseFromString(dump.SerializeAsString()));
   std::set<std::string> exes;
@@ -478,7 +478,7 @@ TEST_F(RegistryTest, DumpCutsLongExecutablePaths) {
   long_path.exe = "/" + std::string(4000, '\xff');
   reg_.Join(kC, long_path);
   v1::DumpResponse dump;
-  reg_.FillDump(&dump);
+  ASSERT_TRUE(reg_.FillDump(&dump).ok());
   std::string exe;
   for (const auto& u : dump.sessions()) {
     if (u.session_id() == kC) exe = u.exe();
@@ -488,6 +488,44 @@ TEST_F(RegistryTest, DumpCutsLongExecutablePaths) {
   EXPECT_TRUE(absl::StartsWith(exe, "/\\xff\\xff")) << exe.substr(0, 40);
   EXPECT_TRUE(absl::StrContains(exe, "4001"))
       << "its length is said: " << exe.substr(exe.size() - 40);
+}
+
+// Dump comes in pages (sessions by id, then clients), so that no reply
+// grows with the sessions on the machine: every row once, in order, and a
+// token not from Dump is INVALID_ARGUMENT.
+TEST_F(RegistryTest, DumpComesInPages) {
+  constexpr uint64_t kC = 30;
+  reg_.Join(kC, Uid(3));
+  for (const auto& [session, key] :
+       std::vector<std::pair<uint64_t, std::string>>{{kA, "app/1"}, {kB, "cam/2"}}) {
+    std::vector<std::shared_ptr<BufferRecord>> fresh = {Fresh(key)};
+    ASSERT_TRUE(reg_.Add(session, fresh, CpuAccess::kReadWrite, NoQuota, nullptr).ok());
+  }
+  // 3 sessions and 2 clients: pages of 2 are [s s] [s c] [c], and pages of
+  // 3 end the sessions exactly: [s s s] [c c].
+  for (const size_t page_size : {2u, 3u, 1u, 1000u}) {
+    std::vector<std::string> rows;
+    std::string token;
+    int pages = 0;
+    do {
+      v1::DumpResponse page;
+      ASSERT_TRUE(reg_.FillDump(&page, token, page_size).ok()) << token;
+      ASSERT_LE(static_cast<size_t>(page.sessions_size() + page.clients_size()), page_size);
+      for (const auto& u : page.sessions()) rows.push_back(absl::StrCat("s", u.session_id()));
+      for (const auto& q : page.clients()) rows.push_back(absl::StrCat(q.client(), q.uid()));
+      token = page.next_page_token();
+      ++pages;
+    } while (!token.empty() && pages < 10);
+    EXPECT_EQ(rows, std::vector<std::string>({absl::StrCat("s", kA), absl::StrCat("s", kB),
+                                              absl::StrCat("s", kC), "app1", "cam2"}))
+        << "pages of " << page_size;
+    EXPECT_EQ(pages, (5 + page_size - 1) / page_size) << "pages of " << page_size;
+  }
+  for (const char* bad : {"x", "s", "s-1", "s12abc", "s99999999999999999999999", "c!!", "12"}) {
+    v1::DumpResponse page;
+    EXPECT_EQ(reg_.FillDump(&page, bad, 2).code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_EQ(page.sessions_size() + page.clients_size(), 0) << bad;
+  }
 }
 
 TEST_F(RegistryTest, TheLastHoldersReleaseClosesTheDaemonsFd) {

@@ -660,9 +660,15 @@ absl::StatusOr<v1::Grant> Client::ShareAs(v1::ShareRequest req) {
 }
 
 absl::StatusOr<v1::DumpResponse> Client::Dump() {
-  ASSIGN_OR_RETURN(v1::DumpResponse resp,
-                   impl_->Call(&v1::Allocator::Stub::Dump, v1::DumpRequest(), "Dump"));
-  return resp;
+  v1::DumpRequest req;
+  v1::DumpResponse all;
+  do {  // page by page (DumpRequest.page_token)
+    ASSIGN_OR_RETURN(v1::DumpResponse resp, impl_->Call(&v1::Allocator::Stub::Dump, req, "Dump"));
+    for (v1::SessionUsage& u : *resp.mutable_sessions()) *all.add_sessions() = std::move(u);
+    for (v1::ClientQuota& q : *resp.mutable_clients()) *all.add_clients() = std::move(q);
+    req.set_page_token(std::move(*resp.mutable_next_page_token()));
+  } while (!req.page_token().empty());
+  return all;
 }
 
 absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {

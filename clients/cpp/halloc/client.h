@@ -179,7 +179,8 @@ class Client {
   absl::StatusOr<v1::Grant> ShareWithClient(
       uint64_t buffer_id, absl::string_view peer_name,
       v1::CpuAccess cpu = v1::CPU_ACCESS_UNSPECIFIED);
-  // Per-client accounting (root and the daemon's uid).
+  // Per-client accounting (root and the daemon's uid): every page's rows
+  // in one response.
   absl::StatusOr<v1::DumpResponse> Dump();
   // Takes a buffer shared with us.
   absl::StatusOr<Buffer> Import(absl::string_view grant_token);

@@ -16,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -159,6 +160,64 @@ TEST(ClientBrokerTest, AnAnswerWithoutTheBuffersAskedForIsDataLoss) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Allocate(BlobDescriptor(4096)).status().code(), absl::StatusCode::kDataLoss);
   EXPECT_EQ(c->Allocate(BlobDescriptor(4096), 3).status().code(), absl::StatusCode::kDataLoss);
+}
+
+// A refusal's code is whatever the daemon (or something posing as it)
+// wrote: one outside absl's codes is UNKNOWN, with the message kept, and
+// never cast into an absl::StatusCode absl does not have.
+TEST(ClientBrokerTest, ARefusalWithACodeAbslLacksIsUnknown) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    v1::BrokerReply r = ReleaseReply(req.request_id());
+    r.set_code(req.release().buffer_ids(0) == 1 ? 99 : 7);  // 7: PERMISSION_DENIED
+    r.set_message("refused");
+    FakeBroker::Reply(sock, std::move(r));
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const absl::Status odd = c->Release(1);
+  EXPECT_EQ(odd.code(), absl::StatusCode::kUnknown) << odd;
+  EXPECT_TRUE(absl::StrContains(odd.message(), "refused")) << odd;
+  EXPECT_EQ(c->Release(2).code(), absl::StatusCode::kPermissionDenied);
+}
+
+// Dump's rows come in pages; Client::Dump asks until the last and gives
+// them all in one response, in order.
+TEST(ClientBrokerTest, DumpGathersEveryPage) {
+  class PagedDump final : public v1::Allocator::Service {
+   public:
+    grpc::Status Dump(grpc::ServerContext*, const v1::DumpRequest* req,
+                      v1::DumpResponse* resp) override {
+      tokens.push_back(req->page_token());
+      if (req->page_token().empty()) {
+        resp->add_sessions()->set_session_id(1);
+        resp->add_sessions()->set_session_id(2);
+        resp->set_next_page_token("next");
+      } else if (req->page_token() == "next") {
+        resp->add_sessions()->set_session_id(3);
+        resp->add_clients()->set_client("app");
+        resp->set_next_page_token("last");
+      } else {
+        resp->add_clients()->set_client("cam");
+      }
+      return grpc::Status::OK;
+    }
+    std::vector<std::string> tokens;
+  } service;
+  FakeBroker broker([](int, const v1::BrokerRequest&) {});
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<v1::DumpResponse> d = c->Dump();
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_EQ(d->sessions_size(), 3);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(d->sessions(i).session_id(), i + 1u);
+  ASSERT_EQ(d->clients_size(), 2);
+  EXPECT_EQ(d->clients(0).client(), "app");
+  EXPECT_EQ(d->clients(1).client(), "cam");
+  EXPECT_EQ(d->next_page_token(), "");
+  EXPECT_EQ(service.tokens, std::vector<std::string>({"", "next", "last"}));
+  server->Shutdown();
 }
 
 // In a child, a Client its parent connected refuses every call: the two

@@ -508,7 +508,17 @@ class Client:
         return self._call(self._stub.SetMetadata, req, "SetMetadata").buffer
 
     def dump(self):
-        return self._call(self._stub.Dump, allocator_pb2.DumpRequest(), "Dump")
+        """Per-client accounting (root and hallocd's uid): one
+        DumpResponse, its rows asked page by page."""
+        out, token = allocator_pb2.DumpResponse(), ""
+        while True:
+            resp = self._call(self._stub.Dump, allocator_pb2.DumpRequest(page_token=token),
+                              "Dump")
+            out.sessions.extend(resp.sessions)
+            out.clients.extend(resp.clients)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     # --- transport -----------------------------------------------------------
 
