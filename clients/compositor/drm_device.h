@@ -1,5 +1,5 @@
 // Internal to //clients/compositor:kms: the open DRM node a display and its
-// framebuffers share, and KMS property lookups.
+// framebuffers share (its GEM handles, counted), and KMS property lookups.
 #ifndef HALLOC_CLIENTS_COMPOSITOR_DRM_DEVICE_H_
 #define HALLOC_CLIENTS_COMPOSITOR_DRM_DEVICE_H_
 
@@ -7,8 +7,11 @@
 #include <map>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc::compositor {
@@ -19,9 +22,25 @@ class DrmDevice {
   int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
 
+  // The GEM handle of dma-buf `prime_fd` on this device (PRIME import),
+  // counted: the kernel gives one handle per dma-buf per DRM file, so two
+  // imports of one buffer share it, and closing it for the first would
+  // leave the second with a handle number the next import or dumb buffer
+  // may be given. Each import takes a reference; ReleaseHandle gives one
+  // back and closes the handle with the last (as minigbm and Mesa count
+  // theirs).
+  absl::StatusOr<uint32_t> ImportHandle(int prime_fd);
+  // Counts a handle made otherwise (a dumb buffer's), for ReleaseHandle.
+  void AdoptHandle(uint32_t handle);
+  void ReleaseHandle(uint32_t handle);
+
  private:
   UniqueFd fd_;
   std::string path_;
+  // Held across the ioctls too: an import that returns a handle another
+  // thread is closing would get a dead one.
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint32_t, int> handle_refs_ ABSL_GUARDED_BY(mu_);
 };
 
 // Property name → id of one KMS object (DRM_MODE_OBJECT_CONNECTOR, _CRTC,

@@ -24,32 +24,6 @@ std::string FourccName(uint32_t fourcc) {
   return s;
 }
 
-absl::StatusOr<ObjectProps> GetProps(int fd, uint32_t object_id, uint32_t type) {
-  drmModeObjectProperties* props = drmModeObjectGetProperties(fd, object_id, type);
-  if (props == nullptr) {
-    return ErrnoStatus(errno, absl::StrCat("properties of KMS object ", object_id));
-  }
-  ObjectProps out;
-  out.object_id = object_id;
-  for (uint32_t i = 0; i < props->count_props; ++i) {
-    drmModePropertyRes* p = drmModeGetProperty(fd, props->props[i]);
-    if (p == nullptr) continue;
-    out.ids[p->name] = p->prop_id;
-    out.values[p->name] = props->prop_values[i];
-    drmModeFreeProperty(p);
-  }
-  drmModeFreeObjectProperties(props);
-  return out;
-}
-
-absl::StatusOr<uint32_t> ObjectProps::Id(absl::string_view name) const {
-  auto it = ids.find(std::string(name));
-  if (it == ids.end()) {
-    return absl::NotFoundError(absl::StrCat("KMS object ", object_id, " has no property ", name));
-  }
-  return it->second;
-}
-
 Framebuffer::Framebuffer(Framebuffer&& other) noexcept { *this = std::move(other); }
 
 Framebuffer& Framebuffer::operator=(Framebuffer&& other) noexcept {
@@ -73,11 +47,7 @@ void Framebuffer::Reset() {
     // RMFB of a framebuffer on screen turns its plane off; the GEM objects
     // live until the framebuffer no longer references them.
     if (id_ != 0) drmModeRmFB(device_->fd(), id_);
-    for (uint32_t h : handles_) {
-      drm_gem_close close_args = {};
-      close_args.handle = h;
-      drmIoctl(device_->fd(), DRM_IOCTL_GEM_CLOSE, &close_args);
-    }
+    for (uint32_t h : handles_) device_->ReleaseHandle(h);
   }
   device_.reset();
   id_ = 0;

@@ -279,12 +279,12 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
   fb.width_ = l.width();
   fb.height_ = l.height();
   fb.format_ = l.format();
-  uint32_t handle = 0;
-  if (drmPrimeFDToHandle(state_->fd(), buffer.fd(), &handle) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("PRIME import of buffer ", buffer.id(), " into ",
-                                           state_->device->path()));
+  absl::StatusOr<uint32_t> imported = state_->device->ImportHandle(buffer.fd());
+  if (!imported.ok()) {
+    return Prefixed(imported.status(), absl::StrCat("buffer ", buffer.id()));
   }
-  fb.handles_.push_back(handle);  // closed by fb from here on
+  const uint32_t handle = *imported;
+  fb.handles_.push_back(handle);  // given back by fb from here on
   // A driver without modifier support (radeon, older amdgpu and nouveau)
   // refuses the flag outright; LINEAR is what it means by none.
   uint64_t has_modifiers = 0;
@@ -326,6 +326,7 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
   }
   DumbFramebuffer dumb;
   dumb.fb.device_ = state_->device;
+  state_->device->AdoptHandle(create.handle);
   dumb.fb.handles_.push_back(create.handle);
   dumb.fb.width_ = width;
   dumb.fb.height_ = height;

@@ -52,10 +52,9 @@ struct Rect {
 };
 
 // A KMS framebuffer (drmModeAddFB2WithModifiers) and the GEM handle it was
-// made from; removed and closed on destruction. (PRIME gives one handle per
-// dma-buf per device: import a buffer once and keep its Framebuffer, as a
-// second Framebuffer of the same fd shares, and on destruction closes, the
-// same handle; the first Framebuffer stays valid, KMS holds the object.)
+// made from; removed on destruction, and the handle given back. (PRIME
+// gives one handle per dma-buf per device: two Framebuffers of one buffer
+// share it, counted, and it is closed with the last of them.)
 class Framebuffer {
  public:
   Framebuffer() = default;

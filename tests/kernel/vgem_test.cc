@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "clients/compositor/drm_device.h"
 #include "tests/kernel/halloc_fixture.h"
 
 namespace halloc_test {
@@ -37,6 +38,43 @@ TEST_F(VgemTest, ImportsUnrestrictedBuffer) {
     EXPECT_EQ(info.attachments, 0u);
     EXPECT_EQ(info.maps, 0u);
   }
+}
+
+// Two PRIME imports of one buffer into one DRM file get one handle (the
+// kernel caches the import). The compositor's DrmDevice counts it: the
+// first to let go leaves the second a live handle, and the last closes it.
+// Closed at the first, its number went to the next import or dumb buffer,
+// whose handle the second then closed.
+TEST_F(VgemTest, TheHandleTwoImportsShareIsCountedByTheCompositor) {
+  UniqueFd buf = Alloc(Heap::kSystem, 64 * 1024);
+  ASSERT_TRUE(buf.valid());
+  UniqueFd node = OpenVgem();  // a DRM file of its own
+  ASSERT_TRUE(node.valid());
+  const int drm = node.get();
+  halloc::compositor::DrmDevice device(halloc::UniqueFd(node.release()), "vgem");
+  absl::StatusOr<uint32_t> first = device.ImportHandle(buf.get());
+  absl::StatusOr<uint32_t> second = device.ImportHandle(buf.get());
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(*first, *second);
+  device.ReleaseHandle(*first);
+  // Still open: a dumb buffer made now gets another number, and the handle
+  // still names the buffer.
+  const int64_t dumb = CreateDumb(drm, 64, 64, 32);
+  ASSERT_GT(dumb, 0) << strerror(int(-dumb));
+  GemHandle dumb_handle(drm, uint32_t(dumb));
+  EXPECT_NE(uint32_t(dumb), *second);
+  int exported = -1;
+  EXPECT_EQ(drmPrimeHandleToFD(drm, *second, DRM_CLOEXEC, &exported), 0)
+      << "the first release closed the handle the second import holds";
+  if (exported >= 0) ::close(exported);
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 1u);
+  // The last release closes it: vgem lets the buffer go.
+  device.ReleaseHandle(*second);
+  exported = -1;
+  EXPECT_NE(drmPrimeHandleToFD(drm, *second, DRM_CLOEXEC, &exported), 0);
+  if (exported >= 0) ::close(exported);
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 0u);
 }
 
 TEST_F(VgemTest, ViewAllowingVgemImports) {
