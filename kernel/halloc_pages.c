@@ -35,6 +35,15 @@
 	((GFP_HIGHUSER | __GFP_ZERO | __GFP_NOWARN | __GFP_NORETRY) & \
 	 ~__GFP_RECLAIM)
 #define HALLOC_LOW_ORDER_GFP (GFP_HIGHUSER | __GFP_ZERO)
+/*
+ * A deferred buffer is backed on halloc_back_wq (halloc_backing.c), by a
+ * kworker: no fatal signal can stop it, and order-0 GFP_HIGHUSER would call
+ * the OOM killer on whatever else runs, for a buffer its holders may not
+ * even wait for any more. There the order-0 pages may fail instead, after
+ * reclaim made no progress: the first use gets -ENOMEM (SIGBUS for a
+ * fault), as when max_total_mb refuses.
+ */
+#define HALLOC_QUEUED_LOW_ORDER_GFP (HALLOC_LOW_ORDER_GFP | __GFP_RETRY_MAYFAIL)
 #define HALLOC_CONTIG_GFP \
 	(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
 /* GFP_HIGHUSER's zone bit cannot be combined with __GFP_DMA32. */
@@ -84,9 +93,12 @@ static void halloc_chunk_put(struct halloc_pool *pool, struct page *page)
 	spin_unlock(&pool->lock);
 }
 
-static struct page *halloc_chunk_get(struct halloc_pool *pool, bool dma32)
+static struct page *halloc_chunk_get(struct halloc_pool *pool, bool dma32,
+				     bool queued)
 {
-	gfp_t gfp = pool->order ? HALLOC_HIGH_ORDER_GFP : HALLOC_LOW_ORDER_GFP;
+	gfp_t gfp = pool->order ? HALLOC_HIGH_ORDER_GFP :
+		    queued      ? HALLOC_QUEUED_LOW_ORDER_GFP :
+				  HALLOC_LOW_ORDER_GFP;
 	struct page *page;
 
 	if (dma32) {
@@ -151,6 +163,8 @@ static int halloc_chunks_to_table(struct halloc_buffer *buf,
 static int halloc_system_alloc(struct halloc_buffer *buf, struct page **pages,
 			       bool dma32)
 {
+	/* Backed by a kworker (see HALLOC_QUEUED_LOW_ORDER_GFP). */
+	const bool queued = buf->heap->deferred;
 	unsigned long remaining = buf->size;
 	unsigned int idx = 0, n = 0;
 	struct page *page, *tmp;
@@ -168,7 +182,8 @@ static int halloc_system_alloc(struct halloc_buffer *buf, struct page **pages,
 		 * full preemption (Debian's: voluntary).
 		 */
 		cond_resched();
-		if (fatal_signal_pending(current)) {
+		/* (The caller's signals: a queued backing has none.) */
+		if (!queued && fatal_signal_pending(current)) {
 			ret = -EINTR;
 			goto free_chunks;
 		}
@@ -177,7 +192,7 @@ static int halloc_system_alloc(struct halloc_buffer *buf, struct page **pages,
 			pool = &halloc_pools[idx];
 			if (remaining < (PAGE_SIZE << pool->order))
 				continue;
-			page = halloc_chunk_get(pool, dma32);
+			page = halloc_chunk_get(pool, dma32, queued);
 			if (page)
 				break;
 		}

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,21 +37,31 @@ bool NotBacked(const halloc_buffer_info& info) {
   return (info.flags & HALLOC_INFO_NOT_BACKED) != 0;
 }
 
+// A line of /proc/meminfo (kB) or /proc/vmstat (pages, counts): its number,
+// or -1.
+long long ProcField(const std::string& file, const std::string& field) {
+  const std::string text = "\n" + ReadFile(file);
+  const size_t at = text.find("\n" + field + (file == "/proc/meminfo" ? ":" : " "));
+  if (at == std::string::npos) return -1;
+  return std::atoll(text.c_str() + at + field.size() + 2);
+}
+
 class DeferredTest : public HallocTest {
  protected:
   void TearDown() override {
-    if (!saved_cap_.empty()) {
-      EXPECT_TRUE(WriteFile("/sys/module/halloc_heap/parameters/max_total_mb", saved_cap_));
+    for (const auto& [name, value] : saved_) {
+      EXPECT_TRUE(WriteFile("/sys/module/halloc_heap/parameters/" + name, value)) << name;
     }
   }
 
-  // Sets max_total_mb for this test; restored in TearDown.
-  bool SetCapMb(long mb) {
-    if (saved_cap_.empty()) saved_cap_ = ModuleParamText("max_total_mb");
-    return WriteFile("/sys/module/halloc_heap/parameters/max_total_mb", std::to_string(mb));
+  // Sets module parameter `name` for this test; restored in TearDown.
+  bool SetParam(const std::string& name, long value) {
+    if (saved_.count(name) == 0) saved_[name] = ModuleParamText(name);
+    return WriteFile("/sys/module/halloc_heap/parameters/" + name, std::to_string(value));
   }
+  bool SetCapMb(long mb) { return SetParam("max_total_mb", mb); }
 
-  std::string saved_cap_;
+  std::map<std::string, std::string> saved_;
 };
 
 TEST_F(DeferredTest, NoPagesBeforeFirstUse) {
@@ -144,6 +155,39 @@ TEST_F(DeferredTest, ChargedWhenBackedAndRetriedAfterFailure) {
   m.data()[0] = 1;
   EXPECT_FALSE(NotBacked(InfoOf(b.get())));
   EXPECT_EQ(BackedBytes(), backed + 2 * static_cast<long long>(kSize));
+}
+
+// A deferred buffer is backed by a kworker, which no signal stops: its
+// pages may fail (__GFP_RETRY_MAYFAIL) rather than call the OOM killer on
+// whatever else runs. A buffer as large as all of RAM (both caps lifted,
+// as root may) fails its first use with ENOMEM and kills nothing; the
+// memory it had taken is back.
+TEST_F(DeferredTest, ABackingLargerThanMemoryFailsAndKillsNothing) {
+  const long long mem_kb = ProcField("/proc/meminfo", "MemTotal");
+  ASSERT_GT(mem_kb, 0) << ReadFile("/proc/meminfo");
+  const long long oom_kills = ProcField("/proc/vmstat", "oom_kill");
+  ASSERT_GE(oom_kills, 0) << ReadFile("/proc/vmstat");
+  const long long backed = BackedBytes();
+  ASSERT_GE(backed, 0);
+  // As large as one buffer may be (at most all of RAM, at most 2 GiB): more
+  // than is free, with the kernel's and this test's memory in use.
+  const long size_mb = std::min(long(mem_kb / 1024), 2048L);
+  const long long free_kb = ProcField("/proc/meminfo", "MemAvailable");
+  ASSERT_GT(size_mb * 1024, free_kb) << "the guest has more memory than one buffer may take";
+  ASSERT_TRUE(SetCapMb(0));
+  ASSERT_TRUE(SetParam("max_buffer_mb", size_mb));
+  UniqueFd big(HeapAlloc(heap_fd(Heap::kDeferred), uint64_t(size_mb) << 20));
+  ASSERT_TRUE(big.valid()) << strerror(-big.get());
+  EXPECT_EQ(Sync(big.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW), -ENOMEM);
+  EXPECT_TRUE(NotBacked(InfoOf(big.get())));
+  EXPECT_EQ(ProcField("/proc/vmstat", "oom_kill"), oom_kills)
+      << "the backing called the OOM killer";
+  EXPECT_EQ(BackedBytes(), backed);
+  // What it took is free again: a buffer of a quarter of memory backs.
+  UniqueFd quarter(HeapAlloc(heap_fd(Heap::kDeferred), uint64_t(mem_kb / 4 / 1024) << 20));
+  ASSERT_TRUE(quarter.valid());
+  EXPECT_EQ(Sync(quarter.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW), 0);
+  EXPECT_EQ(Sync(quarter.get(), DMA_BUF_SYNC_END | DMA_BUF_SYNC_RW), 0);
 }
 
 // The end of a CPU bracket does not back; a read-only view's start does.
