@@ -75,6 +75,7 @@ struct halloc_buffer {
 	unsigned int segments;		/* physically contiguous runs */
 	bool below_4g;			/* every page below 4 GiB */
 	bool contig;			/* one run from the contig allocator */
+	bool dma32_charged;		/* asked below 4 GiB: dma32_max_mb */
 
 	struct mutex lock;		/* guards the fields below, but
 					 * @backing_wq, @mmaps and @node */
@@ -154,6 +155,9 @@ size_t halloc_max_buffer_bytes(const struct halloc_heap *heap);
 size_t halloc_max_contig_bytes(void);
 bool halloc_charge(size_t size);		/* false: over max_total_mb */
 void halloc_uncharge(size_t size);
+bool halloc_charge_dma32(size_t size);	/* false: over dma32_max_mb */
+void halloc_uncharge_dma32(size_t size);
+u64 halloc_dma32_charged(void);
 bool halloc_driver_needs_contig(const char *driver);
 
 /* halloc_pages.c */

@@ -54,6 +54,8 @@ static int halloc_buffers_show(struct seq_file *s, void *unused)
 	mutex_unlock(&halloc_buffers_lock);
 	seq_printf(s, "total: %lu buffers, %zu bytes, %zu backed; pool: %lu pages\n",
 		   count, bytes, backed, halloc_pool_pages());
+	seq_printf(s, "below 4 GiB: %llu bytes charged (dma32_max_mb)\n",
+		   halloc_dma32_charged());
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(halloc_buffers);

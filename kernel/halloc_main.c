@@ -60,6 +60,19 @@ MODULE_PARM_DESC(contig_only_drivers,
 
 static atomic64_t halloc_total_bytes = ATOMIC64_INIT(0);
 
+/*
+ * Unset (the default): a quarter of ZONE_DMA32 (the memory below 4 GiB),
+ * set at load. halloc-contig and buffers for 32-bit devices take their pages
+ * there, and within max_total_mb alone a user allowed on the heaps could
+ * empty it for every other 32-bit DMA user of the machine. 0 lifts the cap.
+ */
+static unsigned int dma32_max_mb = HALLOC_TOTAL_UNSET;
+module_param(dma32_max_mb, uint, 0644);
+MODULE_PARM_DESC(dma32_max_mb,
+		 "Cap on halloc pages asked below 4 GiB (halloc-contig, buffers for 32-bit devices), MiB (default a quarter of ZONE_DMA32; 0 = none)");
+
+static atomic64_t halloc_dma32_bytes = ATOMIC64_INIT(0);
+
 /* Largest physically contiguous run: halloc-contig, or a deferred backing. */
 size_t halloc_max_contig_bytes(void)
 {
@@ -80,25 +93,61 @@ size_t halloc_max_buffer_bytes(const struct halloc_heap *heap)
  * never over the cap even for a moment, so a request too large on its own
  * cannot make a concurrent one that fits fail.
  */
-bool halloc_charge(size_t size)
+static bool halloc_charge_within(atomic64_t *total, unsigned int cap_mb,
+				 size_t size)
 {
-	u64 cap = (u64)READ_ONCE(max_total_mb) * SZ_1M;
-	s64 old = atomic64_read(&halloc_total_bytes);
+	u64 cap = (u64)cap_mb * SZ_1M;
+	s64 old = atomic64_read(total);
 
 	if (!cap) {
-		atomic64_add(size, &halloc_total_bytes);
+		atomic64_add(size, total);
 		return true;
 	}
 	do {
 		if ((u64)old > cap || size > cap - (u64)old)
 			return false;
-	} while (!atomic64_try_cmpxchg(&halloc_total_bytes, &old, old + size));
+	} while (!atomic64_try_cmpxchg(total, &old, old + size));
 	return true;
+}
+
+bool halloc_charge(size_t size)
+{
+	return halloc_charge_within(&halloc_total_bytes,
+				    READ_ONCE(max_total_mb), size);
 }
 
 void halloc_uncharge(size_t size)
 {
 	atomic64_sub(size, &halloc_total_bytes);
+}
+
+bool halloc_charge_dma32(size_t size)
+{
+	return halloc_charge_within(&halloc_dma32_bytes,
+				    READ_ONCE(dma32_max_mb), size);
+}
+
+void halloc_uncharge_dma32(size_t size)
+{
+	atomic64_sub(size, &halloc_dma32_bytes);
+}
+
+u64 halloc_dma32_charged(void)
+{
+	return atomic64_read(&halloc_dma32_bytes);
+}
+
+/* Pages of ZONE_DMA32 (below 4 GiB) over all nodes; 0 without the zone. */
+static u64 halloc_dma32_zone_bytes(void)
+{
+	u64 pages = 0;
+#ifdef CONFIG_ZONE_DMA32
+	int nid;
+
+	for_each_online_node(nid)
+		pages += zone_managed_pages(&NODE_DATA(nid)->node_zones[ZONE_DMA32]);
+#endif
+	return pages << PAGE_SHIFT;
 }
 
 bool halloc_driver_needs_contig(const char *driver)
@@ -349,6 +398,9 @@ static int __init halloc_init(void)
 
 	if (max_total_mb == HALLOC_TOTAL_UNSET)
 		max_total_mb = (u32)min_t(u64, ((u64)totalram_pages() << PAGE_SHIFT) / 2 / SZ_1M,
+					  HALLOC_TOTAL_UNSET - 1);
+	if (dma32_max_mb == HALLOC_TOTAL_UNSET)
+		dma32_max_mb = (u32)min_t(u64, halloc_dma32_zone_bytes() / 4 / SZ_1M,
 					  HALLOC_TOTAL_UNSET - 1);
 
 	ret = halloc_back_wq_init();

@@ -284,16 +284,24 @@ int halloc_pages_alloc(struct halloc_buffer *buf, struct page **pages,
 		       bool contig, u64 dma_limit)
 {
 	bool dma32 = dma_limit <= U32_MAX;
+	/* Pages asked from ZONE_DMA32 are charged to dma32_max_mb too. */
+	bool zone_dma32 = dma32 ||
+			  (contig && READ_ONCE(halloc_param_contig_dma32));
 	int ret;
 
+	if (zone_dma32 && !halloc_charge_dma32(buf->size))
+		return -ENOMEM;
 	if (contig)
-		ret = halloc_contig_alloc(buf, pages, dma32 ||
-					  READ_ONCE(halloc_param_contig_dma32));
+		ret = halloc_contig_alloc(buf, pages, zone_dma32);
 	else
 		ret = halloc_system_alloc(buf, pages, dma32);
-	if (ret)
+	if (ret) {
+		if (zone_dma32)
+			halloc_uncharge_dma32(buf->size);
 		return ret;
+	}
 	buf->contig = contig;
+	buf->dma32_charged = zone_dma32;
 	if (halloc_note_layout(buf, pages) > dma_limit) {
 		halloc_pages_free(buf);
 		buf->segments = 0;
@@ -322,6 +330,9 @@ void halloc_pages_free(struct halloc_buffer *buf)
 		}
 	}
 	sg_free_table(&buf->chunks);
+	if (buf->dma32_charged)
+		halloc_uncharge_dma32(buf->size);
+	buf->dma32_charged = false;
 }
 
 /* Free up to @nr pages from the pools, highest order first. */

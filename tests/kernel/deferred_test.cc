@@ -8,7 +8,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,19 +48,18 @@ long long ProcField(const std::string& file, const std::string& field) {
 class DeferredTest : public HallocTest {
  protected:
   void TearDown() override {
-    for (const auto& [name, value] : saved_) {
-      EXPECT_TRUE(WriteFile("/sys/module/halloc_heap/parameters/" + name, value)) << name;
+    if (!saved_cap_.empty()) {
+      EXPECT_TRUE(WriteFile("/sys/module/halloc_heap/parameters/max_total_mb", saved_cap_));
     }
   }
 
-  // Sets module parameter `name` for this test; restored in TearDown.
-  bool SetParam(const std::string& name, long value) {
-    if (saved_.count(name) == 0) saved_[name] = ModuleParamText(name);
-    return WriteFile("/sys/module/halloc_heap/parameters/" + name, std::to_string(value));
+  // Sets max_total_mb for this test; restored in TearDown.
+  bool SetCapMb(long mb) {
+    if (saved_cap_.empty()) saved_cap_ = ModuleParamText("max_total_mb");
+    return WriteFile("/sys/module/halloc_heap/parameters/max_total_mb", std::to_string(mb));
   }
-  bool SetCapMb(long mb) { return SetParam("max_total_mb", mb); }
 
-  std::map<std::string, std::string> saved_;
+  std::string saved_cap_;
 };
 
 TEST_F(DeferredTest, NoPagesBeforeFirstUse) {
@@ -175,7 +173,8 @@ TEST_F(DeferredTest, ABackingLargerThanMemoryFailsAndKillsNothing) {
   const long long free_kb = ProcField("/proc/meminfo", "MemAvailable");
   ASSERT_GT(size_mb * 1024, free_kb) << "the guest has more memory than one buffer may take";
   ASSERT_TRUE(SetCapMb(0));
-  ASSERT_TRUE(SetParam("max_buffer_mb", size_mb));
+  ScopedParam one_buffer("max_buffer_mb", std::to_string(size_mb));
+  ASSERT_TRUE(one_buffer.ok());
   UniqueFd big(HeapAlloc(heap_fd(Heap::kDeferred), uint64_t(size_mb) << 20));
   ASSERT_TRUE(big.valid()) << strerror(-big.get());
   EXPECT_EQ(Sync(big.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_RW), -ENOMEM);

@@ -108,6 +108,40 @@ TEST_F(HeapAllocTest, TotalCapFromModuleParameter) {
   EXPECT_TRUE(c.valid());
 }
 
+// Below 4 GiB (ZONE_DMA32) has a cap of its own, dma32_max_mb: halloc-contig
+// takes its pages there, and within max_total_mb alone a user could empty
+// the zone for every 32-bit DMA user of the machine. Loaded without it, it
+// is a quarter of the zone; halloc-system's pages (no 32-bit device
+// attached) are not charged to it, nor are halloc-contig's with
+// contig_dma32=0.
+TEST_F(HeapAllocTest, BelowFourGibHasACapOfItsOwn) {
+  const long by_default = ModuleParam("dma32_max_mb");
+  EXPECT_GT(by_default, 0) << "a quarter of ZONE_DMA32 (the guest has 1 GiB below 4 GiB)";
+  EXPECT_LE(by_default, 256);
+  ScopedParam cap("dma32_max_mb", "8");
+  ASSERT_TRUE(cap.ok());
+  UniqueFd a = Alloc(Heap::kContig, 4 << 20);
+  UniqueFd b = Alloc(Heap::kContig, 4 << 20);
+  ASSERT_TRUE(a.valid() && b.valid());
+  EXPECT_NE(InfoOf(a.get()).flags & HALLOC_INFO_BELOW_4G, 0u);
+  EXPECT_EQ(HeapAlloc(contig_.get(), 4096), -ENOMEM) << "8 MiB below 4 GiB are taken";
+  UniqueFd scattered = Alloc(Heap::kSystem, 4 << 20);
+  EXPECT_TRUE(scattered.valid()) << "halloc-system is not charged below 4 GiB";
+  EXPECT_NE(ReadFile("/sys/kernel/debug/halloc/buffers").find("below 4 GiB: 8388608 bytes"),
+            std::string::npos)
+      << ReadFile("/sys/kernel/debug/halloc/buffers");
+  {
+    ScopedParam anywhere("contig_dma32", "N");
+    ASSERT_TRUE(anywhere.ok());
+    UniqueFd high = Alloc(Heap::kContig, 4 << 20);
+    EXPECT_TRUE(high.valid()) << "halloc-contig anywhere is not charged below 4 GiB";
+  }
+  a.reset();  // gives its 4 MiB back
+  UniqueFd c = Alloc(Heap::kContig, 4 << 20);
+  EXPECT_TRUE(c.valid());
+  EXPECT_EQ(HeapAlloc(contig_.get(), 4096), -ENOMEM);
+}
+
 TEST_F(HeapAllocTest, LoadedWithoutACapItTakesHalfOfRam) {
   // tools/kernel-test.sh loads the module without max_total_mb; the pages
   // are charged to no memory cgroup, so by default no user allowed on the
