@@ -143,7 +143,11 @@ static int halloc_buffer_alloc_backing(struct halloc_buffer *buf, bool contig,
 
 	if (!halloc_charge(buf->size))
 		return -ENOMEM;
-	pages = kvmalloc_array(buf->nr_pages, sizeof(*pages), GFP_KERNEL);
+	/* (A queued backing may fail rather than OOM-kill: halloc_pages.c.) */
+	pages = kvmalloc_array(buf->nr_pages, sizeof(*pages),
+			       buf->heap->deferred ?
+			       GFP_KERNEL | __GFP_RETRY_MAYFAIL | __GFP_NOWARN :
+			       GFP_KERNEL);
 	if (!pages) {
 		ret = -ENOMEM;
 		goto uncharge;
