@@ -29,6 +29,20 @@
 namespace halloc {
 namespace {
 
+// Takes a paged reply's next_page_token as the next request's: false when
+// it repeats the one just sent (a daemon, or something posing as one, that
+// would keep a caller asking, and gathering, forever).
+bool NextPage(std::string* token, std::string* next) {
+  if (!next->empty() && *next == *token) return false;
+  *token = std::move(*next);
+  return true;
+}
+
+absl::Status RepeatedPage(absl::string_view rpc) {
+  return absl::DataLossError(
+      absl::StrCat(rpc, ": hallocd gave the same page token twice (pages would never end)"));
+}
+
 // Whether `req`, put in a BrokerRequest (its kind's tag and length, and the
 // request_id and cpu BrokerCall adds: at most 21 bytes more; 64 are kept),
 // fits in one broker record. What does not (a token or peer name no real
@@ -600,7 +614,9 @@ absl::StatusOr<std::vector<v1::BufferInfo>> Client::List(bool all) {
   do {  // page by page (ListRequest.page_token)
     ASSIGN_OR_RETURN(v1::ListResponse resp, impl_->Call(&v1::Allocator::Stub::List, req, "List"));
     for (v1::BufferInfo& b : *resp.mutable_buffers()) out.push_back(std::move(b));
-    req.set_page_token(std::move(*resp.mutable_next_page_token()));
+    if (!NextPage(req.mutable_page_token(), resp.mutable_next_page_token())) {
+      return RepeatedPage("List");
+    }
   } while (!req.page_token().empty());
   return out;
 }
@@ -666,7 +682,9 @@ absl::StatusOr<v1::DumpResponse> Client::Dump() {
     ASSIGN_OR_RETURN(v1::DumpResponse resp, impl_->Call(&v1::Allocator::Stub::Dump, req, "Dump"));
     for (v1::SessionUsage& u : *resp.mutable_sessions()) *all.add_sessions() = std::move(u);
     for (v1::ClientQuota& q : *resp.mutable_clients()) *all.add_clients() = std::move(q);
-    req.set_page_token(std::move(*resp.mutable_next_page_token()));
+    if (!NextPage(req.mutable_page_token(), resp.mutable_next_page_token())) {
+      return RepeatedPage("Dump");
+    }
   } while (!req.page_token().empty());
   return all;
 }

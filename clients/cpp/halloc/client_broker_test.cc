@@ -220,6 +220,34 @@ TEST(ClientBrokerTest, DumpGathersEveryPage) {
   server->Shutdown();
 }
 
+// A daemon (or something posing as one) that gives the same page token
+// again would keep List and Dump asking, and gathering, forever: DATA_LOSS.
+TEST(ClientBrokerTest, APageTokenGivenTwiceIsDataLossNotALoop) {
+  class SamePageAgain final : public v1::Allocator::Service {
+   public:
+    grpc::Status List(grpc::ServerContext*, const v1::ListRequest*,
+                      v1::ListResponse* resp) override {
+      resp->add_buffers()->set_id(1);
+      resp->set_next_page_token("again");
+      return grpc::Status::OK;
+    }
+    grpc::Status Dump(grpc::ServerContext*, const v1::DumpRequest*,
+                      v1::DumpResponse* resp) override {
+      resp->add_sessions()->set_session_id(1);
+      resp->set_next_page_token("again");
+      return grpc::Status::OK;
+    }
+  } service;
+  FakeBroker broker([](int, const v1::BrokerRequest&) {});
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->List().status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(c->Dump().status().code(), absl::StatusCode::kDataLoss);
+  server->Shutdown();
+}
+
 // In a child, a Client its parent connected refuses every call: the two
 // would share its socket and take each other's replies. The child is a bare
 // fork of this threaded process (gRPC's threads, the fake broker's): that

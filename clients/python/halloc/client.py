@@ -125,6 +125,15 @@ def _release_parts(ids):
             buffer_ids=part, last=i + RELEASE_IDS_PER_REQUEST >= len(ids))
 
 
+def _next_page(sent, got, rpc):
+    """The next page's token: `got`, unless it repeats the one just sent (a
+    daemon, or something posing as one, that would keep us asking forever)."""
+    if got and got == sent:
+        raise errors.DataLossError(
+            "%s: hallocd gave the same page token twice (pages would never end)" % rpc)
+    return got
+
+
 def _fits_in_a_record(req):
     """Whether `req`, put in a BrokerRequest (its kind's tag and length, and
     the request_id and cpu added on the way: at most 21 bytes more; 64 are
@@ -409,7 +418,7 @@ class Client:
             req = allocator_pb2.ListRequest(all=all, page_token=token)
             resp = self._call(self._stub.List, req, "List")
             out.extend(resp.buffers)
-            token = resp.next_page_token
+            token = _next_page(token, resp.next_page_token, "List")
             if not token:
                 return out
 
@@ -516,7 +525,7 @@ class Client:
                               "Dump")
             out.sessions.extend(resp.sessions)
             out.clients.extend(resp.clients)
-            token = resp.next_page_token
+            token = _next_page(token, resp.next_page_token, "Dump")
             if not token:
                 return out
 

@@ -304,6 +304,21 @@ def test_a_listing_of_more_buffers_than_a_page_holds_comes_whole(client):
     assert client.list() == []
 
 
+def test_a_page_token_given_twice_is_data_loss_not_a_loop(client, monkeypatch):
+    # A daemon (or something posing as one) that repeats its page token
+    # would keep list() and dump() asking, and gathering, forever.
+    def same_page_again(method, req, name):
+        if name == "List":
+            return allocator_pb2.ListResponse(next_page_token="again")
+        return allocator_pb2.DumpResponse(next_page_token="again")
+
+    monkeypatch.setattr(client, "_call", same_page_again)
+    with pytest.raises(halloc.DataLossError):
+        client.list()
+    with pytest.raises(halloc.DataLossError):
+        client.dump()
+
+
 @PATHS
 def test_release_drops_the_hold_and_closes_the_fd(connect, fast_path):
     client = connect(broker_fast_path=fast_path)
