@@ -357,7 +357,7 @@ class Registry {
   void FillStats(v1::StatsResponse* stats, std::optional<uid_t> only_uid = std::nullopt);
   // One page of sessions' holdings, then clients' charges: at most
   // `page_size` rows past `page_token` (a DumpResponse's next_page_token,
-  // or "" for the first page; one not from here is INVALID_ARGUMENT).
+  // or "" for the first page; a malformed one is INVALID_ARGUMENT).
   // Client names and quotas are the policy's, filled in by the caller.
   absl::Status FillDump(v1::DumpResponse* dump, absl::string_view page_token = "",
                         size_t page_size = std::numeric_limits<size_t>::max());

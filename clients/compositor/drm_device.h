@@ -1,5 +1,6 @@
-// Internal to //clients/compositor:kms: the open DRM node a display and its
-// framebuffers share (its GEM handles, counted), and KMS property lookups.
+// The open DRM node a KMS display and its framebuffers share (its GEM
+// handles, counted), and KMS property lookups: //clients/compositor:kms's,
+// and its guest test's (tests/kernel/vgem_test.cc).
 #ifndef HALLOC_CLIENTS_COMPOSITOR_DRM_DEVICE_H_
 #define HALLOC_CLIENTS_COMPOSITOR_DRM_DEVICE_H_
 

@@ -73,7 +73,7 @@ class Framebuffer {
   std::shared_ptr<DrmDevice> device_;
   uint32_t id_ = 0;
   uint32_t width_ = 0, height_ = 0, format_ = 0;
-  std::vector<uint32_t> handles_;  // distinct GEM handles to close
+  std::vector<uint32_t> handles_;  // distinct GEM handles to give back
 };
 
 // A driver-allocated buffer (DRM_IOCTL_MODE_CREATE_DUMB), mapped, with its
