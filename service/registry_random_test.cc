@@ -2,8 +2,11 @@
 // share, import with its delivery settled at once or later, succeeding or
 // not, release, revoke with and without live revoke, end), checking after
 // every step that the links a revoke and an end follow agree with what they
-// link (Registry::CheckLinksForTesting), and that once every session ended
-// nothing is left. Fixed seeds: a failure names its seed and step.
+// link (Registry::CheckLinksForTesting), that the accounts agree (Stats'
+// live buffers, List{all}, the charges and every session's holdings in
+// Dump, and Dump read page by page against Dump whole), and that once every
+// session ended nothing is left. Fixed seeds: a failure names its seed and
+// step.
 #include <sys/mman.h>
 
 #include <map>
@@ -47,6 +50,9 @@ class Run {
       if (absl::Status s = reg_.CheckLinksForTesting(); !s.ok()) {
         return absl::StrCat("step ", step, " (", op, "): ", s.ToString());
       }
+      if (const std::string wrong = Accounts(1 + step % 4); !wrong.empty()) {
+        return absl::StrCat("step ", step, " (", op, "): ", wrong);
+      }
     }
     while (!pending_.empty()) Finish(pending_.size() - 1);
     for (uint64_t s : live_) reg_.Leave(s);
@@ -73,6 +79,53 @@ class Run {
     return ids;
   }
 
+  // "" when the accounts agree: Stats' live buffers are List{all}'s and
+  // what is charged (every buffer here is charged to one client until it
+  // goes); each live session's holdings in Dump are what List gives it; and
+  // Dump in pages of `page_size` rows is Dump whole.
+  std::string Accounts(size_t page_size) {
+    v1::StatsResponse stats;
+    reg_.FillStats(&stats);
+    const int listed = reg_.List(0, true).buffers_size();
+    v1::DumpResponse whole;
+    if (absl::Status s = reg_.FillDump(&whole); !s.ok()) return "Dump: " + s.ToString();
+    uint64_t charged = 0;
+    for (const auto& q : whole.clients()) charged += q.buffers();
+    if (stats.live_buffers() != uint64_t(listed) || charged != uint64_t(listed)) {
+      return absl::StrCat("Stats says ", stats.live_buffers(), " live buffers, List{all} ", listed,
+                          ", Dump's charges ", charged);
+    }
+    if (whole.sessions_size() != static_cast<int>(live_.size())) {
+      return absl::StrCat("Dump has ", whole.sessions_size(), " sessions; ", live_.size(),
+                          " are live");
+    }
+    for (const auto& u : whole.sessions()) {
+      const uint64_t held = Held(u.session_id()).size();
+      if (u.owned_buffers() + u.imported_buffers() != held) {
+        return absl::StrCat("Dump says session ", u.session_id(), " holds ",
+                            u.owned_buffers() + u.imported_buffers(), " buffers; List ", held);
+      }
+    }
+    v1::DumpResponse paged;
+    std::string token;
+    for (int pages = 0;; ++pages) {
+      v1::DumpResponse page;
+      if (absl::Status s = reg_.FillDump(&page, token, page_size); !s.ok()) {
+        return absl::StrCat("Dump page ", pages, ": ", s.ToString());
+      }
+      paged.MergeFrom(page);
+      token = page.next_page_token();
+      if (token.empty()) break;
+      if (pages > 1000) return "Dump's pages never end";
+    }
+    paged.clear_next_page_token();
+    if (paged.SerializeAsString() != whole.SerializeAsString()) {
+      return absl::StrCat("Dump in pages of ", page_size, " is not Dump whole:\n",
+                          paged.DebugString(), "vs\n", whole.DebugString());
+    }
+    return "";
+  }
+
   void Join() {
     Identity id;
     id.uid = 1 + Pick(3);
@@ -96,7 +149,7 @@ class Run {
     if (op < 17) {
       auto b = std::make_shared<BufferRecord>();
       b->size = 4096;
-      b->charged_to = "app/1";
+      b->charged_to = absl::StrCat("app/", s % 3);  // a few clients
       b->fd = UniqueFd(::memfd_create("registry_random_test", MFD_CLOEXEC));
       v1::AllocateResponse reply;
       const CpuAccess a = Chance(80) ? CpuAccess::kReadWrite : CpuAccess::kRead;
