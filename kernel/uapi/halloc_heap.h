@@ -144,15 +144,17 @@
  * id or descends from it), EPERM (@fd is neither that view nor an ancestor
  * of it), plus the common errors below.
  *
- * Errors common to all ioctls: EBADF (fd is not open), EINVAL (fd is not a
- * halloc dma-buf, or a field is out of range / a reserved field is not
- * zero / a string is not NUL-terminated), E2BIG (a newer, larger struct
- * with non-zero bytes this kernel does not know), EFAULT (bad pointer),
- * ENOTTY (unknown ioctl).
+ * Errors common to the control node's ioctls (VIEW, INFO, REVOKE): EBADF
+ * (fd is not open), EINVAL (fd is not a halloc dma-buf, or a field is out
+ * of range / a reserved field is not zero / a string is not
+ * NUL-terminated), E2BIG (a newer, larger struct with non-zero bytes this
+ * kernel does not know), EFAULT (bad pointer), ENOTTY (unknown ioctl).
  *
  * Struct sizes are versioned by the size encoded in the ioctl number: a
  * smaller (older) struct is zero-extended; a larger one is accepted when the
- * bytes this module does not know are zero.
+ * bytes this module does not know are zero. DMA_HEAP_IOCTL_ALLOC on the heap
+ * nodes does as upstream's dma-heap does instead: a larger struct's bytes
+ * past the ones it knows are ignored, whatever they hold (no E2BIG).
  *
  * Heap allocation errors (DMA_HEAP_IOCTL_ALLOC): EINVAL for len 0 or a len
  * that wraps when page-aligned, non-zero fd, fd_flags outside
