@@ -380,6 +380,11 @@ absl::Status Allocator::CheckReleaseIds(uint64_t count) const {
 
 namespace {
 
+// A paged call's page: `asked` rows (0, or more than `most`: `most`).
+uint32_t PageSize(uint32_t asked, uint32_t most) {
+  return asked == 0 ? most : std::min(asked, most);
+}
+
 // List{all} and Dump show every client's buffers: for root and the
 // daemon's own uid only.
 absl::Status CheckOperator(const Session& session, absl::string_view what) {
@@ -404,9 +409,7 @@ absl::StatusOr<v1::ListResponse> Allocator::List(Session& session,
     return absl::InvalidArgumentError(
         "List: page_token is not one hallocd gave (a ListResponse's next_page_token)");
   }
-  const uint32_t page =
-      req.page_size() == 0 ? kMaxListPage : std::min(req.page_size(), kMaxListPage);
-  return registry_.List(session.id(), req.all(), after, page);
+  return registry_.List(session.id(), req.all(), after, PageSize(req.page_size(), kMaxListPage));
 }
 
 v1::StatsResponse Allocator::Stats(std::optional<uid_t> only_uid) {
@@ -437,9 +440,8 @@ absl::StatusOr<v1::DumpResponse> Allocator::Dump(Session& session, const v1::Dum
   RETURN_IF_ERROR(CheckOperator(session, "Dump"));
   std::shared_ptr<const Policy> pol = policy();
   v1::DumpResponse resp;
-  const uint32_t page =
-      req.page_size() == 0 ? kMaxDumpPage : std::min(req.page_size(), kMaxDumpPage);
-  RETURN_IF_ERROR(registry_.FillDump(&resp, req.page_token(), page));
+  RETURN_IF_ERROR(
+      registry_.FillDump(&resp, req.page_token(), PageSize(req.page_size(), kMaxDumpPage)));
   for (v1::SessionUsage& u : *resp.mutable_sessions()) {
     std::shared_ptr<Session> s = sessions_.Find(u.session_id());
     if (s == nullptr) continue;  // closed meanwhile

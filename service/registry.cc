@@ -23,6 +23,18 @@ absl::Status NotHeld(uint64_t id) {
   return absl::NotFoundError(absl::StrCat("no buffer ", id, " held"));
 }
 
+// The first `room` of `rows` in order; true if some were left out.
+template <typename T>
+bool FirstOfPage(std::vector<T>& rows, size_t room) {
+  const bool more = rows.size() > room;
+  if (more) {
+    std::nth_element(rows.begin(), rows.begin() + room, rows.end());
+    rows.resize(room);
+  }
+  std::sort(rows.begin(), rows.end());
+  return more;
+}
+
 }  // namespace
 
 BufferRecord::~BufferRecord() {
@@ -298,12 +310,7 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all, uint64_t after,
     }
   }
   v1::ListResponse resp;
-  const bool more = ids.size() > page_size;
-  if (more) {
-    std::nth_element(ids.begin(), ids.begin() + page_size, ids.end());
-    ids.resize(page_size);
-  }
-  std::sort(ids.begin(), ids.end());
+  const bool more = FirstOfPage(ids, page_size);
   for (uint64_t id : ids) {
     *resp.add_buffers() = Info(*buffers_.at(id), session_id, all ? Holders::kAll : Holders::kNone);
   }
@@ -342,22 +349,6 @@ void Registry::FillStats(v1::StatsResponse* s, std::optional<uid_t> only_uid) {
     }
   }
 }
-
-namespace {
-
-// The first `room` of `rows` in order; true if some were left out.
-template <typename T>
-bool FirstOfPage(std::vector<T>& rows, size_t room) {
-  const bool more = rows.size() > room;
-  if (more) {
-    std::nth_element(rows.begin(), rows.begin() + room, rows.end());
-    rows.resize(room);
-  }
-  std::sort(rows.begin(), rows.end());
-  return more;
-}
-
-}  // namespace
 
 absl::Status Registry::FillDump(v1::DumpResponse* dump, absl::string_view page_token,
                                 size_t page_size) {
