@@ -174,6 +174,17 @@ static inline struct page **halloc_buffer_pages(struct halloc_buffer *buf)
 	/* Pairs with the smp_store_release() in halloc_buffer_back(). */
 	return smp_load_acquire(&buf->pages);
 }
+/*
+ * GFP of a backing's own tables (page array, scatterlist). A deferred
+ * buffer is backed by a kworker, which no fatal signal stops: there they
+ * may fail after reclaim made no progress rather than call the OOM killer
+ * (its pages likewise: halloc_pages.c).
+ */
+static inline gfp_t halloc_table_gfp(const struct halloc_buffer *buf)
+{
+	return buf->heap->deferred ?
+	       GFP_KERNEL | __GFP_RETRY_MAYFAIL | __GFP_NOWARN : GFP_KERNEL;
+}
 int halloc_buffer_back(struct halloc_buffer *buf);
 void halloc_back_work(struct work_struct *work);
 int halloc_back_wq_init(void);

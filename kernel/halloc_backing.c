@@ -143,11 +143,8 @@ static int halloc_buffer_alloc_backing(struct halloc_buffer *buf, bool contig,
 
 	if (!halloc_charge(buf->size))
 		return -ENOMEM;
-	/* (A queued backing may fail rather than OOM-kill: halloc_pages.c.) */
 	pages = kvmalloc_array(buf->nr_pages, sizeof(*pages),
-			       buf->heap->deferred ?
-			       GFP_KERNEL | __GFP_RETRY_MAYFAIL | __GFP_NOWARN :
-			       GFP_KERNEL);
+			       halloc_table_gfp(buf));
 	if (!pages) {
 		ret = -ENOMEM;
 		goto uncharge;

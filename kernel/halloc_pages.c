@@ -44,8 +44,6 @@
  * fault), as when max_total_mb refuses.
  */
 #define HALLOC_QUEUED_LOW_ORDER_GFP (HALLOC_LOW_ORDER_GFP | __GFP_RETRY_MAYFAIL)
-/* The same for a queued backing's own tables, past its pages. */
-#define HALLOC_QUEUED_TABLE_GFP (GFP_KERNEL | __GFP_RETRY_MAYFAIL | __GFP_NOWARN)
 #define HALLOC_CONTIG_GFP \
 	(GFP_KERNEL | __GFP_ZERO | __GFP_NOWARN | __GFP_RETRY_MAYFAIL)
 /* GFP_HIGHUSER's zone bit cannot be combined with __GFP_DMA32. */
@@ -145,8 +143,7 @@ static int halloc_chunks_to_table(struct halloc_buffer *buf,
 	unsigned int i;
 	int ret;
 
-	ret = sg_alloc_table(&buf->chunks, n, buf->heap->deferred ?
-			     HALLOC_QUEUED_TABLE_GFP : GFP_KERNEL);
+	ret = sg_alloc_table(&buf->chunks, n, halloc_table_gfp(buf));
 	if (ret)
 		return ret;
 	sg = buf->chunks.sgl;
