@@ -36,15 +36,6 @@ bool NotBacked(const halloc_buffer_info& info) {
   return (info.flags & HALLOC_INFO_NOT_BACKED) != 0;
 }
 
-// A line of /proc/meminfo (kB) or /proc/vmstat (pages, counts): its number,
-// or -1.
-long long ProcField(const std::string& file, const std::string& field) {
-  const std::string text = "\n" + ReadFile(file);
-  const size_t at = text.find("\n" + field + (file == "/proc/meminfo" ? ":" : " "));
-  if (at == std::string::npos) return -1;
-  return std::atoll(text.c_str() + at + field.size() + 2);
-}
-
 class DeferredTest : public HallocTest {
  protected:
   void TearDown() override {

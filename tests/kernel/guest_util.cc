@@ -158,6 +158,13 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
+long long ProcField(const std::string& file, const std::string& field) {
+  const std::string text = "\n" + ReadFile(file);
+  const size_t at = text.find("\n" + field + (file == "/proc/meminfo" ? ":" : " "));
+  if (at == std::string::npos) return -1;
+  return std::atoll(text.c_str() + at + field.size() + 2);
+}
+
 bool WriteFile(const std::string& path, const std::string& value) {
   UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd.valid()) return false;

@@ -147,6 +147,9 @@ int64_t CreateDumb(int drm_fd, uint32_t width, uint32_t height, uint32_t bpp);
 // pages are still allocated.
 bool BufferListed(uint64_t id);
 std::string ReadFile(const std::string& path);
+// The number on line `field` of /proc/meminfo (kB) or /proc/vmstat (pages,
+// counts), or -1.
+long long ProcField(const std::string& file, const std::string& field);
 
 // Writes `value` to an existing file (sysfs, procfs); true on success.
 bool WriteFile(const std::string& path, const std::string& value);

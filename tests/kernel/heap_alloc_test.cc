@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -146,11 +145,8 @@ TEST_F(HeapAllocTest, LoadedWithoutACapItTakesHalfOfRam) {
   // tools/kernel-test.sh loads the module without max_total_mb; the pages
   // are charged to no memory cgroup, so by default no user allowed on the
   // heaps may take more than half of the machine.
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  long kib = 0;
-  while (meminfo >> key && key != "MemTotal:") meminfo.ignore(256, '\n');
-  ASSERT_TRUE(meminfo >> kib);
+  const long kib = static_cast<long>(ProcField("/proc/meminfo", "MemTotal"));
+  ASSERT_GT(kib, 0) << ReadFile("/proc/meminfo");
   EXPECT_EQ(ModuleParamText("max_total_mb"), std::to_string(kib / 2048));
   // More than that in all is refused (buffers of max_buffer_mb each).
   const size_t chunk = static_cast<size_t>(std::stoul(ModuleParamText("max_buffer_mb"))) << 20;

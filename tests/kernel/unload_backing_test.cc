@@ -24,14 +24,7 @@ long long MemFreeKb() {
   sync();
   { std::ofstream("/proc/sys/vm/drop_caches") << "3\n"; }
   usleep(200 * 1000);
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  long long v = 0;
-  std::string unit;
-  while (in >> key >> v >> unit) {
-    if (key == "MemFree:") return v;
-  }
-  return -1;
+  return ProcField("/proc/meminfo", "MemFree");
 }
 
 TEST(UnloadBackingTest, AnUnloadWhileABackingRunsLeavesNoPagesBehind) {
