@@ -1,0 +1,346 @@
+#include "clients/cpp/halloc/client_impl.h"
+
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/protocol.h"
+
+namespace halloc {
+namespace {
+
+// How many times this process has been forked into (in a child: one more
+// than in its parent): a Client made before a fork belongs to the parent.
+std::atomic<uint64_t> fork_generation{0};
+uint64_t ForkGeneration() {
+  static const bool counting = [] {
+    return ::pthread_atfork(nullptr, nullptr,
+                            [] { fork_generation.fetch_add(1, std::memory_order_relaxed); }) == 0;
+  }();
+  (void)counting;
+  return fork_generation.load(std::memory_order_relaxed);
+}
+
+}  // namespace
+
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view method) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat(method, ": ", s.error_message()));
+}
+
+Client::Impl::Impl(BrokerConnection conn, std::shared_ptr<grpc::Channel> channel,
+                   const ConnectOptions& options)
+    : broker_(std::move(conn.fd)),
+      hello_(std::move(conn.hello)),
+      welcome_(std::move(conn.welcome)),
+      stub_(v1::Allocator::NewStub(channel)),
+      timeout_(options.timeout),
+      fast_path_(options.broker_fast_path),
+      receive_timeout_(SetReceiveTimeout(broker_.get(), timeout_ / 2)),
+      pid_(::getpid()),
+      fork_generation_(ForkGeneration()) {}
+
+std::unique_ptr<grpc::ClientContext> Client::Impl::Context() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->AddMetadata(kSessionMetadataKey, welcome_.session_token());
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  return ctx;
+}
+
+absl::Status Client::Impl::ReleaseMany(absl::Span<const uint64_t> ids) {
+  RETURN_IF_ERROR(Usable("Release"));
+  auto ctx = Context();
+  v1::ReleaseResponse resp;
+  std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer =
+      stub_->ReleaseMany(ctx.get(), &resp);
+  for (size_t i = 0; i < ids.size(); i += kReleaseIdsPerRequest) {
+    const absl::Span<const uint64_t> part = ids.subspan(i, kReleaseIdsPerRequest);
+    v1::ReleaseRequest req;
+    req.mutable_buffer_ids()->Add(part.begin(), part.end());
+    req.set_last(i + part.size() == ids.size());
+    if (!writer->Write(req)) break;  // hallocd ended the call: Finish says why
+  }
+  writer->WritesDone();
+  return FromGrpc(writer->Finish(), "Release");
+}
+
+absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest req,
+                                                             absl::string_view rpc) {
+  RETURN_IF_ERROR(Usable(rpc));
+  const absl::Time deadline = absl::Now() + timeout_;
+  const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
+  req.set_request_id(id);
+  // Where to send the reply from (a hint; see BrokerRequest.cpu).
+  req.set_cpu(CurrentCpuHint());
+  const bool import = req.has_import_buffer();
+  if (import) {
+    absl::MutexLock lock(&mu_);
+    imports_in_flight_.insert(id);
+  }
+  if (absl::Status s = Send(req.SerializeAsString(), deadline); !s.ok()) {
+    if (import) {
+      absl::MutexLock lock(&mu_);
+      imports_in_flight_.erase(id);
+      GiveBackUnclaimedHolds();
+    }
+    return Prefixed(s, rpc);
+  }
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = WaitFor(
+          [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return replies_.contains(id); }, deadline);
+      !s.ok()) {
+    // Whatever the daemon answers later is given back, not leaked.
+    abandoned_.insert(id);
+    return Prefixed(s, rpc);
+  }
+  auto it = replies_.find(id);
+  absl::StatusOr<Reply> r = std::move(it->second);
+  replies_.erase(it);
+  if (!r.ok()) return Prefixed(r.status(), rpc);
+  if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefixed(s, rpc);
+  return r;
+}
+
+absl::StatusOr<UniqueFd> Client::Impl::TakeFd(uint64_t buffer_id, uint64_t call_id) {
+  const absl::Time deadline = absl::Now() + timeout_;
+  const FdKey key{buffer_id, call_id};
+  absl::MutexLock lock(&mu_);
+  RETURN_IF_ERROR(WaitFor(
+      [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_.contains(key); }, deadline));
+  auto it = pending_.find(key);
+  absl::StatusOr<UniqueFd> fd = std::move(it->second.fd);
+  pending_.erase(it);
+  return fd;
+}
+
+absl::Status Client::Impl::Usable(absl::string_view rpc) const {
+  if (ForkGeneration() == fork_generation_) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(rpc, ": this Client was connected by process ", pid_,
+                   "; after fork() a child connects a Client of its own"));
+}
+
+void Client::Impl::AbandonCall(uint64_t call_id, bool give_back) {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> ids;
+  absl::erase_if(pending_, [&](const auto& p) {
+    if (p.first.second != call_id) return false;
+    ids.push_back(p.first.first);
+    return true;
+  });
+  if (ids.empty()) {
+    abandoned_calls_[call_id] = give_back;  // they come later
+  } else if (give_back) {
+    GiveBack(ids);
+  }
+}
+
+absl::StatusOr<Buffer> Client::Impl::Receive(v1::BufferInfo info, uint64_t call_id) {
+  ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id(), call_id));
+  return Buffer(std::move(info), std::move(fd));
+}
+
+void Client::Impl::GiveBackUnclaimedHolds() {
+  if (!imports_in_flight_.empty() || unclaimed_holds_.empty()) return;
+  GiveBack(std::vector<uint64_t>(unclaimed_holds_.begin(), unclaimed_holds_.end()));
+  unclaimed_holds_.clear();
+}
+
+void Client::Impl::GiveBack(const std::vector<uint64_t>& ids) {
+  if (ids.empty()) return;
+  v1::BrokerRequest req;
+  for (uint64_t b : ids) req.mutable_release()->add_buffer_ids(b);
+  SendUnanswered(std::move(req));
+}
+
+void Client::Impl::Withdraw(uint64_t grant_id) {
+  v1::BrokerRequest req;
+  req.mutable_revoke()->set_grant_id(grant_id);
+  SendUnanswered(std::move(req));
+}
+
+void Client::Impl::SendUnanswered(v1::BrokerRequest req) {
+  const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
+  req.set_request_id(id);
+  if (SendRecord(broker_.get(), req.SerializeAsString(), {}, true).ok()) {
+    abandoned_.insert(id);
+  }
+}
+
+absl::Status Client::Impl::Send(const std::string& bytes, absl::Time deadline) {
+  for (;;) {
+    absl::Status s = SendRecord(broker_.get(), bytes, {}, /*nonblocking=*/true);
+    if (!absl::IsResourceExhausted(s)) return s;
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    s = ms > 0 ? WaitWritable(broker_.get(), static_cast<int>(ms))
+               : absl::DeadlineExceededError("");
+    if (absl::IsDeadlineExceeded(s)) {
+      return absl::DeadlineExceededError("hallocd takes no requests (its broker socket is full)");
+    }
+    RETURN_IF_ERROR(s);
+  }
+}
+
+absl::Status Client::Impl::WaitFor(absl::FunctionRef<bool()> ready, absl::Time deadline) {
+  for (;;) {
+    if (ready()) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError("no answer from hallocd in time");
+    }
+    if (reading_) {
+      // (WithTimeout: the TSan shim in third_party/sanitizers knows it.)
+      filed_.WaitWithTimeout(&mu_, deadline - absl::Now());
+      continue;
+    }
+    reading_ = true;
+    mu_.Unlock();
+    absl::StatusOr<Record> next = ReceiveNext(deadline);
+    mu_.Lock();
+    reading_ = false;
+    absl::Status filed = FileNext(std::move(next));
+    filed_.SignalAll();
+    RETURN_IF_ERROR(filed);
+  }
+}
+
+// One blocking recvmsg per reply while the socket's own receive timeout
+// (SO_RCVTIMEO, half the call timeout) ends before `deadline`: no poll and
+// no failed recvmsg first, the fewest syscalls between a request and its
+// reply. Closer to the deadline, it polls for exactly what is left.
+absl::StatusOr<Record> Client::Impl::ReceiveNext(absl::Time deadline) {
+  const absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return absl::ResourceExhaustedError("nothing yet");
+  const bool blocking = receive_timeout_ > absl::ZeroDuration() && left >= receive_timeout_;
+  if (!blocking) {
+    const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(left));
+    if (absl::Status s = WaitReadable(broker_.get(), static_cast<int>(ms)); !s.ok()) {
+      return absl::IsDeadlineExceeded(s) ? absl::ResourceExhaustedError("nothing yet") : s;
+    }
+  }
+  return ReceiveRecord(broker_.get(), !blocking);
+}
+
+absl::Status Client::Impl::FileNext(absl::StatusOr<Record> next) {
+  // Nothing yet (the receive timeout passed, or nothing was queued): the
+  // caller looks again and checks its deadline.
+  if (absl::IsResourceExhausted(next.status())) return absl::OkStatus();
+  if (absl::IsDataLoss(next.status())) {
+    // The kernel cut the fds (this process is out of fds): say so to
+    // whoever waits for them, and give the buffers back.
+    absl::optional<absl::Cord> bytes = next.status().GetPayload(kTruncatedRecordPayload);
+    v1::BrokerFrame frame;
+    if (bytes && frame.ParseFromString(std::string(*bytes))) File(frame, {}, true);
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(next.status());
+  v1::BrokerFrame frame;
+  if (!frame.ParseFromString(next->bytes)) {
+    return absl::DataLossError("malformed frame on the broker socket");
+  }
+  File(frame, std::move(next->fds), false);
+  return absl::OkStatus();
+}
+
+void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool truncated) {
+  // fds no call claimed (its deadline passed before they came, from a
+  // daemon that does not echo call ids) are dropped after a while, looked
+  // at with whatever comes next, not only with the next fds.
+  const absl::Time now = absl::Now();
+  absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
+  // Built only for a cut record: every reply would otherwise pay for an
+  // error status and its message (~450 instructions of ~10,000).
+  const auto lost = [](bool given_back = true) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the fds hallocd sent were cut on the way (this process is out of fds: "
+                     "RLIMIT_NOFILE)",
+                     given_back ? "; the buffers were given back" : ""));
+  };
+  if (frame.has_reply()) {
+    v1::BrokerReply& reply = *frame.mutable_reply();
+    std::vector<uint64_t> ids;
+    for (const v1::BufferInfo& b : reply.allocate().buffers()) ids.push_back(b.id());
+    const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
+    const bool bad = abandoned || truncated || (reply.has_allocate() && ids.size() != fds.size()) ||
+                     (reply.has_import_buffer() && fds.size() != 1);
+    if (imports_in_flight_.erase(reply.request_id()) > 0) {
+      // An import's fd, if any came, closes here when nobody takes it.
+      // Its hold goes back only if this import made it
+      // (ImportResponse.newly_held: the session held the buffer by nothing
+      // else), and only once no other import is in flight: one may bring
+      // the same buffer, held by that same hold.
+      // (A refused import carries no import_buffer: it made no hold.)
+      if (reply.has_import_buffer()) {
+        const uint64_t buffer = reply.import_buffer().buffer().id();
+        if (!bad) {
+          unclaimed_holds_.erase(buffer);  // a caller holds it now
+        } else if (reply.import_buffer().newly_held()) {
+          unclaimed_holds_.insert(buffer);
+        }
+      }
+      GiveBackUnclaimedHolds();
+    }
+    if (bad) {
+      GiveBack(ids);
+      // A grant its caller never learned of (it gave up): nobody has its
+      // token, and it would count against the session's grants, and keep
+      // the buffer importable, until the session's end.
+      if (abandoned && reply.has_share()) Withdraw(reply.share().grant().id());
+      if (!abandoned) {
+        replies_[reply.request_id()] =
+            truncated ? lost(!reply.has_import_buffer() || reply.import_buffer().newly_held())
+                      : absl::DataLossError("reply carries the wrong number of fds");
+      }
+      return;
+    }
+    const uint64_t id = reply.request_id();  // before the move below
+    replies_[id] = Reply{std::move(reply), std::move(fds)};
+    return;
+  }
+  std::vector<v1::BufferFd> described;
+  if (frame.has_buffer()) described.push_back(frame.buffer());
+  for (const v1::BufferFd& b : frame.buffers().buffers()) described.push_back(b);
+  if (truncated || described.size() != fds.size()) {
+    std::vector<uint64_t> ids;
+    for (const v1::BufferFd& b : described) {
+      ids.push_back(b.buffer_id());
+      pending_[FdKey{b.buffer_id(), b.call_id()}] = {
+          truncated ? lost() : absl::DataLossError("malformed frame on the broker socket"),
+          absl::Now()};
+    }
+    GiveBack(ids);
+    return;
+  }
+  // A call's fds come in one record; those of a call that gave up
+  // close here (nobody takes them).
+  const uint64_t call = described.empty() ? 0 : described.front().call_id();
+  auto abandoned = call == 0 ? abandoned_calls_.end() : abandoned_calls_.find(call);
+  if (abandoned != abandoned_calls_.end()) {
+    std::vector<uint64_t> ids;
+    for (const v1::BufferFd& b : described) ids.push_back(b.buffer_id());
+    if (abandoned->second) GiveBack(ids);
+    abandoned_calls_.erase(abandoned);
+    return;
+  }
+  for (size_t i = 0; i < described.size(); ++i) {
+    const FdKey key{described[i].buffer_id(), described[i].call_id()};
+    pending_[key] = {std::move(fds[i]), now};
+  }
+}
+
+absl::Duration Client::Impl::SetReceiveTimeout(int fd, absl::Duration d) {
+  d = std::max(d, absl::Milliseconds(1));
+  const timeval tv = absl::ToTimeval(d);
+  if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0) {
+    return absl::ZeroDuration();
+  }
+  return d;
+}
+
+}  // namespace halloc

@@ -1,0 +1,173 @@
+// A Client's connection (libhalloc's own; not installed): its broker socket
+// and gRPC stub, and the one reader at a time that files what comes on the
+// socket (replies, and the fds gRPC calls sent ahead of theirs) for every
+// call waiting on it. client.cc builds the public calls on it.
+#ifndef HALLOC_CLIENTS_CPP_HALLOC_CLIENT_IMPL_H_
+#define HALLOC_CLIENTS_CPP_HALLOC_CLIENT_IMPL_H_
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/broker_conn.h"
+#include "clients/cpp/halloc/client.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+#include "halloc/v1/broker.pb.h"
+
+namespace halloc {
+
+// A gRPC status as an absl one, its message prefixed with `method`.
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view method);
+
+class Client::Impl {
+ public:
+  Impl(BrokerConnection conn, std::shared_ptr<grpc::Channel> channel,
+       const ConnectOptions& options);
+
+  // One unary call with our session token and deadline; errors name `rpc`.
+  template <typename Req, typename Resp>
+  absl::StatusOr<Resp> Call(grpc::Status (v1::Allocator::Stub::*method)(grpc::ClientContext*,
+                                                                        const Req&, Resp*),
+                            const Req& req, absl::string_view rpc) {
+    RETURN_IF_ERROR(Usable(rpc));
+    Resp resp;
+    auto ctx = Context();
+    RETURN_IF_ERROR(FromGrpc((stub_.get()->*method)(ctx.get(), req, &resp), rpc));
+    return resp;
+  }
+
+  struct Reply {
+    v1::BrokerReply reply;
+    std::vector<UniqueFd> fds;
+  };
+
+  // More ids than one request carries, released all or nothing as one
+  // Release: a ReleaseMany stream of kReleaseIdsPerRequest at a time, the
+  // final request marked `last` (errors name Release).
+  absl::Status ReleaseMany(absl::Span<const uint64_t> ids);
+
+  // One request on the broker socket and its reply (with the fds that came
+  // in the same record). Errors name `rpc`.
+  absl::StatusOr<Reply> BrokerCall(v1::BrokerRequest req, absl::string_view rpc);
+
+  // A call id for ImportRequest.call_id and AllocateRequest.call_id: unique
+  // on this connection, like the broker's request ids (it comes from the
+  // same counter).
+  uint64_t NextCallId() { return next_request_id_.fetch_add(1, std::memory_order_relaxed); }
+
+  // The gRPC call `call_id` gave up: its fds, should they come (or have
+  // come), are closed at once instead of waiting for a taker; an
+  // Allocate's buffers (`give_back`) go back to hallocd too (an Import's
+  // hold hallocd gives back itself: ImportResponse.newly_held).
+  void AbandonCall(uint64_t call_id, bool give_back);
+
+  absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0);
+
+  const UniqueFd broker_;
+  const v1::Hello hello_;
+  const v1::Welcome welcome_;
+  const std::unique_ptr<v1::Allocator::Stub> stub_;
+  const absl::Duration timeout_;
+  const bool fast_path_;
+
+ private:
+  // A context carrying our session token and the call deadline.
+  std::unique_ptr<grpc::ClientContext> Context() const;
+
+  // OK while this process is the one that connected: after fork() parent
+  // and child would share the socket and the request ids, and take each
+  // other's replies (buffers of the wrong size, or none).
+  absl::Status Usable(absl::string_view rpc) const;
+
+  // The fd for `buffer_id` that a gRPC call (`call_id`, 0 where hallocd
+  // echoes none) had sent ahead of its reply: normally queued already.
+  // Records for others are kept for them.
+  absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id, uint64_t call_id);
+
+  // Revokes a grant without waiting for the answer (its call was
+  // abandoned).
+  void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Gives back the holds that only imports nobody received made, once no
+  // import is in flight.
+  void GiveBackUnclaimedHolds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Gives buffers back to the daemon without waiting for its answer (used
+  // when their fds were lost on the way, or their call was abandoned).
+  void GiveBack(const std::vector<uint64_t>& ids) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Sends `req` under a new id whose answer is dropped when it comes; if it
+  // cannot be sent, the session's end does the same.
+  void SendUnanswered(v1::BrokerRequest req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Sends one request, waiting while the socket is full (a daemon not
+  // reading it) until `deadline` at the most.
+  absl::Status Send(const std::string& bytes, absl::Time deadline);
+
+  // Waits until `ready()` (asked under mu_) or `deadline`. One waiter at a
+  // time reads the socket, without the lock, and files what comes for
+  // everyone; the others sleep until it has, or until their own deadline:
+  // no call waits for another's reply, nor past its own deadline.
+  absl::Status WaitFor(absl::FunctionRef<bool()> ready, absl::Time deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Takes one record off the broker socket, waiting until `deadline` at the
+  // most: RESOURCE_EXHAUSTED when none came.
+  absl::StatusOr<Record> ReceiveNext(absl::Time deadline);
+
+  // Files what ReceiveNext got where its waiter looks.
+  absl::Status FileNext(absl::StatusOr<Record> next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool truncated)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Bounds each blocking recvmsg on the broker socket; zero if it could not
+  // be set (then every wait polls first).
+  static absl::Duration SetReceiveTimeout(int fd, absl::Duration d);
+  const absl::Duration receive_timeout_;
+
+  // 0 was the handshake's Verify.
+  std::atomic<uint64_t> next_request_id_{1};
+  const pid_t pid_;
+  const uint64_t fork_generation_;
+  absl::Mutex mu_;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;  // a waiter reads the socket now
+  absl::CondVar filed_;                        // it has filed a record
+  struct PendingFd {
+    absl::StatusOr<UniqueFd> fd;
+    absl::Time since;
+  };
+  // By (buffer id, call id): two imports of one buffer may be in flight.
+  using FdKey = std::pair<uint64_t, uint64_t>;
+  absl::flat_hash_map<FdKey, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
+  // Requests whose caller stopped waiting (or that nobody waits for).
+  absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
+  // Calls that gave up before their fds came, and whether to give their
+  // buffers back (AbandonCall).
+  absl::flat_hash_map<uint64_t, bool> abandoned_calls_ ABSL_GUARDED_BY(mu_);
+  // Request ids of broker Imports sent and not answered yet (given up or
+  // not), and the buffers whose hold only an Import nobody received made
+  // (given back once none is in flight: GiveBackUnclaimedHolds).
+  absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> unclaimed_holds_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_CLIENTS_CPP_HALLOC_CLIENT_IMPL_H_
