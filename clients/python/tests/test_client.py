@@ -27,7 +27,7 @@ def pattern(size):
 
 
 def test_requests_carry_a_cpu_of_this_process():
-    from halloc.client import _cpu_hint
+    from halloc._connection import _cpu_hint
     hint = _cpu_hint()
     assert hint > 0
     assert hint - 1 in os.sched_getaffinity(0)
@@ -249,7 +249,7 @@ def test_a_grpc_allocate_whose_fds_never_come_gives_its_buffers_back(connect, mo
     def lost(buffer_id, call_id=0):
         raise halloc.DeadlineExceededError("no fd for buffer %d" % buffer_id)
 
-    monkeypatch.setattr(client, "_take_fd", lost)
+    monkeypatch.setattr(client._conn, "take_fd", lost)
     with pytest.raises(halloc.DeadlineExceededError):
         client.allocate_many(halloc.blob(PAGE), 3)
     assert wait_for(lambda: watcher.stats().live_buffers == live)
@@ -312,7 +312,7 @@ def test_a_page_token_given_twice_is_data_loss_not_a_loop(client, monkeypatch):
             return allocator_pb2.ListResponse(next_page_token="again")
         return allocator_pb2.DumpResponse(next_page_token="again")
 
-    monkeypatch.setattr(client, "_call", same_page_again)
+    monkeypatch.setattr(client._conn, "call", same_page_again)
     with pytest.raises(halloc.DataLossError):
         client.list()
     with pytest.raises(halloc.DataLossError):

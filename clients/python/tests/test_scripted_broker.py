@@ -147,7 +147,7 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
         socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
         raise halloc.DeadlineExceededError("Import: deadline passed")
 
-    monkeypatch.setattr(broker.client, "_call", late)
+    monkeypatch.setattr(broker.client._conn, "call", late)
     with pytest.raises(halloc.DeadlineExceededError):
         broker.client.import_buffer("token")
     os.close(memfd)
@@ -188,7 +188,7 @@ def test_the_fds_of_a_grpc_allocate_that_gave_up_are_closed_and_given_back(monke
         return allocator_pb2.AllocateResponse(
             buffers=[types_pb2.BufferInfo(id=buffer_id, size=PAGE)])
 
-    monkeypatch.setattr(broker.client, "_call", grpc_allocate)
+    monkeypatch.setattr(broker.client._conn, "call", grpc_allocate)
     with pytest.raises(halloc.DeadlineExceededError):
         broker.client.allocate(halloc.blob(PAGE))
     assert call_ids[0] != 0, "the call carried no call id"

@@ -1,0 +1,443 @@
+"""A Client's connection (the Python side of clients/cpp/halloc/client_impl.h):
+its broker socket and gRPC stub, and the one reader at a time that files what
+comes on the socket (replies, and the fds gRPC calls sent ahead of theirs)
+for every call waiting on it. client.py builds the public calls on it.
+"""
+
+import ctypes
+import itertools
+import os
+import socket
+import threading
+import time
+
+import grpc
+
+from . import _broker, _scm, errors
+from .v1 import allocator_pb2, allocator_pb2_grpc, broker_pb2
+
+_libc = ctypes.CDLL(None)
+
+
+def _cpu_hint():
+    """BrokerRequest.cpu: the CPU this thread runs on, plus one (0: unknown).
+    A placement hint only: hallocd answers a lone client from that CPU."""
+    cpu = _libc.sched_getcpu()
+    return cpu + 1 if cpu >= 0 else 0
+
+
+class _Pending:
+    """An fd a gRPC call's frame brought (or why it did not come)."""
+
+    __slots__ = ("fd", "error", "since")
+
+    def __init__(self, fd, error, since):
+        self.fd, self.error, self.since = fd, error, since
+
+    def close(self):
+        if self.fd is not None:
+            self.fd.close()
+
+
+class Connection:
+    """A verified broker socket and the gRPC channel beside it, for one
+    session. Thread-safe; belongs to the process that connected it."""
+
+    def __init__(self, conn, channel, timeout):
+        self._lock = threading.Lock()
+        self._filed = threading.Condition(self._lock)  # a reader filed a record
+        self._reading = False  # a waiter reads the broker socket now
+        self._pid = os.getpid()
+        self._fork_generation = _fork_generation
+        self._broker = conn.sock
+        self._channel = channel
+        self.stub = allocator_pb2_grpc.AllocatorStub(channel)
+        self._metadata = ((_broker.SESSION_METADATA_KEY, conn.welcome.session_token),)
+        self._timeout = timeout
+        self._closing = False  # close() has begun (see close)
+        self._request_ids = itertools.count(1)  # 0 was the handshake's Verify
+        # (buffer id, call id) -> _Pending (gRPC calls' fds; the call id
+        # the request carried, 0 where hallocd echoes none)
+        self._pending = {}
+        self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
+        self._abandoned = set()  # requests whose caller stopped waiting
+        self._abandoned_calls = {}  # gRPC calls that gave up: give back?
+        # Request ids of broker Imports sent and not answered yet, and the
+        # buffers whose hold only an Import nobody received made (given back
+        # once none is in flight: _give_back_unclaimed_holds).
+        self._imports_in_flight = set()
+        self._unclaimed_holds = set()
+
+    @property
+    def closed(self):
+        return self._broker.fileno() < 0
+
+    def close(self):
+        """Ends the session: hallocd drops every hold and grant it had.
+        In a forked child it only closes the child's copy of the broker
+        socket: the session is the parent's."""
+        if self.forked():
+            # Not self._lock: a thread of the parent may have held it at the
+            # fork, and no thread of this process would ever let it go. Nor
+            # gRPC's channel, which belongs to the parent's threads.
+            self._broker.close()
+            return
+        with self._lock:
+            if self.closed:
+                return
+            self._channel.close()
+            # Wakes a call of another thread waiting in poll on the socket
+            # (a close alone would leave it waiting out its deadline); what
+            # that reader then sees (the end of the socket) is this close.
+            self._closing = True
+            try:
+                self._broker.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._broker.close()
+            self._filed.notify_all()  # and those waiting for that reader
+            for p in self._pending.values():
+                p.close()
+            for r in self._replies.values():
+                if not isinstance(r, errors.HallocError):
+                    _scm.close_all(r[1])
+            self._pending.clear()
+            self._replies.clear()
+
+    def next_call_id(self):
+        """A call id for AllocateRequest.call_id and ImportRequest.call_id:
+        unique on this connection (it comes from the request ids' counter)."""
+        return next(self._request_ids)
+
+    def give_back(self, ids):
+        """Releases buffers without waiting for the answer."""
+        with self._lock:
+            self._give_back(ids)
+
+    def abandon_call(self, call_id, give_back):
+        """The gRPC call `call_id` gave up: its fds, should they come (or
+        have come), are closed at once instead of waiting for a taker; an
+        Allocate's buffers (`give_back`) go back to hallocd too (an Import's
+        hold hallocd gives back itself)."""
+        with self._lock:
+            came = [k for k in self._pending if k[1] == call_id]
+            for key in came:
+                self._pending.pop(key).close()
+            if not came:
+                self._abandoned_calls[call_id] = give_back  # they come later
+            elif give_back:
+                self._give_back([k[0] for k in came])
+
+    def forked(self):
+        """Whether this process is a forked child of the one that connected."""
+        return _fork_generation != self._fork_generation
+
+    def usable(self, name):
+        if self.closed:
+            raise errors.FailedPreconditionError(f"{name}: the client is closed")
+        if _fork_generation != self._fork_generation:
+            raise errors.FailedPreconditionError(
+                f"{name}: this Client was connected by process {self._pid}; after "
+                "fork() a child connects a Client of its own")
+
+    def call(self, method, req, name):
+        """One gRPC call with our token and deadline (`req`: a request, or
+        an iterator of them for a client stream)."""
+        self.usable(name)
+        try:
+            # gRPC turns an infinite (or astronomically long) timeout into a
+            # deadline already past: beyond ~3 years, none at all.
+            timeout = self._timeout if self._timeout <= _MAX_GRPC_TIMEOUT else None
+            return method(req, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e, name) from None
+
+    def broker_call(self, req, name):
+        """One request on the broker socket and its reply, with the fds of
+        the reply's record (owned by the caller)."""
+        self.usable(name)
+        deadline = time.monotonic() + self._timeout
+        req.request_id = rid = next(self._request_ids)
+        req.cpu = _cpu_hint()
+        is_import = req.HasField("import_buffer")
+        if is_import:
+            with self._lock:
+                self._imports_in_flight.add(rid)
+        try:
+            _prefixed(self._send, name, req.SerializeToString(), deadline)
+        except BaseException:
+            if is_import:
+                with self._lock:
+                    self._imports_in_flight.discard(rid)
+                    self._give_back_unclaimed_holds()
+            raise
+        with self._lock:
+            try:
+                self._wait_for(lambda: rid in self._replies, deadline)
+            except errors.HallocError as e:
+                # Whatever the daemon answers later is given back.
+                self._abandon(rid)
+                raise errors.error_for(e.code, f"{name}: {e.message}") from None
+            except BaseException:
+                # Interrupted (KeyboardInterrupt, a signal handler's
+                # exception): the same, or its reply would stay filed, its
+                # fds open and its buffers charged until the session ends.
+                self._abandon(rid)
+                raise
+            r = self._replies.pop(rid)
+        if isinstance(r, errors.HallocError):
+            raise errors.error_for(r.code, f"{name}: {r.message}")
+        reply, fds = r
+        err = _broker.reply_error(reply)
+        if err is not None:
+            _scm.close_all(fds)
+            raise errors.error_for(err.code, f"{name}: {err.message}")
+        return reply, fds
+
+    def _abandon(self, rid):
+        """Gives back what request `rid` got or will get: its call has
+        ended without it. Holds self._lock."""
+        r = self._replies.pop(rid, None)
+        if r is None:
+            self._abandoned.add(rid)  # filed and given back when it comes
+        elif not isinstance(r, errors.HallocError):
+            reply, fds = r
+            _scm.close_all(fds)
+            self._give_back([b.id for b in reply.allocate.buffers])
+            if reply.WhichOneof("kind") == "import_buffer" and reply.import_buffer.newly_held:
+                self._unclaimed_holds.add(reply.import_buffer.buffer.id)
+                self._give_back_unclaimed_holds()
+
+    def take_fd(self, buffer_id, call_id=0):
+        """The fd a gRPC call's frame brought for `buffer_id` (normally
+        queued before the reply). Frames for others are kept for them."""
+        deadline = time.monotonic() + self._timeout
+        key = (buffer_id, call_id)
+        with self._lock:
+            self._wait_for(lambda: key in self._pending, deadline)
+            p = self._pending.pop(key)
+        if p.error is not None:
+            raise p.error
+        return p.fd
+
+    def _send(self, data, deadline):
+        """Sends one request, waiting while the socket is full (a daemon
+        not reading it) until `deadline` at the most."""
+        while True:
+            try:
+                _scm.send_record(self._broker, data, block=False)
+                return
+            except errors.ResourceExhaustedError:
+                _scm.wait_writable(self._broker, deadline)
+
+    def _wait_for(self, ready, deadline):
+        """Waits until `ready()` or `deadline`. Holds self._lock, except
+        while reading: one waiter at a time reads the socket, without the
+        lock, and files what comes for everyone; the others sleep until it
+        has, or until their own deadline."""
+        while not ready():
+            if self._closing or self.closed:
+                raise errors.FailedPreconditionError("the client was closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.DeadlineExceededError("no answer from hallocd in time")
+            if self._reading:
+                self._filed.wait(min(left, threading.TIMEOUT_MAX))
+                continue
+            self._reading = True
+            self._lock.release()
+            try:
+                got = self._receive(deadline)
+            finally:
+                self._lock.acquire()
+                self._reading = False
+                # The others wake once the lock is free again: after the
+                # filing below (or at once, should reading have failed).
+                self._filed.notify_all()
+            self._file_received(got)
+
+    def _receive(self, deadline):
+        """One record off the broker socket (waiting until `deadline` at the
+        most), a TruncatedRecordError the kernel caused, or None."""
+        try:
+            record = _scm.receive_record(self._broker, block=False)
+            if record is None:
+                try:
+                    _scm.wait_readable(self._broker, deadline)
+                except errors.DeadlineExceededError:
+                    return None
+                record = _scm.receive_record(self._broker, block=False)
+            return record
+        except _scm.TruncatedRecordError as e:
+            if e.payload is None:
+                return None  # its bytes were cut: nothing to file (as libhalloc)
+            return e
+        except errors.DataLossError:
+            return None  # more fds than a record may carry: closed, dropped
+        except (errors.HallocError, OSError, ValueError):
+            if self._closing or self.closed:  # by another thread, under this read
+                raise errors.FailedPreconditionError("the client was closed") from None
+            raise
+
+    def _file_received(self, got):
+        """Files what _receive got where its waiter looks. Holds self._lock."""
+        if got is None:
+            return
+        if isinstance(got, _scm.TruncatedRecordError):
+            # The kernel cut the fds (we are out of fds): tell whoever waits
+            # for them, and give the buffers back.
+            frame = _parse_frame(got.payload)
+            if frame is not None:
+                self._file(frame, [], truncated=True)
+            return
+        frame = _parse_frame(got.data)
+        if frame is None:
+            _scm.close_all(got.fds)
+            raise errors.DataLossError("malformed frame on the broker socket")
+        self._file(frame, got.fds, truncated=False)
+
+    def _file(self, frame, fds, truncated):
+        # fds no call claimed (its deadline passed before they came, from a
+        # daemon that does not echo call ids) are dropped after a while,
+        # looked at with whatever comes next, not only with the next fds.
+        now = time.monotonic()
+        for key in [k for k, p in self._pending.items()
+                    if now - p.since > 2 * self._timeout]:
+            self._pending.pop(key).close()
+        lost = errors.ResourceExhaustedError(
+            "the fds hallocd sent were cut on the way (this process is out of "
+            "fds: RLIMIT_NOFILE); the buffers were given back")
+        if frame.WhichOneof("kind") == "reply":
+            reply = frame.reply
+            ids = [b.id for b in reply.allocate.buffers]
+            abandoned = reply.request_id in self._abandoned
+            self._abandoned.discard(reply.request_id)
+            kind = reply.WhichOneof("kind")
+            bad = abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
+                (kind == "import_buffer" and len(fds) != 1)
+            if reply.request_id in self._imports_in_flight:
+                # An import's fd, if any came, closes here when nobody takes
+                # it. Its hold goes back only if this import made it
+                # (ImportResponse.newly_held), and only once no other import
+                # is in flight: one may bring the same buffer, held by that
+                # same hold.
+                self._imports_in_flight.discard(reply.request_id)
+                if kind == "import_buffer":
+                    buffer = reply.import_buffer.buffer.id
+                    if not bad:
+                        self._unclaimed_holds.discard(buffer)  # a caller holds it
+                    elif reply.import_buffer.newly_held:
+                        self._unclaimed_holds.add(buffer)
+                self._give_back_unclaimed_holds()
+            if bad:
+                _scm.close_all(fds)
+                self._give_back(ids)
+                # A grant its caller never learned of (it gave up): nobody
+                # has its token, and it would count against the session's
+                # grants, and keep the buffer importable, until the end.
+                if abandoned and kind == "share":
+                    self._withdraw(reply.share.grant.id)
+                if not abandoned:
+                    if truncated and kind == "import_buffer":
+                        lost = errors.ResourceExhaustedError(
+                            "the fd hallocd sent was cut on the way (this process is "
+                            "out of fds: RLIMIT_NOFILE)")
+                    self._replies[reply.request_id] = lost if truncated else \
+                        errors.DataLossError("reply carries the wrong number of fds")
+                return
+            self._replies[reply.request_id] = (reply, fds)
+            return
+        described = ([frame.buffer] if frame.WhichOneof("kind") == "buffer" else
+                     list(frame.buffers.buffers))
+        if truncated or len(described) != len(fds):
+            _scm.close_all(fds)
+            bad = lost if truncated else errors.DataLossError(
+                "malformed frame on the broker socket")
+            for b in described:
+                self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
+            self._give_back([b.buffer_id for b in described])
+            return
+        # A call's fds come in one record; those of a call that gave up
+        # close here (nobody takes them).
+        call = described[0].call_id if described else 0
+        if call and call in self._abandoned_calls:
+            _scm.close_all(fds)
+            if self._abandoned_calls.pop(call):
+                self._give_back([b.buffer_id for b in described])
+            return
+        for b, fd in zip(described, fds):
+            self._replace_pending((b.buffer_id, b.call_id), _Pending(fd, None, now))
+
+    def _replace_pending(self, key, pending):
+        old = self._pending.get(key)
+        if old is not None:
+            old.close()
+        self._pending[key] = pending
+
+    def _give_back_unclaimed_holds(self):
+        """Gives back the holds only imports nobody received made, once no
+        import is in flight. Holds self._lock."""
+        if self._imports_in_flight or not self._unclaimed_holds:
+            return
+        self._give_back(sorted(self._unclaimed_holds))
+        self._unclaimed_holds.clear()
+
+    def _give_back(self, ids):
+        """Releases buffers without waiting for the answer (their fds were
+        lost on the way, or their call was abandoned). Holds self._lock."""
+        if ids:
+            self._send_unanswered(release=allocator_pb2.ReleaseRequest(buffer_ids=ids))
+
+    def _withdraw(self, grant_id):
+        """Revokes a grant without waiting for the answer (its call was
+        abandoned). Holds self._lock."""
+        self._send_unanswered(revoke=allocator_pb2.RevokeRequest(grant_id=grant_id))
+
+    def _send_unanswered(self, **kind):
+        """Sends a broker request whose answer is dropped when it comes; if
+        it cannot be sent, the session's end does the same. Holds
+        self._lock."""
+        rid = next(self._request_ids)
+        req = broker_pb2.BrokerRequest(request_id=rid, **kind)
+        try:
+            _scm.send_record(self._broker, req.SerializeToString(), block=False)
+        except errors.HallocError:
+            return
+        self._abandoned.add(rid)
+
+
+_MAX_GRPC_TIMEOUT = 1e8  # seconds
+
+# A gRPC call that failed so may have sent its fds all the same (its
+# deadline passed while hallocd worked).
+MAY_STILL_DELIVER = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                      grpc.StatusCode.UNAVAILABLE)
+
+
+# How many times this process has been forked into (a child counts one more
+# than its parent): a Client made before a fork belongs to the parent.
+_fork_generation = 0
+
+
+def _count_fork():
+    global _fork_generation  # pylint: disable=global-statement
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def _parse_frame(data):
+    frame = broker_pb2.BrokerFrame()
+    try:
+        frame.ParseFromString(data)
+    except Exception:  # google.protobuf.message.DecodeError
+        return None
+    return frame
+
+
+def _prefixed(fn, name, *args):
+    try:
+        return fn(*args)
+    except errors.HallocError as e:
+        raise errors.error_for(e.code, f"{name}: {e.message}") from None
