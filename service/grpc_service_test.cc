@@ -466,7 +466,8 @@ TEST_F(GrpcServiceTest, ListComesInPages) {
   v1::ListResponse whole;
   ASSERT_TRUE(stub_->List(Ctx(session_->token()).get(), req, &whole).ok());
   EXPECT_EQ(whole.buffers_size(), 3);
-  for (const char* bad : {"x", "-1", "12abc", "99999999999999999999999"}) {
+  // "\xff": not UTF-8 either (page_token is bytes: it reaches hallocd).
+  for (const char* bad : {"x", "-1", "12abc", "99999999999999999999999", "\xff"}) {
     req.set_page_token(bad);
     v1::ListResponse resp;
     EXPECT_EQ(stub_->List(Ctx(session_->token()).get(), req, &resp).error_code(),
@@ -491,7 +492,7 @@ TEST_F(GrpcServiceTest, DumpComesInPages) {
   EXPECT_EQ(second.sessions_size(), 0);
   EXPECT_EQ(second.clients_size(), 1);
   EXPECT_EQ(second.next_page_token(), "");
-  for (const char* bad : {"x", "s-1", "c!"}) {
+  for (const char* bad : {"x", "s-1", "c!", "s\xff"}) {
     req.set_page_token(bad);
     v1::DumpResponse resp;
     EXPECT_EQ(stub_->Dump(Ctx(session_->token()).get(), req, &resp).error_code(),

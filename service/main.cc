@@ -37,6 +37,7 @@
 #include "service/systemd/activation.h"
 #include "service/systemd/liveness.h"
 #include "service/systemd/notify.h"
+#include "service/util/log_limit.h"
 
 ABSL_FLAG(std::string, control_socket, "",
           "gRPC control socket (default: <socket dir>/control.sock, where the "
@@ -275,6 +276,9 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  // libprotobuf's own lines (a client's message with a bad string field)
+  // are rate-limited like every line an outsider can trigger.
+  halloc::LimitProtobufLogs();
   // Debian builds Abseil without NDEBUG, which turns on deadlock detection:
   // a lock-graph update on every Mutex acquisition of every request. The
   // test suites keep it (they run the daemon in-process); hallocd need not.

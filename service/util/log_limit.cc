@@ -4,7 +4,9 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "glog/logging.h"
 #include "google/protobuf/stubs/common.h"
+#include "google/protobuf/stubs/logging.h"
 
 namespace halloc {
 
@@ -71,5 +73,34 @@ std::string Utf8OrEscaped(absl::string_view s) {
   }
   return LogSafe(s);
 }
+
+namespace {
+
+void LimitedProtobufLog(google::protobuf::LogLevel level, const char* filename, int line,
+                        const std::string& message) {
+  static LogLimiter* const limiter = new LogLimiter(5, absl::Seconds(1));
+  uint64_t dropped = 0;
+  // A FATAL line comes before libprotobuf aborts: never dropped.
+  if (level != google::protobuf::LOGLEVEL_FATAL && !limiter->Allow("libprotobuf", &dropped)) {
+    return;
+  }
+  const std::string text = absl::StrCat("libprotobuf ", LogSafe(filename, 128), ":", line, ": ",
+                                        LogSafe(message, 512), LogLimiter::Dropped(dropped));
+  switch (level) {
+    case google::protobuf::LOGLEVEL_INFO:
+      LOG(INFO) << text;
+      break;
+    case google::protobuf::LOGLEVEL_WARNING:
+      LOG(WARNING) << text;
+      break;
+    default:
+      LOG(ERROR) << text;
+      break;
+  }
+}
+
+}  // namespace
+
+void LimitProtobufLogs() { google::protobuf::SetLogHandler(&LimitedProtobufLog); }
 
 }  // namespace halloc

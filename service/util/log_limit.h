@@ -95,6 +95,13 @@ inline constexpr size_t kLoggedPathBytes = 256;
 // message serialized.
 std::string Utf8OrEscaped(absl::string_view s);
 
+// Sends libprotobuf's own log lines (e.g. "String field ... contains
+// invalid UTF-8 data when parsing", once per message a client sends so)
+// through a LogLimiter of their own and glog, escaped and cut to 512 bytes.
+// libprotobuf otherwise writes each straight to stderr. For the process:
+// hallocd's main calls it once.
+void LimitProtobufLogs();
+
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_UTIL_LOG_LIMIT_H_

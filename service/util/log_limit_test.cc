@@ -1,5 +1,9 @@
 #include "service/util/log_limit.h"
 
+#include <string>
+
+#include "absl/strings/str_split.h"
+#include "google/protobuf/wrappers.pb.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -77,6 +81,29 @@ TEST(Utf8OrEscapedTest, KeepsUtf8AndEscapesTheRest) {
   EXPECT_EQ(Utf8OrEscaped("/opt/caf\xc3\xa9"), "/opt/caf\xc3\xa9");
   EXPECT_EQ(Utf8OrEscaped("/tmp/\xff"), "/tmp/\\xff");
   EXPECT_EQ(Utf8OrEscaped("/tmp/caf\xc3"), "/tmp/caf\\xc3") << "a cut sequence";
+}
+
+// libprotobuf logs a line per message whose string field is not UTF-8: a
+// client sending such messages in a loop wrote one line each to hallocd's
+// stderr. Limited, those lines are a few a second, escaped and cut.
+TEST(LimitProtobufLogsTest, AFloodOfBadStringsLogsAFewLines) {
+  LimitProtobufLogs();
+  const std::string bad("\x0a\x02\xff\n", 4);  // StringValue{value: "\xff\n"}
+  testing::internal::CaptureStderr();
+  for (int i = 0; i < 200; ++i) {
+    google::protobuf::StringValue v;
+    EXPECT_FALSE(v.ParseFromString(bad));
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  int lines = 0;
+  for (absl::string_view l : absl::StrSplit(err, '\n', absl::SkipEmpty())) {
+    if (l.find("libprotobuf") == absl::string_view::npos) continue;
+    ++lines;
+    EXPECT_NE(l.find("invalid UTF-8"), absl::string_view::npos) << l;
+  }
+  EXPECT_GE(lines, 1) << err;
+  // 5 a second: more only if the loop took more than a second or two.
+  EXPECT_LE(lines, 15) << err;
 }
 
 }  // namespace

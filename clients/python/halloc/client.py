@@ -341,7 +341,7 @@ class Client:
     def list(self, all=False):  # pylint: disable=redefined-builtin
         """Our buffers' BufferInfos (`all`: every live buffer's, for root
         and hallocd's uid), by id, asked page by page."""
-        out, token = [], ""
+        out, token = [], b""
         while True:
             req = allocator_pb2.ListRequest(all=all, page_token=token)
             resp = self._conn.call(self._conn.stub.List, req, "List")
@@ -433,7 +433,7 @@ class Client:
     def dump(self):
         """Per-client accounting (root and hallocd's uid): one
         DumpResponse, its rows asked page by page."""
-        out, token = allocator_pb2.DumpResponse(), ""
+        out, token = allocator_pb2.DumpResponse(), b""
         while True:
             resp = self._conn.call(self._conn.stub.Dump, allocator_pb2.DumpRequest(page_token=token),
                               "Dump")

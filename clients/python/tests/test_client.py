@@ -309,8 +309,8 @@ def test_a_page_token_given_twice_is_data_loss_not_a_loop(client, monkeypatch):
     # would keep list() and dump() asking, and gathering, forever.
     def same_page_again(method, req, name):
         if name == "List":
-            return allocator_pb2.ListResponse(next_page_token="again")
-        return allocator_pb2.DumpResponse(next_page_token="again")
+            return allocator_pb2.ListResponse(next_page_token=b"again")
+        return allocator_pb2.DumpResponse(next_page_token=b"again")
 
     monkeypatch.setattr(client._conn, "call", same_page_again)
     with pytest.raises(halloc.DataLossError):
