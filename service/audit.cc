@@ -37,10 +37,9 @@ void AuditFailure(absl::string_view path, absl::string_view method,
                        caller->uid, " pid ", caller->pid, " exe '",
                        LogSafe(caller->exe, kLoggedPathBytes), "'");
   }
-  LOG(WARNING) << "AUDIT " << method << (denial || quota ? " denied" : " failed")
-               << " (" << path << ") for " << who << ": "
-               << absl::StatusCodeToString(code) << ": " << LogSafe(status.message())
-               << LogLimiter::Dropped(dropped);
+  LOG(WARNING) << "AUDIT " << method << (denial || quota ? " denied" : " failed") << " (" << path
+               << ") for " << who << ": " << absl::StatusCodeToString(code) << ": "
+               << LogSafe(status.message(), kLoggedMessageBytes) << LogLimiter::Dropped(dropped);
 }
 
 }  // namespace halloc

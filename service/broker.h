@@ -145,6 +145,17 @@ class Broker {
   static constexpr size_t kSlowLaneQueue = 64;
   static constexpr size_t kSlowLanePerUid = 4;
 
+  // A refusal's reply: its status and message, the message valid UTF-8
+  // (BrokerReply.message is a proto3 string) and at most
+  // kMaxReplyMessageBytes of it.
+  static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
+  static constexpr size_t kMaxReplyMessageBytes = 1024;
+  // The record `reply` goes out as: a BrokerFrame carrying it or, when that
+  // would not fit in one record (kMaxRecordBytes), carrying a
+  // RESOURCE_EXHAUSTED reply to the same request instead: every request
+  // is answered.
+  static std::string ReplyRecord(v1::BrokerReply reply);
+
   // The CPU the broker thread is held on (following a client), or -1.
   int held_cpu() const { return held_cpu_.load(std::memory_order_relaxed); }
   // Handshake deadlines queued (live handshakes' and stale ones not pruned
@@ -229,7 +240,6 @@ class Broker {
   static absl::Status SendReply(SocketFdChannel& channel, v1::BrokerReply reply);
   void Reply(Conn& conn, v1::BrokerReply reply);
   void ReplyTo(Session& session, SocketFdChannel& conn, v1::BrokerReply reply);
-  static v1::BrokerReply ErrorReply(uint64_t request_id, const absl::Status& status);
   void Close(uint64_t key);
   // Closes `sock`, a connection's socket of `uid`, here, unless records
   // with fds are still queued on it: then they are dropped, and it closed,

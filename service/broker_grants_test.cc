@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/broker_conn.h"
@@ -200,6 +201,65 @@ TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->request_id(), 7u);
   EXPECT_EQ(reply->code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+}
+
+// A Share naming a peer of 60,000 bytes (no client name is longer than 63)
+// is answered INVALID_ARGUMENT (not audited). Before, the
+// refusal quoted the name escaped (~240 KB): too large for a record, it was
+// never sent (the client waited for it forever), and AUDIT lines of ~30 KB
+// came four a second per uid.
+TEST_F(BrokerIdentityTest, AShareNamingAnOverlongPeerIsAnswered) {
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  uint64_t id = 0;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  for (uint64_t buffer : {id, uint64_t{1} << 40}) {
+    absl::StatusOr<Answer> got =
+        Ask(owner->fd.get(), ShareRequest(8, buffer, std::string(60000, '\xff')));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->reply.request_id(), 8u);
+    EXPECT_EQ(ReplyStatus(got->reply).code(), absl::StatusCode::kInvalidArgument)
+        << ReplyStatus(got->reply);
+    EXPECT_LT(got->reply.message().size(), 200u);
+  }
+}
+
+// A refusal's message goes out valid UTF-8 and cut; a reply too large for
+// a record goes out as RESOURCE_EXHAUSTED for the same request.
+TEST(BrokerReplyTest, EveryRequestGetsAReplyThatFitsARecord) {
+  v1::BrokerReply r = Broker::ErrorReply(
+      3, absl::PermissionDeniedError("caf\xc3\xa9 " + std::string(5000, 'x') + "\xff"));
+  EXPECT_EQ(r.request_id(), 3u);
+  EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+  EXPECT_LE(r.message().size(), Broker::kMaxReplyMessageBytes);
+  EXPECT_TRUE(absl::StartsWith(r.message(), "caf\\xc3\\xa9 xxx")) << "not UTF-8: escaped";
+  EXPECT_TRUE(absl::EndsWith(r.message(), "..."));
+  r = Broker::ErrorReply(4, absl::InvalidArgumentError(std::string(2000, 'y') + "\xc3\xa9"));
+  v1::BrokerFrame frame;
+  ASSERT_TRUE(frame.ParseFromString(Broker::ReplyRecord(r)));
+  EXPECT_EQ(frame.reply().message(), r.message());
+
+  v1::BrokerReply big;
+  big.set_request_id(9);
+  for (int i = 0; i < 8000; ++i) {
+    v1::Holder* h = big.mutable_describe()->mutable_buffer()->add_holders();
+    h->set_session_id(1000000 + i);
+    h->set_uid(100000);
+    h->set_pid(4000000);
+  }
+  const std::string record = Broker::ReplyRecord(big);
+  EXPECT_LE(record.size(), kMaxRecordBytes);
+  ASSERT_TRUE(frame.ParseFromString(record));
+  EXPECT_EQ(frame.reply().request_id(), 9u);
+  EXPECT_EQ(frame.reply().code(), static_cast<int>(absl::StatusCode::kResourceExhausted))
+      << frame.reply().message();
+  EXPECT_FALSE(frame.reply().has_describe());
+  big.mutable_describe()->mutable_buffer()->mutable_holders()->DeleteSubrange(0, 7990);
+  ASSERT_TRUE(frame.ParseFromString(Broker::ReplyRecord(big)));
+  EXPECT_EQ(frame.reply().code(), 0);
+  EXPECT_EQ(frame.reply().describe().buffer().holders_size(), 10);
 }
 
 TEST_F(BrokerIdentityTest, ARevokeIsAnsweredOnTheBrokerAndEndsTheGrant) {

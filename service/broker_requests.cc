@@ -3,8 +3,6 @@
 // IsSupported, and their answers (the handshake and connection life are in
 // broker.cc), and connections paused while fds they sent wait to be closed
 // or a request waits for its lane.
-#include "service/broker.h"
-
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -19,9 +17,11 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "service/audit.h"
+#include "service/broker.h"
 #include "service/peer_identity.h"
-#include "service/util/clock.h"
 #include "service/registry.h"
+#include "service/util/clock.h"
+#include "service/util/log_limit.h"
 
 namespace halloc {
 namespace {
@@ -88,8 +88,31 @@ v1::BrokerReply Broker::ErrorReply(uint64_t request_id, const absl::Status& stat
   v1::BrokerReply r;
   r.set_request_id(request_id);
   r.set_code(static_cast<int>(status.code()));
-  r.set_message(std::string(status.message()));
+  if (status.ok()) return r;  // (every Release's, Revoke's, ...: no message)
+  std::string message = Utf8OrEscaped(status.message());
+  if (message.size() > kMaxReplyMessageBytes) {
+    // Cut on a character's first byte, and say so.
+    size_t end = kMaxReplyMessageBytes - 3;
+    while (end > 0 && (static_cast<unsigned char>(message[end]) & 0xC0) == 0x80) --end;
+    message.resize(end);
+    message += "...";
+  }
+  r.set_message(std::move(message));
   return r;
+}
+
+std::string Broker::ReplyRecord(v1::BrokerReply reply) {
+  v1::BrokerFrame frame;
+  const uint64_t request_id = reply.request_id();
+  *frame.mutable_reply() = std::move(reply);
+  std::string bytes = frame.SerializeAsString();
+  if (bytes.size() <= kMaxRecordBytes) return bytes;
+  // (A Describe of a buffer thousands of sessions hold, by the owner.)
+  *frame.mutable_reply() = ErrorReply(
+      request_id, absl::ResourceExhaustedError(absl::StrCat(
+                      "the reply (", bytes.size(), " bytes) does not fit in one broker record (",
+                      kMaxRecordBytes, " bytes); ask over gRPC")));
+  return frame.SerializeAsString();
 }
 
 // One record per readable event. epoll (level-triggered) reports the
@@ -124,9 +147,7 @@ void Broker::OnReadable(uint64_t key) {
 }
 
 absl::Status Broker::SendReply(SocketFdChannel& channel, v1::BrokerReply reply) {
-  v1::BrokerFrame frame;
-  *frame.mutable_reply() = std::move(reply);
-  return channel.SendCounted(frame.SerializeAsString(), {});
+  return channel.SendCounted(ReplyRecord(std::move(reply)), {});
 }
 
 void Broker::Reply(Conn& conn, v1::BrokerReply reply) {

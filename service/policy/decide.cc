@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/usage.h"
+#include "service/util/log_limit.h"
 
 namespace halloc {
 namespace {
@@ -35,7 +36,8 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
                 action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
                 " gid ", c.gid,
                 // None for another process on a session's socket.
-                c.exe.empty() ? "" : absl::StrCat(" exe '", absl::CHexEscape(c.exe), "'"),
+                // Escaped and cut: up to 4 KiB of the client's choosing.
+                c.exe.empty() ? "" : absl::StrCat(" exe '", LogSafe(c.exe, kLoggedPathBytes), "'"),
                 c.exe_file ? "" : " (executable not verified)", " (default deny)")));
 }
 
@@ -111,6 +113,14 @@ absl::Status CheckQuota(const Rule& rule, uid_t uid, uint64_t owned_buffers,
 absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Identity& caller,
                                                   const PeerAsk& peer, uint64_t buffer_id) {
   SharePeerDecision d;
+  // No policy holds such a name (so saying so tells nothing of the
+  // policy's names); escaped whole, it would make a ~240 KB answer and an
+  // AUDIT line as long.
+  if (peer.name && peer.name->size() > kMaxClientNameBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("peer name is ", peer.name->size(),
+                                                   " bytes; client names have at most ",
+                                                   kMaxClientNameBytes));
+  }
   absl::StatusOr<const Rule*> matched = DecideRule(policy, caller, "Share");
   if (!matched.ok()) return matched.status();
   d.rule = *matched;

@@ -124,6 +124,28 @@ TEST(DecideShareTest, PeersByNameAndUidFollowShareTo) {
   EXPECT_FALSE(DecideSharePeer(*p, Uid(1003), {std::nullopt, 1004}, 7).ok());
 }
 
+// A peer name longer than any client's is INVALID_ARGUMENT, before any rule
+// is looked at; escaped whole into a refusal, 60,000 bytes of it made a
+// ~240 KB answer (too large for a broker record: never sent) and an AUDIT
+// line as long. A caller no rule matches sees its executable cut.
+TEST(DecideShareTest, AnOverlongPeerNameIsABadArgumentAndLongTextIsCut) {
+  auto p = Example();
+  const std::string longest(kMaxClientNameBytes, 'a');
+  absl::StatusOr<SharePeerDecision> to = DecideSharePeer(*p, Uid(1001), {longest, 0}, 7);
+  EXPECT_EQ(to.status().code(), StatusCode::kPermissionDenied) << "a name a rule could have";
+  to = DecideSharePeer(*p, Uid(1001), {longest + "a", 0}, 7);
+  EXPECT_EQ(to.status().code(), StatusCode::kInvalidArgument) << to.status();
+  to = DecideSharePeer(*p, Uid(4242), {std::string(60000, '\xff'), 0}, 7);
+  EXPECT_EQ(to.status().code(), StatusCode::kInvalidArgument) << "even with no rule";
+  EXPECT_LT(to.status().message().size(), 100u);
+  Identity stranger = Uid(4242);
+  stranger.exe = "/" + std::string(4000, '\xff');
+  to = DecideSharePeer(*p, stranger, {std::nullopt, 1002}, 7);
+  EXPECT_EQ(to.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_LT(to.status().message().size(), 1500u) << to.status().message().size();
+  EXPECT_TRUE(absl::StrContains(to.status().message(), "(4001 bytes)")) << to.status();
+}
+
 TEST(DecideShareTest, RightsNeverWidenAndExplicitOnesAreNotNarrowedSilently) {
   auto p = Example();
   SharePeerDecision to = *DecideSharePeer(*p, Uid(1001), {std::string("compositor"), 0}, 7);

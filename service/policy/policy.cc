@@ -54,7 +54,7 @@ class Collector : public google::protobuf::io::ErrorCollector {
 std::string Quote(absl::string_view s) { return absl::CHexEscape(s); }
 
 bool ValidName(absl::string_view n) {
-  if (n.empty() || n.size() > 63) return false;
+  if (n.empty() || n.size() > kMaxClientNameBytes) return false;
   return std::all_of(n.begin(), n.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
   });

@@ -75,6 +75,9 @@ struct Identity {
   uid_t charged_uid() const { return account_uid.value_or(uid); }
 };
 
+// A rule's (client's) name: 1 to this many bytes of [a-z0-9_-].
+inline constexpr size_t kMaxClientNameBytes = 63;
+
 struct Rule {
   std::string name;
   // Match.

@@ -87,6 +87,9 @@ std::string LogSafe(absl::string_view s);
 std::string LogSafe(absl::string_view s, size_t max_bytes);
 // What of an executable's path a log line shows.
 inline constexpr size_t kLoggedPathBytes = 256;
+// What of a refusal's message an AUDIT line shows (messages quote the
+// request: escaped, any of it long is cut before; this bounds the rest).
+inline constexpr size_t kLoggedMessageBytes = 1024;
 
 // `s` itself when it is valid UTF-8, as a proto3 `string` field must be
 // (by protobuf's own check), else LogSafe(s): for client-controlled text
