@@ -38,8 +38,12 @@ bool FirstOfPage(std::vector<T>& rows, size_t room) {
 }  // namespace
 
 BufferRecord::~BufferRecord() {
-  // (Without an fd there is nothing to follow: Follow reports it gone.)
-  if (gone_watch != nullptr) gone_watch->Follow(std::move(fd), id, owner_uid);
+  // (Without an fd there is nothing to follow: Follow reports it gone.) By
+  // the uid it is charged to, as a refusal asks (RoomFor): a subordinate
+  // uid's memory is its user's.
+  if (gone_watch != nullptr) {
+    gone_watch->Follow(std::move(fd), id, SplitQuotaKey(charged_to).second);
+  }
 }
 
 CpuAccess BufferRecord::JustifiedRights(uint64_t session_id) const {

@@ -111,7 +111,7 @@ struct BufferRecord {
   BufferRecord(const BufferRecord&) = delete;
   BufferRecord& operator=(const BufferRecord&) = delete;
   // Closes `fd`; first, when the registry dropped it still charged, has
-  // `gone_watch` follow its memory (token: `id`; group: the owner's uid).
+  // `gone_watch` follow its memory (token: `id`; group: the uid charged_to names).
   ~BufferRecord();
   std::shared_ptr<LastReferenceFollower> gone_watch;  // set by the registry
 };

@@ -6,14 +6,15 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <vector>
 
-#include "absl/status/status.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/registry.h"
 #include "service/util/last_reference_poll.h"
@@ -45,14 +46,17 @@ struct Added {
 // `session` under `quota` as the allocator does: room first (which
 // settles), then commit. `client_copy`: what a client would get, the same
 // open file.
+// `charged_uid`: the uid charged, when not `uid` itself (a subordinate uid's
+// user).
 Added AddPage(Registry& reg, uint64_t session, uid_t uid, Registry::QuotaJudge quota,
-              bool charge_until_gone = true, UniqueFd* client_copy = nullptr) {
+              bool charge_until_gone = true, UniqueFd* client_copy = nullptr,
+              std::optional<uid_t> charged_uid = std::nullopt) {
   auto b = std::make_shared<BufferRecord>();
   b->name = "t";
   b->size = kPage;
   b->owner_uid = uid;
   b->owner_client = "app";
-  b->charged_to = absl::StrCat("app/", uid);
+  b->charged_to = absl::StrCat("app/", charged_uid.value_or(uid));
   b->charge_until_gone = charge_until_gone;
   b->fd = UniqueFd(::memfd_create("released_test", MFD_CLOEXEC));
   EXPECT_EQ(::ftruncate(b->fd.get(), kPage), 0);
@@ -338,6 +342,32 @@ TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutTheRefusedUidsMemoryFirst) {
   EXPECT_NE(AddPage(reg, kB, 2, OneBuffer).id, 0u) << "uid 2's own, gone: asked at uid 2's refusal";
   EXPECT_EQ(AddPage(reg, kB, 2, OneBuffer).id, 0u) << "full: uid 1's live one and uid 2's";
   EXPECT_EQ(poll->following(), 0u);
+}
+
+// Released memory is asked about by the uid it is charged to: a
+// subordinate uid's (a rootless container's) is its user's. Before, it was
+// followed under the uid that asked for it, so its user's refusal asked
+// about nothing and was refused for memory already gone (until the
+// periodic pass, backed off to 30 s, came round).
+TEST(ReleasedPolledMemoryTest, ARefusalAsksAboutMemoryByTheUidItIsChargedTo) {
+  std::atomic<int> last{0};
+  auto poll = std::make_shared<LastReferencePoll>([&](int) { return last.load(); },
+                                                  /*on_a_thread=*/false);
+  Registry reg("dmabuf", /*dma_bufs=*/true, 8, poll);
+  Identity sub;
+  sub.uid = 100005;
+  sub.account_uid = 1000;
+  reg.Join(kA, sub);
+  const Added first = AddPage(reg, kA, 100005, OneBuffer, true, nullptr, 1000);
+  ASSERT_NE(first.id, 0u) << first.status;
+  ASSERT_TRUE(reg.Release(kA, {first.id}).ok());
+  reg.FlushReaper();
+  EXPECT_EQ(poll->following(), 1u);
+  EXPECT_EQ(AddPage(reg, kA, 100005, OneBuffer, true, nullptr, 1000).id, 0u)
+      << "still held somewhere: uid 1000 owns one";
+  last = 1;  // gone now
+  const Added again = AddPage(reg, kA, 100005, OneBuffer, true, nullptr, 1000);
+  EXPECT_NE(again.id, 0u) << "uid 1000's refusal asked about uid 1000's memory: " << again.status;
 }
 
 TEST(ReleasedPolledMemoryTest, ARefusalOfHallocdsLimitAsksAboutAnyonesMemory) {
