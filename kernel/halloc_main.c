@@ -399,9 +399,10 @@ static int __init halloc_init(void)
 	if (max_total_mb == HALLOC_TOTAL_UNSET)
 		max_total_mb = (u32)min_t(u64, ((u64)totalram_pages() << PAGE_SHIFT) / 2 / SZ_1M,
 					  HALLOC_TOTAL_UNSET - 1);
+	/* At least 1 MiB: 0 would mean no cap at all below a 4 MiB zone. */
 	if (dma32_max_mb == HALLOC_TOTAL_UNSET)
-		dma32_max_mb = (u32)min_t(u64, halloc_dma32_zone_bytes() / 4 / SZ_1M,
-					  HALLOC_TOTAL_UNSET - 1);
+		dma32_max_mb = (u32)clamp_t(u64, halloc_dma32_zone_bytes() / 4 / SZ_1M,
+					    1, HALLOC_TOTAL_UNSET - 1);
 
 	ret = halloc_back_wq_init();
 	if (ret)

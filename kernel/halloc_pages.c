@@ -239,7 +239,7 @@ static int halloc_contig_alloc(struct halloc_buffer *buf, struct page **pages,
 		return -ENOMEM;
 	page = virt_to_page(vaddr);
 
-	ret = sg_alloc_table(&buf->chunks, 1, GFP_KERNEL);
+	ret = sg_alloc_table(&buf->chunks, 1, halloc_table_gfp(buf));
 	if (ret)
 		goto free_run;
 	sg_set_page(buf->chunks.sgl, page, buf->size, 0);
