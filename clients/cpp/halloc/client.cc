@@ -49,6 +49,12 @@ bool MayStillDeliver(const absl::Status& s) {
   return absl::IsDeadlineExceeded(s) || absl::IsCancelled(s) || absl::IsUnavailable(s);
 }
 
+// A broker reply hallocd could not fit in one record (a BufferInfo listing
+// the thousands of sessions that hold a buffer, for its owner): the
+// request goes again over gRPC. Nothing else a Describe or SetMetadata is
+// answered with on the socket is RESOURCE_EXHAUSTED.
+bool TooLargeForARecord(const absl::Status& s) { return absl::IsResourceExhausted(s); }
+
 }  // namespace
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
@@ -160,9 +166,12 @@ absl::StatusOr<v1::BufferInfo> Client::Describe(uint64_t buffer_id) {
   req.set_buffer_id(buffer_id);
   if (impl_->fast_path_ && impl_->welcome_.broker_metadata()) {
     v1::BrokerRequest breq;
-    breq.mutable_describe()->Swap(&req);
-    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "Describe"));
-    return std::move(*r.reply.mutable_describe()->mutable_buffer());
+    *breq.mutable_describe() = req;
+    absl::StatusOr<Impl::Reply> r = impl_->BrokerCall(std::move(breq), "Describe");
+    if (!TooLargeForARecord(r.status())) {
+      RETURN_IF_ERROR(r.status());
+      return std::move(*r->reply.mutable_describe()->mutable_buffer());
+    }
   }
   ASSIGN_OR_RETURN(v1::DescribeResponse resp,
                    impl_->Call(&v1::Allocator::Stub::Describe, req, "Describe"));
@@ -290,9 +299,13 @@ absl::StatusOr<v1::BufferInfo> Client::SetMetadata(
   *req.mutable_value() = value;
   if (impl_->fast_path_ && impl_->welcome_.broker_metadata()) {
     v1::BrokerRequest breq;
-    breq.mutable_set_metadata()->Swap(&req);
-    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "SetMetadata"));
-    return std::move(*r.reply.mutable_set_metadata()->mutable_buffer());
+    *breq.mutable_set_metadata() = req;
+    absl::StatusOr<Impl::Reply> r = impl_->BrokerCall(std::move(breq), "SetMetadata");
+    if (!TooLargeForARecord(r.status())) {
+      RETURN_IF_ERROR(r.status());
+      return std::move(*r->reply.mutable_set_metadata()->mutable_buffer());
+    }
+    // (Set all the same: asked again, it is set again, to the same value.)
   }
   ASSIGN_OR_RETURN(v1::SetMetadataResponse resp,
                    impl_->Call(&v1::Allocator::Stub::SetMetadata, req, "SetMetadata"));

@@ -220,6 +220,69 @@ TEST(ClientBrokerTest, DumpGathersEveryPage) {
   server->Shutdown();
 }
 
+// A Describe or SetMetadata whose reply hallocd could not fit in one
+// broker record (an owner's BufferInfo listing thousands of holders:
+// RESOURCE_EXHAUSTED on the socket) is asked again over gRPC; any other
+// refusal is the answer.
+TEST(ClientBrokerTest, AReplyTooLargeForARecordIsAskedForOverGrpc) {
+  class Metadata final : public v1::Allocator::Service {
+   public:
+    grpc::Status Describe(grpc::ServerContext*, const v1::DescribeRequest* req,
+                          v1::DescribeResponse* resp) override {
+      ++describes;
+      resp->mutable_buffer()->set_id(req->buffer_id());
+      for (int i = 0; i < 5000; ++i) resp->mutable_buffer()->add_holders()->set_session_id(i);
+      return grpc::Status::OK;
+    }
+    grpc::Status SetMetadata(grpc::ServerContext*, const v1::SetMetadataRequest* req,
+                             v1::SetMetadataResponse* resp) override {
+      ++sets;
+      resp->mutable_buffer()->set_id(req->buffer_id());
+      return grpc::Status::OK;
+    }
+    std::atomic<int> describes{0}, sets{0};
+  } service;
+  FakeBroker broker(
+      [](int sock, const v1::BrokerRequest& req) {
+        v1::BrokerReply r;
+        r.set_request_id(req.request_id());
+        const uint64_t id =
+            req.has_describe() ? req.describe().buffer_id() : req.set_metadata().buffer_id();
+        if (id == 7) {
+          r.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
+          r.set_message("the reply (90000 bytes) does not fit in one broker record");
+        } else if (id == 9) {
+          r.set_code(static_cast<int>(absl::StatusCode::kNotFound));
+        } else if (req.has_describe()) {
+          r.mutable_describe()->mutable_buffer()->set_id(id);
+        } else {
+          r.mutable_set_metadata()->mutable_buffer()->set_id(id);
+        }
+        FakeBroker::Reply(sock, r);
+      },
+      false, false, /*broker_metadata=*/true);
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<v1::BufferInfo> info = c->Describe(8);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->id(), 8u);
+  EXPECT_EQ(service.describes, 0) << "answered on the socket";
+  info = c->Describe(7);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->holders_size(), 5000);
+  EXPECT_EQ(service.describes, 1);
+  EXPECT_EQ(c->Describe(9).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(service.describes, 1) << "a refusal is not asked again";
+  v1::BufferMetadata value;
+  value.set_dataspace(1);
+  info = c->SetMetadata(7, v1::METADATA_DATASPACE, value);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(service.sets, 1);
+  server->Shutdown();
+}
+
 // A daemon (or something posing as one) that gives the same page token
 // again would keep List and Dump asking, and gathering, forever: DATA_LOSS.
 TEST(ClientBrokerTest, APageTokenGivenTwiceIsDataLossNotALoop) {

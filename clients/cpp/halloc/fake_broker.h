@@ -40,9 +40,14 @@ class FakeBroker {
  public:
   using Answer = std::function<void(int sock, const v1::BrokerRequest&)>;
   // `broker_import`: its Welcome says it serves Import on the socket;
-  // `broker_share`, Share and Revoke.
-  explicit FakeBroker(Answer answer, bool broker_import = false, bool broker_share = false)
-      : answer_(std::move(answer)), broker_import_(broker_import), broker_share_(broker_share) {
+  // `broker_share`, Share and Revoke; `broker_metadata`, Describe and
+  // SetMetadata.
+  explicit FakeBroker(Answer answer, bool broker_import = false, bool broker_share = false,
+                      bool broker_metadata = false)
+      : answer_(std::move(answer)),
+        broker_import_(broker_import),
+        broker_share_(broker_share),
+        broker_metadata_(broker_metadata) {
     path_ = dir_ / "broker.sock";
     listener_.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     const absl::StatusOr<sockaddr_un> addr = UnixAddress(path_);
@@ -136,6 +141,7 @@ class FakeBroker {
         r.mutable_welcome()->set_broker_import(broker_import_);
         r.mutable_welcome()->set_broker_share(broker_share_);
         r.mutable_welcome()->set_broker_revoke(broker_share_);
+        r.mutable_welcome()->set_broker_metadata(broker_metadata_);
         Reply(conn_.get(), r);
         continue;
       }
@@ -158,6 +164,7 @@ class FakeBroker {
   Answer answer_;
   const bool broker_import_;
   const bool broker_share_;
+  const bool broker_metadata_;
   TempDir dir_{"fake"};
   std::string path_;
   UniqueFd listener_, conn_;

@@ -333,9 +333,13 @@ class Client:
         """The BufferInfo of a buffer we hold (a Buffer or an id)."""
         req = allocator_pb2.DescribeRequest(buffer_id=_id(buffer))
         if self._fast_path and self.welcome.broker_metadata:
-            reply, fds = self._conn.broker_call(broker_pb2.BrokerRequest(describe=req), "Describe")
-            _scm.close_all(fds)  # none is sent with a description
-            return reply.describe.buffer
+            try:
+                reply, fds = self._conn.broker_call(broker_pb2.BrokerRequest(describe=req),
+                                                    "Describe")
+                _scm.close_all(fds)  # none is sent with a description
+                return reply.describe.buffer
+            except errors.ResourceExhaustedError:
+                pass  # too large for a broker record: over gRPC (as libhalloc)
         return self._conn.call(self._conn.stub.Describe, req, "Describe").buffer
 
     def list(self, all=False):  # pylint: disable=redefined-builtin
@@ -424,10 +428,13 @@ class Client:
         req = allocator_pb2.SetMetadataRequest(buffer_id=_id(buffer), type=metadata_type,
                                                value=value)
         if self._fast_path and self.welcome.broker_metadata:
-            reply, fds = self._conn.broker_call(broker_pb2.BrokerRequest(set_metadata=req),
-                                           "SetMetadata")
-            _scm.close_all(fds)  # none is sent with metadata
-            return reply.set_metadata.buffer
+            try:
+                reply, fds = self._conn.broker_call(broker_pb2.BrokerRequest(set_metadata=req),
+                                                    "SetMetadata")
+                _scm.close_all(fds)  # none is sent with metadata
+                return reply.set_metadata.buffer
+            except errors.ResourceExhaustedError:
+                pass  # set, but the reply was too large for a record: over gRPC
         return self._conn.call(self._conn.stub.SetMetadata, req, "SetMetadata").buffer
 
     def dump(self):
