@@ -277,17 +277,23 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   // Two imports of one buffer may be in flight: the call id tells their
   // fds apart, where hallocd echoes it (else 0, as it sends).
   if (impl_->welcome_.import_call_ids()) req.set_call_id(impl_->NextCallId());
+  impl_->ImportBegins(req.call_id());
   absl::StatusOr<v1::ImportResponse> resp =
       impl_->Call(&v1::Allocator::Stub::Import, req, "Import");
   if (!resp.ok()) {
     // hallocd may deliver the fd all the same (the call's deadline passed
-    // while it worked): nobody will take it, so it is closed, not kept.
+    // while it worked): nobody will take it, so it is closed, not kept
+    // (hallocd gives back the hold such an import made).
     if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
       impl_->AbandonCall(req.call_id(), /*give_back=*/false);
     }
+    impl_->ImportEnds(req.call_id(), 0, false, false);
     return resp.status();
   }
-  return impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
+  const uint64_t buffer_id = resp->buffer().id();
+  absl::StatusOr<Buffer> b = impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
+  impl_->ImportEnds(req.call_id(), buffer_id, resp->newly_held(), b.ok());
+  return b;
 }
 
 absl::StatusOr<v1::BufferInfo> Client::SetMetadata(

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <string>
 
 #include "absl/strings/cord.h"
@@ -26,6 +27,10 @@ uint64_t ForkGeneration() {
   (void)counting;
   return fork_generation.load(std::memory_order_relaxed);
 }
+
+// A wait of `ms` for poll(), whose timeout is an int: a longer call
+// timeout (weeks) would wrap, and end the wait early.
+int PollMs(int64_t ms) { return static_cast<int>(std::clamp<int64_t>(ms, 0, INT_MAX)); }
 
 }  // namespace
 
@@ -80,25 +85,30 @@ absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest r
   // Where to send the reply from (a hint; see BrokerRequest.cpu).
   req.set_cpu(CurrentCpuHint());
   const bool import = req.has_import_buffer();
-  if (import) {
+  {
+    // Before the request goes: its reply may be filed by another reader
+    // at once (one nobody waits for is dropped).
     absl::MutexLock lock(&mu_);
-    imports_in_flight_.insert(id);
+    waiting_.insert(id);
+    if (import) imports_in_flight_.insert(id);
   }
   if (absl::Status s = Send(req.SerializeAsString(), deadline); !s.ok()) {
+    absl::MutexLock lock(&mu_);
+    waiting_.erase(id);
     if (import) {
-      absl::MutexLock lock(&mu_);
       imports_in_flight_.erase(id);
       GiveBackUnclaimedHolds();
     }
     return Prefixed(s, rpc);
   }
   absl::MutexLock lock(&mu_);
-  if (absl::Status s = WaitFor(
-          [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return replies_.contains(id); }, deadline);
-      !s.ok()) {
+  absl::Status waited =
+      WaitFor([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return replies_.contains(id); }, deadline);
+  waiting_.erase(id);
+  if (!waited.ok()) {
     // Whatever the daemon answers later is given back, not leaked.
     abandoned_.insert(id);
-    return Prefixed(s, rpc);
+    return Prefixed(waited, rpc);
   }
   auto it = replies_.find(id);
   absl::StatusOr<Reply> r = std::move(it->second);
@@ -147,8 +157,35 @@ absl::StatusOr<Buffer> Client::Impl::Receive(v1::BufferInfo info, uint64_t call_
   return Buffer(std::move(info), std::move(fd));
 }
 
+void Client::Impl::ImportBegins(uint64_t call_id) {
+  absl::MutexLock lock(&mu_);
+  if (call_id != 0) {
+    imports_in_flight_.insert(call_id);
+  } else {
+    ++imports_without_call_id_;
+  }
+}
+
+void Client::Impl::ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_held,
+                              bool received) {
+  absl::MutexLock lock(&mu_);
+  if (call_id != 0) {
+    imports_in_flight_.erase(call_id);
+  } else {
+    --imports_without_call_id_;
+  }
+  if (received) {
+    unclaimed_holds_.erase(buffer_id);  // a caller holds it now
+  } else if (newly_held) {
+    unclaimed_holds_.insert(buffer_id);
+  }
+  GiveBackUnclaimedHolds();
+}
+
 void Client::Impl::GiveBackUnclaimedHolds() {
-  if (!imports_in_flight_.empty() || unclaimed_holds_.empty()) return;
+  if (!imports_in_flight_.empty() || imports_without_call_id_ > 0 || unclaimed_holds_.empty()) {
+    return;
+  }
   GiveBack(std::vector<uint64_t>(unclaimed_holds_.begin(), unclaimed_holds_.end()));
   unclaimed_holds_.clear();
 }
@@ -179,8 +216,7 @@ absl::Status Client::Impl::Send(const std::string& bytes, absl::Time deadline) {
     absl::Status s = SendRecord(broker_.get(), bytes, {}, /*nonblocking=*/true);
     if (!absl::IsResourceExhausted(s)) return s;
     const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-    s = ms > 0 ? WaitWritable(broker_.get(), static_cast<int>(ms))
-               : absl::DeadlineExceededError("");
+    s = ms > 0 ? WaitWritable(broker_.get(), PollMs(ms)) : absl::DeadlineExceededError("");
     if (absl::IsDeadlineExceeded(s)) {
       return absl::DeadlineExceededError("hallocd takes no requests (its broker socket is full)");
     }
@@ -220,7 +256,7 @@ absl::StatusOr<Record> Client::Impl::ReceiveNext(absl::Time deadline) {
   const bool blocking = receive_timeout_ > absl::ZeroDuration() && left >= receive_timeout_;
   if (!blocking) {
     const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(left));
-    if (absl::Status s = WaitReadable(broker_.get(), static_cast<int>(ms)); !s.ok()) {
+    if (absl::Status s = WaitReadable(broker_.get(), PollMs(ms)); !s.ok()) {
       return absl::IsDeadlineExceeded(s) ? absl::ResourceExhaustedError("nothing yet") : s;
     }
   }
@@ -264,6 +300,13 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   };
   if (frame.has_reply()) {
     v1::BrokerReply& reply = *frame.mutable_reply();
+    // A reply no call waits for (nor gave up on), or a second one for a
+    // call: dropped, its fds closed here. Its buffers are not given back:
+    // a repeated reply names buffers the session holds and uses.
+    if (!waiting_.contains(reply.request_id()) && !abandoned_.contains(reply.request_id())) {
+      return;
+    }
+    if (replies_.contains(reply.request_id())) return;
     std::vector<uint64_t> ids;
     for (const v1::BufferInfo& b : reply.allocate().buffers()) ids.push_back(b.id());
     const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
@@ -306,17 +349,6 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   std::vector<v1::BufferFd> described;
   if (frame.has_buffer()) described.push_back(frame.buffer());
   for (const v1::BufferFd& b : frame.buffers().buffers()) described.push_back(b);
-  if (truncated || described.size() != fds.size()) {
-    std::vector<uint64_t> ids;
-    for (const v1::BufferFd& b : described) {
-      ids.push_back(b.buffer_id());
-      pending_[FdKey{b.buffer_id(), b.call_id()}] = {
-          truncated ? lost() : absl::DataLossError("malformed frame on the broker socket"),
-          absl::Now()};
-    }
-    GiveBack(ids);
-    return;
-  }
   // A call's fds come in one record; those of a call that gave up
   // close here (nobody takes them).
   const uint64_t call = described.empty() ? 0 : described.front().call_id();
@@ -326,6 +358,24 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
     for (const v1::BufferFd& b : described) ids.push_back(b.buffer_id());
     if (abandoned->second) GiveBack(ids);
     abandoned_calls_.erase(abandoned);
+    return;
+  }
+  if (truncated || described.size() != fds.size()) {
+    // An Allocate's buffers go back now (its caller gives them back too).
+    // An Import's do not: the session may hold that buffer already, by
+    // another route, and its caller gives back only the hold the import
+    // made (ImportResponse.newly_held). Where hallocd echoes no call ids,
+    // any gRPC Import in flight may be the one.
+    const bool import =
+        call != 0 ? imports_in_flight_.contains(call) : imports_without_call_id_ > 0;
+    std::vector<uint64_t> ids;
+    for (const v1::BufferFd& b : described) {
+      ids.push_back(b.buffer_id());
+      pending_[FdKey{b.buffer_id(), b.call_id()}] = {
+          truncated ? lost(!import) : absl::DataLossError("malformed frame on the broker socket"),
+          absl::Now()};
+    }
+    if (!import) GiveBack(ids);
     return;
   }
   for (size_t i = 0; i < described.size(); ++i) {

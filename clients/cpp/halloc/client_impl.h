@@ -79,6 +79,14 @@ class Client::Impl {
 
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0);
 
+  // A gRPC Import (`call_id`, 0 where hallocd echoes none) is in flight:
+  // should its fd be cut on the way, its buffer is not given back (the
+  // session may hold it already). Ends with whether its caller `received`
+  // the buffer; if not, the hold the import made (`newly_held`) goes back
+  // once no import is in flight.
+  void ImportBegins(uint64_t call_id);
+  void ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_held, bool received);
+
   const UniqueFd broker_;
   const v1::Hello hello_;
   const v1::Welcome welcome_;
@@ -164,7 +172,10 @@ class Client::Impl {
   // Request ids of broker Imports sent and not answered yet (given up or
   // not), and the buffers whose hold only an Import nobody received made
   // (given back once none is in flight: GiveBackUnclaimedHolds).
-  absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);  // and gRPC call ids
+  int imports_without_call_id_ ABSL_GUARDED_BY(mu_) = 0;                  // gRPC Imports
+  // Request ids whose broker call waits for its reply now.
+  absl::flat_hash_set<uint64_t> waiting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> unclaimed_holds_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -1,7 +1,9 @@
 // libhalloc's Imports against a scripted fake daemon (fake_broker.h): an
 // Import whose caller gave up must leave neither its fd open nor a hold
 // nobody received (the client closes the one and gives the other back).
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -201,6 +203,112 @@ TEST(ClientImportTest, AHoldIsGivenBackOnceNoImportIsInFlight) {
   EXPECT_EQ(other->id(), 43u);
   EXPECT_TRUE(c->Release(8).ok());
   EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{42, 8}));
+}
+
+// gRPC Imports of buffer 42, its fd sent on the broker socket ahead of the
+// reply; the `cut_at`th is answered while this process has no fd number
+// free, so the kernel cuts its fd (MSG_CTRUNC). `newly_held`: what the
+// reply says of the hold that import made.
+class CutImports final : public v1::Allocator::Service {
+ public:
+  CutImports(testing::FakeBroker* broker, int cut_at, bool newly_held)
+      : broker_(broker), cut_at_(cut_at), newly_held_(newly_held) {}
+  grpc::Status Import(grpc::ServerContext*, const v1::ImportRequest* req,
+                      v1::ImportResponse* resp) override {
+    const int call = ++calls_;
+    UniqueFd fd = Memfd();
+    v1::BrokerFrame frame;
+    frame.mutable_buffer()->set_buffer_id(42);
+    frame.mutable_buffer()->set_call_id(req->call_id());
+    broker_->Send(frame, {fd.get()});  // in flight, in the socket
+    fd.reset();
+    if (call == cut_at_) {
+      const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      ::close(lowest);
+      ::getrlimit(RLIMIT_NOFILE, &saved_);
+      rlimit low = saved_;
+      low.rlim_cur = static_cast<rlim_t>(lowest);
+      ::setrlimit(RLIMIT_NOFILE, &low);
+    }
+    resp->mutable_buffer()->set_id(42);
+    resp->mutable_buffer()->set_size(4096);
+    resp->set_newly_held(call == cut_at_ && newly_held_);
+    return grpc::Status::OK;
+  }
+  // The fd limit as it was (once the cut import's frame has been read).
+  void Restore() {
+    if (calls_ >= cut_at_) ::setrlimit(RLIMIT_NOFILE, &saved_);
+  }
+
+ private:
+  testing::FakeBroker* const broker_;
+  const int cut_at_;
+  const bool newly_held_;
+  std::atomic<int> calls_{0};
+  rlimit saved_{};
+};
+
+// A gRPC Import whose fd the kernel cut gives back no hold the session had
+// before: buffer 42, imported first whole, stays held (it gave it back, and
+// the first Buffer lost the hold it was using). A hold the cut import made
+// itself (newly_held) does go back.
+TEST(ClientImportTest, ACutGrpcImportGivesBackOnlyTheHoldItMade) {
+  for (const bool newly_held : {false, true}) {
+    SCOPED_TRACE(newly_held ? "the cut import made the hold" : "the session held 42 already");
+    // Import over gRPC (this fake serves no Import on the socket);
+    // Release on the broker.
+    FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+      if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+    });
+    CutImports service(&broker, newly_held ? 1 : 2, newly_held);
+    std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+    ASSERT_NE(server, nullptr);
+    absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(2)));
+    ASSERT_TRUE(c.ok()) << c.status();
+    // The channel up first (gRPC opens fds on its first call).
+    EXPECT_EQ(c->Stats().status().code(), absl::StatusCode::kUnimplemented);
+    absl::StatusOr<Buffer> first;
+    if (!newly_held) {
+      first = c->Import("token");
+      ASSERT_TRUE(first.ok()) << first.status();  // the session holds 42, in use
+    }
+    absl::StatusOr<Buffer> cut = c->Import("token");
+    service.Restore();
+    EXPECT_EQ(cut.status().code(), absl::StatusCode::kResourceExhausted) << cut.status();
+    EXPECT_TRUE(c->Release(7).ok());  // a round trip after any give-back
+    const std::vector<uint64_t> given_back =
+        newly_held ? std::vector<uint64_t>{42, 7} : std::vector<uint64_t>{7};
+    EXPECT_EQ(broker.released_ids(), given_back);
+    server->Shutdown();
+  }
+}
+
+// A reply no call waits for (an id nobody asked with, or a second reply to
+// one) has its fds closed at once. Before, it was filed for good: its fds
+// stayed open until the Client closed. Its buffers are not given back (a
+// repeated reply names buffers the session holds and uses).
+TEST(ClientImportTest, AReplyNoCallWaitsForHasItsFdsClosed) {
+  struct stat st {};
+  UniqueFd memfd = Memfd();
+  ASSERT_EQ(::fstat(memfd.get(), &st), 0);
+  int raw = memfd.release();
+  FakeBroker broker([&raw](int sock, const v1::BrokerRequest& req) {
+    if (!req.has_release()) return;
+    if (raw >= 0) {
+      FakeBroker::Reply(sock, testing::AllocateReply(req.request_id() + 1000, {55}), {raw});
+      ::close(raw);
+      raw = -1;
+    }
+    FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+    FakeBroker::Reply(sock, ReleaseReply(req.request_id()));  // and again
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->Release(7).ok());
+  EXPECT_TRUE(c->Release(8).ok());
+  EXPECT_TRUE(c->Release(9).ok());
+  EXPECT_FALSE(OpenOn(st)) << "the unasked reply's fd is still open in the client";
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8, 9}));
 }
 
 }  // namespace
