@@ -518,16 +518,16 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& cal
       });
 }
 
-absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, absl::string_view token,
-                                                 uint64_t call_id,
-                                                 absl::FunctionRef<bool()> gave_up) {
+absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, absl::string_view token,
+                                                     uint64_t call_id,
+                                                     absl::FunctionRef<bool()> gave_up) {
   return Import(session, session.creds(), token, call_id, session.fds(), gave_up);
 }
 
-absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identity& caller,
-                                                 absl::string_view token, uint64_t call_id,
-                                                 FdChannel& channel,
-                                                 absl::FunctionRef<bool()> gave_up) {
+absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Identity& caller,
+                                                     absl::string_view token, uint64_t call_id,
+                                                     FdChannel& channel,
+                                                     absl::FunctionRef<bool()> gave_up) {
   RETURN_IF_ERROR(SameUid(session, caller, "Import"));
   std::shared_ptr<const Policy> pol = policy();
   // A caller no rule matches is refused before the token is looked at: an
@@ -596,7 +596,7 @@ absl::StatusOr<v1::BufferInfo> Allocator::Import(Session& session, const Identit
     }
     return sent;
   }
-  return std::move(*answer.mutable_buffer());
+  return answer;
 }
 
 absl::StatusOr<v1::BufferInfo> Allocator::SetMetadata(

@@ -134,14 +134,14 @@ class Allocator {
   // the answer (its gRPC deadline passed; libhalloc then drops the fd,
   // AbandonCall), so a hold this import made goes as if the fd had not
   // arrived, rather than pin the buffer until the session ends.
-  absl::StatusOr<v1::BufferInfo> Import(
+  absl::StatusOr<v1::ImportResponse> Import(
       Session& session, absl::string_view token, uint64_t call_id = 0,
       absl::FunctionRef<bool()> gave_up = [] { return false; });
   // The same for one request whose sender the kernel stamped (`caller`, as
   // for Allocate; another uid than the session's: PERMISSION_DENIED, as on
   // gRPC); the fd and the answer go through `channel`
   // (FdChannel::SendImport).
-  absl::StatusOr<v1::BufferInfo> Import(
+  absl::StatusOr<v1::ImportResponse> Import(
       Session& session, const Identity& caller, absl::string_view token, uint64_t call_id,
       FdChannel& channel, absl::FunctionRef<bool()> gave_up = [] { return false; });
   // Withdraws a grant; on a backend that can (CanRevokeLive), also cuts

@@ -142,7 +142,7 @@ TEST_F(AllocatorTest, AFailedImportLeavesTheHoldAConcurrentOneDelivered) {
   absl::Status first;
   std::thread importing([&] { first = core_.Import(*peer.session, grant->token()).status(); });
   channel->AwaitFirst();
-  absl::StatusOr<v1::BufferInfo> second = core_.Import(*peer.session, grant->token());
+  absl::StatusOr<v1::ImportResponse> second = core_.Import(*peer.session, grant->token());
   ASSERT_TRUE(second.ok()) << second.status();
   auto [frame, fd] = ReadFd(peer);
   EXPECT_EQ(frame.buffer_id(), id);
@@ -171,10 +171,11 @@ TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
   ASSERT_TRUE(grant.ok()) << grant.status();
   EXPECT_EQ(grant->token().size(), 32u);
 
-  absl::StatusOr<v1::BufferInfo> got = core_.Import(*peer.session, grant->token());
+  absl::StatusOr<v1::ImportResponse> got = core_.Import(*peer.session, grant->token());
   ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_FALSE(got->owned());
-  EXPECT_EQ(got->cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_FALSE(got->buffer().owned());
+  EXPECT_EQ(got->buffer().cpu_access(), v1::CPU_ACCESS_READ);
+  EXPECT_TRUE(got->newly_held()) << "the gRPC answer says so too";
   auto [pframe, peer_fd] = ReadFd(peer);
   EXPECT_EQ(fcntl(peer_fd.get(), F_GETFL) & O_ACCMODE, O_RDONLY);
   EXPECT_EQ(mmap(nullptr, 4096, PROT_WRITE, MAP_SHARED, peer_fd.get(), 0), MAP_FAILED);
@@ -220,7 +221,7 @@ TEST_F(AllocatorTest, AnotherUidMayNotShareImportRevokeOrSetMetadataAsTheSession
   // A grant for uid 1001, made by the owner's own process.
   absl::StatusOr<v1::Grant> grant = core_.Share(*owner.session, share);
   ASSERT_TRUE(grant.ok()) << grant.status();
-  absl::StatusOr<v1::BufferInfo> in =
+  absl::StatusOr<v1::ImportResponse> in =
       core_.Import(*peer.session, other, grant->token(), 0, peer.session->fds());
   EXPECT_EQ(in.status().code(), StatusCode::kPermissionDenied) << in.status();
   EXPECT_EQ(ReceiveRecord(peer.client_end.get(), true).status().code(),

@@ -245,10 +245,10 @@ TEST_F(AllocatorTest, MetadataDefaultsAndOnlyMutableFieldsCanBeSet) {
   // A read-only holder reads the metadata but cannot change it.
   auto grant = Share(owner, id, 1000);
   ASSERT_TRUE(grant.ok());
-  absl::StatusOr<v1::BufferInfo> got = core_.Import(*reader.session, grant->token());
+  absl::StatusOr<v1::ImportResponse> got = core_.Import(*reader.session, grant->token());
   ASSERT_TRUE(got.ok());
-  EXPECT_EQ(got->metadata().dataspace(), 143261696);
-  EXPECT_EQ(got->metadata().blend_mode(), v1::BLEND_MODE_PREMULTIPLIED);
+  EXPECT_EQ(got->buffer().metadata().dataspace(), 143261696);
+  EXPECT_EQ(got->buffer().metadata().blend_mode(), v1::BLEND_MODE_PREMULTIPLIED);
   set.set_type(v1::METADATA_DATASPACE);
   EXPECT_EQ(core_.SetMetadata(*reader.session, set).status().code(),
             StatusCode::kPermissionDenied);

@@ -387,7 +387,7 @@ void Broker::ReplyTo(Session& session, SocketFdChannel& conn, v1::BrokerReply re
 void Broker::ServeImport(Session& session, const Identity& caller, const v1::BrokerRequest& req,
                          SocketFdChannel& conn) {
   ReplyChannel channel(conn, req.request_id());
-  absl::StatusOr<v1::BufferInfo> r =
+  absl::StatusOr<v1::ImportResponse> r =
       core_->Import(session, caller, req.import_buffer().grant_token(), 0, channel);
   if (!r.ok()) Refuse("Import", session, caller, req.request_id(), r.status(), conn);
 }

@@ -224,10 +224,10 @@ grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
                                       const v1::ImportRequest* req,
                                       v1::ImportResponse* resp) {
   HALLOC_WITH_SESSION("Import", {
-    absl::StatusOr<v1::BufferInfo> r = core_->Import(**session, req->grant_token(), req->call_id(),
-                                                     [&] { return PastDeadline(ctx); });
+    absl::StatusOr<v1::ImportResponse> r = core_->Import(
+        **session, req->grant_token(), req->call_id(), [&] { return PastDeadline(ctx); });
     if (!r.ok()) return r.status();
-    *resp->mutable_buffer() = std::move(*r);
+    *resp = *std::move(r);  // newly_held too: a client whose fd was cut gives that hold back
     return absl::OkStatus();
   });
 }

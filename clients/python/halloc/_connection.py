@@ -65,8 +65,10 @@ class Connection:
         # Request ids of broker Imports sent and not answered yet, and the
         # buffers whose hold only an Import nobody received made (given back
         # once none is in flight: _give_back_unclaimed_holds).
-        self._imports_in_flight = set()
+        self._imports_in_flight = set()  # and gRPC Imports' call ids
+        self._imports_without_call_id = 0  # gRPC Imports
         self._unclaimed_holds = set()
+        self._waiting = set()  # request ids whose broker call waits now
 
     @property
     def closed(self):
@@ -160,14 +162,18 @@ class Connection:
         req.request_id = rid = next(self._request_ids)
         req.cpu = _cpu_hint()
         is_import = req.HasField("import_buffer")
-        if is_import:
-            with self._lock:
+        with self._lock:
+            # Before the request goes: its reply may be filed by another
+            # reader at once (one nobody waits for is dropped).
+            self._waiting.add(rid)
+            if is_import:
                 self._imports_in_flight.add(rid)
         try:
             _prefixed(self._send, name, req.SerializeToString(), deadline)
         except BaseException:
-            if is_import:
-                with self._lock:
+            with self._lock:
+                self._waiting.discard(rid)
+                if is_import:
                     self._imports_in_flight.discard(rid)
                     self._give_back_unclaimed_holds()
             raise
@@ -184,6 +190,8 @@ class Connection:
                 # fds open and its buffers charged until the session ends.
                 self._abandon(rid)
                 raise
+            finally:
+                self._waiting.discard(rid)
             r = self._replies.pop(rid)
         if isinstance(r, errors.HallocError):
             raise errors.error_for(r.code, f"{name}: {r.message}")
@@ -309,6 +317,13 @@ class Connection:
             "fds: RLIMIT_NOFILE); the buffers were given back")
         if frame.WhichOneof("kind") == "reply":
             reply = frame.reply
+            # A reply no call waits for (nor gave up on), or a second one
+            # for a call: dropped, its fds closed. Its buffers are not given
+            # back: a repeated reply names buffers the session holds and uses.
+            rid = reply.request_id
+            if (rid not in self._waiting and rid not in self._abandoned) or rid in self._replies:
+                _scm.close_all(fds)
+                return
             ids = [b.id for b in reply.allocate.buffers]
             abandoned = reply.request_id in self._abandoned
             self._abandoned.discard(reply.request_id)
@@ -349,20 +364,34 @@ class Connection:
             return
         described = ([frame.buffer] if frame.WhichOneof("kind") == "buffer" else
                      list(frame.buffers.buffers))
-        if truncated or len(described) != len(fds):
-            _scm.close_all(fds)
-            bad = lost if truncated else errors.DataLossError(
-                "malformed frame on the broker socket")
-            for b in described:
-                self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
-            self._give_back([b.buffer_id for b in described])
-            return
         # A call's fds come in one record; those of a call that gave up
         # close here (nobody takes them).
         call = described[0].call_id if described else 0
         if call and call in self._abandoned_calls:
             _scm.close_all(fds)
             if self._abandoned_calls.pop(call):
+                self._give_back([b.buffer_id for b in described])
+            return
+        if truncated or len(described) != len(fds):
+            # An Allocate's buffers go back now (its caller gives them back
+            # too). An Import's do not: the session may hold that buffer
+            # already, by another route, and its caller gives back only the
+            # hold the import made (newly_held). Where hallocd echoes no
+            # call ids, any gRPC Import in flight may be the one.
+            is_import = (call in self._imports_in_flight if call else
+                         self._imports_without_call_id > 0)
+            _scm.close_all(fds)
+            if truncated and is_import:
+                bad = errors.ResourceExhaustedError(
+                    "the fd hallocd sent was cut on the way (this process is out of "
+                    "fds: RLIMIT_NOFILE)")
+            elif truncated:
+                bad = lost
+            else:
+                bad = errors.DataLossError("malformed frame on the broker socket")
+            for b in described:
+                self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
+            if not is_import:
                 self._give_back([b.buffer_id for b in described])
             return
         for b, fd in zip(described, fds):
@@ -374,10 +403,34 @@ class Connection:
             old.close()
         self._pending[key] = pending
 
+    def import_begins(self, call_id):
+        """A gRPC Import (`call_id`, 0 where hallocd echoes none) is in
+        flight: should its fd be cut on the way, its buffer is not given
+        back (the session may hold it already)."""
+        with self._lock:
+            if call_id:
+                self._imports_in_flight.add(call_id)
+            else:
+                self._imports_without_call_id += 1
+
+    def import_ends(self, call_id, buffer_id=0, newly_held=False, received=False):
+        """It ended: if its caller did not receive the buffer, the hold the
+        import made (`newly_held`) goes back once no import is in flight."""
+        with self._lock:
+            if call_id:
+                self._imports_in_flight.discard(call_id)
+            else:
+                self._imports_without_call_id -= 1
+            if received:
+                self._unclaimed_holds.discard(buffer_id)  # a caller holds it now
+            elif newly_held:
+                self._unclaimed_holds.add(buffer_id)
+            self._give_back_unclaimed_holds()
+
     def _give_back_unclaimed_holds(self):
         """Gives back the holds only imports nobody received made, once no
         import is in flight. Holds self._lock."""
-        if self._imports_in_flight or not self._unclaimed_holds:
+        if self._imports_in_flight or self._imports_without_call_id or not self._unclaimed_holds:
             return
         self._give_back(sorted(self._unclaimed_holds))
         self._unclaimed_holds.clear()

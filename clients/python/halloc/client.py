@@ -402,15 +402,25 @@ class Client:
         # hallocd echoes it (Welcome.import_call_ids; else 0, as it sends).
         if self.welcome.import_call_ids:
             req.call_id = self._conn.next_call_id()
+        self._conn.import_begins(req.call_id)
         try:
-            info = self._conn.call(self._conn.stub.Import, req, "Import").buffer
-        except errors.HallocError as e:
+            resp = self._conn.call(self._conn.stub.Import, req, "Import")
+        except BaseException as e:
             # hallocd may deliver the fd all the same (the deadline passed
-            # while it worked): nobody takes it, so it is closed, not kept.
-            if req.call_id and e.code in _connection.MAY_STILL_DELIVER:
+            # while it worked): nobody takes it, so it is closed, not kept
+            # (hallocd gives back the hold such an import made).
+            if (req.call_id and isinstance(e, errors.HallocError) and
+                    e.code in _connection.MAY_STILL_DELIVER):
                 self._conn.abandon_call(req.call_id, give_back=False)
+            self._conn.import_ends(req.call_id)
             raise
-        return Buffer(self, info, self._conn.take_fd(info.id, req.call_id))
+        received = False
+        try:
+            buf = Buffer(self, resp.buffer, self._conn.take_fd(resp.buffer.id, req.call_id))
+            received = True
+            return buf
+        finally:
+            self._conn.import_ends(req.call_id, resp.buffer.id, resp.newly_held, received)
 
     import_ = import_buffer
 

@@ -591,6 +591,37 @@ def test_no_fd_leaks(hallocd):
     assert hallocd.fd_count() == theirs
 
 
+def test_a_cut_grpc_import_gives_back_only_the_hold_it_made(connect):
+    # With no fd number left, the kernel cuts a gRPC Import's fd (sent on
+    # the broker socket ahead of the reply). A hold the session had before
+    # (a first import, in use) stays; a hold the cut import made goes back.
+    # (As libhalloc's ACutGrpcImportGivesBackOnlyTheHoldItMade.)
+    producer = connect()
+    importer = connect(broker_fast_path=False)  # Import over gRPC
+    buf = producer.allocate(halloc.blob(PAGE))
+    token = producer.share(buf, uid=os.getuid()).token
+    assert importer.list() == []  # the gRPC connection exists before the limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def cut_import():
+        lowest_free = os.open("/dev/null", os.O_RDONLY)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with pytest.raises(halloc.ResourceExhaustedError):
+                importer.import_buffer(token)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    cut_import()  # the hold it made goes back
+    assert wait_for(lambda: importer.list() == [])
+    first = importer.import_buffer(token)
+    cut_import()  # the session held it already
+    importer.describe(first)  # a round trip after any give-back
+    assert [b.id for b in importer.list()] == [buf.id], "the first import's hold was given back"
+    first.close()
+
+
 @PATHS
 def test_fds_cut_on_the_way_are_given_back(connect, fast_path):
     # With no fd number left, the kernel cuts the fds of the Allocate reply

@@ -456,3 +456,37 @@ def test_a_reply_too_large_for_a_record_is_asked_for_over_grpc(monkeypatch):
     assert broker.client.set_metadata(7, types_pb2.METADATA_DATASPACE, value).id == 7
     assert over_grpc == ["Describe", "SetMetadata"]
     broker.close()
+
+
+def test_a_reply_no_call_waits_for_has_its_fds_closed():
+    # A reply with an id nobody asked with, or a second reply to a call:
+    # dropped, its fds closed at once (before, filed for good: open until
+    # the client closed). Its buffers are not given back: a repeated reply
+    # names buffers the session holds and uses. (As libhalloc's
+    # AReplyNoCallWaitsForHasItsFdsClosed.)
+    import socket
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("unasked")
+    inode = os.fstat(memfd).st_ino
+    releases = []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") != "release":
+            return
+        releases.extend(req.release.buffer_ids)
+        if memfd_box:
+            frame = broker_pb2.BrokerFrame()
+            frame.reply.request_id = req.request_id + 1000
+            frame.reply.allocate.buffers.add(id=55)
+            socket.send_fds(sock, [frame.SerializeToString()], [memfd_box.pop()])
+        broker.reply_release(req)
+        broker.reply_release(req)  # and again
+
+    memfd_box = [memfd]
+    broker = _ScriptedBroker(answer, timeout=5.0)
+    for i in (7, 8, 9):
+        broker.client.release(i)
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the unasked reply's fd is still open in the client"
+    assert releases == [7, 8, 9]
+    broker.close()
