@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "service/util/clock.h"
+
 namespace halloc {
 
 using grpc::experimental::InterceptionHookPoints;
@@ -29,8 +31,17 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
         uid_ = ControlPeers::LimitUid(watch_->peers_.get(), call_->peer());
         uid_looked_up_ = true;
       }
-      waiting_ = true;
-      watch_->Begin(call_, uid_);
+      if (watch_->Begin(call_, uid_)) {
+        waiting_ = true;
+      } else {
+        // Its uid is judged at once and at its limit: cancelled here, on
+        // this thread, before the send waits (the watch's thread would take
+        // a wake-up to do it, ~1 ms, and a flood of such calls reopened as
+        // fast as they end would keep every thread taken meanwhile). The
+        // cancel hook it runs asks for nothing of this interceptor's.
+        call_->TryCancel();
+        watch_->CountCancelled();
+      }
     }
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_SEND_MESSAGE) && waiting_) {
       waiting_ = false;
@@ -74,11 +85,32 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> ReplyWatc
   return std::make_unique<Factory>(this);
 }
 
-void ReplyWatch::Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid) {
+bool ReplyWatch::Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid) {
   absl::MutexLock lock(&mu_);
-  const absl::Time now = absl::Now();
-  waiting_[call] = Waiting{uid, now};
+  const absl::Time now = MonotonicNow();
+  auto judged = judged_at_once_.find(uid);
+  Waiting w{uid, now};
   next_ = std::min(next_, now + options_.stuck_after);
+  if (judged != judged_at_once_.end() && judged->second > now) {
+    // As if it had waited `stuck_after` already: counted now if its uid
+    // has room (the timeout runs from now), else cancelled now.
+    int& n = by_uid_[uid];
+    if (n >= options_.per_uid) {
+      if (n == 0) by_uid_.erase(uid);
+      judged->second = now + 2 * options_.timeout;
+      return false;
+    }
+    ++n;
+    w.counted = true;
+    next_ = std::min(next_, now + options_.timeout);
+  }
+  waiting_[call] = w;
+  return true;
+}
+
+void ReplyWatch::CountCancelled() {
+  absl::MutexLock lock(&mu_);
+  ++cancelled_;
 }
 
 void ReplyWatch::Forget(const Waiting& w) {
@@ -96,6 +128,7 @@ void ReplyWatch::End(grpc::ServerContextBase* call) {
 
 absl::Time ReplyWatch::Sweep(absl::Time now) {
   absl::Time next = absl::InfiniteFuture();
+  absl::erase_if(judged_at_once_, [now](const auto& j) { return j.second <= now; });
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     Waiting& w = it->second;
     bool cancel = now - w.since >= options_.timeout;
@@ -118,6 +151,7 @@ absl::Time ReplyWatch::Sweep(absl::Time now) {
     // the interceptor's (it asks only for the send hooks, and proceeds).
     it->first->TryCancel();
     ++cancelled_;
+    judged_at_once_[w.uid] = now + 2 * options_.timeout;
     LOG_EVERY_N(WARNING, 100) << "gRPC: cancelled a call whose client did not read its reply ("
                               << (w.counted ? "waited too long" : "its uid's limit of waiting replies")
                               << "; " << google::COUNTER << " such so far)";
@@ -136,9 +170,10 @@ void ReplyWatch::Run() {
     auto changed = [this, deadline]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return stop_ || next_ < deadline;
     };
-    mu_.AwaitWithDeadline(absl::Condition(&changed), deadline);
+    // (A timeout, not a deadline: absl's deadlines are the wall clock's.)
+    mu_.AwaitWithTimeout(absl::Condition(&changed), deadline - MonotonicNow());
     if (stop_) break;
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     if (now >= next_) next_ = Sweep(now);
   }
 }

@@ -14,9 +14,15 @@
 // `timeout`. A reply still waiting after `stuck_after` counts against its
 // uid, which may have `per_uid` such at once: one past them is cancelled
 // then, so that one uid's unread replies hold at most `per_uid` threads for
-// long. An honest client's replies go in microseconds; even sixteen
-// clients of one uid on a loaded machine never count (the bench's
-// throughput rows run them).
+// long. A uid that had a reply cancelled is judged at once for a while
+// (2 × `timeout` since its last): its replies count, or are cancelled, as
+// they are handed to gRPC, not `stuck_after` later. Else a client that
+// opens a new unread call for each one cancelled kept every thread taken
+// (~64 calls each held for `stuck_after`), and other users' calls, the
+// watchdog's Health/Check among them, were refused. An honest client's
+// replies go in microseconds; even sixteen clients of one uid on a loaded
+// machine never count (the bench's throughput rows run them). Times are
+// the monotonic clock's.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_REPLY_WATCH_H_
@@ -72,7 +78,10 @@ class ReplyWatch {
     bool counted = false;  // stuck, counted in by_uid_
   };
 
-  void Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid);
+  // Notes a reply handed to gRPC; false when it is to be cancelled at
+  // once instead (its uid judged at once and at its limit).
+  bool Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid);
+  void CountCancelled();
   void End(grpc::ServerContextBase* call);
   void Run();
   // Cancels or counts what is due at `now`; returns when next to look.
@@ -84,6 +93,8 @@ class ReplyWatch {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<grpc::ServerContextBase*, Waiting> waiting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::optional<uid_t>, int> by_uid_ ABSL_GUARDED_BY(mu_);
+  // Uids judged at once (a reply of theirs was cancelled), until when.
+  absl::flat_hash_map<std::optional<uid_t>, absl::Time> judged_at_once_ ABSL_GUARDED_BY(mu_);
   absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   uint64_t cancelled_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

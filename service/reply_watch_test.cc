@@ -217,5 +217,99 @@ TEST_F(ReplyWatchTest, ManyCallsOfOneUidThatAreReadAreNeverCancelled) {
   EXPECT_EQ(watch_->cancelled(), 0u);
 }
 
+// A client that keeps 64 unread calls open on one connection
+// (SETTINGS_INITIAL_WINDOW_SIZE 0), opening a new one each time one ends.
+class Flooder {
+ public:
+  Flooder(grpc::Server* server, ControlPeers& peers, uid_t uid) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    ours_.reset(sv[1]);
+    EXPECT_EQ(::fcntl(ours_.get(), F_SETFL, 0), 0);
+    peers.Set(sv[0], ucred{1, uid, uid});
+    grpc::AddInsecureChannelFromFd(server, sv[0]);
+    std::string out = kPreface;
+    out += Frame(kSettings, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));
+    for (int i = 0; i < 64; ++i) out += EmptyCall("/halloc.v1.Allocator/Stats", NextId());
+    Write(out);
+    reader_ = std::thread([this] { Read(); });
+  }
+  ~Flooder() {
+    ::shutdown(ours_.get(), SHUT_RDWR);
+    reader_.join();
+  }
+  int reopened() const { return reopened_.load(); }
+
+ private:
+  uint32_t NextId() {
+    uint32_t id = next_;
+    next_ += 2;
+    return id;
+  }
+  void Write(const std::string& bytes) {
+    absl::MutexLock lock(&write_mu_);
+    WriteAll(ours_.get(), bytes);
+  }
+  void Read() {
+    std::string buf;
+    char chunk[4096];
+    for (;;) {
+      const ssize_t n = ::read(ours_.get(), chunk, sizeof(chunk));
+      if (n <= 0) return;
+      buf.append(chunk, n);
+      while (buf.size() >= 9) {
+        const uint32_t len = (uint8_t(buf[0]) << 16) | (uint8_t(buf[1]) << 8) | uint8_t(buf[2]);
+        if (buf.size() < 9 + len) break;
+        const uint8_t type = buf[3], flags = buf[4];
+        if (type == kSettings && !(flags & kAck)) Write(Frame(kSettings, kAck, 0, ""));
+        if (type == kPing && !(flags & kAck)) Write(Frame(kPing, kAck, 0, buf.substr(9, 8)));
+        const uint32_t stream = ((uint8_t(buf[5]) & 0x7f) << 24) | (uint8_t(buf[6]) << 16) |
+                                (uint8_t(buf[7]) << 8) | uint8_t(buf[8]);
+        if ((type == kRstStream || (type == kHeaders && (flags & kEndStream))) &&
+            ended_.insert(stream).second) {
+          Write(EmptyCall("/halloc.v1.Allocator/Stats", NextId()));
+          ++reopened_;
+        }
+        buf.erase(0, 9 + len);
+      }
+    }
+  }
+  UniqueFd ours_;
+  std::thread reader_;
+  absl::Mutex write_mu_;
+  uint32_t next_ = 1;  // reader thread only, after the constructor
+  std::atomic<int> reopened_{0};
+  absl::flat_hash_set<uint32_t> ended_;  // reader thread only
+};
+
+// Cancelled after stuck_after, each such call was replaced at once: the
+// flood kept all 32 threads taken, and another uid's calls (the watchdog's
+// Health/Check among them) were refused "Server Threadpool Exhausted"
+// (20 of 20). A uid with a reply cancelled is now judged at once.
+TEST_F(ReplyWatchTest, ASustainedFloodOfUnreadCallsLeavesOtherUsersServed) {
+  Start(ReplyWatch::Options());  // hallocd's defaults: 5 s, 100 ms, 8 per uid
+  Flooder attacker(server_.get(), *peers_, 1001);
+  absl::SleepFor(absl::Milliseconds(500));
+  int refused = 0;
+  std::string last;
+  constexpr int kCalls = 20;
+  for (int i = 0; i < kCalls; ++i) {
+    const grpc::Status s = Stats(1002);
+    if (!s.ok()) {
+      ++refused;
+      last = s.error_message();
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_GT(attacker.reopened(), 64) << "the flood went on";
+  // Most get a thread: the flood's calls are cancelled as their replies
+  // are handed over. (Some may still lose the race for a thread to calls
+  // the flood opens as fast as they end: 0-4 of 20 here, 20 of 20 before.)
+  EXPECT_LE(refused, kCalls / 2) << refused << " of " << kCalls
+                                 << " Stats calls of uid 1002 refused (" << last
+                                 << ") while uid 1001 reopened " << attacker.reopened()
+                                 << " unread calls";
+}
+
 }  // namespace
 }  // namespace halloc
