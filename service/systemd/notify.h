@@ -20,12 +20,13 @@ namespace halloc {
 // Sends `state` ("READY=1\nSTATUS=...") to the service manager, if any.
 void Notify(absl::string_view state);
 
-// Pings the watchdog (WATCHDOG=1) every half WatchdogSec=, each time only
-// if `alive` says hallocd still serves: a hallocd that hangs stops the
-// pings and systemd restarts it.
+// Pings the watchdog (WATCHDOG=1) every quarter WatchdogSec= (plus the
+// probe's time) while `alive` says hallocd still serves, and for grace()
+// after its last answer: a hallocd silent for longer stops the pings and
+// systemd restarts it; one failed probe does not.
 class Watchdog {
  public:
-  // `alive` gets a timeout (a quarter of WatchdogSec=) and returns OK when
+  // `alive` gets a timeout (an eighth of WatchdogSec=) and returns OK when
   // the daemon answered within it.
   using Probe = std::function<absl::Status(absl::Duration timeout)>;
 
@@ -35,6 +36,8 @@ class Watchdog {
   ~Watchdog();  // stops pinging
 
   absl::Duration interval() const { return interval_; }
+  // How long pings go on without an answer: three quarters of WatchdogSec=.
+  absl::Duration grace() const { return 3 * interval_; }
 
  private:
   Watchdog(Probe alive, absl::Duration interval);

@@ -1,10 +1,13 @@
 // hallocd's sd_notify messages, received the way systemd's manager receives
 // them: a datagram socket named by NOTIFY_SOCKET.
+#include "service/systemd/notify.h"
+
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -110,9 +113,10 @@ TEST_F(NotifyTest, ReloadAndStopAreReported) {
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << hallocd_->Log();
 }
 
-// With WATCHDOG_USEC (WatchdogSec=), WATCHDOG=1 comes every half period
-// while both sockets answer; once the broker cannot be reached (its socket
-// file gone), the pings stop, so systemd would restart hallocd.
+// With WATCHDOG_USEC (WatchdogSec=), WATCHDOG=1 comes every quarter period
+// (and a probe) while both sockets answer; once the broker cannot be
+// reached (its socket file gone) for three quarters of it, the pings stop,
+// so systemd would restart hallocd.
 TEST_F(NotifyTest, WatchdogPingsOnlyWhileBothSocketsAnswer) {
   Start({"WATCHDOG_USEC=200000"});
   ASSERT_NO_FATAL_FAILURE(Expect("READY=1"));
@@ -121,18 +125,73 @@ TEST_F(NotifyTest, WatchdogPingsOnlyWhileBothSocketsAnswer) {
     ASSERT_NO_FATAL_FAILURE(Expect("WATCHDOG=1"));
   }
   ASSERT_EQ(::unlink(broker_.c_str()), 0);
-  // A probe may be under way (and ping once more); once one has failed, no
+  // Pings go on for the grace after the last answer; once it is over, no
   // ping may come. The probes run one after another, so every ping sent
-  // before the failure is queued by the time it is logged.
+  // before is queued by the time the end is logged.
   const absl::Time deadline = absl::Now() + kTimeout;
-  while (!absl::StrContains(hallocd_->Log(), "watchdog: hallocd does not answer") &&
-         absl::Now() < deadline) {
+  while (!absl::StrContains(hallocd_->Log(), "not pinging systemd") && absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   ASSERT_THAT(hallocd_->Log(), HasSubstr("watchdog: hallocd does not answer"));
+  ASSERT_THAT(hallocd_->Log(), HasSubstr("not pinging systemd"));
   while (notify_.Next(absl::ZeroDuration())) {
   }
   EXPECT_EQ(notify_.Next(absl::Seconds(1)), std::nullopt);
+}
+
+// One failed probe (a check refused while a flood took gRPC's threads)
+// leaves no gap between pings as long as WatchdogSec=. Before, a failed
+// probe skipped its ping, and the next came a whole round later: twice the
+// half period the pings came at, so systemd killed hallocd, every session
+// with it (measured: 401 ms between pings for a 400 ms WatchdogSec).
+TEST(WatchdogTest, OneFailedProbeLeavesNoGapAsLongAsWatchdogSec) {
+  testing::TempDir dir{"wd"};
+  absl::StatusOr<NotifySocket> n = NotifySocket::Bind(dir / "notify.sock");
+  ASSERT_TRUE(n.ok()) << n.status();
+  const absl::Duration watchdog_sec = absl::Milliseconds(400);
+  ::setenv("NOTIFY_SOCKET", (dir / "notify.sock").c_str(), 1);
+  ::setenv("WATCHDOG_USEC", "400000", 1);
+  ::unsetenv("WATCHDOG_PID");
+  std::atomic<int> probes{0};
+  std::unique_ptr<Watchdog> w = Watchdog::StartIfEnabled([&](absl::Duration) {
+    return ++probes == 2 ? absl::ResourceExhaustedError("Server Threadpool Exhausted")
+                         : absl::OkStatus();
+  });
+  ASSERT_NE(w, nullptr);
+  absl::Time last = absl::InfinitePast();
+  absl::Duration widest = absl::ZeroDuration();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(n->Next(absl::Seconds(5)).has_value()) << "ping " << i;
+    const absl::Time now = absl::Now();
+    if (last != absl::InfinitePast()) widest = std::max(widest, now - last);
+    last = now;
+  }
+  w.reset();
+  ::unsetenv("WATCHDOG_USEC");
+  ::unsetenv("NOTIFY_SOCKET");
+  EXPECT_GE(probes.load(), 5);
+  EXPECT_LT(widest, watchdog_sec) << "systemd would have killed hallocd";
+}
+
+// A probe that never answers stops the pings after the grace.
+TEST(WatchdogTest, ASilentDaemonStopsThePings) {
+  testing::TempDir dir{"wd"};
+  absl::StatusOr<NotifySocket> n = NotifySocket::Bind(dir / "notify.sock");
+  ASSERT_TRUE(n.ok()) << n.status();
+  ::setenv("NOTIFY_SOCKET", (dir / "notify.sock").c_str(), 1);
+  ::setenv("WATCHDOG_USEC", "200000", 1);
+  ::unsetenv("WATCHDOG_PID");
+  std::unique_ptr<Watchdog> w = Watchdog::StartIfEnabled(
+      [](absl::Duration) { return absl::DeadlineExceededError("no answer"); });
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->grace(), absl::Milliseconds(150));
+  absl::SleepFor(absl::Milliseconds(600));  // the grace and more
+  while (n->Next(absl::ZeroDuration())) {
+  }
+  EXPECT_EQ(n->Next(absl::Milliseconds(500)), std::nullopt) << "still pinging";
+  w.reset();
+  ::unsetenv("WATCHDOG_USEC");
+  ::unsetenv("NOTIFY_SOCKET");
 }
 
 // Without WATCHDOG_USEC there is no watchdog thread and no ping.
