@@ -20,11 +20,20 @@ namespace {
 
 bool Exists(const std::string& path) { return !path.empty() && ::access(path.c_str(), F_OK) == 0; }
 
-// Whether the module lists in `dir` name udmabuf (as a module or built in).
+// Whether the module lists in `dir` name udmabuf (as a module or built in),
+// or may: a list that is there but cannot be read (a sandbox hiding
+// /usr/lib/modules, as systemd's ProtectKernelModules= does) counts as
+// naming it. Only a list that is not there names nothing.
 bool Listed(const std::string& dir) {
   if (dir.empty()) return false;
   for (const char* list : {"modules.dep", "modules.builtin"}) {
-    std::ifstream in(absl::StrCat(dir, "/", list));
+    const std::string path = absl::StrCat(dir, "/", list);
+    if (::access(path.c_str(), R_OK) != 0) {
+      if (errno == ENOENT) continue;
+      return true;
+    }
+    std::ifstream in(path);
+    if (!in) return true;
     std::string line;
     while (std::getline(in, line)) {
       // "kernel/drivers/dma-buf/udmabuf.ko[.xz]: deps" or ".../udmabuf.ko"

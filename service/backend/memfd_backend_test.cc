@@ -290,5 +290,22 @@ TEST(MemfdBackendTest, UdmabufThatComesLaterOrCanComeCounts) {
   }
 }
 
+// Module lists that are there but cannot be read count as naming udmabuf
+// (fail closed). Under the shipped unit's former ProtectKernelModules=,
+// /usr/lib/modules was hidden, the lists read as empty, and memfd handed
+// out read-only views that a udmabuf loaded later would have made writable.
+// Lists that are not there at all name nothing.
+TEST(MemfdBackendTest, ModuleListsThatCannotBeReadCountAsListingUdmabuf) {
+  testing::TempDir dir("udmabuf");
+  const std::string not_a_dir = dir / "modules";
+  std::ofstream(not_a_dir) << "";  // "<file>/modules.dep": ENOTDIR
+  MemfdBackend unreadable(UdmabufSources{dir / "dev", dir / "sys", not_a_dir});
+  EXPECT_FALSE(unreadable.CanEnforce(CpuAccess::kRead));
+  EXPECT_FALSE(unreadable.CanLimitAttach());
+  MemfdBackend absent(UdmabufSources{dir / "dev", dir / "sys", dir / "no-such-dir"});
+  EXPECT_TRUE(absent.CanEnforce(CpuAccess::kRead));
+  EXPECT_TRUE(absent.CanLimitAttach());
+}
+
 }  // namespace
 }  // namespace halloc
