@@ -185,7 +185,10 @@ grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
   // silently ignored.
   const bool has_token = ctx->client_metadata().count(kSessionMetadataKey) > 0;
   absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);
-  if (has_token && !session.ok()) return Finish("IsSupported", nullptr, session.status());
+  // (Refusals audited per uid of the connection, as for every method.)
+  if (has_token && !session.ok()) {
+    return FinishUnauthenticated("IsSupported", ctx, session.status());
+  }
   *resp = core_->IsSupported(*req, session.ok() ? &(*session)->creds() : nullptr);
   return grpc::Status::OK;
 }

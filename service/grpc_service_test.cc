@@ -553,5 +553,52 @@ TEST(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
+// The same for IsSupported (a token used from another uid): its refusals
+// were audited as an "unauthenticated caller" on one budget shared by all,
+// so one uid's flood hid another's line and no line said who.
+TEST(GrpcAuditTest, IsSupportedRefusalsAreLimitedPerUidToo) {
+  Allocator core(std::make_unique<MemfdBackend>(), Limits());
+  auto peers = std::make_shared<ControlPeers>();
+  AllocatorService service(&core, peers);
+  grpc::ServerBuilder builder;
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  Identity me;
+  me.uid = ::getuid();
+  me.pid = ::getpid();
+  std::shared_ptr<Session> session = *core.OpenSession(me, std::make_shared<FakeChannel>());
+  auto connect = [&](uid_t uid) {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    ucred cred{};
+    cred.pid = ::getpid();
+    cred.uid = uid;
+    cred.gid = uid;
+    peers->Set(sv[0], cred, uid);
+    grpc::AddInsecureChannelFromFd(server.get(), sv[0]);
+    return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
+  };
+  auto flooder = connect(1001);
+  auto other = connect(1002);
+  LogLines audit("AUDIT");
+  absl::SleepFor(absl::Milliseconds(1100));
+  v1::IsSupportedRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::IsSupportedResponse resp;
+  for (int i = 0; i < 40; ++i) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kSessionMetadataKey, session->token());
+    EXPECT_EQ(flooder->IsSupported(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
+  }
+  grpc::ClientContext ctx;
+  ctx.AddMetadata(kSessionMetadataKey, session->token());
+  EXPECT_EQ(other->IsSupported(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
+  EXPECT_EQ(audit.Count("connection of uid 1002"), 1)
+      << "uid 1002's IsSupported refusal was dropped: uid 1001 took the shared budget";
+  EXPECT_EQ(audit.Count(absl::StrCat("for uid 1002 pid ", ::getpid(), " ")), 1)
+      << "the line does not say who (\"unauthenticated caller\")";
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
 }  // namespace
 }  // namespace halloc
