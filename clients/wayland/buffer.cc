@@ -33,6 +33,12 @@ absl::Status CheckImage(const Buffer& buffer) {
         "an image descriptor",
         buffer.id()));
   }
+  // linux-dmabuf takes planes 0-3; a fifth is a protocol error, which
+  // would end the whole connection.
+  if (l.planes_size() > 4) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d has %d planes; linux-dmabuf takes at most 4", buffer.id(), l.planes_size()));
+  }
   if (l.width() > INT32_MAX || l.height() > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "buffer %d is %dx%d, more than Wayland's int32 sizes", buffer.id(),

@@ -153,6 +153,22 @@ TEST_F(DmabufTest, AFormatNotOfferedIsRefusedBeforeAsking) {
   EXPECT_TRUE(compositor_->requests().empty());
 }
 
+// A layout of more than 4 planes (hallocd makes none) is refused before
+// anything is sent: linux-dmabuf's add() past plane 3 is a protocol error,
+// which would end the connection.
+TEST_F(DmabufTest, MoreThanFourPlanesAreRefusedBeforeAsking) {
+  Buffer b = Image(DRM_FORMAT_NV12);
+  v1::BufferInfo info = b.info();
+  while (info.layout().planes_size() < 5) {
+    *info.mutable_layout()->add_planes() = info.layout().planes(0);
+  }
+  Buffer five(std::move(info), UniqueFd(::dup(b.fd())));
+  absl::StatusOr<WlBuffer> wl = WlBuffer::Create(*display_, five, BufferPath::kDmabuf);
+  EXPECT_EQ(wl.status().code(), absl::StatusCode::kInvalidArgument) << wl.status();
+  EXPECT_TRUE(compositor_->requests().empty());
+  EXPECT_TRUE(display_->Roundtrip().ok()) << "the connection lives on";
+}
+
 TEST_F(DmabufTest, TheCompositorsRefusalIsAnError) {
   Buffer b = Image(DRM_FORMAT_YUYV);
   absl::StatusOr<WlBuffer> wl = WlBuffer::CreateDmabufForTesting(*display_, b);
