@@ -501,36 +501,50 @@ TEST_F(GrpcServiceTest, DumpComesInPages) {
   }
 }
 
-// AUDIT lines of calls refused before a session is found (no token, a
-// wrong one, or a token used from another uid) are limited per uid of the
-// connection (ControlPeers), as other lines are. Before, they all shared
-// one budget: one local user's flood of them silenced every other user's,
-// here uid 1002's use of another uid's token.
-TEST(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
-  Allocator core(std::make_unique<MemfdBackend>(), Limits());
-  auto peers = std::make_shared<ControlPeers>();
-  AllocatorService service(&core, peers);
-  grpc::ServerBuilder builder;
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  Identity me;
-  me.uid = ::getuid();
-  me.pid = ::getpid();
-  std::shared_ptr<Session> session = *core.OpenSession(me, std::make_shared<FakeChannel>());
-  // A control connection of `uid` (as GrpcListener notes it).
-  auto connect = [&](uid_t uid) {
+// A server whose control connections are made as given uids (as
+// GrpcListener notes them), and one session of this process's.
+class GrpcAuditTest : public ::testing::Test {
+ protected:
+  GrpcAuditTest() : service_(&core_, peers_) {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    Identity me;
+    me.uid = ::getuid();
+    me.pid = ::getpid();
+    session_ = *core_.OpenSession(me, std::make_shared<FakeChannel>());
+  }
+  ~GrpcAuditTest() override {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+
+  std::unique_ptr<v1::Allocator::Stub> Connect(uid_t uid) {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
     ucred cred{};
     cred.pid = ::getpid();
     cred.uid = uid;
     cred.gid = uid;
-    peers->Set(sv[0], cred, uid);
-    grpc::AddInsecureChannelFromFd(server.get(), sv[0]);
+    peers_->Set(sv[0], cred, uid);
+    grpc::AddInsecureChannelFromFd(server_.get(), sv[0]);
     return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
-  };
-  auto flooder = connect(1001);
-  auto other = connect(1002);
+  }
+
+  Allocator core_{std::make_unique<MemfdBackend>(), Limits()};
+  std::shared_ptr<ControlPeers> peers_ = std::make_shared<ControlPeers>();
+  AllocatorService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<Session> session_;
+};
+
+// AUDIT lines of calls refused before a session is found (no token, a
+// wrong one, or a token used from another uid) are limited per uid of the
+// connection (ControlPeers), as other lines are. Before, they all shared
+// one budget: one local user's flood of them silenced every other user's,
+// here uid 1002's use of another uid's token.
+TEST_F(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
+  auto flooder = Connect(1001);
+  auto other = Connect(1002);
   LogLines audit("AUDIT");
   absl::SleepFor(absl::Milliseconds(1100));  // a fresh budget window
   v1::AllocateRequest req;
@@ -538,11 +552,11 @@ TEST(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
   v1::AllocateResponse resp;
   for (int i = 0; i < 40; ++i) {
     grpc::ClientContext ctx;
-    ctx.AddMetadata(kSessionMetadataKey, session->token());
+    ctx.AddMetadata(kSessionMetadataKey, session_->token());
     EXPECT_EQ(flooder->Allocate(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
   }
   grpc::ClientContext ctx;
-  ctx.AddMetadata(kSessionMetadataKey, session->token());
+  ctx.AddMetadata(kSessionMetadataKey, session_->token());
   EXPECT_EQ(other->Allocate(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
   EXPECT_GE(audit.Count("connection of uid 1001"), 1);
   // Who: the connection's peer as the kernel said, pid included.
@@ -550,36 +564,14 @@ TEST(GrpcAuditTest, OneUidsRefusalsDoNotSilenceAnothersAudit) {
   EXPECT_EQ(audit.Count("connection of uid 1002"), 1)
       << "uid 1002's refusal was dropped: uid 1001 took the budget of every caller without "
          "a session";
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 // The same for IsSupported (a token used from another uid): its refusals
 // were audited as an "unauthenticated caller" on one budget shared by all,
 // so one uid's flood hid another's line and no line said who.
-TEST(GrpcAuditTest, IsSupportedRefusalsAreLimitedPerUidToo) {
-  Allocator core(std::make_unique<MemfdBackend>(), Limits());
-  auto peers = std::make_shared<ControlPeers>();
-  AllocatorService service(&core, peers);
-  grpc::ServerBuilder builder;
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  Identity me;
-  me.uid = ::getuid();
-  me.pid = ::getpid();
-  std::shared_ptr<Session> session = *core.OpenSession(me, std::make_shared<FakeChannel>());
-  auto connect = [&](uid_t uid) {
-    int sv[2];
-    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
-    ucred cred{};
-    cred.pid = ::getpid();
-    cred.uid = uid;
-    cred.gid = uid;
-    peers->Set(sv[0], cred, uid);
-    grpc::AddInsecureChannelFromFd(server.get(), sv[0]);
-    return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
-  };
-  auto flooder = connect(1001);
-  auto other = connect(1002);
+TEST_F(GrpcAuditTest, IsSupportedRefusalsAreLimitedPerUidToo) {
+  auto flooder = Connect(1001);
+  auto other = Connect(1002);
   LogLines audit("AUDIT");
   absl::SleepFor(absl::Milliseconds(1100));
   v1::IsSupportedRequest req;
@@ -587,17 +579,16 @@ TEST(GrpcAuditTest, IsSupportedRefusalsAreLimitedPerUidToo) {
   v1::IsSupportedResponse resp;
   for (int i = 0; i < 40; ++i) {
     grpc::ClientContext ctx;
-    ctx.AddMetadata(kSessionMetadataKey, session->token());
+    ctx.AddMetadata(kSessionMetadataKey, session_->token());
     EXPECT_EQ(flooder->IsSupported(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
   }
   grpc::ClientContext ctx;
-  ctx.AddMetadata(kSessionMetadataKey, session->token());
+  ctx.AddMetadata(kSessionMetadataKey, session_->token());
   EXPECT_EQ(other->IsSupported(&ctx, req, &resp).error_code(), grpc::PERMISSION_DENIED);
   EXPECT_EQ(audit.Count("connection of uid 1002"), 1)
       << "uid 1002's IsSupported refusal was dropped: uid 1001 took the shared budget";
   EXPECT_EQ(audit.Count(absl::StrCat("for uid 1002 pid ", ::getpid(), " ")), 1)
       << "the line does not say who (\"unauthenticated caller\")";
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 }  // namespace

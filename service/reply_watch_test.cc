@@ -53,10 +53,12 @@ using http2_testing::kSettings;
 
 // A client that opens no window for replies (SETTINGS_INITIAL_WINDOW_SIZE
 // 0), sends `calls` Stats calls (no session needed) and reads only to
-// answer the server and to see which of its calls the server ended.
+// answer the server and to see which of its calls the server ended;
+// `reopen`: it opens a new such call for each one ended (a flood).
 class NonReader {
  public:
-  NonReader(grpc::Server* server, ControlPeers& peers, uid_t uid, int calls) {
+  NonReader(grpc::Server* server, ControlPeers& peers, uid_t uid, int calls, bool reopen = false)
+      : reopen_(reopen), next_id_(1 + 2 * calls) {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
     ours_.reset(sv[1]);
@@ -76,6 +78,8 @@ class NonReader {
     ::shutdown(ours_.get(), SHUT_RDWR);
     reader_.join();
   }
+  // Calls opened again (`reopen`).
+  int reopened() const { return reopened_.load(); }
   // Calls the server ended (reset, or trailers without a reply).
   int ended() const {
     absl::MutexLock lock(&mu_);
@@ -109,17 +113,24 @@ class NonReader {
         }
         if (type == kRstStream || (type == kHeaders && (flags & kEndStream))) {
           absl::MutexLock lock(&mu_);
-          ended_.insert(stream);
+          if (ended_.insert(stream).second && reopen_) {
+            WriteAll(ours_.get(), EmptyCall("/halloc.v1.Allocator/Stats", next_id_));
+            next_id_ += 2;
+            ++reopened_;
+          }
         }
         buf.erase(0, 9 + len);
       }
     }
   }
 
+  const bool reopen_;
+  uint32_t next_id_;  // the reader's, once the constructor is done
   UniqueFd ours_;
   std::thread reader_;
   mutable absl::Mutex mu_;
   absl::flat_hash_set<uint32_t> ended_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int> reopened_{0};
 };
 
 class ReplyWatchTest : public ::testing::Test {
@@ -217,78 +228,13 @@ TEST_F(ReplyWatchTest, ManyCallsOfOneUidThatAreReadAreNeverCancelled) {
   EXPECT_EQ(watch_->cancelled(), 0u);
 }
 
-// A client that keeps 64 unread calls open on one connection
-// (SETTINGS_INITIAL_WINDOW_SIZE 0), opening a new one each time one ends.
-class Flooder {
- public:
-  Flooder(grpc::Server* server, ControlPeers& peers, uid_t uid) {
-    int sv[2];
-    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
-    ours_.reset(sv[1]);
-    EXPECT_EQ(::fcntl(ours_.get(), F_SETFL, 0), 0);
-    peers.Set(sv[0], ucred{1, uid, uid});
-    grpc::AddInsecureChannelFromFd(server, sv[0]);
-    std::string out = kPreface;
-    out += Frame(kSettings, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));
-    for (int i = 0; i < 64; ++i) out += EmptyCall("/halloc.v1.Allocator/Stats", NextId());
-    Write(out);
-    reader_ = std::thread([this] { Read(); });
-  }
-  ~Flooder() {
-    ::shutdown(ours_.get(), SHUT_RDWR);
-    reader_.join();
-  }
-  int reopened() const { return reopened_.load(); }
-
- private:
-  uint32_t NextId() {
-    uint32_t id = next_;
-    next_ += 2;
-    return id;
-  }
-  void Write(const std::string& bytes) {
-    absl::MutexLock lock(&write_mu_);
-    WriteAll(ours_.get(), bytes);
-  }
-  void Read() {
-    std::string buf;
-    char chunk[4096];
-    for (;;) {
-      const ssize_t n = ::read(ours_.get(), chunk, sizeof(chunk));
-      if (n <= 0) return;
-      buf.append(chunk, n);
-      while (buf.size() >= 9) {
-        const uint32_t len = (uint8_t(buf[0]) << 16) | (uint8_t(buf[1]) << 8) | uint8_t(buf[2]);
-        if (buf.size() < 9 + len) break;
-        const uint8_t type = buf[3], flags = buf[4];
-        if (type == kSettings && !(flags & kAck)) Write(Frame(kSettings, kAck, 0, ""));
-        if (type == kPing && !(flags & kAck)) Write(Frame(kPing, kAck, 0, buf.substr(9, 8)));
-        const uint32_t stream = ((uint8_t(buf[5]) & 0x7f) << 24) | (uint8_t(buf[6]) << 16) |
-                                (uint8_t(buf[7]) << 8) | uint8_t(buf[8]);
-        if ((type == kRstStream || (type == kHeaders && (flags & kEndStream))) &&
-            ended_.insert(stream).second) {
-          Write(EmptyCall("/halloc.v1.Allocator/Stats", NextId()));
-          ++reopened_;
-        }
-        buf.erase(0, 9 + len);
-      }
-    }
-  }
-  UniqueFd ours_;
-  std::thread reader_;
-  absl::Mutex write_mu_;
-  uint32_t next_ = 1;  // reader thread only, after the constructor
-  std::atomic<int> reopened_{0};
-  absl::flat_hash_set<uint32_t> ended_;  // reader thread only
-};
-
 // Cancelled after stuck_after, each such call was replaced at once: the
 // flood kept all 32 threads taken, and another uid's calls (the watchdog's
 // Health/Check among them) were refused "Server Threadpool Exhausted"
 // (20 of 20). A uid with a reply cancelled is now judged at once.
 TEST_F(ReplyWatchTest, ASustainedFloodOfUnreadCallsLeavesOtherUsersServed) {
   Start(ReplyWatch::Options());  // hallocd's defaults: 5 s, 100 ms, 8 per uid
-  Flooder attacker(server_.get(), *peers_, 1001);
+  NonReader attacker(server_.get(), *peers_, 1001, 64, /*reopen=*/true);
   absl::SleepFor(absl::Milliseconds(500));
   int refused = 0;
   std::string last;
