@@ -12,6 +12,10 @@ namespace halloc {
 
 using grpc::experimental::InterceptionHookPoints;
 
+// How long a reply of a uid judged at once may wait before it counts: an
+// honest one goes in microseconds.
+constexpr absl::Duration kJudgedStuckAfter = absl::Milliseconds(1);
+
 // One per call. gRPC runs a call's hooks one at a time, on the thread that
 // serves it; its post-send hook runs on that thread, which waits for the
 // send, before the call (and its context) can end. So a reply noted as
@@ -89,22 +93,17 @@ bool ReplyWatch::Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid) 
   absl::MutexLock lock(&mu_);
   const absl::Time now = MonotonicNow();
   auto judged = judged_at_once_.find(uid);
-  Waiting w{uid, now};
-  next_ = std::min(next_, now + options_.stuck_after);
-  if (judged != judged_at_once_.end() && judged->second > now) {
-    // As if it had waited `stuck_after` already: counted now if its uid
-    // has room (the timeout runs from now), else cancelled now.
-    int& n = by_uid_[uid];
-    if (n >= options_.per_uid) {
-      if (n == 0) by_uid_.erase(uid);
-      judged->second = now + 2 * options_.timeout;
-      return false;
-    }
-    ++n;
-    w.counted = true;
-    next_ = std::min(next_, now + options_.timeout);
+  const bool at_once = judged != judged_at_once_.end() && judged->second > now;
+  if (at_once) {
+    // Its uid's stuck replies are at the limit already: cancelled now (its
+    // handler has run; only the reply is lost). Other replies of the uid
+    // count only once stuck, as before, if sooner.
+    auto stuck = by_uid_.find(uid);
+    if (stuck != by_uid_.end() && stuck->second >= options_.per_uid) return false;
   }
-  waiting_[call] = w;
+  const absl::Time count_at = now + (at_once ? kJudgedStuckAfter : options_.stuck_after);
+  waiting_[call] = Waiting{uid, now, count_at};
+  next_ = std::min(next_, count_at);
   return true;
 }
 
@@ -132,7 +131,7 @@ absl::Time ReplyWatch::Sweep(absl::Time now) {
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     Waiting& w = it->second;
     bool cancel = now - w.since >= options_.timeout;
-    if (!cancel && !w.counted && now - w.since >= options_.stuck_after) {
+    if (!cancel && !w.counted && now >= w.count_at) {
       int& n = by_uid_[w.uid];
       if (n < options_.per_uid) {
         ++n;
@@ -142,7 +141,7 @@ absl::Time ReplyWatch::Sweep(absl::Time now) {
       }
     }
     if (!cancel) {
-      next = std::min(next, w.since + (w.counted ? options_.timeout : options_.stuck_after));
+      next = std::min(next, w.counted ? w.since + options_.timeout : w.count_at);
       ++it;
       continue;
     }

@@ -15,14 +15,18 @@
 // uid, which may have `per_uid` such at once: one past them is cancelled
 // then, so that one uid's unread replies hold at most `per_uid` threads for
 // long. A uid that had a reply cancelled is judged at once for a while
-// (2 × `timeout` since its last): its replies count, or are cancelled, as
-// they are handed to gRPC, not `stuck_after` later. Else a client that
-// opens a new unread call for each one cancelled kept every thread taken
-// (~64 calls each held for `stuck_after`), and other users' calls, the
-// watchdog's Health/Check among them, were refused. An honest client's
-// replies go in microseconds; even sixteen clients of one uid on a loaded
-// machine never count (the bench's throughput rows run them). Times are
-// the monotonic clock's.
+// (2 × `timeout` since the last): while `per_uid` of its replies are stuck,
+// each further one is cancelled as it is handed to gRPC, on the call's
+// thread, and its replies count as stuck after 1 ms instead of
+// `stuck_after`. Else a client that opens a new unread call for each one
+// cancelled kept every thread taken (~64 calls each held for
+// `stuck_after`), and other users' calls, the watchdog's Health/Check
+// among them, were refused. An honest client's replies go in
+// microseconds and never count, even from sixteen clients of one uid on a
+// loaded machine (the bench's throughput rows run them), unless another
+// process of that uid keeps `per_uid` replies stuck meanwhile: then its
+// replies are cancelled too (after its handler ran: only the reply is
+// lost). Times are the monotonic clock's.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_REPLY_WATCH_H_
@@ -75,6 +79,7 @@ class ReplyWatch {
   struct Waiting {
     std::optional<uid_t> uid;
     absl::Time since;
+    absl::Time count_at;   // when it counts as stuck, if still waiting
     bool counted = false;  // stuck, counted in by_uid_
   };
 
