@@ -174,18 +174,26 @@ void Client::Impl::ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_h
   } else {
     --imports_without_call_id_;
   }
-  if (received) {
-    unclaimed_holds_.erase(buffer_id);  // a caller holds it now
-  } else if (newly_held) {
-    unclaimed_holds_.insert(buffer_id);
-  }
+  ImportSettled(buffer_id, newly_held, received);
   GiveBackUnclaimedHolds();
 }
 
-void Client::Impl::GiveBackUnclaimedHolds() {
-  if (!imports_in_flight_.empty() || imports_without_call_id_ > 0 || unclaimed_holds_.empty()) {
-    return;
+void Client::Impl::ImportSettled(uint64_t buffer_id, bool newly_held, bool received) {
+  if (received) {
+    // A caller holds it now, by that hold: no import in flight now gives
+    // it back, whichever ends last (one served before this one may have
+    // made the hold and lost its fd, and end after it).
+    unclaimed_holds_.erase(buffer_id);
+    received_while_importing_.insert(buffer_id);
+  } else if (newly_held && !received_while_importing_.contains(buffer_id)) {
+    unclaimed_holds_.insert(buffer_id);
   }
+}
+
+void Client::Impl::GiveBackUnclaimedHolds() {
+  if (!imports_in_flight_.empty() || imports_without_call_id_ > 0) return;
+  received_while_importing_.clear();
+  if (unclaimed_holds_.empty()) return;
   GiveBack(std::vector<uint64_t>(unclaimed_holds_.begin(), unclaimed_holds_.end()));
   unclaimed_holds_.clear();
 }
@@ -320,12 +328,8 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
       // the same buffer, held by that same hold.
       // (A refused import carries no import_buffer: it made no hold.)
       if (reply.has_import_buffer()) {
-        const uint64_t buffer = reply.import_buffer().buffer().id();
-        if (!bad) {
-          unclaimed_holds_.erase(buffer);  // a caller holds it now
-        } else if (reply.import_buffer().newly_held()) {
-          unclaimed_holds_.insert(buffer);
-        }
+        ImportSettled(reply.import_buffer().buffer().id(), reply.import_buffer().newly_held(),
+                      /*received=*/!bad);
       }
       GiveBackUnclaimedHolds();
     }

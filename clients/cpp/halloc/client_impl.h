@@ -112,6 +112,11 @@ class Client::Impl {
   // abandoned).
   void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // An import of `buffer_id` ended: its caller `received` the buffer, or
+  // not (then the hold it made, `newly_held`, is unclaimed, unless a
+  // caller received that buffer while imports were in flight).
+  void ImportSettled(uint64_t buffer_id, bool newly_held, bool received)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Gives back the holds that only imports nobody received made, once no
   // import is in flight.
   void GiveBackUnclaimedHolds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -169,14 +174,17 @@ class Client::Impl {
   // Calls that gave up before their fds came, and whether to give their
   // buffers back (AbandonCall).
   absl::flat_hash_map<uint64_t, bool> abandoned_calls_ ABSL_GUARDED_BY(mu_);
-  // Request ids of broker Imports sent and not answered yet (given up or
-  // not), and the buffers whose hold only an Import nobody received made
-  // (given back once none is in flight: GiveBackUnclaimedHolds).
-  absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);  // and gRPC call ids
-  int imports_without_call_id_ ABSL_GUARDED_BY(mu_) = 0;                  // gRPC Imports
+  // Request ids of broker Imports and call ids of gRPC Imports in flight
+  // (given up or not; gRPC Imports without a call id counted apart), and
+  // the buffers whose hold only an Import nobody received made (given back
+  // once none is in flight: GiveBackUnclaimedHolds), less those a caller
+  // received meanwhile.
+  absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);
+  int imports_without_call_id_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<uint64_t> unclaimed_holds_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> received_while_importing_ ABSL_GUARDED_BY(mu_);
   // Request ids whose broker call waits for its reply now.
   absl::flat_hash_set<uint64_t> waiting_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<uint64_t> unclaimed_holds_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace halloc

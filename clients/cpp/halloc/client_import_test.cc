@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -281,6 +282,57 @@ TEST(ClientImportTest, ACutGrpcImportGivesBackOnlyTheHoldItMade) {
     EXPECT_EQ(broker.released_ids(), given_back);
     server->Shutdown();
   }
+}
+
+// Two gRPC Imports of buffer 42: the first is served first and makes the
+// session's hold (newly_held), but its fd never comes; the second, served
+// after it (newly_held false: the hold is there), is received and ends
+// first. The first's end must not give back the hold the second's Buffer
+// now uses. (It did: the hold was marked unclaimed with no import in
+// flight, whichever had been received meanwhile.)
+TEST(ClientImportTest, AHoldAnotherImportReceivedIsNotGivenBackLater) {
+  class TwoImports final : public v1::Allocator::Service {
+   public:
+    explicit TwoImports(FakeBroker* broker) : broker_(broker) {}
+    grpc::Status Import(grpc::ServerContext*, const v1::ImportRequest* req,
+                        v1::ImportResponse* resp) override {
+      const bool first = ++calls == 1;
+      if (!first) {
+        UniqueFd fd = Memfd();
+        v1::BrokerFrame frame;
+        frame.mutable_buffer()->set_buffer_id(42);
+        frame.mutable_buffer()->set_call_id(req->call_id());
+        broker_->Send(frame, {fd.get()});
+      }
+      resp->mutable_buffer()->set_id(42);
+      resp->mutable_buffer()->set_size(4096);
+      resp->set_newly_held(first);
+      return grpc::Status::OK;
+    }
+    std::atomic<int> calls{0};
+
+   private:
+    FakeBroker* const broker_;
+  };
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  TwoImports service(&broker);
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<Buffer> first;
+  std::thread importing([&] { first = c->Import("token"); });
+  while (service.calls < 1) absl::SleepFor(absl::Milliseconds(1));
+  absl::StatusOr<Buffer> second = c->Import("token");
+  ASSERT_TRUE(second.ok()) << second.status();
+  importing.join();
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kDeadlineExceeded) << first.status();
+  EXPECT_TRUE(c->Release(7).ok());  // a round trip after any give-back
+  EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7})
+      << "the hold `second` uses was given back";
+  server->Shutdown();
 }
 
 // A reply no call waits for (an id nobody asked with, or a second reply to

@@ -68,6 +68,7 @@ class Connection:
         self._imports_in_flight = set()  # and gRPC Imports' call ids
         self._imports_without_call_id = 0  # gRPC Imports
         self._unclaimed_holds = set()
+        self._received_while_importing = set()  # since none was in flight
         self._waiting = set()  # request ids whose broker call waits now
 
     @property
@@ -338,11 +339,8 @@ class Connection:
                 # same hold.
                 self._imports_in_flight.discard(reply.request_id)
                 if kind == "import_buffer":
-                    buffer = reply.import_buffer.buffer.id
-                    if not bad:
-                        self._unclaimed_holds.discard(buffer)  # a caller holds it
-                    elif reply.import_buffer.newly_held:
-                        self._unclaimed_holds.add(buffer)
+                    self._import_settled(reply.import_buffer.buffer.id,
+                                         reply.import_buffer.newly_held, received=not bad)
                 self._give_back_unclaimed_holds()
             if bad:
                 _scm.close_all(fds)
@@ -421,16 +419,28 @@ class Connection:
                 self._imports_in_flight.discard(call_id)
             else:
                 self._imports_without_call_id -= 1
-            if received:
-                self._unclaimed_holds.discard(buffer_id)  # a caller holds it now
-            elif newly_held:
-                self._unclaimed_holds.add(buffer_id)
+            self._import_settled(buffer_id, newly_held, received)
             self._give_back_unclaimed_holds()
+
+    def _import_settled(self, buffer_id, newly_held, received):
+        """An import of `buffer_id` ended: its caller received the buffer,
+        or not (then the hold it made, `newly_held`, is unclaimed, unless a
+        caller received that buffer while imports were in flight: one
+        served before may have made the hold, lost its fd and end after).
+        Holds self._lock."""
+        if received:
+            self._unclaimed_holds.discard(buffer_id)  # a caller holds it now
+            self._received_while_importing.add(buffer_id)
+        elif newly_held and buffer_id not in self._received_while_importing:
+            self._unclaimed_holds.add(buffer_id)
 
     def _give_back_unclaimed_holds(self):
         """Gives back the holds only imports nobody received made, once no
         import is in flight. Holds self._lock."""
-        if self._imports_in_flight or self._imports_without_call_id or not self._unclaimed_holds:
+        if self._imports_in_flight or self._imports_without_call_id:
+            return
+        self._received_while_importing.clear()
+        if not self._unclaimed_holds:
             return
         self._give_back(sorted(self._unclaimed_holds))
         self._unclaimed_holds.clear()

@@ -490,3 +490,59 @@ def test_a_reply_no_call_waits_for_has_its_fds_closed():
     assert not _open_on_inode(inode), "the unasked reply's fd is still open in the client"
     assert releases == [7, 8, 9]
     broker.close()
+
+
+def test_a_hold_another_import_received_is_not_given_back_later(monkeypatch):
+    # Two gRPC Imports of buffer 42: the first, served first, made the hold
+    # (newly_held) but its fd never comes; the second (newly_held false) is
+    # received and ends first. The first's end must not give back the hold
+    # the second's Buffer uses. (As libhalloc's
+    # AHoldAnotherImportReceivedIsNotGivenBackLater.)
+    import socket
+    from halloc.v1 import allocator_pb2, broker_pb2, types_pb2
+    releases = []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "release":
+            releases.extend(req.release.buffer_ids)
+            broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=1.0)
+    broker.client.welcome.import_call_ids = True
+    calls = []
+    first_served = threading.Event()
+
+    def grpc_import(method, req, name):
+        calls.append(req.call_id)
+        first = len(calls) == 1
+        if not first:
+            frame = broker_pb2.BrokerFrame()
+            frame.buffer.buffer_id = 42
+            frame.buffer.call_id = req.call_id
+            memfd = os.memfd_create("second")
+            socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
+            os.close(memfd)
+        else:
+            first_served.set()
+        return allocator_pb2.ImportResponse(buffer=types_pb2.BufferInfo(id=42, size=PAGE),
+                                            newly_held=first)
+
+    monkeypatch.setattr(broker.client._conn, "call", grpc_import)
+    outcome = {}
+
+    def first_import():
+        try:
+            outcome["first"] = broker.client.import_buffer("token")
+        except halloc.HallocError as e:
+            outcome["first"] = e
+
+    importing = threading.Thread(target=first_import)
+    importing.start()
+    assert first_served.wait(5)
+    second = broker.client.import_buffer("token")
+    importing.join()
+    assert isinstance(outcome["first"], halloc.DeadlineExceededError), outcome["first"]
+    broker.client.release(7)  # a round trip after any give-back
+    assert releases == [7], "the hold the second import's Buffer uses was given back"
+    second.close()
+    broker.close()
