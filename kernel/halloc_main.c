@@ -62,14 +62,14 @@ static atomic64_t halloc_total_bytes = ATOMIC64_INIT(0);
 
 /*
  * Unset (the default): a quarter of ZONE_DMA32 (the memory below 4 GiB),
- * set at load. halloc-contig and buffers for 32-bit devices take their pages
+ * at least 1 MiB where there is such memory, set at load. halloc-contig and buffers for 32-bit devices take their pages
  * there, and within max_total_mb alone a user allowed on the heaps could
  * empty it for every other 32-bit DMA user of the machine. 0 lifts the cap.
  */
 static unsigned int dma32_max_mb = HALLOC_TOTAL_UNSET;
 module_param(dma32_max_mb, uint, 0644);
 MODULE_PARM_DESC(dma32_max_mb,
-		 "Cap on halloc pages asked below 4 GiB (halloc-contig, buffers for 32-bit devices), MiB (default a quarter of ZONE_DMA32; 0 = none)");
+		 "Cap on halloc pages asked below 4 GiB (halloc-contig, buffers for 32-bit devices), MiB (default a quarter of ZONE_DMA32, at least 1; 0 = none)");
 
 static atomic64_t halloc_dma32_bytes = ATOMIC64_INIT(0);
 
@@ -399,10 +399,17 @@ static int __init halloc_init(void)
 	if (max_total_mb == HALLOC_TOTAL_UNSET)
 		max_total_mb = (u32)min_t(u64, ((u64)totalram_pages() << PAGE_SHIFT) / 2 / SZ_1M,
 					  HALLOC_TOTAL_UNSET - 1);
-	/* At least 1 MiB: 0 would mean no cap at all below a 4 MiB zone. */
-	if (dma32_max_mb == HALLOC_TOTAL_UNSET)
-		dma32_max_mb = (u32)clamp_t(u64, halloc_dma32_zone_bytes() / 4 / SZ_1M,
-					    1, HALLOC_TOTAL_UNSET - 1);
+	/*
+	 * At least 1 MiB where the zone has any memory: below 4 MiB a quarter
+	 * would come out 0, which means no cap at all. (With no ZONE_DMA32
+	 * memory there is nothing to keep; 0 as before.)
+	 */
+	if (dma32_max_mb == HALLOC_TOTAL_UNSET) {
+		u64 zone = halloc_dma32_zone_bytes();
+
+		dma32_max_mb = zone ? (u32)clamp_t(u64, zone / 4 / SZ_1M, 1,
+						   HALLOC_TOTAL_UNSET - 1) : 0;
+	}
 
 	ret = halloc_back_wq_init();
 	if (ret)
