@@ -51,8 +51,8 @@ bool MayStillDeliver(const absl::Status& s) {
 
 // A broker reply hallocd could not fit in one record (a BufferInfo listing
 // the thousands of sessions that hold a buffer, for its owner): the
-// request goes again over gRPC. Nothing else a Describe or SetMetadata is
-// answered with on the socket is RESOURCE_EXHAUSTED.
+// Describe goes again over gRPC. Nothing else a Describe is answered with
+// on the socket is RESOURCE_EXHAUSTED.
 bool TooLargeForARecord(const absl::Status& s) { return absl::IsResourceExhausted(s); }
 
 }  // namespace
@@ -306,12 +306,9 @@ absl::StatusOr<v1::BufferInfo> Client::SetMetadata(
   if (impl_->fast_path_ && impl_->welcome_.broker_metadata()) {
     v1::BrokerRequest breq;
     *breq.mutable_set_metadata() = req;
-    absl::StatusOr<Impl::Reply> r = impl_->BrokerCall(std::move(breq), "SetMetadata");
-    if (!TooLargeForARecord(r.status())) {
-      RETURN_IF_ERROR(r.status());
-      return std::move(*r->reply.mutable_set_metadata()->mutable_buffer());
-    }
-    // (Set all the same: asked again, it is set again, to the same value.)
+    // (Its answer lists no holders: it always fits a record.)
+    ASSIGN_OR_RETURN(Impl::Reply r, impl_->BrokerCall(std::move(breq), "SetMetadata"));
+    return std::move(*r.reply.mutable_set_metadata()->mutable_buffer());
   }
   ASSIGN_OR_RETURN(v1::SetMetadataResponse resp,
                    impl_->Call(&v1::Allocator::Stub::SetMetadata, req, "SetMetadata"));

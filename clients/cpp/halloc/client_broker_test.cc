@@ -220,10 +220,9 @@ TEST(ClientBrokerTest, DumpGathersEveryPage) {
   server->Shutdown();
 }
 
-// A Describe or SetMetadata whose reply hallocd could not fit in one
-// broker record (an owner's BufferInfo listing thousands of holders:
-// RESOURCE_EXHAUSTED on the socket) is asked again over gRPC; any other
-// refusal is the answer.
+// A Describe whose reply hallocd could not fit in one broker record (an
+// owner's BufferInfo listing thousands of holders: RESOURCE_EXHAUSTED on
+// the socket) is asked again over gRPC; any other refusal is the answer.
 TEST(ClientBrokerTest, AReplyTooLargeForARecordIsAskedForOverGrpc) {
   class Metadata final : public v1::Allocator::Service {
    public:
@@ -234,29 +233,20 @@ TEST(ClientBrokerTest, AReplyTooLargeForARecordIsAskedForOverGrpc) {
       for (int i = 0; i < 5000; ++i) resp->mutable_buffer()->add_holders()->set_session_id(i);
       return grpc::Status::OK;
     }
-    grpc::Status SetMetadata(grpc::ServerContext*, const v1::SetMetadataRequest* req,
-                             v1::SetMetadataResponse* resp) override {
-      ++sets;
-      resp->mutable_buffer()->set_id(req->buffer_id());
-      return grpc::Status::OK;
-    }
-    std::atomic<int> describes{0}, sets{0};
+    std::atomic<int> describes{0};
   } service;
   FakeBroker broker(
       [](int sock, const v1::BrokerRequest& req) {
         v1::BrokerReply r;
         r.set_request_id(req.request_id());
-        const uint64_t id =
-            req.has_describe() ? req.describe().buffer_id() : req.set_metadata().buffer_id();
+        const uint64_t id = req.describe().buffer_id();
         if (id == 7) {
           r.set_code(static_cast<int>(absl::StatusCode::kResourceExhausted));
           r.set_message("the reply (90000 bytes) does not fit in one broker record");
         } else if (id == 9) {
           r.set_code(static_cast<int>(absl::StatusCode::kNotFound));
-        } else if (req.has_describe()) {
-          r.mutable_describe()->mutable_buffer()->set_id(id);
         } else {
-          r.mutable_set_metadata()->mutable_buffer()->set_id(id);
+          r.mutable_describe()->mutable_buffer()->set_id(id);
         }
         FakeBroker::Reply(sock, r);
       },
@@ -275,11 +265,6 @@ TEST(ClientBrokerTest, AReplyTooLargeForARecordIsAskedForOverGrpc) {
   EXPECT_EQ(service.describes, 1);
   EXPECT_EQ(c->Describe(9).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(service.describes, 1) << "a refusal is not asked again";
-  v1::BufferMetadata value;
-  value.set_dataspace(1);
-  info = c->SetMetadata(7, v1::METADATA_DATASPACE, value);
-  ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(service.sets, 1);
   server->Shutdown();
 }
 

@@ -438,13 +438,10 @@ class Client:
         req = allocator_pb2.SetMetadataRequest(buffer_id=_id(buffer), type=metadata_type,
                                                value=value)
         if self._fast_path and self.welcome.broker_metadata:
-            try:
-                reply, fds = self._conn.broker_call(broker_pb2.BrokerRequest(set_metadata=req),
-                                                    "SetMetadata")
-                _scm.close_all(fds)  # none is sent with metadata
-                return reply.set_metadata.buffer
-            except errors.ResourceExhaustedError:
-                pass  # set, but the reply was too large for a record: over gRPC
+            reply, fds = self._conn.broker_call(broker_pb2.BrokerRequest(set_metadata=req),
+                                                "SetMetadata")
+            _scm.close_all(fds)  # none is sent with metadata
+            return reply.set_metadata.buffer
         return self._conn.call(self._conn.stub.SetMetadata, req, "SetMetadata").buffer
 
     def dump(self):
