@@ -35,7 +35,7 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
         uid_ = ControlPeers::LimitUid(watch_->peers_.get(), call_->peer());
         uid_looked_up_ = true;
       }
-      if (watch_->Begin(call_, uid_)) {
+      if (watch_->Begin(call_, uid_, call_->peer())) {
         waiting_ = true;
       } else {
         // Its uid is judged at once and at its limit: cancelled here, on
@@ -89,20 +89,21 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> ReplyWatc
   return std::make_unique<Factory>(this);
 }
 
-bool ReplyWatch::Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid) {
+bool ReplyWatch::Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid,
+                       std::string connection) {
   absl::MutexLock lock(&mu_);
   const absl::Time now = MonotonicNow();
-  auto judged = judged_at_once_.find(uid);
+  auto judged = judged_at_once_.find(connection);
   const bool at_once = judged != judged_at_once_.end() && judged->second > now;
   if (at_once) {
     // Its uid's stuck replies are at the limit already: cancelled now (its
-    // handler has run; only the reply is lost). Other replies of the uid
-    // count only once stuck, as before, if sooner.
+    // handler has run; only the reply is lost). Other replies of the
+    // connection count only once stuck, as before, if sooner.
     auto stuck = by_uid_.find(uid);
     if (stuck != by_uid_.end() && stuck->second >= options_.per_uid) return false;
   }
   const absl::Time count_at = now + (at_once ? kJudgedStuckAfter : options_.stuck_after);
-  waiting_[call] = Waiting{uid, now, count_at};
+  waiting_[call] = Waiting{uid, std::move(connection), now, count_at};
   next_ = std::min(next_, count_at);
   return true;
 }
@@ -150,7 +151,7 @@ absl::Time ReplyWatch::Sweep(absl::Time now) {
     // the interceptor's (it asks only for the send hooks, and proceeds).
     it->first->TryCancel();
     ++cancelled_;
-    judged_at_once_[w.uid] = now + 2 * options_.timeout;
+    judged_at_once_[w.connection] = now + 2 * options_.timeout;
     LOG_EVERY_N(WARNING, 100) << "gRPC: cancelled a call whose client did not read its reply ("
                               << (w.counted ? "waited too long" : "its uid's limit of waiting replies")
                               << "; " << google::COUNTER << " such so far)";

@@ -14,19 +14,17 @@
 // `timeout`. A reply still waiting after `stuck_after` counts against its
 // uid, which may have `per_uid` such at once: one past them is cancelled
 // then, so that one uid's unread replies hold at most `per_uid` threads for
-// long. A uid that had a reply cancelled is judged at once for a while
-// (2 × `timeout` since the last): while `per_uid` of its replies are stuck,
-// each further one is cancelled as it is handed to gRPC, on the call's
-// thread, and its replies count as stuck after 1 ms instead of
-// `stuck_after`. Else a client that opens a new unread call for each one
-// cancelled kept every thread taken (~64 calls each held for
+// long. A connection that had a reply cancelled is judged at once for a
+// while (2 × `timeout` since the last): while its uid has `per_uid`
+// replies stuck, each further reply on it is cancelled as it is handed to
+// gRPC, on the call's thread, and its replies count as stuck after 1 ms
+// instead of `stuck_after`. Else a client that opens a new unread call for
+// each one cancelled kept every thread taken (~64 calls each held for
 // `stuck_after`), and other users' calls, the watchdog's Health/Check
-// among them, were refused. An honest client's replies go in
-// microseconds and never count, even from sixteen clients of one uid on a
-// loaded machine (the bench's throughput rows run them), unless another
-// process of that uid keeps `per_uid` replies stuck meanwhile: then its
-// replies are cancelled too (after its handler ran: only the reply is
-// lost). Times are the monotonic clock's.
+// among them, were refused. An honest client's replies go in microseconds
+// and never count, even from sixteen clients of one uid on a loaded
+// machine (the bench's throughput rows run them), nor are they judged at
+// once on a connection of their own. Times are the monotonic clock's.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_REPLY_WATCH_H_
@@ -38,6 +36,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -78,6 +77,7 @@ class ReplyWatch {
   class Factory;
   struct Waiting {
     std::optional<uid_t> uid;
+    std::string connection;  // the call's peer, as gRPC names it
     absl::Time since;
     absl::Time count_at;   // when it counts as stuck, if still waiting
     bool counted = false;  // stuck, counted in by_uid_
@@ -85,7 +85,7 @@ class ReplyWatch {
 
   // Notes a reply handed to gRPC; false when it is to be cancelled at
   // once instead (its uid judged at once and at its limit).
-  bool Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid);
+  bool Begin(grpc::ServerContextBase* call, std::optional<uid_t> uid, std::string connection);
   void CountCancelled();
   void End(grpc::ServerContextBase* call);
   void Run();
@@ -98,8 +98,9 @@ class ReplyWatch {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<grpc::ServerContextBase*, Waiting> waiting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::optional<uid_t>, int> by_uid_ ABSL_GUARDED_BY(mu_);
-  // Uids judged at once (a reply of theirs was cancelled), until when.
-  absl::flat_hash_map<std::optional<uid_t>, absl::Time> judged_at_once_ ABSL_GUARDED_BY(mu_);
+  // Connections (gRPC's peer names) judged at once (a reply on them was
+  // cancelled), until when.
+  absl::flat_hash_map<std::string, absl::Time> judged_at_once_ ABSL_GUARDED_BY(mu_);
   absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   uint64_t cancelled_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
