@@ -31,18 +31,20 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE) && !waiting_) {
+      std::string peer = call_->peer();
       if (!uid_looked_up_) {
-        uid_ = ControlPeers::LimitUid(watch_->peers_.get(), call_->peer());
+        uid_ = ControlPeers::LimitUid(watch_->peers_.get(), peer);
         uid_looked_up_ = true;
       }
-      if (watch_->Begin(call_, uid_, call_->peer())) {
+      if (watch_->Begin(call_, uid_, std::move(peer))) {
         waiting_ = true;
       } else {
-        // Its uid is judged at once and at its limit: cancelled here, on
-        // this thread, before the send waits (the watch's thread would take
-        // a wake-up to do it, ~1 ms, and a flood of such calls reopened as
-        // fast as they end would keep every thread taken meanwhile). The
-        // cancel hook it runs asks for nothing of this interceptor's.
+        // Its connection is judged at once and its uid at its limit:
+        // cancelled here, on this thread, before the send waits (the
+        // watch's thread would take a wake-up to do it, ~1 ms, and a flood
+        // of such calls reopened as fast as they end would keep every
+        // thread taken meanwhile). The cancel hook it runs asks for nothing
+        // of this interceptor's.
         call_->TryCancel();
         watch_->CountCancelled();
       }
