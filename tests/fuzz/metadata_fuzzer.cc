@@ -102,9 +102,9 @@ World& TheWorld() {
     share.set_cpu_access(v1::CPU_ACCESS_READ);
     absl::StatusOr<v1::Grant> grant = w->core->Share(*w->owner, share);
     FUZZ_CHECK(grant.ok(), grant.status().ToString());
-    absl::StatusOr<v1::BufferInfo> imported = w->core->Import(*w->peer, grant->token());
+    absl::StatusOr<v1::ImportResponse> imported = w->core->Import(*w->peer, grant->token());
     FUZZ_CHECK(imported.ok(), imported.status().ToString());
-    FUZZ_CHECK(imported->cpu_access() == v1::CPU_ACCESS_READ);
+    FUZZ_CHECK(imported->buffer().cpu_access() == v1::CPU_ACCESS_READ);
     Drain(w->owner_end);
     Drain(w->peer_end);
     return w;
