@@ -134,7 +134,9 @@ def test_calls_keep_their_timeout_when_the_daemon_stops_reading():
 def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     import socket
     from halloc.v1 import broker_pb2
-    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=2.0)
+    # (No wait here is meant to expire: a long timeout, so that a loaded
+    # machine (the ASan run) does not make the Release below miss its reply.)
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=10.0)
     broker.client.welcome.import_call_ids = True
     memfd = os.memfd_create("late-import")
     inode = os.fstat(memfd).st_ino
@@ -502,7 +504,9 @@ def test_a_hold_another_import_received_is_not_given_back_later(monkeypatch):
             releases.extend(req.release.buffer_ids)
             broker.reply_release(req)
 
-    broker = _ScriptedBroker(answer, timeout=1.0)
+    # The first import waits out this timeout for its fd; the rest of the
+    # test must be answered within it, on a loaded machine too.
+    broker = _ScriptedBroker(answer, timeout=3.0)
     broker.client.welcome.import_call_ids = True
     calls = []
     first_served = threading.Event()
