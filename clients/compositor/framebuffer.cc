@@ -65,17 +65,20 @@ absl::Status CheckScanoutLayout(const halloc::Buffer& buffer) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, " has ", l.planes_size(), " planes; KMS takes at most 4"));
   }
-  uint64_t end = l.size();
+  auto too_small = [&](uint64_t end) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " is ", buffer.size(), " bytes, smaller than its layout (", end, " bytes)"));
+  };
+  if (l.size() > buffer.size()) return too_small(l.size());
   for (const v1::PlaneLayout& p : l.planes()) {
     if (p.offset() > UINT32_MAX || p.stride() == 0 || p.stride() > UINT32_MAX) {
       return absl::InvalidArgumentError(absl::StrCat(
           what, ": plane offset ", p.offset(), " or stride ", p.stride(), " does not fit KMS"));
     }
-    end = std::max<uint64_t>(end, p.offset() + p.size());
-  }
-  if (end > buffer.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " is ", buffer.size(), " bytes, smaller than its layout (", end, " bytes)"));
+    // Compared without adding: a plane size near 2^64 would wrap the sum.
+    if (p.offset() > buffer.size() || p.size() > buffer.size() - p.offset()) {
+      return too_small(p.size() > UINT64_MAX - p.offset() ? UINT64_MAX : p.offset() + p.size());
+    }
   }
   if (!buffer.is_dmabuf()) {
     return absl::FailedPreconditionError(absl::StrCat(what, " is not a dma-buf (backend ",

@@ -51,6 +51,23 @@ TEST_F(KmsHostTest, ABufferSmallerThanItsLayoutIsRefused) {
   EXPECT_NE(s.message().find("smaller than its layout"), absl::string_view::npos) << s;
 }
 
+TEST_F(KmsHostTest, APlaneWhoseEndWrapsIsRefused) {
+  absl::StatusOr<Buffer> image = client().Allocate(
+      ImageDescriptor(64, 32, DRM_FORMAT_XRGB8888, usage::kCpuWriteOften, "frame"));
+  ASSERT_TRUE(image.ok()) << image.status();
+  v1::BufferInfo info = image->info();
+  // offset + size is 2^64 + 4096: it wraps to 4096, inside the buffer.
+  v1::PlaneLayout* plane = info.mutable_layout()->mutable_planes(0);
+  plane->set_offset(8192);
+  plane->set_size(UINT64_MAX - 4095);
+  absl::StatusOr<UniqueFd> fd = image->TakeFd();
+  ASSERT_TRUE(fd.ok());
+  Buffer lying(info, *std::move(fd));
+  absl::Status s = CheckScanoutLayout(lying);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("smaller than its layout"), absl::string_view::npos) << s;
+}
+
 TEST_F(KmsHostTest, PatternsFillXrgbFramesAndRefuseOthers) {
   absl::StatusOr<Buffer> image = client().Allocate(
       ImageDescriptor(64, 4, DRM_FORMAT_XRGB8888, usage::kCpuWriteOften | usage::kCpuReadOften));
