@@ -1,13 +1,14 @@
 #include "service/control_peers.h"
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 
 namespace halloc {
 
 void ControlPeers::Set(int fd, const ucred& cred, std::optional<uid_t> charged) {
   absl::MutexLock lock(&mu_);
-  by_fd_[fd] = Peer{cred, charged.value_or(cred.uid)};
+  by_fd_[fd] = Peer{cred, charged.value_or(cred.uid), ++handovers_};
 }
 
 std::optional<ControlPeers::Peer> ControlPeers::Find(absl::string_view peer) const {
@@ -36,6 +37,12 @@ std::optional<uid_t> ControlPeers::ChargedUidOf(absl::string_view peer) const {
 std::optional<uid_t> ControlPeers::LimitUid(const ControlPeers* peers, absl::string_view peer) {
   if (peers == nullptr) return std::nullopt;
   return peers->ChargedUidOf(peer).value_or(static_cast<uid_t>(-1));
+}
+
+std::string ControlPeers::ConnectionName(const ControlPeers* peers, absl::string_view peer) {
+  std::optional<Peer> p = peers == nullptr ? std::nullopt : peers->Find(peer);
+  if (!p) return std::string(peer);
+  return absl::StrCat(peer, "#", p->handover);
 }
 
 }  // namespace halloc

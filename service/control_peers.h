@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 
 #include <optional>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
@@ -43,15 +44,23 @@ class ControlPeers {
   // held to its totals alone).
   static std::optional<uid_t> LimitUid(const ControlPeers* peers, absl::string_view peer);
 
+  // A name for connection `peer` that no other connection shares: gRPC's
+  // "fd:N" names every connection later handed over with that number too,
+  // so the name adds which handover it was ("fd:N#7"). `peer` itself for a
+  // connection `peers` does not know, or without `peers`.
+  static std::string ConnectionName(const ControlPeers* peers, absl::string_view peer);
+
  private:
   struct Peer {
     ucred cred;
     uid_t charged;
+    uint64_t handover;  // which Set() noted it: 1, 2, ...
   };
   std::optional<Peer> Find(absl::string_view peer) const;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<int, Peer> by_fd_ ABSL_GUARDED_BY(mu_);
+  uint64_t handovers_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace halloc

@@ -21,6 +21,21 @@ TEST(ControlPeersTest, FindsAConnectionByTheNameGrpcGivesIt) {
   EXPECT_FALSE(peers.ChargedUidOf("fd:13").has_value());
 }
 
+TEST(ControlPeersTest, AConnectionHandedOverWithAReusedNumberHasAnotherName) {
+  ControlPeers peers;
+  EXPECT_EQ(ControlPeers::ConnectionName(&peers, "fd:12"), "fd:12");  // not handed over
+  EXPECT_EQ(ControlPeers::ConnectionName(nullptr, "fd:12"), "fd:12");
+  peers.Set(12, ucred{100, 1000, 1000});
+  const std::string first = ControlPeers::ConnectionName(&peers, "fd:12");
+  EXPECT_EQ(ControlPeers::ConnectionName(&peers, "fd:12"), first);  // stable while it lasts
+  peers.Set(13, ucred{100, 1000, 1000});
+  peers.Set(12, ucred{100, 1000, 1000});  // gRPC closed fd 12; a new one got its number
+  const std::string second = ControlPeers::ConnectionName(&peers, "fd:12");
+  EXPECT_NE(second, first);
+  EXPECT_NE(ControlPeers::ConnectionName(&peers, "fd:13"), first);
+  EXPECT_NE(ControlPeers::ConnectionName(&peers, "fd:13"), second);
+}
+
 TEST(ControlPeersTest, KnowsNoOtherName) {
   ControlPeers peers;
   peers.Set(12, ucred{100, 1000, 1000});

@@ -31,12 +31,13 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE) && !waiting_) {
-      std::string peer = call_->peer();
-      if (!uid_looked_up_) {
+      if (!looked_up_) {
+        const std::string peer = call_->peer();
         uid_ = ControlPeers::LimitUid(watch_->peers_.get(), peer);
-        uid_looked_up_ = true;
+        connection_ = ControlPeers::ConnectionName(watch_->peers_.get(), peer);
+        looked_up_ = true;
       }
-      if (watch_->Begin(call_, uid_, std::move(peer))) {
+      if (watch_->Begin(call_, uid_, connection_)) {
         waiting_ = true;
       } else {
         // Its connection is judged at once and its uid at its limit:
@@ -60,8 +61,9 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
   ReplyWatch* const watch_;
   grpc::ServerContextBase* const call_;
   bool waiting_ = false;
-  bool uid_looked_up_ = false;
+  bool looked_up_ = false;
   std::optional<uid_t> uid_;
+  std::string connection_;  // ControlPeers::ConnectionName
 };
 
 class ReplyWatch::Factory final : public grpc::experimental::ServerInterceptorFactoryInterface {

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,6 +62,7 @@ class NonReader {
       : reopen_(reopen), next_id_(1 + 2 * calls) {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    server_fd_ = sv[0];
     ours_.reset(sv[1]);
     EXPECT_EQ(::fcntl(ours_.get(), F_SETFL, 0), 0);
     peers.Set(sv[0], ucred{1, uid, uid});
@@ -78,6 +80,8 @@ class NonReader {
     ::shutdown(ours_.get(), SHUT_RDWR);
     reader_.join();
   }
+  // The number of the server's end (gRPC's "fd:N").
+  int server_fd() const { return server_fd_; }
   // Calls opened again (`reopen`).
   int reopened() const { return reopened_.load(); }
   // Calls the server ended (reset, or trailers without a reply).
@@ -125,6 +129,7 @@ class NonReader {
   }
 
   const bool reopen_;
+  int server_fd_ = -1;
   uint32_t next_id_;  // the reader's, once the constructor is done
   UniqueFd ours_;
   std::thread reader_;
@@ -148,8 +153,9 @@ class ReplyWatchTest : public ::testing::Test {
     if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   }
 
-  // A Stats call from `uid` on a connection of its own.
-  grpc::Status Stats(uid_t uid) {
+  // A Stats call from `uid` on a connection of its own; `number`: the
+  // server's end of it gets that fd number (one gRPC closed).
+  grpc::Status Stats(uid_t uid, std::optional<int> number = std::nullopt) {
     int sv[2];
     {
       // gRPC closes these fds where ThreadSanitizer does not look (its
@@ -159,6 +165,18 @@ class ReplyWatchTest : public ::testing::Test {
       static absl::Mutex making;
       absl::MutexLock lock(&making);
       EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+      if (number && sv[0] != *number) {
+        // Free still (the lowest, socketpair's first end takes it unless
+        // something took it meanwhile)?
+        const bool free = ::fcntl(*number, F_GETFD) == -1 && errno == EBADF;
+        if (!free || ::dup3(sv[0], *number, O_CLOEXEC) != *number) {
+          ::close(sv[0]);
+          ::close(sv[1]);
+          return grpc::Status(grpc::StatusCode::ABORTED, "fd number taken");
+        }
+        ::close(sv[0]);
+        sv[0] = *number;
+      }
     }
     peers_->Set(sv[0], ucred{1, uid, uid});
     grpc::AddInsecureChannelFromFd(server_.get(), sv[0]);
@@ -261,6 +279,43 @@ TEST_F(ReplyWatchTest, ASustainedFloodOfUnreadCallsLeavesOtherUsersServed) {
   const absl::Time until = absl::Now() + absl::Seconds(10);
   while (watch_->waiting() > 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
   EXPECT_TRUE(Stats(1001).ok()) << "an honest call of the judged uid was refused";
+}
+
+// A connection is named by gRPC by its fd number, which the next
+// connection handed over reuses: a judged connection's judgement passed to
+// it, and an honest call of the uid on it was cancelled while another
+// connection of that uid kept its limit of replies stuck.
+TEST_F(ReplyWatchTest, AJudgedConnectionsNumberReusedByAnotherPassesNoJudgementOn) {
+  ReplyWatch::Options replies;
+  replies.timeout = absl::Seconds(20);  // the holder's replies stay stuck throughout
+  Start(replies);
+  // uid 1001 keeps its limit of replies stuck on one connection...
+  NonReader holder(server_.get(), *peers_, 1001, replies.per_uid);
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (watch_->waiting() < replies.per_uid && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  absl::SleepFor(2 * replies.stuck_after);  // counted as stuck
+  // ...so the one reply it leaves unread on another is cancelled, and that
+  // connection judged.
+  auto judged = std::make_unique<NonReader>(server_.get(), *peers_, 1001, 1);
+  ASSERT_TRUE(judged->WaitEnded(1, absl::Seconds(5))) << "its reply was never cancelled";
+  EXPECT_EQ(holder.ended(), 0) << "the holder's replies were to stay";
+  const int number = judged->server_fd();
+  judged.reset();
+  // gRPC closes the judged connection once it sees its end.
+  bool closed = false;
+  while (!closed && absl::Now() < until) {
+    closed = ::fcntl(number, F_GETFD) == -1 && errno == EBADF;
+    if (!closed) absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(closed) << "gRPC kept fd " << number << " open";
+  const grpc::Status honest = Stats(1001, number);
+  ASSERT_NE(honest.error_code(), grpc::StatusCode::ABORTED)
+      << "fd " << number << " was taken meanwhile";
+  EXPECT_TRUE(honest.ok()) << "an honest call of uid 1001 on a new connection numbered " << number
+                           << ": " << honest.error_code() << " " << honest.error_message();
+  EXPECT_EQ(holder.ended(), 0);
 }
 
 }  // namespace
