@@ -107,7 +107,7 @@ absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest r
   waiting_.erase(id);
   if (!waited.ok()) {
     // Whatever the daemon answers later is given back, not leaked.
-    abandoned_.insert(id);
+    abandoned_.emplace(id, absl::Now());
     return Prefixed(waited, rpc);
   }
   auto it = replies_.find(id);
@@ -146,7 +146,7 @@ void Client::Impl::AbandonCall(uint64_t call_id, bool give_back) {
     return true;
   });
   if (ids.empty()) {
-    abandoned_calls_[call_id] = give_back;  // they come later
+    abandoned_calls_[call_id] = {give_back, absl::Now()};  // they come later
   } else if (give_back) {
     GiveBack(ids);
   }
@@ -190,6 +190,20 @@ void Client::Impl::ImportSettled(uint64_t buffer_id, bool newly_held, bool recei
   }
 }
 
+void Client::Impl::ForgetAbandoned(absl::Time now) {
+  const auto expired = [&](absl::Time since) { return now - since > 2 * timeout_; };
+  absl::erase_if(abandoned_calls_, [&](const auto& c) { return expired(c.second.since); });
+  bool imports_ended = false;
+  absl::erase_if(abandoned_, [&](const auto& r) {
+    if (!expired(r.second)) return false;
+    // An import never answered: whatever hold it made is left to the
+    // session's end; the holds of others are given back again.
+    imports_ended |= imports_in_flight_.erase(r.first) > 0;
+    return true;
+  });
+  if (imports_ended) GiveBackUnclaimedHolds();
+}
+
 void Client::Impl::GiveBackUnclaimedHolds() {
   if (!imports_in_flight_.empty() || imports_without_call_id_ > 0) return;
   received_while_importing_.clear();
@@ -215,7 +229,7 @@ void Client::Impl::SendUnanswered(v1::BrokerRequest req) {
   const uint64_t id = next_request_id_.fetch_add(1, std::memory_order_relaxed);
   req.set_request_id(id);
   if (SendRecord(broker_.get(), req.SerializeAsString(), {}, true).ok()) {
-    abandoned_.insert(id);
+    abandoned_.emplace(id, absl::Now());
   }
 }
 
@@ -298,6 +312,7 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   // at with whatever comes next, not only with the next fds.
   const absl::Time now = absl::Now();
   absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
+  ForgetAbandoned(now);
   // Built only for a cut record: every reply would otherwise pay for an
   // error status and its message (~450 instructions of ~10,000).
   const auto lost = [](bool given_back = true) {
@@ -360,7 +375,7 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   if (abandoned != abandoned_calls_.end()) {
     std::vector<uint64_t> ids;
     for (const v1::BufferFd& b : described) ids.push_back(b.buffer_id());
-    if (abandoned->second) GiveBack(ids);
+    if (abandoned->second.give_back) GiveBack(ids);
     abandoned_calls_.erase(abandoned);
     return;
   }

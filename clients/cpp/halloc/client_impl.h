@@ -120,6 +120,9 @@ class Client::Impl {
   // Gives back the holds that only imports nobody received made, once no
   // import is in flight.
   void GiveBackUnclaimedHolds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets requests and calls given up on more than twice the timeout
+  // before `now` (an import among them is no longer in flight).
+  void ForgetAbandoned(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Gives buffers back to the daemon without waiting for its answer (used
   // when their fds were lost on the way, or their call was abandoned).
@@ -169,11 +172,19 @@ class Client::Impl {
   using FdKey = std::pair<uint64_t, uint64_t>;
   absl::flat_hash_map<FdKey, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
-  // Requests whose caller stopped waiting (or that nobody waits for).
-  absl::flat_hash_set<uint64_t> abandoned_ ABSL_GUARDED_BY(mu_);
-  // Calls that gave up before their fds came, and whether to give their
-  // buffers back (AbandonCall).
-  absl::flat_hash_map<uint64_t, bool> abandoned_calls_ ABSL_GUARDED_BY(mu_);
+  // Requests whose caller stopped waiting (or that nobody waits for), and
+  // since when. Forgotten, as unclaimed fds are, after twice the timeout
+  // (ForgetAbandoned): a reply that comes later still is one no call waits
+  // for.
+  absl::flat_hash_map<uint64_t, absl::Time> abandoned_ ABSL_GUARDED_BY(mu_);
+  // Calls that gave up before their fds came (AbandonCall): whether to
+  // give their buffers back, and since when (forgotten likewise: a refused
+  // call's fds never come).
+  struct AbandonedCall {
+    bool give_back;
+    absl::Time since;
+  };
+  absl::flat_hash_map<uint64_t, AbandonedCall> abandoned_calls_ ABSL_GUARDED_BY(mu_);
   // Request ids of broker Imports and call ids of gRPC Imports in flight
   // (given up or not; gRPC Imports without a call id counted apart), and
   // the buffers whose hold only an Import nobody received made (given back

@@ -365,5 +365,32 @@ TEST(ClientImportTest, AReplyNoCallWaitsForHasItsFdsClosed) {
   EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8, 9}));
 }
 
+// An Import never answered was in flight for good: no hold an Import
+// nobody received made was given back again until the session ended (and
+// the given-up request was remembered for as long). Twice the timeout
+// after it gave up, it is forgotten.
+TEST(ClientImportTest, AnImportNeverAnsweredStopsHoldingBackGiveBacks) {
+  std::atomic<int> imports{0};
+  FakeBroker broker(
+      [&imports](int sock, const v1::BrokerRequest& req) {
+        // The first Import is never answered; the next one's answer says
+        // it made a hold of 43 but brings no fd (DATA_LOSS to its caller).
+        if (req.has_import_buffer() && imports++ > 0) {
+          FakeBroker::Reply(sock, ImportReply(req.request_id(), 43, /*newly_held=*/true));
+        }
+        if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+      },
+      /*broker_import=*/true);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Milliseconds(500)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Import("never").status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(c->Import("cut").status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(c->Release(7).ok());           // 43 waits: an import is in flight
+  absl::SleepFor(absl::Milliseconds(1300));  // past twice the timeout
+  EXPECT_TRUE(c->Release(8).ok());           // its reply is filed after the wait
+  EXPECT_TRUE(c->Release(9).ok());
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8, 43, 9}));
+}
+
 }  // namespace
 }  // namespace halloc

@@ -60,8 +60,11 @@ class Connection:
         # the request carried, 0 where hallocd echoes none)
         self._pending = {}
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
-        self._abandoned = set()  # requests whose caller stopped waiting
-        self._abandoned_calls = {}  # gRPC calls that gave up: give back?
+        # Requests whose caller stopped waiting -> since when, and gRPC calls
+        # that gave up -> (give back?, since when): forgotten, as unclaimed
+        # fds are, after twice the timeout (_forget_abandoned).
+        self._abandoned = {}
+        self._abandoned_calls = {}
         # Request ids of broker Imports sent and not answered yet, and the
         # buffers whose hold only an Import nobody received made (given back
         # once none is in flight: _give_back_unclaimed_holds).
@@ -127,7 +130,7 @@ class Connection:
             for key in came:
                 self._pending.pop(key).close()
             if not came:
-                self._abandoned_calls[call_id] = give_back  # they come later
+                self._abandoned_calls[call_id] = (give_back, time.monotonic())  # come later
             elif give_back:
                 self._give_back([k[0] for k in came])
 
@@ -208,7 +211,7 @@ class Connection:
         ended without it. Holds self._lock."""
         r = self._replies.pop(rid, None)
         if r is None:
-            self._abandoned.add(rid)  # filed and given back when it comes
+            self._abandoned[rid] = time.monotonic()  # filed and given back when it comes
         elif not isinstance(r, errors.HallocError):
             reply, fds = r
             _scm.close_all(fds)
@@ -313,6 +316,7 @@ class Connection:
         for key in [k for k, p in self._pending.items()
                     if now - p.since > 2 * self._timeout]:
             self._pending.pop(key).close()
+        self._forget_abandoned(now)
         lost = errors.ResourceExhaustedError(
             "the fds hallocd sent were cut on the way (this process is out of "
             "fds: RLIMIT_NOFILE); the buffers were given back")
@@ -326,8 +330,7 @@ class Connection:
                 _scm.close_all(fds)
                 return
             ids = [b.id for b in reply.allocate.buffers]
-            abandoned = reply.request_id in self._abandoned
-            self._abandoned.discard(reply.request_id)
+            abandoned = self._abandoned.pop(reply.request_id, None) is not None
             kind = reply.WhichOneof("kind")
             bad = abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
                 (kind == "import_buffer" and len(fds) != 1)
@@ -367,7 +370,7 @@ class Connection:
         call = described[0].call_id if described else 0
         if call and call in self._abandoned_calls:
             _scm.close_all(fds)
-            if self._abandoned_calls.pop(call):
+            if self._abandoned_calls.pop(call)[0]:
                 self._give_back([b.buffer_id for b in described])
             return
         if truncated or len(described) != len(fds):
@@ -434,6 +437,26 @@ class Connection:
         elif newly_held and buffer_id not in self._received_while_importing:
             self._unclaimed_holds.add(buffer_id)
 
+    def _forget_abandoned(self, now):
+        """Forgets requests and calls given up on more than twice the
+        timeout before `now`: a reply that comes later still is one no call
+        waits for, and a refused call's fds never come. An import never
+        answered is no longer in flight: whatever hold it made is left to
+        the session's end; the holds of others are given back again.
+        Holds self._lock."""
+        horizon = now - 2 * self._timeout
+        for call in [c for c, (_, since) in self._abandoned_calls.items() if since < horizon]:
+            del self._abandoned_calls[call]
+        expired = [r for r, since in self._abandoned.items() if since < horizon]
+        imports_ended = False
+        for rid in expired:
+            del self._abandoned[rid]
+            if rid in self._imports_in_flight:
+                self._imports_in_flight.discard(rid)
+                imports_ended = True
+        if imports_ended:
+            self._give_back_unclaimed_holds()
+
     def _give_back_unclaimed_holds(self):
         """Gives back the holds only imports nobody received made, once no
         import is in flight. Holds self._lock."""
@@ -466,7 +489,7 @@ class Connection:
             _scm.send_record(self._broker, req.SerializeToString(), block=False)
         except errors.HallocError:
             return
-        self._abandoned.add(rid)
+        self._abandoned[rid] = time.monotonic()
 
 
 _MAX_GRPC_TIMEOUT = 1e8  # seconds

@@ -344,6 +344,41 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
     broker.close()
 
 
+def test_an_import_never_answered_stops_holding_back_give_backs():
+    # It was in flight for good: no hold an import nobody received made was
+    # given back again until the session ended. Twice the timeout after it
+    # gave up, it is forgotten.
+    from halloc.v1 import broker_pb2
+    released, imports = [], []
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") == "release":
+            released.extend(req.release.buffer_ids)
+            broker.reply_release(req)
+            return
+        imports.append(req.request_id)
+        if len(imports) == 1:
+            return  # never answered
+        frame = broker_pb2.BrokerFrame()
+        frame.reply.request_id = req.request_id
+        frame.reply.import_buffer.buffer.id = 43
+        frame.reply.import_buffer.newly_held = True
+        sock.send(frame.SerializeToString())  # no fd: DATA_LOSS
+
+    broker = _ScriptedBroker(answer, timeout=0.5)
+    broker.client.welcome.broker_import = True
+    with pytest.raises(halloc.DeadlineExceededError):
+        broker.client.import_buffer("never")
+    with pytest.raises(halloc.DataLossError):
+        broker.client.import_buffer("cut")
+    broker.client.release(7)  # 43 waits: an import is in flight
+    time.sleep(1.3)  # past twice the timeout
+    broker.client.release(8)  # its reply is filed after the wait
+    broker.client.release(9)
+    assert released == [7, 8, 43, 9]
+    broker.close()
+
+
 def test_a_record_with_too_many_fds_does_not_fail_another_call():
     # Dropped (its fds closed), as libhalloc drops it: the call that reads
     # the socket gets its own reply, not that record's DATA_LOSS.
