@@ -1,9 +1,8 @@
 // Buffer and Mapping (client.h): what a client does with a buffer's fd.
-#include "clients/cpp/halloc/client.h"
-
 #include <linux/dma-buf.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 
 #include <cerrno>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/client.h"
 
 namespace halloc {
 namespace {
@@ -72,6 +72,18 @@ Buffer::Buffer(v1::BufferInfo info, UniqueFd fd)
 absl::StatusOr<Mapping> Buffer::Map(Access access) const {
   if (!fd_) return absl::FailedPreconditionError("buffer has no fd");
   ASSIGN_OR_RETURN(const MapFlags flags, ToMapFlags(access));
+  if (!is_dmabuf()) {
+    // A memfd maps past its end, and the first touch there is SIGBUS: a
+    // description larger than the fd (a buggy or foreign daemon's) is
+    // refused here. (A dma-buf's mmap itself refuses what it lacks.)
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) == 0 && S_ISREG(st.st_mode) &&
+        static_cast<uint64_t>(st.st_size) < size()) {
+      return absl::DataLossError(absl::StrCat("buffer ", id(), " is ", size(),
+                                              " bytes by its description but its fd has ",
+                                              st.st_size));
+    }
+  }
   void* p = ::mmap(nullptr, size(), flags.prot, MAP_SHARED, fd_.get(), 0);
   if (p == MAP_FAILED) {
     return ErrnoStatus(errno, absl::StrCat("mmap buffer ", id(), " for ",

@@ -77,5 +77,23 @@ TEST(BufferTest, NoFdIsNoDmaBuf) {
   EXPECT_EQ(b.Map(Access::kRead).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A memfd maps past its end and the first touch there is SIGBUS: a
+// description larger than its fd is DATA_LOSS, not a crash (a camera
+// frame drawn into it took the process down before).
+TEST(BufferTest, ADescriptionLargerThanItsMemfdIsNotMapped) {
+  v1::BufferInfo info = Info(v1::FD_KIND_MEMFD);
+  info.set_size(4 * 4096);
+  const Buffer b(info, Memfd());
+  absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kDataLoss) << m.status();
+  EXPECT_NE(m.status().message().find("4096"), absl::string_view::npos) << m.status();
+  EXPECT_EQ(Mapped(), 0);
+  // One as large as its fd maps, and the whole of it can be written.
+  const Buffer whole(Info(v1::FD_KIND_MEMFD), Memfd());
+  absl::StatusOr<Mapping> ok = whole.Map(Access::kReadWrite);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  static_cast<uint8_t*>(ok->data())[4095] = 1;
+}
+
 }  // namespace
 }  // namespace halloc

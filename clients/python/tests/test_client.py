@@ -119,6 +119,18 @@ def test_a_with_block_ends_the_sync_bracket_of_a_dmabuf_mapping(monkeypatch):
     os.close(fd)
 
 
+def test_a_description_larger_than_its_memfd_is_data_loss():
+    # Python's mmap refuses it with ValueError, which is no HallocError;
+    # libhalloc would have mapped it and died of SIGBUS at the first touch.
+    fd = os.memfd_create("py.short", os.MFD_CLOEXEC)
+    os.ftruncate(fd, PAGE)
+    before = len(open_fds())
+    with pytest.raises(halloc.DataLossError, match=f"has {PAGE}"):
+        halloc.mapping.map_fd(fd, 4 * PAGE, halloc.Access.READ_WRITE, "buffer 1", dmabuf=False)
+    assert len(open_fds()) == before
+    os.close(fd)
+
+
 def test_a_refused_end_does_not_escape_the_with_block(monkeypatch):
     # A producer's revoke makes END fail (ENODEV) on the consumer's view:
     # leaving the with block unmaps and closes all the same, and raises
