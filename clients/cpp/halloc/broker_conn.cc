@@ -42,13 +42,36 @@ absl::Status ReplyStatus(const v1::BrokerReply& reply) {
   return absl::Status(StatusCodeFromWire(reply.code()), reply.message());
 }
 
-absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path) {
+absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path, absl::Duration timeout) {
   ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(path));
   UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!fd) return ErrnoStatus(errno, "socket");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+  // A Unix socket's connect waits for room in a full backlog for as long
+  // as the send timeout says (for ever by default), then fails EAGAIN.
+  const bool bounded = timeout < absl::InfiniteDuration();
+  const auto send_timeout = [&](absl::Duration d) {
+    const timeval tv = absl::ToTimeval(d);
+    return ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) == 0;
+  };
+  // (A zero timeout would mean none: at least 1 ms.)
+  if (bounded && !send_timeout(std::max(timeout, absl::Milliseconds(1)))) {
+    return ErrnoStatus(errno, "setsockopt(SO_SNDTIMEO)");
+  }
+  int r;
+  do {
+    r = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  } while (r != 0 && errno == EINTR && !bounded);
+  if (r != 0 && bounded && (errno == EAGAIN || errno == EINTR)) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("connect to hallocd broker at ", path, ": no room in its backlog within ",
+                     absl::FormatDuration(timeout), " (hallocd is not accepting connections)"));
+  }
+  if (r != 0) {
     return ErrnoStatus(errno, absl::StrCat("connect to hallocd broker at ", path,
                                            " (is hallocd running?)"));
+  }
+  if (bounded && !send_timeout(absl::ZeroDuration())) {
+    return ErrnoStatus(errno, "setsockopt(SO_SNDTIMEO)");
   }
   return fd;
 }
@@ -87,8 +110,9 @@ absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) 
 
 absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
                                                absl::Duration timeout) {
-  ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(path));
-  return Handshake(std::move(fd), timeout);
+  const absl::Time deadline = absl::Now() + timeout;
+  ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(path, timeout));
+  return Handshake(std::move(fd), std::max(deadline - absl::Now(), absl::ZeroDuration()));
 }
 
 }  // namespace halloc

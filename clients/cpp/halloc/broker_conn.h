@@ -21,11 +21,16 @@ struct BrokerConnection {
   v1::Welcome welcome;
 };
 
-// Connects a SOCK_SEQPACKET Unix socket (close-on-exec) to `path`.
-absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path);
+// Connects a SOCK_SEQPACKET Unix socket (close-on-exec) to `path`,
+// waiting at most `timeout` for room in the listener's backlog (a daemon
+// that does not accept, or a backlog other processes filled): then
+// DEADLINE_EXCEEDED.
+absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path,
+                                          absl::Duration timeout = absl::InfiniteDuration());
 
-// Connects and completes the handshake. A daemon that refuses the
-// connection (e.g. too many connections from this uid) → its status.
+// Connects and completes the handshake, both within `timeout`. A daemon
+// that refuses the connection (e.g. too many connections from this uid)
+// → its status.
 absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
                                                absl::Duration timeout);
 

@@ -466,5 +466,41 @@ TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
   EXPECT_EQ(c.status().message(), "uid 5 holds 3 connections");
 }
 
+// A Unix socket's connect waits for room in a full backlog for as long as
+// its send timeout says: for ever, before (a daemon not accepting, or any
+// local process filling its backlog, hung Client::Connect).
+TEST(ClientBrokerTest, ConnectingToAFullBacklogTimesOut) {
+  testing::TempDir dir("fake");
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  const std::string path = dir / "broker.sock";
+  const absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+  ASSERT_TRUE(addr.ok()) << addr.status();
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
+  ASSERT_EQ(::listen(listener.get(), 0), 0);                 // never accepted from
+  absl::StatusOr<UniqueFd> filler = ConnectSeqpacket(path);  // the backlog's one place
+  ASSERT_TRUE(filler.ok()) << filler.status();
+  ConnectOptions o;
+  o.broker_socket = path;
+  o.control_socket = dir / "control.sock";
+  o.timeout = absl::Milliseconds(300);
+  absl::Notification done;
+  absl::Status status;
+  const absl::Time start = absl::Now();
+  std::thread connect([&] {
+    status = Client::Connect(o).status();
+    done.Notify();
+  });
+  if (!done.WaitForNotificationWithTimeout(absl::Seconds(5))) {
+    ADD_FAILURE() << "Client::Connect still waits for room in the backlog after 5 s";
+    // Room, so that it returns (its handshake then times out).
+    UniqueFd accepted(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    done.WaitForNotification();
+  }
+  connect.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "backlog")) << status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+}
+
 }  // namespace
 }  // namespace halloc

@@ -7,6 +7,7 @@ SCM_CREDENTIALS stamp on it), read Welcome{session token}.
 """
 
 import socket
+import struct
 import time
 
 from . import _scm, errors
@@ -25,8 +26,17 @@ class BrokerConnection:
         self.welcome = welcome
 
 
-def connect_seqpacket(path):
-    """A SOCK_SEQPACKET Unix socket (close-on-exec) connected to `path`."""
+def _send_timeout(sock, seconds):
+    sec = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("@ll", sec, int((seconds - sec) * 1e6)))
+
+
+def connect_seqpacket(path, timeout=None):
+    """A SOCK_SEQPACKET Unix socket (close-on-exec) connected to `path`,
+    waiting at most `timeout` seconds (None: for ever) for room in the
+    listener's backlog (a daemon that does not accept, or a backlog other
+    processes filled): then DeadlineExceededError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     # Blocking, whatever socket.setdefaulttimeout() says: in timeout mode
     # CPython polls for up to that timeout before every send and receive,
@@ -34,12 +44,28 @@ def connect_seqpacket(path):
     # and fail INTERNAL (a TimeoutError without errno). Waits are ours.
     sock.settimeout(None)
     try:
+        # A Unix socket's connect waits for room in a full backlog for as
+        # long as the send timeout says, then fails EAGAIN. (CPython's own
+        # timeout mode would fail at once: non-blocking, it is EAGAIN.)
+        bounded = timeout is not None and timeout < _MAX_CONNECT_WAIT
+        if bounded:
+            _send_timeout(sock, max(timeout, 0.001))
         sock.connect(path)
+        if bounded:
+            _send_timeout(sock, 0)
+    except BlockingIOError:
+        sock.close()
+        raise errors.DeadlineExceededError(
+            f"connect to hallocd broker at {path}: no room in its backlog within "
+            f"{timeout} s (hallocd is not accepting connections)") from None
     except OSError as e:
         sock.close()
         raise errors.from_os_error(
             e, f"connect to hallocd broker at {path} (is hallocd running?)") from None
     return sock
+
+
+_MAX_CONNECT_WAIT = 1e8  # seconds: longer is for ever
 
 
 def reply_error(reply):
@@ -92,9 +118,10 @@ def handshake(sock, timeout):
 
 def connect_broker(path, timeout):
     """Connects to `path` and completes the handshake."""
-    sock = connect_seqpacket(path)
+    deadline = time.monotonic() + timeout
+    sock = connect_seqpacket(path, timeout)
     try:
-        return handshake(sock, timeout)
+        return handshake(sock, max(deadline - time.monotonic(), 0))
     except BaseException:
         sock.close()
         raise

@@ -450,6 +450,41 @@ def test_a_default_socket_timeout_does_not_stretch_a_call(tmp_path):
         listener.close()
 
 
+def test_connecting_to_a_full_backlog_times_out(tmp_path):
+    # A Unix socket's connect waits for room in a full backlog for as long
+    # as its send timeout says: for ever, before (a daemon not accepting,
+    # or any local process filling its backlog, hung Client.connect).
+    import socket
+    path = str(tmp_path / "broker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(0)  # never accepted from
+    filler = _broker.connect_seqpacket(path)  # the backlog's one place
+    outcome = []
+
+    def connect():
+        start = time.monotonic()
+        try:
+            halloc.Client.connect(control_socket=str(tmp_path / "control.sock"),
+                                  broker_socket=path, timeout=0.3).close()
+            outcome.append(("connected", time.monotonic() - start))
+        except halloc.HallocError as e:
+            outcome.append((type(e), time.monotonic() - start))
+
+    t = threading.Thread(target=connect, daemon=True)
+    t.start()
+    t.join(5)
+    hung = t.is_alive()
+    if hung:
+        listener.accept()[0].close()  # room, so that it returns
+        t.join(5)
+    filler.close()
+    listener.close()
+    assert not hung, "Client.connect still waits for room in the backlog after 5 s"
+    assert outcome[0][0] is halloc.DeadlineExceededError, outcome
+    assert outcome[0][1] < 3, outcome
+
+
 def test_a_reply_too_large_for_a_record_is_asked_for_over_grpc(monkeypatch):
     # hallocd could not fit a Describe's reply in one broker record (an
     # owner's BufferInfo listing thousands of holders): RESOURCE_EXHAUSTED
