@@ -126,6 +126,8 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
       // the way were given back already: then this one is NOT_FOUND).
       out.clear();
       Release(ids).IgnoreError();
+      // Fds that come later still are closed as they come.
+      if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), /*give_back=*/false);
       return b.status();
     }
     out.push_back(*std::move(b));
@@ -277,7 +279,7 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   // Two imports of one buffer may be in flight: the call id tells their
   // fds apart, where hallocd echoes it (else 0, as it sends).
   if (impl_->welcome_.import_call_ids()) req.set_call_id(impl_->NextCallId());
-  impl_->ImportBegins(req.call_id());
+  RETURN_IF_ERROR(impl_->ImportBegins(req.call_id()));
   absl::StatusOr<v1::ImportResponse> resp =
       impl_->Call(&v1::Allocator::Stub::Import, req, "Import");
   if (!resp.ok()) {
@@ -292,6 +294,8 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   }
   const uint64_t buffer_id = resp->buffer().id();
   absl::StatusOr<Buffer> b = impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
+  // An fd that comes later still is closed as it comes.
+  if (!b.ok() && req.call_id() != 0) impl_->AbandonCall(req.call_id(), /*give_back=*/false);
   impl_->ImportEnds(req.call_id(), buffer_id, resp->newly_held(), b.ok());
   return b;
 }

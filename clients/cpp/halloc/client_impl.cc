@@ -157,13 +157,15 @@ absl::StatusOr<Buffer> Client::Impl::Receive(v1::BufferInfo info, uint64_t call_
   return Buffer(std::move(info), std::move(fd));
 }
 
-void Client::Impl::ImportBegins(uint64_t call_id) {
+absl::Status Client::Impl::ImportBegins(uint64_t call_id) {
+  RETURN_IF_ERROR(Usable("Import"));
   absl::MutexLock lock(&mu_);
   if (call_id != 0) {
     imports_in_flight_.insert(call_id);
   } else {
     ++imports_without_call_id_;
   }
+  return absl::OkStatus();
 }
 
 void Client::Impl::ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_held,

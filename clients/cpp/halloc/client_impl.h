@@ -83,8 +83,10 @@ class Client::Impl {
   // should its fd be cut on the way, its buffer is not given back (the
   // session may hold it already). Ends with whether its caller `received`
   // the buffer; if not, the hold the import made (`newly_held`) goes back
-  // once no import is in flight.
-  void ImportBegins(uint64_t call_id);
+  // once no import is in flight. FAILED_PRECONDITION in a forked child
+  // (asked before the lock, which a thread of the parent may have held at
+  // the fork, for good): then it has not begun.
+  absl::Status ImportBegins(uint64_t call_id);
   void ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_held, bool received);
 
   const UniqueFd broker_;

@@ -72,6 +72,60 @@ TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   server->Shutdown();
 }
 
+// A gRPC Allocator whose Import is answered at once but whose fd goes on
+// the broker socket only `late` after.
+class AnsweredBeforeItsFd final : public v1::Allocator::Service {
+ public:
+  AnsweredBeforeItsFd(FakeBroker* broker, UniqueFd memfd, absl::Duration late)
+      : broker_(broker), memfd_(std::move(memfd)), late_(late) {}
+  ~AnsweredBeforeItsFd() override {
+    if (sender_.joinable()) sender_.join();
+  }
+  grpc::Status Import(grpc::ServerContext*, const v1::ImportRequest* req,
+                      v1::ImportResponse* resp) override {
+    sender_ = std::thread([this, call = req->call_id()] {
+      absl::SleepFor(late_);
+      v1::BrokerFrame frame;
+      frame.mutable_buffer()->set_buffer_id(42);
+      frame.mutable_buffer()->set_call_id(call);
+      broker_->Send(frame, {memfd_.get()});
+      memfd_ = UniqueFd();
+    });
+    resp->mutable_buffer()->set_id(42);
+    resp->mutable_buffer()->set_size(4096);
+    return grpc::Status::OK;
+  }
+
+ private:
+  FakeBroker* const broker_;
+  UniqueFd memfd_;
+  const absl::Duration late_;
+  std::thread sender_;
+};
+
+// The fd of an Import whose wait for it ended came later still: it was
+// filed for a taker that never came, open until a record came twice the
+// timeout later. Now closed as it comes.
+TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  struct stat memfd_stat {};
+  UniqueFd memfd = Memfd();
+  ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
+  AnsweredBeforeItsFd service(&broker, std::move(memfd), absl::Milliseconds(1300));
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
+  absl::SleepFor(absl::Milliseconds(800));  // the late fd is queued now
+  EXPECT_TRUE(c->Release(7).ok());          // takes it off the socket first
+  EXPECT_FALSE(OpenOn(memfd_stat)) << "the fd that came late is still open in the client";
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7})) << "an import's hold is hallocd's";
+  server->Shutdown();
+}
+
 // On the broker an Import's reply and fd come in one record: one that comes
 // after the caller gave up has its fd closed, and nothing is given back
 // when the import did not make the session a holder (newly_held false: it

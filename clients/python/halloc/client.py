@@ -280,8 +280,8 @@ class Client:
                 req.call_id = self._conn.next_call_id()
             try:
                 resp = self._conn.call(self._conn.stub.Allocate, req, "Allocate")
-            except errors.HallocError as e:
-                if req.call_id and e.code in _connection.MAY_STILL_DELIVER:
+            except BaseException as e:
+                if req.call_id and _may_still_deliver(e):
                     self._conn.abandon_call(req.call_id, give_back=True)
                 raise
             out = []
@@ -292,8 +292,11 @@ class Client:
                 for b in out:
                     b.close()
                 # hallocd holds them all (its reply said so): given back
-                # now, not left charged until the session ends.
+                # now, not left charged until the session ends; fds that
+                # come later still are closed as they come.
                 self._conn.give_back([info.id for info in resp.buffers])
+                if req.call_id:
+                    self._conn.abandon_call(req.call_id, give_back=False)
                 raise
         asked = max(count, 1)  # 0 asks for one
         if len(out) != asked:
@@ -402,6 +405,9 @@ class Client:
         # hallocd echoes it (Welcome.import_call_ids; else 0, as it sends).
         if self.welcome.import_call_ids:
             req.call_id = self._conn.next_call_id()
+        # Before import_begins takes the lock, which in a forked child a
+        # thread of the parent may have held at the fork, for good.
+        self._conn.usable("Import")
         self._conn.import_begins(req.call_id)
         try:
             resp = self._conn.call(self._conn.stub.Import, req, "Import")
@@ -409,8 +415,7 @@ class Client:
             # hallocd may deliver the fd all the same (the deadline passed
             # while it worked): nobody takes it, so it is closed, not kept
             # (hallocd gives back the hold such an import made).
-            if (req.call_id and isinstance(e, errors.HallocError) and
-                    e.code in _connection.MAY_STILL_DELIVER):
+            if req.call_id and _may_still_deliver(e):
                 self._conn.abandon_call(req.call_id, give_back=False)
             self._conn.import_ends(req.call_id)
             raise
@@ -419,6 +424,10 @@ class Client:
             buf = Buffer(self, resp.buffer, self._conn.take_fd(resp.buffer.id, req.call_id))
             received = True
             return buf
+        except BaseException:
+            if req.call_id:  # an fd that comes later still is closed as it comes
+                self._conn.abandon_call(req.call_id, give_back=False)
+            raise
         finally:
             self._conn.import_ends(req.call_id, resp.buffer.id, resp.newly_held, received)
 
@@ -456,6 +465,16 @@ class Client:
             token = _next_page(token, resp.next_page_token, "Dump")
             if not token:
                 return out
+
+
+def _may_still_deliver(e):
+    """Whether a gRPC call that raised `e` may have been carried out all
+    the same: its deadline passed, it was cancelled, the connection went,
+    or it was interrupted here (KeyboardInterrupt, a signal handler's
+    exception) while hallocd worked."""
+    if isinstance(e, errors.HallocError):
+        return e.code in _connection.MAY_STILL_DELIVER
+    return True
 
 
 def _id(buffer):

@@ -615,3 +615,111 @@ def test_a_hold_another_import_received_is_not_given_back_later(monkeypatch):
     assert releases == [7], "the hold the second import's Buffer uses was given back"
     second.close()
     broker.close()
+
+
+def _late_fd(broker, call_id, memfd, buffer_id=42):
+    """Sends `memfd` as buffer `buffer_id`'s fd for gRPC call `call_id`."""
+    import socket
+    from halloc.v1 import broker_pb2
+    frame = broker_pb2.BrokerFrame()
+    frame.buffer.buffer_id = buffer_id
+    frame.buffer.call_id = call_id
+    socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
+
+
+def _release_on_the_socket(broker, buffer_id):
+    """A Release over the broker socket whatever the Client's path: its
+    reply is read after whatever came before it."""
+    from halloc.v1 import allocator_pb2, broker_pb2
+    broker.client._conn.broker_call(broker_pb2.BrokerRequest(
+        release=allocator_pb2.ReleaseRequest(buffer_ids=[buffer_id])), "Release")
+
+
+def _releases_into(released):
+    def answer(sock, req):
+        released.extend(req.release.buffer_ids)
+        broker_of[0].reply_release(req)
+    broker_of = []
+    return answer, broker_of
+
+
+def test_an_interrupted_grpc_allocate_closes_its_late_fd_and_gives_it_back(monkeypatch):
+    # Ctrl-C while the gRPC Allocate waited, hallocd having sent the fd: it
+    # was filed for a taker that never came (open, and the buffer held,
+    # until some record came twice the timeout later).
+    released = []
+    answer, broker_of = _releases_into(released)
+    broker = _ScriptedBroker(answer, timeout=1.0)
+    broker_of.append(broker)
+    broker.client.welcome.allocate_call_ids = True
+    monkeypatch.setattr(broker.client, "_fast_path", False)
+    memfd = os.memfd_create("late-allocate")
+    inode = os.fstat(memfd).st_ino
+
+    def interrupted(method, req, name):
+        _late_fd(broker, req.call_id, memfd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(broker.client._conn, "call", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.allocate(halloc.blob(PAGE))
+    os.close(memfd)
+    _release_on_the_socket(broker, 7)  # files the fd's record first
+    assert not _open_on_inode(inode), "the interrupted Allocate's late fd is still open"
+    assert wait_for(lambda: 42 in released, 2), released
+    broker.close()
+
+
+def test_an_fd_that_comes_after_take_fd_gave_up_is_closed_as_it_comes(monkeypatch):
+    # gRPC answered the Allocate but its fd came only after the wait for it
+    # ended: it was filed for a taker that never came.
+    released = []
+    answer, broker_of = _releases_into(released)
+    broker = _ScriptedBroker(answer, timeout=0.3)
+    broker_of.append(broker)
+    broker.client.welcome.allocate_call_ids = True
+    monkeypatch.setattr(broker.client, "_fast_path", False)
+    from halloc.v1 import allocator_pb2, types_pb2
+    calls = []
+
+    def answered(method, req, name):
+        calls.append(req.call_id)
+        return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
+
+    monkeypatch.setattr(broker.client._conn, "call", answered)
+    with pytest.raises(halloc.DeadlineExceededError):
+        broker.client.allocate(halloc.blob(PAGE))
+    memfd = os.memfd_create("late-fd")
+    inode = os.fstat(memfd).st_ino
+    _late_fd(broker, calls[0], memfd)
+    os.close(memfd)
+    _release_on_the_socket(broker, 7)  # files the fd's record first
+    assert not _open_on_inode(inode), "the fd that came late is still open"
+    assert released[:2] == [42, 7], "given back once, when the wait ended"
+    broker.close()
+
+
+def test_a_forked_child_is_refused_an_import_not_hung():
+    # A thread of the parent held the client's lock at the fork: the child's
+    # Import took it before asking whether this Client was its own, and
+    # waited for good.
+    import signal
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=1.0)
+    lock = broker.client._conn._lock
+    lock.acquire()  # as a parent thread filing a record at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(3)  # hung: killed by SIGALRM
+            try:
+                broker.client.import_buffer("token")  # over gRPC (no broker_import)
+            except halloc.FailedPreconditionError:
+                os._exit(0)
+            except BaseException:
+                os._exit(2)
+            os._exit(3)
+    finally:
+        lock.release()
+    _, status = os.waitpid(pid, 0)
+    broker.close()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
