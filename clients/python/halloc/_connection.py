@@ -197,6 +197,8 @@ class Connection:
             finally:
                 self._waiting.discard(rid)
             r = self._replies.pop(rid)
+            if is_import:
+                self._import_taken(rid, r, received=True)
         if isinstance(r, errors.HallocError):
             raise errors.error_for(r.code, f"{name}: {r.message}")
         reply, fds = r
@@ -212,13 +214,27 @@ class Connection:
         r = self._replies.pop(rid, None)
         if r is None:
             self._abandoned[rid] = time.monotonic()  # filed and given back when it comes
-        elif not isinstance(r, errors.HallocError):
-            reply, fds = r
-            _scm.close_all(fds)
-            self._give_back([b.id for b in reply.allocate.buffers])
-            if reply.WhichOneof("kind") == "import_buffer" and reply.import_buffer.newly_held:
-                self._unclaimed_holds.add(reply.import_buffer.buffer.id)
-                self._give_back_unclaimed_holds()
+        else:
+            self._import_taken(rid, r, received=False)
+            if not isinstance(r, errors.HallocError):
+                reply, fds = r
+                _scm.close_all(fds)
+                self._give_back([b.id for b in reply.allocate.buffers])
+
+    def _import_taken(self, rid, r, received):
+        """The reply `r` of broker Import `rid`, filed whole, was taken by
+        its caller (`received`) or given up on: only now is the import
+        settled (its caller may still give up after the filing, and a hold
+        another import received meanwhile is not to be given back then).
+        Nothing for any other request, or an import settled as it was
+        filed (a bad reply). Holds self._lock."""
+        if rid not in self._imports_in_flight:
+            return
+        self._imports_in_flight.discard(rid)
+        if not isinstance(r, errors.HallocError) and r[0].WhichOneof("kind") == "import_buffer":
+            self._import_settled(r[0].import_buffer.buffer.id,
+                                 r[0].import_buffer.newly_held, received)
+        self._give_back_unclaimed_holds()
 
     def take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
@@ -334,16 +350,17 @@ class Connection:
             kind = reply.WhichOneof("kind")
             bad = abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
                 (kind == "import_buffer" and len(fds) != 1)
-            if reply.request_id in self._imports_in_flight:
+            if bad and reply.request_id in self._imports_in_flight:
                 # An import's fd, if any came, closes here when nobody takes
                 # it. Its hold goes back only if this import made it
                 # (ImportResponse.newly_held), and only once no other import
                 # is in flight: one may bring the same buffer, held by that
-                # same hold.
+                # same hold. (One filed whole is settled as its caller takes
+                # it or gives up on it: _import_taken.)
                 self._imports_in_flight.discard(reply.request_id)
                 if kind == "import_buffer":
                     self._import_settled(reply.import_buffer.buffer.id,
-                                         reply.import_buffer.newly_held, received=not bad)
+                                         reply.import_buffer.newly_held, received=False)
                 self._give_back_unclaimed_holds()
             if bad:
                 _scm.close_all(fds)

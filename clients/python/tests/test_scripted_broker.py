@@ -723,3 +723,76 @@ def test_a_forked_child_is_refused_an_import_not_hung():
     _, status = os.waitpid(pid, 0)
     broker.close()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
+
+
+def test_an_import_given_up_after_its_reply_was_filed_keeps_a_hold_another_received():
+    # Imports A (it makes the session a holder of buffer 5) and B (the same
+    # buffer, by A's hold) have their replies filed by a third call's
+    # reader; B's caller takes its Buffer, then A's caller gives up (Ctrl-C)
+    # before taking its reply. A's hold is the one B's Buffer uses: given
+    # back before, as if A's reply had come after it gave up.
+    import socket
+    from halloc.v1 import broker_pb2
+    released, imports, held = [], [], []
+
+    def answer(sock, req):
+        kind = req.WhichOneof("kind")
+        if kind == "import_buffer":
+            imports.append(req)
+            if len(imports) < 2:
+                return
+            for r in sorted(imports, key=lambda r: r.request_id):
+                frame = broker_pb2.BrokerFrame()
+                frame.reply.request_id = r.request_id
+                frame.reply.import_buffer.buffer.id = 5
+                frame.reply.import_buffer.newly_held = r.import_buffer.grant_token == b"A"
+                fd = os.memfd_create("import")
+                socket.send_fds(sock, [frame.SerializeToString()], [fd])
+                os.close(fd)
+            for r in held:  # the reader's own answer last
+                broker.reply_release(r)
+            return
+        if list(req.release.buffer_ids) == [99]:
+            held.append(req)  # answered once both imports are
+            return
+        released.extend(req.release.buffer_ids)
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=5.0)
+    broker.client.welcome.broker_import = True
+    conn = broker.client._conn
+    reader = threading.Thread(target=broker.client.release, args=(99,))
+    reader.start()
+    assert wait_for(lambda: conn._reading, 2), "the Release of 99 reads the socket"
+    b_done = threading.Event()
+    got = {}
+
+    def import_b():
+        got["B"] = broker.client.import_buffer("B")
+        b_done.set()
+
+    main = threading.get_ident()
+    real_wait = conn._filed.wait
+
+    def wait(timeout=None):
+        r = real_wait(timeout)
+        if threading.get_ident() == main and any(
+                isinstance(v, tuple) and v[0].import_buffer.newly_held
+                for v in conn._replies.values()):
+            while not b_done.is_set():  # B takes its Buffer first
+                real_wait(0.05)
+            raise KeyboardInterrupt  # A's caller, its reply filed
+        return r
+
+    conn._filed.wait = wait
+    worker = threading.Timer(0.2, import_b)  # after A's request
+    worker.start()
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.import_buffer("A")
+    worker.join(5)
+    reader.join(5)
+    conn._filed.wait = real_wait
+    assert got["B"].id == 5
+    broker.client.release(8)
+    assert released == [8], "the hold B's Buffer uses was given back"
+    broker.close()
