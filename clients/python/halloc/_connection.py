@@ -44,7 +44,9 @@ class Connection:
     session. Thread-safe; belongs to the process that connected it."""
 
     def __init__(self, conn, channel, timeout):
-        self._lock = threading.Lock()
+        # Reentrant only to tell whether this thread holds it (_hold_again);
+        # never taken twice.
+        self._lock = threading.RLock()
         self._filed = threading.Condition(self._lock)  # a reader filed a record
         self._reading = False  # a waiter reads the broker socket now
         self._pid = os.getpid()
@@ -270,19 +272,42 @@ class Connection:
             if left <= 0:
                 raise errors.DeadlineExceededError("no answer from hallocd in time")
             if self._reading:
-                self._filed.wait(min(left, threading.TIMEOUT_MAX))
+                try:
+                    self._filed.wait(min(left, threading.TIMEOUT_MAX))
+                except BaseException:
+                    self._hold_again()
+                    raise
                 continue
             self._reading = True
             self._lock.release()
             try:
                 got = self._receive(deadline)
             finally:
-                self._lock.acquire()
-                self._reading = False
-                # The others wake once the lock is free again: after the
-                # filing below (or at once, should reading have failed).
-                self._filed.notify_all()
+                try:
+                    self._hold_again()
+                finally:
+                    self._reading = False
+                    # The others wake once the lock is free again: after the
+                    # filing below (or at once, should reading have failed).
+                    self._filed.notify_all()
             self._file_received(got)
+
+    def _hold_again(self):
+        """Takes self._lock back if this thread does not hold it. An
+        exception can come out of a wait for a lock (a signal handler's,
+        KeyboardInterrupt: CPython runs them there), and that wait then
+        never took it: the caller would go on without it (and release it
+        under another thread, or leave _reading set for good, every call
+        after waiting out its deadline). Such an exception is raised once
+        the lock is held."""
+        interrupted = None
+        while not self._lock._is_owned():
+            try:
+                self._lock.acquire()
+            except BaseException as e:  # pylint: disable=broad-except
+                interrupted = interrupted or e
+        if interrupted is not None:
+            raise interrupted
 
     def _receive(self, deadline):
         """One record off the broker socket (waiting until `deadline` at the

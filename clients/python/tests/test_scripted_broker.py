@@ -796,3 +796,61 @@ def test_an_import_given_up_after_its_reply_was_filed_keeps_a_hold_another_recei
     broker.client.release(8)
     assert released == [8], "the hold B's Buffer uses was given back"
     broker.close()
+
+
+class _InterruptibleLock:
+    """A lock whose next acquire, once armed, raises KeyboardInterrupt
+    without taking it, as CPython's wait for a lock does when a signal
+    handler raises (Ctrl-C while another thread holds it)."""
+
+    def __init__(self, real):
+        self._real = real
+        self.armed = False
+
+    def acquire(self, *args, **kwargs):
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return self._real.acquire(*args, **kwargs)
+
+    def release(self):
+        self._real.release()
+
+    def _is_owned(self):
+        return self._real._is_owned()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def test_an_interrupt_while_the_reader_takes_the_lock_back_leaves_the_client_usable(
+        monkeypatch):
+    # The reader's wait to take the lock back after reading was interrupted:
+    # it went on without the lock (released it unheld, or under another
+    # thread) and left _reading set, so nobody read the socket again: every
+    # later call waited out its deadline.
+    broker = _ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=1.0)
+    conn = broker.client._conn
+    lock = _InterruptibleLock(conn._lock)
+    conn._lock = lock
+    conn._filed = threading.Condition(lock)
+    real_receive = conn._receive
+
+    def receive(deadline):
+        got = real_receive(deadline)
+        lock.armed = True  # the reader's wait to take the lock back
+        return got
+
+    monkeypatch.setattr(conn, "_receive", receive)
+    with pytest.raises(KeyboardInterrupt):
+        broker.client.release(1)
+    monkeypatch.setattr(conn, "_receive", real_receive)
+    assert not conn._reading, "the interrupted reader is still marked reading"
+    assert not conn._lock._is_owned()
+    start = time.monotonic()
+    broker.client.release(2)  # read and answered, not waited out
+    assert time.monotonic() - start < 0.9
+    broker.close()
