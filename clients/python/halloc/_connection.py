@@ -336,6 +336,11 @@ class Connection:
         """Files what _receive got where its waiter looks. Holds self._lock."""
         if got is None:
             return
+        if self._closing and not isinstance(got, _scm.TruncatedRecordError):
+            # close() ran while it was read (without the lock): what it
+            # cleared is not filed again, its fds left open.
+            _scm.close_all(got.fds)
+            return
         if isinstance(got, _scm.TruncatedRecordError):
             # The kernel cut the fds (we are out of fds): tell whoever waits
             # for them, and give the buffers back.

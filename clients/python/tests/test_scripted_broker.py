@@ -854,3 +854,36 @@ def test_an_interrupt_while_the_reader_takes_the_lock_back_leaves_the_client_usa
     broker.client.release(2)  # read and answered, not waited out
     assert time.monotonic() - start < 0.9
     broker.close()
+
+
+def test_a_record_read_while_the_client_closed_has_its_fds_closed(monkeypatch):
+    # close() ran while a call read a record (without the lock): the record
+    # was filed after close() had cleared what was filed, its fds open
+    # until the Client was collected.
+    import socket
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("read-across-close")
+    inode = os.fstat(memfd).st_ino
+
+    def answer(sock, req):
+        frame = broker_pb2.BrokerFrame()
+        frame.buffer.buffer_id = 42  # a gRPC call's fd, nobody's yet
+        socket.send_fds(sock, [frame.SerializeToString()], [memfd])
+
+    broker = _ScriptedBroker(answer, timeout=2.0)
+    conn = broker.client._conn
+    real_receive = conn._receive
+
+    def receive(deadline):
+        got = real_receive(deadline)
+        closer = threading.Thread(target=conn.close)
+        closer.start()
+        closer.join(5)
+        return got
+
+    monkeypatch.setattr(conn, "_receive", receive)
+    with pytest.raises(halloc.FailedPreconditionError):
+        broker.client.release(1)
+    os.close(memfd)
+    assert not _open_on_inode(inode), "the record's fd outlived close()"
+    broker.sock.close()
