@@ -104,7 +104,8 @@ int Main(int argc, char** argv) {
   connect.broker_socket = options.broker_socket;
   absl::StatusOr<halloc::Client> client = halloc::Client::Connect(connect);
   if (!client.ok()) {
-    std::cerr << "hallocctl: cannot reach hallocd: " << client.status().message() << "\n";
+    std::cerr << "hallocctl: cannot reach hallocd: " << cli::OneLine(client.status().message())
+              << "\n";
     return cli::kExitUnreachable;
   }
   cli::Session session(*std::move(client));

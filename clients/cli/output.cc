@@ -45,10 +45,9 @@ std::string BlendModeName(v1::BlendMode mode) {
 }
 
 void PrintBuffer(std::ostream& out, const v1::BufferInfo& b, bool detail) {
-  out << absl::StreamFormat(
-      "buffer %d  %-20s %10d bytes  %-6s owner uid %d  cpu %s  usage %s\n", b.id(),
-      b.name(), b.size(), b.backend(), b.owner_uid(), AccessName(b.cpu_access()),
-      usage::ToString(b.usage()));
+  out << absl::StreamFormat("buffer %d  %-20s %10d bytes  %-6s owner uid %d  cpu %s  usage %s\n",
+                            b.id(), OneLine(b.name()), b.size(), OneLine(b.backend()),
+                            b.owner_uid(), AccessName(b.cpu_access()), usage::ToString(b.usage()));
   for (const v1::Holder& h : b.holders()) {
     if (h.session_id() == 0) {  // not shown to an importer (v1::Holder)
       out << absl::StreamFormat("    held by another session%s\n",
@@ -94,13 +93,13 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
         s.released_unwatched_total());
   }
   for (const v1::BackendStats& b : s.backends()) {
-    out << absl::StreamFormat("backend %-8s %d buffers, %d bytes\n", b.name(),
+    out << absl::StreamFormat("backend %-8s %d buffers, %d bytes\n", OneLine(b.name()),
                               b.live_buffers(), b.live_bytes());
   }
-  out << absl::StreamFormat("policy        %s (%d failed reloads)\n", s.policy_source(),
+  out << absl::StreamFormat("policy        %s (%d failed reloads)\n", OneLine(s.policy_source()),
                             s.policy_reload_failures());
   for (const auto& [rule, n] : s.denials_by_rule()) {
-    out << absl::StreamFormat("denials       %d by rule '%s'\n", n, rule);
+    out << absl::StreamFormat("denials       %d by rule '%s'\n", n, OneLine(rule));
   }
   if (s.only_callers_uid()) {
     out << "(as one user sees them: other users' per-client rows and the denials are for root)\n";
@@ -111,10 +110,9 @@ void PrintDump(std::ostream& out, const v1::DumpResponse& d) {
   out << absl::StreamFormat("%-8s %-7s %-6s %-12s %14s %14s  %s\n", "session", "pid",
                             "uid", "client", "owned", "imported", "exe");
   for (const v1::SessionUsage& s : d.sessions()) {
-    out << absl::StreamFormat("%-8d %-7d %-6d %-12s %4d / %7dK %4d / %7dK  %s\n",
-                              s.session_id(), s.pid(), s.uid(),
-                              s.client().empty() ? "-" : s.client(), s.owned_buffers(),
-                              s.owned_bytes() / 1024, s.imported_buffers(),
+    out << absl::StreamFormat("%-8d %-7d %-6d %-12s %4d / %7dK %4d / %7dK  %s\n", s.session_id(),
+                              s.pid(), s.uid(), s.client().empty() ? "-" : OneLine(s.client()),
+                              s.owned_buffers(), s.owned_bytes() / 1024, s.imported_buffers(),
                               s.imported_bytes() / 1024,
                               // The client chose its file's name: a newline
                               // in it would forge a row.
@@ -123,18 +121,18 @@ void PrintDump(std::ostream& out, const v1::DumpResponse& d) {
   if (d.clients_size() > 0) out << "\nquota use (owned, all sessions):\n";
   for (const v1::ClientQuota& c : d.clients()) {
     out << absl::StreamFormat(
-        "  %-12s uid %-6d %d buffers of %s, %d bytes of %s\n", c.client(), c.uid(),
-        c.buffers(), c.quota_buffers() ? absl::StrCat(c.quota_buffers()) : "unlimited",
-        c.bytes(), c.quota_bytes() ? absl::StrCat(c.quota_bytes()) : "unlimited");
+        "  %-12s uid %-6d %d buffers of %s, %d bytes of %s\n", OneLine(c.client()), c.uid(),
+        c.buffers(), c.quota_buffers() ? absl::StrCat(c.quota_buffers()) : "unlimited", c.bytes(),
+        c.quota_bytes() ? absl::StrCat(c.quota_bytes()) : "unlimited");
   }
 }
 
 void PrintGrant(std::ostream& out, const v1::Grant& g) {
   const std::string peer = g.peer().has_name()
-                               ? absl::StrCat("client '", g.peer().name(), "'")
+                               ? absl::StrCat("client '", OneLine(g.peer().name()), "'")
                                : absl::StrCat("uid ", g.peer().uid());
-  out << absl::StreamFormat("grant %d buffer %d to %s, cpu %s: token %s\n", g.id(),
-                            g.buffer_id(), peer, AccessName(g.cpu_access()), g.token());
+  out << absl::StreamFormat("grant %d buffer %d to %s, cpu %s: token %s\n", g.id(), g.buffer_id(),
+                            peer, AccessName(g.cpu_access()), OneLine(g.token()));
 }
 
 void PrintFormats(std::ostream& out, bool json) {
@@ -169,11 +167,11 @@ void PrintSupported(std::ostream& out, const v1::IsSupportedResponse& r) {
   if (!r.supported()) {
     // The refusal's code as libhalloc reads it (never OK), with hallocd's
     // reason as it gave it.
-    const absl::Status why(SupportStatus(r).code(), r.reason());
+    const absl::Status why(SupportStatus(r).code(), OneLine(r.reason()));
     out << "not supported: " << why << "\n";
     return;
   }
-  out << "supported on backend " << r.backend() << "\n";
+  out << "supported on backend " << OneLine(r.backend()) << "\n";
   if (r.layout().planes_size() > 0) out << layout::Describe(r.layout());
 }
 

@@ -29,6 +29,32 @@ TEST(OutputTest, DumpEscapesTheExecutablesPath) {
   EXPECT_FALSE(absl::StrContains(out.str(), "\x1b")) << "a terminal escape went through";
 }
 
+// What the daemon names is printed on one line: a fake daemon's buffer
+// name, grant peer or refusal reason holding a newline forged lines ("ok"
+// in `hallocctl session`, a row of its own).
+TEST(OutputTest, WhatTheDaemonNamesStaysOnItsLine) {
+  v1::BufferInfo b;
+  b.set_id(3);
+  b.set_name("frame\nok");
+  b.set_backend("memfd\tx");
+  std::ostringstream out;
+  PrintBuffer(out, b, false);
+  v1::Grant g;
+  g.mutable_peer()->set_name("peer\nok");
+  g.set_token("t\nok");
+  PrintGrant(out, g);
+  v1::IsSupportedResponse r;
+  r.set_reason("no\nok");
+  PrintSupported(out, r);
+  const std::vector<std::string> lines = absl::StrSplit(out.str(), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << out.str();
+  for (const std::string& line : lines) EXPECT_NE(line, "ok");
+  EXPECT_TRUE(absl::StrContains(lines[0], "frame\\nok")) << lines[0];
+  EXPECT_TRUE(absl::StrContains(lines[0], "memfd\\tx")) << lines[0];
+  EXPECT_TRUE(absl::StrContains(lines[1], "peer\\nok")) << lines[1];
+  EXPECT_TRUE(absl::StrContains(lines[2], "no\\nok")) << lines[2];
+}
+
 // A user's Stats lack other users' rows and the denials: the text says so,
 // rather than reading as "no denials".
 TEST(OutputTest, StatsSayWhenTheyAreOneUsersView) {

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 
 namespace halloc::cli {
 namespace {
@@ -83,6 +84,10 @@ size_t Convert(absl::string_view text, bool all, Style style, std::string& out) 
 }
 
 }  // namespace
+
+std::string OneLine(absl::string_view text) {
+  return absl::StrReplaceAll(text, {{"\n", "\\n"}, {"\t", "\\t"}});
+}
 
 std::string TerminalSafe(absl::string_view text) {
   std::string out;

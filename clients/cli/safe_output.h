@@ -27,6 +27,11 @@ namespace halloc::cli {
 
 // `text` as SafeOutput would print it.
 std::string TerminalSafe(absl::string_view text);
+// `text` (a daemon's: a name, a reason, a message) fit for one line or
+// column of hallocctl's text: newlines and tabs as \n and \t. SafeOutput
+// lets them through for hallocctl's own text; in a fake daemon's name they
+// would forge lines ("ok") or columns.
+std::string OneLine(absl::string_view text);
 // `json` (valid UTF-8, as protobuf's JSON printer writes it) with the
 // characters SafeOutput would escape written as JSON's \uXXXX instead
 // (they occur only inside strings there), so that it stays valid JSON

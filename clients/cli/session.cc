@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "clients/cli/commands.h"
+#include "clients/cli/safe_output.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 
 namespace halloc::cli {
@@ -30,8 +30,9 @@ int ExitCodeFor(const absl::Status& status) {
 }
 
 std::string ErrorText(const absl::Status& status) {
-  if (IsUsageError(status)) return std::string(status.message());
-  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ", status.message());
+  // One line: the message may be a fake daemon's.
+  if (IsUsageError(status)) return OneLine(status.message());
+  return absl::StrCat(absl::StatusCodeToString(status.code()), ": ", OneLine(status.message()));
 }
 
 void BlockStopSignals() {
@@ -100,8 +101,7 @@ int Session::RunScript(std::istream& in, std::ostream& out, bool prompt) {
       continue;
     }
     const int code = ExitCodeFor(s);
-    out << "error " << code << ": " << absl::StrReplaceAll(ErrorText(s), {{"\n", " "}})
-        << std::endl;
+    out << "error " << code << ": " << ErrorText(s) << std::endl;
     if (first_failure == kExitOk) first_failure = code;
   }
   if (prompt) out << "\n";
