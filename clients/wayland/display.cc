@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_format.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "linux-dmabuf-unstable-v1-client-protocol.h"
 #include "xdg-shell-client-protocol.h"
 
@@ -121,20 +122,30 @@ absl::Status Display::ConnectionError() const {
       "the Wayland connection failed: ", strerror(err)));
 }
 
+absl::Status Display::FlushError(int err) {
+  if (err == EPIPE) RETURN_IF_ERROR(DispatchOnce(absl::Milliseconds(100)));
+  absl::Status broken = ConnectionError();
+  return broken.ok() ? ErrnoStatus(err, "flushing Wayland requests") : broken;
+}
+
 absl::Status Display::DispatchOnce(absl::Duration timeout) {
   while (wl_display_prepare_read(display_) != 0) {
     if (wl_display_dispatch_pending(display_) < 0) return ConnectionError();
   }
   // Send what is queued; EAGAIN means the socket is full, poll for it.
+  // EPIPE: the compositor closed its end, and what it sent before (a
+  // protocol error saying why) is still to be read below: libwayland leaves
+  // the connection usable for that.
   short events = POLLIN;
   if (wl_display_flush(display_) < 0) {
-    if (errno != EAGAIN) {
+    const int err = errno;
+    if (err == EAGAIN) {
+      events |= POLLOUT;
+    } else if (err != EPIPE) {
       wl_display_cancel_read(display_);
-      return ConnectionError().ok()
-                 ? ErrnoStatus(errno, "flushing Wayland requests")
-                 : ConnectionError();
+      absl::Status broken = ConnectionError();
+      return broken.ok() ? ErrnoStatus(err, "flushing Wayland requests") : broken;
     }
-    events |= POLLOUT;
   }
   pollfd pfd = {.fd = wl_display_get_fd(display_), .events = events,
                 .revents = 0};

@@ -87,6 +87,10 @@ class Display {
   absl::Status Roundtrip(absl::Duration timeout = absl::Seconds(5));
   // The connection's error as a status (OK while it is healthy).
   absl::Status ConnectionError() const;
+  // Why flushing requests failed with `err` (not EAGAIN): on EPIPE the
+  // compositor closed its end, and what it sent before (a protocol error
+  // saying why) is read first.
+  absl::Status FlushError(int err);
 
  private:
   Display() = default;

@@ -5,6 +5,7 @@
 // CreateDmabufForTesting skips the dma-buf check; the rest is the path
 // WlBuffer::Create takes for a dma-buf.
 #include <drm_fourcc.h>
+#include <poll.h>
 #include <sys/stat.h>
 
 #include <memory>
@@ -20,6 +21,7 @@
 #include "clients/wayland/presenter.h"
 #include "clients/wayland/window.h"
 #include "gtest/gtest.h"
+#include "linux-dmabuf-unstable-v1-client-protocol.h"
 
 namespace halloc::wayland {
 namespace {
@@ -176,6 +178,33 @@ TEST_F(DmabufTest, TheCompositorsRefusalIsAnError) {
   ASSERT_EQ(compositor_->requests().size(), 1u);
   EXPECT_FALSE(compositor_->requests()[0].created);
   EXPECT_TRUE(display_->Roundtrip().ok()) << "a refusal is not fatal";
+}
+
+// A compositor that ends the connection for a protocol error closes its end
+// after sending the error: the next flush fails EPIPE, and the error is
+// still to be read. It was reported as UNAVAILABLE "Broken pipe" (the
+// code for "no compositor"), the reason left unread.
+TEST_F(DmabufTest, AProtocolErrorIsReportedAfterTheCompositorClosed) {
+  Buffer b = Image(DRM_FORMAT_XRGB8888);
+  ASSERT_NE(display_->dmabuf(), nullptr);
+  // create_immed, which this fake answers with a protocol error.
+  zwp_linux_buffer_params_v1* params = zwp_linux_dmabuf_v1_create_params(display_->dmabuf());
+  const v1::PlaneLayout& p = b.layout().planes(0);
+  zwp_linux_buffer_params_v1_add(params, b.fd(), 0, static_cast<uint32_t>(p.offset()),
+                                 static_cast<uint32_t>(p.stride()), 0, 0);
+  zwp_linux_buffer_params_v1_create_immed(params, 64, 48, DRM_FORMAT_XRGB8888, 0);
+  ASSERT_GE(wl_display_flush(display_->display()), 0);
+  // The compositor has closed its end once the socket hangs up.
+  pollfd pfd = {.fd = wl_display_get_fd(display_->display()), .events = POLLIN, .revents = 0};
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!(pfd.revents & POLLHUP) && absl::Now() < until) {
+    ASSERT_GE(poll(&pfd, 1, 100), 0);
+  }
+  ASSERT_TRUE(pfd.revents & POLLHUP) << "the compositor kept the connection";
+  const absl::Status s = display_->Roundtrip(absl::Seconds(5));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+  EXPECT_NE(s.message().find("protocol error"), std::string::npos) << s;
+  zwp_linux_buffer_params_v1_destroy(params);
 }
 
 // A compositor slower than the caller's wait: the call fails, and the

@@ -3,7 +3,9 @@
 // (pixman renderer, kiosk shell); weston's own screenshot of its output is
 // decoded and checked pixel by pixel.
 #include <drm_fourcc.h>
+#include <poll.h>
 #include <unistd.h>
+#include <wayland-client.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -273,6 +275,37 @@ TEST_F(WaylandTest, AZeroCopyFrameIsBusyUntilTheCompositorLetsGo) {
   EXPECT_TRUE((*p)->busy(second.id()));
   ASSERT_TRUE((*p)->WaitShown().ok());
   ExpectOnScreen(kPatterns[1]);
+}
+
+// weston ends a connection for a protocol error (here a wl_shm pool of
+// negative size) and closes its end: a frame presented after that failed
+// to flush (EPIPE) and was reported shown (OK), the reason left unread.
+TEST_F(WaylandTest, AFrameOnAConnectionTheCompositorEndedFails) {
+  absl::StatusOr<std::unique_ptr<Presenter>> p = Presenter::Create(Options());
+  ASSERT_TRUE(p.ok()) << p.status();
+  Buffer first = Frame(kPatterns[0]);
+  Buffer second = Frame(kPatterns[1]);
+  ASSERT_TRUE((*p)->Show(first).ok());
+  Display& display = (*p)->display();
+  absl::StatusOr<WlBuffer> wl = WlBuffer::Create(display, second, BufferPath::kShm);
+  ASSERT_TRUE(wl.ok()) << wl.status();
+  wl_shm_pool* pool = wl_shm_create_pool(display.shm(), first.fd(), -1);
+  ASSERT_GE(wl_display_flush(display.display()), 0);
+  pollfd pfd = {.fd = wl_display_get_fd(display.display()), .events = POLLIN, .revents = 0};
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (!(pfd.revents & POLLHUP) && absl::Now() < until) {
+    ASSERT_GE(poll(&pfd, 1, 100), 0);
+  }
+  ASSERT_TRUE(pfd.revents & POLLHUP) << "weston kept the connection";
+  const absl::Status presented = (*p)->window().Present(*wl);
+  EXPECT_EQ(presented.code(), absl::StatusCode::kInternal) << presented;
+  EXPECT_NE(presented.message().find("protocol error"), std::string::npos) << presented;
+  EXPECT_FALSE(wl->busy()) << "a frame that never went is not the compositor's";
+  // And what a wait or the next frame says (as libwayland reads it).
+  const absl::Status shown = (*p)->Show(second);
+  EXPECT_EQ(shown.code(), absl::StatusCode::kInternal) << shown;
+  EXPECT_NE(shown.message().find("protocol error"), std::string::npos) << shown;
+  wl_shm_pool_destroy(pool);
 }
 
 // Frames paced by frame callbacks: how fast the loop goes (weston's

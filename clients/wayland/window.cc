@@ -100,10 +100,10 @@ absl::Status Window::Present(WlBuffer& buffer) {
   frame_ = wl_surface_frame(surface_);
   wl_callback_add_listener(frame_, &kFrameListener, this);
   wl_surface_commit(surface_);
-  buffer.MarkBusy();
   if (wl_display_flush(display_.display()) < 0 && errno != EAGAIN) {
-    return display_.ConnectionError();
+    return display_.FlushError(errno);
   }
+  buffer.MarkBusy();  // queued (a full socket takes it later)
   return absl::OkStatus();
 }
 
