@@ -181,7 +181,9 @@ class V4l2Camera : public Camera {
 
   absl::Status CheckOffered(uint32_t pixfmt) {
     std::string offered;
-    for (uint32_t i = 0;; ++i) {
+    // Bounded: a driver that never ends the list must not loop for ever.
+    constexpr uint32_t kMostFormats = 1024;
+    for (uint32_t i = 0; i < kMostFormats; ++i) {
       v4l2_fmtdesc desc = {};
       desc.index = i;
       desc.type = type_;
@@ -407,6 +409,12 @@ class V4l2Camera : public Camera {
     if (b.index >= slots_.size()) {
       return absl::InternalError(absl::StrCat(
           Describe(), " returned buffer ", b.index, " of ", slots_.size()));
+    }
+    if (slots_[b.index] != Slot::kQueued) {
+      // Held by a consumer or never queued: not the driver's to return
+      // (videobuf2 never does). Left as it is, not handed out twice.
+      return absl::InternalError(
+          absl::StrCat(Describe(), " returned buffer ", b.index, ", which it did not have"));
     }
     if (mplane() && plane.data_offset != 0) {
       // The frame starts that far into the buffer, after a header of the
