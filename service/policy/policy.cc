@@ -296,11 +296,13 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& pa
           absl::StrCat("policy file ", shown, " belongs to uid ", st.st_uid,
                        ": hallocd takes its policy only from root or its own user"));
     }
-    if (OthersMayWrite(st)) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "policy file ", shown, " is writable by ",
-          (st.st_mode & S_IWOTH) != 0 ? "every user" : absl::StrCat("group ", st.st_gid), " (mode ",
-          absl::StrFormat("%04o", st.st_mode & 07777), "): chmod go-w it"));
+    if (OthersMayWrite(fd.get(), st)) {
+      const std::string who = (st.st_mode & S_IWOTH) != 0 ? "every user"
+                              : st.st_gid != 0            ? absl::StrCat("group ", st.st_gid)
+                                               : "users or groups its ACL names (getfacl)";
+      return absl::PermissionDeniedError(
+          absl::StrCat("policy file ", shown, " is writable by ", who, " (mode ",
+                       absl::StrFormat("%04o", st.st_mode & 07777), "): chmod go-w it"));
     }
   }
   if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {

@@ -1,13 +1,18 @@
 #include "service/util/trusted_path.h"
 
+#include <endian.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/magic.h>
+#include <linux/posix_acl.h>
+#include <linux/posix_acl_xattr.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <string>
 #include <vector>
@@ -74,9 +79,43 @@ absl::Status NotOnFuse(int fd, const std::string& what) {
 
 bool TrustedOwner(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
 
-bool OthersMayWrite(const struct stat& st) {
-  // Group root's members are root's to choose.
-  return (st.st_mode & S_IWOTH) != 0 || ((st.st_mode & S_IWGRP) != 0 && st.st_gid != 0);
+namespace {
+
+// Whether `fd`'s access ACL lets a user or group but root's (or this
+// process's user) write: a named entry with write (the mask, the mode's
+// group bits, bounds it: the caller asks only where it allows writing).
+bool AclLetsOthersWrite(int fd) {
+  // fgetxattr refuses O_PATH fds; the path of the fd itself does not.
+  const std::string path = absl::StrCat("/proc/self/fd/", fd);
+  constexpr const char* kAcl = "system.posix_acl_access";
+  ssize_t n = ::getxattr(path.c_str(), kAcl, nullptr, 0);
+  if (n < 0) return errno != ENODATA && errno != EOPNOTSUPP;  // none: the mode says it all
+  std::vector<char> acl(static_cast<size_t>(n));
+  n = ::getxattr(path.c_str(), kAcl, acl.data(), acl.size());
+  posix_acl_xattr_header header;
+  if (n < static_cast<ssize_t>(sizeof(header))) return true;
+  std::memcpy(&header, acl.data(), sizeof(header));
+  if (le32toh(header.a_version) != POSIX_ACL_XATTR_VERSION) return true;
+  for (size_t at = sizeof(header); at + sizeof(posix_acl_xattr_entry) <= static_cast<size_t>(n);
+       at += sizeof(posix_acl_xattr_entry)) {
+    posix_acl_xattr_entry e;
+    std::memcpy(&e, acl.data() + at, sizeof(e));
+    if ((le16toh(e.e_perm) & ACL_WRITE) == 0) continue;
+    const uint32_t id = le32toh(e.e_id);
+    if (le16toh(e.e_tag) == ACL_USER && !TrustedOwner(id)) return true;
+    if (le16toh(e.e_tag) == ACL_GROUP && id != 0) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool OthersMayWrite(int fd, const struct stat& st) {
+  if ((st.st_mode & S_IWOTH) != 0) return true;
+  if ((st.st_mode & S_IWGRP) == 0) return false;
+  // Group root's members are root's to choose; the users and groups an
+  // ACL names are not.
+  return st.st_gid != 0 || AclLetsOthersWrite(fd);
 }
 
 absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
@@ -125,7 +164,7 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags) {
       if (e == ENOENT) return absl::NotFoundError(absl::StrCat(walked.With(name), " does not exist"));
       return ErrnoStatus(e, absl::StrCat("stat(", walked.With(name), ")"));
     }
-    if (OthersMayWrite(dir)) {
+    if (OthersMayWrite(cur.get(), dir)) {
       if ((dir.st_mode & S_ISVTX) == 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             walked.Path(), " is writable by other users without the sticky bit: they could swap ",

@@ -45,9 +45,12 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags);
 // The two judgements the walk makes, for what it opens (a file's own
 // owner and mode): whether this process may trust what `uid` owns (root's
 // and its own user's), and whether users other than its owner and root's
-// may write to what `st` describes (every user, or a group but root's).
+// may write to `fd` (any fd, O_PATH too), which `st` describes: every
+// user, a group but root's, or, where the group may write, a user or group
+// its access ACL names (the mode's group bits are then the ACL's mask,
+// which only bounds them; an ACL that cannot be read counts as naming one).
 bool TrustedOwner(uid_t uid);
-bool OthersMayWrite(const struct stat& st);
+bool OthersMayWrite(int fd, const struct stat& st);
 
 }  // namespace halloc
 

@@ -1,9 +1,15 @@
 #include "service/util/trusted_path.h"
 
+#include <endian.h>
 #include <fcntl.h>
+#include <linux/posix_acl.h>
+#include <linux/posix_acl_xattr.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -94,6 +100,58 @@ TEST_F(TrustedPathTest, RefusesAPathThroughADirectoryOthersMayWriteTo) {
   // The directory itself may be reached (what may be put in it is its
   // user's business: unix_listener checks its socket directory itself).
   EXPECT_TRUE(OpenTrusted(open, O_PATH | O_DIRECTORY).ok());
+}
+
+// An access ACL naming another user with write, on what root owns with
+// group root: the mode reads 0664 or 0775 (the group bits are the ACL's
+// mask), which counted as root's alone. False where the file system keeps
+// no ACLs (the caller then skips).
+bool GrantWriteByAcl(const std::string& path, uid_t user, bool* unsupported) {
+  std::string acl;
+  const auto add = [&acl](const void* p, size_t n) { acl.append(static_cast<const char*>(p), n); };
+  const posix_acl_xattr_header header{htole32(POSIX_ACL_XATTR_VERSION)};
+  add(&header, sizeof(header));
+  const posix_acl_xattr_entry entries[] = {
+      {htole16(ACL_USER_OBJ), htole16(7), htole32(ACL_UNDEFINED_ID)},
+      {htole16(ACL_USER), htole16(7), htole32(user)},
+      {htole16(ACL_GROUP_OBJ), htole16(5), htole32(ACL_UNDEFINED_ID)},
+      {htole16(ACL_MASK), htole16(7), htole32(ACL_UNDEFINED_ID)},
+      {htole16(ACL_OTHER), htole16(5), htole32(ACL_UNDEFINED_ID)},
+  };
+  add(entries, sizeof(entries));
+  if (::setxattr(path.c_str(), "system.posix_acl_access", acl.data(), acl.size(), 0) == 0) {
+    return true;
+  }
+  *unsupported = errno == EOPNOTSUPP;
+  return false;
+}
+
+TEST_F(TrustedPathTest, RefusesWhatAnAclLetsAnotherUserWrite) {
+  const std::string dir = Mkdir("acl", 0755);
+  const std::string file = dir + "/policy";
+  { UniqueFd f(::open(file.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644)); }
+  bool unsupported = false;
+  if (!GrantWriteByAcl(file, kOther, &unsupported)) {
+    if (unsupported) GTEST_SKIP() << "this file system keeps no POSIX ACLs";
+    FAIL() << "setxattr(system.posix_acl_access): " << std::strerror(errno);
+  }
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  ASSERT_EQ(::fstat(fd.get(), &st), 0);
+  ASSERT_EQ(st.st_mode & 0777, 0775u) << "the mask shows as the group's bits";
+  ASSERT_EQ(st.st_gid, 0u);
+  EXPECT_TRUE(OthersMayWrite(fd.get(), st)) << "uid " << kOther << " may write it";
+  // A directory so: another user could swap what is in it.
+  ASSERT_TRUE(GrantWriteByAcl(dir, kOther, &unsupported));
+  absl::Status s = OpenTrusted(file, O_RDONLY).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  // An ACL naming only root, or naming others without write, is root's.
+  const std::string own = dir + "/own";
+  { UniqueFd f(::open(own.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0664)); }
+  ASSERT_TRUE(GrantWriteByAcl(own, 0, &unsupported));
+  UniqueFd own_fd(::open(own.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_EQ(::fstat(own_fd.get(), &st), 0);
+  EXPECT_FALSE(OthersMayWrite(own_fd.get(), st));
 }
 
 // The review helper's attack: in a sticky directory anyone may write to
