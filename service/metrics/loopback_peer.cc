@@ -80,8 +80,12 @@ absl::StatusOr<uid_t> LoopbackPeerUid(int fd) {
     if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY &&
         h->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg))) {
       const auto* msg = reinterpret_cast<const inet_diag_msg*>(NLMSG_DATA(h));
-      // A socket in TIME_WAIT is a closed one: no process, no owner.
-      if (msg->idiag_state == TCP_TIME_WAIT) return absl::NotFoundError("the peer closed");
+      // A socket in TIME_WAIT, or any other closed one (orphaned: no
+      // process holds it, so no inode), has no owner: the kernel reports
+      // such as root's.
+      if (msg->idiag_state == TCP_TIME_WAIT || msg->idiag_inode == 0) {
+        return absl::NotFoundError("the peer closed");
+      }
       return static_cast<uid_t>(msg->idiag_uid);
     }
   }

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
 
@@ -88,6 +89,37 @@ TEST(LoopbackPeerTest, NamesTheUidOfTheProcessAtTheOtherEnd) {
   EXPECT_EQ(LoopbackPeerUid(pair[0]).status().code(), absl::StatusCode::kInvalidArgument);
   ::close(pair[0]);
   ::close(pair[1]);
+}
+
+// A peer that wrote and closed before its connection was accepted: its
+// socket lingers, orphaned (no process, no inode), and the kernel reports
+// it as root's. It was charged to root (a flood of such held root's slots:
+// a root scraper was turned away).
+TEST(LoopbackPeerTest, APeerThatClosedIsNotFoundNotRoot) {
+  Listener l = Listen();
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // syscalls only
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(1);
+    }
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&l.addr), sizeof(l.addr)) != 0 ||
+        ::write(fd, "GET /metr", 9) != 9) {
+      ::_exit(2);
+    }
+    ::close(fd);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot become uid 65534";
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  UniqueFd theirs(::accept4(l.fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(theirs);
+  const absl::StatusOr<uid_t> uid = LoopbackPeerUid(theirs.get());
+  EXPECT_EQ(uid.status().code(), absl::StatusCode::kNotFound)
+      << (uid.ok() ? absl::StrCat("uid ", *uid) : uid.status().ToString());
 }
 
 }  // namespace
