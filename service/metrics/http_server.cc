@@ -217,7 +217,12 @@ struct MetricsServer::Deadlines {
     const MHD_ConnectionInfo* info =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
     UniqueFd dup(info != nullptr ? ::fcntl(info->connect_fd, F_DUPFD_CLOEXEC, 0) : -1);
-    if (!dup) return;  // out of fds: the idle timeout still holds
+    if (!dup) {
+      // Out of fds: neither counted nor cut at its deadline (a peer
+      // trickling bytes would keep its slot for good): ended now.
+      if (info != nullptr) ::shutdown(info->connect_fd, SHUT_RDWR);
+      return;
+    }
     Open o{std::move(dup), MonotonicNow()};
     if (absl::StatusOr<uid_t> uid = LoopbackPeerUid(o.socket.get()); uid.ok()) {
       if (!self->RoomFor(*uid)) {
@@ -323,13 +328,12 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   Deadlines* deadlines = server->deadlines_.get();
   server->daemon_ = MHD_start_daemon(
       flags, static_cast<uint16_t>(port), nullptr, nullptr, &Deadlines::OnRequest, deadlines,
-      MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd, nullptr,
-      MHD_OPTION_NOTIFY_CONNECTION, &Deadlines::Notify, deadlines,
-      MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
-      MHD_OPTION_CONNECTION_LIMIT, 16u,
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT, 8u,
-      MHD_OPTION_CONNECTION_TIMEOUT, 10u,
-      MHD_OPTION_END);
+      MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd, nullptr, MHD_OPTION_NOTIFY_CONNECTION,
+      &Deadlines::Notify, deadlines, MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
+      // No limit per address: every local user connects from 127.0.0.1,
+      // the scraper too, so one would let two uids lock the scraper out.
+      // Connections count per uid instead (Deadlines::Notify).
+      MHD_OPTION_CONNECTION_LIMIT, 16u, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
   if (server->daemon_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "cannot serve metrics on ", address, " (address in use?)"));

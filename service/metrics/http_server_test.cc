@@ -211,12 +211,13 @@ TEST(MetricsServerTest, RequestsThatNeverEndAreCutAtTheirDeadline) {
 }
 
 // A child process as `uid` holding `n` connections to 127.0.0.1:`port`,
-// each a request begun, from 127.0.0.2-.6 in turn (past libmicrohttpd's 8
-// per address). Held until the Holder is destroyed (which kills the
-// child: a pipe's end would be inherited by the Holders forked after it).
+// each a request begun, from 127.0.0.2-.6 in turn, or all from 127.0.0.1
+// (`from_scrapers_address`). Held until the Holder is destroyed (which
+// kills the child: a pipe's end would be inherited by the Holders forked
+// after it).
 class Holder {
  public:
-  Holder(uint16_t port, uid_t uid, int n) : uid_(uid) {
+  Holder(uint16_t port, uid_t uid, int n, bool from_scrapers_address = false) : uid_(uid) {
     int report[2];
     if (::pipe(report) != 0) return;
     pid_ = ::fork();
@@ -229,7 +230,7 @@ class Holder {
         fds[i] = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in from{}, to{};
         from.sin_family = to.sin_family = AF_INET;
-        from.sin_addr.s_addr = htonl(0x7f000002 + i % 5);
+        from.sin_addr.s_addr = htonl(from_scrapers_address ? INADDR_LOOPBACK : 0x7f000002 + i % 5);
         to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         to.sin_port = htons(port);
         if (fds[i] < 0 || ::bind(fds[i], reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0 ||
@@ -363,6 +364,33 @@ TEST(MetricsServerTest, OnlyLoopbackAddressesAreServed) {
   EXPECT_EQ(MetricsServer::Start(absl::StrCat("127.0.0.1:", (*a)->port()), render)
                 .status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+// Every local user connects from 127.0.0.1 as the scraper does: two uids
+// holding 4 connections each there (within their own 4 and the other
+// uids' 8) filled libmicrohttpd's 8 per address, and it turned the scraper
+// away (a review helper's attack: 0 of 5 scrapes). The per-uid counts
+// bound them; the per-address limit is no more.
+TEST(MetricsServerTest, UidsHoldingConnectionsFromTheScrapersAddressDoNotLockItOut) {
+  MetricsServer::Options options;
+  options.scraper_uids = {::getuid()};
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
+      "127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
+  ASSERT_TRUE(s.ok()) << s.status();
+  std::vector<std::unique_ptr<Holder>> holders;
+  for (uid_t uid : {65533u, 65534u}) {
+    holders.push_back(
+        std::make_unique<Holder>((*s)->port(), uid, 4, /*from_scrapers_address=*/true));
+  }
+  for (auto& h : holders) {
+    const int e = h->Ended();
+    if (h->could_not_become_uid()) GTEST_SKIP() << "cannot become uid " << h->uid();
+    ASSERT_EQ(e, 0) << "uid " << h->uid() << ": within its limits, none is ended";
+  }
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "))
+        << i;
+  }
 }
 
 }  // namespace
