@@ -181,6 +181,14 @@ absl::StatusOr<const Rule*> DecideGrantSharer(const Policy& policy, const Identi
   PeerAsk peer;
   if (!grant.peer_name.empty()) peer.name = grant.peer_name;
   peer.uid = grant.peer_uid;
+  if (policy.Match(grant.sharer) == nullptr) {
+    // Said without the sharer's uid, gid and executable, which the "no
+    // rule" refusal would tell the importer (another user, maybe).
+    return By("(sharer has no rule)",
+              absl::PermissionDeniedError(absl::StrCat(
+                  "grant ", grant.id, " (buffer ", grant.buffer_id,
+                  "): its sharer matches no rule of policy '", policy.source(), "' now")));
+  }
   absl::StatusOr<SharePeerDecision> to =
       DecideSharePeer(policy, grant.sharer, peer, grant.buffer_id);
   if (absl::IsNotFound(to.status())) {

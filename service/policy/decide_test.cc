@@ -227,6 +227,26 @@ TEST(DecideImportTest, TheSharersShareToAdmitsTheImporterNow) {
             StatusCode::kPermissionDenied);
 }
 
+// A sharer no rule matches any more (a reload): the importer, maybe
+// another user, was told the sharer's uid, gid and executable (the "no
+// rule" refusal, written for the sharer itself), counted as "(no rule)".
+TEST(DecideImportTest, ASharerWithoutARuleIsNotDescribedToTheImporter) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
+    clients { name: "compositor" match { uids: 1002 } receive_from: "*" }
+  )",
+                                                                  "decide_test");
+  ASSERT_TRUE(p.ok()) << p.status();
+  Identity sharer{1001, 77, 1, "/opt/secret/camera-daemon", std::nullopt};
+  GrantView g{9, 7, "", 1002, "camera", 1001, CpuAccess::kRead, false, sharer};
+  const absl::Status s = DecideGrantSharer(**p, Uid(1002), g).status();
+  EXPECT_EQ(s.code(), StatusCode::kPermissionDenied) << s;
+  EXPECT_EQ(DecidingRule(s), "(sharer has no rule)");
+  EXPECT_TRUE(absl::StrContains(s.message(), "grant 9")) << s;
+  for (const char* told : {"1001", "77", "secret"}) {
+    EXPECT_FALSE(absl::StrContains(s.message(), told)) << s;
+  }
+}
+
 TEST(QuotaKeyTest, SplitsWhatItMakes) {
   EXPECT_EQ(QuotaKey("camera", 1000), "camera/1000");
   EXPECT_EQ(SplitQuotaKey(QuotaKey("camera", 1000)),
