@@ -269,27 +269,32 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
 
 absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path, Writer writer) {
   const std::string shown = Quote(path);
-  constexpr int kFlags = O_RDONLY | O_NONBLOCK | O_NOCTTY;  // a FIFO must not block
-  UniqueFd fd;
+  // Found first without opening it (O_PATH): opening a device can act (a
+  // watchdog's arms it), and a draft's path is anyone's to point anywhere.
+  UniqueFd found;
   if (writer == Writer::kTrusted) {
-    absl::StatusOr<UniqueFd> opened = OpenTrusted(path, kFlags);
+    absl::StatusOr<UniqueFd> opened = OpenTrusted(path, O_PATH);
     if (!opened.ok()) {
       return Prefixed(opened.status(), absl::StrCat("policy file ", shown));
     }
-    fd = *std::move(opened);
+    found = *std::move(opened);
   } else {
-    fd.reset(::open(path.c_str(), kFlags | O_CLOEXEC));
-    if (!fd) {
+    found.reset(::open(path.c_str(), O_PATH | O_CLOEXEC));
+    if (!found) {
       return errno == ENOENT ? absl::NotFoundError(absl::StrCat("no policy file ", shown))
                              : ErrnoStatus(errno, absl::StrCat("open(", shown, ")"));
     }
   }
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, "fstat");
+  if (::fstat(found.get(), &st) != 0) return ErrnoStatus(errno, "fstat");
   if (!S_ISREG(st.st_mode)) {
     return absl::FailedPreconditionError(
         absl::StrCat("policy file ", shown, " is not a regular file"));
   }
+  // That very file, now for reading.
+  UniqueFd fd(::open(absl::StrCat("/proc/self/fd/", found.get()).c_str(),
+                     O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open(", shown, ")"));
   if (writer == Writer::kTrusted) {
     if (!TrustedOwner(st.st_uid)) {
       return absl::PermissionDeniedError(

@@ -2,6 +2,7 @@
 // own user could have written, reached through nothing another user could
 // swap) and what no reader may be handed (a FIFO, a device, a huge file).
 #include <fcntl.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "service/policy/policy.h"
 
@@ -85,6 +87,29 @@ TEST_F(PolicyLoadTest, OnlyABoundedRegularFileIsRead) {
   EXPECT_EQ(Policy::Load(dir_ / "none").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Policy::Load(dir_ / "none", Policy::Writer::kAnyone).status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// A draft's path is anyone's to point anywhere: at a device whose opening
+// acts (a watchdog's arms it). It was opened before it was found not to
+// be a regular file; now it is only looked at.
+TEST_F(PolicyLoadTest, WhatIsNotARegularFileIsNotOpened) {
+  const std::string fifo = dir_ / "device";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const std::string draft = dir_ / "draft";
+  ASSERT_EQ(::symlink(fifo.c_str(), draft.c_str()), 0);
+  UniqueFd watch(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+  ASSERT_TRUE(watch);
+  ASSERT_GE(::inotify_add_watch(watch.get(), fifo.c_str(), IN_OPEN), 0);
+  for (Policy::Writer w : {Policy::Writer::kAnyone, Policy::Writer::kTrusted}) {
+    EXPECT_EQ(Policy::Load(draft, w).status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  char events[4096];
+  EXPECT_LT(::read(watch.get(), events, sizeof(events)), 0) << "the FIFO was opened";
+  // A regular file is opened, and read, as before.
+  const std::string ok = Write("ok.textproto", kRule, 0644);
+  ASSERT_GE(::inotify_add_watch(watch.get(), ok.c_str(), IN_OPEN), 0);
+  EXPECT_TRUE(Policy::Load(ok).ok());
+  EXPECT_GT(::read(watch.get(), events, sizeof(events)), 0) << "no IN_OPEN seen at all";
 }
 
 }  // namespace
