@@ -387,8 +387,18 @@ void Broker::Accept() {
                       "; refusing connections for ", absl::FormatDuration(AcceptGuard::kPause)));
     return;
   }
-  const std::optional<uid_t> charge = ChargedUid(pidfd.get(), cred.pid, cred.uid);
-  if (!charge) {
+  const absl::StatusOr<uid_t> charge = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  if (absl::IsResourceExhausted(charge.status())) {
+    // Out of fds to tell whose it is (charged as itself, one of a user's
+    // subordinate uids would dodge its owner's limits): as out of fds.
+    CloseSocket(0, cred.uid, std::move(conn));
+    accept_guard_.Pause(MonotonicNow());
+    StopAccepting();
+    Warn("accept-fds", absl::StrCat(charge.status().message(), "; refusing connections for ",
+                                    absl::FormatDuration(AcceptGuard::kPause)));
+    return;
+  }
+  if (!charge.ok()) {
     // Gone: nobody to serve, and no uid it could be charged to for sure
     // (one of a user's subordinate uids, say).
     Warn("refused", cred.uid,

@@ -274,14 +274,17 @@ void GrpcListener::AcceptOne() {
   }
   // Per-uid limits charge a user namespace's processes to its owner's uid
   // (ChargedUid), not to each subordinate uid; a connection whose process
-  // is gone is charged to no one and not served.
-  const std::optional<uid_t> charged =
+  // is gone, or whose owner hallocd cannot tell (out of fds), is charged to
+  // no one and not served.
+  const absl::StatusOr<uid_t> charged =
       ChargedUid(PeerPidfd(conn.get(), cred.pid).get(), cred.pid, cred.uid);
   const uid_t uid = charged.value_or(cred.uid);
   absl::Status admit = absl::OkStatus();
-  if (!charged) {
+  if (absl::IsNotFound(charged.status())) {
     admit = absl::FailedPreconditionError(
         absl::StrCat("pid ", cred.pid, " (uid ", cred.uid, ") exited before it was accepted"));
+  } else if (!charged.ok()) {
+    admit = charged.status();
   } else if (const absl::Duration left = CutUntil(uid) - MonotonicNow();
              left > absl::ZeroDuration()) {
     admit = absl::ResourceExhaustedError(

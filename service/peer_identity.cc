@@ -10,6 +10,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 
 #ifndef SO_PEERPIDFD
@@ -48,12 +50,22 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   return s;
 }
 
-std::optional<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
+absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
   static const std::optional<FileId> ours = FileIdOf("/proc/self/ns/user");
   static const uid_t self = ::getuid();
+  // Out of fds or memory, nothing can be told: not charged as itself.
+  const auto cannot_look = [pid](int err) -> absl::StatusOr<uid_t> {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot tell whose pid ", pid, " is (its user namespace): ", std::strerror(err)));
+  };
+  const auto exhausted = [](int err) { return err == EMFILE || err == ENFILE || err == ENOMEM; };
   UniqueFd ns(::open(absl::StrCat("/proc/", pid, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+  const int open_err = errno;
   // Opened while the pinned process ran: its namespace, not a pid reuser's.
-  if (!StillRunning(pidfd)) return std::nullopt;
+  if (!StillRunning(pidfd)) {
+    return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
+  }
+  if (!ns && exhausted(open_err)) return cannot_look(open_err);
   if (!ns || !ours) return uid;  // not ours to look at (another user's)
   // Up from the peer's namespace to ours (user namespaces nest at most 32
   // deep), keeping the topmost owner that is neither root nor hallocd's
@@ -69,6 +81,7 @@ std::optional<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
       charge = owner;
     }
     UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
+    if (!parent && exhausted(errno)) return cannot_look(errno);
     if (!parent) return uid;  // not below ours
     ns = std::move(parent);
   }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/policy/policy.h"
 
@@ -50,11 +51,13 @@ ExeSample SampleExe(int pidfd, pid_t pid);
 // limits are charged to it: a user with subordinate uids (newuidmap:
 // 65,536 on a Debian login) would otherwise appear as that many uids and
 // fill every limit meant to share hallocd among users. `uid` when it
-// cannot look (another user's process, to a hallocd not run as root);
-// nullopt when the process is gone (nothing to serve: a connection left
+// cannot look (another user's process, to a hallocd not run as root).
+// NOT_FOUND when the process is gone (nothing to serve: a connection left
 // behind by a process that exited must not be charged to a uid of its
-// choosing).
-std::optional<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid);
+// choosing); RESOURCE_EXHAUSTED when hallocd is out of fds or memory to
+// look with (charged as itself, a subordinate uid would dodge its owner's
+// limits: the connection is refused instead).
+absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid);
 
 // Whether the process `pidfd` pins has not exited (false for -1). A
 // verified process's pid is its own only while this holds: after, the pid

@@ -1,6 +1,8 @@
 #include "service/peer_identity.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -237,7 +239,23 @@ TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
     absl::StatusOr<Subprocess> plain = Sleeper();
     ASSERT_TRUE(plain.ok());
     UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
-    EXPECT_EQ(ChargedUid(pidfd.get(), plain->pid(), kSeen), kSeen);
+    absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), plain->pid(), kSeen);
+    ASSERT_TRUE(charged.ok()) << charged.status();
+    EXPECT_EQ(*charged, kSeen);
+    // Out of fds to look with: charged as itself, a subordinate uid would
+    // dodge its owner's limits (it was); refused instead.
+    rlimit saved{};
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(lowest, 0);
+    ::close(lowest);
+    rlimit none = saved;
+    none.rlim_cur = static_cast<rlim_t>(lowest);  // no fd number free
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
+    charged = ChargedUid(pidfd.get(), plain->pid(), kSeen);
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+    EXPECT_EQ(charged.status().code(), absl::StatusCode::kResourceExhausted)
+        << (charged.ok() ? absl::StrCat("charged to uid ", *charged) : charged.status().ToString());
   }
   // As uid 1001 where this test may switch (root, no sandbox).
   const std::vector<std::string> as_1001 = {"/usr/bin/setpriv", "--reuid=1001", "--regid=1001",
@@ -266,10 +284,12 @@ TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
       if (pid < 0) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
       UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
       ASSERT_TRUE(pidfd);
-      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen), by_1001 ? uid_t{1001} : kSeen);
+      absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), pid, kSeen);
+      ASSERT_TRUE(charged.ok()) << charged.status();
+      EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSeen);
       inner->Signal(SIGKILL);
       (void)inner->Wait();
-      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen), std::nullopt);
+      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen).status().code(), absl::StatusCode::kNotFound);
     }
   }
   if (!other_owner) {
