@@ -300,6 +300,21 @@ class Holder {
   bool cannot_become_uid_ = false;
 };
 
+// Told that this process's uid is the scraper's.
+absl::StatusOr<std::unique_ptr<MetricsServer>> StartForThisScraper() {
+  MetricsServer::Options options;
+  options.scraper_uids = {::getuid()};
+  return MetricsServer::Start(
+      "127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
+}
+
+// Four scrapes in a row are served.
+void ExpectScrapesServed(uint16_t port) {
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(absl::StrContains(Fetch(port, "GET /metrics HTTP/1.0\r\n\r\n"), " 200 ")) << i;
+  }
+}
+
 // Any local user may connect from any of 127.0.0.0/8, so the per-address
 // limit bounds no one: uid 65534 holding connections that never finish a
 // request from five addresses kept every scrape out until their deadline
@@ -315,10 +330,7 @@ TEST(MetricsServerTest, OneUidCannotHoldTheScrapersSlots) {
   if (holder.could_not_become_uid()) GTEST_SKIP() << "cannot become uid 65534";
   EXPECT_EQ(ended, 12) << "uid 65534 kept more than 4 connections (or fewer)";
   // Scrapes go through meanwhile (well within the 10 s the held ones have).
-  for (int i = 0; i < 4; ++i) {
-    EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "))
-        << i;
-  }
+  ExpectScrapesServed((*s)->port());
 }
 
 // A user with subordinate uids (newuidmap) connects as many uids, 4 each:
@@ -326,10 +338,7 @@ TEST(MetricsServerTest, OneUidCannotHoldTheScrapersSlots) {
 // helper's attack: 1 of 7 scrapes in 13 s). Told the scraper's uids, the
 // endpoint lets all other uids share half the slots.
 TEST(MetricsServerTest, UidsNotTheScrapersShareHalfTheSlots) {
-  MetricsServer::Options options;
-  options.scraper_uids = {::getuid()};
-  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
-      "127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = StartForThisScraper();
   ASSERT_TRUE(s.ok()) << s.status();
   std::vector<std::unique_ptr<Holder>> holders;
   for (uid_t uid = 65530; uid < 65535; ++uid) {
@@ -343,10 +352,7 @@ TEST(MetricsServerTest, UidsNotTheScrapersShareHalfTheSlots) {
     ended += e;
   }
   EXPECT_EQ(ended, 20 - MetricsServer::kOthers) << "the other uids held more (or fewer) slots";
-  for (int i = 0; i < 4; ++i) {
-    EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "))
-        << i;
-  }
+  ExpectScrapesServed((*s)->port());
 }
 
 TEST(MetricsServerTest, OnlyLoopbackAddressesAreServed) {
@@ -372,10 +378,7 @@ TEST(MetricsServerTest, OnlyLoopbackAddressesAreServed) {
 // away (a review helper's attack: 0 of 5 scrapes). The per-uid counts
 // bound them; the per-address limit is no more.
 TEST(MetricsServerTest, UidsHoldingConnectionsFromTheScrapersAddressDoNotLockItOut) {
-  MetricsServer::Options options;
-  options.scraper_uids = {::getuid()};
-  absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
-      "127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
+  absl::StatusOr<std::unique_ptr<MetricsServer>> s = StartForThisScraper();
   ASSERT_TRUE(s.ok()) << s.status();
   std::vector<std::unique_ptr<Holder>> holders;
   for (uid_t uid : {65533u, 65534u}) {
@@ -387,10 +390,7 @@ TEST(MetricsServerTest, UidsHoldingConnectionsFromTheScrapersAddressDoNotLockItO
     if (h->could_not_become_uid()) GTEST_SKIP() << "cannot become uid " << h->uid();
     ASSERT_EQ(e, 0) << "uid " << h->uid() << ": within its limits, none is ended";
   }
-  for (int i = 0; i < 4; ++i) {
-    EXPECT_TRUE(absl::StrContains(Fetch((*s)->port(), "GET /metrics HTTP/1.0\r\n\r\n"), " 200 "))
-        << i;
-  }
+  ExpectScrapesServed((*s)->port());
 }
 
 }  // namespace

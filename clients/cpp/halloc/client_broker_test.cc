@@ -442,14 +442,22 @@ TEST(ClientBrokerTest, AGrantMadeAfterTheDeadlineIsWithdrawn) {
   EXPECT_EQ(broker.revoked(), (std::vector<uint64_t>{5}));
 }
 
+// A SOCK_SEQPACKET listener at `path` with room for `backlog` waiting
+// connections.
+UniqueFd Listen(const std::string& path, int backlog) {
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  const absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
+  EXPECT_TRUE(addr.ok()) << addr.status();
+  if (!addr.ok()) return UniqueFd();
+  EXPECT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
+  EXPECT_EQ(::listen(listener.get(), backlog), 0);
+  return listener;
+}
+
 TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
   testing::TempDir dir("fake");
-  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   const std::string path = dir / "broker.sock";
-  const absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
-  ASSERT_TRUE(addr.ok()) << addr.status();
-  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
-  ASSERT_EQ(::listen(listener.get(), 1), 0);
+  UniqueFd listener = Listen(path, 1);
   std::thread refuse([&] {
     UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
     v1::BrokerFrame f;
@@ -471,12 +479,8 @@ TEST(ClientBrokerTest, ARefusedConnectionSaysWhy) {
 // local process filling its backlog, hung Client::Connect).
 TEST(ClientBrokerTest, ConnectingToAFullBacklogTimesOut) {
   testing::TempDir dir("fake");
-  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   const std::string path = dir / "broker.sock";
-  const absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
-  ASSERT_TRUE(addr.ok()) << addr.status();
-  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
-  ASSERT_EQ(::listen(listener.get(), 0), 0);                 // never accepted from
+  UniqueFd listener = Listen(path, 0);                       // never accepted from
   absl::StatusOr<UniqueFd> filler = ConnectSeqpacket(path);  // the backlog's one place
   ASSERT_TRUE(filler.ok()) << filler.status();
   ConnectOptions o;

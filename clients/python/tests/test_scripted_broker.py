@@ -635,24 +635,27 @@ def _release_on_the_socket(broker, buffer_id):
         release=allocator_pb2.ReleaseRequest(buffer_ids=[buffer_id])), "Release")
 
 
-def _releases_into(released):
+def _grpc_path_broker(monkeypatch, timeout):
+    """A scripted broker whose Client calls Allocate over gRPC (its call
+    ids echoed) and answers Releases on the socket; and the list of the
+    buffers released there."""
+    released = []
+
     def answer(sock, req):
         released.extend(req.release.buffer_ids)
-        broker_of[0].reply_release(req)
-    broker_of = []
-    return answer, broker_of
+        broker.reply_release(req)
+
+    broker = _ScriptedBroker(answer, timeout=timeout)
+    broker.client.welcome.allocate_call_ids = True
+    monkeypatch.setattr(broker.client, "_fast_path", False)
+    return broker, released
 
 
 def test_an_interrupted_grpc_allocate_closes_its_late_fd_and_gives_it_back(monkeypatch):
     # Ctrl-C while the gRPC Allocate waited, hallocd having sent the fd: it
     # was filed for a taker that never came (open, and the buffer held,
     # until some record came twice the timeout later).
-    released = []
-    answer, broker_of = _releases_into(released)
-    broker = _ScriptedBroker(answer, timeout=1.0)
-    broker_of.append(broker)
-    broker.client.welcome.allocate_call_ids = True
-    monkeypatch.setattr(broker.client, "_fast_path", False)
+    broker, released = _grpc_path_broker(monkeypatch, timeout=1.0)
     memfd = os.memfd_create("late-allocate")
     inode = os.fstat(memfd).st_ino
 
@@ -673,12 +676,7 @@ def test_an_interrupted_grpc_allocate_closes_its_late_fd_and_gives_it_back(monke
 def test_an_fd_that_comes_after_take_fd_gave_up_is_closed_as_it_comes(monkeypatch):
     # gRPC answered the Allocate but its fd came only after the wait for it
     # ended: it was filed for a taker that never came.
-    released = []
-    answer, broker_of = _releases_into(released)
-    broker = _ScriptedBroker(answer, timeout=0.3)
-    broker_of.append(broker)
-    broker.client.welcome.allocate_call_ids = True
-    monkeypatch.setattr(broker.client, "_fast_path", False)
+    broker, released = _grpc_path_broker(monkeypatch, timeout=0.3)
     from halloc.v1 import allocator_pb2, types_pb2
     calls = []
 
