@@ -63,7 +63,8 @@ struct ConnectOptions {
   // base/protocol.h).
   std::string control_socket;
   std::string broker_socket;
-  // Per-call deadline, and the longest wait for the daemon's hello.
+  // Per-call deadline, and the longest wait to connect: for room in the
+  // broker socket's backlog and for the daemon's hello, together.
   absl::Duration timeout = absl::Seconds(10);
   // Allocate, Import, Share, Revoke, Release, Describe and SetMetadata as
   // requests on the broker socket (one record there and back, fds in the

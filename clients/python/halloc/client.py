@@ -214,7 +214,8 @@ class Client:
         $HALLOC_BROKER_SOCKET, else control.sock and broker.sock in
         $XDG_RUNTIME_DIR/halloc where either is there (a hallocd of this
         user's), else in /run/halloc (the machine's); never one from each.
-        `timeout` (seconds) bounds each call and the wait for the hello.
+        `timeout` (seconds) bounds each call, and connecting: the wait for
+        room in the broker socket's backlog and for the hello, together.
         `broker_fast_path=False` makes Allocate, Import, Share, Revoke and
         Release gRPC calls, the way a gRPC-only client makes them.
         """
