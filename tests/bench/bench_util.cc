@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 
@@ -108,6 +109,24 @@ bool ReadStdinLine(std::string* line) {
     if (n <= 0) return false;
     if (c == '\n') return true;
     line->push_back(c);
+  }
+}
+
+double Us(int64_t from_ns, int64_t to_ns) { return (to_ns - from_ns) / 1e3; }
+
+void Say(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+int Fail(const std::string& what, const absl::Status& status) {
+  std::fprintf(stderr, "halloc_bench: %s: %s\n", what.c_str(), status.ToString().c_str());
+  return 1;
+}
+
+void WaitForDriver() {
+  std::string line;
+  while (ReadStdinLine(&line)) {
   }
 }
 

@@ -53,6 +53,15 @@ class Args {
 // Blocks until a line arrives on stdin; false at EOF.
 bool ReadStdinLine(std::string* line);
 
+// For the workers: microseconds between two NowNs(); `text` on stdout at
+// once (the driver reads it as it comes); "halloc_bench: what: status" on
+// stderr, returning the exit code 1; waits until the driver closes our
+// stdin (or says anything).
+double Us(int64_t from_ns, int64_t to_ns);
+void Say(const std::string& text);
+int Fail(const std::string& what, const absl::Status& status);
+void WaitForDriver();
+
 }  // namespace halloc::bench
 
 #endif  // HALLOC_TESTS_BENCH_BENCH_UTIL_H_
