@@ -302,6 +302,7 @@ TEST_F(BrokerForeignFdsTest, AConnectionClosedWithFdsQueuedIsDrainedOffTheBroker
   ASSERT_TRUE(other.ok()) << other.status();
   SendRelease(other->fd.get(), {});
   EXPECT_TRUE(AnswerWithin(other->fd.get(), 10000).ok());
+  ASSERT_TRUE(WaitReadable(sender.get(), 10000).ok()) << "never closed";
   char c;
   EXPECT_EQ(::recv(sender.get(), &c, 1, MSG_DONTWAIT), 0) << "closed at its deadline";
 }

@@ -202,8 +202,8 @@ TEST_F(ReplyWatchTest, UnreadRepliesHoldFewThreadsAndThoseNotForLong) {
   ReplyWatch::Options replies;
   // Long enough that the uid's own 8 still wait when the rest have been
   // cancelled, even under ThreadSanitizer (making the 32 calls took it over
-  // a second).
-  replies.timeout = absl::Seconds(6);
+  // a second) and the rest took a loaded machine up to their 4 s.
+  replies.timeout = absl::Seconds(10);
   replies.per_uid = 8;
   Start(replies);
   const int calls = options_.grpc_max_threads;
@@ -217,7 +217,7 @@ TEST_F(ReplyWatchTest, UnreadRepliesHoldFewThreadsAndThoseNotForLong) {
                            << " unread replies: " << honest.error_code() << " "
                            << honest.error_message();
   // And the 8 go once they have waited `timeout`.
-  EXPECT_TRUE(attacker.WaitEnded(calls, absl::Seconds(10)))
+  EXPECT_TRUE(attacker.WaitEnded(calls, absl::Seconds(15)))
       << attacker.ended() << " of " << calls << " unread calls ended";
   // All but those gRPC refused itself ("Server Threadpool Exhausted": the
   // 32 threads include its pollers), which hold no thread.
@@ -268,11 +268,11 @@ TEST_F(ReplyWatchTest, ASustainedFloodOfUnreadCallsLeavesOtherUsersServed) {
   EXPECT_GT(attacker->reopened(), 64) << "the flood went on";
   // Most get a thread: the flood's calls are cancelled as their replies
   // are handed over. (Some may still lose the race for a thread to calls
-  // the flood opens as fast as they end: 0-4 of 20 here, 20 of 20 before.)
-  EXPECT_LE(refused, kCalls / 2) << refused << " of " << kCalls
-                                 << " Stats calls of uid 1002 refused (" << last
-                                 << ") while uid 1001 reopened " << attacker->reopened()
-                                 << " unread calls";
+  // the flood opens as fast as they end: 0-4 of 20 here, 20 of 20 before;
+  // the bound leaves a loaded machine room and still tells the two apart.)
+  EXPECT_LE(refused, 3 * kCalls / 4)
+      << refused << " of " << kCalls << " Stats calls of uid 1002 refused (" << last
+      << ") while uid 1001 reopened " << attacker->reopened() << " unread calls";
   // The flood gone, uid 1001 (still judged at once) is served: only while
   // its stuck replies are at the limit are its new ones cancelled.
   attacker.reset();

@@ -46,11 +46,7 @@
 namespace halloc {
 namespace {
 
-using testing::AllocateRequest;
 using testing::FaultTest;
-using testing::Hang;
-using testing::HallocdProcess;
-using testing::kPermissive;
 using testing::ReadLine;
 using testing::RecvFrame;
 using testing::Runfile;

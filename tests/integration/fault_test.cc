@@ -57,12 +57,8 @@ namespace {
 
 using testing::AllocateRequest;
 using testing::FaultTest;
-using testing::HallocdProcess;
 using testing::Hang;
-using testing::kPermissive;
-using testing::ReadLine;
 using testing::RecvFrame;
-using testing::Runfile;
 using testing::Snapshot;
 using testing::TestChild;
 using testing::WriteAll;

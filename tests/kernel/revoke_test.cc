@@ -231,7 +231,9 @@ TEST_F(RevokeTest, ARevokesZapDoesNotHoldTheBuffer) {
               maps.size(), revoke_ms, revokes.size(), info_ms, infos.size());
   if (revoke_ms < 1.0)
     GTEST_SKIP() << "a revoke takes " << revoke_ms << " ms here: too fast to tell";
-  EXPECT_LT(info_ms, revoke_ms / 10) << "INFO waited for the revokes' zaps";
+  // (A third: an INFO that waited for the zaps takes as long as a revoke;
+  // a tenth was tight for a TCG guest on a busy host.)
+  EXPECT_LT(info_ms, revoke_ms / 3) << "INFO waited for the revokes' zaps";
 }
 
 TEST_F(RevokeTest, OnlyTheViewOrItsAncestorsMayRevoke) {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/cpp/halloc/fake_broker.h"
@@ -43,16 +44,20 @@ class LateAllocate final : public v1::Allocator::Service {
     frame.mutable_buffer()->set_buffer_id(id);
     frame.mutable_buffer()->set_call_id(req->call_id());
     broker_->Send(frame, {fd.get()});
+    if (id == 42) late_sent_.Notify();
     resp->add_buffers()->set_id(id);
     return grpc::Status::OK;
   }
   uint64_t first_call_id() const { return first_call_id_; }
+  // Once the late fd is in the broker socket.
+  bool WaitLateSent() { return late_sent_.WaitForNotificationWithTimeout(absl::Seconds(10)); }
 
  private:
   FakeBroker* const broker_;
   UniqueFd late_;
   std::atomic<uint64_t> next_id_{42};
   std::atomic<uint64_t> first_call_id_{0};
+  absl::Notification late_sent_;
 };
 
 // Before, the late fd waited in the client for a taker until something
@@ -76,7 +81,7 @@ TEST(ClientAllocateTest, TheFdsOfAGrpcAllocateThatGaveUpAreClosedAndGivenBack) {
   desc.set_size(4096);
   EXPECT_EQ(c->Allocate(desc).status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_NE(service.first_call_id(), 0u) << "the call carried no call id";
-  absl::SleepFor(absl::Milliseconds(300));  // the late fd is (about) queued now
+  ASSERT_TRUE(service.WaitLateSent()) << "the late fd was never sent";
   // The next Allocate reads the late record off the socket before its own.
   absl::StatusOr<Buffer> next = c->Allocate(desc);
   ASSERT_TRUE(next.ok()) << next.status();

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/cpp/halloc/fake_broker.h"
@@ -41,13 +42,17 @@ class LateImport final : public v1::Allocator::Service {
     frame.mutable_buffer()->set_call_id(req->call_id());
     broker_->Send(frame, {memfd_.get()});
     memfd_ = UniqueFd();
+    sent_.Notify();
     resp->mutable_buffer()->set_id(42);
     return grpc::Status::OK;
   }
+  // Once the fd is in the broker socket.
+  bool WaitSent() { return sent_.WaitForNotificationWithTimeout(absl::Seconds(10)); }
 
  private:
   FakeBroker* const broker_;
   UniqueFd memfd_;
+  absl::Notification sent_;
 };
 
 // An Import that failed (its deadline passed) but whose fd came after all:
@@ -65,7 +70,7 @@ TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
-  absl::SleepFor(absl::Milliseconds(300));  // the late fd is (about) queued now
+  ASSERT_TRUE(service.WaitSent()) << "the late fd was never sent";
   // The next call takes the late fd off the socket first.
   EXPECT_TRUE(c->Release(7).ok());
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
@@ -90,17 +95,21 @@ class AnsweredBeforeItsFd final : public v1::Allocator::Service {
       frame.mutable_buffer()->set_call_id(call);
       broker_->Send(frame, {memfd_.get()});
       memfd_ = UniqueFd();
+      sent_.Notify();
     });
     resp->mutable_buffer()->set_id(42);
     resp->mutable_buffer()->set_size(4096);
     return grpc::Status::OK;
   }
+  // Once the fd is in the broker socket.
+  bool WaitSent() { return sent_.WaitForNotificationWithTimeout(absl::Seconds(10)); }
 
  private:
   FakeBroker* const broker_;
   UniqueFd memfd_;
   const absl::Duration late_;
   std::thread sender_;
+  absl::Notification sent_;
 };
 
 // The fd of an Import whose wait for it ended came later still: it was
@@ -119,8 +128,8 @@ TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
   absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
-  absl::SleepFor(absl::Milliseconds(800));  // the late fd is queued now
-  EXPECT_TRUE(c->Release(7).ok());          // takes it off the socket first
+  ASSERT_TRUE(service.WaitSent()) << "the fd was never sent";
+  EXPECT_TRUE(c->Release(7).ok());  // takes it off the socket first
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the fd that came late is still open in the client";
   EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7})) << "an import's hold is hallocd's";
   server->Shutdown();

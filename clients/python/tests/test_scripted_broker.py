@@ -463,9 +463,7 @@ def test_an_interrupt_while_the_reader_takes_the_lock_back_leaves_the_client_usa
     monkeypatch.setattr(conn, "_receive", real_receive)
     assert not conn._reading, "the interrupted reader is still marked reading"
     assert not conn._lock._is_owned()
-    start = time.monotonic()
-    broker.client.release(2)  # read and answered, not waited out
-    assert time.monotonic() - start < 0.9
+    broker.client.release(2)  # read and answered (else DEADLINE_EXCEEDED: nobody reads)
     broker.close()
 
 
