@@ -53,6 +53,15 @@ TEST(OutputTest, WhatTheDaemonNamesStaysOnItsLine) {
   EXPECT_TRUE(absl::StrContains(lines[0], "memfd\\tx")) << lines[0];
   EXPECT_TRUE(absl::StrContains(lines[1], "peer\\nok")) << lines[1];
   EXPECT_TRUE(absl::StrContains(lines[2], "no\\nok")) << lines[2];
+  // And a plane's component, in the layout a detailed listing describes.
+  v1::PlaneLayout* plane = b.mutable_layout()->add_planes();
+  plane->set_stride(256);
+  plane->set_size(4096);
+  plane->add_components()->set_type("Y\nok");
+  std::ostringstream detail;
+  PrintBuffer(detail, b, true);
+  for (absl::string_view line : absl::StrSplit(detail.str(), '\n')) EXPECT_NE(line, "ok");
+  EXPECT_TRUE(absl::StrContains(detail.str(), "Y\\nok")) << detail.str();
 }
 
 // A user's Stats lack other users' rows and the denials: the text says so,

@@ -2,6 +2,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -14,8 +15,9 @@ namespace {
 std::string Components(const v1::PlaneLayout& plane) {
   std::vector<std::string> parts;
   for (const v1::PlaneComponent& c : plane.components()) {
+    // Escaped: a layout may come from any daemon (hallocctl prints it).
     parts.push_back(
-        absl::StrFormat("%s[%u:%u]", c.type(), c.offset_bits(), c.size_bits()));
+        absl::StrFormat("%s[%u:%u]", absl::CHexEscape(c.type()), c.offset_bits(), c.size_bits()));
   }
   return absl::StrJoin(parts, " ");
 }

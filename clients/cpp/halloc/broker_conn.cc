@@ -57,10 +57,21 @@ absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path, absl::Duratio
   if (bounded && !send_timeout(std::max(timeout, absl::Milliseconds(1)))) {
     return ErrnoStatus(errno, "setsockopt(SO_SNDTIMEO)");
   }
+  // With a send timeout the kernel does not restart a connect a signal
+  // handler interrupted (EINTR): it goes again with the time left.
+  const absl::Time deadline = absl::Now() + timeout;
   int r;
-  do {
+  for (;;) {
     r = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  } while (r != 0 && errno == EINTR && !bounded);
+    if (r == 0 || errno != EINTR) break;
+    if (bounded) {
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) break;  // EINTR: as a timeout
+      if (!send_timeout(std::max(left, absl::Milliseconds(1)))) {
+        return ErrnoStatus(errno, "setsockopt(SO_SNDTIMEO)");
+      }
+    }
+  }
   if (r != 0 && bounded && (errno == EAGAIN || errno == EINTR)) {
     return absl::DeadlineExceededError(
         absl::StrCat("connect to hallocd broker at ", path, ": no room in its backlog within ",

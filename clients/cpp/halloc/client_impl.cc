@@ -193,17 +193,25 @@ void Client::Impl::ImportSettled(uint64_t buffer_id, bool newly_held, bool recei
 }
 
 void Client::Impl::ForgetAbandoned(absl::Time now) {
-  const auto expired = [&](absl::Time since) { return now - since > 2 * timeout_; };
-  absl::erase_if(abandoned_calls_, [&](const auto& c) { return expired(c.second.since); });
+  // A given-up import unanswered for twice the timeout no longer holds back
+  // the give-backs of others (whatever hold it made is then left to its
+  // late reply or the session's end). The request itself stays noted: a
+  // reply however late is still undone (a grant withdrawn, an Allocate's
+  // buffers given back).
   bool imports_ended = false;
-  absl::erase_if(abandoned_, [&](const auto& r) {
-    if (!expired(r.second)) return false;
-    // An import never answered: whatever hold it made is left to the
-    // session's end; the holds of others are given back again.
-    imports_ended |= imports_in_flight_.erase(r.first) > 0;
-    return true;
-  });
+  for (const auto& [id, since] : abandoned_) {
+    if (now - since > 2 * timeout_) imports_ended |= imports_in_flight_.erase(id) > 0;
+  }
   if (imports_ended) GiveBackUnclaimedHolds();
+  // Calls whose fds never come (refused, or never carried out) would be
+  // noted for good: the oldest beyond a bound are forgotten.
+  while (abandoned_calls_.size() > kMostAbandonedCalls) {
+    auto oldest = abandoned_calls_.begin();
+    for (auto it = abandoned_calls_.begin(); it != abandoned_calls_.end(); ++it) {
+      if (it->second.since < oldest->second.since) oldest = it;
+    }
+    abandoned_calls_.erase(oldest);
+  }
 }
 
 void Client::Impl::GiveBackUnclaimedHolds() {

@@ -122,8 +122,8 @@ class Client::Impl {
   // Gives back the holds that only imports nobody received made, once no
   // import is in flight.
   void GiveBackUnclaimedHolds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Forgets requests and calls given up on more than twice the timeout
-  // before `now` (an import among them is no longer in flight).
+  // Imports given up on more than twice the timeout before `now` are no
+  // longer in flight; abandoned calls are kept to kMostAbandonedCalls.
   void ForgetAbandoned(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Gives buffers back to the daemon without waiting for its answer (used
@@ -175,13 +175,12 @@ class Client::Impl {
   absl::flat_hash_map<FdKey, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
   // Requests whose caller stopped waiting (or that nobody waits for), and
-  // since when. Forgotten, as unclaimed fds are, after twice the timeout
-  // (ForgetAbandoned): a reply that comes later still is one no call waits
-  // for.
+  // since when (hallocd answers every request: each goes with its reply).
   absl::flat_hash_map<uint64_t, absl::Time> abandoned_ ABSL_GUARDED_BY(mu_);
   // Calls that gave up before their fds came (AbandonCall): whether to
-  // give their buffers back, and since when (forgotten likewise: a refused
-  // call's fds never come).
+  // give their buffers back, and since when (a refused call's fds never
+  // come: past kMostAbandonedCalls the oldest are forgotten).
+  static constexpr size_t kMostAbandonedCalls = 1024;
   struct AbandonedCall {
     bool give_back;
     absl::Time since;

@@ -78,18 +78,20 @@ TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
 }
 
 // A gRPC Allocator whose Import is answered at once but whose fd goes on
-// the broker socket only `late` after.
+// the broker socket only once the test says (Send()).
 class AnsweredBeforeItsFd final : public v1::Allocator::Service {
  public:
-  AnsweredBeforeItsFd(FakeBroker* broker, UniqueFd memfd, absl::Duration late)
-      : broker_(broker), memfd_(std::move(memfd)), late_(late) {}
+  AnsweredBeforeItsFd(FakeBroker* broker, UniqueFd memfd)
+      : broker_(broker), memfd_(std::move(memfd)) {}
   ~AnsweredBeforeItsFd() override {
+    if (!go_.HasBeenNotified()) go_.Notify();
     if (sender_.joinable()) sender_.join();
   }
+  void Send() { go_.Notify(); }
   grpc::Status Import(grpc::ServerContext*, const v1::ImportRequest* req,
                       v1::ImportResponse* resp) override {
     sender_ = std::thread([this, call = req->call_id()] {
-      absl::SleepFor(late_);
+      go_.WaitForNotification();
       v1::BrokerFrame frame;
       frame.mutable_buffer()->set_buffer_id(42);
       frame.mutable_buffer()->set_call_id(call);
@@ -107,9 +109,8 @@ class AnsweredBeforeItsFd final : public v1::Allocator::Service {
  private:
   FakeBroker* const broker_;
   UniqueFd memfd_;
-  const absl::Duration late_;
   std::thread sender_;
-  absl::Notification sent_;
+  absl::Notification go_, sent_;
 };
 
 // The fd of an Import whose wait for it ended came later still: it was
@@ -122,12 +123,13 @@ TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
   struct stat memfd_stat {};
   UniqueFd memfd = Memfd();
   ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
-  AnsweredBeforeItsFd service(&broker, std::move(memfd), absl::Milliseconds(1300));
+  AnsweredBeforeItsFd service(&broker, std::move(memfd));
   std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
   ASSERT_NE(server, nullptr);
   absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
+  service.Send();  // after the wait for it ended
   ASSERT_TRUE(service.WaitSent()) << "the fd was never sent";
   EXPECT_TRUE(c->Release(7).ok());  // takes it off the socket first
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the fd that came late is still open in the client";

@@ -62,9 +62,9 @@ class Connection:
         # the request carried, 0 where hallocd echoes none)
         self._pending = {}
         self._replies = {}    # request id -> (BrokerReply, [OwnedFd]) | HallocError
-        # Requests whose caller stopped waiting -> since when, and gRPC calls
-        # that gave up -> (give back?, since when): forgotten, as unclaimed
-        # fds are, after twice the timeout (_forget_abandoned).
+        # Requests whose caller stopped waiting -> since when (hallocd
+        # answers every request: each goes with its reply), and gRPC calls
+        # that gave up -> (give back?, since when) (_forget_abandoned).
         self._abandoned = {}
         self._abandoned_calls = {}
         # Request ids of broker Imports sent and not answered yet, and the
@@ -280,11 +280,19 @@ class Connection:
                 continue
             self._reading = True
             self._lock.release()
+            got = None
             try:
                 got = self._receive(deadline)
             finally:
                 try:
                     self._hold_again()
+                except BaseException:
+                    # Interrupted taking the lock back (held now): what was
+                    # read may be another call's reply; filed before the
+                    # interrupt goes on.
+                    if got is not None:
+                        self._file_received(got)
+                    raise
                 finally:
                     self._reading = False
                     # The others wake once the lock is free again: after the
@@ -484,25 +492,27 @@ class Connection:
         elif newly_held and buffer_id not in self._received_while_importing:
             self._unclaimed_holds.add(buffer_id)
 
+    _MOST_ABANDONED_CALLS = 1024
+
     def _forget_abandoned(self, now):
-        """Forgets requests and calls given up on more than twice the
-        timeout before `now`: a reply that comes later still is one no call
-        waits for, and a refused call's fds never come. An import never
-        answered is no longer in flight: whatever hold it made is left to
-        the session's end; the holds of others are given back again.
-        Holds self._lock."""
+        """A given-up import unanswered for twice the timeout before `now`
+        no longer holds back the give-backs of others (whatever hold it made
+        is left to its late reply or the session's end); the request stays
+        noted, so that a reply however late is still undone (a grant
+        withdrawn, an Allocate's buffers given back). Calls whose fds never
+        come (refused) are kept to _MOST_ABANDONED_CALLS, the oldest
+        forgotten. Holds self._lock."""
         horizon = now - 2 * self._timeout
-        for call in [c for c, (_, since) in self._abandoned_calls.items() if since < horizon]:
-            del self._abandoned_calls[call]
-        expired = [r for r, since in self._abandoned.items() if since < horizon]
         imports_ended = False
-        for rid in expired:
-            del self._abandoned[rid]
-            if rid in self._imports_in_flight:
+        for rid, since in self._abandoned.items():
+            if since < horizon and rid in self._imports_in_flight:
                 self._imports_in_flight.discard(rid)
                 imports_ended = True
         if imports_ended:
             self._give_back_unclaimed_holds()
+        while len(self._abandoned_calls) > self._MOST_ABANDONED_CALLS:
+            oldest = min(self._abandoned_calls, key=lambda c: self._abandoned_calls[c][1])
+            del self._abandoned_calls[oldest]
 
     def _give_back_unclaimed_holds(self):
         """Gives back the holds only imports nobody received made, once no

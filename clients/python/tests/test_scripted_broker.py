@@ -498,3 +498,22 @@ def test_a_record_read_while_the_client_closed_has_its_fds_closed(monkeypatch):
     os.close(memfd)
     assert not open_on_inode(inode), "the record's fd outlived close()"
     broker.sock.close()
+
+
+def test_calls_that_gave_up_are_not_remembered_for_ever(monkeypatch):
+    # A gRPC Allocate that failed UNAVAILABLE (another process filled the
+    # control connections, say) may have been carried out: its call is
+    # noted, to close its fds should they come. Refused, they never come:
+    # each such call stayed noted until the session ended.
+    broker, _ = grpc_path_broker(monkeypatch, timeout=2.0)
+
+    def unavailable(method, req, name):
+        raise halloc.UnavailableError(f"{name}: failed to connect")
+
+    monkeypatch.setattr(broker.client._conn, "call", unavailable)
+    for _ in range(1100):
+        with pytest.raises(halloc.UnavailableError):
+            broker.client.allocate(halloc.blob(PAGE))
+    release_on_the_socket(broker, 7)  # a record filed
+    assert len(broker.client._conn._abandoned_calls) <= 1024
+    broker.close()
