@@ -240,7 +240,7 @@ class Holder {
           ::_exit(2);
         }
       }
-      // Those the server ended at once read EOF within 5 s (a loaded
+      // Those the server ended at once read EOF within 3 s (a loaded
       // machine ends them late; the held ones have 10 s).
       char ended = 0;
       pollfd p[16];
@@ -250,7 +250,7 @@ class Holder {
       for (;;) {
         ::clock_gettime(CLOCK_MONOTONIC, &now);
         const long left_ms =
-            5000 - (now.tv_sec - start.tv_sec) * 1000 - (now.tv_nsec - start.tv_nsec) / 1000000;
+            3000 - (now.tv_sec - start.tv_sec) * 1000 - (now.tv_nsec - start.tv_nsec) / 1000000;
         if (left_ms <= 0 || ::poll(p, n, static_cast<int>(left_ms)) <= 0) break;
         for (int i = 0; i < n; ++i) {
           char c;
