@@ -192,7 +192,8 @@ TEST_F(DmabufTest, AProtocolErrorIsReportedAfterTheCompositorClosed) {
   const v1::PlaneLayout& p = b.layout().planes(0);
   zwp_linux_buffer_params_v1_add(params, b.fd(), 0, static_cast<uint32_t>(p.offset()),
                                  static_cast<uint32_t>(p.stride()), 0, 0);
-  zwp_linux_buffer_params_v1_create_immed(params, 64, 48, DRM_FORMAT_XRGB8888, 0);
+  wl_buffer* never =
+      zwp_linux_buffer_params_v1_create_immed(params, 64, 48, DRM_FORMAT_XRGB8888, 0);
   ASSERT_GE(wl_display_flush(display_->display()), 0);
   // The compositor has closed its end once the socket hangs up.
   pollfd pfd = {.fd = wl_display_get_fd(display_->display()), .events = POLLIN, .revents = 0};
@@ -204,6 +205,7 @@ TEST_F(DmabufTest, AProtocolErrorIsReportedAfterTheCompositorClosed) {
   const absl::Status s = display_->Roundtrip(absl::Seconds(5));
   EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
   EXPECT_NE(s.message().find("protocol error"), std::string::npos) << s;
+  wl_buffer_destroy(never);
   zwp_linux_buffer_params_v1_destroy(params);
 }
 
