@@ -13,6 +13,8 @@ namespace halloc {
 namespace {
 
 constexpr absl::string_view kRulePayload = "halloc.dev/deciding-rule";
+// What DecidingRule says of a refusal no rule made (DecideRule).
+constexpr absl::string_view kNoRule = "(no rule)";
 
 // `status` carrying the name of the rule that decided it.
 absl::Status By(absl::string_view rule, absl::Status status) {
@@ -31,7 +33,7 @@ std::string DecidingRule(const absl::Status& status) {
 absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
                                        absl::string_view action) {
   if (const Rule* rule = policy.Match(c)) return rule;
-  return By("(no rule)",
+  return By(kNoRule,
             absl::PermissionDeniedError(absl::StrCat(
                 action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
                 " gid ", c.gid,
@@ -181,16 +183,17 @@ absl::StatusOr<const Rule*> DecideGrantSharer(const Policy& policy, const Identi
   PeerAsk peer;
   if (!grant.peer_name.empty()) peer.name = grant.peer_name;
   peer.uid = grant.peer_uid;
-  if (policy.Match(grant.sharer) == nullptr) {
+  absl::StatusOr<SharePeerDecision> to =
+      DecideSharePeer(policy, grant.sharer, peer, grant.buffer_id);
+  if (DecidingRule(to.status()) == kNoRule) {
     // Said without the sharer's uid, gid and executable, which the "no
-    // rule" refusal would tell the importer (another user, maybe).
+    // rule" refusal (written for the sharer) would tell the importer
+    // (another user, maybe).
     return By("(sharer has no rule)",
               absl::PermissionDeniedError(absl::StrCat(
                   "grant ", grant.id, " (buffer ", grant.buffer_id,
                   "): its sharer matches no rule of policy '", policy.source(), "' now")));
   }
-  absl::StatusOr<SharePeerDecision> to =
-      DecideSharePeer(policy, grant.sharer, peer, grant.buffer_id);
   if (absl::IsNotFound(to.status())) {
     // The client the grant names is gone from the policy: the grant
     // exists, but no one may import it now.
