@@ -504,10 +504,12 @@ class Connection:
         forgotten. Holds self._lock."""
         horizon = now - 2 * self._timeout
         imports_ended = False
-        for rid, since in self._abandoned.items():
-            if since < horizon and rid in self._imports_in_flight:
-                self._imports_in_flight.discard(rid)
-                imports_ended = True
+        # (Looked at with every record filed: nothing to do without imports.)
+        if self._imports_in_flight:
+            for rid, since in self._abandoned.items():
+                if since < horizon and rid in self._imports_in_flight:
+                    self._imports_in_flight.discard(rid)
+                    imports_ended = True
         if imports_ended:
             self._give_back_unclaimed_holds()
         while len(self._abandoned_calls) > self._MOST_ABANDONED_CALLS:
