@@ -326,14 +326,20 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer(std::move(render), options));
   Deadlines* deadlines = server->deadlines_.get();
+  // One option and its values per line.
+  // clang-format off
   server->daemon_ = MHD_start_daemon(
       flags, static_cast<uint16_t>(port), nullptr, nullptr, &Deadlines::OnRequest, deadlines,
-      MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd, nullptr, MHD_OPTION_NOTIFY_CONNECTION,
-      &Deadlines::Notify, deadlines, MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
+      MHD_OPTION_EXTERNAL_LOGGER, &LogFromMhd, nullptr,
+      MHD_OPTION_NOTIFY_CONNECTION, &Deadlines::Notify, deadlines,
+      MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&addr),
       // No limit per address: every local user connects from 127.0.0.1,
       // the scraper too, so one would let two uids lock the scraper out.
       // Connections count per uid instead (Deadlines::Notify).
-      MHD_OPTION_CONNECTION_LIMIT, 16u, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+      MHD_OPTION_CONNECTION_LIMIT, 16u,
+      MHD_OPTION_CONNECTION_TIMEOUT, 10u,
+      MHD_OPTION_END);
+  // clang-format on
   if (server->daemon_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "cannot serve metrics on ", address, " (address in use?)"));
