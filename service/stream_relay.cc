@@ -13,6 +13,7 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/util/clock.h"
 #include "service/util/log_limit.h"
 
 namespace halloc {
@@ -64,11 +65,14 @@ struct StreamRelay::Pipe {
   std::string to_server, to_client;  // read, not yet written
   bool client_eof = false, server_eof = false;
   bool client_shut = false, server_shut = false;  // our SHUT_WR sent
+  // That end hung up: nothing more reaches it, what it queued before is
+  // passed on.
+  bool client_gone = false, server_gone = false;
   bool paused = false;  // fds it sent wait to be closed
   uint32_t client_events = ~0u, server_events = ~0u;  // as watched now
 };
 
-absl::StatusOr<std::unique_ptr<StreamRelay>> StreamRelay::Start() {
+absl::StatusOr<std::unique_ptr<StreamRelay>> StreamRelay::Start(absl::Duration linger) {
   UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return ErrnoStatus(errno, "epoll_create1");
   UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -85,13 +89,17 @@ absl::StatusOr<std::unique_ptr<StreamRelay>> StreamRelay::Start() {
     }
   }
   std::unique_ptr<StreamRelay> r(
-      new StreamRelay(std::move(epoll), std::move(wake), std::move(foreign)));
+      new StreamRelay(std::move(epoll), std::move(wake), std::move(foreign), linger));
   r->thread_ = std::thread([p = r.get()] { p->Run(); });
   return r;
 }
 
-StreamRelay::StreamRelay(UniqueFd epoll, UniqueFd wake, std::unique_ptr<ForeignFds> foreign)
-    : epoll_(std::move(epoll)), wake_(std::move(wake)), foreign_(std::move(foreign)) {}
+StreamRelay::StreamRelay(UniqueFd epoll, UniqueFd wake, std::unique_ptr<ForeignFds> foreign,
+                         absl::Duration linger)
+    : epoll_(std::move(epoll)),
+      wake_(std::move(wake)),
+      foreign_(std::move(foreign)),
+      linger_(linger) {}
 
 StreamRelay::~StreamRelay() { Stop(); }
 
@@ -146,7 +154,7 @@ size_t StreamRelay::relayed() const {
 void StreamRelay::Run() {
   epoll_event events[64];
   for (;;) {
-    const int n = ::epoll_wait(epoll_.get(), events, 64, -1);
+    const int n = ::epoll_wait(epoll_.get(), events, 64, EndLingered());
     if (n < 0) {
       if (errno == EINTR) continue;
       PLOG(ERROR) << "relay: epoll_wait";
@@ -174,6 +182,21 @@ void StreamRelay::Run() {
   for (const auto& [key, p] : pipes_) keys.push_back(key);
   for (uint64_t key : keys) End(key);
   Adopt();  // discards what came meanwhile (no new pipes once stopping)
+}
+
+int StreamRelay::EndLingered() {
+  while (!lingering_.empty()) {
+    const auto [deadline, key] = lingering_.front();
+    const absl::Duration left = deadline - MonotonicNow();
+    if (left > absl::ZeroDuration()) {
+      // Rounded up: woken early, it would only wait again.
+      return static_cast<int>(
+          absl::ToInt64Milliseconds(left + absl::Milliseconds(1) - absl::Nanoseconds(1)));
+    }
+    lingering_.pop_front();
+    End(key);  // what that end left and the other did not take is dropped
+  }
+  return -1;
 }
 
 void StreamRelay::Adopt() {
@@ -215,18 +238,15 @@ void StreamRelay::OnEvent(uint64_t key, bool client_side, uint32_t events) {
   auto it = pipes_.find(key);
   if (it == pipes_.end()) return;
   Pipe& p = *it->second;
-  if (events & (EPOLLHUP | EPOLLERR)) {
-    // Both directions over on that end: the client gone (nothing more can
-    // reach it), or gRPC done with the connection (what it wrote last is
-    // passed on first).
-    if (!client_side) {
-      std::string rest;
-      std::vector<UniqueFd> none;
-      while (ReceiveChunk(p.server.get(), rest, none) > 0) p.to_client += rest;
-      Flush(p.client.get(), p.to_client);
-    }
-    End(key);
-    return;
+  // That end is gone (closed, or shut down both ways; EPOLLERR: it left
+  // something of ours unread): nothing more can reach it, and the other
+  // end's bytes are not read any more. What it sent before is still
+  // queued, its error reported after: passed on within the linger.
+  bool& gone = client_side ? p.client_gone : p.server_gone;
+  if ((events & (EPOLLHUP | EPOLLERR)) && !gone) {
+    gone = true;
+    (client_side ? p.to_client : p.to_server).clear();
+    lingering_.emplace_back(MonotonicNow() + linger_, key);
   }
   if (Pump(p)) Watch(p);
 }
@@ -269,17 +289,25 @@ bool StreamRelay::Pump(Pipe& p) {
   std::string chunk;
   for (int round = 0; round < 4; ++round) {
     bool moved = false;
-    std::vector<UniqueFd> fds;
-    const bool ok = Step(p.client.get(), p.server.get(), p.to_server, p.client_eof,
-                         p.server_shut, !p.paused, chunk, fds, moved);
-    if (!fds.empty()) TakeForeign(p, std::move(fds));
-    std::vector<UniqueFd> none;  // gRPC sends none
-    if (!ok || !Step(p.server.get(), p.client.get(), p.to_client, p.server_eof, p.client_shut,
-                     true, chunk, none, moved)) {
-      End(p.key);
-      return false;
+    bool ok = true;
+    if (!p.server_gone) {  // the client's bytes, while gRPC is there
+      std::vector<UniqueFd> fds;
+      ok = Step(p.client.get(), p.server.get(), p.to_server, p.client_eof, p.server_shut, !p.paused,
+                chunk, fds, moved);
+      if (!fds.empty()) TakeForeign(p, std::move(fds));
     }
-    if (p.client_eof && p.server_eof && p.to_server.empty() && p.to_client.empty()) {
+    if (ok && !p.client_gone) {    // gRPC's, while the client is there
+      std::vector<UniqueFd> none;  // gRPC sends none
+      ok = Step(p.server.get(), p.client.get(), p.to_client, p.server_eof, p.client_shut, true,
+                chunk, none, moved);
+    }
+    // Over: on an error (a gone end's comes once its bytes are read), or
+    // once each direction still open has passed its end on. The bytes
+    // written last wait in the destination's queue: closing ours drops
+    // none of them.
+    const bool to_server_done = p.server_gone || (p.client_eof && p.to_server.empty());
+    const bool to_client_done = p.client_gone || (p.server_eof && p.to_client.empty());
+    if (!ok || (to_server_done && to_client_done)) {
       End(p.key);
       return false;
     }
@@ -305,16 +333,30 @@ void StreamRelay::TakeForeign(Pipe& p, std::vector<UniqueFd> fds) {
 }
 
 void StreamRelay::Watch(Pipe& p) {
-  const uint32_t client = (p.to_server.empty() && !p.client_eof && !p.paused ? EPOLLIN : 0) |
-                          (p.to_client.empty() ? 0 : EPOLLOUT);
-  const uint32_t server = (p.to_client.empty() && !p.server_eof ? EPOLLIN : 0) |
-                          (p.to_server.empty() ? 0 : EPOLLOUT);
+  const bool read_client = p.to_server.empty() && !p.client_eof && !p.paused && !p.server_gone;
+  const bool read_server = p.to_client.empty() && !p.server_eof && !p.client_gone;
+  uint32_t client = (read_client ? EPOLLIN : 0) | (p.to_client.empty() ? 0 : EPOLLOUT);
+  uint32_t server = (read_server ? EPOLLIN : 0) | (p.to_server.empty() ? 0 : EPOLLOUT);
+  // A gone end reports its hang-up whatever it is asked for: watched only
+  // while it is to be read (the hang-up reads as readable: bytes, then the
+  // end), not at all otherwise.
+  constexpr uint32_t kUnwatched = ~0u;
+  if (p.client_gone && client == 0) client = kUnwatched;
+  if (p.server_gone && server == 0) server = kUnwatched;
   auto set = [&](int fd, uint32_t want, uint32_t& now, uint64_t side) {
     if (want == now) return;
+    if (want == kUnwatched) {
+      if (::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr) != 0) {
+        PLOG(ERROR) << "relay: epoll_ctl(DEL)";
+        return;
+      }
+      now = kUnwatched;
+      return;
+    }
     epoll_event ev{};
     ev.events = want;  // EPOLLHUP and EPOLLERR come anyway
     ev.data.u64 = p.key << 1 | side;
-    const int op = now == ~0u ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    const int op = now == kUnwatched ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
     if (::epoll_ctl(epoll_.get(), op, fd, &ev) != 0) {
       PLOG(ERROR) << "relay: epoll_ctl";
       return;

@@ -19,12 +19,17 @@
 // one; gRPC ending the pair reaches the client as the connection ending).
 // Each direction holds at most one read (64 KiB) that its destination has
 // not taken yet, and reads no more until it has: the relay buffers nothing
-// a client can grow. A client's out-of-band byte is read inline
-// (SO_OOBINLINE): skipped, the kernel would drop its fds on this thread. A
-// connection that ends is shut down and what it still queued read off (a
-// few chunks here, the rest dropped unopened by a ForeignFds drain), so
-// that closing it drops nothing here; only what carried fds counts against
-// its uid.
+// a client can grow. When one end goes (the client closes, or gRPC ends the
+// connection), what it sent before is still queued: that is passed on to
+// the other end first, as a direct connection would have delivered it
+// (a client's last request, gRPC's last replies and GOAWAY), within a
+// linger time (a client that stops reading does not keep its connection,
+// which counts against its uid, for good). A client's out-of-band byte is
+// read inline (SO_OOBINLINE): skipped, the kernel would drop its fds on
+// this thread. A connection that ends is shut down and what it still
+// queued read off (a few chunks here, the rest dropped unopened by a
+// ForeignFds drain), so that closing it drops nothing here; only what
+// carried fds counts against its uid.
 //
 // Identity is not affected: gRPC calls are tied to a session by its token
 // (Authenticate), not by the control connection's peer, and admission has
@@ -37,15 +42,18 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/util/foreign_fds.h"
 
@@ -59,8 +67,10 @@ class StreamRelay {
   // Chunks read off an ending connection here before the rest is left to
   // a ForeignFds drain (a client's send buffer holds about 208 KiB).
   static constexpr int kFinishChunks = 16;
+  // How long what one end left queued may take to reach the other.
+  static constexpr absl::Duration kLinger = absl::Seconds(5);
 
-  static absl::StatusOr<std::unique_ptr<StreamRelay>> Start();
+  static absl::StatusOr<std::unique_ptr<StreamRelay>> Start(absl::Duration linger = kLinger);
   ~StreamRelay();  // Stop()
 
   // Relays `client` (a connected SOCK_STREAM Unix socket of `uid`) from now
@@ -83,10 +93,16 @@ class StreamRelay {
 
  private:
   struct Pipe;
-  StreamRelay(UniqueFd epoll, UniqueFd wake, std::unique_ptr<ForeignFds> foreign);
+  StreamRelay(UniqueFd epoll, UniqueFd wake, std::unique_ptr<ForeignFds> foreign,
+              absl::Duration linger);
   void Run();
+  // Ends the pipes whose linger is over; the epoll_wait timeout until the
+  // next one's (-1: none).
+  int EndLingered();
   // Takes what Add and Discard handed over.
   void Adopt();
+  // An event on one end of pipe `key`; a hang-up (EPOLLHUP, EPOLLERR)
+  // starts its linger.
   void OnEvent(uint64_t key, bool client_side, uint32_t events);
   // Moves what can move now, in both directions; false once it ended.
   bool Pump(Pipe& p);
@@ -105,6 +121,7 @@ class StreamRelay {
   const UniqueFd epoll_;
   const UniqueFd wake_;  // eventfd: Adopt (1) or Stop
   const std::unique_ptr<ForeignFds> foreign_;
+  const absl::Duration linger_;
   std::thread thread_;
   bool stopped_ = false;
 
@@ -120,6 +137,9 @@ class StreamRelay {
 
   // Only the relay thread's.
   absl::flat_hash_map<uint64_t, std::unique_ptr<Pipe>> pipes_;
+  // Pipes one of whose ends hung up, by the end of their linger (in order:
+  // every linger is as long). A key may be gone from pipes_ already.
+  std::deque<std::pair<absl::Time, uint64_t>> lingering_;
   uint64_t next_key_ = 1;
 };
 

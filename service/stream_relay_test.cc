@@ -59,6 +59,28 @@ bool SeesEnd(int fd, int ms) {
   }
 }
 
+// Writes a pattern to `fd` until it takes no more (nobody reads the other
+// end of the relay) or `most` bytes went; returns what was written.
+std::string Fill(int fd, size_t most) {
+  std::string sent;
+  char piece[16384];
+  while (sent.size() < most) {
+    for (size_t i = 0; i < sizeof(piece); ++i) {
+      const size_t at = sent.size() + i;
+      piece[i] = static_cast<char>(at * 7 + at / 4096);
+    }
+    ssize_t n = ::send(fd, piece, sizeof(piece), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno == EAGAIN) {
+      // Full now; once more after the relay had a moment to move a chunk.
+      absl::SleepFor(absl::Milliseconds(50));
+      n = ::send(fd, piece, sizeof(piece), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    if (n <= 0) break;
+    sent.append(piece, static_cast<size_t>(n));
+  }
+  return sent;
+}
+
 bool WaitRelayed(const StreamRelay& relay, size_t n) {
   for (int i = 0; i < 2000 && relay.relayed() != n; ++i) absl::SleepFor(absl::Milliseconds(5));
   return relay.relayed() == n;
@@ -70,7 +92,8 @@ class StreamRelayTest : public ::testing::Test {
   // abortively): the one file these tests can hold a thread with.
   void SetUp() override {
     ForeignFds::bound_releases = false;
-    absl::StatusOr<std::unique_ptr<StreamRelay>> r = StreamRelay::Start();
+    // A short linger: connections ended with bytes unread end soon.
+    absl::StatusOr<std::unique_ptr<StreamRelay>> r = StreamRelay::Start(absl::Seconds(1));
     ForeignFds::bound_releases = true;
     ASSERT_TRUE(r.ok()) << r.status();
     relay_ = *std::move(r);
@@ -130,6 +153,84 @@ TEST_F(StreamRelayTest, GrpcEndingAConnectionEndsItForTheClient) {
   c2.reset();
   EXPECT_TRUE(SeesEnd(s2.get(), 5000));
   EXPECT_TRUE(WaitRelayed(*relay_, 0));
+}
+
+// What a client sent before it closed reaches gRPC whole, as it would on a
+// direct connection (its last request, say), however much gRPC had yet to
+// take when the relay saw the close; then the end. The relay dropped all
+// it had not moved by then.
+TEST_F(StreamRelayTest, AClientsLastBytesReachGrpcAfterItCloses) {
+  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Minutes(1));
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  auto [client, ours] = StreamPair();
+  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string sent = Fill(client.get(), 4 << 20);
+  client.reset();
+  absl::SleepFor(absl::Milliseconds(100));  // the relay sees the close before gRPC reads
+  const std::string got = ReadSome(server->get(), sent.size() + 1, 30000);
+  EXPECT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent) << "not the bytes sent";
+  EXPECT_TRUE(SeesEnd(server->get(), 5000));
+  EXPECT_TRUE(WaitRelayed(**relay, 0));
+}
+
+// And what gRPC wrote before it ended a connection (its last replies, a
+// GOAWAY) reaches the client whole, then the end. The relay passed on what
+// the client's socket took at that moment and dropped the rest.
+TEST_F(StreamRelayTest, GrpcsLastBytesReachTheClientAfterItEnds) {
+  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Minutes(1));
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  auto [client, ours] = StreamPair();
+  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string sent = Fill(server->get(), 4 << 20);
+  server->reset();
+  absl::SleepFor(absl::Milliseconds(100));
+  const std::string got = ReadSome(client.get(), sent.size() + 1, 30000);
+  EXPECT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent) << "not the bytes sent";
+  EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_TRUE(WaitRelayed(**relay, 0));
+}
+
+// A client's bytes after fds it sent, then its close: the bytes wait for
+// the fds' close (as on a live connection), then reach gRPC.
+TEST_F(StreamRelayTest, AClosedClientsBytesAfterItsFdsReachGrpcOnceTheFdsAreClosed) {
+  auto [client, ours] = StreamPair();
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  ASSERT_EQ(::write(client.get(), "a", 1), 1);
+  ASSERT_EQ(SendRaw(client.get(), "b", {write_end.get()}), 1);
+  ASSERT_EQ(::write(client.get(), "c", 1), 1);
+  client.reset();  // gone before the relay reads a byte
+  absl::StatusOr<UniqueFd> server = relay_->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(ReadSome(server->get(), 4, 10000), "abc");
+  EXPECT_TRUE(SeesEnd(server->get(), 5000));
+}
+
+// Neither end can keep a pipe for good by not reading what the other left:
+// after the linger the connection ends (its uid's count drops with it),
+// the rest dropped.
+TEST_F(StreamRelayTest, WhatAGoneEndLeftIsDroppedAfterTheLinger) {
+  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Milliseconds(200));
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  auto [client, ours] = StreamPair();
+  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string sent = Fill(server->get(), 4 << 20);
+  server->reset();  // gRPC gone; the client reads nothing
+  auto [client2, ours2] = StreamPair();
+  absl::StatusOr<UniqueFd> server2 = (*relay)->Add(std::move(ours2), 1000);
+  ASSERT_TRUE(server2.ok()) << server2.status();
+  const std::string sent2 = Fill(client2.get(), 4 << 20);
+  client2.reset();  // the client gone; gRPC reads nothing
+  EXPECT_TRUE(WaitRelayed(**relay, 0)) << "a gone end's pipe stays";
+  EXPECT_LT(ReadSome(client.get(), sent.size() + 1, 10000).size(), sent.size());
+  EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_LT(ReadSome(server2->get(), sent2.size() + 1, 10000).size(), sent2.size());
 }
 
 // Fds attached to a client's bytes never reach gRPC's end: they are closed
