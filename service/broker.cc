@@ -374,23 +374,11 @@ void Broker::Accept() {
   }
   // Per-uid limits are charged to the uid a user namespace's processes
   // belong to (their owner's), not to each subordinate uid.
-  UniqueFd pidfd = PeerPidfd(conn.get(), cred.pid);
-  if (const int err = errno; !pidfd && (err == EMFILE || err == ENFILE)) {
-    // The connection took the last fd: out of fds as an accept4 would have
-    // been (not a peer that exited), so the same pause, not a turn per
-    // queued connection.
-    CloseSocket(0, cred.uid, std::move(conn));
-    accept_guard_.Pause(MonotonicNow());
-    StopAccepting();
-    Warn("accept-fds",
-         absl::StrCat("out of fds: the pidfd of pid ", cred.pid, ": ", std::strerror(err),
-                      "; refusing connections for ", absl::FormatDuration(AcceptGuard::kPause)));
-    return;
-  }
-  const absl::StatusOr<uid_t> charge = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  absl::StatusOr<ChargedPeer> charge = PinAndCharge(conn.get(), cred);
   if (absl::IsResourceExhausted(charge.status())) {
-    // Out of fds to tell whose it is (charged as itself, one of a user's
-    // subordinate uids would dodge its owner's limits): as out of fds.
+    // Out of fds to pin it or tell whose it is (charged as itself, one of a
+    // user's subordinate uids would dodge its owner's limits): the same
+    // pause as an accept4 out of fds, not a turn per queued connection.
     CloseSocket(0, cred.uid, std::move(conn));
     accept_guard_.Pause(MonotonicNow());
     StopAccepting();
@@ -407,7 +395,7 @@ void Broker::Accept() {
     CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
-  const uid_t charged = *charge;
+  const uid_t charged = charge->charged;
   if (absl::Status admit = Admit(charged); !admit.ok()) {
     v1::BrokerFrame frame;
     *frame.mutable_reply() = ErrorReply(0, admit);
@@ -423,7 +411,7 @@ void Broker::Accept() {
   c->key = next_key_++;
   c->peer = cred;
   c->charged_uid = charged;
-  c->pidfd = std::move(pidfd);
+  c->pidfd = std::move(charge->pidfd);
   ExeSample exe = SampleExe(c->pidfd.get(), cred.pid);
   c->exe = std::move(exe.path);
   c->exe_file = exe.file;

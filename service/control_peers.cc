@@ -39,10 +39,11 @@ std::optional<uid_t> ControlPeers::LimitUid(const ControlPeers* peers, absl::str
   return peers->ChargedUidOf(peer).value_or(static_cast<uid_t>(-1));
 }
 
-std::string ControlPeers::ConnectionName(const ControlPeers* peers, absl::string_view peer) {
-  std::optional<Peer> p = peers == nullptr ? std::nullopt : peers->Find(peer);
-  if (!p) return std::string(peer);
-  return absl::StrCat(peer, "#", p->handover);
+ControlPeers::Call ControlPeers::CallOn(const ControlPeers* peers, absl::string_view peer) {
+  if (peers == nullptr) return Call{std::nullopt, std::string(peer)};
+  std::optional<Peer> p = peers->Find(peer);
+  if (!p) return Call{static_cast<uid_t>(-1), std::string(peer)};
+  return Call{p->charged, absl::StrCat(peer, "#", p->handover)};
 }
 
 }  // namespace halloc

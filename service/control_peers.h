@@ -44,11 +44,18 @@ class ControlPeers {
   // held to its totals alone).
   static std::optional<uid_t> LimitUid(const ControlPeers* peers, absl::string_view peer);
 
-  // A name for connection `peer` that no other connection shares: gRPC's
-  // "fd:N" names every connection later handed over with that number too,
-  // so the name adds which handover it was ("fd:N#7"). `peer` itself for a
-  // connection `peers` does not know, or without `peers`.
-  static std::string ConnectionName(const ControlPeers* peers, absl::string_view peer);
+  // What a call on connection `peer` is judged by, from one look-up (both
+  // of the same connection, should gRPC close it and hand its number to
+  // another meanwhile): its LimitUid, and a name no other connection
+  // shares (gRPC's "fd:N" names every connection later handed over with
+  // that number too, so the name adds which handover it was: "fd:N#7";
+  // `peer` itself for a connection `peers` does not know, or without
+  // `peers`).
+  struct Call {
+    std::optional<uid_t> limit_uid;
+    std::string connection;
+  };
+  static Call CallOn(const ControlPeers* peers, absl::string_view peer);
 
  private:
   struct Peer {

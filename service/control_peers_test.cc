@@ -23,17 +23,32 @@ TEST(ControlPeersTest, FindsAConnectionByTheNameGrpcGivesIt) {
 
 TEST(ControlPeersTest, AConnectionHandedOverWithAReusedNumberHasAnotherName) {
   ControlPeers peers;
-  EXPECT_EQ(ControlPeers::ConnectionName(&peers, "fd:12"), "fd:12");  // not handed over
-  EXPECT_EQ(ControlPeers::ConnectionName(nullptr, "fd:12"), "fd:12");
+  auto name = [&](absl::string_view peer) { return ControlPeers::CallOn(&peers, peer).connection; };
+  EXPECT_EQ(name("fd:12"), "fd:12");  // not handed over
+  EXPECT_EQ(ControlPeers::CallOn(nullptr, "fd:12").connection, "fd:12");
   peers.Set(12, ucred{100, 1000, 1000});
-  const std::string first = ControlPeers::ConnectionName(&peers, "fd:12");
-  EXPECT_EQ(ControlPeers::ConnectionName(&peers, "fd:12"), first);  // stable while it lasts
+  const std::string first = name("fd:12");
+  EXPECT_EQ(name("fd:12"), first);  // stable while it lasts
   peers.Set(13, ucred{100, 1000, 1000});
   peers.Set(12, ucred{100, 1000, 1000});  // gRPC closed fd 12; a new one got its number
-  const std::string second = ControlPeers::ConnectionName(&peers, "fd:12");
+  const std::string second = name("fd:12");
   EXPECT_NE(second, first);
-  EXPECT_NE(ControlPeers::ConnectionName(&peers, "fd:13"), first);
-  EXPECT_NE(ControlPeers::ConnectionName(&peers, "fd:13"), second);
+  EXPECT_NE(name("fd:13"), first);
+  EXPECT_NE(name("fd:13"), second);
+}
+
+// A call's uid and name come from the same connection, as LimitUid says.
+TEST(ControlPeersTest, ACallIsJudgedByItsConnectionsChargedUid) {
+  ControlPeers peers;
+  peers.Set(12, ucred{100, 1000, 1000}, /*charged=*/900);
+  const ControlPeers::Call on = ControlPeers::CallOn(&peers, "fd:12");
+  EXPECT_EQ(on.limit_uid, 900u);
+  EXPECT_EQ(on.limit_uid, ControlPeers::LimitUid(&peers, "fd:12"));
+  // Unknown: one shared uid; no peers at all: no per-uid limit.
+  EXPECT_EQ(ControlPeers::CallOn(&peers, "fd:13").limit_uid, static_cast<uid_t>(-1));
+  EXPECT_EQ(ControlPeers::CallOn(&peers, "fd:13").limit_uid,
+            ControlPeers::LimitUid(&peers, "fd:13"));
+  EXPECT_FALSE(ControlPeers::CallOn(nullptr, "fd:12").limit_uid.has_value());
 }
 
 TEST(ControlPeersTest, KnowsNoOtherName) {

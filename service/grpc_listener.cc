@@ -276,14 +276,8 @@ void GrpcListener::AcceptOne() {
   // (ChargedUid), not to each subordinate uid; a connection whose process
   // is gone, or whose owner hallocd cannot tell (out of fds), is charged to
   // no one and not served.
-  const UniqueFd pidfd = PeerPidfd(conn.get(), cred.pid);
-  const int pidfd_err = errno;
-  const absl::StatusOr<uid_t> charged =
-      !pidfd && (pidfd_err == EMFILE || pidfd_err == ENFILE)
-          ? absl::ResourceExhaustedError(
-                absl::StrCat("out of fds for the pidfd of pid ", cred.pid, " (uid ", cred.uid, ")"))
-          : ChargedUid(pidfd.get(), cred.pid, cred.uid);
-  const uid_t uid = charged.value_or(cred.uid);
+  const absl::StatusOr<ChargedPeer> charged = PinAndCharge(conn.get(), cred);
+  const uid_t uid = charged.ok() ? charged->charged : cred.uid;
   absl::Status admit = absl::OkStatus();
   if (absl::IsNotFound(charged.status())) {
     admit = absl::FailedPreconditionError(

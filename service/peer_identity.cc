@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -32,6 +33,18 @@ UniqueFd PeerPidfd(int conn, pid_t pid) {
   // another process's by now, which pidfd_open would pin instead.
   if (errno != ENOPROTOOPT) return UniqueFd();
   return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
+absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred) {
+  UniqueFd pidfd = PeerPidfd(conn, cred.pid);
+  if (const int err = errno; !pidfd && (err == EMFILE || err == ENFILE)) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of fds for the pidfd of pid ", cred.pid,
+                                                     " (uid ", cred.uid,
+                                                     "): ", std::strerror(err)));
+  }
+  absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  if (!charged.ok()) return charged.status();
+  return ChargedPeer{std::move(pidfd), *charged};
 }
 
 ExeSample SampleExe(int pidfd, pid_t pid) {

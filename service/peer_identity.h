@@ -59,6 +59,18 @@ ExeSample SampleExe(int pidfd, pid_t pid);
 // limits: the connection is refused instead).
 absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid);
 
+// The peer of the connected socket `conn` (SO_PEERCRED `cred`), pinned
+// (PeerPidfd) and charged (ChargedUid), as every listener admits one:
+// RESOURCE_EXHAUSTED when hallocd is out of fds to pin it or look (the
+// connection took the last one: out of fds as accept4 would have been),
+// NOT_FOUND when the process is gone. `pidfd` may be invalid (no pidfd
+// for it: charged by what can be told without).
+struct ChargedPeer {
+  UniqueFd pidfd;
+  uid_t charged;
+};
+absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred);
+
 // Whether the process `pidfd` pins has not exited (false for -1). A
 // verified process's pid is its own only while this holds: after, the pid
 // may be reused by any process, one holding the verified socket included.

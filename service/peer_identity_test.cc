@@ -51,6 +51,36 @@ TEST(PeerIdentityTest, PinsThePeerOfAConnection) {
   EXPECT_FALSE(PeerPidfd(-1, child->pid()));
 }
 
+// As a listener admits a peer: pinned and charged; out of fds to pin it,
+// RESOURCE_EXHAUSTED (refused and paused as accept4's EMFILE), not a peer
+// charged by pid alone or as gone.
+TEST(PeerIdentityTest, PinsAndChargesAPeerOrSaysItIsOutOfFds) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  ASSERT_EQ(::getsockopt(a.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len), 0);
+  absl::StatusOr<ChargedPeer> peer = PinAndCharge(a.get(), cred);
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ(PidOf(peer->pidfd.get()), ::getpid());
+  EXPECT_EQ(peer->charged, ::getuid());
+  peer->pidfd.reset();
+
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(lowest, 0);
+  ::close(lowest);
+  rlimit none = saved;
+  none.rlim_cur = static_cast<rlim_t>(lowest);  // no fd number free
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
+  peer = PinAndCharge(a.get(), cred);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  EXPECT_EQ(peer.status().code(), absl::StatusCode::kResourceExhausted)
+      << (peer.ok() ? absl::StrCat("charged to uid ", peer->charged) : peer.status().ToString());
+}
+
 TEST(PeerIdentityTest, VouchesForTheFileOfALiveProcess) {
   absl::StatusOr<Subprocess> child = Sleeper();
   ASSERT_TRUE(child.ok()) << child.status();

@@ -32,12 +32,10 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_MESSAGE) && !waiting_) {
       if (!looked_up_) {
-        const std::string peer = call_->peer();
-        uid_ = ControlPeers::LimitUid(watch_->peers_.get(), peer);
-        connection_ = ControlPeers::ConnectionName(watch_->peers_.get(), peer);
+        on_ = ControlPeers::CallOn(watch_->peers_.get(), call_->peer());
         looked_up_ = true;
       }
-      if (watch_->Begin(call_, uid_, connection_)) {
+      if (watch_->Begin(call_, on_.limit_uid, on_.connection)) {
         waiting_ = true;
       } else {
         // Its connection is judged at once and its uid at its limit:
@@ -62,8 +60,7 @@ class ReplyWatch::Interceptor final : public grpc::experimental::Interceptor {
   grpc::ServerContextBase* const call_;
   bool waiting_ = false;
   bool looked_up_ = false;
-  std::optional<uid_t> uid_;
-  std::string connection_;  // ControlPeers::ConnectionName
+  ControlPeers::Call on_;
 };
 
 class ReplyWatch::Factory final : public grpc::experimental::ServerInterceptorFactoryInterface {

@@ -77,7 +77,7 @@ class ReplyWatch {
   class Factory;
   struct Waiting {
     std::optional<uid_t> uid;
-    std::string connection;  // ControlPeers::ConnectionName
+    std::string connection;  // ControlPeers::Call::connection
     absl::Time since;
     absl::Time count_at;   // when it counts as stuck, if still waiting
     bool counted = false;  // stuck, counted in by_uid_
