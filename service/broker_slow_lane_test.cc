@@ -483,7 +483,14 @@ TEST_F(SlowLaneTest, ARevokeIsMadeBeforeItsConnectionsLaterRequestsAndItsEnd) {
   ASSERT_TRUE(SendRecord(second, describe.SerializeAsString(), {}, false).ok());
   EXPECT_FALSE(WaitReadable(second, 200).ok()) << "answered before the revoke ahead of it";
   conns[1].fd.reset();
-  absl::SleepFor(absl::Milliseconds(100));  // time to see the end, were it read
+  // The broker has had its chance to see that end (it was ready before
+  // this request was sent, so the round of events that serves the request
+  // held it too, were the connection watched) once the request is answered.
+  v1::BrokerRequest barrier;
+  barrier.set_request_id(13);
+  barrier.mutable_describe()->set_buffer_id(pages[0]);
+  absl::StatusOr<Answer> seen = Ask(conns[2].fd.get(), barrier);
+  ASSERT_TRUE(seen.ok()) << seen.status();
   rb.open.Notify();
   bool cut = false;
   for (int i = 0; i < 1000 && !cut; ++i) {

@@ -339,7 +339,13 @@ TEST_F(AbuseTest, RunningOutOfFdsNeitherSpinsNorFloodsTheLogNorLocksClientsOut) 
     absl::StatusOr<UniqueFd> fd = ConnectSeqpacket(opts_.broker_socket);
     if (fd.ok()) flood.push_back(*std::move(fd));
   }
-  absl::SleepFor(absl::Milliseconds(300));
+  // Measured once hallocd has met EMFILE (its first line says so), not
+  // after a guess at how long the flood takes to reach it.
+  for (int i = 0; i < 1000 && !absl::StrContains(Log(), "out of fds"); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_TRUE(absl::StrContains(Log(), "out of fds")) << "the flood never reached EMFILE; log:\n"
+                                                      << Log();
   const long before = CpuTicks(pid_);
   absl::SleepFor(absl::Seconds(1));
   const long used = CpuTicks(pid_) - before;

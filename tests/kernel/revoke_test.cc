@@ -411,9 +411,13 @@ TEST_F(RevokeTest, RevokeAfterLastCloseTouchesNoOtherFile) {
     UniqueFd pin(open(path.c_str(), O_PATH | O_CLOEXEC));
     ASSERT_TRUE(pin.valid()) << strerror(errno);
     view.reset();  // the file goes (after a grace period); the view stays
-    // membarrier(MEMBARRIER_CMD_GLOBAL) waits for an RCU grace period.
+    // membarrier(MEMBARRIER_CMD_GLOBAL) waits for an RCU grace period, after
+    // which the file's freeing callback runs; a second one and a pause give
+    // it time to have run (under TCG too), or the spray below takes other
+    // memory and the round proves nothing.
     syscall(__NR_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0);
-    usleep(20 * 1000);  // and the freeing callbacks run
+    syscall(__NR_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0);
+    usleep(50 * 1000);
     std::vector<UniqueFd> spray;
     for (int i = 0; i < 256; ++i) spray.emplace_back(open(victim_path.c_str(), O_RDONLY | O_CLOEXEC));
     ASSERT_TRUE(spray.back().valid()) << strerror(errno);
