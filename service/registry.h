@@ -176,6 +176,12 @@ class Registry {
   // importing a thousand grants each and sharing on made hallocd keep
   // millions of entries (330 MB, measured), charged to nobody.
   static constexpr size_t kMaxGrantsPerImport = 16;
+  // The most buffers a revoke took that a session remembers (fewer if it
+  // may hold fewer): a late Release naming an older one is NOT_FOUND. They
+  // count against no room, and importers that never release would make
+  // hallocd keep ~50 B per revoked import, per session, charged to nobody
+  // (12 MB a session at the default hold limit).
+  static constexpr size_t kMostRevokedRemembered = 1024;
 
   // `backend` names the backend in BufferInfo, `dma_bufs` says whether its
   // fds are dma-bufs (else memfds: BufferInfo.fd_kind). `follower` follows
@@ -385,8 +391,8 @@ class Registry {
     // Buffers a revoke took from this session (held through revoked grants
     // only) that it has not released since: a Release naming one is done
     // already (Release), and Describe and the like say why it is not held.
-    // The last max_buffers_per_session_ taken are remembered: by buffer,
-    // the serial of the revoke that took it, and by serial, oldest first.
+    // The last RevokedRemembered() taken are remembered: by buffer, the
+    // serial of the revoke that took it, and by serial, oldest first.
     absl::flat_hash_map<uint64_t, uint64_t> revoked;
     absl::btree_map<uint64_t, uint64_t> revoked_in_order;
     void RememberRevoked(uint64_t buffer_id, uint64_t serial, size_t most);

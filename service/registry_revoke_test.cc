@@ -676,6 +676,31 @@ TEST_F(RegistryTest, AReleaseNamingABufferARevokeTookReleasesTheOthers) {
   EXPECT_TRUE(reg_.Release(kB, {taken[1], taken[2], taken[3], taken[4]}).ok());
 }
 
+// A session that may hold many buffers still remembers no more than
+// kMostRevokedRemembered taken: importers that never release cost hallocd
+// a bounded amount (a review: 12 MB a session, charged to nobody).
+class RevokedRememberedTest : public RegistryTest {
+ protected:
+  RevokedRememberedTest() : RegistryTest(/*max_buffers_per_session=*/uint64_t{1} << 18) {}
+};
+
+TEST_F(RevokedRememberedTest, ASessionRemembersABoundedNumberOfBuffersRevokesTook) {
+  constexpr size_t kMost = Registry::kMostRevokedRemembered;
+  std::vector<uint64_t> taken;
+  for (size_t i = 0; i < kMost + 2; ++i) {
+    const uint64_t id = AddN(kA, 1)[0];
+    absl::StatusOr<v1::Grant> g = ShareTo(kA, id, 2);
+    ASSERT_TRUE(g.ok()) << g.status();
+    ASSERT_TRUE(reg_.Import(kB, g->token(), Accept).ok());
+    ASSERT_TRUE(reg_.Revoke(kA, g->id(), false).ok());
+    ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+    taken.push_back(id);
+  }
+  EXPECT_EQ(reg_.Release(kB, {taken[0]}).code(), StatusCode::kNotFound) << "forgotten";
+  EXPECT_EQ(reg_.Release(kB, {taken[1]}).code(), StatusCode::kNotFound) << "forgotten";
+  EXPECT_TRUE(reg_.Release(kB, {taken[2], taken[kMost / 2], taken.back()}).ok());
+}
+
 // What is remembered is the last taken, not the newest buffers: an older
 // buffer a revoke takes once four newer ones were taken is the one kept (a
 // review found it forgotten at once, its batch Release refused whole).

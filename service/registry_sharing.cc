@@ -367,7 +367,9 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   for (uint64_t sid : all_cut_off) {
     if (auto holding = holdings_.find(sid); holding != holdings_.end()) {
       DropHold(sid, holding->second, buffer_id);
-      holding->second.RememberRevoked(buffer_id, next_revoke_++, max_buffers_per_session_);
+      holding->second.RememberRevoked(
+          buffer_id, next_revoke_++,
+          std::min<size_t>(max_buffers_per_session_, kMostRevokedRemembered));
     }
   }
   // A grant an ended session kept, whose last open route this revoke

@@ -42,7 +42,8 @@ inline absl::Status NoQuota(uint64_t, uint64_t) { return absl::OkStatus(); }
 
 class RegistryTest : public ::testing::Test {
  protected:
-  RegistryTest() : reg_("memfd", /*dma_bufs=*/false, /*max_buffers_per_session=*/4) {
+  explicit RegistryTest(uint64_t max_buffers_per_session = 4)
+      : reg_("memfd", /*dma_bufs=*/false, max_buffers_per_session) {
     reg_.Join(kA, Uid(1));
     reg_.Join(kB, Uid(2));
   }
