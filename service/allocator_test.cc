@@ -256,6 +256,28 @@ TEST_F(AllocatorTest, MetadataDefaultsAndOnlyMutableFieldsCanBeSet) {
             StatusCode::kNotFound);
 }
 
+// The owner sets its buffer's metadata whatever its CPU rights: a producer
+// that only reads it by CPU (or a protected one, not at all) still tags its
+// dataspace. It was refused as "shared with you read-only".
+TEST_F(AllocatorTest, TheOwnerSetsMetadataWhateverItsCpuRights) {
+  Peer owner = Open();
+  v1::AllocateRequest req;
+  req.mutable_desc()->mutable_image()->set_width(64);
+  req.mutable_desc()->mutable_image()->set_height(64);
+  req.mutable_desc()->mutable_image()->set_format(DRM_FORMAT_XRGB8888);
+  req.mutable_desc()->set_usage(usage::kCpuReadOften | usage::kGpuRenderTarget);
+  auto r = core_.Allocate(*owner.session, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_NE(r->buffers(0).cpu_access(), v1::CPU_ACCESS_READ_WRITE) << "the case needs it";
+  v1::SetMetadataRequest set;
+  set.set_buffer_id(r->buffers(0).id());
+  set.set_type(v1::METADATA_DATASPACE);
+  set.mutable_value()->set_dataspace(143261696);
+  absl::StatusOr<v1::BufferInfo> info = core_.SetMetadata(*owner.session, set);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->metadata().dataspace(), 143261696);
+}
+
 TEST_F(AllocatorTest, BlobHasNoCrop) {
   Peer p = Open();
   auto r = core_.Allocate(*p.session, Blob(4096));

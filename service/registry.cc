@@ -243,11 +243,15 @@ absl::StatusOr<v1::BufferInfo> Registry::SetMetadata(
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   ASSIGN_OR_RETURN(BufferRecord * buffer, Held(h->second, req.buffer_id()));
-  if (OwnerSetsField(req.type()) &&
+  // The owner, whatever its CPU rights (a protected or CPU-read-only
+  // producer still tags its dataspace), and importers it shared with read-write.
+  const bool owner = buffer->owner_session == session_id && buffer->owner_holds;
+  if (OwnerSetsField(req.type()) && !owner &&
       buffer->holders.at(session_id) != CpuAccess::kReadWrite) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "buffer ", buffer->id, " is shared with you read-only; its metadata "
-        "is the owner's to set"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("buffer ", buffer->id,
+                     " was shared with you without write access; its metadata "
+                     "is the owner's to set"));
   }
   RETURN_IF_ERROR(SetMetadataField(req.type(), req.value(), buffer->layout,
                                    &buffer->metadata));
