@@ -300,8 +300,11 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   absl::Status sent =
       Deliver(channel, items, {plan.owner_access, decision.attach}, req.call_id(), &resp);
   if (!sent.ok()) {
-    // Ours alone so far: nobody else can hold or share them yet.
-    registry_.Release(session.id(), ids).IgnoreError();
+    // Undone one by one: whoever else speaks for the session (another
+    // process holding its socket, a gRPC thread with its token) may have
+    // released one of these guessable ids meanwhile, and an all-or-nothing
+    // Release would then keep the others, undelivered, until it ends.
+    for (uint64_t id : ids) registry_.Release(session.id(), {id}).IgnoreError();
     return sent;
   }
   allocate_latency_.Record(MonotonicNow() - start);

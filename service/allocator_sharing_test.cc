@@ -5,8 +5,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -85,6 +87,38 @@ TEST_F(AllocatorTest, AnImportSaysWhetherItMadeTheSessionAHolder) {
   ASSERT_TRUE(core_.Release(*peer.session, release).ok());
   ASSERT_TRUE(core_.Import(*peer.session, me, second->token(), 0, channel).ok());
   EXPECT_TRUE(channel.answers.back().newly_held());
+}
+
+// A channel whose Send fails (the client's socket full or gone) after
+// running `during` (a racer speaking for the same session meanwhile).
+class SendFailsAfter : public FdChannel {
+ public:
+  explicit SendFailsAfter(std::function<void(const v1::BufferFds&)> during)
+      : during_(std::move(during)) {}
+  absl::Status Send(const v1::BufferFds& info, absl::Span<const int>,
+                    const v1::AllocateResponse*) override {
+    during_(info);
+    return absl::UnavailableError("the client went away");
+  }
+
+ private:
+  const std::function<void(const v1::BufferFds&)> during_;
+};
+
+// An Allocate whose fds cannot be delivered gives back every buffer it
+// made, even one another holder of the session's socket released first
+// (ids are guessable): the all-or-nothing undo kept all the others, never
+// delivered, until the session ended.
+TEST_F(AllocatorTest, AnUndeliveredAllocateGivesBackEveryBufferThoughOneWasReleasedMeanwhile) {
+  Peer p = Open();
+  SendFailsAfter channel([&](const v1::BufferFds& info) {
+    v1::ReleaseRequest release;
+    release.add_buffer_ids(info.buffers(0).buffer_id());
+    EXPECT_TRUE(core_.Release(*p.session, release).ok());
+  });
+  auto r = core_.Allocate(*p.session, p.session->creds(), Blob(4096, 3), channel);
+  EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status();
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u) << "undelivered buffers kept";
 }
 
 // A channel whose first Send waits until let go and then fails (as when
