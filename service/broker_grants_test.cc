@@ -226,6 +226,48 @@ TEST_F(BrokerIdentityTest, AShareNamingAnOverlongPeerIsAnswered) {
   }
 }
 
+// A Share whose reply cannot be sent (the client leaves its socket full)
+// withdraws its grant: nobody learned the token, and it counted against the
+// session's grants until the session ended (gRPC withdraws such a grant).
+TEST_F(BrokerIdentityTest, AGrantWhoseReplyCannotBeSentIsWithdrawn) {
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  uint64_t id = 0;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  // Answers never read fill the client's socket.
+  v1::BrokerRequest describe;
+  describe.mutable_describe()->set_buffer_id(id);
+  for (uint64_t i = 0; i < 4000; ++i) {  // the broker's send buffer holds a few hundred
+    describe.set_request_id(100 + i);
+    ASSERT_TRUE(SendRecord(owner->fd.get(), describe.SerializeAsString(), {}, false).ok());
+  }
+  v1::BrokerRequest share = ShareRequest(7, id, "");
+  share.mutable_share()->mutable_peer()->set_uid(::getuid());
+  ASSERT_TRUE(SendRecord(owner->fd.get(), share.SerializeAsString(), {}, false).ok());
+  v1::StatsResponse stats;
+  for (int i = 0; i < 1000; ++i) {
+    stats = core_->Stats();
+    if (stats.grants() + stats.grants_revoked_total() > 0) break;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_GT(stats.grants() + stats.grants_revoked_total(), 0u) << "the Share was not made";
+  // Its answer never came (the case this is about).
+  for (;;) {
+    absl::StatusOr<Record> rec = ReceiveRecord(owner->fd.get(), /*nonblocking=*/true);
+    if (!rec.ok()) break;
+    v1::BrokerFrame frame;
+    ASSERT_TRUE(frame.ParseFromString(rec->bytes) && frame.has_reply());
+    ASSERT_NE(frame.reply().request_id(), 7u) << "the Share was answered: nothing to test";
+  }
+  EXPECT_EQ(core_->Stats().grants(), 0u) << "a grant nobody learned is kept";
+  // The session goes on.
+  absl::StatusOr<Answer> again = Ask(owner->fd.get(), describe);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(ReplyStatus(again->reply).ok()) << ReplyStatus(again->reply);
+}
+
 // A refusal's message goes out valid UTF-8 and cut; a reply too large for
 // a record goes out as RESOURCE_EXHAUSTED for the same request.
 TEST(BrokerReplyTest, EveryRequestGetsAReplyThatFitsARecord) {

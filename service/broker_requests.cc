@@ -243,9 +243,18 @@ bool Broker::Handle(Conn& conn, Record rec) {
         Refuse("Share", session, caller, req.request_id(), g.status(), *conn.channel);
         return true;
       }
+      const uint64_t grant_id = g->id();
       v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
       *reply.mutable_share()->mutable_grant() = *std::move(g);
-      Reply(conn, std::move(reply));
+      if (absl::Status s = SendReply(*conn.channel, std::move(reply)); !s.ok()) {
+        // Nobody learned its token: withdrawn, as gRPC withdraws a grant
+        // its caller cannot learn (kept, it would count against the
+        // session's grants until the session ends). New, it has no imports.
+        (void)core_->Revoke(session, grant_id);
+        Warn("reply", conn.charged_uid,
+             absl::StrCat("cannot reply to pid ", conn.peer.pid, ": ", s.message(),
+                          "; the grant it asked for was withdrawn"));
+      }
       return true;
     }
     case v1::BrokerRequest::kRevoke: {
