@@ -150,6 +150,7 @@ struct halloc_attach {
 
 /* halloc_main.c: module parameters. */
 extern unsigned int halloc_param_pool_max_mb;
+extern unsigned int halloc_param_max_attachments;
 extern bool halloc_param_contig_dma32;
 size_t halloc_max_buffer_bytes(const struct halloc_heap *heap);
 size_t halloc_max_contig_bytes(void);

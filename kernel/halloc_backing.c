@@ -40,6 +40,7 @@
  * (CONFIG_PROVE_LOCKING is off), so this order is argued here, not
  * machine-checked.
  */
+#include <linux/dma-direct.h>
 #include <linux/dma-map-ops.h>
 #include <linux/dma-mapping.h>
 #include <linux/mm.h>
@@ -79,7 +80,6 @@ static unsigned int halloc_dev_max_seg(struct device *dev)
  */
 int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 {
-	u64 limit;
 	pgoff_t i;
 
 	lockdep_assert_held(&buf->lock);
@@ -92,14 +92,28 @@ int halloc_buffer_fits_device(struct halloc_buffer *buf, struct device *dev)
 		if (buf->size > halloc_max_contig_bytes() &&
 		    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
 			return -EBUSY;
+		/*
+		 * Below 4 GiB is the lowest the heaps allocate (no ZONE_DMA):
+		 * a device reaching less would make every backing allocate
+		 * the whole size and free it again, for every holder.
+		 */
+		if (halloc_dev_dma_limit(dev) < DMA_BIT_MASK(32))
+			return -EBUSY;
 		return 0;
 	}
 	if (buf->segments > 1 &&
 	    halloc_driver_needs_contig(halloc_dev_driver_name(dev)))
 		return -EBUSY;
-	limit = halloc_dev_dma_limit(dev);
+	if (get_dma_ops(dev))
+		return 0;	/* an IOMMU maps what it must */
+	/*
+	 * As dma-direct will map them: the DMA address, not the physical one
+	 * (a memory-encryption bit, a bus offset map), within the mask and
+	 * the bus limit; else every mapping would bounce through swiotlb.
+	 */
 	for (i = 0; i < buf->nr_pages; i++)
-		if (page_to_phys(buf->pages[i]) + PAGE_SIZE - 1 > limit)
+		if (!dma_capable(dev, phys_to_dma(dev, page_to_phys(buf->pages[i])),
+				 PAGE_SIZE, true))
 			return -EBUSY;
 	return 0;
 }
@@ -110,10 +124,11 @@ int halloc_attach_build_sgt(struct halloc_buffer *buf, struct halloc_attach *a)
 	lockdep_assert_held(&buf->lock);
 	if (a->sgt.sgl)
 		return 0;
+	/* Charged to whoever attaches or maps (a backing worker: no one). */
 	return sg_alloc_table_from_pages_segment(&a->sgt, buf->pages,
 						 buf->nr_pages, 0, buf->size,
 						 halloc_dev_max_seg(a->dev),
-						 GFP_KERNEL);
+						 GFP_KERNEL_ACCOUNT);
 }
 
 /*

@@ -100,6 +100,7 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	struct halloc_buffer *buf = view->buf;
 	struct device *dev = attachment->dev;
 	struct halloc_attach *a;
+	unsigned int max;
 	int ret;
 
 	/* Revoked outranks the list (rechecked under the lock below). */
@@ -107,7 +108,8 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 		return -ENODEV;
 	if (!halloc_view_allows_driver(view, halloc_dev_driver_name(dev)))
 		return -EPERM;
-	a = kzalloc(sizeof(*a), GFP_KERNEL);
+	/* Made for the importer: charged to its memory cgroup. */
+	a = kzalloc(sizeof(*a), GFP_KERNEL_ACCOUNT);
 	if (!a)
 		return -ENOMEM;
 	a->dev = dev;
@@ -123,7 +125,13 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 		kfree(a);
 		return ret;
 	}
-	ret = view->revoked ? -ENODEV : halloc_buffer_fits_device(buf, dev);
+	max = READ_ONCE(halloc_param_max_attachments);
+	if (view->revoked)
+		ret = -ENODEV;
+	else if (max && buf->nr_attach >= max)
+		ret = -ENOSPC;
+	else
+		ret = halloc_buffer_fits_device(buf, dev);
 	if (!ret && buf->pages)
 		ret = halloc_attach_build_sgt(buf, a);
 	if (ret)
@@ -586,7 +594,7 @@ static struct halloc_buffer *halloc_buffer_create(const struct halloc_heap *heap
 	    size >> PAGE_SHIFT > totalram_pages())
 		return ERR_PTR(-ENOMEM);
 
-	buf = kzalloc(sizeof(*buf), GFP_KERNEL);
+	buf = kzalloc(sizeof(*buf), GFP_KERNEL_ACCOUNT);
 	if (!buf)
 		return ERR_PTR(-ENOMEM);
 	kref_init(&buf->ref);
@@ -628,7 +636,7 @@ struct dma_buf *halloc_buffer_export(const struct halloc_heap *heap,
 	struct halloc_view *view;
 	struct dma_buf *dmabuf;
 
-	view = kzalloc(sizeof(*view), GFP_KERNEL);
+	view = kzalloc(sizeof(*view), GFP_KERNEL_ACCOUNT);
 	if (!view)
 		return ERR_PTR(-ENOMEM);
 	/* A protected buffer has no CPU access from its first fd on; views

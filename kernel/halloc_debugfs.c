@@ -4,6 +4,7 @@
  * accounting and its device attachments, then totals and the pool size.
  */
 #include <linux/debugfs.h>
+#include <linux/delay.h>
 #include <linux/device.h>
 #include <linux/dma-mapping.h>
 #include <linux/seq_file.h>
@@ -12,12 +13,26 @@
 
 static struct dentry *halloc_debugfs_root;
 
+/*
+ * Called under halloc_buffers_lock, which every buffer's creation and free
+ * takes: a buffer whose lock a holder keeps (a CPU sync over many
+ * attachments, say) is shown without its details rather than waited for,
+ * or one user could stall every allocation through a reader of this file.
+ */
 static void halloc_show_buffer(struct seq_file *s, struct halloc_buffer *buf)
 {
 	struct halloc_attach *a;
 	char segs[12] = "-";
+	int tries;
 
-	mutex_lock(&buf->lock);
+	for (tries = 0; !mutex_trylock(&buf->lock); tries++) {
+		if (tries == 10) {
+			seq_printf(s, "%-6llu %-15s %12zu  (busy: details skipped)\n",
+				   buf->id, buf->heap->name, buf->size);
+			return;
+		}
+		usleep_range(500, 1000);
+	}
 	if (buf->pages)
 		snprintf(segs, sizeof(segs), "%u", buf->segments);
 	seq_printf(s, "%-6llu %-15s %12zu %5s %5s %5u %5u %6u %5u %5u %5d%s\n",

@@ -46,6 +46,17 @@ module_param(max_total_mb, uint, 0644);
 MODULE_PARM_DESC(max_total_mb,
 		 "Cap on all live halloc buffers, MiB (default half of RAM; 0 = none)");
 
+/*
+ * Each attachment holds a scatterlist as long as its buffer's (up to ~2 MiB
+ * for a 256 MiB buffer of scattered pages), made in the importer's context
+ * (charged to its memory cgroup): a process opening DRM files and importing
+ * one buffer into each would otherwise make as many as its fd limit allows.
+ */
+unsigned int halloc_param_max_attachments = 128;
+module_param_named(max_attachments, halloc_param_max_attachments, uint, 0644);
+MODULE_PARM_DESC(max_attachments,
+		 "Most device attachments one buffer has at once; dma_buf_attach() past it fails with ENOSPC (default 128; 0 = no limit)");
+
 unsigned int halloc_param_pool_max_mb = 64;
 module_param_named(pool_max_mb, halloc_param_pool_max_mb, uint, 0644);
 MODULE_PARM_DESC(pool_max_mb, "Most memory the page pool keeps, MiB (default 64)");

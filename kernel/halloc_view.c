@@ -101,11 +101,11 @@ struct dma_buf *halloc_view_export(const struct halloc_view_data *data)
 		goto put_source;
 
 	ret = -ENOMEM;
-	view = kzalloc(sizeof(*view), GFP_KERNEL);
+	view = kzalloc(sizeof(*view), GFP_KERNEL_ACCOUNT);
 	if (!view)
 		goto put_source;
 	if (data->name[0]) {
-		name = kstrdup(data->name, GFP_KERNEL);
+		name = kstrdup(data->name, GFP_KERNEL_ACCOUNT);
 		if (!name)
 			goto free_view;
 	}

@@ -93,7 +93,7 @@
  * outlives the fd it was made from. Views nest at most
  * HALLOC_MAX_VIEW_DEPTH levels below the original: a deeper one fails with
  * EMLINK. A view of a revoked view fails with ENODEV, before any of the
- * others.
+ * others except a malformed request's EINVAL and a bad source fd's EBADF.
  *
  * Live revoke
  * -----------
@@ -161,7 +161,8 @@
  * O_CLOEXEC|O_ACCMODE or with the access mode O_ACCMODE (3, no access
  * named), or non-zero heap_flags; ENOMEM when len exceeds the
  * heap's limit (module parameters max_buffer_mb, contig_max_kb,
- * max_total_mb) or memory is short.
+ * max_total_mb, dma32_max_mb) or memory is short; EINTR when a fatal
+ * signal came while the pages were allocated.
  *
  * Of the errors of mmap(), DMA_BUF_IOCTL_SYNC and dma_buf_attach(), a
  * revoked view's ENODEV comes first, then the rights' EPERM, then EINVAL
@@ -169,6 +170,12 @@
  * refuses before asking halloc: EINVAL for a mapping past the end or
  * unknown sync flags, EACCES from the VFS for a mapping the fd's open
  * mode forbids.
+ *
+ * dma_buf_attach() fails with ENOSPC when the buffer has max_attachments
+ * (module parameter, default 128) attachments already, through any of its
+ * fds: each holds a scatterlist as long as the buffer's, charged to the
+ * importer's memory cgroup (as are a view's and an attachment's own
+ * structures).
  *
  * dma_buf_attach() also fails with EBUSY when the device bounces every
  * mapping through swiotlb (swiotlb=force, a confidential guest): a sync for
@@ -181,8 +188,10 @@
  * sg_table itself (kmap or vmap of sg_page()) is beyond them: only the
  * drivers list keeps such a driver away from a view's buffer.
  * It fails with EBUSY too when the buffer's pages cannot be
- * used by the device as allocated: the device is direct-mapped and its DMA
- * mask cannot reach every page, or its driver is listed in the module
+ * used by the device as allocated: the device is direct-mapped and the DMA
+ * address of some page (as dma-direct would map it: with a memory-encryption
+ * bit or a bus offset applied) lies beyond its DMA mask or bus limit, or
+ * its driver is listed in the module
  * parameter contig_only_drivers (default "vivid": videobuf2-dma-contig needs
  * one DMA-contiguous segment) and the buffer has more than one physically
  * contiguous segment (see halloc_buffer_info.segments; HALLOC_INFO_BELOW_4G
@@ -224,10 +233,12 @@
  * SIGBUS.
  *
  * For a deferred buffer dma_buf_attach() only fails with EBUSY before it is
- * backed for a device that cannot do DMA at all (no DMA mask), and for a
- * device in contig_only_drivers when the buffer is larger than any
- * contiguous run the heap makes (contig_max_kb): attached, it would fail
- * every backing, for every holder, until it detached. Once it is
+ * backed for a device that cannot do DMA at all (no DMA mask, or a maximum
+ * segment below a page), one whose every mapping bounces (as above), a
+ * direct-mapped one reaching less than 4 GiB (the heaps allocate no lower),
+ * and for a device in contig_only_drivers when the buffer is larger than
+ * any contiguous run the heap makes (contig_max_kb): attached, it would
+ * fail every backing, for every holder, until it detached. Once it is
  * backed, EBUSY has the meaning above: the pages already chosen cannot serve
  * this device (for instance vivid with dma-contig attaching after vgem's
  * import backed the buffer with scattered pages). Attach devices with

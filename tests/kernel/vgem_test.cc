@@ -7,7 +7,9 @@
 #include <xf86drm.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "clients/compositor/drm_device.h"
 #include "tests/kernel/halloc_fixture.h"
@@ -177,6 +179,37 @@ TEST_F(VgemTest, ReexportKeepsTheViewsRights) {
   EXPECT_FALSE(Map(back.get(), 64 * 1024, PROT_READ).valid());
   EXPECT_EQ(errno, EPERM);
   EXPECT_EQ(Sync(back.get(), DMA_BUF_SYNC_START | DMA_BUF_SYNC_READ), -EPERM);
+}
+
+// One buffer takes at most max_attachments attachments at once, through
+// any of its fds (each holds a scatterlist as long as the buffer's): one
+// more is ENOSPC, and a detach makes room. Each DRM file imports apart.
+TEST_F(VgemTest, ABufferTakesAtMostMaxAttachmentsAttachments) {
+  ScopedParam cap("max_attachments", "3");
+  ASSERT_TRUE(cap.ok());
+  UniqueFd buf = Alloc(Heap::kSystem, 64 * 1024);
+  ASSERT_TRUE(buf.valid());
+  UniqueFd view(MakeView(ctl_.get(), buf.get(), {}));
+  ASSERT_TRUE(view.valid());
+  std::vector<UniqueFd> files;
+  std::vector<std::unique_ptr<GemHandle>> handles;
+  for (int i = 0; i < 3; ++i) {
+    files.push_back(OpenVgem());
+    ASSERT_TRUE(files.back().valid());
+    const int64_t h = Import(files.back().get(), (i % 2 ? view : buf).get());
+    ASSERT_GT(h, 0) << i << ": " << strerror(int(-h));
+    handles.push_back(std::make_unique<GemHandle>(files.back().get(), uint32_t(h)));
+  }
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 3u);
+  UniqueFd fourth = OpenVgem();
+  ASSERT_TRUE(fourth.valid());
+  EXPECT_EQ(Import(fourth.get(), view.get()), -ENOSPC);
+  EXPECT_EQ(Import(fourth.get(), buf.get()), -ENOSPC);
+  handles.pop_back();  // the last import's only handle: detached
+  const int64_t h = Import(fourth.get(), buf.get());
+  ASSERT_GT(h, 0) << strerror(int(-h));
+  GemHandle again(fourth.get(), uint32_t(h));
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 3u);
 }
 
 TEST_F(VgemTest, VgemBuffersAreNotHallocBuffers) {
