@@ -26,16 +26,18 @@
 namespace halloc {
 namespace {
 
-// What `req` allocates: a blob's size is its own; an image's is the
-// layout's (strides, plane and row alignment: the core's plan), planned
-// only for images so that the common blob call pays nothing.
+// What `req` allocates, as the core plans it (an image's layout: strides,
+// plane and row alignment); 0 for a request the plan refuses, whose
+// refusal is then answered at once and in order, not from a lane on the
+// strength of a size it may not have. A small blob is not planned here
+// (the common call pays nothing): its claimed size decides nothing.
 uint64_t BytesOf(const v1::AllocateRequest& req, const Allocator& core) {
-  if (req.desc().has_image()) return core.PlannedBytes(req);
-  const uint64_t count = std::max<uint32_t>(req.count(), 1);
-  const uint64_t size = req.desc().size();
-  return size > std::numeric_limits<uint64_t>::max() / count
-             ? std::numeric_limits<uint64_t>::max()
-             : size * count;
+  if (!req.desc().has_image()) {
+    const uint64_t count = std::max<uint32_t>(req.count(), 1);
+    const uint64_t size = req.desc().size();
+    if (size < Broker::kBudgetedBytes / count) return size * count;
+  }
+  return core.PlannedBytes(req);
 }
 
 constexpr absl::string_view kMalformedRequest =

@@ -115,6 +115,33 @@ TEST_F(SlowLaneTest, ALargeAllocationDoesNotHoldUpOtherClients) {
   EXPECT_EQ(big_fds, 1u);
 }
 
+// A request the plan refuses (too many buffers for a call) is answered at
+// once, whatever size it claims: it went to the slow lane by that size,
+// took one of its uid's places there and was answered behind whatever held
+// the lane.
+TEST_F(SlowLaneTest, ARefusedAllocationIsAnsweredAtOnceWhateverSizeItClaims) {
+  GatedBroker gated(dir_.path());
+  ASSERT_TRUE(gated.Start().ok());
+  absl::StatusOr<BrokerConnection> big = ConnectBroker(gated.path, absl::Seconds(5));
+  absl::StatusOr<BrokerConnection> other = ConnectBroker(gated.path, absl::Seconds(5));
+  ASSERT_TRUE(big.ok() && other.ok());
+  size_t big_fds = 0;
+  std::thread big_client(
+      [&] { EXPECT_TRUE(AllocateOn(big->fd.get(), uint64_t{64} << 20, &big_fds).ok()); });
+  ASSERT_TRUE(gated.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));  // lane held
+  v1::BrokerRequest req;
+  req.set_request_id(9);
+  req.mutable_allocate()->mutable_desc()->set_size(uint64_t{64} << 20);
+  req.mutable_allocate()->set_count(100000);
+  absl::StatusOr<Answer> refused = Ask(other->fd.get(), req);
+  ASSERT_TRUE(refused.ok()) << refused.status() << " (answered from behind the held lane?)";
+  EXPECT_EQ(ReplyStatus(refused->reply).code(), absl::StatusCode::kInvalidArgument)
+      << ReplyStatus(refused->reply);
+  gated.open.Notify();
+  big_client.join();
+  EXPECT_EQ(big_fds, 1u);
+}
+
 // The slow lane's share is per uid: more connections of one uid do not
 // buy it more of the queue. A request past it waits (its connection
 // unread) and is made once there is room, as the gRPC path would make it
