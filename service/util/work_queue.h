@@ -1,13 +1,17 @@
-// WorkQueue: runs tasks one at a time on a thread of its own, in the order
-// they were posted, with bounds on what may wait.
+// WorkQueue: runs tasks one at a time on a thread of its own, in turns by
+// key, with bounds on what may wait.
 //
 // For work an event loop must not do itself (the broker's large
 // allocations: committing gigabytes takes seconds, during which its one
 // thread would answer no one). At most `max_queued` tasks wait, and at
 // most `max_per_key` of them for one key (a uid), so that one
 // caller cannot fill the queue for everyone; Post says RESOURCE_EXHAUSTED
-// past either. Destroying it drops what still waits (unrun), lets the
-// running task finish, and joins the thread.
+// past either. One key's tasks run in the order posted; across keys, the
+// next task is the one of the key served least recently (one never served
+// first, then by posting order): a key with a few slow tasks waiting
+// delays another key's by at most one of them, not all. Destroying it
+// drops what still waits (unrun), lets the running task finish, and joins
+// the thread.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_UTIL_WORK_QUEUE_H_
@@ -51,11 +55,20 @@ class WorkQueue {
   absl::AnyInvocable<void()> after_each_;
   absl::Mutex mu_;
   struct Task {
-    uint64_t key;
+    uint64_t seq;  // posting order
     absl::AnyInvocable<void() &&> run;
   };
-  std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, size_t> per_key_ ABSL_GUARDED_BY(mu_);
+  struct Key {
+    std::deque<Task> waiting;
+    size_t count = 0;          // waiting and running
+    uint64_t last_served = 0;  // serial of its last task taken; 0: none
+  };
+  // The waiting task to run next (some key has one): its key.
+  uint64_t NextKey() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::flat_hash_map<uint64_t, Key> keys_ ABSL_GUARDED_BY(mu_);  // while count > 0
+  size_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t posted_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t served_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

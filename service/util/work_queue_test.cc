@@ -32,6 +32,38 @@ TEST(WorkQueueTest, RunsTasksInOrderOnItsOwnThread) {
   EXPECT_NE(ran_on, std::this_thread::get_id());
 }
 
+// Across keys, turns: the key served least recently goes next, so one
+// key's waiting tasks (each maybe seconds of work: a revoke of many views)
+// hold another key's back by at most one. They ran in posting order: all
+// of key 1's first.
+TEST(WorkQueueTest, KeysTakeTurns) {
+  WorkQueue q(16, 8);
+  absl::Notification release, started, done;
+  absl::Mutex mu;
+  std::vector<int> order;
+  auto note = [&](int what) {
+    return [&, what] {
+      absl::MutexLock lock(&mu);
+      order.push_back(what);
+      if (what == 13) done.Notify();
+    };
+  };
+  ASSERT_TRUE(q.Post(1, [&] {
+                 started.Notify();
+                 release.WaitForNotification();
+               }).ok());
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  // Key 1 (served just now) has three waiting; then key 2, then key 3
+  // (neither served yet) post theirs.
+  for (int i : {11, 12, 13}) ASSERT_TRUE(q.Post(1, note(i)).ok());
+  for (int i : {21, 22, 23}) ASSERT_TRUE(q.Post(2, note(i)).ok());
+  ASSERT_TRUE(q.Post(3, note(31)).ok());
+  release.Notify();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(order, (std::vector<int>{21, 31, 11, 22, 12, 23, 13}));
+}
+
 // One key cannot fill the queue for the others, nor anyone past the total;
 // a key's share frees once its tasks have run.
 TEST(WorkQueueTest, BoundsPerKeyAndInAll) {
