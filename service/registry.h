@@ -170,6 +170,11 @@ class Registry {
   // of (their ids are kept for a revoke of the grant: BufferRecord::
   // let_go_views).
   static constexpr size_t kMaxImportsPerGrant = 256;
+  // Views all sessions' imports of one grant keep at once: its revoke makes
+  // one ioctl per view (zapping each mapping of it), on the revoke lane
+  // every uid shares; without it, a uid's many sessions could make one
+  // revoke last seconds.
+  static constexpr size_t kMaxViewsPerGrant = 4096;
   // Grants one session may hold one buffer through at once (imported and
   // not revoked yet): each grant it shares the buffer on with keeps them all (for
   // a revoke of any: GrantRecord::via), so without a bound a few sessions

@@ -528,6 +528,35 @@ TEST_F(RegistryTest, WhatARevokeLeftCannotBeSharedOnAndLetGoImportsAreBounded) {
   EXPECT_EQ(r->views.size(), Registry::kMaxImportsPerGrant) << "every one let go is cut off";
 }
 
+// All sessions' live imports of one grant are bounded too: its revoke cuts
+// each view off (an ioctl and a zap of its mappings) on a lane every uid
+// shares. One uid's sessions multiplied the per-session bound.
+TEST_F(RegistryTest, AGrantsLiveImportsAreBoundedAcrossSessions) {
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> grant = ShareTo(kA, id, 2);
+  ASSERT_TRUE(grant.ok());
+  constexpr size_t kSessions = Registry::kMaxViewsPerGrant / Registry::kMaxImportsPerGrant;
+  uint64_t view = 1;
+  for (uint64_t s = 0; s < kSessions; ++s) {
+    const uint64_t sid = 1000 + s;
+    reg_.Join(sid, Uid(2));
+    for (size_t i = 0; i < Registry::kMaxImportsPerGrant; ++i) {
+      ASSERT_TRUE(ImportView(sid, *grant, id, CpuAccess::kRead, view++));
+    }
+  }
+  reg_.Join(2000, Uid(2));
+  absl::Status over = reg_.Import(2000, grant->token(), Accept).status();
+  EXPECT_EQ(over.code(), StatusCode::kResourceExhausted) << over;
+  EXPECT_TRUE(absl::StrContains(over.message(), "imports live")) << over;
+  // Another grant of the buffer is another grant's revoke.
+  absl::StatusOr<v1::Grant> other = ShareTo(kA, id, 2);
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(ImportView(2000, *other, id, CpuAccess::kRead, view++));
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, grant->id(), true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->views.size(), Registry::kMaxViewsPerGrant);
+}
+
 // Share and Import cost a client nothing, and each leaves state in
 // hallocd: both are bounded per session, with a reason, and the refusal
 // changes nothing.

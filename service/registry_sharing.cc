@@ -125,6 +125,15 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
           " times; limit is ", kMaxImportsPerGrant, " (keep the fd it has)"));
     }
   }
+  size_t views = 0;  // a scan of the buffer's importing sessions
+  for (const auto& [sid, routes] : buffer->imports) {
+    if (auto r = routes.find(t->second); r != routes.end()) views += r->second.views.size();
+  }
+  if (views >= kMaxViewsPerGrant) {
+    return absl::ResourceExhaustedError(absl::StrCat("grant ", t->second, " has ", views,
+                                                     " imports live; limit is ", kMaxViewsPerGrant,
+                                                     " (release some, or ask for a new grant)"));
+  }
   if (auto via = buffer->imported_via.find(session_id); via != buffer->imported_via.end() &&
                                                         via->second.size() >= kMaxGrantsPerImport &&
                                                         !via->second.contains(t->second)) {
