@@ -31,9 +31,9 @@ Framebuffer& Framebuffer::operator=(Framebuffer&& other) noexcept {
     Reset();
     device_ = std::move(other.device_);
     id_ = std::exchange(other.id_, 0);
-    width_ = other.width_;
-    height_ = other.height_;
-    format_ = other.format_;
+    width_ = std::exchange(other.width_, 0);
+    height_ = std::exchange(other.height_, 0);
+    format_ = std::exchange(other.format_, 0);
     handles_ = std::move(other.handles_);
     other.handles_.clear();
   }

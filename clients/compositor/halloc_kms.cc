@@ -81,7 +81,10 @@ absl::Status Run() {
   RETURN_IF_ERROR(display.Present(primary, overlay ? &*overlay : nullptr, &out_fb));
   ASSIGN_OR_RETURN(Mapping map, out.Map(Access::kRead));
   const v1::PlaneLayout& p = out.layout().planes(0);
-  RETURN_IF_ERROR(png::WritePng(png, map.as<uint8_t>() + p.offset(), w, h, p.stride()));
+  // The capture's rows as its layout places them, all of them mapped (the
+  // daemon's word is checked, not trusted: a lying stride read past it).
+  ASSIGN_OR_RETURN(const uint8_t* rows, map.Rows(p.offset(), p.stride(), uint64_t{4} * w, h));
+  RETURN_IF_ERROR(png::WritePng(png, rows, w, h, p.stride()));
   std::printf("writeback capture: %s\n", png.c_str());
   return absl::OkStatus();
 }

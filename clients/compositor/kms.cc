@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -89,9 +90,13 @@ absl::Status WaitReadable(int fd, absl::Duration timeout, absl::string_view what
   const absl::Time deadline = absl::Now() + timeout;
   for (;;) {
     pollfd p = {fd, POLLIN, 0};
-    const int ms = int(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+    const int ms = int(std::clamp<int64_t>(absl::ToInt64Milliseconds(deadline - absl::Now()), 0,
+                                           std::numeric_limits<int>::max()));
     const int n = ::poll(&p, 1, ms);
-    if (n > 0) return absl::OkStatus();
+    if (n > 0 && (p.revents & POLLIN)) return absl::OkStatus();
+    if (n > 0) {  // POLLNVAL, POLLERR: not a signal
+      return absl::InternalError(absl::StrCat("poll for ", what, ": revents ", p.revents));
+    }
     if (n == 0) {
       return absl::DeadlineExceededError(
           absl::StrCat(what, ": nothing after ", absl::FormatDuration(timeout)));
@@ -118,7 +123,8 @@ absl::StatusOr<PlaneInfo> FindPlane(int fd, uint32_t crtc_index, uint64_t type) 
     if (plane == nullptr) continue;
     if (plane->possible_crtcs & (1u << crtc_index)) {
       absl::StatusOr<ObjectProps> props = GetProps(fd, plane->plane_id, DRM_MODE_OBJECT_PLANE);
-      if (props.ok() && props->values["type"] == type) {
+      const auto kind = props.ok() ? props->values.find("type") : props->values.end();
+      if (props.ok() && kind != props->values.end() && kind->second == type) {
         found =
             PlaneInfo{*std::move(props),
                       std::vector<uint32_t>(plane->formats, plane->formats + plane->count_formats)};
@@ -182,13 +188,26 @@ KmsDisplay::KmsDisplay(KmsDisplay&&) noexcept = default;
 KmsDisplay& KmsDisplay::operator=(KmsDisplay&&) noexcept = default;
 KmsDisplay::~KmsDisplay() = default;
 
-uint32_t KmsDisplay::width() const { return state_->mode.hdisplay; }
-uint32_t KmsDisplay::height() const { return state_->mode.vdisplay; }
-bool KmsDisplay::has_overlay() const { return state_->overlay.props.object_id != 0; }
-bool KmsDisplay::has_writeback() const { return state_->writeback.object_id != 0; }
-const std::vector<uint32_t>& KmsDisplay::primary_formats() const { return state_->primary.formats; }
-const std::vector<uint32_t>& KmsDisplay::overlay_formats() const { return state_->overlay.formats; }
-uint64_t KmsDisplay::flips() const { return state_->flips; }
+// A moved-from display answers as one with no screen: sizes 0, nothing
+// on it; Import, CreateDumb and Present are FAILED_PRECONDITION.
+uint32_t KmsDisplay::width() const { return state_ ? state_->mode.hdisplay : 0; }
+uint32_t KmsDisplay::height() const { return state_ ? state_->mode.vdisplay : 0; }
+bool KmsDisplay::has_overlay() const { return state_ && state_->overlay.props.object_id != 0; }
+bool KmsDisplay::has_writeback() const { return state_ && state_->writeback.object_id != 0; }
+const std::vector<uint32_t>& KmsDisplay::primary_formats() const {
+  static const std::vector<uint32_t> none;
+  return state_ ? state_->primary.formats : none;
+}
+const std::vector<uint32_t>& KmsDisplay::overlay_formats() const {
+  static const std::vector<uint32_t> none;
+  return state_ ? state_->overlay.formats : none;
+}
+uint64_t KmsDisplay::flips() const { return state_ ? state_->flips : 0; }
+
+absl::Status KmsDisplay::Usable() const {
+  if (state_ == nullptr) return absl::FailedPreconditionError("this display was moved from");
+  return absl::OkStatus();
+}
 
 absl::StatusOr<KmsDisplay> KmsDisplay::Open(absl::string_view driver,
                                             const DisplayOptions& options) {
@@ -272,6 +291,7 @@ absl::StatusOr<KmsDisplay> KmsDisplay::Open(absl::string_view driver,
 }
 
 absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
+  RETURN_IF_ERROR(Usable());
   RETURN_IF_ERROR(CheckScanoutLayout(buffer));
   const v1::BufferLayout& l = buffer.layout();
   Framebuffer fb;
@@ -316,6 +336,7 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
 }
 
 absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t height) {
+  RETURN_IF_ERROR(Usable());
   const int fd = state_->fd();
   drm_mode_create_dumb create = {};
   create.width = width;
@@ -349,6 +370,7 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
 
 absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* overlay,
                                  const Framebuffer* writeback) {
+  RETURN_IF_ERROR(Usable());
   for (const PlaneFrame* f : {&primary, overlay}) {
     if (f == nullptr) continue;
     // The producer's writes (implicit fences) as a sync_file; kernels
@@ -368,10 +390,25 @@ absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* ov
 absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
                                              const PlaneFramebuffer* overlay,
                                              const Framebuffer* writeback) {
+  RETURN_IF_ERROR(Usable());
   State& s = *state_;
+  // Framebuffer ids are the device's, and any master may name any of them:
+  // one of another device's would name whatever this one has by that id.
+  auto ours = [&](const Framebuffer& fb, const char* name) -> absl::Status {
+    if (fb.id() == 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the ", name, " framebuffer is empty (moved from, or reset)"));
+    }
+    if (fb.device_ != s.device) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", name, " framebuffer was made on another device than ", s.device->path(), "'s"));
+    }
+    return absl::OkStatus();
+  };
   auto check = [&](const PlaneFramebuffer& p, const PlaneInfo& plane,
                    const char* name) -> absl::Status {
     const Framebuffer& fb = p.fb;
+    RETURN_IF_ERROR(ours(fb, name));
     if (std::find(plane.formats.begin(), plane.formats.end(), fb.format()) == plane.formats.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("the ", name, " plane does not take ", FourccName(fb.format())));
@@ -400,6 +437,7 @@ absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
   if (writeback != nullptr && !has_writeback()) {
     return absl::FailedPreconditionError("the display has no writeback connector");
   }
+  if (writeback != nullptr) RETURN_IF_ERROR(ours(*writeback, "writeback"));
 
   AtomicReq req(drmModeAtomicAlloc(), &drmModeAtomicFree);
   uint32_t flags = DRM_MODE_PAGE_FLIP_EVENT;

@@ -164,6 +164,8 @@ class KmsDisplay {
 
  private:
   explicit KmsDisplay(std::unique_ptr<State> state);
+  // OK unless this display was moved from.
+  absl::Status Usable() const;
   std::unique_ptr<State> state_;
 };
 

@@ -19,21 +19,19 @@ absl::Status Fill(const halloc::Buffer& frame, PixelFn pixel) {
   }
   ASSIGN_OR_RETURN(Mapping map, frame.Map(Access::kReadWrite));
   const v1::PlaneLayout& p = l.planes(0);
-  // Each row is 4 * width bytes at offset + y * stride: the stride must
-  // hold a row, and the last row end inside the mapping (no product may
-  // wrap: the layout is the daemon's word).
-  const uint64_t row = uint64_t{4} * l.width();
-  const uint64_t size = map.size();
-  if (l.height() > 0 &&
-      (p.stride() == 0 || p.stride() < row || p.offset() > size || row > size - p.offset() ||
-       (size - p.offset() - row) / p.stride() < l.height() - 1)) {
+  // Each row is 4 * width bytes, all of them inside the mapping.
+  absl::StatusOr<uint8_t*> rows =
+      map.Rows(p.offset(), p.stride(), uint64_t{4} * l.width(), l.height());
+  if (!rows.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("buffer ", frame.id(), " (", size, " bytes) does not hold ", l.height(),
-                     " rows of ", row, " bytes at offset ", p.offset(), ", stride ", p.stride()));
+        absl::StrCat("buffer ", frame.id(), ": ", rows.status().message()));
   }
   for (uint32_t y = 0; y < l.height(); ++y) {
-    auto* row = reinterpret_cast<uint32_t*>(map.as<uint8_t>() + p.offset() + y * p.stride());
-    for (uint32_t x = 0; x < l.width(); ++x) row[x] = pixel(x, l.width());
+    uint8_t* row = *rows + uint64_t{y} * p.stride();
+    for (uint32_t x = 0; x < l.width(); ++x) {
+      const uint32_t value = pixel(x, l.width());
+      std::memcpy(row + uint64_t{4} * x, &value, sizeof(value));  // rows need not be aligned
+    }
   }
   return absl::OkStatus();  // the Mapping's end of CPU access flushes
 }

@@ -321,6 +321,20 @@ TEST_F(VkmsTest, RefusesFormatsPlanesDoNotTakeAndShortBuffers) {
   s = display.Present(bars_on, &scaled);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("cannot scale"), absl::string_view::npos) << s;
+
+  // A framebuffer moved from is empty: refused by name, not sent as FB_ID
+  // 0 for the kernel's bare EINVAL.
+  hc::Framebuffer taken = std::move(*sq_fb);
+  const hc::PlaneFrame emptied{*sq.got, *sq_fb, kOverlayDst};
+  s = display.Present(bars_on, &emptied);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("overlay framebuffer is empty"), absl::string_view::npos) << s;
+  // A display moved from answers FAILED_PRECONDITION, not a crash.
+  hc::KmsDisplay moved = std::move(display);
+  EXPECT_EQ(display.Import(*sq.got).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(display.Present(bars_on).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(display.width(), 0u);
+  display = std::move(moved);  // the fixture's again
 }
 
 // halloc-kms (the tool beside this binary in bazel-bin; a data dependency).

@@ -51,6 +51,26 @@ void Mapping::Reset() {
   sync_fd_ = SharedFd();
 }
 
+absl::StatusOr<uint8_t*> Mapping::Rows(uint64_t offset, uint64_t stride, uint64_t row_bytes,
+                                       uint64_t rows) const {
+  auto out_of_range = [&] {
+    return absl::OutOfRangeError(absl::StrCat(rows, " rows of ", row_bytes, " bytes at offset ",
+                                              offset, ", stride ", stride, ", do not fit the ",
+                                              size_, "-byte mapping"));
+  };
+  // Rows apart, each at least a row long (and never 0: a degenerate layout).
+  if (rows > 1 && (stride == 0 || stride < row_bytes)) return out_of_range();
+  if (rows == 0 || row_bytes == 0) {
+    if (offset > size_) return out_of_range();
+    return static_cast<uint8_t*>(data_) + offset;
+  }
+  // The last row ends at offset + (rows - 1) * stride + row_bytes: each
+  // step compared against what is left, never summed first.
+  if (offset > size_ || row_bytes > size_ - offset) return out_of_range();
+  if (rows > 1 && (size_ - offset - row_bytes) / stride < rows - 1) return out_of_range();
+  return static_cast<uint8_t*>(data_) + offset;
+}
+
 // --- Buffer ----------------------------------------------------------------
 
 Buffer::Buffer(v1::BufferInfo info, UniqueFd fd)

@@ -2,9 +2,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <fstream>
 #include <string>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 
@@ -93,6 +96,40 @@ TEST(BufferTest, ADescriptionLargerThanItsMemfdIsNotMapped) {
   absl::StatusOr<Mapping> ok = whole.Map(Access::kReadWrite);
   ASSERT_TRUE(ok.ok()) << ok.status();
   static_cast<uint8_t*>(ok->data())[4095] = 1;
+}
+
+// Rows of a plane are handed out only when every byte of them is mapped,
+// whatever the layout says (no product wraps): the consumers that walked
+// offset + y * stride on the daemon's word read or wrote past the mapping.
+TEST(BufferTest, RowsAreHandedOutOnlyWhenAllOfThemAreMapped) {
+  const Buffer b(Info(v1::FD_KIND_MEMFD), Memfd());  // 4096 bytes
+  absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const uint8_t* base = m->as<uint8_t>();
+  absl::StatusOr<uint8_t*> rows = m->Rows(0, 64, 64, 64);  // exactly all of it
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(*rows, base);
+  rows = m->Rows(96, 128, 32, 32);  // the last row ends at 96 + 31 * 128 + 32 = 4096
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(*rows, base + 96);
+  struct Bad {
+    uint64_t offset, stride, row_bytes, rows;
+  };
+  for (const Bad& bad : std::vector<Bad>{
+           {0, 64, 64, 65},                 // one row too many
+           {1, 64, 64, 64},                 // the last row one byte out
+           {4097, 0, 0, 0},                 // the offset itself out
+           {4000, 64, 97, 1},               // one row past the end
+           {0, 32, 64, 2},                  // rows overlap: stride shorter than a row
+           {0, 0, 0, 2},                    // a stride of 0
+           {64, uint64_t{1} << 63, 64, 3},  // (rows - 1) * stride wraps
+           {UINT64_MAX - 10, 64, 64, 1},    // offset + row wraps
+           {0, 1, UINT64_MAX, 1},           // a row longer than anything
+       }) {
+    SCOPED_TRACE(absl::StrCat(bad.offset, " ", bad.stride, " ", bad.row_bytes, " ", bad.rows));
+    EXPECT_EQ(m->Rows(bad.offset, bad.stride, bad.row_bytes, bad.rows).status().code(),
+              absl::StatusCode::kOutOfRange);
+  }
 }
 
 }  // namespace

@@ -93,6 +93,15 @@ class Mapping {
   template <typename T>
   T* as() const { return static_cast<T*>(data_); }
 
+  // The first of `rows` rows of `row_bytes` each, `stride` apart from
+  // `offset` (a plane as its layout places it: PlaneLayout's offset and
+  // stride), when every byte of them lies in this mapping; OUT_OF_RANGE
+  // when not, or when rows overlap (a stride shorter than a row, or 0).
+  // A layout is the daemon's word: every consumer that walks rows asks
+  // here, no product wrapping, rather than trusting offset + y * stride.
+  absl::StatusOr<uint8_t*> Rows(uint64_t offset, uint64_t stride, uint64_t row_bytes,
+                                uint64_t rows) const;
+
  private:
   friend class Buffer;
   void Reset();
