@@ -26,7 +26,10 @@ WorkQueue::~WorkQueue() {
 absl::Status WorkQueue::Post(uint64_t key, absl::AnyInvocable<void() &&> task) {
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("shutting down");
-  Key& mine = keys_[key];
+  // A key that comes (back) joins the end of the turns: as served just
+  // now, not as never served (one posting again as soon as its task ran
+  // would go ahead of a key served once and waiting since, for good).
+  Key& mine = keys_.try_emplace(key, Key{{}, 0, served_}).first->second;
   if (waiting_ >= max_queued_ || mine.count >= max_per_key_) {
     const bool own = mine.count >= max_per_key_;
     if (mine.count == 0) keys_.erase(key);

@@ -7,9 +7,10 @@
 // most `max_per_key` of them for one key (a uid), so that one
 // caller cannot fill the queue for everyone; Post says RESOURCE_EXHAUSTED
 // past either. One key's tasks run in the order posted; across keys, the
-// next task is the one of the key served least recently (one never served
-// first, then by posting order): a key with a few slow tasks waiting
-// delays another key's by at most one of them, not all. Destroying it
+// next task is the one of the key served least recently (a key with none
+// waiting or running counts as served when it posts again; ties by posting
+// order): a key with a few slow tasks waiting delays another key's by at
+// most one of them, not all, and none waits for good. Destroying it
 // drops what still waits (unrun), lets the running task finish, and joins
 // the thread.
 //
@@ -61,7 +62,7 @@ class WorkQueue {
   struct Key {
     std::deque<Task> waiting;
     size_t count = 0;          // waiting and running
-    uint64_t last_served = 0;  // serial of its last task taken; 0: none
+    uint64_t last_served = 0;  // serial of its last task taken, or of its coming
   };
   // The waiting task to run next (some key has one): its key.
   uint64_t NextKey() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
