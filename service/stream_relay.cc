@@ -242,24 +242,34 @@ void StreamRelay::OnEvent(uint64_t key, bool client_side, uint32_t events) {
   // something of ours unread): nothing more can reach it, and the other
   // end's bytes are not read any more. What it sent before is still
   // queued, its error reported after: passed on within the linger.
-  bool& gone = client_side ? p.client_gone : p.server_gone;
-  if ((events & (EPOLLHUP | EPOLLERR)) && !gone) {
-    gone = true;
-    (client_side ? p.to_client : p.to_server).clear();
-    lingering_.emplace_back(MonotonicNow() + linger_, key);
-  }
+  if (events & (EPOLLHUP | EPOLLERR)) Gone(p, client_side);
   if (Pump(p)) Watch(p);
+}
+
+void StreamRelay::Gone(Pipe& p, bool client_side) {
+  bool& gone = client_side ? p.client_gone : p.server_gone;
+  if (gone) return;
+  gone = true;
+  (client_side ? p.to_client : p.to_server).clear();
+  lingering_.emplace_back(MonotonicNow() + linger_, p.key);
 }
 
 namespace {
 
+// How one direction's step went.
+enum class Stepped {
+  kOk,
+  kFromFailed,  // reading the source failed: the pipe ends
+  kToGone,      // writing the destination failed (EPIPE, ECONNRESET): it is gone
+};
+
 // One direction of a pipe: reads a chunk from `from` into `buf` when `buf`
 // is empty, `from` has not ended and `may_read`; writes what it can of
 // `buf` to `to`; shuts `to`'s writing side once `from` ended and `buf` is
-// empty. Fds that came with the chunk go to `fds`. False on an error (the
-// pipe ends); `moved` is set when anything moved.
-bool Step(int from, int to, std::string& buf, bool& from_eof, bool& to_shut, bool may_read,
-          std::string& chunk, std::vector<UniqueFd>& fds, bool& moved) {
+// empty. Fds that came with the chunk go to `fds`; `moved` is set when
+// anything moved.
+Stepped Step(int from, int to, std::string& buf, bool& from_eof, bool& to_shut, bool may_read,
+             std::string& chunk, std::vector<UniqueFd>& fds, bool& moved) {
   if (buf.empty() && !from_eof && may_read) {
     const ssize_t n = ReceiveChunk(from, chunk, fds);
     if (n > 0) {
@@ -268,19 +278,19 @@ bool Step(int from, int to, std::string& buf, bool& from_eof, bool& to_shut, boo
     } else if (n == 0) {
       from_eof = moved = true;
     } else if (n != -EAGAIN) {
-      return false;
+      return Stepped::kFromFailed;
     }
   }
   if (!buf.empty()) {
     const size_t before = buf.size();
-    if (!Flush(to, buf)) return false;
+    if (!Flush(to, buf)) return Stepped::kToGone;
     moved |= buf.size() != before;
   }
   if (from_eof && buf.empty() && !to_shut) {
     ::shutdown(to, SHUT_WR);
     to_shut = true;
   }
-  return true;
+  return Stepped::kOk;
 }
 
 }  // namespace
@@ -290,19 +300,25 @@ bool StreamRelay::Pump(Pipe& p) {
   for (int round = 0; round < 4; ++round) {
     bool moved = false;
     bool ok = true;
+    // A destination that refuses a write is gone, as on its hang-up (which
+    // may not have been seen yet): what the other end sent still goes on.
     if (!p.server_gone) {  // the client's bytes, while gRPC is there
       std::vector<UniqueFd> fds;
-      ok = Step(p.client.get(), p.server.get(), p.to_server, p.client_eof, p.server_shut, !p.paused,
-                chunk, fds, moved);
+      const Stepped s = Step(p.client.get(), p.server.get(), p.to_server, p.client_eof,
+                             p.server_shut, !p.paused, chunk, fds, moved);
       if (!fds.empty()) TakeForeign(p, std::move(fds));
+      if (s == Stepped::kToGone) Gone(p, /*client_side=*/false);
+      ok = s != Stepped::kFromFailed;
     }
     if (ok && !p.client_gone) {    // gRPC's, while the client is there
       std::vector<UniqueFd> none;  // gRPC sends none
-      ok = Step(p.server.get(), p.client.get(), p.to_client, p.server_eof, p.client_shut, true,
-                chunk, none, moved);
+      const Stepped s = Step(p.server.get(), p.client.get(), p.to_client, p.server_eof,
+                             p.client_shut, true, chunk, none, moved);
+      if (s == Stepped::kToGone) Gone(p, /*client_side=*/true);
+      ok = s != Stepped::kFromFailed;
     }
-    // Over: on an error (a gone end's comes once its bytes are read), or
-    // once each direction still open has passed its end on. The bytes
+    // Over: on a read error (a gone end's comes once its bytes are read),
+    // or once each direction still open has passed its end on. The bytes
     // written last wait in the destination's queue: closing ours drops
     // none of them.
     const bool to_server_done = p.server_gone || (p.client_eof && p.to_server.empty());

@@ -106,6 +106,9 @@ class StreamRelay {
   void OnEvent(uint64_t key, bool client_side, uint32_t events);
   // Moves what can move now, in both directions; false once it ended.
   bool Pump(Pipe& p);
+  // That end of `p` hung up, or refused a write: nothing more goes to it,
+  // and the other end's bytes are not read; it starts its linger. Once.
+  void Gone(Pipe& p, bool client_side);
   // Fds `p`'s client sent: to foreign_; `p` (and its uid's, past the
   // limit) not read until they are closed.
   void TakeForeign(Pipe& p, std::vector<UniqueFd> fds);

@@ -194,6 +194,28 @@ TEST_F(StreamRelayTest, GrpcsLastBytesReachTheClientAfterItEnds) {
   EXPECT_TRUE(WaitRelayed(**relay, 0));
 }
 
+// A write that fails because its destination went is that end's hang-up,
+// seen before its EPOLLHUP: what the other end sent still goes on. Here
+// gRPC writes (a WINDOW_UPDATE, say) to a client that sent its last
+// request and closed; the relay, writing it, got EPIPE and ended the pipe,
+// the rest of the request dropped.
+TEST_F(StreamRelayTest, AClosedClientsBytesReachGrpcThoughGrpcWroteToItMeanwhile) {
+  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Minutes(1));
+  ASSERT_TRUE(relay.ok()) << relay.status();
+  auto [client, ours] = StreamPair();
+  const std::string sent = Fill(client.get(), 4 << 20);  // what the socket holds, unread
+  ASSERT_GT(sent.size(), StreamRelay::kChunk);
+  client.reset();
+  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
+  ASSERT_TRUE(server.ok()) << server.status();
+  // Before the relay reads a byte, mostly (after it ended the pipe, EPIPE).
+  (void)::send(server->get(), "x", 1, MSG_NOSIGNAL);
+  const std::string got = ReadSome(server->get(), sent.size() + 1, 30000);
+  EXPECT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent) << "not the bytes sent";
+  EXPECT_TRUE(WaitRelayed(**relay, 0));
+}
+
 // A client's bytes after fds it sent, then its close: the bytes wait for
 // the fds' close (as on a live connection), then reach gRPC.
 TEST_F(StreamRelayTest, AClosedClientsBytesAfterItsFdsReachGrpcOnceTheFdsAreClosed) {
