@@ -99,6 +99,8 @@ struct halloc_buffer {
 	unsigned int dmabufs;
 	unsigned int views;
 	unsigned int nr_attach;
+	/* Of those, made through views revoked since: max_attachments spares them. */
+	unsigned int nr_attach_revoked;
 	unsigned int nr_maps;
 
 	atomic_t mmaps;			/* live VMAs */

@@ -128,7 +128,7 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	max = READ_ONCE(halloc_param_max_attachments);
 	if (view->revoked)
 		ret = -ENODEV;
-	else if (max && buf->nr_attach >= max)
+	else if (max && buf->nr_attach - buf->nr_attach_revoked >= max)
 		ret = -ENOSPC;
 	else
 		ret = halloc_buffer_fits_device(buf, dev);
@@ -158,6 +158,8 @@ static void halloc_dmabuf_detach(struct dma_buf *dmabuf,
 	list_del(&a->node);
 	buf->nr_attach--;
 	view->nr_attach--;
+	if (view->revoked)
+		buf->nr_attach_revoked--;
 	if (a->mapped) {
 		/* The importer detached without unmapping; do it for it. */
 		dma_unmap_sgtable(a->dev, &a->sgt, a->dir, 0);

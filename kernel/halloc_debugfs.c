@@ -4,7 +4,6 @@
  * accounting and its device attachments, then totals and the pool size.
  */
 #include <linux/debugfs.h>
-#include <linux/delay.h>
 #include <linux/device.h>
 #include <linux/dma-mapping.h>
 #include <linux/seq_file.h>
@@ -15,7 +14,7 @@ static struct dentry *halloc_debugfs_root;
 
 /*
  * Called under halloc_buffers_lock, which every buffer's creation and free
- * takes: a buffer whose lock a holder keeps (a CPU sync over many
+ * takes: a buffer whose lock is held at that moment (a CPU sync over many
  * attachments, say) is shown without its details rather than waited for,
  * or one user could stall every allocation through a reader of this file.
  */
@@ -23,15 +22,11 @@ static void halloc_show_buffer(struct seq_file *s, struct halloc_buffer *buf)
 {
 	struct halloc_attach *a;
 	char segs[12] = "-";
-	int tries;
 
-	for (tries = 0; !mutex_trylock(&buf->lock); tries++) {
-		if (tries == 10) {
-			seq_printf(s, "%-6llu %-15s %12zu  (busy: details skipped)\n",
-				   buf->id, buf->heap->name, buf->size);
-			return;
-		}
-		usleep_range(500, 1000);
+	if (!mutex_trylock(&buf->lock)) {
+		seq_printf(s, "%-6llu %-15s %12zu  (busy: details skipped)\n",
+			   buf->id, buf->heap->name, buf->size);
+		return;
 	}
 	if (buf->pages)
 		snprintf(segs, sizeof(segs), "%u", buf->segments);

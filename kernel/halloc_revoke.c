@@ -42,6 +42,8 @@ static void halloc_view_cut(struct halloc_view *view, struct inode **inodes,
 			    unsigned int *n)
 {
 	lockdep_assert_held(&view->buf->lock);
+	if (!view->revoked)	/* its devices leave the others their room */
+		view->buf->nr_attach_revoked += view->nr_attach;
 	WRITE_ONCE(view->revoked, true);
 	if (!view->inode)
 		return;

@@ -396,8 +396,9 @@ class Registry {
     // Buffers a revoke took from this session (held through revoked grants
     // only) that it has not released since: a Release naming one is done
     // already (Release), and Describe and the like say why it is not held.
-    // The last RevokedRemembered() taken are remembered: by buffer, the
-    // serial of the revoke that took it, and by serial, oldest first.
+    // The last kMostRevokedRemembered taken (fewer if the session may hold
+    // fewer) are remembered: by buffer, the serial of the revoke that took
+    // it, and by serial, oldest first.
     absl::flat_hash_map<uint64_t, uint64_t> revoked;
     absl::btree_map<uint64_t, uint64_t> revoked_in_order;
     void RememberRevoked(uint64_t buffer_id, uint64_t serial, size_t most);

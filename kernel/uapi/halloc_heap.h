@@ -173,9 +173,10 @@
  *
  * dma_buf_attach() fails with ENOSPC when the buffer has max_attachments
  * (module parameter, default 128) attachments already, through any of its
- * fds: each holds a scatterlist as long as the buffer's, charged to the
- * importer's memory cgroup (as are a view's and an attachment's own
- * structures).
+ * fds not revoked: each holds a scatterlist as long as the buffer's,
+ * charged to the importer's memory cgroup (as are a view's and an
+ * attachment's own structures). Any holder may fill it; revoking its view
+ * gives the others their room back at once.
  *
  * dma_buf_attach() also fails with EBUSY when the device bounces every
  * mapping through swiotlb (swiotlb=force, a confidential guest): a sync for

@@ -210,6 +210,19 @@ TEST_F(VgemTest, ABufferTakesAtMostMaxAttachmentsAttachments) {
   ASSERT_GT(h, 0) << strerror(int(-h));
   GemHandle again(fourth.get(), uint32_t(h));
   EXPECT_EQ(InfoOf(buf.get()).attachments, 3u);
+
+  // A revoked view's attachments (kept until its importer lets go) leave
+  // the others their room: the owner cuts off whoever filled it.
+  UniqueFd fifth = OpenVgem();
+  ASSERT_TRUE(fifth.valid());
+  EXPECT_EQ(Import(fifth.get(), buf.get()), -ENOSPC);
+  ASSERT_EQ(Revoke(ctl_.get(), buf.get(), InfoOf(view.get()).view_id), 0);
+  const int64_t after = Import(fifth.get(), buf.get());
+  ASSERT_GT(after, 0) << strerror(int(-after));
+  GemHandle kept(fifth.get(), uint32_t(after));
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 4u) << "the revoked one stays until let go";
+  handles.clear();  // the revoked view's import goes too (and the first's)
+  EXPECT_EQ(InfoOf(buf.get()).attachments, 2u);
 }
 
 TEST_F(VgemTest, VgemBuffersAreNotHallocBuffers) {
