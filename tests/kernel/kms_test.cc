@@ -337,6 +337,29 @@ TEST_F(VkmsTest, RefusesFormatsPlanesDoNotTakeAndShortBuffers) {
   display = std::move(moved);  // the fixture's again
 }
 
+// The framebuffer on screen may be destroyed (a client reallocating on a
+// resize): the next frame shows. RMFB turns the planes showing it off, and
+// on drivers that need a primary plane the CRTC and its mode too; the
+// display then set the mode again instead of failing every frame.
+TEST_F(VkmsTest, DestroyingTheFramebufferOnScreenLeavesTheDisplayUsable) {
+  hc::KmsDisplay& display = *display_;
+  Shared first = MakeFrame(kWidth, kHeight, std::nullopt);
+  Shared second = MakeFrame(kWidth, kHeight, std::nullopt);
+  ASSERT_FALSE(HasFailure());
+  absl::StatusOr<hc::Framebuffer> first_fb = display.Import(*first.got);
+  absl::StatusOr<hc::Framebuffer> second_fb = display.Import(*second.got);
+  ASSERT_TRUE(first_fb.ok() && second_fb.ok());
+  ASSERT_TRUE(display.Present({*first.got, *first_fb, display.FullScreen()}).ok());
+  ASSERT_TRUE(display.Present({*first.got, *first_fb, display.FullScreen()}).ok());
+  { hc::Framebuffer gone = *std::move(first_fb); }  // on screen
+  const uint64_t flips = display.flips();
+  absl::Status s = display.Present({*second.got, *second_fb, display.FullScreen()});
+  EXPECT_TRUE(s.ok()) << s;
+  s = display.Present({*second.got, *second_fb, display.FullScreen()});
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(display.flips(), flips + 2);
+}
+
 // halloc-kms (the tool beside this binary in bazel-bin; a data dependency).
 std::string HallocKmsPath() {
   char self[PATH_MAX];
