@@ -40,6 +40,10 @@ absl::StatusOr<uint32_t> ObjectProps::Id(absl::string_view name) const {
 }
 
 absl::StatusOr<uint32_t> DrmDevice::ImportHandle(int prime_fd) {
+  if (!Owned()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, " was opened by this process's parent (before a fork)"));
+  }
   absl::MutexLock lock(&mu_);
   uint32_t handle = 0;
   if (drmPrimeFDToHandle(fd_.get(), prime_fd, &handle) != 0) {
@@ -59,6 +63,7 @@ void DrmDevice::ReleaseHandle(uint32_t handle) {
   auto it = handle_refs_.find(handle);
   if (it == handle_refs_.end() || --it->second > 0) return;
   handle_refs_.erase(it);
+  if (!Owned()) return;  // the parent's handle: the file is shared
   drm_gem_close close_args = {};
   close_args.handle = handle;
   drmIoctl(fd_.get(), DRM_IOCTL_GEM_CLOSE, &close_args);

@@ -13,15 +13,23 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/fork.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 
 namespace halloc::compositor {
 
 class DrmDevice {
  public:
-  DrmDevice(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+  DrmDevice(UniqueFd fd, std::string path)
+      : fd_(std::move(fd)), path_(std::move(path)), generation_(ForkGeneration()) {}
   int fd() const { return fd_.get(); }
   const std::string& path() const { return path_; }
+  // Whether this process is the one that opened it. A forked child shares
+  // the DRM file, and with it the GEM handles, framebuffers and the display
+  // state: what it lets go of must not be closed for the parent (handles
+  // closed, the screen turned off), so the teardown ioctls are the
+  // opener's only, and a child may not import or present.
+  bool Owned() const { return ForkGeneration() == generation_; }
 
   // The GEM handle of dma-buf `prime_fd` on this device (PRIME import),
   // counted: the kernel gives one handle per dma-buf per DRM file, so two
@@ -38,6 +46,7 @@ class DrmDevice {
  private:
   UniqueFd fd_;
   std::string path_;
+  const uint64_t generation_;
   // Held across the ioctls too: an import that returns a handle another
   // thread is closing would get a dead one.
   absl::Mutex mu_;

@@ -46,7 +46,7 @@ void Framebuffer::Reset() {
   if (device_ != nullptr) {
     // RMFB of a framebuffer on screen turns its plane off; the GEM objects
     // live until the framebuffer no longer references them.
-    if (id_ != 0) drmModeRmFB(device_->fd(), id_);
+    if (id_ != 0 && device_->Owned()) drmModeRmFB(device_->fd(), id_);
     for (uint32_t h : handles_) device_->ReleaseHandle(h);
   }
   device_.reset();

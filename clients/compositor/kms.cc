@@ -169,7 +169,7 @@ absl::StatusOr<std::shared_ptr<DrmDevice>> OpenByDriver(absl::string_view driver
 }  // namespace
 
 KmsDisplay::State::~State() {
-  if (device == nullptr) return;
+  if (device == nullptr || !device->Owned()) return;  // a forked child: the parent's screen
   if (on) {
     AtomicReq req(drmModeAtomicAlloc(), &drmModeAtomicFree);
     absl::Status s = AddPlane(req.get(), primary.props, 0, nullptr, {});
@@ -206,6 +206,10 @@ uint64_t KmsDisplay::flips() const { return state_ ? state_->flips : 0; }
 
 absl::Status KmsDisplay::Usable() const {
   if (state_ == nullptr) return absl::FailedPreconditionError("this display was moved from");
+  if (!state_->device->Owned()) {
+    return absl::FailedPreconditionError(
+        "this display was opened by this process's parent (before a fork)");
+  }
   return absl::OkStatus();
 }
 

@@ -225,6 +225,34 @@ TEST_F(VgemTest, ABufferTakesAtMostMaxAttachmentsAttachments) {
   EXPECT_EQ(InfoOf(buf.get()).attachments, 2u);
 }
 
+// A forked child letting go of what it inherited closes nothing of its
+// parent's: GEM handles belong to the DRM file, which both share (a child
+// that ran its destructors closed the parent's handle, whose number the
+// next import then reused). Nor may the child import on it.
+TEST_F(VgemTest, AForkedChildsReleaseLeavesItsParentsHandle) {
+  UniqueFd buf = Alloc(Heap::kSystem, 64 * 1024);
+  ASSERT_TRUE(buf.valid());
+  UniqueFd node = OpenVgem();
+  ASSERT_TRUE(node.valid());
+  halloc::compositor::DrmDevice device(halloc::UniqueFd(node.release()), "vgem");
+  absl::StatusOr<uint32_t> h = device.ImportHandle(buf.get());
+  ASSERT_TRUE(h.ok()) << h.status();
+  const uint32_t handle = *h;
+  // No allocation in the child (this process has threads): the release,
+  // and whether it would refuse an import (ImportHandle asks Owned()).
+  const int status = RunInChild([&] {
+    device.ReleaseHandle(handle);
+    _exit(device.Owned() ? 3 : 0);
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child would import on its parent's DRM file";
+  int exported = -1;
+  EXPECT_EQ(drmPrimeHandleToFD(device.fd(), handle, DRM_CLOEXEC, &exported), 0)
+      << "the parent's handle was closed: " << strerror(errno);
+  if (exported >= 0) close(exported);
+  device.ReleaseHandle(handle);
+}
+
 TEST_F(VgemTest, VgemBuffersAreNotHallocBuffers) {
   drm_mode_create_dumb create = {};
   create.width = 64;

@@ -1,6 +1,5 @@
 #include "clients/cpp/halloc/client_impl.h"
 
-#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,23 +9,12 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/fork.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/protocol.h"
 
 namespace halloc {
 namespace {
-
-// How many times this process has been forked into (in a child: one more
-// than in its parent): a Client made before a fork belongs to the parent.
-std::atomic<uint64_t> fork_generation{0};
-uint64_t ForkGeneration() {
-  static const bool counting = [] {
-    return ::pthread_atfork(nullptr, nullptr,
-                            [] { fork_generation.fetch_add(1, std::memory_order_relaxed); }) == 0;
-  }();
-  (void)counting;
-  return fork_generation.load(std::memory_order_relaxed);
-}
 
 // A wait of `ms` for poll(), whose timeout is an int: a longer call
 // timeout (weeks) would wrap, and end the wait early.

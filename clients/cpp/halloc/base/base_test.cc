@@ -1,9 +1,11 @@
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 
+#include "clients/cpp/halloc/base/fork.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/shared_fd.h"
@@ -16,6 +18,19 @@ namespace halloc {
 namespace {
 
 bool IsOpen(int fd) { return ::fcntl(fd, F_GETFD) != -1; }
+
+// A forked child sees another generation than its parent; the parent's
+// stays what it was.
+TEST(ForkGenerationTest, AChildIsAnotherGeneration) {
+  const uint64_t before = ForkGeneration();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(ForkGeneration() == before + 1 ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(ForkGeneration(), before);
+}
 
 TEST(UniqueFdTest, ClosesOnDestruction) {
   int fds[2];
