@@ -340,6 +340,10 @@ TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
 
   EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u);
   EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
+  // The mapping made before: its end of CPU access says it was revoked.
+  absl::Status unmapped = theirs->Unmap();
+  EXPECT_FALSE(unmapped.ok()) << "a revoked view's writes ended silently";
+  EXPECT_NE(unmapped.message().find("SYNC(END)"), absl::string_view::npos) << unmapped;
   if (vgem_.valid()) {
     EXPECT_EQ(ImportIntoVgem(vgem_.get(), got->fd()), -ENODEV);
   }

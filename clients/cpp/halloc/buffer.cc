@@ -42,13 +42,19 @@ Mapping& Mapping::operator=(Mapping&& other) noexcept {
 
 Mapping::~Mapping() { Reset(); }
 
-void Mapping::Reset() {
-  if (data_ == nullptr) return;
-  if (sync_fd_) SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_END | sync_flags_);
+void Mapping::Reset() { Unmap().IgnoreError(); }
+
+absl::Status Mapping::Unmap() {
+  if (data_ == nullptr) return absl::OkStatus();
+  absl::Status ended = absl::OkStatus();
+  if (sync_fd_ && SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_END | sync_flags_) != 0) {
+    ended = ErrnoStatus(errno, "DMA_BUF_IOCTL_SYNC(END)");
+  }
   ::munmap(data_, size_);
   data_ = nullptr;
   size_ = 0;
   sync_fd_ = SharedFd();
+  return ended;
 }
 
 absl::StatusOr<uint8_t*> Mapping::Rows(uint64_t offset, uint64_t stride, uint64_t row_bytes,

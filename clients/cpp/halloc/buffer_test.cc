@@ -98,6 +98,19 @@ TEST(BufferTest, ADescriptionLargerThanItsMemfdIsNotMapped) {
   static_cast<uint8_t*>(ok->data())[4095] = 1;
 }
 
+// Unmap ends the mapping (and CPU access) and says how that went; once.
+TEST(BufferTest, UnmapEndsTheMappingOnce) {
+  const Buffer b(Info(v1::FD_KIND_MEMFD), Memfd());
+  absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(Mapped(), 1);
+  EXPECT_TRUE(m->Unmap().ok());
+  EXPECT_EQ(m->data(), nullptr);
+  EXPECT_EQ(m->size(), 0u);
+  EXPECT_EQ(Mapped(), 0);
+  EXPECT_TRUE(m->Unmap().ok()) << "a second is a no-op";
+}
+
 // Rows of a plane are handed out only when every byte of them is mapped,
 // whatever the layout says (no product wraps): the consumers that walked
 // offset + y * stride on the daemon's word read or wrote past the mapping.

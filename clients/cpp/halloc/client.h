@@ -102,6 +102,13 @@ class Mapping {
   absl::StatusOr<uint8_t*> Rows(uint64_t offset, uint64_t stride, uint64_t row_bytes,
                                 uint64_t rows) const;
 
+  // Ends CPU access (a dma-buf's DMA_BUF_SYNC_END: what the CPU wrote is
+  // made visible to devices) and unmaps, as gralloc's unlock does: the
+  // end's error, e.g. the view was revoked meanwhile (what was written
+  // since reaches no one). Unmapped either way; then a no-op. Destruction
+  // does the same and drops the error.
+  absl::Status Unmap();
+
  private:
   friend class Buffer;
   void Reset();
