@@ -31,6 +31,23 @@ pid_t PidOf(int pidfd) {
   return -1;
 }
 
+// `fn()` with RLIMIT_NOFILE at the lowest free fd number (no fd can be
+// opened), the limit restored after.
+template <typename Fn>
+auto WithNoFdFree(Fn fn) {
+  rlimit saved{};
+  EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(lowest, 0);
+  ::close(lowest);
+  rlimit none = saved;
+  none.rlim_cur = static_cast<rlim_t>(lowest);
+  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
+  auto result = fn();
+  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  return result;
+}
+
 absl::StatusOr<Subprocess> Sleeper() {
   return Subprocess::Spawn({.argv = {"/bin/sleep", "30"}});
 }
@@ -67,16 +84,7 @@ TEST(PeerIdentityTest, PinsAndChargesAPeerOrSaysItIsOutOfFds) {
   EXPECT_EQ(peer->charged, ::getuid());
   peer->pidfd.reset();
 
-  rlimit saved{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-  const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  ASSERT_GE(lowest, 0);
-  ::close(lowest);
-  rlimit none = saved;
-  none.rlim_cur = static_cast<rlim_t>(lowest);  // no fd number free
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
-  peer = PinAndCharge(a.get(), cred);
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  peer = WithNoFdFree([&] { return PinAndCharge(a.get(), cred); });
   EXPECT_EQ(peer.status().code(), absl::StatusCode::kResourceExhausted)
       << (peer.ok() ? absl::StrCat("charged to uid ", peer->charged) : peer.status().ToString());
 }
@@ -274,16 +282,7 @@ TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
     EXPECT_EQ(*charged, kSeen);
     // Out of fds to look with: charged as itself, a subordinate uid would
     // dodge its owner's limits (it was); refused instead.
-    rlimit saved{};
-    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-    const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    ASSERT_GE(lowest, 0);
-    ::close(lowest);
-    rlimit none = saved;
-    none.rlim_cur = static_cast<rlim_t>(lowest);  // no fd number free
-    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
-    charged = ChargedUid(pidfd.get(), plain->pid(), kSeen);
-    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+    charged = WithNoFdFree([&] { return ChargedUid(pidfd.get(), plain->pid(), kSeen); });
     EXPECT_EQ(charged.status().code(), absl::StatusCode::kResourceExhausted)
         << (charged.ok() ? absl::StrCat("charged to uid ", *charged) : charged.status().ToString());
   }
