@@ -417,6 +417,11 @@ class Registry {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SessionRoom(const Holding& holding, uint32_t count) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Whether `session_id` may import grant `grant_id` of `buffer` once more:
+  // kMaxImportsPerGrant (its own, and let go of), kMaxViewsPerGrant (all
+  // sessions'), kMaxGrantsPerImport.
+  absl::Status ImportRoom(uint64_t session_id, uint64_t grant_id, const BufferRecord& buffer) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // hallocd's limit, then `quota`; both again after settling released
   // memory, should either refuse.
   absl::Status SharedRoomLocked(uint32_t count, const std::string& quota_key,

@@ -1,7 +1,7 @@
 // The registry's room: whether a session, hallocd and a client's quota
-// have room for more buffers, what is reserved for calls making them, and
-// the charges of released memory that is gone by now (registry.h:
-// "Released memory").
+// have room for more buffers, whether a grant has room for another import, what is reserved for
+// calls making them, and the charges of released memory that is gone by now (registry.h: "Released
+// memory").
 #include <glog/logging.h>
 
 #include <algorithm>
@@ -25,6 +25,43 @@ absl::Status Registry::JudgeLocked(const std::string& quota_key,
     }
   }
   return quota(owned.first, owned.second);
+}
+
+absl::Status Registry::ImportRoom(uint64_t session_id, uint64_t grant_id,
+                                  const BufferRecord& buffer) const {
+  if (auto let_go = buffer.let_go_views.find(grant_id);
+      let_go != buffer.let_go_views.end() && let_go->second.size() >= kMaxImportsPerGrant) {
+    // Each is kept for a revoke of the grant (its fd may live on).
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "grant ", grant_id, " was imported and let go ", let_go->second.size(), " times; limit is ",
+        kMaxImportsPerGrant, " (keep the buffer, or ask for a new grant)"));
+  }
+  if (auto routes = buffer.imports.find(session_id); routes != buffer.imports.end()) {
+    if (auto r = routes->second.find(grant_id);
+        r != routes->second.end() && r->second.views.size() >= kMaxImportsPerGrant) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("this session imported grant ", grant_id, " ", r->second.views.size(),
+                       " times; limit is ", kMaxImportsPerGrant, " (keep the fd it has)"));
+    }
+  }
+  size_t views = 0;  // a scan of the buffer's importing sessions
+  for (const auto& [sid, routes] : buffer.imports) {
+    if (auto r = routes.find(grant_id); r != routes.end()) views += r->second.views.size();
+  }
+  if (views >= kMaxViewsPerGrant) {
+    return absl::ResourceExhaustedError(absl::StrCat("grant ", grant_id, " has ", views,
+                                                     " imports live; limit is ", kMaxViewsPerGrant,
+                                                     " (release some, or ask for a new grant)"));
+  }
+  if (auto via = buffer.imported_via.find(session_id); via != buffer.imported_via.end() &&
+                                                       via->second.size() >= kMaxGrantsPerImport &&
+                                                       !via->second.contains(grant_id)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this session holds buffer ", buffer.id, " through ", via->second.size(),
+                     " grants already; limit is ", kMaxGrantsPerImport,
+                     " (import through one of those, or release the buffer first)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Registry::SessionRoom(const Holding& holding, uint32_t count) const {

@@ -110,38 +110,7 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   const GrantView& grant = grants_.at(t->second).view;
   ASSIGN_OR_RETURN(const CpuAccess access, judge(grant));
   std::shared_ptr<BufferRecord> buffer = buffers_.at(grant.buffer_id);
-  if (auto let_go = buffer->let_go_views.find(t->second);
-      let_go != buffer->let_go_views.end() && let_go->second.size() >= kMaxImportsPerGrant) {
-    // Each is kept for a revoke of the grant (its fd may live on).
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "grant ", t->second, " was imported and let go ", let_go->second.size(),
-        " times; limit is ", kMaxImportsPerGrant, " (keep the buffer, or ask for a new grant)"));
-  }
-  if (auto routes = buffer->imports.find(session_id); routes != buffer->imports.end()) {
-    if (auto r = routes->second.find(t->second);
-        r != routes->second.end() && r->second.views.size() >= kMaxImportsPerGrant) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "this session imported grant ", t->second, " ", r->second.views.size(),
-          " times; limit is ", kMaxImportsPerGrant, " (keep the fd it has)"));
-    }
-  }
-  size_t views = 0;  // a scan of the buffer's importing sessions
-  for (const auto& [sid, routes] : buffer->imports) {
-    if (auto r = routes.find(t->second); r != routes.end()) views += r->second.views.size();
-  }
-  if (views >= kMaxViewsPerGrant) {
-    return absl::ResourceExhaustedError(absl::StrCat("grant ", t->second, " has ", views,
-                                                     " imports live; limit is ", kMaxViewsPerGrant,
-                                                     " (release some, or ask for a new grant)"));
-  }
-  if (auto via = buffer->imported_via.find(session_id); via != buffer->imported_via.end() &&
-                                                        via->second.size() >= kMaxGrantsPerImport &&
-                                                        !via->second.contains(t->second)) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("this session holds buffer ", buffer->id, " through ", via->second.size(),
-                     " grants already; limit is ", kMaxGrantsPerImport,
-                     " (import through one of those, or release the buffer first)"));
-  }
+  RETURN_IF_ERROR(ImportRoom(session_id, t->second, *buffer));
   Imported out;
   out.newly_held = !holding.buffers.contains(buffer->id);
   if (out.newly_held && holding.buffers.size() >= max_buffers_per_session_) {
