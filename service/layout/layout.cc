@@ -3,6 +3,7 @@
 #include <drm_fourcc.h>
 #include <xf86drm.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -105,6 +106,38 @@ Ratio StrideRatio(const FormatInfo& f, int i) {
   return {num / g, den / g};
 }
 
+// What a usage promises that the layout cannot give: see layout.h.
+absl::Status CheckUsage(const FormatInfo& f, const ImageDescriptor& image, uint64_t usage,
+                        const Alignment& by_usage, const Alignment& mod) {
+  if (f.android_yv12) {
+    // Android's formula (c_size = c_stride * height / 2, chroma right
+    // after luma) assumes even sizes, and has no room for padded rows: a
+    // device writing whole 64-row CTBs or reading 16-row MCUs would run
+    // into the chroma planes and past the buffer.
+    if (image.width() % 2 != 0 || image.height() % 2 != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Summary(image), ": YV12 (Android's layout) needs an even width and height"));
+    }
+    if (by_usage.height > 1 || mod.stride > 1 || mod.height > 1 || mod.plane > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          Summary(image), ": YV12 keeps Android's fixed plane formula, which has no room for the ",
+          std::max(by_usage.height, mod.height),
+          "-row alignment or tiling this usage or modifier needs; use NV12 or YUV420"));
+    }
+  }
+  if ((usage & usage::kGpuCubeMap) && std::max(image.layer_count(), 1u) % 6 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        Summary(image), ": GPU_CUBE_MAP needs a layer count that is a multiple of 6 (faces)"));
+  }
+  if (usage & usage::kGpuMipmapComplete) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Summary(image),
+                     ": GPU_MIPMAP_COMPLETE needs the mip chain in the buffer, and halloc lays "
+                     "out and describes the base level only"));
+  }
+  return absl::OkStatus();
+}
+
 // Strides of every plane for `width` pixels; see layout.h for the rules.
 void PlanStrides(const FormatInfo& f, uint32_t width, U64 align,
                  U64 strides[format::kMaxPlanes]) {
@@ -114,7 +147,9 @@ void PlanStrides(const FormatInfo& f, uint32_t width, U64 align,
   }
   const PlaneInfo& p0 = f.planes[0];
   U64 row0 = U64(width).AlignUp(granule) / BlockPixels(p0) * p0.block_bytes;
-  U64 multiple = Lcm(align, p0.min_stride_alignment);
+  // A whole number of pixels (blocks) too: 3-byte RGB888 rows padded to
+  // 64 bytes would be a fraction of a pixel, which no pixel stride states.
+  U64 multiple = Lcm(Lcm(align, p0.min_stride_alignment), p0.block_bytes);
   for (int i = 1; i < f.num_planes; ++i) {
     Ratio r = StrideRatio(f, i);
     multiple = Lcm(multiple, r.den * (align / Gcd(align, r.num)));
@@ -150,9 +185,11 @@ v1::PlaneLayout MakePlane(const PlaneInfo& p, const ImageDescriptor& image,
 }
 
 // Places the planes of one layer and all layers; checks the size limits.
-absl::StatusOr<BufferLayout> Assemble(const FormatInfo& f,
-                                      const ImageDescriptor& image,
-                                      Align64 in_layer, U64 layer_align,
+// `tile_rows`: a tiled modifier's tile height, which each plane's rows are
+// a whole number of (a subsampled plane's share of the image's rows need
+// not be).
+absl::StatusOr<BufferLayout> Assemble(const FormatInfo& f, const ImageDescriptor& image,
+                                      Align64 in_layer, U64 layer_align, U64 tile_rows,
                                       const Limits& limits) {
   U64 strides[format::kMaxPlanes];
   PlanStrides(f, image.width(), in_layer.stride, strides);
@@ -161,7 +198,7 @@ absl::StatusOr<BufferLayout> Assemble(const FormatInfo& f,
   U64 end = 0;
   for (int i = 0; i < f.num_planes; ++i) {
     offsets[i] = end.AlignUp(in_layer.plane);
-    sizes[i] = strides[i] * rows.DivRoundUp(f.planes[i].v_sub);
+    sizes[i] = strides[i] * rows.DivRoundUp(f.planes[i].v_sub).AlignUp(tile_rows);
     end = offsets[i] + sizes[i];
   }
   uint32_t layers = image.layer_count() == 0 ? 1 : image.layer_count();
@@ -204,13 +241,14 @@ absl::StatusOr<BufferLayout> Compute(const ImageDescriptor& image,
   ASSIGN_OR_RETURN(Alignment mod, ModifierAlignment(image.modifier(), options));
   RETURN_IF_ERROR(CheckDimensions(image, options.limits));
   Alignment by_usage = AlignmentFor(usage);
+  RETURN_IF_ERROR(CheckUsage(*f, image, usage, by_usage, mod));
   Align64 all = Merge(by_usage, mod);
   Align64 in_layer = all;
   if (f->android_yv12) {  // the Android formula must hold inside a layer
     in_layer = Merge(Alignment{by_usage.stride, 1, 1}, mod);
   }
-  ASSIGN_OR_RETURN(BufferLayout out,
-                   Assemble(*f, image, in_layer, all.plane, options.limits));
+  ASSIGN_OR_RETURN(BufferLayout out, Assemble(*f, image, in_layer, all.plane,
+                                              AtLeastOne(mod.height), options.limits));
   out.set_modifier(image.modifier() == DRM_FORMAT_MOD_INVALID
                        ? DRM_FORMAT_MOD_LINEAR
                        : image.modifier());

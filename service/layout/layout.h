@@ -6,21 +6,28 @@
 // Rules (see format.h for the formats, alignment.h for the usage table):
 //  * Plane 0's stride is the row size (width rounded up to the format's
 //    chroma/block granularity, so every chroma row fits), rounded up so that
-//    every plane's stride is a multiple of the usage's stride alignment.
+//    every plane's stride is a multiple of the usage's stride alignment and
+//    plane 0's a whole number of its blocks (pixels).
 //  * Other planes keep the fixed ratio to plane 0's stride that single-stride
 //    consumers expect (NV12/P010: equal; YUV420: half; NV24: double); then
 //    each is rounded up to its format minimum (16 for YVU420 = Android YV12).
 //  * Rows: height rounded up to the usage's height alignment, divided by the
 //    plane's vertical subsampling rounding up (odd heights get a full last
-//    chroma row).
+//    chroma row); with a tiled modifier, each plane's rows then rounded up
+//    to whole tile rows.
 //  * Planes follow each other, each offset rounded up to the plane
 //    alignment; the layer stride is the end of the last plane rounded up to
 //    the plane alignment; size = layer_stride * layer_count.
-//  * YVU420 (Android YV12): the usage's height and plane alignment are not
-//    applied inside a layer, so the Android formula holds exactly.
+//  * YVU420 (Android YV12): the usage's plane alignment is not applied
+//    inside a layer, so the Android formula holds exactly; it takes even
+//    sizes only, and no usage or modifier that pads rows (decoder,
+//    encoders, tiling: the padded luma rows would run into chroma).
+//  * GPU_CUBE_MAP needs a layer count that is a multiple of 6;
+//    GPU_MIPMAP_COMPLETE is refused (no mip levels are laid out).
 //
 // Errors, all INVALID_ARGUMENT (a bad descriptor: retrying will not help):
-// reserved usage bits; unknown or blob format; a modifier other than LINEAR
+// reserved usage bits; unknown or blob format; the YV12, cube-map and
+// mip-chain rules above; a modifier other than LINEAR
 // or DRM_FORMAT_MOD_INVALID ("none given" = LINEAR) that no backend
 // declared; width or height 0 or above Limits::max_dimension; layer_count
 // above Limits::max_layers; a size above Limits::max_size or one that does

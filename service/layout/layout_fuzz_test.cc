@@ -62,6 +62,9 @@ class Gen {
     if (rng_() % 8 == 0) return rng_();  // likely reserved bits
     uint64_t u = rng_() & ~usage::kReservedMask &
                  ~(usage::kCpuReadMask | usage::kCpuWriteMask);
+    // A cube map or a mip chain now and then (refused unless whole faces;
+    // always): half the descriptors would otherwise ask for one.
+    if (rng_() % 8 != 0) u &= ~(usage::kGpuCubeMap | usage::kGpuMipmapComplete);
     const uint64_t cpu[] = {0, 2, 3};
     return u | cpu[rng_() % 3] | (cpu[rng_() % 3] << 4);
   }
@@ -111,12 +114,24 @@ void CheckLayout(const v1::ImageDescriptor& d, uint64_t usage,
                    info.block_width * info.block_bytes;
     EXPECT_GE(u128{p.stride()}, min_row);
     EXPECT_GE(u128{p.size()}, u128{p.stride()} * p.height_in_samples());
+    // And the rows the usage promises its devices: the height aligned to
+    // the usage's rows, this plane's share of them.
+    const u128 rows = (u128{d.height()} + align.height - 1) / align.height * align.height;
+    EXPECT_GE(u128{p.size()}, u128{p.stride()} * ((rows + info.v_sub - 1) / info.v_sub));
+    if (i == 0) EXPECT_EQ(p.stride() % info.block_bytes, 0u) << "a fraction of a pixel";
     EXPECT_EQ(p.stride() % align.stride, 0u);
     if (!f->android_yv12) {
       EXPECT_EQ(p.offset() % align.plane, 0u);
     }
   }
   EXPECT_EQ(l.layer_stride() % align.plane, 0u);
+  if (f->android_yv12) {  // Android's formula: even sizes, no padded rows
+    EXPECT_EQ(d.width() % 2, 0u);
+    EXPECT_EQ(d.height() % 2, 0u);
+    EXPECT_EQ(align.height, 1u);
+  }
+  if (usage & usage::kGpuCubeMap) EXPECT_EQ(layers % 6, 0u);
+  EXPECT_EQ(usage & usage::kGpuMipmapComplete, 0u) << "no mip chain is laid out";
 }
 
 // Returns true if the descriptor was accepted.
@@ -173,8 +188,13 @@ TEST(LayoutFuzz, SmallValidDescriptorsAreAlwaysAccepted) {
     d.set_width(1 + rng() % 4096);
     d.set_height(1 + rng() % 2160);
     d.set_layer_count(rng() % 3);
-    uint64_t usage = gen.Usage();
+    uint64_t usage = gen.Usage() & ~(usage::kGpuCubeMap | usage::kGpuMipmapComplete);
     if (!usage::Validate(usage).ok()) continue;
+    if (d.format() == DRM_FORMAT_YVU420) {  // Android's YV12: even, unpadded rows
+      d.set_width((d.width() + 1) & ~1u);
+      d.set_height((d.height() + 1) & ~1u);
+      usage &= ~(usage::kVideoDecoder | usage::kVideoEncoder | usage::kHwImageEncoder);
+    }
     SCOPED_TRACE(Show(d, usage));
     absl::StatusOr<v1::BufferLayout> l = Compute(d, usage);
     ASSERT_TRUE(l.ok()) << l.status();

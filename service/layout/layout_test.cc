@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -126,6 +127,10 @@ TEST(Golden, EveryFormatEverySize) {
       SCOPED_TRACE(format::Name(s.fourcc) + " " + std::to_string(w) + "x" +
                    std::to_string(h));
       absl::StatusOr<BufferLayout> l = Compute(Image(s.fourcc, w, h), 0);
+      if (s.fourcc == DRM_FORMAT_YVU420 && (w % 2 != 0 || h % 2 != 0)) {
+        EXPECT_EQ(l.status().code(), absl::StatusCode::kInvalidArgument) << "odd YV12";
+        continue;  // Android's formula takes even sizes only
+      }
       ASSERT_TRUE(l.ok()) << l.status();
       uint64_t total = 0;
       std::vector<Plane> want = Golden(s, w, h, &total);
@@ -181,9 +186,16 @@ TEST(Golden, Yv12AndroidAlignment) {
                3110400);
   EXPECT_EQ(a.planes(1).components(0).type(), "CR");
   EXPECT_EQ(a.planes(2).components(0).type(), "CB");
-  // 101x51: y stride align(101,16)=112, c stride align(56,16)=64, 26 rows.
-  BufferLayout b = *Compute(Image(*format::ParseName("YV12"), 101, 51), 0);
-  ExpectPlanes(b, {{0, 112, 5712}, {5712, 64, 1664}, {7376, 64, 1664}}, 9040);
+  // 102x50: y stride align(102,16)=112, c stride align(56,16)=64, 25 rows.
+  BufferLayout b = *Compute(Image(*format::ParseName("YV12"), 102, 50), 0);
+  ExpectPlanes(b, {{0, 112, 5600}, {5600, 64, 1600}, {7200, 64, 1600}}, 8800);
+  // Odd sizes: Android's c_size = c_stride * height / 2 would be a row
+  // short of what 4:2:0 needs (it was laid out as 101x51's 26 rows, which
+  // an Android client reading the formula did not find).
+  for (auto [w, h] : {std::pair{101u, 50u}, std::pair{102u, 51u}}) {
+    EXPECT_EQ(Compute(Image(DRM_FORMAT_YVU420, w, h), 0).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   // 40x10: y stride 48 but c stride align(24,16)=32, not 24.
   BufferLayout c = *Compute(Image(DRM_FORMAT_YVU420, 40, 10), 0);
   ExpectPlanes(c, {{0, 48, 480}, {480, 32, 160}, {640, 32, 160}}, 800);
@@ -194,12 +206,45 @@ TEST(Golden, Yv12KeepsAndroidFormulaUnderUsageAlignment) {
   BufferLayout g = *Compute(Image(DRM_FORMAT_YVU420, 100, 10),
                             usage::kGpuTexture);
   ExpectPlanes(g, {{0, 128, 1280}, {1280, 64, 320}, {1600, 64, 320}}, 1920);
-  // Decoder: no height padding and no padding between planes inside the
-  // layer (Android formula), only the layer stride is page aligned.
-  BufferLayout d = *Compute(Image(DRM_FORMAT_YVU420, 100, 10),
-                            usage::kVideoDecoder);
-  ExpectPlanes(d, {{0, 128, 1280}, {1280, 64, 320}, {1600, 64, 320}}, 4096);
-  EXPECT_EQ(d.layer_stride(), 4096u);
+  // Usages whose devices pad rows (a decoder's 64-row CTBs, an encoder's
+  // macroblocks, a JPEG encoder's 16-row MCUs) are refused: the formula has
+  // no room for them. A decoder got a 4096-byte buffer for 100x10 whose
+  // luma alone it would write 64 rows of 128 bytes into.
+  for (uint64_t u : {usage::kVideoDecoder, usage::kVideoEncoder, usage::kHwImageEncoder}) {
+    SCOPED_TRACE(usage::ToString(u));
+    absl::Status s = Compute(Image(DRM_FORMAT_YVU420, 100, 10), u).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StrContains(s.message(), "use NV12")) << s;
+  }
+}
+
+// What a GPU usage promises beyond a pitch: a cube map's six faces per
+// layer set, a complete mip chain (not laid out: refused). Both were
+// accepted as one plain layer.
+TEST(Layout, CubeMapsTakeWholeFacesAndMipChainsAreRefused) {
+  EXPECT_EQ(Compute(Image(DRM_FORMAT_ABGR8888, 256, 256, 1), usage::kGpuCubeMap).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<BufferLayout> cube =
+      Compute(Image(DRM_FORMAT_ABGR8888, 256, 256, 12), usage::kGpuCubeMap);
+  ASSERT_TRUE(cube.ok()) << cube.status();
+  EXPECT_EQ(cube->layer_count(), 12u);
+  absl::Status mips = Compute(Image(DRM_FORMAT_ABGR8888, 256, 256, 6),
+                              usage::kGpuCubeMap | usage::kGpuMipmapComplete)
+                          .status();
+  EXPECT_EQ(mips.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(mips.message(), "MIPMAP")) << mips;
+}
+
+// A 3-byte format's padded stride stays a whole number of pixels: 100
+// pixels of RGB888 for a GPU were 320 bytes (106.67 pixels).
+TEST(Layout, PaddedStridesAreWholePixels) {
+  for (uint32_t fourcc : {DRM_FORMAT_RGB888, DRM_FORMAT_BGR888}) {
+    absl::StatusOr<BufferLayout> l = Compute(Image(fourcc, 100, 1), usage::kGpuTexture);
+    ASSERT_TRUE(l.ok()) << l.status();
+    EXPECT_EQ(l->planes(0).stride(), 384u);  // lcm(64, 3) = 192: 300 rounds to 384
+    EXPECT_EQ(l->planes(0).stride() % 3, 0u);
+    EXPECT_EQ(l->planes(0).stride() % 64, 0u);
+  }
 }
 
 TEST(Golden, P010) {
@@ -395,6 +440,20 @@ TEST(Modifier, BackendDeclaredTiling) {
       Image(DRM_FORMAT_XRGB8888, 100, 10, 1, I915_FORMAT_MOD_X_TILED), 0, opts);
   EXPECT_EQ(l.modifier(), I915_FORMAT_MOD_X_TILED);
   ExpectPlanes(l, {{0, 512, 8192}}, 8192);
+  // Each plane's rows are whole tile rows: NV12 1920x1080's chroma is 540
+  // rows, 68 tiles' worth (544) once tiled, not 67.5 (it ended inside a
+  // tile row, 8 KiB short of what a tiled access reaches).
+  BufferLayout nv12 =
+      *Compute(Image(DRM_FORMAT_NV12, 1920, 1080, 1, I915_FORMAT_MOD_X_TILED), 0, opts);
+  ASSERT_EQ(nv12.planes_size(), 2);
+  EXPECT_EQ(nv12.planes(0).size(), uint64_t{2048} * 1080);  // 135 tile rows
+  EXPECT_EQ(nv12.planes(1).size(), uint64_t{2048} * 544);
+  EXPECT_EQ(nv12.planes(1).size() / nv12.planes(1).stride() % 8, 0u);
+  // Android's YV12 formula has no room for tiles: refused.
+  EXPECT_EQ(Compute(Image(DRM_FORMAT_YVU420, 1920, 1080, 1, I915_FORMAT_MOD_X_TILED), 0, opts)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
   // Still refused without the rule, and other modifiers still refused.
   EXPECT_FALSE(Compute(Image(DRM_FORMAT_XRGB8888, 100, 10, 1,
                              I915_FORMAT_MOD_Y_TILED),
@@ -431,10 +490,11 @@ TEST(Describe, Nv12) {
 TEST(Compute, IsDeterministic) {
   for (const format::FormatInfo& f : format::All()) {
     SCOPED_TRACE(f.name);
-    ImageDescriptor d = Image(f.fourcc, 333, 77, 2);
+    ImageDescriptor d = Image(f.fourcc, f.android_yv12 ? 334 : 333, f.android_yv12 ? 78 : 77, 2);
     uint64_t u = usage::kGpuTexture | usage::kCameraOutput;
-    EXPECT_EQ(Compute(d, u)->SerializeAsString(),
-              Compute(d, u)->SerializeAsString());
+    absl::StatusOr<BufferLayout> a = Compute(d, u), b = Compute(d, u);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status();
+    EXPECT_EQ(a->SerializeAsString(), b->SerializeAsString());
   }
 }
 

@@ -110,6 +110,14 @@ void CheckLayout(const v1::ImageDescriptor& d, uint64_t usage,
     FUZZ_CHECK(u128{p.stride()} >= min_row, "row does not fit: " + plane);
     FUZZ_CHECK(u128{p.size()} >= u128{p.stride()} * p.height_in_samples(),
                "rows do not fit: " + plane);
+    // The rows the usage promises its devices (the height aligned to the
+    // usage's rows, this plane's share), and whole tile rows.
+    const u128 rows = (u128{d.height()} + by_usage.height - 1) / by_usage.height * by_usage.height;
+    FUZZ_CHECK(u128{p.size()} >= u128{p.stride()} * ((rows + info.v_sub - 1) / info.v_sub),
+               "the usage's padded rows do not fit: " + plane);
+    FUZZ_CHECK(p.stride() == 0 || p.size() / p.stride() % std::max<uint32_t>(mod.height, 1) == 0,
+               "not whole tile rows: " + plane);
+    if (i == 0) FUZZ_CHECK(p.stride() % info.block_bytes == 0, "a fraction of a pixel: " + plane);
     FUZZ_CHECK(p.stride() % stride_align == 0, "stride alignment: " + plane);
     FUZZ_CHECK(p.stride() % std::max<uint32_t>(info.min_stride_alignment, 1) == 0, plane);
     if (!f->android_yv12) {
@@ -118,6 +126,12 @@ void CheckLayout(const v1::ImageDescriptor& d, uint64_t usage,
     FUZZ_CHECK(p.components_size() == info.num_components, plane);
   }
   FUZZ_CHECK(l.layer_stride() % plane_align == 0, "layer stride alignment: " + what);
+  if (f->android_yv12) {  // Android's formula: even sizes, no padded rows
+    FUZZ_CHECK(d.width() % 2 == 0 && d.height() % 2 == 0, "odd YV12: " + what);
+    FUZZ_CHECK(by_usage.height <= 1 && mod.height <= 1, "YV12 with padded rows: " + what);
+  }
+  FUZZ_CHECK(!(usage & usage::kGpuCubeMap) || layers % 6 == 0, "cube map faces: " + what);
+  FUZZ_CHECK(!(usage & usage::kGpuMipmapComplete), "a mip chain promised: " + what);
   FUZZ_CHECK(!layout::Describe(l).empty(), what);
 }
 
