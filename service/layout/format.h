@@ -9,8 +9,9 @@
 // the Android rules (system/graphics.h):
 //   luma stride   y = a multiple of 16 (>= width),
 //   chroma stride c = align(y / 2, 16),
-//   Cr plane at y * height, Cb plane right after it (c * ceil(height / 2)),
-//   no height padding and no padding between planes.
+//   Cr plane at y * height, Cb plane right after it (c * height / 2),
+//   no height padding and no padding between planes; so even sizes only,
+//   and no usage or modifier that pads rows (layout.h).
 // The name "YV12" is accepted as an alias of YVU420. Any DRM consumer still
 // reads the strides and offsets it is given, so nothing is lost for it; use
 // YUV420 (alias "I420"/"YU12") for the tight DRM layout.
