@@ -174,8 +174,12 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
       if (bytes == 0) return absl::InvalidArgumentError("size must be > 0");
       break;
     case v1::BufferDescriptor::kImage: {
+      // Images as large as blobs may be (--max_buffer_bytes), not the
+      // layout's own default (4 GiB).
+      layout::Options options;
+      options.limits.max_size = limits_.max_buffer_bytes;
       ASSIGN_OR_RETURN(v1::BufferLayout layout,
-                       layout::Compute(desc.image(), desc.usage()));
+                       layout::Compute(desc.image(), desc.usage(), options));
       bytes = layout.size();
       plan.layout = std::move(layout);
       break;

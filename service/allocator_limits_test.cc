@@ -2,6 +2,7 @@
 // Registry::SetMaxBuffers): room reserved by a call that then fails comes
 // back; the limit binds every session. Under a quota, a call being made
 // counts against the next one's.
+#include <drm_fourcc.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,11 +12,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
-#include "service/policy/policy.h"
 #include "gtest/gtest.h"
 #include "service/allocator.h"
 #include "service/backend/memfd_backend.h"
 #include "service/fd_channel.h"
+#include "service/policy/policy.h"
 
 namespace halloc {
 namespace {
@@ -124,6 +125,28 @@ TEST(AllocatorLimitsTest, ACallInFlightCountsAgainstTheQuotaOfTheNext) {
   go.Notify();
   in_flight.join();
   EXPECT_TRUE(first.ok()) << first.status();
+}
+
+// An image may be as large as --max_buffer_bytes lets any buffer be, above
+// the layout's own default of 4 GiB too (the plan alone: nothing is
+// allocated); above the limit it is refused.
+TEST(AllocatorLimitsTest, ImagesAreBoundByTheBufferLimitAsBlobsAre) {
+  Limits limits;
+  limits.max_buffer_bytes = uint64_t{8} << 30;
+  Allocator core(std::make_unique<MemfdBackend>(), limits);
+  v1::IsSupportedRequest q;
+  v1::ImageDescriptor* image = q.mutable_desc()->mutable_image();
+  image->set_width(16384);
+  image->set_height(16384);
+  image->set_format(DRM_FORMAT_ABGR8888);
+  image->set_layer_count(5);  // 5 GiB
+  v1::IsSupportedResponse r = core.IsSupported(q, nullptr);
+  EXPECT_TRUE(r.supported()) << r.reason();
+  EXPECT_EQ(r.layout().size(), uint64_t{5} << 30);
+  image->set_layer_count(9);  // 9 GiB
+  r = core.IsSupported(q, nullptr);
+  EXPECT_FALSE(r.supported());
+  EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kInvalidArgument)) << r.reason();
 }
 
 }  // namespace
