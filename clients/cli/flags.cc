@@ -22,8 +22,8 @@ ABSL_FLAG(std::string, broker_socket, "",
           "broker.sock in the control socket's default directory)");
 ABSL_FLAG(uint64_t, size, 0, "allocate/supported: blob size in bytes");
 ABSL_FLAG(std::string, format, "",
-          "allocate/supported: DRM format name (NV12, ARGB8888, YV12, P010, "
-          "...; see `hallocctl supported`)");
+          "allocate/supported: DRM format name (NV12, ARGB8888, YV12 (Android's: even "
+          "sizes, no decoder/encoder usage), P010, ...; see `hallocctl supported`)");
 ABSL_FLAG(uint32_t, width, 0, "allocate/supported: image width in pixels");
 ABSL_FLAG(uint32_t, height, 0, "allocate/supported: image height in pixels");
 ABSL_FLAG(uint32_t, layers, 1, "allocate/supported: layer count");

@@ -59,11 +59,13 @@ void DrmDevice::AdoptHandle(uint32_t handle) {
 }
 
 void DrmDevice::ReleaseHandle(uint32_t handle) {
+  // In a forked child: the parent's handle (the file is shared), and the
+  // lock may have been held by a parent thread at the fork: not taken.
+  if (!Owned()) return;
   absl::MutexLock lock(&mu_);
   auto it = handle_refs_.find(handle);
   if (it == handle_refs_.end() || --it->second > 0) return;
   handle_refs_.erase(it);
-  if (!Owned()) return;  // the parent's handle: the file is shared
   drm_gem_close close_args = {};
   close_args.handle = handle;
   drmIoctl(fd_.get(), DRM_IOCTL_GEM_CLOSE, &close_args);

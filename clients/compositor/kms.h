@@ -164,7 +164,8 @@ class KmsDisplay {
 
  private:
   explicit KmsDisplay(std::unique_ptr<State> state);
-  // OK unless this display was moved from.
+  // OK unless this display was moved from, or opened by this process's
+  // parent before a fork (DrmDevice::Owned).
   absl::Status Usable() const;
   std::unique_ptr<State> state_;
 };

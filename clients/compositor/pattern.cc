@@ -33,7 +33,7 @@ absl::Status Fill(const halloc::Buffer& frame, PixelFn pixel) {
       std::memcpy(row + uint64_t{4} * x, &value, sizeof(value));  // rows need not be aligned
     }
   }
-  return absl::OkStatus();  // the Mapping's end of CPU access flushes
+  return map.Unmap();  // the end of CPU access flushes (and says if the view was revoked)
 }
 
 }  // namespace

@@ -118,11 +118,16 @@ absl::Status CheckUsage(const FormatInfo& f, const ImageDescriptor& image, uint6
       return absl::InvalidArgumentError(
           absl::StrCat(Summary(image), ": YV12 (Android's layout) needs an even width and height"));
     }
-    if (by_usage.height > 1 || mod.stride > 1 || mod.height > 1 || mod.plane > 1) {
+    if (by_usage.height > 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           Summary(image), ": YV12 keeps Android's fixed plane formula, which has no room for the ",
-          std::max(by_usage.height, mod.height),
-          "-row alignment or tiling this usage or modifier needs; use NV12 or YUV420"));
+          by_usage.height, "-row alignment this usage's devices need; use NV12 or YUV420"));
+    }
+    if (mod.stride > 1 || mod.height > 1 || mod.plane > 1) {  // strides and offsets are fixed
+      return absl::InvalidArgumentError(
+          absl::StrCat(Summary(image),
+                       ": YV12 keeps Android's fixed plane formula, which "
+                       "leaves no room for a tiled modifier; use NV12 or YUV420"));
     }
   }
   if ((usage & usage::kGpuCubeMap) && std::max(image.layer_count(), 1u) % 6 != 0) {

@@ -20,8 +20,9 @@
 //    the plane alignment; size = layer_stride * layer_count.
 //  * YVU420 (Android YV12): the usage's plane alignment is not applied
 //    inside a layer, so the Android formula holds exactly; it takes even
-//    sizes only, and no usage or modifier that pads rows (decoder,
-//    encoders, tiling: the padded luma rows would run into chroma).
+//    sizes only, no usage that pads rows (decoder, encoders: the padded
+//    luma rows would run into chroma) and no tiled modifier (its strides
+//    and offsets are the formula's).
 //  * GPU_CUBE_MAP needs a layer count that is a multiple of 6;
 //    GPU_MIPMAP_COMPLETE is refused (no mip levels are laid out).
 //

@@ -128,7 +128,8 @@ void CheckLayout(const v1::ImageDescriptor& d, uint64_t usage,
   FUZZ_CHECK(l.layer_stride() % plane_align == 0, "layer stride alignment: " + what);
   if (f->android_yv12) {  // Android's formula: even sizes, no padded rows
     FUZZ_CHECK(d.width() % 2 == 0 && d.height() % 2 == 0, "odd YV12: " + what);
-    FUZZ_CHECK(by_usage.height <= 1 && mod.height <= 1, "YV12 with padded rows: " + what);
+    FUZZ_CHECK(by_usage.height <= 1 && mod.height <= 1 && mod.stride <= 1 && mod.plane <= 1,
+               "YV12 with padded rows or tiles: " + what);
   }
   FUZZ_CHECK(!(usage & usage::kGpuCubeMap) || layers % 6 == 0, "cube map faces: " + what);
   FUZZ_CHECK(!(usage & usage::kGpuMipmapComplete), "a mip chain promised: " + what);
@@ -197,9 +198,12 @@ void RunOne(const uint8_t* data, size_t size) {
       FUZZ_CHECK(back.ok() && *back == d.format(), format::Name(d.format()));
     }
     (void)layout::ModifierName(d.modifier());
-    base = layout::Compute(d, usage);
+    const absl::StatusOr<v1::BufferLayout> plain = layout::Compute(d, usage);
+    layout::Options as_daemon;  // as the allocator's plan computes it (allocator.cc)
+    as_daemon.limits.max_size = halloc::Limits().max_buffer_bytes;
+    base = layout::Compute(d, usage, as_daemon);
     absl::StatusOr<v1::BufferLayout> l =
-        (sel & 3) == 0 && rules.empty() ? base : layout::Compute(d, usage, opts);
+        (sel & 3) == 0 && rules.empty() ? plain : layout::Compute(d, usage, opts);
     absl::StatusOr<v1::BufferLayout> again = layout::Compute(d, usage, opts);
     FUZZ_CHECK(l.ok() == again.ok(), "not deterministic: " + what);
     if (!l.ok()) {
