@@ -42,6 +42,15 @@ void AllocatePage(int sock, uint64_t* id, UniqueFd* fd) {
   *fd = std::move(a->fds[0]);
 }
 
+// A connection to the broker at `path` with one page allocated on it: the
+// connection in `owner`, the page's id and fd in `id` and `fd`.
+void ConnectWithPage(const std::string& path, absl::StatusOr<BrokerConnection>* owner, uint64_t* id,
+                     UniqueFd* fd) {
+  *owner = ConnectBroker(path, absl::Seconds(10));
+  ASSERT_TRUE(owner->ok()) << owner->status();
+  ASSERT_NO_FATAL_FAILURE(AllocatePage((*owner)->fd.get(), id, fd));
+}
+
 // A page `conn` allocates on the fast path, shared by its session with
 // `peer` (through the core, as the gRPC Share does): the grant and the page's
 // fd, in `grant` and `fd`.
@@ -156,12 +165,11 @@ TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
   ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
   ASSERT_NO_FATAL_FAILURE(StartBroker());
   const std::string& path = path_;
-  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
-  ASSERT_TRUE(owner.ok()) << owner.status();
-  EXPECT_TRUE(owner->welcome.broker_share());
+  absl::StatusOr<BrokerConnection> owner;
   uint64_t id = 0;
   UniqueFd page;
-  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  ASSERT_NO_FATAL_FAILURE(ConnectWithPage(path, &owner, &id, &page));
+  EXPECT_TRUE(owner->welcome.broker_share());
 
   absl::StatusOr<Answer> shared = Ask(owner->fd.get(), ShareRequest(2, id, "trusted"));
   ASSERT_TRUE(shared.ok()) << shared.status();
@@ -210,11 +218,10 @@ TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
 // came four a second per uid.
 TEST_F(BrokerIdentityTest, AShareNamingAnOverlongPeerIsAnswered) {
   ASSERT_NO_FATAL_FAILURE(StartBroker());
-  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
-  ASSERT_TRUE(owner.ok()) << owner.status();
+  absl::StatusOr<BrokerConnection> owner;
   uint64_t id = 0;
   UniqueFd page;
-  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  ASSERT_NO_FATAL_FAILURE(ConnectWithPage(path_, &owner, &id, &page));
   for (uint64_t buffer : {id, uint64_t{1} << 40}) {
     absl::StatusOr<Answer> got =
         Ask(owner->fd.get(), ShareRequest(8, buffer, std::string(60000, '\xff')));
@@ -231,11 +238,10 @@ TEST_F(BrokerIdentityTest, AShareNamingAnOverlongPeerIsAnswered) {
 // session's grants until the session ended (gRPC withdraws such a grant).
 TEST_F(BrokerIdentityTest, AGrantWhoseReplyCannotBeSentIsWithdrawn) {
   ASSERT_NO_FATAL_FAILURE(StartBroker());
-  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
-  ASSERT_TRUE(owner.ok()) << owner.status();
+  absl::StatusOr<BrokerConnection> owner;
   uint64_t id = 0;
   UniqueFd page;
-  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  ASSERT_NO_FATAL_FAILURE(ConnectWithPage(path_, &owner, &id, &page));
   // Answers never read fill the client's socket.
   v1::BrokerRequest describe;
   describe.mutable_describe()->set_buffer_id(id);
@@ -307,12 +313,11 @@ TEST(BrokerReplyTest, EveryRequestGetsAReplyThatFitsARecord) {
 TEST_F(BrokerIdentityTest, ARevokeIsAnsweredOnTheBrokerAndEndsTheGrant) {
   ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));
   ASSERT_NO_FATAL_FAILURE(StartBroker());
-  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
-  ASSERT_TRUE(owner.ok()) << owner.status();
-  EXPECT_TRUE(owner->welcome.broker_revoke());
+  absl::StatusOr<BrokerConnection> owner;
   uint64_t id = 0;
   UniqueFd page;
-  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  ASSERT_NO_FATAL_FAILURE(ConnectWithPage(path_, &owner, &id, &page));
+  EXPECT_TRUE(owner->welcome.broker_revoke());
   absl::StatusOr<Answer> shared = Ask(owner->fd.get(), ShareRequest(2, id, "trusted"));
   ASSERT_TRUE(shared.ok() && ReplyStatus(shared->reply).ok());
   const v1::Grant grant = shared->reply.share().grant();
@@ -359,11 +364,10 @@ TEST_F(BrokerIdentityTest, AGrantMadeOnTheBrokerKeepsItsSharersExecutable) {
   ASSERT_FALSE(core_->policy()->matches_exe());
   ASSERT_NO_FATAL_FAILURE(StartBroker());
   const std::string& path = path_;
-  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path, absl::Seconds(10));
-  ASSERT_TRUE(owner.ok()) << owner.status();
+  absl::StatusOr<BrokerConnection> owner;
   uint64_t id = 0;
   UniqueFd page;
-  ASSERT_NO_FATAL_FAILURE(AllocatePage(owner->fd.get(), &id, &page));
+  ASSERT_NO_FATAL_FAILURE(ConnectWithPage(path, &owner, &id, &page));
   v1::BrokerRequest share;
   share.set_request_id(2);
   share.mutable_share()->set_buffer_id(id);

@@ -81,6 +81,13 @@ std::string Fill(int fd, size_t most) {
   return sent;
 }
 
+// All of `sent` comes out of `fd` (within 30 s), nothing else.
+void ExpectAllOf(int fd, const std::string& sent) {
+  const std::string got = ReadSome(fd, sent.size() + 1, 30000);
+  EXPECT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent) << "not the bytes sent";
+}
+
 bool WaitRelayed(const StreamRelay& relay, size_t n) {
   for (int i = 0; i < 2000 && relay.relayed() != n; ++i) absl::SleepFor(absl::Milliseconds(5));
   return relay.relayed() == n;
@@ -98,10 +105,17 @@ class StreamRelayTest : public ::testing::Test {
     ASSERT_TRUE(r.ok()) << r.status();
     relay_ = *std::move(r);
   }
-  // A relayed connection: the client's end and gRPC's end.
-  std::pair<UniqueFd, UniqueFd> Relayed(uid_t uid = 1000) {
+  // A relay of its own, with `linger`.
+  static std::unique_ptr<StreamRelay> StartRelay(absl::Duration linger) {
+    absl::StatusOr<std::unique_ptr<StreamRelay>> r = StreamRelay::Start(linger);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *std::move(r) : nullptr;
+  }
+  // A connection relayed by `relay` (the fixture's by default): the
+  // client's end and gRPC's end (invalid if Add failed).
+  std::pair<UniqueFd, UniqueFd> Relayed(uid_t uid = 1000, StreamRelay* relay = nullptr) {
     auto [client, ours] = StreamPair();
-    absl::StatusOr<UniqueFd> grpc_end = relay_->Add(std::move(ours), uid);
+    absl::StatusOr<UniqueFd> grpc_end = (relay ? relay : relay_.get())->Add(std::move(ours), uid);
     EXPECT_TRUE(grpc_end.ok()) << grpc_end.status();
     return {std::move(client), grpc_end.ok() ? *std::move(grpc_end) : UniqueFd()};
   }
@@ -160,38 +174,32 @@ TEST_F(StreamRelayTest, GrpcEndingAConnectionEndsItForTheClient) {
 // take when the relay saw the close; then the end. The relay dropped all
 // it had not moved by then.
 TEST_F(StreamRelayTest, AClientsLastBytesReachGrpcAfterItCloses) {
-  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Minutes(1));
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  auto [client, ours] = StreamPair();
-  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
-  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<StreamRelay> relay = StartRelay(absl::Minutes(1));
+  ASSERT_NE(relay, nullptr);
+  auto [client, server] = Relayed(1000, relay.get());
+  ASSERT_TRUE(server);
   const std::string sent = Fill(client.get(), 4 << 20);
   client.reset();
   absl::SleepFor(absl::Milliseconds(100));  // the relay sees the close before gRPC reads
-  const std::string got = ReadSome(server->get(), sent.size() + 1, 30000);
-  EXPECT_EQ(got.size(), sent.size());
-  EXPECT_TRUE(got == sent) << "not the bytes sent";
-  EXPECT_TRUE(SeesEnd(server->get(), 5000));
-  EXPECT_TRUE(WaitRelayed(**relay, 0));
+  ExpectAllOf(server.get(), sent);
+  EXPECT_TRUE(SeesEnd(server.get(), 5000));
+  EXPECT_TRUE(WaitRelayed(*relay, 0));
 }
 
 // And what gRPC wrote before it ended a connection (its last replies, a
 // GOAWAY) reaches the client whole, then the end. The relay passed on what
 // the client's socket took at that moment and dropped the rest.
 TEST_F(StreamRelayTest, GrpcsLastBytesReachTheClientAfterItEnds) {
-  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Minutes(1));
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  auto [client, ours] = StreamPair();
-  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string sent = Fill(server->get(), 4 << 20);
-  server->reset();
+  std::unique_ptr<StreamRelay> relay = StartRelay(absl::Minutes(1));
+  ASSERT_NE(relay, nullptr);
+  auto [client, server] = Relayed(1000, relay.get());
+  ASSERT_TRUE(server);
+  const std::string sent = Fill(server.get(), 4 << 20);
+  server.reset();
   absl::SleepFor(absl::Milliseconds(100));
-  const std::string got = ReadSome(client.get(), sent.size() + 1, 30000);
-  EXPECT_EQ(got.size(), sent.size());
-  EXPECT_TRUE(got == sent) << "not the bytes sent";
+  ExpectAllOf(client.get(), sent);
   EXPECT_TRUE(SeesEnd(client.get(), 5000));
-  EXPECT_TRUE(WaitRelayed(**relay, 0));
+  EXPECT_TRUE(WaitRelayed(*relay, 0));
 }
 
 // A write that fails because its destination went is that end's hang-up,
@@ -200,20 +208,18 @@ TEST_F(StreamRelayTest, GrpcsLastBytesReachTheClientAfterItEnds) {
 // request and closed; the relay, writing it, got EPIPE and ended the pipe,
 // the rest of the request dropped.
 TEST_F(StreamRelayTest, AClosedClientsBytesReachGrpcThoughGrpcWroteToItMeanwhile) {
-  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Minutes(1));
-  ASSERT_TRUE(relay.ok()) << relay.status();
+  std::unique_ptr<StreamRelay> relay = StartRelay(absl::Minutes(1));
+  ASSERT_NE(relay, nullptr);
   auto [client, ours] = StreamPair();
   const std::string sent = Fill(client.get(), 4 << 20);  // what the socket holds, unread
   ASSERT_GT(sent.size(), StreamRelay::kChunk);
   client.reset();
-  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
+  absl::StatusOr<UniqueFd> server = relay->Add(std::move(ours), 1000);
   ASSERT_TRUE(server.ok()) << server.status();
   // Before the relay reads a byte, mostly (after it ended the pipe, EPIPE).
   (void)::send(server->get(), "x", 1, MSG_NOSIGNAL);
-  const std::string got = ReadSome(server->get(), sent.size() + 1, 30000);
-  EXPECT_EQ(got.size(), sent.size());
-  EXPECT_TRUE(got == sent) << "not the bytes sent";
-  EXPECT_TRUE(WaitRelayed(**relay, 0));
+  ExpectAllOf(server->get(), sent);
+  EXPECT_TRUE(WaitRelayed(*relay, 0));
 }
 
 // A client's bytes after fds it sent, then its close: the bytes wait for
@@ -237,22 +243,20 @@ TEST_F(StreamRelayTest, AClosedClientsBytesAfterItsFdsReachGrpcOnceTheFdsAreClos
 // after the linger the connection ends (its uid's count drops with it),
 // the rest dropped.
 TEST_F(StreamRelayTest, WhatAGoneEndLeftIsDroppedAfterTheLinger) {
-  absl::StatusOr<std::unique_ptr<StreamRelay>> relay = StreamRelay::Start(absl::Milliseconds(200));
-  ASSERT_TRUE(relay.ok()) << relay.status();
-  auto [client, ours] = StreamPair();
-  absl::StatusOr<UniqueFd> server = (*relay)->Add(std::move(ours), 1000);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string sent = Fill(server->get(), 4 << 20);
-  server->reset();  // gRPC gone; the client reads nothing
-  auto [client2, ours2] = StreamPair();
-  absl::StatusOr<UniqueFd> server2 = (*relay)->Add(std::move(ours2), 1000);
-  ASSERT_TRUE(server2.ok()) << server2.status();
+  std::unique_ptr<StreamRelay> relay = StartRelay(absl::Milliseconds(200));
+  ASSERT_NE(relay, nullptr);
+  auto [client, server] = Relayed(1000, relay.get());
+  ASSERT_TRUE(server);
+  const std::string sent = Fill(server.get(), 4 << 20);
+  server.reset();  // gRPC gone; the client reads nothing
+  auto [client2, server2] = Relayed(1000, relay.get());
+  ASSERT_TRUE(server2);
   const std::string sent2 = Fill(client2.get(), 4 << 20);
   client2.reset();  // the client gone; gRPC reads nothing
-  EXPECT_TRUE(WaitRelayed(**relay, 0)) << "a gone end's pipe stays";
+  EXPECT_TRUE(WaitRelayed(*relay, 0)) << "a gone end's pipe stays";
   EXPECT_LT(ReadSome(client.get(), sent.size() + 1, 10000).size(), sent.size());
   EXPECT_TRUE(SeesEnd(client.get(), 5000));
-  EXPECT_LT(ReadSome(server2->get(), sent2.size() + 1, 10000).size(), sent2.size());
+  EXPECT_LT(ReadSome(server2.get(), sent2.size() + 1, 10000).size(), sent2.size());
 }
 
 // Fds attached to a client's bytes never reach gRPC's end: they are closed
