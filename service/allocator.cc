@@ -373,7 +373,7 @@ absl::Status Allocator::Deliver(FdChannel& channel, absl::Span<const BufferRecor
 absl::Status Allocator::Release(Session& session,
                                 const v1::ReleaseRequest& req) {
   RETURN_IF_ERROR(CheckReleaseIds(req.buffer_ids_size()));
-  return registry_.Release(session.id(), req.buffer_ids());
+  return registry_.Release(session.id(), req.buffer_ids(), req.import_references());
 }
 
 absl::Status Allocator::CheckReleaseIds(uint64_t count) const {
@@ -590,11 +590,9 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
     }
     return s;
   }();
-  if (imported.arrival != 0) {
-    // A hold this import made goes with it, unless a concurrent import of
-    // the same buffer by this session was delivered.
-    registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok() && !gave_up());
-  }
+  // Not delivered: its reference goes (and the hold with its last: one a
+  // concurrent import of the same buffer delivered stays).
+  registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok() && !gave_up());
   if (!sent.ok()) {
     if (imported.widened_from) {
       // It holds on, with the rights it had: none of this import's.

@@ -122,6 +122,58 @@ TEST_F(BrokerIdentityTest, AnImportIsAnsweredWithItsFdInTheSameRecordOrWithNoFd)
   EXPECT_TRUE(revoked->fds.empty());
 }
 
+// Each import on the broker is one reference on the session's hold: a
+// Release with import_references gives back one (what a client does with
+// an import reply it did not keep) and the hold goes with the last; the
+// Welcome says hallocd counts them.
+TEST_F(BrokerIdentityTest, EachImportIsOneReferenceTheClientGivesBack) {
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  EXPECT_TRUE(owner->welcome.import_references());
+  v1::Peer peer;
+  peer.set_uid(::getuid());
+  v1::Grant grant;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocateAndShare(*core_, *owner, peer, &grant, &page));
+  absl::StatusOr<BrokerConnection> importer = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(importer.ok()) << importer.status();
+  const int sock = importer->fd.get();
+  for (uint64_t rid : {20, 21}) {
+    absl::StatusOr<Answer> got = Ask(sock, ImportRequest(rid, grant.token()));
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(ReplyStatus(got->reply).ok()) << ReplyStatus(got->reply);
+    EXPECT_EQ(got->reply.import_buffer().newly_held(), rid == 20);
+  }
+  auto give_back = [&](bool references) {
+    v1::BrokerRequest req;
+    req.set_request_id(30);
+    req.mutable_release()->add_buffer_ids(grant.buffer_id());
+    req.mutable_release()->set_import_references(references);
+    absl::StatusOr<Answer> a = Ask(sock, req);
+    return a.ok() ? ReplyStatus(a->reply) : a.status();
+  };
+  auto held = [&] {
+    v1::BrokerRequest req;
+    req.set_request_id(31);
+    req.mutable_describe()->set_buffer_id(grant.buffer_id());
+    absl::StatusOr<Answer> a = Ask(sock, req);
+    return a.ok() && ReplyStatus(a->reply).ok();
+  };
+  ASSERT_TRUE(give_back(true).ok());
+  EXPECT_TRUE(held()) << "the other import's reference holds it";
+  ASSERT_TRUE(give_back(true).ok());
+  EXPECT_FALSE(held()) << "the last reference went";
+  EXPECT_EQ(give_back(true).code(), absl::StatusCode::kNotFound);
+  // A plain Release drops the hold whatever its references.
+  for (uint64_t rid : {22, 23}) {
+    absl::StatusOr<Answer> got = Ask(sock, ImportRequest(rid, grant.token()));
+    ASSERT_TRUE(got.ok() && ReplyStatus(got->reply).ok());
+  }
+  ASSERT_TRUE(give_back(false).ok());
+  EXPECT_FALSE(held());
+}
+
 TEST_F(BrokerIdentityTest, AnImportIsJudgedByItsStampLikeAnAllocate) {
   if (::access(kPython, X_OK) != 0) GTEST_SKIP() << kPython << " is needed to exec into";
   ASSERT_NO_FATAL_FAILURE(TrustOnlyThisExecutable(*core_));

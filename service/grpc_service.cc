@@ -129,9 +129,17 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
     v1::ReleaseRequest all;
     v1::ReleaseRequest part;
     bool last = false;
+    bool first = true;
     while (!last && reader->Read(&part)) {
       RETURN_IF_ERROR(core_->CheckReleaseIds(static_cast<uint64_t>(all.buffer_ids_size()) +
                                              part.buffer_ids_size()));
+      if (first) {
+        all.set_import_references(part.import_references());
+        first = false;
+      } else if (part.import_references() != all.import_references()) {
+        return absl::InvalidArgumentError(
+            "a ReleaseMany's requests all give back holds, or all import references");
+      }
       all.mutable_buffer_ids()->MergeFrom(part.buffer_ids());
       last = part.last();
     }

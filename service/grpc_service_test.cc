@@ -105,7 +105,10 @@ class GrpcServiceTest : public ::testing::Test {
 
   // One ReleaseMany stream of `parts`, the final one marked `last` if
   // `ends`; its status.
-  grpc::Status ReleaseMany(const std::vector<std::vector<uint64_t>>& parts, bool ends = true) {
+  // `references`: which parts give back import references instead of
+  // holds (none if empty).
+  grpc::Status ReleaseMany(const std::vector<std::vector<uint64_t>>& parts, bool ends = true,
+                           const std::vector<bool>& references = {}) {
     auto ctx = Ctx(session_->token());
     v1::ReleaseResponse resp;
     auto writer = stub_->ReleaseMany(ctx.get(), &resp);
@@ -113,6 +116,7 @@ class GrpcServiceTest : public ::testing::Test {
       v1::ReleaseRequest req;
       for (uint64_t id : parts[i]) req.add_buffer_ids(id);
       req.set_last(ends && i + 1 == parts.size());
+      req.set_import_references(i < references.size() && references[i]);
       if (!writer->Write(req)) break;
     }
     writer->WritesDone();
@@ -371,8 +375,16 @@ TEST_F(GrpcServiceTest, ReleaseManyReleasesItsPartsTogetherAllOrNothing) {
   s = ReleaseMany({{ids[0]}, {ids[1]}}, /*ends=*/false);
   EXPECT_EQ(s.error_code(), grpc::CANCELLED) << s.error_message();
   EXPECT_EQ(core_.Stats().live_buffers(), 4u);
+  // Its parts all give back holds, or all import references.
+  s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {false, true});
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 4u);
+  // (An allocation is its hold's one reference.)
+  s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {true, true});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 2u);
   // Parts after `last` are not read.
-  s = ReleaseMany({{ids[0], ids[1]}, {ids[2], ids[3]}});
+  s = ReleaseMany({{ids[2]}, {ids[3]}});
   EXPECT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
   // Without a session: refused before anything is read.

@@ -137,8 +137,8 @@ absl::Status Registry::Add(uint64_t session_id,
   return absl::OkStatus();
 }
 
-absl::Status Registry::Release(uint64_t session_id,
-                               absl::Span<const uint64_t> ids) {
+absl::Status Registry::Release(uint64_t session_id, absl::Span<const uint64_t> ids,
+                               bool import_references) {
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
@@ -148,8 +148,14 @@ absl::Status Registry::Release(uint64_t session_id,
     if (!holding.buffers.contains(id) && !holding.revoked.contains(id)) return NotHeld(id);
   }
   for (uint64_t id : ids) {
-    holding.ForgetRevoked(id);
-    if (holding.buffers.contains(id)) DropHold(session_id, holding, id);
+    // (Remembered only while not held: Import forgets it.) A reference
+    // given back for a hold a revoke took is given back already.
+    if (holding.ForgetRevoked(id)) continue;
+    if (import_references) {
+      DropReference(session_id, holding, id);
+    } else if (holding.buffers.contains(id)) {
+      DropHold(session_id, holding, id);
+    }
   }
   return absl::OkStatus();
 }
@@ -175,7 +181,7 @@ bool Registry::Holding::ForgetRevoked(uint64_t buffer_id) {
 void Registry::DropHold(uint64_t session_id, Holding& holding,
                         uint64_t buffer_id) {
   holding.buffers.erase(buffer_id);
-  arriving_.erase({session_id, buffer_id});
+  import_refs_.erase({session_id, buffer_id});
   auto it = buffers_.find(buffer_id);
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;

@@ -271,8 +271,12 @@ class Registry {
   // Drops `session_id`'s hold on each of `ids`. All or nothing: NOT_FOUND
   // (and nothing dropped) if one is not held. One a revoke took from the
   // session counts as released already (the client could not have known),
-  // once: so a batch that names it releases the others.
-  absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids);
+  // once: so a batch that names it releases the others. With
+  // `import_references`, each id gives back one reference an import made
+  // instead (an id may repeat, a reference each): the hold goes with its
+  // last (see Import).
+  absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids,
+                       bool import_references = false);
 
   // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
   // sharer's own rights and returns the grant's terms (its id and buffer_id
@@ -285,9 +289,15 @@ class Registry {
                                   ShareJudge judge);
   // Makes `session_id` a holder of the buffer `token` grants, with the
   // rights `judge` returns for that grant. A session that already holds the
-  // buffer keeps the wider of its two rights. RESOURCE_EXHAUSTED once it
-  // imported this grant kMaxImportsPerGrant times (while it holds), or
-  // imports of it were let go of that many times.
+  // buffer keeps the wider of its two rights. Each import is one reference
+  // on the session's hold (as gralloc's importBuffer is one freeBuffer
+  // owed): a hold made by an allocation or import has one, each import
+  // while it holds adds one, each given back (Release with
+  // import_references) or undone (SettleImport) takes one, and the hold
+  // goes with the last, or whole with a plain Release. So a client gives
+  // back an import it did not keep without knowing what else is in flight.
+  // RESOURCE_EXHAUSTED once it imported this grant kMaxImportsPerGrant
+  // times (while it holds), or imports of it were let go of that many times.
   struct Imported {
     std::shared_ptr<const BufferRecord> buffer;
     v1::BufferInfo info;  // cpu_access: what this import grants
@@ -296,9 +306,8 @@ class Registry {
     // The session's rights before this import widened them (it held the
     // buffer already, with less): for UndoWidening if delivery fails.
     std::optional<CpuAccess> widened_from;
-    // Non-zero: this import made the session a holder, or came while one
-    // that did was still on its way; the caller says how its delivery
-    // went with SettleImport.
+    // The hold this import's reference is on; the caller says how the
+    // import's delivery went with SettleImport.
     uint64_t arrival = 0;
   };
   using ImportJudge =
@@ -312,12 +321,10 @@ class Registry {
   // else changed them meanwhile.
   void UndoWidening(uint64_t session_id, uint64_t buffer_id, CpuAccess widened_to,
                     CpuAccess widened_from);
-  // How the delivery of an import with a non-zero `arrival` went. The hold
-  // it made goes once every import of that arrival (the one that made the
-  // session a holder, and those of the same session and buffer that came
-  // while it was under way) has settled and none was delivered: a failed
-  // import does not take away a hold a concurrent one delivered. Nothing
-  // happens when the hold went meanwhile (a Release, a revoke, the end).
+  // How the delivery of an import went: one not delivered takes back its
+  // reference (the hold goes with its last: a failed import does not take
+  // away a hold a concurrent one delivered). Nothing happens when the hold
+  // `arrival` names went meanwhile (a Release, a revoke, the end).
   void SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t arrival,
                     bool delivered);
   // View `view_id`, noted by AddImportView, never reached the client: it no
@@ -394,7 +401,7 @@ class Registry {
     // buffer revokes those it made of that buffer.
     absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> grants_by_buffer;
     // Buffers a revoke took from this session (held through revoked grants
-    // only) that it has not released since: a Release naming one is done
+    // only) that it has not released nor imported again since: a Release naming one is done
     // already (Release), and Describe and the like say why it is not held.
     // The last kMostRevokedRemembered taken (fewer if the session may hold
     // fewer) are remembered: by buffer, the serial of the revoke that took
@@ -478,15 +485,19 @@ class Registry {
     uint64_t onward = 0;
   };
   absl::flat_hash_map<uid_t, UidGrants> uid_grants_ ABSL_GUARDED_BY(mu_);
-  // Imports that made a session a holder and whose delivery has not
-  // settled yet, by (session, buffer); see SettleImport.
-  struct Arrival {
-    uint64_t serial = 0;
+  // Holds with more than one reference, or with imports under way, by
+  // (session, buffer); a hold without an entry has one reference. See
+  // Import and SettleImport.
+  struct ImportRefs {
+    uint64_t serial = 0;  // this hold's: a settle naming an earlier hold's is void
+    uint64_t refs = 0;    // references, those under way included
     uint32_t under_way = 0;
-    bool delivered = false;
   };
-  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, Arrival> arriving_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::pair<uint64_t, uint64_t>, ImportRefs> import_refs_ ABSL_GUARDED_BY(mu_);
+  // Takes one reference off `session_id`'s hold on `buffer_id` (`refs`:
+  // its entry, if any); drops the hold with its last.
+  void DropReference(uint64_t session_id, Holding& holding, uint64_t buffer_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_revoke_ ABSL_GUARDED_BY(mu_) = 1;  // Holding::revoked's serials
   uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -124,16 +124,20 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
     held->second = access;
   }
   holding.buffers.insert(buffer->id);
+  // Held again: a Release names this hold, not the one a revoke took.
+  if (out.newly_held) holding.ForgetRevoked(buffer->id);
   CpuAccess& judged = buffer->imported_via[session_id][t->second];
   if (Wider(access, judged)) judged = access;
   grants_.at(t->second).importers.insert(session_id);
-  if (out.newly_held) {
-    out.arrival = next_arrival_++;
-    arriving_[{session_id, buffer->id}] = Arrival{out.arrival, 1, false};
-  } else if (auto a = arriving_.find({session_id, buffer->id}); a != arriving_.end()) {
-    out.arrival = a->second.serial;
-    ++a->second.under_way;
+  ImportRefs& refs = import_refs_[{session_id, buffer->id}];
+  if (out.newly_held || refs.serial == 0) {
+    // A hold's first reference (its allocation's, or a settled import's)
+    // has no entry; a new hold has none yet.
+    refs = ImportRefs{next_arrival_++, out.newly_held ? 0u : 1u, 0};
   }
+  ++refs.refs;
+  ++refs.under_way;
+  out.arrival = refs.serial;
   out.info = Info(*buffer, session_id, Holders::kNone);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);
@@ -144,16 +148,26 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
 void Registry::SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t arrival,
                             bool delivered) {
   absl::MutexLock lock(&mu_);
-  auto a = arriving_.find({session_id, buffer_id});
-  if (a == arriving_.end() || a->second.serial != arrival) return;
-  a->second.delivered |= delivered;
-  if (--a->second.under_way > 0) return;
-  const bool drop = !a->second.delivered;
-  arriving_.erase(a);
-  auto h = holdings_.find(session_id);
-  if (drop && h != holdings_.end() && h->second.buffers.contains(buffer_id)) {
-    DropHold(session_id, h->second, buffer_id);
+  auto r = import_refs_.find({session_id, buffer_id});
+  if (r == import_refs_.end() || r->second.serial != arrival) return;
+  --r->second.under_way;
+  if (delivered) {
+    if (r->second.refs == 1 && r->second.under_way == 0) import_refs_.erase(r);
+    return;
   }
+  auto h = holdings_.find(session_id);
+  if (h != holdings_.end()) DropReference(session_id, h->second, buffer_id);
+}
+
+void Registry::DropReference(uint64_t session_id, Holding& holding, uint64_t buffer_id) {
+  if (!holding.buffers.contains(buffer_id)) return;
+  auto r = import_refs_.find({session_id, buffer_id});
+  if (r == import_refs_.end() || r->second.refs <= 1) {
+    DropHold(session_id, holding, buffer_id);  // its entry too
+    return;
+  }
+  --r->second.refs;
+  if (r->second.refs == 1 && r->second.under_way == 0) import_refs_.erase(r);
 }
 
 void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,

@@ -349,10 +349,90 @@ TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
   reg_.SettleImport(kB, id, fresh->arrival, true);
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
-  // A holder that imports again settles nothing.
+  // A holder that imports again adds a reference to the same hold.
   absl::StatusOr<Registry::Imported> again = import_once();
   ASSERT_TRUE(again.ok());
-  EXPECT_EQ(again->arrival, 0u);
+  EXPECT_FALSE(again->newly_held);
+  reg_.SettleImport(kB, id, again->arrival, false);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "only that import's reference went";
+}
+
+// Each import is one reference on the session's hold (gralloc's
+// importBuffer/freeBuffer): a reference given back takes that one alone,
+// the hold goes with the last, and a plain Release takes the hold whole.
+TEST_F(RegistryTest, EachImportIsOneReferenceOnTheHold) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = ShareTo(kA, id, 2);
+  ASSERT_TRUE(grant.ok());
+  auto import_delivered = [&]() {
+    absl::StatusOr<Registry::Imported> i = reg_.Import(kB, grant->token(), Accept);
+    ASSERT_TRUE(i.ok()) << i.status();
+    reg_.SettleImport(kB, id, i->arrival, true);
+  };
+  import_delivered();
+  import_delivered();
+  ASSERT_TRUE(reg_.Release(kB, {id}, /*import_references=*/true).ok());
+  EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "the other import's reference holds it";
+  ASSERT_TRUE(reg_.Release(kB, {id}, /*import_references=*/true).ok());
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound) << "the last went";
+  EXPECT_EQ(reg_.Release(kB, {id}, true).code(), StatusCode::kNotFound) << "none is left";
+
+  // An id named twice gives back two.
+  import_delivered();
+  import_delivered();
+  import_delivered();
+  ASSERT_TRUE(reg_.Release(kB, {id, id}, true).ok());
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  // A plain Release takes the hold whatever its references.
+  import_delivered();
+  ASSERT_TRUE(reg_.Release(kB, {id}).ok());
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+
+  // The owner's allocation is a reference: an import of its own buffer
+  // given back leaves the owner holding.
+  auto to_self = ShareTo(kA, id, 1);
+  ASSERT_TRUE(to_self.ok()) << to_self.status();
+  absl::StatusOr<Registry::Imported> own = reg_.Import(kA, to_self->token(), Accept);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_FALSE(own->newly_held);
+  reg_.SettleImport(kA, id, own->arrival, true);
+  ASSERT_TRUE(reg_.Release(kA, {id}, true).ok());
+  EXPECT_TRUE(reg_.Describe(kA, id).ok()) << "the allocation's reference is left";
+  ASSERT_TRUE(reg_.Release(kA, {id}, true).ok());
+  EXPECT_EQ(reg_.Describe(kA, id).status().code(), StatusCode::kNotFound);
+}
+
+// The case references exist for: a client gives back an import it did not
+// keep (its call gave up) while another import of the same buffer is in
+// flight, which will be answered "held already" and rely on the hold. The
+// reference goes, the hold stays for the import in flight; before, the
+// client could not give anything back while imports overlapped.
+TEST_F(RegistryTest, AReferenceGivenBackLeavesTheHoldAnImportInFlightReliesOn) {
+  const uint64_t id = AddN(kA, 1)[0];
+  auto grant = ShareTo(kA, id, 2);
+  ASSERT_TRUE(grant.ok());
+  absl::StatusOr<Registry::Imported> gave_up = reg_.Import(kB, grant->token(), Accept);
+  ASSERT_TRUE(gave_up.ok());
+  EXPECT_TRUE(gave_up->newly_held);
+  absl::StatusOr<Registry::Imported> in_flight = reg_.Import(kB, grant->token(), Accept);
+  ASSERT_TRUE(in_flight.ok());
+  EXPECT_FALSE(in_flight->newly_held);
+  reg_.SettleImport(kB, id, gave_up->arrival, true);
+  // The client read the first's reply after its call gave up: it gives
+  // that import's reference back before the second is even settled.
+  ASSERT_TRUE(reg_.Release(kB, {id}, /*import_references=*/true).ok());
+  EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "the import in flight relies on the hold";
+  reg_.SettleImport(kB, id, in_flight->arrival, true);
+  EXPECT_TRUE(reg_.Describe(kB, id).ok());
+  // Its caller gives that one back too, before it was even settled this
+  // time: the hold goes, and the late settle finds nothing to do.
+  absl::StatusOr<Registry::Imported> last = reg_.Import(kB, grant->token(), Accept);
+  ASSERT_TRUE(last.ok());
+  ASSERT_TRUE(reg_.Release(kB, {id, id}, true).ok());
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  reg_.SettleImport(kB, id, last->arrival, true);
+  EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(reg_.CheckLinksForTesting().ok());
 }
 
 TEST_F(RegistryTest, RevokeIsTheGrantersAndTheTokenDiesWithTheBuffer) {

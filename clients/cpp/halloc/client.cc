@@ -285,18 +285,22 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   if (!resp.ok()) {
     // hallocd may deliver the fd all the same (the call's deadline passed
     // while it worked): nobody will take it, so it is closed, not kept
-    // (hallocd gives back the hold such an import made).
+    // (hallocd takes back the reference such an import made).
     if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
       impl_->AbandonCall(req.call_id(), /*give_back=*/false);
     }
-    impl_->ImportEnds(req.call_id(), 0, false, false);
+    impl_->ImportEnds(req.call_id());
     return resp.status();
   }
   const uint64_t buffer_id = resp->buffer().id();
   absl::StatusOr<Buffer> b = impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
-  // An fd that comes later still is closed as it comes.
-  if (!b.ok() && req.call_id() != 0) impl_->AbandonCall(req.call_id(), /*give_back=*/false);
-  impl_->ImportEnds(req.call_id(), buffer_id, resp->newly_held(), b.ok());
+  impl_->ImportEnds(req.call_id());
+  if (!b.ok()) {
+    // hallocd delivered it (its reply came): the reference it made goes
+    // back; an fd that comes later still is closed as it comes.
+    if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), /*give_back=*/false);
+    impl_->GiveBackReference(buffer_id);
+  }
   return b;
 }
 

@@ -72,21 +72,15 @@ absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest r
   req.set_request_id(id);
   // Where to send the reply from (a hint; see BrokerRequest.cpu).
   req.set_cpu(CurrentCpuHint());
-  const bool import = req.has_import_buffer();
   {
     // Before the request goes: its reply may be filed by another reader
     // at once (one nobody waits for is dropped).
     absl::MutexLock lock(&mu_);
     waiting_.insert(id);
-    if (import) imports_in_flight_.insert(id);
   }
   if (absl::Status s = Send(req.SerializeAsString(), deadline); !s.ok()) {
     absl::MutexLock lock(&mu_);
     waiting_.erase(id);
-    if (import) {
-      imports_in_flight_.erase(id);
-      GiveBackUnclaimedHolds();
-    }
     return Prefixed(s, rpc);
   }
   absl::MutexLock lock(&mu_);
@@ -156,44 +150,29 @@ absl::Status Client::Impl::ImportBegins(uint64_t call_id) {
   return absl::OkStatus();
 }
 
-void Client::Impl::ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_held,
-                              bool received) {
+void Client::Impl::ImportEnds(uint64_t call_id) {
   absl::MutexLock lock(&mu_);
   if (call_id != 0) {
     imports_in_flight_.erase(call_id);
   } else {
     --imports_without_call_id_;
   }
-  ImportSettled(buffer_id, newly_held, received);
-  GiveBackUnclaimedHolds();
 }
 
-void Client::Impl::ImportSettled(uint64_t buffer_id, bool newly_held, bool received) {
-  if (received) {
-    // A caller holds it now, by that hold: no import in flight now gives
-    // it back, whichever ends last (one served before this one may have
-    // made the hold and lost its fd, and end after it).
-    unclaimed_holds_.erase(buffer_id);
-    received_while_importing_.insert(buffer_id);
-  } else if (newly_held && !received_while_importing_.contains(buffer_id)) {
-    unclaimed_holds_.insert(buffer_id);
-  }
+void Client::Impl::GiveBackReference(uint64_t buffer_id) {
+  absl::MutexLock lock(&mu_);
+  GiveBackReferenceLocked(buffer_id);
 }
 
-void Client::Impl::ForgetAbandoned(absl::Time now) {
-  // A given-up import unanswered for twice the timeout no longer holds back
-  // the give-backs of others (whatever hold it made is then left to its
-  // late reply or the session's end). The request itself stays noted: a
-  // reply however late is still undone (a grant withdrawn, an Allocate's
-  // buffers given back).
-  // (Looked at with every record filed: nothing to do without imports.)
-  bool imports_ended = false;
-  if (!imports_in_flight_.empty()) {
-    for (const auto& [id, since] : abandoned_) {
-      if (now - since > 2 * timeout_) imports_ended |= imports_in_flight_.erase(id) > 0;
-    }
-  }
-  if (imports_ended) GiveBackUnclaimedHolds();
+void Client::Impl::GiveBackReferenceLocked(uint64_t buffer_id) {
+  if (!welcome_.import_references()) return;
+  v1::BrokerRequest req;
+  req.mutable_release()->add_buffer_ids(buffer_id);
+  req.mutable_release()->set_import_references(true);
+  SendUnanswered(std::move(req));
+}
+
+void Client::Impl::ForgetAbandoned() {
   // Calls whose fds never come (refused, or never carried out) would be
   // noted for good: the oldest beyond a bound are forgotten.
   while (abandoned_calls_.size() > kMostAbandonedCalls) {
@@ -203,14 +182,6 @@ void Client::Impl::ForgetAbandoned(absl::Time now) {
     }
     abandoned_calls_.erase(oldest);
   }
-}
-
-void Client::Impl::GiveBackUnclaimedHolds() {
-  if (!imports_in_flight_.empty() || imports_without_call_id_ > 0) return;
-  received_while_importing_.clear();
-  if (unclaimed_holds_.empty()) return;
-  GiveBack(std::vector<uint64_t>(unclaimed_holds_.begin(), unclaimed_holds_.end()));
-  unclaimed_holds_.clear();
 }
 
 void Client::Impl::GiveBack(const std::vector<uint64_t>& ids) {
@@ -313,7 +284,7 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   // at with whatever comes next, not only with the next fds.
   const absl::Time now = absl::Now();
   absl::erase_if(pending_, [&](const auto& p) { return now - p.second.since > 2 * timeout_; });
-  ForgetAbandoned(now);
+  ForgetAbandoned();
   // Built only for a cut record: every reply would otherwise pay for an
   // error status and its message (~450 instructions of ~10,000).
   const auto lost = [](bool given_back = true) {
@@ -336,18 +307,12 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
     const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
     const bool bad = abandoned || truncated || (reply.has_allocate() && ids.size() != fds.size()) ||
                      (reply.has_import_buffer() && fds.size() != 1);
-    if (imports_in_flight_.erase(reply.request_id()) > 0) {
-      // An import's fd, if any came, closes here when nobody takes it.
-      // Its hold goes back only if this import made it
-      // (ImportResponse.newly_held: the session held the buffer by nothing
-      // else), and only once no other import is in flight: one may bring
-      // the same buffer, held by that same hold.
-      // (A refused import carries no import_buffer: it made no hold.)
-      if (reply.has_import_buffer()) {
-        ImportSettled(reply.import_buffer().buffer().id(), reply.import_buffer().newly_held(),
-                      /*received=*/!bad);
-      }
-      GiveBackUnclaimedHolds();
+    // An import's fd, if any came, closes here when nobody takes it; the
+    // reference the import is on the session's hold goes back (that
+    // import's alone: the session may hold the buffer by others, or an
+    // import in flight may rely on it). A refused import made none.
+    if (bad && reply.has_import_buffer()) {
+      GiveBackReferenceLocked(reply.import_buffer().buffer().id());
     }
     if (bad) {
       GiveBack(ids);
@@ -357,7 +322,7 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
       if (abandoned && reply.has_share()) Withdraw(reply.share().grant().id());
       if (!abandoned) {
         replies_[reply.request_id()] =
-            truncated ? lost(!reply.has_import_buffer() || reply.import_buffer().newly_held())
+            truncated ? lost(!reply.has_import_buffer() || welcome_.import_references())
                       : absl::DataLossError("reply carries the wrong number of fds");
       }
       return;
@@ -382,10 +347,10 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   }
   if (truncated || described.size() != fds.size()) {
     // An Allocate's buffers go back now (its caller gives them back too).
-    // An Import's do not: the session may hold that buffer already, by
-    // another route, and its caller gives back only the hold the import
-    // made (ImportResponse.newly_held). Where hallocd echoes no call ids,
-    // any gRPC Import in flight may be the one.
+    // An Import's do not: the session may hold that buffer by other
+    // references, and its caller gives back the import's own
+    // (GiveBackReference). Where hallocd echoes no call ids, any gRPC
+    // Import in flight may be the one.
     const bool import =
         call != 0 ? imports_in_flight_.contains(call) : imports_without_call_id_ > 0;
     std::vector<uint64_t> ids;

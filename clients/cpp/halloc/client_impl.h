@@ -74,20 +74,25 @@ class Client::Impl {
   // The gRPC call `call_id` gave up: its fds, should they come (or have
   // come), are closed at once instead of waiting for a taker; an
   // Allocate's buffers (`give_back`) go back to hallocd too (an Import's
-  // hold hallocd gives back itself: ImportResponse.newly_held).
+  // reference hallocd takes back itself when it sees the call gave up).
   void AbandonCall(uint64_t call_id, bool give_back);
 
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0);
 
   // A gRPC Import (`call_id`, 0 where hallocd echoes none) is in flight:
-  // should its fd be cut on the way, its buffer is not given back (the
-  // session may hold it already). Ends with whether its caller `received`
-  // the buffer; if not, the hold the import made (`newly_held`) goes back
-  // once no import is in flight. FAILED_PRECONDITION in a forked child
-  // (asked before the lock, which a thread of the parent may have held at
-  // the fork, for good): then it has not begun.
+  // should its fd be cut on the way, its buffer is not given back whole
+  // (the session may hold it by other references; its caller gives back
+  // the import's own: GiveBackReference). FAILED_PRECONDITION in a forked
+  // child (asked before the lock, which a thread of the parent may have
+  // held at the fork, for good): then it has not begun.
   absl::Status ImportBegins(uint64_t call_id);
-  void ImportEnds(uint64_t call_id, uint64_t buffer_id, bool newly_held, bool received);
+  void ImportEnds(uint64_t call_id);
+  // An import of `buffer_id` that hallocd delivered reached no caller:
+  // gives back the one reference it is on the session's hold
+  // (ReleaseRequest.import_references), where hallocd counts them; an
+  // older one's hold stays until the session ends (its Release would drop
+  // the whole hold, which another import may rely on).
+  void GiveBackReference(uint64_t buffer_id);
 
   const UniqueFd broker_;
   const v1::Hello hello_;
@@ -114,17 +119,9 @@ class Client::Impl {
   // abandoned).
   void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // An import of `buffer_id` ended: its caller `received` the buffer, or
-  // not (then the hold it made, `newly_held`, is unclaimed, unless a
-  // caller received that buffer while imports were in flight).
-  void ImportSettled(uint64_t buffer_id, bool newly_held, bool received)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Gives back the holds that only imports nobody received made, once no
-  // import is in flight.
-  void GiveBackUnclaimedHolds() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Imports given up on more than twice the timeout before `now` are no
-  // longer in flight; abandoned calls are kept to kMostAbandonedCalls.
-  void ForgetAbandoned(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void GiveBackReferenceLocked(uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Abandoned calls are kept to kMostAbandonedCalls.
+  void ForgetAbandoned() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Gives buffers back to the daemon without waiting for its answer (used
   // when their fds were lost on the way, or their call was abandoned).
@@ -186,15 +183,10 @@ class Client::Impl {
     absl::Time since;
   };
   absl::flat_hash_map<uint64_t, AbandonedCall> abandoned_calls_ ABSL_GUARDED_BY(mu_);
-  // Request ids of broker Imports and call ids of gRPC Imports in flight
-  // (given up or not; gRPC Imports without a call id counted apart), and
-  // the buffers whose hold only an Import nobody received made (given back
-  // once none is in flight: GiveBackUnclaimedHolds), less those a caller
-  // received meanwhile.
+  // Call ids of gRPC Imports in flight (given up or not; those without a
+  // call id counted apart): a cut record of their fds gives nothing back.
   absl::flat_hash_set<uint64_t> imports_in_flight_ ABSL_GUARDED_BY(mu_);
   int imports_without_call_id_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::flat_hash_set<uint64_t> unclaimed_holds_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<uint64_t> received_while_importing_ ABSL_GUARDED_BY(mu_);
   // Request ids whose broker call waits for its reply now.
   absl::flat_hash_set<uint64_t> waiting_ ABSL_GUARDED_BY(mu_);
 };

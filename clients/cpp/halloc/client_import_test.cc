@@ -1,6 +1,7 @@
 // libhalloc's Imports against a scripted fake daemon (fake_broker.h): an
-// Import whose caller gave up must leave neither its fd open nor a hold
-// nobody received (the client closes the one and gives the other back).
+// Import whose caller gave up must leave neither its fd open nor its
+// reference on the session's hold (the client closes the one and gives the
+// other back: ReleaseRequest.import_references).
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
@@ -138,42 +139,50 @@ TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
 }
 
 // On the broker an Import's reply and fd come in one record: one that comes
-// after the caller gave up has its fd closed, and nothing is given back
-// when the import did not make the session a holder (newly_held false: it
-// held the buffer before).
-TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndReleasesNothing) {
-  struct stat memfd_stat {};
-  UniqueFd memfd = Memfd();
-  ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
-  std::atomic<int> imports{0};
-  FakeBroker broker(
-      [&](int sock, const v1::BrokerRequest& req) {
-        if (req.has_import_buffer()) {
-          ++imports;
-          absl::SleepFor(absl::Seconds(2));  // longer than the 1 s deadline
-          FakeBroker::Reply(sock, ImportReply(req.request_id(), 42), {memfd.get()});
-          memfd = UniqueFd();  // then only the client's copy is left
-        } else if (req.has_release()) {
-          FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
-        }
-      },
-      /*broker_import=*/true);
-  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
-  absl::SleepFor(absl::Milliseconds(1500));  // the late reply is (about) queued now
-  EXPECT_TRUE(c->Release(7).ok());           // takes it off the socket first
-  // One more round trip: a give-back sent while Release(7) waited has
-  // reached the broker by the time this is answered.
-  EXPECT_TRUE(c->Release(8).ok());
-  EXPECT_EQ(imports.load(), 1) << "the Import went on the broker socket";
-  EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
-  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8}))
-      << "only the caller's own Releases";
+// after the caller gave up has its fd closed, and gives back the one
+// reference the import is on the session's hold (ImportResponse: held
+// before or not, that reference alone goes); nothing is released whole.
+// An older hallocd, which counts no references, is sent nothing: its
+// Release would drop the whole hold.
+TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndGivesBackItsReference) {
+  for (const bool counted : {true, false}) {
+    SCOPED_TRACE(counted ? "hallocd counts import references" : "an older hallocd");
+    struct stat memfd_stat {};
+    UniqueFd memfd = Memfd();
+    ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
+    std::atomic<int> imports{0};
+    FakeBroker broker(
+        [&](int sock, const v1::BrokerRequest& req) {
+          if (req.has_import_buffer()) {
+            ++imports;
+            absl::SleepFor(absl::Seconds(2));  // longer than the 1 s deadline
+            FakeBroker::Reply(sock, ImportReply(req.request_id(), 42), {memfd.get()});
+            memfd = UniqueFd();  // then only the client's copy is left
+          } else if (req.has_release()) {
+            FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+          }
+        },
+        /*broker_import=*/true);
+    broker.set_import_references(counted);
+    absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
+    absl::SleepFor(absl::Milliseconds(1500));  // the late reply is (about) queued now
+    EXPECT_TRUE(c->Release(7).ok());           // takes it off the socket first
+    // One more round trip: a give-back sent while Release(7) waited has
+    // reached the broker by the time this is answered.
+    EXPECT_TRUE(c->Release(8).ok());
+    EXPECT_EQ(imports.load(), 1) << "the Import went on the broker socket";
+    EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
+    EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8}))
+        << "only the caller's own Releases drop holds";
+    EXPECT_EQ(broker.given_back_references(),
+              counted ? std::vector<uint64_t>{42} : std::vector<uint64_t>{});
+  }
 }
 
-// An answer without its fd is DATA_LOSS; the hold it made, if it made one,
-// reached nobody and is given back.
+// An answer without its fd is DATA_LOSS; the reference the import made
+// reached nobody and is given back, whether or not it made the hold.
 TEST(ClientImportTest, ABrokerImportReplyWithoutItsFdIsDataLoss) {
   for (const bool newly_held : {false, true}) {
     SCOPED_TRACE(newly_held ? "newly held" : "held before");
@@ -189,62 +198,38 @@ TEST(ClientImportTest, ABrokerImportReplyWithoutItsFdIsDataLoss) {
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDataLoss);
     EXPECT_TRUE(c->Release(8).ok());  // after any give-back it would have sent
-    EXPECT_EQ(broker.released_ids(),
-              newly_held ? (std::vector<uint64_t>{42, 8}) : (std::vector<uint64_t>{8}));
+    EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{8});
+    EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
   }
 }
 
-// A fake whose first Import is answered `late` after it came (the caller's
-// deadline is 1 s), with buffer 42 and `first_newly_held`; the next Imports
-// at once, with buffer `next_buffer` (not newly held when it is 42: the
-// first made the hold). Every answer carries a memfd.
-FakeBroker::Answer LateFirstImport(std::atomic<int>& imports, absl::Duration late,
-                                   bool first_newly_held, uint64_t next_buffer) {
-  return [&imports, late, first_newly_held, next_buffer](int sock,
-                                                         const v1::BrokerRequest& req) {
+// The first Import is answered 1.5 s after it came (the caller's deadline
+// is 1 s), with buffer 42 (making the hold); the next at once, with 42 too
+// (held already). Every answer carries a memfd.
+FakeBroker::Answer LateFirstImport(std::atomic<int>& imports) {
+  return [&imports](int sock, const v1::BrokerRequest& req) {
     if (req.has_import_buffer()) {
       UniqueFd fd = Memfd();
-      if (imports++ == 0) {
-        absl::SleepFor(late);
-        FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, first_newly_held), {fd.get()});
-      } else {
-        FakeBroker::Reply(sock, ImportReply(req.request_id(), next_buffer, next_buffer != 42),
-                          {fd.get()});
-      }
+      const bool first = imports++ == 0;
+      if (first) absl::SleepFor(absl::Milliseconds(1500));
+      FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, first), {fd.get()});
     } else if (req.has_release()) {
       FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
     }
   };
 }
 
-// An Import that gave up, whose late answer says it made the session a
-// holder: nobody received that buffer, so its hold is given back (before,
-// it stayed until a Release the client could not know to send, or the
-// session's end).
-TEST(ClientImportTest, ABrokerImportThatGaveUpGivesBackTheHoldItMade) {
+// A given-up Import made the session's hold, and another Import in flight
+// brings the same buffer: the first's reference goes back at once (before,
+// nothing went back until no import was in flight, so a client importing
+// without pause kept such holds until its session ended); the second's
+// caller holds the buffer by its own reference, which is not touched.
+TEST(ClientImportTest, AGivenUpImportGivesBackItsReferenceWhileAnotherIsInFlight) {
   std::atomic<int> imports{0};
-  FakeBroker broker(LateFirstImport(imports, absl::Seconds(2), true, 43),
-                    /*broker_import=*/true);
+  FakeBroker broker(LateFirstImport(imports), /*broker_import=*/true);
   absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
   ASSERT_TRUE(c.ok()) << c.status();
   const int fds_before = testing::CountOpenFds();
-  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
-  absl::SleepFor(absl::Milliseconds(1500));  // the late reply is (about) queued now
-  EXPECT_TRUE(c->Release(7).ok());           // takes it off the socket first
-  EXPECT_TRUE(c->Release(8).ok());           // after the give-back
-  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 42, 8}));
-  EXPECT_EQ(testing::CountOpenFds(), fds_before) << "the late fd was closed";
-}
-
-// The hold a given-up Import made is kept while another Import of the
-// session is in flight, and that one brings the same buffer: the caller of
-// the second holds it by that same hold, which a give-back would take away.
-TEST(ClientImportTest, AHoldAnImportInFlightBringsIsNotGivenBack) {
-  std::atomic<int> imports{0};
-  FakeBroker broker(LateFirstImport(imports, absl::Milliseconds(1500), true, 42),
-                    /*broker_import=*/true);
-  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
-  ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
   // Sent while the first is still being answered; its answer comes after
   // the first's late one.
@@ -252,23 +237,10 @@ TEST(ClientImportTest, AHoldAnImportInFlightBringsIsNotGivenBack) {
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->id(), 42u);
   EXPECT_TRUE(c->Release(8).ok());
-  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{8})) << "buffer 42 is the caller's";
-}
-
-// ... but given back once no Import is in flight when the one in flight
-// brought another buffer.
-TEST(ClientImportTest, AHoldIsGivenBackOnceNoImportIsInFlight) {
-  std::atomic<int> imports{0};
-  FakeBroker broker(LateFirstImport(imports, absl::Milliseconds(1500), true, 43),
-                    /*broker_import=*/true);
-  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
-  ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
-  absl::StatusOr<Buffer> other = c->Import("other");
-  ASSERT_TRUE(other.ok()) << other.status();
-  EXPECT_EQ(other->id(), 43u);
-  EXPECT_TRUE(c->Release(8).ok());
-  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{42, 8}));
+  EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{8}) << "42's hold is the caller's";
+  EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+  again = absl::CancelledError("closed");
+  EXPECT_EQ(testing::CountOpenFds(), fds_before) << "the late fd was closed";
 }
 
 // gRPC Imports of buffer 42, its fd sent on the broker socket ahead of the
@@ -314,11 +286,11 @@ class CutImports final : public v1::Allocator::Service {
   rlimit saved_{};
 };
 
-// A gRPC Import whose fd the kernel cut gives back no hold the session had
-// before: buffer 42, imported first whole, stays held (it gave it back, and
-// the first Buffer lost the hold it was using). A hold the cut import made
-// itself (newly_held) does go back.
-TEST(ClientImportTest, ACutGrpcImportGivesBackOnlyTheHoldItMade) {
+// A gRPC Import whose fd the kernel cut gives back its own reference, not
+// the hold: buffer 42, imported first whole, stays held for the first
+// Buffer (a plain Release would have taken the hold it uses), and a hold
+// the cut import made itself goes with that reference.
+TEST(ClientImportTest, ACutGrpcImportGivesBackItsReference) {
   for (const bool newly_held : {false, true}) {
     SCOPED_TRACE(newly_held ? "the cut import made the hold" : "the session held 42 already");
     // Import over gRPC (this fake serves no Import on the socket);
@@ -342,20 +314,18 @@ TEST(ClientImportTest, ACutGrpcImportGivesBackOnlyTheHoldItMade) {
     service.Restore();
     EXPECT_EQ(cut.status().code(), absl::StatusCode::kResourceExhausted) << cut.status();
     EXPECT_TRUE(c->Release(7).ok());  // a round trip after any give-back
-    const std::vector<uint64_t> given_back =
-        newly_held ? std::vector<uint64_t>{42, 7} : std::vector<uint64_t>{7};
-    EXPECT_EQ(broker.released_ids(), given_back);
+    EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7});
+    EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
     server->Shutdown();
   }
 }
 
 // Two gRPC Imports of buffer 42: the first is served first and makes the
-// session's hold (newly_held), but its fd never comes; the second, served
-// after it (newly_held false: the hold is there), is received and ends
-// first. The first's end must not give back the hold the second's Buffer
-// now uses. (It did: the hold was marked unclaimed with no import in
-// flight, whichever had been received meanwhile.)
-TEST(ClientImportTest, AHoldAnotherImportReceivedIsNotGivenBackLater) {
+// session's hold, but its fd never comes; the second, served after it, is
+// received and ends first. The first's end gives back its own reference,
+// not the hold the second's Buffer uses. (Before references, the hold
+// itself was given back.)
+TEST(ClientImportTest, AnImportWhoseFdNeverCameGivesBackOnlyItsReference) {
   class TwoImports final : public v1::Allocator::Service {
    public:
     explicit TwoImports(FakeBroker* broker) : broker_(broker) {}
@@ -399,6 +369,7 @@ TEST(ClientImportTest, AHoldAnotherImportReceivedIsNotGivenBackLater) {
   EXPECT_TRUE(c->Release(7).ok());  // a round trip after any give-back
   EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7})
       << "the hold `second` uses was given back";
+  EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
   server->Shutdown();
 }
 
@@ -430,11 +401,10 @@ TEST(ClientImportTest, AReplyNoCallWaitsForHasItsFdsClosed) {
   EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8, 9}));
 }
 
-// An Import never answered was in flight for good: no hold an Import
-// nobody received made was given back again until the session ended (and
-// the given-up request was remembered for as long). Twice the timeout
-// after it gave up, it is forgotten.
-TEST(ClientImportTest, AnImportNeverAnsweredStopsHoldingBackGiveBacks) {
+// An Import never answered holds back no other's give-back (before
+// references, every give-back waited until no import was in flight, and
+// one never answered held them back for twice the timeout).
+TEST(ClientImportTest, AnImportNeverAnsweredHoldsBackNoGiveBack) {
   std::atomic<int> imports{0};
   FakeBroker broker(
       [&imports](int sock, const v1::BrokerRequest& req) {
@@ -450,11 +420,9 @@ TEST(ClientImportTest, AnImportNeverAnsweredStopsHoldingBackGiveBacks) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Import("never").status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(c->Import("cut").status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_TRUE(c->Release(7).ok());           // 43 waits: an import is in flight
-  absl::SleepFor(absl::Milliseconds(1300));  // past twice the timeout
-  EXPECT_TRUE(c->Release(8).ok());           // its reply is filed after the wait
-  EXPECT_TRUE(c->Release(9).ok());
-  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8, 43, 9}));
+  EXPECT_TRUE(c->Release(7).ok());  // a round trip after the give-back
+  EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{43});
+  EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7});
 }
 
 }  // namespace

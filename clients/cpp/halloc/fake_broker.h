@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -86,14 +87,21 @@ class FakeBroker {
     absl::MutexLock lock(&mu_);
     return revoked_;
   }
-  // Every buffer id those releases named, in order.
-  std::vector<uint64_t> released_ids() {
+  // Every buffer id those releases named, in order: those that dropped
+  // holds, or (`import_references`) those that gave back one import's
+  // reference each.
+  std::vector<uint64_t> released_ids(bool import_references = false) {
     std::vector<uint64_t> ids;
     for (const v1::ReleaseRequest& r : releases()) {
+      if (r.import_references() != import_references) continue;
       ids.insert(ids.end(), r.buffer_ids().begin(), r.buffer_ids().end());
     }
     return ids;
   }
+  std::vector<uint64_t> given_back_references() { return released_ids(true); }
+  // Whether its Welcome says it counts import references (it does unless
+  // told otherwise before the client connects: an older hallocd).
+  void set_import_references(bool counted) { import_references_ = counted; }
 
   // Sends `frame` (with `fds`) to the client, as hallocd's gRPC side does
   // with an Import's fd. After the handshake only.
@@ -142,6 +150,7 @@ class FakeBroker {
         r.mutable_welcome()->set_broker_share(broker_share_);
         r.mutable_welcome()->set_broker_revoke(broker_share_);
         r.mutable_welcome()->set_broker_metadata(broker_metadata_);
+        r.mutable_welcome()->set_import_references(import_references_);
         Reply(conn_.get(), r);
         continue;
       }
@@ -165,6 +174,7 @@ class FakeBroker {
   const bool broker_import_;
   const bool broker_share_;
   const bool broker_metadata_;
+  std::atomic<bool> import_references_{true};
   TempDir dir_{"fake"};
   std::string path_;
   UniqueFd listener_, conn_;

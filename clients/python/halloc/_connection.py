@@ -67,13 +67,11 @@ class Connection:
         # that gave up -> (give back?, since when) (_forget_abandoned).
         self._abandoned = {}
         self._abandoned_calls = {}
-        # Request ids of broker Imports sent and not answered yet, and the
-        # buffers whose hold only an Import nobody received made (given back
-        # once none is in flight: _give_back_unclaimed_holds).
-        self._imports_in_flight = set()  # and gRPC Imports' call ids
-        self._imports_without_call_id = 0  # gRPC Imports
-        self._unclaimed_holds = set()
-        self._received_while_importing = set()  # since none was in flight
+        # Call ids of gRPC Imports in flight (those without one counted
+        # apart): a cut record of their fds gives nothing back whole.
+        self._imports_in_flight = set()
+        self._imports_without_call_id = 0
+        self._welcome = conn.welcome
         self._waiting = set()  # request ids whose broker call waits now
 
     @property
@@ -126,7 +124,8 @@ class Connection:
         """The gRPC call `call_id` gave up: its fds, should they come (or
         have come), are closed at once instead of waiting for a taker; an
         Allocate's buffers (`give_back`) go back to hallocd too (an Import's
-        hold hallocd gives back itself)."""
+        reference hallocd takes back itself when it sees the call gave
+        up)."""
         with self._lock:
             came = [k for k in self._pending if k[1] == call_id]
             for key in came:
@@ -167,21 +166,15 @@ class Connection:
         deadline = time.monotonic() + self._timeout
         req.request_id = rid = next(self._request_ids)
         req.cpu = _cpu_hint()
-        is_import = req.HasField("import_buffer")
         with self._lock:
             # Before the request goes: its reply may be filed by another
             # reader at once (one nobody waits for is dropped).
             self._waiting.add(rid)
-            if is_import:
-                self._imports_in_flight.add(rid)
         try:
             _prefixed(self._send, name, req.SerializeToString(), deadline)
         except BaseException:
             with self._lock:
                 self._waiting.discard(rid)
-                if is_import:
-                    self._imports_in_flight.discard(rid)
-                    self._give_back_unclaimed_holds()
             raise
         with self._lock:
             try:
@@ -199,8 +192,6 @@ class Connection:
             finally:
                 self._waiting.discard(rid)
             r = self._replies.pop(rid)
-            if is_import:
-                self._import_taken(rid, r, received=True)
         if isinstance(r, errors.HallocError):
             raise errors.error_for(r.code, f"{name}: {r.message}")
         reply, fds = r
@@ -216,27 +207,12 @@ class Connection:
         r = self._replies.pop(rid, None)
         if r is None:
             self._abandoned[rid] = time.monotonic()  # filed and given back when it comes
-        else:
-            self._import_taken(rid, r, received=False)
-            if not isinstance(r, errors.HallocError):
-                reply, fds = r
-                _scm.close_all(fds)
-                self._give_back([b.id for b in reply.allocate.buffers])
-
-    def _import_taken(self, rid, r, received):
-        """The reply `r` of broker Import `rid`, filed whole, was taken by
-        its caller (`received`) or given up on: only now is the import
-        settled (its caller may still give up after the filing, and a hold
-        another import received meanwhile is not to be given back then).
-        Nothing for any other request, or an import settled as it was
-        filed (a bad reply). Holds self._lock."""
-        if rid not in self._imports_in_flight:
-            return
-        self._imports_in_flight.discard(rid)
-        if not isinstance(r, errors.HallocError) and r[0].WhichOneof("kind") == "import_buffer":
-            self._import_settled(r[0].import_buffer.buffer.id,
-                                 r[0].import_buffer.newly_held, received)
-        self._give_back_unclaimed_holds()
+        elif not isinstance(r, errors.HallocError):
+            reply, fds = r
+            _scm.close_all(fds)
+            self._give_back([b.id for b in reply.allocate.buffers])
+            if reply.WhichOneof("kind") == "import_buffer":
+                self._give_back_reference(reply.import_buffer.buffer.id)
 
     def take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
@@ -370,7 +346,7 @@ class Connection:
         for key in [k for k, p in self._pending.items()
                     if now - p.since > 2 * self._timeout]:
             self._pending.pop(key).close()
-        self._forget_abandoned(now)
+        self._forget_abandoned()
         lost = errors.ResourceExhaustedError(
             "the fds hallocd sent were cut on the way (this process is out of "
             "fds: RLIMIT_NOFILE); the buffers were given back")
@@ -388,21 +364,15 @@ class Connection:
             kind = reply.WhichOneof("kind")
             bad = abandoned or truncated or (kind == "allocate" and len(ids) != len(fds)) or \
                 (kind == "import_buffer" and len(fds) != 1)
-            if bad and reply.request_id in self._imports_in_flight:
-                # An import's fd, if any came, closes here when nobody takes
-                # it. Its hold goes back only if this import made it
-                # (ImportResponse.newly_held), and only once no other import
-                # is in flight: one may bring the same buffer, held by that
-                # same hold. (One filed whole is settled as its caller takes
-                # it or gives up on it: _import_taken.)
-                self._imports_in_flight.discard(reply.request_id)
-                if kind == "import_buffer":
-                    self._import_settled(reply.import_buffer.buffer.id,
-                                         reply.import_buffer.newly_held, received=False)
-                self._give_back_unclaimed_holds()
             if bad:
                 _scm.close_all(fds)
                 self._give_back(ids)
+                # An import's fd, if any came, closed here: the reference the
+                # import is on the session's hold goes back (that import's
+                # alone: the session may hold the buffer by others, or an
+                # import in flight may rely on it). A refused one made none.
+                if kind == "import_buffer":
+                    self._give_back_reference(reply.import_buffer.buffer.id)
                 # A grant its caller never learned of (it gave up): nobody
                 # has its token, and it would count against the session's
                 # grants, and keep the buffer importable, until the end.
@@ -430,10 +400,10 @@ class Connection:
             return
         if truncated or len(described) != len(fds):
             # An Allocate's buffers go back now (its caller gives them back
-            # too). An Import's do not: the session may hold that buffer
-            # already, by another route, and its caller gives back only the
-            # hold the import made (newly_held). Where hallocd echoes no
-            # call ids, any gRPC Import in flight may be the one.
+            # too). An Import's do not: the session may hold that buffer by
+            # other references, and its caller gives back the import's own
+            # (give_back_reference). Where hallocd echoes no call ids, any
+            # gRPC Import in flight may be the one.
             is_import = (call in self._imports_in_flight if call else
                          self._imports_without_call_id > 0)
             _scm.close_all(fds)
@@ -462,70 +432,43 @@ class Connection:
     def import_begins(self, call_id):
         """A gRPC Import (`call_id`, 0 where hallocd echoes none) is in
         flight: should its fd be cut on the way, its buffer is not given
-        back (the session may hold it already)."""
+        back whole (the session may hold it by other references)."""
         with self._lock:
             if call_id:
                 self._imports_in_flight.add(call_id)
             else:
                 self._imports_without_call_id += 1
 
-    def import_ends(self, call_id, buffer_id=0, newly_held=False, received=False):
-        """It ended: if its caller did not receive the buffer, the hold the
-        import made (`newly_held`) goes back once no import is in flight."""
+    def import_ends(self, call_id):
         with self._lock:
             if call_id:
                 self._imports_in_flight.discard(call_id)
             else:
                 self._imports_without_call_id -= 1
-            self._import_settled(buffer_id, newly_held, received)
-            self._give_back_unclaimed_holds()
 
-    def _import_settled(self, buffer_id, newly_held, received):
-        """An import of `buffer_id` ended: its caller received the buffer,
-        or not (then the hold it made, `newly_held`, is unclaimed, unless a
-        caller received that buffer while imports were in flight: one
-        served before may have made the hold, lost its fd and end after).
-        Holds self._lock."""
-        if received:
-            self._unclaimed_holds.discard(buffer_id)  # a caller holds it now
-            self._received_while_importing.add(buffer_id)
-        elif newly_held and buffer_id not in self._received_while_importing:
-            self._unclaimed_holds.add(buffer_id)
+    def give_back_reference(self, buffer_id):
+        """An import of `buffer_id` that hallocd delivered reached no
+        caller: gives back the one reference it is on the session's hold."""
+        with self._lock:
+            self._give_back_reference(buffer_id)
+
+    def _give_back_reference(self, buffer_id):
+        """The same, holding self._lock. Only where hallocd counts
+        references: an older one's Release would drop the whole hold,
+        which another import may rely on (it stays until the session
+        ends)."""
+        if self._welcome.import_references:
+            self._send_unanswered(release=allocator_pb2.ReleaseRequest(
+                buffer_ids=[buffer_id], import_references=True))
 
     _MOST_ABANDONED_CALLS = 1024
 
-    def _forget_abandoned(self, now):
-        """A given-up import unanswered for twice the timeout before `now`
-        no longer holds back the give-backs of others (whatever hold it made
-        is left to its late reply or the session's end); the request stays
-        noted, so that a reply however late is still undone (a grant
-        withdrawn, an Allocate's buffers given back). Calls whose fds never
-        come (refused) are kept to _MOST_ABANDONED_CALLS, the oldest
-        forgotten. Holds self._lock."""
-        horizon = now - 2 * self._timeout
-        imports_ended = False
-        # (Looked at with every record filed: nothing to do without imports.)
-        if self._imports_in_flight:
-            for rid, since in self._abandoned.items():
-                if since < horizon and rid in self._imports_in_flight:
-                    self._imports_in_flight.discard(rid)
-                    imports_ended = True
-        if imports_ended:
-            self._give_back_unclaimed_holds()
+    def _forget_abandoned(self):
+        """Calls whose fds never come (refused) are kept to
+        _MOST_ABANDONED_CALLS, the oldest forgotten. Holds self._lock."""
         while len(self._abandoned_calls) > self._MOST_ABANDONED_CALLS:
             oldest = min(self._abandoned_calls, key=lambda c: self._abandoned_calls[c][1])
             del self._abandoned_calls[oldest]
-
-    def _give_back_unclaimed_holds(self):
-        """Gives back the holds only imports nobody received made, once no
-        import is in flight. Holds self._lock."""
-        if self._imports_in_flight or self._imports_without_call_id:
-            return
-        self._received_while_importing.clear()
-        if not self._unclaimed_holds:
-            return
-        self._give_back(sorted(self._unclaimed_holds))
-        self._unclaimed_holds.clear()
 
     def _give_back(self, ids):
         """Releases buffers without waiting for the answer (their fds were

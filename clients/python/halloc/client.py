@@ -415,22 +415,22 @@ class Client:
         except BaseException as e:
             # hallocd may deliver the fd all the same (the deadline passed
             # while it worked): nobody takes it, so it is closed, not kept
-            # (hallocd gives back the hold such an import made).
+            # (hallocd takes back the reference such an import made).
             if req.call_id and _may_still_deliver(e):
                 self._conn.abandon_call(req.call_id, give_back=False)
             self._conn.import_ends(req.call_id)
             raise
-        received = False
         try:
-            buf = Buffer(self, resp.buffer, self._conn.take_fd(resp.buffer.id, req.call_id))
-            received = True
-            return buf
+            return Buffer(self, resp.buffer, self._conn.take_fd(resp.buffer.id, req.call_id))
         except BaseException:
-            if req.call_id:  # an fd that comes later still is closed as it comes
+            # hallocd delivered it (its reply came): the reference it made
+            # goes back; an fd that comes later still is closed as it comes.
+            if req.call_id:
                 self._conn.abandon_call(req.call_id, give_back=False)
+            self._conn.give_back_reference(resp.buffer.id)
             raise
         finally:
-            self._conn.import_ends(req.call_id, resp.buffer.id, resp.newly_held, received)
+            self._conn.import_ends(req.call_id)
 
     import_ = import_buffer
 

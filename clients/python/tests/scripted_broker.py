@@ -35,7 +35,8 @@ class ScriptedBroker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = theirs
         conn = _broker.BrokerConnection(ours, broker_pb2.Hello(),
-                                        broker_pb2.Welcome(session_id=1, session_token="t"))
+                                        broker_pb2.Welcome(session_id=1, session_token="t",
+                                                           import_references=True))
         self.client = halloc.Client(conn, grpc.insecure_channel("unix:/nonexistent"),
                                     timeout, True)
         self._answer = answer

@@ -1,7 +1,8 @@
 """Imports against a scripted broker (scripted_broker.py): an Import whose
-caller gave up, or whose fd was cut, leaves neither its fd open nor a hold
-nobody received, and never gives back a hold another Import's Buffer
-uses; a forked child is refused one."""
+caller gave up, or whose fd was cut, leaves neither its fd open nor its
+reference on the session's hold (ReleaseRequest.import_references), and
+never releases whole a hold another Import's Buffer uses; a forked child
+is refused one."""
 
 import os
 import threading
@@ -41,13 +42,24 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     broker.close()
 
 
+def _releases(released, req):
+    """Notes a Release: its ids, or ("ref", id) for each import reference
+    it gives back."""
+    if req.release.import_references:
+        released.extend(("ref", i) for i in req.release.buffer_ids)
+    else:
+        released.extend(req.release.buffer_ids)
+
+
+@pytest.mark.parametrize("counted", [True, False])
 @pytest.mark.parametrize("newly_held", [False, True])
-def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_only_its_own_hold(
-        monkeypatch, newly_held):
+def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_its_reference(
+        monkeypatch, newly_held, counted):
     # Its reply and fd come together after the caller was interrupted: the
-    # fd is closed; the hold is given back only if this import made it
-    # (ImportResponse.newly_held; otherwise the session held the buffer
-    # before it).
+    # fd is closed and the reference the import is on the session's hold
+    # goes back, whether or not it made the hold (that reference alone
+    # goes). An older hallocd (no Welcome.import_references) is sent
+    # nothing: its Release would drop the whole hold.
     import socket
     from halloc.v1 import broker_pb2
     memfd = os.memfd_create("late-import")
@@ -64,11 +76,12 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_only_its
             frame.reply.import_buffer.newly_held = newly_held
             socket.send_fds(sock, [frame.SerializeToString()], [memfd])
             return
-        released.extend(req.release.buffer_ids)
+        _releases(released, req)
         broker.reply_release(req)
 
     broker = ScriptedBroker(answer, timeout=2.0)
     broker.client.welcome.broker_import = True
+    broker.client.welcome.import_references = counted
     interrupt_the_next_wait(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         broker.client.import_buffer("token")
@@ -78,7 +91,7 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_only_its
     broker.client.release(8)  # after any give-back it would have sent
     os.close(memfd)
     assert not open_on_inode(inode), "the interrupted Import's fd is still open"
-    assert released == ([7, 5, 8] if newly_held else [7, 8])
+    assert released == ([7, ("ref", 5), 8] if counted else [7, 8])
     broker.close()
 
 
@@ -89,7 +102,7 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
 
     def answer(sock, req):
         if req.WhichOneof("kind") == "release":
-            released.extend(req.release.buffer_ids)
+            _releases(released, req)
             broker.reply_release(req)
             return
         frame = broker_pb2.BrokerFrame()
@@ -103,21 +116,20 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
     with pytest.raises(halloc.DataLossError):
         broker.client.import_buffer("token")
     broker.client.release(8)  # after any give-back it would have sent
-    # The hold this import made (if it made one) reached nobody: given back.
-    assert released == ([5, 8] if newly_held else [8])
+    # The reference this import made reached nobody: given back.
+    assert released == [("ref", 5), 8]
     broker.close()
 
 
-def test_an_import_never_answered_stops_holding_back_give_backs():
-    # It was in flight for good: no hold an import nobody received made was
-    # given back again until the session ended. Twice the timeout after it
-    # gave up, it is forgotten.
+def test_an_import_never_answered_holds_back_no_give_back():
+    # Before references, every give-back waited until no import was in
+    # flight, and one never answered held them back for twice the timeout.
     from halloc.v1 import broker_pb2
     released, imports = [], []
 
     def answer(sock, req):
         if req.WhichOneof("kind") == "release":
-            released.extend(req.release.buffer_ids)
+            _releases(released, req)
             broker.reply_release(req)
             return
         imports.append(req.request_id)
@@ -135,27 +147,24 @@ def test_an_import_never_answered_stops_holding_back_give_backs():
         broker.client.import_buffer("never")
     with pytest.raises(halloc.DataLossError):
         broker.client.import_buffer("cut")
-    broker.client.release(7)  # 43 waits: an import is in flight
-    time.sleep(1.3)  # past twice the timeout
-    broker.client.release(8)  # its reply is filed after the wait
-    broker.client.release(9)
-    assert released == [7, 8, 43, 9]
+    broker.client.release(7)  # a round trip after the give-back
+    assert released == [("ref", 43), 7]
     broker.close()
 
 
-def test_a_hold_another_import_received_is_not_given_back_later(monkeypatch):
+def test_an_import_whose_fd_never_came_gives_back_only_its_reference(monkeypatch):
     # Two gRPC Imports of buffer 42: the first, served first, made the hold
-    # (newly_held) but its fd never comes; the second (newly_held false) is
-    # received and ends first. The first's end must not give back the hold
-    # the second's Buffer uses. (As libhalloc's
-    # AHoldAnotherImportReceivedIsNotGivenBackLater.)
+    # (newly_held) but its fd never comes; the second is received and ends
+    # first. The first's end gives back its own reference, not the hold the
+    # second's Buffer uses. (As libhalloc's
+    # AnImportWhoseFdNeverCameGivesBackOnlyItsReference.)
     import socket
     from halloc.v1 import allocator_pb2, broker_pb2, types_pb2
     releases = []
 
     def answer(sock, req):
         if req.WhichOneof("kind") == "release":
-            releases.extend(req.release.buffer_ids)
+            _releases(releases, req)
             broker.reply_release(req)
 
     # The first import waits out this timeout for its fd; the rest of the
@@ -196,7 +205,7 @@ def test_a_hold_another_import_received_is_not_given_back_later(monkeypatch):
     importing.join()
     assert isinstance(outcome["first"], halloc.DeadlineExceededError), outcome["first"]
     broker.client.release(7)  # a round trip after any give-back
-    assert releases == [7], "the hold the second import's Buffer uses was given back"
+    assert releases == [("ref", 42), 7], "the hold the second import's Buffer uses was released"
     second.close()
     broker.close()
 
@@ -227,12 +236,12 @@ def test_a_forked_child_is_refused_an_import_not_hung():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
 
 
-def test_an_import_given_up_after_its_reply_was_filed_keeps_a_hold_another_received():
+def test_an_import_given_up_after_its_reply_was_filed_gives_back_its_reference_alone():
     # Imports A (it makes the session a holder of buffer 5) and B (the same
-    # buffer, by A's hold) have their replies filed by a third call's
-    # reader; B's caller takes its Buffer, then A's caller gives up (Ctrl-C)
-    # before taking its reply. A's hold is the one B's Buffer uses: given
-    # back before, as if A's reply had come after it gave up.
+    # buffer) have their replies filed by a third call's reader; B's caller
+    # takes its Buffer, then A's caller gives up (Ctrl-C) before taking its
+    # reply. A's reference goes back, and only it: the hold B's Buffer
+    # uses was released whole before references.
     import socket
     from halloc.v1 import broker_pb2
     released, imports, held = [], [], []
@@ -257,7 +266,7 @@ def test_an_import_given_up_after_its_reply_was_filed_keeps_a_hold_another_recei
         if list(req.release.buffer_ids) == [99]:
             held.append(req)  # answered once both imports are
             return
-        released.extend(req.release.buffer_ids)
+        _releases(released, req)
         broker.reply_release(req)
 
     broker = ScriptedBroker(answer, timeout=5.0)
@@ -296,5 +305,5 @@ def test_an_import_given_up_after_its_reply_was_filed_keeps_a_hold_another_recei
     conn._filed.wait = real_wait
     assert got["B"].id == 5
     broker.client.release(8)
-    assert released == [8], "the hold B's Buffer uses was given back"
+    assert released == [("ref", 5), 8], "the hold B's Buffer uses was released"
     broker.close()
