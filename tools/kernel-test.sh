@@ -106,9 +106,12 @@ fetch_image() {
   [[ -f $IMG/.complete ]] && return 0
   log "fetching linux-image-$KVER"
   rm -rf "$IMG" && mkdir -p "$IMG/root"
+  # Each step checked here: called from `if` and `||`, this function runs
+  # without set -e, and a half-extracted image marked complete would break
+  # every later run until the cache was wiped.
   (cd "$IMG" && apt-get download -qq "linux-image-$KVER") || return 1
-  dpkg-deb -x "$IMG"/linux-image-*.deb "$IMG/root"
-  depmod -b "$IMG/root" "$KVER"
+  dpkg-deb -x "$IMG"/linux-image-*.deb "$IMG/root" || die "cannot extract linux-image-$KVER"
+  depmod -b "$IMG/root" "$KVER" || die "depmod for linux-image-$KVER failed"
   rm -f "$IMG"/linux-image-*.deb
   touch "$IMG/.complete"
 }

@@ -69,6 +69,12 @@ else
 fi
 check "group halloc exists" getent group halloc
 check "policy installed as a conffile" grep -q policy.textproto /var/lib/dpkg/info/halloc.conffiles
+# Root alone (service/policy/default.textproto, tested in policy_test): no
+# rule for uids that are other accounts on every machine.
+check "the installed policy is the root-only default" \
+  cmp -s /etc/halloc/policy.textproto service/policy/default.textproto
+check "the example policy is installed as documentation" \
+  cmp -s /usr/share/doc/halloc/examples/policy.textproto service/policy/example.textproto
 check "installed units pass systemd-analyze verify" \
   systemd-analyze verify /lib/systemd/system/hallocd.socket \
     /lib/systemd/system/hallocd-broker.socket /lib/systemd/system/hallocd.service
@@ -160,6 +166,8 @@ if "${APT[@]}" install "$DKMS_DEB" >"$WORK/dkms.log" 2>&1; then
 else
   tail -30 "$WORK/dkms.log"; bad "apt-get install ./halloc-dkms_*.deb"
 fi
+check "the module is loaded at boot (modules-load.d names halloc_heap)" \
+  grep -qx halloc_heap /usr/lib/modules-load.d/halloc.conf
 if [[ ${#KVERS[@]} -eq 0 ]]; then
   skip "DKMS build: no kernel headers here (tools/kernel-test.sh installs the guest kernel's)"
 else
@@ -178,7 +186,8 @@ fi
 if purge; then ok "apt-get remove --purge halloc halloc-dkms"; else cat "$WORK/purge.log"; bad "apt-get remove --purge"; fi
 left=()
 for f in /usr/bin/hallocd /usr/bin/hallocctl /lib/systemd/system/hallocd.service \
-         /etc/halloc/policy.textproto /usr/include/halloc /usr/src/halloc-*; do
+         /etc/halloc/policy.textproto /usr/include/halloc /usr/src/halloc-* \
+         /usr/lib/modules-load.d/halloc.conf /usr/share/doc/halloc; do
   [[ -e "$f" ]] && left+=("$f")
 done
 for v in "${KVERS[@]}"; do

@@ -46,7 +46,11 @@ for unit in hallocd.service hallocd.socket hallocd-broker.socket; do
   install -D -m 0644 "service/systemd/$unit" "$P/lib/systemd/system/$unit"
 done
 install -D -m 0644 service/systemd/halloc.sysusers.conf "$P/usr/lib/sysusers.d/halloc.conf"
-install -D -m 0644 service/policy/example.textproto "$P/etc/halloc/policy.textproto"
+# Root alone: rules by uid are this machine's own (the example's uid 1001
+# is another account on every machine); the example is documentation.
+install -D -m 0644 service/policy/default.textproto "$P/etc/halloc/policy.textproto"
+install -D -m 0644 service/policy/example.textproto \
+  "$P/usr/share/doc/halloc/examples/policy.textproto"
 # Headers as libhalloc's users include them (-I/usr/include/halloc):
 # "clients/cpp/halloc/client.h", and libhalloc's base it includes.
 INC="$P/usr/include/halloc"
@@ -190,6 +194,13 @@ done
 install -m 0644 kernel/Kbuild kernel/Makefile "${KSRC[@]}" kernel/halloc.h "$SRC/"
 install -m 0644 kernel/uapi/halloc_heap.h "$SRC/uapi/"
 sed "s/@VERSION@/$VERSION/" kernel/dkms.conf >"$SRC/dkms.conf"
+# Loaded at boot (systemd-modules-load, before any socket): hallocd's unit
+# allows the module's nodes only if they exist when it starts, and the
+# sockets start it at the first connection. On a kernel DKMS could not
+# build for (no headers), systemd-modules-load logs that it is missing.
+install -d "$D/usr/lib/modules-load.d"
+echo halloc_heap >"$D/usr/lib/modules-load.d/halloc.conf"
+chmod 0644 "$D/usr/lib/modules-load.d/halloc.conf"
 install -d "$D/DEBIAN"
 cat >"$D/DEBIAN/control" <<CONTROL
 Package: halloc-dkms

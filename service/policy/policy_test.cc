@@ -45,6 +45,21 @@ TEST(PolicyTest, ExampleLoadsAndMatchesByUidInOrder) {
   EXPECT_TRUE((*p)->Find("camera")->AllowsHeap("halloc"));
 }
 
+// What the package installs as /etc/halloc/policy.textproto: root alone
+// (rules by uid are the machine's own; the example's uid 1001 is another
+// account on every machine).
+TEST(PolicyTest, ThePackagesDefaultPolicyLetsRootAloneIn) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p =
+      Policy::Load(absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/service/policy/default.textproto"));
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_NE((*p)->Match({0, 0, 1, "", std::nullopt}), nullptr);
+  EXPECT_EQ((*p)->Match({0, 0, 1, "", std::nullopt})->name, "admin");
+  for (uid_t uid : {1u, 1000u, 1001u, 1002u, 1003u, 1004u, 65534u}) {
+    EXPECT_EQ((*p)->Match({uid, uid, 1, "", std::nullopt}), nullptr) << "uid " << uid;
+    EXPECT_EQ((*p)->Match({uid, 0, 1, "", std::nullopt}), nullptr) << "uid " << uid << ", gid 0";
+  }
+}
+
 // Two real files to stand for executables (exe rules compare files, not
 // paths).
 class ExeFiles {
