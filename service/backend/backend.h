@@ -4,7 +4,7 @@
 // opens further fds for the same memory that carry narrower CPU rights.
 // Capabilities are queried (CanEnforce), never assumed: a backend that cannot
 // enforce what policy asks for refuses with FAILED_PRECONDITION rather than
-// grant more. Backends are registered by name (see registry in backend.cc).
+// grant more. Backends are registered by name (see registry.h).
 #ifndef HALLOC_SERVICE_BACKEND_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_BACKEND_H_
 

@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 
 namespace halloc {
 
@@ -50,6 +51,18 @@ bool Listed(const std::string& dir) {
 
 }  // namespace
 
+absl::StatusOr<UniqueFd> CreateBufferMemfd(const std::string& name) {
+#ifndef MFD_NOEXEC_SEAL
+  constexpr unsigned int MFD_NOEXEC_SEAL = 0x0008U;  // <linux/memfd.h>, 6.3+
+#endif
+  constexpr unsigned int kFlags = MFD_CLOEXEC | MFD_ALLOW_SEALING;
+  UniqueFd fd(::memfd_create(name.c_str(), kFlags | MFD_NOEXEC_SEAL));
+  // Before 6.3 the flag is unknown: EINVAL.
+  if (!fd && errno == EINVAL) fd.reset(::memfd_create(name.c_str(), kFlags));
+  if (!fd) return ErrnoStatus(errno, "memfd_create");
+  return fd;
+}
+
 UdmabufSources UdmabufSources::ThisKernel() {
   UdmabufSources s;
   utsname u{};
@@ -76,8 +89,7 @@ absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
         absl::StrCat("memfd: bad size ", request.size));
   }
   const std::string name = absl::StrCat("halloc:", request.name);
-  UniqueFd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!fd) return ErrnoStatus(errno, "memfd_create");
+  ASSIGN_OR_RETURN(UniqueFd fd, CreateBufferMemfd(name));
   // memfd inodes are created mode 0777, and open("/proc/self/fd/N") checks
   // the inode's mode, not the access mode of the fd it names: any holder of
   // a read-only view could reopen it O_RDWR and write into the buffer. Owner

@@ -24,8 +24,11 @@ namespace halloc {
 // any device, and a read-only holder can make a writable one over the same
 // pages (UDMABUF_CREATE checks seals, not the fd's access mode): neither
 // read-only nor attach limits hold, for the buffers handed out before it
-// came too. Where it cannot, no device can attach a memfd at all (the
-// strictest attach limit holds trivially).
+// came too. Where it cannot, no device can attach a memfd as a dma-buf
+// (the strictest attach limit holds for dma-buf attachment). A driver that
+// pins user memory (V4L2 USERPTR, RDMA memory regions, DRM userptr, VFIO)
+// can still be given a mapping of one: a device writing needs a writable
+// mapping (read-only views hold), a device reading does not.
 struct UdmabufSources {
   // The device node, in hallocd's mount namespace.
   std::string device = "/dev/udmabuf";
@@ -39,6 +42,13 @@ struct UdmabufSources {
   // The running kernel's: /lib/modules/<uname -r>.
   static UdmabufSources ThisKernel();
 };
+
+// A memfd for a buffer named `name`: close-on-exec, sealable, and (where
+// the kernel has it, 6.3+) sealed against ever being made executable
+// (MFD_NOEXEC_SEAL: a holder with the daemon's uid could otherwise chmod
+// it +x and fexecve it; kernels set to vm.memfd_noexec=2 refuse a memfd
+// without it). Older kernels get one without.
+absl::StatusOr<UniqueFd> CreateBufferMemfd(const std::string& name);
 
 class MemfdBackend : public Backend {
  public:

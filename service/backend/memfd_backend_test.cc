@@ -20,6 +20,19 @@ namespace {
 
 constexpr uint64_t kPage = 4096;
 
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020  // <linux/fcntl.h>, 6.3+
+#endif
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+
+// Whether this kernel seals memfds against exec (6.3+).
+bool KernelHasNoexecSeal() {
+  UniqueFd probe(::memfd_create("probe", MFD_CLOEXEC | MFD_NOEXEC_SEAL));
+  return static_cast<bool>(probe);
+}
+
 TEST(MemfdBackendTest, AllocatesZeroedSealedMemoryAcrossSizes) {
   MemfdBackend backend;
   for (uint64_t size : {kPage, 16 * kPage, uint64_t{1} << 20, uint64_t{8} << 20}) {
@@ -30,7 +43,8 @@ TEST(MemfdBackendTest, AllocatesZeroedSealedMemoryAcrossSizes) {
     ASSERT_EQ(fstat(fd->get(), &st), 0);
     EXPECT_EQ(static_cast<uint64_t>(st.st_size), size);
     const int seals = fcntl(fd->get(), F_GET_SEALS);
-    EXPECT_EQ(seals, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    EXPECT_EQ(seals, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL |
+                         (KernelHasNoexecSeal() ? F_SEAL_EXEC : 0));
     EXPECT_NE(ftruncate(fd->get(), size * 2), 0);
     EXPECT_NE(ftruncate(fd->get(), size / 2), 0);
     EXPECT_NE(fcntl(fd->get(), F_ADD_SEALS, F_SEAL_WRITE), 0);
@@ -40,6 +54,18 @@ TEST(MemfdBackendTest, AllocatesZeroedSealedMemoryAcrossSizes) {
     for (uint64_t i = 0; i < size; i += 997) ASSERT_EQ(bytes[i], 0) << i;
     munmap(p, size);
   }
+}
+
+// A buffer can never be made executable (a holder with hallocd's uid could
+// otherwise chmod it +x and fexecve it), where the kernel can seal that.
+TEST(MemfdBackendTest, ABufferCanNeverBeMadeExecutable) {
+  if (!KernelHasNoexecSeal()) GTEST_SKIP() << "this kernel has no MFD_NOEXEC_SEAL (before 6.3)";
+  MemfdBackend backend;
+  absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  EXPECT_NE(::fcntl(fd->get(), F_GET_SEALS) & F_SEAL_EXEC, 0);
+  EXPECT_NE(::fchmod(fd->get(), 0700), 0) << "the exec bits could be set";
+  EXPECT_EQ(errno, EPERM);
 }
 
 TEST(MemfdBackendTest, RejectsZeroSize) {

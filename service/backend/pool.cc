@@ -27,8 +27,7 @@ constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
 constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
 // The nice value of the refill thread that works beside a lone client.
 constexpr int kBesideClientNice = 19;
-// How much of a buffer that thread commits (zeroes) before it yields: about
-// 0.1-0.2 ms of work on the machines measured.
+// How much of a buffer that thread commits (allocates) before it yields.
 constexpr uint64_t kYieldingCommitPiece = uint64_t{1} << 20;
 
 // BackendRequest::attach_drivers as part of a class key: "" when absent,

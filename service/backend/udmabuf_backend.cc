@@ -10,9 +10,12 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
+#include "service/backend/memfd_backend.h"
 
 namespace halloc {
 namespace {
@@ -26,6 +29,11 @@ class DeviceNode : public UdmabufNode {
   }
   int SetName(int dmabuf, const char* name) override {
     return RetryIoctl(dmabuf, DMA_BUF_SET_NAME, const_cast<char*>(name)) == 0 ? 0 : errno;
+  }
+  uint64_t SizeLimitMb() override {
+    std::ifstream in("/sys/module/udmabuf/parameters/size_limit_mb");
+    uint64_t mb = 0;
+    return (in >> mb) ? mb : 0;
   }
 
  private:
@@ -55,8 +63,7 @@ absl::StatusOr<UniqueFd> UdmabufBackend::Allocate(const BackendRequest& request)
     return absl::InvalidArgumentError(absl::StrCat("udmabuf: bad size ", request.size));
   }
   const std::string name = absl::StrCat("halloc:", request.name);
-  UniqueFd memfd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!memfd) return ErrnoStatus(errno, "memfd_create");
+  ASSIGN_OR_RETURN(UniqueFd memfd, CreateBufferMemfd(name));
   if (::ftruncate(memfd.get(), static_cast<off_t>(request.size)) != 0) {
     return ErrnoStatus(errno, absl::StrCat("ftruncate(", request.size, ")"));
   }
@@ -70,8 +77,17 @@ absl::StatusOr<UniqueFd> UdmabufBackend::Allocate(const BackendRequest& request)
   create.offset = 0;
   create.size = request.size;
   const int fd = node_->Create(&create);
-  // EINVAL (INVALID_ARGUMENT): size or offset not page-aligned, seals
-  // wrong, or more than udmabuf's size_limit_mb (64 MiB by default).
+  if (fd == -EINVAL) {
+    // More than the module makes (asked only now: it may change at any
+    // time) is hallocd's room, not the caller's error; the rest of EINVAL
+    // (an unaligned size, wrong seals) is INVALID_ARGUMENT.
+    const uint64_t limit_mb = node_->SizeLimitMb();
+    if (limit_mb != 0 && request.size > limit_mb * (uint64_t{1} << 20)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("udmabuf makes buffers of at most ", limit_mb,
+                       " MiB (its size_limit_mb); asked for ", request.size, " bytes"));
+    }
+  }
   if (fd < 0) {
     return ErrnoStatus(-fd, absl::StrCat("UDMABUF_CREATE(", request.size, ")"));
   }

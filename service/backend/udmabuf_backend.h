@@ -14,6 +14,7 @@
 #ifndef HALLOC_SERVICE_BACKEND_UDMABUF_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_UDMABUF_BACKEND_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,9 @@ class UdmabufNode {
   virtual int Create(const udmabuf_create* create) = 0;
   // DMA_BUF_SET_NAME on a dma-buf: 0 or an errno.
   virtual int SetName(int dmabuf, const char* name) = 0;
+  // The module's size_limit_mb (the largest buffer it makes, a parameter
+  // root may change at any time; 64 MiB by default), 0 when unknown.
+  virtual uint64_t SizeLimitMb() = 0;
 };
 
 class UdmabufBackend : public PlainDmabufBackend {

@@ -28,6 +28,7 @@ struct Calls {
   std::vector<off_t> sizes;    // its size then
   std::vector<std::string> names;
   int fail_create = 0;  // errno to fail Create with
+  uint64_t size_limit_mb = 64;  // past it Create fails EINVAL, as udmabuf's
 };
 
 // Checks what udmabuf checks and hands back a dup of the memfd as the
@@ -43,6 +44,7 @@ class FakeNode : public UdmabufNode {
     fstat(memfd, &st);
     calls_->sizes.push_back(st.st_size);
     if (calls_->fail_create != 0) return -calls_->fail_create;
+    if (create->size > calls_->size_limit_mb << 20) return -EINVAL;
     const int fd = fcntl(memfd, F_DUPFD_CLOEXEC, 0);
     return fd < 0 ? -errno : fd;
   }
@@ -50,6 +52,7 @@ class FakeNode : public UdmabufNode {
     calls_->names.emplace_back(name);
     return 0;
   }
+  uint64_t SizeLimitMb() override { return calls_->size_limit_mb; }
 
  private:
   Calls* calls_;
@@ -72,7 +75,8 @@ TEST(UdmabufBackendTest, HandsTheKernelASealedSizedMemfdAcrossSizes) {
     EXPECT_EQ(c.size, size);
     EXPECT_EQ(calls.sizes.back(), static_cast<off_t>(size));
     // udmabuf needs SHRINK and refuses WRITE.
-    EXPECT_EQ(calls.seals.back(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    // (And F_SEAL_EXEC, 0x20, where the kernel has it: memfd_backend_test.)
+    EXPECT_EQ(calls.seals.back() & ~0x20, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
     void* p = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd->get(), 0);
     ASSERT_NE(p, MAP_FAILED);
     const auto* bytes = static_cast<const unsigned char*>(p);
@@ -110,6 +114,24 @@ TEST(UdmabufBackendTest, KernelErrorsMapToStatusCodesAndLeakNothing) {
   close(after);
   EXPECT_EQ(after, before);
   EXPECT_EQ(b->Allocate({0, "zero", 0, std::nullopt}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A buffer past udmabuf's size_limit_mb is hallocd's room running out
+// (RESOURCE_EXHAUSTED, naming the limit), not the caller's error: the
+// request is within what hallocd allows (it was INVALID_ARGUMENT).
+TEST(UdmabufBackendTest, ABufferPastTheModulesSizeLimitIsResourceExhausted) {
+  Calls calls;
+  calls.size_limit_mb = 2;
+  auto b = Backend(&calls);
+  absl::StatusOr<UniqueFd> fd = b->Allocate({uint64_t{4} << 20, "big", 0, std::nullopt});
+  EXPECT_EQ(fd.status().code(), absl::StatusCode::kResourceExhausted) << fd.status();
+  EXPECT_THAT(std::string(fd.status().message()), HasSubstr("2 MiB"));
+  EXPECT_TRUE(b->Allocate({uint64_t{2} << 20, "at", 0, std::nullopt}).ok());
+  // Unknown limit (no sysfs): the kernel's EINVAL as it is.
+  calls.size_limit_mb = 0;
+  calls.fail_create = EINVAL;
+  EXPECT_EQ(b->Allocate({uint64_t{4} << 20, "big", 0, std::nullopt}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
