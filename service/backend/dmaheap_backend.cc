@@ -71,11 +71,11 @@ absl::StatusOr<std::string> ChooseDmaHeap(const std::string& dir, const std::str
   for (const char* heap : kPreferredHeaps) {
     if (has(heap)) return std::string(heap);
   }
-  if (present->empty()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("dmaheap backend: ", dir, " has no heap"));
-  }
-  return present->front();
+  return absl::FailedPreconditionError(
+      absl::StrCat("dmaheap backend: ", dir, " has no general-purpose heap (",
+                   absl::StrJoin(kPreferredHeaps, ", "),
+                   "; present: ", present->empty() ? "none" : absl::StrJoin(*present, ", "),
+                   "); --dma_heap=NAME uses another"));
 }
 
 std::unique_ptr<DmaHeapBackend> DmaHeapBackend::CreateWithNode(

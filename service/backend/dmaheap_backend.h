@@ -8,7 +8,12 @@
 // usage are refused with FAILED_PRECONDITION, as memfd refuses CPU none.
 //
 // Which heap: the one named (hallocd --dma_heap), else the first present of
-// kPreferredHeaps, else the first other node in name order.
+// kPreferredHeaps: general-purpose heaps only. Any other is used only by
+// name: a vendor's secure, uncached or carveout heap is not what a client
+// asking for ordinary memory expects (nor zero-filled, CPU-mappable memory
+// at all, maybe), and the CMA area ("linux,cma", "reserved") is what
+// cameras and displays need contiguous buffers from, not to be used up by
+// any client that asks.
 #ifndef HALLOC_SERVICE_BACKEND_DMAHEAP_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_DMAHEAP_BACKEND_H_
 
@@ -38,12 +43,11 @@ class DmaHeapNode {
 // the usual names of the CMA heap, then halloc_heap.ko's general heap (so
 // that a forced --backend=dmaheap beside the module never lands on its
 // contiguous or protected heap by name order).
-inline constexpr const char* kPreferredHeaps[] = {"system", "linux,cma", "reserved",
-                                                  "halloc-system"};
+inline constexpr const char* kPreferredHeaps[] = {"system", "halloc-system"};
 
 // The heap to use in `dir` (a /dev/dma_heap): `name` when set and present;
-// else the first present of kPreferredHeaps, else the first entry in name
-// order. FAILED_PRECONDITION when `dir` has no such node (or none at all).
+// else the first present of kPreferredHeaps. FAILED_PRECONDITION when `dir`
+// has no such node (naming those it has, which --dma_heap may name).
 absl::StatusOr<std::string> ChooseDmaHeap(const std::string& dir, const std::string& name);
 
 struct DmaHeapOptions {

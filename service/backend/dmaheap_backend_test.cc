@@ -70,22 +70,27 @@ TEST(ChooseDmaHeapTest, NamedHeapMustExist) {
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("linux,cma, system"));
 }
 
-TEST(ChooseDmaHeapTest, PrefersSystemThenCmaThenAnyInNameOrder) {
+// Unnamed, only a general-purpose heap is chosen: a vendor's secure or
+// carveout heap, or the CMA area cameras need, only by name (it took the
+// first in name order, or CMA, before).
+TEST(ChooseDmaHeapTest, UnnamedChoosesOnlyAGeneralPurposeHeap) {
   {
     FakeHeapDir dir({"a-vendor", "linux,cma", "system"});
     EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "system");
   }
   {
-    FakeHeapDir dir({"a-vendor", "linux,cma"});
-    EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "linux,cma");
-  }
-  {
     FakeHeapDir dir({"halloc-contig", "halloc-protected", "halloc-system"});
     EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "halloc-system");
   }
-  {
-    FakeHeapDir dir({"zz", "c", "b"});
-    EXPECT_EQ(*ChooseDmaHeap(dir.path(), ""), "b");
+  for (const std::vector<std::string>& heaps :
+       {std::vector<std::string>{"a-vendor", "linux,cma"},
+        std::vector<std::string>{"reserved", "secure"}, std::vector<std::string>{"zz", "c", "b"}}) {
+    FakeHeapDir dir(heaps);
+    absl::StatusOr<std::string> chosen = ChooseDmaHeap(dir.path(), "");
+    EXPECT_EQ(chosen.status().code(), absl::StatusCode::kFailedPrecondition)
+        << (chosen.ok() ? *chosen : "");
+    EXPECT_THAT(std::string(chosen.status().message()), HasSubstr("--dma_heap"));
+    EXPECT_EQ(*ChooseDmaHeap(dir.path(), heaps.front()), heaps.front()) << "by name it is";
   }
 }
 

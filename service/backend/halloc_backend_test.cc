@@ -223,11 +223,22 @@ TEST(HallocBackendTest, CreateNeedsTheModulesNodes) {
   std::filesystem::remove_all(dir);
 }
 
+// Each required node missing in turn (the rest present: /dev/null), by
+// field: the braced list filled contig_heap, not control, so a missing
+// /dev/halloc was never tried.
 TEST(HallocBackendTest, MissingNodesAreFailedPrecondition) {
-  EXPECT_EQ(HallocBackend::Create({"/nonexistent/heap", "/dev/null"}).status().code(),
-            absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(HallocBackend::Create({"/dev/null", "/nonexistent/halloc"}).status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  HallocBackendPaths present;
+  present.heap = present.contig_heap = present.control = "/dev/null";
+  present.protected_heap = present.deferred_heap = "/nonexistent/optional";
+  present.contig_only_drivers = "/nonexistent/param";
+  HallocBackendPaths paths = present;
+  paths.heap = "/nonexistent/heap";
+  EXPECT_EQ(HallocBackend::Create(paths).status().code(), absl::StatusCode::kFailedPrecondition);
+  paths = present;
+  paths.control = "/nonexistent/halloc";
+  absl::Status s = HallocBackend::Create(paths).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("/nonexistent/halloc"), absl::string_view::npos) << s;
 }
 
 TEST(HallocBackendTest, RevocableViewsCarryTheKernelIdAndRevokeWithTheBuffer) {

@@ -27,6 +27,11 @@ constexpr uint64_t kPage = 4096;
 #define MFD_NOEXEC_SEAL 0x0008U
 #endif
 
+// Backends here look only at a udmabuf node that is not there: the default
+// one reads this kernel's module lists, and on a kernel that builds udmabuf
+// read-only views would be refused (these tests failed there).
+constexpr char kNoUdmabuf[] = "/nonexistent/udmabuf";
+
 // Whether this kernel seals memfds against exec (6.3+).
 bool KernelHasNoexecSeal() {
   UniqueFd probe(::memfd_create("probe", MFD_CLOEXEC | MFD_NOEXEC_SEAL));
@@ -34,7 +39,7 @@ bool KernelHasNoexecSeal() {
 }
 
 TEST(MemfdBackendTest, AllocatesZeroedSealedMemoryAcrossSizes) {
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   for (uint64_t size : {kPage, 16 * kPage, uint64_t{1} << 20, uint64_t{8} << 20}) {
     SCOPED_TRACE(size);
     absl::StatusOr<UniqueFd> fd = backend.Allocate({size, "t", 0});
@@ -60,7 +65,7 @@ TEST(MemfdBackendTest, AllocatesZeroedSealedMemoryAcrossSizes) {
 // otherwise chmod it +x and fexecve it), where the kernel can seal that.
 TEST(MemfdBackendTest, ABufferCanNeverBeMadeExecutable) {
   if (!KernelHasNoexecSeal()) GTEST_SKIP() << "this kernel has no MFD_NOEXEC_SEAL (before 6.3)";
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok()) << fd.status();
   EXPECT_NE(::fcntl(fd->get(), F_GET_SEALS) & F_SEAL_EXEC, 0);
@@ -69,13 +74,13 @@ TEST(MemfdBackendTest, ABufferCanNeverBeMadeExecutable) {
 }
 
 TEST(MemfdBackendTest, RejectsZeroSize) {
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   EXPECT_EQ(backend.Allocate({0, "t", 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MemfdBackendTest, ReadViewCannotBeMappedOrProtectedWritable) {
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok());
   void* w = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd->get(), 0);
@@ -165,7 +170,7 @@ int TryToEscapeReadOnly(int fd, size_t size) {
 }
 
 TEST(MemfdBackendTest, InodeIsReadableByItsOwnerOnly) {
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok()) << fd.status();
   struct stat st;
@@ -187,7 +192,7 @@ TEST(MemfdBackendTest, ReadViewCannotBeReopenedWritableByAnotherUid) {
     GTEST_SKIP() << "needs root to fork a child as uid " << kStranger
                  << " (the daemon normally runs as root)";
   }
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok()) << fd.status();
   void* w = mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, fd->get(), 0);
@@ -227,7 +232,7 @@ TEST(MemfdBackendTest, NonRootDaemonStillOpensReadViews) {
     GTEST_SKIP() << "needs root to fork a child as uid " << kStranger;
   }
   const int result = AsStranger([] {
-    MemfdBackend backend;
+    MemfdBackend backend(kNoUdmabuf);
     absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
     if (!fd.ok()) return 1;
     absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
@@ -246,7 +251,7 @@ TEST(MemfdBackendTest, NonRootDaemonStillOpensReadViews) {
 }
 
 TEST(MemfdBackendTest, NoCpuAccessIsRefusedNotGranted) {
-  MemfdBackend backend;
+  MemfdBackend backend(kNoUdmabuf);
   EXPECT_FALSE(backend.CanEnforce(CpuAccess::kNone));
   absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
   ASSERT_TRUE(fd.ok());

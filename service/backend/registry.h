@@ -26,8 +26,8 @@ std::string HeapOfBackend(absl::string_view backend);
 // What some backends are told besides their name (hallocd flags).
 struct BackendConfig {
   // dmaheap: the heap under /dev/dma_heap (--dma_heap); empty: the first
-  // present of kPreferredHeaps (dmaheap_backend.h), else the first in name
-  // order.
+  // present of kPreferredHeaps (dmaheap_backend.h: general-purpose heaps
+  // only).
   std::string dma_heap;
 };
 
