@@ -44,6 +44,7 @@ class LateAllocate final : public v1::Allocator::Service {
     frame.mutable_buffer()->set_buffer_id(id);
     frame.mutable_buffer()->set_call_id(req->call_id());
     broker_->Send(frame, {fd.get()});
+    fd.reset();  // before the test looks: only the client's copy is left
     if (id == 42) late_sent_.Notify();
     resp->add_buffers()->set_id(id);
     return grpc::Status::OK;
