@@ -35,13 +35,112 @@
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/scatterlist.h>
+#include <linux/shrinker.h>
+#include <linux/slab.h>
 #include <linux/types.h>
+#include <linux/version.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
 #include "uapi/halloc_heap.h"
+
+/*
+ * Kernel API compat: the module builds against bookworm's 6.1 and its 6.12
+ * (bookworm-security, so DKMS builds for it too); the version checks stay
+ * here.
+ */
+
+/*
+ * The page allocator's largest order: MAX_ORDER - 1 until 6.4 made it
+ * inclusive, MAX_PAGE_ORDER since 6.8.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
+#define HALLOC_MAX_PAGE_ORDER	MAX_PAGE_ORDER
+#elif LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+#define HALLOC_MAX_PAGE_ORDER	MAX_ORDER
+#else
+#define HALLOC_MAX_PAGE_ORDER	(MAX_ORDER - 1)
+#endif
+
+/* vma->vm_flags is read-only since 6.3. */
+static inline void halloc_vm_flags_set(struct vm_area_struct *vma,
+				       vm_flags_t flags)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_set(vma, flags);
+#else
+	vma->vm_flags |= flags;
+#endif
+}
+
+static inline void halloc_vm_flags_clear(struct vm_area_struct *vma,
+					 vm_flags_t flags)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_clear(vma, flags);
+#else
+	vma->vm_flags &= ~flags;
+#endif
+}
+
+/*
+ * A registered shrinker named @name running @count and @scan, or NULL;
+ * undone by halloc_shrinker_free(). The core allocates shrinkers since 6.7
+ * (shrinker_alloc(), shrinker_register(): register_shrinker() went).
+ */
+typedef unsigned long halloc_shrink_fn(struct shrinker *shrinker,
+				       struct shrink_control *sc);
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+static inline struct shrinker *halloc_shrinker_create(const char *name,
+						       halloc_shrink_fn *count,
+						       halloc_shrink_fn *scan)
+{
+	struct shrinker *shrinker = shrinker_alloc(0, "%s", name);
+
+	if (!shrinker)
+		return NULL;
+	shrinker->count_objects = count;
+	shrinker->scan_objects = scan;
+	shrinker->seeks = DEFAULT_SEEKS;
+	shrinker_register(shrinker);
+	return shrinker;
+}
+
+static inline void halloc_shrinker_free(struct shrinker *shrinker)
+{
+	shrinker_free(shrinker);
+}
+#else
+static inline struct shrinker *halloc_shrinker_create(const char *name,
+						       halloc_shrink_fn *count,
+						       halloc_shrink_fn *scan)
+{
+	struct shrinker *shrinker = kzalloc(sizeof(*shrinker), GFP_KERNEL);
+
+	if (!shrinker)
+		return NULL;
+	shrinker->count_objects = count;
+	shrinker->scan_objects = scan;
+	shrinker->seeks = DEFAULT_SEEKS;
+	if (register_shrinker(shrinker, "%s", name))
+		goto free_shrinker;
+	return shrinker;
+
+free_shrinker:
+	kfree(shrinker);
+	return NULL;
+}
+
+static inline void halloc_shrinker_free(struct shrinker *shrinker)
+{
+	unregister_shrinker(shrinker);
+	kfree(shrinker);
+}
+#endif
 
 struct halloc_heap {
 	const char *name;

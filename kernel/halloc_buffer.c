@@ -393,13 +393,13 @@ static int halloc_dmabuf_mmap(struct dma_buf *dmabuf,
 	    vma_pages(vma) > buf->nr_pages - vma->vm_pgoff)
 		return -EINVAL;
 	if (view->cpu_access == HALLOC_CPU_READ)
-		vma->vm_flags &= ~VM_MAYWRITE;
+		halloc_vm_flags_clear(vma, VM_MAYWRITE);
 	/* A revoke racing past the first check finds no PTE; faults see it. */
 	if (READ_ONCE(view->revoked))
 		return -ENODEV;
 
 	/* Pages are inserted on fault; mremap() may not grow the mapping. */
-	vma->vm_flags |= VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+	halloc_vm_flags_set(vma, VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP);
 	vma->vm_ops = &halloc_vm_ops;
 	vma->vm_private_data = view;
 	halloc_vm_open(vma);

@@ -88,7 +88,7 @@ static atomic64_t halloc_dma32_bytes = ATOMIC64_INIT(0);
 size_t halloc_max_contig_bytes(void)
 {
 	return min3((size_t)READ_ONCE(contig_max_kb) * SZ_1K,
-		    PAGE_SIZE << (MAX_ORDER - 1), HALLOC_ABS_MAX_BYTES);
+		    PAGE_SIZE << HALLOC_MAX_PAGE_ORDER, HALLOC_ABS_MAX_BYTES);
 }
 
 size_t halloc_max_buffer_bytes(const struct halloc_heap *heap)
@@ -331,7 +331,6 @@ static const struct file_operations halloc_heap_fops = {
 	.open = nonseekable_open,
 	.unlocked_ioctl = halloc_heap_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
-	.llseek = no_llseek,
 };
 
 static const struct file_operations halloc_ctl_fops = {
@@ -339,7 +338,6 @@ static const struct file_operations halloc_ctl_fops = {
 	.open = nonseekable_open,
 	.unlocked_ioctl = halloc_ctl_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
-	.llseek = no_llseek,
 };
 
 static struct halloc_heap halloc_heaps[] = {

@@ -379,11 +379,7 @@ static unsigned long halloc_shrink_scan(struct shrinker *shrinker,
 	return freed ? freed : SHRINK_STOP;
 }
 
-static struct shrinker halloc_shrinker = {
-	.count_objects = halloc_shrink_count,
-	.scan_objects = halloc_shrink_scan,
-	.seeks = DEFAULT_SEEKS,
-};
+static struct shrinker *halloc_shrinker;
 
 int halloc_pool_init(void)
 {
@@ -394,11 +390,14 @@ int halloc_pool_init(void)
 		spin_lock_init(&halloc_pools[i].lock);
 		INIT_LIST_HEAD(&halloc_pools[i].chunks);
 	}
-	return register_shrinker(&halloc_shrinker, "halloc-pool");
+	halloc_shrinker = halloc_shrinker_create("halloc-pool",
+						 halloc_shrink_count,
+						 halloc_shrink_scan);
+	return halloc_shrinker ? 0 : -ENOMEM;
 }
 
 void halloc_pool_exit(void)
 {
-	unregister_shrinker(&halloc_shrinker);
+	halloc_shrinker_free(halloc_shrinker);
 	halloc_pool_drain(ULONG_MAX);
 }
