@@ -583,7 +583,13 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
                                   decision->access, out.view_ids[0]);
       if (!noted.ok()) return noted;  // its only fd closes with `out`
     }
-    absl::Status s = channel.SendImport(out.info, out.fds[0], answer);
+    // A caller already past its deadline (gRPC) is sent no fd: once sent,
+    // the import is delivered, and a caller that gives up later gives its
+    // reference back when the fd comes (ReleaseRequest.import_references).
+    absl::Status s = gave_up() ? absl::CancelledError(
+                                     "the call was cancelled or its deadline passed before its "
+                                     "fd was sent; nothing was imported")
+                               : channel.SendImport(out.info, out.fds[0], answer);
     if (!s.ok() && live) {
       backend_->RevokeView(buffer->fd, out.view_ids[0]).IgnoreError();
       registry_.DropImportView(session.id(), imported.grant_id, buffer->id, out.view_ids[0]);
@@ -592,7 +598,7 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
   }();
   // Not delivered: its reference goes (and the hold with its last: one a
   // concurrent import of the same buffer delivered stays).
-  registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok() && !gave_up());
+  registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok());
   if (!sent.ok()) {
     if (imported.widened_from) {
       // It holds on, with the rights it had: none of this import's.

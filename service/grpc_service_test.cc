@@ -35,14 +35,16 @@ class FakeChannel : public FdChannel {
   absl::Duration delay;  // a slow delivery
 };
 
-// Holds every Share call for `delay` before its handler runs: the server
-// side of a call whose caller gives up meanwhile.
+// Holds every Share and Import call for `delay` before its handler runs:
+// the server side of a call whose caller gives up meanwhile.
 class SlowShares : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
   explicit SlowShares(absl::Duration delay) : delay_(delay) {}
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    return new Hold(absl::string_view(info->method()) == "/halloc.v1.Allocator/Share"
+    const absl::string_view method = info->method();
+    return new Hold(method == "/halloc.v1.Allocator/Share" ||
+                            method == "/halloc.v1.Allocator/Import"
                         ? delay_
                         : absl::ZeroDuration());
   }
@@ -208,12 +210,14 @@ TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
-// The same for an Import. Its caller gave up (deadline) while the fd was
-// on its way: libhalloc drops the fd (AbandonCall) and never sees
-// ImportResponse.newly_held, so only hallocd can give back the hold that
-// import made. Before, the importer pinned the sharer's buffer (and the
-// sharer's quota) until its session ended.
-TEST_F(GrpcServiceTest, AnImportPastItsDeadlineGivesBackTheHoldItMade) {
+// The same for an Import whose caller gave up (deadline) while its fd was
+// on its way: the fd went, so the import was delivered (a reference on the
+// importer's hold), and the client, which closes that fd as it comes
+// (AbandonCall), gives the reference back (ReleaseRequest.
+// import_references); the hold goes with it. Before, hallocd guessed after
+// the send whether the caller had given up, and the client could not know
+// which way it guessed.
+TEST_F(GrpcServiceTest, AnImportWhoseFdWentBeforeItsCallerGaveUpIsAReferenceTheClientGivesBack) {
   v1::AllocateRequest req;
   req.mutable_desc()->set_size(4096);
   v1::AllocateResponse resp;
@@ -243,21 +247,61 @@ TEST_F(GrpcServiceTest, AnImportPastItsDeadlineGivesBackTheHoldItMade) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
   EXPECT_EQ(stub_->Import(ctx.get(), import, &got).error_code(),
             grpc::StatusCode::DEADLINE_EXCEEDED);
-  absl::Time until = absl::Now() + absl::Seconds(3);
-  while (!held_by_importer() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
-  // The daemon side finishes after the caller gave up; then the hold goes.
-  until = absl::Now() + absl::Seconds(3);
-  while (held_by_importer()) {
-    ASSERT_LT(absl::Now(), until) << "the abandoned gRPC Import still holds buffer " << id
-                                  << " for session " << importer->id()
-                                  << " (kept until that session ends)";
-    absl::SleepFor(absl::Milliseconds(10));
-  }
+  // The daemon side finishes after the caller gave up (the send takes
+  // 300 ms); the hold stays, the import's reference.
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_TRUE(held_by_importer()) << "an import whose fd went was undone";
+  v1::ReleaseRequest give_back;
+  give_back.add_buffer_ids(id);
+  give_back.set_import_references(true);
+  ASSERT_TRUE(core_.Release(*importer, give_back).ok());
+  EXPECT_FALSE(held_by_importer());
   // The sharer lets go: nothing is left holding it.
   v1::ReleaseRequest rel;
   rel.add_buffer_ids(id);
   v1::ReleaseResponse rresp;
   ASSERT_TRUE(stub_->Release(Ctx(session_->token()).get(), rel, &rresp).ok());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+class SlowImportTest : public GrpcServiceTest {
+ protected:
+  SlowImportTest() : GrpcServiceTest(absl::Milliseconds(300)) {}
+};
+
+// An Import whose caller gave up before hallocd sent its fd sends none and
+// imports nothing: the importer holds nothing, and the sharer's buffer is
+// freed with the sharer's own Release.
+TEST_F(SlowImportTest, AnImportItsCallerGaveUpOnBeforeItsFdWentImportsNothing) {
+  const std::vector<uint64_t> ids = AllocateIds(1);
+  ASSERT_EQ(ids.size(), 1u);
+  v1::ShareRequest share;
+  share.set_buffer_id(ids[0]);
+  share.mutable_peer()->set_uid(::getuid());
+  v1::ShareResponse grant;
+  auto share_ctx = Ctx(session_->token());  // (Shares are slow here too)
+  ASSERT_TRUE(stub_->Share(share_ctx.get(), share, &grant).ok());
+  auto importer_channel = std::make_shared<FakeChannel>();
+  Identity me;
+  me.uid = ::getuid();
+  me.pid = ::getpid();
+  std::shared_ptr<Session> importer = *core_.OpenSession(me, importer_channel);
+  v1::ImportRequest import;
+  import.set_grant_token(grant.grant().token());
+  import.set_call_id(9);
+  v1::ImportResponse got;
+  auto ctx = Ctx(importer->token());
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+  EXPECT_EQ(stub_->Import(ctx.get(), import, &got).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  absl::SleepFor(absl::Milliseconds(500));  // the handler ran, after the deadline
+  EXPECT_TRUE(importer_channel->sent.empty()) << "an fd went to a caller that gave up";
+  absl::StatusOr<v1::ListResponse> l = core_.List(*importer, v1::ListRequest());
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->buffers_size(), 0) << "an import nobody could receive holds the buffer";
+  v1::ReleaseRequest rel;
+  rel.add_buffer_ids(ids[0]);
+  ASSERT_TRUE(core_.Release(*session_, rel).ok());
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 

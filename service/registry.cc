@@ -148,13 +148,15 @@ absl::Status Registry::Release(uint64_t session_id, absl::Span<const uint64_t> i
     if (!holding.buffers.contains(id) && !holding.revoked.contains(id)) return NotHeld(id);
   }
   for (uint64_t id : ids) {
-    // (Remembered only while not held: Import forgets it.) A reference
-    // given back for a hold a revoke took is given back already.
-    if (holding.ForgetRevoked(id)) continue;
     if (import_references) {
+      // One on a hold a revoke took is given back already (a revoke is
+      // remembered only while not held: Import forgets it); the memory of
+      // the revoke stays for the holder's own Release, which a library's
+      // give-back must not use up.
       DropReference(session_id, holding, id);
-    } else if (holding.buffers.contains(id)) {
-      DropHold(session_id, holding, id);
+    } else {
+      holding.ForgetRevoked(id);
+      if (holding.buffers.contains(id)) DropHold(session_id, holding, id);
     }
   }
   return absl::OkStatus();

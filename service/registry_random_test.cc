@@ -203,8 +203,12 @@ class Run {
           ids.push_back(buffers_[Pick(buffers_.size())]);  // perhaps revoked from it
         }
       }
-      (void)reg_.Release(s, ids);
-      return absl::StrCat("release ", s, " (", ids.size(), ")");
+      // A third of them give back import references (a client's import
+      // replies it did not keep), the rest drop holds.
+      const bool references = Chance(33);
+      (void)reg_.Release(s, ids, references);
+      return absl::StrCat(references ? "give back references " : "release ", s, " (", ids.size(),
+                          ")");
     }
     if (op < 88) {
       if (!buffers_.empty()) (void)reg_.Describe(s, buffers_[Pick(buffers_.size())]);
@@ -234,7 +238,7 @@ class Run {
         reg_.DropImportView(p.session, p.grant, p.buffer, p.view);
       }
     }
-    if (p.arrival != 0) reg_.SettleImport(p.session, p.buffer, p.arrival, sent);
+    reg_.SettleImport(p.session, p.buffer, p.arrival, sent);
     if (!sent && p.widened_from) {
       reg_.UndoWidening(p.session, p.buffer, p.access, *p.widened_from);
     }

@@ -380,6 +380,20 @@ size_t Registry::ImporterLinksForTesting(uint64_t grant_id) const {
 absl::Status Registry::CheckLinksForTesting() const {
   absl::MutexLock lock(&mu_);
   auto bad = [](auto&&... what) { return absl::InternalError(absl::StrCat(what...)); };
+  // Each hold's references: an entry only for a hold, with one at least,
+  // and more than one or some under way (a client may give one back
+  // before its import settles: fewer than are under way).
+  for (const auto& [key, refs] : import_refs_) {
+    const auto& [sid, bid] = key;
+    auto h = holdings_.find(sid);
+    if (h == holdings_.end() || !h->second.buffers.contains(bid)) {
+      return bad("session ", sid, " has references on buffer ", bid, ", which it does not hold");
+    }
+    if (refs.refs == 0 || (refs.refs == 1 && refs.under_way == 0)) {
+      return bad("session ", sid, "'s hold on buffer ", bid, " has ", refs.refs,
+                 " references with ", refs.under_way, " under way");
+    }
+  }
   // Who imported each buffer through each open grant, as the buffers say.
   absl::flat_hash_map<uint64_t, absl::flat_hash_set<uint64_t>> through;
   for (const auto& [id, buffer] : buffers_) {

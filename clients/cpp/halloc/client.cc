@@ -111,7 +111,7 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
       impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate");
   if (!resp.ok()) {
     if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
-      impl_->AbandonCall(req.call_id(), /*give_back=*/true);
+      impl_->AbandonCall(req.call_id(), Impl::GiveBackWith::kBuffers);
     }
     return resp.status();
   }
@@ -127,7 +127,7 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
       out.clear();
       Release(ids).IgnoreError();
       // Fds that come later still are closed as they come.
-      if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), /*give_back=*/false);
+      if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), Impl::GiveBackWith::kNothing);
       return b.status();
     }
     out.push_back(*std::move(b));
@@ -283,24 +283,26 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   absl::StatusOr<v1::ImportResponse> resp =
       impl_->Call(&v1::Allocator::Stub::Import, req, "Import");
   if (!resp.ok()) {
-    // hallocd may deliver the fd all the same (the call's deadline passed
-    // while it worked): nobody will take it, so it is closed, not kept
-    // (hallocd takes back the reference such an import made).
+    // hallocd may have sent the fd all the same (the call's deadline passed
+    // after it did): nobody will take it, so it is closed as it comes, and
+    // the reference the import is on the session's hold goes back with it
+    // (hallocd sends no fd once it sees the call gave up: then nothing
+    // comes, and nothing was imported).
     if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
-      impl_->AbandonCall(req.call_id(), /*give_back=*/false);
+      impl_->AbandonCall(req.call_id(), Impl::GiveBackWith::kReferences);
     }
     impl_->ImportEnds(req.call_id());
     return resp.status();
   }
   const uint64_t buffer_id = resp->buffer().id();
   absl::StatusOr<Buffer> b = impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
-  impl_->ImportEnds(req.call_id());
   if (!b.ok()) {
-    // hallocd delivered it (its reply came): the reference it made goes
-    // back; an fd that comes later still is closed as it comes.
-    if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), /*give_back=*/false);
+    // hallocd delivered it (its reply came): the reference goes back now;
+    // an fd that comes later still is closed as it comes.
+    if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), Impl::GiveBackWith::kNothing);
     impl_->GiveBackReference(buffer_id);
   }
+  impl_->ImportEnds(req.call_id());
   return b;
 }
 

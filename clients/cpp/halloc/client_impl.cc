@@ -119,7 +119,7 @@ absl::Status Client::Impl::Usable(absl::string_view rpc) const {
                    "; after fork() a child connects a Client of its own"));
 }
 
-void Client::Impl::AbandonCall(uint64_t call_id, bool give_back) {
+void Client::Impl::AbandonCall(uint64_t call_id, GiveBackWith what) {
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> ids;
   absl::erase_if(pending_, [&](const auto& p) {
@@ -128,9 +128,22 @@ void Client::Impl::AbandonCall(uint64_t call_id, bool give_back) {
     return true;
   });
   if (ids.empty()) {
-    abandoned_calls_[call_id] = {give_back, absl::Now()};  // they come later
-  } else if (give_back) {
-    GiveBack(ids);
+    abandoned_calls_[call_id] = {what, absl::Now()};  // they come later
+  } else {
+    GiveBackWithFds(what, ids);
+  }
+}
+
+void Client::Impl::GiveBackWithFds(GiveBackWith what, const std::vector<uint64_t>& ids) {
+  switch (what) {
+    case GiveBackWith::kNothing:
+      return;
+    case GiveBackWith::kBuffers:
+      GiveBack(ids);
+      return;
+    case GiveBackWith::kReferences:
+      GiveBackReferencesLocked(ids);
+      return;
   }
 }
 
@@ -161,13 +174,13 @@ void Client::Impl::ImportEnds(uint64_t call_id) {
 
 void Client::Impl::GiveBackReference(uint64_t buffer_id) {
   absl::MutexLock lock(&mu_);
-  GiveBackReferenceLocked(buffer_id);
+  GiveBackReferencesLocked({buffer_id});
 }
 
-void Client::Impl::GiveBackReferenceLocked(uint64_t buffer_id) {
-  if (!welcome_.import_references()) return;
+void Client::Impl::GiveBackReferencesLocked(const std::vector<uint64_t>& ids) {
+  if (!welcome_.import_references() || ids.empty()) return;
   v1::BrokerRequest req;
-  req.mutable_release()->add_buffer_ids(buffer_id);
+  for (uint64_t id : ids) req.mutable_release()->add_buffer_ids(id);
   req.mutable_release()->set_import_references(true);
   SendUnanswered(std::move(req));
 }
@@ -312,7 +325,7 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
     // import's alone: the session may hold the buffer by others, or an
     // import in flight may rely on it). A refused import made none.
     if (bad && reply.has_import_buffer()) {
-      GiveBackReferenceLocked(reply.import_buffer().buffer().id());
+      GiveBackReferencesLocked({reply.import_buffer().buffer().id()});
     }
     if (bad) {
       GiveBack(ids);
@@ -341,7 +354,7 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   if (abandoned != abandoned_calls_.end()) {
     std::vector<uint64_t> ids;
     for (const v1::BufferFd& b : described) ids.push_back(b.buffer_id());
-    if (abandoned->second.give_back) GiveBack(ids);
+    GiveBackWithFds(abandoned->second.what, ids);
     abandoned_calls_.erase(abandoned);
     return;
   }

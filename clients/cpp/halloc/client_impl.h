@@ -71,11 +71,17 @@ class Client::Impl {
   // same counter).
   uint64_t NextCallId() { return next_request_id_.fetch_add(1, std::memory_order_relaxed); }
 
+  // What goes back to hallocd with the fds of a call that gave up.
+  enum class GiveBackWith {
+    kNothing,     // (its caller gives back what it must itself)
+    kBuffers,     // an Allocate's: the buffers
+    kReferences,  // an Import's: the reference each fd is (hallocd sends
+                  // none once it sees the call gave up)
+  };
   // The gRPC call `call_id` gave up: its fds, should they come (or have
-  // come), are closed at once instead of waiting for a taker; an
-  // Allocate's buffers (`give_back`) go back to hallocd too (an Import's
-  // reference hallocd takes back itself when it sees the call gave up).
-  void AbandonCall(uint64_t call_id, bool give_back);
+  // come), are closed at once instead of waiting for a taker, and `what`
+  // goes back with them.
+  void AbandonCall(uint64_t call_id, GiveBackWith what);
 
   absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0);
 
@@ -119,7 +125,11 @@ class Client::Impl {
   // abandoned).
   void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  void GiveBackReferenceLocked(uint64_t buffer_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void GiveBackReferencesLocked(const std::vector<uint64_t>& ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What AbandonCall says goes back with fds `ids`.
+  void GiveBackWithFds(GiveBackWith what, const std::vector<uint64_t>& ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Abandoned calls are kept to kMostAbandonedCalls.
   void ForgetAbandoned() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -174,12 +184,12 @@ class Client::Impl {
   // Requests whose caller stopped waiting (or that nobody waits for), and
   // since when (hallocd answers every request: each goes with its reply).
   absl::flat_hash_map<uint64_t, absl::Time> abandoned_ ABSL_GUARDED_BY(mu_);
-  // Calls that gave up before their fds came (AbandonCall): whether to
-  // give their buffers back, and since when (a refused call's fds never
+  // Calls that gave up before their fds came (AbandonCall): what goes back
+  // with them, and since when (a refused call's fds never
   // come: past kMostAbandonedCalls the oldest are forgotten).
   static constexpr size_t kMostAbandonedCalls = 1024;
   struct AbandonedCall {
-    bool give_back;
+    GiveBackWith what;
     absl::Time since;
   };
   absl::flat_hash_map<uint64_t, AbandonedCall> abandoned_calls_ ABSL_GUARDED_BY(mu_);

@@ -57,7 +57,10 @@ class LateImport final : public v1::Allocator::Service {
 };
 
 // An Import that failed (its deadline passed) but whose fd came after all:
-// the fd is closed when it arrives, not kept for a taker that never comes.
+// the fd is closed when it arrives, not kept for a taker that never comes,
+// and the reference the import is on the session's hold goes back with it
+// (hallocd sent it: the import was delivered; one that sees the caller gave
+// up sends no fd and imports nothing).
 TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
     if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
@@ -72,9 +75,13 @@ TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(service.WaitSent()) << "the late fd was never sent";
-  // The next call takes the late fd off the socket first.
+  // The next call takes the late fd off the socket first; one more round
+  // trip after the give-back it sent.
   EXPECT_TRUE(c->Release(7).ok());
+  EXPECT_TRUE(c->Release(8).ok());
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8}));
+  EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
   server->Shutdown();
 }
 
@@ -134,7 +141,10 @@ TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
   ASSERT_TRUE(service.WaitSent()) << "the fd was never sent";
   EXPECT_TRUE(c->Release(7).ok());  // takes it off the socket first
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the fd that came late is still open in the client";
-  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7})) << "an import's hold is hallocd's";
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7})) << "the hold is not dropped whole";
+  // Its reply came (hallocd delivered it): its reference went back once,
+  // when the wait ended, not again with the fd.
+  EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
   server->Shutdown();
 }
 

@@ -120,20 +120,31 @@ class Connection:
         with self._lock:
             self._give_back(ids)
 
+    # What goes back to hallocd with the fds of a call that gave up.
+    GIVE_BACK_NOTHING = None        # (its caller gives back what it must)
+    GIVE_BACK_BUFFERS = "buffers"   # an Allocate's
+    GIVE_BACK_REFERENCES = "references"  # an Import's: the reference each fd
+    # is (hallocd sends none once it sees the call gave up)
+
     def abandon_call(self, call_id, give_back):
         """The gRPC call `call_id` gave up: its fds, should they come (or
-        have come), are closed at once instead of waiting for a taker; an
-        Allocate's buffers (`give_back`) go back to hallocd too (an Import's
-        reference hallocd takes back itself when it sees the call gave
-        up)."""
+        have come), are closed at once instead of waiting for a taker, and
+        `give_back` (GIVE_BACK_*) goes back with them."""
         with self._lock:
             came = [k for k in self._pending if k[1] == call_id]
             for key in came:
                 self._pending.pop(key).close()
             if not came:
                 self._abandoned_calls[call_id] = (give_back, time.monotonic())  # come later
-            elif give_back:
-                self._give_back([k[0] for k in came])
+            else:
+                self._give_back_with_fds(give_back, [k[0] for k in came])
+
+    def _give_back_with_fds(self, give_back, ids):
+        """What abandon_call said goes back with fds `ids`. Holds self._lock."""
+        if give_back == self.GIVE_BACK_BUFFERS:
+            self._give_back(ids)
+        elif give_back == self.GIVE_BACK_REFERENCES:
+            self._give_back_references(ids)
 
     def forked(self):
         """Whether this process is a forked child of the one that connected."""
@@ -212,7 +223,7 @@ class Connection:
             _scm.close_all(fds)
             self._give_back([b.id for b in reply.allocate.buffers])
             if reply.WhichOneof("kind") == "import_buffer":
-                self._give_back_reference(reply.import_buffer.buffer.id)
+                self._give_back_references([reply.import_buffer.buffer.id])
 
     def take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
@@ -372,7 +383,7 @@ class Connection:
                 # alone: the session may hold the buffer by others, or an
                 # import in flight may rely on it). A refused one made none.
                 if kind == "import_buffer":
-                    self._give_back_reference(reply.import_buffer.buffer.id)
+                    self._give_back_references([reply.import_buffer.buffer.id])
                 # A grant its caller never learned of (it gave up): nobody
                 # has its token, and it would count against the session's
                 # grants, and keep the buffer importable, until the end.
@@ -395,8 +406,8 @@ class Connection:
         call = described[0].call_id if described else 0
         if call and call in self._abandoned_calls:
             _scm.close_all(fds)
-            if self._abandoned_calls.pop(call)[0]:
-                self._give_back([b.buffer_id for b in described])
+            self._give_back_with_fds(self._abandoned_calls.pop(call)[0],
+                                     [b.buffer_id for b in described])
             return
         if truncated or len(described) != len(fds):
             # An Allocate's buffers go back now (its caller gives them back
@@ -450,16 +461,16 @@ class Connection:
         """An import of `buffer_id` that hallocd delivered reached no
         caller: gives back the one reference it is on the session's hold."""
         with self._lock:
-            self._give_back_reference(buffer_id)
+            self._give_back_references([buffer_id])
 
-    def _give_back_reference(self, buffer_id):
-        """The same, holding self._lock. Only where hallocd counts
-        references: an older one's Release would drop the whole hold,
-        which another import may rely on (it stays until the session
-        ends)."""
-        if self._welcome.import_references:
+    def _give_back_references(self, ids):
+        """The same for each of `ids`, holding self._lock. Only where
+        hallocd counts references: an older one's Release would drop the
+        whole hold, which another import may rely on (it stays until the
+        session ends)."""
+        if ids and self._welcome.import_references:
             self._send_unanswered(release=allocator_pb2.ReleaseRequest(
-                buffer_ids=[buffer_id], import_references=True))
+                buffer_ids=ids, import_references=True))
 
     _MOST_ABANDONED_CALLS = 1024
 

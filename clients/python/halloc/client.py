@@ -283,7 +283,7 @@ class Client:
                 resp = self._conn.call(self._conn.stub.Allocate, req, "Allocate")
             except BaseException as e:
                 if req.call_id and _may_still_deliver(e):
-                    self._conn.abandon_call(req.call_id, give_back=True)
+                    self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_BUFFERS)
                 raise
             out = []
             try:
@@ -297,7 +297,7 @@ class Client:
                 # come later still are closed as they come.
                 self._conn.give_back([info.id for info in resp.buffers])
                 if req.call_id:
-                    self._conn.abandon_call(req.call_id, give_back=False)
+                    self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_NOTHING)
                 raise
         asked = max(count, 1)  # 0 asks for one
         if len(out) != asked:
@@ -413,20 +413,22 @@ class Client:
         try:
             resp = self._conn.call(self._conn.stub.Import, req, "Import")
         except BaseException as e:
-            # hallocd may deliver the fd all the same (the deadline passed
-            # while it worked): nobody takes it, so it is closed, not kept
-            # (hallocd takes back the reference such an import made).
+            # hallocd may have sent the fd all the same (the deadline
+            # passed after it did): nobody takes it, so it is closed as it
+            # comes and the reference the import is goes back with it
+            # (hallocd sends no fd once it sees the call gave up: then
+            # nothing comes, and nothing was imported).
             if req.call_id and _may_still_deliver(e):
-                self._conn.abandon_call(req.call_id, give_back=False)
+                self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_REFERENCES)
             self._conn.import_ends(req.call_id)
             raise
         try:
             return Buffer(self, resp.buffer, self._conn.take_fd(resp.buffer.id, req.call_id))
         except BaseException:
-            # hallocd delivered it (its reply came): the reference it made
-            # goes back; an fd that comes later still is closed as it comes.
+            # hallocd delivered it (its reply came): the reference goes
+            # back now; an fd that comes later still is closed as it comes.
             if req.call_id:
-                self._conn.abandon_call(req.call_id, give_back=False)
+                self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_NOTHING)
             self._conn.give_back_reference(resp.buffer.id)
             raise
         finally:

@@ -20,7 +20,13 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     from halloc.v1 import broker_pb2
     # (No wait here is meant to expire: a long timeout, so that a loaded
     # machine (the ASan run) does not make the Release below miss its reply.)
-    broker = ScriptedBroker(lambda sock, req: broker.reply_release(req), timeout=10.0)
+    released = []
+
+    def answer(sock, req):
+        _releases(released, req)
+        broker.reply_release(req)
+
+    broker = ScriptedBroker(answer, timeout=10.0)
     broker.client.welcome.import_call_ids = True
     memfd = os.memfd_create("late-import")
     inode = os.fstat(memfd).st_ino
@@ -38,7 +44,11 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
         broker.client.import_buffer("token")
     os.close(memfd)
     broker.client.release(7)  # takes the late fd off the socket first
+    broker.client.release(8)  # after the give-back it sent
     assert not open_on_inode(inode), "the late import's fd is still open in the client"
+    # The fd went, so the import was delivered: its reference goes back
+    # with it (hallocd sends none once it sees the call gave up).
+    assert released == [7, ("ref", 42), 8]
     broker.close()
 
 
