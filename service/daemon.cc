@@ -41,10 +41,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->control_peers_ = std::make_shared<ControlPeers>();
+  d->calls_per_uid_ =
+      std::make_unique<CallsPerUid>(d->options_.grpc_calls_per_uid, d->control_peers_);
   Daemon* self = d.get();
   d->service_ = std::make_unique<AllocatorService>(
       d->core_.get(), d->control_peers_,
-      [self](std::optional<uid_t> only_uid) { return self->Stats(only_uid); });
+      [self](std::optional<uid_t> only_uid) { return self->Stats(only_uid); },
+      d->calls_per_uid_.get());
   const bool broker_inherited = inherited.broker.is_valid();
   RETURN_IF_ERROR(d->StartControl(std::move(inherited.control)));
   // What a control connection costs is known now: the connection
@@ -64,7 +67,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   return d;
 }
 
-void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch,
+void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch, CallsPerUid* calls,
                      grpc::ServerBuilder& builder) {
   grpc::ResourceQuota quota("hallocd");
   quota.SetMaxThreads(options.grpc_max_threads);
@@ -81,6 +84,7 @@ void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch,
   quota.Resize(static_cast<size_t>(options.grpc_max_memory_bytes));
   builder.SetResourceQuota(quota);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> watchers;
+  if (calls != nullptr) watchers.push_back(calls->NewFactory());
   watchers.push_back(watch->NewFactory());
   builder.experimental().SetInterceptorCreators(std::move(watchers));
 }
@@ -102,17 +106,18 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   builder.RegisterService(service_.get());
   // Ours, not grpc::EnableDefaultHealthCheckService: see health.h.
   health_ = std::make_unique<HealthService>(
-      std::vector<std::string>{std::string(v1::Allocator::service_full_name())}, control_peers_);
+      std::vector<std::string>{std::string(v1::Allocator::service_full_name())}, control_peers_,
+      calls_per_uid_.get());
   builder.RegisterService(health_.get());
   reflection_ = std::make_unique<ReflectionService>(
       std::vector<std::string>{
           std::string(v1::Allocator::service_full_name()),
           std::string(grpc::health::v1::Health::service_full_name()),
           std::string(grpc::reflection::v1alpha::ServerReflection::service_full_name())},
-      control_peers_);
+      control_peers_, calls_per_uid_.get());
   builder.RegisterService(reflection_.get());
   reply_watch_ = std::make_unique<ReplyWatch>(options_.grpc_replies, control_peers_);
-  ApplyGrpcLimits(options_, reply_watch_.get(), builder);
+  ApplyGrpcLimits(options_, reply_watch_.get(), calls_per_uid_.get(), builder);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr) {
     return absl::UnavailableError(

@@ -20,6 +20,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/allocator.h"
 #include "service/broker.h"
+#include "service/calls_per_uid.h"
 #include "service/control_peers.h"
 #include "service/reply_watch.h"
 #include "service/util/unix_listener.h"
@@ -58,6 +59,9 @@ struct DaemonOptions {
   int grpc_max_threads = 32;
   // Most concurrent calls (streams) on one gRPC connection.
   int grpc_max_streams_per_connection = 64;
+  // Most gRPC calls one uid may have in flight, all its connections
+  // together (root and hallocd's own uid: any): calls_per_uid.h.
+  int grpc_calls_per_uid = CallsPerUid::kDefaultPerUid;
   // Largest gRPC request hallocd reads, in bytes: a longer one is refused
   // with RESOURCE_EXHAUSTED before it is parsed. Parsing multiplies a
   // message's size (each 2-byte empty entry of a repeated or unknown field
@@ -91,7 +95,9 @@ struct DaemonOptions {
 // The gRPC server's limits from `options` (threads, streams, message
 // size, transport memory) and `watch` on its replies: hallocd's control
 // server, and tests that stand in for it.
-void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch, grpc::ServerBuilder& builder);
+// `calls` (may be null) counts each uid's calls in flight.
+void ApplyGrpcLimits(const DaemonOptions& options, ReplyWatch* watch, CallsPerUid* calls,
+                     grpc::ServerBuilder& builder);
 
 // Sockets already listening that hallocd was handed (systemd socket
 // activation, see service/systemd/activation.h). A valid one is served
@@ -136,8 +142,9 @@ class Daemon {
   std::unique_ptr<AllocatorService> service_;
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<ReflectionService> reflection_;
-  // Outlives server_, whose calls it watches.
+  // Outlive server_, whose calls they watch.
   std::unique_ptr<ReplyWatch> reply_watch_;
+  std::unique_ptr<CallsPerUid> calls_per_uid_;
   std::unique_ptr<grpc::Server> server_;
   // Accepts for server_ on the control socket, systemd's or our own. Set
   // once server_ serves (Stats may read it from then on).

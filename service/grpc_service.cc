@@ -81,6 +81,7 @@ absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
 
 // Runs `body(session)` for a call that needs a session.
 #define HALLOC_WITH_SESSION(method, body)                                         \
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;                \
   absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);              \
   if (!session.ok()) return FinishUnauthenticated(method, ctx, session.status()); \
   return Finish(method, session->get(), [&]() -> absl::Status body())
@@ -175,6 +176,7 @@ grpc::Status AllocatorService::List(grpc::ServerContext* ctx,
 
 grpc::Status AllocatorService::Stats(grpc::ServerContext* ctx, const v1::StatsRequest*,
                                      v1::StatsResponse* resp) {
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;
   std::optional<uid_t> only_uid;  // an in-process server (no peers): everything
   if (peers_ != nullptr) {
     const std::optional<ucred> peer = peers_->Of(ctx->peer());
@@ -189,6 +191,7 @@ grpc::Status AllocatorService::Stats(grpc::ServerContext* ctx, const v1::StatsRe
 grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
                                            const v1::IsSupportedRequest* req,
                                            v1::IsSupportedResponse* resp) {
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;
   // The caller's policy applies when it has a session; a bad token is not
   // silently ignored.
   const bool has_token = ctx->client_metadata().count(kSessionMetadataKey) > 0;

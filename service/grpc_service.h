@@ -15,6 +15,7 @@
 #include "clients/cpp/halloc/base/protocol.h"
 #include "halloc/v1/allocator.grpc.pb.h"
 #include "service/allocator.h"
+#include "service/calls_per_uid.h"
 #include "service/control_peers.h"
 #include "service/util/stream_slots.h"
 
@@ -41,9 +42,11 @@ class AllocatorService final : public v1::Allocator::Service {
   // a session's token is good only on a connection of the session's uid.
   // `stats` (hallocd's adds its transport's counters to the core's) may be
   // null.
+  // With `calls` (hallocd's), a call its uid's limit did not admit is
+  // refused (RESOURCE_EXHAUSTED) before anything else.
   explicit AllocatorService(Allocator* core, std::shared_ptr<const ControlPeers> peers = nullptr,
-                            StatsSource stats = nullptr)
-      : core_(core), peers_(std::move(peers)), stats_(std::move(stats)) {}
+                            StatsSource stats = nullptr, const CallsPerUid* calls = nullptr)
+      : core_(core), peers_(std::move(peers)), stats_(std::move(stats)), calls_(calls) {}
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
                         v1::AllocateResponse* resp) override;
@@ -83,6 +86,7 @@ class AllocatorService final : public v1::Allocator::Service {
   Allocator* const core_;
   const std::shared_ptr<const ControlPeers> peers_;
   const StatsSource stats_;
+  const CallsPerUid* const calls_;
   StreamSlots release_streams_{"ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid};
 };
 

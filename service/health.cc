@@ -20,8 +20,8 @@ constexpr absl::Duration kWatchPoll = absl::Seconds(1);
 }  // namespace
 
 HealthService::HealthService(std::vector<std::string> services,
-                             std::shared_ptr<const ControlPeers> peers)
-    : services_(std::move(services)), peers_(std::move(peers)) {}
+                             std::shared_ptr<const ControlPeers> peers, const CallsPerUid* calls)
+    : services_(std::move(services)), peers_(std::move(peers)), calls_(calls) {}
 
 void HealthService::Shutdown() {
   absl::MutexLock lock(&mu_);
@@ -33,8 +33,9 @@ bool HealthService::Known(const std::string& service) const {
          std::find(services_.begin(), services_.end(), service) != services_.end();
 }
 
-grpc::Status HealthService::Check(grpc::ServerContext*, const HealthCheckRequest* req,
+grpc::Status HealthService::Check(grpc::ServerContext* ctx, const HealthCheckRequest* req,
                                   HealthCheckResponse* resp) {
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;
   if (!Known(req->service())) {
     return grpc::Status(grpc::StatusCode::NOT_FOUND,
                         absl::StrCat("unknown service '", req->service(), "'"));
@@ -47,6 +48,7 @@ grpc::Status HealthService::Check(grpc::ServerContext*, const HealthCheckRequest
 
 grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckRequest* req,
                                   grpc::ServerWriter<HealthCheckResponse>* writer) {
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;
   absl::StatusOr<StreamSlots::Slot> slot =
       watchers_.Take(ControlPeers::LimitUid(peers_.get(), ctx->peer()));
   if (!slot.ok()) {

@@ -24,6 +24,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "service/calls_per_uid.h"
 #include "service/control_peers.h"
 #include "service/util/stream_slots.h"
 
@@ -34,9 +35,11 @@ class HealthService final : public grpc::health::v1::Health::Service {
   static constexpr int kMaxWatchers = 4;
   static constexpr int kMaxWatchersPerUid = 2;
 
-  // With `peers` (hallocd's), watchers are counted per uid too.
+  // With `peers` (hallocd's), watchers are counted per uid too; with
+  // `calls` (hallocd's), a call its uid's limit did not admit is refused.
   explicit HealthService(std::vector<std::string> services,
-                         std::shared_ptr<const ControlPeers> peers = nullptr);
+                         std::shared_ptr<const ControlPeers> peers = nullptr,
+                         const CallsPerUid* calls = nullptr);
 
   // NOT_SERVING from now on; ends every Watch. Idempotent.
   void Shutdown();
@@ -53,6 +56,7 @@ class HealthService final : public grpc::health::v1::Health::Service {
 
   const std::vector<std::string> services_;
   const std::shared_ptr<const ControlPeers> peers_;
+  const CallsPerUid* const calls_;
   StreamSlots watchers_{"health watches", kMaxWatchers, kMaxWatchersPerUid};
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

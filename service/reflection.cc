@@ -36,8 +36,9 @@ void SetError(v1alpha::ServerReflectionResponse* resp, grpc::StatusCode code, st
 }  // namespace
 
 ReflectionService::ReflectionService(std::vector<std::string> services,
-                                     std::shared_ptr<const ControlPeers> peers)
-    : services_(std::move(services)), peers_(std::move(peers)) {}
+                                     std::shared_ptr<const ControlPeers> peers,
+                                     const CallsPerUid* calls)
+    : services_(std::move(services)), peers_(std::move(peers)), calls_(calls) {}
 
 v1alpha::ServerReflectionResponse ReflectionService::Answer(
     const v1alpha::ServerReflectionRequest& req, std::set<std::string>* sent) const {
@@ -101,6 +102,7 @@ grpc::Status ReflectionService::ServerReflectionInfo(
     grpc::ServerContext* ctx,
     grpc::ServerReaderWriter<v1alpha::ServerReflectionResponse, v1alpha::ServerReflectionRequest>*
         stream) {
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;
   absl::StatusOr<StreamSlots::Slot> slot =
       streams_.Take(ControlPeers::LimitUid(peers_.get(), ctx->peer()));
   if (!slot.ok()) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "service/calls_per_uid.h"
 #include "service/control_peers.h"
 #include "service/util/stream_slots.h"
 
@@ -29,9 +30,11 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
   static constexpr int kMaxStreamsPerUid = 2;
 
   // `services`: the full names list_services answers (the server's). With
-  // `peers` (hallocd's), streams are counted per uid too.
+  // `peers` (hallocd's), streams are counted per uid too; with `calls`
+  // (hallocd's), one its uid's limit did not admit is refused.
   explicit ReflectionService(std::vector<std::string> services,
-                             std::shared_ptr<const ControlPeers> peers = nullptr);
+                             std::shared_ptr<const ControlPeers> peers = nullptr,
+                             const CallsPerUid* calls = nullptr);
 
   grpc::Status ServerReflectionInfo(
       grpc::ServerContext* ctx,
@@ -48,6 +51,7 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
  private:
   const std::vector<std::string> services_;
   const std::shared_ptr<const ControlPeers> peers_;
+  const CallsPerUid* const calls_;
   StreamSlots streams_{"reflection streams", kMaxStreams, kMaxStreamsPerUid};
 };
 

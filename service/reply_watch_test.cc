@@ -140,12 +140,16 @@ class NonReader {
 
 class ReplyWatchTest : public ::testing::Test {
  protected:
-  void Start(ReplyWatch::Options replies) {
+  // `calls_per_uid`: > 0, hallocd's per-uid bound on calls in flight
+  // (CallsPerUid) too.
+  void Start(ReplyWatch::Options replies, int calls_per_uid = 0) {
     options_.grpc_replies = replies;
     watch_ = std::make_unique<ReplyWatch>(replies, peers_);
+    if (calls_per_uid > 0) calls_ = std::make_unique<CallsPerUid>(calls_per_uid, peers_);
+    service_ = std::make_unique<AllocatorService>(&core_, peers_, nullptr, calls_.get());
     grpc::ServerBuilder builder;
-    builder.RegisterService(&service_);
-    ApplyGrpcLimits(options_, watch_.get(), builder);
+    builder.RegisterService(service_.get());
+    ApplyGrpcLimits(options_, watch_.get(), calls_.get(), builder);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
   }
@@ -189,7 +193,8 @@ class ReplyWatchTest : public ::testing::Test {
 
   Allocator core_{std::make_unique<MemfdBackend>(), Limits()};
   std::shared_ptr<ControlPeers> peers_ = std::make_shared<ControlPeers>();
-  AllocatorService service_{&core_, peers_};
+  std::unique_ptr<CallsPerUid> calls_;
+  std::unique_ptr<AllocatorService> service_;
   DaemonOptions options_;  // hallocd's own gRPC limits: 32 threads
   std::unique_ptr<ReplyWatch> watch_;
   std::unique_ptr<grpc::Server> server_;
@@ -224,6 +229,38 @@ TEST_F(ReplyWatchTest, UnreadRepliesHoldFewThreadsAndThoseNotForLong) {
   EXPECT_GE(watch_->cancelled(), static_cast<uint64_t>(calls - 2));
   EXPECT_LE(watch_->cancelled(), static_cast<uint64_t>(calls));
   EXPECT_EQ(watch_->waiting(), 0);
+}
+
+// One uid may have CallsPerUid's limit of calls in flight, all its
+// connections together; each call past it is refused at once
+// (RESOURCE_EXHAUSTED, trailers only: it needs no window, so it holds no
+// thread), and other users are served. Before, nothing bounded one uid's
+// share of the 32 threads: ordinary fast calls, or unread ones on new
+// connections, took them all (helper-100: 32 of 40 honest calls refused).
+TEST_F(ReplyWatchTest, OneUidHasAtMostItsLimitOfCallsInFlight) {
+  ReplyWatch::Options replies;
+  replies.timeout = absl::Seconds(20);  // the admitted ones stay in flight throughout
+  constexpr int kPerUid = 4;
+  Start(replies, kPerUid);
+  const int calls = options_.grpc_max_threads;
+  NonReader attacker(server_.get(), *peers_, 1001, calls);
+  EXPECT_TRUE(attacker.WaitEnded(calls - kPerUid, absl::Seconds(5)))
+      << attacker.ended() << " of " << calls << " calls ended";
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (calls_->in_flight(1001) < kPerUid && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(calls_->in_flight(1001), kPerUid);
+  EXPECT_EQ(attacker.ended(), calls - kPerUid) << "an admitted call ended (its reply is unread)";
+  EXPECT_EQ(watch_->cancelled(), 0u) << "refused, not admitted and cancelled later";
+  // A second connection of the same uid is held to the same limit.
+  const grpc::Status more = Stats(1001);
+  EXPECT_EQ(more.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << more.error_message();
+  EXPECT_NE(more.error_message().find("calls in flight"), std::string::npos)
+      << more.error_message();
+  const grpc::Status honest = Stats(1002);
+  EXPECT_TRUE(honest.ok()) << honest.error_code() << " " << honest.error_message();
+  EXPECT_EQ(calls_->in_flight(1002), 0) << "an ended call is not counted";
 }
 
 // Honest clients read their replies at once: sixteen of one uid, calling
