@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 
@@ -54,8 +55,8 @@ class CallsPerUid::Factory final : public grpc::experimental::ServerInterceptorF
   CallsPerUid* const calls_;
 };
 
-CallsPerUid::CallsPerUid(int per_uid, std::shared_ptr<const ControlPeers> peers)
-    : per_uid_(per_uid), peers_(std::move(peers)) {}
+CallsPerUid::CallsPerUid(int per_uid, std::shared_ptr<const ControlPeers> peers, OnFlood on_flood)
+    : per_uid_(per_uid), peers_(std::move(peers)), on_flood_(std::move(on_flood)) {}
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> CallsPerUid::NewFactory() {
   return std::make_unique<Factory>(this);
@@ -67,14 +68,30 @@ bool CallsPerUid::Limited(std::optional<uid_t> uid) const {
 
 bool CallsPerUid::Admit(std::optional<uid_t> uid) {
   if (!Limited(uid)) return true;
-  absl::MutexLock lock(&mu_);
-  int& n = in_flight_[*uid];
-  if (n >= per_uid_) {
+  bool floods = false;
+  {
+    absl::MutexLock lock(&mu_);
+    int& n = in_flight_[*uid];
+    if (n < per_uid_) {
+      ++n;
+      return true;
+    }
     if (n == 0) in_flight_.erase(*uid);
-    return false;
+    const absl::Time now = MonotonicNow();
+    Refusals& r = refusals_[*uid];
+    if (now - r.since > kFloodWindow) r = Refusals{now, 0};
+    if (++r.count > kFloodRefusals) {
+      floods = true;
+      refusals_.erase(*uid);
+    }
+    // Windows long over are forgotten (one entry per uid refused lately).
+    if (refusals_.size() > 1024) {
+      absl::erase_if(refusals_,
+                     [now](const auto& e) { return now - e.second.since > kFloodWindow; });
+    }
   }
-  ++n;
-  return true;
+  if (floods && on_flood_) on_flood_(*uid);
+  return false;
 }
 
 void CallsPerUid::End(std::optional<uid_t> uid) {

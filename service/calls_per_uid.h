@@ -27,6 +27,7 @@
 #include <grpcpp/support/server_interceptor.h>
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -34,6 +35,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "service/control_peers.h"
 
 namespace halloc {
@@ -44,8 +46,22 @@ class CallsPerUid {
   // none to a fifth only if all four flood at once.
   static constexpr int kDefaultPerUid = 8;
 
+  // A uid whose calls are refused more than this many times within
+  // kFloodWindow floods: refused calls cost a thread each for
+  // microseconds, but one connection reopening its 64 as fast as they are
+  // refused (~16,000 a second) still kept other users' calls from a
+  // thread (16 of 40 refused). An honest client that meets the limit
+  // retries a few times.
+  static constexpr int kFloodRefusals = 256;
+  static constexpr absl::Duration kFloodWindow = absl::Seconds(1);
+  // Called (outside any lock of this class, on the refused call's thread)
+  // for a uid that floods: hallocd cuts its control connections and
+  // refuses its new ones for a while (GrpcListener::CutUid).
+  using OnFlood = std::function<void(uid_t uid)>;
+
   explicit CallsPerUid(int per_uid = kDefaultPerUid,
-                       std::shared_ptr<const ControlPeers> peers = nullptr);
+                       std::shared_ptr<const ControlPeers> peers = nullptr,
+                       OnFlood on_flood = nullptr);
 
   // The interceptor to install on the server (ServerBuilder::experimental()
   // .SetInterceptorCreators).
@@ -70,8 +86,15 @@ class CallsPerUid {
 
   const int per_uid_;
   const std::shared_ptr<const ControlPeers> peers_;
+  const OnFlood on_flood_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uid_t, int> in_flight_ ABSL_GUARDED_BY(mu_);
+  // Refusals per uid in its current window (since `since`).
+  struct Refusals {
+    absl::Time since;
+    int count = 0;
+  };
+  absl::flat_hash_map<uid_t, Refusals> refusals_ ABSL_GUARDED_BY(mu_);
   // Calls not admitted, until they end (few, and each for microseconds).
   absl::flat_hash_set<const grpc::ServerContextBase*> refused_ ABSL_GUARDED_BY(mu_);
 };

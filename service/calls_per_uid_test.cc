@@ -4,6 +4,8 @@
 
 #include <unistd.h>
 
+#include <vector>
+
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -25,6 +27,25 @@ TEST(CallsPerUidTest, EachUidHasItsOwnLimit) {
   EXPECT_EQ(calls.in_flight(1002), 0);
   calls.End(1001);  // more ends than calls (cannot happen) count nothing below 0
   EXPECT_EQ(calls.in_flight(1001), 0);
+}
+
+// A uid whose calls are refused more than kFloodRefusals times within
+// kFloodWindow floods: the callback (hallocd cuts its connections) is told
+// once, and the count starts again.
+TEST(CallsPerUidTest, AUidRefusedOnAndOnIsReportedAsFlooding) {
+  std::vector<uid_t> flooded;
+  CallsPerUid calls(1, nullptr, [&](uid_t uid) { flooded.push_back(uid); });
+  ASSERT_TRUE(calls.Admit(1001));
+  ASSERT_TRUE(calls.Admit(1002));
+  for (int i = 0; i < CallsPerUid::kFloodRefusals; ++i) {
+    ASSERT_FALSE(calls.Admit(1001));
+    ASSERT_FALSE(calls.Admit(1002));
+  }
+  EXPECT_TRUE(flooded.empty()) << "at the threshold, not past it";
+  EXPECT_FALSE(calls.Admit(1001));
+  EXPECT_EQ(flooded, std::vector<uid_t>{1001});
+  EXPECT_FALSE(calls.Admit(1001));
+  EXPECT_EQ(flooded, std::vector<uid_t>{1001}) << "counted again from zero";
 }
 
 // Root, hallocd's own uid (administrators, the watchdog's probe) and calls

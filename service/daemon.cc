@@ -41,9 +41,14 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->control_peers_ = std::make_shared<ControlPeers>();
-  d->calls_per_uid_ =
-      std::make_unique<CallsPerUid>(d->options_.grpc_calls_per_uid, d->control_peers_);
   Daemon* self = d.get();
+  d->calls_per_uid_ = std::make_unique<CallsPerUid>(
+      d->options_.grpc_calls_per_uid, d->control_peers_, [self](uid_t uid) {
+        absl::MutexLock lock(&self->listener_mu_);
+        if (self->control_listener_ != nullptr) {
+          self->control_listener_->CutUid(uid, "a flood of gRPC calls past its limit");
+        }
+      });
   d->service_ = std::make_unique<AllocatorService>(
       d->core_.get(), d->control_peers_,
       [self](std::optional<uid_t> only_uid) { return self->Stats(only_uid); },

@@ -222,6 +222,27 @@ void GrpcListener::CutUnread(absl::Time now) {
   absl::erase_if(cut_until_, [now](const auto& c) { return c.second <= now; });
 }
 
+void GrpcListener::CutUid(uid_t uid, absl::string_view why) {
+  if (IsOperatorUid(uid)) return;
+  int cut = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [dup, conn] : conns_) {
+      if (conn.uid != uid || conn.cut) continue;
+      ::shutdown(dup, SHUT_RDWR);  // gRPC sees it end; Reap forgets it
+      conn.cut = true;
+      ++cut_total_;
+      ++cut;
+    }
+    cut_until_[uid] = MonotonicNow() + cut_penalty;
+  }
+  if (uint64_t dropped; Limiter().AllowFor("control-cut", uid, &dropped)) {
+    LOG(WARNING) << "control socket: cut " << cut << " connection(s) of uid " << uid << " (" << why
+                 << "); its connections are refused for " << absl::FormatDuration(cut_penalty)
+                 << LogLimiter::Dropped(dropped);
+  }
+}
+
 void GrpcListener::Reap() {
   epoll_event events[64];
   const int n = ::epoll_wait(ends_.get(), events, 64, 0);
@@ -288,8 +309,8 @@ void GrpcListener::AcceptOne() {
              left > absl::ZeroDuration()) {
     admit = absl::ResourceExhaustedError(
         absl::StrCat("a control connection of uid ", uid,
-                     " was cut for leaving what hallocd sent it unread; "
-                     "its connections are refused for ",
+                     " was cut (it left what hallocd sent it unread, or flooded it with "
+                     "calls past its limit); its connections are refused for ",
                      absl::FormatDuration(left)));
   } else if (relay_ && relay_->OverLimit(uid)) {
     admit = absl::ResourceExhaustedError(absl::StrCat(

@@ -91,8 +91,14 @@ class GrpcListener {
   // Connections open now: `uid`'s and all.
   ConnectionCounts held(uid_t uid) const;
   // Connections shut down since start for leaving what was sent them
-  // unread (unread_limit).
+  // unread (unread_limit), or by CutUid.
   uint64_t cut_total() const;
+
+  // Shuts down every connection of `uid` and refuses its new ones for
+  // cut_penalty, as for unread bytes (a uid that floods gRPC with calls
+  // past its limit: CallsPerUid). Nothing for the operators (root's tools,
+  // hallocd's own uid). `why` goes in the log line.
+  void CutUid(uid_t uid, absl::string_view why);
 
   // Relay every connection even where the kernel refuses fds at the sender
   // (tests, on kernels from 6.16). Read by Start.

@@ -1,5 +1,6 @@
 #include "service/grpc_listener.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -270,6 +271,72 @@ TEST_P(GrpcListenerCutTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
   EXPECT_EQ(listener_->cut_total(), 1u);  // what Stats and the metrics say
   EXPECT_TRUE(WaitFor([&] { return listener_->held(65534).of_uid == 0; }));
   EXPECT_TRUE(Check().ok()) << "root's connections: no penalty (an operator's)";
+}
+
+// CutUid (a uid flooding gRPC with calls past its limit: CallsPerUid) ends
+// every connection of the uid and refuses its new ones for cut_penalty;
+// root's are never cut (an operator's).
+TEST_P(GrpcListenerCutTest, CutUidEndsAUidsConnectionsAndRefusesItForAWhile) {
+  if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  int ready[2], go[2];
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  const int64_t penalty_ms = absl::ToInt64Milliseconds(GrpcListener::cut_penalty);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {  // uid 65534, syscalls only
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(1);
+    }
+    auto connect = [&addr] {
+      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ::_exit(2);
+      }
+      return fd;
+    };
+    auto ended = [](int fd, int ms) {
+      pollfd p{fd, POLLRDHUP, 0};
+      return ::poll(&p, 1, ms) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+    };
+    const int a = connect(), b = connect();
+    char c = 0;
+    if (::write(ready[1], "r", 1) != 1 || ::read(go[0], &c, 1) != 1) ::_exit(3);
+    if (!ended(a, 10000) || !ended(b, 10000)) ::_exit(4);  // not cut
+    if (!ended(connect(), 10000)) ::_exit(5);              // admitted at once after the cut
+    ::usleep(penalty_ms * 1000);
+    if (ended(connect(), 1000)) ::_exit(6);  // refused past the penalty
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+  char c = 0;
+  const bool connected = ::read(ready[0], &c, 1) == 1;
+  if (connected) {
+    EXPECT_TRUE(WaitFor([&] { return listener_->held(65534).of_uid == 2; }));
+    UniqueFd mine = Raw();
+    ASSERT_TRUE(WaitFor([&] { return Mine() == 1; }));
+    listener_->CutUid(65534, "a test");
+    listener_->CutUid(::getuid(), "a test");  // root's: never cut
+    EXPECT_EQ(::write(go[1], "g", 1), 1);
+    EXPECT_TRUE(Check().ok()) << "root's connections: no penalty";
+  }
+  ::close(ready[0]);
+  ::close(go[1]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  if (WEXITSTATUS(status) == 1) GTEST_SKIP() << "cannot switch to uid 65534 here";
+  EXPECT_NE(WEXITSTATUS(status), 4) << "the uid's connections were not cut";
+  EXPECT_NE(WEXITSTATUS(status), 5) << "its uid connected again at once";
+  EXPECT_NE(WEXITSTATUS(status), 6) << "its uid was refused past the penalty";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(listener_->cut_total(), 2u);
 }
 
 // Refusals are logged with a share per uid: one uid refused on and on does
