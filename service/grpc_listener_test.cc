@@ -67,6 +67,21 @@ std::string DirectOrRelayed(const ::testing::TestParamInfo<bool>& info) {
   return info.param ? "Relayed" : "Direct";
 }
 
+// For a forked child (syscalls only): a connection to `addr`, or _exit(2).
+int ChildConnect(const sockaddr_un& addr) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::_exit(2);
+  }
+  return fd;
+}
+
+// Whether the server ends `fd` within `ms` (RDHUP: it shut its side).
+bool ChildSeesEnd(int fd, int ms) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, ms) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+}
+
 class GrpcListenerTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
@@ -237,18 +252,8 @@ TEST_P(GrpcListenerCutTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
     if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
       ::_exit(1);
     }
-    auto connect = [&addr] {
-      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-        ::_exit(2);
-      }
-      return fd;
-    };
-    // Whether the server ends `fd` within `ms` (RDHUP: it shut its side).
-    auto ended = [](int fd, int ms) {
-      pollfd p{fd, POLLRDHUP, 0};
-      return ::poll(&p, 1, ms) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
-    };
+    auto connect = [&addr] { return ChildConnect(addr); };
+    const auto ended = ChildSeesEnd;
     const int raw = connect();  // never read
     if (::send(raw, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) {
       ::_exit(3);
@@ -293,17 +298,8 @@ TEST_P(GrpcListenerCutTest, CutUidEndsAUidsConnectionsAndRefusesItForAWhile) {
     if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
       ::_exit(1);
     }
-    auto connect = [&addr] {
-      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-        ::_exit(2);
-      }
-      return fd;
-    };
-    auto ended = [](int fd, int ms) {
-      pollfd p{fd, POLLRDHUP, 0};
-      return ::poll(&p, 1, ms) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
-    };
+    auto connect = [&addr] { return ChildConnect(addr); };
+    const auto ended = ChildSeesEnd;
     const int a = connect(), b = connect();
     char c = 0;
     if (::write(ready[1], "r", 1) != 1 || ::read(go[0], &c, 1) != 1) ::_exit(3);

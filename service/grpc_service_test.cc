@@ -105,6 +105,36 @@ class GrpcServiceTest : public ::testing::Test {
     return ids;
   }
 
+  // A grant of buffer `id` (this session's) to this uid, and a second
+  // session of this uid on `channel`, whose gRPC Import of it gives up
+  // after 50 ms (DEADLINE_EXCEEDED): the importer.
+  std::shared_ptr<Session> ImportPastItsDeadline(uint64_t id, std::shared_ptr<FdChannel> channel) {
+    v1::ShareRequest share;
+    share.set_buffer_id(id);
+    share.mutable_peer()->set_uid(::getuid());
+    v1::ShareResponse grant;
+    EXPECT_TRUE(stub_->Share(Ctx(session_->token()).get(), share, &grant).ok());
+    Identity me;
+    me.uid = ::getuid();
+    me.pid = ::getpid();
+    std::shared_ptr<Session> importer = *core_.OpenSession(me, std::move(channel));
+    v1::ImportRequest import;
+    import.set_grant_token(grant.grant().token());
+    import.set_call_id(9);
+    v1::ImportResponse got;
+    auto ctx = Ctx(importer->token());
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
+    EXPECT_EQ(stub_->Import(ctx.get(), import, &got).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+    return importer;
+  }
+  // How many buffers `session` holds.
+  int HeldBy(Session& session) {
+    absl::StatusOr<v1::ListResponse> l = core_.List(session, v1::ListRequest());
+    EXPECT_TRUE(l.ok()) << l.status();
+    return l.ok() ? l->buffers_size() : -1;
+  }
+
   // One ReleaseMany stream of `parts`, the final one marked `last` if
   // `ends`; its status.
   // `references`: which parts give back import references instead of
@@ -218,49 +248,24 @@ TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
 // the send whether the caller had given up, and the client could not know
 // which way it guessed.
 TEST_F(GrpcServiceTest, AnImportWhoseFdWentBeforeItsCallerGaveUpIsAReferenceTheClientGivesBack) {
-  v1::AllocateRequest req;
-  req.mutable_desc()->set_size(4096);
-  v1::AllocateResponse resp;
-  ASSERT_TRUE(stub_->Allocate(Ctx(session_->token()).get(), req, &resp).ok());
-  const uint64_t id = resp.buffers(0).id();
-  v1::ShareRequest share;
-  share.set_buffer_id(id);
-  share.mutable_peer()->set_uid(::getuid());
-  v1::ShareResponse grant;
-  ASSERT_TRUE(stub_->Share(Ctx(session_->token()).get(), share, &grant).ok());
-
+  const std::vector<uint64_t> ids = AllocateIds(1);
+  ASSERT_EQ(ids.size(), 1u);
   auto slow = std::make_shared<FakeChannel>();
   slow->delay = absl::Milliseconds(300);
-  Identity me;
-  me.uid = ::getuid();
-  me.pid = ::getpid();
-  std::shared_ptr<Session> importer = *core_.OpenSession(me, slow);
-  auto held_by_importer = [&] {
-    absl::StatusOr<v1::ListResponse> l = core_.List(*importer, v1::ListRequest());
-    return l.ok() && l->buffers_size() == 1;
-  };
-  v1::ImportRequest import;
-  import.set_grant_token(grant.grant().token());
-  import.set_call_id(9);
-  v1::ImportResponse got;
-  auto ctx = Ctx(importer->token());
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
-  EXPECT_EQ(stub_->Import(ctx.get(), import, &got).error_code(),
-            grpc::StatusCode::DEADLINE_EXCEEDED);
+  std::shared_ptr<Session> importer = ImportPastItsDeadline(ids[0], slow);
   // The daemon side finishes after the caller gave up (the send takes
   // 300 ms); the hold stays, the import's reference.
   absl::SleepFor(absl::Milliseconds(500));
-  EXPECT_TRUE(held_by_importer()) << "an import whose fd went was undone";
+  EXPECT_EQ(HeldBy(*importer), 1) << "an import whose fd went was undone";
   v1::ReleaseRequest give_back;
-  give_back.add_buffer_ids(id);
+  give_back.add_buffer_ids(ids[0]);
   give_back.set_import_references(true);
   ASSERT_TRUE(core_.Release(*importer, give_back).ok());
-  EXPECT_FALSE(held_by_importer());
+  EXPECT_EQ(HeldBy(*importer), 0);
   // The sharer lets go: nothing is left holding it.
   v1::ReleaseRequest rel;
-  rel.add_buffer_ids(id);
-  v1::ReleaseResponse rresp;
-  ASSERT_TRUE(stub_->Release(Ctx(session_->token()).get(), rel, &rresp).ok());
+  rel.add_buffer_ids(ids[0]);
+  ASSERT_TRUE(core_.Release(*session_, rel).ok());
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
@@ -275,30 +280,11 @@ class SlowImportTest : public GrpcServiceTest {
 TEST_F(SlowImportTest, AnImportItsCallerGaveUpOnBeforeItsFdWentImportsNothing) {
   const std::vector<uint64_t> ids = AllocateIds(1);
   ASSERT_EQ(ids.size(), 1u);
-  v1::ShareRequest share;
-  share.set_buffer_id(ids[0]);
-  share.mutable_peer()->set_uid(::getuid());
-  v1::ShareResponse grant;
-  auto share_ctx = Ctx(session_->token());  // (Shares are slow here too)
-  ASSERT_TRUE(stub_->Share(share_ctx.get(), share, &grant).ok());
-  auto importer_channel = std::make_shared<FakeChannel>();
-  Identity me;
-  me.uid = ::getuid();
-  me.pid = ::getpid();
-  std::shared_ptr<Session> importer = *core_.OpenSession(me, importer_channel);
-  v1::ImportRequest import;
-  import.set_grant_token(grant.grant().token());
-  import.set_call_id(9);
-  v1::ImportResponse got;
-  auto ctx = Ctx(importer->token());
-  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(50));
-  EXPECT_EQ(stub_->Import(ctx.get(), import, &got).error_code(),
-            grpc::StatusCode::DEADLINE_EXCEEDED);
+  auto channel = std::make_shared<FakeChannel>();
+  std::shared_ptr<Session> importer = ImportPastItsDeadline(ids[0], channel);
   absl::SleepFor(absl::Milliseconds(500));  // the handler ran, after the deadline
-  EXPECT_TRUE(importer_channel->sent.empty()) << "an fd went to a caller that gave up";
-  absl::StatusOr<v1::ListResponse> l = core_.List(*importer, v1::ListRequest());
-  ASSERT_TRUE(l.ok()) << l.status();
-  EXPECT_EQ(l->buffers_size(), 0) << "an import nobody could receive holds the buffer";
+  EXPECT_TRUE(channel->sent.empty()) << "an fd went to a caller that gave up";
+  EXPECT_EQ(HeldBy(*importer), 0) << "an import nobody could receive holds the buffer";
   v1::ReleaseRequest rel;
   rel.add_buffer_ids(ids[0]);
   ASSERT_TRUE(core_.Release(*session_, rel).ok());
