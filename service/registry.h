@@ -489,7 +489,9 @@ class Registry {
   // (session, buffer); a hold without an entry has one reference. See
   // Import and SettleImport.
   struct ImportRefs {
-    uint64_t serial = 0;  // this hold's: a settle naming an earlier hold's is void
+    // The entry's: it lives while imports are under way (erased only with
+    // its hold then), so a settle naming another is of a hold gone since.
+    uint64_t serial = 0;
     uint64_t refs = 0;    // references, those under way included
     uint32_t under_way = 0;
   };
