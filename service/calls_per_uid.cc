@@ -1,10 +1,9 @@
 #include "service/calls_per_uid.h"
 
-#include <unistd.h>
-
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "service/connection_limits.h"
 #include "service/util/clock.h"
 
 namespace halloc {
@@ -63,7 +62,7 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> CallsPerU
 }
 
 bool CallsPerUid::Limited(std::optional<uid_t> uid) const {
-  return uid.has_value() && *uid != 0 && *uid != ::geteuid();
+  return uid.has_value() && !IsOperatorUid(*uid);
 }
 
 bool CallsPerUid::Admit(std::optional<uid_t> uid) {

@@ -15,8 +15,9 @@
 // end, reply included. A call that comes while its uid has `per_uid` in
 // flight is not admitted: its handler answers RESOURCE_EXHAUSTED at once,
 // which needs no flow-control window (trailers only), so it holds its
-// thread for microseconds. Root and hallocd's own uid are not limited
-// (administrators, the watchdog's probe); nor is a call whose uid is not
+// thread for microseconds. The operators (IsOperatorUid: root and
+// hallocd's own uid: administrators, the watchdog's probe) are not
+// limited; nor is a call whose uid is not
 // known (an in-process channel without ControlPeers).
 //
 // Thread-safe.

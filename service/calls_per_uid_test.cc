@@ -54,7 +54,7 @@ TEST(CallsPerUidTest, RootHallocdsUidAndUnknownCallersAreNotLimited) {
   CallsPerUid calls(1);
   for (int i = 0; i < 10; ++i) {
     EXPECT_TRUE(calls.Admit(0));
-    EXPECT_TRUE(calls.Admit(::geteuid()));
+    EXPECT_TRUE(calls.Admit(::getuid()));
     EXPECT_TRUE(calls.Admit(std::nullopt));
   }
   EXPECT_EQ(calls.in_flight(0), 0);

@@ -201,15 +201,7 @@ void GrpcListener::CutUnread(absl::Time now) {
     }
     if (conn.unread_since == absl::InfiniteFuture()) conn.unread_since = now;
     if (now - conn.unread_since < unread_limit) continue;
-    // gRPC sees the connection end and lets its calls go; the duplicate
-    // sees it too, and the count drops (Reap).
-    ::shutdown(dup, SHUT_RDWR);
-    conn.cut = true;
-    ++cut_total_;
-    // Not the operators (root's tools, hallocd's own uid), held to no
-    // per-uid limit either: their other connections go on.
-    const bool penalised = !IsOperatorUid(conn.uid);
-    if (penalised) cut_until_[conn.uid] = now + cut_penalty;
+    const bool penalised = CutLocked(dup, conn, now);
     if (uint64_t dropped; Limiter().AllowFor("control-unread", conn.uid, &dropped)) {
       LOG(WARNING) << "control socket: cut a connection of uid " << conn.uid << ": " << queued
                    << " bytes sent it went unread for " << absl::FormatDuration(unread_limit)
@@ -222,19 +214,31 @@ void GrpcListener::CutUnread(absl::Time now) {
   absl::erase_if(cut_until_, [now](const auto& c) { return c.second <= now; });
 }
 
+bool GrpcListener::CutLocked(int dup, Conn& conn, absl::Time now) {
+  // gRPC sees the connection end and lets its calls go; the duplicate
+  // sees it too, and the count drops (Reap).
+  ::shutdown(dup, SHUT_RDWR);
+  conn.cut = true;
+  ++cut_total_;
+  // Not the operators (root's tools, hallocd's own uid), held to no
+  // per-uid limit either: their other connections go on.
+  if (IsOperatorUid(conn.uid)) return false;
+  cut_until_[conn.uid] = now + cut_penalty;
+  return true;
+}
+
 void GrpcListener::CutUid(uid_t uid, absl::string_view why) {
   if (IsOperatorUid(uid)) return;
   int cut = 0;
   {
     absl::MutexLock lock(&mu_);
+    const absl::Time now = MonotonicNow();
     for (auto& [dup, conn] : conns_) {
       if (conn.uid != uid || conn.cut) continue;
-      ::shutdown(dup, SHUT_RDWR);  // gRPC sees it end; Reap forgets it
-      conn.cut = true;
-      ++cut_total_;
+      CutLocked(dup, conn, now);
       ++cut;
     }
-    cut_until_[uid] = MonotonicNow() + cut_penalty;
+    cut_until_[uid] = now + cut_penalty;  // (with no connection left to cut too)
   }
   if (uint64_t dropped; Limiter().AllowFor("control-cut", uid, &dropped)) {
     LOG(WARNING) << "control socket: cut " << cut << " connection(s) of uid " << uid << " (" << why

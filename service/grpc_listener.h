@@ -157,6 +157,10 @@ class GrpcListener {
     absl::Time unread_since = absl::InfiniteFuture();
     bool cut = false;
   };
+  // Shuts connection `dup` down and counts it; its uid is refused until
+  // `now` + cut_penalty unless it is an operator's. Whether it was
+  // penalised.
+  bool CutLocked(int dup, Conn& conn, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Duplicate fd → its connection; and per uid, how many.
   absl::flat_hash_map<int, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uid_t, uint32_t> per_uid_ ABSL_GUARDED_BY(mu_);

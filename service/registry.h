@@ -494,6 +494,8 @@ class Registry {
     uint64_t serial = 0;
     uint64_t refs = 0;    // references, those under way included
     uint32_t under_way = 0;
+    // One reference, none under way: what a hold without an entry has.
+    bool plain() const { return refs == 1 && under_way == 0; }
   };
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, ImportRefs> import_refs_ ABSL_GUARDED_BY(mu_);
   // Takes one reference off `session_id`'s hold on `buffer_id` (`refs`:

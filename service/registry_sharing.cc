@@ -152,7 +152,7 @@ void Registry::SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t ar
   if (r == import_refs_.end() || r->second.serial != arrival) return;
   --r->second.under_way;
   if (delivered) {
-    if (r->second.refs == 1 && r->second.under_way == 0) import_refs_.erase(r);
+    if (r->second.plain()) import_refs_.erase(r);
     return;
   }
   auto h = holdings_.find(session_id);
@@ -167,7 +167,7 @@ void Registry::DropReference(uint64_t session_id, Holding& holding, uint64_t buf
     return;
   }
   --r->second.refs;
-  if (r->second.refs == 1 && r->second.under_way == 0) import_refs_.erase(r);
+  if (r->second.plain()) import_refs_.erase(r);
 }
 
 void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,
@@ -389,7 +389,7 @@ absl::Status Registry::CheckLinksForTesting() const {
     if (h == holdings_.end() || !h->second.buffers.contains(bid)) {
       return bad("session ", sid, " has references on buffer ", bid, ", which it does not hold");
     }
-    if (refs.refs == 0 || (refs.refs == 1 && refs.under_way == 0)) {
+    if (refs.refs == 0 || refs.plain()) {
       return bad("session ", sid, "'s hold on buffer ", bid, " has ", refs.refs,
                  " references with ", refs.under_way, " under way");
     }

@@ -320,15 +320,15 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
     const bool abandoned = abandoned_.erase(reply.request_id()) > 0;
     const bool bad = abandoned || truncated || (reply.has_allocate() && ids.size() != fds.size()) ||
                      (reply.has_import_buffer() && fds.size() != 1);
-    // An import's fd, if any came, closes here when nobody takes it; the
-    // reference the import is on the session's hold goes back (that
-    // import's alone: the session may hold the buffer by others, or an
-    // import in flight may rely on it). A refused import made none.
-    if (bad && reply.has_import_buffer()) {
-      GiveBackReferencesLocked({reply.import_buffer().buffer().id()});
-    }
     if (bad) {
       GiveBack(ids);
+      // An import's fd, if any came, closes here when nobody takes it; the
+      // reference the import is on the session's hold goes back (that
+      // import's alone: the session may hold the buffer by others, or an
+      // import in flight may rely on it). A refused import made none.
+      if (reply.has_import_buffer()) {
+        GiveBackReferencesLocked({reply.import_buffer().buffer().id()});
+      }
       // A grant its caller never learned of (it gave up): nobody has its
       // token, and it would count against the session's grants, and keep
       // the buffer importable, until the session's end.
