@@ -67,6 +67,14 @@ std::string DirectOrRelayed(const ::testing::TestParamInfo<bool>& info) {
   return info.param ? "Relayed" : "Direct";
 }
 
+// For a forked child (syscalls only): uid and gid 65534, or _exit(1) (the
+// parent skips: it cannot switch uids here).
+void ChildBecomeNobody() {
+  if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
+    ::_exit(1);
+  }
+}
+
 // For a forked child (syscalls only): a connection to `addr`, or _exit(2).
 int ChildConnect(const sockaddr_un& addr) {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -80,6 +88,15 @@ int ChildConnect(const sockaddr_un& addr) {
 bool ChildSeesEnd(int fd, int ms) {
   pollfd p{fd, POLLRDHUP, 0};
   return ::poll(&p, 1, ms) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
+}
+
+// For a forked child of a uid just cut: exits 5 if its next connection is
+// admitted at once, 6 if one is refused past `penalty_ms`, else 0.
+[[noreturn]] void ChildExitsByPenalty(const sockaddr_un& addr, int64_t penalty_ms) {
+  if (!ChildSeesEnd(ChildConnect(addr), 10000)) ::_exit(5);
+  ::usleep(penalty_ms * 1000);
+  if (ChildSeesEnd(ChildConnect(addr), 1000)) ::_exit(6);
+  ::_exit(0);
 }
 
 class GrpcListenerTest : public ::testing::TestWithParam<bool> {
@@ -114,12 +131,17 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
     listener_.reset();
   }
 
-  UniqueFd Raw() {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // The control socket's address.
+  sockaddr_un Addr() const {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
-    EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+    return addr;
+  }
+  UniqueFd Raw() {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const sockaddr_un addr = Addr();
+    EXPECT_EQ(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
         << std::strerror(errno);
     return fd;
   }
@@ -242,27 +264,18 @@ TEST_P(GrpcListenerCutTest, AConnectionThatLeavesWhatItIsSentUnreadIsCut) {
   for (uint32_t stream = 1; stream < 2 * 6000; stream += 2) {
     out += EmptyCall("/grpc.health.v1.Health/Check", stream);
   }
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  const sockaddr_un addr = Addr();
   const int64_t penalty_ms = absl::ToInt64Milliseconds(GrpcListener::cut_penalty);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {  // uid 65534, syscalls only
-    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
-      ::_exit(1);
-    }
-    auto connect = [&addr] { return ChildConnect(addr); };
-    const auto ended = ChildSeesEnd;
-    const int raw = connect();  // never read
+    ChildBecomeNobody();
+    const int raw = ChildConnect(addr);  // never read
     if (::send(raw, out.data(), out.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(out.size())) {
       ::_exit(3);
     }
-    if (!ended(raw, 15000)) ::_exit(4);        // not cut
-    if (!ended(connect(), 10000)) ::_exit(5);  // admitted at once after the cut
-    ::usleep(penalty_ms * 1000);
-    if (ended(connect(), 1000)) ::_exit(6);  // refused past the penalty
-    ::_exit(0);
+    if (!ChildSeesEnd(raw, 15000)) ::_exit(4);  // not cut
+    ChildExitsByPenalty(addr, penalty_ms);
   }
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
@@ -285,9 +298,7 @@ TEST_P(GrpcListenerCutTest, CutUidEndsAUidsConnectionsAndRefusesItForAWhile) {
   if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
   ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
   ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  const sockaddr_un addr = Addr();
   int ready[2], go[2];
   ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
   ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
@@ -295,19 +306,12 @@ TEST_P(GrpcListenerCutTest, CutUidEndsAUidsConnectionsAndRefusesItForAWhile) {
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {  // uid 65534, syscalls only
-    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
-      ::_exit(1);
-    }
-    auto connect = [&addr] { return ChildConnect(addr); };
-    const auto ended = ChildSeesEnd;
-    const int a = connect(), b = connect();
+    ChildBecomeNobody();
+    const int a = ChildConnect(addr), b = ChildConnect(addr);
     char c = 0;
     if (::write(ready[1], "r", 1) != 1 || ::read(go[0], &c, 1) != 1) ::_exit(3);
-    if (!ended(a, 10000) || !ended(b, 10000)) ::_exit(4);  // not cut
-    if (!ended(connect(), 10000)) ::_exit(5);              // admitted at once after the cut
-    ::usleep(penalty_ms * 1000);
-    if (ended(connect(), 1000)) ::_exit(6);  // refused past the penalty
-    ::_exit(0);
+    if (!ChildSeesEnd(a, 10000) || !ChildSeesEnd(b, 10000)) ::_exit(4);  // not cut
+    ChildExitsByPenalty(addr, penalty_ms);
   }
   ::close(ready[1]);
   ::close(go[0]);
@@ -351,23 +355,16 @@ TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
   const auto of = [&lines](uid_t uid) {
     return lines.Count(absl::StrCat("uid ", uid, " at the limit"));
   };
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  const sockaddr_un addr = Addr();
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {  // syscalls only
-    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) {
-      ::_exit(1);
-    }
+    ChildBecomeNobody();
     // Each connection is held until the listener ended it (refused), so
     // that this process is alive while each is judged.
     int fds[200];
     for (int& fd : fds) {
-      fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-        ::_exit(2);
-      }
+      fd = ChildConnect(addr);
     }
     for (int fd : fds) {
       pollfd p{fd, POLLIN, 0};
