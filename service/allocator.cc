@@ -119,9 +119,10 @@ Allocator::~Allocator() = default;
 
 // --- Sessions --------------------------------------------------------------
 
-absl::StatusOr<std::shared_ptr<Session>> Allocator::OpenSession(
-    Identity creds, std::shared_ptr<FdChannel> fds) {
-  std::shared_ptr<Session> session = sessions_.Open(creds, std::move(fds));
+absl::StatusOr<std::shared_ptr<Session>> Allocator::OpenSession(Identity creds,
+                                                                std::shared_ptr<FdChannel> fds,
+                                                                SharedFd pidfd) {
+  std::shared_ptr<Session> session = sessions_.Open(creds, std::move(fds), std::move(pidfd));
   registry_.Join(session->id(), creds);
   return session;
 }

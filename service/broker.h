@@ -38,8 +38,8 @@
 #include <sys/stat.h>
 
 #include <atomic>
-#include <memory>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <queue>
 #include <string>
@@ -53,14 +53,15 @@
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
 #include "service/unread_fds.h"
-#include "service/util/foreign_fds.h"
-#include "service/util/time_budget.h"
 #include "service/util/cpu_follower.h"
+#include "service/util/foreign_fds.h"
 #include "service/util/log_limit.h"
+#include "service/util/time_budget.h"
 #include "service/util/unix_listener.h"
 #include "service/util/work_queue.h"
 
@@ -172,7 +173,8 @@ class Broker {
     ucred peer{};
     // Whom per-uid limits charge: ChargedUid (peer_identity.h).
     uid_t charged_uid = 0;
-    UniqueFd pidfd;
+    // Pins the peer; shared with its session (Session::pidfd).
+    SharedFd pidfd;
     std::string exe;
     std::optional<FileId> exe_file;
     std::string challenge;

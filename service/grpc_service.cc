@@ -6,6 +6,7 @@
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/audit.h"
 #include "service/connection_limits.h"
+#include "service/peer_identity.h"
 
 namespace halloc {
 namespace {
@@ -57,14 +58,14 @@ grpc::Status AllocatorService::FinishUnauthenticated(const char* method, grpc::S
   return ToGrpc(status);
 }
 
-absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
-    grpc::ServerContext* ctx) {
+absl::StatusOr<AllocatorService::Caller> AllocatorService::CallerOf(grpc::ServerContext* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find(kSessionMetadataKey);
   absl::string_view token;
   if (it != md.end()) token = absl::string_view(it->second.data(), it->second.size());
   absl::StatusOr<std::shared_ptr<Session>> session = core_->Authenticate(token);
-  if (!session.ok() || peers_ == nullptr) return session;
+  if (!session.ok()) return session.status();
+  if (peers_ == nullptr) return Caller{*std::move(session), std::nullopt};
   // The token is a bearer secret; the connection's uid is the kernel's
   // word: a token that reached another uid (handed on, kept across a
   // setuid, sent to the wrong socket) does not make it the session.
@@ -76,21 +77,35 @@ absl::StatusOr<std::shared_ptr<Session>> AllocatorService::SessionOf(
         "session ", (*session)->id(), " is uid ", uid, "'s; this call came on a connection of uid ",
         peer->uid, " (a session token is good only from its own uid)"));
   }
-  return session;
+  return Caller{*std::move(session), peer};
 }
 
-// Runs `body(session)` for a call that needs a session.
-#define HALLOC_WITH_SESSION(method, body)                                         \
-  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;                \
-  absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);              \
-  if (!session.ok()) return FinishUnauthenticated(method, ctx, session.status()); \
-  return Finish(method, session->get(), [&]() -> absl::Status body())
+Identity AllocatorService::Who(const Caller& caller, bool kept) const {
+  const Session& session = *caller.session;
+  if (!caller.peer) return session.creds();
+  // Judged as a broker request would be from the process that connected
+  // (RequestIdentity): the session's identity, its executable included,
+  // only from the session's own process; any other process of its uid
+  // holding the token, by uid and gid alone.
+  return RequestIdentity(session.creds(), *caller.peer, session.pidfd(),
+                         kept || core_->policy()->matches_exe());
+}
+
+// Runs `body` for a call that needs a session: `session`, and `caller`
+// (who asks: Who(*caller)).
+#define HALLOC_WITH_SESSION(method, body)                                       \
+  if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;              \
+  absl::StatusOr<Caller> caller = CallerOf(ctx);                                \
+  if (!caller.ok()) return FinishUnauthenticated(method, ctx, caller.status()); \
+  Session& session = *caller->session;                                          \
+  return Finish(method, &session, [&]() -> absl::Status body())
 
 grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
                                         const v1::AllocateRequest* req,
                                         v1::AllocateResponse* resp) {
   HALLOC_WITH_SESSION("Allocate", {
-    absl::StatusOr<v1::AllocateResponse> r = core_->Allocate(**session, *req);
+    absl::StatusOr<v1::AllocateResponse> r =
+        core_->Allocate(session, Who(*caller), *req, session.fds());
     if (!r.ok()) return r.status();
     // A caller whose deadline passed while we allocated would never learn
     // the ids: give the buffers back now rather than hold them until its
@@ -101,7 +116,7 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
     if (PastDeadline(ctx)) {
       v1::ReleaseRequest undo;
       for (const v1::BufferInfo& b : r->buffers()) undo.add_buffer_ids(b.id());
-      (void)core_->Release(**session, undo);
+      (void)core_->Release(session, undo);
       return absl::CancelledError("the call was cancelled or its deadline passed; "
                                   "the buffers were released");
     }
@@ -113,7 +128,7 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
 grpc::Status AllocatorService::Release(grpc::ServerContext* ctx,
                                        const v1::ReleaseRequest* req,
                                        v1::ReleaseResponse*) {
-  HALLOC_WITH_SESSION("Release", { return core_->Release(**session, *req); });
+  HALLOC_WITH_SESSION("Release", { return core_->Release(session, *req); });
 }
 
 grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
@@ -148,7 +163,7 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
     if (!last) {
       return absl::CancelledError("the stream ended before its last request: nothing released");
     }
-    return core_->Release(**session, all);
+    return core_->Release(session, all);
   });
 }
 
@@ -156,7 +171,7 @@ grpc::Status AllocatorService::Describe(grpc::ServerContext* ctx,
                                         const v1::DescribeRequest* req,
                                         v1::DescribeResponse* resp) {
   HALLOC_WITH_SESSION("Describe", {
-    absl::StatusOr<v1::BufferInfo> r = core_->Describe(**session, req->buffer_id());
+    absl::StatusOr<v1::BufferInfo> r = core_->Describe(session, req->buffer_id());
     if (!r.ok()) return r.status();
     *resp->mutable_buffer() = std::move(*r);
     return absl::OkStatus();
@@ -167,7 +182,7 @@ grpc::Status AllocatorService::List(grpc::ServerContext* ctx,
                                     const v1::ListRequest* req,
                                     v1::ListResponse* resp) {
   HALLOC_WITH_SESSION("List", {
-    absl::StatusOr<v1::ListResponse> r = core_->List(**session, *req);
+    absl::StatusOr<v1::ListResponse> r = core_->List(session, *req);
     if (!r.ok()) return r.status();
     *resp = std::move(*r);
     return absl::OkStatus();
@@ -195,19 +210,24 @@ grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
   // The caller's policy applies when it has a session; a bad token is not
   // silently ignored.
   const bool has_token = ctx->client_metadata().count(kSessionMetadataKey) > 0;
-  absl::StatusOr<std::shared_ptr<Session>> session = SessionOf(ctx);
+  absl::StatusOr<Caller> caller = CallerOf(ctx);
   // (Refusals audited per uid of the connection, as for every method.)
-  if (has_token && !session.ok()) {
-    return FinishUnauthenticated("IsSupported", ctx, session.status());
+  if (has_token && !caller.ok()) {
+    return FinishUnauthenticated("IsSupported", ctx, caller.status());
   }
-  *resp = core_->IsSupported(*req, session.ok() ? &(*session)->creds() : nullptr);
+  if (!caller.ok()) {
+    *resp = core_->IsSupported(*req, nullptr);
+  } else {
+    const Identity who = Who(*caller);
+    *resp = core_->IsSupported(*req, &who);
+  }
   return grpc::Status::OK;
 }
 
 grpc::Status AllocatorService::Dump(grpc::ServerContext* ctx, const v1::DumpRequest* req,
                                     v1::DumpResponse* resp) {
   HALLOC_WITH_SESSION("Dump", {
-    absl::StatusOr<v1::DumpResponse> r = core_->Dump(**session, *req);
+    absl::StatusOr<v1::DumpResponse> r = core_->Dump(session, *req);
     if (!r.ok()) return r.status();
     *resp = std::move(*r);
     return absl::OkStatus();
@@ -218,14 +238,14 @@ grpc::Status AllocatorService::Share(grpc::ServerContext* ctx,
                                      const v1::ShareRequest* req,
                                      v1::ShareResponse* resp) {
   HALLOC_WITH_SESSION("Share", {
-    absl::StatusOr<v1::Grant> r = core_->Share(**session, *req);
+    absl::StatusOr<v1::Grant> r = core_->Share(session, Who(*caller, /*kept=*/true), *req);
     if (!r.ok()) return r.status();
     // A caller past its deadline never learns the grant: nobody could hand
     // it on or revoke it, and it would count against the buffer's grants
     // until the session ends. Withdrawn, as libhalloc withdraws a late
     // broker grant.
     if (PastDeadline(ctx)) {
-      (void)core_->Revoke(**session, r->id());
+      (void)core_->Revoke(session, Who(*caller), r->id());
       return absl::CancelledError(
           "the call was cancelled or its deadline passed; the grant was withdrawn");
     }
@@ -238,8 +258,9 @@ grpc::Status AllocatorService::Import(grpc::ServerContext* ctx,
                                       const v1::ImportRequest* req,
                                       v1::ImportResponse* resp) {
   HALLOC_WITH_SESSION("Import", {
-    absl::StatusOr<v1::ImportResponse> r = core_->Import(
-        **session, req->grant_token(), req->call_id(), [&] { return PastDeadline(ctx); });
+    absl::StatusOr<v1::ImportResponse> r =
+        core_->Import(session, Who(*caller), req->grant_token(), req->call_id(), session.fds(),
+                      [&] { return PastDeadline(ctx); });
     if (!r.ok()) return r.status();
     *resp = *std::move(r);  // newly_held too: a client whose fd was cut gives that hold back
     return absl::OkStatus();
@@ -250,7 +271,7 @@ grpc::Status AllocatorService::SetMetadata(grpc::ServerContext* ctx,
                                            const v1::SetMetadataRequest* req,
                                            v1::SetMetadataResponse* resp) {
   HALLOC_WITH_SESSION("SetMetadata", {
-    absl::StatusOr<v1::BufferInfo> r = core_->SetMetadata(**session, *req);
+    absl::StatusOr<v1::BufferInfo> r = core_->SetMetadata(session, Who(*caller), *req);
     if (!r.ok()) return r.status();
     *resp->mutable_buffer() = std::move(*r);
     return absl::OkStatus();
@@ -260,7 +281,7 @@ grpc::Status AllocatorService::SetMetadata(grpc::ServerContext* ctx,
 grpc::Status AllocatorService::Revoke(grpc::ServerContext* ctx,
                                       const v1::RevokeRequest* req,
                                       v1::RevokeResponse*) {
-  HALLOC_WITH_SESSION("Revoke", { return core_->Revoke(**session, req->grant_id()); });
+  HALLOC_WITH_SESSION("Revoke", { return core_->Revoke(session, Who(*caller), req->grant_id()); });
 }
 
 }  // namespace halloc

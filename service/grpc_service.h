@@ -76,7 +76,24 @@ class AllocatorService final : public v1::Allocator::Service {
                       v1::RevokeResponse* resp) override;
 
  private:
-  absl::StatusOr<std::shared_ptr<Session>> SessionOf(grpc::ServerContext* ctx);
+  // A call's session (found by its token, on a connection of the session's
+  // uid), and the peer of the control connection it came on (nullopt
+  // without ControlPeers: an in-process server).
+  struct Caller {
+    std::shared_ptr<Session> session;
+    std::optional<ucred> peer;
+  };
+  absl::StatusOr<Caller> CallerOf(grpc::ServerContext* ctx);
+  // Who the policy judges for a call (`kept`: the identity is stored, as a
+  // grant's sharer): the session's identity, its verified executable
+  // included, only when the control connection was made by the session's
+  // own process, still running that executable (RequestIdentity, as the
+  // broker judges each request); otherwise the connection's uid and gid.
+  // (gRPC cannot tell which process sends a call, only which connected:
+  // a fork of the session's process using an inherited channel is judged
+  // as the session while the session's process runs.) Without ControlPeers:
+  // the session's identity.
+  Identity Who(const Caller& caller, bool kept = false) const;
   // Finish() for a call refused before its session was known: its audit
   // line is limited under its connection's uid (ControlPeers), not one
   // budget shared by every such caller, which one user's flood took.

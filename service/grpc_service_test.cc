@@ -7,14 +7,20 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/server_posix.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
+#include "service/peer_identity.h"
 #include "service/util/log_lines_testing.h"
 
 namespace halloc {
@@ -560,11 +566,13 @@ class GrpcAuditTest : public ::testing::Test {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   }
 
-  std::unique_ptr<v1::Allocator::Stub> Connect(uid_t uid) {
+  // A control connection made, as GrpcListener would note it, by process
+  // `pid` of `uid` (gid: the same number).
+  std::unique_ptr<v1::Allocator::Stub> Connect(uid_t uid, pid_t pid = ::getpid()) {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
     ucred cred{};
-    cred.pid = ::getpid();
+    cred.pid = pid;
     cred.uid = uid;
     cred.gid = uid;
     peers_->Set(sv[0], cred, uid);
@@ -631,6 +639,72 @@ TEST_F(GrpcAuditTest, IsSupportedRefusalsAreLimitedPerUidToo) {
       << "uid 1002's IsSupported refusal was dropped: uid 1001 took the shared budget";
   EXPECT_EQ(audit.Count(absl::StrCat("for uid 1002 pid ", ::getpid(), " ")), 1)
       << "the line does not say who (\"unauthenticated caller\")";
+}
+
+// A session's token speaks for its verified executable only on a control
+// connection its own process made, as a broker request does only from it:
+// another process of the session's uid holding the token (handed on, or
+// read from the session's process) is judged by uid and gid alone. Before,
+// any process of that uid with the token got the rules that match the
+// session's executable, which the broker denies it.
+TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnProcess) {
+  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
+      absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
+                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE "
+                   "share_to: \"*\" }\n"
+                   "clients { name: \"others\" match { any: true } }\n"),
+      "grpc_service_test");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  core_.SetPolicy(*policy);
+  // A session verified as this executable, its process pinned as the
+  // broker pins it.
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+  if (!pidfd) GTEST_SKIP() << "no pidfd_open here: " << std::strerror(errno);
+  const ExeSample exe = SampleExe(pidfd.get(), ::getpid());
+  ASSERT_TRUE(exe.file.has_value()) << "this process's executable was not vouched for";
+  Identity verified{::getuid(), ::getuid(), ::getpid(), exe.path, exe.file};
+  std::shared_ptr<Session> session =
+      *core_.OpenSession(verified, std::make_shared<FakeChannel>(), SharedFd(std::move(pidfd)));
+  // A pid that is not this process's (nor, being past pid_max, anyone's).
+  const pid_t another = (1 << 22) + 1;
+
+  v1::AllocateRequest alloc;
+  alloc.mutable_desc()->set_size(4096);
+  v1::ShareRequest share;
+  share.mutable_peer()->set_uid(::getuid());
+  v1::IsSupportedRequest ask;
+  *ask.mutable_desc() = alloc.desc();
+  const auto with_token = [&] {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->AddMetadata(kSessionMetadataKey, session->token());
+    return ctx;
+  };
+
+  auto own = Connect(::getuid());
+  v1::AllocateResponse mine;
+  grpc::Status s = own->Allocate(with_token().get(), alloc, &mine);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  share.set_buffer_id(mine.buffers(0).id());
+  v1::ShareResponse grant;
+  s = own->Share(with_token().get(), share, &grant);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  v1::IsSupportedResponse yes;
+  ASSERT_TRUE(own->IsSupported(with_token().get(), ask, &yes).ok());
+  EXPECT_TRUE(yes.supported()) << yes.reason();
+
+  auto other = Connect(::getuid(), another);
+  v1::AllocateResponse theirs;
+  s = other->Allocate(with_token().get(), alloc, &theirs);
+  EXPECT_EQ(s.error_code(), grpc::PERMISSION_DENIED) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "others")) << s.error_message();
+  s = other->Share(with_token().get(), share, &grant);
+  EXPECT_EQ(s.error_code(), grpc::PERMISSION_DENIED) << s.error_message();
+  v1::IsSupportedResponse no;
+  ASSERT_TRUE(other->IsSupported(with_token().get(), ask, &no).ok());
+  EXPECT_FALSE(no.supported());
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u) << "only the session's own process allocated";
+  EXPECT_EQ(core_.Stats().grants(), 1u) << "only the session's own process shared";
 }
 
 }  // namespace

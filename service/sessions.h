@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "clients/cpp/halloc/base/shared_fd.h"
 #include "service/fd_channel.h"
 #include "service/policy/policy.h"
 
@@ -27,27 +28,38 @@ namespace halloc {
 
 class Session {
  public:
-  Session(uint64_t id, std::string token, Identity creds,
-          std::shared_ptr<FdChannel> fds)
-      : id_(id), token_(std::move(token)), creds_(std::move(creds)),
-        fds_(std::move(fds)) {}
+  Session(uint64_t id, std::string token, Identity creds, std::shared_ptr<FdChannel> fds,
+          SharedFd pidfd = SharedFd())
+      : id_(id),
+        token_(std::move(token)),
+        creds_(std::move(creds)),
+        fds_(std::move(fds)),
+        pidfd_(std::move(pidfd)) {}
   uint64_t id() const { return id_; }
   const std::string& token() const { return token_; }
   const Identity& creds() const { return creds_; }
   // Where fds for this session's gRPC calls go (its broker connection).
   FdChannel& fds() const { return *fds_; }
+  // A pidfd pinning the process that opened the session (creds().pid), so
+  // that a call on another transport can tell whether that pid is still
+  // that process (RequestIdentity); -1 when none was given (then a call
+  // from that pid with a verified executable is judged by uid and gid).
+  int pidfd() const { return pidfd_.get(); }
 
  private:
   const uint64_t id_;
   const std::string token_;
   const Identity creds_;
   const std::shared_ptr<FdChannel> fds_;
+  const SharedFd pidfd_;
 };
 
 class SessionTable {
  public:
   // A new session with a fresh 128-bit token. Ids are never reused.
-  std::shared_ptr<Session> Open(Identity creds, std::shared_ptr<FdChannel> fds);
+  // `pidfd`: see Session::pidfd().
+  std::shared_ptr<Session> Open(Identity creds, std::shared_ptr<FdChannel> fds,
+                                SharedFd pidfd = SharedFd());
   // Forgets the session (its token stops working at once); nullptr when
   // there was none. Calls already holding the Session keep their reference.
   std::shared_ptr<Session> Close(uint64_t id);
