@@ -9,6 +9,7 @@
 #include "clients/camera/formats.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
+#include "service/layout/format.h"
 
 namespace halloc::camera {
 
@@ -88,6 +89,50 @@ absl::Status CheckFrameLayout(const v1::BufferLayout& layout, const v1::BufferDe
                               " bytes, stride ", p.stride(), ") outside its ", layout.size(),
                               " bytes"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLayout& layout,
+                                 absl::string_view device) {
+  const std::string what = absl::StrFormat("%s %ux%u on %s", FourccString(driver.v4l2_format),
+                                           driver.width, driver.height, device);
+  // The DRM format's planes, all in the driver's one memory plane.
+  absl::StatusOr<uint32_t> drm = DrmFromV4l2(driver.v4l2_format);
+  const format::FormatInfo* info = drm.ok() ? format::Find(*drm) : nullptr;
+  if (info == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(what, ": not a camera format"));
+  }
+  if (layout.planes_size() != info->num_planes) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s: the driver writes %d plane(s), hallocd's layout has %d", what,
+                        info->num_planes, layout.planes_size()));
+  }
+  if (info->num_planes > 2) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": a format of more than two planes in one memory plane"));
+  }
+  for (const v1::PlaneLayout& plane : layout.planes()) {
+    if (plane.stride() != driver.bytesperline) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: the driver's bytesperline %u differs from hallocd's stride %u", what,
+                          driver.bytesperline, plane.stride()));
+    }
+  }
+  // One memory plane: the frame from byte 0, the chroma plane right after
+  // the luma rows.
+  const uint64_t expected[] = {0, uint64_t{driver.bytesperline} * driver.height};
+  for (int i = 0; i < layout.planes_size(); ++i) {
+    if (layout.planes(i).offset() != expected[i]) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("%s: the driver puts plane %d at byte %u, hallocd at %u", what, i,
+                          expected[i], layout.planes(i).offset()));
+    }
+  }
+  if (driver.sizeimage > layout.size()) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s: the driver's sizeimage %u is larger than hallocd's %u bytes", what,
+                        driver.sizeimage, layout.size()));
   }
   return absl::OkStatus();
 }

@@ -128,8 +128,9 @@ class Camera {
   // caller does not hold it.
   virtual absl::Status Requeue(uint32_t index) = 0;
   // Frames the source marked corrupt (V4L2_BUF_FLAG_ERROR: a recoverable
-  // streaming error) that Next passed over: their buffers went straight
-  // back to the source, never to the caller.
+  // streaming error) or delivered short (bytesused under the negotiated
+  // sizeimage: a transfer cut off) that Next passed over: their buffers
+  // went straight back to the source, never to the caller.
   virtual uint64_t skipped_error_frames() const { return 0; }
 
   // Grants a consumer access to `frame`'s buffer (hallocd's Share): to the
@@ -165,6 +166,17 @@ inline constexpr double kMaxFps = 1000;
 // and has every plane within its own size.
 absl::Status CheckFrameLayout(const v1::BufferLayout& layout, const v1::BufferDescriptor& desc,
                               uint64_t buffer_size = UINT64_MAX);
+
+// Whether a V4L2 driver that negotiated `driver` (its format, bytesperline
+// and sizeimage; one memory plane) writes each frame where hallocd's
+// `layout` says consumers read it: every plane at the driver's stride, the
+// format's number of planes, the first at byte 0 (a driver writes from the
+// start of the buffer; a multi-planar driver's data_offset is refused as
+// each frame comes), the second right after the first's rows, and the
+// whole frame within the layout. FAILED_PRECONDITION naming both sides
+// (`device` says where) when not.
+absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLayout& layout,
+                                 absl::string_view device);
 
 // The descriptor a camera asks hallocd for: an image of `options.format`,
 // width x height, usage camera_output | options.usage | extra_usage.

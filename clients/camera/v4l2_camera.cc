@@ -286,7 +286,7 @@ class V4l2Camera : public Camera {
           "%s keeps changing the frame size (asked %ux%u, got %ux%u)", Describe(),
           layout.width(), layout.height(), format_.width, format_.height));
     }
-    return Reconcile(layout);
+    return ReconcileWithDriver(format_, layout, Describe());
   }
 
   // Asks for `fps` where the driver can set its frame interval; records
@@ -304,36 +304,6 @@ class V4l2Camera : public Camera {
     if (tpf->numerator != 0 && tpf->denominator != 0) {
       format_.fps = static_cast<double>(tpf->denominator) / tpf->numerator;
     }
-  }
-
-  // FAILED_PRECONDITION naming both sides unless the driver's row pitch,
-  // plane placement and frame size fit hallocd's layout.
-  absl::Status Reconcile(const v1::BufferLayout& layout) const {
-    const std::string what = absl::StrFormat(
-        "%s %ux%u on %s", FourccString(format_.v4l2_format), format_.width,
-        format_.height, Describe());
-    for (const v1::PlaneLayout& plane : layout.planes()) {
-      if (plane.stride() != format_.bytesperline) {
-        return absl::FailedPreconditionError(absl::StrFormat(
-            "%s: the driver's bytesperline %u differs from hallocd's stride %u",
-            what, format_.bytesperline, plane.stride()));
-      }
-    }
-    if (layout.planes_size() > 1) {
-      // One memory plane: the chroma plane follows the luma rows directly.
-      const uint64_t expected = uint64_t{format_.bytesperline} * format_.height;
-      if (layout.planes(1).offset() != expected) {
-        return absl::FailedPreconditionError(absl::StrFormat(
-            "%s: the driver puts the second plane at byte %u, hallocd at %u",
-            what, expected, layout.planes(1).offset()));
-      }
-    }
-    if (format_.sizeimage > layout.size()) {
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "%s: the driver's sizeimage %u is larger than hallocd's %u bytes",
-          what, format_.sizeimage, layout.size()));
-    }
-    return absl::OkStatus();
   }
 
   absl::Status RequestBuffers(const CameraOptions& options) {
@@ -356,7 +326,7 @@ class V4l2Camera : public Camera {
         FrameDescriptor(options, format_.width, format_.height), req.count));
     // Laid out as IsSupported said for options.buffer_count, which the
     // driver may have raised (AllocateBuffers: all alike), and dma-bufs.
-    RETURN_IF_ERROR(Reconcile(buffers_[0].layout()));
+    RETURN_IF_ERROR(ReconcileWithDriver(format_, buffers_[0].layout(), Describe()));
     for (const Buffer& b : buffers_) {
       if (!b.is_dmabuf()) {
         return absl::FailedPreconditionError(
@@ -428,10 +398,13 @@ class V4l2Camera : public Camera {
                        "-byte header before each frame (data_offset), "
                        "which hallocd's layout does not describe"));
     }
-    if (b.flags & V4L2_BUF_FLAG_ERROR) {
-      // The data may be corrupt, the buffer is fine: straight back to the
-      // driver, and nothing for the caller yet (a display would drop what
-      // libcamera calls a FrameError anyway).
+    const uint32_t bytesused = mplane() ? plane.bytesused : b.bytesused;
+    // The data may be corrupt (flagged), or end early (a transfer cut off,
+    // as uvcvideo hands out: the last rows are an older frame's, for these
+    // uncompressed formats); the buffer is fine: straight back to the
+    // driver, and nothing for the caller yet (a display would drop what
+    // libcamera calls a FrameError anyway).
+    if ((b.flags & V4L2_BUF_FLAG_ERROR) || bytesused < format_.sizeimage) {
       ++skipped_error_frames_;
       slots_[b.index] = Slot::kIdle;
       RETURN_IF_ERROR(QueueLocked(b.index));
@@ -450,7 +423,7 @@ class V4l2Camera : public Camera {
       ::clock_gettime(CLOCK_MONOTONIC, &now);
       frame.timestamp = absl::DurationFromTimespec(now);
     }
-    frame.bytesused = mplane() ? plane.bytesused : b.bytesused;
+    frame.bytesused = bytesused;
     frame.buffer = &buffers_[b.index];
     return frame;
   }
