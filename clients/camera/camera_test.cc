@@ -4,6 +4,7 @@
 #include "clients/camera/camera.h"
 
 #include <drm_fourcc.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -177,7 +178,11 @@ TEST_F(CameraTest, PacedAtFps) {
   absl::Duration first, last;
   for (int i = 0; i < 11; ++i) {
     absl::StatusOr<Frame> f = (*cam)->Next();
+    timespec now = {};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
     ASSERT_TRUE(f.ok()) << f.status();
+    // Handed out no earlier than it was due, on the clock it is stamped by.
+    EXPECT_LE(f->timestamp, absl::DurationFromTimespec(now)) << "frame " << i;
     (i == 0 ? first : last) = f->timestamp;
     ASSERT_TRUE((*cam)->Requeue(f->index).ok());
   }

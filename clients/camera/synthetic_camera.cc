@@ -55,7 +55,6 @@ class SyntheticCamera : public Camera {
   absl::Status Start() override {
     absl::MutexLock lock(&mu_);
     streaming_ = true;
-    start_ = absl::Now();
     start_monotonic_ = Monotonic();
     started_sequence_ = sequence_;
     return absl::OkStatus();
@@ -69,8 +68,7 @@ class SyntheticCamera : public Camera {
 
   absl::StatusOr<Frame> Next(absl::Duration timeout) override {
     Frame frame;
-    absl::Time due;
-    absl::Duration due_monotonic;
+    absl::Duration due;
     absl::Duration wait;
     {
       absl::MutexLock lock(&mu_);
@@ -83,8 +81,10 @@ class SyntheticCamera : public Camera {
             "all ", n, " buffers are held by the caller: Requeue one"));
       }
       const absl::Duration offset = period_ * static_cast<int64_t>(sequence_ - started_sequence_);
-      due = start_ + offset;
-      wait = due - absl::Now();
+      // Paced on CLOCK_MONOTONIC, as its stamps are: a step of the wall
+      // clock (NTP, settimeofday) neither stalls nor bursts the frames.
+      due = start_monotonic_ + offset;
+      wait = due - Monotonic();
       // Not due within the timeout: nothing is taken (the frame keeps its
       // slot and its sequence for a later call, as a V4L2 camera's next
       // frame does when a DQBUF poll times out).
@@ -93,7 +93,6 @@ class SyntheticCamera : public Camera {
         next_ = (frame.index + 1) % n;
         held_[frame.index] = true;
         frame.sequence = sequence_++;
-        due_monotonic = start_monotonic_ + offset;
       }
     }
     if (wait > timeout) {
@@ -110,7 +109,7 @@ class SyntheticCamera : public Camera {
     }
     // Paced: the frame's slot on the schedule (a sensor's capture instant,
     // not when drawing ended), so timestamps are exactly a period apart.
-    frame.timestamp = period_ > absl::ZeroDuration() ? due_monotonic : Monotonic();
+    frame.timestamp = period_ > absl::ZeroDuration() ? due : Monotonic();
     frame.bytesused = format_.sizeimage;
     frame.buffer = &buffer;
     return frame;
@@ -144,7 +143,6 @@ class SyntheticCamera : public Camera {
   uint32_t next_ ABSL_GUARDED_BY(mu_) = 0;       // where to look first
   uint32_t sequence_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t started_sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time start_ ABSL_GUARDED_BY(mu_);
   absl::Duration start_monotonic_ ABSL_GUARDED_BY(mu_);
 };
 
