@@ -33,11 +33,11 @@ class DmabufTest : public halloc::testing::HallocTest {
  protected:
   void SetUp() override {
     HallocTest::SetUp();
-    absl::StatusOr<std::unique_ptr<FakeCompositor>> c = FakeCompositor::Start(
-        {{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_LINEAR},
-         {DRM_FORMAT_NV12, DRM_FORMAT_MOD_LINEAR},
-         {DRM_FORMAT_YUYV, DRM_FORMAT_MOD_LINEAR}},
-        /*refuse_format=*/DRM_FORMAT_YUYV);
+    absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
+        FakeCompositor::Start({.formats = {{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_LINEAR},
+                                           {DRM_FORMAT_NV12, DRM_FORMAT_MOD_LINEAR},
+                                           {DRM_FORMAT_YUYV, DRM_FORMAT_MOD_LINEAR}},
+                               .refuse_format = DRM_FORMAT_YUYV});
     ASSERT_TRUE(c.ok()) << c.status();
     compositor_ = *std::move(c);
     absl::StatusOr<std::unique_ptr<Display>> d =
@@ -110,8 +110,8 @@ class OwnCompositorTest : public ::testing::Test {
     absl::StatusOr<Client> client = daemon_->Connect();
     ASSERT_TRUE(client.ok()) << client.status();
     client_.emplace(*std::move(client));
-    absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
-        FakeCompositor::Start({{DRM_FORMAT_XRGB8888, modifier}}, 0, answer_delay);
+    absl::StatusOr<std::unique_ptr<FakeCompositor>> c = FakeCompositor::Start(
+        {.formats = {{DRM_FORMAT_XRGB8888, modifier}}, .answer_delay = answer_delay});
     ASSERT_TRUE(c.ok()) << c.status();
     compositor_ = *std::move(c);
     absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect(compositor_->socket());

@@ -7,6 +7,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -17,15 +19,21 @@
 
 namespace halloc::wayland::testing {
 
+// wl_display's client_created listener, with the state it counts in.
+struct ClientCreatedListener {
+  wl_listener listener;
+  FakeCompositor::State* state;
+};
+
 struct FakeCompositor::State {
   wl_display* display = nullptr;
   std::thread thread;
-  std::vector<std::pair<uint32_t, uint64_t>> formats;
-  uint32_t refuse_format = 0;
-  absl::Duration answer_delay;
+  Options options;
+  ClientCreatedListener client_created;
   mutable absl::Mutex mu;
   std::vector<DmabufRequest> requests ABSL_GUARDED_BY(mu);
   int live_buffers ABSL_GUARDED_BY(mu) = 0;
+  int shm_pools ABSL_GUARDED_BY(mu) = 0;
 };
 
 namespace {
@@ -48,17 +56,37 @@ void ParamsAdd(wl_client*, wl_resource* r, int32_t fd, uint32_t plane,
   struct stat st = {};
   fstat(fd, &st);
   static_cast<Params*>(wl_resource_get_user_data(r))
-      ->planes.push_back({plane, offset, stride,
-                          (static_cast<uint64_t>(hi) << 32) | lo, st.st_ino});
+      ->planes.push_back({plane, offset, stride, (static_cast<uint64_t>(hi) << 32) | lo, st.st_ino,
+                          lseek(fd, 0, SEEK_END)});
+}
+
+// Why weston 10 or wlroots would end the connection for a create of
+// `planes` `height` rows high (out_of_bounds), or nullptr: the union of
+// their rules (fake_compositor.h).
+const char* OutOfBounds(const std::vector<DmabufPlane>& planes, int32_t height) {
+  for (const DmabufPlane& p : planes) {
+    const uint64_t row_end = uint64_t{p.offset} + p.stride;
+    const uint64_t image_end =
+        uint64_t{p.offset} + uint64_t{p.stride} * static_cast<uint64_t>(std::max(height, 0));
+    if (row_end > UINT32_MAX || image_end > UINT32_MAX) return "size overflow";
+    if (p.fd_size < 0) continue;  // they skip what lseek does not tell
+    const uint64_t size = static_cast<uint64_t>(p.fd_size);
+    if (p.offset >= size) return "invalid offset";
+    if (p.stride == 0 || row_end > size) return "invalid stride";
+    if (p.index == 0 && image_end > size) return "invalid buffer stride or height";
+  }
+  return nullptr;
 }
 
 void ParamsCreate(wl_client* client, wl_resource* r, int32_t width,
                   int32_t height, uint32_t format, uint32_t) {
   auto* p = static_cast<Params*>(wl_resource_get_user_data(r));
   State* state = p->state;
-  absl::SleepFor(state->answer_delay);
+  absl::SleepFor(state->options.answer_delay);
   DmabufRequest req{width, height, format, p->planes, false};
-  if (format == state->refuse_format) {
+  if (const char* why = OutOfBounds(p->planes, height)) {
+    wl_resource_post_error(r, ZWP_LINUX_BUFFER_PARAMS_V1_ERROR_OUT_OF_BOUNDS, "%s", why);
+  } else if (format == state->options.refuse_format) {
     zwp_linux_buffer_params_v1_send_failed(r);
   } else {
     wl_resource* buffer = wl_resource_create(client, &wl_buffer_interface, 1, 0);
@@ -110,23 +138,51 @@ void BindDmabuf(wl_client* client, void* data, uint32_t version, uint32_t id) {
   wl_resource* r =
       wl_resource_create(client, &zwp_linux_dmabuf_v1_interface, version, id);
   wl_resource_set_implementation(r, &kDmabufImpl, state, nullptr);
-  for (const auto& [fourcc, modifier] : state->formats) {
+  for (const auto& [fourcc, modifier] : state->options.formats) {
     zwp_linux_dmabuf_v1_send_format(r, fourcc);
     zwp_linux_dmabuf_v1_send_modifier(r, fourcc, modifier >> 32,
                                       modifier & 0xffffffff);
   }
 }
 
+// Counts one client's wl_shm pools (libwayland-server's wl_shm has no
+// hook of its own); freed with the client.
+struct ClientWatch {
+  wl_listener resource_created;
+  wl_listener destroyed;
+  State* state;
+};
+
+void ResourceCreated(wl_listener* l, void* data) {
+  ClientWatch* w = wl_container_of(l, w, resource_created);
+  if (strcmp(wl_resource_get_class(static_cast<wl_resource*>(data)), "wl_shm_pool") != 0) return;
+  absl::MutexLock lock(&w->state->mu);
+  ++w->state->shm_pools;
+}
+
+void ClientDestroyed(wl_listener* l, void*) {
+  ClientWatch* w = wl_container_of(l, w, destroyed);
+  wl_list_remove(&w->resource_created.link);
+  wl_list_remove(&w->destroyed.link);
+  delete w;
+}
+
+void ClientCreated(wl_listener* l, void* data) {
+  auto* client = static_cast<wl_client*>(data);
+  ClientCreatedListener* created = wl_container_of(l, created, listener);
+  auto* w = new ClientWatch{{}, {}, created->state};
+  w->resource_created.notify = ResourceCreated;
+  w->destroyed.notify = ClientDestroyed;
+  wl_client_add_resource_created_listener(client, &w->resource_created);
+  wl_client_add_destroy_listener(client, &w->destroyed);
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<FakeCompositor>> FakeCompositor::Start(
-    std::vector<std::pair<uint32_t, uint64_t>> formats, uint32_t refuse_format,
-    absl::Duration answer_delay) {
+absl::StatusOr<std::unique_ptr<FakeCompositor>> FakeCompositor::Start(Options options) {
   std::unique_ptr<FakeCompositor> c(new FakeCompositor());
   c->state_ = std::make_unique<State>();
-  c->state_->formats = std::move(formats);
-  c->state_->refuse_format = refuse_format;
-  c->state_->answer_delay = answer_delay;
+  c->state_->options = std::move(options);
   char dir[] = "/tmp/halloc-fake-wl-XXXXXX";
   if (!mkdtemp(dir)) return ErrnoStatus(errno, "mkdtemp");
   c->dir_ = dir;
@@ -146,9 +202,19 @@ absl::StatusOr<std::unique_ptr<FakeCompositor>> FakeCompositor::Start(
     return absl::InternalError("wl_display_add_socket_fd");
   }
   (void)sock.release();  // the display owns it now
-  wl_global_create(c->state_->display, &zwp_linux_dmabuf_v1_interface, 3,
-                   c->state_.get(), BindDmabuf);
   State* state = c->state_.get();
+  wl_global_create(state->display, &zwp_linux_dmabuf_v1_interface, 3, state, BindDmabuf);
+  if (!state->options.shm_formats.empty()) {
+    if (wl_display_init_shm(state->display) != 0) return absl::InternalError("wl_display_init_shm");
+    for (uint32_t format : state->options.shm_formats) {
+      if (!wl_display_add_shm_format(state->display, format)) {
+        return absl::InternalError("wl_display_add_shm_format");
+      }
+    }
+  }
+  state->client_created = {{}, state};
+  state->client_created.listener.notify = ClientCreated;
+  wl_display_add_client_created_listener(state->display, &state->client_created.listener);
   state->thread = std::thread([state] { wl_display_run(state->display); });
   return c;
 }
@@ -172,6 +238,11 @@ std::vector<DmabufRequest> FakeCompositor::requests() const {
 int FakeCompositor::live_buffers() const {
   absl::MutexLock lock(&state_->mu);
   return state_->live_buffers;
+}
+
+int FakeCompositor::shm_pools() const {
+  absl::MutexLock lock(&state_->mu);
+  return state_->shm_pools;
 }
 
 }  // namespace halloc::wayland::testing
