@@ -4,19 +4,24 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/numeric/int128.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "linux-dmabuf-unstable-v1-client-protocol.h"
+#include "service/layout/format.h"
 
 namespace halloc::wayland {
 namespace {
@@ -53,6 +58,76 @@ absl::Status CheckImage(const Buffer& buffer) {
     }
   }
   return absl::OkStatus();
+}
+
+// The bytes behind `fd` as the kernel tells them (what a compositor finds):
+// a regular file's (a memfd's) size, else where lseek puts its end (a
+// dma-buf's size), else nullopt (a kernel that does not seek dma-bufs).
+std::optional<uint64_t> FdSize(int fd) {
+  struct stat st = {};
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
+  const off_t end = lseek(fd, 0, SEEK_END);
+  if (end < 0) return std::nullopt;
+  return static_cast<uint64_t>(end);
+}
+
+// The rows plane `i` of `l` has: the image's height over the format's
+// vertical subsampling (the format's, not the layout's word: a compositor
+// goes by the format), rounded up as hallocd counts them (a compositor
+// rounding down reads no more). A format halloc does not know, or a plane
+// past its table, counts every row of the image.
+uint64_t PlaneRows(const v1::BufferLayout& l, int i) {
+  const format::FormatInfo* f = format::Find(l.format());
+  const uint64_t v_sub = f && i < f->num_planes ? std::max<uint64_t>(f->planes[i].v_sub, 1) : 1;
+  return (uint64_t{l.height()} + v_sub - 1) / v_sub;
+}
+
+// OK when the layout `l` of buffer `id` lies within `size` bytes (those of
+// `what`, for the message): its own size, and every plane's offset plus its
+// stride times its rows (PlaneRows). INVALID_ARGUMENT naming what does not.
+absl::Status CheckPlanesFit(uint64_t id, const v1::BufferLayout& l, uint64_t size,
+                            absl::string_view what) {
+  if (l.size() > size) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "buffer %d: its layout takes %d bytes, more than the %d of %s", id, l.size(), size, what));
+  }
+  for (int i = 0; i < l.planes_size(); ++i) {
+    const v1::PlaneLayout& p = l.planes(i);
+    const uint64_t rows = PlaneRows(l, i);
+    if (absl::uint128(p.offset()) + absl::uint128(p.stride()) * rows > size) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("buffer %d: plane %d, %d rows of stride %d at offset %d, runs past the "
+                          "%d bytes of %s",
+                          id, i, rows, p.stride(), p.offset(), size, what));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// What weston 10 (libweston/linux-dmabuf.c) and wlroots check of each plane
+// of a create, checked here first: there a failure is the protocol error
+// out_of_bounds, which ends the whole connection (every window and buffer
+// on it), not this buffer. They want offset + stride * height within 32
+// bits, and where lseek gives the fd's size, a stride of at least 1 and
+// the plane (plane 0's rows; they cannot know the others') within it.
+// Here a stride is never 0, and all of the layout lies within the fd's
+// size where it is known: a compositor derives the other planes' rows from
+// the format, and would read past the end.
+absl::Status CheckDmabufBounds(const Buffer& buffer) {
+  const v1::BufferLayout& l = buffer.layout();
+  for (int i = 0; i < l.planes_size(); ++i) {
+    const v1::PlaneLayout& p = l.planes(i);
+    if (p.stride() == 0 ||
+        absl::uint128(p.offset()) + absl::uint128(p.stride()) * l.height() > UINT32_MAX) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "buffer %d: plane %d, %d rows of stride %d at offset %d: linux-dmabuf wants a stride "
+          "of at least 1 and offset + stride * height within 32 bits",
+          buffer.id(), i, l.height(), p.stride(), p.offset()));
+    }
+  }
+  const std::optional<uint64_t> size = FdSize(buffer.fd());
+  if (!size) return absl::OkStatus();  // nor can the compositor tell
+  return CheckPlanesFit(buffer.id(), l, *size, "its fd");
 }
 
 // Whether `fd` is open read-only.
@@ -153,6 +228,7 @@ absl::StatusOr<wl_buffer*> CreateDmabuf(Display& display, const Buffer& buffer,
         "the compositor's linux-dmabuf does not take %s with modifier 0x%x",
         FourccName(l.format()), l.modifier()));
   }
+  RETURN_IF_ERROR(CheckDmabufBounds(buffer));
   zwp_linux_buffer_params_v1* params =
       zwp_linux_dmabuf_v1_create_params(display.dmabuf());
   for (int i = 0; i < l.planes_size(); ++i) {

@@ -25,7 +25,11 @@
 // stays valid after the Buffer is gone, and the memory with it.
 //
 // Status codes: INVALID_ARGUMENT — the buffer is not an image (a blob has
-// no layout) or its layout cannot be described to the compositor;
+// no layout), or its layout cannot be described to the compositor, or
+// does not lie within the buffer (a plane or the layout past the fd's end
+// as the kernel tells it, a stride of 0, a plane past 32 bits): refused
+// before anything is sent, since a compositor ends the connection for
+// some (linux-dmabuf's out_of_bounds) and reads past the end for others;
 // FAILED_PRECONDITION — the compositor lacks the global the chosen path
 // needs, or does not take the format (+modifier), or kShm was asked to
 // map a read-only fd, or wl_shm cannot describe the planes; INTERNAL — the
