@@ -1,8 +1,9 @@
 // Layouts that do not fit their buffer (a buggy or hostile hallocd's) are
 // refused with INVALID_ARGUMENT before anything is sent, and the connection
 // lives on. Against a fake compositor (fake_compositor.h) that, like weston
-// and wlroots, ends the connection for a linux-dmabuf plane out of bounds.
-// The buffers are memfds laid out by hallocd's own code (service/layout).
+// and wlroots, ends the connection for a linux-dmabuf plane out of bounds,
+// and offers libwayland-server's wl_shm with NV12. The buffers are memfds
+// laid out by hallocd's own code (service/layout).
 #include <drm_fourcc.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -32,7 +33,8 @@ class BoundsTest : public ::testing::Test {
   void SetUp() override {
     absl::StatusOr<std::unique_ptr<FakeCompositor>> c =
         FakeCompositor::Start({.formats = {{DRM_FORMAT_XRGB8888, DRM_FORMAT_MOD_LINEAR},
-                                           {DRM_FORMAT_NV12, DRM_FORMAT_MOD_LINEAR}}});
+                                           {DRM_FORMAT_NV12, DRM_FORMAT_MOD_LINEAR}},
+                               .shm_formats = {DRM_FORMAT_NV12}});
     ASSERT_TRUE(c.ok()) << c.status();
     compositor_ = *std::move(c);
     absl::StatusOr<std::unique_ptr<Display>> d = Display::Connect(compositor_->socket());
@@ -136,6 +138,33 @@ TEST_F(BoundsTest, ADmabufChromaPlaneOrLayoutPastTheFdsEndIsRefused) {
   EXPECT_TRUE(compositor_->requests().empty()) << "sent";
   ASSERT_TRUE(display_->Roundtrip().ok()) << "the connection did not survive";
   EXPECT_TRUE(WlBuffer::CreateDmabufForTesting(*display_, Over(good)).ok());
+}
+
+// libwayland-server checks a wl_shm buffer's plane 0 against the pool
+// only; a compositor finds NV12's chroma rows after the luma rows, so a
+// pool of the luma rows alone has it read past the pool's mapping. And a
+// pool larger than its memfd has it read past the file's end.
+TEST_F(BoundsTest, AWlShmPoolWithoutEveryPlaneOrLargerThanItsFdIsRefused) {
+  const v1::BufferInfo good = Info(DRM_FORMAT_NV12, 64, 48);
+  ASSERT_TRUE(display_->ShmSupports(ShmFormatFor(DRM_FORMAT_NV12)));
+  const v1::PlaneLayout& luma = good.layout().planes(0);
+  v1::BufferInfo luma_only = good;  // the fd keeps its real size
+  luma_only.set_size(luma.offset() + luma.stride() * 48);
+  ExpectRefused(
+      WlBuffer::Create(*display_, Over(luma_only, good.size()), BufferPath::kShm).status());
+  luma_only.mutable_layout()->set_size(luma_only.size());  // the layout's size agrees
+  absl::Status s =
+      WlBuffer::Create(*display_, Over(luma_only, good.size()), BufferPath::kShm).status();
+  ExpectRefused(s);
+  EXPECT_NE(s.message().find("plane 1"), std::string::npos) << s;
+  v1::BufferInfo larger = good;
+  larger.set_size(good.size() * 2);
+  ExpectRefused(WlBuffer::Create(*display_, Over(larger, good.size()), BufferPath::kShm).status());
+  EXPECT_EQ(compositor_->shm_pools(), 0) << "sent";
+  ASSERT_TRUE(display_->Roundtrip().ok()) << "the connection did not survive";
+  EXPECT_TRUE(WlBuffer::Create(*display_, Over(good), BufferPath::kShm).ok());
+  ASSERT_TRUE(display_->Roundtrip().ok());
+  EXPECT_EQ(compositor_->shm_pools(), 1);
 }
 
 }  // namespace

@@ -168,6 +168,18 @@ absl::StatusOr<wl_buffer*> CreateShm(Display& display, const Buffer& buffer,
         "them (stride at least the width, all of it in the pool)",
         buffer.id(), height, stride, p0.offset(), buffer.size()));
   }
+  // The pool is the buffer's size by its description (hallocd's word): the
+  // fd must have that many bytes (the compositor's reads past a memfd's end
+  // fault), and all of the layout must lie in the pool. libwayland-server
+  // checks plane 0's rows only, and a compositor finds the other planes by
+  // the format (NV12's chroma after the luma rows): past the pool's end
+  // where the description is short.
+  if (const std::optional<uint64_t> real = FdSize(fd); real && *real < buffer.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("buffer %d is %d bytes by its description but its fd has %d", buffer.id(),
+                        buffer.size(), *real));
+  }
+  RETURN_IF_ERROR(CheckPlanesFit(buffer.id(), l, buffer.size(), "its wl_shm pool"));
   wl_shm_pool* pool = wl_shm_create_pool(display.shm(), fd,
                                          static_cast<int32_t>(buffer.size()));
   wl_buffer* wl = wl_shm_pool_create_buffer(

@@ -27,9 +27,11 @@
 // Status codes: INVALID_ARGUMENT — the buffer is not an image (a blob has
 // no layout), or its layout cannot be described to the compositor, or
 // does not lie within the buffer (a plane or the layout past the fd's end
-// as the kernel tells it, a stride of 0, a plane past 32 bits): refused
-// before anything is sent, since a compositor ends the connection for
-// some (linux-dmabuf's out_of_bounds) and reads past the end for others;
+// as the kernel tells it, or, on wl_shm, past the pool of the buffer's
+// size or that size past the fd's; a stride of 0, a plane past 32 bits):
+// refused before anything is sent, since a compositor ends the connection
+// for some (linux-dmabuf's out_of_bounds) and reads past the end for
+// others (NV12's chroma rows after a wl_shm pool of the luma rows);
 // FAILED_PRECONDITION — the compositor lacks the global the chosen path
 // needs, or does not take the format (+modifier), or kShm was asked to
 // map a read-only fd, or wl_shm cannot describe the planes; INTERNAL — the
