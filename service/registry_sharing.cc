@@ -1,6 +1,7 @@
-// The registry's grants (registry.h, "Sharing"): Share, Import and its
-// delivery's outcome, Revoke and the walk down what was shared on, and the
-// links between grants, importers and sessions that the walk follows.
+// The registry's grants (registry.h, "Sharing"): Share, Import, Revoke and
+// the walk down what was shared on, and the links between grants, importers
+// and sessions that the walk follows. An import's references on its hold:
+// registry_references.cc.
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -143,31 +144,6 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   out.buffer = std::move(buffer);
   out.grant_id = t->second;
   return out;
-}
-
-void Registry::SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t arrival,
-                            bool delivered) {
-  absl::MutexLock lock(&mu_);
-  auto r = import_refs_.find({session_id, buffer_id});
-  if (r == import_refs_.end() || r->second.serial != arrival) return;
-  --r->second.under_way;
-  if (delivered) {
-    if (r->second.plain()) import_refs_.erase(r);
-    return;
-  }
-  auto h = holdings_.find(session_id);
-  if (h != holdings_.end()) DropReference(session_id, h->second, buffer_id);
-}
-
-void Registry::DropReference(uint64_t session_id, Holding& holding, uint64_t buffer_id) {
-  if (!holding.buffers.contains(buffer_id)) return;
-  auto r = import_refs_.find({session_id, buffer_id});
-  if (r == import_refs_.end() || r->second.refs <= 1) {
-    DropHold(session_id, holding, buffer_id);  // its entry too
-    return;
-  }
-  --r->second.refs;
-  if (r->second.plain()) import_refs_.erase(r);
 }
 
 void Registry::UndoWidening(uint64_t session_id, uint64_t buffer_id,
