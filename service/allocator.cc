@@ -374,7 +374,8 @@ absl::Status Allocator::Deliver(FdChannel& channel, absl::Span<const BufferRecor
 absl::Status Allocator::Release(Session& session,
                                 const v1::ReleaseRequest& req) {
   RETURN_IF_ERROR(CheckReleaseIds(req.buffer_ids_size()));
-  return registry_.Release(session.id(), req.buffer_ids(), req.import_references());
+  return registry_.Release(session.id(), req.buffer_ids(), req.import_references(),
+                           req.hold_generations());
 }
 
 absl::Status Allocator::CheckReleaseIds(uint64_t count) const {
@@ -573,11 +574,13 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
   v1::ImportResponse answer;
   *answer.mutable_buffer() = std::move(imported.info);
   answer.set_newly_held(imported.newly_held);
+  answer.set_hold_generation(imported.generation);
   absl::Status sent = [&]() -> absl::Status {
     ASSIGN_OR_RETURN(Outgoing out,
                      Prepare(absl::MakeConstSpan(&buffer, 1),
                              {decision->access, decision->attach}, live));
     out.info.mutable_buffers(0)->set_call_id(call_id);
+    out.info.mutable_buffers(0)->set_hold_generation(imported.generation);
     if (live) {
       absl::Status noted =
           registry_.AddImportView(session.id(), imported.grant_id, buffer->id,
@@ -599,7 +602,7 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
   }();
   // Not delivered: its reference goes (and the hold with its last: one a
   // concurrent import of the same buffer delivered stays).
-  registry_.SettleImport(session.id(), buffer->id, imported.arrival, sent.ok());
+  registry_.SettleImport(session.id(), buffer->id, imported.generation, sent.ok());
   if (!sent.ok()) {
     if (imported.widened_from) {
       // It holds on, with the rights it had: none of this import's.

@@ -138,22 +138,37 @@ absl::Status Registry::Add(uint64_t session_id,
 }
 
 absl::Status Registry::Release(uint64_t session_id, absl::Span<const uint64_t> ids,
-                               bool import_references) {
+                               bool import_references, absl::Span<const uint64_t> generations) {
+  if (!generations.empty() && (!import_references || generations.size() != ids.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "hold generations name the hold of each import reference given back: one per id, with "
+        "import references only (",
+        ids.size(), " ids, ", generations.size(), " generations)"));
+  }
+  // The hold the i-th id's reference is on (0: any).
+  auto generation = [&](size_t i) { return generations.empty() ? 0 : generations[i]; };
   absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   Holding& holding = h->second;
-  // All or nothing: check every id before dropping any.
-  for (uint64_t id : ids) {
-    if (!holding.buffers.contains(id) && !holding.revoked.contains(id)) return NotHeld(id);
+  // All or nothing: check every id before dropping any. A reference on a
+  // hold named by its generation is given back already when that hold is
+  // not held now.
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (generation(i) != 0) continue;
+    if (!holding.buffers.contains(ids[i]) && !holding.revoked.contains(ids[i])) {
+      return NotHeld(ids[i]);
+    }
   }
-  for (uint64_t id : ids) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint64_t id = ids[i];
     if (import_references) {
       // One on a hold a revoke took is given back already (a revoke is
       // remembered only while not held: Import forgets it); the memory of
       // the revoke stays for the holder's own Release, which a library's
-      // give-back must not use up.
-      DropReference(session_id, holding, id);
+      // give-back must not use up. So is one on a hold of another
+      // generation: a newer hold keeps its references.
+      DropReference(session_id, holding, id, generation(i));
     } else {
       holding.ForgetRevoked(id);
       if (holding.buffers.contains(id)) DropHold(session_id, holding, id);

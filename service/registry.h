@@ -274,9 +274,12 @@ class Registry {
   // once: so a batch that names it releases the others. With
   // `import_references`, each id gives back one reference an import made
   // instead (an id may repeat, a reference each): the hold goes with its
-  // last (see Import).
+  // last (see Import). `generations` (with `import_references` only, one
+  // per id, else INVALID_ARGUMENT) names the hold each reference is on
+  // (Imported::generation): one on a hold gone since is given back
+  // already, and its id is done (not NOT_FOUND); 0: any hold.
   absl::Status Release(uint64_t session_id, absl::Span<const uint64_t> ids,
-                       bool import_references = false);
+                       bool import_references = false, absl::Span<const uint64_t> generations = {});
 
   // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
   // sharer's own rights and returns the grant's terms (its id and buffer_id
@@ -306,9 +309,11 @@ class Registry {
     // The session's rights before this import widened them (it held the
     // buffer already, with less): for UndoWidening if delivery fails.
     std::optional<CpuAccess> widened_from;
-    // The hold this import's reference is on; the caller says how the
-    // import's delivery went with SettleImport.
-    uint64_t arrival = 0;
+    // The hold this import's reference is on, by its generation (each hold
+    // a session makes of a buffer has its own, never used again): the
+    // caller says how the import's delivery went with SettleImport, and
+    // the client names it when it gives the reference back (Release).
+    uint64_t generation = 0;
   };
   using ImportJudge =
       absl::FunctionRef<absl::StatusOr<CpuAccess>(const GrantView& grant)>;
@@ -324,9 +329,8 @@ class Registry {
   // How the delivery of an import went: one not delivered takes back its
   // reference (the hold goes with its last: a failed import does not take
   // away a hold a concurrent one delivered). Nothing happens when the hold
-  // `arrival` names went meanwhile (a Release, a revoke, the end).
-  void SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t arrival,
-                    bool delivered);
+  // `generation` names went meanwhile (a Release, a revoke, the end).
+  void SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t generation, bool delivered);
   // View `view_id`, noted by AddImportView, never reached the client: it no
   // longer counts as a route of `session_id` (one left with no views goes).
   void DropImportView(uint64_t session_id, uint64_t grant_id, uint64_t buffer_id,
@@ -485,24 +489,23 @@ class Registry {
     uint64_t onward = 0;
   };
   absl::flat_hash_map<uid_t, UidGrants> uid_grants_ ABSL_GUARDED_BY(mu_);
-  // Holds with more than one reference, or with imports under way, by
-  // (session, buffer); a hold without an entry has one reference. See
-  // Import and SettleImport.
+  // The references of each hold an import reached, by (session, buffer),
+  // from that import until the hold goes (DropHold); a hold without an
+  // entry (an allocation's, never imported) has one reference. See Import
+  // and SettleImport.
   struct ImportRefs {
-    // The entry's: it lives while imports are under way (erased only with
-    // its hold then), so a settle naming another is of a hold gone since.
-    uint64_t serial = 0;
+    // The hold's generation (Imported::generation): a settle or give-back
+    // naming another is of a hold gone since.
+    uint64_t generation = 0;
     uint64_t refs = 0;    // references, those under way included
     uint32_t under_way = 0;
-    // One reference, none under way: what a hold without an entry has.
-    bool plain() const { return refs == 1 && under_way == 0; }
   };
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, ImportRefs> import_refs_ ABSL_GUARDED_BY(mu_);
-  // Takes one reference off `session_id`'s hold on `buffer_id` (`refs`:
-  // its entry, if any); drops the hold with its last.
-  void DropReference(uint64_t session_id, Holding& holding, uint64_t buffer_id)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  uint64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 1;
+  // Takes one reference off `session_id`'s hold on `buffer_id`, if that
+  // hold is of `generation` (0: any); drops the hold with its last.
+  void DropReference(uint64_t session_id, Holding& holding, uint64_t buffer_id,
+                     uint64_t generation = 0) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_revoke_ ABSL_GUARDED_BY(mu_) = 1;  // Holding::revoked's serials
   uint64_t live_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   // Quota use per client: "rule/uid" → (buffers, bytes) owned.

@@ -1,6 +1,8 @@
 // Random sequences of what sessions may do to the registry (join, allocate,
 // share, import with its delivery settled at once or later, succeeding or
-// not, release, revoke with and without live revoke, end), checking after
+// not, release (whole holds, or import references given back, named by
+// their holds' generations or not), revoke with and without live revoke,
+// end), checking after
 // every step that the links a revoke and an end follow agree with what they
 // link (Registry::CheckLinksForTesting), that the accounts agree (Stats'
 // live buffers, List{all}, the charges and every session's holdings in
@@ -14,6 +16,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -30,7 +33,7 @@ enum class Mode { kLive, kNotLive, kMixed };
 
 // An import on its way to its client, as the allocator has it.
 struct OnItsWay {
-  uint64_t session, grant, buffer, view, arrival;
+  uint64_t session, grant, buffer, view, generation;
   CpuAccess access;
   std::optional<CpuAccess> widened_from;
   bool fails;   // its send fails
@@ -183,8 +186,9 @@ class Run {
             return decided;
           });
       if (!i.ok()) return absl::StrCat("import ", s, " g", g.id, ": refused");
-      pending_.push_back({s, i->grant_id, i->buffer->id, next_view_++, i->arrival, decided,
+      pending_.push_back({s, i->grant_id, i->buffer->id, next_view_++, i->generation, decided,
                           i->widened_from, Chance(15), Live()});
+      generations_[{s, i->buffer->id}].push_back(i->generation);
       if (Chance(55)) Finish(pending_.size() - 1);
       return absl::StrCat("import ", s, " g", g.id);
     }
@@ -206,9 +210,18 @@ class Run {
       // A third of them give back import references (a client's import
       // replies it did not keep), the rest drop holds.
       const bool references = Chance(33);
-      (void)reg_.Release(s, ids, references);
+      // Half of those name the hold each is on: one its imports were on,
+      // perhaps gone since (0 where none imported it).
+      std::vector<uint64_t> generations;
+      if (references && Chance(50)) {
+        for (uint64_t id : ids) {
+          const std::vector<uint64_t>& known = generations_[{s, id}];
+          generations.push_back(known.empty() ? 0 : known[Pick(known.size())]);
+        }
+      }
+      (void)reg_.Release(s, ids, references, generations);
       return absl::StrCat(references ? "give back references " : "release ", s, " (", ids.size(),
-                          ")");
+                          generations.empty() ? ")" : ", by generation)");
     }
     if (op < 88) {
       if (!buffers_.empty()) (void)reg_.Describe(s, buffers_[Pick(buffers_.size())]);
@@ -238,7 +251,7 @@ class Run {
         reg_.DropImportView(p.session, p.grant, p.buffer, p.view);
       }
     }
-    reg_.SettleImport(p.session, p.buffer, p.arrival, sent);
+    reg_.SettleImport(p.session, p.buffer, p.generation, sent);
     if (!sent && p.widened_from) {
       reg_.UndoWidening(p.session, p.buffer, p.access, *p.widened_from);
     }
@@ -257,6 +270,8 @@ class Run {
   std::vector<uint64_t> buffers_;
   std::vector<Grant> grants_;
   std::vector<OnItsWay> pending_;
+  // Per (session, buffer), the generations its imports were told.
+  std::map<std::pair<uint64_t, uint64_t>, std::vector<uint64_t>> generations_;
 };
 
 void RunAll(Mode mode) {

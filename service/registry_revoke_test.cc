@@ -390,10 +390,10 @@ TEST_F(RegistryTest, ADroppedLateViewLeavesNoLinkToItsGrant) {
     absl::StatusOr<Registry::Imported> late = reg_.Import(s, second->token(), Accept);
     ASSERT_TRUE(late.ok()) << late.status();
     ASSERT_TRUE(reg_.AddImportView(s, second->id(), id, CpuAccess::kRead, view++).ok());
-    reg_.SettleImport(s, id, late->arrival, true);
+    reg_.SettleImport(s, id, late->generation, true);
     ASSERT_TRUE(reg_.AddImportView(s, first->id(), id, CpuAccess::kRead, view).ok());
     reg_.DropImportView(s, first->id(), id, view++);  // its send failed
-    reg_.SettleImport(s, id, early->arrival, false);
+    reg_.SettleImport(s, id, early->generation, false);
     reg_.Leave(s);
   }
   EXPECT_EQ(reg_.ImporterLinksForTesting(first->id()), 0u);

@@ -131,14 +131,15 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   if (Wider(access, judged)) judged = access;
   grants_.at(t->second).importers.insert(session_id);
   ImportRefs& refs = import_refs_[{session_id, buffer->id}];
-  if (out.newly_held || refs.serial == 0) {
-    // A hold's first reference (its allocation's, or a settled import's)
-    // has no entry; a new hold has none yet.
-    refs = ImportRefs{next_arrival_++, out.newly_held ? 0u : 1u, 0};
+  if (out.newly_held || refs.generation == 0) {
+    // A new hold has no entry yet, nor one an allocation made and no
+    // import reached: its one reference, the allocation's. Its generation
+    // is new either way (nothing named the hold before).
+    refs = ImportRefs{next_generation_++, out.newly_held ? 0u : 1u, 0};
   }
   ++refs.refs;
   ++refs.under_way;
-  out.arrival = refs.serial;
+  out.generation = refs.generation;
   out.info = Info(*buffer, session_id, Holders::kNone);
   out.info.set_cpu_access(ToProto(access));
   out.buffer = std::move(buffer);
@@ -356,18 +357,24 @@ size_t Registry::ImporterLinksForTesting(uint64_t grant_id) const {
 absl::Status Registry::CheckLinksForTesting() const {
   absl::MutexLock lock(&mu_);
   auto bad = [](auto&&... what) { return absl::InternalError(absl::StrCat(what...)); };
-  // Each hold's references: an entry only for a hold, with one at least,
-  // and more than one or some under way (a client may give one back
-  // before its import settles: fewer than are under way).
+  // Each hold's references: an entry only for a hold, with one at least
+  // (a client may give one back before its import settles: fewer than
+  // are under way) and a generation no other entry has.
+  absl::flat_hash_set<uint64_t> generations;
   for (const auto& [key, refs] : import_refs_) {
     const auto& [sid, bid] = key;
     auto h = holdings_.find(sid);
     if (h == holdings_.end() || !h->second.buffers.contains(bid)) {
       return bad("session ", sid, " has references on buffer ", bid, ", which it does not hold");
     }
-    if (refs.refs == 0 || refs.plain()) {
-      return bad("session ", sid, "'s hold on buffer ", bid, " has ", refs.refs,
-                 " references with ", refs.under_way, " under way");
+    if (refs.refs == 0) {
+      return bad("session ", sid, "'s hold on buffer ", bid, " has no references, with ",
+                 refs.under_way, " under way");
+    }
+    if (refs.generation == 0 || refs.generation >= next_generation_ ||
+        !generations.insert(refs.generation).second) {
+      return bad("session ", sid, "'s hold on buffer ", bid, " has generation ", refs.generation,
+                 ", not a new one of its own");
     }
   }
   // Who imported each buffer through each open grant, as the buffers say.

@@ -315,15 +315,15 @@ TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
     ASSERT_TRUE(first.ok() && second.ok());
     EXPECT_TRUE(first->newly_held);
     EXPECT_FALSE(second->newly_held);
-    ASSERT_NE(first->arrival, 0u);
-    EXPECT_EQ(second->arrival, first->arrival) << "it came while the first was on its way";
+    ASSERT_NE(first->generation, 0u);
+    EXPECT_EQ(second->generation, first->generation) << "it came while the first was on its way";
     // The failed one settles first, then the delivered one; then the other
     // way round.
     const Registry::Imported& failed = first_fails ? *first : *second;
     const Registry::Imported& delivered = first_fails ? *second : *first;
-    reg_.SettleImport(kB, id, failed.arrival, false);
+    reg_.SettleImport(kB, id, failed.generation, false);
     EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "the other is still on its way";
-    reg_.SettleImport(kB, id, delivered.arrival, true);
+    reg_.SettleImport(kB, id, delivered.generation, true);
     EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "one reached the client";
     ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   }
@@ -332,9 +332,9 @@ TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
   absl::StatusOr<Registry::Imported> a = import_once();
   absl::StatusOr<Registry::Imported> b = import_once();
   ASSERT_TRUE(a.ok() && b.ok());
-  reg_.SettleImport(kB, id, a->arrival, false);
+  reg_.SettleImport(kB, id, a->generation, false);
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
-  reg_.SettleImport(kB, id, b->arrival, false);
+  reg_.SettleImport(kB, id, b->generation, false);
   EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
 
   // An import that settles after its hold went and a new one came does
@@ -344,16 +344,16 @@ TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
   ASSERT_TRUE(reg_.Release(kB, {id}).ok());
   absl::StatusOr<Registry::Imported> fresh = import_once();
   ASSERT_TRUE(fresh.ok());
-  EXPECT_NE(fresh->arrival, old->arrival);
-  reg_.SettleImport(kB, id, old->arrival, false);
+  EXPECT_NE(fresh->generation, old->generation);
+  reg_.SettleImport(kB, id, old->generation, false);
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
-  reg_.SettleImport(kB, id, fresh->arrival, true);
+  reg_.SettleImport(kB, id, fresh->generation, true);
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
   // A holder that imports again adds a reference to the same hold.
   absl::StatusOr<Registry::Imported> again = import_once();
   ASSERT_TRUE(again.ok());
   EXPECT_FALSE(again->newly_held);
-  reg_.SettleImport(kB, id, again->arrival, false);
+  reg_.SettleImport(kB, id, again->generation, false);
   EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "only that import's reference went";
 }
 
@@ -367,7 +367,7 @@ TEST_F(RegistryTest, EachImportIsOneReferenceOnTheHold) {
   auto import_delivered = [&]() {
     absl::StatusOr<Registry::Imported> i = reg_.Import(kB, grant->token(), Accept);
     ASSERT_TRUE(i.ok()) << i.status();
-    reg_.SettleImport(kB, id, i->arrival, true);
+    reg_.SettleImport(kB, id, i->generation, true);
   };
   import_delivered();
   import_delivered();
@@ -395,7 +395,7 @@ TEST_F(RegistryTest, EachImportIsOneReferenceOnTheHold) {
   absl::StatusOr<Registry::Imported> own = reg_.Import(kA, to_self->token(), Accept);
   ASSERT_TRUE(own.ok()) << own.status();
   EXPECT_FALSE(own->newly_held);
-  reg_.SettleImport(kA, id, own->arrival, true);
+  reg_.SettleImport(kA, id, own->generation, true);
   ASSERT_TRUE(reg_.Release(kA, {id}, true).ok());
   EXPECT_TRUE(reg_.Describe(kA, id).ok()) << "the allocation's reference is left";
   ASSERT_TRUE(reg_.Release(kA, {id}, true).ok());
@@ -417,12 +417,12 @@ TEST_F(RegistryTest, AReferenceGivenBackLeavesTheHoldAnImportInFlightReliesOn) {
   absl::StatusOr<Registry::Imported> in_flight = reg_.Import(kB, grant->token(), Accept);
   ASSERT_TRUE(in_flight.ok());
   EXPECT_FALSE(in_flight->newly_held);
-  reg_.SettleImport(kB, id, gave_up->arrival, true);
+  reg_.SettleImport(kB, id, gave_up->generation, true);
   // The client read the first's reply after its call gave up: it gives
   // that import's reference back before the second is even settled.
   ASSERT_TRUE(reg_.Release(kB, {id}, /*import_references=*/true).ok());
   EXPECT_TRUE(reg_.Describe(kB, id).ok()) << "the import in flight relies on the hold";
-  reg_.SettleImport(kB, id, in_flight->arrival, true);
+  reg_.SettleImport(kB, id, in_flight->generation, true);
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
   // Its caller gives that one back too, before it was even settled this
   // time: the hold goes, and the late settle finds nothing to do.
@@ -430,7 +430,7 @@ TEST_F(RegistryTest, AReferenceGivenBackLeavesTheHoldAnImportInFlightReliesOn) {
   ASSERT_TRUE(last.ok());
   ASSERT_TRUE(reg_.Release(kB, {id, id}, true).ok());
   EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
-  reg_.SettleImport(kB, id, last->arrival, true);
+  reg_.SettleImport(kB, id, last->generation, true);
   EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(reg_.CheckLinksForTesting().ok());
 }

@@ -1,6 +1,7 @@
 // The registry's tests' fixture: a registry with two sessions (kA, uid 1;
 // kB, uid 2), one-page buffers, grants by uid, and imports noted as the
-// allocator notes them. registry_test.cc and registry_revoke_test.cc.
+// allocator notes them. registry_test.cc, registry_revoke_test.cc and
+// registry_references_test.cc.
 #ifndef HALLOC_SERVICE_REGISTRY_TESTING_H_
 #define HALLOC_SERVICE_REGISTRY_TESTING_H_
 
