@@ -537,6 +537,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   welcome->set_allocate_call_ids(true);
   welcome->set_broker_import(true);
   welcome->set_import_references(true);
+  welcome->set_hold_generations(true);
   welcome->set_broker_share(true);
   welcome->set_broker_revoke(true);
   welcome->set_broker_metadata(true);

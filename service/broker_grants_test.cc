@@ -5,8 +5,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -172,6 +174,57 @@ TEST_F(BrokerIdentityTest, EachImportIsOneReferenceTheClientGivesBack) {
   }
   ASSERT_TRUE(give_back(false).ok());
   EXPECT_FALSE(held());
+}
+
+// A give-back names the hold its import was on (ImportResponse.
+// hold_generation): one that comes after that hold was Released whole and a
+// new import made a new hold is given back already, and leaves the new
+// hold, which its caller uses. The Welcome says hallocd takes them.
+TEST_F(BrokerIdentityTest, ALateGiveBackLeavesTheHoldMadeSinceItsImport) {
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  absl::StatusOr<BrokerConnection> owner = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(owner.ok()) << owner.status();
+  v1::Peer peer;
+  peer.set_uid(::getuid());
+  v1::Grant grant;
+  UniqueFd page;
+  ASSERT_NO_FATAL_FAILURE(AllocateAndShare(*core_, *owner, peer, &grant, &page));
+  absl::StatusOr<BrokerConnection> importer = ConnectBroker(path_, absl::Seconds(10));
+  ASSERT_TRUE(importer.ok()) << importer.status();
+  EXPECT_TRUE(importer->welcome.hold_generations());
+  const int sock = importer->fd.get();
+  auto import = [&](uint64_t rid) -> uint64_t {
+    absl::StatusOr<Answer> got = Ask(sock, ImportRequest(rid, grant.token()));
+    EXPECT_TRUE(got.ok() && ReplyStatus(got->reply).ok());
+    return got.ok() ? got->reply.import_buffer().hold_generation() : 0;
+  };
+  auto release = [&](bool references, std::vector<uint64_t> generations) {
+    v1::BrokerRequest req;
+    req.set_request_id(30);
+    for (size_t i = 0; i < std::max<size_t>(generations.size(), 1); ++i) {
+      req.mutable_release()->add_buffer_ids(grant.buffer_id());
+    }
+    req.mutable_release()->set_import_references(references);
+    for (uint64_t g : generations) req.mutable_release()->add_hold_generations(g);
+    absl::StatusOr<Answer> a = Ask(sock, req);
+    return a.ok() ? ReplyStatus(a->reply) : a.status();
+  };
+  auto held = [&] {
+    v1::BrokerRequest req;
+    req.set_request_id(31);
+    req.mutable_describe()->set_buffer_id(grant.buffer_id());
+    absl::StatusOr<Answer> a = Ask(sock, req);
+    return a.ok() && ReplyStatus(a->reply).ok();
+  };
+  const uint64_t abandoned = import(20);  // its caller gave up: given back later
+  ASSERT_NE(abandoned, 0u);
+  ASSERT_TRUE(release(false, {}).ok());  // another thread Releases the buffer whole
+  const uint64_t in_use = import(21);    // and a third imports it again
+  EXPECT_NE(in_use, abandoned);
+  ASSERT_TRUE(release(true, {abandoned}).ok()) << "that hold went: given back already";
+  EXPECT_TRUE(held()) << "the late give-back took the new hold's only reference";
+  ASSERT_TRUE(release(true, {in_use, in_use}).ok());
+  EXPECT_FALSE(held()) << "named right, its reference went (the second is of a hold gone)";
 }
 
 TEST_F(BrokerIdentityTest, AnImportIsJudgedByItsStampLikeAnAllocate) {

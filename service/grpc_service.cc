@@ -156,7 +156,13 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
         return absl::InvalidArgumentError(
             "a ReleaseMany's requests all give back holds, or all import references");
       }
+      if (!part.hold_generations().empty() &&
+          part.hold_generations_size() != part.buffer_ids_size()) {
+        return absl::InvalidArgumentError(
+            "a ReleaseMany's request names one hold generation per id, or none");
+      }
       all.mutable_buffer_ids()->MergeFrom(part.buffer_ids());
+      all.mutable_hold_generations()->MergeFrom(part.hold_generations());
       last = part.last();
     }
     // Cut or cancelled before its end: which ids it meant is not known.

@@ -144,9 +144,10 @@ class GrpcServiceTest : public ::testing::Test {
   // One ReleaseMany stream of `parts`, the final one marked `last` if
   // `ends`; its status.
   // `references`: which parts give back import references instead of
-  // holds (none if empty).
+  // holds (none if empty); `generations`, the hold generations each names.
   grpc::Status ReleaseMany(const std::vector<std::vector<uint64_t>>& parts, bool ends = true,
-                           const std::vector<bool>& references = {}) {
+                           const std::vector<bool>& references = {},
+                           const std::vector<std::vector<uint64_t>>& generations = {}) {
     auto ctx = Ctx(session_->token());
     v1::ReleaseResponse resp;
     auto writer = stub_->ReleaseMany(ctx.get(), &resp);
@@ -155,6 +156,9 @@ class GrpcServiceTest : public ::testing::Test {
       for (uint64_t id : parts[i]) req.add_buffer_ids(id);
       req.set_last(ends && i + 1 == parts.size());
       req.set_import_references(i < references.size() && references[i]);
+      if (i < generations.size()) {
+        for (uint64_t g : generations[i]) req.add_hold_generations(g);
+      }
       if (!writer->Write(req)) break;
     }
     writer->WritesDone();
@@ -210,6 +214,10 @@ TEST_F(GrpcServiceTest, AnImportsFdCarriesItsCallId) {
     ASSERT_TRUE(stub_->Import(Ctx(session_->token()).get(), import, &got).ok());
     EXPECT_EQ(channel_->sent.back().buffers(0).buffer_id(), resp.buffers(0).id());
     EXPECT_EQ(channel_->sent.back().buffers(0).call_id(), call);
+    // And the hold it is on (the allocation's, both times), as the reply
+    // says: for a client whose call gave up before the reply came.
+    EXPECT_NE(got.hold_generation(), 0u);
+    EXPECT_EQ(channel_->sent.back().buffers(0).hold_generation(), got.hold_generation());
   }
 }
 
@@ -415,6 +423,14 @@ TEST_F(GrpcServiceTest, ReleaseManyReleasesItsPartsTogetherAllOrNothing) {
   s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {false, true});
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT) << s.error_message();
   EXPECT_EQ(core_.Stats().live_buffers(), 4u);
+  // Hold generations come with their parts, one per id: a reference named
+  // by a generation that is not its hold's (the allocation's holds were
+  // never imported: none has one) is given back already.
+  s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {true, true}, {{12345}, {12346}});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 4u);
+  s = ReleaseMany({{ids[0], ids[1]}, {ids[2]}}, true, {true, true}, {{12345}, {12346}});
+  EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT) << s.error_message();
   // (An allocation is its hold's one reference.)
   s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {true, true});
   EXPECT_TRUE(s.ok()) << s.error_message();
