@@ -295,12 +295,13 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
     return resp.status();
   }
   const uint64_t buffer_id = resp->buffer().id();
+  const uint64_t hold_generation = resp->hold_generation();
   absl::StatusOr<Buffer> b = impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
   if (!b.ok()) {
     // hallocd delivered it (its reply came): the reference goes back now;
     // an fd that comes later still is closed as it comes.
     if (req.call_id() != 0) impl_->AbandonCall(req.call_id(), Impl::GiveBackWith::kNothing);
-    impl_->GiveBackReference(buffer_id);
+    impl_->GiveBackReference(buffer_id, hold_generation);
   }
   impl_->ImportEnds(req.call_id());
   return b;

@@ -121,28 +121,31 @@ absl::Status Client::Impl::Usable(absl::string_view rpc) const {
 
 void Client::Impl::AbandonCall(uint64_t call_id, GiveBackWith what) {
   absl::MutexLock lock(&mu_);
-  std::vector<uint64_t> ids;
+  std::vector<Reference> came;
   absl::erase_if(pending_, [&](const auto& p) {
     if (p.first.second != call_id) return false;
-    ids.push_back(p.first.first);
+    came.push_back({p.first.first, p.second.hold_generation});
     return true;
   });
-  if (ids.empty()) {
+  if (came.empty()) {
     abandoned_calls_[call_id] = {what, absl::Now()};  // they come later
   } else {
-    GiveBackWithFds(what, ids);
+    GiveBackWithFds(what, came);
   }
 }
 
-void Client::Impl::GiveBackWithFds(GiveBackWith what, const std::vector<uint64_t>& ids) {
+void Client::Impl::GiveBackWithFds(GiveBackWith what, const std::vector<Reference>& fds) {
   switch (what) {
     case GiveBackWith::kNothing:
       return;
-    case GiveBackWith::kBuffers:
+    case GiveBackWith::kBuffers: {
+      std::vector<uint64_t> ids;
+      for (const Reference& f : fds) ids.push_back(f.buffer_id);
       GiveBack(ids);
       return;
+    }
     case GiveBackWith::kReferences:
-      GiveBackReferencesLocked(ids);
+      GiveBackReferencesLocked(fds);
       return;
   }
 }
@@ -172,16 +175,22 @@ void Client::Impl::ImportEnds(uint64_t call_id) {
   }
 }
 
-void Client::Impl::GiveBackReference(uint64_t buffer_id) {
+void Client::Impl::GiveBackReference(uint64_t buffer_id, uint64_t hold_generation) {
   absl::MutexLock lock(&mu_);
-  GiveBackReferencesLocked({buffer_id});
+  GiveBackReferencesLocked({{buffer_id, hold_generation}});
 }
 
-void Client::Impl::GiveBackReferencesLocked(const std::vector<uint64_t>& ids) {
-  if (!welcome_.import_references() || ids.empty()) return;
+void Client::Impl::GiveBackReferencesLocked(const std::vector<Reference>& refs) {
+  if (!welcome_.import_references() || refs.empty()) return;
   v1::BrokerRequest req;
-  for (uint64_t id : ids) req.mutable_release()->add_buffer_ids(id);
-  req.mutable_release()->set_import_references(true);
+  v1::ReleaseRequest& release = *req.mutable_release();
+  release.set_import_references(true);
+  for (const Reference& r : refs) {
+    release.add_buffer_ids(r.buffer_id);
+    // The hold each is on, where hallocd takes it: a reference whose hold
+    // went (a Release meanwhile) is not one of a newer hold's.
+    if (welcome_.hold_generations()) release.add_hold_generations(r.hold_generation);
+  }
   SendUnanswered(std::move(req));
 }
 
@@ -327,7 +336,8 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
       // import's alone: the session may hold the buffer by others, or an
       // import in flight may rely on it). A refused import made none.
       if (reply.has_import_buffer()) {
-        GiveBackReferencesLocked({reply.import_buffer().buffer().id()});
+        GiveBackReferencesLocked(
+            {{reply.import_buffer().buffer().id(), reply.import_buffer().hold_generation()}});
       }
       // A grant its caller never learned of (it gave up): nobody has its
       // token, and it would count against the session's grants, and keep
@@ -352,9 +362,9 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
   const uint64_t call = described.empty() ? 0 : described.front().call_id();
   auto abandoned = call == 0 ? abandoned_calls_.end() : abandoned_calls_.find(call);
   if (abandoned != abandoned_calls_.end()) {
-    std::vector<uint64_t> ids;
-    for (const v1::BufferFd& b : described) ids.push_back(b.buffer_id());
-    GiveBackWithFds(abandoned->second.what, ids);
+    std::vector<Reference> came;
+    for (const v1::BufferFd& b : described) came.push_back({b.buffer_id(), b.hold_generation()});
+    GiveBackWithFds(abandoned->second.what, came);
     abandoned_calls_.erase(abandoned);
     return;
   }
@@ -371,14 +381,14 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
       ids.push_back(b.buffer_id());
       pending_[FdKey{b.buffer_id(), b.call_id()}] = {
           truncated ? lost(!import) : absl::DataLossError("malformed frame on the broker socket"),
-          absl::Now()};
+          absl::Now(), b.hold_generation()};
     }
     if (!import) GiveBack(ids);
     return;
   }
   for (size_t i = 0; i < described.size(); ++i) {
     const FdKey key{described[i].buffer_id(), described[i].call_id()};
-    pending_[key] = {std::move(fds[i]), now};
+    pending_[key] = {std::move(fds[i]), now, described[i].hold_generation()};
   }
 }
 

@@ -97,8 +97,11 @@ class Client::Impl {
   // gives back the one reference it is on the session's hold
   // (ReleaseRequest.import_references), where hallocd counts them; an
   // older one's hold stays until the session ends (its Release would drop
-  // the whole hold, which another import may rely on).
-  void GiveBackReference(uint64_t buffer_id);
+  // the whole hold, which another import may rely on). `hold_generation`
+  // (the import's, ImportResponse.hold_generation) names that hold, where
+  // hallocd takes it: one dropped and made again since (a Release on
+  // another thread, then another import) keeps its references.
+  void GiveBackReference(uint64_t buffer_id, uint64_t hold_generation);
 
   const UniqueFd broker_;
   const v1::Hello hello_;
@@ -125,10 +128,17 @@ class Client::Impl {
   // abandoned).
   void Withdraw(uint64_t grant_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  void GiveBackReferencesLocked(const std::vector<uint64_t>& ids)
+  // An import's reference: its buffer, and the generation of the hold it
+  // is on (0: not known).
+  struct Reference {
+    uint64_t buffer_id;
+    uint64_t hold_generation;
+  };
+  void GiveBackReferencesLocked(const std::vector<Reference>& refs)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // What AbandonCall says goes back with fds `ids`.
-  void GiveBackWithFds(GiveBackWith what, const std::vector<uint64_t>& ids)
+  // What AbandonCall says goes back with fds `fds` (an Import's: their
+  // holds' generations; an Allocate's: their buffers).
+  void GiveBackWithFds(GiveBackWith what, const std::vector<Reference>& fds)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Abandoned calls are kept to kMostAbandonedCalls.
   void ForgetAbandoned() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -176,6 +186,7 @@ class Client::Impl {
   struct PendingFd {
     absl::StatusOr<UniqueFd> fd;
     absl::Time since;
+    uint64_t hold_generation = 0;  // BufferFd.hold_generation (an Import's)
   };
   // By (buffer id, call id): two imports of one buffer may be in flight.
   using FdKey = std::pair<uint64_t, uint64_t>;

@@ -41,10 +41,12 @@ class LateImport final : public v1::Allocator::Service {
     v1::BrokerFrame frame;
     frame.mutable_buffer()->set_buffer_id(42);
     frame.mutable_buffer()->set_call_id(req->call_id());
+    frame.mutable_buffer()->set_hold_generation(9);
     broker_->Send(frame, {memfd_.get()});
     memfd_ = UniqueFd();
     sent_.Notify();
     resp->mutable_buffer()->set_id(42);
+    resp->set_hold_generation(9);
     return grpc::Status::OK;
   }
   // Once the fd is in the broker socket.
@@ -82,6 +84,8 @@ TEST(ClientImportTest, TheFdOfAnImportThatGaveUpIsClosedWhenItComes) {
   EXPECT_FALSE(OpenOn(memfd_stat)) << "the late Import's fd is still open in the client";
   EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8}));
   EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+  EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9})
+      << "the fd's hold generation names the hold its reference is on";
   server->Shutdown();
 }
 
@@ -103,12 +107,14 @@ class AnsweredBeforeItsFd final : public v1::Allocator::Service {
       v1::BrokerFrame frame;
       frame.mutable_buffer()->set_buffer_id(42);
       frame.mutable_buffer()->set_call_id(call);
+      frame.mutable_buffer()->set_hold_generation(9);
       broker_->Send(frame, {memfd_.get()});
       memfd_ = UniqueFd();
       sent_.Notify();
     });
     resp->mutable_buffer()->set_id(42);
     resp->mutable_buffer()->set_size(4096);
+    resp->set_hold_generation(9);
     return grpc::Status::OK;
   }
   // Once the fd is in the broker socket.
@@ -145,6 +151,7 @@ TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
   // Its reply came (hallocd delivered it): its reference went back once,
   // when the wait ended, not again with the fd.
   EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+  EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9});
   server->Shutdown();
 }
 
@@ -152,11 +159,18 @@ TEST(ClientImportTest, AnFdThatComesAfterItsWaitEndedIsClosedAsItComes) {
 // after the caller gave up has its fd closed, and gives back the one
 // reference the import is on the session's hold (ImportResponse: held
 // before or not, that reference alone goes); nothing is released whole.
-// An older hallocd, which counts no references, is sent nothing: its
-// Release would drop the whole hold.
+// The give-back names the import's hold (ImportResponse.hold_generation),
+// where hallocd takes that. An older hallocd, which counts no references,
+// is sent nothing: its Release would drop the whole hold.
 TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndGivesBackItsReference) {
-  for (const bool counted : {true, false}) {
-    SCOPED_TRACE(counted ? "hallocd counts import references" : "an older hallocd");
+  struct Hallocd {
+    bool counted, generations;
+  };
+  for (const Hallocd h : {Hallocd{true, true}, Hallocd{true, false}, Hallocd{false, false}}) {
+    const bool counted = h.counted;
+    SCOPED_TRACE(!counted        ? "an older hallocd"
+                 : h.generations ? "hallocd counts import references and takes generations"
+                                 : "hallocd counts import references, takes no generations");
     struct stat memfd_stat {};
     UniqueFd memfd = Memfd();
     ASSERT_EQ(::fstat(memfd.get(), &memfd_stat), 0);
@@ -166,7 +180,7 @@ TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndGivesBackItsRefe
           if (req.has_import_buffer()) {
             ++imports;
             absl::SleepFor(absl::Seconds(2));  // longer than the 1 s deadline
-            FakeBroker::Reply(sock, ImportReply(req.request_id(), 42), {memfd.get()});
+            FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, false, 9), {memfd.get()});
             memfd = UniqueFd();  // then only the client's copy is left
           } else if (req.has_release()) {
             FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
@@ -174,6 +188,7 @@ TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndGivesBackItsRefe
         },
         /*broker_import=*/true);
     broker.set_import_references(counted);
+    broker.set_hold_generations(h.generations);
     absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->Import("token").status().code(), absl::StatusCode::kDeadlineExceeded);
@@ -188,6 +203,8 @@ TEST(ClientImportTest, ABrokerImportThatGaveUpClosesItsLateFdAndGivesBackItsRefe
         << "only the caller's own Releases drop holds";
     EXPECT_EQ(broker.given_back_references(),
               counted ? std::vector<uint64_t>{42} : std::vector<uint64_t>{});
+    EXPECT_EQ(broker.given_back_generations(),
+              h.generations ? std::vector<uint64_t>{9} : std::vector<uint64_t>{});
   }
 }
 
@@ -199,7 +216,7 @@ TEST(ClientImportTest, ABrokerImportReplyWithoutItsFdIsDataLoss) {
     FakeBroker broker(
         [newly_held](int sock, const v1::BrokerRequest& req) {
           if (req.has_import_buffer()) {
-            FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, newly_held));
+            FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, newly_held, 9));
           }
           if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
         },
@@ -210,6 +227,7 @@ TEST(ClientImportTest, ABrokerImportReplyWithoutItsFdIsDataLoss) {
     EXPECT_TRUE(c->Release(8).ok());  // after any give-back it would have sent
     EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{8});
     EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+    EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9});
   }
 }
 
@@ -222,7 +240,7 @@ FakeBroker::Answer LateFirstImport(std::atomic<int>& imports) {
       UniqueFd fd = Memfd();
       const bool first = imports++ == 0;
       if (first) absl::SleepFor(absl::Milliseconds(1500));
-      FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, first), {fd.get()});
+      FakeBroker::Reply(sock, ImportReply(req.request_id(), 42, first, 9), {fd.get()});
     } else if (req.has_release()) {
       FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
     }
@@ -249,6 +267,7 @@ TEST(ClientImportTest, AGivenUpImportGivesBackItsReferenceWhileAnotherIsInFlight
   EXPECT_TRUE(c->Release(8).ok());
   EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{8}) << "42's hold is the caller's";
   EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+  EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9});
   again = absl::CancelledError("closed");
   EXPECT_EQ(testing::CountOpenFds(), fds_before) << "the late fd was closed";
 }
@@ -281,6 +300,7 @@ class CutImports final : public v1::Allocator::Service {
     resp->mutable_buffer()->set_id(42);
     resp->mutable_buffer()->set_size(4096);
     resp->set_newly_held(call == cut_at_ && newly_held_);
+    resp->set_hold_generation(9);
     return grpc::Status::OK;
   }
   // The fd limit as it was (once the cut import's frame has been read).
@@ -326,6 +346,7 @@ TEST(ClientImportTest, ACutGrpcImportGivesBackItsReference) {
     EXPECT_TRUE(c->Release(7).ok());  // a round trip after any give-back
     EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7});
     EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+    EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9});
     server->Shutdown();
   }
 }
@@ -352,6 +373,7 @@ TEST(ClientImportTest, AnImportWhoseFdNeverCameGivesBackOnlyItsReference) {
       resp->mutable_buffer()->set_id(42);
       resp->mutable_buffer()->set_size(4096);
       resp->set_newly_held(first);
+      resp->set_hold_generation(9);
       return grpc::Status::OK;
     }
     std::atomic<int> calls{0};
@@ -380,6 +402,52 @@ TEST(ClientImportTest, AnImportWhoseFdNeverCameGivesBackOnlyItsReference) {
   EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7})
       << "the hold `second` uses was given back";
   EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+  EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9});
+  server->Shutdown();
+}
+
+// A gRPC Import whose fd came (another call read it off the socket) before
+// the call gave up: the fd is closed then, and its reference goes back
+// naming the hold its BufferFd said (the gRPC reply never came).
+TEST(ClientImportTest, AGivenUpImportWhoseFdCameFirstNamesItsHold) {
+  class FdFirst final : public v1::Allocator::Service {
+   public:
+    explicit FdFirst(FakeBroker* broker) : broker_(broker) {}
+    grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
+                        v1::ImportResponse*) override {
+      UniqueFd fd = Memfd();
+      v1::BrokerFrame frame;
+      frame.mutable_buffer()->set_buffer_id(42);
+      frame.mutable_buffer()->set_call_id(req->call_id());
+      frame.mutable_buffer()->set_hold_generation(9);
+      broker_->Send(frame, {fd.get()});
+      sent.Notify();
+      for (int i = 0; i < 500 && !ctx->IsCancelled(); ++i) absl::SleepFor(absl::Milliseconds(10));
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "late");
+    }
+    absl::Notification sent;
+
+   private:
+    FakeBroker* const broker_;
+  };
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  FdFirst service(&broker);
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(2)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<Buffer> imported;
+  std::thread importing([&] { imported = c->Import("token"); });
+  ASSERT_TRUE(service.sent.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(c->Release(7).ok());  // reads the fd off the socket, for the Import
+  importing.join();
+  EXPECT_EQ(imported.status().code(), absl::StatusCode::kDeadlineExceeded) << imported.status();
+  EXPECT_TRUE(c->Release(8).ok());  // a round trip after the give-back
+  EXPECT_EQ(broker.released_ids(), (std::vector<uint64_t>{7, 8}));
+  EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{42});
+  EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{9});
   server->Shutdown();
 }
 
@@ -421,7 +489,7 @@ TEST(ClientImportTest, AnImportNeverAnsweredHoldsBackNoGiveBack) {
         // The first Import is never answered; the next one's answer says
         // it made a hold of 43 but brings no fd (DATA_LOSS to its caller).
         if (req.has_import_buffer() && imports++ > 0) {
-          FakeBroker::Reply(sock, ImportReply(req.request_id(), 43, /*newly_held=*/true));
+          FakeBroker::Reply(sock, ImportReply(req.request_id(), 43, /*newly_held=*/true, 5));
         }
         if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
       },
@@ -432,6 +500,7 @@ TEST(ClientImportTest, AnImportNeverAnsweredHoldsBackNoGiveBack) {
   EXPECT_EQ(c->Import("cut").status().code(), absl::StatusCode::kDataLoss);
   EXPECT_TRUE(c->Release(7).ok());  // a round trip after the give-back
   EXPECT_EQ(broker.given_back_references(), std::vector<uint64_t>{43});
+  EXPECT_EQ(broker.given_back_generations(), std::vector<uint64_t>{5});
   EXPECT_EQ(broker.released_ids(), std::vector<uint64_t>{7});
 }
 

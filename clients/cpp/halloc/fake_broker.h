@@ -99,9 +99,24 @@ class FakeBroker {
     return ids;
   }
   std::vector<uint64_t> given_back_references() { return released_ids(true); }
+  // The hold generations those give-backs named, in order (none where the
+  // client sent none).
+  std::vector<uint64_t> given_back_generations() {
+    std::vector<uint64_t> generations;
+    for (const v1::ReleaseRequest& r : releases()) {
+      if (!r.import_references()) continue;
+      EXPECT_TRUE(r.hold_generations().empty() || r.hold_generations_size() == r.buffer_ids_size())
+          << "one generation per id";
+      generations.insert(generations.end(), r.hold_generations().begin(),
+                         r.hold_generations().end());
+    }
+    return generations;
+  }
   // Whether its Welcome says it counts import references (it does unless
   // told otherwise before the client connects: an older hallocd).
   void set_import_references(bool counted) { import_references_ = counted; }
+  // Whether its Welcome says it takes hold generations (the same).
+  void set_hold_generations(bool taken) { hold_generations_ = taken; }
 
   // Sends `frame` (with `fds`) to the client, as hallocd's gRPC side does
   // with an Import's fd. After the handshake only.
@@ -151,6 +166,7 @@ class FakeBroker {
         r.mutable_welcome()->set_broker_revoke(broker_share_);
         r.mutable_welcome()->set_broker_metadata(broker_metadata_);
         r.mutable_welcome()->set_import_references(import_references_);
+        r.mutable_welcome()->set_hold_generations(hold_generations_);
         Reply(conn_.get(), r);
         continue;
       }
@@ -175,6 +191,7 @@ class FakeBroker {
   const bool broker_share_;
   const bool broker_metadata_;
   std::atomic<bool> import_references_{true};
+  std::atomic<bool> hold_generations_{true};
   TempDir dir_{"fake"};
   std::string path_;
   UniqueFd listener_, conn_;
@@ -209,13 +226,14 @@ inline v1::BrokerReply AllocateReply(uint64_t request_id, std::vector<uint64_t> 
   return r;
 }
 
-// A broker Import's answer (`newly_held`: ImportResponse.newly_held).
-inline v1::BrokerReply ImportReply(uint64_t request_id, uint64_t buffer_id,
-                                   bool newly_held = false) {
+// A broker Import's answer (`newly_held`, `hold_generation`: ImportResponse's).
+inline v1::BrokerReply ImportReply(uint64_t request_id, uint64_t buffer_id, bool newly_held = false,
+                                   uint64_t hold_generation = 0) {
   v1::BrokerReply r;
   r.set_request_id(request_id);
   r.mutable_import_buffer()->mutable_buffer()->set_id(buffer_id);
   r.mutable_import_buffer()->set_newly_held(newly_held);
+  r.mutable_import_buffer()->set_hold_generation(hold_generation);
   return r;
 }
 
