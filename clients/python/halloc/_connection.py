@@ -27,12 +27,13 @@ def _cpu_hint():
 
 
 class _Pending:
-    """An fd a gRPC call's frame brought (or why it did not come)."""
+    """An fd a gRPC call's frame brought (or why it did not come), and the
+    hold generation its BufferFd named (an Import's; else 0)."""
 
-    __slots__ = ("fd", "error", "since")
+    __slots__ = ("fd", "error", "since", "generation")
 
-    def __init__(self, fd, error, since):
-        self.fd, self.error, self.since = fd, error, since
+    def __init__(self, fd, error, since, generation=0):
+        self.fd, self.error, self.since, self.generation = fd, error, since, generation
 
     def close(self):
         if self.fd is not None:
@@ -131,20 +132,23 @@ class Connection:
         have come), are closed at once instead of waiting for a taker, and
         `give_back` (GIVE_BACK_*) goes back with them."""
         with self._lock:
-            came = [k for k in self._pending if k[1] == call_id]
-            for key in came:
-                self._pending.pop(key).close()
+            came = []
+            for key in [k for k in self._pending if k[1] == call_id]:
+                p = self._pending.pop(key)
+                p.close()
+                came.append((key[0], p.generation))
             if not came:
                 self._abandoned_calls[call_id] = (give_back, time.monotonic())  # come later
             else:
-                self._give_back_with_fds(give_back, [k[0] for k in came])
+                self._give_back_with_fds(give_back, came)
 
-    def _give_back_with_fds(self, give_back, ids):
-        """What abandon_call said goes back with fds `ids`. Holds self._lock."""
+    def _give_back_with_fds(self, give_back, came):
+        """What abandon_call said goes back with the fds that `came`, each
+        (buffer id, hold generation). Holds self._lock."""
         if give_back == self.GIVE_BACK_BUFFERS:
-            self._give_back(ids)
+            self._give_back([buffer_id for buffer_id, _ in came])
         elif give_back == self.GIVE_BACK_REFERENCES:
-            self._give_back_references(ids)
+            self._give_back_references(came)
 
     def forked(self):
         """Whether this process is a forked child of the one that connected."""
@@ -223,7 +227,7 @@ class Connection:
             _scm.close_all(fds)
             self._give_back([b.id for b in reply.allocate.buffers])
             if reply.WhichOneof("kind") == "import_buffer":
-                self._give_back_references([reply.import_buffer.buffer.id])
+                self._give_back_references([_reference(reply.import_buffer)])
 
     def take_fd(self, buffer_id, call_id=0):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
@@ -383,7 +387,7 @@ class Connection:
                 # alone: the session may hold the buffer by others, or an
                 # import in flight may rely on it). A refused one made none.
                 if kind == "import_buffer":
-                    self._give_back_references([reply.import_buffer.buffer.id])
+                    self._give_back_references([_reference(reply.import_buffer)])
                 # A grant its caller never learned of (it gave up): nobody
                 # has its token, and it would count against the session's
                 # grants, and keep the buffer importable, until the end.
@@ -407,7 +411,7 @@ class Connection:
         if call and call in self._abandoned_calls:
             _scm.close_all(fds)
             self._give_back_with_fds(self._abandoned_calls.pop(call)[0],
-                                     [b.buffer_id for b in described])
+                                     [(b.buffer_id, b.hold_generation) for b in described])
             return
         if truncated or len(described) != len(fds):
             # An Allocate's buffers go back now (its caller gives them back
@@ -427,12 +431,14 @@ class Connection:
             else:
                 bad = errors.DataLossError("malformed frame on the broker socket")
             for b in described:
-                self._replace_pending((b.buffer_id, b.call_id), _Pending(None, bad, now))
+                self._replace_pending((b.buffer_id, b.call_id),
+                                      _Pending(None, bad, now, b.hold_generation))
             if not is_import:
                 self._give_back([b.buffer_id for b in described])
             return
         for b, fd in zip(described, fds):
-            self._replace_pending((b.buffer_id, b.call_id), _Pending(fd, None, now))
+            self._replace_pending((b.buffer_id, b.call_id),
+                                  _Pending(fd, None, now, b.hold_generation))
 
     def _replace_pending(self, key, pending):
         old = self._pending.get(key)
@@ -457,20 +463,26 @@ class Connection:
             else:
                 self._imports_without_call_id -= 1
 
-    def give_back_reference(self, buffer_id):
+    def give_back_reference(self, buffer_id, hold_generation):
         """An import of `buffer_id` that hallocd delivered reached no
-        caller: gives back the one reference it is on the session's hold."""
+        caller: gives back the one reference it is on the session's hold,
+        the hold of `hold_generation` (ImportResponse.hold_generation)."""
         with self._lock:
-            self._give_back_references([buffer_id])
+            self._give_back_references([(buffer_id, hold_generation)])
 
-    def _give_back_references(self, ids):
-        """The same for each of `ids`, holding self._lock. Only where
-        hallocd counts references: an older one's Release would drop the
-        whole hold, which another import may rely on (it stays until the
-        session ends)."""
-        if ids and self._welcome.import_references:
-            self._send_unanswered(release=allocator_pb2.ReleaseRequest(
-                buffer_ids=ids, import_references=True))
+    def _give_back_references(self, refs):
+        """The same for each of `refs`, (buffer id, hold generation) each,
+        holding self._lock. Only where hallocd counts references: an older
+        one's Release would drop the whole hold, which another import may
+        rely on (it stays until the session ends). Each names the hold it
+        is on where hallocd takes that: a hold dropped meanwhile (a Release
+        on another thread) and made again by another import is not touched."""
+        if refs and self._welcome.import_references:
+            req = allocator_pb2.ReleaseRequest(
+                buffer_ids=[buffer_id for buffer_id, _ in refs], import_references=True)
+            if self._welcome.hold_generations:
+                req.hold_generations.extend(generation for _, generation in refs)
+            self._send_unanswered(release=req)
 
     _MOST_ABANDONED_CALLS = 1024
 
@@ -533,6 +545,11 @@ def _parse_frame(data):
     except Exception:  # google.protobuf.message.DecodeError
         return None
     return frame
+
+
+def _reference(imported):
+    """An ImportResponse's reference: (buffer id, hold generation)."""
+    return imported.buffer.id, imported.hold_generation
 
 
 def _prefixed(fn, name, *args):

@@ -429,7 +429,7 @@ class Client:
             # back now; an fd that comes later still is closed as it comes.
             if req.call_id:
                 self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_NOTHING)
-            self._conn.give_back_reference(resp.buffer.id)
+            self._conn.give_back_reference(resp.buffer.id, resp.hold_generation)
             raise
         finally:
             self._conn.import_ends(req.call_id)

@@ -36,7 +36,8 @@ class ScriptedBroker:
         self.sock = theirs
         conn = _broker.BrokerConnection(ours, broker_pb2.Hello(),
                                         broker_pb2.Welcome(session_id=1, session_token="t",
-                                                           import_references=True))
+                                                           import_references=True,
+                                                           hold_generations=True))
         self.client = halloc.Client(conn, grpc.insecure_channel("unix:/nonexistent"),
                                     timeout, True)
         self._answer = answer

@@ -12,7 +12,8 @@ import pytest
 
 import halloc
 from conftest import wait_for
-from scripted_broker import PAGE, ScriptedBroker, interrupt_the_next_wait, open_on_inode
+from scripted_broker import (PAGE, ScriptedBroker, interrupt_the_next_wait, open_on_inode,
+                             release_on_the_socket)
 
 
 def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
@@ -36,6 +37,7 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
         frame = broker_pb2.BrokerFrame()
         frame.buffer.buffer_id = 42
         frame.buffer.call_id = req.call_id
+        frame.buffer.hold_generation = 9
         socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
         raise halloc.DeadlineExceededError("Import: deadline passed")
 
@@ -47,29 +49,72 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     broker.client.release(8)  # after the give-back it sent
     assert not open_on_inode(inode), "the late import's fd is still open in the client"
     # The fd went, so the import was delivered: its reference goes back
-    # with it (hallocd sends none once it sees the call gave up).
-    assert released == [7, ("ref", 42), 8]
+    # with it (hallocd sends none once it sees the call gave up), naming
+    # the hold the fd's BufferFd said it is on.
+    assert released == [7, ("ref", 42, 9), 8]
+    broker.close()
+
+
+def test_an_import_given_up_after_its_fd_came_names_the_hold_its_fd_said(monkeypatch):
+    # A gRPC Import's fd came, read off the socket by another call, before
+    # its call gave up (no reply came): the fd is closed as the call gives
+    # up, and its reference goes back naming the hold its BufferFd said.
+    # (As libhalloc's AGivenUpImportWhoseFdCameFirstNamesItsHold.)
+    import socket
+    from halloc.v1 import broker_pb2
+    released = []
+
+    def answer(sock, req):
+        _releases(released, req)
+        broker.reply_release(req)
+
+    broker = ScriptedBroker(answer, timeout=10.0)
+    broker.client.welcome.import_call_ids = True
+    memfd = os.memfd_create("import")
+    inode = os.fstat(memfd).st_ino
+
+    def fd_first(method, req, name):
+        frame = broker_pb2.BrokerFrame()
+        frame.buffer.buffer_id = 42
+        frame.buffer.call_id = req.call_id
+        frame.buffer.hold_generation = 9
+        socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
+        release_on_the_socket(broker, 7)  # reads the fd off the socket, for the Import
+        raise halloc.DeadlineExceededError("Import: deadline passed")
+
+    monkeypatch.setattr(broker.client._conn, "call", fd_first)
+    with pytest.raises(halloc.DeadlineExceededError):
+        broker.client.import_buffer("token")
+    os.close(memfd)
+    broker.client.release(8)  # after the give-back
+    assert not open_on_inode(inode), "the given-up import's fd is still open in the client"
+    assert released == [7, ("ref", 42, 9), 8]
     broker.close()
 
 
 def _releases(released, req):
-    """Notes a Release: its ids, or ("ref", id) for each import reference
-    it gives back."""
-    if req.release.import_references:
-        released.extend(("ref", i) for i in req.release.buffer_ids)
+    """Notes a Release: its ids, or ("ref", id, hold generation) for each
+    import reference it gives back (("ref", id) where it names no holds)."""
+    r = req.release
+    if not r.import_references:
+        released.extend(r.buffer_ids)
+    elif r.hold_generations:
+        assert len(r.hold_generations) == len(r.buffer_ids), "one generation per id"
+        released.extend(("ref", i, g) for i, g in zip(r.buffer_ids, r.hold_generations))
     else:
-        released.extend(req.release.buffer_ids)
+        released.extend(("ref", i) for i in r.buffer_ids)
 
 
-@pytest.mark.parametrize("counted", [True, False])
+@pytest.mark.parametrize("hallocd", ["generations", "references", "older"])
 @pytest.mark.parametrize("newly_held", [False, True])
 def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_its_reference(
-        monkeypatch, newly_held, counted):
+        monkeypatch, newly_held, hallocd):
     # Its reply and fd come together after the caller was interrupted: the
     # fd is closed and the reference the import is on the session's hold
     # goes back, whether or not it made the hold (that reference alone
-    # goes). An older hallocd (no Welcome.import_references) is sent
-    # nothing: its Release would drop the whole hold.
+    # goes), naming that hold where hallocd takes hold generations. An
+    # older hallocd (no Welcome.import_references) is sent nothing: its
+    # Release would drop the whole hold.
     import socket
     from halloc.v1 import broker_pb2
     memfd = os.memfd_create("late-import")
@@ -84,6 +129,7 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_its_refe
             frame.reply.request_id = req.request_id
             frame.reply.import_buffer.buffer.id = 5
             frame.reply.import_buffer.newly_held = newly_held
+            frame.reply.import_buffer.hold_generation = 9
             socket.send_fds(sock, [frame.SerializeToString()], [memfd])
             return
         _releases(released, req)
@@ -91,7 +137,8 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_its_refe
 
     broker = ScriptedBroker(answer, timeout=2.0)
     broker.client.welcome.broker_import = True
-    broker.client.welcome.import_references = counted
+    broker.client.welcome.import_references = hallocd != "older"
+    broker.client.welcome.hold_generations = hallocd == "generations"
     interrupt_the_next_wait(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         broker.client.import_buffer("token")
@@ -101,7 +148,8 @@ def test_a_broker_import_that_gave_up_closes_its_late_fd_and_gives_back_its_refe
     broker.client.release(8)  # after any give-back it would have sent
     os.close(memfd)
     assert not open_on_inode(inode), "the interrupted Import's fd is still open"
-    assert released == ([7, ("ref", 5), 8] if counted else [7, 8])
+    assert released == {"generations": [7, ("ref", 5, 9), 8], "references": [7, ("ref", 5), 8],
+                        "older": [7, 8]}[hallocd]
     broker.close()
 
 
@@ -119,6 +167,7 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
         frame.reply.request_id = req.request_id
         frame.reply.import_buffer.buffer.id = 5
         frame.reply.import_buffer.newly_held = newly_held
+        frame.reply.import_buffer.hold_generation = 9
         sock.send(frame.SerializeToString())  # no fd
 
     broker = ScriptedBroker(answer, timeout=2.0)
@@ -127,7 +176,7 @@ def test_a_broker_import_reply_without_its_fd_is_data_loss(newly_held):
         broker.client.import_buffer("token")
     broker.client.release(8)  # after any give-back it would have sent
     # The reference this import made reached nobody: given back.
-    assert released == [("ref", 5), 8]
+    assert released == [("ref", 5, 9), 8]
     broker.close()
 
 
@@ -149,6 +198,7 @@ def test_an_import_never_answered_holds_back_no_give_back():
         frame.reply.request_id = req.request_id
         frame.reply.import_buffer.buffer.id = 43
         frame.reply.import_buffer.newly_held = True
+        frame.reply.import_buffer.hold_generation = 5
         sock.send(frame.SerializeToString())  # no fd: DATA_LOSS
 
     broker = ScriptedBroker(answer, timeout=0.5)
@@ -158,7 +208,7 @@ def test_an_import_never_answered_holds_back_no_give_back():
     with pytest.raises(halloc.DataLossError):
         broker.client.import_buffer("cut")
     broker.client.release(7)  # a round trip after the give-back
-    assert released == [("ref", 43), 7]
+    assert released == [("ref", 43, 5), 7]
     broker.close()
 
 
@@ -191,13 +241,14 @@ def test_an_import_whose_fd_never_came_gives_back_only_its_reference(monkeypatch
             frame = broker_pb2.BrokerFrame()
             frame.buffer.buffer_id = 42
             frame.buffer.call_id = req.call_id
+            frame.buffer.hold_generation = 9
             memfd = os.memfd_create("second")
             socket.send_fds(broker.sock, [frame.SerializeToString()], [memfd])
             os.close(memfd)
         else:
             first_served.set()
         return allocator_pb2.ImportResponse(buffer=types_pb2.BufferInfo(id=42, size=PAGE),
-                                            newly_held=first)
+                                            newly_held=first, hold_generation=9)
 
     monkeypatch.setattr(broker.client._conn, "call", grpc_import)
     outcome = {}
@@ -215,7 +266,8 @@ def test_an_import_whose_fd_never_came_gives_back_only_its_reference(monkeypatch
     importing.join()
     assert isinstance(outcome["first"], halloc.DeadlineExceededError), outcome["first"]
     broker.client.release(7)  # a round trip after any give-back
-    assert releases == [("ref", 42), 7], "the hold the second import's Buffer uses was released"
+    assert releases == [("ref", 42, 9), 7], \
+        "the hold the second import's Buffer uses was released"
     second.close()
     broker.close()
 
@@ -267,6 +319,7 @@ def test_an_import_given_up_after_its_reply_was_filed_gives_back_its_reference_a
                 frame.reply.request_id = r.request_id
                 frame.reply.import_buffer.buffer.id = 5
                 frame.reply.import_buffer.newly_held = r.import_buffer.grant_token == b"A"
+                frame.reply.import_buffer.hold_generation = 9  # one hold, both
                 fd = os.memfd_create("import")
                 socket.send_fds(sock, [frame.SerializeToString()], [fd])
                 os.close(fd)
@@ -315,5 +368,5 @@ def test_an_import_given_up_after_its_reply_was_filed_gives_back_its_reference_a
     conn._filed.wait = real_wait
     assert got["B"].id == 5
     broker.client.release(8)
-    assert released == [("ref", 5), 8], "the hold B's Buffer uses was released"
+    assert released == [("ref", 5, 9), 8], "the hold B's Buffer uses was released"
     broker.close()
