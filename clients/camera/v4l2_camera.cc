@@ -132,6 +132,12 @@ class V4l2Camera : public Camera {
       {
         absl::MutexLock lock(&mu_);
         if (!streaming_) return absl::FailedPreconditionError("not streaming: Start first");
+        // A buffer passed over whose requeue failed (DequeueLocked) is
+        // idle while streaming: back to the driver first, not lost from
+        // the rotation until a Stop and Start.
+        for (uint32_t i = 0; i < slots_.size(); ++i) {
+          if (slots_[i] == Slot::kIdle) RETURN_IF_ERROR(QueueLocked(i));
+        }
         bool any_queued = false;
         for (Slot s : slots_) any_queued |= s == Slot::kQueued;
         if (!any_queued) {
@@ -297,9 +303,11 @@ class V4l2Camera : public Camera {
     if (Xioctl(fd_.get(), VIDIOC_G_PARM, &parm) != 0) return;
     v4l2_fract* tpf = &parm.parm.capture.timeperframe;
     if (fps > 0 && (parm.parm.capture.capability & V4L2_CAP_TIMEPERFRAME)) {
+      const v4l2_fract running = *tpf;
       tpf->numerator = 1000;
       tpf->denominator = static_cast<uint32_t>(fps * 1000);
-      if (Xioctl(fd_.get(), VIDIOC_S_PARM, &parm) != 0) return;
+      // Refused: the driver keeps the rate G_PARM said it runs at.
+      if (Xioctl(fd_.get(), VIDIOC_S_PARM, &parm) != 0) *tpf = running;
     }
     if (tpf->numerator != 0 && tpf->denominator != 0) {
       format_.fps = static_cast<double>(tpf->denominator) / tpf->numerator;
