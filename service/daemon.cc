@@ -52,7 +52,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   d->service_ = std::make_unique<AllocatorService>(
       d->core_.get(), d->control_peers_,
       [self](std::optional<uid_t> only_uid) { return self->Stats(only_uid); },
-      d->calls_per_uid_.get());
+      d->calls_per_uid_.get(), d->options_.grpc_streams);
   const bool broker_inherited = inherited.broker.is_valid();
   RETURN_IF_ERROR(d->StartControl(std::move(inherited.control)));
   // What a control connection costs is known now: the connection

@@ -23,6 +23,7 @@
 #include "service/calls_per_uid.h"
 #include "service/control_peers.h"
 #include "service/reply_watch.h"
+#include "service/stream_deadlines.h"
 #include "service/util/unix_listener.h"
 
 namespace grpc {
@@ -84,6 +85,9 @@ struct DaemonOptions {
   // How long a gRPC reply may wait for its client to read it, and how many
   // of one uid's may wait long (service/reply_watch.h).
   ReplyWatch::Options grpc_replies;
+  // How long a long-lived gRPC stream may hold its place: a ReleaseMany,
+  // a reflection stream, a health watch (service/stream_deadlines.h).
+  StreamTimeLimits grpc_streams;
   // Where to serve Prometheus metrics (GET /metrics): "127.0.0.1:PORT" or
   // "[::1]:PORT" (service/metrics/http_server.h); empty: not served.
   std::string metrics_address;

@@ -7,6 +7,7 @@
 #include "service/audit.h"
 #include "service/connection_limits.h"
 #include "service/peer_identity.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 namespace {
@@ -141,6 +142,15 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
       return absl::ResourceExhaustedError(absl::StrCat(
           slot.status().message(), "; or release fewer ids (a Release of up to 64 KiB of ids)"));
     }
+    // Its parts come within release_many_within_ of its start, or it is
+    // cut (Read() returns false) and its client told so.
+    const std::string too_slow = absl::StrCat(
+        "a ReleaseMany's requests must all come within ",
+        absl::FormatDuration(release_many_within_),
+        " of its start (hallocd's limit: they hold one of its few places for such streams; "
+        "write them at once): nothing released");
+    StreamDeadlines::Deadline deadline = release_deadlines_.Watch(
+        ctx, MonotonicNow() + release_many_within_, grpc::StatusCode::DEADLINE_EXCEEDED, too_slow);
     // Gathered (no further than a Release may name), then released as one.
     v1::ReleaseRequest all;
     v1::ReleaseRequest part;
@@ -165,6 +175,9 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
       all.mutable_hold_generations()->MergeFrom(part.hold_generations());
       last = part.last();
     }
+    // Cut, even after its last part came: its client was told nothing
+    // was released.
+    if (!deadline.Stop()) return absl::DeadlineExceededError(too_slow);
     // Cut or cancelled before its end: which ids it meant is not known.
     if (!last) {
       return absl::CancelledError("the stream ended before its last request: nothing released");

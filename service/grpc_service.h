@@ -17,6 +17,7 @@
 #include "service/allocator.h"
 #include "service/calls_per_uid.h"
 #include "service/control_peers.h"
+#include "service/stream_deadlines.h"
 #include "service/util/stream_slots.h"
 
 namespace halloc {
@@ -26,9 +27,11 @@ grpc::Status ToGrpc(const absl::Status& status);
 class AllocatorService final : public v1::Allocator::Service {
  public:
   // ReleaseMany streams served at once, and for one uid: each holds a
-  // server thread until its last part comes (a client may send them as
-  // slowly as it likes), so that they can never take every thread, nor
-  // one user all of them. Beyond: RESOURCE_EXHAUSTED.
+  // server thread until its last part comes, so that they can never take
+  // every thread, nor one user all of them. Beyond: RESOURCE_EXHAUSTED.
+  // A client that sends its parts slowly, or stops, has its stream ended
+  // (DEADLINE_EXCEEDED, nothing released) once it is
+  // StreamTimeLimits::release_many old, so that its place comes free.
   static constexpr int kMaxReleaseStreams = 4;
   static constexpr int kMaxReleaseStreamsPerUid = 2;
   // ReleaseMany streams being served now.
@@ -43,10 +46,16 @@ class AllocatorService final : public v1::Allocator::Service {
   // `stats` (hallocd's adds its transport's counters to the core's) may be
   // null.
   // With `calls` (hallocd's), a call its uid's limit did not admit is
-  // refused (RESOURCE_EXHAUSTED) before anything else.
+  // refused (RESOURCE_EXHAUSTED) before anything else. `times`: how long
+  // a ReleaseMany may last (its release_many).
   explicit AllocatorService(Allocator* core, std::shared_ptr<const ControlPeers> peers = nullptr,
-                            StatsSource stats = nullptr, const CallsPerUid* calls = nullptr)
-      : core_(core), peers_(std::move(peers)), stats_(std::move(stats)), calls_(calls) {}
+                            StatsSource stats = nullptr, const CallsPerUid* calls = nullptr,
+                            const StreamTimeLimits& times = {})
+      : core_(core),
+        peers_(std::move(peers)),
+        stats_(std::move(stats)),
+        calls_(calls),
+        release_many_within_(times.release_many) {}
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
                         v1::AllocateResponse* resp) override;
@@ -104,7 +113,11 @@ class AllocatorService final : public v1::Allocator::Service {
   const std::shared_ptr<const ControlPeers> peers_;
   const StatsSource stats_;
   const CallsPerUid* const calls_;
+  const absl::Duration release_many_within_;
   StreamSlots release_streams_{"ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid};
+  // Ends ReleaseMany streams past release_many_within_ (their handlers
+  // wait in Read(), which only a cancel from another thread ends).
+  StreamDeadlines release_deadlines_;
 };
 
 }  // namespace halloc

@@ -75,8 +75,10 @@ class SlowShares : public grpc::experimental::ServerInterceptorFactoryInterface 
 
 class GrpcServiceTest : public ::testing::Test {
  protected:
-  explicit GrpcServiceTest(absl::Duration share_delay = absl::ZeroDuration())
-      : core_(std::make_unique<MemfdBackend>(), Limits()), service_(&core_) {
+  explicit GrpcServiceTest(absl::Duration share_delay = absl::ZeroDuration(),
+                           const StreamTimeLimits& times = {})
+      : core_(std::make_unique<MemfdBackend>(), Limits()),
+        service_(&core_, nullptr, nullptr, nullptr, times) {
     grpc::ServerBuilder builder;
     builder.RegisterService(&service_);
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> slow;
@@ -504,6 +506,80 @@ TEST_F(GrpcServiceTest, ReleaseManyStreamsAreFewAtATime) {
   }
   s = ReleaseMany({{}});
   EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
+// A ReleaseMany whose client sends a part and then nothing holds its place
+// only until it is StreamTimeLimits::release_many old (200 ms here): then
+// it is ended with DEADLINE_EXCEEDED, nothing released, and the next
+// stream gets its place. Before, it held it (and a server thread) for as
+// long as its client kept it open: four such took ReleaseMany from
+// everyone. Over the in-process channel and over a socket (hallocd's
+// HTTP/2, where the status travels in the cancelled stream's trailers).
+class ReleaseManyTimeTest : public GrpcServiceTest {
+ protected:
+  ReleaseManyTimeTest() : GrpcServiceTest(absl::ZeroDuration(), Times()) {}
+  static StreamTimeLimits Times() {
+    StreamTimeLimits times;
+    times.release_many = absl::Milliseconds(200);
+    return times;
+  }
+  // A stub on a connection of its own, as hallocd's clients have.
+  std::unique_ptr<v1::Allocator::Stub> OverASocket() {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
+    grpc::AddInsecureChannelFromFd(server_.get(), sv[0]);
+    return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
+  }
+};
+
+TEST_F(ReleaseManyTimeTest, AStreamThatStallsIsEndedReleasingNothingAndItsPlaceComesFree) {
+  const std::vector<uint64_t> ids = AllocateIds(2);
+  ASSERT_EQ(ids.size(), 2u);
+  std::unique_ptr<v1::Allocator::Stub> socket_stub = OverASocket();
+  struct Stalled {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    v1::ReleaseResponse resp;
+    std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer;
+  };
+  // Every place taken, half over each channel: a part each, not the last,
+  // and then nothing. (The client's own deadline, far past the bound, only
+  // so that the test ends without the bound.)
+  std::vector<Stalled> stalled(AllocatorService::kMaxReleaseStreams);
+  for (size_t i = 0; i < stalled.size(); ++i) {
+    Stalled& st = stalled[i];
+    st.ctx = Ctx(session_->token());
+    st.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    st.writer = (i % 2 == 0 ? stub_ : socket_stub)->ReleaseMany(st.ctx.get(), &st.resp);
+    v1::ReleaseRequest part;
+    part.add_buffer_ids(ids[0]);
+    ASSERT_TRUE(st.writer->Write(part)) << i;
+  }
+  // Ended well within 10 s (their bound is 200 ms), places freed.
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (service_.release_streams() > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(service_.release_streams(), 0) << "stalled ReleaseMany streams kept their places";
+  for (size_t i = 0; i < stalled.size(); ++i) {
+    const grpc::Status s = stalled[i].writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::DEADLINE_EXCEEDED) << i << ": " << s.error_message();
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "nothing released")) << s.error_message();
+  }
+  EXPECT_EQ(core_.Stats().live_buffers(), 2u) << "a stream cut before its end released ids";
+  // A stream that comes whole is served, over either channel.
+  grpc::Status s = ReleaseMany({{ids[0]}});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  auto ctx = Ctx(session_->token());
+  v1::ReleaseResponse resp;
+  auto writer = socket_stub->ReleaseMany(ctx.get(), &resp);
+  v1::ReleaseRequest req;
+  req.add_buffer_ids(ids[1]);
+  req.set_last(true);
+  EXPECT_TRUE(writer->Write(req));
+  writer->WritesDone();
+  s = writer->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
 }
 
 // List pages: page_size (0 or past kMaxListPage: kMaxListPage) buffers at
