@@ -119,7 +119,7 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
           std::string(v1::Allocator::service_full_name()),
           std::string(grpc::health::v1::Health::service_full_name()),
           std::string(grpc::reflection::v1alpha::ServerReflection::service_full_name())},
-      control_peers_, calls_per_uid_.get());
+      control_peers_, calls_per_uid_.get(), options_.grpc_streams);
   builder.RegisterService(reflection_.get());
   reply_watch_ = std::make_unique<ReplyWatch>(options_.grpc_replies, control_peers_);
   ApplyGrpcLimits(options_, reply_watch_.get(), calls_per_uid_.get(), builder);

@@ -3,9 +3,11 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 namespace {
@@ -37,8 +39,12 @@ void SetError(v1alpha::ServerReflectionResponse* resp, grpc::StatusCode code, st
 
 ReflectionService::ReflectionService(std::vector<std::string> services,
                                      std::shared_ptr<const ControlPeers> peers,
-                                     const CallsPerUid* calls)
-    : services_(std::move(services)), peers_(std::move(peers)), calls_(calls) {}
+                                     const CallsPerUid* calls, const StreamTimeLimits& times)
+    : services_(std::move(services)),
+      peers_(std::move(peers)),
+      calls_(calls),
+      idle_(times.reflection_idle),
+      lifetime_(times.reflection_lifetime) {}
 
 v1alpha::ServerReflectionResponse ReflectionService::Answer(
     const v1alpha::ServerReflectionRequest& req, std::set<std::string>* sent) const {
@@ -108,11 +114,24 @@ grpc::Status ReflectionService::ServerReflectionInfo(
   if (!slot.ok()) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(slot.status().message()));
   }
+  // Ended idle_ after its last answer (or its start), or lifetime_ after
+  // its start, whichever is sooner.
+  const absl::Time end = MonotonicNow() + lifetime_;
+  auto due = [&] { return std::min(MonotonicNow() + idle_, end); };
+  const std::string ended = absl::StrCat(
+      "a reflection stream ends after ", absl::FormatDuration(idle_), " without a request, or ",
+      absl::FormatDuration(lifetime_),
+      " in all (hallocd's limits: it holds one of a few places for such streams); open another");
+  StreamDeadlines::Deadline deadline =
+      deadlines_.Watch(ctx, due(), grpc::StatusCode::DEADLINE_EXCEEDED, ended);
   std::set<std::string> sent;
   v1alpha::ServerReflectionRequest req;
   while (stream->Read(&req)) {
     if (!stream->Write(Answer(req, &sent))) break;
+    deadline.Set(due());
   }
+  // (Cut: its client has that status already.)
+  if (!deadline.Stop()) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, ended);
   return grpc::Status::OK;
 }
 

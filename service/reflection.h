@@ -8,7 +8,11 @@
 // This one answers the same requests from the generated descriptor pool,
 // at most kMaxStreams streams at a time and kMaxStreamsPerUid for one uid
 // (RESOURCE_EXHAUSTED beyond; service/util/stream_slots.h), like
-// HealthService's watches.
+// HealthService's watches. A place is held only while the stream is used:
+// one without a request for StreamTimeLimits::reflection_idle, or open for
+// reflection_lifetime, is ended (DEADLINE_EXCEEDED); else a client that
+// opened two and asked nothing kept them, and two uids so took reflection
+// from everyone.
 #ifndef HALLOC_SERVICE_REFLECTION_H_
 #define HALLOC_SERVICE_REFLECTION_H_
 
@@ -20,6 +24,7 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "service/calls_per_uid.h"
 #include "service/control_peers.h"
+#include "service/stream_deadlines.h"
 #include "service/util/stream_slots.h"
 
 namespace halloc {
@@ -31,10 +36,12 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
 
   // `services`: the full names list_services answers (the server's). With
   // `peers` (hallocd's), streams are counted per uid too; with `calls`
-  // (hallocd's), one its uid's limit did not admit is refused.
+  // (hallocd's), one its uid's limit did not admit is refused. `times`:
+  // how long a stream may be idle, and last (its reflection_*).
   explicit ReflectionService(std::vector<std::string> services,
                              std::shared_ptr<const ControlPeers> peers = nullptr,
-                             const CallsPerUid* calls = nullptr);
+                             const CallsPerUid* calls = nullptr,
+                             const StreamTimeLimits& times = {});
 
   grpc::Status ServerReflectionInfo(
       grpc::ServerContext* ctx,
@@ -52,7 +59,12 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
   const std::vector<std::string> services_;
   const std::shared_ptr<const ControlPeers> peers_;
   const CallsPerUid* const calls_;
+  const absl::Duration idle_;
+  const absl::Duration lifetime_;
   StreamSlots streams_{"reflection streams", kMaxStreams, kMaxStreamsPerUid};
+  // Ends streams past idle_ or lifetime_ (their handlers wait in Read(),
+  // which only a cancel from another thread ends).
+  StreamDeadlines deadlines_;
 };
 
 }  // namespace halloc

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
@@ -23,9 +24,10 @@ using ::testing::HasSubstr;
 
 class ReflectionTest : public ::testing::Test {
  protected:
-  explicit ReflectionTest(std::shared_ptr<const ControlPeers> peers = nullptr)
+  explicit ReflectionTest(std::shared_ptr<const ControlPeers> peers = nullptr,
+                          const StreamTimeLimits& times = {})
       : service_({"halloc.v1.Allocator", "grpc.reflection.v1alpha.ServerReflection"},
-                 std::move(peers)) {
+                 std::move(peers), nullptr, times) {
     grpc::ServerBuilder builder;
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
@@ -74,11 +76,15 @@ class ReflectionTest : public ::testing::Test {
   }
 
   // `n` streams, each answered once: served (holding its thread) from
-  // then on. Fewer if one was not answered.
-  std::vector<std::unique_ptr<Open>> OpenStreams(int n) {
+  // then on. Fewer if one was not answered. With `deadline_s`, each
+  // gives up after so many seconds.
+  std::vector<std::unique_ptr<Open>> OpenStreams(int n, int deadline_s = 0) {
     std::vector<std::unique_ptr<Open>> open;
     for (int i = 0; i < n; ++i) {
       auto o = std::make_unique<Open>();
+      if (deadline_s > 0) {
+        o->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(deadline_s));
+      }
       o->stream = stub_->ServerReflectionInfo(&o->ctx);
       v1alpha::ServerReflectionResponse resp;
       if (!o->stream->Write(List()) || !o->stream->Read(&resp)) break;
@@ -170,6 +176,77 @@ TEST_F(ReflectionTest, StreamsAreFewAtATime) {
   open.pop_back();
   EXPECT_EQ(Ask({List()}).size(), 1u);  // room again
   for (auto& o : open) Close(o);
+}
+
+// A stream holds its place only while used: one without a request for
+// StreamTimeLimits::reflection_idle, or open for reflection_lifetime, is
+// ended (DEADLINE_EXCEEDED) and its place comes free. Before, streams
+// opened and left idle kept their places for as long as their clients
+// kept them.
+class ReflectionTimeTest : public ReflectionTest {
+ protected:
+  ReflectionTimeTest() : ReflectionTest(nullptr, Times()) {}
+  static StreamTimeLimits Times() {
+    StreamTimeLimits times;
+    times.reflection_idle = absl::Seconds(1);
+    times.reflection_lifetime = absl::Seconds(60);
+    return times;
+  }
+
+  // How `o` ends, waiting no more than 10 s (the stream's own deadline
+  // is 20 s).
+  static grpc::Status Ends(Open& o) {
+    const absl::Time start = absl::Now();
+    v1alpha::ServerReflectionResponse resp;
+    EXPECT_FALSE(o.stream->Read(&resp));
+    EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "not ended in time";
+    return o.stream->Finish();
+  }
+};
+
+TEST_F(ReflectionTimeTest, AnIdleStreamIsEndedAndItsPlaceComesFree) {
+  std::vector<std::unique_ptr<Open>> open = OpenStreams(ReflectionService::kMaxStreams, 20);
+  ASSERT_EQ(open.size(), static_cast<size_t>(ReflectionService::kMaxStreams));
+  // Each request moves the idle limit: asked every 400 ms, past the 1 s
+  // limit in all, the first stream is served on.
+  for (int i = 0; i < 3; ++i) {
+    absl::SleepFor(absl::Milliseconds(400));
+    v1alpha::ServerReflectionResponse resp;
+    ASSERT_TRUE(open[0]->stream->Write(List())) << i;
+    ASSERT_TRUE(open[0]->stream->Read(&resp)) << i;
+  }
+  for (auto& o : open) {
+    const grpc::Status s = Ends(*o);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr("without a request"));
+  }
+  EXPECT_EQ(Ask({List()}).size(), 1u);  // room again
+}
+
+class ReflectionLifetimeTest : public ReflectionTest {
+ protected:
+  ReflectionLifetimeTest() : ReflectionTest(nullptr, Times()) {}
+  static StreamTimeLimits Times() {
+    StreamTimeLimits times;
+    times.reflection_idle = absl::Seconds(60);
+    times.reflection_lifetime = absl::Milliseconds(300);
+    return times;
+  }
+};
+
+TEST_F(ReflectionLifetimeTest, AStreamInUseEndsAfterItsLifetime) {
+  std::vector<std::unique_ptr<Open>> open = OpenStreams(1, 20);
+  ASSERT_EQ(open.size(), 1u);
+  // Asked on and on: ended all the same, well within 10 s.
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  v1alpha::ServerReflectionResponse resp;
+  while (open[0]->stream->Write(List()) && open[0]->stream->Read(&resp)) {
+    ASSERT_LT(absl::Now(), until) << "a stream in use was never ended";
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  const grpc::Status s = open[0]->stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  EXPECT_EQ(Ask({List()}).size(), 1u);
 }
 
 // With hallocd's ControlPeers, streams count per uid too: one uid gets
