@@ -112,7 +112,7 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
   // Ours, not grpc::EnableDefaultHealthCheckService: see health.h.
   health_ = std::make_unique<HealthService>(
       std::vector<std::string>{std::string(v1::Allocator::service_full_name())}, control_peers_,
-      calls_per_uid_.get());
+      calls_per_uid_.get(), options_.grpc_streams);
   builder.RegisterService(health_.get());
   reflection_ = std::make_unique<ReflectionService>(
       std::vector<std::string>{

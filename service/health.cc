@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 
@@ -20,8 +21,12 @@ constexpr absl::Duration kWatchPoll = absl::Seconds(1);
 }  // namespace
 
 HealthService::HealthService(std::vector<std::string> services,
-                             std::shared_ptr<const ControlPeers> peers, const CallsPerUid* calls)
-    : services_(std::move(services)), peers_(std::move(peers)), calls_(calls) {}
+                             std::shared_ptr<const ControlPeers> peers, const CallsPerUid* calls,
+                             const StreamTimeLimits& times)
+    : services_(std::move(services)),
+      peers_(std::move(peers)),
+      calls_(calls),
+      watch_lifetime_(times.watch_lifetime) {}
 
 void HealthService::Shutdown() {
   absl::MutexLock lock(&mu_);
@@ -55,6 +60,7 @@ grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckReq
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat(slot.status().message(), " (use Check)"));
   }
+  const absl::Time end = MonotonicNow() + watch_lifetime_;
   bool shut_down;
   {
     absl::MutexLock lock(&mu_);
@@ -66,11 +72,15 @@ grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckReq
                   : shut_down ? HealthCheckResponse::NOT_SERVING
                               : HealthCheckResponse::SERVING);
   bool open = writer->Write(resp);
-  // The status changes once at most (Shutdown); wait for that, or for the
-  // caller to go away.
+  // The status changes once at most (Shutdown); wait for that, for the
+  // caller to go away, or for the watch's end.
   while (open && !shut_down) {
+    const absl::Duration left = end - MonotonicNow();
+    // Its place goes to whoever asks next, the watcher again, maybe.
+    // (Nothing more is sent: a NOT_SERVING would mark hallocd down.)
+    if (left <= absl::ZeroDuration()) return grpc::Status::OK;
     absl::MutexLock lock(&mu_);
-    mu_.AwaitWithTimeout(absl::Condition(&shut_down_), kWatchPoll);
+    mu_.AwaitWithTimeout(absl::Condition(&shut_down_), std::min(kWatchPoll, left));
     shut_down = shut_down_;
     if (!shut_down && ctx->IsCancelled()) open = false;
   }

@@ -9,6 +9,11 @@
 // on a server thread, at most kMaxWatchers at a time and kMaxWatchersPerUid
 // of them for one uid (a watcher holds a thread for as long as it watches;
 // beyond either limit: RESOURCE_EXHAUSTED; service/util/stream_slots.h).
+// A watch ends (OK) once it is StreamTimeLimits::watch_lifetime old, so
+// that the places rotate: else two uids each holding two watches kept
+// every other watcher out for good. A watcher watches again when its
+// stream ends with any status but UNIMPLEMENTED (health.proto), as gRPC's
+// own client-side health checking does.
 //
 // Status: SERVING for the server ("") and for the services it was given,
 // from construction until Shutdown(), NOT_SERVING after; NOT_FOUND (Check)
@@ -26,6 +31,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "service/calls_per_uid.h"
 #include "service/control_peers.h"
+#include "service/stream_deadlines.h"
 #include "service/util/stream_slots.h"
 
 namespace halloc {
@@ -37,9 +43,10 @@ class HealthService final : public grpc::health::v1::Health::Service {
 
   // With `peers` (hallocd's), watchers are counted per uid too; with
   // `calls` (hallocd's), a call its uid's limit did not admit is refused.
+  // `times`: how long a watch lasts (its watch_lifetime).
   explicit HealthService(std::vector<std::string> services,
                          std::shared_ptr<const ControlPeers> peers = nullptr,
-                         const CallsPerUid* calls = nullptr);
+                         const CallsPerUid* calls = nullptr, const StreamTimeLimits& times = {});
 
   // NOT_SERVING from now on; ends every Watch. Idempotent.
   void Shutdown();
@@ -57,6 +64,7 @@ class HealthService final : public grpc::health::v1::Health::Service {
   const std::vector<std::string> services_;
   const std::shared_ptr<const ControlPeers> peers_;
   const CallsPerUid* const calls_;
+  const absl::Duration watch_lifetime_;
   StreamSlots watchers_{"health watches", kMaxWatchers, kMaxWatchersPerUid};
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

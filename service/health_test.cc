@@ -19,7 +19,8 @@ using grpc::health::v1::HealthCheckResponse;
 
 class HealthServiceTest : public ::testing::Test {
  protected:
-  HealthServiceTest() : health_({"halloc.v1.Allocator"}) {
+  explicit HealthServiceTest(const StreamTimeLimits& times = {})
+      : health_({"halloc.v1.Allocator"}, nullptr, nullptr, times) {
     grpc::ServerBuilder builder;
     builder.RegisterService(&health_);
     server_ = builder.BuildAndStart();
@@ -109,6 +110,44 @@ TEST_F(HealthServiceTest, WatchesAreBounded) {
     ASSERT_EQ(again->stream->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
     ASSERT_LT(absl::Now(), until) << "the cancelled watcher's place was never freed";
     absl::SleepFor(absl::Milliseconds(100));
+  }
+}
+
+// A watch ends (OK, nothing more sent) once StreamTimeLimits::
+// watch_lifetime old (200 ms here), so that the places rotate; a watcher
+// watches again, and gets a place. Before, four watches held theirs for
+// as long as their clients kept them.
+class HealthLifetimeTest : public HealthServiceTest {
+ protected:
+  HealthLifetimeTest() : HealthServiceTest(Times()) {}
+  static StreamTimeLimits Times() {
+    StreamTimeLimits times;
+    times.watch_lifetime = absl::Milliseconds(200);
+    return times;
+  }
+};
+
+TEST_F(HealthLifetimeTest, AWatchEndsAfterItsLifetimeAndItsPlaceComesFree) {
+  std::vector<std::unique_ptr<Watcher>> held;
+  HealthCheckResponse resp;
+  for (int i = 0; i < HealthService::kMaxWatchers; ++i) {
+    held.push_back(Watch(i % 2 == 0 ? "" : "no.such.Service"));
+    ASSERT_TRUE(held.back()->stream->Read(&resp)) << i;
+  }
+  // Ended well within 10 s (the watchers' own deadline is 20 s).
+  const absl::Time start = absl::Now();
+  for (auto& w : held) {
+    EXPECT_FALSE(w->stream->Read(&resp)) << "a message after the first: " << resp.status();
+    const grpc::Status s = w->stream->Finish();
+    EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  // Their places are free again (a watch's place goes before its status).
+  held.clear();
+  for (int i = 0; i < HealthService::kMaxWatchers; ++i) {
+    held.push_back(Watch(""));
+    ASSERT_TRUE(held.back()->stream->Read(&resp)) << i;
+    EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
   }
 }
 
