@@ -121,8 +121,8 @@ Allocator::~Allocator() = default;
 
 absl::StatusOr<std::shared_ptr<Session>> Allocator::OpenSession(Identity creds,
                                                                 std::shared_ptr<FdChannel> fds,
-                                                                SharedFd pidfd) {
-  std::shared_ptr<Session> session = sessions_.Open(creds, std::move(fds), std::move(pidfd));
+                                                                SessionProcess process) {
+  std::shared_ptr<Session> session = sessions_.Open(creds, std::move(fds), std::move(process));
   registry_.Join(session->id(), creds);
   return session;
 }

@@ -65,11 +65,11 @@ class Allocator {
   std::shared_ptr<const Policy> policy() const;
   void CountPolicyReloadFailure();
 
-  // Called by the broker for each accepted connection; `pidfd` pins the
-  // process that opened it (Session::pidfd).
+  // Called by the broker for each accepted connection; `process`: the
+  // one that opened it (SessionProcess).
   absl::StatusOr<std::shared_ptr<Session>> OpenSession(Identity creds,
                                                        std::shared_ptr<FdChannel> fds,
-                                                       SharedFd pidfd = SharedFd());
+                                                       SessionProcess process = SessionProcess());
   // Called by the broker when the connection closes: releases every buffer
   // and grant the session held.
   void CloseSession(uint64_t session_id);

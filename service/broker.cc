@@ -412,6 +412,7 @@ void Broker::Accept() {
   c->peer = cred;
   c->charged_uid = charged;
   c->pidfd = SharedFd(std::move(charge->pidfd));
+  c->start = charge->start;
   ExeSample exe = SampleExe(c->pidfd.get(), cred.pid);
   c->exe = std::move(exe.path);
   c->exe_file = exe.file;
@@ -519,7 +520,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   id.account_uid = conn.charged_uid;  // every request on it pays as it does
   if (conn.exe_file && now.file == conn.exe_file) id.exe_file = conn.exe_file;
   absl::StatusOr<std::shared_ptr<Session>> session =
-      core_->OpenSession(id, conn.channel, conn.pidfd);
+      core_->OpenSession(id, conn.channel, SessionProcess{conn.pidfd, conn.start});
   if (!session.ok()) {
     Warn("open", conn.charged_uid,
          absl::StrCat("refused pid ", conn.peer.pid, ": ", session.status().message()));

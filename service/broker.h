@@ -173,8 +173,10 @@ class Broker {
     ucred peer{};
     // Whom per-uid limits charge: ChargedUid (peer_identity.h).
     uid_t charged_uid = 0;
-    // Pins the peer; shared with its session (Session::pidfd).
+    // Pins the peer; shared with its session (SessionProcess), with when
+    // it started.
     SharedFd pidfd;
+    std::optional<uint64_t> start;
     std::string exe;
     std::optional<FileId> exe_file;
     std::string challenge;

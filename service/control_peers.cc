@@ -6,9 +6,10 @@
 
 namespace halloc {
 
-void ControlPeers::Set(int fd, const ucred& cred, std::optional<uid_t> charged) {
+void ControlPeers::Set(int fd, const ucred& cred, std::optional<uid_t> charged,
+                       std::optional<uint64_t> start) {
   absl::MutexLock lock(&mu_);
-  by_fd_[fd] = Peer{cred, charged.value_or(cred.uid), ++handovers_};
+  by_fd_[fd] = Peer{cred, charged.value_or(cred.uid), start, ++handovers_};
 }
 
 std::optional<ControlPeers::Peer> ControlPeers::Find(absl::string_view peer) const {
@@ -32,6 +33,12 @@ std::optional<uid_t> ControlPeers::ChargedUidOf(absl::string_view peer) const {
   std::optional<Peer> p = Find(peer);
   if (!p) return std::nullopt;
   return p->charged;
+}
+
+std::optional<uint64_t> ControlPeers::ProcessStartOf(absl::string_view peer) const {
+  std::optional<Peer> p = Find(peer);
+  if (!p) return std::nullopt;
+  return p->start;
 }
 
 std::optional<uid_t> ControlPeers::LimitUid(const ControlPeers* peers, absl::string_view peer) {

@@ -29,14 +29,20 @@ class ControlPeers {
  public:
   // Connection `fd`, about to be handed to gRPC, has peer `cred`, whose
   // per-uid limits are charged to `charged` (its user namespace owner's
-  // uid: ChargedUid in peer_identity.h; nullopt: cred.uid).
-  void Set(int fd, const ucred& cred, std::optional<uid_t> charged = std::nullopt);
+  // uid: ChargedUid in peer_identity.h; nullopt: cred.uid), and which
+  // started at `start` (ProcessStart: with cred.pid, which process it was;
+  // nullopt: not known).
+  void Set(int fd, const ucred& cred, std::optional<uid_t> charged = std::nullopt,
+           std::optional<uint64_t> start = std::nullopt);
   // The peer of the connection gRPC calls `peer` ("fd:N"); nullopt for
   // any other name, or an fd never handed over.
   std::optional<ucred> Of(absl::string_view peer) const;
   // The uid that connection's per-uid limits are charged to; nullopt as
   // for Of().
   std::optional<uid_t> ChargedUidOf(absl::string_view peer) const;
+  // When the process that made that connection started (Set's `start`);
+  // nullopt when not known, and as for Of().
+  std::optional<uint64_t> ProcessStartOf(absl::string_view peer) const;
 
   // The uid a call on connection `peer` counts against in per-uid limits
   // (StreamSlots): its charged uid; one shared uid (-1) for a connection
@@ -61,6 +67,7 @@ class ControlPeers {
   struct Peer {
     ucred cred;
     uid_t charged;
+    std::optional<uint64_t> start;
     uint64_t handover;  // which Set() noted it: 1, 2, ...
   };
   std::optional<Peer> Find(absl::string_view peer) const;

@@ -364,7 +364,7 @@ void GrpcListener::AcceptOne() {
   }
   // Under the number gRPC names the connection by ("fd:N"), before any
   // call on it can run.
-  if (peers_) peers_->Set(conn.get(), cred, uid);
+  if (peers_) peers_->Set(conn.get(), cred, uid, charged->start);
   grpc::AddInsecureChannelFromFd(server_, conn.release());  // gRPC owns it now
 }
 

@@ -59,6 +59,17 @@ grpc::Status AllocatorService::FinishUnauthenticated(const char* method, grpc::S
   return ToGrpc(status);
 }
 
+grpc::Status AllocatorService::FinishFor(const char* method, const Caller& caller,
+                                         const absl::Status& status) const {
+  if (!status.ok()) {
+    // Logged as who was judged: another process with the token is not the
+    // session's verified one.
+    const Identity who = Who(caller);
+    AuditFailure("grpc", method, caller.session.get(), &who, status);
+  }
+  return ToGrpc(status);
+}
+
 absl::StatusOr<AllocatorService::Caller> AllocatorService::CallerOf(grpc::ServerContext* ctx) {
   const auto& md = ctx->client_metadata();
   auto it = md.find(kSessionMetadataKey);
@@ -78,12 +89,19 @@ absl::StatusOr<AllocatorService::Caller> AllocatorService::CallerOf(grpc::Server
         "session ", (*session)->id(), " is uid ", uid, "'s; this call came on a connection of uid ",
         peer->uid, " (a session token is good only from its own uid)"));
   }
-  return Caller{*std::move(session), peer};
+  return Caller{*std::move(session), peer, peers_->ProcessStartOf(ctx->peer())};
 }
 
 Identity AllocatorService::Who(const Caller& caller, bool kept) const {
   const Session& session = *caller.session;
   if (!caller.peer) return session.creds();
+  // Made by another process than the session's, or by one that had its
+  // pid before it (then exited: the pid came round to the session's
+  // process, while a connection it made before lived on elsewhere).
+  if (caller.peer->pid != session.creds().pid || !caller.peer_start ||
+      caller.peer_start != session.process_start()) {
+    return OtherProcess(session.creds(), *caller.peer);
+  }
   // Judged as a broker request would be from the process that connected
   // (RequestIdentity): the session's identity, its executable included,
   // only from the session's own process; any other process of its uid
@@ -99,7 +117,7 @@ Identity AllocatorService::Who(const Caller& caller, bool kept) const {
   absl::StatusOr<Caller> caller = CallerOf(ctx);                                \
   if (!caller.ok()) return FinishUnauthenticated(method, ctx, caller.status()); \
   Session& session = *caller->session;                                          \
-  return Finish(method, &session, [&]() -> absl::Status body())
+  return FinishFor(method, *caller, [&]() -> absl::Status body())
 
 grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
                                         const v1::AllocateRequest* req,
@@ -171,8 +189,14 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
         return absl::InvalidArgumentError(
             "a ReleaseMany's request names one hold generation per id, or none");
       }
+      // A part without generations names any hold (0) for each of its
+      // ids, so that, gathered, every id keeps its own generation.
+      const bool named = !part.hold_generations().empty();
+      const bool any_named = named || !all.hold_generations().empty();
+      if (any_named) all.mutable_hold_generations()->Resize(all.buffer_ids_size(), 0);
       all.mutable_buffer_ids()->MergeFrom(part.buffer_ids());
-      all.mutable_hold_generations()->MergeFrom(part.hold_generations());
+      if (named) all.mutable_hold_generations()->MergeFrom(part.hold_generations());
+      if (any_named) all.mutable_hold_generations()->Resize(all.buffer_ids_size(), 0);
       last = part.last();
     }
     // Cut, even after its last part came: its client was told nothing

@@ -91,12 +91,14 @@ class AllocatorService final : public v1::Allocator::Service {
   struct Caller {
     std::shared_ptr<Session> session;
     std::optional<ucred> peer;
+    std::optional<uint64_t> peer_start;  // ControlPeers::ProcessStartOf
   };
   absl::StatusOr<Caller> CallerOf(grpc::ServerContext* ctx);
   // Who the policy judges for a call (`kept`: the identity is stored, as a
   // grant's sharer): the session's identity, its verified executable
   // included, only when the control connection was made by the session's
-  // own process, still running that executable (RequestIdentity, as the
+  // own process (the same pid and start: not a process that had its pid
+  // before), still running that executable (RequestIdentity, as the
   // broker judges each request); otherwise the connection's uid and gid.
   // (gRPC cannot tell which process sends a call, only which connected:
   // a fork of the session's process using an inherited channel is judged
@@ -106,6 +108,10 @@ class AllocatorService final : public v1::Allocator::Service {
   // Finish() for a call refused before its session was known: its audit
   // line is limited under its connection's uid (ControlPeers), not one
   // budget shared by every such caller, which one user's flood took.
+  // Finish() for a call with a session: a failure's audit line names who
+  // was judged (Who).
+  grpc::Status FinishFor(const char* method, const Caller& caller,
+                         const absl::Status& status) const;
   grpc::Status FinishUnauthenticated(const char* method, grpc::ServerContext* ctx,
                                      const absl::Status& status);
 

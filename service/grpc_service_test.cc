@@ -13,6 +13,8 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -433,8 +435,14 @@ TEST_F(GrpcServiceTest, ReleaseManyReleasesItsPartsTogetherAllOrNothing) {
   EXPECT_EQ(core_.Stats().live_buffers(), 4u);
   s = ReleaseMany({{ids[0], ids[1]}, {ids[2]}}, true, {true, true}, {{12345}, {12346}});
   EXPECT_EQ(s.error_code(), grpc::INVALID_ARGUMENT) << s.error_message();
-  // (An allocation is its hold's one reference.)
-  s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {true, true});
+  // A part without generations names any hold for each of its ids, beside
+  // a part with them (each id keeps its own: here ids[0]'s names no hold
+  // it has, and ids[1]'s reference goes: an allocation is its hold's one
+  // reference).
+  s = ReleaseMany({{ids[0]}, {ids[1]}}, true, {true, true}, {{12345}, {}});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 3u);
+  s = ReleaseMany({{ids[0]}}, true, {true});
   EXPECT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(core_.Stats().live_buffers(), 2u);
   // Parts after `last` are not read.
@@ -659,15 +667,16 @@ class GrpcAuditTest : public ::testing::Test {
   }
 
   // A control connection made, as GrpcListener would note it, by process
-  // `pid` of `uid` (gid: the same number).
-  std::unique_ptr<v1::Allocator::Stub> Connect(uid_t uid, pid_t pid = ::getpid()) {
+  // `pid` of `uid` (gid: the same number), started at `start`.
+  std::unique_ptr<v1::Allocator::Stub> Connect(uid_t uid, pid_t pid = ::getpid(),
+                                               std::optional<uint64_t> start = std::nullopt) {
     int sv[2];
     EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv), 0);
     ucred cred{};
     cred.pid = pid;
     cred.uid = uid;
     cred.gid = uid;
-    peers_->Set(sv[0], cred, uid);
+    peers_->Set(sv[0], cred, uid, start);
     grpc::AddInsecureChannelFromFd(server_.get(), sv[0]);
     return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
   }
@@ -755,9 +764,11 @@ TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnPr
   if (!pidfd) GTEST_SKIP() << "no pidfd_open here: " << std::strerror(errno);
   const ExeSample exe = SampleExe(pidfd.get(), ::getpid());
   ASSERT_TRUE(exe.file.has_value()) << "this process's executable was not vouched for";
+  const std::optional<uint64_t> start = ProcessStart(pidfd.get(), ::getpid());
+  ASSERT_TRUE(start.has_value());
   Identity verified{::getuid(), ::getuid(), ::getpid(), exe.path, exe.file};
-  std::shared_ptr<Session> session =
-      *core_.OpenSession(verified, std::make_shared<FakeChannel>(), SharedFd(std::move(pidfd)));
+  std::shared_ptr<Session> session = *core_.OpenSession(
+      verified, std::make_shared<FakeChannel>(), SessionProcess{SharedFd(std::move(pidfd)), start});
   // A pid that is not this process's (nor, being past pid_max, anyone's).
   const pid_t another = (1 << 22) + 1;
 
@@ -773,7 +784,7 @@ TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnPr
     return ctx;
   };
 
-  auto own = Connect(::getuid());
+  auto own = Connect(::getuid(), ::getpid(), start);
   v1::AllocateResponse mine;
   grpc::Status s = own->Allocate(with_token().get(), alloc, &mine);
   ASSERT_TRUE(s.ok()) << s.error_message();
@@ -785,16 +796,29 @@ TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnPr
   ASSERT_TRUE(own->IsSupported(with_token().get(), ask, &yes).ok());
   EXPECT_TRUE(yes.supported()) << yes.reason();
 
-  auto other = Connect(::getuid(), another);
-  v1::AllocateResponse theirs;
-  s = other->Allocate(with_token().get(), alloc, &theirs);
-  EXPECT_EQ(s.error_code(), grpc::PERMISSION_DENIED) << s.error_message();
-  EXPECT_TRUE(absl::StrContains(s.error_message(), "others")) << s.error_message();
-  s = other->Share(with_token().get(), share, &grant);
-  EXPECT_EQ(s.error_code(), grpc::PERMISSION_DENIED) << s.error_message();
-  v1::IsSupportedResponse no;
-  ASSERT_TRUE(other->IsSupported(with_token().get(), ask, &no).ok());
-  EXPECT_FALSE(no.supported());
+  // Another process; and a connection made by a process that had this
+  // pid before this one (it started earlier, and exited since: the pid came
+  // round to the session's process).
+  const auto judged_as_others = [&](v1::Allocator::Stub& other, const std::string& what) {
+    v1::AllocateResponse theirs;
+    grpc::Status s = other.Allocate(with_token().get(), alloc, &theirs);
+    EXPECT_EQ(s.error_code(), grpc::PERMISSION_DENIED) << what << ": " << s.error_message();
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "others"))
+        << what << ": " << s.error_message();
+    v1::ShareResponse grant;
+    s = other.Share(with_token().get(), share, &grant);
+    EXPECT_EQ(s.error_code(), grpc::PERMISSION_DENIED) << what << ": " << s.error_message();
+    v1::IsSupportedResponse no;
+    ASSERT_TRUE(other.IsSupported(with_token().get(), ask, &no).ok());
+    EXPECT_FALSE(no.supported()) << what;
+  };
+  LogLines audit("AUDIT");
+  judged_as_others(*Connect(::getuid(), another, start), "another pid");
+  // Its refusals are logged as who was judged, not as the session's
+  // verified process.
+  EXPECT_GE(audit.Count(absl::StrCat("pid ", another, " exe ''")), 1);
+  judged_as_others(*Connect(::getuid(), ::getpid(), *start - 1), "this pid, started earlier");
+  judged_as_others(*Connect(::getuid(), ::getpid()), "this pid, start not known");
   EXPECT_EQ(core_.Stats().live_buffers(), 1u) << "only the session's own process allocated";
   EXPECT_EQ(core_.Stats().grants(), 1u) << "only the session's own process shared";
 }

@@ -11,9 +11,14 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <utility>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77  // Linux 6.5
@@ -44,7 +49,8 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred) {
   }
   absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), cred.pid, cred.uid);
   if (!charged.ok()) return charged.status();
-  return ChargedPeer{std::move(pidfd), *charged};
+  const std::optional<uint64_t> start = ProcessStart(pidfd.get(), cred.pid);
+  return ChargedPeer{std::move(pidfd), *charged, start};
 }
 
 ExeSample SampleExe(int pidfd, pid_t pid) {
@@ -101,6 +107,26 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
   return uid;
 }
 
+std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid) {
+  if (pidfd < 0 || pid <= 0) return std::nullopt;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return std::nullopt;
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so
+  // the fields are counted from the last ')'; starttime is field 22.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  const std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(stat).substr(close + 1), ' ', absl::SkipEmpty());
+  constexpr size_t kStartTime = 22 - 3;  // fields[0] is field 3 (state)
+  uint64_t start = 0;
+  if (fields.size() <= kStartTime || !absl::SimpleAtoi(fields[kStartTime], &start)) {
+    return std::nullopt;
+  }
+  if (!StillRunning(pidfd)) return std::nullopt;  // the pid may be another's now
+  return start;
+}
+
 bool StillRunning(int pidfd) {
   if (pidfd < 0) return false;
   pollfd pfd{pidfd, POLLIN, 0};
@@ -112,9 +138,10 @@ Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd
   // Another process on the session's socket is judged by its own uid and
   // gid but pays as the connection does (holding the socket is holding the
   // session): subordinate uids sharing one user's socket are that user.
-  Identity others{sender.uid, sender.gid, sender.pid, "", std::nullopt,
-                  session.account_uid};
-  if (sender.pid != session.pid) return others;
+  const Identity others = OtherProcess(session, sender);
+  // (pid 0: a process in a pid namespace hallocd cannot see into; any
+  // number of them stamp 0.)
+  if (sender.pid != session.pid || sender.pid == 0) return others;
   // The session's identity, its executable only where it can matter.
   Identity id = session;
   if (!exe_matters) id.exe_file.reset();
@@ -131,6 +158,10 @@ Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd
     return others;
   }
   return StillRunning(pidfd) ? id : others;
+}
+
+Identity OtherProcess(const Identity& session, const ucred& sender) {
+  return Identity{sender.uid, sender.gid, sender.pid, "", std::nullopt, session.account_uid};
 }
 
 }  // namespace halloc

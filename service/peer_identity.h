@@ -65,11 +65,21 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid);
 // connection took the last one: out of fds as accept4 would have been),
 // NOT_FOUND when the process is gone. `pidfd` may be invalid (no pidfd
 // for it: charged by what can be told without).
+// `start`: ProcessStart of the peer.
 struct ChargedPeer {
   UniqueFd pidfd;
   uid_t charged;
+  std::optional<uint64_t> start;
 };
 absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred);
+
+// When process `pid` (pinned by `pidfd`) started, in clock ticks since
+// boot (/proc/<pid>/stat's starttime), vouched for by the pidfd showing it
+// still running after the read; nullopt otherwise (no pidfd, pid 0: a
+// process in a pid namespace hallocd cannot see into, gone, unreadable).
+// A pid and its start name one process: a pid comes round again only
+// after its process exited, never within one tick.
+std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid);
 
 // Whether the process `pidfd` pins has not exited (false for -1). A
 // verified process's pid is its own only while this holds: after, the pid
@@ -94,6 +104,10 @@ bool StillRunning(int pidfd);
 // before hallocd looks.
 Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd,
                          bool exe_matters);
+// Who `sender`, another process than the session's holding its socket or
+// token, is: its own uid, gid and pid, no executable, paying as the
+// session does.
+Identity OtherProcess(const Identity& session, const ucred& sender);
 
 }  // namespace halloc
 

@@ -10,10 +10,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/subprocess.h"
 #include "gtest/gtest.h"
@@ -133,6 +135,32 @@ TEST(PeerIdentityTest, StillRunningUntilThePinnedProcessExits) {
   EXPECT_FALSE(StillRunning(-1));
 }
 
+// A process's start names it among those that had its pid: a later one
+// started later; none is told once the pinned process exited (the pid may
+// be another's), nor for pid 0 or without a pidfd.
+TEST(PeerIdentityTest, TellsWhenAPinnedProcessStartedWhileItRuns) {
+  UniqueFd self(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+  ASSERT_TRUE(self);
+  const std::optional<uint64_t> ours = ProcessStart(self.get(), ::getpid());
+  ASSERT_TRUE(ours.has_value());
+  EXPECT_EQ(ProcessStart(self.get(), ::getpid()), ours) << "the same process, the same start";
+  absl::SleepFor(absl::Milliseconds(30));  // a few clock ticks
+  absl::StatusOr<Subprocess> child = Sleeper();
+  ASSERT_TRUE(child.ok()) << child.status();
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child->pid(), 0)));
+  ASSERT_TRUE(pidfd);
+  const std::optional<uint64_t> theirs = ProcessStart(pidfd.get(), child->pid());
+  ASSERT_TRUE(theirs.has_value());
+  EXPECT_GT(*theirs, *ours) << "started later";
+  ASSERT_TRUE(child->Signal(SIGKILL));
+  ASSERT_TRUE(child->Wait().has_value());
+  EXPECT_FALSE(ProcessStart(pidfd.get(), child->pid()).has_value());
+  // This process stands in for one that took the pid over.
+  EXPECT_FALSE(ProcessStart(pidfd.get(), ::getpid()).has_value());
+  EXPECT_FALSE(ProcessStart(-1, ::getpid()).has_value());
+  EXPECT_FALSE(ProcessStart(self.get(), 0).has_value());
+}
+
 // Who one request on a verified session speaks for.
 TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   absl::StatusOr<Subprocess> child = Sleeper();
@@ -162,6 +190,11 @@ TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   EXPECT_EQ(id.gid, 10u);
   EXPECT_FALSE(id.exe_file.has_value());
   EXPECT_TRUE(id.exe.empty());
+  // Pid 0 (a session, and a sender, in pid namespaces hallocd cannot see
+  // into: every such process stamps 0) is no one's own: its own gid.
+  const Identity unseen{7, 8, 0, "", std::nullopt};
+  id = RequestIdentity(unseen, ucred{0, 7, 10}, pidfd.get(), true);
+  EXPECT_EQ(id.gid, 10u) << "another process with pid 0 took the session's gid";
   // A policy without exe rules: no poll (an invalid pidfd would fail it),
   // and the executable is left unverified for the request.
   id = RequestIdentity(session, same, /*pidfd=*/-1, /*exe_matters=*/false);

@@ -6,11 +6,11 @@
 namespace halloc {
 
 std::shared_ptr<Session> SessionTable::Open(Identity creds, std::shared_ptr<FdChannel> fds,
-                                            SharedFd pidfd) {
+                                            SessionProcess process) {
   std::string token = absl::BytesToHexString(RandomBytes(16));
   absl::MutexLock lock(&mu_);
   auto session = std::make_shared<Session>(next_id_++, token, std::move(creds), std::move(fds),
-                                           std::move(pidfd));
+                                           std::move(process));
   by_id_.emplace(session->id(), session);
   by_token_.emplace(std::move(token), session);
   return session;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,40 +27,47 @@
 
 namespace halloc {
 
+// The process that opened a session (its creds().pid), so that a call on
+// another transport can tell whether it comes from that process: a pidfd
+// pinning it (is that pid still that process? RequestIdentity), and when it
+// started (ProcessStart: did that process make the connection?). Empty
+// when not known: then a call from that pid is judged by uid and gid.
+struct SessionProcess {
+  SharedFd pidfd;
+  std::optional<uint64_t> start;
+};
+
 class Session {
  public:
   Session(uint64_t id, std::string token, Identity creds, std::shared_ptr<FdChannel> fds,
-          SharedFd pidfd = SharedFd())
+          SessionProcess process = SessionProcess())
       : id_(id),
         token_(std::move(token)),
         creds_(std::move(creds)),
         fds_(std::move(fds)),
-        pidfd_(std::move(pidfd)) {}
+        process_(std::move(process)) {}
   uint64_t id() const { return id_; }
   const std::string& token() const { return token_; }
   const Identity& creds() const { return creds_; }
   // Where fds for this session's gRPC calls go (its broker connection).
   FdChannel& fds() const { return *fds_; }
-  // A pidfd pinning the process that opened the session (creds().pid), so
-  // that a call on another transport can tell whether that pid is still
-  // that process (RequestIdentity); -1 when none was given (then a call
-  // from that pid with a verified executable is judged by uid and gid).
-  int pidfd() const { return pidfd_.get(); }
+  // The process that opened the session, pinned (see SessionProcess).
+  int pidfd() const { return process_.pidfd.get(); }
+  const std::optional<uint64_t>& process_start() const { return process_.start; }
 
  private:
   const uint64_t id_;
   const std::string token_;
   const Identity creds_;
   const std::shared_ptr<FdChannel> fds_;
-  const SharedFd pidfd_;
+  const SessionProcess process_;
 };
 
 class SessionTable {
  public:
   // A new session with a fresh 128-bit token. Ids are never reused.
-  // `pidfd`: see Session::pidfd().
   std::shared_ptr<Session> Open(Identity creds, std::shared_ptr<FdChannel> fds,
-                                SharedFd pidfd = SharedFd());
+                                SessionProcess process = SessionProcess());
   // Forgets the session (its token stops working at once); nullptr when
   // there was none. Calls already holding the Session keep their reference.
   std::shared_ptr<Session> Close(uint64_t id);
