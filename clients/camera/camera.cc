@@ -2,6 +2,7 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -135,6 +136,18 @@ absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLay
                         driver.sizeimage, layout.size()));
   }
   return absl::OkStatus();
+}
+
+uint64_t FrameBytes(const StreamFormat& driver) {
+  absl::StatusOr<uint32_t> drm = DrmFromV4l2(driver.v4l2_format);
+  const format::FormatInfo* info = drm.ok() ? format::Find(*drm) : nullptr;
+  if (info == nullptr) return 0;
+  uint64_t bytes = 0;
+  for (int i = 0; i < info->num_planes; ++i) {
+    const uint64_t v_sub = std::max<uint64_t>(info->planes[i].v_sub, 1);
+    bytes += uint64_t{driver.bytesperline} * ((uint64_t{driver.height} + v_sub - 1) / v_sub);
+  }
+  return bytes;
 }
 
 absl::Status CheckOptions(const CameraOptions& options) {

@@ -178,6 +178,13 @@ absl::Status CheckFrameLayout(const v1::BufferLayout& layout, const v1::BufferDe
 absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLayout& layout,
                                  absl::string_view device);
 
+// The bytes a driver that negotiated `driver` writes for a whole frame:
+// each colour plane's rows (the format's, ceil(height / its vertical
+// subsampling)) at bytesperline, in the one memory plane. A frame that
+// ends before (bytesused) was cut short. sizeimage may be larger (a
+// driver's padding); 0 for a format not in the camera's table.
+uint64_t FrameBytes(const StreamFormat& driver);
+
 // The descriptor a camera asks hallocd for: an image of `options.format`,
 // width x height, usage camera_output | options.usage | extra_usage.
 v1::BufferDescriptor FrameDescriptor(const CameraOptions& options,

@@ -105,5 +105,22 @@ TEST(ReconcileTest, StridesChromaPlacementAndSizeMustMatch) {
   ExpectRefused(unknown, Nv12Layout(), "not a camera format");
 }
 
+// A short frame is one that ends before the frame's data (each plane's
+// rows at bytesperline), not before sizeimage, which a driver may pad.
+TEST(ReconcileTest, AFramesBytesAreItsPlanesRows) {
+  StreamFormat nv12 = Nv12Driver();
+  nv12.sizeimage += 4096;  // padded
+  EXPECT_EQ(FrameBytes(nv12), 64u * 48 + 64u * 24);
+  nv12.height = 47;  // odd: the chroma plane has ceil(47 / 2) rows
+  EXPECT_EQ(FrameBytes(nv12), 64u * 47 + 64u * 24);
+  StreamFormat xrgb;
+  xrgb.v4l2_format = V4L2_PIX_FMT_XBGR32;
+  xrgb.height = 48;
+  xrgb.bytesperline = 256;
+  EXPECT_EQ(FrameBytes(xrgb), 256u * 48);
+  xrgb.v4l2_format = V4L2_PIX_FMT_MJPEG;
+  EXPECT_EQ(FrameBytes(xrgb), 0u);
+}
+
 }  // namespace
 }  // namespace halloc::camera

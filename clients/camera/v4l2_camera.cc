@@ -134,13 +134,16 @@ class V4l2Camera : public Camera {
         if (!streaming_) return absl::FailedPreconditionError("not streaming: Start first");
         // A buffer passed over whose requeue failed (DequeueLocked) is
         // idle while streaming: back to the driver first, not lost from
-        // the rotation until a Stop and Start.
+        // the rotation until a Stop and Start. One that fails again waits
+        // for the next call; the others still stream.
+        absl::Status requeued;
         for (uint32_t i = 0; i < slots_.size(); ++i) {
-          if (slots_[i] == Slot::kIdle) RETURN_IF_ERROR(QueueLocked(i));
+          if (slots_[i] == Slot::kIdle) requeued.Update(QueueLocked(i));
         }
         bool any_queued = false;
         for (Slot s : slots_) any_queued |= s == Slot::kQueued;
         if (!any_queued) {
+          RETURN_IF_ERROR(requeued);
           return absl::FailedPreconditionError(absl::StrCat(
               "all ", slots_.size(), " buffers are held by the caller: Requeue one"));
         }
@@ -407,12 +410,13 @@ class V4l2Camera : public Camera {
                        "which hallocd's layout does not describe"));
     }
     const uint32_t bytesused = mplane() ? plane.bytesused : b.bytesused;
-    // The data may be corrupt (flagged), or end early (a transfer cut off,
-    // as uvcvideo hands out: the last rows are an older frame's, for these
-    // uncompressed formats); the buffer is fine: straight back to the
-    // driver, and nothing for the caller yet (a display would drop what
-    // libcamera calls a FrameError anyway).
-    if ((b.flags & V4L2_BUF_FLAG_ERROR) || bytesused < format_.sizeimage) {
+    // The data may be corrupt (flagged), or end early (a transfer cut off:
+    // the last rows are an older frame's, for these uncompressed formats;
+    // short of the frame's data, not of sizeimage, which a driver may pad);
+    // the buffer is fine: straight back to the driver, and nothing for the
+    // caller yet (a display would drop what libcamera calls a FrameError
+    // anyway).
+    if ((b.flags & V4L2_BUF_FLAG_ERROR) || bytesused < FrameBytes(format_)) {
       ++skipped_error_frames_;
       slots_[b.index] = Slot::kIdle;
       RETURN_IF_ERROR(QueueLocked(b.index));
