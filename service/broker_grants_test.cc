@@ -72,6 +72,15 @@ void AllocateAndShare(Allocator& core, const BrokerConnection& conn, const v1::P
   *grant = *std::move(g);
 }
 
+// Whether the session on `sock` holds buffer `id` (a Describe of it works).
+bool Holds(int sock, uint64_t id) {
+  v1::BrokerRequest req;
+  req.set_request_id(31);
+  req.mutable_describe()->set_buffer_id(id);
+  absl::StatusOr<Answer> a = Ask(sock, req);
+  return a.ok() && ReplyStatus(a->reply).ok();
+}
+
 TEST_F(BrokerIdentityTest, AnImportIsAnsweredWithItsFdInTheSameRecordOrWithNoFd) {
   ASSERT_NO_FATAL_FAILURE(StartBroker());
   const std::string& path = path_;
@@ -155,13 +164,7 @@ TEST_F(BrokerIdentityTest, EachImportIsOneReferenceTheClientGivesBack) {
     absl::StatusOr<Answer> a = Ask(sock, req);
     return a.ok() ? ReplyStatus(a->reply) : a.status();
   };
-  auto held = [&] {
-    v1::BrokerRequest req;
-    req.set_request_id(31);
-    req.mutable_describe()->set_buffer_id(grant.buffer_id());
-    absl::StatusOr<Answer> a = Ask(sock, req);
-    return a.ok() && ReplyStatus(a->reply).ok();
-  };
+  auto held = [&] { return Holds(sock, grant.buffer_id()); };
   ASSERT_TRUE(give_back(true).ok());
   EXPECT_TRUE(held()) << "the other import's reference holds it";
   ASSERT_TRUE(give_back(true).ok());
@@ -209,13 +212,7 @@ TEST_F(BrokerIdentityTest, ALateGiveBackLeavesTheHoldMadeSinceItsImport) {
     absl::StatusOr<Answer> a = Ask(sock, req);
     return a.ok() ? ReplyStatus(a->reply) : a.status();
   };
-  auto held = [&] {
-    v1::BrokerRequest req;
-    req.set_request_id(31);
-    req.mutable_describe()->set_buffer_id(grant.buffer_id());
-    absl::StatusOr<Answer> a = Ask(sock, req);
-    return a.ok() && ReplyStatus(a->reply).ok();
-  };
+  auto held = [&] { return Holds(sock, grant.buffer_id()); };
   const uint64_t abandoned = import(20);  // its caller gave up: given back later
   ASSERT_NE(abandoned, 0u);
   ASSERT_TRUE(release(false, {}).ok());  // another thread Releases the buffer whole
