@@ -201,7 +201,10 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
     }
     // Cut, even after its last part came: its client was told nothing
     // was released.
-    if (!deadline.Stop()) return absl::DeadlineExceededError(too_slow);
+    if (!deadline.Stop()) {
+      slot->Overstayed(cool_down_);
+      return absl::DeadlineExceededError(too_slow);
+    }
     // Cut or cancelled before its end: which ids it meant is not known.
     if (!last) {
       return absl::CancelledError("the stream ended before its last request: nothing released");

@@ -55,7 +55,8 @@ class AllocatorService final : public v1::Allocator::Service {
         peers_(std::move(peers)),
         stats_(std::move(stats)),
         calls_(calls),
-        release_many_within_(times.release_many) {}
+        release_many_within_(times.release_many),
+        cool_down_(times.overstay_cool_down) {}
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
                         v1::AllocateResponse* resp) override;
@@ -120,6 +121,7 @@ class AllocatorService final : public v1::Allocator::Service {
   const StatsSource stats_;
   const CallsPerUid* const calls_;
   const absl::Duration release_many_within_;
+  const absl::Duration cool_down_;  // StreamTimeLimits::overstay_cool_down
   StreamSlots release_streams_{"ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid};
   // Ends ReleaseMany streams past release_many_within_ (their handlers
   // wait in Read(), which only a cancel from another thread ends).

@@ -44,7 +44,8 @@ ReflectionService::ReflectionService(std::vector<std::string> services,
       peers_(std::move(peers)),
       calls_(calls),
       idle_(times.reflection_idle),
-      lifetime_(times.reflection_lifetime) {}
+      lifetime_(times.reflection_lifetime),
+      cool_down_(times.overstay_cool_down) {}
 
 v1alpha::ServerReflectionResponse ReflectionService::Answer(
     const v1alpha::ServerReflectionRequest& req, std::set<std::string>* sent) const {
@@ -131,7 +132,10 @@ grpc::Status ReflectionService::ServerReflectionInfo(
     deadline.Set(due());
   }
   // (Cut: its client has that status already.)
-  if (!deadline.Stop()) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, ended);
+  if (!deadline.Stop()) {
+    slot->Overstayed(cool_down_);
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, ended);
+  }
   return grpc::Status::OK;
 }
 

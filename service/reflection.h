@@ -61,6 +61,7 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
   const CallsPerUid* const calls_;
   const absl::Duration idle_;
   const absl::Duration lifetime_;
+  const absl::Duration cool_down_;  // StreamTimeLimits::overstay_cool_down
   StreamSlots streams_{"reflection streams", kMaxStreams, kMaxStreamsPerUid};
   // Ends streams past idle_ or lifetime_ (their handlers wait in Read(),
   // which only a cancel from another thread ends).

@@ -69,6 +69,13 @@ struct StreamTimeLimits {
   // that round trip). Minutes: rare enough for that, and a place comes
   // free to a refused watcher within them.
   absl::Duration watch_lifetime = absl::Minutes(5);
+  // A uid whose ReleaseMany or reflection stream was ended for outstaying
+  // its time takes no place of that kind for this long
+  // (StreamSlots::Slot::Overstayed): an honest client never outstays, and
+  // without it the places a cut frees went back to whoever reopened first,
+  // the staller again. (Not for a watch: its end is its lifetime, not
+  // misuse.)
+  absl::Duration overstay_cool_down = absl::Seconds(30);
 };
 
 class StreamDeadlines {

@@ -1,9 +1,11 @@
 #include "service/util/stream_slots.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "service/util/clock.h"
 
 namespace halloc {
 
@@ -23,6 +25,10 @@ StreamSlots::Slot::~Slot() {
   if (owner_ != nullptr) owner_->Give(uid_);
 }
 
+void StreamSlots::Slot::Overstayed(absl::Duration cool_down) {
+  if (owner_ != nullptr && uid_) owner_->CoolDown(*uid_, cool_down);
+}
+
 StreamSlots::StreamSlots(std::string what, int total, int per_uid)
     : what_(std::move(what)), total_(total), per_uid_(per_uid) {}
 
@@ -33,6 +39,15 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
         absl::StrCat("at most ", total_, " ", what_, " at a time; try again later"));
   }
   if (uid) {
+    if (auto c = cooling_.find(*uid); c != cooling_.end()) {
+      const absl::Duration left = c->second - MonotonicNow();
+      if (left > absl::ZeroDuration()) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "a stream of uid ", *uid, " was ended for outstaying its time: no more ", what_,
+            " for it for ", absl::FormatDuration(absl::Ceil(left, absl::Seconds(1)))));
+      }
+      cooling_.erase(c);
+    }
     int& mine = by_uid_[*uid];
     if (mine >= per_uid_) {
       return absl::ResourceExhaustedError(
@@ -42,6 +57,18 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
   }
   ++taken_;
   return Slot(this, uid);
+}
+
+void StreamSlots::CoolDown(uid_t uid, absl::Duration cool_down) {
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = MonotonicNow();
+  // Bounded by the uids cut within one cool-down; pruned past a few.
+  constexpr size_t kPruneAt = 256;
+  if (cooling_.size() >= kPruneAt) {
+    absl::erase_if(cooling_, [&](const auto& c) { return c.second <= now; });
+  }
+  absl::Time& until = cooling_[uid];
+  until = std::max(until, now + cool_down);
 }
 
 int StreamSlots::taken() const {

@@ -3,7 +3,10 @@
 // threads for as long as its client keeps it open, however slowly that
 // client speaks: each kind gets at most `total` at once, at most
 // `per_uid` of them for one uid, so that neither one client nor one user
-// can take a service, or the threads, from everyone else.
+// can take a service, or the threads, from everyone else. A stream its
+// service ended for outstaying its time (stream_deadlines.h) keeps its
+// uid from taking another of that kind for a while (Overstayed): places
+// freed by such cuts go to others, not back to whoever reopens first.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_UTIL_STREAM_SLOTS_H_
@@ -17,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 namespace halloc {
 
@@ -28,6 +32,11 @@ class StreamSlots {
     Slot(Slot&& other) noexcept;
     Slot& operator=(Slot&& other) noexcept;
     ~Slot();
+
+    // Its stream was ended for outstaying its time: its uid takes no place
+    // of this kind for `cool_down` from now (a caller of unknown uid: no
+    // such hold).
+    void Overstayed(absl::Duration cool_down);
 
    private:
     friend class StreamSlots;
@@ -41,13 +50,16 @@ class StreamSlots {
 
   // A place for a stream of `uid` (nullopt: a caller whose uid is not
   // known, held to `total` alone: in-process channels), or
-  // RESOURCE_EXHAUSTED saying which limit was reached.
+  // RESOURCE_EXHAUSTED saying which limit was reached, or that the uid's
+  // last such stream overstayed (Slot::Overstayed) and for how long more
+  // it is refused.
   absl::StatusOr<Slot> Take(std::optional<uid_t> uid);
 
   int taken() const;
 
  private:
   void Give(std::optional<uid_t> uid);
+  void CoolDown(uid_t uid, absl::Duration cool_down);
 
   const std::string what_;
   const int total_;
@@ -55,6 +67,8 @@ class StreamSlots {
   mutable absl::Mutex mu_;
   int taken_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<uid_t, int> by_uid_ ABSL_GUARDED_BY(mu_);
+  // Uids refused until then (monotonic); expired ones pruned as it grows.
+  absl::flat_hash_map<uid_t, absl::Time> cooling_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace halloc

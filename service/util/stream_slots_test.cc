@@ -1,7 +1,9 @@
 #include "service/util/stream_slots.h"
 
+#include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -45,6 +47,37 @@ TEST(StreamSlotsTest, CallersOfUnknownUidAreHeldToTheTotalOnly) {
     held.push_back(*std::move(s));
   }
   EXPECT_EQ(slots.Take(std::nullopt).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+// A uid whose stream overstayed takes no place of that kind for its
+// cool-down (others do), then does again; a caller of unknown uid is
+// never held off (it has no uid to hold off).
+TEST(StreamSlotsTest, AUidWhoseStreamOverstayedWaitsOutItsCoolDown) {
+  StreamSlots slots("test streams", /*total=*/4, /*per_uid=*/2);
+  {
+    absl::StatusOr<StreamSlots::Slot> s = slots.Take(1000);
+    ASSERT_TRUE(s.ok()) << s.status();
+    s->Overstayed(absl::Hours(1));
+  }
+  EXPECT_EQ(slots.taken(), 0) << "its place is free";
+  absl::StatusOr<StreamSlots::Slot> again = slots.Take(1000);
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(again.status().message().find("outstaying"), std::string::npos) << again.status();
+  EXPECT_TRUE(slots.Take(1001).ok()) << "another uid takes the freed place";
+  {
+    absl::StatusOr<StreamSlots::Slot> unknown = slots.Take(std::nullopt);
+    ASSERT_TRUE(unknown.ok());
+    unknown->Overstayed(absl::Hours(1));
+  }
+  EXPECT_TRUE(slots.Take(std::nullopt).ok());
+  // A cool-down that has passed holds nothing off.
+  {
+    absl::StatusOr<StreamSlots::Slot> s = slots.Take(1002);
+    ASSERT_TRUE(s.ok()) << s.status();
+    s->Overstayed(absl::Milliseconds(1));
+  }
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_TRUE(slots.Take(1002).ok());
 }
 
 }  // namespace
