@@ -497,8 +497,7 @@ class Registry {
     // The hold's generation (Imported::generation): a settle or give-back
     // naming another is of a hold gone since.
     uint64_t generation = 0;
-    uint64_t refs = 0;    // references, those under way included
-    uint32_t under_way = 0;
+    uint64_t refs = 0;  // references, those of imports under way included
   };
   absl::flat_hash_map<std::pair<uint64_t, uint64_t>, ImportRefs> import_refs_ ABSL_GUARDED_BY(mu_);
   // Takes one reference off `session_id`'s hold on `buffer_id`, if that

@@ -11,11 +11,11 @@ namespace halloc {
 
 void Registry::SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t generation,
                             bool delivered) {
-  absl::MutexLock lock(&mu_);
-  auto r = import_refs_.find({session_id, buffer_id});
-  if (r == import_refs_.end() || r->second.generation != generation) return;
-  --r->second.under_way;
+  // Delivered, its reference stays (the client gives it back); not, it is
+  // taken back, unless its hold went meanwhile (DropReference checks the
+  // generation, never 0 for an import).
   if (delivered) return;
+  absl::MutexLock lock(&mu_);
   auto h = holdings_.find(session_id);
   if (h != holdings_.end()) DropReference(session_id, h->second, buffer_id, generation);
 }

@@ -135,10 +135,9 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
     // A new hold has no entry yet, nor one an allocation made and no
     // import reached: its one reference, the allocation's. Its generation
     // is new either way (nothing named the hold before).
-    refs = ImportRefs{next_generation_++, out.newly_held ? 0u : 1u, 0};
+    refs = ImportRefs{next_generation_++, out.newly_held ? 0u : 1u};
   }
   ++refs.refs;
-  ++refs.under_way;
   out.generation = refs.generation;
   out.info = Info(*buffer, session_id, Holders::kNone);
   out.info.set_cpu_access(ToProto(access));
@@ -368,8 +367,7 @@ absl::Status Registry::CheckLinksForTesting() const {
       return bad("session ", sid, " has references on buffer ", bid, ", which it does not hold");
     }
     if (refs.refs == 0) {
-      return bad("session ", sid, "'s hold on buffer ", bid, " has no references, with ",
-                 refs.under_way, " under way");
+      return bad("session ", sid, "'s hold on buffer ", bid, " has no references");
     }
     if (refs.generation == 0 || refs.generation >= next_generation_ ||
         !generations.insert(refs.generation).second) {
