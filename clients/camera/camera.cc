@@ -94,13 +94,23 @@ absl::Status CheckFrameLayout(const v1::BufferLayout& layout, const v1::BufferDe
   return absl::OkStatus();
 }
 
+namespace {
+
+// The DRM format table's row for what `driver` negotiated; nullptr for a
+// format not in the camera's table.
+const format::FormatInfo* FormatOf(const StreamFormat& driver) {
+  absl::StatusOr<uint32_t> drm = DrmFromV4l2(driver.v4l2_format);
+  return drm.ok() ? format::Find(*drm) : nullptr;
+}
+
+}  // namespace
+
 absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLayout& layout,
                                  absl::string_view device) {
   const std::string what = absl::StrFormat("%s %ux%u on %s", FourccString(driver.v4l2_format),
                                            driver.width, driver.height, device);
   // The DRM format's planes, all in the driver's one memory plane.
-  absl::StatusOr<uint32_t> drm = DrmFromV4l2(driver.v4l2_format);
-  const format::FormatInfo* info = drm.ok() ? format::Find(*drm) : nullptr;
+  const format::FormatInfo* info = FormatOf(driver);
   if (info == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(what, ": not a camera format"));
   }
@@ -139,8 +149,7 @@ absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLay
 }
 
 uint64_t FrameBytes(const StreamFormat& driver) {
-  absl::StatusOr<uint32_t> drm = DrmFromV4l2(driver.v4l2_format);
-  const format::FormatInfo* info = drm.ok() ? format::Find(*drm) : nullptr;
+  const format::FormatInfo* info = FormatOf(driver);
   if (info == nullptr) return 0;
   uint64_t bytes = 0;
   for (int i = 0; i < info->num_planes; ++i) {
