@@ -9,10 +9,10 @@ namespace halloc {
 void ControlPeers::Set(int fd, const ucred& cred, std::optional<uid_t> charged,
                        std::optional<uint64_t> start) {
   absl::MutexLock lock(&mu_);
-  by_fd_[fd] = Peer{cred, charged.value_or(cred.uid), start, ++handovers_};
+  by_fd_[fd] = Connection{cred, charged.value_or(cred.uid), start, ++handovers_};
 }
 
-std::optional<ControlPeers::Peer> ControlPeers::Find(absl::string_view peer) const {
+std::optional<ControlPeers::Connection> ControlPeers::Of(absl::string_view peer) const {
   int fd = -1;
   if (!absl::ConsumePrefix(&peer, "fd:") || !absl::SimpleAtoi(peer, &fd) || fd < 0) {
     return std::nullopt;
@@ -23,32 +23,15 @@ std::optional<ControlPeers::Peer> ControlPeers::Find(absl::string_view peer) con
   return it->second;
 }
 
-std::optional<ucred> ControlPeers::Of(absl::string_view peer) const {
-  std::optional<Peer> p = Find(peer);
-  if (!p) return std::nullopt;
-  return p->cred;
-}
-
-std::optional<uid_t> ControlPeers::ChargedUidOf(absl::string_view peer) const {
-  std::optional<Peer> p = Find(peer);
-  if (!p) return std::nullopt;
-  return p->charged;
-}
-
-std::optional<uint64_t> ControlPeers::ProcessStartOf(absl::string_view peer) const {
-  std::optional<Peer> p = Find(peer);
-  if (!p) return std::nullopt;
-  return p->start;
-}
-
 std::optional<uid_t> ControlPeers::LimitUid(const ControlPeers* peers, absl::string_view peer) {
   if (peers == nullptr) return std::nullopt;
-  return peers->ChargedUidOf(peer).value_or(static_cast<uid_t>(-1));
+  const std::optional<Connection> c = peers->Of(peer);
+  return c ? c->charged : static_cast<uid_t>(-1);
 }
 
 ControlPeers::Call ControlPeers::CallOn(const ControlPeers* peers, absl::string_view peer) {
   if (peers == nullptr) return Call{std::nullopt, std::string(peer)};
-  std::optional<Peer> p = peers->Find(peer);
+  std::optional<Connection> p = peers->Of(peer);
   if (!p) return Call{static_cast<uid_t>(-1), std::string(peer)};
   return Call{p->charged, absl::StrCat(peer, "#", p->handover)};
 }

@@ -34,15 +34,17 @@ class ControlPeers {
   // nullopt: not known).
   void Set(int fd, const ucred& cred, std::optional<uid_t> charged = std::nullopt,
            std::optional<uint64_t> start = std::nullopt);
-  // The peer of the connection gRPC calls `peer` ("fd:N"); nullopt for
-  // any other name, or an fd never handed over.
-  std::optional<ucred> Of(absl::string_view peer) const;
-  // The uid that connection's per-uid limits are charged to; nullopt as
-  // for Of().
-  std::optional<uid_t> ChargedUidOf(absl::string_view peer) const;
-  // When the process that made that connection started (Set's `start`);
-  // nullopt when not known, and as for Of().
-  std::optional<uint64_t> ProcessStartOf(absl::string_view peer) const;
+  // What Set noted of one connection.
+  struct Connection {
+    ucred cred;
+    uid_t charged;  // the uid its per-uid limits are charged to
+    // When the process that made it started (nullopt: not known).
+    std::optional<uint64_t> start;
+    uint64_t handover;  // which Set() noted it: 1, 2, ...
+  };
+  // The connection gRPC calls `peer` ("fd:N"), everything about it from one
+  // look-up; nullopt for any other name, or an fd never handed over.
+  std::optional<Connection> Of(absl::string_view peer) const;
 
   // The uid a call on connection `peer` counts against in per-uid limits
   // (StreamSlots): its charged uid; one shared uid (-1) for a connection
@@ -64,16 +66,8 @@ class ControlPeers {
   static Call CallOn(const ControlPeers* peers, absl::string_view peer);
 
  private:
-  struct Peer {
-    ucred cred;
-    uid_t charged;
-    std::optional<uint64_t> start;
-    uint64_t handover;  // which Set() noted it: 1, 2, ...
-  };
-  std::optional<Peer> Find(absl::string_view peer) const;
-
   mutable absl::Mutex mu_;
-  absl::flat_hash_map<int, Peer> by_fd_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<int, Connection> by_fd_ ABSL_GUARDED_BY(mu_);
   uint64_t handovers_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -8,17 +8,21 @@ namespace {
 TEST(ControlPeersTest, FindsAConnectionByTheNameGrpcGivesIt) {
   ControlPeers peers;
   peers.Set(12, ucred{100, 1000, 1001});
-  std::optional<ucred> p = peers.Of("fd:12");
+  std::optional<ControlPeers::Connection> p = peers.Of("fd:12");
   ASSERT_TRUE(p.has_value());
-  EXPECT_EQ(p->pid, 100);
-  EXPECT_EQ(p->uid, 1000u);
-  EXPECT_EQ(p->gid, 1001u);
-  EXPECT_EQ(peers.ChargedUidOf("fd:12"), 1000u);  // its own, unless said
-  // The next connection handed over with that number replaces it.
-  peers.Set(12, ucred{200, 2000, 2000}, /*charged=*/1500);
-  EXPECT_EQ(peers.Of("fd:12")->uid, 2000u);
-  EXPECT_EQ(peers.ChargedUidOf("fd:12"), 1500u);
-  EXPECT_FALSE(peers.ChargedUidOf("fd:13").has_value());
+  EXPECT_EQ(p->cred.pid, 100);
+  EXPECT_EQ(p->cred.uid, 1000u);
+  EXPECT_EQ(p->cred.gid, 1001u);
+  EXPECT_EQ(p->charged, 1000u);  // its own, unless said
+  EXPECT_FALSE(p->start.has_value());
+  // The next connection handed over with that number replaces it, all of it.
+  peers.Set(12, ucred{200, 2000, 2000}, /*charged=*/1500, /*start=*/77);
+  p = peers.Of("fd:12");
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->cred.uid, 2000u);
+  EXPECT_EQ(p->charged, 1500u);
+  EXPECT_EQ(p->start, 77u);
+  EXPECT_FALSE(peers.Of("fd:13").has_value());
 }
 
 TEST(ControlPeersTest, AConnectionHandedOverWithAReusedNumberHasAnotherName) {

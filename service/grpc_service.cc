@@ -48,12 +48,14 @@ grpc::Status AllocatorService::FinishUnauthenticated(const char* method, grpc::S
   Identity peer;
   peer.uid = static_cast<uid_t>(-1);
   if (peers_ != nullptr) {
-    if (std::optional<ucred> cred = peers_->Of(ctx->peer())) {
-      peer.uid = cred->uid;
-      peer.gid = cred->gid;
-      peer.pid = cred->pid;
+    const std::optional<ControlPeers::Connection> c = peers_->Of(ctx->peer());
+    if (c) {
+      peer.uid = c->cred.uid;
+      peer.gid = c->cred.gid;
+      peer.pid = c->cred.pid;
     }
-    peer.account_uid = ControlPeers::LimitUid(peers_.get(), ctx->peer());
+    // As ControlPeers::LimitUid: one shared uid for an unknown connection.
+    peer.account_uid = c ? c->charged : static_cast<uid_t>(-1);
   }
   if (!status.ok()) AuditFailure("grpc", method, nullptr, peers_ ? &peer : nullptr, status);
   return ToGrpc(status);
@@ -81,15 +83,15 @@ absl::StatusOr<AllocatorService::Caller> AllocatorService::CallerOf(grpc::Server
   // The token is a bearer secret; the connection's uid is the kernel's
   // word: a token that reached another uid (handed on, kept across a
   // setuid, sent to the wrong socket) does not make it the session.
-  const std::optional<ucred> peer = peers_->Of(ctx->peer());
+  const std::optional<ControlPeers::Connection> peer = peers_->Of(ctx->peer());
   if (!peer) return UnknownConnection();
   const uid_t uid = (*session)->creds().uid;
-  if (peer->uid != uid) {
+  if (peer->cred.uid != uid) {
     return absl::PermissionDeniedError(absl::StrCat(
         "session ", (*session)->id(), " is uid ", uid, "'s; this call came on a connection of uid ",
-        peer->uid, " (a session token is good only from its own uid)"));
+        peer->cred.uid, " (a session token is good only from its own uid)"));
   }
-  return Caller{*std::move(session), peer, peers_->ProcessStartOf(ctx->peer())};
+  return Caller{*std::move(session), peer->cred, peer->start};
 }
 
 Identity AllocatorService::Who(const Caller& caller, bool kept) const {
@@ -240,10 +242,9 @@ grpc::Status AllocatorService::Stats(grpc::ServerContext* ctx, const v1::StatsRe
   if (grpc::Status a = AdmittedBy(calls_, ctx); !a.ok()) return a;
   std::optional<uid_t> only_uid;  // an in-process server (no peers): everything
   if (peers_ != nullptr) {
-    const std::optional<ucred> peer = peers_->Of(ctx->peer());
-    const std::optional<uid_t> charged = peers_->ChargedUidOf(ctx->peer());
-    if (!peer || !charged) return Finish("Stats", nullptr, UnknownConnection());
-    if (!IsOperatorUid(peer->uid)) only_uid = *charged;
+    const std::optional<ControlPeers::Connection> peer = peers_->Of(ctx->peer());
+    if (!peer) return Finish("Stats", nullptr, UnknownConnection());
+    if (!IsOperatorUid(peer->cred.uid)) only_uid = peer->charged;
   }
   *resp = stats_ ? stats_(only_uid) : core_->Stats(only_uid);
   return grpc::Status::OK;

@@ -92,7 +92,7 @@ class AllocatorService final : public v1::Allocator::Service {
   struct Caller {
     std::shared_ptr<Session> session;
     std::optional<ucred> peer;
-    std::optional<uint64_t> peer_start;  // ControlPeers::ProcessStartOf
+    std::optional<uint64_t> peer_start;  // ControlPeers::Connection::start
   };
   absl::StatusOr<Caller> CallerOf(grpc::ServerContext* ctx);
   // Who the policy judges for a call (`kept`: the identity is stored, as a
