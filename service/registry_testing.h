@@ -142,7 +142,9 @@ class RegistryTest : public ::testing::Test {
     EXPECT_TRUE(b_to_c.ok()) << b_to_c.status();
     if (!b_to_c.ok()) return o;
     o.b_to_c = *b_to_c;
-    if (c_imports) EXPECT_TRUE(ImportView(kC, o.b_to_c, o.id, CpuAccess::kRead, 702));
+    if (c_imports) {
+      EXPECT_TRUE(ImportView(kC, o.b_to_c, o.id, CpuAccess::kRead, 702));
+    }
     return o;
   }
 
