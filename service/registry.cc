@@ -293,6 +293,7 @@ v1::BufferInfo Registry::Info(const BufferRecord& buffer, uint64_t session_id,
   info.set_fd_kind(fd_kind_);
   info.set_owner_uid(buffer.owner_uid);
   info.set_owned(buffer.owner_session == session_id);
+  if (info.owned()) info.set_imports_total(buffer.imports_total);
   info.set_protected_content((buffer.usage & usage::kProtected) != 0);
   *info.mutable_metadata() = buffer.metadata;
   if (auto h = buffer.holders.find(session_id); h != buffer.holders.end()) {

@@ -220,6 +220,16 @@ TEST_F(RegistryTest, AnImporterSeesHowManyHoldTheBufferNotWho) {
     pids.insert(h.pid());
   }
   EXPECT_EQ(pids, (absl::flat_hash_set<int32_t>{101, 102, 103}));
+
+  // How many imports were made: the owner's to know, and it counts those
+  // whose holders let go since.
+  EXPECT_EQ(by_b->imports_total(), 0u) << "an importer is told the import count";
+  EXPECT_EQ(by_a->imports_total(), 2u);
+  ASSERT_TRUE(reg_.Release(kC, {o.id}).ok());
+  by_a = reg_.Describe(kA, o.id);
+  ASSERT_TRUE(by_a.ok()) << by_a.status();
+  EXPECT_EQ(by_a->holders_size(), 2);
+  EXPECT_EQ(by_a->imports_total(), 2u);
 }
 
 TEST_F(RegistryTest, ShareThenImportMakesASecondHolderWithTheJudgedRights) {
