@@ -7,7 +7,12 @@
 //
 // With --share_to (a policy client name) or --share_uid, each frame is
 // shared (read-only unless --share_rights=read_write) and one line
-// "frame SEQ buffer ID grant TOKEN" is printed per frame. --write saves
+// "frame SEQ buffer ID grant TOKEN" is printed per frame. A shared frame
+// is lent (loans.h): its buffer goes back to the source, which writes the
+// next frames into it, only once the consumer imported it and let go, or
+// after --share_timeout; its grant is revoked first either way. When every
+// buffer is lent, capture waits for one to come back, and at the end for
+// all of them. --write saves
 // the raw bytes (halloc's layout: see the printed format line) of frame
 // --write_frame (default: the last one).
 // Exit codes: 0 done, 1 hallocd or the device refused, 2 bad command line.
@@ -26,6 +31,7 @@
 #include "absl/time/clock.h"
 #include "clients/camera/camera.h"
 #include "clients/camera/formats.h"
+#include "clients/camera/loans.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -47,6 +53,8 @@ ABSL_FLAG(int, write_frame, -1, "which frame --write saves (default: the last)")
 ABSL_FLAG(std::string, share_to, "", "share each frame with this policy client");
 ABSL_FLAG(int64_t, share_uid, -1, "share each frame with this uid");
 ABSL_FLAG(std::string, share_rights, "read", "rights of the grants: read or read_write");
+ABSL_FLAG(absl::Duration, share_timeout, absl::Seconds(1),
+          "how long a consumer has to import a shared frame and let go of it");
 ABSL_FLAG(std::string, control_socket, "", "hallocd gRPC socket");
 ABSL_FLAG(std::string, broker_socket, "", "hallocd broker socket");
 
@@ -76,6 +84,25 @@ absl::StatusOr<v1::Grant> ShareFrame(Camera& camera, const Frame& frame,
                              rights);
 }
 
+// Requeues the lent frames whose loans ended; with `wait`, polls until at
+// least one has (every buffer is lent: the source has none to fill).
+absl::Status GiveBack(FrameLoans& loans, Camera& camera, bool wait) {
+  while (true) {
+    ASSIGN_OR_RETURN(std::vector<FrameLoans::Return> back, loans.Collect(absl::Now()));
+    for (const FrameLoans::Return& r : back) {
+      if (r.still_held) {
+        absl::FPrintF(stderr,
+                      "frame %u: its consumer still holds it after --share_timeout and the "
+                      "revoke could not cut it off (%s); the source writes into it again\n",
+                      r.sequence, camera.buffers()[r.index].info().backend());
+      }
+      RETURN_IF_ERROR(camera.Requeue(r.index));
+    }
+    if (!wait || !back.empty()) return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+}
+
 absl::Status Run(const CameraOptions& options, v1::CpuAccess rights) {
   ConnectOptions connect;
   connect.control_socket = absl::GetFlag(FLAGS_control_socket);
@@ -98,25 +125,34 @@ absl::Status Run(const CameraOptions& options, v1::CpuAccess rights) {
   const std::string write_path = absl::GetFlag(FLAGS_write);
   const int write_frame =
       absl::GetFlag(FLAGS_write_frame) < 0 ? frames - 1 : absl::GetFlag(FLAGS_write_frame);
+  FrameLoans loans(client, absl::GetFlag(FLAGS_share_timeout));
   RETURN_IF_ERROR(camera->Start());
   absl::Time start;
   for (int i = 0; i < frames; ++i) {
+    RETURN_IF_ERROR(GiveBack(loans, *camera, loans.size() == camera->buffers().size()));
     ASSIGN_OR_RETURN(Frame frame, camera->Next());
     if (i == 0) start = absl::Now();  // the first frame includes start-up
-    if (share) {
-      ASSIGN_OR_RETURN(v1::Grant grant, ShareFrame(*camera, frame, rights));
-      absl::PrintF("frame %u buffer %u grant %s\n", frame.sequence,
-                   frame.buffer->id(), grant.token());
-    }
     if (!write_path.empty() && i == write_frame) {
       RETURN_IF_ERROR(WriteFrame(frame, write_path));
       absl::PrintF("wrote frame %u (%u bytes, %s, plane 0 stride %u) to %s\n",
                    frame.sequence, layout.size(), format::Name(layout.format()),
                    layout.planes(0).stride(), write_path);
     }
-    RETURN_IF_ERROR(camera->Requeue(frame.index));
+    if (!share) {
+      RETURN_IF_ERROR(camera->Requeue(frame.index));
+      continue;
+    }
+    ASSIGN_OR_RETURN(v1::Grant grant, loans.Lend(frame, absl::Now(), [&] {
+      return ShareFrame(*camera, frame, rights);
+    }));
+    absl::PrintF("frame %u buffer %u grant %s\n", frame.sequence, frame.buffer->id(),
+                 grant.token());
+    std::fflush(stdout);  // a consumer reading a pipe needs the line now
   }
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  // The last frames' consumers may still be on their way: their grants
+  // would go with this session.
+  while (loans.size() > 0) RETURN_IF_ERROR(GiveBack(loans, *camera, true));
   RETURN_IF_ERROR(camera->Stop());
   if (frames > 1) {
     absl::PrintF("%d frames in %.3f s: %.1f frames per second\n", frames, seconds,
@@ -143,6 +179,9 @@ absl::StatusOr<CameraOptions> OptionsFromFlags(v1::CpuAccess* rights) {
   o.fps = absl::GetFlag(FLAGS_fps);
   if (absl::GetFlag(FLAGS_frames) < 1) {
     return absl::InvalidArgumentError("--frames must be at least 1");
+  }
+  if (absl::GetFlag(FLAGS_share_timeout) <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--share_timeout must be positive");
   }
   // A frame the run never reaches would write nothing, and say nothing.
   if (!absl::GetFlag(FLAGS_write).empty() &&

@@ -5,8 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,11 +46,10 @@ TEST(HallocCameraTool, SyntheticFramesSharedAndWritten) {
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const ConnectOptions c = (*daemon)->connect_options();
   const std::string raw = absl::StrCat((*daemon)->dir(), "/frame.raw");
-  Result r = RunTool({"--control_socket=" + c.control_socket,
-                  "--broker_socket=" + c.broker_socket, "--synthetic",
-                  "--frames=5", "--fps=0", "--width=320", "--height=240",
-                  absl::StrCat("--share_uid=", getuid()), "--write=" + raw,
-                  "--write_frame=3"});
+  Result r = RunTool({"--control_socket=" + c.control_socket, "--broker_socket=" + c.broker_socket,
+                      "--synthetic", "--frames=5", "--fps=0", "--width=320", "--height=240",
+                      absl::StrCat("--share_uid=", getuid()), "--share_timeout=100ms",
+                      "--write=" + raw, "--write_frame=3"});
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_NE(r.out.find("synthetic: XRGB8888 320x240, bytesperline 1280"),
             std::string::npos) << r.out;
@@ -75,6 +76,70 @@ TEST(HallocCameraTool, SyntheticFramesSharedAndWritten) {
   ASSERT_TRUE(counter.ok()) << counter.status();
   EXPECT_EQ(*counter, 3u) << "--write_frame=3";
   unlink(raw.c_str());
+}
+
+// A consumer holds each shared frame until the next one is printed: with
+// two buffers, the source would draw the frame after that into the buffer
+// it holds, were the buffer given back to it at once.
+TEST(HallocCameraTool, ASharedFrameIsNotDrawnOverWhileItsConsumerHoldsIt) {
+  auto daemon = testing::TestDaemon::Start();
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const ConnectOptions c = (*daemon)->connect_options();
+  absl::StatusOr<Client> consumer = (*daemon)->Connect();
+  ASSERT_TRUE(consumer.ok()) << consumer.status();
+  const std::string cmd = absl::StrCat(
+      "clients/camera/halloc-camera --control_socket=", c.control_socket,
+      " --broker_socket=", c.broker_socket,
+      " --synthetic --frames=8 --fps=0 --width=320 --height=240 --buffers=2 --share_uid=", getuid(),
+      " --share_timeout=30s");
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  struct Held {
+    uint32_t sequence;
+    Buffer buffer;
+    Mapping map;
+  };
+  std::optional<Held> held;
+  // The frame's counter as its consumer reads it now.
+  auto counter = [](const Held& h) {
+    return ReadCounter(h.buffer.layout(), h.map.as<uint8_t>(), h.map.size());
+  };
+  int frames = 0;
+  char line[512];
+  while (fgets(line, sizeof(line), p) != nullptr) {
+    uint32_t seq = 0;
+    uint64_t id = 0;
+    char token[64] = {};
+    if (sscanf(line, "frame %u buffer %" SCNu64 " grant %63s", &seq, &id, token) != 3) continue;
+    ++frames;
+    absl::StatusOr<Buffer> got = consumer->Import(token);
+    ASSERT_TRUE(got.ok()) << "frame " << seq << ": " << got.status();
+    absl::StatusOr<Mapping> map = got->Map(Access::kRead);
+    ASSERT_TRUE(map.ok()) << map.status();
+    Held now{seq, *std::move(got), *std::move(map)};
+    absl::StatusOr<uint32_t> n = counter(now);
+    ASSERT_TRUE(n.ok()) << n.status();
+    EXPECT_EQ(*n, seq);
+    if (held) {
+      // Still the frame it was, after the source went on to the next one.
+      absl::StatusOr<uint32_t> was = counter(*held);
+      ASSERT_TRUE(was.ok()) << was.status();
+      EXPECT_EQ(*was, held->sequence) << "frame " << held->sequence << " drawn over while held";
+      const uint64_t let_go = held->buffer.id();
+      held.reset();
+      ASSERT_TRUE(consumer->Release(let_go).ok());
+    }
+    held.emplace(std::move(now));
+    // The last one: halloc-camera waits for it before it exits.
+    if (frames == 8) {
+      const uint64_t let_go = held->buffer.id();
+      held.reset();
+      ASSERT_TRUE(consumer->Release(let_go).ok());
+    }
+  }
+  const int status = pclose(p);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(frames, 8);
 }
 
 TEST(HallocCameraTool, ExitCodes) {
