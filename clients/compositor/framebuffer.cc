@@ -34,6 +34,7 @@ Framebuffer& Framebuffer::operator=(Framebuffer&& other) noexcept {
     width_ = std::exchange(other.width_, 0);
     height_ = std::exchange(other.height_, 0);
     format_ = std::exchange(other.format_, 0);
+    buffer_id_ = std::exchange(other.buffer_id_, 0);
     handles_ = std::move(other.handles_);
     other.handles_.clear();
   }
@@ -51,6 +52,7 @@ void Framebuffer::Reset() {
   }
   device_.reset();
   id_ = 0;
+  buffer_id_ = 0;
   handles_.clear();
 }
 

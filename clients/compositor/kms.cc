@@ -303,6 +303,7 @@ absl::StatusOr<Framebuffer> KmsDisplay::Import(const halloc::Buffer& buffer) {
   fb.width_ = l.width();
   fb.height_ = l.height();
   fb.format_ = l.format();
+  fb.buffer_id_ = buffer.id();
   absl::StatusOr<uint32_t> imported = state_->device->ImportHandle(buffer.fd());
   if (!imported.ok()) {
     return Prefixed(imported.status(), absl::StrCat("buffer ", buffer.id()));
@@ -375,6 +376,18 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
 absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* overlay,
                                  const Framebuffer* writeback) {
   RETURN_IF_ERROR(Usable());
+  for (const PlaneFrame* f : {&primary, overlay}) {
+    if (f == nullptr) continue;
+    // The fence waited for must be that of the memory scanned out. (An
+    // empty framebuffer is PresentFramebuffers' to refuse.)
+    if (f->fb.id() != 0 && f->fb.buffer_id() != f->buffer.id()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ", f == &primary ? "primary" : "overlay", " plane's framebuffer ",
+          f->fb.buffer_id() == 0 ? std::string("is not one of a hallocd buffer")
+                                 : absl::StrCat("was made from buffer ", f->fb.buffer_id()),
+          ", not from buffer ", f->buffer.id(), " given with it"));
+    }
+  }
   for (const PlaneFrame* f : {&primary, overlay}) {
     if (f == nullptr) continue;
     // The producer's writes (implicit fences) as a sync_file; kernels

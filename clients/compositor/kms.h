@@ -66,6 +66,8 @@ class Framebuffer {
   uint32_t width() const { return width_; }
   uint32_t height() const { return height_; }
   uint32_t format() const { return format_; }
+  // The hallocd buffer KmsDisplay::Import made it from (0: a dumb buffer's).
+  uint64_t buffer_id() const { return buffer_id_; }
 
  private:
   friend class KmsDisplay;
@@ -73,6 +75,7 @@ class Framebuffer {
   std::shared_ptr<DrmDevice> device_;
   uint32_t id_ = 0;
   uint32_t width_ = 0, height_ = 0, format_ = 0;
+  uint64_t buffer_id_ = 0;
   std::vector<uint32_t> handles_;  // distinct GEM handles to give back
 };
 
@@ -148,7 +151,9 @@ class KmsDisplay {
   // (and `overlay` on the overlay plane, if given) with one atomic commit and
   // waits for its flip event. With `writeback`, the composed output is also
   // written into that framebuffer and Present returns once the writeback
-  // fence has signalled. The first Present sets the mode.
+  // fence has signalled. The first Present sets the mode. Each frame's
+  // framebuffer must be the one Import made of its buffer (else
+  // INVALID_ARGUMENT: the fence waited for would not be the memory shown).
   absl::Status Present(const PlaneFrame& primary, const PlaneFrame* overlay = nullptr,
                        const Framebuffer* writeback = nullptr);
   // The same commit and flip without fences: for framebuffers KMS already

@@ -322,6 +322,16 @@ TEST_F(VkmsTest, RefusesFormatsPlanesDoNotTakeAndShortBuffers) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
   EXPECT_NE(s.message().find("cannot scale"), absl::string_view::npos) << s;
 
+  // A framebuffer given with a buffer it was not made from: Present would
+  // wait for that buffer's fence and scan out other memory.
+  const hc::PlaneFrame mismatched{*bars.got, *sq_fb, kOverlayDst};
+  s = display.Present(bars_on, &mismatched);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find(absl::StrCat("overlay plane's framebuffer was made from buffer ",
+                                          sq.got->id(), ", not from buffer ", bars.got->id())),
+            absl::string_view::npos)
+      << s;
+
   // A framebuffer moved from is empty: refused by name, not sent as FB_ID
   // 0 for the kernel's bare EINVAL.
   hc::Framebuffer taken = std::move(*sq_fb);
