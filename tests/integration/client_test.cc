@@ -212,6 +212,9 @@ TEST_F(ClientTest, BothPathsAgreeOnResultsAndErrors) {
     absl::Status bad = c->Allocate(BlobDescriptor(4096, 0, "cam\xff\xfe")).status();
     EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument) << bad;
     EXPECT_TRUE(absl::StrContains(bad.message(), "\\xff")) << bad;
+    // A request over what hallocd reads of one (64 KiB on both paths).
+    absl::Status huge = c->Allocate(BlobDescriptor(4096, 0, std::string(70000, 'n'))).status();
+    EXPECT_EQ(huge.code(), StatusCode::kResourceExhausted) << huge;
   }
   EXPECT_EQ(client().Stats()->live_buffers(), 0u);
 }

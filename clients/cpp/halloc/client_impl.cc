@@ -72,13 +72,23 @@ absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest r
   req.set_request_id(id);
   // Where to send the reply from (a hint; see BrokerRequest.cpu).
   req.set_cpu(CurrentCpuHint());
+  const std::string bytes = req.SerializeAsString();
+  // What hallocd reads of one request is the same on both paths
+  // (kMaxRequestBytes); gRPC refuses a longer one RESOURCE_EXHAUSTED, and
+  // so does this path rather than SendRecord's INVALID_ARGUMENT.
+  if (bytes.size() > kMaxRequestBytes) {
+    return Prefixed(absl::ResourceExhaustedError(
+                        absl::StrCat("the request (", bytes.size(), " bytes) is over the ",
+                                     kMaxRequestBytes, " hallocd reads of one")),
+                    rpc);
+  }
   {
     // Before the request goes: its reply may be filed by another reader
     // at once (one nobody waits for is dropped).
     absl::MutexLock lock(&mu_);
     waiting_.insert(id);
   }
-  if (absl::Status s = Send(req.SerializeAsString(), deadline); !s.ok()) {
+  if (absl::Status s = Send(bytes, deadline); !s.ok()) {
     absl::MutexLock lock(&mu_);
     waiting_.erase(id);
     return Prefixed(s, rpc);

@@ -181,12 +181,19 @@ class Connection:
         deadline = time.monotonic() + self._timeout
         req.request_id = rid = next(self._request_ids)
         req.cpu = _cpu_hint()
+        data = req.SerializeToString()
+        # As gRPC answers a request over hallocd's limit (the same on both
+        # paths): RESOURCE_EXHAUSTED, not send_record's INVALID_ARGUMENT.
+        if len(data) > _scm.MAX_RECORD_BYTES:
+            raise errors.ResourceExhaustedError(
+                f"{name}: the request ({len(data)} bytes) is over the "
+                f"{_scm.MAX_RECORD_BYTES} hallocd reads of one")
         with self._lock:
             # Before the request goes: its reply may be filed by another
             # reader at once (one nobody waits for is dropped).
             self._waiting.add(rid)
         try:
-            _prefixed(self._send, name, req.SerializeToString(), deadline)
+            _prefixed(self._send, name, data, deadline)
         except BaseException:
             with self._lock:
                 self._waiting.discard(rid)

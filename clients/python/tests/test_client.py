@@ -90,6 +90,17 @@ def test_allocate_map_write_read(connect, size, fast_path):
 
 
 @PATHS
+def test_a_request_over_what_hallocd_reads_is_resource_exhausted_on_both_paths(connect,
+                                                                               fast_path):
+    client = connect(broker_fast_path=fast_path)
+    with pytest.raises(halloc.ResourceExhaustedError):
+        client.allocate(halloc.blob(PAGE, name="n" * 70000))
+    # Nothing taken, and the connection still serves.
+    assert client.stats().live_buffers == 0
+    client.release(client.allocate(halloc.blob(PAGE)))
+
+
+@PATHS
 def test_info_says_what_the_fd_is(connect, fast_path):
     # hallocd's reply says memfd or dma-buf (BufferInfo.fd_kind), so that
     # map() need not read /proc/self/fdinfo; it agrees with the kernel.
