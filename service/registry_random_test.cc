@@ -6,9 +6,10 @@
 // every step that the links a revoke and an end follow agree with what they
 // link (Registry::CheckLinksForTesting), that the accounts agree (Stats'
 // live buffers, List{all}, the charges and every session's holdings in
-// Dump, and Dump read page by page against Dump whole), and that once every
-// session ended nothing is left. Fixed seeds: a failure names its seed and
-// step.
+// Dump, and Dump read page by page against Dump whole), that an owner's
+// Describe counts the imports made of its buffer (imports_total, against
+// the test's own count), and that once every session ended nothing is left. Fixed seeds: a failure
+// names its seed and step.
 #include <sys/mman.h>
 
 #include <map>
@@ -109,6 +110,20 @@ class Run {
                             u.owned_buffers() + u.imported_buffers(), " buffers; List ", held);
       }
     }
+    // Each buffer its owner still holds: the imports made of it, as counted
+    // here, in the owner's Describe.
+    const v1::ListResponse all = reg_.List(0, true);
+    for (const v1::BufferInfo& b : all.buffers()) {
+      for (const v1::Holder& h : b.holders()) {
+        if (!h.owner()) continue;
+        absl::StatusOr<v1::BufferInfo> d = reg_.Describe(h.session_id(), b.id());
+        if (!d.ok()) return absl::StrCat("its owner cannot describe buffer ", b.id());
+        if (d->imports_total() != imports_[b.id()]) {
+          return absl::StrCat("buffer ", b.id(), " was imported ", imports_[b.id()],
+                              " times; its owner is told ", d->imports_total());
+        }
+      }
+    }
     v1::DumpResponse paged;
     std::string token;
     for (int pages = 0;; ++pages) {
@@ -186,6 +201,7 @@ class Run {
             return decided;
           });
       if (!i.ok()) return absl::StrCat("import ", s, " g", g.id, ": refused");
+      ++imports_[i->buffer->id];
       pending_.push_back({s, i->grant_id, i->buffer->id, next_view_++, i->generation, decided,
                           i->widened_from, Chance(15), Live()});
       generations_[{s, i->buffer->id}].push_back(i->generation);
@@ -270,6 +286,8 @@ class Run {
   std::vector<uint64_t> buffers_;
   std::vector<Grant> grants_;
   std::vector<OnItsWay> pending_;
+  // Per buffer, the imports made of it.
+  std::map<uint64_t, uint64_t> imports_;
   // Per (session, buffer), the generations its imports were told.
   std::map<std::pair<uint64_t, uint64_t>, std::vector<uint64_t>> generations_;
 };
