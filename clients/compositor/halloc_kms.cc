@@ -78,7 +78,8 @@ absl::Status Run() {
                        w, h, DRM_FORMAT_XRGB8888,
                        usage::kCpuReadOften | usage::kComposerClientTarget, "kms-writeback")));
   ASSIGN_OR_RETURN(Framebuffer out_fb, display.Import(out));
-  RETURN_IF_ERROR(display.Present(primary, overlay ? &*overlay : nullptr, &out_fb));
+  const WritebackFrame capture{out, out_fb};
+  RETURN_IF_ERROR(display.Present(primary, overlay ? &*overlay : nullptr, &capture));
   ASSIGN_OR_RETURN(Mapping map, out.Map(Access::kRead));
   const v1::PlaneLayout& p = out.layout().planes(0);
   // The capture's rows as its layout places them, all of them mapped (the

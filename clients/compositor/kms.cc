@@ -373,35 +373,56 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
   return dumb;
 }
 
+namespace {
+
+// The fence waited for must be that of the memory shown or written. (An
+// empty framebuffer is PresentFramebuffers' to refuse.)
+absl::Status MadeFrom(const Framebuffer& fb, const halloc::Buffer& buffer, const char* name) {
+  if (fb.id() == 0 || fb.buffer_id() == buffer.id()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("the ", name, " framebuffer ",
+                   fb.buffer_id() == 0 ? std::string("is not one of a hallocd buffer")
+                                       : absl::StrCat("was made from buffer ", fb.buffer_id()),
+                   ", not from buffer ", buffer.id(), " given with it"));
+}
+
+// Waits for `buffer`'s implicit fences: its writers' (kRead: to read it),
+// or everyone's (kReadWrite: to write it). Kernels without the ioctl leave
+// it to KMS's own implicit sync.
+absl::Status WaitForFences(const halloc::Buffer& buffer, Access access, absl::Duration timeout,
+                           absl::string_view what) {
+  absl::StatusOr<UniqueFd> fence = buffer.ExportSyncFile(access);
+  if (!fence.ok() && fence.status().code() == absl::StatusCode::kUnimplemented) {
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(fence.status());
+  return WaitReadable(fence->get(), timeout, absl::StrCat(what, " of buffer ", buffer.id()));
+}
+
+}  // namespace
+
 absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* overlay,
-                                 const Framebuffer* writeback) {
+                                 const WritebackFrame* writeback) {
   RETURN_IF_ERROR(Usable());
+  RETURN_IF_ERROR(MadeFrom(primary.fb, primary.buffer, "primary plane's"));
+  if (overlay != nullptr)
+    RETURN_IF_ERROR(MadeFrom(overlay->fb, overlay->buffer, "overlay plane's"));
+  if (writeback != nullptr)
+    RETURN_IF_ERROR(MadeFrom(writeback->fb, writeback->buffer, "writeback"));
+  const absl::Duration timeout = state_->options.timeout;
   for (const PlaneFrame* f : {&primary, overlay}) {
-    if (f == nullptr) continue;
-    // The fence waited for must be that of the memory scanned out. (An
-    // empty framebuffer is PresentFramebuffers' to refuse.)
-    if (f->fb.id() != 0 && f->fb.buffer_id() != f->buffer.id()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the ", f == &primary ? "primary" : "overlay", " plane's framebuffer ",
-          f->fb.buffer_id() == 0 ? std::string("is not one of a hallocd buffer")
-                                 : absl::StrCat("was made from buffer ", f->fb.buffer_id()),
-          ", not from buffer ", f->buffer.id(), " given with it"));
-    }
+    if (f != nullptr)
+      RETURN_IF_ERROR(WaitForFences(f->buffer, Access::kRead, timeout, "producer fence"));
   }
-  for (const PlaneFrame* f : {&primary, overlay}) {
-    if (f == nullptr) continue;
-    // The producer's writes (implicit fences) as a sync_file; kernels
-    // without the ioctl leave it to KMS's own implicit sync.
-    absl::StatusOr<UniqueFd> fence = f->buffer.ExportSyncFile(Access::kRead);
-    if (!fence.ok() && fence.status().code() == absl::StatusCode::kUnimplemented) continue;
-    RETURN_IF_ERROR(fence.status());
-    RETURN_IF_ERROR(WaitReadable(fence->get(), state_->options.timeout,
-                                 absl::StrCat("producer fence of buffer ", f->buffer.id())));
+  if (writeback != nullptr) {
+    RETURN_IF_ERROR(WaitForFences(writeback->buffer, Access::kReadWrite, timeout,
+                                  "the fences of those still using the writeback target"));
   }
+  const Framebuffer* wb = writeback != nullptr ? &writeback->fb : nullptr;
   const PlaneFramebuffer primary_fb{primary.fb, primary.dst, primary.src};
-  if (overlay == nullptr) return PresentFramebuffers(primary_fb, nullptr, writeback);
+  if (overlay == nullptr) return PresentFramebuffers(primary_fb, nullptr, wb);
   const PlaneFramebuffer overlay_fb{overlay->fb, overlay->dst, overlay->src};
-  return PresentFramebuffers(primary_fb, &overlay_fb, writeback);
+  return PresentFramebuffers(primary_fb, &overlay_fb, wb);
 }
 
 absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,

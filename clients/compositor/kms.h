@@ -104,6 +104,13 @@ struct PlaneFrame {
   Rect src = {};
 };
 
+// The buffer a writeback connector writes the composed output into, and the
+// framebuffer Import made of it.
+struct WritebackFrame {
+  const halloc::Buffer& buffer;
+  const Framebuffer& fb;
+};
+
 // The same for a framebuffer KMS already knows is ready (PresentFramebuffers).
 struct PlaneFramebuffer {
   const Framebuffer& fb;
@@ -150,12 +157,14 @@ class KmsDisplay {
   // Waits for each frame's producer (its sync_file), then shows `primary`
   // (and `overlay` on the overlay plane, if given) with one atomic commit and
   // waits for its flip event. With `writeback`, the composed output is also
-  // written into that framebuffer and Present returns once the writeback
-  // fence has signalled. The first Present sets the mode. Each frame's
-  // framebuffer must be the one Import made of its buffer (else
-  // INVALID_ARGUMENT: the fence waited for would not be the memory shown).
+  // written into that buffer, once whatever still reads or writes it (its
+  // implicit fences: a device reading the last capture) is done, and
+  // Present returns once the writeback fence has signalled. The first
+  // Present sets the mode. Each framebuffer must be the one Import made of
+  // the buffer given with it (else INVALID_ARGUMENT: the fence waited for
+  // would not be that of the memory shown or written).
   absl::Status Present(const PlaneFrame& primary, const PlaneFrame* overlay = nullptr,
-                       const Framebuffer* writeback = nullptr);
+                       const WritebackFrame* writeback = nullptr);
   // The same commit and flip without fences: for framebuffers KMS already
   // knows are ready (dumb buffers the CPU filled, a driver's own buffers).
   absl::Status PresentFramebuffers(const PlaneFramebuffer& primary,

@@ -172,7 +172,8 @@ TEST_F(VkmsTest, TwoPlanesFlipAndTheWritebackPngShowsTheFrames) {
   ASSERT_TRUE(capture.ok()) << capture.status();
   absl::StatusOr<hc::Framebuffer> capture_fb = display.Import(*capture);
   ASSERT_TRUE(capture_fb.ok()) << capture_fb.status();
-  absl::Status s = display.Present(primary(0), &overlay, &*capture_fb);
+  const hc::WritebackFrame writeback{*capture, *capture_fb};
+  absl::Status s = display.Present(primary(0), &overlay, &writeback);
   ASSERT_TRUE(s.ok()) << s;
   {
     absl::StatusOr<halloc::Mapping> map = capture->Map(halloc::Access::kRead);
@@ -431,6 +432,51 @@ TEST_F(VkmsTest, PresentWaitsForTheProducersFence) {
   VgemFenceSignal signal = {attach.out_fence, 0};
   ASSERT_EQ(drmIoctl(vgem.get(), kVgemFenceSignal, &signal), 0) << strerror(errno);
   s = display_->Present(frame);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(display_->flips(), flips + 1);
+  drm_gem_close close_args = {};
+  close_args.handle = handle;
+  drmIoctl(vgem.get(), DRM_IOCTL_GEM_CLOSE, &close_args);
+}
+
+// Nor is the composed output written into a buffer a device (vgem) still
+// reads, as a consumer of the last capture would: Present waits for its
+// fence first.
+TEST_F(VkmsTest, WritebackWaitsForWhatStillReadsItsTarget) {
+  UniqueFd vgem = OpenVgem();
+  if (!vgem.valid()) GTEST_SKIP() << "no vgem DRM device (modprobe vgem)";
+  OpenDisplay(absl::Milliseconds(300));
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(display_->has_writeback()) << "vkms was loaded without enable_writeback=1";
+  Shared bars = MakeFrame(kWidth, kHeight, std::nullopt);
+  ASSERT_FALSE(HasFailure());
+  absl::StatusOr<hc::Framebuffer> fb = display_->Import(*bars.got);
+  ASSERT_TRUE(fb.ok()) << fb.status();
+  absl::StatusOr<Buffer> capture = compositor_->Allocate(
+      ImageDescriptor(kWidth, kHeight, DRM_FORMAT_XRGB8888, kCaptureUsage, "writeback"));
+  ASSERT_TRUE(capture.ok()) << capture.status();
+  absl::StatusOr<hc::Framebuffer> capture_fb = display_->Import(*capture);
+  ASSERT_TRUE(capture_fb.ok()) << capture_fb.status();
+  const hc::PlaneFrame frame{*bars.got, *fb, display_->FullScreen()};
+  const hc::WritebackFrame writeback{*capture, *capture_fb};
+  ASSERT_TRUE(display_->Present(frame).ok());  // the modeset
+
+  uint32_t handle = 0;
+  ASSERT_EQ(drmPrimeFDToHandle(vgem.get(), capture->fd(), &handle), 0) << strerror(errno);
+  VgemFenceAttach attach = {handle, 0 /* read */, 0, 0};
+  ASSERT_EQ(drmIoctl(vgem.get(), kVgemFenceAttach, &attach), 0) << strerror(errno);
+  const uint64_t flips = display_->flips();
+  absl::Status s = display_->Present(frame, nullptr, &writeback);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_NE(s.message().find("writeback target"), absl::string_view::npos) << s;
+  EXPECT_EQ(display_->flips(), flips) << "nothing was committed";
+  // A frame given with another buffer's framebuffer as its target.
+  const hc::WritebackFrame crossed{*bars.got, *capture_fb};
+  EXPECT_EQ(display_->Present(frame, nullptr, &crossed).code(), absl::StatusCode::kInvalidArgument);
+
+  VgemFenceSignal signal = {attach.out_fence, 0};
+  ASSERT_EQ(drmIoctl(vgem.get(), kVgemFenceSignal, &signal), 0) << strerror(errno);
+  s = display_->Present(frame, nullptr, &writeback);
   EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(display_->flips(), flips + 1);
   drm_gem_close close_args = {};

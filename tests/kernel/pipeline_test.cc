@@ -275,8 +275,9 @@ class PipelineTest : public HallocTest {
     absl::StatusOr<hc::Framebuffer> capture_fb = display_->Import(*capture);
     ASSERT_TRUE(capture_fb.ok()) << capture_fb.status();
     const hc::PlaneFrame overlay{*cropped.view, *cropped.fb, kOverlayDst, kCropSrc};
+    const hc::WritebackFrame writeback{*capture, *capture_fb};
     absl::Status s = display_->Present({*primary.view, *primary.fb, display_->FullScreen()},
-                                       &overlay, &*capture_fb);
+                                       &overlay, &writeback);
     ASSERT_TRUE(s.ok()) << s;
     {
       absl::StatusOr<halloc::Mapping> map = capture->Map(halloc::Access::kRead);
