@@ -158,6 +158,9 @@ TEST(HallocCameraTool, ExitCodes) {
   r = RunTool({"--synthetic", "--frames=3", "--write_frame=3", "--write=/dev/null"});
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_NE(r.out.find("past the last of --frames=3"), std::string::npos) << r.out;
+  r = RunTool({"--synthetic", "--share_uid=0", "--share_timeout=0s"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("--share_timeout must be positive"), std::string::npos) << r.out;
 }
 
 }  // namespace
