@@ -98,7 +98,8 @@ struct BufferRecord {
   // and a revoke without live revoke knows what the others still give. A
   // revoked grant leaves every such map.
   absl::flat_hash_map<uint64_t, absl::flat_hash_map<uint64_t, CpuAccess>> imported_via;
-  // Imports made of it so far (BufferInfo.imports_total, for the owner).
+  // Imports delivered of it so far (SettleImport; BufferInfo.imports_total,
+  // for the owner).
   uint64_t imports_total = 0;
   // Set by the allocator (its decision and the backend say so): once
   // nobody holds it, the buffer stays charged until no fd or mapping of

@@ -7,9 +7,9 @@
 // link (Registry::CheckLinksForTesting), that the accounts agree (Stats'
 // live buffers, List{all}, the charges and every session's holdings in
 // Dump, and Dump read page by page against Dump whole), that an owner's
-// Describe counts the imports made of its buffer (imports_total, against
-// the test's own count), and that once every session ended nothing is left. Fixed seeds: a failure
-// names its seed and step.
+// Describe counts the imports delivered of its buffer (imports_total,
+// against the test's own count), and that once every session ended nothing is left. Fixed seeds: a
+// failure names its seed and step.
 #include <sys/mman.h>
 
 #include <map>
@@ -201,7 +201,6 @@ class Run {
             return decided;
           });
       if (!i.ok()) return absl::StrCat("import ", s, " g", g.id, ": refused");
-      ++imports_[i->buffer->id];
       pending_.push_back({s, i->grant_id, i->buffer->id, next_view_++, i->generation, decided,
                           i->widened_from, Chance(15), Live()});
       generations_[{s, i->buffer->id}].push_back(i->generation);
@@ -268,6 +267,7 @@ class Run {
       }
     }
     reg_.SettleImport(p.session, p.buffer, p.generation, sent);
+    if (sent) ++imports_[p.buffer];
     if (!sent && p.widened_from) {
       reg_.UndoWidening(p.session, p.buffer, p.access, *p.widened_from);
     }
@@ -286,7 +286,7 @@ class Run {
   std::vector<uint64_t> buffers_;
   std::vector<Grant> grants_;
   std::vector<OnItsWay> pending_;
-  // Per buffer, the imports made of it.
+  // Per buffer, the imports delivered of it.
   std::map<uint64_t, uint64_t> imports_;
   // Per (session, buffer), the generations its imports were told.
   std::map<std::pair<uint64_t, uint64_t>, std::vector<uint64_t>> generations_;

@@ -11,11 +11,16 @@ namespace halloc {
 
 void Registry::SettleImport(uint64_t session_id, uint64_t buffer_id, uint64_t generation,
                             bool delivered) {
-  // Delivered, its reference stays (the client gives it back); not, it is
-  // taken back, unless its hold went meanwhile (DropReference checks the
-  // generation, never 0 for an import).
-  if (delivered) return;
+  // Delivered, its reference stays (the client gives it back) and it counts
+  // among the buffer's imports (BufferInfo.imports_total: an import whose
+  // fd never left is none); not, its reference is taken back, unless its
+  // hold went meanwhile (DropReference checks the generation, never 0 for
+  // an import).
   absl::MutexLock lock(&mu_);
+  if (delivered) {
+    if (auto b = buffers_.find(buffer_id); b != buffers_.end()) ++b->second->imports_total;
+    return;
+  }
   auto h = holdings_.find(session_id);
   if (h != holdings_.end()) DropReference(session_id, h->second, buffer_id, generation);
 }

@@ -130,7 +130,6 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   CpuAccess& judged = buffer->imported_via[session_id][t->second];
   if (Wider(access, judged)) judged = access;
   grants_.at(t->second).importers.insert(session_id);
-  ++buffer->imports_total;
   ImportRefs& refs = import_refs_[{session_id, buffer->id}];
   if (out.newly_held || refs.generation == 0) {
     // A new hold has no entry yet, nor one an allocation made and no

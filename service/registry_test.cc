@@ -346,6 +346,10 @@ TEST_F(RegistryTest, AFailedImportKeepsTheHoldAConcurrentOneDelivered) {
   EXPECT_TRUE(reg_.Describe(kB, id).ok());
   reg_.SettleImport(kB, id, b->generation, false);
   EXPECT_EQ(reg_.Describe(kB, id).status().code(), StatusCode::kNotFound);
+  // The owner counts the two imports delivered above, none of the others.
+  absl::StatusOr<v1::BufferInfo> owners = reg_.Describe(kA, id);
+  ASSERT_TRUE(owners.ok()) << owners.status();
+  EXPECT_EQ(owners->imports_total(), 2u);
 
   // An import that settles after its hold went and a new one came does
   // not touch the new one's.

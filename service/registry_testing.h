@@ -155,14 +155,13 @@ class RegistryTest : public ::testing::Test {
   ::testing::AssertionResult ImportView(uint64_t session, const v1::Grant& grant,
                                         uint64_t buffer_id, CpuAccess access,
                                         uint64_t view_id) {
-    if (absl::StatusOr<Registry::Imported> i = reg_.Import(session, grant.token(), Accept);
-        !i.ok()) {
-      return ::testing::AssertionFailure() << "Import: " << i.status();
-    }
+    absl::StatusOr<Registry::Imported> i = reg_.Import(session, grant.token(), Accept);
+    if (!i.ok()) return ::testing::AssertionFailure() << "Import: " << i.status();
     if (absl::Status s = reg_.AddImportView(session, grant.id(), buffer_id, access, view_id);
         !s.ok()) {
       return ::testing::AssertionFailure() << "AddImportView: " << s;
     }
+    reg_.SettleImport(session, buffer_id, i->generation, true);
     return ::testing::AssertionSuccess();
   }
 
