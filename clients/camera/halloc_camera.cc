@@ -92,9 +92,10 @@ absl::Status GiveBack(FrameLoans& loans, Camera& camera, bool wait) {
     for (const FrameLoans::Return& r : back) {
       if (r.still_held) {
         absl::FPrintF(stderr,
-                      "frame %u: its consumer still holds it after --share_timeout and the "
-                      "revoke could not cut it off (%s); the source writes into it again\n",
-                      r.sequence, camera.buffers()[r.index].info().backend());
+                      "frame %u: a consumer still had it when %s; its grant is revoked (which "
+                      "cuts the consumer off only where the backend revokes live: halloc) and "
+                      "the source writes into it again\n",
+                      r.sequence, r.timed_out ? "--share_timeout ran out" : "it was taken back");
       }
       RETURN_IF_ERROR(camera.Requeue(r.index));
     }

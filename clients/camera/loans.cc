@@ -21,7 +21,6 @@ absl::StatusOr<FrameLoans::Holders> FrameLoans::Look(uint64_t buffer_id) {
   ASSIGN_OR_RETURN(v1::BufferInfo info, client_->Describe(buffer_id));
   Holders out;
   out.imports_total = info.imports_total();
-  out.cuts_off = info.backend() == "halloc";
   for (const v1::Holder& h : info.holders()) {
     if (!h.caller()) out.consumer = true;
   }
@@ -29,26 +28,30 @@ absl::StatusOr<FrameLoans::Holders> FrameLoans::Look(uint64_t buffer_id) {
 }
 
 absl::StatusOr<std::optional<FrameLoans::Return>> FrameLoans::Settle(Loan& loan, absl::Time now) {
-  ASSIGN_OR_RETURN(Holders now_held, Look(loan.buffer_id));
-  if (now_held.consumer || now_held.imports_total > loan.imports_before) loan.imported = true;
-  const bool timed_out = now - loan.lent_at >= timeout_;
-  // Within its time, a loan goes on while a consumer holds the frame or
-  // may yet import it.
-  if (!timed_out && (now_held.consumer || !loan.imported)) return std::nullopt;
+  ASSIGN_OR_RETURN(const Holders before, Look(loan.buffer_id));
+  if (!loan.ending) {
+    if (before.consumer || before.imports_total > loan.imports_before) loan.imported = true;
+    const bool timed_out = now - loan.lent_at >= timeout_;
+    // Within its time, a loan goes on while a consumer holds the frame or
+    // may yet import it.
+    if (!timed_out && (before.consumer || !loan.imported)) return std::nullopt;
+    loan.ending = true;
+    loan.timed_out = timed_out;
+    loan.imports_at_end = before.imports_total;
+  }
+  // Kept across a retry (a revoke or a look after it that failed): the
+  // revoke may have ended the holds this look would have seen.
+  loan.held_at_end = loan.held_at_end || before.consumer;
   // No import from here on. A grant hallocd no longer has (expired, or
-  // revoked by an earlier Collect that then failed) cannot be imported
-  // either.
+  // revoked by an earlier try) cannot be imported either.
   const absl::Status revoked = client_->Revoke(loan.grant_id);
   if (!revoked.ok() && !absl::IsNotFound(revoked)) return revoked;
   ASSIGN_OR_RETURN(const Holders after, Look(loan.buffer_id));
-  // The halloc backend's revoke cut every consumer off: one still listed
-  // held it some other way. Elsewhere the revoke ended the consumers'
-  // holds but not their fds: whoever held the buffer before it, or
-  // imported it in between (the count moved), can still read it.
-  const bool still_held = after.cuts_off ? after.consumer
-                                         : now_held.consumer || after.consumer ||
-                                               after.imports_total > now_held.imports_total;
-  return Return{loan.index, loan.sequence, timed_out, still_held};
+  // Whoever held the buffer as its loan ended, or imported it since (the
+  // count moved), or holds it still. (Whether the revoke cut them off is
+  // the backend's: hallocd does not say.)
+  const bool held = loan.held_at_end || after.consumer || after.imports_total > loan.imports_at_end;
+  return Return{loan.index, loan.sequence, loan.timed_out, held};
 }
 
 absl::StatusOr<std::vector<FrameLoans::Return>> FrameLoans::Collect(absl::Time now) {

@@ -19,8 +19,9 @@
 // grant is revoked before the frame goes back either way, so the token
 // cannot be imported into a buffer the source is writing again. On the
 // halloc backend that revoke also cuts off a consumer that kept the frame
-// too long (its mappings fault); on the others the consumer keeps its fd,
-// and the Return says so (`still_held`).
+// too long (its mappings fault); on the others the consumer keeps its fd.
+// Either way the Return says that a consumer still had it (`still_held`):
+// hallocd does not tell which kind of revoke it made.
 //
 // Against a hallocd older than imports_total, a consumer that imports and
 // lets go between two Collects is not seen importing: its loan ends at the
@@ -61,7 +62,10 @@ class FrameLoans {
     uint32_t index = 0;       // the Frame's index: Requeue it
     uint32_t sequence = 0;    // the Frame's sequence, for messages
     bool timed_out = false;   // the loan ended at its timeout
-    bool still_held = false;  // a consumer still has the buffer after the revoke
+    // A consumer held the buffer as the loan ended (its time ran out with
+    // the frame in hand), or imported it as the grant was revoked: on a
+    // backend with live revoke it is cut off, elsewhere it keeps its fd.
+    bool still_held = false;
   };
   // The frames whose loans ended by `now`, each grant revoked. An error of
   // Describe or Revoke (hallocd gone) leaves that loan and those after it
@@ -81,18 +85,20 @@ class FrameLoans {
     absl::Time lent_at;
     uint64_t imports_before;  // the buffer's imports_total before the share
     bool imported = false;    // a consumer took it (imports since, or holds it)
+    // Set once the loan ends (its grant is being revoked), kept for a retry.
+    bool ending = false;
+    bool timed_out = false;
+    bool held_at_end = false;     // a consumer held it then
+    uint64_t imports_at_end = 0;  // the buffer's imports_total then
   };
   // The loan's Return if it ends at `now` (its grant revoked), nullopt if
   // it goes on.
   absl::StatusOr<std::optional<Return>> Settle(Loan& loan, absl::Time now);
   // Who holds `buffer_id` as hallocd says: whether a session other than
-  // this one does, its import count, and what a revoke does there.
+  // this one does, and its import count.
   struct Holders {
     bool consumer = false;
     uint64_t imports_total = 0;
-    // A revoke cuts imported fds off: the halloc backend's live revoke
-    // (allocator.proto, Revoke).
-    bool cuts_off = false;
   };
   absl::StatusOr<Holders> Look(uint64_t buffer_id);
 
