@@ -376,7 +376,7 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
 namespace {
 
 // The fence waited for must be that of the memory shown or written. (An
-// empty framebuffer is PresentFramebuffers' to refuse.)
+// empty framebuffer is Ours() to refuse.)
 absl::Status MadeFrom(const Framebuffer& fb, const halloc::Buffer& buffer, const char* name) {
   if (fb.id() == 0 || fb.buffer_id() == buffer.id()) return absl::OkStatus();
   return absl::InvalidArgumentError(
@@ -404,6 +404,15 @@ absl::Status WaitForFences(const halloc::Buffer& buffer, Access access, absl::Du
 absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* overlay,
                                  const WritebackFrame* writeback) {
   RETURN_IF_ERROR(Usable());
+  // What can be refused at once is, before any wait for a fence.
+  RETURN_IF_ERROR(Ours(primary.fb, "primary"));
+  if (overlay != nullptr) RETURN_IF_ERROR(Ours(overlay->fb, "overlay"));
+  if (writeback != nullptr) {
+    if (!has_writeback()) {
+      return absl::FailedPreconditionError("the display has no writeback connector");
+    }
+    RETURN_IF_ERROR(Ours(writeback->fb, "writeback"));
+  }
   RETURN_IF_ERROR(MadeFrom(primary.fb, primary.buffer, "primary plane's"));
   if (overlay != nullptr)
     RETURN_IF_ERROR(MadeFrom(overlay->fb, overlay->buffer, "overlay plane's"));
@@ -425,24 +434,27 @@ absl::Status KmsDisplay::Present(const PlaneFrame& primary, const PlaneFrame* ov
   return PresentFramebuffers(primary_fb, &overlay_fb, wb);
 }
 
+absl::Status KmsDisplay::Ours(const Framebuffer& fb, const char* name) const {
+  if (fb.id() == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the ", name, " framebuffer is empty (moved from, or reset)"));
+  }
+  // Framebuffer ids are the device's, and any master may name any of them:
+  // one of another device's would name whatever this one has by that id.
+  if (fb.device_ != state_->device) {
+    return absl::InvalidArgumentError(absl::StrCat("the ", name,
+                                                   " framebuffer was made on another device than ",
+                                                   state_->device->path(), "'s"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
                                              const PlaneFramebuffer* overlay,
                                              const Framebuffer* writeback) {
   RETURN_IF_ERROR(Usable());
   State& s = *state_;
-  // Framebuffer ids are the device's, and any master may name any of them:
-  // one of another device's would name whatever this one has by that id.
-  auto ours = [&](const Framebuffer& fb, const char* name) -> absl::Status {
-    if (fb.id() == 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the ", name, " framebuffer is empty (moved from, or reset)"));
-    }
-    if (fb.device_ != s.device) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the ", name, " framebuffer was made on another device than ", s.device->path(), "'s"));
-    }
-    return absl::OkStatus();
-  };
+  auto ours = [&](const Framebuffer& fb, const char* name) { return Ours(fb, name); };
   auto check = [&](const PlaneFramebuffer& p, const PlaneInfo& plane,
                    const char* name) -> absl::Status {
     const Framebuffer& fb = p.fb;

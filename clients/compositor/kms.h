@@ -181,6 +181,9 @@ class KmsDisplay {
   // OK unless this display was moved from, or opened by this process's
   // parent before a fork (DrmDevice::Owned).
   absl::Status Usable() const;
+  // OK when `fb` (the `name` one: "primary", "overlay", "writeback") is
+  // not empty and was made on this display's device.
+  absl::Status Ours(const Framebuffer& fb, const char* name) const;
   std::unique_ptr<State> state_;
 };
 

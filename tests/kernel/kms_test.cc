@@ -428,6 +428,10 @@ TEST_F(VkmsTest, PresentWaitsForTheProducersFence) {
   absl::Status s = display_->Present(frame);
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
   EXPECT_EQ(display_->flips(), flips) << "nothing was committed";
+  // What is refused anyway is refused before the wait, not after it.
+  const hc::Framebuffer empty;
+  s = display_->Present({*bars.got, empty, display_->FullScreen()});
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
 
   VgemFenceSignal signal = {attach.out_fence, 0};
   ASSERT_EQ(drmIoctl(vgem.get(), kVgemFenceSignal, &signal), 0) << strerror(errno);
