@@ -375,10 +375,10 @@ absl::StatusOr<DumbFramebuffer> KmsDisplay::CreateDumb(uint32_t width, uint32_t 
 
 namespace {
 
-// The fence waited for must be that of the memory shown or written. (An
-// empty framebuffer is Ours() to refuse.)
+// The fence waited for must be that of the memory shown or written. (For
+// a framebuffer Ours() let through: never an empty one.)
 absl::Status MadeFrom(const Framebuffer& fb, const halloc::Buffer& buffer, const char* name) {
-  if (fb.id() == 0 || fb.buffer_id() == buffer.id()) return absl::OkStatus();
+  if (fb.buffer_id() == buffer.id()) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("the ", name, " framebuffer ",
                    fb.buffer_id() == 0 ? std::string("is not one of a hallocd buffer")
@@ -454,11 +454,10 @@ absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
                                              const Framebuffer* writeback) {
   RETURN_IF_ERROR(Usable());
   State& s = *state_;
-  auto ours = [&](const Framebuffer& fb, const char* name) { return Ours(fb, name); };
   auto check = [&](const PlaneFramebuffer& p, const PlaneInfo& plane,
                    const char* name) -> absl::Status {
     const Framebuffer& fb = p.fb;
-    RETURN_IF_ERROR(ours(fb, name));
+    RETURN_IF_ERROR(Ours(fb, name));
     if (std::find(plane.formats.begin(), plane.formats.end(), fb.format()) == plane.formats.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("the ", name, " plane does not take ", FourccName(fb.format())));
@@ -487,7 +486,7 @@ absl::Status KmsDisplay::PresentFramebuffers(const PlaneFramebuffer& primary,
   if (writeback != nullptr && !has_writeback()) {
     return absl::FailedPreconditionError("the display has no writeback connector");
   }
-  if (writeback != nullptr) RETURN_IF_ERROR(ours(*writeback, "writeback"));
+  if (writeback != nullptr) RETURN_IF_ERROR(Ours(*writeback, "writeback"));
 
   AtomicReq req(drmModeAtomicAlloc(), &drmModeAtomicFree);
   uint32_t flags = DRM_MODE_PAGE_FLIP_EVENT;
