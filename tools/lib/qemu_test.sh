@@ -3,12 +3,12 @@
 # against a fake qemu (no guest is booted): KVM is used only when a probe
 # boot succeeds, its verdict is cached, and a KVM guest that prints nothing
 # is booted again under TCG in the same run.
-#
-# Writes a gtest-style XML report to $XML_OUTPUT_FILE (Bazel sets it) so
-# tools/run counts each case.
+# (tools/lib/sh_test.sh writes the report.)
 set -uo pipefail
 
 LIB=${1:-$(dirname "${BASH_SOURCE[0]}")/qemu.sh}
+# shellcheck source=tools/lib/sh_test.sh
+source "${2:-$(dirname "${BASH_SOURCE[0]}")/sh_test.sh}"
 WORK=$(mktemp -d "${TEST_TMPDIR:-/tmp}/qemu_test.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 LOGS=()
@@ -45,10 +45,6 @@ export HALLOC_QEMU=$WORK/qemu HALLOC_BUSYBOX=$WORK/busybox FAKE_CALLS=$WORK/call
 export HALLOC_KVM_DEVICE=$WORK/kvm HALLOC_KVM_PROBE_TIMEOUT=1 HALLOC_QEMU_SILENCE=1
 QEMU_BIN=$HALLOC_QEMU
 
-CASES=() FAILURES=()
-fail() { FAILURES+=("$CURRENT: $*"); echo "FAILED: $CURRENT: $*" >&2; }
-expect_eq() { [[ "$1" == "$2" ]] || fail "expected '$2', got '$1' ($3)"; }
-expect_match() { [[ "$1" =~ $2 ]] || fail "'$1' does not match /$2/ ($3)"; }
 calls() { [[ -f $FAKE_CALLS ]] && tr '\n' ' ' <"$FAKE_CALLS" | sed 's/ $//'; }
 run_case() {
   CURRENT=$1
@@ -140,20 +136,4 @@ for c in no_kvm_device_uses_tcg forced_probe_failure_uses_tcg \
   run_case "$c"
 done
 
-if [[ -n ${XML_OUTPUT_FILE:-} ]]; then
-  {
-    echo '<?xml version="1.0" encoding="UTF-8"?>'
-    echo "<testsuites tests=\"${#CASES[@]}\" failures=\"${#FAILURES[@]}\" errors=\"0\">"
-    echo "<testsuite name=\"QemuAccel\" tests=\"${#CASES[@]}\" failures=\"${#FAILURES[@]}\">"
-    for c in "${CASES[@]}"; do
-      echo "<testcase name=\"$c\" classname=\"QemuAccel\">"
-      for f in "${FAILURES[@]}"; do
-        [[ $f == "$c:"* ]] && echo "<failure message=\"${f//\"/&quot;}\"/>"
-      done
-      echo "</testcase>"
-    done
-    echo "</testsuite></testsuites>"
-  } >"$XML_OUTPUT_FILE"
-fi
-echo "${#CASES[@]} cases, ${#FAILURES[@]} failures"
-((${#FAILURES[@]} == 0))
+finish_sh_test QemuAccel
