@@ -3,6 +3,7 @@
 #include <google/protobuf/util/message_differencer.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -146,6 +147,10 @@ absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLay
                         driver.sizeimage, layout.size()));
   }
   return absl::OkStatus();
+}
+
+uint32_t V4l2Length(uint64_t size) {
+  return static_cast<uint32_t>(std::min<uint64_t>(size, std::numeric_limits<uint32_t>::max()));
 }
 
 uint64_t FrameBytes(const StreamFormat& driver) {

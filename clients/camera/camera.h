@@ -185,6 +185,13 @@ absl::Status ReconcileWithDriver(const StreamFormat& driver, const v1::BufferLay
 // driver's padding); 0 for a format not in the camera's table.
 uint64_t FrameBytes(const StreamFormat& driver);
 
+// The length a V4L2 buffer of `size` bytes is queued with: its size, or
+// UINT32_MAX past that. v4l2_buffer's and v4l2_plane's lengths are 32
+// bits, and so is a frame (sizeimage), so a buffer's first 4 GiB always
+// hold the frame. (A plain cast kept the size modulo 2^32: a buffer of
+// 4 GiB + 4 KiB said 4 KiB, which the driver refuses as too small.)
+uint32_t V4l2Length(uint64_t size);
+
 // The descriptor a camera asks hallocd for: an image of `options.format`,
 // width x height, usage camera_output | options.usage | extra_usage.
 v1::BufferDescriptor FrameDescriptor(const CameraOptions& options,

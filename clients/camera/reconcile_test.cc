@@ -122,5 +122,15 @@ TEST(ReconcileTest, AFramesBytesAreItsPlanesRows) {
   EXPECT_EQ(FrameBytes(xrgb), 0u);
 }
 
+// V4L2's buffer lengths are 32 bits: a larger buffer is queued as 4 GiB
+// less one byte (room for any frame), never as its size modulo 2^32.
+TEST(ReconcileTest, ABufferPast4GiBIsQueuedWithTheLargestLength) {
+  EXPECT_EQ(V4l2Length(4096), 4096u);
+  EXPECT_EQ(V4l2Length(uint64_t{UINT32_MAX}), UINT32_MAX);
+  EXPECT_EQ(V4l2Length(uint64_t{1} << 32), UINT32_MAX);
+  EXPECT_EQ(V4l2Length((uint64_t{1} << 32) + 4096), UINT32_MAX);
+  EXPECT_EQ(V4l2Length(UINT64_MAX), UINT32_MAX);
+}
+
 }  // namespace
 }  // namespace halloc::camera

@@ -354,7 +354,7 @@ class V4l2Camera : public Camera {
     b.index = index;
     b.type = type_;
     b.memory = V4L2_MEMORY_DMABUF;
-    const uint32_t length = static_cast<uint32_t>(buffers_[index].size());
+    const uint32_t length = V4l2Length(buffers_[index].size());
     if (mplane()) {
       plane.m.fd = buffers_[index].fd();
       plane.length = length;
