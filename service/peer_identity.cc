@@ -64,6 +64,12 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   static const std::optional<FileId> our_pid_ns = FileIdOf("/proc/self/ns/pid");
   const std::optional<FileId> pid_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/pid"));
   if (!our_pid_ns || pid_ns != our_pid_ns) return s;
+  // Read after the exe: a process leaves hallocd's user namespace for good
+  // (unshare), so one seen in it now was in it when its exe was read, and
+  // its exe could be changed only by a privileged caller.
+  static const std::optional<FileId> our_user_ns = FileIdOf("/proc/self/ns/user");
+  const std::optional<FileId> user_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
+  if (!our_user_ns || user_ns != our_user_ns) return s;
   if (!StillRunning(pidfd)) return s;  // exited: cannot vouch for it
   s.file = file;
   return s;

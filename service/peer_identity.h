@@ -39,7 +39,12 @@ struct ExeSample {
 // hallocd's: whoever holds CAP_SYS_ADMIN over a pid namespace (anyone, in
 // an unprivileged user namespace) may stamp SCM_CREDENTIALS with any pid
 // of it, so another process there could answer the handshake for one that
-// exec'd a trusted binary. Such peers are judged by uid and gid alone.
+// exec'd a trusted binary. Nor for a process in another user namespace
+// than hallocd's: CAP_SYS_ADMIN there (anyone's, after
+// unshare(CLONE_NEWUSER)) lets it point its own /proc/P/exe at any file it
+// may open (prctl PR_SET_MM_MAP's exe_fd) without running it, and it can
+// never come back up to hallocd's. Such peers are judged by uid and gid
+// alone.
 ExeSample SampleExe(int pidfd, pid_t pid);
 
 // The uid that pays for the connection of `pid` (pinned by `pidfd`), whose

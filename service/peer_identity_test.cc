@@ -297,6 +297,31 @@ pid_t RunningAs(Subprocess& p, const std::string& bin) {
   return -1;
 }
 
+// A peer in a user namespace below hallocd's: with CAP_SYS_ADMIN there
+// (anyone's, after unshare(CLONE_NEWUSER)) a process may point its own
+// /proc/P/exe at any file it can open (prctl PR_SET_MM_MAP), so its
+// binary is not vouched for, even one it really runs.
+TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherUserNamespace) {
+  const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
+  absl::StatusOr<Subprocess> inner = Subprocess::Spawn(
+      {.argv = {"/usr/bin/unshare", "--user", "--map-root-user", sleep_bin, "30"}});
+  ASSERT_TRUE(inner.ok()) << inner.status();
+  const pid_t pid = RunningAs(*inner, sleep_bin);
+  if (pid < 0) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  ASSERT_TRUE(pidfd);
+  ExeSample s = SampleExe(pidfd.get(), pid);
+  EXPECT_EQ(s.path, sleep_bin);
+  EXPECT_FALSE(s.file.has_value()) << "vouched for a binary in another user namespace";
+  // The same binary in hallocd's own namespaces is vouched for.
+  absl::StatusOr<Subprocess> plain = Sleeper();
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const pid_t plain_pid = RunningAs(*plain, sleep_bin);
+  ASSERT_GT(plain_pid, 0);
+  UniqueFd plain_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain_pid, 0)));
+  EXPECT_TRUE(SampleExe(plain_pidfd.get(), plain_pid).file.has_value());
+}
+
 // A peer in a user namespace below ours is charged to the uid (of ours)
 // that owns the topmost one between, unless that is root or hallocd's own
 // uid (here: this test's): a user's subordinate uids are that user, however
