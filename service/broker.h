@@ -6,8 +6,9 @@
 // One thread runs it; while it serves one client at a time it moves to that
 // client's CPU (util/cpu_follower.h). Large allocations (64 MiB or more) go
 // to a second thread (util/work_queue.h), so that committing them does not
-// hold up everyone else's requests, as do those of 1 MiB or more of a uid
-// past its share of this thread (kBudgetedBytes); live revokes go to a
+// hold up everyone else's requests, as do those of 64 KiB or more (or of
+// several buffers) of a uid past its share of this thread
+// (kBudgetedBytes); live revokes go to a
 // third (revoke_lane_). For each accepted connection it reads
 // SO_PEERCRED, pins the peer with a pidfd, notes which file it executes and sends a Hello with a
 // challenge; the session opens only when the connecting process itself answers (the kernel stamps
@@ -103,7 +104,9 @@ class Broker {
   static bool refuse_fds_at_sender;
   // Fds sent by one uid that may wait to be closed before none of its
   // connections is read nor a new one admitted; fds of everyone that may
-  // wait before no connection is accepted (util/foreign_fds.h).
+  // wait before no connection is accepted (util/foreign_fds.h). Counted
+  // after each record, whose fds are taken whole (one carries up to 253,
+  // SCM_MAX_FD): a uid may so leave up to 63 + 253 waiting.
   static constexpr uint64_t kMaxForeignFdsPerUid = 64;
   static constexpr uint64_t kMaxForeignFds = 4096;
 
@@ -120,15 +123,21 @@ class Broker {
   // since a uid may hold sessions.max_per_uid connections; the
   // connection's charged uid, whoever sent the request).
   static constexpr uint64_t kSlowLaneBytes = uint64_t{64} << 20;
-  // Below that, allocations of this many bytes or more (a pool miss of 1
-  // MiB commits ~250 µs) are made inline only while their uid has taken
-  // less than inline_allowed of the broker thread's time within
-  // inline_window; past it, on the slow lane too, until the window ends:
-  // one uid sending 63 MiB requests on every connection it may hold would
-  // otherwise take the thread ~16 ms a request, turn after turn. Smaller
-  // requests always stay here (each costs microseconds; epoll takes
-  // connections in turn). Tests may change the two durations before Start.
-  static constexpr uint64_t kBudgetedBytes = uint64_t{1} << 20;
+  // Below that, allocations of this many bytes or more (each buffer as
+  // the whole pages it takes; a pool miss commits ~250 µs per MiB), and
+  // those of more than one buffer (a memfd made for each), are made inline
+  // only while their uid has taken less than inline_allowed of the broker
+  // thread's time within inline_window; past it, on the slow lane too,
+  // until the window ends: one uid sending 63 MiB requests on every
+  // connection it may hold would otherwise take the thread ~16 ms a
+  // request, turn after turn. Every allocation made inline is timed into
+  // its uid's share, whatever its size (with 1 MiB here and only those
+  // timed, requests of 1 MiB less a page took the thread as long, untimed:
+  // another uid's p50 went from 26 µs to 4-5 ms). A single buffer under
+  // this costs about what a plain request does (a memfd, at most 16 pages
+  // committed) and always stays here; epoll takes connections in turn.
+  // Tests may change the two durations before Start.
+  static constexpr uint64_t kBudgetedBytes = uint64_t{64} << 10;
   static absl::Duration inline_window;
   static absl::Duration inline_allowed;
   // What a record costs this thread to parse is the sender's to choose up
@@ -324,8 +333,8 @@ class Broker {
   // Fds clients sent unasked, closed on a thread of their own; the paused
   // connections' keys.
   std::unique_ptr<ForeignFds> foreign_fds_;
-  // The broker thread's time each charged uid took making allocations of
-  // kBudgetedBytes or more.
+  // The broker thread's time each charged uid took making allocations
+  // inline (kBudgetedBytes).
   TimeBudget inline_budget_;
   // Parse time of long records, per uid (kTimedParseBytes); the uids past
   // it, each with the end of its window: their connections stay paused.

@@ -29,12 +29,14 @@ namespace {
 // plane and row alignment); 0 for a request the plan refuses, whose
 // refusal is then answered at once and in order, not from a lane on the
 // strength of a size it may not have. A small blob is not planned here
-// (the common call pays nothing): its claimed size decides nothing.
+// (the common call pays nothing), each of its buffers counted as the
+// whole pages it takes (a 1-byte blob is a page, and a memfd made).
 uint64_t BytesOf(const v1::AllocateRequest& req, const Allocator& core) {
   if (!req.desc().has_image()) {
     const uint64_t count = std::max<uint32_t>(req.count(), 1);
     const uint64_t size = req.desc().size();
-    if (size < Broker::kBudgetedBytes / count) return size * count;
+    constexpr uint64_t kPage = 4096;
+    if (size < Broker::kBudgetedBytes / count) return (size + kPage - 1) / kPage * kPage * count;
   }
   return core.PlannedBytes(req);
 }
@@ -214,15 +216,17 @@ bool Broker::Handle(Conn& conn, Record rec) {
       const Identity caller = stamped();
       // Small ones here, unless they could only be made after pages are
       // freed (released memory still charged: see Registry::CheckRoom), or
-      // their uid has had its share of this thread lately (kBudgetedBytes).
+      // could cost this thread more than a plain request does and their
+      // uid has had its share of it lately (kBudgetedBytes). Every one
+      // made here is timed into that share, whatever its size.
       const uint64_t bytes = BytesOf(req.allocate(), *core_);
-      const bool budgeted = bytes >= kBudgetedBytes && bytes < kSlowLaneBytes;
-      const absl::Time start = budgeted ? MonotonicNow() : absl::Time();
+      const bool budgeted = bytes >= kBudgetedBytes || (bytes > 0 && req.allocate().count() > 1);
+      const absl::Time start = MonotonicNow();
       const bool over_budget = budgeted && inline_budget_.Over(conn.charged_uid, start);
       if (bytes < kSlowLaneBytes && !over_budget) {
         const bool served =
             ServeAllocate(session, caller, req, *conn.channel, /*may_wait=*/false);
-        if (budgeted) inline_budget_.Charge(conn.charged_uid, MonotonicNow() - start, start);
+        inline_budget_.Charge(conn.charged_uid, MonotonicNow() - start, start);
         if (served) return true;
       }
       // Large, or waiting, or past its share: made on the slow lane's
@@ -407,9 +411,10 @@ void Broker::TakeForeignFds(Conn& conn, std::vector<UniqueFd> fds) {
   foreign_fds_->Close(conn.key, uid, std::move(fds));
   Pause(conn);
   if (foreign_fds_->OverLimit(uid)) {
-    Warn("foreign", absl::StrCat("uid ", uid, " has ", foreign_fds_->waiting_of(uid),
-                                 " fds it sent waiting to be closed: not reading any "
-                                 "of its connections until they are"));
+    Warn("foreign", uid,
+         absl::StrCat("uid ", uid, " has ", foreign_fds_->waiting_of(uid),
+                      " fds it sent waiting to be closed: not reading any "
+                      "of its connections until they are"));
     PauseUid(uid);
   }
 }

@@ -195,13 +195,14 @@ TEST_F(SlowLaneTest, OneUidsConnectionsShareItsPlaceOnTheSlowLane) {
   }
 }
 
-// A memfd backend that takes `each` per allocation of 1 MiB or more (a
-// commit stand-in) and notes which thread made each allocation.
+// A memfd backend that takes `each` per allocation of `from` bytes or more
+// (a commit stand-in) and notes which thread made each allocation.
 class SlowBackend : public MemfdBackend {
  public:
-  explicit SlowBackend(absl::Duration each) : each_(each) {}
+  explicit SlowBackend(absl::Duration each, uint64_t from = Broker::kBudgetedBytes)
+      : each_(each), from_(from) {}
   absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
-    if (r.size >= Broker::kBudgetedBytes) absl::SleepFor(each_);
+    if (r.size >= from_) absl::SleepFor(each_);
     {
       absl::MutexLock lock(&mu_);
       threads_.push_back(std::this_thread::get_id());
@@ -215,6 +216,7 @@ class SlowBackend : public MemfdBackend {
 
  private:
   const absl::Duration each_;
+  const uint64_t from_;
   absl::Mutex mu_;
   std::vector<std::thread::id> threads_ ABSL_GUARDED_BY(mu_);
 };
@@ -275,6 +277,45 @@ TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
   const std::vector<std::thread::id> all = slow->threads();
   ASSERT_EQ(all.size(), 4u + kBurst);
   for (size_t i = 4; i < all.size(); ++i) EXPECT_NE(all[i], t[0]) << i;
+  (*broker)->Stop();
+}
+
+// Every allocation made on the broker thread counts towards its uid's
+// share, whatever its size, and what could cost more than a plain request
+// (64 KiB or more, each buffer as whole pages; several buffers) leaves the
+// thread once the share is used: requests just under a byte threshold
+// took the thread as long as those over it, untimed.
+TEST_F(SlowLaneTest, EveryInlineAllocationCountsTowardsItsUidsShare) {
+  // Each allocation of a page or more takes 40 ms; the share is 20 ms.
+  auto backend = std::make_unique<SlowBackend>(absl::Milliseconds(40), 4096);
+  SlowBackend* slow = backend.get();
+  Allocator core(std::move(backend), Limits());
+  absl::StatusOr<std::unique_ptr<Broker>> broker;
+  {
+    Override window(Broker::inline_window, absl::Seconds(30));
+    Override allowed(Broker::inline_allowed, absl::Milliseconds(20));
+    broker = Broker::Start(dir_ / "broker.sock", 0600, &core);
+  }
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ / "broker.sock", absl::Seconds(5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  size_t fds = 0;
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 4096, &fds).ok());  // inline, timed: 40 ms
+  // Past its share now: these leave the broker thread.
+  ASSERT_TRUE(AllocateOn(c->fd.get(), (uint64_t{1} << 20) - 4096, &fds).ok());
+  ASSERT_TRUE(AllocateOn(c->fd.get(), Broker::kBudgetedBytes - 1, &fds).ok());  // 16 pages
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 1, &fds, /*count=*/2).ok());              // two memfds
+  EXPECT_EQ(fds, 2u);
+  // One small buffer costs what a plain request does: inline as ever.
+  ASSERT_TRUE(AllocateOn(c->fd.get(), 4096, &fds).ok());
+  const std::vector<std::thread::id> t = slow->threads();
+  ASSERT_EQ(t.size(), 6u);
+  const std::thread::id broker_thread = t[0];
+  EXPECT_NE(t[1], broker_thread) << "1 MiB less a page was made on the broker thread";
+  EXPECT_NE(t[2], broker_thread) << "64 KiB less a byte was made on the broker thread";
+  EXPECT_NE(t[3], broker_thread) << "two buffers were made on the broker thread";
+  EXPECT_NE(t[4], broker_thread) << "two buffers were made on the broker thread";
+  EXPECT_EQ(t[5], broker_thread) << "a single page left the broker thread";
   (*broker)->Stop();
 }
 

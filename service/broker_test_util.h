@@ -32,11 +32,12 @@ inline absl::StatusOr<Answer> Ask(int sock, const v1::BrokerRequest& req) {
   return Answer{std::move(*frame.mutable_reply()), std::move(rec.fds)};
 }
 
-// One fast-path Allocate of `size` bytes; the reply's status and its fds
-// once it came (within 5 s), or DEADLINE_EXCEEDED.
-inline absl::Status AllocateOn(int sock, uint64_t size, size_t* fds) {
+// One fast-path Allocate of `count` buffers of `size` bytes; the reply's
+// status and its fds once it came (within 5 s), or DEADLINE_EXCEEDED.
+inline absl::Status AllocateOn(int sock, uint64_t size, size_t* fds, uint32_t count = 1) {
   v1::BrokerRequest req;
   req.set_request_id(1);
+  if (count != 1) req.mutable_allocate()->set_count(count);
   req.mutable_allocate()->mutable_desc()->set_size(size);
   req.mutable_allocate()->mutable_desc()->set_name("lane");
   ASSIGN_OR_RETURN(Answer a, Ask(sock, req));
