@@ -239,6 +239,7 @@ struct halloc_view {
 
 struct halloc_attach {
 	struct device *dev;
+	struct halloc_view *view;	/* attached through; lives as long */
 	struct sg_table sgt;		/* private copy, DMA-mapped while mapped;
 					 * built at attach, or at first map when
 					 * the buffer was not backed yet (sgl

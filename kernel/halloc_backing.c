@@ -62,6 +62,23 @@ static u64 halloc_dev_dma_limit(struct device *dev)
 	return min_not_zero(dma_get_mask(dev), dev->bus_dma_limit);
 }
 
+/*
+ * The highest address a backing for @dev may use. A direct-mapped device
+ * that cannot reach all of RAM (a 36-bit mask on a host with memory above
+ * 64 GiB) gets ZONE_DMA32's pages, the only zone below a limit the heaps
+ * can ask for: pages taken anywhere would land above its mask there, and
+ * every first use, by any holder, would allocate the whole size and free
+ * it again for as long as the device stays attached.
+ */
+static u64 halloc_backing_limit(struct device *dev)
+{
+	u64 limit = halloc_dev_dma_limit(dev);
+
+	if (limit < dma_get_required_mask(dev))
+		limit = min_t(u64, limit, DMA_BIT_MASK(32));
+	return limit;
+}
+
 static unsigned int halloc_dev_max_seg(struct device *dev)
 {
 	return round_down(dma_get_max_seg_size(dev), PAGE_SIZE);
@@ -249,9 +266,18 @@ int halloc_buffer_back(struct halloc_buffer *buf)
 		return 0;
 	}
 	list_for_each_entry(a, &buf->attachments, node) {
+		/*
+		 * Not a device attached through a view revoked since: it can
+		 * never map (halloc_dmabuf_map), and its needs would otherwise
+		 * outlive the revoke, forcing every backing contiguous or
+		 * into ZONE_DMA32 (and dma32_max_mb) for as long as its
+		 * importer stays attached.
+		 */
+		if (a->view->revoked)
+			continue;
 		if (halloc_driver_needs_contig(halloc_dev_driver_name(a->dev)))
 			contig = true;
-		limit = min(limit, halloc_dev_dma_limit(a->dev));
+		limit = min(limit, halloc_backing_limit(a->dev));
 	}
 	WRITE_ONCE(buf->backing, true);
 	if (!buf->heap->deferred) {

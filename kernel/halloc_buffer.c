@@ -113,6 +113,7 @@ static int halloc_dmabuf_attach(struct dma_buf *dmabuf,
 	if (!a)
 		return -ENOMEM;
 	a->dev = dev;
+	a->view = view;
 
 	/*
 	 * Check and join with no backing under way: either the buffer is
@@ -252,12 +253,25 @@ static void halloc_dmabuf_release(struct dma_buf *dmabuf)
 	kref_put(&buf->ref, halloc_buffer_free);
 }
 
-/* Hand the buffer to the CPU (@for_cpu) or back to the devices. */
-static void halloc_buffer_sync(struct halloc_buffer *buf, bool for_cpu)
+/*
+ * Hand the buffer to the CPU (@for_cpu) or back to the devices, for a CPU
+ * access in direction @dir (the bracket's: DMA_FROM_DEVICE for a read).
+ */
+static void halloc_buffer_sync(struct halloc_buffer *buf, bool for_cpu,
+			       enum dma_data_direction dir)
 {
 	struct halloc_attach *a;
 
 	lockdep_assert_held(&buf->lock);
+	/*
+	 * The end of a read-only bracket has no CPU writes to push. Syncing
+	 * for the devices anyway would, on a bouncing device mapped
+	 * DMA_BIDIRECTIONAL, copy the CPU's pages over its bounce buffer and
+	 * lose what the device wrote there since: any read-only holder may
+	 * send END|READ, with or without a START.
+	 */
+	if (!for_cpu && dir == DMA_FROM_DEVICE)
+		return;
 	if (buf->vmap_cnt) {
 		if (for_cpu)
 			invalidate_kernel_vmap_range(buf->vaddr, buf->size);
@@ -308,7 +322,7 @@ static int halloc_dmabuf_cpu_access(struct dma_buf *dmabuf,
 	if (view->revoked)
 		ret = -ENODEV;
 	else
-		halloc_buffer_sync(buf, begin);
+		halloc_buffer_sync(buf, begin, dir);
 	mutex_unlock(&buf->lock);
 	return ret;
 }

@@ -211,6 +211,14 @@ static long halloc_publish(struct dma_buf *dmabuf, u32 fd_flags,
  * command may be smaller (zero-extended) or larger (extra bytes ignored)
  * than ours, but must reach the fd field so the fd can be returned.
  */
+/*
+ * Set once every node is registered. A node is usable as soon as it is
+ * registered, and if a later one then failed, the failed init would free
+ * the module under any buffer made in between (its dma_buf_ops, its
+ * release): no buffer is made before this.
+ */
+static bool halloc_ready;
+
 static long halloc_heap_ioctl(struct file *file, unsigned int cmd,
 			      unsigned long arg)
 {
@@ -242,6 +250,13 @@ static long halloc_heap_ioctl(struct file *file, unsigned int cmd,
 	/* SIZE_MAX: on 32-bit builds a u64 length would truncate. */
 	if (!data.len || data.len > ALIGN_DOWN(SIZE_MAX, PAGE_SIZE))
 		return -EINVAL;
+	/*
+	 * Opened while the module still loads (see halloc_init). Not EAGAIN:
+	 * callers retry that at once (libdrm's drmIoctl, hallocd), and an
+	 * init that fails never becomes ready.
+	 */
+	if (!smp_load_acquire(&halloc_ready))
+		return -ENODEV;
 
 	dmabuf = halloc_buffer_export(heap, PAGE_ALIGN(data.len),
 				      data.fd_flags);
@@ -430,18 +445,22 @@ static int __init halloc_init(void)
 	}
 	halloc_debugfs_init();
 
+	/* /dev/halloc first: it makes views only of buffers the heaps made. */
+	ret = misc_register(&halloc_ctl_misc);
+	if (ret)
+		goto exit_setup;
 	for (i = 0; i < ARRAY_SIZE(halloc_heaps); i++) {
 		ret = misc_register(&halloc_heaps[i].misc);
 		if (ret)
 			goto unregister_heaps;
 	}
-	ret = misc_register(&halloc_ctl_misc);
-	if (ret)
-		goto unregister_heaps;
+	smp_store_release(&halloc_ready, true);
 	return 0;
 
 unregister_heaps:
 	halloc_heaps_unregister(i);
+	misc_deregister(&halloc_ctl_misc);
+exit_setup:
 	halloc_back_wq_exit();
 	halloc_debugfs_exit();
 	halloc_pool_exit();
