@@ -164,7 +164,11 @@ bool Broker::Handle(Conn& conn, Record rec) {
   v1::BrokerRequest req;
   const bool timed = rec.bytes.size() > kTimedParseBytes;  // never a real request's
   const absl::Time start = timed ? MonotonicNow() : absl::Time();
-  const bool parsed = req.ParseFromString(rec.bytes);
+  bool parsed;
+  {
+    const ScopedParseUid whose(conn.charged_uid);  // libprotobuf's complaints
+    parsed = req.ParseFromString(rec.bytes);
+  }
   if (timed) {
     const absl::Time now = MonotonicNow();
     parse_budget_.Charge(conn.charged_uid, now - start, start);

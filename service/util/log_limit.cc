@@ -1,6 +1,8 @@
 #include "service/util/log_limit.h"
 
 #include <algorithm>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -76,12 +78,17 @@ std::string Utf8OrEscaped(absl::string_view s) {
 
 namespace {
 
+// Whose data this thread parses (ScopedParseUid), if anyone's.
+thread_local std::optional<uint32_t> parse_uid;
+
 void LimitedProtobufLog(google::protobuf::LogLevel level, const char* filename, int line,
                         const std::string& message) {
-  static LogLimiter* const limiter = new LogLimiter(5, absl::Seconds(1));
+  static LogLimiter* const limiter = new LogLimiter(5, absl::Seconds(1), /*per_uid=*/2);
   uint64_t dropped = 0;
   // A FATAL line comes before libprotobuf aborts: never dropped.
-  if (level != google::protobuf::LOGLEVEL_FATAL && !limiter->Allow("libprotobuf", &dropped)) {
+  if (level != google::protobuf::LOGLEVEL_FATAL &&
+      !(parse_uid ? limiter->AllowFor("libprotobuf", *parse_uid, &dropped)
+                  : limiter->Allow("libprotobuf", &dropped))) {
     return;
   }
   const std::string text = absl::StrCat("libprotobuf ", LogSafe(filename, 128), ":", line, ": ",
@@ -102,5 +109,9 @@ void LimitedProtobufLog(google::protobuf::LogLevel level, const char* filename, 
 }  // namespace
 
 void LimitProtobufLogs() { google::protobuf::SetLogHandler(&LimitedProtobufLog); }
+
+ScopedParseUid::ScopedParseUid(uint32_t uid) : outer_(std::exchange(parse_uid, uid)) {}
+
+ScopedParseUid::~ScopedParseUid() { parse_uid = outer_; }
 
 }  // namespace halloc

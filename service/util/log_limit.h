@@ -102,8 +102,24 @@ std::string Utf8OrEscaped(absl::string_view s);
 // invalid UTF-8 data when parsing", once per message a client sends so)
 // through a LogLimiter of their own and glog, escaped and cut to 512 bytes.
 // libprotobuf otherwise writes each straight to stderr. For the process:
-// hallocd's main calls it once.
+// hallocd's main calls it once. A line logged while this thread parses a
+// uid's data (ScopedParseUid) takes that uid's share of the budget, so one
+// uid's flood of bad strings does not hide everyone else's.
 void LimitProtobufLogs();
+
+// Names `uid` as the one whose data this thread parses, until destroyed
+// (nested: the outer one comes back). For libprotobuf's lines, which say
+// nothing of whose message they are about.
+class ScopedParseUid {
+ public:
+  explicit ScopedParseUid(uint32_t uid);
+  ~ScopedParseUid();
+  ScopedParseUid(const ScopedParseUid&) = delete;
+  ScopedParseUid& operator=(const ScopedParseUid&) = delete;
+
+ private:
+  std::optional<uint32_t> outer_;
+};
 
 }  // namespace halloc
 

@@ -3,6 +3,8 @@
 #include <string>
 
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/any.pb.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "gtest/gtest.h"
 
@@ -104,6 +106,40 @@ TEST(LimitProtobufLogsTest, AFloodOfBadStringsLogsAFewLines) {
   EXPECT_GE(lines, 1) << err;
   // 5 a second: more only if the loop took more than a second or two.
   EXPECT_LE(lines, 15) << err;
+}
+
+// Parsed for a uid (the broker names whose record it parses), the lines
+// take that uid's share: another uid's line still comes through in the
+// same second, which one flood of the first took whole.
+TEST(LimitProtobufLogsTest, OneUidsFloodLeavesOthersTheirLines) {
+  LimitProtobufLogs();
+  absl::SleepFor(absl::Seconds(1.1));  // a window of its own
+  // StringValue{value: "\xff\n"} and Any{type_url: "\xfe\n"}: field 1.
+  const std::string flood("\x0a\x02\xff\n", 4);
+  const std::string other("\x0a\x02\xfe\n", 4);
+  testing::internal::CaptureStderr();
+  {
+    const ScopedParseUid whose(4001);
+    for (int i = 0; i < 200; ++i) {
+      google::protobuf::StringValue v;
+      EXPECT_FALSE(v.ParseFromString(flood));
+    }
+  }
+  {
+    const ScopedParseUid whose(4002);
+    google::protobuf::Any v;
+    EXPECT_FALSE(v.ParseFromString(other));
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  int lines = 0;
+  for (absl::string_view l : absl::StrSplit(err, '\n', absl::SkipEmpty())) {
+    if (l.find("libprotobuf") != absl::string_view::npos) ++lines;
+  }
+  // The flood's share (2 a second: 4 if the loop crossed a second), then
+  // the other uid's one.
+  EXPECT_LE(lines, 7) << err;
+  EXPECT_NE(err.find("Any.type_url"), std::string::npos) << "the other uid's line was dropped:\n"
+                                                         << err;
 }
 
 }  // namespace
