@@ -30,6 +30,8 @@
 // every call on an inherited Client is FAILED_PRECONDITION (parent and child
 // would share its socket and take each other's replies); the child connects
 // a Client of its own. Buffers and Mappings, plain fds, stay usable there.
+// The parent's Client ends the session when destroyed, whatever children
+// hold; a child destroying the Client it inherited ends nothing.
 #ifndef HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
 #define HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
 

@@ -12,7 +12,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <functional>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -332,6 +334,69 @@ TEST(ClientBrokerTest, AChildCannotUseItsParentsClient) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "a call in the child was not FAILED_PRECONDITION";
   EXPECT_TRUE(c->Release(8).ok()) << "the parent's Client works on";
   EXPECT_EQ(broker.releases().size(), 1u) << "the child sent a request";
+}
+
+// Destroying a Client ends its session even while a child forked since
+// holds a copy of its socket (hallocd sees a connection end only when the
+// last copy closes: grants stayed importable, buffers charged, for as long
+// as the child lived); a child that destroys the Client it inherited ends
+// nothing of its parent's. Bare forks of this threaded process, as above.
+TEST(ClientBrokerTest, DestroyingAClientEndsItsSessionWhateverAChildHolds) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
+#endif
+#endif
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  std::optional<Client> c;
+  {
+    absl::StatusOr<Client> connected = Client::Connect(broker.options());
+    ASSERT_TRUE(connected.ok()) << connected.status();
+    c.emplace(*std::move(connected));
+  }
+  const auto wait_child = [](pid_t pid) {
+    int status = 0;
+    for (int i = 0; i < 1000; ++i) {
+      if (::waitpid(pid, &status, WNOHANG) == pid)
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return 129;  // hung
+  };
+  // A child destroys what it inherited: the parent's session goes on.
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    c.reset();
+    ::_exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  EXPECT_EQ(wait_child(pid), 0) << "the child could not destroy the Client it inherited";
+  EXPECT_FALSE(broker.WaitForEnd(absl::Milliseconds(100))) << "the child ended the session";
+  EXPECT_TRUE(c->Release(8).ok()) << "the parent's Client works on";
+  // A child keeps its copy of the socket open; the parent destroys its
+  // Client: the session ends now, not when the child exits.
+  int hold[2];
+  ASSERT_EQ(::pipe2(hold, O_CLOEXEC), 0);
+  pid = ::fork();
+  if (pid == 0) {
+    char b;
+    ::close(hold[1]);
+    (void)::read(hold[0], &b, 1);  // until the parent closes its end
+    ::_exit(0);
+  }
+  ASSERT_GT(pid, 0);
+  ::close(hold[0]);
+  c.reset();
+  EXPECT_TRUE(broker.WaitForEnd(absl::Seconds(5)))
+      << "the session outlived its Client while a child held the socket";
+  ::close(hold[1]);
+  EXPECT_EQ(wait_child(pid), 0);
 }
 
 // One Client, several threads: a call the daemon answers at once returns at

@@ -40,6 +40,16 @@ Client::Impl::Impl(BrokerConnection conn, std::shared_ptr<grpc::Channel> channel
       pid_(::getpid()),
       fork_generation_(ForkGeneration()) {}
 
+Client::Impl::~Impl() {
+  if (ForkGeneration() == fork_generation_) {
+    // Python's Connection.close does the same.
+    ::shutdown(broker_.get(), SHUT_RDWR);
+  } else {
+    // A shutdown here would end the parent's session: the socket is one.
+    (void)stub_.release();
+  }
+}
+
 std::unique_ptr<grpc::ClientContext> Client::Impl::Context() const {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->AddMetadata(kSessionMetadataKey, welcome_.session_token());

@@ -39,6 +39,11 @@ class Client::Impl {
  public:
   Impl(BrokerConnection conn, std::shared_ptr<grpc::Channel> channel,
        const ConnectOptions& options);
+  // Ends the session, even where a child forked since holds a copy of the
+  // broker socket (hallocd sees a connection end only when its last copy
+  // closes). In such a child it ends nothing, and leaves the gRPC stub and
+  // channel made before the fork alone (gRPC's threads are the parent's).
+  ~Impl();
 
   // One unary call with our session token and deadline; errors name `rpc`.
   template <typename Req, typename Resp>
@@ -106,7 +111,7 @@ class Client::Impl {
   const UniqueFd broker_;
   const v1::Hello hello_;
   const v1::Welcome welcome_;
-  const std::unique_ptr<v1::Allocator::Stub> stub_;
+  std::unique_ptr<v1::Allocator::Stub> stub_;  // leaked in a forked child
   const absl::Duration timeout_;
   const bool fast_path_;
 

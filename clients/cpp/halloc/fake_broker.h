@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/open_fds.h"
 #include "clients/cpp/halloc/base/protocol.h"
@@ -72,6 +73,9 @@ class FakeBroker {
     o.timeout = timeout;
     return o;
   }
+  // Whether the client's connection ended (shut down, or its last copy
+  // closed) within `timeout`.
+  bool WaitForEnd(absl::Duration timeout) { return ended_.WaitForNotificationWithTimeout(timeout); }
   // BrokerRequest.cpu of every fast-path request, in order.
   std::vector<uint32_t> cpus() {
     absl::MutexLock lock(&mu_);
@@ -143,6 +147,10 @@ class FakeBroker {
 
  private:
   void Serve() {
+    Serving();
+    ended_.Notify();
+  }
+  void Serving() {
     conn_.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
     if (!conn_) return;
     v1::BrokerFrame hello;
@@ -195,6 +203,7 @@ class FakeBroker {
   TempDir dir_{"fake"};
   std::string path_;
   UniqueFd listener_, conn_;
+  absl::Notification ended_;  // Serve returned: the connection ended
   std::thread thread_;
   absl::Mutex mu_;
   std::vector<v1::ReleaseRequest> releases_ ABSL_GUARDED_BY(mu_);
