@@ -82,10 +82,11 @@ def map_fd(fd, size, access, what, dmabuf=None):
         m = Mapping(fd, size, flags=mmap.MAP_SHARED, prot=prot)
     except OSError as e:
         raise errors.from_os_error(e, f"mmap {what} for {access.value}") from None
-    except ValueError:
+    except (ValueError, OverflowError):
         # Python's mmap refuses to map a regular file (a memfd) past its
-        # end: a description larger than its fd (a buggy or foreign
-        # daemon's), as libhalloc says it.
+        # end, and a size past its C types (2^63 or more) before that: a
+        # description larger than its fd (a buggy or foreign daemon's), as
+        # libhalloc says it.
         raise errors.DataLossError(
             f"{what} is {size} bytes by its description but its fd has "
             f"{os.fstat(fd).st_size}") from None

@@ -138,6 +138,10 @@ def test_a_description_larger_than_its_memfd_is_data_loss():
     before = len(open_fds())
     with pytest.raises(halloc.DataLossError, match=f"has {PAGE}"):
         halloc.mapping.map_fd(fd, 4 * PAGE, halloc.Access.READ_WRITE, "buffer 1", dmabuf=False)
+    # Past mmap's C types (OverflowError before the size check): the same.
+    for size in (1 << 63, (1 << 64) - PAGE):
+        with pytest.raises(halloc.DataLossError, match=f"has {PAGE}"):
+            halloc.mapping.map_fd(fd, size, halloc.Access.READ, "buffer 1", dmabuf=False)
     assert len(open_fds()) == before
     os.close(fd)
 
