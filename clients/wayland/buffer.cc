@@ -389,14 +389,19 @@ absl::StatusOr<WlBuffer> WlBuffer::Create(Display& display,
 }
 
 // kShmCopy: a memfd of the buffer's size, mapped, shared as the wl_shm
-// pool; the frame copied in.
+// pool; the frame copied in. Sealed at that size: the compositor gets the
+// fd read-write, and one that shrank it would make the next Refresh's copy
+// fault (SIGBUS).
 absl::StatusOr<WlBuffer> WlBuffer::CreateCopy(Display& display,
                                               const Buffer& buffer) {
   auto state = std::make_unique<State>();
-  state->copy_fd.reset(memfd_create("halloc-wayland-copy", MFD_CLOEXEC));
+  state->copy_fd.reset(memfd_create("halloc-wayland-copy", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!state->copy_fd) return ErrnoStatus(errno, "memfd_create");
   if (ftruncate(state->copy_fd.get(), static_cast<off_t>(buffer.size())) != 0) {
     return ErrnoStatus(errno, "ftruncate the copy's memfd");
+  }
+  if (fcntl(state->copy_fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return ErrnoStatus(errno, "seal the copy's memfd");
   }
   void* map = mmap(nullptr, buffer.size(), PROT_READ | PROT_WRITE,
                    MAP_SHARED, state->copy_fd.get(), 0);

@@ -3,12 +3,14 @@
 // (pixman renderer, kiosk shell); weston's own screenshot of its output is
 // decoded and checked pixel by pixel.
 #include <drm_fourcc.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 #include <wayland-client.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -247,6 +249,18 @@ TEST_F(WaylandTest, AReadOnlyImportIsShownThroughACopy) {
   }
   RecordProperty("copies", std::to_string((*p)->wl_buffers_of(imported->id())));
   EXPECT_LE((*p)->wl_buffers_of(imported->id()), Presenter::kMaxCopies);
+  // The copies went to the compositor read-write: each sealed at its size,
+  // so that one shrunk under us cannot fault our next copy into it.
+  int copies = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    const std::string target = std::filesystem::read_symlink(entry.path(), ec).string();
+    if (ec || target.find("memfd:halloc-wayland-copy") == std::string::npos) continue;
+    ++copies;
+    const int seals = fcntl(std::stoi(entry.path().filename().string()), F_GET_SEALS);
+    EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW), F_SEAL_SHRINK | F_SEAL_GROW) << target;
+  }
+  EXPECT_GE(copies, 1) << "no copy's memfd found";
 }
 
 // On a zero-copy path (here wl_shm over the producer's own memfd) weston's
