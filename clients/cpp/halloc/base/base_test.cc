@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <utility>
+#include <vector>
 
 #include "clients/cpp/halloc/base/fork.h"
 #include "clients/cpp/halloc/base/os_error.h"
@@ -153,6 +155,40 @@ TEST(OsErrorTest, WireCodesOutsideAbslsAreUnknown) {
   EXPECT_EQ(StatusCodeFromWire(17), absl::StatusCode::kUnknown);
   EXPECT_EQ(StatusCodeFromWire(-1), absl::StatusCode::kUnknown);
   EXPECT_EQ(StatusCodeFromWire(int64_t{1} << 40), absl::StatusCode::kUnknown);
+}
+
+// A stand-in ioctl: fails with the errnos queued, then succeeds.
+struct FakeIoctl {
+  static inline std::vector<int> errnos;
+  static inline int calls = 0;
+  static int Call(int, unsigned long, void*) {
+    ++calls;
+    if (errnos.empty()) return 0;
+    errno = errnos.front();
+    errnos.erase(errnos.begin());
+    return -1;
+  }
+  static int Run(std::vector<int> fails) {
+    errnos = std::move(fails);
+    calls = 0;
+    return RetryIoctlWith(&FakeIoctl::Call, -1, 0, nullptr);
+  }
+};
+
+// Interrupted ioctls are retried, "try again" a bounded number of times
+// (a driver or file that kept saying EAGAIN had its caller spin for
+// ever), anything else returned at once.
+TEST(OsErrorTest, RetryIoctlRetriesInterruptsAndABoundedNumberOfAgains) {
+  EXPECT_EQ(FakeIoctl::Run({EINTR, EAGAIN, EINTR, EAGAIN}), 0);
+  EXPECT_EQ(FakeIoctl::calls, 5);
+  EXPECT_EQ(FakeIoctl::Run(std::vector<int>(kIoctlAgainTries - 1, EAGAIN)), 0);
+  EXPECT_EQ(FakeIoctl::Run(std::vector<int>(10 * kIoctlAgainTries, EAGAIN)), -1);
+  EXPECT_EQ(errno, EAGAIN);
+  EXPECT_EQ(FakeIoctl::calls, kIoctlAgainTries);
+  EXPECT_EQ(FakeIoctl::Run(std::vector<int>(1000, EINTR)), 0) << "interrupts are not counted";
+  EXPECT_EQ(FakeIoctl::Run({ENOTTY, EAGAIN}), -1);
+  EXPECT_EQ(errno, ENOTTY);
+  EXPECT_EQ(FakeIoctl::calls, 1);
 }
 
 absl::StatusOr<int> Half(int v) {

@@ -1,5 +1,6 @@
 #include "clients/cpp/halloc/base/os_error.h"
 
+#include <sched.h>
 #include <sys/ioctl.h>
 
 #include <cerrno>
@@ -70,12 +71,21 @@ absl::StatusCode StatusCodeFromWire(int64_t code) {
   return known ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown;
 }
 
+int RetryIoctlWith(int (*call)(int fd, unsigned long request, void* arg), int fd,
+                   unsigned long request, void* arg) {
+  int again = 0;
+  for (;;) {
+    const int r = call(fd, request, arg);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN || ++again >= kIoctlAgainTries) return r;
+    ::sched_yield();
+  }
+}
+
 int RetryIoctl(int fd, unsigned long request, void* arg) {
-  int r;
-  do {
-    r = ::ioctl(fd, request, arg);
-  } while (r < 0 && (errno == EINTR || errno == EAGAIN));
-  return r;
+  return RetryIoctlWith([](int f, unsigned long req, void* a) { return ::ioctl(f, req, a); }, fd,
+                        request, arg);
 }
 
 }  // namespace halloc

@@ -28,10 +28,16 @@ absl::Status Prefixed(const absl::Status& s, absl::string_view prefix);
 // UNKNOWN, so that no caller switches on a code absl does not define.
 absl::StatusCode StatusCodeFromWire(int64_t code);
 
-// ioctl(2), retried while it fails with EINTR or EAGAIN (dma-buf and
-// dma-heap ioctls may answer either when a signal or a lock interrupts
-// them): its result, errno set on -1.
+// ioctl(2), retried while it fails with EINTR (a signal interrupted it),
+// and with EAGAIN (a lock did) up to kIoctlAgainTries times, yielding the
+// CPU between: its result, errno set on -1. A driver (or a file
+// pretending to be one) that answers EAGAIN for ever no longer keeps its
+// caller spinning: past the tries, -1 with errno EAGAIN.
+inline constexpr int kIoctlAgainTries = 100;
 int RetryIoctl(int fd, unsigned long request, void* arg);
+// The same with `call` in place of ioctl(2) (for tests).
+int RetryIoctlWith(int (*call)(int fd, unsigned long request, void* arg), int fd,
+                   unsigned long request, void* arg);
 
 }  // namespace halloc
 
