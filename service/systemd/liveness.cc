@@ -1,6 +1,7 @@
 #include "service/systemd/liveness.h"
 
-#include <grpcpp/create_channel.h>
+#include <fcntl.h>
+#include <grpcpp/create_channel_posix.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/byte_buffer.h>
@@ -26,13 +27,8 @@ constexpr char kServing[] = {0x08, 0x01};
 
 }  // namespace
 
-LivenessProbe::LivenessProbe(const std::string& control_socket, std::string broker_socket)
-    : broker_socket_(std::move(broker_socket)),
-      channel_(grpc::CreateChannel(absl::StrCat("unix:", control_socket),
-                                   grpc::InsecureChannelCredentials())),
-      stub_(std::make_unique<grpc::GenericStub>(channel_)) {}
-
-LivenessProbe::~LivenessProbe() = default;
+LivenessProbe::LivenessProbe(std::string control_socket, std::string broker_socket)
+    : control_socket_(std::move(control_socket)), broker_socket_(std::move(broker_socket)) {}
 
 absl::Status LivenessProbe::Check(absl::Duration timeout) {
   RETURN_IF_ERROR(CheckBroker(timeout));
@@ -40,12 +36,12 @@ absl::Status LivenessProbe::Check(absl::Duration timeout) {
 }
 
 absl::Status LivenessProbe::CheckBroker(absl::Duration timeout) const {
-  ASSIGN_OR_RETURN(sockaddr_un addr, UnixAddress(broker_socket_));
-  UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) return ErrnoStatus(errno, "socket");
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("connect(", broker_socket_, ")"));
-  }
+  // Waits for room in the backlog: any local user can keep it full
+  // (connecting and closing in a loop), and a probe that gave up at once
+  // there (a non-blocking connect: EAGAIN) had systemd kill a hallocd that
+  // served everyone.
+  ASSIGN_OR_RETURN(UniqueFd fd,
+                   ConnectUnix(broker_socket_, SOCK_SEQPACKET, timeout, "hallocd broker"));
   // The broker's first record (a Hello, or a refusal over a limit) shows
   // its thread accepted us; closing then ends the unverified connection.
   pollfd pfd{fd.get(), POLLIN, 0};
@@ -63,6 +59,18 @@ absl::Status LivenessProbe::CheckBroker(absl::Duration timeout) const {
 }
 
 absl::Status LivenessProbe::CheckControl(absl::Duration timeout) {
+  // A connection of its own each time, made as the broker's (a channel
+  // left to connect by itself gives up at once on a full backlog, then
+  // waits out its reconnect backoff, up to minutes, failing every probe).
+  ASSIGN_OR_RETURN(UniqueFd fd,
+                   ConnectUnix(control_socket_, SOCK_STREAM, timeout, "hallocd control socket"));
+  // gRPC's endpoints expect a non-blocking fd.
+  if (::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK) != 0) {
+    return ErrnoStatus(errno, "fcntl(O_NONBLOCK)");
+  }
+  const std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateInsecureChannelFromFd("hallocd-liveness", fd.release());
+  grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
   // HealthCheckRequest{} serializes to nothing, but a default ByteBuffer is
@@ -72,11 +80,10 @@ absl::Status LivenessProbe::CheckControl(absl::Duration timeout) {
   grpc::ByteBuffer response;
   grpc::Status status;
   absl::Notification done;
-  stub_->UnaryCall(&ctx, kHealthCheck, grpc::StubOptions(), &request, &response,
-                   [&](grpc::Status s) {
-                     status = std::move(s);
-                     done.Notify();
-                   });
+  stub.UnaryCall(&ctx, kHealthCheck, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
   done.WaitForNotification();  // the deadline bounds it
   if (!status.ok()) {
     return absl::UnavailableError(

@@ -5,10 +5,7 @@
 #ifndef HALLOC_SERVICE_SYSTEMD_LIVENESS_H_
 #define HALLOC_SERVICE_SYSTEMD_LIVENESS_H_
 
-#include <memory>
 #include <string>
-
-#include <grpcpp/generic/generic_stub.h>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -17,19 +14,18 @@ namespace halloc {
 
 class LivenessProbe {
  public:
-  LivenessProbe(const std::string& control_socket, std::string broker_socket);
-  ~LivenessProbe();
+  LivenessProbe(std::string control_socket, std::string broker_socket);
 
-  // OK when both answered within `timeout` each; else why not.
+  // OK when both answered within `timeout` each (a connection waits that
+  // long for room in a full backlog); else why not.
   absl::Status Check(absl::Duration timeout);
 
  private:
   absl::Status CheckBroker(absl::Duration timeout) const;
   absl::Status CheckControl(absl::Duration timeout);
 
+  const std::string control_socket_;
   const std::string broker_socket_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<grpc::GenericStub> stub_;
 };
 
 }  // namespace halloc
