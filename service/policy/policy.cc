@@ -60,10 +60,12 @@ bool ValidName(absl::string_view n) {
   });
 }
 
-
 // Checks and compiles rule `i`, appending "source:line:col: message" errors.
+// `catch_all`: the name of an earlier rule that matches every session
+// (any: true), if there is one.
 Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tree,
-             const std::string& source, std::vector<std::string>* errors) {
+             const std::string& source, absl::string_view catch_all,
+             std::vector<std::string>* errors) {
   const auto* desc = v1::ClientRule::descriptor();
   auto where = [&](const char* field, int index = -1) {
     const TextFormat::ParseInfoTree* rule_tree =
@@ -98,6 +100,14 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
     errors->push_back(absl::StrCat(where("match"), ": client '", Quote(r.name()),
                                    "': 'any: true' matches every session; give it alone, "
                                    "or drop it and let uids, gids and exe decide"));
+  }
+  if (!catch_all.empty()) {
+    // The first rule that matches decides: this one is dead, and a reader
+    // would take it for the rule of the sessions it names.
+    errors->push_back(absl::StrCat(where("match"), ": client '", Quote(r.name()),
+                                   "' can never match: client '", Quote(catch_all),
+                                   "' before it matches every session (any: true), and the "
+                                   "first rule that matches decides; put catch-alls last"));
   }
   if (!m.exe().empty() && m.exe()[0] != '/') {
     errors->push_back(absl::StrCat(where("match"), ": exe '", Quote(m.exe()),
@@ -236,8 +246,10 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   policy->source_ = std::string(source);
   std::vector<std::string> errors;
   absl::flat_hash_set<std::string> names;
+  std::string catch_all;  // the first rule with any: true
   for (int i = 0; i < proto.clients_size(); ++i) {
-    Rule rule = Compile(proto.clients(i), i, &tree, policy->source_, &errors);
+    Rule rule = Compile(proto.clients(i), i, &tree, policy->source_, catch_all, &errors);
+    if (rule.any && catch_all.empty()) catch_all = rule.name.empty() ? "(unnamed)" : rule.name;
     if (!names.insert(rule.name).second) {
       errors.push_back(absl::StrCat(source, ": clients[", i, "]: duplicate client name '",
                                     Quote(rule.name), "'"));
@@ -263,6 +275,11 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   }
   policy->max_sessions_per_uid_ = proto.sessions().max_per_uid();
   policy->max_sessions_ = proto.sessions().max_total();
+  if (policy->max_sessions_ != 0 && policy->max_sessions_per_uid_ > policy->max_sessions_) {
+    errors.push_back(absl::StrCat(source, ": sessions.max_per_uid (", policy->max_sessions_per_uid_,
+                                  ") is above sessions.max_total (", policy->max_sessions_,
+                                  "): one uid could take every connection"));
+  }
   if (!errors.empty()) return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
   return std::shared_ptr<const Policy>(std::move(policy));
 }

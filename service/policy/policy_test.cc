@@ -204,6 +204,43 @@ TEST(PolicyTest, SemanticErrorsAreAllReportedWithLines) {
   EXPECT_TRUE(absl::StrContains(msg, "duplicate client name 'nomatch'")) << msg;
 }
 
+// The first rule that matches decides: one after a catch-all is dead, and
+// would read as the rule of the sessions it names.
+TEST(PolicyTest, ARuleAfterACatchAllIsRefused) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"all\" match { any: true } }\n"
+      "clients { name: \"cam\"\n"
+      "  match { uids: 1001 } usages: \"camera_output\" }\n",  // 3
+      "c.textproto");
+  ASSERT_FALSE(p.ok());
+  const std::string msg(p.status().message());
+  EXPECT_TRUE(absl::StrContains(msg, "c.textproto:3:")) << msg;
+  EXPECT_TRUE(absl::StrContains(msg, "client 'cam' can never match: client 'all'")) << msg;
+  // Last, a catch-all is what it is for.
+  EXPECT_TRUE(Policy::Parse("clients { name: \"cam\" match { uids: 1001 } }\n"
+                            "clients { name: \"all\" match { any: true } }\n",
+                            "c.textproto")
+                  .ok());
+}
+
+TEST(PolicyTest, APerUidSessionLimitAboveTheTotalIsRefused) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"all\" match { any: true } }\n"
+      "sessions { max_per_uid: 300 max_total: 100 }\n",
+      "s.textproto");
+  ASSERT_FALSE(p.ok());
+  EXPECT_TRUE(absl::StrContains(p.status().message(), "max_per_uid (300) is above")) << p.status();
+  // Equal, or the total left to its default: accepted.
+  for (const char* limits :
+       {"sessions { max_per_uid: 100 max_total: 100 }\n", "sessions { max_per_uid: 300 }\n"}) {
+    EXPECT_TRUE(
+        Policy::Parse(absl::StrCat("clients { name: \"all\" match { any: true } }\n", limits),
+                      "s.textproto")
+            .ok())
+        << limits;
+  }
+}
+
 TEST(PolicyTest, MissingFileIsNotFound) {
   EXPECT_EQ(Policy::Load("/nonexistent/policy").status().code(),
             absl::StatusCode::kNotFound);
