@@ -25,7 +25,7 @@ namespace halloc {
 // per-uid limit.
 inline constexpr uint32_t kAdminConnectionReserve = 16;
 // sessions.max_per_uid when the policy leaves it 0.
-inline constexpr uint32_t kDefaultMaxConnectionsPerUid = 256;
+inline constexpr uint32_t kDefaultMaxConnectionsPerUid = kDefaultSessionsPerUid;
 
 // fds one control connection costs hallocd: 2 (gRPC's and the duplicate
 // that sees its end), 4 through the relay (kernels before 6.16: the

@@ -9,9 +9,11 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/backend/registry.h"
@@ -21,10 +23,27 @@
 #include "service/health.h"
 #include "service/metrics/http_server.h"
 #include "service/metrics/prometheus.h"
+#include "service/peer_identity.h"
+#include "service/policy/policy.h"
 #include "service/reflection.h"
 #include "service/util/unix_listener.h"
 
 namespace halloc {
+namespace {
+
+// Rules an unprivileged process can match where it may create user
+// namespaces (service/peer_identity.h, SampleExe), said once per load.
+void WarnOfExeOnlyRules(const Policy& policy) {
+  const std::vector<std::string> open = policy.ExeRulesOpenToAnyUid();
+  if (open.empty() || !UnprivilegedUserNamespaces()) return;
+  LOG(WARNING) << "policy: rule(s) " << absl::StrJoin(open, ", ")
+               << " match by executable alone, and unprivileged user namespaces are enabled "
+                  "here: any local user can make /proc/PID/exe name a file it can open, so "
+                  "these rules hold against no uid. Add uids or gids to them, or set "
+                  "kernel.unprivileged_userns_clone=0 (user.max_user_namespaces=0).";
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
                                                       InheritedListeners inherited) {
@@ -38,6 +57,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   }
   LOG(INFO) << "policy: " << policy->source() << " (" << policy->rules().size()
             << " client rules)";
+  WarnOfExeOnlyRules(*policy);
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->control_peers_ = std::make_shared<ControlPeers>();
@@ -174,6 +194,7 @@ absl::Status Daemon::ReloadPolicy() {
   }
   LOG(INFO) << "policy reloaded from " << (*p)->source() << " ("
             << (*p)->rules().size() << " client rules)";
+  WarnOfExeOnlyRules(**p);
   core_->SetPolicy(*std::move(p));
   return absl::OkStatus();
 }

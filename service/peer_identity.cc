@@ -65,14 +65,26 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   const std::optional<FileId> pid_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/pid"));
   if (!our_pid_ns || pid_ns != our_pid_ns) return s;
   // Read after the exe: a process leaves hallocd's user namespace for good
-  // (unshare), so one seen in it now was in it when its exe was read, and
-  // its exe could be changed only by a privileged caller.
+  // (unshare), so one seen in it now was in it when its exe was read. (Its
+  // exe may still have been set by a CLONE_VM sibling that left: see the
+  // header.)
   static const std::optional<FileId> our_user_ns = FileIdOf("/proc/self/ns/user");
   const std::optional<FileId> user_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
   if (!our_user_ns || user_ns != our_user_ns) return s;
   if (!StillRunning(pidfd)) return s;  // exited: cannot vouch for it
   s.file = file;
   return s;
+}
+
+bool UnprivilegedUserNamespaces() {
+  // "0\n" (or "0") in a sysctl file that exists says no.
+  const auto zero = [](const char* path) {
+    std::ifstream in(path);
+    std::string v;
+    return in && (in >> v) && v == "0";
+  };
+  return !zero("/proc/sys/kernel/unprivileged_userns_clone") &&
+         !zero("/proc/sys/user/max_user_namespaces");
 }
 
 absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {

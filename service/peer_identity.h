@@ -42,10 +42,23 @@ struct ExeSample {
 // exec'd a trusted binary. Nor for a process in another user namespace
 // than hallocd's: CAP_SYS_ADMIN there (anyone's, after
 // unshare(CLONE_NEWUSER)) lets it point its own /proc/P/exe at any file it
-// may open (prctl PR_SET_MM_MAP's exe_fd) without running it, and it can
-// never come back up to hallocd's. Such peers are judged by uid and gid
-// alone.
+// may open (prctl PR_SET_MM_MAP's exe_fd) without running it. Such peers
+// are judged by uid and gid alone.
+//
+// That check is not a boundary, only the plainest case refused:
+// /proc/P/exe is the memory map's, not the task's, and a CLONE_VM sibling
+// of P (its own thread group, so free to unshare a user namespace while
+// sharing P's map) may set it for P and exit, P never leaving hallocd's
+// namespaces (reproduced). Where unprivileged users may create user
+// namespaces (UnprivilegedUserNamespaces), any process can so pass for
+// any binary it can open: an exe rule holds against other uids only with
+// uids or gids beside it (hallocd warns at load: ExeRulesOpenToAnyUid).
 ExeSample SampleExe(int pidfd, pid_t pid);
+
+// Whether a process without privilege may create a user namespace here:
+// not where Debian's kernel.unprivileged_userns_clone is 0 or
+// user.max_user_namespaces is 0; otherwise (as Debian 12 ships) yes.
+bool UnprivilegedUserNamespaces();
 
 // The uid that pays for the connection of `pid` (pinned by `pidfd`), whose
 // SO_PEERCRED uid is `uid`: `uid` itself for a process in hallocd's own

@@ -356,6 +356,13 @@ int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
   out << file << ": OK, " << (*p)->rules().size() << " client rules:";
   for (const Rule& r : (*p)->rules()) out << " " << r.name;
   out << "\n";
+  // Said wherever the file is checked: it may be installed elsewhere.
+  if (const std::vector<std::string> open = (*p)->ExeRulesOpenToAnyUid(); !open.empty()) {
+    err << "note: " << absl::StrJoin(open, ", ")
+        << " match by executable alone: where unprivileged users may create user namespaces "
+           "(Debian's default), any local user can pass for an executable it can open; add "
+           "uids or gids (README, \"Security\")\n";
+  }
   // A draft passes whoever wrote it; hallocd takes only a file root or its
   // own user could have written (Policy::Writer::kTrusted).
   if (absl::Status trusted = Policy::Load(file).status(); !trusted.ok()) {

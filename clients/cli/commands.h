@@ -89,7 +89,9 @@ void BlockStopSignals();
 bool WaitForStopSignal(absl::Duration timeout);
 
 // `policy check FILE`, offline: "FILE: OK, N client rules: ..." and 0, or
-// the error as FILE:LINE:COLUMN: message on `err` and 1.
+// the error as FILE:LINE:COLUMN: message on `err` and 1. Notes on `err`
+// for a valid file: rules that match by executable alone, and a file
+// hallocd (as this user) would not read where it is.
 int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err);
 
 // One session of hallocd and the buffers it holds.

@@ -275,6 +275,8 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   }
   policy->max_sessions_per_uid_ = proto.sessions().max_per_uid();
   policy->max_sessions_ = proto.sessions().max_total();
+  // Only as written: a total alone (per-uid left to its default, 256) is
+  // a natural thing to write and is taken as it comes.
   if (policy->max_sessions_ != 0 && policy->max_sessions_per_uid_ > policy->max_sessions_) {
     errors.push_back(absl::StrCat(source, ": sessions.max_per_uid (", policy->max_sessions_per_uid_,
                                   ") is above sessions.max_total (", policy->max_sessions_,
@@ -282,6 +284,14 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   }
   if (!errors.empty()) return absl::InvalidArgumentError(absl::StrJoin(errors, "\n"));
   return std::shared_ptr<const Policy>(std::move(policy));
+}
+
+std::vector<std::string> Policy::ExeRulesOpenToAnyUid() const {
+  std::vector<std::string> names;
+  for (const Rule& r : rules_) {
+    if (!r.exe.empty() && r.uids.empty() && r.gids.empty()) names.push_back(r.name);
+  }
+  return names;
 }
 
 absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path, Writer writer) {

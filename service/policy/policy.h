@@ -105,6 +105,9 @@ struct Rule {
 bool ListAdmits(const std::vector<std::string>& list, absl::string_view name,
                 uid_t uid, uid_t self_uid);
 
+// sessions.max_per_uid when the policy leaves it 0.
+inline constexpr uint32_t kDefaultSessionsPerUid = 256;
+
 class Policy {
  public:
   // Parses and validates text-format `text`. Errors carry `source`:line:col
@@ -146,9 +149,15 @@ class Policy {
   // Whether any rule matches by executable (`exe`): only then does a
   // request's identity need its executable vouched for (RequestIdentity).
   bool matches_exe() const { return matches_exe_; }
+  // The rules that match by executable alone (exe, no uids or gids): where
+  // unprivileged users may create user namespaces, any process can pass
+  // for a binary it can open (service/peer_identity.h, SampleExe), so such
+  // a rule holds against no uid there. hallocd warns of them at load.
+  std::vector<std::string> ExeRulesOpenToAnyUid() const;
   // Where it came from ("built-in default" or the file path).
   const std::string& source() const { return source_; }
-  // SessionLimits as written (0: hallocd's default).
+  // SessionLimits as written (0: hallocd's default: kDefaultSessionsPerUid
+  // per uid).
   uint32_t max_sessions_per_uid() const { return max_sessions_per_uid_; }
   uint32_t max_sessions() const { return max_sessions_; }
 

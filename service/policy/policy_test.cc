@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -230,15 +232,31 @@ TEST(PolicyTest, APerUidSessionLimitAboveTheTotalIsRefused) {
       "s.textproto");
   ASSERT_FALSE(p.ok());
   EXPECT_TRUE(absl::StrContains(p.status().message(), "max_per_uid (300) is above")) << p.status();
-  // Equal, or the total left to its default: accepted.
+  // Equal, either left to its default, or smaller: accepted.
   for (const char* limits :
-       {"sessions { max_per_uid: 100 max_total: 100 }\n", "sessions { max_per_uid: 300 }\n"}) {
+       {"sessions { max_per_uid: 100 max_total: 100 }\n", "sessions { max_per_uid: 300 }\n",
+        "sessions { max_total: 100 }\n", "sessions { max_per_uid: 10 max_total: 300 }\n"}) {
     EXPECT_TRUE(
         Policy::Parse(absl::StrCat("clients { name: \"all\" match { any: true } }\n", limits),
                       "s.textproto")
             .ok())
         << limits;
   }
+}
+
+// Where unprivileged users may create user namespaces, any process can
+// make /proc/P/exe name a file it can open: rules that match by exe alone
+// are named so that hallocd can say so.
+TEST(PolicyTest, NamesTheRulesThatMatchByExecutableAlone) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"cam\" match { exe: \"/usr/bin/cam\" } }\n"
+      "clients { name: \"comp\" match { exe: \"/usr/bin/comp\" uids: 1001 } }\n"
+      "clients { name: \"vid\" match { exe: \"/usr/bin/vid\" gids: 44 } }\n"
+      "clients { name: \"apps\" match { uids: 1000 } }\n",
+      "e.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->ExeRulesOpenToAnyUid(), std::vector<std::string>{"cam"});
+  EXPECT_TRUE(Policy::Default()->ExeRulesOpenToAnyUid().empty());
 }
 
 TEST(PolicyTest, MissingFileIsNotFound) {
