@@ -35,8 +35,8 @@ uint64_t BytesOf(const v1::AllocateRequest& req, const Allocator& core) {
   if (!req.desc().has_image()) {
     const uint64_t count = std::max<uint32_t>(req.count(), 1);
     const uint64_t size = req.desc().size();
-    constexpr uint64_t kPage = 4096;
-    if (size < Broker::kBudgetedBytes / count) return (size + kPage - 1) / kPage * kPage * count;
+    static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    if (size < Broker::kBudgetedBytes / count) return (size + page - 1) / page * page * count;
   }
   return core.PlannedBytes(req);
 }

@@ -222,8 +222,8 @@ class SlowBackend : public MemfdBackend {
 };
 
 // A uid that has had its share of the broker thread's time lately gets its
-// allocations of 1 MiB or more made on the slow lane (its answers still
-// come), its small ones inline as ever: one uid's stream of requests just
+// allocations of kBudgetedBytes or more (here 1 MiB) made on the slow lane
+// (its answers still come), its small ones inline as ever: one uid's stream of requests just
 // under the slow lane's 64 MiB cannot take the broker thread turn after
 // turn. (The window is long here so that a slow machine cannot end it
 // between the calls.)

@@ -168,13 +168,13 @@ TEST_F(StreamDeadlinesTest, AStreamThatEndsInTimeIsNotCut) {
 }
 
 TEST_F(StreamDeadlinesTest, ASoonerDeadlineWakesTheWatcher) {
-  // Watched an hour ahead; the first request brings it to 300 ms from
-  // then (time for its answer). The watcher sleeps towards the hour and
+  // Watched an hour ahead; the first request brings it to 1 s from then
+  // (time for its answer on a loaded machine). The watcher sleeps towards the hour and
   // must wake for the sooner time.
   Start(absl::Hours(1));
   std::unique_ptr<Stream> s = Open();
   const absl::Time asked = absl::Now();
-  ASSERT_TRUE(Ask(*s, "idle 300"));
+  ASSERT_TRUE(Ask(*s, "idle 1000"));
   Response resp;
   EXPECT_FALSE(s->rw->Read(&resp));
   EXPECT_EQ(s->rw->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
@@ -185,12 +185,12 @@ TEST_F(StreamDeadlinesTest, ASoonerDeadlineWakesTheWatcher) {
 }
 
 TEST_F(StreamDeadlinesTest, ALaterDeadlineOutlivesTheFirst) {
-  // Watched 1 s ahead; the first request moves it an hour on. The watcher
-  // still wakes at 1 s, finds nothing due, and leaves it.
-  Start(absl::Seconds(1));
+  // Watched 2 s ahead; the first request moves it an hour on. The watcher
+  // still wakes at 2 s, finds nothing due, and leaves it.
+  Start(absl::Seconds(2));
   std::unique_ptr<Stream> s = Open();
   ASSERT_TRUE(Ask(*s, "idle 3600000"));
-  absl::SleepFor(absl::Milliseconds(1500));
+  absl::SleepFor(absl::Seconds(3));
   EXPECT_TRUE(Ask(*s, "still here"));
   s->rw->WritesDone();
   EXPECT_TRUE(s->rw->Finish().ok());
@@ -204,7 +204,7 @@ TEST_F(StreamDeadlinesTest, OnlyTheStreamThatOutstaysIsCut) {
   Start(absl::Seconds(30));
   std::unique_ptr<Stream> quick = Open();
   std::unique_ptr<Stream> slow = Open();
-  ASSERT_TRUE(Ask(*slow, "idle 300"));
+  ASSERT_TRUE(Ask(*slow, "idle 1000"));
   ASSERT_TRUE(Ask(*quick, "hello"));
   Response resp;
   EXPECT_FALSE(slow->rw->Read(&resp));
@@ -215,14 +215,16 @@ TEST_F(StreamDeadlinesTest, OnlyTheStreamThatOutstaysIsCut) {
   EXPECT_TRUE(quick->rw->Finish().ok());
   const std::vector<Seen> seen = service_->WaitFor(2);
   ASSERT_EQ(seen.size(), 2u);
-  EXPECT_EQ(seen[0].stopped, std::optional<bool>(false));  // slow ended first
-  EXPECT_EQ(seen[1].stopped, std::optional<bool>(true));
+  // One cut, one in time (in either order: the cut handler's wake-up may
+  // come after the other's end).
+  EXPECT_NE(seen[0].stopped, seen[1].stopped);
+  EXPECT_TRUE(seen[0].stopped.has_value() && seen[1].stopped.has_value());
 }
 
 TEST_F(StreamDeadlinesTest, ADeadlineDestroyedWithItsHandlerIsNotWatched) {
   // The handler returns without stopping its Deadline, well before it is
   // due: the watcher must never reach the ended call.
-  Start(absl::Seconds(1));
+  Start(absl::Seconds(2));
   std::unique_ptr<Stream> s = Open();
   Request req;
   req.set_host("return");
@@ -230,7 +232,7 @@ TEST_F(StreamDeadlinesTest, ADeadlineDestroyedWithItsHandlerIsNotWatched) {
   s->rw->WritesDone();
   EXPECT_TRUE(s->rw->Finish().ok());
   ASSERT_EQ(service_->WaitFor(1).size(), 1u);
-  absl::SleepFor(absl::Milliseconds(1500));  // past the deadline, the call gone
+  absl::SleepFor(absl::Seconds(3));  // past the deadline, the call gone
   // Still serving: a new stream is watched and ends in time.
   std::unique_ptr<Stream> next = Open();
   EXPECT_TRUE(Ask(*next, "hello"));

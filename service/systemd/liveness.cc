@@ -8,10 +8,12 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -40,12 +42,16 @@ absl::Status LivenessProbe::CheckBroker(absl::Duration timeout) const {
   // (connecting and closing in a loop), and a probe that gave up at once
   // there (a non-blocking connect: EAGAIN) had systemd kill a hallocd that
   // served everyone.
+  // One deadline for the connect and the greeting (notify.cc counts on
+  // `timeout` per check).
+  const absl::Time deadline = absl::Now() + timeout;
   ASSIGN_OR_RETURN(UniqueFd fd,
                    ConnectUnix(broker_socket_, SOCK_SEQPACKET, timeout, "hallocd broker"));
   // The broker's first record (a Hello, or a refusal over a limit) shows
   // its thread accepted us; closing then ends the unverified connection.
   pollfd pfd{fd.get(), POLLIN, 0};
-  const int n = ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  const absl::Duration left = std::max(deadline - absl::Now(), absl::ZeroDuration());
+  const int n = ::poll(&pfd, 1, static_cast<int>(absl::ToInt64Milliseconds(left)));
   if (n < 0) return ErrnoStatus(errno, "poll(broker)");
   if (n == 0) {
     return absl::DeadlineExceededError(absl::StrCat(
@@ -62,6 +68,7 @@ absl::Status LivenessProbe::CheckControl(absl::Duration timeout) {
   // A connection of its own each time, made as the broker's (a channel
   // left to connect by itself gives up at once on a full backlog, then
   // waits out its reconnect backoff, up to minutes, failing every probe).
+  const absl::Time deadline = absl::Now() + timeout;  // for the connect and the call
   ASSIGN_OR_RETURN(UniqueFd fd,
                    ConnectUnix(control_socket_, SOCK_STREAM, timeout, "hallocd control socket"));
   // gRPC's endpoints expect a non-blocking fd.
@@ -72,7 +79,7 @@ absl::Status LivenessProbe::CheckControl(absl::Duration timeout) {
       grpc::CreateInsecureChannelFromFd("hallocd-liveness", fd.release());
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  ctx.set_deadline(absl::ToChronoTime(deadline));
   // HealthCheckRequest{} serializes to nothing, but a default ByteBuffer is
   // no message at all (gRPC aborts): one empty slice.
   grpc::Slice empty;

@@ -16,8 +16,8 @@ class LivenessProbe {
  public:
   LivenessProbe(std::string control_socket, std::string broker_socket);
 
-  // OK when both answered within `timeout` each (a connection waits that
-  // long for room in a full backlog); else why not.
+  // OK when both answered within `timeout` each (its connection, which
+  // waits for room in a full backlog, included); else why not.
   absl::Status Check(absl::Duration timeout);
 
  private:

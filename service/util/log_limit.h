@@ -103,8 +103,11 @@ std::string Utf8OrEscaped(absl::string_view s);
 // through a LogLimiter of their own and glog, escaped and cut to 512 bytes.
 // libprotobuf otherwise writes each straight to stderr. For the process:
 // hallocd's main calls it once. A line logged while this thread parses a
-// uid's data (ScopedParseUid) takes that uid's share of the budget, so one
-// uid's flood of bad strings does not hide everyone else's.
+// uid's data (ScopedParseUid: the broker's requests) takes that uid's
+// share of the budget, so one uid's flood of bad strings there does not
+// hide everyone else's. Parses on gRPC's threads and the broker's
+// handshake are not attributed (they draw on the shared budget, which a
+// uid's share is also taken from).
 void LimitProtobufLogs();
 
 // Names `uid` as the one whose data this thread parses, until destroyed

@@ -1,13 +1,10 @@
 #include "service/util/time_budget.h"
 
+#include <algorithm>
+
 #include "absl/container/flat_hash_map.h"
 
 namespace halloc {
-
-namespace {
-// Past this many keys, ended windows are swept at the next charge.
-constexpr size_t kSweepAt = 1024;
-}  // namespace
 
 bool TimeBudget::Over(uint64_t key, absl::Time now) const {
   auto it = uses_.find(key);
@@ -21,8 +18,12 @@ absl::Time TimeBudget::WindowEnd(uint64_t key) const {
 }
 
 void TimeBudget::Charge(uint64_t key, absl::Duration spent, absl::Time now) {
-  if (uses_.size() >= kSweepAt) {
+  if (uses_.size() >= sweep_at_) {
     absl::erase_if(uses_, [&](const auto& u) { return now - u.second.start >= window_; });
+    // Next at twice what is left: with that many windows open, a sweep at
+    // every charge (every inline allocation, the broker's) would scan them
+    // all each time.
+    sweep_at_ = std::max(kSweepAt, 2 * uses_.size());
   }
   Use& u = uses_[key];
   if (u.start == absl::Time() || now - u.start >= window_) u = Use{now, absl::ZeroDuration()};

@@ -26,6 +26,10 @@ class TimeBudget {
   // Keys with a window open (ended ones are dropped as the map grows).
   size_t size() const { return uses_.size(); }
 
+  // Ended windows are swept once this many keys are kept, and then again
+  // at twice what the sweep left.
+  static constexpr size_t kSweepAt = 1024;
+
  private:
   struct Use {
     absl::Time start;
@@ -34,6 +38,7 @@ class TimeBudget {
   const absl::Duration window_;
   const absl::Duration allowed_;
   absl::flat_hash_map<uint64_t, Use> uses_;
+  size_t sweep_at_ = kSweepAt;
 };
 
 }  // namespace halloc

@@ -30,6 +30,25 @@ TEST(TimeBudgetTest, EndedWindowsDoNotPileUp) {
   EXPECT_LE(b.size(), 1025u);
 }
 
+// With more windows open than the sweep threshold, a sweep (which finds
+// nothing ended) is not run again at every charge; ended ones still go
+// once the map has doubled.
+TEST(TimeBudgetTest, ManyOpenWindowsAreNotSweptAtEveryCharge) {
+  TimeBudget b(absl::Milliseconds(100), absl::Milliseconds(25));
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  const size_t open = TimeBudget::kSweepAt + 10;
+  for (uint64_t k = 0; k < open; ++k) b.Charge(k, absl::Microseconds(1), t0);
+  EXPECT_EQ(b.size(), open) << "open windows were dropped";
+  // All ended by now: they go at the next sweep, which comes when the map
+  // reaches twice what the last one left, not before.
+  const absl::Time later = t0 + absl::Seconds(1);
+  uint64_t k = open;
+  while (b.size() >= open && k < 4 * open) b.Charge(k++, absl::Microseconds(1), later);
+  EXPECT_LT(b.size(), open) << "ended windows piled up";
+  EXPECT_GE(k, 2 * TimeBudget::kSweepAt) << "swept again before the map doubled";
+  EXPECT_FALSE(b.Over(k - 1, later));
+}
+
 TEST(TimeBudgetTest, WindowEndIsWhenTheOpenWindowCloses) {
   TimeBudget budget(absl::Milliseconds(100), absl::Milliseconds(5));
   const absl::Time t0 = absl::FromUnixSeconds(1000);
