@@ -207,18 +207,21 @@ static long halloc_publish(struct dma_buf *dmabuf, u32 fd_flags,
 }
 
 /*
+ * Set once every node is registered. A node is usable as soon as it is
+ * registered, and if a later one then failed, the failed init would free
+ * the module under any buffer made in between (its dma_buf_ops, its
+ * release): no buffer is made before this. (A file opened on such a node
+ * in that window still outlives the module, as for any driver whose init
+ * fails after a registration; only buffers, which outlive their files,
+ * are kept from it.)
+ */
+static bool halloc_ready;
+
+/*
  * DMA_HEAP_IOCTL_ALLOC with the upstream rules: the struct size in the
  * command may be smaller (zero-extended) or larger (extra bytes ignored)
  * than ours, but must reach the fd field so the fd can be returned.
  */
-/*
- * Set once every node is registered. A node is usable as soon as it is
- * registered, and if a later one then failed, the failed init would free
- * the module under any buffer made in between (its dma_buf_ops, its
- * release): no buffer is made before this.
- */
-static bool halloc_ready;
-
 static long halloc_heap_ioctl(struct file *file, unsigned int cmd,
 			      unsigned long arg)
 {
