@@ -27,11 +27,6 @@
 namespace halloc {
 namespace {
 
-class SlowLaneTest : public ::testing::Test {
- protected:
-  testing::TempDir dir_{"slow-lane-test"};
-};
-
 // Sets one of Broker's static durations (read at Start) for its scope.
 class Override {
  public:
@@ -45,6 +40,20 @@ class Override {
  private:
   absl::Duration& value_;
   const absl::Duration saved_;
+};
+
+class SlowLaneTest : public ::testing::Test {
+ protected:
+  // A broker over `core` whose uids may take 20 ms of its thread within
+  // 30 s (long, so that a slow machine cannot end the window between
+  // calls).
+  absl::StatusOr<std::unique_ptr<Broker>> StartWithInlineShare(Allocator& core) {
+    Override window(Broker::inline_window, absl::Seconds(30));
+    Override allowed(Broker::inline_allowed, absl::Milliseconds(20));
+    return Broker::Start(dir_ / "broker.sock", 0600, &core);
+  }
+
+  testing::TempDir dir_{"slow-lane-test"};
 };
 
 // A memfd backend whose allocations of 64 MiB or more say they began
@@ -223,20 +232,14 @@ class SlowBackend : public MemfdBackend {
 
 // A uid that has had its share of the broker thread's time lately gets its
 // allocations of kBudgetedBytes or more (here 1 MiB) made on the slow lane
-// (its answers still come), its small ones inline as ever: one uid's stream of requests just
-// under the slow lane's 64 MiB cannot take the broker thread turn after
-// turn. (The window is long here so that a slow machine cannot end it
-// between the calls.)
+// (its answers still come), its small ones inline as ever: one uid's
+// stream of requests just under the slow lane's 64 MiB cannot take the
+// broker thread turn after turn.
 TEST_F(SlowLaneTest, AUidPastItsInlineShareIsServedOnTheSlowLane) {
   auto backend = std::make_unique<SlowBackend>(absl::Milliseconds(40));
   SlowBackend* slow = backend.get();
   Allocator core(std::move(backend), Limits());
-  absl::StatusOr<std::unique_ptr<Broker>> broker;
-  {
-    Override window(Broker::inline_window, absl::Seconds(30));
-    Override allowed(Broker::inline_allowed, absl::Milliseconds(20));
-    broker = Broker::Start(dir_ / "broker.sock", 0600, &core);
-  }
+  absl::StatusOr<std::unique_ptr<Broker>> broker = StartWithInlineShare(core);
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ / "broker.sock", absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();
@@ -290,12 +293,7 @@ TEST_F(SlowLaneTest, EveryInlineAllocationCountsTowardsItsUidsShare) {
   auto backend = std::make_unique<SlowBackend>(absl::Milliseconds(40), 4096);
   SlowBackend* slow = backend.get();
   Allocator core(std::move(backend), Limits());
-  absl::StatusOr<std::unique_ptr<Broker>> broker;
-  {
-    Override window(Broker::inline_window, absl::Seconds(30));
-    Override allowed(Broker::inline_allowed, absl::Milliseconds(20));
-    broker = Broker::Start(dir_ / "broker.sock", 0600, &core);
-  }
+  absl::StatusOr<std::unique_ptr<Broker>> broker = StartWithInlineShare(core);
   ASSERT_TRUE(broker.ok()) << broker.status();
   absl::StatusOr<BrokerConnection> c = ConnectBroker(dir_ / "broker.sock", absl::Seconds(5));
   ASSERT_TRUE(c.ok()) << c.status();

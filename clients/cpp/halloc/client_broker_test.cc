@@ -298,6 +298,21 @@ TEST(ClientBrokerTest, APageTokenGivenTwiceIsDataLossNotALoop) {
   server->Shutdown();
 }
 
+// Built with ASan or TSan (GCC says so with __SANITIZE_*__, clang with
+// __has_feature), whose allocators a bare fork of a threaded process may
+// find locked for good.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitizedAllocator = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitizedAllocator = true;
+#else
+constexpr bool kSanitizedAllocator = false;
+#endif
+#else
+constexpr bool kSanitizedAllocator = false;
+#endif
+
 // In a child, a Client its parent connected refuses every call: the two
 // would share its socket and take each other's replies. The child is a bare
 // fork of this threaded process (gRPC's threads, the fake broker's): that
@@ -305,13 +320,9 @@ TEST(ClientBrokerTest, APageTokenGivenTwiceIsDataLossNotALoop) {
 // allows after a fork but the sanitizers' allocators do not (a lock another
 // thread held at the fork stays held in the child).
 TEST(ClientBrokerTest, AChildCannotUseItsParentsClient) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
-#endif
-#endif
+  if (kSanitizedAllocator) {
+    GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
+  }
   FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
     if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
   });
@@ -342,13 +353,9 @@ TEST(ClientBrokerTest, AChildCannotUseItsParentsClient) {
 // as the child lived); a child that destroys the Client it inherited ends
 // nothing of its parent's. Bare forks of this threaded process, as above.
 TEST(ClientBrokerTest, DestroyingAClientEndsItsSessionWhateverAChildHolds) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-  GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
-#endif
-#endif
+  if (kSanitizedAllocator) {
+    GTEST_SKIP() << "a forked child of a threaded process may hang in the sanitizer's allocator";
+  }
   FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
     if (req.has_release()) FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
   });
