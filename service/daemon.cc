@@ -31,9 +31,13 @@
 namespace halloc {
 namespace {
 
-// Rules an unprivileged process can match where it may create user
-// namespaces (service/peer_identity.h, SampleExe), said once per load.
+// Exe rules that match nothing as their paths stand, and rules an
+// unprivileged process can match where it may create user namespaces
+// (service/peer_identity.h, SampleExe), said once per load.
 void WarnOfExeOnlyRules(const Policy& policy) {
+  for (const std::string& problem : policy.ExeRuleProblems()) {
+    LOG(WARNING) << "policy: " << problem;
+  }
   const std::vector<std::string> open = policy.ExeRulesOpenToAnyUid();
   if (open.empty() || !UnprivilegedUserNamespaces()) return;
   LOG(WARNING) << "policy: rule(s) " << absl::StrJoin(open, ", ")

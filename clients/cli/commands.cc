@@ -356,6 +356,7 @@ int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
   out << file << ": OK, " << (*p)->rules().size() << " client rules:";
   for (const Rule& r : (*p)->rules()) out << " " << r.name;
   out << "\n";
+  for (const std::string& problem : (*p)->ExeRuleProblems()) err << "note: " << problem << "\n";
   // Said wherever the file is checked: it may be installed elsewhere.
   if (const std::vector<std::string> open = (*p)->ExeRulesOpenToAnyUid(); !open.empty()) {
     err << "note: " << absl::StrJoin(open, ", ")

@@ -39,6 +39,14 @@ TEST(PolicyCheckTest, NamesRulesThatMatchByExecutableAlone) {
   EXPECT_EQ(c.err.find("executable alone"), std::string::npos) << c.err;
 }
 
+TEST(PolicyCheckTest, NotesExeRulesThatMatchNothing) {
+  testing::TempDir dir("policy-check");
+  const Checked c =
+      Check(dir, "clients { name: \"cam\" match { exe: \"/nonexistent/cam\" uids: 1 } }\n");
+  EXPECT_EQ(c.code, kExitOk) << c.err;
+  EXPECT_NE(c.err.find("note: client 'cam': exe '/nonexistent/cam'"), std::string::npos) << c.err;
+}
+
 TEST(PolicyCheckTest, AnInvalidFileIsRefusedWithItsLine) {
   testing::TempDir dir("policy-check");
   const Checked c = Check(dir,

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
@@ -292,6 +294,35 @@ std::vector<std::string> Policy::ExeRulesOpenToAnyUid() const {
     if (!r.exe.empty() && r.uids.empty() && r.gids.empty()) names.push_back(r.name);
   }
   return names;
+}
+
+std::vector<std::string> Policy::ExeRuleProblems() const {
+  std::vector<std::string> problems;
+  for (const Rule& r : rules_) {
+    if (r.exe.empty()) continue;
+    const std::string what = absl::StrCat("client '", Quote(r.name), "': exe '", Quote(r.exe), "'");
+    struct stat st;
+    if (::stat(r.exe.c_str(), &st) != 0) {
+      problems.push_back(absl::StrCat(what, ": ", std::strerror(errno),
+                                      ": it matches nothing until that file exists"));
+      continue;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      problems.push_back(absl::StrCat(what, " is not a regular file: it matches nothing"));
+      continue;
+    }
+    // Only a regular file is opened (never a FIFO or a device).
+    UniqueFd fd(::open(r.exe.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+    char head[2] = {};
+    if (fd && ::read(fd.get(), head, sizeof(head)) == 2 && head[0] == '#' && head[1] == '!') {
+      problems.push_back(absl::StrCat(
+          what,
+          " is a script: a process running it executes its interpreter, which "
+          "/proc/PID/exe names, so it matches nothing; name the interpreter, with uids "
+          "or gids"));
+    }
+  }
+  return problems;
 }
 
 absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path, Writer writer) {

@@ -154,6 +154,12 @@ class Policy {
   // for a binary it can open (service/peer_identity.h, SampleExe), so such
   // a rule holds against no uid there. hallocd warns of them at load.
   std::vector<std::string> ExeRulesOpenToAnyUid() const;
+  // What makes an exe rule match nothing as its path stands now, one line
+  // per such rule: no such file (yet: paths are looked up at each
+  // decision), not a regular file, or a script ("#!": /proc/P/exe names
+  // its interpreter, never the script). Read by hallocd at load (logged)
+  // and by `hallocctl policy check`.
+  std::vector<std::string> ExeRuleProblems() const;
   // Where it came from ("built-in default" or the file path).
   const std::string& source() const { return source_; }
   // SessionLimits as written (0: hallocd's default: kDefaultSessionsPerUid

@@ -14,6 +14,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/usage.h"
@@ -257,6 +258,31 @@ TEST(PolicyTest, NamesTheRulesThatMatchByExecutableAlone) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ((*p)->ExeRulesOpenToAnyUid(), std::vector<std::string>{"cam"});
   EXPECT_TRUE(Policy::Default()->ExeRulesOpenToAnyUid().empty());
+}
+
+// An exe rule whose path is missing, not a regular file, or a script
+// validates (paths are looked up at each decision) but matches nothing as
+// it stands: each is named so that hallocd and `policy check` can say so.
+TEST(PolicyTest, NamesExeRulesThatMatchNothingAsTheirPathsStand) {
+  halloc::testing::TempDir dir("policy-exe");
+  const std::string script = dir / "script.sh";
+  std::ofstream(script) << "#!/bin/sh\necho hi\n";
+  const std::string true_bin = std::filesystem::canonical("/bin/true");
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      absl::StrCat("clients { name: \"dir\" match { exe: \"", dir.path(), "\" uids: 1 } }\n",
+                   "clients { name: \"gone\" match { exe: \"", dir / "nothing", "\" uids: 1 } }\n",
+                   "clients { name: \"sh\" match { exe: \"", script, "\" uids: 1 } }\n",
+                   "clients { name: \"bin\" match { exe: \"", true_bin, "\" uids: 1 } }\n"),
+      "x.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::vector<std::string> problems = (*p)->ExeRuleProblems();
+  ASSERT_EQ(problems.size(), 3u) << absl::StrJoin(problems, "\n");
+  EXPECT_TRUE(absl::StrContains(problems[0], "client 'dir'")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[0], "not a regular file")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[1], "client 'gone'")) << problems[1];
+  EXPECT_TRUE(absl::StrContains(problems[1], "until that file exists")) << problems[1];
+  EXPECT_TRUE(absl::StrContains(problems[2], "client 'sh'")) << problems[2];
+  EXPECT_TRUE(absl::StrContains(problems[2], "is a script")) << problems[2];
 }
 
 TEST(PolicyTest, MissingFileIsNotFound) {
