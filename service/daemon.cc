@@ -34,7 +34,7 @@ namespace {
 // Exe rules that match nothing as their paths stand, and rules an
 // unprivileged process can match where it may create user namespaces
 // (service/peer_identity.h, SampleExe), said once per load.
-void WarnOfExeOnlyRules(const Policy& policy) {
+void WarnOfExeRules(const Policy& policy) {
   for (const std::string& problem : policy.ExeRuleProblems()) {
     LOG(WARNING) << "policy: " << problem;
   }
@@ -61,7 +61,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   }
   LOG(INFO) << "policy: " << policy->source() << " (" << policy->rules().size()
             << " client rules)";
-  WarnOfExeOnlyRules(*policy);
+  WarnOfExeRules(*policy);
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->control_peers_ = std::make_shared<ControlPeers>();
@@ -198,7 +198,7 @@ absl::Status Daemon::ReloadPolicy() {
   }
   LOG(INFO) << "policy reloaded from " << (*p)->source() << " ("
             << (*p)->rules().size() << " client rules)";
-  WarnOfExeOnlyRules(**p);
+  WarnOfExeRules(**p);
   core_->SetPolicy(*std::move(p));
   return absl::OkStatus();
 }

@@ -53,6 +53,17 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred) {
   return ChargedPeer{std::move(pidfd), *charged, start};
 }
 
+namespace {
+
+// hallocd's own user namespace, read once (a process with threads cannot
+// unshare another).
+const std::optional<FileId>& OwnUserNamespace() {
+  static const std::optional<FileId> ours = FileIdOf("/proc/self/ns/user");
+  return ours;
+}
+
+}  // namespace
+
 ExeSample SampleExe(int pidfd, pid_t pid) {
   ExeSample s;
   const std::string link = absl::StrCat("/proc/", pid, "/exe");
@@ -68,9 +79,8 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   // (unshare), so one seen in it now was in it when its exe was read. (Its
   // exe may still have been set by a CLONE_VM sibling that left: see the
   // header.)
-  static const std::optional<FileId> our_user_ns = FileIdOf("/proc/self/ns/user");
   const std::optional<FileId> user_ns = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
-  if (!our_user_ns || user_ns != our_user_ns) return s;
+  if (!OwnUserNamespace() || user_ns != OwnUserNamespace()) return s;
   if (!StillRunning(pidfd)) return s;  // exited: cannot vouch for it
   s.file = file;
   return s;
@@ -88,7 +98,7 @@ bool UnprivilegedUserNamespaces() {
 }
 
 absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
-  static const std::optional<FileId> ours = FileIdOf("/proc/self/ns/user");
+  const std::optional<FileId>& ours = OwnUserNamespace();
   static const uid_t self = ::getuid();
   // Out of fds or memory, nothing can be told: not charged as itself.
   const auto cannot_look = [pid](int err) -> absl::StatusOr<uid_t> {
