@@ -31,10 +31,14 @@
 namespace halloc {
 namespace {
 
-// Exe rules that match nothing as their paths stand, and rules an
-// unprivileged process can match where it may create user namespaces
-// (service/peer_identity.h, SampleExe), said once per load.
-void WarnOfExeRules(const Policy& policy) {
+// Rules that validate but that `backend` cannot serve, exe rules that
+// match nothing as their paths stand, and rules an unprivileged process
+// can match where it may create user namespaces (service/peer_identity.h,
+// SampleExe), said once per load.
+void WarnOfRules(const Policy& policy, const Backend& backend) {
+  for (const std::string& problem : policy.BackendProblems(backend)) {
+    LOG(WARNING) << "policy: " << problem;
+  }
   for (const std::string& problem : policy.ExeRuleProblems()) {
     LOG(WARNING) << "policy: " << problem;
   }
@@ -61,7 +65,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   }
   LOG(INFO) << "policy: " << policy->source() << " (" << policy->rules().size()
             << " client rules)";
-  WarnOfExeRules(*policy);
+  WarnOfRules(*policy, *backend);
   d->core_ = std::make_unique<Allocator>(std::move(backend), d->options_.limits,
                                          std::move(policy));
   d->control_peers_ = std::make_shared<ControlPeers>();
@@ -198,7 +202,7 @@ absl::Status Daemon::ReloadPolicy() {
   }
   LOG(INFO) << "policy reloaded from " << (*p)->source() << " ("
             << (*p)->rules().size() << " client rules)";
-  WarnOfExeRules(**p);
+  WarnOfRules(**p, core_->backend());
   core_->SetPolicy(*std::move(p));
   return absl::OkStatus();
 }

@@ -325,6 +325,40 @@ std::vector<std::string> Policy::ExeRuleProblems() const {
   return problems;
 }
 
+std::vector<std::string> Policy::BackendProblems(const Backend& backend) const {
+  std::vector<std::string> problems;
+  for (const Rule& r : rules_) {
+    const std::string what = absl::StrCat("client '", Quote(r.name), "'");
+    // An empty list is a rule made to receive only; one naming other heaps
+    // was written for another hallocd.
+    if (!r.heaps.empty() && !r.AllowsHeap(backend.name())) {
+      problems.push_back(absl::StrCat(what, ": heaps [", Quote(absl::StrJoin(r.heaps, ", ")),
+                                      "] do not name backend '", backend.name(),
+                                      "' hallocd runs: every Allocate it makes is denied"));
+    }
+    bool enforceable = false;
+    for (CpuAccess a : {CpuAccess::kNone, CpuAccess::kRead, CpuAccess::kReadWrite}) {
+      if (!Wider(a, r.max_cpu) && backend.CanEnforce(a)) enforceable = true;
+    }
+    if (!enforceable) {
+      problems.push_back(absl::StrCat(
+          what, ": backend '", backend.name(), "' cannot enforce max_cpu_access ",
+          CpuAccessName(r.max_cpu),
+          " nor anything narrower: its Allocates and shares to it fail FAILED_PRECONDITION"));
+    }
+    const bool limits_attach =
+        std::find(r.attach_devices.begin(), r.attach_devices.end(), "*") == r.attach_devices.end();
+    if (limits_attach && !backend.CanLimitAttach()) {
+      problems.push_back(absl::StrCat(what, ": backend '", backend.name(),
+                                      "' cannot limit which devices attach a buffer (",
+                                      r.attach_devices.empty() ? "no attach_devices: no device may"
+                                                               : "attach_devices without \"*\"",
+                                      "): its Allocates and imports fail FAILED_PRECONDITION"));
+    }
+  }
+  return problems;
+}
+
 absl::StatusOr<std::shared_ptr<const Policy>> Policy::Load(const std::string& path, Writer writer) {
   const std::string shown = Quote(path);
   // Found first without opening it (O_PATH): opening a device can act (a

@@ -160,6 +160,14 @@ class Policy {
   // its interpreter, never the script). Read by hallocd at load (logged)
   // and by `hallocctl policy check`.
   std::vector<std::string> ExeRuleProblems() const;
+  // What `backend` cannot do that a rule asks of it, one line per rule: no
+  // heap of the rule is this backend (so it allocates nothing here), its
+  // max_cpu_access and every narrower right unenforceable, or an
+  // attach_devices list and a backend that cannot limit attaching. Such a
+  // rule validates, but each Allocate it decides (and each share to or
+  // import by its clients, for the last two) fails FAILED_PRECONDITION or
+  // PERMISSION_DENIED. Logged by hallocd at load and reload.
+  std::vector<std::string> BackendProblems(const Backend& backend) const;
   // Where it came from ("built-in default" or the file path).
   const std::string& source() const { return source_; }
   // SessionLimits as written (0: hallocd's default: kDefaultSessionsPerUid

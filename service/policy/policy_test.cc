@@ -419,6 +419,84 @@ TEST(PolicyTest, HeapsAreHeapsNotBackends) {
   EXPECT_FALSE((*p)->rules()[0].AllowsHeap(HeapOfBackend("memfd")));
 }
 
+// A backend that only answers what it can enforce.
+class Abilities final : public Backend {
+ public:
+  Abilities(std::string name, std::vector<CpuAccess> enforces, bool limits_attach)
+      : name_(std::move(name)), enforces_(std::move(enforces)), limits_attach_(limits_attach) {}
+  absl::string_view name() const override { return name_; }
+  bool MakesDmaBufs() const override { return false; }
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest&) override {
+    return absl::UnimplementedError("not here");
+  }
+  bool CanEnforce(CpuAccess access) const override {
+    return std::find(enforces_.begin(), enforces_.end(), access) != enforces_.end();
+  }
+  bool CanLimitAttach() const override { return limits_attach_; }
+  absl::StatusOr<UniqueFd> OpenView(const UniqueFd&, const ViewRights&) override {
+    return absl::UnimplementedError("not here");
+  }
+
+ private:
+  std::string name_;
+  std::vector<CpuAccess> enforces_;
+  bool limits_attach_;
+};
+
+// Rules that validate but whose every Allocate the backend hallocd runs
+// would refuse are named, each for its reason; the rest are not.
+TEST(PolicyTest, NamesRulesTheBackendCannotServe) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"fine\" match { uids: 1 } heaps: \"memfd\" max_cpu_access: CPU_ACCESS_READ "
+      "attach_devices: \"*\" }\n"
+      "clients { name: \"receiver\" match { uids: 2 } max_cpu_access: CPU_ACCESS_READ_WRITE "
+      "attach_devices: \"*\" }\n"
+      "clients { name: \"elsewhere\" match { uids: 3 } heaps: \"dmaheap\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: \"*\" }\n"
+      "clients { name: \"blind\" match { uids: 4 } heaps: \"*\" attach_devices: \"*\" }\n"
+      "clients { name: \"vgem_only\" match { uids: 5 } heaps: \"*\" max_cpu_access: "
+      "CPU_ACCESS_READ_WRITE "
+      "attach_devices: \"vgem\" }\n"
+      "clients { name: \"no_device\" match { uids: 6 } heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n",
+      "b.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  // memfd as it is without /dev/udmabuf: read-only views, no CPU-less ones,
+  // and no device can attach at all.
+  Abilities memfd("memfd", {CpuAccess::kRead, CpuAccess::kReadWrite}, true);
+  std::vector<std::string> problems = (*p)->BackendProblems(memfd);
+  ASSERT_EQ(problems.size(), 2u) << absl::StrJoin(problems, "\n");
+  EXPECT_TRUE(absl::StrContains(problems[0],
+                                "client 'elsewhere': heaps [dmaheap] do not name "
+                                "backend 'memfd'"))
+      << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[1],
+                                "client 'blind': backend 'memfd' cannot enforce "
+                                "max_cpu_access none"))
+      << problems[1];
+  // A plain dma-buf: read-write only, any device attaches.
+  Abilities dmaheap("dmaheap", {CpuAccess::kReadWrite}, false);
+  problems = (*p)->BackendProblems(dmaheap);
+  ASSERT_EQ(problems.size(), 5u) << absl::StrJoin(problems, "\n");
+  EXPECT_TRUE(absl::StrContains(problems[0], "client 'fine': heaps [memfd]")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[1],
+                                "client 'fine': backend 'dmaheap' cannot enforce "
+                                "max_cpu_access read nor anything narrower"))
+      << problems[1];
+  EXPECT_TRUE(absl::StrContains(problems[2], "client 'blind': backend 'dmaheap' cannot enforce"))
+      << problems[2];
+  EXPECT_TRUE(absl::StrContains(problems[3],
+                                "client 'vgem_only': backend 'dmaheap' cannot limit "
+                                "which devices attach a buffer (attach_devices"))
+      << problems[3];
+  EXPECT_TRUE(absl::StrContains(problems[4],
+                                "client 'no_device': backend 'dmaheap' cannot limit "
+                                "which devices attach a buffer (no attach_devices"))
+      << problems[4];
+  // The built-in default asks nothing of a backend.
+  EXPECT_TRUE(Policy::Default()->BackendProblems(dmaheap).empty());
+}
+
 TEST(PolicyTest, SessionLimitsAreRead) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       "clients { name: \"a\" match { any: true } }\n"
