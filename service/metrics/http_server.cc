@@ -126,15 +126,21 @@ struct MetricsServer::Deadlines {
   // Connections at once per uid of the process at the other end
   // (LoopbackPeerUid): every local user may connect from any of
   // 127.0.0.0/8, so a limit per address bounds no one (five addresses'
-  // worth of held connections kept every scrape out). One whose uid cannot
-  // be told (its peer already closed) is let through uncounted, to end.
+  // worth of held connections kept every scrape out). One whose peer
+  // already closed is let through uncounted, to end; one whose uid cannot
+  // be told otherwise counts as kUnknownOwner's.
   static constexpr int kPerUid = 4;
+  // Whom a connection counts for when the kernel cannot say whose it is:
+  // no uid of a process (the kernel's own "no uid"), one of the others
+  // when the scraper's uids are known.
+  static constexpr uid_t kUnknownOwner = static_cast<uid_t>(-1);
 
   Deadlines(const Render* render, const Options& options)
       : render(render),
         deadline(options.request_deadline),
         render_interval(options.render_interval),
-        scrapers(options.scraper_uids.begin(), options.scraper_uids.end()) {}
+        scrapers(options.scraper_uids.begin(), options.scraper_uids.end()),
+        peer_uid(options.peer_uid) {}
 
   // Whether a connection of `uid` may take another slot: 4 per uid, and
   // when the scraper's uids are known, kOthers for all the other uids.
@@ -151,6 +157,12 @@ struct MetricsServer::Deadlines {
   const absl::Duration deadline;
   const absl::Duration render_interval;
   const absl::flat_hash_set<uid_t> scrapers;
+  const PeerUidLookup peer_uid;
+  // Whether peer_uid named this process's own connection at Start: only
+  // then is its NOT_FOUND taken to mean that the peer is gone (the kernel
+  // answers ENOENT for a socket it has not, and for every socket where it
+  // has no inet_diag).
+  bool lookup_works = false;  // set before the server starts
   absl::Mutex render_mu;
   std::string rendered ABSL_GUARDED_BY(render_mu);
   absl::Time rendered_at ABSL_GUARDED_BY(render_mu) = absl::InfinitePast();
@@ -224,7 +236,18 @@ struct MetricsServer::Deadlines {
       return;
     }
     Open o{std::move(dup), MonotonicNow()};
-    if (absl::StatusOr<uid_t> uid = LoopbackPeerUid(o.socket.get()); uid.ok()) {
+    absl::StatusOr<uid_t> uid = self->peer_uid(o.socket.get());
+    if (!uid.ok() && !(absl::IsNotFound(uid.status()) && self->lookup_works)) {
+      // Counted all the same, as nobody's in particular: a limit that
+      // lapsed whenever the kernel could not be asked would hold no one.
+      if (uint64_t dropped; self->lookup_works && Limiter().Allow("metrics-http", &dropped)) {
+        LOG(WARNING) << "metrics endpoint: cannot tell whose a connection is ("
+                     << LogSafe(uid.status().message()) << "); counted as an unknown uid's"
+                     << LogLimiter::Dropped(dropped);
+      }
+      uid = kUnknownOwner;
+    }
+    if (uid.ok()) {
       if (!self->RoomFor(*uid)) {
         // Ended at once: libmicrohttpd sees it close and forgets it.
         ::shutdown(o.socket.get(), SHUT_RDWR);
@@ -242,12 +265,6 @@ struct MetricsServer::Deadlines {
         ++self->per_uid[*uid];
         if (self->IsOther(*uid)) ++self->others;
         o.counted = *uid;
-      }
-    } else if (!absl::IsNotFound(uid.status())) {
-      if (uint64_t dropped; Limiter().Allow("metrics-http", &dropped)) {
-        LOG(WARNING) << "metrics endpoint: cannot tell whose a connection is ("
-                     << LogSafe(uid.status().message()) << "); not counted per uid"
-                     << LogLimiter::Dropped(dropped);
       }
     }
     self->open[connection] = std::move(o);
@@ -326,6 +343,17 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer(std::move(render), options));
   Deadlines* deadlines = server->deadlines_.get();
+  if (absl::Status lookup = CheckLoopbackPeerLookup(addr.ss_family, options.peer_uid);
+      !lookup.ok()) {
+    LOG(ERROR) << "metrics endpoint: cannot tell which uid's process is at the other end of a "
+                  "connection here ("
+               << LogSafe(lookup.message())
+               << "), so all connections count as one unknown uid's: 4 at once, the scraper's "
+                  "included. hallocd needs AF_NETLINK (RestrictAddressFamilies=) and the "
+                  "kernel's inet_diag and tcp_diag modules";
+  } else {
+    deadlines->lookup_works = true;
+  }
   // One option and its values per line.
   // clang-format off
   server->daemon_ = MHD_start_daemon(

@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "service/metrics/loopback_peer.h"
 
 struct MHD_Daemon;
 struct MHD_Connection;
@@ -55,6 +56,12 @@ class MetricsServer {
     // subordinate uids (newuidmap: 65,536 on a Debian login) connects as
     // that many uids, and 4 each from five of them held every slot.
     std::vector<uid_t> scraper_uids;
+    // Whose process is at the other end of a connection (tests stand in).
+    // Checked at Start (CheckLoopbackPeerLookup): where it cannot tell, an
+    // error is logged and every connection counts as one unknown uid's
+    // (4 slots for all of them) rather than as no one's: the limits fail
+    // closed.
+    PeerUidLookup peer_uid = LoopbackPeerUid;
   };
   // Slots (of libmicrohttpd's 16) that connections from uids other than
   // Options::scraper_uids share, when those are given.

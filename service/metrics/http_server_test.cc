@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -209,6 +210,56 @@ TEST(MetricsServerTest, RequestsThatNeverEndAreCutAtTheirDeadline) {
   const std::vector<std::string> lines = log.lines();
   EXPECT_GE(lines.size(), 1u) << "libmicrohttpd's lines did not reach hallocd's log";
   EXPECT_LE(lines.size(), 5u) << "not rate-limited";
+}
+
+// Where the kernel cannot say whose a connection is (no AF_NETLINK under
+// the unit's RestrictAddressFamilies=, no inet_diag module: every lookup
+// then fails, or answers ENOENT as for a peer that is gone), the per-uid
+// limit held no one: every connection went uncounted. It is said at
+// start, and they all count as one unknown uid's instead.
+TEST(MetricsServerTest, ConnectionsNoOneCanTellTheUidOfCountAsOneUnknownUids) {
+  for (const absl::Status& answer :
+       {absl::PermissionDeniedError("socket(NETLINK_SOCK_DIAG): refused for the test"),
+        absl::NotFoundError("no inet_diag here, for the test")}) {
+    SCOPED_TRACE(answer.ToString());
+    LogLines log("metrics endpoint: ");
+    MetricsServer::Options options;
+    options.peer_uid = [answer](int) -> absl::StatusOr<uid_t> { return answer; };
+    absl::StatusOr<std::unique_ptr<MetricsServer>> s = MetricsServer::Start(
+        "127.0.0.1:0", [] { return std::string("x 1\n"); }, options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    const std::vector<std::string> lines = log.lines();
+    ASSERT_EQ(lines.size(), 1u);
+    EXPECT_TRUE(absl::StrContains(lines[0], "all connections count as one unknown uid's"))
+        << lines[0];
+    EXPECT_TRUE(absl::StrContains(lines[0], answer.message())) << lines[0];
+    std::vector<int> held;
+    for (int i = 0; i < 8; ++i) {
+      const int fd = Trickle((*s)->port(), "GET /metr");
+      ASSERT_GE(fd, 0);
+      held.push_back(fd);
+    }
+    // Those past the 4 are ended at once (well within the 10 s deadline);
+    // then a moment more, for any beyond them.
+    std::vector<pollfd> p;
+    for (int fd : held) p.push_back({fd, POLLIN, 0});
+    int ended = 0;
+    const absl::Time give_up = absl::Now() + absl::Seconds(3);
+    for (absl::Time until = give_up; absl::Now() < until;) {
+      const int left_ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(until - absl::Now()));
+      if (::poll(p.data(), p.size(), left_ms) <= 0) break;
+      for (pollfd& one : p) {
+        char c;
+        if (one.fd >= 0 && one.revents != 0 && ::read(one.fd, &c, 1) <= 0) {
+          ++ended;
+          one.fd = -1;
+        }
+      }
+      if (ended >= 4) until = std::min(give_up, absl::Now() + absl::Milliseconds(200));
+    }
+    for (int fd : held) ::close(fd);
+    EXPECT_EQ(ended, 4) << "connections of no known uid were not held to one uid's 4";
+  }
 }
 
 // A child process as `uid` holding `n` connections to 127.0.0.1:`port`,

@@ -92,4 +92,42 @@ absl::StatusOr<uid_t> LoopbackPeerUid(int fd) {
   return absl::InternalError("sock_diag: no answer");
 }
 
+absl::Status CheckLoopbackPeerLookup(int family, const PeerUidLookup& lookup) {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  if (family == AF_INET) {
+    auto& in4 = reinterpret_cast<sockaddr_in&>(addr);
+    in4.sin_family = AF_INET;
+    in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    len = sizeof(in4);
+  } else if (family == AF_INET6) {
+    auto& in6 = reinterpret_cast<sockaddr_in6&>(addr);
+    in6.sin6_family = AF_INET6;
+    in6.sin6_addr = in6addr_loopback;
+    len = sizeof(in6);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("address family ", family, " is not TCP's"));
+  }
+  UniqueFd listener(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener) return ErrnoStatus(errno, "socket");
+  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+      ::listen(listener.get(), 1) != 0 ||
+      ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return ErrnoStatus(errno, "a loopback listener");
+  }
+  UniqueFd mine(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!mine || ::connect(mine.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    return ErrnoStatus(errno, "connecting to a loopback listener");
+  }
+  UniqueFd accepted(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!accepted) return ErrnoStatus(errno, "accept4");
+  absl::StatusOr<uid_t> uid = lookup(accepted.get());
+  if (!uid.ok()) return uid.status();
+  if (*uid != ::geteuid()) {
+    return absl::InternalError(absl::StrCat("a connection of this process's (uid ", ::geteuid(),
+                                            ") was named uid ", *uid, "'s"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace halloc

@@ -10,6 +10,9 @@
 
 #include <sys/types.h>
 
+#include <functional>
+
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace halloc {
@@ -19,6 +22,18 @@ namespace halloc {
 // socket is gone (the peer closed it; a socket in TIME_WAIT has no owner),
 // the errno's status when the kernel cannot be asked.
 absl::StatusOr<uid_t> LoopbackPeerUid(int fd);
+
+// LoopbackPeerUid, or a stand-in (tests).
+using PeerUidLookup = std::function<absl::StatusOr<uid_t>(int fd)>;
+
+// Whether `lookup` can tell whose a loopback TCP connection of `family`
+// (AF_INET, AF_INET6) is here: one this process makes to a listener of its
+// own must be named as this process's (effective) uid. The error says why
+// not: the kernel cannot be asked (a socket(AF_NETLINK) that systemd's
+// RestrictAddressFamilies= refuses), or answers every lookup ENOENT, as
+// for a socket that is gone (no inet_diag/tcp_diag module, and no loading
+// one).
+absl::Status CheckLoopbackPeerLookup(int family, const PeerUidLookup& lookup);
 
 }  // namespace halloc
 

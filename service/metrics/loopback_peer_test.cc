@@ -122,5 +122,19 @@ TEST(LoopbackPeerTest, APeerThatClosedIsNotFoundNotRoot) {
       << (uid.ok() ? absl::StrCat("uid ", *uid) : uid.status().ToString());
 }
 
+// hallocd checks at start that the kernel can be asked: a lookup that
+// fails, or names another uid, is not taken.
+TEST(LoopbackPeerTest, TheCheckTakesOnlyALookupThatNamesThisProcess) {
+  EXPECT_TRUE(CheckLoopbackPeerLookup(AF_INET, LoopbackPeerUid).ok());
+  const absl::Status refused = CheckLoopbackPeerLookup(
+      AF_INET, [](int) -> absl::StatusOr<uid_t> { return absl::NotFoundError("no inet_diag"); });
+  EXPECT_EQ(refused.code(), absl::StatusCode::kNotFound) << refused;
+  const absl::Status other = CheckLoopbackPeerLookup(
+      AF_INET, [](int) -> absl::StatusOr<uid_t> { return ::geteuid() + 1; });
+  EXPECT_FALSE(other.ok());
+  EXPECT_EQ(CheckLoopbackPeerLookup(AF_UNIX, LoopbackPeerUid).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace halloc
