@@ -1,9 +1,12 @@
 // LatencyHistogram: fixed buckets of durations, recorded without a lock on
-// the request path (one relaxed atomic add per bucket, count and sum), read
-// as a halloc.v1.Histogram for Stats and the Prometheus exposition.
+// the request path (one relaxed atomic add to its bucket and one to the
+// sum), read as a halloc.v1.Histogram for Stats and the Prometheus
+// exposition.
 //
-// Thread-safe. A read concurrent with records may see a record in `count`
-// and not yet in its bucket; each field is exact on its own.
+// Thread-safe. `count` is the sum of the buckets as read, so the +Inf
+// bucket always equals it (Prometheus takes a _count above +Inf for a
+// broken histogram); a read concurrent with records may see a record in
+// its bucket and not yet in `sum`.
 #ifndef HALLOC_SERVICE_METRICS_HISTOGRAM_H_
 #define HALLOC_SERVICE_METRICS_HISTOGRAM_H_
 
@@ -29,7 +32,6 @@ class LatencyHistogram {
 
  private:
   std::array<std::atomic<uint64_t>, kBounds.size() + 1> counts_{};
-  std::atomic<uint64_t> count_{0};
   std::atomic<uint64_t> sum_ns_{0};
 };
 

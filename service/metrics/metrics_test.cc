@@ -1,4 +1,7 @@
+#include <atomic>
+#include <cstdint>
 #include <string>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
@@ -58,6 +61,26 @@ v1::StatsResponse Sample() {
   *s.mutable_allocate_latency() = h.Read();
   s.set_policy_source("/etc/halloc/policy.textproto");
   return s;
+}
+
+// A scrape while allocations are recorded: the count is never more than
+// the buckets hold (Prometheus's +Inf bucket must equal _count).
+TEST(LatencyHistogramTest, AReadDuringRecordsCountsWhatItsBucketsHold) {
+  LatencyHistogram h;
+  std::atomic<bool> stop{false};
+  std::thread recorder([&] {
+    while (!stop.load(std::memory_order_relaxed)) h.Record(absl::Microseconds(30));
+  });
+  int mismatched = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const v1::Histogram read = h.Read();
+    uint64_t in_buckets = 0;
+    for (uint64_t n : read.counts()) in_buckets += n;
+    if (read.count() != in_buckets) ++mismatched;
+  }
+  stop = true;
+  recorder.join();
+  EXPECT_EQ(mismatched, 0) << "of 20000 reads";
 }
 
 TEST(PrometheusTest, RendersGaugesCountersLabelsAndACumulativeHistogram) {
