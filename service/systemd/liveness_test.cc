@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "clients/cpp/halloc/base/held_listener_testing.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -48,56 +49,7 @@ class Serving final : public grpc::health::v1::Health::Service {
   const bool serving_;
 };
 
-// A listener with a backlog of one, that starts accepting only when told
-// (Open) and hands each connection to `serve`.
-class Listener {
- public:
-  Listener(const std::string& path, int type, std::function<void(UniqueFd)> serve)
-      : serve_(std::move(serve)) {
-    absl::StatusOr<sockaddr_un> addr = UnixAddress(path);
-    EXPECT_TRUE(addr.ok());
-    fd_.reset(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-    EXPECT_EQ(::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
-    EXPECT_EQ(::listen(fd_.get(), 0), 0);  // room for one waiting connection
-    path_ = path;
-    type_ = type;
-  }
-  ~Listener() {
-    ::shutdown(fd_.get(), SHUT_RDWR);
-    if (thread_.joinable()) thread_.join();
-  }
-  // Takes the backlog's one place with a connection of its own; true when
-  // the next non-blocking connect then fails EAGAIN (the backlog is full).
-  bool Fill() {
-    absl::StatusOr<sockaddr_un> addr = UnixAddress(path_);
-    filler_.reset(::socket(AF_UNIX, type_ | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (::connect(filler_.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
-      return false;
-    }
-    UniqueFd next(::socket(AF_UNIX, type_ | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    return ::connect(next.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0 &&
-           errno == EAGAIN;
-  }
-  // Accepts from now on (after `delay`).
-  void Open(absl::Duration delay = absl::ZeroDuration()) {
-    thread_ = std::thread([this, delay] {
-      absl::SleepFor(delay);
-      for (;;) {
-        UniqueFd conn(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-        if (!conn) return;  // shut down
-        serve_(std::move(conn));
-      }
-    });
-  }
-
- private:
-  std::function<void(UniqueFd)> serve_;
-  UniqueFd fd_;
-  UniqueFd filler_;
-  std::string path_;
-  int type_ = 0;
-  std::thread thread_;
-};
+using testing::HeldListener;
 
 class LivenessTest : public ::testing::Test {
  protected:
@@ -107,14 +59,15 @@ class LivenessTest : public ::testing::Test {
     builder.RegisterService(service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
-    broker_ = std::make_unique<Listener>(dir_ / "broker.sock", SOCK_SEQPACKET, [this](UniqueFd c) {
-      (void)SendRecord(c.get(), "hello", {}, false);
-      absl::MutexLock lock(&mu_);
-      greeted_.push_back(std::move(c));
-    });
-    control_ = std::make_unique<Listener>(dir_ / "control.sock", SOCK_STREAM, [this](UniqueFd c) {
-      grpc::AddInsecureChannelFromFd(server_.get(), c.release());
-    });
+    broker_ =
+        std::make_unique<HeldListener>(dir_ / "broker.sock", SOCK_SEQPACKET, [this](UniqueFd c) {
+          (void)SendRecord(c.get(), "hello", {}, false);
+          absl::MutexLock lock(&mu_);
+          greeted_.push_back(std::move(c));
+        });
+    control_ = std::make_unique<HeldListener>(
+        dir_ / "control.sock", SOCK_STREAM,
+        [this](UniqueFd c) { grpc::AddInsecureChannelFromFd(server_.get(), c.release()); });
   }
   void TearDown() override {
     broker_.reset();
@@ -129,8 +82,8 @@ class LivenessTest : public ::testing::Test {
   testing::TempDir dir_{"liveness-test"};
   std::unique_ptr<Serving> service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<Listener> broker_;
-  std::unique_ptr<Listener> control_;
+  std::unique_ptr<HeldListener> broker_;
+  std::unique_ptr<HeldListener> control_;
   absl::Mutex mu_;
   std::vector<UniqueFd> greeted_ ABSL_GUARDED_BY(mu_);
 };

@@ -67,7 +67,15 @@ absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
     if (broker_path.empty()) broker_path = absl::StrCat(dir, "/", kBrokerSocketFile);
   }
   ASSIGN_OR_RETURN(BrokerConnection conn, ConnectBroker(broker_path, options.timeout));
+  // Calls wait for the channel (ClientContext::set_wait_for_ready, Impl::
+  // Context) and a failed connect is tried again soon: any local user can
+  // keep the control socket's backlog full for a while (gRPC's connect is
+  // non-blocking: EAGAIN at once), and with gRPC's defaults (1 s, growing
+  // to 120 s) a client kept out for a minute stayed out for minutes more.
   grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),
                                            grpc::InsecureChannelCredentials(), args);
   return Client(std::make_unique<Impl>(std::move(conn), std::move(channel), options));

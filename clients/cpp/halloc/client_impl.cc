@@ -54,6 +54,9 @@ std::unique_ptr<grpc::ClientContext> Client::Impl::Context() const {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->AddMetadata(kSessionMetadataKey, welcome_.session_token());
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  // Through a connect that fails for a while (a full backlog, hallocd
+  // restarting), up to the deadline, rather than UNAVAILABLE at once.
+  ctx->set_wait_for_ready(true);
   return ctx;
 }
 

@@ -170,7 +170,10 @@ class Connection:
             # gRPC turns an infinite (or astronomically long) timeout into a
             # deadline already past: beyond ~3 years, none at all.
             timeout = self._timeout if self._timeout <= _MAX_GRPC_TIMEOUT else None
-            return method(req, timeout=timeout, metadata=self._metadata)
+            # Through a connect that fails for a while (a backlog another
+            # process keeps full, hallocd restarting), up to the deadline,
+            # rather than UNAVAILABLE at once (as libhalloc).
+            return method(req, timeout=timeout, metadata=self._metadata, wait_for_ready=True)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e, name) from None
 

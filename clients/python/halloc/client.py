@@ -202,6 +202,16 @@ class Buffer:
                 f"cpu={CpuAccess.Name(self.cpu_access)} fd={self._fd!r}>")
 
 
+# A failed connect is tried again soon (gRPC's own backoff starts at 1 s
+# and grows to 120 s): any local user can keep the control socket's
+# backlog full for a while, and calls wait for the channel (as libhalloc's).
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class Client:
     """One session with hallocd. Use Client.connect(); close() ends it."""
 
@@ -221,8 +231,8 @@ class Client:
         """
         control, broker = _socket_paths(control_socket, broker_socket)
         conn = _broker.connect_broker(broker, timeout)
-        return cls(conn, grpc.insecure_channel(f"unix:{control}"), timeout,
-                   broker_fast_path)
+        return cls(conn, grpc.insecure_channel(f"unix:{control}", options=_CHANNEL_OPTIONS),
+                   timeout, broker_fast_path)
 
     def __init__(self, conn, channel, timeout, broker_fast_path):
         self._conn = _connection.Connection(conn, channel, timeout)

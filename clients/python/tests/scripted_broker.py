@@ -9,6 +9,7 @@ import grpc
 
 import halloc
 from halloc import _broker
+from halloc import client as client_module
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -28,7 +29,7 @@ class ScriptedBroker:
     """A Client on one end of a socket pair; `answer(sock, request)` on the
     other, on its own thread."""
 
-    def __init__(self, answer, timeout):
+    def __init__(self, answer, timeout, control="/nonexistent"):
         import socket
         from halloc.v1 import broker_pb2
         self._broker_pb2 = broker_pb2
@@ -38,8 +39,9 @@ class ScriptedBroker:
                                         broker_pb2.Welcome(session_id=1, session_token="t",
                                                            import_references=True,
                                                            hold_generations=True))
-        self.client = halloc.Client(conn, grpc.insecure_channel("unix:/nonexistent"),
-                                    timeout, True)
+        self.client = halloc.Client(
+            conn, grpc.insecure_channel(f"unix:{control}", options=client_module._CHANNEL_OPTIONS),
+            timeout, True)
         self._answer = answer
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()

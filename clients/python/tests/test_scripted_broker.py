@@ -291,6 +291,52 @@ def test_connecting_to_a_full_backlog_times_out(tmp_path):
     assert outcome[0][1] < 3, outcome
 
 
+def test_a_grpc_call_waits_for_room_in_a_full_control_backlog(tmp_path):
+    # Any local user can keep the control socket's backlog full (connecting
+    # and closing in a loop); gRPC's connect is non-blocking and failed at
+    # once, so Stats was UNAVAILABLE within milliseconds. It waits now, up
+    # to its deadline. (As libhalloc's AGrpcCallWaitsForRoomInAFullBacklog.)
+    import socket
+    from concurrent import futures
+    from halloc.v1 import allocator_pb2, allocator_pb2_grpc
+    path = str(tmp_path / "control.sock")
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    held.bind(path)
+    held.listen(0)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    filler.connect(path)  # the backlog's one place
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        probe.connect(path)  # full: the test shows something
+    probe.close()
+
+    class SevenLive(allocator_pb2_grpc.AllocatorServicer):
+        def Stats(self, request, context):
+            return allocator_pb2.StatsResponse(live_buffers=7)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    allocator_pb2_grpc.add_AllocatorServicer_to_server(SevenLive(), server)
+
+    def serve_later():
+        time.sleep(0.5)
+        held.close()
+        filler.close()
+        os.unlink(path)
+        server.add_insecure_port(f"unix:{path}")
+        server.start()
+
+    broker = ScriptedBroker(lambda sock, req: None, timeout=10.0, control=path)
+    later = threading.Thread(target=serve_later)
+    later.start()
+    try:
+        assert broker.client.stats().live_buffers == 7
+    finally:
+        later.join()
+        broker.close()
+        server.stop(None)
+
+
 def test_a_reply_too_large_for_a_record_is_asked_for_over_grpc(monkeypatch):
     # hallocd could not fit a Describe's reply in one broker record (an
     # owner's BufferInfo listing thousands of holders): RESOURCE_EXHAUSTED

@@ -1,0 +1,60 @@
+// libhalloc's gRPC calls against a control socket whose backlog other
+// processes keep full: any local user can (connecting and closing in a
+// loop faster than hallocd accepts), and gRPC's connect is non-blocking,
+// so it fails at once. A call waits for room, up to its deadline.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/server_posix.h>
+#include <sys/socket.h>
+
+#include <memory>
+
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/held_listener_testing.h"
+#include "clients/cpp/halloc/client.h"
+#include "clients/cpp/halloc/fake_broker.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+
+namespace halloc {
+namespace {
+
+using testing::FakeBroker;
+using testing::HeldListener;
+
+// The one call the test makes: Stats, 7 live buffers.
+class SevenLive final : public v1::Allocator::Service {
+ public:
+  grpc::Status Stats(grpc::ServerContext*, const v1::StatsRequest*,
+                     v1::StatsResponse* resp) override {
+    resp->set_live_buffers(7);
+    return grpc::Status::OK;
+  }
+};
+
+// Before, Stats failed UNAVAILABLE within milliseconds of the first
+// connect's EAGAIN, and the channel then waited out gRPC's backoff.
+TEST(ClientControlTest, AGrpcCallWaitsForRoomInAFullBacklog) {
+  FakeBroker broker([](int, const v1::BrokerRequest&) {});
+  SevenLive service;
+  grpc::ServerBuilder builder;
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  {
+    HeldListener control(broker.control_socket(), SOCK_STREAM, [&server](UniqueFd c) {
+      grpc::AddInsecureChannelFromFd(server.get(), c.release());
+    });
+    ASSERT_TRUE(control.Fill()) << "the backlog did not fill: the test shows nothing";
+    absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(10)));
+    ASSERT_TRUE(c.ok()) << c.status();
+    control.Open(absl::Milliseconds(500));
+    const absl::Time start = absl::Now();
+    absl::StatusOr<v1::StatsResponse> stats = c->Stats();
+    ASSERT_TRUE(stats.ok()) << stats.status() << " after " << absl::Now() - start;
+    EXPECT_EQ(stats->live_buffers(), 7u);
+  }
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+}
+
+}  // namespace
+}  // namespace halloc
