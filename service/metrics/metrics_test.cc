@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -121,6 +122,37 @@ TEST(PrometheusTest, LabelValuesAreEscapedSoNoNameCanBreakALine) {
       text, "halloc_client_bytes{client=\"cam\\\"era\\\\x\\ny\",uid=\"1000\"} 12288\n"))
       << text;
   EXPECT_EQ(EscapeLabelValue("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+}
+
+// One row per client and uid owning buffers could be 65,536 per container;
+// past kMaxClientRows those owning the least are summed in one row.
+TEST(PrometheusTest, ClientRowsBeyondTheCapAreSummedInOneRow) {
+  v1::StatsResponse s;
+  const size_t n = kMaxClientRows + 10;
+  for (size_t i = 0; i < n; ++i) {
+    v1::ClientStats* c = s.add_clients();
+    c->set_client("cam");
+    c->set_uid(100000 + i);
+    c->set_buffers(1);
+    c->set_bytes(4096 * (i + 1));  // the first 10 own the least
+    c->set_allocations_total(1);
+  }
+  const std::string text = ToPrometheus(s);
+  int rows = 0, counter_rows = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, "halloc_client_bytes{")) ++rows;
+    if (absl::StartsWith(line, "halloc_client_allocations_total{")) ++counter_rows;
+  }
+  EXPECT_EQ(rows, kMaxClientRows + 1);
+  EXPECT_EQ(counter_rows, kMaxClientRows) << "a folded counter would not only rise";
+  EXPECT_FALSE(absl::StrContains(text, "uid=\"100009\"")) << "one of the least kept a row";
+  EXPECT_TRUE(absl::StrContains(text, absl::StrCat("uid=\"", 100000 + n - 1, "\"")));
+  // 4096 * (1 + ... + 10)
+  EXPECT_TRUE(absl::StrContains(
+      text, "halloc_client_bytes{client=\"(others)\",uid=\"(others)\"} 225280\n"));
+  EXPECT_TRUE(
+      absl::StrContains(text, "halloc_client_buffers{client=\"(others)\",uid=\"(others)\"} 10\n"));
+  EXPECT_TRUE(absl::StrContains(text, "halloc_client_rows_folded 10\n"));
 }
 
 TEST(PrometheusTest, EmptyStatsStillRenderEveryFamily) {

@@ -1,7 +1,9 @@
 #include "service/metrics/prometheus.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -118,13 +120,44 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
        "Buffers a client (policy rule) allocated, per uid, since that uid last owned none.",
        &v1::ClientStats::allocations_total},
   };
+  // The kMaxClientRows rows owning the most bytes have series of their
+  // own; the gauges of the rest are summed in one row, and their counters
+  // left out (a sum over rows that come and go would not only rise).
+  std::vector<const v1::ClientStats*> rows;
+  rows.reserve(s.clients_size());
+  for (const auto& c : s.clients()) rows.push_back(&c);
+  std::vector<const v1::ClientStats*> folded;
+  if (rows.size() > kMaxClientRows) {
+    // Ties go to the first client and uid, so that equal rows do not
+    // trade places from one scrape to the next.
+    auto named_first = [](const v1::ClientStats* a, const v1::ClientStats* b) {
+      return a->client() != b->client() ? a->client() < b->client() : a->uid() < b->uid();
+    };
+    auto more = [&named_first](const v1::ClientStats* a, const v1::ClientStats* b) {
+      if (a->bytes() != b->bytes()) return a->bytes() > b->bytes();
+      if (a->buffers() != b->buffers()) return a->buffers() > b->buffers();
+      return named_first(a, b);
+    };
+    std::nth_element(rows.begin(), rows.begin() + kMaxClientRows, rows.end(), more);
+    folded.assign(rows.begin() + kMaxClientRows, rows.end());
+    rows.resize(kMaxClientRows);
+    std::sort(rows.begin(), rows.end(), named_first);
+  }
   for (const ClientFamily& f : kClientFamilies) {
     Family family(&out, f.name, f.type, f.help);
-    for (const auto& c : s.clients()) {
-      family.Sample((c.*f.value)(),
-                    {{"client", c.client()}, {"uid", absl::StrCat(c.uid())}});
+    for (const v1::ClientStats* c : rows) {
+      family.Sample((c->*f.value)(), {{"client", c->client()}, {"uid", absl::StrCat(c->uid())}});
+    }
+    if (!folded.empty() && std::string_view(f.type) == "gauge") {
+      uint64_t sum = 0;
+      for (const v1::ClientStats* c : folded) sum += (c->*f.value)();
+      family.Sample(sum, {{"client", kFoldedClients}, {"uid", kFoldedClients}});
     }
   }
+  Family(&out, "halloc_client_rows_folded", "gauge",
+         absl::StrCat("Client and uid pairs owning buffers beyond the ", kMaxClientRows,
+                      " with rows of their own, summed in client=\"", kFoldedClients, "\"."))
+      .Sample(folded.size());
   Family denials(&out, "halloc_denials_total", "counter",
                  "Requests refused by policy since start, by deciding rule.");
   for (const auto& [rule, n] : s.denials_by_rule()) {

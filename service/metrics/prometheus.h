@@ -9,12 +9,23 @@
 #ifndef HALLOC_SERVICE_METRICS_PROMETHEUS_H_
 #define HALLOC_SERVICE_METRICS_PROMETHEUS_H_
 
+#include <cstddef>
 #include <string>
 
 #include "absl/strings/string_view.h"
 #include "halloc/v1/allocator.pb.h"
 
 namespace halloc {
+
+// Per client and uid (halloc_client_*): at most kMaxClientRows rows, those
+// owning the most bytes. A root-owned container's uids count as
+// themselves, so a rows per uid that owns a buffer could reach 65,536 per
+// container (some 13 MB of text per scrape, and as many series in the
+// scraper's database); the rest are summed in one row labelled
+// kFoldedClients (gauges only), and halloc_client_rows_folded says how
+// many they were.
+inline constexpr size_t kMaxClientRows = 256;
+inline constexpr char kFoldedClients[] = "(others)";
 
 std::string ToPrometheus(const v1::StatsResponse& stats);
 
