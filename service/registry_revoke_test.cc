@@ -125,6 +125,35 @@ TEST_F(RegistryTest, LiveRevokeReachesImportsOfAGranterWhoseSessionEnded) {
   EXPECT_EQ(Stats().grants(), 0u);
 }
 
+// The same without live revoke (memfd, dmaheap, udmabuf: no views): an
+// ended granter's onward grant that someone imported stays, so that the
+// owner's revoke still ends the holds given through it. It was dropped
+// with the session (helper-115 reproduced it on memfd): C kept the buffer
+// after A's revoke, read-write where the chain had it, could share it on
+// to anyone, and kept it alive and charged to A.
+TEST_F(RegistryTest, RevokeWithoutLiveReachesImportsOfAGranterWhoseSessionEnded) {
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> to_b = ShareTo(kA, id, 2);
+  ASSERT_TRUE(to_b.ok()) << to_b.status();
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());
+  absl::StatusOr<v1::Grant> b_to_c = ShareTo(kB, id, 3);
+  ASSERT_TRUE(b_to_c.ok()) << b_to_c.status();
+  ASSERT_TRUE(reg_.Import(kC, b_to_c->token(), Accept).ok());
+  reg_.Leave(kB);
+  EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound)
+      << "its grants can be imported no more";
+  ASSERT_TRUE(reg_.Describe(kC, id).ok());
+  absl::StatusOr<Registry::Revoked> r = reg_.Revoke(kA, to_b->id(), false);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(reg_.Describe(kC, id).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ShareTo(kC, id, 4).status().code(), StatusCode::kNotFound) << "shared on after";
+  EXPECT_EQ(Stats().grants(), 0u);
+  ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+  EXPECT_EQ(Stats().live_buffers(), 0u) << "C still holds it";
+  EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();
+}
+
 // An ended session's onward grants that reach nobody go with it; those
 // that do stay (for a revoke) until their buffer goes.
 TEST_F(RegistryTest, AnEndedSessionsOnwardGrantsStayOnlyWhileTheyReachSomeone) {

@@ -470,6 +470,10 @@ bool Registry::Reaches(const GrantRecord& grant) const {
   for (uint64_t sid : grant.importers) {
     auto routes = buffer.imports.find(sid);
     if (routes != buffer.imports.end() && routes->second.contains(grant.view.id)) return true;
+    // A hold it gave (any backend): a revoke without live ends it, and
+    // what its holder shared on (RevokeWithoutLive's walk).
+    auto via = buffer.imported_via.find(sid);
+    if (via != buffer.imported_via.end() && via->second.contains(grant.view.id)) return true;
   }
   return false;
 }
