@@ -295,21 +295,12 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   // fds go out before the reply, so the client never waits for them; all
   // in one record, so a failure leaves none of them with the client.
   std::vector<const BufferRecord*> items;
-  std::vector<uint64_t> ids;
   items.reserve(fresh.size());
-  ids.reserve(fresh.size());
-  for (const auto& buffer : fresh) {
-    items.push_back(buffer.get());
-    ids.push_back(buffer->id);
-  }
+  for (const auto& buffer : fresh) items.push_back(buffer.get());
   absl::Status sent =
       Deliver(channel, items, {plan.owner_access, decision.attach}, req.call_id(), &resp);
   if (!sent.ok()) {
-    // Undone one by one: whoever else speaks for the session (another
-    // process holding its socket, a gRPC thread with its token) may have
-    // released one of these guessable ids meanwhile, and an all-or-nothing
-    // Release would then keep the others, undelivered, until it ends.
-    for (uint64_t id : ids) registry_.Release(session.id(), {id}).IgnoreError();
+    UndoAllocate(session, resp);
     return sent;
   }
   allocate_latency_.Record(MonotonicNow() - start);
@@ -376,6 +367,12 @@ absl::Status Allocator::Release(Session& session,
   RETURN_IF_ERROR(CheckReleaseIds(req.buffer_ids_size()));
   return registry_.Release(session.id(), req.buffer_ids(), req.import_references(),
                            req.hold_generations());
+}
+
+void Allocator::UndoAllocate(Session& session, const v1::AllocateResponse& made) {
+  for (const v1::BufferInfo& b : made.buffers()) {
+    registry_.Release(session.id(), {b.id()}).IgnoreError();
+  }
 }
 
 absl::Status Allocator::CheckReleaseIds(uint64_t count) const {

@@ -96,6 +96,13 @@ class Allocator {
   // All or nothing: NOT_FOUND (nothing released) if the session does not
   // hold one of the ids; INVALID_ARGUMENT past max_release_ids().
   absl::Status Release(Session& session, const v1::ReleaseRequest& req);
+  // Gives back buffers an Allocate made that its caller will never learn
+  // of (undelivered, or its deadline passed), one by one: whoever else
+  // speaks for the session (another process holding its socket, a gRPC
+  // thread with its token) may have released one of these guessable ids
+  // meanwhile, and an all-or-nothing Release would then keep the others
+  // until the session ends.
+  void UndoAllocate(Session& session, const v1::AllocateResponse& made);
   // The most ids one Release names: the most buffers a session may hold.
   uint64_t max_release_ids() const { return limits_.max_buffers_per_session; }
   // INVALID_ARGUMENT when a Release names `count` ids, past max_release_ids()

@@ -371,6 +371,22 @@ TEST_F(AllocatorTest, ReleaseIsAllOrNothingAndFreesOnLastHolder) {
   EXPECT_EQ(core_.Release(*p.session, good).code(), StatusCode::kNotFound);
 }
 
+// What an Allocate made that its caller never learns of (undelivered, or
+// a gRPC caller's deadline passed) goes back one by one: another process
+// speaking for the session may have released one of the guessable ids
+// already, and a single all-or-nothing Release then kept the rest held
+// (and charged) until the session ended (helper-115).
+TEST_F(AllocatorTest, UndoingAnAllocateGivesBackWhatIsStillHeld) {
+  Peer p = Open();
+  auto r = core_.Allocate(*p.session, Blob(4096, 3));
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ReleaseRequest one;
+  one.add_buffer_ids(r->buffers(1).id());
+  ASSERT_TRUE(core_.Release(*p.session, one).ok());
+  core_.UndoAllocate(*p.session, *r);
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
 TEST_F(AllocatorTest, UnauthenticatedTokens) {
   EXPECT_EQ(core_.Authenticate("").status().code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(core_.Authenticate("deadbeef").status().code(),

@@ -135,9 +135,7 @@ grpc::Status AllocatorService::Allocate(grpc::ServerContext* ctx,
     // check missed.) A caller that cancels explicitly still holds what it
     // asked for: List shows it, Release or session end frees it.
     if (PastDeadline(ctx)) {
-      v1::ReleaseRequest undo;
-      for (const v1::BufferInfo& b : r->buffers()) undo.add_buffer_ids(b.id());
-      (void)core_->Release(session, undo);
+      core_->UndoAllocate(session, *r);
       return absl::CancelledError("the call was cancelled or its deadline passed; "
                                   "the buffers were released");
     }
