@@ -600,14 +600,13 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
   // Not delivered: its reference goes (and the hold with its last: one a
   // concurrent import of the same buffer delivered stays).
   registry_.SettleImport(session.id(), buffer->id, imported.generation, sent.ok());
-  if (!sent.ok()) {
-    if (imported.widened_from) {
-      // It holds on, with the rights it had: none of this import's.
-      registry_.UndoWidening(session.id(), buffer->id, decision->access,
-                             *imported.widened_from);
-    }
-    return sent;
+  if (!sent.ok() && imported.widened_from) {
+    // It holds on, with the rights it had: none of this import's.
+    registry_.UndoWidening(session.id(), buffer->id, decision->access, *imported.widened_from);
   }
+  // The last reference if the session released it meanwhile.
+  registry_.DropOffThread(std::move(imported.buffer));
+  if (!sent.ok()) return sent;
   return answer;
 }
 
@@ -636,6 +635,8 @@ absl::Status Allocator::Revoke(Session& session, uint64_t grant_id) {
     // NOT_FOUND: every fd of that view is already closed.
     if (!s.ok() && !absl::IsNotFound(s) && first_error.ok()) first_error = s;
   }
+  // The last reference if the revoke took the last hold.
+  registry_.DropOffThread(std::move(revoked.buffer));
   if (!first_error.ok()) {
     return absl::InternalError(absl::StrCat(
         "grant ", grant_id, " withdrawn, but cutting its imports off failed: ",

@@ -389,6 +389,13 @@ class Registry {
 
   // Returns once every buffer dropped so far has had its fd closed.
   void FlushReaper() { reaper_.Flush(); }
+  // Drops a caller's reference to a buffer (an Import's, a Revoke's) on the
+  // reaper thread: it may be the last one, the buffer released meanwhile,
+  // and closing its fd frees its pages, which a request thread should not
+  // wait for.
+  void DropOffThread(std::shared_ptr<const BufferRecord> buffer) {
+    if (buffer != nullptr) reaper_.Add(std::move(buffer));
+  }
 
   // How many sessions grant `grant_id`'s reverse link names as having
   // imported through it (GrantRecord::importers); 0 for no such grant.
