@@ -25,8 +25,8 @@
 # only when the benchmark reports a failed operation or the guest splats.
 #
 # Also builds vkms.ko out of tree (Debian disables CONFIG_DRM_VKMS) from
-# linux-source-6.1's drivers/gpu/drm/vkms with the one fix in
-# tools/lib/vkms-6.1.patch (its writeback connector), cached the same way,
+# linux-source-6.1's drivers/gpu/drm/vkms with the two fixes in
+# tools/lib/vkms-6.1.patch (its writeback connector, a vblank deadlock), cached the same way,
 # and loads it in the guest after drm_kms_helper and drm_shmem_helper with
 # enable_writeback=1 enable_overlay=1 (the compositor tests' display).
 #
@@ -368,17 +368,40 @@ source "$REPO/tools/lib/qemu.sh"
 qemu_choose_accel "$VMLINUZ" "$CACHE" || die "bad HALLOC_QEMU_ACCEL"
 # What a silent first boot left behind, before booting again.
 reset_results() { rm -f "$RESULTS/rc" "$RESULTS/gtest.xml" "$RESULTS"/*.txt "$RESULTS/test.log"; }
+# A guest still running 15 s before the timeout gets an NMI through qemu's
+# monitor; booted with unknown_nmi_panic=1, it panics and prints where the
+# CPU that took it was. That is all a guest frozen with interrupts off can
+# say (both CPUs spinning on each other's lock: no watchdog line, no
+# sysrq, no hung-task or RCU report), as vkms's vblank deadlock once did.
+MONITOR=$RUN/monitor.sock
+nmi_before_timeout() {
+  # In steps of a second: killed once qemu exits, it leaves no sleep behind
+  # holding the caller's output open for minutes.
+  local i
+  for ((i = 0; i < (QEMU_TIMEOUT > 30 ? QEMU_TIMEOUT - 15 : QEMU_TIMEOUT / 2); i++)); do sleep 1; done
+  grep -q 'HARNESS: done' "$RUN/console.log" 2>/dev/null && return
+  [[ -S $MONITOR ]] || return
+  log "the guest still runs; sending it an NMI (its panic says where a CPU was)"
+  python3 -c 'import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"nmi\n")
+time.sleep(1)' "$MONITOR" 2>/dev/null || log "could not reach qemu's monitor"
+}
+nmi_before_timeout &
+NMI_PID=$!
 log "booting $KVER in qemu ($QEMU_ACCEL, timeout ${QEMU_TIMEOUT}s)"
 qemu_rc=0
 qemu_boot "$RUN/console.log" "$QEMU_TIMEOUT" reset_results \
-  -nodefaults -no-reboot -display none -monitor none \
+  -nodefaults -no-reboot -display none -monitor "unix:$MONITOR,server=on,wait=off" \
   -smp 2 -m 2G -machine pc,max-ram-below-4g=1G \
   -kernel "$VMLINUZ" -initrd "$RUN/initramfs.cpio.gz" \
-  -append "console=ttyS0 panic=-1 loglevel=5 rdinit=/init" \
+  -append "console=ttyS0 panic=-1 loglevel=5 unknown_nmi_panic=1 rdinit=/init" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap,id=hostroot" \
   -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,id=results" \
   || qemu_rc=$?
 log "guest exited under $QEMU_ACCEL (qemu status $qemu_rc)"
+kill "$NMI_PID" 2>/dev/null; wait "$NMI_PID" 2>/dev/null || true
 
 # What counts as a guest kernel splat (fails the tests and --bench-kernel).
 SPLAT='WARNING:|BUG:|Oops|general protection|lockdep|possible circular locking|KASAN|refcount_t|Kernel panic'
@@ -446,6 +469,10 @@ if ((${#failed_why[@]})); then
   if grep -q 'HARNESS: tests still running' "$RUN/console.log"; then
     log "---- where the guest's tasks waited (kernel stacks, sysrq-w, before the timeout) ----"
     sed -n '/HARNESS: tests still running/,$p' "$RUN/console.log" | head -n 400 >&2 || true
+  fi
+  if grep -q 'NMI received for unknown reason' "$RUN/console.log"; then
+    log "---- where a guest CPU was at the NMI before the timeout ----"
+    sed -n '/NMI received for unknown reason/,$p' "$RUN/console.log" | head -n 80 >&2 || true
   fi
   if grep -Eq "$SPLAT" "$DMESG" "$RUN/console.log"; then
     log "---- guest kernel splats ----"
