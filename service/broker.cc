@@ -539,6 +539,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   welcome->set_broker_import(true);
   welcome->set_import_references(true);
   welcome->set_hold_generations(true);
+  welcome->set_live_revoke(core_->backend().CanRevokeLive());
   welcome->set_broker_share(true);
   welcome->set_broker_revoke(true);
   welcome->set_broker_metadata(true);

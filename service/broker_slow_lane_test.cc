@@ -464,6 +464,7 @@ struct RevokingBroker {
 TEST_F(SlowLaneTest, ALiveRevokeDoesNotHoldUpOtherClients) {
   RevokingBroker rb(dir_.path());
   ASSERT_TRUE(rb.Start(3).ok());  // owner, importer, a bystander
+  EXPECT_TRUE(rb.conns[0].welcome.live_revoke()) << "said before sharing";
   absl::Notification& entered = rb.entered;
   absl::Notification& open = rb.open;
   const int owner = rb.conns[0].fd.get();

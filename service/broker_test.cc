@@ -65,6 +65,7 @@ TEST_F(BrokerTest, ServesAPassedSocketAndLeavesItsPathAlone) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_GT(c->welcome.session_id(), 0u);
   EXPECT_EQ(c->welcome.session_token().size(), 32u);
+  EXPECT_FALSE(c->welcome.live_revoke()) << "memfd: a revoke leaves imported fds valid";
   EXPECT_EQ(core_->Stats().sessions(), 1u);
   (*broker)->Stop();
   struct stat st;

@@ -88,6 +88,7 @@ Client::~Client() = default;
 
 uint64_t Client::session_id() const { return impl_->welcome_.session_id(); }
 uid_t Client::uid() const { return impl_->hello_.uid(); }
+bool Client::live_revoke() const { return impl_->welcome_.live_revoke(); }
 
 absl::StatusOr<Buffer> Client::Allocate(const v1::BufferDescriptor& desc) {
   ASSIGN_OR_RETURN(std::vector<Buffer> buffers, Allocate(desc, 1));

@@ -206,6 +206,10 @@ class Client {
   // Withdraws a grant this session made; on hallocd's halloc backend, every
   // fd imported through it is cut off, in every process, before it returns.
   absl::Status Revoke(uint64_t grant_id);
+  // Whether Revoke cuts off the fds imported through the grant, in every
+  // process (hallocd's halloc backend; Welcome.live_revoke). False: they
+  // stay valid, and Revoke ends only hallocd's holds.
+  bool live_revoke() const;
   // Sets dataspace, blend mode or crop (`type`) from `value`.
   absl::StatusOr<v1::BufferInfo> SetMetadata(uint64_t buffer_id,
                                              v1::StandardMetadataType type,

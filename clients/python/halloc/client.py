@@ -448,7 +448,8 @@ class Client:
 
     def revoke(self, grant_id):
         """Withdraws a grant this session made; on hallocd's halloc backend,
-        every fd imported through it is cut off, in every process, first."""
+        every fd imported through it is cut off, in every process, first
+        (`self.welcome.live_revoke` says whether it does)."""
         req = allocator_pb2.RevokeRequest(grant_id=grant_id)
         if self._fast_path and self.welcome.broker_revoke:
             _, fds = self._conn.broker_call(broker_pb2.BrokerRequest(revoke=req), "Revoke")
