@@ -73,8 +73,10 @@ absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
   // non-blocking: EAGAIN at once), and with gRPC's defaults (1 s, growing
   // to 120 s) a client kept out for a minute stayed out for minutes more.
   grpc::ChannelArguments args;
+  // (Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC takes it for the time each
+  // connect may take, 20 s by default, which a connection queued behind a
+  // flood may need.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),
                                            grpc::InsecureChannelCredentials(), args);

@@ -56,5 +56,19 @@ TEST(ClientControlTest, AGrpcCallWaitsForRoomInAFullBacklog) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
 }
 
+// A call waits for its channel up to its deadline; but a session hallocd
+// ended (its broker connection closed: hallocd exited or cut it) has
+// nothing to wait for: UNAVAILABLE at once, as before calls waited.
+TEST(ClientControlTest, AGrpcCallOfASessionHallocdEndedFailsAtOnce) {
+  auto broker = std::make_unique<FakeBroker>([](int, const v1::BrokerRequest&) {});
+  absl::StatusOr<Client> c = Client::Connect(broker->options(absl::Seconds(30)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  broker.reset();  // its end of the session's socket closed; no control socket
+  const absl::Time start = absl::Now();
+  absl::StatusOr<v1::StatsResponse> stats = c->Stats();
+  EXPECT_EQ(stats.status().code(), absl::StatusCode::kUnavailable) << stats.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "waited for the deadline";
+}
+
 }  // namespace
 }  // namespace halloc

@@ -1,5 +1,6 @@
 #include "clients/cpp/halloc/client_impl.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -61,7 +62,7 @@ std::unique_ptr<grpc::ClientContext> Client::Impl::Context() const {
 }
 
 absl::Status Client::Impl::ReleaseMany(absl::Span<const uint64_t> ids) {
-  RETURN_IF_ERROR(Usable("Release"));
+  RETURN_IF_ERROR(GrpcUsable("Release"));
   auto ctx = Context();
   v1::ReleaseResponse resp;
   std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer =
@@ -140,6 +141,16 @@ absl::Status Client::Impl::Usable(absl::string_view rpc) const {
   return absl::FailedPreconditionError(
       absl::StrCat(rpc, ": this Client was connected by process ", pid_,
                    "; after fork() a child connects a Client of its own"));
+}
+
+absl::Status Client::Impl::GrpcUsable(absl::string_view rpc) const {
+  RETURN_IF_ERROR(Usable(rpc));
+  pollfd p{broker_.get(), POLLRDHUP, 0};
+  if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat(rpc, ": hallocd ended this session (its broker connection closed)"));
+  }
+  return absl::OkStatus();
 }
 
 void Client::Impl::AbandonCall(uint64_t call_id, GiveBackWith what) {

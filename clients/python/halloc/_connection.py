@@ -7,6 +7,7 @@ for every call waiting on it. client.py builds the public calls on it.
 import ctypes
 import itertools
 import os
+import select
 import socket
 import threading
 import time
@@ -166,6 +167,14 @@ class Connection:
         """One gRPC call with our token and deadline (`req`: a request, or
         an iterator of them for a client stream)."""
         self.usable(name)
+        # A call waits for its channel up to its deadline (below); a session
+        # hallocd ended (its broker connection closed: hallocd exited or cut
+        # it) has nothing to wait for.
+        ended = select.poll()
+        ended.register(self._broker, select.POLLRDHUP)
+        if any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, ev in ended.poll(0)):
+            raise errors.UnavailableError(
+                f"{name}: hallocd ended this session (its broker connection closed)")
         try:
             # gRPC turns an infinite (or astronomically long) timeout into a
             # deadline already past: beyond ~3 years, none at all.

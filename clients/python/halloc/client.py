@@ -205,9 +205,11 @@ class Buffer:
 # A failed connect is tried again soon (gRPC's own backoff starts at 1 s
 # and grows to 120 s): any local user can keep the control socket's
 # backlog full for a while, and calls wait for the channel (as libhalloc's).
+# (Not grpc.min_reconnect_backoff_ms: gRPC takes it for the time each
+# connect may take, 20 s by default, which a connection queued behind a
+# flood may need.)
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 

@@ -508,7 +508,7 @@ def test_share_revoke_and_metadata_need_no_control_socket_on_the_broker(hallocd,
     # or a restart passes) and gives up at its deadline.
     c = halloc.Client.connect("/nonexistent/control.sock", hallocd.broker)
     grpc_only = halloc.Client.connect("/nonexistent/control.sock", hallocd.broker,
-                                      broker_fast_path=False, timeout=0.3)
+                                      broker_fast_path=False, timeout=1.0)
     try:
         assert c.welcome.broker_revoke
         buf = c.allocate(halloc.blob(PAGE))

@@ -337,6 +337,20 @@ def test_a_grpc_call_waits_for_room_in_a_full_control_backlog(tmp_path):
         server.stop(None)
 
 
+def test_a_grpc_call_of_a_session_hallocd_ended_fails_at_once():
+    # A call waits for its channel up to its deadline; a session hallocd
+    # ended (its broker connection closed) has nothing to wait for.
+    # (As libhalloc's AGrpcCallOfASessionHallocdEndedFailsAtOnce.)
+    import socket
+    broker = ScriptedBroker(lambda sock, req: None, timeout=30.0)
+    broker.sock.shutdown(socket.SHUT_RDWR)  # hallocd's end; no control socket either
+    start = time.monotonic()
+    with pytest.raises(halloc.UnavailableError):
+        broker.client.stats()
+    assert time.monotonic() - start < 10, "waited for the deadline"
+    broker.client.close()
+
+
 def test_a_reply_too_large_for_a_record_is_asked_for_over_grpc(monkeypatch):
     # hallocd could not fit a Describe's reply in one broker record (an
     # owner's BufferInfo listing thousands of holders): RESOURCE_EXHAUSTED
