@@ -84,7 +84,7 @@ void Registry::Leave(uint64_t session_id) {
   std::vector<uint64_t> check;
   for (uint64_t g : grants) {
     GrantRecord& grant = grants_.at(g);
-    if (grant.rooted || !Reaches(grant)) {
+    if (grant.rooted || !Reaches(grant, session_id)) {
       check.insert(check.end(), grant.onward.begin(), grant.onward.end());
       DropGrant(g);
       continue;
@@ -203,8 +203,12 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;
   buffer.holders.erase(session_id);
+  std::vector<uint64_t> through;  // grants it imported the buffer through
   auto no_longer_through = [&](uint64_t grant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (auto g = grants_.find(grant); g != grants_.end()) g->second.importers.erase(session_id);
+    if (auto g = grants_.find(grant); g != grants_.end()) {
+      g->second.importers.erase(session_id);
+      through.push_back(grant);
+    }
   };
   if (auto routes = buffer.imports.find(session_id); routes != buffer.imports.end()) {
     for (auto& [grant, route] : routes->second) {
@@ -219,6 +223,10 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
     for (const auto& [grant, judged] : via->second) no_longer_through(grant);
     buffer.imported_via.erase(via);
   }
+  // A grant an ended session kept for a revoke to follow goes once it
+  // reaches no one: its last importer let go (without live revoke nothing
+  // of theirs is left to end).
+  DropUnreaching(through);
   if (session_id == buffer.owner_session) buffer.owner_holds = false;
   if (!buffer.holders.empty()) return;
   const std::vector<uint64_t> grants(buffer.grants.begin(),

@@ -468,9 +468,17 @@ class Registry {
   // reach any more (RevocableStill), then those shared on through them
   // that this leaves unreachable, and so on.
   void DropUnrevocable(std::vector<uint64_t> grants) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether anyone imported the buffer through `grant` (live revoke: it
-  // holds by it, or let go of views it delivered).
-  bool Reaches(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Whether anyone imported the buffer through `grant` and is still within
+  // a revoke's reach: holds by it (without live revoke, a hold a revoke
+  // ends), or has or let go of views it delivered (live revoke: fds a
+  // revoke cuts off). `leaving`: a session whose holds are about to go
+  // (its views may outlive it in its process; its holds do not).
+  bool Reaches(const GrantRecord& grant, std::optional<uint64_t> leaving = std::nullopt) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Drops each of `grants` that an ended session kept (no token) and that
+  // reaches nobody any more (Reaches), then DropUnrevocable on what was
+  // shared on through them.
+  void DropUnreaching(const std::vector<uint64_t>& grants) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a revoke could still reach `grant` (not rooted): some grant it
   // came through is still open (those of ended sessions are dropped).
   bool RevocableStill(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);

@@ -154,6 +154,28 @@ TEST_F(RegistryTest, RevokeWithoutLiveReachesImportsOfAGranterWhoseSessionEnded)
   EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();
 }
 
+// Such a kept grant goes once it reaches no one: its importer let go (no
+// hold of theirs left for a revoke to end), or the only importer was the
+// ended session itself (helper-116: both stayed until the buffer went,
+// counting against the uid's onward grants).
+TEST_F(RegistryTest, AKeptGrantWithoutLiveGoesOnceItReachesNoOne) {
+  reg_.Join(kC, Uid(3));
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> to_b = ShareTo(kA, id, 2);
+  ASSERT_TRUE(to_b.ok()) << to_b.status();
+  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());
+  absl::StatusOr<v1::Grant> b_to_c = ShareTo(kB, id, 3);
+  absl::StatusOr<v1::Grant> b_to_b = ShareTo(kB, id, 2);
+  ASSERT_TRUE(b_to_c.ok() && b_to_b.ok());
+  ASSERT_TRUE(reg_.Import(kC, b_to_c->token(), Accept).ok());
+  ASSERT_TRUE(reg_.Import(kB, b_to_b->token(), Accept).ok());  // its own
+  reg_.Leave(kB);
+  EXPECT_EQ(Stats().grants(), 2u) << "A's, and B's to C (C holds by it)";
+  ASSERT_TRUE(reg_.Release(kC, {id}).ok());
+  EXPECT_EQ(Stats().grants(), 1u) << "B's to C reaches no one now";
+  EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();
+}
+
 // An ended session's onward grants that reach nobody go with it; those
 // that do stay (for a revoke) until their buffer goes.
 TEST_F(RegistryTest, AnEndedSessionsOnwardGrantsStayOnlyWhileTheyReachSomeone) {

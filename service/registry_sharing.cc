@@ -409,6 +409,9 @@ absl::Status Registry::CheckLinksForTesting() const {
     if (grant.token.empty() && !RevocableStill(grant)) {
       return bad("grant ", id, " is kept, but no revoke can reach it");
     }
+    if (grant.token.empty() && !Reaches(grant)) {
+      return bad("grant ", id, " is kept, but reaches no one");
+    }
   }
   for (const auto& [sid, holding] : holdings_) {
     size_t by_buffer = 0;
@@ -462,7 +465,7 @@ bool Registry::RevocableStill(const GrantRecord& grant) const {
   return false;
 }
 
-bool Registry::Reaches(const GrantRecord& grant) const {
+bool Registry::Reaches(const GrantRecord& grant, std::optional<uint64_t> leaving) const {
   auto b = buffers_.find(grant.view.buffer_id);
   if (b == buffers_.end()) return false;
   const BufferRecord& buffer = *b->second;
@@ -470,12 +473,27 @@ bool Registry::Reaches(const GrantRecord& grant) const {
   for (uint64_t sid : grant.importers) {
     auto routes = buffer.imports.find(sid);
     if (routes != buffer.imports.end() && routes->second.contains(grant.view.id)) return true;
+    if (sid == leaving) continue;
     // A hold it gave (any backend): a revoke without live ends it, and
     // what its holder shared on (RevokeWithoutLive's walk).
     auto via = buffer.imported_via.find(sid);
     if (via != buffer.imported_via.end() && via->second.contains(grant.view.id)) return true;
   }
   return false;
+}
+
+void Registry::DropUnreaching(const std::vector<uint64_t>& grants) {
+  std::vector<uint64_t> onward;
+  for (uint64_t g : grants) {
+    auto it = grants_.find(g);
+    if (it == grants_.end() || !it->second.token.empty() || it->second.rooted ||
+        Reaches(it->second)) {
+      continue;
+    }
+    onward.insert(onward.end(), it->second.onward.begin(), it->second.onward.end());
+    DropGrant(g);
+  }
+  DropUnrevocable(std::move(onward));
 }
 
 void Registry::DropGrant(uint64_t grant_id) {
