@@ -238,7 +238,11 @@ rm -rf "$DKMS_DIR"
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
 RESULTS=$RUN/results
 mkdir -p "$RESULTS" "$RUN/initramfs"
-cleanup() { rm -f "$BUILD_LOG"; ((KEEP)) || rm -rf "$RUN"; }
+cleanup() {
+  [[ -n ${NMI_PID:-} ]] && kill "$NMI_PID" 2>/dev/null
+  rm -f "$BUILD_LOG" "${MONITOR:-}"
+  ((KEEP)) || rm -rf "$RUN"
+}
 trap cleanup EXIT
 
 log "bazel build $TEST_TARGET"
@@ -373,15 +377,21 @@ reset_results() { rm -f "$RESULTS/rc" "$RESULTS/gtest.xml" "$RESULTS"/*.txt "$RE
 # CPU that took it was. That is all a guest frozen with interrupts off can
 # say (both CPUs spinning on each other's lock: no watchdog line, no
 # sysrq, no hung-task or RCU report), as vkms's vblank deadlock once did.
-MONITOR=$RUN/monitor.sock
+# Under /tmp: a socket path must fit in 108 bytes, which $RUN may not.
+MONITOR=$(mktemp -u /tmp/halloc-qemu-monitor.XXXXXX)
+NMI_AFTER=$((QEMU_TIMEOUT > 30 ? QEMU_TIMEOUT - 15 : QEMU_TIMEOUT / 2))
 nmi_before_timeout() {
-  # In steps of a second: killed once qemu exits, it leaves no sleep behind
-  # holding the caller's output open for minutes.
-  local i
-  for ((i = 0; i < (QEMU_TIMEOUT > 30 ? QEMU_TIMEOUT - 15 : QEMU_TIMEOUT / 2); i++)); do sleep 1; done
+  # In steps of a second (killed once qemu exits, it leaves no sleep behind
+  # holding the caller's output open), counted from the monitor socket's
+  # making: a guest booted again (KVM to TCG) makes a new one.
+  local made
+  while sleep 1; do
+    made=$(stat -c %Y "$MONITOR" 2>/dev/null) || continue
+    (($(date +%s) - made >= NMI_AFTER)) && break
+  done
   grep -q 'HARNESS: done' "$RUN/console.log" 2>/dev/null && return
-  [[ -S $MONITOR ]] || return
-  log "the guest still runs; sending it an NMI (its panic says where a CPU was)"
+  log "the guest still runs ${NMI_AFTER}s after it booted; sending it an NMI (its panic says where a CPU was)"
+  : >"$RUN/nmi-sent"
   python3 -c 'import socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
@@ -419,6 +429,7 @@ fi
 # --- verdict -----------------------------------------------------------------
 failed_why=()
 ((qemu_rc == 124 || qemu_rc == 137)) && failed_why+=("guest timed out after ${QEMU_TIMEOUT}s")
+[[ -f $RUN/nmi-sent ]] && failed_why+=("guest timed out: still running ${NMI_AFTER}s after it booted (sent an NMI)")
 [[ -f $RESULTS/rc ]] || failed_why+=("guest never finished the tests")
 if [[ -f $RESULTS/rc && $(cat "$RESULTS/rc") != 0 ]]; then
   failed_why+=("test binary exited $(cat "$RESULTS/rc")")
