@@ -254,8 +254,11 @@ struct MetricsServer::Deadlines {
         o.cut = true;
         if (uint64_t dropped; Limiter().AllowFor("metrics-http", *uid, &dropped)) {
           const auto held = self->per_uid.find(*uid);
-          LOG(WARNING) << "metrics endpoint: uid " << *uid << " has "
-                       << (held == self->per_uid.end() ? 0 : held->second) << " connections open"
+          LOG(WARNING) << "metrics endpoint: "
+                       << (*uid == kUnknownOwner ? std::string("an unknown uid")
+                                                 : absl::StrCat("uid ", *uid))
+                       << " has " << (held == self->per_uid.end() ? 0 : held->second)
+                       << " connections open"
                        << (self->scrapers.empty()
                                ? ""
                                : absl::StrCat(", uids not the scraper's ", self->others))

@@ -108,19 +108,25 @@ absl::Status CheckLoopbackPeerLookup(int family, const PeerUidLookup& lookup) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("address family ", family, " is not TCP's"));
   }
+  // A connection of its own to look up (e.g. SocketBindDeny= may refuse
+  // the port): FAILED_PRECONDITION, the check could not be made.
+  auto cannot_check = [](absl::string_view what) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot check: ", what, ": ", std::strerror(errno)));
+  };
   UniqueFd listener(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!listener) return ErrnoStatus(errno, "socket");
+  if (!listener) return cannot_check("socket");
   if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
       ::listen(listener.get(), 1) != 0 ||
       ::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    return ErrnoStatus(errno, "a loopback listener");
+    return cannot_check("a loopback listener of its own");
   }
   UniqueFd mine(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!mine || ::connect(mine.get(), reinterpret_cast<sockaddr*>(&addr), len) != 0) {
-    return ErrnoStatus(errno, "connecting to a loopback listener");
+    return cannot_check("connecting to a loopback listener of its own");
   }
   UniqueFd accepted(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
-  if (!accepted) return ErrnoStatus(errno, "accept4");
+  if (!accepted) return cannot_check("accept4");
   absl::StatusOr<uid_t> uid = lookup(accepted.get());
   if (!uid.ok()) return uid.status();
   if (*uid != ::geteuid()) {

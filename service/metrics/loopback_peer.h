@@ -32,7 +32,9 @@ using PeerUidLookup = std::function<absl::StatusOr<uid_t>(int fd)>;
 // not: the kernel cannot be asked (a socket(AF_NETLINK) that systemd's
 // RestrictAddressFamilies= refuses), or answers every lookup ENOENT, as
 // for a socket that is gone (no inet_diag/tcp_diag module, and no loading
-// one).
+// one); FAILED_PRECONDITION "cannot check" when that connection of its
+// own could not be made (SocketBindDeny=, say), which says nothing of the
+// lookup.
 absl::Status CheckLoopbackPeerLookup(int family, const PeerUidLookup& lookup);
 
 }  // namespace halloc

@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 
 namespace halloc {
 
@@ -148,7 +148,7 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
     for (const v1::ClientStats* c : rows) {
       family.Sample((c->*f.value)(), {{"client", c->client()}, {"uid", absl::StrCat(c->uid())}});
     }
-    if (!folded.empty() && std::string_view(f.type) == "gauge") {
+    if (!folded.empty() && absl::string_view(f.type) == "gauge") {
       uint64_t sum = 0;
       for (const v1::ClientStats* c : folded) sum += (c->*f.value)();
       family.Sample(sum, {{"client", kFoldedClients}, {"uid", kFoldedClients}});

@@ -44,10 +44,7 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
 }
 
 std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {
-  if (std::find(rule.attach_devices.begin(), rule.attach_devices.end(), "*") !=
-      rule.attach_devices.end()) {
-    return std::nullopt;
-  }
+  if (rule.AnyDevice()) return std::nullopt;
   return rule.attach_devices;
 }
 

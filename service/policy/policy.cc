@@ -224,6 +224,10 @@ bool Rule::AllowsHeap(absl::string_view heap) const {
          std::find(heaps.begin(), heaps.end(), heap) != heaps.end();
 }
 
+bool Rule::AnyDevice() const {
+  return std::find(attach_devices.begin(), attach_devices.end(), "*") != attach_devices.end();
+}
+
 bool ListAdmits(const std::vector<std::string>& list, absl::string_view name,
                 uid_t uid, uid_t self_uid) {
   for (const std::string& entry : list) {
@@ -346,9 +350,7 @@ std::vector<std::string> Policy::BackendProblems(const Backend& backend) const {
           CpuAccessName(r.max_cpu),
           " nor anything narrower: its Allocates and shares to it fail FAILED_PRECONDITION"));
     }
-    const bool limits_attach =
-        std::find(r.attach_devices.begin(), r.attach_devices.end(), "*") == r.attach_devices.end();
-    if (limits_attach && !backend.CanLimitAttach()) {
+    if (!r.AnyDevice() && !backend.CanLimitAttach()) {
       problems.push_back(absl::StrCat(what, ": backend '", backend.name(),
                                       "' cannot limit which devices attach a buffer (",
                                       r.attach_devices.empty() ? "no attach_devices: no device may"

@@ -98,6 +98,8 @@ struct Rule {
 
   bool Matches(const Identity& id) const;
   bool AllowsHeap(absl::string_view heap) const;
+  // Whether attach_devices names "*" (any device), not an allow-list.
+  bool AnyDevice() const;
 };
 
 // Whether `list` (share_to / receive_from) admits the client `name` whose
@@ -160,7 +162,7 @@ class Policy {
   // its interpreter, never the script). Read by hallocd at load (logged)
   // and by `hallocctl policy check`.
   std::vector<std::string> ExeRuleProblems() const;
-  // What `backend` cannot do that a rule asks of it, one line per rule: no
+  // What `backend` cannot do that a rule asks of it, a line per problem: no
   // heap of the rule is this backend (so it allocates nothing here), its
   // max_cpu_access and every narrower right unenforceable, or an
   // attach_devices list and a backend that cannot limit attaching. Such a
