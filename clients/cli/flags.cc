@@ -54,7 +54,8 @@ ABSL_FLAG(std::string, access, "",
           "yours, narrowed to what the receiver may hold)");
 ABSL_FLAG(bool, prometheus, false,
           "stats: the Prometheus text format (for node_exporter's textfile "
-          "collector: hallocctl stats --prometheus > DIR/halloc.prom.$$ && mv ...)");
+          "collector: tmp=$(mktemp DIR/halloc.prom.XXXXXX) && hallocctl stats --prometheus "
+          ">\"$tmp\" && chmod 0644 \"$tmp\" && mv \"$tmp\" DIR/halloc.prom)");
 ABSL_FLAG(bool, dump, false, "watch: refresh `dump` instead of `stats`");
 ABSL_FLAG(absl::Duration, interval, absl::Seconds(1),
           "watch: time between refreshes (500ms, 2s, ...)");
