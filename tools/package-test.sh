@@ -94,6 +94,21 @@ systemctl disable hallocd.socket hallocd-broker.socket >/dev/null 2>&1 || true
 "${APT[@]}" install --reinstall "$DEB" >"$WORK/install3.log" 2>&1 || cat "$WORK/install3.log"
 check "a reinstall keeps them disabled when the administrator disabled them" \
   sh -c '! test -e /etc/systemd/system/sockets.target.wants/hallocd.socket'
+# An upgrade (or reinstall) over a running hallocd says that it still runs
+# the old binary (postinst restarts nothing); a systemctl stand-in on PATH
+# reports the service active.
+mkdir -p "$WORK/stub"
+printf '#!/bin/sh\n[ "$1 $2 $3" = "--quiet is-active hallocd.service" ] && exit 0\nexec /bin/systemctl "$@"\n' \
+  >"$WORK/stub/systemctl"
+chmod +x "$WORK/stub/systemctl"
+# (apt gives dpkg a PATH of its own: DPkg::Path.)
+"${APT[@]}" -o DPkg::Path="$WORK/stub:/usr/sbin:/usr/bin:/sbin:/bin" install --reinstall "$DEB" \
+  >"$WORK/install4.log" 2>&1 ||
+  cat "$WORK/install4.log"
+check "an upgrade over a running hallocd says to restart it" \
+  grep -q "hallocd still runs the version before this one" "$WORK/install4.log"
+check "a first install says nothing of a restart" \
+  sh -c "! grep -q 'hallocd still runs' '$WORK/install.log'"
 check "Depends names adduser and init-system-helpers" \
   sh -c "dpkg-deb -f '$DEB' Depends | grep -w adduser | grep -qw init-system-helpers"
 

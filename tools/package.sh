@@ -153,6 +153,13 @@ if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigur
     done
   fi
 fi
+# An upgrade leaves a running hallocd on the old binary and unit (a restart
+# ends every client's session, so it is the administrator's call): say so.
+if [ "$1" = configure ] && [ -n "$2" ] && command -v systemctl >/dev/null 2>&1 &&
+   systemctl --quiet is-active hallocd.service 2>/dev/null; then
+  echo "halloc: hallocd still runs the version before this one; restart it" \
+    "(systemctl restart hallocd.service: its clients' sessions end) to apply the update" >&2
+fi
 SH
 cat >"$P/DEBIAN/prerm" <<'SH'
 #!/bin/sh
