@@ -307,9 +307,27 @@ std::vector<std::string> Policy::ExeRuleProblems() const {
     const std::string what = absl::StrCat("client '", Quote(r.name), "': exe '", Quote(r.exe), "'");
     struct stat st;
     if (::stat(r.exe.c_str(), &st) != 0) {
-      problems.push_back(absl::StrCat(what, ": ", std::strerror(errno),
-                                      ": it matches nothing until that file exists"));
+      if (errno == EACCES) {
+        // Under the shipped unit hallocd has no CAP_DAC_READ_SEARCH: a
+        // home directory of mode 0700 on the way is closed to it.
+        problems.push_back(absl::StrCat(
+            what, ": ", std::strerror(errno),
+            ": a directory on the way is closed to this process, so it matches nothing"));
+      } else {
+        problems.push_back(absl::StrCat(what, ": ", std::strerror(errno),
+                                        ": it matches nothing until that file exists"));
+      }
       continue;
+    }
+    // Looked up again at each decision: whoever may change a directory on
+    // the way picks the file that matches (or mounts over it, and holds
+    // the lookup up).
+    if (absl::StatusOr<UniqueFd> trusted = OpenTrusted(r.exe, O_PATH);
+        absl::IsFailedPrecondition(trusted.status())) {
+      problems.push_back(absl::StrCat(
+          what, " is reached through what another user may change (", trusted.status().message(),
+          "): they choose the file it matches, or stall hallocd's lookup of it at each "
+          "decision; name a path only root may change"));
     }
     if (!S_ISREG(st.st_mode)) {
       problems.push_back(absl::StrCat(what, " is not a regular file: it matches nothing"));

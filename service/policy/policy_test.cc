@@ -285,6 +285,28 @@ TEST(PolicyTest, NamesExeRulesThatMatchNothingAsTheirPathsStand) {
   EXPECT_TRUE(absl::StrContains(problems[2], "is a script")) << problems[2];
 }
 
+// An exe rule's path is looked up at each decision: one through a
+// directory another user may change lets them pick the file that matches
+// (or mount over it and stall the lookup). Named.
+TEST(PolicyTest, NamesExeRulesReachedThroughWhatOthersMayChange) {
+  halloc::testing::TempDir dir("policy-exe-open");
+  const std::string open_dir = dir / "anyone";
+  ASSERT_EQ(::mkdir(open_dir.c_str(), 0700), 0);
+  ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);  // writable by all, no sticky bit
+  const std::string copy = open_dir + "/true";
+  std::filesystem::copy_file("/bin/true", copy);
+  const std::string trusted = std::filesystem::canonical("/bin/true");
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      absl::StrCat("clients { name: \"open\" match { exe: \"", copy, "\" uids: 1 } }\n",
+                   "clients { name: \"bin\" match { exe: \"", trusted, "\" uids: 1 } }\n"),
+      "x.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::vector<std::string> problems = (*p)->ExeRuleProblems();
+  ASSERT_EQ(problems.size(), 1u) << absl::StrJoin(problems, "\n");
+  EXPECT_TRUE(absl::StrContains(problems[0], "client 'open'")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[0], "another user may change")) << problems[0];
+}
+
 TEST(PolicyTest, MissingFileIsNotFound) {
   EXPECT_EQ(Policy::Load("/nonexistent/policy").status().code(),
             absl::StatusCode::kNotFound);
