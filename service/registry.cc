@@ -102,6 +102,7 @@ void Registry::Leave(uint64_t session_id) {
   for (uint64_t b : held) DropHold(session_id, holding, b);
   holdings_.erase(it);
   DropUnrevocable(std::move(check));
+  DropUnreaching({});  // kept grants whose onward went with those
 }
 
 // --- Allocation and release ------------------------------------------------

@@ -468,17 +468,18 @@ class Registry {
   // reach any more (RevocableStill), then those shared on through them
   // that this leaves unreachable, and so on.
   void DropUnrevocable(std::vector<uint64_t> grants) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether anyone imported the buffer through `grant` and is still within
-  // a revoke's reach: holds by it (without live revoke, a hold a revoke
-  // ends), or has or let go of views it delivered (live revoke: fds a
-  // revoke cuts off). `leaving`: a session whose holds are about to go
-  // (its views may outlive it in its process; its holds do not).
+  // Whether anyone is within a revoke's reach through `grant`: something
+  // was shared on through it, or someone imported the buffer through it
+  // and holds by it (without live revoke, a hold a revoke ends), or has or
+  // let go of views it delivered (live revoke: fds a revoke cuts off).
+  // `leaving`: a session whose holds are about to go (its views may
+  // outlive it in its process; its holds do not).
   bool Reaches(const GrantRecord& grant, std::optional<uint64_t> leaving = std::nullopt) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Drops each of `grants` that an ended session kept (no token) and that
-  // reaches nobody any more (Reaches), then DropUnrevocable on what was
-  // shared on through them.
-  void DropUnreaching(const std::vector<uint64_t>& grants) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // reaches nobody any more (Reaches), and those of recheck_, until none
+  // is left to look at.
+  void DropUnreaching(std::vector<uint64_t> grants) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a revoke could still reach `grant` (not rooted): some grant it
   // came through is still open (those of ended sessions are dropped).
   bool RevocableStill(const GrantRecord& grant) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -545,6 +546,9 @@ class Registry {
   static constexpr size_t kSettleEvery = 256;
   size_t settle_at_ ABSL_GUARDED_BY(mu_) = kSettleEvery;
   const std::shared_ptr<LastReferenceFollower> gone_watch_;
+  // Kept grants (no token) whose last onward grant DropGrant dropped: each
+  // may reach no one now (DropUnreaching looks at them).
+  std::vector<uint64_t> recheck_ ABSL_GUARDED_BY(mu_);
 
   // Dropped buffers are closed here, off the request path and outside mu_
   // (closing the last fd of a large buffer frees its pages).

@@ -176,6 +176,48 @@ TEST_F(RegistryTest, AKeptGrantWithoutLiveGoesOnceItReachesNoOne) {
   EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();
 }
 
+// A revoke follows a chain through several ended sessions, whichever ends
+// first (helper-118: a kept grant that reached no importer of its own was
+// dropped though something was shared on through it, and the owner's
+// revoke then missed the end of the chain). Without live revoke: A shares
+// to B, B on to C, C on to D; B and C end.
+class ChainTest : public RegistryTest {
+ protected:
+  static constexpr uint64_t kD = 40;
+  void EndBothThenRevoke(uint64_t first, uint64_t second) {
+    reg_.Join(kC, Uid(3));
+    reg_.Join(kD, Uid(4));
+    const uint64_t id = AddN(kA, 1)[0];
+    absl::StatusOr<v1::Grant> u = ShareTo(kA, id, 2);
+    ASSERT_TRUE(u.ok()) << u.status();
+    ASSERT_TRUE(reg_.Import(kB, u->token(), Accept).ok());
+    absl::StatusOr<v1::Grant> v = ShareTo(kB, id, 3);
+    ASSERT_TRUE(v.ok()) << v.status();
+    ASSERT_TRUE(reg_.Import(kC, v->token(), Accept).ok());
+    absl::StatusOr<v1::Grant> w = ShareTo(kC, id, 4);
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE(reg_.Import(kD, w->token(), Accept).ok());
+    reg_.Leave(first);
+    reg_.Leave(second);
+    EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();
+    ASSERT_TRUE(reg_.Describe(kD, id).ok());
+    ASSERT_TRUE(reg_.Revoke(kA, u->id(), false).ok());
+    EXPECT_EQ(reg_.Describe(kD, id).status().code(), StatusCode::kNotFound);
+    EXPECT_EQ(Stats().grants(), 0u);
+    ASSERT_TRUE(reg_.Release(kA, {id}).ok());
+    EXPECT_EQ(Stats().live_buffers(), 0u) << "D still holds it";
+    EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();
+  }
+};
+
+TEST_F(ChainTest, RevokeWithoutLiveReachesTheEndOfAChainWhoseFirstSharerEndedFirst) {
+  EndBothThenRevoke(kB, kC);
+}
+
+TEST_F(ChainTest, RevokeWithoutLiveReachesTheEndOfAChainWhoseLastSharerEndedFirst) {
+  EndBothThenRevoke(kC, kB);
+}
+
 // An ended session's onward grants that reach nobody go with it; those
 // that do stay (for a revoke) until their buffer goes.
 TEST_F(RegistryTest, AnEndedSessionsOnwardGrantsStayOnlyWhileTheyReachSomeone) {

@@ -344,6 +344,7 @@ absl::StatusOr<Registry::Revoked> Registry::Revoke(uint64_t session_id,
   // took (those left name grants gone with their sessions), can be reached
   // by no revoke any more.
   DropUnrevocable(std::move(survivors));
+  DropUnreaching({});  // and kept ones it left reaching no one
   return out;
 }
 
@@ -468,6 +469,9 @@ bool Registry::RevocableStill(const GrantRecord& grant) const {
 bool Registry::Reaches(const GrantRecord& grant, std::optional<uint64_t> leaving) const {
   auto b = buffers_.find(grant.view.buffer_id);
   if (b == buffers_.end()) return false;
+  // Grants shared on through it: revoking it is how a revoke reaches
+  // their importers, however many ended sessions down the chain.
+  if (!grant.onward.empty()) return true;
   const BufferRecord& buffer = *b->second;
   if (buffer.let_go_views.contains(grant.view.id)) return true;
   for (uint64_t sid : grant.importers) {
@@ -482,18 +486,21 @@ bool Registry::Reaches(const GrantRecord& grant, std::optional<uint64_t> leaving
   return false;
 }
 
-void Registry::DropUnreaching(const std::vector<uint64_t>& grants) {
-  std::vector<uint64_t> onward;
-  for (uint64_t g : grants) {
+void Registry::DropUnreaching(std::vector<uint64_t> grants) {
+  for (;;) {
+    // Those whose onward DropGrant emptied are looked at again too.
+    grants.insert(grants.end(), recheck_.begin(), recheck_.end());
+    recheck_.clear();
+    if (grants.empty()) return;
+    const uint64_t g = grants.back();
+    grants.pop_back();
     auto it = grants_.find(g);
     if (it == grants_.end() || !it->second.token.empty() || it->second.rooted ||
         Reaches(it->second)) {
       continue;
     }
-    onward.insert(onward.end(), it->second.onward.begin(), it->second.onward.end());
-    DropGrant(g);
+    DropGrant(g);  // nothing onward (Reaches): its routes are looked at again
   }
-  DropUnrevocable(std::move(onward));
 }
 
 void Registry::DropGrant(uint64_t grant_id) {
@@ -521,6 +528,8 @@ void Registry::DropGrant(uint64_t grant_id) {
   for (const auto& [g, gave] : grant.via) {
     if (auto through = grants_.find(g); through != grants_.end()) {
       through->second.onward.erase(grant_id);
+      // A kept grant left with nothing onward may reach no one now.
+      if (through->second.token.empty() && through->second.onward.empty()) recheck_.push_back(g);
     }
   }
   grants_.erase(it);
