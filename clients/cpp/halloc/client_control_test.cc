@@ -56,9 +56,9 @@ TEST(ClientControlTest, AGrpcCallWaitsForRoomInAFullBacklog) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
 }
 
-// A call waits for its channel up to its deadline; but a session hallocd
-// ended (its broker connection closed: hallocd exited or cut it) has
-// nothing to wait for: UNAVAILABLE at once, as before calls waited.
+// A call waits for its channel up to its deadline; but not in a session
+// hallocd ended (its broker connection closed: hallocd exited or cut it):
+// where nothing listens, UNAVAILABLE at once, as before calls waited.
 TEST(ClientControlTest, AGrpcCallOfASessionHallocdEndedFailsAtOnce) {
   auto broker = std::make_unique<FakeBroker>([](int, const v1::BrokerRequest&) {});
   absl::StatusOr<Client> c = Client::Connect(broker->options(absl::Seconds(30)));
@@ -68,6 +68,22 @@ TEST(ClientControlTest, AGrpcCallOfASessionHallocdEndedFailsAtOnce) {
   absl::StatusOr<v1::StatsResponse> stats = c->Stats();
   EXPECT_EQ(stats.status().code(), absl::StatusCode::kUnavailable) << stats.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "waited for the deadline";
+}
+
+// ... and a call that needs no session (Stats: `hallocctl watch` across a
+// restart) still reaches a hallocd that listens.
+TEST(ClientControlTest, ASessionlessCallOfAnEndedSessionIsStillAnswered) {
+  FakeBroker broker([](int sock, const v1::BrokerRequest&) { ::shutdown(sock, SHUT_RDWR); });
+  SevenLive service;
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(10)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->Release(1).ok()) << "the fake cuts the session at its first request";
+  absl::StatusOr<v1::StatsResponse> stats = c->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->live_buffers(), 7u);
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
 }
 
 }  // namespace

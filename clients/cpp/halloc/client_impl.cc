@@ -56,13 +56,16 @@ std::unique_ptr<grpc::ClientContext> Client::Impl::Context() const {
   ctx->AddMetadata(kSessionMetadataKey, welcome_.session_token());
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
   // Through a connect that fails for a while (a full backlog, hallocd
-  // restarting), up to the deadline, rather than UNAVAILABLE at once.
-  ctx->set_wait_for_ready(true);
+  // restarting), up to the deadline, rather than UNAVAILABLE at once; but
+  // not once hallocd ended the session (it exited, or cut the connection):
+  // then a call fails at once where nothing listens, and one that needs no
+  // session (Stats) is answered by a hallocd started since.
+  ctx->set_wait_for_ready(!SessionEnded());
   return ctx;
 }
 
 absl::Status Client::Impl::ReleaseMany(absl::Span<const uint64_t> ids) {
-  RETURN_IF_ERROR(GrpcUsable("Release"));
+  RETURN_IF_ERROR(Usable("Release"));
   auto ctx = Context();
   v1::ReleaseResponse resp;
   std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer =
@@ -143,14 +146,9 @@ absl::Status Client::Impl::Usable(absl::string_view rpc) const {
                    "; after fork() a child connects a Client of its own"));
 }
 
-absl::Status Client::Impl::GrpcUsable(absl::string_view rpc) const {
-  RETURN_IF_ERROR(Usable(rpc));
+bool Client::Impl::SessionEnded() const {
   pollfd p{broker_.get(), POLLRDHUP, 0};
-  if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0) {
-    return absl::UnavailableError(
-        absl::StrCat(rpc, ": hallocd ended this session (its broker connection closed)"));
-  }
-  return absl::OkStatus();
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR)) != 0;
 }
 
 void Client::Impl::AbandonCall(uint64_t call_id, GiveBackWith what) {

@@ -50,7 +50,7 @@ class Client::Impl {
   absl::StatusOr<Resp> Call(grpc::Status (v1::Allocator::Stub::*method)(grpc::ClientContext*,
                                                                         const Req&, Resp*),
                             const Req& req, absl::string_view rpc) {
-    RETURN_IF_ERROR(GrpcUsable(rpc));
+    RETURN_IF_ERROR(Usable(rpc));
     Resp resp;
     auto ctx = Context();
     RETURN_IF_ERROR(FromGrpc((stub_.get()->*method)(ctx.get(), req, &resp), rpc));
@@ -117,10 +117,9 @@ class Client::Impl {
 
  private:
   // A context carrying our session token and the call deadline.
-  // Usable, and the session not ended by hallocd (its broker connection
-  // closed: hallocd exited, or cut it): a gRPC call waits for its channel
-  // up to its deadline (Context), which such a session has no use for.
-  absl::Status GrpcUsable(absl::string_view rpc) const;
+  // Whether hallocd ended the session: its broker connection closed
+  // (hallocd exited, or cut it).
+  bool SessionEnded() const;
   std::unique_ptr<grpc::ClientContext> Context() const;
 
   // OK while this process is the one that connected: after fork() parent

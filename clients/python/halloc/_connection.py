@@ -167,14 +167,15 @@ class Connection:
         """One gRPC call with our token and deadline (`req`: a request, or
         an iterator of them for a client stream)."""
         self.usable(name)
-        # A call waits for its channel up to its deadline (below); a session
-        # hallocd ended (its broker connection closed: hallocd exited or cut
-        # it) has nothing to wait for.
+        # A call waits for its channel up to its deadline (through a full
+        # backlog, a restart), but not once hallocd ended the session (its
+        # broker connection closed: it exited or cut it): then a call fails
+        # at once where nothing listens, and one that needs no session
+        # (stats) is answered by a hallocd started since (as libhalloc).
         ended = select.poll()
         ended.register(self._broker, select.POLLRDHUP)
-        if any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR) for _, ev in ended.poll(0)):
-            raise errors.UnavailableError(
-                f"{name}: hallocd ended this session (its broker connection closed)")
+        wait = not any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR)
+                       for _, ev in ended.poll(0))
         try:
             # gRPC turns an infinite (or astronomically long) timeout into a
             # deadline already past: beyond ~3 years, none at all.
@@ -182,7 +183,7 @@ class Connection:
             # Through a connect that fails for a while (a backlog another
             # process keeps full, hallocd restarting), up to the deadline,
             # rather than UNAVAILABLE at once (as libhalloc).
-            return method(req, timeout=timeout, metadata=self._metadata, wait_for_ready=True)
+            return method(req, timeout=timeout, metadata=self._metadata, wait_for_ready=wait)
         except grpc.RpcError as e:
             raise errors.from_rpc_error(e, name) from None
 
