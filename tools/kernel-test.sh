@@ -239,8 +239,9 @@ RUN=$(mktemp -d "$CACHE/run.XXXXXX")
 RESULTS=$RUN/results
 mkdir -p "$RESULTS" "$RUN/initramfs"
 cleanup() {
-  [[ -n ${NMI_PID:-} ]] && kill "$NMI_PID" 2>/dev/null
-  rm -f "$BUILD_LOG" "${MONITOR:-}"
+  if [[ -n ${NMI_PID:-} ]]; then kill "$NMI_PID" 2>/dev/null || true; fi
+  rm -f "$BUILD_LOG"
+  if [[ -n ${MONITOR_DIR:-} ]]; then rm -rf "$MONITOR_DIR"; fi
   ((KEEP)) || rm -rf "$RUN"
 }
 trap cleanup EXIT
@@ -371,24 +372,32 @@ cp "$VKMS_KO" "$IR/mods/vkms.ko"
 source "$REPO/tools/lib/qemu.sh"
 qemu_choose_accel "$VMLINUZ" "$CACHE" || die "bad HALLOC_QEMU_ACCEL"
 # What a silent first boot left behind, before booting again.
-reset_results() { rm -f "$RESULTS/rc" "$RESULTS/gtest.xml" "$RESULTS"/*.txt "$RESULTS/test.log"; }
+reset_results() {
+  rm -f "$RESULTS/rc" "$RESULTS/gtest.xml" "$RESULTS"/*.txt "$RESULTS/test.log" "$RUN/nmi-sent"
+}
 # A guest still running 15 s before the timeout gets an NMI through qemu's
 # monitor; booted with unknown_nmi_panic=1, it panics and prints where the
 # CPU that took it was. That is all a guest frozen with interrupts off can
 # say (both CPUs spinning on each other's lock: no watchdog line, no
 # sysrq, no hung-task or RCU report), as vkms's vblank deadlock once did.
 # Under /tmp: a socket path must fit in 108 bytes, which $RUN may not.
-MONITOR=$(mktemp -u /tmp/halloc-qemu-monitor.XXXXXX)
+MONITOR_DIR=$(mktemp -d /tmp/halloc-qemu.XXXXXX)
+MONITOR=$MONITOR_DIR/monitor
 NMI_AFTER=$((QEMU_TIMEOUT > 30 ? QEMU_TIMEOUT - 15 : QEMU_TIMEOUT / 2))
 nmi_before_timeout() {
   # In steps of a second (killed once qemu exits, it leaves no sleep behind
   # holding the caller's output open), counted from the monitor socket's
   # making: a guest booted again (KVM to TCG) makes a new one.
-  local made
+  local made sent=
   while sleep 1; do
     made=$(stat -c %Y "$MONITOR" 2>/dev/null) || continue
-    (($(date +%s) - made >= NMI_AFTER)) && break
+    [[ $made == "$sent" ]] && continue  # sent to this boot already
+    (($(date +%s) - made >= NMI_AFTER)) || continue
+    sent=$made
+    nmi_send
   done
+}
+nmi_send() {
   grep -q 'HARNESS: done' "$RUN/console.log" 2>/dev/null && return
   log "the guest still runs ${NMI_AFTER}s after it booted; sending it an NMI (its panic says where a CPU was)"
   : >"$RUN/nmi-sent"

@@ -157,8 +157,8 @@ fi
 # ends every client's session, so it is the administrator's call): say so.
 if [ "$1" = configure ] && [ -n "$2" ] && command -v systemctl >/dev/null 2>&1 &&
    systemctl --quiet is-active hallocd.service 2>/dev/null; then
-  echo "halloc: hallocd still runs the version before this one; restart it" \
-    "(systemctl restart hallocd.service: its clients' sessions end) to apply the update" >&2
+  echo "halloc: hallocd was started before this install and runs what it found then;" \
+    "restart it (systemctl restart hallocd.service: its clients' sessions end) to apply it" >&2
 fi
 SH
 cat >"$P/DEBIAN/prerm" <<'SH'

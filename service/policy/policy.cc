@@ -328,6 +328,13 @@ std::vector<std::string> Policy::ExeRuleProblems() const {
           what, " is reached through what another user may change (", trusted.status().message(),
           "): they choose the file it matches, or stall hallocd's lookup of it at each "
           "decision; name a path only root may change"));
+    } else if (struct stat file;
+               trusted.ok() && ::fstat(trusted->get(), &file) == 0 &&
+               (!TrustedOwner(file.st_uid) || OthersMayWrite(trusted->get(), file))) {
+      problems.push_back(absl::StrCat(what, " is a file another user may change (its owner, uid ",
+                                      file.st_uid,
+                                      ", or others may write it): any program they "
+                                      "put in it matches"));
     }
     if (!S_ISREG(st.st_mode)) {
       problems.push_back(absl::StrCat(what, " is not a regular file: it matches nothing"));

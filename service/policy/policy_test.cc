@@ -296,15 +296,22 @@ TEST(PolicyTest, NamesExeRulesReachedThroughWhatOthersMayChange) {
   const std::string copy = open_dir + "/true";
   std::filesystem::copy_file("/bin/true", copy);
   const std::string trusted = std::filesystem::canonical("/bin/true");
+  // A file others may write, in a directory only its owner may change.
+  const std::string writable = dir / "writable-true";
+  std::filesystem::copy_file("/bin/true", writable);
+  ASSERT_EQ(::chmod(writable.c_str(), 0777), 0);
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       absl::StrCat("clients { name: \"open\" match { exe: \"", copy, "\" uids: 1 } }\n",
-                   "clients { name: \"bin\" match { exe: \"", trusted, "\" uids: 1 } }\n"),
+                   "clients { name: \"bin\" match { exe: \"", trusted, "\" uids: 1 } }\n",
+                   "clients { name: \"w\" match { exe: \"", writable, "\" uids: 1 } }\n"),
       "x.textproto");
   ASSERT_TRUE(p.ok()) << p.status();
   const std::vector<std::string> problems = (*p)->ExeRuleProblems();
-  ASSERT_EQ(problems.size(), 1u) << absl::StrJoin(problems, "\n");
+  ASSERT_EQ(problems.size(), 2u) << absl::StrJoin(problems, "\n");
   EXPECT_TRUE(absl::StrContains(problems[0], "client 'open'")) << problems[0];
   EXPECT_TRUE(absl::StrContains(problems[0], "another user may change")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[1], "client 'w'")) << problems[1];
+  EXPECT_TRUE(absl::StrContains(problems[1], "a file another user may change")) << problems[1];
 }
 
 TEST(PolicyTest, MissingFileIsNotFound) {
