@@ -56,9 +56,11 @@ void WarnOfRules(const Policy& policy, const Backend& backend) {
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
                                                       InheritedListeners inherited) {
   std::unique_ptr<Daemon> d(new Daemon(std::move(options)));
+  std::vector<std::string> skipped;
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                   CreateBackend(d->options_.backend, {d->options_.dma_heap}));
+                   CreateBackend(d->options_.backend, {d->options_.dma_heap}, &skipped));
   LOG(INFO) << "backend: " << backend->name();
+  for (const std::string& why : skipped) LOG(INFO) << "backend auto: passed over " << why;
   std::shared_ptr<const Policy> policy = Policy::Default();
   if (!d->options_.policy_file.empty()) {
     ASSIGN_OR_RETURN(policy, Policy::Load(d->options_.policy_file));

@@ -92,13 +92,18 @@ std::vector<std::string> KnownBackends() {
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name,
-                                                       const BackendConfig& config) {
+                                                       const BackendConfig& config,
+                                                       std::vector<std::string>* skipped) {
   for (const BackendEntry& e : kBackends) {
     if (name != "auto" && name != e.name) continue;
     if (e.create != nullptr) {
       Created b = e.create(config);
       // "auto" moves on from a backend this machine cannot run.
-      if (name == "auto" && absl::IsFailedPrecondition(b.status())) continue;
+      if (name == "auto" && absl::IsFailedPrecondition(b.status())) {
+        if (skipped != nullptr)
+          skipped->push_back(absl::StrCat(e.name, ": ", b.status().message()));
+        continue;
+      }
       return b;
     }
     if (name != "auto") {

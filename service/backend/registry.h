@@ -36,8 +36,13 @@ struct BackendConfig {
 // memfd; each probe opens only its own nodes and closes them when it
 // fails). NOT_FOUND for an unknown name; FAILED_PRECONDITION when the named
 // backend cannot run here.
+// `skipped` (may be null): for "auto", each backend passed over and why
+// ("halloc: ... cannot open /dev/halloc (Permission denied) ..."), for the
+// log: a node that is there but closed to hallocd (DeviceAllow=, a mode)
+// otherwise left it on memfd, which enforces less, without a word.
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name,
-                                                       const BackendConfig& config = {});
+                                                       const BackendConfig& config = {},
+                                                       std::vector<std::string>* skipped = nullptr);
 
 }  // namespace halloc
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -31,7 +32,16 @@ TEST(BackendRegistryTest, CreatesByNameAndProbes) {
                                     : "memfd";
   EXPECT_EQ((*CreateBackend("memfd"))->name(), "memfd");
   EXPECT_EQ((*CreateBackend("memfd-pool"))->name(), "memfd");
-  EXPECT_EQ((*CreateBackend("auto"))->name(), expected);
+  std::vector<std::string> skipped;
+  EXPECT_EQ((*CreateBackend("auto", {}, &skipped))->name(), expected);
+  // What auto passed over is said, each with its reason (hallocd logs it).
+  if (std::string(expected) == "memfd") {
+    ASSERT_EQ(skipped.size(), 3u) << absl::StrJoin(skipped, "\n");
+    EXPECT_THAT(skipped[0], HasSubstr("halloc: ")) << skipped[0];
+    EXPECT_THAT(skipped[0], HasSubstr("/dev/")) << skipped[0];
+    EXPECT_THAT(skipped[1], HasSubstr("dmaheap: ")) << skipped[1];
+    EXPECT_THAT(skipped[2], HasSubstr("udmabuf: ")) << skipped[2];
+  }
   EXPECT_EQ(CreateBackend("nosuch").status().code(), absl::StatusCode::kNotFound);
   if (!dma_heap) {
     absl::StatusOr<std::unique_ptr<Backend>> b = CreateBackend("dmaheap");
