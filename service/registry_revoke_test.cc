@@ -134,12 +134,10 @@ TEST_F(RegistryTest, LiveRevokeReachesImportsOfAGranterWhoseSessionEnded) {
 TEST_F(RegistryTest, RevokeWithoutLiveReachesImportsOfAGranterWhoseSessionEnded) {
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  absl::StatusOr<v1::Grant> to_b = ShareTo(kA, id, 2);
+  absl::StatusOr<v1::Grant> to_b = ShareAndImport(kA, id, 2, kB);
   ASSERT_TRUE(to_b.ok()) << to_b.status();
-  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());
-  absl::StatusOr<v1::Grant> b_to_c = ShareTo(kB, id, 3);
+  absl::StatusOr<v1::Grant> b_to_c = ShareAndImport(kB, id, 3, kC);
   ASSERT_TRUE(b_to_c.ok()) << b_to_c.status();
-  ASSERT_TRUE(reg_.Import(kC, b_to_c->token(), Accept).ok());
   reg_.Leave(kB);
   EXPECT_EQ(reg_.Import(kC, b_to_c->token(), Accept).status().code(), StatusCode::kNotFound)
       << "its grants can be imported no more";
@@ -161,14 +159,12 @@ TEST_F(RegistryTest, RevokeWithoutLiveReachesImportsOfAGranterWhoseSessionEnded)
 TEST_F(RegistryTest, AKeptGrantWithoutLiveGoesOnceItReachesNoOne) {
   reg_.Join(kC, Uid(3));
   const uint64_t id = AddN(kA, 1)[0];
-  absl::StatusOr<v1::Grant> to_b = ShareTo(kA, id, 2);
+  absl::StatusOr<v1::Grant> to_b = ShareAndImport(kA, id, 2, kB);
   ASSERT_TRUE(to_b.ok()) << to_b.status();
-  ASSERT_TRUE(reg_.Import(kB, to_b->token(), Accept).ok());
-  absl::StatusOr<v1::Grant> b_to_c = ShareTo(kB, id, 3);
-  absl::StatusOr<v1::Grant> b_to_b = ShareTo(kB, id, 2);
-  ASSERT_TRUE(b_to_c.ok() && b_to_b.ok());
-  ASSERT_TRUE(reg_.Import(kC, b_to_c->token(), Accept).ok());
-  ASSERT_TRUE(reg_.Import(kB, b_to_b->token(), Accept).ok());  // its own
+  absl::StatusOr<v1::Grant> b_to_c = ShareAndImport(kB, id, 3, kC);
+  ASSERT_TRUE(b_to_c.ok()) << b_to_c.status();
+  absl::StatusOr<v1::Grant> b_to_b = ShareAndImport(kB, id, 2, kB);  // its own
+  ASSERT_TRUE(b_to_b.ok()) << b_to_b.status();
   reg_.Leave(kB);
   EXPECT_EQ(Stats().grants(), 2u) << "A's, and B's to C (C holds by it)";
   ASSERT_TRUE(reg_.Release(kC, {id}).ok());
@@ -188,15 +184,12 @@ class ChainTest : public RegistryTest {
     reg_.Join(kC, Uid(3));
     reg_.Join(kD, Uid(4));
     const uint64_t id = AddN(kA, 1)[0];
-    absl::StatusOr<v1::Grant> u = ShareTo(kA, id, 2);
+    absl::StatusOr<v1::Grant> u = ShareAndImport(kA, id, 2, kB);
     ASSERT_TRUE(u.ok()) << u.status();
-    ASSERT_TRUE(reg_.Import(kB, u->token(), Accept).ok());
-    absl::StatusOr<v1::Grant> v = ShareTo(kB, id, 3);
+    absl::StatusOr<v1::Grant> v = ShareAndImport(kB, id, 3, kC);
     ASSERT_TRUE(v.ok()) << v.status();
-    ASSERT_TRUE(reg_.Import(kC, v->token(), Accept).ok());
-    absl::StatusOr<v1::Grant> w = ShareTo(kC, id, 4);
+    absl::StatusOr<v1::Grant> w = ShareAndImport(kC, id, 4, kD);
     ASSERT_TRUE(w.ok()) << w.status();
-    ASSERT_TRUE(reg_.Import(kD, w->token(), Accept).ok());
     reg_.Leave(first);
     reg_.Leave(second);
     EXPECT_TRUE(reg_.CheckLinksForTesting().ok()) << reg_.CheckLinksForTesting();

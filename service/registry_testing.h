@@ -85,6 +85,17 @@ class RegistryTest : public ::testing::Test {
     return reg_.Share(from, id, [&](CpuAccess) { return g; });
   }
 
+  // `from` shares buffer `id` with `uid`, and session `importer` imports
+  // it as on a backend without live revoke (no view noted): the grant.
+  absl::StatusOr<v1::Grant> ShareAndImport(uint64_t from, uint64_t id, uid_t uid,
+                                           uint64_t importer) {
+    absl::StatusOr<v1::Grant> g = ShareTo(from, id, uid);
+    if (!g.ok()) return g.status();
+    absl::StatusOr<Registry::Imported> i = reg_.Import(importer, g->token(), Accept);
+    if (!i.ok()) return i.status();
+    return g;
+  }
+
   // `from` shares buffer `id` with `uid` until refused or `most` times:
   // how many it made, and the refusal (OK if none).
   size_t ShareUntilRefused(uint64_t from, uint64_t id, uid_t uid, size_t most,
