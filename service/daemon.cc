@@ -58,7 +58,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   std::unique_ptr<Daemon> d(new Daemon(std::move(options)));
   std::vector<std::string> skipped;
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                   CreateBackend(d->options_.backend, {d->options_.dma_heap}, &skipped));
+                   CreateBackend(d->options_.backend,
+                                 {d->options_.dma_heap, d->options_.skip_closed_nodes}, &skipped));
   LOG(INFO) << "backend: " << backend->name();
   for (const std::string& why : skipped) LOG(INFO) << "backend auto: passed over " << why;
   std::shared_ptr<const Policy> policy = Policy::Default();

@@ -50,6 +50,9 @@ struct DaemonOptions {
   // dmaheap backend: the heap under /dev/dma_heap; empty: chosen
   // (service/backend/registry.h, BackendConfig).
   std::string dma_heap;
+  // "auto": pass over a backend whose node is closed to hallocd
+  // (BackendConfig::skip_closed_nodes).
+  bool skip_closed_nodes = true;
   Limits limits;
   // Policy file (text format of halloc.v1.Policy); empty: built-in default
   // (every client may do everything, sharing within its own uid).

@@ -59,6 +59,13 @@ ABSL_FLAG(std::string, dma_heap, "",
           "dmaheap backend: the heap node under /dev/dma_heap, e.g. system or "
           "linux,cma; empty: the first present of system, linux,cma, "
           "reserved, halloc-system, else the first in name order");
+ABSL_FLAG(bool, skip_closed_nodes, true,
+          "--backend=auto: pass over a backend whose device node is there but "
+          "closed to hallocd (EACCES/EPERM: its mode or group, DeviceAllow=), as "
+          "one the machine lacks (a hallocd of one user's). false: stop with an "
+          "error instead (the system unit, whose user the udev rule gives the "
+          "nodes to: a closed node is a setup mistake that would leave hallocd "
+          "on a backend that enforces less)");
 ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "
@@ -169,6 +176,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.broker_socket = *std::move(broker);
   options.backend = absl::GetFlag(FLAGS_backend);
   options.dma_heap = absl::GetFlag(FLAGS_dma_heap);
+  options.skip_closed_nodes = absl::GetFlag(FLAGS_skip_closed_nodes);
   options.policy_file = absl::GetFlag(FLAGS_policy);
   const std::string mode = absl::GetFlag(FLAGS_socket_mode);
   const unsigned long bits =  // octal digits only (at most four): no overflow

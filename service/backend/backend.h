@@ -8,8 +8,11 @@
 #ifndef HALLOC_SERVICE_BACKEND_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_BACKEND_H_
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -142,6 +145,24 @@ class Backend {
   // The most buffers (an fd each) the backend keeps stocked at once.
   virtual uint64_t max_stocked_buffers() const { return 0; }
 };
+
+// Why a backend's Create cannot open its device node `path` (errno `err`):
+// PERMISSION_DENIED when the node is there but closed to hallocd (EACCES,
+// EPERM: its mode, or the unit's DeviceAllow=), which --backend=auto passes
+// over only when told to (BackendConfig::skip_closed_nodes);
+// FAILED_PRECONDITION otherwise (the machine lacks it). `hint` ends the
+// message of the latter ("is halloc_heap.ko loaded?").
+inline absl::Status NodeOpenError(absl::string_view backend, absl::string_view path, int err,
+                                  absl::string_view hint) {
+  if (err == EACCES || err == EPERM) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        backend, " backend: cannot open ", path, " (", std::strerror(err),
+        "): it is there, but closed to hallocd (uid ", ::geteuid(),
+        "); the hallocd package's udev rule (60-halloc.rules) gives it to group hallocd"));
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat(backend, " backend: cannot open ", path, " (", std::strerror(err), "); ", hint));
+}
 
 }  // namespace halloc
 

@@ -89,10 +89,7 @@ absl::StatusOr<std::unique_ptr<DmaHeapBackend>> DmaHeapBackend::Create(DmaHeapOp
   const std::string path = absl::StrCat(options.dir, "/", *heap);
   // The upstream UAPI needs only read access to allocate.
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "dmaheap backend: cannot open ", path, " (", std::strerror(errno), ")"));
-  }
+  if (!fd) return NodeOpenError("dmaheap", path, errno, "it went since it was listed");
   return CreateWithNode(std::make_unique<DeviceNode>(std::move(fd)), *std::move(heap));
 }
 

@@ -30,14 +30,10 @@ void CopyName(char (&field)[N], absl::string_view s) {
   field[n] = '\0';
 }
 
-// Opens one of the module's nodes; FAILED_PRECONDITION when it cannot.
+// Opens one of the module's nodes (NodeOpenError when it cannot).
 absl::StatusOr<UniqueFd> OpenNode(const std::string& path, int flags) {
   UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC));
-  if (!fd) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("halloc backend: cannot open ", path, " (",
-                     std::strerror(errno), "); is halloc_heap.ko loaded?"));
-  }
+  if (!fd) return NodeOpenError("halloc", path, errno, "is halloc_heap.ko loaded?");
   return fd;
 }
 

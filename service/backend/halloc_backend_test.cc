@@ -241,6 +241,23 @@ TEST(HallocBackendTest, MissingNodesAreFailedPrecondition) {
   EXPECT_NE(s.message().find("/nonexistent/halloc"), absl::string_view::npos) << s;
 }
 
+// A node that is there but closed to hallocd (its mode, DeviceAllow=) is
+// told apart from one the machine lacks: --backend=auto may stop on the
+// first (in-guest: ProbeOrderTest.ClosedNodesStopAutoWhenNotSkipped).
+TEST(HallocBackendTest, ClosedNodesArePermissionDeniedMissingOnesFailedPrecondition) {
+  for (int err : {EACCES, EPERM}) {
+    const absl::Status s = NodeOpenError("halloc", "/dev/halloc", err, "is it loaded?");
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+    EXPECT_NE(s.message().find("/dev/halloc"), absl::string_view::npos) << s;
+    EXPECT_NE(s.message().find("closed to hallocd"), absl::string_view::npos) << s;
+  }
+  for (int err : {ENOENT, ENODEV, ENXIO}) {
+    const absl::Status s = NodeOpenError("halloc", "/dev/halloc", err, "is it loaded?");
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("is it loaded?"), absl::string_view::npos) << s;
+  }
+}
+
 TEST(HallocBackendTest, RevocableViewsCarryTheKernelIdAndRevokeWithTheBuffer) {
   Calls calls;
   auto b = Backend(&calls);

@@ -98,8 +98,10 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(absl::string_view name,
     if (name != "auto" && name != e.name) continue;
     if (e.create != nullptr) {
       Created b = e.create(config);
-      // "auto" moves on from a backend this machine cannot run.
-      if (name == "auto" && absl::IsFailedPrecondition(b.status())) {
+      // "auto" moves on from a backend this machine cannot run (or may not
+      // open, when told to).
+      if (name == "auto" && (absl::IsFailedPrecondition(b.status()) ||
+                             (config.skip_closed_nodes && absl::IsPermissionDenied(b.status())))) {
         if (skipped != nullptr)
           skipped->push_back(absl::StrCat(e.name, ": ", b.status().message()));
         continue;

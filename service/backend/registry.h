@@ -29,13 +29,21 @@ struct BackendConfig {
   // present of kPreferredHeaps (dmaheap_backend.h: general-purpose heaps
   // only).
   std::string dma_heap;
+  // "auto": whether a backend whose device node is there but closed to
+  // hallocd (PERMISSION_DENIED: NodeOpenError in backend.h) is passed over
+  // like one the machine lacks. A hallocd of one user's skips the system's
+  // nodes; the system unit's (--skip_closed_nodes=false) stops instead: the
+  // node is a setup mistake (its mode, DeviceAllow=) that would leave it on
+  // a backend enforcing less.
+  bool skip_closed_nodes = true;
 };
 
 // Creates the backend called `name`, or the first one in probe order that
 // works on this machine when `name` is "auto" (halloc, dmaheap, udmabuf,
 // memfd; each probe opens only its own nodes and closes them when it
 // fails). NOT_FOUND for an unknown name; FAILED_PRECONDITION when the named
-// backend cannot run here.
+// backend cannot run here; PERMISSION_DENIED when its node is closed to
+// hallocd (for "auto", unless config.skip_closed_nodes).
 // `skipped` (may be null): for "auto", each backend passed over and why
 // ("halloc: ... cannot open /dev/halloc (Permission denied) ..."), for the
 // log: a node that is there but closed to hallocd (DeviceAllow=, a mode)

@@ -51,9 +51,7 @@ absl::StatusOr<std::unique_ptr<UdmabufBackend>> UdmabufBackend::Create(
     const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   if (!fd) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "udmabuf backend: cannot open ", path, " (", std::strerror(errno),
-        "); the kernel lacks udmabuf (CONFIG_UDMABUF)"));
+    return NodeOpenError("udmabuf", path, errno, "the kernel lacks udmabuf (CONFIG_UDMABUF)");
   }
   return CreateWithNode(std::make_unique<DeviceNode>(std::move(fd)));
 }

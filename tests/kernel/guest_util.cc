@@ -210,6 +210,24 @@ long PoolPages() {
   return at == std::string::npos ? -1 : strtol(s.c_str() + at + 6, nullptr, 10);
 }
 
+NodesToGroup::NodesToGroup(gid_t gid) {
+  for (const char* node : {HALLOC_CONTROL_PATH, HALLOC_HEAP_SYSTEM_PATH, HALLOC_HEAP_CONTIG_PATH,
+                           HALLOC_HEAP_PROTECTED_PATH, HALLOC_HEAP_DEFERRED_PATH}) {
+    struct stat st;
+    if (stat(node, &st) != 0) continue;  // a heap this module lacks
+    was_.push_back({node, st.st_uid, st.st_gid, static_cast<mode_t>(st.st_mode & 07777)});
+    ok_ = ok_ && chown(node, 0, gid) == 0 && chmod(node, 0660) == 0;
+  }
+}
+
+NodesToGroup::~NodesToGroup() {
+  for (const Was& w : was_) {
+    if (chown(w.node.c_str(), w.uid, w.gid) != 0 || chmod(w.node.c_str(), w.mode) != 0) {
+      ADD_FAILURE() << "cannot give " << w.node << " back";
+    }
+  }
+}
+
 std::string Env(const char* name) {
   const char* v = getenv(name);
   return v ? v : "";

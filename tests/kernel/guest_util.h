@@ -179,6 +179,29 @@ class ScopedParam {
 // halloc-system page pool holds), or -1.
 long PoolPages();
 
+// The module's device nodes given to group `gid`, mode 0660, as the hallocd
+// package's udev rule gives them to group hallocd
+// (service/systemd/60-halloc.rules); owners and modes come back when this
+// goes.
+class NodesToGroup {
+ public:
+  explicit NodesToGroup(gid_t gid);
+  ~NodesToGroup();
+  NodesToGroup(const NodesToGroup&) = delete;
+  NodesToGroup& operator=(const NodesToGroup&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  struct Was {
+    std::string node;
+    uid_t uid;
+    gid_t gid;
+    mode_t mode;
+  };
+  std::vector<Was> was_;
+  bool ok_ = true;
+};
+
 // Environment variable or "".
 std::string Env(const char* name);
 

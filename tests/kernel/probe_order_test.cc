@@ -4,12 +4,15 @@
 // unloading halloc_heap.ko and udmabuf.ko in turn walks auto down the list.
 // Both modules are loaded again afterwards, whatever happened.
 #include <errno.h>
+#include <sys/fsuid.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <memory>
 #include <string>
 
+#include "gmock/gmock.h"
 #include "service/backend/dmaheap_backend.h"
 #include "service/backend/registry.h"
 #include "tests/kernel/halloc_fixture.h"
@@ -77,6 +80,49 @@ TEST(ProbeOrderTest, AutoWalksHallocDmaheapUdmabufMemfd) {
   EXPECT_EQ(AutoPicks(), "udmabuf");
   ASSERT_EQ(LoadModule(halloc_ko, ""), 0) << "reload " << halloc_ko;
   EXPECT_EQ(AutoPicks(), "halloc");
+}
+
+// What CreateBackend("auto") gives with `skip_closed_nodes` when it opens
+// the nodes as `id` (uid and gid): the backend's name, or the status. Only
+// this thread's filesystem ids change (setfsuid, which also drops the
+// capabilities that pass file modes); no other thread sees it, and no fork
+// of this threaded process is needed.
+std::string AutoAs(unsigned id, bool skip_closed_nodes, absl::StatusCode* code) {
+  setfsgid(id);
+  setfsuid(id);
+  absl::StatusOr<std::unique_ptr<halloc::Backend>> b =
+      halloc::CreateBackend("auto", {"", skip_closed_nodes});
+  setfsuid(0);
+  setfsgid(0);
+  *code = b.status().code();
+  return b.ok() ? std::string((*b)->name()) : b.status().ToString();
+}
+
+// A hallocd not root (the unit's user, before the udev rule gave it the
+// nodes) finds the module's nodes closed: auto passes over them when told to
+// skip them (a user's own hallocd), and stops on them otherwise (the unit:
+// --skip_closed_nodes=false), where it used to fall to memfd unsaid.
+TEST(ProbeOrderTest, ClosedNodesStopAutoWhenNotSkipped) {
+  if (Env("HALLOC_KO").empty())
+    GTEST_SKIP() << "HALLOC_KO not set (run through tools/kernel-test.sh)";
+  ASSERT_TRUE(ModuleLoaded("halloc_heap"));
+  struct stat st;
+  ASSERT_EQ(stat(HALLOC_HEAP_SYSTEM_PATH, &st), 0);
+  ASSERT_EQ(st.st_mode & 0077, 0u) << "the heap node is open to others here";
+  constexpr unsigned kUser = 4243;
+  absl::StatusCode code;
+  EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/true, &code), "memfd");
+  const std::string said = AutoAs(kUser, /*skip_closed_nodes=*/false, &code);
+  EXPECT_EQ(code, absl::StatusCode::kPermissionDenied) << said;
+  EXPECT_THAT(said, ::testing::HasSubstr(HALLOC_HEAP_SYSTEM_PATH));
+  // Given to the user's group, as the udev rule gives them to hallocd's,
+  // the nodes serve it.
+  {
+    NodesToGroup given(kUser);
+    ASSERT_TRUE(given.ok());
+    EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/false, &code), "halloc");
+  }
+  EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/true, &code), "memfd") << "the modes came back";
 }
 
 }  // namespace
