@@ -59,7 +59,8 @@ dpkg-deb -c "$DEB" >"$WORK/contents"
 missing=()
 for f in ./usr/bin/hallocd ./usr/bin/hallocctl ./lib/systemd/system/hallocd.socket \
          ./lib/systemd/system/hallocd-broker.socket ./lib/systemd/system/hallocd.service \
-         ./usr/lib/sysusers.d/halloc.conf ./etc/halloc/policy.textproto \
+         ./usr/lib/sysusers.d/halloc.conf ./usr/lib/udev/rules.d/60-halloc.rules \
+         ./etc/halloc/policy.textproto \
          ./usr/include/halloc/clients/cpp/halloc/client.h; do
   grep -q " $f\$" "$WORK/contents" || missing+=("$f")
 done
@@ -82,6 +83,10 @@ else
   finish
 fi
 check "group halloc exists" getent group halloc
+check "user hallocd exists, with no shell, in none of the clients' groups" \
+  sh -c 'getent passwd hallocd | grep -q ":/usr/sbin/nologin\$" && ! id -nG hallocd | grep -qw halloc'
+check "the udev rule gives the device nodes to group hallocd" \
+  cmp -s /usr/lib/udev/rules.d/60-halloc.rules service/systemd/60-halloc.rules
 check "policy installed as a conffile" grep -q policy.textproto /var/lib/dpkg/info/halloc.conffiles
 # Root alone (service/policy/default.textproto, tested in policy_test): no
 # rule for uids that are other accounts on every machine.
@@ -130,8 +135,12 @@ check "Depends names adduser and init-system-helpers" \
 CTL="$WORK/run/control.sock" BRK="$WORK/run/broker.sock"
 mkdir -p "$WORK/run"
 export HALLOC_CONTROL_SOCKET="$CTL" HALLOC_BROKER_SOCKET="$BRK"
-tools/lib/activate.py "$CTL" "$BRK" -- /usr/bin/hallocd \
-  --policy=/etc/halloc/policy.textproto --backend=memfd >"$WORK/hallocd.log" 2>&1 &
+# As the unit runs it: user hallocd with CAP_SYS_PTRACE alone
+# (service/systemd/unit_user_test.cc runs it so with exe rules).
+tools/lib/activate.py "$CTL" "$BRK" -- setpriv --reuid=hallocd --regid=hallocd --clear-groups \
+  --inh-caps=-all,+sys_ptrace --ambient-caps=-all,+sys_ptrace --bounding-set=-all,+sys_ptrace \
+  --no-new-privs /usr/bin/hallocd --policy=/etc/halloc/policy.textproto --backend=memfd \
+  >"$WORK/hallocd.log" 2>&1 &
 DAEMON_PID=$!
 for _ in $(seq 100); do [[ -S "$BRK" ]] && break; sleep 0.1; done
 sleep 0.3
@@ -143,7 +152,9 @@ else
   cat "$WORK/alloc.out" "$WORK/hallocd.log"; bad "installed hallocctl allocates through the activated sockets"
 fi
 check "hallocd started on the first connection, on the passed sockets" \
-  grep -q "a client connected; starting /usr/bin/hallocd" "$WORK/hallocd.log"
+  grep -q "a client connected; starting setpriv" "$WORK/hallocd.log"
+check "the activated hallocd runs as user hallocd" \
+  sh -c "ps -o user= -p $DAEMON_PID | grep -qx hallocd"
 if /usr/bin/hallocctl stats --prometheus >"$WORK/metrics.prom" 2>&1 &&
    promtool check metrics <"$WORK/metrics.prom" >"$WORK/promtool.out" 2>&1 &&
    grep -q '^halloc_allocations_total 1$' "$WORK/metrics.prom"; then
@@ -216,7 +227,8 @@ if purge; then ok "apt-get remove --purge halloc halloc-dkms"; else cat "$WORK/p
 left=()
 for f in /usr/bin/hallocd /usr/bin/hallocctl /lib/systemd/system/hallocd.service \
          /etc/halloc/policy.textproto /usr/include/halloc /usr/src/halloc-* \
-         /usr/lib/modules-load.d/halloc.conf /usr/share/doc/halloc; do
+         /usr/lib/modules-load.d/halloc.conf /usr/share/doc/halloc \
+         /usr/lib/udev/rules.d/60-halloc.rules; do
   [[ -e "$f" ]] && left+=("$f")
 done
 for v in "${KVERS[@]}"; do

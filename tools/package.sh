@@ -3,7 +3,9 @@
 #
 #   halloc_<version>_amd64.deb     hallocd, hallocctl, libhalloc.so.0 with its
 #                                  headers and halloc.pc, the systemd units,
-#                                  the sysusers.d entry for group `halloc`, the
+#                                  the sysusers.d entry for group `halloc` and
+#                                  user `hallocd`, the udev rule giving the
+#                                  device nodes to group `hallocd`, the
 #                                  example policy as /etc/halloc/policy.textproto
 #                                  (a conffile), the API's .proto files
 #   halloc-dkms_<version>_all.deb  kernel/ as /usr/src/halloc-<version>/ for DKMS
@@ -46,6 +48,7 @@ for unit in hallocd.service hallocd.socket hallocd-broker.socket; do
   install -D -m 0644 "service/systemd/$unit" "$P/lib/systemd/system/$unit"
 done
 install -D -m 0644 service/systemd/halloc.sysusers.conf "$P/usr/lib/sysusers.d/halloc.conf"
+install -D -m 0644 service/systemd/60-halloc.rules "$P/usr/lib/udev/rules.d/60-halloc.rules"
 # Root alone: rules by uid are this machine's own (the example's uid 1001
 # is another account on every machine); the example is documentation.
 install -D -m 0644 service/policy/default.textproto "$P/etc/halloc/policy.textproto"
@@ -94,7 +97,7 @@ depends() {
   local IFS=','
   echo "${out[*]}" | sed 's/,/, /g'
 }
-# adduser: postinst's addgroup where systemd-sysusers is not there;
+# adduser: postinst's addgroup and adduser where systemd-sysusers is not there;
 # init-system-helpers: deb-systemd-helper and deb-systemd-invoke.
 DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0"), adduser, init-system-helpers"
 
@@ -126,11 +129,23 @@ cat >"$P/DEBIAN/postinst" <<'SH'
 set -e
 UNITS="hallocd.socket hallocd-broker.socket"
 if [ "$1" = configure ]; then
-  # The group that may connect (sysusers.d/halloc.conf says the same).
+  # The group that may connect and the user hallocd runs as
+  # (sysusers.d/halloc.conf says the same).
   if command -v systemd-sysusers >/dev/null 2>&1; then
     systemd-sysusers halloc.conf || true
   fi
   getent group halloc >/dev/null || addgroup --system halloc >/dev/null
+  getent passwd hallocd >/dev/null ||
+    adduser --system --group --no-create-home --home /nonexistent --shell /usr/sbin/nologin \
+      --gecos "halloc buffer allocator daemon" hallocd >/dev/null
+  # Nodes made before the udev rule was there (the module loaded first) get
+  # its group now.
+  if [ -d /run/udev ] && command -v udevadm >/dev/null 2>&1; then
+    udevadm control --reload >/dev/null 2>&1 || true
+    udevadm trigger --action=change --subsystem-match=dma_heap >/dev/null 2>&1 || true
+    udevadm trigger --action=change --subsystem-match=misc --sysname-match='halloc*' \
+      >/dev/null 2>&1 || true
+  fi
 fi
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] ||
    [ "$1" = abort-remove ]; then
@@ -181,8 +196,8 @@ if [ -x /usr/bin/deb-systemd-helper ]; then
     deb-systemd-helper unmask $UNITS >/dev/null || true
   fi
 fi
-# The group stays on purge (files elsewhere may still belong to it), as
-# Debian's policy asks of system groups.
+# The group and the user stay on purge (files elsewhere may still belong to
+# them), as Debian's policy asks of system users and groups.
 SH
 chmod 0755 "$P/DEBIAN/postinst" "$P/DEBIAN/prerm" "$P/DEBIAN/postrm"
 DEB="$OUT/halloc_${VERSION}_${ARCH}.deb"

@@ -23,6 +23,32 @@
 
 namespace halloc::systemd_testing {
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::multimap<std::string, std::string> ParseUnit(const std::string& unit) {
+  std::multimap<std::string, std::string> kv;
+  std::istringstream in(ReadFile(Runfile("service/systemd/" + unit)));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#' || line[0] == '[') continue;
+    const size_t eq = line.find('=');
+    if (eq != std::string::npos) kv.emplace(line.substr(0, eq), line.substr(eq + 1));
+  }
+  return kv;
+}
+
+std::vector<std::string> Values(const std::multimap<std::string, std::string>& kv,
+                                const std::string& key) {
+  std::vector<std::string> out;
+  for (auto [it, end] = kv.equal_range(key); it != end; ++it) out.push_back(it->second);
+  return out;
+}
+
 std::string Runfile(const std::string& path) {
   return absl::StrCat(getenv("TEST_SRCDIR"), "/halloc/", path);
 }

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +23,14 @@ namespace halloc::systemd_testing {
 
 // `path` in this test's runfiles.
 std::string Runfile(const std::string& path);
+// The whole of file `path` ("" if it cannot be read).
+std::string ReadFile(const std::string& path);
+// key -> values of one of our unit files, by name ("hallocd.service"), from
+// the runfiles (all sections; keys are unique across ours).
+std::multimap<std::string, std::string> ParseUnit(const std::string& unit);
+// The values of `key` in `kv`, in file order.
+std::vector<std::string> Values(const std::multimap<std::string, std::string>& kv,
+                                const std::string& key);
 // systemd's tool `name` (/usr/bin, else /lib/systemd), or "" if missing.
 std::string SystemdTool(const std::string& name);
 

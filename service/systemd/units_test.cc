@@ -30,42 +30,18 @@
 namespace halloc {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using systemd_testing::Child;
+using systemd_testing::ParseUnit;
+using systemd_testing::ReadFile;
 using systemd_testing::Runfile;
 using systemd_testing::SystemdTool;
+using systemd_testing::Values;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 constexpr absl::Duration kTimeout = absl::Seconds(60);  // a tool's run
 constexpr absl::Duration kWait = absl::Seconds(20);     // hallocd's answers
 const char* const kUnits[] = {"hallocd.socket", "hallocd-broker.socket", "hallocd.service"};
-
-std::string Read(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-// key -> values of a unit file (all sections; keys are unique across ours).
-std::multimap<std::string, std::string> Parse(const std::string& unit) {
-  std::multimap<std::string, std::string> kv;
-  std::istringstream in(Read(Runfile("service/systemd/" + unit)));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#' || line[0] == '[') continue;
-    const size_t eq = line.find('=');
-    if (eq != std::string::npos) kv.emplace(line.substr(0, eq), line.substr(eq + 1));
-  }
-  return kv;
-}
-
-std::vector<std::string> Values(const std::multimap<std::string, std::string>& kv,
-                                const std::string& key) {
-  std::vector<std::string> out;
-  for (auto [it, end] = kv.equal_range(key); it != end; ++it) out.push_back(it->second);
-  return out;
-}
 
 class UnitsTest : public ::testing::Test {
  protected:
@@ -89,7 +65,7 @@ class UnitsTest : public ::testing::Test {
     std::vector<std::string> paths;
     for (const char* unit : kUnits) {
       const std::string text = absl::StrReplaceAll(
-          Read(Runfile(absl::StrCat("service/systemd/", unit))),
+          ReadFile(Runfile(absl::StrCat("service/systemd/", unit))),
           {{"ExecStart=/usr/bin/hallocd", "ExecStart=" + Runfile("service/hallocd")}});
       paths.push_back(dir_ / unit);
       std::ofstream(paths.back()) << text;
@@ -131,10 +107,10 @@ TEST_F(UnitsTest, SandboxExposureAtMostTwo) {
 // The sockets carry the names and types hallocd takes (activation.h), owned
 // by group halloc with mode 0660; the service is what main.cc implements.
 TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
-  const auto control = Parse("hallocd.socket");
+  const auto control = ParseUnit("hallocd.socket");
   EXPECT_THAT(Values(control, "ListenStream"), ElementsAre("/run/halloc/control.sock"));
   EXPECT_THAT(Values(control, "FileDescriptorName"), ElementsAre(kControlFdName));
-  const auto broker = Parse("hallocd-broker.socket");
+  const auto broker = ParseUnit("hallocd-broker.socket");
   EXPECT_THAT(Values(broker, "ListenSequentialPacket"), ElementsAre("/run/halloc/broker.sock"));
   EXPECT_THAT(Values(broker, "FileDescriptorName"), ElementsAre(kBrokerFdName));
   for (const auto* socket : {&control, &broker}) {
@@ -143,11 +119,12 @@ TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
     EXPECT_THAT(Values(*socket, "Service"), ElementsAre("hallocd.service"));
   }
 
-  const auto service = Parse("hallocd.service");
+  const auto service = ParseUnit("hallocd.service");
   EXPECT_THAT(Values(service, "Type"), ElementsAre("notify"));
   EXPECT_THAT(Values(service, "Sockets"), ElementsAre("hallocd.socket hallocd-broker.socket"));
   EXPECT_THAT(Values(service, "ExecStart"),
-              ElementsAre("/usr/bin/hallocd --policy=/etc/halloc/policy.textproto"));
+              ElementsAre("/usr/bin/hallocd --policy=/etc/halloc/policy.textproto "
+                          "--skip_closed_nodes=false"));
   EXPECT_THAT(Values(service, "ExecReload"), ElementsAre("/bin/kill -HUP $MAINPID"));
   EXPECT_FALSE(Values(service, "WatchdogSec").empty());
   // 100k live buffers, each an fd, plus the connections (half of the limit
@@ -172,6 +149,7 @@ TEST_F(UnitsTest, ExecStartFlagsExist) {
   std::string out;
   ASSERT_EQ(Run({Runfile("service/hallocd"), "--helpfull"}, &out), 1) << out;
   EXPECT_THAT(out, HasSubstr("--policy (policy file"));
+  EXPECT_THAT(out, HasSubstr("--skip_closed_nodes ("));
 }
 
 // The sysusers.d snippet creates the sockets' group.
@@ -186,6 +164,7 @@ TEST_F(UnitsTest, SysusersCreatesTheGroup) {
             0)
       << out;
   EXPECT_THAT(out, HasSubstr("Creating group 'halloc'"));
+  EXPECT_THAT(out, HasSubstr("Creating user 'hallocd'"));
 }
 
 // hallocd under strace, started as the service starts it (socket-activated:
@@ -239,7 +218,7 @@ TEST_F(UnitsTest, HallocdStaysInsideTheSyscallFilter) {
   // Less what the unit denies (SystemCallFilter=~...): each call named
   // alone must be in the set (else the entry is a mistake); a group's may
   // not all be.
-  for (const std::string& filter : Values(Parse("hallocd.service"), "SystemCallFilter")) {
+  for (const std::string& filter : Values(ParseUnit("hallocd.service"), "SystemCallFilter")) {
     if (!absl::StartsWith(filter, "~")) continue;
     for (absl::string_view denied : absl::StrSplit(filter.substr(1), ' ', absl::SkipEmpty())) {
       const std::string entry(denied);
@@ -295,8 +274,9 @@ TEST_F(UnitsTest, HallocdStaysInsideTheSyscallFilter) {
   // Signals go to hallocd itself, strace's only child (the launcher exec'd
   // it in place).
   pid_t pid = 0;
-  std::istringstream(Read(absl::StrCat("/proc/", (*hallocd)->pid(), "/task/",
-                                       (*hallocd)->pid(), "/children"))) >> pid;
+  std::istringstream(ReadFile(
+      absl::StrCat("/proc/", (*hallocd)->pid(), "/task/", (*hallocd)->pid(), "/children"))) >>
+      pid;
   ASSERT_GT(pid, 0);
   ::kill(pid, SIGHUP);
   ASSERT_TRUE(notify->Until("RELOADING=1", kWait).has_value());
@@ -310,7 +290,7 @@ TEST_F(UnitsTest, HallocdStaysInsideTheSyscallFilter) {
   std::set<std::string> outside, families;
   std::string non_unix;  // the calls that opened other sockets, for the failure
   int calls = 0;
-  std::istringstream in(Read(trace));
+  std::istringstream in(ReadFile(trace));
   std::string line;
   std::smatch m;
   // What the launcher did before it exec'd hallocd is systemd's part.

@@ -1,0 +1,287 @@
+// hallocd.service runs hallocd as its own user with CAP_SYS_PTRACE alone:
+// the unit, the sysusers.d entry and the udev rule agree on that user, and
+// hallocd started with the credentials the unit gives (setpriv(1) standing
+// in for systemd: no systemd runs here) serves exe rules for clients of
+// other uids, while those credentials cannot write a root-owned file through
+// /proc/PID/root, which root's, even with that one capability, could.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <climits>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernel/uapi/halloc_heap.h"
+#include "service/systemd/testing.h"
+
+namespace halloc {
+namespace {
+
+using systemd_testing::Child;
+using systemd_testing::ParseUnit;
+using systemd_testing::ReadFile;
+using systemd_testing::Runfile;
+using systemd_testing::Values;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsSupersetOf;
+using ::testing::Not;
+
+// The uid and gid standing in for user hallocd (which need not exist here).
+constexpr uid_t kHallocdUid = 64990;
+constexpr absl::Duration kWait = absl::Seconds(20);
+
+// The fields of the lines of `file` that start with `type` (sysusers.d:
+// "u hallocd - ..."), quotes kept.
+std::vector<std::vector<std::string>> Lines(const std::string& file, absl::string_view type) {
+  std::vector<std::vector<std::string>> out;
+  for (absl::string_view line : absl::StrSplit(ReadFile(file), '\n')) {
+    std::vector<std::string> f = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    if (!f.empty() && f[0] == type) out.push_back(std::move(f));
+  }
+  return out;
+}
+
+// The udev rules' assignments KEY="value" of the rule lines matching
+// `match` (e.g. SUBSYSTEM=="dma_heap").
+std::vector<std::string> UdevRules(absl::string_view match) {
+  std::vector<std::string> rules;
+  for (absl::string_view line :
+       absl::StrSplit(ReadFile(Runfile("service/systemd/60-halloc.rules")), '\n')) {
+    if (!line.empty() && line[0] != '#' && absl::StrContains(line, match)) {
+      rules.emplace_back(line);
+    }
+  }
+  return rules;
+}
+
+// "CAP_SYS_PTRACE" -> "sys_ptrace" (setpriv's names).
+std::string SetprivCap(absl::string_view cap) {
+  return absl::AsciiStrToLower(absl::StripPrefix(cap, "CAP_"));
+}
+
+// setpriv(1) giving what hallocd.service gives hallocd: its user (as
+// kHallocdUid) and group, no supplementary group (the unit's kvm need not
+// exist here, and gives nothing /dev/udmabuf does not need),
+// AmbientCapabilities= as inheritable and ambient, CapabilityBoundingSet=,
+// NoNewPrivileges=. `ambient`: false drops the ambient capabilities (what
+// the unit would be without AmbientCapabilities=).
+std::vector<std::string> UnitCredentials(bool ambient = true) {
+  const auto unit = ParseUnit("hallocd.service");
+  std::string caps = "-all";
+  for (const std::string& v : Values(unit, "AmbientCapabilities")) {
+    for (absl::string_view c : absl::StrSplit(v, ' ', absl::SkipEmpty())) {
+      absl::StrAppend(&caps, ",+", SetprivCap(c));
+    }
+  }
+  std::string bounding = "-all";
+  for (const std::string& v : Values(unit, "CapabilityBoundingSet")) {
+    for (absl::string_view c : absl::StrSplit(v, ' ', absl::SkipEmpty())) {
+      absl::StrAppend(&bounding, ",+", SetprivCap(c));
+    }
+  }
+  std::vector<std::string> argv = {"/usr/bin/setpriv",
+                                   absl::StrCat("--reuid=", kHallocdUid),
+                                   absl::StrCat("--regid=", kHallocdUid),
+                                   "--clear-groups",
+                                   "--inh-caps=" + (ambient ? caps : "-all"),
+                                   "--bounding-set=" + bounding};
+  if (ambient) argv.push_back("--ambient-caps=" + caps);
+  if (Values(unit, "NoNewPrivileges") == std::vector<std::string>{"yes"}) {
+    argv.push_back("--no-new-privs");
+  }
+  return argv;
+}
+
+class UnitUserTest : public ::testing::Test {
+ protected:
+  // Runs `argv` to completion: its exit code (-1: did not exit), its output
+  // in `out`.
+  int Run(const std::vector<std::string>& argv, std::string* out = nullptr) {
+    const std::string log = dir_ / absl::StrCat("run", ++runs_, ".log");
+    absl::StatusOr<std::unique_ptr<Child>> c = Child::Start(argv, {}, log);
+    if (!c.ok()) return -1;
+    std::optional<int> status = (*c)->Wait(kWait);
+    if (out != nullptr) *out = (*c)->Log();
+    return status && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
+  }
+  // Whether this test may run processes as other uids (root, outside a user
+  // namespace mapping only one).
+  bool CanSwitch() {
+    std::vector<std::string> argv = UnitCredentials();
+    argv.push_back("/bin/true");
+    return Run(argv) == 0;
+  }
+
+  testing::TempDir dir_{"unit-user", 0755};
+  int runs_ = 0;
+};
+
+// The unit names a user of its own, not root, and gives it CAP_SYS_PTRACE
+// alone; sysusers.d creates that user, and the udev rule gives its group
+// every node the module makes and the upstream heaps, to it alone.
+TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
+  const auto unit = ParseUnit("hallocd.service");
+  ASSERT_THAT(Values(unit, "User"), ElementsAre("hallocd"));
+  EXPECT_THAT(Values(unit, "Group"), ElementsAre("hallocd"));
+  EXPECT_THAT(Values(unit, "AmbientCapabilities"), ElementsAre("CAP_SYS_PTRACE"));
+  EXPECT_THAT(Values(unit, "CapabilityBoundingSet"), ElementsAre("CAP_SYS_PTRACE"));
+  EXPECT_THAT(Values(unit, "NoNewPrivileges"), ElementsAre("yes"));
+  // Never the clients' group: it needs none of their rights.
+  for (const std::string& g : Values(unit, "SupplementaryGroups")) {
+    EXPECT_THAT(absl::StrSplit(g, ' '), Not(::testing::Contains("halloc"))) << g;
+  }
+  ASSERT_EQ(Values(unit, "ExecStart").size(), 1u);
+  EXPECT_THAT(Values(unit, "ExecStart")[0], HasSubstr("--skip_closed_nodes=false"));
+
+  const std::string sysusers = Runfile("service/systemd/halloc.sysusers.conf");
+  const auto users = Lines(sysusers, "u");
+  ASSERT_EQ(users.size(), 1u);
+  EXPECT_EQ(users[0][1], "hallocd");
+  EXPECT_EQ(users[0][2], "-") << "a system uid of sysusers' choosing";
+  const auto members = Lines(sysusers, "m");
+  EXPECT_TRUE(members.empty()) << "no group membership for hallocd: " << members[0][2];
+
+  const std::vector<std::string> misc = UdevRules("SUBSYSTEM==\"misc\"");
+  ASSERT_EQ(misc.size(), 1u);
+  absl::string_view kernel_names;
+  for (absl::string_view field : absl::StrSplit(misc[0], ", ")) {
+    if (absl::ConsumePrefix(&field, "KERNEL==\"")) kernel_names = field;
+  }
+  absl::ConsumeSuffix(&kernel_names, "\"");
+  EXPECT_THAT(absl::StrSplit(kernel_names, '|'),
+              IsSupersetOf({"halloc", HALLOC_HEAP_SYSTEM, HALLOC_HEAP_CONTIG, HALLOC_HEAP_PROTECTED,
+                            HALLOC_HEAP_DEFERRED}));
+  std::vector<std::string> rules = misc;
+  for (const std::string& r : UdevRules("SUBSYSTEM==\"dma_heap\"")) rules.push_back(r);
+  ASSERT_EQ(rules.size(), 2u);
+  for (const std::string& r : rules) {
+    EXPECT_THAT(r, HasSubstr("GROUP=\"hallocd\""));
+    EXPECT_THAT(r, HasSubstr("MODE=\"0660\"")) << "read-write for the group alone";
+    EXPECT_THAT(r, Not(HasSubstr("OWNER="))) << r;
+  }
+}
+
+// What the unit closes: root with CAP_SYS_PTRACE alone (the unit before)
+// writes a root-owned file through /proc/PID/root of a root process, as a
+// hallocd taken over could have written the host's through a client outside
+// its mount namespace; the unit's user cannot, though it still reads that
+// process's /proc/PID/exe (exe rules), which needs the capability.
+TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
+  if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
+  const std::string canary = dir_ / "canary";
+  std::ofstream(canary) << "root's\n";
+  ASSERT_EQ(::chmod(canary.c_str(), 0644), 0);
+  const pid_t self = ::getpid();  // root, like any client of root's
+  const std::string through = absl::StrCat("/proc/", self, "/root", canary);
+  char exe[PATH_MAX] = {};
+  ASSERT_GT(::readlink("/proc/self/exe", exe, sizeof(exe) - 1), 0);
+  const std::string read_exe = absl::StrCat("readlink /proc/", self, "/exe");
+  const std::string append = absl::StrCat("echo written >> '", through, "'");
+
+  std::vector<std::string> as_unit = UnitCredentials();
+  std::string out;
+  for (const std::string& cmd : {read_exe, append}) {
+    std::vector<std::string> argv = as_unit;
+    argv.insert(argv.end(), {"/bin/sh", "-c", cmd});
+    const int code = Run(argv, &out);
+    if (cmd == read_exe) {
+      EXPECT_EQ(code, 0) << "the unit's user cannot read a root process's exe: " << out;
+      EXPECT_THAT(out, HasSubstr(exe));
+    } else {
+      EXPECT_NE(code, 0) << "the unit's user wrote a root-owned file: " << out;
+      EXPECT_THAT(out, HasSubstr("Permission denied"));
+    }
+  }
+  // Without the ambient capability, the exe is out of reach: the read above
+  // is the capability's doing.
+  std::vector<std::string> argv = UnitCredentials(/*ambient=*/false);
+  argv.insert(argv.end(), {"/bin/sh", "-c", read_exe});
+  EXPECT_NE(Run(argv, &out), 0) << out;
+  EXPECT_EQ(ReadFile(canary), "root's\n");
+
+  // Root with that capability alone, as the unit was: it writes.
+  argv = {"/usr/bin/setpriv",
+          "--inh-caps=-all",
+          "--bounding-set=-all,+sys_ptrace",
+          "--no-new-privs",
+          "/bin/sh",
+          "-c",
+          append};
+  EXPECT_EQ(Run(argv, &out), 0) << out;
+  EXPECT_EQ(ReadFile(canary), "root's\nwritten\n");
+}
+
+// hallocd itself, started as the unit starts it (its flags, its
+// credentials): it runs as that user with CAP_SYS_PTRACE alone, and an exe
+// rule matches a client of root's (hallocctl, copied where hallocd's user
+// can reach it), whose /proc/PID/exe only the capability lets it read.
+// Without the ambient capability the client is not vouched for and gets the
+// catch-all rule's nothing.
+TEST_F(UnitUserTest, HallocdAsTheUnitsUserServesExeRules) {
+  if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
+  const std::string run = dir_ / "run";
+  ASSERT_EQ(::mkdir(run.c_str(), 0700), 0);
+  ASSERT_EQ(::chown(run.c_str(), kHallocdUid, kHallocdUid), 0);
+  const std::string client = dir_ / "hallocctl";
+  std::filesystem::copy_file(Runfile("clients/cli/hallocctl"), client);
+  ASSERT_EQ(::chmod(client.c_str(), 0755), 0);
+  const std::string policy = dir_ / "policy.textproto";
+  std::ofstream(policy) << "clients { name: \"trusted\" match { exe: \"" << client
+                        << "\" } usages: \"*\" heaps: \"*\" max_cpu_access: "
+                           "CPU_ACCESS_READ_WRITE }\n"
+                        << "clients { name: \"others\" match { any: true } }\n";
+  ASSERT_EQ(::chmod(policy.c_str(), 0644), 0);
+  const std::string control = run + "/control.sock", broker = run + "/broker.sock";
+  // ExecStart's flags, with this test's policy and sockets.
+  const std::vector<std::string> exec_start =
+      absl::StrSplit(Values(ParseUnit("hallocd.service"), "ExecStart").at(0), ' ');
+  for (bool ambient : {true, false}) {
+    SCOPED_TRACE(ambient ? "the unit's credentials" : "without the ambient capability");
+    std::vector<std::string> argv = UnitCredentials(ambient);
+    argv.push_back(Runfile("service/hallocd"));
+    for (size_t i = 1; i < exec_start.size(); ++i) {
+      if (!absl::StartsWith(exec_start[i], "--policy=")) argv.push_back(exec_start[i]);
+    }
+    argv.insert(argv.end(),
+                {"--policy=" + policy, "--control_socket=" + control, "--broker_socket=" + broker});
+    absl::StatusOr<std::unique_ptr<Child>> hallocd =
+        Child::Start(argv, {}, dir_ / absl::StrCat("hallocd.", ambient, ".log"));
+    ASSERT_TRUE(hallocd.ok()) << hallocd.status();
+    ASSERT_TRUE(systemd_testing::WaitForPath(broker, kWait)) << (*hallocd)->Log();
+    std::string out;
+    const int code = Run({client, "--control-socket=" + control, "--broker-socket=" + broker,
+                          "allocate", "--size", "4096"},
+                         &out);
+    // setpriv exec'd hallocd in place.
+    const std::string status = ReadFile(absl::StrCat("/proc/", (*hallocd)->pid(), "/status"));
+    const std::string uid = absl::StrCat(kHallocdUid);
+    EXPECT_THAT(status, HasSubstr(absl::StrCat("Uid:\t", uid, "\t", uid, "\t", uid, "\t", uid)));
+    EXPECT_THAT(status, HasSubstr("CapBnd:\t0000000000080000"));  // CAP_SYS_PTRACE (19)
+    EXPECT_THAT(status,
+                HasSubstr(ambient ? "CapEff:\t0000000000080000" : "CapEff:\t0000000000000000"));
+    EXPECT_THAT(status, HasSubstr("NoNewPrivs:\t1"));
+    if (ambient) {
+      EXPECT_EQ(code, 0) << out << "\n" << (*hallocd)->Log();
+    } else {
+      EXPECT_NE(code, 0) << out;
+      EXPECT_THAT(out, HasSubstr("rule 'others' denies Allocate")) << out;
+    }
+    hallocd->reset();  // SIGKILLed and reaped
+    ::unlink(control.c_str());
+    ::unlink(broker.c_str());
+  }
+}
+
+}  // namespace
+}  // namespace halloc
