@@ -4,6 +4,7 @@
 // in for systemd: no systemd runs here) serves exe rules for clients of
 // other uids, while those credentials cannot write a root-owned file through
 // /proc/PID/root, which root's, even with that one capability, could.
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -281,6 +283,70 @@ TEST_F(UnitUserTest, HallocdAsTheUnitsUserServesExeRules) {
     ::unlink(control.c_str());
     ::unlink(broker.c_str());
   }
+}
+
+// hallocd as the units start it: sockets made as hallocd.socket and
+// hallocd-broker.socket make them (their SocketUser=, SocketGroup=,
+// SocketMode=; tools/lib/activate.py standing in for systemd), passed to
+// hallocd under the unit's credentials with a watchdog. Its liveness probe
+// connects to those sockets by path as any client does: it must answer, or
+// systemd kills it once the grace is over, again and again (it did, with
+// the sockets root's and hallocd not in their group).
+TEST_F(UnitUserTest, TheWatchdogProbeReachesTheUnitsSockets) {
+  if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
+  const auto service = ParseUnit("hallocd.service");
+  const std::string control = dir_ / "control.sock", broker = dir_ / "broker.sock";
+  absl::StatusOr<systemd_testing::NotifySocket> notify =
+      systemd_testing::NotifySocket::Bind(dir_ / "notify.sock");
+  ASSERT_TRUE(notify.ok()) << notify.status();
+  ASSERT_EQ(::chmod((dir_ / "notify.sock").c_str(), 0666), 0);  // as systemd's is
+  std::vector<std::string> argv = {"/usr/bin/python3", Runfile("tools/lib/activate.py"), control,
+                                   broker, "--"};
+  for (const std::string& a : UnitCredentials()) argv.push_back(a);
+  argv.push_back(Runfile("service/hallocd"));
+  const std::vector<std::string> exec_start =
+      absl::StrSplit(Values(service, "ExecStart").at(0), ' ');
+  for (size_t i = 1; i < exec_start.size(); ++i) {
+    if (!absl::StartsWith(exec_start[i], "--policy=")) argv.push_back(exec_start[i]);
+  }
+  // WatchdogSec=0.4s: a probe every 100 ms, pings for 300 ms past the last
+  // answer.
+  absl::StatusOr<std::unique_ptr<Child>> hallocd =
+      Child::Start(argv, {"NOTIFY_SOCKET=" + (dir_ / "notify.sock"), "WATCHDOG_USEC=400000"},
+                   dir_ / "hallocd.log");
+  ASSERT_TRUE(hallocd.ok()) << hallocd.status();
+  ASSERT_TRUE(systemd_testing::WaitForPath(control, kWait)) << (*hallocd)->Log();
+  ASSERT_TRUE(systemd_testing::WaitForPath(broker, kWait)) << (*hallocd)->Log();
+  // Owned as the socket units say: SocketUser= is a user name (the
+  // stand-in uid here, as for the service's User=), SocketGroup= the
+  // clients' group (a stand-in gid: halloc need not exist here).
+  for (const char* unit : {"hallocd.socket", "hallocd-broker.socket"}) {
+    const auto socket = ParseUnit(unit);
+    const std::vector<std::string> user = Values(socket, "SocketUser");
+    ASSERT_EQ(user.size(), 1u) << unit;
+    ASSERT_TRUE(user[0] == "root" || user[0] == Values(service, "User").at(0)) << user[0];
+    const uid_t owner = user[0] == "root" ? 0 : kHallocdUid;
+    unsigned mode = 0;
+    ASSERT_TRUE(
+        absl::numbers_internal::safe_strtou32_base(Values(socket, "SocketMode").at(0), &mode, 8));
+    const std::string path = absl::StrContains(unit, "broker") ? broker : control;
+    ASSERT_EQ(::chown(path.c_str(), owner, kHallocdUid + 1), 0);
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+  }
+  {
+    // The first connection starts hallocd.
+    absl::StatusOr<UniqueFd> wake = systemd_testing::ConnectUnix(broker, SOCK_SEQPACKET);
+    ASSERT_TRUE(wake.ok()) << wake.status();
+    ASSERT_TRUE(notify->Until("READY=1", kWait).has_value()) << (*hallocd)->Log();
+  }
+  // Five times the grace: pings all along (one per 100 ms), no failed probe.
+  int pings = 0;
+  for (absl::Time end = absl::Now() + absl::Milliseconds(1500); absl::Now() < end;) {
+    std::optional<std::string> m = notify->Next(end - absl::Now());
+    if (m.has_value() && absl::StrContains(*m, "WATCHDOG=1")) ++pings;
+  }
+  EXPECT_GE(pings, 8) << (*hallocd)->Log();
+  EXPECT_THAT((*hallocd)->Log(), Not(HasSubstr("does not answer")));
 }
 
 }  // namespace

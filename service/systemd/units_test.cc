@@ -105,7 +105,8 @@ TEST_F(UnitsTest, SandboxExposureAtMostTwo) {
 }
 
 // The sockets carry the names and types hallocd takes (activation.h), owned
-// by group halloc with mode 0660; the service is what main.cc implements.
+// by hallocd's user and group halloc with mode 0660; the service is what
+// main.cc implements.
 TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
   const auto control = ParseUnit("hallocd.socket");
   EXPECT_THAT(Values(control, "ListenStream"), ElementsAre("/run/halloc/control.sock"));
@@ -115,6 +116,8 @@ TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
   EXPECT_THAT(Values(broker, "FileDescriptorName"), ElementsAre(kBrokerFdName));
   for (const auto* socket : {&control, &broker}) {
     EXPECT_THAT(Values(*socket, "SocketGroup"), ElementsAre("halloc"));
+    // hallocd's watchdog probe connects to them (unit_user_test).
+    EXPECT_EQ(Values(*socket, "SocketUser"), Values(ParseUnit("hallocd.service"), "User"));
     EXPECT_THAT(Values(*socket, "SocketMode"), ElementsAre("0660"));
     EXPECT_THAT(Values(*socket, "Service"), ElementsAre("hallocd.service"));
   }
