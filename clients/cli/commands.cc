@@ -1,5 +1,8 @@
 #include "clients/cli/commands.h"
 
+#include <grp.h>
+#include <pwd.h>
+#include <sys/fsuid.h>
 #include <unistd.h>
 
 #include <limits>
@@ -14,6 +17,7 @@
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/metrics/prometheus.h"
 #include "service/policy/policy.h"
+#include "service/util/trusted_path.h"
 
 namespace halloc::cli {
 namespace {
@@ -273,8 +277,8 @@ constexpr Command kCommands[] = {
      "and the daemon's uid)",
      0, 0, Scope::kAnywhere, List},
     {"describe", "ID [--json]",
-     "one buffer: layout and metadata (any live buffer with --all rights)", 1, 1,
-     Scope::kAnywhere, Describe},
+     "one buffer: layout and metadata (any live buffer with --all rights)", 1, 1, Scope::kAnywhere,
+     Describe},
     {"stats", "[--json|--prometheus]", "daemon-wide counters, denials per policy rule", 0, 0,
      Scope::kAnywhere, Stats},
     {"dump", "[--json]",
@@ -286,22 +290,22 @@ constexpr Command kCommands[] = {
      "allocate it, and the layout it would use",
      0, 0, Scope::kAnywhere, Supported},
     {"watch", "[--dump] [--interval 1s] [--iterations N] [--json]",
-     "print stats (or dump) again every --interval until Ctrl-C", 0, 0,
-     Scope::kCommandLineOnly, Watch},
+     "print stats (or dump) again every --interval until Ctrl-C", 0, 0, Scope::kCommandLineOnly,
+     Watch},
     {"policy", "check FILE",
-     "validate a policy file offline (no daemon needed); errors are\n"
+     "validate a policy file offline (no daemon needed; root judges exe\n"
+     "paths as user hallocd, the unit's); errors are\n"
      "FILE:LINE:COLUMN: message",
      2, 2, Scope::kCommandLineOnly, nullptr},
-    {"session", "",
-     "run commands read from stdin, one per line, in this one session", 0, 0,
+    {"session", "", "run commands read from stdin, one per line, in this one session", 0, 0,
      Scope::kCommandLineOnly, nullptr},
     {"share", "ID (--uid UID | --client NAME) [--access none|read|read-write] [--json]",
-     "grant a peer access to a buffer; prints the grant, its token last", 1, 1,
-     Scope::kSessionOnly, Share},
-    {"revoke", "GRANT", "withdraw a grant: no new import of it succeeds", 1, 1,
-     Scope::kSessionOnly, Revoke},
-    {"release", "ID...", "drop this session's hold on buffers", 1, kMany,
-     Scope::kSessionOnly, Release},
+     "grant a peer access to a buffer; prints the grant, its token last", 1, 1, Scope::kSessionOnly,
+     Share},
+    {"revoke", "GRANT", "withdraw a grant: no new import of it succeeds", 1, 1, Scope::kSessionOnly,
+     Revoke},
+    {"release", "ID...", "drop this session's hold on buffers", 1, kMany, Scope::kSessionOnly,
+     Release},
     {"set-metadata",
      "ID dataspace VALUE | ID blend-mode none|premultiplied|coverage |\n"
      "               ID crop L,T,R,B... [--json]",
@@ -347,7 +351,57 @@ std::string CommandsHelp() {
   return out;
 }
 
-int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
+std::optional<Judge> UnitUser() {
+  struct passwd pw, *found = nullptr;
+  char buf[4096];
+  if (::getpwnam_r("hallocd", &pw, buf, sizeof(buf), &found) != 0 || found == nullptr) {
+    return std::nullopt;
+  }
+  return Judge{pw.pw_uid, pw.pw_gid, pw.pw_name};
+}
+
+namespace {
+
+// While it lives, this thread looks up files as `judge` (its filesystem
+// ids and groups) and TrustedOwner counts its files as this process's own.
+// Root only (CAP_SETUID, CAP_SETGID); ok() says whether it took.
+class JudgingAs {
+ public:
+  explicit JudgingAs(const Judge& judge) {
+    const int n = ::getgroups(0, nullptr);
+    groups_.resize(n > 0 ? n : 0);
+    if (n < 0 || ::getgroups(n, groups_.data()) != n) return;
+    std::vector<gid_t> theirs(64);
+    int count = static_cast<int>(theirs.size());
+    if (::getgrouplist(judge.name.c_str(), judge.gid, theirs.data(), &count) < 0) count = 0;
+    if (count == 0) theirs = {judge.gid}, count = 1;
+    if (::setgroups(count, theirs.data()) != 0) return;
+    changed_groups_ = true;
+    ::setfsgid(judge.gid);
+    ::setfsuid(judge.uid);
+    // setfsuid says the previous id, and fails silently: ask again.
+    ok_ = static_cast<uid_t>(::setfsuid(-1)) == judge.uid &&
+          static_cast<gid_t>(::setfsgid(-1)) == judge.gid;
+    TrustOwnUidAs(judge.uid);
+  }
+  ~JudgingAs() {
+    TrustOwnUidAs(-1);
+    ::setfsuid(::geteuid());
+    ::setfsgid(::getegid());
+    if (changed_groups_) (void)::setgroups(groups_.size(), groups_.data());
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  std::vector<gid_t> groups_;
+  bool changed_groups_ = false;
+  bool ok_ = false;
+};
+
+}  // namespace
+
+int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err,
+                const std::optional<Judge>& as) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Load(file, Policy::Writer::kAnyone);
   if (!p.ok()) {
     err << p.status().message() << "\n";
@@ -356,6 +410,25 @@ int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
   out << file << ": OK, " << (*p)->rules().size() << " client rules:";
   for (const Rule& r : (*p)->rules()) out << " " << r.name;
   out << "\n";
+  std::optional<JudgingAs> judging;
+  std::string whose = "this user";
+  if (as.has_value() && as->uid != ::geteuid()) {
+    if (::geteuid() == 0) {
+      judging.emplace(*as);
+      if (judging->ok()) {
+        whose = absl::StrCat("user ", as->name);
+        err << "note: judged as user " << as->name << " (uid " << as->uid
+            << "), as hallocd.service runs hallocd\n";
+      } else {
+        judging.reset();
+        err << "note: judged as root: cannot look at files as user " << as->name << " (uid "
+            << as->uid << ") here, as hallocd.service runs hallocd\n";
+      }
+    } else {
+      err << "note: judged as uid " << ::geteuid() << ", not as user " << as->name
+          << ", which hallocd.service runs hallocd as: run this as root for its judgement\n";
+    }
+  }
   for (const std::string& problem : (*p)->ExeRuleProblems()) err << "note: " << problem << "\n";
   // Said wherever the file is checked: it may be installed elsewhere.
   if (const std::vector<std::string> open = (*p)->ExeRulesOpenToAnyUid(); !open.empty()) {
@@ -367,8 +440,8 @@ int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err) {
   // A draft passes whoever wrote it; hallocd takes only a file root or its
   // own user could have written (Policy::Writer::kTrusted).
   if (absl::Status trusted = Policy::Load(file).status(); !trusted.ok()) {
-    err << "note: hallocd running as this user would not read it where it is: " << trusted.message()
-        << "\n";
+    err << "note: hallocd running as " << whose
+        << " would not read it where it is: " << trusted.message() << "\n";
   }
   return kExitOk;
 }

@@ -10,9 +10,12 @@
 #ifndef HALLOC_CLIENTS_CLI_COMMANDS_H_
 #define HALLOC_CLIENTS_CLI_COMMANDS_H_
 
+#include <sys/types.h>
+
 #include <cstddef>
 #include <istream>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <string>
 
@@ -88,11 +91,26 @@ void BlockStopSignals();
 // for ever); true if one came.
 bool WaitForStopSignal(absl::Duration timeout);
 
+// Whose judgement `policy check` gives of exe paths and of the file's
+// place: a user's uid, gid and name.
+struct Judge {
+  uid_t uid;
+  gid_t gid;
+  std::string name;
+};
+// The user hallocd.service runs hallocd as ("hallocd"), if it exists here.
+std::optional<Judge> UnitUser();
+
 // `policy check FILE`, offline: "FILE: OK, N client rules: ..." and 0, or
 // the error as FILE:LINE:COLUMN: message on `err` and 1. Notes on `err`
-// for a valid file: rules that match by executable alone, and a file
-// hallocd (as this user) would not read where it is.
-int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err);
+// for a valid file: rules that match by executable alone, exe rules that
+// match nothing or that another user could steer, and a file hallocd would
+// not read where it is. Those last judgements are hallocd's as user `as`
+// (its files count as hallocd's own, a directory closed to it closes what
+// is behind it) when run by root; by another user they are that user's,
+// and a note says so.
+int PolicyCheck(const std::string& file, std::ostream& out, std::ostream& err,
+                const std::optional<Judge>& as = std::nullopt);
 
 // One session of hallocd and the buffers it holds.
 class Session {

@@ -94,7 +94,7 @@ int Main(int argc, char** argv) {
   }
   if (command->name == "policy") {
     if (args[0] != "check") return Report(cli::UsageError("usage: policy check FILE"));
-    return cli::PolicyCheck(args[1], std::cout, std::cerr);
+    return cli::PolicyCheck(args[1], std::cout, std::cerr, cli::UnitUser());
   }
   const cli::Options options = cli::Options::FromFlags();
   // Before connecting: gRPC's threads inherit the mask.

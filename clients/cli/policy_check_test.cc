@@ -2,13 +2,19 @@
 // is OK with its rules listed, and a note names the rules that match by
 // executable alone (any local user can pass for one where unprivileged
 // user namespaces are on); an invalid one is refused with its line.
+#include <sys/fsuid.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cli/commands.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
+#include "service/util/trusted_path.h"
 
 namespace halloc::cli {
 namespace {
@@ -18,11 +24,12 @@ struct Checked {
   std::string out, err;
 };
 
-Checked Check(const testing::TempDir& dir, const std::string& text) {
+Checked Check(const testing::TempDir& dir, const std::string& text,
+              const std::optional<Judge>& as = std::nullopt) {
   const std::string file = dir / "policy.textproto";
   std::ofstream(file) << text;
   std::ostringstream out, err;
-  const int code = PolicyCheck(file, out, err);
+  const int code = PolicyCheck(file, out, err, as);
   return {code, out.str(), err.str()};
 }
 
@@ -55,6 +62,51 @@ TEST(PolicyCheckTest, AnInvalidFileIsRefusedWithItsLine) {
   EXPECT_EQ(c.code, kExitRefused);
   EXPECT_NE(c.err.find("policy.textproto:2:"), std::string::npos) << c.err;
   EXPECT_NE(c.err.find("can never match"), std::string::npos) << c.err;
+}
+
+// Run by root, the check judges exe paths and the file's place as hallocd's
+// user would (a stand-in uid here: the user hallocd need not exist): a
+// directory closed to that user closes the rule behind it, and that user's
+// own files are trusted as hallocd's own, where root's judgement says the
+// opposite of both. Afterwards this process looks at files as itself again.
+TEST(PolicyCheckTest, RootJudgesAsHallocdsUser) {
+  constexpr uid_t kStandIn = 64990;
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (it looks at files as another user)";
+  testing::TempDir dir("policy-check", 0755);
+  const std::string closed = dir / "closed", theirs = dir / "theirs";
+  ASSERT_EQ(::mkdir(closed.c_str(), 0700), 0);
+  for (const std::string& f : {closed + "/cam", theirs}) {
+    std::ofstream(f) << "#!/bin/sh\n";
+    ASSERT_EQ(::chmod(f.c_str(), 0755), 0);
+  }
+  ASSERT_EQ(::chown(theirs.c_str(), kStandIn, kStandIn), 0);
+  const std::string policy =
+      absl::StrCat("clients { name: \"cam\" match { exe: \"", closed, "/cam\" uids: 1 } }\n",
+                   "clients { name: \"comp\" match { exe: \"", theirs, "\" uids: 1 } }\n");
+  const Checked root = Check(dir, policy);
+  EXPECT_EQ(root.code, kExitOk) << root.err;
+  EXPECT_EQ(root.err.find("closed to this process"), std::string::npos) << root.err;
+  EXPECT_NE(root.err.find("'comp': exe '" + theirs + "' is a file another user may change"),
+            std::string::npos)
+      << root.err;
+
+  const Checked judged = Check(dir, policy, Judge{kStandIn, kStandIn, "stand-in"});
+  if (judged.err.find("cannot look at files as user") != std::string::npos) {
+    GTEST_SKIP() << "cannot take uid " << kStandIn << "'s filesystem ids here: " << judged.err;
+  }
+  EXPECT_EQ(judged.code, kExitOk) << judged.err;
+  EXPECT_NE(judged.err.find("note: judged as user stand-in (uid 64990)"), std::string::npos)
+      << judged.err;
+  EXPECT_NE(judged.err.find("'cam': exe '" + closed +
+                            "/cam': Permission denied: a directory "
+                            "on the way is closed"),
+            std::string::npos)
+      << judged.err;
+  EXPECT_EQ(judged.err.find("another user may change"), std::string::npos) << judged.err;
+  // Back to itself.
+  EXPECT_EQ(static_cast<uid_t>(::setfsuid(-1)), 0u);
+  EXPECT_EQ(static_cast<gid_t>(::setfsgid(-1)), 0u);
+  EXPECT_FALSE(TrustedOwner(kStandIn));
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -51,6 +52,12 @@ absl::StatusOr<UniqueFd> OpenTrusted(const std::string& path, int flags);
 // which only bounds them; an ACL that cannot be read counts as naming one).
 bool TrustedOwner(uid_t uid);
 bool OthersMayWrite(int fd, const struct stat& st);
+
+// Makes TrustedOwner count `uid`'s files as this process's own in place of
+// its effective uid's (-1: back to that): `hallocctl policy check`, run by
+// root, judges as the user hallocd runs as (with that user's filesystem ids
+// for the lookups, setfsuid). Set it only while nothing else judges.
+void TrustOwnUidAs(int64_t uid);
 
 }  // namespace halloc
 
