@@ -10,10 +10,12 @@
 #include <cerrno>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/backend/registry.h"
@@ -57,9 +59,23 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
                                                       InheritedListeners inherited) {
   std::unique_ptr<Daemon> d(new Daemon(std::move(options)));
   std::vector<std::string> skipped;
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
-                   CreateBackend(d->options_.backend,
-                                 {d->options_.dma_heap, d->options_.skip_closed_nodes}, &skipped));
+  const BackendConfig config{d->options_.dma_heap, d->options_.skip_closed_nodes};
+  absl::StatusOr<std::unique_ptr<Backend>> created =
+      CreateBackend(d->options_.backend, config, &skipped);
+  // A node closed for now: udev may not have given it to hallocd's group
+  // yet (early in boot), so it is tried again for a while.
+  bool said = false;
+  for (const absl::Time end = absl::Now() + d->options_.closed_node_wait;
+       absl::IsPermissionDenied(created.status()) && absl::Now() < end;) {
+    if (!std::exchange(said, true)) {
+      LOG(WARNING) << created.status().message() << "; waiting up to "
+                   << d->options_.closed_node_wait << " for it to open";
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+    skipped.clear();
+    created = CreateBackend(d->options_.backend, config, &skipped);
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, std::move(created));
   LOG(INFO) << "backend: " << backend->name();
   for (const std::string& why : skipped) LOG(INFO) << "backend auto: passed over " << why;
   std::shared_ptr<const Policy> policy = Policy::Default();

@@ -128,8 +128,22 @@ check "an upgrade over a running hallocd says to restart it" \
   grep -q "hallocd was started before this install" "$WORK/install4.log"
 check "a first install says nothing of a restart" \
   sh -c "! grep -q 'hallocd was started before' '$WORK/install.log'"
-check "Depends names adduser and init-system-helpers" \
-  sh -c "dpkg-deb -f '$DEB' Depends | grep -w adduser | grep -qw init-system-helpers"
+check "Depends names adduser, init-system-helpers and acl" \
+  sh -c "dpkg-deb -f '$DEB' Depends | grep -w adduser | grep -w acl | grep -qw init-system-helpers"
+# An upgrade from a hallocd that ran as root: systemd made its sockets
+# root's (SocketUser= then), and a restart does not remake them; the new
+# hallocd's watchdog probe needs them its user's (unit_user_test).
+if [[ ! -e /run/halloc ]]; then
+  mkdir -p /run/halloc
+  python3 -c 'import socket, sys
+for p in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(p)' /run/halloc/control.sock /run/halloc/broker.sock
+  "${APT[@]}" install --reinstall "$DEB" >"$WORK/install5.log" 2>&1 || cat "$WORK/install5.log"
+  check "an upgrade gives a root hallocd's sockets to user hallocd" \
+    sh -c '[ "$(stat -c %U /run/halloc/control.sock /run/halloc/broker.sock | sort -u)" = hallocd ]'
+  rm -rf /run/halloc
+else
+  skip "an upgrade gives a root hallocd's sockets to user hallocd: /run/halloc is this machine's"
+fi
 
 # --- socket activation of the installed hallocd -----------------------------------
 CTL="$WORK/run/control.sock" BRK="$WORK/run/broker.sock"

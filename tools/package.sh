@@ -99,7 +99,8 @@ depends() {
 }
 # adduser: postinst's addgroup and adduser where systemd-sysusers is not there;
 # init-system-helpers: deb-systemd-helper and deb-systemd-invoke.
-DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0"), adduser, init-system-helpers"
+# acl: the udev rule's setfacl (/dev/udmabuf for user hallocd).
+DEPS="$(depends "$P/usr/bin/hallocd" "$P/usr/bin/hallocctl" "$P/usr/lib/$MULTIARCH/libhalloc.so.0"), adduser, init-system-helpers, acl"
 
 install -d "$P/DEBIAN"
 cat >"$P/DEBIAN/control" <<CONTROL
@@ -144,8 +145,14 @@ if [ "$1" = configure ]; then
     udevadm control --reload >/dev/null 2>&1 || true
     udevadm trigger --action=change --subsystem-match=dma_heap >/dev/null 2>&1 || true
     udevadm trigger --action=change --subsystem-match=misc --sysname-match='halloc*' \
-      >/dev/null 2>&1 || true
+      --sysname-match=udmabuf >/dev/null 2>&1 || true
   fi
+  # An upgrade from a root hallocd: systemd set the sockets' owner when it
+  # made them (SocketUser= then root), and a restart does not remake them.
+  # hallocd's own probe of them (the watchdog) needs them its user's.
+  for s in /run/halloc/control.sock /run/halloc/broker.sock; do
+    if [ -S "$s" ] && [ "$(stat -c %U "$s")" = root ]; then chown hallocd "$s"; fi
+  done
 fi
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] ||
    [ "$1" = abort-remove ]; then

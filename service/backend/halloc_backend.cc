@@ -101,10 +101,14 @@ const char* HeapName(HallocHeap heap) {
   return "?";
 }
 
-// Optional nodes: a module without them serves less (see the header).
-UniqueFd OpenOptionalNode(const std::string& path) {
+// Optional nodes: a module without them serves less (see the header), an
+// empty fd. One that is there but closed to hallocd, while the others are
+// open to it, is a setup mistake that would drop its heap unsaid: the
+// PERMISSION_DENIED of NodeOpenError.
+absl::StatusOr<UniqueFd> OpenOptionalNode(const std::string& path) {
   absl::StatusOr<UniqueFd> fd = OpenNode(path, O_RDONLY);
-  return fd.ok() ? *std::move(fd) : UniqueFd();
+  if (fd.ok() || absl::IsPermissionDenied(fd.status())) return fd;
+  return UniqueFd();
 }
 
 }  // namespace
@@ -120,6 +124,8 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
   ASSIGN_OR_RETURN(UniqueFd heap, OpenNode(paths.heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd contig, OpenNode(paths.contig_heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd control, OpenNode(paths.control, O_RDWR));
+  ASSIGN_OR_RETURN(UniqueFd protected_heap, OpenOptionalNode(paths.protected_heap));
+  ASSIGN_OR_RETURN(UniqueFd deferred, OpenOptionalNode(paths.deferred_heap));
   std::vector<std::string> contig_only;
   std::ifstream param(paths.contig_only_drivers);
   std::string list;
@@ -129,9 +135,8 @@ absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
     }
   }
   return CreateWithNodes(
-      std::make_unique<DeviceNodes>(std::move(heap), std::move(contig),
-                                    OpenOptionalNode(paths.protected_heap),
-                                    OpenOptionalNode(paths.deferred_heap), std::move(control)),
+      std::make_unique<DeviceNodes>(std::move(heap), std::move(contig), std::move(protected_heap),
+                                    std::move(deferred), std::move(control)),
       std::move(contig_only));
 }
 

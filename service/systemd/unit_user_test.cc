@@ -139,10 +139,9 @@ TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
   EXPECT_THAT(Values(unit, "AmbientCapabilities"), ElementsAre("CAP_SYS_PTRACE"));
   EXPECT_THAT(Values(unit, "CapabilityBoundingSet"), ElementsAre("CAP_SYS_PTRACE"));
   EXPECT_THAT(Values(unit, "NoNewPrivileges"), ElementsAre("yes"));
-  // Never the clients' group: it needs none of their rights.
-  for (const std::string& g : Values(unit, "SupplementaryGroups")) {
-    EXPECT_THAT(absl::StrSplit(g, ' '), Not(::testing::Contains("halloc"))) << g;
-  }
+  // In no group but its own: a hallocd taken over could write what any
+  // group of its may (the clients' halloc, a hypervisor's kvm).
+  EXPECT_THAT(Values(unit, "SupplementaryGroups"), ::testing::IsEmpty());
   ASSERT_EQ(Values(unit, "ExecStart").size(), 1u);
   EXPECT_THAT(Values(unit, "ExecStart")[0], HasSubstr("--skip_closed_nodes=false"));
 
@@ -154,7 +153,7 @@ TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
   const auto members = Lines(sysusers, "m");
   EXPECT_TRUE(members.empty()) << "no group membership for hallocd: " << members[0][2];
 
-  const std::vector<std::string> misc = UdevRules("SUBSYSTEM==\"misc\"");
+  const std::vector<std::string> misc = UdevRules("KERNEL==\"halloc|");
   ASSERT_EQ(misc.size(), 1u);
   absl::string_view kernel_names;
   for (absl::string_view field : absl::StrSplit(misc[0], ", ")) {
@@ -172,6 +171,12 @@ TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
     EXPECT_THAT(r, HasSubstr("MODE=\"0660\"")) << "read-write for the group alone";
     EXPECT_THAT(r, Not(HasSubstr("OWNER="))) << r;
   }
+  // udmabuf keeps its group (kvm), with an ACL entry for the unit's user.
+  const std::vector<std::string> udmabuf = UdevRules("KERNEL==\"udmabuf\"");
+  ASSERT_EQ(udmabuf.size(), 1u);
+  EXPECT_THAT(udmabuf[0], HasSubstr(absl::StrCat("RUN+=\"/usr/bin/setfacl -m u:",
+                                                 Values(unit, "User").at(0), ":rw $devnode\"")));
+  EXPECT_THAT(udmabuf[0], Not(HasSubstr("GROUP=")));
 }
 
 // What the unit closes: root with CAP_SYS_PTRACE alone (the unit before)
@@ -309,10 +314,10 @@ TEST_F(UnitUserTest, TheWatchdogProbeReachesTheUnitsSockets) {
   for (size_t i = 1; i < exec_start.size(); ++i) {
     if (!absl::StartsWith(exec_start[i], "--policy=")) argv.push_back(exec_start[i]);
   }
-  // WatchdogSec=0.4s: a probe every 100 ms, pings for 300 ms past the last
-  // answer.
+  // WatchdogSec=2s: a probe every 500 ms (each check 250 ms at most),
+  // pings for 1.5 s past the last answer.
   absl::StatusOr<std::unique_ptr<Child>> hallocd =
-      Child::Start(argv, {"NOTIFY_SOCKET=" + (dir_ / "notify.sock"), "WATCHDOG_USEC=400000"},
+      Child::Start(argv, {"NOTIFY_SOCKET=" + (dir_ / "notify.sock"), "WATCHDOG_USEC=2000000"},
                    dir_ / "hallocd.log");
   ASSERT_TRUE(hallocd.ok()) << hallocd.status();
   ASSERT_TRUE(systemd_testing::WaitForPath(control, kWait)) << (*hallocd)->Log();
@@ -339,14 +344,14 @@ TEST_F(UnitUserTest, TheWatchdogProbeReachesTheUnitsSockets) {
     ASSERT_TRUE(wake.ok()) << wake.status();
     ASSERT_TRUE(notify->Until("READY=1", kWait).has_value()) << (*hallocd)->Log();
   }
-  // Five times the grace: pings all along (one per 100 ms), no failed probe.
-  int pings = 0;
-  for (absl::Time end = absl::Now() + absl::Milliseconds(1500); absl::Now() < end;) {
-    std::optional<std::string> m = notify->Next(end - absl::Now());
-    if (m.has_value() && absl::StrContains(*m, "WATCHDOG=1")) ++pings;
+  // Past the grace (a probe refused from the start is silent by then),
+  // still pinging; and no probe was refused. A slow one (a loaded machine)
+  // may fail, and is covered by the grace.
+  absl::SleepFor(absl::Milliseconds(2500));
+  while (notify->Next(absl::ZeroDuration()).has_value()) {
   }
-  EXPECT_GE(pings, 8) << (*hallocd)->Log();
-  EXPECT_THAT((*hallocd)->Log(), Not(HasSubstr("does not answer")));
+  EXPECT_TRUE(notify->Until("WATCHDOG=1", absl::Seconds(3)).has_value()) << (*hallocd)->Log();
+  EXPECT_THAT((*hallocd)->Log(), Not(HasSubstr("Permission denied")));
 }
 
 }  // namespace

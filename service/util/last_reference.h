@@ -28,7 +28,8 @@
 // the events are read. The first instance is made at construction, more
 // on demand up to kMaxInstances; those go again once empty. In all, at
 // most half of max_user_watches (a budget hallocd's user shares with its
-// other daemons: root's, with systemd and udev) or kMaxInstances full
+// other processes: none under the unit, which runs it as user hallocd; a
+// root hallocd shares root's with systemd and udev) or kMaxInstances full
 // instances, whichever is less. Past that, or when the kernel refuses a
 // watch for want of room, the memory is kept with the fd Follow was given
 // (so it stays allocated and charged, as if still live: no fd more than

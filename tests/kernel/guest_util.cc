@@ -210,10 +210,11 @@ long PoolPages() {
   return at == std::string::npos ? -1 : strtol(s.c_str() + at + 6, nullptr, 10);
 }
 
-NodesToGroup::NodesToGroup(gid_t gid) {
+NodesToGroup::NodesToGroup(gid_t gid, const std::vector<std::string>& except) {
   for (const char* node : {HALLOC_CONTROL_PATH, HALLOC_HEAP_SYSTEM_PATH, HALLOC_HEAP_CONTIG_PATH,
                            HALLOC_HEAP_PROTECTED_PATH, HALLOC_HEAP_DEFERRED_PATH}) {
     struct stat st;
+    if (std::find(except.begin(), except.end(), node) != except.end()) continue;
     if (stat(node, &st) != 0) continue;  // a heap this module lacks
     was_.push_back({node, st.st_uid, st.st_gid, static_cast<mode_t>(st.st_mode & 07777)});
     ok_ = ok_ && chown(node, 0, gid) == 0 && chmod(node, 0660) == 0;

@@ -181,11 +181,11 @@ long PoolPages();
 
 // The module's device nodes given to group `gid`, mode 0660, as the hallocd
 // package's udev rule gives them to group hallocd
-// (service/systemd/60-halloc.rules); owners and modes come back when this
-// goes.
+// (service/systemd/60-halloc.rules), but for `except`; owners and modes come
+// back when this goes.
 class NodesToGroup {
  public:
-  explicit NodesToGroup(gid_t gid);
+  explicit NodesToGroup(gid_t gid, const std::vector<std::string>& except = {});
   ~NodesToGroup();
   NodesToGroup(const NodesToGroup&) = delete;
   NodesToGroup& operator=(const NodesToGroup&) = delete;

@@ -122,6 +122,14 @@ TEST(ProbeOrderTest, ClosedNodesStopAutoWhenNotSkipped) {
     ASSERT_TRUE(given.ok());
     EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/false, &code), "halloc");
   }
+  {
+    // An optional heap's node left closed would drop that heap unsaid.
+    NodesToGroup given(kUser, {HALLOC_HEAP_PROTECTED_PATH});
+    ASSERT_TRUE(given.ok());
+    const std::string why = AutoAs(kUser, /*skip_closed_nodes=*/false, &code);
+    EXPECT_EQ(code, absl::StatusCode::kPermissionDenied) << why;
+    EXPECT_THAT(why, ::testing::HasSubstr(HALLOC_HEAP_PROTECTED_PATH));
+  }
   EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/true, &code), "memfd") << "the modes came back";
 }
 
