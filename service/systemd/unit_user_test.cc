@@ -182,8 +182,9 @@ TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
 // What the unit closes: root with CAP_SYS_PTRACE alone (the unit before)
 // writes a root-owned file through /proc/PID/root of a root process, as a
 // hallocd taken over could have written the host's through a client outside
-// its mount namespace; the unit's user cannot, though it still reads that
-// process's /proc/PID/exe (exe rules), which needs the capability.
+// its mount namespace, and reads its environment and lists its fds; the
+// unit's user can do none of it, though it still reads that process's
+// /proc/PID/exe (exe rules), which needs the capability.
 TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
   if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
   const std::string canary = dir_ / "canary";
@@ -195,10 +196,13 @@ TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
   ASSERT_GT(::readlink("/proc/self/exe", exe, sizeof(exe) - 1), 0);
   const std::string read_exe = absl::StrCat("readlink /proc/", self, "/exe");
   const std::string append = absl::StrCat("echo written >> '", through, "'");
+  // Its environment and its fds (a memfd reopened writable through them).
+  const std::string peek =
+      absl::StrCat("head -c1 /proc/", self, "/environ && ls /proc/", self, "/fd/ >/dev/null");
 
   std::vector<std::string> as_unit = UnitCredentials();
   std::string out;
-  for (const std::string& cmd : {read_exe, append}) {
+  for (const std::string& cmd : {read_exe, append, peek}) {
     std::vector<std::string> argv = as_unit;
     argv.insert(argv.end(), {"/bin/sh", "-c", cmd});
     const int code = Run(argv, &out);
@@ -206,7 +210,7 @@ TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
       EXPECT_EQ(code, 0) << "the unit's user cannot read a root process's exe: " << out;
       EXPECT_THAT(out, HasSubstr(exe));
     } else {
-      EXPECT_NE(code, 0) << "the unit's user wrote a root-owned file: " << out;
+      EXPECT_NE(code, 0) << "the unit's user did " << cmd << ": " << out;
       EXPECT_THAT(out, HasSubstr("Permission denied"));
     }
   }
@@ -217,15 +221,18 @@ TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
   EXPECT_NE(Run(argv, &out), 0) << out;
   EXPECT_EQ(ReadFile(canary), "root's\n");
 
-  // Root with that capability alone, as the unit was: it writes.
-  argv = {"/usr/bin/setpriv",
-          "--inh-caps=-all",
-          "--bounding-set=-all,+sys_ptrace",
-          "--no-new-privs",
-          "/bin/sh",
-          "-c",
-          append};
-  EXPECT_EQ(Run(argv, &out), 0) << out;
+  // Root with that capability alone, as the unit was: it writes, and it
+  // reads the environment and the fds.
+  for (const std::string& cmd : {append, peek}) {
+    argv = {"/usr/bin/setpriv",
+            "--inh-caps=-all",
+            "--bounding-set=-all,+sys_ptrace",
+            "--no-new-privs",
+            "/bin/sh",
+            "-c",
+            cmd};
+    EXPECT_EQ(Run(argv, &out), 0) << cmd << ": " << out;
+  }
   EXPECT_EQ(ReadFile(canary), "root's\nwritten\n");
 }
 
