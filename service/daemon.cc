@@ -66,7 +66,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   // yet (early in boot), so it is tried again for a while.
   bool said = false;
   for (const absl::Time end = absl::Now() + d->options_.closed_node_wait;
-       absl::IsPermissionDenied(created.status()) && absl::Now() < end;) {
+       !config.skip_closed_nodes && absl::IsPermissionDenied(created.status()) &&
+       absl::Now() < end;) {
     if (!std::exchange(said, true)) {
       LOG(WARNING) << created.status().message() << "; waiting up to "
                    << d->options_.closed_node_wait << " for it to open";

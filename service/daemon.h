@@ -53,8 +53,8 @@ struct DaemonOptions {
   // "auto": pass over a backend whose node is closed to hallocd
   // (BackendConfig::skip_closed_nodes).
   bool skip_closed_nodes = true;
-  // Without skipping: how long a closed node is waited for before hallocd
-  // gives up (a client that connects early in boot may start it before
+  // Without skipping (only then): how long a closed node is waited for
+  // before hallocd gives up (a client that connects early in boot may start it before
   // udev has given the nodes to its group).
   absl::Duration closed_node_wait = absl::Seconds(5);
   Limits limits;

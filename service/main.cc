@@ -39,6 +39,10 @@
 #include "service/systemd/notify.h"
 #include "service/util/log_limit.h"
 
+// Exit status of a start refused what it needs (EX_CONFIG, sysexits.h);
+// hallocd.service does not restart on it.
+constexpr int kExitConfig = 78;
+
 ABSL_FLAG(std::string, control_socket, "",
           "gRPC control socket (default: <socket dir>/control.sock, where the "
           "socket dir is $XDG_RUNTIME_DIR/halloc or /run/halloc); under socket "
@@ -308,7 +312,9 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<halloc::Daemon>> daemon = StartDaemon();
   if (!daemon.ok()) {
     LOG(ERROR) << "hallocd failed to start: " << daemon.status();
-    return 1;
+    // Refused what it needs (a device node closed to it, a policy file it
+    // may not trust): no restart cures that (RestartPreventExitStatus=).
+    return absl::IsPermissionDenied(daemon.status()) ? kExitConfig : 1;
   }
   const halloc::DaemonOptions& options = (*daemon)->options();
   LOG(INFO) << "hallocd ready (pid " << getpid() << ")";

@@ -24,8 +24,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 WORK="$(mktemp -d /tmp/halloc-pkgtest-XXXXXX)"
 DAEMON_PID=""
+MADE_RUN_DIR=""  # /run/halloc, when this test made it
 cleanup() {
   [[ -n "$DAEMON_PID" ]] && kill "$DAEMON_PID" 2>/dev/null && wait "$DAEMON_PID" 2>/dev/null
+  [[ -n "$MADE_RUN_DIR" ]] && rm -rf /run/halloc
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -59,7 +61,7 @@ dpkg-deb -c "$DEB" >"$WORK/contents"
 missing=()
 for f in ./usr/bin/hallocd ./usr/bin/hallocctl ./lib/systemd/system/hallocd.socket \
          ./lib/systemd/system/hallocd-broker.socket ./lib/systemd/system/hallocd.service \
-         ./usr/lib/sysusers.d/halloc.conf ./usr/lib/udev/rules.d/60-halloc.rules \
+         ./usr/lib/sysusers.d/halloc.conf ./usr/lib/udev/rules.d/75-halloc.rules \
          ./etc/halloc/policy.textproto \
          ./usr/include/halloc/clients/cpp/halloc/client.h; do
   grep -q " $f\$" "$WORK/contents" || missing+=("$f")
@@ -86,7 +88,13 @@ check "group halloc exists" getent group halloc
 check "user hallocd exists, with no shell, in none of the clients' groups" \
   sh -c 'getent passwd hallocd | grep -q ":/usr/sbin/nologin\$" && ! id -nG hallocd | grep -qw halloc'
 check "the udev rule gives the device nodes to group hallocd" \
-  cmp -s /usr/lib/udev/rules.d/60-halloc.rules service/systemd/60-halloc.rules
+  cmp -s /usr/lib/udev/rules.d/75-halloc.rules service/systemd/75-halloc.rules
+# After 73-seat-late.rules, whose uaccess builtin would reset the ACL the
+# rule gives user hallocd on /dev/udmabuf (systemd 257 and later).
+rules=(/usr/lib/udev/rules.d/*halloc*.rules)
+check "the udev rule sorts after 73-seat-late.rules (${rules[*]##*/})" \
+  sh -c '[ "$1" ] && [ "$(printf "%s\n" 73-seat-late.rules "${1##*/}" | LC_ALL=C sort | tail -1)" = "${1##*/}" ]' \
+  - "${rules[0]}"
 check "policy installed as a conffile" grep -q policy.textproto /var/lib/dpkg/info/halloc.conffiles
 # Root alone (service/policy/default.textproto, tested in policy_test): no
 # rule for uids that are other accounts on every machine.
@@ -135,12 +143,14 @@ check "Depends names adduser, init-system-helpers and acl" \
 # hallocd's watchdog probe needs them its user's (unit_user_test).
 if [[ ! -e /run/halloc ]]; then
   mkdir -p /run/halloc
+  MADE_RUN_DIR=1
   python3 -c 'import socket, sys
 for p in sys.argv[1:]: socket.socket(socket.AF_UNIX).bind(p)' /run/halloc/control.sock /run/halloc/broker.sock
   "${APT[@]}" install --reinstall "$DEB" >"$WORK/install5.log" 2>&1 || cat "$WORK/install5.log"
   check "an upgrade gives a root hallocd's sockets to user hallocd" \
     sh -c '[ "$(stat -c %U /run/halloc/control.sock /run/halloc/broker.sock | sort -u)" = hallocd ]'
   rm -rf /run/halloc
+  MADE_RUN_DIR=""
 else
   skip "an upgrade gives a root hallocd's sockets to user hallocd: /run/halloc is this machine's"
 fi
@@ -242,7 +252,7 @@ left=()
 for f in /usr/bin/hallocd /usr/bin/hallocctl /lib/systemd/system/hallocd.service \
          /etc/halloc/policy.textproto /usr/include/halloc /usr/src/halloc-* \
          /usr/lib/modules-load.d/halloc.conf /usr/share/doc/halloc \
-         /usr/lib/udev/rules.d/60-halloc.rules; do
+         /usr/lib/udev/rules.d/75-halloc.rules; do
   [[ -e "$f" ]] && left+=("$f")
 done
 for v in "${KVERS[@]}"; do

@@ -48,7 +48,7 @@ for unit in hallocd.service hallocd.socket hallocd-broker.socket; do
   install -D -m 0644 "service/systemd/$unit" "$P/lib/systemd/system/$unit"
 done
 install -D -m 0644 service/systemd/halloc.sysusers.conf "$P/usr/lib/sysusers.d/halloc.conf"
-install -D -m 0644 service/systemd/60-halloc.rules "$P/usr/lib/udev/rules.d/60-halloc.rules"
+install -D -m 0644 service/systemd/75-halloc.rules "$P/usr/lib/udev/rules.d/75-halloc.rules"
 # Root alone: rules by uid are this machine's own (the example's uid 1001
 # is another account on every machine); the example is documentation.
 install -D -m 0644 service/policy/default.textproto "$P/etc/halloc/policy.textproto"

@@ -362,9 +362,11 @@ std::optional<Judge> UnitUser() {
 
 namespace {
 
-// While it lives, this thread looks up files as `judge` (its filesystem
-// ids and groups) and TrustedOwner counts its files as this process's own.
-// Root only (CAP_SETUID, CAP_SETGID); ok() says whether it took.
+// While it lives, this process looks up files as `judge`: this thread's
+// filesystem ids (setfsuid), the process's supplementary groups (glibc's
+// setgroups sets every thread's: the check runs before hallocctl starts
+// any), and TrustedOwner counts its files as this process's own. Root only
+// (CAP_SETUID, CAP_SETGID); ok() says whether it took.
 class JudgingAs {
  public:
   explicit JudgingAs(const Judge& judge) {
@@ -373,7 +375,10 @@ class JudgingAs {
     if (n < 0 || ::getgroups(n, groups_.data()) != n) return;
     std::vector<gid_t> theirs(64);
     int count = static_cast<int>(theirs.size());
-    if (::getgrouplist(judge.name.c_str(), judge.gid, theirs.data(), &count) < 0) count = 0;
+    if (::getgrouplist(judge.name.c_str(), judge.gid, theirs.data(), &count) < 0) {
+      theirs.resize(count);  // it said how many there are
+      if (::getgrouplist(judge.name.c_str(), judge.gid, theirs.data(), &count) < 0) count = 0;
+    }
     if (count == 0) theirs = {judge.gid}, count = 1;
     if (::setgroups(count, theirs.data()) != 0) return;
     changed_groups_ = true;

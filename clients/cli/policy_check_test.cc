@@ -2,6 +2,7 @@
 // is OK with its rules listed, and a note names the rules that match by
 // executable alone (any local user can pass for one where unprivileged
 // user namespaces are on); an invalid one is refused with its line.
+#include <grp.h>
 #include <sys/fsuid.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,7 +10,9 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cli/commands.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
@@ -66,22 +69,33 @@ TEST(PolicyCheckTest, AnInvalidFileIsRefusedWithItsLine) {
 
 // Run by root, the check judges exe paths and the file's place as hallocd's
 // user would (a stand-in uid here: the user hallocd need not exist): a
-// directory closed to that user closes the rule behind it, and that user's
-// own files are trusted as hallocd's own, where root's judgement says the
-// opposite of both. Afterwards this process looks at files as itself again.
+// directory closed to that user (by its mode, or by a group that user is
+// not in) closes the rule behind it, and that user's own files are trusted
+// as hallocd's own, where root's judgement says the opposite of all three.
+// Afterwards this process looks at files as itself again, groups included.
 TEST(PolicyCheckTest, RootJudgesAsHallocdsUser) {
   constexpr uid_t kStandIn = 64990;
   if (::geteuid() != 0) GTEST_SKIP() << "needs root (it looks at files as another user)";
+  // Root's group among this process's (root's may be none here), which
+  // opens `grouped` to whoever keeps it: the judge must not.
+  std::vector<gid_t> original(::getgroups(0, nullptr));
+  ASSERT_EQ(::getgroups(original.size(), original.data()), static_cast<int>(original.size()));
+  const gid_t root_group = 0;
+  ASSERT_EQ(::setgroups(1, &root_group), 0);
+  absl::Cleanup restore = [&original] { ::setgroups(original.size(), original.data()); };
+  const std::vector<gid_t> groups_before = {root_group};
   testing::TempDir dir("policy-check", 0755);
-  const std::string closed = dir / "closed", theirs = dir / "theirs";
+  const std::string closed = dir / "closed", grouped = dir / "grouped", theirs = dir / "theirs";
   ASSERT_EQ(::mkdir(closed.c_str(), 0700), 0);
-  for (const std::string& f : {closed + "/cam", theirs}) {
-    std::ofstream(f) << "#!/bin/sh\n";
+  ASSERT_EQ(::mkdir(grouped.c_str(), 0750), 0);  // root's group: root's own, not the user's
+  for (const std::string& f : {closed + "/cam", grouped + "/isp", theirs}) {
+    std::ofstream(f) << "a program\n";  // not a script, which would be noted
     ASSERT_EQ(::chmod(f.c_str(), 0755), 0);
   }
   ASSERT_EQ(::chown(theirs.c_str(), kStandIn, kStandIn), 0);
   const std::string policy =
       absl::StrCat("clients { name: \"cam\" match { exe: \"", closed, "/cam\" uids: 1 } }\n",
+                   "clients { name: \"isp\" match { exe: \"", grouped, "/isp\" uids: 1 } }\n",
                    "clients { name: \"comp\" match { exe: \"", theirs, "\" uids: 1 } }\n");
   const Checked root = Check(dir, policy);
   EXPECT_EQ(root.code, kExitOk) << root.err;
@@ -97,15 +111,22 @@ TEST(PolicyCheckTest, RootJudgesAsHallocdsUser) {
   EXPECT_EQ(judged.code, kExitOk) << judged.err;
   EXPECT_NE(judged.err.find("note: judged as user stand-in (uid 64990)"), std::string::npos)
       << judged.err;
-  EXPECT_NE(judged.err.find("'cam': exe '" + closed +
-                            "/cam': Permission denied: a directory "
-                            "on the way is closed"),
-            std::string::npos)
-      << judged.err;
-  EXPECT_EQ(judged.err.find("another user may change"), std::string::npos) << judged.err;
+  for (const std::string& exe : {closed + "/cam", grouped + "/isp"}) {
+    EXPECT_NE(judged.err.find("exe '" + exe +
+                              "': Permission denied: a directory on the way is "
+                              "closed"),
+              std::string::npos)
+        << exe << "\n"
+        << judged.err;
+  }
+  EXPECT_EQ(judged.err.find("'comp'"), std::string::npos) << judged.err;
   // Back to itself.
   EXPECT_EQ(static_cast<uid_t>(::setfsuid(-1)), 0u);
   EXPECT_EQ(static_cast<gid_t>(::setfsgid(-1)), 0u);
+  std::vector<gid_t> groups_after(::getgroups(0, nullptr));
+  ASSERT_EQ(::getgroups(groups_after.size(), groups_after.data()),
+            static_cast<int>(groups_after.size()));
+  EXPECT_EQ(groups_after, groups_before);
   EXPECT_FALSE(TrustedOwner(kStandIn));
 }
 

@@ -158,7 +158,7 @@ inline absl::Status NodeOpenError(absl::string_view backend, absl::string_view p
     return absl::PermissionDeniedError(absl::StrCat(
         backend, " backend: cannot open ", path, " (", std::strerror(err),
         "): it is there, but closed to hallocd (uid ", ::geteuid(),
-        "); the hallocd package's udev rule (60-halloc.rules) gives it to group hallocd"));
+        "); the hallocd package's udev rule (75-halloc.rules) gives it to group hallocd"));
   }
   return absl::FailedPreconditionError(
       absl::StrCat(backend, " backend: cannot open ", path, " (", std::strerror(err), "); ", hint));

@@ -1,6 +1,7 @@
 #include "service/backend/halloc_backend.h"
 
 #include <fcntl.h>
+#include <glog/logging.h>
 #include <linux/dma-buf.h>
 #include <linux/dma-heap.h>
 #include <sys/ioctl.h>
@@ -16,8 +17,8 @@
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/usage.h"
-#include "service/backend/dmabuf_refs.h"
 #include "kernel/uapi/halloc_heap.h"
+#include "service/backend/dmabuf_refs.h"
 
 namespace halloc {
 namespace {
@@ -103,11 +104,15 @@ const char* HeapName(HallocHeap heap) {
 
 // Optional nodes: a module without them serves less (see the header), an
 // empty fd. One that is there but closed to hallocd, while the others are
-// open to it, is a setup mistake that would drop its heap unsaid: the
-// PERMISSION_DENIED of NodeOpenError.
-absl::StatusOr<UniqueFd> OpenOptionalNode(const std::string& path) {
+// open to it, is a setup mistake: dropped with a warning, or its
+// PERMISSION_DENIED (Create's `skip_closed_nodes`).
+absl::StatusOr<UniqueFd> OpenOptionalNode(const std::string& path, bool skip_closed_nodes) {
   absl::StatusOr<UniqueFd> fd = OpenNode(path, O_RDONLY);
-  if (fd.ok() || absl::IsPermissionDenied(fd.status())) return fd;
+  if (fd.ok()) return fd;
+  if (absl::IsPermissionDenied(fd.status())) {
+    if (!skip_closed_nodes) return fd;
+    LOG(WARNING) << fd.status().message() << "; its heap is left out";
+  }
   return UniqueFd();
 }
 
@@ -119,13 +124,14 @@ std::unique_ptr<HallocBackend> HallocBackend::CreateWithNodes(
       new HallocBackend(std::move(nodes), std::move(contig_only)));
 }
 
-absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(
-    HallocBackendPaths paths) {
+absl::StatusOr<std::unique_ptr<HallocBackend>> HallocBackend::Create(HallocBackendPaths paths,
+                                                                     bool skip_closed_nodes) {
   ASSIGN_OR_RETURN(UniqueFd heap, OpenNode(paths.heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd contig, OpenNode(paths.contig_heap, O_RDONLY));
   ASSIGN_OR_RETURN(UniqueFd control, OpenNode(paths.control, O_RDWR));
-  ASSIGN_OR_RETURN(UniqueFd protected_heap, OpenOptionalNode(paths.protected_heap));
-  ASSIGN_OR_RETURN(UniqueFd deferred, OpenOptionalNode(paths.deferred_heap));
+  ASSIGN_OR_RETURN(UniqueFd protected_heap,
+                   OpenOptionalNode(paths.protected_heap, skip_closed_nodes));
+  ASSIGN_OR_RETURN(UniqueFd deferred, OpenOptionalNode(paths.deferred_heap, skip_closed_nodes));
   std::vector<std::string> contig_only;
   std::ifstream param(paths.contig_only_drivers);
   std::string list;

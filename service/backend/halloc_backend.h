@@ -94,9 +94,13 @@ struct HallocBackendPaths {
 class HallocBackend : public Backend {
  public:
   // FAILED_PRECONDITION when the module's nodes are not there (module not
-  // loaded) or cannot be opened.
-  static absl::StatusOr<std::unique_ptr<HallocBackend>> Create(
-      HallocBackendPaths paths = {});
+  // loaded), PERMISSION_DENIED when they are closed to hallocd
+  // (NodeOpenError). An optional heap's node closed while the others are
+  // open drops that heap with a warning when `skip_closed_nodes` (a user's
+  // hallocd: it keeps the heaps that enforce), else it is refused too (the
+  // unit: a setup mistake).
+  static absl::StatusOr<std::unique_ptr<HallocBackend>> Create(HallocBackendPaths paths = {},
+                                                               bool skip_closed_nodes = true);
   // Over `nodes` (tests), with the module's contig_only_drivers list.
   static std::unique_ptr<HallocBackend> CreateWithNodes(std::unique_ptr<HallocNodes> nodes,
                                                         std::vector<std::string> contig_only);

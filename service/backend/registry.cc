@@ -27,8 +27,9 @@ struct BackendEntry {
   Created (*create)(const BackendConfig& config);
 };
 
-Created NewHalloc(const BackendConfig&) {
-  ASSIGN_OR_RETURN(std::unique_ptr<HallocBackend> b, HallocBackend::Create());
+Created NewHalloc(const BackendConfig& config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<HallocBackend> b,
+                   HallocBackend::Create({}, config.skip_closed_nodes));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

@@ -59,7 +59,7 @@ std::vector<std::vector<std::string>> Lines(const std::string& file, absl::strin
 std::vector<std::string> UdevRules(absl::string_view match) {
   std::vector<std::string> rules;
   for (absl::string_view line :
-       absl::StrSplit(ReadFile(Runfile("service/systemd/60-halloc.rules")), '\n')) {
+       absl::StrSplit(ReadFile(Runfile("service/systemd/75-halloc.rules")), '\n')) {
     if (!line.empty() && line[0] != '#' && absl::StrContains(line, match)) {
       rules.emplace_back(line);
     }
@@ -73,8 +73,7 @@ std::string SetprivCap(absl::string_view cap) {
 }
 
 // setpriv(1) giving what hallocd.service gives hallocd: its user (as
-// kHallocdUid) and group, no supplementary group (the unit's kvm need not
-// exist here, and gives nothing /dev/udmabuf does not need),
+// kHallocdUid) and group, no supplementary group (the unit names none),
 // AmbientCapabilities= as inheritable and ambient, CapabilityBoundingSet=,
 // NoNewPrivileges=. `ambient`: false drops the ambient capabilities (what
 // the unit would be without AmbientCapabilities=).
@@ -174,7 +173,7 @@ TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
   // udmabuf keeps its group (kvm), with an ACL entry for the unit's user.
   const std::vector<std::string> udmabuf = UdevRules("KERNEL==\"udmabuf\"");
   ASSERT_EQ(udmabuf.size(), 1u);
-  EXPECT_THAT(udmabuf[0], HasSubstr(absl::StrCat("RUN+=\"/usr/bin/setfacl -m u:",
+  EXPECT_THAT(udmabuf[0], HasSubstr(absl::StrCat("RUN+=\"/bin/setfacl -n -m u:",
                                                  Values(unit, "User").at(0), ":rw $devnode\"")));
   EXPECT_THAT(udmabuf[0], Not(HasSubstr("GROUP=")));
 }

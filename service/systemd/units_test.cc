@@ -130,6 +130,9 @@ TEST_F(UnitsTest, UnitsAgreeWithHallocd) {
                           "--skip_closed_nodes=false"));
   EXPECT_THAT(Values(service, "ExecReload"), ElementsAre("/bin/kill -HUP $MAINPID"));
   EXPECT_FALSE(Values(service, "WatchdogSec").empty());
+  // main.cc's kExitConfig: a start refused what it needs (the in-guest
+  // UnitUserGuestTest sees hallocd exit with it).
+  EXPECT_THAT(Values(service, "RestartPreventExitStatus"), ElementsAre("78"));
   // 100k live buffers, each an fd, plus the connections (half of the limit
   // at most by default: service/connection_limits.h).
   uint64_t nofile = 0;

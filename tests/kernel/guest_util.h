@@ -181,7 +181,7 @@ long PoolPages();
 
 // The module's device nodes given to group `gid`, mode 0660, as the hallocd
 // package's udev rule gives them to group hallocd
-// (service/systemd/60-halloc.rules), but for `except`; owners and modes come
+// (service/systemd/75-halloc.rules), but for `except`; owners and modes come
 // back when this goes.
 class NodesToGroup {
  public:

@@ -123,12 +123,15 @@ TEST(ProbeOrderTest, ClosedNodesStopAutoWhenNotSkipped) {
     EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/false, &code), "halloc");
   }
   {
-    // An optional heap's node left closed would drop that heap unsaid.
+    // An optional heap's node left closed stops the unit's hallocd (it
+    // would drop that heap unsaid); a user's keeps the module's other heaps
+    // rather than fall to a backend that enforces less.
     NodesToGroup given(kUser, {HALLOC_HEAP_PROTECTED_PATH});
     ASSERT_TRUE(given.ok());
     const std::string why = AutoAs(kUser, /*skip_closed_nodes=*/false, &code);
     EXPECT_EQ(code, absl::StatusCode::kPermissionDenied) << why;
     EXPECT_THAT(why, ::testing::HasSubstr(HALLOC_HEAP_PROTECTED_PATH));
+    EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/true, &code), "halloc");
   }
   EXPECT_EQ(AutoAs(kUser, /*skip_closed_nodes=*/true, &code), "memfd") << "the modes came back";
 }

@@ -122,6 +122,8 @@ TEST_F(UnitUserGuestTest, HallocdAsItsOwnUserServesTheKernelHeaps) {
     ASSERT_TRUE(hallocd.ok()) << hallocd.status();
     const std::optional<int> status = hallocd->Wait(absl::Seconds(30));
     ASSERT_TRUE(status.has_value()) << "hallocd started on nodes closed to it:\n" << Log();
+    // The status hallocd.service does not restart on (RestartPreventExitStatus=).
+    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 78) << *status;
     EXPECT_THAT(Log(), ::testing::HasSubstr(std::string(HALLOC_HEAP_SYSTEM_PATH) +
                                             " (Permission denied): it is there, but closed"));
     EXPECT_THAT(Log(), ::testing::HasSubstr("waiting up to 5s for it to open"));
