@@ -181,9 +181,9 @@ TEST_F(UnitUserTest, UnitSysusersAndUdevRuleAgreeOnTheUser) {
 // What the unit closes: root with CAP_SYS_PTRACE alone (the unit before)
 // writes a root-owned file through /proc/PID/root of a root process, as a
 // hallocd taken over could have written the host's through a client outside
-// its mount namespace, and reads its environment and lists its fds; the
-// unit's user can do none of it, though it still reads that process's
-// /proc/PID/exe (exe rules), which needs the capability.
+// its mount namespace, and reads its environment, lists its fds and opens
+// its memory; the unit's user can do none of it, though it still reads
+// that process's /proc/PID/exe (exe rules), which needs the capability.
 TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
   if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
   const std::string canary = dir_ / "canary";
@@ -195,13 +195,15 @@ TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
   ASSERT_GT(::readlink("/proc/self/exe", exe, sizeof(exe) - 1), 0);
   const std::string read_exe = absl::StrCat("readlink /proc/", self, "/exe");
   const std::string append = absl::StrCat("echo written >> '", through, "'");
-  // Its environment and its fds (a memfd reopened writable through them).
-  const std::string peek =
-      absl::StrCat("head -c1 /proc/", self, "/environ && ls /proc/", self, "/fd/ >/dev/null");
+  // Its environment, its fds (a memfd reopened writable through them) and
+  // its memory (opened for reading: the unit's /proc is read-only), each.
+  const std::string peek_env = absl::StrCat("head -c1 /proc/", self, "/environ");
+  const std::string peek_fds = absl::StrCat("ls /proc/", self, "/fd/ >/dev/null");
+  const std::string peek_mem = absl::StrCat("exec 3</proc/", self, "/mem");
 
   std::vector<std::string> as_unit = UnitCredentials();
   std::string out;
-  for (const std::string& cmd : {read_exe, append, peek}) {
+  for (const std::string& cmd : {read_exe, append, peek_env, peek_fds, peek_mem}) {
     std::vector<std::string> argv = as_unit;
     argv.insert(argv.end(), {"/bin/sh", "-c", cmd});
     const int code = Run(argv, &out);
@@ -221,8 +223,8 @@ TEST_F(UnitUserTest, TheUnitsCredentialsReadClientsButWriteNoRootFile) {
   EXPECT_EQ(ReadFile(canary), "root's\n");
 
   // Root with that capability alone, as the unit was: it writes, and it
-  // reads the environment and the fds.
-  for (const std::string& cmd : {append, peek}) {
+  // reads the environment, the fds and the memory.
+  for (const std::string& cmd : {append, peek_env, peek_fds, peek_mem}) {
     argv = {"/usr/bin/setpriv",
             "--inh-caps=-all",
             "--bounding-set=-all,+sys_ptrace",
