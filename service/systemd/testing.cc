@@ -82,6 +82,18 @@ std::string Child::Log() const {
   return s.str();
 }
 
+int RunToExit(const std::vector<std::string>& argv, const std::string& log, absl::Duration timeout,
+              std::string* out) {
+  absl::StatusOr<std::unique_ptr<Child>> c = Child::Start(argv, {}, log);
+  if (!c.ok()) {
+    if (out != nullptr) *out = c.status().ToString();
+    return -1;
+  }
+  std::optional<int> status = (*c)->Wait(timeout);
+  if (out != nullptr) *out = (*c)->Log();
+  return status && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
+}
+
 std::vector<std::string> LauncherSanitizerEnv() {
   std::vector<std::string> flags;
   for (const char* name : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS",

@@ -62,6 +62,12 @@ class Child {
 // behaves as it would when started directly.
 std::vector<std::string> LauncherSanitizerEnv();
 
+// Runs `argv` (its output to `log`) to completion within `timeout`: its
+// exit code, -1 if it did not exit (or could not start); `out` (may be
+// null) gets its output, or why it could not start.
+int RunToExit(const std::vector<std::string>& argv, const std::string& log, absl::Duration timeout,
+              std::string* out);
+
 // Whether this test (and so hallocd, built with it) is instrumented.
 bool Sanitized();
 

@@ -11,6 +11,7 @@
 
 #include <climits>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -54,7 +55,7 @@ std::vector<std::vector<std::string>> Lines(const std::string& file, absl::strin
   return out;
 }
 
-// The udev rules' assignments KEY="value" of the rule lines matching
+// The lines of the udev rule file that are rules (not comments) and hold
 // `match` (e.g. SUBSYSTEM=="dma_heap").
 std::vector<std::string> UdevRules(absl::string_view match) {
   std::vector<std::string> rules;
@@ -67,9 +68,28 @@ std::vector<std::string> UdevRules(absl::string_view match) {
   return rules;
 }
 
-// "CAP_SYS_PTRACE" -> "sys_ptrace" (setpriv's names).
-std::string SetprivCap(absl::string_view cap) {
-  return absl::AsciiStrToLower(absl::StripPrefix(cap, "CAP_"));
+// The capabilities `key` of `unit` names, in setpriv's terms: "-all" and
+// "+sys_ptrace" for each CAP_SYS_PTRACE.
+std::string SetprivCaps(const std::multimap<std::string, std::string>& unit,
+                        const std::string& key) {
+  std::string caps = "-all";
+  for (const std::string& v : Values(unit, key)) {
+    for (absl::string_view c : absl::StrSplit(v, ' ', absl::SkipEmpty())) {
+      absl::StrAppend(&caps, ",+", absl::AsciiStrToLower(absl::StripPrefix(c, "CAP_")));
+    }
+  }
+  return caps;
+}
+
+// ExecStart's flags but --policy=, which each test gives its own.
+std::vector<std::string> ExecStartFlags() {
+  std::vector<std::string> words =
+      absl::StrSplit(Values(ParseUnit("hallocd.service"), "ExecStart").at(0), ' ');
+  std::vector<std::string> flags;
+  for (size_t i = 1; i < words.size(); ++i) {
+    if (!absl::StartsWith(words[i], "--policy=")) flags.push_back(words[i]);
+  }
+  return flags;
 }
 
 // setpriv(1) giving what hallocd.service gives hallocd: its user (as
@@ -79,18 +99,8 @@ std::string SetprivCap(absl::string_view cap) {
 // the unit would be without AmbientCapabilities=).
 std::vector<std::string> UnitCredentials(bool ambient = true) {
   const auto unit = ParseUnit("hallocd.service");
-  std::string caps = "-all";
-  for (const std::string& v : Values(unit, "AmbientCapabilities")) {
-    for (absl::string_view c : absl::StrSplit(v, ' ', absl::SkipEmpty())) {
-      absl::StrAppend(&caps, ",+", SetprivCap(c));
-    }
-  }
-  std::string bounding = "-all";
-  for (const std::string& v : Values(unit, "CapabilityBoundingSet")) {
-    for (absl::string_view c : absl::StrSplit(v, ' ', absl::SkipEmpty())) {
-      absl::StrAppend(&bounding, ",+", SetprivCap(c));
-    }
-  }
+  const std::string caps = SetprivCaps(unit, "AmbientCapabilities");
+  const std::string bounding = SetprivCaps(unit, "CapabilityBoundingSet");
   std::vector<std::string> argv = {"/usr/bin/setpriv",
                                    absl::StrCat("--reuid=", kHallocdUid),
                                    absl::StrCat("--regid=", kHallocdUid),
@@ -109,12 +119,8 @@ class UnitUserTest : public ::testing::Test {
   // Runs `argv` to completion: its exit code (-1: did not exit), its output
   // in `out`.
   int Run(const std::vector<std::string>& argv, std::string* out = nullptr) {
-    const std::string log = dir_ / absl::StrCat("run", ++runs_, ".log");
-    absl::StatusOr<std::unique_ptr<Child>> c = Child::Start(argv, {}, log);
-    if (!c.ok()) return -1;
-    std::optional<int> status = (*c)->Wait(kWait);
-    if (out != nullptr) *out = (*c)->Log();
-    return status && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
+    return systemd_testing::RunToExit(argv, dir_ / absl::StrCat("run", ++runs_, ".log"), kWait,
+                                      out);
   }
   // Whether this test may run processes as other uids (root, outside a user
   // namespace mapping only one).
@@ -258,16 +264,12 @@ TEST_F(UnitUserTest, HallocdAsTheUnitsUserServesExeRules) {
                         << "clients { name: \"others\" match { any: true } }\n";
   ASSERT_EQ(::chmod(policy.c_str(), 0644), 0);
   const std::string control = run + "/control.sock", broker = run + "/broker.sock";
-  // ExecStart's flags, with this test's policy and sockets.
-  const std::vector<std::string> exec_start =
-      absl::StrSplit(Values(ParseUnit("hallocd.service"), "ExecStart").at(0), ' ');
   for (bool ambient : {true, false}) {
     SCOPED_TRACE(ambient ? "the unit's credentials" : "without the ambient capability");
+    // ExecStart's flags, with this test's policy and sockets.
     std::vector<std::string> argv = UnitCredentials(ambient);
     argv.push_back(Runfile("service/hallocd"));
-    for (size_t i = 1; i < exec_start.size(); ++i) {
-      if (!absl::StartsWith(exec_start[i], "--policy=")) argv.push_back(exec_start[i]);
-    }
+    for (const std::string& flag : ExecStartFlags()) argv.push_back(flag);
     argv.insert(argv.end(),
                 {"--policy=" + policy, "--control_socket=" + control, "--broker_socket=" + broker});
     absl::StatusOr<std::unique_ptr<Child>> hallocd =
@@ -317,11 +319,7 @@ TEST_F(UnitUserTest, TheWatchdogProbeReachesTheUnitsSockets) {
                                    broker, "--"};
   for (const std::string& a : UnitCredentials()) argv.push_back(a);
   argv.push_back(Runfile("service/hallocd"));
-  const std::vector<std::string> exec_start =
-      absl::StrSplit(Values(service, "ExecStart").at(0), ' ');
-  for (size_t i = 1; i < exec_start.size(); ++i) {
-    if (!absl::StartsWith(exec_start[i], "--policy=")) argv.push_back(exec_start[i]);
-  }
+  for (const std::string& flag : ExecStartFlags()) argv.push_back(flag);
   // WatchdogSec=2s: a probe every 500 ms (each check 250 ms at most),
   // pings for 1.5 s past the last answer.
   absl::StatusOr<std::unique_ptr<Child>> hallocd =

@@ -47,15 +47,8 @@ class UnitsTest : public ::testing::Test {
  protected:
   // Runs `argv` to completion; its exit code, its output in `out`.
   int Run(const std::vector<std::string>& argv, std::string* out) {
-    const std::string log = dir_ / absl::StrCat("run", ++runs_, ".log");
-    absl::StatusOr<std::unique_ptr<Child>> c = Child::Start(argv, {}, log);
-    if (!c.ok()) {
-      *out = c.status().ToString();
-      return -1;
-    }
-    std::optional<int> status = (*c)->Wait(kTimeout);
-    *out = (*c)->Log();
-    return status && WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
+    return systemd_testing::RunToExit(argv, dir_ / absl::StrCat("run", ++runs_, ".log"), kTimeout,
+                                      out);
   }
 
   // Copies of the units whose ExecStart runs the hallocd built here (the
