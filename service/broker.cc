@@ -311,6 +311,18 @@ void Broker::ResumeAccepting() {
   accepting_ = true;
 }
 
+void Broker::RefuseAtAccept(UniqueFd conn, const ucred& cred, uid_t charged,
+                            const absl::Status& why) {
+  v1::BrokerFrame frame;
+  *frame.mutable_reply() = ErrorReply(0, why);
+  (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
+  Warn("refused", charged,
+       absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
+                    charged != cred.uid ? absl::StrCat(" (of uid ", charged, ")") : std::string(),
+                    ": ", why.message()));
+  CloseSocket(0, charged, std::move(conn));
+}
+
 absl::Status Broker::Admit(uid_t uid) const {
   auto it = conns_per_uid_.find(uid);
   // Ended connections whose peers have not read what was sent on them keep
@@ -357,6 +369,16 @@ void Broker::Accept() {
     CloseSocket(0, cred.uid, std::move(conn));
     return;
   }
+  // A uid past its rate is told so before anything costlier is done for
+  // its connection (ConnectRate).
+  const uint32_t per_second = core_->policy()->connects_per_second();
+  if (absl::Status rate =
+          connect_rate_.Admit(per_second, cred.uid, MonotonicNow(), "broker connections");
+      !rate.ok()) {
+    rate_limited_.fetch_add(1, std::memory_order_relaxed);
+    RefuseAtAccept(std::move(conn), cred, cred.uid, rate);
+    return;
+  }
   // A connection made before the listener was set to refuse fds (while
   // systemd held the socket) took SO_PASSRIGHTS on from it: turn it off
   // here too (6.16+; before, records with fds are taken and closed off
@@ -396,15 +418,18 @@ void Broker::Accept() {
     return;
   }
   const uid_t charged = charge->charged;
+  // A user namespace's process counts against its owner's rate too.
+  if (charged != cred.uid) {
+    if (absl::Status rate =
+            connect_rate_.Admit(per_second, charged, MonotonicNow(), "broker connections");
+        !rate.ok()) {
+      rate_limited_.fetch_add(1, std::memory_order_relaxed);
+      RefuseAtAccept(std::move(conn), cred, charged, rate);
+      return;
+    }
+  }
   if (absl::Status admit = Admit(charged); !admit.ok()) {
-    v1::BrokerFrame frame;
-    *frame.mutable_reply() = ErrorReply(0, admit);
-    (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
-    Warn("refused", charged,
-         absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
-                      charged != cred.uid ? absl::StrCat(" (of uid ", charged, ")") : std::string(),
-                      ": ", admit.message()));
-    CloseSocket(0, charged, std::move(conn));
+    RefuseAtAccept(std::move(conn), cred, charged, admit);
     return;
   }
   auto c = std::make_unique<Conn>();

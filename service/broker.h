@@ -58,6 +58,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "halloc/v1/broker.pb.h"
 #include "service/allocator.h"
+#include "service/connection_limits.h"
 #include "service/unread_fds.h"
 #include "service/util/cpu_follower.h"
 #include "service/util/foreign_fds.h"
@@ -85,6 +86,10 @@ class Broker {
 
   // Stops accepting and ends every session. Idempotent.
   void Stop();
+
+  // Connections refused since start for coming faster than their uid's
+  // rate (ConnectRate, connection_limits.h).
+  uint64_t rate_limited_total() const { return rate_limited_.load(std::memory_order_relaxed); }
 
   // How long a connection may take to verify (tests shorten it).
   static absl::Duration verify_timeout;
@@ -226,6 +231,9 @@ class Broker {
   void Accept();
   // Whether uid may open one more connection; the reason when it may not.
   absl::Status Admit(uid_t uid) const;
+  // Tells a connection being accepted why it is refused (`why`, a reply
+  // record), logs it against `charged` and closes it.
+  void RefuseAtAccept(UniqueFd conn, const ucred& cred, uid_t charged, const absl::Status& why);
   void OnReadable(uint64_t key);
   // Handles one request record; false when the connection must close.
   bool Handle(Conn& conn, Record rec);
@@ -318,6 +326,9 @@ class Broker {
   // Only touched by the broker thread (and Stop after join).
   absl::flat_hash_map<uint64_t, std::unique_ptr<Conn>> conns_;
   absl::flat_hash_map<uid_t, uint32_t> conns_per_uid_;
+  // How fast each uid opens connections, judged before their setup.
+  ConnectRate connect_rate_;
+  std::atomic<uint64_t> rate_limited_{0};
   uint64_t next_key_ = 1;
   size_t handshakes_ = 0;
   // fds sent on the connections and not read yet, per uid (each session's

@@ -45,7 +45,10 @@ uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds)
   return fd_limit > kept ? std::max(fd_limit - kept, least) : least;
 }
 
-bool IsOperatorUid(uid_t uid) { return uid == 0 || uid == ::getuid(); }
+bool IsOperatorUid(uid_t uid) {
+  static const uid_t self = ::getuid();  // asked on every accept
+  return uid == 0 || uid == self;
+}
 
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,
                              absl::string_view what) {
@@ -66,6 +69,37 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
                                                      " (policy sessions.max_total)"));
   }
   return absl::OkStatus();
+}
+
+absl::Status ConnectRate::Admit(uint32_t rate, uid_t uid, absl::Time now, absl::string_view what) {
+  if (IsOperatorUid(uid)) return absl::OkStatus();
+  const double per_second = std::max<uint32_t>(rate, 1);
+  const double burst = 2 * per_second;
+  if (buckets_.size() >= sweep_at_) {
+    Sweep(per_second, now);
+    sweep_at_ = std::max<size_t>(64, 2 * buckets_.size());
+  }
+  auto [it, fresh] = buckets_.try_emplace(uid, Bucket{burst, now});
+  Bucket& b = it->second;
+  if (!fresh && now > b.at) {
+    b.tokens = std::min(burst, b.tokens + per_second * absl::ToDoubleSeconds(now - b.at));
+    b.at = now;
+  }
+  if (b.tokens < 1) {
+    return absl::ResourceExhaustedError(absl::StrCat("uid ", uid, " opens ", what, " faster than ",
+                                                     per_second, " a second (bursts of ", burst,
+                                                     "; policy sessions.connects_per_second)"));
+  }
+  b.tokens -= 1;
+  return absl::OkStatus();
+}
+
+void ConnectRate::Sweep(double per_second, absl::Time now) {
+  const double burst = 2 * per_second;
+  absl::erase_if(buckets_, [&](const auto& entry) {
+    const Bucket& b = entry.second;
+    return b.tokens + per_second * absl::ToDoubleSeconds(now - b.at) >= burst;
+  });
 }
 
 }  // namespace halloc

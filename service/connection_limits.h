@@ -13,8 +13,10 @@
 
 #include <cstdint>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "service/policy/policy.h"
 #include "service/util/fd_limit.h"
 
@@ -74,6 +76,46 @@ bool IsOperatorUid(uid_t uid);
 
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,
                              absl::string_view what);
+
+// How fast each uid may open connections to one socket (the policy's
+// sessions.connects_per_second): a bucket per uid that holds twice the rate
+// and refills at the rate, one token a connection. Without it, a uid that
+// connects and closes in a loop (some 10k connections a second from one
+// process) made hallocd set each one up (pidfd, the /proc reads, a
+// session or a gRPC transport) on the thread that also serves the broker's
+// requests, and cut every other client's throughput to a third.
+//
+// A uid is judged as the kernel gives it (SO_PEERCRED), before anything
+// costlier; the uid a user namespace's process is charged to is known only
+// after, and is judged then too (Admit again), so that a user's
+// subordinate uids do not each get a rate of their own past that point.
+// Buckets full again are forgotten (swept as the map grows), so it holds
+// only uids that connected within the last two seconds or so.
+//
+// Not thread-safe: one per accepting thread.
+class ConnectRate {
+ public:
+  // OK when a connection of `uid` may be set up at `now` (MonotonicNow()'s
+  // time) at `per_second` (Policy::connects_per_second), and counted;
+  // RESOURCE_EXHAUSTED naming the rate when the uid has used its burst.
+  // `what` names the socket's connections in the message. Operators
+  // (IsOperatorUid) are not limited.
+  absl::Status Admit(uint32_t per_second, uid_t uid, absl::Time now, absl::string_view what);
+  // Buckets held now.
+  size_t uids_tracked() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    double tokens = 0;
+    absl::Time at;  // when `tokens` was counted
+  };
+  // Drops the buckets that are full at `now` at rate `per_second`.
+  void Sweep(double per_second, absl::Time now);
+
+  absl::flat_hash_map<uid_t, Bucket> buckets_;
+  // Swept once it holds this many (twice what the last sweep left).
+  size_t sweep_at_ = 64;
+};
 
 }  // namespace halloc
 

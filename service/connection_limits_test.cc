@@ -101,5 +101,73 @@ TEST(ConnectionLimitsTest, RelayedControlConnectionsCountFourFds) {
             20000 - 4 * (20000 / 8 + kAdminConnectionReserve) - kHallocdOwnFds);
 }
 
+// How many connections of `uid` `rate` admits at `now`, asked until one
+// is refused (at most `most`).
+int AdmittedAt(ConnectRate& rate, uint32_t p, uid_t uid, absl::Time now, int most = 1000) {
+  int n = 0;
+  while (n < most && rate.Admit(p, uid, now, "x").ok()) ++n;
+  return n;
+}
+
+TEST(ConnectRateTest, ABurstOfTwiceTheRateThenTheRate) {
+  constexpr uint32_t p = 10;
+  ConnectRate rate;
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0), 20);
+  absl::Status s = rate.Admit(p, Someone(), t0, "broker connections");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(s.message(), "opens broker connections faster than 10 a second"))
+      << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "sessions.connects_per_second")) << s;
+  // A tenth of a second earns one; half a second five; a long pause no more
+  // than the burst.
+  EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0 + absl::Milliseconds(100)), 1);
+  EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0 + absl::Milliseconds(600)), 5);
+  EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0 + absl::Hours(1)), 20);
+}
+
+TEST(ConnectRateTest, EachUidHasItsOwnBucketAndOperatorsNone) {
+  constexpr uint32_t p = 10;
+  ConnectRate rate;
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  EXPECT_EQ(AdmittedAt(rate, p, 1234, t0), 20);
+  EXPECT_EQ(AdmittedAt(rate, p, 1235, t0), 20);  // not 1234's
+  EXPECT_EQ(AdmittedAt(rate, p, 0, t0), 1000);
+  EXPECT_EQ(AdmittedAt(rate, p, ::getuid(), t0), 1000);
+  EXPECT_EQ(rate.uids_tracked(), 2u);
+}
+
+TEST(ConnectRateTest, TheDefaultRate) {
+  ConnectRate rate;
+  EXPECT_EQ(
+      AdmittedAt(rate, Policy::Default()->connects_per_second(), Someone(), absl::UnixEpoch()),
+      2 * static_cast<int>(kDefaultConnectsPerSecond));
+}
+
+TEST(ConnectRateTest, ForgetsUidsWhoseBucketsFilledAgain) {
+  constexpr uint32_t p = 10;
+  ConnectRate rate;
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  // Ten thousand uids connect once each within a second: no bucket is full
+  // again within it, so all are kept...
+  for (uid_t uid = 10000; uid < 20000; ++uid) {
+    ASSERT_TRUE(rate.Admit(p, uid, t0 + absl::Microseconds(uid - 10000), "x").ok());
+  }
+  EXPECT_EQ(rate.uids_tracked(), 10000u);
+  // ...and a second later every one of them is full again: the next sweep
+  // (once the map grows to twice its last size) drops them, and the map
+  // stays bounded by the uids of the last second or so.
+  for (uid_t uid = 20000; uid < 40000; ++uid) {
+    ASSERT_TRUE(rate.Admit(p, uid, t0 + absl::Seconds(5), "x").ok());
+  }
+  EXPECT_LT(rate.uids_tracked(), 20001u);
+  EXPECT_GE(rate.uids_tracked(), 1u);
+  // A uid still draining is kept across a sweep: it stays limited.
+  ConnectRate kept;
+  EXPECT_EQ(AdmittedAt(kept, p, Someone(), t0), 20);
+  for (uid_t uid = 10000; uid < 10200; ++uid) ASSERT_TRUE(kept.Admit(p, uid, t0, "x").ok());
+  EXPECT_EQ(AdmittedAt(kept, p, Someone(), t0), 0);
+}
+
 }  // namespace
 }  // namespace halloc

@@ -183,7 +183,7 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
                        [core](uid_t uid, ConnectionCounts held) {
                          return AdmitConnection(*core->policy(), uid, held, "control connections");
                        },
-                       control_peers_));
+                       control_peers_, [core] { return core->policy()->connects_per_second(); }));
   absl::MutexLock lock(&listener_mu_);
   control_listener_ = std::move(listener);
   return absl::OkStatus();
@@ -193,19 +193,24 @@ v1::StatsResponse Daemon::Stats(std::optional<uid_t> only_uid) {
   v1::StatsResponse s = core_->Stats(only_uid);
   if (reply_watch_) s.set_grpc_replies_cancelled_total(reply_watch_->cancelled());
   absl::MutexLock lock(&listener_mu_);
-  if (control_listener_) s.set_grpc_connections_cut_total(control_listener_->cut_total());
+  uint64_t rate_limited = broker_ ? broker_->rate_limited_total() : 0;
+  if (control_listener_) {
+    s.set_grpc_connections_cut_total(control_listener_->cut_total());
+    rate_limited += control_listener_->rate_limited_total();
+  }
+  s.set_connections_rate_limited_total(rate_limited);
   return s;
 }
 
 absl::Status Daemon::StartBroker(UniqueFd inherited) {
-  if (inherited) {
-    // systemd's socket: its mode and group are the socket unit's.
-    ASSIGN_OR_RETURN(broker_, Broker::Serve(std::move(inherited),
-                                            options_.broker_socket, core_.get()));
-    return absl::OkStatus();
-  }
-  ASSIGN_OR_RETURN(broker_, Broker::Start(options_.broker_socket,
-                                          options_.socket_mode, core_.get()));
+  // systemd's socket: its mode and group are the socket unit's.
+  ASSIGN_OR_RETURN(std::unique_ptr<Broker> broker,
+                   inherited
+                       ? Broker::Serve(std::move(inherited), options_.broker_socket, core_.get())
+                       : Broker::Start(options_.broker_socket, options_.socket_mode, core_.get()));
+  // Under the lock Stats reads it with: the control socket serves already.
+  absl::MutexLock lock(&listener_mu_);
+  broker_ = std::move(broker);
   return absl::OkStatus();
 }
 
@@ -282,7 +287,12 @@ void Daemon::Shutdown(absl::Duration grace) {
     server_->Wait();
     control_file_.Remove();  // none when systemd's
   }
-  if (broker_) broker_->Stop();
+  Broker* broker = nullptr;
+  {
+    absl::MutexLock lock(&listener_mu_);
+    broker = broker_.get();
+  }
+  if (broker != nullptr) broker->Stop();
 }
 
 }  // namespace halloc

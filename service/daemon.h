@@ -163,7 +163,8 @@ class Daemon {
   std::unique_ptr<GrpcListener> control_listener_ ABSL_GUARDED_BY(listener_mu_);
   bool control_from_systemd_ = false;
   SocketFile control_file_;  // the control socket's file, when bound here
-  std::unique_ptr<Broker> broker_;
+  // Set after the control socket serves, so under listener_mu_ too.
+  std::unique_ptr<Broker> broker_ ABSL_GUARDED_BY(listener_mu_);
   // Metrics: served from Create when the address is free, else from a
   // thread trying again every kMetricsRetry until it is or hallocd stops.
   static constexpr absl::Duration kMetricsRetry = absl::Seconds(1);

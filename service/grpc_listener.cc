@@ -41,7 +41,8 @@ absl::Duration GrpcListener::unread_limit = absl::Seconds(3);
 absl::Duration GrpcListener::cut_penalty = absl::Seconds(10);
 
 absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
-    UniqueFd listener, grpc::Server* server, Admit admit, std::shared_ptr<ControlPeers> peers) {
+    UniqueFd listener, grpc::Server* server, Admit admit, std::shared_ptr<ControlPeers> peers,
+    std::function<uint32_t()> connects_per_second) {
   // Non-blocking, so that a connection gone between poll() and accept()
   // cannot park the thread in accept() where Stop() cannot wake it. (For
   // systemd's socket the flag is on the open file description it shares;
@@ -72,9 +73,10 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
   UniqueFd ends(::epoll_create1(EPOLL_CLOEXEC));
   if (!ends) return ErrnoStatus(errno, "epoll_create1");
   ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
-  std::unique_ptr<GrpcListener> l(new GrpcListener(
-      std::move(listener), std::move(wake), std::move(ends), std::move(accept_guard), server,
-      std::move(admit), std::move(relay), relay_all, std::move(peers)));
+  std::unique_ptr<GrpcListener> l(
+      new GrpcListener(std::move(listener), std::move(wake), std::move(ends),
+                       std::move(accept_guard), server, std::move(admit), std::move(relay),
+                       relay_all, std::move(peers), std::move(connects_per_second)));
   l->thread_ = std::thread([p = l.get()] { p->Run(); });
   return l;
 }
@@ -82,7 +84,8 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
 GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
                            AcceptGuard accept_guard, grpc::Server* server, Admit admit,
                            std::unique_ptr<StreamRelay> relay, bool relay_all,
-                           std::shared_ptr<ControlPeers> peers)
+                           std::shared_ptr<ControlPeers> peers,
+                           std::function<uint32_t()> connects_per_second)
     : listener_(std::move(listener)),
       wake_(std::move(wake)),
       ends_(std::move(ends)),
@@ -90,6 +93,7 @@ GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
       server_(server),
       admit_(std::move(admit)),
       peers_(std::move(peers)),
+      connects_per_second_(std::move(connects_per_second)),
       relay_all_(relay_all),
       relay_(std::move(relay)) {}
 
@@ -98,6 +102,14 @@ GrpcListener::~GrpcListener() {
   if (relay_) relay_->Stop();  // every relayed connection ends
   absl::MutexLock lock(&mu_);
   for (const auto& [dup, conn] : conns_) CloseDup(dup);
+}
+
+absl::Status GrpcListener::WithinRate(uid_t uid) {
+  if (!connects_per_second_) return absl::OkStatus();
+  absl::Status s =
+      connect_rate_.Admit(connects_per_second_(), uid, MonotonicNow(), "control connections");
+  if (!s.ok()) rate_limited_.fetch_add(1, std::memory_order_relaxed);
+  return s;
 }
 
 StreamRelay* GrpcListener::RelayFor(int conn) {
@@ -297,6 +309,15 @@ void GrpcListener::AcceptOne() {
     Refuse(std::move(conn), cred.uid, relay);
     return;  // closed: no identity, no service
   }
+  // Past its uid's rate: closed before anything costlier (ConnectRate).
+  if (absl::Status rate = WithinRate(cred.uid); !rate.ok()) {
+    if (uint64_t dropped; Limiter().AllowFor("control-refused", cred.uid, &dropped)) {
+      LOG(WARNING) << "control socket: refused a connection of pid " << cred.pid << ": "
+                   << rate.message() << LogLimiter::Dropped(dropped);
+    }
+    Refuse(std::move(conn), cred.uid, relay);
+    return;
+  }
   // Per-uid limits charge a user namespace's processes to its owner's uid
   // (ChargedUid), not to each subordinate uid; a connection whose process
   // is gone, or whose owner hallocd cannot tell (out of fds), is charged to
@@ -309,6 +330,8 @@ void GrpcListener::AcceptOne() {
         absl::StrCat("pid ", cred.pid, " (uid ", cred.uid, ") exited before it was accepted"));
   } else if (!charged.ok()) {
     admit = charged.status();
+  } else if (uid != cred.uid && !(admit = WithinRate(uid)).ok()) {
+    // A user namespace's process: its owner's rate too.
   } else if (const absl::Duration left = CutUntil(uid) - MonotonicNow();
              left > absl::ZeroDuration()) {
     admit = absl::ResourceExhaustedError(

@@ -50,6 +50,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -79,9 +80,13 @@ class GrpcListener {
   // non-blocking here) for `server`, which must outlive Stop(). Each
   // connection handed to the server is noted in `peers` (when given) with
   // its SO_PEERCRED.
+  // With `connects_per_second` (the policy's, asked at each accept), a
+  // uid's connections past that rate are closed at accept (ConnectRate,
+  // connection_limits.h), before anything costlier is done for them.
   static absl::StatusOr<std::unique_ptr<GrpcListener>> Start(
       UniqueFd listener, grpc::Server* server, Admit admit,
-      std::shared_ptr<ControlPeers> peers = nullptr);
+      std::shared_ptr<ControlPeers> peers = nullptr,
+      std::function<uint32_t()> connects_per_second = nullptr);
   ~GrpcListener();  // Stop()
 
   // Stops accepting; connections already handed over stay the server's.
@@ -93,6 +98,9 @@ class GrpcListener {
   // Connections shut down since start for leaving what was sent them
   // unread (unread_limit), or by CutUid.
   uint64_t cut_total() const;
+  // Connections closed at accept since start for coming faster than their
+  // uid's rate.
+  uint64_t rate_limited_total() const { return rate_limited_.load(std::memory_order_relaxed); }
 
   // Shuts down every connection of `uid` and refuses its new ones for
   // cut_penalty, as for unread bytes (a uid that floods gRPC with calls
@@ -114,7 +122,11 @@ class GrpcListener {
  private:
   GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, AcceptGuard accept_guard,
                grpc::Server* server, Admit admit, std::unique_ptr<StreamRelay> relay,
-               bool relay_all, std::shared_ptr<ControlPeers> peers);
+               bool relay_all, std::shared_ptr<ControlPeers> peers,
+               std::function<uint32_t()> connects_per_second);
+  // OK when `uid` may open one more connection now (its rate), else why
+  // not, counted.
+  absl::Status WithinRate(uid_t uid);
   // The relay for `conn` when fds may reach it (made at first need), else
   // nullptr.
   StreamRelay* RelayFor(int conn);
@@ -142,6 +154,9 @@ class GrpcListener {
   grpc::Server* const server_;
   const Admit admit_;
   const std::shared_ptr<ControlPeers> peers_;
+  const std::function<uint32_t()> connects_per_second_;
+  ConnectRate connect_rate_;  // Run's thread only
+  std::atomic<uint64_t> rate_limited_{0};
   // Every connection through the relay (fds cannot be refused at the
   // sender); else only those that may still carry some. The relay outlives
   // Stop(), so that connections stay served while the server shuts down.

@@ -24,6 +24,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "service/connect_as_testing.h"
 #include "service/http2_testing.h"
 #include "service/util/lingering_socket.h"
 #include "service/util/log_lines_testing.h"
@@ -114,12 +115,14 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
   void StartListener(UniqueFd listener) {
     GrpcListener::relay_always = GetParam();
     absl::StatusOr<std::unique_ptr<GrpcListener>> l = GrpcListener::Start(
-        std::move(listener), server_.get(), [this](uid_t uid, ConnectionCounts held) {
+        std::move(listener), server_.get(),
+        [this](uid_t uid, ConnectionCounts held) {
           last_uid_ = uid;
           return held.of_uid >= limit_
                      ? absl::ResourceExhaustedError(absl::StrCat("uid ", uid, " at the limit"))
                      : absl::OkStatus();
-        });
+        },
+        nullptr, [this] { return rate_.load(); });
     GrpcListener::relay_always = false;
     ASSERT_TRUE(l.ok()) << l.status();
     listener_ = *std::move(l);
@@ -171,6 +174,7 @@ class GrpcListenerTest : public ::testing::TestWithParam<bool> {
   std::unique_ptr<GrpcListener> listener_;
   // Read and written by the listener's thread too.
   std::atomic<uint32_t> limit_{2};
+  std::atomic<uint32_t> rate_{1000000};  // connects per second per uid
   std::atomic<uid_t> last_uid_{static_cast<uid_t>(-1)};
   std::vector<LingeringSocket> lingering_;
 };
@@ -223,6 +227,36 @@ TEST_P(GrpcListenerTest, RefusesAUidAtItsLimitAndAdmitsItAgainOnceOneEnds) {
   a.reset();
   ASSERT_TRUE(WaitFor([&] { return Mine() == 1; })) << "a peer's close is seen";
   EXPECT_TRUE(Check().ok()) << "room again";
+}
+
+// A uid that opens connections faster than the policy's rate has them
+// closed at accept (before any setup); another uid has a bucket of its
+// own, root none.
+TEST_P(GrpcListenerTest, ConnectionsPastTheirUidsRateAreClosedAtAccept) {
+  if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  limit_ = 100;
+  rate_ = 1;  // bursts of 2
+  std::vector<UniqueFd> held;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<UniqueFd> c = testing::ConnectAs(65534, path_, SOCK_STREAM);
+    if (absl::IsPermissionDenied(c.status())) GTEST_SKIP() << c.status();
+    ASSERT_TRUE(c.ok()) << c.status();
+    held.push_back(*std::move(c));
+  }
+  ASSERT_TRUE(WaitFor([&] { return listener_->held(65534).of_uid == 2; }));
+  absl::StatusOr<UniqueFd> third = testing::ConnectAs(65534, path_, SOCK_STREAM);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(Ended(*third)) << "past the rate: closed at once";
+  EXPECT_EQ(listener_->rate_limited_total(), 1u);
+  EXPECT_EQ(listener_->held(65534).of_uid, 2u);
+  absl::StatusOr<UniqueFd> other = testing::ConnectAs(65533, path_, SOCK_STREAM);
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_TRUE(WaitFor([&] { return listener_->held(65533).of_uid == 1; }))
+      << "uid 65533 was held to 65534's bucket";
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(Check().ok()) << "root, call " << i;
+  EXPECT_EQ(listener_->rate_limited_total(), 1u);
 }
 
 // A client that reads nothing of what it is sent. Once its socket's buffer

@@ -82,6 +82,11 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
         "clients; since start)\n",
         s.grpc_replies_cancelled_total(), s.grpc_connections_cut_total());
   }
+  if (s.connections_rate_limited_total() != 0) {
+    out << absl::StreamFormat(
+        "connect rate  %d connections refused (their uid connected too fast; since start)\n",
+        s.connections_rate_limited_total());
+  }
   if (s.max_buffers() != 0) {
     out << absl::StreamFormat("buffer limit  %d (hallocd's, all clients)\n", s.max_buffers());
   }

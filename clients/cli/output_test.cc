@@ -84,12 +84,15 @@ TEST(OutputTest, StatsShowTheControlGuardsOnceTheyActed) {
   std::ostringstream quiet;
   PrintStats(quiet, s);
   EXPECT_FALSE(absl::StrContains(quiet.str(), "control guards")) << quiet.str();
+  EXPECT_FALSE(absl::StrContains(quiet.str(), "connect rate")) << quiet.str();
   s.set_grpc_replies_cancelled_total(12);
   s.set_grpc_connections_cut_total(1);
+  s.set_connections_rate_limited_total(7);
   std::ostringstream acted;
   PrintStats(acted, s);
   EXPECT_TRUE(absl::StrContains(acted.str(), "12 replies cancelled, 1 connections cut"))
       << acted.str();
+  EXPECT_TRUE(absl::StrContains(acted.str(), "connect rate  7 connections refused")) << acted.str();
 }
 
 }  // namespace

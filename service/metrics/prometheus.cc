@@ -94,6 +94,10 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
   Family(&out, "halloc_grpc_connections_cut_total", "counter",
          "Control connections shut down since start: their peer left what was sent it unread.")
       .Sample(s.grpc_connections_cut_total());
+  Family(&out, "halloc_connections_rate_limited_total", "counter",
+         "Connections refused at accept since start, both sockets: their uid opened them "
+         "faster than the policy's sessions.connects_per_second.")
+      .Sample(s.connections_rate_limited_total());
   Family(&out, "halloc_released_held_buffers", "gauge",
          "Released buffers whose memory a process still holds, still charged.")
       .Sample(s.released_held_buffers());

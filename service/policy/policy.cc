@@ -281,6 +281,9 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   }
   policy->max_sessions_per_uid_ = proto.sessions().max_per_uid();
   policy->max_sessions_ = proto.sessions().max_total();
+  if (proto.sessions().connects_per_second() != 0) {
+    policy->connects_per_second_ = proto.sessions().connects_per_second();
+  }
   // Only as written: a total alone (per-uid left to its default, 256) is
   // a natural thing to write and is taken as it comes.
   if (policy->max_sessions_ != 0 && policy->max_sessions_per_uid_ > policy->max_sessions_) {

@@ -109,6 +109,8 @@ bool ListAdmits(const std::vector<std::string>& list, absl::string_view name,
 
 // sessions.max_per_uid when the policy leaves it 0.
 inline constexpr uint32_t kDefaultSessionsPerUid = 256;
+// sessions.connects_per_second when the policy leaves it 0.
+inline constexpr uint32_t kDefaultConnectsPerSecond = 100;
 
 class Policy {
  public:
@@ -176,12 +178,15 @@ class Policy {
   // per uid).
   uint32_t max_sessions_per_uid() const { return max_sessions_per_uid_; }
   uint32_t max_sessions() const { return max_sessions_; }
+  // sessions.connects_per_second, its default put in.
+  uint32_t connects_per_second() const { return connects_per_second_; }
 
  private:
   std::vector<Rule> rules_;
   std::string source_;
   uint32_t max_sessions_per_uid_ = 0;
   uint32_t max_sessions_ = 0;
+  uint32_t connects_per_second_ = kDefaultConnectsPerSecond;
   bool matches_exe_ = false;
 };
 

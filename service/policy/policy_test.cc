@@ -529,10 +529,15 @@ TEST(PolicyTest, NamesRulesTheBackendCannotServe) {
 TEST(PolicyTest, SessionLimitsAreRead) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       "clients { name: \"a\" match { any: true } }\n"
-      "sessions { max_per_uid: 4 max_total: 100 }\n", "limits.textproto");
+      "sessions { max_per_uid: 4 max_total: 100 connects_per_second: 7 }\n",
+      "limits.textproto");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ((*p)->max_sessions_per_uid(), 4u);
   EXPECT_EQ((*p)->max_sessions(), 100u);
+  EXPECT_EQ((*p)->connects_per_second(), 7u);
+  p = Policy::Parse("clients { name: \"a\" match { any: true } }\n", "defaults.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ((*p)->connects_per_second(), kDefaultConnectsPerSecond);
 }
 
 }  // namespace

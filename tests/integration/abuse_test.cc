@@ -67,6 +67,48 @@ TEST_F(AbuseTest, OneUidCannotHoldMoreConnectionsThanItsLimit) {
   EXPECT_TRUE(root->Allocate(BlobDescriptor(4096)).ok());
 }
 
+// Child "connect-loop" (args: broker socket), as uid 1001: 30 broker
+// connections as fast as it can, each closed once answered; exits with
+// the number refused for its rate (the rest were served).
+int ConnectLoop(absl::Span<const std::string> args, int) {
+  if (args.size() != 1) return kBadArgs;
+  if (!BecomeUid1001()) return kCannotSwitchUid;
+  int refused = 0;
+  for (int i = 0; i < 30; ++i) {
+    absl::StatusOr<BrokerConnection> c = ConnectBroker(args[0], absl::Seconds(5));
+    if (absl::IsResourceExhausted(c.status()) &&
+        absl::StrContains(c.status().message(), "faster than 5 a second")) {
+      ++refused;
+    } else if (!c.ok()) {
+      std::fprintf(stderr, "connect-loop: %s\n", c.status().ToString().c_str());
+      return 98;
+    }
+  }
+  return refused;
+}
+HALLOC_TEST_CHILD("connect-loop", ConnectLoop);
+
+// A uid connecting in a loop gets its burst (twice the policy's rate), then
+// is refused with the reason until its bucket refills; hallocd counts the
+// refusals, and other uids (root here) connect as before.
+TEST_F(AbuseTest, ConnectingInALoopIsHeldToTheUidsRate) {
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"
+      "sessions { connects_per_second: 5 }\n");
+  const int code = ExitCodeAsUid1001("connect-loop", {opts_.broker_socket});
+  if (code == -1) GTEST_SKIP() << "cannot switch uids here (not root)";
+  // 10 served at once, and one more per 200 ms the loop took.
+  EXPECT_GE(code, 10);
+  EXPECT_LE(code, 20);
+  absl::StatusOr<Client> root = Client::Connect(opts_);
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_TRUE(root->Allocate(BlobDescriptor(4096)).ok());
+  absl::StatusOr<v1::StatsResponse> stats = root->Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->connections_rate_limited_total(), static_cast<uint64_t>(code));
+}
+
 // Child "subordinate" (args: broker socket, fds go, ready and done,
 // "allocate" or not), see SubordinateConnect.
 int Subordinate(absl::Span<const std::string> args, int report) {
