@@ -140,10 +140,19 @@ void Broker::OnReadable(uint64_t key) {
     Close(key);  // peer closed, or an error on its socket
     return;
   }
-  const bool malformed = raw->bytes_cut || raw->fds_cut || !raw->record.fds.empty();
+  const bool malformed = raw->fds_cut || !raw->record.fds.empty();
   if (!raw->record.fds.empty()) TakeForeignFds(conn, std::move(raw->record.fds));
-  if (malformed) {  // too long, or it carried fds
+  if (malformed) {  // it carried fds
     Reply(conn, ErrorReply(0, absl::InvalidArgumentError(kMalformedRequest)));
+    return;
+  }
+  if (raw->bytes_cut) {
+    // As gRPC answers a request past --grpc_max_message_bytes: refused
+    // unread (its request id with it, so 0).
+    Reply(conn, ErrorReply(0, absl::ResourceExhaustedError(absl::StrCat(
+                                  "broker request longer than ", kMaxRecordBytes,
+                                  " bytes (what hallocd reads of one on either path); refused "
+                                  "unread"))));
     return;
   }
   Handle(conn, std::move(raw->record));

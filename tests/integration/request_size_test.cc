@@ -294,8 +294,8 @@ TEST_F(RequestSizeTest, RepliesCancelledForWantOfAWindowAreCounted) {
 
 // hallocd reads at most 64 KiB of a gRPC request (--grpc_max_message_bytes,
 // the broker's record limit; gRPC's default is 4 MiB): a longer one is
-// RESOURCE_EXHAUSTED before it is parsed. Under the limit the request is
-// read and judged as before.
+// RESOURCE_EXHAUSTED before it is parsed, on gRPC and on the broker alike.
+// Under the limit the request is read and judged as before.
 TEST_F(RequestSizeTest, OversizedRequestsAreRefusedUnread) {
   StartOpenDaemon();
   auto stub = ControlStub();
@@ -315,7 +315,20 @@ TEST_F(RequestSizeTest, OversizedRequestsAreRefusedUnread) {
     s = ask_named(bytes, &resp);
     EXPECT_EQ(s.error_code(), grpc::RESOURCE_EXHAUSTED) << bytes << ": " << s.error_message();
   }
-  // The connection and hallocd go on serving.
+  // The broker path refuses a record past the same limit with the same code.
+  absl::StatusOr<BrokerConnection> broker = ConnectBroker(opts_.broker_socket, absl::Seconds(5));
+  ASSERT_TRUE(broker.ok()) << broker.status();
+  const std::string record(kMaxRecordBytes + 1, 'x');
+  ASSERT_EQ(::send(broker->fd.get(), record.data(), record.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(record.size()));
+  ASSERT_TRUE(WaitReadable(broker->fd.get(), 5000).ok());
+  absl::StatusOr<Record> answer = ReceiveRecord(broker->fd.get(), false);
+  ASSERT_TRUE(answer.ok()) << answer.status();
+  v1::BrokerFrame frame;
+  ASSERT_TRUE(frame.ParseFromString(answer->bytes) && frame.has_reply());
+  const absl::Status refused = ReplyStatus(frame.reply());
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  // The connections and hallocd go on serving.
   s = ask_named(16, &resp);
   EXPECT_TRUE(s.ok() && resp.supported()) << s.error_message() << " " << resp.reason();
   absl::StatusOr<Client> c = Client::Connect(opts_);
