@@ -128,6 +128,7 @@ grpc::Status ReflectionService::ServerReflectionInfo(
   std::set<std::string> sent;
   v1alpha::ServerReflectionRequest req;
   while (stream->Read(&req)) {
+    slot->Active();
     if (!stream->Write(Answer(req, &sent))) break;
     deadline.Set(due());
   }
@@ -136,6 +137,8 @@ grpc::Status ReflectionService::ServerReflectionInfo(
     slot->Overstayed(cool_down_);
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, ended);
   }
+  // Ended by its client near a bound: held off as if cut.
+  slot->Ended(idle_, lifetime_, cool_down_);
   return grpc::Status::OK;
 }
 

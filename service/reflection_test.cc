@@ -266,5 +266,31 @@ TEST_F(ReflectionPerUidTest, OneUidGetsItsShare) {
   for (auto& o : open) Close(o);
 }
 
+// A stream its client ends itself after half its idle time without a
+// request holds its uid off as a cut one would (StreamSlots::Slot::Ended):
+// else ending each stream just before the cut and opening another kept
+// the places for ever. Streams done at once do not.
+class ReflectionStallTest : public ReflectionTest {
+ protected:
+  ReflectionStallTest() : ReflectionTest(std::make_shared<ControlPeers>(), Times()) {}
+  static StreamTimeLimits Times() {
+    StreamTimeLimits times;
+    times.reflection_idle = absl::Seconds(2);
+    times.reflection_lifetime = absl::Seconds(60);
+    return times;
+  }
+};
+
+TEST_F(ReflectionStallTest, AStreamEndedJustBeforeItsCutHoldsItsUidOff) {
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Ask({List()}).size(), 1u) << i;
+  std::vector<std::unique_ptr<Open>> open = OpenStreams(1);
+  ASSERT_EQ(open.size(), 1u);
+  absl::SleepFor(absl::Milliseconds(1200));  // past half the idle time, short of it
+  Close(open[0]);
+  const grpc::Status s = OneMore();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("outstayed its time"));
+}
+
 }  // namespace
 }  // namespace halloc

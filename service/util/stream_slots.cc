@@ -10,13 +10,18 @@
 namespace halloc {
 
 StreamSlots::Slot::Slot(Slot&& other) noexcept
-    : owner_(std::exchange(other.owner_, nullptr)), uid_(other.uid_) {}
+    : owner_(std::exchange(other.owner_, nullptr)),
+      uid_(other.uid_),
+      taken_at_(other.taken_at_),
+      active_at_(other.active_at_) {}
 
 StreamSlots::Slot& StreamSlots::Slot::operator=(Slot&& other) noexcept {
   if (this != &other) {
     if (owner_ != nullptr) owner_->Give(uid_);
     owner_ = std::exchange(other.owner_, nullptr);
     uid_ = other.uid_;
+    taken_at_ = other.taken_at_;
+    active_at_ = other.active_at_;
   }
   return *this;
 }
@@ -27,6 +32,16 @@ StreamSlots::Slot::~Slot() {
 
 void StreamSlots::Slot::Overstayed(absl::Duration cool_down) {
   if (owner_ != nullptr && uid_) owner_->CoolDown(*uid_, cool_down);
+}
+
+void StreamSlots::Slot::Active() { active_at_ = MonotonicNow(); }
+
+bool StreamSlots::Slot::Ended(absl::Duration idle, absl::Duration lifetime,
+                              absl::Duration cool_down) {
+  const absl::Time now = MonotonicNow();
+  if (now - taken_at_ < lifetime / 2 && now - active_at_ < idle / 2) return false;
+  Overstayed(cool_down);
+  return true;
 }
 
 StreamSlots::StreamSlots(std::string what, int total, int per_uid)
@@ -43,8 +58,10 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
       const absl::Duration left = c->second - MonotonicNow();
       if (left > absl::ZeroDuration()) {
         return absl::ResourceExhaustedError(absl::StrCat(
-            "a stream of uid ", *uid, " was ended for outstaying its time: no more ", what_,
-            " for it for ", absl::FormatDuration(absl::Ceil(left, absl::Seconds(1)))));
+            "a stream of uid ", *uid,
+            " outstayed its time (or held its place for half of it, or half its idle time, "
+            "before it ended): no more ",
+            what_, " for it for ", absl::FormatDuration(absl::Ceil(left, absl::Seconds(1)))));
       }
       cooling_.erase(c);
     }
@@ -56,7 +73,7 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
     ++mine;
   }
   ++taken_;
-  return Slot(this, uid);
+  return Slot(this, uid, MonotonicNow());
 }
 
 void StreamSlots::CoolDown(uid_t uid, absl::Duration cool_down) {

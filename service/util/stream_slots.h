@@ -6,7 +6,11 @@
 // can take a service, or the threads, from everyone else. A stream its
 // service ended for outstaying its time (stream_deadlines.h) keeps its
 // uid from taking another of that kind for a while (Overstayed): places
-// freed by such cuts go to others, not back to whoever reopens first.
+// freed by such cuts go to others, not back to whoever reopens first. So
+// does one its client ended itself once it had held its place for half
+// its time or more, or gone half its idle time without a request (Ended):
+// a client that stalls and ends each stream just before the cut would
+// otherwise keep its places for ever.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_UTIL_STREAM_SLOTS_H_
@@ -37,12 +41,22 @@ class StreamSlots {
     // of this kind for `cool_down` from now (a caller of unknown uid: no
     // such hold).
     void Overstayed(absl::Duration cool_down);
+    // A request came on its stream (the idle time starts again).
+    void Active();
+    // Its stream ended before a bound cut it: as Overstayed when it held
+    // its place for half of `lifetime` or more, or its last request (or
+    // its start) is half of `idle` or more old. An honest client's stream
+    // is done in a fraction of either. Whether it was so held off.
+    bool Ended(absl::Duration idle, absl::Duration lifetime, absl::Duration cool_down);
 
    private:
     friend class StreamSlots;
-    Slot(StreamSlots* owner, std::optional<uid_t> uid) : owner_(owner), uid_(uid) {}
+    Slot(StreamSlots* owner, std::optional<uid_t> uid, absl::Time now)
+        : owner_(owner), uid_(uid), taken_at_(now), active_at_(now) {}
     StreamSlots* owner_;
     std::optional<uid_t> uid_;
+    absl::Time taken_at_;
+    absl::Time active_at_;
   };
 
   // `what` names the streams in refusals ("reflection streams").
@@ -51,8 +65,8 @@ class StreamSlots {
   // A place for a stream of `uid` (nullopt: a caller whose uid is not
   // known, held to `total` alone: in-process channels), or
   // RESOURCE_EXHAUSTED saying which limit was reached, or that the uid's
-  // last such stream overstayed (Slot::Overstayed) and for how long more
-  // it is refused.
+  // last such stream overstayed (Slot::Overstayed, Slot::Ended) and for
+  // how long more it is refused.
   absl::StatusOr<Slot> Take(std::optional<uid_t> uid);
 
   int taken() const;

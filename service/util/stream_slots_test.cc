@@ -62,7 +62,8 @@ TEST(StreamSlotsTest, AUidWhoseStreamOverstayedWaitsOutItsCoolDown) {
   EXPECT_EQ(slots.taken(), 0) << "its place is free";
   absl::StatusOr<StreamSlots::Slot> again = slots.Take(1000);
   EXPECT_EQ(again.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_NE(again.status().message().find("outstaying"), std::string::npos) << again.status();
+  EXPECT_NE(again.status().message().find("outstayed its time"), std::string::npos)
+      << again.status();
   EXPECT_TRUE(slots.Take(1001).ok()) << "another uid takes the freed place";
   {
     absl::StatusOr<StreamSlots::Slot> unknown = slots.Take(std::nullopt);
@@ -78,6 +79,39 @@ TEST(StreamSlotsTest, AUidWhoseStreamOverstayedWaitsOutItsCoolDown) {
   }
   absl::SleepFor(absl::Milliseconds(20));
   EXPECT_TRUE(slots.Take(1002).ok());
+}
+
+// A stream its client ends itself holds its uid off as an overstayed one
+// would once it held its place for half its lifetime, or went half its idle
+// time without a request: ending each stream just before the cut and
+// reopening kept the places before. One done at once (an honest client's)
+// holds nothing off.
+TEST(StreamSlotsTest, AStreamEndedNearItsBoundCoolsItsUidDownToo) {
+  StreamSlots slots("test streams", /*total=*/4, /*per_uid=*/2);
+  const absl::Duration inf = absl::InfiniteDuration();
+  auto ended = [&](uid_t uid, absl::Duration idle, absl::Duration lifetime,
+                   absl::Duration wait_before, absl::Duration wait_after) {
+    absl::StatusOr<StreamSlots::Slot> s = slots.Take(uid);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return false;
+    absl::SleepFor(wait_before);
+    s->Active();
+    absl::SleepFor(wait_after);
+    return s->Ended(idle, lifetime, absl::Hours(1));
+  };
+  const absl::Duration none = absl::ZeroDuration(), some = absl::Milliseconds(120);
+  // Lifetime 200 ms: done at once, then after 120 ms (past half).
+  EXPECT_FALSE(ended(1000, inf, absl::Milliseconds(200), none, none));
+  EXPECT_TRUE(slots.Take(1000).ok()) << "an honest stream's uid held off";
+  EXPECT_TRUE(ended(1001, inf, absl::Milliseconds(200), some, none));
+  EXPECT_EQ(slots.Take(1001).status().code(), absl::StatusCode::kResourceExhausted);
+  // Idle 200 ms: a request 120 ms in, ended at once after it; then ended
+  // 120 ms after its last request.
+  EXPECT_FALSE(ended(1002, absl::Milliseconds(200), inf, some, none));
+  EXPECT_TRUE(slots.Take(1002).ok());
+  EXPECT_TRUE(ended(1003, absl::Milliseconds(200), inf, none, some));
+  EXPECT_EQ(slots.Take(1003).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(slots.taken(), 0);
 }
 
 }  // namespace

@@ -1,0 +1,62 @@
+// hallocd's places for long-lived gRPC streams, on an in-process daemon
+// over its sockets, where each call's uid is the kernel's word
+// (ControlPeers): a ReleaseMany its client stalls and ends itself just
+// before the cut holds its uid off ReleaseMany for the cool-down, as a cut
+// one does (StreamSlots::Slot::Ended). Before, ending each stream just
+// short of the bound and opening another kept the places for ever.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "clients/cpp/halloc/base/protocol.h"
+#include "clients/cpp/halloc/broker_conn.h"
+#include "clients/testing/test_daemon.h"
+#include "gtest/gtest.h"
+#include "halloc/v1/allocator.grpc.pb.h"
+
+namespace halloc {
+namespace {
+
+TEST(StreamPlacesTest, AReleaseManyEndedJustBeforeItsCutHoldsItsUidOff) {
+  DaemonOptions options = testing::TestDaemon::DefaultOptions();
+  options.grpc_streams.release_many = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<testing::TestDaemon>> daemon = testing::TestDaemon::Start(options);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const ConnectOptions where = (*daemon)->connect_options();
+  absl::StatusOr<BrokerConnection> session = ConnectBroker(where.broker_socket, absl::Seconds(5));
+  ASSERT_TRUE(session.ok()) << session.status();
+  auto stub = v1::Allocator::NewStub(
+      grpc::CreateChannel("unix:" + where.control_socket, grpc::InsecureChannelCredentials()));
+  // A stream of one part (not the last) that its client ends itself after
+  // `stall`: hallocd answers CANCELLED, nothing released.
+  auto ended_after = [&](absl::Duration stall) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kSessionMetadataKey, session->welcome.session_token());
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::ReleaseResponse resp;
+    std::unique_ptr<grpc::ClientWriter<v1::ReleaseRequest>> writer = stub->ReleaseMany(&ctx, &resp);
+    v1::ReleaseRequest part;
+    part.add_buffer_ids(1);
+    writer->Write(part);
+    absl::SleepFor(stall);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  for (int i = 0; i < 3; ++i) {
+    const grpc::Status s = ended_after(absl::ZeroDuration());
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << i << ": " << s.error_message();
+  }
+  // Past half its bound (1 s), short of it.
+  grpc::Status s = ended_after(absl::Milliseconds(1200));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  s = ended_after(absl::ZeroDuration());
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "outstayed its time")) << s.error_message();
+}
+
+}  // namespace
+}  // namespace halloc
