@@ -311,10 +311,25 @@ void Broker::ResumeAccepting() {
   accepting_ = true;
 }
 
+bool Broker::RateAdmits(const ConnectRate::Limits& limits, uid_t uid, const ucred& cred,
+                        UniqueFd& conn) {
+  absl::Duration retry = absl::ZeroDuration();
+  const absl::Status rate =
+      connect_rate_.Admit(limits, uid, MonotonicNow(), "broker connections", &retry);
+  if (rate.ok()) return true;
+  rate_limited_.fetch_add(1, std::memory_order_relaxed);
+  RefuseAtAccept(std::move(conn), cred, uid, rate, retry);
+  return false;
+}
+
 void Broker::RefuseAtAccept(UniqueFd conn, const ucred& cred, uid_t charged,
-                            const absl::Status& why) {
+                            const absl::Status& why, absl::Duration retry_after) {
   v1::BrokerFrame frame;
   *frame.mutable_reply() = ErrorReply(0, why);
+  if (retry_after > absl::ZeroDuration()) {
+    frame.mutable_reply()->set_retry_after_ms(static_cast<uint32_t>(std::min<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(retry_after, absl::Milliseconds(1))), 60000)));
+  }
   (void)SendRecord(conn.get(), frame.SerializeAsString(), {}, true);
   Warn("refused", charged,
        absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
@@ -371,14 +386,8 @@ void Broker::Accept() {
   }
   // A uid past its rate is told so before anything costlier is done for
   // its connection (ConnectRate).
-  const uint32_t per_second = core_->policy()->connects_per_second();
-  if (absl::Status rate =
-          connect_rate_.Admit(per_second, cred.uid, MonotonicNow(), "broker connections");
-      !rate.ok()) {
-    rate_limited_.fetch_add(1, std::memory_order_relaxed);
-    RefuseAtAccept(std::move(conn), cred, cred.uid, rate);
-    return;
-  }
+  const ConnectRate::Limits rate = ConnectRate::Of(*core_->policy());
+  if (!RateAdmits(rate, cred.uid, cred, conn)) return;
   // A connection made before the listener was set to refuse fds (while
   // systemd held the socket) took SO_PASSRIGHTS on from it: turn it off
   // here too (6.16+; before, records with fds are taken and closed off
@@ -419,15 +428,7 @@ void Broker::Accept() {
   }
   const uid_t charged = charge->charged;
   // A user namespace's process counts against its owner's rate too.
-  if (charged != cred.uid) {
-    if (absl::Status rate =
-            connect_rate_.Admit(per_second, charged, MonotonicNow(), "broker connections");
-        !rate.ok()) {
-      rate_limited_.fetch_add(1, std::memory_order_relaxed);
-      RefuseAtAccept(std::move(conn), cred, charged, rate);
-      return;
-    }
-  }
+  if (charged != cred.uid && !RateAdmits(rate, charged, cred, conn)) return;
   if (absl::Status admit = Admit(charged); !admit.ok()) {
     RefuseAtAccept(std::move(conn), cred, charged, admit);
     return;

@@ -232,8 +232,13 @@ class Broker {
   // Whether uid may open one more connection; the reason when it may not.
   absl::Status Admit(uid_t uid) const;
   // Tells a connection being accepted why it is refused (`why`, a reply
-  // record), logs it against `charged` and closes it.
-  void RefuseAtAccept(UniqueFd conn, const ucred& cred, uid_t charged, const absl::Status& why);
+  // record, with `retry_after` when it passes by itself), logs it against
+  // `charged` and closes it.
+  void RefuseAtAccept(UniqueFd conn, const ucred& cred, uid_t charged, const absl::Status& why,
+                      absl::Duration retry_after = absl::ZeroDuration());
+  // Whether `uid` (the connection's own, or the one it is charged to) is
+  // within `limits` (ConnectRate); if not, `conn` is refused and counted.
+  bool RateAdmits(const ConnectRate::Limits& limits, uid_t uid, const ucred& cred, UniqueFd& conn);
   void OnReadable(uint64_t key);
   // Handles one request record; false when the connection must close.
   bool Handle(Conn& conn, Record rec);

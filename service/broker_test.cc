@@ -20,7 +20,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -31,7 +30,6 @@
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
 #include "service/broker_test_util.h"
-#include "service/connect_as_testing.h"
 #include "service/util/unix_listener.h"
 
 namespace halloc {
@@ -422,68 +420,6 @@ TEST_F(BrokerTest, EndedHandshakesLeaveNoDeadlinesQueued) {
   // The 100 waiting are still in their handshake: answered once they verify.
   absl::StatusOr<BrokerConnection> late = Handshake(std::move(waiting.back()), absl::Seconds(5));
   EXPECT_TRUE(late.ok()) << late.status();
-}
-
-// The first record the broker sends on a new connection: its Hello, or
-// the reply that refuses it.
-absl::StatusOr<v1::BrokerFrame> FirstFrame(int sock) {
-  RETURN_IF_ERROR(WaitReadable(sock, 5000));
-  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
-  v1::BrokerFrame frame;
-  if (!frame.ParseFromString(rec.bytes)) return absl::DataLossError("not a frame");
-  return frame;
-}
-
-// A uid that opens connections faster than the policy's rate is told why
-// (RESOURCE_EXHAUSTED) and closed before any setup; another uid has a
-// bucket of its own, and root none.
-TEST_F(BrokerTest, ConnectionsPastTheirUidsRateAreToldWhy) {
-  if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
-  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
-      "clients { name: \"all\" match { any: true } }\n"
-      "sessions { connects_per_second: 1 }\n",
-      "rate.textproto");
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  core_->SetPolicy(*policy);
-  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
-  const std::string path = dir_ / "broker.sock";
-  absl::StatusOr<std::unique_ptr<Broker>> broker = Broker::Start(path, 0666, core_.get());
-  ASSERT_TRUE(broker.ok()) << broker.status();
-  std::vector<UniqueFd> held;
-  // A burst of twice the rate (2), then refused (within a second: no
-  // token earned back).
-  for (int i = 0; i < 3; ++i) {
-    absl::StatusOr<UniqueFd> c = testing::ConnectAs(65534, path, SOCK_SEQPACKET);
-    if (absl::IsPermissionDenied(c.status())) GTEST_SKIP() << c.status();
-    ASSERT_TRUE(c.ok()) << c.status();
-    absl::StatusOr<v1::BrokerFrame> first = FirstFrame(c->get());
-    ASSERT_TRUE(first.ok()) << first.status();
-    if (i < 2) {
-      EXPECT_TRUE(first->has_hello()) << "connection " << i << ": " << first->DebugString();
-    } else {
-      ASSERT_TRUE(first->has_reply()) << first->DebugString();
-      const absl::Status refused = ReplyStatus(first->reply());
-      EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
-      EXPECT_TRUE(absl::StrContains(refused.message(),
-                                    "uid 65534 opens broker connections faster than 1 a second"))
-          << refused;
-      EXPECT_TRUE(WaitReadable(c->get(), 5000).ok());
-      absl::StatusOr<Record> end = ReceiveRecord(c->get(), false);
-      EXPECT_FALSE(end.ok()) << "the refused connection was left open";
-    }
-    held.push_back(*std::move(c));
-  }
-  EXPECT_EQ((*broker)->rate_limited_total(), 1u);
-  absl::StatusOr<UniqueFd> other = testing::ConnectAs(65533, path, SOCK_SEQPACKET);
-  ASSERT_TRUE(other.ok()) << other.status();
-  absl::StatusOr<v1::BrokerFrame> first = FirstFrame(other->get());
-  ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_TRUE(first->has_hello()) << "uid 65533 was held to 65534's bucket";
-  for (int i = 0; i < 5; ++i) {
-    absl::StatusOr<BrokerConnection> root = ConnectBroker(path, absl::Seconds(5));
-    EXPECT_TRUE(root.ok()) << "root, connection " << i << ": " << root.status();
-  }
-  EXPECT_EQ((*broker)->rate_limited_total(), 1u);
 }
 
 }  // namespace

@@ -71,12 +71,23 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
   return absl::OkStatus();
 }
 
-absl::Status ConnectRate::Admit(uint32_t rate, uid_t uid, absl::Time now, absl::string_view what) {
+ConnectRate::Limits ConnectRate::Of(const Policy& policy) {
+  const uint32_t per_second = std::max<uint32_t>(policy.connects_per_second(), 1);
+  const uint32_t per_uid = policy.max_sessions_per_uid() != 0 ? policy.max_sessions_per_uid()
+                                                              : kDefaultMaxConnectionsPerUid;
+  const uint64_t twice = 2 * uint64_t{per_second};
+  return Limits{per_second, static_cast<uint32_t>(std::min<uint64_t>(
+                                std::max<uint64_t>(twice, per_uid), UINT32_MAX))};
+}
+
+absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::string_view what,
+                                absl::Duration* retry_after) {
   if (IsOperatorUid(uid)) return absl::OkStatus();
-  const double per_second = std::max<uint32_t>(rate, 1);
-  const double burst = 2 * per_second;
+  limits.per_second = std::max<uint32_t>(limits.per_second, 1);
+  limits.burst = std::max<uint32_t>(limits.burst, 1);
+  const double per_second = limits.per_second, burst = limits.burst;
   if (buckets_.size() >= sweep_at_) {
-    Sweep(per_second, now);
+    Sweep(limits, now);
     sweep_at_ = std::max<size_t>(64, 2 * buckets_.size());
   }
   auto [it, fresh] = buckets_.try_emplace(uid, Bucket{burst, now});
@@ -86,16 +97,17 @@ absl::Status ConnectRate::Admit(uint32_t rate, uid_t uid, absl::Time now, absl::
     b.at = now;
   }
   if (b.tokens < 1) {
-    return absl::ResourceExhaustedError(absl::StrCat("uid ", uid, " opens ", what, " faster than ",
-                                                     per_second, " a second (bursts of ", burst,
-                                                     "; policy sessions.connects_per_second)"));
+    if (retry_after != nullptr) *retry_after = absl::Seconds((1 - b.tokens) / per_second);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", uid, " opens ", what, " faster than ", limits.per_second, " a second (bursts of ",
+        limits.burst, "; policy sessions.connects_per_second)"));
   }
   b.tokens -= 1;
   return absl::OkStatus();
 }
 
-void ConnectRate::Sweep(double per_second, absl::Time now) {
-  const double burst = 2 * per_second;
+void ConnectRate::Sweep(const Limits& limits, absl::Time now) {
+  const double per_second = limits.per_second, burst = limits.burst;
   absl::erase_if(buckets_, [&](const auto& entry) {
     const Bucket& b = entry.second;
     return b.tokens + per_second * absl::ToDoubleSeconds(now - b.at) >= burst;

@@ -78,8 +78,10 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
                              absl::string_view what);
 
 // How fast each uid may open connections to one socket (the policy's
-// sessions.connects_per_second): a bucket per uid that holds twice the rate
-// and refills at the rate, one token a connection. Without it, a uid that
+// sessions.connects_per_second): a bucket per uid that refills at that rate
+// and holds twice as many, or the uid's connection limit
+// (sessions.max_per_uid) if that is more, so that a uid may always open
+// all it may hold at once; one token a connection. Without it, a uid that
 // connects and closes in a loop (some 10k connections a second from one
 // process) made hallocd set each one up (pidfd, the /proc reads, a
 // session or a gRPC transport) on the thread that also serves the broker's
@@ -87,20 +89,32 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 //
 // A uid is judged as the kernel gives it (SO_PEERCRED), before anything
 // costlier; the uid a user namespace's process is charged to is known only
-// after, and is judged then too (Admit again), so that a user's
-// subordinate uids do not each get a rate of their own past that point.
-// Buckets full again are forgotten (swept as the map grows), so it holds
-// only uids that connected within the last two seconds or so.
+// after (PinAndCharge: the pidfd and the /proc reads), and is judged then
+// too (Admit again). So a user connecting through its subordinate uids
+// (newuidmap) passes the first check with a bucket per uid and is held at
+// the second, at that cost; a root-owned container's uids are charged as
+// themselves (ChargedUid), each with a bucket of its own.
+// Buckets full again are forgotten (swept once the map has doubled since
+// the last sweep), so it holds the uids that connected within the last few
+// seconds, and at most as many again.
 //
 // Not thread-safe: one per accepting thread.
 class ConnectRate {
  public:
+  struct Limits {
+    uint32_t per_second = kDefaultConnectsPerSecond;
+    uint32_t burst = 2 * kDefaultConnectsPerSecond;
+  };
+  // `policy`'s (its defaults put in).
+  static Limits Of(const Policy& policy);
+
   // OK when a connection of `uid` may be set up at `now` (MonotonicNow()'s
-  // time) at `per_second` (Policy::connects_per_second), and counted;
-  // RESOURCE_EXHAUSTED naming the rate when the uid has used its burst.
-  // `what` names the socket's connections in the message. Operators
-  // (IsOperatorUid) are not limited.
-  absl::Status Admit(uint32_t per_second, uid_t uid, absl::Time now, absl::string_view what);
+  // time) within `limits`, and counted; RESOURCE_EXHAUSTED naming the rate
+  // when the uid has used its burst, and then, given `retry_after`, how
+  // soon it will have room again. `what` names the socket's connections in
+  // the message. Operators (IsOperatorUid) are not limited.
+  absl::Status Admit(Limits limits, uid_t uid, absl::Time now, absl::string_view what,
+                     absl::Duration* retry_after = nullptr);
   // Buckets held now.
   size_t uids_tracked() const { return buckets_.size(); }
 
@@ -109,8 +123,8 @@ class ConnectRate {
     double tokens = 0;
     absl::Time at;  // when `tokens` was counted
   };
-  // Drops the buckets that are full at `now` at rate `per_second`.
-  void Sweep(double per_second, absl::Time now);
+  // Drops the buckets that are full at `now` under `limits`.
+  void Sweep(const Limits& limits, absl::Time now);
 
   absl::flat_hash_map<uid_t, Bucket> buckets_;
   // Swept once it holds this many (twice what the last sweep left).

@@ -103,14 +103,15 @@ TEST(ConnectionLimitsTest, RelayedControlConnectionsCountFourFds) {
 
 // How many connections of `uid` `rate` admits at `now`, asked until one
 // is refused (at most `most`).
-int AdmittedAt(ConnectRate& rate, uint32_t p, uid_t uid, absl::Time now, int most = 1000) {
+int AdmittedAt(ConnectRate& rate, ConnectRate::Limits p, uid_t uid, absl::Time now,
+               int most = 1000) {
   int n = 0;
   while (n < most && rate.Admit(p, uid, now, "x").ok()) ++n;
   return n;
 }
 
 TEST(ConnectRateTest, ABurstOfTwiceTheRateThenTheRate) {
-  constexpr uint32_t p = 10;
+  constexpr ConnectRate::Limits p{10, 20};
   ConnectRate rate;
   const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
   EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0), 20);
@@ -126,8 +127,24 @@ TEST(ConnectRateTest, ABurstOfTwiceTheRateThenTheRate) {
   EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0 + absl::Hours(1)), 20);
 }
 
+TEST(ConnectRateTest, SaysHowSoonARefusedUidHasRoomAgain) {
+  constexpr ConnectRate::Limits p{10, 20};
+  ConnectRate rate;
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  EXPECT_EQ(AdmittedAt(rate, p, Someone(), t0), 20);
+  // A tenth of a second from empty, less once some has been earned back.
+  absl::Duration retry = absl::ZeroDuration();
+  EXPECT_FALSE(rate.Admit(p, Someone(), t0, "x", &retry).ok());
+  EXPECT_EQ(retry, absl::Milliseconds(100));
+  EXPECT_FALSE(rate.Admit(p, Someone(), t0 + absl::Milliseconds(40), "x", &retry).ok());
+  EXPECT_LT(absl::AbsDuration(retry - absl::Milliseconds(60)), absl::Microseconds(1));
+  EXPECT_TRUE(
+      rate.Admit(p, Someone(), t0 + absl::Milliseconds(40) + retry + absl::Microseconds(1), "x")
+          .ok());
+}
+
 TEST(ConnectRateTest, EachUidHasItsOwnBucketAndOperatorsNone) {
-  constexpr uint32_t p = 10;
+  constexpr ConnectRate::Limits p{10, 20};
   ConnectRate rate;
   const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
   EXPECT_EQ(AdmittedAt(rate, p, 1234, t0), 20);
@@ -137,15 +154,32 @@ TEST(ConnectRateTest, EachUidHasItsOwnBucketAndOperatorsNone) {
   EXPECT_EQ(rate.uids_tracked(), 2u);
 }
 
-TEST(ConnectRateTest, TheDefaultRate) {
+// The policy's rate, in bursts of twice that or of the connections a uid
+// may hold, whichever is more (a uid may open all it may hold at once).
+TEST(ConnectRateTest, ThePolicysRateAndBurst) {
+  ConnectRate::Limits l = ConnectRate::Of(*Policy::Default());
+  EXPECT_EQ(l.per_second, kDefaultConnectsPerSecond);
+  EXPECT_EQ(l.burst, std::max(2 * kDefaultConnectsPerSecond, kDefaultMaxConnectionsPerUid));
   ConnectRate rate;
-  EXPECT_EQ(
-      AdmittedAt(rate, Policy::Default()->connects_per_second(), Someone(), absl::UnixEpoch()),
-      2 * static_cast<int>(kDefaultConnectsPerSecond));
+  EXPECT_EQ(AdmittedAt(rate, l, Someone(), absl::UnixEpoch()), static_cast<int>(l.burst));
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      "clients { name: \"none\" match { any: true } }\n"
+      "sessions { max_per_uid: 4 connects_per_second: 30 }",
+      "connection_limits_test");
+  ASSERT_TRUE(p.ok()) << p.status();
+  l = ConnectRate::Of(**p);
+  EXPECT_EQ(l.per_second, 30u);
+  EXPECT_EQ(l.burst, 60u);
+  p = Policy::Parse(
+      "clients { name: \"none\" match { any: true } }\n"
+      "sessions { max_per_uid: 500 connects_per_second: 30 }",
+      "connection_limits_test");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(ConnectRate::Of(**p).burst, 500u);
 }
 
 TEST(ConnectRateTest, ForgetsUidsWhoseBucketsFilledAgain) {
-  constexpr uint32_t p = 10;
+  constexpr ConnectRate::Limits p{10, 20};
   ConnectRate rate;
   const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
   // Ten thousand uids connect once each within a second: no bucket is full

@@ -183,7 +183,7 @@ absl::Status Daemon::StartControl(UniqueFd inherited) {
                        [core](uid_t uid, ConnectionCounts held) {
                          return AdmitConnection(*core->policy(), uid, held, "control connections");
                        },
-                       control_peers_, [core] { return core->policy()->connects_per_second(); }));
+                       control_peers_, [core] { return ConnectRate::Of(*core->policy()); }));
   absl::MutexLock lock(&listener_mu_);
   control_listener_ = std::move(listener);
   return absl::OkStatus();

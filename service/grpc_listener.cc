@@ -42,7 +42,7 @@ absl::Duration GrpcListener::cut_penalty = absl::Seconds(10);
 
 absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
     UniqueFd listener, grpc::Server* server, Admit admit, std::shared_ptr<ControlPeers> peers,
-    std::function<uint32_t()> connects_per_second) {
+    std::function<ConnectRate::Limits()> connect_rate) {
   // Non-blocking, so that a connection gone between poll() and accept()
   // cannot park the thread in accept() where Stop() cannot wake it. (For
   // systemd's socket the flag is on the open file description it shares;
@@ -73,10 +73,9 @@ absl::StatusOr<std::unique_ptr<GrpcListener>> GrpcListener::Start(
   UniqueFd ends(::epoll_create1(EPOLL_CLOEXEC));
   if (!ends) return ErrnoStatus(errno, "epoll_create1");
   ASSIGN_OR_RETURN(AcceptGuard accept_guard, AcceptGuard::Create());
-  std::unique_ptr<GrpcListener> l(
-      new GrpcListener(std::move(listener), std::move(wake), std::move(ends),
-                       std::move(accept_guard), server, std::move(admit), std::move(relay),
-                       relay_all, std::move(peers), std::move(connects_per_second)));
+  std::unique_ptr<GrpcListener> l(new GrpcListener(
+      std::move(listener), std::move(wake), std::move(ends), std::move(accept_guard), server,
+      std::move(admit), std::move(relay), relay_all, std::move(peers), std::move(connect_rate)));
   l->thread_ = std::thread([p = l.get()] { p->Run(); });
   return l;
 }
@@ -85,7 +84,7 @@ GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
                            AcceptGuard accept_guard, grpc::Server* server, Admit admit,
                            std::unique_ptr<StreamRelay> relay, bool relay_all,
                            std::shared_ptr<ControlPeers> peers,
-                           std::function<uint32_t()> connects_per_second)
+                           std::function<ConnectRate::Limits()> connect_rate)
     : listener_(std::move(listener)),
       wake_(std::move(wake)),
       ends_(std::move(ends)),
@@ -93,7 +92,7 @@ GrpcListener::GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends,
       server_(server),
       admit_(std::move(admit)),
       peers_(std::move(peers)),
-      connects_per_second_(std::move(connects_per_second)),
+      connect_rate_limits_(std::move(connect_rate)),
       relay_all_(relay_all),
       relay_(std::move(relay)) {}
 
@@ -105,9 +104,9 @@ GrpcListener::~GrpcListener() {
 }
 
 absl::Status GrpcListener::WithinRate(uid_t uid) {
-  if (!connects_per_second_) return absl::OkStatus();
+  if (!connect_rate_limits_) return absl::OkStatus();
   absl::Status s =
-      connect_rate_.Admit(connects_per_second_(), uid, MonotonicNow(), "control connections");
+      connect_rate_.Admit(connect_rate_limits_(), uid, MonotonicNow(), "control connections");
   if (!s.ok()) rate_limited_.fetch_add(1, std::memory_order_relaxed);
   return s;
 }

@@ -80,13 +80,13 @@ class GrpcListener {
   // non-blocking here) for `server`, which must outlive Stop(). Each
   // connection handed to the server is noted in `peers` (when given) with
   // its SO_PEERCRED.
-  // With `connects_per_second` (the policy's, asked at each accept), a
-  // uid's connections past that rate are closed at accept (ConnectRate,
+  // With `connect_rate` (the policy's, asked at each accept), a uid's
+  // connections past that rate are closed at accept (ConnectRate,
   // connection_limits.h), before anything costlier is done for them.
   static absl::StatusOr<std::unique_ptr<GrpcListener>> Start(
       UniqueFd listener, grpc::Server* server, Admit admit,
       std::shared_ptr<ControlPeers> peers = nullptr,
-      std::function<uint32_t()> connects_per_second = nullptr);
+      std::function<ConnectRate::Limits()> connect_rate = nullptr);
   ~GrpcListener();  // Stop()
 
   // Stops accepting; connections already handed over stay the server's.
@@ -123,7 +123,7 @@ class GrpcListener {
   GrpcListener(UniqueFd listener, UniqueFd wake, UniqueFd ends, AcceptGuard accept_guard,
                grpc::Server* server, Admit admit, std::unique_ptr<StreamRelay> relay,
                bool relay_all, std::shared_ptr<ControlPeers> peers,
-               std::function<uint32_t()> connects_per_second);
+               std::function<ConnectRate::Limits()> connect_rate);
   // OK when `uid` may open one more connection now (its rate), else why
   // not, counted.
   absl::Status WithinRate(uid_t uid);
@@ -154,7 +154,7 @@ class GrpcListener {
   grpc::Server* const server_;
   const Admit admit_;
   const std::shared_ptr<ControlPeers> peers_;
-  const std::function<uint32_t()> connects_per_second_;
+  const std::function<ConnectRate::Limits()> connect_rate_limits_;
   ConnectRate connect_rate_;  // Run's thread only
   std::atomic<uint64_t> rate_limited_{0};
   // Every connection through the relay (fds cannot be refused at the

@@ -46,11 +46,16 @@ absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path, absl::Duratio
   return ConnectUnix(path, SOCK_SEQPACKET, timeout, "hallocd broker");
 }
 
-absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) {
+namespace {
+
+// Handshake's, by `deadline`; a refusal that passes by itself (the uid's
+// connect rate) sets `retry_after`.
+absl::StatusOr<BrokerConnection> HandshakeBy(UniqueFd fd, absl::Time deadline,
+                                             absl::Duration* retry_after) {
   BrokerConnection conn;
-  const absl::Time deadline = absl::Now() + timeout;
   ASSIGN_OR_RETURN(v1::BrokerFrame hello, NextFrame(fd.get(), deadline));
   if (hello.has_reply()) {  // refused before any session
+    *retry_after = absl::Milliseconds(hello.reply().retry_after_ms());
     RETURN_IF_ERROR(ReplyStatus(hello.reply()));
   }
   if (!hello.has_hello()) {
@@ -78,11 +83,28 @@ absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) 
   return conn;
 }
 
+}  // namespace
+
+absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout) {
+  absl::Duration ignored;
+  return HandshakeBy(std::move(fd), absl::Now() + timeout, &ignored);
+}
+
 absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
                                                absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
-  ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(path, timeout));
-  return Handshake(std::move(fd), std::max(deadline - absl::Now(), absl::ZeroDuration()));
+  while (true) {
+    ASSIGN_OR_RETURN(UniqueFd fd, ConnectSeqpacket(path, std::max(deadline - absl::Now(),
+                                                                  absl::ZeroDuration())));
+    absl::Duration retry_after = absl::ZeroDuration();
+    absl::StatusOr<BrokerConnection> conn = HandshakeBy(std::move(fd), deadline, &retry_after);
+    // Refused for connecting faster than this uid's rate: again once it
+    // has room, if that is within the timeout.
+    if (conn.ok() || retry_after <= absl::ZeroDuration() || absl::Now() + retry_after >= deadline) {
+      return conn;
+    }
+    absl::SleepFor(retry_after);
+  }
 }
 
 }  // namespace halloc

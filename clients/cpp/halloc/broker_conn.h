@@ -30,7 +30,9 @@ absl::StatusOr<UniqueFd> ConnectSeqpacket(const std::string& path,
 
 // Connects and completes the handshake, both within `timeout`. A daemon
 // that refuses the connection (e.g. too many connections from this uid)
-// → its status.
+// → its status; one that refuses it for now (this uid connected faster
+// than its rate: BrokerReply.retry_after_ms) is asked again once it has
+// room, within `timeout`.
 absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
                                                absl::Duration timeout);
 

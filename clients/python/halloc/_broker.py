@@ -87,12 +87,30 @@ def _next_frame(sock, deadline):
     return frame
 
 
+class _RefusedForNow(Exception):
+    """A refusal that passes by itself: `error`, and how soon to ask again."""
+
+    def __init__(self, error, retry_after):
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
 def handshake(sock, timeout):
     """Reads the Hello, sends Verify (request id 0), reads the Welcome."""
+    try:
+        return _handshake(sock, timeout)
+    except _RefusedForNow as refused:
+        raise refused.error from None
+
+
+def _handshake(sock, timeout):
     deadline = time.monotonic() + timeout
     frame = _next_frame(sock, deadline)
     if frame.WhichOneof("kind") == "reply":  # refused before any session
         err = reply_error(frame.reply)
+        if err is not None and frame.reply.retry_after_ms:
+            raise _RefusedForNow(err, frame.reply.retry_after_ms / 1000)
         if err is not None:
             raise err
     if frame.WhichOneof("kind") != "hello":
@@ -117,11 +135,21 @@ def handshake(sock, timeout):
 
 
 def connect_broker(path, timeout):
-    """Connects to `path` and completes the handshake."""
+    """Connects to `path` and completes the handshake.
+
+    A refusal for connecting faster than this uid's rate (the reply's
+    retry_after_ms) is asked again once there is room, within `timeout`.
+    """
     deadline = time.monotonic() + timeout
-    sock = connect_seqpacket(path, timeout)
-    try:
-        return handshake(sock, max(deadline - time.monotonic(), 0))
-    except BaseException:
-        sock.close()
-        raise
+    while True:
+        sock = connect_seqpacket(path, max(deadline - time.monotonic(), 0))
+        try:
+            return _handshake(sock, max(deadline - time.monotonic(), 0))
+        except _RefusedForNow as refused:
+            sock.close()
+            if time.monotonic() + refused.retry_after >= deadline:
+                raise refused.error from None
+            time.sleep(refused.retry_after)
+        except BaseException:
+            sock.close()
+            raise

@@ -291,6 +291,67 @@ def test_connecting_to_a_full_backlog_times_out(tmp_path):
     assert outcome[0][1] < 3, outcome
 
 
+def _refusing_then_serving_broker(path, refusals, retry_after_ms):
+    """A broker socket at `path` that refuses its first `refusals`
+    connections for the uid's connect rate (as hallocd: RESOURCE_EXHAUSTED
+    with retry_after_ms, before any Hello), then handshakes one; the
+    times of the connections it accepted."""
+    import socket
+    from halloc.v1 import broker_pb2
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(8)
+    accepted = []
+
+    def serve():
+        for i in range(refusals + 1):
+            conn, _ = listener.accept()
+            accepted.append(time.monotonic())
+            frame = broker_pb2.BrokerFrame()
+            if i < refusals:
+                frame.reply.code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+                frame.reply.message = "uid 1001 opens broker connections faster than 10 a second"
+                frame.reply.retry_after_ms = retry_after_ms
+                conn.send(frame.SerializeToString())
+                conn.close()
+                continue
+            frame.hello.version = _broker.BROKER_PROTOCOL_VERSION
+            frame.hello.challenge = b"c" * 16
+            conn.send(frame.SerializeToString())
+            conn.recv(65536)  # Verify
+            welcome = broker_pb2.BrokerFrame()
+            welcome.reply.welcome.session_id = 7
+            conn.send(welcome.SerializeToString())
+            time.sleep(0.5)
+            conn.close()
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return accepted
+
+
+def test_connect_waits_out_the_uids_connect_rate(tmp_path):
+    # Refused for connecting faster than its uid's rate, the client asks
+    # again once the reply says there is room, within its timeout (before:
+    # the refusal, at once, though it would pass by itself).
+    path = str(tmp_path / "broker.sock")
+    accepted = _refusing_then_serving_broker(path, refusals=2, retry_after_ms=100)
+    conn = _broker.connect_broker(path, 5.0)
+    assert conn.welcome.session_id == 7
+    assert len(accepted) == 3
+    assert accepted[1] - accepted[0] >= 0.09 and accepted[2] - accepted[1] >= 0.09, accepted
+    conn.sock.close()
+
+
+def test_connect_does_not_wait_past_its_timeout_for_the_connect_rate(tmp_path):
+    path = str(tmp_path / "broker.sock")
+    _refusing_then_serving_broker(path, refusals=1, retry_after_ms=2000)
+    start = time.monotonic()
+    with pytest.raises(halloc.ResourceExhaustedError, match="faster than 10 a second"):
+        _broker.connect_broker(path, 0.5)
+    assert time.monotonic() - start < 0.4
+
+
 def test_a_grpc_call_waits_for_room_in_a_full_control_backlog(tmp_path):
     # Any local user can keep the control socket's backlog full (connecting
     # and closing in a loop); gRPC's connect is non-blocking and failed at
