@@ -42,8 +42,7 @@ uint64_t BytesOf(const v1::AllocateRequest& req, const Allocator& core) {
 }
 
 constexpr absl::string_view kMalformedRequest =
-    "malformed broker request (a serialized halloc.v1.BrokerRequest of at most "
-    "64 KiB, no fds)";
+    "malformed broker request (a serialized halloc.v1.BrokerRequest, no fds)";
 
 // The broker path's channel: an Allocate's or an Import's reply and its
 // fds in one record.

@@ -205,9 +205,6 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
       slot->Overstayed(cool_down_);
       return absl::DeadlineExceededError(too_slow);
     }
-    // Ended near its bound (by its client, or whole but slowly): held off
-    // as if cut, whatever it asked.
-    slot->Ended(absl::InfiniteDuration(), release_many_within_, cool_down_);
     // Cut or cancelled before its end: which ids it meant is not known.
     if (!last) {
       return absl::CancelledError("the stream ended before its last request: nothing released");

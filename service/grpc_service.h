@@ -56,7 +56,9 @@ class AllocatorService final : public v1::Allocator::Service {
         stats_(std::move(stats)),
         calls_(calls),
         release_many_within_(times.release_many),
-        cool_down_(times.overstay_cool_down) {}
+        cool_down_(times.overstay_cool_down),
+        release_streams_("ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid,
+                         {times.release_many, 6 * times.release_many}) {}
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
                         v1::AllocateResponse* resp) override;
@@ -122,7 +124,9 @@ class AllocatorService final : public v1::Allocator::Service {
   const CallsPerUid* const calls_;
   const absl::Duration release_many_within_;
   const absl::Duration cool_down_;  // StreamTimeLimits::overstay_cool_down
-  StreamSlots release_streams_{"ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid};
+  // One uid's streams may hold places for release_many_within_ in all
+  // within six times that (StreamSlots::PlaceBudget).
+  StreamSlots release_streams_;
   // Ends ReleaseMany streams past release_many_within_ (their handlers
   // wait in Read(), which only a cancel from another thread ends).
   StreamDeadlines release_deadlines_;

@@ -45,7 +45,9 @@ ReflectionService::ReflectionService(std::vector<std::string> services,
       calls_(calls),
       idle_(times.reflection_idle),
       lifetime_(times.reflection_lifetime),
-      cool_down_(times.overstay_cool_down) {}
+      cool_down_(times.overstay_cool_down),
+      streams_("reflection streams", kMaxStreams, kMaxStreamsPerUid,
+               {times.reflection_lifetime, 2 * times.reflection_lifetime}) {}
 
 v1alpha::ServerReflectionResponse ReflectionService::Answer(
     const v1alpha::ServerReflectionRequest& req, std::set<std::string>* sent) const {
@@ -128,7 +130,6 @@ grpc::Status ReflectionService::ServerReflectionInfo(
   std::set<std::string> sent;
   v1alpha::ServerReflectionRequest req;
   while (stream->Read(&req)) {
-    slot->Active();
     if (!stream->Write(Answer(req, &sent))) break;
     deadline.Set(due());
   }
@@ -137,8 +138,6 @@ grpc::Status ReflectionService::ServerReflectionInfo(
     slot->Overstayed(cool_down_);
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, ended);
   }
-  // Ended by its client near a bound: held off as if cut.
-  slot->Ended(idle_, lifetime_, cool_down_);
   return grpc::Status::OK;
 }
 

@@ -62,7 +62,9 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
   const absl::Duration idle_;
   const absl::Duration lifetime_;
   const absl::Duration cool_down_;  // StreamTimeLimits::overstay_cool_down
-  StreamSlots streams_{"reflection streams", kMaxStreams, kMaxStreamsPerUid};
+  // One uid's streams may hold places for lifetime_ in all within twice
+  // that (StreamSlots::PlaceBudget).
+  StreamSlots streams_;
   // Ends streams past idle_ or lifetime_ (their handlers wait in Read(),
   // which only a cancel from another thread ends).
   StreamDeadlines deadlines_;

@@ -266,30 +266,34 @@ TEST_F(ReflectionPerUidTest, OneUidGetsItsShare) {
   for (auto& o : open) Close(o);
 }
 
-// A stream its client ends itself after half its idle time without a
-// request holds its uid off as a cut one would (StreamSlots::Slot::Ended):
-// else ending each stream just before the cut and opening another kept
-// the places for ever. Streams done at once do not.
-class ReflectionStallTest : public ReflectionTest {
+// One uid's reflection streams may hold places for their lifetime in all
+// within twice that (StreamSlots::PlaceBudget), however each ended: else
+// ending each stream just before the cut and opening another kept the
+// places for ever. Streams done at once use next to nothing of it.
+class ReflectionBudgetTest : public ReflectionTest {
  protected:
-  ReflectionStallTest() : ReflectionTest(std::make_shared<ControlPeers>(), Times()) {}
+  ReflectionBudgetTest() : ReflectionTest(std::make_shared<ControlPeers>(), Times()) {}
   static StreamTimeLimits Times() {
     StreamTimeLimits times;
-    times.reflection_idle = absl::Seconds(2);
-    times.reflection_lifetime = absl::Seconds(60);
+    times.reflection_idle = absl::Seconds(30);
+    times.reflection_lifetime = absl::Seconds(3);
     return times;
   }
 };
 
-TEST_F(ReflectionStallTest, AStreamEndedJustBeforeItsCutHoldsItsUidOff) {
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(Ask({List()}).size(), 1u) << i;
-  std::vector<std::unique_ptr<Open>> open = OpenStreams(1);
-  ASSERT_EQ(open.size(), 1u);
-  absl::SleepFor(absl::Milliseconds(1200));  // past half the idle time, short of it
-  Close(open[0]);
+TEST_F(ReflectionBudgetTest, StreamsEndedJustBeforeTheirCutUseUpTheUidsBudget) {
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(Ask({List()}).size(), 1u) << i;
+  // Two streams held 1.6 s each (short of the 3 s cut), one after the
+  // other: 3.2 s held within 6 s.
+  for (int i = 0; i < 2; ++i) {
+    std::vector<std::unique_ptr<Open>> open = OpenStreams(1);
+    ASSERT_EQ(open.size(), 1u) << i;
+    absl::SleepFor(absl::Milliseconds(1600));
+    Close(open[0]);
+  }
   const grpc::Status s = OneMore();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  EXPECT_THAT(s.error_message(), HasSubstr("outstayed its time"));
+  EXPECT_THAT(s.error_message(), HasSubstr("held their places for 3s or more within 6s"));
 }
 
 }  // namespace

@@ -74,7 +74,10 @@ struct StreamTimeLimits {
   // (StreamSlots::Slot::Overstayed): an honest client never outstays, and
   // without it the places a cut frees went back to whoever reopened first,
   // the staller again. (Not for a watch: its end is its lifetime, not
-  // misuse.)
+  // misuse.) A client that ends each stream itself just before the cut is
+  // held by the kind's budget of place time instead
+  // (StreamSlots::PlaceBudget): release_many in all within six times that,
+  // reflection_lifetime within twice that.
   absl::Duration overstay_cool_down = absl::Seconds(30);
 };
 

@@ -10,60 +10,56 @@
 namespace halloc {
 
 StreamSlots::Slot::Slot(Slot&& other) noexcept
-    : owner_(std::exchange(other.owner_, nullptr)),
-      uid_(other.uid_),
-      taken_at_(other.taken_at_),
-      active_at_(other.active_at_) {}
+    : owner_(std::exchange(other.owner_, nullptr)), uid_(other.uid_), taken_at_(other.taken_at_) {}
 
 StreamSlots::Slot& StreamSlots::Slot::operator=(Slot&& other) noexcept {
   if (this != &other) {
-    if (owner_ != nullptr) owner_->Give(uid_);
+    if (owner_ != nullptr) owner_->Give(uid_, taken_at_);
     owner_ = std::exchange(other.owner_, nullptr);
     uid_ = other.uid_;
     taken_at_ = other.taken_at_;
-    active_at_ = other.active_at_;
   }
   return *this;
 }
 
 StreamSlots::Slot::~Slot() {
-  if (owner_ != nullptr) owner_->Give(uid_);
+  if (owner_ != nullptr) owner_->Give(uid_, taken_at_);
 }
 
 void StreamSlots::Slot::Overstayed(absl::Duration cool_down) {
   if (owner_ != nullptr && uid_) owner_->CoolDown(*uid_, cool_down);
 }
 
-void StreamSlots::Slot::Active() { active_at_ = MonotonicNow(); }
-
-bool StreamSlots::Slot::Ended(absl::Duration idle, absl::Duration lifetime,
-                              absl::Duration cool_down) {
-  const absl::Time now = MonotonicNow();
-  if (now - taken_at_ < lifetime / 2 && now - active_at_ < idle / 2) return false;
-  Overstayed(cool_down);
-  return true;
-}
-
-StreamSlots::StreamSlots(std::string what, int total, int per_uid)
-    : what_(std::move(what)), total_(total), per_uid_(per_uid) {}
+StreamSlots::StreamSlots(std::string what, int total, int per_uid, PlaceBudget budget)
+    : what_(std::move(what)),
+      total_(total),
+      per_uid_(per_uid),
+      budget_limits_(budget),
+      budget_(budget.window, budget.allowed) {}
 
 absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
   absl::MutexLock lock(&mu_);
+  const absl::Time now = MonotonicNow();
   if (taken_ >= total_) {
     return absl::ResourceExhaustedError(
         absl::StrCat("at most ", total_, " ", what_, " at a time; try again later"));
   }
   if (uid) {
     if (auto c = cooling_.find(*uid); c != cooling_.end()) {
-      const absl::Duration left = c->second - MonotonicNow();
+      const absl::Duration left = c->second - now;
       if (left > absl::ZeroDuration()) {
         return absl::ResourceExhaustedError(absl::StrCat(
-            "a stream of uid ", *uid,
-            " outstayed its time (or held its place for half of it, or half its idle time, "
-            "before it ended): no more ",
-            what_, " for it for ", absl::FormatDuration(absl::Ceil(left, absl::Seconds(1)))));
+            "a stream of uid ", *uid, " was ended for outstaying its time: no more ", what_,
+            " for it for ", absl::FormatDuration(absl::Ceil(left, absl::Seconds(1)))));
       }
       cooling_.erase(c);
+    }
+    if (budget_.Over(*uid, now)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "uid ", *uid, "'s ", what_, " held their places for ",
+          absl::FormatDuration(budget_limits_.allowed), " or more within ",
+          absl::FormatDuration(budget_limits_.window), ": no more for it for ",
+          absl::FormatDuration(absl::Ceil(budget_.WindowEnd(*uid) - now, absl::Seconds(1)))));
     }
     int& mine = by_uid_[*uid];
     if (mine >= per_uid_) {
@@ -73,7 +69,7 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
     ++mine;
   }
   ++taken_;
-  return Slot(this, uid, MonotonicNow());
+  return Slot(this, uid, now);
 }
 
 void StreamSlots::CoolDown(uid_t uid, absl::Duration cool_down) {
@@ -93,10 +89,13 @@ int StreamSlots::taken() const {
   return taken_;
 }
 
-void StreamSlots::Give(std::optional<uid_t> uid) {
+void StreamSlots::Give(std::optional<uid_t> uid, absl::Time taken_at) {
   absl::MutexLock lock(&mu_);
   --taken_;
   if (!uid) return;
+  if (budget_limits_.allowed != absl::InfiniteDuration()) {
+    budget_.Charge(*uid, MonotonicNow() - taken_at, taken_at);
+  }
   auto it = by_uid_.find(*uid);
   if (it != by_uid_.end() && --it->second == 0) by_uid_.erase(it);
 }

@@ -1,9 +1,10 @@
 // hallocd's places for long-lived gRPC streams, on an in-process daemon
 // over its sockets, where each call's uid is the kernel's word
-// (ControlPeers): a ReleaseMany its client stalls and ends itself just
-// before the cut holds its uid off ReleaseMany for the cool-down, as a cut
-// one does (StreamSlots::Slot::Ended). Before, ending each stream just
-// short of the bound and opening another kept the places for ever.
+// (ControlPeers): ReleaseMany streams its client stalls and ends itself
+// just before the cut use up the uid's budget of place time (its bound in
+// all within six times that: StreamSlots::PlaceBudget), and then it gets
+// none. Before, ending each stream just short of the bound and opening
+// another kept the places for ever.
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -21,9 +22,9 @@
 namespace halloc {
 namespace {
 
-TEST(StreamPlacesTest, AReleaseManyEndedJustBeforeItsCutHoldsItsUidOff) {
+TEST(StreamPlacesTest, ReleaseManyStreamsEndedJustBeforeTheirCutUseUpTheUidsBudget) {
   DaemonOptions options = testing::TestDaemon::DefaultOptions();
-  options.grpc_streams.release_many = absl::Seconds(2);
+  options.grpc_streams.release_many = absl::Seconds(3);
   absl::StatusOr<std::unique_ptr<testing::TestDaemon>> daemon = testing::TestDaemon::Start(options);
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const ConnectOptions where = (*daemon)->connect_options();
@@ -50,12 +51,15 @@ TEST(StreamPlacesTest, AReleaseManyEndedJustBeforeItsCutHoldsItsUidOff) {
     const grpc::Status s = ended_after(absl::ZeroDuration());
     EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << i << ": " << s.error_message();
   }
-  // Past half its bound (1 s), short of it.
-  grpc::Status s = ended_after(absl::Milliseconds(1200));
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
-  s = ended_after(absl::ZeroDuration());
+  // Two streams of 1.6 s each, short of the 3 s cut: 3.2 s held.
+  for (int i = 0; i < 2; ++i) {
+    const grpc::Status s = ended_after(absl::Milliseconds(1600));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << i << ": " << s.error_message();
+  }
+  const grpc::Status s = ended_after(absl::ZeroDuration());
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
-  EXPECT_TRUE(absl::StrContains(s.error_message(), "outstayed its time")) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "held their places for 3s or more within 18s"))
+      << s.error_message();
 }
 
 }  // namespace

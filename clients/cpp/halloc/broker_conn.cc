@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
@@ -35,6 +36,14 @@ absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
   return frame;
 }
 
+// Time a connect and handshake need after a wait for the connect rate.
+constexpr absl::Duration kRetryMargin = absl::Milliseconds(50);
+
+absl::BitGen& BitGen() {
+  thread_local absl::BitGen gen;
+  return gen;
+}
+
 }  // namespace
 
 absl::Status ReplyStatus(const v1::BrokerReply& reply) {
@@ -55,8 +64,9 @@ absl::StatusOr<BrokerConnection> HandshakeBy(UniqueFd fd, absl::Time deadline,
   BrokerConnection conn;
   ASSIGN_OR_RETURN(v1::BrokerFrame hello, NextFrame(fd.get(), deadline));
   if (hello.has_reply()) {  // refused before any session
-    *retry_after = absl::Milliseconds(hello.reply().retry_after_ms());
-    RETURN_IF_ERROR(ReplyStatus(hello.reply()));
+    const absl::Status refused = ReplyStatus(hello.reply());
+    if (!refused.ok()) *retry_after = absl::Milliseconds(hello.reply().retry_after_ms());
+    RETURN_IF_ERROR(refused);
   }
   if (!hello.has_hello()) {
     return absl::UnavailableError("hallocd broker sent no hello");
@@ -99,11 +109,14 @@ absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
     absl::Duration retry_after = absl::ZeroDuration();
     absl::StatusOr<BrokerConnection> conn = HandshakeBy(std::move(fd), deadline, &retry_after);
     // Refused for connecting faster than this uid's rate: again once it
-    // has room, if that is within the timeout.
-    if (conn.ok() || retry_after <= absl::ZeroDuration() || absl::Now() + retry_after >= deadline) {
-      return conn;
-    }
-    absl::SleepFor(retry_after);
+    // has room (and a little later, at random, so that a crowd of this
+    // uid's waiters does not come back at once), if that leaves time to
+    // connect within the timeout; else the refusal.
+    if (conn.ok() || retry_after <= absl::ZeroDuration()) return conn;
+    const absl::Duration wait =
+        retry_after * absl::Uniform(BitGen(), 1.0, 1.5) + absl::Milliseconds(1);
+    if (absl::Now() + wait + kRetryMargin >= deadline) return conn;
+    absl::SleepFor(wait);
   }
 }
 

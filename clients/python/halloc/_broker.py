@@ -6,6 +6,7 @@ Verify{challenge} from this very process (hallocd checks the kernel's
 SCM_CREDENTIALS stamp on it), read Welcome{session token}.
 """
 
+import random
 import socket
 import struct
 import time
@@ -87,6 +88,10 @@ def _next_frame(sock, deadline):
     return frame
 
 
+# Seconds a connect and handshake need after a wait for the connect rate.
+_RETRY_MARGIN = 0.05
+
+
 class _RefusedForNow(Exception):
     """A refusal that passes by itself: `error`, and how soon to ask again."""
 
@@ -147,9 +152,13 @@ def connect_broker(path, timeout):
             return _handshake(sock, max(deadline - time.monotonic(), 0))
         except _RefusedForNow as refused:
             sock.close()
-            if time.monotonic() + refused.retry_after >= deadline:
+            # A little later than asked, at random, so that a crowd of this
+            # uid's waiters does not come back at once; and only if that
+            # leaves time to connect.
+            wait = refused.retry_after * random.uniform(1.0, 1.5) + 0.001
+            if time.monotonic() + wait + _RETRY_MARGIN >= deadline:
                 raise refused.error from None
-            time.sleep(refused.retry_after)
+            time.sleep(wait)
         except BaseException:
             sock.close()
             raise
