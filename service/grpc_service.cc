@@ -205,6 +205,9 @@ grpc::Status AllocatorService::ReleaseMany(grpc::ServerContext* ctx,
       slot->Overstayed(cool_down_);
       return absl::DeadlineExceededError(too_slow);
     }
+    // Its place goes now: the release below is hallocd's time, not the
+    // client's (StreamSlots::PlaceBudget).
+    { const StreamSlots::Slot done = *std::move(slot); }
     // Cut or cancelled before its end: which ids it meant is not known.
     if (!last) {
       return absl::CancelledError("the stream ended before its last request: nothing released");

@@ -47,7 +47,7 @@ ReflectionService::ReflectionService(std::vector<std::string> services,
       lifetime_(times.reflection_lifetime),
       cool_down_(times.overstay_cool_down),
       streams_("reflection streams", kMaxStreams, kMaxStreamsPerUid,
-               {times.reflection_lifetime, 2 * times.reflection_lifetime}) {}
+               {times.reflection_lifetime / 4, 2 * times.reflection_lifetime}) {}
 
 v1alpha::ServerReflectionResponse ReflectionService::Answer(
     const v1alpha::ServerReflectionRequest& req, std::set<std::string>* sent) const {

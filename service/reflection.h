@@ -62,8 +62,8 @@ class ReflectionService final : public grpc::reflection::v1alpha::ServerReflecti
   const absl::Duration idle_;
   const absl::Duration lifetime_;
   const absl::Duration cool_down_;  // StreamTimeLimits::overstay_cool_down
-  // One uid's streams may hold places for lifetime_ in all within twice
-  // that (StreamSlots::PlaceBudget).
+  // One uid's streams may hold places for a quarter of lifetime_ in all
+  // within twice lifetime_ (StreamSlots::PlaceBudget).
   StreamSlots streams_;
   // Ends streams past idle_ or lifetime_ (their handlers wait in Read(),
   // which only a cancel from another thread ends).

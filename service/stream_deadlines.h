@@ -77,7 +77,7 @@ struct StreamTimeLimits {
   // misuse.) A client that ends each stream itself just before the cut is
   // held by the kind's budget of place time instead
   // (StreamSlots::PlaceBudget): release_many in all within six times that,
-  // reflection_lifetime within twice that.
+  // a quarter of reflection_lifetime within twice it.
   absl::Duration overstay_cool_down = absl::Seconds(30);
 };
 

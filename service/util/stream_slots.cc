@@ -54,19 +54,23 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
       }
       cooling_.erase(c);
     }
-    if (budget_.Over(*uid, now)) {
+    Held& mine = by_uid_[*uid];
+    // What its ended streams took in the window open now, and what its
+    // open ones have held so far.
+    if (budget_limits_.allowed != absl::InfiniteDuration() &&
+        budget_.Spent(*uid, now) + (now - absl::UnixEpoch()) * mine.open - mine.taken_at_sum >=
+            budget_limits_.allowed) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "uid ", *uid, "'s ", what_, " held their places for ",
           absl::FormatDuration(budget_limits_.allowed), " or more within ",
-          absl::FormatDuration(budget_limits_.window), ": no more for it for ",
-          absl::FormatDuration(absl::Ceil(budget_.WindowEnd(*uid) - now, absl::Seconds(1)))));
+          absl::FormatDuration(budget_limits_.window), ": no more for it for a while"));
     }
-    int& mine = by_uid_[*uid];
-    if (mine >= per_uid_) {
+    if (mine.open >= per_uid_) {
       return absl::ResourceExhaustedError(
           absl::StrCat("at most ", per_uid_, " ", what_, " at a time for one uid (", *uid, ")"));
     }
-    ++mine;
+    ++mine.open;
+    mine.taken_at_sum += now - absl::UnixEpoch();
   }
   ++taken_;
   return Slot(this, uid, now);
@@ -93,11 +97,16 @@ void StreamSlots::Give(std::optional<uid_t> uid, absl::Time taken_at) {
   absl::MutexLock lock(&mu_);
   --taken_;
   if (!uid) return;
+  const absl::Time now = MonotonicNow();
+  // Charged to the window its end falls in (one its start opened may be
+  // over by now, and would take nothing).
   if (budget_limits_.allowed != absl::InfiniteDuration()) {
-    budget_.Charge(*uid, MonotonicNow() - taken_at, taken_at);
+    budget_.Charge(*uid, now - taken_at, now);
   }
   auto it = by_uid_.find(*uid);
-  if (it != by_uid_.end() && --it->second == 0) by_uid_.erase(it);
+  if (it == by_uid_.end()) return;
+  it->second.taken_at_sum -= taken_at - absl::UnixEpoch();
+  if (--it->second.open == 0) by_uid_.erase(it);
 }
 
 }  // namespace halloc

@@ -11,10 +11,11 @@
 // Cuts alone did not stop a client that ended each stream itself just
 // before the cut and opened another: it held its places all the time. So
 // each kind may also have a budget (PlaceBudget): how long one uid's
-// streams of it may hold places in all within a window (counted from its
-// first stream's start, util/time_budget.h); a uid past it takes no place
-// until that window ends. An honest client's streams are done in a
-// fraction of it.
+// streams of it may hold places in all within a window (util/
+// time_budget.h: each ended stream charged to the window its end falls
+// in); a uid whose ended streams in the open window and open streams so
+// far have held that much takes no new place. An honest client's streams
+// are done in a fraction of it.
 //
 // Thread-safe.
 #ifndef HALLOC_SERVICE_UTIL_STREAM_SLOTS_H_
@@ -89,7 +90,14 @@ class StreamSlots {
   const PlaceBudget budget_limits_;
   mutable absl::Mutex mu_;
   int taken_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::flat_hash_map<uid_t, int> by_uid_ ABSL_GUARDED_BY(mu_);
+  // Per uid: its streams open now, and the sum of their starts (since
+  // the epoch of MonotonicNow()), so that their time held so far counts
+  // against the budget before they end.
+  struct Held {
+    int open = 0;
+    absl::Duration taken_at_sum;
+  };
+  absl::flat_hash_map<uid_t, Held> by_uid_ ABSL_GUARDED_BY(mu_);
   // Uids refused until then (monotonic); expired ones pruned as it grows.
   absl::flat_hash_map<uid_t, absl::Time> cooling_ ABSL_GUARDED_BY(mu_);
   // Place time per uid (PlaceBudget).

@@ -111,10 +111,25 @@ TEST(StreamSlotsTest, AUidWhoseStreamsUsedTheirBudgetWaitsForTheWindowToEnd) {
     absl::SleepFor(absl::Milliseconds(150));
   }
   EXPECT_TRUE(slots.Take(std::nullopt).ok());
-  // The window (from 1001's first stream) ends: a fresh budget.
+  // The window (from 1001's first stream's end) ends: a fresh budget.
   absl::SleepFor(absl::Milliseconds(800));
   EXPECT_TRUE(slots.Take(1001).ok());
   EXPECT_EQ(slots.taken(), 0);
+}
+
+// Streams still open count too: a uid holding one place past the budget
+// takes no second (else `per_uid` streams opened together, each ended
+// just short of the cut, held their places a whole window more).
+TEST(StreamSlotsTest, OpenStreamsCountAgainstTheBudget) {
+  StreamSlots slots("test streams", /*total=*/4, /*per_uid=*/2,
+                    {absl::Milliseconds(100), absl::Seconds(10)});
+  absl::StatusOr<StreamSlots::Slot> open = slots.Take(1000);
+  ASSERT_TRUE(open.ok()) << open.status();
+  EXPECT_TRUE(slots.Take(1000).ok()) << "nothing held long yet";
+  absl::SleepFor(absl::Milliseconds(120));
+  absl::StatusOr<StreamSlots::Slot> second = slots.Take(1000);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted) << second.status();
+  EXPECT_TRUE(slots.Take(1001).ok());
 }
 
 }  // namespace

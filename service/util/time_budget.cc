@@ -12,6 +12,12 @@ bool TimeBudget::Over(uint64_t key, absl::Time now) const {
          it->second.spent >= allowed_;
 }
 
+absl::Duration TimeBudget::Spent(uint64_t key, absl::Time now) const {
+  auto it = uses_.find(key);
+  if (it == uses_.end() || now - it->second.start >= window_) return absl::ZeroDuration();
+  return it->second.spent;
+}
+
 absl::Time TimeBudget::WindowEnd(uint64_t key) const {
   auto it = uses_.find(key);
   return it == uses_.end() ? absl::InfinitePast() : it->second.start + window_;

@@ -21,6 +21,8 @@ class TimeBudget {
   bool Over(uint64_t key, absl::Time now) const;
   // `key` took `spent` of the thread's time, starting at `now`.
   void Charge(uint64_t key, absl::Duration spent, absl::Time now);
+  // What `key` has spent in the window open at `now` (zero: none open).
+  absl::Duration Spent(uint64_t key, absl::Time now) const;
   // When the window `key` has open ends (InfinitePast: none open).
   absl::Time WindowEnd(uint64_t key) const;
   // Keys with a window open (ended ones are dropped as the map grows).

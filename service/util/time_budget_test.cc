@@ -60,5 +60,15 @@ TEST(TimeBudgetTest, WindowEndIsWhenTheOpenWindowCloses) {
   EXPECT_EQ(budget.WindowEnd(7), t0 + absl::Milliseconds(220));
 }
 
+TEST(TimeBudgetTest, SpentIsWhatTheOpenWindowHolds) {
+  TimeBudget budget(absl::Milliseconds(100), absl::Milliseconds(5));
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  EXPECT_EQ(budget.Spent(7, t0), absl::ZeroDuration()) << "nothing charged";
+  budget.Charge(7, absl::Milliseconds(2), t0);
+  budget.Charge(7, absl::Milliseconds(1), t0 + absl::Milliseconds(50));
+  EXPECT_EQ(budget.Spent(7, t0 + absl::Milliseconds(60)), absl::Milliseconds(3));
+  EXPECT_EQ(budget.Spent(7, t0 + absl::Milliseconds(100)), absl::ZeroDuration()) << "ended";
+}
+
 }  // namespace
 }  // namespace halloc

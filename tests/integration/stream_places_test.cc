@@ -51,9 +51,9 @@ TEST(StreamPlacesTest, ReleaseManyStreamsEndedJustBeforeTheirCutUseUpTheUidsBudg
     const grpc::Status s = ended_after(absl::ZeroDuration());
     EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << i << ": " << s.error_message();
   }
-  // Two streams of 1.6 s each, short of the 3 s cut: 3.2 s held.
+  // Two streams of 2.2 s each, short of the 3 s cut: 4.4 s held.
   for (int i = 0; i < 2; ++i) {
-    const grpc::Status s = ended_after(absl::Milliseconds(1600));
+    const grpc::Status s = ended_after(absl::Milliseconds(2200));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << i << ": " << s.error_message();
   }
   const grpc::Status s = ended_after(absl::ZeroDuration());
