@@ -54,21 +54,25 @@ absl::StatusOr<StreamSlots::Slot> StreamSlots::Take(std::optional<uid_t> uid) {
       }
       cooling_.erase(c);
     }
-    Held& mine = by_uid_[*uid];
     // What its ended streams took in the window open now, and what its
-    // open ones have held so far.
+    // open ones have held so far. (Looked up, not made: a uid refused with
+    // none open leaves no entry.)
+    const auto held = by_uid_.find(*uid);
+    const Held none;
+    const Held& open = held == by_uid_.end() ? none : held->second;
     if (budget_limits_.allowed != absl::InfiniteDuration() &&
-        budget_.Spent(*uid, now) + (now - absl::UnixEpoch()) * mine.open - mine.taken_at_sum >=
+        budget_.Spent(*uid, now) + (now - absl::UnixEpoch()) * open.open - open.taken_at_sum >=
             budget_limits_.allowed) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "uid ", *uid, "'s ", what_, " held their places for ",
           absl::FormatDuration(budget_limits_.allowed), " or more within ",
           absl::FormatDuration(budget_limits_.window), ": no more for it for a while"));
     }
-    if (mine.open >= per_uid_) {
+    if (open.open >= per_uid_) {
       return absl::ResourceExhaustedError(
           absl::StrCat("at most ", per_uid_, " ", what_, " at a time for one uid (", *uid, ")"));
     }
+    Held& mine = by_uid_[*uid];
     ++mine.open;
     mine.taken_at_sum += now - absl::UnixEpoch();
   }
