@@ -11,7 +11,6 @@
 #include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
-#include "clients/cpp/halloc/base/status_macros.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "clients/cpp/halloc/broker_conn.h"
 #include "gtest/gtest.h"
@@ -22,14 +21,10 @@
 namespace halloc {
 namespace {
 
-// The first record the broker sends on a new connection: its Hello, or
+// The first frame the broker sends on a new connection: its Hello, or
 // the reply that refuses it.
 absl::StatusOr<v1::BrokerFrame> FirstFrame(int sock) {
-  RETURN_IF_ERROR(WaitReadable(sock, 5000));
-  ASSIGN_OR_RETURN(Record rec, ReceiveRecord(sock, false));
-  v1::BrokerFrame frame;
-  if (!frame.ParseFromString(rec.bytes)) return absl::DataLossError("not a frame");
-  return frame;
+  return NextFrame(sock, absl::Now() + absl::Seconds(5));
 }
 
 class BrokerConnectRateTest : public ::testing::Test {

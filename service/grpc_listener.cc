@@ -103,6 +103,17 @@ GrpcListener::~GrpcListener() {
   for (const auto& [dup, conn] : conns_) CloseDup(dup);
 }
 
+void GrpcListener::RefuseSaying(UniqueFd conn, const ucred& cred, uid_t uid, StreamRelay* relay,
+                                const absl::Status& why) {
+  // A share per uid: one refused on and on (tens of thousands of
+  // connections a second) leaves others' refusals their lines.
+  if (uint64_t dropped; Limiter().AllowFor("control-refused", uid, &dropped)) {
+    LOG(WARNING) << "control socket: refused a connection: " << why.message() << " (pid "
+                 << cred.pid << ")" << LogLimiter::Dropped(dropped);
+  }
+  Refuse(std::move(conn), uid, relay);
+}
+
 absl::Status GrpcListener::WithinRate(uid_t uid) {
   if (!connect_rate_limits_) return absl::OkStatus();
   absl::Status s =
@@ -310,11 +321,7 @@ void GrpcListener::AcceptOne() {
   }
   // Past its uid's rate: closed before anything costlier (ConnectRate).
   if (absl::Status rate = WithinRate(cred.uid); !rate.ok()) {
-    if (uint64_t dropped; Limiter().AllowFor("control-refused", cred.uid, &dropped)) {
-      LOG(WARNING) << "control socket: refused a connection of pid " << cred.pid << ": "
-                   << rate.message() << LogLimiter::Dropped(dropped);
-    }
-    Refuse(std::move(conn), cred.uid, relay);
+    RefuseSaying(std::move(conn), cred, cred.uid, relay, rate);
     return;
   }
   // Per-uid limits charge a user namespace's processes to its owner's uid
@@ -345,13 +352,7 @@ void GrpcListener::AcceptOne() {
     admit = admit_(uid, held(uid));
   }
   if (!admit.ok()) {
-    // A share per uid: one refused on and on (tens of thousands of
-    // connections a second) leaves others' refusals their lines.
-    if (uint64_t dropped; Limiter().AllowFor("control-refused", uid, &dropped)) {
-      LOG(WARNING) << "control socket: refused a connection: " << admit.message()
-                   << LogLimiter::Dropped(dropped);
-    }
-    Refuse(std::move(conn), uid, relay);
+    RefuseSaying(std::move(conn), cred, uid, relay, admit);
     return;  // closed: the client sees the connection end
   }
   UniqueFd dup(::fcntl(conn.get(), F_DUPFD_CLOEXEC, 0));

@@ -48,6 +48,7 @@
 #ifndef HALLOC_SERVICE_GRPC_LISTENER_H_
 #define HALLOC_SERVICE_GRPC_LISTENER_H_
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -134,6 +135,10 @@ class GrpcListener {
   // answer, asked before the connection's option was set) when fds may be
   // queued on it, else here.
   void Refuse(UniqueFd conn, uid_t uid, StreamRelay* relay);
+  // The same, after logging `why` (rate-limited per `uid`, the uid it is
+  // held to) with its peer's pid.
+  void RefuseSaying(UniqueFd conn, const ucred& cred, uid_t uid, StreamRelay* relay,
+                    const absl::Status& why);
   void Run();
   // Accepts one connection (or, out of fds, pauses: accept_guard_).
   void AcceptOne();

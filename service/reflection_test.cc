@@ -22,6 +22,14 @@ namespace v1alpha = grpc::reflection::v1alpha;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
+// hallocd's limits with a reflection stream's idle time and lifetime set.
+StreamTimeLimits ReflectionTimes(absl::Duration idle, absl::Duration lifetime) {
+  StreamTimeLimits times;
+  times.reflection_idle = idle;
+  times.reflection_lifetime = lifetime;
+  return times;
+}
+
 class ReflectionTest : public ::testing::Test {
  protected:
   explicit ReflectionTest(std::shared_ptr<const ControlPeers> peers = nullptr,
@@ -185,13 +193,8 @@ TEST_F(ReflectionTest, StreamsAreFewAtATime) {
 // kept them.
 class ReflectionTimeTest : public ReflectionTest {
  protected:
-  ReflectionTimeTest() : ReflectionTest(nullptr, Times()) {}
-  static StreamTimeLimits Times() {
-    StreamTimeLimits times;
-    times.reflection_idle = absl::Seconds(1);
-    times.reflection_lifetime = absl::Seconds(60);
-    return times;
-  }
+  ReflectionTimeTest()
+      : ReflectionTest(nullptr, ReflectionTimes(absl::Seconds(1), absl::Seconds(60))) {}
 
   // How `o` ends, waiting no more than 10 s (the stream's own deadline
   // is 20 s).
@@ -225,13 +228,8 @@ TEST_F(ReflectionTimeTest, AnIdleStreamIsEndedAndItsPlaceComesFree) {
 
 class ReflectionLifetimeTest : public ReflectionTest {
  protected:
-  ReflectionLifetimeTest() : ReflectionTest(nullptr, Times()) {}
-  static StreamTimeLimits Times() {
-    StreamTimeLimits times;
-    times.reflection_idle = absl::Seconds(60);
-    times.reflection_lifetime = absl::Milliseconds(300);
-    return times;
-  }
+  ReflectionLifetimeTest()
+      : ReflectionTest(nullptr, ReflectionTimes(absl::Seconds(60), absl::Milliseconds(300))) {}
 };
 
 TEST_F(ReflectionLifetimeTest, AStreamInUseEndsAfterItsLifetime) {
@@ -273,13 +271,9 @@ TEST_F(ReflectionPerUidTest, OneUidGetsItsShare) {
 // it.
 class ReflectionBudgetTest : public ReflectionTest {
  protected:
-  ReflectionBudgetTest() : ReflectionTest(std::make_shared<ControlPeers>(), Times()) {}
-  static StreamTimeLimits Times() {
-    StreamTimeLimits times;
-    times.reflection_idle = absl::Seconds(30);
-    times.reflection_lifetime = absl::Seconds(3);
-    return times;
-  }
+  ReflectionBudgetTest()
+      : ReflectionTest(std::make_shared<ControlPeers>(),
+                       ReflectionTimes(absl::Seconds(30), absl::Seconds(3))) {}
 };
 
 TEST_F(ReflectionBudgetTest, StreamsEndedJustBeforeTheirCutUseUpTheUidsBudget) {

@@ -78,15 +78,14 @@ int ConnectLoop(absl::Span<const std::string> args, int) {
   int refused = 0;
   for (int i = 0; i < 30; ++i) {
     absl::StatusOr<UniqueFd> c = ConnectSeqpacket(args[0], absl::Seconds(5));
-    absl::StatusOr<Record> rec = absl::UnavailableError("not connected");
-    if (c.ok() && WaitReadable(c->get(), 5000).ok()) rec = ReceiveRecord(c->get(), false);
-    v1::BrokerFrame frame;
-    if (!rec.ok() || !frame.ParseFromString(rec->bytes)) return 98;
-    if (frame.has_hello()) continue;
-    const absl::Status s = ReplyStatus(frame.reply());
+    if (!c.ok()) return 98;
+    absl::StatusOr<v1::BrokerFrame> frame = NextFrame(c->get(), absl::Now() + absl::Seconds(5));
+    if (!frame.ok()) return 98;
+    if (frame->has_hello()) continue;
+    const absl::Status s = ReplyStatus(frame->reply());
     if (!absl::IsResourceExhausted(s) ||
         !absl::StrContains(s.message(), "faster than 5 a second") ||
-        frame.reply().retry_after_ms() == 0) {
+        frame->reply().retry_after_ms() == 0) {
       std::fprintf(stderr, "connect-loop: %s\n", s.ToString().c_str());
       return 97;
     }

@@ -17,10 +17,7 @@
 #include "clients/cpp/halloc/base/unix_address.h"
 
 namespace halloc {
-namespace {
 
-// The next frame, by `deadline` (one for the whole handshake, as the
-// Python client keeps it: not `timeout` for each of its two waits).
 absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
   // Whole milliseconds that fit poll's int: an infinite or very long
   // timeout waits INT_MAX ms (~25 days), never a wrapped negative time.
@@ -35,6 +32,8 @@ absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
   }
   return frame;
 }
+
+namespace {
 
 // Time a connect and handshake need after a wait for the connect rate.
 constexpr absl::Duration kRetryMargin = absl::Milliseconds(50);

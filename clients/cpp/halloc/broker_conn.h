@@ -40,6 +40,13 @@ absl::StatusOr<BrokerConnection> ConnectBroker(const std::string& path,
 // Verify (request id 0), reads the Welcome.
 absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout);
 
+// The next frame hallocd sends on broker socket `fd`, by `deadline` (a
+// handshake keeps one for both its waits): DEADLINE_EXCEEDED past it,
+// ReceiveRecord's error for a closed socket, UNAVAILABLE for a malformed
+// frame. Any fds the record carries are closed (the request path,
+// client_impl.cc, keeps them; this is for frames that carry none).
+absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline);
+
 // A BrokerReply's status.
 absl::Status ReplyStatus(const v1::BrokerReply& reply);
 
