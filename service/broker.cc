@@ -428,7 +428,10 @@ void Broker::Accept() {
   }
   const uid_t charged = charge->charged;
   // A user namespace's process counts against its owner's rate too.
-  if (charged != cred.uid && !RateAdmits(rate, charged, cred, conn)) return;
+  if (!connect_rate_.SameBucket(charged, cred.uid, MonotonicNow()) &&
+      !RateAdmits(rate, charged, cred, conn)) {
+    return;
+  }
   if (absl::Status admit = Admit(charged); !admit.ok()) {
     RefuseAtAccept(std::move(conn), cred, charged, admit);
     return;

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "service/backend/memfd_backend.h"
 #include "service/broker.h"
 #include "service/connect_as_testing.h"
+#include "service/connection_limits.h"
 
 namespace halloc {
 namespace {
@@ -94,6 +96,38 @@ TEST_F(BrokerConnectRateTest, ConnectionsPastTheirUidsRateAreToldWhy) {
   for (int i = 0; i < 5; ++i) {
     absl::StatusOr<BrokerConnection> root = ConnectBroker(path_, absl::Seconds(5));
     EXPECT_TRUE(root.ok()) << "root, connection " << i << ": " << root.status();
+  }
+  EXPECT_EQ(broker_->rate_limited_total(), 1u);
+}
+
+// The uids of a range in the subuid file (a user's subordinate uids,
+// which newuidmap lets it connect as) draw on one bucket, refused at the
+// first check; a uid outside the range has its own.
+TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
+  const std::string subuid = dir_ / "subuid";
+  std::ofstream(subuid) << "someone:200000:65536\n";
+  SetSubordinateUidFile(subuid);  // read by the broker Start makes
+  Start("max_per_uid: 2 connects_per_second: 1");
+  SetSubordinateUidFile("/etc/subuid");
+  if (IsSkipped() || HasFatalFailure()) return;
+  for (uid_t uid : {200000u, 265535u, 200002u, 265536u}) {
+    absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_SEQPACKET);
+    if (absl::IsUnimplemented(c.status())) GTEST_SKIP() << c.status();
+    ASSERT_TRUE(c.ok()) << c.status();
+    absl::StatusOr<v1::BrokerFrame> first = FirstFrame(c->get());
+    ASSERT_TRUE(first.ok()) << first.status();
+    if (uid != 200002) {
+      EXPECT_TRUE(first->has_hello()) << "uid " << uid << ": " << first->DebugString();
+      continue;
+    }
+    ASSERT_TRUE(first->has_reply()) << first->DebugString();
+    const absl::Status refused = ReplyStatus(first->reply());
+    EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+    EXPECT_TRUE(absl::StrContains(refused.message(),
+                                  "uid 200002 (with the uids 200000-265535 of " + subuid +
+                                      "'s range of \"someone\", rated as one) opens broker "
+                                      "connections faster than 1 a second"))
+        << refused;
   }
   EXPECT_EQ(broker_->rate_limited_total(), 1u);
 }

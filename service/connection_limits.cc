@@ -5,8 +5,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 
 namespace halloc {
 
@@ -45,6 +50,26 @@ uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds)
   return fd_limit > kept ? std::max(fd_limit - kept, least) : least;
 }
 
+namespace {
+
+absl::Mutex subordinate_file_mu;
+std::string& SubordinateFilePath() {
+  static std::string* path = new std::string("/etc/subuid");
+  return *path;
+}
+
+}  // namespace
+
+void SetSubordinateUidFile(std::string path) {
+  absl::MutexLock lock(&subordinate_file_mu);
+  SubordinateFilePath() = std::move(path);
+}
+
+std::string SubordinateUidFile() {
+  absl::MutexLock lock(&subordinate_file_mu);
+  return SubordinateFilePath();
+}
+
 bool IsOperatorUid(uid_t uid) {
   static const uid_t self = ::getuid();  // asked on every accept
   return uid == 0 || uid == self;
@@ -80,6 +105,25 @@ ConnectRate::Limits ConnectRate::Of(const Policy& policy) {
                                 std::max<uint64_t>(twice, per_uid), UINT32_MAX))};
 }
 
+ConnectRate::ConnectRate() : subordinate_(SubordinateUidFile()) {}
+
+namespace {
+
+// A uid's bucket: its own, or its subordinate slice's (above every uid).
+uint64_t BucketKey(uid_t uid, const std::optional<SubordinateUids::Slice>& slice) {
+  return slice ? (uint64_t{1} << 32 | slice->first) : uint64_t{uid};
+}
+
+}  // namespace
+
+uint64_t ConnectRate::BucketOf(uid_t uid, absl::Time now) {
+  return BucketKey(uid, subordinate_.At(now).SliceOf(uid));
+}
+
+bool ConnectRate::SameBucket(uid_t a, uid_t b, absl::Time now) {
+  return a == b || BucketOf(a, now) == BucketOf(b, now);
+}
+
 absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::string_view what,
                                 absl::Duration* retry_after) {
   if (IsOperatorUid(uid)) return absl::OkStatus();
@@ -90,7 +134,8 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
     Sweep(limits, now);
     sweep_at_ = std::max<size_t>(64, 2 * buckets_.size());
   }
-  auto [it, fresh] = buckets_.try_emplace(uid, Bucket{burst, now});
+  const std::optional<SubordinateUids::Slice> slice = subordinate_.At(now).SliceOf(uid);
+  auto [it, fresh] = buckets_.try_emplace(BucketKey(uid, slice), Bucket{burst, now});
   Bucket& b = it->second;
   if (!fresh && now > b.at) {
     b.tokens = std::min(burst, b.tokens + per_second * absl::ToDoubleSeconds(now - b.at));
@@ -98,9 +143,15 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
   }
   if (b.tokens < 1) {
     if (retry_after != nullptr) *retry_after = absl::Seconds((1 - b.tokens) / per_second);
+    // The owner is root's to write (SubordinateUidsFile), escaped all the same.
+    const std::string shared =
+        slice ? absl::StrCat(" (with the uids ", slice->first, "-", slice->first + slice->count - 1,
+                             " of ", subordinate_.path(), "'s range of \"",
+                             absl::CHexEscape(slice->range->owner), "\", rated as one)")
+              : std::string();
     return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", uid, " opens ", what, " faster than ", limits.per_second, " a second (bursts of ",
-        limits.burst, "; policy sessions.connects_per_second)"));
+        "uid ", uid, shared, " opens ", what, " faster than ", limits.per_second,
+        " a second (bursts of ", limits.burst, "; policy sessions.connects_per_second)"));
   }
   b.tokens -= 1;
   return absl::OkStatus();

@@ -11,7 +11,9 @@
 
 #include <sys/types.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -19,6 +21,7 @@
 #include "absl/time/time.h"
 #include "service/policy/policy.h"
 #include "service/util/fd_limit.h"
+#include "service/util/subordinate_uids.h"
 
 namespace halloc {
 
@@ -74,6 +77,11 @@ struct ConnectionCounts {
 // and counters (List{all}, Dump, the whole of Stats).
 bool IsOperatorUid(uid_t uid);
 
+// The subuid(5) file ConnectRate keys by (/etc/subuid unless set: tests,
+// hallocd's --subuid_file). Read by each ConnectRate made after. Thread-safe.
+void SetSubordinateUidFile(std::string path);
+std::string SubordinateUidFile();
+
 absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts held,
                              absl::string_view what);
 
@@ -90,10 +98,13 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 // A uid is judged as the kernel gives it (SO_PEERCRED), before anything
 // costlier; the uid a user namespace's process is charged to is known only
 // after (PinAndCharge: the pidfd and the /proc reads), and is judged then
-// too (Admit again). So a user connecting through its subordinate uids
-// (newuidmap) passes the first check with a bucket per uid and is held at
-// the second, at that cost; a root-owned container's uids are charged as
-// themselves (ChargedUid), each with a bucket of its own.
+// too (Admit again). A uid of a range in /etc/subuid (SubordinateUids)
+// draws on one bucket with every uid of its 65,536-uid slice: a user
+// connecting through the subordinate uids newuidmap lets it map, or a
+// process of a container whose uids are one of root's ranges, is held at
+// the first check as one, not as 65,536 uids with a bucket each. (Uids a
+// container maps from outside every listed range are still a bucket each
+// at the first check, and charged as themselves, ChargedUid.)
 // Buckets full again are forgotten (swept once the map has doubled since
 // the last sweep), so it holds the uids that connected within the last few
 // seconds, and at most as many again.
@@ -103,10 +114,14 @@ class ConnectRate {
  public:
   struct Limits {
     uint32_t per_second = kDefaultConnectsPerSecond;
-    uint32_t burst = 2 * kDefaultConnectsPerSecond;
+    // As Of() makes it of a policy with the defaults.
+    uint32_t burst = std::max(2 * kDefaultConnectsPerSecond, kDefaultMaxConnectionsPerUid);
   };
   // `policy`'s (its defaults put in).
   static Limits Of(const Policy& policy);
+
+  // Reads subordinate uid ranges from SubordinateUidFile() as it is now.
+  ConnectRate();
 
   // OK when a connection of `uid` may be set up at `now` (MonotonicNow()'s
   // time) within `limits`, and counted; RESOURCE_EXHAUSTED naming the rate
@@ -115,6 +130,10 @@ class ConnectRate {
   // the message. Operators (IsOperatorUid) are not limited.
   absl::Status Admit(Limits limits, uid_t uid, absl::Time now, absl::string_view what,
                      absl::Duration* retry_after = nullptr);
+  // Whether `a` and `b` draw on one bucket at `now` (one uid, or one
+  // slice of a subordinate range): a uid charged as another (ChargedUid)
+  // is judged again only where they do not.
+  bool SameBucket(uid_t a, uid_t b, absl::Time now);
   // Buckets held now.
   size_t uids_tracked() const { return buckets_.size(); }
 
@@ -123,10 +142,14 @@ class ConnectRate {
     double tokens = 0;
     absl::Time at;  // when `tokens` was counted
   };
+  // The bucket `uid` draws on: its own (the uid), or its subordinate
+  // range's slice (1 << 32 | the slice's first uid).
+  uint64_t BucketOf(uid_t uid, absl::Time now);
   // Drops the buckets that are full at `now` under `limits`.
   void Sweep(const Limits& limits, absl::Time now);
 
-  absl::flat_hash_map<uid_t, Bucket> buckets_;
+  SubordinateUidsFile subordinate_;
+  absl::flat_hash_map<uint64_t, Bucket> buckets_;
   // Swept once it holds this many (twice what the last sweep left).
   size_t sweep_at_ = 64;
 };

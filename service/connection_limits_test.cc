@@ -3,8 +3,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <string>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 
 namespace halloc {
@@ -18,6 +22,13 @@ std::shared_ptr<const Policy> Limits(uint32_t per_uid, uint32_t total) {
   EXPECT_TRUE(p.ok()) << p.status();
   return *p;
 }
+
+// Tests key by the ranges they write, not by this machine's /etc/subuid.
+constexpr char kNoRanges[] = "/nonexistent/subuid";
+[[maybe_unused]] const bool kMachineRangesUnread = [] {
+  SetSubordinateUidFile(kNoRanges);
+  return true;
+}();
 
 // A uid that is neither root nor this process's.
 uid_t Someone() { return ::getuid() == 1234 ? 1235 : 1234; }
@@ -201,6 +212,45 @@ TEST(ConnectRateTest, ForgetsUidsWhoseBucketsFilledAgain) {
   EXPECT_EQ(AdmittedAt(kept, p, Someone(), t0), 20);
   for (uid_t uid = 10000; uid < 10200; ++uid) ASSERT_TRUE(kept.Admit(p, uid, t0, "x").ok());
   EXPECT_EQ(AdmittedAt(kept, p, Someone(), t0), 0);
+}
+
+// Each 65,536-uid slice of a range in the subuid file is one bucket: a
+// user's subordinate uids (which newuidmap lets it connect as), and a
+// container's slice of root's range. Uids outside every range, and the
+// uids they are charged as, keep buckets of their own.
+TEST(ConnectRateTest, ASubordinateRangesSliceIsOneBucket) {
+  testing::TempDir dir("connect-rate-subuid", 0755);
+  std::ofstream(dir / "subuid") << "alice:100000:65536\nroot:1000000:131072\n";
+  SetSubordinateUidFile(dir / "subuid");
+  ConnectRate rate;
+  SetSubordinateUidFile(kNoRanges);
+  constexpr ConnectRate::Limits p{10, 20};
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  int admitted = 0;
+  absl::Status refused;
+  for (uid_t uid = 100000; uid < 100100; ++uid) {
+    absl::Status s = rate.Admit(p, uid, t0, "broker connections");
+    if (s.ok()) ++admitted;
+    if (!s.ok() && refused.ok()) refused = s;
+  }
+  EXPECT_EQ(admitted, 20);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(refused.message(),
+                                "uid 100020 (with the uids 100000-165535 of " + (dir / "subuid") +
+                                    "'s range of \"alice\", rated as one) opens broker "
+                                    "connections faster than 10 a second"))
+      << refused;
+  EXPECT_EQ(AdmittedAt(rate, p, 165535, t0), 0);
+  EXPECT_EQ(AdmittedAt(rate, p, 99999, t0), 20);  // outside: its own
+  EXPECT_EQ(AdmittedAt(rate, p, 165536, t0), 20);
+  // Root's range: a bucket per slice.
+  EXPECT_EQ(AdmittedAt(rate, p, 1000000, t0), 20);
+  EXPECT_EQ(AdmittedAt(rate, p, 1065535, t0), 0);
+  EXPECT_EQ(AdmittedAt(rate, p, 1065536, t0), 20);
+  EXPECT_TRUE(rate.SameBucket(100000, 165535, t0));
+  EXPECT_FALSE(rate.SameBucket(100000, 1000, t0));
+  EXPECT_FALSE(rate.SameBucket(1000000, 1065536, t0));
+  EXPECT_TRUE(rate.SameBucket(1000, 1000, t0));
 }
 
 }  // namespace

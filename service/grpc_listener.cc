@@ -336,7 +336,8 @@ void GrpcListener::AcceptOne() {
         absl::StrCat("pid ", cred.pid, " (uid ", cred.uid, ") exited before it was accepted"));
   } else if (!charged.ok()) {
     admit = charged.status();
-  } else if (uid != cred.uid && !(admit = WithinRate(uid)).ok()) {
+  } else if (!connect_rate_.SameBucket(uid, cred.uid, MonotonicNow()) &&
+             !(admit = WithinRate(uid)).ok()) {
     // A user namespace's process: its owner's rate too.
   } else if (const absl::Duration left = CutUntil(uid) - MonotonicNow();
              left > absl::ZeroDuration()) {

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -261,6 +262,48 @@ TEST_P(GrpcListenerTest, ConnectionsPastTheirUidsRateAreClosedAtAccept) {
   for (int i = 0; i < 4; ++i) EXPECT_TRUE(Check().ok()) << "root, call " << i;
   EXPECT_EQ(listener_->rate_limited_total(), 1u);
 }
+
+// The listener reads a subuid file of the test's, in which uids
+// 200000-265535 are one user's subordinate range.
+class GrpcListenerSubuidTest : public GrpcListenerTest {
+ protected:
+  void SetUp() override {
+    std::ofstream(dir_ / "subuid") << "someone:200000:65536\n";
+    SetSubordinateUidFile(dir_ / "subuid");
+    GrpcListenerTest::SetUp();
+    SetSubordinateUidFile("/etc/subuid");
+  }
+};
+
+// The uids of one subordinate range draw on one bucket at accept: a user
+// may not flood hallocd through its 65,536 subordinate uids.
+TEST_P(GrpcListenerSubuidTest, ASubordinateRangesUidsShareOneRate) {
+  if (::geteuid() != 0) GTEST_SKIP() << "connecting as another uid needs root";
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  limit_ = 100;
+  rate_ = 1;  // bursts of 2
+  std::vector<UniqueFd> held;
+  for (uid_t uid : {200000u, 265535u}) {
+    absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_STREAM);
+    if (absl::IsUnimplemented(c.status())) GTEST_SKIP() << c.status();
+    ASSERT_TRUE(c.ok()) << c.status();
+    held.push_back(*std::move(c));
+    ASSERT_TRUE(WaitFor([&] { return listener_->held(uid).of_uid == 1; })) << uid;
+  }
+  absl::StatusOr<UniqueFd> third = testing::ConnectAs(200002, path_, SOCK_STREAM);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(ChildSeesEnd(third->get(), 10000)) << "past the range's rate: closed at once";
+  EXPECT_EQ(listener_->rate_limited_total(), 1u);
+  absl::StatusOr<UniqueFd> outside = testing::ConnectAs(265536, path_, SOCK_STREAM);
+  ASSERT_TRUE(outside.ok()) << outside.status();
+  EXPECT_TRUE(WaitFor([&] { return listener_->held(265536).of_uid == 1; }))
+      << "uid 265536, outside the range, was held to its bucket";
+  EXPECT_EQ(listener_->rate_limited_total(), 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(DirectAndRelayed, GrpcListenerSubuidTest, ::testing::Bool(),
+                         DirectOrRelayed);
 
 // A client that reads nothing of what it is sent. Once its socket's buffer
 // is full, each further reply's status cannot go out and gRPC's thread

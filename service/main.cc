@@ -32,6 +32,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/protocol.h"
+#include "service/connection_limits.h"
 #include "service/daemon.h"
 #include "service/grpc_listener.h"
 #include "service/systemd/activation.h"
@@ -116,6 +117,13 @@ ABSL_FLAG(int64_t, grpc_max_memory_bytes, int64_t{64} << 20,
           "connections' calls rather than grow: requests a client never "
           "finishes are held until then)");
 
+ABSL_FLAG(std::string, subuid_file, "/etc/subuid",
+          "subordinate uid ranges (subuid(5)), read again when it changes: the "
+          "connect rate (policy sessions.connects_per_second) holds each "
+          "65,536-uid slice of a range as one uid, so that no user's "
+          "subordinate uids (nor a container's from root's ranges) each get a "
+          "rate of their own");
+
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "check every absl::Mutex acquisition for lock-order cycles (slow; "
           "Debian's Abseil enables it unless told otherwise)");
@@ -182,6 +190,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.dma_heap = absl::GetFlag(FLAGS_dma_heap);
   options.skip_closed_nodes = absl::GetFlag(FLAGS_skip_closed_nodes);
   options.policy_file = absl::GetFlag(FLAGS_policy);
+  halloc::SetSubordinateUidFile(absl::GetFlag(FLAGS_subuid_file));
   const std::string mode = absl::GetFlag(FLAGS_socket_mode);
   const unsigned long bits =  // octal digits only (at most four): no overflow
       mode.empty() || mode.size() > 4 || mode.find_first_not_of("01234567") != std::string::npos

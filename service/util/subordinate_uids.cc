@@ -1,0 +1,125 @@
+#include "service/util/subordinate_uids.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "glog/logging.h"
+#include "service/util/trusted_path.h"
+
+namespace halloc {
+
+namespace {
+
+// No more is read of a subuid file (some 30,000 lines).
+constexpr size_t kMaxFileBytes = 1 << 20;
+constexpr uint64_t kUidEnd = uint64_t{1} << 32;  // one past the last uid
+
+}  // namespace
+
+SubordinateUids SubordinateUids::Parse(absl::string_view text) {
+  SubordinateUids out;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line.front() == '#') continue;
+    const std::vector<absl::string_view> f = absl::StrSplit(line, ':');
+    Range r;
+    uint32_t first = 0;
+    uint64_t count = 0;
+    if (f.size() != 3 || f[0].empty() || !absl::SimpleAtoi(f[1], &first) ||
+        !absl::SimpleAtoi(f[2], &count) || count == 0) {
+      continue;
+    }
+    r.first = first;
+    r.count = std::min<uint64_t>(count, kUidEnd - first);
+    r.owner = std::string(f[0]);
+    out.ranges_.push_back(std::move(r));
+  }
+  std::stable_sort(out.ranges_.begin(), out.ranges_.end(),
+                   [](const Range& a, const Range& b) { return a.first < b.first; });
+  return out;
+}
+
+std::optional<SubordinateUids::Slice> SubordinateUids::SliceOf(uid_t uid) const {
+  // Past every range starting at or below `uid`, then back through them
+  // (overlapping ranges: the nearest start that holds it).
+  auto it = std::upper_bound(ranges_.begin(), ranges_.end(), uid,
+                             [](uid_t u, const Range& r) { return u < r.first; });
+  while (it != ranges_.begin()) {
+    --it;
+    const uint64_t offset = uint64_t{uid} - it->first;
+    if (offset >= it->count) continue;
+    const uint64_t start = offset / kSlice * kSlice;
+    return Slice{static_cast<uid_t>(it->first + start),
+                 std::min<uint64_t>(kSlice, it->count - start), &*it};
+  }
+  return std::nullopt;
+}
+
+SubordinateUidsFile::SubordinateUidsFile(std::string path, absl::Duration recheck)
+    : path_(std::move(path)), recheck_(recheck) {}
+
+const SubordinateUids& SubordinateUidsFile::At(absl::Time now) {
+  if (version_.has_value() && now < checked_ + recheck_) return uids_;
+  checked_ = now;
+  Version v;
+  if (struct stat st; ::stat(path_.c_str(), &st) == 0) {
+    v = Version{st.st_dev, st.st_ino, int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+                int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec, st.st_size};
+  }
+  if (version_.has_value() && *version_ == v) return uids_;
+  version_ = v;
+  Reload();
+  return uids_;
+}
+
+void SubordinateUidsFile::Reload() {
+  uids_ = SubordinateUids();
+  std::string problem;
+  absl::StatusOr<UniqueFd> fd = OpenTrusted(path_, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+  struct stat st;
+  if (absl::IsNotFound(fd.status())) {
+    problem_.clear();  // none: nothing to say
+    return;
+  }
+  if (!fd.ok()) {
+    problem = std::string(fd.status().message());
+  } else if (::fstat(fd->get(), &st) != 0) {
+    problem = absl::StrCat("fstat: ", std::strerror(errno));
+  } else if (!S_ISREG(st.st_mode)) {
+    problem = "not a regular file";
+  } else if (!TrustedOwner(st.st_uid)) {
+    problem = absl::StrCat("it belongs to uid ", st.st_uid);
+  } else if (OthersMayWrite(fd->get(), st)) {
+    problem = "users other than its owner may write it";
+  } else {
+    std::string text(std::min<uint64_t>(static_cast<uint64_t>(st.st_size), kMaxFileBytes), '\0');
+    size_t got = 0;
+    while (got < text.size()) {
+      const ssize_t n = ::read(fd->get(), text.data() + got, text.size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    text.resize(got);
+    uids_ = SubordinateUids::Parse(text);
+  }
+  if (!problem.empty() && problem != problem_) {
+    LOG(WARNING) << "subordinate uids: " << absl::CHexEscape(path_) << " left unread (" << problem
+                 << "): each of its uids is rated on its own";
+  }
+  problem_ = std::move(problem);
+}
+
+}  // namespace halloc

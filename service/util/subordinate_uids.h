@@ -1,0 +1,98 @@
+// Subordinate uid ranges (subuid(5), /etc/subuid): the uids each user may
+// map into user namespaces of its own. newuidmap(1) maps only what this
+// file grants a user, so a user without privilege can connect to hallocd
+// as any uid of its ranges, and as no other uid but its own; a root-owned
+// container's uids (LXC, LXD, Docker's userns-remap) are often given as
+// root's ranges here too. hallocd keys its cheapest checks (ConnectRate)
+// by range so that a user's 65,536 subordinate uids are one key there, not
+// 65,536.
+#ifndef HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
+#define HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace halloc {
+
+// One file's ranges.
+class SubordinateUids {
+ public:
+  // Uids are keyed in slices of this many from a range's first: a user's
+  // usual allotment (useradd's SUB_UID_COUNT), and one container's where a
+  // container manager carves a large range of root's into them.
+  static constexpr uint32_t kSlice = 65536;
+
+  struct Range {
+    uid_t first = 0;
+    uint64_t count = 0;  // > 0; first + count <= 2^32
+    std::string owner;   // a user name or uid, as the file gives it
+  };
+  // The slice of a range that holds a uid.
+  struct Slice {
+    uid_t first = 0;
+    uint64_t count = 0;
+    const Range* range = nullptr;  // valid while the SubordinateUids is
+  };
+
+  // Parses subuid(5) text: one "owner:first:count" a line. Blank lines,
+  // '#' comments and lines that do not parse (or name no uids) are
+  // skipped, as newuidmap skips them; a range past the last uid is cut
+  // there.
+  static SubordinateUids Parse(absl::string_view text);
+
+  // The slice holding `uid`: of the range with the highest first uid at or
+  // below it that holds it (ranges may overlap where the file says so).
+  std::optional<Slice> SliceOf(uid_t uid) const;
+  size_t size() const { return ranges_.size(); }
+
+ private:
+  std::vector<Range> ranges_;  // by first uid
+};
+
+// A subuid file, read again when it changes, looked at no more than once a
+// `recheck` (so a hot path may ask at every call). Trusted only as root's
+// (OpenTrusted: reached through what only root or hallocd's user may
+// change, owned by one of them, writable by no one else); a file missing,
+// untrusted or unreadable has no ranges (a warning says why, once per
+// change). Not thread-safe: one per thread that asks.
+class SubordinateUidsFile {
+ public:
+  explicit SubordinateUidsFile(std::string path, absl::Duration recheck = absl::Seconds(1));
+
+  // The ranges as of `now` (MonotonicNow()'s time).
+  const SubordinateUids& At(absl::Time now);
+  const std::string& path() const { return path_; }
+
+ private:
+  // What identifies one version of the file (no file: all zero).
+  struct Version {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    int64_t mtime_ns = 0;
+    int64_t ctime_ns = 0;
+    off_t size = 0;
+    bool operator==(const Version& o) const {
+      return dev == o.dev && ino == o.ino && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns &&
+             size == o.size;
+    }
+  };
+  void Reload();
+
+  const std::string path_;
+  const absl::Duration recheck_;
+  absl::Time checked_ = absl::InfinitePast();
+  std::optional<Version> version_;  // nullopt: never looked
+  std::string problem_;             // why the last look found no ranges
+  SubordinateUids uids_;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_

@@ -1,0 +1,127 @@
+#include "service/util/subordinate_uids.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+#include "clients/cpp/halloc/base/temp_dir_testing.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+namespace {
+
+// Where `uid`'s slice starts, or -1 outside every range.
+int64_t SliceStart(const SubordinateUids& s, uid_t uid) {
+  const std::optional<SubordinateUids::Slice> slice = s.SliceOf(uid);
+  return slice ? int64_t{slice->first} : -1;
+}
+
+TEST(SubordinateUidsTest, ParsesWhatNewuidmapReadsAndSkipsTheRest) {
+  const SubordinateUids s = SubordinateUids::Parse(
+      "# comment\n"
+      "alice:100000:65536\n"
+      "\n"
+      "  1001:165536:65536  \n"  // an owner given as a uid
+      "bad line\n"
+      "carol:x:5\n"
+      "dave:300000:0\n"  // no uids
+      "eve:400000:-1\n"
+      ":500000:10\n"
+      "root:4294967200:1000\n");  // past the last uid: cut there
+  EXPECT_EQ(s.size(), 3u);
+  std::optional<SubordinateUids::Slice> a = s.SliceOf(100000);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_EQ(a->range->owner, "alice");
+  EXPECT_EQ(a->first, 100000u);
+  EXPECT_EQ(a->count, 65536u);
+  EXPECT_EQ(SliceStart(s, 165535), 100000);
+  std::optional<SubordinateUids::Slice> b = s.SliceOf(165536);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_EQ(b->range->owner, "1001");
+  EXPECT_EQ(SliceStart(s, 99999), -1);
+  EXPECT_EQ(SliceStart(s, 231072), -1);  // one past 1001's
+  EXPECT_EQ(SliceStart(s, 300000), -1);
+  EXPECT_EQ(SliceStart(s, 500000), -1);
+  std::optional<SubordinateUids::Slice> top = s.SliceOf(4294967295u);
+  ASSERT_TRUE(top.has_value());
+  EXPECT_EQ(top->range->owner, "root");
+  EXPECT_EQ(top->count, 96u);
+}
+
+// A range larger than a slice (a container manager's) is keyed a slice at
+// a time from its first uid; its last slice may be short.
+TEST(SubordinateUidsTest, LargeRangesAreSlicedFromTheirFirstUid) {
+  const SubordinateUids s = SubordinateUids::Parse("root:1000000:200000\n");
+  EXPECT_EQ(SliceStart(s, 1000000), 1000000);
+  EXPECT_EQ(SliceStart(s, 1065535), 1000000);
+  EXPECT_EQ(SliceStart(s, 1065536), 1065536);
+  std::optional<SubordinateUids::Slice> last = s.SliceOf(1199999);
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->first, 1000000u + 3 * 65536u);
+  EXPECT_EQ(last->count, 200000u - 3 * 65536u);
+  EXPECT_EQ(SliceStart(s, 1200000), -1);
+}
+
+// Overlapping ranges: the nearest start that holds the uid; a range
+// nested in a longer one does not hide the longer one past its end.
+TEST(SubordinateUidsTest, OverlappingRangesAnswerByTheNearestStartThatHolds) {
+  const SubordinateUids s = SubordinateUids::Parse(
+      "outer:100000:100000\n"
+      "inner:120000:10\n");
+  EXPECT_EQ(s.SliceOf(120005)->range->owner, "inner");
+  EXPECT_EQ(s.SliceOf(120010)->range->owner, "outer");
+  EXPECT_EQ(s.SliceOf(100000)->range->owner, "outer");
+}
+
+class SubordinateUidsFileTest : public ::testing::Test {
+ protected:
+  void Write(const std::string& text) {
+    // A new file renamed over the old, as usermod writes it.
+    const std::string tmp = path_ + ".new";
+    std::ofstream(tmp) << text;
+    ASSERT_EQ(::rename(tmp.c_str(), path_.c_str()), 0);
+  }
+
+  testing::TempDir dir_{"subuid-test", 0755};
+  const std::string path_ = dir_ / "subuid";
+};
+
+TEST_F(SubordinateUidsFileTest, ReadsAgainWhenTheFileChangesLookingAtMostOnceARecheck) {
+  Write("alice:100000:65536\n");
+  SubordinateUidsFile file(path_, absl::Seconds(1));
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  EXPECT_EQ(file.At(t0).size(), 1u);
+  Write("alice:100000:65536\nbob:165536:65536\n");
+  // Within the recheck: not looked at again.
+  EXPECT_EQ(file.At(t0 + absl::Milliseconds(500)).size(), 1u);
+  EXPECT_EQ(file.At(t0 + absl::Seconds(1)).size(), 2u);
+  ASSERT_EQ(::unlink(path_.c_str()), 0);
+  EXPECT_EQ(file.At(t0 + absl::Seconds(2)).size(), 0u);
+  Write("carol:300000:65536\n");
+  const SubordinateUids& now = file.At(t0 + absl::Seconds(3));
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_EQ(now.SliceOf(300001)->range->owner, "carol");
+}
+
+TEST_F(SubordinateUidsFileTest, AFileOthersMayChangeGrantsNothing) {
+  Write("alice:100000:65536\n");
+  ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+  SubordinateUidsFile file(path_);
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  EXPECT_EQ(file.At(t0).size(), 0u);
+  ASSERT_EQ(::chmod(path_.c_str(), 0644), 0);  // a mode change is a change
+  EXPECT_EQ(file.At(t0 + absl::Seconds(1)).size(), 1u);
+  if (::geteuid() == 0 && ::chown(path_.c_str(), 65534, 65534) == 0) {
+    EXPECT_EQ(file.At(t0 + absl::Seconds(2)).size(), 0u) << "a file of uid 65534's";
+  }
+}
+
+TEST_F(SubordinateUidsFileTest, NoFileNoRanges) {
+  SubordinateUidsFile file(dir_ / "none");
+  EXPECT_EQ(file.At(absl::UnixEpoch()).size(), 0u);
+}
+
+}  // namespace
+}  // namespace halloc
