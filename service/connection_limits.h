@@ -102,9 +102,10 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 // draws on one bucket with every uid of its 65,536-uid slice: a user
 // connecting through the subordinate uids newuidmap lets it map, or a
 // process of a container whose uids are one of root's ranges, is held at
-// the first check as one, not as 65,536 uids with a bucket each. (Uids a
-// container maps from outside every listed range are still a bucket each
-// at the first check, and charged as themselves, ChargedUid.)
+// the first check as one, not as 65,536 uids with a bucket each (and
+// charged as that slice's first uid after, ChargedUid). Uids a container
+// maps from outside every listed range are still a bucket each, and
+// charged as themselves.
 // Buckets full again are forgotten (swept once the map has doubled since
 // the last sweep), so it holds the uids that connected within the last few
 // seconds, and at most as many again.
@@ -130,6 +131,9 @@ class ConnectRate {
   // the message. Operators (IsOperatorUid) are not limited.
   absl::Status Admit(Limits limits, uid_t uid, absl::Time now, absl::string_view what,
                      absl::Duration* retry_after = nullptr);
+  // The subordinate uid ranges it keys by, as of `now` (valid until the
+  // next call): what the same listener charges peers by (PinAndCharge).
+  const SubordinateUids& subordinate_uids(absl::Time now) { return subordinate_.At(now); }
   // Whether `a` and `b` draw on one bucket at `now` (one uid, or one
   // slice of a subordinate range): a uid charged as another (ChargedUid)
   // is judged again only where they do not.

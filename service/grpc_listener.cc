@@ -328,7 +328,8 @@ void GrpcListener::AcceptOne() {
   // (ChargedUid), not to each subordinate uid; a connection whose process
   // is gone, or whose owner hallocd cannot tell (out of fds), is charged to
   // no one and not served.
-  const absl::StatusOr<ChargedPeer> charged = PinAndCharge(conn.get(), cred);
+  const absl::StatusOr<ChargedPeer> charged =
+      PinAndCharge(conn.get(), cred, connect_rate_.subordinate_uids(MonotonicNow()));
   const uid_t uid = charged.ok() ? charged->charged : cred.uid;
   absl::Status admit = absl::OkStatus();
   if (absl::IsNotFound(charged.status())) {

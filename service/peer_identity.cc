@@ -12,6 +12,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,14 +41,15 @@ UniqueFd PeerPidfd(int conn, pid_t pid) {
   return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
 }
 
-absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred) {
+absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
+                                         const SubordinateUids& subordinate) {
   UniqueFd pidfd = PeerPidfd(conn, cred.pid);
   if (const int err = errno; !pidfd && (err == EMFILE || err == ENFILE)) {
     return absl::ResourceExhaustedError(absl::StrCat("out of fds for the pidfd of pid ", cred.pid,
                                                      " (uid ", cred.uid,
                                                      "): ", std::strerror(err)));
   }
-  absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), cred.pid, cred.uid);
+  absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), cred.pid, cred.uid, subordinate);
   if (!charged.ok()) return charged.status();
   const std::optional<uint64_t> start = ProcessStart(pidfd.get(), cred.pid);
   return ChargedPeer{std::move(pidfd), *charged, start};
@@ -97,7 +99,8 @@ bool UnprivilegedUserNamespaces() {
          !zero("/proc/sys/user/max_user_namespaces");
 }
 
-absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
+absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
+                                 const SubordinateUids& subordinate) {
   const std::optional<FileId>& ours = OwnUserNamespace();
   static const uid_t self = ::getuid();
   // Out of fds or memory, nothing can be told: not charged as itself.
@@ -117,15 +120,21 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid) {
   // Up from the peer's namespace to ours (user namespaces nest at most 32
   // deep), keeping the topmost owner that is neither root nor hallocd's
   // own uid: a container's namespaces belong to root, and the uids they
-  // map are charged as themselves, not as root's (which limits spare).
-  uid_t charge = uid;
+  // map are charged by their slice of a listed range, or as themselves,
+  // not as root's (which limits spare).
+  std::optional<uid_t> owner_charged;
   for (int depth = 0; depth <= 32; ++depth) {
     struct stat st;
     if (::fstat(ns.get(), &st) != 0) return uid;
-    if (FileId{st.st_dev, st.st_ino} == *ours) return charge;
+    if (FileId{st.st_dev, st.st_ino} == *ours) {
+      if (owner_charged) return *owner_charged;
+      if (depth == 0) return uid;  // ours: itself
+      const std::optional<SubordinateUids::Slice> slice = subordinate.SliceOf(uid);
+      return slice && slice->first != 0 && slice->first != self ? slice->first : uid;
+    }
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
-      charge = owner;
+      owner_charged = owner;
     }
     UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
     if (!parent && exhausted(errno)) return cannot_look(errno);

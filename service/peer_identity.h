@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/policy/policy.h"
+#include "service/util/subordinate_uids.h"
 
 namespace halloc {
 
@@ -64,21 +65,27 @@ bool UnprivilegedUserNamespaces();
 // SO_PEERCRED uid is `uid`: `uid` itself for a process in hallocd's own
 // user namespace; for one in a namespace below it, the uid (in hallocd's)
 // that owns the topmost namespace between them, unless that is root or
-// hallocd's own uid (a container's namespaces belong to root: the uids
-// they map are charged as themselves). Connection, fd and slow-lane
+// hallocd's own uid. A container's namespaces belong to root: the uids
+// they map are charged as the first uid of their 65,536-uid slice of
+// `subordinate`'s ranges (the container's root, where a container
+// manager gives each container a slice of root's range), and as
+// themselves outside every listed range. Connection, fd and slow-lane
 // limits are charged to it: a user with subordinate uids (newuidmap:
-// 65,536 on a Debian login) would otherwise appear as that many uids and
-// fill every limit meant to share hallocd among users. `uid` when it
-// cannot look (another user's process, to a hallocd not run as root).
+// 65,536 on a Debian login), or a container's root switching among its
+// uids, would otherwise appear as that many uids and fill every limit
+// meant to share hallocd among users. `uid` when it cannot look (another
+// user's process, to a hallocd not run as root).
 // NOT_FOUND when the process is gone (nothing to serve: a connection left
 // behind by a process that exited must not be charged to a uid of its
 // choosing); RESOURCE_EXHAUSTED when hallocd is out of fds or memory to
 // look with (charged as itself, a subordinate uid would dodge its owner's
 // limits: the connection is refused instead).
-absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid);
+absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
+                                 const SubordinateUids& subordinate);
 
 // The peer of the connected socket `conn` (SO_PEERCRED `cred`), pinned
-// (PeerPidfd) and charged (ChargedUid), as every listener admits one:
+// (PeerPidfd) and charged (ChargedUid, by `subordinate`'s ranges), as
+// every listener admits one:
 // RESOURCE_EXHAUSTED when hallocd is out of fds to pin it or look (the
 // connection took the last one: out of fds as accept4 would have been),
 // NOT_FOUND when the process is gone. `pidfd` may be invalid (no pidfd
@@ -89,7 +96,8 @@ struct ChargedPeer {
   uid_t charged;
   std::optional<uint64_t> start;
 };
-absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred);
+absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
+                                         const SubordinateUids& subordinate);
 
 // When process `pid` (pinned by `pidfd`) started, in clock ticks since
 // boot (/proc/<pid>/stat's starttime), vouched for by the pidfd showing it

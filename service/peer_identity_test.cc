@@ -80,13 +80,13 @@ TEST(PeerIdentityTest, PinsAndChargesAPeerOrSaysItIsOutOfFds) {
   ucred cred{};
   socklen_t len = sizeof(cred);
   ASSERT_EQ(::getsockopt(a.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len), 0);
-  absl::StatusOr<ChargedPeer> peer = PinAndCharge(a.get(), cred);
+  absl::StatusOr<ChargedPeer> peer = PinAndCharge(a.get(), cred, SubordinateUids());
   ASSERT_TRUE(peer.ok()) << peer.status();
   EXPECT_EQ(PidOf(peer->pidfd.get()), ::getpid());
   EXPECT_EQ(peer->charged, ::getuid());
   peer->pidfd.reset();
 
-  peer = WithNoFdFree([&] { return PinAndCharge(a.get(), cred); });
+  peer = WithNoFdFree([&] { return PinAndCharge(a.get(), cred, SubordinateUids()); });
   EXPECT_EQ(peer.status().code(), absl::StatusCode::kResourceExhausted)
       << (peer.ok() ? absl::StrCat("charged to uid ", peer->charged) : peer.status().ToString());
 }
@@ -325,22 +325,30 @@ TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherUserNamespace) {
 // A peer in a user namespace below ours is charged to the uid (of ours)
 // that owns the topmost one between, unless that is root or hallocd's own
 // uid (here: this test's): a user's subordinate uids are that user, however
-// deep; a container's (root's namespaces) are charged as themselves. A
+// deep; a container's (root's namespaces) are charged as the first uid of
+// their slice of a listed range, or as themselves outside every range. A
 // peer in our own namespace is charged its own uid, and one that is gone
 // to no one.
 TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
   const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
-  constexpr uid_t kSeen = 12345;  // whatever SO_PEERCRED said
+  constexpr uid_t kSeen = 1065540;  // whatever SO_PEERCRED said
+  const SubordinateUids none;
+  // Root's range, two slices: kSeen is in the second.
+  const SubordinateUids roots = SubordinateUids::Parse("root:1000000:131072\n");
+  constexpr uid_t kSlice = 1065536;
   {
     absl::StatusOr<Subprocess> plain = Sleeper();
     ASSERT_TRUE(plain.ok());
     UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
-    absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), plain->pid(), kSeen);
+    absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), plain->pid(), kSeen, none);
     ASSERT_TRUE(charged.ok()) << charged.status();
     EXPECT_EQ(*charged, kSeen);
+    charged = ChargedUid(pidfd.get(), plain->pid(), kSeen, roots);
+    ASSERT_TRUE(charged.ok()) << charged.status();
+    EXPECT_EQ(*charged, kSeen) << "a process of our own namespace is charged as itself";
     // Out of fds to look with: charged as itself, a subordinate uid would
     // dodge its owner's limits (it was); refused instead.
-    charged = WithNoFdFree([&] { return ChargedUid(pidfd.get(), plain->pid(), kSeen); });
+    charged = WithNoFdFree([&] { return ChargedUid(pidfd.get(), plain->pid(), kSeen, none); });
     EXPECT_EQ(charged.status().code(), absl::StatusCode::kResourceExhausted)
         << (charged.ok() ? absl::StrCat("charged to uid ", *charged) : charged.status().ToString());
   }
@@ -371,12 +379,16 @@ TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
       if (pid < 0) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
       UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
       ASSERT_TRUE(pidfd);
-      absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), pid, kSeen);
+      absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), pid, kSeen, none);
       ASSERT_TRUE(charged.ok()) << charged.status();
       EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSeen);
+      charged = ChargedUid(pidfd.get(), pid, kSeen, roots);
+      ASSERT_TRUE(charged.ok()) << charged.status();
+      EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSlice) << "with root's range listed";
       inner->Signal(SIGKILL);
       (void)inner->Wait();
-      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen).status().code(), absl::StatusCode::kNotFound);
+      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen, roots).status().code(),
+                absl::StatusCode::kNotFound);
     }
   }
   if (!other_owner) {

@@ -4,6 +4,8 @@
 // kept past a quota. Each test asserts the attack fails and that the daemon
 // is left serving. (Borrowing or spoofing an executable rule:
 // exe_rules_test.cc; requests too large to read: request_size_test.cc.)
+#include <fstream>
+
 #include "tests/integration/abuse_fixture.h"
 
 namespace halloc {
@@ -122,16 +124,18 @@ TEST_F(AbuseTest, ConnectingInALoopIsHeldToTheUidsRate) {
 }
 
 // Child "subordinate" (args: broker socket, fds go, ready and done,
-// "allocate" or not), see SubordinateConnect.
+// "allocate" or not, "root" or "1001": whose namespace), see
+// SubordinateConnect.
 int Subordinate(absl::Span<const std::string> args, int report) {
   int go = -1, ready = -1, done = -1;
-  if (args.size() != 5 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
+  if (args.size() != 6 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
       !absl::SimpleAtoi(args[3], &done)) {
     return kBadArgs;
   }
   const bool allocate = args[4] == "allocate";
+  const bool roots = args[5] == "root";
   char c = 0;
-  if (!BecomeUid1001() || unshare(CLONE_NEWUSER) != 0) return kCannotSwitchUid;
+  if ((!roots && !BecomeUid1001()) || unshare(CLONE_NEWUSER) != 0) return kCannotSwitchUid;
   WriteAll(report, "u\n");  // in its namespace: map it
   if (read(go, &c, 1) != 1 || setgid(1) != 0 || setuid(1) != 0) return 101;
   absl::StatusOr<BrokerConnection> conn = ConnectBroker(args[0], absl::Seconds(5));
@@ -163,23 +167,25 @@ int Subordinate(absl::Span<const std::string> args, int report) {
 }
 HALLOC_TEST_CHILD("subordinate", Subordinate);
 
-// A child of uid 1001 in a user namespace of its own that maps 10 uids
-// from `first_outside` (as newuidmap does for a login's subordinate uids;
-// the map written by this root process), connecting to the broker as uid 1
-// of it: outside, uid first_outside + 1. Its exit code: 0 when it held a
+// A child of uid 1001 (or, `roots`, of root: a container's) in a user
+// namespace of its own that maps 10 uids from `first_outside` (as
+// newuidmap does for a login's subordinate uids; the map written by this
+// root process), connecting to the broker as uid 1 of it: outside, uid
+// first_outside + 1. Its exit code: 0 when it held a
 // session until a byte came on `done`, 2 when refused for the per-uid limit, else
 // an error code; `ready` gets a byte once it knows: 'c' connected, 'r'
 // refused, or with `allocate` (one 4 KiB buffer, held too) 'a' allocated,
 // 'q' refused for a quota, 'e' another error.
 absl::StatusOr<TestChild> SubordinateConnect(const std::string& broker, uid_t first_outside,
-                                             int ready, int done, bool allocate = false) {
+                                             int ready, int done, bool allocate = false,
+                                             bool roots = false) {
   int go[2];
   if (pipe2(go, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
   UniqueFd go_r(go[0]), go_w(go[1]);
   absl::StatusOr<TestChild> child =
       TestChild::Spawn("subordinate",
                        {broker, absl::StrCat(go_r.get()), absl::StrCat(ready), absl::StrCat(done),
-                        allocate ? "allocate" : "connect"},
+                        allocate ? "allocate" : "connect", roots ? "root" : "1001"},
                        {go_r.get(), ready, done});
   if (!child.ok()) return child.status();
   bool mapped = child->Line() == "u";
@@ -210,14 +216,15 @@ absl::StatusOr<bool> CanMakeUserNamespaceAs1001() {
   return absl::InternalError(absl::StrCat("the makes-user-namespace child exited ", code));
 }
 
-// Two processes of uid 1001's user namespaces, seen by hallocd as uids
-// 300001 and 300011, one after the other (SubordinateConnect): what each
-// said, and how each ended once both had let go.
+// Two processes of uid 1001's user namespaces (`roots`: of root's), seen
+// by hallocd as uids 300001 and 300011, one after the other
+// (SubordinateConnect): what each said, and how each ended once both had
+// let go.
 struct TwoSubordinates {
   char first = 0, second = 0;
   int first_status = -1, second_status = -1;
 };
-TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate) {
+TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate, bool roots = false) {
   TwoSubordinates t;
   int ready[2], done[2];
   if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(done, O_CLOEXEC) != 0) return t;
@@ -230,10 +237,10 @@ TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate) {
     return poll(&p, 1, 10000) == 1 && read(ready_r.get(), &c, 1) == 1 ? c : 0;
   };
   absl::StatusOr<TestChild> first =
-      SubordinateConnect(broker, 300000, ready_w.get(), done_r.get(), allocate);
+      SubordinateConnect(broker, 300000, ready_w.get(), done_r.get(), allocate, roots);
   t.first = first.ok() ? said() : 0;
   absl::StatusOr<TestChild> second =
-      SubordinateConnect(broker, 300010, ready_w.get(), done_r.get(), allocate);
+      SubordinateConnect(broker, 300010, ready_w.get(), done_r.get(), allocate, roots);
   t.second = second.ok() ? said() : 0;
   // Both let go (one byte each: the children hold the pipe's write end too).
   (void)!write(done_w.get(), "xx", 2);
@@ -264,6 +271,31 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
       << t.second_status << ")";
   EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0)
       << t.first_status;
+}
+
+// A container's uids (root's user namespaces) from one 65,536-uid slice of
+// a range of root's in the subuid file are one uid to every per-uid
+// limit, charged as the slice's first: a container's root switching among
+// its uids gets one session here, not one per uid. Before, each was
+// charged as itself.
+TEST_F(AbuseTest, AContainersUidsFromOneSliceOfRootsRangeShareALimit) {
+  const std::string subuid = dir_ / "subuid";
+  std::ofstream(subuid) << "root:300000:65536\n";
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" }\n"
+      "sessions { max_per_uid: 1 }\n",
+      0, {"--subuid_file=" + subuid});
+  if (geteuid() != 0) GTEST_SKIP() << "making root's user namespaces needs root";
+  const TwoSubordinates t =
+      RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false, /*roots=*/true);
+  if (t.first == 0 && WIFEXITED(t.first_status) &&
+      WEXITSTATUS(t.first_status) == kCannotSwitchUid) {
+    GTEST_SKIP() << "cannot make a user namespace here";
+  }
+  ASSERT_EQ(t.first, 'c') << "the container's first uid is served (" << t.first_status << ")";
+  EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 2)
+      << "a second uid of the same slice got a session of its own (" << t.second_status << ")";
+  EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0) << t.first_status;
 }
 
 // And to memory quotas: the same two share 1001's quota of one buffer.
