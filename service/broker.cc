@@ -311,14 +311,14 @@ void Broker::ResumeAccepting() {
   accepting_ = true;
 }
 
-bool Broker::RateAdmits(const ConnectRate::Limits& limits, uid_t uid, const ucred& cred,
-                        UniqueFd& conn) {
+bool Broker::RateAdmits(const ConnectRate::Limits& limits, uid_t uid, uid_t charged,
+                        const ucred& cred, UniqueFd& conn) {
   absl::Duration retry = absl::ZeroDuration();
   const absl::Status rate =
       connect_rate_.Admit(limits, uid, MonotonicNow(), "broker connections", &retry);
   if (rate.ok()) return true;
   rate_limited_.fetch_add(1, std::memory_order_relaxed);
-  RefuseAtAccept(std::move(conn), cred, uid, rate, retry);
+  RefuseAtAccept(std::move(conn), cred, charged, rate, retry);
   return false;
 }
 
@@ -387,7 +387,13 @@ void Broker::Accept() {
   // A uid past its rate is told so before anything costlier is done for
   // its connection (ConnectRate).
   const ConnectRate::Limits rate = ConnectRate::Of(*core_->policy());
-  if (!RateAdmits(rate, cred.uid, cred, conn)) return;
+  // A refusal here is charged to the uid's subordinate slice, if any
+  // (SliceCharged): ChargedUid has not looked yet.
+  if (!RateAdmits(rate, cred.uid,
+                  SliceCharged(cred.uid, connect_rate_.subordinate_uids(MonotonicNow())), cred,
+                  conn)) {
+    return;
+  }
   // A connection made before the listener was set to refuse fds (while
   // systemd held the socket) took SO_PASSRIGHTS on from it: turn it off
   // here too (6.16+; before, records with fds are taken and closed off
@@ -430,7 +436,7 @@ void Broker::Accept() {
   const uid_t charged = charge->charged;
   // A user namespace's process counts against its owner's rate too.
   if (!connect_rate_.SameBucket(charged, cred.uid, MonotonicNow()) &&
-      !RateAdmits(rate, charged, cred, conn)) {
+      !RateAdmits(rate, charged, charged, cred, conn)) {
     return;
   }
   if (absl::Status admit = Admit(charged); !admit.ok()) {

@@ -19,6 +19,7 @@
 #include "service/broker.h"
 #include "service/connect_as_testing.h"
 #include "service/connection_limits.h"
+#include "service/util/log_lines_testing.h"
 
 namespace halloc {
 namespace {
@@ -110,6 +111,7 @@ TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
   Start("max_per_uid: 2 connects_per_second: 1");
   SetSubordinateUidFile("/etc/subuid");
   if (IsSkipped() || HasFatalFailure()) return;
+  LogLines lines("broker: refused pid ");
   for (uid_t uid : {200000u, 265535u, 200002u, 265536u}) {
     absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_SEQPACKET);
     if (absl::IsUnimplemented(c.status())) GTEST_SKIP() << c.status();
@@ -130,6 +132,18 @@ TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
         << refused;
   }
   EXPECT_EQ(broker_->rate_limited_total(), 1u);
+  // Refusals before the peer is charged are the slice's: eight more uids
+  // of it take one uid's share of the refusal lines (3 a second), not one
+  // share each.
+  for (uid_t uid = 200010; uid < 200018; ++uid) {
+    absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_SEQPACKET);
+    ASSERT_TRUE(c.ok()) << c.status();
+    absl::StatusOr<v1::BrokerFrame> first = FirstFrame(c->get());
+    ASSERT_TRUE(first.ok()) << first.status();
+    EXPECT_TRUE(first->has_reply()) << uid << ": " << first->DebugString();
+  }
+  EXPECT_GE(broker_->rate_limited_total(), 8u);
+  EXPECT_LE(lines.Count("with the uids 200000-265535"), 3);
 }
 
 // libhalloc's ConnectBroker, refused for its uid's rate, connects again

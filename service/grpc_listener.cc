@@ -320,8 +320,12 @@ void GrpcListener::AcceptOne() {
     return;  // closed: no identity, no service
   }
   // Past its uid's rate: closed before anything costlier (ConnectRate).
+  // Its refusal is charged to the uid's subordinate slice, if any
+  // (SliceCharged): ChargedUid has not looked yet.
   if (absl::Status rate = WithinRate(cred.uid); !rate.ok()) {
-    RefuseSaying(std::move(conn), cred, cred.uid, relay, rate);
+    RefuseSaying(std::move(conn), cred,
+                 SliceCharged(cred.uid, connect_rate_.subordinate_uids(MonotonicNow())), relay,
+                 rate);
     return;
   }
   // Per-uid limits charge a user namespace's processes to its owner's uid

@@ -128,9 +128,7 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
     if (::fstat(ns.get(), &st) != 0) return uid;
     if (FileId{st.st_dev, st.st_ino} == *ours) {
       if (owner_charged) return *owner_charged;
-      if (depth == 0) return uid;  // ours: itself
-      const std::optional<SubordinateUids::Slice> slice = subordinate.SliceOf(uid);
-      return slice && slice->first != 0 && slice->first != self ? slice->first : uid;
+      return depth == 0 ? uid : SliceCharged(uid, subordinate);  // ours: itself
     }
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
@@ -142,6 +140,12 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
     ns = std::move(parent);
   }
   return uid;
+}
+
+uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {
+  static const uid_t self = ::getuid();
+  const std::optional<SubordinateUids::Slice> slice = subordinate.SliceOf(uid);
+  return slice && slice->first != 0 && slice->first != self ? slice->first : uid;
 }
 
 std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid) {
