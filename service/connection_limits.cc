@@ -146,7 +146,7 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
     // The owner is root's to write (SubordinateUidsFile), escaped all the same.
     const std::string shared =
         slice ? absl::StrCat(" (with the uids ", slice->first, "-", slice->first + slice->count - 1,
-                             " of ", subordinate_.path(), "'s range of \"",
+                             " of ", absl::CHexEscape(subordinate_.path()), "'s range of \"",
                              absl::CHexEscape(slice->range->owner), "\", rated as one)")
               : std::string();
     return absl::ResourceExhaustedError(absl::StrCat(

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -24,7 +25,28 @@ namespace {
 
 // No more is read of a subuid file (some 30,000 lines).
 constexpr size_t kMaxFileBytes = 1 << 20;
+// A missing file here is no news: no user has subordinate uids.
+constexpr char kDefaultPath[] = "/etc/subuid";
 constexpr uint64_t kUidEnd = uint64_t{1} << 32;  // one past the last uid
+
+}  // namespace
+
+namespace {
+
+// A number as shadow-utils reads one (strtoul, base 0: decimal, 0x hex or 0
+// octal), the whole field, no sign.
+bool ParseNumber(absl::string_view field, uint64_t max, uint64_t* out) {
+  if (field.empty() || !absl::ascii_isdigit(static_cast<unsigned char>(field.front()))) {
+    return false;
+  }
+  const std::string s(field);
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(s.c_str(), &end, 0);
+  if (errno == ERANGE || end != s.c_str() + s.size() || v > max) return false;
+  *out = v;
+  return true;
+}
 
 }  // namespace
 
@@ -33,31 +55,36 @@ SubordinateUids SubordinateUids::Parse(absl::string_view text) {
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line.front() == '#') continue;
+    // owner:first:count, and whatever fields come after (older
+    // shadow-utils ignores them).
     const std::vector<absl::string_view> f = absl::StrSplit(line, ':');
-    Range r;
-    uint32_t first = 0;
-    uint64_t count = 0;
-    if (f.size() != 3 || f[0].empty() || !absl::SimpleAtoi(f[1], &first) ||
-        !absl::SimpleAtoi(f[2], &count) || count == 0) {
+    uint64_t first = 0, count = 0;
+    if (f.size() < 3 || f[0].empty() || !ParseNumber(f[1], UINT32_MAX, &first) ||
+        !ParseNumber(f[2], UINT64_MAX, &count) || count == 0) {
       continue;
     }
-    r.first = first;
-    r.count = std::min<uint64_t>(count, kUidEnd - first);
-    r.owner = std::string(f[0]);
-    out.ranges_.push_back(std::move(r));
+    out.ranges_.push_back(Range{static_cast<uid_t>(first),
+                                std::min<uint64_t>(count, kUidEnd - first), std::string(f[0])});
   }
   std::stable_sort(out.ranges_.begin(), out.ranges_.end(),
                    [](const Range& a, const Range& b) { return a.first < b.first; });
+  uint64_t reach = 0;
+  for (const Range& r : out.ranges_) {
+    reach = std::max<uint64_t>(reach, uint64_t{r.first} + r.count);
+    out.reach_.push_back(reach);
+  }
   return out;
 }
 
 std::optional<SubordinateUids::Slice> SubordinateUids::SliceOf(uid_t uid) const {
   // Past every range starting at or below `uid`, then back through them
-  // (overlapping ranges: the nearest start that holds it).
+  // (overlapping ranges: the nearest start that holds it) while one may
+  // still reach it.
   auto it = std::upper_bound(ranges_.begin(), ranges_.end(), uid,
                              [](uid_t u, const Range& r) { return u < r.first; });
   while (it != ranges_.begin()) {
     --it;
+    if (reach_[static_cast<size_t>(it - ranges_.begin())] <= uid) break;
     const uint64_t offset = uint64_t{uid} - it->first;
     if (offset >= it->count) continue;
     const uint64_t start = offset / kSlice * kSlice;
@@ -89,7 +116,7 @@ void SubordinateUidsFile::Reload() {
   std::string problem;
   absl::StatusOr<UniqueFd> fd = OpenTrusted(path_, O_RDONLY | O_NONBLOCK | O_NOCTTY);
   struct stat st;
-  if (absl::IsNotFound(fd.status())) {
+  if (absl::IsNotFound(fd.status()) && path_ == kDefaultPath) {
     problem_.clear();  // none: nothing to say
     return;
   }
@@ -113,6 +140,13 @@ void SubordinateUidsFile::Reload() {
       got += static_cast<size_t>(n);
     }
     text.resize(got);
+    if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
+      // Cut mid-line, maybe: the last line read is not the file's.
+      text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+      LOG(WARNING) << "subordinate uids: read only the first " << text.size() << " bytes of "
+                   << absl::CHexEscape(path_) << " (" << st.st_size
+                   << "): the uids of the ranges past them are each rated on their own";
+    }
     uids_ = SubordinateUids::Parse(text);
   }
   if (!problem.empty() && problem != problem_) {

@@ -1,11 +1,12 @@
 // Subordinate uid ranges (subuid(5), /etc/subuid): the uids each user may
-// map into user namespaces of its own. newuidmap(1) maps only what this
-// file grants a user, so a user without privilege can connect to hallocd
-// as any uid of its ranges, and as no other uid but its own; a root-owned
-// container's uids (LXC, LXD, Docker's userns-remap) are often given as
-// root's ranges here too. hallocd keys its cheapest checks (ConnectRate)
-// by range so that a user's 65,536 subordinate uids are one key there, not
-// 65,536.
+// map into user namespaces of its own. Where newuidmap(1) takes its ranges
+// from this file (not from NSS: nsswitch.conf's `subid:`), a user without
+// privilege can connect to hallocd as its own uid and any uid of its
+// ranges, and as no other; a root-owned container's uids (LXC, LXD,
+// Docker's userns-remap) are often given as root's ranges here too.
+// hallocd keys its cheapest check (ConnectRate) by a range's 65,536-uid
+// slices, so that a user's 65,536 subordinate uids are one key there, not
+// 65,536, and charges a container's uids by them (ChargedUid).
 #ifndef HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
 #define HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
 
@@ -41,19 +42,23 @@ class SubordinateUids {
     const Range* range = nullptr;  // valid while the SubordinateUids is
   };
 
-  // Parses subuid(5) text: one "owner:first:count" a line. Blank lines,
-  // '#' comments and lines that do not parse (or name no uids) are
-  // skipped, as newuidmap skips them; a range past the last uid is cut
-  // there.
+  // Parses subuid(5) text: one "owner:first:count" a line, numbers as
+  // shadow-utils reads them (decimal, 0x hex, 0 octal), fields past the
+  // third ignored. Blank lines, '#' comments and lines that do not parse
+  // (or name no uids) are skipped; a range past the last uid is cut there.
   static SubordinateUids Parse(absl::string_view text);
 
   // The slice holding `uid`: of the range with the highest first uid at or
   // below it that holds it (ranges may overlap where the file says so).
+  // O(log n) but for uids under overlapping ranges. Its `range` is valid
+  // until this SubordinateUids changes.
   std::optional<Slice> SliceOf(uid_t uid) const;
   size_t size() const { return ranges_.size(); }
 
  private:
   std::vector<Range> ranges_;  // by first uid
+  // reach_[i]: one past the last uid any of ranges_[0..i] holds.
+  std::vector<uint64_t> reach_;
 };
 
 // A subuid file, read again when it changes, looked at no more than once a

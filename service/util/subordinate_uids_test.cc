@@ -3,9 +3,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
 #include "gtest/gtest.h"
 
@@ -48,6 +50,40 @@ TEST(SubordinateUidsTest, ParsesWhatNewuidmapReadsAndSkipsTheRest) {
   ASSERT_TRUE(top.has_value());
   EXPECT_EQ(top->range->owner, "root");
   EXPECT_EQ(top->count, 96u);
+}
+
+// Numbers as shadow-utils reads them: 0x hex and 0 octal too, never a
+// sign; fields after the third are ignored.
+TEST(SubordinateUidsTest, ReadsNumbersAsShadowUtilsDoes) {
+  const SubordinateUids s = SubordinateUids::Parse(
+      "hex:0x30d40:0x10000\n"   // 200000, 65536
+      "oct:02000000:010\n"      // 524288, 8
+      "extra:300000:10:more\n"  // extra field
+      "neg:-5:10\n"
+      "plus:+400000:10\n"
+      "space:400000: 10\n"
+      "big:500000:99999999999999999999999\n");
+  EXPECT_EQ(s.size(), 3u);
+  ASSERT_TRUE(s.SliceOf(200000).has_value());
+  EXPECT_EQ(s.SliceOf(200000)->range->owner, "hex");
+  EXPECT_EQ(s.SliceOf(265535)->range->owner, "hex");
+  EXPECT_EQ(s.SliceOf(524295)->range->owner, "oct");
+  EXPECT_EQ(SliceStart(s, 524296), -1);
+  EXPECT_EQ(SliceStart(s, 2000000), -1) << "02000000 read as decimal";
+  EXPECT_EQ(s.SliceOf(300009)->range->owner, "extra");
+  EXPECT_EQ(SliceStart(s, 400000), -1);
+  EXPECT_EQ(SliceStart(s, 500000), -1);
+}
+
+// A long range that starts early is found past shorter ones that start
+// later; a uid past every range's reach is in none.
+TEST(SubordinateUidsTest, FindsALongRangeBehindShorterOnes) {
+  const SubordinateUids s = SubordinateUids::Parse("a:100:1000\nb:200:10\nc:300:10\n");
+  ASSERT_TRUE(s.SliceOf(500).has_value());
+  EXPECT_EQ(s.SliceOf(500)->range->owner, "a");
+  EXPECT_EQ(s.SliceOf(205)->range->owner, "b");
+  EXPECT_EQ(SliceStart(s, 1100), -1);
+  EXPECT_EQ(SliceStart(s, 99), -1);
 }
 
 // A range larger than a slice (a container manager's) is keyed a slice at
@@ -115,6 +151,26 @@ TEST_F(SubordinateUidsFileTest, AFileOthersMayChangeGrantsNothing) {
   EXPECT_EQ(file.At(t0 + absl::Seconds(1)).size(), 1u);
   if (::geteuid() == 0 && ::chown(path_.c_str(), 65534, 65534) == 0) {
     EXPECT_EQ(file.At(t0 + absl::Seconds(2)).size(), 0u) << "a file of uid 65534's";
+  }
+}
+
+// Past the first MiB nothing is read, and a line the cut falls in is not
+// taken for a shorter one.
+TEST_F(SubordinateUidsFileTest, ALargeFileIsCutAtALine) {
+  std::string text;
+  for (uint64_t i = 0; text.size() <= (1u << 20) + 100; ++i) {
+    text += absl::StrCat("u", i, ":", 100000 + i * 65536, ":65536\n");
+  }
+  Write(text);
+  SubordinateUidsFile file(path_);
+  const SubordinateUids& s = file.At(absl::UnixEpoch());
+  ASSERT_GT(s.size(), 1000u);
+  const size_t whole = text.substr(0, 1u << 20).rfind('\n') + 1;
+  EXPECT_EQ(s.size(), static_cast<size_t>(std::count(text.begin(), text.begin() + whole, '\n')));
+  for (uint64_t i = 0; i < s.size(); ++i) {
+    const std::optional<SubordinateUids::Slice> slice = s.SliceOf(100000 + i * 65536);
+    ASSERT_TRUE(slice.has_value()) << i;
+    EXPECT_EQ(slice->count, 65536u) << i;
   }
 }
 
