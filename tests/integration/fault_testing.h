@@ -22,6 +22,7 @@
 #include "absl/time/clock.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
+#include "clients/cpp/halloc/broker_conn.h"
 #include "clients/cpp/halloc/client.h"
 #include "gtest/gtest.h"
 #include "halloc/v1/allocator.grpc.pb.h"
@@ -52,15 +53,10 @@ inline std::ostream& operator<<(std::ostream& os, const Snapshot& s) {
 
 // --- The broker protocol by hand (for the children: no gRPC) ----------------
 
+// NextFrame (clients/cpp/halloc/broker_conn.h) within `timeout_ms`.
 inline absl::StatusOr<v1::BrokerFrame> RecvFrame(int fd, int timeout_ms,
-                                          std::vector<UniqueFd>* fds = nullptr) {
-  if (absl::Status s = WaitReadable(fd, timeout_ms); !s.ok()) return s;
-  absl::StatusOr<Record> rec = ReceiveRecord(fd, false);
-  if (!rec.ok()) return rec.status();
-  v1::BrokerFrame frame;
-  if (!frame.ParseFromString(rec->bytes)) return absl::DataLossError("malformed frame");
-  if (fds != nullptr) *fds = std::move(rec->fds);
-  return frame;
+                                                 std::vector<UniqueFd>* fds = nullptr) {
+  return NextFrame(fd, absl::Now() + absl::Milliseconds(timeout_ms), fds);
 }
 
 inline v1::BrokerRequest AllocateRequest(uint64_t request_id, uint64_t size, uint32_t count = 1) {

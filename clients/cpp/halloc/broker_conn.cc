@@ -18,7 +18,8 @@
 
 namespace halloc {
 
-absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
+absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline,
+                                          std::vector<UniqueFd>* fds) {
   // Whole milliseconds that fit poll's int: an infinite or very long
   // timeout waits INT_MAX ms (~25 days), never a wrapped negative time.
   const int64_t ms = std::clamp<int64_t>(
@@ -30,6 +31,7 @@ absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline) {
   if (!frame.ParseFromString(rec.bytes)) {
     return absl::UnavailableError("hallocd broker sent a malformed frame");
   }
+  if (fds != nullptr) *fds = std::move(rec.fds);
   return frame;
 }
 

@@ -6,6 +6,7 @@
 #define HALLOC_CLIENTS_CPP_HALLOC_BROKER_CONN_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -43,9 +44,11 @@ absl::StatusOr<BrokerConnection> Handshake(UniqueFd fd, absl::Duration timeout);
 // The next frame hallocd sends on broker socket `fd`, by `deadline` (a
 // handshake keeps one for both its waits): DEADLINE_EXCEEDED past it,
 // ReceiveRecord's error for a closed socket, UNAVAILABLE for a malformed
-// frame. Any fds the record carries are closed (the request path,
-// client_impl.cc, keeps them; this is for frames that carry none).
-absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline);
+// frame. The fds the record carries go to `fds`, or without it are
+// closed (the request path, client_impl.cc, reads its own records; this
+// is for handshakes and tests).
+absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline,
+                                          std::vector<UniqueFd>* fds = nullptr);
 
 // A BrokerReply's status.
 absl::Status ReplyStatus(const v1::BrokerReply& reply);
