@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -109,9 +110,14 @@ ConnectRate::ConnectRate() : subordinate_(SubordinateUidFile()) {}
 
 namespace {
 
-// A uid's bucket: its own, or its subordinate slice's (above every uid).
+// A uid's bucket: its own; for a uid of a user's subordinate ranges, that
+// user's (every range it has: a range may be far larger than a slice);
+// for one of root's ranges (containers'), its slice's. Keys past every
+// uid: a slice's first uid above 2^32, an owner's name hashed above 2^63.
 uint64_t BucketKey(uid_t uid, const std::optional<SubordinateUids::Slice>& slice) {
-  return slice ? (uint64_t{1} << 32 | slice->first) : uint64_t{uid};
+  if (!slice) return uid;
+  if (slice->range->roots()) return uint64_t{1} << 32 | slice->first;
+  return uint64_t{1} << 63 | absl::Hash<std::string>{}(slice->range->owner);
 }
 
 }  // namespace
@@ -143,12 +149,17 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
   }
   if (b.tokens < 1) {
     if (retry_after != nullptr) *retry_after = absl::Seconds((1 - b.tokens) / per_second);
-    // The owner is root's to write (SubordinateUidsFile), escaped all the same.
-    const std::string shared =
-        slice ? absl::StrCat(" (with the uids ", slice->first, "-", slice->first + slice->count - 1,
-                             " of ", absl::CHexEscape(subordinate_.path()), "'s range of \"",
-                             absl::CHexEscape(slice->range->owner), "\", rated as one)")
-              : std::string();
+    // The file is root's to write (SubordinateUidsFile), escaped all the same.
+    std::string shared;
+    if (slice && slice->range->roots()) {
+      shared = absl::StrCat(" (with the uids ", slice->first, "-", slice->first + slice->count - 1,
+                            " of a range of root's in ", absl::CHexEscape(subordinate_.path()),
+                            ", rated as one)");
+    } else if (slice) {
+      shared = absl::StrCat(" (with every uid of the ranges of \"",
+                            absl::CHexEscape(slice->range->owner), "\" in ",
+                            absl::CHexEscape(subordinate_.path()), ", rated as one)");
+    }
     return absl::ResourceExhaustedError(absl::StrCat(
         "uid ", uid, shared, " opens ", what, " faster than ", limits.per_second,
         " a second (bursts of ", limits.burst, "; policy sessions.connects_per_second)"));

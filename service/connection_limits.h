@@ -98,14 +98,14 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 // A uid is judged as the kernel gives it (SO_PEERCRED), before anything
 // costlier; the uid a user namespace's process is charged to is known only
 // after (PinAndCharge: the pidfd and the /proc reads), and is judged then
-// too (Admit again). A uid of a range in /etc/subuid (SubordinateUids)
-// draws on one bucket with every uid of its 65,536-uid slice: a user
-// connecting through the subordinate uids newuidmap lets it map, or a
-// process of a container whose uids are one of root's ranges, is held at
-// the first check as one, not as 65,536 uids with a bucket each (and
-// charged as that slice's first uid after, ChargedUid). Uids a container
-// maps from outside every listed range are still a bucket each, and
-// charged as themselves.
+// too (Admit again). A uid of a user's ranges in /etc/subuid
+// (SubordinateUids) draws on one bucket with every uid of that user's
+// ranges: a user connecting through the subordinate uids newuidmap lets
+// it map is held at the first check as one, not as 65,536 uids with a
+// bucket each. A uid of one of root's ranges (a container's) draws on one
+// with its 65,536-uid slice (and is charged as that slice's first uid
+// after, ChargedUid). Uids a container maps from outside every listed
+// range are still a bucket each, and charged as themselves.
 // Buckets full again are forgotten (swept once the map has doubled since
 // the last sweep), so it holds the uids that connected within the last few
 // seconds, and at most as many again.

@@ -214,13 +214,16 @@ TEST(ConnectRateTest, ForgetsUidsWhoseBucketsFilledAgain) {
   EXPECT_EQ(AdmittedAt(kept, p, Someone(), t0), 0);
 }
 
-// Each 65,536-uid slice of a range in the subuid file is one bucket: a
-// user's subordinate uids (which newuidmap lets it connect as), and a
-// container's slice of root's range. Uids outside every range, and the
-// uids they are charged as, keep buckets of their own.
-TEST(ConnectRateTest, ASubordinateRangesSliceIsOneBucket) {
+// Every uid of one user's ranges in the subuid file draws on one bucket
+// (the subordinate uids newuidmap lets it connect as); each 65,536-uid
+// slice of root's ranges (containers') on one of its own. Uids outside
+// every range keep buckets of their own.
+TEST(ConnectRateTest, AUsersRangesAreOneBucketAndRootsASliceEach) {
   testing::TempDir dir("connect-rate-subuid", 0755);
-  std::ofstream(dir / "subuid") << "alice:100000:65536\nroot:1000000:131072\n";
+  std::ofstream(dir / "subuid") << "alice:100000:65536\n"
+                                   "alice:500000:200000\n"
+                                   "bob:165536:65536\n"
+                                   "root:1000000:131072\n";
   SetSubordinateUidFile(dir / "subuid");
   ConnectRate rate;
   SetSubordinateUidFile(kNoRanges);
@@ -236,18 +239,28 @@ TEST(ConnectRateTest, ASubordinateRangesSliceIsOneBucket) {
   EXPECT_EQ(admitted, 20);
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(absl::StrContains(refused.message(),
-                                "uid 100020 (with the uids 100000-165535 of " + (dir / "subuid") +
-                                    "'s range of \"alice\", rated as one) opens broker "
-                                    "connections faster than 10 a second"))
+                                "uid 100020 (with every uid of the ranges of \"alice\" in " +
+                                    (dir / "subuid") +
+                                    ", rated as one) opens broker connections faster than 10 a "
+                                    "second"))
       << refused;
+  // alice's other range, past its first slice too: hers.
   EXPECT_EQ(AdmittedAt(rate, p, 165535, t0), 0);
-  EXPECT_EQ(AdmittedAt(rate, p, 99999, t0), 20);  // outside: its own
-  EXPECT_EQ(AdmittedAt(rate, p, 165536, t0), 20);
+  EXPECT_EQ(AdmittedAt(rate, p, 500000, t0), 0);
+  EXPECT_EQ(AdmittedAt(rate, p, 650000, t0), 0);
+  EXPECT_EQ(AdmittedAt(rate, p, 165536, t0), 20);  // bob's
+  EXPECT_EQ(AdmittedAt(rate, p, 99999, t0), 20);   // outside: its own
   // Root's range: a bucket per slice.
   EXPECT_EQ(AdmittedAt(rate, p, 1000000, t0), 20);
-  EXPECT_EQ(AdmittedAt(rate, p, 1065535, t0), 0);
+  absl::Status root_refused = rate.Admit(p, 1065535, t0, "broker connections");
+  EXPECT_TRUE(
+      absl::StrContains(root_refused.message(),
+                        "uid 1065535 (with the uids 1000000-1065535 of a range of root's in " +
+                            (dir / "subuid") + ", rated as one)"))
+      << root_refused;
   EXPECT_EQ(AdmittedAt(rate, p, 1065536, t0), 20);
-  EXPECT_TRUE(rate.SameBucket(100000, 165535, t0));
+  EXPECT_TRUE(rate.SameBucket(100000, 650000, t0));
+  EXPECT_FALSE(rate.SameBucket(100000, 165536, t0));
   EXPECT_FALSE(rate.SameBucket(100000, 1000, t0));
   EXPECT_FALSE(rate.SameBucket(1000000, 1065536, t0));
   EXPECT_TRUE(rate.SameBucket(1000, 1000, t0));

@@ -119,10 +119,10 @@ ABSL_FLAG(int64_t, grpc_max_memory_bytes, int64_t{64} << 20,
 
 ABSL_FLAG(std::string, subuid_file, "/etc/subuid",
           "subordinate uid ranges (subuid(5)), read again when it changes: the "
-          "connect rate (policy sessions.connects_per_second) holds each "
-          "65,536-uid slice of a range as one uid, so that no user's "
-          "subordinate uids (nor a container's from root's ranges) each get a "
-          "rate of their own");
+          "connect rate (policy sessions.connects_per_second) holds a user's "
+          "ranges, and each 65,536-uid slice of root's, as one uid, so that "
+          "no user's subordinate uids (nor a container's) each get a rate of "
+          "their own; a container's uids of a slice are charged as its first");
 
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "check every absl::Mutex acquisition for lock-order cycles (slow; "

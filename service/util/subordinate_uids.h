@@ -34,6 +34,9 @@ class SubordinateUids {
     uid_t first = 0;
     uint64_t count = 0;  // > 0; first + count <= 2^32
     std::string owner;   // a user name or uid, as the file gives it
+    // Whether root owns it ("root" or "0"): ranges a container manager
+    // running as root hands out to its containers, a slice each.
+    bool roots() const { return owner == "root" || owner == "0"; }
   };
   // The slice of a range that holds a uid.
   struct Slice {

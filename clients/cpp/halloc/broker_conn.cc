@@ -18,8 +18,7 @@
 
 namespace halloc {
 
-absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline,
-                                          std::vector<UniqueFd>* fds) {
+absl::StatusOr<v1::BrokerFrame> NextFrame(int fd, absl::Time deadline, std::vector<UniqueFd>* fds) {
   // Whole milliseconds that fit poll's int: an infinite or very long
   // timeout waits INT_MAX ms (~25 days), never a wrapped negative time.
   const int64_t ms = std::clamp<int64_t>(
