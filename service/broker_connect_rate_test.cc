@@ -112,6 +112,7 @@ TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
   SetSubordinateUidFile("/etc/subuid");
   if (IsSkipped() || HasFatalFailure()) return;
   LogLines lines("broker: refused pid ");
+  const absl::Time first_refusal = absl::Now();  // about: the log window's start
   for (uid_t uid : {200000u, 265535u, 200002u, 265536u}) {
     absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_SEQPACKET);
     if (absl::IsUnimplemented(c.status())) GTEST_SKIP() << c.status();
@@ -143,7 +144,12 @@ TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
     EXPECT_TRUE(first->has_reply()) << uid << ": " << first->DebugString();
   }
   EXPECT_GE(broker_->rate_limited_total(), 8u);
-  EXPECT_LE(lines.Count("ranges of \"someone\""), 3);
+  // Three a window; nine within two windows would be 6 at most.
+  const absl::Duration took = absl::Now() - first_refusal;
+  if (took < absl::Seconds(2)) {
+    EXPECT_LE(lines.Count("ranges of \"someone\""), took < absl::Milliseconds(900) ? 3 : 6)
+        << "in " << took;
+  }
 }
 
 // libhalloc's ConnectBroker, refused for its uid's rate, connects again

@@ -134,9 +134,9 @@ class ConnectRate {
   // The subordinate uid ranges it keys by, as of `now` (valid until the
   // next call): what the same listener charges peers by (PinAndCharge).
   const SubordinateUids& subordinate_uids(absl::Time now) { return subordinate_.At(now); }
-  // Whether `a` and `b` draw on one bucket at `now` (one uid, or one
-  // slice of a subordinate range): a uid charged as another (ChargedUid)
-  // is judged again only where they do not.
+  // Whether `a` and `b` draw on one bucket at `now` (one uid, one user's
+  // subordinate ranges, or one slice of root's): a uid charged as another
+  // (ChargedUid) is judged again only where they do not.
   bool SameBucket(uid_t a, uid_t b, absl::Time now);
   // Buckets held now.
   size_t uids_tracked() const { return buckets_.size(); }
@@ -146,8 +146,9 @@ class ConnectRate {
     double tokens = 0;
     absl::Time at;  // when `tokens` was counted
   };
-  // The bucket `uid` draws on: its own (the uid), or its subordinate
-  // range's slice (1 << 32 | the slice's first uid).
+  // The bucket `uid` draws on: its own (the uid), its range's owner's (a
+  // hash of the name above 2^63), or its slice of root's range (1 << 32 |
+  // the slice's first uid).
   uint64_t BucketOf(uid_t uid, absl::Time now);
   // Drops the buckets that are full at `now` under `limits`.
   void Sweep(const Limits& limits, absl::Time now);

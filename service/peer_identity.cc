@@ -123,16 +123,22 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
   // map are charged by their slice of a listed range, or as themselves,
   // not as root's (which limits spare).
   std::optional<uid_t> owner_charged;
+  int owner_depth = -1;  // of the namespace it owns
   for (int depth = 0; depth <= 32; ++depth) {
     struct stat st;
     if (::fstat(ns.get(), &st) != 0) return uid;
     if (FileId{st.st_dev, st.st_ino} == *ours) {
-      if (owner_charged) return *owner_charged;
-      return depth == 0 ? uid : SliceCharged(uid, subordinate);  // ours: itself
+      if (!owner_charged) return depth == 0 ? uid : SliceCharged(uid, subordinate);  // ours: itself
+      // A user's namespace right below ours: that user. One further down
+      // was made by a uid that a root-owned namespace above it maps (a
+      // container's uid that unshared one of its own): charged as a
+      // container's uids are, or it would be a uid apart for each of them.
+      return owner_depth == depth - 1 ? *owner_charged : SliceCharged(*owner_charged, subordinate);
     }
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
       owner_charged = owner;
+      owner_depth = depth;
     }
     UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
     if (!parent && exhausted(errno)) return cannot_look(errno);

@@ -1,6 +1,7 @@
 #include "service/peer_identity.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -395,6 +396,62 @@ TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
     GTEST_SKIP() << "cannot run as uid 1001 here (not root, or a sandbox's user namespace): "
                     "charging to another owner is not checked (abuse_test checks it)";
   }
+}
+
+// A container's uid that makes a user namespace of its own owns it as a
+// uid of ours (the container's map of it): charged as the container's
+// uids are, by their slice, not as itself (else a container's root could
+// setuid to each of its uids and unshare: a uid apart for each).
+TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
+  if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
+  int ready[2], go[2];
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // syscalls only
+    char c = 0;
+    ::close(ready[0]);
+    ::close(go[1]);  // so that the parent's close ends the last read
+    // Root's namespace (a container), mapped by the parent; as its uid 5
+    // (ours: 1000005), a namespace of its own.
+    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
+    if (::write(ready[1], "u", 1) != 1 || ::read(go[0], &c, 1) != 1 || c != 'g') ::_exit(2);
+    if (::setresgid(5, 5, 5) != 0 || ::setresuid(5, 5, 5) != 0) ::_exit(3);
+    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(4);
+    if (::write(ready[1], "n", 1) != 1) ::_exit(5);
+    ::read(go[0], &c, 1);  // until the parent closes its end
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+  char c = 0;
+  const bool unshared = ::read(ready[0], &c, 1) == 1 && c == 'u';
+  bool mapped = unshared;
+  for (const char* map : {"uid_map", "gid_map"}) {
+    if (!mapped) break;
+    std::ofstream f(absl::StrCat("/proc/", pid, "/", map));
+    f << "0 1000000 65536\n";
+    f.close();
+    mapped = f.good();
+  }
+  ASSERT_EQ(::write(go[1], mapped ? "g" : "x", 1), 1);
+  const bool nested = mapped && ::read(ready[0], &c, 1) == 1 && c == 'n';
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  std::optional<absl::StatusOr<uid_t>> listed, unlisted;
+  if (nested && pidfd) {
+    listed = ChargedUid(pidfd.get(), pid, 1000005, SubordinateUids::Parse("root:1000000:65536\n"));
+    unlisted = ChargedUid(pidfd.get(), pid, 1000005, SubordinateUids());
+  }
+  ::close(go[1]);
+  ::close(ready[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  if (!unshared) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
+  ASSERT_TRUE(nested) << "the child could not make its nested namespace (" << status << ")";
+  ASSERT_TRUE(listed.has_value() && listed->ok() && unlisted->ok());
+  EXPECT_EQ(**listed, 1000000u) << "charged as the nested namespace's owner";
+  EXPECT_EQ(**unlisted, 1000005u) << "outside every listed range: the uid that made it";
 }
 
 }  // namespace

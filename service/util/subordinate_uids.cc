@@ -33,8 +33,9 @@ constexpr uint64_t kUidEnd = uint64_t{1} << 32;  // one past the last uid
 
 namespace {
 
-// A number as shadow-utils reads one (strtoul, base 0: decimal, 0x hex or 0
-// octal), the whole field, no sign.
+// A number as current shadow-utils reads one (strtoul, base 0: decimal,
+// 0x hex or 0 octal), the whole field, no sign or space (older versions
+// took those too: stricter here only groups fewer uids).
 bool ParseNumber(absl::string_view field, uint64_t max, uint64_t* out) {
   if (field.empty() || !absl::ascii_isdigit(static_cast<unsigned char>(field.front()))) {
     return false;

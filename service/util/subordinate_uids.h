@@ -4,9 +4,13 @@
 // privilege can connect to hallocd as its own uid and any uid of its
 // ranges, and as no other; a root-owned container's uids (LXC, LXD,
 // Docker's userns-remap) are often given as root's ranges here too.
-// hallocd keys its cheapest check (ConnectRate) by a range's 65,536-uid
-// slices, so that a user's 65,536 subordinate uids are one key there, not
-// 65,536, and charges a container's uids by them (ChargedUid).
+// hallocd keys its cheapest check (ConnectRate) by a user's ranges, all
+// of them one key, and by the 65,536-uid slices of root's (one a
+// container), so that a user's 65,536 subordinate uids are one key there,
+// not 65,536; and charges a container's uids by their slice (ChargedUid).
+// The ranges must not hold login uids (useradd's SUB_UID_MIN, 100000, is
+// above its UID_MAX): a container's uids are charged as their slice's
+// first, whoever else has that uid.
 #ifndef HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
 #define HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
 
