@@ -177,6 +177,12 @@ TEST_F(SubordinateUidsFileTest, ALargeFileIsCutAtALine) {
 TEST_F(SubordinateUidsFileTest, NoFileNoRanges) {
   SubordinateUidsFile file(dir_ / "none");
   EXPECT_EQ(file.At(absl::UnixEpoch()).size(), 0u);
+  // Nor does a directory or a FIFO (never waited on) at the path.
+  ASSERT_EQ(::mkdir(path_.c_str(), 0755), 0);
+  EXPECT_EQ(SubordinateUidsFile(path_).At(absl::UnixEpoch()).size(), 0u);
+  ASSERT_EQ(::rmdir(path_.c_str()), 0);
+  ASSERT_EQ(::mkfifo(path_.c_str(), 0644), 0);
+  EXPECT_EQ(SubordinateUidsFile(path_).At(absl::UnixEpoch()).size(), 0u);
 }
 
 }  // namespace
