@@ -387,11 +387,9 @@ void Broker::Accept() {
   // A uid past its rate is told so before anything costlier is done for
   // its connection (ConnectRate).
   const ConnectRate::Limits rate = ConnectRate::Of(*core_->policy());
-  // A refusal here is charged to the uid's subordinate slice, if any
-  // (SliceCharged): ChargedUid has not looked yet.
-  if (!RateAdmits(rate, cred.uid,
-                  SliceCharged(cred.uid, connect_rate_.subordinate_uids(MonotonicNow())), cred,
-                  conn)) {
+  // A refusal here is charged as its bucket's (ConnectRate::RefusedAs):
+  // ChargedUid has not looked yet.
+  if (!RateAdmits(rate, cred.uid, connect_rate_.RefusedAs(cred.uid, MonotonicNow()), cred, conn)) {
     return;
   }
   // A connection made before the listener was set to refuse fds (while

@@ -106,7 +106,7 @@ TEST_F(BrokerConnectRateTest, ConnectionsPastTheirUidsRateAreToldWhy) {
 // first check; a uid outside the range has its own.
 TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
   const std::string subuid = dir_ / "subuid";
-  std::ofstream(subuid) << "someone:200000:65536\n";
+  std::ofstream(subuid) << "someone:200000:65536\nsomeone:400000:65536\n";
   SetSubordinateUidFile(subuid);  // read by the broker Start makes
   Start("max_per_uid: 2 connects_per_second: 1");
   SetSubordinateUidFile("/etc/subuid");
@@ -133,10 +133,10 @@ TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
         << refused;
   }
   EXPECT_EQ(broker_->rate_limited_total(), 1u);
-  // Refusals before the peer is charged are the range's: eight more uids
-  // of it take one uid's share of the refusal lines (3 a second), not one
-  // share each.
-  for (uid_t uid = 200010; uid < 200018; ++uid) {
+  // Refusals before the peer is charged are its owner's: eight more uids
+  // of its two ranges take one uid's share of the refusal lines (3 a
+  // second), not one share each, nor one a range.
+  for (uid_t uid : {200010u, 400010u, 200011u, 400011u, 200012u, 400012u, 200013u, 400013u}) {
     absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_SEQPACKET);
     ASSERT_TRUE(c.ok()) << c.status();
     absl::StatusOr<v1::BrokerFrame> first = FirstFrame(c->get());

@@ -126,6 +126,13 @@ uint64_t ConnectRate::BucketOf(uid_t uid, absl::Time now) {
   return BucketKey(uid, subordinate_.At(now).SliceOf(uid));
 }
 
+uid_t ConnectRate::RefusedAs(uid_t uid, absl::Time now) {
+  const std::optional<SubordinateUids::Slice> slice = subordinate_.At(now).SliceOf(uid);
+  if (!slice) return uid;
+  const uid_t as = slice->range->roots() ? slice->first : slice->range->owner_first;
+  return IsOperatorUid(as) ? uid : as;
+}
+
 bool ConnectRate::SameBucket(uid_t a, uid_t b, absl::Time now) {
   return a == b || BucketOf(a, now) == BucketOf(b, now);
 }

@@ -134,6 +134,11 @@ class ConnectRate {
   // The subordinate uid ranges it keys by, as of `now` (valid until the
   // next call): what the same listener charges peers by (PinAndCharge).
   const SubordinateUids& subordinate_uids(absl::Time now) { return subordinate_.At(now); }
+  // Whom a refusal of `uid` at this check (before ChargedUid can look) is
+  // charged to (log lines, foreign-fd lanes): its bucket's uid, the uid
+  // itself, the first uid of its owner's lowest range, or its slice's
+  // first for root's; never root or hallocd's uid.
+  uid_t RefusedAs(uid_t uid, absl::Time now);
   // Whether `a` and `b` draw on one bucket at `now` (one uid, one user's
   // subordinate ranges, or one slice of root's): a uid charged as another
   // (ChargedUid) is judged again only where they do not.

@@ -264,6 +264,11 @@ TEST(ConnectRateTest, AUsersRangesAreOneBucketAndRootsASliceEach) {
   EXPECT_FALSE(rate.SameBucket(100000, 1000, t0));
   EXPECT_FALSE(rate.SameBucket(1000000, 1065536, t0));
   EXPECT_TRUE(rate.SameBucket(1000, 1000, t0));
+  // A refusal is charged as its bucket's uid.
+  EXPECT_EQ(rate.RefusedAs(650000, t0), 100000u);    // alice's lowest range
+  EXPECT_EQ(rate.RefusedAs(165540, t0), 165536u);    // bob's
+  EXPECT_EQ(rate.RefusedAs(1065540, t0), 1065536u);  // root's slice
+  EXPECT_EQ(rate.RefusedAs(99999, t0), 99999u);
 }
 
 }  // namespace

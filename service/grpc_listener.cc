@@ -320,11 +320,10 @@ void GrpcListener::AcceptOne() {
     return;  // closed: no identity, no service
   }
   // Past its uid's rate: closed before anything costlier (ConnectRate).
-  // Its refusal is charged to the uid's subordinate slice, if any
-  // (SliceCharged): ChargedUid has not looked yet.
+  // Its refusal is charged as its bucket's (ConnectRate::RefusedAs):
+  // ChargedUid has not looked yet.
   if (absl::Status rate = WithinRate(cred.uid); !rate.ok()) {
-    RefuseSaying(std::move(conn), cred,
-                 SliceCharged(cred.uid, connect_rate_.subordinate_uids(MonotonicNow())), relay,
+    RefuseSaying(std::move(conn), cred, connect_rate_.RefusedAs(cred.uid, MonotonicNow()), relay,
                  rate);
     return;
   }

@@ -84,9 +84,7 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
                                  const SubordinateUids& subordinate);
 // What ChargedUid charges a container's process of uid `uid` as: the first
 // uid of its slice of `subordinate`'s ranges (unless that is root or
-// hallocd's own uid), else `uid`. Also what a refusal made before
-// ChargedUid can look (a connection past its rate) is charged to: one
-// slice of subordinate uids, one share of what is kept per uid.
+// hallocd's own uid), else `uid`.
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);
 
 // The peer of the connected socket `conn` (SO_PEERCRED `cred`), pinned

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
@@ -69,6 +70,9 @@ SubordinateUids SubordinateUids::Parse(absl::string_view text) {
   }
   std::stable_sort(out.ranges_.begin(), out.ranges_.end(),
                    [](const Range& a, const Range& b) { return a.first < b.first; });
+  absl::flat_hash_map<absl::string_view, uid_t> lowest;  // by owner, in first order
+  for (const Range& r : out.ranges_) lowest.try_emplace(r.owner, r.first);
+  for (Range& r : out.ranges_) r.owner_first = lowest[r.owner];
   uint64_t reach = 0;
   for (const Range& r : out.ranges_) {
     reach = std::max<uint64_t>(reach, uint64_t{r.first} + r.count);

@@ -38,6 +38,7 @@ class SubordinateUids {
     uid_t first = 0;
     uint64_t count = 0;  // > 0; first + count <= 2^32
     std::string owner;   // a user name or uid, as the file gives it
+    uid_t owner_first = 0;  // the first uid of the lowest range of `owner`
     // Whether root owns it ("root" or "0"): ranges a container manager
     // running as root hands out to its containers, a slice each.
     bool roots() const { return owner == "root" || owner == "0"; }
