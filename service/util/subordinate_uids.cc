@@ -30,10 +30,6 @@ constexpr size_t kMaxFileBytes = 1 << 20;
 constexpr char kDefaultPath[] = "/etc/subuid";
 constexpr uint64_t kUidEnd = uint64_t{1} << 32;  // one past the last uid
 
-}  // namespace
-
-namespace {
-
 // A number as current shadow-utils reads one (strtoul, base 0: decimal,
 // 0x hex or 0 octal), the whole field, no sign or space (older versions
 // took those too: stricter here only groups fewer uids).
