@@ -411,11 +411,13 @@ void Broker::Accept() {
   // belong to (their owner's), not to each subordinate uid.
   absl::StatusOr<ChargedPeer> charge =
       PinAndCharge(conn.get(), cred, connect_rate_.subordinate_uids(MonotonicNow()));
+  // Not charged (below): its refusal goes to its rate bucket's uid.
+  const uid_t refused_as = connect_rate_.RefusedAs(cred.uid, MonotonicNow());
   if (absl::IsResourceExhausted(charge.status())) {
     // Out of fds to pin it or tell whose it is (charged as itself, one of a
     // user's subordinate uids would dodge its owner's limits): the same
     // pause as an accept4 out of fds, not a turn per queued connection.
-    CloseSocket(0, cred.uid, std::move(conn));
+    CloseSocket(0, refused_as, std::move(conn));
     accept_guard_.Pause(MonotonicNow());
     StopAccepting();
     Warn("accept-fds", absl::StrCat(charge.status().message(), "; refusing connections for ",
@@ -425,10 +427,10 @@ void Broker::Accept() {
   if (!charge.ok()) {
     // Gone: nobody to serve, and no uid it could be charged to for sure
     // (one of a user's subordinate uids, say).
-    Warn("refused", cred.uid,
+    Warn("refused", refused_as,
          absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
                       ": it exited before it was accepted"));
-    CloseSocket(0, cred.uid, std::move(conn));
+    CloseSocket(0, refused_as, std::move(conn));
     return;
   }
   const uid_t charged = charge->charged;

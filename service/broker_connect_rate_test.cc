@@ -107,9 +107,11 @@ TEST_F(BrokerConnectRateTest, ConnectionsPastTheirUidsRateAreToldWhy) {
 TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
   const std::string subuid = dir_ / "subuid";
   std::ofstream(subuid) << "someone:200000:65536\nsomeone:400000:65536\n";
+  ASSERT_EQ(::chmod(subuid.c_str(), 0644), 0);  // whatever the umask
+  const std::string before = SubordinateUidFile();
   SetSubordinateUidFile(subuid);  // read by the broker Start makes
   Start("max_per_uid: 2 connects_per_second: 1");
-  SetSubordinateUidFile("/etc/subuid");
+  SetSubordinateUidFile(before);
   if (IsSkipped() || HasFatalFailure()) return;
   LogLines lines("broker: refused pid ");
   const absl::Time first_refusal = absl::Now();  // about: the log window's start
@@ -136,14 +138,18 @@ TEST_F(BrokerConnectRateTest, ASubordinateRangesUidsShareOneRate) {
   // Refusals before the peer is charged are its owner's: eight more uids
   // of its two ranges take one uid's share of the refusal lines (3 a
   // second), not one share each, nor one a range.
+  // (A token earned back on a slow machine admits one: not counted.)
+  uint64_t refused = 1;
   for (uid_t uid : {200010u, 400010u, 200011u, 400011u, 200012u, 400012u, 200013u, 400013u}) {
     absl::StatusOr<UniqueFd> c = testing::ConnectAs(uid, path_, SOCK_SEQPACKET);
     ASSERT_TRUE(c.ok()) << c.status();
     absl::StatusOr<v1::BrokerFrame> first = FirstFrame(c->get());
     ASSERT_TRUE(first.ok()) << first.status();
-    EXPECT_TRUE(first->has_reply()) << uid << ": " << first->DebugString();
+    refused += first->has_reply() ? 1 : 0;
   }
-  EXPECT_GE(broker_->rate_limited_total(), 8u);
+  EXPECT_GE(refused, 5u) << "the range's bucket was not empty";
+  EXPECT_EQ(broker_->rate_limited_total(), refused);
+  EXPECT_GE(lines.Count("ranges of \"someone\""), 1) << "no refusal logged";
   // Three a window; nine within two windows would be 6 at most.
   const absl::Duration took = absl::Now() - first_refusal;
   if (took < absl::Seconds(2)) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <utility>
 
+#include "absl/base/attributes.h"
+#include "absl/base/const_init.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -53,7 +55,7 @@ uint64_t BufferRoom(const Policy& policy, uint64_t fd_limit, uint64_t stock_fds)
 
 namespace {
 
-absl::Mutex subordinate_file_mu;
+ABSL_CONST_INIT absl::Mutex subordinate_file_mu(absl::kConstInit);
 std::string& SubordinateFilePath() {
   static std::string* path = new std::string("/etc/subuid");
   return *path;

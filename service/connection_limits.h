@@ -86,7 +86,8 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
                              absl::string_view what);
 
 // How fast each uid may open connections to one socket (the policy's
-// sessions.connects_per_second): a bucket per uid that refills at that rate
+// sessions.connects_per_second): a bucket per uid (or per subordinate
+// range's owner or slice, below) that refills at that rate
 // and holds twice as many, or the uid's connection limit
 // (sessions.max_per_uid) if that is more, so that a uid may always open
 // all it may hold at once; one token a connection. Without it, a uid that
@@ -103,9 +104,10 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 // ranges: a user connecting through the subordinate uids newuidmap lets
 // it map is held at the first check as one, not as 65,536 uids with a
 // bucket each. A uid of one of root's ranges (a container's) draws on one
-// with its 65,536-uid slice (and is charged as that slice's first uid
-// after, ChargedUid). Uids a container maps from outside every listed
-// range are still a bucket each, and charged as themselves.
+// with its 65,536-uid slice. (A container's uid of any listed range is
+// charged as its slice's first uid after, ChargedUid.) Uids a container
+// maps from outside every listed range are still a bucket each, and
+// charged as themselves.
 // Buckets full again are forgotten (swept once the map has doubled since
 // the last sweep), so it holds the uids that connected within the last few
 // seconds, and at most as many again.

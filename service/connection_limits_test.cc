@@ -1,6 +1,7 @@
 #include "service/connection_limits.h"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -224,6 +225,7 @@ TEST(ConnectRateTest, AUsersRangesAreOneBucketAndRootsASliceEach) {
                                    "alice:500000:200000\n"
                                    "bob:165536:65536\n"
                                    "root:1000000:131072\n";
+  ASSERT_EQ(::chmod((dir / "subuid").c_str(), 0644), 0);  // whatever the umask
   SetSubordinateUidFile(dir / "subuid");
   ConnectRate rate;
   SetSubordinateUidFile(kNoRanges);

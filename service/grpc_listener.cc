@@ -333,7 +333,9 @@ void GrpcListener::AcceptOne() {
   // no one and not served.
   const absl::StatusOr<ChargedPeer> charged =
       PinAndCharge(conn.get(), cred, connect_rate_.subordinate_uids(MonotonicNow()));
-  const uid_t uid = charged.ok() ? charged->charged : cred.uid;
+  // Not charged: its refusal goes to its rate bucket's uid.
+  const uid_t uid =
+      charged.ok() ? charged->charged : connect_rate_.RefusedAs(cred.uid, MonotonicNow());
   absl::Status admit = absl::OkStatus();
   if (absl::IsNotFound(charged.status())) {
     admit = absl::FailedPreconditionError(

@@ -69,7 +69,9 @@ bool UnprivilegedUserNamespaces();
 // they map are charged as the first uid of their 65,536-uid slice of
 // `subordinate`'s ranges (the container's root, where a container
 // manager gives each container a slice of root's range), and as
-// themselves outside every listed range. Connection, fd and slow-lane
+// themselves outside every listed range; so is the owner of a namespace
+// a container's uid made (its namespace not right below hallocd's).
+// Connection, fd and slow-lane
 // limits are charged to it: a user with subordinate uids (newuidmap:
 // 65,536 on a Debian login), or a container's root switching among its
 // uids, would otherwise appear as that many uids and fill every limit

@@ -11,6 +11,8 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
@@ -103,8 +105,14 @@ const SubordinateUids& SubordinateUidsFile::At(absl::Time now) {
   checked_ = now;
   Version v;
   if (struct stat st; ::stat(path_.c_str(), &st) == 0) {
-    v = Version{st.st_dev, st.st_ino, int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
-                int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec, st.st_size};
+    v = Version{st.st_dev,
+                st.st_ino,
+                int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec,
+                int64_t{st.st_ctim.tv_sec} * 1000000000 + st.st_ctim.tv_nsec,
+                st.st_size,
+                st.st_mode,
+                st.st_uid,
+                st.st_gid};
   }
   if (version_.has_value() && *version_ == v) return uids_;
   version_ = v;
@@ -144,15 +152,16 @@ void SubordinateUidsFile::Reload() {
     if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
       // Cut mid-line, maybe: the last line read is not the file's.
       text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
-      LOG(WARNING) << "subordinate uids: read only the first " << text.size() << " bytes of "
-                   << absl::CHexEscape(path_) << " (" << st.st_size
-                   << "): the uids of the ranges past them are each rated on their own";
+      LOG(WARNING)
+          << "subordinate uids: read only the first " << text.size() << " bytes of "
+          << absl::CHexEscape(path_) << " (" << st.st_size
+          << "): the uids of the ranges past them are each rated, and charged, on their own";
     }
     uids_ = SubordinateUids::Parse(text);
   }
   if (!problem.empty() && problem != problem_) {
     LOG(WARNING) << "subordinate uids: " << absl::CHexEscape(path_) << " left unread (" << problem
-                 << "): each of its uids is rated on its own";
+                 << "): each of its uids is rated, and charged, on its own";
   }
   problem_ = std::move(problem);
 }

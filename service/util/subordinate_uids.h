@@ -73,8 +73,8 @@ class SubordinateUids {
 // `recheck` (so a hot path may ask at every call). Trusted only as root's
 // (OpenTrusted: reached through what only root or hallocd's user may
 // change, owned by one of them, writable by no one else); a file missing,
-// untrusted or unreadable has no ranges (a warning says why, once per
-// change). Not thread-safe: one per thread that asks.
+// untrusted or unreadable has no ranges (a warning says why, once for
+// each new reason). Not thread-safe: one per thread that asks.
 class SubordinateUidsFile {
  public:
   explicit SubordinateUidsFile(std::string path, absl::Duration recheck = absl::Seconds(1));
@@ -91,9 +91,14 @@ class SubordinateUidsFile {
     int64_t mtime_ns = 0;
     int64_t ctime_ns = 0;
     off_t size = 0;
+    // A chmod or chown within one tick of the last change (ctime is
+    // coarse before Linux 6.13) changes these all the same.
+    mode_t mode = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
     bool operator==(const Version& o) const {
       return dev == o.dev && ino == o.ino && mtime_ns == o.mtime_ns && ctime_ns == o.ctime_ns &&
-             size == o.size;
+             size == o.size && mode == o.mode && uid == o.uid && gid == o.gid;
     }
   };
   void Reload();

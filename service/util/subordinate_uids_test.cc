@@ -117,6 +117,7 @@ class SubordinateUidsFileTest : public ::testing::Test {
     // A new file renamed over the old, as usermod writes it.
     const std::string tmp = path_ + ".new";
     std::ofstream(tmp) << text;
+    ASSERT_EQ(::chmod(tmp.c_str(), 0644), 0);  // whatever the umask: only its owner writes
     ASSERT_EQ(::rename(tmp.c_str(), path_.c_str()), 0);
   }
 
@@ -125,24 +126,24 @@ class SubordinateUidsFileTest : public ::testing::Test {
 };
 
 TEST_F(SubordinateUidsFileTest, ReadsAgainWhenTheFileChangesLookingAtMostOnceARecheck) {
-  Write("alice:100000:65536\n");
+  ASSERT_NO_FATAL_FAILURE(Write("alice:100000:65536\n"));
   SubordinateUidsFile file(path_, absl::Seconds(1));
   const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
   EXPECT_EQ(file.At(t0).size(), 1u);
-  Write("alice:100000:65536\nbob:165536:65536\n");
+  ASSERT_NO_FATAL_FAILURE(Write("alice:100000:65536\nbob:165536:65536\n"));
   // Within the recheck: not looked at again.
   EXPECT_EQ(file.At(t0 + absl::Milliseconds(500)).size(), 1u);
   EXPECT_EQ(file.At(t0 + absl::Seconds(1)).size(), 2u);
   ASSERT_EQ(::unlink(path_.c_str()), 0);
   EXPECT_EQ(file.At(t0 + absl::Seconds(2)).size(), 0u);
-  Write("carol:300000:65536\n");
+  ASSERT_NO_FATAL_FAILURE(Write("carol:300000:65536\n"));
   const SubordinateUids& now = file.At(t0 + absl::Seconds(3));
   ASSERT_EQ(now.size(), 1u);
   EXPECT_EQ(now.SliceOf(300001)->range->owner, "carol");
 }
 
 TEST_F(SubordinateUidsFileTest, AFileOthersMayChangeGrantsNothing) {
-  Write("alice:100000:65536\n");
+  ASSERT_NO_FATAL_FAILURE(Write("alice:100000:65536\n"));
   ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
   SubordinateUidsFile file(path_);
   const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
@@ -161,7 +162,7 @@ TEST_F(SubordinateUidsFileTest, ALargeFileIsCutAtALine) {
   for (uint64_t i = 0; text.size() <= (1u << 20) + 100; ++i) {
     text += absl::StrCat("u", i, ":", 100000 + i * 65536, ":65536\n");
   }
-  Write(text);
+  ASSERT_NO_FATAL_FAILURE(Write(text));
   SubordinateUidsFile file(path_);
   const SubordinateUids& s = file.At(absl::UnixEpoch());
   ASSERT_GT(s.size(), 1000u);
