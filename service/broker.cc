@@ -311,13 +311,16 @@ void Broker::ResumeAccepting() {
   accepting_ = true;
 }
 
-bool Broker::RateAdmits(const ConnectRate::Limits& limits, uid_t uid, uid_t charged,
-                        const ucred& cred, UniqueFd& conn) {
+bool Broker::RateAdmits(const ConnectRate::Limits& limits, uid_t uid, const ucred& cred,
+                        UniqueFd& conn) {
   absl::Duration retry = absl::ZeroDuration();
-  const absl::Status rate =
-      connect_rate_.Admit(limits, uid, MonotonicNow(), "broker connections", &retry);
+  const absl::Time now = MonotonicNow();
+  const absl::Status rate = connect_rate_.Admit(limits, uid, now, "broker connections", &retry);
   if (rate.ok()) return true;
   rate_limited_.fetch_add(1, std::memory_order_relaxed);
+  // At the first check (the kernel's uid) ChargedUid has not looked yet:
+  // the refusal is charged as its bucket's uid (RefusedAs).
+  const uid_t charged = uid == cred.uid ? connect_rate_.RefusedAs(uid, now) : uid;
   RefuseAtAccept(std::move(conn), cred, charged, rate, retry);
   return false;
 }
@@ -387,11 +390,7 @@ void Broker::Accept() {
   // A uid past its rate is told so before anything costlier is done for
   // its connection (ConnectRate).
   const ConnectRate::Limits rate = ConnectRate::Of(*core_->policy());
-  // A refusal here is charged as its bucket's (ConnectRate::RefusedAs):
-  // ChargedUid has not looked yet.
-  if (!RateAdmits(rate, cred.uid, connect_rate_.RefusedAs(cred.uid, MonotonicNow()), cred, conn)) {
-    return;
-  }
+  if (!RateAdmits(rate, cred.uid, cred, conn)) return;
   // A connection made before the listener was set to refuse fds (while
   // systemd held the socket) took SO_PASSRIGHTS on from it: turn it off
   // here too (6.16+; before, records with fds are taken and closed off
@@ -411,13 +410,12 @@ void Broker::Accept() {
   // belong to (their owner's), not to each subordinate uid.
   absl::StatusOr<ChargedPeer> charge =
       PinAndCharge(conn.get(), cred, connect_rate_.subordinate_uids(MonotonicNow()));
-  // Not charged (below): its refusal goes to its rate bucket's uid.
-  const uid_t refused_as = connect_rate_.RefusedAs(cred.uid, MonotonicNow());
   if (absl::IsResourceExhausted(charge.status())) {
     // Out of fds to pin it or tell whose it is (charged as itself, one of a
     // user's subordinate uids would dodge its owner's limits): the same
     // pause as an accept4 out of fds, not a turn per queued connection.
-    CloseSocket(0, refused_as, std::move(conn));
+    // Not charged: its refusal goes to its rate bucket's uid.
+    CloseSocket(0, connect_rate_.RefusedAs(cred.uid, MonotonicNow()), std::move(conn));
     accept_guard_.Pause(MonotonicNow());
     StopAccepting();
     Warn("accept-fds", absl::StrCat(charge.status().message(), "; refusing connections for ",
@@ -426,7 +424,8 @@ void Broker::Accept() {
   }
   if (!charge.ok()) {
     // Gone: nobody to serve, and no uid it could be charged to for sure
-    // (one of a user's subordinate uids, say).
+    // (one of a user's subordinate uids, say): its rate bucket's uid.
+    const uid_t refused_as = connect_rate_.RefusedAs(cred.uid, MonotonicNow());
     Warn("refused", refused_as,
          absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
                       ": it exited before it was accepted"));
@@ -436,7 +435,7 @@ void Broker::Accept() {
   const uid_t charged = charge->charged;
   // A user namespace's process counts against its owner's rate too.
   if (!connect_rate_.SameBucket(charged, cred.uid, MonotonicNow()) &&
-      !RateAdmits(rate, charged, charged, cred, conn)) {
+      !RateAdmits(rate, charged, cred, conn)) {
     return;
   }
   if (absl::Status admit = Admit(charged); !admit.ok()) {

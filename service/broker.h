@@ -237,10 +237,8 @@ class Broker {
   void RefuseAtAccept(UniqueFd conn, const ucred& cred, uid_t charged, const absl::Status& why,
                       absl::Duration retry_after = absl::ZeroDuration());
   // Whether `uid` (the connection's own, or the one it is charged to) is
-  // within `limits` (ConnectRate); if not, `conn` is refused (the refusal
-  // charged to `charged`) and counted.
-  bool RateAdmits(const ConnectRate::Limits& limits, uid_t uid, uid_t charged, const ucred& cred,
-                  UniqueFd& conn);
+  // within `limits` (ConnectRate); if not, `conn` is refused and counted.
+  bool RateAdmits(const ConnectRate::Limits& limits, uid_t uid, const ucred& cred, UniqueFd& conn);
   void OnReadable(uint64_t key);
   // Handles one request record; false when the connection must close.
   bool Handle(Conn& conn, Record rec);
