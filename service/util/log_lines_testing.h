@@ -14,6 +14,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
 
 namespace halloc {
 
@@ -48,6 +51,21 @@ class LogLines : public google::LogSink {
   absl::Mutex mu_;
   std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
 };
+
+// Expects the lines of `lines` that contain `text`, logged from about
+// `start` on by a LogLimiter with `per_uid` lines a one-second window for
+// one uid, to be at least one and no more than one uid's share: `per_uid`
+// if they came within 900 ms of `start`, twice that within 2 s (the window
+// may have turned over once); later than that they are not judged.
+inline void ExpectOneUidsShare(LogLines& lines, absl::string_view text, int per_uid,
+                               absl::Time start) {
+  const int n = lines.Count(text);
+  EXPECT_GE(n, 1) << "no line with '" << text << "' logged";
+  const absl::Duration took = absl::Now() - start;
+  if (took < absl::Seconds(2)) {
+    EXPECT_LE(n, took < absl::Milliseconds(900) ? per_uid : 2 * per_uid) << "in " << took;
+  }
+}
 
 }  // namespace halloc
 
