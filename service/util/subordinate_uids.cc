@@ -151,7 +151,8 @@ void SubordinateUidsFile::Reload() {
     text.resize(got);
     if (static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
       // Cut mid-line, maybe: the last line read is not the file's.
-      text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+      const size_t last_newline = text.rfind('\n');
+      text.resize(last_newline == std::string::npos ? 0 : last_newline + 1);
       LOG(WARNING)
           << "subordinate uids: read only the first " << text.size() << " bytes of "
           << absl::CHexEscape(path_) << " (" << st.st_size
