@@ -104,10 +104,10 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 // ranges: a user connecting through the subordinate uids newuidmap lets
 // it map is held at the first check as one, not as 65,536 uids with a
 // bucket each. A uid of one of root's ranges (a container's) draws on one
-// with its 65,536-uid slice. (A container's uid of any listed range is
-// charged as its slice's first uid after, ChargedUid.) Uids a container
-// maps from outside every listed range are still a bucket each, and
-// charged as themselves.
+// with its 65,536-uid slice. (A container's uids are charged after as
+// the uid its root is, listed or not: ContainerCharged, and judged again
+// by that.) Uids a container maps from outside every listed range are a
+// bucket each at this first check.
 // Buckets full again are forgotten (swept once the map has doubled since
 // the last sweep), so it holds the uids that connected within the last few
 // seconds, and at most as many again.

@@ -122,7 +122,8 @@ ABSL_FLAG(std::string, subuid_file, "/etc/subuid",
           "connect rate (policy sessions.connects_per_second) holds a user's "
           "ranges, and each 65,536-uid slice of root's, as one uid, so that "
           "no user's subordinate uids (nor a container's) each get a rate of "
-          "their own; a container's uids of a slice are charged as its first");
+          "their own (a container's uids are charged as its root, from its "
+          "namespace's map, listed or not)");
 
 ABSL_FLAG(bool, mutex_deadlock_detection, false,
           "check every absl::Mutex acquisition for lock-order cycles (slow; "

@@ -20,6 +20,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/cpp/halloc/base/os_error.h"
+#include "service/util/id_map.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77  // Linux 6.5
@@ -109,26 +111,32 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
         "cannot tell whose pid ", pid, " is (its user namespace): ", std::strerror(err)));
   };
   const auto exhausted = [](int err) { return err == EMFILE || err == ENFILE || err == ENOMEM; };
-  UniqueFd ns(::open(absl::StrCat("/proc/", pid, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+  // Held open to the end: its inode number is not another's meanwhile.
+  const UniqueFd peer_ns(
+      ::open(absl::StrCat("/proc/", pid, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
   const int open_err = errno;
   // Opened while the pinned process ran: its namespace, not a pid reuser's.
   if (!StillRunning(pidfd)) {
     return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
   }
-  if (!ns && exhausted(open_err)) return cannot_look(open_err);
-  if (!ns || !ours) return uid;  // not ours to look at (another user's)
+  if (!peer_ns && exhausted(open_err)) return cannot_look(open_err);
+  if (!peer_ns || !ours) return uid;  // not ours to look at (another user's)
   // Up from the peer's namespace to ours (user namespaces nest at most 32
   // deep), keeping the topmost owner that is neither root nor hallocd's
   // own uid: a container's namespaces belong to root, and the uids they
-  // map are charged by their slice of a listed range, or as themselves,
-  // not as root's (which limits spare).
+  // map are charged as the container (ContainerCharged), not as root's
+  // (which limits spare).
   std::optional<uid_t> owner_charged;
   int owner_depth = -1;  // of the namespace it owns
+  UniqueFd above;
+  int ns = peer_ns.get();
   for (int depth = 0; depth <= 32; ++depth) {
     struct stat st;
-    if (::fstat(ns.get(), &st) != 0) return uid;
+    if (::fstat(ns, &st) != 0) return uid;
     if (FileId{st.st_dev, st.st_ino} == *ours) {
-      if (!owner_charged) return depth == 0 ? uid : SliceCharged(uid, subordinate);  // ours: itself
+      if (!owner_charged) {  // ours: itself; root's all the way: a container's
+        return depth == 0 ? uid : ContainerCharged(pidfd, pid, peer_ns.get(), uid, subordinate);
+      }
       // A user's namespace right below ours: that user. One further down
       // was made by a uid that a root-owned namespace above it maps (a
       // container's uid that unshared one of its own): charged as a
@@ -136,16 +144,38 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
       return owner_depth == depth - 1 ? *owner_charged : SliceCharged(*owner_charged, subordinate);
     }
     uid_t owner = 0;  // as a uid of ours
-    if (::ioctl(ns.get(), NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
+    if (::ioctl(ns, NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
       owner_charged = owner;
       owner_depth = depth;
     }
-    UniqueFd parent(::ioctl(ns.get(), NS_GET_PARENT));
+    UniqueFd parent(::ioctl(ns, NS_GET_PARENT));
     if (!parent && exhausted(errno)) return cannot_look(errno);
     if (!parent) return uid;  // not below ours
-    ns = std::move(parent);
+    above = std::move(parent);
+    ns = above.get();
   }
   return uid;
+}
+
+absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, uid_t uid,
+                                       const SubordinateUids& subordinate) {
+  static const uid_t self = ::getuid();
+  const absl::StatusOr<IdMap> map = ReadUidMap(pid);
+  if (absl::IsResourceExhausted(map.status())) {
+    return Prefixed(map.status(), absl::StrCat("cannot tell whose pid ", pid, " is (its uid map)"));
+  }
+  // The map read was its namespace's when the process is in it still: a
+  // process only ever moves to a namespace below one it was in (setns
+  // needs CAP_SYS_ADMIN over the target; a container's process has none
+  // over its container's namespace once it left it), so it never left.
+  struct stat before;
+  const std::optional<FileId> now = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
+  if (!StillRunning(pidfd)) return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
+  if (map.ok() && ::fstat(peer_ns, &before) == 0 && now == FileId{before.st_dev, before.st_ino}) {
+    const std::optional<uid_t> root = map->ToOutside(0);
+    if (root && *root != 0 && *root != self) return *root;
+  }
+  return SliceCharged(uid, subordinate);
 }
 
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {

@@ -66,11 +66,11 @@ bool UnprivilegedUserNamespaces();
 // user namespace; for one in a namespace below it, the uid (in hallocd's)
 // that owns the topmost namespace between them, unless that is root or
 // hallocd's own uid. A container's namespaces belong to root: the uids
-// they map are charged as the first uid of their 65,536-uid slice of
-// `subordinate`'s ranges (the container's root, where a container
-// manager gives each container a slice of root's range), and as
-// themselves outside every listed range; so is the owner of a namespace
-// a container's uid made (its namespace not right below hallocd's).
+// they map are charged as the container (ContainerCharged). The owner of
+// a namespace a container's uid made (its namespace not right below
+// hallocd's) is charged as the first uid of its 65,536-uid slice of
+// `subordinate`'s ranges, and as itself outside every listed range (the
+// container's map is not in sight from there).
 // Connection, fd and slow-lane
 // limits are charged to it: a user with subordinate uids (newuidmap:
 // 65,536 on a Debian login), or a container's root switching among its
@@ -84,9 +84,19 @@ bool UnprivilegedUserNamespaces();
 // limits: the connection is refused instead).
 absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
                                  const SubordinateUids& subordinate);
-// What ChargedUid charges a container's process of uid `uid` as: the first
-// uid of its slice of `subordinate`'s ranges (unless that is root or
-// hallocd's own uid), else `uid`.
+// What ChargedUid charges a process of root's namespaces (a container's)
+// as, `pid` pinned by `pidfd`, SO_PEERCRED uid `uid`, in the user
+// namespace `peer_ns` (held open) when ChargedUid looked: the uid its
+// namespace's root is to hallocd (the namespace's uid_map), one charge a
+// container whatever its block of uids (Podman's --userns=auto, LXD's
+// idmap sizes) and whichever file the block came from; else (its root
+// unmapped, root's or hallocd's own uid, or the process no longer in
+// `peer_ns`) SliceCharged. NOT_FOUND when the process is gone;
+// RESOURCE_EXHAUSTED when out of fds or memory to read its map.
+absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, uid_t uid,
+                                       const SubordinateUids& subordinate);
+// The first uid of `uid`'s slice of `subordinate`'s ranges (unless that
+// is root or hallocd's own uid), else `uid`.
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);
 
 // The peer of the connected socket `conn` (SO_PEERCRED `cred`), pinned

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -19,7 +20,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "service/peer_identity_testing.h"
 #include "service/util/subordinate_uids.h"
 
 namespace halloc {
@@ -33,27 +36,6 @@ pid_t PidOf(int pidfd) {
     if (line.rfind("Pid:", 0) == 0) return std::stoi(line.substr(4));
   }
   return -1;
-}
-
-// `fn()` with RLIMIT_NOFILE at the lowest free fd number (no fd can be
-// opened), the limit restored after.
-template <typename Fn>
-auto WithNoFdFree(Fn fn) {
-  rlimit saved{};
-  EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-  const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  EXPECT_GE(lowest, 0);
-  ::close(lowest);
-  rlimit none = saved;
-  none.rlim_cur = static_cast<rlim_t>(lowest);
-  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
-  auto result = fn();
-  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
-  return result;
-}
-
-absl::StatusOr<Subprocess> Sleeper() {
-  return Subprocess::Spawn({.argv = {"/bin/sleep", "30"}});
 }
 
 TEST(PeerIdentityTest, PinsThePeerOfAConnection) {
@@ -285,20 +267,6 @@ TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherPidNamespace) {
   EXPECT_FALSE(s.file.has_value()) << "vouched for a binary in another pid namespace";
 }
 
-// The pid of the process that `argv` ends as (it execs along, no fork),
-// once it runs `bin`; -1 if it never does (or exits first).
-pid_t RunningAs(Subprocess& p, const std::string& bin) {
-  for (int i = 0; i < 500; ++i) {
-    if (p.Wait(absl::ZeroDuration()).has_value()) return -1;
-    std::error_code ec;
-    if (std::filesystem::read_symlink(absl::StrCat("/proc/", p.pid(), "/exe"), ec) == bin) {
-      return p.pid();
-    }
-    ::usleep(10 * 1000);
-  }
-  return -1;
-}
-
 // A peer in a user namespace below hallocd's: with CAP_SYS_ADMIN there
 // (anyone's, after unshare(CLONE_NEWUSER)) a process may point its own
 // /proc/P/exe at any file it can open (prctl PR_SET_MM_MAP), so its
@@ -322,148 +290,6 @@ TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherUserNamespace) {
   ASSERT_GT(plain_pid, 0);
   UniqueFd plain_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain_pid, 0)));
   EXPECT_TRUE(SampleExe(plain_pidfd.get(), plain_pid).file.has_value());
-}
-
-// A peer in a user namespace below ours is charged to the uid (of ours)
-// that owns the topmost one between, unless that is root or hallocd's own
-// uid (here: this test's): a user's subordinate uids are that user, however
-// deep; a container's (root's namespaces) are charged as the first uid of
-// their slice of a listed range, or as themselves outside every range. A
-// peer in our own namespace is charged its own uid, and one that is gone
-// to no one.
-TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
-  const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
-  constexpr uid_t kSeen = 1065540;  // whatever SO_PEERCRED said
-  const SubordinateUids none;
-  // Root's range, two slices: kSeen is in the second.
-  const SubordinateUids roots = SubordinateUids::Parse("root:1000000:131072\n");
-  constexpr uid_t kSlice = 1065536;
-  {
-    absl::StatusOr<Subprocess> plain = Sleeper();
-    ASSERT_TRUE(plain.ok());
-    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
-    absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), plain->pid(), kSeen, none);
-    ASSERT_TRUE(charged.ok()) << charged.status();
-    EXPECT_EQ(*charged, kSeen);
-    charged = ChargedUid(pidfd.get(), plain->pid(), kSeen, roots);
-    ASSERT_TRUE(charged.ok()) << charged.status();
-    EXPECT_EQ(*charged, kSeen) << "a process of our own namespace is charged as itself";
-    // Out of fds to look with: charged as itself, a subordinate uid would
-    // dodge its owner's limits (it was); refused instead.
-    charged = WithNoFdFree([&] { return ChargedUid(pidfd.get(), plain->pid(), kSeen, none); });
-    EXPECT_EQ(charged.status().code(), absl::StatusCode::kResourceExhausted)
-        << (charged.ok() ? absl::StrCat("charged to uid ", *charged) : charged.status().ToString());
-  }
-  // As uid 1001 where this test may switch (root, no sandbox).
-  const std::vector<std::string> as_1001 = {"/usr/bin/setpriv", "--reuid=1001", "--regid=1001",
-                                            "--clear-groups"};
-  bool other_owner = false;
-  {
-    std::vector<std::string> probe = as_1001;
-    probe.push_back("/bin/true");
-    absl::StatusOr<Subprocess> p = Subprocess::Spawn({.argv = probe});
-    const std::optional<int> st = p.ok() ? p->Wait(absl::Seconds(10)) : std::nullopt;
-    other_owner = st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0;
-  }
-  for (bool by_1001 : {false, true}) {
-    if (by_1001 && !other_owner) continue;
-    for (int depth : {1, 2}) {
-      SCOPED_TRACE(absl::StrCat(depth, " user namespaces down, made by ",
-                                by_1001 ? "uid 1001" : "this test's uid"));
-      std::vector<std::string> argv = by_1001 ? as_1001 : std::vector<std::string>{};
-      for (int i = 0; i < depth; ++i) {
-        argv.insert(argv.end(), {"/usr/bin/unshare", "--user", "--map-root-user"});
-      }
-      argv.insert(argv.end(), {sleep_bin, "30"});
-      absl::StatusOr<Subprocess> inner = Subprocess::Spawn({.argv = argv});
-      ASSERT_TRUE(inner.ok()) << inner.status();
-      const pid_t pid = RunningAs(*inner, sleep_bin);
-      if (pid < 0) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
-      UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-      ASSERT_TRUE(pidfd);
-      absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), pid, kSeen, none);
-      ASSERT_TRUE(charged.ok()) << charged.status();
-      EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSeen);
-      charged = ChargedUid(pidfd.get(), pid, kSeen, roots);
-      ASSERT_TRUE(charged.ok()) << charged.status();
-      EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSlice) << "with root's range listed";
-      inner->Signal(SIGKILL);
-      (void)inner->Wait();
-      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen, roots).status().code(),
-                absl::StatusCode::kNotFound);
-    }
-  }
-  if (!other_owner) {
-    GTEST_SKIP() << "cannot run as uid 1001 here (not root, or a sandbox's user namespace): "
-                    "charging to another owner is not checked (abuse_test checks it)";
-  }
-}
-
-// A container's uid that makes a user namespace of its own owns it as a
-// uid of ours (the container's map of it): charged as the container's
-// uids are, by their slice, not as itself (else a container's root could
-// setuid to each of its uids and unshare: a uid apart for each).
-TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
-  if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
-  if (!UnprivilegedUserNamespaces()) {
-    GTEST_SKIP() << "a container's uid may not make a user namespace here";
-  }
-  int ready[2], go[2];
-  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
-  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {  // syscalls only
-    char c = 0;
-    ::close(ready[0]);
-    ::close(go[1]);  // so that the parent's close ends the last read
-    // Root's namespace (a container), mapped by the parent; as its uid 5
-    // (ours: 1000005), a namespace of its own.
-    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
-    if (::write(ready[1], "u", 1) != 1 || ::read(go[0], &c, 1) != 1 || c != 'g') ::_exit(2);
-    if (::setresgid(5, 5, 5) != 0 || ::setresuid(5, 5, 5) != 0) ::_exit(3);
-    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(4);
-    if (::write(ready[1], "n", 1) != 1) ::_exit(5);
-    ::read(go[0], &c, 1);  // until the parent closes its end
-    ::_exit(0);
-  }
-  ::close(ready[1]);
-  ::close(go[0]);
-  char c = 0;
-  const bool unshared = ::read(ready[0], &c, 1) == 1 && c == 'u';
-  if (!unshared) {  // it exited: nothing to write to
-    ::close(go[1]);
-    ::close(ready[0]);
-    ::waitpid(pid, nullptr, 0);
-    GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
-  }
-  bool mapped = true;
-  for (const char* map : {"uid_map", "gid_map"}) {
-    if (!mapped) break;
-    std::ofstream f(absl::StrCat("/proc/", pid, "/", map));
-    f << "0 1000000 65536\n";
-    f.close();
-    mapped = f.good();
-  }
-  ASSERT_EQ(::write(go[1], mapped ? "g" : "x", 1), 1);
-  const bool nested = mapped && ::read(ready[0], &c, 1) == 1 && c == 'n';
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  std::optional<absl::StatusOr<uid_t>> listed, unlisted;
-  if (nested && pidfd) {
-    listed = ChargedUid(pidfd.get(), pid, 1000005, SubordinateUids::Parse("root:1000000:65536\n"));
-    unlisted = ChargedUid(pidfd.get(), pid, 1000005, SubordinateUids());
-  }
-  ::close(go[1]);
-  ::close(ready[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  if (!nested && WIFEXITED(status) && WEXITSTATUS(status) == 4) {
-    GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
-  }
-  ASSERT_TRUE(nested) << "the child could not make its nested namespace (" << status << ")";
-  ASSERT_TRUE(listed.has_value() && listed->ok() && unlisted->ok());
-  EXPECT_EQ(**listed, 1000000u) << "charged as the nested namespace's owner";
-  EXPECT_EQ(**unlisted, 1000005u) << "outside every listed range: the uid that made it";
 }
 
 }  // namespace

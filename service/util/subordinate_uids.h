@@ -7,10 +7,13 @@
 // hallocd keys its cheapest check (ConnectRate) by a user's ranges, all
 // of them one key, and by the 65,536-uid slices of root's (one a
 // container), so that a user's 65,536 subordinate uids are one key there,
-// not 65,536; and charges a container's uids by their slice (ChargedUid).
-// The ranges must not hold login uids (useradd's SUB_UID_MIN, 100000, is
-// above its UID_MAX): a container's uids are charged as their slice's
-// first, whoever else has that uid.
+// not 65,536. (A container's uids are charged, after, as the uid its root
+// is, from its namespace's map: ContainerCharged. By their slice here
+// only where that map cannot be read or names no root of the container's
+// own, and for a namespace a container's uid made: ChargedUid.) The
+// ranges must not hold login uids (useradd's SUB_UID_MIN, 100000, is
+// above its UID_MAX): such a uid is charged as its slice's first, whoever
+// else has that uid.
 #ifndef HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
 #define HALLOC_SERVICE_UTIL_SUBORDINATE_UIDS_H_
 

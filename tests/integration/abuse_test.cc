@@ -124,12 +124,13 @@ TEST_F(AbuseTest, ConnectingInALoopIsHeldToTheUidsRate) {
 }
 
 // Child "subordinate" (args: broker socket, fds go, ready and done,
-// "allocate" or not, "root" or "1001": whose namespace), see
-// SubordinateConnect.
+// "allocate" or not, "root" or "1001": whose namespace, its uid in it),
+// see SubordinateConnect.
 int Subordinate(absl::Span<const std::string> args, int report) {
   int go = -1, ready = -1, done = -1;
-  if (args.size() != 6 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
-      !absl::SimpleAtoi(args[3], &done)) {
+  uid_t inside = 0;
+  if (args.size() != 7 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
+      !absl::SimpleAtoi(args[3], &done) || !absl::SimpleAtoi(args[6], &inside)) {
     return kBadArgs;
   }
   const bool allocate = args[4] == "allocate";
@@ -137,7 +138,7 @@ int Subordinate(absl::Span<const std::string> args, int report) {
   char c = 0;
   if ((!roots && !BecomeUid1001()) || unshare(CLONE_NEWUSER) != 0) return kCannotSwitchUid;
   WriteAll(report, "u\n");  // in its namespace: map it
-  if (read(go, &c, 1) != 1 || setgid(1) != 0 || setuid(1) != 0) return 101;
+  if (read(go, &c, 1) != 1 || setgid(inside) != 0 || setuid(inside) != 0) return 101;
   absl::StatusOr<BrokerConnection> conn = ConnectBroker(args[0], absl::Seconds(5));
   const bool limited = absl::IsResourceExhausted(conn.status()) &&
                        absl::StrContains(conn.status().message(), "limit per uid is 1");
@@ -168,30 +169,30 @@ int Subordinate(absl::Span<const std::string> args, int report) {
 HALLOC_TEST_CHILD("subordinate", Subordinate);
 
 // A child of uid 1001 (or, `roots`, of root: a container's) in a user
-// namespace of its own that maps 10 uids from `first_outside` (as
+// namespace of its own that maps `count` uids from `first_outside` (as
 // newuidmap does for a login's subordinate uids; the map written by this
-// root process), connecting to the broker as uid 1 of it: outside, uid
-// first_outside + 1. Its exit code: 0 when it held a
+// root process), connecting to the broker as uid `inside` of it: outside,
+// uid first_outside + inside. Its exit code: 0 when it held a
 // session until a byte came on `done`, 2 when refused for the per-uid limit, else
 // an error code; `ready` gets a byte once it knows: 'c' connected, 'r'
 // refused, or with `allocate` (one 4 KiB buffer, held too) 'a' allocated,
 // 'q' refused for a quota, 'e' another error.
 absl::StatusOr<TestChild> SubordinateConnect(const std::string& broker, uid_t first_outside,
-                                             int ready, int done, bool allocate = false,
-                                             bool roots = false) {
+                                             int ready, int done, bool allocate, bool roots,
+                                             uid_t inside = 1, uint32_t count = 10) {
   int go[2];
   if (pipe2(go, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
   UniqueFd go_r(go[0]), go_w(go[1]);
-  absl::StatusOr<TestChild> child =
-      TestChild::Spawn("subordinate",
-                       {broker, absl::StrCat(go_r.get()), absl::StrCat(ready), absl::StrCat(done),
-                        allocate ? "allocate" : "connect", roots ? "root" : "1001"},
-                       {go_r.get(), ready, done});
+  absl::StatusOr<TestChild> child = TestChild::Spawn(
+      "subordinate",
+      {broker, absl::StrCat(go_r.get()), absl::StrCat(ready), absl::StrCat(done),
+       allocate ? "allocate" : "connect", roots ? "root" : "1001", absl::StrCat(inside)},
+      {go_r.get(), ready, done});
   if (!child.ok()) return child.status();
   bool mapped = child->Line() == "u";
   for (const char* map : {"uid_map", "gid_map"}) {
     std::ofstream f(absl::StrCat("/proc/", child->pid(), "/", map));
-    f << "0 " << first_outside << " 10\n";
+    f << "0 " << first_outside << " " << count << "\n";
     f.close();
     mapped = mapped && f.good();
   }
@@ -219,12 +220,15 @@ absl::StatusOr<bool> CanMakeUserNamespaceAs1001() {
 // Two processes of uid 1001's user namespaces (`roots`: of root's), seen
 // by hallocd as uids 300001 and 300011, one after the other
 // (SubordinateConnect): what each said, and how each ended once both had
-// let go.
+// let go. Their namespaces map 10 uids each from 300000 and 300010, or
+// (`one_map`: two processes of one container, as far as hallocd can tell)
+// both 20 from 300000.
 struct TwoSubordinates {
   char first = 0, second = 0;
   int first_status = -1, second_status = -1;
 };
-TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate, bool roots = false) {
+TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate, bool roots = false,
+                                   bool one_map = false) {
   TwoSubordinates t;
   int ready[2], done[2];
   if (pipe2(ready, O_CLOEXEC) != 0 || pipe2(done, O_CLOEXEC) != 0) return t;
@@ -236,11 +240,13 @@ TwoSubordinates RunTwoSubordinates(const std::string& broker, bool allocate, boo
     char c = 0;
     return poll(&p, 1, 10000) == 1 && read(ready_r.get(), &c, 1) == 1 ? c : 0;
   };
-  absl::StatusOr<TestChild> first =
-      SubordinateConnect(broker, 300000, ready_w.get(), done_r.get(), allocate, roots);
+  absl::StatusOr<TestChild> first = SubordinateConnect(broker, 300000, ready_w.get(), done_r.get(),
+                                                       allocate, roots, 1, one_map ? 20 : 10);
   t.first = first.ok() ? said() : 0;
   absl::StatusOr<TestChild> second =
-      SubordinateConnect(broker, 300010, ready_w.get(), done_r.get(), allocate, roots);
+      one_map
+          ? SubordinateConnect(broker, 300000, ready_w.get(), done_r.get(), allocate, roots, 11, 20)
+          : SubordinateConnect(broker, 300010, ready_w.get(), done_r.get(), allocate, roots);
   t.second = second.ok() ? said() : 0;
   // Both let go (one byte each: the children hold the pipe's write end too).
   (void)!write(done_w.get(), "xx", 2);
@@ -273,12 +279,13 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
       << t.first_status;
 }
 
-// A container's uids (root's user namespaces) from one 65,536-uid slice of
-// a range of root's in the subuid file are one uid to every per-uid
-// limit, charged as the slice's first: a container's root switching among
-// its uids gets one session here, not one per uid. Before, each was
-// charged as itself.
-TEST_F(AbuseTest, AContainersUidsFromOneSliceOfRootsRangeShareALimit) {
+// A container's uids (root's user namespaces) are one uid to every
+// per-uid limit, charged as the uid its root is (its namespace's map),
+// listed in the subuid file or not: a container's root switching among its
+// uids gets one session here, not one per uid. Two containers given
+// blocks of 10 uids from one 65,536-uid slice of root's range get one
+// each (before, they shared their slice's).
+TEST_F(AbuseTest, AContainersUidsShareALimitAndContainersDoNot) {
   const std::string subuid = dir_ / "subuid";
   std::ofstream(subuid) << "root:300000:65536\n";
   StartDaemon(
@@ -286,16 +293,27 @@ TEST_F(AbuseTest, AContainersUidsFromOneSliceOfRootsRangeShareALimit) {
       "sessions { max_per_uid: 1 }\n",
       0, {"--subuid_file=" + subuid});
   if (geteuid() != 0) GTEST_SKIP() << "making root's user namespaces needs root";
-  const TwoSubordinates t =
-      RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false, /*roots=*/true);
-  if (t.first == 0 && WIFEXITED(t.first_status) &&
-      WEXITSTATUS(t.first_status) == kCannotSwitchUid) {
+  const TwoSubordinates one = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false,
+                                                 /*roots=*/true, /*one_map=*/true);
+  if (one.first == 0 && WIFEXITED(one.first_status) &&
+      WEXITSTATUS(one.first_status) == kCannotSwitchUid) {
     GTEST_SKIP() << "cannot make a user namespace here";
   }
-  ASSERT_EQ(t.first, 'c') << "the container's first uid is served (" << t.first_status << ")";
-  EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 2)
-      << "a second uid of the same slice got a session of its own (" << t.second_status << ")";
-  EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0) << t.first_status;
+  ASSERT_EQ(one.first, 'c') << "the container's first uid is served (" << one.first_status << ")";
+  EXPECT_TRUE(WIFEXITED(one.second_status) && WEXITSTATUS(one.second_status) == 2)
+      << "a second uid of the same container got a session of its own (" << one.second_status
+      << ")";
+  EXPECT_TRUE(WIFEXITED(one.first_status) && WEXITSTATUS(one.first_status) == 0)
+      << one.first_status;
+  const TwoSubordinates two =
+      RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false, /*roots=*/true);
+  EXPECT_EQ(two.first, 'c') << two.first_status;
+  EXPECT_EQ(two.second, 'c') << "a second container in the same slice was refused ("
+                             << two.second_status << ")";
+  EXPECT_TRUE(WIFEXITED(two.first_status) && WEXITSTATUS(two.first_status) == 0)
+      << two.first_status;
+  EXPECT_TRUE(WIFEXITED(two.second_status) && WEXITSTATUS(two.second_status) == 0)
+      << two.second_status;
 }
 
 // And to memory quotas: the same two share 1001's quota of one buffer.

@@ -1,0 +1,192 @@
+// ChargedUid: whom a peer in a user namespace below hallocd's is charged
+// as (its namespace's owner, or a container's root).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "gtest/gtest.h"
+#include "service/peer_identity.h"
+#include "service/peer_identity_testing.h"
+#include "service/util/subordinate_uids.h"
+
+namespace halloc {
+namespace {
+
+// A peer in a user namespace below ours is charged to the uid (of ours)
+// that owns the topmost one between, unless that is root or hallocd's own
+// uid (here: this test's): a user's subordinate uids are that user, however
+// deep. Root's namespaces that map root to root (this test's unshare
+// --map-root-user: no root of a container's own) are charged by the
+// slice of a listed range, or as themselves outside every range. A peer
+// in our own namespace is charged its own uid, and one that is gone to no
+// one.
+TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
+  const std::string sleep_bin = std::filesystem::canonical("/bin/sleep");
+  constexpr uid_t kSeen = 1065540;  // whatever SO_PEERCRED said
+  const SubordinateUids none;
+  // Root's range, two slices: kSeen is in the second.
+  const SubordinateUids roots = SubordinateUids::Parse("root:1000000:131072\n");
+  constexpr uid_t kSlice = 1065536;
+  {
+    absl::StatusOr<Subprocess> plain = Sleeper();
+    ASSERT_TRUE(plain.ok());
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
+    absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), plain->pid(), kSeen, none);
+    ASSERT_TRUE(charged.ok()) << charged.status();
+    EXPECT_EQ(*charged, kSeen);
+    charged = ChargedUid(pidfd.get(), plain->pid(), kSeen, roots);
+    ASSERT_TRUE(charged.ok()) << charged.status();
+    EXPECT_EQ(*charged, kSeen) << "a process of our own namespace is charged as itself";
+    // Out of fds to look with: charged as itself, a subordinate uid would
+    // dodge its owner's limits (it was); refused instead.
+    charged = WithNoFdFree([&] { return ChargedUid(pidfd.get(), plain->pid(), kSeen, none); });
+    EXPECT_EQ(charged.status().code(), absl::StatusCode::kResourceExhausted)
+        << (charged.ok() ? absl::StrCat("charged to uid ", *charged) : charged.status().ToString());
+  }
+  // As uid 1001 where this test may switch (root, no sandbox).
+  const std::vector<std::string> as_1001 = {"/usr/bin/setpriv", "--reuid=1001", "--regid=1001",
+                                            "--clear-groups"};
+  bool other_owner = false;
+  {
+    std::vector<std::string> probe = as_1001;
+    probe.push_back("/bin/true");
+    absl::StatusOr<Subprocess> p = Subprocess::Spawn({.argv = probe});
+    const std::optional<int> st = p.ok() ? p->Wait(absl::Seconds(10)) : std::nullopt;
+    other_owner = st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0;
+  }
+  for (bool by_1001 : {false, true}) {
+    if (by_1001 && !other_owner) continue;
+    for (int depth : {1, 2}) {
+      SCOPED_TRACE(absl::StrCat(depth, " user namespaces down, made by ",
+                                by_1001 ? "uid 1001" : "this test's uid"));
+      std::vector<std::string> argv = by_1001 ? as_1001 : std::vector<std::string>{};
+      for (int i = 0; i < depth; ++i) {
+        argv.insert(argv.end(), {"/usr/bin/unshare", "--user", "--map-root-user"});
+      }
+      argv.insert(argv.end(), {sleep_bin, "30"});
+      absl::StatusOr<Subprocess> inner = Subprocess::Spawn({.argv = argv});
+      ASSERT_TRUE(inner.ok()) << inner.status();
+      const pid_t pid = RunningAs(*inner, sleep_bin);
+      if (pid < 0) GTEST_SKIP() << "unshare --user failed here (user namespaces disabled?)";
+      UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+      ASSERT_TRUE(pidfd);
+      absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), pid, kSeen, none);
+      ASSERT_TRUE(charged.ok()) << charged.status();
+      EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSeen);
+      charged = ChargedUid(pidfd.get(), pid, kSeen, roots);
+      ASSERT_TRUE(charged.ok()) << charged.status();
+      EXPECT_EQ(*charged, by_1001 ? uid_t{1001} : kSlice) << "with root's range listed";
+      inner->Signal(SIGKILL);
+      (void)inner->Wait();
+      EXPECT_EQ(ChargedUid(pidfd.get(), pid, kSeen, roots).status().code(),
+                absl::StatusCode::kNotFound);
+    }
+  }
+  if (!other_owner) {
+    GTEST_SKIP() << "cannot run as uid 1001 here (not root, or a sandbox's user namespace): "
+                    "charging to another owner is not checked (abuse_test checks it)";
+  }
+}
+
+// A container's processes (root's namespaces) are charged as the uid its
+// root is to hallocd, whatever its block: containers given 1,024 uids each
+// from one slice of root's range (Podman's --userns=auto) apart, one from
+// no listed range as one. Its root unmapped (or root's own uid 0, the
+// existing case of ChargesAPeerInAUserNamespaceToItsOwner): by its slice
+// of a listed range, else as itself.
+TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
+  if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
+  const SubordinateUids roots = SubordinateUids::Parse("root:1000000:65536\n");
+  struct Case {
+    std::string map;
+    uid_t inside, seen;
+    uid_t charged_listed, charged_unlisted;
+  };
+  const std::vector<Case> cases = {
+      {"0 1000000 1024\n", 5, 1000005, 1000000, 1000000},
+      {"0 1001024 1024\n", 5, 1001029, 1001024, 1001024},
+      // Its uid 1 a login's (LXD's raw.idmap): still the container's.
+      {"0 2000000 1\n1 1001 1\n2 2000002 65534\n", 1, 1001, 2000000, 2000000},
+      {"0 3000000 65536\n", 700, 3000700, 3000000, 3000000},
+      // No root: by slice.
+      {"1 1002049 10\n", 1, 1002049, 1000000, 1002049},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrCat("map \"", c.map, "\", as its uid ", c.inside));
+    ContainerProcess container(c.map, c.inside);
+    const ContainerProcess::Made made = container.made();
+    if (made == ContainerProcess::Made::kNoNamespace) {
+      GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
+    }
+    ASSERT_EQ(made, ContainerProcess::Made::kYes);
+    absl::StatusOr<uid_t> listed = ChargedUid(container.pidfd(), container.pid(), c.seen, roots);
+    absl::StatusOr<uid_t> unlisted =
+        ChargedUid(container.pidfd(), container.pid(), c.seen, SubordinateUids());
+    ASSERT_TRUE(listed.ok() && unlisted.ok()) << listed.status() << " " << unlisted.status();
+    EXPECT_EQ(*listed, c.charged_listed) << "with root's range listed";
+    EXPECT_EQ(*unlisted, c.charged_unlisted) << "with no range listed";
+  }
+  // Gone: charged to no one.
+  int pidfd = -1;
+  pid_t pid = -1;
+  {
+    ContainerProcess gone("0 1000000 1024\n", 5);
+    ASSERT_EQ(gone.made(), ContainerProcess::Made::kYes);
+    pidfd = ::dup(gone.pidfd());
+    pid = gone.pid();
+  }
+  UniqueFd held(pidfd);
+  EXPECT_EQ(ChargedUid(held.get(), pid, 1000005, roots).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// A container's uid that makes a user namespace of its own owns it as a
+// uid of ours (the container's map of it): charged as the container's
+// uids are, by their slice, not as itself (else a container's root could
+// setuid to each of its uids and unshare: a uid apart for each).
+TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
+  if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
+  if (!UnprivilegedUserNamespaces()) {
+    GTEST_SKIP() << "a container's uid may not make a user namespace here";
+  }
+  // Root's namespace (a container); as its uid 5 (ours: 1000005), a
+  // namespace of its own, its root uid 5 (1000005).
+  ContainerProcess nested("0 1000000 65536\n", 5, /*nest=*/true);
+  switch (nested.made()) {
+    case ContainerProcess::Made::kYes:
+      break;
+    case ContainerProcess::Made::kNoNamespace:
+      GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
+    case ContainerProcess::Made::kNoNestedNamespace:
+      GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
+  }
+  absl::StatusOr<uid_t> listed = ChargedUid(nested.pidfd(), nested.pid(), 1000005,
+                                            SubordinateUids::Parse("root:1000000:65536\n"));
+  absl::StatusOr<uid_t> unlisted =
+      ChargedUid(nested.pidfd(), nested.pid(), 1000005, SubordinateUids());
+  ASSERT_TRUE(listed.ok() && unlisted.ok()) << listed.status() << " " << unlisted.status();
+  EXPECT_EQ(*listed, 1000000u) << "charged as the nested namespace's owner";
+  EXPECT_EQ(*unlisted, 1000005u) << "outside every listed range: the uid that made it";
+  // Had it gone there after ChargedUid looked at a namespace it was in
+  // (here: ours, as if), the map it has now (its root 1000005) is not that
+  // namespace's: by its slice.
+  UniqueFd ours(::open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(ours);
+  listed = ContainerCharged(nested.pidfd(), nested.pid(), ours.get(), 1000005,
+                            SubordinateUids::Parse("root:1000000:65536\n"));
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(*listed, 1000000u) << "by its slice, not by a map it has now";
+}
+
+}  // namespace
+}  // namespace halloc

@@ -1,0 +1,106 @@
+#include "service/peer_identity_testing.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <system_error>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace halloc {
+
+absl::StatusOr<Subprocess> Sleeper() { return Subprocess::Spawn({.argv = {"/bin/sleep", "30"}}); }
+
+pid_t RunningAs(Subprocess& p, const std::string& bin) {
+  for (int i = 0; i < 500; ++i) {
+    if (p.Wait(absl::ZeroDuration()).has_value()) return -1;
+    std::error_code ec;
+    if (std::filesystem::read_symlink(absl::StrCat("/proc/", p.pid(), "/exe"), ec) == bin) {
+      return p.pid();
+    }
+    ::usleep(10 * 1000);
+  }
+  return -1;
+}
+
+ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool nest) {
+  const std::string self_map = absl::StrCat("0 ", inside, " 1\n");
+  int ready[2], go[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) return;
+  UniqueFd ready_r(ready[0]), ready_w(ready[1]), go_r(go[0]);
+  go_w_ = UniqueFd(go[1]);
+  pid_ = ::fork();
+  if (pid_ == 0) {  // syscalls only
+    char c = 0;
+    ::close(go_w_.get());  // so that the parent's close ends the last read
+    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
+    if (::write(ready_w.get(), "u", 1) != 1 || ::read(go_r.get(), &c, 1) != 1 || c != 'g') {
+      ::_exit(2);
+    }
+    if (::setresgid(inside, inside, inside) != 0 || ::setresuid(inside, inside, inside) != 0) {
+      ::_exit(3);
+    }
+    if (nest && ::unshare(CLONE_NEWUSER) != 0) ::_exit(4);
+    if (nest) {
+      // The uid change made it undumpable: its /proc files root's.
+      if (::prctl(PR_SET_DUMPABLE, 1) != 0) ::_exit(6);
+      const int f = ::open("/proc/self/uid_map", O_WRONLY | O_CLOEXEC);
+      if (f < 0 ||
+          ::write(f, self_map.data(), self_map.size()) != static_cast<ssize_t>(self_map.size())) {
+        ::_exit(6);
+      }
+      ::close(f);
+    }
+    if (::write(ready_w.get(), "n", 1) != 1) ::_exit(5);
+    ::read(go_r.get(), &c, 1);  // until the parent closes its end
+    ::_exit(0);
+  }
+  if (pid_ < 0) return;
+  ready_w.reset();
+  char c = 0;
+  if (::read(ready_r.get(), &c, 1) != 1 || c != 'u') {  // it exited: nothing to write to
+    Stop();
+    return;
+  }
+  const auto write_map = [this](const std::string& text) {
+    bool written = true;
+    for (const char* file : {"uid_map", "gid_map"}) {
+      std::ofstream f(absl::StrCat("/proc/", pid_, "/", file));
+      f << text;
+      f.close();
+      written = written && f.good();
+    }
+    return written;
+  };
+  const bool mapped = write_map(map);
+  running_ = ::write(go_w_.get(), mapped ? "g" : "x", 1) == 1 && mapped &&
+             ::read(ready_r.get(), &c, 1) == 1 && c == 'n';
+  if (running_) pidfd_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
+  if (!running_ || !pidfd_) Stop();
+}
+
+ContainerProcess::Made ContainerProcess::made() const {
+  if (running_) return Made::kYes;
+  const bool exited = WIFEXITED(exit_status_);
+  if (exited && WEXITSTATUS(exit_status_) == 1) return Made::kNoNamespace;
+  if (exited && WEXITSTATUS(exit_status_) == 4) return Made::kNoNestedNamespace;
+  ADD_FAILURE() << "the container's process failed: status " << exit_status_;
+  return Made::kNoNamespace;
+}
+
+void ContainerProcess::Stop() {
+  go_w_.reset();
+  if (pid_ > 0) ::waitpid(pid_, &exit_status_, 0);
+  pid_ = -1;
+  running_ = false;
+}
+
+}  // namespace halloc

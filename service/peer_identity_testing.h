@@ -1,0 +1,74 @@
+// What peer_identity's tests share: processes to look at (a sleeper, one
+// in a container's user namespace) and a call made with no fd free.
+#ifndef HALLOC_SERVICE_PEER_IDENTITY_TESTING_H_
+#define HALLOC_SERVICE_PEER_IDENTITY_TESTING_H_
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "clients/cpp/halloc/base/subprocess.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "gtest/gtest.h"
+
+namespace halloc {
+
+// `fn()` with RLIMIT_NOFILE at the lowest free fd number (no fd can be
+// opened), the limit restored after.
+template <typename Fn>
+auto WithNoFdFree(Fn fn) {
+  rlimit saved{};
+  EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(lowest, 0);
+  ::close(lowest);
+  rlimit none = saved;
+  none.rlim_cur = static_cast<rlim_t>(lowest);
+  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
+  auto result = fn();
+  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  return result;
+}
+
+// /bin/sleep 30.
+absl::StatusOr<Subprocess> Sleeper();
+
+// The pid of the process that `argv` ends as (it execs along, no fork),
+// once it runs `bin`; -1 if it never does (or exits first).
+pid_t RunningAs(Subprocess& p, const std::string& bin);
+
+// A child of this (root) process in a user namespace of root's (a
+// container's) whose uid_map and gid_map this process writes (`map`),
+// running as its uid `inside` and, with `nest`, in a namespace of its own
+// made as that uid below it (a container's uid that unshared), whose root
+// is that uid (it maps itself, as unprivileged tools do). It runs until
+// the ContainerProcess goes.
+class ContainerProcess {
+ public:
+  enum class Made { kYes, kNoNamespace, kNoNestedNamespace };
+  ContainerProcess(const std::string& map, uid_t inside, bool nest = false);
+  ContainerProcess(const ContainerProcess&) = delete;
+  ContainerProcess& operator=(const ContainerProcess&) = delete;
+  ~ContainerProcess() { Stop(); }
+
+  // Whether it runs; if not, why (exit_status_: how it ended).
+  Made made() const;
+  pid_t pid() const { return pid_; }
+  int pidfd() const { return pidfd_.get(); }
+
+ private:
+  void Stop();
+
+  pid_t pid_ = -1;
+  UniqueFd go_w_, pidfd_;
+  bool running_ = false;
+  int exit_status_ = -1;
+};
+
+}  // namespace halloc
+
+#endif  // HALLOC_SERVICE_PEER_IDENTITY_TESTING_H_
