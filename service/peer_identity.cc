@@ -130,6 +130,7 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
   int owner_depth = -1;  // of the namespace it owns
   UniqueFd above;
   int ns = peer_ns.get();
+  ino_t below_ours = 0;  // the namespace the last step came from
   for (int depth = 0; depth <= 32; ++depth) {
     struct stat st;
     if (::fstat(ns, &st) != 0) return uid;
@@ -137,12 +138,20 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
       if (!owner_charged) {  // ours: itself; root's all the way: a container's
         return depth == 0 ? uid : ContainerCharged(pidfd, pid, peer_ns.get(), uid, subordinate);
       }
-      // A user's namespace right below ours: that user. One further down
-      // was made by a uid that a root-owned namespace above it maps (a
-      // container's uid that unshared one of its own): charged as a
-      // container's uids are, or it would be a uid apart for each of them.
-      return owner_depth == depth - 1 ? *owner_charged : SliceCharged(*owner_charged, subordinate);
+      // A user's namespace right below ours: that user.
+      if (owner_depth == depth - 1) return *owner_charged;
+      // One further down was made by a uid that a root-owned namespace
+      // above it maps (a container's uid that unshared one of its own):
+      // charged as that container, or it would be a uid apart for each of
+      // its uids. Its map is out of sight from here (no process of it need
+      // exist): by its inode number (nsfs numbers from 0xF0000000, above
+      // the uids systems hand out; held by the peer while it runs).
+      if (below_ours != 0 && below_ours < IdMap::kUnnamed && below_ours != self) {
+        return static_cast<uid_t>(below_ours);
+      }
+      return SliceCharged(*owner_charged, subordinate);
     }
+    below_ours = st.st_ino;
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns, NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
       owner_charged = owner;

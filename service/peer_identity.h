@@ -66,11 +66,13 @@ bool UnprivilegedUserNamespaces();
 // user namespace; for one in a namespace below it, the uid (in hallocd's)
 // that owns the topmost namespace between them, unless that is root or
 // hallocd's own uid. A container's namespaces belong to root: the uids
-// they map are charged as the container (ContainerCharged). The owner of
-// a namespace a container's uid made (its namespace not right below
-// hallocd's) is charged as the first uid of its 65,536-uid slice of
-// `subordinate`'s ranges, and as itself outside every listed range (the
-// container's map is not in sight from there).
+// they map are charged as the container (ContainerCharged). A namespace
+// a container's uid made (not right below hallocd's, made by a uid a
+// root-owned one maps) is charged as that container too, by the inode
+// number of the container's namespace (the one right below hallocd's;
+// nsfs numbers from 0xF0000000, above the uids systems hand out): the
+// container's map is not in sight from there, and its owner would be a
+// uid apart for each of the container's uids.
 // Connection, fd and slow-lane
 // limits are charged to it: a user with subordinate uids (newuidmap:
 // 65,536 on a Debian login), or a container's root switching among its

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -80,6 +81,10 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
     }
     return written;
   };
+  struct stat st;
+  if (::stat(absl::StrCat("/proc/", pid_, "/ns/user").c_str(), &st) == 0) {
+    container_namespace_ = st.st_ino;
+  }
   const bool mapped = write_map(map);
   running_ = ::write(go_w_.get(), mapped ? "g" : "x", 1) == 1 && mapped &&
              ::read(ready_r.get(), &c, 1) == 1 && c == 'n';

@@ -59,6 +59,8 @@ class ContainerProcess {
   Made made() const;
   pid_t pid() const { return pid_; }
   int pidfd() const { return pidfd_.get(); }
+  // The inode number of the (container's) namespace `map` is of.
+  ino_t container_namespace() const { return container_namespace_; }
 
  private:
   void Stop();
@@ -67,6 +69,7 @@ class ContainerProcess {
   UniqueFd go_w_, pidfd_;
   bool running_ = false;
   int exit_status_ = -1;
+  ino_t container_namespace_ = 0;
 };
 
 }  // namespace halloc

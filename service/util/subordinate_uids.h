@@ -10,7 +10,7 @@
 // not 65,536. (A container's uids are charged, after, as the uid its root
 // is, from its namespace's map: ContainerCharged. By their slice here
 // only where that map cannot be read or names no root of the container's
-// own, and for a namespace a container's uid made: ChargedUid.) The
+// own.) The
 // ranges must not hold login uids (useradd's SUB_UID_MIN, 100000, is
 // above its UID_MAX): such a uid is charged as its slice's first, whoever
 // else has that uid.
