@@ -4,10 +4,13 @@
 #include <fcntl.h>
 #include <linux/nsfs.h>
 #include <poll.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -17,10 +20,13 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/os_error.h"
+#include "clients/cpp/halloc/base/status_macros.h"
 #include "service/util/id_map.h"
 
 #ifndef SO_PEERPIDFD
@@ -128,9 +134,9 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
   // (which limits spare).
   std::optional<uid_t> owner_charged;
   int owner_depth = -1;  // of the namespace it owns
-  UniqueFd above;
+  UniqueFd above, below;  // held while `ns` and `prev` refer to them
   int ns = peer_ns.get();
-  ino_t below_ours = 0;  // the namespace the last step came from
+  int prev = -1;  // the namespace the last step came from
   for (int depth = 0; depth <= 32; ++depth) {
     struct stat st;
     if (::fstat(ns, &st) != 0) return uid;
@@ -142,16 +148,11 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
       if (owner_depth == depth - 1) return *owner_charged;
       // One further down was made by a uid that a root-owned namespace
       // above it maps (a container's uid that unshared one of its own):
-      // charged as that container, or it would be a uid apart for each of
-      // its uids. Its map is out of sight from here (no process of it need
-      // exist): by its inode number (nsfs numbers from 0xF0000000, above
-      // the uids systems hand out; held by the peer while it runs).
-      if (below_ours != 0 && below_ours < IdMap::kUnnamed && below_ours != self) {
-        return static_cast<uid_t>(below_ours);
-      }
-      return SliceCharged(*owner_charged, subordinate);
+      // charged as that container (`prev`, right below ours), or it would
+      // be a uid apart for each of its uids. No process of it need exist
+      // to read its map from: entered to read it (NamespaceRoot).
+      return RootCharged(prev, *owner_charged, subordinate);
     }
-    below_ours = st.st_ino;
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns, NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
       owner_charged = owner;
@@ -160,6 +161,8 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
     UniqueFd parent(::ioctl(ns, NS_GET_PARENT));
     if (!parent && exhausted(errno)) return cannot_look(errno);
     if (!parent) return uid;  // not below ours
+    below = std::move(above);  // `ns`'s, unless it is peer_ns
+    prev = ns;
     above = std::move(parent);
     ns = above.get();
   }
@@ -182,9 +185,159 @@ absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, uid_t 
   if (!StillRunning(pidfd)) return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
   if (map.ok() && ::fstat(peer_ns, &before) == 0 && now == FileId{before.st_dev, before.st_ino}) {
     const std::optional<uid_t> root = map->ToOutside(0);
-    if (root && *root != 0 && *root != self) return *root;
+    // For its namespace's other processes, those below it included, where
+    // hallocd may not enter it to read it (not run as root).
+    if (root) RememberNamespaceRoot(peer_ns, *root);
+    return root && *root != 0 && *root != self ? *root : SliceCharged(uid, subordinate);
   }
+  // It went on below (or its map did not read): `peer_ns` is entered to
+  // read that one's map.
+  return RootCharged(peer_ns, uid, subordinate);
+}
+
+absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate) {
+  static const uid_t self = ::getuid();
+  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(ns);
+  if (absl::IsResourceExhausted(root.status())) return root.status();
+  if (root.ok() && *root && **root != 0 && **root != self) return **root;
   return SliceCharged(uid, subordinate);
+}
+
+namespace {
+
+// How many namespaces' roots NamespaceRoot remembers (the least lately
+// asked for forgotten first): root-owned namespaces are made by root
+// (container managers), not by those who connect.
+constexpr size_t kKnownNamespaceRoots = 1024;
+
+// What NamespaceRoot remembers: the namespace (its fd held, so that its
+// inode number is no other's meanwhile) and its root, by inode number.
+struct KnownRoot {
+  UniqueFd ns;
+  std::optional<uid_t> root;  // nullopt: unmapped, or not to be read
+  uint64_t used = 0;          // NamespaceRoot's count when last asked
+};
+struct KnownRoots {
+  absl::Mutex mu;
+  absl::flat_hash_map<FileId, KnownRoot> roots ABSL_GUARDED_BY(mu);
+  uint64_t asked ABSL_GUARDED_BY(mu) = 0;
+};
+KnownRoots& Known() {
+  static KnownRoots* const known = new KnownRoots;  // never destroyed
+  return *known;
+}
+
+// The map of user namespace `ns`, read by a child that enters it (fork:
+// a process with threads cannot; syscalls only in the child).
+absl::StatusOr<IdMap> EnterAndReadMap(int ns) {
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe2");
+  UniqueFd r(pipe_fds[0]), w(pipe_fds[1]);
+  const pid_t child = ::fork();
+  if (child < 0) return ErrnoStatus(errno, "fork to enter a user namespace");
+  if (child == 0) {
+    if (::setns(ns, CLONE_NEWUSER) != 0) ::_exit(errno == EPERM ? 2 : 3);
+    const int f = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+    if (f < 0) ::_exit(4);
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(f, buf, sizeof(buf));
+      if (n == 0) ::_exit(0);
+      if (n < 0 || ::write(w.get(), buf, static_cast<size_t>(n)) != n) ::_exit(5);
+    }
+  }
+  w.reset();
+  std::string text;
+  char buf[4096];
+  bool timed_out = false;
+  while (text.size() <= 16384) {
+    pollfd p{r.get(), POLLIN, 0};
+    const int ready = ::poll(&p, 1, 1000);
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) {
+      timed_out = true;
+      ::kill(child, SIGKILL);
+      break;
+    }
+    const ssize_t n = ::read(r.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<size_t>(n));
+  }
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (timed_out) return absl::DeadlineExceededError("reading a user namespace's map timed out");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
+      return absl::PermissionDeniedError(
+          "cannot enter the user namespace (no CAP_SYS_ADMIN over it)");
+    }
+    return absl::InternalError(
+        absl::StrCat("reading a user namespace's map failed (", status, ")"));
+  }
+  return IdMap::Parse(text);
+}
+
+}  // namespace
+
+namespace {
+
+// Remembers `root` as the root of namespace `ns` (`id`), forgetting the
+// least lately asked about past kKnownNamespaceRoots.
+void Remember(KnownRoots& known, int ns, const FileId& id, std::optional<uid_t> root)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(known.mu) {
+  UniqueFd held(::fcntl(ns, F_DUPFD_CLOEXEC, 0));
+  if (!held) return;  // out of fds: not remembered
+  if (known.roots.size() >= kKnownNamespaceRoots && !known.roots.contains(id)) {
+    auto oldest = known.roots.begin();
+    for (auto it = known.roots.begin(); it != known.roots.end(); ++it) {
+      if (it->second.used < oldest->second.used) oldest = it;
+    }
+    known.roots.erase(oldest);
+  }
+  known.roots[id] = KnownRoot{std::move(held), root, known.asked};
+}
+
+std::optional<FileId> IdOf(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return std::nullopt;
+  return FileId{st.st_dev, st.st_ino};
+}
+
+}  // namespace
+
+absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns) {
+  const std::optional<FileId> id = IdOf(ns);
+  if (!id) return ErrnoStatus(errno, "fstat a user namespace");
+  KnownRoots& known = Known();
+  absl::MutexLock lock(&known.mu);
+  ++known.asked;
+  if (auto it = known.roots.find(*id); it != known.roots.end()) {
+    it->second.used = known.asked;
+    return it->second.root;
+  }
+  absl::StatusOr<IdMap> map = EnterAndReadMap(ns);
+  if (absl::IsPermissionDenied(map.status()) || absl::IsDeadlineExceeded(map.status())) {
+    // Not tried again for this namespace (a fork each time, for nothing):
+    // what its processes' maps tell (RememberNamespaceRoot) may come.
+    Remember(known, ns, *id, std::nullopt);
+    return map.status();
+  }
+  if (!map.ok()) return map.status();
+  const std::optional<uid_t> root = map->ToOutside(0);
+  // A map not yet written is not remembered; one written never changes.
+  if (!map->extents().empty()) Remember(known, ns, *id, root);
+  return root;
+}
+
+void RememberNamespaceRoot(int ns, uid_t root) {
+  const std::optional<FileId> id = IdOf(ns);
+  if (!id) return;
+  KnownRoots& known = Known();
+  absl::MutexLock lock(&known.mu);
+  ++known.asked;
+  Remember(known, ns, *id, root);
 }
 
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {

@@ -68,11 +68,9 @@ bool UnprivilegedUserNamespaces();
 // hallocd's own uid. A container's namespaces belong to root: the uids
 // they map are charged as the container (ContainerCharged). A namespace
 // a container's uid made (not right below hallocd's, made by a uid a
-// root-owned one maps) is charged as that container too, by the inode
-// number of the container's namespace (the one right below hallocd's;
-// nsfs numbers from 0xF0000000, above the uids systems hand out): the
-// container's map is not in sight from there, and its owner would be a
-// uid apart for each of the container's uids.
+// root-owned one maps) is charged as that container too (RootCharged of
+// the namespace right below hallocd's): its owner would be a uid apart
+// for each of the container's uids.
 // Connection, fd and slow-lane
 // limits are charged to it: a user with subordinate uids (newuidmap:
 // 65,536 on a Debian login), or a container's root switching among its
@@ -92,11 +90,32 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
 // namespace's root is to hallocd (the namespace's uid_map), one charge a
 // container whatever its block of uids (Podman's --userns=auto, LXD's
 // idmap sizes) and whichever file the block came from; else (its root
-// unmapped, root's or hallocd's own uid, or the process no longer in
-// `peer_ns`) SliceCharged. NOT_FOUND when the process is gone;
-// RESOURCE_EXHAUSTED when out of fds or memory to read its map.
+// unmapped, root's or hallocd's own uid) SliceCharged. The peer's
+// /proc/<pid>/uid_map is read while it is still in `peer_ns`; once it went
+// on below, `peer_ns`'s own (RootCharged). NOT_FOUND when the process is
+// gone; RESOURCE_EXHAUSTED when out of fds or memory to read its map.
 absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, uid_t uid,
                                        const SubordinateUids& subordinate);
+// The uid (of hallocd's namespace) that user namespace `ns`'s root is,
+// unless that is root or hallocd's own uid (NamespaceRoot); else
+// SliceCharged(uid). RESOURCE_EXHAUSTED when out of fds, memory or
+// processes to look with.
+absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate);
+// The uid (of hallocd's namespace) that user namespace `ns`'s root is, as
+// its own uid_map says, read by a child process that enters it (setns:
+// hallocd needs CAP_SYS_ADMIN over it, as root has over a root-owned
+// one); nullopt when its map does not map root (or is not written yet).
+// Remembered per namespace (its fd held) for the 1,024 namespaces last
+// asked about: a fork for each container, not for each connection.
+// PERMISSION_DENIED when hallocd may not enter it (as under
+// hallocd.service: not root, and RestrictNamespaces); RESOURCE_EXHAUSTED
+// out of fds, memory or processes; DEADLINE_EXCEEDED when the child took
+// over a second. A namespace it could not enter is not tried again; what
+// RememberNamespaceRoot told of it is its answer then, else nullopt.
+absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns);
+// Tells NamespaceRoot that namespace `ns`'s root is `root` (as a process
+// of it showed: ContainerCharged).
+void RememberNamespaceRoot(int ns, uid_t root);
 // The first uid of `uid`'s slice of `subordinate`'s ranges (unless that
 // is root or hallocd's own uid), else `uid`.
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);

@@ -1,11 +1,13 @@
 // ChargedUid: whom a peer in a user namespace below hallocd's is charged
 // as (its namespace's owner, or a container's root).
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -151,18 +153,96 @@ TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
 }
 
 // A container's uid that makes a user namespace of its own owns it as a
-// uid of ours (the container's map of it): charged as its container, by
-// the container's namespace's inode number, listed or not, not as itself
-// (else a container's root could setuid to each of its uids and unshare:
-// a uid apart for each).
+// uid of ours (the container's map of it): charged as its container (the
+// uid the container's root is, read by entering the container's
+// namespace), listed or not, not as itself (else a container's root could
+// setuid to each of its uids and unshare: a uid apart for each) nor as
+// its slice (which, for blocks smaller than a slice, is another
+// container's).
 TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
   if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
   if (!UnprivilegedUserNamespaces()) {
     GTEST_SKIP() << "a container's uid may not make a user namespace here";
   }
-  // Root's namespace (a container); as its uid 5 (ours: 1000005), a
-  // namespace of its own, its root uid 5 (1000005).
-  ContainerProcess nested("0 1000000 65536\n", 5, /*nest=*/true);
+  // Root's namespace (a container of 1,024 uids, the second block of a
+  // slice); as its uid 5 (ours: 1001029), a namespace of its own, its
+  // root uid 5.
+  std::optional<ContainerProcess> nested;
+  nested.emplace("0 1001024 1024\n", 5, /*nest=*/true);
+  switch (nested->made()) {
+    case ContainerProcess::Made::kYes:
+      break;
+    case ContainerProcess::Made::kNoNamespace:
+      GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
+    case ContainerProcess::Made::kNoNestedNamespace:
+      GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
+  }
+  const SubordinateUids roots = SubordinateUids::Parse("root:1000000:65536\n");
+  absl::StatusOr<uid_t> listed = ChargedUid(nested->pidfd(), nested->pid(), 1001029, roots);
+  absl::StatusOr<uid_t> unlisted =
+      ChargedUid(nested->pidfd(), nested->pid(), 1001029, SubordinateUids());
+  ASSERT_TRUE(listed.ok() && unlisted.ok()) << listed.status() << " " << unlisted.status();
+  EXPECT_EQ(*listed, 1001024u) << "charged as its container's root";
+  EXPECT_EQ(*unlisted, 1001024u) << "listed or not";
+  // Had it gone there after ChargedUid looked at the container's
+  // namespace, the map it has now (its root 1001029) is not that
+  // namespace's: the one it left is entered.
+  listed = ContainerCharged(nested->pidfd(), nested->pid(), nested->container_namespace(), 1001029,
+                            roots);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_EQ(*listed, 1001024u) << "by the map of the namespace it was in";
+  // That namespace's root, read from inside it, and again (remembered)
+  // once no process is left in it (this test holds it).
+  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(nested->container_namespace());
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(*root, std::optional<uid_t>(1001024));
+  const int container_ns = ::fcntl(nested->container_namespace(), F_DUPFD_CLOEXEC, 0);
+  ASSERT_GE(container_ns, 0);
+  UniqueFd held(container_ns);
+  nested.reset();
+  root = NamespaceRoot(held.get());
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(*root, std::optional<uid_t>(1001024));
+}
+
+// This thread with hallocd.service's credentials while it lives: its
+// effective uid not root (1234) and CAP_SYS_PTRACE its only effective
+// capability (its real uid stays root, so its permitted set keeps the
+// rest, restored after). Raw syscalls: this thread's alone.
+class AsHallocdsUser {
+ public:
+  AsHallocdsUser() {
+    if (::syscall(SYS_capget, &header_, saved_) != 0) return;
+    if (::syscall(SYS_setresuid, -1, 1234, -1) != 0) return;
+    changed_ = true;
+    __user_cap_data_struct cut[2] = {saved_[0], saved_[1]};
+    cut[0].effective = cut[1].effective = 0;
+    cut[CAP_TO_INDEX(CAP_SYS_PTRACE)].effective = CAP_TO_MASK(CAP_SYS_PTRACE);
+    ok_ = ::syscall(SYS_capset, &header_, cut) == 0;
+  }
+  ~AsHallocdsUser() {
+    if (!changed_) return;
+    EXPECT_EQ(::syscall(SYS_setresuid, -1, 0, -1), 0);
+    EXPECT_EQ(::syscall(SYS_capset, &header_, saved_), 0);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  __user_cap_header_struct header_{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct saved_[2] = {};
+  bool changed_ = false, ok_ = false;
+};
+
+// A container's namespace hallocd may not enter (not root, as under
+// hallocd.service): what one of
+// its processes' maps showed (ContainerCharged remembers it) charges a
+// process below it; until one did, by slice or as itself.
+TEST(PeerIdentityTest, ANamespaceHallocdMayNotEnterIsToldOfByItsProcesses) {
+  if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
+  if (!UnprivilegedUserNamespaces()) {
+    GTEST_SKIP() << "a container's uid may not make a user namespace here";
+  }
+  ContainerProcess nested("0 1002048 1024\n", 5, /*nest=*/true);
   switch (nested.made()) {
     case ContainerProcess::Made::kYes:
       break;
@@ -171,23 +251,41 @@ TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
     case ContainerProcess::Made::kNoNestedNamespace:
       GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
   }
-  absl::StatusOr<uid_t> listed = ChargedUid(nested.pidfd(), nested.pid(), 1000005,
-                                            SubordinateUids::Parse("root:1000000:65536\n"));
-  absl::StatusOr<uid_t> unlisted =
-      ChargedUid(nested.pidfd(), nested.pid(), 1000005, SubordinateUids());
-  ASSERT_TRUE(listed.ok() && unlisted.ok()) << listed.status() << " " << unlisted.status();
-  ASSERT_GE(nested.container_namespace(), 0xf0000000u) << "nsfs numbers from 0xF0000000";
-  EXPECT_EQ(*listed, nested.container_namespace()) << "charged as its container's namespace";
-  EXPECT_EQ(*unlisted, nested.container_namespace()) << "listed or not";
-  // Had it gone there after ChargedUid looked at a namespace it was in
-  // (here: ours, as if), the map it has now (its root 1000005) is not that
-  // namespace's: by its slice.
-  UniqueFd ours(::open("/proc/self/ns/user", O_RDONLY | O_CLOEXEC));
-  ASSERT_TRUE(ours);
-  listed = ContainerCharged(nested.pidfd(), nested.pid(), ours.get(), 1000005,
-                            SubordinateUids::Parse("root:1000000:65536\n"));
-  ASSERT_TRUE(listed.ok()) << listed.status();
-  EXPECT_EQ(*listed, 1000000u) << "by its slice, not by a map it has now";
+  AsHallocdsUser as_hallocd;
+  ASSERT_TRUE(as_hallocd.ok()) << "setresuid or capset: " << std::strerror(errno);
+  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(nested.container_namespace());
+  EXPECT_EQ(root.status().code(), absl::StatusCode::kPermissionDenied)
+      << (root.ok() ? "entered it without CAP_SYS_ADMIN" : root.status().ToString());
+  absl::StatusOr<uid_t> charged =
+      ChargedUid(nested.pidfd(), nested.pid(), 1002053, SubordinateUids());
+  ASSERT_TRUE(charged.ok()) << charged.status();
+  EXPECT_EQ(*charged, 1002053u) << "nothing told yet: as itself";
+  RememberNamespaceRoot(nested.container_namespace(), 1002048);
+  charged = ChargedUid(nested.pidfd(), nested.pid(), 1002053, SubordinateUids());
+  ASSERT_TRUE(charged.ok()) << charged.status();
+  EXPECT_EQ(*charged, 1002048u) << "as its container's root, once told";
+}
+
+// Out of fds to read a container's map with: refused, not charged as a
+// uid of its own choosing.
+TEST(PeerIdentityTest, OutOfFdsToReadAContainersMapIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
+  ContainerProcess container("0 1000000 1024\n", 5);
+  if (container.made() == ContainerProcess::Made::kNoNamespace) {
+    GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
+  }
+  ASSERT_EQ(container.made(), ContainerProcess::Made::kYes);
+  // Its namespace and ours (NS_GET_PARENT) open; not its map.
+  absl::StatusOr<uid_t> charged = WithFdsFree(2, [&] {
+    return ChargedUid(container.pidfd(), container.pid(), 1000005, SubordinateUids());
+  });
+  EXPECT_EQ(charged.status().code(), absl::StatusCode::kResourceExhausted)
+      << (charged.ok() ? absl::StrCat("charged to uid ", *charged) : charged.status().ToString());
+  charged = WithFdsFree(3, [&] {
+    return ChargedUid(container.pidfd(), container.pid(), 1000005, SubordinateUids());
+  });
+  ASSERT_TRUE(charged.ok()) << charged.status();
+  EXPECT_EQ(*charged, 1000000u);
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,11 +40,17 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
   pid_ = ::fork();
   if (pid_ == 0) {  // syscalls only
     char c = 0;
-    ::close(go_w_.get());  // so that the parent's close ends the last read
-    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
-    if (::write(ready_w.get(), "u", 1) != 1 || ::read(go_r.get(), &c, 1) != 1 || c != 'g') {
-      ::_exit(2);
+    // Its own pipes' ends only (at 1000 and 1001): another
+    // ContainerProcess's go_w_ held here would keep that one's child from
+    // seeing its end, and this one's from seeing the parent's close.
+    constexpr int kReady = 1000, kGo = 1001;
+    if (::fcntl(ready_w.get(), F_DUPFD, kReady) != kReady ||
+        ::fcntl(go_r.get(), F_DUPFD, kReady) != kGo || ::close_range(3, kReady - 1, 0) != 0 ||
+        ::close_range(kGo + 1, ~0U, 0) != 0) {
+      ::_exit(7);
     }
+    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
+    if (::write(kReady, "u", 1) != 1 || ::read(kGo, &c, 1) != 1 || c != 'g') ::_exit(2);
     if (::setresgid(inside, inside, inside) != 0 || ::setresuid(inside, inside, inside) != 0) {
       ::_exit(3);
     }
@@ -60,8 +65,8 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
       }
       ::close(f);
     }
-    if (::write(ready_w.get(), "n", 1) != 1) ::_exit(5);
-    ::read(go_r.get(), &c, 1);  // until the parent closes its end
+    if (::write(kReady, "n", 1) != 1) ::_exit(5);
+    ::read(kGo, &c, 1);  // until the parent closes its end
     ::_exit(0);
   }
   if (pid_ < 0) return;
@@ -81,10 +86,8 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
     }
     return written;
   };
-  struct stat st;
-  if (::stat(absl::StrCat("/proc/", pid_, "/ns/user").c_str(), &st) == 0) {
-    container_namespace_ = st.st_ino;
-  }
+  container_namespace_ =
+      UniqueFd(::open(absl::StrCat("/proc/", pid_, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
   const bool mapped = write_map(map);
   running_ = ::write(go_w_.get(), mapped ? "g" : "x", 1) == 1 && mapped &&
              ::read(ready_r.get(), &c, 1) == 1 && c == 'n';

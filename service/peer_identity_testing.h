@@ -17,21 +17,26 @@
 
 namespace halloc {
 
-// `fn()` with RLIMIT_NOFILE at the lowest free fd number (no fd can be
-// opened), the limit restored after.
+// `fn()` with RLIMIT_NOFILE where only `free` more fds can be opened, the
+// limit restored after.
 template <typename Fn>
-auto WithNoFdFree(Fn fn) {
+auto WithFdsFree(int free, Fn fn) {
   rlimit saved{};
   EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
-  const int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  EXPECT_GE(lowest, 0);
-  ::close(lowest);
-  rlimit none = saved;
-  none.rlim_cur = static_cast<rlim_t>(lowest);
-  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &none), 0);
+  int limit = 0;  // past the free-th unused fd number
+  for (int unused = 0; unused <= free; ++limit) {
+    if (::fcntl(limit, F_GETFD) < 0) ++unused;
+  }
+  rlimit cut = saved;
+  cut.rlim_cur = static_cast<rlim_t>(limit - 1);
+  EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &cut), 0);
   auto result = fn();
   EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
   return result;
+}
+template <typename Fn>
+auto WithNoFdFree(Fn fn) {
+  return WithFdsFree(0, fn);
 }
 
 // /bin/sleep 30.
@@ -46,7 +51,8 @@ pid_t RunningAs(Subprocess& p, const std::string& bin);
 // running as its uid `inside` and, with `nest`, in a namespace of its own
 // made as that uid below it (a container's uid that unshared), whose root
 // is that uid (it maps itself, as unprivileged tools do). It runs until
-// the ContainerProcess goes.
+// the ContainerProcess goes. (Its child holds no fd of this process's
+// but its own two pipes' ends: not another ContainerProcess's.)
 class ContainerProcess {
  public:
   enum class Made { kYes, kNoNamespace, kNoNestedNamespace };
@@ -59,8 +65,8 @@ class ContainerProcess {
   Made made() const;
   pid_t pid() const { return pid_; }
   int pidfd() const { return pidfd_.get(); }
-  // The inode number of the (container's) namespace `map` is of.
-  ino_t container_namespace() const { return container_namespace_; }
+  // The (container's) namespace `map` is of, held open.
+  int container_namespace() const { return container_namespace_.get(); }
 
  private:
   void Stop();
@@ -69,7 +75,7 @@ class ContainerProcess {
   UniqueFd go_w_, pidfd_;
   bool running_ = false;
   int exit_status_ = -1;
-  ino_t container_namespace_ = 0;
+  UniqueFd container_namespace_;
 };
 
 }  // namespace halloc

@@ -28,6 +28,10 @@ struct FileId {
   ino_t ino = 0;
   bool operator==(const FileId& o) const { return dev == o.dev && ino == o.ino; }
   bool operator!=(const FileId& o) const { return !(*this == o); }
+  template <typename H>
+  friend H AbslHashValue(H h, const FileId& f) {
+    return H::combine(std::move(h), f.dev, f.ino);
+  }
 };
 
 // The file at `path` as hallocd sees it (its own mount namespace; symlinks

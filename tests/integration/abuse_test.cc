@@ -281,11 +281,35 @@ TEST_F(AbuseTest, SubordinateUidsShareTheirOwnersLimit) {
 
 // A container's uids (root's user namespaces) are one uid to every
 // per-uid limit, charged as the uid its root is (its namespace's map),
-// listed in the subuid file or not: a container's root switching among its
-// uids gets one session here, not one per uid. Two containers given
-// blocks of 10 uids from one 65,536-uid slice of root's range get one
-// each (before, they shared their slice's).
-TEST_F(AbuseTest, AContainersUidsShareALimitAndContainersDoNot) {
+// whether its range is in the subuid file or not (here: no range is): a
+// container's root switching among its uids gets one session here, not
+// one per uid. Before, each was charged as itself outside every listed
+// range.
+TEST_F(AbuseTest, AContainersUidsShareALimitListedOrNot) {
+  const std::string subuid = dir_ / "subuid";
+  std::ofstream(subuid) << "";
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" }\n"
+      "sessions { max_per_uid: 1 }\n",
+      0, {"--subuid_file=" + subuid});
+  if (geteuid() != 0) GTEST_SKIP() << "making root's user namespaces needs root";
+  const TwoSubordinates t = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false,
+                                               /*roots=*/true, /*one_map=*/true);
+  if (t.first == 0 && WIFEXITED(t.first_status) &&
+      WEXITSTATUS(t.first_status) == kCannotSwitchUid) {
+    GTEST_SKIP() << "cannot make a user namespace here";
+  }
+  ASSERT_EQ(t.first, 'c') << "the container's first uid is served (" << t.first_status << ")";
+  EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 2)
+      << "a second uid of the same container got a session of its own (" << t.second_status << ")";
+  EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0) << t.first_status;
+}
+
+// Two containers given blocks of 10 uids from one 65,536-uid slice of
+// root's range (as Podman's --userns=auto gives blocks from one range)
+// get a session each under a limit of one. Before, they shared their
+// slice's.
+TEST_F(AbuseTest, ContainersInOneSliceOfRootsRangeHaveALimitEach) {
   const std::string subuid = dir_ / "subuid";
   std::ofstream(subuid) << "root:300000:65536\n";
   StartDaemon(
@@ -293,27 +317,17 @@ TEST_F(AbuseTest, AContainersUidsShareALimitAndContainersDoNot) {
       "sessions { max_per_uid: 1 }\n",
       0, {"--subuid_file=" + subuid});
   if (geteuid() != 0) GTEST_SKIP() << "making root's user namespaces needs root";
-  const TwoSubordinates one = RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false,
-                                                 /*roots=*/true, /*one_map=*/true);
-  if (one.first == 0 && WIFEXITED(one.first_status) &&
-      WEXITSTATUS(one.first_status) == kCannotSwitchUid) {
+  const TwoSubordinates t =
+      RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false, /*roots=*/true);
+  if (t.first == 0 && WIFEXITED(t.first_status) &&
+      WEXITSTATUS(t.first_status) == kCannotSwitchUid) {
     GTEST_SKIP() << "cannot make a user namespace here";
   }
-  ASSERT_EQ(one.first, 'c') << "the container's first uid is served (" << one.first_status << ")";
-  EXPECT_TRUE(WIFEXITED(one.second_status) && WEXITSTATUS(one.second_status) == 2)
-      << "a second uid of the same container got a session of its own (" << one.second_status
-      << ")";
-  EXPECT_TRUE(WIFEXITED(one.first_status) && WEXITSTATUS(one.first_status) == 0)
-      << one.first_status;
-  const TwoSubordinates two =
-      RunTwoSubordinates(opts_.broker_socket, /*allocate=*/false, /*roots=*/true);
-  EXPECT_EQ(two.first, 'c') << two.first_status;
-  EXPECT_EQ(two.second, 'c') << "a second container in the same slice was refused ("
-                             << two.second_status << ")";
-  EXPECT_TRUE(WIFEXITED(two.first_status) && WEXITSTATUS(two.first_status) == 0)
-      << two.first_status;
-  EXPECT_TRUE(WIFEXITED(two.second_status) && WEXITSTATUS(two.second_status) == 0)
-      << two.second_status;
+  EXPECT_EQ(t.first, 'c') << t.first_status;
+  EXPECT_EQ(t.second, 'c') << "a second container in the same slice was refused ("
+                           << t.second_status << ")";
+  EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0) << t.first_status;
+  EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 0) << t.second_status;
 }
 
 // And to memory quotas: the same two share 1001's quota of one buffer.
