@@ -15,11 +15,13 @@
 
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -142,7 +144,8 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
     if (::fstat(ns, &st) != 0) return uid;
     if (FileId{st.st_dev, st.st_ino} == *ours) {
       if (!owner_charged) {  // ours: itself; root's all the way: a container's
-        return depth == 0 ? uid : ContainerCharged(pidfd, pid, peer_ns.get(), uid, subordinate);
+        return depth == 0 ? uid
+                          : ContainerCharged(pidfd, pid, peer_ns.get(), prev, uid, subordinate);
       }
       // A user's namespace right below ours: that user.
       if (owner_depth == depth - 1) return *owner_charged;
@@ -169,53 +172,72 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
   return uid;
 }
 
-absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, uid_t uid,
-                                       const SubordinateUids& subordinate) {
-  static const uid_t self = ::getuid();
-  const absl::StatusOr<IdMap> map = ReadUidMap(pid);
-  if (absl::IsResourceExhausted(map.status())) {
-    return Prefixed(map.status(), absl::StrCat("cannot tell whose pid ", pid, " is (its uid map)"));
+absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int container_ns,
+                                       uid_t uid, const SubordinateUids& subordinate) {
+  struct stat peer, container;
+  if (::fstat(peer_ns, &peer) != 0 || ::fstat(container_ns, &container) != 0) {
+    return SliceCharged(uid, subordinate);
   }
-  // The map read was its namespace's when the process is in it still: a
-  // process only ever moves to a namespace below one it was in (setns
-  // needs CAP_SYS_ADMIN over the target; a container's process has none
-  // over its container's namespace once it left it), so it never left.
-  struct stat before;
-  const std::optional<FileId> now = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
-  if (!StillRunning(pidfd)) return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
-  if (map.ok() && ::fstat(peer_ns, &before) == 0 && now == FileId{before.st_dev, before.st_ino}) {
-    const std::optional<uid_t> root = map->ToOutside(0);
-    // For its namespace's other processes, those below it included, where
-    // hallocd may not enter it to read it (not run as root).
-    if (root) RememberNamespaceRoot(peer_ns, *root);
-    return root && *root != 0 && *root != self ? *root : SliceCharged(uid, subordinate);
+  // A process right in the container's namespace: its own map is that
+  // namespace's (read from hallocd's: outside uids are hallocd's).
+  if (FileId{peer.st_dev, peer.st_ino} == FileId{container.st_dev, container.st_ino}) {
+    const absl::StatusOr<IdMap> map = ReadUidMap(pid);
+    if (absl::IsResourceExhausted(map.status())) {
+      return Prefixed(map.status(),
+                      absl::StrCat("cannot tell whose pid ", pid, " is (its uid map)"));
+    }
+    // The map read was its namespace's when the process is in it still: a
+    // process only ever moves to a namespace below one it was in (setns
+    // needs CAP_SYS_ADMIN over the target; a container's process has none
+    // over its container's namespace once it left it), so it never left.
+    const std::optional<FileId> now = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
+    if (!StillRunning(pidfd)) return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
+    if (map.ok() && now == FileId{peer.st_dev, peer.st_ino} && !map->extents().empty()) {
+      // For its namespace's other processes, those below it included,
+      // where hallocd may not enter it to read it (not run as root).
+      RememberNamespaceRoot(container_ns, *map);
+      return ChargeOfMap(*map).value_or(SliceCharged(uid, subordinate));
+    }
   }
-  // It went on below (or its map did not read): `peer_ns` is entered to
-  // read that one's map.
-  return RootCharged(peer_ns, uid, subordinate);
+  // Below it (made by root there), or gone on below after ChargedUid
+  // looked: the container's namespace is entered to read its map.
+  return RootCharged(container_ns, uid, subordinate);
 }
 
 absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate) {
-  static const uid_t self = ::getuid();
   absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(ns);
   if (absl::IsResourceExhausted(root.status())) return root.status();
-  if (root.ok() && *root && **root != 0 && **root != self) return **root;
+  if (root.ok() && *root) return **root;
   return SliceCharged(uid, subordinate);
+}
+
+std::optional<uid_t> ChargeOfMap(const IdMap& map) {
+  static const uid_t self = ::getuid();
+  const auto ours = [](std::optional<uid_t> u) { return u && *u != 0 && *u != self; };
+  const std::optional<uid_t> root = map.ToOutside(0);
+  if (root) return ours(root) ? root : std::nullopt;  // root's own: a host's, not a container
+  // No root mapped: the container's lowest uid.
+  std::optional<uid_t> lowest;
+  for (const IdMap::Extent& e : map.extents()) {
+    if (e.outside != IdMap::kUnnamed && (!lowest || e.outside < *lowest)) lowest = e.outside;
+  }
+  return ours(lowest) ? lowest : std::nullopt;
 }
 
 namespace {
 
-// How many namespaces' roots NamespaceRoot remembers (the least lately
+// How many namespaces' charges NamespaceRoot remembers (the least lately
 // asked for forgotten first): root-owned namespaces are made by root
 // (container managers), not by those who connect.
 constexpr size_t kKnownNamespaceRoots = 1024;
 
 // What NamespaceRoot remembers: the namespace (its fd held, so that its
-// inode number is no other's meanwhile) and its root, by inode number.
+// inode number is no other's meanwhile) and the charge its map gives, by
+// inode number.
 struct KnownRoot {
   UniqueFd ns;
-  std::optional<uid_t> root;  // nullopt: unmapped, or not to be read
-  uint64_t used = 0;          // NamespaceRoot's count when last asked
+  std::optional<uid_t> charge;  // nullopt: none (ChargeOfMap), or not read
+  uint64_t used = 0;            // Known().asked when last asked
 };
 struct KnownRoots {
   absl::Mutex mu;
@@ -227,76 +249,88 @@ KnownRoots& Known() {
   return *known;
 }
 
-// The map of user namespace `ns`, read by a child that enters it (fork:
-// a process with threads cannot; syscalls only in the child).
-absl::StatusOr<IdMap> EnterAndReadMap(int ns) {
-  int pipe_fds[2];
-  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return ErrnoStatus(errno, "pipe2");
-  UniqueFd r(pipe_fds[0]), w(pipe_fds[1]);
-  const pid_t child = ::fork();
-  if (child < 0) return ErrnoStatus(errno, "fork to enter a user namespace");
-  if (child == 0) {
-    if (::setns(ns, CLONE_NEWUSER) != 0) ::_exit(errno == EPERM ? 2 : 3);
-    const int f = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
-    if (f < 0) ::_exit(4);
-    char buf[4096];
-    for (;;) {
-      const ssize_t n = ::read(f, buf, sizeof(buf));
-      if (n == 0) ::_exit(0);
-      if (n < 0 || ::write(w.get(), buf, static_cast<size_t>(n)) != n) ::_exit(5);
-    }
+// What EnterAndReadMap's child fills in (the parent's memory: CLONE_VM).
+struct EnterRead {
+  int ns = -1;
+  int err = 0;  // the errno that stopped it, 0 when it read to the end
+  size_t size = 0;
+  char text[16384];
+};
+
+// Syscalls only, on its own stack (which ASan does not know of).
+ABSL_ATTRIBUTE_NO_SANITIZE_ADDRESS int EnterAndRead(void* arg) {
+  EnterRead& r = *static_cast<EnterRead*>(arg);
+  if (::setns(r.ns, CLONE_NEWUSER) != 0) {
+    r.err = errno;
+    return 1;
   }
-  w.reset();
-  std::string text;
-  char buf[4096];
-  bool timed_out = false;
-  while (text.size() <= 16384) {
-    pollfd p{r.get(), POLLIN, 0};
-    const int ready = ::poll(&p, 1, 1000);
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) {
-      timed_out = true;
-      ::kill(child, SIGKILL);
-      break;
-    }
-    const ssize_t n = ::read(r.get(), buf, sizeof(buf));
+  // Right below hallocd's namespace: from inside it, outside uids are
+  // its parent's, hallocd's.
+  const int f = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
+  if (f < 0) {
+    r.err = errno;
+    return 1;
+  }
+  for (;;) {
+    const ssize_t n = ::read(f, r.text + r.size, sizeof(r.text) - r.size);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    text.append(buf, static_cast<size_t>(n));
+    if (n < 0) r.err = errno;
+    if (n <= 0 || (r.size += static_cast<size_t>(n)) == sizeof(r.text)) break;
   }
-  int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (timed_out) return absl::DeadlineExceededError("reading a user namespace's map timed out");
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
-      return absl::PermissionDeniedError(
-          "cannot enter the user namespace (no CAP_SYS_ADMIN over it)");
-    }
-    return absl::InternalError(
-        absl::StrCat("reading a user namespace's map failed (", status, ")"));
-  }
-  return IdMap::Parse(text);
+  ::close(f);  // the fd table is hallocd's (CLONE_FILES)
+  return 0;
 }
 
-}  // namespace
+// The map of user namespace `ns` (one right below hallocd's), read by a
+// child that enters it: it shares this process's memory and fds
+// (CLONE_VM | CLONE_FILES: nothing copied, unlike a fork of a process
+// with many mappings and fds) but not its threads, which setns of a user
+// namespace forbids; this thread waits for it (CLONE_VFORK).
+absl::StatusOr<IdMap> EnterAndReadMap(int ns) {
+  auto read = std::make_unique<EnterRead>();
+  read->ns = ns;
+  constexpr size_t kStack = 64 * 1024;
+  auto stack = std::make_unique<char[]>(kStack);
+  const pid_t child = ::clone(EnterAndRead, stack.get() + kStack,
+                              CLONE_VM | CLONE_FILES | CLONE_VFORK | SIGCHLD, read.get());
+  if (child < 0) return ErrnoStatus(errno, "clone to enter a user namespace");
+  int status = 0;
+  pid_t waited;
+  while ((waited = ::waitpid(child, &status, 0)) < 0 && errno == EINTR) {
+  }
+  if (waited != child) return ErrnoStatus(errno, "waitpid for the user namespace reader");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return read->err == EPERM
+               ? absl::PermissionDeniedError(
+                     "cannot enter the user namespace (no CAP_SYS_ADMIN over it)")
+               : ErrnoStatus(read->err, "read a user namespace's map from inside it");
+  }
+  if (read->err != 0) return ErrnoStatus(read->err, "read a user namespace's map from inside it");
+  if (read->size == sizeof(read->text)) {
+    return absl::InvalidArgumentError("a user namespace's map is over 16 KiB");
+  }
+  return IdMap::Parse(absl::string_view(read->text, read->size));
+}
 
-namespace {
-
-// Remembers `root` as the root of namespace `ns` (`id`), forgetting the
-// least lately asked about past kKnownNamespaceRoots.
-void Remember(KnownRoots& known, int ns, const FileId& id, std::optional<uid_t> root)
+// Remembers `charge` for namespace `ns` (`id`), forgetting the least
+// lately asked about past kKnownNamespaceRoots.
+void Remember(KnownRoots& known, int ns, const FileId& id, std::optional<uid_t> charge)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(known.mu) {
+  if (auto it = known.roots.find(id); it != known.roots.end()) {
+    it->second.charge = charge;
+    it->second.used = known.asked;
+    return;
+  }
   UniqueFd held(::fcntl(ns, F_DUPFD_CLOEXEC, 0));
   if (!held) return;  // out of fds: not remembered
-  if (known.roots.size() >= kKnownNamespaceRoots && !known.roots.contains(id)) {
+  if (known.roots.size() >= kKnownNamespaceRoots) {
     auto oldest = known.roots.begin();
     for (auto it = known.roots.begin(); it != known.roots.end(); ++it) {
       if (it->second.used < oldest->second.used) oldest = it;
     }
     known.roots.erase(oldest);
   }
-  known.roots[id] = KnownRoot{std::move(held), root, known.asked};
+  known.roots[id] = KnownRoot{std::move(held), charge, known.asked};
 }
 
 std::optional<FileId> IdOf(int fd) {
@@ -315,29 +349,33 @@ absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns) {
   ++known.asked;
   if (auto it = known.roots.find(*id); it != known.roots.end()) {
     it->second.used = known.asked;
-    return it->second.root;
+    return it->second.charge;
   }
   absl::StatusOr<IdMap> map = EnterAndReadMap(ns);
-  if (absl::IsPermissionDenied(map.status()) || absl::IsDeadlineExceeded(map.status())) {
-    // Not tried again for this namespace (a fork each time, for nothing):
-    // what its processes' maps tell (RememberNamespaceRoot) may come.
+  if (absl::IsResourceExhausted(map.status())) return map.status();
+  if (!map.ok()) {
+    // Not tried again for this namespace (in vain each time): what its
+    // processes' maps tell (RememberNamespaceRoot) may come.
     Remember(known, ns, *id, std::nullopt);
     return map.status();
   }
-  if (!map.ok()) return map.status();
-  const std::optional<uid_t> root = map->ToOutside(0);
   // A map not yet written is not remembered; one written never changes.
-  if (!map->extents().empty()) Remember(known, ns, *id, root);
-  return root;
+  if (!map->extents().empty()) Remember(known, ns, *id, ChargeOfMap(*map));
+  return ChargeOfMap(*map);
 }
 
-void RememberNamespaceRoot(int ns, uid_t root) {
+void RememberNamespaceRoot(int ns, const IdMap& map) {
   const std::optional<FileId> id = IdOf(ns);
-  if (!id) return;
+  if (!id || map.extents().empty()) return;
+  const std::optional<uid_t> charge = ChargeOfMap(map);
   KnownRoots& known = Known();
   absl::MutexLock lock(&known.mu);
   ++known.asked;
-  Remember(known, ns, *id, root);
+  if (auto it = known.roots.find(*id); it != known.roots.end() && it->second.charge == charge) {
+    it->second.used = known.asked;
+    return;
+  }
+  Remember(known, ns, *id, charge);
 }
 
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/policy/policy.h"
+#include "service/util/id_map.h"
 #include "service/util/subordinate_uids.h"
 
 namespace halloc {
@@ -86,36 +87,40 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
                                  const SubordinateUids& subordinate);
 // What ChargedUid charges a process of root's namespaces (a container's)
 // as, `pid` pinned by `pidfd`, SO_PEERCRED uid `uid`, in the user
-// namespace `peer_ns` (held open) when ChargedUid looked: the uid its
-// namespace's root is to hallocd (the namespace's uid_map), one charge a
+// namespace `peer_ns` (held open) when ChargedUid looked, below hallocd's
+// through `container_ns` (the one right below it, held open; may be
+// peer_ns): the charge the container's map gives (ChargeOfMap), one a
 // container whatever its block of uids (Podman's --userns=auto, LXD's
-// idmap sizes) and whichever file the block came from; else (its root
-// unmapped, root's or hallocd's own uid) SliceCharged. The peer's
-// /proc/<pid>/uid_map is read while it is still in `peer_ns`; once it went
-// on below, `peer_ns`'s own (RootCharged). NOT_FOUND when the process is
-// gone; RESOURCE_EXHAUSTED when out of fds or memory to read its map.
-absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, uid_t uid,
-                                       const SubordinateUids& subordinate);
-// The uid (of hallocd's namespace) that user namespace `ns`'s root is,
-// unless that is root or hallocd's own uid (NamespaceRoot); else
-// SliceCharged(uid). RESOURCE_EXHAUSTED when out of fds, memory or
-// processes to look with.
+// idmap sizes) and whichever file the block came from; else
+// SliceCharged. A process right in the container's namespace has its
+// /proc/<pid>/uid_map read (and remembered for the namespace:
+// RememberNamespaceRoot); one below it, or gone on below since, the
+// container's (RootCharged). NOT_FOUND when the process is gone;
+// RESOURCE_EXHAUSTED when out of fds or memory to read its map.
+absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int container_ns,
+                                       uid_t uid, const SubordinateUids& subordinate);
+// The charge a container's map gives: the uid (of hallocd's namespace)
+// its root is; with no root mapped, its lowest uid; nullopt when that is
+// root or hallocd's own uid (root mapped to root: not a container's).
+std::optional<uid_t> ChargeOfMap(const IdMap& map);
+// NamespaceRoot's charge of namespace `ns` (right below hallocd's), else
+// SliceCharged(uid). RESOURCE_EXHAUSTED when out of fds or memory.
 absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate);
-// The uid (of hallocd's namespace) that user namespace `ns`'s root is, as
-// its own uid_map says, read by a child process that enters it (setns:
+// The charge (ChargeOfMap) of user namespace `ns`, one right below
+// hallocd's, by its own uid_map, read by a child that enters it (setns:
 // hallocd needs CAP_SYS_ADMIN over it, as root has over a root-owned
-// one); nullopt when its map does not map root (or is not written yet).
+// one); nullopt when its map gives none (or is not written yet).
 // Remembered per namespace (its fd held) for the 1,024 namespaces last
-// asked about: a fork for each container, not for each connection.
+// asked about: a child for each container, not for each connection.
 // PERMISSION_DENIED when hallocd may not enter it (as under
 // hallocd.service: not root, and RestrictNamespaces); RESOURCE_EXHAUSTED
-// out of fds, memory or processes; DEADLINE_EXCEEDED when the child took
-// over a second. A namespace it could not enter is not tried again; what
-// RememberNamespaceRoot told of it is its answer then, else nullopt.
+// out of fds, memory or processes. A namespace it could not enter or read
+// is not tried again: what RememberNamespaceRoot told of it is its answer
+// then, else nullopt.
 absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns);
-// Tells NamespaceRoot that namespace `ns`'s root is `root` (as a process
-// of it showed: ContainerCharged).
-void RememberNamespaceRoot(int ns, uid_t root);
+// Tells NamespaceRoot namespace `ns`'s map (as a process of it showed it:
+// ContainerCharged). An empty map (not written yet) tells nothing.
+void RememberNamespaceRoot(int ns, const IdMap& map);
 // The first uid of `uid`'s slice of `subordinate`'s ranges (unless that
 // is root or hallocd's own uid), else `uid`.
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);

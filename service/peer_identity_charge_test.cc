@@ -103,9 +103,9 @@ TEST(PeerIdentityTest, ChargesAPeerInAUserNamespaceToItsOwner) {
 // A container's processes (root's namespaces) are charged as the uid its
 // root is to hallocd, whatever its block: containers given 1,024 uids each
 // from one slice of root's range (Podman's --userns=auto) apart, one from
-// no listed range as one. Its root unmapped (or root's own uid 0, the
-// existing case of ChargesAPeerInAUserNamespaceToItsOwner): by its slice
-// of a listed range, else as itself.
+// no listed range as one. No root mapped: its lowest uid. (Root mapped
+// to root, the case of ChargesAPeerInAUserNamespaceToItsOwner: by slice
+// of a listed range, else as itself.)
 TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
   if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
   const SubordinateUids roots = SubordinateUids::Parse("root:1000000:65536\n");
@@ -120,8 +120,9 @@ TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
       // Its uid 1 a login's (LXD's raw.idmap): still the container's.
       {"0 2000000 1\n1 1001 1\n2 2000002 65534\n", 1, 1001, 2000000, 2000000},
       {"0 3000000 65536\n", 700, 3000700, 3000000, 3000000},
-      // No root: by slice.
-      {"1 1002049 10\n", 1, 1002049, 1000000, 1002049},
+      // No root: its lowest uid.
+      {"1 1002049 10\n", 1, 1002049, 1002049, 1002049},
+      {"1 1002049 10\n", 5, 1002053, 1002049, 1002049},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(absl::StrCat("map \"", c.map, "\", as its uid ", c.inside));
@@ -187,8 +188,8 @@ TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
   // Had it gone there after ChargedUid looked at the container's
   // namespace, the map it has now (its root 1001029) is not that
   // namespace's: the one it left is entered.
-  listed = ContainerCharged(nested->pidfd(), nested->pid(), nested->container_namespace(), 1001029,
-                            roots);
+  listed = ContainerCharged(nested->pidfd(), nested->pid(), nested->container_namespace(),
+                            nested->container_namespace(), 1001029, roots);
   ASSERT_TRUE(listed.ok()) << listed.status();
   EXPECT_EQ(*listed, 1001024u) << "by the map of the namespace it was in";
   // That namespace's root, read from inside it, and again (remembered)
@@ -234,16 +235,16 @@ class AsHallocdsUser {
 };
 
 // A container's namespace hallocd may not enter (not root, as under
-// hallocd.service): what one of
-// its processes' maps showed (ContainerCharged remembers it) charges a
-// process below it; until one did, by slice or as itself.
+// hallocd.service): the map a process right in it showed when it
+// connected (ContainerCharged remembers it) charges a process below it;
+// until one did, as itself (or by slice).
 TEST(PeerIdentityTest, ANamespaceHallocdMayNotEnterIsToldOfByItsProcesses) {
   if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
   if (!UnprivilegedUserNamespaces()) {
     GTEST_SKIP() << "a container's uid may not make a user namespace here";
   }
-  ContainerProcess nested("0 1002048 1024\n", 5, /*nest=*/true);
-  switch (nested.made()) {
+  ContainerProcess untold("0 1003072 1024\n", 5, /*nest=*/true);
+  switch (untold.made()) {
     case ContainerProcess::Made::kYes:
       break;
     case ContainerProcess::Made::kNoNamespace:
@@ -251,19 +252,39 @@ TEST(PeerIdentityTest, ANamespaceHallocdMayNotEnterIsToldOfByItsProcesses) {
     case ContainerProcess::Made::kNoNestedNamespace:
       GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
   }
+  ContainerProcess told("0 1002048 1024\n", 5, /*nest=*/true, /*nest_later=*/true);
+  ASSERT_EQ(told.made(), ContainerProcess::Made::kYes);
   AsHallocdsUser as_hallocd;
   ASSERT_TRUE(as_hallocd.ok()) << "setresuid or capset: " << std::strerror(errno);
-  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(nested.container_namespace());
+  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(untold.container_namespace());
   EXPECT_EQ(root.status().code(), absl::StatusCode::kPermissionDenied)
       << (root.ok() ? "entered it without CAP_SYS_ADMIN" : root.status().ToString());
   absl::StatusOr<uid_t> charged =
-      ChargedUid(nested.pidfd(), nested.pid(), 1002053, SubordinateUids());
+      ChargedUid(untold.pidfd(), untold.pid(), 1003077, SubordinateUids());
   ASSERT_TRUE(charged.ok()) << charged.status();
-  EXPECT_EQ(*charged, 1002053u) << "nothing told yet: as itself";
-  RememberNamespaceRoot(nested.container_namespace(), 1002048);
-  charged = ChargedUid(nested.pidfd(), nested.pid(), 1002053, SubordinateUids());
+  EXPECT_EQ(*charged, 1003077u) << "nothing told of its container: as itself";
+  // Right in its container's namespace: its own map.
+  charged = ChargedUid(told.pidfd(), told.pid(), 1002053, SubordinateUids());
   ASSERT_TRUE(charged.ok()) << charged.status();
-  EXPECT_EQ(*charged, 1002048u) << "as its container's root, once told";
+  EXPECT_EQ(*charged, 1002048u);
+  // The same process, gone on below: as its container, as it told.
+  ASSERT_TRUE(told.Nest());
+  charged = ChargedUid(told.pidfd(), told.pid(), 1002053, SubordinateUids());
+  ASSERT_TRUE(charged.ok()) << charged.status();
+  EXPECT_EQ(*charged, 1002048u) << "as its container's root, which it showed";
+}
+
+// A container with no root mapped: its lowest uid.
+TEST(PeerIdentityTest, AContainerWithNoRootIsChargedAsItsLowestUid) {
+  absl::StatusOr<IdMap> map = IdMap::Parse("1 5000001 65535\n70000 4000000 10\n");
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(ChargeOfMap(*map), 4000000u);
+  map = IdMap::Parse("0 0 1\n1 5000001 10\n");  // root is root: no container's
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(ChargeOfMap(*map), std::nullopt);
+  map = IdMap::Parse("5 0 1\n");
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(ChargeOfMap(*map), std::nullopt);
 }
 
 // Out of fds to read a container's map with: refused, not charged as a

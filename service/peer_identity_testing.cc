@@ -31,7 +31,8 @@ pid_t RunningAs(Subprocess& p, const std::string& bin) {
   return -1;
 }
 
-ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool nest) {
+ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool nest,
+                                   bool nest_later) {
   const std::string self_map = absl::StrCat("0 ", inside, " 1\n");
   int ready[2], go[2];
   if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) return;
@@ -53,6 +54,10 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
     if (::write(kReady, "u", 1) != 1 || ::read(kGo, &c, 1) != 1 || c != 'g') ::_exit(2);
     if (::setresgid(inside, inside, inside) != 0 || ::setresuid(inside, inside, inside) != 0) {
       ::_exit(3);
+    }
+    if (nest && nest_later &&
+        (::write(kReady, "d", 1) != 1 || ::read(kGo, &c, 1) != 1 || c != 'h')) {
+      ::_exit(8);
     }
     if (nest && ::unshare(CLONE_NEWUSER) != 0) ::_exit(4);
     if (nest) {
@@ -90,7 +95,8 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
       UniqueFd(::open(absl::StrCat("/proc/", pid_, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
   const bool mapped = write_map(map);
   running_ = ::write(go_w_.get(), mapped ? "g" : "x", 1) == 1 && mapped &&
-             ::read(ready_r.get(), &c, 1) == 1 && c == 'n';
+             ::read(ready_r.get(), &c, 1) == 1 && c == (nest && nest_later ? 'd' : 'n');
+  if (nest && nest_later) ready_r_ = std::move(ready_r);
   if (running_) pidfd_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
   if (!running_ || !pidfd_) Stop();
 }
@@ -109,6 +115,12 @@ void ContainerProcess::Stop() {
   if (pid_ > 0) ::waitpid(pid_, &exit_status_, 0);
   pid_ = -1;
   running_ = false;
+}
+
+bool ContainerProcess::Nest() {
+  char c = 0;
+  return running_ && ready_r_ && ::write(go_w_.get(), "h", 1) == 1 &&
+         ::read(ready_r_.get(), &c, 1) == 1 && c == 'n';
 }
 
 }  // namespace halloc

@@ -56,13 +56,17 @@ pid_t RunningAs(Subprocess& p, const std::string& bin);
 class ContainerProcess {
  public:
   enum class Made { kYes, kNoNamespace, kNoNestedNamespace };
-  ContainerProcess(const std::string& map, uid_t inside, bool nest = false);
+  // `nest_later`: it makes its namespace only when Nest() is called.
+  ContainerProcess(const std::string& map, uid_t inside, bool nest = false,
+                   bool nest_later = false);
   ContainerProcess(const ContainerProcess&) = delete;
   ContainerProcess& operator=(const ContainerProcess&) = delete;
   ~ContainerProcess() { Stop(); }
 
   // Whether it runs; if not, why (exit_status_: how it ended).
   Made made() const;
+  // (`nest_later`) Has it make its namespace; whether it did.
+  bool Nest();
   pid_t pid() const { return pid_; }
   int pidfd() const { return pidfd_.get(); }
   // The (container's) namespace `map` is of, held open.
@@ -72,7 +76,7 @@ class ContainerProcess {
   void Stop();
 
   pid_t pid_ = -1;
-  UniqueFd go_w_, pidfd_;
+  UniqueFd go_w_, pidfd_, ready_r_;
   bool running_ = false;
   int exit_status_ = -1;
   UniqueFd container_namespace_;
