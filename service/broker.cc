@@ -423,9 +423,14 @@ void Broker::Accept() {
     return;
   }
   if (!charge.ok()) {
-    // Gone: nobody to serve, and no uid it could be charged to for sure
-    // (one of a user's subordinate uids, say): its rate bucket's uid.
+    // No uid it could be charged to for sure (one of a user's subordinate
+    // uids, say): its rate bucket's uid.
     const uid_t refused_as = connect_rate_.RefusedAs(cred.uid, MonotonicNow());
+    if (!absl::IsNotFound(charge.status())) {  // whose it is cannot be told: told why
+      RefuseAtAccept(std::move(conn), cred, refused_as, charge.status());
+      return;
+    }
+    // Gone: nobody to serve.
     Warn("refused", refused_as,
          absl::StrCat("refused pid ", cred.pid, " uid ", cred.uid,
                       ": it exited before it was accepted"));

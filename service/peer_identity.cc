@@ -1,16 +1,14 @@
 #include "service/peer_identity.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/nsfs.h>
 #include <poll.h>
-#include <sched.h>
-#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -21,7 +19,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -29,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/util/clock.h"
 #include "service/util/id_map.h"
 
 #ifndef SO_PEERPIDFD
@@ -154,7 +152,7 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
       // charged as that container (`prev`, right below ours), or it would
       // be a uid apart for each of its uids. No process of it need exist
       // to read its map from: entered to read it (NamespaceRoot).
-      return RootCharged(prev, *owner_charged, subordinate);
+      return RootCharged(prev, *owner_charged, subordinate, /*unknown_refused=*/true);
     }
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns, NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
@@ -178,37 +176,47 @@ absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int co
   if (::fstat(peer_ns, &peer) != 0 || ::fstat(container_ns, &container) != 0) {
     return SliceCharged(uid, subordinate);
   }
-  // A process right in the container's namespace: its own map is that
-  // namespace's (read from hallocd's: outside uids are hallocd's).
-  if (FileId{peer.st_dev, peer.st_ino} == FileId{container.st_dev, container.st_ino}) {
-    const absl::StatusOr<IdMap> map = ReadUidMap(pid);
-    if (absl::IsResourceExhausted(map.status())) {
-      return Prefixed(map.status(),
-                      absl::StrCat("cannot tell whose pid ", pid, " is (its uid map)"));
-    }
-    // The map read was its namespace's when the process is in it still: a
-    // process only ever moves to a namespace below one it was in (setns
-    // needs CAP_SYS_ADMIN over the target; a container's process has none
-    // over its container's namespace once it left it), so it never left.
-    const std::optional<FileId> now = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
-    if (!StillRunning(pidfd)) return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
-    if (map.ok() && now == FileId{peer.st_dev, peer.st_ino} && !map->extents().empty()) {
-      // For its namespace's other processes, those below it included,
-      // where hallocd may not enter it to read it (not run as root).
-      RememberNamespaceRoot(container_ns, *map);
-      return ChargeOfMap(*map).value_or(SliceCharged(uid, subordinate));
-    }
+  // Below the container's namespace, all made by root (as a uid of ours:
+  // not a container's uid): the container's map, else by slice.
+  if (FileId{peer.st_dev, peer.st_ino} != FileId{container.st_dev, container.st_ino}) {
+    return RootCharged(container_ns, uid, subordinate, /*unknown_refused=*/false);
   }
-  // Below it (made by root there), or gone on below after ChargedUid
-  // looked: the container's namespace is entered to read its map.
-  return RootCharged(container_ns, uid, subordinate);
+  // Right in the container's namespace: its own map is that namespace's
+  // (read from hallocd's: outside uids are hallocd's).
+  const absl::StatusOr<IdMap> map = ReadUidMap(pid);
+  if (absl::IsResourceExhausted(map.status())) {
+    return Prefixed(map.status(), absl::StrCat("cannot tell whose pid ", pid, " is (its uid map)"));
+  }
+  // The map read was its namespace's when the process is in it still: a
+  // process only ever moves to a namespace below one it was in (setns
+  // needs CAP_SYS_ADMIN over the target; a container's process has none
+  // over its container's namespace once it left it), so it never left.
+  const std::optional<FileId> now = FileIdOf(absl::StrCat("/proc/", pid, "/ns/user"));
+  if (!StillRunning(pidfd)) return absl::NotFoundError(absl::StrCat("pid ", pid, " exited"));
+  if (now == FileId{peer.st_dev, peer.st_ino}) {
+    if (!map.ok() || map->extents().empty()) return SliceCharged(uid, subordinate);  // unwritten
+    // For its namespace's other processes, those below it included.
+    RememberNamespaceRoot(container_ns, *map);
+    return ChargeOfMap(*map).value_or(SliceCharged(uid, subordinate));
+  }
+  // Gone on below after ChargedUid looked (a namespace of its own, as a
+  // container's uid that unshared): the container's map, from another of
+  // its processes.
+  return RootCharged(container_ns, uid, subordinate, /*unknown_refused=*/true);
 }
 
-absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate) {
+absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate,
+                                  bool unknown_refused) {
   absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(ns);
   if (absl::IsResourceExhausted(root.status())) return root.status();
-  if (root.ok() && *root) return **root;
-  return SliceCharged(uid, subordinate);
+  if (root.ok()) return *root ? **root : SliceCharged(uid, subordinate);
+  if (!unknown_refused) return SliceCharged(uid, subordinate);
+  // Whose it is cannot be told: not charged as a uid of its choosing (a
+  // container's uid that made a namespace of its own) nor as another
+  // container's slice.
+  return absl::PermissionDeniedError(
+      absl::StrCat("cannot tell whose uid ", uid, " is: ", root.status().message(),
+                   "; connect from the container's own namespace, or while a process is in it"));
 }
 
 std::optional<uid_t> ChargeOfMap(const IdMap& map) {
@@ -230,14 +238,19 @@ namespace {
 // asked for forgotten first): root-owned namespaces are made by root
 // (container managers), not by those who connect.
 constexpr size_t kKnownNamespaceRoots = 1024;
+// How often NamespaceRoot looks through /proc for a process of a
+// namespace none was found in.
+constexpr absl::Duration kLookAgain = absl::Seconds(1);
 
 // What NamespaceRoot remembers: the namespace (its fd held, so that its
 // inode number is no other's meanwhile) and the charge its map gives, by
 // inode number.
 struct KnownRoot {
   UniqueFd ns;
-  std::optional<uid_t> charge;  // nullopt: none (ChargeOfMap), or not read
-  uint64_t used = 0;            // Known().asked when last asked
+  bool read = false;                         // its map was read
+  std::optional<uid_t> charge;               // ChargeOfMap, once read
+  absl::Time looked = absl::InfinitePast();  // unread: when /proc was looked through
+  uint64_t used = 0;                         // Known().asked when last asked
 };
 struct KnownRoots {
   absl::Mutex mu;
@@ -249,80 +262,17 @@ KnownRoots& Known() {
   return *known;
 }
 
-// What EnterAndReadMap's child fills in (the parent's memory: CLONE_VM).
-struct EnterRead {
-  int ns = -1;
-  int err = 0;  // the errno that stopped it, 0 when it read to the end
-  size_t size = 0;
-  char text[16384];
-};
-
-// Syscalls only, on its own stack (which ASan does not know of).
-ABSL_ATTRIBUTE_NO_SANITIZE_ADDRESS int EnterAndRead(void* arg) {
-  EnterRead& r = *static_cast<EnterRead*>(arg);
-  if (::setns(r.ns, CLONE_NEWUSER) != 0) {
-    r.err = errno;
-    return 1;
-  }
-  // Right below hallocd's namespace: from inside it, outside uids are
-  // its parent's, hallocd's.
-  const int f = ::open("/proc/self/uid_map", O_RDONLY | O_CLOEXEC);
-  if (f < 0) {
-    r.err = errno;
-    return 1;
-  }
-  for (;;) {
-    const ssize_t n = ::read(f, r.text + r.size, sizeof(r.text) - r.size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) r.err = errno;
-    if (n <= 0 || (r.size += static_cast<size_t>(n)) == sizeof(r.text)) break;
-  }
-  ::close(f);  // the fd table is hallocd's (CLONE_FILES)
-  return 0;
-}
-
-// The map of user namespace `ns` (one right below hallocd's), read by a
-// child that enters it: it shares this process's memory and fds
-// (CLONE_VM | CLONE_FILES: nothing copied, unlike a fork of a process
-// with many mappings and fds) but not its threads, which setns of a user
-// namespace forbids; this thread waits for it (CLONE_VFORK).
-absl::StatusOr<IdMap> EnterAndReadMap(int ns) {
-  auto read = std::make_unique<EnterRead>();
-  read->ns = ns;
-  constexpr size_t kStack = 64 * 1024;
-  auto stack = std::make_unique<char[]>(kStack);
-  const pid_t child = ::clone(EnterAndRead, stack.get() + kStack,
-                              CLONE_VM | CLONE_FILES | CLONE_VFORK | SIGCHLD, read.get());
-  if (child < 0) return ErrnoStatus(errno, "clone to enter a user namespace");
-  int status = 0;
-  pid_t waited;
-  while ((waited = ::waitpid(child, &status, 0)) < 0 && errno == EINTR) {
-  }
-  if (waited != child) return ErrnoStatus(errno, "waitpid for the user namespace reader");
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return read->err == EPERM
-               ? absl::PermissionDeniedError(
-                     "cannot enter the user namespace (no CAP_SYS_ADMIN over it)")
-               : ErrnoStatus(read->err, "read a user namespace's map from inside it");
-  }
-  if (read->err != 0) return ErrnoStatus(read->err, "read a user namespace's map from inside it");
-  if (read->size == sizeof(read->text)) {
-    return absl::InvalidArgumentError("a user namespace's map is over 16 KiB");
-  }
-  return IdMap::Parse(absl::string_view(read->text, read->size));
-}
-
-// Remembers `charge` for namespace `ns` (`id`), forgetting the least
-// lately asked about past kKnownNamespaceRoots.
-void Remember(KnownRoots& known, int ns, const FileId& id, std::optional<uid_t> charge)
+// The entry for namespace `ns` (`id`), made if new (nullptr when out of
+// fds to hold it), forgetting the least lately asked about past
+// kKnownNamespaceRoots.
+KnownRoot* Entry(KnownRoots& known, int ns, const FileId& id)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(known.mu) {
   if (auto it = known.roots.find(id); it != known.roots.end()) {
-    it->second.charge = charge;
     it->second.used = known.asked;
-    return;
+    return &it->second;
   }
   UniqueFd held(::fcntl(ns, F_DUPFD_CLOEXEC, 0));
-  if (!held) return;  // out of fds: not remembered
+  if (!held) return nullptr;
   if (known.roots.size() >= kKnownNamespaceRoots) {
     auto oldest = known.roots.begin();
     for (auto it = known.roots.begin(); it != known.roots.end(); ++it) {
@@ -330,13 +280,42 @@ void Remember(KnownRoots& known, int ns, const FileId& id, std::optional<uid_t> 
     }
     known.roots.erase(oldest);
   }
-  known.roots[id] = KnownRoot{std::move(held), charge, known.asked};
+  KnownRoot& entry = known.roots[id];
+  entry.ns = std::move(held);
+  entry.used = known.asked;
+  return &entry;
 }
 
 std::optional<FileId> IdOf(int fd) {
   struct stat st;
   if (::fstat(fd, &st) != 0) return std::nullopt;
   return FileId{st.st_dev, st.st_ino};
+}
+
+// The map of namespace `id` (one right below hallocd's, whose processes'
+// maps read from hallocd's show hallocd's uids), read from the first
+// process in /proc found in it that is in it still after the read (a
+// process only ever leaves a namespace for one below it: it was in it
+// throughout, unless its pid went to another process in between).
+// nullopt when none is.
+absl::StatusOr<std::optional<IdMap>> MapOfAProcessIn(const FileId& id) {
+  std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+  if (!proc) {
+    return errno == EMFILE || errno == ENFILE || errno == ENOMEM
+               ? ErrnoStatus(errno, "opendir /proc")
+               : absl::StatusOr<std::optional<IdMap>>(std::nullopt);
+  }
+  while (const dirent* e = ::readdir(proc.get())) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid) || pid <= 0) continue;
+    const std::string ns = absl::StrCat("/proc/", pid, "/ns/user");
+    if (FileIdOf(ns) != id) continue;
+    absl::StatusOr<IdMap> map = ReadUidMap(pid);
+    if (absl::IsResourceExhausted(map.status())) return map.status();
+    if (!map.ok() || map->extents().empty() || FileIdOf(ns) != id) continue;
+    return std::optional<IdMap>(*std::move(map));
+  }
+  return std::optional<IdMap>();
 }
 
 }  // namespace
@@ -347,35 +326,38 @@ absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns) {
   KnownRoots& known = Known();
   absl::MutexLock lock(&known.mu);
   ++known.asked;
-  if (auto it = known.roots.find(*id); it != known.roots.end()) {
-    it->second.used = known.asked;
-    return it->second.charge;
+  KnownRoot* entry = Entry(known, ns, *id);
+  if (entry && entry->read) return entry->charge;
+  const absl::Time now = MonotonicNow();
+  const auto none = [] {
+    return absl::UnavailableError(
+        "no process is in its container's user namespace to tell whose "
+        "that is (its uid map)");
+  };
+  if (entry && now - entry->looked < kLookAgain) return none();
+  ASSIGN_OR_RETURN(const std::optional<IdMap> map, MapOfAProcessIn(*id));
+  if (!map) {
+    if (entry) entry->looked = now;
+    return none();
   }
-  absl::StatusOr<IdMap> map = EnterAndReadMap(ns);
-  if (absl::IsResourceExhausted(map.status())) return map.status();
-  if (!map.ok()) {
-    // Not tried again for this namespace (in vain each time): what its
-    // processes' maps tell (RememberNamespaceRoot) may come.
-    Remember(known, ns, *id, std::nullopt);
-    return map.status();
+  const std::optional<uid_t> charge = ChargeOfMap(*map);
+  if (entry) {
+    entry->read = true;
+    entry->charge = charge;
   }
-  // A map not yet written is not remembered; one written never changes.
-  if (!map->extents().empty()) Remember(known, ns, *id, ChargeOfMap(*map));
-  return ChargeOfMap(*map);
+  return charge;
 }
 
 void RememberNamespaceRoot(int ns, const IdMap& map) {
   const std::optional<FileId> id = IdOf(ns);
   if (!id || map.extents().empty()) return;
-  const std::optional<uid_t> charge = ChargeOfMap(map);
   KnownRoots& known = Known();
   absl::MutexLock lock(&known.mu);
   ++known.asked;
-  if (auto it = known.roots.find(*id); it != known.roots.end() && it->second.charge == charge) {
-    it->second.used = known.asked;
-    return;
-  }
-  Remember(known, ns, *id, charge);
+  KnownRoot* entry = Entry(known, ns, *id);
+  if (entry == nullptr || entry->read) return;  // a map once written never changes
+  entry->read = true;
+  entry->charge = ChargeOfMap(map);
 }
 
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {

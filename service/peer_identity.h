@@ -71,7 +71,8 @@ bool UnprivilegedUserNamespaces();
 // a container's uid made (not right below hallocd's, made by a uid a
 // root-owned one maps) is charged as that container too (RootCharged of
 // the namespace right below hallocd's): its owner would be a uid apart
-// for each of the container's uids.
+// for each of the container's uids. PERMISSION_DENIED when that cannot
+// be told (no process left in the container's namespace).
 // Connection, fd and slow-lane
 // limits are charged to it: a user with subordinate uids (newuidmap:
 // 65,536 on a Debian login), or a container's root switching among its
@@ -95,8 +96,9 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
 // SliceCharged. A process right in the container's namespace has its
 // /proc/<pid>/uid_map read (and remembered for the namespace:
 // RememberNamespaceRoot); one below it, or gone on below since, the
-// container's (RootCharged). NOT_FOUND when the process is gone;
-// RESOURCE_EXHAUSTED when out of fds or memory to read its map.
+// container's (RootCharged; refused for one gone below when it cannot be
+// told). NOT_FOUND when the process is gone; RESOURCE_EXHAUSTED when out
+// of fds or memory to read its map.
 absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int container_ns,
                                        uid_t uid, const SubordinateUids& subordinate);
 // The charge a container's map gives: the uid (of hallocd's namespace)
@@ -104,19 +106,22 @@ absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int co
 // root or hallocd's own uid (root mapped to root: not a container's).
 std::optional<uid_t> ChargeOfMap(const IdMap& map);
 // NamespaceRoot's charge of namespace `ns` (right below hallocd's), else
-// SliceCharged(uid). RESOURCE_EXHAUSTED when out of fds or memory.
-absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate);
+// SliceCharged(uid); when NamespaceRoot cannot tell, PERMISSION_DENIED
+// if `unknown_refused` (a process a container's uid put below it: its
+// own choice of uid, or another container's slice, otherwise), else
+// SliceCharged(uid) (all made by root). RESOURCE_EXHAUSTED when out of
+// fds or memory.
+absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate,
+                                  bool unknown_refused);
 // The charge (ChargeOfMap) of user namespace `ns`, one right below
-// hallocd's, by its own uid_map, read by a child that enters it (setns:
-// hallocd needs CAP_SYS_ADMIN over it, as root has over a root-owned
-// one); nullopt when its map gives none (or is not written yet).
-// Remembered per namespace (its fd held) for the 1,024 namespaces last
-// asked about: a child for each container, not for each connection.
-// PERMISSION_DENIED when hallocd may not enter it (as under
-// hallocd.service: not root, and RestrictNamespaces); RESOURCE_EXHAUSTED
-// out of fds, memory or processes. A namespace it could not enter or read
-// is not tried again: what RememberNamespaceRoot told of it is its answer
-// then, else nullopt.
+// hallocd's, by its uid_map: as a process of it showed it
+// (RememberNamespaceRoot), else read from a process found in it in /proc
+// (hallocd.service's CAP_SYS_PTRACE lets it see every process's
+// namespace); nullopt when its map gives none. Remembered per namespace
+// (its fd held) for the 1,024 namespaces last asked about. UNAVAILABLE
+// when no process is in it (looked for again a second later at the
+// soonest: a container whose processes all went below their own
+// namespaces); RESOURCE_EXHAUSTED out of fds or memory.
 absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns);
 // Tells NamespaceRoot namespace `ns`'s map (as a process of it showed it:
 // ContainerCharged). An empty map (not written yet) tells nothing.

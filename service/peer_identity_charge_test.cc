@@ -155,21 +155,21 @@ TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
 
 // A container's uid that makes a user namespace of its own owns it as a
 // uid of ours (the container's map of it): charged as its container (the
-// uid the container's root is, read by entering the container's
-// namespace), listed or not, not as itself (else a container's root could
-// setuid to each of its uids and unshare: a uid apart for each) nor as
-// its slice (which, for blocks smaller than a slice, is another
-// container's).
+// uid the container's root is, from the map of another of its processes),
+// listed or not, not as itself (else a container's root could setuid to
+// each of its uids and unshare: a uid apart for each) nor as its slice
+// (which, for blocks smaller than a slice, is another container's).
 TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
   if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
   if (!UnprivilegedUserNamespaces()) {
     GTEST_SKIP() << "a container's uid may not make a user namespace here";
   }
   // Root's namespace (a container of 1,024 uids, the second block of a
-  // slice); as its uid 5 (ours: 1001029), a namespace of its own, its
-  // root uid 5.
+  // slice) with a process in it; as its uid 5 (ours: 1001029), another
+  // in a namespace of its own, its root uid 5.
   std::optional<ContainerProcess> nested;
-  nested.emplace("0 1001024 1024\n", 5, /*nest=*/true);
+  nested.emplace("0 1001024 1024\n", 5, /*nest=*/true, /*nest_later=*/false,
+                 /*keep_one_in=*/true);
   switch (nested->made()) {
     case ContainerProcess::Made::kYes:
       break;
@@ -187,21 +187,17 @@ TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
   EXPECT_EQ(*unlisted, 1001024u) << "listed or not";
   // Had it gone there after ChargedUid looked at the container's
   // namespace, the map it has now (its root 1001029) is not that
-  // namespace's: the one it left is entered.
+  // namespace's: the container's is.
   listed = ContainerCharged(nested->pidfd(), nested->pid(), nested->container_namespace(),
                             nested->container_namespace(), 1001029, roots);
   ASSERT_TRUE(listed.ok()) << listed.status();
   EXPECT_EQ(*listed, 1001024u) << "by the map of the namespace it was in";
-  // That namespace's root, read from inside it, and again (remembered)
-  // once no process is left in it (this test holds it).
-  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(nested->container_namespace());
-  ASSERT_TRUE(root.ok()) << root.status();
-  EXPECT_EQ(*root, std::optional<uid_t>(1001024));
+  // Remembered once no process is left in it (this test holds it).
   const int container_ns = ::fcntl(nested->container_namespace(), F_DUPFD_CLOEXEC, 0);
   ASSERT_GE(container_ns, 0);
   UniqueFd held(container_ns);
   nested.reset();
-  root = NamespaceRoot(held.get());
+  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(held.get());
   ASSERT_TRUE(root.ok()) << root.status();
   EXPECT_EQ(*root, std::optional<uid_t>(1001024));
 }
@@ -234,11 +230,13 @@ class AsHallocdsUser {
   bool changed_ = false, ok_ = false;
 };
 
-// A container's namespace hallocd may not enter (not root, as under
-// hallocd.service): the map a process right in it showed when it
-// connected (ContainerCharged remembers it) charges a process below it;
-// until one did, as itself (or by slice).
-TEST(PeerIdentityTest, ANamespaceHallocdMayNotEnterIsToldOfByItsProcesses) {
+// A container whose processes all went below namespaces of their own
+// (its own process, as a uid of it, and none is left in it): whose they
+// are cannot be told, and they are refused, not charged as a uid of
+// their choosing; once one connected from the container's namespace, the
+// map it showed charges them. As hallocd.service's user, which may see
+// every process's namespace (CAP_SYS_PTRACE) but enter none.
+TEST(PeerIdentityTest, AContainerWithNoProcessInItsNamespaceIsRefusedUntilOneShowsItsMap) {
   if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
   if (!UnprivilegedUserNamespaces()) {
     GTEST_SKIP() << "a container's uid may not make a user namespace here";
@@ -257,17 +255,18 @@ TEST(PeerIdentityTest, ANamespaceHallocdMayNotEnterIsToldOfByItsProcesses) {
   AsHallocdsUser as_hallocd;
   ASSERT_TRUE(as_hallocd.ok()) << "setresuid or capset: " << std::strerror(errno);
   absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(untold.container_namespace());
-  EXPECT_EQ(root.status().code(), absl::StatusCode::kPermissionDenied)
-      << (root.ok() ? "entered it without CAP_SYS_ADMIN" : root.status().ToString());
+  EXPECT_EQ(root.status().code(), absl::StatusCode::kUnavailable)
+      << (root.ok() ? "told with no process in it" : root.status().ToString());
   absl::StatusOr<uid_t> charged =
       ChargedUid(untold.pidfd(), untold.pid(), 1003077, SubordinateUids());
-  ASSERT_TRUE(charged.ok()) << charged.status();
-  EXPECT_EQ(*charged, 1003077u) << "nothing told of its container: as itself";
+  EXPECT_EQ(charged.status().code(), absl::StatusCode::kPermissionDenied)
+      << (charged.ok() ? absl::StrCat("charged as uid ", *charged) : charged.status().ToString());
   // Right in its container's namespace: its own map.
   charged = ChargedUid(told.pidfd(), told.pid(), 1002053, SubordinateUids());
   ASSERT_TRUE(charged.ok()) << charged.status();
   EXPECT_EQ(*charged, 1002048u);
-  // The same process, gone on below: as its container, as it told.
+  // The same process, gone on below (the only one: none left in it): as
+  // its container, as it showed.
   ASSERT_TRUE(told.Nest());
   charged = ChargedUid(told.pidfd(), told.pid(), 1002053, SubordinateUids());
   ASSERT_TRUE(charged.ok()) << charged.status();

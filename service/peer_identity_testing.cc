@@ -31,14 +31,14 @@ pid_t RunningAs(Subprocess& p, const std::string& bin) {
   return -1;
 }
 
-ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool nest,
-                                   bool nest_later) {
+ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool nest, bool nest_later,
+                                   bool keep_one_in) {
   const std::string self_map = absl::StrCat("0 ", inside, " 1\n");
   int ready[2], go[2];
   if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) return;
   UniqueFd ready_r(ready[0]), ready_w(ready[1]), go_r(go[0]);
   go_w_ = UniqueFd(go[1]);
-  pid_ = ::fork();
+  pid_ = child_ = ::fork();
   if (pid_ == 0) {  // syscalls only
     char c = 0;
     // Its own pipes' ends only (at 1000 and 1001): another
@@ -54,6 +54,19 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
     if (::write(kReady, "u", 1) != 1 || ::read(kGo, &c, 1) != 1 || c != 'g') ::_exit(2);
     if (::setresgid(inside, inside, inside) != 0 || ::setresuid(inside, inside, inside) != 0) {
       ::_exit(3);
+    }
+    if (nest && keep_one_in) {
+      const pid_t inner = ::fork();
+      if (inner < 0) ::_exit(9);
+      if (inner > 0) {  // stays in the container's namespace
+        if (::write(kReady, &inner, sizeof(inner)) != sizeof(inner)) ::_exit(5);
+        ::close(kReady);
+        while (::read(kGo, &c, 1) > 0) {
+        }
+        int status = 0;
+        if (::waitpid(inner, &status, 0) != inner) ::_exit(10);
+        ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 10);
+      }
     }
     if (nest && nest_later &&
         (::write(kReady, "d", 1) != 1 || ::read(kGo, &c, 1) != 1 || c != 'h')) {
@@ -74,7 +87,7 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
     ::read(kGo, &c, 1);  // until the parent closes its end
     ::_exit(0);
   }
-  if (pid_ < 0) return;
+  if (child_ < 0) return;
   ready_w.reset();
   char c = 0;
   if (::read(ready_r.get(), &c, 1) != 1 || c != 'u') {  // it exited: nothing to write to
@@ -94,8 +107,13 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
   container_namespace_ =
       UniqueFd(::open(absl::StrCat("/proc/", pid_, "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
   const bool mapped = write_map(map);
-  running_ = ::write(go_w_.get(), mapped ? "g" : "x", 1) == 1 && mapped &&
-             ::read(ready_r.get(), &c, 1) == 1 && c == (nest && nest_later ? 'd' : 'n');
+  running_ = ::write(go_w_.get(), mapped ? "g" : "x", 1) == 1 && mapped;
+  if (running_ && nest && keep_one_in) {
+    pid_t inner = -1;
+    running_ = ::read(ready_r.get(), &inner, sizeof(inner)) == sizeof(inner) && inner > 0;
+    pid_ = inner;
+  }
+  running_ = running_ && ::read(ready_r.get(), &c, 1) == 1 && c == (nest && nest_later ? 'd' : 'n');
   if (nest && nest_later) ready_r_ = std::move(ready_r);
   if (running_) pidfd_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
   if (!running_ || !pidfd_) Stop();
@@ -112,8 +130,8 @@ ContainerProcess::Made ContainerProcess::made() const {
 
 void ContainerProcess::Stop() {
   go_w_.reset();
-  if (pid_ > 0) ::waitpid(pid_, &exit_status_, 0);
-  pid_ = -1;
+  if (child_ > 0) ::waitpid(child_, &exit_status_, 0);
+  pid_ = child_ = -1;
   running_ = false;
 }
 

@@ -57,8 +57,10 @@ class ContainerProcess {
  public:
   enum class Made { kYes, kNoNamespace, kNoNestedNamespace };
   // `nest_later`: it makes its namespace only when Nest() is called.
-  ContainerProcess(const std::string& map, uid_t inside, bool nest = false,
-                   bool nest_later = false);
+  // `keep_one_in`: a process of it stays in the container's namespace
+  // (this one's parent), the one below it is the one seen here.
+  ContainerProcess(const std::string& map, uid_t inside, bool nest = false, bool nest_later = false,
+                   bool keep_one_in = false);
   ContainerProcess(const ContainerProcess&) = delete;
   ContainerProcess& operator=(const ContainerProcess&) = delete;
   ~ContainerProcess() { Stop(); }
@@ -76,6 +78,7 @@ class ContainerProcess {
   void Stop();
 
   pid_t pid_ = -1;
+  pid_t child_ = -1;  // this process's child (pid_, or its parent)
   UniqueFd go_w_, pidfd_, ready_r_;
   bool running_ = false;
   int exit_status_ = -1;

@@ -124,12 +124,12 @@ TEST_F(AbuseTest, ConnectingInALoopIsHeldToTheUidsRate) {
 }
 
 // Child "subordinate" (args: broker socket, fds go, ready and done,
-// "allocate" or not, "root" or "1001": whose namespace, its uid in it),
-// see SubordinateConnect.
+// "allocate" or not, "root" or "1001": whose namespace, its uid in it,
+// "nest" or not), see SubordinateConnect.
 int Subordinate(absl::Span<const std::string> args, int report) {
   int go = -1, ready = -1, done = -1;
   uid_t inside = 0;
-  if (args.size() != 7 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
+  if (args.size() != 8 || !absl::SimpleAtoi(args[1], &go) || !absl::SimpleAtoi(args[2], &ready) ||
       !absl::SimpleAtoi(args[3], &done) || !absl::SimpleAtoi(args[6], &inside)) {
     return kBadArgs;
   }
@@ -139,7 +139,15 @@ int Subordinate(absl::Span<const std::string> args, int report) {
   if ((!roots && !BecomeUid1001()) || unshare(CLONE_NEWUSER) != 0) return kCannotSwitchUid;
   WriteAll(report, "u\n");  // in its namespace: map it
   if (read(go, &c, 1) != 1 || setgid(inside) != 0 || setuid(inside) != 0) return 101;
+  // A namespace of its own, as its uid (none of the container's is left
+  // in the container's namespace).
+  if (args[7] == "nest" && unshare(CLONE_NEWUSER) != 0) return kCannotSwitchUid;
   absl::StatusOr<BrokerConnection> conn = ConnectBroker(args[0], absl::Seconds(5));
+  if (absl::IsPermissionDenied(conn.status()) &&
+      absl::StrContains(conn.status().message(), "cannot tell whose")) {
+    (void)!write(ready, "p", 1);
+    return 3;
+  }
   const bool limited = absl::IsResourceExhausted(conn.status()) &&
                        absl::StrContains(conn.status().message(), "limit per uid is 1");
   const char* said = conn.ok() ? "c" : "r";
@@ -172,22 +180,25 @@ HALLOC_TEST_CHILD("subordinate", Subordinate);
 // namespace of its own that maps `count` uids from `first_outside` (as
 // newuidmap does for a login's subordinate uids; the map written by this
 // root process), connecting to the broker as uid `inside` of it: outside,
-// uid first_outside + inside. Its exit code: 0 when it held a
+// uid first_outside + inside (`nest`: from a namespace of its own, made as
+// that uid). Its exit code: 0 when it held a
 // session until a byte came on `done`, 2 when refused for the per-uid limit, else
 // an error code; `ready` gets a byte once it knows: 'c' connected, 'r'
 // refused, or with `allocate` (one 4 KiB buffer, held too) 'a' allocated,
 // 'q' refused for a quota, 'e' another error.
 absl::StatusOr<TestChild> SubordinateConnect(const std::string& broker, uid_t first_outside,
                                              int ready, int done, bool allocate, bool roots,
-                                             uid_t inside = 1, uint32_t count = 10) {
+                                             uid_t inside = 1, uint32_t count = 10,
+                                             bool nest = false) {
   int go[2];
   if (pipe2(go, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
   UniqueFd go_r(go[0]), go_w(go[1]);
-  absl::StatusOr<TestChild> child = TestChild::Spawn(
-      "subordinate",
-      {broker, absl::StrCat(go_r.get()), absl::StrCat(ready), absl::StrCat(done),
-       allocate ? "allocate" : "connect", roots ? "root" : "1001", absl::StrCat(inside)},
-      {go_r.get(), ready, done});
+  absl::StatusOr<TestChild> child =
+      TestChild::Spawn("subordinate",
+                       {broker, absl::StrCat(go_r.get()), absl::StrCat(ready), absl::StrCat(done),
+                        allocate ? "allocate" : "connect", roots ? "root" : "1001",
+                        absl::StrCat(inside), nest ? "nest" : "flat"},
+                       {go_r.get(), ready, done});
   if (!child.ok()) return child.status();
   bool mapped = child->Line() == "u";
   for (const char* map : {"uid_map", "gid_map"}) {
@@ -328,6 +339,38 @@ TEST_F(AbuseTest, ContainersInOneSliceOfRootsRangeHaveALimitEach) {
                            << t.second_status << ")";
   EXPECT_TRUE(WIFEXITED(t.first_status) && WEXITSTATUS(t.first_status) == 0) << t.first_status;
   EXPECT_TRUE(WIFEXITED(t.second_status) && WEXITSTATUS(t.second_status) == 0) << t.second_status;
+}
+
+// A container's uid that made a user namespace of its own, none of the
+// container's processes left in the container's namespace: whose it is
+// cannot be told (its map is read from a process in it), and it is
+// refused with a reason, not charged as a uid of its choosing.
+TEST_F(AbuseTest, AContainersUidBelowAnEmptyContainerIsRefusedWithAReason) {
+  StartDaemon(
+      "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" }\n"
+      "sessions { max_per_uid: 1 }\n");
+  if (geteuid() != 0) GTEST_SKIP() << "making root's user namespaces needs root";
+  int ready[2], done[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(done, O_CLOEXEC), 0);
+  UniqueFd ready_r(ready[0]), ready_w(ready[1]), done_r(done[0]), done_w(done[1]);
+  absl::StatusOr<TestChild> child =
+      SubordinateConnect(opts_.broker_socket, 300000, ready_w.get(), done_r.get(),
+                         /*allocate=*/false, /*roots=*/true, 1, 10, /*nest=*/true);
+  ASSERT_TRUE(child.ok()) << child.status();
+  ready_w.reset();
+  done_r.reset();
+  done_w.reset();
+  pollfd p{ready_r.get(), POLLIN, 0};
+  char said = 0;
+  if (poll(&p, 1, 10000) == 1) (void)!read(ready_r.get(), &said, 1);
+  const int status = child->Wait(absl::Seconds(30)).value_or(-1);
+  if (said == 0 && WIFEXITED(status) && WEXITSTATUS(status) == kCannotSwitchUid) {
+    GTEST_SKIP() << "cannot make user namespaces (nested) here";
+  }
+  EXPECT_EQ(said, 'p') << "not refused as a process whose container cannot be told (" << status
+                       << ")";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << status;
 }
 
 // And to memory quotas: the same two share 1001's quota of one buffer.
