@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -152,7 +153,7 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
       // charged as that container (`prev`, right below ours), or it would
       // be a uid apart for each of its uids. No process of it need exist
       // to read its map from: entered to read it (NamespaceRoot).
-      return RootCharged(prev, *owner_charged, subordinate, /*unknown_refused=*/true);
+      return RootCharged(prev, pid, *owner_charged, subordinate, /*unknown_refused=*/true);
     }
     uid_t owner = 0;  // as a uid of ours
     if (::ioctl(ns, NS_GET_OWNER_UID, &owner) == 0 && owner != 0 && owner != self) {
@@ -179,7 +180,7 @@ absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int co
   // Below the container's namespace, all made by root (as a uid of ours:
   // not a container's uid): the container's map, else by slice.
   if (FileId{peer.st_dev, peer.st_ino} != FileId{container.st_dev, container.st_ino}) {
-    return RootCharged(container_ns, uid, subordinate, /*unknown_refused=*/false);
+    return RootCharged(container_ns, pid, uid, subordinate, /*unknown_refused=*/false);
   }
   // Right in the container's namespace: its own map is that namespace's
   // (read from hallocd's: outside uids are hallocd's).
@@ -202,12 +203,12 @@ absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int co
   // Gone on below after ChargedUid looked (a namespace of its own, as a
   // container's uid that unshared): the container's map, from another of
   // its processes.
-  return RootCharged(container_ns, uid, subordinate, /*unknown_refused=*/true);
+  return RootCharged(container_ns, pid, uid, subordinate, /*unknown_refused=*/true);
 }
 
-absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate,
+absl::StatusOr<uid_t> RootCharged(int ns, pid_t pid, uid_t uid, const SubordinateUids& subordinate,
                                   bool unknown_refused) {
-  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(ns);
+  absl::StatusOr<std::optional<uid_t>> root = NamespaceRoot(ns, pid);
   if (absl::IsResourceExhausted(root.status())) return root.status();
   if (root.ok()) return *root ? **root : SliceCharged(uid, subordinate);
   if (!unknown_refused) return SliceCharged(uid, subordinate);
@@ -238,9 +239,13 @@ namespace {
 // asked for forgotten first): root-owned namespaces are made by root
 // (container managers), not by those who connect.
 constexpr size_t kKnownNamespaceRoots = 1024;
-// How often NamespaceRoot looks through /proc for a process of a
-// namespace none was found in.
+// How soon NamespaceRoot looks through /proc again for a process of a
+// namespace none was found in: a second, twice as long each time after,
+// up to a minute (a look through 10,000 processes took ~70 ms here).
 constexpr absl::Duration kLookAgain = absl::Seconds(1);
+constexpr absl::Duration kLookAgainAtMost = absl::Seconds(64);
+// How many of a process's ancestors are looked at first.
+constexpr int kAncestors = 16;
 
 // What NamespaceRoot remembers: the namespace (its fd held, so that its
 // inode number is no other's meanwhile) and the charge its map gives, by
@@ -249,7 +254,8 @@ struct KnownRoot {
   UniqueFd ns;
   bool read = false;                         // its map was read
   std::optional<uid_t> charge;               // ChargeOfMap, once read
-  absl::Time looked = absl::InfinitePast();  // unread: when /proc was looked through
+  absl::Time look_after = absl::InfinitePast();  // unread: not before then again
+  absl::Duration wait = kLookAgain;              // the next look_after's
   uint64_t used = 0;                         // Known().asked when last asked
 };
 struct KnownRoots {
@@ -292,13 +298,43 @@ std::optional<FileId> IdOf(int fd) {
   return FileId{st.st_dev, st.st_ino};
 }
 
+// The parent of process `pid` (/proc/<pid>/stat's ppid), or 0.
+pid_t ParentPid(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return 0;
+  const size_t close = stat.rfind(')');  // comm may hold anything
+  if (close == std::string::npos) return 0;
+  const std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(stat).substr(close + 1), ' ', absl::SkipEmpty());
+  pid_t ppid = 0;
+  return fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid) ? ppid : 0;
+}
+
 // The map of namespace `id` (one right below hallocd's, whose processes'
-// maps read from hallocd's show hallocd's uids), read from the first
-// process in /proc found in it that is in it still after the read (a
-// process only ever leaves a namespace for one below it: it was in it
-// throughout, unless its pid went to another process in between).
-// nullopt when none is.
-absl::StatusOr<std::optional<IdMap>> MapOfAProcessIn(const FileId& id) {
+// maps read from hallocd's show hallocd's uids) if process `pid` is in it
+// and still is after the read (a process only ever leaves a namespace for
+// one below it: it was in it throughout, unless its pid went to another
+// process in between).
+absl::StatusOr<std::optional<IdMap>> MapIfIn(pid_t pid, const FileId& id) {
+  const std::string ns = absl::StrCat("/proc/", pid, "/ns/user");
+  if (FileIdOf(ns) != id) return std::optional<IdMap>();
+  absl::StatusOr<IdMap> map = ReadUidMap(pid);
+  if (absl::IsResourceExhausted(map.status())) return map.status();
+  if (!map.ok() || map->extents().empty() || FileIdOf(ns) != id) return std::optional<IdMap>();
+  return std::optional<IdMap>(*std::move(map));
+}
+
+// The map of namespace `id`, from a process in it: first among `near`'s
+// ancestors (a container's init, usually), then any in /proc. nullopt
+// when none is.
+absl::StatusOr<std::optional<IdMap>> MapOfAProcessIn(const FileId& id, pid_t near) {
+  for (int i = 0; i < kAncestors && near > 1; ++i) {
+    near = ParentPid(near);
+    if (near <= 1) break;
+    absl::StatusOr<std::optional<IdMap>> map = MapIfIn(near, id);
+    if (!map.ok() || *map) return map;
+  }
   std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
   if (!proc) {
     return errno == EMFILE || errno == ENFILE || errno == ENOMEM
@@ -308,44 +344,40 @@ absl::StatusOr<std::optional<IdMap>> MapOfAProcessIn(const FileId& id) {
   while (const dirent* e = ::readdir(proc.get())) {
     pid_t pid = 0;
     if (!absl::SimpleAtoi(e->d_name, &pid) || pid <= 0) continue;
-    const std::string ns = absl::StrCat("/proc/", pid, "/ns/user");
-    if (FileIdOf(ns) != id) continue;
-    absl::StatusOr<IdMap> map = ReadUidMap(pid);
-    if (absl::IsResourceExhausted(map.status())) return map.status();
-    if (!map.ok() || map->extents().empty() || FileIdOf(ns) != id) continue;
-    return std::optional<IdMap>(*std::move(map));
+    absl::StatusOr<std::optional<IdMap>> map = MapIfIn(pid, id);
+    if (!map.ok() || *map) return map;
   }
   return std::optional<IdMap>();
 }
 
 }  // namespace
 
-absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns) {
+absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns, pid_t near) {
   const std::optional<FileId> id = IdOf(ns);
   if (!id) return ErrnoStatus(errno, "fstat a user namespace");
   KnownRoots& known = Known();
-  absl::MutexLock lock(&known.mu);
-  ++known.asked;
-  KnownRoot* entry = Entry(known, ns, *id);
-  if (entry && entry->read) return entry->charge;
-  const absl::Time now = MonotonicNow();
   const auto none = [] {
     return absl::UnavailableError(
         "no process is in its container's user namespace to tell whose "
         "that is (its uid map)");
   };
-  if (entry && now - entry->looked < kLookAgain) return none();
-  ASSIGN_OR_RETURN(const std::optional<IdMap> map, MapOfAProcessIn(*id));
-  if (!map) {
-    if (entry) entry->looked = now;
-    return none();
+  {
+    absl::MutexLock lock(&known.mu);
+    ++known.asked;
+    KnownRoot* entry = Entry(known, ns, *id);
+    if (entry && entry->read) return entry->charge;
+    const absl::Time now = MonotonicNow();
+    if (entry && now < entry->look_after) return none();
+    if (entry) {  // this look's: others wait until then
+      entry->look_after = now + entry->wait;
+      entry->wait = std::min(entry->wait * 2, kLookAgainAtMost);
+    }
   }
-  const std::optional<uid_t> charge = ChargeOfMap(*map);
-  if (entry) {
-    entry->read = true;
-    entry->charge = charge;
-  }
-  return charge;
+  // Not under the lock: a look through /proc takes a while.
+  ASSIGN_OR_RETURN(const std::optional<IdMap> map, MapOfAProcessIn(*id, near));
+  if (!map) return none();
+  RememberNamespaceRoot(ns, *map);
+  return ChargeOfMap(*map);
 }
 
 void RememberNamespaceRoot(int ns, const IdMap& map) {

@@ -105,24 +105,28 @@ absl::StatusOr<uid_t> ContainerCharged(int pidfd, pid_t pid, int peer_ns, int co
 // its root is; with no root mapped, its lowest uid; nullopt when that is
 // root or hallocd's own uid (root mapped to root: not a container's).
 std::optional<uid_t> ChargeOfMap(const IdMap& map);
-// NamespaceRoot's charge of namespace `ns` (right below hallocd's), else
+// NamespaceRoot's charge of namespace `ns` (right below hallocd's; `pid`
+// a process below it), else
 // SliceCharged(uid); when NamespaceRoot cannot tell, PERMISSION_DENIED
 // if `unknown_refused` (a process a container's uid put below it: its
 // own choice of uid, or another container's slice, otherwise), else
 // SliceCharged(uid) (all made by root). RESOURCE_EXHAUSTED when out of
 // fds or memory.
-absl::StatusOr<uid_t> RootCharged(int ns, uid_t uid, const SubordinateUids& subordinate,
+absl::StatusOr<uid_t> RootCharged(int ns, pid_t pid, uid_t uid, const SubordinateUids& subordinate,
                                   bool unknown_refused);
 // The charge (ChargeOfMap) of user namespace `ns`, one right below
 // hallocd's, by its uid_map: as a process of it showed it
-// (RememberNamespaceRoot), else read from a process found in it in /proc
-// (hallocd.service's CAP_SYS_PTRACE lets it see every process's
-// namespace); nullopt when its map gives none. Remembered per namespace
-// (its fd held) for the 1,024 namespaces last asked about. UNAVAILABLE
-// when no process is in it (looked for again a second later at the
-// soonest: a container whose processes all went below their own
-// namespaces); RESOURCE_EXHAUSTED out of fds or memory.
-absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns);
+// (RememberNamespaceRoot), else read from a process found in it: among
+// the ancestors of `near` (a process below it, its container's init
+// usually), then in /proc (hallocd.service's CAP_SYS_PTRACE lets it see
+// every process's namespace); nullopt when its map gives none.
+// Remembered per namespace (its fd held) for the 1,024 namespaces last
+// asked about. UNAVAILABLE when no process is in it (a container whose
+// processes all went below namespaces of their own): looked for again a
+// second later at the soonest, twice as long each time after, up to a
+// minute, and not under the cache's lock; RESOURCE_EXHAUSTED out of fds
+// or memory.
+absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns, pid_t near = 0);
 // Tells NamespaceRoot namespace `ns`'s map (as a process of it showed it:
 // ContainerCharged). An empty map (not written yet) tells nothing.
 void RememberNamespaceRoot(int ns, const IdMap& map);

@@ -178,6 +178,10 @@ TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
     case ContainerProcess::Made::kNoNestedNamespace:
       GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
   }
+  // Found in /proc (no process to start from): the one kept in it.
+  absl::StatusOr<std::optional<uid_t>> found = NamespaceRoot(nested->container_namespace());
+  ASSERT_TRUE(found.ok()) << found.status();
+  EXPECT_EQ(*found, std::optional<uid_t>(1001024));
   const SubordinateUids roots = SubordinateUids::Parse("root:1000000:65536\n");
   absl::StatusOr<uid_t> listed = ChargedUid(nested->pidfd(), nested->pid(), 1001029, roots);
   absl::StatusOr<uid_t> unlisted =
@@ -259,6 +263,12 @@ TEST(PeerIdentityTest, AContainerWithNoProcessInItsNamespaceIsRefusedUntilOneSho
       << (root.ok() ? "told with no process in it" : root.status().ToString());
   absl::StatusOr<uid_t> charged =
       ChargedUid(untold.pidfd(), untold.pid(), 1003077, SubordinateUids());
+  EXPECT_EQ(charged.status().code(), absl::StatusCode::kPermissionDenied)
+      << (charged.ok() ? absl::StrCat("charged as uid ", *charged) : charged.status().ToString());
+  // So is one that went below after ChargedUid looked at it right in the
+  // container's namespace.
+  charged = ContainerCharged(untold.pidfd(), untold.pid(), untold.container_namespace(),
+                             untold.container_namespace(), 1003077, SubordinateUids());
   EXPECT_EQ(charged.status().code(), absl::StatusCode::kPermissionDenied)
       << (charged.ok() ? absl::StrCat("charged as uid ", *charged) : charged.status().ToString());
   // Right in its container's namespace: its own map.

@@ -41,12 +41,13 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
   pid_ = child_ = ::fork();
   if (pid_ == 0) {  // syscalls only
     char c = 0;
-    // Its own pipes' ends only (at 1000 and 1001): another
-    // ContainerProcess's go_w_ held here would keep that one's child from
-    // seeing its end, and this one's from seeing the parent's close.
-    constexpr int kReady = 1000, kGo = 1001;
-    if (::fcntl(ready_w.get(), F_DUPFD, kReady) != kReady ||
-        ::fcntl(go_r.get(), F_DUPFD, kReady) != kGo || ::close_range(3, kReady - 1, 0) != 0 ||
+    // Its own pipes' ends only: another ContainerProcess's go_w_ held
+    // here would keep that one's child from seeing its end, and this
+    // one's from seeing the parent's close.
+    const int kReady = ::fcntl(ready_w.get(), F_DUPFD, 3);
+    const int kGo = kReady < 0 ? -1 : ::fcntl(go_r.get(), F_DUPFD, kReady + 1);
+    if (kGo < 0 || ::close_range(3, kReady - 1, 0) != 0 ||
+        (kGo > kReady + 1 && ::close_range(kReady + 1, kGo - 1, 0) != 0) ||
         ::close_range(kGo + 1, ~0U, 0) != 0) {
       ::_exit(7);
     }
@@ -59,7 +60,6 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
       const pid_t inner = ::fork();
       if (inner < 0) ::_exit(9);
       if (inner > 0) {  // stays in the container's namespace
-        if (::write(kReady, &inner, sizeof(inner)) != sizeof(inner)) ::_exit(5);
         ::close(kReady);
         while (::read(kGo, &c, 1) > 0) {
         }
@@ -82,6 +82,10 @@ ContainerProcess::ContainerProcess(const std::string& map, uid_t inside, bool ne
         ::_exit(6);
       }
       ::close(f);
+    }
+    if (nest && keep_one_in) {  // which process to look at: this one
+      const pid_t me = ::getpid();
+      if (::write(kReady, &me, sizeof(me)) != sizeof(me)) ::_exit(5);
     }
     if (::write(kReady, "n", 1) != 1) ::_exit(5);
     ::read(kGo, &c, 1);  // until the parent closes its end
