@@ -151,8 +151,8 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
       // One further down was made by a uid that a root-owned namespace
       // above it maps (a container's uid that unshared one of its own):
       // charged as that container (`prev`, right below ours), or it would
-      // be a uid apart for each of its uids. No process of it need exist
-      // to read its map from: entered to read it (NamespaceRoot).
+      // be a uid apart for each of its uids: by the map another process
+      // of it shows (NamespaceRoot), refused when none can.
       return RootCharged(prev, pid, *owner_charged, subordinate, /*unknown_refused=*/true);
     }
     uid_t owner = 0;  // as a uid of ours
