@@ -51,7 +51,8 @@ uint32_t DefaultMaxConnections();
 // fds hallocd keeps for its own work beyond connections, buffers and the
 // backend's stock: listening sockets, epoll and event fds, gRPC's own, the
 // metrics server's connections (16), the watches of released memory (16),
-// files it reads.
+// the user namespaces of the containers NamespaceRoot remembers (64,
+// peer_identity.h), files it reads.
 inline constexpr uint64_t kHallocdOwnFds = 256;
 
 // How many buffers hallocd may hold at once (each is an fd in it), of

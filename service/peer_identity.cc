@@ -236,9 +236,12 @@ std::optional<uid_t> ChargeOfMap(const IdMap& map) {
 namespace {
 
 // How many namespaces' charges NamespaceRoot remembers (the least lately
-// asked for forgotten first): root-owned namespaces are made by root
-// (container managers), not by those who connect.
-constexpr size_t kKnownNamespaceRoots = 1024;
+// asked for forgotten first; an fd each, of kHallocdOwnFds): root-owned
+// namespaces are made by root (container managers), not by those who
+// connect, and a container's own processes tell its map again whenever
+// they connect; one forgotten costs its nested processes a look among
+// their ancestors.
+constexpr size_t kKnownNamespaceRoots = 64;
 // How soon NamespaceRoot looks through /proc again for a process of a
 // namespace none was found in: a second, twice as long each time after,
 // up to a minute (a look through 10,000 processes took ~70 ms here).

@@ -120,7 +120,7 @@ absl::StatusOr<uid_t> RootCharged(int ns, pid_t pid, uid_t uid, const Subordinat
 // the ancestors of `near` (a process below it, its container's init
 // usually), then in /proc (hallocd.service's CAP_SYS_PTRACE lets it see
 // every process's namespace); nullopt when its map gives none.
-// Remembered per namespace (its fd held) for the 1,024 namespaces last
+// Remembered per namespace (its fd held: of kHallocdOwnFds) for the 64 last
 // asked about. UNAVAILABLE when no process is in it (a container whose
 // processes all went below namespaces of their own): looked for again a
 // second later at the soonest, twice as long each time after, up to a
