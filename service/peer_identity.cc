@@ -66,6 +66,25 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
 
 namespace {
 
+// Numeric field `field` (numbered as proc(5) numbers them, from 1; 3 and
+// up) of /proc/<pid>/stat: "pid (comm) state ppid ...", comm may hold
+// spaces and parentheses, so the fields are counted from the last ')'.
+std::optional<uint64_t> StatField(pid_t pid, int field) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return std::nullopt;
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  const std::vector<absl::string_view> fields =
+      absl::StrSplit(absl::string_view(stat).substr(close + 1), ' ', absl::SkipEmpty());
+  const size_t at = static_cast<size_t>(field - 3);  // fields[0] is field 3 (state)
+  uint64_t value = 0;
+  if (field < 3 || fields.size() <= at || !absl::SimpleAtoi(fields[at], &value)) {
+    return std::nullopt;
+  }
+  return value;
+}
+
 // hallocd's own user namespace, read once (a process with threads cannot
 // unshare another).
 const std::optional<FileId>& OwnUserNamespace() {
@@ -303,15 +322,8 @@ std::optional<FileId> IdOf(int fd) {
 
 // The parent of process `pid` (/proc/<pid>/stat's ppid), or 0.
 pid_t ParentPid(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat;
-  if (!std::getline(in, stat)) return 0;
-  const size_t close = stat.rfind(')');  // comm may hold anything
-  if (close == std::string::npos) return 0;
-  const std::vector<absl::string_view> fields =
-      absl::StrSplit(absl::string_view(stat).substr(close + 1), ' ', absl::SkipEmpty());
-  pid_t ppid = 0;
-  return fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid) ? ppid : 0;
+  constexpr int kPpid = 4;
+  return static_cast<pid_t>(StatField(pid, kPpid).value_or(0));
 }
 
 // The map of namespace `id` (one right below hallocd's, whose processes'
@@ -403,21 +415,9 @@ uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {
 
 std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid) {
   if (pidfd < 0 || pid <= 0) return std::nullopt;
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string stat;
-  if (!std::getline(in, stat)) return std::nullopt;
-  // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so
-  // the fields are counted from the last ')'; starttime is field 22.
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  const std::vector<absl::string_view> fields =
-      absl::StrSplit(absl::string_view(stat).substr(close + 1), ' ', absl::SkipEmpty());
-  constexpr size_t kStartTime = 22 - 3;  // fields[0] is field 3 (state)
-  uint64_t start = 0;
-  if (fields.size() <= kStartTime || !absl::SimpleAtoi(fields[kStartTime], &start)) {
-    return std::nullopt;
-  }
-  if (!StillRunning(pidfd)) return std::nullopt;  // the pid may be another's now
+  constexpr int kStartTime = 22;
+  const std::optional<uint64_t> start = StatField(pid, kStartTime);
+  if (!start || !StillRunning(pidfd)) return std::nullopt;  // the pid may be another's now
   return start;
 }
 
