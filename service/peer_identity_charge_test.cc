@@ -127,11 +127,8 @@ TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
   for (const Case& c : cases) {
     SCOPED_TRACE(absl::StrCat("map \"", c.map, "\", as its uid ", c.inside));
     ContainerProcess container(c.map, c.inside);
-    const ContainerProcess::Made made = container.made();
-    if (made == ContainerProcess::Made::kNoNamespace) {
-      GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
-    }
-    ASSERT_EQ(made, ContainerProcess::Made::kYes);
+    if (std::optional<std::string> why = container.WhyNotMade()) GTEST_SKIP() << *why;
+    ASSERT_EQ(container.made(), ContainerProcess::Made::kYes);
     absl::StatusOr<uid_t> listed = ChargedUid(container.pidfd(), container.pid(), c.seen, roots);
     absl::StatusOr<uid_t> unlisted =
         ChargedUid(container.pidfd(), container.pid(), c.seen, SubordinateUids());
@@ -170,14 +167,8 @@ TEST(PeerIdentityTest, AContainersUidThatUnsharesIsChargedAsTheContainer) {
   std::optional<ContainerProcess> nested;
   nested.emplace("0 1001024 1024\n", 5, /*nest=*/true, /*nest_later=*/false,
                  /*keep_one_in=*/true);
-  switch (nested->made()) {
-    case ContainerProcess::Made::kYes:
-      break;
-    case ContainerProcess::Made::kNoNamespace:
-      GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
-    case ContainerProcess::Made::kNoNestedNamespace:
-      GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
-  }
+  if (std::optional<std::string> why = nested->WhyNotMade()) GTEST_SKIP() << *why;
+  ASSERT_EQ(nested->made(), ContainerProcess::Made::kYes);
   // Found in /proc (no process to start from): the one kept in it.
   absl::StatusOr<std::optional<uid_t>> found = NamespaceRoot(nested->container_namespace());
   ASSERT_TRUE(found.ok()) << found.status();
@@ -246,14 +237,8 @@ TEST(PeerIdentityTest, AContainerWithNoProcessInItsNamespaceIsRefusedUntilOneSho
     GTEST_SKIP() << "a container's uid may not make a user namespace here";
   }
   ContainerProcess untold("0 1003072 1024\n", 5, /*nest=*/true);
-  switch (untold.made()) {
-    case ContainerProcess::Made::kYes:
-      break;
-    case ContainerProcess::Made::kNoNamespace:
-      GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
-    case ContainerProcess::Made::kNoNestedNamespace:
-      GTEST_SKIP() << "a container's uid may not make a user namespace here (an LSM refused it)";
-  }
+  if (std::optional<std::string> why = untold.WhyNotMade()) GTEST_SKIP() << *why;
+  ASSERT_EQ(untold.made(), ContainerProcess::Made::kYes);
   ContainerProcess told("0 1002048 1024\n", 5, /*nest=*/true, /*nest_later=*/true);
   ASSERT_EQ(told.made(), ContainerProcess::Made::kYes);
   AsHallocdsUser as_hallocd;
@@ -301,9 +286,7 @@ TEST(PeerIdentityTest, AContainerWithNoRootIsChargedAsItsLowestUid) {
 TEST(PeerIdentityTest, OutOfFdsToReadAContainersMapIsRefused) {
   if (::geteuid() != 0) GTEST_SKIP() << "writing a user namespace's map needs root";
   ContainerProcess container("0 1000000 1024\n", 5);
-  if (container.made() == ContainerProcess::Made::kNoNamespace) {
-    GTEST_SKIP() << "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
-  }
+  if (std::optional<std::string> why = container.WhyNotMade()) GTEST_SKIP() << *why;
   ASSERT_EQ(container.made(), ContainerProcess::Made::kYes);
   // Its namespace and ours (NS_GET_PARENT) open; not its map.
   absl::StatusOr<uid_t> charged = WithFdsFree(2, [&] {

@@ -132,6 +132,18 @@ ContainerProcess::Made ContainerProcess::made() const {
   return Made::kNoNamespace;
 }
 
+std::optional<std::string> ContainerProcess::WhyNotMade() const {
+  if (running_ || !WIFEXITED(exit_status_)) return std::nullopt;
+  switch (WEXITSTATUS(exit_status_)) {
+    case 1:
+      return "unshare(CLONE_NEWUSER) failed here (user namespaces disabled?)";
+    case 4:
+      return "a container's uid may not make a user namespace here (an LSM refused it)";
+    default:
+      return std::nullopt;
+  }
+}
+
 void ContainerProcess::Stop() {
   go_w_.reset();
   if (child_ > 0) ::waitpid(child_, &exit_status_, 0);

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -67,6 +68,9 @@ class ContainerProcess {
 
   // Whether it runs; if not, why (exit_status_: how it ended).
   Made made() const;
+  // Why a test of it skips: what made() says cannot be done here; nullopt
+  // when it runs or failed otherwise (made() says how).
+  std::optional<std::string> WhyNotMade() const;
   // (`nest_later`) Has it make its namespace; whether it did.
   bool Nest();
   pid_t pid() const { return pid_; }
