@@ -15,6 +15,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "service/peer_identity.h"
 
 namespace halloc {
 
@@ -122,13 +123,25 @@ uint64_t BucketKey(uid_t uid, const std::optional<SubordinateUids::Slice>& slice
   return uint64_t{1} << 63 | absl::Hash<std::string>{}(slice->range->owner);
 }
 
+// The charge of the container (one whose map hallocd has read) that names
+// `uid`, for uids past the host's own: below 65536 are the host's users
+// (systemd's UIDS-GIDS convention: containers' blocks start above), whom
+// an idmap may share into a container (LXC's `lxc.idmap = u 1000 1000 1`)
+// without making their own connections the container's.
+std::optional<uid_t> ContainerOf(uid_t uid) {
+  constexpr uid_t kFirstContainerUid = 65536;
+  return uid >= kFirstContainerUid ? KnownContainerCharge(uid) : std::nullopt;
+}
+
 }  // namespace
 
 uint64_t ConnectRate::BucketOf(uid_t uid, absl::Time now) {
+  if (const std::optional<uid_t> container = ContainerOf(uid)) return *container;
   return BucketKey(uid, subordinate_.At(now).SliceOf(uid));
 }
 
 uid_t ConnectRate::RefusedAs(uid_t uid, absl::Time now) {
+  if (const std::optional<uid_t> container = ContainerOf(uid)) return *container;
   const std::optional<SubordinateUids::Slice> slice = subordinate_.At(now).SliceOf(uid);
   if (!slice) return uid;
   const uid_t as = slice->range->roots() ? slice->first : slice->range->owner_first;
@@ -149,8 +162,11 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
     Sweep(limits, now);
     sweep_at_ = std::max<size_t>(64, 2 * buckets_.size());
   }
-  const std::optional<SubordinateUids::Slice> slice = subordinate_.At(now).SliceOf(uid);
-  auto [it, fresh] = buckets_.try_emplace(BucketKey(uid, slice), Bucket{burst, now});
+  const std::optional<uid_t> container = ContainerOf(uid);
+  const std::optional<SubordinateUids::Slice> slice =
+      container ? std::nullopt : subordinate_.At(now).SliceOf(uid);
+  auto [it, fresh] =
+      buckets_.try_emplace(container ? *container : BucketKey(uid, slice), Bucket{burst, now});
   Bucket& b = it->second;
   if (!fresh && now > b.at) {
     b.tokens = std::min(burst, b.tokens + per_second * absl::ToDoubleSeconds(now - b.at));
@@ -160,7 +176,10 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
     if (retry_after != nullptr) *retry_after = absl::Seconds((1 - b.tokens) / per_second);
     // The file is root's to write (SubordinateUidsFile), escaped all the same.
     std::string shared;
-    if (slice && slice->range->roots()) {
+    if (container) {
+      shared = absl::StrCat(" (with every uid of the container whose root is uid ", *container,
+                            ", rated as one)");
+    } else if (slice && slice->range->roots()) {
       shared = absl::StrCat(" (with the uids ", slice->first, "-", slice->first + slice->count - 1,
                             " of a range of root's in ", absl::CHexEscape(subordinate_.path()),
                             ", rated as one)");

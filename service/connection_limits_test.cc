@@ -1,5 +1,6 @@
 #include "service/connection_limits.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,7 +11,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/temp_dir_testing.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "service/peer_identity.h"
+#include "service/util/id_map.h"
 
 namespace halloc {
 namespace {
@@ -271,6 +275,69 @@ TEST(ConnectRateTest, AUsersRangesAreOneBucketAndRootsASliceEach) {
   EXPECT_EQ(rate.RefusedAs(165540, t0), 165536u);    // bob's
   EXPECT_EQ(rate.RefusedAs(1065540, t0), 1065536u);  // root's slice
   EXPECT_EQ(rate.RefusedAs(99999, t0), 99999u);
+}
+
+// A container's map as a process of it showed it (ContainerCharged),
+// remembered for a "namespace" that is any file: the cache goes by inode.
+void RememberContainer(const testing::TempDir& dir, const std::string& name,
+                       const std::string& uid_map) {
+  std::ofstream(dir / name) << "";
+  const UniqueFd ns(::open((dir / name).c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(ns) << name;
+  absl::StatusOr<IdMap> map = IdMap::Parse(uid_map);
+  ASSERT_TRUE(map.ok()) << map.status();
+  RememberNamespaceRoot(ns.get(), *map);
+}
+
+TEST(ConnectRateTest, AContainersUidsAreOneBucketOnceItsMapIsKnown) {
+  testing::TempDir dir("connect-rate-containers", 0755);
+  std::ofstream(dir / "subuid") << "root:1000000:131072\n";
+  ASSERT_EQ(::chmod((dir / "subuid").c_str(), 0644), 0);
+  SetSubordinateUidFile(dir / "subuid");
+  ConnectRate before, after;
+  SetSubordinateUidFile(kNoRanges);
+  constexpr ConnectRate::Limits p{10, 20};
+  const absl::Time t0 = absl::UnixEpoch() + absl::Hours(1);
+  // Unlisted, map unknown: a bucket per uid.
+  for (uid_t uid = 2000000; uid < 2000040; ++uid) {
+    EXPECT_TRUE(before.Admit(p, uid, t0, "broker connections").ok()) << uid;
+  }
+  // Known (no listed range): one bucket, charged as its root.
+  RememberContainer(dir, "unlisted", "0 2000000 65536");
+  int admitted = 0;
+  absl::Status refused;
+  for (uid_t uid = 2000000; uid < 2000100; ++uid) {
+    absl::Status s = after.Admit(p, uid, t0, "broker connections");
+    if (s.ok()) ++admitted;
+    if (!s.ok() && refused.ok()) refused = s;
+  }
+  EXPECT_EQ(admitted, 20);
+  EXPECT_TRUE(absl::StrContains(
+      refused.message(),
+      "uid 2000020 (with every uid of the container whose root is uid 2000000, rated as one)"))
+      << refused;
+  EXPECT_EQ(AdmittedAt(after, p, 2065535, t0), 0);   // its last
+  EXPECT_EQ(AdmittedAt(after, p, 2065536, t0), 20);  // past it: its own
+  EXPECT_EQ(after.RefusedAs(2000050, t0), 2000000u);
+  EXPECT_TRUE(after.SameBucket(2000000, 2065535, t0));
+  EXPECT_FALSE(after.SameBucket(2000000, 2065536, t0));
+  // Two containers of 1,024 uids in one slice of root's range: one
+  // bucket each (the slice alone made them one).
+  RememberContainer(dir, "first", "0 1000000 1024");
+  RememberContainer(dir, "second", "0 1001024 1024");
+  EXPECT_EQ(AdmittedAt(after, p, 1000000, t0), 20);
+  EXPECT_EQ(AdmittedAt(after, p, 1001024, t0), 20);
+  EXPECT_EQ(after.RefusedAs(1001030, t0), 1001024u);
+  EXPECT_EQ(after.RefusedAs(1002048, t0), 1000000u);  // its slice's, known of no container
+  // A login's uid an idmap shares into a container stays the login's.
+  RememberContainer(dir, "sharing", "0 3000000 65536\n65536 1000 1");
+  EXPECT_EQ(AdmittedAt(after, p, 3000000, t0), 20);
+  EXPECT_EQ(AdmittedAt(after, p, 1000, t0), 20);
+  EXPECT_EQ(after.RefusedAs(1000, t0), 1000u);
+  // Two maps naming one uid: the lower charge.
+  RememberContainer(dir, "overlapping", "0 3999000 1\n1 3000010 10");
+  EXPECT_EQ(after.RefusedAs(3000015, t0), 3000000u);
+  EXPECT_EQ(after.RefusedAs(3999000, t0), 3999000u);
 }
 
 }  // namespace

@@ -279,6 +279,9 @@ struct KnownRoot {
   absl::Time look_after = absl::InfinitePast();  // unread: not before then again
   absl::Duration wait = kLookAgain;              // the next look_after's
   uint64_t used = 0;                         // Known().asked when last asked
+  // The uids of hallocd's its map names (first and last of each extent's),
+  // once read, when it gives a charge (KnownContainerCharge).
+  std::vector<std::pair<uint64_t, uint64_t>> names;
 };
 struct KnownRoots {
   absl::Mutex mu;
@@ -405,6 +408,29 @@ void RememberNamespaceRoot(int ns, const IdMap& map) {
   if (entry == nullptr || entry->read) return;  // a map once written never changes
   entry->read = true;
   entry->charge = ChargeOfMap(map);
+  if (!entry->charge) return;
+  for (const IdMap::Extent& e : map.extents()) {
+    if (e.outside == IdMap::kUnnamed) continue;
+    const uint64_t last =
+        std::min<uint64_t>(uint64_t{e.outside} + e.count - 1, IdMap::kUnnamed - 1);
+    entry->names.emplace_back(e.outside, last);
+  }
+}
+
+std::optional<uid_t> KnownContainerCharge(uid_t uid) {
+  KnownRoots& known = Known();
+  absl::MutexLock lock(&known.mu);
+  std::optional<uid_t> charge;
+  for (const auto& [id, root] : known.roots) {
+    if (!root.charge || (charge && *charge <= *root.charge)) continue;
+    for (const auto& [first, last] : root.names) {
+      if (first <= uid && uid <= last) {
+        charge = root.charge;
+        break;
+      }
+    }
+  }
+  return charge;
 }
 
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {

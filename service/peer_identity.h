@@ -130,6 +130,12 @@ absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns, pid_t near = 0);
 // Tells NamespaceRoot namespace `ns`'s map (as a process of it showed it:
 // ContainerCharged). An empty map (not written yet) tells nothing.
 void RememberNamespaceRoot(int ns, const IdMap& map);
+// The charge of a container whose map NamespaceRoot remembers and names
+// `uid` (one of hallocd's) as one of the container's; the lowest such
+// charge when several do; nullopt when none does. What a connection's
+// SO_PEERCRED uid tells of its container before its process is looked
+// at (ConnectRate's first check).
+std::optional<uid_t> KnownContainerCharge(uid_t uid);
 // The first uid of `uid`'s slice of `subordinate`'s ranges (unless that
 // is root or hallocd's own uid), else `uid`.
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);

@@ -135,7 +135,10 @@ TEST(PeerIdentityTest, ChargesAContainersProcessesAsItsRoot) {
     ASSERT_TRUE(listed.ok() && unlisted.ok()) << listed.status() << " " << unlisted.status();
     EXPECT_EQ(*listed, c.charged_listed) << "with root's range listed";
     EXPECT_EQ(*unlisted, c.charged_unlisted) << "with no range listed";
+    // Its uids tell of it from now on (ConnectRate's first check).
+    EXPECT_EQ(KnownContainerCharge(c.seen), c.charged_unlisted) << "as uid " << c.seen;
   }
+  EXPECT_EQ(KnownContainerCharge(1001024 + 1024), std::nullopt) << "a uid no container maps";
   // Gone: charged to no one.
   int pidfd = -1;
   pid_t pid = -1;
