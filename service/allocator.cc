@@ -204,9 +204,9 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   }
   if (caller != nullptr) {
     plan.policy = policy();
-    absl::StatusOr<AllocateDecision> d = DecideAllocate(
-        *plan.policy, *caller,
-        {plan.usage, plan.size, std::string(backend_->name()), plan.owner_access});
+    absl::StatusOr<AllocateDecision> d =
+        DecideAllocate(*plan.policy, *caller,
+                       {plan.usage, bytes, std::string(backend_->name()), plan.owner_access});
     if (!d.ok()) return d.status();  // counted by Allocate, not by IsSupported
     plan.owner_access = d->owner_access;
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));

@@ -149,5 +149,29 @@ TEST(AllocatorLimitsTest, ImagesAreBoundByTheBufferLimitAsBlobsAre) {
   EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kInvalidArgument)) << r.reason();
 }
 
+// A rule's max_buffer_bytes bounds the size asked for, as hallocd's own
+// limit does, not that size rounded up to pages: a camera's 1,000,000-byte
+// buffer under "max_buffer_bytes: 1000000" is allowed.
+TEST(AllocatorLimitsTest, ARulesBufferLimitBoundsTheSizeAskedFor) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "cam" match { any: true } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE max_buffer_bytes: 1000000 }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(std::make_unique<MemfdBackend>(), Limits(), *policy);
+  const Identity caller{::getuid(), ::getgid(), ::getpid(), "", std::nullopt};
+  v1::IsSupportedRequest q;
+  q.mutable_desc()->set_size(1000000);
+  v1::IsSupportedResponse r = core.IsSupported(q, &caller);
+  EXPECT_TRUE(r.supported()) << r.reason();
+  q.mutable_desc()->set_size(1000001);
+  r = core.IsSupported(q, &caller);
+  EXPECT_FALSE(r.supported());
+  EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kPermissionDenied)) << r.reason();
+  EXPECT_TRUE(absl::StrContains(r.reason(), "1000001 bytes exceeds max_buffer_bytes 1000000"))
+      << r.reason();
+}
+
 }  // namespace
 }  // namespace halloc

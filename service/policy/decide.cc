@@ -40,7 +40,9 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
                 // None for another process on a session's socket.
                 // Escaped and cut: up to 4 KiB of the client's choosing.
                 c.exe.empty() ? "" : absl::StrCat(" exe '", LogSafe(c.exe, kLoggedPathBytes), "'"),
-                c.exe_file ? "" : " (executable not verified)", " (default deny)")));
+                // Verified only where a rule names an exe (RequestIdentity).
+                c.exe_file || !policy.matches_exe() ? "" : " (executable not verified)",
+                " (default deny)")));
 }
 
 std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {

@@ -35,7 +35,10 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& cal
 
 struct AllocateAsk {
   uint64_t usage = 0;
-  uint64_t size = 0;           // of one buffer, page-rounded
+  // Of one buffer, as asked (a blob's size, an image layout's), before
+  // rounding to pages: what max_buffer_bytes bounds. Quotas count the
+  // rounded size (CheckQuota), the memory it takes.
+  uint64_t size = 0;
   std::string heap;            // the backend's heap (Backend::name())
   CpuAccess access = CpuAccess::kReadWrite;  // what the usage implies
 };

@@ -84,6 +84,24 @@ TEST(DecideAllocateTest, EachRefusalNamesItsRule) {
   EXPECT_EQ(DecidingRule(absl::InvalidArgumentError("x")), "");
 }
 
+// A refusal by no rule says the caller's executable was not verified only
+// where that could matter: under a policy with a rule that names one.
+TEST(DecideAllocateTest, NoRuleSaysTheExecutableWasNotVerifiedOnlyWhereARuleNamesOne) {
+  const Identity unverified{4242, 4242, 1, "/usr/bin/viewer", std::nullopt};
+  absl::StatusOr<AllocateDecision> d = DecideAllocate(*Example(), unverified, {0, 4096, "memfd"});
+  ASSERT_EQ(d.status().code(), StatusCode::kPermissionDenied) << d.status();
+  EXPECT_TRUE(absl::StrContains(d.status().message(), "exe '/usr/bin/viewer' (default deny)"))
+      << d.status();
+  absl::StatusOr<std::shared_ptr<const Policy>> with_exe = Policy::Parse(
+      "clients { name: \"viewer\" match { exe: \"/usr/bin/viewer\" } }", "decide_test");
+  ASSERT_TRUE(with_exe.ok()) << with_exe.status();
+  d = DecideAllocate(**with_exe, unverified, {0, 4096, "memfd"});
+  ASSERT_EQ(d.status().code(), StatusCode::kPermissionDenied) << d.status();
+  EXPECT_TRUE(absl::StrContains(d.status().message(),
+                                "exe '/usr/bin/viewer' (executable not verified) (default deny)"))
+      << d.status();
+}
+
 TEST(CheckQuotaTest, CountsBuffersAndBytesOfTheClient) {
   auto p = Example();
   const Rule& camera = *p->Find("camera");

@@ -62,11 +62,36 @@ bool ValidName(absl::string_view n) {
   });
 }
 
+// Whether rule `a` matches every session rule `b` matches: each of `a`'s
+// criteria holds wherever all of `b`'s do (a rule with none matches
+// nothing).
+bool Covers(const Rule& a, const Rule& b) {
+  if (a.any) return true;
+  if (b.any || (a.uids.empty() && a.gids.empty() && a.exe.empty())) return false;
+  const auto within = [](const auto& inner, const auto& outer) {
+    return !inner.empty() && std::all_of(inner.begin(), inner.end(), [&](const auto& x) {
+      return std::find(outer.begin(), outer.end(), x) != outer.end();
+    });
+  };
+  return (a.uids.empty() || within(b.uids, a.uids)) && (a.gids.empty() || within(b.gids, a.gids)) &&
+         (a.exe.empty() || a.exe == b.exe);
+}
+
+// What of rule `a`'s match makes it cover another (Covers): "any: true",
+// or its criteria ("uids 1001, 1002").
+std::string CoveringCriteria(const Rule& a) {
+  if (a.any) return "every session (any: true)";
+  std::vector<std::string> parts;
+  if (!a.uids.empty()) parts.push_back(absl::StrCat("uids ", absl::StrJoin(a.uids, ", ")));
+  if (!a.gids.empty()) parts.push_back(absl::StrCat("gids ", absl::StrJoin(a.gids, ", ")));
+  if (!a.exe.empty()) parts.push_back(absl::StrCat("exe '", Quote(a.exe), "'"));
+  return absl::StrCat("every session it matches (", absl::StrJoin(parts, "; "), ")");
+}
+
 // Checks and compiles rule `i`, appending "source:line:col: message" errors.
-// `catch_all`: the name of an earlier rule that matches every session
-// (any: true), if there is one.
+// `earlier`: the rules before it.
 Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tree,
-             const std::string& source, absl::string_view catch_all,
+             const std::string& source, const std::vector<Rule>& earlier,
              std::vector<std::string>* errors) {
   const auto* desc = v1::ClientRule::descriptor();
   auto where = [&](const char* field, int index = -1) {
@@ -103,13 +128,18 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
                                    "': 'any: true' matches every session; give it alone, "
                                    "or drop it and let uids, gids and exe decide"));
   }
-  if (!catch_all.empty()) {
-    // The first rule that matches decides: this one is dead, and a reader
-    // would take it for the rule of the sessions it names.
-    errors->push_back(absl::StrCat(where("match"), ": client '", Quote(r.name()),
-                                   "' can never match: client '", Quote(catch_all),
-                                   "' before it matches every session (any: true), and the "
-                                   "first rule that matches decides; put catch-alls last"));
+  // The first rule that matches decides: one whose sessions an earlier
+  // rule all matches is dead, and a reader would take it for the rule of
+  // the sessions it names (a uid's rule, then an exe rule for one of that
+  // uid's programs, say).
+  for (const Rule& before : earlier) {
+    if (!Covers(before, rule)) continue;
+    errors->push_back(
+        absl::StrCat(where("match"), ": client '", Quote(r.name()), "' can never match: client '",
+                     Quote(before.name.empty() ? "(unnamed)" : before.name), "' before it matches ",
+                     CoveringCriteria(before), ", and the first rule that matches decides; ",
+                     before.any ? "put catch-alls last" : "put the narrower rule first"));
+    break;
   }
   if (!m.exe().empty() && m.exe()[0] != '/') {
     errors->push_back(absl::StrCat(where("match"), ": exe '", Quote(m.exe()),
@@ -252,10 +282,8 @@ absl::StatusOr<std::shared_ptr<const Policy>> Policy::Parse(
   policy->source_ = std::string(source);
   std::vector<std::string> errors;
   absl::flat_hash_set<std::string> names;
-  std::string catch_all;  // the first rule with any: true
   for (int i = 0; i < proto.clients_size(); ++i) {
-    Rule rule = Compile(proto.clients(i), i, &tree, policy->source_, catch_all, &errors);
-    if (rule.any && catch_all.empty()) catch_all = rule.name.empty() ? "(unnamed)" : rule.name;
+    Rule rule = Compile(proto.clients(i), i, &tree, policy->source_, policy->rules_, &errors);
     if (!names.insert(rule.name).second) {
       errors.push_back(absl::StrCat(source, ": clients[", i, "]: duplicate client name '",
                                     Quote(rule.name), "'"));

@@ -226,6 +226,45 @@ TEST(PolicyTest, ARuleAfterACatchAllIsRefused) {
                   .ok());
 }
 
+// So is one whose every session an earlier narrower-looking rule matches
+// too: a uid's rule, then one for a program of that uid's.
+TEST(PolicyTest, ARuleAnEarlierRuleCoversIsRefused) {
+  struct Case {
+    std::string first, second;
+    bool refused;
+  };
+  const std::vector<Case> cases = {
+      {"uids: 1001", "uids: 1001 exe: \"/usr/bin/cam\"", true},
+      {"uids: 1001 uids: 1002", "uids: 1002 gids: 44", true},
+      {"gids: 44", "uids: 1001 gids: 44", true},
+      {"exe: \"/usr/bin/cam\"", "uids: 1001 exe: \"/usr/bin/cam\"", true},
+      {"uids: 1001 gids: 44", "uids: 1001 gids: 44", true},
+      // Narrower first: each rule has sessions of its own.
+      {"uids: 1001 exe: \"/usr/bin/cam\"", "uids: 1001", false},
+      {"uids: 1001", "uids: 1001 uids: 1003", false},
+      {"uids: 1001", "gids: 44", false},
+      {"uids: 1001 gids: 44", "uids: 1001", false},
+      {"exe: \"/usr/bin/cam\"", "exe: \"/usr/bin/viewer\"", false},
+      {"uids: 1001", "any: true", false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrCat("{", c.first, "} then {", c.second, "}"));
+    absl::StatusOr<std::shared_ptr<const Policy>> p =
+        Policy::Parse(absl::StrCat("clients { name: \"user\" match { ", c.first, " } }\n",
+                                   "clients { name: \"cam\"\n  match { ", c.second, " } }\n"),
+                      "c.textproto");
+    EXPECT_EQ(p.ok(), !c.refused) << p.status();
+    if (!c.refused || p.ok()) continue;
+    const std::string msg(p.status().message());
+    EXPECT_TRUE(absl::StrContains(msg, "c.textproto:3:")) << msg;
+    EXPECT_TRUE(absl::StrContains(msg,
+                                  "client 'cam' can never match: client 'user' before it "
+                                  "matches every session it matches ("))
+        << msg;
+    EXPECT_TRUE(absl::StrContains(msg, "put the narrower rule first")) << msg;
+  }
+}
+
 TEST(PolicyTest, APerUidSessionLimitAboveTheTotalIsRefused) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       "clients { name: \"all\" match { any: true } }\n"
