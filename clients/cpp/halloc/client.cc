@@ -78,6 +78,12 @@ absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
   // flood may need.)
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Connections of this channel's own, not from gRPC's process-wide pool: a
+  // forked child inherits that pool, and its own Client's channel took the
+  // parent's connection (the two then wrote HTTP/2 frames over one socket,
+  // and hallocd judged the child by its parent's connection). Each Client
+  // has its own connection then, as each has its own broker socket.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto channel = grpc::CreateCustomChannel(absl::StrCat("unix:", control),
                                            grpc::InsecureChannelCredentials(), args);
   return Client(std::make_unique<Impl>(std::move(conn), std::move(channel), options));

@@ -15,9 +15,12 @@
 //
 // A Client is one session: it connects to the broker socket (the daemon
 // learns who we are from the kernel, and from our answer to its challenge
-// which executable we are; then it sends our session token). Allocate and
-// Release travel on the broker socket, the reply and the fds in one record;
-// the other calls are gRPC calls carrying the token. See
+// which executable we are; then it sends our session token). Allocate,
+// Release, Import, Share, Revoke, Describe, SetMetadata and IsSupported
+// travel on the broker socket (those after Release where hallocd says it
+// serves them: ConnectOptions::broker_fast_path), the reply and the fds in
+// one record; the other calls (Stats, List, Dump, ...) are gRPC calls
+// carrying the token, on a connection of the Client's own. See
 // proto/halloc/v1/broker.proto.
 // Closing the Client ends the session: the daemon drops every hold it had
 // (fds already in this process stay valid until their Buffer is destroyed).
@@ -29,7 +32,8 @@
 // fork(): a Client belongs to the process that connected it. In a child
 // every call on an inherited Client is FAILED_PRECONDITION (parent and child
 // would share its socket and take each other's replies); the child connects
-// a Client of its own. Buffers and Mappings, plain fds, stay usable there.
+// a Client of its own, whose sockets (broker and control) are its own too.
+// Buffers and Mappings, plain fds, stay usable there.
 // The parent's Client ends the session when destroyed, whatever children
 // hold; a child destroying the Client it inherited ends nothing.
 #ifndef HALLOC_CLIENTS_CPP_HALLOC_CLIENT_H_
@@ -68,14 +72,14 @@ struct ConnectOptions {
   // Per-call deadline, and the longest wait to connect: for room in the
   // broker socket's backlog and for the daemon's hello, together.
   absl::Duration timeout = absl::Seconds(10);
-  // Allocate, Import, Share, Revoke, Release, Describe and SetMetadata as
-  // requests on the broker socket (one record there and back, fds in the
-  // reply's record; a Release of more ids than a request holds (64 KiB,
-  // some 6 000 to 13 000) goes as a gRPC ReleaseMany stream, all or
-  // nothing as one Release; all but Allocate and Release so only where hallocd
-  // says it serves them, Welcome.broker_import, broker_share, broker_revoke
-  // and broker_metadata). false: as gRPC calls, the way a gRPC-only client
-  // makes them.
+  // Allocate, Import, Share, Revoke, Release, Describe, SetMetadata and
+  // IsSupported as requests on the broker socket (one record there and
+  // back, fds in the reply's record; a Release of more ids than a request
+  // holds (64 KiB, some 6 000 to 13 000) goes as a gRPC ReleaseMany stream,
+  // all or nothing as one Release; all but Allocate and Release so only
+  // where hallocd says it serves them, Welcome.broker_import, broker_share,
+  // broker_revoke, broker_metadata and broker_is_supported). false: as gRPC
+  // calls, the way a gRPC-only client makes them.
   bool broker_fast_path = true;
 };
 

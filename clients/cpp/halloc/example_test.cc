@@ -1,7 +1,13 @@
-// The example at the top of client.h, compiled and run as written.
+// The examples at the top of client.h and in README.md, compiled and run as
+// written.
+#include <drm_fourcc.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "clients/cpp/halloc/base/unique_fd.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "clients/cpp/halloc/client.h"
 #include "clients/testing/test_daemon.h"
 #include "gtest/gtest.h"
@@ -19,6 +25,30 @@ absl::Status Fill() {
 }
 // ---------------------------------------------------------------------------
 
+// --- as in README.md ("From C++"): `peer_client` is another process's ------
+absl::Status Frame(halloc::Client& peer_client, uid_t peer_uid) {
+  absl::StatusOr<halloc::Client> client = halloc::Client::Connect();
+  const uint64_t usage = halloc::usage::kCpuWriteOften | halloc::usage::kGpuTexture;
+  absl::StatusOr<halloc::Buffer> buf =
+      client->Allocate(halloc::ImageDescriptor(1920, 1080, DRM_FORMAT_NV12, usage, "frame"));
+  absl::StatusOr<halloc::Mapping> map = buf->Map(halloc::Access::kReadWrite);
+  // the luma plane's rows, only if every byte of them is mapped (the layout is checked, not
+  // trusted)
+  const halloc::v1::PlaneLayout& luma = buf->layout().planes(0);
+  absl::StatusOr<uint8_t*> rows = map->Rows(luma.offset(), luma.stride(), 1920, 1080);
+  absl::Status done = map->Unmap();  // the end of CPU access and its error (e.g. revoked)
+  absl::StatusOr<halloc::v1::Grant> grant =
+      client->Share(buf->id(), peer_uid, halloc::v1::CPU_ACCESS_READ);
+  // in the peer's process:
+  absl::StatusOr<halloc::Buffer> got = peer_client.Import(grant->token());
+  // explicit sync on dma-bufs (Linux 6.0+): what a reader must wait for
+  absl::StatusOr<halloc::UniqueFd> fence = got->ExportSyncFile(halloc::Access::kRead);
+  // -------------------------------------------------------------------------
+  for (const absl::Status& s : {rows.status(), done, got.status()}) RETURN_IF_ERROR(s);
+  // A memfd has no fences to export: refused, not faked.
+  return fence.ok() ? absl::InternalError("a memfd exported a sync file") : absl::OkStatus();
+}
+
 TEST(ExampleTest, TheHeadersExampleWorks) {
   absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d =
       halloc::testing::TestDaemon::Start();
@@ -27,6 +57,18 @@ TEST(ExampleTest, TheHeadersExampleWorks) {
   setenv("HALLOC_CONTROL_SOCKET", o.control_socket.c_str(), 1);
   setenv("HALLOC_BROKER_SOCKET", o.broker_socket.c_str(), 1);
   EXPECT_TRUE(Fill().ok()) << Fill();
+}
+
+TEST(ExampleTest, TheReadmesExampleWorks) {
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d =
+      halloc::testing::TestDaemon::Start();
+  ASSERT_TRUE(d.ok()) << d.status();
+  const halloc::ConnectOptions o = (*d)->connect_options();
+  setenv("HALLOC_CONTROL_SOCKET", o.control_socket.c_str(), 1);
+  setenv("HALLOC_BROKER_SOCKET", o.broker_socket.c_str(), 1);
+  absl::StatusOr<halloc::Client> peer = (*d)->Connect();
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_TRUE(Frame(*peer, ::getuid()).ok()) << Frame(*peer, ::getuid());
 }
 
 // A Mapping owns what it uses: it may outlive its Buffer.

@@ -12,11 +12,11 @@ namespace halloc {
 
 // Maps `err` to the status code a caller should act on (see
 // proto/halloc/v1/allocator.proto): ENOMEM/EMFILE/ENFILE/ENOSPC/EAGAIN/
-// ETOOMANYREFS → RESOURCE_EXHAUSTED, EINVAL/E2BIG/EOVERFLOW →
+// ETOOMANYREFS/EFBIG → RESOURCE_EXHAUSTED, EINVAL/E2BIG/EOVERFLOW/EBADF →
 // INVALID_ARGUMENT, EPERM/EACCES → PERMISSION_DENIED, ENOENT/ENODEV/ENXIO →
-// NOT_FOUND, ENOTTY/EOPNOTSUPP/ENOSYS → UNIMPLEMENTED, EPIPE/ECONNRESET →
-// UNAVAILABLE, anything else → INTERNAL. The message is
-// "<what>: <strerror(err)>".
+// NOT_FOUND, ENOTTY/EOPNOTSUPP/ENOSYS → UNIMPLEMENTED, EPIPE/ECONNRESET/
+// ECONNREFUSED → UNAVAILABLE, ETIMEDOUT → DEADLINE_EXCEEDED, anything else
+// → INTERNAL. The message is "<what>: <strerror(err)>".
 absl::Status ErrnoStatus(int err, absl::string_view what);
 
 // `s` with "<prefix>: " before its message, its code and payloads kept
