@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/protocol.h"
@@ -17,19 +18,40 @@
 namespace halloc {
 namespace {
 
-// Takes a paged reply's next_page_token as the next request's: false when
-// it repeats the one just sent (a daemon, or something posing as one, that
-// would keep a caller asking, and gathering, forever).
-bool NextPage(std::string* token, std::string* next) {
-  if (!next->empty() && *next == *token) return false;
-  *token = std::move(*next);
-  return true;
-}
+// The pages of one paged call (List, Dump): all of them within the call's
+// timeout, as any call; each reply's next_page_token the next request's.
+// A daemon, or something posing as one, must not keep a caller asking,
+// and gathering, forever: a token given twice (in a row or in a cycle),
+// or more rows than any hallocd holds, is DATA_LOSS.
+class Pages {
+ public:
+  Pages(absl::string_view rpc, absl::Duration timeout)
+      : rpc_(rpc), deadline_(absl::Now() + timeout) {}
+  absl::Time deadline() const { return deadline_; }
+  // Takes `next` as `token` after a page of `rows` more rows.
+  absl::Status Next(std::string* token, std::string* next, size_t rows) {
+    rows_ += rows;
+    if (rows_ > kMostRows) {
+      return absl::DataLossError(absl::StrCat(rpc_, ": hallocd's pages hold more than ", kMostRows,
+                                              " rows (pages would never end)"));
+    }
+    if (!next->empty() && !seen_.insert(*next).second) {
+      return absl::DataLossError(
+          absl::StrCat(rpc_, ": hallocd gave a page token twice (pages would never end)"));
+    }
+    *token = std::move(*next);
+    return absl::OkStatus();
+  }
 
-absl::Status RepeatedPage(absl::string_view rpc) {
-  return absl::DataLossError(
-      absl::StrCat(rpc, ": hallocd gave the same page token twice (pages would never end)"));
-}
+ private:
+  // Twice the buffers hallocd could hold with every fd the kernel lets a
+  // process have (fs.nr_open's default, 2^20), one fd each.
+  static constexpr size_t kMostRows = size_t{1} << 21;
+  const absl::string_view rpc_;
+  const absl::Time deadline_;
+  size_t rows_ = 0;
+  absl::flat_hash_set<std::string> seen_;
+};
 
 // Whether `req`, put in a BrokerRequest (its kind's tag and length, and the
 // request_id and cpu BrokerCall adds: at most 21 bytes more; 64 are kept),
@@ -201,12 +223,13 @@ absl::StatusOr<std::vector<v1::BufferInfo>> Client::List(bool all) {
   v1::ListRequest req;
   req.set_all(all);
   std::vector<v1::BufferInfo> out;
+  Pages pages("List", impl_->timeout_);
   do {  // page by page (ListRequest.page_token)
-    ASSIGN_OR_RETURN(v1::ListResponse resp, impl_->Call(&v1::Allocator::Stub::List, req, "List"));
+    ASSIGN_OR_RETURN(v1::ListResponse resp,
+                     impl_->Call(&v1::Allocator::Stub::List, req, "List", pages.deadline()));
     for (v1::BufferInfo& b : *resp.mutable_buffers()) out.push_back(std::move(b));
-    if (!NextPage(req.mutable_page_token(), resp.mutable_next_page_token())) {
-      return RepeatedPage("List");
-    }
+    RETURN_IF_ERROR(
+        pages.Next(req.mutable_page_token(), resp.mutable_next_page_token(), resp.buffers_size()));
   } while (!req.page_token().empty());
   return out;
 }
@@ -268,13 +291,14 @@ absl::StatusOr<v1::Grant> Client::ShareAs(v1::ShareRequest req) {
 absl::StatusOr<v1::DumpResponse> Client::Dump() {
   v1::DumpRequest req;
   v1::DumpResponse all;
+  Pages pages("Dump", impl_->timeout_);
   do {  // page by page (DumpRequest.page_token)
-    ASSIGN_OR_RETURN(v1::DumpResponse resp, impl_->Call(&v1::Allocator::Stub::Dump, req, "Dump"));
+    ASSIGN_OR_RETURN(v1::DumpResponse resp,
+                     impl_->Call(&v1::Allocator::Stub::Dump, req, "Dump", pages.deadline()));
+    const size_t rows = resp.sessions_size() + resp.clients_size();
     for (v1::SessionUsage& u : *resp.mutable_sessions()) *all.add_sessions() = std::move(u);
     for (v1::ClientQuota& q : *resp.mutable_clients()) *all.add_clients() = std::move(q);
-    if (!NextPage(req.mutable_page_token(), resp.mutable_next_page_token())) {
-      return RepeatedPage("Dump");
-    }
+    RETURN_IF_ERROR(pages.Next(req.mutable_page_token(), resp.mutable_next_page_token(), rows));
   } while (!req.page_token().empty());
   return all;
 }

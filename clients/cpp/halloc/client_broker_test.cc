@@ -3,6 +3,7 @@
 // wrong fds, must not leave buffers held (the client gives them back).
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -298,6 +299,42 @@ TEST(ClientBrokerTest, APageTokenGivenTwiceIsDataLossNotALoop) {
   server->Shutdown();
 }
 
+// ... so is a cycle of tokens ("a", "b", "a", ...); and tokens that never
+// repeat end with the call's timeout, all pages together (each page had a
+// timeout of its own, and the rows piled up for as long as pages came).
+TEST(ClientBrokerTest, PagesThatNeverEndAreCutShort) {
+  class EndlessPages final : public v1::Allocator::Service {
+   public:
+    grpc::Status List(grpc::ServerContext*, const v1::ListRequest* req,
+                      v1::ListResponse* resp) override {
+      resp->add_buffers()->set_id(1);
+      resp->set_next_page_token(req->page_token() == "a" ? "b" : "a");
+      return grpc::Status::OK;
+    }
+    grpc::Status Dump(grpc::ServerContext*, const v1::DumpRequest*,
+                      v1::DumpResponse* resp) override {
+      resp->add_sessions()->set_session_id(1);
+      resp->set_next_page_token(absl::StrCat(++pages_));  // never the same
+      return grpc::Status::OK;
+    }
+
+   private:
+    std::atomic<uint64_t> pages_{0};
+  } service;
+  FakeBroker broker([](int, const v1::BrokerRequest&) {});
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(2)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const absl::Status list = c->List().status();
+  EXPECT_EQ(list.code(), absl::StatusCode::kDataLoss) << list;
+  const absl::Time start = absl::Now();
+  const absl::Status dump = c->Dump().status();
+  EXPECT_EQ(dump.code(), absl::StatusCode::kDeadlineExceeded) << dump;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "the pages outlasted the call's timeout";
+  server->Shutdown();
+}
+
 // One Client, several threads: a call the daemon answers at once returns at
 // once, while another waits for an answer that never comes (before, it
 // waited behind that call's whole timeout).
@@ -356,6 +393,70 @@ TEST(ClientBrokerTest, CallsKeepTheirTimeoutWhenTheDaemonStopsReading) {
   calls.join();
   EXPECT_TRUE(returned) << "a call blocked past its timeout";
   EXPECT_EQ(deadline_exceeded, 400);
+}
+
+// Sends SIGUSR1 (a no-op handler, SA_RESTART) to one thread every 20 ms
+// for at most 10 s: a camera app's frame timer, say.
+class Interrupter {
+ public:
+  explicit Interrupter(pthread_t target) : target_(target) {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGUSR1, &sa, &old_);
+    thread_ = std::thread([this] {
+      for (int i = 0; i < 500 && !stop_.HasBeenNotified(); ++i) {
+        ::pthread_kill(target_, SIGUSR1);
+        stop_.WaitForNotificationWithTimeout(absl::Milliseconds(20));
+      }
+    });
+  }
+  ~Interrupter() {
+    stop_.Notify();
+    thread_.join();
+    ::sigaction(SIGUSR1, &old_, nullptr);
+  }
+
+ private:
+  const pthread_t target_;
+  struct sigaction old_ {};
+  absl::Notification stop_;
+  std::thread thread_;
+};
+
+// Each wait a signal cut short started again in full (recvmsg under the
+// socket's receive timeout, poll with its first timeout): while signals
+// came more often than that, a call or a handshake whose daemon stayed
+// silent never timed out.
+TEST(ClientBrokerTest, CallsAndConnectKeepTheirTimeoutWhileSignalsArrive) {
+  FakeBroker broker([](int, const v1::BrokerRequest&) {});  // answers nothing
+  absl::StatusOr<Client> c = Client::Connect(broker.options(absl::Seconds(1)));
+  ASSERT_TRUE(c.ok()) << c.status();
+  // A listener that never accepts: the connect lands in its backlog, and
+  // no hello ever comes.
+  testing::TempDir dir("silent-broker");
+  const std::string silent = dir / "broker.sock";
+  UniqueFd listener(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  const absl::StatusOr<sockaddr_un> addr = UnixAddress(silent);
+  ASSERT_TRUE(addr.ok());
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)), 0);
+  ASSERT_EQ(::listen(listener.get(), 4), 0);
+  ConnectOptions unanswered = broker.options(absl::Seconds(1));
+  unanswered.broker_socket = silent;
+  {
+    Interrupter signals(::pthread_self());
+    const absl::Time start = absl::Now();
+    const absl::Status release = c->Release(7);
+    EXPECT_EQ(release.code(), absl::StatusCode::kDeadlineExceeded) << release;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(8)) << "the call outlasted its timeout";
+  }
+  {
+    Interrupter signals(::pthread_self());
+    const absl::Time start = absl::Now();
+    const absl::Status connect = Client::Connect(unanswered).status();
+    EXPECT_EQ(connect.code(), absl::StatusCode::kDeadlineExceeded) << connect;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(8)) << "the handshake outlasted its timeout";
+  }
 }
 
 // Each request says which CPU it was sent from (a CPU this process may run

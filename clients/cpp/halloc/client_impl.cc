@@ -51,10 +51,10 @@ Client::Impl::~Impl() {
   }
 }
 
-std::unique_ptr<grpc::ClientContext> Client::Impl::Context() const {
+std::unique_ptr<grpc::ClientContext> Client::Impl::Context(absl::Time by) const {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->AddMetadata(kSessionMetadataKey, welcome_.session_token());
-  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  ctx->set_deadline(absl::ToChronoTime(std::min(absl::Now() + timeout_, by)));
   // Through a connect that fails for a while (a full backlog, hallocd
   // restarting), up to the deadline, rather than UNAVAILABLE at once; but
   // not once hallocd ended the session (it exited, or cut the connection):

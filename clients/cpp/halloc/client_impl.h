@@ -45,14 +45,16 @@ class Client::Impl {
   // channel made before the fork alone (gRPC's threads are the parent's).
   ~Impl();
 
-  // One unary call with our session token and deadline; errors name `rpc`.
+  // One unary call with our session token and deadline (the timeout, or
+  // `by` when sooner: a page of a paged call); errors name `rpc`.
   template <typename Req, typename Resp>
   absl::StatusOr<Resp> Call(grpc::Status (v1::Allocator::Stub::*method)(grpc::ClientContext*,
                                                                         const Req&, Resp*),
-                            const Req& req, absl::string_view rpc) {
+                            const Req& req, absl::string_view rpc,
+                            absl::Time by = absl::InfiniteFuture()) {
     RETURN_IF_ERROR(Usable(rpc));
     Resp resp;
-    auto ctx = Context();
+    auto ctx = Context(by);
     RETURN_IF_ERROR(FromGrpc((stub_.get()->*method)(ctx.get(), req, &resp), rpc));
     return resp;
   }
@@ -116,11 +118,12 @@ class Client::Impl {
   const bool fast_path_;
 
  private:
-  // A context carrying our session token and the call deadline.
   // Whether hallocd ended the session: its broker connection closed
   // (hallocd exited, or cut it).
   bool SessionEnded() const;
-  std::unique_ptr<grpc::ClientContext> Context() const;
+  // A context carrying our session token and the call deadline (`by` when
+  // sooner).
+  std::unique_ptr<grpc::ClientContext> Context(absl::Time by = absl::InfiniteFuture()) const;
 
   // OK while this process is the one that connected: after fork() parent
   // and child would share the socket and the request ids, and take each

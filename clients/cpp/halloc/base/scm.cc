@@ -2,6 +2,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -9,6 +10,8 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 
@@ -60,6 +63,18 @@ absl::Status SendRecord(int sock, absl::string_view bytes,
   return absl::OkStatus();
 }
 
+namespace {
+
+// Whether `sock` has a receive timeout (SO_RCVTIMEO).
+bool HasReceiveTimeout(int sock) {
+  timeval tv{};
+  socklen_t len = sizeof(tv);
+  return ::getsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) == 0 &&
+         (tv.tv_sec != 0 || tv.tv_usec != 0);
+}
+
+}  // namespace
+
 ssize_t ReceiveMessage(int sock, absl::Span<char> into, int flags, size_t max_fds,
                        Ancillary& out) {
   max_fds = std::min(max_fds, kKernelMaxFdsPerRecord);
@@ -74,9 +89,17 @@ ssize_t ReceiveMessage(int sock, absl::Span<char> into, int flags, size_t max_fd
   msg.msg_controllen = CMSG_SPACE(sizeof(ucred)) +
                        (max_fds > 0 ? CMSG_SPACE(sizeof(int) * max_fds) : 0);
   ssize_t n;
-  do {
+  for (;;) {
     n = ::recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
+    if (n >= 0 || errno != EINTR) break;
+    // A wait bounded by the socket's receive timeout would start again in
+    // full, and a signal every so often (a camera's frame timer) would
+    // keep it from ever ending: the caller checks its own deadline.
+    if (!(flags & MSG_DONTWAIT) && HasReceiveTimeout(sock)) {
+      errno = EINTR;
+      break;
+    }
+  }
   if (n < 0) return -errno;
   // Take ownership of every fd first, so that no path leaks them.
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr;
@@ -112,7 +135,9 @@ absl::StatusOr<RawRecord> Receive(int sock, bool nonblocking, size_t max_fds) {
   Ancillary got;
   const ssize_t n = ReceiveMessage(sock, absl::MakeSpan(buffer.data(), buffer.size()),
                                    nonblocking ? MSG_DONTWAIT : 0, max_fds, got);
-  if (n == -EAGAIN) return absl::ResourceExhaustedError("no record queued");
+  // EINTR: a wait under the socket's receive timeout that a signal cut
+  // short (ReceiveMessage): nothing yet either.
+  if (n == -EAGAIN || n == -EINTR) return absl::ResourceExhaustedError("no record queued");
   if (n < 0) return ErrnoStatus(static_cast<int>(-n), "recvmsg");
   RawRecord raw;
   raw.record.fds = std::move(got.fds);
@@ -185,10 +210,19 @@ namespace {
 
 absl::Status WaitFor(int fd, short events, int timeout_ms, absl::string_view what) {
   pollfd pfd{fd, events, 0};
+  // A poll a signal cuts short waits only what is left of `timeout_ms`: a
+  // signal every so often would otherwise keep it from ever ending.
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
   int n;
-  do {
-    n = ::poll(&pfd, 1, timeout_ms);
-  } while (n < 0 && errno == EINTR);
+  int wait_ms = timeout_ms;
+  for (;;) {
+    n = ::poll(&pfd, 1, wait_ms);
+    if (n >= 0 || errno != EINTR) break;
+    if (timeout_ms >= 0) {
+      wait_ms = static_cast<int>(std::max<int64_t>(
+          0, absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1)))));
+    }
+  }
   if (n < 0) return ErrnoStatus(errno, "poll");
   if (n == 0) {
     return absl::DeadlineExceededError(absl::StrCat(what, " after ", timeout_ms, " ms"));

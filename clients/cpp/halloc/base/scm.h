@@ -48,7 +48,8 @@ struct Record {
 // fds, or an RLIMIT_NOFILE too small), the DATA_LOSS status carries the
 // record's intact bytes as payload kTruncatedRecordPayload, so the receiver
 // can tell the sender which fds it lost. With `nonblocking`, no record
-// queued → RESOURCE_EXHAUSTED (EAGAIN).
+// queued → RESOURCE_EXHAUSTED (EAGAIN); so is a blocking wait that the
+// socket's receive timeout ended, or that a signal cut short under one.
 //
 // `max_fds` below kMaxFdsPerRecord makes room for only that many: a record
 // with more is DATA_LOSS, and the kernel drops the fds that did not fit
@@ -82,6 +83,9 @@ struct Ancillary {
 // by `out` whatever was cut, so no path can leak one. (Without SO_PASSCRED
 // the credentials' room is left free and holds a few fds even at max_fds 0.) Returns the bytes
 // read (0 on a stream: its end) or -errno; `out` is filled only on success.
+// A signal is waited through (EINTR retried), except in a wait the socket's
+// receive timeout (SO_RCVTIMEO) bounds: that would start again in full, so
+// it is -EINTR for the caller to check its own deadline.
 ssize_t ReceiveMessage(int sock, absl::Span<char> into, int flags, size_t max_fds,
                        Ancillary& out);
 
@@ -114,7 +118,7 @@ absl::Status RefuseIncomingFds(int sock);
 bool AcceptsIncomingFds(int sock);
 
 // Waits until `fd` is readable (or hung up) for at most `timeout_ms`
-// (-1: forever). DEADLINE_EXCEEDED on timeout.
+// (-1: forever), signals included. DEADLINE_EXCEEDED on timeout.
 absl::Status WaitReadable(int fd, int timeout_ms);
 // The same for room to write (a SOCK_SEQPACKET peer's queue with room).
 absl::Status WaitWritable(int fd, int timeout_ms);
