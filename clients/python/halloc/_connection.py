@@ -163,9 +163,15 @@ class Connection:
                 f"{name}: this Client was connected by process {self._pid}; after "
                 "fork() a child connects a Client of its own")
 
-    def call(self, method, req, name):
+    @property
+    def timeout(self):
+        """Each call's timeout, in seconds."""
+        return self._timeout
+
+    def call(self, method, req, name, timeout=None):
         """One gRPC call with our token and deadline (`req`: a request, or
-        an iterator of them for a client stream)."""
+        an iterator of them for a client stream; `timeout`, in seconds, when
+        sooner than ours: a page of a paged call)."""
         self.usable(name)
         # A call waits for its channel up to its deadline (through a full
         # backlog, a restart), but not once hallocd ended the session (its
@@ -179,7 +185,10 @@ class Connection:
         try:
             # gRPC turns an infinite (or astronomically long) timeout into a
             # deadline already past: beyond ~3 years, none at all.
-            timeout = self._timeout if self._timeout <= _MAX_GRPC_TIMEOUT else None
+            if timeout is None or timeout > self._timeout:
+                timeout = self._timeout
+            if timeout > _MAX_GRPC_TIMEOUT:
+                timeout = None
             # Through a connect that fails for a while (a backlog another
             # process keeps full, hallocd restarting), up to the deadline,
             # rather than UNAVAILABLE at once (as libhalloc).

@@ -33,6 +33,7 @@ connects a Client of its own.
 """
 
 import os
+import time
 
 import grpc
 
@@ -111,13 +112,40 @@ def _release_parts(ids):
             buffer_ids=part, last=i + RELEASE_IDS_PER_REQUEST >= len(ids))
 
 
-def _next_page(sent, got, rpc):
-    """The next page's token: `got`, unless it repeats the one just sent (a
-    daemon, or something posing as one, that would keep us asking forever)."""
-    if got and got == sent:
-        raise errors.DataLossError(
-            "%s: hallocd gave the same page token twice (pages would never end)" % rpc)
-    return got
+class _Pages:
+    """The pages of one paged call (list, dump): all of them within the
+    call's timeout, as any call; each reply's next_page_token the next
+    request's. A daemon, or something posing as one, must not keep us
+    asking, and gathering, forever: a token given twice (in a row or in a
+    cycle), or more rows than any hallocd holds, is DATA_LOSS (as
+    libhalloc's Pages)."""
+
+    # Twice the buffers hallocd could hold with every fd the kernel lets a
+    # process have (fs.nr_open's default, 2**20), one fd each.
+    _MOST_ROWS = 1 << 21
+
+    def __init__(self, rpc, timeout):
+        self._rpc = rpc
+        self._deadline = time.monotonic() + timeout
+        self._seen = set()
+        self._rows = 0
+
+    def left(self):
+        """Seconds left of the call's timeout, for the next page."""
+        return max(0.0, self._deadline - time.monotonic())
+
+    def next(self, got, rows):
+        """`got`, the next page's token, after a page of `rows` rows."""
+        self._rows += rows
+        if self._rows > self._MOST_ROWS:
+            raise errors.DataLossError("%s: hallocd's pages hold more than %d rows "
+                                       "(pages would never end)" % (self._rpc, self._MOST_ROWS))
+        if got:
+            if got in self._seen:
+                raise errors.DataLossError(
+                    "%s: hallocd gave a page token twice (pages would never end)" % self._rpc)
+            self._seen.add(got)
+        return got
 
 
 def _fits_in_a_record(req):
@@ -362,11 +390,12 @@ class Client:
         """Our buffers' BufferInfos (`all`: every live buffer's, for root
         and hallocd's uid), by id, asked page by page."""
         out, token = [], b""
+        pages = _Pages("List", self._conn.timeout)
         while True:
             req = allocator_pb2.ListRequest(all=all, page_token=token)
-            resp = self._conn.call(self._conn.stub.List, req, "List")
+            resp = self._conn.call(self._conn.stub.List, req, "List", timeout=pages.left())
             out.extend(resp.buffers)
-            token = _next_page(token, resp.next_page_token, "List")
+            token = pages.next(resp.next_page_token, len(resp.buffers))
             if not token:
                 return out
 
@@ -473,12 +502,13 @@ class Client:
         """Per-client accounting (root and hallocd's uid): one
         DumpResponse, its rows asked page by page."""
         out, token = allocator_pb2.DumpResponse(), b""
+        pages = _Pages("Dump", self._conn.timeout)
         while True:
             resp = self._conn.call(self._conn.stub.Dump, allocator_pb2.DumpRequest(page_token=token),
-                              "Dump")
+                                   "Dump", timeout=pages.left())
             out.sessions.extend(resp.sessions)
             out.clients.extend(resp.clients)
-            token = _next_page(token, resp.next_page_token, "Dump")
+            token = pages.next(resp.next_page_token, len(resp.sessions) + len(resp.clients))
             if not token:
                 return out
 

@@ -334,7 +334,7 @@ def test_a_listing_of_more_buffers_than_a_page_holds_comes_whole(client):
 def test_a_page_token_given_twice_is_data_loss_not_a_loop(client, monkeypatch):
     # A daemon (or something posing as one) that repeats its page token
     # would keep list() and dump() asking, and gathering, forever.
-    def same_page_again(method, req, name):
+    def same_page_again(method, req, name, timeout=None):
         if name == "List":
             return allocator_pb2.ListResponse(next_page_token=b"again")
         return allocator_pb2.DumpResponse(next_page_token=b"again")
@@ -344,6 +344,33 @@ def test_a_page_token_given_twice_is_data_loss_not_a_loop(client, monkeypatch):
         client.list()
     with pytest.raises(halloc.DataLossError):
         client.dump()
+
+
+def test_pages_that_never_end_are_cut_short(client, monkeypatch):
+    # So is a cycle of tokens (b"a", b"b", b"a", ...); and tokens that never
+    # repeat end with the call's timeout, all pages together (each page had
+    # a timeout of its own, and the rows piled up for as long as pages came).
+    pages = []
+
+    def endless(method, req, name, timeout=None):
+        if name == "List":
+            return allocator_pb2.ListResponse(
+                next_page_token=b"b" if req.page_token == b"a" else b"a")
+        if timeout <= 0:  # as gRPC: a deadline already past
+            raise halloc.DeadlineExceededError("Dump: Deadline Exceeded")
+        time.sleep(0.01)
+        pages.append(timeout)
+        return allocator_pb2.DumpResponse(next_page_token=b"%d" % len(pages))
+
+    monkeypatch.setattr(client._conn, "call", endless)
+    monkeypatch.setattr(client._conn, "_timeout", 0.5)
+    with pytest.raises(halloc.DataLossError):
+        client.list()
+    start = time.monotonic()
+    with pytest.raises(halloc.DeadlineExceededError):
+        client.dump()
+    assert time.monotonic() - start < 5, "the pages outlasted the call's timeout"
+    assert pages == sorted(pages, reverse=True), "each page asked within what was left"
 
 
 @PATHS
