@@ -149,6 +149,14 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     const v1::BufferDescriptor& desc, uint32_t count,
     const Identity* caller) const {
   Plan plan;
+  const Rule* rule = nullptr;  // the caller's
+  if (caller != nullptr) {
+    // One the policy lets allocate nothing is told so first: not what the
+    // backend cannot do nor hallocd's limits (refusals that would be
+    // neither audited nor counted as the policy's).
+    plan.policy = policy();
+    ASSIGN_OR_RETURN(rule, DecideRule(*plan.policy, *caller, "Allocate"));
+  }
   plan.count = count == 0 ? 1 : count;
   // All fds of a call travel in one record (see Deliver).
   const uint64_t max_count =
@@ -203,10 +211,8 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
         "holder could read it"));
   }
   if (caller != nullptr) {
-    plan.policy = policy();
-    absl::StatusOr<AllocateDecision> d =
-        DecideAllocate(*plan.policy, *caller,
-                       {plan.usage, bytes, std::string(backend_->name()), plan.owner_access});
+    absl::StatusOr<AllocateDecision> d = DecideAllocate(
+        *rule, *caller, {plan.usage, bytes, std::string(backend_->name()), plan.owner_access});
     if (!d.ok()) return d.status();  // counted by Allocate, not by IsSupported
     plan.owner_access = d->owner_access;
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));

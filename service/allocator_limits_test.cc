@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/synchronization/notification.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/allocator.h"
 #include "service/backend/memfd_backend.h"
@@ -171,6 +172,36 @@ TEST(AllocatorLimitsTest, ARulesBufferLimitBoundsTheSizeAskedFor) {
   EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kPermissionDenied)) << r.reason();
   EXPECT_TRUE(absl::StrContains(r.reason(), "1000001 bytes exceeds max_buffer_bytes 1000000"))
       << r.reason();
+}
+
+// A caller no rule matches is refused by the policy before anything else
+// is judged: it learns nothing of what the backend cannot do nor of
+// hallocd's limits, and the refusal is the policy's (audited, counted by
+// rule). A caller a rule matches still hears what is wrong with its ask.
+TEST(AllocatorLimitsTest, ACallerNoRuleMatchesIsRefusedByThePolicyFirst) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
+      absl::StrCat("clients { name: \"me\" match { uids: ", ::getuid(),
+                   " } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE }"),
+      "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(std::make_unique<MemfdBackend>(), Limits(), *policy);
+  const Identity me{::getuid(), ::getgid(), ::getpid(), "", std::nullopt};
+  const uid_t other_uid = ::getuid() + 1;
+  const Identity other{other_uid, other_uid, ::getpid(), "", std::nullopt};
+  v1::IsSupportedRequest protected_content;
+  protected_content.mutable_desc()->set_size(4096);
+  protected_content.mutable_desc()->set_usage(usage::kProtected | usage::kGpuTexture);
+  v1::IsSupportedRequest too_large;
+  too_large.mutable_desc()->set_size(Limits().max_buffer_bytes + 1);
+  for (const v1::IsSupportedRequest& q : {protected_content, too_large}) {
+    v1::IsSupportedResponse r = core.IsSupported(q, &other);
+    EXPECT_EQ(r.code(), static_cast<int>(absl::StatusCode::kPermissionDenied)) << r.reason();
+    EXPECT_TRUE(absl::StrContains(r.reason(), "no rule of policy")) << r.reason();
+  }
+  EXPECT_EQ(core.IsSupported(protected_content, &me).code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(core.IsSupported(too_large, &me).code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -52,10 +52,14 @@ std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {
 
 absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Identity& caller,
                                                 const AllocateAsk& ask) {
-  AllocateDecision d;
   absl::StatusOr<const Rule*> matched = DecideRule(policy, caller, "Allocate");
   if (!matched.ok()) return matched.status();
-  const Rule& rule = **matched;
+  return DecideAllocate(**matched, caller, ask);
+}
+
+absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity& caller,
+                                                const AllocateAsk& ask) {
+  AllocateDecision d;
   auto deny = [&](const std::string& why) {
     return By(rule.name, absl::PermissionDeniedError(
                              absl::StrCat("rule '", rule.name, "' denies Allocate: ", why)));

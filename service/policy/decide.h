@@ -64,6 +64,9 @@ struct AllocateDecision {
 
 absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Identity& caller,
                                                 const AllocateAsk& ask);
+// The same by `rule`, the one DecideRule found for `caller`.
+absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity& caller,
+                                                const AllocateAsk& ask);
 
 // RESOURCE_EXHAUSTED (naming `rule`) when `count` more buffers of `size`
 // bytes would take `uid` past the rule's quotas, given what it owns.
