@@ -165,6 +165,29 @@ TEST(ClientBrokerTest, AnAnswerWithoutTheBuffersAskedForIsDataLoss) {
   EXPECT_EQ(c->Allocate(BlobDescriptor(4096), 3).status().code(), absl::StatusCode::kDataLoss);
 }
 
+// So is any success that is not an answer to what was asked: a Describe
+// or SetMetadata answered with an empty reply (read as buffer 0, of size
+// 0), or a Release answered as an Allocate.
+TEST(ClientBrokerTest, AnAnswerOfAnotherKindIsDataLoss) {
+  FakeBroker broker(
+      [](int sock, const v1::BrokerRequest& req) {
+        v1::BrokerReply reply;
+        reply.set_request_id(req.request_id());
+        if (req.has_release()) reply.mutable_allocate();
+        FakeBroker::Reply(sock, reply);
+      },
+      false, false, /*broker_metadata=*/true);
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const absl::Status describe = c->Describe(7).status();
+  EXPECT_EQ(describe.code(), absl::StatusCode::kDataLoss) << describe;
+  EXPECT_TRUE(absl::StrContains(describe.message(), "Describe: hallocd's reply is not one to"))
+      << describe;
+  EXPECT_EQ(c->SetMetadata(7, v1::METADATA_DATASPACE, v1::BufferMetadata()).status().code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(c->Release(7).code(), absl::StatusCode::kDataLoss);
+}
+
 // A refusal's code is whatever the daemon (or something posing as it)
 // wrote: one outside absl's codes is UNKNOWN, with the message kept, and
 // never cast into an absl::StatusCode absl does not have.
