@@ -201,6 +201,7 @@ class Connection:
         the reply's record (owned by the caller)."""
         self.usable(name)
         deadline = time.monotonic() + self._timeout
+        kind = req.WhichOneof("kind")
         req.request_id = rid = next(self._request_ids)
         req.cpu = _cpu_hint()
         data = req.SerializeToString()
@@ -243,6 +244,11 @@ class Connection:
         if err is not None:
             _scm.close_all(fds)
             raise errors.error_for(err.code, f"{name}: {err.message}")
+        # A success answers the request's kind (hallocd's always does; what
+        # poses as hallocd may not: an empty Describe read as buffer 0).
+        if reply.WhichOneof("kind") != kind:
+            _scm.close_all(fds)
+            raise errors.DataLossError(f"{name}: hallocd's reply is not one to {name}")
         return reply, fds
 
     def _abandon(self, rid):

@@ -55,6 +55,28 @@ def test_an_answer_without_the_buffers_asked_for_is_data_loss():
     broker.close()
 
 
+def test_an_answer_of_another_kind_is_data_loss():
+    # So is any success that is not an answer to what was asked (as
+    # libhalloc): an empty reply to a Describe (read as buffer 0, of size
+    # 0), or an Allocate's to a Release.
+    from halloc.v1 import allocator_pb2, broker_pb2
+
+    def answer(sock, req):
+        frame = broker_pb2.BrokerFrame()
+        frame.reply.request_id = req.request_id
+        if req.WhichOneof("kind") == "release":
+            frame.reply.allocate.SetInParent()
+        sock.send(frame.SerializeToString())
+
+    broker = ScriptedBroker(answer, timeout=2.0)
+    with pytest.raises(halloc.DataLossError, match="Describe: hallocd's reply is not one to"):
+        broker.client._conn.broker_call(broker_pb2.BrokerRequest(
+            describe=allocator_pb2.DescribeRequest(buffer_id=7)), "Describe")
+    with pytest.raises(halloc.DataLossError):
+        broker.client.release(7)
+    broker.close()
+
+
 def test_calls_keep_their_timeout_when_the_daemon_stops_reading():
     resume = threading.Event()
     broker = ScriptedBroker(lambda sock, req: resume.wait(), timeout=0.005)
