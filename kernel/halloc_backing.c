@@ -34,8 +34,15 @@
  * does under mmap_lock); nobody waits on @backing_wq with halloc_buffer.lock
  * held. With the lock held we vmap() and DMA-map; we never copy to or from
  * user space, nor take dma_buf.lock or a reservation lock there. The dma-buf
- * core calls map_dma_buf (6.1, static importer) and begin_cpu_access without
- * its locks and vmap under dma_buf.lock, which no path takes under ours.
+ * core of 6.1 calls map_dma_buf (static importer) and begin_cpu_access
+ * without its locks and vmap under dma_buf.lock, which no path takes under
+ * ours. From 6.2 (the common dma-buf locking convention) it calls
+ * map_dma_buf, unmap_dma_buf, vmap and vunmap (and, before 6.5, mmap) with
+ * the buffer's reservation lock held: the order is then dma_resv ->
+ * halloc_buffer.lock, still never the reverse, but a map or vmap that
+ * waits for a deferred backing holds that one lock, shared by every view
+ * of the buffer, for as long (implicit-sync users of any view wait too).
+ * Only 6.1 runs under test; the 6.12 build is checked by hand (README.md).
  * Debian's kernel (the test guest's) is built without lockdep
  * (CONFIG_PROVE_LOCKING is off), so this order is argued here, not
  * machine-checked.
