@@ -175,6 +175,8 @@ v1::BufferDescriptor ImageDescriptor(uint32_t width, uint32_t height,
 class Client {
  public:
   static absl::StatusOr<Client> Connect(const ConnectOptions& options = {});
+  // A moved-from Client may only be destroyed or assigned to (unlike a
+  // moved-from Buffer, whose calls fail cleanly).
   Client(Client&&) noexcept;
   Client& operator=(Client&&) noexcept;
   ~Client();
