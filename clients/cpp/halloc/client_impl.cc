@@ -1,5 +1,7 @@
 #include "clients/cpp/halloc/client_impl.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -83,30 +85,17 @@ absl::Status Client::Impl::ReleaseMany(absl::Span<const uint64_t> ids) {
 
 namespace {
 
-// Whether `reply`, a success, is of the kind that answers a request of
-// `kind` (hallocd's always is; what poses as hallocd may not be: its
-// Describe's empty reply read as buffer 0, of size 0).
-bool Answers(v1::BrokerRequest::KindCase kind, const v1::BrokerReply& reply) {
-  switch (kind) {
-    case v1::BrokerRequest::kAllocate:
-      return reply.has_allocate();
-    case v1::BrokerRequest::kRelease:
-      return reply.has_release();
-    case v1::BrokerRequest::kImportBuffer:
-      return reply.has_import_buffer();
-    case v1::BrokerRequest::kShare:
-      return reply.has_share();
-    case v1::BrokerRequest::kRevoke:
-      return reply.has_revoke();
-    case v1::BrokerRequest::kDescribe:
-      return reply.has_describe();
-    case v1::BrokerRequest::kSetMetadata:
-      return reply.has_set_metadata();
-    case v1::BrokerRequest::kIsSupported:
-      return reply.has_is_supported();
-    default:
-      return false;
-  }
+// Whether `reply`, a success, is of the kind that answers `req`: its
+// `kind` of the same name (hallocd's always is; what poses as hallocd may
+// not be: its Describe's empty reply read as buffer 0, of size 0).
+bool Answers(const v1::BrokerRequest& req, const v1::BrokerReply& reply) {
+  const auto kind_of = [](const google::protobuf::Message& m) {
+    const google::protobuf::FieldDescriptor* f =
+        m.GetReflection()->GetOneofFieldDescriptor(m, m.GetDescriptor()->FindOneofByName("kind"));
+    return f == nullptr ? std::string() : f->name();
+  };
+  const std::string asked = kind_of(req);
+  return !asked.empty() && asked == kind_of(reply);
 }
 
 }  // namespace
@@ -154,7 +143,7 @@ absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest r
   replies_.erase(it);
   if (!r.ok()) return Prefixed(r.status(), rpc);
   if (absl::Status s = ReplyStatus(r->reply); !s.ok()) return Prefixed(s, rpc);
-  if (!Answers(req.kind_case(), r->reply)) {
+  if (!Answers(req, r->reply)) {
     return absl::DataLossError(absl::StrCat(rpc, ": hallocd's reply is not one to ", rpc));
   }
   return r;

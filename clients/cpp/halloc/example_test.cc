@@ -49,23 +49,27 @@ absl::Status Frame(halloc::Client& peer_client, uid_t peer_uid) {
   return fence.ok() ? absl::InternalError("a memfd exported a sync file") : absl::OkStatus();
 }
 
-TEST(ExampleTest, TheHeadersExampleWorks) {
+// A daemon that Connect() finds through the environment, as the examples'
+// own does.
+absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> FoundByTheEnvironment() {
   absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d =
       halloc::testing::TestDaemon::Start();
-  ASSERT_TRUE(d.ok()) << d.status();
+  if (!d.ok()) return d;
   const halloc::ConnectOptions o = (*d)->connect_options();
   setenv("HALLOC_CONTROL_SOCKET", o.control_socket.c_str(), 1);
   setenv("HALLOC_BROKER_SOCKET", o.broker_socket.c_str(), 1);
+  return d;
+}
+
+TEST(ExampleTest, TheHeadersExampleWorks) {
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d = FoundByTheEnvironment();
+  ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_TRUE(Fill().ok()) << Fill();
 }
 
 TEST(ExampleTest, TheReadmesExampleWorks) {
-  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d =
-      halloc::testing::TestDaemon::Start();
+  absl::StatusOr<std::unique_ptr<halloc::testing::TestDaemon>> d = FoundByTheEnvironment();
   ASSERT_TRUE(d.ok()) << d.status();
-  const halloc::ConnectOptions o = (*d)->connect_options();
-  setenv("HALLOC_CONTROL_SOCKET", o.control_socket.c_str(), 1);
-  setenv("HALLOC_BROKER_SOCKET", o.broker_socket.c_str(), 1);
   absl::StatusOr<halloc::Client> peer = (*d)->Connect();
   ASSERT_TRUE(peer.ok()) << peer.status();
   EXPECT_TRUE(Frame(*peer, ::getuid()).ok()) << Frame(*peer, ::getuid());
