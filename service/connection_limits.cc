@@ -123,11 +123,11 @@ uint64_t BucketKey(uid_t uid, const std::optional<SubordinateUids::Slice>& slice
   return uint64_t{1} << 63 | absl::Hash<std::string>{}(slice->range->owner);
 }
 
-// The charge of the container (one whose map hallocd has read) that names
-// `uid`, for uids past the host's own: below 65536 are the host's users
-// (systemd's UIDS-GIDS convention: containers' blocks start above), whom
-// an idmap may share into a container (LXC's `lxc.idmap = u 1000 1000 1`)
-// without making their own connections the container's.
+// The charge of the container (one whose map hallocd has read) whose own
+// block holds `uid` (KnownContainerCharge: not a uid shared from the
+// host), for uids past the host's local ones: below 65536 (systemd's
+// UIDS-GIDS convention: containers' blocks start above) even a range an
+// idmap shares keeps each uid its own bucket.
 std::optional<uid_t> ContainerOf(uid_t uid) {
   constexpr uid_t kFirstContainerUid = 65536;
   return uid >= kFirstContainerUid ? KnownContainerCharge(uid) : std::nullopt;

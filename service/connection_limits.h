@@ -108,11 +108,13 @@ absl::Status AdmitConnection(const Policy& policy, uid_t uid, ConnectionCounts h
 // with its 65,536-uid slice. A container's uids are charged after as
 // the uid its root is, listed or not (ContainerCharged), and judged again
 // by that; once hallocd has read a container's map (a process of it
-// connected), its uids of 65536 and up draw on that charge's bucket at the
-// first check too (KnownContainerCharge): a container's 65,536 uids, of a
-// listed range or not, are one bucket before their processes are looked
-// at. Until then, uids a container maps from outside every listed range
-// are a bucket each at the first check, held as one at the second.
+// connected), the uids of 65536 and up of its own block (not those its map
+// shares from the host, whose owners connect from the host too) draw on
+// that charge's bucket at the first check too (KnownContainerCharge): a
+// container's 65,536 uids, of a listed range or not, are one bucket before
+// their processes are looked at. Until then, uids a container maps from
+// outside every listed range are a bucket each at the first check, held
+// as one at the second.
 // Buckets full again are forgotten (swept once the map has doubled since
 // the last sweep), so it holds the uids that connected within the last few
 // seconds, and at most as many again.

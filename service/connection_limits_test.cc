@@ -289,7 +289,15 @@ void RememberContainer(const testing::TempDir& dir, const std::string& name,
   RememberNamespaceRoot(ns.get(), *map);
 }
 
+// What NamespaceRoot remembers is process-wide: forgotten before and after.
+class ForgettingNamespaceRoots {
+ public:
+  ForgettingNamespaceRoots() { ForgetNamespaceRoots(); }
+  ~ForgettingNamespaceRoots() { ForgetNamespaceRoots(); }
+};
+
 TEST(ConnectRateTest, AContainersUidsAreOneBucketOnceItsMapIsKnown) {
+  ForgettingNamespaceRoots forgetting;
   testing::TempDir dir("connect-rate-containers", 0755);
   std::ofstream(dir / "subuid") << "root:1000000:131072\n";
   ASSERT_EQ(::chmod((dir / "subuid").c_str(), 0644), 0);
@@ -329,15 +337,23 @@ TEST(ConnectRateTest, AContainersUidsAreOneBucketOnceItsMapIsKnown) {
   EXPECT_EQ(AdmittedAt(after, p, 1001024, t0), 20);
   EXPECT_EQ(after.RefusedAs(1001030, t0), 1001024u);
   EXPECT_EQ(after.RefusedAs(1002048, t0), 1000000u);  // its slice's, known of no container
-  // A login's uid an idmap shares into a container stays the login's.
-  RememberContainer(dir, "sharing", "0 3000000 65536\n65536 1000 1");
+  // A host user's uid an idmap shares into a container stays the user's:
+  // a login's, a directory's (one uid), a range mapped to itself.
+  RememberContainer(dir, "sharing",
+                    "0 3000000 65536\n65536 1000 1\n65537 1500000 1\n70000 70000 10");
   EXPECT_EQ(AdmittedAt(after, p, 3000000, t0), 20);
-  EXPECT_EQ(AdmittedAt(after, p, 1000, t0), 20);
-  EXPECT_EQ(after.RefusedAs(1000, t0), 1000u);
-  // Two maps naming one uid: the lower charge.
-  RememberContainer(dir, "overlapping", "0 3999000 1\n1 3000010 10");
-  EXPECT_EQ(after.RefusedAs(3000015, t0), 3000000u);
-  EXPECT_EQ(after.RefusedAs(3999000, t0), 3999000u);
+  for (uid_t shared : {1000u, 1500000u, 70005u}) {
+    EXPECT_EQ(AdmittedAt(after, p, shared, t0), 20) << shared;
+    EXPECT_EQ(after.RefusedAs(shared, t0), shared);
+  }
+  // A removed container's uids given to new ones (Podman's --userns=auto
+  // reuses freed ranges, in other sizes): the newest map read decides.
+  RememberContainer(dir, "removed", "0 4000000 65536");
+  RememberContainer(dir, "reusing", "0 4000000 1024");
+  RememberContainer(dir, "beside", "0 4001024 1024");
+  EXPECT_EQ(after.RefusedAs(4001030, t0), 4001024u);
+  EXPECT_EQ(after.RefusedAs(4000005, t0), 4000000u);
+  EXPECT_EQ(after.RefusedAs(4002048, t0), 4000000u);  // the removed one's alone
 }
 
 }  // namespace

@@ -279,9 +279,11 @@ struct KnownRoot {
   absl::Time look_after = absl::InfinitePast();  // unread: not before then again
   absl::Duration wait = kLookAgain;              // the next look_after's
   uint64_t used = 0;                         // Known().asked when last asked
-  // The uids of hallocd's its map names (first and last of each extent's),
-  // once read, when it gives a charge (KnownContainerCharge).
+  // Once read, when it gives a charge: the uids of hallocd's that its map
+  // gives the container as a block of its own (first and last of each
+  // such extent: KnownContainerCharge), and when (Known().asked then).
   std::vector<std::pair<uint64_t, uint64_t>> names;
+  uint64_t read_at = 0;
 };
 struct KnownRoots {
   absl::Mutex mu;
@@ -409,8 +411,12 @@ void RememberNamespaceRoot(int ns, const IdMap& map) {
   entry->read = true;
   entry->charge = ChargeOfMap(map);
   if (!entry->charge) return;
+  entry->read_at = known.asked;
   for (const IdMap::Extent& e : map.extents()) {
-    if (e.outside == IdMap::kUnnamed) continue;
+    // Not a host's uid shared into the container (LXC's `lxc.idmap = u
+    // 1000 1000 1`, LXD's raw.idmap, nspawn's --bind-user: one uid, or
+    // uids mapped to themselves): their owners connect from the host too.
+    if (e.outside == IdMap::kUnnamed || e.count < 2 || e.inside == e.outside) continue;
     const uint64_t last =
         std::min<uint64_t>(uint64_t{e.outside} + e.count - 1, IdMap::kUnnamed - 1);
     entry->names.emplace_back(e.outside, last);
@@ -420,17 +426,23 @@ void RememberNamespaceRoot(int ns, const IdMap& map) {
 std::optional<uid_t> KnownContainerCharge(uid_t uid) {
   KnownRoots& known = Known();
   absl::MutexLock lock(&known.mu);
-  std::optional<uid_t> charge;
+  const KnownRoot* newest = nullptr;
   for (const auto& [id, root] : known.roots) {
-    if (!root.charge || (charge && *charge <= *root.charge)) continue;
+    if (!root.charge || (newest != nullptr && newest->read_at > root.read_at)) continue;
     for (const auto& [first, last] : root.names) {
       if (first <= uid && uid <= last) {
-        charge = root.charge;
+        newest = &root;
         break;
       }
     }
   }
-  return charge;
+  return newest != nullptr ? newest->charge : std::nullopt;
+}
+
+void ForgetNamespaceRoots() {
+  KnownRoots& known = Known();
+  absl::MutexLock lock(&known.mu);
+  known.roots.clear();
 }
 
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate) {

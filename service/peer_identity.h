@@ -130,12 +130,17 @@ absl::StatusOr<std::optional<uid_t>> NamespaceRoot(int ns, pid_t near = 0);
 // Tells NamespaceRoot namespace `ns`'s map (as a process of it showed it:
 // ContainerCharged). An empty map (not written yet) tells nothing.
 void RememberNamespaceRoot(int ns, const IdMap& map);
-// The charge of a container whose map NamespaceRoot remembers and names
-// `uid` (one of hallocd's) as one of the container's; the lowest such
-// charge when several do; nullopt when none does. What a connection's
-// SO_PEERCRED uid tells of its container before its process is looked
-// at (ConnectRate's first check).
+// The charge of a container whose map NamespaceRoot remembers and gives
+// it `uid` (one of hallocd's) in a block of its own: an extent of more
+// than one uid, not mapped to themselves (a uid the map shares from the
+// host, whose owner connects from the host too, is none); the newest map
+// read when several do (a container manager reuses a removed container's
+// uids); nullopt when none does. What a connection's SO_PEERCRED uid
+// tells of its container before its process is looked at (ConnectRate's
+// first check).
 std::optional<uid_t> KnownContainerCharge(uid_t uid);
+// For tests: forgets every namespace NamespaceRoot remembers.
+void ForgetNamespaceRoots();
 // The first uid of `uid`'s slice of `subordinate`'s ranges (unless that
 // is root or hallocd's own uid), else `uid`.
 uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);
