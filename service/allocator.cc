@@ -218,11 +218,21 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     plan.decision = *std::move(d);
   }
-  RETURN_IF_ERROR(CheckEnforce(
-      plan.owner_access,
-      plan.decision ? absl::StrCat(" (max_cpu_access of rule '",
-                                   plan.decision->rule->name, "')")
-                    : std::string()));
+  // A usage that asks only to read narrows the owner's fd as a safeguard
+  // (gralloc's CPU bits are hints): where the backend cannot make a
+  // read-only fd (dma-heaps, udmabuf; memfd where udmabuf could rewrap
+  // it), the owner gets what the rule allows, read-write, and its
+  // BufferInfo says so. A rule's own cap is no hint: refused below.
+  const CpuAccess allowed = plan.decision ? plan.decision->rule->max_cpu : CpuAccess::kReadWrite;
+  if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
+      !backend_->CanEnforce(CpuAccess::kRead)) {
+    plan.owner_access = CpuAccess::kReadWrite;
+  }
+  RETURN_IF_ERROR(
+      CheckEnforce(plan.owner_access,
+                   plan.decision && plan.decision->rule->max_cpu == plan.owner_access
+                       ? absl::StrCat(" (max_cpu_access of rule '", plan.decision->rule->name, "')")
+                       : std::string()));
   return plan;
 }
 

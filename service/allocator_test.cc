@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "absl/strings/match.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
@@ -351,6 +352,48 @@ TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
       const absl::StatusCode code = core.Allocate(*session, req).status().code();
       EXPECT_EQ(code, udmabuf && uid == 1 ? absl::StatusCode::kFailedPrecondition
                                           : absl::StatusCode::kOk);
+    }
+  }
+}
+
+// A usage that asks only to read narrows the owner's fd where the backend
+// can make it read-only; where it cannot (memfd with udmabuf about), the
+// owner gets what its rule allows, and BufferInfo says so. Refused before,
+// blaming the rule, for the commonest usages (camera_output|cpu_read_often).
+// A rule that caps CPU access at read is no hint: refused there, naming it.
+TEST(AllocatorPolicyTest, AReadOnlyUsageTheBackendCannotEnforceGetsWhatTheRuleAllows) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "rw" match { uids: 1 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: "*" }
+    clients { name: "ro" match { uids: 2 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ attach_devices: "*" }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  for (bool udmabuf : {false, true}) {
+    SCOPED_TRACE(udmabuf);
+    Allocator core(std::make_unique<MemfdBackend>(udmabuf ? "/proc/self/exe" : "/nonexistent"),
+                   Limits(), *policy);
+    v1::AllocateRequest req;
+    req.mutable_desc()->set_size(4096);
+    req.mutable_desc()->set_usage(usage::kCameraOutput | usage::kCpuReadOften);
+    for (uid_t uid : {1u, 2u}) {
+      SCOPED_TRACE(uid);
+      int sv[2];
+      ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+      UniqueFd client_end(sv[1]);
+      auto session = *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
+                                       std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+      absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*session, req);
+      if (udmabuf && uid == 2) {
+        EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+        EXPECT_TRUE(absl::StrContains(r.status().message(), "(max_cpu_access of rule 'ro')"))
+            << r.status();
+        continue;
+      }
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->buffers(0).cpu_access(),
+                udmabuf ? v1::CPU_ACCESS_READ_WRITE : v1::CPU_ACCESS_READ);
     }
   }
 }

@@ -139,6 +139,12 @@ TEST_P(StockDaemonTest, RulesItCannotEnforceAreFailedPrecondition) {
       client->Allocate(BlobDescriptor(kSize, kCpuReadOften | kCpuWriteOften, "rw"));
   ASSERT_TRUE(buf.ok()) << buf.status();
   EXPECT_EQ(buf->info().backend(), GetParam().backend);
+  // A usage that only reads, under that rule: the read-only fd it would
+  // narrow to is only a safeguard, which a plain dma-buf cannot give; the
+  // owner gets what the rule allows, and is told so.
+  buf = client->Allocate(BlobDescriptor(kSize, kCpuReadOften, "reads"));
+  ASSERT_TRUE(buf.ok()) << buf.status();
+  EXPECT_EQ(buf->info().cpu_access(), halloc::v1::CPU_ACCESS_READ_WRITE);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, StockDaemonTest, ::testing::Values(kDmaHeap, kUdmabuf),
