@@ -25,6 +25,10 @@ namespace {
 constexpr absl::Duration kTrimPeriod = absl::Seconds(1);
 // Pause after a failed refill (out of memory or fds) before trying again.
 constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
+// A class whose refill failed is tried again after a second, then twice as
+// long each time in a row, up to 16 s (its requests are misses meanwhile).
+constexpr absl::Duration kClassFailureBackoff = absl::Seconds(1);
+constexpr absl::Duration kClassFailureBackoffAtMost = absl::Seconds(16);
 // The nice value of the refill thread that works beside a lone client.
 constexpr int kBesideClientNice = 19;
 // How much of a buffer that thread commits (allocates) before it yields.
@@ -177,10 +181,11 @@ UniqueFd PooledBackend::TakeLocked(const BackendRequest& request,
 const PooledBackend::ClassKey* PooledBackend::Deficit() const {
   const ClassKey* best = nullptr;
   absl::Time best_use = absl::InfinitePast();
+  const absl::Time now = MonotonicNow();
   for (const auto& [key, c] : classes_) {
     const uint64_t size = std::get<0>(key);
     if (c.requests < options_.min_requests || c.stock.size() >= Target(size) ||
-        stocked_bytes_ + size > options_.max_bytes) {
+        stocked_bytes_ + size > options_.max_bytes || now < c.refill_after) {
       continue;
     }
     if (c.last_use > best_use) {
@@ -205,14 +210,24 @@ bool PooledBackend::RefillOnce(bool yield) {
   absl::StatusOr<UniqueFd> fd = Make(request, yield);
   UniqueFd surplus;  // closed after the lock is dropped
   absl::MutexLock lock(&mu_);
+  auto it = classes_.find(
+      ClassKey{request.size, request.name, request.usage, DriversKey(request.attach_drivers)});
   if (!fd.ok()) {
     ++refill_failures_;
+    // This class again only after a while (a memory cgroup short of room
+    // for its size, say): the others are refilled meanwhile, not held up
+    // behind it, nor the cgroup pushed into reclaim ten times a second.
+    if (it != classes_.end()) {
+      Class& c = it->second;
+      c.refill_backoff = std::min(std::max(2 * c.refill_backoff, kClassFailureBackoff),
+                                  kClassFailureBackoffAtMost);
+      c.refill_after = MonotonicNow() + c.refill_backoff;
+    }
     // Out of memory or fds: stop pre-creating for a while.
-    stopping_.WaitWithTimeout(&mu_, kFailureBackoff);
+    if (!stop_) stopping_.WaitWithTimeout(&mu_, kFailureBackoff);
     return true;
   }
-  auto it = classes_.find(ClassKey{request.size, request.name, request.usage,
-                                   DriversKey(request.attach_drivers)});
+  if (it != classes_.end()) it->second.refill_backoff = absl::ZeroDuration();
   if (it == classes_.end() || it->second.stock.size() >= Target(request.size) ||
       stocked_bytes_ + request.size > options_.max_bytes) {
     surplus = *std::move(fd);  // forgotten or filled meanwhile

@@ -150,6 +150,10 @@ class PooledBackend : public Backend {
     std::deque<UniqueFd> stock;
     uint64_t requests = 0;
     absl::Time last_use;
+    // A refill of it failed: not tried again before then (others are), the
+    // wait doubling with each failure in a row (pool.cc).
+    absl::Time refill_after = absl::InfinitePast();
+    absl::Duration refill_backoff = absl::ZeroDuration();
   };
 
   PooledBackend(std::unique_ptr<Backend> inner, PoolOptions options);

@@ -244,6 +244,32 @@ TEST(PooledBackendTest, ForgetsTheLeastRecentClassBeyondTheLimit) {
   EXPECT_EQ((*pool)->stats().classes, 2u);
 }
 
+// A memfd backend that cannot make buffers named "short" (a memory cgroup
+// short of room for their size, say).
+class ShortOfRoomFor : public MemfdBackend {
+ public:
+  ShortOfRoomFor() : MemfdBackend(kNoUdmabuf) {}
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (r.name == "short") return absl::ResourceExhaustedError("out of memory (test)");
+    return MemfdBackend::Allocate(r);
+  }
+};
+
+// A class whose refill fails waits its turn again: the refill went back to
+// it, the most recently used, every time, and no other class was refilled.
+TEST(PooledBackendTest, AClassWhoseRefillFailsDoesNotHoldUpTheOthers) {
+  auto pool = PooledBackend::Create(std::make_unique<ShortOfRoomFor>(), Manual());
+  ASSERT_TRUE(pool.ok());
+  const BackendRequest ok{kPage, "ok", 0}, short_of_room{kPage, "short", 0};
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE((*pool)->Allocate(ok).ok());
+  for (int i = 0; i < 2; ++i) EXPECT_FALSE((*pool)->Allocate(short_of_room).ok());
+  ASSERT_TRUE((*pool)->RefillOnce());  // "short", the most recent: fails
+  EXPECT_EQ((*pool)->stats().refill_failures, 1u);
+  ASSERT_TRUE((*pool)->RefillOnce());  // "ok" meanwhile
+  EXPECT_EQ((*pool)->stats().refill_failures, 1u) << "the failing class was tried again at once";
+  EXPECT_EQ((*pool)->stats().stocked_buffers, 1u);
+}
+
 // Waits (up to 10 s) for the background thread to stock `want` buffers.
 bool WaitForStock(PooledBackend& pool, uint64_t want) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
