@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/protocol.h"
@@ -21,8 +22,10 @@ namespace {
 // The pages of one paged call (List, Dump): all of them within the call's
 // timeout, as any call; each reply's next_page_token the next request's.
 // A daemon, or something posing as one, must not keep a caller asking,
-// and gathering, forever: a token given twice (in a row or in a cycle),
-// or more rows than any hallocd holds, is DATA_LOSS.
+// and gathering, forever (nor for as long as an infinite timeout lasts):
+// a token given twice (in a row or in a cycle), or more rows than any
+// hallocd holds (each page counting one at least), is DATA_LOSS. Tokens
+// are remembered by hash: a page may bring one of megabytes.
 class Pages {
  public:
   Pages(absl::string_view rpc, absl::Duration timeout)
@@ -30,12 +33,12 @@ class Pages {
   absl::Time deadline() const { return deadline_; }
   // Takes `next` as `token` after a page of `rows` more rows.
   absl::Status Next(std::string* token, std::string* next, size_t rows) {
-    rows_ += rows;
+    rows_ += std::max<size_t>(rows, 1);
     if (rows_ > kMostRows) {
       return absl::DataLossError(absl::StrCat(rpc_, ": hallocd's pages hold more than ", kMostRows,
                                               " rows (pages would never end)"));
     }
-    if (!next->empty() && !seen_.insert(*next).second) {
+    if (!next->empty() && !seen_.insert(absl::HashOf(*next)).second) {
       return absl::DataLossError(
           absl::StrCat(rpc_, ": hallocd gave a page token twice (pages would never end)"));
     }
@@ -44,13 +47,13 @@ class Pages {
   }
 
  private:
-  // Twice the buffers hallocd could hold with every fd the kernel lets a
-  // process have (fs.nr_open's default, 2^20), one fd each.
+  // Twice 2^20, the fds a process may have under the kernel's default
+  // fs.nr_open, one a buffer (hallocd.service's LimitNOFILE: 262144).
   static constexpr size_t kMostRows = size_t{1} << 21;
   const absl::string_view rpc_;
   const absl::Time deadline_;
   size_t rows_ = 0;
-  absl::flat_hash_set<std::string> seen_;
+  absl::flat_hash_set<size_t> seen_;
 };
 
 // Whether `req`, put in a BrokerRequest (its kind's tag and length, and the

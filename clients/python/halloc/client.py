@@ -116,12 +116,14 @@ class _Pages:
     """The pages of one paged call (list, dump): all of them within the
     call's timeout, as any call; each reply's next_page_token the next
     request's. A daemon, or something posing as one, must not keep us
-    asking, and gathering, forever: a token given twice (in a row or in a
-    cycle), or more rows than any hallocd holds, is DATA_LOSS (as
-    libhalloc's Pages)."""
+    asking, and gathering, forever (nor for as long as an infinite timeout
+    lasts): a token given twice (in a row or in a cycle), or more rows than
+    any hallocd holds (each page counting one at least), is DATA_LOSS (as
+    libhalloc's Pages). Tokens are remembered by hash: a page may bring one
+    of megabytes."""
 
-    # Twice the buffers hallocd could hold with every fd the kernel lets a
-    # process have (fs.nr_open's default, 2**20), one fd each.
+    # Twice 2**20, the fds a process may have under the kernel's default
+    # fs.nr_open, one a buffer (hallocd.service's LimitNOFILE: 262144).
     _MOST_ROWS = 1 << 21
 
     def __init__(self, rpc, timeout):
@@ -136,15 +138,15 @@ class _Pages:
 
     def next(self, got, rows):
         """`got`, the next page's token, after a page of `rows` rows."""
-        self._rows += rows
+        self._rows += max(rows, 1)
         if self._rows > self._MOST_ROWS:
             raise errors.DataLossError("%s: hallocd's pages hold more than %d rows "
                                        "(pages would never end)" % (self._rpc, self._MOST_ROWS))
         if got:
-            if got in self._seen:
+            if hash(got) in self._seen:
                 raise errors.DataLossError(
                     "%s: hallocd gave a page token twice (pages would never end)" % self._rpc)
-            self._seen.add(got)
+            self._seen.add(hash(got))
         return got
 
 
@@ -239,6 +241,10 @@ class Buffer:
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # Connections of the channel's own, not from gRPC's process-wide pool,
+    # which a forked child inherits (as libhalloc: its own Client's channel
+    # took the parent's connection to the control socket).
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

@@ -6,12 +6,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/status_macros.h"
 
@@ -210,17 +209,20 @@ namespace {
 
 absl::Status WaitFor(int fd, short events, int timeout_ms, absl::string_view what) {
   pollfd pfd{fd, events, 0};
-  // A poll a signal cuts short waits only what is left of `timeout_ms`: a
-  // signal every so often would otherwise keep it from ever ending.
-  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
+  // A poll a signal cuts short waits only what is left of `timeout_ms`
+  // (by the monotonic clock, within [0, timeout_ms]): a signal every so
+  // often would otherwise keep it from ever ending.
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
   int n;
   int wait_ms = timeout_ms;
   for (;;) {
     n = ::poll(&pfd, 1, wait_ms);
     if (n >= 0 || errno != EINTR) break;
     if (timeout_ms >= 0) {
-      wait_ms = static_cast<int>(std::max<int64_t>(
-          0, absl::ToInt64Milliseconds(absl::Ceil(deadline - absl::Now(), absl::Milliseconds(1)))));
+      const int64_t spent =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+      wait_ms = static_cast<int>(std::clamp<int64_t>(timeout_ms - spent, 0, timeout_ms));
     }
   }
   if (n < 0) return ErrnoStatus(errno, "poll");
