@@ -329,6 +329,12 @@ TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
   EXPECT_TRUE(as_user.denials_by_rule().empty());
 }
 
+// A memfd backend that sees udmabuf about (its module path: any file), or
+// none.
+std::unique_ptr<MemfdBackend> MemfdBesideUdmabuf(bool udmabuf) {
+  return std::make_unique<MemfdBackend>(udmabuf ? "/proc/self/exe" : "/nonexistent");
+}
+
 TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
     clients { name: "limited" match { uids: 1 } usages: "*" heaps: "*"
@@ -339,17 +345,12 @@ TEST(AllocatorPolicyTest, AttachLimitsTheBackendCannotEnforceAreRefused) {
   ASSERT_TRUE(policy.ok()) << policy.status();
   for (bool udmabuf : {false, true}) {
     SCOPED_TRACE(udmabuf);
-    Allocator core(std::make_unique<MemfdBackend>(udmabuf ? "/proc/self/exe" : "/nonexistent"),
-                   Limits(), *policy);
+    Allocator core(MemfdBesideUdmabuf(udmabuf), Limits(), *policy);
     v1::AllocateRequest req;
     req.mutable_desc()->set_size(4096);
     for (uid_t uid : {1u, 2u}) {
-      int sv[2];
-      ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-      UniqueFd client_end(sv[1]);
-      auto session = *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
-                                       std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
-      const absl::StatusCode code = core.Allocate(*session, req).status().code();
+      Peer peer = OpenPeer(core, uid);
+      const absl::StatusCode code = core.Allocate(*peer.session, req).status().code();
       EXPECT_EQ(code, udmabuf && uid == 1 ? absl::StatusCode::kFailedPrecondition
                                           : absl::StatusCode::kOk);
     }
@@ -372,19 +373,14 @@ TEST(AllocatorPolicyTest, AReadOnlyUsageTheBackendCannotEnforceGetsWhatTheRuleAl
   ASSERT_TRUE(policy.ok()) << policy.status();
   for (bool udmabuf : {false, true}) {
     SCOPED_TRACE(udmabuf);
-    Allocator core(std::make_unique<MemfdBackend>(udmabuf ? "/proc/self/exe" : "/nonexistent"),
-                   Limits(), *policy);
+    Allocator core(MemfdBesideUdmabuf(udmabuf), Limits(), *policy);
     v1::AllocateRequest req;
     req.mutable_desc()->set_size(4096);
     req.mutable_desc()->set_usage(usage::kCameraOutput | usage::kCpuReadOften);
     for (uid_t uid : {1u, 2u}) {
       SCOPED_TRACE(uid);
-      int sv[2];
-      ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-      UniqueFd client_end(sv[1]);
-      auto session = *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
-                                       std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
-      absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*session, req);
+      Peer peer = OpenPeer(core, uid);
+      absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*peer.session, req);
       if (udmabuf && uid == 2) {
         EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
         EXPECT_TRUE(absl::StrContains(r.status().message(), "(max_cpu_access of rule 'ro')"))

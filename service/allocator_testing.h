@@ -22,19 +22,23 @@ struct Peer {
   UniqueFd client_end;  // what a client would read
 };
 
+// A session of `core` for a process of `uid` (gid the same), its fds going
+// to the returned client end.
+inline Peer OpenPeer(Allocator& core, uid_t uid) {
+  int sv[2];
+  EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  Peer p;
+  p.client_end.reset(sv[1]);
+  p.session = *core.OpenSession({uid, uid, getpid(), "", std::nullopt},
+                                std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  return p;
+}
+
 class AllocatorTest : public ::testing::Test {
  protected:
   AllocatorTest() : core_(std::make_unique<MemfdBackend>(), Limits()) {}
 
-  Peer Open(uid_t uid = 1000) {
-    int sv[2];
-    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-    Peer p;
-    p.client_end.reset(sv[1]);
-    p.session = *core_.OpenSession({uid, uid, getpid(), "", std::nullopt},
-                                   std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
-    return p;
-  }
+  Peer Open(uid_t uid = 1000) { return OpenPeer(core_, uid); }
 
   // Reads one BufferFd frame from the client end.
   std::pair<v1::BufferFd, UniqueFd> ReadFd(Peer& p) {
