@@ -149,8 +149,10 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
   // those of a call that gave up are closed as they come (else 0, as it
   // sends; they are dropped after twice the timeout).
   if (impl_->welcome_.allocate_call_ids()) req.set_call_id(impl_->NextCallId());
+  // The reply and its fds within one timeout (the fds come first).
+  const absl::Time deadline = absl::Now() + impl_->timeout_;
   absl::StatusOr<v1::AllocateResponse> resp =
-      impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate");
+      impl_->Call(&v1::Allocator::Stub::Allocate, req, "Allocate", deadline);
   if (!resp.ok()) {
     if (req.call_id() != 0 && MayStillDeliver(resp.status())) {
       impl_->AbandonCall(req.call_id(), Impl::GiveBackWith::kBuffers);
@@ -161,7 +163,7 @@ absl::StatusOr<std::vector<Buffer>> Client::Allocate(
   std::vector<uint64_t> ids;
   for (const v1::BufferInfo& info : resp->buffers()) ids.push_back(info.id());
   for (v1::BufferInfo& info : *resp->mutable_buffers()) {
-    absl::StatusOr<Buffer> b = impl_->Receive(std::move(info), req.call_id());
+    absl::StatusOr<Buffer> b = impl_->Receive(std::move(info), req.call_id(), deadline);
     if (!b.ok()) {
       // hallocd holds them all (its reply said so): given back now, not
       // left charged until the session ends (those whose fds were cut on
@@ -324,8 +326,9 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   // fds apart, where hallocd echoes it (else 0, as it sends).
   if (impl_->welcome_.import_call_ids()) req.set_call_id(impl_->NextCallId());
   RETURN_IF_ERROR(impl_->ImportBegins(req.call_id()));
+  const absl::Time deadline = absl::Now() + impl_->timeout_;  // the reply and its fd
   absl::StatusOr<v1::ImportResponse> resp =
-      impl_->Call(&v1::Allocator::Stub::Import, req, "Import");
+      impl_->Call(&v1::Allocator::Stub::Import, req, "Import", deadline);
   if (!resp.ok()) {
     // hallocd may have sent the fd all the same (the call's deadline passed
     // after it did): nobody will take it, so it is closed as it comes, and
@@ -340,7 +343,8 @@ absl::StatusOr<Buffer> Client::Import(absl::string_view grant_token) {
   }
   const uint64_t buffer_id = resp->buffer().id();
   const uint64_t hold_generation = resp->hold_generation();
-  absl::StatusOr<Buffer> b = impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id());
+  absl::StatusOr<Buffer> b =
+      impl_->Receive(std::move(*resp->mutable_buffer()), req.call_id(), deadline);
   if (!b.ok()) {
     // hallocd delivered it (its reply came): the reference goes back now;
     // an fd that comes later still is closed as it comes.

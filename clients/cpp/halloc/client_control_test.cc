@@ -86,5 +86,34 @@ TEST(ClientControlTest, ASessionlessCallOfAnEndedSessionIsStillAnswered) {
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
 }
 
+// A gRPC Allocate whose reply came but whose fd never does (a daemon that
+// posed as hallocd, or lost it) fails within the call's timeout: the wait
+// for the fd began a whole new timeout after the reply (here 2 s + 3 s).
+TEST(ClientControlTest, AGrpcAllocateWaitsForItsFdWithinItsTimeout) {
+  class NoFd final : public v1::Allocator::Service {
+   public:
+    grpc::Status Allocate(grpc::ServerContext*, const v1::AllocateRequest*,
+                          v1::AllocateResponse* resp) override {
+      absl::SleepFor(absl::Seconds(2));  // most of the call's timeout
+      v1::BufferInfo* b = resp->add_buffers();
+      b->set_id(42);
+      b->set_size(4096);
+      return grpc::Status::OK;  // and no fd on the broker socket
+    }
+  } service;
+  FakeBroker broker([](int, const v1::BrokerRequest&) {});
+  std::unique_ptr<grpc::Server> server = broker.ServeGrpc(&service);
+  ASSERT_NE(server, nullptr);
+  ConnectOptions options = broker.options(absl::Seconds(3));
+  options.broker_fast_path = false;
+  absl::StatusOr<Client> c = Client::Connect(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const absl::Time start = absl::Now();
+  const absl::Status allocate = c->Allocate(BlobDescriptor(4096)).status();
+  EXPECT_EQ(allocate.code(), absl::StatusCode::kDeadlineExceeded) << allocate;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(4500)) << "waited past the call's timeout";
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+}
+
 }  // namespace
 }  // namespace halloc

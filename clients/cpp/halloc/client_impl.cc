@@ -149,8 +149,8 @@ absl::StatusOr<Client::Impl::Reply> Client::Impl::BrokerCall(v1::BrokerRequest r
   return r;
 }
 
-absl::StatusOr<UniqueFd> Client::Impl::TakeFd(uint64_t buffer_id, uint64_t call_id) {
-  const absl::Time deadline = absl::Now() + timeout_;
+absl::StatusOr<UniqueFd> Client::Impl::TakeFd(uint64_t buffer_id, uint64_t call_id,
+                                              absl::Time deadline) {
   const FdKey key{buffer_id, call_id};
   absl::MutexLock lock(&mu_);
   RETURN_IF_ERROR(WaitFor(
@@ -204,8 +204,9 @@ void Client::Impl::GiveBackWithFds(GiveBackWith what, const std::vector<Referenc
   }
 }
 
-absl::StatusOr<Buffer> Client::Impl::Receive(v1::BufferInfo info, uint64_t call_id) {
-  ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id(), call_id));
+absl::StatusOr<Buffer> Client::Impl::Receive(v1::BufferInfo info, uint64_t call_id,
+                                             absl::Time deadline) {
+  ASSIGN_OR_RETURN(UniqueFd fd, TakeFd(info.id(), call_id, deadline));
   return Buffer(std::move(info), std::move(fd));
 }
 
@@ -295,10 +296,21 @@ absl::Status Client::Impl::Send(const std::string& bytes, absl::Time deadline) {
 }
 
 absl::Status Client::Impl::WaitFor(absl::FunctionRef<bool()> ready, absl::Time deadline) {
+  bool drained = false;  // read all that was queued once past the deadline
   for (;;) {
     if (ready()) return absl::OkStatus();
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError("no answer from hallocd in time");
+      if (drained || reading_) return absl::DeadlineExceededError("no answer from hallocd in time");
+      reading_ = true;
+      mu_.Unlock();
+      absl::StatusOr<Record> next = ReceiveRecord(broker_.get(), /*nonblocking=*/true);
+      mu_.Lock();
+      reading_ = false;
+      drained = absl::IsResourceExhausted(next.status());  // nothing queued
+      absl::Status filed = FileNext(std::move(next));
+      filed_.SignalAll();
+      RETURN_IF_ERROR(filed);
+      continue;
     }
     if (reading_) {
       // (WithTimeout: the TSan shim in third_party/sanitizers knows it.)

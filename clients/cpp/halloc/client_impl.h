@@ -90,7 +90,9 @@ class Client::Impl {
   // goes back with them.
   void AbandonCall(uint64_t call_id, GiveBackWith what);
 
-  absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id = 0);
+  // The Buffer a gRPC call's reply described, with the fd it sent ahead
+  // (TakeFd), waited for until `deadline` (the call's).
+  absl::StatusOr<Buffer> Receive(v1::BufferInfo info, uint64_t call_id, absl::Time deadline);
 
   // A gRPC Import (`call_id`, 0 where hallocd echoes none) is in flight:
   // should its fd be cut on the way, its buffer is not given back whole
@@ -131,9 +133,10 @@ class Client::Impl {
   absl::Status Usable(absl::string_view rpc) const;
 
   // The fd for `buffer_id` that a gRPC call (`call_id`, 0 where hallocd
-  // echoes none) had sent ahead of its reply: normally queued already.
-  // Records for others are kept for them.
-  absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id, uint64_t call_id);
+  // echoes none) had sent ahead of its reply: normally queued already, and
+  // read even when `deadline` (the call's) has passed; else waited for
+  // until then. Records for others are kept for them.
+  absl::StatusOr<UniqueFd> TakeFd(uint64_t buffer_id, uint64_t call_id, absl::Time deadline);
 
   // Revokes a grant without waiting for the answer (its call was
   // abandoned).
@@ -169,7 +172,9 @@ class Client::Impl {
   // Waits until `ready()` (asked under mu_) or `deadline`. One waiter at a
   // time reads the socket, without the lock, and files what comes for
   // everyone; the others sleep until it has, or until their own deadline:
-  // no call waits for another's reply, nor past its own deadline.
+  // no call waits for another's reply, nor past its own deadline. Past it,
+  // what is queued already is still read and filed (an answer that came in
+  // time, not read yet) before giving up.
   absl::Status WaitFor(absl::FunctionRef<bool()> ready, absl::Time deadline)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
