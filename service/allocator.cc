@@ -223,16 +223,15 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   // read-only fd (dma-heaps, udmabuf; memfd where udmabuf could rewrap
   // it), the owner gets what the rule allows, read-write, and its
   // BufferInfo says so. A rule's own cap is no hint: refused below.
-  const CpuAccess allowed = plan.decision ? plan.decision->rule->max_cpu : CpuAccess::kReadWrite;
+  const CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
   if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
       !backend_->CanEnforce(CpuAccess::kRead)) {
     plan.owner_access = CpuAccess::kReadWrite;
   }
-  RETURN_IF_ERROR(
-      CheckEnforce(plan.owner_access,
-                   plan.decision && plan.decision->rule->max_cpu == plan.owner_access
-                       ? absl::StrCat(" (max_cpu_access of rule '", plan.decision->rule->name, "')")
-                       : std::string()));
+  RETURN_IF_ERROR(CheckEnforce(plan.owner_access,
+                               rule != nullptr && rule->max_cpu == plan.owner_access
+                                   ? absl::StrCat(" (max_cpu_access of rule '", rule->name, "')")
+                                   : std::string()));
   return plan;
 }
 

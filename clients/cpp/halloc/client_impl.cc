@@ -299,18 +299,9 @@ absl::Status Client::Impl::WaitFor(absl::FunctionRef<bool()> ready, absl::Time d
   bool drained = false;  // read all that was queued once past the deadline
   for (;;) {
     if (ready()) return absl::OkStatus();
-    if (absl::Now() >= deadline) {
-      if (drained || reading_) return absl::DeadlineExceededError("no answer from hallocd in time");
-      reading_ = true;
-      mu_.Unlock();
-      absl::StatusOr<Record> next = ReceiveRecord(broker_.get(), /*nonblocking=*/true);
-      mu_.Lock();
-      reading_ = false;
-      drained = absl::IsResourceExhausted(next.status());  // nothing queued
-      absl::Status filed = FileNext(std::move(next));
-      filed_.SignalAll();
-      RETURN_IF_ERROR(filed);
-      continue;
+    const bool late = absl::Now() >= deadline;
+    if (late && (drained || reading_)) {
+      return absl::DeadlineExceededError("no answer from hallocd in time");
     }
     if (reading_) {
       // (WithTimeout: the TSan shim in third_party/sanitizers knows it.)
@@ -319,9 +310,12 @@ absl::Status Client::Impl::WaitFor(absl::FunctionRef<bool()> ready, absl::Time d
     }
     reading_ = true;
     mu_.Unlock();
-    absl::StatusOr<Record> next = ReceiveNext(deadline);
+    // Once late, only what is queued already (an answer that came in time).
+    absl::StatusOr<Record> next =
+        late ? ReceiveRecord(broker_.get(), /*nonblocking=*/true) : ReceiveNext(deadline);
     mu_.Lock();
     reading_ = false;
+    drained = late && absl::IsResourceExhausted(next.status());  // nothing queued
     absl::Status filed = FileNext(std::move(next));
     filed_.SignalAll();
     RETURN_IF_ERROR(filed);

@@ -143,10 +143,11 @@ class _Pages:
             raise errors.DataLossError("%s: hallocd's pages hold more than %d rows "
                                        "(pages would never end)" % (self._rpc, self._MOST_ROWS))
         if got:
-            if hash(got) in self._seen:
+            seen = hash(got)
+            if seen in self._seen:
                 raise errors.DataLossError(
                     "%s: hallocd gave a page token twice (pages would never end)" % self._rpc)
-            self._seen.add(hash(got))
+            self._seen.add(seen)
         return got
 
 
