@@ -221,14 +221,17 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   // A usage that asks only to read narrows the owner's fd as a safeguard
   // (gralloc's CPU bits are hints): where the backend cannot make a
   // read-only fd (dma-heaps, udmabuf; memfd where udmabuf could rewrap
-  // it), the owner gets what the rule allows, read-write, and its
-  // BufferInfo says so. A rule's own cap is no hint: refused below.
+  // it, or for a caller of hallocd's own uid), the owner gets what the
+  // rule allows, read-write, and its BufferInfo says so. A rule's own cap
+  // is no hint: refused below.
+  const std::optional<uid_t> holder =
+      caller != nullptr ? std::optional<uid_t>(caller->uid) : std::nullopt;
   const CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
   if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
-      !backend_->CanEnforce(CpuAccess::kRead)) {
+      !Enforceable(CpuAccess::kRead, holder)) {
     plan.owner_access = CpuAccess::kReadWrite;
   }
-  RETURN_IF_ERROR(CheckEnforce(plan.owner_access,
+  RETURN_IF_ERROR(CheckEnforce(plan.owner_access, holder,
                                rule != nullptr && rule->max_cpu == plan.owner_access
                                    ? absl::StrCat(" (max_cpu_access of rule '", rule->name, "')")
                                    : std::string()));
@@ -331,12 +334,21 @@ absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
       "buffers (rule '", rule.name, "' attach_devices)"));
 }
 
-absl::Status Allocator::CheckEnforce(CpuAccess access,
+bool Allocator::Enforceable(CpuAccess access, std::optional<uid_t> holder) const {
+  return holder.has_value() ? backend_->CanEnforceFor(access, *holder)
+                            : backend_->CanEnforce(access);
+}
+
+absl::Status Allocator::CheckEnforce(CpuAccess access, std::optional<uid_t> holder,
                                      absl::string_view why) const {
-  if (backend_->CanEnforce(access)) return absl::OkStatus();
-  return absl::FailedPreconditionError(
-      absl::StrCat("backend ", backend_->name(), " cannot enforce CPU access ",
-                   CpuAccessName(access), why));
+  if (Enforceable(access, holder)) return absl::OkStatus();
+  // The backend could, but not against this holder: it runs as hallocd.
+  const bool theirs = holder.has_value() && backend_->CanEnforce(access);
+  return absl::FailedPreconditionError(absl::StrCat(
+      "backend ", backend_->name(), " cannot enforce CPU access ", CpuAccessName(access),
+      theirs ? absl::StrCat(" on uid ", *holder, ", hallocd's own (it may widen the fd)")
+             : std::string(),
+      why));
 }
 
 absl::StatusOr<Allocator::Outgoing> Allocator::Prepare(
@@ -523,7 +535,10 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& cal
         absl::StatusOr<CpuAccess> rights =
             DecideShareRights(*to, req.buffer_id(), mine, asked);
         if (!rights.ok()) return Counted(rights.status());
-        RETURN_IF_ERROR(CheckEnforce(*rights, absl::StrCat(" for ", to->peer)));
+        // A peer named by uid is checked now; every peer again at Import.
+        RETURN_IF_ERROR(
+            CheckEnforce(*rights, by_name ? std::nullopt : std::optional<uid_t>(req.peer().uid()),
+                         absl::StrCat(" for ", to->peer)));
         GrantView grant;
         if (by_name) {
           grant.peer_name = to->receiver->name;
@@ -571,9 +586,9 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
             now.from_client = (*sharer)->name;
             absl::StatusOr<ImportDecision> d = DecideImport(*pol, caller, now);
             if (!d.ok()) return Counted(d.status());
-            RETURN_IF_ERROR(CheckEnforce(
-                d->access,
-                absl::StrCat(" (max_cpu_access of rule '", d->rule->name, "')")));
+            RETURN_IF_ERROR(
+                CheckEnforce(d->access, caller.uid,
+                             absl::StrCat(" (max_cpu_access of rule '", d->rule->name, "')")));
             RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
             decision = *std::move(d);
             return decision->access;

@@ -199,8 +199,12 @@ class Allocator {
                        const v1::AllocateResponse* reply);
   // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
   absl::Status CheckAttachLimit(const Rule& rule) const;
-  // FAILED_PRECONDITION when the backend cannot enforce `access`.
-  absl::Status CheckEnforce(CpuAccess access, absl::string_view why) const;
+  // Whether the backend can limit an fd to `access` for a holder of uid
+  // `holder` (nullopt: not known, any holder but hallocd's own uid).
+  bool Enforceable(CpuAccess access, std::optional<uid_t> holder) const;
+  // FAILED_PRECONDITION when !Enforceable(access, holder).
+  absl::Status CheckEnforce(CpuAccess access, std::optional<uid_t> holder,
+                            absl::string_view why) const;
 
   const std::unique_ptr<Backend> backend_;
   const Limits limits_;

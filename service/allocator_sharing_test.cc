@@ -15,9 +15,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "clients/cpp/halloc/base/scm.h"
+#include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/allocator.h"
 #include "service/allocator_testing.h"
+#include "service/backend/memfd_backend.h"
 
 namespace halloc {
 namespace {
@@ -411,6 +413,90 @@ TEST_F(AllocatorTest, AnUndeliveredImportLeavesTheRightsAsTheyWere) {
   EXPECT_EQ(d->cpu_access(), v1::CPU_ACCESS_READ);
   EXPECT_EQ(Share(reader, id, 1000, v1::CPU_ACCESS_READ_WRITE).status().code(),
             StatusCode::kPermissionDenied);
+}
+
+// A memfd backend as if hallocd ran as uid kDaemonUid (a hallocd run by a
+// user): read-only binds no holder of that uid (it owns the memfd and may
+// make it writable again), so it gets no read-only fd pretending otherwise.
+constexpr uid_t kDaemonUid = 7;
+std::unique_ptr<Backend> MemfdOfUid(uid_t owner) {
+  return std::make_unique<MemfdBackend>(UdmabufSources{"/nonexistent", "", ""}, owner);
+}
+
+// A read-only usage of hallocd's own uid gets a read-write fd where its
+// rule allows one, and BufferInfo says so; a Share of read-only rights to
+// that uid is refused, naming it; other uids are as before.
+TEST(AllocatorPolicyTest, ReadOnlyIsNotHandedToHallocdsOwnUid) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "all" match { any: true } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE share_to: "*" }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(MemfdOfUid(kDaemonUid), Limits(), *policy);
+  Peer daemons = OpenPeer(core, kDaemonUid), other = OpenPeer(core, 1000);
+  v1::AllocateRequest ro;
+  ro.mutable_desc()->set_size(4096);
+  ro.mutable_desc()->set_usage(usage::kCameraOutput | usage::kCpuReadOften);
+  absl::StatusOr<v1::AllocateResponse> mine = core.Allocate(*daemons.session, ro);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(mine->buffers(0).cpu_access(), v1::CPU_ACCESS_READ_WRITE);
+  absl::StatusOr<v1::AllocateResponse> theirs = core.Allocate(*other.session, ro);
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  EXPECT_EQ(theirs->buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
+
+  v1::AllocateRequest rw;
+  rw.mutable_desc()->set_size(4096);
+  absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*other.session, rw);
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  share.mutable_peer()->set_uid(kDaemonUid);
+  absl::Status refused = core.Share(*other.session, share).status();
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused;
+  EXPECT_TRUE(absl::StrContains(refused.message(), "uid 7, hallocd's own")) << refused;
+  share.mutable_peer()->set_uid(1001);
+  EXPECT_TRUE(core.Share(*other.session, share).ok());
+  share.set_cpu_access(v1::CPU_ACCESS_READ_WRITE);
+  share.mutable_peer()->set_uid(kDaemonUid);
+  EXPECT_TRUE(core.Share(*other.session, share).ok());
+}
+
+// Where a rule caps hallocd's own uid at read, that cap cannot be kept:
+// its Allocate is refused, and so is its Import of a grant made to its
+// rule's name (whose uid the Share did not know), each naming the rule.
+TEST(AllocatorPolicyTest, ARuleCappingHallocdsOwnUidAtReadIsRefused) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "camera" match { uids: 1000 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE share_to: "viewer" }
+    clients { name: "viewer" match { uids: 7 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ receive_from: "camera" }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(MemfdOfUid(kDaemonUid), Limits(), *policy);
+  Peer camera = OpenPeer(core, 1000), viewer = OpenPeer(core, kDaemonUid);
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  req.mutable_desc()->set_usage(usage::kCpuReadOften);
+  absl::Status s = core.Allocate(*viewer.session, req).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "(max_cpu_access of rule 'viewer')")) << s;
+
+  req.mutable_desc()->set_usage(0);
+  absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*camera.session, req);
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_name("viewer");
+  absl::StatusOr<v1::Grant> grant = core.Share(*camera.session, share);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  s = core.Import(*viewer.session, grant->token()).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "uid 7, hallocd's own")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "rule 'viewer'")) << s;
+  EXPECT_EQ(core.Stats().live_buffers(), 1u);  // the camera's, nothing made or lost
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 // by hand, none of this happens.
 #include <glog/logging.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -298,6 +299,15 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  // Not dumpable: hallocd holds every client's buffer read-write, and a
+  // process of its own uid (for a hallocd run by a user, each of that
+  // user's programs) could otherwise open them through /proc/PID/fd/N or
+  // ptrace it. Its /proc files become root's; it still opens its own. No
+  // core file either (root may still attach a debugger).
+  if (prctl(PR_SET_DUMPABLE, 0) != 0) {
+    PLOG(ERROR) << "prctl(PR_SET_DUMPABLE, 0)";
+    return 1;
+  }
   // libprotobuf's own lines (a client's message with a bad string field)
   // are rate-limited like every line an outsider can trigger.
   halloc::LimitProtobufLogs();

@@ -76,7 +76,10 @@ MemfdBackend::MemfdBackend(std::string udmabuf_device)
     : MemfdBackend(UdmabufSources{std::move(udmabuf_device), "", ""}) {}
 
 MemfdBackend::MemfdBackend(UdmabufSources sources)
-    : sources_(std::move(sources)), loadable_(Listed(sources_.modules_dir)) {}
+    : MemfdBackend(std::move(sources), ::geteuid()) {}
+
+MemfdBackend::MemfdBackend(UdmabufSources sources, uid_t owner)
+    : sources_(std::move(sources)), loadable_(Listed(sources_.modules_dir)), owner_(owner) {}
 
 bool MemfdBackend::UdmabufPossible() const {
   return loadable_ || Exists(sources_.device) || Exists(sources_.module);

@@ -6,8 +6,9 @@
 // /proc/self/fd), so PROT_WRITE shared mappings and mprotect to write fail in
 // every process that holds it. The inode is made mode 0400 (kInodeMode) so
 // that a holder of another uid cannot reopen that fd writable through
-// /proc/<pid>/fd; root holders and holders with the daemon's uid can. "No CPU
-// access" cannot be enforced on a memfd.
+// /proc/<pid>/fd; root holders and holders with the daemon's uid can (the
+// owner may fchmod it back), so read-only binds no holder of the daemon's
+// uid (CanEnforceFor). "No CPU access" cannot be enforced on a memfd.
 #ifndef HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_
 #define HALLOC_SERVICE_BACKEND_MEMFD_BACKEND_H_
 
@@ -57,6 +58,9 @@ class MemfdBackend : public Backend {
   // Looks only at `udmabuf_device` (tests).
   explicit MemfdBackend(std::string udmabuf_device);
   explicit MemfdBackend(UdmabufSources sources);
+  // As if hallocd ran as `owner` (tests): the uid its read-only views do
+  // not bind. Buffers are still made as this process's.
+  MemfdBackend(UdmabufSources sources, uid_t owner);
 
   // Mode of every buffer's inode: owner (the daemon's uid) read only, so
   // read-only views can still be reopened by a non-root daemon, and nobody
@@ -73,6 +77,13 @@ class MemfdBackend : public Backend {
     return access == CpuAccess::kReadWrite ||
            (access == CpuAccess::kRead && !UdmabufPossible());
   }
+  // Not read-only for a holder of the daemon's (non-root) uid: it owns the
+  // inode, so it may fchmod it back to writable and reopen its read-only fd
+  // read-write through /proc/self/fd (a hallocd run by a user: every client).
+  bool CanEnforceFor(CpuAccess access, uid_t holder) const override {
+    return CanEnforce(access) &&
+           (access == CpuAccess::kReadWrite || owner_ == 0 || holder != owner_);
+  }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     const ViewRights& rights) override;
   bool CanLimitAttach() const override { return !UdmabufPossible(); }
@@ -88,6 +99,7 @@ class MemfdBackend : public Backend {
 
   const UdmabufSources sources_;
   const bool loadable_;  // listed for the running kernel, seen once at start
+  const uid_t owner_;    // of every buffer's inode: the daemon's euid
 };
 
 }  // namespace halloc

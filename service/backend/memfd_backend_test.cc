@@ -250,6 +250,56 @@ TEST(MemfdBackendTest, NonRootDaemonStillOpensReadViews) {
   EXPECT_EQ(result, 0);
 }
 
+// What the mode cannot stop: a holder with the daemon's uid owns the inode,
+// so it may fchmod it writable again and reopen its read-only view
+// read-write. Read-only therefore binds no holder of that uid (a hallocd run
+// by a user: every client), and the backend says so.
+TEST(MemfdBackendTest, ReadViewDoesNotBindTheDaemonsOwnUid) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to fork a child as uid " << kStranger;
+  }
+  const int result = AsStranger([] {
+    MemfdBackend backend(kNoUdmabuf);
+    if (backend.CanEnforceFor(CpuAccess::kRead, kStranger)) return 1;
+    absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+    if (!fd.ok()) return 2;
+    absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
+    if (!ro.ok()) return 2;
+    if (fchmod(ro->get(), 0600) != 0) return 3;
+    const std::string path = "/proc/self/fd/" + std::to_string(ro->get());
+    UniqueFd rw(open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!rw || pwrite(rw.get(), "evil", 4, 0) != 4) return 3;
+    return 0;
+  });
+  if (result == kCannotSwitchUid) {
+    GTEST_SKIP() << "cannot switch to uid " << kStranger << " here";
+  }
+  EXPECT_NE(result, 1) << "read-only said to bind the daemon's own uid";
+  EXPECT_NE(result, 2) << "Allocate or OpenView failed as a non-root daemon";
+  EXPECT_NE(result, 3) << "the daemon's uid could not widen its view: the backend "
+                          "may bind it after all (then say so)";
+  EXPECT_EQ(result, 0);
+}
+
+// Whom read-only binds: every uid but a non-root daemon's own; root holders
+// are outside every policy, not asked about (a root daemon's uid is root).
+TEST(MemfdBackendTest, ReadOnlyBindsEveryUidButTheDaemonsOwn) {
+  const MemfdBackend as_user({kNoUdmabuf, "", ""}, /*owner=*/1234);
+  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kRead, 1234));
+  EXPECT_TRUE(as_user.CanEnforceFor(CpuAccess::kRead, 1235));
+  EXPECT_TRUE(as_user.CanEnforceFor(CpuAccess::kReadWrite, 1234));
+  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kNone, 1235));
+  const MemfdBackend as_root({kNoUdmabuf, "", ""}, /*owner=*/0);
+  EXPECT_TRUE(as_root.CanEnforceFor(CpuAccess::kRead, 0));
+  EXPECT_TRUE(as_root.CanEnforceFor(CpuAccess::kRead, 1234));
+  // Where udmabuf could come, read-only binds nobody.
+  testing::TempDir dir("memfd-owner");
+  const std::string node = dir / "udmabuf";
+  std::ofstream(node) << "";
+  const MemfdBackend with_udmabuf({node, "", ""}, /*owner=*/1234);
+  EXPECT_FALSE(with_udmabuf.CanEnforceFor(CpuAccess::kRead, 1235));
+}
+
 TEST(MemfdBackendTest, NoCpuAccessIsRefusedNotGranted) {
   MemfdBackend backend(kNoUdmabuf);
   EXPECT_FALSE(backend.CanEnforce(CpuAccess::kNone));

@@ -110,6 +110,9 @@ class PooledBackend : public Backend {
   bool CanEnforce(CpuAccess access) const override {
     return inner_->CanEnforce(access);
   }
+  bool CanEnforceFor(CpuAccess access, uid_t holder) const override {
+    return inner_->CanEnforceFor(access, holder);
+  }
   bool CanProtect() const override { return inner_->CanProtect(); }
   bool CanLimitAttach() const override { return inner_->CanLimitAttach(); }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,

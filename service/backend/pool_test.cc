@@ -477,6 +477,12 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   EXPECT_EQ(fcntl(ro->get(), F_GETFL) & O_ACCMODE, O_RDONLY);
   EXPECT_EQ(PooledBackend::Create(nullptr, Manual()).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Whom a read-only fd binds is the memfd's answer (not its daemon's uid).
+  auto of_user = PooledBackend::Create(
+      std::make_unique<MemfdBackend>(UdmabufSources{kNoUdmabuf, "", ""}, 1234), Manual());
+  ASSERT_TRUE(of_user.ok());
+  EXPECT_FALSE((*of_user)->CanEnforceFor(CpuAccess::kRead, 1234));
+  EXPECT_TRUE((*of_user)->CanEnforceFor(CpuAccess::kRead, 1235));
 }
 
 // Exit code of a child that could not become uid 65534.

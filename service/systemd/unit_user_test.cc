@@ -360,5 +360,43 @@ TEST_F(UnitUserTest, TheWatchdogProbeReachesTheUnitsSockets) {
   EXPECT_THAT((*hallocd)->Log(), Not(HasSubstr("Permission denied")));
 }
 
+// A hallocd run by a user (no unit, no capability) holds every client's
+// buffer read-write: processes of its uid (that user's every program) may
+// not reach them through its /proc/PID/fd, nor its memory, though they
+// may a process of theirs that did not ask the same (`sleep`, the control).
+TEST_F(UnitUserTest, ProcessesOfHallocdsOwnUidCannotReachItsFds) {
+  if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
+  const std::string run = dir_ / "user-run";
+  ASSERT_EQ(::mkdir(run.c_str(), 0700), 0);
+  ASSERT_EQ(::chown(run.c_str(), kHallocdUid, kHallocdUid), 0);
+  const std::vector<std::string> as_user = {
+      "/usr/bin/setpriv", absl::StrCat("--reuid=", kHallocdUid),
+      absl::StrCat("--regid=", kHallocdUid), "--clear-groups"};
+  std::vector<std::string> argv = as_user;
+  argv.insert(argv.end(), {Runfile("service/hallocd"), "--backend=memfd",
+                           "--control_socket=" + run + "/control.sock",
+                           "--broker_socket=" + run + "/broker.sock"});
+  absl::StatusOr<std::unique_ptr<Child>> hallocd =
+      Child::Start(argv, {}, dir_ / "user-hallocd.log");
+  ASSERT_TRUE(hallocd.ok()) << hallocd.status();
+  ASSERT_TRUE(systemd_testing::WaitForPath(run + "/broker.sock", kWait)) << (*hallocd)->Log();
+  argv = as_user;
+  argv.insert(argv.end(), {"/bin/sleep", "30"});
+  absl::StatusOr<std::unique_ptr<Child>> sibling = Child::Start(argv, {}, dir_ / "sleep.log");
+  ASSERT_TRUE(sibling.ok()) << sibling.status();
+  for (const char* what : {"fd", "environ"}) {
+    SCOPED_TRACE(what);
+    auto reach = [&](pid_t pid) {
+      std::vector<std::string> look = as_user;
+      look.insert(look.end(), {std::string(absl::StrContains(what, "fd") ? "/bin/ls" : "/bin/cat"),
+                               absl::StrCat("/proc/", pid, "/", what)});
+      std::string out;
+      return Run(look, &out) == 0;
+    };
+    EXPECT_TRUE(reach((*sibling)->pid())) << "the control: a process of one's own uid";
+    EXPECT_FALSE(reach((*hallocd)->pid())) << (*hallocd)->Log();
+  }
+}
+
 }  // namespace
 }  // namespace halloc
