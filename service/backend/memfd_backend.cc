@@ -101,13 +101,13 @@ absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
   // descriptions keep the access mode they were opened with. Root holders
   // (CAP_DAC_OVERRIDE) and holders with the daemon's uid (who may fchmod the
   // inode back) are not stopped by this.
-  if (::fchmod(fd.get(), kInodeMode) != 0) return ErrnoStatus(errno, "fchmod");
+  if (::fchmod(fd.get(), kInodeMode) != 0) return OwnErrnoStatus(errno, "fchmod");
   if (::ftruncate(fd.get(), static_cast<off_t>(request.size)) != 0) {
     return ErrnoStatus(errno, absl::StrCat("ftruncate(", request.size, ")"));
   }
   if (::fcntl(fd.get(), F_ADD_SEALS,
               F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-    return ErrnoStatus(errno, "fcntl(F_ADD_SEALS)");
+    return OwnErrnoStatus(errno, "fcntl(F_ADD_SEALS)");
   }
   return fd;
 }
@@ -131,7 +131,9 @@ absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
       // A new open file description, read-only: rights travel with it.
       const std::string path = absl::StrCat("/proc/self/fd/", buffer.get());
       UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!fd) return ErrnoStatus(errno, absl::StrCat("open(", path, ")"));
+      // hallocd's own memfd: EACCES or ENOENT here are no fault of the
+      // caller's (not PERMISSION_DENIED, NOT_FOUND).
+      if (!fd) return OwnErrnoStatus(errno, absl::StrCat("open(", path, ")"));
       return fd;
     }
     case CpuAccess::kNone:

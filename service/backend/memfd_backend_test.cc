@@ -250,6 +250,30 @@ TEST(MemfdBackendTest, NonRootDaemonStillOpensReadViews) {
   EXPECT_EQ(result, 0);
 }
 
+// A read-only view hallocd cannot open (its own memfd's mode changed under
+// it) is hallocd's failure: INTERNAL, not PERMISSION_DENIED (the caller
+// may do what it asked; it was refused nothing).
+TEST(MemfdBackendTest, AViewHallocdCannotOpenIsItsOwnError) {
+  if (geteuid() != 0) {
+    GTEST_SKIP() << "needs root to fork a child as uid " << kStranger;
+  }
+  const int result = AsStranger([] {
+    MemfdBackend backend(kNoUdmabuf);
+    absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
+    if (!fd.ok() || fchmod(fd->get(), 0) != 0) return 1;
+    absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
+    if (ro.ok()) return 2;
+    return ro.status().code() == absl::StatusCode::kInternal ? 0 : 3;
+  });
+  if (result == kCannotSwitchUid) {
+    GTEST_SKIP() << "cannot switch to uid " << kStranger << " here";
+  }
+  EXPECT_NE(result, 1) << "Allocate or fchmod failed";
+  EXPECT_NE(result, 2) << "opened a view of a mode 0000 inode as a non-root daemon";
+  EXPECT_NE(result, 3) << "not INTERNAL";
+  EXPECT_EQ(result, 0);
+}
+
 // What the mode cannot stop: a holder with the daemon's uid owns the inode,
 // so it may fchmod it writable again and reopen its read-only view
 // read-write. Read-only therefore binds no holder of that uid (a hallocd run

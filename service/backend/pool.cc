@@ -153,6 +153,7 @@ UniqueFd PooledBackend::TakeLocked(const BackendRequest& request,
   if (it == classes_.end()) {
     if (classes_.size() >= options_.max_classes) ForgetLeastRecent(forgotten);
     it = classes_.emplace(std::move(key), Class{}).first;
+    classes_count_.store(classes_.size(), std::memory_order_relaxed);
   }
   Class& c = it->second;
   ++c.requests;
@@ -244,6 +245,7 @@ void PooledBackend::Forget(Classes::iterator it, std::deque<UniqueFd>& out) {
   stocked_buffers_ -= it->second.stock.size();
   for (UniqueFd& fd : it->second.stock) out.push_back(std::move(fd));
   classes_.erase(it);
+  classes_count_.store(classes_.size(), std::memory_order_relaxed);
 }
 
 void PooledBackend::ForgetLeastRecent(std::deque<UniqueFd>& out) {
@@ -278,15 +280,16 @@ uint64_t PooledBackend::max_stocked_buffers() const {
 }
 
 PoolStats PooledBackend::stats() const {
-  absl::MutexLock lock(&mu_);
+  // Without mu_ (pool.h): counts a moment apart may be a step apart.
+  constexpr auto kRelaxed = std::memory_order_relaxed;
   PoolStats s;
-  s.hits = hits_;
-  s.contended = contended_.load(std::memory_order_relaxed);
-  s.misses = misses_ + s.contended;
-  s.stocked_buffers = stocked_buffers_;
-  s.stocked_bytes = stocked_bytes_;
-  s.classes = classes_.size();
-  s.refill_failures = refill_failures_;
+  s.hits = hits_.load(kRelaxed);
+  s.contended = contended_.load(kRelaxed);
+  s.misses = misses_.load(kRelaxed) + s.contended;
+  s.stocked_buffers = stocked_buffers_.load(kRelaxed);
+  s.stocked_bytes = stocked_bytes_.load(kRelaxed);
+  s.classes = classes_count_.load(kRelaxed);
+  s.refill_failures = refill_failures_.load(kRelaxed);
   return s;
 }
 

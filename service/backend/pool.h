@@ -201,13 +201,17 @@ class PooledBackend : public Backend {
   absl::CondVar wake_[2];
   absl::CondVar stopping_;  // stop_ was set
   Classes classes_ ABSL_GUARDED_BY(mu_);
-  uint64_t stocked_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t stocked_buffers_ ABSL_GUARDED_BY(mu_) = 0;
+  // The counts stats() reports: changed only under mu_, read by stats()
+  // without it (a refill thread preempted holding mu_ would otherwise hold
+  // up every Stats call and metrics scrape, as it would allocations).
+  std::atomic<uint64_t> classes_count_{0};
+  std::atomic<uint64_t> stocked_bytes_{0};
+  std::atomic<uint64_t> stocked_buffers_{0};
   // PoolStats::contended: misses because mu_ stayed held (see Allocate).
   std::atomic<uint64_t> contended_{0};
-  uint64_t hits_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t misses_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t refill_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> hits_{0};
+  std::atomic<uint64_t> misses_{0};
+  std::atomic<uint64_t> refill_failures_{0};
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

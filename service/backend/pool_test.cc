@@ -430,7 +430,7 @@ namespace {
 
 // A refill thread preempted while it holds the pool's lock (idle priority:
 // it may not run again while anyone keeps the CPUs busy) holds up no
-// allocation: it is made as a miss, and counted as one.
+// allocation: it is made as a miss, and counted as one. Nor the stats.
 TEST(PooledBackendTest, AllocationsNeverWaitForAStalledRefill) {
   PoolOptions o = Manual();
   o.min_requests = 1;
@@ -442,16 +442,20 @@ TEST(PooledBackendTest, AllocationsNeverWaitForAStalledRefill) {
   absl::Mutex& mu = PooledBackendPeer::mu(**pool);
   absl::Notification done;
   absl::StatusOr<UniqueFd> got = absl::UnknownError("not yet");
+  PoolStats during;
   mu.Lock();  // as the stalled refill thread
   std::thread request([&] {
     got = (*pool)->Allocate(req);
+    during = (*pool)->stats();  // nor does a Stats call or a metrics scrape
     done.Notify();
   });
   const bool returned = done.WaitForNotificationWithTimeout(absl::Seconds(10));
   mu.Unlock();
   request.join();
-  EXPECT_TRUE(returned) << "the allocation waited for the lock's holder";
+  EXPECT_TRUE(returned) << "the allocation or stats() waited for the lock's holder";
   ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(during.stocked_buffers, 1u);
+  EXPECT_EQ(during.contended, 1u);
   EXPECT_GE(::fcntl(got->get(), F_GETFD), 0);
   const PoolStats s = (*pool)->stats();
   EXPECT_EQ(s.hits, 0u);

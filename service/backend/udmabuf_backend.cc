@@ -67,7 +67,7 @@ absl::StatusOr<UniqueFd> UdmabufBackend::Allocate(const BackendRequest& request)
   }
   // udmabuf wants F_SEAL_SHRINK and refuses F_SEAL_WRITE.
   if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
-    return ErrnoStatus(errno, "fcntl(F_ADD_SEALS)");
+    return OwnErrnoStatus(errno, "fcntl(F_ADD_SEALS)");
   }
   udmabuf_create create{};
   create.memfd = static_cast<uint32_t>(memfd.get());
@@ -77,17 +77,25 @@ absl::StatusOr<UniqueFd> UdmabufBackend::Allocate(const BackendRequest& request)
   const int fd = node_->Create(&create);
   if (fd == -EINVAL) {
     // More than the module makes (asked only now: it may change at any
-    // time) is hallocd's room, not the caller's error; the rest of EINVAL
-    // (an unaligned size, wrong seals) is INVALID_ARGUMENT.
+    // time) is hallocd's room, not the caller's error; so is a limit that
+    // cannot be read here (/sys hidden), the likeliest cause. The rest of
+    // EINVAL (an unaligned size, wrong seals) is hallocd's own: INTERNAL.
     const uint64_t limit_mb = node_->SizeLimitMb();
-    if (limit_mb != 0 && request.size > limit_mb * (uint64_t{1} << 20)) {
+    if (limit_mb == 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "udmabuf refused a buffer of ", request.size,
+          " bytes (EINVAL): more than its size_limit_mb, most likely (not readable here)"));
+    }
+    if (request.size > limit_mb * (uint64_t{1} << 20)) {
       return absl::ResourceExhaustedError(
           absl::StrCat("udmabuf makes buffers of at most ", limit_mb,
                        " MiB (its size_limit_mb); asked for ", request.size, " bytes"));
     }
   }
+  // The memfd, its seals and the size are hallocd's: nothing here is the
+  // caller's to correct.
   if (fd < 0) {
-    return ErrnoStatus(-fd, absl::StrCat("UDMABUF_CREATE(", request.size, ")"));
+    return OwnErrnoStatus(-fd, absl::StrCat("UDMABUF_CREATE(", request.size, ")"));
   }
   UniqueFd dmabuf(fd);
   // The name shows in /proc/<pid>/fdinfo; a failure loses only the label.

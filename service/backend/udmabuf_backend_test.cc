@@ -106,10 +106,14 @@ TEST(UdmabufBackendTest, KernelErrorsMapToStatusCodesAndLeakNothing) {
   calls.fail_create = ENOMEM;
   EXPECT_EQ(b->Allocate({4096, "x", 0, std::nullopt}).status().code(),
             absl::StatusCode::kResourceExhausted);
+  // Within the module's limit, EINVAL is hallocd's own doing (its memfd,
+  // seals, size): INTERNAL, not INVALID_ARGUMENT for the caller to fix.
   calls.fail_create = EINVAL;
   absl::StatusOr<UniqueFd> fd = b->Allocate({4096, "x", 0, std::nullopt});
-  EXPECT_EQ(fd.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(fd.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(std::string(fd.status().message()), HasSubstr("UDMABUF_CREATE"));
+  calls.fail_create = EBADF;
+  EXPECT_EQ(b->Allocate({4096, "x", 0, std::nullopt}).status().code(), absl::StatusCode::kInternal);
   const int after = dup(0);
   close(after);
   EXPECT_EQ(after, before);
@@ -128,11 +132,13 @@ TEST(UdmabufBackendTest, ABufferPastTheModulesSizeLimitIsResourceExhausted) {
   EXPECT_EQ(fd.status().code(), absl::StatusCode::kResourceExhausted) << fd.status();
   EXPECT_THAT(std::string(fd.status().message()), HasSubstr("2 MiB"));
   EXPECT_TRUE(b->Allocate({uint64_t{2} << 20, "at", 0, std::nullopt}).ok());
-  // Unknown limit (no sysfs): the kernel's EINVAL as it is.
+  // Unknown limit (no sysfs): most likely that limit, and hallocd's room
+  // either way (it was INVALID_ARGUMENT).
   calls.size_limit_mb = 0;
   calls.fail_create = EINVAL;
-  EXPECT_EQ(b->Allocate({uint64_t{4} << 20, "big", 0, std::nullopt}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  fd = b->Allocate({uint64_t{4} << 20, "big", 0, std::nullopt});
+  EXPECT_EQ(fd.status().code(), absl::StatusCode::kResourceExhausted) << fd.status();
+  EXPECT_THAT(std::string(fd.status().message()), HasSubstr("size_limit_mb"));
 }
 
 TEST(UdmabufBackendTest, CreateNeedsTheNode) {

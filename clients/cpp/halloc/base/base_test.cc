@@ -148,6 +148,19 @@ TEST(OsErrorTest, MapsCodesAndFormatsMessage) {
   EXPECT_EQ(ErrnoStatus(EIO, "x").code(), absl::StatusCode::kInternal);
 }
 
+// hallocd's own calls failing are not the caller's to act on: only running
+// out of something says more than INTERNAL.
+TEST(OsErrorTest, OwnCallsFailInternalOrExhausted) {
+  for (int err : {EACCES, EPERM, ENOENT, EINVAL, EBADF, EIO}) {
+    EXPECT_EQ(OwnErrnoStatus(err, "x").code(), absl::StatusCode::kInternal) << err;
+  }
+  for (int err : {ENOMEM, EMFILE, ENFILE, ENOSPC}) {
+    EXPECT_EQ(OwnErrnoStatus(err, "x").code(), absl::StatusCode::kResourceExhausted) << err;
+  }
+  EXPECT_EQ(OwnErrnoStatus(EACCES, "open(/proc/self/fd/9)").message(),
+            "open(/proc/self/fd/9): Permission denied");
+}
+
 TEST(OsErrorTest, WireCodesOutsideAbslsAreUnknown) {
   EXPECT_EQ(StatusCodeFromWire(0), absl::StatusCode::kOk);
   EXPECT_EQ(StatusCodeFromWire(8), absl::StatusCode::kResourceExhausted);

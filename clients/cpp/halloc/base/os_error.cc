@@ -57,6 +57,12 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
   return absl::Status(CodeFor(err), absl::StrCat(what, ": ", msg));
 }
 
+absl::Status OwnErrnoStatus(int err, absl::string_view what) {
+  absl::Status s = ErrnoStatus(err, what);
+  if (absl::IsResourceExhausted(s)) return s;
+  return absl::InternalError(s.message());
+}
+
 absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
   if (s.ok()) return s;
   absl::Status out(s.code(), absl::StrCat(prefix, ": ", s.message()));

@@ -19,6 +19,13 @@ namespace halloc {
 // → INTERNAL. The message is "<what>: <strerror(err)>".
 absl::Status ErrnoStatus(int err, absl::string_view what);
 
+// The same for a call hallocd makes on its own resources (reopening its own
+// memfd, sealing it, wrapping it in a dma-buf), whose failure is no fault
+// of the caller's: RESOURCE_EXHAUSTED where ErrnoStatus says so (hallocd
+// ran out of memory or fds), INTERNAL otherwise (never PERMISSION_DENIED,
+// NOT_FOUND or INVALID_ARGUMENT, which a caller would act on).
+absl::Status OwnErrnoStatus(int err, absl::string_view what);
+
 // `s` with "<prefix>: " before its message, its code and payloads kept
 // (absl::Status(s.code(), ...) drops the payloads); OK stays OK.
 absl::Status Prefixed(const absl::Status& s, absl::string_view prefix);
