@@ -77,6 +77,33 @@ bool Covers(const Rule& a, const Rule& b) {
          (a.exe.empty() || a.exe == b.exe);
 }
 
+// The earlier rules that together match every session `b` matches (empty:
+// they do not): each (uid, gid) pair `b` names, with its exe, is matched
+// by one of them (Covers of `b` narrowed to that pair; a session has one
+// uid and one gid). Only uids and gids are split, and only up to
+// kMaxSplit pairs; exes are compared as paths (ExeRuleProblems compares
+// the files).
+std::vector<const Rule*> CoverTogether(const std::vector<Rule>& earlier, const Rule& b) {
+  constexpr size_t kMaxSplit = 4096;
+  const size_t nu = std::max<size_t>(b.uids.size(), 1), ng = std::max<size_t>(b.gids.size(), 1);
+  if (b.any || nu * ng > kMaxSplit) return {};
+  std::vector<const Rule*> by;
+  for (size_t i = 0; i < nu; ++i) {
+    for (size_t j = 0; j < ng; ++j) {
+      Rule part;
+      part.exe = b.exe;
+      if (!b.uids.empty()) part.uids = {b.uids[i]};
+      if (!b.gids.empty()) part.gids = {b.gids[j]};
+      auto a = std::find_if(earlier.begin(), earlier.end(),
+                            [&](const Rule& a) { return Covers(a, part); });
+      if (a == earlier.end()) return {};
+      if (std::find(by.begin(), by.end(), &*a) == by.end()) by.push_back(&*a);
+    }
+  }
+  std::sort(by.begin(), by.end());  // in the policy's order (one vector)
+  return by;
+}
+
 // What of rule `a`'s match makes it cover another (Covers): "any: true",
 // or its criteria ("uids 1001, 1002").
 std::string CoveringCriteria(const Rule& a) {
@@ -132,14 +159,24 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
   // rule all matches is dead, and a reader would take it for the rule of
   // the sessions it names (a uid's rule, then an exe rule for one of that
   // uid's programs, say).
-  for (const Rule& before : earlier) {
-    if (!Covers(before, rule)) continue;
+  // Several rules may do it together (uids 1001, then 1002, then both).
+  auto one = std::find_if(earlier.begin(), earlier.end(),
+                          [&](const Rule& before) { return Covers(before, rule); });
+  if (one != earlier.end()) {
+    const Rule& before = *one;
     errors->push_back(
         absl::StrCat(where("match"), ": client '", Quote(r.name()), "' can never match: client '",
                      Quote(before.name.empty() ? "(unnamed)" : before.name), "' before it matches ",
                      CoveringCriteria(before), ", and the first rule that matches decides; ",
                      before.any ? "put catch-alls last" : "put the narrower rule first"));
-    break;
+  } else if (std::vector<const Rule*> by = CoverTogether(earlier, rule); !by.empty()) {
+    std::vector<std::string> names;
+    for (const Rule* b : by) names.push_back(absl::StrCat("'", Quote(b->name), "'"));
+    errors->push_back(absl::StrCat(
+        where("match"), ": client '", Quote(r.name()), "' can never match: clients ",
+        absl::StrJoin(names, ", "),
+        " before it together match every session it matches (each of its uids and gids), and "
+        "the first rule that matches decides; put the narrower rule first"));
   }
   if (!m.exe().empty() && m.exe()[0] != '/') {
     errors->push_back(absl::StrCat(where("match"), ": exe '", Quote(m.exe()),
@@ -333,9 +370,25 @@ std::vector<std::string> Policy::ExeRulesOpenToAnyUid() const {
 
 std::vector<std::string> Policy::ExeRuleProblems() const {
   std::vector<std::string> problems;
-  for (const Rule& r : rules_) {
+  for (auto it = rules_.begin(); it != rules_.end(); ++it) {
+    const Rule& r = *it;
     if (r.exe.empty()) continue;
     const std::string what = absl::StrCat("client '", Quote(r.name), "': exe '", Quote(r.exe), "'");
+    // Parse compares exes as paths; a rule matches by file, and two paths
+    // may name one (/bin/cam and /usr/bin/cam on a merged /usr).
+    for (auto before = rules_.begin(); before != it; ++before) {
+      if (before->exe.empty() || before->exe == r.exe) continue;
+      Rule same = *before;
+      same.exe = r.exe;
+      const std::optional<FileId> file = FileIdOf(r.exe);
+      if (file && FileIdOf(before->exe) == file && Covers(same, r)) {
+        problems.push_back(absl::StrCat(
+            what, " is the file client '", Quote(before->name), "''s exe '", Quote(before->exe),
+            "' names, and that rule before it matches every session it would: it matches "
+            "nothing while they are one file"));
+        break;
+      }
+    }
     struct stat st;
     if (::stat(r.exe.c_str(), &st) != 0) {
       if (errno == EACCES) {

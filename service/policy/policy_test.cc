@@ -265,6 +265,44 @@ TEST(PolicyTest, ARuleAnEarlierRuleCoversIsRefused) {
   }
 }
 
+// Or several earlier rules together: each uid and gid the later rule names
+// has an earlier rule of its own (helper-137).
+TEST(PolicyTest, ARuleEarlierRulesCoverTogetherIsRefused) {
+  struct Case {
+    std::string rules;  // the earlier rules' matches, split by |
+    std::string last;
+    bool refused;
+  };
+  const std::vector<Case> cases = {
+      {"uids: 1001|uids: 1002", "uids: 1001 uids: 1002", true},
+      {"uids: 1001|uids: 1002", "uids: 1002 uids: 1001 gids: 44", true},
+      {"uids: 1001|uids: 1002 gids: 44", "uids: 1001 uids: 1002 gids: 44", true},
+      {"uids: 1001 exe: \"/usr/bin/cam\"|uids: 1002", "uids: 1001 uids: 1002 exe: \"/usr/bin/cam\"",
+       true},
+      // A pair no earlier rule has: the last rule has sessions of its own.
+      {"uids: 1001|uids: 1002", "uids: 1001 uids: 1003", false},
+      {"uids: 1001|gids: 44", "uids: 1001 uids: 1002", false},
+      {"uids: 1001 exe: \"/usr/bin/cam\"|uids: 1002", "uids: 1001 uids: 1002", false},
+      {"uids: 1001 gids: 44|uids: 1002", "uids: 1001 uids: 1002 gids: 44 gids: 45", false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrCat("{", c.rules, "} then {", c.last, "}"));
+    std::string text;
+    int n = 0;
+    for (absl::string_view m : absl::StrSplit(c.rules, '|')) {
+      absl::StrAppend(&text, "clients { name: \"r", ++n, "\" match { ", m, " } }\n");
+    }
+    absl::StrAppend(&text, "clients { name: \"last\" match { ", c.last, " } }\n");
+    absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(text, "c.textproto");
+    EXPECT_EQ(p.ok(), !c.refused) << text << p.status();
+    if (!c.refused || p.ok()) continue;
+    EXPECT_TRUE(absl::StrContains(p.status().message(),
+                                  "client 'last' can never match: clients 'r1', 'r2' before it "
+                                  "together match every session it matches"))
+        << p.status();
+  }
+}
+
 TEST(PolicyTest, APerUidSessionLimitAboveTheTotalIsRefused) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
       "clients { name: \"all\" match { any: true } }\n"
@@ -351,6 +389,31 @@ TEST(PolicyTest, NamesExeRulesReachedThroughWhatOthersMayChange) {
   EXPECT_TRUE(absl::StrContains(problems[0], "another user may change")) << problems[0];
   EXPECT_TRUE(absl::StrContains(problems[1], "client 'w'")) << problems[1];
   EXPECT_TRUE(absl::StrContains(problems[1], "a file another user may change")) << problems[1];
+}
+
+// Two paths to one file (a merged /usr's /bin/cam and /usr/bin/cam; a
+// symlinked directory here): a rule matches by file, so one after a rule
+// for the other path that covers it otherwise matches nothing. Named;
+// not refused (they may be two files again after an upgrade).
+TEST(PolicyTest, NamesAnExeRuleAnEarlierOneCoversThroughAnotherPath) {
+  halloc::testing::TempDir dir("policy-exe-same");
+  ASSERT_EQ(::mkdir((dir / "real").c_str(), 0755), 0);
+  const std::string real = dir / "real/true";
+  std::filesystem::copy_file("/bin/true", real);
+  ASSERT_EQ(::symlink((dir / "real").c_str(), (dir / "link").c_str()), 0);
+  const std::string linked = dir / "link/true";
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(
+      absl::StrCat("clients { name: \"first\" match { exe: \"", real, "\" uids: 1 } }\n",
+                   "clients { name: \"same\" match { exe: \"", linked, "\" uids: 1 } }\n",
+                   "clients { name: \"other\" match { exe: \"", linked, "\" uids: 2 } }\n"),
+      "x.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::vector<std::string> problems = (*p)->ExeRuleProblems();
+  ASSERT_EQ(problems.size(), 1u) << absl::StrJoin(problems, "\n");
+  EXPECT_TRUE(absl::StrContains(problems[0], "client 'same'")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[0], "client 'first''s exe")) << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[0], "matches nothing while they are one file"))
+      << problems[0];
 }
 
 TEST(PolicyTest, MissingFileIsNotFound) {
