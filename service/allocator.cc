@@ -458,6 +458,7 @@ v1::StatsResponse Allocator::Stats(std::optional<uid_t> only_uid) {
     b.set_pool_hits_total(pool.hits);
     b.set_pool_misses_total(pool.misses);
     b.set_pool_contended_misses_total(pool.contended);
+    b.set_pool_trims_for_room_total(pool.trims_for_room);
   }
   if (!only_uid) {  // counted per rule, not per uid: other users' refusals
     absl::MutexLock lock(&denials_mu_);

@@ -19,6 +19,7 @@
 #include "clients/cpp/halloc/base/protocol.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/allocator.h"
+#include "service/backend/registry.h"
 #include "service/broker.h"
 #include "service/calls_per_uid.h"
 #include "service/control_peers.h"
@@ -53,6 +54,9 @@ struct DaemonOptions {
   // "auto": pass over a backend whose node is closed to hallocd
   // (BackendConfig::skip_closed_nodes).
   bool skip_closed_nodes = true;
+  // memfd-pool's bounds (BackendConfig::pool_max_bytes, pool_idle_timeout).
+  uint64_t pool_max_bytes = BackendConfig().pool_max_bytes;
+  absl::Duration pool_idle_timeout = BackendConfig().pool_idle_timeout;
   // Without skipping (only then): how long a closed node is waited for
   // before hallocd gives up (a client that connects early in boot may start it before
   // udev has given the nodes to its group).

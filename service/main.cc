@@ -72,6 +72,12 @@ ABSL_FLAG(bool, skip_closed_nodes, true,
           "error instead (the system unit, whose user the udev rule gives the "
           "nodes to: a closed node is a setup mistake that would leave hallocd "
           "on a backend that enforces less)");
+ABSL_FLAG(uint64_t, pool_max_bytes, halloc::BackendConfig().pool_max_bytes,
+          "--backend=memfd-pool: the most memory held in stock, made ahead of "
+          "requests and charged to no client (0: none; every allocation made "
+          "on request); each class holds at most 64 MiB of it");
+ABSL_FLAG(absl::Duration, pool_idle_timeout, halloc::BackendConfig().pool_idle_timeout,
+          "--backend=memfd-pool: a request class unused this long loses its stock");
 ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "
@@ -191,6 +197,11 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.backend = absl::GetFlag(FLAGS_backend);
   options.dma_heap = absl::GetFlag(FLAGS_dma_heap);
   options.skip_closed_nodes = absl::GetFlag(FLAGS_skip_closed_nodes);
+  options.pool_max_bytes = absl::GetFlag(FLAGS_pool_max_bytes);
+  options.pool_idle_timeout = absl::GetFlag(FLAGS_pool_idle_timeout);
+  if (options.pool_idle_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--pool_idle_timeout must be > 0");
+  }
   options.policy_file = absl::GetFlag(FLAGS_policy);
   halloc::SetSubordinateUidFile(absl::GetFlag(FLAGS_subuid_file));
   const std::string mode = absl::GetFlag(FLAGS_socket_mode);

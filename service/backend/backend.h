@@ -60,6 +60,8 @@ struct PoolStats {
   uint64_t stocked_bytes = 0;
   uint64_t classes = 0;
   uint64_t refill_failures = 0;
+  // Stocks freed because a request could not be made (memory, fds).
+  uint64_t trims_for_room = 0;
   // Of the misses: made because the pool's lock stayed held (by a refill
   // thread not running) while the stock had one.
   uint64_t contended = 0;

@@ -130,7 +130,15 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
     contended_.fetch_add(1, std::memory_order_relaxed);
   }
   if (fd) return fd;
-  return Make(request);
+  absl::StatusOr<UniqueFd> made = Make(request);
+  // Short of memory or fds (a memory cgroup's limit, RLIMIT_NOFILE), with
+  // a stock that holds both and is charged to no client: it goes before a
+  // request does. Once: a failure beside an empty stock is the answer.
+  if (absl::IsResourceExhausted(made.status()) && FreeStock() > 0) {
+    trims_for_room_.fetch_add(1, std::memory_order_relaxed);
+    made = Make(request);
+  }
+  return made;
 }
 
 bool PooledBackend::TryLockBriefly() {
@@ -272,6 +280,20 @@ void PooledBackend::Trim() {
   // `freed` is destroyed after `lock`: fds close outside the lock.
 }
 
+uint64_t PooledBackend::FreeStock() {
+  std::deque<UniqueFd> freed;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [key, c] : classes_) {
+      for (UniqueFd& fd : c.stock) freed.push_back(std::move(fd));
+      c.stock.clear();
+    }
+    stocked_bytes_ = 0;
+    stocked_buffers_ = 0;
+  }
+  return freed.size();  // closed here, outside the lock
+}
+
 uint64_t PooledBackend::max_stocked_buffers() const {
   // Every class at its most, or every stocked byte in one-page buffers.
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
@@ -290,6 +312,7 @@ PoolStats PooledBackend::stats() const {
   s.stocked_bytes = stocked_bytes_.load(kRelaxed);
   s.classes = classes_count_.load(kRelaxed);
   s.refill_failures = refill_failures_.load(kRelaxed);
+  s.trims_for_room = trims_for_room_.load(kRelaxed);
   return s;
 }
 

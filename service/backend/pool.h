@@ -32,7 +32,10 @@
 // buffer larger than that is not stocked at all) and at most
 // `max_per_class` buffers per class, and at
 // most `max_classes` classes are remembered (least recently used forgotten).
-// A class unused for `idle_timeout` loses its stock; Trim() drops it all.
+// A class unused for `idle_timeout` loses its stock; Trim() drops it all;
+// a request that cannot be made for lack of memory or fds frees every
+// stock (FreeStock) and is tried again: the stock is charged to no client,
+// and never keeps one from its buffer.
 // Each stocked buffer costs one fd in the daemon.
 //
 // Thread-safety: all methods are thread-safe. The inner backend must be
@@ -138,6 +141,10 @@ class PooledBackend : public Backend {
   uint64_t max_stocked_buffers() const override;
   // Frees the whole stock and forgets every class.
   void Trim();
+  // Frees the whole stock, keeping the classes (refilled as before): how
+  // many buffers it freed. Done by Allocate when making a buffer fails for
+  // lack of memory or fds (then tried once more).
+  uint64_t FreeStock();
   // One refill step on the caller's thread: creates one buffer for the most
   // recently used class short of stock. false when no class needs one.
   // `yield`: commit in pieces and give the CPU up between them (the
@@ -212,6 +219,7 @@ class PooledBackend : public Backend {
   std::atomic<uint64_t> hits_{0};
   std::atomic<uint64_t> misses_{0};
   std::atomic<uint64_t> refill_failures_{0};
+  std::atomic<uint64_t> trims_for_room_{0};
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

@@ -270,6 +270,47 @@ TEST(PooledBackendTest, AClassWhoseRefillFailsDoesNotHoldUpTheOthers) {
   EXPECT_EQ((*pool)->stats().stocked_buffers, 1u);
 }
 
+// A memfd backend whose next `fail` allocations find no room.
+class FailsNext : public MemfdBackend {
+ public:
+  FailsNext() : MemfdBackend(kNoUdmabuf) {}
+  absl::StatusOr<UniqueFd> Allocate(const BackendRequest& r) override {
+    if (fail > 0) {
+      --fail;
+      return absl::ResourceExhaustedError("out of memory (test)");
+    }
+    return MemfdBackend::Allocate(r);
+  }
+  std::atomic<int> fail{0};
+};
+
+// The stock is charged to no client: a request that cannot be made for
+// lack of room frees it and is tried once more, rather than fail while
+// hallocd holds memory (and fds) for requests that may never come.
+TEST(PooledBackendTest, ARequestShortOfRoomGoesBeforeTheStock) {
+  auto inner = std::make_unique<FailsNext>();
+  FailsNext* backend = inner.get();
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::move(inner), o);
+  ASSERT_TRUE(pool.ok());
+  const BackendRequest stocked{kPage, "stocked", 0}, other{2 * kPage, "other", 0};
+  ASSERT_TRUE((*pool)->Allocate(stocked).ok());
+  ASSERT_TRUE((*pool)->RefillOnce());
+  ASSERT_EQ((*pool)->stats().stocked_buffers, 1u);
+  backend->fail = 1;
+  absl::StatusOr<UniqueFd> fd = (*pool)->Allocate(other);  // a miss, short of room
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  PoolStats s = (*pool)->stats();
+  EXPECT_EQ(s.stocked_buffers, 0u);
+  EXPECT_EQ(s.trims_for_room, 1u);
+  // With nothing in stock, the failure is the answer (tried once).
+  backend->fail = 2;
+  EXPECT_EQ((*pool)->Allocate(other).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(backend->fail, 1) << "tried again with nothing freed";
+  EXPECT_EQ((*pool)->stats().trims_for_room, 1u);
+}
+
 // Waits (up to 10 s) for the background thread to stock `want` buffers.
 bool WaitForStock(PooledBackend& pool, uint64_t want) {
   const absl::Time deadline = absl::Now() + absl::Seconds(10);

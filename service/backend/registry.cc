@@ -46,10 +46,14 @@ Created NewUdmabuf(const BackendConfig&) {
 
 Created NewMemfd(const BackendConfig&) { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
 
-// memfd behind a pool of pre-created, committed buffers (pool.h), with the
-// default PoolOptions; refills keep off the CPU the broker serves from.
-Created NewPooledMemfd(const BackendConfig&) {
+// memfd behind a pool of pre-created, committed buffers (pool.h): the
+// default PoolOptions but the operator's bounds; refills keep off the CPU
+// the broker serves from.
+Created NewPooledMemfd(const BackendConfig& config) {
   PoolOptions options;
+  options.max_bytes = config.pool_max_bytes;
+  options.class_bytes = std::min(options.class_bytes, options.max_bytes);
+  options.idle_timeout = config.pool_idle_timeout;
   options.serving_cpu = &ServingCpu();
   ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b,
                    PooledBackend::Create(std::make_unique<MemfdBackend>(), options));

@@ -11,7 +11,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "service/backend/backend.h"
+#include "service/backend/pool.h"
 
 namespace halloc {
 
@@ -36,6 +38,10 @@ struct BackendConfig {
   // node is a setup mistake (its mode, DeviceAllow=) that would leave it on
   // a backend enforcing less.
   bool skip_closed_nodes = true;
+  // memfd-pool: PoolOptions::max_bytes (--pool_max_bytes; 0: no stock)
+  // and idle_timeout (--pool_idle_timeout).
+  uint64_t pool_max_bytes = PoolOptions().max_bytes;
+  absl::Duration pool_idle_timeout = PoolOptions().idle_timeout;
 };
 
 // Creates the backend called `name`, or the first one in probe order that

@@ -63,6 +63,24 @@ TEST(BackendRegistryTest, CreatesByNameAndProbes) {
   }
 }
 
+// memfd-pool takes the operator's bounds (--pool_max_bytes): the most it
+// may stock, in one-page buffers, follows them; 0 stocks nothing.
+TEST(BackendRegistryTest, ThePoolsBoundsAreTheConfigs) {
+  BackendConfig config;
+  absl::StatusOr<std::unique_ptr<Backend>> pool = CreateBackend("memfd-pool", config);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const uint64_t by_default = (*pool)->max_stocked_buffers();
+  config.pool_max_bytes = uint64_t{1} << 20;
+  pool = CreateBackend("memfd-pool", config);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ((*pool)->max_stocked_buffers(), (uint64_t{1} << 20) / ::sysconf(_SC_PAGESIZE));
+  EXPECT_GT(by_default, (*pool)->max_stocked_buffers());
+  config.pool_max_bytes = 0;
+  pool = CreateBackend("memfd-pool", config);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  EXPECT_EQ((*pool)->max_stocked_buffers(), 0u);
+}
+
 TEST(BackendRegistryTest, ProbingLeavesNoFdOpen) {
   const int before = LowestFreeFd();
   for (const char* name : {"halloc", "dmaheap", "udmabuf"}) {

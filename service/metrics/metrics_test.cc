@@ -56,6 +56,7 @@ v1::StatsResponse Sample() {
   b->set_pool_stock_buffers(5);
   b->set_pool_hits_total(6);
   b->set_pool_contended_misses_total(2);
+  b->set_pool_trims_for_room_total(3);
   LatencyHistogram h;
   h.Record(absl::Microseconds(30));
   h.Record(absl::Microseconds(40));
@@ -99,6 +100,7 @@ TEST(PrometheusTest, RendersGaugesCountersLabelsAndACumulativeHistogram) {
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_hits_total{backend=\"memfd\"} 6\n"));
   EXPECT_TRUE(absl::StrContains(
       text, "halloc_pool_contended_misses_total{backend=\"memfd\"} 2\n"));
+  EXPECT_TRUE(absl::StrContains(text, "halloc_pool_trims_for_room_total{backend=\"memfd\"} 3\n"));
   // Buckets are cumulative, le in seconds, +Inf equals _count.
   EXPECT_TRUE(absl::StrContains(text, "halloc_allocate_latency_seconds_bucket{le=\"2.5e-05\"} 0\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_allocate_latency_seconds_bucket{le=\"5e-05\"} 2\n"));
