@@ -145,9 +145,9 @@ uint64_t Allocator::PlannedBytes(const v1::AllocateRequest& req) const {
   return plan.ok() ? plan->size * plan->count : 0;
 }
 
-absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
-    const v1::BufferDescriptor& desc, uint32_t count,
-    const Identity* caller) const {
+absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& desc,
+                                                    uint32_t count, const Identity* caller,
+                                                    std::optional<uid_t> reader) const {
   Plan plan;
   const Rule* rule = nullptr;  // the caller's
   if (caller != nullptr) {
@@ -224,14 +224,19 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(
   // it, or for a caller of hallocd's own uid), the owner gets what the
   // rule allows, read-write, and its BufferInfo says so. A rule's own cap
   // is no hint: refused below.
-  const std::optional<uid_t> holder =
-      caller != nullptr ? std::optional<uid_t>(caller->uid) : std::nullopt;
+  // Whoever will hold the fds: the caller, and the process reading the
+  // session's socket where another uid asked on it.
+  std::vector<uid_t> holders;
+  if (caller != nullptr) holders.push_back(caller->uid);
+  if (reader.has_value() && (caller == nullptr || *reader != caller->uid)) {
+    holders.push_back(*reader);
+  }
   const CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
   if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
-      !Enforceable(CpuAccess::kRead, holder)) {
+      !Enforceable(CpuAccess::kRead, holders)) {
     plan.owner_access = CpuAccess::kReadWrite;
   }
-  RETURN_IF_ERROR(CheckEnforce(plan.owner_access, holder,
+  RETURN_IF_ERROR(CheckEnforce(plan.owner_access, holders,
                                rule != nullptr && rule->max_cpu == plan.owner_access
                                    ? absl::StrCat(" (max_cpu_access of rule '", rule->name, "')")
                                    : std::string()));
@@ -262,7 +267,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const Identity& caller, const v1::AllocateRequest& req,
     FdChannel& channel, bool may_wait) {
   const absl::Time start = MonotonicNow();
-  absl::StatusOr<Plan> planned = MakePlan(req.desc(), req.count(), &caller);
+  absl::StatusOr<Plan> planned = MakePlan(req.desc(), req.count(), &caller, session.creds().uid);
   // A refusal is a denial when a call asks; a question (IsSupported) is not.
   if (!planned.ok()) return Counted(planned.status());
   Plan& plan = *planned;
@@ -334,21 +339,30 @@ absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
       "buffers (rule '", rule.name, "' attach_devices)"));
 }
 
-bool Allocator::Enforceable(CpuAccess access, std::optional<uid_t> holder) const {
-  return holder.has_value() ? backend_->CanEnforceFor(access, *holder)
-                            : backend_->CanEnforce(access);
+std::optional<uid_t> Allocator::Unbound(CpuAccess access, absl::Span<const uid_t> holders) const {
+  for (uid_t uid : holders) {
+    if (!backend_->CanEnforceFor(access, uid)) return uid;
+  }
+  return std::nullopt;
 }
 
-absl::Status Allocator::CheckEnforce(CpuAccess access, std::optional<uid_t> holder,
+bool Allocator::Enforceable(CpuAccess access, absl::Span<const uid_t> holders) const {
+  return backend_->CanEnforce(access) && !Unbound(access, holders).has_value();
+}
+
+absl::Status Allocator::CheckEnforce(CpuAccess access, absl::Span<const uid_t> holders,
                                      absl::string_view why) const {
-  if (Enforceable(access, holder)) return absl::OkStatus();
+  if (!backend_->CanEnforce(access)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend ", backend_->name(), " cannot enforce CPU access ", CpuAccessName(access), why));
+  }
   // The backend could, but not against this holder: it runs as hallocd.
-  const bool theirs = holder.has_value() && backend_->CanEnforce(access);
-  return absl::FailedPreconditionError(absl::StrCat(
-      "backend ", backend_->name(), " cannot enforce CPU access ", CpuAccessName(access),
-      theirs ? absl::StrCat(" on uid ", *holder, ", hallocd's own (it may widen the fd)")
-             : std::string(),
-      why));
+  if (std::optional<uid_t> uid = Unbound(access, holders)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "backend ", backend_->name(), " cannot enforce CPU access ", CpuAccessName(access),
+        " on uid ", *uid, ", hallocd's own (it may widen the fd)", why));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Allocator::Outgoing> Allocator::Prepare(
@@ -537,9 +551,9 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& cal
             DecideShareRights(*to, req.buffer_id(), mine, asked);
         if (!rights.ok()) return Counted(rights.status());
         // A peer named by uid is checked now; every peer again at Import.
-        RETURN_IF_ERROR(
-            CheckEnforce(*rights, by_name ? std::nullopt : std::optional<uid_t>(req.peer().uid()),
-                         absl::StrCat(" for ", to->peer)));
+        std::vector<uid_t> peer;
+        if (!by_name) peer.push_back(req.peer().uid());
+        RETURN_IF_ERROR(CheckEnforce(*rights, peer, absl::StrCat(" for ", to->peer)));
         GrantView grant;
         if (by_name) {
           grant.peer_name = to->receiver->name;
@@ -588,7 +602,7 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
             absl::StatusOr<ImportDecision> d = DecideImport(*pol, caller, now);
             if (!d.ok()) return Counted(d.status());
             RETURN_IF_ERROR(
-                CheckEnforce(d->access, caller.uid,
+                CheckEnforce(d->access, {caller.uid},
                              absl::StrCat(" (max_cpu_access of rule '", d->rule->name, "')")));
             RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
             decision = *std::move(d);

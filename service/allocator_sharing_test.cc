@@ -444,6 +444,13 @@ TEST(AllocatorPolicyTest, ReadOnlyIsNotHandedToHallocdsOwnUid) {
   absl::StatusOr<v1::AllocateResponse> theirs = core.Allocate(*other.session, ro);
   ASSERT_TRUE(theirs.ok()) << theirs.status();
   EXPECT_EQ(theirs->buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
+  // Asked by another uid on the socket of a session of hallocd's uid: the
+  // fds reach that session's reader, which the read-only would not bind.
+  const Identity sender{1000, 1000, getpid(), "", std::nullopt};
+  absl::StatusOr<v1::AllocateResponse> on_its_socket =
+      core.Allocate(*daemons.session, sender, ro, daemons.session->fds());
+  ASSERT_TRUE(on_its_socket.ok()) << on_its_socket.status();
+  EXPECT_EQ(on_its_socket->buffers(0).cpu_access(), v1::CPU_ACCESS_READ_WRITE);
 
   v1::AllocateRequest rw;
   rw.mutable_desc()->set_size(4096);

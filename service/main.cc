@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -78,6 +79,10 @@ ABSL_FLAG(uint64_t, pool_max_bytes, halloc::BackendConfig().pool_max_bytes,
           "on request); each class holds at most 64 MiB of it");
 ABSL_FLAG(absl::Duration, pool_idle_timeout, halloc::BackendConfig().pool_idle_timeout,
           "--backend=memfd-pool: a request class unused this long loses its stock");
+ABSL_FLAG(bool, dumpable, false,
+          "leave hallocd dumpable: core files, and a debugger or /proc/PID/fd of its "
+          "own uid; also any other process of its uid, which could then take every "
+          "client's buffer, read-write, from its fds (false: only root can)");
 ABSL_FLAG(std::string, policy, "",
           "policy file (text format of halloc.v1.Policy, see "
           "service/policy/example.textproto); re-read on SIGHUP. Empty: every "
@@ -304,19 +309,25 @@ std::unique_ptr<halloc::Watchdog> StartWatchdog(const halloc::DaemonOptions& opt
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Not dumpable, first thing: hallocd holds every client's buffer
+  // read-write, and a process of its own uid (for a hallocd run by a user,
+  // each of that user's programs) could otherwise open them through
+  // /proc/PID/fd/N, or its memory, or ptrace it. Its /proc files become
+  // root's; it still opens its own. No core file either (root may still
+  // attach a debugger). --dumpable undoes it once flags are read. What a
+  // process of its uid opened before this line (its exec) it keeps.
+  if (prctl(PR_SET_DUMPABLE, 0) != 0) {
+    perror("prctl(PR_SET_DUMPABLE, 0)");
+    return 1;
+  }
   absl::SetProgramUsageMessage(
       "halloc allocator daemon: serves halloc.v1.Allocator over gRPC on a "
       "Unix socket and hands buffer fds out over the broker socket.");
   absl::ParseCommandLine(argc, argv);
   FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
-  // Not dumpable: hallocd holds every client's buffer read-write, and a
-  // process of its own uid (for a hallocd run by a user, each of that
-  // user's programs) could otherwise open them through /proc/PID/fd/N or
-  // ptrace it. Its /proc files become root's; it still opens its own. No
-  // core file either (root may still attach a debugger).
-  if (prctl(PR_SET_DUMPABLE, 0) != 0) {
-    PLOG(ERROR) << "prctl(PR_SET_DUMPABLE, 0)";
+  if (absl::GetFlag(FLAGS_dumpable) && prctl(PR_SET_DUMPABLE, 1) != 0) {
+    PLOG(ERROR) << "prctl(PR_SET_DUMPABLE, 1)";
     return 1;
   }
   // libprotobuf's own lines (a client's message with a bad string field)

@@ -100,8 +100,8 @@ absl::StatusOr<UniqueFd> DmaHeapBackend::Allocate(const BackendRequest& request)
   data.fd_flags = O_RDWR | O_CLOEXEC;
   if (const int err = node_->Alloc(&data); err != 0) {
     // ENOMEM: larger than the heap can give or short of memory, both
-    // RESOURCE_EXHAUSTED (os_error.h).
-    return ErrnoStatus(err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ", heap_));
+    // RESOURCE_EXHAUSTED (os_error.h); the rest is hallocd's: INTERNAL.
+    return OwnErrnoStatus(err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ", heap_));
   }
   UniqueFd fd(static_cast<int>(data.fd));
   // The name shows in /proc/<pid>/fdinfo; a failure loses only the label.

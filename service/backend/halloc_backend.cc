@@ -181,8 +181,9 @@ absl::StatusOr<UniqueFd> HallocBackend::Allocate(const BackendRequest& request) 
   if (const int err = nodes_->Alloc(heap, &data); err != 0) {
     // ENOMEM covers both "larger than the heap's limit" and "short of
     // memory": RESOURCE_EXHAUSTED either way (the daemon's own size limit
-    // rejects absurd sizes earlier with INVALID_ARGUMENT).
-    return ErrnoStatus(
+    // rejects absurd sizes earlier with INVALID_ARGUMENT); the rest is
+    // hallocd's own call going wrong: INTERNAL.
+    return OwnErrnoStatus(
         err, absl::StrCat("DMA_HEAP_IOCTL_ALLOC(", request.size, ") on ", HeapName(heap)));
   }
   UniqueFd fd(static_cast<int>(data.fd));
@@ -227,7 +228,7 @@ absl::Status HallocBackend::RevokeView(const UniqueFd& buffer, uint64_t id) {
       return absl::NotFoundError(
           absl::StrCat("halloc: view ", id, " has no fd left to revoke"));
     }
-    return ErrnoStatus(err, "HALLOC_IOCTL_REVOKE");
+    return OwnErrnoStatus(err, "HALLOC_IOCTL_REVOKE");
   }
   return absl::OkStatus();
 }
@@ -240,22 +241,24 @@ absl::StatusOr<Backend::RevocableView> HallocBackend::OpenRevocableView(
   view.cpu_access = ToKernel(rights.cpu);
   if (rights.attach_drivers.has_value()) {
     if (rights.attach_drivers->size() > HALLOC_MAX_DRIVERS) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "halloc: a view allows at most ", HALLOC_MAX_DRIVERS, " drivers, got ",
-          rights.attach_drivers->size()));
+      // The policy's attach_devices, not the caller's request.
+      return absl::FailedPreconditionError(absl::StrCat("halloc: a view allows at most ",
+                                                        HALLOC_MAX_DRIVERS, " drivers, got ",
+                                                        rights.attach_drivers->size()));
     }
     view.flags |= HALLOC_VIEW_RESTRICT_ATTACH;
     for (const std::string& driver : *rights.attach_drivers) {
       if (driver.empty() || driver.size() >= HALLOC_NAME_LEN) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("halloc: bad driver name '", driver, "'"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("halloc: bad driver name '", driver, "' (policy attach_devices)"));
       }
       CopyName(view.drivers[view.num_drivers++], driver);
     }
   }
   CopyName(view.name, "halloc-view");
+  // On hallocd's own full-rights fd: no failure is the caller's to fix.
   if (const int err = nodes_->View(&view); err != 0) {
-    return ErrnoStatus(err, "HALLOC_IOCTL_VIEW");
+    return OwnErrnoStatus(err, "HALLOC_IOCTL_VIEW");
   }
   return RevocableView{UniqueFd(static_cast<int>(view.fd)), view.view_id};
 }

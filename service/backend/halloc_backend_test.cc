@@ -160,6 +160,8 @@ TEST(HallocBackendTest, AViewCarriesTheRightsAndTheAllowList) {
   EXPECT_TRUE(b->NeedsView({CpuAccess::kReadWrite, std::vector<std::string>{"vgem"}}));
 }
 
+// The drivers come from the policy (attach_devices), not the caller:
+// FAILED_PRECONDITION, not INVALID_ARGUMENT.
 TEST(HallocBackendTest, BadViewsAreRefusedBeforeTheKernel) {
   Calls calls;
   auto b = Backend(&calls);
@@ -167,12 +169,14 @@ TEST(HallocBackendTest, BadViewsAreRefusedBeforeTheKernel) {
   ASSERT_TRUE(buf.ok());
   std::vector<std::string> many(HALLOC_MAX_DRIVERS + 1, "vgem");
   EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, many}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::vector<std::string>{""}}).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::vector<std::string>{std::string(HALLOC_NAME_LEN, 'x')}})
-                .status().code(),
-            absl::StatusCode::kInvalidArgument);
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead,
+                               std::vector<std::string>{std::string(HALLOC_NAME_LEN, 'x')}})
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(calls.views.empty());
 }
 
@@ -186,9 +190,14 @@ TEST(HallocBackendTest, KernelErrorsMapToTheirCodes) {
   calls.fail_alloc = 0;
   absl::StatusOr<UniqueFd> buf = b->Allocate({4096, "a", 0, std::nullopt});
   ASSERT_TRUE(buf.ok());
-  calls.fail_view = EPERM;  // e.g. a view that would widen
+  // A view is opened from hallocd's own full-rights fd: a refusal (EPERM:
+  // one that would widen) is hallocd's doing, not the caller's.
+  calls.fail_view = EPERM;
   EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::nullopt}).status().code(),
-            absl::StatusCode::kPermissionDenied);
+            absl::StatusCode::kInternal);
+  calls.fail_view = ENOMEM;
+  EXPECT_EQ(b->OpenView(*buf, {CpuAccess::kRead, std::nullopt}).status().code(),
+            absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(b->Allocate({0, "zero", 0, std::nullopt}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -210,9 +219,10 @@ TEST(HallocBackendTest, CreateNeedsTheModulesNodes) {
   std::ofstream(dir + "/param") << " vivid , imx-isi\n";
   b = HallocBackend::Create(paths);
   ASSERT_TRUE(b.ok()) << b.status();
-  // Regular files take no ioctls: the failure is the kernel's ENOTTY.
+  // Regular files take no ioctls: the kernel's ENOTTY, hallocd's own
+  // setup going wrong (INTERNAL), nothing for the caller to fix.
   absl::Status s = (*b)->Allocate({4096, "a", 0, std::nullopt}).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
   EXPECT_NE(s.message().find("halloc-system"), absl::string_view::npos) << s;
   // The optional deferred node, once there, takes the requests.
   std::ofstream(dir + "/deferred") << "";
@@ -278,8 +288,8 @@ TEST(HallocBackendTest, RevocableViewsCarryTheKernelIdAndRevokeWithTheBuffer) {
   // The kernel's answers map to status codes.
   calls.fail_revoke = ENOENT;
   EXPECT_EQ(b->RevokeView(*buffer, 7).code(), absl::StatusCode::kNotFound);
-  calls.fail_revoke = EPERM;
-  EXPECT_EQ(b->RevokeView(*buffer, 7).code(), absl::StatusCode::kPermissionDenied);
+  calls.fail_revoke = EPERM;  // hallocd's own fd: not the caller's doing
+  EXPECT_EQ(b->RevokeView(*buffer, 7).code(), absl::StatusCode::kInternal);
 }
 
 TEST(HallocBackendTest, AModuleWithoutRevokeCannotRevokeLive) {

@@ -458,6 +458,16 @@ std::vector<std::string> Policy::BackendProblems(const Backend& backend) const {
           what, ": backend '", backend.name(), "' cannot enforce max_cpu_access ",
           CpuAccessName(r.max_cpu),
           " nor anything narrower: its Allocates and shares to it fail FAILED_PRECONDITION"));
+    } else if (static const uid_t self = ::geteuid();
+               r.max_cpu != CpuAccess::kReadWrite && backend.CanEnforce(r.max_cpu) &&
+               !backend.CanEnforceFor(r.max_cpu, self) &&
+               (r.any || std::find(r.uids.begin(), r.uids.end(), self) != r.uids.end())) {
+      // A rule hallocd's own uid may match (a hallocd run by a user).
+      problems.push_back(
+          absl::StrCat(what, ": backend '", backend.name(), "' cannot keep hallocd's own uid ",
+                       self, " to ", CpuAccessName(r.max_cpu),
+                       " (it may widen its fds): that uid's Allocates and imports under it fail "
+                       "FAILED_PRECONDITION"));
     }
     if (!r.AnyDevice() && !backend.CanLimitAttach()) {
       problems.push_back(absl::StrCat(what, ": backend '", backend.name(),

@@ -567,12 +567,51 @@ class Abilities final : public Backend {
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd&, const ViewRights&) override {
     return absl::UnimplementedError("not here");
   }
+  // As memfd does for a hallocd that is not root: narrower rights bind no
+  // holder of hallocd's uid.
+  bool CanEnforceFor(CpuAccess access, uid_t holder) const override {
+    return CanEnforce(access) && (access == CpuAccess::kReadWrite || holder != unbound_);
+  }
+  std::optional<uid_t> unbound_;
 
  private:
   std::string name_;
   std::vector<CpuAccess> enforces_;
   bool limits_attach_;
 };
+
+// A rule that caps hallocd's own uid below read-write, where the backend
+// cannot keep that uid to it (memfd under a hallocd run by a user), is
+// named: every Allocate and import of that uid under it would fail.
+TEST(PolicyTest, NamesARuleCappingHallocdsOwnUidTheBackendCannotHold) {
+  const uid_t self = ::geteuid();
+  absl::StatusOr<std::shared_ptr<const Policy>> p =
+      Policy::Parse(absl::StrCat("clients { name: \"own\" match { uids: ", self,
+                                 " } heaps: \"*\" "
+                                 "max_cpu_access: CPU_ACCESS_READ attach_devices: \"*\" }\n"
+                                 "clients { name: \"rw\" match { uids: ",
+                                 self + 1,
+                                 " } heaps: \"*\" "
+                                 "max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: \"*\" }\n"
+                                 "clients { name: \"other\" match { uids: ",
+                                 self + 2,
+                                 " } heaps: \"*\" "
+                                 "max_cpu_access: CPU_ACCESS_READ attach_devices: \"*\" }\n"
+                                 "clients { name: \"all\" match { any: true } heaps: \"*\" "
+                                 "max_cpu_access: CPU_ACCESS_READ attach_devices: \"*\" }\n"),
+                    "u.textproto");
+  ASSERT_TRUE(p.ok()) << p.status();
+  Abilities memfd("memfd", {CpuAccess::kRead, CpuAccess::kReadWrite}, true);
+  EXPECT_TRUE((*p)->BackendProblems(memfd).empty());  // it binds every uid
+  memfd.unbound_ = self;
+  const std::vector<std::string> problems = (*p)->BackendProblems(memfd);
+  ASSERT_EQ(problems.size(), 2u) << absl::StrJoin(problems, "\n");
+  EXPECT_TRUE(absl::StrContains(problems[0],
+                                "client 'own': backend 'memfd' cannot keep "
+                                "hallocd's own uid"))
+      << problems[0];
+  EXPECT_TRUE(absl::StrContains(problems[1], "client 'all'")) << problems[1];
+}
 
 // Rules that validate but whose every Allocate the backend hallocd runs
 // would refuse are named, each for its reason; the rest are not.

@@ -396,6 +396,22 @@ TEST_F(UnitUserTest, ProcessesOfHallocdsOwnUidCannotReachItsFds) {
     EXPECT_TRUE(reach((*sibling)->pid())) << "the control: a process of one's own uid";
     EXPECT_FALSE(reach((*hallocd)->pid())) << (*hallocd)->Log();
   }
+  // Refused while it ran (an exited hallocd has no /proc files to reach).
+  EXPECT_FALSE((*hallocd)->Wait(absl::ZeroDuration()).has_value()) << (*hallocd)->Log();
+  hallocd->reset();
+  ::unlink((run + "/control.sock").c_str());
+  ::unlink((run + "/broker.sock").c_str());
+  // --dumpable leaves it open to them (core files, a debugger of its uid).
+  argv = as_user;
+  argv.insert(argv.end(), {Runfile("service/hallocd"), "--backend=memfd", "--dumpable",
+                           "--control_socket=" + run + "/control.sock",
+                           "--broker_socket=" + run + "/broker.sock"});
+  hallocd = Child::Start(argv, {}, dir_ / "user-hallocd-dumpable.log");
+  ASSERT_TRUE(hallocd.ok()) << hallocd.status();
+  ASSERT_TRUE(systemd_testing::WaitForPath(run + "/broker.sock", kWait)) << (*hallocd)->Log();
+  std::vector<std::string> look = as_user;
+  look.insert(look.end(), {"/bin/ls", absl::StrCat("/proc/", (*hallocd)->pid(), "/fd")});
+  EXPECT_EQ(Run(look), 0) << (*hallocd)->Log();
 }
 
 }  // namespace

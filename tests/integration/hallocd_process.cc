@@ -52,6 +52,9 @@ absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std:
                                    "--control_socket=" + d->opts_.control_socket,
                                    "--broker_socket=" + d->opts_.broker_socket,
                                    "--socket_mode=0666"};
+  // Its fds are counted through its /proc/PID/fd, which hallocd closes to
+  // its own uid (non-dumpable) unless told not to; root reads it anyway.
+  if (::geteuid() != 0) args.push_back("--dumpable");
   if (!options.policy.empty()) {
     const std::string file = dir + "/policy.textproto";
     std::ofstream(file) << options.policy;

@@ -47,7 +47,8 @@ class HallocdProcess {
   // SIGKILL, and waits for it. Idempotent.
   void Kill();
 
-  // Of the running process: open fds, threads, resident KiB (-1: gone).
+  // Of the running process: open fds, threads, resident KiB (-1: gone, or
+  // its /proc files closed to this process).
   int Fds() const;
   // Its open fds, one "N -> what it is" line each (for a failure message:
   // which fd is left over).
