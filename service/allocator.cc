@@ -19,6 +19,7 @@
 #include "service/policy/decide.h"
 #include "service/util/clock.h"
 #include "service/util/last_reference_poll.h"
+#include "service/util/log_limit.h"
 
 namespace halloc {
 
@@ -479,7 +480,9 @@ v1::StatsResponse Allocator::Stats(std::optional<uid_t> only_uid) {
     for (const auto& [rule, n] : denials_) (*s.mutable_denials_by_rule())[rule] = n;
   }
   absl::MutexLock lock(&policy_mu_);
-  s.set_policy_source(policy_->source());
+  // A path (--policy) may be any bytes; the field must be UTF-8, or the
+  // reply fails to parse at every reader.
+  s.set_policy_source(Utf8OrEscaped(policy_->source()));
   s.set_policy_reload_failures(reload_failures_);
   return s;
 }
@@ -517,7 +520,8 @@ namespace {
 // other processes' imports off: another uid holding the session's broker
 // socket may do none of them as the session, as on gRPC, where a token that
 // reached another uid is refused (ControlPeers). (It may Allocate, judged
-// and charged as itself, and Release: broker.proto.)
+// as itself but charged as the connection, into the session's holds, and
+// Release: broker.proto.)
 absl::Status SameUid(const Session& session, const Identity& caller, absl::string_view what) {
   if (caller.uid == session.creds().uid) return absl::OkStatus();
   return absl::PermissionDeniedError(absl::StrCat(

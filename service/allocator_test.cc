@@ -329,6 +329,19 @@ TEST(AllocatorPolicyTest, OnlyRefusedCallsCountAsDenials) {
   EXPECT_TRUE(as_user.denials_by_rule().empty());
 }
 
+// The policy's path (--policy: any bytes) reaches Stats as valid UTF-8, or
+// every reader failed to parse the reply (`hallocctl stats`, /metrics).
+TEST(AllocatorPolicyTest, APolicyPathThatIsNoUtf8LeavesStatsReadable) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy =
+      Policy::Parse("clients { name: \"all\" match { any: true } }", "/etc/p\xff\"q.textproto");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(std::make_unique<MemfdBackend>(), Limits(), *policy);
+  const v1::StatsResponse stats = core.Stats();
+  v1::StatsResponse read;
+  ASSERT_TRUE(read.ParseFromString(stats.SerializeAsString()));
+  EXPECT_EQ(read.policy_source(), "/etc/p\\xff\\\"q.textproto");
+}
+
 // A memfd backend that sees udmabuf about (its module path: any file), or
 // none.
 std::unique_ptr<MemfdBackend> MemfdBesideUdmabuf(bool udmabuf) {

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -190,6 +191,14 @@ absl::StatusOr<CameraOptions> OptionsFromFlags(v1::CpuAccess* rights) {
     return absl::InvalidArgumentError(
         absl::StrCat("--write_frame=", absl::GetFlag(FLAGS_write_frame),
                      " is past the last of --frames=", absl::GetFlag(FLAGS_frames), " (0-based)"));
+  }
+  // A uid is 32 bits, (uid_t)-1 none: a larger value would wrap to another
+  // (4294967296: root).
+  if (const int64_t uid = absl::GetFlag(FLAGS_share_uid);
+      uid < -1 || uid >= int64_t{std::numeric_limits<uid_t>::max()}) {
+    return absl::InvalidArgumentError(absl::StrCat("--share_uid=", uid, " is no uid (0 to ",
+                                                   std::numeric_limits<uid_t>::max() - 1,
+                                                   ", or -1: none)"));
   }
   const std::string r = absl::GetFlag(FLAGS_share_rights);
   if (r == "read") {

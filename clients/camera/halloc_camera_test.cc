@@ -158,6 +158,11 @@ TEST(HallocCameraTool, ExitCodes) {
   r = RunTool({"--synthetic", "--frames=3", "--write_frame=3", "--write=/dev/null"});
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_NE(r.out.find("past the last of --frames=3"), std::string::npos) << r.out;
+  for (const char* uid : {"--share_uid=4294967296", "--share_uid=4294967295", "--share_uid=-2"}) {
+    r = RunTool({"--synthetic", uid});
+    EXPECT_EQ(r.exit_code, 2) << uid << ": " << r.out;
+    EXPECT_NE(r.out.find("is no uid"), std::string::npos) << r.out;
+  }
   r = RunTool({"--synthetic", "--share_uid=0", "--share_timeout=0s"});
   EXPECT_EQ(r.exit_code, 2) << r.out;
   EXPECT_NE(r.out.find("--share_timeout must be positive"), std::string::npos) << r.out;

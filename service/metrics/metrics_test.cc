@@ -126,6 +126,12 @@ TEST(PrometheusTest, LabelValuesAreEscapedSoNoNameCanBreakALine) {
       text, "halloc_client_bytes{client=\"cam\\\"era\\\\x\\ny\",uid=\"1000\"} 12288\n"))
       << text;
   EXPECT_EQ(EscapeLabelValue("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+  // What is no UTF-8, or would drive a terminal, is written as the text
+  // \xNN: a label value must be UTF-8, and hallocctl's SafeOutput would
+  // otherwise rewrite it into an escape the format does not have.
+  EXPECT_EQ(EscapeLabelValue("p\xff\x1b]0;x\x07\xe2\x80\xae\tq"),
+            "p\\\\xff\\\\x1b]0;x\\\\x07\\\\xe2\\\\x80\\\\xae\tq");
+  EXPECT_EQ(EscapeLabelValue("caf\xc3\xa9"), "caf\xc3\xa9");  // é stays
 }
 
 // One row per client and uid owning buffers could be 65,536 per container;

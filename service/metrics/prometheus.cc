@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "clients/cli/safe_output.h"
 
 namespace halloc {
 
@@ -58,7 +59,11 @@ class Family {
 std::string EscapeLabelValue(absl::string_view value) {
   std::string out;
   out.reserve(value.size());
-  for (char c : value) {
+  // What would drive a terminal (control characters, C1, bidirectional
+  // overrides) and bytes that are no UTF-8, as the text \xNN: a label value
+  // must be UTF-8, and `hallocctl stats --prometheus` (printed through
+  // SafeOutput) must stay what promtool accepts.
+  for (char c : cli::TerminalSafe(value)) {
     switch (c) {
       case '\\': out += "\\\\"; break;
       case '"': out += "\\\""; break;

@@ -264,13 +264,23 @@ class Connection:
             if reply.WhichOneof("kind") == "import_buffer":
                 self._give_back_references([_reference(reply.import_buffer)])
 
-    def take_fd(self, buffer_id, call_id=0):
+    def deadline(self):
+        """When a call starting now must be over (the client's timeout)."""
+        return time.monotonic() + self._timeout
+
+    def take_fd(self, buffer_id, call_id=0, deadline=None, name="take_fd"):
         """The fd a gRPC call's frame brought for `buffer_id` (normally
-        queued before the reply). Frames for others are kept for them."""
-        deadline = time.monotonic() + self._timeout
+        queued before the reply), by the call's own `deadline` (the reply
+        came first: its wait is not a new timeout). Frames for others are
+        kept for them."""
+        if deadline is None:
+            deadline = self.deadline()
         key = (buffer_id, call_id)
         with self._lock:
-            self._wait_for(lambda: key in self._pending, deadline)
+            try:
+                self._wait_for(lambda: key in self._pending, deadline)
+            except errors.DeadlineExceededError as e:
+                raise errors.DeadlineExceededError(f"{name}: {e}") from None
             p = self._pending.pop(key)
         if p.error is not None:
             raise p.error
@@ -291,12 +301,20 @@ class Connection:
         while reading: one waiter at a time reads the socket, without the
         lock, and files what comes for everyone; the others sleep until it
         has, or until their own deadline."""
+        looked_late = False
         while not ready():
             if self._closing or self.closed:
                 raise errors.FailedPreconditionError("the client was closed")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise errors.DeadlineExceededError("no answer from hallocd in time")
+                # Past the deadline, what is queued already (an answer that
+                # came in time, not yet read) is read once before giving up,
+                # as libhalloc does: a queued fd is never abandoned for
+                # being read late.
+                if looked_late:
+                    raise errors.DeadlineExceededError("no answer from hallocd in time")
+                looked_late = True
+                left = 0
             if self._reading:
                 try:
                     self._filed.wait(min(left, threading.TIMEOUT_MAX))

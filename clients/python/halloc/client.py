@@ -326,8 +326,11 @@ class Client:
             # closed as they come and the buffers given back.
             if self.welcome.allocate_call_ids:
                 req.call_id = self._conn.next_call_id()
+            # One deadline for the reply and the fds that come ahead of it.
+            deadline = self._conn.deadline()
             try:
-                resp = self._conn.call(self._conn.stub.Allocate, req, "Allocate")
+                resp = self._conn.call(self._conn.stub.Allocate, req, "Allocate",
+                                       timeout=max(0.0, deadline - time.monotonic()))
             except BaseException as e:
                 if req.call_id and _may_still_deliver(e):
                     self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_BUFFERS)
@@ -335,7 +338,8 @@ class Client:
             out = []
             try:
                 for info in resp.buffers:
-                    out.append(Buffer(self, info, self._conn.take_fd(info.id, req.call_id)))
+                    fd = self._conn.take_fd(info.id, req.call_id, deadline, "Allocate")
+                    out.append(Buffer(self, info, fd))
             except BaseException:
                 for b in out:
                     b.close()
@@ -458,8 +462,10 @@ class Client:
         # thread of the parent may have held at the fork, for good.
         self._conn.usable("Import")
         self._conn.import_begins(req.call_id)
+        deadline = self._conn.deadline()  # the reply's and the fd's
         try:
-            resp = self._conn.call(self._conn.stub.Import, req, "Import")
+            resp = self._conn.call(self._conn.stub.Import, req, "Import",
+                                   timeout=max(0.0, deadline - time.monotonic()))
         except BaseException as e:
             # hallocd may have sent the fd all the same (the deadline
             # passed after it did): nobody takes it, so it is closed as it
@@ -471,7 +477,8 @@ class Client:
             self._conn.import_ends(req.call_id)
             raise
         try:
-            return Buffer(self, resp.buffer, self._conn.take_fd(resp.buffer.id, req.call_id))
+            fd = self._conn.take_fd(resp.buffer.id, req.call_id, deadline, "Import")
+            return Buffer(self, resp.buffer, fd)
         except BaseException:
             # hallocd delivered it (its reply came): the reference goes
             # back now; an fd that comes later still is closed as it comes.

@@ -273,7 +273,7 @@ def test_a_grpc_allocate_whose_fds_never_come_gives_its_buffers_back(connect, mo
     live = watcher.stats().live_buffers
     client = connect(broker_fast_path=False)
 
-    def lost(buffer_id, call_id=0):
+    def lost(buffer_id, call_id=0, deadline=None, name=""):
         raise halloc.DeadlineExceededError("no fd for buffer %d" % buffer_id)
 
     monkeypatch.setattr(client._conn, "take_fd", lost)

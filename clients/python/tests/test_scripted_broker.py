@@ -117,7 +117,7 @@ def test_the_fds_of_a_grpc_allocate_that_gave_up_are_closed_and_given_back(monke
     inode = os.fstat(late).st_ino
     call_ids = []
 
-    def grpc_allocate(method, req, name):
+    def grpc_allocate(method, req, name, timeout=None):
         # The first call's fd comes as its deadline passes; the next one's
         # at once, with its reply.
         buffer_id = 42 + len(call_ids)
@@ -459,7 +459,7 @@ def test_a_reply_too_large_for_a_record_is_asked_for_over_grpc(monkeypatch):
     broker.client.welcome.broker_metadata = True
     over_grpc = []
 
-    def call(method, req, name):
+    def call(method, req, name, timeout=None):
         over_grpc.append(name)
         return allocator_pb2.DescribeResponse(buffer=types_pb2.BufferInfo(id=req.buffer_id))
 
@@ -516,7 +516,7 @@ def test_an_interrupted_grpc_allocate_closes_its_late_fd_and_gives_it_back(monke
     memfd = os.memfd_create("late-allocate")
     inode = os.fstat(memfd).st_ino
 
-    def interrupted(method, req, name):
+    def interrupted(method, req, name, timeout=None):
         late_fd(broker, req.call_id, memfd)
         raise KeyboardInterrupt
 
@@ -537,7 +537,7 @@ def test_an_fd_that_comes_after_take_fd_gave_up_is_closed_as_it_comes(monkeypatc
     from halloc.v1 import allocator_pb2, types_pb2
     calls = []
 
-    def answered(method, req, name):
+    def answered(method, req, name, timeout=None):
         calls.append(req.call_id)
         return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
 
@@ -650,7 +650,7 @@ def test_calls_that_gave_up_are_not_remembered_for_ever(monkeypatch):
     # each such call stayed noted until the session ended.
     broker, _ = grpc_path_broker(monkeypatch, timeout=2.0)
 
-    def unavailable(method, req, name):
+    def unavailable(method, req, name, timeout=None):
         raise halloc.UnavailableError(f"{name}: failed to connect")
 
     monkeypatch.setattr(broker.client._conn, "call", unavailable)
@@ -659,4 +659,52 @@ def test_calls_that_gave_up_are_not_remembered_for_ever(monkeypatch):
             broker.client.allocate(halloc.blob(PAGE))
     release_on_the_socket(broker, 7)  # a record filed
     assert len(broker.client._conn._abandoned_calls) <= 1024
+    broker.close()
+
+
+def test_a_grpc_allocate_waits_for_its_fd_within_its_own_timeout(monkeypatch):
+    # The fd comes on the broker socket ahead of the gRPC reply: waiting for
+    # it after the reply is no new timeout (it took the reply's wait and a
+    # whole timeout more: 5 s for a 3 s one). As libhalloc's
+    # AGrpcAllocateWaitsForItsFdsWithinItsOwnTimeout.
+    from halloc.v1 import allocator_pb2, types_pb2
+    broker = ScriptedBroker(lambda sock, req: None, timeout=2.0)
+    broker.client.welcome.allocate_call_ids = True
+    monkeypatch.setattr(broker.client, "_fast_path", False)  # gRPC Allocate
+
+    def late_reply_no_fd(method, req, name, timeout=None):
+        time.sleep(1.5)  # within the call's timeout; no fd ever comes
+        return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
+
+    monkeypatch.setattr(broker.client._conn, "call", late_reply_no_fd)
+    start = time.monotonic()
+    with pytest.raises(halloc.DeadlineExceededError, match="Allocate"):
+        broker.client.allocate(halloc.blob(PAGE))
+    assert time.monotonic() - start < 3.0, "the fd's wait was a new timeout"
+    broker.close()
+
+
+def test_an_fd_queued_by_the_deadline_is_taken_though_read_late(monkeypatch):
+    # The fd came in time but the reply only after the deadline (a slow
+    # reader): what is queued is read once before giving up, not abandoned.
+    import socket
+    from halloc.v1 import allocator_pb2, broker_pb2, types_pb2
+    broker = ScriptedBroker(lambda sock, req: None, timeout=0.5)
+    broker.client.welcome.allocate_call_ids = True
+    monkeypatch.setattr(broker.client, "_fast_path", False)
+
+    def fd_then_late_reply(method, req, name, timeout=None):
+        frame = broker_pb2.BrokerFrame()
+        frame.buffer.buffer_id = 42
+        frame.buffer.call_id = req.call_id
+        fd = os.memfd_create("queued")
+        socket.send_fds(broker.sock, [frame.SerializeToString()], [fd])
+        os.close(fd)
+        time.sleep(0.7)  # past the whole deadline
+        return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
+
+    monkeypatch.setattr(broker.client._conn, "call", fd_then_late_reply)
+    b = broker.client.allocate(halloc.blob(PAGE))
+    assert b.id == 42
+    b.close()
     broker.close()
