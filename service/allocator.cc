@@ -148,7 +148,7 @@ uint64_t Allocator::PlannedBytes(const v1::AllocateRequest& req) const {
 
 absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& desc,
                                                     uint32_t count, const Identity* caller,
-                                                    std::optional<uid_t> reader) const {
+                                                    const Identity* reader) const {
   Plan plan;
   const Rule* rule = nullptr;  // the caller's
   if (caller != nullptr) {
@@ -226,12 +226,10 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
   // rule allows, read-write, and its BufferInfo says so. A rule's own cap
   // is no hint: refused below.
   // Whoever will hold the fds: the caller, and the process reading the
-  // session's socket where another uid asked on it.
-  std::vector<uid_t> holders;
-  if (caller != nullptr) holders.push_back(caller->uid);
-  if (reader.has_value() && (caller == nullptr || *reader != caller->uid)) {
-    holders.push_back(*reader);
-  }
+  // session's socket where another asked on it.
+  std::vector<Backend::Holder> holders;
+  if (caller != nullptr) holders.push_back(HolderOf(*caller));
+  if (reader != nullptr) holders.push_back(HolderOf(*reader));
   const CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
   if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
       !Enforceable(CpuAccess::kRead, holders)) {
@@ -268,7 +266,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
     Session& session, const Identity& caller, const v1::AllocateRequest& req,
     FdChannel& channel, bool may_wait) {
   const absl::Time start = MonotonicNow();
-  absl::StatusOr<Plan> planned = MakePlan(req.desc(), req.count(), &caller, session.creds().uid);
+  absl::StatusOr<Plan> planned = MakePlan(req.desc(), req.count(), &caller, &session.creds());
   // A refusal is a denial when a call asks; a question (IsSupported) is not.
   if (!planned.ok()) return Counted(planned.status());
   Plan& plan = *planned;
@@ -340,28 +338,34 @@ absl::Status Allocator::CheckAttachLimit(const Rule& rule) const {
       "buffers (rule '", rule.name, "' attach_devices)"));
 }
 
-std::optional<uid_t> Allocator::Unbound(CpuAccess access, absl::Span<const uid_t> holders) const {
-  for (uid_t uid : holders) {
-    if (!backend_->CanEnforceFor(access, uid)) return uid;
+Backend::Holder Allocator::HolderOf(const Identity& id) { return {id.uid, id.maps_hallocd_uid}; }
+
+std::optional<Backend::Holder> Allocator::Unbound(CpuAccess access,
+                                                  absl::Span<const Backend::Holder> holders) const {
+  for (const Backend::Holder& h : holders) {
+    if (!backend_->CanEnforceFor(access, h)) return h;
   }
   return std::nullopt;
 }
 
-bool Allocator::Enforceable(CpuAccess access, absl::Span<const uid_t> holders) const {
+bool Allocator::Enforceable(CpuAccess access, absl::Span<const Backend::Holder> holders) const {
   return backend_->CanEnforce(access) && !Unbound(access, holders).has_value();
 }
 
-absl::Status Allocator::CheckEnforce(CpuAccess access, absl::Span<const uid_t> holders,
+absl::Status Allocator::CheckEnforce(CpuAccess access, absl::Span<const Backend::Holder> holders,
                                      absl::string_view why) const {
   if (!backend_->CanEnforce(access)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "backend ", backend_->name(), " cannot enforce CPU access ", CpuAccessName(access), why));
   }
-  // The backend could, but not against this holder: it runs as hallocd.
-  if (std::optional<uid_t> uid = Unbound(access, holders)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "backend ", backend_->name(), " cannot enforce CPU access ", CpuAccessName(access),
-        " on uid ", *uid, ", hallocd's own (it may widen the fd)", why));
+  // The backend could, but not against this holder: it acts as hallocd's uid.
+  if (std::optional<Backend::Holder> h = Unbound(access, holders)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("backend ", backend_->name(), " cannot enforce CPU access ",
+                     CpuAccessName(access), " on uid ", h->uid,
+                     h->maps_hallocd_uid ? ", in a user namespace that maps hallocd's own uid"
+                                         : ", hallocd's own",
+                     " (it may widen the fd)", why));
   }
   return absl::OkStatus();
 }
@@ -555,8 +559,8 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& cal
             DecideShareRights(*to, req.buffer_id(), mine, asked);
         if (!rights.ok()) return Counted(rights.status());
         // A peer named by uid is checked now; every peer again at Import.
-        std::vector<uid_t> peer;
-        if (!by_name) peer.push_back(req.peer().uid());
+        std::vector<Backend::Holder> peer;
+        if (!by_name) peer.push_back({req.peer().uid()});
         RETURN_IF_ERROR(CheckEnforce(*rights, peer, absl::StrCat(" for ", to->peer)));
         GrantView grant;
         if (by_name) {
@@ -606,7 +610,7 @@ absl::StatusOr<v1::ImportResponse> Allocator::Import(Session& session, const Ide
             absl::StatusOr<ImportDecision> d = DecideImport(*pol, caller, now);
             if (!d.ok()) return Counted(d.status());
             RETURN_IF_ERROR(
-                CheckEnforce(d->access, {caller.uid},
+                CheckEnforce(d->access, {HolderOf(caller)},
                              absl::StrCat(" (max_cpu_access of rule '", d->rule->name, "')")));
             RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
             decision = *std::move(d);

@@ -175,11 +175,10 @@ class Allocator {
   // How many buffers hallocd may hold under `policy` (Limits::max_buffers).
   uint64_t MaxBuffers(const Policy& policy) const;
 
-  // `reader`: the uid of the session whose socket the fds go to, where it
-  // may not be the caller's (a request on another's socket).
+  // `reader`: the session whose socket the fds go to, where it may not be
+  // the caller (a request on another's socket).
   absl::StatusOr<Plan> MakePlan(const v1::BufferDescriptor& desc, uint32_t count,
-                                const Identity* caller,
-                                std::optional<uid_t> reader = std::nullopt) const;
+                                const Identity* caller, const Identity* reader = nullptr) const;
   // Counts `status` against the rule that decided it (decide.h), if any,
   // and returns it.
   absl::Status Counted(absl::Status status) const;
@@ -202,14 +201,16 @@ class Allocator {
                        const v1::AllocateResponse* reply);
   // FAILED_PRECONDITION when `rule` limits attach and the backend cannot.
   absl::Status CheckAttachLimit(const Rule& rule) const;
-  // The first of `holders` (uids an fd would reach) an fd limited to
+  static Backend::Holder HolderOf(const Identity& id);
+  // The first of `holders` (whom an fd would reach) an fd limited to
   // `access` would not bind (Backend::CanEnforceFor), if any.
-  std::optional<uid_t> Unbound(CpuAccess access, absl::Span<const uid_t> holders) const;
+  std::optional<Backend::Holder> Unbound(CpuAccess access,
+                                         absl::Span<const Backend::Holder> holders) const;
   // Whether the backend can limit an fd to `access`, for each of `holders`
   // (none: not known yet, checked again when they are).
-  bool Enforceable(CpuAccess access, absl::Span<const uid_t> holders) const;
+  bool Enforceable(CpuAccess access, absl::Span<const Backend::Holder> holders) const;
   // FAILED_PRECONDITION when !Enforceable(access, holders), saying why.
-  absl::Status CheckEnforce(CpuAccess access, absl::Span<const uid_t> holders,
+  absl::Status CheckEnforce(CpuAccess access, absl::Span<const Backend::Holder> holders,
                             absl::string_view why) const;
 
   const std::unique_ptr<Backend> backend_;

@@ -451,6 +451,19 @@ TEST(AllocatorPolicyTest, ReadOnlyIsNotHandedToHallocdsOwnUid) {
       core.Allocate(*daemons.session, sender, ro, daemons.session->fds());
   ASSERT_TRUE(on_its_socket.ok()) << on_its_socket.status();
   EXPECT_EQ(on_its_socket->buffers(0).cpu_access(), v1::CPU_ACCESS_READ_WRITE);
+  // Nor a process of another uid in a user namespace that maps hallocd's
+  // (its user's own container): privileged there, it owns the memfd too.
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd contained_end(sv[1]);
+  Identity contained{100000, 100000, getpid(), "", std::nullopt};
+  contained.maps_hallocd_uid = true;
+  absl::StatusOr<std::shared_ptr<Session>> in_ns =
+      core.OpenSession(contained, std::make_shared<SocketFdChannel>(UniqueFd(sv[0])));
+  ASSERT_TRUE(in_ns.ok()) << in_ns.status();
+  absl::StatusOr<v1::AllocateResponse> contained_ro = core.Allocate(**in_ns, ro);
+  ASSERT_TRUE(contained_ro.ok()) << contained_ro.status();
+  EXPECT_EQ(contained_ro->buffers(0).cpu_access(), v1::CPU_ACCESS_READ_WRITE);
 
   v1::AllocateRequest rw;
   rw.mutable_desc()->set_size(4096);

@@ -451,6 +451,7 @@ void Broker::Accept() {
   c->key = next_key_++;
   c->peer = cred;
   c->charged_uid = charged;
+  c->maps_hallocd_uid = charge->maps_hallocd_uid;
   c->pidfd = SharedFd(std::move(charge->pidfd));
   c->start = charge->start;
   ExeSample exe = SampleExe(c->pidfd.get(), cred.pid);
@@ -558,6 +559,7 @@ bool Broker::Verify(Conn& conn, const ucred& sender, const v1::BrokerRequest& re
   ExeSample now = SampleExe(conn.pidfd.get(), conn.peer.pid);
   Identity id{conn.peer.uid, conn.peer.gid, conn.peer.pid, now.path, std::nullopt};
   id.account_uid = conn.charged_uid;  // every request on it pays as it does
+  id.maps_hallocd_uid = conn.maps_hallocd_uid;
   if (conn.exe_file && now.file == conn.exe_file) id.exe_file = conn.exe_file;
   absl::StatusOr<std::shared_ptr<Session>> session =
       core_->OpenSession(id, conn.channel, SessionProcess{conn.pidfd, conn.start});

@@ -187,6 +187,8 @@ class Broker {
     ucred peer{};
     // Whom per-uid limits charge: ChargedUid (peer_identity.h).
     uid_t charged_uid = 0;
+    // Identity::maps_hallocd_uid (ChargedPeer).
+    bool maps_hallocd_uid = false;
     // Pins the peer; shared with its session (SessionProcess), with when
     // it started.
     SharedFd pidfd;

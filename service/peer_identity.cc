@@ -61,7 +61,9 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
   absl::StatusOr<uid_t> charged = ChargedUid(pidfd.get(), cred.pid, cred.uid, subordinate);
   if (!charged.ok()) return charged.status();
   const std::optional<uint64_t> start = ProcessStart(pidfd.get(), cred.pid);
-  return ChargedPeer{std::move(pidfd), *charged, start};
+  static const uid_t self = ::geteuid();
+  const bool maps_self = self != 0 && MapsUid(pidfd.get(), cred.pid, self);
+  return ChargedPeer{std::move(pidfd), *charged, start, maps_self};
 }
 
 namespace {
@@ -114,6 +116,29 @@ ExeSample SampleExe(int pidfd, pid_t pid) {
   if (!StillRunning(pidfd)) return s;  // exited: cannot vouch for it
   s.file = file;
   return s;
+}
+
+bool MapsUid(int pidfd, pid_t pid, uid_t uid) {
+  const std::optional<FileId>& ours = OwnUserNamespace();
+  const std::string ns = absl::StrCat("/proc/", pid, "/ns/user");
+  struct stat st;
+  if (!ours || pidfd < 0) return true;
+  if (::stat(ns.c_str(), &st) != 0) {
+    // Closed to this process (ptrace rules): another uid's, in a namespace
+    // neither `uid` nor one it made (whose owner may look in): none that
+    // maps it but one root made. Otherwise gone, or cannot tell.
+    return !((errno == EACCES || errno == EPERM) && ::geteuid() == uid && StillRunning(pidfd));
+  }
+  const FileId theirs{st.st_dev, st.st_ino};
+  if (theirs == *ours) return !StillRunning(pidfd);
+  const absl::StatusOr<IdMap> map = ReadUidMap(pid);
+  // Read while it ran, in the namespace looked at: its map, not a reuser's.
+  if (!map.ok() || !StillRunning(pidfd) || FileIdOf(ns) != theirs) {
+    return true;
+  }
+  return std::any_of(map->extents().begin(), map->extents().end(), [uid](const IdMap::Extent& e) {
+    return e.outside != IdMap::kUnnamed && uid >= e.outside && uid - e.outside < e.count;
+  });
 }
 
 bool UnprivilegedUserNamespaces() {
@@ -493,7 +518,14 @@ Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd
 }
 
 Identity OtherProcess(const Identity& session, const ucred& sender) {
-  return Identity{sender.uid, sender.gid, sender.pid, "", std::nullopt, session.account_uid};
+  // Taken as in the connector's namespace: it reads the same socket.
+  return Identity{sender.uid,
+                  sender.gid,
+                  sender.pid,
+                  "",
+                  std::nullopt,
+                  session.account_uid,
+                  session.maps_hallocd_uid};
 }
 
 }  // namespace halloc

@@ -86,6 +86,15 @@ bool UnprivilegedUserNamespaces();
 // limits: the connection is refused instead).
 absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
                                  const SubordinateUids& subordinate);
+// Whether `pid` (pinned by `pidfd`) is in a user namespace other than
+// hallocd's whose uid_map (as hallocd reads it: outside uids are its own)
+// names `uid`: privileged there, the process acts as `uid`'s owner on
+// `uid`'s files (CAP_FOWNER, CAP_DAC_OVERRIDE over an inode its namespace
+// maps). A namespace mapping none of it cannot make one below that does,
+// and joining another takes privilege over it: the namespace it is in
+// when looked at tells. When that cannot be told (no pidfd, gone,
+// unreadable): true.
+bool MapsUid(int pidfd, pid_t pid, uid_t uid);
 // What ChargedUid charges a process of root's namespaces (a container's)
 // as, `pid` pinned by `pidfd`, SO_PEERCRED uid `uid`, in the user
 // namespace `peer_ns` (held open) when ChargedUid looked, below hallocd's
@@ -153,10 +162,14 @@ uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);
 // NOT_FOUND when the process is gone. `pidfd` may be invalid (no pidfd
 // for it: charged by what can be told without).
 // `start`: ProcessStart of the peer.
+// `maps_hallocd_uid`: MapsUid(pidfd, pid, hallocd's euid), looked at only
+// for a hallocd that is not root (root's files are root's, and no policy
+// binds root).
 struct ChargedPeer {
   UniqueFd pidfd;
   uid_t charged;
   std::optional<uint64_t> start;
+  bool maps_hallocd_uid = false;
 };
 absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
                                          const SubordinateUids& subordinate);

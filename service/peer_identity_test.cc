@@ -292,5 +292,62 @@ TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherUserNamespace) {
   EXPECT_TRUE(SampleExe(plain_pidfd.get(), plain_pid).file.has_value());
 }
 
+// A child in a user namespace of its own, its uid_map written by us (root
+// may map any uid) with `map` ("0 4321 1"): its pid, or -1 where user
+// namespaces cannot be made here. Killed by the caller.
+pid_t InMappedNamespace(const std::string& map) {
+  int ready[2], go[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    char c = ::unshare(CLONE_NEWUSER) == 0 ? 'y' : 'n';
+    if (::write(ready[1], &c, 1) != 1) ::_exit(1);
+    (void)::read(go[0], &c, 1);  // until the map is written
+    for (;;) ::pause();
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+  char c = 'n';
+  const bool made = pid > 0 && ::read(ready[0], &c, 1) == 1 && c == 'y';
+  ::close(ready[0]);
+  if (made) std::ofstream(absl::StrCat("/proc/", pid, "/uid_map")) << map << "\n";
+  ::close(go[1]);
+  if (!made && pid > 0) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+  return made ? pid : -1;
+}
+
+// A process in a user namespace whose map names a uid acts as that uid's
+// owner on its files, privileged there: told apart from one whose map does
+// not, and from one in our own namespace (which never does).
+TEST(PeerIdentityTest, ToldWhetherAPeersUserNamespaceMapsAUid) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to write another uid's map";
+  const pid_t mapped = InMappedNamespace("0 4321 1");
+  if (mapped < 0) GTEST_SKIP() << "user namespaces cannot be made here";
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, mapped, 0)));
+  ASSERT_TRUE(pidfd);
+  EXPECT_TRUE(MapsUid(pidfd.get(), mapped, 4321));
+  EXPECT_FALSE(MapsUid(pidfd.get(), mapped, 4322));
+  EXPECT_FALSE(MapsUid(pidfd.get(), mapped, 0));
+  const pid_t ranged = InMappedNamespace("0 100000 65536");
+  ASSERT_GT(ranged, 0);
+  UniqueFd ranged_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ranged, 0)));
+  EXPECT_TRUE(MapsUid(ranged_pidfd.get(), ranged, 165535));
+  EXPECT_FALSE(MapsUid(ranged_pidfd.get(), ranged, 165536));
+  EXPECT_FALSE(MapsUid(ranged_pidfd.get(), ranged, 4321));
+  // In our own namespace, which maps every uid: never.
+  absl::StatusOr<Subprocess> plain = Sleeper();
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  UniqueFd plain_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
+  EXPECT_FALSE(MapsUid(plain_pidfd.get(), plain->pid(), 4321));
+  // Gone: cannot tell, so it may.
+  for (pid_t pid : {mapped, ranged}) ::kill(pid, SIGKILL);
+  ::waitpid(mapped, nullptr, 0);
+  EXPECT_TRUE(MapsUid(pidfd.get(), mapped, 4322));
+  ::waitpid(ranged, nullptr, 0);
+}
+
 }  // namespace
 }  // namespace halloc

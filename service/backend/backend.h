@@ -83,11 +83,20 @@ class Backend {
 
   // Whether fds of this backend can be limited to `access`.
   virtual bool CanEnforce(CpuAccess access) const = 0;
-  // Whether such an fd binds a holder running as `holder` (the uid hallocd
-  // hands it to): CanEnforce, unless that uid can widen the fd by itself.
-  // Root holders are not asked about: no policy binds root (it may ptrace
-  // hallocd). Decorators must forward it.
-  virtual bool CanEnforceFor(CpuAccess access, uid_t holder) const { return CanEnforce(access); }
+  // Whether such an fd binds `holder` (whom hallocd hands it to):
+  // CanEnforce, unless the holder can widen the fd by itself. Root holders
+  // are not asked about: no policy binds root (it may ptrace hallocd).
+  // Decorators must forward it.
+  struct Holder {
+    uid_t uid = 0;
+    // In a user namespace, not hallocd's, whose map names hallocd's own
+    // uid (Identity::maps_hallocd_uid): privileged there, it acts as that
+    // uid's owner on hallocd's files.
+    bool maps_hallocd_uid = false;
+  };
+  virtual bool CanEnforceFor(CpuAccess access, const Holder& holder) const {
+    return CanEnforce(access);
+  }
 
   // Whether it can hold protected content (usage PROTECTED): memory that
   // the CPU and unprotected devices cannot read.

@@ -284,7 +284,7 @@ TEST(MemfdBackendTest, ReadViewDoesNotBindTheDaemonsOwnUid) {
   }
   const int result = AsStranger([] {
     MemfdBackend backend(kNoUdmabuf);
-    if (backend.CanEnforceFor(CpuAccess::kRead, kStranger)) return 1;
+    if (backend.CanEnforceFor(CpuAccess::kRead, {kStranger})) return 1;
     absl::StatusOr<UniqueFd> fd = backend.Allocate({kPage, "t", 0});
     if (!fd.ok()) return 2;
     absl::StatusOr<UniqueFd> ro = backend.OpenView(*fd, ViewRights{CpuAccess::kRead});
@@ -309,19 +309,21 @@ TEST(MemfdBackendTest, ReadViewDoesNotBindTheDaemonsOwnUid) {
 // are outside every policy, not asked about (a root daemon's uid is root).
 TEST(MemfdBackendTest, ReadOnlyBindsEveryUidButTheDaemonsOwn) {
   const MemfdBackend as_user({kNoUdmabuf, "", ""}, /*owner=*/1234);
-  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kRead, 1234));
-  EXPECT_TRUE(as_user.CanEnforceFor(CpuAccess::kRead, 1235));
-  EXPECT_TRUE(as_user.CanEnforceFor(CpuAccess::kReadWrite, 1234));
-  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kNone, 1235));
+  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kRead, {1234}));
+  EXPECT_TRUE(as_user.CanEnforceFor(CpuAccess::kRead, {1235}));
+  EXPECT_TRUE(as_user.CanEnforceFor(CpuAccess::kReadWrite, {1234}));
+  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kNone, {1235}));
+  // Nor one privileged in a user namespace that maps the daemon's uid.
+  EXPECT_FALSE(as_user.CanEnforceFor(CpuAccess::kRead, {1235, /*maps_hallocd_uid=*/true}));
   const MemfdBackend as_root({kNoUdmabuf, "", ""}, /*owner=*/0);
-  EXPECT_TRUE(as_root.CanEnforceFor(CpuAccess::kRead, 0));
-  EXPECT_TRUE(as_root.CanEnforceFor(CpuAccess::kRead, 1234));
+  EXPECT_TRUE(as_root.CanEnforceFor(CpuAccess::kRead, {0}));
+  EXPECT_TRUE(as_root.CanEnforceFor(CpuAccess::kRead, {1234}));
   // Where udmabuf could come, read-only binds nobody.
   testing::TempDir dir("memfd-owner");
   const std::string node = dir / "udmabuf";
   std::ofstream(node) << "";
   const MemfdBackend with_udmabuf({node, "", ""}, /*owner=*/1234);
-  EXPECT_FALSE(with_udmabuf.CanEnforceFor(CpuAccess::kRead, 1235));
+  EXPECT_FALSE(with_udmabuf.CanEnforceFor(CpuAccess::kRead, {1235}));
 }
 
 TEST(MemfdBackendTest, NoCpuAccessIsRefusedNotGranted) {

@@ -113,7 +113,7 @@ class PooledBackend : public Backend {
   bool CanEnforce(CpuAccess access) const override {
     return inner_->CanEnforce(access);
   }
-  bool CanEnforceFor(CpuAccess access, uid_t holder) const override {
+  bool CanEnforceFor(CpuAccess access, const Holder& holder) const override {
     return inner_->CanEnforceFor(access, holder);
   }
   bool CanProtect() const override { return inner_->CanProtect(); }

@@ -526,8 +526,8 @@ TEST(PooledBackendTest, DelegatesNameAndRights) {
   auto of_user = PooledBackend::Create(
       std::make_unique<MemfdBackend>(UdmabufSources{kNoUdmabuf, "", ""}, 1234), Manual());
   ASSERT_TRUE(of_user.ok());
-  EXPECT_FALSE((*of_user)->CanEnforceFor(CpuAccess::kRead, 1234));
-  EXPECT_TRUE((*of_user)->CanEnforceFor(CpuAccess::kRead, 1235));
+  EXPECT_FALSE((*of_user)->CanEnforceFor(CpuAccess::kRead, {1234}));
+  EXPECT_TRUE((*of_user)->CanEnforceFor(CpuAccess::kRead, {1235}));
 }
 
 // Exit code of a child that could not become uid 65534.

@@ -460,7 +460,7 @@ std::vector<std::string> Policy::BackendProblems(const Backend& backend) const {
           " nor anything narrower: its Allocates and shares to it fail FAILED_PRECONDITION"));
     } else if (static const uid_t self = ::geteuid();
                r.max_cpu != CpuAccess::kReadWrite && backend.CanEnforce(r.max_cpu) &&
-               !backend.CanEnforceFor(r.max_cpu, self) &&
+               !backend.CanEnforceFor(r.max_cpu, {self}) &&
                (r.any || std::find(r.uids.begin(), r.uids.end(), self) != r.uids.end())) {
       // A rule hallocd's own uid may match (a hallocd run by a user).
       problems.push_back(

@@ -569,8 +569,8 @@ class Abilities final : public Backend {
   }
   // As memfd does for a hallocd that is not root: narrower rights bind no
   // holder of hallocd's uid.
-  bool CanEnforceFor(CpuAccess access, uid_t holder) const override {
-    return CanEnforce(access) && (access == CpuAccess::kReadWrite || holder != unbound_);
+  bool CanEnforceFor(CpuAccess access, const Holder& holder) const override {
+    return CanEnforce(access) && (access == CpuAccess::kReadWrite || holder.uid != unbound_);
   }
   std::optional<uid_t> unbound_;
 

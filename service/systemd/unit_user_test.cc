@@ -4,6 +4,9 @@
 // in for systemd: no systemd runs here) serves exe rules for clients of
 // other uids, while those credentials cannot write a root-owned file through
 // /proc/PID/root, which root's, even with that one capability, could.
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -11,8 +14,8 @@
 
 #include <climits>
 #include <filesystem>
-#include <map>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -412,6 +415,98 @@ TEST_F(UnitUserTest, ProcessesOfHallocdsOwnUidCannotReachItsFds) {
   std::vector<std::string> look = as_user;
   look.insert(look.end(), {"/bin/ls", absl::StrCat("/proc/", (*hallocd)->pid(), "/fd")});
   EXPECT_EQ(Run(look), 0) << (*hallocd)->Log();
+}
+
+// Runs `argv` as kuid kHallocdUid + 1 in a user namespace that kHallocdUid's
+// processes made (its owner: kHallocdUid) and that maps kHallocdUid to its
+// root, as a user's own container is (newuidmap: the user, then its
+// subordinate uids): exit code, output in `out`; -1 if it did not run.
+int RunInUsersContainer(const std::vector<std::string>& argv, const std::string& log,
+                        std::string* out) {
+  int ready[2], go[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0) return -1;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    char c = 'n';
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd >= 0 && ::setgroups(0, nullptr) == 0 &&
+        ::setresgid(kHallocdUid, kHallocdUid, kHallocdUid) == 0 &&
+        ::setresuid(kHallocdUid, kHallocdUid, kHallocdUid) == 0 && ::unshare(CLONE_NEWUSER) == 0) {
+      c = 'y';
+    }
+    if (::write(ready[1], &c, 1) != 1 || c != 'y') ::_exit(120);
+    if (::read(go[0], &c, 1) != 1) ::_exit(121);
+    // Its uid 1: one of the user's subordinate uids, privileged in there no more.
+    if (::setresuid(1, 1, 1) != 0 || ::dup2(fd, 1) < 0 || ::dup2(fd, 2) < 0) ::_exit(122);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(123);
+  }
+  ::close(ready[1]);
+  ::close(go[0]);
+  char c = 'n';
+  const bool made = pid > 0 && ::read(ready[0], &c, 1) == 1 && c == 'y';
+  ::close(ready[0]);
+  if (made) {
+    std::ofstream(absl::StrCat("/proc/", pid, "/uid_map"))
+        << "0 " << kHallocdUid << " 1\n1 " << kHallocdUid + 1 << " 1\n";
+    std::ofstream(absl::StrCat("/proc/", pid, "/gid_map")) << "0 " << kHallocdUid << " 1\n";
+    (void)::write(go[1], "g", 1);
+  }
+  ::close(go[1]);
+  int status = 0;
+  if (pid <= 0 || ::waitpid(pid, &status, 0) != pid) return -1;
+  *out = ReadFile(log);
+  return made && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// A user's own container maps the user's uid: privileged there, its
+// processes own a memfd hallocd (run by that user) made, and may make a
+// read-only view of it writable again. hallocd sees that it maps its uid
+// and hands such a client no read-only fd, as to its own uid; another
+// user's client still gets one.
+TEST_F(UnitUserTest, AUsersOwnContainerGetsNoReadOnlyMemfdOfTheUsersHallocd) {
+  if (!CanSwitch()) GTEST_SKIP() << "cannot run as uid " << kHallocdUid << " here (not root)";
+  const std::string run = dir_ / "user-run";
+  ASSERT_EQ(::mkdir(run.c_str(), 0711), 0);  // sockets 0666: other uids' clients reach them
+  ASSERT_EQ(::chown(run.c_str(), kHallocdUid, kHallocdUid), 0);
+  const std::string client = dir_ / "hallocctl";
+  std::filesystem::copy_file(Runfile("clients/cli/hallocctl"), client);
+  ASSERT_EQ(::chmod(client.c_str(), 0755), 0);
+  const std::string policy = dir_ / "policy.textproto";
+  std::ofstream(policy) << "clients { name: \"all\" match { any: true } usages: \"*\" heaps: \"*\" "
+                           "max_cpu_access: CPU_ACCESS_READ_WRITE }\n";
+  ASSERT_EQ(::chmod(policy.c_str(), 0644), 0);
+  const std::string control = run + "/control.sock", broker = run + "/broker.sock";
+  absl::StatusOr<std::unique_ptr<Child>> hallocd = Child::Start(
+      {"/usr/bin/setpriv", absl::StrCat("--reuid=", kHallocdUid),
+       absl::StrCat("--regid=", kHallocdUid), "--clear-groups", Runfile("service/hallocd"),
+       "--backend=memfd", "--socket_mode=0666", "--policy=" + policy, "--control_socket=" + control,
+       "--broker_socket=" + broker},
+      {}, dir_ / "user-hallocd.log");
+  ASSERT_TRUE(hallocd.ok()) << hallocd.status();
+  ASSERT_TRUE(systemd_testing::WaitForPath(broker, kWait)) << (*hallocd)->Log();
+  const std::vector<std::string> allocate = {client,
+                                             "--control-socket=" + control,
+                                             "--broker-socket=" + broker,
+                                             "allocate",
+                                             "--size",
+                                             "4096",
+                                             "--usage",
+                                             "cpu_read_often"};
+  std::string out;
+  const int code = RunInUsersContainer(allocate, dir_ / "contained.log", &out);
+  if (code == 120) GTEST_SKIP() << "user namespaces cannot be made here";
+  ASSERT_EQ(code, 0) << out << "\n" << (*hallocd)->Log();
+  EXPECT_THAT(out, HasSubstr("cpu read-write")) << out;
+  // Another user's client, in hallocd's namespace: read-only holds for it.
+  std::vector<std::string> other = {"/usr/bin/setpriv", absl::StrCat("--reuid=", kHallocdUid + 7),
+                                    absl::StrCat("--regid=", kHallocdUid + 7), "--clear-groups"};
+  other.insert(other.end(), allocate.begin(), allocate.end());
+  ASSERT_EQ(Run(other, &out), 0) << out << "\n" << (*hallocd)->Log();
+  EXPECT_THAT(out, HasSubstr("cpu read ")) << out;
 }
 
 }  // namespace
