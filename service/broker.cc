@@ -409,7 +409,8 @@ void Broker::Accept() {
   // Per-uid limits are charged to the uid a user namespace's processes
   // belong to (their owner's), not to each subordinate uid.
   absl::StatusOr<ChargedPeer> charge =
-      PinAndCharge(conn.get(), cred, connect_rate_.subordinate_uids(MonotonicNow()));
+      PinAndCharge(conn.get(), cred, connect_rate_.subordinate_uids(MonotonicNow()),
+                   /*look_at_maps=*/true);
   if (absl::IsResourceExhausted(charge.status())) {
     // Out of fds to pin it or tell whose it is (charged as itself, one of a
     // user's subordinate uids would dodge its owner's limits): the same

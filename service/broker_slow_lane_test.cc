@@ -72,6 +72,9 @@ class GatedBackend : public Backend {
     return inner_.Allocate(r);
   }
   bool CanEnforce(CpuAccess a) const override { return inner_.CanEnforce(a); }
+  bool CanEnforceFor(CpuAccess a, const Holder& h) const override {
+    return inner_.CanEnforceFor(a, h);
+  }
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& b, const ViewRights& r) override {
     return inner_.OpenView(b, r);
   }

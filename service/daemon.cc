@@ -60,7 +60,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   std::unique_ptr<Daemon> d(new Daemon(std::move(options)));
   std::vector<std::string> skipped;
   const BackendConfig config{d->options_.dma_heap, d->options_.skip_closed_nodes,
-                             d->options_.pool_max_bytes, d->options_.pool_idle_timeout};
+                             d->options_.pool_max_bytes, d->options_.pool_idle_timeout,
+                             d->options_.read_only_for_own_uid};
   absl::StatusOr<std::unique_ptr<Backend>> created =
       CreateBackend(d->options_.backend, config, &skipped);
   // A node closed for now: udev may not have given it to hallocd's group

@@ -57,6 +57,8 @@ struct DaemonOptions {
   // memfd-pool's bounds (BackendConfig::pool_max_bytes, pool_idle_timeout).
   uint64_t pool_max_bytes = BackendConfig().pool_max_bytes;
   absl::Duration pool_idle_timeout = BackendConfig().pool_idle_timeout;
+  // BackendConfig::read_only_for_own_uid.
+  bool read_only_for_own_uid = false;
   // Without skipping (only then): how long a closed node is waited for
   // before hallocd gives up (a client that connects early in boot may start it before
   // udev has given the nodes to its group).

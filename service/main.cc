@@ -79,6 +79,12 @@ ABSL_FLAG(uint64_t, pool_max_bytes, halloc::BackendConfig().pool_max_bytes,
           "on request); each class holds at most 64 MiB of it");
 ABSL_FLAG(absl::Duration, pool_idle_timeout, halloc::BackendConfig().pool_idle_timeout,
           "--backend=memfd-pool: a request class unused this long loses its stock");
+ABSL_FLAG(bool, read_only_for_own_uid, false,
+          "memfd backends: hand read-only views to processes of hallocd's own uid (and of "
+          "user namespaces mapping it) as to any other, though they may make them writable "
+          "again (fchmod the memfd, reopen it); where that uid is no boundary anyway (a "
+          "test suite's hallocd, a user's own). false: they get read-write where their "
+          "rule allows it, and a rule capping them at read is refused");
 ABSL_FLAG(bool, dumpable, false,
           "leave hallocd dumpable: core files, and a debugger or /proc/PID/fd of its "
           "own uid; also any other process of its uid, which could then take every "
@@ -204,6 +210,7 @@ absl::StatusOr<halloc::DaemonOptions> OptionsFromFlags(const halloc::ActivatedSo
   options.skip_closed_nodes = absl::GetFlag(FLAGS_skip_closed_nodes);
   options.pool_max_bytes = absl::GetFlag(FLAGS_pool_max_bytes);
   options.pool_idle_timeout = absl::GetFlag(FLAGS_pool_idle_timeout);
+  options.read_only_for_own_uid = absl::GetFlag(FLAGS_read_only_for_own_uid);
   if (options.pool_idle_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--pool_idle_timeout must be > 0");
   }

@@ -51,7 +51,7 @@ UniqueFd PeerPidfd(int conn, pid_t pid) {
 }
 
 absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
-                                         const SubordinateUids& subordinate) {
+                                         const SubordinateUids& subordinate, bool look_at_maps) {
   UniqueFd pidfd = PeerPidfd(conn, cred.pid);
   if (const int err = errno; !pidfd && (err == EMFILE || err == ENFILE)) {
     return absl::ResourceExhaustedError(absl::StrCat("out of fds for the pidfd of pid ", cred.pid,
@@ -62,7 +62,7 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
   if (!charged.ok()) return charged.status();
   const std::optional<uint64_t> start = ProcessStart(pidfd.get(), cred.pid);
   static const uid_t self = ::geteuid();
-  const bool maps_self = self != 0 && MapsUid(pidfd.get(), cred.pid, self);
+  const bool maps_self = look_at_maps && self != 0 && MapsUid(pidfd.get(), cred.pid, self);
   return ChargedPeer{std::move(pidfd), *charged, start, maps_self};
 }
 
@@ -124,16 +124,19 @@ bool MapsUid(int pidfd, pid_t pid, uid_t uid) {
   struct stat st;
   if (!ours || pidfd < 0) return true;
   if (::stat(ns.c_str(), &st) != 0) {
-    // Closed to this process (ptrace rules): another uid's, in a namespace
-    // neither `uid` nor one it made (whose owner may look in): none that
-    // maps it but one root made. Otherwise gone, or cannot tell.
-    return !((errno == EACCES || errno == EPERM) && ::geteuid() == uid && StillRunning(pidfd));
+    // Closed to this process (ptrace rules; ENOENT where /proc hides
+    // others' processes, hidepid=, ProtectProc=): another uid's, in a
+    // namespace neither `uid` nor one it made (whose owner may look in):
+    // none that maps it but one root made. Otherwise gone, or cannot tell.
+    const bool closed = errno == EACCES || errno == EPERM || errno == ENOENT;
+    return !(closed && ::geteuid() == uid && StillRunning(pidfd));
   }
   const FileId theirs{st.st_dev, st.st_ino};
   if (theirs == *ours) return !StillRunning(pidfd);
   const absl::StatusOr<IdMap> map = ReadUidMap(pid);
   // Read while it ran, in the namespace looked at: its map, not a reuser's.
-  if (!map.ok() || !StillRunning(pidfd) || FileIdOf(ns) != theirs) {
+  // A map not written yet (empty) may come to name it: cannot tell.
+  if (!map.ok() || map->extents().empty() || !StillRunning(pidfd) || FileIdOf(ns) != theirs) {
     return true;
   }
   return std::any_of(map->extents().begin(), map->extents().end(), [uid](const IdMap::Extent& e) {

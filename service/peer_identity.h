@@ -92,8 +92,9 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
 // `uid`'s files (CAP_FOWNER, CAP_DAC_OVERRIDE over an inode its namespace
 // maps). A namespace mapping none of it cannot make one below that does,
 // and joining another takes privilege over it: the namespace it is in
-// when looked at tells. When that cannot be told (no pidfd, gone,
-// unreadable): true.
+// when looked at tells. A process whose /proc files are closed to hallocd
+// running as `uid` is in no namespace `uid` made: false. When it cannot
+// be told (no pidfd, gone, a map not written yet): true.
 bool MapsUid(int pidfd, pid_t pid, uid_t uid);
 // What ChargedUid charges a process of root's namespaces (a container's)
 // as, `pid` pinned by `pidfd`, SO_PEERCRED uid `uid`, in the user
@@ -163,6 +164,7 @@ uid_t SliceCharged(uid_t uid, const SubordinateUids& subordinate);
 // for it: charged by what can be told without).
 // `start`: ProcessStart of the peer.
 // `maps_hallocd_uid`: MapsUid(pidfd, pid, hallocd's euid), looked at only
+// with `look_at_maps` (a broker connection: sessions hold buffers) and
 // for a hallocd that is not root (root's files are root's, and no policy
 // binds root).
 struct ChargedPeer {
@@ -172,7 +174,8 @@ struct ChargedPeer {
   bool maps_hallocd_uid = false;
 };
 absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
-                                         const SubordinateUids& subordinate);
+                                         const SubordinateUids& subordinate,
+                                         bool look_at_maps = false);
 
 // When process `pid` (pinned by `pidfd`) started, in clock ticks since
 // boot (/proc/<pid>/stat's starttime), vouched for by the pidfd showing it

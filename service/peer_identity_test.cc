@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -324,14 +325,20 @@ pid_t InMappedNamespace(const std::string& map) {
 // not, and from one in our own namespace (which never does).
 TEST(PeerIdentityTest, ToldWhetherAPeersUserNamespaceMapsAUid) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to write another uid's map";
-  const pid_t mapped = InMappedNamespace("0 4321 1");
+  pid_t mapped = InMappedNamespace("0 4321 1");
   if (mapped < 0) GTEST_SKIP() << "user namespaces cannot be made here";
+  pid_t ranged = -1;
+  absl::Cleanup reap = [&] {  // however the test ends
+    for (pid_t pid : {mapped, ranged}) {
+      if (pid > 0 && ::kill(pid, SIGKILL) == 0) ::waitpid(pid, nullptr, 0);
+    }
+  };
   UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, mapped, 0)));
   ASSERT_TRUE(pidfd);
   EXPECT_TRUE(MapsUid(pidfd.get(), mapped, 4321));
   EXPECT_FALSE(MapsUid(pidfd.get(), mapped, 4322));
   EXPECT_FALSE(MapsUid(pidfd.get(), mapped, 0));
-  const pid_t ranged = InMappedNamespace("0 100000 65536");
+  ranged = InMappedNamespace("0 100000 65536");
   ASSERT_GT(ranged, 0);
   UniqueFd ranged_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ranged, 0)));
   EXPECT_TRUE(MapsUid(ranged_pidfd.get(), ranged, 165535));
@@ -343,10 +350,11 @@ TEST(PeerIdentityTest, ToldWhetherAPeersUserNamespaceMapsAUid) {
   UniqueFd plain_pidfd(static_cast<int>(::syscall(SYS_pidfd_open, plain->pid(), 0)));
   EXPECT_FALSE(MapsUid(plain_pidfd.get(), plain->pid(), 4321));
   // Gone: cannot tell, so it may.
-  for (pid_t pid : {mapped, ranged}) ::kill(pid, SIGKILL);
-  ::waitpid(mapped, nullptr, 0);
-  EXPECT_TRUE(MapsUid(pidfd.get(), mapped, 4322));
-  ::waitpid(ranged, nullptr, 0);
+  const pid_t gone = mapped;
+  mapped = -1;  // reaped here, not again
+  ASSERT_EQ(::kill(gone, SIGKILL), 0);
+  ASSERT_EQ(::waitpid(gone, nullptr, 0), gone);
+  EXPECT_TRUE(MapsUid(pidfd.get(), gone, 4322));
 }
 
 }  // namespace

@@ -17,6 +17,9 @@ DaemonOptions TestDaemon::DefaultOptions() {
   DaemonOptions options;
   options.socket_mode = 0666;
   options.backend = "memfd";
+  // The test runs as the daemon's uid: its read-only shares to itself are
+  // what it tests, not a boundary (root's are bound anyway).
+  options.read_only_for_own_uid = true;
   return options;
 }
 

@@ -58,8 +58,9 @@ class MemfdBackend : public Backend {
   // Looks only at `udmabuf_device` (tests).
   explicit MemfdBackend(std::string udmabuf_device);
   explicit MemfdBackend(UdmabufSources sources);
-  // As if hallocd ran as `owner` (tests): the uid its read-only views do
-  // not bind. Buffers are still made as this process's.
+  // As if hallocd ran as `owner`: the uid its read-only views do not bind
+  // (0: none; root is bound by no policy anyway). Buffers are still made
+  // as this process's.
   MemfdBackend(UdmabufSources sources, uid_t owner);
 
   // Mode of every buffer's inode: owner (the daemon's uid) read only, so

@@ -29,6 +29,10 @@ constexpr absl::Duration kFailureBackoff = absl::Milliseconds(100);
 // long each time in a row, up to 16 s (its requests are misses meanwhile).
 constexpr absl::Duration kClassFailureBackoff = absl::Seconds(1);
 constexpr absl::Duration kClassFailureBackoffAtMost = absl::Seconds(16);
+// After the stock was freed for a request short of room: no refill for
+// this long, or the refill would take the room back at once (and the
+// next such request free it again).
+constexpr absl::Duration kRoomPause = absl::Seconds(5);
 // The nice value of the refill thread that works beside a lone client.
 constexpr int kBesideClientNice = 19;
 // How much of a buffer that thread commits (allocates) before it yields.
@@ -133,8 +137,11 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
   absl::StatusOr<UniqueFd> made = Make(request);
   // Short of memory or fds (a memory cgroup's limit, RLIMIT_NOFILE), with
   // a stock that holds both and is charged to no client: it goes before a
-  // request does. Once: a failure beside an empty stock is the answer.
-  if (absl::IsResourceExhausted(made.status()) && FreeStock() > 0) {
+  // request does, where it holds the room asked for (not for a request
+  // that could never fit). Once: a failure beside an empty stock is the
+  // answer.
+  if (absl::IsResourceExhausted(made.status()) &&
+      stocked_bytes_.load(std::memory_order_relaxed) >= request.size && FreeStock() > 0) {
     trims_for_room_.fetch_add(1, std::memory_order_relaxed);
     made = Make(request);
   }
@@ -191,6 +198,7 @@ const PooledBackend::ClassKey* PooledBackend::Deficit() const {
   const ClassKey* best = nullptr;
   absl::Time best_use = absl::InfinitePast();
   const absl::Time now = MonotonicNow();
+  if (now < room_pause_until_) return nullptr;  // the room was just given up
   for (const auto& [key, c] : classes_) {
     const uint64_t size = std::get<0>(key);
     if (c.requests < options_.min_requests || c.stock.size() >= Target(size) ||
@@ -290,6 +298,7 @@ uint64_t PooledBackend::FreeStock() {
     }
     stocked_bytes_ = 0;
     stocked_buffers_ = 0;
+    room_pause_until_ = MonotonicNow() + kRoomPause;
   }
   return freed.size();  // closed here, outside the lock
 }

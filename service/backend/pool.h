@@ -141,9 +141,10 @@ class PooledBackend : public Backend {
   uint64_t max_stocked_buffers() const override;
   // Frees the whole stock and forgets every class.
   void Trim();
-  // Frees the whole stock, keeping the classes (refilled as before): how
-  // many buffers it freed. Done by Allocate when making a buffer fails for
-  // lack of memory or fds (then tried once more).
+  // Frees the whole stock, keeping the classes (refilled again after a
+  // pause): how many buffers it freed. Done by Allocate when making a
+  // buffer fails for lack of memory or fds and the stock holds at least
+  // its size (then tried once more).
   uint64_t FreeStock();
   // One refill step on the caller's thread: creates one buffer for the most
   // recently used class short of stock. false when no class needs one.
@@ -221,6 +222,8 @@ class PooledBackend : public Backend {
   std::atomic<uint64_t> refill_failures_{0};
   std::atomic<uint64_t> trims_for_room_{0};
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  // FreeStock freed it for a request: no refill before then.
+  absl::Time room_pause_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::vector<std::thread> threads_;
 };
 

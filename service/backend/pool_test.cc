@@ -294,7 +294,7 @@ TEST(PooledBackendTest, ARequestShortOfRoomGoesBeforeTheStock) {
   o.min_requests = 1;
   auto pool = PooledBackend::Create(std::move(inner), o);
   ASSERT_TRUE(pool.ok());
-  const BackendRequest stocked{kPage, "stocked", 0}, other{2 * kPage, "other", 0};
+  const BackendRequest stocked{kPage, "stocked", 0}, other{kPage, "other", 0};
   ASSERT_TRUE((*pool)->Allocate(stocked).ok());
   ASSERT_TRUE((*pool)->RefillOnce());
   ASSERT_EQ((*pool)->stats().stocked_buffers, 1u);
@@ -304,11 +304,31 @@ TEST(PooledBackendTest, ARequestShortOfRoomGoesBeforeTheStock) {
   PoolStats s = (*pool)->stats();
   EXPECT_EQ(s.stocked_buffers, 0u);
   EXPECT_EQ(s.trims_for_room, 1u);
+  // Not refilled at once: that would take the room back for the next.
+  EXPECT_FALSE((*pool)->RefillOnce());
   // With nothing in stock, the failure is the answer (tried once).
   backend->fail = 2;
   EXPECT_EQ((*pool)->Allocate(other).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(backend->fail, 1) << "tried again with nothing freed";
   EXPECT_EQ((*pool)->stats().trims_for_room, 1u);
+}
+
+// A request larger than the whole stock cannot be helped by freeing it:
+// the stock stays (a request that can never fit emptied it every time).
+TEST(PooledBackendTest, ARequestTheStockCouldNotMakeRoomForLeavesIt) {
+  auto inner = std::make_unique<FailsNext>();
+  FailsNext* backend = inner.get();
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::move(inner), o);
+  ASSERT_TRUE(pool.ok());
+  const BackendRequest stocked{kPage, "stocked", 0}, larger{64 * kPage, "larger", 0};
+  ASSERT_TRUE((*pool)->Allocate(stocked).ok());
+  ASSERT_TRUE((*pool)->RefillOnce());
+  backend->fail = 1;
+  EXPECT_EQ((*pool)->Allocate(larger).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*pool)->stats().stocked_buffers, 1u);
+  EXPECT_EQ((*pool)->stats().trims_for_room, 0u);
 }
 
 // Waits (up to 10 s) for the background thread to stock `want` buffers.

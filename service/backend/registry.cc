@@ -1,5 +1,7 @@
 #include "service/backend/registry.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -44,7 +46,14 @@ Created NewUdmabuf(const BackendConfig&) {
   return std::unique_ptr<Backend>(std::move(b));
 }
 
-Created NewMemfd(const BackendConfig&) { return std::unique_ptr<Backend>(std::make_unique<MemfdBackend>()); }
+// Whose read-only views a memfd does not bind (MemfdBackend::owner):
+// hallocd's own uid, unless told to bind it as any other (0: none).
+std::unique_ptr<MemfdBackend> Memfd(const BackendConfig& config) {
+  return std::make_unique<MemfdBackend>(UdmabufSources::ThisKernel(),
+                                        config.read_only_for_own_uid ? 0 : ::geteuid());
+}
+
+Created NewMemfd(const BackendConfig& config) { return std::unique_ptr<Backend>(Memfd(config)); }
 
 // memfd behind a pool of pre-created, committed buffers (pool.h): the
 // default PoolOptions but the operator's bounds; refills keep off the CPU
@@ -55,8 +64,7 @@ Created NewPooledMemfd(const BackendConfig& config) {
   options.class_bytes = std::min(options.class_bytes, options.max_bytes);
   options.idle_timeout = config.pool_idle_timeout;
   options.serving_cpu = &ServingCpu();
-  ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b,
-                   PooledBackend::Create(std::make_unique<MemfdBackend>(), options));
+  ASSIGN_OR_RETURN(std::unique_ptr<PooledBackend> b, PooledBackend::Create(Memfd(config), options));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

@@ -42,6 +42,11 @@ struct BackendConfig {
   // and idle_timeout (--pool_idle_timeout).
   uint64_t pool_max_bytes = PoolOptions().max_bytes;
   absl::Duration pool_idle_timeout = PoolOptions().idle_timeout;
+  // memfd, memfd-pool: hand read-only views to hallocd's own uid (and its
+  // namespaces) as to any other uid, though they can widen them
+  // (--read_only_for_own_uid): where that uid is no boundary anyway (a
+  // test's in-process daemon, a user's own).
+  bool read_only_for_own_uid = false;
 };
 
 // Creates the backend called `name`, or the first one in probe order that

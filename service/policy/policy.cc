@@ -171,7 +171,9 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
                      before.any ? "put catch-alls last" : "put the narrower rule first"));
   } else if (std::vector<const Rule*> by = CoverTogether(earlier, rule); !by.empty()) {
     std::vector<std::string> names;
-    for (const Rule* b : by) names.push_back(absl::StrCat("'", Quote(b->name), "'"));
+    for (const Rule* b : by) {
+      names.push_back(absl::StrCat("'", Quote(b->name.empty() ? "(unnamed)" : b->name), "'"));
+    }
     errors->push_back(absl::StrCat(
         where("match"), ": client '", Quote(r.name()), "' can never match: clients ",
         absl::StrJoin(names, ", "),
@@ -376,12 +378,12 @@ std::vector<std::string> Policy::ExeRuleProblems() const {
     const std::string what = absl::StrCat("client '", Quote(r.name), "': exe '", Quote(r.exe), "'");
     // Parse compares exes as paths; a rule matches by file, and two paths
     // may name one (/bin/cam and /usr/bin/cam on a merged /usr).
-    for (auto before = rules_.begin(); before != it; ++before) {
+    const std::optional<FileId> file = FileIdOf(r.exe);
+    for (auto before = rules_.begin(); file && before != it; ++before) {
       if (before->exe.empty() || before->exe == r.exe) continue;
       Rule same = *before;
       same.exe = r.exe;
-      const std::optional<FileId> file = FileIdOf(r.exe);
-      if (file && FileIdOf(before->exe) == file && Covers(same, r)) {
+      if (Covers(same, r) && FileIdOf(before->exe) == file) {
         problems.push_back(absl::StrCat(
             what, " is the file client '", Quote(before->name), "''s exe '", Quote(before->exe),
             "' names, and that rule before it matches every session it would: it matches "
@@ -461,8 +463,10 @@ std::vector<std::string> Policy::BackendProblems(const Backend& backend) const {
     } else if (static const uid_t self = ::geteuid();
                r.max_cpu != CpuAccess::kReadWrite && backend.CanEnforce(r.max_cpu) &&
                !backend.CanEnforceFor(r.max_cpu, {self}) &&
-               (r.any || std::find(r.uids.begin(), r.uids.end(), self) != r.uids.end())) {
-      // A rule hallocd's own uid may match (a hallocd run by a user).
+               (r.any || r.uids.empty() ||
+                std::find(r.uids.begin(), r.uids.end(), self) != r.uids.end())) {
+      // A rule hallocd's own uid may match (a hallocd run by a user): one
+      // naming it, or no uid at all (gids, an exe).
       problems.push_back(
           absl::StrCat(what, ": backend '", backend.name(), "' cannot keep hallocd's own uid ",
                        self, " to ", CpuAccessName(r.max_cpu),

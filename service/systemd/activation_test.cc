@@ -53,6 +53,8 @@ class ActivationTest : public ::testing::Test {
     argv.insert(argv.end(), launcher_args.begin(), launcher_args.end());
     argv.push_back("--");
     argv.push_back(Runfile("service/hallocd"));
+    // Its /proc/PID/exe is read, by this uid when it is not root.
+    if (::geteuid() != 0) argv.push_back("--dumpable");
     argv.insert(argv.end(), hallocd_args.begin(), hallocd_args.end());
     absl::StatusOr<std::unique_ptr<Child>> c = Child::Start(argv, {}, dir_ / "hallocd.log");
     ASSERT_TRUE(c.ok()) << c.status();

@@ -54,7 +54,10 @@ absl::StatusOr<std::unique_ptr<HallocdProcess>> HallocdProcess::Start(const std:
                                    "--socket_mode=0666"};
   // Its fds are counted through its /proc/PID/fd, which hallocd closes to
   // its own uid (non-dumpable) unless told not to; root reads it anyway.
-  if (::geteuid() != 0) args.push_back("--dumpable");
+  // And its read-only shares to this process's uid are what tests look at.
+  if (::geteuid() != 0) {
+    args.insert(args.end(), {"--dumpable", "--read_only_for_own_uid"});
+  }
   if (!options.policy.empty()) {
     const std::string file = dir + "/policy.textproto";
     std::ofstream(file) << options.policy;

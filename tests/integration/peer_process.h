@@ -78,6 +78,7 @@ class Peer {
 // Whether this process may run children as other uids (root, outside a
 // user namespace without them): tries `probe_uid`.
 inline bool CanSwitchUid(uid_t probe_uid) {
+  if (geteuid() == probe_uid) return false;  // as itself: no other uid to test
   pid_t pid = fork();
   if (pid == 0) _exit(setgid(probe_uid) == 0 && setuid(probe_uid) == 0 ? 0 : 1);
   int status = 0;

@@ -301,19 +301,20 @@ class Connection:
         while reading: one waiter at a time reads the socket, without the
         lock, and files what comes for everyone; the others sleep until it
         has, or until their own deadline."""
-        looked_late = False
+        late = False  # past the deadline: reading what is queued, no more
         while not ready():
             if self._closing or self.closed:
                 raise errors.FailedPreconditionError("the client was closed")
             left = deadline - time.monotonic()
             if left <= 0:
-                # Past the deadline, what is queued already (an answer that
-                # came in time, not yet read) is read once before giving up,
-                # as libhalloc does: a queued fd is never abandoned for
-                # being read late.
-                if looked_late:
+                # Past the deadline, what is queued already (answers that
+                # came in time, not yet read) is read before giving up, as
+                # libhalloc does: a queued fd is never abandoned for being
+                # read late. Another thread reading files it for us, or
+                # closes it once given up.
+                if late is None or self._reading:
                     raise errors.DeadlineExceededError("no answer from hallocd in time")
-                looked_late = True
+                late = True
                 left = 0
             if self._reading:
                 try:
@@ -343,6 +344,8 @@ class Connection:
                     # filing below (or at once, should reading have failed).
                     self._filed.notify_all()
             self._file_received(got)
+            if late and got is None:
+                late = None  # nothing more was queued
 
     def _hold_again(self):
         """Takes self._lock back if this thread does not hold it. An

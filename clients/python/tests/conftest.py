@@ -35,11 +35,16 @@ class Hallocd:
         self.control = os.path.join(directory, "control.sock")
         self.broker = os.path.join(directory, "broker.sock")
         self.log_path = os.path.join(directory, "hallocd.log")
+        args = [os.environ["HALLOC_TEST_HALLOCD"],
+                f"--control_socket={self.control}", f"--broker_socket={self.broker}",
+                "--socket_mode=0666"]
+        if os.geteuid() != 0:
+            # As the suite's uid: its fds counted through its /proc, and its
+            # read-only shares to this uid are what the tests look at.
+            args += ["--dumpable", "--read_only_for_own_uid"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [os.environ["HALLOC_TEST_HALLOCD"],
-                 f"--control_socket={self.control}", f"--broker_socket={self.broker}",
-                 "--socket_mode=0666"],
+                args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=child_env())
         # Ready once the broker accepts: it starts last.
         deadline = time.monotonic() + 10

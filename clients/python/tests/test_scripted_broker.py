@@ -694,12 +694,15 @@ def test_an_fd_queued_by_the_deadline_is_taken_though_read_late(monkeypatch):
     monkeypatch.setattr(broker.client, "_fast_path", False)
 
     def fd_then_late_reply(method, req, name, timeout=None):
-        frame = broker_pb2.BrokerFrame()
-        frame.buffer.buffer_id = 42
-        frame.buffer.call_id = req.call_id
-        fd = os.memfd_create("queued")
-        socket.send_fds(broker.sock, [frame.SerializeToString()], [fd])
-        os.close(fd)
+        # Other calls' frames queued ahead of it: all read, not one.
+        for buffer_id, call_id in ((97, req.call_id + 100), (98, req.call_id + 101),
+                                   (42, req.call_id)):
+            frame = broker_pb2.BrokerFrame()
+            frame.buffer.buffer_id = buffer_id
+            frame.buffer.call_id = call_id
+            fd = os.memfd_create("queued")
+            socket.send_fds(broker.sock, [frame.SerializeToString()], [fd])
+            os.close(fd)
         time.sleep(0.7)  # past the whole deadline
         return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
 
