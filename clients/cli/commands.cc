@@ -34,6 +34,12 @@ absl::Status Hold(Session& s, const Call& call, size_t n) {
   return absl::OkStatus();
 }
 
+absl::Status CheckDescriptor(const Call& call) {
+  return DescriptorFromOptions(call.options).status();
+}
+
+absl::Status CheckBufferId(const Call& call) { return ParseId(call.args[0], "buffer").status(); }
+
 absl::Status Allocate(Session& s, const Call& call) {
   ASSIGN_OR_RETURN(v1::BufferDescriptor d, DescriptorFromOptions(call.options));
   ASSIGN_OR_RETURN(std::vector<Buffer> buffers,
@@ -160,6 +166,12 @@ absl::Status Dump(Session& s, const Call& call) {
   return absl::OkStatus();
 }
 
+// Without a descriptor, supported lists the formats.
+absl::Status CheckSupported(const Call& call) {
+  const Options& o = call.options;
+  return o.format.empty() && o.size == 0 ? absl::OkStatus() : CheckDescriptor(call);
+}
+
 absl::Status Supported(Session& s, const Call& call) {
   const Options& o = call.options;
   if (o.format.empty() && o.size == 0) {
@@ -228,9 +240,16 @@ absl::Status SetMetadata(Session& s, const Call& call) {
   return absl::OkStatus();
 }
 
+absl::Status CheckWatch(const Call& call) {
+  if (call.options.interval <= absl::ZeroDuration()) {
+    return UsageError("watch: --interval must be positive");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Watch(Session& s, const Call& call) {
   const Options& o = call.options;
-  if (o.interval <= absl::ZeroDuration()) return UsageError("watch: --interval must be positive");
+  RETURN_IF_ERROR(CheckWatch(call));
   // A terminal gets a refreshed screen; a pipe or file, one report after another.
   const bool clear = !o.json && ::isatty(STDOUT_FILENO) == 1;
   for (uint32_t n = 1;; ++n) {
@@ -267,7 +286,8 @@ constexpr Command kCommands[] = {
     {"allocate",
      "(--size BYTES | --format F --width W --height H [--layers N]) [--usage U] "
      "[--count N] [--name NAME] [--hold] [--json]",
-     "allocate buffers and print them with their layout", 0, 0, Scope::kAnywhere, Allocate},
+     "allocate buffers and print them with their layout", 0, 0, Scope::kAnywhere, Allocate,
+     CheckDescriptor},
     {"import", "TOKEN [--map-check] [--hold] [--json]",
      "take the buffer a grant shares with you and print it; --map-check maps it\n"
      "with the grant's rights and checks that wider ones are refused",
@@ -278,7 +298,7 @@ constexpr Command kCommands[] = {
      0, 0, Scope::kAnywhere, List},
     {"describe", "ID [--json]",
      "one buffer: layout and metadata (any live buffer with --all rights)", 1, 1, Scope::kAnywhere,
-     Describe},
+     Describe, CheckBufferId},
     {"stats", "[--json|--prometheus]", "daemon-wide counters, denials per policy rule", 0, 0,
      Scope::kAnywhere, Stats},
     {"dump", "[--json]",
@@ -288,10 +308,10 @@ constexpr Command kCommands[] = {
     {"supported", "[descriptor flags] [--json]",
      "without a descriptor: the format table; with one: whether hallocd would\n"
      "allocate it, and the layout it would use",
-     0, 0, Scope::kAnywhere, Supported},
+     0, 0, Scope::kAnywhere, Supported, CheckSupported},
     {"watch", "[--dump] [--interval 1s] [--iterations N] [--json]",
      "print stats (or dump) again every --interval until Ctrl-C", 0, 0, Scope::kCommandLineOnly,
-     Watch},
+     Watch, CheckWatch},
     {"policy", "check FILE",
      "validate a policy file offline (no daemon needed; root judges exe\n"
      "paths as user hallocd, the unit's); errors are\n"
@@ -322,6 +342,13 @@ const Command* FindCommand(absl::string_view name) {
     if (c.name == name) return &c;
   }
   return nullptr;
+}
+
+absl::Status CheckCall(const Command& command, const Call& call) {
+  if (command.check == nullptr) return absl::OkStatus();
+  absl::Status s = command.check(call);
+  // Whatever the check finds is the command line's fault: exit 2.
+  return s.ok() || IsUsageError(s) ? s : UsageError(s.message());
 }
 
 absl::Status CheckCommand(const Command& command, size_t num_args, bool in_session) {

@@ -73,6 +73,10 @@ struct Command {
   // nullptr: run by main itself (policy check needs no daemon; session
   // reads stdin).
   absl::Status (*run)(Session& session, const Call& call);
+  // What of the call can be judged before connecting (a descriptor, an
+  // id, an interval): a bad one is a usage error, and no session is
+  // opened for it. nullptr: nothing.
+  absl::Status (*check)(const Call& call) = nullptr;
 };
 
 // nullptr for an unknown name.
@@ -80,6 +84,8 @@ const Command* FindCommand(absl::string_view name);
 // A UsageError unless `num_args` arguments fit and the command may run
 // here (on the command line, or inside a session).
 absl::Status CheckCommand(const Command& command, size_t num_args, bool in_session);
+// `command`'s own check of `call` (Command::check), before any connection.
+absl::Status CheckCall(const Command& command, const Call& call);
 // Every command with its synopsis and summary, for --help.
 std::string CommandsHelp();
 

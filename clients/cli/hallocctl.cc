@@ -97,6 +97,11 @@ int Main(int argc, char** argv) {
     return cli::PolicyCheck(args[1], std::cout, std::cerr, cli::UnitUser());
   }
   const cli::Options options = cli::Options::FromFlags();
+  // What can be judged without hallocd is, before reaching it: exit 2, and
+  // no session opened for a command that could never run.
+  if (absl::Status s = cli::CheckCall(*command, cli::Call{args, options, std::cout}); !s.ok()) {
+    return Report(s);
+  }
   // Before connecting: gRPC's threads inherit the mask.
   if (options.hold || command->name == "watch") cli::BlockStopSignals();
   halloc::ConnectOptions connect;

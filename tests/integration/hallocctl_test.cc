@@ -284,6 +284,25 @@ TEST_F(HallocctlTest, MalformedCommandLinesExitTwoAndReachNoDaemon) {
     EXPECT_EQ(r.code, 2) << r.out;
     EXPECT_TRUE(absl::StrContains(r.out, "see hallocctl --help")) << r.out;
   }
+  // Told before hallocd is reached: exit 2 with no daemon there either (it
+  // was 3, "cannot reach hallocd"), and no session opened for them.
+  const std::vector<std::vector<std::string>> judged_before = {
+      {"describe", "abc"},
+      {"allocate"},
+      {"allocate", "--format", "NOPE", "--width", "64", "--height", "64"},
+      {"supported", "--format", "NOPE", "--width", "64", "--height", "64"},
+      {"watch", "--interval=0s"},
+  };
+  for (const auto& args : judged_before) {
+    SCOPED_TRACE(absl::StrJoin(args, " "));
+    Result unreached = Run(args, /*reachable=*/false);
+    EXPECT_EQ(unreached.code, 2) << unreached.out;
+    EXPECT_TRUE(absl::StrContains(unreached.out, "see hallocctl --help")) << unreached.out;
+    EXPECT_EQ(Run(args).code, 2);
+  }
+  absl::StatusOr<v1::StatsResponse> sessions = client().Stats();
+  ASSERT_TRUE(sessions.ok());
+  EXPECT_EQ(sessions->sessions(), 1u) << "only the test's own";
   // The commands on held buffers need a session to hold them.
   for (const char* cmd : {"share 1 --uid 0", "release 1", "revoke 1",
                           "set-metadata 1 dataspace 1"}) {
