@@ -220,8 +220,15 @@ bool Broker::Handle(Conn& conn, Record rec) {
   // `kept`: the identity is stored (a grant's sharer, judged again at each
   // Import, maybe under a policy reloaded with rules that match executables).
   const auto stamped = [&](bool kept = false) {
-    return RequestIdentity(session.creds(), *rec.creds, conn.pidfd.get(),
-                           kept || core_->policy()->matches_exe());
+    Identity id = RequestIdentity(session.creds(), *rec.creds, conn.pidfd.get(),
+                                  kept || core_->policy()->matches_exe());
+    // Another uid on the socket: one of hallocd's uid's own containers'
+    // as the connector may not be.
+    if (id.uid != session.creds().uid && !id.maps_hallocd_uid) {
+      id.maps_hallocd_uid =
+          HallocdsSubordinate(connect_rate_.subordinate_uids(MonotonicNow()), id.uid);
+    }
+    return id;
   };
   switch (req.kind_case()) {
     case v1::BrokerRequest::kAllocate: {

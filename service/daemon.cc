@@ -81,6 +81,15 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(DaemonOptions options,
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, std::move(created));
   LOG(INFO) << "backend: " << backend->name();
   for (const std::string& why : skipped) LOG(INFO) << "backend auto: passed over " << why;
+  if (d->options_.read_only_for_own_uid) {
+    if (backend->name() != "memfd" || ::geteuid() == 0) {
+      LOG(WARNING) << "--read_only_for_own_uid does nothing here (it is for memfd backends of "
+                      "a hallocd that is not root)";
+    } else {
+      LOG(WARNING) << "--read_only_for_own_uid: read-only memfds handed to uid " << ::geteuid()
+                   << " and its containers bind them only as far as they choose";
+    }
+  }
   std::shared_ptr<const Policy> policy = Policy::Default();
   if (!d->options_.policy_file.empty()) {
     ASSIGN_OR_RETURN(policy, Policy::Load(d->options_.policy_file));

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/nsfs.h>
 #include <poll.h>
+#include <pwd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -62,7 +63,11 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
   if (!charged.ok()) return charged.status();
   const std::optional<uint64_t> start = ProcessStart(pidfd.get(), cred.pid);
   static const uid_t self = ::geteuid();
-  const bool maps_self = look_at_maps && self != 0 && MapsUid(pidfd.get(), cred.pid, self);
+  // One of hallocd's uid's subordinate uids is that uid's own container's
+  // (whatever /proc shows of it); other namespaces are looked at.
+  const bool maps_self =
+      look_at_maps && self != 0 &&
+      (HallocdsSubordinate(subordinate, cred.uid) || MapsUid(pidfd.get(), cred.pid, self));
   return ChargedPeer{std::move(pidfd), *charged, start, maps_self};
 }
 
@@ -142,6 +147,26 @@ bool MapsUid(int pidfd, pid_t pid, uid_t uid) {
   return std::any_of(map->extents().begin(), map->extents().end(), [uid](const IdMap::Extent& e) {
     return e.outside != IdMap::kUnnamed && uid >= e.outside && uid - e.outside < e.count;
   });
+}
+
+bool SubordinateOf(const SubordinateUids& ranges, uid_t uid, uid_t owner,
+                   absl::string_view owner_name) {
+  if (owner == 0) return false;
+  const std::optional<SubordinateUids::Slice> slice = ranges.SliceOf(uid);
+  if (!slice) return false;
+  const std::string& named = slice->range->owner;
+  return named == absl::StrCat(owner) || (!owner_name.empty() && named == owner_name);
+}
+
+bool HallocdsSubordinate(const SubordinateUids& ranges, uid_t uid) {
+  static const uid_t self = ::geteuid();
+  static const std::string* const name = [] {
+    struct passwd pw, *found = nullptr;
+    char buf[4096];
+    return new std::string(
+        ::getpwuid_r(self, &pw, buf, sizeof(buf), &found) == 0 && found ? found->pw_name : "");
+  }();
+  return SubordinateOf(ranges, uid, self, *name);
 }
 
 bool UnprivilegedUserNamespaces() {

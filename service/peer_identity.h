@@ -96,6 +96,16 @@ absl::StatusOr<uid_t> ChargedUid(int pidfd, pid_t pid, uid_t uid,
 // running as `uid` is in no namespace `uid` made: false. When it cannot
 // be told (no pidfd, gone, a map not written yet): true.
 bool MapsUid(int pidfd, pid_t pid, uid_t uid);
+// Whether `uid` is one of `owner`'s subordinate uids (a range of `ranges`
+// whose owner names `owner`, by number or by `owner_name`): a process of
+// it is one of `owner`'s own containers' (newuidmap maps a user's own
+// ranges and no other), whatever hallocd may see of it in /proc (a
+// non-dumpable process, one in a namespace below the one that maps
+// `owner`). Never for root: root's ranges are other containers'.
+bool SubordinateOf(const SubordinateUids& ranges, uid_t uid, uid_t owner,
+                   absl::string_view owner_name);
+// SubordinateOf hallocd's own (non-root) euid, its name looked up once.
+bool HallocdsSubordinate(const SubordinateUids& ranges, uid_t uid);
 // What ChargedUid charges a process of root's namespaces (a container's)
 // as, `pid` pinned by `pidfd`, SO_PEERCRED uid `uid`, in the user
 // namespace `peer_ns` (held open) when ChargedUid looked, below hallocd's

@@ -293,6 +293,21 @@ TEST(PeerIdentityTest, DoesNotVouchForAPeerInAnotherUserNamespace) {
   EXPECT_TRUE(SampleExe(plain_pidfd.get(), plain_pid).file.has_value());
 }
 
+// A user's subordinate uids are its own containers' (newuidmap maps no
+// other): named by number or by name; root's ranges are nobody's own.
+TEST(PeerIdentityTest, ToldWhetherAUidIsAUsersSubordinateOne) {
+  const SubordinateUids ranges = SubordinateUids::Parse(
+      "alice:100000:65536\n1234:200000:65536\n0:300000:65536\nroot:400000:65536\n");
+  EXPECT_TRUE(SubordinateOf(ranges, 100001, 4321, "alice"));
+  EXPECT_FALSE(SubordinateOf(ranges, 100001, 4321, "bob"));
+  EXPECT_FALSE(SubordinateOf(ranges, 100001, 4321, ""));
+  EXPECT_TRUE(SubordinateOf(ranges, 265535, 1234, ""));
+  EXPECT_FALSE(SubordinateOf(ranges, 265536, 1234, ""));
+  EXPECT_FALSE(SubordinateOf(ranges, 1234, 1234, ""));  // itself is no subordinate
+  EXPECT_FALSE(SubordinateOf(ranges, 300001, 0, "root"));
+  EXPECT_FALSE(SubordinateOf(ranges, 400001, 0, "root"));
+}
+
 // A child in a user namespace of its own, its uid_map written by us (root
 // may map any uid) with `map` ("0 4321 1"): its pid, or -1 where user
 // namespaces cannot be made here. Killed by the caller.

@@ -144,6 +144,14 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
       stocked_bytes_.load(std::memory_order_relaxed) >= request.size && FreeStock() > 0) {
     trims_for_room_.fetch_add(1, std::memory_order_relaxed);
     made = Make(request);
+    // It made room: no refill takes it back at once (and the next such
+    // request frees the stock again). Where it did not, the stock was no
+    // help and comes back as before: one failing request does not keep
+    // every class empty.
+    if (made.ok()) {
+      absl::MutexLock lock(&mu_);
+      room_pause_until_ = MonotonicNow() + kRoomPause;
+    }
   }
   return made;
 }
@@ -298,7 +306,6 @@ uint64_t PooledBackend::FreeStock() {
     }
     stocked_bytes_ = 0;
     stocked_buffers_ = 0;
-    room_pause_until_ = MonotonicNow() + kRoomPause;
   }
   return freed.size();  // closed here, outside the lock
 }

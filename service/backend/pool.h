@@ -141,10 +141,10 @@ class PooledBackend : public Backend {
   uint64_t max_stocked_buffers() const override;
   // Frees the whole stock and forgets every class.
   void Trim();
-  // Frees the whole stock, keeping the classes (refilled again after a
-  // pause): how many buffers it freed. Done by Allocate when making a
-  // buffer fails for lack of memory or fds and the stock holds at least
-  // its size (then tried once more).
+  // Frees the whole stock, keeping the classes: how many buffers it freed.
+  // Done by Allocate when making a buffer fails for lack of memory or fds
+  // and the stock holds at least its size (then tried once more; where
+  // that made it, refills pause a while).
   uint64_t FreeStock();
   // One refill step on the caller's thread: creates one buffer for the most
   // recently used class short of stock. false when no class needs one.

@@ -329,6 +329,13 @@ TEST(PooledBackendTest, ARequestTheStockCouldNotMakeRoomForLeavesIt) {
   EXPECT_EQ((*pool)->Allocate(larger).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ((*pool)->stats().stocked_buffers, 1u);
   EXPECT_EQ((*pool)->stats().trims_for_room, 0u);
+  // One it could have made room for, that failed all the same: the stock
+  // was no help, and refills go on (no class kept empty by it).
+  backend->fail = 2;
+  EXPECT_EQ((*pool)->Allocate({kPage, "other", 0}).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*pool)->stats().trims_for_room, 1u);
+  EXPECT_TRUE((*pool)->RefillOnce()) << "refills paused by a request the stock did not help";
 }
 
 // Waits (up to 10 s) for the background thread to stock `want` buffers.

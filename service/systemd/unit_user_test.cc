@@ -480,11 +480,15 @@ TEST_F(UnitUserTest, AUsersOwnContainerGetsNoReadOnlyMemfdOfTheUsersHallocd) {
                            "max_cpu_access: CPU_ACCESS_READ_WRITE }\n";
   ASSERT_EQ(::chmod(policy.c_str(), 0644), 0);
   const std::string control = run + "/control.sock", broker = run + "/broker.sock";
+  // The user's subordinate uids (newuidmap maps them into its containers).
+  const std::string subuid = dir_ / "subuid";
+  std::ofstream(subuid) << kHallocdUid << ":" << kHallocdUid + 20 << ":10\n";
+  ASSERT_EQ(::chmod(subuid.c_str(), 0644), 0);
   absl::StatusOr<std::unique_ptr<Child>> hallocd = Child::Start(
       {"/usr/bin/setpriv", absl::StrCat("--reuid=", kHallocdUid),
        absl::StrCat("--regid=", kHallocdUid), "--clear-groups", Runfile("service/hallocd"),
-       "--backend=memfd", "--socket_mode=0666", "--policy=" + policy, "--control_socket=" + control,
-       "--broker_socket=" + broker},
+       "--backend=memfd", "--socket_mode=0666", "--policy=" + policy, "--subuid_file=" + subuid,
+       "--control_socket=" + control, "--broker_socket=" + broker},
       {}, dir_ / "user-hallocd.log");
   ASSERT_TRUE(hallocd.ok()) << hallocd.status();
   ASSERT_TRUE(systemd_testing::WaitForPath(broker, kWait)) << (*hallocd)->Log();
@@ -501,11 +505,19 @@ TEST_F(UnitUserTest, AUsersOwnContainerGetsNoReadOnlyMemfdOfTheUsersHallocd) {
   if (code == 120) GTEST_SKIP() << "user namespaces cannot be made here";
   ASSERT_EQ(code, 0) << out << "\n" << (*hallocd)->Log();
   EXPECT_THAT(out, HasSubstr("cpu read-write")) << out;
+  // A process of one of the user's subordinate uids, whatever hallocd can
+  // see of its namespace (here its own: a non-dumpable one, or one below
+  // the container's, shows hallocd nothing): the user's container's.
+  const auto as = [&](uid_t uid) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", absl::StrCat("--reuid=", uid),
+                                     absl::StrCat("--regid=", uid), "--clear-groups"};
+    argv.insert(argv.end(), allocate.begin(), allocate.end());
+    return argv;
+  };
+  ASSERT_EQ(Run(as(kHallocdUid + 21), &out), 0) << out << "\n" << (*hallocd)->Log();
+  EXPECT_THAT(out, HasSubstr("cpu read-write")) << out;
   // Another user's client, in hallocd's namespace: read-only holds for it.
-  std::vector<std::string> other = {"/usr/bin/setpriv", absl::StrCat("--reuid=", kHallocdUid + 7),
-                                    absl::StrCat("--regid=", kHallocdUid + 7), "--clear-groups"};
-  other.insert(other.end(), allocate.begin(), allocate.end());
-  ASSERT_EQ(Run(other, &out), 0) << out << "\n" << (*hallocd)->Log();
+  ASSERT_EQ(Run(as(kHallocdUid + 7), &out), 0) << out << "\n" << (*hallocd)->Log();
   EXPECT_THAT(out, HasSubstr("cpu read ")) << out;
 }
 
