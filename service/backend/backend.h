@@ -89,9 +89,8 @@ class Backend {
   // Decorators must forward it.
   struct Holder {
     uid_t uid = 0;
-    // In a user namespace, not hallocd's, whose map names hallocd's own
-    // uid (Identity::maps_hallocd_uid): privileged there, it acts as that
-    // uid's owner on hallocd's files.
+    // One of hallocd's own uid's containers' (Identity::maps_hallocd_uid):
+    // privileged there, it acts as that uid's owner on hallocd's files.
     bool maps_hallocd_uid = false;
   };
   virtual bool CanEnforceFor(CpuAccess access, const Holder& holder) const {

@@ -81,8 +81,8 @@ class MemfdBackend : public Backend {
   // Not read-only for a holder of the daemon's (non-root) uid: it owns the
   // inode, so it may fchmod it back to writable and reopen its read-only fd
   // read-write through /proc/self/fd (a hallocd run by a user: every
-  // client); nor for one privileged in a user namespace that maps that uid
-  // (the user's own containers: CAP_FOWNER over the inode there).
+  // client); nor for one of that uid's containers' (privileged in a user
+  // namespace that maps the uid: CAP_FOWNER over the inode there).
   bool CanEnforceFor(CpuAccess access, const Holder& holder) const override {
     return CanEnforce(access) && (access == CpuAccess::kReadWrite || owner_ == 0 ||
                                   (holder.uid != owner_ && !holder.maps_hallocd_uid));

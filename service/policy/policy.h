@@ -75,11 +75,13 @@ struct Identity {
   // service/peer_identity.h), for every request that comes over it,
   // whichever process sent it.
   std::optional<uid_t> account_uid;
-  // In a user namespace, not hallocd's, whose map names hallocd's own
-  // (non-root) uid: privileged there, its processes act as that uid's
-  // owner on hallocd's files (fchmod a memfd's inode), so a read-only
-  // memfd binds them no more than that uid (MapsUid in peer_identity.h).
-  // Set for the connector; another process on its socket is taken as it.
+  // One of hallocd's own (non-root) uid's containers': one of that uid's
+  // subordinate uids (HallocdsSubordinate), or in a user namespace, not
+  // hallocd's, whose map names that uid (MapsUid; peer_identity.h).
+  // Privileged there, its processes act as that uid's owner on hallocd's
+  // files (fchmod a memfd's inode), so a read-only memfd binds them no
+  // more than that uid. Set for the connector; another process on its
+  // socket is taken as it, or as its own subordinate uid.
   bool maps_hallocd_uid = false;
 
   uid_t charged_uid() const { return account_uid.value_or(uid); }
