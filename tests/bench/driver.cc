@@ -227,7 +227,8 @@ void Suite::Allocations() {
     // fixed order, the second call of each pair finds the client moved to
     // the other CPU more often (the first call's wake-up put it there) and
     // pays for following it; that run is kept beside it (".scm_first").
-    auto broker_run = [&](const char* order) {
+    // Structured bindings are captured by init-capture (clang, C++17).
+    auto broker_run = [&, size = size, n = n](const char* order) {
       return Work(Halloc({"alloc_lat", absl::StrCat("--size=", size), absl::StrCat("--n=", n),
                           "--mode=warm", absl::StrCat("--pace_us=", pace), scm, "--path=broker",
                           absl::StrCat("--order=", order)}));
