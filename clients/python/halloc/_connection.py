@@ -19,6 +19,10 @@ from .v1 import allocator_pb2, allocator_pb2_grpc, broker_pb2
 
 _libc = ctypes.CDLL(None)
 
+# What _receive returns for a record it read and dropped (nothing to file):
+# unlike None (nothing was queued), a late reader goes on to the next one.
+_DROPPED = object()
+
 
 def _cpu_hint():
     """BrokerRequest.cpu: the CPU this thread runs on, plus one (0: unknown).
@@ -345,7 +349,7 @@ class Connection:
                     self._filed.notify_all()
             self._file_received(got)
             if late and got is None:
-                late = None  # nothing more was queued
+                late = None  # nothing more was queued (a dropped record: read on)
 
     def _hold_again(self):
         """Takes self._lock back if this thread does not hold it. An
@@ -366,7 +370,8 @@ class Connection:
 
     def _receive(self, deadline):
         """One record off the broker socket (waiting until `deadline` at the
-        most), a TruncatedRecordError the kernel caused, or None."""
+        most), a TruncatedRecordError the kernel caused, _DROPPED for one
+        read and dropped, or None (nothing came)."""
         try:
             record = _scm.receive_record(self._broker, block=False)
             if record is None:
@@ -378,10 +383,10 @@ class Connection:
             return record
         except _scm.TruncatedRecordError as e:
             if e.payload is None:
-                return None  # its bytes were cut: nothing to file (as libhalloc)
+                return _DROPPED  # its bytes were cut: nothing to file (as libhalloc)
             return e
         except errors.DataLossError:
-            return None  # more fds than a record may carry: closed, dropped
+            return _DROPPED  # more fds than a record may carry: closed, dropped
         except (errors.HallocError, OSError, ValueError):
             if self._closing or self.closed:  # by another thread, under this read
                 raise errors.FailedPreconditionError("the client was closed") from None
@@ -389,7 +394,7 @@ class Connection:
 
     def _file_received(self, got):
         """Files what _receive got where its waiter looks. Holds self._lock."""
-        if got is None:
+        if got is None or got is _DROPPED:
             return
         if self._closing and not isinstance(got, _scm.TruncatedRecordError):
             # close() ran while it was read (without the lock): what it

@@ -688,13 +688,21 @@ def test_an_fd_queued_by_the_deadline_is_taken_though_read_late(monkeypatch):
     # The fd came in time but the reply only after the deadline (a slow
     # reader): what is queued is read once before giving up, not abandoned.
     import socket
+    from halloc import _scm
     from halloc.v1 import allocator_pb2, broker_pb2, types_pb2
     broker = ScriptedBroker(lambda sock, req: None, timeout=0.5)
     broker.client.welcome.allocate_call_ids = True
     monkeypatch.setattr(broker.client, "_fast_path", False)
 
     def fd_then_late_reply(method, req, name, timeout=None):
-        # Other calls' frames queued ahead of it: all read, not one.
+        # Records dropped as read ahead of it (one the kernel cuts, one with
+        # more fds than a record may carry), and other calls' frames: all
+        # read, not one.
+        broker.sock.send(b"x" * (_scm.MAX_RECORD_BYTES + 1))
+        extra = [os.memfd_create("extra") for _ in range(_scm.MAX_FDS_PER_RECORD + 1)]
+        socket.send_fds(broker.sock, [b"y"], extra)
+        for fd in extra:
+            os.close(fd)
         for buffer_id, call_id in ((97, req.call_id + 100), (98, req.call_id + 101),
                                    (42, req.call_id)):
             frame = broker_pb2.BrokerFrame()
