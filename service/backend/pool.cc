@@ -141,7 +141,8 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
   // that could never fit). Once: a failure beside an empty stock is the
   // answer.
   if (absl::IsResourceExhausted(made.status()) &&
-      stocked_bytes_.load(std::memory_order_relaxed) >= request.size && FreeStock() > 0) {
+      stocked_bytes_.load(std::memory_order_relaxed) >= request.size &&
+      FreeStock(request.size) > 0) {
     trims_for_room_.fetch_add(1, std::memory_order_relaxed);
     made = Make(request);
     // It made room: no refill takes it back at once (and the next such
@@ -296,16 +297,29 @@ void PooledBackend::Trim() {
   // `freed` is destroyed after `lock`: fds close outside the lock.
 }
 
-uint64_t PooledBackend::FreeStock() {
+uint64_t PooledBackend::FreeStock(uint64_t room) {
   std::deque<UniqueFd> freed;
   {
     absl::MutexLock lock(&mu_);
-    for (auto& [key, c] : classes_) {
-      for (UniqueFd& fd : c.stock) freed.push_back(std::move(fd));
-      c.stock.clear();
+    // The least recently used classes' stock first: the classes in use
+    // keep theirs where that makes the room.
+    std::vector<Classes::iterator> by_use;
+    for (auto it = classes_.begin(); it != classes_.end(); ++it) by_use.push_back(it);
+    std::sort(by_use.begin(), by_use.end(), [](Classes::iterator a, Classes::iterator b) {
+      return a->second.last_use < b->second.last_use;
+    });
+    uint64_t bytes = 0;
+    for (Classes::iterator it : by_use) {
+      const uint64_t size = std::get<0>(it->first);
+      std::deque<UniqueFd>& stock = it->second.stock;
+      while (!stock.empty() && (bytes < room || freed.empty())) {
+        freed.push_back(std::move(stock.back()));
+        stock.pop_back();
+        bytes += size;
+        stocked_bytes_ -= size;
+        --stocked_buffers_;
+      }
     }
-    stocked_bytes_ = 0;
-    stocked_buffers_ = 0;
   }
   return freed.size();  // closed here, outside the lock
 }

@@ -33,9 +33,9 @@
 // `max_per_class` buffers per class, and at
 // most `max_classes` classes are remembered (least recently used forgotten).
 // A class unused for `idle_timeout` loses its stock; Trim() drops it all;
-// a request that cannot be made for lack of memory or fds frees every
-// stock (FreeStock) and is tried again: the stock is charged to no client,
-// and never keeps one from its buffer.
+// a request that cannot be made for lack of memory or fds frees stock, as
+// much as it asks for (FreeStock), and is tried again: the stock is
+// charged to no client, and never keeps one from its buffer.
 // Each stocked buffer costs one fd in the daemon.
 //
 // Thread-safety: all methods are thread-safe. The inner backend must be
@@ -141,11 +141,13 @@ class PooledBackend : public Backend {
   uint64_t max_stocked_buffers() const override;
   // Frees the whole stock and forgets every class.
   void Trim();
-  // Frees the whole stock, keeping the classes: how many buffers it freed.
-  // Done by Allocate when making a buffer fails for lack of memory or fds
-  // and the stock holds at least its size (then tried once more; where
-  // that made it, refills pause a while).
-  uint64_t FreeStock();
+  // Frees stocked buffers, the least recently used classes' first, until
+  // they hold `room` bytes (one buffer at least; fewer where the stock has
+  // less), keeping the classes: how many buffers it freed. Done by
+  // Allocate when making a buffer fails for lack of memory or fds and the
+  // stock holds at least its size (then tried once more; where that made
+  // it, refills pause a while).
+  uint64_t FreeStock(uint64_t room);
   // One refill step on the caller's thread: creates one buffer for the most
   // recently used class short of stock. false when no class needs one.
   // `yield`: commit in pieces and give the CPU up between them (the

@@ -313,6 +313,34 @@ TEST(PooledBackendTest, ARequestShortOfRoomGoesBeforeTheStock) {
   EXPECT_EQ((*pool)->stats().trims_for_room, 1u);
 }
 
+// Only as much stock goes as the request asks for, the least recently used
+// class's first: the classes in use keep theirs.
+TEST(PooledBackendTest, ARequestShortOfRoomFreesOnlyTheRoomItAsksFor) {
+  auto inner = std::make_unique<FailsNext>();
+  FailsNext* backend = inner.get();
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::move(inner), o);
+  ASSERT_TRUE(pool.ok());
+  const BackendRequest old_class{2 * kPage, "old", 0}, recent{kPage, "recent", 0};
+  ASSERT_TRUE((*pool)->Allocate(old_class).ok());
+  ASSERT_TRUE((*pool)->RefillOnce());
+  ASSERT_TRUE((*pool)->Allocate(recent).ok());
+  while ((*pool)->stats().stocked_buffers < 3 && (*pool)->RefillOnce()) {
+  }
+  ASSERT_GE((*pool)->stats().stocked_buffers, 3u) << "no stock to free from";
+  const PoolStats before = (*pool)->stats();
+  backend->fail = 1;
+  ASSERT_TRUE((*pool)->Allocate({kPage, "other", 0}).ok());
+  PoolStats s = (*pool)->stats();
+  EXPECT_EQ(s.trims_for_room, 1u);
+  EXPECT_EQ(s.stocked_buffers, before.stocked_buffers - 1) << "freed more than one buffer";
+  EXPECT_EQ(s.stocked_bytes, before.stocked_bytes - 2 * kPage) << "not the old class's";
+  // The recent class kept its stock: a hit.
+  ASSERT_TRUE((*pool)->Allocate(recent).ok());
+  EXPECT_EQ((*pool)->stats().hits, s.hits + 1);
+}
+
 // A request larger than the whole stock cannot be helped by freeing it:
 // the stock stays (a request that can never fit emptied it every time).
 TEST(PooledBackendTest, ARequestTheStockCouldNotMakeRoomForLeavesIt) {
