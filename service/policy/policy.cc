@@ -55,6 +55,9 @@ class Collector : public google::protobuf::io::ErrorCollector {
 // one error stays one line ("FILE:LINE:COL: ...") whatever the file holds.
 std::string Quote(absl::string_view s) { return absl::CHexEscape(s); }
 
+// A compiled rule's name as an error message names it.
+std::string QuotedName(const Rule& r) { return Quote(r.name.empty() ? "(unnamed)" : r.name); }
+
 bool ValidName(absl::string_view n) {
   if (n.empty() || n.size() > kMaxClientNameBytes) return false;
   return std::all_of(n.begin(), n.end(), [](char c) {
@@ -166,13 +169,13 @@ Rule Compile(const v1::ClientRule& r, int i, const TextFormat::ParseInfoTree* tr
     const Rule& before = *one;
     errors->push_back(
         absl::StrCat(where("match"), ": client '", Quote(r.name()), "' can never match: client '",
-                     Quote(before.name.empty() ? "(unnamed)" : before.name), "' before it matches ",
-                     CoveringCriteria(before), ", and the first rule that matches decides; ",
+                     QuotedName(before), "' before it matches ", CoveringCriteria(before),
+                     ", and the first rule that matches decides; ",
                      before.any ? "put catch-alls last" : "put the narrower rule first"));
   } else if (std::vector<const Rule*> by = CoverTogether(earlier, rule); !by.empty()) {
     std::vector<std::string> names;
     for (const Rule* b : by) {
-      names.push_back(absl::StrCat("'", Quote(b->name.empty() ? "(unnamed)" : b->name), "'"));
+      names.push_back(absl::StrCat("'", QuotedName(*b), "'"));
     }
     errors->push_back(absl::StrCat(
         where("match"), ": client '", Quote(r.name()), "' can never match: clients ",

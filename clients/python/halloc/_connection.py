@@ -172,11 +172,14 @@ class Connection:
         """Each call's timeout, in seconds."""
         return self._timeout
 
-    def call(self, method, req, name, timeout=None):
+    def call(self, method, req, name, timeout=None, deadline=None):
         """One gRPC call with our token and deadline (`req`: a request, or
         an iterator of them for a client stream; `timeout`, in seconds, when
-        sooner than ours: a page of a paged call)."""
+        sooner than ours: a page of a paged call; or `deadline`, a
+        time.monotonic() that the fds the call brings wait for too)."""
         self.usable(name)
+        if deadline is not None:
+            timeout = max(0.0, deadline - time.monotonic())
         # A call waits for its channel up to its deadline (through a full
         # backlog, a restart), but not once hallocd ended the session (its
         # broker connection closed: it exited or cut it): then a call fails

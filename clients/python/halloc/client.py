@@ -329,8 +329,7 @@ class Client:
             # One deadline for the reply and the fds that come ahead of it.
             deadline = self._conn.deadline()
             try:
-                resp = self._conn.call(self._conn.stub.Allocate, req, "Allocate",
-                                       timeout=max(0.0, deadline - time.monotonic()))
+                resp = self._conn.call(self._conn.stub.Allocate, req, "Allocate", deadline=deadline)
             except BaseException as e:
                 if req.call_id and _may_still_deliver(e):
                     self._conn.abandon_call(req.call_id, self._conn.GIVE_BACK_BUFFERS)
@@ -464,8 +463,7 @@ class Client:
         self._conn.import_begins(req.call_id)
         deadline = self._conn.deadline()  # the reply's and the fd's
         try:
-            resp = self._conn.call(self._conn.stub.Import, req, "Import",
-                                   timeout=max(0.0, deadline - time.monotonic()))
+            resp = self._conn.call(self._conn.stub.Import, req, "Import", deadline=deadline)
         except BaseException as e:
             # hallocd may have sent the fd all the same (the deadline
             # passed after it did): nobody takes it, so it is closed as it

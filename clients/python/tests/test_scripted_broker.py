@@ -117,7 +117,7 @@ def test_the_fds_of_a_grpc_allocate_that_gave_up_are_closed_and_given_back(monke
     inode = os.fstat(late).st_ino
     call_ids = []
 
-    def grpc_allocate(method, req, name, timeout=None):
+    def grpc_allocate(method, req, name, timeout=None, deadline=None):
         # The first call's fd comes as its deadline passes; the next one's
         # at once, with its reply.
         buffer_id = 42 + len(call_ids)
@@ -459,7 +459,7 @@ def test_a_reply_too_large_for_a_record_is_asked_for_over_grpc(monkeypatch):
     broker.client.welcome.broker_metadata = True
     over_grpc = []
 
-    def call(method, req, name, timeout=None):
+    def call(method, req, name, timeout=None, deadline=None):
         over_grpc.append(name)
         return allocator_pb2.DescribeResponse(buffer=types_pb2.BufferInfo(id=req.buffer_id))
 
@@ -516,7 +516,7 @@ def test_an_interrupted_grpc_allocate_closes_its_late_fd_and_gives_it_back(monke
     memfd = os.memfd_create("late-allocate")
     inode = os.fstat(memfd).st_ino
 
-    def interrupted(method, req, name, timeout=None):
+    def interrupted(method, req, name, timeout=None, deadline=None):
         late_fd(broker, req.call_id, memfd)
         raise KeyboardInterrupt
 
@@ -537,7 +537,7 @@ def test_an_fd_that_comes_after_take_fd_gave_up_is_closed_as_it_comes(monkeypatc
     from halloc.v1 import allocator_pb2, types_pb2
     calls = []
 
-    def answered(method, req, name, timeout=None):
+    def answered(method, req, name, timeout=None, deadline=None):
         calls.append(req.call_id)
         return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
 
@@ -650,7 +650,7 @@ def test_calls_that_gave_up_are_not_remembered_for_ever(monkeypatch):
     # each such call stayed noted until the session ended.
     broker, _ = grpc_path_broker(monkeypatch, timeout=2.0)
 
-    def unavailable(method, req, name, timeout=None):
+    def unavailable(method, req, name, timeout=None, deadline=None):
         raise halloc.UnavailableError(f"{name}: failed to connect")
 
     monkeypatch.setattr(broker.client._conn, "call", unavailable)
@@ -672,7 +672,7 @@ def test_a_grpc_allocate_waits_for_its_fd_within_its_own_timeout(monkeypatch):
     broker.client.welcome.allocate_call_ids = True
     monkeypatch.setattr(broker.client, "_fast_path", False)  # gRPC Allocate
 
-    def late_reply_no_fd(method, req, name, timeout=None):
+    def late_reply_no_fd(method, req, name, timeout=None, deadline=None):
         time.sleep(1.5)  # within the call's timeout; no fd ever comes
         return allocator_pb2.AllocateResponse(buffers=[types_pb2.BufferInfo(id=42, size=PAGE)])
 
@@ -694,7 +694,7 @@ def test_an_fd_queued_by_the_deadline_is_taken_though_read_late(monkeypatch):
     broker.client.welcome.allocate_call_ids = True
     monkeypatch.setattr(broker.client, "_fast_path", False)
 
-    def fd_then_late_reply(method, req, name, timeout=None):
+    def fd_then_late_reply(method, req, name, timeout=None, deadline=None):
         # Records dropped as read ahead of it (one the kernel cuts, one with
         # more fds than a record may carry), and other calls' frames: all
         # read, not one.

@@ -32,7 +32,7 @@ def test_the_fd_of_an_import_that_gave_up_is_closed_when_it_comes(monkeypatch):
     memfd = os.memfd_create("late-import")
     inode = os.fstat(memfd).st_ino
 
-    def late(method, req, name, timeout=None):
+    def late(method, req, name, timeout=None, deadline=None):
         # hallocd sends the fd as the call's deadline passes.
         frame = broker_pb2.BrokerFrame()
         frame.buffer.buffer_id = 42
@@ -73,7 +73,7 @@ def test_an_import_given_up_after_its_fd_came_names_the_hold_its_fd_said(monkeyp
     memfd = os.memfd_create("import")
     inode = os.fstat(memfd).st_ino
 
-    def fd_first(method, req, name, timeout=None):
+    def fd_first(method, req, name, timeout=None, deadline=None):
         frame = broker_pb2.BrokerFrame()
         frame.buffer.buffer_id = 42
         frame.buffer.call_id = req.call_id
@@ -234,7 +234,7 @@ def test_an_import_whose_fd_never_came_gives_back_only_its_reference(monkeypatch
     calls = []
     first_served = threading.Event()
 
-    def grpc_import(method, req, name, timeout=None):
+    def grpc_import(method, req, name, timeout=None, deadline=None):
         calls.append(req.call_id)
         first = len(calls) == 1
         if not first:
