@@ -36,7 +36,11 @@ inline Peer OpenPeer(Allocator& core, uid_t uid) {
 
 class AllocatorTest : public ::testing::Test {
  protected:
-  AllocatorTest() : core_(std::make_unique<MemfdBackend>(), Limits()) {}
+  // Read-only views bind every uid (as hallocd's --read_only_for_own_uid):
+  // the sessions' uids (1000, 2000) may be the test's own, a user's run.
+  AllocatorTest()
+      : core_(std::make_unique<MemfdBackend>(UdmabufSources::ThisKernel(), /*owner=*/0), Limits()) {
+  }
 
   Peer Open(uid_t uid = 1000) { return OpenPeer(core_, uid); }
 

@@ -25,7 +25,10 @@ class BrokerIdentityTest : public ::testing::Test {
  protected:
   void SetUp() override {
     path_ = dir_ / "broker.sock";
-    core_ = std::make_unique<Allocator>(std::make_unique<MemfdBackend>(), Limits());
+    // Read-only views bind the test's own uid (hallocd's here) as any
+    // other: run as a user, its shares to itself are read-only too.
+    core_ = std::make_unique<Allocator>(
+        std::make_unique<MemfdBackend>(UdmabufSources::ThisKernel(), /*owner=*/0), Limits());
   }
   void TearDown() override { broker_.reset(); }
 

@@ -338,11 +338,14 @@ TEST(ConnectRateTest, AContainersUidsAreOneBucketOnceItsMapIsKnown) {
   EXPECT_EQ(after.RefusedAs(1001030, t0), 1001024u);
   EXPECT_EQ(after.RefusedAs(1002048, t0), 1000000u);  // its slice's, known of no container
   // A host user's uid an idmap shares into a container stays the user's:
-  // a login's, a directory's (one uid), a range mapped to itself.
-  RememberContainer(dir, "sharing",
-                    "0 3000000 65536\n65536 1000 1\n65537 1500000 1\n70000 70000 10");
+  // a login's, a directory's (one uid), a range mapped to itself. (Not the
+  // test's own uid, which no rate limits: a user's run.)
+  const uid_t login = ::getuid() == 1000 ? 1001 : 1000;
+  RememberContainer(
+      dir, "sharing",
+      absl::StrCat("0 3000000 65536\n65536 ", login, " 1\n65537 1500000 1\n70000 70000 10"));
   EXPECT_EQ(AdmittedAt(after, p, 3000000, t0), 20);
-  for (uid_t shared : {1000u, 1500000u, 70005u}) {
+  for (uid_t shared : {login, uid_t{1500000}, uid_t{70005}}) {
     EXPECT_EQ(AdmittedAt(after, p, shared, t0), 20) << shared;
     EXPECT_EQ(after.RefusedAs(shared, t0), shared);
   }

@@ -150,6 +150,11 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
       "--policy=" + policy};
   // --control_relay: gRPC through hallocd's relay, as on kernels before 6.16.
   if (args_.Has("control_relay")) argv.push_back("--control_relay");
+  // Its clients are the bench's own uid, which is no boundary here: its
+  // read-only views bind them as any other (run as root, hallocd binds
+  // every uid anyway). Dumpable: run as a user, the bench counts its fds
+  // (/proc/PID/fd) only so.
+  argv.insert(argv.end(), {"--read_only_for_own_uid", "--dumpable"});
   if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max != RLIM_INFINITY &&
       nofile.rlim_max > kScaleHeadroom) {
     argv.push_back(absl::StrCat("--max_buffers=", nofile.rlim_max - kScaleHeadroom / 2));

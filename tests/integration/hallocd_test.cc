@@ -95,16 +95,18 @@ TEST_F(HallocdTest, SighupReloadsThePolicyAndKeepsItOnABrokenFile) {
     fclose(f);
     chmod(file.c_str(), 0644);  // hallocd reads no group-writable policy (umask 002)
   };
-  // Root may only allocate small buffers at first.
-  write("clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "
-        "max_cpu_access: CPU_ACCESS_READ_WRITE max_buffer_bytes: 8192 }\n");
+  // The test's uid (root, or the user running it) may only allocate small
+  // buffers at first.
+  const std::string me = absl::StrCat("clients { name: \"me\" match { uids: ", ::geteuid(),
+                                      " } usages: \"*\" heaps: \"*\" "
+                                      "max_cpu_access: CPU_ACCESS_READ_WRITE");
+  write(me + " max_buffer_bytes: 8192 }\n");
   StartDaemon(file);
   absl::StatusOr<Client> c = ConnectWithRetry();
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->Allocate(BlobDescriptor(1 << 20)).status().code(),
             absl::StatusCode::kPermissionDenied);
-  write("clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "
-        "max_cpu_access: CPU_ACCESS_READ_WRITE }\n");
+  write(me + " }\n");
   ASSERT_TRUE(daemon_.Signal(SIGHUP));
   absl::Status s = absl::UnknownError("not tried");
   for (int i = 0; i < 2000 && !s.ok(); ++i) {
