@@ -3,6 +3,7 @@
 // (pid reuse, exec, a socket handed on). Import, Share and Revoke on the
 // broker, judged the same way: broker_grants_test.cc.
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -250,6 +251,54 @@ TEST_F(BrokerIdentityTest, AnIsSupportedIsJudgedForWhoeverSendsIt) {
   EXPECT_EQ(no->is_supported().code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
   EXPECT_TRUE(absl::StrContains(no->is_supported().reason(), "others"))
       << no->is_supported().reason();
+}
+
+// Child "connect-then-drop" (args: broker socket, "all" or "real"):
+// connects as root, then changes its uid and gid to 65534 in place, all
+// three ("all": privileges dropped) or the real ones alone ("real": as a
+// setuid-root program run by that uid); exits with the status code of one
+// fast-path Allocate on the session it opened as root (100+: did not get
+// that far).
+int ConnectThenDrop(absl::Span<const std::string> args, int) {
+  if (args.size() != 2) return 100;
+  absl::StatusOr<BrokerConnection> c = ConnectBroker(args[0], absl::Seconds(10));
+  if (!c.ok()) return 101;
+  const bool all = args[1] == "all";
+  const uid_t kept = all ? 65534 : 0;
+  if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, kept, kept) != 0 ||
+      ::setresuid(65534, kept, kept) != 0) {
+    return 102;
+  }
+  return AllocateCode(c->fd.get());
+}
+HALLOC_TEST_CHILD("connect-then-drop", ConnectThenDrop);
+
+// A process that drops its privileges in place after connecting speaks
+// as what it is now, not as the session it opened (a review helper's
+// attack: root's session kept root's rule after a drop to another uid); a
+// setuid program (its real uid another, its effective one the session's)
+// is still the session.
+TEST_F(BrokerIdentityTest, AProcessThatDroppedItsUidInPlaceIsJudgedAsItsNewUid) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to connect as root and change uid";
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
+      "clients { name: \"root\" match { uids: 0 } usages: \"*\" heaps: \"*\" "
+      "max_cpu_access: CPU_ACCESS_READ_WRITE }\n",
+      "broker_identity_test");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  core_->SetPolicy(*policy);
+  ASSERT_NO_FATAL_FAILURE(StartBroker());
+  for (const char* how : {"all", "real"}) {
+    SCOPED_TRACE(how);
+    absl::StatusOr<TestChild> child = TestChild::Spawn("connect-then-drop", {path_, how}, {});
+    ASSERT_TRUE(child.ok()) << child.status();
+    const std::optional<int> status = child->Wait(absl::Seconds(30));
+    ASSERT_TRUE(status && WIFEXITED(*status)) << status.value_or(-1);
+    if (WEXITSTATUS(*status) == 102) GTEST_SKIP() << "cannot change a process's uid here";
+    const int want = absl::string_view(how) == "all"
+                         ? static_cast<int>(absl::StatusCode::kPermissionDenied)  // no rule
+                         : 0;
+    EXPECT_EQ(WEXITSTATUS(*status), want);
+  }
 }
 
 }  // namespace

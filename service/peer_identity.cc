@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -512,6 +513,26 @@ std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid) {
   return start;
 }
 
+std::optional<std::pair<uid_t, gid_t>> EffectiveIds(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::optional<uid_t> uid;
+  std::optional<gid_t> gid;
+  // "Uid:\t<real>\t<effective>\t<saved>\t<fs>", and "Gid:" alike.
+  const auto effective = [](absl::string_view line) -> std::optional<uint32_t> {
+    const std::vector<absl::string_view> f = absl::StrSplit(line, '\t', absl::SkipEmpty());
+    uint32_t v = 0;
+    if (f.size() < 3 || !absl::SimpleAtoi(f[2], &v)) return std::nullopt;
+    return v;
+  };
+  for (std::string line; (!uid || !gid) && std::getline(in, line);) {
+    if (absl::StartsWith(line, "Uid:")) uid = effective(line);
+    if (absl::StartsWith(line, "Gid:")) gid = effective(line);
+  }
+  if (!uid || !gid) return std::nullopt;
+  return std::pair{*uid, *gid};
+}
+
 bool StillRunning(int pidfd) {
   if (pidfd < 0) return false;
   pollfd pfd{pidfd, POLLIN, 0};
@@ -536,10 +557,17 @@ Identity RequestIdentity(const Identity& session, const ucred& sender, int pidfd
   // otherwise the process is looked at. Still the verified file (an exec
   // keeps the pid and the pidfd, not the file), then still the process
   // that connected: the file first, so that a process found running after
-  // it was the one whose file was read. (A process that changed its uid
-  // since, a setuid one, keeps the session's.)
-  if (sender.uid == session.uid && sender.gid == session.gid && !id.exe_file) return id;
+  // it was the one whose file was read.
+  const bool same_ids = sender.uid == session.uid && sender.gid == session.gid;
+  if (same_ids && !id.exe_file) return id;
   if (id.exe_file && FileIdOf(absl::StrCat("/proc/", session.pid, "/exe")) != id.exe_file) {
+    return others;
+  }
+  // Stamped with other ids (the real ones) than the session's (effective,
+  // at connect): a setuid or setgid program still running with the
+  // session's effective ids is the session; one that changed them since
+  // (dropped its privileges in place) is what it is now, as its fork is.
+  if (!same_ids && EffectiveIds(session.pid) != std::pair{session.uid, session.gid}) {
     return others;
   }
   return StillRunning(pidfd) ? id : others;

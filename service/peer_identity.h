@@ -10,6 +10,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
@@ -195,6 +196,11 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
 // after its process exited, never within one tick.
 std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid);
 
+// The effective uid and gid of process `pid` (/proc/<pid>/status, as
+// hallocd's user namespace sees them); nullopt if unreadable. The caller
+// vouches for the pid (a pidfd polled after the read).
+std::optional<std::pair<uid_t, gid_t>> EffectiveIds(pid_t pid);
+
 // Whether the process `pidfd` pins has not exited (false for -1). A
 // verified process's pid is its own only while this holds: after, the pid
 // may be reused by any process, one holding the verified socket included.
@@ -207,7 +213,12 @@ bool StillRunning(int pidfd);
 // Once the session's process has exited its pid may come round again to a
 // process holding the socket (`pidfd`, pinning the session's process,
 // tells), so a record stamped with that pid but another uid or gid is the
-// session's only while that process runs (a poll). A verified executable
+// session's only while that process runs (a poll), and only while its
+// effective uid and gid are still the session's (SO_PEERCRED's; a stamp
+// names the real ones): a setuid or setgid program, not a process that
+// dropped its uid or gid in place since it connected, which is judged by
+// the record's as a fork that dropped them would be (/proc/<pid>/status,
+// read only for such a record). A verified executable
 // speaks only while the verified process still runs it: not once it has
 // exited, nor after it exec'd another file (same pid, same pidfd:
 // /proc/<pid>/exe tells): a stat and a poll, made only when `exe_matters`

@@ -196,9 +196,18 @@ TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   Identity unverified = session;
   unverified.exe_file.reset();
   const ucred changed{child->pid(), 9, 10};
-  // While it runs, the session's process stamped with another uid (it
-  // changed its own) is still the session.
-  EXPECT_EQ(RequestIdentity(unverified, changed, pidfd.get(), false).uid, 7u);
+  // While it runs, the session's process stamped with other ids than the
+  // session's is the session while its effective ids are the session's (a
+  // setuid or setgid program: a stamp names its real ids), not once they
+  // changed (dropped in place: judged as its fork would be).
+  const std::pair<uid_t, gid_t> effective{::geteuid(), ::getegid()};
+  ASSERT_EQ(EffectiveIds(child->pid()), effective);
+  Identity setuid_like = unverified;
+  setuid_like.uid = effective.first;
+  setuid_like.gid = effective.second;
+  EXPECT_EQ(RequestIdentity(setuid_like, changed, pidfd.get(), false).uid, effective.first);
+  EXPECT_EQ(RequestIdentity(unverified, changed, pidfd.get(), false).uid, 9u)
+      << "its effective ids are not the session's (7, 8): it changed them since";
   ASSERT_TRUE(child->Signal(SIGKILL));
   ASSERT_TRUE(child->Wait().has_value());
   for (bool exe_matters : {true, false}) {
