@@ -219,6 +219,21 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     plan.decision = *std::move(d);
   }
+  // Asked on another uid's socket: the buffer is held in that session's
+  // name and its fd goes there, so no more than the session's own rule
+  // lets it hold (a wider rule's Allocate gave a session capped at read a
+  // read-write hold, which it could share on).
+  if (caller != nullptr && reader != nullptr &&
+      (reader->uid != caller->uid || reader->gid != caller->gid)) {
+    const Rule* held_by = plan.policy->Match(*reader);
+    const CpuAccess cap = held_by != nullptr ? held_by->max_cpu : CpuAccess::kNone;
+    if (Wider(plan.owner_access, cap)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("Allocate on the socket of uid ", reader->uid, "'s session: its rule '",
+                       held_by != nullptr ? held_by->name : "(none)", "' lets it hold CPU access ",
+                       CpuAccessName(cap), ", not ", CpuAccessName(plan.owner_access)));
+    }
+  }
   // A usage that asks only to read narrows the owner's fd as a safeguard
   // (gralloc's CPU bits are hints): where the backend cannot make a
   // read-only fd (dma-heaps, udmabuf; memfd where udmabuf could rewrap

@@ -423,6 +423,40 @@ std::unique_ptr<Backend> MemfdOfUid(uid_t owner) {
   return std::make_unique<MemfdBackend>(UdmabufSources{"/nonexistent", "", ""}, owner);
 }
 
+// An Allocate another uid sends on a session's socket is held in that
+// session's name: no wider than the session's own rule lets it hold (a
+// review helper's: a reader capped at read got a read-write hold from a
+// writer's Allocate on its socket, and shared it on read-write).
+TEST_F(AllocatorTest, AnAllocateOnAnotherUidsSocketIsHeldNoWiderThanItsRuleAllows) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "writer" match { uids: 1001 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE }
+    clients { name: "reader" match { uids: 1000 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  core_.SetPolicy(*policy);
+  Peer reader = Open(1000);
+  const Identity writer{1001, 1001, getpid() + 1, "", std::nullopt, std::nullopt};
+  v1::AllocateRequest rw;
+  rw.mutable_desc()->set_size(4096);
+  absl::StatusOr<v1::AllocateResponse> wide =
+      core_.Allocate(*reader.session, writer, rw, reader.session->fds());
+  EXPECT_EQ(wide.status().code(), StatusCode::kPermissionDenied) << wide.status();
+  EXPECT_TRUE(absl::StrContains(wide.status().message(), "rule 'reader'")) << wide.status();
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+  // What the reader may hold, asked for by the writer: held as asked.
+  v1::AllocateRequest ro = rw;
+  ro.mutable_desc()->set_usage(usage::kCpuReadOften);
+  absl::StatusOr<v1::AllocateResponse> narrow =
+      core_.Allocate(*reader.session, writer, ro, reader.session->fds());
+  ASSERT_TRUE(narrow.ok()) << narrow.status();
+  EXPECT_EQ(narrow->buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
+  // The session's own process, judged by its rule as always.
+  EXPECT_TRUE(core_.Allocate(*reader.session, ro).ok());
+}
+
 // A read-only usage of hallocd's own uid gets a read-write fd where its
 // rule allows one, and BufferInfo says so; a Share of read-only rights to
 // that uid is refused, naming it; other uids are as before.
