@@ -219,21 +219,6 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     plan.decision = *std::move(d);
   }
-  // Asked on another uid's socket: the buffer is held in that session's
-  // name and its fd goes there, so no more than the session's own rule
-  // lets it hold (a wider rule's Allocate gave a session capped at read a
-  // read-write hold, which it could share on).
-  if (caller != nullptr && reader != nullptr &&
-      (reader->uid != caller->uid || reader->gid != caller->gid)) {
-    const Rule* held_by = plan.policy->Match(*reader);
-    const CpuAccess cap = held_by != nullptr ? held_by->max_cpu : CpuAccess::kNone;
-    if (Wider(plan.owner_access, cap)) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("Allocate on the socket of uid ", reader->uid, "'s session: its rule '",
-                       held_by != nullptr ? held_by->name : "(none)", "' lets it hold CPU access ",
-                       CpuAccessName(cap), ", not ", CpuAccessName(plan.owner_access)));
-    }
-  }
   // A usage that asks only to read narrows the owner's fd as a safeguard
   // (gralloc's CPU bits are hints): where the backend cannot make a
   // read-only fd (dma-heaps, udmabuf; memfd where udmabuf could rewrap
@@ -245,7 +230,19 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
   std::vector<Backend::Holder> holders;
   if (caller != nullptr) holders.push_back(HolderOf(*caller));
   if (reader != nullptr) holders.push_back(HolderOf(*reader));
-  const CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
+  CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
+  // Asked on a session's socket by a process another rule judges (another
+  // uid's, or one the session's exe rule does not vouch for): the buffers
+  // are held in the session's name and their fds go there, so no wider
+  // than its own rule allows, widened or not (decide.h: a wider rule's
+  // Allocate gave a session capped at read a read-write hold to share on).
+  if (rule != nullptr && reader != nullptr) {
+    if (const Rule* holder_rule = plan.policy->Match(*reader); holder_rule != rule) {
+      ASSIGN_OR_RETURN(plan.owner_access,
+                       DecideHeld(holder_rule, *reader, plan.usage, plan.owner_access));
+      allowed = Narrower(allowed, HeldCap(holder_rule));
+    }
+  }
   if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
       !Enforceable(CpuAccess::kRead, holders)) {
     plan.owner_access = CpuAccess::kReadWrite;
@@ -258,9 +255,10 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
 }
 
 v1::IsSupportedResponse Allocator::IsSupported(const v1::IsSupportedRequest& req,
-                                               const Identity* caller) const {
+                                               const Identity* caller,
+                                               const Identity* reader) const {
   v1::IsSupportedResponse resp;
-  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count(), caller);
+  absl::StatusOr<Plan> plan = MakePlan(req.desc(), req.count(), caller, reader);
   resp.set_supported(plan.ok());
   if (!plan.ok()) {
     resp.set_code(static_cast<int>(plan.status().code()));

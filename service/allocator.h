@@ -122,9 +122,9 @@ class Allocator {
   // Same checks as Allocate, through the same code (Plan), no memory. With
   // a caller (a session's, or a broker request's sender), its policy rule
   // applies as well; without one, only the descriptor and the backend are
-  // judged.
-  v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req,
-                                      const Identity* caller) const;
+  // judged. `reader`: the session whose socket it came on, as for Allocate.
+  v1::IsSupportedResponse IsSupported(const v1::IsSupportedRequest& req, const Identity* caller,
+                                      const Identity* reader = nullptr) const;
   // Bytes `req` would allocate (all its buffers, each rounded to pages),
   // from the same plan as Allocate; 0 when the descriptor is refused.
   uint64_t PlannedBytes(const v1::AllocateRequest& req) const;

@@ -20,6 +20,7 @@
 #include "service/allocator.h"
 #include "service/allocator_testing.h"
 #include "service/backend/memfd_backend.h"
+#include "service/policy/decide.h"
 
 namespace halloc {
 namespace {
@@ -426,8 +427,10 @@ std::unique_ptr<Backend> MemfdOfUid(uid_t owner) {
 // An Allocate another uid sends on a session's socket is held in that
 // session's name: no wider than the session's own rule lets it hold (a
 // review helper's: a reader capped at read got a read-write hold from a
-// writer's Allocate on its socket, and shared it on read-write).
-TEST_F(AllocatorTest, AnAllocateOnAnotherUidsSocketIsHeldNoWiderThanItsRuleAllows) {
+// writer's Allocate on its socket, and shared it on read-write), whether
+// the usage asked for it or a read-only fd the backend could not make
+// for that session widened it (the session's own Allocate is refused).
+TEST(AllocatorPolicyTest, AnAllocateOnAnotherUidsSocketIsHeldNoWiderThanItsRuleAllows) {
   absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
     clients { name: "writer" match { uids: 1001 } usages: "*" heaps: "*"
               max_cpu_access: CPU_ACCESS_READ_WRITE }
@@ -436,25 +439,45 @@ TEST_F(AllocatorTest, AnAllocateOnAnotherUidsSocketIsHeldNoWiderThanItsRuleAllow
   )",
                                                                        "inline");
   ASSERT_TRUE(policy.ok()) << policy.status();
-  core_.SetPolicy(*policy);
-  Peer reader = Open(1000);
   const Identity writer{1001, 1001, getpid() + 1, "", std::nullopt, std::nullopt};
-  v1::AllocateRequest rw;
-  rw.mutable_desc()->set_size(4096);
-  absl::StatusOr<v1::AllocateResponse> wide =
-      core_.Allocate(*reader.session, writer, rw, reader.session->fds());
-  EXPECT_EQ(wide.status().code(), StatusCode::kPermissionDenied) << wide.status();
-  EXPECT_TRUE(absl::StrContains(wide.status().message(), "rule 'reader'")) << wide.status();
-  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
-  // What the reader may hold, asked for by the writer: held as asked.
-  v1::AllocateRequest ro = rw;
+  v1::AllocateRequest rw, ro, blob;
+  blob.mutable_desc()->set_size(4096);
+  rw = ro = blob;
+  rw.mutable_desc()->set_usage(usage::kCpuReadOften | usage::kCpuWriteOften);
   ro.mutable_desc()->set_usage(usage::kCpuReadOften);
-  absl::StatusOr<v1::AllocateResponse> narrow =
-      core_.Allocate(*reader.session, writer, ro, reader.session->fds());
-  ASSERT_TRUE(narrow.ok()) << narrow.status();
-  EXPECT_EQ(narrow->buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
-  // The session's own process, judged by its rule as always.
-  EXPECT_TRUE(core_.Allocate(*reader.session, ro).ok());
+  {
+    Allocator core(MemfdOfUid(0), Limits(), *policy);
+    Peer reader = OpenPeer(core, 1000);
+    absl::StatusOr<v1::AllocateResponse> wide =
+        core.Allocate(*reader.session, writer, rw, reader.session->fds());
+    EXPECT_EQ(wide.status().code(), StatusCode::kPermissionDenied) << wide.status();
+    EXPECT_TRUE(absl::StrContains(wide.status().message(), "rule 'reader'")) << wide.status();
+    EXPECT_EQ(DecidingRule(wide.status()), "reader");
+    EXPECT_EQ(core.Stats().live_buffers(), 0u);
+    // What the reader may hold, asked for by the writer: held as asked;
+    // no CPU usage named: narrowed to the reader's cap, as its own would be.
+    for (const v1::AllocateRequest* req : {&ro, &blob}) {
+      absl::StatusOr<v1::AllocateResponse> narrow =
+          core.Allocate(*reader.session, writer, *req, reader.session->fds());
+      ASSERT_TRUE(narrow.ok()) << narrow.status();
+      EXPECT_EQ(narrow->buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
+      absl::StatusOr<v1::AllocateResponse> own = core.Allocate(*reader.session, *req);
+      ASSERT_TRUE(own.ok()) << own.status();
+      EXPECT_EQ(own->buffers(0).cpu_access(), v1::CPU_ACCESS_READ);
+    }
+    EXPECT_EQ(core.Allocate(*reader.session, rw).status().code(), StatusCode::kPermissionDenied);
+  }
+  {
+    // The reader is hallocd's own uid: no read-only fd binds it, so its
+    // read-only usage is not widened past its rule's cap, whoever asks.
+    Allocator core(MemfdOfUid(1000), Limits(), *policy);
+    Peer reader = OpenPeer(core, 1000);
+    EXPECT_EQ(core.Allocate(*reader.session, ro).status().code(), StatusCode::kFailedPrecondition);
+    absl::StatusOr<v1::AllocateResponse> widened =
+        core.Allocate(*reader.session, writer, ro, reader.session->fds());
+    EXPECT_EQ(widened.status().code(), StatusCode::kFailedPrecondition) << widened.status();
+    EXPECT_EQ(core.Stats().live_buffers(), 0u);
+  }
 }
 
 // A read-only usage of hallocd's own uid gets a read-write fd where its

@@ -320,7 +320,8 @@ bool Broker::Handle(Conn& conn, Record rec) {
       // Judged for whoever sent it, as its Allocate would be.
       const Identity caller = stamped();
       v1::BrokerReply reply = ErrorReply(req.request_id(), absl::OkStatus());
-      *reply.mutable_is_supported() = core_->IsSupported(req.is_supported(), &caller);
+      *reply.mutable_is_supported() =
+          core_->IsSupported(req.is_supported(), &caller, &session.creds());
       Reply(conn, std::move(reply));
       return true;
     }

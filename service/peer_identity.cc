@@ -526,6 +526,11 @@ std::optional<std::pair<uid_t, gid_t>> EffectiveIds(pid_t pid) {
     return v;
   };
   for (std::string line; (!uid || !gid) && std::getline(in, line);) {
+    // The status is the thread-group leader's: once it exited (a zombie
+    // while other threads run on), its ids say nothing of theirs.
+    if (absl::StartsWith(line, "State:\tZ") || absl::StartsWith(line, "State:\tX")) {
+      return std::nullopt;
+    }
     if (absl::StartsWith(line, "Uid:")) uid = effective(line);
     if (absl::StartsWith(line, "Gid:")) gid = effective(line);
   }

@@ -197,8 +197,10 @@ absl::StatusOr<ChargedPeer> PinAndCharge(int conn, const ucred& cred,
 std::optional<uint64_t> ProcessStart(int pidfd, pid_t pid);
 
 // The effective uid and gid of process `pid` (/proc/<pid>/status, as
-// hallocd's user namespace sees them); nullopt if unreadable. The caller
-// vouches for the pid (a pidfd polled after the read).
+// hallocd's user namespace sees them: its thread-group leader's); nullopt
+// if unreadable or once that leader exited (the threads left may have
+// other ids). The caller vouches for the pid (a pidfd polled after the
+// read).
 std::optional<std::pair<uid_t, gid_t>> EffectiveIds(pid_t pid);
 
 // Whether the process `pidfd` pins has not exited (false for -1). A

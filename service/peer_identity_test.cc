@@ -202,6 +202,14 @@ TEST(PeerIdentityTest, ARequestSpeaksForTheSessionOnlyFromItsProcess) {
   // changed (dropped in place: judged as its fork would be).
   const std::pair<uid_t, gid_t> effective{::geteuid(), ::getegid()};
   ASSERT_EQ(EffectiveIds(child->pid()), effective);
+  // A leader that exited (here a zombie not yet reaped) tells nothing of
+  // the threads its process may still run.
+  const pid_t zombie = ::fork();
+  if (zombie == 0) ::_exit(0);
+  ASSERT_GT(zombie, 0);
+  for (int i = 0; i < 500 && EffectiveIds(zombie).has_value(); ++i) ::usleep(1000);
+  EXPECT_FALSE(EffectiveIds(zombie).has_value()) << "a zombie's ids were taken";
+  ASSERT_EQ(::waitpid(zombie, nullptr, 0), zombie);
   Identity setuid_like = unverified;
   setuid_like.uid = effective.first;
   setuid_like.gid = effective.second;

@@ -45,6 +45,26 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
                 " (default deny)")));
 }
 
+CpuAccess HeldCap(const Rule* holder_rule) {
+  return holder_rule != nullptr ? holder_rule->max_cpu : CpuAccess::kNone;
+}
+
+absl::StatusOr<CpuAccess> DecideHeld(const Rule* holder_rule, const Identity& holder,
+                                     uint64_t usage, CpuAccess access) {
+  const CpuAccess cap = HeldCap(holder_rule);
+  if ((usage::WantsCpuWrite(usage) && cap != CpuAccess::kReadWrite) ||
+      (usage::WantsCpuRead(usage) && cap == CpuAccess::kNone)) {
+    return By(
+        holder_rule != nullptr ? absl::string_view(holder_rule->name) : kNoRule,
+        absl::PermissionDeniedError(absl::StrCat(
+            "Allocate on the socket of a session of uid ", holder.uid, ", which would hold it: ",
+            holder_rule != nullptr ? absl::StrCat("its rule '", holder_rule->name, "'")
+                                   : std::string("no rule matches it, and it"),
+            " lets it hold CPU access ", CpuAccessName(cap), ", less than the usage asks for")));
+  }
+  return Narrower(access, cap);
+}
+
 std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {
   if (rule.AnyDevice()) return std::nullopt;
   return rule.attach_devices;

@@ -68,6 +68,20 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Iden
 absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity& caller,
                                                 const AllocateAsk& ask);
 
+// An Allocate whose buffers are held in another's name: the session whose
+// socket it came on (`holder`), which another rule than the caller's
+// judges (another uid's session, or one an exe rule vouched for and the
+// sender is not). The session holds them, and may share them on, so they
+// are no wider than its own rule (`holder_rule`; nullptr where none matches
+// it) lets it hold: that rule's max_cpu_access, none without a rule.
+CpuAccess HeldCap(const Rule* holder_rule);
+// The owner's rights such an Allocate gives the holder: `access` (the
+// caller's rule's decision) within HeldCap, as the holder's own Allocate
+// of `usage` would be narrowed; PERMISSION_DENIED, by the holder's rule,
+// where `usage` asks for CPU access beyond that cap.
+absl::StatusOr<CpuAccess> DecideHeld(const Rule* holder_rule, const Identity& holder,
+                                     uint64_t usage, CpuAccess access);
+
 // RESOURCE_EXHAUSTED (naming `rule`) when `count` more buffers of `size`
 // bytes would take `uid` past the rule's quotas, given what it owns.
 absl::Status CheckQuota(const Rule& rule, uid_t uid, uint64_t owned_buffers,

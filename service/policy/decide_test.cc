@@ -102,6 +102,28 @@ TEST(DecideAllocateTest, NoRuleSaysTheExecutableWasNotVerifiedOnlyWhereARuleName
       << d.status();
 }
 
+// An Allocate held in another session's name: within that session's rule,
+// narrowed where the usage leaves room, refused by that rule where it asks
+// for more; a session no rule matches may hold no CPU access.
+TEST(DecideHeldTest, TheHoldersRuleCapsWhatAnotherRulesAllocateGivesIt) {
+  auto p = Example();
+  const Rule* compositor = p->Match(Uid(1002));
+  ASSERT_NE(compositor, nullptr);
+  absl::StatusOr<CpuAccess> held =
+      DecideHeld(compositor, Uid(1002), Usage("gpu_texture"), CpuAccess::kReadWrite);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(*held, CpuAccess::kRead);
+  held = DecideHeld(compositor, Uid(1002), Usage("cpu_write_often"), CpuAccess::kReadWrite);
+  EXPECT_EQ(held.status().code(), StatusCode::kPermissionDenied) << held.status();
+  EXPECT_EQ(DecidingRule(held.status()), "compositor");
+  held = DecideHeld(nullptr, Uid(1004), Usage("cpu_read_often"), CpuAccess::kRead);
+  EXPECT_EQ(held.status().code(), StatusCode::kPermissionDenied) << held.status();
+  EXPECT_EQ(DecidingRule(held.status()), "(no rule)");
+  held = DecideHeld(nullptr, Uid(1004), Usage("gpu_texture"), CpuAccess::kReadWrite);
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(*held, CpuAccess::kNone);
+}
+
 TEST(CheckQuotaTest, CountsBuffersAndBytesOfTheClient) {
   auto p = Example();
   const Rule& camera = *p->Find("camera");
