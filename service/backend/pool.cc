@@ -144,14 +144,16 @@ absl::StatusOr<UniqueFd> PooledBackend::Allocate(
       stocked_bytes_.load(std::memory_order_relaxed) >= request.size &&
       FreeStock(request.size) > 0) {
     trims_for_room_.fetch_add(1, std::memory_order_relaxed);
+    // FreeStock paused the refills, so that none takes the room back
+    // before this request does.
     made = Make(request);
-    // It made room: no refill takes it back at once (and the next such
-    // request frees the stock again). Where it did not, the stock was no
-    // help and comes back as before: one failing request does not keep
-    // every class empty.
-    if (made.ok()) {
+    // It made room: no refill takes it back for a while either (and the
+    // next such request frees stock again). Where it did not, what was
+    // freed was no help and the stock comes back as before: one failing
+    // request does not keep every class empty.
+    if (!made.ok()) {
       absl::MutexLock lock(&mu_);
-      room_pause_until_ = MonotonicNow() + kRoomPause;
+      room_pause_until_ = absl::InfinitePast();
     }
   }
   return made;
@@ -320,6 +322,8 @@ uint64_t PooledBackend::FreeStock(uint64_t room) {
         --stocked_buffers_;
       }
     }
+    // The refills leave that room alone a while (Allocate's retry first).
+    if (!freed.empty()) room_pause_until_ = MonotonicNow() + kRoomPause;
   }
   return freed.size();  // closed here, outside the lock
 }

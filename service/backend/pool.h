@@ -143,10 +143,11 @@ class PooledBackend : public Backend {
   void Trim();
   // Frees stocked buffers, the least recently used classes' first, until
   // they hold `room` bytes (one buffer at least; fewer where the stock has
-  // less), keeping the classes: how many buffers it freed. Done by
-  // Allocate when making a buffer fails for lack of memory or fds and the
-  // stock holds at least its size (then tried once more; where that made
-  // it, refills pause a while).
+  // less), keeping the classes, and pauses the refills a while so that
+  // none takes that room back: how many buffers it freed. Done by Allocate
+  // when making a buffer fails for lack of memory or fds and the stock
+  // holds at least its size (then tried once more; where that failed all
+  // the same, refills go on at once).
   uint64_t FreeStock(uint64_t room);
   // One refill step on the caller's thread: creates one buffer for the most
   // recently used class short of stock. false when no class needs one.

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -270,7 +271,8 @@ TEST(PooledBackendTest, AClassWhoseRefillFailsDoesNotHoldUpTheOthers) {
   EXPECT_EQ((*pool)->stats().stocked_buffers, 1u);
 }
 
-// A memfd backend whose next `fail` allocations find no room.
+// A memfd backend whose next `fail` allocations find no room; `then`, if
+// set, runs once before the first allocation after those.
 class FailsNext : public MemfdBackend {
  public:
   FailsNext() : MemfdBackend(kNoUdmabuf) {}
@@ -279,9 +281,11 @@ class FailsNext : public MemfdBackend {
       --fail;
       return absl::ResourceExhaustedError("out of memory (test)");
     }
+    if (then) std::exchange(then, nullptr)();
     return MemfdBackend::Allocate(r);
   }
   std::atomic<int> fail{0};
+  std::function<void()> then;
 };
 
 // The stock is charged to no client: a request that cannot be made for
@@ -339,6 +343,26 @@ TEST(PooledBackendTest, ARequestShortOfRoomFreesOnlyTheRoomItAsksFor) {
   // The recent class kept its stock: a hit.
   ASSERT_TRUE((*pool)->Allocate(recent).ok());
   EXPECT_EQ((*pool)->stats().hits, s.hits + 1);
+}
+
+// The room freed for a request is its own: no refill takes it back before
+// the request is tried again (a refill thread its miss woke could have).
+TEST(PooledBackendTest, NoRefillTakesTheRoomFreedForARequestBeforeItsRetry) {
+  auto inner = std::make_unique<FailsNext>();
+  FailsNext* backend = inner.get();
+  PoolOptions o = Manual();
+  o.min_requests = 1;
+  auto pool = PooledBackend::Create(std::move(inner), o);
+  ASSERT_TRUE(pool.ok());
+  ASSERT_TRUE((*pool)->Allocate({kPage, "stocked", 0}).ok());
+  ASSERT_TRUE((*pool)->RefillOnce());
+  backend->fail = 1;
+  std::optional<bool> refilled;
+  backend->then = [&] { refilled = (*pool)->RefillOnce(); };  // as the retry begins
+  ASSERT_TRUE((*pool)->Allocate({kPage, "other", 0}).ok());
+  ASSERT_TRUE(refilled.has_value()) << "the request was not tried again";
+  EXPECT_FALSE(*refilled) << "a refill ran between freeing the room and the retry";
+  EXPECT_EQ((*pool)->stats().stocked_buffers, 0u);
 }
 
 // A request larger than the whole stock cannot be helped by freeing it:

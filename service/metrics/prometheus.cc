@@ -197,7 +197,7 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
        "Of the misses, those made because the pool's lock stayed held.",
        &v1::BackendStats::pool_contended_misses_total},
       {"halloc_pool_trims_for_room_total", "counter",
-       "Times a pool freed its stock because a buffer could not be made (memory, fds).",
+       "Times a pool freed stock because a buffer could not be made (memory, fds).",
        &v1::BackendStats::pool_trims_for_room_total},
   };
   for (const BackendFamily& f : kBackendFamilies) {
