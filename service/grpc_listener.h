@@ -110,7 +110,8 @@ class GrpcListener {
   void CutUid(uid_t uid, absl::string_view why);
 
   // Relay every connection even where the kernel refuses fds at the sender
-  // (tests, on kernels from 6.16). Read by Start.
+  // (on kernels from 6.16): hallocd's default (--control_relay), for the
+  // relay's HTTP/2 guard (stream_relay.h). Read by Start.
   static bool relay_always;
   // How long a connection's queue to its peer may stay non-empty, and how
   // long its uid is refused afterwards (tests shorten them; read by Run).

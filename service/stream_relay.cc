@@ -6,13 +6,17 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "clients/cpp/halloc/base/os_error.h"
 #include "clients/cpp/halloc/base/scm.h"
 #include "clients/cpp/halloc/base/status_macros.h"
+#include "service/h2_guard.h"
 #include "service/util/clock.h"
 #include "service/util/log_limit.h"
 
@@ -69,6 +73,7 @@ struct StreamRelay::Pipe {
   // passed on.
   bool client_gone = false, server_gone = false;
   bool paused = false;  // fds it sent wait to be closed
+  H2Guard guard;        // the client's frames
   uint32_t client_events = ~0u, server_events = ~0u;  // as watched now
 };
 
@@ -228,6 +233,7 @@ void StreamRelay::Adopt() {
     ::setsockopt(p->client.get(), SOL_SOCKET, SO_OOBINLINE, &on, sizeof(on));
     // A uid with too many fds waiting: not read yet.
     p->paused = foreign_->OverLimit(i.uid);
+    ++resets_[i.uid].pipes;
     Pipe& pipe = *p;
     pipes_.emplace(key, std::move(p));
     if (Pump(pipe)) Watch(pipe);
@@ -268,10 +274,14 @@ enum class Stepped {
 // `buf` to `to`; shuts `to`'s writing side once `from` ended and `buf` is
 // empty. Fds that came with the chunk go to `fds`; `moved` is set when
 // anything moved.
+// `inspect`, where given, reads each chunk first: one it refuses is not
+// passed on, and the pipe ends.
 Stepped Step(int from, int to, std::string& buf, bool& from_eof, bool& to_shut, bool may_read,
-             std::string& chunk, std::vector<UniqueFd>& fds, bool& moved) {
+             std::string& chunk, std::vector<UniqueFd>& fds, bool& moved,
+             const std::function<absl::Status(absl::string_view)>& inspect = nullptr) {
   if (buf.empty() && !from_eof && may_read) {
     const ssize_t n = ReceiveChunk(from, chunk, fds);
+    if (n > 0 && inspect && !inspect(chunk).ok()) return Stepped::kFromFailed;
     if (n > 0) {
       buf.swap(chunk);
       moved = true;
@@ -304,8 +314,9 @@ bool StreamRelay::Pump(Pipe& p) {
     // may not have been seen yet): what the other end sent still goes on.
     if (!p.server_gone) {  // the client's bytes, while gRPC is there
       std::vector<UniqueFd> fds;
-      const Stepped s = Step(p.client.get(), p.server.get(), p.to_server, p.client_eof,
-                             p.server_shut, !p.paused, chunk, fds, moved);
+      const Stepped s =
+          Step(p.client.get(), p.server.get(), p.to_server, p.client_eof, p.server_shut, !p.paused,
+               chunk, fds, moved, [&](absl::string_view bytes) { return Guard(p, bytes); });
       if (!fds.empty()) TakeForeign(p, std::move(fds));
       if (s == Stepped::kToGone) Gone(p, /*client_side=*/false);
       ok = s != Stepped::kFromFailed;
@@ -330,6 +341,29 @@ bool StreamRelay::Pump(Pipe& p) {
     if (!moved) break;
   }
   return true;
+}
+
+absl::Status StreamRelay::Guard(Pipe& p, absl::string_view bytes) {
+  absl::StatusOr<uint32_t> resets = p.guard.Feed(bytes);
+  absl::Status s = resets.status();
+  if (resets.ok() && *resets > 0) {
+    ResetBudget& b = resets_[p.uid];
+    const absl::Time now = MonotonicNow();
+    b.tokens =
+        std::min(kResetBurst, b.tokens + absl::ToDoubleSeconds(now - b.at) * kResetsPerSecond);
+    b.at = now;
+    b.tokens -= *resets;
+    if (b.tokens < 0) {
+      s = absl::ResourceExhaustedError(absl::StrCat("more HTTP/2 stream resets than ",
+                                                    kResetsPerSecond, " a second (", kResetBurst,
+                                                    " at once) from its uid's connections"));
+    }
+  }
+  if (uint64_t dropped; !s.ok() && Limiter().Allow("control-h2", &dropped)) {
+    LOG(WARNING) << "control socket: uid " << p.uid << ": " << s.message() << "; connection ended"
+                 << LogLimiter::Dropped(dropped);
+  }
+  return s;
 }
 
 void StreamRelay::TakeForeign(Pipe& p, std::vector<UniqueFd> fds) {
@@ -388,6 +422,10 @@ void StreamRelay::End(uint64_t key) {
   if (it == pipes_.end()) return;
   std::unique_ptr<Pipe> p = std::move(it->second);
   pipes_.erase(it);
+  // A uid's budget goes with its last pipe (reconnecting is rate-limited).
+  if (auto b = resets_.find(p->uid); b != resets_.end() && --b->second.pipes <= 0) {
+    resets_.erase(b);
+  }
   if (p->client_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->client.get(), nullptr);
   if (p->server_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->server.get(), nullptr);
   Finish(std::move(p->client), p->key, p->uid);

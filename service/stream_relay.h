@@ -31,6 +31,13 @@
 // ForeignFds drain), so that closing it drops nothing here; only what
 // carried fds counts against its uid.
 //
+// On the way to gRPC each client's frame headers are read (H2Guard): a
+// connection that sends a header block past its bounds, or resets more
+// streams than its uid's budget allows (kResetsPerSecond, kResetBurst, one
+// budget for all of a uid's relayed connections), is ended before gRPC
+// reads those bytes; Debian's gRPC (1.51) has no defence of its own
+// (h2_guard.h).
+//
 // Identity is not affected: gRPC calls are tied to a session by its token
 // (Authenticate), not by the control connection's peer, and admission has
 // already judged the client's own SO_PEERCRED.
@@ -69,6 +76,10 @@ class StreamRelay {
   static constexpr int kFinishChunks = 16;
   // How long what one end left queued may take to reach the other.
   static constexpr absl::Duration kLinger = absl::Seconds(5);
+  // RST_STREAMs a uid's clients may send: a cancelled call costs one, and
+  // a rapid-reset flood sent 14,000 a second on one connection.
+  static constexpr double kResetsPerSecond = 500;
+  static constexpr double kResetBurst = 2000;
 
   static absl::StatusOr<std::unique_ptr<StreamRelay>> Start(absl::Duration linger = kLinger);
   ~StreamRelay();  // Stop()
@@ -112,6 +123,9 @@ class StreamRelay {
   // Fds `p`'s client sent: to foreign_; `p` (and its uid's, past the
   // limit) not read until they are closed.
   void TakeForeign(Pipe& p, std::vector<UniqueFd> fds);
+  // The client's next bytes, read by `p`'s guard and its resets charged to
+  // its uid's budget: an error (logged) where the connection is to end.
+  absl::Status Guard(Pipe& p, absl::string_view bytes);
   // Which events each end waits for now.
   void Watch(Pipe& p);
   void End(uint64_t key);
@@ -140,6 +154,13 @@ class StreamRelay {
 
   // Only the relay thread's.
   absl::flat_hash_map<uint64_t, std::unique_ptr<Pipe>> pipes_;
+  // Each uid's RST_STREAM budget, while it has pipes (a token bucket).
+  struct ResetBudget {
+    double tokens = kResetBurst;
+    absl::Time at;
+    int pipes = 0;
+  };
+  absl::flat_hash_map<uid_t, ResetBudget> resets_;
   // Pipes one of whose ends hung up, by the end of their linger (in order:
   // every linger is as long). A key may be gone from pipes_ already.
   std::deque<std::pair<absl::Time, uint64_t>> lingering_;

@@ -17,6 +17,8 @@
 #include "clients/cpp/halloc/base/scm_testing.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
+#include "service/h2_guard.h"
+#include "service/h2_testing.h"
 #include "service/util/foreign_fds.h"
 #include "service/util/lingering_socket.h"
 
@@ -396,6 +398,69 @@ TEST_F(StreamRelayTest, AnOutOfBandByteAndItsFdsAreTakenOffToo) {
   ASSERT_EQ(::write(other.get(), "ok", 2), 2);
   EXPECT_EQ(ReadSome(other_server->get(), 2, 10000), "ok") << "the relay is held";
   lingering->Release();
+}
+
+// A header block past H2Guard's bounds (a value trickled in CONTINUATION
+// frames, CVE-2023-33953) ends its connection before gRPC reads it; the
+// bytes before it went on.
+TEST_F(StreamRelayTest, AHeaderBlockPastItsBoundsEndsTheConnectionBeforeGrpcReadsIt) {
+  using testing::H2Frame;
+  auto [client, server] = Relayed();
+  const std::string start = std::string(testing::kH2Preface) +
+                            H2Frame(testing::kH2Settings, 0, 0, 0) +
+                            H2Frame(testing::kH2Headers, testing::kH2EndHeaders, 1, 40);
+  ASSERT_EQ(::write(client.get(), start.data(), start.size()), static_cast<ssize_t>(start.size()));
+  EXPECT_EQ(ReadSome(server.get(), start.size(), 5000), start);
+  std::string trickle = H2Frame(testing::kH2Headers, 0, 3, 1);
+  for (uint32_t i = 0; i < H2Guard::kMaxHeaderBlockFrames; ++i) {
+    trickle += H2Frame(testing::kH2Continuation, 0, 3, 1);
+  }
+  ASSERT_EQ(::write(client.get(), trickle.data(), trickle.size()),
+            static_cast<ssize_t>(trickle.size()));
+  EXPECT_TRUE(SeesEnd(client.get(), 5000));
+  EXPECT_EQ(ReadSome(server.get(), trickle.size(), 2000), "") << "gRPC got the block";
+  EXPECT_TRUE(SeesEnd(server.get(), 5000));
+  EXPECT_TRUE(WaitRelayed(*relay_, 0));
+}
+
+// Stream resets are charged to their uid, all its connections together:
+// past its budget (a rapid-reset flood, CVE-2023-44487) the connection that
+// sent them ends; another uid's are its own.
+TEST_F(StreamRelayTest, ResetsPastTheUidsBudgetEndTheConnection) {
+  using testing::H2Frame;
+  auto resets = [](uint32_t n, uint32_t first) {
+    std::string s;
+    for (uint32_t i = 0; i < n; ++i) {
+      s += H2Frame(testing::kH2Headers, testing::kH2EndHeaders, 2 * (first + i) + 1, 10) +
+           H2Frame(testing::kH2RstStream, 0, 2 * (first + i) + 1, 4);
+    }
+    return s;
+  };
+  auto [calm, calm_server] = Relayed(2000);
+  const std::string some = std::string(testing::kH2Preface) + resets(100, 0);
+  ASSERT_EQ(::write(calm.get(), some.data(), some.size()), static_cast<ssize_t>(some.size()));
+  EXPECT_EQ(ReadSome(calm_server.get(), some.size(), 5000).size(), some.size());
+
+  auto [first, first_server] = Relayed(1000);
+  auto [second, second_server] = Relayed(1000);
+  const uint32_t half = static_cast<uint32_t>(StreamRelay::kResetBurst / 2);
+  const std::string flood = std::string(testing::kH2Preface) + resets(half + 50, 0);
+  ASSERT_EQ(::write(first.get(), flood.data(), flood.size()), static_cast<ssize_t>(flood.size()));
+  EXPECT_EQ(ReadSome(first_server.get(), flood.size(), 5000).size(), flood.size())
+      << "within the budget";
+  std::thread writer([&, fd = second.get()] {
+    for (size_t off = 0; off < flood.size();) {
+      const ssize_t n = ::send(fd, flood.data() + off, flood.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      off += static_cast<size_t>(n);
+    }
+  });
+  EXPECT_TRUE(SeesEnd(second.get(), 5000)) << "the uid's second connection went past it";
+  writer.join();
+  // The calm uid's connection is still relayed.
+  const std::string more = resets(10, 100);
+  ASSERT_EQ(::write(calm.get(), more.data(), more.size()), static_cast<ssize_t>(more.size()));
+  EXPECT_EQ(ReadSome(calm_server.get(), more.size(), 5000).size(), more.size());
 }
 
 }  // namespace

@@ -4,12 +4,13 @@
 # processes on sockets under a fresh /tmp directory).
 #
 #   tests/bench/bench.sh [--json FILE] [--quick] [--smoke] [--backend NAME] [--keep]
-#                        [--control_relay]
+#                        [--control_direct]
 #
 # --backend: hallocd's backend (default memfd-pool; "memfd" is the unpooled
 # baseline). --keep: keep the temp dir (hallocd.log) after a failure.
-# --control_relay: hallocd relays gRPC's connections (as on kernels before
-# 6.16, service/stream_relay.h) even here.
+# --control_direct: hallocd hands gRPC its connections directly
+# (--nocontrol_relay, Linux 6.16+ only: no HTTP/2 guard), not through its
+# relay (its default, service/stream_relay.h).
 # Run from the repository root (tools/run bench does).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     --json) args+=("--json=$(realpath -m "$2")"); shift 2 ;;
     --json=*) args+=("--json=$(realpath -m "${1#--json=}")"); shift ;;
     --backend) args+=("--backend=$2"); shift 2 ;;
-    --quick|--smoke|--keep|--control_relay|--backend=*) args+=("$1"); shift ;;
+    --quick|--smoke|--keep|--control_direct|--backend=*) args+=("$1"); shift ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac

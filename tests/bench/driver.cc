@@ -148,8 +148,9 @@ absl::StatusOr<Child> Suite::SpawnDaemon(const std::string& prefix,
       "--broker_socket=" + Sock(prefix + "broker.sock"),
       "--backend=" + args_.Str("backend", "memfd-pool"), "--socket_mode=0600",
       "--policy=" + policy};
-  // --control_relay: gRPC through hallocd's relay, as on kernels before 6.16.
-  if (args_.Has("control_relay")) argv.push_back("--control_relay");
+  // --control_direct: gRPC reads the connections itself (Linux 6.16+),
+  // not through hallocd's relay (its default).
+  if (args_.Has("control_direct")) argv.push_back("--nocontrol_relay");
   // Its clients are the bench's own uid, which is no boundary here: its
   // read-only views bind them as any other (run as root, hallocd binds
   // every uid anyway). Dumpable: run as a user, the bench counts its fds
