@@ -212,6 +212,16 @@ void StreamRelay::Adopt() {
     in.swap(incoming_);
     stopping = stopping_;
   }
+  // Budgets of uids with no pipe left that have filled up again: gone (at
+  // most once a second, so that a burst of connections costs no sweep each).
+  if (const absl::Time now = MonotonicNow(); now >= next_sweep_) {
+    next_sweep_ = now + absl::Seconds(1);
+    absl::erase_if(resets_, [now](const auto& entry) {
+      const ResetBudget& b = entry.second;
+      return b.pipes <= 0 &&
+             b.tokens + absl::ToDoubleSeconds(now - b.at) * kResetsPerSecond >= kResetBurst;
+    });
+  }
   for (Incoming& i : in) {
     const uint64_t key = next_key_++;
     if (!i.server || stopping) {
@@ -422,10 +432,9 @@ void StreamRelay::End(uint64_t key) {
   if (it == pipes_.end()) return;
   std::unique_ptr<Pipe> p = std::move(it->second);
   pipes_.erase(it);
-  // A uid's budget goes with its last pipe (reconnecting is rate-limited).
-  if (auto b = resets_.find(p->uid); b != resets_.end() && --b->second.pipes <= 0) {
-    resets_.erase(b);
-  }
+  // A uid's budget outlives its last pipe until it is whole again (Adopt
+  // sweeps): connecting anew gets an emptied budget no tokens back.
+  if (auto b = resets_.find(p->uid); b != resets_.end()) --b->second.pipes;
   if (p->client_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->client.get(), nullptr);
   if (p->server_events != ~0u) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p->server.get(), nullptr);
   Finish(std::move(p->client), p->key, p->uid);

@@ -34,7 +34,8 @@
 // On the way to gRPC each client's frame headers are read (H2Guard): a
 // connection that sends a header block past its bounds, or resets more
 // streams than its uid's budget allows (kResetsPerSecond, kResetBurst, one
-// budget for all of a uid's relayed connections), is ended before gRPC
+// budget for all of a uid's relayed connections, kept until it is whole
+// again: a new connection gets none back), is ended before gRPC
 // reads those bytes; Debian's gRPC (1.51) has no defence of its own
 // (h2_guard.h).
 //
@@ -154,13 +155,15 @@ class StreamRelay {
 
   // Only the relay thread's.
   absl::flat_hash_map<uint64_t, std::unique_ptr<Pipe>> pipes_;
-  // Each uid's RST_STREAM budget, while it has pipes (a token bucket).
+  // Each uid's RST_STREAM budget (a token bucket), while it has pipes and
+  // until it is whole again after its last.
   struct ResetBudget {
     double tokens = kResetBurst;
     absl::Time at;
     int pipes = 0;
   };
   absl::flat_hash_map<uid_t, ResetBudget> resets_;
+  absl::Time next_sweep_;
   // Pipes one of whose ends hung up, by the end of their linger (in order:
   // every linger is as long). A key may be gone from pipes_ already.
   std::deque<std::pair<absl::Time, uint64_t>> lingering_;

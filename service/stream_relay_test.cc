@@ -457,6 +457,22 @@ TEST_F(StreamRelayTest, ResetsPastTheUidsBudgetEndTheConnection) {
   });
   EXPECT_TRUE(SeesEnd(second.get(), 5000)) << "the uid's second connection went past it";
   writer.join();
+  // Connecting anew gets no budget back: it refills at its rate alone.
+  first.reset();
+  second.reset();
+  ASSERT_TRUE(WaitRelayed(*relay_, 1));
+  auto [third, third_server] = Relayed(1000);
+  const std::string again = std::string(testing::kH2Preface) +
+                            resets(static_cast<uint32_t>(StreamRelay::kResetBurst) - 100, 5000);
+  std::thread rewriter([&, fd = third.get()] {
+    for (size_t off = 0; off < again.size();) {
+      const ssize_t n = ::send(fd, again.data() + off, again.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      off += static_cast<size_t>(n);
+    }
+  });
+  EXPECT_TRUE(SeesEnd(third.get(), 5000)) << "a new connection of the uid got a whole budget";
+  rewriter.join();
   // The calm uid's connection is still relayed.
   const std::string more = resets(10, 100);
   ASSERT_EQ(::write(calm.get(), more.data(), more.size()), static_cast<ssize_t>(more.size()));
