@@ -3,6 +3,7 @@
 // the session's channel (a fake here), never into the reply.
 #include "service/grpc_service.h"
 
+#include <grpc/support/time.h>
 #include <grpcpp/create_channel_posix.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/server_posix.h>
@@ -256,6 +257,20 @@ TEST_F(GrpcServiceTest, BuffersOfACallPastItsDeadlineAreGivenBack) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+// A deadline centuries away (past where a system_clock time point wraps,
+// the year 2262) has not passed: the call is served, its buffers kept.
+TEST_F(GrpcServiceTest, ADeadlineCenturiesAwayHasNotPassed) {
+  v1::AllocateRequest req;
+  req.mutable_desc()->set_size(4096);
+  v1::AllocateResponse resp;
+  auto ctx = Ctx(session_->token());
+  ctx->set_deadline(gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+                                 gpr_time_from_seconds(int64_t{300} * 365 * 86400, GPR_TIMESPAN)));
+  const grpc::Status s = stub_->Allocate(ctx.get(), req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  EXPECT_EQ(core_.Stats().live_buffers(), 1u);
 }
 
 // The same for an Import whose caller gave up (deadline) while its fd was
