@@ -168,10 +168,7 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
   auto [it, fresh] =
       buckets_.try_emplace(container ? *container : BucketKey(uid, slice), Bucket{burst, now});
   Bucket& b = it->second;
-  if (!fresh && now > b.at) {
-    b.tokens = std::min(burst, b.tokens + per_second * absl::ToDoubleSeconds(now - b.at));
-    b.at = now;
-  }
+  if (!fresh && now > b.at) b.Refill(now, per_second, burst);
   if (b.tokens < 1) {
     if (retry_after != nullptr) *retry_after = absl::Seconds((1 - b.tokens) / per_second);
     // The file is root's to write (SubordinateUidsFile), escaped all the same.
@@ -199,8 +196,7 @@ absl::Status ConnectRate::Admit(Limits limits, uid_t uid, absl::Time now, absl::
 void ConnectRate::Sweep(const Limits& limits, absl::Time now) {
   const double per_second = limits.per_second, burst = limits.burst;
   absl::erase_if(buckets_, [&](const auto& entry) {
-    const Bucket& b = entry.second;
-    return b.tokens + per_second * absl::ToDoubleSeconds(now - b.at) >= burst;
+    return entry.second.Level(now, per_second, burst) >= burst;
   });
 }
 

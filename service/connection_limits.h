@@ -22,6 +22,7 @@
 #include "service/policy/policy.h"
 #include "service/util/fd_limit.h"
 #include "service/util/subordinate_uids.h"
+#include "service/util/token_bucket.h"
 
 namespace halloc {
 
@@ -156,10 +157,7 @@ class ConnectRate {
   size_t uids_tracked() const { return buckets_.size(); }
 
  private:
-  struct Bucket {
-    double tokens = 0;
-    absl::Time at;  // when `tokens` was counted
-  };
+  using Bucket = TokenBucket;
   // The bucket `uid` draws on: its own (the uid), its range's owner's (a
   // hash of the name above 2^63), or its slice of root's range (1 << 32 |
   // the slice's first uid).

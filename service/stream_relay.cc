@@ -218,8 +218,7 @@ void StreamRelay::Adopt() {
     next_sweep_ = now + absl::Seconds(1);
     absl::erase_if(resets_, [now](const auto& entry) {
       const ResetBudget& b = entry.second;
-      return b.pipes <= 0 &&
-             b.tokens + absl::ToDoubleSeconds(now - b.at) * kResetsPerSecond >= kResetBurst;
+      return b.pipes <= 0 && b.tokens.Level(now, kResetsPerSecond, kResetBurst) >= kResetBurst;
     });
   }
   for (Incoming& i : in) {
@@ -357,11 +356,8 @@ absl::Status StreamRelay::Guard(Pipe& p, absl::string_view bytes) {
   absl::StatusOr<uint32_t> resets = p.guard.Feed(bytes);
   absl::Status s = resets.status();
   if (resets.ok() && *resets > 0) {
-    ResetBudget& b = resets_[p.uid];
-    const absl::Time now = MonotonicNow();
-    b.tokens =
-        std::min(kResetBurst, b.tokens + absl::ToDoubleSeconds(now - b.at) * kResetsPerSecond);
-    b.at = now;
+    TokenBucket& b = resets_[p.uid].tokens;
+    b.Refill(MonotonicNow(), kResetsPerSecond, kResetBurst);
     b.tokens -= *resets;
     if (b.tokens < 0) {
       s = absl::ResourceExhaustedError(absl::StrCat("more HTTP/2 stream resets than ",

@@ -64,6 +64,7 @@
 #include "absl/time/time.h"
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "service/util/foreign_fds.h"
+#include "service/util/token_bucket.h"
 
 namespace halloc {
 
@@ -158,8 +159,7 @@ class StreamRelay {
   // Each uid's RST_STREAM budget (a token bucket), while it has pipes and
   // until it is whole again after its last.
   struct ResetBudget {
-    double tokens = kResetBurst;
-    absl::Time at;
+    TokenBucket tokens{kResetBurst, absl::Time()};
     int pipes = 0;
   };
   absl::flat_hash_map<uid_t, ResetBudget> resets_;
