@@ -236,7 +236,8 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
   // are held in the session's name and their fds go there, so no wider
   // than its own rule allows, widened or not (decide.h: a wider rule's
   // Allocate gave a session capped at read a read-write hold to share on).
-  if (rule != nullptr && reader != nullptr) {
+  // (The session's own requests, the usual case, need no second Match.)
+  if (rule != nullptr && reader != nullptr && !MatchedAlike(*caller, *reader)) {
     if (const Rule* holder_rule = plan.policy->Match(*reader); holder_rule != rule) {
       ASSIGN_OR_RETURN(plan.owner_access,
                        DecideHeld(holder_rule, *reader, plan.usage, plan.owner_access));

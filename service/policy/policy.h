@@ -87,6 +87,12 @@ struct Identity {
   uid_t charged_uid() const { return account_uid.value_or(uid); }
 };
 
+// Whether every rule judges `a` and `b` alike: what Rule::Matches reads
+// (uid, gid, verified executable) is the same in both. False says nothing.
+inline bool MatchedAlike(const Identity& a, const Identity& b) {
+  return a.uid == b.uid && a.gid == b.gid && a.exe_file == b.exe_file;
+}
+
 // A rule's (client's) name: 1 to this many bytes of [a-z0-9_-].
 inline constexpr size_t kMaxClientNameBytes = 63;
 

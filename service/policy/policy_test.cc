@@ -122,6 +122,35 @@ TEST(PolicyTest, AnyBesideOtherCriteriaIsAnError) {
   EXPECT_TRUE(rule.Matches({4242, 4242, 1, "", std::nullopt}));
 }
 
+// MatchedAlike holds only where no rule could tell the two apart: a rule
+// per criterion matches one of each differing pair and not the other.
+TEST(PolicyTest, MatchedAlikeComparesWhatRulesRead) {
+  absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
+    clients { name: "uid" match { uids: 7 } }
+    clients { name: "gid" match { gids: 9 } }
+    clients { name: "exe" match { exe: "/proc/self/exe" } }
+  )",
+                                                                  "inline");
+  ASSERT_TRUE(p.ok()) << p.status();
+  const std::optional<FileId> self = FileIdOf("/proc/self/exe");
+  ASSERT_TRUE(self.has_value());
+  const Identity base{1, 1, 10, "/a", std::nullopt};
+  // Another pid and another path of the same (unverified) file.
+  Identity same = base;
+  same.pid = 11;
+  same.exe = "/b";
+  EXPECT_TRUE(MatchedAlike(base, same));
+  EXPECT_EQ((*p)->Match(base), (*p)->Match(same));
+  Identity uid = base, gid = base, exe = base;
+  uid.uid = 7;
+  gid.gid = 9;
+  exe.exe_file = self;
+  for (const Identity* other : {&uid, &gid, &exe}) {
+    EXPECT_FALSE(MatchedAlike(base, *other));
+    EXPECT_NE((*p)->Match(base), (*p)->Match(*other));
+  }
+}
+
 // Only a policy with an `exe` rule needs requests' executables vouched for.
 TEST(PolicyTest, SaysWhetherAnyRuleMatchesExecutables) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
