@@ -28,6 +28,7 @@
 #include "service/connect_as_testing.h"
 #include "service/connection_limits.h"
 #include "service/http2_testing.h"
+#include "service/util/grpc_log.h"
 #include "service/util/lingering_socket.h"
 #include "service/util/log_lines_testing.h"
 #include "service/util/unix_listener.h"
@@ -64,6 +65,7 @@ using http2_testing::Frame;
 using http2_testing::kPreface;
 using http2_testing::kSettings;
 using http2_testing::kWindowUpdate;
+using http2_testing::Literal;
 
 // Each parameterized case's name: how its connections reach gRPC.
 std::string DirectOrRelayed(const ::testing::TestParamInfo<bool>& info) {
@@ -489,6 +491,28 @@ TEST_P(GrpcListenerTest, OneUidsRefusalsLeaveOthersTheirLogLines) {
   EXPECT_TRUE(Ended(mine));
   EXPECT_TRUE(WaitFor([&] { return of(0) == 1; })) << "root's refusal was not logged";
   EXPECT_LE(of(65534), 3) << "one uid took more than its share of the lines";
+}
+
+// gRPC 1.51 logs a header value it cannot parse whole ("Error parsing
+// metadata: ... value=..."): with hallocd's handler (LimitGrpcLogs, as
+// main installs it) a client's newline and escape sequence come out
+// escaped, in a line of hallocd's own format.
+TEST_P(GrpcListenerTest, AHeaderValueGrpcLogsComesOutEscaped) {
+  LimitGrpcLogs();
+  LogLines lines("gRPC ");
+  const std::string forged = "1S\nI1207 00:00:00.000000 1 audit.cc:40] AUDIT forged\x1b[31m";
+  const std::string out =
+      kPreface + Frame(kSettings, 0, 0, "") +
+      EmptyCall("/grpc.health.v1.Health/Check", 1, Literal("grpc-timeout", forged));
+  UniqueFd raw = Raw();
+  ASSERT_EQ(::send(raw.get(), out.data(), out.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(out.size()));
+  ASSERT_TRUE(WaitFor([&] { return lines.Count("AUDIT forged") > 0; })) << "gRPC logged nothing";
+  for (const std::string& line : lines.lines()) {
+    EXPECT_EQ(line.find('\n'), std::string::npos) << line;
+    EXPECT_EQ(line.find('\x1b'), std::string::npos) << line;
+  }
+  EXPECT_EQ(lines.Count("value=1S\\nI1207"), 1);
 }
 
 TEST_P(GrpcListenerTest, AConnectionGrpcEndsIsForgottenToo) {

@@ -32,12 +32,13 @@ inline std::string Literal(const std::string& name, const std::string& value) {
 }
 
 // A unary gRPC call of `path` ("/pkg.Service/Method") with an empty
-// request, on stream `stream`.
-inline std::string EmptyCall(const std::string& path, uint32_t stream) {
+// request, on stream `stream`; `more`: further header fields (Literal).
+inline std::string EmptyCall(const std::string& path, uint32_t stream,
+                             const std::string& more = "") {
   const std::string headers = Literal(":method", "POST") + Literal(":scheme", "http") +
                               Literal(":path", path) + Literal(":authority", "hallocd") +
                               Literal("content-type", "application/grpc") +
-                              Literal("te", "trailers");
+                              Literal("te", "trailers") + more;
   return Frame(kHeaders, kEndHeaders, stream, headers) +
          Frame(kData, kEndStream, stream, std::string(5, '\0'));
 }

@@ -40,6 +40,7 @@
 #include "service/systemd/activation.h"
 #include "service/systemd/liveness.h"
 #include "service/systemd/notify.h"
+#include "service/util/grpc_log.h"
 #include "service/util/log_limit.h"
 
 // Exit status of a start refused what it needs (EX_CONFIG, sysexits.h);
@@ -341,8 +342,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   // libprotobuf's own lines (a client's message with a bad string field)
-  // are rate-limited like every line an outsider can trigger.
+  // and gRPC's (a header value it cannot parse, logged whole) are
+  // rate-limited and escaped like every line an outsider can trigger.
   halloc::LimitProtobufLogs();
+  halloc::LimitGrpcLogs();
   // Debian builds Abseil without NDEBUG, which turns on deadlock detection:
   // a lock-graph update on every Mutex acquisition of every request. The
   // test suites keep it (they run the daemon in-process); hallocd need not.
