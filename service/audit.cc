@@ -22,9 +22,11 @@ void AuditFailure(absl::string_view path, absl::string_view method,
   const bool quota = code == absl::StatusCode::kResourceExhausted;
   if (!denial && !quota && code != absl::StatusCode::kInternal) return;
   // 20 lines a second of each kind, at most 4 of them for one uid (the
-  // one it is charged as: a user's subordinate uids are that user): one
-  // user's flood of refusals leaves room for another's to be seen.
-  static LogLimiter* const limiter = new LogLimiter(20, absl::Seconds(1), 4);
+  // one it is charged as: a user's subordinate uids are that user), and 8
+  // for one uid of all kinds (methods × codes) together: one user's flood
+  // of refusals leaves room for another's to be seen, and taking turns
+  // through the kinds gets it no more.
+  static LogLimiter* const limiter = new LogLimiter(20, absl::Seconds(1), 4, 8);
   if (caller == nullptr && session != nullptr) caller = &session->creds();
   uint64_t dropped = 0;
   if (!limiter->AllowFor(absl::StrCat(method, "/", static_cast<int>(code)),

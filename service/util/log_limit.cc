@@ -19,6 +19,11 @@ void LogLimiter::Renew(Budget& b, absl::Time now) const {
   }
 }
 
+bool LogLimiter::Room(Budget& b, int limit, absl::Time now) const {
+  Renew(b, now);
+  return b.used < limit;
+}
+
 bool LogLimiter::AllowForAt(absl::string_view kind, uint32_t uid, absl::Time now,
                             uint64_t* dropped) {
   return Decide(kind, per_uid_ > 0 ? std::optional<uint32_t>(uid) : std::nullopt, now, dropped);
@@ -43,13 +48,16 @@ bool LogLimiter::Decide(absl::string_view kind, std::optional<uint32_t> uid, abs
                      [&](const auto& e) { return now - e.second.window_start >= window_; });
       sweep_at_ = 2 * uid_budgets_.size();
     }
-    Budget& mine = uid_budgets_[{std::string(kind), *uid}];
-    Renew(mine, now);
-    if (mine.used >= per_uid_) {
+    // Looked up again to count: a second insertion may move the first.
+    const std::pair<std::string, uint32_t> mine{std::string(kind), *uid};
+    const std::pair<std::string, uint32_t> all{std::string(), *uid};
+    if (!Room(uid_budgets_[mine], per_uid_, now) ||
+        (per_uid_all_kinds_ > 0 && !Room(uid_budgets_[all], per_uid_all_kinds_, now))) {
       ++b.dropped;
       return false;
     }
-    ++mine.used;
+    ++uid_budgets_[mine].used;
+    if (per_uid_all_kinds_ > 0) ++uid_budgets_[all].used;
   }
   ++b.used;
   *dropped = b.dropped;

@@ -26,10 +26,15 @@ namespace halloc {
 class LogLimiter {
  public:
   // At most `per_window` lines of each kind per `window`, and of those at
-  // most `per_uid` for one uid (AllowFor; 0: no share per uid).
+  // most `per_uid` for one uid (AllowFor; 0: no share per uid), and at most
+  // `per_uid_all_kinds` for one uid of all kinds together (0: no such cap;
+  // else a uid that takes its share of many kinds in turn gets no more).
   explicit LogLimiter(int per_window = 10, absl::Duration window = absl::Seconds(1),
-                      int per_uid = 0)
-      : per_window_(per_window), per_uid_(per_uid), window_(window) {}
+                      int per_uid = 0, int per_uid_all_kinds = 0)
+      : per_window_(per_window),
+        per_uid_(per_uid),
+        per_uid_all_kinds_(per_uid_all_kinds),
+        window_(window) {}
 
   // Whether a line of `kind` may be logged now. When it may, `*dropped` is
   // how many of that kind were refused since the last one logged.
@@ -59,6 +64,8 @@ class LogLimiter {
   };
   // Budget `b` renewed for the window `now` falls in.
   void Renew(Budget& b, absl::Time now) const;
+  // Whether `b`, renewed, has used fewer than `limit` lines.
+  bool Room(Budget& b, int limit, absl::Time now) const;
   // A line of `kind` against its budget, and with `uid` against that uid's
   // share of it too.
   bool Decide(absl::string_view kind, std::optional<uint32_t> uid, absl::Time now,
@@ -66,12 +73,14 @@ class LogLimiter {
 
   const int per_window_;
   const int per_uid_;
+  const int per_uid_all_kinds_;
   const absl::Duration window_;
   absl::Mutex mu_;
   // Kinds are a few fixed strings chosen by the daemon, never client data.
   absl::flat_hash_map<std::string, Budget> budgets_ ABSL_GUARDED_BY(mu_);
-  // Per kind and uid, made only while the kind had room (so at most
-  // per_window_ a window), and dropped once their window is over.
+  // Per kind and uid (and per uid for all kinds, kind ""), made only while
+  // the kind had room (so at most 2 * per_window_ a window), and dropped
+  // once their window is over.
   absl::flat_hash_map<std::pair<std::string, uint32_t>, Budget> uid_budgets_ ABSL_GUARDED_BY(mu_);
   // Swept again once it holds this many (twice what the last sweep left).
   size_t sweep_at_ ABSL_GUARDED_BY(mu_) = 0;

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/any.pb.h"
@@ -59,6 +60,31 @@ TEST(LogLimiterTest, AUidTakesItsShareOfAKindNotAll) {
   }
   EXPECT_TRUE(limiter.AllowForAt("Dump/7", 1000, t0 + absl::Seconds(101), &dropped));
   EXPECT_LE(limiter.uids_tracked(), 4u * 6 + 6);
+}
+
+// A uid that takes its share of one kind after another (AUDIT: every
+// method × code it can make refused) gets no more than its share of all
+// kinds together; another uid still has its own; a new window renews it.
+TEST(LogLimiterTest, AUidTakingTurnsThroughKindsGetsItsShareOfAllKinds) {
+  LogLimiter limiter(20, absl::Seconds(1), /*per_uid=*/4, /*per_uid_all_kinds=*/8);
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  uint64_t dropped = 0;
+  int logged = 0;
+  for (int kind = 0; kind < 16; ++kind) {
+    for (int i = 0; i < 10; ++i) {
+      logged += limiter.AllowForAt(absl::StrCat("Method", kind, "/7"), 1000, t0, &dropped);
+    }
+  }
+  EXPECT_EQ(logged, 8);
+  // Its refused lines are counted for the kind they were of.
+  EXPECT_TRUE(limiter.AllowForAt("Method15/7", 1001, t0, &dropped));
+  EXPECT_EQ(dropped, 10u);
+  int other = 0;
+  for (int kind = 0; kind < 16; ++kind) {
+    other += limiter.AllowForAt(absl::StrCat("Method", kind, "/7"), 1001, t0, &dropped);
+  }
+  EXPECT_EQ(other, 7);  // 8 with the one above
+  EXPECT_TRUE(limiter.AllowForAt("Method0/7", 1000, t0 + absl::Seconds(1), &dropped));
 }
 
 TEST(LogSafeTest, ALongTextIsCutAndSaysHowLongItWas) {
