@@ -271,8 +271,9 @@ grpc::Status AllocatorService::IsSupported(grpc::ServerContext* ctx,
   if (!caller.ok()) {
     *resp = core_->IsSupported(*req, nullptr);
   } else {
+    // As Allocate: the session whose token it is holds what it makes.
     const Identity who = Who(*caller);
-    *resp = core_->IsSupported(*req, &who);
+    *resp = core_->IsSupported(*req, &who, &caller->session->creds());
   }
   return grpc::Status::OK;
 }

@@ -838,5 +838,49 @@ TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnPr
   EXPECT_EQ(core_.Stats().grants(), 1u) << "only the session's own process shared";
 }
 
+// IsSupported on gRPC answers as Allocate does, the session's rule
+// bounding what another process asks for on its token: a session verified
+// as an executable capped at read, and another process of its uid whose
+// own rule allows read-write. gRPC's IsSupported said yes to what its
+// Allocate refused (the broker's said no to both).
+TEST_F(GrpcAuditTest, IsSupportedBoundsAnotherProcessByTheSessionsRuleAsAllocateDoes) {
+  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
+      absl::StrCat("clients { name: \"cam\" match { exe: \"", self,
+                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ }\n"
+                   "clients { name: \"user\" match { any: true } usages: \"*\" heaps: \"*\" "
+                   "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"),
+      "grpc_service_test");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  core_.SetPolicy(*policy);
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+  if (!pidfd) GTEST_SKIP() << "no pidfd_open here: " << std::strerror(errno);
+  const ExeSample exe = SampleExe(pidfd.get(), ::getpid());
+  ASSERT_TRUE(exe.file.has_value()) << "this process's executable was not vouched for";
+  const std::optional<uint64_t> start = ProcessStart(pidfd.get(), ::getpid());
+  ASSERT_TRUE(start.has_value());
+  Identity verified{::getuid(), ::getuid(), ::getpid(), exe.path, exe.file};
+  std::shared_ptr<Session> session = *core_.OpenSession(
+      verified, std::make_shared<FakeChannel>(), SessionProcess{SharedFd(std::move(pidfd)), start});
+  auto other = Connect(::getuid(), (1 << 22) + 1, start);  // no one's pid
+  v1::IsSupportedRequest ask;
+  ask.mutable_desc()->set_size(4096);
+  ask.mutable_desc()->set_usage(usage::kCpuReadOften | usage::kCpuWriteOften);
+  v1::AllocateRequest alloc;
+  *alloc.mutable_desc() = ask.desc();
+  grpc::ClientContext a, b;
+  a.AddMetadata(kSessionMetadataKey, session->token());
+  b.AddMetadata(kSessionMetadataKey, session->token());
+  v1::AllocateResponse made;
+  const grpc::Status refused = other->Allocate(&a, alloc, &made);
+  EXPECT_EQ(refused.error_code(), grpc::PERMISSION_DENIED) << refused.error_message();
+  v1::IsSupportedResponse said;
+  ASSERT_TRUE(other->IsSupported(&b, ask, &said).ok());
+  EXPECT_FALSE(said.supported()) << "IsSupported said yes to what Allocate refused";
+  EXPECT_EQ(said.code(), static_cast<int>(absl::StatusCode::kPermissionDenied)) << said.reason();
+  EXPECT_EQ(said.reason(), refused.error_message());
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
 }  // namespace
 }  // namespace halloc
