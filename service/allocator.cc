@@ -556,19 +556,21 @@ absl::StatusOr<v1::Grant> Allocator::Share(Session& session, const Identity& cal
   if (!by_name && req.peer().kind_case() != v1::Peer::kUid) {
     return absl::InvalidArgumentError("share needs a peer: a uid or a client name");
   }
-  std::shared_ptr<const Policy> pol = policy();
-  PeerAsk peer;
-  if (by_name) peer.name = req.peer().name();
-  peer.uid = req.peer().uid();
-  absl::StatusOr<SharePeerDecision> to = DecideSharePeer(*pol, caller, peer, req.buffer_id());
-  if (!to.ok()) return Counted(to.status());
   std::optional<CpuAccess> asked;
   if (req.cpu_access() != v1::CPU_ACCESS_UNSPECIFIED) {
     ASSIGN_OR_RETURN(asked, FromProto(req.cpu_access()));
   }
+  std::shared_ptr<const Policy> pol = policy();
+  PeerAsk peer;
+  if (by_name) peer.name = req.peer().name();
+  peer.uid = req.peer().uid();
+  RETURN_IF_ERROR(CheckPeerAsk(peer));
+  // Judged once the buffer is known to be the caller's: an id it does not
+  // hold is NOT_FOUND whatever its rule says (and no denial is counted).
   return registry_.Share(
-      session.id(), req.buffer_id(),
-      [&](CpuAccess mine) -> absl::StatusOr<GrantView> {
+      session.id(), req.buffer_id(), [&](CpuAccess mine) -> absl::StatusOr<GrantView> {
+        absl::StatusOr<SharePeerDecision> to = DecideSharePeer(*pol, caller, peer, req.buffer_id());
+        if (!to.ok()) return Counted(to.status());
         absl::StatusOr<CpuAccess> rights =
             DecideShareRights(*to, req.buffer_id(), mine, asked);
         if (!rights.ok()) return Counted(rights.status());

@@ -322,6 +322,29 @@ TEST_F(AllocatorTest, ShareRulesDeny) {
   EXPECT_EQ(core_.Import(*same.session, grant->token()).status().code(), StatusCode::kNotFound);
 }
 
+// What is wrong with the request itself comes first, then whether the
+// caller holds the buffer, then the policy: a Share of an id the caller
+// does not hold is NOT_FOUND, an unknown cpu_access INVALID_ARGUMENT, even
+// to a peer its rule refuses (and no denial is counted for them). The
+// policy's refusal still comes before a limit's (which a retry may mend).
+TEST_F(AllocatorTest, AShareIsJudgedOnlyOnceItsRequestAndBufferAreGood) {
+  Peer owner = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ShareRequest share;
+  share.mutable_peer()->set_uid(2000);  // default policy: same uid only
+  share.set_buffer_id(r->buffers(0).id() + 1000);
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(), StatusCode::kNotFound);
+  share.set_buffer_id(r->buffers(0).id());
+  share.set_cpu_access(static_cast<v1::CpuAccess>(99));
+  absl::Status bad = core_.Share(*owner.session, share).status();
+  EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument) << bad;
+  EXPECT_EQ(core_.Stats().denials_by_rule().size(), 0u);
+  share.clear_cpu_access();
+  EXPECT_EQ(core_.Share(*owner.session, share).status().code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(core_.Stats().denials_by_rule().size(), 1u);
+}
+
 // A reload takes the registry's lock (hallocd's buffer limit) and a judge
 // under that lock counts its denial: the policy's lock must not be held
 // into the registry's. (absl's deadlock detection, on in this build, aborts

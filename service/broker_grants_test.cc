@@ -304,10 +304,18 @@ TEST_F(BrokerIdentityTest, AShareIsAnsweredWithItsGrantAndJudgedByItsStamp) {
   EXPECT_EQ(ReplyStatus(nobody->reply).code(), absl::StatusCode::kInvalidArgument);
 
   // Python, exec'd by a verified process of this executable, asks on its
-  // socket: client "others", whose rule shares with no one. (Judged as the
-  // session, it would have been told NOT_FOUND: it holds no such buffer.)
-  absl::StatusOr<v1::BrokerReply> reply =
-      AskedAfterExec(path, ShareRequest(7, uint64_t{1} << 40, "trusted"));
+  // socket to share the buffer that process allocated to be trusted:
+  // client "others", whose rule shares with no one. (Judged as the
+  // session, it would have been given a grant.) Ids come from one counter,
+  // in order: that buffer's is the next after a probe's made now.
+  v1::BrokerRequest alloc;
+  alloc.set_request_id(6);
+  alloc.mutable_allocate()->mutable_desc()->set_size(4096);
+  absl::StatusOr<Answer> probe = Ask(owner->fd.get(), alloc);
+  ASSERT_TRUE(probe.ok()) << probe.status();
+  ASSERT_EQ(probe->reply.allocate().buffers_size(), 1) << ReplyStatus(probe->reply);
+  const uint64_t childs = probe->reply.allocate().buffers(0).id() + 1;
+  absl::StatusOr<v1::BrokerReply> reply = AskedAfterExec(path, ShareRequest(7, childs, "trusted"));
   ASSERT_TRUE(reply.ok()) << reply.status();
   EXPECT_EQ(reply->request_id(), 7u);
   EXPECT_EQ(reply->code(), static_cast<int>(absl::StatusCode::kPermissionDenied));

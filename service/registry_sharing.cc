@@ -24,12 +24,23 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
   auto h = holdings_.find(session_id);
   if (h == holdings_.end()) return absl::UnauthenticatedError("session closed");
   ASSIGN_OR_RETURN(BufferRecord * buffer, Held(h->second, buffer_id));
+  const bool rooted = session_id == buffer->owner_session && buffer->owner_holds;
+  auto via = buffer->imported_via.find(session_id);
+  if (!rooted && (via == buffer->imported_via.end() || via->second.empty())) {
+    // Held only through grants revoked since (one landed while its import
+    // was under way): nothing left to share on, and a grant made from it
+    // would be reached by no revoke.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "buffer ", buffer_id, " was revoked from this session; it cannot be shared on"));
+  }
+  ASSIGN_OR_RETURN(GrantView view, judge(buffer->holders.at(session_id)));
+  // Judged (the policy's refusals, which no retry mends) before the limits
+  // (which one may).
   if (h->second.grants.size() >= kMaxGrantsPerSession) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "session has ", h->second.grants.size(), " open grants; limit is ",
         kMaxGrantsPerSession, " (revoke those no longer needed)"));
   }
-  const bool rooted = session_id == buffer->owner_session && buffer->owner_holds;
   // Per the uid it is charged as: a user's sub-uids share one bound.
   const uid_t uid = h->second.creds.charged_uid();
   if (auto n = uid_grants_.find(uid); n != uid_grants_.end()) {
@@ -47,15 +58,6 @@ absl::StatusOr<v1::Grant> Registry::Share(uint64_t session_id,
                        kMaxOnwardGrantsPerUid));
     }
   }
-  auto via = buffer->imported_via.find(session_id);
-  if (!rooted && (via == buffer->imported_via.end() || via->second.empty())) {
-    // Held only through grants revoked since (one landed while its import
-    // was under way): nothing left to share on, and a grant made from it
-    // would be reached by no revoke.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "buffer ", buffer_id, " was revoked from this session; it cannot be shared on"));
-  }
-  ASSIGN_OR_RETURN(GrantView view, judge(buffer->holders.at(session_id)));
   view.id = next_id_++;
   view.buffer_id = buffer_id;
   v1::Grant out;

@@ -135,9 +135,7 @@ absl::Status CheckQuota(const Rule& rule, uid_t uid, uint64_t owned_buffers,
   return absl::OkStatus();
 }
 
-absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Identity& caller,
-                                                  const PeerAsk& peer, uint64_t buffer_id) {
-  SharePeerDecision d;
+absl::Status CheckPeerAsk(const PeerAsk& peer) {
   // No policy holds such a name (so saying so tells nothing of the
   // policy's names); escaped whole, it would make a ~240 KB answer and an
   // AUDIT line as long.
@@ -146,6 +144,13 @@ absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Id
                                                    " bytes; client names have at most ",
                                                    kMaxClientNameBytes));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Identity& caller,
+                                                  const PeerAsk& peer, uint64_t buffer_id) {
+  SharePeerDecision d;
+  if (absl::Status bad = CheckPeerAsk(peer); !bad.ok()) return bad;
   absl::StatusOr<const Rule*> matched = DecideRule(policy, caller, "Share");
   if (!matched.ok()) return matched.status();
   d.rule = *matched;

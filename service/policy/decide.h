@@ -104,6 +104,11 @@ struct SharePeerDecision {
   std::string peer;                // "client 'x'" or "uid N", for messages
 };
 
+// INVALID_ARGUMENT for a peer no policy could name (a name longer than any
+// client's), whatever the caller and its rule: checked before anything
+// else of a Share (DecideSharePeer checks it too).
+absl::Status CheckPeerAsk(const PeerAsk& peer);
+
 // Whether the caller may share `buffer_id` with `peer` at all (share_to).
 // NOT_FOUND for a client name the policy does not know.
 absl::StatusOr<SharePeerDecision> DecideSharePeer(const Policy& policy, const Identity& caller,
