@@ -166,6 +166,12 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
     return absl::InvalidArgumentError(absl::StrCat(
         "count ", count, " exceeds the limit of ", max_count, " buffers per call"));
   }
+  // More than a session may ever hold: no release could make room.
+  if (plan.count > limits_.max_buffers_per_session) {
+    return absl::InvalidArgumentError(absl::StrCat("count ", count, " exceeds the ",
+                                                   limits_.max_buffers_per_session,
+                                                   " buffers a session may hold"));
+  }
   RETURN_IF_ERROR(ValidateName(desc.name()));
   plan.name = desc.name().empty() ? "buffer" : desc.name();
   RETURN_IF_ERROR(usage::Validate(desc.usage()));
@@ -212,8 +218,10 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
         "holder could read it"));
   }
   if (caller != nullptr) {
-    absl::StatusOr<AllocateDecision> d = DecideAllocate(
-        *rule, *caller, {plan.usage, bytes, std::string(backend_->name()), plan.owner_access});
+    absl::StatusOr<AllocateDecision> d =
+        DecideAllocate(*rule, *caller,
+                       {plan.usage, bytes, std::string(backend_->name()), plan.owner_access,
+                        plan.count, plan.size});
     if (!d.ok()) return d.status();  // counted by Allocate, not by IsSupported
     plan.owner_access = d->owner_access;
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));

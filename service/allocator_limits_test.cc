@@ -174,6 +174,56 @@ TEST(AllocatorLimitsTest, ARulesBufferLimitBoundsTheSizeAskedFor) {
       << r.reason();
 }
 
+// A call that no release could ever make room for says so, and
+// IsSupported says the same: more buffers than a session may hold
+// (INVALID_ARGUMENT), more than the rule's whole quota (its refusal). Both
+// said yes, and Allocate RESOURCE_EXHAUSTED ("may succeed later").
+TEST(AllocatorLimitsTest, ACallNoReleaseCouldMakeRoomForIsRefusedAndIsSupportedSaysSo) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "q" match { any: true } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE quota_bytes: 12288 }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Limits limits;
+  limits.max_buffers_per_session = 4;
+  Allocator core(std::make_unique<MemfdBackend>(), limits, *policy);
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd client_end(sv[0]);
+  const Identity me{::getuid(), ::getgid(), ::getpid(), "", std::nullopt};
+  absl::StatusOr<std::shared_ptr<Session>> session =
+      core.OpenSession(me, std::make_shared<SocketFdChannel>(UniqueFd(sv[1])));
+  ASSERT_TRUE(session.ok()) << session.status();
+  const struct {
+    uint64_t size;
+    uint32_t count;
+    absl::StatusCode code;
+    const char* says;
+  } cases[] = {
+      {1, 5, absl::StatusCode::kInvalidArgument, "exceeds the 4 buffers a session may hold"},
+      {4096, 4, absl::StatusCode::kPermissionDenied, "4 buffers of 4096 bytes exceed quota_bytes"},
+      {12289, 1, absl::StatusCode::kPermissionDenied, "1 buffers of 16384 bytes"},
+  };
+  for (const auto& c : cases) {
+    v1::IsSupportedRequest q;
+    q.mutable_desc()->set_size(c.size);
+    q.set_count(c.count);
+    v1::IsSupportedResponse r = core.IsSupported(q, &me);
+    EXPECT_FALSE(r.supported()) << c.says;
+    EXPECT_EQ(r.code(), static_cast<int>(c.code)) << r.reason();
+    EXPECT_TRUE(absl::StrContains(r.reason(), c.says)) << r.reason();
+    absl::StatusOr<v1::AllocateResponse> a = core.Allocate(**session, Blob(c.size, c.count));
+    EXPECT_EQ(a.status().code(), c.code) << a.status();
+    EXPECT_EQ(a.status().message(), r.reason());
+  }
+  // What fits beside nothing held is still asked of the quota as it is.
+  absl::StatusOr<v1::AllocateResponse> fits = core.Allocate(**session, Blob(4096, 3));
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ(core.Allocate(**session, Blob(4096)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
 // A caller no rule matches is refused by the policy before anything else
 // is judged: it learns nothing of what the backend cannot do nor of
 // hallocd's limits, and the refusal is the policy's (audited, counted by

@@ -94,6 +94,15 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity
     return deny(absl::StrCat(ask.size, " bytes exceeds max_buffer_bytes ",
                              rule.max_buffer_bytes));
   }
+  // A quota this call alone would exceed: no release could make room
+  // (RESOURCE_EXHAUSTED, "may succeed later", would be a lie).
+  if (rule.quota_buffers != 0 && ask.count > rule.quota_buffers) {
+    return deny(absl::StrCat(ask.count, " buffers exceed quota_buffers ", rule.quota_buffers));
+  }
+  if (rule.quota_bytes != 0 && ask.count * ask.charged_size > rule.quota_bytes) {
+    return deny(absl::StrCat(ask.count, " buffers of ", ask.charged_size,
+                             " bytes exceed quota_bytes ", rule.quota_bytes));
+  }
   if ((usage::WantsCpuWrite(ask.usage) && rule.max_cpu != CpuAccess::kReadWrite) ||
       (usage::WantsCpuRead(ask.usage) && rule.max_cpu == CpuAccess::kNone)) {
     return deny(absl::StrCat("usage asks for CPU access beyond max_cpu_access ",

@@ -41,6 +41,11 @@ struct AllocateAsk {
   uint64_t size = 0;
   std::string heap;            // the backend's heap (Backend::name())
   CpuAccess access = CpuAccess::kReadWrite;  // what the usage implies
+  // How many such buffers, and what each is charged (rounded to pages):
+  // more than the rule's whole quota is refused here (CheckQuota refuses
+  // what does not fit beside what the uid owns now).
+  uint64_t count = 1;
+  uint64_t charged_size = 0;
 };
 
 // What a client's buffers are charged to: "rule/uid".

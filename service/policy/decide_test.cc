@@ -137,6 +137,33 @@ TEST(CheckQuotaTest, CountsBuffersAndBytesOfTheClient) {
   EXPECT_TRUE(CheckQuota(*p->Find("app"), 1003, 1u << 30, 1u << 30, 64, 1u << 30).ok());
 }
 
+// A call that alone asks for more than the rule's whole quota is the
+// rule's refusal (PERMISSION_DENIED), not RESOURCE_EXHAUSTED, which says a
+// release could make room; up to the quota it is CheckQuota's to judge.
+TEST(DecideAllocateTest, MoreThanTheWholeQuotaInOneCallIsDenied) {
+  auto p = Example();
+  const AllocateAsk base{Usage("camera_output"), 4096, "memfd", CpuAccess::kReadWrite};
+  AllocateAsk ask = base;
+  ask.count = 4;
+  ask.charged_size = 512 << 10;  // 2 MiB in all: the quota exactly
+  EXPECT_TRUE(DecideAllocate(*p, Uid(1001), ask).ok());
+  ask.count = 5;
+  ask.charged_size = 4096;
+  absl::StatusOr<AllocateDecision> d = DecideAllocate(*p, Uid(1001), ask);
+  EXPECT_EQ(d.status().code(), StatusCode::kPermissionDenied) << d.status();
+  EXPECT_TRUE(absl::StrContains(d.status().message(), "exceed quota_buffers 4")) << d.status();
+  EXPECT_EQ(DecidingRule(d.status()), "camera");
+  ask.count = 3;
+  ask.charged_size = (1 << 20) - 4096 + 8192;  // 3 of them: past 2 MiB
+  d = DecideAllocate(*p, Uid(1001), ask);
+  EXPECT_EQ(d.status().code(), StatusCode::kPermissionDenied) << d.status();
+  EXPECT_TRUE(absl::StrContains(d.status().message(), "exceed quota_bytes 2097152")) << d.status();
+  // No quota, no such bound.
+  ask.count = 64;
+  ask.charged_size = 1u << 30;
+  EXPECT_TRUE(DecideAllocate(*p, Uid(1003), ask).ok());
+}
+
 TEST(DecideShareTest, PeersByNameAndUidFollowShareTo) {
   auto p = Example();
   absl::StatusOr<SharePeerDecision> to =
