@@ -77,6 +77,10 @@ absl::Status SetMetadataField(v1::StandardMetadataType type, const v1::BufferMet
       return absl::OkStatus();
     }
     default:
+      if (!v1::StandardMetadataType_IsValid(type)) {
+        return absl::InvalidArgumentError(absl::StrCat("unknown metadata type ",
+                                                       static_cast<int>(type)));
+      }
       return absl::InvalidArgumentError(absl::StrCat(
           "metadata ", v1::StandardMetadataType_Name(type), " (", static_cast<int>(type),
           ") is immutable; only DATASPACE, BLEND_MODE and CROP can be set"));

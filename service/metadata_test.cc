@@ -47,6 +47,12 @@ TEST(MetadataTest, MutableFieldsAreSetAndCheckedAndBadValuesChangeNothing) {
   value.set_blend_mode(static_cast<v1::BlendMode>(99));
   EXPECT_EQ(SetMetadataField(v1::METADATA_BLEND_MODE, value, layout, &m).code(),
             absl::StatusCode::kInvalidArgument);
+  // A type no version of the API has is told so (not "metadata  (999) is
+  // immutable", its name empty).
+  const absl::Status unknown =
+      SetMetadataField(static_cast<v1::StandardMetadataType>(999), value, layout, &m);
+  EXPECT_EQ(unknown.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(unknown.message(), "unknown metadata type 999");
   *value.add_crop() = Rect(0, 0, 65, 32);  // wider than plane 0
   *value.add_crop() = Rect(0, 0, 32, 16);
   EXPECT_EQ(SetMetadataField(v1::METADATA_CROP, value, layout, &m).code(),
