@@ -1,5 +1,6 @@
 // Raw HTTP/2 for tests that play a gRPC client misbehaving below gRPC's
-// API (windows it never opens, bytes it never reads).
+// API (windows it never opens, bytes it never reads), and for tests of
+// what reads frames (h2_guard_test, stream_relay_test).
 #ifndef HALLOC_SERVICE_HTTP2_TESTING_H_
 #define HALLOC_SERVICE_HTTP2_TESTING_H_
 
@@ -9,7 +10,7 @@
 namespace halloc::http2_testing {
 
 constexpr uint8_t kData = 0x0, kHeaders = 0x1, kRstStream = 0x3, kSettings = 0x4, kPing = 0x6,
-                  kWindowUpdate = 0x8;
+                  kWindowUpdate = 0x8, kContinuation = 0x9;
 constexpr uint8_t kEndStream = 0x1, kAck = 0x1, kEndHeaders = 0x4;
 constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -23,6 +24,12 @@ inline std::string Frame(uint8_t type, uint8_t flags, uint32_t stream,
   f.push_back(static_cast<char>(flags));
   for (int shift : {24, 16, 8, 0}) f.push_back(static_cast<char>((stream >> shift) & 0xff));
   return f + payload;
+}
+
+// A frame of `length` filler bytes ('x'): for what reads frame headers
+// only.
+inline std::string SizedFrame(uint8_t type, uint8_t flags, uint32_t stream, uint32_t length) {
+  return Frame(type, flags, stream, std::string(length, 'x'));
 }
 
 // HPACK: a literal header field without indexing, new name, no Huffman.

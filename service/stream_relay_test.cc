@@ -18,7 +18,7 @@
 #include "clients/cpp/halloc/base/unique_fd.h"
 #include "gtest/gtest.h"
 #include "service/h2_guard.h"
-#include "service/h2_testing.h"
+#include "service/http2_testing.h"
 #include "service/util/foreign_fds.h"
 #include "service/util/lingering_socket.h"
 
@@ -404,16 +404,16 @@ TEST_F(StreamRelayTest, AnOutOfBandByteAndItsFdsAreTakenOffToo) {
 // frames, CVE-2023-33953) ends its connection before gRPC reads it; the
 // bytes before it went on.
 TEST_F(StreamRelayTest, AHeaderBlockPastItsBoundsEndsTheConnectionBeforeGrpcReadsIt) {
-  using testing::H2Frame;
+  using http2_testing::SizedFrame;
   auto [client, server] = Relayed();
-  const std::string start = std::string(testing::kH2Preface) +
-                            H2Frame(testing::kH2Settings, 0, 0, 0) +
-                            H2Frame(testing::kH2Headers, testing::kH2EndHeaders, 1, 40);
+  const std::string start = std::string(http2_testing::kPreface) +
+                            SizedFrame(http2_testing::kSettings, 0, 0, 0) +
+                            SizedFrame(http2_testing::kHeaders, http2_testing::kEndHeaders, 1, 40);
   ASSERT_EQ(::write(client.get(), start.data(), start.size()), static_cast<ssize_t>(start.size()));
   EXPECT_EQ(ReadSome(server.get(), start.size(), 5000), start);
-  std::string trickle = H2Frame(testing::kH2Headers, 0, 3, 1);
+  std::string trickle = SizedFrame(http2_testing::kHeaders, 0, 3, 1);
   for (uint32_t i = 0; i < H2Guard::kMaxHeaderBlockFrames; ++i) {
-    trickle += H2Frame(testing::kH2Continuation, 0, 3, 1);
+    trickle += SizedFrame(http2_testing::kContinuation, 0, 3, 1);
   }
   ASSERT_EQ(::write(client.get(), trickle.data(), trickle.size()),
             static_cast<ssize_t>(trickle.size()));
@@ -427,24 +427,25 @@ TEST_F(StreamRelayTest, AHeaderBlockPastItsBoundsEndsTheConnectionBeforeGrpcRead
 // past its budget (a rapid-reset flood, CVE-2023-44487) the connection that
 // sent them ends; another uid's are its own.
 TEST_F(StreamRelayTest, ResetsPastTheUidsBudgetEndTheConnection) {
-  using testing::H2Frame;
+  using http2_testing::SizedFrame;
   auto resets = [](uint32_t n, uint32_t first) {
     std::string s;
     for (uint32_t i = 0; i < n; ++i) {
-      s += H2Frame(testing::kH2Headers, testing::kH2EndHeaders, 2 * (first + i) + 1, 10) +
-           H2Frame(testing::kH2RstStream, 0, 2 * (first + i) + 1, 4);
+      s +=
+          SizedFrame(http2_testing::kHeaders, http2_testing::kEndHeaders, 2 * (first + i) + 1, 10) +
+          SizedFrame(http2_testing::kRstStream, 0, 2 * (first + i) + 1, 4);
     }
     return s;
   };
   auto [calm, calm_server] = Relayed(2000);
-  const std::string some = std::string(testing::kH2Preface) + resets(100, 0);
+  const std::string some = std::string(http2_testing::kPreface) + resets(100, 0);
   ASSERT_EQ(::write(calm.get(), some.data(), some.size()), static_cast<ssize_t>(some.size()));
   EXPECT_EQ(ReadSome(calm_server.get(), some.size(), 5000).size(), some.size());
 
   auto [first, first_server] = Relayed(1000);
   auto [second, second_server] = Relayed(1000);
   const uint32_t half = static_cast<uint32_t>(StreamRelay::kResetBurst / 2);
-  const std::string flood = std::string(testing::kH2Preface) + resets(half + 50, 0);
+  const std::string flood = std::string(http2_testing::kPreface) + resets(half + 50, 0);
   ASSERT_EQ(::write(first.get(), flood.data(), flood.size()), static_cast<ssize_t>(flood.size()));
   EXPECT_EQ(ReadSome(first_server.get(), flood.size(), 5000).size(), flood.size())
       << "within the budget";
@@ -462,7 +463,7 @@ TEST_F(StreamRelayTest, ResetsPastTheUidsBudgetEndTheConnection) {
   second.reset();
   ASSERT_TRUE(WaitRelayed(*relay_, 1));
   auto [third, third_server] = Relayed(1000);
-  const std::string again = std::string(testing::kH2Preface) +
+  const std::string again = std::string(http2_testing::kPreface) +
                             resets(static_cast<uint32_t>(StreamRelay::kResetBurst) - 100, 5000);
   std::thread rewriter([&, fd = third.get()] {
     for (size_t off = 0; off < again.size();) {
