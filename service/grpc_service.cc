@@ -7,11 +7,21 @@
 #include "clients/cpp/halloc/base/status_macros.h"
 #include "service/audit.h"
 #include "service/connection_limits.h"
+#include "service/grpc_methods.h"
 #include "service/peer_identity.h"
 #include "service/util/clock.h"
 
 namespace halloc {
 namespace {
+
+// A unary method's request and response types.
+template <class M>
+struct MethodTypes;
+template <class S, class Req, class Resp>
+struct MethodTypes<grpc::Status (S::*)(grpc::ServerContext*, const Req*, Resp*)> {
+  using Request = Req;
+  using Response = Resp;
+};
 
 // Logs a failed call once, with who asked and what was decided.
 grpc::Status Finish(const char* method, const Session* session,
@@ -39,6 +49,37 @@ bool PastDeadline(const grpc::ServerContext* ctx) {
 }
 
 }  // namespace
+
+void AllocatorService::AddMethods() {
+  using grpc::internal::RpcMethod;
+  using grpc::internal::RpcServiceMethod;
+  const auto unary = [this](const char* name, auto method) {
+    using Traits = MethodTypes<decltype(method)>;
+    AddMethod(
+        new RpcServiceMethod(name, RpcMethod::NORMAL_RPC,
+                             new ParsedUnaryHandler<AllocatorService, typename Traits::Request,
+                                                    typename Traits::Response>(this, method)));
+  };
+  unary("/halloc.v1.Allocator/Allocate", &AllocatorService::Allocate);
+  unary("/halloc.v1.Allocator/Release", &AllocatorService::Release);
+  AddMethod(new RpcServiceMethod(
+      "/halloc.v1.Allocator/ReleaseMany", RpcMethod::CLIENT_STREAMING,
+      new grpc::internal::ClientStreamingHandler<AllocatorService, v1::ReleaseRequest,
+                                                 v1::ReleaseResponse>(
+          [](AllocatorService* service, grpc::ServerContext* ctx,
+             grpc::ServerReader<v1::ReleaseRequest>* reader,
+             v1::ReleaseResponse* resp) { return service->ReleaseMany(ctx, reader, resp); },
+          this)));
+  unary("/halloc.v1.Allocator/Describe", &AllocatorService::Describe);
+  unary("/halloc.v1.Allocator/List", &AllocatorService::List);
+  unary("/halloc.v1.Allocator/Stats", &AllocatorService::Stats);
+  unary("/halloc.v1.Allocator/IsSupported", &AllocatorService::IsSupported);
+  unary("/halloc.v1.Allocator/Share", &AllocatorService::Share);
+  unary("/halloc.v1.Allocator/Import", &AllocatorService::Import);
+  unary("/halloc.v1.Allocator/SetMetadata", &AllocatorService::SetMetadata);
+  unary("/halloc.v1.Allocator/Dump", &AllocatorService::Dump);
+  unary("/halloc.v1.Allocator/Revoke", &AllocatorService::Revoke);
+}
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;

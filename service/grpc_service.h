@@ -24,7 +24,10 @@ namespace halloc {
 
 grpc::Status ToGrpc(const absl::Status& status);
 
-class AllocatorService final : public v1::Allocator::Service {
+// halloc.v1.Allocator's methods, registered here rather than by the
+// generated v1::Allocator::Service so that each unary method parses its
+// request itself (grpc_methods.h); clients use the generated stub.
+class AllocatorService final : public grpc::Service {
  public:
   // ReleaseMany streams served at once, and for one uid: each holds a
   // server thread until its last part comes, so that they can never take
@@ -58,36 +61,37 @@ class AllocatorService final : public v1::Allocator::Service {
         release_many_within_(times.release_many),
         cool_down_(times.overstay_cool_down),
         release_streams_("ReleaseMany streams", kMaxReleaseStreams, kMaxReleaseStreamsPerUid,
-                         {times.release_many, 6 * times.release_many}) {}
+                         {times.release_many, 6 * times.release_many}) {
+    AddMethods();
+  }
 
   grpc::Status Allocate(grpc::ServerContext* ctx, const v1::AllocateRequest* req,
-                        v1::AllocateResponse* resp) override;
+                        v1::AllocateResponse* resp);
   grpc::Status Release(grpc::ServerContext* ctx, const v1::ReleaseRequest* req,
-                       v1::ReleaseResponse* resp) override;
+                       v1::ReleaseResponse* resp);
   grpc::Status ReleaseMany(grpc::ServerContext* ctx, grpc::ServerReader<v1::ReleaseRequest>* reader,
-                           v1::ReleaseResponse* resp) override;
+                           v1::ReleaseResponse* resp);
   grpc::Status Describe(grpc::ServerContext* ctx, const v1::DescribeRequest* req,
-                        v1::DescribeResponse* resp) override;
-  grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req,
-                    v1::ListResponse* resp) override;
+                        v1::DescribeResponse* resp);
+  grpc::Status List(grpc::ServerContext* ctx, const v1::ListRequest* req, v1::ListResponse* resp);
   grpc::Status Stats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
-                     v1::StatsResponse* resp) override;
-  grpc::Status IsSupported(grpc::ServerContext* ctx,
-                           const v1::IsSupportedRequest* req,
-                           v1::IsSupportedResponse* resp) override;
+                     v1::StatsResponse* resp);
+  grpc::Status IsSupported(grpc::ServerContext* ctx, const v1::IsSupportedRequest* req,
+                           v1::IsSupportedResponse* resp);
   grpc::Status Share(grpc::ServerContext* ctx, const v1::ShareRequest* req,
-                     v1::ShareResponse* resp) override;
+                     v1::ShareResponse* resp);
   grpc::Status Import(grpc::ServerContext* ctx, const v1::ImportRequest* req,
-                      v1::ImportResponse* resp) override;
-  grpc::Status Dump(grpc::ServerContext* ctx, const v1::DumpRequest* req,
-                    v1::DumpResponse* resp) override;
-  grpc::Status SetMetadata(grpc::ServerContext* ctx,
-                           const v1::SetMetadataRequest* req,
-                           v1::SetMetadataResponse* resp) override;
+                      v1::ImportResponse* resp);
+  grpc::Status Dump(grpc::ServerContext* ctx, const v1::DumpRequest* req, v1::DumpResponse* resp);
+  grpc::Status SetMetadata(grpc::ServerContext* ctx, const v1::SetMetadataRequest* req,
+                           v1::SetMetadataResponse* resp);
   grpc::Status Revoke(grpc::ServerContext* ctx, const v1::RevokeRequest* req,
-                      v1::RevokeResponse* resp) override;
+                      v1::RevokeResponse* resp);
 
  private:
+  // Registers every method of the service (its names as the generated
+  // service has them).
+  void AddMethods();
   // A call's session (found by its token, on a connection of the session's
   // uid), and the peer of the control connection it came on (nullopt
   // without ControlPeers: an in-process server).

@@ -5,6 +5,7 @@
 
 #include <grpc/support/time.h>
 #include <grpcpp/create_channel_posix.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/server_posix.h>
 #include <sys/socket.h>
@@ -20,9 +21,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "clients/cpp/halloc/base/usage.h"
 #include "gtest/gtest.h"
 #include "service/backend/memfd_backend.h"
+#include "service/grpc_methods.h"
 #include "service/peer_identity.h"
 #include "service/util/log_lines_testing.h"
 
@@ -404,6 +407,58 @@ TEST_F(GrpcServiceTest, CoreErrorsKeepTheirCodes) {
   EXPECT_EQ(stub_->Allocate(Ctx(t).get(), prot, &resp).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+// Bytes that are no request of the method's are the caller's fault:
+// INVALID_ARGUMENT naming the message (proto/halloc/v1/request_traits.h),
+// not gRPC's own INTERNAL with no message. Every unary method of the
+// service, as its descriptor lists them, so that a method added later
+// without its traits fails here.
+TEST_F(GrpcServiceTest, ARequestThatDoesNotParseIsInvalidArgument) {
+  const google::protobuf::ServiceDescriptor* service =
+      v1::AllocateRequest::descriptor()->file()->FindServiceByName("Allocator");
+  ASSERT_NE(service, nullptr);
+  grpc::GenericStub stub(server_->InProcessChannel(grpc::ChannelArguments()));
+  // A field whose tag's varint never ends.
+  const std::string garbage = "\x08\xff\xff";
+  const auto call = [&](const std::string& method, const grpc::ByteBuffer* request) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata(kSessionMetadataKey, session_->token());
+    grpc::ByteBuffer response;
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(&ctx, method, grpc::StubOptions(), request, &response, [&](grpc::Status s) {
+      status = std::move(s);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return status;
+  };
+  int unary = 0;
+  for (int i = 0; i < service->method_count(); ++i) {
+    const google::protobuf::MethodDescriptor* m = service->method(i);
+    if (m->client_streaming() || m->server_streaming()) continue;
+    ++unary;
+    const std::string method = absl::StrCat("/", service->full_name(), "/", m->name());
+    grpc::Slice slice(garbage);
+    grpc::ByteBuffer bad(&slice, 1);
+    grpc::Status s = call(method, &bad);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(s.error_message(),
+              absl::StrCat("the request does not parse as a ", m->input_type()->full_name()))
+        << method;
+  }
+  EXPECT_GE(unary, 10);
+  EXPECT_EQ(core_.Stats().live_buffers(), 0u);
+}
+
+// A unary call that came with no message at all (gRPC hands the handler
+// no payload): INVALID_ARGUMENT too.
+TEST(ParseRequestTest, NoMessageIsInvalidArgument) {
+  v1::AllocateRequest req;
+  grpc::Status s = ParseRequest(nullptr, &req);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), "no request message (a halloc.v1.AllocateRequest)");
 }
 
 TEST_F(GrpcServiceTest, IsSupportedAndStatsNeedNoSession) {
