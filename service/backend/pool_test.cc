@@ -288,106 +288,99 @@ class FailsNext : public MemfdBackend {
   std::function<void()> then;
 };
 
+// A manual pool (classes stocked after one request) over a FailsNext.
+class ShortOfRoomTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto inner = std::make_unique<FailsNext>();
+    backend = inner.get();
+    PoolOptions o = Manual();
+    o.min_requests = 1;
+    absl::StatusOr<std::unique_ptr<PooledBackend>> made =
+        PooledBackend::Create(std::move(inner), o);
+    ASSERT_TRUE(made.ok()) << made.status();
+    pool = *std::move(made);
+  }
+  FailsNext* backend = nullptr;  // pool's
+  std::unique_ptr<PooledBackend> pool;
+};
+
 // The stock is charged to no client: a request that cannot be made for
 // lack of room frees it and is tried once more, rather than fail while
 // hallocd holds memory (and fds) for requests that may never come.
-TEST(PooledBackendTest, ARequestShortOfRoomGoesBeforeTheStock) {
-  auto inner = std::make_unique<FailsNext>();
-  FailsNext* backend = inner.get();
-  PoolOptions o = Manual();
-  o.min_requests = 1;
-  auto pool = PooledBackend::Create(std::move(inner), o);
-  ASSERT_TRUE(pool.ok());
+TEST_F(ShortOfRoomTest, ARequestShortOfRoomGoesBeforeTheStock) {
   const BackendRequest stocked{kPage, "stocked", 0}, other{kPage, "other", 0};
-  ASSERT_TRUE((*pool)->Allocate(stocked).ok());
-  ASSERT_TRUE((*pool)->RefillOnce());
-  ASSERT_EQ((*pool)->stats().stocked_buffers, 1u);
+  ASSERT_TRUE(pool->Allocate(stocked).ok());
+  ASSERT_TRUE(pool->RefillOnce());
+  ASSERT_EQ(pool->stats().stocked_buffers, 1u);
   backend->fail = 1;
-  absl::StatusOr<UniqueFd> fd = (*pool)->Allocate(other);  // a miss, short of room
+  absl::StatusOr<UniqueFd> fd = pool->Allocate(other);  // a miss, short of room
   ASSERT_TRUE(fd.ok()) << fd.status();
-  PoolStats s = (*pool)->stats();
+  PoolStats s = pool->stats();
   EXPECT_EQ(s.stocked_buffers, 0u);
   EXPECT_EQ(s.trims_for_room, 1u);
   // Not refilled at once: that would take the room back for the next.
-  EXPECT_FALSE((*pool)->RefillOnce());
+  EXPECT_FALSE(pool->RefillOnce());
   // With nothing in stock, the failure is the answer (tried once).
   backend->fail = 2;
-  EXPECT_EQ((*pool)->Allocate(other).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(pool->Allocate(other).status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(backend->fail, 1) << "tried again with nothing freed";
-  EXPECT_EQ((*pool)->stats().trims_for_room, 1u);
+  EXPECT_EQ(pool->stats().trims_for_room, 1u);
 }
 
 // Only as much stock goes as the request asks for, the least recently used
 // class's first: the classes in use keep theirs.
-TEST(PooledBackendTest, ARequestShortOfRoomFreesOnlyTheRoomItAsksFor) {
-  auto inner = std::make_unique<FailsNext>();
-  FailsNext* backend = inner.get();
-  PoolOptions o = Manual();
-  o.min_requests = 1;
-  auto pool = PooledBackend::Create(std::move(inner), o);
-  ASSERT_TRUE(pool.ok());
+TEST_F(ShortOfRoomTest, ARequestShortOfRoomFreesOnlyTheRoomItAsksFor) {
   const BackendRequest old_class{2 * kPage, "old", 0}, recent{kPage, "recent", 0};
-  ASSERT_TRUE((*pool)->Allocate(old_class).ok());
-  ASSERT_TRUE((*pool)->RefillOnce());
-  ASSERT_TRUE((*pool)->Allocate(recent).ok());
-  while ((*pool)->stats().stocked_buffers < 3 && (*pool)->RefillOnce()) {
+  ASSERT_TRUE(pool->Allocate(old_class).ok());
+  ASSERT_TRUE(pool->RefillOnce());
+  ASSERT_TRUE(pool->Allocate(recent).ok());
+  while (pool->stats().stocked_buffers < 3 && pool->RefillOnce()) {
   }
-  ASSERT_GE((*pool)->stats().stocked_buffers, 3u) << "no stock to free from";
-  const PoolStats before = (*pool)->stats();
+  ASSERT_GE(pool->stats().stocked_buffers, 3u) << "no stock to free from";
+  const PoolStats before = pool->stats();
   backend->fail = 1;
-  ASSERT_TRUE((*pool)->Allocate({kPage, "other", 0}).ok());
-  PoolStats s = (*pool)->stats();
+  ASSERT_TRUE(pool->Allocate({kPage, "other", 0}).ok());
+  PoolStats s = pool->stats();
   EXPECT_EQ(s.trims_for_room, 1u);
   EXPECT_EQ(s.stocked_buffers, before.stocked_buffers - 1) << "freed more than one buffer";
   EXPECT_EQ(s.stocked_bytes, before.stocked_bytes - 2 * kPage) << "not the old class's";
   // The recent class kept its stock: a hit.
-  ASSERT_TRUE((*pool)->Allocate(recent).ok());
-  EXPECT_EQ((*pool)->stats().hits, s.hits + 1);
+  ASSERT_TRUE(pool->Allocate(recent).ok());
+  EXPECT_EQ(pool->stats().hits, s.hits + 1);
 }
 
 // The room freed for a request is its own: no refill takes it back before
 // the request is tried again (a refill thread its miss woke could have).
-TEST(PooledBackendTest, NoRefillTakesTheRoomFreedForARequestBeforeItsRetry) {
-  auto inner = std::make_unique<FailsNext>();
-  FailsNext* backend = inner.get();
-  PoolOptions o = Manual();
-  o.min_requests = 1;
-  auto pool = PooledBackend::Create(std::move(inner), o);
-  ASSERT_TRUE(pool.ok());
-  ASSERT_TRUE((*pool)->Allocate({kPage, "stocked", 0}).ok());
-  ASSERT_TRUE((*pool)->RefillOnce());
+TEST_F(ShortOfRoomTest, NoRefillTakesTheRoomFreedForARequestBeforeItsRetry) {
+  ASSERT_TRUE(pool->Allocate({kPage, "stocked", 0}).ok());
+  ASSERT_TRUE(pool->RefillOnce());
   backend->fail = 1;
   std::optional<bool> refilled;
-  backend->then = [&] { refilled = (*pool)->RefillOnce(); };  // as the retry begins
-  ASSERT_TRUE((*pool)->Allocate({kPage, "other", 0}).ok());
+  backend->then = [&] { refilled = pool->RefillOnce(); };  // as the retry begins
+  ASSERT_TRUE(pool->Allocate({kPage, "other", 0}).ok());
   ASSERT_TRUE(refilled.has_value()) << "the request was not tried again";
   EXPECT_FALSE(*refilled) << "a refill ran between freeing the room and the retry";
-  EXPECT_EQ((*pool)->stats().stocked_buffers, 0u);
+  EXPECT_EQ(pool->stats().stocked_buffers, 0u);
 }
 
 // A request larger than the whole stock cannot be helped by freeing it:
 // the stock stays (a request that can never fit emptied it every time).
-TEST(PooledBackendTest, ARequestTheStockCouldNotMakeRoomForLeavesIt) {
-  auto inner = std::make_unique<FailsNext>();
-  FailsNext* backend = inner.get();
-  PoolOptions o = Manual();
-  o.min_requests = 1;
-  auto pool = PooledBackend::Create(std::move(inner), o);
-  ASSERT_TRUE(pool.ok());
+TEST_F(ShortOfRoomTest, ARequestTheStockCouldNotMakeRoomForLeavesIt) {
   const BackendRequest stocked{kPage, "stocked", 0}, larger{64 * kPage, "larger", 0};
-  ASSERT_TRUE((*pool)->Allocate(stocked).ok());
-  ASSERT_TRUE((*pool)->RefillOnce());
+  ASSERT_TRUE(pool->Allocate(stocked).ok());
+  ASSERT_TRUE(pool->RefillOnce());
   backend->fail = 1;
-  EXPECT_EQ((*pool)->Allocate(larger).status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ((*pool)->stats().stocked_buffers, 1u);
-  EXPECT_EQ((*pool)->stats().trims_for_room, 0u);
+  EXPECT_EQ(pool->Allocate(larger).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(pool->stats().stocked_buffers, 1u);
+  EXPECT_EQ(pool->stats().trims_for_room, 0u);
   // One it could have made room for, that failed all the same: the stock
   // was no help, and refills go on (no class kept empty by it).
   backend->fail = 2;
-  EXPECT_EQ((*pool)->Allocate({kPage, "other", 0}).status().code(),
+  EXPECT_EQ(pool->Allocate({kPage, "other", 0}).status().code(),
             absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ((*pool)->stats().trims_for_room, 1u);
-  EXPECT_TRUE((*pool)->RefillOnce()) << "refills paused by a request the stock did not help";
+  EXPECT_EQ(pool->stats().trims_for_room, 1u);
+  EXPECT_TRUE(pool->RefillOnce()) << "refills paused by a request the stock did not help";
 }
 
 // Waits (up to 10 s) for the background thread to stock `want` buffers.
