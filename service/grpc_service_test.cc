@@ -751,6 +751,30 @@ class GrpcAuditTest : public ::testing::Test {
     return v1::Allocator::NewStub(grpc::CreateInsecureChannelFromFd("hallocd", sv[1]));
   }
 
+  // Under a policy whose first rule, `name` (`fields` after its match),
+  // matches this executable and `rest` follows: a session verified as this
+  // executable, its process pinned as the broker pins it; `start`, its
+  // process's start (for Connect). Skips where pidfd_open is missing.
+  void OpenVerified(const std::string& name, const std::string& fields, const std::string& rest,
+                    std::shared_ptr<Session>* session, std::optional<uint64_t>* start) {
+    const std::string self = std::filesystem::canonical("/proc/self/exe").string();
+    absl::StatusOr<std::shared_ptr<const Policy>> policy =
+        Policy::Parse(absl::StrCat("clients { name: \"", name, "\" match { exe: \"", self, "\" } ",
+                                   fields, " }\n", rest),
+                      "grpc_service_test");
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    core_.SetPolicy(*policy);
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
+    if (!pidfd) GTEST_SKIP() << "no pidfd_open here: " << std::strerror(errno);
+    const ExeSample exe = SampleExe(pidfd.get(), ::getpid());
+    ASSERT_TRUE(exe.file.has_value()) << "this process's executable was not vouched for";
+    *start = ProcessStart(pidfd.get(), ::getpid());
+    ASSERT_TRUE(start->has_value());
+    Identity verified{::getuid(), ::getuid(), ::getpid(), exe.path, exe.file};
+    *session = *core_.OpenSession(verified, std::make_shared<FakeChannel>(),
+                                  SessionProcess{SharedFd(std::move(pidfd)), *start});
+  }
+
   Allocator core_{std::make_unique<MemfdBackend>(), Limits()};
   std::shared_ptr<ControlPeers> peers_ = std::make_shared<ControlPeers>();
   AllocatorService service_;
@@ -819,26 +843,12 @@ TEST_F(GrpcAuditTest, IsSupportedRefusalsAreLimitedPerUidToo) {
 // any process of that uid with the token got the rules that match the
 // session's executable, which the broker denies it.
 TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnProcess) {
-  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
-  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
-      absl::StrCat("clients { name: \"trusted\" match { exe: \"", self,
-                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE "
-                   "share_to: \"*\" }\n"
-                   "clients { name: \"others\" match { any: true } }\n"),
-      "grpc_service_test");
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  core_.SetPolicy(*policy);
-  // A session verified as this executable, its process pinned as the
-  // broker pins it.
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
-  if (!pidfd) GTEST_SKIP() << "no pidfd_open here: " << std::strerror(errno);
-  const ExeSample exe = SampleExe(pidfd.get(), ::getpid());
-  ASSERT_TRUE(exe.file.has_value()) << "this process's executable was not vouched for";
-  const std::optional<uint64_t> start = ProcessStart(pidfd.get(), ::getpid());
-  ASSERT_TRUE(start.has_value());
-  Identity verified{::getuid(), ::getuid(), ::getpid(), exe.path, exe.file};
-  std::shared_ptr<Session> session = *core_.OpenSession(
-      verified, std::make_shared<FakeChannel>(), SessionProcess{SharedFd(std::move(pidfd)), start});
+  std::shared_ptr<Session> session;
+  std::optional<uint64_t> start;
+  ASSERT_NO_FATAL_FAILURE(OpenVerified(
+      "trusted", "usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ_WRITE share_to: \"*\"",
+      "clients { name: \"others\" match { any: true } }\n", &session, &start));
+  if (IsSkipped()) return;
   // A pid that is not this process's (nor, being past pid_max, anyone's).
   const pid_t another = (1 << 22) + 1;
 
@@ -899,24 +909,14 @@ TEST_F(GrpcAuditTest, ATokenCarriesTheVerifiedExecutableOnlyFromTheSessionsOwnPr
 // own rule allows read-write. gRPC's IsSupported said yes to what its
 // Allocate refused (the broker's said no to both).
 TEST_F(GrpcAuditTest, IsSupportedBoundsAnotherProcessByTheSessionsRuleAsAllocateDoes) {
-  const std::string self = std::filesystem::canonical("/proc/self/exe").string();
-  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(
-      absl::StrCat("clients { name: \"cam\" match { exe: \"", self,
-                   "\" } usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ }\n"
+  std::shared_ptr<Session> session;
+  std::optional<uint64_t> start;
+  ASSERT_NO_FATAL_FAILURE(
+      OpenVerified("cam", "usages: \"*\" heaps: \"*\" max_cpu_access: CPU_ACCESS_READ",
                    "clients { name: \"user\" match { any: true } usages: \"*\" heaps: \"*\" "
-                   "max_cpu_access: CPU_ACCESS_READ_WRITE }\n"),
-      "grpc_service_test");
-  ASSERT_TRUE(policy.ok()) << policy.status();
-  core_.SetPolicy(*policy);
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0)));
-  if (!pidfd) GTEST_SKIP() << "no pidfd_open here: " << std::strerror(errno);
-  const ExeSample exe = SampleExe(pidfd.get(), ::getpid());
-  ASSERT_TRUE(exe.file.has_value()) << "this process's executable was not vouched for";
-  const std::optional<uint64_t> start = ProcessStart(pidfd.get(), ::getpid());
-  ASSERT_TRUE(start.has_value());
-  Identity verified{::getuid(), ::getuid(), ::getpid(), exe.path, exe.file};
-  std::shared_ptr<Session> session = *core_.OpenSession(
-      verified, std::make_shared<FakeChannel>(), SessionProcess{SharedFd(std::move(pidfd)), start});
+                   "max_cpu_access: CPU_ACCESS_READ_WRITE }\n",
+                   &session, &start));
+  if (IsSkipped()) return;
   auto other = Connect(::getuid(), (1 << 22) + 1, start);  // no one's pid
   v1::IsSupportedRequest ask;
   ask.mutable_desc()->set_size(4096);
