@@ -429,11 +429,15 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	int ret = 0;
 
 	/*
-	 * No rights check here: views without CPU access have no vmap op at
-	 * all (halloc_dmabuf_nocpu_ops), so dma_buf_vmap() refuses them in
-	 * the core with -EINVAL before calling us; failing here instead would
-	 * WARN in 6.1's dma_buf_vmap(). Read and read-write views map for
-	 * their kernel importers (vb2-vmalloc, or vivid filling a frame).
+	 * A view without CPU access gets the scratch mapping a revoked view
+	 * gets (below): its importer reads zeros and its writes reach no one,
+	 * so no CPU, a kernel importer's included, touches the buffer. It had
+	 * no vmap op at all before, so dma_buf_vmap() failed, and a driver
+	 * that does not check (vivid with videobuf2-dma-contig: attach, map,
+	 * then vb2_plane_vaddr() NULL) oopsed filling a frame, its capture
+	 * thread dead with vivid's lock held. Failing here instead would WARN
+	 * in 6.1's dma_buf_vmap(). Read and read-write views map for their
+	 * kernel importers (vb2-vmalloc, or vivid filling a frame).
 	 *
 	 * A deferred buffer is backed here if nothing backed it before. When
 	 * that fails (-ENOMEM: memory short or max_total_mb reached; -EINTR:
@@ -454,9 +458,9 @@ static int halloc_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
 	 */
 again:
 	mutex_lock(&buf->lock);
-	if (view->revoked ||
+	if (view->revoked || view->cpu_access == HALLOC_CPU_NONE ||
 	    (view->flags & HALLOC_VIEW_RESTRICT_ATTACH && !view->nr_attach)) {
-		if (!view->revoked)
+		if (!view->revoked && view->cpu_access != HALLOC_CPU_NONE)
 			pr_notice_ratelimited("halloc: view %llu: vmap by a kernel importer that did not attach, of a view restricted to some drivers: scratch page\n",
 					      view->id);
 		ret = halloc_scratch_vmap(view, map);
@@ -518,38 +522,26 @@ static void halloc_dmabuf_vunmap(struct dma_buf *dmabuf,
 /*
  * No pin/unpin: those make an exporter "dynamic" (able to move its
  * memory); halloc pages never move, so importers get the static contract.
+ * Every view has the same ops; its rights are checked in them (a view
+ * without CPU access vmaps the scratch page).
  */
-#define HALLOC_DMABUF_OPS_BUT_VMAP				\
-	.attach = halloc_dmabuf_attach,				\
-	.detach = halloc_dmabuf_detach,				\
-	.map_dma_buf = halloc_dmabuf_map,			\
-	.unmap_dma_buf = halloc_dmabuf_unmap,			\
-	.release = halloc_dmabuf_release,			\
-	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,	\
-	.end_cpu_access = halloc_dmabuf_end_cpu_access,		\
-	.mmap = halloc_dmabuf_mmap
-
 static const struct dma_buf_ops halloc_dmabuf_ops = {
-	HALLOC_DMABUF_OPS_BUT_VMAP,
+	.attach = halloc_dmabuf_attach,
+	.detach = halloc_dmabuf_detach,
+	.map_dma_buf = halloc_dmabuf_map,
+	.unmap_dma_buf = halloc_dmabuf_unmap,
+	.release = halloc_dmabuf_release,
+	.begin_cpu_access = halloc_dmabuf_begin_cpu_access,
+	.end_cpu_access = halloc_dmabuf_end_cpu_access,
+	.mmap = halloc_dmabuf_mmap,
 	.vmap = halloc_dmabuf_vmap,
 	.vunmap = halloc_dmabuf_vunmap,
-};
-
-/*
- * Views without CPU access: the same ops but vmap/vunmap, so that no CPU,
- * a kernel importer's included, reads them: dma_buf_vmap() returns -EINVAL
- * (the core checks for the op) and the importer fails cleanly, where an
- * exporter vmap failure would WARN. Devices still attach and map.
- */
-static const struct dma_buf_ops halloc_dmabuf_nocpu_ops = {
-	HALLOC_DMABUF_OPS_BUT_VMAP,
 };
 
 /* True if @dmabuf was exported by this module (its priv is a halloc_view). */
 bool halloc_dmabuf_is_ours(const struct dma_buf *dmabuf)
 {
-	return dmabuf->ops == &halloc_dmabuf_ops ||
-	       dmabuf->ops == &halloc_dmabuf_nocpu_ops;
+	return dmabuf->ops == &halloc_dmabuf_ops;
 }
 
 /*
@@ -575,8 +567,7 @@ struct dma_buf *halloc_export(struct halloc_view *view,
 
 	exp_info.exp_name = buf->heap->name;
 	exp_info.owner = THIS_MODULE;
-	exp_info.ops = view->cpu_access == HALLOC_CPU_NONE ?
-			       &halloc_dmabuf_nocpu_ops : &halloc_dmabuf_ops;
+	exp_info.ops = &halloc_dmabuf_ops;
 	exp_info.size = buf->size;
 	exp_info.flags = flags;
 	exp_info.resv = &buf->resv;

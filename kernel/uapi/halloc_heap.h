@@ -46,18 +46,14 @@
  *                                      DMA_BUF_SYNC_WRITE fails with EPERM.
  *               HALLOC_CPU_READ_WRITE: no CPU restriction.
  *               CPU rights govern user-space CPU access by the fd holder,
- *               and HALLOC_CPU_NONE the kernel's too: such a dma-buf has no
- *               vmap, so a kernel importer's dma_buf_vmap() fails with
- *               EINVAL (videobuf2-vmalloc cannot queue it). On READ and
- *               READ_WRITE views a kernel importer's vmap (e.g. videobuf2
- *               filling a frame) is done for its device, is allowed and
- *               counts in halloc_buffer_info.vmaps. A NONE dma-buf can
- *               still be attached and mapped for DMA, so a driver that
- *               imports it through videobuf2-dma-contig or -dma-sg and
- *               then touches the frame with the CPU (vb2_plane_vaddr())
- *               gets NULL there; one that does not check (vivid loaded
- *               with allocators=1) oopses at STREAMON. Keep such devices
- *               off the drivers list of NONE (protected) buffers.
+ *               and HALLOC_CPU_NONE the kernel's too: a kernel importer's
+ *               dma_buf_vmap() of such a dma-buf gets a scratch page of
+ *               its own mapped over the whole size (it reads zeros, its
+ *               writes reach no one; not counted in halloc_buffer_info.
+ *               vmaps). On READ and READ_WRITE views a kernel importer's
+ *               vmap (e.g. videobuf2 filling a frame) is done for its
+ *               device, is allowed and counts in halloc_buffer_info.vmaps.
+ *               A NONE dma-buf can still be attached and mapped for DMA.
  *   drivers     with HALLOC_VIEW_RESTRICT_ATTACH, dma_buf_attach() from a
  *               device fails with EPERM unless the device's driver name is
  *               listed. The name matched is the bound driver's name

@@ -232,11 +232,11 @@ class VividTest : public HallocTest {
   // vb2-vmalloc captures one frame through a view of a buffer filled with
   // 0x5a (`make_view`: the view, from the buffer's fd) and the buffer is
   // checked untouched: the capture went to a scratch page.
-  void CaptureMissesTheBuffer(const std::function<UniqueFd(int)>& make_view,
-                              const char* what) {
+  void CaptureMissesTheBuffer(const std::function<UniqueFd(int)>& make_view, const char* what,
+                              Heap heap = Heap::kSystem) {
     ASSERT_EQ(RequestBuffers(1), 0);
     const size_t len = PageAlign(frame_size_);
-    UniqueFd buf = Alloc(Heap::kSystem, frame_size_);
+    UniqueFd buf = Alloc(heap, frame_size_);
     ASSERT_TRUE(buf.valid());
     Mapping owner = Map(buf.get(), len);
     ASSERT_TRUE(owner.valid());
