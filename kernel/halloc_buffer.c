@@ -286,7 +286,14 @@ static void halloc_buffer_sync(struct halloc_buffer *buf, bool for_cpu,
 	 * only reads (DMA_TO_DEVICE: nothing comes back to the CPU).
 	 */
 	list_for_each_entry(a, &buf->attachments, node) {
-		if (!a->mapped)
+		/*
+		 * Not a device attached through a view revoked since: nothing
+		 * it does is owed to the buffer's holders any more, and its
+		 * attachments are outside max_attachments (a revoke gives their
+		 * room back), so syncing them would let revokes lengthen every
+		 * bracket held under the lock without bound.
+		 */
+		if (!a->mapped || a->view->revoked)
 			continue;
 		if (for_cpu && a->dir != DMA_TO_DEVICE)
 			dma_sync_sgtable_for_cpu(a->dev, &a->sgt, a->dir);
