@@ -1,9 +1,10 @@
 #include "service/util/last_reference.h"
 
 #include <fcntl.h>
-#include <sys/inotify.h>
-#include <unistd.h>
 #include <glog/logging.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -74,6 +75,21 @@ LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
   return &instances_.back();
 }
 
+namespace {
+
+// Makes the file `fd` is readable by its owner (we are); false if it could
+// not (not ours).
+// Errors a later try may not meet: the memory waits for it, charged.
+bool Retried(int err) { return err == ENOSPC || err == ENOMEM || err == EACCES; }
+
+bool OwnerMayRead(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return false;
+  return (st.st_mode & S_IRUSR) != 0 || ::fchmod(fd, (st.st_mode & 07777) | S_IRUSR) == 0;
+}
+
+}  // namespace
+
 int LastReferenceWatch::WatchLocked(int fd, const Followed& what) {
   if (auto g = watched_by_group_.find(what.group);
       g != watched_by_group_.end() && g->second >= group_cap_) {
@@ -83,7 +99,15 @@ int LastReferenceWatch::WatchLocked(int fd, const Followed& what) {
   if (instance == nullptr) return ENOSPC;
   char path[32];
   std::snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-  const int wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
+  int wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
+  // A watch needs read permission on the inode, and a holder that owns it
+  // as hallocd does (hallocd's own uid, or a user namespace mapping it)
+  // may have taken that away (fchmod 0) to have its charge returned at
+  // once while it keeps the memory. hallocd owns the file: readable by its
+  // owner again, then watched.
+  if (wd < 0 && errno == EACCES && OwnerMayRead(fd)) {
+    wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
+  }
   if (wd < 0) return errno;
   auto [it, fresh] = instance->followed.try_emplace(wd);
   it->second.push_back(what);
@@ -115,8 +139,9 @@ void LastReferenceWatch::Follow(UniqueFd fd, uint64_t token, uint64_t group) {
     closing.push_back(std::move(fd));
     return;
   }
-  if ((err == ENOSPC || err == ENOMEM) && fd) {
-    // Out of room: kept, with its memory and its charge, until there is.
+  if (Retried(err) && fd) {
+    // Out of room (or its mode taken away again at once: EACCES): kept,
+    // with its memory and its charge, until it can be watched.
     waiting_[group].push_back({std::move(fd), token});
     ++waiting_count_;
     if (uint64_t dropped; Limiter().Allow("last_reference_wait", &dropped)) {
@@ -182,7 +207,7 @@ void LastReferenceWatch::DrainLocked(std::vector<UniqueFd>* closing) {
   for (auto& [group, queue] : waiting_) {
     while (!queue.empty()) {
       const int err = WatchLocked(queue.front().fd.get(), {queue.front().token, group});
-      if (err == ENOSPC || err == ENOMEM) break;  // still no room
+      if (Retried(err)) break;  // still no room
       if (err != 0) {  // would never pass
         ++unwatched_;
         gone_.push_back(queue.front().token);

@@ -34,8 +34,13 @@
 // watch for want of room, the memory is kept with the fd Follow was given
 // (so it stays allocated and charged, as if still live: no fd more than
 // the buffer had) until a watch can be added: running out of watches never
-// lets memory escape its charge. Only an error no retry would cure (no
-// /proc, no fd) reports it gone at once, counted in unwatched().
+// lets memory escape its charge. A file its owner made unreadable (a
+// client of hallocd's own uid: fchmod 0, so that the watch is refused and
+// the charge returned at once while it keeps the memory) is made readable
+// by its owner again, hallocd, and watched; refused still (made
+// unreadable again meanwhile), it waits as for want of room. Only an
+// error no retry would cure (no /proc, no fd) reports it gone at once,
+// counted in unwatched().
 //
 // Fairness: each Follow names a group (hallocd: the owner's uid), and no
 // group may take more than 1/kGroupShare of all the watches there can be;

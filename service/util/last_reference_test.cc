@@ -228,6 +228,42 @@ TEST(LastReferenceWatchTest, PastTheOverallCapMemoryIsKeptNotLetGo) {
   EXPECT_EQ(watch.unwatched(), 0u);
 }
 
+// A holder that owns the file as hallocd does (hallocd's own uid, or a
+// user namespace mapping it) makes it unreadable (fchmod 0) before the
+// release, so that the watch is refused: the memory was reported gone at
+// once (its charge returned while the holder kept it: 768 MiB mapped
+// against a 64 MiB quota). The owner, as hallocd, makes it readable again
+// and watches it. Run as a uid the file mode binds (root reads it anyway):
+// in a child, as uid 65534 when the test runs as root.
+TEST(LastReferenceWatchTest, AFileMadeUnreadableByItsOwnerIsWatchedAllTheSame) {
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (::geteuid() == 0 &&
+        (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0)) {
+      ::_exit(10);
+    }
+    LastReferenceWatch watch;
+    UniqueFd fd(::memfd_create("last_reference_test", MFD_CLOEXEC));
+    if (!fd || ::ftruncate(fd.get(), 4096) != 0) ::_exit(11);
+    if (::fchmod(fd.get(), 0) != 0) ::_exit(12);
+    watch.Follow(Own(fd), 5);
+    if (watch.unwatched() != 0 || !watch.TakeGone().empty()) ::_exit(1);  // let go
+    if (watch.following() != 1) ::_exit(2);
+    fd.reset();
+    const std::vector<uint64_t> gone = watch.TakeGone();
+    ::_exit(gone.size() == 1 && gone[0] == 5 ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  if (WEXITSTATUS(status) == 10) GTEST_SKIP() << "cannot switch to uid 65534 here";
+  EXPECT_NE(WEXITSTATUS(status), 1) << "reported gone at once: its charge would be returned";
+  EXPECT_NE(WEXITSTATUS(status), 2) << "not watched";
+  EXPECT_NE(WEXITSTATUS(status), 3) << "its last close was not seen";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
 TEST(LastReferenceWatchTest, AnFdThatIsNotOpenIsReportedGoneAtOnce) {
   LastReferenceWatch watch;
   watch.Follow(UniqueFd(), 4);
