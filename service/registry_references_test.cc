@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "service/registry.h"
 #include "service/registry_testing.h"
@@ -27,6 +28,29 @@ class RegistryReferencesTest : public RegistryTest {
   }
   bool BHolds(uint64_t id) { return reg_.Describe(kB, id).ok(); }
 };
+
+// Where imports are not views cut live (memfd), each is still an fd
+// hallocd opened (a read-only open file description of its own): a
+// session imported one grant 19,000 times, keeping the fds, and no route
+// counted them. Its references not given back bound it as the routes
+// bound live views: kMaxImportsPerGrant, then one more once one comes back.
+TEST_F(RegistryReferencesTest, ImportsNotGivenBackAreBoundedWithoutLiveViews) {
+  const uint64_t id = AddN(kA, 1)[0];
+  absl::StatusOr<v1::Grant> grant = ShareTo(kA, id, 2);
+  ASSERT_TRUE(grant.ok());
+  Registry::Imported first;
+  for (size_t i = 0; i < Registry::kMaxImportsPerGrant; ++i) {
+    Registry::Imported got = Delivered(*grant, id);
+    ASSERT_NE(got.generation, 0u) << i;
+    if (i == 0) first = got;
+  }
+  absl::StatusOr<Registry::Imported> over = reg_.Import(kB, grant->token(), Accept);
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted) << over.status();
+  EXPECT_TRUE(absl::StrContains(over.status().message(), "has not given back")) << over.status();
+  ASSERT_TRUE(reg_.Release(kB, {id}, true, {first.generation}).ok());
+  EXPECT_TRUE(reg_.Import(kB, grant->token(), Accept).ok()) << "one came back";
+  EXPECT_TRUE(reg_.CheckLinksForTesting().ok());
+}
 
 // The reviewer's case: an import's reply reached no caller (its call gave
 // up), and its reference is on its way back; meanwhile another thread of
