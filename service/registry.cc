@@ -203,7 +203,12 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
   auto it = buffers_.find(buffer_id);
   if (it == buffers_.end()) return;
   BufferRecord& buffer = *it->second;
-  buffer.holders.erase(session_id);
+  if (buffer.holders.erase(session_id) != 0 && session_id != buffer.owner_session) {
+    if (auto n = import_holds_.find(holding.creds.charged_uid());
+        n != import_holds_.end() && --n->second == 0) {
+      import_holds_.erase(n);
+    }
+  }
   std::vector<uint64_t> through;  // grants it imported the buffer through
   auto no_longer_through = [&](uint64_t grant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (auto g = grants_.find(grant); g != grants_.end()) {

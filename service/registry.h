@@ -190,6 +190,14 @@ class Registry {
   // hallocd keep ~50 B per revoked import, per session, charged to nobody
   // (12 MB a session at the default hold limit).
   static constexpr size_t kMostRevokedRemembered = 1024;
+  // Holds one uid's sessions may have made by importing (of buffers they
+  // do not own), all together: each is ~290 B of hallocd (the buffer's
+  // holders and routes, the session's set, the references), and a session
+  // may hold 2^18 buffers, a uid open 256 sessions, so importing every
+  // buffer it owns into each of them made some 16.8 million (4.5 GiB)
+  // under the default policy, charged to nobody. SetMaxImportHoldsPerUid
+  // (tests) may lower it.
+  static constexpr uint64_t kMaxImportHoldsPerUid = uint64_t{1} << 18;
 
   // `backend` names the backend in BufferInfo, `dma_bufs` says whether its
   // fds are dma-bufs (else memfds: BufferInfo.fd_kind). `follower` follows
@@ -206,6 +214,11 @@ class Registry {
   // charged (each was an fd in it): past it CheckRoom and Add refuse with
   // RESOURCE_EXHAUSTED, whoever asks. 0: no limit (the default).
   void SetMaxBuffers(uint64_t max_buffers);
+  // Tests: another bound than kMaxImportHoldsPerUid.
+  void SetMaxImportHoldsPerUid(uint64_t n) {
+    absl::MutexLock lock(&mu_);
+    max_import_holds_per_uid_ = n;
+  }
 
   // Judges the quota key's current charge (buffers, bytes) against a new
   // allocation; called under the registry's lock.
@@ -508,6 +521,11 @@ class Registry {
     uint64_t onward = 0;
   };
   absl::flat_hash_map<uid_t, UidGrants> uid_grants_ ABSL_GUARDED_BY(mu_);
+  // Per uid charged, the holds its sessions made by importing a buffer
+  // they do not own (kMaxImportHoldsPerUid); made in Import, gone in
+  // DropHold.
+  absl::flat_hash_map<uid_t, uint64_t> import_holds_ ABSL_GUARDED_BY(mu_);
+  uint64_t max_import_holds_per_uid_ ABSL_GUARDED_BY(mu_) = kMaxImportHoldsPerUid;
   // The references of each hold an import reached, by (session, buffer),
   // from that import until the hold goes (DropHold); a hold without an
   // entry (an allocation's, never imported) has one reference. See Import

@@ -121,7 +121,18 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
         absl::StrCat("session holds ", holding.buffers.size(),
                      " buffers; limit is ", max_buffers_per_session_));
   }
+  // A hold of a buffer the session does not own: counted for its uid.
+  const bool import_hold = out.newly_held && session_id != buffer->owner_session;
+  const uid_t uid = holding.creds.charged_uid();
+  if (auto n = import_holds_.find(uid);
+      import_hold && n != import_holds_.end() && n->second >= max_import_holds_per_uid_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("uid ", uid, " holds ", n->second,
+                     " buffers it imported, all its sessions together; limit is ",
+                     max_import_holds_per_uid_, " (release some)"));
+  }
   auto [held, inserted] = buffer->holders.emplace(session_id, access);
+  if (import_hold) ++import_holds_[uid];
   if (!inserted && Wider(access, held->second)) {
     out.widened_from = held->second;
     held->second = access;
