@@ -410,10 +410,10 @@ TEST_F(GrpcServiceTest, CoreErrorsKeepTheirCodes) {
 }
 
 // Bytes that are no request of the method's are the caller's fault:
-// INVALID_ARGUMENT naming the message (proto/halloc/v1/request_traits.h),
-// not gRPC's own INTERNAL with no message. Every unary method of the
-// service, as its descriptor lists them, so that a method added later
-// without its traits fails here.
+// INVALID_ARGUMENT naming the message (ParsedUnaryHandler, grpc_methods.h),
+// not gRPC 1.51's own INTERNAL with no message. Every unary method of the
+// service, as its descriptor lists them: one left out of AddMethods would
+// answer UNIMPLEMENTED here.
 TEST_F(GrpcServiceTest, ARequestThatDoesNotParseIsInvalidArgument) {
   const google::protobuf::ServiceDescriptor* service =
       v1::AllocateRequest::descriptor()->file()->FindServiceByName("Allocator");

@@ -169,9 +169,11 @@ class Registry {
   static constexpr size_t kMaxGrantsPerUid = 16384;
   // Times one session may import the same grant on a backend with live
   // revoke (each import is a kernel view whose id the route keeps until
-  // the grant or the hold goes), and times a grant's imports may be let go
+  // the grant or the hold goes), times a grant's imports may be let go
   // of (their ids are kept for a revoke of the grant: BufferRecord::
-  // let_go_views).
+  // let_go_views), and, on every backend, references one session's hold
+  // of a buffer may have (imports not given back, its allocation's
+  // included: on memfd each import is a read-only file hallocd opened).
   static constexpr size_t kMaxImportsPerGrant = 256;
   // Views all sessions' imports of one grant keep at once: its revoke makes
   // one ioctl per view (zapping each mapping of it), on the revoke lane
@@ -299,7 +301,9 @@ class Registry {
 
   // Opens a grant on `buffer_id` held by `session_id`. `judge` sees the
   // sharer's own rights and returns the grant's terms (its id and buffer_id
-  // are filled in here), or why not. RESOURCE_EXHAUSTED past
+  // are filled in here), or why not: it is called once the buffer is
+  // found held, before the grant limits (a refusal of the policy's, which
+  // no retry mends, comes first). RESOURCE_EXHAUSTED past
   // kMaxGrantsPerSession open grants; FAILED_PRECONDITION for a session
   // that holds it only through grants revoked since (live revoke).
   using ShareJudge =
@@ -316,7 +320,9 @@ class Registry {
   // goes with the last, or whole with a plain Release. So a client gives
   // back an import it did not keep without knowing what else is in flight.
   // RESOURCE_EXHAUSTED once it imported this grant kMaxImportsPerGrant
-  // times (while it holds), or imports of it were let go of that many times.
+  // times (while it holds), or imports of it were let go of that many
+  // times, or its hold has kMaxImportsPerGrant references (any backend),
+  // or the holds its uid made by importing reach kMaxImportHoldsPerUid.
   struct Imported {
     std::shared_ptr<const BufferRecord> buffer;
     v1::BufferInfo info;  // cpu_access: what this import grants

@@ -46,7 +46,8 @@ TEST_F(RegistryReferencesTest, ImportsNotGivenBackAreBoundedWithoutLiveViews) {
   }
   absl::StatusOr<Registry::Imported> over = reg_.Import(kB, grant->token(), Accept);
   EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted) << over.status();
-  EXPECT_TRUE(absl::StrContains(over.status().message(), "has not given back")) << over.status();
+  EXPECT_TRUE(absl::StrContains(over.status().message(), "256 references of buffer"))
+      << over.status();
   ASSERT_TRUE(reg_.Release(kB, {id}, true, {first.generation}).ok());
   EXPECT_TRUE(reg_.Import(kB, grant->token(), Accept).ok()) << "one came back";
   EXPECT_TRUE(reg_.CheckLinksForTesting().ok());
@@ -77,16 +78,21 @@ TEST_F(RegistryReferencesTest, ImportHoldsAreBoundedPerUid) {
       << over.status();
   // Another import of a buffer the session holds already is no new hold.
   EXPECT_TRUE(reg_.Import(kB, grants[0].token(), Accept).ok());
-  // The owner importing its own buffer is no import hold of its uid.
-  absl::StatusOr<v1::Grant> own = ShareTo(kA, ids[2], 1);
-  ASSERT_TRUE(own.ok()) << own.status();
-  EXPECT_TRUE(reg_.Import(kA, own->token(), Accept).ok());
   // A session's end gives its holds' room back.
   reg_.Leave(kB);
   EXPECT_TRUE(reg_.Import(kB2, grants[1].token(), Accept).ok());
   EXPECT_TRUE(reg_.Import(kB2, grants[2].token(), Accept).ok());
   EXPECT_EQ(reg_.Import(kB2, grants[0].token(), Accept).status().code(), StatusCode::kOk)
       << "already held";
+  // The owner taking its own buffer back through a grant (its own hold
+  // released meanwhile) makes no import hold of its uid, whatever the bound.
+  reg_.SetMaxImportHoldsPerUid(0);
+  ASSERT_TRUE(reg_.Release(kA, {ids[2]}).ok());
+  absl::StatusOr<v1::Grant> back = ShareTo(kB2, ids[2], 1);
+  ASSERT_TRUE(back.ok()) << back.status();
+  absl::StatusOr<Registry::Imported> home = reg_.Import(kA, back->token(), Accept);
+  ASSERT_TRUE(home.ok()) << home.status();
+  EXPECT_TRUE(home->newly_held);
   EXPECT_TRUE(reg_.CheckLinksForTesting().ok());
 }
 

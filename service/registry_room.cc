@@ -51,10 +51,10 @@ absl::Status Registry::ImportRoom(uint64_t session_id, uint64_t grant_id,
   // it closes (ReleaseRequest.import_references).
   if (auto refs = import_refs_.find({session_id, buffer.id});
       refs != import_refs_.end() && refs->second.refs >= kMaxImportsPerGrant) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("this session holds ", refs->second.refs, " imports of buffer ", buffer.id,
-                     " it has not given back; limit is ", kMaxImportsPerGrant,
-                     " (keep the fd it has, or give back those it closed)"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this session holds ", refs->second.refs, " references of buffer ", buffer.id,
+        " (imports it has not given back, and its allocation's if it made it)", "; limit is ",
+        kMaxImportsPerGrant, " (keep the fd it has, or give back those it closed)"));
   }
   size_t views = 0;  // a scan of the buffer's importing sessions
   for (const auto& [sid, routes] : buffer.imports) {

@@ -77,15 +77,16 @@ LastReferenceWatch::Instance* LastReferenceWatch::RoomLocked() {
 
 namespace {
 
-// Makes the file `fd` is readable by its owner (we are); false if it could
-// not (not ours).
 // Errors a later try may not meet: the memory waits for it, charged.
 bool Retried(int err) { return err == ENOSPC || err == ENOMEM || err == EACCES; }
 
+// Makes the file `fd` is readable by its owner, which hallocd is (it made
+// its memfds): true if it was made so now, false if it already was (the
+// refusal is then for another reason, a file not ours) or cannot be.
 bool OwnerMayRead(int fd) {
   struct stat st;
-  if (::fstat(fd, &st) != 0) return false;
-  return (st.st_mode & S_IRUSR) != 0 || ::fchmod(fd, (st.st_mode & 07777) | S_IRUSR) == 0;
+  if (::fstat(fd, &st) != 0 || (st.st_mode & S_IRUSR) != 0) return false;
+  return ::fchmod(fd, (st.st_mode & 07777) | S_IRUSR) == 0;
 }
 
 }  // namespace
@@ -105,7 +106,8 @@ int LastReferenceWatch::WatchLocked(int fd, const Followed& what) {
   // may have taken that away (fchmod 0) to have its charge returned at
   // once while it keeps the memory. hallocd owns the file: readable by its
   // owner again, then watched.
-  if (wd < 0 && errno == EACCES && OwnerMayRead(fd)) {
+  if (wd < 0 && errno == EACCES) {
+    if (!OwnerMayRead(fd)) return EACCES;
     wd = ::inotify_add_watch(instance->fd.get(), path, IN_DELETE_SELF);
   }
   if (wd < 0) return errno;

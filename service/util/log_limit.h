@@ -28,7 +28,8 @@ class LogLimiter {
   // At most `per_window` lines of each kind per `window`, and of those at
   // most `per_uid` for one uid (AllowFor; 0: no share per uid), and at most
   // `per_uid_all_kinds` for one uid of all kinds together (0: no such cap;
-  // else a uid that takes its share of many kinds in turn gets no more).
+  // else a uid that takes its share of many kinds in turn gets no more;
+  // like the share per uid, only with per_uid > 0).
   explicit LogLimiter(int per_window = 10, absl::Duration window = absl::Seconds(1),
                       int per_uid = 0, int per_uid_all_kinds = 0)
       : per_window_(per_window),
