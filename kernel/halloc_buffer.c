@@ -148,6 +148,18 @@ unlock:
 	return ret;
 }
 
+/*
+ * An attachment made through a view revoked since is unmapped without the
+ * CPU sync: its device is owed nothing (halloc_buffer_sync skips it), and
+ * the sync would copy a bounce buffer (swiotlb) left as it was at the
+ * revoke back over what the holders wrote since, or on a non-coherent
+ * device invalidate lines no bracket cleaned for it. Under buf->lock.
+ */
+static unsigned long halloc_attach_unmap_attrs(const struct halloc_attach *a)
+{
+	return a->view->revoked ? DMA_ATTR_SKIP_CPU_SYNC : 0;
+}
+
 static void halloc_dmabuf_detach(struct dma_buf *dmabuf,
 				 struct dma_buf_attachment *attachment)
 {
@@ -163,7 +175,8 @@ static void halloc_dmabuf_detach(struct dma_buf *dmabuf,
 		buf->nr_attach_revoked--;
 	if (a->mapped) {
 		/* The importer detached without unmapping; do it for it. */
-		dma_unmap_sgtable(a->dev, &a->sgt, a->dir, 0);
+		dma_unmap_sgtable(a->dev, &a->sgt, a->dir,
+				  halloc_attach_unmap_attrs(a));
 		buf->nr_maps--;
 	}
 	mutex_unlock(&buf->lock);
@@ -223,7 +236,9 @@ static void halloc_dmabuf_unmap(struct dma_buf_attachment *attachment,
 
 	mutex_lock(&buf->lock);
 	if (!WARN_ON_ONCE(!a->mapped || sgt != &a->sgt)) {
-		dma_unmap_sgtable(a->dev, sgt, a->dir, 0);	/* as mapped */
+		/* as mapped */
+		dma_unmap_sgtable(a->dev, sgt, a->dir,
+				  halloc_attach_unmap_attrs(a));
 		a->mapped = false;
 		buf->nr_maps--;
 	}
