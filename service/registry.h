@@ -171,9 +171,7 @@ class Registry {
   // revoke (each import is a kernel view whose id the route keeps until
   // the grant or the hold goes), times a grant's imports may be let go
   // of (their ids are kept for a revoke of the grant: BufferRecord::
-  // let_go_views), and, on every backend, references one session's hold
-  // of a buffer may have (imports not given back, its allocation's
-  // included: on memfd each import is a read-only file hallocd opened).
+  // let_go_views).
   static constexpr size_t kMaxImportsPerGrant = 256;
   // Views all sessions' imports of one grant keep at once: its revoke makes
   // one ioctl per view (zapping each mapping of it), on the revoke lane
@@ -321,8 +319,8 @@ class Registry {
   // back an import it did not keep without knowing what else is in flight.
   // RESOURCE_EXHAUSTED once it imported this grant kMaxImportsPerGrant
   // times (while it holds), or imports of it were let go of that many
-  // times, or its hold has kMaxImportsPerGrant references (any backend),
-  // or the holds its uid made by importing reach kMaxImportHoldsPerUid.
+  // times, or the holds its uid made by importing reach
+  // kMaxImportHoldsPerUid.
   struct Imported {
     std::shared_ptr<const BufferRecord> buffer;
     v1::BufferInfo info;  // cpu_access: what this import grants

@@ -44,18 +44,6 @@ absl::Status Registry::ImportRoom(uint64_t session_id, uint64_t grant_id,
                        " times; limit is ", kMaxImportsPerGrant, " (keep the fd it has)"));
     }
   }
-  // Imports of the buffer this session has not given back, through any
-  // grant: each came with an fd hallocd opened for it where views are not
-  // cut live (memfd: a read-only open file description of hallocd's, which
-  // the routes above do not count), and the client gives one back per fd
-  // it closes (ReleaseRequest.import_references).
-  if (auto refs = import_refs_.find({session_id, buffer.id});
-      refs != import_refs_.end() && refs->second.refs >= kMaxImportsPerGrant) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "this session holds ", refs->second.refs, " references of buffer ", buffer.id,
-        " (imports it has not given back, and its allocation's if it made it)", "; limit is ",
-        kMaxImportsPerGrant, " (keep the fd it has, or give back those it closed)"));
-  }
   size_t views = 0;  // a scan of the buffer's importing sessions
   for (const auto& [sid, routes] : buffer.imports) {
     if (auto r = routes.find(grant_id); r != routes.end()) views += r->second.views.size();
