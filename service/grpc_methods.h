@@ -66,6 +66,14 @@ class ParsedUnaryHandler final : public grpc::internal::MethodHandler {
   const Method method_;
 };
 
+// A new handler of `method` of `service`, for its request and response.
+template <class Service, class Request, class Response>
+grpc::internal::MethodHandler* NewParsedUnaryHandler(
+    Service* service,
+    grpc::Status (Service::*method)(grpc::ServerContext*, const Request*, Response*)) {
+  return new ParsedUnaryHandler<Service, Request, Response>(service, method);
+}
+
 }  // namespace halloc
 
 #endif  // HALLOC_SERVICE_GRPC_METHODS_H_

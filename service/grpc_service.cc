@@ -14,15 +14,6 @@
 namespace halloc {
 namespace {
 
-// A unary method's request and response types.
-template <class M>
-struct MethodTypes;
-template <class S, class Req, class Resp>
-struct MethodTypes<grpc::Status (S::*)(grpc::ServerContext*, const Req*, Resp*)> {
-  using Request = Req;
-  using Response = Resp;
-};
-
 // Logs a failed call once, with who asked and what was decided.
 grpc::Status Finish(const char* method, const Session* session,
                     const absl::Status& status) {
@@ -54,11 +45,8 @@ void AllocatorService::AddMethods() {
   using grpc::internal::RpcMethod;
   using grpc::internal::RpcServiceMethod;
   const auto unary = [this](const char* name, auto method) {
-    using Traits = MethodTypes<decltype(method)>;
     AddMethod(
-        new RpcServiceMethod(name, RpcMethod::NORMAL_RPC,
-                             new ParsedUnaryHandler<AllocatorService, typename Traits::Request,
-                                                    typename Traits::Response>(this, method)));
+        new RpcServiceMethod(name, RpcMethod::NORMAL_RPC, NewParsedUnaryHandler(this, method)));
   };
   unary("/halloc.v1.Allocator/Allocate", &AllocatorService::Allocate);
   unary("/halloc.v1.Allocator/Release", &AllocatorService::Release);

@@ -124,12 +124,15 @@ absl::StatusOr<Registry::Imported> Registry::Import(uint64_t session_id,
   // A hold of a buffer the session does not own: counted for its uid.
   const bool import_hold = out.newly_held && session_id != buffer->owner_session;
   const uid_t uid = holding.creds.charged_uid();
-  const auto n = import_holds_.find(uid);
-  const uint64_t holds = n == import_holds_.end() ? 0 : n->second;
-  if (import_hold && holds >= max_import_holds_per_uid_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", uid, " holds ", holds, " buffers it imported, all its sessions together; limit is ",
-        max_import_holds_per_uid_, " (release some)"));
+  if (import_hold) {
+    const auto n = import_holds_.find(uid);
+    const uint64_t holds = n == import_holds_.end() ? 0 : n->second;
+    if (holds >= max_import_holds_per_uid_) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("uid ", uid, " holds ", holds,
+                       " buffers it imported, all its sessions together; limit is ",
+                       max_import_holds_per_uid_, " (release some)"));
+    }
   }
   auto [held, inserted] = buffer->holders.emplace(session_id, access);
   if (import_hold) ++import_holds_[uid];
