@@ -409,7 +409,10 @@ absl::StatusOr<Allocator::Outgoing> Allocator::Prepare(
       out.view_ids.push_back(view.id);
       out.views.push_back(std::move(view.fd));
     } else if (needs_view) {
-      ASSIGN_OR_RETURN(UniqueFd view, backend_->OpenView(buffer->fd, rights));
+      auto open = [&] { return backend_->OpenView(buffer->fd, rights); };
+      const bool shared = rights.cpu == CpuAccess::kRead && !rights.attach_drivers.has_value() &&
+                          backend_->SharesReadViews();
+      ASSIGN_OR_RETURN(UniqueFd view, shared ? registry_.ReadView(*buffer, open) : open());
       out.views.push_back(std::move(view));
     }
     if (needs_view) fd = out.views.back().get();

@@ -230,6 +230,30 @@ TEST_F(AllocatorTest, ShareImportKeepsBufferAliveAfterOwnerCloses) {
   munmap(r2, 4096);
 }
 
+// Read-only imports of a memfd are dups of one read-only open file that
+// hallocd keeps with the buffer: an import opens no new file in hallocd
+// (kernel memory charged to hallocd, for as long as the client keeps the fd).
+TEST_F(AllocatorTest, ReadOnlyImportsOfAMemfdShareOneOpenFile) {
+  Peer owner = Open(1000), peer = Open(1000), other = Open(1000);
+  auto r = core_.Allocate(*owner.session, Blob(4096));
+  ASSERT_TRUE(r.ok()) << r.status();
+  auto [frame, owner_fd] = ReadFd(owner);
+  absl::StatusOr<v1::Grant> grant = Share(owner, r->buffers(0).id(), 1000);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  std::vector<UniqueFd> fds;
+  for (Peer* p : {&peer, &peer, &other}) {
+    absl::StatusOr<v1::ImportResponse> got = core_.Import(*p->session, grant->token());
+    ASSERT_TRUE(got.ok()) << got.status();
+    fds.push_back(ReadFd(*p).second);
+    ASSERT_EQ(fcntl(fds.back().get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  }
+  // One open file: its offset moves for every holder (a dup shares it).
+  ASSERT_EQ(::lseek(fds[0].get(), 100, SEEK_SET), 100);
+  EXPECT_EQ(::lseek(fds[1].get(), 0, SEEK_CUR), 100) << "a second import of one session";
+  EXPECT_EQ(::lseek(fds[2].get(), 0, SEEK_CUR), 100) << "another session's import";
+  EXPECT_EQ(::lseek(owner_fd.get(), 0, SEEK_CUR), 0) << "the owner's read-write file is its own";
+}
+
 // A process of another uid holding a session's broker socket (the caller
 // the kernel stamped) may neither pass the session's holds on nor add to
 // them; one of the session's uid may, judged as itself.

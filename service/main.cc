@@ -102,7 +102,8 @@ ABSL_FLAG(uint64_t, max_buffers_per_session, 1 << 18,
           "most buffers one client session may hold");
 ABSL_FLAG(uint64_t, max_buffers, 0,
           "most buffers hallocd holds at once, all clients together (each is "
-          "an fd in it); 0: its fd limit less what the policy's connection "
+          "an fd in it, a memfd's read-only view one more); 0: its fd limit less what the policy's "
+          "connection "
           "limits and the buffer pool may take, and 256");
 
 ABSL_FLAG(int, grpc_max_threads, 32,

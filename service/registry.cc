@@ -41,6 +41,8 @@ BufferRecord::~BufferRecord() {
   // (Without an fd there is nothing to follow: Follow reports it gone.) By
   // the uid it is charged to, as a refusal asks (RoomFor): a subordinate
   // uid's memory is its user's.
+  // hallocd's own read view is not a reference the watch should wait for.
+  read_view.reset();
   if (gone_watch != nullptr) {
     gone_watch->Follow(std::move(fd), id, SplitQuotaKey(charged_to).second);
   }
@@ -255,6 +257,7 @@ void Registry::DropHold(uint64_t session_id, Holding& holding,
     UnchargeLocked(buffer.charged_to, buffer.size);
   }
   ++releases_total_;
+  if (buffer.read_view) --read_views_;  // closed with the record
   reaper_.Add(std::move(it->second));
   buffers_.erase(it);
 }

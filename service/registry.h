@@ -74,6 +74,10 @@ struct BufferRecord {
   std::string charged_to;
   // The daemon's read-write fd; views are opened from it.
   UniqueFd fd;
+  // The read-only view every read-only holder is sent, on a backend that
+  // SharesReadViews: opened at the first such delivery by Registry::ReadView
+  // (under its lock), then fixed; closed before `fd` is followed.
+  mutable UniqueFd read_view;
   // session id → that session's rights: the widest of its routes.
   absl::flat_hash_map<uint64_t, CpuAccess> holders;
   absl::flat_hash_set<uint64_t> grants;
@@ -211,7 +215,8 @@ class Registry {
   void Leave(uint64_t session_id);
 
   // The most buffers hallocd holds at once, live or released and still
-  // charged (each was an fd in it): past it CheckRoom and Add refuse with
+  // charged (each was an fd in it), a live buffer's read view (ReadView)
+  // counting as one more: past it CheckRoom, Add and ReadView refuse with
   // RESOURCE_EXHAUSTED, whoever asks. 0: no limit (the default).
   void SetMaxBuffers(uint64_t max_buffers);
   // Tests: another bound than kMaxImportHoldsPerUid.
@@ -406,6 +411,16 @@ class Registry {
 
   // Returns once every buffer dropped so far has had its fd closed.
   void FlushReaper() { reaper_.Flush(); }
+  // The read-only view of `buffer` every read-only holder of it is sent
+  // (Backend::SharesReadViews, BufferRecord::read_view): opened by `open`
+  // at the first such delivery and kept while the buffer lives, counted in
+  // hallocd's limit (SetMaxBuffers) as a buffer is, so RESOURCE_EXHAUSTED
+  // when that is full. Returns a dup of it, the caller's to send and close;
+  // for a buffer no longer live (released during the call), `open`'s own
+  // view, kept by no one.
+  using ViewOpener = absl::FunctionRef<absl::StatusOr<UniqueFd>()>;
+  absl::StatusOr<UniqueFd> ReadView(const BufferRecord& buffer, ViewOpener open);
+
   // Drops a caller's reference to a buffer (an Import's, a Revoke's) on the
   // reaper thread: it may be the last one, the buffer released meanwhile,
   // and closing its fd frees its pages, which a request thread should not
@@ -508,6 +523,8 @@ class Registry {
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t max_buffers_ ABSL_GUARDED_BY(mu_) = 0;
+  // Live buffers' read views (ReadView): fds in hallocd's limit too.
+  uint64_t read_views_ ABSL_GUARDED_BY(mu_) = 0;
   // Room CheckRoom gave calls that have not reached Add yet (Reservation):
   // in hallocd's limit, and per quota key (buffers, bytes).
   uint64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;

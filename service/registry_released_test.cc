@@ -1,5 +1,6 @@
 // The registry's released memory: a buffer nobody holds stays charged to
 // its owner while any fd or mapping of it is left (registry.h).
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,6 +41,7 @@ struct Added {
   uint64_t id = 0;
   ino_t ino = 0;
   absl::Status status;
+  std::weak_ptr<const BufferRecord> record;  // (not kept alive by this)
 };
 
 // A one-page buffer of uid `uid`'s (charged to "app/<uid>") added for
@@ -73,6 +75,7 @@ Added AddPage(Registry& reg, uint64_t session, uid_t uid, Registry::QuotaJudge q
         reg.Add(session, {b}, CpuAccess::kReadWrite, quota, &reply, std::move(room));
   }
   if (added.status.ok()) added.id = b->id;
+  added.record = b;
   return added;
 }
 
@@ -249,6 +252,53 @@ TEST_F(ReleasedMemoryTest, HallocdsOwnLimitBindsEveryoneAndCountsWhatIsKept) {
 
   reg_.SetMaxBuffers(0);
   EXPECT_NE(Add(true, nullptr, no_quota, kB), 0u) << "0: no limit: " << last_;
+}
+
+// A buffer's read view (ReadView) is opened once and kept while the buffer
+// lives, an fd in hallocd's limit like a buffer; a buffer released meanwhile
+// gets a view of its own, kept by no one.
+TEST_F(ReleasedMemoryTest, AReadViewIsOpenedOnceAndCountsInHallocdsLimit) {
+  auto no_quota = [](uint64_t, uint64_t) { return absl::OkStatus(); };
+  reg_.SetMaxBuffers(2);
+  int opens = 0;
+  // An import's view of `record`, as the allocator opens one.
+  auto opener = [&opens](const BufferRecord& record) {
+    return [&opens, &record]() -> absl::StatusOr<UniqueFd> {
+      ++opens;
+      UniqueFd fd(
+          ::open(absl::StrCat("/proc/self/fd/", record.fd.get()).c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) return absl::InternalError("open");
+      return fd;
+    };
+  };
+  Added added = AddPage(reg_, kA, 1, no_quota, /*charge_until_gone=*/false);
+  ASSERT_TRUE(added.status.ok()) << added.status;
+  // Kept, as an import in flight keeps it.
+  const std::shared_ptr<const BufferRecord> record = added.record.lock();
+  absl::StatusOr<UniqueFd> first = reg_.ReadView(*record, opener(*record));
+  absl::StatusOr<UniqueFd> second = reg_.ReadView(*record, opener(*record));
+  ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
+  EXPECT_EQ(opens, 1);
+  ASSERT_EQ(::lseek(first->get(), 7, SEEK_SET), 7);
+  EXPECT_EQ(::lseek(second->get(), 0, SEEK_CUR), 7) << "dups of one open file";
+
+  EXPECT_EQ(Add(false, nullptr, no_quota), 0u) << "a buffer and its view fill a limit of 2";
+  EXPECT_EQ(last_.code(), absl::StatusCode::kResourceExhausted) << last_;
+  EXPECT_TRUE(absl::StrContains(last_.message(), "1 read-only views")) << last_;
+
+  ASSERT_TRUE(reg_.Release(kA, {added.id}).ok());
+  Added next = AddPage(reg_, kA, 1, no_quota, /*charge_until_gone=*/false);
+  ASSERT_TRUE(next.status.ok()) << "the view went with its buffer: " << next.status;
+  // A buffer released before its first read view (during the import that
+  // asks for it) gets a view of its own, which counts nowhere.
+  const std::shared_ptr<const BufferRecord> released = next.record.lock();
+  ASSERT_TRUE(reg_.Release(kA, {next.id}).ok());
+  absl::StatusOr<UniqueFd> own = reg_.ReadView(*released, opener(*released));
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(opens, 2);
+  EXPECT_FALSE(released->read_view) << "kept by no one";
+  EXPECT_NE(Add(false, nullptr, no_quota), 0u) << last_;
+  EXPECT_NE(Add(false, nullptr, no_quota), 0u) << last_;
 }
 
 TEST_F(ReleasedMemoryTest, RoomCheckedIsReservedUntilAddTakesItOrItIsDropped) {

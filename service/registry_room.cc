@@ -119,13 +119,33 @@ void Registry::UnreserveLocked(Reservation& r) {
 
 absl::Status Registry::DaemonRoom(uint32_t count) const {
   // Reserved: being allocated now (CheckRoom passed, Add not yet called).
-  const uint64_t held = buffers_.size() + lingering_.size() + reserved_;
+  // Read views (ReadView) are fds like buffers.
+  const uint64_t held = buffers_.size() + lingering_.size() + reserved_ + read_views_;
   if (max_buffers_ == 0 || held + count <= max_buffers_) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "hallocd holds ", held, " buffers (", lingering_.size(),
-      " released but still open or mapped somewhere, ", reserved_,
-      " being made); its limit is ", max_buffers_,
-      ", the rest of its fds being kept for connections (--max_buffers)"));
+  return absl::ResourceExhaustedError(
+      absl::StrCat("hallocd holds ", held, " buffer fds (", lingering_.size(),
+                   " released but still open or mapped somewhere, ", reserved_, " being made, ",
+                   read_views_, " read-only views); its limit is ", max_buffers_,
+                   ", the rest of its fds being kept for connections (--max_buffers)"));
+}
+
+absl::StatusOr<UniqueFd> Registry::ReadView(const BufferRecord& buffer, ViewOpener open) {
+  absl::MutexLock lock(&mu_);
+  if (!buffer.read_view) {
+    auto b = buffers_.find(buffer.id);
+    if (b == buffers_.end() || b->second.get() != &buffer) return open();
+    absl::Status room = DaemonRoom(1);
+    if (!room.ok() && !lingering_.empty()) {
+      SettleLocked();  // some of the released memory charged may be gone
+      room = DaemonRoom(1);
+    }
+    RETURN_IF_ERROR(room);
+    // Opened under the lock (once per buffer): two first deliveries at
+    // once then open one view, not two.
+    ASSIGN_OR_RETURN(buffer.read_view, open());
+    ++read_views_;
+  }
+  return buffer.read_view.Dup();
 }
 
 absl::Status Registry::SharedRoomLocked(uint32_t count, const std::string& quota_key,

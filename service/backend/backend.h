@@ -118,6 +118,16 @@ class Backend {
     return rights.cpu != CpuAccess::kReadWrite;
   }
 
+  // Whether one read-only view of a buffer (OpenView with CPU READ and no
+  // attach limit) may serve every read-only holder of it: such a view
+  // carries nothing of one holder's (no revoke, no count), so holders that
+  // share it lose no right. The allocator then opens it once per buffer and
+  // keeps it (Registry::ReadView), and every read-only delivery sends it,
+  // where each would otherwise open a file of its own in hallocd, kernel
+  // memory charged to hallocd's memory cgroup for as long as the client
+  // keeps the fd. Decorators must forward it.
+  virtual bool SharesReadViews() const { return false; }
+
   // How hallocd can learn that no fd or mapping of a released buffer is
   // left anywhere, to keep it charged to its owner until then (Registry:
   // "Released memory"). Decorators forward it and IsLastReference.

@@ -90,6 +90,11 @@ class MemfdBackend : public Backend {
   absl::StatusOr<UniqueFd> OpenView(const UniqueFd& buffer,
                                     const ViewRights& rights) override;
   bool CanLimitAttach() const override { return !UdmabufPossible(); }
+  // A read-only open file description binds whoever holds it to read
+  // alone, and nothing else of a holder's is in it. (Holders sharing one
+  // share its file offset and status flags too: read(2) and lseek(2) move
+  // the others' offset; mmap and pread, which libhalloc uses, take none.)
+  bool SharesReadViews() const override { return true; }
   // A memfd's last fd or mapping is observable. (Where udmabuf exists, a
   // dma-buf made from the memfd holds its pages without holding its file:
   // that memory is then followed only as far as fds and mappings go.)

@@ -125,6 +125,7 @@ class PooledBackend : public Backend {
   bool NeedsView(const ViewRights& rights) const override {
     return inner_->NeedsView(rights);
   }
+  bool SharesReadViews() const override { return inner_->SharesReadViews(); }
   bool CanRevokeLive() const override { return inner_->CanRevokeLive(); }
   LastReference last_reference() const override { return inner_->last_reference(); }
   int IsLastReference(int fd) const override { return inner_->IsLastReference(fd); }

@@ -59,7 +59,10 @@ TEST_F(ClientSharingTest, BothPathsAgreeOnImports) {
       EXPECT_EQ(bad.status().code(), StatusCode::kNotFound) << bad.status();
       EXPECT_TRUE(absl::StartsWith(bad.status().message(), "Import: ")) << bad.status();
     }
-    EXPECT_EQ(CountOpenFds(), fds_before + 2) << "the two imports' fds, nothing else";
+    // (The first loop's also opened the read-only view hallocd, in this
+    // process, keeps with the buffer for every read-only holder.)
+    EXPECT_EQ(CountOpenFds(), fds_before + 2 + (fast ? 1 : 0))
+        << "the two imports' fds, nothing else";
     absl::StatusOr<v1::BufferInfo> d = client().Describe(b->id());
     ASSERT_TRUE(d.ok()) << d.status();
     EXPECT_EQ(d->holders_size(), 2);
