@@ -34,6 +34,9 @@ struct Allocator::Plan {
   // session judges only the descriptor and the backend).
   std::optional<AllocateDecision> decision;
   std::shared_ptr<const Policy> policy;  // keeps the decision's rule alive
+  // What the rule of a session holding another's Allocate lets it hold
+  // (DecideHeld); read-write for the session's own.
+  CpuAccess held_cap = CpuAccess::kReadWrite;
 };
 
 namespace {
@@ -218,11 +221,22 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
         "holder could read it"));
   }
   if (caller != nullptr) {
-    absl::StatusOr<AllocateDecision> d =
-        DecideAllocate(*rule, *caller,
-                       {plan.usage, bytes, std::string(backend_->name()), plan.owner_access,
-                        plan.count, plan.size});
+    const AllocateAsk ask{plan.usage,        bytes,      std::string(backend_->name()),
+                          plan.owner_access, plan.count, plan.size};
+    absl::StatusOr<AllocateDecision> d = DecideAllocate(*rule, *caller, ask);
     if (!d.ok()) return d.status();  // counted by Allocate, not by IsSupported
+    // Asked on a session's socket by a process another rule may judge
+    // (another uid's, or one the session's exe rule does not vouch for):
+    // the buffers are held in the session's name, their fds go there and
+    // it pays, so no wider than its own rule allows, widened or not
+    // (decide.h: a wider rule's Allocate gave a session capped at read a
+    // read-write hold to share on), and within its quota. (The session's
+    // own requests, the usual case, need no second Match.)
+    if (reader != nullptr && !MatchedAlike(*caller, *reader)) {
+      const Rule* holder_rule = plan.policy->Match(*reader);
+      RETURN_IF_ERROR(DecideHeld(holder_rule, *reader, ask, *d));
+      plan.held_cap = holder_rule->max_cpu;
+    }
     plan.owner_access = d->owner_access;
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     plan.decision = *std::move(d);
@@ -238,20 +252,8 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
   std::vector<Backend::Holder> holders;
   if (caller != nullptr) holders.push_back(HolderOf(*caller));
   if (reader != nullptr) holders.push_back(HolderOf(*reader));
-  CpuAccess allowed = rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite;
-  // Asked on a session's socket by a process another rule judges (another
-  // uid's, or one the session's exe rule does not vouch for): the buffers
-  // are held in the session's name and their fds go there, so no wider
-  // than its own rule allows, widened or not (decide.h: a wider rule's
-  // Allocate gave a session capped at read a read-write hold to share on).
-  // (The session's own requests, the usual case, need no second Match.)
-  if (rule != nullptr && reader != nullptr && !MatchedAlike(*caller, *reader)) {
-    if (const Rule* holder_rule = plan.policy->Match(*reader); holder_rule != rule) {
-      ASSIGN_OR_RETURN(plan.owner_access,
-                       DecideHeld(holder_rule, *reader, plan.usage, plan.owner_access));
-      allowed = Narrower(allowed, HeldCap(holder_rule));
-    }
-  }
+  const CpuAccess allowed =
+      Narrower(rule != nullptr ? rule->max_cpu : CpuAccess::kReadWrite, plan.held_cap);
   if (plan.owner_access == CpuAccess::kRead && allowed == CpuAccess::kReadWrite &&
       !Enforceable(CpuAccess::kRead, holders)) {
     plan.owner_access = CpuAccess::kReadWrite;
@@ -297,7 +299,7 @@ absl::StatusOr<v1::AllocateResponse> Allocator::Allocate(
   // race us). The registry may judge twice (after settling released
   // memory): a refusal is counted once, from what it returns.
   auto quota = [&](uint64_t buffers, uint64_t bytes) {
-    return CheckQuota(*decision.rule, caller.charged_uid(), buffers, bytes, plan.count,
+    return CheckQuota(*decision.quota_rule, decision.quota_uid, buffers, bytes, plan.count,
                       plan.size);
   };
   // Given back unless Add takes it (a failure below destroys it after the

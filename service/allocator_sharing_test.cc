@@ -527,6 +527,55 @@ TEST(AllocatorPolicyTest, AnAllocateOnAnotherUidsSocketIsHeldNoWiderThanItsRuleA
   }
 }
 
+// The session whose socket another uid's Allocate came on holds the
+// buffers and pays for them, under its own rule's quota: the lender's
+// quota, not a fresh one of the caller's rule on the lender's uid (two
+// uids lending each other their sockets each had one quota more).
+TEST(AllocatorPolicyTest, AnAllocateOnAnotherUidsSocketIsChargedToThatSessionsOwnQuota) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "lender" match { uids: 1000 } usages: "*" heaps: "*" quota_buffers: 2
+              max_cpu_access: CPU_ACCESS_READ_WRITE }
+    clients { name: "borrower" match { uids: 1001 } usages: "*" heaps: "*" quota_buffers: 8
+              max_cpu_access: CPU_ACCESS_READ_WRITE }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(MemfdOfUid(0), Limits(), *policy);
+  Peer lender = OpenPeer(core, 1000), ruleless = OpenPeer(core, 1500);
+  // As the broker stamps a request on the lender's socket: the sender's
+  // uid, charged as the connection is.
+  Identity borrower{1001, 1001, getpid() + 1, "", std::nullopt, std::nullopt};
+  borrower.account_uid = 1000;
+  v1::AllocateRequest blob;
+  blob.mutable_desc()->set_size(4096);
+  ASSERT_TRUE(core.Allocate(*lender.session, blob).ok());
+  absl::StatusOr<v1::AllocateResponse> lent =
+      core.Allocate(*lender.session, borrower, blob, lender.session->fds());
+  ASSERT_TRUE(lent.ok()) << lent.status();
+  lent = core.Allocate(*lender.session, borrower, blob, lender.session->fds());
+  EXPECT_EQ(lent.status().code(), StatusCode::kResourceExhausted) << lent.status();
+  EXPECT_TRUE(absl::StrContains(lent.status().message(), "rule 'lender' quota_buffers 2"))
+      << lent.status();
+  v1::StatsResponse stats = core.Stats();
+  ASSERT_EQ(stats.clients_size(), 1);
+  EXPECT_EQ(stats.clients(0).client(), "lender");
+  EXPECT_EQ(stats.clients(0).buffers(), 2u);
+  // Three at once: more than the lender's whole quota, which no release
+  // mends.
+  v1::AllocateRequest three = blob;
+  three.set_count(3);
+  EXPECT_EQ(core.Allocate(*lender.session, borrower, three, lender.session->fds()).status().code(),
+            StatusCode::kPermissionDenied);
+  // A session no rule matches pays for nothing.
+  borrower.account_uid = 1500;
+  absl::StatusOr<v1::AllocateResponse> unbound =
+      core.Allocate(*ruleless.session, borrower, blob, ruleless.session->fds());
+  EXPECT_EQ(unbound.status().code(), StatusCode::kPermissionDenied) << unbound.status();
+  EXPECT_TRUE(absl::StrContains(unbound.status().message(), "no rule matches it"))
+      << unbound.status();
+  EXPECT_EQ(core.Stats().live_buffers(), 2u);
+}
+
 // A read-only usage of hallocd's own uid gets a read-write fd where its
 // rule allows one, and BufferInfo says so; a Share of read-only rights to
 // that uid is refused, naming it; other uids are as before.

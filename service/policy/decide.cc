@@ -1,6 +1,8 @@
 #include "service/policy/decide.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 
 #include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
@@ -22,6 +24,28 @@ absl::Status By(absl::string_view rule, absl::Status status) {
   return status;
 }
 
+// Why `ask` alone is more than `rule`'s whole quota, if it is: no release
+// could make room (RESOURCE_EXHAUSTED, "may succeed later", would be a lie).
+std::optional<std::string> WholeQuotaExceeded(const Rule& rule, const AllocateAsk& ask) {
+  if (rule.quota_buffers != 0 && ask.count > rule.quota_buffers) {
+    return absl::StrCat(ask.count, " buffers exceed quota_buffers ", rule.quota_buffers);
+  }
+  if (rule.quota_bytes != 0 && ask.count * ask.charged_size > rule.quota_bytes) {
+    return absl::StrCat(ask.count, " buffers of ", ask.charged_size, " bytes exceed quota_bytes ",
+                        rule.quota_bytes);
+  }
+  return std::nullopt;
+}
+
+// `payer` pays for `d`'s buffers under `rule`.
+void SetPayer(const Rule& rule, const Identity& payer, AllocateDecision& d) {
+  d.quota_rule = &rule;
+  d.quota_uid = payer.charged_uid();
+  d.quota_key = QuotaKey(rule.name, d.quota_uid);
+  // With a quota, a released buffer stays charged while any fd or mapping
+  // of it is left (where the backend can tell).
+  d.charge_until_gone = rule.quota_buffers != 0 || rule.quota_bytes != 0;
+}
 
 }  // namespace
 
@@ -45,24 +69,29 @@ absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
                 " (default deny)")));
 }
 
-CpuAccess HeldCap(const Rule* holder_rule) {
-  return holder_rule != nullptr ? holder_rule->max_cpu : CpuAccess::kNone;
-}
-
-absl::StatusOr<CpuAccess> DecideHeld(const Rule* holder_rule, const Identity& holder,
-                                     uint64_t usage, CpuAccess access) {
-  const CpuAccess cap = HeldCap(holder_rule);
-  if ((usage::WantsCpuWrite(usage) && cap != CpuAccess::kReadWrite) ||
-      (usage::WantsCpuRead(usage) && cap == CpuAccess::kNone)) {
-    return By(
-        holder_rule != nullptr ? absl::string_view(holder_rule->name) : kNoRule,
-        absl::PermissionDeniedError(absl::StrCat(
-            "Allocate on the socket of a session of uid ", holder.uid, ", which would hold it: ",
-            holder_rule != nullptr ? absl::StrCat("its rule '", holder_rule->name, "'")
-                                   : std::string("no rule matches it, and it"),
-            " lets it hold CPU access ", CpuAccessName(cap), ", less than the usage asks for")));
+absl::Status DecideHeld(const Rule* holder_rule, const Identity& holder, const AllocateAsk& ask,
+                        AllocateDecision& d) {
+  const std::string on = absl::StrCat("Allocate on the socket of a session of uid ", holder.uid,
+                                      ", which would hold it and pay for it: ");
+  if (holder_rule == nullptr) {
+    return By(kNoRule, absl::PermissionDeniedError(absl::StrCat(
+                           on, "no rule matches it (nothing would bound what it holds)")));
   }
-  return Narrower(access, cap);
+  const Rule& rule = *holder_rule;
+  const CpuAccess cap = rule.max_cpu;
+  if ((usage::WantsCpuWrite(ask.usage) && cap != CpuAccess::kReadWrite) ||
+      (usage::WantsCpuRead(ask.usage) && cap == CpuAccess::kNone)) {
+    return By(rule.name, absl::PermissionDeniedError(
+                             absl::StrCat(on, "its rule '", rule.name, "' lets it hold CPU access ",
+                                          CpuAccessName(cap), ", less than the usage asks for")));
+  }
+  if (std::optional<std::string> over = WholeQuotaExceeded(rule, ask)) {
+    return By(rule.name,
+              absl::PermissionDeniedError(absl::StrCat(on, "its rule '", rule.name, "': ", *over)));
+  }
+  d.owner_access = Narrower(d.owner_access, cap);
+  SetPayer(rule, holder, d);
+  return absl::OkStatus();
 }
 
 std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {
@@ -94,15 +123,7 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity
     return deny(absl::StrCat(ask.size, " bytes exceeds max_buffer_bytes ",
                              rule.max_buffer_bytes));
   }
-  // A quota this call alone would exceed: no release could make room
-  // (RESOURCE_EXHAUSTED, "may succeed later", would be a lie).
-  if (rule.quota_buffers != 0 && ask.count > rule.quota_buffers) {
-    return deny(absl::StrCat(ask.count, " buffers exceed quota_buffers ", rule.quota_buffers));
-  }
-  if (rule.quota_bytes != 0 && ask.count * ask.charged_size > rule.quota_bytes) {
-    return deny(absl::StrCat(ask.count, " buffers of ", ask.charged_size,
-                             " bytes exceed quota_bytes ", rule.quota_bytes));
-  }
+  if (std::optional<std::string> over = WholeQuotaExceeded(rule, ask)) return deny(*over);
   if ((usage::WantsCpuWrite(ask.usage) && rule.max_cpu != CpuAccess::kReadWrite) ||
       (usage::WantsCpuRead(ask.usage) && rule.max_cpu == CpuAccess::kNone)) {
     return deny(absl::StrCat("usage asks for CPU access beyond max_cpu_access ",
@@ -111,8 +132,7 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity
   d.rule = &rule;
   d.owner_access = Narrower(ask.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
-  d.quota_key = QuotaKey(rule.name, caller.charged_uid());
-  d.charge_until_gone = rule.quota_buffers != 0 || rule.quota_bytes != 0;
+  SetPayer(rule, caller, d);
   return d;
 }
 

@@ -59,8 +59,12 @@ struct AllocateDecision {
   CpuAccess owner_access = CpuAccess::kNone;
   // Devices the buffers may be attached to; nullopt: any.
   std::optional<std::vector<std::string>> attach;
-  // What the buffers are charged to: "rule/uid".
+  // What the buffers are charged to: "rule/uid", whose quota binds them
+  // (quota_rule's, uid quota_uid): the caller's own, or that of the
+  // session holding them (DecideHeld).
   std::string quota_key;
+  const Rule* quota_rule = nullptr;
+  uid_t quota_uid = 0;
   // Whether the rule has a quota: a released buffer then stays charged
   // while any fd or mapping of it is left (where the backend can tell),
   // else release, map and repeat would hold memory past any quota.
@@ -74,18 +78,25 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity
                                                 const AllocateAsk& ask);
 
 // An Allocate whose buffers are held in another's name: the session whose
-// socket it came on (`holder`), which another rule than the caller's
-// judges (another uid's session, or one an exe rule vouched for and the
-// sender is not). The session holds them, and may share them on, so they
-// are no wider than its own rule (`holder_rule`; nullptr where none matches
-// it) lets it hold: that rule's max_cpu_access, none without a rule.
-CpuAccess HeldCap(const Rule* holder_rule);
-// The owner's rights such an Allocate gives the holder: `access` (the
-// caller's rule's decision) within HeldCap, as the holder's own Allocate
-// of `usage` would be narrowed; PERMISSION_DENIED, by the holder's rule,
-// where `usage` asks for CPU access beyond that cap.
-absl::StatusOr<CpuAccess> DecideHeld(const Rule* holder_rule, const Identity& holder,
-                                     uint64_t usage, CpuAccess access);
+// socket it came on (`holder`), which another rule than the caller's may
+// judge (another uid's session, or one an exe rule vouched for and the
+// sender is not). The session holds them, may share them on, and pays for
+// them, so `d` (the caller's rule's decision) is bound by the holder's own
+// rule (`holder_rule`; nullptr where none matches it) as its own Allocate
+// would be:
+//  - the owner's rights within that rule's max_cpu_access, narrowed where
+//    the usage leaves room;
+//  - that rule's quota, on the key the holder's own Allocates charge
+//    (d.quota_key, quota_rule, quota_uid, charge_until_gone). Charged as
+//    the caller's rule with the holder's uid, they were on a key of
+//    nobody's own: a quota more for each uid lending its socket to a
+//    process another rule judges.
+// PERMISSION_DENIED, by the holder's rule, where the usage asks for CPU
+// access beyond its cap or the call alone is more than its whole quota;
+// by no rule where none matches the holder (nothing would bound what it
+// holds).
+absl::Status DecideHeld(const Rule* holder_rule, const Identity& holder, const AllocateAsk& ask,
+                        AllocateDecision& d);
 
 // RESOURCE_EXHAUSTED (naming `rule`) when `count` more buffers of `size`
 // bytes would take `uid` past the rule's quotas, given what it owns.

@@ -104,24 +104,63 @@ TEST(DecideAllocateTest, NoRuleSaysTheExecutableWasNotVerifiedOnlyWhereARuleName
 
 // An Allocate held in another session's name: within that session's rule,
 // narrowed where the usage leaves room, refused by that rule where it asks
-// for more; a session no rule matches may hold no CPU access.
+// for more; a session no rule matches may hold nothing of another's.
 TEST(DecideHeldTest, TheHoldersRuleCapsWhatAnotherRulesAllocateGivesIt) {
   auto p = Example();
   const Rule* compositor = p->Match(Uid(1002));
   ASSERT_NE(compositor, nullptr);
-  absl::StatusOr<CpuAccess> held =
-      DecideHeld(compositor, Uid(1002), Usage("gpu_texture"), CpuAccess::kReadWrite);
-  ASSERT_TRUE(held.ok()) << held.status();
-  EXPECT_EQ(*held, CpuAccess::kRead);
-  held = DecideHeld(compositor, Uid(1002), Usage("cpu_write_often"), CpuAccess::kReadWrite);
-  EXPECT_EQ(held.status().code(), StatusCode::kPermissionDenied) << held.status();
-  EXPECT_EQ(DecidingRule(held.status()), "compositor");
-  held = DecideHeld(nullptr, Uid(1004), Usage("cpu_read_often"), CpuAccess::kRead);
-  EXPECT_EQ(held.status().code(), StatusCode::kPermissionDenied) << held.status();
-  EXPECT_EQ(DecidingRule(held.status()), "(no rule)");
-  held = DecideHeld(nullptr, Uid(1004), Usage("gpu_texture"), CpuAccess::kReadWrite);
-  ASSERT_TRUE(held.ok()) << held.status();
-  EXPECT_EQ(*held, CpuAccess::kNone);
+  auto held = [&](const Rule* rule, uid_t uid, const char* usage,
+                  CpuAccess access) -> absl::StatusOr<CpuAccess> {
+    absl::StatusOr<AllocateDecision> d =
+        DecideAllocate(*p, Uid(1003), {Usage(usage), 4096, "memfd", access, 1, 4096});
+    EXPECT_TRUE(d.ok()) << d.status();
+    absl::Status s = DecideHeld(rule, Uid(uid), {Usage(usage), 4096, "memfd", access, 1, 4096}, *d);
+    if (!s.ok()) return s;
+    return d->owner_access;
+  };
+  absl::StatusOr<CpuAccess> got = held(compositor, 1002, "gpu_texture", CpuAccess::kReadWrite);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, CpuAccess::kRead);
+  got = held(compositor, 1002, "cpu_write_often", CpuAccess::kReadWrite);
+  EXPECT_EQ(got.status().code(), StatusCode::kPermissionDenied) << got.status();
+  EXPECT_EQ(DecidingRule(got.status()), "compositor");
+  for (const char* usage : {"cpu_read_often", "gpu_texture"}) {
+    got = held(nullptr, 1004, usage, CpuAccess::kRead);
+    EXPECT_EQ(got.status().code(), StatusCode::kPermissionDenied) << got.status();
+    EXPECT_EQ(DecidingRule(got.status()), "(no rule)");
+    EXPECT_TRUE(absl::StrContains(got.status().message(), "no rule matches it")) << got.status();
+  }
+}
+
+// The session holding another's Allocate pays for it, under its own rule:
+// on the key its own Allocates charge, within its quota, never on a key
+// made of the caller's rule and the holder's uid (a quota of nobody's own).
+TEST(DecideHeldTest, TheHolderPaysUnderItsOwnRule) {
+  auto p = Example();
+  const Rule* camera = p->Match(Uid(1001));
+  ASSERT_NE(camera, nullptr);
+  const AllocateAsk ask{Usage("cpu_write_often"), 4096, "memfd", CpuAccess::kReadWrite, 1, 4096};
+  Identity app = Uid(1003);
+  app.account_uid = 1001;  // on camera's broker socket: the connection's uid
+  absl::StatusOr<AllocateDecision> d = DecideAllocate(*p, app, ask);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->quota_key, "app/1001") << "the caller's rule alone: a key of nobody's";
+  EXPECT_FALSE(d->charge_until_gone) << "app has no quota";
+  ASSERT_TRUE(DecideHeld(camera, Uid(1001), ask, *d).ok());
+  EXPECT_EQ(d->quota_key, "camera/1001");
+  EXPECT_EQ(d->quota_rule, camera);
+  EXPECT_EQ(d->quota_uid, 1001u);
+  EXPECT_TRUE(d->charge_until_gone) << "camera has quotas";
+  EXPECT_EQ(d->rule->name, "app") << "the caller's rule still judged the rest";
+  // More than the holder's whole quota in one call: no release makes room.
+  AllocateAsk five = ask;
+  five.count = 5;
+  d = DecideAllocate(*p, app, five);
+  ASSERT_TRUE(d.ok()) << d.status();
+  absl::Status over = DecideHeld(camera, Uid(1001), five, *d);
+  EXPECT_EQ(over.code(), StatusCode::kPermissionDenied) << over;
+  EXPECT_EQ(DecidingRule(over), "camera");
+  EXPECT_TRUE(absl::StrContains(over.message(), "quota_buffers 4")) << over;
 }
 
 TEST(CheckQuotaTest, CountsBuffersAndBytesOfTheClient) {
