@@ -349,17 +349,24 @@ v1::ListResponse Registry::List(uint64_t session_id, bool all, uint64_t after,
   absl::MutexLock lock(&mu_);
   // The ids past `after`, the page's smallest first.
   std::vector<uint64_t> ids;
+  bool more = false;
   if (all) {
+    // (An operator's: a scan of every buffer, as Dump's.)
     for (const auto& [id, buffer] : buffers_) {
       if (id > after) ids.push_back(id);
     }
+    more = FirstOfPage(ids, page_size);
   } else if (auto h = holdings_.find(session_id); h != holdings_.end()) {
-    for (uint64_t id : h->second.buffers) {
-      if (id > after) ids.push_back(id);
+    const absl::btree_set<uint64_t>& held = h->second.buffers;
+    for (auto it = held.upper_bound(after); it != held.end(); ++it) {
+      if (ids.size() == page_size) {
+        more = true;
+        break;
+      }
+      ids.push_back(*it);
     }
   }
   v1::ListResponse resp;
-  const bool more = FirstOfPage(ids, page_size);
   for (uint64_t id : ids) {
     *resp.add_buffers() = Info(*buffers_.at(id), session_id, all ? Holders::kAll : Holders::kNone);
   }

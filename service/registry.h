@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
@@ -441,7 +442,10 @@ class Registry {
  private:
   struct Holding {
     Identity creds;
-    absl::flat_hash_set<uint64_t> buffers;
+    // Ordered: a page of List starts where the last stopped, in
+    // O(log n + page) under the lock every request takes; an O(n) scan
+    // of a session's 2^18 held ids held it ~ms a page.
+    absl::btree_set<uint64_t> buffers;
     absl::flat_hash_set<uint64_t> grants;
     // The same grants by buffer: a revoke that cuts this session off a
     // buffer revokes those it made of that buffer.
