@@ -341,19 +341,27 @@ TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
 
   EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u);
   EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
-  // The mapping made before: its end of CPU access says it was revoked.
-  absl::Status unmapped = theirs->Unmap();
-  EXPECT_FALSE(unmapped.ok()) << "a revoked view's writes ended silently";
-  EXPECT_NE(unmapped.message().find("SYNC(END)"), absl::string_view::npos) << unmapped;
+  // The mapping made before: its end of CPU access says it was revoked,
+  // and so does a new beginning (each bracket is the module's ioctl).
+  absl::Status ended = theirs->EndAccess();
+  EXPECT_FALSE(ended.ok()) << "a revoked view's writes ended silently";
+  EXPECT_NE(ended.message().find("SYNC(END)"), absl::string_view::npos) << ended;
+  absl::Status begun = theirs->BeginAccess();
+  EXPECT_FALSE(begun.ok()) << "a revoked view began CPU access";
+  EXPECT_NE(begun.message().find("SYNC(START)"), absl::string_view::npos) << begun;
+  EXPECT_TRUE(theirs->Unmap().ok()) << "no access left begun to end";
   if (vgem_.valid()) {
     EXPECT_EQ(ImportIntoVgem(vgem_.get(), got->fd()), -ENODEV);
   }
   EXPECT_EQ(peer.Describe(got->id()).status().code(), absl::StatusCode::kNotFound)
       << "the receiver held it only through the revoked grant";
-  // The owner's buffer and mapping are untouched.
+  // The owner's buffer and mapping are untouched, its brackets too.
   EXPECT_EQ(InfoOf(buf->fd()).flags & HALLOC_INFO_REVOKED, 0u);
+  ASSERT_TRUE(mine->EndAccess().ok());
+  ASSERT_TRUE(mine->BeginAccess().ok());
   std::memset(mine->data(), 0x21, kSize);
   EXPECT_TRUE(AllBytesAre(mine->as<uint8_t>(), kSize, 0x21));
+  EXPECT_TRUE(mine->Unmap().ok());
   if (vgem_.valid()) {
     EXPECT_EQ(ImportIntoVgem(vgem_.get(), buf->fd()), 0);
   }

@@ -36,6 +36,7 @@ Mapping& Mapping::operator=(Mapping&& other) noexcept {
     std::swap(size_, other.size_);
     std::swap(sync_fd_, other.sync_fd_);
     std::swap(sync_flags_, other.sync_flags_);
+    std::swap(in_access_, other.in_access_);
   }
   return *this;
 }
@@ -44,12 +45,29 @@ Mapping::~Mapping() { Reset(); }
 
 void Mapping::Reset() { Unmap().IgnoreError(); }
 
+absl::Status Mapping::BeginAccess() {
+  if (data_ == nullptr) return absl::FailedPreconditionError("BeginAccess: not mapped");
+  if (in_access_) return absl::FailedPreconditionError("BeginAccess: CPU access is begun already");
+  if (sync_fd_ && SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_START | sync_flags_) != 0) {
+    return ErrnoStatus(errno, "DMA_BUF_IOCTL_SYNC(START)");
+  }
+  in_access_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Mapping::EndAccess() {
+  if (data_ == nullptr) return absl::FailedPreconditionError("EndAccess: not mapped");
+  if (!in_access_) return absl::FailedPreconditionError("EndAccess: CPU access is ended already");
+  in_access_ = false;
+  if (sync_fd_ && SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_END | sync_flags_) != 0) {
+    return ErrnoStatus(errno, "DMA_BUF_IOCTL_SYNC(END)");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Mapping::Unmap() {
   if (data_ == nullptr) return absl::OkStatus();
-  absl::Status ended = absl::OkStatus();
-  if (sync_fd_ && SyncIoctl(sync_fd_.get(), DMA_BUF_SYNC_END | sync_flags_) != 0) {
-    ended = ErrnoStatus(errno, "DMA_BUF_IOCTL_SYNC(END)");
-  }
+  const absl::Status ended = in_access_ ? EndAccess() : absl::OkStatus();
   ::munmap(data_, size_);
   data_ = nullptr;
   size_ = 0;
@@ -128,6 +146,7 @@ absl::StatusOr<Mapping> Buffer::Map(Access access) const {
     }
     m.sync_fd_ = fd_;
   }
+  m.in_access_ = true;
   return m;
 }
 

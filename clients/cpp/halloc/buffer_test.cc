@@ -111,6 +111,30 @@ TEST(BufferTest, UnmapEndsTheMappingOnce) {
   EXPECT_TRUE(m->Unmap().ok()) << "a second is a no-op";
 }
 
+// A mapping kept across frames brackets each CPU access of its own: Map
+// begins one, EndAccess and BeginAccess alternate, and each says when it
+// is out of turn (a memfd keeps only which bracket it is in).
+TEST(BufferTest, AccessIsBracketedAgainAndAgainOnOneMapping) {
+  const Buffer b(Info(v1::FD_KIND_MEMFD), Memfd());
+  absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->BeginAccess().code(), absl::StatusCode::kFailedPrecondition) << "Map began it";
+  for (int frame = 0; frame < 3; ++frame) {
+    ASSERT_TRUE(m->EndAccess().ok());
+    EXPECT_EQ(m->EndAccess().code(), absl::StatusCode::kFailedPrecondition);
+    ASSERT_TRUE(m->BeginAccess().ok());
+    m->as<uint8_t>()[0] = static_cast<uint8_t>(frame);
+  }
+  ASSERT_TRUE(m->EndAccess().ok());
+  Mapping moved = *std::move(m);
+  EXPECT_EQ(moved.EndAccess().code(), absl::StatusCode::kFailedPrecondition)
+      << "a move keeps the bracket's state";
+  EXPECT_TRUE(moved.Unmap().ok()) << "nothing left to end";
+  EXPECT_EQ(moved.BeginAccess().code(), absl::StatusCode::kFailedPrecondition) << "unmapped";
+  EXPECT_EQ(moved.EndAccess().code(), absl::StatusCode::kFailedPrecondition) << "unmapped";
+  EXPECT_EQ(Mapped(), 0);
+}
+
 // Rows of a plane are handed out only when every byte of them is mapped,
 // whatever the layout says (no product wraps): the consumers that walked
 // offset + y * stride on the daemon's word read or wrote past the mapping.

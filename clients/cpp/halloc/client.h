@@ -83,10 +83,11 @@ struct ConnectOptions {
   bool broker_fast_path = true;
 };
 
-// A CPU mapping of a buffer. While it lives, CPU access is bracketed with
+// A CPU mapping of a buffer. CPU access is bracketed with
 // DMA_BUF_IOCTL_SYNC START/END when the buffer is a dma-buf (memfds need no
-// bracket). Unmaps on destruction. It shares the Buffer's fd (for the END),
-// so it may outlive the Buffer it came from.
+// bracket): from Map to Unmap, or in brackets of its own (BeginAccess,
+// EndAccess). Unmaps on destruction. It shares the Buffer's fd (for the
+// bracket), so it may outlive the Buffer it came from.
 class Mapping {
  public:
   Mapping() = default;
@@ -108,11 +109,23 @@ class Mapping {
   absl::StatusOr<uint8_t*> Rows(uint64_t offset, uint64_t stride, uint64_t row_bytes,
                                 uint64_t rows) const;
 
-  // Ends CPU access (a dma-buf's DMA_BUF_SYNC_END: what the CPU wrote is
-  // made visible to devices) and unmaps, as gralloc's unlock does: the
-  // end's error, e.g. the view was revoked meanwhile (what was written
-  // since reaches no one). Unmapped either way; then a no-op. Destruction
-  // does the same and drops the error.
+  // CPU access again and again on one mapping kept across frames
+  // (libcamera's MappedFrameBuffer, gralloc's lock and unlock): Map begins
+  // it; EndAccess ends it (a dma-buf's DMA_BUF_SYNC_END: what the CPU
+  // wrote is made visible to devices) and BeginAccess begins it again
+  // (DMA_BUF_SYNC_START: what devices wrote since is made visible to the
+  // CPU, on hardware whose caches are not coherent too). Touch the memory
+  // only in between. FAILED_PRECONDITION when unmapped, or when access is
+  // begun already (BeginAccess) or ended already (EndAccess); else the
+  // ioctl's error, e.g. the view was revoked meanwhile (the access is
+  // ended either way). A memfd needs no bracket: only which one is kept.
+  absl::Status BeginAccess();
+  absl::Status EndAccess();
+
+  // Ends CPU access if begun (as EndAccess) and unmaps, as gralloc's
+  // unlock does: the end's error, e.g. the view was revoked meanwhile
+  // (what was written since reaches no one). Unmapped either way; then a
+  // no-op. Destruction does the same and drops the error.
   absl::Status Unmap();
 
  private:
@@ -120,8 +133,9 @@ class Mapping {
   void Reset();
   void* data_ = nullptr;
   size_t size_ = 0;
-  SharedFd sync_fd_;  // the dma-buf fd to END the bracket on
+  SharedFd sync_fd_;  // the dma-buf fd the bracket is on
   uint64_t sync_flags_ = 0;
+  bool in_access_ = false;  // between a begin and its end
 };
 
 // One buffer this process holds an fd for. Destroying it closes the fd;

@@ -36,6 +36,8 @@ absl::Status Frame(halloc::Client& peer_client, uid_t peer_uid) {
   // trusted)
   const halloc::v1::PlaneLayout& luma = buf->layout().planes(0);
   absl::StatusOr<uint8_t*> rows = map->Rows(luma.offset(), luma.stride(), 1920, 1080);
+  absl::Status ended = map->EndAccess();    // this frame's CPU work done: devices see its writes
+  absl::Status begun = map->BeginAccess();  // the next frame's, on the same mapping
   absl::Status done = map->Unmap();  // the end of CPU access and its error (e.g. revoked)
   absl::StatusOr<halloc::v1::Grant> grant =
       client->Share(buf->id(), peer_uid, halloc::v1::CPU_ACCESS_READ);
@@ -44,7 +46,9 @@ absl::Status Frame(halloc::Client& peer_client, uid_t peer_uid) {
   // explicit sync on dma-bufs (Linux 6.0+): what a reader must wait for
   absl::StatusOr<halloc::UniqueFd> fence = got->ExportSyncFile(halloc::Access::kRead);
   // -------------------------------------------------------------------------
-  for (const absl::Status& s : {rows.status(), done, got.status()}) RETURN_IF_ERROR(s);
+  for (const absl::Status& s : {rows.status(), ended, begun, done, got.status()}) {
+    RETURN_IF_ERROR(s);
+  }
   // A memfd has no fences to export: refused, not faked.
   return fence.ok() ? absl::InternalError("a memfd exported a sync file") : absl::OkStatus();
 }

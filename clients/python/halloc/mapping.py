@@ -1,9 +1,10 @@
 """CPU mappings of buffers: an mmap.mmap, bracketed on dma-bufs.
 
-Like libhalloc's Mapping: while a mapping of a dma-buf is open, CPU access
-is bracketed with DMA_BUF_IOCTL_SYNC START/END (memfds need no bracket).
-Close it (or use it as a context manager) to unmap; closing ends the
-bracket. CPython's mmap keeps its own dup of the fd, so a mapping may
+Like libhalloc's Mapping: CPU access to a mapping of a dma-buf is
+bracketed with DMA_BUF_IOCTL_SYNC START/END (memfds need no bracket), from
+map to close, or in brackets of its own on a mapping kept across frames
+(end_access(), begin_access()). Close it (or use it as a context manager)
+to unmap; closing ends the bracket if begun. CPython's mmap keeps its own dup of the fd, so a mapping may
 outlive the Buffer it came from.
 """
 
@@ -45,12 +46,51 @@ def _sync(fd, flags):
 class Mapping(mmap.mmap):
     """An mmap.mmap of a whole buffer (shared). Use `with` or close()."""
 
-    def close(self):
-        super().close()  # BufferError while memoryviews of it live: nothing done
-        sync = self.__dict__.pop("_sync_fd", None)
+    def begin_access(self):
+        """Begins CPU access again after end_access(): DMA_BUF_SYNC_START on
+        a dma-buf (what devices wrote since is made visible to the CPU, on
+        hardware whose caches are not coherent too). FailedPreconditionError
+        when closed or begun already; the ioctl's error otherwise (a view
+        revoked since)."""
+        self._turn("begin_access", begun=False)
+        sync = self.__dict__.get("_sync_fd")
+        if sync is not None:
+            try:
+                _sync(sync.fileno(), _DMA_BUF_SYNC_START | self._sync_flags)
+            except OSError as e:
+                raise errors.from_os_error(e, "DMA_BUF_IOCTL_SYNC(START)") from None
+        self._in_access = True
+
+    def end_access(self):
+        """Ends CPU access (map_fd began it): DMA_BUF_SYNC_END on a dma-buf
+        (what the CPU wrote is made visible to devices). Touch the memory
+        only between a begin and its end. FailedPreconditionError when
+        closed or ended already; the ioctl's error otherwise (the access is
+        ended either way)."""
+        self._turn("end_access", begun=True)
+        self._in_access = False
+        sync = self.__dict__.get("_sync_fd")
         if sync is not None:
             try:
                 _sync(sync.fileno(), _DMA_BUF_SYNC_END | self._sync_flags)
+            except OSError as e:
+                raise errors.from_os_error(e, "DMA_BUF_IOCTL_SYNC(END)") from None
+
+    def _turn(self, what, begun):
+        if self.closed:
+            raise errors.FailedPreconditionError(f"{what}: not mapped")
+        if self.__dict__.get("_in_access", True) != begun:
+            raise errors.FailedPreconditionError(
+                f"{what}: CPU access is {'ended' if begun else 'begun'} already")
+
+    def close(self):
+        super().close()  # BufferError while memoryviews of it live: nothing done
+        sync = self.__dict__.pop("_sync_fd", None)
+        begun = self.__dict__.pop("_in_access", True)
+        if sync is not None:
+            try:
+                if begun:
+                    _sync(sync.fileno(), _DMA_BUF_SYNC_END | self._sync_flags)
             except OSError:
                 # Unmapped already: an END the exporter refuses (ENODEV once
                 # the producer revoked the view) leaves nothing to undo, and

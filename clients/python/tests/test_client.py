@@ -130,6 +130,34 @@ def test_a_with_block_ends_the_sync_bracket_of_a_dmabuf_mapping(monkeypatch):
     os.close(fd)
 
 
+def test_a_kept_mapping_brackets_each_access_of_its_own(monkeypatch):
+    # libcamera's MappedFrameBuffer: mapped once, read every frame. Each
+    # end_access and begin_access is the dma-buf's END and START; out of
+    # turn, or closed, is FailedPreconditionError; close ends only what is
+    # begun.
+    calls = []
+    monkeypatch.setattr(halloc.mapping, "_sync",
+                        lambda fd, flags: calls.append(flags & ~0x3))
+    fd = os.memfd_create("py.frames", os.MFD_CLOEXEC)
+    os.ftruncate(fd, PAGE)
+    m = halloc.mapping.map_fd(fd, PAGE, halloc.Access.READ_WRITE, "test", dmabuf=True)
+    start, end = 0 << 2, 1 << 2
+    with pytest.raises(halloc.FailedPreconditionError, match="begun already"):
+        m.begin_access()
+    for frame in range(3):
+        m.end_access()
+        with pytest.raises(halloc.FailedPreconditionError, match="ended already"):
+            m.end_access()
+        m.begin_access()
+        m[:1] = bytes([frame])
+    m.end_access()
+    m.close()
+    assert calls == [start] + [end, start] * 3 + [end], "close ended what was ended"
+    with pytest.raises(halloc.FailedPreconditionError, match="not mapped"):
+        m.begin_access()
+    os.close(fd)
+
+
 def test_a_description_larger_than_its_memfd_is_data_loss():
     # Python's mmap refuses it with ValueError, which is no HallocError;
     # libhalloc would have mapped it and died of SIGBUS at the first touch.
