@@ -412,8 +412,8 @@ absl::StatusOr<Allocator::Outgoing> Allocator::Prepare(
       out.views.push_back(std::move(view.fd));
     } else if (needs_view) {
       auto open = [&] { return backend_->OpenView(buffer->fd, rights); };
-      const bool shared = rights.cpu == CpuAccess::kRead && !rights.attach_drivers.has_value() &&
-                          backend_->SharesReadViews();
+      const bool shared = rights.cpu == CpuAccess::kRead && backend_->SharesReadViews();
+      if (shared) RETURN_IF_ERROR(backend_->CheckView(rights));  // each time: it may change
       ASSIGN_OR_RETURN(UniqueFd view, shared ? registry_.ReadView(*buffer, open) : open());
       out.views.push_back(std::move(view));
     }

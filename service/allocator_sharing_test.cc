@@ -527,6 +527,39 @@ TEST(AllocatorPolicyTest, AnAllocateOnAnotherUidsSocketIsHeldNoWiderThanItsRuleA
   }
 }
 
+// Read-only imports share one open file whatever devices the importers'
+// rule lets them attach: a memfd's view carries no attach list of its own.
+TEST(AllocatorPolicyTest, ReadOnlyImportsUnderAnAttachListShareOneOpenFile) {
+  absl::StatusOr<std::shared_ptr<const Policy>> policy = Policy::Parse(R"(
+    clients { name: "app" match { uids: 1000 } usages: "*" heaps: "*"
+              max_cpu_access: CPU_ACCESS_READ_WRITE attach_devices: "vkms"
+              share_to: "@same_uid" receive_from: "@same_uid" }
+  )",
+                                                                       "inline");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  Allocator core(MemfdOfUid(0), Limits(), *policy);
+  Peer owner = OpenPeer(core, 1000), peer = OpenPeer(core, 1000);
+  v1::AllocateRequest blob;
+  blob.mutable_desc()->set_size(4096);
+  absl::StatusOr<v1::AllocateResponse> r = core.Allocate(*owner.session, blob);
+  ASSERT_TRUE(r.ok()) << r.status();
+  v1::ShareRequest share;
+  share.set_buffer_id(r->buffers(0).id());
+  share.mutable_peer()->set_uid(1000);
+  share.set_cpu_access(v1::CPU_ACCESS_READ);
+  absl::StatusOr<v1::Grant> grant = core.Share(*owner.session, share);
+  ASSERT_TRUE(grant.ok()) << grant.status();
+  std::vector<UniqueFd> fds;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(core.Import(*peer.session, grant->token()).ok());
+    absl::StatusOr<Record> rec = ReceiveRecord(peer.client_end.get(), true);
+    ASSERT_TRUE(rec.ok() && rec->fds.size() == 1) << rec.status();
+    fds.push_back(std::move(rec->fds[0]));
+  }
+  ASSERT_EQ(::lseek(fds[0].get(), 33, SEEK_SET), 33);
+  EXPECT_EQ(::lseek(fds[1].get(), 0, SEEK_CUR), 33) << "each import opened a file of its own";
+}
+
 // The session whose socket another uid's Allocate came on holds the
 // buffers and pays for them, under its own rule's quota: the lender's
 // quota, not a fresh one of the caller's rule on the lender's uid (two

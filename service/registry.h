@@ -415,10 +415,16 @@ class Registry {
   // The read-only view of `buffer` every read-only holder of it is sent
   // (Backend::SharesReadViews, BufferRecord::read_view): opened by `open`
   // at the first such delivery and kept while the buffer lives, counted in
-  // hallocd's limit (SetMaxBuffers) as a buffer is, so RESOURCE_EXHAUSTED
-  // when that is full. Returns a dup of it, the caller's to send and close;
-  // for a buffer no longer live (released during the call), `open`'s own
-  // view, kept by no one.
+  // hallocd's limit (SetMaxBuffers) as a buffer is. Returns a dup of it,
+  // the caller's to send and close. Where it is not kept, `open`'s own
+  // view, kept by no one: for a buffer no longer live (released during
+  // the call), and where hallocd's limit is full (a room check passed for
+  // the buffer alone, and an import takes no room: neither is refused for
+  // the view).
+  //
+  // Holders of one view share its file offset, status flags and flock(2)
+  // and OFD locks; those last while hallocd keeps it, as on the owners'
+  // read-write fd, which every read-write holder shares.
   using ViewOpener = absl::FunctionRef<absl::StatusOr<UniqueFd>()>;
   absl::StatusOr<UniqueFd> ReadView(const BufferRecord& buffer, ViewOpener open);
 

@@ -299,6 +299,21 @@ TEST_F(ReleasedMemoryTest, AReadViewIsOpenedOnceAndCountsInHallocdsLimit) {
   EXPECT_FALSE(released->read_view) << "kept by no one";
   EXPECT_NE(Add(false, nullptr, no_quota), 0u) << last_;
   EXPECT_NE(Add(false, nullptr, no_quota), 0u) << last_;
+
+  // hallocd's limit full (three buffers): a first read view is not
+  // refused (the buffer's room check passed without it, an import takes
+  // none) but kept by no one, each delivery its own.
+  reg_.SetMaxBuffers(3);
+  Added third = AddPage(reg_, kA, 1, no_quota, false);
+  ASSERT_TRUE(third.status.ok()) << third.status;
+  const std::shared_ptr<const BufferRecord> unkept = third.record.lock();
+  const int before = opens;
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<UniqueFd> view = reg_.ReadView(*unkept, opener(*unkept));
+    ASSERT_TRUE(view.ok()) << view.status();
+  }
+  EXPECT_EQ(opens, before + 2);
+  EXPECT_FALSE(unkept->read_view) << "no room to keep it";
 }
 
 TEST_F(ReleasedMemoryTest, RoomCheckedIsReservedUntilAddTakesItOrItIsDropped) {

@@ -130,22 +130,24 @@ absl::Status Registry::DaemonRoom(uint32_t count) const {
 }
 
 absl::StatusOr<UniqueFd> Registry::ReadView(const BufferRecord& buffer, ViewOpener open) {
-  absl::MutexLock lock(&mu_);
-  if (!buffer.read_view) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (buffer.read_view) return buffer.read_view.Dup();  // fixed once set
     auto b = buffers_.find(buffer.id);
-    if (b == buffers_.end() || b->second.get() != &buffer) return open();
-    absl::Status room = DaemonRoom(1);
-    if (!room.ok() && !lingering_.empty()) {
+    bool keep = b != buffers_.end() && b->second.get() == &buffer;
+    if (keep && !DaemonRoom(1).ok() && !lingering_.empty()) {
       SettleLocked();  // some of the released memory charged may be gone
-      room = DaemonRoom(1);
     }
-    RETURN_IF_ERROR(room);
-    // Opened under the lock (once per buffer): two first deliveries at
-    // once then open one view, not two.
-    ASSIGN_OR_RETURN(buffer.read_view, open());
-    ++read_views_;
+    keep = keep && DaemonRoom(1).ok();
+    if (keep) {
+      // Opened under the lock (once per buffer): two first deliveries at
+      // once then open one view, not two.
+      ASSIGN_OR_RETURN(buffer.read_view, open());
+      ++read_views_;
+      return buffer.read_view.Dup();
+    }
   }
-  return buffer.read_view.Dup();
+  return open();  // kept by no one
 }
 
 absl::Status Registry::SharedRoomLocked(uint32_t count, const std::string& quota_key,

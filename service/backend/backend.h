@@ -118,15 +118,21 @@ class Backend {
     return rights.cpu != CpuAccess::kReadWrite;
   }
 
-  // Whether one read-only view of a buffer (OpenView with CPU READ and no
+  // Whether one read-only view of a buffer (OpenView with CPU READ, any
   // attach limit) may serve every read-only holder of it: such a view
-  // carries nothing of one holder's (no revoke, no count), so holders that
-  // share it lose no right. The allocator then opens it once per buffer and
-  // keeps it (Registry::ReadView), and every read-only delivery sends it,
-  // where each would otherwise open a file of its own in hallocd, kernel
-  // memory charged to hallocd's memory cgroup for as long as the client
-  // keeps the fd. Decorators must forward it.
+  // carries nothing of one holder's (no revoke, no count, no attach list
+  // of its own), so holders that share it lose no right. The allocator
+  // then opens it once per buffer and keeps it (Registry::ReadView), and
+  // every read-only delivery that CheckView allows sends it, where each
+  // would otherwise open a file of its own in hallocd, kernel memory
+  // charged to hallocd's memory cgroup for as long as the client keeps
+  // the fd. Decorators must forward it and CheckView.
   virtual bool SharesReadViews() const { return false; }
+  // Why OpenView would refuse a view with `rights` now (FAILED_PRECONDITION,
+  // as it says), asked without opening one: before each delivery of a kept
+  // view (whether the backend can enforce the rights may change while it
+  // runs).
+  virtual absl::Status CheckView(const ViewRights& rights) const { return absl::OkStatus(); }
 
   // How hallocd can learn that no fd or mapping of a released buffer is
   // left anywhere, to keep it charged to its owner until then (Registry:

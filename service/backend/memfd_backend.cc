@@ -112,8 +112,7 @@ absl::StatusOr<UniqueFd> MemfdBackend::Allocate(const BackendRequest& request) {
   return fd;
 }
 
-absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
-                                                const ViewRights& rights) {
+absl::Status MemfdBackend::CheckView(const ViewRights& rights) const {
   if (rights.attach_drivers.has_value() && !CanLimitAttach()) {
     return absl::FailedPreconditionError(
         "memfd backend cannot limit which devices attach a buffer where udmabuf "
@@ -121,27 +120,34 @@ absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer,
   }
   switch (rights.cpu) {
     case CpuAccess::kReadWrite:
-      return buffer.Dup();
-    case CpuAccess::kRead: {
+      return absl::OkStatus();
+    case CpuAccess::kRead:
       if (!CanEnforce(CpuAccess::kRead)) {
         return absl::FailedPreconditionError(
             "memfd backend cannot keep a buffer read-only where udmabuf is loaded "
             "or loadable (a read-only holder could make a writable dma-buf of it)");
       }
-      // A new open file description, read-only: rights travel with it.
-      const std::string path = absl::StrCat("/proc/self/fd/", buffer.get());
-      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-      // hallocd's own memfd: EACCES or ENOENT here are no fault of the
-      // caller's (not PERMISSION_DENIED, NOT_FOUND).
-      if (!fd) return OwnErrnoStatus(errno, absl::StrCat("open(", path, ")"));
-      return fd;
-    }
+      return absl::OkStatus();
     case CpuAccess::kNone:
       break;
   }
   return absl::FailedPreconditionError(
       "memfd backend cannot enforce CPU access NONE (any holder of a memfd "
       "can map it); use a dma-buf backend");
+}
+
+absl::StatusOr<UniqueFd> MemfdBackend::OpenView(const UniqueFd& buffer, const ViewRights& rights) {
+  RETURN_IF_ERROR(CheckView(rights));
+  if (rights.cpu == CpuAccess::kReadWrite) return buffer.Dup();
+  // A new open file description, read-only: rights travel with it. (An
+  // attach list is no part of it: no device can attach a memfd where
+  // CheckView lets one be given.)
+  const std::string path = absl::StrCat("/proc/self/fd/", buffer.get());
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // hallocd's own memfd: EACCES or ENOENT here are no fault of the
+  // caller's (not PERMISSION_DENIED, NOT_FOUND).
+  if (!fd) return OwnErrnoStatus(errno, absl::StrCat("open(", path, ")"));
+  return fd;
 }
 
 }  // namespace halloc

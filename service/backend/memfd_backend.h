@@ -95,6 +95,7 @@ class MemfdBackend : public Backend {
   // share its file offset and status flags too: read(2) and lseek(2) move
   // the others' offset; mmap and pread, which libhalloc uses, take none.)
   bool SharesReadViews() const override { return true; }
+  absl::Status CheckView(const ViewRights& rights) const override;
   // A memfd's last fd or mapping is observable. (Where udmabuf exists, a
   // dma-buf made from the memfd holds its pages without holding its file:
   // that memory is then followed only as far as fds and mappings go.)

@@ -126,6 +126,9 @@ class PooledBackend : public Backend {
     return inner_->NeedsView(rights);
   }
   bool SharesReadViews() const override { return inner_->SharesReadViews(); }
+  absl::Status CheckView(const ViewRights& rights) const override {
+    return inner_->CheckView(rights);
+  }
   bool CanRevokeLive() const override { return inner_->CanRevokeLive(); }
   LastReference last_reference() const override { return inner_->last_reference(); }
   int IsLastReference(int fd) const override { return inner_->IsLastReference(fd); }
