@@ -223,8 +223,6 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
   if (caller != nullptr) {
     const AllocateAsk ask{plan.usage,        bytes,      std::string(backend_->name()),
                           plan.owner_access, plan.count, plan.size};
-    absl::StatusOr<AllocateDecision> d = DecideAllocate(*rule, *caller, ask);
-    if (!d.ok()) return d.status();  // counted by Allocate, not by IsSupported
     // Asked on a session's socket by a process another rule may judge
     // (another uid's, or one the session's exe rule does not vouch for):
     // the buffers are held in the session's name, their fds go there and
@@ -232,11 +230,13 @@ absl::StatusOr<Allocator::Plan> Allocator::MakePlan(const v1::BufferDescriptor& 
     // (decide.h: a wider rule's Allocate gave a session capped at read a
     // read-write hold to share on), and within its quota. (The session's
     // own requests, the usual case, need no second Match.)
-    if (reader != nullptr && !MatchedAlike(*caller, *reader)) {
-      const Rule* holder_rule = plan.policy->Match(*reader);
-      RETURN_IF_ERROR(DecideHeld(holder_rule, *reader, ask, *d));
-      plan.held_cap = holder_rule->max_cpu;
+    std::optional<HeldBy> held;
+    if (reader != nullptr && !plan.policy->JudgesAlike(*caller, *reader)) {
+      held = HeldBy{plan.policy->Match(*reader), reader};
     }
+    absl::StatusOr<AllocateDecision> d = DecideAllocate(*rule, *caller, ask, held);
+    if (!d.ok()) return d.status();                 // counted by Allocate, not by IsSupported
+    if (held) plan.held_cap = held->rule->max_cpu;  // (refused above without one)
     plan.owner_access = d->owner_access;
     RETURN_IF_ERROR(CheckAttachLimit(*d->rule));
     plan.decision = *std::move(d);

@@ -47,28 +47,7 @@ void SetPayer(const Rule& rule, const Identity& payer, AllocateDecision& d) {
   d.charge_until_gone = rule.quota_buffers != 0 || rule.quota_bytes != 0;
 }
 
-}  // namespace
-
-std::string DecidingRule(const absl::Status& status) {
-  absl::optional<absl::Cord> rule = status.GetPayload(kRulePayload);
-  return rule ? std::string(*rule) : std::string();
-}
-
-absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
-                                       absl::string_view action) {
-  if (const Rule* rule = policy.Match(c)) return rule;
-  return By(kNoRule,
-            absl::PermissionDeniedError(absl::StrCat(
-                action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
-                " gid ", c.gid,
-                // None for another process on a session's socket.
-                // Escaped and cut: up to 4 KiB of the client's choosing.
-                c.exe.empty() ? "" : absl::StrCat(" exe '", LogSafe(c.exe, kLoggedPathBytes), "'"),
-                // Verified only where a rule names an exe (RequestIdentity).
-                c.exe_file || !policy.matches_exe() ? "" : " (executable not verified)",
-                " (default deny)")));
-}
-
+// DecideAllocate's `held`: binds `d` by the holding session's rule.
 absl::Status DecideHeld(const Rule* holder_rule, const Identity& holder, const AllocateAsk& ask,
                         AllocateDecision& d) {
   const std::string on = absl::StrCat("Allocate on the socket of a session of uid ", holder.uid,
@@ -94,6 +73,28 @@ absl::Status DecideHeld(const Rule* holder_rule, const Identity& holder, const A
   return absl::OkStatus();
 }
 
+}  // namespace
+
+std::string DecidingRule(const absl::Status& status) {
+  absl::optional<absl::Cord> rule = status.GetPayload(kRulePayload);
+  return rule ? std::string(*rule) : std::string();
+}
+
+absl::StatusOr<const Rule*> DecideRule(const Policy& policy, const Identity& c,
+                                       absl::string_view action) {
+  if (const Rule* rule = policy.Match(c)) return rule;
+  return By(kNoRule,
+            absl::PermissionDeniedError(absl::StrCat(
+                action, " denied: no rule of policy '", policy.source(), "' matches uid ", c.uid,
+                " gid ", c.gid,
+                // None for another process on a session's socket.
+                // Escaped and cut: up to 4 KiB of the client's choosing.
+                c.exe.empty() ? "" : absl::StrCat(" exe '", LogSafe(c.exe, kLoggedPathBytes), "'"),
+                // Verified only where a rule names an exe (RequestIdentity).
+                c.exe_file || !policy.matches_exe() ? "" : " (executable not verified)",
+                " (default deny)")));
+}
+
 std::optional<std::vector<std::string>> AttachDevices(const Rule& rule) {
   if (rule.AnyDevice()) return std::nullopt;
   return rule.attach_devices;
@@ -107,7 +108,8 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Iden
 }
 
 absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity& caller,
-                                                const AllocateAsk& ask) {
+                                                const AllocateAsk& ask,
+                                                std::optional<HeldBy> held) {
   AllocateDecision d;
   auto deny = [&](const std::string& why) {
     return By(rule.name, absl::PermissionDeniedError(
@@ -123,7 +125,10 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity
     return deny(absl::StrCat(ask.size, " bytes exceeds max_buffer_bytes ",
                              rule.max_buffer_bytes));
   }
-  if (std::optional<std::string> over = WholeQuotaExceeded(rule, ask)) return deny(*over);
+  // The payer's whole quota: the caller's, or the holding session's below.
+  if (std::optional<std::string> over = held ? std::nullopt : WholeQuotaExceeded(rule, ask)) {
+    return deny(*over);
+  }
   if ((usage::WantsCpuWrite(ask.usage) && rule.max_cpu != CpuAccess::kReadWrite) ||
       (usage::WantsCpuRead(ask.usage) && rule.max_cpu == CpuAccess::kNone)) {
     return deny(absl::StrCat("usage asks for CPU access beyond max_cpu_access ",
@@ -133,6 +138,11 @@ absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity
   d.owner_access = Narrower(ask.access, rule.max_cpu);
   d.attach = AttachDevices(rule);
   SetPayer(rule, caller, d);
+  if (held) {
+    if (absl::Status bound = DecideHeld(held->rule, *held->session, ask, d); !bound.ok()) {
+      return bound;
+    }
+  }
   return d;
 }
 

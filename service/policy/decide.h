@@ -61,7 +61,7 @@ struct AllocateDecision {
   std::optional<std::vector<std::string>> attach;
   // What the buffers are charged to: "rule/uid", whose quota binds them
   // (quota_rule's, uid quota_uid): the caller's own, or that of the
-  // session holding them (DecideHeld).
+  // session holding them (DecideAllocate's `held`).
   std::string quota_key;
   const Rule* quota_rule = nullptr;
   uid_t quota_uid = 0;
@@ -71,32 +71,36 @@ struct AllocateDecision {
   bool charge_until_gone = false;
 };
 
+// The session an Allocate's buffers are held by where another process
+// sent it on that session's socket, which another rule than the caller's
+// may judge (another uid's session, or one an exe rule vouched for and
+// the sender is not).
+struct HeldBy {
+  const Rule* rule = nullptr;  // the session's; nullptr where none matches it
+  const Identity* session = nullptr;
+};
+
 absl::StatusOr<AllocateDecision> DecideAllocate(const Policy& policy, const Identity& caller,
                                                 const AllocateAsk& ask);
-// The same by `rule`, the one DecideRule found for `caller`.
-absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity& caller,
-                                                const AllocateAsk& ask);
-
-// An Allocate whose buffers are held in another's name: the session whose
-// socket it came on (`holder`), which another rule than the caller's may
-// judge (another uid's session, or one an exe rule vouched for and the
-// sender is not). The session holds them, may share them on, and pays for
-// them, so `d` (the caller's rule's decision) is bound by the holder's own
-// rule (`holder_rule`; nullptr where none matches it) as its own Allocate
-// would be:
+// The same by `rule`, the one DecideRule found for `caller`. With `held`,
+// the session holds the buffers, may share them on, and pays for them, so
+// the caller's rule's decision is bound by the session's own rule as its
+// own Allocate would be:
 //  - the owner's rights within that rule's max_cpu_access, narrowed where
 //    the usage leaves room;
-//  - that rule's quota, on the key the holder's own Allocates charge
-//    (d.quota_key, quota_rule, quota_uid, charge_until_gone). Charged as
-//    the caller's rule with the holder's uid, they were on a key of
-//    nobody's own: a quota more for each uid lending its socket to a
-//    process another rule judges.
-// PERMISSION_DENIED, by the holder's rule, where the usage asks for CPU
+//  - that rule's quota (not the caller's, which this call is not charged
+//    to), on the key the session's own Allocates charge (quota_key,
+//    quota_rule, quota_uid, charge_until_gone). Charged as the caller's
+//    rule with the session's uid, they were on a key of nobody's own: a
+//    quota more for each uid lending its socket to a process another
+//    rule judges.
+// PERMISSION_DENIED, by the session's rule, where the usage asks for CPU
 // access beyond its cap or the call alone is more than its whole quota;
-// by no rule where none matches the holder (nothing would bound what it
+// by no rule where none matches the session (nothing would bound what it
 // holds).
-absl::Status DecideHeld(const Rule* holder_rule, const Identity& holder, const AllocateAsk& ask,
-                        AllocateDecision& d);
+absl::StatusOr<AllocateDecision> DecideAllocate(const Rule& rule, const Identity& caller,
+                                                const AllocateAsk& ask,
+                                                std::optional<HeldBy> held = std::nullopt);
 
 // RESOURCE_EXHAUSTED (naming `rule`) when `count` more buffers of `size`
 // bytes would take `uid` past the rule's quotas, given what it owns.

@@ -107,15 +107,16 @@ TEST(DecideAllocateTest, NoRuleSaysTheExecutableWasNotVerifiedOnlyWhereARuleName
 // for more; a session no rule matches may hold nothing of another's.
 TEST(DecideHeldTest, TheHoldersRuleCapsWhatAnotherRulesAllocateGivesIt) {
   auto p = Example();
+  const Rule* app = p->Match(Uid(1003));
   const Rule* compositor = p->Match(Uid(1002));
+  ASSERT_NE(app, nullptr);
   ASSERT_NE(compositor, nullptr);
   auto held = [&](const Rule* rule, uid_t uid, const char* usage,
                   CpuAccess access) -> absl::StatusOr<CpuAccess> {
-    absl::StatusOr<AllocateDecision> d =
-        DecideAllocate(*p, Uid(1003), {Usage(usage), 4096, "memfd", access, 1, 4096});
-    EXPECT_TRUE(d.ok()) << d.status();
-    absl::Status s = DecideHeld(rule, Uid(uid), {Usage(usage), 4096, "memfd", access, 1, 4096}, *d);
-    if (!s.ok()) return s;
+    const Identity holder = Uid(uid);
+    absl::StatusOr<AllocateDecision> d = DecideAllocate(
+        *app, Uid(1003), {Usage(usage), 4096, "memfd", access, 1, 4096}, HeldBy{rule, &holder});
+    if (!d.ok()) return d.status();
     return d->owner_access;
   };
   absl::StatusOr<CpuAccess> got = held(compositor, 1002, "gpu_texture", CpuAccess::kReadWrite);
@@ -134,19 +135,23 @@ TEST(DecideHeldTest, TheHoldersRuleCapsWhatAnotherRulesAllocateGivesIt) {
 
 // The session holding another's Allocate pays for it, under its own rule:
 // on the key its own Allocates charge, within its quota, never on a key
-// made of the caller's rule and the holder's uid (a quota of nobody's own).
+// made of the caller's rule and the holder's uid (a quota of nobody's
+// own), and the caller's quota, which is not charged, does not refuse it.
 TEST(DecideHeldTest, TheHolderPaysUnderItsOwnRule) {
   auto p = Example();
   const Rule* camera = p->Match(Uid(1001));
+  const Rule* app = p->Match(Uid(1003));
   ASSERT_NE(camera, nullptr);
   const AllocateAsk ask{Usage("cpu_write_often"), 4096, "memfd", CpuAccess::kReadWrite, 1, 4096};
-  Identity app = Uid(1003);
-  app.account_uid = 1001;  // on camera's broker socket: the connection's uid
-  absl::StatusOr<AllocateDecision> d = DecideAllocate(*p, app, ask);
+  Identity sender = Uid(1003);
+  sender.account_uid = 1001;  // on camera's broker socket: the connection's uid
+  const Identity cam = Uid(1001);
+  absl::StatusOr<AllocateDecision> d = DecideAllocate(*app, sender, ask);
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->quota_key, "app/1001") << "the caller's rule alone: a key of nobody's";
   EXPECT_FALSE(d->charge_until_gone) << "app has no quota";
-  ASSERT_TRUE(DecideHeld(camera, Uid(1001), ask, *d).ok());
+  d = DecideAllocate(*app, sender, ask, HeldBy{camera, &cam});
+  ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->quota_key, "camera/1001");
   EXPECT_EQ(d->quota_rule, camera);
   EXPECT_EQ(d->quota_uid, 1001u);
@@ -155,12 +160,19 @@ TEST(DecideHeldTest, TheHolderPaysUnderItsOwnRule) {
   // More than the holder's whole quota in one call: no release makes room.
   AllocateAsk five = ask;
   five.count = 5;
-  d = DecideAllocate(*p, app, five);
+  d = DecideAllocate(*app, sender, five, HeldBy{camera, &cam});
+  EXPECT_EQ(d.status().code(), StatusCode::kPermissionDenied) << d.status();
+  EXPECT_EQ(DecidingRule(d.status()), "camera");
+  EXPECT_TRUE(absl::StrContains(d.status().message(), "quota_buffers 4")) << d.status();
+  // The other way round: camera (quota 4) sends five on app's socket (no
+  // quota), which pays: not refused by camera's quota, never charged.
+  const AllocateAsk cam_five{Usage("camera_output"), 4096, "memfd", CpuAccess::kReadWrite, 5, 4096};
+  EXPECT_EQ(DecideAllocate(*camera, cam, cam_five).status().code(), StatusCode::kPermissionDenied)
+      << "its own socket: its own quota";
+  const Identity a = Uid(1003);
+  d = DecideAllocate(*camera, cam, cam_five, HeldBy{app, &a});
   ASSERT_TRUE(d.ok()) << d.status();
-  absl::Status over = DecideHeld(camera, Uid(1001), five, *d);
-  EXPECT_EQ(over.code(), StatusCode::kPermissionDenied) << over;
-  EXPECT_EQ(DecidingRule(over), "camera");
-  EXPECT_TRUE(absl::StrContains(over.message(), "quota_buffers 4")) << over;
+  EXPECT_EQ(d->quota_key, "app/1003");
 }
 
 TEST(CheckQuotaTest, CountsBuffersAndBytesOfTheClient) {

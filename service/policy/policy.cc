@@ -278,7 +278,7 @@ std::optional<FileId> FileIdOf(const std::string& path) {
   return FileId{makedev(stx.stx_dev_major, stx.stx_dev_minor), stx.stx_ino};
 }
 
-// Reads uid, gid and exe_file alone: MatchedAlike (policy.h) compares those.
+// Reads uid, gid and exe_file alone: Policy::JudgesAlike compares those.
 bool Rule::Matches(const Identity& id) const {
   if (!uids.empty() && std::find(uids.begin(), uids.end(), id.uid) == uids.end()) {
     return false;

@@ -87,12 +87,6 @@ struct Identity {
   uid_t charged_uid() const { return account_uid.value_or(uid); }
 };
 
-// Whether every rule judges `a` and `b` alike: what Rule::Matches reads
-// (uid, gid, verified executable) is the same in both. False says nothing.
-inline bool MatchedAlike(const Identity& a, const Identity& b) {
-  return a.uid == b.uid && a.gid == b.gid && a.exe_file == b.exe_file;
-}
-
 // A rule's (client's) name: 1 to this many bytes of [a-z0-9_-].
 inline constexpr size_t kMaxClientNameBytes = 63;
 
@@ -171,6 +165,14 @@ class Policy {
   // Whether any rule matches by executable (`exe`): only then does a
   // request's identity need its executable vouched for (RequestIdentity).
   bool matches_exe() const { return matches_exe_; }
+  // Whether this policy judges `a` and `b` alike, and charges them alike:
+  // what Rule::Matches reads (uid, gid, and the verified executable where
+  // a rule names one) and the uid charged are the same in both. False
+  // says nothing.
+  bool JudgesAlike(const Identity& a, const Identity& b) const {
+    return a.uid == b.uid && a.gid == b.gid && a.charged_uid() == b.charged_uid() &&
+           (!matches_exe_ || a.exe_file == b.exe_file);
+  }
   // The rules that match by executable alone (exe, no uids or gids): where
   // unprivileged users may create user namespaces, any process can pass
   // for a binary it can open (service/peer_identity.h, SampleExe), so such

@@ -122,9 +122,11 @@ TEST(PolicyTest, AnyBesideOtherCriteriaIsAnError) {
   EXPECT_TRUE(rule.Matches({4242, 4242, 1, "", std::nullopt}));
 }
 
-// MatchedAlike holds only where no rule could tell the two apart: a rule
-// per criterion matches one of each differing pair and not the other.
-TEST(PolicyTest, MatchedAlikeComparesWhatRulesRead) {
+// JudgesAlike holds only where no rule could tell the two apart (a rule
+// per criterion matches one of each differing pair and not the other) and
+// both are charged to one uid; the executable counts only where a rule
+// names one.
+TEST(PolicyTest, JudgesAlikeComparesWhatRulesReadAndWhoPays) {
   absl::StatusOr<std::shared_ptr<const Policy>> p = Policy::Parse(R"(
     clients { name: "uid" match { uids: 7 } }
     clients { name: "gid" match { gids: 9 } }
@@ -132,6 +134,9 @@ TEST(PolicyTest, MatchedAlikeComparesWhatRulesRead) {
   )",
                                                                   "inline");
   ASSERT_TRUE(p.ok()) << p.status();
+  absl::StatusOr<std::shared_ptr<const Policy>> no_exe =
+      Policy::Parse(R"(clients { name: "uid" match { uids: 7 } })", "inline");
+  ASSERT_TRUE(no_exe.ok()) << no_exe.status();
   const std::optional<FileId> self = FileIdOf("/proc/self/exe");
   ASSERT_TRUE(self.has_value());
   const Identity base{1, 1, 10, "/a", std::nullopt};
@@ -139,16 +144,22 @@ TEST(PolicyTest, MatchedAlikeComparesWhatRulesRead) {
   Identity same = base;
   same.pid = 11;
   same.exe = "/b";
-  EXPECT_TRUE(MatchedAlike(base, same));
+  EXPECT_TRUE((*p)->JudgesAlike(base, same));
   EXPECT_EQ((*p)->Match(base), (*p)->Match(same));
-  Identity uid = base, gid = base, exe = base;
+  Identity uid = base, gid = base, exe = base, paid = base;
   uid.uid = 7;
   gid.gid = 9;
   exe.exe_file = self;
+  paid.account_uid = 2;
   for (const Identity* other : {&uid, &gid, &exe}) {
-    EXPECT_FALSE(MatchedAlike(base, *other));
+    EXPECT_FALSE((*p)->JudgesAlike(base, *other));
     EXPECT_NE((*p)->Match(base), (*p)->Match(*other));
   }
+  EXPECT_FALSE((*p)->JudgesAlike(base, paid)) << "charged to another uid";
+  // A verified session and its own unverified request (RequestIdentity
+  // vouches for no executable where no rule names one): alike there.
+  EXPECT_TRUE((*no_exe)->JudgesAlike(base, exe));
+  EXPECT_FALSE((*no_exe)->JudgesAlike(base, uid));
 }
 
 // Only a policy with an `exe` rule needs requests' executables vouched for.
