@@ -83,14 +83,8 @@ bool TooLargeForARecord(const absl::Status& s) { return absl::IsResourceExhauste
 }  // namespace
 
 absl::StatusOr<Client> Client::Connect(const ConnectOptions& options) {
-  std::string control = NamedSocketPath(options.control_socket, kControlSocketEnv);
-  std::string broker_path = NamedSocketPath(options.broker_socket, kBrokerSocketEnv);
-  if (control.empty() || broker_path.empty()) {
-    // Those nobody named come from one directory (ClientSocketDir).
-    const std::string dir = ClientSocketDir();
-    if (control.empty()) control = absl::StrCat(dir, "/", kControlSocketFile);
-    if (broker_path.empty()) broker_path = absl::StrCat(dir, "/", kBrokerSocketFile);
-  }
+  const auto [control, broker_path] =
+      ClientSocketPaths(options.control_socket, options.broker_socket);
   ASSIGN_OR_RETURN(BrokerConnection conn, ConnectBroker(broker_path, options.timeout));
   // Calls wait for the channel (ClientContext::set_wait_for_ready, Impl::
   // Context) and a failed connect is tried again soon: any local user can

@@ -61,12 +61,13 @@ namespace halloc {
 using Access = CpuAccess;
 
 struct ConnectOptions {
-  // Empty: $HALLOC_CONTROL_SOCKET / $HALLOC_BROKER_SOCKET, else
+  // Empty: $HALLOC_CONTROL_SOCKET / $HALLOC_BROKER_SOCKET; one named alone:
+  // the other's file (control.sock, broker.sock) in its directory; neither:
   // <dir>/control.sock and <dir>/broker.sock with dir = ClientSocketDir():
   // $XDG_RUNTIME_DIR/halloc where either socket is there, else /run/halloc
   // (hallocd's defaults; never one socket from each). A set-user-ID or
-  // set-group-ID program reads none of these variables (NamedSocketPath in
-  // base/protocol.h).
+  // set-group-ID program reads none of these variables (ClientSocketPaths
+  // in base/protocol.h).
   std::string control_socket;
   std::string broker_socket;
   // Per-call deadline, and the longest wait to connect: for room in the

@@ -86,14 +86,17 @@ def _socket_dir():
 
 
 def _socket_paths(control, broker):
-    """(control, broker): the arguments, else the environment, else the
-    files in _socket_dir()."""
+    """(control, broker): the arguments, else the environment; one named
+    alone brings the other's file from its own directory; neither, both
+    files in _socket_dir(). Always one hallocd's pair (libhalloc's
+    ClientSocketPaths)."""
     control = control or os.environ.get("HALLOC_CONTROL_SOCKET")
     broker = broker or os.environ.get("HALLOC_BROKER_SOCKET")
-    if not control or not broker:
+    if not control and not broker:
         where = _socket_dir()
-        control = control or os.path.join(where, "control.sock")
-        broker = broker or os.path.join(where, "broker.sock")
+        return os.path.join(where, "control.sock"), os.path.join(where, "broker.sock")
+    control = control or os.path.join(os.path.dirname(broker), "control.sock")
+    broker = broker or os.path.join(os.path.dirname(control), "broker.sock")
     return control, broker
 
 

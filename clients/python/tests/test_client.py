@@ -54,10 +54,13 @@ def test_default_sockets_are_the_users_hallocds_else_the_machines(tmp_path, monk
     # Nothing of this user's there: the machine's hallocd.
     (own / "control.sock").unlink()
     assert _socket_paths(None, None) == machine
-    # Named ones stay as named.
-    assert _socket_paths("/c", None) == ("/c", "/run/halloc/broker.sock")
+    # Named ones stay as named; one named alone brings its pair from its
+    # own directory, never from the default one.
+    assert _socket_paths("/srv/t/c.sock", None) == ("/srv/t/c.sock", "/srv/t/broker.sock")
+    assert _socket_paths(None, "/srv/t/b.sock") == ("/srv/t/control.sock", "/srv/t/b.sock")
     monkeypatch.setenv("HALLOC_BROKER_SOCKET", "/b")
     assert _socket_paths("/c", None) == ("/c", "/b")
+    assert _socket_paths(None, None) == ("/control.sock", "/b")
 
 
 def test_session_is_the_kernel_verified_process(client):

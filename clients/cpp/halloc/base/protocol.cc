@@ -55,4 +55,25 @@ std::string ClientSocketDir() {
   return kSystemSocketDir;
 }
 
+SocketPaths ClientSocketPaths(const std::string& control, const std::string& broker) {
+  SocketPaths paths{NamedSocketPath(control, kControlSocketEnv),
+                    NamedSocketPath(broker, kBrokerSocketEnv)};
+  // The named one's directory ("" for a bare file name: the same one).
+  auto beside = [](const std::string& named, const char* file) {
+    const size_t slash = named.rfind('/');
+    return slash == std::string::npos ? std::string(file)
+                                      : absl::StrCat(named.substr(0, slash + 1), file);
+  };
+  if (paths.control.empty() && paths.broker.empty()) {
+    const std::string dir = ClientSocketDir();
+    paths.control = absl::StrCat(dir, "/", kControlSocketFile);
+    paths.broker = absl::StrCat(dir, "/", kBrokerSocketFile);
+  } else if (paths.control.empty()) {
+    paths.control = beside(paths.broker, kControlSocketFile);
+  } else if (paths.broker.empty()) {
+    paths.broker = beside(paths.control, kBrokerSocketFile);
+  }
+  return paths;
+}
+
 }  // namespace halloc

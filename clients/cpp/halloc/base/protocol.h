@@ -57,6 +57,19 @@ std::string DefaultSocketDir();
 // socket) never goes to a control socket found somewhere else.
 std::string ClientSocketDir();
 
+// The two sockets a client connects to: `control` and `broker` where named
+// (NamedSocketPath: given, else the environment); where one alone is
+// named, the other's file (kControlSocketFile, kBrokerSocketFile) in its
+// directory; where neither is, both in ClientSocketDir(). Always one
+// hallocd's pair: a broker socket named alone, with the control socket
+// taken from the default directory, sent the session's gRPC calls to
+// another hallocd (UNAUTHENTICATED) and its Stats to one it never meant.
+struct SocketPaths {
+  std::string control;
+  std::string broker;
+};
+SocketPaths ClientSocketPaths(const std::string& control, const std::string& broker);
+
 }  // namespace halloc
 
 #endif  // HALLOC_CLIENTS_CPP_HALLOC_BASE_PROTOCOL_H_

@@ -36,6 +36,31 @@ TEST_F(ProtocolTest, RootTakesNoDirectoryFromItsEnvironment) {
   EXPECT_EQ(ClientSocketDir(), "/run/halloc");
 }
 
+// One socket named alone brings its pair from its own directory, never
+// from the default one; named, each is as named; neither, both default.
+TEST_F(ProtocolTest, ASocketNamedAloneTakesItsPairFromItsDirectory) {
+  ::unsetenv(kControlSocketEnv);
+  ::unsetenv(kBrokerSocketEnv);
+  SocketPaths p = ClientSocketPaths("", "/srv/test/b.sock");
+  EXPECT_EQ(p.control, "/srv/test/control.sock");
+  EXPECT_EQ(p.broker, "/srv/test/b.sock");
+  p = ClientSocketPaths("/srv/test/c.sock", "");
+  EXPECT_EQ(p.broker, "/srv/test/broker.sock");
+  p = ClientSocketPaths("", "b.sock");
+  EXPECT_EQ(p.control, "control.sock") << "a bare name: the same (working) directory";
+  p = ClientSocketPaths("/a/c.sock", "/b/b.sock");
+  EXPECT_EQ(p.control, "/a/c.sock");
+  EXPECT_EQ(p.broker, "/b/b.sock");
+  ::setenv(kBrokerSocketEnv, "/env/broker.sock", 1);
+  p = ClientSocketPaths("", "");
+  EXPECT_EQ(p.control, "/env/control.sock") << "the environment names it as well";
+  ::unsetenv(kBrokerSocketEnv);
+  p = ClientSocketPaths("", "");
+  const std::string dir = ClientSocketDir();
+  EXPECT_EQ(p.control, dir + "/control.sock");
+  EXPECT_EQ(p.broker, dir + "/broker.sock");
+}
+
 // What a child process running as uid 65534 writes to its stdout while
 // `body` runs there (the child exits 0 after it, unless it execs), or why
 // it failed.
