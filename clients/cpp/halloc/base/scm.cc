@@ -173,9 +173,13 @@ absl::StatusOr<Record> ReceiveRecord(int sock, bool nonblocking, size_t max_fds)
     return status;
   }
   if (raw.record.fds.size() > max_fds) {
-    return absl::DataLossError(absl::StrCat("record carries ", raw.record.fds.size(),
-                                            " fds; at most ", max_fds,
-                                            "; dropped it"));
+    // Its fds are closed here (with `raw`); its bytes say which they were,
+    // as for fds the kernel cut: a waiting call fails now, not at its
+    // deadline, and what the fds were is given back.
+    absl::Status status = absl::DataLossError(absl::StrCat(
+        "record carries ", raw.record.fds.size(), " fds; at most ", max_fds, "; dropped it"));
+    status.SetPayload(kTruncatedRecordPayload, absl::Cord(raw.record.bytes));
+    return status;
   }
   return std::move(raw.record);
 }

@@ -52,7 +52,8 @@ struct Record {
 // socket's receive timeout ended, or that a signal cut short under one.
 //
 // `max_fds` below kMaxFdsPerRecord makes room for only that many: a record
-// with more is DATA_LOSS, and the kernel drops the fds that did not fit
+// with more is DATA_LOSS (with its bytes as payload kTruncatedRecordPayload
+// where they were not cut), and the kernel drops the fds that did not fit
 // without ever installing them here. A receiver that takes no fds passes 0
 // on a socket with SO_PASSCRED (the sender's credentials, written first,
 // fill the rest of the room): a closed fd runs its file's flush (a FUSE

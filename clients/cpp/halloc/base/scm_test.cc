@@ -123,6 +123,23 @@ TEST_F(ScmTest, FdsCutByTheKernelLeaveTheBytesInTheStatus) {
   EXPECT_EQ(CountOpenFds(), before);
 }
 
+// More fds than the receiver made room for, which the kernel's spare room
+// still held: the same, the fds closed and the bytes in the status (a
+// client waiting for that reply fails at once, not at its deadline).
+TEST_F(ScmTest, MoreFdsThanAskedForLeaveTheBytesInTheStatus) {
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  const int before = CountOpenFds();
+  ASSERT_TRUE(SendRecord(a_.get(), "buffers 7 8", {r.get(), w.get()}, false).ok());
+  absl::StatusOr<Record> rec = ReceiveRecord(b_.get(), false, /*max_fds=*/1);
+  ASSERT_EQ(rec.status().code(), absl::StatusCode::kDataLoss) << rec.status();
+  absl::optional<absl::Cord> bytes = rec.status().GetPayload(kTruncatedRecordPayload);
+  ASSERT_TRUE(bytes.has_value()) << rec.status();
+  EXPECT_EQ(std::string(*bytes), "buffers 7 8");
+  EXPECT_EQ(CountOpenFds(), before);
+}
+
 TEST_F(ScmTest, KernelStampsTheSenderWhenAsked) {
   int on = 1;
   ASSERT_EQ(setsockopt(b_.get(), SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)), 0);
