@@ -80,6 +80,31 @@ TEST(ClientBrokerTest, AReplyAfterTheDeadlineIsGivenBack) {
 // The handshake's timeout bounds the whole handshake, not each of its two
 // waits: a daemon that takes 0.6 s for its hello and 0.6 s more for its
 // welcome is past a 1 s timeout.
+// fds no call claims (a buggy daemon's, sent before the reply) are kept
+// for a call that may still claim them, but never more than
+// kMostPendingFds of them: they cannot fill the client's fd table.
+TEST(ClientBrokerTest, FdsNoCallClaimsAreBounded) {
+  constexpr int kStray = 1100;
+  FakeBroker broker([](int sock, const v1::BrokerRequest& req) {
+    if (!req.has_release()) return;
+    UniqueFd fd = Memfd();
+    for (int i = 0; i < kStray; ++i) {
+      v1::BrokerFrame frame;
+      frame.mutable_buffer()->set_buffer_id(1000 + i);
+      frame.mutable_buffer()->set_call_id(999999);
+      (void)SendRecord(sock, frame.SerializeAsString(), {fd.get()}, false);
+    }
+    FakeBroker::Reply(sock, ReleaseReply(req.request_id()));
+  });
+  absl::StatusOr<Client> c = Client::Connect(broker.options());
+  ASSERT_TRUE(c.ok()) << c.status();
+  const int fds_before = CountOpenFds();
+  EXPECT_TRUE(c->Release(7).ok());
+  const int kept = CountOpenFds() - fds_before;
+  EXPECT_GT(kept, 0) << "kept for a call that may claim them";
+  EXPECT_LE(kept, 1024) << "every stray fd kept";
+}
+
 TEST(ClientBrokerTest, TheHandshakeTimeoutBoundsBothWaits) {
   int sv[2];
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);

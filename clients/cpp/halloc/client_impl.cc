@@ -450,6 +450,11 @@ void Client::Impl::File(v1::BrokerFrame& frame, std::vector<UniqueFd> fds, bool 
     const FdKey key{described[i].buffer_id(), described[i].call_id()};
     pending_[key] = {std::move(fds[i]), now, described[i].hold_generation()};
   }
+  while (pending_.size() > kMostPendingFds) {
+    pending_.erase(std::min_element(
+        pending_.begin(), pending_.end(),
+        [](const auto& a, const auto& b) { return a.second.since < b.second.since; }));
+  }
 }
 
 absl::Duration Client::Impl::SetReceiveTimeout(int fd, absl::Duration d) {

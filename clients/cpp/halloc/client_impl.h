@@ -205,7 +205,12 @@ class Client::Impl {
     uint64_t hold_generation = 0;  // BufferFd.hold_generation (an Import's)
   };
   // By (buffer id, call id): two imports of one buffer may be in flight.
+  // At most kMostPendingFds, the oldest closed past that: a daemon sending
+  // fds no call claims (a buggy or foreign one) would otherwise fill this
+  // process's fd table (each an fd of its own; gRPC calls in flight claim
+  // a few, a batch up to 64 each).
   using FdKey = std::pair<uint64_t, uint64_t>;
+  static constexpr size_t kMostPendingFds = 1024;
   absl::flat_hash_map<FdKey, PendingFd> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, absl::StatusOr<Reply>> replies_ ABSL_GUARDED_BY(mu_);
   // Requests whose caller stopped waiting (or that nobody waits for), and
