@@ -340,14 +340,15 @@ TEST_F(DaemonOnKernelHeapTest, OwnerRevokesAReceiverLive) {
       << "child status " << status << " (exit 10: could not map before the revoke)";
 
   EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u);
-  EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
+  EXPECT_EQ(got->Map(halloc::Access::kRead).status().code(), absl::StatusCode::kNotFound)
+      << "as client.h says: the module's ENODEV";
   // The mapping made before: its end of CPU access says it was revoked,
   // and so does a new beginning (each bracket is the module's ioctl).
   absl::Status ended = theirs->EndAccess();
-  EXPECT_FALSE(ended.ok()) << "a revoked view's writes ended silently";
+  EXPECT_EQ(ended.code(), absl::StatusCode::kNotFound) << "a revoked view's writes ended silently";
   EXPECT_NE(ended.message().find("SYNC(END)"), absl::string_view::npos) << ended;
   absl::Status begun = theirs->BeginAccess();
-  EXPECT_FALSE(begun.ok()) << "a revoked view began CPU access";
+  EXPECT_EQ(begun.code(), absl::StatusCode::kNotFound) << "a revoked view began CPU access";
   EXPECT_NE(begun.message().find("SYNC(START)"), absl::string_view::npos) << begun;
   EXPECT_TRUE(theirs->Unmap().ok()) << "no access left begun to end";
   if (vgem_.valid()) {
@@ -406,7 +407,8 @@ TEST_F(DaemonOnKernelHeapTest, ARevokeReachesOnwardImportsOfAnEndedSession) {
   ASSERT_TRUE(owner.Revoke(to_middle->id()).ok());
   EXPECT_NE(InfoOf(got->fd()).flags & HALLOC_INFO_REVOKED, 0u)
       << "the onward import outlived the revoke of the grant it came through";
-  EXPECT_FALSE(got->Map(halloc::Access::kRead).ok());
+  EXPECT_EQ(got->Map(halloc::Access::kRead).status().code(), absl::StatusCode::kNotFound)
+      << "as client.h says: the module's ENODEV";
   EXPECT_EQ(last.Describe(got->id()).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(InfoOf(buf->fd()).flags & HALLOC_INFO_REVOKED, 0u);
 }

@@ -37,6 +37,7 @@ Mapping& Mapping::operator=(Mapping&& other) noexcept {
     std::swap(sync_fd_, other.sync_fd_);
     std::swap(sync_flags_, other.sync_flags_);
     std::swap(in_access_, other.in_access_);
+    std::swap(access_, other.access_);
   }
   return *this;
 }
@@ -147,6 +148,7 @@ absl::StatusOr<Mapping> Buffer::Map(Access access) const {
     m.sync_fd_ = fd_;
   }
   m.in_access_ = true;
+  m.access_ = access;
   return m;
 }
 

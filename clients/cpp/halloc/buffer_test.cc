@@ -118,6 +118,11 @@ TEST(BufferTest, AccessIsBracketedAgainAndAgainOnOneMapping) {
   const Buffer b(Info(v1::FD_KIND_MEMFD), Memfd());
   absl::StatusOr<Mapping> m = b.Map(Access::kReadWrite);
   ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->access(), Access::kReadWrite);
+  absl::StatusOr<Mapping> ro = b.Map(Access::kRead);
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  EXPECT_EQ(ro->access(), Access::kRead) << "says what it may not be written through";
+  ASSERT_TRUE(ro->Unmap().ok());
   EXPECT_EQ(m->BeginAccess().code(), absl::StatusCode::kFailedPrecondition) << "Map began it";
   for (int frame = 0; frame < 3; ++frame) {
     ASSERT_TRUE(m->EndAccess().ok());

@@ -98,6 +98,9 @@ class Mapping {
 
   void* data() const { return data_; }
   size_t size() const { return size_; }
+  // What the mapping was made for: writing through a kRead mapping is
+  // SIGSEGV (its pages are mapped read-only).
+  Access access() const { return access_; }
   template <typename T>
   T* as() const { return static_cast<T*>(data_); }
 
@@ -137,6 +140,7 @@ class Mapping {
   SharedFd sync_fd_;  // the dma-buf fd the bracket is on
   uint64_t sync_flags_ = 0;
   bool in_access_ = false;  // between a begin and its end
+  Access access_ = Access::kNone;
 };
 
 // One buffer this process holds an fd for. Destroying it closes the fd;
@@ -158,7 +162,10 @@ class Buffer {
   bool is_dmabuf() const { return fd_ && dmabuf_; }
 
   // Maps the whole buffer. PERMISSION_DENIED if the fd does not carry
-  // `access` (e.g. kReadWrite on a buffer shared read-only).
+  // `access` (e.g. kReadWrite on a buffer shared read-only); NOT_FOUND
+  // ("No such device") for a view its producer revoked (the halloc
+  // module's ENODEV: the memory is no longer there for this fd), as the
+  // BeginAccess and EndAccess of a mapping made before are.
   absl::StatusOr<Mapping> Map(Access access) const;
 
   // Implicit-sync fences as sync_files (DMA_BUF_IOCTL_EXPORT_SYNC_FILE /
