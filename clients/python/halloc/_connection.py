@@ -504,11 +504,19 @@ class Connection:
             self._replace_pending((b.buffer_id, b.call_id),
                                   _Pending(fd, None, now, b.hold_generation))
 
+    # fds no call has claimed kept at most (libhalloc's kMostPendingFds):
+    # a daemon sending fds no call claims (a buggy or foreign one) would
+    # otherwise fill this process's fd table.
+    MOST_PENDING_FDS = 1024
+
     def _replace_pending(self, key, pending):
         old = self._pending.get(key)
         if old is not None:
             old.close()
         self._pending[key] = pending
+        while len(self._pending) > self.MOST_PENDING_FDS:
+            oldest = min(self._pending, key=lambda k: self._pending[k].since)
+            self._pending.pop(oldest).close()
 
     def import_begins(self, call_id):
         """A gRPC Import (`call_id`, 0 where hallocd echoes none) is in

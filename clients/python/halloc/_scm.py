@@ -75,8 +75,9 @@ def close_all(fds):
 
 
 class TruncatedRecordError(errors.DataLossError):
-    """The kernel cut a record. `payload` is its bytes when only the fds
-    were cut (MSG_CTRUNC: this process is out of fds), else None."""
+    """The kernel cut a record, or it carried more fds than a record may.
+    `payload` is its bytes when only the fds were cut (MSG_CTRUNC: this
+    process is out of fds) or too many, else None."""
 
     def __init__(self, message, payload):
         super().__init__(message)
@@ -134,9 +135,11 @@ def receive_record(sock, *, block=True):
             f"record truncated ({'bytes' if bytes_cut else 'fds'}); dropped it",
             None if bytes_cut else data)
     if len(fds) > MAX_FDS_PER_RECORD:
+        # (The kernel's spare room held them.) Its bytes say which they
+        # were: a waiting call fails now, not at its deadline.
         close_all(fds)
-        raise errors.DataLossError(
-            f"record carries {len(fds)} fds; at most {MAX_FDS_PER_RECORD}; dropped it")
+        raise TruncatedRecordError(
+            f"record carries {len(fds)} fds; at most {MAX_FDS_PER_RECORD}; dropped it", data)
     if not data and not fds:
         raise errors.UnavailableError("hallocd closed the broker socket")
     return Record(data, fds)

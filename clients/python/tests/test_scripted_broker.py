@@ -719,3 +719,36 @@ def test_an_fd_queued_by_the_deadline_is_taken_though_read_late(monkeypatch):
     assert b.id == 42
     b.close()
     broker.close()
+
+
+def test_fds_no_call_claims_are_bounded():
+    # A buggy daemon's frames whose fds no call claims are kept for a call
+    # that may still claim them, but never more than MOST_PENDING_FDS: they
+    # cannot fill the client's fd table (as libhalloc's
+    # FdsNoCallClaimsAreBounded).
+    import socket
+    from halloc.v1 import broker_pb2
+    memfd = os.memfd_create("stray")
+    inode = os.fstat(memfd).st_ino
+
+    def answer(sock, req):
+        if req.WhichOneof("kind") != "release":
+            return
+        for i in range(1100):
+            frame = broker_pb2.BrokerFrame()
+            frame.buffer.buffer_id = 1000 + i
+            frame.buffer.call_id = 999999
+            socket.send_fds(sock, [frame.SerializeToString()], [memfd])
+        broker.reply_release(req)
+
+    broker = ScriptedBroker(answer, timeout=5.0)
+    broker.client.release(3)
+    kept = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            kept += os.stat(f"/proc/self/fd/{fd}").st_ino == inode
+        except OSError:
+            pass
+    os.close(memfd)
+    assert 1 < kept <= 1 + 1024, f"{kept - 1} stray fds kept"
+    broker.close()
