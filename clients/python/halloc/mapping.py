@@ -53,12 +53,7 @@ class Mapping(mmap.mmap):
         when closed or begun already; the ioctl's error otherwise (a view
         revoked since)."""
         self._turn("begin_access", begun=False)
-        sync = self.__dict__.get("_sync_fd")
-        if sync is not None:
-            try:
-                _sync(sync.fileno(), _DMA_BUF_SYNC_START | self._sync_flags)
-            except OSError as e:
-                raise errors.from_os_error(e, "DMA_BUF_IOCTL_SYNC(START)") from None
+        self._bracket(_DMA_BUF_SYNC_START, "START")
         self._in_access = True
 
     def end_access(self):
@@ -69,12 +64,16 @@ class Mapping(mmap.mmap):
         ended either way)."""
         self._turn("end_access", begun=True)
         self._in_access = False
+        self._bracket(_DMA_BUF_SYNC_END, "END")
+
+    def _bracket(self, edge, name):
+        """A dma-buf's DMA_BUF_SYNC `edge` (START, END); nothing on a memfd."""
         sync = self.__dict__.get("_sync_fd")
         if sync is not None:
             try:
-                _sync(sync.fileno(), _DMA_BUF_SYNC_END | self._sync_flags)
+                _sync(sync.fileno(), edge | self._sync_flags)
             except OSError as e:
-                raise errors.from_os_error(e, "DMA_BUF_IOCTL_SYNC(END)") from None
+                raise errors.from_os_error(e, f"DMA_BUF_IOCTL_SYNC({name})") from None
 
     def _turn(self, what, begun):
         if self.closed:
