@@ -388,6 +388,7 @@ void Registry::FillStats(v1::StatsResponse* s, std::optional<uid_t> only_uid) {
   s->set_released_held_bytes(lingering_bytes_);
   s->set_released_unwatched_total(gone_watch_->unwatched());
   s->set_max_buffers(max_buffers_);
+  s->set_read_views(read_views_);
   v1::BackendStats* b = s->add_backends();
   b->set_name(backend_);
   b->set_live_buffers(buffers_.size());

@@ -279,6 +279,7 @@ TEST_F(ReleasedMemoryTest, AReadViewIsOpenedOnceAndCountsInHallocdsLimit) {
   absl::StatusOr<UniqueFd> second = reg_.ReadView(*record, opener(*record));
   ASSERT_TRUE(first.ok() && second.ok()) << first.status() << second.status();
   EXPECT_EQ(opens, 1);
+  EXPECT_EQ(Stats().read_views(), 1u);
   ASSERT_EQ(::lseek(first->get(), 7, SEEK_SET), 7);
   EXPECT_EQ(::lseek(second->get(), 0, SEEK_CUR), 7) << "dups of one open file";
 
@@ -289,6 +290,7 @@ TEST_F(ReleasedMemoryTest, AReadViewIsOpenedOnceAndCountsInHallocdsLimit) {
   ASSERT_TRUE(reg_.Release(kA, {added.id}).ok());
   Added next = AddPage(reg_, kA, 1, no_quota, /*charge_until_gone=*/false);
   ASSERT_TRUE(next.status.ok()) << "the view went with its buffer: " << next.status;
+  EXPECT_EQ(Stats().read_views(), 0u);
   // A buffer released before its first read view (during the import that
   // asks for it) gets a view of its own, which counts nowhere.
   const std::shared_ptr<const BufferRecord> released = next.record.lock();

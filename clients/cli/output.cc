@@ -88,7 +88,11 @@ void PrintStats(std::ostream& out, const v1::StatsResponse& s) {
         s.connections_rate_limited_total());
   }
   if (s.max_buffers() != 0) {
-    out << absl::StreamFormat("buffer limit  %d (hallocd's, all clients)\n", s.max_buffers());
+    out << absl::StreamFormat("buffer limit  %d (hallocd's, all clients", s.max_buffers());
+    if (s.read_views() != 0) {
+      out << absl::StreamFormat("; %d read-only views count in it", s.read_views());
+    }
+    out << ")\n";
   }
   if (s.released_held_buffers() != 0 || s.released_unwatched_total() != 0) {
     out << absl::StreamFormat(

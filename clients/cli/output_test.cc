@@ -95,5 +95,23 @@ TEST(OutputTest, StatsShowTheControlGuardsOnceTheyActed) {
   EXPECT_TRUE(absl::StrContains(acted.str(), "connect rate  7 connections refused")) << acted.str();
 }
 
+// hallocd's buffer limit says how much of it read-only views take, once
+// there are any.
+TEST(OutputTest, StatsSayWhatReadViewsTakeOfTheBufferLimit) {
+  v1::StatsResponse s;
+  s.set_max_buffers(5000);
+  std::ostringstream none;
+  PrintStats(none, s);
+  EXPECT_TRUE(absl::StrContains(none.str(), "buffer limit  5000 (hallocd's, all clients)\n"))
+      << none.str();
+  s.set_read_views(12);
+  std::ostringstream some;
+  PrintStats(some, s);
+  EXPECT_TRUE(absl::StrContains(some.str(),
+                                "5000 (hallocd's, all clients; 12 read-only views "
+                                "count in it)\n"))
+      << some.str();
+}
+
 }  // namespace
 }  // namespace halloc::cli

@@ -43,6 +43,7 @@ v1::StatsResponse Sample() {
   s.set_grpc_replies_cancelled_total(4);
   s.set_grpc_connections_cut_total(1);
   s.set_connections_rate_limited_total(3);
+  s.set_read_views(11);
   (*s.mutable_denials_by_rule())["camera"] = 2;
   v1::ClientStats* c = s.add_clients();
   c->set_client("cam\"era\\x\ny");
@@ -96,6 +97,7 @@ TEST(PrometheusTest, RendersGaugesCountersLabelsAndACumulativeHistogram) {
   EXPECT_TRUE(absl::StrContains(text, "halloc_grpc_replies_cancelled_total 4\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_grpc_connections_cut_total 1\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_connections_rate_limited_total 3\n"));
+  EXPECT_TRUE(absl::StrContains(text, "# TYPE halloc_read_views gauge\nhalloc_read_views 11\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_stock_buffers{backend=\"memfd\"} 5\n"));
   EXPECT_TRUE(absl::StrContains(text, "halloc_pool_hits_total{backend=\"memfd\"} 6\n"));
   EXPECT_TRUE(absl::StrContains(

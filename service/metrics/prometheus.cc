@@ -103,6 +103,10 @@ std::string ToPrometheus(const v1::StatsResponse& s) {
          "Connections refused at accept since start, both sockets: their uid opened them "
          "faster than the policy's sessions.connects_per_second.")
       .Sample(s.connections_rate_limited_total());
+  Family(&out, "halloc_read_views", "gauge",
+         "Read-only views of memfd buffers hallocd keeps for their read-only holders "
+         "(an fd each, within --max_buffers).")
+      .Sample(s.read_views());
   Family(&out, "halloc_released_held_buffers", "gauge",
          "Released buffers whose memory a process still holds, still charged.")
       .Sample(s.released_held_buffers());
