@@ -132,7 +132,14 @@ TEST_F(UnitUserGuestTest, HallocdAsItsOwnUserServesTheKernelHeaps) {
   // nodes serve it.
   absl::StatusOr<halloc::Subprocess> hallocd = StartHallocd(kPolicy);
   ASSERT_TRUE(hallocd.ok()) << hallocd.status();
-  absl::SleepFor(absl::Seconds(1));
+  // Once it says it waits (under TCG its start took more than the second
+  // this once slept: the nodes were given before it looked, and it never
+  // waited).
+  for (absl::Time end = absl::Now() + absl::Seconds(30);
+       absl::Now() < end && !absl::StrContains(Log(), "waiting up to 5s for it to open");) {
+    ASSERT_FALSE(hallocd->Wait(absl::ZeroDuration()).has_value()) << "hallocd ended:\n" << Log();
+    absl::SleepFor(absl::Milliseconds(20));
+  }
   NodesToGroup given(kHallocd);
   ASSERT_TRUE(given.ok());
   absl::StatusOr<Client> client = Connect(*hallocd);
